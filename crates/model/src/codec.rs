@@ -62,8 +62,13 @@ struct Batch {
 }
 
 /// Rewrites every replica id in an op.
-fn map_replicas(op: &mut Op, f: &mut impl FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>) -> Result<(), DecodeError> {
-    let dot = |d: &mut Dot, f: &mut dyn FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>| -> Result<(), DecodeError> {
+fn map_replicas(
+    op: &mut Op,
+    f: &mut impl FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>,
+) -> Result<(), DecodeError> {
+    let dot = |d: &mut Dot,
+               f: &mut dyn FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>|
+     -> Result<(), DecodeError> {
         d.replica = f(d.replica)?;
         Ok(())
     };
@@ -75,7 +80,9 @@ fn map_replicas(op: &mut Op, f: &mut impl FnMut(ReplicaId) -> Result<ReplicaId, 
         OpBody::Append(a) => {
             dot(&mut a.mailbox.0, f)?;
         }
-        OpBody::Flags { message, remove, .. } => {
+        OpBody::Flags {
+            message, remove, ..
+        } => {
             dot(&mut message.0, f)?;
             for (_, d) in remove {
                 dot(d, f)?;
@@ -94,13 +101,18 @@ fn map_replicas(op: &mut Op, f: &mut impl FnMut(ReplicaId) -> Result<ReplicaId, 
                 dot(&mut m.0, f)?;
             }
         }
-        OpBody::Claim { mailbox, message, .. } => {
+        OpBody::Claim {
+            mailbox, message, ..
+        } => {
             dot(&mut mailbox.0, f)?;
             dot(&mut message.0, f)?;
         }
         OpBody::Announce { mailbox, pins, .. } => {
             dot(&mut mailbox.0, f)?;
-            for Pin { message, claimant, .. } in pins {
+            for Pin {
+                message, claimant, ..
+            } in pins
+            {
                 dot(&mut message.0, f)?;
                 *claimant = f(*claimant)?;
             }
@@ -127,7 +139,11 @@ pub fn encode(ops: &[Op], compress: bool) -> Vec<u8> {
         .expect("relabeling cannot fail");
         relabeled.push(op);
     }
-    let payload = postcard::to_stdvec(&Batch { replicas: table, ops: relabeled }).expect("in-memory encoding");
+    let payload = postcard::to_stdvec(&Batch {
+        replicas: table,
+        ops: relabeled,
+    })
+    .expect("in-memory encoding");
     let mut out = vec![VERSION];
     if compress {
         out.push(ZSTD);
@@ -141,7 +157,9 @@ pub fn encode(ops: &[Op], compress: bool) -> Vec<u8> {
 
 /// Decodes and validates a frame made by [`encode`].
 pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
-    let [version, compression, body @ ..] = frame else { return Err(DecodeError::Truncated) };
+    let [version, compression, body @ ..] = frame else {
+        return Err(DecodeError::Truncated);
+    };
     if *version != VERSION {
         return Err(DecodeError::Version(*version));
     }
@@ -149,7 +167,8 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
     let payload: &[u8] = match *compression {
         RAW => body,
         ZSTD => {
-            decompressed = zstd::bulk::decompress(body, PAYLOAD_BYTES_MAX).map_err(|e| DecodeError::Decompress(e.to_string()))?;
+            decompressed = zstd::bulk::decompress(body, PAYLOAD_BYTES_MAX)
+                .map_err(|e| DecodeError::Decompress(e.to_string()))?;
             &decompressed
         }
         c => return Err(DecodeError::Compression(c)),
@@ -171,7 +190,11 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
     let mut ops = batch.ops;
     for op in &mut ops {
         map_replicas(op, &mut |r| {
-            batch.replicas.get(r.0 as usize).copied().ok_or_else(|| DecodeError::Invalid(format!("replica index {}", r.0)))
+            batch
+                .replicas
+                .get(r.0 as usize)
+                .copied()
+                .ok_or_else(|| DecodeError::Invalid(format!("replica index {}", r.0)))
         })?;
         validate(op)?;
     }
@@ -275,7 +298,11 @@ mod tests {
         // A batch naming replica index 5 with a 1-entry table.
         let mut op = sample().remove(0);
         op.dot.replica = ReplicaId(5);
-        let payload = postcard::to_stdvec(&Batch { replicas: vec![ReplicaId(1)], ops: vec![op] }).unwrap();
+        let payload = postcard::to_stdvec(&Batch {
+            replicas: vec![ReplicaId(1)],
+            ops: vec![op],
+        })
+        .unwrap();
         let mut frame = vec![VERSION, RAW];
         frame.extend(payload);
         assert!(matches!(decode(&frame), Err(DecodeError::Invalid(_))));

@@ -27,8 +27,17 @@ pub enum Keyword {
 
 /// Keywords with a registered conventional spelling (IANA IMAP keywords).
 const WELL_KNOWN: &[&str] = &[
-    "$Forwarded", "$MDNSent", "$Junk", "$NotJunk", "$Phishing", "$Important",
-    "$SubmitPending", "$Submitted", "$MailFlagBit0", "$MailFlagBit1", "$MailFlagBit2",
+    "$Forwarded",
+    "$MDNSent",
+    "$Junk",
+    "$NotJunk",
+    "$Phishing",
+    "$Important",
+    "$SubmitPending",
+    "$Submitted",
+    "$MailFlagBit0",
+    "$MailFlagBit1",
+    "$MailFlagBit2",
 ];
 
 /// Why a keyword was refused.
@@ -62,7 +71,9 @@ impl Keyword {
             };
         }
         let atom_ok = s.bytes().all(|b| {
-            b > 0x20 && b < 0x7f && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
+            b > 0x20
+                && b < 0x7f
+                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
         });
         if !atom_ok {
             return Err(KeywordError::Invalid(s.to_string()));
@@ -108,7 +119,10 @@ mod tests {
     #[test]
     fn case_insensitive_canonical() {
         assert_eq!(Keyword::parse("\\SEEN").unwrap(), Keyword::Seen);
-        assert_eq!(Keyword::parse("Work").unwrap(), Keyword::parse("wORK").unwrap());
+        assert_eq!(
+            Keyword::parse("Work").unwrap(),
+            Keyword::parse("wORK").unwrap()
+        );
         assert_eq!(Keyword::parse("$junk").unwrap().to_string(), "$Junk");
         assert!(Keyword::parse("\\Recent").is_err());
         assert!(Keyword::parse("a b").is_err());

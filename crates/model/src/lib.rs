@@ -18,6 +18,7 @@ pub mod ids;
 pub mod keyword;
 pub mod op;
 pub mod replica;
+pub mod testkit;
 
 pub use account::{AccountDoc, MailboxTree, SpecialUse, INBOX};
 pub use ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector};

@@ -86,7 +86,11 @@ struct FlagEntry {
 
 impl FlagEntry {
     fn new(kw: u32, dot: Packed) -> Self {
-        FlagEntry { kw, dot_hi: (dot >> 32) as u32, dot_lo: dot as u32 }
+        FlagEntry {
+            kw,
+            dot_hi: (dot >> 32) as u32,
+            dot_lo: dot as u32,
+        }
     }
     fn dot(&self) -> Packed {
         ((self.dot_hi as u64) << 32) | self.dot_lo as u64
@@ -174,7 +178,10 @@ impl MailboxState {
 
     fn add_side(&mut self, uid: u32, claim: Claim) {
         let list = self.side.entry(uid).or_default();
-        if list.iter().any(|c| c.message == claim.message && c.claimant == claim.claimant) {
+        if list
+            .iter()
+            .any(|c| c.message == claim.message && c.claimant == claim.claimant)
+        {
             return;
         }
         list.push(claim);
@@ -191,7 +198,11 @@ impl MailboxState {
         if list.is_empty() {
             self.side.remove(&uid);
         }
-        if !self.side.get(&uid).is_some_and(|l| l.iter().any(|c| c.message == message)) {
+        if !self
+            .side
+            .get(&uid)
+            .is_some_and(|l| l.iter().any(|c| c.message == message))
+        {
             if let Some(uids) = self.side_by_msg.get_mut(&message) {
                 uids.retain(|u| *u != uid);
                 if uids.is_empty() {
@@ -210,7 +221,13 @@ impl MailboxState {
         let pos = self.position(uid).ok()?;
         debug_assert_eq!(self.slots[pos].id, message);
         let slot = self.slots.remove(pos);
-        self.add_side(slot.uid, Claim { message, claimant: slot.claimant });
+        self.add_side(
+            slot.uid,
+            Claim {
+                message,
+                claimant: slot.claimant,
+            },
+        );
         Some(slot)
     }
 
@@ -250,7 +267,10 @@ pub struct Replica {
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").field("me", &self.me).field("vv", &self.vv).finish_non_exhaustive()
+        f.debug_struct("Replica")
+            .field("me", &self.me)
+            .field("vv", &self.vv)
+            .finish_non_exhaustive()
     }
 }
 
@@ -265,14 +285,24 @@ pub struct ReplicaOptions {
 
 impl Default for ReplicaOptions {
     fn default() -> Self {
-        ReplicaOptions { keep_envelopes: true }
+        ReplicaOptions {
+            keep_envelopes: true,
+        }
     }
 }
 
 /// A follow-up decided while settling, turned into an op afterwards.
 enum FollowUp {
-    Claim { mailbox: MailboxId, message: MessageId, uid: Option<u32>, retract: Option<u32> },
-    Move { message: MessageId, to: MailboxId },
+    Claim {
+        mailbox: MailboxId,
+        message: MessageId,
+        uid: Option<u32>,
+        retract: Option<u32>,
+    },
+    Move {
+        message: MessageId,
+        to: MailboxId,
+    },
 }
 
 impl Replica {
@@ -398,7 +428,12 @@ impl Replica {
         self.apply_ready(op)?;
         // Each applied op may make waiting ones ready.
         loop {
-            let ready: Vec<Dot> = self.pending.values().filter(|o| self.ready(o)).map(|o| o.dot).collect();
+            let ready: Vec<Dot> = self
+                .pending
+                .values()
+                .filter(|o| self.ready(o))
+                .map(|o| o.dot)
+                .collect();
             if ready.is_empty() {
                 break;
             }
@@ -416,12 +451,21 @@ impl Replica {
     }
 
     fn ready(&self, op: &Op) -> bool {
-        self.vv.get(op.dot.replica) + 1 == op.dot.counter && op.deps.iter().all(|d| self.vv.contains(*d))
+        self.vv.get(op.dot.replica) + 1 == op.dot.counter
+            && op.deps.iter().all(|d| self.vv.contains(*d))
     }
 
     fn apply_ready(&mut self, op: Op) -> Result<(), ApplyError> {
         let mut dirty: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)> = BTreeMap::new();
         self.apply_body(&op, &mut dirty)?;
+        // A deleted mailbox is visible exactly while it holds messages.
+        let deleted_touched = dirty.keys().any(|i| {
+            let id = self.mailboxes[*i as usize].id;
+            self.tree.entries.get(&id).is_some_and(|e| e.deleted)
+        });
+        if deleted_touched {
+            self.refresh_tree(&mut dirty);
+        }
         self.vv.observe(op.dot);
         if op.dot.replica == self.me {
             self.counter = self.counter.max(op.dot.counter);
@@ -438,10 +482,20 @@ impl Replica {
         let op_dot = self.packed(op.dot)?;
         match &op.body {
             OpBody::Append(a) => self.apply_new_message(op, op_dot, author, a, 0, dirty)?,
-            OpBody::Copy { append, .. } => self.apply_new_message(op, op_dot, author, append, 0, dirty)?,
-            OpBody::Flags { message, add, remove } => {
-                let Some(m) = self.lookup(message.0) else { return Ok(()) };
-                let Some(loc) = self.messages.get(&m).copied() else { return Ok(()) };
+            OpBody::Copy { append, .. } => {
+                self.apply_new_message(op, op_dot, author, append, 0, dirty)?
+            }
+            OpBody::Flags {
+                message,
+                add,
+                remove,
+            } => {
+                let Some(m) = self.lookup(message.0) else {
+                    return Ok(());
+                };
+                let Some(loc) = self.messages.get(&m).copied() else {
+                    return Ok(());
+                };
                 let add: Vec<u32> = add.iter().map(|k| self.keyword(k)).collect();
                 let remove: Vec<(u32, Packed)> = remove
                     .iter()
@@ -457,30 +511,49 @@ impl Replica {
                     }
                 }
             }
-            OpBody::Move { message, to, seq, uid } => {
+            OpBody::Move {
+                message,
+                to,
+                seq,
+                uid,
+            } => {
                 if *uid == 0 {
                     return Err(ApplyError::InvalidUid(op.dot));
                 }
                 let m = self.packed(message.0)?;
                 let to_idx = self.mailbox(*to);
                 self.note_claim(to_idx, *uid, m, author, dirty);
-                let Some(loc) = self.messages.get(&m).copied() else { return Ok(()) };
+                let Some(loc) = self.messages.get(&m).copied() else {
+                    return Ok(());
+                };
                 let new_loc = ((*seq as u64) << 16) | author as u64;
                 let current = {
                     let mb = &mut self.mailboxes[loc.mailbox as usize];
                     mb.slot_mut(m, loc.uid).map(|s| s.loc)
                 };
-                let Some(current) = current else { return Ok(()) };
-                if self.loc_key(new_loc) <= self.loc_key(current) || loc.mailbox == to_idx && new_loc == current {
+                let Some(current) = current else {
+                    return Ok(());
+                };
+                if self.loc_key(new_loc) <= self.loc_key(current)
+                    || loc.mailbox == to_idx && new_loc == current
+                {
                     return Ok(());
                 }
-                let mut slot = self.mailboxes[loc.mailbox as usize].unplace(m, loc.uid).expect("located slot");
+                let mut slot = self.mailboxes[loc.mailbox as usize]
+                    .unplace(m, loc.uid)
+                    .expect("located slot");
                 slot.loc = new_loc;
                 if loc.mailbox != to_idx {
                     dirty.entry(loc.mailbox).or_default();
                 }
                 self.mailboxes[to_idx as usize].unplaced.insert(m, slot);
-                self.messages.insert(m, MsgLoc { mailbox: to_idx, uid: 0 });
+                self.messages.insert(
+                    m,
+                    MsgLoc {
+                        mailbox: to_idx,
+                        uid: 0,
+                    },
+                );
                 dirty.entry(to_idx).or_default().1.insert(m);
             }
             OpBody::Expunge { messages } => {
@@ -496,7 +569,12 @@ impl Replica {
                     }
                 }
             }
-            OpBody::Claim { mailbox, message, uid, retract } => {
+            OpBody::Claim {
+                mailbox,
+                message,
+                uid,
+                retract,
+            } => {
                 let m = self.packed(message.0)?;
                 let idx = self.mailbox(*mailbox);
                 if let Some(u) = uid {
@@ -507,16 +585,28 @@ impl Replica {
                 }
                 if let Some(r) = retract {
                     let mb = &mut self.mailboxes[idx as usize];
-                    mb.retracted.insert(ClaimKey { uid: *r, message: m, claimant: author });
+                    mb.retracted.insert(ClaimKey {
+                        uid: *r,
+                        message: m,
+                        claimant: author,
+                    });
                     dirty.entry(idx).or_default().0.insert(*r);
                 }
             }
-            OpBody::Announce { mailbox, uid_next, pins } => {
+            OpBody::Announce {
+                mailbox,
+                uid_next,
+                pins,
+            } => {
                 let idx = self.mailbox(*mailbox);
                 let mut keys = Vec::with_capacity(pins.len());
                 for p in pins {
                     let message = self.packed(p.message.0)?;
-                    keys.push(ClaimKey { uid: p.uid, message, claimant: self.intern(p.claimant)? });
+                    keys.push(ClaimKey {
+                        uid: p.uid,
+                        message,
+                        claimant: self.intern(p.claimant)?,
+                    });
                 }
                 let mb = &mut self.mailboxes[idx as usize];
                 let d = dirty.entry(idx).or_default();
@@ -557,12 +647,35 @@ impl Replica {
         if self.tombstones.contains(&m) {
             return Ok(());
         }
-        let flags = a.flags.iter().map(|k| FlagEntry::new(self.keyword(k), m)).collect();
-        let slot = Slot { id: m, loc: ((seq as u64) << 16) | author as u64, uid: 0, claimant: author, flags };
+        let flags = a
+            .flags
+            .iter()
+            .map(|k| FlagEntry::new(self.keyword(k), m))
+            .collect();
+        let slot = Slot {
+            id: m,
+            loc: ((seq as u64) << 16) | author as u64,
+            uid: 0,
+            claimant: author,
+            flags,
+        };
         self.mailboxes[idx as usize].unplaced.insert(m, slot);
-        self.messages.insert(m, MsgLoc { mailbox: idx, uid: 0 });
+        self.messages.insert(
+            m,
+            MsgLoc {
+                mailbox: idx,
+                uid: 0,
+            },
+        );
         if let Some(e) = self.envelopes.as_mut() {
-            e.insert(m, Envelope { blob: a.blob, size: a.size, internal_date: a.internal_date });
+            e.insert(
+                m,
+                Envelope {
+                    blob: a.blob,
+                    size: a.size,
+                    internal_date: a.internal_date,
+                },
+            );
         }
         dirty.entry(idx).or_default().1.insert(m);
         Ok(())
@@ -595,6 +708,10 @@ impl Replica {
             .map(|m| m.id)
             .collect();
         self.tree = self.account.tree(|id| occupied.contains(&id));
+        let ids: Vec<MailboxId> = self.tree.entries.keys().copied().collect();
+        for id in ids {
+            self.mailbox(id);
+        }
         for from in self.tree.merged_into.keys() {
             if let Some(i) = self.mailbox_idx.get(from) {
                 dirty.entry(*i).or_default();
@@ -615,7 +732,11 @@ impl Replica {
         }
         let mut effective: SmallVec<[(Packed, u16, bool); 4]> = SmallVec::new();
         for (message, claimant) in claims {
-            let key = ClaimKey { uid, message, claimant };
+            let key = ClaimKey {
+                uid,
+                message,
+                claimant,
+            };
             let pinned = mb.pinned.contains(&key);
             let retracted = mb.retracted.contains(&key);
             if retracted && !pinned {
@@ -628,7 +749,8 @@ impl Replica {
         if effective.iter().all(|c| c.0 == first) {
             return Some(first);
         }
-        let mut exposed: SmallVec<[Packed; 2]> = effective.iter().filter(|c| c.2).map(|c| c.0).collect();
+        let mut exposed: SmallVec<[Packed; 2]> =
+            effective.iter().filter(|c| c.2).map(|c| c.0).collect();
         exposed.sort_unstable();
         exposed.dedup();
         match exposed.len() {
@@ -644,7 +766,10 @@ impl Replica {
         }
     }
 
-    fn settle(&mut self, mut dirty: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>) -> Result<(), ApplyError> {
+    fn settle(
+        &mut self,
+        mut dirty: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>,
+    ) -> Result<(), ApplyError> {
         let me = 0u16;
         let mut follow = Vec::new();
         while let Some((idx, (uids, mut msgs))) = dirty.pop_first() {
@@ -661,7 +786,10 @@ impl Replica {
             // Messages of a mailbox merged into another go there.
             if let Some(to) = self.tree.merged_into.get(&mb.id) {
                 for s in mb.slots.iter().chain(mb.unplaced.values()) {
-                    follow.push(FollowUp::Move { message: MessageId(self.unpack(s.id)), to: *to });
+                    follow.push(FollowUp::Move {
+                        message: MessageId(self.unpack(s.id)),
+                        to: *to,
+                    });
                 }
                 msgs.clear();
             }
@@ -670,21 +798,41 @@ impl Replica {
             let mut ordered: Vec<Packed> = msgs.into_iter().collect();
             ordered.sort_by_key(|m| self.unpack(*m));
             for m in ordered {
-                let Some(loc) = self.messages.get(&m).copied() else { continue };
+                let Some(loc) = self.messages.get(&m).copied() else {
+                    continue;
+                };
                 if loc.mailbox != idx {
                     continue;
                 }
-                let mut mine: SmallVec<[u32; 4]> = mb.side_by_msg.get(&m).cloned().unwrap_or_default().into_iter().collect();
+                let mut mine: SmallVec<[u32; 4]> = mb
+                    .side_by_msg
+                    .get(&m)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 if loc.uid != 0 {
                     mine.push(loc.uid);
                 }
-                let best = mine.iter().copied().filter(|u| self.resolve(mb, *u) == Some(m)).max();
+                let best = mine
+                    .iter()
+                    .copied()
+                    .filter(|u| self.resolve(mb, *u) == Some(m))
+                    .max();
                 // Own claims that lost and that no client has seen are withdrawn.
                 let mut retracts: SmallVec<[u32; 2]> = SmallVec::new();
                 for u in &mine {
-                    let key = ClaimKey { uid: *u, message: m, claimant: me };
-                    let own = (loc.uid == *u && mb.position(*u).is_ok_and(|p| mb.slots[p].claimant == me))
-                        || mb.side.get(u).is_some_and(|l| l.iter().any(|c| c.message == m && c.claimant == me));
+                    let key = ClaimKey {
+                        uid: *u,
+                        message: m,
+                        claimant: me,
+                    };
+                    let own = (loc.uid == *u
+                        && mb.position(*u).is_ok_and(|p| mb.slots[p].claimant == me))
+                        || mb
+                            .side
+                            .get(u)
+                            .is_some_and(|l| l.iter().any(|c| c.message == m && c.claimant == me));
                     if own
                         && !mb.retracted.contains(&key)
                         && !mb.pinned.contains(&key)
@@ -700,7 +848,12 @@ impl Replica {
                     Some(b) if b >= announced_me => Some(b),
                     _ => {
                         let mut r = retracts.drain(..);
-                        follow.push(FollowUp::Claim { mailbox: mb.id, message, uid: Some(0), retract: r.next() });
+                        follow.push(FollowUp::Claim {
+                            mailbox: mb.id,
+                            message,
+                            uid: Some(0),
+                            retract: r.next(),
+                        });
                         retracts = r.collect();
                         if loc.uid != 0 {
                             moves.push((m, loc.uid, 0));
@@ -709,7 +862,12 @@ impl Replica {
                     }
                 };
                 for r in retracts {
-                    follow.push(FollowUp::Claim { mailbox: mb.id, message, uid: None, retract: Some(r) });
+                    follow.push(FollowUp::Claim {
+                        mailbox: mb.id,
+                        message,
+                        uid: None,
+                        retract: Some(r),
+                    });
                 }
                 if let Some(b) = target {
                     moves.push((m, loc.uid, b));
@@ -724,42 +882,86 @@ impl Replica {
             }
             for (mut slot, to) in slots {
                 if to == 0 {
-                    self.messages.insert(slot.id, MsgLoc { mailbox: idx, uid: 0 });
+                    self.messages.insert(
+                        slot.id,
+                        MsgLoc {
+                            mailbox: idx,
+                            uid: 0,
+                        },
+                    );
                     mb.unplaced.insert(slot.id, slot);
                     continue;
                 }
                 slot.claimant = mb.take_side(to, slot.id).expect("winning claim exists");
                 slot.uid = to;
                 let pos = mb.position(to).expect_err("resolved UID names one message");
-                self.messages.insert(slot.id, MsgLoc { mailbox: idx, uid: to });
+                self.messages.insert(
+                    slot.id,
+                    MsgLoc {
+                        mailbox: idx,
+                        uid: to,
+                    },
+                );
                 mb.slots.insert(pos, slot);
             }
         }
         for f in follow {
             let body = match f {
-                FollowUp::Claim { mailbox, message, uid, retract } => {
+                FollowUp::Claim {
+                    mailbox,
+                    message,
+                    uid,
+                    retract,
+                } => {
                     let uid = match uid {
-                        Some(_) => Some(self.next_uid(mailbox).map_err(|_| ApplyError::InvalidUid(message.0))?),
+                        Some(_) => Some(
+                            self.next_uid(mailbox)
+                                .map_err(|_| ApplyError::InvalidUid(message.0))?,
+                        ),
                         None => None,
                     };
-                    OpBody::Claim { mailbox, message, uid, retract }
+                    OpBody::Claim {
+                        mailbox,
+                        message,
+                        uid,
+                        retract,
+                    }
                 }
                 FollowUp::Move { message, to } => {
-                    let Some(body) = self.move_body(message, to) else { continue };
+                    let Some(body) = self.move_body(message, to) else {
+                        continue;
+                    };
                     body
                 }
             };
             // A new claim is moot if an earlier follow-up already placed the
             // message (or moved or expunged it); its withdrawal still stands.
             let body = match body {
-                OpBody::Claim { mailbox, message, uid: Some(u), retract } => {
+                OpBody::Claim {
+                    mailbox,
+                    message,
+                    uid: Some(u),
+                    retract,
+                } => {
                     let placed = self
                         .lookup(message.0)
                         .and_then(|m| self.messages.get(&m))
-                        .is_none_or(|loc| self.mailboxes[loc.mailbox as usize].id != mailbox || loc.uid != 0);
+                        .is_none_or(|loc| {
+                            self.mailboxes[loc.mailbox as usize].id != mailbox || loc.uid != 0
+                        });
                     match (placed, retract) {
-                        (false, _) => OpBody::Claim { mailbox, message, uid: Some(u), retract },
-                        (true, Some(r)) => OpBody::Claim { mailbox, message, uid: None, retract: Some(r) },
+                        (false, _) => OpBody::Claim {
+                            mailbox,
+                            message,
+                            uid: Some(u),
+                            retract,
+                        },
+                        (true, Some(r)) => OpBody::Claim {
+                            mailbox,
+                            message,
+                            uid: None,
+                            retract: Some(r),
+                        },
                         (true, None) => continue,
                     }
                 }
@@ -790,7 +992,10 @@ impl Replica {
     }
 
     fn next_uid(&self, mailbox: MailboxId) -> Result<u32, LocalError> {
-        let idx = self.mailbox_idx.get(&mailbox).ok_or(LocalError::NoSuchMailbox(mailbox))?;
+        let idx = self
+            .mailbox_idx
+            .get(&mailbox)
+            .ok_or(LocalError::NoSuchMailbox(mailbox))?;
         let n = self.mailboxes[*idx as usize].uid_next;
         if n == u32::MAX {
             return Err(LocalError::UidsExhausted(mailbox));
@@ -804,7 +1009,11 @@ impl Replica {
 
     /// The canonical mailbox for `mailbox` (itself unless merged by name).
     fn canonical(&self, mailbox: MailboxId) -> MailboxId {
-        self.tree.merged_into.get(&mailbox).copied().unwrap_or(mailbox)
+        self.tree
+            .merged_into
+            .get(&mailbox)
+            .copied()
+            .unwrap_or(mailbox)
     }
 
     /// Appends a message (IMAP APPEND, LMTP delivery, import).
@@ -821,13 +1030,26 @@ impl Replica {
             return Err(LocalError::NoSuchMailbox(mailbox));
         }
         let uid = self.next_uid(mailbox)?;
-        let dot = self.emit(OpBody::Append(Append { mailbox, blob, size, internal_date, uid, flags }))?;
+        let dot = self.emit(OpBody::Append(Append {
+            mailbox,
+            blob,
+            size,
+            internal_date,
+            uid,
+            flags,
+        }))?;
         Ok(MessageId(dot))
     }
 
     fn located(&self, message: MessageId) -> Result<(Packed, MsgLoc), LocalError> {
-        let m = self.lookup(message.0).ok_or(LocalError::NoSuchMessage(message))?;
-        let loc = self.messages.get(&m).copied().ok_or(LocalError::NoSuchMessage(message))?;
+        let m = self
+            .lookup(message.0)
+            .ok_or(LocalError::NoSuchMessage(message))?;
+        let loc = self
+            .messages
+            .get(&m)
+            .copied()
+            .ok_or(LocalError::NoSuchMessage(message))?;
         Ok((m, loc))
     }
 
@@ -842,28 +1064,53 @@ impl Replica {
     /// Keywords of a message.
     pub fn flags(&self, message: MessageId) -> Result<BTreeSet<Keyword>, LocalError> {
         let (m, loc) = self.located(message)?;
-        Ok(self.slot(m, loc).flags.iter().map(|e| self.keywords[e.kw as usize].clone()).collect())
+        Ok(self
+            .slot(m, loc)
+            .flags
+            .iter()
+            .map(|e| self.keywords[e.kw as usize].clone())
+            .collect())
     }
 
     /// `STORE +FLAGS/-FLAGS`: one op with the adds and the observed removes.
     /// Changes that change nothing are dropped (no op is made for them).
-    pub fn store_flags(&mut self, message: MessageId, add: &[Keyword], remove: &[Keyword]) -> Result<(), LocalError> {
+    pub fn store_flags(
+        &mut self,
+        message: MessageId,
+        add: &[Keyword],
+        remove: &[Keyword],
+    ) -> Result<(), LocalError> {
         let (m, loc) = self.located(message)?;
         let slot = self.slot(m, loc);
         let present = |k: &Keyword| {
-            self.keyword_idx.get(k).is_some_and(|i| slot.flags.iter().any(|e| e.kw == *i))
+            self.keyword_idx
+                .get(k)
+                .is_some_and(|i| slot.flags.iter().any(|e| e.kw == *i))
         };
-        let add: Vec<Keyword> = add.iter().filter(|k| !present(k) && !remove.contains(k)).cloned().collect();
+        let add: Vec<Keyword> = add
+            .iter()
+            .filter(|k| !present(k) && !remove.contains(k))
+            .cloned()
+            .collect();
         let mut removed = Vec::new();
         for k in remove {
             if let Some(i) = self.keyword_idx.get(k) {
-                removed.extend(slot.flags.iter().filter(|e| e.kw == *i).map(|e| (k.clone(), self.unpack(e.dot()))));
+                removed.extend(
+                    slot.flags
+                        .iter()
+                        .filter(|e| e.kw == *i)
+                        .map(|e| (k.clone(), self.unpack(e.dot()))),
+                );
             }
         }
         if add.is_empty() && removed.is_empty() {
             return Ok(());
         }
-        self.emit(OpBody::Flags { message, add, remove: removed })?;
+        self.emit(OpBody::Flags {
+            message,
+            add,
+            remove: removed,
+        })?;
         Ok(())
     }
 
@@ -874,7 +1121,12 @@ impl Replica {
         }
         let seq = (self.slot(m, loc).loc >> 16) as u32 + 1;
         let uid = self.next_uid(to).ok()?;
-        Some(OpBody::Move { message, to, seq, uid })
+        Some(OpBody::Move {
+            message,
+            to,
+            seq,
+            uid,
+        })
     }
 
     /// IMAP MOVE.
@@ -892,7 +1144,11 @@ impl Replica {
     }
 
     /// IMAP COPY: a new instance with the source's keywords.
-    pub fn copy_message(&mut self, message: MessageId, to: MailboxId) -> Result<MessageId, LocalError> {
+    pub fn copy_message(
+        &mut self,
+        message: MessageId,
+        to: MailboxId,
+    ) -> Result<MessageId, LocalError> {
         let to = self.canonical(to);
         if !self.visible(to) {
             return Err(LocalError::NoSuchMailbox(to));
@@ -906,8 +1162,18 @@ impl Replica {
             .and_then(|e| e.get(&m).copied())
             .ok_or(LocalError::NoSuchMessage(message))?;
         let uid = self.next_uid(to)?;
-        let append = Append { mailbox: to, blob: env.blob, size: env.size, internal_date: env.internal_date, uid, flags };
-        let dot = self.emit(OpBody::Copy { source: message, append })?;
+        let append = Append {
+            mailbox: to,
+            blob: env.blob,
+            size: env.size,
+            internal_date: env.internal_date,
+            uid,
+            flags,
+        };
+        let dot = self.emit(OpBody::Copy {
+            source: message,
+            append,
+        })?;
         Ok(MessageId(dot))
     }
 
@@ -917,7 +1183,9 @@ impl Replica {
             self.located(*m)?;
         }
         if !messages.is_empty() {
-            self.emit(OpBody::Expunge { messages: messages.to_vec() })?;
+            self.emit(OpBody::Expunge {
+                messages: messages.to_vec(),
+            })?;
         }
         Ok(())
     }
@@ -926,7 +1194,10 @@ impl Replica {
     /// update, STATUS UIDNEXT). Makes an op only if UIDNEXT moved since the
     /// last announce.
     pub fn announce(&mut self, mailbox: MailboxId) -> Result<(), LocalError> {
-        let idx = *self.mailbox_idx.get(&mailbox).ok_or(LocalError::NoSuchMailbox(mailbox))?;
+        let idx = *self
+            .mailbox_idx
+            .get(&mailbox)
+            .ok_or(LocalError::NoSuchMailbox(mailbox))?;
         let mb = &self.mailboxes[idx as usize];
         let before = mb.announced.get(&0).copied().unwrap_or(1);
         if mb.uid_next <= before {
@@ -935,20 +1206,35 @@ impl Replica {
         let start = mb.position(before).unwrap_or_else(|p| p);
         let mut pins = Vec::new();
         for s in &mb.slots[start..] {
-            let key = ClaimKey { uid: s.uid, message: s.id, claimant: s.claimant };
-            let exposed = mb.pinned.contains(&key) || s.uid < mb.announced.get(&s.claimant).copied().unwrap_or(1);
+            let key = ClaimKey {
+                uid: s.uid,
+                message: s.id,
+                claimant: s.claimant,
+            };
+            let exposed = mb.pinned.contains(&key)
+                || s.uid < mb.announced.get(&s.claimant).copied().unwrap_or(1);
             if s.claimant != 0 && !exposed {
-                pins.push(Pin { uid: s.uid, message: MessageId(self.unpack(s.id)), claimant: self.replica_ids[s.claimant as usize] });
+                pins.push(Pin {
+                    uid: s.uid,
+                    message: MessageId(self.unpack(s.id)),
+                    claimant: self.replica_ids[s.claimant as usize],
+                });
             }
         }
         let uid_next = mb.uid_next;
-        self.emit(OpBody::Announce { mailbox, uid_next, pins })?;
+        self.emit(OpBody::Announce {
+            mailbox,
+            uid_next,
+            pins,
+        })?;
         Ok(())
     }
 
     /// UIDNEXT of a mailbox as this replica would announce it.
     pub fn uid_next(&self, mailbox: MailboxId) -> Option<u32> {
-        self.mailbox_idx.get(&mailbox).map(|i| self.mailboxes[*i as usize].uid_next)
+        self.mailbox_idx
+            .get(&mailbox)
+            .map(|i| self.mailboxes[*i as usize].uid_next)
     }
 
     /// The UIDNEXT this replica last announced for a mailbox (1 if never).
@@ -961,13 +1247,22 @@ impl Replica {
 
     /// What a client of this replica sees in a mailbox, by UID.
     pub fn view(&self, mailbox: MailboxId) -> MailboxView {
-        let Some(i) = self.mailbox_idx.get(&mailbox) else { return Vec::new() };
+        let Some(i) = self.mailbox_idx.get(&mailbox) else {
+            return Vec::new();
+        };
         let mb = &self.mailboxes[*i as usize];
-        debug_assert!(mb.unplaced.is_empty(), "settled state has no unplaced message");
+        debug_assert!(
+            mb.unplaced.is_empty(),
+            "settled state has no unplaced message"
+        );
         mb.slots
             .iter()
             .map(|s| {
-                let kws = s.flags.iter().map(|e| self.keywords[e.kw as usize].clone()).collect();
+                let kws = s
+                    .flags
+                    .iter()
+                    .map(|e| self.keywords[e.kw as usize].clone())
+                    .collect();
                 (s.uid, MessageId(self.unpack(s.id)), kws)
             })
             .collect()
@@ -981,7 +1276,8 @@ impl Replica {
 
     /// Whether a message was expunged here.
     pub fn is_expunged(&self, message: MessageId) -> bool {
-        self.lookup(message.0).is_some_and(|m| self.tombstones.contains(&m))
+        self.lookup(message.0)
+            .is_some_and(|m| self.tombstones.contains(&m))
     }
 
     /// Number of live messages.
@@ -1024,7 +1320,12 @@ impl Replica {
     }
 
     /// RENAME (and re-parent).
-    pub fn rename_mailbox(&mut self, id: MailboxId, name: &str, parent: Option<MailboxId>) -> Result<(), LocalError> {
+    pub fn rename_mailbox(
+        &mut self,
+        id: MailboxId,
+        name: &str,
+        parent: Option<MailboxId>,
+    ) -> Result<(), LocalError> {
         let change = self.account.rename(id, name, parent)?;
         self.account_op(change)?;
         Ok(())

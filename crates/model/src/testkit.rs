@@ -1,0 +1,407 @@
+//! A deterministic in-memory cluster of replicas for tests and benchmarks:
+//! per-link queues with reordering, duplication and partitions, a seeded RNG,
+//! and the invariant checker of the UID rules (U1–U3), add-wins flags,
+//! expunge-wins and move safety. It drives [`Replica::apply`] exactly as the
+//! node does; it is not used by the node.
+
+use crate::flags::{FlagDelta, FlagState};
+use crate::ids::{BlobId, MailboxId, MessageId, ReplicaId, VersionVector};
+use crate::keyword::Keyword;
+use crate::op::{Op, OpBody};
+use crate::replica::{Replica, ReplicaOptions};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// SplitMix64: small, seedable, good enough to drive schedules.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// Keywords the workloads use.
+pub fn workload_keywords() -> Vec<Keyword> {
+    vec![
+        Keyword::Seen,
+        Keyword::Flagged,
+        Keyword::Answered,
+        Keyword::parse("$Junk").unwrap(),
+        Keyword::parse("work").unwrap(),
+    ]
+}
+
+/// N replicas and the links between them.
+pub struct Cluster {
+    /// The replicas, index = position.
+    pub replicas: Vec<Replica>,
+    /// In flight from `i` to `j`: `queues[i][j]`.
+    queues: Vec<Vec<Vec<Op>>>,
+    /// Link `i → j` delivers only while `up[i][j]`.
+    up: Vec<Vec<bool>>,
+    /// Every op ever made, with its author's version vector just before it.
+    pub history: Vec<(Op, VersionVector)>,
+    /// (replica, mailbox, uid) → message, for every UID a replica showed a client.
+    shown: BTreeMap<(usize, MailboxId, u32), MessageId>,
+    /// What each replica displayed at the previous check.
+    previous: Vec<BTreeMap<MailboxId, BTreeMap<u32, MessageId>>>,
+    blob_seq: u64,
+}
+
+impl Cluster {
+    /// `n` replicas with ids 1..=n, all links up.
+    pub fn new(n: usize) -> Self {
+        Self::with_options(n, ReplicaOptions::default())
+    }
+
+    /// `n` replicas with options.
+    pub fn with_options(n: usize, options: ReplicaOptions) -> Self {
+        Cluster {
+            replicas: (1..=n as u64)
+                .map(|i| Replica::with_options(ReplicaId(i * 0x1000_0001), options))
+                .collect(),
+            queues: vec![vec![Vec::new(); n]; n],
+            up: vec![vec![true; n]; n],
+            history: Vec::new(),
+            shown: BTreeMap::new(),
+            previous: vec![BTreeMap::new(); n],
+            blob_seq: 0,
+        }
+    }
+
+    /// Number of replicas.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Whether the cluster is empty.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Moves what replica `i` made into the history and onto its links.
+    fn collect(&mut self, i: usize, before: VersionVector) {
+        let ops = self.replicas[i].take_outbox();
+        let mut vv = before;
+        for op in ops {
+            self.history.push((op.clone(), vv.clone()));
+            vv.observe(op.dot);
+            for d in &op.deps {
+                vv.observe(*d);
+            }
+            for j in 0..self.replicas.len() {
+                if j != i {
+                    self.queues[i][j].push(op.clone());
+                }
+            }
+        }
+    }
+
+    /// Runs a client action on replica `i` and ships what it made.
+    pub fn client<T>(&mut self, i: usize, f: impl FnOnce(&mut Replica) -> T) -> T {
+        let before = self.replicas[i].version().clone();
+        let out = f(&mut self.replicas[i]);
+        self.collect(i, before);
+        out
+    }
+
+    /// Appends a fresh message to `mailbox` on replica `i`.
+    pub fn append(
+        &mut self,
+        i: usize,
+        mailbox: MailboxId,
+        flags: Vec<Keyword>,
+    ) -> Option<MessageId> {
+        self.blob_seq += 1;
+        let blob = BlobId::of(&self.blob_seq.to_be_bytes());
+        self.client(i, |r| {
+            r.append(mailbox, blob, 1000, 1_700_000_000, flags).ok()
+        })
+    }
+
+    /// A client of replica `i` looks at `mailbox`: it announces UIDNEXT and
+    /// the checker records every UID it has now shown.
+    pub fn look(&mut self, i: usize, mailbox: MailboxId) {
+        self.client(i, |r| r.announce(mailbox).ok());
+        let r = &self.replicas[i];
+        let announced = r.announced_uid_next(mailbox);
+        for (uid, m, _) in r.view(mailbox) {
+            if uid < announced {
+                self.shown.insert((i, mailbox, uid), m);
+            }
+        }
+        self.previous[i].insert(
+            mailbox,
+            r.view(mailbox)
+                .into_iter()
+                .map(|(u, m, _)| (u, m))
+                .collect(),
+        );
+    }
+
+    /// Cuts or restores the links between `i` and `j`, both ways.
+    pub fn set_link(&mut self, i: usize, j: usize, up: bool) {
+        self.up[i][j] = up;
+        self.up[j][i] = up;
+    }
+
+    /// Splits the cluster: links inside each group up, between groups down.
+    pub fn partition(&mut self, group_of: &[usize]) {
+        for i in 0..self.len() {
+            for j in 0..self.len() {
+                self.up[i][j] = group_of[i] == group_of[j];
+            }
+        }
+    }
+
+    /// All links up.
+    pub fn heal(&mut self) {
+        for row in &mut self.up {
+            row.iter_mut().for_each(|u| *u = true);
+        }
+    }
+
+    /// Delivers the `pick`-th op queued from `i` to `j` (if the link is up);
+    /// with `duplicate`, the op stays queued to be delivered again.
+    pub fn deliver(&mut self, i: usize, j: usize, pick: usize, duplicate: bool) -> bool {
+        if !self.up[i][j] || self.queues[i][j].is_empty() {
+            return false;
+        }
+        let k = pick % self.queues[i][j].len();
+        let op = if duplicate {
+            self.queues[i][j][k].clone()
+        } else {
+            self.queues[i][j].swap_remove(k)
+        };
+        let before = self.replicas[j].version().clone();
+        self.replicas[j].apply(op).expect("apply");
+        self.collect(j, before);
+        true
+    }
+
+    /// Delivers everything on up links in a random order until nothing is left
+    /// (settling may create new ops; they are delivered too).
+    pub fn deliver_all(&mut self, rng: &mut Rng) {
+        loop {
+            let links: Vec<(usize, usize)> = (0..self.len())
+                .flat_map(|i| (0..self.len()).map(move |j| (i, j)))
+                .filter(|(i, j)| self.up[*i][*j] && !self.queues[*i][*j].is_empty())
+                .collect();
+            if links.is_empty() {
+                return;
+            }
+            let (i, j) = links[rng.below(links.len())];
+            let pick = rng.below(1 << 20);
+            self.deliver(i, j, pick, false);
+        }
+    }
+
+    /// Number of ops in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queues.iter().flatten().map(|q| q.len()).sum()
+    }
+
+    fn displayed(r: &Replica) -> BTreeMap<MailboxId, BTreeMap<u32, MessageId>> {
+        r.tree()
+            .by_name
+            .values()
+            .map(|mb| {
+                (
+                    *mb,
+                    r.view(*mb).into_iter().map(|(u, m, _)| (u, m)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Checks U1 and U2 at every replica; call after every step.
+    pub fn check_step(&mut self) -> Result<(), String> {
+        for i in 0..self.len() {
+            let r = &self.replicas[i];
+            let now = Self::displayed(r);
+            for (mb, view) in &now {
+                let announced = r.announced_uid_next(*mb);
+                let before = self.previous[i].get(mb);
+                for (uid, m) in view {
+                    let was_here = before.and_then(|b| b.get(uid)) == Some(m);
+                    if !was_here && *uid < announced {
+                        return Err(format!("U1: replica {i} shows {m:?} at new UID {uid} below announced UIDNEXT {announced} in {mb:?}"));
+                    }
+                    // U2 as this replica knows it: what it showed never names another message.
+                    if let Some(shown) = self.shown.get(&(i, *mb, *uid)) {
+                        if shown != m {
+                            return Err(format!(
+                                "U2: replica {i} showed UID {uid} as {shown:?}, now as {m:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+            self.previous[i] = now;
+        }
+        Ok(())
+    }
+
+    /// Checks, after everything was delivered with all links up: identical
+    /// dumps (U3), U2 across replicas, keywords equal to the add-wins reference
+    /// built from the history, expunged messages gone, every other message in
+    /// exactly one mailbox.
+    pub fn check_converged(&self) -> Result<(), String> {
+        if self.in_flight() != 0 || self.replicas.iter().any(|r| r.pending_len() != 0) {
+            return Err("not quiescent".into());
+        }
+        let dump0 = self.replicas[0].dump();
+        for (i, r) in self.replicas.iter().enumerate().skip(1) {
+            let d = r.dump();
+            if d != dump0 {
+                return Err(format!(
+                    "U3: replica 0 and {i} differ:\n--- 0\n{dump0}--- {i}\n{d}"
+                ));
+            }
+        }
+        let r0 = &self.replicas[0];
+        let views = Self::displayed(r0);
+        for ((_, mb, uid), m) in &self.shown {
+            if let Some(other) = views.get(mb).and_then(|v| v.get(uid)) {
+                if other != m {
+                    return Err(format!(
+                        "U2: UID {uid} in {mb:?} was shown as {m:?}, converged to {other:?}"
+                    ));
+                }
+            }
+        }
+        // Reference model from the history.
+        let mut reference: HashMap<MessageId, FlagState> = HashMap::new();
+        let mut expunged = BTreeSet::new();
+        let mut created = BTreeSet::new();
+        for (op, _) in &self.history {
+            let (message, delta) = match &op.body {
+                OpBody::Append(a) | OpBody::Copy { append: a, .. } => {
+                    created.insert(MessageId(op.dot));
+                    (
+                        MessageId(op.dot),
+                        FlagDelta {
+                            add: a.flags.iter().map(|k| (k.clone(), op.dot)).collect(),
+                            remove: vec![],
+                        },
+                    )
+                }
+                OpBody::Flags {
+                    message,
+                    add,
+                    remove,
+                } => (
+                    *message,
+                    FlagDelta {
+                        add: add.iter().map(|k| (k.clone(), op.dot)).collect(),
+                        remove: remove.clone(),
+                    },
+                ),
+                OpBody::Expunge { messages } => {
+                    expunged.extend(messages.iter().copied());
+                    continue;
+                }
+                _ => continue,
+            };
+            let s = reference.entry(message).or_default();
+            *s = s.join(&FlagState::from_delta(&delta));
+        }
+        let mut seen = BTreeSet::new();
+        for view in views.values() {
+            for m in view.values() {
+                if !seen.insert(*m) {
+                    return Err(format!("{m:?} shown twice"));
+                }
+                if expunged.contains(m) {
+                    return Err(format!("expunged {m:?} is back"));
+                }
+                let want = reference.get(m).map(|s| s.keywords()).unwrap_or_default();
+                let got = r0.flags(*m).map_err(|e| e.to_string())?;
+                if want != got {
+                    return Err(format!(
+                        "flags of {m:?}: reference {want:?}, replica {got:?}"
+                    ));
+                }
+            }
+        }
+        for m in created.difference(&expunged) {
+            if !seen.contains(m) {
+                return Err(format!("{m:?} lost"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages whose client-visible UID changed: some replica showed it at
+    /// one UID and shows it at another in the same mailbox now.
+    pub fn churned(&self) -> BTreeSet<MessageId> {
+        let mut out = BTreeSet::new();
+        for ((i, mb, uid), m) in &self.shown {
+            if let Some((now_mb, now_uid)) = self.replicas[*i].uid_of(*m) {
+                if now_mb == *mb && now_uid != *uid {
+                    out.insert(*m);
+                }
+            }
+        }
+        out
+    }
+
+    /// What dsync's rule would have renumbered on the same history: every
+    /// shown message appended concurrently with an append to the same mailbox
+    /// on another replica.
+    pub fn dsync_churned(&self) -> BTreeSet<MessageId> {
+        let appends: Vec<(&Op, &VersionVector, MailboxId)> = self
+            .history
+            .iter()
+            .filter_map(|(op, vv)| match &op.body {
+                OpBody::Append(a) | OpBody::Copy { append: a, .. } => Some((op, vv, a.mailbox)),
+                OpBody::Move { to, .. } => Some((op, vv, *to)),
+                _ => None,
+            })
+            .collect();
+        let shown: BTreeSet<MessageId> = self.shown.values().copied().collect();
+        let mut out = BTreeSet::new();
+        for (a, va, ma) in &appends {
+            for (b, vb, mb) in &appends {
+                let concurrent =
+                    a.dot.replica != b.dot.replica && !va.contains(b.dot) && !vb.contains(a.dot);
+                if ma == mb && concurrent {
+                    let id = match &a.body {
+                        OpBody::Move { message, .. } => *message,
+                        _ => MessageId(a.dot),
+                    };
+                    if shown.contains(&id) {
+                        out.insert(id);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of appends (and copies) in the history.
+    pub fn appends(&self) -> usize {
+        self.history
+            .iter()
+            .filter(|(op, _)| matches!(op.body, OpBody::Append(_) | OpBody::Copy { .. }))
+            .count()
+    }
+}

@@ -1,0 +1,289 @@
+//! Property tests: random histories over 3–5 replicas with random delivery
+//! order, duplication, delay and partitions. After every step U1 and U2 hold
+//! at every replica; after full exchange the replicas are identical (U3),
+//! keywords match the add-wins reference, expunged messages stay gone, and
+//! every other message is in exactly one mailbox.
+
+use proptest::prelude::*;
+use starling_model::testkit::{workload_keywords, Cluster, Rng};
+use starling_model::{MailboxId, MessageId};
+
+#[derive(Clone, Debug)]
+enum Action {
+    Append {
+        r: u8,
+        mb: u8,
+        flags: u8,
+    },
+    Flags {
+        r: u8,
+        msg: u16,
+        add: u8,
+        remove: u8,
+    },
+    Move {
+        r: u8,
+        msg: u16,
+        mb: u8,
+    },
+    Copy {
+        r: u8,
+        msg: u16,
+        mb: u8,
+    },
+    Expunge {
+        r: u8,
+        msg: u16,
+    },
+    Look {
+        r: u8,
+        mb: u8,
+    },
+    Create {
+        r: u8,
+        name: u8,
+    },
+    Rename {
+        r: u8,
+        mb: u8,
+        name: u8,
+    },
+    Delete {
+        r: u8,
+        mb: u8,
+    },
+    Deliver {
+        from: u8,
+        to: u8,
+        pick: u16,
+        dup: bool,
+    },
+    Partition {
+        seed: u8,
+    },
+    Heal,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        6 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(r, mb, flags)| Action::Append { r, mb, flags }),
+        4 => (any::<u8>(), any::<u16>(), any::<u8>(), any::<u8>()).prop_map(|(r, msg, add, remove)| Action::Flags { r, msg, add, remove }),
+        2 => (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(r, msg, mb)| Action::Move { r, msg, mb }),
+        1 => (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(r, msg, mb)| Action::Copy { r, msg, mb }),
+        1 => (any::<u8>(), any::<u16>()).prop_map(|(r, msg)| Action::Expunge { r, msg }),
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(r, mb)| Action::Look { r, mb }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(r, name)| Action::Create { r, name }),
+        1 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(r, mb, name)| Action::Rename { r, mb, name }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(r, mb)| Action::Delete { r, mb }),
+        14 => (any::<u8>(), any::<u8>(), any::<u16>(), prop::bool::weighted(0.1)).prop_map(|(from, to, pick, dup)| Action::Deliver { from, to, pick, dup }),
+        1 => any::<u8>().prop_map(|seed| Action::Partition { seed }),
+        1 => Just(Action::Heal),
+    ]
+}
+
+const NAMES: [&str; 3] = ["Work", "Lists", "Archive"];
+
+fn mailboxes(c: &Cluster, r: usize) -> Vec<MailboxId> {
+    c.replicas[r].tree().by_name.values().copied().collect()
+}
+
+fn messages(c: &Cluster, r: usize) -> Vec<MessageId> {
+    mailboxes(c, r)
+        .into_iter()
+        .flat_map(|mb| c.replicas[r].view(mb).into_iter().map(|(_, m, _)| m))
+        .collect()
+}
+
+fn pick<T: Copy>(v: &[T], k: usize) -> Option<T> {
+    (!v.is_empty()).then(|| v[k % v.len()])
+}
+
+fn run(n: usize, actions: &[Action]) -> Result<Cluster, String> {
+    let mut c = Cluster::new(n);
+    let kws = workload_keywords();
+    for (step, a) in actions.iter().enumerate() {
+        match *a {
+            Action::Append { r, mb, flags } => {
+                let r = r as usize % n;
+                if let Some(mb) = pick(&mailboxes(&c, r), mb as usize) {
+                    let f = kws
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| flags >> i & 1 == 1)
+                        .map(|(_, k)| k.clone())
+                        .collect();
+                    c.append(r, mb, f);
+                }
+            }
+            Action::Flags {
+                r,
+                msg,
+                add,
+                remove,
+            } => {
+                let r = r as usize % n;
+                if let Some(m) = pick(&messages(&c, r), msg as usize) {
+                    let add = [kws[add as usize % kws.len()].clone()];
+                    let remove = [kws[remove as usize % kws.len()].clone()];
+                    let (add, remove): (&[_], &[_]) = match step % 3 {
+                        0 => (&add, &[]),
+                        1 => (&[], &remove),
+                        _ => (&add, &remove),
+                    };
+                    c.client(r, |rep| rep.store_flags(m, add, remove))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::Move { r, msg, mb } | Action::Copy { r, msg, mb } => {
+                let r = r as usize % n;
+                let (Some(m), Some(to)) = (
+                    pick(&messages(&c, r), msg as usize),
+                    pick(&mailboxes(&c, r), mb as usize),
+                ) else {
+                    continue;
+                };
+                if matches!(a, Action::Move { .. }) {
+                    c.client(r, |rep| rep.move_message(m, to))
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    c.client(r, |rep| rep.copy_message(m, to).map(|_| ()))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::Expunge { r, msg } => {
+                let r = r as usize % n;
+                if let Some(m) = pick(&messages(&c, r), msg as usize) {
+                    c.client(r, |rep| rep.expunge(&[m]))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::Look { r, mb } => {
+                let r = r as usize % n;
+                if let Some(mb) = pick(&mailboxes(&c, r), mb as usize) {
+                    c.look(r, mb);
+                }
+            }
+            Action::Create { r, name } => {
+                let r = r as usize % n;
+                let name = NAMES[name as usize % NAMES.len()];
+                if c.replicas[r].mailbox_by_name(name).is_none() {
+                    c.client(r, |rep| rep.create_mailbox(name, None, None))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::Rename { r, mb, name } => {
+                let r = r as usize % n;
+                let name = NAMES[name as usize % NAMES.len()];
+                let boxes: Vec<_> = mailboxes(&c, r)
+                    .into_iter()
+                    .filter(|m| *m != starling_model::INBOX)
+                    .collect();
+                if let Some(mb) = pick(&boxes, mb as usize) {
+                    if c.replicas[r].mailbox_by_name(name).is_none() {
+                        c.client(r, |rep| rep.rename_mailbox(mb, name, None))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            Action::Delete { r, mb } => {
+                let r = r as usize % n;
+                let boxes: Vec<_> = mailboxes(&c, r)
+                    .into_iter()
+                    .filter(|m| *m != starling_model::INBOX)
+                    .collect();
+                if let Some(mb) = pick(&boxes, mb as usize) {
+                    c.client(r, |rep| rep.delete_mailbox(mb))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::Deliver {
+                from,
+                to,
+                pick,
+                dup,
+            } => {
+                let (from, to) = (from as usize % n, to as usize % n);
+                if from != to {
+                    c.deliver(from, to, pick as usize, dup);
+                }
+            }
+            Action::Partition { seed } => {
+                let groups: Vec<usize> = (0..n).map(|i| (seed as usize >> i) & 1).collect();
+                c.partition(&groups);
+            }
+            Action::Heal => c.heal(),
+        }
+        c.check_step()
+            .map_err(|e| format!("after step {step} {a:?}: {e}"))?;
+    }
+    c.heal();
+    let mut rng = Rng::new(actions.len() as u64);
+    c.deliver_all(&mut rng);
+    c.check_step()
+        .map_err(|e| format!("during final exchange: {e}"))?;
+    c.check_converged()?;
+    Ok(c)
+}
+
+proptest! {
+    // PROPTEST_CASES overrides the count for longer hunts.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+    ))]
+
+    #[test]
+    fn random_histories_keep_invariants(n in 3usize..=5, actions in prop::collection::vec(action(), 1..160)) {
+        if let Err(e) = run(n, &actions) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+/// The final exchange itself, in every delivery order we try, converges to the
+/// same state (commutativity of the whole merge, not only of flags).
+#[test]
+fn delivery_order_does_not_matter() {
+    let mut rng = Rng::new(42);
+    for _ in 0..40 {
+        let n = 3 + rng.below(3);
+        let mut base = Cluster::new(n);
+        base.partition(&(0..n).collect::<Vec<_>>());
+        for _ in 0..30 {
+            let r = rng.below(n);
+            let m = base.append(r, starling_model::INBOX, vec![]);
+            if rng.chance(0.3) {
+                base.look(r, starling_model::INBOX);
+            }
+            if let (Some(m), true) = (m, rng.chance(0.5)) {
+                let k = workload_keywords()[rng.below(5)].clone();
+                base.client(r, |rep| rep.store_flags(m, &[k], &[]).unwrap());
+            }
+        }
+        let history: Vec<_> = base.history.iter().map(|(op, _)| op.clone()).collect();
+        // Replay the same ops into fresh replicas in two different orders.
+        let mut dumps = Vec::new();
+        for order_seed in [1u64, 2] {
+            let mut order = history.clone();
+            let mut r2 = Rng::new(order_seed);
+            for i in (1..order.len()).rev() {
+                order.swap(i, r2.below(i + 1));
+            }
+            let mut fresh = starling_model::Replica::new(starling_model::ReplicaId(999));
+            for op in order {
+                fresh.apply(op).unwrap();
+            }
+            assert_eq!(fresh.pending_len(), 0);
+            let _ = fresh.take_outbox();
+            // This replica makes claims of its own while it settles, so UIDs
+            // may differ by order; where each message is and its keywords may not.
+            let mut d = std::collections::BTreeSet::new();
+            for (name, mb) in &fresh.tree().by_name.clone() {
+                for (_, m, k) in fresh.view(*mb) {
+                    d.insert(format!("{name} {m:?} {k:?}"));
+                }
+            }
+            dumps.push(d);
+        }
+        assert_eq!(dumps[0], dumps[1]);
+    }
+}

@@ -1,0 +1,235 @@
+//! Named scenarios of concurrent mail: each states what a user sees.
+
+use starling_model::testkit::{Cluster, Rng};
+use starling_model::{Keyword, INBOX};
+
+fn sync(c: &mut Cluster) {
+    c.heal();
+    c.deliver_all(&mut Rng::new(7));
+    c.check_step().unwrap();
+    c.check_converged().unwrap();
+}
+
+/// Mail arrives on A and is read there; B is cut off, gets mail, a client
+/// reads it; A and B meet. Both UIDs were shown, so both messages move, and
+/// no UID ever names two messages.
+#[test]
+fn both_sides_shown_both_move() {
+    let mut c = Cluster::new(2);
+    for _ in 0..3 {
+        c.append(0, INBOX, vec![]);
+    }
+    sync(&mut c);
+    c.look(0, INBOX);
+    c.look(1, INBOX);
+    c.partition(&[0, 1]);
+    let a = c.append(0, INBOX, vec![]).unwrap();
+    c.look(0, INBOX);
+    let b = c.append(1, INBOX, vec![]).unwrap();
+    c.look(1, INBOX);
+    assert_eq!(c.replicas[0].uid_of(a).unwrap().1, 4);
+    assert_eq!(c.replicas[1].uid_of(b).unwrap().1, 4);
+    c.check_step().unwrap();
+    sync(&mut c);
+    let ua = c.replicas[0].uid_of(a).unwrap().1;
+    let ub = c.replicas[0].uid_of(b).unwrap().1;
+    assert!(ua > 4 && ub > 4 && ua != ub, "both moved: {ua} {ub}");
+    // UID 4 names nothing now, on both.
+    for r in &c.replicas {
+        assert!(r.view(INBOX).iter().all(|(u, _, _)| *u != 4));
+    }
+    assert_eq!(c.churned().len(), 2);
+}
+
+/// B got mail while cut off but no client saw it: no UID visible on A changes.
+#[test]
+fn unseen_side_yields_silently() {
+    let mut c = Cluster::new(2);
+    for _ in 0..3 {
+        c.append(0, INBOX, vec![]);
+    }
+    sync(&mut c);
+    c.look(0, INBOX);
+    c.partition(&[0, 1]);
+    let a = c.append(0, INBOX, vec![]).unwrap();
+    c.look(0, INBOX);
+    let b1 = c.append(1, INBOX, vec![]).unwrap();
+    let b2 = c.append(1, INBOX, vec![]).unwrap();
+    sync(&mut c);
+    assert_eq!(c.replicas[0].uid_of(a).unwrap().1, 4, "A's shown UID kept");
+    assert_eq!(c.replicas[1].uid_of(a).unwrap().1, 4);
+    let u1 = c.replicas[0].uid_of(b1).unwrap().1;
+    let u2 = c.replicas[0].uid_of(b2).unwrap().1;
+    assert!(u1 > 4 && u2 > u1);
+    assert!(c.churned().is_empty());
+}
+
+/// Appends that were not concurrent are never renumbered.
+#[test]
+fn sequential_appends_keep_uids() {
+    let mut c = Cluster::new(3);
+    let mut ids = Vec::new();
+    for round in 0..9 {
+        let i = round % 3;
+        ids.push((c.append(i, INBOX, vec![]).unwrap(), round as u32 + 1));
+        c.look(i, INBOX);
+        sync(&mut c);
+    }
+    for r in &c.replicas {
+        for (m, uid) in &ids {
+            assert_eq!(r.uid_of(*m).unwrap().1, *uid);
+        }
+    }
+}
+
+/// A message seen on A; C receives it after announcing a higher UIDNEXT of
+/// its own mailbox state: C must show it above what it announced (U1).
+#[test]
+fn late_arrival_above_announced_uidnext() {
+    let mut c = Cluster::new(3);
+    c.set_link(0, 2, false);
+    c.set_link(1, 2, false);
+    let a = c.append(0, INBOX, vec![]).unwrap();
+    c.append(2, INBOX, vec![]).unwrap();
+    c.append(2, INBOX, vec![]).unwrap();
+    c.look(2, INBOX); // C announced UIDNEXT 3
+    c.look(0, INBOX);
+    sync(&mut c);
+    // A's message (UID 1) collided with C's first (UID 1), both shown: both moved.
+    let (_, ua) = c.replicas[2].uid_of(a).unwrap();
+    assert!(ua >= 3);
+}
+
+#[test]
+fn concurrent_add_and_remove_of_a_keyword_keeps_it() {
+    let mut c = Cluster::new(2);
+    let m = c.append(0, INBOX, vec![Keyword::Seen]).unwrap();
+    sync(&mut c);
+    c.partition(&[0, 1]);
+    c.client(0, |r| r.store_flags(m, &[], &[Keyword::Seen]).unwrap());
+    c.client(1, |r| r.store_flags(m, &[Keyword::Seen], &[]).unwrap()); // already present: no op
+    c.client(1, |r| r.store_flags(m, &[], &[Keyword::Seen]).unwrap());
+    c.client(1, |r| {
+        r.store_flags(m, &[Keyword::Seen, Keyword::Flagged], &[])
+            .unwrap()
+    });
+    sync(&mut c);
+    let f = c.replicas[0].flags(m).unwrap();
+    assert!(f.contains(&Keyword::Seen) && f.contains(&Keyword::Flagged));
+}
+
+#[test]
+fn delta_not_final_state() {
+    // A sets +\Seen, B sets -\Flagged concurrently: both apply (a final-state
+    // merge would have to pick one list).
+    let mut c = Cluster::new(2);
+    let m = c.append(0, INBOX, vec![Keyword::Flagged]).unwrap();
+    sync(&mut c);
+    c.partition(&[0, 1]);
+    c.client(0, |r| r.store_flags(m, &[Keyword::Seen], &[]).unwrap());
+    c.client(1, |r| r.store_flags(m, &[], &[Keyword::Flagged]).unwrap());
+    sync(&mut c);
+    assert_eq!(c.replicas[1].flags(m).unwrap(), [Keyword::Seen].into());
+}
+
+#[test]
+fn expunge_wins_over_concurrent_flag_change_and_move() {
+    let mut c = Cluster::new(3);
+    let work = c.client(0, |r| r.create_mailbox("Work", None, None).unwrap());
+    let m = c.append(0, INBOX, vec![]).unwrap();
+    sync(&mut c);
+    c.partition(&[0, 1, 2]);
+    c.client(0, |r| r.expunge(&[m]).unwrap());
+    c.client(1, |r| r.store_flags(m, &[Keyword::Flagged], &[]).unwrap());
+    c.client(2, |r| r.move_message(m, work).unwrap());
+    sync(&mut c);
+    for r in &c.replicas {
+        assert!(r.is_expunged(m));
+        assert_eq!(r.message_count(), 0);
+    }
+}
+
+#[test]
+fn concurrent_moves_one_winner_never_duplicated() {
+    let mut c = Cluster::new(3);
+    let x = c.client(0, |r| r.create_mailbox("X", None, None).unwrap());
+    let y = c.client(0, |r| r.create_mailbox("Y", None, None).unwrap());
+    let m = c.append(0, INBOX, vec![Keyword::Seen]).unwrap();
+    sync(&mut c);
+    c.partition(&[0, 1, 2]);
+    c.client(1, |r| r.move_message(m, x).unwrap());
+    c.client(2, |r| r.move_message(m, y).unwrap());
+    c.client(0, |r| r.store_flags(m, &[Keyword::Answered], &[]).unwrap());
+    sync(&mut c);
+    let (mb, _) = c.replicas[0].uid_of(m).unwrap();
+    assert!(mb == x || mb == y);
+    assert_eq!(c.replicas[0].message_count(), 1);
+    // The flag change concurrent with the moves followed the message.
+    assert!(c.replicas[0].flags(m).unwrap().contains(&Keyword::Answered));
+}
+
+#[test]
+fn copy_is_a_new_instance_with_flags_at_that_moment() {
+    let mut c = Cluster::new(2);
+    let x = c.client(0, |r| r.create_mailbox("X", None, None).unwrap());
+    let m = c.append(0, INBOX, vec![Keyword::Seen]).unwrap();
+    let copy = c.client(0, |r| r.copy_message(m, x).unwrap());
+    c.client(0, |r| r.store_flags(m, &[Keyword::Flagged], &[]).unwrap());
+    sync(&mut c);
+    assert_ne!(m, copy);
+    assert_eq!(c.replicas[1].flags(copy).unwrap(), [Keyword::Seen].into());
+    assert_eq!(c.replicas[1].uid_of(copy).unwrap().0, x);
+}
+
+#[test]
+fn delete_never_loses_a_concurrently_added_message() {
+    let mut c = Cluster::new(2);
+    let x = c.client(0, |r| r.create_mailbox("X", None, None).unwrap());
+    let old = c.append(0, x, vec![]).unwrap();
+    sync(&mut c);
+    c.partition(&[0, 1]);
+    c.client(0, |r| r.delete_mailbox(x).unwrap());
+    let new = c.append(1, x, vec![]).unwrap();
+    sync(&mut c);
+    for r in &c.replicas {
+        assert!(r.is_expunged(old));
+        assert_eq!(r.uid_of(new).unwrap().0, x);
+        assert_eq!(r.mailbox_by_name("X"), Some(x), "mailbox reappears");
+    }
+}
+
+#[test]
+fn same_name_creates_show_one_mailbox_with_both_messages() {
+    let mut c = Cluster::new(2);
+    c.partition(&[0, 1]);
+    let xa = c.client(0, |r| r.create_mailbox("Work", None, None).unwrap());
+    let xb = c.client(1, |r| r.create_mailbox("Work", None, None).unwrap());
+    let ma = c.append(0, xa, vec![]).unwrap();
+    let mb = c.append(1, xb, vec![]).unwrap();
+    sync(&mut c);
+    let canonical = c.replicas[0].mailbox_by_name("Work").unwrap();
+    for r in &c.replicas {
+        assert_eq!(r.uid_of(ma).unwrap().0, canonical);
+        assert_eq!(r.uid_of(mb).unwrap().0, canonical);
+        assert_eq!(r.tree().by_name.len(), 2); // INBOX and Work
+    }
+}
+
+#[test]
+fn duplicated_and_reordered_delivery_is_harmless() {
+    let mut c = Cluster::new(2);
+    let ops: Vec<_> = (0..5)
+        .map(|_| {
+            let m = c.append(0, INBOX, vec![]).unwrap();
+            c.client(0, |r| r.store_flags(m, &[Keyword::Seen], &[]).unwrap());
+            m
+        })
+        .collect();
+    // Deliver newest first, each twice.
+    for k in (0..10).rev() {
+        c.deliver(0, 1, k, true);
+    }
+    c.deliver_all(&mut Rng::new(1));
+    c.check_converged().unwrap();
+    assert_eq!(c.replicas[1].message_count(), ops.len());
+}
