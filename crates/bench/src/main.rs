@@ -1,0 +1,67 @@
+//! Benchmarks of Starling, printing tables for `docs/benchmarks.md`.
+//!
+//! `starling-bench model` measures the data model: UID churn against dsync's
+//! rule on the same histories, the cost of applying one flag op, bytes per
+//! flag delta, and resident bytes per message. Memory is counted by a global
+//! allocator wrapper, so the figures are heap bytes actually requested.
+
+use clap::{Parser, Subcommand};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod model;
+
+/// Counts live heap bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Heap bytes currently allocated by the process.
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+#[derive(Parser)]
+#[command(about = "Starling benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// The data model: UID churn, flag op cost and size, memory per message.
+    Model {
+        /// Messages for the memory measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Appends per churn pattern.
+        #[arg(long, default_value_t = 2_000)]
+        appends: usize,
+    },
+}
+
+fn main() {
+    match Cli::parse().what {
+        What::Model { messages, appends } => model::run(messages, appends),
+    }
+}
