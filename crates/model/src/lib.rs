@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod account;
+pub mod backend;
 pub mod codec;
 pub mod flags;
 pub mod hlc;
@@ -21,7 +22,8 @@ pub mod replica;
 pub mod testkit;
 
 pub use account::{AccountDoc, MailboxTree, SpecialUse, INBOX};
+pub use backend::{Backend, MemBackend, StorageError};
 pub use ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector};
 pub use keyword::Keyword;
 pub use op::{Append, Op, OpBody, Pin};
-pub use replica::{ApplyError, LocalError, Replica, ReplicaOptions};
+pub use replica::{ApplyError, LocalError, OpenError, Replica, ReplicaOptions};

@@ -8,15 +8,20 @@
 //! ops; they go through `apply` like any other and are queued for peers
 //! ([`Replica::take_outbox`]).
 //!
-//! The state is packed for memory (see `docs/semantics.md`): replica ids are
-//! interned to 16-bit indices, dots packed into a `u64`, and each mailbox's
-//! messages kept in one vector sorted by UID, which is also IMAP's sequence
-//! number order.
+//! Per-message state lives behind a [`Backend`] (memory here, redb in the
+//! store); the small rest — version vector, interning tables, mailbox
+//! counters, account document, ops waiting for their causal past — lives here
+//! and is saved with [`Replica::header`] and [`Replica::save_account`].
 
 use crate::account::{AccountDoc, AccountError, MailboxTree, SpecialUse, INBOX};
+use crate::backend::{
+    Backend, Claim, ClaimKey, Envelope, FlagEntry, FlagSet, MemBackend, MsgLoc, Packed, Slot,
+    StorageError,
+};
 use crate::ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector, COUNTER_MAX};
 use crate::keyword::Keyword;
 use crate::op::{Append, Op, OpBody, Pin};
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -39,9 +44,15 @@ pub enum ApplyError {
     /// The causal buffer is full.
     #[error("causal buffer full ({PENDING_MAX} ops waiting)")]
     PendingFull,
+    /// A mailbox's UID space is used up.
+    #[error("UID space of {0:?} exhausted")]
+    UidsExhausted(MailboxId),
     /// A malformed account-document change.
     #[error(transparent)]
     Account(#[from] AccountError),
+    /// The backend failed; the caller must abandon the transaction.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Why a local (client) operation was refused.
@@ -53,9 +64,6 @@ pub enum LocalError {
     /// The mailbox is not here or not visible.
     #[error("no such mailbox {0:?}")]
     NoSuchMailbox(MailboxId),
-    /// The mailbox's UID space is used up (UIDNEXT would pass 2^32 − 1).
-    #[error("UID space of {0:?} exhausted")]
-    UidsExhausted(MailboxId),
     /// Account document refused the change.
     #[error(transparent)]
     Account(#[from] AccountError),
@@ -64,8 +72,30 @@ pub enum LocalError {
     Apply(#[from] ApplyError),
 }
 
-/// Dot packed with an interned replica index: index << 48 | counter.
-type Packed = u64;
+impl From<StorageError> for LocalError {
+    fn from(e: StorageError) -> Self {
+        LocalError::Apply(ApplyError::Storage(e))
+    }
+}
+
+/// Why a saved replica could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The header is not one this code wrote.
+    #[error("replica header unreadable: {0}")]
+    Header(String),
+    /// The header names another replica.
+    #[error("header is of replica {found:?}, expected {expected:?}")]
+    WrongReplica {
+        /// Asked for.
+        expected: ReplicaId,
+        /// Found.
+        found: ReplicaId,
+    },
+    /// The account document is unreadable.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+}
 
 fn pack(idx: u16, counter: u64) -> Packed {
     ((idx as u64) << 48) | counter
@@ -75,211 +105,44 @@ fn packed_idx(p: Packed) -> u16 {
     (p >> 48) as u16
 }
 
-/// One keyword add that is live on a message: keyword index and packed dot.
-/// Three `u32`s so that two fit inline in 24 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FlagEntry {
-    kw: u32,
-    dot_hi: u32,
-    dot_lo: u32,
-}
-
-impl FlagEntry {
-    fn new(kw: u32, dot: Packed) -> Self {
-        FlagEntry {
-            kw,
-            dot_hi: (dot >> 32) as u32,
-            dot_lo: dot as u32,
-        }
-    }
-    fn dot(&self) -> Packed {
-        ((self.dot_hi as u64) << 32) | self.dot_lo as u64
-    }
-}
-
-type FlagSet = SmallVec<[FlagEntry; 2]>;
-
-/// A message in a mailbox: its displayed UID and replicated state.
-#[derive(Clone, Debug)]
-struct Slot {
-    id: Packed,
-    /// Location version: move sequence << 16 | mover's replica index.
-    loc: u64,
-    uid: u32,
-    /// Author of the claim that gives `uid` (other claims live in `side`).
-    claimant: u16,
-    flags: FlagSet,
-}
-
-/// Where a message is: mailbox index and displayed UID (0 while unplaced).
-#[derive(Clone, Copy, Debug)]
-struct MsgLoc {
-    mailbox: u32,
-    uid: u32,
-}
-
-/// Immutable attributes, kept apart from the CRDT state.
-#[derive(Clone, Copy, Debug)]
-struct Envelope {
-    blob: BlobId,
-    size: u64,
-    internal_date: i64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ClaimKey {
-    uid: u32,
-    message: Packed,
-    claimant: u16,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Claim {
-    message: Packed,
-    claimant: u16,
-}
-
-#[derive(Debug)]
-struct MailboxState {
+/// Small per-mailbox state, kept in memory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct MailboxMeta {
     id: MailboxId,
-    /// Placed messages, sorted by UID.
-    slots: Vec<Slot>,
-    /// Messages that arrived or lost their UID and await settling.
-    unplaced: HashMap<Packed, Slot>,
     /// 1 + the highest UID ever claimed or announced here.
     uid_next: u32,
     /// Per replica, the highest UIDNEXT it announced (its claims below are exposed).
-    announced: HashMap<u16, u32>,
-    /// Claims other than each placed message's primary one.
-    side: BTreeMap<u32, SmallVec<[Claim; 2]>>,
-    side_by_msg: HashMap<Packed, SmallVec<[u32; 2]>>,
-    retracted: HashSet<ClaimKey>,
-    pinned: HashSet<ClaimKey>,
+    announced: BTreeMap<u16, u32>,
+    /// Messages that arrived or lost their UID, until settled (never saved:
+    /// every apply ends with nothing unplaced).
+    #[serde(skip)]
+    unplaced: HashMap<Packed, Slot>,
 }
 
-impl MailboxState {
-    fn new(id: MailboxId) -> Self {
-        MailboxState {
-            id,
-            slots: Vec::new(),
-            unplaced: HashMap::new(),
-            uid_next: 1,
-            announced: HashMap::new(),
-            side: BTreeMap::new(),
-            side_by_msg: HashMap::new(),
-            retracted: HashSet::new(),
-            pinned: HashSet::new(),
-        }
-    }
-
-    fn position(&self, uid: u32) -> Result<usize, usize> {
-        self.slots.binary_search_by_key(&uid, |s| s.uid)
-    }
-
-    fn add_side(&mut self, uid: u32, claim: Claim) {
-        let list = self.side.entry(uid).or_default();
-        if list
-            .iter()
-            .any(|c| c.message == claim.message && c.claimant == claim.claimant)
-        {
-            return;
-        }
-        list.push(claim);
-        let uids = self.side_by_msg.entry(claim.message).or_default();
-        if !uids.contains(&uid) {
-            uids.push(uid);
-        }
-    }
-
-    fn take_side(&mut self, uid: u32, message: Packed) -> Option<u16> {
-        let list = self.side.get_mut(&uid)?;
-        let pos = list.iter().position(|c| c.message == message)?;
-        let claim = list.remove(pos);
-        if list.is_empty() {
-            self.side.remove(&uid);
-        }
-        if !self
-            .side
-            .get(&uid)
-            .is_some_and(|l| l.iter().any(|c| c.message == message))
-        {
-            if let Some(uids) = self.side_by_msg.get_mut(&message) {
-                uids.retain(|u| *u != uid);
-                if uids.is_empty() {
-                    self.side_by_msg.remove(&message);
-                }
-            }
-        }
-        Some(claim.claimant)
-    }
-
-    /// Removes a message's slot; its primary claim stays on record in `side`.
-    fn unplace(&mut self, message: Packed, uid: u32) -> Option<Slot> {
-        if let Some(s) = self.unplaced.remove(&message) {
-            return Some(s);
-        }
-        let pos = self.position(uid).ok()?;
-        debug_assert_eq!(self.slots[pos].id, message);
-        let slot = self.slots.remove(pos);
-        self.add_side(
-            slot.uid,
-            Claim {
-                message,
-                claimant: slot.claimant,
-            },
-        );
-        Some(slot)
-    }
-
-    fn slot_mut(&mut self, message: Packed, uid: u32) -> Option<&mut Slot> {
-        if uid == 0 {
-            return self.unplaced.get_mut(&message);
-        }
-        let pos = self.position(uid).ok()?;
-        Some(&mut self.slots[pos])
-    }
+/// What [`Replica::header`] saves.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    version: u8,
+    me: ReplicaId,
+    counter: u64,
+    vv: VersionVector,
+    deps_base: VersionVector,
+    replica_ids: Vec<ReplicaId>,
+    keywords: Vec<Keyword>,
+    mailboxes: Vec<MailboxMeta>,
+    pending: Vec<Op>,
 }
+
+const HEADER_VERSION: u8 = 1;
 
 /// What one replica shows for a mailbox: `(uid, message, keywords)` by UID.
 pub type MailboxView = Vec<(u32, MessageId, BTreeSet<Keyword>)>;
 
-/// One replica of one account.
-pub struct Replica {
-    me: ReplicaId,
-    counter: u64,
-    vv: VersionVector,
-    /// `vv` as of this replica's last op: what the next op's deps are relative to.
-    deps_base: VersionVector,
-    replica_ids: Vec<ReplicaId>,
-    replica_idx: HashMap<ReplicaId, u16>,
-    keywords: Vec<Keyword>,
-    keyword_idx: HashMap<Keyword, u32>,
-    messages: HashMap<Packed, MsgLoc>,
-    envelopes: Option<HashMap<Packed, Envelope>>,
-    tombstones: HashSet<Packed>,
-    mailboxes: Vec<MailboxState>,
-    mailbox_idx: HashMap<MailboxId, u32>,
-    account: AccountDoc,
-    tree: MailboxTree,
-    pending: BTreeMap<Dot, Op>,
-    outbox: Vec<Op>,
-}
-
-impl std::fmt::Debug for Replica {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica")
-            .field("me", &self.me)
-            .field("vv", &self.vv)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Options for a replica.
+/// Options for an in-memory replica.
 #[derive(Clone, Copy, Debug)]
 pub struct ReplicaOptions {
-    /// Keep blob id, size and date of each message in memory. The store keeps
-    /// them on disk; the memory benchmark turns this off to measure the CRDT
-    /// state alone.
+    /// Keep blob id, size and date of each message in memory (COPY needs
+    /// them). The memory benchmark turns this off to measure the CRDT alone.
     pub keep_envelopes: bool,
 }
 
@@ -305,14 +168,54 @@ enum FollowUp {
     },
 }
 
-impl Replica {
-    /// A fresh replica with nothing applied.
+/// Mailboxes, UIDs and messages an op touched, to settle afterwards.
+type Dirty = BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>;
+
+/// One replica of one account.
+pub struct Replica<B: Backend = MemBackend> {
+    me: ReplicaId,
+    counter: u64,
+    vv: VersionVector,
+    /// `vv` as of this replica's last op: what the next op's deps are relative to.
+    deps_base: VersionVector,
+    replica_ids: Vec<ReplicaId>,
+    replica_idx: HashMap<ReplicaId, u16>,
+    keywords: Vec<Keyword>,
+    keyword_idx: HashMap<Keyword, u32>,
+    mailboxes: Vec<MailboxMeta>,
+    mailbox_idx: HashMap<MailboxId, u32>,
+    account: AccountDoc,
+    account_dirty: bool,
+    tree: MailboxTree,
+    pending: BTreeMap<Dot, Op>,
+    outbox: Vec<Op>,
+    backend: B,
+}
+
+impl<B: Backend> std::fmt::Debug for Replica<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("me", &self.me)
+            .field("vv", &self.vv)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica<MemBackend> {
+    /// A fresh in-memory replica.
     pub fn new(me: ReplicaId) -> Self {
         Self::with_options(me, ReplicaOptions::default())
     }
 
-    /// A fresh replica with options.
+    /// A fresh in-memory replica with options.
     pub fn with_options(me: ReplicaId, options: ReplicaOptions) -> Self {
+        Replica::create(me, MemBackend::new(options.keep_envelopes))
+    }
+}
+
+impl<B: Backend> Replica<B> {
+    /// A fresh replica over an empty backend.
+    pub fn create(me: ReplicaId, backend: B) -> Self {
         let account = AccountDoc::new(me);
         let tree = account.tree(|_| false);
         let mut r = Replica {
@@ -324,19 +227,117 @@ impl Replica {
             replica_idx: HashMap::new(),
             keywords: Vec::new(),
             keyword_idx: HashMap::new(),
-            messages: HashMap::new(),
-            envelopes: options.keep_envelopes.then(HashMap::new),
-            tombstones: HashSet::new(),
             mailboxes: Vec::new(),
             mailbox_idx: HashMap::new(),
             account,
+            account_dirty: true,
             tree,
             pending: BTreeMap::new(),
             outbox: Vec::new(),
+            backend,
         };
         r.intern(me).expect("first replica");
         r.mailbox(INBOX);
         r
+    }
+
+    /// Reopens a replica from a saved header and account document over the
+    /// backend that holds its per-message state.
+    pub fn open(
+        me: ReplicaId,
+        backend: B,
+        header: &[u8],
+        account: &[u8],
+    ) -> Result<Self, OpenError> {
+        let h: Header =
+            postcard::from_bytes(header).map_err(|e| OpenError::Header(e.to_string()))?;
+        if h.version != HEADER_VERSION {
+            return Err(OpenError::Header(format!(
+                "unknown header version {}",
+                h.version
+            )));
+        }
+        if h.me != me {
+            return Err(OpenError::WrongReplica {
+                expected: me,
+                found: h.me,
+            });
+        }
+        let account = AccountDoc::load(me, account)?;
+        let mut r = Replica::create(me, backend);
+        r.account = account;
+        r.account_dirty = false;
+        r.counter = h.counter;
+        r.vv = h.vv;
+        r.deps_base = h.deps_base;
+        r.replica_idx = h
+            .replica_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i as u16))
+            .collect();
+        r.replica_ids = h.replica_ids;
+        r.keyword_idx = h
+            .keywords
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i as u32))
+            .collect();
+        r.keywords = h.keywords;
+        r.mailbox_idx = h
+            .mailboxes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id, i as u32))
+            .collect();
+        r.mailboxes = h.mailboxes;
+        r.pending = h.pending.into_iter().map(|op| (op.dot, op)).collect();
+        let mut dirty = Dirty::new();
+        r.refresh_tree(&mut dirty)
+            .map_err(|e| OpenError::Header(e.to_string()))?;
+        Ok(r)
+    }
+
+    /// The small state, for the store to save with each commit.
+    pub fn header(&self) -> Vec<u8> {
+        let h = Header {
+            version: HEADER_VERSION,
+            me: self.me,
+            counter: self.counter,
+            vv: self.vv.clone(),
+            deps_base: self.deps_base.clone(),
+            replica_ids: self.replica_ids.clone(),
+            keywords: self.keywords.clone(),
+            mailboxes: self.mailboxes.clone(),
+            pending: self.pending.values().cloned().collect(),
+        };
+        postcard::to_stdvec(&h).expect("in-memory encoding")
+    }
+
+    /// Whether the account document changed since it was last saved.
+    pub fn account_changed(&self) -> bool {
+        self.account_dirty
+    }
+
+    /// The account document, saved; clears [`Self::account_changed`].
+    pub fn save_account(&mut self) -> Vec<u8> {
+        self.account_dirty = false;
+        self.account.save()
+    }
+
+    /// The backend (for reads the model does not offer).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably: for the store to swap the transaction under it.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Gives up the replica, keeping its backend (to reopen it, in tests).
+    pub fn into_backend(self) -> B {
+        self.backend
     }
 
     /// This replica's id.
@@ -401,9 +402,58 @@ impl Replica {
             return *i;
         }
         let i = self.mailboxes.len() as u32;
-        self.mailboxes.push(MailboxState::new(id));
+        self.mailboxes.push(MailboxMeta {
+            id,
+            uid_next: 1,
+            announced: BTreeMap::new(),
+            unplaced: HashMap::new(),
+        });
         self.mailbox_idx.insert(id, i);
         i
+    }
+
+    /// The mailbox index of `id`, if this replica knows it.
+    pub fn mailbox_index(&self, id: MailboxId) -> Option<u32> {
+        self.mailbox_idx.get(&id).copied()
+    }
+
+    fn announced(&self, mb: u32, replica: u16) -> u32 {
+        self.mailboxes[mb as usize]
+            .announced
+            .get(&replica)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// A message's slot, placed or not.
+    fn get_slot(&self, m: Packed, loc: MsgLoc) -> Result<Option<Slot>, StorageError> {
+        if loc.uid == 0 {
+            return Ok(self.mailboxes[loc.mailbox as usize]
+                .unplaced
+                .get(&m)
+                .cloned());
+        }
+        self.backend.slot(loc.mailbox, loc.uid)
+    }
+
+    /// Takes a message out of its place; its primary claim stays on record.
+    fn unplace(&mut self, mb: u32, m: Packed, uid: u32) -> Result<Option<Slot>, StorageError> {
+        if let Some(s) = self.mailboxes[mb as usize].unplaced.remove(&m) {
+            return Ok(Some(s));
+        }
+        let Some(slot) = self.backend.remove_slot(mb, uid)? else {
+            return Ok(None);
+        };
+        debug_assert_eq!(slot.id, m);
+        self.backend.add_side(
+            mb,
+            slot.uid,
+            Claim {
+                message: m,
+                claimant: slot.claimant,
+            },
+        )?;
+        Ok(Some(slot))
     }
 
     // ---------------------------------------------------------------- apply
@@ -411,6 +461,9 @@ impl Replica {
     /// Applies an op from anywhere. An op already applied is ignored; one whose
     /// causal past is incomplete waits and is applied when it completes. Ops
     /// created while settling are applied too and queued in the outbox.
+    ///
+    /// On `Err(Storage)` the in-memory part may be ahead of the backend: the
+    /// caller must drop this replica and reopen it from what was committed.
     pub fn apply(&mut self, op: Op) -> Result<(), ApplyError> {
         if self.vv.contains(op.dot) || self.pending.contains_key(&op.dot) {
             return Ok(());
@@ -426,6 +479,9 @@ impl Replica {
             return Ok(());
         }
         self.apply_ready(op)?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         // Each applied op may make waiting ones ready.
         loop {
             let ready: Vec<Dot> = self
@@ -456,7 +512,7 @@ impl Replica {
     }
 
     fn apply_ready(&mut self, op: Op) -> Result<(), ApplyError> {
-        let mut dirty: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)> = BTreeMap::new();
+        let mut dirty = Dirty::new();
         self.apply_body(&op, &mut dirty)?;
         // A deleted mailbox is visible exactly while it holds messages.
         let deleted_touched = dirty.keys().any(|i| {
@@ -464,7 +520,7 @@ impl Replica {
             self.tree.entries.get(&id).is_some_and(|e| e.deleted)
         });
         if deleted_touched {
-            self.refresh_tree(&mut dirty);
+            self.refresh_tree(&mut dirty)?;
         }
         self.vv.observe(op.dot);
         if op.dot.replica == self.me {
@@ -473,17 +529,13 @@ impl Replica {
         self.settle(dirty)
     }
 
-    fn apply_body(
-        &mut self,
-        op: &Op,
-        dirty: &mut BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>,
-    ) -> Result<(), ApplyError> {
+    fn apply_body(&mut self, op: &Op, dirty: &mut Dirty) -> Result<(), ApplyError> {
         let author = self.intern(op.dot.replica)?;
         let op_dot = self.packed(op.dot)?;
         match &op.body {
-            OpBody::Append(a) => self.apply_new_message(op, op_dot, author, a, 0, dirty)?,
+            OpBody::Append(a) => self.apply_new_message(op, op_dot, author, a, dirty)?,
             OpBody::Copy { append, .. } => {
-                self.apply_new_message(op, op_dot, author, append, 0, dirty)?
+                self.apply_new_message(op, op_dot, author, append, dirty)?
             }
             OpBody::Flags {
                 message,
@@ -493,7 +545,7 @@ impl Replica {
                 let Some(m) = self.lookup(message.0) else {
                     return Ok(());
                 };
-                let Some(loc) = self.messages.get(&m).copied() else {
+                let Some(loc) = self.backend.loc(m)? else {
                     return Ok(());
                 };
                 let add: Vec<u32> = add.iter().map(|k| self.keyword(k)).collect();
@@ -501,14 +553,22 @@ impl Replica {
                     .iter()
                     .filter_map(|(k, d)| Some((*self.keyword_idx.get(k)?, self.lookup(*d)?)))
                     .collect();
-                let mb = &mut self.mailboxes[loc.mailbox as usize];
-                if let Some(slot) = mb.slot_mut(m, loc.uid) {
-                    slot.flags.retain(|e| !remove.contains(&(e.kw, e.dot())));
-                    for kw in add {
-                        if !slot.flags.iter().any(|e| e.kw == kw && e.dot() == op_dot) {
-                            slot.flags.push(FlagEntry::new(kw, op_dot));
-                        }
+                let Some(slot) = self.get_slot(m, loc)? else {
+                    return Ok(());
+                };
+                let mut flags = slot.flags;
+                flags.retain(|e| !remove.contains(&(e.kw, e.dot())));
+                for kw in add {
+                    if !flags.iter().any(|e| e.kw == kw && e.dot() == op_dot) {
+                        flags.push(FlagEntry::new(kw, op_dot));
                     }
+                }
+                if loc.uid == 0 {
+                    if let Some(s) = self.mailboxes[loc.mailbox as usize].unplaced.get_mut(&m) {
+                        s.flags = flags;
+                    }
+                } else {
+                    self.backend.set_flags(loc.mailbox, loc.uid, flags)?;
                 }
             }
             OpBody::Move {
@@ -522,51 +582,43 @@ impl Replica {
                 }
                 let m = self.packed(message.0)?;
                 let to_idx = self.mailbox(*to);
-                self.note_claim(to_idx, *uid, m, author, dirty);
-                let Some(loc) = self.messages.get(&m).copied() else {
+                self.note_claim(to_idx, *uid, m, author, dirty)?;
+                let Some(loc) = self.backend.loc(m)? else {
+                    return Ok(());
+                };
+                let Some(current) = self.get_slot(m, loc)?.map(|s| s.loc) else {
                     return Ok(());
                 };
                 let new_loc = ((*seq as u64) << 16) | author as u64;
-                let current = {
-                    let mb = &mut self.mailboxes[loc.mailbox as usize];
-                    mb.slot_mut(m, loc.uid).map(|s| s.loc)
-                };
-                let Some(current) = current else {
-                    return Ok(());
-                };
-                if self.loc_key(new_loc) <= self.loc_key(current)
-                    || loc.mailbox == to_idx && new_loc == current
-                {
+                if self.loc_key(new_loc) <= self.loc_key(current) {
                     return Ok(());
                 }
-                let mut slot = self.mailboxes[loc.mailbox as usize]
-                    .unplace(m, loc.uid)
+                let mut slot = self
+                    .unplace(loc.mailbox, m, loc.uid)?
                     .expect("located slot");
                 slot.loc = new_loc;
-                if loc.mailbox != to_idx {
-                    dirty.entry(loc.mailbox).or_default();
-                }
+                slot.uid = 0;
+                dirty.entry(loc.mailbox).or_default();
                 self.mailboxes[to_idx as usize].unplaced.insert(m, slot);
-                self.messages.insert(
+                self.backend.set_loc(
                     m,
                     MsgLoc {
                         mailbox: to_idx,
                         uid: 0,
                     },
-                );
+                )?;
                 dirty.entry(to_idx).or_default().1.insert(m);
             }
             OpBody::Expunge { messages } => {
                 for message in messages {
                     let m = self.packed(message.0)?;
-                    self.tombstones.insert(m);
-                    if let Some(loc) = self.messages.remove(&m) {
-                        self.mailboxes[loc.mailbox as usize].unplace(m, loc.uid);
+                    self.backend.add_tombstone(m)?;
+                    if let Some(loc) = self.backend.loc(m)? {
+                        self.unplace(loc.mailbox, m, loc.uid)?;
+                        self.backend.remove_loc(m)?;
                         dirty.entry(loc.mailbox).or_default();
                     }
-                    if let Some(e) = self.envelopes.as_mut() {
-                        e.remove(&m);
-                    }
+                    self.backend.remove_envelope(m)?;
                 }
             }
             OpBody::Claim {
@@ -581,15 +633,17 @@ impl Replica {
                     if *u == 0 {
                         return Err(ApplyError::InvalidUid(op.dot));
                     }
-                    self.note_claim(idx, *u, m, author, dirty);
+                    self.note_claim(idx, *u, m, author, dirty)?;
                 }
                 if let Some(r) = retract {
-                    let mb = &mut self.mailboxes[idx as usize];
-                    mb.retracted.insert(ClaimKey {
-                        uid: *r,
-                        message: m,
-                        claimant: author,
-                    });
+                    self.backend.add_retracted(
+                        idx,
+                        ClaimKey {
+                            uid: *r,
+                            message: m,
+                            claimant: author,
+                        },
+                    )?;
                     dirty.entry(idx).or_default().0.insert(*r);
                 }
             }
@@ -608,23 +662,26 @@ impl Replica {
                         claimant: self.intern(p.claimant)?,
                     });
                 }
-                let mb = &mut self.mailboxes[idx as usize];
-                let d = dirty.entry(idx).or_default();
-                let before = mb.announced.get(&author).copied().unwrap_or(1);
+                let before = self.announced(idx, author);
                 if *uid_next > before {
-                    mb.announced.insert(author, *uid_next);
-                    // Exposure only matters where claims compete, i.e. in `side`.
-                    d.0.extend(mb.side.range(before..*uid_next).map(|(u, _)| *u));
+                    self.mailboxes[idx as usize]
+                        .announced
+                        .insert(author, *uid_next);
+                    // Exposure only matters where claims compete, i.e. at side claims.
+                    let uids = self.backend.side_uids_in(idx, before, *uid_next)?;
+                    dirty.entry(idx).or_default().0.extend(uids);
                 }
-                mb.uid_next = mb.uid_next.max(*uid_next);
+                let meta = &mut self.mailboxes[idx as usize];
+                meta.uid_next = meta.uid_next.max(*uid_next);
                 for k in keys {
-                    d.0.insert(k.uid);
-                    mb.pinned.insert(k);
+                    dirty.entry(idx).or_default().0.insert(k.uid);
+                    self.backend.add_pinned(idx, k)?;
                 }
             }
             OpBody::Account { change } => {
                 self.account.apply_change(change)?;
-                self.refresh_tree(dirty);
+                self.account_dirty = true;
+                self.refresh_tree(dirty)?;
             }
         }
         Ok(())
@@ -636,15 +693,14 @@ impl Replica {
         m: Packed,
         author: u16,
         a: &Append,
-        seq: u32,
-        dirty: &mut BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>,
+        dirty: &mut Dirty,
     ) -> Result<(), ApplyError> {
         if a.uid == 0 {
             return Err(ApplyError::InvalidUid(op.dot));
         }
         let idx = self.mailbox(a.mailbox);
-        self.note_claim(idx, a.uid, m, author, dirty);
-        if self.tombstones.contains(&m) {
+        self.note_claim(idx, a.uid, m, author, dirty)?;
+        if self.backend.is_tombstone(m)? {
             return Ok(());
         }
         let flags = a
@@ -654,29 +710,27 @@ impl Replica {
             .collect();
         let slot = Slot {
             id: m,
-            loc: ((seq as u64) << 16) | author as u64,
+            loc: author as u64,
             uid: 0,
             claimant: author,
             flags,
         };
         self.mailboxes[idx as usize].unplaced.insert(m, slot);
-        self.messages.insert(
+        self.backend.set_loc(
             m,
             MsgLoc {
                 mailbox: idx,
                 uid: 0,
             },
-        );
-        if let Some(e) = self.envelopes.as_mut() {
-            e.insert(
-                m,
-                Envelope {
-                    blob: a.blob,
-                    size: a.size,
-                    internal_date: a.internal_date,
-                },
-            );
-        }
+        )?;
+        self.backend.set_envelope(
+            m,
+            Envelope {
+                blob: a.blob,
+                size: a.size,
+                internal_date: a.internal_date,
+            },
+        )?;
         dirty.entry(idx).or_default().1.insert(m);
         Ok(())
     }
@@ -687,12 +741,14 @@ impl Replica {
         uid: u32,
         message: Packed,
         claimant: u16,
-        dirty: &mut BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>,
-    ) {
-        let mb = &mut self.mailboxes[mailbox as usize];
-        mb.add_side(uid, Claim { message, claimant });
-        mb.uid_next = mb.uid_next.max(uid.saturating_add(1));
+        dirty: &mut Dirty,
+    ) -> Result<(), StorageError> {
+        self.backend
+            .add_side(mailbox, uid, Claim { message, claimant })?;
+        let meta = &mut self.mailboxes[mailbox as usize];
+        meta.uid_next = meta.uid_next.max(uid.saturating_add(1));
         dirty.entry(mailbox).or_default().0.insert(uid);
+        Ok(())
     }
 
     /// Orders location versions: move sequence, then the mover's replica id.
@@ -700,13 +756,13 @@ impl Replica {
         (loc >> 16, self.replica_ids[(loc & 0xffff) as usize])
     }
 
-    fn refresh_tree(&mut self, dirty: &mut BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>) {
-        let occupied: HashSet<MailboxId> = self
-            .mailboxes
-            .iter()
-            .filter(|m| !m.slots.is_empty() || !m.unplaced.is_empty())
-            .map(|m| m.id)
-            .collect();
+    fn refresh_tree(&mut self, dirty: &mut Dirty) -> Result<(), StorageError> {
+        let mut occupied = HashSet::new();
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            if !m.unplaced.is_empty() || self.backend.slot_count(i as u32)? > 0 {
+                occupied.insert(m.id);
+            }
+        }
         self.tree = self.account.tree(|id| occupied.contains(&id));
         let ids: Vec<MailboxId> = self.tree.entries.keys().copied().collect();
         for id in ids {
@@ -717,43 +773,46 @@ impl Replica {
                 dirty.entry(*i).or_default();
             }
         }
+        Ok(())
     }
 
     // --------------------------------------------------------------- settle
 
     /// Resolution of one UID: which message it names, if any.
-    fn resolve(&self, mb: &MailboxState, uid: u32) -> Option<Packed> {
-        let mut claims: SmallVec<[(Packed, u16); 4]> = SmallVec::new();
-        if let Ok(pos) = mb.position(uid) {
-            claims.push((mb.slots[pos].id, mb.slots[pos].claimant));
+    fn resolve(&self, mb: u32, uid: u32) -> Result<Option<Packed>, StorageError> {
+        let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
+        if let Some(s) = self.backend.slot(mb, uid)? {
+            claims.push(Claim {
+                message: s.id,
+                claimant: s.claimant,
+            });
         }
-        if let Some(side) = mb.side.get(&uid) {
-            claims.extend(side.iter().map(|c| (c.message, c.claimant)));
-        }
+        claims.extend(self.backend.side_at(mb, uid)?);
         let mut effective: SmallVec<[(Packed, u16, bool); 4]> = SmallVec::new();
-        for (message, claimant) in claims {
+        for c in claims {
             let key = ClaimKey {
                 uid,
-                message,
-                claimant,
+                message: c.message,
+                claimant: c.claimant,
             };
-            let pinned = mb.pinned.contains(&key);
-            let retracted = mb.retracted.contains(&key);
-            if retracted && !pinned {
+            let pinned = self.backend.is_pinned(mb, key)?;
+            if !pinned && self.backend.is_retracted(mb, key)? {
                 continue;
             }
-            let exposed = pinned || uid < mb.announced.get(&claimant).copied().unwrap_or(1);
-            effective.push((message, claimant, exposed));
+            let exposed = pinned || uid < self.announced(mb, c.claimant);
+            effective.push((c.message, c.claimant, exposed));
         }
-        let first = effective.first()?.0;
+        let Some(first) = effective.first().map(|c| c.0) else {
+            return Ok(None);
+        };
         if effective.iter().all(|c| c.0 == first) {
-            return Some(first);
+            return Ok(Some(first));
         }
         let mut exposed: SmallVec<[Packed; 2]> =
             effective.iter().filter(|c| c.2).map(|c| c.0).collect();
         exposed.sort_unstable();
         exposed.dedup();
-        match exposed.len() {
+        Ok(match exposed.len() {
             1 => Some(exposed[0]),
             // Nobody showed any of them: a deterministic winner, no wall clock.
             0 => effective
@@ -763,146 +822,151 @@ impl Replica {
             // Shown as different messages: neither replica knows which one a
             // client cached, so the UID names nothing any more.
             _ => None,
-        }
+        })
     }
 
-    fn settle(
-        &mut self,
-        mut dirty: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<Packed>)>,
-    ) -> Result<(), ApplyError> {
-        let me = 0u16;
+    /// Whether `m` has an own claim at `uid` that may still be withdrawn.
+    fn own_withdrawable(
+        &self,
+        mb: u32,
+        uid: u32,
+        m: Packed,
+        loc: MsgLoc,
+    ) -> Result<bool, StorageError> {
+        let key = ClaimKey {
+            uid,
+            message: m,
+            claimant: 0,
+        };
+        let own = (loc.uid == uid && self.backend.slot(mb, uid)?.is_some_and(|s| s.claimant == 0))
+            || self
+                .backend
+                .side_at(mb, uid)?
+                .iter()
+                .any(|c| c.message == m && c.claimant == 0);
+        Ok(own
+            && uid >= self.announced(mb, 0)
+            && !self.backend.is_retracted(mb, key)?
+            && !self.backend.is_pinned(mb, key)?)
+    }
+
+    fn settle(&mut self, mut dirty: Dirty) -> Result<(), ApplyError> {
         let mut follow = Vec::new();
         while let Some((idx, (uids, mut msgs))) = dirty.pop_first() {
-            let mb = &self.mailboxes[idx as usize];
             for u in &uids {
-                if let Ok(pos) = mb.position(*u) {
-                    msgs.insert(mb.slots[pos].id);
+                if let Some(s) = self.backend.slot(idx, *u)? {
+                    msgs.insert(s.id);
                 }
-                if let Some(side) = mb.side.get(u) {
-                    msgs.extend(side.iter().map(|c| c.message));
-                }
+                msgs.extend(self.backend.side_at(idx, *u)?.iter().map(|c| c.message));
             }
-            msgs.extend(mb.unplaced.keys().copied());
+            let meta = &self.mailboxes[idx as usize];
+            msgs.extend(meta.unplaced.keys().copied());
             // Messages of a mailbox merged into another go there.
-            if let Some(to) = self.tree.merged_into.get(&mb.id) {
-                for s in mb.slots.iter().chain(mb.unplaced.values()) {
+            if let Some(to) = self.tree.merged_into.get(&meta.id).copied() {
+                for s in self
+                    .backend
+                    .slots_from(idx, 0, usize::MAX)?
+                    .iter()
+                    .chain(meta.unplaced.values())
+                {
                     follow.push(FollowUp::Move {
                         message: MessageId(self.unpack(s.id)),
-                        to: *to,
+                        to,
                     });
                 }
                 msgs.clear();
             }
-            let announced_me = mb.announced.get(&me).copied().unwrap_or(1);
+            let mailbox_id = meta.id;
+            let announced_me = self.announced(idx, 0);
             let mut moves: Vec<(Packed, u32, u32)> = Vec::new();
             let mut ordered: Vec<Packed> = msgs.into_iter().collect();
             ordered.sort_by_key(|m| self.unpack(*m));
             for m in ordered {
-                let Some(loc) = self.messages.get(&m).copied() else {
+                let Some(loc) = self.backend.loc(m)? else {
                     continue;
                 };
                 if loc.mailbox != idx {
                     continue;
                 }
-                let mut mine: SmallVec<[u32; 4]> = mb
-                    .side_by_msg
-                    .get(&m)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
+                let mut mine: SmallVec<[u32; 4]> =
+                    self.backend.side_uids_of(idx, m)?.into_iter().collect();
                 if loc.uid != 0 {
                     mine.push(loc.uid);
                 }
-                let best = mine
-                    .iter()
-                    .copied()
-                    .filter(|u| self.resolve(mb, *u) == Some(m))
-                    .max();
-                // Own claims that lost and that no client has seen are withdrawn.
+                let mut best = None;
                 let mut retracts: SmallVec<[u32; 2]> = SmallVec::new();
                 for u in &mine {
-                    let key = ClaimKey {
-                        uid: *u,
-                        message: m,
-                        claimant: me,
-                    };
-                    let own = (loc.uid == *u
-                        && mb.position(*u).is_ok_and(|p| mb.slots[p].claimant == me))
-                        || mb
-                            .side
-                            .get(u)
-                            .is_some_and(|l| l.iter().any(|c| c.message == m && c.claimant == me));
-                    if own
-                        && !mb.retracted.contains(&key)
-                        && !mb.pinned.contains(&key)
-                        && *u >= announced_me
-                        && self.resolve(mb, *u) != Some(m)
-                    {
+                    if self.resolve(idx, *u)? == Some(m) {
+                        best = best.max(Some(*u));
+                    } else if self.own_withdrawable(idx, *u, m, loc)? {
+                        // Own claims that lost and that no client has seen are withdrawn.
                         retracts.push(*u);
                     }
                 }
                 let message = MessageId(self.unpack(m));
-                let target = match best {
-                    Some(b) if b == loc.uid => None,
-                    Some(b) if b >= announced_me => Some(b),
+                match best {
+                    Some(b) if b == loc.uid => {}
+                    Some(b) if b >= announced_me => moves.push((m, loc.uid, b)),
                     _ => {
-                        let mut r = retracts.drain(..);
+                        let retract = if retracts.is_empty() {
+                            None
+                        } else {
+                            Some(retracts.remove(0))
+                        };
                         follow.push(FollowUp::Claim {
-                            mailbox: mb.id,
+                            mailbox: mailbox_id,
                             message,
                             uid: Some(0),
-                            retract: r.next(),
+                            retract,
                         });
-                        retracts = r.collect();
                         if loc.uid != 0 {
                             moves.push((m, loc.uid, 0));
                         }
-                        None
                     }
-                };
+                }
                 for r in retracts {
                     follow.push(FollowUp::Claim {
-                        mailbox: mb.id,
+                        mailbox: mailbox_id,
                         message,
                         uid: None,
                         retract: Some(r),
                     });
                 }
-                if let Some(b) = target {
-                    moves.push((m, loc.uid, b));
-                }
             }
             // Unplace everything that moves first, so targets are free.
-            let mb = &mut self.mailboxes[idx as usize];
             let mut slots = Vec::with_capacity(moves.len());
             for (m, from, to) in moves {
-                let slot = mb.unplace(m, from).expect("slot of located message");
+                let slot = self
+                    .unplace(idx, m, from)?
+                    .expect("slot of located message");
                 slots.push((slot, to));
             }
             for (mut slot, to) in slots {
                 if to == 0 {
-                    self.messages.insert(
+                    slot.uid = 0;
+                    self.backend.set_loc(
                         slot.id,
                         MsgLoc {
                             mailbox: idx,
                             uid: 0,
                         },
-                    );
-                    mb.unplaced.insert(slot.id, slot);
+                    )?;
+                    self.mailboxes[idx as usize].unplaced.insert(slot.id, slot);
                     continue;
                 }
-                slot.claimant = mb.take_side(to, slot.id).expect("winning claim exists");
+                slot.claimant = self
+                    .backend
+                    .take_side(idx, to, slot.id)?
+                    .expect("winning claim exists");
                 slot.uid = to;
-                let pos = mb.position(to).expect_err("resolved UID names one message");
-                self.messages.insert(
+                self.backend.set_loc(
                     slot.id,
                     MsgLoc {
                         mailbox: idx,
                         uid: to,
                     },
-                );
-                mb.slots.insert(pos, slot);
+                )?;
+                self.backend.insert_slot(idx, slot)?;
             }
         }
         for f in follow {
@@ -914,10 +978,7 @@ impl Replica {
                     retract,
                 } => {
                     let uid = match uid {
-                        Some(_) => Some(
-                            self.next_uid(mailbox)
-                                .map_err(|_| ApplyError::InvalidUid(message.0))?,
-                        ),
+                        Some(_) => Some(self.next_uid(mailbox)?),
                         None => None,
                     };
                     OpBody::Claim {
@@ -927,12 +988,10 @@ impl Replica {
                         retract,
                     }
                 }
-                FollowUp::Move { message, to } => {
-                    let Some(body) = self.move_body(message, to) else {
-                        continue;
-                    };
-                    body
-                }
+                FollowUp::Move { message, to } => match self.move_body(message, to)? {
+                    Some(body) => body,
+                    None => continue,
+                },
             };
             // A new claim is moot if an earlier follow-up already placed the
             // message (or moved or expunged it); its withdrawal still stands.
@@ -943,12 +1002,13 @@ impl Replica {
                     uid: Some(u),
                     retract,
                 } => {
-                    let placed = self
-                        .lookup(message.0)
-                        .and_then(|m| self.messages.get(&m))
-                        .is_none_or(|loc| {
-                            self.mailboxes[loc.mailbox as usize].id != mailbox || loc.uid != 0
-                        });
+                    let loc = match self.lookup(message.0) {
+                        Some(m) => self.backend.loc(m)?,
+                        None => None,
+                    };
+                    let placed = loc.is_none_or(|l| {
+                        self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0
+                    });
                     match (placed, retract) {
                         (false, _) => OpBody::Claim {
                             mailbox,
@@ -991,14 +1051,11 @@ impl Replica {
         Ok(dot)
     }
 
-    fn next_uid(&self, mailbox: MailboxId) -> Result<u32, LocalError> {
-        let idx = self
-            .mailbox_idx
-            .get(&mailbox)
-            .ok_or(LocalError::NoSuchMailbox(mailbox))?;
-        let n = self.mailboxes[*idx as usize].uid_next;
+    fn next_uid(&mut self, mailbox: MailboxId) -> Result<u32, ApplyError> {
+        let idx = self.mailbox(mailbox);
+        let n = self.mailboxes[idx as usize].uid_next;
         if n == u32::MAX {
-            return Err(LocalError::UidsExhausted(mailbox));
+            return Err(ApplyError::UidsExhausted(mailbox));
         }
         Ok(n)
     }
@@ -1046,42 +1103,42 @@ impl Replica {
             .lookup(message.0)
             .ok_or(LocalError::NoSuchMessage(message))?;
         let loc = self
-            .messages
-            .get(&m)
-            .copied()
+            .backend
+            .loc(m)?
             .ok_or(LocalError::NoSuchMessage(message))?;
         Ok((m, loc))
     }
 
-    fn slot(&self, m: Packed, loc: MsgLoc) -> &Slot {
-        let mb = &self.mailboxes[loc.mailbox as usize];
-        match mb.position(loc.uid) {
-            Ok(p) if loc.uid != 0 => &mb.slots[p],
-            _ => &mb.unplaced[&m],
-        }
+    fn located_slot(&self, message: MessageId) -> Result<(MsgLoc, Slot), LocalError> {
+        let (m, loc) = self.located(message)?;
+        let slot = self
+            .get_slot(m, loc)?
+            .ok_or(LocalError::NoSuchMessage(message))?;
+        Ok((loc, slot))
+    }
+
+    fn keyword_set(&self, flags: &FlagSet) -> BTreeSet<Keyword> {
+        flags
+            .iter()
+            .map(|e| self.keywords[e.kw as usize].clone())
+            .collect()
     }
 
     /// Keywords of a message.
     pub fn flags(&self, message: MessageId) -> Result<BTreeSet<Keyword>, LocalError> {
-        let (m, loc) = self.located(message)?;
-        Ok(self
-            .slot(m, loc)
-            .flags
-            .iter()
-            .map(|e| self.keywords[e.kw as usize].clone())
-            .collect())
+        let (_, slot) = self.located_slot(message)?;
+        Ok(self.keyword_set(&slot.flags))
     }
 
     /// `STORE +FLAGS/-FLAGS`: one op with the adds and the observed removes.
-    /// Changes that change nothing are dropped (no op is made for them).
+    /// Changes that change nothing make no op.
     pub fn store_flags(
         &mut self,
         message: MessageId,
         add: &[Keyword],
         remove: &[Keyword],
     ) -> Result<(), LocalError> {
-        let (m, loc) = self.located(message)?;
-        let slot = self.slot(m, loc);
+        let (_, slot) = self.located_slot(message)?;
         let present = |k: &Keyword| {
             self.keyword_idx
                 .get(k)
@@ -1114,19 +1171,25 @@ impl Replica {
         Ok(())
     }
 
-    fn move_body(&self, message: MessageId, to: MailboxId) -> Option<OpBody> {
-        let (m, loc) = self.located(message).ok()?;
+    fn move_body(
+        &mut self,
+        message: MessageId,
+        to: MailboxId,
+    ) -> Result<Option<OpBody>, ApplyError> {
+        let Ok((loc, slot)) = self.located_slot(message) else {
+            return Ok(None);
+        };
         if self.mailboxes[loc.mailbox as usize].id == to {
-            return None;
+            return Ok(None);
         }
-        let seq = (self.slot(m, loc).loc >> 16) as u32 + 1;
-        let uid = self.next_uid(to).ok()?;
-        Some(OpBody::Move {
+        let seq = (slot.loc >> 16) as u32 + 1;
+        let uid = self.next_uid(to)?;
+        Ok(Some(OpBody::Move {
             message,
             to,
             seq,
             uid,
-        })
+        }))
     }
 
     /// IMAP MOVE.
@@ -1135,9 +1198,8 @@ impl Replica {
         if !self.visible(to) {
             return Err(LocalError::NoSuchMailbox(to));
         }
-        self.mailbox(to);
         self.located(message)?;
-        if let Some(body) = self.move_body(message, to) {
+        if let Some(body) = self.move_body(message, to)? {
             self.emit(body)?;
         }
         Ok(())
@@ -1153,13 +1215,11 @@ impl Replica {
         if !self.visible(to) {
             return Err(LocalError::NoSuchMailbox(to));
         }
-        self.mailbox(to);
-        let flags = self.flags(message)?.into_iter().collect();
         let (m, _) = self.located(message)?;
+        let flags = self.flags(message)?.into_iter().collect();
         let env = self
-            .envelopes
-            .as_ref()
-            .and_then(|e| e.get(&m).copied())
+            .backend
+            .envelope(m)?
             .ok_or(LocalError::NoSuchMessage(message))?;
         let uid = self.next_uid(to)?;
         let append = Append {
@@ -1192,36 +1252,34 @@ impl Replica {
 
     /// A client was shown this mailbox's current state (SELECT, NOOP, IDLE
     /// update, STATUS UIDNEXT). Makes an op only if UIDNEXT moved since the
-    /// last announce.
+    /// last announce. Only messages placed since then are looked at.
     pub fn announce(&mut self, mailbox: MailboxId) -> Result<(), LocalError> {
-        let idx = *self
-            .mailbox_idx
-            .get(&mailbox)
+        let idx = self
+            .mailbox_index(mailbox)
             .ok_or(LocalError::NoSuchMailbox(mailbox))?;
-        let mb = &self.mailboxes[idx as usize];
-        let before = mb.announced.get(&0).copied().unwrap_or(1);
-        if mb.uid_next <= before {
+        let before = self.announced(idx, 0);
+        let uid_next = self.mailboxes[idx as usize].uid_next;
+        if uid_next <= before {
             return Ok(());
         }
-        let start = mb.position(before).unwrap_or_else(|p| p);
         let mut pins = Vec::new();
-        for s in &mb.slots[start..] {
+        for s in self.backend.slots_from(idx, before, usize::MAX)? {
             let key = ClaimKey {
                 uid: s.uid,
                 message: s.id,
                 claimant: s.claimant,
             };
-            let exposed = mb.pinned.contains(&key)
-                || s.uid < mb.announced.get(&s.claimant).copied().unwrap_or(1);
+            let exposed =
+                self.backend.is_pinned(idx, key)? || s.uid < self.announced(idx, s.claimant);
             if s.claimant != 0 && !exposed {
+                let claimant = self.replica_ids[s.claimant as usize];
                 pins.push(Pin {
                     uid: s.uid,
                     message: MessageId(self.unpack(s.id)),
-                    claimant: self.replica_ids[s.claimant as usize],
+                    claimant,
                 });
             }
         }
-        let uid_next = mb.uid_next;
         self.emit(OpBody::Announce {
             mailbox,
             uid_next,
@@ -1232,40 +1290,47 @@ impl Replica {
 
     /// UIDNEXT of a mailbox as this replica would announce it.
     pub fn uid_next(&self, mailbox: MailboxId) -> Option<u32> {
-        self.mailbox_idx
-            .get(&mailbox)
-            .map(|i| self.mailboxes[*i as usize].uid_next)
+        self.mailbox_index(mailbox)
+            .map(|i| self.mailboxes[i as usize].uid_next)
     }
 
     /// The UIDNEXT this replica last announced for a mailbox (1 if never).
     pub fn announced_uid_next(&self, mailbox: MailboxId) -> u32 {
-        self.mailbox_idx
-            .get(&mailbox)
-            .and_then(|i| self.mailboxes[*i as usize].announced.get(&0).copied())
-            .unwrap_or(1)
+        self.mailbox_index(mailbox)
+            .map_or(1, |i| self.announced(i, 0))
     }
 
     /// What a client of this replica sees in a mailbox, by UID.
     pub fn view(&self, mailbox: MailboxId) -> MailboxView {
-        let Some(i) = self.mailbox_idx.get(&mailbox) else {
-            return Vec::new();
+        self.view_from(mailbox, 1, usize::MAX).unwrap_or_default()
+    }
+
+    /// Part of a mailbox's view: messages with UID ≥ `from`, at most `limit`.
+    pub fn view_from(
+        &self,
+        mailbox: MailboxId,
+        from: u32,
+        limit: usize,
+    ) -> Result<MailboxView, StorageError> {
+        let Some(i) = self.mailbox_index(mailbox) else {
+            return Ok(Vec::new());
         };
-        let mb = &self.mailboxes[*i as usize];
         debug_assert!(
-            mb.unplaced.is_empty(),
+            self.mailboxes[i as usize].unplaced.is_empty(),
             "settled state has no unplaced message"
         );
-        mb.slots
-            .iter()
+        Ok(self
+            .backend
+            .slots_from(i, from, limit)?
+            .into_iter()
             .map(|s| {
-                let kws = s
-                    .flags
-                    .iter()
-                    .map(|e| self.keywords[e.kw as usize].clone())
-                    .collect();
-                (s.uid, MessageId(self.unpack(s.id)), kws)
+                (
+                    s.uid,
+                    MessageId(self.unpack(s.id)),
+                    self.keyword_set(&s.flags),
+                )
             })
-            .collect()
+            .collect())
     }
 
     /// The UID a message shows in its mailbox, with the mailbox.
@@ -1274,15 +1339,31 @@ impl Replica {
         (loc.uid != 0).then(|| (self.mailboxes[loc.mailbox as usize].id, loc.uid))
     }
 
+    /// Immutable attributes of a live message.
+    pub fn envelope(&self, message: MessageId) -> Result<Option<Envelope>, StorageError> {
+        match self.lookup(message.0) {
+            Some(m) => self.backend.envelope(m),
+            None => Ok(None),
+        }
+    }
+
     /// Whether a message was expunged here.
     pub fn is_expunged(&self, message: MessageId) -> bool {
         self.lookup(message.0)
-            .is_some_and(|m| self.tombstones.contains(&m))
+            .is_some_and(|m| self.backend.is_tombstone(m).unwrap_or(false))
     }
 
     /// Number of live messages.
     pub fn message_count(&self) -> usize {
-        self.messages.len()
+        self.backend.message_count().unwrap_or(0) as usize
+    }
+
+    /// Number of messages in a mailbox.
+    pub fn mailbox_len(&self, mailbox: MailboxId) -> Result<u64, StorageError> {
+        match self.mailbox_index(mailbox) {
+            Some(i) => self.backend.slot_count(i),
+            None => Ok(0),
+        }
     }
 
     // ------------------------------------------------------------ mailboxes

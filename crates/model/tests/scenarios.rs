@@ -233,3 +233,58 @@ fn duplicated_and_reordered_delivery_is_harmless() {
     c.check_converged().unwrap();
     assert_eq!(c.replicas[1].message_count(), ops.len());
 }
+
+#[test]
+fn reopened_replica_continues_where_it_stopped() {
+    let mut c = Cluster::new(2);
+    let work = c.client(0, |r| r.create_mailbox("Work", None, None).unwrap());
+    let m = c.append(0, work, vec![Keyword::Seen]).unwrap();
+    c.look(0, work);
+    sync(&mut c);
+    let r = std::mem::replace(
+        &mut c.replicas[0],
+        starling_model::Replica::new(starling_model::ReplicaId(5)),
+    );
+    let (id, dump) = (r.id(), r.dump());
+    let mut r = r;
+    let header = r.header();
+    let account = r.save_account();
+    let reopened = starling_model::Replica::open(id, r.into_backend(), &header, &account).unwrap();
+    assert_eq!(reopened.dump(), dump);
+    assert!(starling_model::Replica::open(
+        starling_model::ReplicaId(9),
+        starling_model::MemBackend::new(true),
+        &header,
+        &account
+    )
+    .is_err());
+    assert!(starling_model::Replica::open(
+        id,
+        starling_model::MemBackend::new(true),
+        b"junk",
+        &account
+    )
+    .is_err());
+    c.replicas[0] = reopened;
+    // It keeps making ops with fresh dots, and the peer accepts them.
+    c.client(0, |r| r.store_flags(m, &[Keyword::Flagged], &[]).unwrap());
+    sync(&mut c);
+    assert!(c.replicas[1].flags(m).unwrap().contains(&Keyword::Flagged));
+}
+
+#[test]
+fn op_waits_for_its_causal_past() {
+    let mut a = starling_model::Replica::new(starling_model::ReplicaId(1));
+    let m = a
+        .append(INBOX, starling_model::BlobId::of(b"x"), 1, 0, vec![])
+        .unwrap();
+    a.store_flags(m, &[Keyword::Seen], &[]).unwrap();
+    let ops = a.take_outbox();
+    let mut b = starling_model::Replica::new(starling_model::ReplicaId(2));
+    b.apply(ops[1].clone()).unwrap();
+    assert_eq!(b.pending_len(), 1);
+    assert_eq!(b.message_count(), 0);
+    b.apply(ops[0].clone()).unwrap();
+    assert_eq!(b.pending_len(), 0);
+    assert_eq!(b.flags(m).unwrap(), [Keyword::Seen].into());
+}
