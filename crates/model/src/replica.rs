@@ -131,9 +131,48 @@ struct Header {
     keywords: Vec<Keyword>,
     mailboxes: Vec<MailboxMeta>,
     pending: Vec<Op>,
+    /// Deleted mailboxes shown because they hold messages (the tree is
+    /// rebuilt from this on open, without reading per-message state).
+    occupied_deleted: Vec<MailboxId>,
 }
 
 const HEADER_VERSION: u8 = 1;
+
+/// The small tables a reader needs to turn stored rows into ids and
+/// keywords, copied out of a replica.
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// Replica ids by interned index.
+    pub replica_ids: Vec<ReplicaId>,
+    /// Keywords by interned index.
+    pub keywords: Vec<Keyword>,
+    /// Mailboxes by index, with their UIDNEXT.
+    pub mailboxes: Vec<(MailboxId, u32)>,
+    /// The tree clients see.
+    pub tree: MailboxTree,
+}
+
+impl Names {
+    /// A packed id as a message id.
+    pub fn message(&self, p: Packed) -> MessageId {
+        MessageId(Dot::new(
+            self.replica_ids[packed_idx(p) as usize],
+            p & COUNTER_MAX,
+        ))
+    }
+    /// Index of a mailbox.
+    pub fn mailbox_index(&self, id: MailboxId) -> Option<u32> {
+        self.mailboxes
+            .iter()
+            .position(|(m, _)| *m == id)
+            .map(|i| i as u32)
+    }
+    /// Packed form of a message id.
+    pub fn packed(&self, m: MessageId) -> Option<Packed> {
+        let i = self.replica_ids.iter().position(|r| *r == m.0.replica)?;
+        Some(pack(i as u16, m.0.counter))
+    }
+}
 
 /// What one replica shows for a mailbox: `(uid, message, keywords)` by UID.
 pub type MailboxView = Vec<(u32, MessageId, BTreeSet<Keyword>)>;
@@ -189,6 +228,8 @@ pub struct Replica<B: Backend = MemBackend> {
     tree: MailboxTree,
     pending: BTreeMap<Dot, Op>,
     outbox: Vec<Op>,
+    /// Ops applied since the last [`Replica::take_applied`], when recording.
+    applied: Option<Vec<Op>>,
     backend: B,
 }
 
@@ -234,6 +275,7 @@ impl<B: Backend> Replica<B> {
             tree,
             pending: BTreeMap::new(),
             outbox: Vec::new(),
+            applied: None,
             backend,
         };
         r.intern(me).expect("first replica");
@@ -292,9 +334,8 @@ impl<B: Backend> Replica<B> {
             .collect();
         r.mailboxes = h.mailboxes;
         r.pending = h.pending.into_iter().map(|op| (op.dot, op)).collect();
-        let mut dirty = Dirty::new();
-        r.refresh_tree(&mut dirty)
-            .map_err(|e| OpenError::Header(e.to_string()))?;
+        let occupied: HashSet<MailboxId> = h.occupied_deleted.into_iter().collect();
+        r.tree = r.account.tree(|id| occupied.contains(&id));
         Ok(r)
     }
 
@@ -310,6 +351,17 @@ impl<B: Backend> Replica<B> {
             keywords: self.keywords.clone(),
             mailboxes: self.mailboxes.clone(),
             pending: self.pending.values().cloned().collect(),
+            occupied_deleted: self
+                .tree
+                .entries
+                .values()
+                .filter(|e| {
+                    e.deleted
+                        && (self.tree.by_name.values().any(|id| *id == e.id)
+                            || self.tree.merged_into.contains_key(&e.id))
+                })
+                .map(|e| e.id)
+                .collect(),
         };
         postcard::to_stdvec(&h).expect("in-memory encoding")
     }
@@ -338,6 +390,98 @@ impl<B: Backend> Replica<B> {
     /// Gives up the replica, keeping its backend (to reopen it, in tests).
     pub fn into_backend(self) -> B {
         self.backend
+    }
+
+    /// Moves this replica's state onto another backend, returning the old one.
+    /// The store runs each write transaction on a backend borrowed from it.
+    pub fn swap_backend<C: Backend>(self, backend: C) -> (Replica<C>, B) {
+        let Replica {
+            me,
+            counter,
+            vv,
+            deps_base,
+            replica_ids,
+            replica_idx,
+            keywords,
+            keyword_idx,
+            mailboxes,
+            mailbox_idx,
+            account,
+            account_dirty,
+            tree,
+            pending,
+            outbox,
+            applied,
+            backend: old,
+        } = self;
+        let r = Replica {
+            me,
+            counter,
+            vv,
+            deps_base,
+            replica_ids,
+            replica_idx,
+            keywords,
+            keyword_idx,
+            mailboxes,
+            mailbox_idx,
+            account,
+            account_dirty,
+            tree,
+            pending,
+            outbox,
+            applied,
+            backend,
+        };
+        (r, old)
+    }
+
+    /// A copy of the small tables, for readers.
+    pub fn names(&self) -> Names {
+        Names {
+            replica_ids: self.replica_ids.clone(),
+            keywords: self.keywords.clone(),
+            mailboxes: self.mailboxes.iter().map(|m| (m.id, m.uid_next)).collect(),
+            tree: self.tree.clone(),
+        }
+    }
+
+    /// Starts recording every op applied (for the store's op log).
+    pub fn record_applied(&mut self) {
+        self.applied.get_or_insert_with(Vec::new);
+    }
+
+    /// Ops applied since the last call, in the order applied (causal order).
+    pub fn take_applied(&mut self) -> Vec<Op> {
+        self.applied
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Unpacks a packed message id of this replica's tables.
+    pub fn message_id(&self, packed: Packed) -> MessageId {
+        MessageId(self.unpack(packed))
+    }
+
+    /// The packed form of a message id, if this replica has interned its replica.
+    pub fn packed_message(&self, message: MessageId) -> Option<Packed> {
+        self.lookup(message.0)
+    }
+
+    /// The mailbox id at an index of this replica's mailbox table.
+    pub fn mailbox_at(&self, index: u32) -> Option<MailboxId> {
+        self.mailboxes.get(index as usize).map(|m| m.id)
+    }
+
+    /// Keyword at an index of this replica's keyword table.
+    pub fn keyword_at(&self, index: u32) -> Option<&Keyword> {
+        self.keywords.get(index as usize)
+    }
+
+    /// The index of a keyword, if interned.
+    pub fn keyword_index(&self, k: &Keyword) -> Option<u32> {
+        self.keyword_idx.get(k).copied()
     }
 
     /// This replica's id.
@@ -514,6 +658,9 @@ impl<B: Backend> Replica<B> {
     fn apply_ready(&mut self, op: Op) -> Result<(), ApplyError> {
         let mut dirty = Dirty::new();
         self.apply_body(&op, &mut dirty)?;
+        if let Some(applied) = self.applied.as_mut() {
+            applied.push(op.clone());
+        }
         // A deleted mailbox is visible exactly while it holds messages.
         let deleted_touched = dirty.keys().any(|i| {
             let id = self.mailboxes[*i as usize].id;

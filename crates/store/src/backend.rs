@@ -1,0 +1,491 @@
+//! The model's per-message state in redb tables, inside one write transaction.
+//!
+//! Every key starts with the account number. Besides what the model asks for,
+//! placing, re-flagging and removing a message maintain the IMAP view: a
+//! per-account MODSEQ counter, each placed message's MODSEQ, a change index
+//! (MODSEQ → UID) for CHANGEDSINCE, a VANISHED index for QRESYNC, and per
+//! mailbox HIGHESTMODSEQ and message count.
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use smallvec::SmallVec;
+use starling_model::backend::{
+    Backend, Claim, ClaimKey, Envelope, FlagSet, MsgLoc, Packed, Slot, StorageResult,
+};
+use starling_model::{BlobId, StorageError};
+
+pub(crate) type Key2 = (u32, u64);
+pub(crate) type ClaimRow = (u32, u32, u32, u64, u16);
+
+pub(crate) const LOCS: TableDefinition<Key2, (u32, u32)> = TableDefinition::new("locs");
+pub(crate) const TOMBSTONES: TableDefinition<Key2, ()> = TableDefinition::new("tombstones");
+pub(crate) const ENVELOPES: TableDefinition<Key2, &[u8]> = TableDefinition::new("envelopes");
+pub(crate) const SLOTS: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("slots");
+pub(crate) const SIDE: TableDefinition<ClaimRow, ()> = TableDefinition::new("side_claims");
+pub(crate) const SIDE_BY_MSG: TableDefinition<(u32, u32, u64, u32), ()> =
+    TableDefinition::new("side_by_message");
+pub(crate) const RETRACTED: TableDefinition<ClaimRow, ()> = TableDefinition::new("retracted");
+pub(crate) const PINNED: TableDefinition<ClaimRow, ()> = TableDefinition::new("pinned");
+/// (account, mailbox, uid) → MODSEQ of the placed message.
+pub(crate) const MODSEQS: TableDefinition<(u32, u32, u32), u64> = TableDefinition::new("modseqs");
+/// (account, mailbox, MODSEQ) → uid, one row per placed message: its last change.
+pub(crate) const CHANGES: TableDefinition<(u32, u32, u64), u32> = TableDefinition::new("changes");
+/// (account, mailbox, MODSEQ) → uid that vanished then.
+pub(crate) const VANISHED: TableDefinition<(u32, u32, u64), u32> = TableDefinition::new("vanished");
+/// (account, mailbox) → (HIGHESTMODSEQ, messages).
+pub(crate) const MAILBOX_COUNTS: TableDefinition<(u32, u32), (u64, u64)> =
+    TableDefinition::new("mailbox_counts");
+/// account → (MODSEQ counter, live messages).
+pub(crate) const ACCOUNT_COUNTS: TableDefinition<u32, (u64, u64)> =
+    TableDefinition::new("account_counts");
+
+pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
+    StorageError(Box::new(e))
+}
+
+pub(crate) fn encode_envelope(e: &Envelope) -> [u8; 48] {
+    let mut b = [0u8; 48];
+    b[..32].copy_from_slice(&e.blob.0);
+    b[32..40].copy_from_slice(&e.size.to_be_bytes());
+    b[40..].copy_from_slice(&e.internal_date.to_be_bytes());
+    b
+}
+
+pub(crate) fn decode_envelope(b: &[u8]) -> StorageResult<Envelope> {
+    if b.len() != 48 {
+        return Err(storage(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "envelope record of wrong size",
+        )));
+    }
+    let mut blob = [0u8; 32];
+    blob.copy_from_slice(&b[..32]);
+    Ok(Envelope {
+        blob: BlobId(blob),
+        size: u64::from_be_bytes(b[32..40].try_into().expect("8 bytes")),
+        internal_date: i64::from_be_bytes(b[40..].try_into().expect("8 bytes")),
+    })
+}
+
+pub(crate) fn decode_slot(b: &[u8]) -> StorageResult<Slot> {
+    postcard::from_bytes(b).map_err(storage)
+}
+
+/// The tables of one write transaction, for one account.
+pub struct RedbBackend<'txn> {
+    account: u32,
+    locs: Table<'txn, Key2, (u32, u32)>,
+    tombstones: Table<'txn, Key2, ()>,
+    envelopes: Table<'txn, Key2, &'static [u8]>,
+    slots: Table<'txn, (u32, u32, u32), &'static [u8]>,
+    side: Table<'txn, ClaimRow, ()>,
+    side_by_msg: Table<'txn, (u32, u32, u64, u32), ()>,
+    retracted: Table<'txn, ClaimRow, ()>,
+    pinned: Table<'txn, ClaimRow, ()>,
+    modseqs: Table<'txn, (u32, u32, u32), u64>,
+    changes: Table<'txn, (u32, u32, u64), u32>,
+    vanished: Table<'txn, (u32, u32, u64), u32>,
+    mailbox_counts: Table<'txn, (u32, u32), (u64, u64)>,
+    account_counts: Table<'txn, u32, (u64, u64)>,
+}
+
+impl<'txn> RedbBackend<'txn> {
+    /// Opens the tables in `txn` for `account`.
+    pub fn new(txn: &'txn WriteTransaction, account: u32) -> Result<Self, redb::TableError> {
+        Ok(RedbBackend {
+            account,
+            locs: txn.open_table(LOCS)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
+            envelopes: txn.open_table(ENVELOPES)?,
+            slots: txn.open_table(SLOTS)?,
+            side: txn.open_table(SIDE)?,
+            side_by_msg: txn.open_table(SIDE_BY_MSG)?,
+            retracted: txn.open_table(RETRACTED)?,
+            pinned: txn.open_table(PINNED)?,
+            modseqs: txn.open_table(MODSEQS)?,
+            changes: txn.open_table(CHANGES)?,
+            vanished: txn.open_table(VANISHED)?,
+            mailbox_counts: txn.open_table(MAILBOX_COUNTS)?,
+            account_counts: txn.open_table(ACCOUNT_COUNTS)?,
+        })
+    }
+
+    fn account_counts(&self) -> StorageResult<(u64, u64)> {
+        Ok(self
+            .account_counts
+            .get(self.account)
+            .map_err(storage)?
+            .map(|g| g.value())
+            .unwrap_or((0, 0)))
+    }
+
+    fn next_modseq(&mut self) -> StorageResult<u64> {
+        let (modseq, n) = self.account_counts()?;
+        self.account_counts
+            .insert(self.account, (modseq + 1, n))
+            .map_err(storage)?;
+        Ok(modseq + 1)
+    }
+
+    fn add_messages(&mut self, delta: i64) -> StorageResult<()> {
+        let (modseq, n) = self.account_counts()?;
+        self.account_counts
+            .insert(self.account, (modseq, n.saturating_add_signed(delta)))
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn mailbox_counts(&self, mailbox: u32) -> StorageResult<(u64, u64)> {
+        Ok(self
+            .mailbox_counts
+            .get((self.account, mailbox))
+            .map_err(storage)?
+            .map(|g| g.value())
+            .unwrap_or((0, 0)))
+    }
+
+    /// Records a change to the message at `uid`: a fresh MODSEQ.
+    fn touch(&mut self, mailbox: u32, uid: u32, count_delta: i64) -> StorageResult<()> {
+        let a = self.account;
+        let modseq = self.next_modseq()?;
+        if let Some(old) = self
+            .modseqs
+            .insert((a, mailbox, uid), modseq)
+            .map_err(storage)?
+        {
+            self.changes
+                .remove((a, mailbox, old.value()))
+                .map_err(storage)?;
+        }
+        self.changes
+            .insert((a, mailbox, modseq), uid)
+            .map_err(storage)?;
+        let (_, n) = self.mailbox_counts(mailbox)?;
+        self.mailbox_counts
+            .insert((a, mailbox), (modseq, n.saturating_add_signed(count_delta)))
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn put_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()> {
+        let bytes = postcard::to_stdvec(slot).map_err(storage)?;
+        self.slots
+            .insert((self.account, mailbox, slot.uid), bytes.as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+}
+
+fn row(account: u32, mailbox: u32, k: ClaimKey) -> ClaimRow {
+    (account, mailbox, k.uid, k.message, k.claimant)
+}
+
+impl Backend for RedbBackend<'_> {
+    fn loc(&self, m: Packed) -> StorageResult<Option<MsgLoc>> {
+        Ok(self.locs.get((self.account, m)).map_err(storage)?.map(|g| {
+            let (mailbox, uid) = g.value();
+            MsgLoc { mailbox, uid }
+        }))
+    }
+    fn set_loc(&mut self, m: Packed, loc: MsgLoc) -> StorageResult<()> {
+        let old = self
+            .locs
+            .insert((self.account, m), (loc.mailbox, loc.uid))
+            .map_err(storage)?;
+        if old.is_none() {
+            drop(old);
+            self.add_messages(1)?;
+        }
+        Ok(())
+    }
+    fn remove_loc(&mut self, m: Packed) -> StorageResult<()> {
+        let old = self.locs.remove((self.account, m)).map_err(storage)?;
+        if old.is_some() {
+            drop(old);
+            self.add_messages(-1)?;
+        }
+        Ok(())
+    }
+    fn message_count(&self) -> StorageResult<u64> {
+        Ok(self.account_counts()?.1)
+    }
+    fn is_tombstone(&self, m: Packed) -> StorageResult<bool> {
+        Ok(self
+            .tombstones
+            .get((self.account, m))
+            .map_err(storage)?
+            .is_some())
+    }
+    fn add_tombstone(&mut self, m: Packed) -> StorageResult<()> {
+        self.tombstones
+            .insert((self.account, m), ())
+            .map_err(storage)?;
+        Ok(())
+    }
+    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
+        match self.envelopes.get((self.account, m)).map_err(storage)? {
+            Some(g) => Ok(Some(decode_envelope(g.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn set_envelope(&mut self, m: Packed, e: Envelope) -> StorageResult<()> {
+        self.envelopes
+            .insert((self.account, m), encode_envelope(&e).as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+    fn remove_envelope(&mut self, m: Packed) -> StorageResult<()> {
+        self.envelopes.remove((self.account, m)).map_err(storage)?;
+        Ok(())
+    }
+    fn slot(&self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
+        match self
+            .slots
+            .get((self.account, mailbox, uid))
+            .map_err(storage)?
+        {
+            Some(g) => Ok(Some(decode_slot(g.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn insert_slot(&mut self, mailbox: u32, slot: Slot) -> StorageResult<()> {
+        assert!(slot.uid != 0, "placed messages have a UID");
+        self.put_slot(mailbox, &slot)?;
+        self.touch(mailbox, slot.uid, 1)
+    }
+    fn set_flags(&mut self, mailbox: u32, uid: u32, flags: FlagSet) -> StorageResult<()> {
+        let Some(mut slot) = self.slot(mailbox, uid)? else {
+            return Ok(());
+        };
+        if slot.flags == flags {
+            return Ok(());
+        }
+        slot.flags = flags;
+        self.put_slot(mailbox, &slot)?;
+        self.touch(mailbox, uid, 0)
+    }
+    fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
+        let a = self.account;
+        let removed = self
+            .slots
+            .remove((a, mailbox, uid))
+            .map_err(storage)?
+            .map(|g| decode_slot(g.value()));
+        let Some(slot) = removed.transpose()? else {
+            return Ok(None);
+        };
+        let modseq = self.next_modseq()?;
+        if let Some(old) = self.modseqs.remove((a, mailbox, uid)).map_err(storage)? {
+            self.changes
+                .remove((a, mailbox, old.value()))
+                .map_err(storage)?;
+        }
+        self.vanished
+            .insert((a, mailbox, modseq), uid)
+            .map_err(storage)?;
+        let (_, n) = self.mailbox_counts(mailbox)?;
+        self.mailbox_counts
+            .insert((a, mailbox), (modseq, n.saturating_sub(1)))
+            .map_err(storage)?;
+        Ok(Some(slot))
+    }
+    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in self
+            .slots
+            .range((a, mailbox, from)..=(a, mailbox, u32::MAX))
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (_, v) = item.map_err(storage)?;
+            out.push(decode_slot(v.value())?);
+        }
+        Ok(out)
+    }
+    fn slot_count(&self, mailbox: u32) -> StorageResult<u64> {
+        Ok(self.mailbox_counts(mailbox)?.1)
+    }
+    fn side_at(&self, mailbox: u32, uid: u32) -> StorageResult<SmallVec<[Claim; 2]>> {
+        let a = self.account;
+        let mut out = SmallVec::new();
+        for item in self
+            .side
+            .range((a, mailbox, uid, 0, 0)..=(a, mailbox, uid, u64::MAX, u16::MAX))
+            .map_err(storage)?
+        {
+            let (k, _) = item.map_err(storage)?;
+            let (_, _, _, message, claimant) = k.value();
+            out.push(Claim { message, claimant });
+        }
+        Ok(out)
+    }
+    fn side_uids_of(&self, mailbox: u32, m: Packed) -> StorageResult<SmallVec<[u32; 2]>> {
+        let a = self.account;
+        let mut out = SmallVec::new();
+        for item in self
+            .side_by_msg
+            .range((a, mailbox, m, 0)..=(a, mailbox, m, u32::MAX))
+            .map_err(storage)?
+        {
+            out.push(item.map_err(storage)?.0.value().3);
+        }
+        Ok(out)
+    }
+    fn side_uids_in(&self, mailbox: u32, from: u32, to: u32) -> StorageResult<Vec<u32>> {
+        let a = self.account;
+        let mut out: Vec<u32> = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for item in self
+            .side
+            .range((a, mailbox, from, 0, 0)..(a, mailbox, to, 0, 0))
+            .map_err(storage)?
+        {
+            let uid = item.map_err(storage)?.0.value().2;
+            if out.last() != Some(&uid) {
+                out.push(uid);
+            }
+        }
+        Ok(out)
+    }
+    fn add_side(&mut self, mailbox: u32, uid: u32, claim: Claim) -> StorageResult<()> {
+        let a = self.account;
+        self.side
+            .insert((a, mailbox, uid, claim.message, claim.claimant), ())
+            .map_err(storage)?;
+        self.side_by_msg
+            .insert((a, mailbox, claim.message, uid), ())
+            .map_err(storage)?;
+        Ok(())
+    }
+    fn take_side(&mut self, mailbox: u32, uid: u32, m: Packed) -> StorageResult<Option<u16>> {
+        let a = self.account;
+        let claims = self.side_at(mailbox, uid)?;
+        let mine: SmallVec<[Claim; 2]> = claims.into_iter().filter(|c| c.message == m).collect();
+        let Some(first) = mine.first() else {
+            return Ok(None);
+        };
+        self.side
+            .remove((a, mailbox, uid, m, first.claimant))
+            .map_err(storage)?;
+        if mine.len() == 1 {
+            self.side_by_msg
+                .remove((a, mailbox, m, uid))
+                .map_err(storage)?;
+        }
+        Ok(Some(first.claimant))
+    }
+    fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
+        Ok(self
+            .retracted
+            .get(row(self.account, mailbox, key))
+            .map_err(storage)?
+            .is_some())
+    }
+    fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
+        self.retracted
+            .insert(row(self.account, mailbox, key), ())
+            .map_err(storage)?;
+        Ok(())
+    }
+    fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
+        Ok(self
+            .pinned
+            .get(row(self.account, mailbox, key))
+            .map_err(storage)?
+            .is_some())
+    }
+    fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
+        self.pinned
+            .insert(row(self.account, mailbox, key), ())
+            .map_err(storage)?;
+        Ok(())
+    }
+}
+
+/// The backend of a replica between transactions: every call fails. The
+/// store never calls the model without a transaction; this makes a mistake
+/// loud instead of silent.
+pub struct Detached;
+
+fn detached<T>() -> StorageResult<T> {
+    Err(storage(std::io::Error::other(
+        "replica used outside a transaction",
+    )))
+}
+
+impl Backend for Detached {
+    fn loc(&self, _: Packed) -> StorageResult<Option<MsgLoc>> {
+        detached()
+    }
+    fn set_loc(&mut self, _: Packed, _: MsgLoc) -> StorageResult<()> {
+        detached()
+    }
+    fn remove_loc(&mut self, _: Packed) -> StorageResult<()> {
+        detached()
+    }
+    fn message_count(&self) -> StorageResult<u64> {
+        detached()
+    }
+    fn is_tombstone(&self, _: Packed) -> StorageResult<bool> {
+        detached()
+    }
+    fn add_tombstone(&mut self, _: Packed) -> StorageResult<()> {
+        detached()
+    }
+    fn envelope(&self, _: Packed) -> StorageResult<Option<Envelope>> {
+        detached()
+    }
+    fn set_envelope(&mut self, _: Packed, _: Envelope) -> StorageResult<()> {
+        detached()
+    }
+    fn remove_envelope(&mut self, _: Packed) -> StorageResult<()> {
+        detached()
+    }
+    fn slot(&self, _: u32, _: u32) -> StorageResult<Option<Slot>> {
+        detached()
+    }
+    fn insert_slot(&mut self, _: u32, _: Slot) -> StorageResult<()> {
+        detached()
+    }
+    fn set_flags(&mut self, _: u32, _: u32, _: FlagSet) -> StorageResult<()> {
+        detached()
+    }
+    fn remove_slot(&mut self, _: u32, _: u32) -> StorageResult<Option<Slot>> {
+        detached()
+    }
+    fn slots_from(&self, _: u32, _: u32, _: usize) -> StorageResult<Vec<Slot>> {
+        detached()
+    }
+    fn slot_count(&self, _: u32) -> StorageResult<u64> {
+        detached()
+    }
+    fn side_at(&self, _: u32, _: u32) -> StorageResult<SmallVec<[Claim; 2]>> {
+        detached()
+    }
+    fn side_uids_of(&self, _: u32, _: Packed) -> StorageResult<SmallVec<[u32; 2]>> {
+        detached()
+    }
+    fn side_uids_in(&self, _: u32, _: u32, _: u32) -> StorageResult<Vec<u32>> {
+        detached()
+    }
+    fn add_side(&mut self, _: u32, _: u32, _: Claim) -> StorageResult<()> {
+        detached()
+    }
+    fn take_side(&mut self, _: u32, _: u32, _: Packed) -> StorageResult<Option<u16>> {
+        detached()
+    }
+    fn is_retracted(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
+        detached()
+    }
+    fn add_retracted(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
+        detached()
+    }
+    fn is_pinned(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
+        detached()
+    }
+    fn add_pinned(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
+        detached()
+    }
+}

@@ -1,0 +1,136 @@
+//! Content-addressed bodies. A message body is keyed by the BLAKE3 of its raw
+//! bytes. MIME leaf parts larger than a threshold are stored as blobs of their
+//! own (keyed by the BLAKE3 of their raw, still-encoded bytes) and the body
+//! keeps a reference, so a partial replica can hold the message without them
+//! and fetch them later. Reassembly is byte-exact: pieces are raw slices of
+//! the original, checked before anything is written.
+
+use serde::{Deserialize, Serialize};
+use starling_model::BlobId;
+
+/// One stretch of a body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Piece {
+    /// Bytes kept in the body record.
+    Inline(Vec<u8>),
+    /// A large part stored apart.
+    Part {
+        /// Its id.
+        id: BlobId,
+        /// Its length in bytes.
+        len: u64,
+    },
+}
+
+/// A stored body record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyRecord {
+    /// Total length of the reassembled body.
+    pub len: u64,
+    /// Its pieces, in order.
+    pub pieces: Vec<Piece>,
+}
+
+/// Splits `raw` into inline pieces and large parts (above `threshold`
+/// bytes). Anything mail-parser cannot make sense of — a truncated or
+/// malformed message — is kept whole: stored byte-exact, never refused.
+pub fn split(raw: &[u8], threshold: usize) -> (BodyRecord, Vec<(BlobId, Vec<u8>)>) {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    if raw.len() > threshold {
+        if let Some(msg) = mail_parser::MessageParser::default().parse(raw) {
+            for part in &msg.parts {
+                let leaf = !matches!(
+                    part.body,
+                    mail_parser::PartType::Multipart(_) | mail_parser::PartType::Message(_)
+                );
+                let (start, end) = (part.offset_body as usize, part.offset_end as usize);
+                if leaf && end <= raw.len() && start < end && end - start > threshold {
+                    ranges.push((start, end));
+                }
+            }
+        }
+    }
+    ranges.sort_unstable();
+    // Overlapping ranges would mean the parser's offsets are not what we think: keep whole.
+    if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+        ranges.clear();
+    }
+    let mut pieces = Vec::new();
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for (start, end) in ranges {
+        if start > at {
+            pieces.push(Piece::Inline(raw[at..start].to_vec()));
+        }
+        let bytes = raw[start..end].to_vec();
+        let id = BlobId::of(&bytes);
+        pieces.push(Piece::Part {
+            id,
+            len: bytes.len() as u64,
+        });
+        parts.push((id, bytes));
+        at = end;
+    }
+    if at < raw.len() || pieces.is_empty() {
+        pieces.push(Piece::Inline(raw[at..].to_vec()));
+    }
+    let record = BodyRecord {
+        len: raw.len() as u64,
+        pieces,
+    };
+    (record, parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reassemble(r: &BodyRecord, parts: &[(BlobId, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &r.pieces {
+            match p {
+                Piece::Inline(b) => out.extend(b),
+                Piece::Part { id, .. } => {
+                    out.extend(&parts.iter().find(|(i, _)| i == id).unwrap().1)
+                }
+            }
+        }
+        out
+    }
+
+    fn with_attachment(kb: usize) -> Vec<u8> {
+        let payload: String = (0..kb * 1024 / 76)
+            .map(|i| format!("{:076}\r\n", i))
+            .collect();
+        format!(
+            "From: a@example.org\r\nTo: b@example.org\r\nSubject: att\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n\
+             --XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{payload}--XX--\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn large_part_split_and_reassembled_exactly() {
+        let raw = with_attachment(600);
+        let (rec, parts) = split(&raw, 256 * 1024);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].1.len() > 256 * 1024);
+        assert_eq!(reassemble(&rec, &parts), raw);
+        assert_eq!(rec.len, raw.len() as u64);
+    }
+
+    #[test]
+    fn small_or_malformed_kept_whole() {
+        let raw = with_attachment(10);
+        let (rec, parts) = split(&raw, 256 * 1024);
+        assert!(parts.is_empty());
+        assert_eq!(rec.pieces, vec![Piece::Inline(raw.clone())]);
+        let truncated = &with_attachment(600)[..300 * 1024];
+        let (rec, parts) = split(truncated, 256 * 1024);
+        assert_eq!(reassemble(&rec, &parts), truncated);
+        let garbage: Vec<u8> = (0..400_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let (rec, parts) = split(&garbage, 256 * 1024);
+        assert_eq!(reassemble(&rec, &parts), garbage);
+    }
+}

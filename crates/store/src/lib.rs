@@ -1,0 +1,863 @@
+//! Starling's durable store, on redb: every change of every account lands here,
+//! local or remote, through one path ([`Store::write`] running the model's
+//! [`Replica::apply`]) inside one write transaction that appends the applied
+//! ops to the op log, updates the materialized state and the IMAP view
+//! (UIDs, keywords, MODSEQ, HIGHESTMODSEQ, VANISHED), saves the replica's
+//! small state, and commits durably. Bodies are content-addressed blobs with
+//! large MIME parts apart ([`blob`]). Maildir import and export live in
+//! [`maildir`].
+//!
+//! It must not speak IMAP or touch the network: servers and sync call it.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod blob;
+pub mod maildir;
+
+use backend::{decode_envelope, decode_slot, Detached, RedbBackend};
+use blob::{BodyRecord, Piece};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use starling_model::backend::Envelope;
+use starling_model::{
+    BlobId, Keyword, MailboxId, MessageId, Names, Op, Replica, ReplicaId, VersionVector,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const ACCOUNTS: TableDefinition<&str, u32> = TableDefinition::new("accounts");
+const HEADERS: TableDefinition<u32, &[u8]> = TableDefinition::new("replica_headers");
+const DOCS: TableDefinition<u32, &[u8]> = TableDefinition::new("account_docs");
+/// (account, replica, counter) → op. "Ops of R after N" is a range scan.
+const OPLOG: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("oplog");
+/// account → version vector of ops folded away (compacted) from the log.
+const LOG_FLOOR: TableDefinition<u32, &[u8]> = TableDefinition::new("log_floor");
+const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+const PARTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("parts");
+
+const MAGIC: &[u8] = b"starling-store";
+const FORMAT_VERSION: u8 = 1;
+
+/// Default size above which a MIME part is stored as a blob of its own.
+pub const PART_THRESHOLD_DEFAULT: usize = 256 * 1024;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file is not a redb database (or is damaged beyond repair).
+    #[error("{path} is not a Starling store: {reason}")]
+    NotAStore {
+        /// The file.
+        path: String,
+        /// What redb said.
+        reason: String,
+    },
+    /// A redb database, but not one of ours.
+    #[error("{0} is a database of another program")]
+    Foreign(String),
+    /// Ours, but from a newer version.
+    #[error("store format {found} is not supported (this build reads {FORMAT_VERSION})")]
+    Version {
+        /// Found in the file.
+        found: u8,
+    },
+    /// The store belongs to another node.
+    #[error("store belongs to node {found:?}, this node is {expected:?}")]
+    WrongNode {
+        /// This node.
+        expected: ReplicaId,
+        /// The store's.
+        found: ReplicaId,
+    },
+    /// A saved account could not be loaded.
+    #[error("account {account}: {reason}")]
+    Account {
+        /// Its name.
+        account: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Why a store operation failed. Nothing is committed when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No account of that name.
+    #[error("no such account {0:?}")]
+    NoSuchAccount(String),
+    /// The account exists already.
+    #[error("account {0:?} exists")]
+    AccountExists(String),
+    /// The model refused the change.
+    #[error(transparent)]
+    Local(#[from] starling_model::LocalError),
+    /// The model could not apply an op.
+    #[error(transparent)]
+    Apply(#[from] starling_model::ApplyError),
+    /// A body or part is not here (left out by partial replication).
+    #[error("blob {0:?} not stored here")]
+    MissingBlob(BlobId),
+    /// The peer asked for ops the log no longer holds.
+    #[error("log compacted past what the peer has; catch up by state")]
+    Compacted,
+    /// A failed batch left the account unusable until the store is reopened.
+    #[error("account {0:?} must be reopened after a storage failure")]
+    Poisoned(String),
+    /// redb failed (I/O, disk full, corruption).
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+fn st<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// Options of a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// MIME parts above this many bytes are stored apart.
+    pub part_threshold: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            part_threshold: PART_THRESHOLD_DEFAULT,
+        }
+    }
+}
+
+struct Account {
+    number: u32,
+    replica: Replica<Detached>,
+    /// Set when a failed batch could not be rolled back in memory (the file
+    /// could not be re-read): the account refuses work until reopened.
+    poisoned: bool,
+}
+
+/// The store: one redb file holding every account of this node.
+pub struct Store {
+    db: Database,
+    node: ReplicaId,
+    options: StoreOptions,
+    accounts: Mutex<BTreeMap<String, Account>>,
+}
+
+/// Inside one write transaction of one account: the replica (all changes go
+/// through it) and the blob store.
+pub struct Batch<'a> {
+    replica: Replica<RedbBackend<'a>>,
+    txn: &'a redb::WriteTransaction,
+    part_threshold: usize,
+}
+
+impl<'a> Batch<'a> {
+    /// The account's replica, for local changes (`append`, `store_flags`, …).
+    pub fn replica(&mut self) -> &mut Replica<RedbBackend<'a>> {
+        &mut self.replica
+    }
+
+    /// Applies ops received from a peer.
+    pub fn apply(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<(), StoreError> {
+        for op in ops {
+            self.replica.apply(op)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a body (deduplicated) and returns its id.
+    pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
+        let id = BlobId::of(raw);
+        let mut blobs = self.txn.open_table(BLOBS).map_err(st)?;
+        if blobs.get(&id.0).map_err(st)?.is_some() {
+            return Ok(id);
+        }
+        let (record, parts) = blob::split(raw, self.part_threshold);
+        let mut part_table = self.txn.open_table(PARTS).map_err(st)?;
+        for (pid, bytes) in &parts {
+            if part_table.get(&pid.0).map_err(st)?.is_none() {
+                part_table.insert(&pid.0, bytes.as_slice()).map_err(st)?;
+            }
+        }
+        blobs
+            .insert(&id.0, postcard::to_stdvec(&record).map_err(st)?.as_slice())
+            .map_err(st)?;
+        Ok(id)
+    }
+
+    /// Stores a body and appends it as a new message.
+    pub fn append(
+        &mut self,
+        mailbox: MailboxId,
+        raw: &[u8],
+        internal_date: i64,
+        flags: Vec<Keyword>,
+    ) -> Result<MessageId, StoreError> {
+        let blob = self.put_body(raw)?;
+        Ok(self
+            .replica
+            .append(mailbox, blob, raw.len() as u64, internal_date, flags)?)
+    }
+}
+
+/// What STATUS and SELECT need of a mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxStatus {
+    /// Messages.
+    pub messages: u64,
+    /// UIDNEXT.
+    pub uid_next: u32,
+    /// UIDVALIDITY.
+    pub uid_validity: u32,
+    /// HIGHESTMODSEQ (0 before any change).
+    pub highest_modseq: u64,
+}
+
+/// One message as IMAP lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Its UID.
+    pub uid: u32,
+    /// Its id.
+    pub message: MessageId,
+    /// Its keywords.
+    pub flags: Vec<Keyword>,
+    /// MODSEQ of its last change.
+    pub modseq: u64,
+}
+
+/// A consistent read view of one account (a redb read transaction).
+pub struct Reader {
+    txn: ReadTransaction,
+    account: u32,
+    names: Names,
+}
+
+fn open_db(path: &Path) -> Result<Database, OpenError> {
+    let not_a_store = |e: &dyn std::fmt::Display| OpenError::NotAStore {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if path.exists() {
+        match Database::open(path) {
+            Ok(db) => Ok(db),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                Err(OpenError::Io(format!("{}: {e}", path.display())))
+            }
+            Err(e) => Err(not_a_store(&e)),
+        }
+    } else {
+        Database::create(path).map_err(|e| OpenError::Io(e.to_string()))
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` for node `node`, creating it if absent.
+    pub fn open(path: &Path, node: ReplicaId, options: StoreOptions) -> Result<Store, OpenError> {
+        let db = open_db(path)?;
+        let io = |e: &dyn std::fmt::Display| OpenError::Io(e.to_string());
+        // A brand-new file gets our meta; an existing one must already have it.
+        let fresh = {
+            let r = db.begin_read().map_err(|e| io(&e))?;
+            match r.open_table(META) {
+                Ok(t) => {
+                    t.get("magic").map_err(|e| io(&e))?.is_none()
+                        && r.list_tables().map_err(|e| io(&e))?.count() == 1
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    r.list_tables().map_err(|e| io(&e))?.count() == 0
+                }
+                Err(e) => return Err(io(&e)),
+            }
+        };
+        if fresh {
+            let w = db.begin_write().map_err(|e| io(&e))?;
+            {
+                let mut meta = w.open_table(META).map_err(|e| io(&e))?;
+                meta.insert("magic", MAGIC).map_err(|e| io(&e))?;
+                meta.insert("version", [FORMAT_VERSION].as_slice())
+                    .map_err(|e| io(&e))?;
+                meta.insert("node", node.0.to_be_bytes().as_slice())
+                    .map_err(|e| io(&e))?;
+            }
+            w.commit().map_err(|e| io(&e))?;
+        }
+        let r = db.begin_read().map_err(|e| io(&e))?;
+        let meta = r
+            .open_table(META)
+            .map_err(|_| OpenError::Foreign(path.display().to_string()))?;
+        let get = |k: &str| -> Result<Option<Vec<u8>>, OpenError> {
+            Ok(meta.get(k).map_err(|e| io(&e))?.map(|g| g.value().to_vec()))
+        };
+        if get("magic")?.as_deref() != Some(MAGIC) {
+            return Err(OpenError::Foreign(path.display().to_string()));
+        }
+        let version = get("version")?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0);
+        if version != FORMAT_VERSION {
+            return Err(OpenError::Version { found: version });
+        }
+        let found = get("node")?
+            .and_then(|v| v.try_into().ok())
+            .map(|b: [u8; 8]| ReplicaId(u64::from_be_bytes(b)));
+        if found != Some(node) {
+            return Err(OpenError::WrongNode {
+                expected: node,
+                found: found.unwrap_or(ReplicaId(0)),
+            });
+        }
+        let mut accounts = BTreeMap::new();
+        if let Ok(table) = r.open_table(ACCOUNTS) {
+            let headers = r.open_table(HEADERS).map_err(|e| io(&e))?;
+            let docs = r.open_table(DOCS).map_err(|e| io(&e))?;
+            for item in table.iter().map_err(|e| io(&e))? {
+                let (name, number) = item.map_err(|e| io(&e))?;
+                let (name, number) = (name.value().to_string(), number.value());
+                let fail = |reason: String| OpenError::Account {
+                    account: name.clone(),
+                    reason,
+                };
+                let header = headers
+                    .get(number)
+                    .map_err(|e| io(&e))?
+                    .ok_or_else(|| fail("header missing".into()))?;
+                let doc = docs
+                    .get(number)
+                    .map_err(|e| io(&e))?
+                    .ok_or_else(|| fail("document missing".into()))?;
+                let mut replica = Replica::open(node, Detached, header.value(), doc.value())
+                    .map_err(|e| fail(e.to_string()))?;
+                replica.record_applied();
+                accounts.insert(
+                    name,
+                    Account {
+                        number,
+                        replica,
+                        poisoned: false,
+                    },
+                );
+            }
+        }
+        drop(meta);
+        drop(r);
+        Ok(Store {
+            db,
+            node,
+            options,
+            accounts: Mutex::new(accounts),
+        })
+    }
+
+    /// This node's replica id.
+    pub fn node(&self) -> ReplicaId {
+        self.node
+    }
+
+    /// Names of the accounts.
+    pub fn accounts(&self) -> Vec<String> {
+        self.accounts
+            .lock()
+            .expect("accounts lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates an account with an empty replica (INBOX only).
+    pub fn add_account(&self, name: &str) -> Result<(), StoreError> {
+        let mut accounts = self.accounts.lock().expect("accounts lock");
+        if accounts.contains_key(name) {
+            return Err(StoreError::AccountExists(name.into()));
+        }
+        let number = accounts.values().map(|a| a.number + 1).max().unwrap_or(1);
+        let mut replica = Replica::create(self.node, Detached);
+        replica.record_applied();
+        let w = self.db.begin_write().map_err(st)?;
+        {
+            w.open_table(ACCOUNTS)
+                .map_err(st)?
+                .insert(name, number)
+                .map_err(st)?;
+            w.open_table(HEADERS)
+                .map_err(st)?
+                .insert(number, replica.header().as_slice())
+                .map_err(st)?;
+            w.open_table(DOCS)
+                .map_err(st)?
+                .insert(number, replica.save_account().as_slice())
+                .map_err(st)?;
+        }
+        w.commit().map_err(st)?;
+        accounts.insert(
+            name.into(),
+            Account {
+                number,
+                replica,
+                poisoned: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn reload(&self, number: u32) -> Result<Replica<Detached>, StoreError> {
+        let r = self.db.begin_read().map_err(st)?;
+        let header = r
+            .open_table(HEADERS)
+            .map_err(st)?
+            .get(number)
+            .map_err(st)?
+            .ok_or_else(|| st("header missing"))?
+            .value()
+            .to_vec();
+        let doc = r
+            .open_table(DOCS)
+            .map_err(st)?
+            .get(number)
+            .map_err(st)?
+            .ok_or_else(|| st("document missing"))?
+            .value()
+            .to_vec();
+        let mut replica = Replica::open(self.node, Detached, &header, &doc).map_err(st)?;
+        replica.record_applied();
+        Ok(replica)
+    }
+
+    /// Runs `f` in one write transaction of `account` and commits it durably
+    /// (fsync) if `f` succeeds. Everything `f` changes — ops applied, op log,
+    /// state, bodies — commits together or not at all; on any error the
+    /// account is reloaded from what was committed.
+    pub fn write<T>(
+        &self,
+        account: &str,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut accounts = self.accounts.lock().expect("accounts lock");
+        let acct = accounts
+            .get_mut(account)
+            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        if acct.poisoned {
+            return Err(StoreError::Poisoned(account.into()));
+        }
+        let number = acct.number;
+        let detached = std::mem::replace(&mut acct.replica, Replica::create(self.node, Detached));
+        match self.write_txn(number, detached, f) {
+            Ok((value, replica)) => {
+                acct.replica = replica;
+                Ok(value)
+            }
+            Err(e) => {
+                // The in-memory part may be ahead of the file: take it back from disk.
+                match self.reload(number) {
+                    Ok(r) => acct.replica = r,
+                    Err(_) => acct.poisoned = true,
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_txn<T>(
+        &self,
+        number: u32,
+        detached: Replica<Detached>,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, Replica<Detached>), StoreError> {
+        let txn = self.db.begin_write().map_err(st)?;
+        let (value, replica) = {
+            let backend = RedbBackend::new(&txn, number).map_err(st)?;
+            let (replica, _) = detached.swap_backend(backend);
+            let mut batch = Batch {
+                replica,
+                txn: &txn,
+                part_threshold: self.options.part_threshold,
+            };
+            let value = f(&mut batch)?;
+            let mut replica = batch.replica;
+            let applied = replica.take_applied();
+            {
+                let mut log = txn.open_table(OPLOG).map_err(st)?;
+                for op in &applied {
+                    let bytes = postcard::to_stdvec(op).map_err(st)?;
+                    log.insert((number, op.dot.replica.0, op.dot.counter), bytes.as_slice())
+                        .map_err(st)?;
+                }
+            }
+            txn.open_table(HEADERS)
+                .map_err(st)?
+                .insert(number, replica.header().as_slice())
+                .map_err(st)?;
+            if replica.account_changed() {
+                txn.open_table(DOCS)
+                    .map_err(st)?
+                    .insert(number, replica.save_account().as_slice())
+                    .map_err(st)?;
+            }
+            let (replica, backend) = replica.swap_backend(Detached);
+            drop(backend);
+            (value, replica)
+        };
+        txn.commit().map_err(st)?;
+        Ok((value, replica))
+    }
+
+    /// The canonical dump of an account (see [`Replica::dump`]).
+    pub fn dump(&self, account: &str) -> Result<String, StoreError> {
+        self.write(account, |b| Ok(b.replica().dump()))
+    }
+
+    /// A read view of an account.
+    pub fn read(&self, account: &str) -> Result<Reader, StoreError> {
+        let accounts = self.accounts.lock().expect("accounts lock");
+        let acct = accounts
+            .get(account)
+            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let names = acct.replica.names();
+        let txn = self.db.begin_read().map_err(st)?;
+        Ok(Reader {
+            txn,
+            account: acct.number,
+            names,
+        })
+    }
+
+    /// What the account has applied.
+    pub fn version(&self, account: &str) -> Result<VersionVector, StoreError> {
+        let accounts = self.accounts.lock().expect("accounts lock");
+        let acct = accounts
+            .get(account)
+            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        Ok(acct.replica.version().clone())
+    }
+
+    /// Ops of `account` that a peer holding `have` lacks, in causal order
+    /// (per replica by counter, replicas one after another: the receiver's
+    /// causal buffer reorders across replicas). Fails with
+    /// [`StoreError::Compacted`] if the log no longer reaches back to `have`.
+    pub fn ops_since(&self, account: &str, have: &VersionVector) -> Result<Vec<Op>, StoreError> {
+        let (number, mine) = {
+            let accounts = self.accounts.lock().expect("accounts lock");
+            let acct = accounts
+                .get(account)
+                .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+            (acct.number, acct.replica.version().clone())
+        };
+        let r = self.db.begin_read().map_err(st)?;
+        let floor = self.log_floor(&r, number)?;
+        let log = r.open_table(OPLOG).map_err(st)?;
+        let mut out = Vec::new();
+        for (replica, last) in mine.iter() {
+            let from = have.get(replica);
+            if from >= last {
+                continue;
+            }
+            if from < floor.get(replica) {
+                return Err(StoreError::Compacted);
+            }
+            for item in log
+                .range((number, replica.0, from + 1)..=(number, replica.0, last))
+                .map_err(st)?
+            {
+                let (_, v) = item.map_err(st)?;
+                out.push(postcard::from_bytes(v.value()).map_err(st)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn log_floor(&self, r: &ReadTransaction, number: u32) -> Result<VersionVector, StoreError> {
+        match r.open_table(LOG_FLOOR) {
+            Ok(t) => match t.get(number).map_err(st)? {
+                Some(v) => postcard::from_bytes(v.value()).map_err(st),
+                None => Ok(VersionVector::new()),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(VersionVector::new()),
+            Err(e) => Err(st(e)),
+        }
+    }
+
+    /// Drops from the log every op that all known peers hold (`held_by_all`):
+    /// their effect is already in the materialized state. Returns how many
+    /// ops were dropped.
+    pub fn compact(&self, account: &str, held_by_all: &VersionVector) -> Result<u64, StoreError> {
+        let number = {
+            let accounts = self.accounts.lock().expect("accounts lock");
+            accounts
+                .get(account)
+                .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?
+                .number
+        };
+        let floor = self.log_floor(&self.db.begin_read().map_err(st)?, number)?;
+        let w = self.db.begin_write().map_err(st)?;
+        let mut dropped = 0;
+        {
+            let mut log = w.open_table(OPLOG).map_err(st)?;
+            let mut new_floor = floor.clone();
+            for (replica, upto) in held_by_all.iter() {
+                let from = floor.get(replica);
+                if upto <= from {
+                    continue;
+                }
+                let removed = log
+                    .extract_from_if(
+                        (number, replica.0, from + 1)..=(number, replica.0, upto),
+                        |_, _| true,
+                    )
+                    .map_err(st)?;
+                for item in removed {
+                    item.map_err(st)?;
+                    dropped += 1;
+                }
+                new_floor.observe(starling_model::Dot::new(replica, upto));
+            }
+            w.open_table(LOG_FLOOR)
+                .map_err(st)?
+                .insert(
+                    number,
+                    postcard::to_stdvec(&new_floor).map_err(st)?.as_slice(),
+                )
+                .map_err(st)?;
+        }
+        w.commit().map_err(st)?;
+        Ok(dropped)
+    }
+
+    /// Size of the database file's content as redb accounts it: (stored
+    /// bytes, bytes used including metadata and fragmentation).
+    pub fn stats(&self) -> Result<(u64, u64), StoreError> {
+        let w = self.db.begin_write().map_err(st)?;
+        let s = w.stats().map_err(st)?;
+        let out = (
+            s.stored_bytes(),
+            s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes(),
+        );
+        w.abort().map_err(st)?;
+        Ok(out)
+    }
+}
+
+impl Reader {
+    /// The small tables (mailbox tree, keyword and replica tables) as of this view.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    fn mailbox(&self, id: MailboxId) -> Option<u32> {
+        self.names.mailbox_index(id)
+    }
+
+    /// STATUS / SELECT counters of a mailbox.
+    pub fn status(&self, id: MailboxId) -> Result<MailboxStatus, StoreError> {
+        let uid_next = self
+            .names
+            .mailbox_index(id)
+            .map(|i| self.names.mailboxes[i as usize].1)
+            .unwrap_or(1);
+        let (highest_modseq, messages) = match (
+            self.mailbox(id),
+            self.txn.open_table(backend::MAILBOX_COUNTS),
+        ) {
+            (Some(i), Ok(t)) => t
+                .get((self.account, i))
+                .map_err(st)?
+                .map(|g| g.value())
+                .unwrap_or((0, 0)),
+            _ => (0, 0),
+        };
+        Ok(MailboxStatus {
+            messages,
+            uid_next,
+            uid_validity: id.uid_validity(),
+            highest_modseq,
+        })
+    }
+
+    fn info(&self, slot: starling_model::backend::Slot, modseq: u64) -> MessageInfo {
+        let mut flags: Vec<Keyword> = slot
+            .flags
+            .iter()
+            .map(|e| self.names.keywords[e.kw as usize].clone())
+            .collect();
+        flags.sort();
+        flags.dedup();
+        MessageInfo {
+            uid: slot.uid,
+            message: self.names.message(slot.id),
+            flags,
+            modseq,
+        }
+    }
+
+    /// Messages with UID ≥ `from`, by UID, at most `limit`: reads only those rows.
+    pub fn messages(
+        &self,
+        id: MailboxId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<MessageInfo>, StoreError> {
+        let Some(i) = self.mailbox(id) else {
+            return Ok(Vec::new());
+        };
+        let (Ok(slots), Ok(modseqs)) = (
+            self.txn.open_table(backend::SLOTS),
+            self.txn.open_table(backend::MODSEQS),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in slots
+            .range((a, i, from)..=(a, i, u32::MAX))
+            .map_err(st)?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(st)?;
+            let modseq = modseqs
+                .get(k.value())
+                .map_err(st)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            out.push(self.info(decode_slot(v.value()).map_err(st)?, modseq));
+        }
+        Ok(out)
+    }
+
+    /// Messages changed after `modseq` (CONDSTORE CHANGEDSINCE), by MODSEQ.
+    pub fn changed_since(
+        &self,
+        id: MailboxId,
+        modseq: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageInfo>, StoreError> {
+        let Some(i) = self.mailbox(id) else {
+            return Ok(Vec::new());
+        };
+        let (Ok(changes), Ok(slots)) = (
+            self.txn.open_table(backend::CHANGES),
+            self.txn.open_table(backend::SLOTS),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in changes
+            .range((a, i, modseq + 1)..=(a, i, u64::MAX))
+            .map_err(st)?
+            .take(limit)
+        {
+            let (k, uid) = item.map_err(st)?;
+            if let Some(v) = slots.get((a, i, uid.value())).map_err(st)? {
+                out.push(self.info(decode_slot(v.value()).map_err(st)?, k.value().2));
+            }
+        }
+        Ok(out)
+    }
+
+    /// UIDs expunged (or moved away) after `modseq` (QRESYNC VANISHED).
+    pub fn vanished_since(&self, id: MailboxId, modseq: u64) -> Result<Vec<u32>, StoreError> {
+        let Some(i) = self.mailbox(id) else {
+            return Ok(Vec::new());
+        };
+        let Ok(t) = self.txn.open_table(backend::VANISHED) else {
+            return Ok(Vec::new());
+        };
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in t.range((a, i, modseq + 1)..=(a, i, u64::MAX)).map_err(st)? {
+            out.push(item.map_err(st)?.1.value());
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Blob id, size and internal date of a live message.
+    pub fn envelope(&self, message: MessageId) -> Result<Option<Envelope>, StoreError> {
+        let Some(p) = self.names.packed(message) else {
+            return Ok(None);
+        };
+        let Ok(t) = self.txn.open_table(backend::ENVELOPES) else {
+            return Ok(None);
+        };
+        match t.get((self.account, p)).map_err(st)? {
+            Some(g) => Ok(Some(decode_envelope(g.value()).map_err(st)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn record(&self, id: BlobId) -> Result<BodyRecord, StoreError> {
+        let t = self
+            .txn
+            .open_table(BLOBS)
+            .map_err(|_| StoreError::MissingBlob(id))?;
+        let v = t
+            .get(&id.0)
+            .map_err(st)?
+            .ok_or(StoreError::MissingBlob(id))?;
+        postcard::from_bytes(v.value()).map_err(st)
+    }
+
+    /// Length of a stored body.
+    pub fn body_len(&self, id: BlobId) -> Result<u64, StoreError> {
+        Ok(self.record(id)?.len)
+    }
+
+    /// A whole body, reassembled byte-exact.
+    pub fn body(&self, id: BlobId) -> Result<Vec<u8>, StoreError> {
+        let len = self.body_len(id)?;
+        self.body_range(id, 0, len)
+    }
+
+    /// `len` bytes of a body from `offset` (clamped to its end). Reads only
+    /// the pieces the range touches; a large part left out by partial
+    /// replication fails with [`StoreError::MissingBlob`] only if touched.
+    pub fn body_range(&self, id: BlobId, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let record = self.record(id)?;
+        let end = offset.saturating_add(len).min(record.len);
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for piece in &record.pieces {
+            let piece_len = match piece {
+                Piece::Inline(b) => b.len() as u64,
+                Piece::Part { len, .. } => *len,
+            };
+            let (s, e) = (at.max(offset), (at + piece_len).min(end));
+            if s < e {
+                let (from, to) = ((s - at) as usize, (e - at) as usize);
+                match piece {
+                    Piece::Inline(b) => out.extend_from_slice(&b[from..to]),
+                    Piece::Part { id: pid, .. } => {
+                        let t = self
+                            .txn
+                            .open_table(PARTS)
+                            .map_err(|_| StoreError::MissingBlob(*pid))?;
+                        let v = t
+                            .get(&pid.0)
+                            .map_err(st)?
+                            .ok_or(StoreError::MissingBlob(*pid))?;
+                        let bytes = v.value();
+                        // Pair the write-time check: the part is what the record says.
+                        assert_eq!(
+                            bytes.len() as u64,
+                            piece_len,
+                            "stored part length matches its record"
+                        );
+                        out.extend_from_slice(&bytes[from..to]);
+                    }
+                }
+            }
+            at += piece_len;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,1 @@
+//! Maildir import and export.

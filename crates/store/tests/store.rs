@@ -1,0 +1,297 @@
+//! The store on a real redb file: one apply path, reopen, reads, op log,
+//! compaction, bad files.
+
+use proptest::prelude::*;
+use starling_model::testkit::workload_keywords;
+use starling_model::{Keyword, Op, Replica, ReplicaId, VersionVector, INBOX};
+use starling_store::{OpenError, Store, StoreError, StoreOptions};
+
+const NODE: ReplicaId = ReplicaId(0xabcdef);
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(
+        &dir.path().join("store.redb"),
+        NODE,
+        StoreOptions::default(),
+    )
+    .unwrap()
+}
+
+fn message(n: usize) -> Vec<u8> {
+    format!("From: a@example.org\r\nSubject: m{n}\r\n\r\nbody {n}\r\n").into_bytes()
+}
+
+#[test]
+fn append_reopen_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_account("alice").unwrap();
+    let ids = store
+        .write("alice", |b| {
+            let mut ids = Vec::new();
+            for n in 0..10 {
+                ids.push(b.append(
+                    INBOX,
+                    &message(n),
+                    1_700_000_000 + n as i64,
+                    vec![Keyword::Seen],
+                )?);
+            }
+            b.replica()
+                .store_flags(ids[3], &[Keyword::Flagged], &[Keyword::Seen])?;
+            b.replica().expunge(&[ids[5]])?;
+            Ok(ids)
+        })
+        .unwrap();
+    let dump = store.dump("alice").unwrap();
+    let version = store.version("alice").unwrap();
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(store.accounts(), vec!["alice".to_string()]);
+    assert_eq!(store.dump("alice").unwrap(), dump);
+    let r = store.read("alice").unwrap();
+    let status = r.status(INBOX).unwrap();
+    assert_eq!(status.messages, 9);
+    assert_eq!(status.uid_next, 11);
+    let msgs = r.messages(INBOX, 1, 100).unwrap();
+    assert_eq!(msgs.len(), 9);
+    assert_eq!(msgs[3].flags, vec![Keyword::Flagged]);
+    assert_eq!(r.vanished_since(INBOX, 0).unwrap(), vec![6]);
+    let changed = r
+        .changed_since(INBOX, status.highest_modseq - 3, 100)
+        .unwrap();
+    assert!(
+        changed.iter().any(|m| m.uid == 4),
+        "the flag change is recent: {changed:?}"
+    );
+    let env = r.envelope(ids[2]).unwrap().unwrap();
+    assert_eq!(r.body(env.blob).unwrap(), message(2));
+    assert_eq!(r.body_range(env.blob, 6, 13).unwrap(), b"a@example.org");
+    // The op log holds everything; a peer with nothing gets it all, in order.
+    let ops = store.ops_since("alice", &VersionVector::new()).unwrap();
+    let mut fresh = Replica::new(ReplicaId(2));
+    for op in ops {
+        fresh.apply(op).unwrap();
+    }
+    assert_eq!(fresh.version(), &version);
+    assert_eq!(fresh.view(INBOX).len(), 9);
+}
+
+#[test]
+fn peer_ops_and_local_ops_share_one_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_account("bob").unwrap();
+    let mut peer = Replica::new(ReplicaId(7));
+    let m = peer
+        .append(INBOX, starling_model::BlobId::of(b"x"), 1, 0, vec![])
+        .unwrap();
+    peer.store_flags(m, &[Keyword::Answered], &[]).unwrap();
+    let ops: Vec<Op> = peer.take_outbox();
+    // Delivered out of order: the second waits for the first, across commits.
+    store.write("bob", |b| b.apply([ops[1].clone()])).unwrap();
+    assert!(store
+        .read("bob")
+        .unwrap()
+        .messages(INBOX, 1, 10)
+        .unwrap()
+        .is_empty());
+    drop(store);
+    let store = open(&dir);
+    store.write("bob", |b| b.apply([ops[0].clone()])).unwrap();
+    let msgs = store.read("bob").unwrap().messages(INBOX, 1, 10).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].flags, vec![Keyword::Answered]);
+}
+
+#[test]
+fn failed_batch_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_account("carol").unwrap();
+    store
+        .write("carol", |b| {
+            b.append(INBOX, &message(1), 0, vec![]).map(|_| ())
+        })
+        .unwrap();
+    let before = store.dump("carol").unwrap();
+    let err = store.write("carol", |b| {
+        b.append(INBOX, &message(2), 0, vec![])?;
+        Err::<(), _>(StoreError::Storage("caller gave up".into()))
+    });
+    assert!(err.is_err());
+    assert_eq!(store.dump("carol").unwrap(), before);
+    // And the replica keeps working with the right counters.
+    store
+        .write("carol", |b| {
+            b.append(INBOX, &message(3), 0, vec![]).map(|_| ())
+        })
+        .unwrap();
+    assert_eq!(
+        store.read("carol").unwrap().status(INBOX).unwrap().messages,
+        2
+    );
+}
+
+#[test]
+fn compaction_and_catch_up_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_account("dave").unwrap();
+    for n in 0..5 {
+        store
+            .write("dave", |b| {
+                b.append(INBOX, &message(n), 0, vec![]).map(|_| ())
+            })
+            .unwrap();
+    }
+    let all = store.version("dave").unwrap();
+    let mut half = VersionVector::new();
+    half.observe(starling_model::Dot::new(NODE, 3));
+    assert_eq!(store.compact("dave", &half).unwrap(), 3);
+    assert_eq!(store.ops_since("dave", &half).unwrap().len(), 2);
+    assert!(matches!(
+        store.ops_since("dave", &VersionVector::new()),
+        Err(StoreError::Compacted)
+    ));
+    assert!(store.ops_since("dave", &all).unwrap().is_empty());
+    // State is untouched by compaction.
+    assert_eq!(
+        store.read("dave").unwrap().status(INBOX).unwrap().messages,
+        5
+    );
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5a; 10_000]).unwrap();
+    let e = Store::open(&garbage, NODE, StoreOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, OpenError::NotAStore { .. }), "{e}");
+    // A redb database of someone else.
+    let foreign = dir.path().join("foreign.redb");
+    {
+        let db = redb::Database::create(&foreign).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("theirs"))
+            .unwrap()
+            .insert("x", 1)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let e = Store::open(&foreign, NODE, StoreOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, OpenError::Foreign(_)), "{e}");
+    // Ours, but another node's.
+    let ours = dir.path().join("ours.redb");
+    drop(Store::open(&ours, NODE, StoreOptions::default()).unwrap());
+    let e = Store::open(&ours, ReplicaId(1), StoreOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, OpenError::WrongNode { .. }), "{e}");
+    // A store whose middle was overwritten: an error or a clean open, never a panic.
+    let damaged = dir.path().join("damaged.redb");
+    {
+        let s = Store::open(&damaged, NODE, StoreOptions::default()).unwrap();
+        s.add_account("x").unwrap();
+        s.write("x", |b| b.append(INBOX, &message(1), 0, vec![]).map(|_| ()))
+            .unwrap();
+    }
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n / 3..n / 3 + 4096.min(n / 3)] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&damaged, bytes).unwrap();
+    let _ = std::panic::catch_unwind(|| {
+        Store::open(&damaged, NODE, StoreOptions::default()).map(|s| s.dump("x"))
+    })
+    .expect("no panic on a damaged file");
+}
+
+#[test]
+fn large_attachment_stored_apart_and_reassembled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("s.redb"),
+        NODE,
+        StoreOptions {
+            part_threshold: 64 * 1024,
+        },
+    )
+    .unwrap();
+    store.add_account("e").unwrap();
+    let payload: String = (0..3000).map(|i| format!("{:076}\r\n", i)).collect();
+    let raw = format!(
+        "Subject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+         Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{payload}--b--\r\n"
+    )
+    .into_bytes();
+    let m = store
+        .write("e", |b| b.append(INBOX, &raw, 0, vec![]))
+        .unwrap();
+    // The same body again is deduplicated.
+    store
+        .write("e", |b| b.append(INBOX, &raw, 0, vec![]).map(|_| ()))
+        .unwrap();
+    let r = store.read("e").unwrap();
+    let env = r.envelope(m).unwrap().unwrap();
+    assert_eq!(r.body(env.blob).unwrap(), raw);
+    assert_eq!(
+        r.body_range(env.blob, 100, 50_000).unwrap(),
+        raw[100..50_100]
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The store-backed replica and the in-memory one, fed the same local
+    /// changes, show the same thing: the redb backend keeps the model's rules.
+    #[test]
+    fn redb_backend_matches_memory_backend(steps in prop::collection::vec((0u8..5, any::<u16>(), 0usize..5), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.add_account("p").unwrap();
+        let mut mem = Replica::new(NODE);
+        let kws = workload_keywords();
+        let mut n = 0;
+        for (kind, pick, k) in steps {
+            let view = mem.view(INBOX);
+            let target = (!view.is_empty()).then(|| view[pick as usize % view.len()].1);
+            match (kind, target) {
+                (0, _) | (_, None) => {
+                    n += 1;
+                    let raw = message(n);
+                    let blob = starling_model::BlobId::of(&raw);
+                    mem.append(INBOX, blob, raw.len() as u64, 0, vec![kws[k].clone()]).unwrap();
+                    store.write("p", |b| b.append(INBOX, &raw, 0, vec![kws[k].clone()]).map(|_| ())).unwrap();
+                }
+                (1, Some(m)) => {
+                    mem.store_flags(m, &[kws[k].clone()], &[]).unwrap();
+                    store.write("p", |b| Ok(b.replica().store_flags(m, &[kws[k].clone()], &[])?)).unwrap();
+                }
+                (2, Some(m)) => {
+                    mem.store_flags(m, &[], &[kws[k].clone()]).unwrap();
+                    store.write("p", |b| Ok(b.replica().store_flags(m, &[], &[kws[k].clone()])?)).unwrap();
+                }
+                (3, Some(m)) => {
+                    mem.expunge(&[m]).unwrap();
+                    store.write("p", |b| Ok(b.replica().expunge(&[m])?)).unwrap();
+                }
+                (_, Some(_)) => {
+                    mem.announce(INBOX).unwrap();
+                    store.write("p", |b| Ok(b.replica().announce(INBOX)?)).unwrap();
+                }
+            }
+        }
+        prop_assert_eq!(store.dump("p").unwrap(), mem.dump());
+        let r = store.read("p").unwrap();
+        prop_assert_eq!(r.status(INBOX).unwrap().messages as usize, mem.view(INBOX).len());
+    }
+}
