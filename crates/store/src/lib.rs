@@ -511,9 +511,37 @@ impl Store {
         Ok((value, replica))
     }
 
-    /// The canonical dump of an account (see [`Replica::dump`]).
+    /// The canonical dump of an account (see [`Replica::dump`]). Reads only:
+    /// the transaction it runs in is aborted.
     pub fn dump(&self, account: &str) -> Result<String, StoreError> {
-        self.write(account, |b| Ok(b.replica().dump()))
+        let mut accounts = self.accounts.lock().expect("accounts lock");
+        let acct = accounts
+            .get_mut(account)
+            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let number = acct.number;
+        let detached = std::mem::replace(&mut acct.replica, Replica::create(self.node, Detached));
+        let txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                acct.replica = detached;
+                return Err(st(e));
+            }
+        };
+        let (replica, out) = {
+            match RedbBackend::new(&txn, number) {
+                Ok(backend) => {
+                    let (replica, _) = detached.swap_backend(backend);
+                    let out = replica.dump();
+                    let (replica, backend) = replica.swap_backend(Detached);
+                    drop(backend);
+                    (replica, Ok(out))
+                }
+                Err(e) => (detached, Err(st(e))),
+            }
+        };
+        let _ = txn.abort();
+        acct.replica = replica;
+        out
     }
 
     /// A read view of an account.
