@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+/// Per mailbox name: (content, flags) of each message.
+type Tree = BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>>;
+
 fn write(dir: &Path, sub: &str, name: &str, bytes: &[u8], mtime: u64) {
     std::fs::create_dir_all(dir.join(sub)).unwrap();
     let p = dir.join(sub).join(name);
@@ -49,8 +52,8 @@ fn attachment_message(bytes: usize) -> Vec<u8> {
 /// A Maildir++ tree: folders, nested folders, flags, keywords, a 2 MB
 /// attachment, a truncated and a garbage message. Returns what each
 /// mailbox must hold: (content, flags) pairs.
-fn make_tree(root: &Path) -> BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> {
-    let mut want: BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> = BTreeMap::new();
+fn make_tree(root: &Path) -> Tree {
+    let mut want: Tree = BTreeMap::new();
     let t0 = 1_700_000_000;
     for i in 0..40 {
         let raw = text_message(i, 2_000 + i * 300);
@@ -142,8 +145,8 @@ fn make_tree(root: &Path) -> BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> {
 }
 
 /// Reads an exported tree back: per mailbox, (content, flags).
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> {
-    let mut out: BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> = BTreeMap::new();
+fn read_tree(root: &Path) -> Tree {
+    let mut out: Tree = BTreeMap::new();
     let mut dirs = vec![("INBOX".to_string(), root.to_path_buf())];
     for e in std::fs::read_dir(root).unwrap() {
         let e = e.unwrap();
@@ -189,9 +192,7 @@ fn read_tree(root: &Path) -> BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> {
     out
 }
 
-fn normalize(
-    mut m: BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>>,
-) -> BTreeMap<String, Vec<(Vec<u8>, Vec<Keyword>)>> {
+fn normalize(mut m: Tree) -> Tree {
     for v in m.values_mut() {
         for (_, f) in v.iter_mut() {
             f.sort();
