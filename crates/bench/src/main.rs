@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod model;
+mod store;
 
 /// Counts live heap bytes.
 struct Counting;
@@ -58,10 +59,36 @@ enum What {
         #[arg(long, default_value_t = 2_000)]
         appends: usize,
     },
+    /// The store: flag-op apply throughput, open time and memory of a large
+    /// store, bytes on disk per message.
+    Store {
+        /// Messages in the large store.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Where to build the stores (a fresh temporary directory by default).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Imports a Maildir tree into a fresh store and prints the summary.
+    Import {
+        /// The Maildir root.
+        maildir: std::path::PathBuf,
+        /// Where to put the store.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// (internal) Opens a store and reports time to first answer and RSS.
+    OpenProbe {
+        /// The store file.
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() {
     match Cli::parse().what {
         What::Model { messages, appends } => model::run(messages, appends),
+        What::Store { messages, dir } => store::run(messages, dir),
+        What::Import { maildir, dir } => store::import(&maildir, dir),
+        What::OpenProbe { path } => store::open_probe(&path),
     }
 }

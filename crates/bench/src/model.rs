@@ -149,15 +149,8 @@ fn churn(appends: usize) {
         let n = c.appends() as f64;
         let ours = c.churned().len() as f64 * 1000.0 / n;
         let dsync = c.dsync_churned().len() as f64 * 1000.0 / n;
-        let ratio = if dsync > 0.0 {
-            format!("{:.2}", ours / dsync)
-        } else {
-            "-".into()
-        };
-        println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {} |",
-            p.name, p.replicas, n, ours, dsync, ratio
-        );
+        let ratio = if dsync > 0.0 { format!("{:.2}", ours / dsync) } else { "-".into() };
+        println!("| {} | {} | {} | {:.1} | {:.1} | {} |", p.name, p.replicas, n, ours, dsync, ratio);
     }
 }
 
@@ -165,12 +158,8 @@ fn flag_ops() {
     const MESSAGES: usize = 100_000;
     const OPS: usize = 1_000_000;
     let mut a = Replica::new(ReplicaId(1));
-    let ids: Vec<_> = (0..MESSAGES)
-        .map(|i| {
-            a.append(INBOX, BlobId::of(&i.to_be_bytes()), 1000, 0, vec![])
-                .unwrap()
-        })
-        .collect();
+    let ids: Vec<_> =
+        (0..MESSAGES).map(|i| a.append(INBOX, BlobId::of(&i.to_be_bytes()), 1000, 0, vec![]).unwrap()).collect();
     let setup = a.take_outbox();
     let mut b = Replica::new(ReplicaId(2));
     for op in setup {
@@ -219,14 +208,8 @@ fn flag_ops() {
     println!("| apply, local STORE (op made + applied), {MESSAGES} messages | {local_ns:.0} ns |");
     println!("| apply, op received from a peer | {remote_ns:.0} ns |");
 
-    let add = ops
-        .iter()
-        .find(|o| matches!(&o.body, OpBody::Flags { add, .. } if !add.is_empty()))
-        .unwrap();
-    let remove = ops
-        .iter()
-        .find(|o| matches!(&o.body, OpBody::Flags { remove, .. } if !remove.is_empty()))
-        .unwrap();
+    let add = ops.iter().find(|o| matches!(&o.body, OpBody::Flags { add, .. } if !add.is_empty())).unwrap();
+    let remove = ops.iter().find(|o| matches!(&o.body, OpBody::Flags { remove, .. } if !remove.is_empty())).unwrap();
     let alone_add = codec::encode(std::slice::from_ref(add), false).len();
     let alone_remove = codec::encode(std::slice::from_ref(remove), false).len();
     let batch: Vec<Op> = ops[..10_000].to_vec();
@@ -238,46 +221,28 @@ fn flag_ops() {
         "| bytes each, batch of 10,000 `+\\Flagged` on one keyword, uncompressed | {:.2} B |",
         raw as f64 / 10_000.0
     );
-    println!(
-        "| bytes each, same batch, zstd | {:.2} B |",
-        zstd as f64 / 10_000.0
-    );
+    println!("| bytes each, same batch, zstd | {:.2} B |", zstd as f64 / 10_000.0);
 }
 
 fn memory(messages: usize) {
     println!("\n## Resident bytes per message ({messages} messages, 2 flags each)\n");
     println!("| state | bytes/message |");
     println!("|---|---|");
-    for (label, keep) in [
-        ("CRDT state (flags, location, UID claim, index)", false),
-        ("plus envelope (blob id, size, date)", true),
-    ] {
+    for (label, keep) in
+        [("CRDT state (flags, location, UID claim, index)", false), ("plus envelope (blob id, size, date)", true)]
+    {
         let before = crate::live_bytes();
-        let mut r = Replica::with_options(
-            ReplicaId(1),
-            ReplicaOptions {
-                keep_envelopes: keep,
-            },
-        );
+        let mut r = Replica::with_options(ReplicaId(1), ReplicaOptions { keep_envelopes: keep });
         for i in 0..messages {
-            r.append(
-                INBOX,
-                BlobId::of(&(i as u64).to_be_bytes()),
-                1000,
-                0,
-                vec![Keyword::Seen, Keyword::Flagged],
-            )
-            .unwrap();
+            r.append(INBOX, BlobId::of(&(i as u64).to_be_bytes()), 1000, 0, vec![Keyword::Seen, Keyword::Flagged])
+                .unwrap();
             if i % 4096 == 0 {
                 let _ = r.take_outbox();
             }
         }
         let _ = r.take_outbox();
         let after = crate::live_bytes();
-        println!(
-            "| {label} | {:.1} |",
-            (after - before) as f64 / messages as f64
-        );
+        println!("| {label} | {:.1} |", (after - before) as f64 / messages as f64);
         assert_eq!(r.message_count(), messages);
     }
 }

@@ -19,10 +19,7 @@ use automerge::{ActorId, AutoCommit, Change, ReadDoc, ScalarValue, Value, ROOT};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The implicit INBOX every account has from the start, on every replica.
-pub const INBOX: MailboxId = MailboxId(Dot {
-    replica: ReplicaId(0),
-    counter: 0,
-});
+pub const INBOX: MailboxId = MailboxId(Dot { replica: ReplicaId(0), counter: 0 });
 
 /// Longest mailbox name segment accepted.
 pub const MAILBOX_NAME_LEN_MAX: usize = 255;
@@ -163,9 +160,7 @@ impl AccountDoc {
     /// Loads a saved document (see [`AccountDoc::save`]) for `replica`.
     pub fn load(replica: ReplicaId, bytes: &[u8]) -> Result<Self, AccountError> {
         let doc = AutoCommit::load(bytes).map_err(|e| AccountError::Malformed(e.to_string()))?;
-        Ok(AccountDoc {
-            doc: doc.with_actor(ActorId::from(replica.0.to_be_bytes())),
-        })
+        Ok(AccountDoc { doc: doc.with_actor(ActorId::from(replica.0.to_be_bytes())) })
     }
 
     /// The whole document, compacted.
@@ -176,18 +171,11 @@ impl AccountDoc {
     fn commit(&mut self) -> Vec<u8> {
         // Time 0: wall clocks play no part in the account document.
         self.doc.commit_with(CommitOptions::default().with_time(0));
-        self.doc
-            .get_last_local_change()
-            .map(|c| c.raw_bytes().to_vec())
-            .unwrap_or_default()
+        self.doc.get_last_local_change().map(|c| c.raw_bytes().to_vec()).unwrap_or_default()
     }
 
     fn place_value(name: &str, parent: Option<MailboxId>) -> String {
-        format!(
-            "{}/{}",
-            parent.map(|p| p.to_key()).unwrap_or_else(|| "-".into()),
-            name
-        )
+        format!("{}/{}", parent.map(|p| p.to_key()).unwrap_or_else(|| "-".into()), name)
     }
 
     fn exists(&self, id: MailboxId) -> bool {
@@ -209,33 +197,18 @@ impl AccountDoc {
                 return Err(AccountError::NoSuchMailbox(p));
             }
         }
-        let put = |doc: &mut AutoCommit, k: String, v: ScalarValue| {
-            doc.put(ROOT, k, v).expect("put on root map")
-        };
-        put(
-            &mut self.doc,
-            field(id, "place"),
-            Self::place_value(name, parent).into(),
-        );
+        let put = |doc: &mut AutoCommit, k: String, v: ScalarValue| doc.put(ROOT, k, v).expect("put on root map");
+        put(&mut self.doc, field(id, "place"), Self::place_value(name, parent).into());
         if let Some(u) = special_use {
             put(&mut self.doc, field(id, "special"), u.as_str().into());
         }
-        put(
-            &mut self.doc,
-            field(id, "sub"),
-            format!("+{}", id.to_key()).into(),
-        );
+        put(&mut self.doc, field(id, "sub"), format!("+{}", id.to_key()).into());
         Ok(self.commit())
     }
 
     /// Renames (and possibly re-parents) a mailbox. Name and parent are one
     /// value so concurrent renames cannot mix one's name with the other's parent.
-    pub fn rename(
-        &mut self,
-        id: MailboxId,
-        name: &str,
-        parent: Option<MailboxId>,
-    ) -> Result<Vec<u8>, AccountError> {
+    pub fn rename(&mut self, id: MailboxId, name: &str, parent: Option<MailboxId>) -> Result<Vec<u8>, AccountError> {
         validate_name(name)?;
         if id == INBOX || !self.exists(id) {
             return Err(AccountError::NoSuchMailbox(id));
@@ -251,43 +224,28 @@ impl AccountDoc {
             }
             p = tree.get(&pid).and_then(|e| e.parent);
         }
-        self.doc
-            .put(ROOT, field(id, "place"), Self::place_value(name, parent))
-            .expect("put on root map");
+        self.doc.put(ROOT, field(id, "place"), Self::place_value(name, parent)).expect("put on root map");
         Ok(self.commit())
     }
 
     /// Subscribes or unsubscribes. `fresh` is the dot of the op carrying the
     /// change, written so the put is never dropped as a no-op.
-    pub fn set_subscribed(
-        &mut self,
-        id: MailboxId,
-        on: bool,
-        fresh: Dot,
-    ) -> Result<Vec<u8>, AccountError> {
+    pub fn set_subscribed(&mut self, id: MailboxId, on: bool, fresh: Dot) -> Result<Vec<u8>, AccountError> {
         if !self.exists(id) {
             return Err(AccountError::NoSuchMailbox(id));
         }
         let v = format!("{}{:?}", if on { '+' } else { '-' }, fresh);
-        self.doc
-            .put(ROOT, field(id, "sub"), v)
-            .expect("put on root map");
+        self.doc.put(ROOT, field(id, "sub"), v).expect("put on root map");
         Ok(self.commit())
     }
 
     /// Sets or clears the special-use attribute.
-    pub fn set_special_use(
-        &mut self,
-        id: MailboxId,
-        u: Option<SpecialUse>,
-    ) -> Result<Vec<u8>, AccountError> {
+    pub fn set_special_use(&mut self, id: MailboxId, u: Option<SpecialUse>) -> Result<Vec<u8>, AccountError> {
         if id == INBOX || !self.exists(id) {
             return Err(AccountError::NoSuchMailbox(id));
         }
         let v = u.map(|u| u.as_str()).unwrap_or("");
-        self.doc
-            .put(ROOT, field(id, "special"), v)
-            .expect("put on root map");
+        self.doc.put(ROOT, field(id, "special"), v).expect("put on root map");
         Ok(self.commit())
     }
 
@@ -298,20 +256,15 @@ impl AccountDoc {
         if id == INBOX || !self.exists(id) {
             return Err(AccountError::NoSuchMailbox(id));
         }
-        self.doc
-            .put(ROOT, field(id, "deleted"), format!("{fresh:?}"))
-            .expect("put on root map");
+        self.doc.put(ROOT, field(id, "deleted"), format!("{fresh:?}")).expect("put on root map");
         Ok(self.commit())
     }
 
     /// Applies a change received from a peer. Changes arrive in causal order
     /// (the op log guarantees it); a malformed change changes nothing.
     pub fn apply_change(&mut self, bytes: &[u8]) -> Result<(), AccountError> {
-        let change = Change::from_bytes(bytes.to_vec())
-            .map_err(|e| AccountError::Malformed(e.to_string()))?;
-        self.doc
-            .apply_changes([change])
-            .map_err(|e| AccountError::Malformed(e.to_string()))
+        let change = Change::from_bytes(bytes.to_vec()).map_err(|e| AccountError::Malformed(e.to_string()))?;
+        self.doc.apply_changes([change]).map_err(|e| AccountError::Malformed(e.to_string()))
     }
 
     fn get_str(&self, key: &str) -> Option<String> {
@@ -338,14 +291,8 @@ impl AccountDoc {
                 deleted: false,
             },
         );
-        let ids: BTreeSet<MailboxId> = self
-            .doc
-            .keys(ROOT)
-            .filter_map(|k| {
-                k.split_once('/')
-                    .and_then(|(id, _)| MailboxId::from_key(id))
-            })
-            .collect();
+        let ids: BTreeSet<MailboxId> =
+            self.doc.keys(ROOT).filter_map(|k| k.split_once('/').and_then(|(id, _)| MailboxId::from_key(id))).collect();
         for id in ids {
             let Some(place) = self.get_str(&field(id, "place")) else {
                 continue;
@@ -353,29 +300,11 @@ impl AccountDoc {
             let Some((parent, name)) = place.split_once('/') else {
                 continue;
             };
-            let parent = if parent == "-" {
-                None
-            } else {
-                MailboxId::from_key(parent)
-            };
-            let subscribed = self
-                .get_str(&field(id, "sub"))
-                .is_some_and(|s| s.starts_with('+'));
-            let special_use = self
-                .get_str(&field(id, "special"))
-                .and_then(|s| SpecialUse::parse(&s));
+            let parent = if parent == "-" { None } else { MailboxId::from_key(parent) };
+            let subscribed = self.get_str(&field(id, "sub")).is_some_and(|s| s.starts_with('+'));
+            let special_use = self.get_str(&field(id, "special")).and_then(|s| SpecialUse::parse(&s));
             let deleted = self.get_str(&field(id, "deleted")).is_some();
-            out.insert(
-                id,
-                MailboxEntry {
-                    id,
-                    name: name.to_string(),
-                    parent,
-                    special_use,
-                    subscribed,
-                    deleted,
-                },
-            );
+            out.insert(id, MailboxEntry { id, name: name.to_string(), parent, special_use, subscribed, deleted });
         }
         out
     }
@@ -384,15 +313,9 @@ impl AccountDoc {
     /// a deleted one that does is shown again, so no message is ever hidden.
     pub fn tree(&self, occupied: impl Fn(MailboxId) -> bool) -> MailboxTree {
         let entries = self.entries();
-        let visible: BTreeSet<MailboxId> = entries
-            .values()
-            .filter(|e| !e.deleted || occupied(e.id))
-            .map(|e| e.id)
-            .collect();
-        let mut tree = MailboxTree {
-            entries: entries.clone(),
-            ..Default::default()
-        };
+        let visible: BTreeSet<MailboxId> =
+            entries.values().filter(|e| !e.deleted || occupied(e.id)).map(|e| e.id).collect();
+        let mut tree = MailboxTree { entries: entries.clone(), ..Default::default() };
         for id in &visible {
             let name = full_name(&entries, *id);
             match tree.by_name.get(&name) {
@@ -435,12 +358,7 @@ mod tests {
         MailboxId(Dot::new(ReplicaId(r), c))
     }
 
-    fn exchange(
-        a: &mut AccountDoc,
-        b: &mut AccountDoc,
-        a_changes: &[Vec<u8>],
-        b_changes: &[Vec<u8>],
-    ) {
+    fn exchange(a: &mut AccountDoc, b: &mut AccountDoc, a_changes: &[Vec<u8>], b_changes: &[Vec<u8>]) {
         for c in a_changes {
             b.apply_change(c).unwrap();
         }
@@ -482,15 +400,9 @@ mod tests {
         let c0 = a.create(mb(1, 1), "x", None, None).unwrap();
         b.apply_change(&c0).unwrap();
         // B unsubscribes and subscribes again; A concurrently unsubscribes once.
-        let b1 = b
-            .set_subscribed(mb(1, 1), false, Dot::new(ReplicaId(2), 2))
-            .unwrap();
-        let b2 = b
-            .set_subscribed(mb(1, 1), true, Dot::new(ReplicaId(2), 3))
-            .unwrap();
-        let a1 = a
-            .set_subscribed(mb(1, 1), false, Dot::new(ReplicaId(1), 2))
-            .unwrap();
+        let b1 = b.set_subscribed(mb(1, 1), false, Dot::new(ReplicaId(2), 2)).unwrap();
+        let b2 = b.set_subscribed(mb(1, 1), true, Dot::new(ReplicaId(2), 3)).unwrap();
+        let a1 = a.set_subscribed(mb(1, 1), false, Dot::new(ReplicaId(1), 2)).unwrap();
         exchange(&mut a, &mut b, &[a1], &[b1, b2]);
         // B's later op has the higher Lamport counter and was not dropped as a no-op.
         assert!(a.entries()[&mb(1, 1)].subscribed);

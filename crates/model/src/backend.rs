@@ -40,11 +40,7 @@ pub struct FlagEntry {
 impl FlagEntry {
     /// An add of keyword `kw` at `dot`.
     pub fn new(kw: u32, dot: Packed) -> Self {
-        FlagEntry {
-            kw,
-            dot_hi: (dot >> 32) as u32,
-            dot_lo: dot as u32,
-        }
+        FlagEntry { kw, dot_hi: (dot >> 32) as u32, dot_lo: dot as u32 }
     }
     /// The dot of the add.
     pub fn dot(&self) -> Packed {
@@ -138,8 +134,8 @@ pub trait Backend {
     fn slot(&self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>>;
     /// Places a message at `slot.uid`, which must be free.
     fn insert_slot(&mut self, mailbox: u32, slot: Slot) -> StorageResult<()>;
-    /// Replaces the keywords of the message placed at `uid`.
-    fn set_flags(&mut self, mailbox: u32, uid: u32, flags: FlagSet) -> StorageResult<()>;
+    /// Rewrites a placed message's record (same UID; its keywords changed).
+    fn update_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()>;
     /// Removes the message placed at `uid`.
     fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>>;
     /// Placed messages with UID ≥ `from`, by UID, at most `limit`.
@@ -197,10 +193,7 @@ impl MemBackend {
     /// An empty backend; `keep_envelopes` keeps blob id, size and date (the
     /// memory benchmark turns it off to measure the CRDT state alone).
     pub fn new(keep_envelopes: bool) -> Self {
-        MemBackend {
-            envelopes: keep_envelopes.then(HashMap::new),
-            ..Default::default()
-        }
+        MemBackend { envelopes: keep_envelopes.then(HashMap::new), ..Default::default() }
     }
 
     fn mb(&mut self, i: u32) -> &mut MemMailbox {
@@ -254,9 +247,7 @@ impl Backend for MemBackend {
         Ok(())
     }
     fn slot(&self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
-        Ok(self
-            .get(mailbox)
-            .and_then(|b| b.position(uid).ok().map(|p| b.slots[p].clone())))
+        Ok(self.get(mailbox).and_then(|b| b.position(uid).ok().map(|p| b.slots[p].clone())))
     }
     fn insert_slot(&mut self, mailbox: u32, slot: Slot) -> StorageResult<()> {
         let b = self.mb(mailbox);
@@ -264,10 +255,10 @@ impl Backend for MemBackend {
         b.slots.insert(pos, slot);
         Ok(())
     }
-    fn set_flags(&mut self, mailbox: u32, uid: u32, flags: FlagSet) -> StorageResult<()> {
+    fn update_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()> {
         let b = self.mb(mailbox);
-        if let Ok(p) = b.position(uid) {
-            b.slots[p].flags = flags;
+        if let Ok(p) = b.position(slot.uid) {
+            b.slots[p].flags = slot.flags.clone();
         }
         Ok(())
     }
@@ -286,22 +277,13 @@ impl Backend for MemBackend {
         Ok(self.get(mailbox).map_or(0, |b| b.slots.len() as u64))
     }
     fn side_at(&self, mailbox: u32, uid: u32) -> StorageResult<SmallVec<[Claim; 2]>> {
-        Ok(self
-            .get(mailbox)
-            .and_then(|b| b.side.get(&uid).cloned())
-            .unwrap_or_default())
+        Ok(self.get(mailbox).and_then(|b| b.side.get(&uid).cloned()).unwrap_or_default())
     }
     fn side_uids_of(&self, mailbox: u32, m: Packed) -> StorageResult<SmallVec<[u32; 2]>> {
-        Ok(self
-            .get(mailbox)
-            .and_then(|b| b.side_by_msg.get(&m).cloned())
-            .unwrap_or_default())
+        Ok(self.get(mailbox).and_then(|b| b.side_by_msg.get(&m).cloned()).unwrap_or_default())
     }
     fn side_uids_in(&self, mailbox: u32, from: u32, to: u32) -> StorageResult<Vec<u32>> {
-        Ok(self
-            .get(mailbox)
-            .map(|b| b.side.range(from..to).map(|(u, _)| *u).collect())
-            .unwrap_or_default())
+        Ok(self.get(mailbox).map(|b| b.side.range(from..to).map(|(u, _)| *u).collect()).unwrap_or_default())
     }
     fn add_side(&mut self, mailbox: u32, uid: u32, claim: Claim) -> StorageResult<()> {
         let b = self.mb(mailbox);
@@ -340,9 +322,7 @@ impl Backend for MemBackend {
         Ok(Some(claim.claimant))
     }
     fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
-        Ok(self
-            .get(mailbox)
-            .is_some_and(|b| b.retracted.contains(&key)))
+        Ok(self.get(mailbox).is_some_and(|b| b.retracted.contains(&key)))
     }
     fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).retracted.insert(key);

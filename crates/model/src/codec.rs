@@ -66,12 +66,11 @@ fn map_replicas(
     op: &mut Op,
     f: &mut impl FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>,
 ) -> Result<(), DecodeError> {
-    let dot = |d: &mut Dot,
-               f: &mut dyn FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>|
-     -> Result<(), DecodeError> {
-        d.replica = f(d.replica)?;
-        Ok(())
-    };
+    let dot =
+        |d: &mut Dot, f: &mut dyn FnMut(ReplicaId) -> Result<ReplicaId, DecodeError>| -> Result<(), DecodeError> {
+            d.replica = f(d.replica)?;
+            Ok(())
+        };
     dot(&mut op.dot, f)?;
     for d in &mut op.deps {
         dot(d, f)?;
@@ -80,9 +79,7 @@ fn map_replicas(
         OpBody::Append(a) => {
             dot(&mut a.mailbox.0, f)?;
         }
-        OpBody::Flags {
-            message, remove, ..
-        } => {
+        OpBody::Flags { message, remove, .. } => {
             dot(&mut message.0, f)?;
             for (_, d) in remove {
                 dot(d, f)?;
@@ -101,18 +98,13 @@ fn map_replicas(
                 dot(&mut m.0, f)?;
             }
         }
-        OpBody::Claim {
-            mailbox, message, ..
-        } => {
+        OpBody::Claim { mailbox, message, .. } => {
             dot(&mut mailbox.0, f)?;
             dot(&mut message.0, f)?;
         }
         OpBody::Announce { mailbox, pins, .. } => {
             dot(&mut mailbox.0, f)?;
-            for Pin {
-                message, claimant, ..
-            } in pins
-            {
+            for Pin { message, claimant, .. } in pins {
                 dot(&mut message.0, f)?;
                 *claimant = f(*claimant)?;
             }
@@ -139,11 +131,7 @@ pub fn encode(ops: &[Op], compress: bool) -> Vec<u8> {
         .expect("relabeling cannot fail");
         relabeled.push(op);
     }
-    let payload = postcard::to_stdvec(&Batch {
-        replicas: table,
-        ops: relabeled,
-    })
-    .expect("in-memory encoding");
+    let payload = postcard::to_stdvec(&Batch { replicas: table, ops: relabeled }).expect("in-memory encoding");
     let mut out = vec![VERSION];
     if compress {
         out.push(ZSTD);
@@ -167,8 +155,8 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
     let payload: &[u8] = match *compression {
         RAW => body,
         ZSTD => {
-            decompressed = zstd::bulk::decompress(body, PAYLOAD_BYTES_MAX)
-                .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+            decompressed =
+                zstd::bulk::decompress(body, PAYLOAD_BYTES_MAX).map_err(|e| DecodeError::Decompress(e.to_string()))?;
             &decompressed
         }
         c => return Err(DecodeError::Compression(c)),
@@ -298,11 +286,7 @@ mod tests {
         // A batch naming replica index 5 with a 1-entry table.
         let mut op = sample().remove(0);
         op.dot.replica = ReplicaId(5);
-        let payload = postcard::to_stdvec(&Batch {
-            replicas: vec![ReplicaId(1)],
-            ops: vec![op],
-        })
-        .unwrap();
+        let payload = postcard::to_stdvec(&Batch { replicas: vec![ReplicaId(1)], ops: vec![op] }).unwrap();
         let mut frame = vec![VERSION, RAW];
         frame.extend(payload);
         assert!(matches!(decode(&frame), Err(DecodeError::Invalid(_))));

@@ -40,24 +40,13 @@ impl FlagState {
 
     /// The delta of `+kw` at `dot` (the delta alone; apply it with [`Self::join`]).
     pub fn add_delta(kw: Keyword, dot: Dot) -> FlagState {
-        FlagState {
-            entries: [(kw.clone(), dot)].into(),
-            context: [(kw, dot)].into(),
-        }
+        FlagState { entries: [(kw.clone(), dot)].into(), context: [(kw, dot)].into() }
     }
 
     /// The delta of `-kw` as seen by this state: removes every observed dot of `kw`.
     pub fn remove_delta(&self, kw: &Keyword) -> FlagState {
-        let context = self
-            .entries
-            .iter()
-            .filter(|(k, _)| k == kw)
-            .cloned()
-            .collect();
-        FlagState {
-            entries: BTreeSet::new(),
-            context,
-        }
+        let context = self.entries.iter().filter(|(k, _)| k == kw).cloned().collect();
+        FlagState { entries: BTreeSet::new(), context }
     }
 
     /// The least upper bound of two states (or of a state and a delta).
@@ -126,11 +115,7 @@ mod tests {
     fn arb_states() -> impl Strategy<Value = Vec<FlagState>> {
         let step = (0u64..3, any::<bool>(), 0usize..3);
         proptest::collection::vec(step, 0..12).prop_map(|steps| {
-            let kws = [
-                Keyword::Seen,
-                Keyword::Flagged,
-                Keyword::parse("work").unwrap(),
-            ];
+            let kws = [Keyword::Seen, Keyword::Flagged, Keyword::parse("work").unwrap()];
             let mut replicas = vec![FlagState::new(); 3];
             let mut counters = [0u64; 3];
             for (i, (r, add, k)) in steps.into_iter().enumerate() {

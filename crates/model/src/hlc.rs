@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A hybrid timestamp: wall milliseconds plus a logical counter for events
 /// within the same millisecond or behind a skewed clock.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HlcTimestamp {
     /// Milliseconds since the Unix epoch (the largest seen, not necessarily ours).
     pub wall_ms: u64,
@@ -31,10 +29,7 @@ impl Hlc {
     /// Timestamp for a local event at wall time `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> HlcTimestamp {
         if now_ms > self.last.wall_ms {
-            self.last = HlcTimestamp {
-                wall_ms: now_ms,
-                logical: 0,
-            };
+            self.last = HlcTimestamp { wall_ms: now_ms, logical: 0 };
         } else {
             self.last.logical = self.last.logical.saturating_add(1);
         }
@@ -53,10 +48,7 @@ impl Hlc {
         } else {
             0
         };
-        self.last = HlcTimestamp {
-            wall_ms: wall,
-            logical,
-        };
+        self.last = HlcTimestamp { wall_ms: wall, logical };
         self.last
     }
 
@@ -76,10 +68,7 @@ mod tests {
         let t1 = a.tick(1000);
         let t2 = a.tick(500); // clock stepped back
         assert!(t2 > t1);
-        let remote = HlcTimestamp {
-            wall_ms: 5000,
-            logical: 7,
-        };
+        let remote = HlcTimestamp { wall_ms: 5000, logical: 7 };
         let t3 = a.observe(remote, 600);
         assert!(t3 > remote && t3 > t2);
         let t4 = a.tick(700);

@@ -68,12 +68,7 @@ impl MailboxId {
         bytes[..8].copy_from_slice(&self.0.replica.0.to_be_bytes());
         bytes[8..].copy_from_slice(&self.0.counter.to_be_bytes());
         let h = blake3::hash(&bytes);
-        let v = u32::from_be_bytes([
-            h.as_bytes()[0],
-            h.as_bytes()[1],
-            h.as_bytes()[2],
-            h.as_bytes()[3],
-        ]);
+        let v = u32::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]]);
         v.max(1)
     }
 

@@ -70,11 +70,9 @@ impl Keyword {
                 _ => Err(KeywordError::NotStorable(s.to_string())),
             };
         }
-        let atom_ok = s.bytes().all(|b| {
-            b > 0x20
-                && b < 0x7f
-                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
-        });
+        let atom_ok = s
+            .bytes()
+            .all(|b| b > 0x20 && b < 0x7f && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']'));
         if !atom_ok {
             return Err(KeywordError::Invalid(s.to_string()));
         }
@@ -119,10 +117,7 @@ mod tests {
     #[test]
     fn case_insensitive_canonical() {
         assert_eq!(Keyword::parse("\\SEEN").unwrap(), Keyword::Seen);
-        assert_eq!(
-            Keyword::parse("Work").unwrap(),
-            Keyword::parse("wORK").unwrap()
-        );
+        assert_eq!(Keyword::parse("Work").unwrap(), Keyword::parse("wORK").unwrap());
         assert_eq!(Keyword::parse("$junk").unwrap().to_string(), "$Junk");
         assert!(Keyword::parse("\\Recent").is_err());
         assert!(Keyword::parse("a b").is_err());

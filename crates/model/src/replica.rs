@@ -15,8 +15,7 @@
 
 use crate::account::{AccountDoc, AccountError, MailboxTree, SpecialUse, INBOX};
 use crate::backend::{
-    Backend, Claim, ClaimKey, Envelope, FlagEntry, FlagSet, MemBackend, MsgLoc, Packed, Slot,
-    StorageError,
+    Backend, Claim, ClaimKey, Envelope, FlagEntry, FlagSet, MemBackend, MsgLoc, Packed, Slot, StorageError,
 };
 use crate::ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector, COUNTER_MAX};
 use crate::keyword::Keyword;
@@ -155,17 +154,11 @@ pub struct Names {
 impl Names {
     /// A packed id as a message id.
     pub fn message(&self, p: Packed) -> MessageId {
-        MessageId(Dot::new(
-            self.replica_ids[packed_idx(p) as usize],
-            p & COUNTER_MAX,
-        ))
+        MessageId(Dot::new(self.replica_ids[packed_idx(p) as usize], p & COUNTER_MAX))
     }
     /// Index of a mailbox.
     pub fn mailbox_index(&self, id: MailboxId) -> Option<u32> {
-        self.mailboxes
-            .iter()
-            .position(|(m, _)| *m == id)
-            .map(|i| i as u32)
+        self.mailboxes.iter().position(|(m, _)| *m == id).map(|i| i as u32)
     }
     /// Packed form of a message id.
     pub fn packed(&self, m: MessageId) -> Option<Packed> {
@@ -187,24 +180,14 @@ pub struct ReplicaOptions {
 
 impl Default for ReplicaOptions {
     fn default() -> Self {
-        ReplicaOptions {
-            keep_envelopes: true,
-        }
+        ReplicaOptions { keep_envelopes: true }
     }
 }
 
 /// A follow-up decided while settling, turned into an op afterwards.
 enum FollowUp {
-    Claim {
-        mailbox: MailboxId,
-        message: MessageId,
-        uid: Option<u32>,
-        retract: Option<u32>,
-    },
-    Move {
-        message: MessageId,
-        to: MailboxId,
-    },
+    Claim { mailbox: MailboxId, message: MessageId, uid: Option<u32>, retract: Option<u32> },
+    Move { message: MessageId, to: MailboxId },
 }
 
 /// Mailboxes, UIDs and messages an op touched, to settle afterwards.
@@ -235,10 +218,7 @@ pub struct Replica<B: Backend = MemBackend> {
 
 impl<B: Backend> std::fmt::Debug for Replica<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica")
-            .field("me", &self.me)
-            .field("vv", &self.vv)
-            .finish_non_exhaustive()
+        f.debug_struct("Replica").field("me", &self.me).field("vv", &self.vv).finish_non_exhaustive()
     }
 }
 
@@ -285,25 +265,13 @@ impl<B: Backend> Replica<B> {
 
     /// Reopens a replica from a saved header and account document over the
     /// backend that holds its per-message state.
-    pub fn open(
-        me: ReplicaId,
-        backend: B,
-        header: &[u8],
-        account: &[u8],
-    ) -> Result<Self, OpenError> {
-        let h: Header =
-            postcard::from_bytes(header).map_err(|e| OpenError::Header(e.to_string()))?;
+    pub fn open(me: ReplicaId, backend: B, header: &[u8], account: &[u8]) -> Result<Self, OpenError> {
+        let h: Header = postcard::from_bytes(header).map_err(|e| OpenError::Header(e.to_string()))?;
         if h.version != HEADER_VERSION {
-            return Err(OpenError::Header(format!(
-                "unknown header version {}",
-                h.version
-            )));
+            return Err(OpenError::Header(format!("unknown header version {}", h.version)));
         }
         if h.me != me {
-            return Err(OpenError::WrongReplica {
-                expected: me,
-                found: h.me,
-            });
+            return Err(OpenError::WrongReplica { expected: me, found: h.me });
         }
         let account = AccountDoc::load(me, account)?;
         let mut r = Replica::create(me, backend);
@@ -312,26 +280,11 @@ impl<B: Backend> Replica<B> {
         r.counter = h.counter;
         r.vv = h.vv;
         r.deps_base = h.deps_base;
-        r.replica_idx = h
-            .replica_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i as u16))
-            .collect();
+        r.replica_idx = h.replica_ids.iter().enumerate().map(|(i, id)| (*id, i as u16)).collect();
         r.replica_ids = h.replica_ids;
-        r.keyword_idx = h
-            .keywords
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), i as u32))
-            .collect();
+        r.keyword_idx = h.keywords.iter().enumerate().map(|(i, k)| (k.clone(), i as u32)).collect();
         r.keywords = h.keywords;
-        r.mailbox_idx = h
-            .mailboxes
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.id, i as u32))
-            .collect();
+        r.mailbox_idx = h.mailboxes.iter().enumerate().map(|(i, m)| (m.id, i as u32)).collect();
         r.mailboxes = h.mailboxes;
         r.pending = h.pending.into_iter().map(|op| (op.dot, op)).collect();
         let occupied: HashSet<MailboxId> = h.occupied_deleted.into_iter().collect();
@@ -453,10 +406,7 @@ impl<B: Backend> Replica<B> {
 
     /// Ops applied since the last call, in the order applied (causal order).
     pub fn take_applied(&mut self) -> Vec<Op> {
-        self.applied
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+        self.applied.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Unpacks a packed message id of this replica's tables.
@@ -546,12 +496,7 @@ impl<B: Backend> Replica<B> {
             return *i;
         }
         let i = self.mailboxes.len() as u32;
-        self.mailboxes.push(MailboxMeta {
-            id,
-            uid_next: 1,
-            announced: BTreeMap::new(),
-            unplaced: HashMap::new(),
-        });
+        self.mailboxes.push(MailboxMeta { id, uid_next: 1, announced: BTreeMap::new(), unplaced: HashMap::new() });
         self.mailbox_idx.insert(id, i);
         i
     }
@@ -562,20 +507,13 @@ impl<B: Backend> Replica<B> {
     }
 
     fn announced(&self, mb: u32, replica: u16) -> u32 {
-        self.mailboxes[mb as usize]
-            .announced
-            .get(&replica)
-            .copied()
-            .unwrap_or(1)
+        self.mailboxes[mb as usize].announced.get(&replica).copied().unwrap_or(1)
     }
 
     /// A message's slot, placed or not.
     fn get_slot(&self, m: Packed, loc: MsgLoc) -> Result<Option<Slot>, StorageError> {
         if loc.uid == 0 {
-            return Ok(self.mailboxes[loc.mailbox as usize]
-                .unplaced
-                .get(&m)
-                .cloned());
+            return Ok(self.mailboxes[loc.mailbox as usize].unplaced.get(&m).cloned());
         }
         self.backend.slot(loc.mailbox, loc.uid)
     }
@@ -589,14 +527,7 @@ impl<B: Backend> Replica<B> {
             return Ok(None);
         };
         debug_assert_eq!(slot.id, m);
-        self.backend.add_side(
-            mb,
-            slot.uid,
-            Claim {
-                message: m,
-                claimant: slot.claimant,
-            },
-        )?;
+        self.backend.add_side(mb, slot.uid, Claim { message: m, claimant: slot.claimant })?;
         Ok(Some(slot))
     }
 
@@ -628,12 +559,7 @@ impl<B: Backend> Replica<B> {
         }
         // Each applied op may make waiting ones ready.
         loop {
-            let ready: Vec<Dot> = self
-                .pending
-                .values()
-                .filter(|o| self.ready(o))
-                .map(|o| o.dot)
-                .collect();
+            let ready: Vec<Dot> = self.pending.values().filter(|o| self.ready(o)).map(|o| o.dot).collect();
             if ready.is_empty() {
                 break;
             }
@@ -651,16 +577,12 @@ impl<B: Backend> Replica<B> {
     }
 
     fn ready(&self, op: &Op) -> bool {
-        self.vv.get(op.dot.replica) + 1 == op.dot.counter
-            && op.deps.iter().all(|d| self.vv.contains(*d))
+        self.vv.get(op.dot.replica) + 1 == op.dot.counter && op.deps.iter().all(|d| self.vv.contains(*d))
     }
 
     fn apply_ready(&mut self, op: Op) -> Result<(), ApplyError> {
         let mut dirty = Dirty::new();
         self.apply_body(&op, &mut dirty)?;
-        if let Some(applied) = self.applied.as_mut() {
-            applied.push(op.clone());
-        }
         // A deleted mailbox is visible exactly while it holds messages.
         let deleted_touched = dirty.keys().any(|i| {
             let id = self.mailboxes[*i as usize].id;
@@ -673,6 +595,9 @@ impl<B: Backend> Replica<B> {
         if op.dot.replica == self.me {
             self.counter = self.counter.max(op.dot.counter);
         }
+        if let Some(applied) = self.applied.as_mut() {
+            applied.push(op);
+        }
         self.settle(dirty)
     }
 
@@ -681,14 +606,8 @@ impl<B: Backend> Replica<B> {
         let op_dot = self.packed(op.dot)?;
         match &op.body {
             OpBody::Append(a) => self.apply_new_message(op, op_dot, author, a, dirty)?,
-            OpBody::Copy { append, .. } => {
-                self.apply_new_message(op, op_dot, author, append, dirty)?
-            }
-            OpBody::Flags {
-                message,
-                add,
-                remove,
-            } => {
+            OpBody::Copy { append, .. } => self.apply_new_message(op, op_dot, author, append, dirty)?,
+            OpBody::Flags { message, add, remove } => {
                 let Some(m) = self.lookup(message.0) else {
                     return Ok(());
                 };
@@ -696,34 +615,28 @@ impl<B: Backend> Replica<B> {
                     return Ok(());
                 };
                 let add: Vec<u32> = add.iter().map(|k| self.keyword(k)).collect();
-                let remove: Vec<(u32, Packed)> = remove
-                    .iter()
-                    .filter_map(|(k, d)| Some((*self.keyword_idx.get(k)?, self.lookup(*d)?)))
-                    .collect();
-                let Some(slot) = self.get_slot(m, loc)? else {
+                let remove: Vec<(u32, Packed)> =
+                    remove.iter().filter_map(|(k, d)| Some((*self.keyword_idx.get(k)?, self.lookup(*d)?))).collect();
+                let Some(mut slot) = self.get_slot(m, loc)? else {
                     return Ok(());
                 };
-                let mut flags = slot.flags;
-                flags.retain(|e| !remove.contains(&(e.kw, e.dot())));
+                let before = slot.flags.clone();
+                slot.flags.retain(|e| !remove.contains(&(e.kw, e.dot())));
                 for kw in add {
-                    if !flags.iter().any(|e| e.kw == kw && e.dot() == op_dot) {
-                        flags.push(FlagEntry::new(kw, op_dot));
+                    if !slot.flags.iter().any(|e| e.kw == kw && e.dot() == op_dot) {
+                        slot.flags.push(FlagEntry::new(kw, op_dot));
                     }
+                }
+                if slot.flags == before {
+                    return Ok(());
                 }
                 if loc.uid == 0 {
-                    if let Some(s) = self.mailboxes[loc.mailbox as usize].unplaced.get_mut(&m) {
-                        s.flags = flags;
-                    }
+                    self.mailboxes[loc.mailbox as usize].unplaced.insert(m, slot);
                 } else {
-                    self.backend.set_flags(loc.mailbox, loc.uid, flags)?;
+                    self.backend.update_slot(loc.mailbox, &slot)?;
                 }
             }
-            OpBody::Move {
-                message,
-                to,
-                seq,
-                uid,
-            } => {
+            OpBody::Move { message, to, seq, uid } => {
                 if *uid == 0 {
                     return Err(ApplyError::InvalidUid(op.dot));
                 }
@@ -740,20 +653,12 @@ impl<B: Backend> Replica<B> {
                 if self.loc_key(new_loc) <= self.loc_key(current) {
                     return Ok(());
                 }
-                let mut slot = self
-                    .unplace(loc.mailbox, m, loc.uid)?
-                    .expect("located slot");
+                let mut slot = self.unplace(loc.mailbox, m, loc.uid)?.expect("located slot");
                 slot.loc = new_loc;
                 slot.uid = 0;
                 dirty.entry(loc.mailbox).or_default();
                 self.mailboxes[to_idx as usize].unplaced.insert(m, slot);
-                self.backend.set_loc(
-                    m,
-                    MsgLoc {
-                        mailbox: to_idx,
-                        uid: 0,
-                    },
-                )?;
+                self.backend.set_loc(m, MsgLoc { mailbox: to_idx, uid: 0 })?;
                 dirty.entry(to_idx).or_default().1.insert(m);
             }
             OpBody::Expunge { messages } => {
@@ -768,12 +673,7 @@ impl<B: Backend> Replica<B> {
                     self.backend.remove_envelope(m)?;
                 }
             }
-            OpBody::Claim {
-                mailbox,
-                message,
-                uid,
-                retract,
-            } => {
+            OpBody::Claim { mailbox, message, uid, retract } => {
                 let m = self.packed(message.0)?;
                 let idx = self.mailbox(*mailbox);
                 if let Some(u) = uid {
@@ -783,37 +683,20 @@ impl<B: Backend> Replica<B> {
                     self.note_claim(idx, *u, m, author, dirty)?;
                 }
                 if let Some(r) = retract {
-                    self.backend.add_retracted(
-                        idx,
-                        ClaimKey {
-                            uid: *r,
-                            message: m,
-                            claimant: author,
-                        },
-                    )?;
+                    self.backend.add_retracted(idx, ClaimKey { uid: *r, message: m, claimant: author })?;
                     dirty.entry(idx).or_default().0.insert(*r);
                 }
             }
-            OpBody::Announce {
-                mailbox,
-                uid_next,
-                pins,
-            } => {
+            OpBody::Announce { mailbox, uid_next, pins } => {
                 let idx = self.mailbox(*mailbox);
                 let mut keys = Vec::with_capacity(pins.len());
                 for p in pins {
                     let message = self.packed(p.message.0)?;
-                    keys.push(ClaimKey {
-                        uid: p.uid,
-                        message,
-                        claimant: self.intern(p.claimant)?,
-                    });
+                    keys.push(ClaimKey { uid: p.uid, message, claimant: self.intern(p.claimant)? });
                 }
                 let before = self.announced(idx, author);
                 if *uid_next > before {
-                    self.mailboxes[idx as usize]
-                        .announced
-                        .insert(author, *uid_next);
+                    self.mailboxes[idx as usize].announced.insert(author, *uid_next);
                     // Exposure only matters where claims compete, i.e. at side claims.
                     let uids = self.backend.side_uids_in(idx, before, *uid_next)?;
                     dirty.entry(idx).or_default().0.extend(uids);
@@ -850,34 +733,11 @@ impl<B: Backend> Replica<B> {
         if self.backend.is_tombstone(m)? {
             return Ok(());
         }
-        let flags = a
-            .flags
-            .iter()
-            .map(|k| FlagEntry::new(self.keyword(k), m))
-            .collect();
-        let slot = Slot {
-            id: m,
-            loc: author as u64,
-            uid: 0,
-            claimant: author,
-            flags,
-        };
+        let flags = a.flags.iter().map(|k| FlagEntry::new(self.keyword(k), m)).collect();
+        let slot = Slot { id: m, loc: author as u64, uid: 0, claimant: author, flags };
         self.mailboxes[idx as usize].unplaced.insert(m, slot);
-        self.backend.set_loc(
-            m,
-            MsgLoc {
-                mailbox: idx,
-                uid: 0,
-            },
-        )?;
-        self.backend.set_envelope(
-            m,
-            Envelope {
-                blob: a.blob,
-                size: a.size,
-                internal_date: a.internal_date,
-            },
-        )?;
+        self.backend.set_loc(m, MsgLoc { mailbox: idx, uid: 0 })?;
+        self.backend.set_envelope(m, Envelope { blob: a.blob, size: a.size, internal_date: a.internal_date })?;
         dirty.entry(idx).or_default().1.insert(m);
         Ok(())
     }
@@ -890,8 +750,7 @@ impl<B: Backend> Replica<B> {
         claimant: u16,
         dirty: &mut Dirty,
     ) -> Result<(), StorageError> {
-        self.backend
-            .add_side(mailbox, uid, Claim { message, claimant })?;
+        self.backend.add_side(mailbox, uid, Claim { message, claimant })?;
         let meta = &mut self.mailboxes[mailbox as usize];
         meta.uid_next = meta.uid_next.max(uid.saturating_add(1));
         dirty.entry(mailbox).or_default().0.insert(uid);
@@ -929,19 +788,12 @@ impl<B: Backend> Replica<B> {
     fn resolve(&self, mb: u32, uid: u32) -> Result<Option<Packed>, StorageError> {
         let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
         if let Some(s) = self.backend.slot(mb, uid)? {
-            claims.push(Claim {
-                message: s.id,
-                claimant: s.claimant,
-            });
+            claims.push(Claim { message: s.id, claimant: s.claimant });
         }
         claims.extend(self.backend.side_at(mb, uid)?);
         let mut effective: SmallVec<[(Packed, u16, bool); 4]> = SmallVec::new();
         for c in claims {
-            let key = ClaimKey {
-                uid,
-                message: c.message,
-                claimant: c.claimant,
-            };
+            let key = ClaimKey { uid, message: c.message, claimant: c.claimant };
             let pinned = self.backend.is_pinned(mb, key)?;
             if !pinned && self.backend.is_retracted(mb, key)? {
                 continue;
@@ -955,17 +807,13 @@ impl<B: Backend> Replica<B> {
         if effective.iter().all(|c| c.0 == first) {
             return Ok(Some(first));
         }
-        let mut exposed: SmallVec<[Packed; 2]> =
-            effective.iter().filter(|c| c.2).map(|c| c.0).collect();
+        let mut exposed: SmallVec<[Packed; 2]> = effective.iter().filter(|c| c.2).map(|c| c.0).collect();
         exposed.sort_unstable();
         exposed.dedup();
         Ok(match exposed.len() {
             1 => Some(exposed[0]),
             // Nobody showed any of them: a deterministic winner, no wall clock.
-            0 => effective
-                .iter()
-                .min_by_key(|c| (self.replica_ids[c.1 as usize], self.unpack(c.0)))
-                .map(|c| c.0),
+            0 => effective.iter().min_by_key(|c| (self.replica_ids[c.1 as usize], self.unpack(c.0))).map(|c| c.0),
             // Shown as different messages: neither replica knows which one a
             // client cached, so the UID names nothing any more.
             _ => None,
@@ -973,24 +821,10 @@ impl<B: Backend> Replica<B> {
     }
 
     /// Whether `m` has an own claim at `uid` that may still be withdrawn.
-    fn own_withdrawable(
-        &self,
-        mb: u32,
-        uid: u32,
-        m: Packed,
-        loc: MsgLoc,
-    ) -> Result<bool, StorageError> {
-        let key = ClaimKey {
-            uid,
-            message: m,
-            claimant: 0,
-        };
+    fn own_withdrawable(&self, mb: u32, uid: u32, m: Packed, loc: MsgLoc) -> Result<bool, StorageError> {
+        let key = ClaimKey { uid, message: m, claimant: 0 };
         let own = (loc.uid == uid && self.backend.slot(mb, uid)?.is_some_and(|s| s.claimant == 0))
-            || self
-                .backend
-                .side_at(mb, uid)?
-                .iter()
-                .any(|c| c.message == m && c.claimant == 0);
+            || self.backend.side_at(mb, uid)?.iter().any(|c| c.message == m && c.claimant == 0);
         Ok(own
             && uid >= self.announced(mb, 0)
             && !self.backend.is_retracted(mb, key)?
@@ -1010,16 +844,8 @@ impl<B: Backend> Replica<B> {
             msgs.extend(meta.unplaced.keys().copied());
             // Messages of a mailbox merged into another go there.
             if let Some(to) = self.tree.merged_into.get(&meta.id).copied() {
-                for s in self
-                    .backend
-                    .slots_from(idx, 0, usize::MAX)?
-                    .iter()
-                    .chain(meta.unplaced.values())
-                {
-                    follow.push(FollowUp::Move {
-                        message: MessageId(self.unpack(s.id)),
-                        to,
-                    });
+                for s in self.backend.slots_from(idx, 0, usize::MAX)?.iter().chain(meta.unplaced.values()) {
+                    follow.push(FollowUp::Move { message: MessageId(self.unpack(s.id)), to });
                 }
                 msgs.clear();
             }
@@ -1035,8 +861,7 @@ impl<B: Backend> Replica<B> {
                 if loc.mailbox != idx {
                     continue;
                 }
-                let mut mine: SmallVec<[u32; 4]> =
-                    self.backend.side_uids_of(idx, m)?.into_iter().collect();
+                let mut mine: SmallVec<[u32; 4]> = self.backend.side_uids_of(idx, m)?.into_iter().collect();
                 if loc.uid != 0 {
                     mine.push(loc.uid);
                 }
@@ -1055,85 +880,44 @@ impl<B: Backend> Replica<B> {
                     Some(b) if b == loc.uid => {}
                     Some(b) if b >= announced_me => moves.push((m, loc.uid, b)),
                     _ => {
-                        let retract = if retracts.is_empty() {
-                            None
-                        } else {
-                            Some(retracts.remove(0))
-                        };
-                        follow.push(FollowUp::Claim {
-                            mailbox: mailbox_id,
-                            message,
-                            uid: Some(0),
-                            retract,
-                        });
+                        let retract = if retracts.is_empty() { None } else { Some(retracts.remove(0)) };
+                        follow.push(FollowUp::Claim { mailbox: mailbox_id, message, uid: Some(0), retract });
                         if loc.uid != 0 {
                             moves.push((m, loc.uid, 0));
                         }
                     }
                 }
                 for r in retracts {
-                    follow.push(FollowUp::Claim {
-                        mailbox: mailbox_id,
-                        message,
-                        uid: None,
-                        retract: Some(r),
-                    });
+                    follow.push(FollowUp::Claim { mailbox: mailbox_id, message, uid: None, retract: Some(r) });
                 }
             }
             // Unplace everything that moves first, so targets are free.
             let mut slots = Vec::with_capacity(moves.len());
             for (m, from, to) in moves {
-                let slot = self
-                    .unplace(idx, m, from)?
-                    .expect("slot of located message");
+                let slot = self.unplace(idx, m, from)?.expect("slot of located message");
                 slots.push((slot, to));
             }
             for (mut slot, to) in slots {
                 if to == 0 {
                     slot.uid = 0;
-                    self.backend.set_loc(
-                        slot.id,
-                        MsgLoc {
-                            mailbox: idx,
-                            uid: 0,
-                        },
-                    )?;
+                    self.backend.set_loc(slot.id, MsgLoc { mailbox: idx, uid: 0 })?;
                     self.mailboxes[idx as usize].unplaced.insert(slot.id, slot);
                     continue;
                 }
-                slot.claimant = self
-                    .backend
-                    .take_side(idx, to, slot.id)?
-                    .expect("winning claim exists");
+                slot.claimant = self.backend.take_side(idx, to, slot.id)?.expect("winning claim exists");
                 slot.uid = to;
-                self.backend.set_loc(
-                    slot.id,
-                    MsgLoc {
-                        mailbox: idx,
-                        uid: to,
-                    },
-                )?;
+                self.backend.set_loc(slot.id, MsgLoc { mailbox: idx, uid: to })?;
                 self.backend.insert_slot(idx, slot)?;
             }
         }
         for f in follow {
             let body = match f {
-                FollowUp::Claim {
-                    mailbox,
-                    message,
-                    uid,
-                    retract,
-                } => {
+                FollowUp::Claim { mailbox, message, uid, retract } => {
                     let uid = match uid {
                         Some(_) => Some(self.next_uid(mailbox)?),
                         None => None,
                     };
-                    OpBody::Claim {
-                        mailbox,
-                        message,
-                        uid,
-                        retract,
-                    }
+                    OpBody::Claim { mailbox, message, uid, retract }
                 }
                 FollowUp::Move { message, to } => match self.move_body(message, to)? {
                     Some(body) => body,
@@ -1143,32 +927,15 @@ impl<B: Backend> Replica<B> {
             // A new claim is moot if an earlier follow-up already placed the
             // message (or moved or expunged it); its withdrawal still stands.
             let body = match body {
-                OpBody::Claim {
-                    mailbox,
-                    message,
-                    uid: Some(u),
-                    retract,
-                } => {
+                OpBody::Claim { mailbox, message, uid: Some(u), retract } => {
                     let loc = match self.lookup(message.0) {
                         Some(m) => self.backend.loc(m)?,
                         None => None,
                     };
-                    let placed = loc.is_none_or(|l| {
-                        self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0
-                    });
+                    let placed = loc.is_none_or(|l| self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0);
                     match (placed, retract) {
-                        (false, _) => OpBody::Claim {
-                            mailbox,
-                            message,
-                            uid: Some(u),
-                            retract,
-                        },
-                        (true, Some(r)) => OpBody::Claim {
-                            mailbox,
-                            message,
-                            uid: None,
-                            retract: Some(r),
-                        },
+                        (false, _) => OpBody::Claim { mailbox, message, uid: Some(u), retract },
+                        (true, Some(r)) => OpBody::Claim { mailbox, message, uid: None, retract: Some(r) },
                         (true, None) => continue,
                     }
                 }
@@ -1213,11 +980,7 @@ impl<B: Backend> Replica<B> {
 
     /// The canonical mailbox for `mailbox` (itself unless merged by name).
     fn canonical(&self, mailbox: MailboxId) -> MailboxId {
-        self.tree
-            .merged_into
-            .get(&mailbox)
-            .copied()
-            .unwrap_or(mailbox)
+        self.tree.merged_into.get(&mailbox).copied().unwrap_or(mailbox)
     }
 
     /// Appends a message (IMAP APPEND, LMTP delivery, import).
@@ -1234,41 +997,24 @@ impl<B: Backend> Replica<B> {
             return Err(LocalError::NoSuchMailbox(mailbox));
         }
         let uid = self.next_uid(mailbox)?;
-        let dot = self.emit(OpBody::Append(Append {
-            mailbox,
-            blob,
-            size,
-            internal_date,
-            uid,
-            flags,
-        }))?;
+        let dot = self.emit(OpBody::Append(Append { mailbox, blob, size, internal_date, uid, flags }))?;
         Ok(MessageId(dot))
     }
 
     fn located(&self, message: MessageId) -> Result<(Packed, MsgLoc), LocalError> {
-        let m = self
-            .lookup(message.0)
-            .ok_or(LocalError::NoSuchMessage(message))?;
-        let loc = self
-            .backend
-            .loc(m)?
-            .ok_or(LocalError::NoSuchMessage(message))?;
+        let m = self.lookup(message.0).ok_or(LocalError::NoSuchMessage(message))?;
+        let loc = self.backend.loc(m)?.ok_or(LocalError::NoSuchMessage(message))?;
         Ok((m, loc))
     }
 
     fn located_slot(&self, message: MessageId) -> Result<(MsgLoc, Slot), LocalError> {
         let (m, loc) = self.located(message)?;
-        let slot = self
-            .get_slot(m, loc)?
-            .ok_or(LocalError::NoSuchMessage(message))?;
+        let slot = self.get_slot(m, loc)?.ok_or(LocalError::NoSuchMessage(message))?;
         Ok((loc, slot))
     }
 
     fn keyword_set(&self, flags: &FlagSet) -> BTreeSet<Keyword> {
-        flags
-            .iter()
-            .map(|e| self.keywords[e.kw as usize].clone())
-            .collect()
+        flags.iter().map(|e| self.keywords[e.kw as usize].clone()).collect()
     }
 
     /// Keywords of a message.
@@ -1279,50 +1025,24 @@ impl<B: Backend> Replica<B> {
 
     /// `STORE +FLAGS/-FLAGS`: one op with the adds and the observed removes.
     /// Changes that change nothing make no op.
-    pub fn store_flags(
-        &mut self,
-        message: MessageId,
-        add: &[Keyword],
-        remove: &[Keyword],
-    ) -> Result<(), LocalError> {
+    pub fn store_flags(&mut self, message: MessageId, add: &[Keyword], remove: &[Keyword]) -> Result<(), LocalError> {
         let (_, slot) = self.located_slot(message)?;
-        let present = |k: &Keyword| {
-            self.keyword_idx
-                .get(k)
-                .is_some_and(|i| slot.flags.iter().any(|e| e.kw == *i))
-        };
-        let add: Vec<Keyword> = add
-            .iter()
-            .filter(|k| !present(k) && !remove.contains(k))
-            .cloned()
-            .collect();
+        let present = |k: &Keyword| self.keyword_idx.get(k).is_some_and(|i| slot.flags.iter().any(|e| e.kw == *i));
+        let add: Vec<Keyword> = add.iter().filter(|k| !present(k) && !remove.contains(k)).cloned().collect();
         let mut removed = Vec::new();
         for k in remove {
             if let Some(i) = self.keyword_idx.get(k) {
-                removed.extend(
-                    slot.flags
-                        .iter()
-                        .filter(|e| e.kw == *i)
-                        .map(|e| (k.clone(), self.unpack(e.dot()))),
-                );
+                removed.extend(slot.flags.iter().filter(|e| e.kw == *i).map(|e| (k.clone(), self.unpack(e.dot()))));
             }
         }
         if add.is_empty() && removed.is_empty() {
             return Ok(());
         }
-        self.emit(OpBody::Flags {
-            message,
-            add,
-            remove: removed,
-        })?;
+        self.emit(OpBody::Flags { message, add, remove: removed })?;
         Ok(())
     }
 
-    fn move_body(
-        &mut self,
-        message: MessageId,
-        to: MailboxId,
-    ) -> Result<Option<OpBody>, ApplyError> {
+    fn move_body(&mut self, message: MessageId, to: MailboxId) -> Result<Option<OpBody>, ApplyError> {
         let Ok((loc, slot)) = self.located_slot(message) else {
             return Ok(None);
         };
@@ -1331,12 +1051,7 @@ impl<B: Backend> Replica<B> {
         }
         let seq = (slot.loc >> 16) as u32 + 1;
         let uid = self.next_uid(to)?;
-        Ok(Some(OpBody::Move {
-            message,
-            to,
-            seq,
-            uid,
-        }))
+        Ok(Some(OpBody::Move { message, to, seq, uid }))
     }
 
     /// IMAP MOVE.
@@ -1353,34 +1068,18 @@ impl<B: Backend> Replica<B> {
     }
 
     /// IMAP COPY: a new instance with the source's keywords.
-    pub fn copy_message(
-        &mut self,
-        message: MessageId,
-        to: MailboxId,
-    ) -> Result<MessageId, LocalError> {
+    pub fn copy_message(&mut self, message: MessageId, to: MailboxId) -> Result<MessageId, LocalError> {
         let to = self.canonical(to);
         if !self.visible(to) {
             return Err(LocalError::NoSuchMailbox(to));
         }
         let (m, _) = self.located(message)?;
         let flags = self.flags(message)?.into_iter().collect();
-        let env = self
-            .backend
-            .envelope(m)?
-            .ok_or(LocalError::NoSuchMessage(message))?;
+        let env = self.backend.envelope(m)?.ok_or(LocalError::NoSuchMessage(message))?;
         let uid = self.next_uid(to)?;
-        let append = Append {
-            mailbox: to,
-            blob: env.blob,
-            size: env.size,
-            internal_date: env.internal_date,
-            uid,
-            flags,
-        };
-        let dot = self.emit(OpBody::Copy {
-            source: message,
-            append,
-        })?;
+        let append =
+            Append { mailbox: to, blob: env.blob, size: env.size, internal_date: env.internal_date, uid, flags };
+        let dot = self.emit(OpBody::Copy { source: message, append })?;
         Ok(MessageId(dot))
     }
 
@@ -1390,9 +1089,7 @@ impl<B: Backend> Replica<B> {
             self.located(*m)?;
         }
         if !messages.is_empty() {
-            self.emit(OpBody::Expunge {
-                messages: messages.to_vec(),
-            })?;
+            self.emit(OpBody::Expunge { messages: messages.to_vec() })?;
         }
         Ok(())
     }
@@ -1401,9 +1098,7 @@ impl<B: Backend> Replica<B> {
     /// update, STATUS UIDNEXT). Makes an op only if UIDNEXT moved since the
     /// last announce. Only messages placed since then are looked at.
     pub fn announce(&mut self, mailbox: MailboxId) -> Result<(), LocalError> {
-        let idx = self
-            .mailbox_index(mailbox)
-            .ok_or(LocalError::NoSuchMailbox(mailbox))?;
+        let idx = self.mailbox_index(mailbox).ok_or(LocalError::NoSuchMailbox(mailbox))?;
         let before = self.announced(idx, 0);
         let uid_next = self.mailboxes[idx as usize].uid_next;
         if uid_next <= before {
@@ -1411,40 +1106,25 @@ impl<B: Backend> Replica<B> {
         }
         let mut pins = Vec::new();
         for s in self.backend.slots_from(idx, before, usize::MAX)? {
-            let key = ClaimKey {
-                uid: s.uid,
-                message: s.id,
-                claimant: s.claimant,
-            };
-            let exposed =
-                self.backend.is_pinned(idx, key)? || s.uid < self.announced(idx, s.claimant);
+            let key = ClaimKey { uid: s.uid, message: s.id, claimant: s.claimant };
+            let exposed = self.backend.is_pinned(idx, key)? || s.uid < self.announced(idx, s.claimant);
             if s.claimant != 0 && !exposed {
                 let claimant = self.replica_ids[s.claimant as usize];
-                pins.push(Pin {
-                    uid: s.uid,
-                    message: MessageId(self.unpack(s.id)),
-                    claimant,
-                });
+                pins.push(Pin { uid: s.uid, message: MessageId(self.unpack(s.id)), claimant });
             }
         }
-        self.emit(OpBody::Announce {
-            mailbox,
-            uid_next,
-            pins,
-        })?;
+        self.emit(OpBody::Announce { mailbox, uid_next, pins })?;
         Ok(())
     }
 
     /// UIDNEXT of a mailbox as this replica would announce it.
     pub fn uid_next(&self, mailbox: MailboxId) -> Option<u32> {
-        self.mailbox_index(mailbox)
-            .map(|i| self.mailboxes[i as usize].uid_next)
+        self.mailbox_index(mailbox).map(|i| self.mailboxes[i as usize].uid_next)
     }
 
     /// The UIDNEXT this replica last announced for a mailbox (1 if never).
     pub fn announced_uid_next(&self, mailbox: MailboxId) -> u32 {
-        self.mailbox_index(mailbox)
-            .map_or(1, |i| self.announced(i, 0))
+        self.mailbox_index(mailbox).map_or(1, |i| self.announced(i, 0))
     }
 
     /// What a client of this replica sees in a mailbox, by UID.
@@ -1453,30 +1133,16 @@ impl<B: Backend> Replica<B> {
     }
 
     /// Part of a mailbox's view: messages with UID ≥ `from`, at most `limit`.
-    pub fn view_from(
-        &self,
-        mailbox: MailboxId,
-        from: u32,
-        limit: usize,
-    ) -> Result<MailboxView, StorageError> {
+    pub fn view_from(&self, mailbox: MailboxId, from: u32, limit: usize) -> Result<MailboxView, StorageError> {
         let Some(i) = self.mailbox_index(mailbox) else {
             return Ok(Vec::new());
         };
-        debug_assert!(
-            self.mailboxes[i as usize].unplaced.is_empty(),
-            "settled state has no unplaced message"
-        );
+        debug_assert!(self.mailboxes[i as usize].unplaced.is_empty(), "settled state has no unplaced message");
         Ok(self
             .backend
             .slots_from(i, from, limit)?
             .into_iter()
-            .map(|s| {
-                (
-                    s.uid,
-                    MessageId(self.unpack(s.id)),
-                    self.keyword_set(&s.flags),
-                )
-            })
+            .map(|s| (s.uid, MessageId(self.unpack(s.id)), self.keyword_set(&s.flags)))
             .collect())
     }
 
@@ -1496,8 +1162,7 @@ impl<B: Backend> Replica<B> {
 
     /// Whether a message was expunged here.
     pub fn is_expunged(&self, message: MessageId) -> bool {
-        self.lookup(message.0)
-            .is_some_and(|m| self.backend.is_tombstone(m).unwrap_or(false))
+        self.lookup(message.0).is_some_and(|m| self.backend.is_tombstone(m).unwrap_or(false))
     }
 
     /// Number of live messages.
@@ -1548,12 +1213,7 @@ impl<B: Backend> Replica<B> {
     }
 
     /// RENAME (and re-parent).
-    pub fn rename_mailbox(
-        &mut self,
-        id: MailboxId,
-        name: &str,
-        parent: Option<MailboxId>,
-    ) -> Result<(), LocalError> {
+    pub fn rename_mailbox(&mut self, id: MailboxId, name: &str, parent: Option<MailboxId>) -> Result<(), LocalError> {
         let change = self.account.rename(id, name, parent)?;
         self.account_op(change)?;
         Ok(())

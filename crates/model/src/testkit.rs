@@ -75,9 +75,7 @@ impl Cluster {
     /// `n` replicas with options.
     pub fn with_options(n: usize, options: ReplicaOptions) -> Self {
         Cluster {
-            replicas: (1..=n as u64)
-                .map(|i| Replica::with_options(ReplicaId(i * 0x1000_0001), options))
-                .collect(),
+            replicas: (1..=n as u64).map(|i| Replica::with_options(ReplicaId(i * 0x1000_0001), options)).collect(),
             queues: vec![vec![Vec::new(); n]; n],
             up: vec![vec![true; n]; n],
             history: Vec::new(),
@@ -124,17 +122,10 @@ impl Cluster {
     }
 
     /// Appends a fresh message to `mailbox` on replica `i`.
-    pub fn append(
-        &mut self,
-        i: usize,
-        mailbox: MailboxId,
-        flags: Vec<Keyword>,
-    ) -> Option<MessageId> {
+    pub fn append(&mut self, i: usize, mailbox: MailboxId, flags: Vec<Keyword>) -> Option<MessageId> {
         self.blob_seq += 1;
         let blob = BlobId::of(&self.blob_seq.to_be_bytes());
-        self.client(i, |r| {
-            r.append(mailbox, blob, 1000, 1_700_000_000, flags).ok()
-        })
+        self.client(i, |r| r.append(mailbox, blob, 1000, 1_700_000_000, flags).ok())
     }
 
     /// A client of replica `i` looks at `mailbox`: it announces UIDNEXT and
@@ -148,13 +139,7 @@ impl Cluster {
                 self.shown.insert((i, mailbox, uid), m);
             }
         }
-        self.previous[i].insert(
-            mailbox,
-            r.view(mailbox)
-                .into_iter()
-                .map(|(u, m, _)| (u, m))
-                .collect(),
-        );
+        self.previous[i].insert(mailbox, r.view(mailbox).into_iter().map(|(u, m, _)| (u, m)).collect());
     }
 
     /// Cuts or restores the links between `i` and `j`, both ways.
@@ -186,11 +171,7 @@ impl Cluster {
             return false;
         }
         let k = pick % self.queues[i][j].len();
-        let op = if duplicate {
-            self.queues[i][j][k].clone()
-        } else {
-            self.queues[i][j].swap_remove(k)
-        };
+        let op = if duplicate { self.queues[i][j][k].clone() } else { self.queues[i][j].swap_remove(k) };
         let before = self.replicas[j].version().clone();
         self.replicas[j].apply(op).expect("apply");
         self.collect(j, before);
@@ -220,16 +201,7 @@ impl Cluster {
     }
 
     fn displayed(r: &Replica) -> BTreeMap<MailboxId, BTreeMap<u32, MessageId>> {
-        r.tree()
-            .by_name
-            .values()
-            .map(|mb| {
-                (
-                    *mb,
-                    r.view(*mb).into_iter().map(|(u, m, _)| (u, m)).collect(),
-                )
-            })
-            .collect()
+        r.tree().by_name.values().map(|mb| (*mb, r.view(*mb).into_iter().map(|(u, m, _)| (u, m)).collect())).collect()
     }
 
     /// Checks U1 and U2 at every replica; call after every step.
@@ -248,9 +220,7 @@ impl Cluster {
                     // U2 as this replica knows it: what it showed never names another message.
                     if let Some(shown) = self.shown.get(&(i, *mb, *uid)) {
                         if shown != m {
-                            return Err(format!(
-                                "U2: replica {i} showed UID {uid} as {shown:?}, now as {m:?}"
-                            ));
+                            return Err(format!("U2: replica {i} showed UID {uid} as {shown:?}, now as {m:?}"));
                         }
                     }
                 }
@@ -272,9 +242,7 @@ impl Cluster {
         for (i, r) in self.replicas.iter().enumerate().skip(1) {
             let d = r.dump();
             if d != dump0 {
-                return Err(format!(
-                    "U3: replica 0 and {i} differ:\n--- 0\n{dump0}--- {i}\n{d}"
-                ));
+                return Err(format!("U3: replica 0 and {i} differ:\n--- 0\n{dump0}--- {i}\n{d}"));
             }
         }
         let r0 = &self.replicas[0];
@@ -282,9 +250,7 @@ impl Cluster {
         for ((_, mb, uid), m) in &self.shown {
             if let Some(other) = views.get(mb).and_then(|v| v.get(uid)) {
                 if other != m {
-                    return Err(format!(
-                        "U2: UID {uid} in {mb:?} was shown as {m:?}, converged to {other:?}"
-                    ));
+                    return Err(format!("U2: UID {uid} in {mb:?} was shown as {m:?}, converged to {other:?}"));
                 }
             }
         }
@@ -298,22 +264,12 @@ impl Cluster {
                     created.insert(MessageId(op.dot));
                     (
                         MessageId(op.dot),
-                        FlagDelta {
-                            add: a.flags.iter().map(|k| (k.clone(), op.dot)).collect(),
-                            remove: vec![],
-                        },
+                        FlagDelta { add: a.flags.iter().map(|k| (k.clone(), op.dot)).collect(), remove: vec![] },
                     )
                 }
-                OpBody::Flags {
-                    message,
-                    add,
-                    remove,
-                } => (
+                OpBody::Flags { message, add, remove } => (
                     *message,
-                    FlagDelta {
-                        add: add.iter().map(|k| (k.clone(), op.dot)).collect(),
-                        remove: remove.clone(),
-                    },
+                    FlagDelta { add: add.iter().map(|k| (k.clone(), op.dot)).collect(), remove: remove.clone() },
                 ),
                 OpBody::Expunge { messages } => {
                     expunged.extend(messages.iter().copied());
@@ -336,9 +292,7 @@ impl Cluster {
                 let want = reference.get(m).map(|s| s.keywords()).unwrap_or_default();
                 let got = r0.flags(*m).map_err(|e| e.to_string())?;
                 if want != got {
-                    return Err(format!(
-                        "flags of {m:?}: reference {want:?}, replica {got:?}"
-                    ));
+                    return Err(format!("flags of {m:?}: reference {want:?}, replica {got:?}"));
                 }
             }
         }
@@ -381,8 +335,7 @@ impl Cluster {
         let mut out = BTreeSet::new();
         for (a, va, ma) in &appends {
             for (b, vb, mb) in &appends {
-                let concurrent =
-                    a.dot.replica != b.dot.replica && !va.contains(b.dot) && !vb.contains(a.dot);
+                let concurrent = a.dot.replica != b.dot.replica && !va.contains(b.dot) && !vb.contains(a.dot);
                 if ma == mb && concurrent {
                     let id = match &a.body {
                         OpBody::Move { message, .. } => *message,
@@ -399,9 +352,6 @@ impl Cluster {
 
     /// Number of appends (and copies) in the history.
     pub fn appends(&self) -> usize {
-        self.history
-            .iter()
-            .filter(|(op, _)| matches!(op.body, OpBody::Append(_) | OpBody::Copy { .. }))
-            .count()
+        self.history.iter().filter(|(op, _)| matches!(op.body, OpBody::Append(_) | OpBody::Copy { .. })).count()
     }
 }

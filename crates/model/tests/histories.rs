@@ -10,57 +10,17 @@ use starling_model::{MailboxId, MessageId};
 
 #[derive(Clone, Debug)]
 enum Action {
-    Append {
-        r: u8,
-        mb: u8,
-        flags: u8,
-    },
-    Flags {
-        r: u8,
-        msg: u16,
-        add: u8,
-        remove: u8,
-    },
-    Move {
-        r: u8,
-        msg: u16,
-        mb: u8,
-    },
-    Copy {
-        r: u8,
-        msg: u16,
-        mb: u8,
-    },
-    Expunge {
-        r: u8,
-        msg: u16,
-    },
-    Look {
-        r: u8,
-        mb: u8,
-    },
-    Create {
-        r: u8,
-        name: u8,
-    },
-    Rename {
-        r: u8,
-        mb: u8,
-        name: u8,
-    },
-    Delete {
-        r: u8,
-        mb: u8,
-    },
-    Deliver {
-        from: u8,
-        to: u8,
-        pick: u16,
-        dup: bool,
-    },
-    Partition {
-        seed: u8,
-    },
+    Append { r: u8, mb: u8, flags: u8 },
+    Flags { r: u8, msg: u16, add: u8, remove: u8 },
+    Move { r: u8, msg: u16, mb: u8 },
+    Copy { r: u8, msg: u16, mb: u8 },
+    Expunge { r: u8, msg: u16 },
+    Look { r: u8, mb: u8 },
+    Create { r: u8, name: u8 },
+    Rename { r: u8, mb: u8, name: u8 },
+    Delete { r: u8, mb: u8 },
+    Deliver { from: u8, to: u8, pick: u16, dup: bool },
+    Partition { seed: u8 },
     Heal,
 }
 
@@ -88,10 +48,7 @@ fn mailboxes(c: &Cluster, r: usize) -> Vec<MailboxId> {
 }
 
 fn messages(c: &Cluster, r: usize) -> Vec<MessageId> {
-    mailboxes(c, r)
-        .into_iter()
-        .flat_map(|mb| c.replicas[r].view(mb).into_iter().map(|(_, m, _)| m))
-        .collect()
+    mailboxes(c, r).into_iter().flat_map(|mb| c.replicas[r].view(mb).into_iter().map(|(_, m, _)| m)).collect()
 }
 
 fn pick<T: Copy>(v: &[T], k: usize) -> Option<T> {
@@ -106,21 +63,12 @@ fn run(n: usize, actions: &[Action]) -> Result<Cluster, String> {
             Action::Append { r, mb, flags } => {
                 let r = r as usize % n;
                 if let Some(mb) = pick(&mailboxes(&c, r), mb as usize) {
-                    let f = kws
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| flags >> i & 1 == 1)
-                        .map(|(_, k)| k.clone())
-                        .collect();
+                    let f =
+                        kws.iter().enumerate().filter(|(i, _)| flags >> i & 1 == 1).map(|(_, k)| k.clone()).collect();
                     c.append(r, mb, f);
                 }
             }
-            Action::Flags {
-                r,
-                msg,
-                add,
-                remove,
-            } => {
+            Action::Flags { r, msg, add, remove } => {
                 let r = r as usize % n;
                 if let Some(m) = pick(&messages(&c, r), msg as usize) {
                     let add = [kws[add as usize % kws.len()].clone()];
@@ -130,31 +78,25 @@ fn run(n: usize, actions: &[Action]) -> Result<Cluster, String> {
                         1 => (&[], &remove),
                         _ => (&add, &remove),
                     };
-                    c.client(r, |rep| rep.store_flags(m, add, remove))
-                        .map_err(|e| e.to_string())?;
+                    c.client(r, |rep| rep.store_flags(m, add, remove)).map_err(|e| e.to_string())?;
                 }
             }
             Action::Move { r, msg, mb } | Action::Copy { r, msg, mb } => {
                 let r = r as usize % n;
-                let (Some(m), Some(to)) = (
-                    pick(&messages(&c, r), msg as usize),
-                    pick(&mailboxes(&c, r), mb as usize),
-                ) else {
+                let (Some(m), Some(to)) = (pick(&messages(&c, r), msg as usize), pick(&mailboxes(&c, r), mb as usize))
+                else {
                     continue;
                 };
                 if matches!(a, Action::Move { .. }) {
-                    c.client(r, |rep| rep.move_message(m, to))
-                        .map_err(|e| e.to_string())?;
+                    c.client(r, |rep| rep.move_message(m, to)).map_err(|e| e.to_string())?;
                 } else {
-                    c.client(r, |rep| rep.copy_message(m, to).map(|_| ()))
-                        .map_err(|e| e.to_string())?;
+                    c.client(r, |rep| rep.copy_message(m, to).map(|_| ())).map_err(|e| e.to_string())?;
                 }
             }
             Action::Expunge { r, msg } => {
                 let r = r as usize % n;
                 if let Some(m) = pick(&messages(&c, r), msg as usize) {
-                    c.client(r, |rep| rep.expunge(&[m]))
-                        .map_err(|e| e.to_string())?;
+                    c.client(r, |rep| rep.expunge(&[m])).map_err(|e| e.to_string())?;
                 }
             }
             Action::Look { r, mb } => {
@@ -167,41 +109,27 @@ fn run(n: usize, actions: &[Action]) -> Result<Cluster, String> {
                 let r = r as usize % n;
                 let name = NAMES[name as usize % NAMES.len()];
                 if c.replicas[r].mailbox_by_name(name).is_none() {
-                    c.client(r, |rep| rep.create_mailbox(name, None, None))
-                        .map_err(|e| e.to_string())?;
+                    c.client(r, |rep| rep.create_mailbox(name, None, None)).map_err(|e| e.to_string())?;
                 }
             }
             Action::Rename { r, mb, name } => {
                 let r = r as usize % n;
                 let name = NAMES[name as usize % NAMES.len()];
-                let boxes: Vec<_> = mailboxes(&c, r)
-                    .into_iter()
-                    .filter(|m| *m != starling_model::INBOX)
-                    .collect();
+                let boxes: Vec<_> = mailboxes(&c, r).into_iter().filter(|m| *m != starling_model::INBOX).collect();
                 if let Some(mb) = pick(&boxes, mb as usize) {
                     if c.replicas[r].mailbox_by_name(name).is_none() {
-                        c.client(r, |rep| rep.rename_mailbox(mb, name, None))
-                            .map_err(|e| e.to_string())?;
+                        c.client(r, |rep| rep.rename_mailbox(mb, name, None)).map_err(|e| e.to_string())?;
                     }
                 }
             }
             Action::Delete { r, mb } => {
                 let r = r as usize % n;
-                let boxes: Vec<_> = mailboxes(&c, r)
-                    .into_iter()
-                    .filter(|m| *m != starling_model::INBOX)
-                    .collect();
+                let boxes: Vec<_> = mailboxes(&c, r).into_iter().filter(|m| *m != starling_model::INBOX).collect();
                 if let Some(mb) = pick(&boxes, mb as usize) {
-                    c.client(r, |rep| rep.delete_mailbox(mb))
-                        .map_err(|e| e.to_string())?;
+                    c.client(r, |rep| rep.delete_mailbox(mb)).map_err(|e| e.to_string())?;
                 }
             }
-            Action::Deliver {
-                from,
-                to,
-                pick,
-                dup,
-            } => {
+            Action::Deliver { from, to, pick, dup } => {
                 let (from, to) = (from as usize % n, to as usize % n);
                 if from != to {
                     c.deliver(from, to, pick as usize, dup);
@@ -213,14 +141,12 @@ fn run(n: usize, actions: &[Action]) -> Result<Cluster, String> {
             }
             Action::Heal => c.heal(),
         }
-        c.check_step()
-            .map_err(|e| format!("after step {step} {a:?}: {e}"))?;
+        c.check_step().map_err(|e| format!("after step {step} {a:?}: {e}"))?;
     }
     c.heal();
     let mut rng = Rng::new(actions.len() as u64);
     c.deliver_all(&mut rng);
-    c.check_step()
-        .map_err(|e| format!("during final exchange: {e}"))?;
+    c.check_step().map_err(|e| format!("during final exchange: {e}"))?;
     c.check_converged()?;
     Ok(c)
 }

@@ -109,10 +109,7 @@ fn concurrent_add_and_remove_of_a_keyword_keeps_it() {
     c.client(0, |r| r.store_flags(m, &[], &[Keyword::Seen]).unwrap());
     c.client(1, |r| r.store_flags(m, &[Keyword::Seen], &[]).unwrap()); // already present: no op
     c.client(1, |r| r.store_flags(m, &[], &[Keyword::Seen]).unwrap());
-    c.client(1, |r| {
-        r.store_flags(m, &[Keyword::Seen, Keyword::Flagged], &[])
-            .unwrap()
-    });
+    c.client(1, |r| r.store_flags(m, &[Keyword::Seen, Keyword::Flagged], &[]).unwrap());
     sync(&mut c);
     let f = c.replicas[0].flags(m).unwrap();
     assert!(f.contains(&Keyword::Seen) && f.contains(&Keyword::Flagged));
@@ -241,10 +238,7 @@ fn reopened_replica_continues_where_it_stopped() {
     let m = c.append(0, work, vec![Keyword::Seen]).unwrap();
     c.look(0, work);
     sync(&mut c);
-    let r = std::mem::replace(
-        &mut c.replicas[0],
-        starling_model::Replica::new(starling_model::ReplicaId(5)),
-    );
+    let r = std::mem::replace(&mut c.replicas[0], starling_model::Replica::new(starling_model::ReplicaId(5)));
     let (id, dump) = (r.id(), r.dump());
     let mut r = r;
     let header = r.header();
@@ -258,13 +252,7 @@ fn reopened_replica_continues_where_it_stopped() {
         &account
     )
     .is_err());
-    assert!(starling_model::Replica::open(
-        id,
-        starling_model::MemBackend::new(true),
-        b"junk",
-        &account
-    )
-    .is_err());
+    assert!(starling_model::Replica::open(id, starling_model::MemBackend::new(true), b"junk", &account).is_err());
     c.replicas[0] = reopened;
     // It keeps making ops with fresh dots, and the peer accepts them.
     c.client(0, |r| r.store_flags(m, &[Keyword::Flagged], &[]).unwrap());
@@ -275,9 +263,7 @@ fn reopened_replica_continues_where_it_stopped() {
 #[test]
 fn op_waits_for_its_causal_past() {
     let mut a = starling_model::Replica::new(starling_model::ReplicaId(1));
-    let m = a
-        .append(INBOX, starling_model::BlobId::of(b"x"), 1, 0, vec![])
-        .unwrap();
+    let m = a.append(INBOX, starling_model::BlobId::of(b"x"), 1, 0, vec![]).unwrap();
     a.store_flags(m, &[Keyword::Seen], &[]).unwrap();
     let ops = a.take_outbox();
     let mut b = starling_model::Replica::new(starling_model::ReplicaId(2));

@@ -8,9 +8,7 @@
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use smallvec::SmallVec;
-use starling_model::backend::{
-    Backend, Claim, ClaimKey, Envelope, FlagSet, MsgLoc, Packed, Slot, StorageResult,
-};
+use starling_model::backend::{Backend, Claim, ClaimKey, Envelope, MsgLoc, Packed, Slot, StorageResult};
 use starling_model::{BlobId, StorageError};
 
 pub(crate) type Key2 = (u32, u64);
@@ -21,22 +19,19 @@ pub(crate) const TOMBSTONES: TableDefinition<Key2, ()> = TableDefinition::new("t
 pub(crate) const ENVELOPES: TableDefinition<Key2, &[u8]> = TableDefinition::new("envelopes");
 pub(crate) const SLOTS: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("slots");
 pub(crate) const SIDE: TableDefinition<ClaimRow, ()> = TableDefinition::new("side_claims");
-pub(crate) const SIDE_BY_MSG: TableDefinition<(u32, u32, u64, u32), ()> =
-    TableDefinition::new("side_by_message");
+pub(crate) const SIDE_BY_MSG: TableDefinition<(u32, u32, u64, u32), ()> = TableDefinition::new("side_by_message");
 pub(crate) const RETRACTED: TableDefinition<ClaimRow, ()> = TableDefinition::new("retracted");
 pub(crate) const PINNED: TableDefinition<ClaimRow, ()> = TableDefinition::new("pinned");
-/// (account, mailbox, uid) → MODSEQ of the placed message.
-pub(crate) const MODSEQS: TableDefinition<(u32, u32, u32), u64> = TableDefinition::new("modseqs");
-/// (account, mailbox, MODSEQ) → uid, one row per placed message: its last change.
+/// (account, mailbox, MODSEQ) → uid changed then. Append-only: a row is
+/// stale when the message's record carries a newer MODSEQ (readers skip it);
+/// compaction drops stale rows.
 pub(crate) const CHANGES: TableDefinition<(u32, u32, u64), u32> = TableDefinition::new("changes");
 /// (account, mailbox, MODSEQ) → uid that vanished then.
 pub(crate) const VANISHED: TableDefinition<(u32, u32, u64), u32> = TableDefinition::new("vanished");
 /// (account, mailbox) → (HIGHESTMODSEQ, messages).
-pub(crate) const MAILBOX_COUNTS: TableDefinition<(u32, u32), (u64, u64)> =
-    TableDefinition::new("mailbox_counts");
+pub(crate) const MAILBOX_COUNTS: TableDefinition<(u32, u32), (u64, u64)> = TableDefinition::new("mailbox_counts");
 /// account → (MODSEQ counter, live messages).
-pub(crate) const ACCOUNT_COUNTS: TableDefinition<u32, (u64, u64)> =
-    TableDefinition::new("account_counts");
+pub(crate) const ACCOUNT_COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("account_counts");
 
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
     StorageError(Box::new(e))
@@ -52,10 +47,7 @@ pub(crate) fn encode_envelope(e: &Envelope) -> [u8; 48] {
 
 pub(crate) fn decode_envelope(b: &[u8]) -> StorageResult<Envelope> {
     if b.len() != 48 {
-        return Err(storage(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "envelope record of wrong size",
-        )));
+        return Err(storage(std::io::Error::new(std::io::ErrorKind::InvalidData, "envelope record of wrong size")));
     }
     let mut blob = [0u8; 32];
     blob.copy_from_slice(&b[..32]);
@@ -66,7 +58,8 @@ pub(crate) fn decode_envelope(b: &[u8]) -> StorageResult<Envelope> {
     })
 }
 
-pub(crate) fn decode_slot(b: &[u8]) -> StorageResult<Slot> {
+/// A placed message's record: its MODSEQ and the model's slot.
+pub(crate) fn decode_slot(b: &[u8]) -> StorageResult<(u64, Slot)> {
     postcard::from_bytes(b).map_err(storage)
 }
 
@@ -81,11 +74,13 @@ pub struct RedbBackend<'txn> {
     side_by_msg: Table<'txn, (u32, u32, u64, u32), ()>,
     retracted: Table<'txn, ClaimRow, ()>,
     pinned: Table<'txn, ClaimRow, ()>,
-    modseqs: Table<'txn, (u32, u32, u32), u64>,
     changes: Table<'txn, (u32, u32, u64), u32>,
     vanished: Table<'txn, (u32, u32, u64), u32>,
     mailbox_counts: Table<'txn, (u32, u32), (u64, u64)>,
     account_counts: Table<'txn, u32, (u64, u64)>,
+    /// Counters read once per transaction and written back by [`Self::flush`].
+    cached_account: Option<(u64, u64)>,
+    cached_mailboxes: std::collections::BTreeMap<u32, (u64, u64)>,
 }
 
 impl<'txn> RedbBackend<'txn> {
@@ -101,76 +96,63 @@ impl<'txn> RedbBackend<'txn> {
             side_by_msg: txn.open_table(SIDE_BY_MSG)?,
             retracted: txn.open_table(RETRACTED)?,
             pinned: txn.open_table(PINNED)?,
-            modseqs: txn.open_table(MODSEQS)?,
             changes: txn.open_table(CHANGES)?,
             vanished: txn.open_table(VANISHED)?,
             mailbox_counts: txn.open_table(MAILBOX_COUNTS)?,
             account_counts: txn.open_table(ACCOUNT_COUNTS)?,
+            cached_account: None,
+            cached_mailboxes: std::collections::BTreeMap::new(),
         })
     }
 
-    fn account_counts(&self) -> StorageResult<(u64, u64)> {
-        Ok(self
-            .account_counts
-            .get(self.account)
-            .map_err(storage)?
-            .map(|g| g.value())
-            .unwrap_or((0, 0)))
+    /// Writes the cached counters back. Call before committing.
+    pub fn flush(&mut self) -> StorageResult<()> {
+        if let Some(c) = self.cached_account {
+            self.account_counts.insert(self.account, c).map_err(storage)?;
+        }
+        for (mb, c) in &self.cached_mailboxes {
+            self.mailbox_counts.insert((self.account, *mb), *c).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    fn account_counts(&mut self) -> StorageResult<(u64, u64)> {
+        if let Some(c) = self.cached_account {
+            return Ok(c);
+        }
+        let c = self.account_counts.get(self.account).map_err(storage)?.map(|g| g.value()).unwrap_or((0, 0));
+        self.cached_account = Some(c);
+        Ok(c)
     }
 
     fn next_modseq(&mut self) -> StorageResult<u64> {
         let (modseq, n) = self.account_counts()?;
-        self.account_counts
-            .insert(self.account, (modseq + 1, n))
-            .map_err(storage)?;
+        self.cached_account = Some((modseq + 1, n));
         Ok(modseq + 1)
     }
 
     fn add_messages(&mut self, delta: i64) -> StorageResult<()> {
         let (modseq, n) = self.account_counts()?;
-        self.account_counts
-            .insert(self.account, (modseq, n.saturating_add_signed(delta)))
-            .map_err(storage)?;
+        self.cached_account = Some((modseq, n.saturating_add_signed(delta)));
         Ok(())
     }
 
     fn mailbox_counts(&self, mailbox: u32) -> StorageResult<(u64, u64)> {
-        Ok(self
-            .mailbox_counts
-            .get((self.account, mailbox))
-            .map_err(storage)?
-            .map(|g| g.value())
-            .unwrap_or((0, 0)))
+        if let Some(c) = self.cached_mailboxes.get(&mailbox) {
+            return Ok(*c);
+        }
+        Ok(self.mailbox_counts.get((self.account, mailbox)).map_err(storage)?.map(|g| g.value()).unwrap_or((0, 0)))
     }
 
-    /// Records a change to the message at `uid`: a fresh MODSEQ.
-    fn touch(&mut self, mailbox: u32, uid: u32, count_delta: i64) -> StorageResult<()> {
+    /// Writes a placed message's record with a fresh MODSEQ and indexes the change.
+    fn put_slot(&mut self, mailbox: u32, slot: &Slot, count_delta: i64) -> StorageResult<()> {
         let a = self.account;
         let modseq = self.next_modseq()?;
-        if let Some(old) = self
-            .modseqs
-            .insert((a, mailbox, uid), modseq)
-            .map_err(storage)?
-        {
-            self.changes
-                .remove((a, mailbox, old.value()))
-                .map_err(storage)?;
-        }
-        self.changes
-            .insert((a, mailbox, modseq), uid)
-            .map_err(storage)?;
+        let bytes = postcard::to_stdvec(&(modseq, slot)).map_err(storage)?;
+        self.slots.insert((a, mailbox, slot.uid), bytes.as_slice()).map_err(storage)?;
+        self.changes.insert((a, mailbox, modseq), slot.uid).map_err(storage)?;
         let (_, n) = self.mailbox_counts(mailbox)?;
-        self.mailbox_counts
-            .insert((a, mailbox), (modseq, n.saturating_add_signed(count_delta)))
-            .map_err(storage)?;
-        Ok(())
-    }
-
-    fn put_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()> {
-        let bytes = postcard::to_stdvec(slot).map_err(storage)?;
-        self.slots
-            .insert((self.account, mailbox, slot.uid), bytes.as_slice())
-            .map_err(storage)?;
+        self.cached_mailboxes.insert(mailbox, (modseq, n.saturating_add_signed(count_delta)));
         Ok(())
     }
 }
@@ -187,10 +169,7 @@ impl Backend for RedbBackend<'_> {
         }))
     }
     fn set_loc(&mut self, m: Packed, loc: MsgLoc) -> StorageResult<()> {
-        let old = self
-            .locs
-            .insert((self.account, m), (loc.mailbox, loc.uid))
-            .map_err(storage)?;
+        let old = self.locs.insert((self.account, m), (loc.mailbox, loc.uid)).map_err(storage)?;
         if old.is_none() {
             drop(old);
             self.add_messages(1)?;
@@ -206,19 +185,16 @@ impl Backend for RedbBackend<'_> {
         Ok(())
     }
     fn message_count(&self) -> StorageResult<u64> {
-        Ok(self.account_counts()?.1)
+        if let Some(c) = self.cached_account {
+            return Ok(c.1);
+        }
+        Ok(self.account_counts.get(self.account).map_err(storage)?.map(|g| g.value().1).unwrap_or(0))
     }
     fn is_tombstone(&self, m: Packed) -> StorageResult<bool> {
-        Ok(self
-            .tombstones
-            .get((self.account, m))
-            .map_err(storage)?
-            .is_some())
+        Ok(self.tombstones.get((self.account, m)).map_err(storage)?.is_some())
     }
     fn add_tombstone(&mut self, m: Packed) -> StorageResult<()> {
-        self.tombstones
-            .insert((self.account, m), ())
-            .map_err(storage)?;
+        self.tombstones.insert((self.account, m), ()).map_err(storage)?;
         Ok(())
     }
     fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
@@ -228,9 +204,7 @@ impl Backend for RedbBackend<'_> {
         }
     }
     fn set_envelope(&mut self, m: Packed, e: Envelope) -> StorageResult<()> {
-        self.envelopes
-            .insert((self.account, m), encode_envelope(&e).as_slice())
-            .map_err(storage)?;
+        self.envelopes.insert((self.account, m), encode_envelope(&e).as_slice()).map_err(storage)?;
         Ok(())
     }
     fn remove_envelope(&mut self, m: Packed) -> StorageResult<()> {
@@ -238,67 +212,34 @@ impl Backend for RedbBackend<'_> {
         Ok(())
     }
     fn slot(&self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
-        match self
-            .slots
-            .get((self.account, mailbox, uid))
-            .map_err(storage)?
-        {
-            Some(g) => Ok(Some(decode_slot(g.value())?)),
+        match self.slots.get((self.account, mailbox, uid)).map_err(storage)? {
+            Some(g) => Ok(Some(decode_slot(g.value())?.1)),
             None => Ok(None),
         }
     }
     fn insert_slot(&mut self, mailbox: u32, slot: Slot) -> StorageResult<()> {
         assert!(slot.uid != 0, "placed messages have a UID");
-        self.put_slot(mailbox, &slot)?;
-        self.touch(mailbox, slot.uid, 1)
+        self.put_slot(mailbox, &slot, 1)
     }
-    fn set_flags(&mut self, mailbox: u32, uid: u32, flags: FlagSet) -> StorageResult<()> {
-        let Some(mut slot) = self.slot(mailbox, uid)? else {
-            return Ok(());
-        };
-        if slot.flags == flags {
-            return Ok(());
-        }
-        slot.flags = flags;
-        self.put_slot(mailbox, &slot)?;
-        self.touch(mailbox, uid, 0)
+    fn update_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()> {
+        self.put_slot(mailbox, slot, 0)
     }
     fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
         let a = self.account;
-        let removed = self
-            .slots
-            .remove((a, mailbox, uid))
-            .map_err(storage)?
-            .map(|g| decode_slot(g.value()));
-        let Some(slot) = removed.transpose()? else {
-            return Ok(None);
-        };
+        let removed = self.slots.remove((a, mailbox, uid)).map_err(storage)?.map(|g| decode_slot(g.value()));
+        let Some((_, slot)) = removed.transpose()? else { return Ok(None) };
         let modseq = self.next_modseq()?;
-        if let Some(old) = self.modseqs.remove((a, mailbox, uid)).map_err(storage)? {
-            self.changes
-                .remove((a, mailbox, old.value()))
-                .map_err(storage)?;
-        }
-        self.vanished
-            .insert((a, mailbox, modseq), uid)
-            .map_err(storage)?;
+        self.vanished.insert((a, mailbox, modseq), uid).map_err(storage)?;
         let (_, n) = self.mailbox_counts(mailbox)?;
-        self.mailbox_counts
-            .insert((a, mailbox), (modseq, n.saturating_sub(1)))
-            .map_err(storage)?;
+        self.cached_mailboxes.insert(mailbox, (modseq, n.saturating_sub(1)));
         Ok(Some(slot))
     }
     fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
         let a = self.account;
         let mut out = Vec::new();
-        for item in self
-            .slots
-            .range((a, mailbox, from)..=(a, mailbox, u32::MAX))
-            .map_err(storage)?
-            .take(limit)
-        {
+        for item in self.slots.range((a, mailbox, from)..=(a, mailbox, u32::MAX)).map_err(storage)?.take(limit) {
             let (_, v) = item.map_err(storage)?;
-            out.push(decode_slot(v.value())?);
+            out.push(decode_slot(v.value())?.1);
         }
         Ok(out)
     }
@@ -308,11 +249,7 @@ impl Backend for RedbBackend<'_> {
     fn side_at(&self, mailbox: u32, uid: u32) -> StorageResult<SmallVec<[Claim; 2]>> {
         let a = self.account;
         let mut out = SmallVec::new();
-        for item in self
-            .side
-            .range((a, mailbox, uid, 0, 0)..=(a, mailbox, uid, u64::MAX, u16::MAX))
-            .map_err(storage)?
-        {
+        for item in self.side.range((a, mailbox, uid, 0, 0)..=(a, mailbox, uid, u64::MAX, u16::MAX)).map_err(storage)? {
             let (k, _) = item.map_err(storage)?;
             let (_, _, _, message, claimant) = k.value();
             out.push(Claim { message, claimant });
@@ -322,11 +259,7 @@ impl Backend for RedbBackend<'_> {
     fn side_uids_of(&self, mailbox: u32, m: Packed) -> StorageResult<SmallVec<[u32; 2]>> {
         let a = self.account;
         let mut out = SmallVec::new();
-        for item in self
-            .side_by_msg
-            .range((a, mailbox, m, 0)..=(a, mailbox, m, u32::MAX))
-            .map_err(storage)?
-        {
+        for item in self.side_by_msg.range((a, mailbox, m, 0)..=(a, mailbox, m, u32::MAX)).map_err(storage)? {
             out.push(item.map_err(storage)?.0.value().3);
         }
         Ok(out)
@@ -337,11 +270,7 @@ impl Backend for RedbBackend<'_> {
         if from >= to {
             return Ok(out);
         }
-        for item in self
-            .side
-            .range((a, mailbox, from, 0, 0)..(a, mailbox, to, 0, 0))
-            .map_err(storage)?
-        {
+        for item in self.side.range((a, mailbox, from, 0, 0)..(a, mailbox, to, 0, 0)).map_err(storage)? {
             let uid = item.map_err(storage)?.0.value().2;
             if out.last() != Some(&uid) {
                 out.push(uid);
@@ -351,12 +280,8 @@ impl Backend for RedbBackend<'_> {
     }
     fn add_side(&mut self, mailbox: u32, uid: u32, claim: Claim) -> StorageResult<()> {
         let a = self.account;
-        self.side
-            .insert((a, mailbox, uid, claim.message, claim.claimant), ())
-            .map_err(storage)?;
-        self.side_by_msg
-            .insert((a, mailbox, claim.message, uid), ())
-            .map_err(storage)?;
+        self.side.insert((a, mailbox, uid, claim.message, claim.claimant), ()).map_err(storage)?;
+        self.side_by_msg.insert((a, mailbox, claim.message, uid), ()).map_err(storage)?;
         Ok(())
     }
     fn take_side(&mut self, mailbox: u32, uid: u32, m: Packed) -> StorageResult<Option<u16>> {
@@ -366,40 +291,24 @@ impl Backend for RedbBackend<'_> {
         let Some(first) = mine.first() else {
             return Ok(None);
         };
-        self.side
-            .remove((a, mailbox, uid, m, first.claimant))
-            .map_err(storage)?;
+        self.side.remove((a, mailbox, uid, m, first.claimant)).map_err(storage)?;
         if mine.len() == 1 {
-            self.side_by_msg
-                .remove((a, mailbox, m, uid))
-                .map_err(storage)?;
+            self.side_by_msg.remove((a, mailbox, m, uid)).map_err(storage)?;
         }
         Ok(Some(first.claimant))
     }
     fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
-        Ok(self
-            .retracted
-            .get(row(self.account, mailbox, key))
-            .map_err(storage)?
-            .is_some())
+        Ok(self.retracted.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
     }
     fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
-        self.retracted
-            .insert(row(self.account, mailbox, key), ())
-            .map_err(storage)?;
+        self.retracted.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
     }
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
-        Ok(self
-            .pinned
-            .get(row(self.account, mailbox, key))
-            .map_err(storage)?
-            .is_some())
+        Ok(self.pinned.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
     }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
-        self.pinned
-            .insert(row(self.account, mailbox, key), ())
-            .map_err(storage)?;
+        self.pinned.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
     }
 }
@@ -410,9 +319,7 @@ impl Backend for RedbBackend<'_> {
 pub struct Detached;
 
 fn detached<T>() -> StorageResult<T> {
-    Err(storage(std::io::Error::other(
-        "replica used outside a transaction",
-    )))
+    Err(storage(std::io::Error::other("replica used outside a transaction")))
 }
 
 impl Backend for Detached {
@@ -449,7 +356,7 @@ impl Backend for Detached {
     fn insert_slot(&mut self, _: u32, _: Slot) -> StorageResult<()> {
         detached()
     }
-    fn set_flags(&mut self, _: u32, _: u32, _: FlagSet) -> StorageResult<()> {
+    fn update_slot(&mut self, _: u32, _: &Slot) -> StorageResult<()> {
         detached()
     }
     fn remove_slot(&mut self, _: u32, _: u32) -> StorageResult<Option<Slot>> {

@@ -39,10 +39,8 @@ pub fn split(raw: &[u8], threshold: usize) -> (BodyRecord, Vec<(BlobId, Vec<u8>)
     if raw.len() > threshold {
         if let Some(msg) = mail_parser::MessageParser::default().parse(raw) {
             for part in &msg.parts {
-                let leaf = !matches!(
-                    part.body,
-                    mail_parser::PartType::Multipart(_) | mail_parser::PartType::Message(_)
-                );
+                let leaf =
+                    !matches!(part.body, mail_parser::PartType::Multipart(_) | mail_parser::PartType::Message(_));
                 let (start, end) = (part.offset_body as usize, part.offset_end as usize);
                 if leaf && end <= raw.len() && start < end && end - start > threshold {
                     ranges.push((start, end));
@@ -64,20 +62,14 @@ pub fn split(raw: &[u8], threshold: usize) -> (BodyRecord, Vec<(BlobId, Vec<u8>)
         }
         let bytes = raw[start..end].to_vec();
         let id = BlobId::of(&bytes);
-        pieces.push(Piece::Part {
-            id,
-            len: bytes.len() as u64,
-        });
+        pieces.push(Piece::Part { id, len: bytes.len() as u64 });
         parts.push((id, bytes));
         at = end;
     }
     if at < raw.len() || pieces.is_empty() {
         pieces.push(Piece::Inline(raw[at..].to_vec()));
     }
-    let record = BodyRecord {
-        len: raw.len() as u64,
-        pieces,
-    };
+    let record = BodyRecord { len: raw.len() as u64, pieces };
     (record, parts)
 }
 
@@ -90,18 +82,14 @@ mod tests {
         for p in &r.pieces {
             match p {
                 Piece::Inline(b) => out.extend(b),
-                Piece::Part { id, .. } => {
-                    out.extend(&parts.iter().find(|(i, _)| i == id).unwrap().1)
-                }
+                Piece::Part { id, .. } => out.extend(&parts.iter().find(|(i, _)| i == id).unwrap().1),
             }
         }
         out
     }
 
     fn with_attachment(kb: usize) -> Vec<u8> {
-        let payload: String = (0..kb * 1024 / 76)
-            .map(|i| format!("{:076}\r\n", i))
-            .collect();
+        let payload: String = (0..kb * 1024 / 76).map(|i| format!("{:076}\r\n", i)).collect();
         format!(
             "From: a@example.org\r\nTo: b@example.org\r\nSubject: att\r\nMIME-Version: 1.0\r\n\
              Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n\

@@ -19,9 +19,7 @@ use backend::{decode_envelope, decode_slot, Detached, RedbBackend};
 use blob::{BodyRecord, Piece};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use starling_model::backend::Envelope;
-use starling_model::{
-    BlobId, Keyword, MailboxId, MessageId, Names, Op, Replica, ReplicaId, VersionVector,
-};
+use starling_model::{BlobId, Keyword, MailboxId, MessageId, Names, Op, Replica, ReplicaId, VersionVector};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -122,13 +120,16 @@ fn st<E: std::fmt::Display>(e: E) -> StoreError {
 pub struct StoreOptions {
     /// MIME parts above this many bytes are stored apart.
     pub part_threshold: usize,
+    /// Check every page of the file on open (reads the whole file). redb
+    /// recovers by itself from crashes; this catches a file damaged by
+    /// something else (disk, another program), which a plain open trusts
+    /// and may only notice, with a panic, when it reads the damaged page.
+    pub verify: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            part_threshold: PART_THRESHOLD_DEFAULT,
-        }
+        StoreOptions { part_threshold: PART_THRESHOLD_DEFAULT, verify: false }
     }
 }
 
@@ -184,9 +185,7 @@ impl<'a> Batch<'a> {
                 part_table.insert(&pid.0, bytes.as_slice()).map_err(st)?;
             }
         }
-        blobs
-            .insert(&id.0, postcard::to_stdvec(&record).map_err(st)?.as_slice())
-            .map_err(st)?;
+        blobs.insert(&id.0, postcard::to_stdvec(&record).map_err(st)?.as_slice()).map_err(st)?;
         Ok(id)
     }
 
@@ -199,9 +198,7 @@ impl<'a> Batch<'a> {
         flags: Vec<Keyword>,
     ) -> Result<MessageId, StoreError> {
         let blob = self.put_body(raw)?;
-        Ok(self
-            .replica
-            .append(mailbox, blob, raw.len() as u64, internal_date, flags)?)
+        Ok(self.replica.append(mailbox, blob, raw.len() as u64, internal_date, flags)?)
     }
 }
 
@@ -238,19 +235,14 @@ pub struct Reader {
     names: Names,
 }
 
-fn open_db(path: &Path) -> Result<Database, OpenError> {
-    let not_a_store = |e: &dyn std::fmt::Display| OpenError::NotAStore {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
+fn open_db(path: &Path, verify: bool) -> Result<Database, OpenError> {
+    let not_a_store =
+        |e: &dyn std::fmt::Display| OpenError::NotAStore { path: path.display().to_string(), reason: e.to_string() };
     if path.exists() {
-        match Database::open(path) {
+        match Database::builder().set_check_integrity_on_open(verify).open(path) {
             Ok(db) => Ok(db),
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
-                ) =>
+                if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound) =>
             {
                 Err(OpenError::Io(format!("{}: {e}", path.display())))
             }
@@ -264,19 +256,27 @@ fn open_db(path: &Path) -> Result<Database, OpenError> {
 impl Store {
     /// Opens the store at `path` for node `node`, creating it if absent.
     pub fn open(path: &Path, node: ReplicaId, options: StoreOptions) -> Result<Store, OpenError> {
-        let db = open_db(path)?;
+        // redb may panic on a page damaged outside it; an open must not.
+        match std::panic::catch_unwind(|| Self::open_inner(path, node, options)) {
+            Ok(r) => r,
+            Err(_) => Err(OpenError::NotAStore {
+                path: path.display().to_string(),
+                reason: "damaged (a page could not be read); open it with verification to locate the damage".into(),
+            }),
+        }
+    }
+
+    fn open_inner(path: &Path, node: ReplicaId, options: StoreOptions) -> Result<Store, OpenError> {
+        let db = open_db(path, options.verify)?;
         let io = |e: &dyn std::fmt::Display| OpenError::Io(e.to_string());
         // A brand-new file gets our meta; an existing one must already have it.
         let fresh = {
             let r = db.begin_read().map_err(|e| io(&e))?;
             match r.open_table(META) {
                 Ok(t) => {
-                    t.get("magic").map_err(|e| io(&e))?.is_none()
-                        && r.list_tables().map_err(|e| io(&e))?.count() == 1
+                    t.get("magic").map_err(|e| io(&e))?.is_none() && r.list_tables().map_err(|e| io(&e))?.count() == 1
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    r.list_tables().map_err(|e| io(&e))?.count() == 0
-                }
+                Err(redb::TableError::TableDoesNotExist(_)) => r.list_tables().map_err(|e| io(&e))?.count() == 0,
                 Err(e) => return Err(io(&e)),
             }
         };
@@ -285,37 +285,26 @@ impl Store {
             {
                 let mut meta = w.open_table(META).map_err(|e| io(&e))?;
                 meta.insert("magic", MAGIC).map_err(|e| io(&e))?;
-                meta.insert("version", [FORMAT_VERSION].as_slice())
-                    .map_err(|e| io(&e))?;
-                meta.insert("node", node.0.to_be_bytes().as_slice())
-                    .map_err(|e| io(&e))?;
+                meta.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+                meta.insert("node", node.0.to_be_bytes().as_slice()).map_err(|e| io(&e))?;
             }
             w.commit().map_err(|e| io(&e))?;
         }
         let r = db.begin_read().map_err(|e| io(&e))?;
-        let meta = r
-            .open_table(META)
-            .map_err(|_| OpenError::Foreign(path.display().to_string()))?;
+        let meta = r.open_table(META).map_err(|_| OpenError::Foreign(path.display().to_string()))?;
         let get = |k: &str| -> Result<Option<Vec<u8>>, OpenError> {
             Ok(meta.get(k).map_err(|e| io(&e))?.map(|g| g.value().to_vec()))
         };
         if get("magic")?.as_deref() != Some(MAGIC) {
             return Err(OpenError::Foreign(path.display().to_string()));
         }
-        let version = get("version")?
-            .and_then(|v| v.first().copied())
-            .unwrap_or(0);
+        let version = get("version")?.and_then(|v| v.first().copied()).unwrap_or(0);
         if version != FORMAT_VERSION {
             return Err(OpenError::Version { found: version });
         }
-        let found = get("node")?
-            .and_then(|v| v.try_into().ok())
-            .map(|b: [u8; 8]| ReplicaId(u64::from_be_bytes(b)));
+        let found = get("node")?.and_then(|v| v.try_into().ok()).map(|b: [u8; 8]| ReplicaId(u64::from_be_bytes(b)));
         if found != Some(node) {
-            return Err(OpenError::WrongNode {
-                expected: node,
-                found: found.unwrap_or(ReplicaId(0)),
-            });
+            return Err(OpenError::WrongNode { expected: node, found: found.unwrap_or(ReplicaId(0)) });
         }
         let mut accounts = BTreeMap::new();
         if let Ok(table) = r.open_table(ACCOUNTS) {
@@ -324,39 +313,18 @@ impl Store {
             for item in table.iter().map_err(|e| io(&e))? {
                 let (name, number) = item.map_err(|e| io(&e))?;
                 let (name, number) = (name.value().to_string(), number.value());
-                let fail = |reason: String| OpenError::Account {
-                    account: name.clone(),
-                    reason,
-                };
-                let header = headers
-                    .get(number)
-                    .map_err(|e| io(&e))?
-                    .ok_or_else(|| fail("header missing".into()))?;
-                let doc = docs
-                    .get(number)
-                    .map_err(|e| io(&e))?
-                    .ok_or_else(|| fail("document missing".into()))?;
-                let mut replica = Replica::open(node, Detached, header.value(), doc.value())
-                    .map_err(|e| fail(e.to_string()))?;
+                let fail = |reason: String| OpenError::Account { account: name.clone(), reason };
+                let header = headers.get(number).map_err(|e| io(&e))?.ok_or_else(|| fail("header missing".into()))?;
+                let doc = docs.get(number).map_err(|e| io(&e))?.ok_or_else(|| fail("document missing".into()))?;
+                let mut replica =
+                    Replica::open(node, Detached, header.value(), doc.value()).map_err(|e| fail(e.to_string()))?;
                 replica.record_applied();
-                accounts.insert(
-                    name,
-                    Account {
-                        number,
-                        replica,
-                        poisoned: false,
-                    },
-                );
+                accounts.insert(name, Account { number, replica, poisoned: false });
             }
         }
         drop(meta);
         drop(r);
-        Ok(Store {
-            db,
-            node,
-            options,
-            accounts: Mutex::new(accounts),
-        })
+        Ok(Store { db, node, options, accounts: Mutex::new(accounts) })
     }
 
     /// This node's replica id.
@@ -366,12 +334,7 @@ impl Store {
 
     /// Names of the accounts.
     pub fn accounts(&self) -> Vec<String> {
-        self.accounts
-            .lock()
-            .expect("accounts lock")
-            .keys()
-            .cloned()
-            .collect()
+        self.accounts.lock().expect("accounts lock").keys().cloned().collect()
     }
 
     /// Creates an account with an empty replica (INBOX only).
@@ -385,28 +348,12 @@ impl Store {
         replica.record_applied();
         let w = self.db.begin_write().map_err(st)?;
         {
-            w.open_table(ACCOUNTS)
-                .map_err(st)?
-                .insert(name, number)
-                .map_err(st)?;
-            w.open_table(HEADERS)
-                .map_err(st)?
-                .insert(number, replica.header().as_slice())
-                .map_err(st)?;
-            w.open_table(DOCS)
-                .map_err(st)?
-                .insert(number, replica.save_account().as_slice())
-                .map_err(st)?;
+            w.open_table(ACCOUNTS).map_err(st)?.insert(name, number).map_err(st)?;
+            w.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
+            w.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
         }
         w.commit().map_err(st)?;
-        accounts.insert(
-            name.into(),
-            Account {
-                number,
-                replica,
-                poisoned: false,
-            },
-        );
+        accounts.insert(name.into(), Account { number, replica, poisoned: false });
         Ok(())
     }
 
@@ -443,9 +390,7 @@ impl Store {
         f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut accounts = self.accounts.lock().expect("accounts lock");
-        let acct = accounts
-            .get_mut(account)
-            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let acct = accounts.get_mut(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         if acct.poisoned {
             return Err(StoreError::Poisoned(account.into()));
         }
@@ -477,11 +422,7 @@ impl Store {
         let (value, replica) = {
             let backend = RedbBackend::new(&txn, number).map_err(st)?;
             let (replica, _) = detached.swap_backend(backend);
-            let mut batch = Batch {
-                replica,
-                txn: &txn,
-                part_threshold: self.options.part_threshold,
-            };
+            let mut batch = Batch { replica, txn: &txn, part_threshold: self.options.part_threshold };
             let value = f(&mut batch)?;
             let mut replica = batch.replica;
             let applied = replica.take_applied();
@@ -489,21 +430,15 @@ impl Store {
                 let mut log = txn.open_table(OPLOG).map_err(st)?;
                 for op in &applied {
                     let bytes = postcard::to_stdvec(op).map_err(st)?;
-                    log.insert((number, op.dot.replica.0, op.dot.counter), bytes.as_slice())
-                        .map_err(st)?;
+                    log.insert((number, op.dot.replica.0, op.dot.counter), bytes.as_slice()).map_err(st)?;
                 }
             }
-            txn.open_table(HEADERS)
-                .map_err(st)?
-                .insert(number, replica.header().as_slice())
-                .map_err(st)?;
+            txn.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
             if replica.account_changed() {
-                txn.open_table(DOCS)
-                    .map_err(st)?
-                    .insert(number, replica.save_account().as_slice())
-                    .map_err(st)?;
+                txn.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
             }
-            let (replica, backend) = replica.swap_backend(Detached);
+            let (replica, mut backend) = replica.swap_backend(Detached);
+            backend.flush().map_err(st)?;
             drop(backend);
             (value, replica)
         };
@@ -515,9 +450,7 @@ impl Store {
     /// the transaction it runs in is aborted.
     pub fn dump(&self, account: &str) -> Result<String, StoreError> {
         let mut accounts = self.accounts.lock().expect("accounts lock");
-        let acct = accounts
-            .get_mut(account)
-            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let acct = accounts.get_mut(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         let number = acct.number;
         let detached = std::mem::replace(&mut acct.replica, Replica::create(self.node, Detached));
         let txn = match self.db.begin_write() {
@@ -547,24 +480,16 @@ impl Store {
     /// A read view of an account.
     pub fn read(&self, account: &str) -> Result<Reader, StoreError> {
         let accounts = self.accounts.lock().expect("accounts lock");
-        let acct = accounts
-            .get(account)
-            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         let names = acct.replica.names();
         let txn = self.db.begin_read().map_err(st)?;
-        Ok(Reader {
-            txn,
-            account: acct.number,
-            names,
-        })
+        Ok(Reader { txn, account: acct.number, names })
     }
 
     /// What the account has applied.
     pub fn version(&self, account: &str) -> Result<VersionVector, StoreError> {
         let accounts = self.accounts.lock().expect("accounts lock");
-        let acct = accounts
-            .get(account)
-            .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         Ok(acct.replica.version().clone())
     }
 
@@ -575,9 +500,7 @@ impl Store {
     pub fn ops_since(&self, account: &str, have: &VersionVector) -> Result<Vec<Op>, StoreError> {
         let (number, mine) = {
             let accounts = self.accounts.lock().expect("accounts lock");
-            let acct = accounts
-                .get(account)
-                .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+            let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
             (acct.number, acct.replica.version().clone())
         };
         let r = self.db.begin_read().map_err(st)?;
@@ -592,10 +515,7 @@ impl Store {
             if from < floor.get(replica) {
                 return Err(StoreError::Compacted);
             }
-            for item in log
-                .range((number, replica.0, from + 1)..=(number, replica.0, last))
-                .map_err(st)?
-            {
+            for item in log.range((number, replica.0, from + 1)..=(number, replica.0, last)).map_err(st)? {
                 let (_, v) = item.map_err(st)?;
                 out.push(postcard::from_bytes(v.value()).map_err(st)?);
             }
@@ -620,10 +540,7 @@ impl Store {
     pub fn compact(&self, account: &str, held_by_all: &VersionVector) -> Result<u64, StoreError> {
         let number = {
             let accounts = self.accounts.lock().expect("accounts lock");
-            accounts
-                .get(account)
-                .ok_or_else(|| StoreError::NoSuchAccount(account.into()))?
-                .number
+            accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.number
         };
         let floor = self.log_floor(&self.db.begin_read().map_err(st)?, number)?;
         let w = self.db.begin_write().map_err(st)?;
@@ -637,10 +554,7 @@ impl Store {
                     continue;
                 }
                 let removed = log
-                    .extract_from_if(
-                        (number, replica.0, from + 1)..=(number, replica.0, upto),
-                        |_, _| true,
-                    )
+                    .extract_from_if((number, replica.0, from + 1)..=(number, replica.0, upto), |_, _| true)
                     .map_err(st)?;
                 for item in removed {
                     item.map_err(st)?;
@@ -650,10 +564,7 @@ impl Store {
             }
             w.open_table(LOG_FLOOR)
                 .map_err(st)?
-                .insert(
-                    number,
-                    postcard::to_stdvec(&new_floor).map_err(st)?.as_slice(),
-                )
+                .insert(number, postcard::to_stdvec(&new_floor).map_err(st)?.as_slice())
                 .map_err(st)?;
         }
         w.commit().map_err(st)?;
@@ -665,10 +576,7 @@ impl Store {
     pub fn stats(&self) -> Result<(u64, u64), StoreError> {
         let w = self.db.begin_write().map_err(st)?;
         let s = w.stats().map_err(st)?;
-        let out = (
-            s.stored_bytes(),
-            s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes(),
-        );
+        let out = (s.stored_bytes(), s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes());
         w.abort().map_err(st)?;
         Ok(out)
     }
@@ -686,106 +594,55 @@ impl Reader {
 
     /// STATUS / SELECT counters of a mailbox.
     pub fn status(&self, id: MailboxId) -> Result<MailboxStatus, StoreError> {
-        let uid_next = self
-            .names
-            .mailbox_index(id)
-            .map(|i| self.names.mailboxes[i as usize].1)
-            .unwrap_or(1);
-        let (highest_modseq, messages) = match (
-            self.mailbox(id),
-            self.txn.open_table(backend::MAILBOX_COUNTS),
-        ) {
-            (Some(i), Ok(t)) => t
-                .get((self.account, i))
-                .map_err(st)?
-                .map(|g| g.value())
-                .unwrap_or((0, 0)),
+        let uid_next = self.names.mailbox_index(id).map(|i| self.names.mailboxes[i as usize].1).unwrap_or(1);
+        let (highest_modseq, messages) = match (self.mailbox(id), self.txn.open_table(backend::MAILBOX_COUNTS)) {
+            (Some(i), Ok(t)) => t.get((self.account, i)).map_err(st)?.map(|g| g.value()).unwrap_or((0, 0)),
             _ => (0, 0),
         };
-        Ok(MailboxStatus {
-            messages,
-            uid_next,
-            uid_validity: id.uid_validity(),
-            highest_modseq,
-        })
+        Ok(MailboxStatus { messages, uid_next, uid_validity: id.uid_validity(), highest_modseq })
     }
 
     fn info(&self, slot: starling_model::backend::Slot, modseq: u64) -> MessageInfo {
-        let mut flags: Vec<Keyword> = slot
-            .flags
-            .iter()
-            .map(|e| self.names.keywords[e.kw as usize].clone())
-            .collect();
+        let mut flags: Vec<Keyword> = slot.flags.iter().map(|e| self.names.keywords[e.kw as usize].clone()).collect();
         flags.sort();
         flags.dedup();
-        MessageInfo {
-            uid: slot.uid,
-            message: self.names.message(slot.id),
-            flags,
-            modseq,
-        }
+        MessageInfo { uid: slot.uid, message: self.names.message(slot.id), flags, modseq }
     }
 
     /// Messages with UID ≥ `from`, by UID, at most `limit`: reads only those rows.
-    pub fn messages(
-        &self,
-        id: MailboxId,
-        from: u32,
-        limit: usize,
-    ) -> Result<Vec<MessageInfo>, StoreError> {
-        let Some(i) = self.mailbox(id) else {
-            return Ok(Vec::new());
-        };
-        let (Ok(slots), Ok(modseqs)) = (
-            self.txn.open_table(backend::SLOTS),
-            self.txn.open_table(backend::MODSEQS),
-        ) else {
-            return Ok(Vec::new());
-        };
+    pub fn messages(&self, id: MailboxId, from: u32, limit: usize) -> Result<Vec<MessageInfo>, StoreError> {
+        let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+        let Ok(slots) = self.txn.open_table(backend::SLOTS) else { return Ok(Vec::new()) };
         let a = self.account;
         let mut out = Vec::new();
-        for item in slots
-            .range((a, i, from)..=(a, i, u32::MAX))
-            .map_err(st)?
-            .take(limit)
-        {
-            let (k, v) = item.map_err(st)?;
-            let modseq = modseqs
-                .get(k.value())
-                .map_err(st)?
-                .map(|g| g.value())
-                .unwrap_or(0);
-            out.push(self.info(decode_slot(v.value()).map_err(st)?, modseq));
+        for item in slots.range((a, i, from)..=(a, i, u32::MAX)).map_err(st)?.take(limit) {
+            let (_, v) = item.map_err(st)?;
+            let (modseq, slot) = decode_slot(v.value()).map_err(st)?;
+            out.push(self.info(slot, modseq));
         }
         Ok(out)
     }
 
     /// Messages changed after `modseq` (CONDSTORE CHANGEDSINCE), by MODSEQ.
-    pub fn changed_since(
-        &self,
-        id: MailboxId,
-        modseq: u64,
-        limit: usize,
-    ) -> Result<Vec<MessageInfo>, StoreError> {
-        let Some(i) = self.mailbox(id) else {
-            return Ok(Vec::new());
-        };
-        let (Ok(changes), Ok(slots)) = (
-            self.txn.open_table(backend::CHANGES),
-            self.txn.open_table(backend::SLOTS),
-        ) else {
+    pub fn changed_since(&self, id: MailboxId, modseq: u64, limit: usize) -> Result<Vec<MessageInfo>, StoreError> {
+        let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+        let (Ok(changes), Ok(slots)) = (self.txn.open_table(backend::CHANGES), self.txn.open_table(backend::SLOTS))
+        else {
             return Ok(Vec::new());
         };
         let a = self.account;
         let mut out = Vec::new();
-        for item in changes
-            .range((a, i, modseq + 1)..=(a, i, u64::MAX))
-            .map_err(st)?
-            .take(limit)
-        {
+        for item in changes.range((a, i, modseq + 1)..=(a, i, u64::MAX)).map_err(st)? {
+            if out.len() >= limit {
+                break;
+            }
             let (k, uid) = item.map_err(st)?;
             if let Some(v) = slots.get((a, i, uid.value())).map_err(st)? {
-                out.push(self.info(decode_slot(v.value()).map_err(st)?, k.value().2));
+                let (current, slot) = decode_slot(v.value()).map_err(st)?;
+                // A row superseded by a later change of the same message is skipped.
+                if current == k.value().2 {
+                    out.push(self.info(slot, current));
+                }
             }
         }
         Ok(out)
@@ -824,14 +681,8 @@ impl Reader {
     }
 
     fn record(&self, id: BlobId) -> Result<BodyRecord, StoreError> {
-        let t = self
-            .txn
-            .open_table(BLOBS)
-            .map_err(|_| StoreError::MissingBlob(id))?;
-        let v = t
-            .get(&id.0)
-            .map_err(st)?
-            .ok_or(StoreError::MissingBlob(id))?;
+        let t = self.txn.open_table(BLOBS).map_err(|_| StoreError::MissingBlob(id))?;
+        let v = t.get(&id.0).map_err(st)?.ok_or(StoreError::MissingBlob(id))?;
         postcard::from_bytes(v.value()).map_err(st)
     }
 
@@ -865,21 +716,11 @@ impl Reader {
                 match piece {
                     Piece::Inline(b) => out.extend_from_slice(&b[from..to]),
                     Piece::Part { id: pid, .. } => {
-                        let t = self
-                            .txn
-                            .open_table(PARTS)
-                            .map_err(|_| StoreError::MissingBlob(*pid))?;
-                        let v = t
-                            .get(&pid.0)
-                            .map_err(st)?
-                            .ok_or(StoreError::MissingBlob(*pid))?;
+                        let t = self.txn.open_table(PARTS).map_err(|_| StoreError::MissingBlob(*pid))?;
+                        let v = t.get(&pid.0).map_err(st)?.ok_or(StoreError::MissingBlob(*pid))?;
                         let bytes = v.value();
                         // Pair the write-time check: the part is what the record says.
-                        assert_eq!(
-                            bytes.len() as u64,
-                            piece_len,
-                            "stored part length matches its record"
-                        );
+                        assert_eq!(bytes.len() as u64, piece_len, "stored part length matches its record");
                         out.extend_from_slice(&bytes[from..to]);
                     }
                 }

@@ -41,10 +41,7 @@ pub enum MaildirError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaildirError + '_ {
-    move |source| MaildirError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| MaildirError::Io { path: path.to_path_buf(), source }
 }
 
 /// What an import or export did.
@@ -121,12 +118,7 @@ fn flags_of(file_name: &str, keywords: &HashMap<char, Keyword>) -> Vec<Keyword> 
         match c {
             'P' => out.push(forwarded()),
             'a'..='z' => out.extend(keywords.get(&c).cloned()),
-            _ => out.extend(
-                LETTERS
-                    .iter()
-                    .find(|(l, _)| *l == c)
-                    .map(|(_, k)| k.clone()),
-            ),
+            _ => out.extend(LETTERS.iter().find(|(l, _)| *l == c).map(|(_, k)| k.clone())),
         }
     }
     out.sort();
@@ -213,19 +205,11 @@ pub fn import(store: &Store, account: &str, root: &Path) -> Result<Summary, Mail
     let folders = folders(root)?;
     let mut plan = Vec::new();
     for (name, dir) in &folders {
-        plan.push((
-            name.clone(),
-            dir.clone(),
-            message_files(dir)?,
-            read_keywords(dir),
-        ));
+        plan.push((name.clone(), dir.clone(), message_files(dir)?, read_keywords(dir)));
     }
     let total: u64 = plan.iter().map(|p| p.2.len() as u64).sum();
     let bar = progress(total, "import");
-    let mut summary = Summary {
-        mailboxes: folders.len(),
-        ..Default::default()
-    };
+    let mut summary = Summary { mailboxes: folders.len(), ..Default::default() };
     for (name, _dir, files, keywords) in plan {
         let mailbox = ensure_mailbox(store, account, &name)?;
         // How often each body is already in the mailbox: those are skipped.
@@ -248,17 +232,9 @@ pub fn import(store: &Store, account: &str, root: &Path) -> Result<Summary, Mail
             let mut batch = Vec::with_capacity(chunk.len());
             for path in chunk {
                 let raw = std::fs::read(path).map_err(io(path))?;
-                let mtime = std::fs::metadata(path)
-                    .and_then(|m| m.modified())
-                    .map_err(io(path))?;
-                let date = mtime
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
-                let file_name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).map_err(io(path))?;
+                let date = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+                let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
                 let id = BlobId::of(&raw);
                 match present.get_mut(&id) {
                     Some(n) if *n > 0 => {
@@ -313,16 +289,9 @@ pub fn export(store: &Store, account: &str, root: &Path) -> Result<Summary, Mail
         total += r.status(*id)?.messages;
     }
     let bar = progress(total, "export");
-    let mut summary = Summary {
-        mailboxes: names.tree.by_name.len(),
-        ..Default::default()
-    };
+    let mut summary = Summary { mailboxes: names.tree.by_name.len(), ..Default::default() };
     for (name, id) in &names.tree.by_name {
-        let dir = if *id == INBOX {
-            root.to_path_buf()
-        } else {
-            root.join(format!(".{}", name.replace('/', ".")))
-        };
+        let dir = if *id == INBOX { root.to_path_buf() } else { root.join(format!(".{}", name.replace('/', "."))) };
         for sub in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir))?;
         }
@@ -350,13 +319,8 @@ pub fn export(store: &Store, account: &str, root: &Path) -> Result<Summary, Mail
                     letters
                 ));
                 std::fs::write(&file, &raw).map_err(io(&file))?;
-                let t =
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(env.internal_date.max(0) as u64);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&file)
-                    .and_then(|f| f.set_modified(t))
-                    .map_err(io(&file))?;
+                let t = SystemTime::UNIX_EPOCH + Duration::from_secs(env.internal_date.max(0) as u64);
+                std::fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(t)).map_err(io(&file))?;
                 summary.messages += 1;
                 summary.bytes += raw.len() as u64;
                 bar.inc(1);

@@ -36,9 +36,7 @@ fn sigkill_at_random_moments_loses_no_committed_batch() {
     let mut committed: Vec<u64> = Vec::new();
     let mut seed: u64 = 0x5eed;
     for round in 0..50u64 {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay_ms = 5 + (seed >> 33) % 120;
         let mut child = Command::new(env!("CARGO_BIN_EXE_store-torture"))
             .arg(&path)
@@ -52,10 +50,7 @@ fn sigkill_at_random_moments_loses_no_committed_batch() {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .filter_map(|l| {
-                    l.strip_prefix("committed ")
-                        .map(|n| n.parse::<u64>().unwrap())
-                })
+                .filter_map(|l| l.strip_prefix("committed ").map(|n| n.parse::<u64>().unwrap()))
                 .collect::<Vec<_>>()
         });
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -63,28 +58,19 @@ fn sigkill_at_random_moments_loses_no_committed_batch() {
         child.wait().unwrap();
         committed.extend(reader.join().unwrap());
 
-        let store = Store::open(&path, ReplicaId(42), StoreOptions::default())
-            .expect("store opens after SIGKILL");
+        let store = Store::open(&path, ReplicaId(42), StoreOptions::default()).expect("store opens after SIGKILL");
         if store.accounts().is_empty() {
             continue; // killed before the account was created
         }
         let present = batches(&store);
         for b in &committed {
-            assert_eq!(
-                present.get(b),
-                Some(&20),
-                "batch {b} was acknowledged but is not whole"
-            );
+            assert_eq!(present.get(b), Some(&20), "batch {b} was acknowledged but is not whole");
         }
         for (b, n) in &present {
             assert_eq!(*n, 20, "batch {b} is half-applied");
         }
     }
-    assert!(
-        committed.len() > 50,
-        "the writer got some work done ({} batches)",
-        committed.len()
-    );
+    assert!(committed.len() > 50, "the writer got some work done ({} batches)", committed.len());
 }
 
 /// Mounts a tiny tmpfs (needs root, as CI and the dev machines run); where
@@ -101,7 +87,9 @@ fn full_disk_fails_the_write_and_keeps_the_store() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("cannot mount a tmpfs here (not root?): full-disk check skipped; see docs/design.md for the manual check");
+        eprintln!(
+            "cannot mount a tmpfs here (not root?): full-disk check skipped; see docs/design.md for the manual check"
+        );
         return;
     }
     let result = std::panic::catch_unwind(|| {
@@ -113,10 +101,7 @@ fn full_disk_fails_the_write_and_keeps_the_store() {
         for batch in 0..10_000u64 {
             let res = store.write("t", |b| {
                 for i in 0..20 {
-                    let raw = format!(
-                        "Subject: batch {batch} msg {i}\r\n\r\n{}\r\n",
-                        "y".repeat(4000)
-                    );
+                    let raw = format!("Subject: batch {batch} msg {i}\r\n\r\n{}\r\n", "y".repeat(4000));
                     b.append(INBOX, raw.as_bytes(), batch as i64, vec![])?;
                 }
                 Ok(())
@@ -130,14 +115,10 @@ fn full_disk_fails_the_write_and_keeps_the_store() {
             }
         }
         let e = failed.expect("a 6 MB filesystem fills up");
-        assert!(
-            matches!(e, StoreError::Storage(_) | StoreError::Poisoned(_)),
-            "{e}"
-        );
+        assert!(matches!(e, StoreError::Storage(_) | StoreError::Poisoned(_)), "{e}");
         drop(store);
         // Reopened, it holds exactly what was committed before the failure.
-        let store = Store::open(&path, ReplicaId(1), StoreOptions::default())
-            .expect("reopens after disk full");
+        let store = Store::open(&path, ReplicaId(1), StoreOptions::default()).expect("reopens after disk full");
         assert_eq!(store.dump("t").unwrap(), last_dump);
         let b = batches(&store);
         assert!(b.values().all(|n| *n == 20));

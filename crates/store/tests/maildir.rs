@@ -16,16 +16,13 @@ fn write(dir: &Path, sub: &str, name: &str, bytes: &[u8], mtime: u64) {
     let p = dir.join(sub).join(name);
     std::fs::write(&p, bytes).unwrap();
     let f = std::fs::File::options().write(true).open(&p).unwrap();
-    f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime))
-        .unwrap();
+    f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime)).unwrap();
 }
 
 fn text_message(i: usize, size: usize) -> Vec<u8> {
     let mut m = format!("From: sender{i}@example.org\nTo: you@example.net\nSubject: message {i}\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\n").into_bytes();
     while m.len() < size {
-        m.extend_from_slice(
-            format!("line {} of message {i} with some words in it\n", m.len()).as_bytes(),
-        );
+        m.extend_from_slice(format!("line {} of message {i} with some words in it\n", m.len()).as_bytes());
     }
     m
 }
@@ -36,10 +33,7 @@ fn attachment_message(bytes: usize) -> Vec<u8> {
     let mut line = 0;
     while m.len() < bytes {
         x = x.wrapping_mul(1103515245).wrapping_add(12345);
-        m.push(
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-                [(x >> 16) as usize % 64],
-        );
+        m.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 16) as usize % 64]);
         line += 1;
         if line % 76 == 0 {
             m.push(b'\n');
@@ -60,85 +54,38 @@ fn make_tree(root: &Path) -> Tree {
         let (suffix, flags) = match i % 4 {
             0 => (":2,S".to_string(), vec![Keyword::Seen]),
             1 => (":2,RS".to_string(), vec![Keyword::Answered, Keyword::Seen]),
-            2 => (
-                ":2,FPS".to_string(),
-                vec![
-                    Keyword::Seen,
-                    Keyword::Flagged,
-                    Keyword::parse("$Forwarded").unwrap(),
-                ],
-            ),
+            2 => (":2,FPS".to_string(), vec![Keyword::Seen, Keyword::Flagged, Keyword::parse("$Forwarded").unwrap()]),
             _ => (String::new(), vec![]),
         };
         let sub = if suffix.is_empty() { "new" } else { "cur" };
-        write(
-            root,
-            sub,
-            &format!("{}.M{i}P1.host{suffix}", t0 + i),
-            &raw,
-            (t0 + i as i64 as usize) as u64,
-        );
+        write(root, sub, &format!("{}.M{i}P1.host{suffix}", t0 + i), &raw, (t0 + i as i64 as usize) as u64);
         want.entry("INBOX".into()).or_default().push((raw, flags));
     }
     let work = root.join(".Work");
     std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(
-        work.join("dovecot-keywords"),
-        "0 work\n1 $junk\n2 Project-X\n",
-    )
-    .unwrap();
+    std::fs::write(work.join("dovecot-keywords"), "0 work\n1 $junk\n2 Project-X\n").unwrap();
     for i in 0..20 {
         let raw = text_message(100 + i, 5_000);
         let (suffix, flags) = match i % 3 {
-            0 => (
-                ":2,Sa",
-                vec![Keyword::Seen, Keyword::parse("work").unwrap()],
-            ),
-            1 => (
-                ":2,Sbc",
-                vec![
-                    Keyword::Seen,
-                    Keyword::parse("$Junk").unwrap(),
-                    Keyword::parse("project-x").unwrap(),
-                ],
-            ),
+            0 => (":2,Sa", vec![Keyword::Seen, Keyword::parse("work").unwrap()]),
+            1 => {
+                (":2,Sbc", vec![Keyword::Seen, Keyword::parse("$Junk").unwrap(), Keyword::parse("project-x").unwrap()])
+            }
             _ => (":2,", vec![]),
         };
-        write(
-            &work,
-            "cur",
-            &format!("{}.M{i}P2.host{suffix}", t0 + 100 + i),
-            &raw,
-            (t0 + 100 + i) as u64,
-        );
+        write(&work, "cur", &format!("{}.M{i}P2.host{suffix}", t0 + 100 + i), &raw, (t0 + 100 + i) as u64);
         want.entry("Work".into()).or_default().push((raw, flags));
     }
     let big = attachment_message(2 * 1024 * 1024);
-    write(
-        &work,
-        "cur",
-        "1700000500.big.host:2,S",
-        &big,
-        t0 as u64 + 500,
-    );
-    want.entry("Work".into())
-        .or_default()
-        .push((big, vec![Keyword::Seen]));
+    write(&work, "cur", "1700000500.big.host:2,S", &big, t0 as u64 + 500);
+    want.entry("Work".into()).or_default().push((big, vec![Keyword::Seen]));
     let lists = root.join(".Lists.dovecot");
     let truncated = attachment_message(400 * 1024)[..300 * 1024].to_vec();
     let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 256) as u8).collect();
     let no_newline = b"Subject: no final newline\n\nbody".to_vec();
     for (i, raw) in [truncated, garbage, no_newline].into_iter().enumerate() {
-        write(
-            &lists,
-            "cur",
-            &format!("{}.odd{i}.host:2,D", t0 + 200 + i),
-            &raw,
-            (t0 + 200 + i) as u64,
-        );
-        want.entry("Lists/dovecot".into())
-            .or_default()
-            .push((raw, vec![Keyword::Draft]));
+        write(&lists, "cur", &format!("{}.odd{i}.host:2,D", t0 + 200 + i), &raw, (t0 + 200 + i) as u64);
+        want.entry("Lists/dovecot".into()).or_default().push((raw, vec![Keyword::Draft]));
     }
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     want
@@ -161,10 +108,7 @@ fn read_tree(root: &Path) -> Tree {
             .lines()
             .map(|l| {
                 let (n, k) = l.split_once(' ').unwrap();
-                (
-                    (b'a' + n.parse::<u8>().unwrap()) as char,
-                    Keyword::parse(k).unwrap(),
-                )
+                ((b'a' + n.parse::<u8>().unwrap()) as char, Keyword::parse(k).unwrap())
             })
             .collect();
         for e in std::fs::read_dir(dir.join("cur")).unwrap() {
@@ -184,9 +128,7 @@ fn read_tree(root: &Path) -> Tree {
                 })
                 .collect();
             flags.sort();
-            out.entry(name.clone())
-                .or_default()
-                .push((std::fs::read(&p).unwrap(), flags));
+            out.entry(name.clone()).or_default().push((std::fs::read(&p).unwrap(), flags));
         }
     }
     out
@@ -207,12 +149,7 @@ fn import_export_round_trip_is_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let want = normalize(make_tree(&src));
-    let store = Store::open(
-        &dir.path().join("s.redb"),
-        ReplicaId(1),
-        StoreOptions::default(),
-    )
-    .unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
     store.add_account("u").unwrap();
     let s1 = maildir::import(&store, "u", &src).unwrap();
     assert_eq!(s1.messages, 64);
@@ -222,20 +159,12 @@ fn import_export_round_trip_is_byte_exact() {
     assert_eq!((s2.messages, s2.skipped), (0, 64));
     // Across a reopen too.
     drop(store);
-    let store = Store::open(
-        &dir.path().join("s.redb"),
-        ReplicaId(1),
-        StoreOptions::default(),
-    )
-    .unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
     let out = dir.path().join("out");
     let e = maildir::export(&store, "u", &out).unwrap();
     assert_eq!(e.messages, 64);
     let got = normalize(read_tree(&out));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
     for (name, msgs) in &want {
         assert_eq!(got[name].len(), msgs.len(), "{name}");
         for (a, b) in got[name].iter().zip(msgs) {
@@ -244,32 +173,16 @@ fn import_export_round_trip_is_byte_exact() {
         }
     }
     // Internal dates survive as mtimes.
-    let inbox_file = std::fs::read_dir(out.join("cur"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let inbox_file = std::fs::read_dir(out.join("cur")).unwrap().next().unwrap().unwrap().path();
     let mtime = std::fs::metadata(&inbox_file).unwrap().modified().unwrap();
-    let secs = mtime
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let secs = mtime.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     assert!((1_700_000_000..1_700_000_100).contains(&secs));
 }
 
 #[test]
 fn not_a_maildir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &dir.path().join("s.redb"),
-        ReplicaId(1),
-        StoreOptions::default(),
-    )
-    .unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
     store.add_account("u").unwrap();
-    assert!(matches!(
-        maildir::import(&store, "u", dir.path()),
-        Err(maildir::MaildirError::NotAMaildir(_))
-    ));
+    assert!(matches!(maildir::import(&store, "u", dir.path()), Err(maildir::MaildirError::NotAMaildir(_))));
 }

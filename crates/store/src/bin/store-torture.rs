@@ -18,12 +18,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let store = Store::open(
-        std::path::Path::new(path),
-        ReplicaId(42),
-        StoreOptions::default(),
-    )
-    .expect("open");
+    let store = Store::open(std::path::Path::new(path), ReplicaId(42), StoreOptions::default()).expect("open");
     if store.accounts().is_empty() {
         store.add_account("t").expect("account");
     }
@@ -32,10 +27,7 @@ fn main() {
         store
             .write("t", |b| {
                 for i in 0..BATCH {
-                    let raw = format!(
-                        "Subject: batch {batch} msg {i}\r\n\r\n{}\r\n",
-                        "x".repeat(200 + i * 50)
-                    );
+                    let raw = format!("Subject: batch {batch} msg {i}\r\n\r\n{}\r\n", "x".repeat(200 + i * 50));
                     let m = b.append(INBOX, raw.as_bytes(), batch as i64, vec![])?;
                     if i % 3 == 0 {
                         b.replica().store_flags(m, &[Keyword::Seen], &[])?;
