@@ -38,6 +38,9 @@ const PARTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("parts");
 const MAGIC: &[u8] = b"starling-store";
 const FORMAT_VERSION: u8 = 1;
 
+/// Largest body or part the store reads back (bounds decompression).
+pub const BODY_BYTES_MAX: usize = 1 << 30;
+
 /// Default size above which a MIME part is stored as a blob of its own.
 pub const PART_THRESHOLD_DEFAULT: usize = 256 * 1024;
 
@@ -182,10 +185,11 @@ impl<'a> Batch<'a> {
         let mut part_table = self.txn.open_table(PARTS).map_err(st)?;
         for (pid, bytes) in &parts {
             if part_table.get(&pid.0).map_err(st)?.is_none() {
-                part_table.insert(&pid.0, bytes.as_slice()).map_err(st)?;
+                part_table.insert(&pid.0, blob::pack(bytes).as_slice()).map_err(st)?;
             }
         }
-        blobs.insert(&id.0, postcard::to_stdvec(&record).map_err(st)?.as_slice()).map_err(st)?;
+        let record = blob::pack(&postcard::to_stdvec(&record).map_err(st)?);
+        blobs.insert(&id.0, record.as_slice()).map_err(st)?;
         Ok(id)
     }
 
@@ -683,7 +687,8 @@ impl Reader {
     fn record(&self, id: BlobId) -> Result<BodyRecord, StoreError> {
         let t = self.txn.open_table(BLOBS).map_err(|_| StoreError::MissingBlob(id))?;
         let v = t.get(&id.0).map_err(st)?.ok_or(StoreError::MissingBlob(id))?;
-        postcard::from_bytes(v.value()).map_err(st)
+        let bytes = blob::unpack(v.value(), BODY_BYTES_MAX).map_err(st)?;
+        postcard::from_bytes(&bytes).map_err(st)
     }
 
     /// Length of a stored body.
@@ -718,7 +723,7 @@ impl Reader {
                     Piece::Part { id: pid, .. } => {
                         let t = self.txn.open_table(PARTS).map_err(|_| StoreError::MissingBlob(*pid))?;
                         let v = t.get(&pid.0).map_err(st)?.ok_or(StoreError::MissingBlob(*pid))?;
-                        let bytes = v.value();
+                        let bytes = blob::unpack(v.value(), BODY_BYTES_MAX).map_err(st)?;
                         // Pair the write-time check: the part is what the record says.
                         assert_eq!(bytes.len() as u64, piece_len, "stored part length matches its record");
                         out.extend_from_slice(&bytes[from..to]);
