@@ -158,6 +158,12 @@ pub trait Backend {
     fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a withdrawal.
     fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
+    /// Every expunged message (for state snapshots).
+    fn tombstones(&self) -> StorageResult<Vec<Packed>>;
+    /// Every withdrawn claim of a mailbox (for state snapshots).
+    fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
+    /// Every pinned claim of a mailbox (for state snapshots).
+    fn pinned_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
     /// Whether a claim was pinned by another replica's announcement.
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a pin.
@@ -330,6 +336,15 @@ impl Backend for MemBackend {
     }
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.get(mailbox).is_some_and(|b| b.pinned.contains(&key)))
+    }
+    fn tombstones(&self) -> StorageResult<Vec<Packed>> {
+        Ok(self.tombstones.iter().copied().collect())
+    }
+    fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+        Ok(self.get(mailbox).map(|b| b.retracted.iter().copied().collect()).unwrap_or_default())
+    }
+    fn pinned_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+        Ok(self.get(mailbox).map(|b| b.pinned.iter().copied().collect()).unwrap_or_default())
     }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).pinned.insert(key);

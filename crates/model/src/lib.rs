@@ -19,6 +19,7 @@ pub mod ids;
 pub mod keyword;
 pub mod op;
 pub mod replica;
+pub mod snapshot;
 pub mod testkit;
 
 pub use account::{AccountDoc, MailboxTree, SpecialUse, INBOX};

@@ -20,6 +20,7 @@ use crate::backend::{
 use crate::ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector, COUNTER_MAX};
 use crate::keyword::Keyword;
 use crate::op::{Append, Op, OpBody, Pin};
+use crate::snapshot::{InstallError, SnapClaim, SnapMailbox, SnapMessage, StateSnapshot, SNAPSHOT_VERSION};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -397,6 +398,127 @@ impl<B: Backend> Replica<B> {
             mailboxes: self.mailboxes.iter().map(|m| (m.id, m.uid_next)).collect(),
             tree: self.tree.clone(),
         }
+    }
+
+    /// The replicated state as a portable snapshot (see [`crate::snapshot`]).
+    /// Ops waiting for their causal past are not part of it.
+    pub fn export_state(&mut self) -> Result<StateSnapshot, StorageError> {
+        let mut mailboxes = Vec::new();
+        for (i, meta) in self.mailboxes.iter().enumerate() {
+            let i = i as u32;
+            let claim = |k: ClaimKey| SnapClaim {
+                uid: k.uid,
+                message: MessageId(self.unpack(k.message)),
+                claimant: self.replica_ids[k.claimant as usize],
+            };
+            let mut side = Vec::new();
+            for uid in self.backend.side_uids_in(i, 0, u32::MAX)? {
+                for c in self.backend.side_at(i, uid)? {
+                    side.push(claim(ClaimKey { uid, message: c.message, claimant: c.claimant }));
+                }
+            }
+            let mut messages = Vec::new();
+            for s in self.backend.slots_from(i, 0, usize::MAX)? {
+                messages.push(SnapMessage {
+                    id: MessageId(self.unpack(s.id)),
+                    uid: s.uid,
+                    claimant: self.replica_ids[s.claimant as usize],
+                    loc: ((s.loc >> 16) as u32, self.replica_ids[(s.loc & 0xffff) as usize]),
+                    flags: s
+                        .flags
+                        .iter()
+                        .map(|e| (self.keywords[e.kw as usize].clone(), self.unpack(e.dot())))
+                        .collect(),
+                    envelope: self.backend.envelope(s.id)?,
+                });
+            }
+            mailboxes.push(SnapMailbox {
+                id: meta.id,
+                uid_next: meta.uid_next,
+                announced: meta.announced.iter().map(|(r, n)| (self.replica_ids[*r as usize], *n)).collect(),
+                messages,
+                side,
+                retracted: self.backend.retracted_in(i)?.into_iter().map(claim).collect(),
+                pinned: self.backend.pinned_in(i)?.into_iter().map(claim).collect(),
+            });
+        }
+        let tombstones = self.backend.tombstones()?.into_iter().map(|p| MessageId(self.unpack(p))).collect();
+        Ok(StateSnapshot {
+            version: SNAPSHOT_VERSION,
+            vv: self.vv.clone(),
+            account: self.account.save(),
+            mailboxes,
+            tombstones,
+        })
+    }
+
+    /// Installs a snapshot into this replica, which must have applied
+    /// nothing. Afterwards it continues with the ops after `snapshot.vv`.
+    pub fn import_state(&mut self, snapshot: StateSnapshot) -> Result<(), InstallError> {
+        if !self.vv.is_empty() || !self.pending.is_empty() || self.backend.message_count()? != 0 {
+            return Err(InstallError::NotEmpty);
+        }
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(InstallError::Version(snapshot.version));
+        }
+        let invalid = |e: ApplyError| InstallError::Invalid(e.to_string());
+        self.account = AccountDoc::load(self.me, &snapshot.account)?;
+        self.account_dirty = true;
+        for mb in snapshot.mailboxes {
+            let i = self.mailbox(mb.id);
+            self.mailboxes[i as usize].uid_next = mb.uid_next;
+            for (r, n) in mb.announced {
+                let r = self.intern(r).map_err(invalid)?;
+                self.mailboxes[i as usize].announced.insert(r, n);
+            }
+            for m in mb.messages {
+                if m.uid == 0 || m.uid >= mb.uid_next {
+                    return Err(InstallError::Invalid(format!("UID {} of {:?} outside 1..UIDNEXT", m.uid, m.id)));
+                }
+                let id = self.packed(m.id.0).map_err(invalid)?;
+                let mut flags = FlagSet::new();
+                for (k, d) in &m.flags {
+                    let kw = self.keyword(k);
+                    flags.push(FlagEntry::new(kw, self.packed(*d).map_err(invalid)?));
+                }
+                let claimant = self.intern(m.claimant).map_err(invalid)?;
+                let loc = ((m.loc.0 as u64) << 16) | self.intern(m.loc.1).map_err(invalid)? as u64;
+                if self.backend.slot(i, m.uid)?.is_some() {
+                    return Err(InstallError::Invalid(format!("two messages at UID {}", m.uid)));
+                }
+                self.backend.insert_slot(i, Slot { id, loc, uid: m.uid, claimant, flags })?;
+                self.backend.set_loc(id, MsgLoc { mailbox: i, uid: m.uid })?;
+                if let Some(e) = m.envelope {
+                    self.backend.set_envelope(id, e)?;
+                }
+            }
+            for (list, kind) in [(mb.side, 0), (mb.retracted, 1), (mb.pinned, 2)] {
+                for c in list {
+                    let key = ClaimKey {
+                        uid: c.uid,
+                        message: self.packed(c.message.0).map_err(invalid)?,
+                        claimant: self.intern(c.claimant).map_err(invalid)?,
+                    };
+                    match kind {
+                        0 => {
+                            self.backend.add_side(i, key.uid, Claim { message: key.message, claimant: key.claimant })?
+                        }
+                        1 => self.backend.add_retracted(i, key)?,
+                        _ => self.backend.add_pinned(i, key)?,
+                    }
+                }
+            }
+        }
+        for t in snapshot.tombstones {
+            let p = self.packed(t.0).map_err(invalid)?;
+            self.backend.add_tombstone(p)?;
+        }
+        self.counter = snapshot.vv.get(self.me);
+        self.deps_base = snapshot.vv.clone();
+        self.vv = snapshot.vv;
+        let mut dirty = Dirty::new();
+        self.refresh_tree(&mut dirty)?;
+        Ok(())
     }
 
     /// Starts recording every op applied (for the store's op log).

@@ -274,3 +274,55 @@ fn op_waits_for_its_causal_past() {
     assert_eq!(b.pending_len(), 0);
     assert_eq!(b.flags(m).unwrap(), [Keyword::Seen].into());
 }
+
+/// A new replica catches up by state (no history), then continues by ops
+/// both ways.
+#[test]
+fn new_replica_catches_up_by_snapshot() {
+    use starling_model::{Replica, ReplicaId};
+    let mut c = Cluster::new(3);
+    let work = c.client(0, |r| r.create_mailbox("Work", None, None).unwrap());
+    c.partition(&[0, 1, 2]);
+    let mut ms = Vec::new();
+    for i in 0..12 {
+        let m = c.append(i % 3, if i % 2 == 0 { INBOX } else { work }, vec![Keyword::Seen]);
+        if let Some(m) = m {
+            ms.push((i % 3, m));
+        }
+        if i % 4 == 0 {
+            c.look(i % 3, INBOX);
+        }
+    }
+    sync(&mut c);
+    let (r, m) = ms[2];
+    c.client(r, |rep| rep.store_flags(m, &[Keyword::Flagged], &[Keyword::Seen]).unwrap());
+    c.client(0, |rep| rep.expunge(&[ms[0].1]).unwrap());
+    sync(&mut c);
+
+    let snap = c.replicas[0].export_state().unwrap();
+    let mut fresh = Replica::new(ReplicaId(77));
+    fresh.import_state(snap.clone()).unwrap();
+    assert_eq!(fresh.dump(), c.replicas[0].dump());
+    assert!(fresh.is_expunged(ms[0].1));
+    // Installing twice is refused.
+    assert!(fresh.import_state(snap).is_err());
+
+    // Onwards by ops, both ways.
+    let before = c.replicas[0].version().clone();
+    let (_, m5) = ms[5];
+    c.client(1, |rep| rep.store_flags(m5, &[Keyword::Answered], &[]).unwrap());
+    c.append(2, work, vec![]);
+    sync(&mut c);
+    let newer: Vec<_> = c.history.iter().filter(|(op, _)| !before.contains(op.dot)).map(|(op, _)| op.clone()).collect();
+    for op in newer {
+        fresh.apply(op).unwrap();
+    }
+    assert_eq!(fresh.pending_len(), 0);
+    let _ = fresh.take_outbox();
+    assert_eq!(fresh.dump(), c.replicas[0].dump());
+    fresh.store_flags(m5, &[Keyword::Draft], &[]).unwrap();
+    for op in fresh.take_outbox() {
+        c.replicas[0].apply(op).unwrap();
+    }
+    assert!(c.replicas[0].flags(m5).unwrap().contains(&Keyword::Draft));
+}

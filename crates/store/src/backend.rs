@@ -157,6 +157,15 @@ impl<'txn> RedbBackend<'txn> {
     }
 }
 
+fn claim_rows(t: &Table<'_, ClaimRow, ()>, a: u32, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+    let mut out = Vec::new();
+    for item in t.range((a, mailbox, 0, 0, 0)..=(a, mailbox, u32::MAX, u64::MAX, u16::MAX)).map_err(storage)? {
+        let (_, _, uid, message, claimant) = item.map_err(storage)?.0.value();
+        out.push(ClaimKey { uid, message, claimant });
+    }
+    Ok(out)
+}
+
 fn row(account: u32, mailbox: u32, k: ClaimKey) -> ClaimRow {
     (account, mailbox, k.uid, k.message, k.claimant)
 }
@@ -307,6 +316,20 @@ impl Backend for RedbBackend<'_> {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.pinned.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
     }
+    fn tombstones(&self) -> StorageResult<Vec<Packed>> {
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in self.tombstones.range((a, 0)..=(a, u64::MAX)).map_err(storage)? {
+            out.push(item.map_err(storage)?.0.value().1);
+        }
+        Ok(out)
+    }
+    fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+        claim_rows(&self.retracted, self.account, mailbox)
+    }
+    fn pinned_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+        claim_rows(&self.pinned, self.account, mailbox)
+    }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.pinned.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
@@ -390,6 +413,15 @@ impl Backend for Detached {
         detached()
     }
     fn is_pinned(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
+        detached()
+    }
+    fn tombstones(&self) -> StorageResult<Vec<Packed>> {
+        detached()
+    }
+    fn retracted_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {
+        detached()
+    }
+    fn pinned_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {
         detached()
     }
     fn add_pinned(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {

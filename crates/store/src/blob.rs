@@ -53,7 +53,9 @@ pub fn pack(bytes: &[u8]) -> Vec<u8> {
 pub fn unpack(stored: &[u8], len_max: usize) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match stored.split_first() {
         Some((0, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
-        Some((1, rest)) => zstd::bulk::decompress(rest, len_max).map(std::borrow::Cow::Owned).map_err(|e| e.to_string()),
+        Some((1, rest)) => {
+            zstd::bulk::decompress(rest, len_max).map(std::borrow::Cow::Owned).map_err(|e| e.to_string())
+        }
         Some((f, _)) => Err(format!("unknown blob format {f}")),
         None => Err("empty blob record".into()),
     }

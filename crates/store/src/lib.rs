@@ -38,6 +38,9 @@ const PARTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("parts");
 const MAGIC: &[u8] = b"starling-store";
 const FORMAT_VERSION: u8 = 1;
 
+/// Largest decompressed snapshot accepted.
+pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
+
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;
 
@@ -106,6 +109,9 @@ pub enum StoreError {
     /// The peer asked for ops the log no longer holds.
     #[error("log compacted past what the peer has; catch up by state")]
     Compacted,
+    /// A snapshot could not be read or installed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// A failed batch left the account unusable until the store is reopened.
     #[error("account {0:?} must be reopened after a storage failure")]
     Poisoned(String),
@@ -157,6 +163,7 @@ pub struct Store {
 pub struct Batch<'a> {
     replica: Replica<RedbBackend<'a>>,
     txn: &'a redb::WriteTransaction,
+    number: u32,
     part_threshold: usize,
 }
 
@@ -426,7 +433,7 @@ impl Store {
         let (value, replica) = {
             let backend = RedbBackend::new(&txn, number).map_err(st)?;
             let (replica, _) = detached.swap_backend(backend);
-            let mut batch = Batch { replica, txn: &txn, part_threshold: self.options.part_threshold };
+            let mut batch = Batch { replica, txn: &txn, number, part_threshold: self.options.part_threshold };
             let value = f(&mut batch)?;
             let mut replica = batch.replica;
             let applied = replica.take_applied();
@@ -450,35 +457,53 @@ impl Store {
         Ok((value, replica))
     }
 
-    /// The canonical dump of an account (see [`Replica::dump`]). Reads only:
-    /// the transaction it runs in is aborted.
-    pub fn dump(&self, account: &str) -> Result<String, StoreError> {
+    /// Runs `f` on the account's replica in a write transaction that is then
+    /// aborted: for reads that need the model (dump, snapshot).
+    fn inspect<T>(&self, account: &str, f: impl FnOnce(&mut Replica<RedbBackend<'_>>) -> T) -> Result<T, StoreError> {
         let mut accounts = self.accounts.lock().expect("accounts lock");
         let acct = accounts.get_mut(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         let number = acct.number;
+        let txn = self.db.begin_write().map_err(st)?;
         let detached = std::mem::replace(&mut acct.replica, Replica::create(self.node, Detached));
-        let txn = match self.db.begin_write() {
-            Ok(t) => t,
-            Err(e) => {
-                acct.replica = detached;
-                return Err(st(e));
+        let (replica, out) = match RedbBackend::new(&txn, number) {
+            Ok(backend) => {
+                let (mut replica, _) = detached.swap_backend(backend);
+                let out = f(&mut replica);
+                let (replica, backend) = replica.swap_backend(Detached);
+                drop(backend);
+                (replica, Ok(out))
             }
+            Err(e) => (detached, Err(st(e))),
         };
-        let (replica, out) = {
-            match RedbBackend::new(&txn, number) {
-                Ok(backend) => {
-                    let (replica, _) = detached.swap_backend(backend);
-                    let out = replica.dump();
-                    let (replica, backend) = replica.swap_backend(Detached);
-                    drop(backend);
-                    (replica, Ok(out))
-                }
-                Err(e) => (detached, Err(st(e))),
-            }
-        };
-        let _ = txn.abort();
         acct.replica = replica;
+        let _ = txn.abort();
         out
+    }
+
+    /// The canonical dump of an account (see [`Replica::dump`]).
+    pub fn dump(&self, account: &str) -> Result<String, StoreError> {
+        self.inspect(account, |r| r.dump())
+    }
+
+    /// The account's whole replicated state, for a peer that is new or
+    /// behind the compacted log ([`starling_model::snapshot`]); compressed.
+    pub fn snapshot(&self, account: &str) -> Result<Vec<u8>, StoreError> {
+        let snap = self.inspect(account, |r| r.export_state())?.map_err(st)?;
+        Ok(blob::pack(&postcard::to_stdvec(&snap).map_err(st)?))
+    }
+
+    /// Installs a snapshot made by [`Store::snapshot`] into an account that
+    /// has applied nothing. Its op log starts after the snapshot.
+    pub fn install_snapshot(&self, account: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let raw = blob::unpack(bytes, SNAPSHOT_BYTES_MAX).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+        let snap: starling_model::snapshot::StateSnapshot =
+            postcard::from_bytes(&raw).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+        self.write(account, |b| {
+            let floor = postcard::to_stdvec(&snap.vv).map_err(st)?;
+            b.replica.import_state(snap).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+            b.txn.open_table(LOG_FLOOR).map_err(st)?.insert(b.number, floor.as_slice()).map_err(st)?;
+            Ok(())
+        })
     }
 
     /// A read view of an account.

@@ -186,7 +186,12 @@ fn bad_files_give_clear_errors() {
 #[test]
 fn large_attachment_stored_apart_and_reassembled() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.redb"), NODE, StoreOptions { part_threshold: 64 * 1024, ..StoreOptions::default() }).unwrap();
+    let store = Store::open(
+        &dir.path().join("s.redb"),
+        NODE,
+        StoreOptions { part_threshold: 64 * 1024, ..StoreOptions::default() },
+    )
+    .unwrap();
     store.add_account("e").unwrap();
     let payload: String = (0..3000).map(|i| format!("{:076}\r\n", i)).collect();
     let raw = format!(
@@ -249,4 +254,60 @@ proptest! {
         let r = store.read("p").unwrap();
         prop_assert_eq!(r.status(INBOX).unwrap().messages as usize, mem.view(INBOX).len());
     }
+}
+
+/// A new node joins after the log was compacted: it catches up by state
+/// (never by history), then by ops.
+#[test]
+fn catch_up_by_snapshot_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.redb"), NODE, StoreOptions::default()).unwrap();
+    a.add_account("u").unwrap();
+    let ids = a
+        .write("u", |b| {
+            let work = b.replica().create_mailbox("Work", None, None)?;
+            let mut ids = Vec::new();
+            for n in 0..30 {
+                ids.push(b.append(
+                    if n % 3 == 0 { work } else { INBOX },
+                    &message(n),
+                    n as i64,
+                    vec![Keyword::Seen],
+                )?);
+            }
+            b.replica().store_flags(ids[4], &[Keyword::Flagged], &[Keyword::Seen])?;
+            b.replica().expunge(&[ids[7]])?;
+            b.replica().announce(INBOX)?;
+            Ok(ids)
+        })
+        .unwrap();
+    let all = a.version("u").unwrap();
+    a.compact("u", &all).unwrap();
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(0xb), StoreOptions::default()).unwrap();
+    b.add_account("u").unwrap();
+    assert!(matches!(a.ops_since("u", &b.version("u").unwrap()), Err(StoreError::Compacted)));
+    let snap = a.snapshot("u").unwrap();
+    b.install_snapshot("u", &snap).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    assert!(b.install_snapshot("u", &snap).is_err(), "only into an empty account");
+    assert!(b.install_snapshot("u", b"garbage").is_err());
+    // Metadata and the message list come over; bodies are fetched by blob id
+    // (sync issue), so here only the envelope is checked.
+    let r = b.read("u").unwrap();
+    assert_eq!(r.status(INBOX).unwrap().messages, a.read("u").unwrap().status(INBOX).unwrap().messages);
+    assert!(r.envelope(ids[1]).unwrap().is_some());
+    drop(r);
+    // Then ops, both ways.
+    a.write("u", |w| Ok(w.replica().store_flags(ids[1], &[Keyword::Answered], &[])?)).unwrap();
+    let ops = a.ops_since("u", &b.version("u").unwrap()).unwrap();
+    assert_eq!(ops.len(), 1);
+    b.write("u", |w| w.apply(ops)).unwrap();
+    b.write("u", |w| Ok(w.replica().store_flags(ids[2], &[Keyword::Draft], &[])?)).unwrap();
+    let back = b.ops_since("u", &a.version("u").unwrap()).unwrap();
+    a.write("u", |w| w.apply(back)).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    // Reopened, b still continues from the snapshot's point.
+    drop(b);
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(0xb), StoreOptions::default()).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
 }
