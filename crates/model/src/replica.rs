@@ -168,6 +168,16 @@ impl Names {
     }
 }
 
+/// An op as applied, with the mailboxes whose state it touched (what a
+/// partial peer subscribed to those mailboxes needs).
+#[derive(Clone, Debug)]
+pub struct AppliedOp {
+    /// The op.
+    pub op: Op,
+    /// Mailboxes it touched; empty for account-document changes.
+    pub mailboxes: SmallVec<[MailboxId; 2]>,
+}
+
 /// What one replica shows for a mailbox: `(uid, message, keywords)` by UID.
 pub type MailboxView = Vec<(u32, MessageId, BTreeSet<Keyword>)>;
 
@@ -213,7 +223,7 @@ pub struct Replica<B: Backend = MemBackend> {
     pending: BTreeMap<Dot, Op>,
     outbox: Vec<Op>,
     /// Ops applied since the last [`Replica::take_applied`], when recording.
-    applied: Option<Vec<Op>>,
+    applied: Option<Vec<AppliedOp>>,
     backend: B,
 }
 
@@ -527,7 +537,7 @@ impl<B: Backend> Replica<B> {
     }
 
     /// Ops applied since the last call, in the order applied (causal order).
-    pub fn take_applied(&mut self) -> Vec<Op> {
+    pub fn take_applied(&mut self) -> Vec<AppliedOp> {
         self.applied.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
@@ -717,8 +727,9 @@ impl<B: Backend> Replica<B> {
         if op.dot.replica == self.me {
             self.counter = self.counter.max(op.dot.counter);
         }
-        if let Some(applied) = self.applied.as_mut() {
-            applied.push(op);
+        if self.applied.is_some() {
+            let mailboxes = dirty.keys().map(|i| self.mailboxes[*i as usize].id).collect();
+            self.applied.as_mut().expect("recording").push(AppliedOp { op, mailboxes });
         }
         self.settle(dirty)
     }
@@ -749,6 +760,7 @@ impl<B: Backend> Replica<B> {
                         slot.flags.push(FlagEntry::new(kw, op_dot));
                     }
                 }
+                dirty.entry(loc.mailbox).or_default();
                 if slot.flags == before {
                     return Ok(());
                 }

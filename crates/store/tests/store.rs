@@ -311,3 +311,39 @@ fn catch_up_by_snapshot_after_compaction() {
     let b = Store::open(&dir.path().join("b.redb"), ReplicaId(0xb), StoreOptions::default()).unwrap();
     assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
 }
+
+/// The op log by mailbox: a partial peer subscribed to one mailbox gets that
+/// mailbox's ops and the account document's, and compaction cleans the index.
+#[test]
+fn op_log_restricted_to_a_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_account("u").unwrap();
+    let (work, w_msg, i_msg) = store
+        .write("u", |b| {
+            let work = b.replica().create_mailbox("Work", None, None)?;
+            let w = b.append(work, &message(1), 0, vec![])?;
+            let i = b.append(INBOX, &message(2), 0, vec![])?;
+            Ok((work, w, i))
+        })
+        .unwrap();
+    store.write("u", |b| Ok(b.replica().store_flags(w_msg, &[Keyword::Seen], &[])?)).unwrap();
+    store.write("u", |b| Ok(b.replica().store_flags(i_msg, &[Keyword::Seen], &[])?)).unwrap();
+    let none = VersionVector::new();
+    let ops = store.ops_since_in("u", &none, &[work]).unwrap();
+    let kinds: Vec<&str> = ops
+        .iter()
+        .map(|o| match &o.body {
+            starling_model::OpBody::Account { .. } => "account",
+            starling_model::OpBody::Append(a) if a.mailbox == work => "append-work",
+            starling_model::OpBody::Flags { message, .. } if *message == w_msg => "flags-work",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["account", "append-work", "flags-work"]);
+    assert_eq!(store.ops_since_in("u", &none, &[INBOX]).unwrap().len(), 3);
+    let all = store.version("u").unwrap();
+    store.compact("u", &all).unwrap();
+    assert!(matches!(store.ops_since_in("u", &none, &[work]), Err(StoreError::Compacted)));
+    assert!(store.ops_since_in("u", &all, &[work]).unwrap().is_empty());
+}
