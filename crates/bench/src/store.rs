@@ -152,7 +152,8 @@ fn apply_throughput(dir: &Path) {
             "| remote ops, {per_commit} per commit (median of 3 × 50,000) | {:.0} | {:.0}–{:.0} |",
             rates[1], rates[0], rates[2]
         );
-    }    let single = 1_000;
+    }
+    let single = 1_000;
     let t = Instant::now();
     for op in &ops[done..done + single] {
         store.write("u", |b| b.apply([op.clone()])).expect("apply");

@@ -1,0 +1,210 @@
+//! The session state machine: handshake, incremental exchange, live push,
+//! refusal of wrong peers and unauthorized accounts, hostile frames.
+
+use proptest::prelude::*;
+use starling_model::{BlobId, Keyword, Op, Replica, ReplicaId, VersionVector, INBOX};
+use starling_sync::{Event, Frame, Session, SessionError};
+
+struct Peer {
+    replica: Replica,
+    log: Vec<Op>,
+    session: Session,
+}
+
+impl Peer {
+    fn new(id: u64, other: u64, accounts: &[&str]) -> Peer {
+        let replica = Replica::new(ReplicaId(id));
+        let session = Session::new(
+            ReplicaId(id),
+            Some(ReplicaId(other)),
+            accounts.iter().map(|a| (a.to_string(), VersionVector::new())),
+        );
+        Peer { replica, log: Vec::new(), session }
+    }
+
+    fn local(&mut self, f: impl FnOnce(&mut Replica)) {
+        f(&mut self.replica);
+        self.log.extend(self.replica.take_outbox());
+        self.session.local_changed("a", self.replica.version().clone());
+    }
+
+    /// Answers events; returns how many there were.
+    fn drive(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.session.poll_event() {
+            n += 1;
+            match ev {
+                Event::NeedOps { account, since } => {
+                    let ops: Vec<Op> = self.log.iter().filter(|o| !since.contains(o.dot)).cloned().collect();
+                    self.session.send_ops(&account, &ops);
+                }
+                Event::Ops { account, ops } => {
+                    for op in ops {
+                        self.log.push(op.clone());
+                        self.replica.apply(op).unwrap();
+                    }
+                    self.log.extend(self.replica.take_outbox());
+                    self.session.applied(&account, self.replica.version().clone());
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+}
+
+/// Moves frames both ways until nothing moves; returns round trips used.
+fn run(a: &mut Peer, b: &mut Peer) -> usize {
+    let mut rounds = 0;
+    loop {
+        let mut moved = a.drive() + b.drive();
+        while let Some(f) = a.session.poll_transmit() {
+            moved += 1;
+            let _ = b.session.handle_frame(&f);
+        }
+        while let Some(f) = b.session.poll_transmit() {
+            moved += 1;
+            let _ = a.session.handle_frame(&f);
+        }
+        if moved == 0 {
+            return rounds;
+        }
+        rounds += 1;
+    }
+}
+
+#[test]
+fn converges_both_ways_and_noop_costs_little() {
+    let mut a = Peer::new(1, 2, &["a"]);
+    let mut b = Peer::new(2, 1, &["a"]);
+    for i in 0..50u32 {
+        a.local(|r| {
+            r.append(INBOX, BlobId::of(&i.to_be_bytes()), 10, 0, vec![Keyword::Seen]).unwrap();
+        });
+    }
+    b.local(|r| {
+        r.append(INBOX, BlobId::of(b"b"), 10, 0, vec![]).unwrap();
+    });
+    run(&mut a, &mut b);
+    assert_eq!(a.replica.dump(), b.replica.dump());
+    assert_eq!(b.replica.message_count(), 51);
+
+    // A fresh session between replicas that agree: hello and have, nothing else.
+    let mut a2 = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), a.replica.version().clone())]);
+    let mut b2 = Session::new(ReplicaId(2), Some(ReplicaId(1)), [("a".to_string(), b.replica.version().clone())]);
+    let mut frames = 0;
+    for _ in 0..3 {
+        while let Some(f) = a2.poll_transmit() {
+            frames += 1;
+            b2.handle_frame(&f).unwrap();
+        }
+        while let Some(f) = b2.poll_transmit() {
+            frames += 1;
+            a2.handle_frame(&f).unwrap();
+        }
+    }
+    let events: Vec<Event> =
+        std::iter::from_fn(|| a2.poll_event()).chain(std::iter::from_fn(|| b2.poll_event())).collect();
+    assert!(events.iter().all(|e| matches!(e, Event::Open { .. })), "{events:?}");
+    assert_eq!(frames, 4);
+    let total = a2.bytes().0 + b2.bytes().0;
+    assert!(total < 200, "no-op exchange took {total} bytes");
+}
+
+#[test]
+fn a_change_is_pushed_within_one_round_trip() {
+    let mut a = Peer::new(1, 2, &["a"]);
+    let mut b = Peer::new(2, 1, &["a"]);
+    let mut m = None;
+    a.local(|r| m = Some(r.append(INBOX, BlobId::of(b"x"), 1, 0, vec![]).unwrap()));
+    run(&mut a, &mut b);
+    let m = m.unwrap();
+    a.local(|r| r.store_flags(m, &[Keyword::Flagged], &[]).unwrap());
+    // One drive on A (answers NeedOps) and one frame across: B has it.
+    a.drive();
+    let frame = a.session.poll_transmit().expect("pushed without waiting");
+    b.session.handle_frame(&frame).unwrap();
+    b.drive();
+    assert!(b.replica.flags(m).unwrap().contains(&Keyword::Flagged));
+}
+
+#[test]
+fn wrong_peer_is_refused() {
+    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
+    let mut mallory = Session::new(ReplicaId(66), None, [("a".to_string(), VersionVector::new())]);
+    let hello = mallory.poll_transmit().unwrap();
+    assert_eq!(a.handle_frame(&hello), Err(SessionError::WrongPeer(ReplicaId(66))));
+    assert!(a.is_closed());
+    let _ = a.poll_transmit(); // our own hello
+    let refusal = a.poll_transmit().unwrap();
+    assert!(matches!(Frame::decode(&refusal), Ok(Frame::Refused { .. })));
+    assert!(matches!(mallory.handle_frame(&refusal), Err(SessionError::Refused(_))));
+}
+
+#[test]
+fn peer_cannot_touch_an_account_it_is_not_authorized_for() {
+    // A syncs only "a" with this peer; the peer also claims "b".
+    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
+    let mut b = Session::new(
+        ReplicaId(2),
+        Some(ReplicaId(1)),
+        [("a".to_string(), VersionVector::new()), ("b".to_string(), VersionVector::new())],
+    );
+    a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
+    let ev = a.poll_event().unwrap();
+    assert_eq!(ev, Event::Open { peer: ReplicaId(2), accounts: vec!["a".to_string()] });
+    // A forged Ops frame for "b" closes the session without any Ops event.
+    let forged = Frame::Ops { account: "b".into(), batch: starling_model::codec::encode(&[], true) }.encode();
+    assert_eq!(a.handle_frame(&forged), Err(SessionError::Unauthorized("b".into())));
+    assert!(std::iter::from_fn(|| a.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
+    let have = Frame::Have { account: "b".into(), vv: VersionVector::new() }.encode();
+    assert!(a.handle_frame(&have).is_err());
+}
+
+fn open_pair() -> (Session, Vec<Vec<u8>>) {
+    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
+    let mut b = Session::new(ReplicaId(2), Some(ReplicaId(1)), [("a".to_string(), VersionVector::new())]);
+    a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
+    while a.poll_event().is_some() {}
+    // Valid frames to mutate: a Have and an Ops batch.
+    let mut r = Replica::new(ReplicaId(2));
+    r.append(INBOX, BlobId::of(b"z"), 1, 0, vec![Keyword::Seen]).unwrap();
+    let ops = r.take_outbox();
+    let samples = vec![
+        Frame::Have { account: "a".into(), vv: r.version().clone() }.encode(),
+        Frame::Ops { account: "a".into(), batch: starling_model::codec::encode(&ops, true) }.encode(),
+    ];
+    (a, samples)
+}
+
+/// After a refused frame: the session is closed and the only event is `Closed`.
+fn refused_cleanly(s: &mut Session, result: Result<(), SessionError>) -> bool {
+    let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    match result {
+        Ok(()) => true,
+        Err(_) => s.is_closed() && events.iter().all(|e| matches!(e, Event::Closed { .. })),
+    }
+}
+
+proptest! {
+    /// Random and mutated frames never panic; a frame that is refused acts
+    /// on nothing (no ops or snapshot reach the driver) and closes the session.
+    #[test]
+    fn hostile_frames_change_nothing(
+        random in prop::collection::vec(any::<u8>(), 0..300),
+        which in 0usize..2,
+        flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+    ) {
+        let (mut a, samples) = open_pair();
+        let r = a.handle_frame(&random);
+        prop_assert!(refused_cleanly(&mut a, r));
+        let (mut a2, _) = open_pair();
+        let mut f = samples[which].clone();
+        for (i, x) in flips {
+            let n = f.len();
+            f[i % n] ^= x;
+        }
+        let r = a2.handle_frame(&f);
+        prop_assert!(refused_cleanly(&mut a2, r));
+    }
+}
