@@ -727,9 +727,9 @@ impl<B: Backend> Replica<B> {
         if op.dot.replica == self.me {
             self.counter = self.counter.max(op.dot.counter);
         }
-        if self.applied.is_some() {
+        if let Some(applied) = &mut self.applied {
             let mailboxes = dirty.keys().map(|i| self.mailboxes[*i as usize].id).collect();
-            self.applied.as_mut().expect("recording").push(AppliedOp { op, mailboxes });
+            applied.push(AppliedOp { op, mailboxes });
         }
         self.settle(dirty)
     }
