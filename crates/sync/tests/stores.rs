@@ -36,9 +36,6 @@ impl Node {
     fn start(&mut self) {
         self.store = Some(Store::open(&self.path, self.id, StoreOptions::default()).unwrap());
     }
-    fn running(&self) -> bool {
-        self.store.is_some()
-    }
     fn changed(&mut self) {
         let vv = self.store().version(ACCOUNT).unwrap();
         for s in self.sessions.values_mut() {
@@ -104,6 +101,7 @@ fn connect(nodes: &mut [Node], i: usize, j: usize) {
 
 /// One step: every node answers its events, then every frame in flight moves
 /// one hop. Returns whether anything happened.
+#[allow(clippy::needless_range_loop)] // nodes[i] and nodes[p] are both needed
 fn step(nodes: &mut [Node]) -> bool {
     let mut busy = false;
     for i in 0..nodes.len() {
