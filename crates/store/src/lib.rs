@@ -547,26 +547,12 @@ impl Store {
     /// causal buffer reorders across replicas). Fails with
     /// [`StoreError::Compacted`] if the log no longer reaches back to `have`.
     pub fn ops_since(&self, account: &str, have: &VersionVector) -> Result<Vec<Op>, StoreError> {
-        let (number, mine) = {
-            let accounts = self.accounts.lock().expect("accounts lock");
-            let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
-            (acct.number, acct.replica.version().clone())
-        };
-        let r = self.db.begin_read().map_err(st)?;
-        let floor = self.log_floor(&r, number)?;
+        let (number, r, ranges) = self.log_ranges(account, have)?;
         let log = r.open_table(OPLOG).map_err(st)?;
         let mut out = Vec::new();
-        for (replica, last) in mine.iter() {
-            let from = have.get(replica);
-            if from >= last {
-                continue;
-            }
-            if from < floor.get(replica) {
-                return Err(StoreError::Compacted);
-            }
-            for item in log.range((number, replica.0, from + 1)..=(number, replica.0, last)).map_err(st)? {
-                let (_, v) = item.map_err(st)?;
-                out.push(decode_logged(v.value())?.0);
+        for (replica, from, last) in ranges {
+            for item in log.range((number, replica, from)..=(number, replica, last)).map_err(st)? {
+                out.push(decode_logged(item.map_err(st)?.1.value())?.0);
             }
         }
         Ok(out)
@@ -581,29 +567,15 @@ impl Store {
         have: &VersionVector,
         mailboxes: &[MailboxId],
     ) -> Result<Vec<Op>, StoreError> {
-        let (number, mine) = {
-            let accounts = self.accounts.lock().expect("accounts lock");
-            let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
-            (acct.number, acct.replica.version().clone())
-        };
-        let r = self.db.begin_read().map_err(st)?;
-        let floor = self.log_floor(&r, number)?;
+        let (number, r, ranges) = self.log_ranges(account, have)?;
         let index = r.open_table(OPLOG_BY_MAILBOX).map_err(st)?;
         let log = r.open_table(OPLOG).map_err(st)?;
         let mut dots = std::collections::BTreeSet::new();
         let keys = mailboxes.iter().map(|m| (m.0.replica.0, m.0.counter)).chain([ACCOUNT_OPS]);
         for (mr, mc) in keys {
-            for (replica, last) in mine.iter() {
-                let from = have.get(replica);
-                if from >= last {
-                    continue;
-                }
-                if from < floor.get(replica) {
-                    return Err(StoreError::Compacted);
-                }
-                for item in index
-                    .range((number, mr, mc, replica.0, from + 1)..=(number, mr, mc, replica.0, last))
-                    .map_err(st)?
+            for (replica, from, last) in &ranges {
+                for item in
+                    index.range((number, mr, mc, *replica, *from)..=(number, mr, mc, *replica, *last)).map_err(st)?
                 {
                     let (_, _, _, r, c) = item.map_err(st)?.0.value();
                     dots.insert((r, c));
@@ -617,6 +589,36 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The account's number, a read transaction, and per replica the counter
+    /// range (inclusive) a peer holding `have` lacks; [`StoreError::Compacted`]
+    /// if part of a range is no longer in the log.
+    #[allow(clippy::type_complexity)]
+    fn log_ranges(
+        &self,
+        account: &str,
+        have: &VersionVector,
+    ) -> Result<(u32, ReadTransaction, Vec<(u64, u64, u64)>), StoreError> {
+        let (number, mine) = {
+            let accounts = self.accounts.lock().expect("accounts lock");
+            let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+            (acct.number, acct.replica.version().clone())
+        };
+        let r = self.db.begin_read().map_err(st)?;
+        let floor = self.log_floor(&r, number)?;
+        let mut ranges = Vec::new();
+        for (replica, last) in mine.iter() {
+            let from = have.get(replica);
+            if from >= last {
+                continue;
+            }
+            if from < floor.get(replica) {
+                return Err(StoreError::Compacted);
+            }
+            ranges.push((replica.0, from + 1, last));
+        }
+        Ok((number, r, ranges))
     }
 
     fn log_floor(&self, r: &ReadTransaction, number: u32) -> Result<VersionVector, StoreError> {
