@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod blob;
 pub mod maildir;
+pub mod oplog;
 
 use backend::{decode_envelope, decode_slot, Detached, RedbBackend};
 use blob::{BodyRecord, Piece};
@@ -28,15 +29,6 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ACCOUNTS: TableDefinition<&str, u32> = TableDefinition::new("accounts");
 const HEADERS: TableDefinition<u32, &[u8]> = TableDefinition::new("replica_headers");
 const DOCS: TableDefinition<u32, &[u8]> = TableDefinition::new("account_docs");
-/// (account, replica, counter) → (op, mailboxes it touched). "Ops of R after
-/// N" is a range scan.
-const OPLOG: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("oplog");
-/// (account, mailbox replica, mailbox counter, op replica, op counter): ops by
-/// the mailboxes they touched, for partial peers. Account-document ops are
-/// filed under [`ACCOUNT_OPS`].
-const OPLOG_BY_MAILBOX: TableDefinition<(u32, u64, u64, u64, u64), ()> = TableDefinition::new("oplog_by_mailbox");
-/// Pseudo-mailbox under which account-document ops are indexed.
-const ACCOUNT_OPS: (u64, u64) = (0, u64::MAX);
 /// account → version vector of ops folded away (compacted) from the log.
 const LOG_FLOOR: TableDefinition<u32, &[u8]> = TableDefinition::new("log_floor");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
@@ -127,12 +119,7 @@ pub enum StoreError {
     Storage(String),
 }
 
-/// Decodes an op-log row: the op and the mailboxes it touched.
-fn decode_logged(bytes: &[u8]) -> Result<(Op, Vec<MailboxId>), StoreError> {
-    postcard::from_bytes(bytes).map_err(st)
-}
-
-fn st<E: std::fmt::Display>(e: E) -> StoreError {
+pub(crate) fn st<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
@@ -449,21 +436,7 @@ impl Store {
             let value = f(&mut batch)?;
             let mut replica = batch.replica;
             let applied = replica.take_applied();
-            {
-                let mut log = txn.open_table(OPLOG).map_err(st)?;
-                let mut by_mailbox = txn.open_table(OPLOG_BY_MAILBOX).map_err(st)?;
-                for a in &applied {
-                    let (r, c) = (a.op.dot.replica.0, a.op.dot.counter);
-                    let bytes = postcard::to_stdvec(&(&a.op, &a.mailboxes)).map_err(st)?;
-                    log.insert((number, r, c), bytes.as_slice()).map_err(st)?;
-                    if a.mailboxes.is_empty() {
-                        by_mailbox.insert((number, ACCOUNT_OPS.0, ACCOUNT_OPS.1, r, c), ()).map_err(st)?;
-                    }
-                    for mb in &a.mailboxes {
-                        by_mailbox.insert((number, mb.0.replica.0, mb.0.counter, r, c), ()).map_err(st)?;
-                    }
-                }
-            }
+            oplog::append(&txn, number, applied)?;
             txn.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
             if replica.account_changed() {
                 txn.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
@@ -548,19 +521,12 @@ impl Store {
     /// [`StoreError::Compacted`] if the log no longer reaches back to `have`.
     pub fn ops_since(&self, account: &str, have: &VersionVector) -> Result<Vec<Op>, StoreError> {
         let (number, r, ranges) = self.log_ranges(account, have)?;
-        let log = r.open_table(OPLOG).map_err(st)?;
-        let mut out = Vec::new();
-        for (replica, from, last) in ranges {
-            for item in log.range((number, replica, from)..=(number, replica, last)).map_err(st)? {
-                out.push(decode_logged(item.map_err(st)?.1.value())?.0);
-            }
-        }
-        Ok(out)
+        oplog::read(&r, number, &ranges, None)
     }
 
     /// Like [`Store::ops_since`], restricted to ops that touched `mailboxes`
     /// (plus every account-document op): what a partial peer subscribed to
-    /// them is sent. One range scan per (mailbox, replica).
+    /// them is sent.
     pub fn ops_since_in(
         &self,
         account: &str,
@@ -568,27 +534,7 @@ impl Store {
         mailboxes: &[MailboxId],
     ) -> Result<Vec<Op>, StoreError> {
         let (number, r, ranges) = self.log_ranges(account, have)?;
-        let index = r.open_table(OPLOG_BY_MAILBOX).map_err(st)?;
-        let log = r.open_table(OPLOG).map_err(st)?;
-        let mut dots = std::collections::BTreeSet::new();
-        let keys = mailboxes.iter().map(|m| (m.0.replica.0, m.0.counter)).chain([ACCOUNT_OPS]);
-        for (mr, mc) in keys {
-            for (replica, from, last) in &ranges {
-                for item in
-                    index.range((number, mr, mc, *replica, *from)..=(number, mr, mc, *replica, *last)).map_err(st)?
-                {
-                    let (_, _, _, r, c) = item.map_err(st)?.0.value();
-                    dots.insert((r, c));
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(dots.len());
-        for (r, c) in dots {
-            if let Some(v) = log.get((number, r, c)).map_err(st)? {
-                out.push(decode_logged(v.value())?.0);
-            }
-        }
-        Ok(out)
+        oplog::read(&r, number, &ranges, Some(mailboxes))
     }
 
     /// The account's number, a read transaction, and per replica the counter
@@ -640,42 +586,13 @@ impl Store {
             let accounts = self.accounts.lock().expect("accounts lock");
             accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.number
         };
-        let floor = self.log_floor(&self.db.begin_read().map_err(st)?, number)?;
+        let mut floor = self.log_floor(&self.db.begin_read().map_err(st)?, number)?;
         let w = self.db.begin_write().map_err(st)?;
-        let mut dropped = 0;
-        {
-            let mut log = w.open_table(OPLOG).map_err(st)?;
-            let mut new_floor = floor.clone();
-            for (replica, upto) in held_by_all.iter() {
-                let from = floor.get(replica);
-                if upto <= from {
-                    continue;
-                }
-                let mut index_rows = Vec::new();
-                let removed = log
-                    .extract_from_if((number, replica.0, from + 1)..=(number, replica.0, upto), |_, _| true)
-                    .map_err(st)?;
-                for item in removed {
-                    let (k, v) = item.map_err(st)?;
-                    let (_, r, c) = k.value();
-                    let (_, mailboxes) = decode_logged(v.value())?;
-                    if mailboxes.is_empty() {
-                        index_rows.push((number, ACCOUNT_OPS.0, ACCOUNT_OPS.1, r, c));
-                    }
-                    index_rows.extend(mailboxes.iter().map(|m| (number, m.0.replica.0, m.0.counter, r, c)));
-                    dropped += 1;
-                }
-                let mut index = w.open_table(OPLOG_BY_MAILBOX).map_err(st)?;
-                for row in index_rows {
-                    index.remove(row).map_err(st)?;
-                }
-                new_floor.observe(starling_model::Dot::new(replica, upto));
-            }
-            w.open_table(LOG_FLOOR)
-                .map_err(st)?
-                .insert(number, postcard::to_stdvec(&new_floor).map_err(st)?.as_slice())
-                .map_err(st)?;
-        }
+        let dropped = oplog::compact(&w, number, held_by_all, &mut floor)?;
+        w.open_table(LOG_FLOOR)
+            .map_err(st)?
+            .insert(number, postcard::to_stdvec(&floor).map_err(st)?.as_slice())
+            .map_err(st)?;
         w.commit().map_err(st)?;
         Ok(dropped)
     }

@@ -1,0 +1,166 @@
+//! The op log, in segments: each row holds up to [`SEGMENT_OPS_MAX`]
+//! consecutive ops of one replica, packed (zstd when smaller), keyed by the
+//! counter of its first op. A batch of applied ops costs one row write per
+//! replica and segment instead of one per op, and reading "ops of R after N"
+//! reads the segment holding N+1 and those after it, so the cost stays
+//! proportional to what is returned (plus at most one partial segment).
+//!
+//! A second table lists, per mailbox, the segments holding ops that touched
+//! it (account-document ops under a pseudo-mailbox), for partial peers.
+
+use crate::{blob, st, StoreError};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use starling_model::{AppliedOp, MailboxId, Op, VersionVector};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Ops per segment at most.
+pub const SEGMENT_OPS_MAX: usize = 512;
+/// Largest decoded segment accepted.
+const SEGMENT_BYTES_MAX: usize = 256 << 20;
+
+/// (account, replica, first counter) → packed `Vec<(Op, mailboxes)>`.
+pub(crate) const SEGMENTS: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("oplog_segments");
+/// (account, mailbox replica, mailbox counter, replica, first counter) → ():
+/// the segment holds at least one op that touched the mailbox.
+pub(crate) const SEGMENTS_BY_MAILBOX: TableDefinition<(u32, u64, u64, u64, u64), ()> =
+    TableDefinition::new("oplog_segments_by_mailbox");
+/// Pseudo-mailbox under which account-document ops are indexed.
+const ACCOUNT_OPS: (u64, u64) = (0, u64::MAX);
+
+type Logged = (Op, Vec<MailboxId>);
+
+fn decode(bytes: &[u8]) -> Result<Vec<Logged>, StoreError> {
+    let raw = blob::unpack(bytes, SEGMENT_BYTES_MAX).map_err(st)?;
+    postcard::from_bytes(&raw).map_err(st)
+}
+
+fn mailbox_keys(ops: &[Logged]) -> BTreeSet<(u64, u64)> {
+    let mut keys = BTreeSet::new();
+    for (_, mailboxes) in ops {
+        if mailboxes.is_empty() {
+            keys.insert(ACCOUNT_OPS);
+        }
+        keys.extend(mailboxes.iter().map(|m| (m.0.replica.0, m.0.counter)));
+    }
+    keys
+}
+
+/// Appends the ops applied in one transaction.
+pub(crate) fn append(txn: &WriteTransaction, account: u32, applied: Vec<AppliedOp>) -> Result<(), StoreError> {
+    let mut by_replica: BTreeMap<u64, Vec<Logged>> = BTreeMap::new();
+    for a in applied {
+        by_replica.entry(a.op.dot.replica.0).or_default().push((a.op, a.mailboxes.into_vec()));
+    }
+    let mut segments = txn.open_table(SEGMENTS).map_err(st)?;
+    let mut index = txn.open_table(SEGMENTS_BY_MAILBOX).map_err(st)?;
+    for (replica, ops) in by_replica {
+        for chunk in ops.chunks(SEGMENT_OPS_MAX) {
+            let first = chunk[0].0.dot.counter;
+            let bytes = blob::pack(&postcard::to_stdvec(chunk).map_err(st)?);
+            segments.insert((account, replica, first), bytes.as_slice()).map_err(st)?;
+            for (mr, mc) in mailbox_keys(chunk) {
+                index.insert((account, mr, mc, replica, first), ()).map_err(st)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// First counter of the segment that holds `counter` (or the first after it).
+fn segment_start(
+    t: &redb::ReadOnlyTable<(u32, u64, u64), &[u8]>,
+    account: u32,
+    replica: u64,
+    counter: u64,
+) -> Result<u64, StoreError> {
+    let before = t.range((account, replica, 0)..=(account, replica, counter)).map_err(st)?.next_back();
+    Ok(match before {
+        Some(item) => item.map_err(st)?.0.value().2,
+        None => counter,
+    })
+}
+
+/// Ops in `ranges` (replica, first counter, last counter, inclusive), each
+/// replica's in counter order; with `mailboxes`, only ops that touched one
+/// of them or the account document.
+pub(crate) fn read(
+    r: &ReadTransaction,
+    account: u32,
+    ranges: &[(u64, u64, u64)],
+    mailboxes: Option<&[MailboxId]>,
+) -> Result<Vec<Op>, StoreError> {
+    let segments = r.open_table(SEGMENTS).map_err(st)?;
+    let mut out = Vec::new();
+    for &(replica, from, last) in ranges {
+        let start = segment_start(&segments, account, replica, from)?;
+        let firsts: Vec<u64> = match mailboxes {
+            None => {
+                let mut v = Vec::new();
+                for item in segments.range((account, replica, start)..=(account, replica, last)).map_err(st)? {
+                    v.push(item.map_err(st)?.0.value().2);
+                }
+                v
+            }
+            Some(mbs) => {
+                let index = r.open_table(SEGMENTS_BY_MAILBOX).map_err(st)?;
+                let mut set = BTreeSet::new();
+                for (mr, mc) in mbs.iter().map(|m| (m.0.replica.0, m.0.counter)).chain([ACCOUNT_OPS]) {
+                    for item in
+                        index.range((account, mr, mc, replica, start)..=(account, mr, mc, replica, last)).map_err(st)?
+                    {
+                        set.insert(item.map_err(st)?.0.value().4);
+                    }
+                }
+                set.into_iter().collect()
+            }
+        };
+        for first in firsts {
+            let Some(v) = segments.get((account, replica, first)).map_err(st)? else { continue };
+            for (op, touched) in decode(v.value())? {
+                let c = op.dot.counter;
+                let wanted = match mailboxes {
+                    None => true,
+                    Some(mbs) => touched.is_empty() || touched.iter().any(|t| mbs.contains(t)),
+                };
+                if c >= from && c <= last && wanted {
+                    out.push(op);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Drops whole segments whose ops all lie within `held_by_all`; returns the
+/// number of ops dropped and raises `floor` to the last counter dropped.
+pub(crate) fn compact(
+    w: &WriteTransaction,
+    account: u32,
+    held_by_all: &VersionVector,
+    floor: &mut VersionVector,
+) -> Result<u64, StoreError> {
+    let mut segments: Table<(u32, u64, u64), &[u8]> = w.open_table(SEGMENTS).map_err(st)?;
+    let mut index = w.open_table(SEGMENTS_BY_MAILBOX).map_err(st)?;
+    let mut dropped = 0;
+    for (replica, upto) in held_by_all.iter() {
+        let mut doomed = Vec::new();
+        for item in segments.range((account, replica.0, 0)..=(account, replica.0, upto)).map_err(st)? {
+            let (k, v) = item.map_err(st)?;
+            let ops = decode(v.value())?;
+            let last = ops.last().map(|o| o.0.dot.counter).unwrap_or(0);
+            if last > upto {
+                break;
+            }
+            doomed.push((k.value().2, last, mailbox_keys(&ops), ops.len()));
+        }
+        for (first, last, keys, n) in doomed {
+            segments.remove((account, replica.0, first)).map_err(st)?;
+            for (mr, mc) in keys {
+                index.remove((account, mr, mc, replica.0, first)).map_err(st)?;
+            }
+            dropped += n as u64;
+            floor.observe(starling_model::Dot::new(replica, last));
+        }
+    }
+    Ok(dropped)
+}
