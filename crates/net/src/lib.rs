@@ -1,0 +1,376 @@
+//! QUIC transport between Starling nodes: node identities, mutual TLS with
+//! pinned peers, and length-prefixed frames on streams.
+//!
+//! Each node makes a key pair and a self-signed certificate on first start;
+//! its [`NodeId`] is the BLAKE3 hash of the certificate. Peers are pinned by
+//! node id: a TLS handshake with any other certificate fails, both ways. This
+//! crate moves bytes; the protocol is `starling-sync`, driven by the node.
+
+#![deny(missing_docs)]
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use starling_model::ReplicaId;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// ALPN protocol name of the peer protocol.
+pub const ALPN: &[u8] = b"starling/1";
+/// Largest frame read from a stream.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+
+/// Why a transport operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Identity files could not be read, made or written.
+    #[error("node identity {path}: {reason}")]
+    Identity {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node id that is not 64 hex digits.
+    #[error("invalid node id {0:?} (expected 64 hex digits)")]
+    BadNodeId(String),
+    /// TLS or QUIC configuration.
+    #[error("transport setup: {0}")]
+    Setup(String),
+    /// Connecting or accepting.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// A stream broke, or a frame exceeded the limit.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The peer's certificate is not pinned.
+    #[error("unknown peer")]
+    UnknownPeer,
+}
+
+/// A node's identity: BLAKE3 of its certificate.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub [u8; 32]);
+
+impl NodeId {
+    /// The id of a certificate.
+    pub fn of(cert: &[u8]) -> NodeId {
+        NodeId(*blake3::hash(cert).as_bytes())
+    }
+
+    /// The replica id this node uses in every account (first 8 bytes).
+    pub fn replica(&self) -> ReplicaId {
+        ReplicaId(u64::from_be_bytes(self.0[..8].try_into().expect("8 bytes")))
+    }
+
+    /// Parses 64 hex digits.
+    pub fn parse(s: &str) -> Result<NodeId, NetError> {
+        let s = s.trim();
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(NetError::BadNodeId(s.to_string()));
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| NetError::BadNodeId(s.to_string()))?;
+        }
+        Ok(NodeId(out))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_string()[..16])
+    }
+}
+
+/// This node's certificate and key.
+pub struct NodeIdentity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    id: NodeId,
+}
+
+impl NodeIdentity {
+    /// Reads `node.crt` and `node.key` (DER) from `dir`, making them on first
+    /// start. A wiped directory means a new node.
+    pub fn load_or_create(dir: &Path) -> Result<NodeIdentity, NetError> {
+        let (cert_path, key_path) = (dir.join("node.crt"), dir.join("node.key"));
+        let err = |p: &Path, e: &dyn fmt::Display| NetError::Identity {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
+        if !cert_path.exists() && !key_path.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
+            let ck =
+                rcgen::generate_simple_self_signed(vec!["starling".to_string()]).map_err(|e| err(&cert_path, &e))?;
+            std::fs::write(&key_path, ck.signing_key.serialize_der()).map_err(|e| err(&key_path, &e))?;
+            std::fs::write(&cert_path, ck.cert.der().as_ref()).map_err(|e| err(&cert_path, &e))?;
+        }
+        let cert = std::fs::read(&cert_path).map_err(|e| err(&cert_path, &e))?;
+        let key = std::fs::read(&key_path).map_err(|e| err(&key_path, &e))?;
+        let identity = NodeIdentity {
+            id: NodeId::of(&cert),
+            cert: CertificateDer::from(cert),
+            key: PrivatePkcs8KeyDer::from(key),
+        };
+        // A key that does not match its certificate (or is not a key) fails here, at start.
+        identity.server_config(Arc::new(PeerSet::default())).map_err(|e| err(&key_path, &e))?;
+        Ok(identity)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    fn server_config(&self, peers: Arc<PeerSet>) -> Result<quinn::ServerConfig, NetError> {
+        let setup = |e: &dyn fmt::Display| NetError::Setup(e.to_string());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| setup(&e))?
+            .with_client_cert_verifier(Arc::new(PinnedClients { peers }))
+            .with_single_cert(vec![self.cert.clone()], self.key())
+            .map_err(|e| setup(&e))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| setup(&e))?;
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    }
+
+    fn client_config(&self, expected: NodeId) -> Result<quinn::ClientConfig, NetError> {
+        let setup = |e: &dyn fmt::Display| NetError::Setup(e.to_string());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| setup(&e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer { expected }))
+            .with_client_auth_cert(vec![self.cert.clone()], self.key())
+            .map_err(|e| setup(&e))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
+        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The node ids allowed to connect. Changing it affects new handshakes.
+#[derive(Debug, Default)]
+pub struct PeerSet(RwLock<BTreeSet<NodeId>>);
+
+impl PeerSet {
+    /// A set of pinned peers.
+    pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
+        PeerSet(RwLock::new(peers.into_iter().collect()))
+    }
+    /// Whether `id` is pinned.
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.0.read().expect("peer set").contains(id)
+    }
+}
+
+fn verify13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider().signature_verification_algorithms.supported_schemes()
+}
+
+#[derive(Debug)]
+struct PinnedClients {
+    peers: Arc<PeerSet>,
+}
+
+impl ClientCertVerifier for PinnedClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.peers.contains(&NodeId::of(end_entity)) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("unknown peer".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(m, c, d, &provider().signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify13(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+#[derive(Debug)]
+struct PinnedServer {
+    expected: NodeId,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if NodeId::of(end_entity) == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("peer is not the pinned node".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(m, c, d, &provider().signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify13(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// A QUIC endpoint that accepts pinned peers and dials them.
+pub struct PeerEndpoint {
+    endpoint: quinn::Endpoint,
+    identity: Arc<NodeIdentity>,
+}
+
+/// An authenticated connection to a pinned peer.
+pub struct PeerConnection {
+    /// The peer's node id, proven by the TLS handshake.
+    pub peer: NodeId,
+    /// The QUIC connection.
+    pub connection: quinn::Connection,
+}
+
+fn peer_of(conn: &quinn::Connection) -> Result<NodeId, NetError> {
+    let identity = conn.peer_identity().ok_or(NetError::UnknownPeer)?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| NetError::UnknownPeer)?;
+    certs.first().map(|c| NodeId::of(c)).ok_or(NetError::UnknownPeer)
+}
+
+impl PeerEndpoint {
+    /// Binds `addr` (UDP) and accepts the peers in `peers`.
+    pub fn bind(addr: SocketAddr, identity: Arc<NodeIdentity>, peers: Arc<PeerSet>) -> Result<PeerEndpoint, NetError> {
+        let config = identity.server_config(peers)?;
+        let endpoint = quinn::Endpoint::server(config, addr).map_err(|e| NetError::Setup(e.to_string()))?;
+        Ok(PeerEndpoint { endpoint, identity })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))
+    }
+
+    /// Waits for the next pinned peer to connect. Handshakes that fail
+    /// (unknown certificates) are skipped.
+    pub async fn accept(&self) -> Option<PeerConnection> {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let Ok(connection) = incoming.await else { continue };
+            if let Ok(peer) = peer_of(&connection) {
+                return Some(PeerConnection { peer, connection });
+            }
+            connection.close(1u32.into(), b"unknown peer");
+        }
+        None
+    }
+
+    /// Connects to pinned peer `expected` at `addr`.
+    pub async fn connect(&self, addr: SocketAddr, expected: NodeId) -> Result<PeerConnection, NetError> {
+        let config = self.identity.client_config(expected)?;
+        let connecting =
+            self.endpoint.connect_with(config, addr, "starling").map_err(|e| NetError::Connection(e.to_string()))?;
+        let connection = connecting.await.map_err(|e| NetError::Connection(e.to_string()))?;
+        let peer = peer_of(&connection)?;
+        if peer != expected {
+            connection.close(1u32.into(), b"not the pinned node");
+            return Err(NetError::UnknownPeer);
+        }
+        Ok(PeerConnection { peer, connection })
+    }
+
+    /// Closes the endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// Writes one frame: u32 big-endian length, then the bytes.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), NetError> {
+    let len = u32::try_from(frame.len()).map_err(|_| NetError::Stream("frame too large".into()))?;
+    send.write_all(&len.to_be_bytes()).await.map_err(|e| NetError::Stream(e.to_string()))?;
+    send.write_all(frame).await.map_err(|e| NetError::Stream(e.to_string()))
+}
+
+/// Reads one frame; `None` at a clean end of stream. A length above
+/// [`FRAME_BYTES_MAX`] is refused before anything is allocated.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(NetError::Stream(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(NetError::Stream(format!("frame of {len} bytes exceeds the limit")));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.map_err(|e| NetError::Stream(e.to_string()))?;
+    Ok(Some(buf))
+}
