@@ -1,7 +1,11 @@
 //! `starling`: the node binary. It owns the command line and wires the crates
 //! together; business logic lives in the library crates.
 
+mod peers;
+mod serve;
+
 use clap::{Parser, Subcommand};
+use starling_net::{NodeId, NodeIdentity};
 use starling_store::{maildir, Store, StoreOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,8 +22,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node (embedded defaults when no config is given).
-    Serve,
+    /// Run the node (embedded defaults when no config is given) until SIGINT/SIGTERM.
+    Serve {
+        /// UDP address of the peer endpoint.
+        #[arg(long, default_value = "127.0.0.1:7431")]
+        peer_listen: std::net::SocketAddr,
+    },
+    /// Print this node's id (creating its identity on first use).
+    Id,
+    /// Manage pinned peers.
+    Peer {
+        #[command(subcommand)]
+        action: PeerAction,
+    },
     /// Manage accounts.
     Account {
         #[command(subcommand)]
@@ -56,6 +71,27 @@ enum AccountAction {
 }
 
 #[derive(Subcommand)]
+enum PeerAction {
+    /// Pin a peer and say which accounts it may sync.
+    Add {
+        /// Its node id (`starling id` on that node).
+        node_id: String,
+        /// Its peer endpoint, e.g. 192.0.2.7:7431.
+        addr: String,
+        /// Accounts synced with it, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        accounts: Vec<String>,
+    },
+    /// List pinned peers.
+    List,
+    /// Unpin a peer.
+    Remove {
+        /// Its node id.
+        node_id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Format {
     /// A Maildir++ tree.
     Maildir {
@@ -66,47 +102,57 @@ enum Format {
     },
 }
 
-/// Reads this node's key from the data directory, creating it on first
-/// start, and derives the node's replica id from it. A wiped directory means
-/// a new node, as the semantics require. (The QUIC identity of the sync
-/// issue replaces this key with a real key pair.)
-fn node_id(data_dir: &Path) -> Result<starling_model::ReplicaId, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let path = data_dir.join("node-key");
-    let key = match std::fs::read(&path) {
-        Ok(k) if k.len() == 32 => k,
-        Ok(_) => return Err(format!("{} is not a node key (expected 32 bytes)", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut seed = Vec::new();
-            seed.extend(std::process::id().to_be_bytes());
-            seed.extend(format!("{:?}", std::time::SystemTime::now()).as_bytes());
-            seed.extend(format!("{:?}", std::thread::current().id()).as_bytes());
-            seed.extend(data_dir.display().to_string().as_bytes());
-            let key = blake3::hash(&seed).as_bytes().to_vec();
-            std::fs::write(&path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            key
-        }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    Ok(starling_model::ReplicaId::from_public_key(&key))
+fn identity(data_dir: &Path) -> Result<NodeIdentity, String> {
+    NodeIdentity::load_or_create(data_dir).map_err(|e| e.to_string())
 }
 
 fn open_store(data_dir: &Path) -> Result<Store, String> {
-    let node = node_id(data_dir)?;
+    let node = identity(data_dir)?.id().replica();
     Store::open(&data_dir.join("store.redb"), node, StoreOptions::default()).map_err(|e| e.to_string())
 }
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
-        Command::Serve => {
+        Command::Serve { peer_listen } => {
+            let id = identity(&cli.data_dir)?;
             let store = open_store(&cli.data_dir)?;
+            let peers = peers::load(&cli.data_dir)?;
             println!("starling {}", env!("CARGO_PKG_VERSION"));
             let dir = std::fs::canonicalize(&cli.data_dir).unwrap_or(cli.data_dir.clone());
             println!("data directory: {}", dir.display());
-            println!("node id: {:016x}", store.node().0);
+            println!("node id: {}", id.id());
             println!("accounts: {}", store.accounts().len());
-            println!("nothing to serve yet: the sync and IMAP crates are not built");
+            serve::run(store, id, peers, peer_listen)?;
+        }
+        Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
+        Command::Peer { action: PeerAction::Add { node_id, addr, accounts } } => {
+            let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
+            let addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
+            identity(&cli.data_dir)?;
+            let mut list = peers::load(&cli.data_dir)?;
+            if list.iter().any(|p| p.id == id) {
+                return Err(format!("peer {id} is already pinned"));
+            }
+            list.push(peers::Peer { id, addr, accounts });
+            peers::save(&cli.data_dir, &list)?;
+            println!("peer {id} pinned");
+        }
+        Command::Peer { action: PeerAction::List } => {
+            for p in peers::load(&cli.data_dir)? {
+                println!("{} {} {}", p.id, p.addr, p.accounts.join(","));
+            }
+        }
+        Command::Peer { action: PeerAction::Remove { node_id } } => {
+            let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
+            let mut list = peers::load(&cli.data_dir)?;
+            let before = list.len();
+            list.retain(|p| p.id != id);
+            if list.len() == before {
+                return Err(format!("peer {id} is not pinned"));
+            }
+            peers::save(&cli.data_dir, &list)?;
+            println!("peer {id} removed");
         }
         Command::Account { action: AccountAction::Add { user } } => {
             open_store(&cli.data_dir)?.add_account(&user).map_err(|e| e.to_string())?;

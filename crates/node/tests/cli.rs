@@ -2,11 +2,37 @@
 //! README's run command from an empty directory, accounts, Maildir import,
 //! dump and export, and clear errors for bad input.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn starling(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_starling")).current_dir(dir).args(args).output().unwrap()
+}
+
+/// Starts `starling serve` (as the README writes it, plus `extra`), waits
+/// until the peer endpoint is up, returns what it printed, and stops it.
+fn serve_until_up(dir: &Path, extra: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .current_dir(dir)
+        .arg("serve")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.starts_with("peers: listening") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    out
 }
 
 fn ok(o: &Output) -> String {
@@ -18,13 +44,14 @@ fn ok(o: &Output) -> String {
 fn serve_from_an_empty_directory_then_accounts_import_dump_export() {
     let dir = tempfile::tempdir().unwrap();
     // The README's run command, with no config and no data.
-    let out = ok(&starling(dir.path(), &["serve"]));
-    assert!(out.contains("node id: "));
+    let out = serve_until_up(dir.path(), &[]);
+    assert!(out.contains("node id: "), "{out}");
     assert!(dir.path().join("starling-data/store.redb").exists());
     let id1 = out.lines().find(|l| l.starts_with("node id")).unwrap().to_string();
-    // Same node on the next start.
-    let out = ok(&starling(dir.path(), &["serve"]));
+    // Same node on the next start, and `starling id` agrees.
+    let out = serve_until_up(dir.path(), &["--peer-listen", "127.0.0.1:0"]);
     assert!(out.contains(&id1));
+    assert!(id1.ends_with(ok(&starling(dir.path(), &["id"])).trim()));
 
     ok(&starling(dir.path(), &["account", "add", "alice"]));
     let again = starling(dir.path(), &["account", "add", "alice"]);
@@ -59,14 +86,26 @@ fn bad_input_gets_a_clear_error() {
     let data = dir.path().join("d");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("store.redb"), b"this is not a database").unwrap();
-    let o = starling(dir.path(), &["--data-dir", data.to_str().unwrap(), "serve"]);
+    let o = starling(dir.path(), &["--data-dir", data.to_str().unwrap(), "serve", "--peer-listen", "127.0.0.1:0"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a Starling store"));
-    // A node key of the wrong size.
+    // A damaged node identity.
     let data2 = dir.path().join("d2");
     std::fs::create_dir_all(&data2).unwrap();
-    std::fs::write(data2.join("node-key"), b"short").unwrap();
+    std::fs::write(data2.join("node.key"), b"short").unwrap();
+    std::fs::write(data2.join("node.crt"), b"short").unwrap();
     let o = starling(dir.path(), &["--data-dir", data2.to_str().unwrap(), "serve"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a node key"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node identity"));
+    // Bad peers: a bad node id, a bad address, a duplicate.
+    let d3 = dir.path().join("d3");
+    let d3s = d3.to_str().unwrap();
+    let bad_id = starling(dir.path(), &["--data-dir", d3s, "peer", "add", "xyz", "127.0.0.1:1", "--accounts", "a"]);
+    assert!(String::from_utf8_lossy(&bad_id.stderr).contains("invalid node id"));
+    let id = "ab".repeat(32);
+    let bad_addr = starling(dir.path(), &["--data-dir", d3s, "peer", "add", &id, "nowhere", "--accounts", "a"]);
+    assert!(String::from_utf8_lossy(&bad_addr.stderr).contains("bad address"));
+    ok(&starling(dir.path(), &["--data-dir", d3s, "peer", "add", &id, "127.0.0.1:1", "--accounts", "a"]));
+    let dup = starling(dir.path(), &["--data-dir", d3s, "peer", "add", &id, "127.0.0.1:2", "--accounts", "a"]);
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already pinned"));
 }
