@@ -194,6 +194,14 @@ fn answer(s: &mut Session, ev: Event, store: &Store, changes: &broadcast::Sender
             Err(e) => return Err(e.to_string()),
         },
         Event::Ops { account, ops } => {
+            // Bodies follow the metadata: ask for the ones not here yet.
+            let mut missing = Vec::new();
+            for id in starling_sync::blobs_of(&ops) {
+                if !store.has_blob(id).map_err(|e| e.to_string())? {
+                    missing.push(id);
+                }
+            }
+            s.want_blobs(missing);
             store.write(&account, |b| b.apply(ops)).map_err(|e| e.to_string())?;
             let vv = store.version(&account).map_err(|e| e.to_string())?;
             s.applied(&account, vv);
@@ -202,11 +210,22 @@ fn answer(s: &mut Session, ev: Event, store: &Store, changes: &broadcast::Sender
         }
         Event::Snapshot { account, bytes } => {
             store.install_snapshot(&account, &bytes).map_err(|e| e.to_string())?;
+            s.want_blobs(store.missing_blobs(&account).map_err(|e| e.to_string())?);
             let vv = store.version(&account).map_err(|e| e.to_string())?;
             s.applied(&account, vv);
             let _ = changes.send(account.clone());
             report(store, &account);
         }
+        Event::BlobsWanted { ids } => {
+            for id in ids {
+                let bytes = store.blob(id).map_err(|e| e.to_string())?;
+                s.send_blob(id, bytes);
+            }
+        }
+        Event::Blob { bytes, .. } => {
+            store.put_blob(&bytes).map_err(|e| e.to_string())?;
+        }
+        Event::BlobMissing { id } => eprintln!("body {id:?} not held by this peer"),
         Event::Open { peer, accounts } => eprintln!("peer {peer:?}: open, accounts {accounts:?}"),
         Event::Closed { reason } => eprintln!("session closed: {reason}"),
     }

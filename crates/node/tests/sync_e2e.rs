@@ -166,6 +166,19 @@ fn three_processes_converge_and_a_stopped_node_catches_up() {
     assert_eq!(messages(&d), 10, "{d}");
     assert_eq!(d, b.dump());
     assert_eq!(d, c.dump());
+    // Bodies came along: C exports the same messages, byte for byte.
+    assert_eq!(bodies(&a, root.path()), bodies(&c, root.path()));
+    assert_eq!(bodies(&c, root.path()).len(), 10);
+}
+
+/// Every exported message's bytes, sorted.
+fn bodies(n: &Node, root: &Path) -> Vec<Vec<u8>> {
+    let out = root.join(format!("export-{}", &n.id[..8]));
+    run(&n.dir, &["export", "maildir", "alice", out.to_str().unwrap()]);
+    let mut v: Vec<Vec<u8>> =
+        std::fs::read_dir(out.join("cur")).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    v.sort();
+    v
 }
 
 #[test]

@@ -182,21 +182,7 @@ impl<'a> Batch<'a> {
 
     /// Stores a body (deduplicated) and returns its id.
     pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
-        let id = BlobId::of(raw);
-        let mut blobs = self.txn.open_table(BLOBS).map_err(st)?;
-        if blobs.get(&id.0).map_err(st)?.is_some() {
-            return Ok(id);
-        }
-        let (record, parts) = blob::split(raw, self.part_threshold);
-        let mut part_table = self.txn.open_table(PARTS).map_err(st)?;
-        for (pid, bytes) in &parts {
-            if part_table.get(&pid.0).map_err(st)?.is_none() {
-                part_table.insert(&pid.0, blob::pack(bytes).as_slice()).map_err(st)?;
-            }
-        }
-        let record = blob::pack(&postcard::to_stdvec(&record).map_err(st)?);
-        blobs.insert(&id.0, record.as_slice()).map_err(st)?;
-        Ok(id)
+        put_body(self.txn, raw, self.part_threshold)
     }
 
     /// Stores a body and appends it as a new message.
@@ -210,6 +196,25 @@ impl<'a> Batch<'a> {
         let blob = self.put_body(raw)?;
         Ok(self.replica.append(mailbox, blob, raw.len() as u64, internal_date, flags)?)
     }
+}
+
+/// Stores a body in `txn` (deduplicated): large MIME parts apart, packed.
+fn put_body(txn: &redb::WriteTransaction, raw: &[u8], part_threshold: usize) -> Result<BlobId, StoreError> {
+    let id = BlobId::of(raw);
+    let mut blobs = txn.open_table(BLOBS).map_err(st)?;
+    if blobs.get(&id.0).map_err(st)?.is_some() {
+        return Ok(id);
+    }
+    let (record, parts) = blob::split(raw, part_threshold);
+    let mut part_table = txn.open_table(PARTS).map_err(st)?;
+    for (pid, bytes) in &parts {
+        if part_table.get(&pid.0).map_err(st)?.is_none() {
+            part_table.insert(&pid.0, blob::pack(bytes).as_slice()).map_err(st)?;
+        }
+    }
+    let record = blob::pack(&postcard::to_stdvec(&record).map_err(st)?);
+    blobs.insert(&id.0, record.as_slice()).map_err(st)?;
+    Ok(id)
 }
 
 /// What STATUS and SELECT need of a mailbox.
@@ -497,6 +502,57 @@ impl Store {
             b.txn.open_table(LOG_FLOOR).map_err(st)?.insert(b.number, floor.as_slice()).map_err(st)?;
             Ok(())
         })
+    }
+
+    /// Whether a body is stored here.
+    pub fn has_blob(&self, id: BlobId) -> Result<bool, StoreError> {
+        let r = self.db.begin_read().map_err(st)?;
+        match r.open_table(BLOBS) {
+            Ok(t) => Ok(t.get(&id.0).map_err(st)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(st(e)),
+        }
+    }
+
+    /// A body, reassembled (`None` if not stored here or a part is missing).
+    pub fn blob(&self, id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(st)?;
+        let reader = Reader { txn, account: 0, names: Replica::create(self.node, Detached).names() };
+        match reader.body(id) {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::MissingBlob(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bodies that messages of `account` reference but this store lacks
+    /// (after a snapshot, or ops whose bodies have not arrived).
+    pub fn missing_blobs(&self, account: &str) -> Result<Vec<BlobId>, StoreError> {
+        let number = {
+            let accounts = self.accounts.lock().expect("accounts lock");
+            accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.number
+        };
+        let r = self.db.begin_read().map_err(st)?;
+        let (Ok(envelopes), Ok(blobs)) = (r.open_table(backend::ENVELOPES), r.open_table(BLOBS)) else {
+            return Ok(Vec::new());
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for item in envelopes.range((number, 0)..=(number, u64::MAX)).map_err(st)? {
+            let env = decode_envelope(item.map_err(st)?.1.value()).map_err(st)?;
+            if blobs.get(&env.blob.0).map_err(st)?.is_none() {
+                out.insert(env.blob);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Stores a body received from a peer (checked by the caller against its
+    /// id), in its own durable transaction.
+    pub fn put_blob(&self, raw: &[u8]) -> Result<BlobId, StoreError> {
+        let w = self.db.begin_write().map_err(st)?;
+        let id = put_body(&w, raw, self.options.part_threshold)?;
+        w.commit().map_err(st)?;
+        Ok(id)
     }
 
     /// A read view of an account.

@@ -80,7 +80,7 @@
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
-use starling_model::{codec, Op, ReplicaId, VersionVector};
+use starling_model::{codec, BlobId, Op, OpBody, ReplicaId, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Version of this protocol.
@@ -93,6 +93,8 @@ pub const FRAME_BYTES_MAX: usize = 64 << 20;
 pub const ACCOUNTS_MAX: usize = 4096;
 /// Longest account name.
 pub const ACCOUNT_NAME_MAX: usize = 255;
+/// Most blob ids in one request.
+pub const BLOB_IDS_MAX: usize = 10_000;
 /// Most replicas in a version vector from a peer.
 pub const VV_ENTRIES_MAX: usize = 65_535;
 
@@ -129,6 +131,23 @@ pub enum Frame {
         /// As the store exports it.
         bytes: Vec<u8>,
     },
+    /// Bodies the sender lacks (ids learned from ops it applied).
+    WantBlobs {
+        /// At most [`BLOB_IDS_MAX`].
+        ids: Vec<BlobId>,
+    },
+    /// A body: its raw bytes, which must hash to `id`.
+    Blob {
+        /// Its id.
+        id: BlobId,
+        /// The raw message.
+        bytes: Vec<u8>,
+    },
+    /// The sender does not hold that body (partial replica).
+    NoBlob {
+        /// Its id.
+        id: BlobId,
+    },
     /// The sender refuses the session; it closes after this.
     Refused {
         /// Why.
@@ -163,7 +182,8 @@ impl Frame {
             Frame::Hello { accounts, .. } => accounts.len() <= ACCOUNTS_MAX && accounts.iter().all(name_ok),
             Frame::Have { account, vv } => name_ok(account) && vv.len() <= VV_ENTRIES_MAX,
             Frame::Ops { account, .. } | Frame::Snapshot { account, .. } => name_ok(account),
-            Frame::Refused { .. } => true,
+            Frame::WantBlobs { ids } => ids.len() <= BLOB_IDS_MAX,
+            Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
         };
         if !ok {
             return Err(SessionError::Malformed("frame exceeds limits".into()));
@@ -198,6 +218,18 @@ pub enum SessionError {
     Closed,
 }
 
+/// Bodies referenced by ops (appends and copies), in order, without repeats.
+pub fn blobs_of(ops: &[Op]) -> Vec<BlobId> {
+    let mut seen = BTreeSet::new();
+    ops.iter()
+        .filter_map(|o| match &o.body {
+            OpBody::Append(a) | OpBody::Copy { append: a, .. } => Some(a.blob),
+            _ => None,
+        })
+        .filter(|b| seen.insert(*b))
+        .collect()
+}
+
 /// What the session asks of its driver, or tells it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -230,6 +262,23 @@ pub enum Event {
         account: String,
         /// As the peer's store exported it.
         bytes: Vec<u8>,
+    },
+    /// The peer wants these bodies: answer each with [`Session::send_blob`].
+    BlobsWanted {
+        /// Their ids.
+        ids: Vec<BlobId>,
+    },
+    /// A body we asked for, already checked against its id: store it.
+    Blob {
+        /// Its id.
+        id: BlobId,
+        /// The raw message.
+        bytes: Vec<u8>,
+    },
+    /// The peer does not have a body we asked for: ask another peer.
+    BlobMissing {
+        /// Its id.
+        id: BlobId,
     },
     /// The session ended.
     Closed {
@@ -270,6 +319,8 @@ pub struct Session {
     shared: BTreeSet<String>,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
+    /// Bodies asked of the peer and not yet received.
+    blobs_wanted: BTreeSet<BlobId>,
     /// Bytes sent and received, for status and benchmarks.
     bytes_out: u64,
     bytes_in: u64,
@@ -295,6 +346,7 @@ impl Session {
             shared: BTreeSet::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            blobs_wanted: BTreeSet::new(),
             bytes_out: 0,
             bytes_in: 0,
         };
@@ -402,7 +454,51 @@ impl Session {
                 self.events.push_back(Event::Snapshot { account, bytes });
                 Ok(())
             }
+            (Phase::Open, Frame::WantBlobs { ids }) => {
+                self.events.push_back(Event::BlobsWanted { ids });
+                Ok(())
+            }
+            (Phase::Open, Frame::Blob { id, bytes }) => {
+                if !self.blobs_wanted.contains(&id) {
+                    return self.close(SessionError::Protocol("a body that was not asked for".into()));
+                }
+                if BlobId::of(&bytes) != id {
+                    return self.close(SessionError::Malformed("body does not match its id".into()));
+                }
+                self.blobs_wanted.remove(&id);
+                self.events.push_back(Event::Blob { id, bytes });
+                Ok(())
+            }
+            (Phase::Open, Frame::NoBlob { id }) => {
+                if self.blobs_wanted.remove(&id) {
+                    self.events.push_back(Event::BlobMissing { id });
+                }
+                Ok(())
+            }
             (Phase::Closed, _) => Err(SessionError::Closed),
+        }
+    }
+
+    /// Asks the peer for bodies (those not already asked for).
+    pub fn want_blobs(&mut self, ids: impl IntoIterator<Item = BlobId>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let new: Vec<BlobId> = ids.into_iter().filter(|id| self.blobs_wanted.insert(*id)).collect();
+        for chunk in new.chunks(BLOB_IDS_MAX) {
+            self.queue(&Frame::WantBlobs { ids: chunk.to_vec() });
+        }
+    }
+
+    /// Answers [`Event::BlobsWanted`] for one id: the raw body, or `None` if
+    /// this node does not hold it.
+    pub fn send_blob(&mut self, id: BlobId, bytes: Option<Vec<u8>>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        match bytes {
+            Some(bytes) => self.queue(&Frame::Blob { id, bytes }),
+            None => self.queue(&Frame::NoBlob { id }),
         }
     }
 

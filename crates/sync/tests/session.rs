@@ -208,3 +208,25 @@ proptest! {
         prop_assert!(refused_cleanly(&mut a2, r));
     }
 }
+
+#[test]
+fn bodies_are_asked_for_checked_and_refused_when_forged() {
+    let (mut a, _) = open_pair();
+    while a.poll_transmit().is_some() {} // hello and have
+    let body = b"Subject: x\r\n\r\nhello\r\n".to_vec();
+    let id = BlobId::of(&body);
+    a.want_blobs([id, id]);
+    let want = a.poll_transmit().expect("one request");
+    assert!(matches!(Frame::decode(&want), Ok(Frame::WantBlobs { ids }) if ids == vec![id]));
+    assert!(a.poll_transmit().is_none(), "asked once");
+    a.handle_frame(&Frame::Blob { id, bytes: body.clone() }.encode()).unwrap();
+    assert_eq!(a.poll_event(), Some(Event::Blob { id, bytes: body.clone() }));
+    // Not asked for (any more): refused.
+    assert!(a.handle_frame(&Frame::Blob { id, bytes: body.clone() }.encode()).is_err());
+    // A body that does not hash to its id: refused, nothing stored.
+    let (mut b, _) = open_pair();
+    b.want_blobs([id]);
+    let forged = Frame::Blob { id, bytes: b"something else".to_vec() }.encode();
+    assert!(matches!(b.handle_frame(&forged), Err(SessionError::Malformed(_))));
+    assert!(std::iter::from_fn(|| b.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
+}

@@ -67,14 +67,30 @@ impl Node {
                     }
                 }
                 Event::Ops { account, ops } => {
+                    let missing: Vec<_> = starling_sync::blobs_of(&ops)
+                        .into_iter()
+                        .filter(|id| !self.store().has_blob(*id).unwrap())
+                        .collect();
+                    self.sessions.get_mut(&peer).unwrap().want_blobs(missing);
                     self.store().write(&account, |b| b.apply(ops)).unwrap();
                     self.ack(peer, &account);
                 }
                 Event::Snapshot { account, bytes } => {
                     self.store().install_snapshot(&account, &bytes).unwrap();
+                    let missing = self.store().missing_blobs(&account).unwrap();
+                    self.sessions.get_mut(&peer).unwrap().want_blobs(missing);
                     self.ack(peer, &account);
                 }
-                Event::Open { .. } | Event::Closed { .. } => {}
+                Event::BlobsWanted { ids } => {
+                    for id in ids {
+                        let bytes = self.store().blob(id).unwrap();
+                        self.sessions.get_mut(&peer).unwrap().send_blob(id, bytes);
+                    }
+                }
+                Event::Blob { bytes, .. } => {
+                    self.store().put_blob(&bytes).unwrap();
+                }
+                Event::Open { .. } | Event::Closed { .. } | Event::BlobMissing { .. } => {}
             }
         }
         busy
@@ -172,6 +188,10 @@ fn three_nodes_one_stopped_then_restarted_converge() {
     assert_eq!(dumps[0], dumps[2]);
     assert_eq!(nodes[2].store().read(ACCOUNT).unwrap().status(INBOX).unwrap().messages, 16);
     assert!(dumps[0].contains("\\Flagged"));
+    // Bodies followed the metadata to every node.
+    for n in &nodes {
+        assert!(n.store().missing_blobs(ACCOUNT).unwrap().is_empty());
+    }
 }
 
 #[test]
@@ -209,6 +229,7 @@ fn new_node_after_compaction_catches_up_by_snapshot() {
     connect(&mut nodes, 0, 2);
     settle(&mut nodes);
     assert_eq!(nodes[2].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+    assert!(nodes[2].store().missing_blobs(ACCOUNT).unwrap().is_empty(), "bodies fetched after the snapshot");
     // And then ops flow normally.
     nodes[2].append(100);
     settle(&mut nodes);
