@@ -113,11 +113,42 @@ async fn session(
         .filter_map(|a| store.version(a).ok().map(|v| (a.clone(), v)))
         .collect();
     let mut s = Session::new(me, Some(peer.id.replica()), accounts);
-    // A reader task: frames arrive on a channel, so waiting is cancel-safe.
+    // Reader tasks: frames arrive on a channel, so waiting is cancel-safe.
+    // Bodies come on unidirectional streams the peer opens (see `blob_writer`).
     let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(64);
+    let meta_tx = frames_tx.clone();
     let reader = tokio::spawn(async move {
         while let Ok(Some(f)) = read_frame(&mut recv).await {
-            if frames_tx.send(f).await.is_err() {
+            if meta_tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let blob_conn = conn.connection.clone();
+    let blob_reader = tokio::spawn(async move {
+        while let Ok(mut uni) = blob_conn.accept_uni().await {
+            let tx = frames_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(f)) = read_frame(&mut uni).await {
+                    if tx.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // Bodies go out through their own task and stream: a 5 MB attachment
+    // never delays the metadata frames written below.
+    let (blobs_out, mut blobs_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let blob_conn = conn.connection.clone();
+    let blob_writer = tokio::spawn(async move {
+        let mut stream = None;
+        while let Some(f) = blobs_rx.recv().await {
+            if stream.is_none() {
+                stream = blob_conn.open_uni().await.ok();
+            }
+            let Some(st) = stream.as_mut() else { break };
+            if write_frame(st, &f).await.is_err() {
                 break;
             }
         }
@@ -133,6 +164,9 @@ async fn session(
         }
         if let Some(e) = failed {
             break e;
+        }
+        while let Some(f) = s.poll_transmit_blob() {
+            let _ = blobs_out.send(f);
         }
         let mut failed = None;
         while let Some(f) = s.poll_transmit() {
@@ -177,6 +211,8 @@ async fn session(
         }
     };
     reader.abort();
+    blob_reader.abort();
+    blob_writer.abort();
     conn.connection.close(0u32.into(), b"bye");
     end
 }

@@ -21,7 +21,8 @@
 //! # Calling contract
 //!
 //! Feed every received frame to [`Session::handle_frame`]; after any call,
-//! drain [`Session::poll_transmit`] (frames to send, in order) and
+//! drain [`Session::poll_transmit`] (metadata frames, in order, on one
+//! stream), [`Session::poll_transmit_blob`] (bodies, on another stream) and
 //! [`Session::poll_event`]. An error from `handle_frame` means the peer
 //! misbehaved: the session is closed, nothing of the bad frame was acted on,
 //! and the connection should be dropped with the logged reason.
@@ -318,6 +319,8 @@ pub struct Session {
     /// Accounts shared after the handshake.
     shared: BTreeSet<String>,
     transmit: VecDeque<Vec<u8>>,
+    /// `Blob` frames, sent apart so a large body never holds up metadata.
+    transmit_blobs: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     /// Bodies asked of the peer and not yet received.
     blobs_wanted: BTreeSet<BlobId>,
@@ -345,6 +348,7 @@ impl Session {
             accounts,
             shared: BTreeSet::new(),
             transmit: VecDeque::new(),
+            transmit_blobs: VecDeque::new(),
             events: VecDeque::new(),
             blobs_wanted: BTreeSet::new(),
             bytes_out: 0,
@@ -497,7 +501,11 @@ impl Session {
             return;
         }
         match bytes {
-            Some(bytes) => self.queue(&Frame::Blob { id, bytes }),
+            Some(bytes) => {
+                let frame = Frame::Blob { id, bytes }.encode();
+                self.bytes_out += frame.len() as u64;
+                self.transmit_blobs.push_back(frame);
+            }
             None => self.queue(&Frame::NoBlob { id }),
         }
     }
@@ -562,10 +570,18 @@ impl Session {
         }
     }
 
-    /// Next frame to send.
+    /// Next metadata frame to send (in order, on the session's stream).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmit.pop_front()
+    }
+
+    /// Next body frame to send: on a stream of its own, so that bodies, however
+    /// large, never delay metadata. Bodies may arrive in any order relative
+    /// to metadata frames.
+    #[must_use]
+    pub fn poll_transmit_blob(&mut self) -> Option<Vec<u8>> {
+        self.transmit_blobs.pop_front()
     }
 
     /// Next event for the driver.

@@ -58,11 +58,11 @@ fn run(a: &mut Peer, b: &mut Peer) -> usize {
     let mut rounds = 0;
     loop {
         let mut moved = a.drive() + b.drive();
-        while let Some(f) = a.session.poll_transmit() {
+        while let Some(f) = a.session.poll_transmit().or_else(|| a.session.poll_transmit_blob()) {
             moved += 1;
             let _ = b.session.handle_frame(&f);
         }
-        while let Some(f) = b.session.poll_transmit() {
+        while let Some(f) = b.session.poll_transmit().or_else(|| b.session.poll_transmit_blob()) {
             moved += 1;
             let _ = a.session.handle_frame(&f);
         }
@@ -229,4 +229,16 @@ fn bodies_are_asked_for_checked_and_refused_when_forged() {
     let forged = Frame::Blob { id, bytes: b"something else".to_vec() }.encode();
     assert!(matches!(b.handle_frame(&forged), Err(SessionError::Malformed(_))));
     assert!(std::iter::from_fn(|| b.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
+}
+
+#[test]
+fn bodies_leave_on_their_own_channel() {
+    let (mut a, _) = open_pair();
+    while a.poll_transmit().is_some() {}
+    let body = vec![7u8; 5 << 20];
+    a.send_blob(BlobId::of(&body), Some(body.clone()));
+    a.local_changed("a", VersionVector::new());
+    assert!(a.poll_transmit().is_none(), "metadata channel holds no body");
+    let f = a.poll_transmit_blob().expect("body frame");
+    assert!(matches!(Frame::decode(&f), Ok(Frame::Blob { bytes, .. }) if bytes == body));
 }

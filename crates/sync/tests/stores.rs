@@ -129,7 +129,9 @@ fn step(nodes: &mut [Node]) -> bool {
     for i in 0..nodes.len() {
         let peers: Vec<usize> = nodes[i].sessions.keys().copied().collect();
         for p in peers {
-            while let Some(f) = nodes[i].sessions.get_mut(&p).unwrap().poll_transmit() {
+            loop {
+                let s = nodes[i].sessions.get_mut(&p).unwrap();
+                let Some(f) = s.poll_transmit().or_else(|| s.poll_transmit_blob()) else { break };
                 busy = true;
                 if let Some(s) = nodes[p].sessions.get_mut(&i) {
                     s.handle_frame(&f).unwrap();
