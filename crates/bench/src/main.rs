@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod model;
 mod store;
+mod sync;
 
 /// Counts live heap bytes.
 struct Counting;
@@ -77,6 +78,15 @@ enum What {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Two stores syncing through the real session code (in process, no
+    /// network): initial sync, 1% flag change, no-op, change latency.
+    Sync {
+        /// The Maildir tree to sync (e.g. gen-maildir.py maildir DIR 10000 --seed 1).
+        maildir: std::path::PathBuf,
+        /// Where to put the stores.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -90,5 +100,6 @@ fn main() {
         What::Store { messages, dir } => store::run(messages, dir),
         What::Import { maildir, dir } => store::import(&maildir, dir),
         What::OpenProbe { path } => store::open_probe(&path),
+        What::Sync { maildir, dir } => sync::run(&maildir, dir),
     }
 }

@@ -156,10 +156,22 @@ async fn session(
     let mut local = changes.subscribe();
     let end = loop {
         let mut failed = None;
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
         while let Some(ev) = s.poll_event() {
+            if let Event::Blob { bytes, .. } = ev {
+                bodies.push(bytes);
+                continue;
+            }
             if let Err(e) = tokio::task::block_in_place(|| answer(&mut s, ev, &store, &changes)) {
                 failed = Some(e);
                 break;
+            }
+        }
+        // Bodies that arrived together are stored in one transaction.
+        if !bodies.is_empty() {
+            let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+            if let Err(e) = tokio::task::block_in_place(|| store.put_blobs(&refs)) {
+                failed = Some(e.to_string());
             }
         }
         if let Some(e) = failed {

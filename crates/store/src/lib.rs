@@ -549,10 +549,16 @@ impl Store {
     /// Stores a body received from a peer (checked by the caller against its
     /// id), in its own durable transaction.
     pub fn put_blob(&self, raw: &[u8]) -> Result<BlobId, StoreError> {
+        Ok(self.put_blobs(&[raw])?[0])
+    }
+
+    /// Stores several bodies in one durable transaction (one fsync).
+    pub fn put_blobs(&self, raws: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
         let w = self.db.begin_write().map_err(st)?;
-        let id = put_body(&w, raw, self.options.part_threshold)?;
+        let ids =
+            raws.iter().map(|raw| put_body(&w, raw, self.options.part_threshold)).collect::<Result<Vec<_>, _>>()?;
         w.commit().map_err(st)?;
-        Ok(id)
+        Ok(ids)
     }
 
     /// A read view of an account.
