@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "starling", version, about = "A multi-master mail store")]
 struct Cli {
-    /// Data directory (store, node key).
+    /// Data directory (store, node identity, peers).
     #[arg(long, global = true, default_value = "starling-data")]
     data_dir: PathBuf,
     #[command(subcommand)]

@@ -238,3 +238,40 @@ fn new_node_after_compaction_catches_up_by_snapshot() {
     let v: VersionVector = nodes[0].store().version(ACCOUNT).unwrap();
     assert!(v.contains(starling_model::Dot::new(nodes[2].id, 1)));
 }
+
+/// dsync's default mode once exited 0 leaving replicas 200 messages apart
+/// after equal numbers of changes on both sides; here equal counts are just
+/// more ops, never mistaken for "in sync".
+#[test]
+fn equal_numbers_of_changes_on_both_sides_are_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    // Both take 200 messages and 50 flag changes while not exchanging.
+    nodes[0].sessions.clear();
+    nodes[1].sessions.clear();
+    for n in 0..200 {
+        nodes[0].append(1000 + n);
+        nodes[1].append(2000 + n);
+    }
+    for node in &nodes {
+        let r = node.store().read(ACCOUNT).unwrap();
+        let ids: Vec<_> = r.messages(INBOX, 1, 50).unwrap().into_iter().map(|m| m.message).collect();
+        drop(r);
+        node.store()
+            .write(ACCOUNT, |b| {
+                for m in &ids {
+                    b.replica().store_flags(*m, &[Keyword::Seen], &[])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    for node in &nodes {
+        assert_eq!(node.store().read(ACCOUNT).unwrap().status(INBOX).unwrap().messages, 400);
+    }
+    assert_eq!(nodes[0].store().dump(ACCOUNT).unwrap(), nodes[1].store().dump(ACCOUNT).unwrap());
+}
