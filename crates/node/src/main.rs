@@ -81,6 +81,15 @@ enum PeerAction {
         /// Accounts synced with it, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         accounts: Vec<String>,
+        /// Partial replica: fetch bodies larger than this (bytes) only on demand.
+        #[arg(long)]
+        body_cap: Option<u64>,
+        /// Partial replica: fetch bodies eagerly only in these mailboxes.
+        #[arg(long, value_delimiter = ',')]
+        mailboxes: Option<Vec<String>>,
+        /// Partial replica: fetch bodies eagerly only of mail received since (Unix seconds).
+        #[arg(long)]
+        since: Option<i64>,
     },
     /// List pinned peers.
     List,
@@ -126,7 +135,7 @@ fn run(cli: Cli) -> Result<(), String> {
             serve::run(store, id, peers, peer_listen)?;
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
-        Command::Peer { action: PeerAction::Add { node_id, addr, accounts } } => {
+        Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since } } => {
             let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
             let addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
             identity(&cli.data_dir)?;
@@ -134,13 +143,14 @@ fn run(cli: Cli) -> Result<(), String> {
             if list.iter().any(|p| p.id == id) {
                 return Err(format!("peer {id} is already pinned"));
             }
-            list.push(peers::Peer { id, addr, accounts });
+            let policy = starling_sync::BodyPolicy { mailboxes, received_since: since, size_max: body_cap };
+            list.push(peers::Peer { id, addr, accounts, policy });
             peers::save(&cli.data_dir, &list)?;
             println!("peer {id} pinned");
         }
         Command::Peer { action: PeerAction::List } => {
             for p in peers::load(&cli.data_dir)? {
-                println!("{} {} {}", p.id, p.addr, p.accounts.join(","));
+                println!("{} {} {}{}", p.id, p.addr, p.accounts.join(","), peers::options(&p.policy));
             }
         }
         Command::Peer { action: PeerAction::Remove { node_id } } => {

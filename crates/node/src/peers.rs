@@ -1,8 +1,12 @@
 //! The pinned peers of this node: `DATA_DIR/peers`, one line per peer,
-//! `<node id> <address> <account>[,<account>…]`. Only the listed accounts
-//! are synced with that peer (authorization per account).
+//! `<node id> <address> <account>[,<account>…] [body-cap=<bytes>]
+//! [mailboxes=<name>[,<name>…]] [since=<unix seconds>]`. Only the listed
+//! accounts are synced with that peer (authorization per account). The
+//! optional fields make this node a partial replica of what that peer sends:
+//! all metadata, but only the bodies they select come eagerly.
 
 use starling_net::NodeId;
+use starling_sync::BodyPolicy;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -12,12 +16,13 @@ pub struct Peer {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub accounts: Vec<String>,
+    pub policy: BodyPolicy,
 }
 
 fn parse_line(n: usize, line: &str) -> Result<Peer, String> {
     let mut parts = line.split_whitespace();
-    let (Some(id), Some(addr), Some(accounts), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("line {n}: expected `<node id> <address> <accounts>`"));
+    let (Some(id), Some(addr), Some(accounts)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("line {n}: expected `<node id> <address> <accounts> [options]`"));
     };
     let id = NodeId::parse(id).map_err(|e| format!("line {n}: {e}"))?;
     let addr = addr.parse().map_err(|e| format!("line {n}: bad address {addr:?}: {e}"))?;
@@ -25,7 +30,32 @@ fn parse_line(n: usize, line: &str) -> Result<Peer, String> {
     if accounts.is_empty() {
         return Err(format!("line {n}: no accounts"));
     }
-    Ok(Peer { id, addr, accounts })
+    let mut policy = BodyPolicy::full();
+    for opt in parts {
+        let bad = || format!("line {n}: bad option {opt:?}");
+        match opt.split_once('=') {
+            Some(("body-cap", v)) => policy.size_max = Some(v.parse().map_err(|_| bad())?),
+            Some(("since", v)) => policy.received_since = Some(v.parse().map_err(|_| bad())?),
+            Some(("mailboxes", v)) => policy.mailboxes = Some(v.split(',').map(str::to_string).collect()),
+            _ => return Err(format!("line {n}: unknown option {opt:?} (body-cap=, mailboxes=, since=)")),
+        }
+    }
+    Ok(Peer { id, addr, accounts, policy })
+}
+
+/// The options part of a peer line.
+pub fn options(p: &BodyPolicy) -> String {
+    let mut out = String::new();
+    if let Some(c) = p.size_max {
+        out.push_str(&format!(" body-cap={c}"));
+    }
+    if let Some(m) = &p.mailboxes {
+        out.push_str(&format!(" mailboxes={}", m.join(",")));
+    }
+    if let Some(t) = p.received_since {
+        out.push_str(&format!(" since={t}"));
+    }
+    out
 }
 
 /// Reads the peers file (none if it does not exist).
@@ -55,7 +85,7 @@ pub fn load(data_dir: &Path) -> Result<Vec<Peer>, String> {
 pub fn save(data_dir: &Path, peers: &[Peer]) -> Result<(), String> {
     let mut text = String::from("# node id, address, accounts synced with it\n");
     for p in peers {
-        text.push_str(&format!("{} {} {}\n", p.id, p.addr, p.accounts.join(",")));
+        text.push_str(&format!("{} {} {}{}\n", p.id, p.addr, p.accounts.join(","), options(&p.policy)));
     }
     let path = data_dir.join("peers");
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))

@@ -162,7 +162,7 @@ async fn session(
                 bodies.push(bytes);
                 continue;
             }
-            if let Err(e) = tokio::task::block_in_place(|| answer(&mut s, ev, &store, &changes)) {
+            if let Err(e) = tokio::task::block_in_place(|| answer(&mut s, ev, &store, &changes, &peer.policy)) {
                 failed = Some(e);
                 break;
             }
@@ -230,7 +230,13 @@ async fn session(
 }
 
 /// Answers one session event against the store.
-fn answer(s: &mut Session, ev: Event, store: &Store, changes: &broadcast::Sender<String>) -> Result<(), String> {
+fn answer(
+    s: &mut Session,
+    ev: Event,
+    store: &Store,
+    changes: &broadcast::Sender<String>,
+    policy: &starling_sync::BodyPolicy,
+) -> Result<(), String> {
     match ev {
         Event::NeedOps { account, since } => match store.ops_since(&account, &since) {
             Ok(ops) => s.send_ops(&account, &ops),
@@ -242,15 +248,17 @@ fn answer(s: &mut Session, ev: Event, store: &Store, changes: &broadcast::Sender
             Err(e) => return Err(e.to_string()),
         },
         Event::Ops { account, ops } => {
-            // Bodies follow the metadata: ask for the ones not here yet.
+            store.write(&account, |b| b.apply(ops.iter().cloned())).map_err(|e| e.to_string())?;
+            // Bodies follow the metadata, as far as this peer's policy says.
+            let names = store.read(&account).map_err(|e| e.to_string())?.names().tree.by_name.clone();
+            let name_of = |mb| names.iter().find(|(_, id)| **id == mb).map(|(n, _)| n.clone());
             let mut missing = Vec::new();
-            for id in starling_sync::blobs_of(&ops) {
+            for id in policy.eager_blobs(&ops, name_of) {
                 if !store.has_blob(id).map_err(|e| e.to_string())? {
                     missing.push(id);
                 }
             }
             s.want_blobs(missing);
-            store.write(&account, |b| b.apply(ops)).map_err(|e| e.to_string())?;
             let vv = store.version(&account).map_err(|e| e.to_string())?;
             s.applied(&account, vv);
             let _ = changes.send(account.clone());

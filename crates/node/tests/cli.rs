@@ -108,4 +108,29 @@ fn bad_input_gets_a_clear_error() {
     ok(&starling(dir.path(), &["--data-dir", d3s, "peer", "add", &id, "127.0.0.1:1", "--accounts", "a"]));
     let dup = starling(dir.path(), &["--data-dir", d3s, "peer", "add", &id, "127.0.0.1:2", "--accounts", "a"]);
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already pinned"));
+    // A partial peer's options survive the file; a bad line names itself.
+    let id2 = "cd".repeat(32);
+    ok(&starling(
+        dir.path(),
+        &[
+            "--data-dir",
+            d3s,
+            "peer",
+            "add",
+            &id2,
+            "127.0.0.1:3",
+            "--accounts",
+            "a",
+            "--body-cap",
+            "1048576",
+            "--mailboxes",
+            "INBOX",
+        ],
+    ));
+    let list = ok(&starling(dir.path(), &["--data-dir", d3s, "peer", "list"]));
+    assert!(list.contains("body-cap=1048576 mailboxes=INBOX"), "{list}");
+    std::fs::write(d3.join("peers"), format!("{id} 127.0.0.1:1 a colour=blue\n")).unwrap();
+    let bad = starling(dir.path(), &["--data-dir", d3s, "peer", "list"]);
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("line 1") && e.contains("unknown option"), "{e}");
 }

@@ -219,6 +219,62 @@ pub enum SessionError {
     Closed,
 }
 
+/// Which bodies a (partial) replica fetches as soon as their messages arrive.
+/// Metadata always flows in full — every op of a shared account — so causal
+/// delivery stays exact; the policy only decides which bodies come eagerly.
+/// The others are fetched on demand ([`Session::want_blobs`]) when a client
+/// asks for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyPolicy {
+    /// Only messages in these mailboxes (full names; `None` = all).
+    pub mailboxes: Option<Vec<String>>,
+    /// Only messages received at or after this time (Unix seconds).
+    pub received_since: Option<i64>,
+    /// Only bodies of at most this many bytes.
+    pub size_max: Option<u64>,
+}
+
+impl BodyPolicy {
+    /// Every body, eagerly (a full replica).
+    pub fn full() -> Self {
+        Self::default()
+    }
+
+    /// Whether the body of a message appended to `mailbox` (its full name,
+    /// if known) is fetched eagerly.
+    pub fn wants(&self, mailbox: Option<&str>, append: &starling_model::Append) -> bool {
+        let in_mailboxes = match (&self.mailboxes, mailbox) {
+            (None, _) => true,
+            (Some(list), Some(name)) => list
+                .iter()
+                .any(|m| m == name || (m.eq_ignore_ascii_case("INBOX") && name.eq_ignore_ascii_case("INBOX"))),
+            (Some(_), None) => false,
+        };
+        in_mailboxes
+            && self.received_since.is_none_or(|t| append.internal_date >= t)
+            && self.size_max.is_none_or(|m| append.size <= m)
+    }
+
+    /// Bodies of `ops` this policy fetches eagerly; `name_of` gives a
+    /// mailbox's full name.
+    pub fn eager_blobs(
+        &self,
+        ops: &[Op],
+        name_of: impl Fn(starling_model::MailboxId) -> Option<String>,
+    ) -> Vec<BlobId> {
+        let mut seen = BTreeSet::new();
+        ops.iter()
+            .filter_map(|o| match &o.body {
+                OpBody::Append(a) | OpBody::Copy { append: a, .. } => Some(a),
+                _ => None,
+            })
+            .filter(|a| self.wants(name_of(a.mailbox).as_deref(), a))
+            .map(|a| a.blob)
+            .filter(|b| seen.insert(*b))
+            .collect()
+    }
+}
+
 /// Bodies referenced by ops (appends and copies), in order, without repeats.
 pub fn blobs_of(ops: &[Op]) -> Vec<BlobId> {
     let mut seen = BTreeSet::new();

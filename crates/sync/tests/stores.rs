@@ -4,7 +4,7 @@
 
 use starling_model::{Keyword, ReplicaId, VersionVector, INBOX};
 use starling_store::{Store, StoreError, StoreOptions};
-use starling_sync::{Event, Session};
+use starling_sync::{BodyPolicy, Event, Session};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,8 @@ struct Node {
     store: Option<Store>,
     /// Sessions by peer index.
     sessions: BTreeMap<usize, Session>,
+    /// Which bodies this node fetches eagerly.
+    policy: BodyPolicy,
 }
 
 impl Node {
@@ -24,7 +26,7 @@ impl Node {
         let path = dir.join(format!("n{i}.redb"));
         let store = Store::open(&path, id, StoreOptions::default()).unwrap();
         store.add_account(ACCOUNT).unwrap();
-        Node { id, path, store: Some(store), sessions: BTreeMap::new() }
+        Node { id, path, store: Some(store), sessions: BTreeMap::new(), policy: BodyPolicy::full() }
     }
     fn store(&self) -> &Store {
         self.store.as_ref().expect("running")
@@ -67,12 +69,17 @@ impl Node {
                     }
                 }
                 Event::Ops { account, ops } => {
-                    let missing: Vec<_> = starling_sync::blobs_of(&ops)
+                    self.store().write(&account, |b| b.apply(ops.iter().cloned())).unwrap();
+                    let r = self.store().read(&account).unwrap();
+                    let names = r.names().tree.by_name.clone();
+                    let name_of = |mb| names.iter().find(|(_, id)| **id == mb).map(|(n, _)| n.clone());
+                    let missing: Vec<_> = self
+                        .policy
+                        .eager_blobs(&ops, name_of)
                         .into_iter()
                         .filter(|id| !self.store().has_blob(*id).unwrap())
                         .collect();
                     self.sessions.get_mut(&peer).unwrap().want_blobs(missing);
-                    self.store().write(&account, |b| b.apply(ops)).unwrap();
                     self.ack(peer, &account);
                 }
                 Event::Snapshot { account, bytes } => {
@@ -274,4 +281,50 @@ fn equal_numbers_of_changes_on_both_sides_are_never_skipped() {
         assert_eq!(node.store().read(ACCOUNT).unwrap().status(INBOX).unwrap().messages, 400);
     }
     assert_eq!(nodes[0].store().dump(ACCOUNT).unwrap(), nodes[1].store().dump(ACCOUNT).unwrap());
+}
+
+/// A partial peer: INBOX bodies up to 1 MiB come eagerly; it still holds all
+/// metadata, and gets a large attachment (or any other body) on demand.
+#[test]
+fn partial_peer_takes_small_inbox_bodies_and_the_rest_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[1].policy =
+        BodyPolicy { mailboxes: Some(vec!["INBOX".into()]), size_max: Some(1 << 20), ..BodyPolicy::full() };
+    let big = {
+        let mut m = b"Subject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+        let mut x = 1u32;
+        while m.len() < 2_500_000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            m.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 16) as usize % 64]);
+            if m.len() % 78 == 76 {
+                m.extend_from_slice(b"\r\n");
+            }
+        }
+        m.extend_from_slice(b"\r\n--b--\r\n");
+        m
+    };
+    let big_id = starling_model::BlobId::of(&big);
+    nodes[0]
+        .store()
+        .write(ACCOUNT, |b| {
+            let work = b.replica().create_mailbox("Work", None, None)?;
+            b.append(INBOX, b"Subject: small\r\n\r\nhi\r\n", 1, vec![])?;
+            b.append(INBOX, &big, 2, vec![])?;
+            b.append(work, b"Subject: work\r\n\r\nreport\r\n", 3, vec![])?;
+            Ok(())
+        })
+        .unwrap();
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    // All metadata, identical; only the small INBOX body.
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+    let missing = nodes[1].store().missing_blobs(ACCOUNT).unwrap();
+    assert_eq!(missing.len(), 2, "the large INBOX body and the Work body are left out");
+    assert!(missing.contains(&big_id));
+    // A client opens the attachment: fetched on demand, byte-exact.
+    nodes[1].sessions.get_mut(&0).unwrap().want_blobs([big_id]);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().blob(big_id).unwrap().unwrap(), big);
+    assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 1);
 }
