@@ -517,7 +517,10 @@ impl Store {
     /// A body, reassembled (`None` if not stored here or a part is missing).
     pub fn blob(&self, id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(st)?;
-        let reader = Reader { txn, account: 0, names: Replica::create(self.node, Detached).names() };
+        // Bodies are not per account: no tables of names are needed.
+        let names =
+            Names { replica_ids: Vec::new(), keywords: Vec::new(), mailboxes: Vec::new(), tree: Default::default() };
+        let reader = Reader { txn, account: 0, names };
         match reader.body(id) {
             Ok(b) => Ok(Some(b)),
             Err(StoreError::MissingBlob(_)) => Ok(None),
