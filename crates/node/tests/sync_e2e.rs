@@ -200,3 +200,38 @@ fn a_node_that_is_not_pinned_is_refused() {
     assert_eq!(messages(&stranger.dump()), 0);
     assert_eq!(messages(&a.dump()), 2);
 }
+
+/// A peer authorized for one account learns nothing of another, even when it
+/// asks for both.
+#[test]
+fn a_peer_authorized_for_one_account_cannot_touch_another() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    run(&a.dir, &["account", "add", "bob"]);
+    run(&b.dir, &["account", "add", "bob"]);
+    // A lets B sync alice only; B asks for alice and bob.
+    run(&a.dir, &["peer", "add", &b.id, &format!("127.0.0.1:{}", b.port), "--accounts", "alice"]);
+    run(&b.dir, &["peer", "add", &a.id, &format!("127.0.0.1:{}", a.port), "--accounts", "alice,bob"]);
+    a.import(root.path(), "alice-mail", 2);
+    let md = root.path().join("bob-mail");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    std::fs::write(md.join("cur/1.x.host:2,S"), "Subject: bob's secret\n\nsecret\n").unwrap();
+    run(&a.dir, &["import", "maildir", "bob", md.to_str().unwrap()]);
+    std::fs::write(md.join("cur/2.y.host:2,S"), "Subject: bob on b\n\nmine\n").unwrap();
+    std::fs::remove_file(md.join("cur/1.x.host:2,S")).unwrap();
+    run(&b.dir, &["import", "maildir", "bob", md.to_str().unwrap()]);
+    a.start();
+    b.start();
+    converge(&[&a, &b]);
+    a.stop();
+    b.stop();
+    assert_eq!(a.dump(), b.dump(), "alice converged");
+    let bob_a = run(&a.dir, &["dump", "bob"]);
+    let bob_b = run(&b.dir, &["dump", "bob"]);
+    assert_eq!(messages(&bob_a), 1, "{bob_a}");
+    assert_eq!(messages(&bob_b), 1, "{bob_b}");
+    assert_ne!(bob_a, bob_b, "bob was not exchanged either way");
+}
