@@ -86,9 +86,26 @@ fn report(store: &Store, account: &str) {
     if let Ok(vv) = store.version(account) {
         let ops: u64 = vv.iter().map(|(_, c)| c).sum();
         println!("account {account}: {ops} ops");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
     }
+    if let Ok(missing) = store.missing_blobs(account) {
+        println!("bodies {account}: {} missing", missing.len());
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Bodies of `account` this node lacks and its policy for `peer` wants.
+fn wanted_missing(store: &Store, account: &str, policy: &starling_sync::BodyPolicy) -> Vec<starling_model::BlobId> {
+    let mut ids: Vec<_> = store
+        .missing_bodies(account)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
+        .map(|m| m.blob)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// One sync session over one connection; returns why it ended.
@@ -154,13 +171,24 @@ async fn session(
         }
     });
     let mut local = changes.subscribe();
+    let shared: Vec<String> = peer.accounts.iter().filter(|a| existing.contains(a)).cloned().collect();
+    let mut retry_bodies = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let end = loop {
         let mut failed = None;
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         while let Some(ev) = s.poll_event() {
-            if let Event::Blob { bytes, .. } = ev {
-                bodies.push(bytes);
-                continue;
+            match ev {
+                Event::Blob { bytes, .. } => {
+                    bodies.push(bytes);
+                    continue;
+                }
+                // The peer lacks it (yet): sweep again later, here and on other peers.
+                Event::BlobMissing { .. } => {
+                    retry_bodies = true;
+                    continue;
+                }
+                _ => {}
             }
             if let Err(e) = tokio::task::block_in_place(|| answer(&mut s, ev, &store, &changes, &peer.policy)) {
                 failed = Some(e);
@@ -172,6 +200,9 @@ async fn session(
             let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
             if let Err(e) = tokio::task::block_in_place(|| store.put_blobs(&refs)) {
                 failed = Some(e.to_string());
+            }
+            for a in &shared {
+                report(&store, a);
             }
         }
         if let Some(e) = failed {
@@ -194,6 +225,15 @@ async fn session(
             break "closed by protocol".into();
         }
         tokio::select! {
+            _ = tick.tick(), if retry_bodies => {
+                if s.blobs_in_flight() == 0 {
+                    let missing: Vec<_> = tokio::task::block_in_place(|| {
+                        shared.iter().flat_map(|a| wanted_missing(&store, a, &peer.policy)).collect()
+                    });
+                    retry_bodies = !missing.is_empty();
+                    s.want_blobs(missing);
+                }
+            }
             f = frames.recv() => match f {
                 Some(f) => {
                     if let Err(e) = s.handle_frame(&f) {
@@ -281,7 +321,7 @@ fn answer(
         Event::Blob { bytes, .. } => {
             store.put_blob(&bytes).map_err(|e| e.to_string())?;
         }
-        Event::BlobMissing { id } => eprintln!("body {id:?} not held by this peer"),
+        Event::BlobMissing { .. } => {}
         Event::Open { peer, accounts } => eprintln!("peer {peer:?}: open, accounts {accounts:?}"),
         Event::Closed { reason } => eprintln!("session closed: {reason}"),
     }

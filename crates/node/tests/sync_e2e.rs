@@ -18,6 +18,8 @@ struct Node {
     child: Option<Child>,
     /// Last "account alice: N ops" the node printed.
     ops: Arc<Mutex<Option<u64>>>,
+    /// Last "bodies alice: N missing" the node printed.
+    missing: Arc<Mutex<Option<u64>>>,
 }
 
 fn run(dir: &Path, args: &[&str]) -> String {
@@ -35,7 +37,14 @@ impl Node {
         let dir = root.join(name);
         let id = run(&dir, &["id"]).trim().to_string();
         run(&dir, &["account", "add", "alice"]);
-        Node { dir, port: free_udp_port(), id, child: None, ops: Arc::new(Mutex::new(None)) }
+        Node {
+            dir,
+            port: free_udp_port(),
+            id,
+            child: None,
+            ops: Arc::new(Mutex::new(None)),
+            missing: Arc::new(Mutex::new(None)),
+        }
     }
 
     fn pin(&self, other: &Node) {
@@ -54,11 +63,16 @@ impl Node {
         let stdout = child.stdout.take().unwrap();
         let ops = self.ops.clone();
         *ops.lock().unwrap() = None;
+        let missing = self.missing.clone();
+        *missing.lock().unwrap() = None;
         let (up_tx, up_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(n) = line.strip_prefix("account alice: ").and_then(|r| r.strip_suffix(" ops")) {
                     *ops.lock().unwrap() = n.parse().ok();
+                }
+                if let Some(n) = line.strip_prefix("bodies alice: ").and_then(|r| r.strip_suffix(" missing")) {
+                    *missing.lock().unwrap() = n.parse().ok();
                 }
                 if line.starts_with("peers: listening") {
                     let _ = up_tx.send(());
@@ -104,13 +118,15 @@ impl Drop for Node {
     }
 }
 
-/// Waits until the running nodes report the same op count for a while.
+/// Waits until the running nodes report the same op count, and no missing
+/// body, for a while.
 fn converge(nodes: &[&Node]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stable_since: Option<(Instant, Vec<Option<u64>>)> = None;
     while Instant::now() < deadline {
         let now: Vec<Option<u64>> = nodes.iter().map(|n| *n.ops.lock().unwrap()).collect();
-        let same = now.iter().all(|o| o.is_some() && *o == now[0]);
+        let bodies_here = nodes.iter().all(|n| *n.missing.lock().unwrap() == Some(0));
+        let same = bodies_here && now.iter().all(|o| o.is_some() && *o == now[0]);
         match &stable_since {
             Some((t, v)) if same && *v == now && t.elapsed() > Duration::from_millis(700) => return,
             Some((_, v)) if same && *v == now => {}

@@ -217,6 +217,19 @@ fn put_body(txn: &redb::WriteTransaction, raw: &[u8], part_threshold: usize) -> 
     Ok(id)
 }
 
+/// A body a message references that is not stored here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingBody {
+    /// Its id.
+    pub blob: BlobId,
+    /// Full name of the mailbox the message is in, if visible.
+    pub mailbox: Option<String>,
+    /// Its size.
+    pub size: u64,
+    /// Its internal date.
+    pub internal_date: i64,
+}
+
 /// What STATUS and SELECT need of a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MailboxStatus {
@@ -531,22 +544,41 @@ impl Store {
     /// Bodies that messages of `account` reference but this store lacks
     /// (after a snapshot, or ops whose bodies have not arrived).
     pub fn missing_blobs(&self, account: &str) -> Result<Vec<BlobId>, StoreError> {
-        let number = {
+        let mut ids: Vec<BlobId> = self.missing_bodies(account)?.into_iter().map(|m| m.blob).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Like [`Store::missing_blobs`], with where each message is and its
+    /// size and date, so a partial replica can apply its body policy.
+    pub fn missing_bodies(&self, account: &str) -> Result<Vec<MissingBody>, StoreError> {
+        let (number, names) = {
             let accounts = self.accounts.lock().expect("accounts lock");
-            accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.number
+            let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+            (acct.number, acct.replica.names())
         };
         let r = self.db.begin_read().map_err(st)?;
-        let (Ok(envelopes), Ok(blobs)) = (r.open_table(backend::ENVELOPES), r.open_table(BLOBS)) else {
+        let (Ok(envelopes), Ok(blobs), Ok(locs)) =
+            (r.open_table(backend::ENVELOPES), r.open_table(BLOBS), r.open_table(backend::LOCS))
+        else {
             return Ok(Vec::new());
         };
-        let mut out = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
         for item in envelopes.range((number, 0)..=(number, u64::MAX)).map_err(st)? {
-            let env = decode_envelope(item.map_err(st)?.1.value()).map_err(st)?;
-            if blobs.get(&env.blob.0).map_err(st)?.is_none() {
-                out.insert(env.blob);
+            let (k, v) = item.map_err(st)?;
+            let env = decode_envelope(v.value()).map_err(st)?;
+            if blobs.get(&env.blob.0).map_err(st)?.is_some() {
+                continue;
             }
+            let mailbox = locs
+                .get(k.value())
+                .map_err(st)?
+                .and_then(|l| names.mailboxes.get(l.value().0 as usize).map(|m| m.0))
+                .and_then(|id| names.tree.by_name.iter().find(|(_, m)| **m == id).map(|(n, _)| n.clone()));
+            out.push(MissingBody { blob: env.blob, mailbox, size: env.size, internal_date: env.internal_date });
         }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 
     /// Stores a body received from a peer (checked by the caller against its

@@ -243,6 +243,12 @@ impl BodyPolicy {
     /// Whether the body of a message appended to `mailbox` (its full name,
     /// if known) is fetched eagerly.
     pub fn wants(&self, mailbox: Option<&str>, append: &starling_model::Append) -> bool {
+        self.wants_body(mailbox, append.size, append.internal_date)
+    }
+
+    /// Whether a body of `size` bytes received at `internal_date` in
+    /// `mailbox` (its full name, if known) is fetched eagerly.
+    pub fn wants_body(&self, mailbox: Option<&str>, size: u64, internal_date: i64) -> bool {
         let in_mailboxes = match (&self.mailboxes, mailbox) {
             (None, _) => true,
             (Some(list), Some(name)) => list
@@ -251,8 +257,8 @@ impl BodyPolicy {
             (Some(_), None) => false,
         };
         in_mailboxes
-            && self.received_since.is_none_or(|t| append.internal_date >= t)
-            && self.size_max.is_none_or(|m| append.size <= m)
+            && self.received_since.is_none_or(|t| internal_date >= t)
+            && self.size_max.is_none_or(|m| size <= m)
     }
 
     /// Bodies of `ops` this policy fetches eagerly; `name_of` gives a
@@ -548,6 +554,11 @@ impl Session {
         for chunk in new.chunks(BLOB_IDS_MAX) {
             self.queue(&Frame::WantBlobs { ids: chunk.to_vec() });
         }
+    }
+
+    /// Bodies asked of the peer and not answered yet.
+    pub fn blobs_in_flight(&self) -> usize {
+        self.blobs_wanted.len()
     }
 
     /// Answers [`Event::BlobsWanted`] for one id: the raw body, or `None` if
