@@ -120,6 +120,13 @@ pub struct MailboxTree {
     pub entries: BTreeMap<MailboxId, MailboxEntry>,
 }
 
+impl MailboxTree {
+    /// Full name of a visible mailbox.
+    pub fn name_of(&self, id: MailboxId) -> Option<&str> {
+        self.by_name.iter().find(|(_, m)| **m == id).map(|(n, _)| n.as_str())
+    }
+}
+
 /// Hierarchy delimiter shown to IMAP clients.
 pub const DELIMITER: char = '/';
 

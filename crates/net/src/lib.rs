@@ -189,6 +189,14 @@ impl PeerSet {
     }
 }
 
+fn verify12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
 fn verify13(
     message: &[u8],
     cert: &CertificateDer<'_>,
@@ -228,7 +236,7 @@ impl ClientCertVerifier for PinnedClients {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(m, c, d, &provider().signature_verification_algorithms)
+        verify12(m, c, d)
     }
     fn verify_tls13_signature(
         &self,
@@ -269,7 +277,7 @@ impl ServerCertVerifier for PinnedServer {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(m, c, d, &provider().signature_verification_algorithms)
+        verify12(m, c, d)
     }
     fn verify_tls13_signature(
         &self,

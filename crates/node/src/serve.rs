@@ -290,10 +290,9 @@ fn answer(
         Event::Ops { account, ops } => {
             store.write(&account, |b| b.apply(ops.iter().cloned())).map_err(|e| e.to_string())?;
             // Bodies follow the metadata, as far as this peer's policy says.
-            let names = store.read(&account).map_err(|e| e.to_string())?.names().tree.by_name.clone();
-            let name_of = |mb| names.iter().find(|(_, id)| **id == mb).map(|(n, _)| n.clone());
+            let reader = store.read(&account).map_err(|e| e.to_string())?;
             let mut missing = Vec::new();
-            for id in policy.eager_blobs(&ops, name_of) {
+            for id in policy.eager_blobs(&ops, &reader.names().tree) {
                 if !store.has_blob(id).map_err(|e| e.to_string())? {
                     missing.push(id);
                 }

@@ -575,7 +575,7 @@ impl Store {
                 .get(k.value())
                 .map_err(st)?
                 .and_then(|l| names.mailboxes.get(l.value().0 as usize).map(|m| m.0))
-                .and_then(|id| names.tree.by_name.iter().find(|(_, m)| **m == id).map(|(n, _)| n.clone()));
+                .and_then(|id| names.tree.name_of(id).map(str::to_string));
             out.push(MissingBody { blob: env.blob, mailbox, size: env.size, internal_date: env.internal_date });
         }
         Ok(out)

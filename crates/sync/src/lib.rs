@@ -261,20 +261,11 @@ impl BodyPolicy {
             && self.size_max.is_none_or(|m| size <= m)
     }
 
-    /// Bodies of `ops` this policy fetches eagerly; `name_of` gives a
-    /// mailbox's full name.
-    pub fn eager_blobs(
-        &self,
-        ops: &[Op],
-        name_of: impl Fn(starling_model::MailboxId) -> Option<String>,
-    ) -> Vec<BlobId> {
+    /// Bodies of `ops` this policy fetches eagerly; `tree` names the mailboxes.
+    pub fn eager_blobs(&self, ops: &[Op], tree: &starling_model::MailboxTree) -> Vec<BlobId> {
         let mut seen = BTreeSet::new();
-        ops.iter()
-            .filter_map(|o| match &o.body {
-                OpBody::Append(a) | OpBody::Copy { append: a, .. } => Some(a),
-                _ => None,
-            })
-            .filter(|a| self.wants(name_of(a.mailbox).as_deref(), a))
+        appends(ops)
+            .filter(|a| self.wants(tree.name_of(a.mailbox), a))
             .map(|a| a.blob)
             .filter(|b| seen.insert(*b))
             .collect()
@@ -284,13 +275,15 @@ impl BodyPolicy {
 /// Bodies referenced by ops (appends and copies), in order, without repeats.
 pub fn blobs_of(ops: &[Op]) -> Vec<BlobId> {
     let mut seen = BTreeSet::new();
-    ops.iter()
-        .filter_map(|o| match &o.body {
-            OpBody::Append(a) | OpBody::Copy { append: a, .. } => Some(a.blob),
-            _ => None,
-        })
-        .filter(|b| seen.insert(*b))
-        .collect()
+    appends(ops).map(|a| a.blob).filter(|b| seen.insert(*b)).collect()
+}
+
+/// The new message instances (appends and copies) among `ops`.
+fn appends(ops: &[Op]) -> impl Iterator<Item = &starling_model::Append> {
+    ops.iter().filter_map(|o| match &o.body {
+        OpBody::Append(a) | OpBody::Copy { append: a, .. } => Some(a),
+        _ => None,
+    })
 }
 
 /// What the session asks of its driver, or tells it.

@@ -71,11 +71,9 @@ impl Node {
                 Event::Ops { account, ops } => {
                     self.store().write(&account, |b| b.apply(ops.iter().cloned())).unwrap();
                     let r = self.store().read(&account).unwrap();
-                    let names = r.names().tree.by_name.clone();
-                    let name_of = |mb| names.iter().find(|(_, id)| **id == mb).map(|(n, _)| n.clone());
                     let missing: Vec<_> = self
                         .policy
-                        .eager_blobs(&ops, name_of)
+                        .eager_blobs(&ops, &r.names().tree)
                         .into_iter()
                         .filter(|id| !self.store().has_blob(*id).unwrap())
                         .collect();
