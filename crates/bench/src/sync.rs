@@ -2,9 +2,10 @@
 //! `starling-sync` sessions in one process. Bytes are the frames' bytes as
 //! the sessions count them (QUIC and TLS framing are not included).
 
+use starling_link::PeerLink;
 use starling_model::{Keyword, ReplicaId};
-use starling_store::{maildir, Store, StoreError, StoreOptions};
-use starling_sync::{Event, Session};
+use starling_store::{maildir, Store, StoreOptions};
+use starling_sync::BodyPolicy;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,77 +13,31 @@ const ACCOUNT: &str = "u";
 
 struct Side {
     store: Store,
-    session: Session,
+    link: PeerLink,
 }
 
-fn session(store: &Store, me: ReplicaId, peer: ReplicaId) -> Session {
-    Session::new(me, Some(peer), [(ACCOUNT.to_string(), store.version(ACCOUNT).unwrap())])
+fn link(store: &Store, me: ReplicaId, peer: ReplicaId) -> PeerLink {
+    PeerLink::new(store, me, Some(peer), &[ACCOUNT.to_string()], BodyPolicy::full()).unwrap()
 }
 
-/// Answers a side's events; true if there were any.
-fn answer(side: &mut Side) -> bool {
-    let mut busy = false;
-    // Bodies that arrive together are stored in one transaction.
-    let mut bodies: Vec<Vec<u8>> = Vec::new();
-    while let Some(ev) = side.session.poll_event() {
-        busy = true;
-        let (st, s) = (&side.store, &mut side.session);
-        match ev {
-            Event::NeedOps { account, since } => match st.ops_since(&account, &since) {
-                Ok(ops) => s.send_ops(&account, &ops),
-                Err(StoreError::Compacted) => {
-                    s.send_snapshot(&account, st.snapshot(&account).unwrap(), &st.version(&account).unwrap())
-                }
-                Err(e) => panic!("{e}"),
-            },
-            Event::Ops { account, ops } => {
-                let missing: Vec<_> =
-                    starling_sync::blobs_of(&ops).into_iter().filter(|id| !st.has_blob(*id).unwrap()).collect();
-                s.want_blobs(missing);
-                st.write(&account, |b| b.apply(ops)).unwrap();
-                s.applied(&account, st.version(&account).unwrap());
-            }
-            Event::BlobsWanted { ids } => {
-                for id in ids {
-                    s.send_blob(id, st.blob(id).unwrap());
-                }
-            }
-            Event::Blob { bytes, .. } => bodies.push(bytes),
-            _ => {}
-        }
-    }
-    if !bodies.is_empty() {
-        let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-        side.store.put_blobs(&refs).unwrap();
-    }
-    busy
-}
-
-/// Moves every frame `from` has queued to `to`.
+/// Moves every frame `from` has queued to `to`, which answers at once.
 fn carry(from: &mut Side, to: &mut Side) -> bool {
     let mut busy = false;
-    while let Some(f) = from.session.poll_transmit().or_else(|| from.session.poll_transmit_blob()) {
+    while let Some(f) = from.link.poll_transmit().or_else(|| from.link.poll_transmit_blob()) {
         busy = true;
-        to.session.handle_frame(&f).unwrap();
+        to.link.handle_frame(&to.store, &f).unwrap();
     }
     busy
 }
 
-/// Moves frames and answers events until both sides are quiet.
+/// Moves frames until both sides are quiet.
 fn exchange(a: &mut Side, b: &mut Side) {
-    loop {
-        let mut busy = answer(a) | answer(b);
-        busy |= carry(a, b);
-        busy |= carry(b, a);
-        if !busy {
-            return;
-        }
-    }
+    while carry(a, b) | carry(b, a) {}
 }
 
-fn fresh_sessions(a: &mut Side, b: &mut Side, ia: ReplicaId, ib: ReplicaId) {
-    a.session = session(&a.store, ia, ib);
-    b.session = session(&b.store, ib, ia);
+fn fresh_links(a: &mut Side, b: &mut Side, ia: ReplicaId, ib: ReplicaId) {
+    a.link = link(&a.store, ia, ib);
+    b.link = link(&b.store, ib, ia);
 }
 
 fn kb(n: u64) -> String {
@@ -115,8 +70,8 @@ pub fn run(root: &Path, dir: Option<PathBuf>) {
     sb.add_account(ACCOUNT).unwrap();
     let imported = maildir::import(&sa, ACCOUNT, root).unwrap();
     let n = imported.messages;
-    let mut a = Side { session: session(&sa, ia, ib), store: sa };
-    let mut b = Side { session: session(&sb, ib, ia), store: sb };
+    let mut a = Side { link: link(&sa, ia, ib), store: sa };
+    let mut b = Side { link: link(&sb, ib, ia), store: sb };
 
     println!("\n## Sync between two stores ({n} messages, {:.1} MB)\n", imported.bytes as f64 / 1e6);
     println!("| step | time | bytes a→b | bytes b→a |");
@@ -126,11 +81,11 @@ pub fn run(root: &Path, dir: Option<PathBuf>) {
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(a.store.dump(ACCOUNT).unwrap(), b.store.dump(ACCOUNT).unwrap());
     assert!(b.store.missing_blobs(ACCOUNT).unwrap().is_empty());
-    let (ao, bo) = (a.session.bytes().0, b.session.bytes().0);
+    let (ao, bo) = (a.link.session().bytes().0, b.link.session().bytes().0);
     println!("| initial sync (ops and bodies) | {secs:.2} s | {} | {} |", kb(ao), kb(bo));
 
     // 1% flag change on A, pushed live over the open sessions.
-    let (ao0, bo0) = (a.session.bytes().0, b.session.bytes().0);
+    let (ao0, bo0) = (a.link.session().bytes().0, b.link.session().bytes().0);
     let r = a.store.read(ACCOUNT).unwrap();
     let mut targets = Vec::new();
     for mb in r.names().tree.by_name.values() {
@@ -148,7 +103,7 @@ pub fn run(root: &Path, dir: Option<PathBuf>) {
             Ok(())
         })
         .unwrap();
-    a.session.local_changed(ACCOUNT, a.store.version(ACCOUNT).unwrap());
+    a.link.local_changed(&a.store, ACCOUNT).unwrap();
     exchange(&mut a, &mut b);
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(a.store.dump(ACCOUNT).unwrap(), b.store.dump(ACCOUNT).unwrap());
@@ -156,20 +111,20 @@ pub fn run(root: &Path, dir: Option<PathBuf>) {
         "| 1% flag change ({} messages, commit included) | {:.1} ms | {} | {} |",
         chosen.len(),
         secs * 1000.0,
-        kb(a.session.bytes().0 - ao0),
-        kb(b.session.bytes().0 - bo0)
+        kb(a.link.session().bytes().0 - ao0),
+        kb(b.link.session().bytes().0 - bo0)
     );
 
     // No-op: a new session between replicas that agree.
-    fresh_sessions(&mut a, &mut b, ia, ib);
+    fresh_links(&mut a, &mut b, ia, ib);
     let t = Instant::now();
     exchange(&mut a, &mut b);
     let secs = t.elapsed().as_secs_f64();
     println!(
         "| no-op (new session, handshake and version vectors) | {:.2} ms | {} B | {} B |",
         secs * 1000.0,
-        a.session.bytes().0,
-        b.session.bytes().0
+        a.link.session().bytes().0,
+        b.link.session().bytes().0
     );
 
     // Latency: one flag change committed on A until applied on B.
@@ -178,7 +133,7 @@ pub fn run(root: &Path, dir: Option<PathBuf>) {
         let t = Instant::now();
         let kw = if k % 2 == 0 { Keyword::Answered } else { Keyword::Draft };
         a.store.write(ACCOUNT, |w| Ok(w.replica().store_flags(*m, &[kw], &[])?)).unwrap();
-        a.session.local_changed(ACCOUNT, a.store.version(ACCOUNT).unwrap());
+        a.link.local_changed(&a.store, ACCOUNT).unwrap();
         exchange(&mut a, &mut b);
         lat.push(t.elapsed());
     }

@@ -3,9 +3,9 @@
 //! node with the larger id dials, with backoff) so a pair holds one connection.
 
 use crate::peers::Peer;
+use starling_link::{LinkError, PeerLink, Progress};
 use starling_net::{read_frame, write_frame, NodeIdentity, PeerConnection, PeerEndpoint, PeerSet};
-use starling_store::{Store, StoreError};
-use starling_sync::{Event, Session};
+use starling_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,20 +94,6 @@ fn report(store: &Store, account: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// Bodies of `account` this node lacks and its policy for `peer` wants.
-fn wanted_missing(store: &Store, account: &str, policy: &starling_sync::BodyPolicy) -> Vec<starling_model::BlobId> {
-    let mut ids: Vec<_> = store
-        .missing_bodies(account)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
-        .map(|m| m.blob)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// One sync session over one connection; returns why it ended.
 async fn session(
     conn: PeerConnection,
@@ -122,14 +108,10 @@ async fn session(
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    let existing = store.accounts();
-    let accounts: Vec<(String, starling_model::VersionVector)> = peer
-        .accounts
-        .iter()
-        .filter(|a| existing.contains(a))
-        .filter_map(|a| store.version(a).ok().map(|v| (a.clone(), v)))
-        .collect();
-    let mut s = Session::new(me, Some(peer.id.replica()), accounts);
+    let mut link = match PeerLink::new(&store, me, Some(peer.id.replica()), &peer.accounts, peer.policy.clone()) {
+        Ok(l) => l,
+        Err(e) => return e.to_string(),
+    };
     // Reader tasks: frames arrive on a channel, so waiting is cancel-safe.
     // Bodies come on unidirectional streams the peer opens (see `blob_writer`).
     let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(64);
@@ -171,48 +153,35 @@ async fn session(
         }
     });
     let mut local = changes.subscribe();
-    let shared: Vec<String> = peer.accounts.iter().filter(|a| existing.contains(a)).cloned().collect();
-    let mut retry_bodies = false;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // What the link last committed (relayed to the other links), or why it failed.
+    let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
     let end = loop {
-        let mut failed = None;
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
-        while let Some(ev) = s.poll_event() {
-            match ev {
-                Event::Blob { bytes, .. } => {
-                    bodies.push(bytes);
-                    continue;
+        match std::mem::replace(&mut outcome, Ok(Progress::default())) {
+            Ok(progress) => {
+                for account in progress.committed {
+                    report(&store, &account);
+                    let _ = changes.send(account);
                 }
-                // The peer lacks it (yet): sweep again later, here and on other peers.
-                Event::BlobMissing { .. } => {
-                    retry_bodies = true;
-                    continue;
+                if progress.bodies > 0 {
+                    for a in link.accounts() {
+                        report(&store, a);
+                    }
                 }
-                _ => {}
             }
-            if let Err(e) = tokio::task::block_in_place(|| answer(&mut s, ev, &store, &changes, &peer.policy)) {
-                failed = Some(e);
-                break;
-            }
-        }
-        // Bodies that arrived together are stored in one transaction.
-        if !bodies.is_empty() {
-            let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-            if let Err(e) = tokio::task::block_in_place(|| store.put_blobs(&refs)) {
-                failed = Some(e.to_string());
-            }
-            for a in &shared {
-                report(&store, a);
+            Err(e) => {
+                // A protocol error leaves a `Refused` frame to send first.
+                while let Some(f) = link.poll_transmit() {
+                    let _ = write_frame(&mut send, &f).await;
+                }
+                break e.to_string();
             }
         }
-        if let Some(e) = failed {
-            break e;
-        }
-        while let Some(f) = s.poll_transmit_blob() {
+        while let Some(f) = link.poll_transmit_blob() {
             let _ = blobs_out.send(f);
         }
         let mut failed = None;
-        while let Some(f) = s.poll_transmit() {
+        while let Some(f) = link.poll_transmit() {
             if let Err(e) = write_frame(&mut send, &f).await {
                 failed = Some(e.to_string());
                 break;
@@ -221,42 +190,27 @@ async fn session(
         if let Some(e) = failed {
             break e;
         }
-        if s.is_closed() {
+        if link.is_closed() {
             break "closed by protocol".into();
         }
         tokio::select! {
-            _ = tick.tick(), if retry_bodies => {
-                if s.blobs_in_flight() == 0 {
-                    let missing: Vec<_> = tokio::task::block_in_place(|| {
-                        shared.iter().flat_map(|a| wanted_missing(&store, a, &peer.policy)).collect()
-                    });
-                    retry_bodies = !missing.is_empty();
-                    s.want_blobs(missing);
-                }
+            _ = tick.tick(), if link.wants_retry() => {
+                outcome = tokio::task::block_in_place(|| link.retry_bodies(&store)).map(|()| Progress::default());
             }
             f = frames.recv() => match f {
-                Some(f) => {
-                    if let Err(e) = s.handle_frame(&f) {
-                        while let Some(f) = s.poll_transmit() {
-                            let _ = write_frame(&mut send, &f).await;
-                        }
-                        break e.to_string();
-                    }
-                }
+                Some(f) => outcome = tokio::task::block_in_place(|| link.handle_frame(&store, &f)),
                 None => break "peer closed the stream".into(),
             },
             c = local.recv() => match c {
-                Ok(account) => {
-                    if let Ok(vv) = store.version(&account) {
-                        s.local_changed(&account, vv);
-                    }
-                }
+                Ok(account) => outcome = tokio::task::block_in_place(|| link.local_changed(&store, &account)),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    for a in store.accounts() {
-                        if let Ok(vv) = store.version(&a) {
-                            s.local_changed(&a, vv);
+                    outcome = tokio::task::block_in_place(|| {
+                        let mut all = Progress::default();
+                        for a in link.accounts().to_vec() {
+                            all.bodies += link.local_changed(&store, &a)?.bodies;
                         }
-                    }
+                        Ok(all)
+                    });
                 }
                 Err(broadcast::error::RecvError::Closed) => break "shutting down".into(),
             },
@@ -267,62 +221,4 @@ async fn session(
     blob_writer.abort();
     conn.connection.close(0u32.into(), b"bye");
     end
-}
-
-/// Answers one session event against the store.
-fn answer(
-    s: &mut Session,
-    ev: Event,
-    store: &Store,
-    changes: &broadcast::Sender<String>,
-    policy: &starling_sync::BodyPolicy,
-) -> Result<(), String> {
-    match ev {
-        Event::NeedOps { account, since } => match store.ops_since(&account, &since) {
-            Ok(ops) => s.send_ops(&account, &ops),
-            Err(StoreError::Compacted) => {
-                let snap = store.snapshot(&account).map_err(|e| e.to_string())?;
-                let vv = store.version(&account).map_err(|e| e.to_string())?;
-                s.send_snapshot(&account, snap, &vv);
-            }
-            Err(e) => return Err(e.to_string()),
-        },
-        Event::Ops { account, ops } => {
-            store.write(&account, |b| b.apply(ops.iter().cloned())).map_err(|e| e.to_string())?;
-            // Bodies follow the metadata, as far as this peer's policy says.
-            let reader = store.read(&account).map_err(|e| e.to_string())?;
-            let mut missing = Vec::new();
-            for id in policy.eager_blobs(&ops, &reader.names().tree) {
-                if !store.has_blob(id).map_err(|e| e.to_string())? {
-                    missing.push(id);
-                }
-            }
-            s.want_blobs(missing);
-            let vv = store.version(&account).map_err(|e| e.to_string())?;
-            s.applied(&account, vv);
-            let _ = changes.send(account.clone());
-            report(store, &account);
-        }
-        Event::Snapshot { account, bytes } => {
-            store.install_snapshot(&account, &bytes).map_err(|e| e.to_string())?;
-            s.want_blobs(store.missing_blobs(&account).map_err(|e| e.to_string())?);
-            let vv = store.version(&account).map_err(|e| e.to_string())?;
-            s.applied(&account, vv);
-            let _ = changes.send(account.clone());
-            report(store, &account);
-        }
-        Event::BlobsWanted { ids } => {
-            for id in ids {
-                let bytes = store.blob(id).map_err(|e| e.to_string())?;
-                s.send_blob(id, bytes);
-            }
-        }
-        Event::Blob { bytes, .. } => {
-            store.put_blob(&bytes).map_err(|e| e.to_string())?;
-        }
-        Event::BlobMissing { .. } => {}
-        Event::Open { peer, accounts } => eprintln!("peer {peer:?}: open, accounts {accounts:?}"),
-        Event::Closed { reason } => eprintln!("session closed: {reason}"),
-    }
-    Ok(())
 }

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod blob;
 pub mod maildir;
+pub mod memdisk;
 pub mod oplog;
 
 use backend::{decode_envelope, decode_slot, Detached, RedbBackend};
@@ -294,8 +295,27 @@ impl Store {
         }
     }
 
+    /// Opens (or creates) a store on any redb storage backend: the simulator
+    /// runs real stores on [`memdisk::MemDisk`]. `label` names it in errors.
+    pub fn open_on(
+        backend: impl redb::StorageBackend,
+        label: &str,
+        node: ReplicaId,
+        options: StoreOptions,
+    ) -> Result<Store, OpenError> {
+        let db = Database::builder()
+            .set_check_integrity_on_open(options.verify)
+            .create_with_backend(backend)
+            .map_err(|e| OpenError::NotAStore { path: label.into(), reason: e.to_string() })?;
+        Self::open_db_as(db, Path::new(label), node, options)
+    }
+
     fn open_inner(path: &Path, node: ReplicaId, options: StoreOptions) -> Result<Store, OpenError> {
         let db = open_db(path, options.verify)?;
+        Self::open_db_as(db, path, node, options)
+    }
+
+    fn open_db_as(db: Database, path: &Path, node: ReplicaId, options: StoreOptions) -> Result<Store, OpenError> {
         let io = |e: &dyn std::fmt::Display| OpenError::Io(e.to_string());
         // A brand-new file gets our meta; an existing one must already have it.
         let fresh = {
@@ -469,8 +489,13 @@ impl Store {
     }
 
     /// Runs `f` on the account's replica in a write transaction that is then
-    /// aborted: for reads that need the model (dump, snapshot).
-    fn inspect<T>(&self, account: &str, f: impl FnOnce(&mut Replica<RedbBackend<'_>>) -> T) -> Result<T, StoreError> {
+    /// aborted: for reads that need the model (dump, snapshot, the
+    /// simulator's checker). Nothing `f` changes is kept.
+    pub fn inspect<T>(
+        &self,
+        account: &str,
+        f: impl FnOnce(&mut Replica<RedbBackend<'_>>) -> T,
+    ) -> Result<T, StoreError> {
         let mut accounts = self.accounts.lock().expect("accounts lock");
         let acct = accounts.get_mut(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         let number = acct.number;

@@ -2,9 +2,10 @@
 //! the others change things, then restarted; mail delivered on two nodes
 //! while they exchange; a new node joining after the log was compacted.
 
+use starling_link::PeerLink;
 use starling_model::{Keyword, ReplicaId, VersionVector, INBOX};
-use starling_store::{Store, StoreError, StoreOptions};
-use starling_sync::{BodyPolicy, Event, Session};
+use starling_store::{Store, StoreOptions};
+use starling_sync::BodyPolicy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,8 @@ struct Node {
     id: ReplicaId,
     path: PathBuf,
     store: Option<Store>,
-    /// Sessions by peer index.
-    sessions: BTreeMap<usize, Session>,
+    /// Links by peer index.
+    links: BTreeMap<usize, PeerLink>,
     /// Which bodies this node fetches eagerly.
     policy: BodyPolicy,
 }
@@ -26,121 +27,69 @@ impl Node {
         let path = dir.join(format!("n{i}.redb"));
         let store = Store::open(&path, id, StoreOptions::default()).unwrap();
         store.add_account(ACCOUNT).unwrap();
-        Node { id, path, store: Some(store), sessions: BTreeMap::new(), policy: BodyPolicy::full() }
+        Node { id, path, store: Some(store), links: BTreeMap::new(), policy: BodyPolicy::full() }
     }
     fn store(&self) -> &Store {
         self.store.as_ref().expect("running")
     }
     fn stop(&mut self) {
         self.store = None;
-        self.sessions.clear();
+        self.links.clear();
     }
     fn start(&mut self) {
         self.store = Some(Store::open(&self.path, self.id, StoreOptions::default()).unwrap());
     }
-    fn changed(&mut self) {
-        let vv = self.store().version(ACCOUNT).unwrap();
-        for s in self.sessions.values_mut() {
-            s.local_changed(ACCOUNT, vv.clone());
+    /// Tells every link (but `except`) that the account changed here.
+    fn changed_except(&mut self, except: Option<usize>) {
+        let store = self.store.as_ref().unwrap();
+        for (p, l) in self.links.iter_mut() {
+            if Some(*p) != except {
+                l.local_changed(store, ACCOUNT).unwrap();
+            }
         }
+    }
+    fn changed(&mut self) {
+        self.changed_except(None);
     }
     fn append(&mut self, n: usize) {
         let raw = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
         self.store().write(ACCOUNT, |b| b.append(INBOX, raw.as_bytes(), n as i64, vec![]).map(|_| ())).unwrap();
         self.changed();
     }
-    /// Answers the events of its session with `peer`.
-    fn drive(&mut self, peer: usize) -> bool {
-        let mut busy = false;
-        while let Some(ev) = self.sessions.get_mut(&peer).and_then(|s| s.poll_event()) {
-            busy = true;
-            match ev {
-                Event::NeedOps { account, since } => {
-                    let store = self.store.as_ref().unwrap();
-                    let s = self.sessions.get_mut(&peer).unwrap();
-                    match store.ops_since(&account, &since) {
-                        Ok(ops) => s.send_ops(&account, &ops),
-                        Err(StoreError::Compacted) => s.send_snapshot(
-                            &account,
-                            store.snapshot(&account).unwrap(),
-                            &store.version(&account).unwrap(),
-                        ),
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                Event::Ops { account, ops } => {
-                    self.store().write(&account, |b| b.apply(ops.iter().cloned())).unwrap();
-                    let r = self.store().read(&account).unwrap();
-                    let missing: Vec<_> = self
-                        .policy
-                        .eager_blobs(&ops, &r.names().tree)
-                        .into_iter()
-                        .filter(|id| !self.store().has_blob(*id).unwrap())
-                        .collect();
-                    self.sessions.get_mut(&peer).unwrap().want_blobs(missing);
-                    self.ack(peer, &account);
-                }
-                Event::Snapshot { account, bytes } => {
-                    self.store().install_snapshot(&account, &bytes).unwrap();
-                    let missing = self.store().missing_blobs(&account).unwrap();
-                    self.sessions.get_mut(&peer).unwrap().want_blobs(missing);
-                    self.ack(peer, &account);
-                }
-                Event::BlobsWanted { ids } => {
-                    for id in ids {
-                        let bytes = self.store().blob(id).unwrap();
-                        self.sessions.get_mut(&peer).unwrap().send_blob(id, bytes);
-                    }
-                }
-                Event::Blob { bytes, .. } => {
-                    self.store().put_blob(&bytes).unwrap();
-                }
-                Event::Open { .. } | Event::Closed { .. } | Event::BlobMissing { .. } => {}
-            }
-        }
-        busy
-    }
-    fn ack(&mut self, peer: usize, account: &str) {
-        let vv = self.store().version(account).unwrap();
-        self.sessions.get_mut(&peer).unwrap().applied(account, vv.clone());
-        // Relay to the other peers what just arrived.
-        for (p, s) in self.sessions.iter_mut() {
-            if *p != peer {
-                s.local_changed(account, vv.clone());
-            }
+    /// Hands a frame from `peer` to its link; relays what it committed.
+    fn receive(&mut self, peer: usize, frame: &[u8]) {
+        let Some(link) = self.links.get_mut(&peer) else { return };
+        let progress = link.handle_frame(self.store.as_ref().unwrap(), frame).unwrap();
+        if !progress.committed.is_empty() {
+            self.changed_except(Some(peer));
         }
     }
 }
 
 fn connect(nodes: &mut [Node], i: usize, j: usize) {
     let (a, b) = (nodes[i].id, nodes[j].id);
-    let vi = nodes[i].store().version(ACCOUNT).unwrap();
-    let vj = nodes[j].store().version(ACCOUNT).unwrap();
-    nodes[i].sessions.insert(j, Session::new(a, Some(b), [(ACCOUNT.to_string(), vi)]));
-    nodes[j].sessions.insert(i, Session::new(b, Some(a), [(ACCOUNT.to_string(), vj)]));
+    let acct = [ACCOUNT.to_string()];
+    let li = PeerLink::new(nodes[i].store(), a, Some(b), &acct, nodes[i].policy.clone()).unwrap();
+    let lj = PeerLink::new(nodes[j].store(), b, Some(a), &acct, nodes[j].policy.clone()).unwrap();
+    nodes[i].links.insert(j, li);
+    nodes[j].links.insert(i, lj);
 }
 
-/// One step: every node answers its events, then every frame in flight moves
-/// one hop. Returns whether anything happened.
-#[allow(clippy::needless_range_loop)] // nodes[i] and nodes[p] are both needed
+/// One step: every frame in flight moves one hop (each receiver answers at
+/// once). Returns whether anything happened.
 fn step(nodes: &mut [Node]) -> bool {
     let mut busy = false;
     for i in 0..nodes.len() {
-        let peers: Vec<usize> = nodes[i].sessions.keys().copied().collect();
+        let peers: Vec<usize> = nodes[i].links.keys().copied().collect();
         for p in peers {
-            busy |= nodes[i].drive(p);
-        }
-    }
-    for i in 0..nodes.len() {
-        let peers: Vec<usize> = nodes[i].sessions.keys().copied().collect();
-        for p in peers {
-            loop {
-                let s = nodes[i].sessions.get_mut(&p).unwrap();
-                let Some(f) = s.poll_transmit().or_else(|| s.poll_transmit_blob()) else { break };
+            let mut frames = Vec::new();
+            let l = nodes[i].links.get_mut(&p).unwrap();
+            while let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) {
+                frames.push(f);
+            }
+            for f in frames {
                 busy = true;
-                if let Some(s) = nodes[p].sessions.get_mut(&i) {
-                    s.handle_frame(&f).unwrap();
-                }
+                nodes[p].receive(i, &f);
             }
         }
     }
@@ -170,7 +119,7 @@ fn three_nodes_one_stopped_then_restarted_converge() {
     // C stops; A and B keep changing things.
     nodes[2].stop();
     for s in nodes.iter_mut().take(2) {
-        s.sessions.remove(&2);
+        s.links.remove(&2);
     }
     for n in 5..15 {
         nodes[n % 2].append(n);
@@ -254,8 +203,8 @@ fn equal_numbers_of_changes_on_both_sides_are_never_skipped() {
     connect(&mut nodes, 0, 1);
     settle(&mut nodes);
     // Both take 200 messages and 50 flag changes while not exchanging.
-    nodes[0].sessions.clear();
-    nodes[1].sessions.clear();
+    nodes[0].links.clear();
+    nodes[1].links.clear();
     for n in 0..200 {
         nodes[0].append(1000 + n);
         nodes[1].append(2000 + n);
@@ -321,7 +270,7 @@ fn partial_peer_takes_small_inbox_bodies_and_the_rest_on_demand() {
     assert_eq!(missing.len(), 2, "the large INBOX body and the Work body are left out");
     assert!(missing.contains(&big_id));
     // A client opens the attachment: fetched on demand, byte-exact.
-    nodes[1].sessions.get_mut(&0).unwrap().want_blobs([big_id]);
+    nodes[1].links.get_mut(&0).unwrap().fetch_bodies([big_id]);
     settle(&mut nodes);
     assert_eq!(nodes[1].store().blob(big_id).unwrap().unwrap(), big);
     assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 1);

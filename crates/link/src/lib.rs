@@ -1,0 +1,220 @@
+//! One peer connection bound to this node's store: a [`PeerLink`] feeds the
+//! peer's frames to a `starling-sync` [`Session`] and answers every event the
+//! session raises by reading or writing the [`Store`] (ops out, ops in
+//! through [`Store::write`], snapshots, bodies), so that the node, the
+//! benchmarks and the simulator run one driver, not three.
+//!
+//! It must not open sockets, spawn tasks or read a clock: the caller moves
+//! the frames ([`PeerLink::poll_transmit`], [`PeerLink::poll_transmit_blob`])
+//! and decides when to retry missing bodies.
+
+#![deny(missing_docs)]
+
+use starling_model::{BlobId, ReplicaId};
+use starling_store::{Store, StoreError};
+use starling_sync::{BodyPolicy, Event, Session, SessionError};
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The peer broke the protocol (the session queued a `Refused` frame:
+    /// send it, then drop the connection).
+    #[error(transparent)]
+    Protocol(#[from] SessionError),
+    /// This node's store failed; nothing of the failed batch was kept.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a call changed in the store.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Accounts that committed ops or a snapshot from this peer: the caller
+    /// tells its other links ([`PeerLink::local_changed`]) so changes relay.
+    pub committed: Vec<String>,
+    /// Bodies stored.
+    pub bodies: usize,
+}
+
+impl Progress {
+    fn note(&mut self, account: String) {
+        if !self.committed.contains(&account) {
+            self.committed.push(account);
+        }
+    }
+}
+
+/// One peer session driven against the store.
+#[derive(Debug)]
+pub struct PeerLink {
+    session: Session,
+    /// Bodies this node fetches from this peer as soon as their messages arrive.
+    policy: BodyPolicy,
+    accounts: Vec<String>,
+    /// The peer lacked a body we asked for: ask again later (here or elsewhere).
+    bodies_missing: bool,
+}
+
+impl PeerLink {
+    /// A link as node `me` to `peer` (if pinned), sharing `accounts` (those
+    /// the peer is authorized for; ones this store lacks are left out).
+    pub fn new(
+        store: &Store,
+        me: ReplicaId,
+        peer: Option<ReplicaId>,
+        accounts: &[String],
+        policy: BodyPolicy,
+    ) -> Result<PeerLink, LinkError> {
+        let existing = store.accounts();
+        let accounts: Vec<String> = accounts.iter().filter(|a| existing.contains(a)).cloned().collect();
+        let mut versions = Vec::with_capacity(accounts.len());
+        for a in &accounts {
+            versions.push((a.clone(), store.version(a)?));
+        }
+        Ok(PeerLink { session: Session::new(me, peer, versions), policy, accounts, bodies_missing: false })
+    }
+
+    /// The protocol state (bytes counted, peer id, acknowledgements).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Accounts this link shares (authorized and present here).
+    pub fn accounts(&self) -> &[String] {
+        &self.accounts
+    }
+
+    /// Whether the session ended.
+    pub fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+
+    /// Handles one frame from the peer and answers what it asks.
+    pub fn handle_frame(&mut self, store: &Store, frame: &[u8]) -> Result<Progress, LinkError> {
+        self.session.handle_frame(frame)?;
+        self.answer(store)
+    }
+
+    /// This node committed changes to `account` (locally or from another
+    /// peer): pushes what this peer lacks.
+    pub fn local_changed(&mut self, store: &Store, account: &str) -> Result<Progress, LinkError> {
+        if self.accounts.iter().any(|a| a == account) {
+            self.session.local_changed(account, store.version(account)?);
+        }
+        self.answer(store)
+    }
+
+    /// Whether bodies are still missing that this peer lacked when asked.
+    pub fn wants_retry(&self) -> bool {
+        self.bodies_missing
+    }
+
+    /// Asks the peer again for the bodies this node lacks and its policy
+    /// wants (the caller calls this on its own timer while
+    /// [`PeerLink::wants_retry`]); does nothing while requests are in flight.
+    pub fn retry_bodies(&mut self, store: &Store) -> Result<(), LinkError> {
+        if self.session.blobs_in_flight() > 0 {
+            return Ok(());
+        }
+        let mut ids: Vec<BlobId> = Vec::new();
+        for a in &self.accounts {
+            ids.extend(wanted_missing(store, a, &self.policy)?);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        self.bodies_missing = !ids.is_empty();
+        self.session.want_blobs(ids);
+        Ok(())
+    }
+
+    /// Asks the peer for bodies a client needs now (on-demand fetch).
+    pub fn fetch_bodies(&mut self, ids: impl IntoIterator<Item = BlobId>) {
+        self.session.want_blobs(ids);
+    }
+
+    /// Next metadata frame to send, in order, on the link's stream.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.session.poll_transmit()
+    }
+
+    /// Next body frame, for a stream of its own.
+    #[must_use]
+    pub fn poll_transmit_blob(&mut self) -> Option<Vec<u8>> {
+        self.session.poll_transmit_blob()
+    }
+
+    /// Answers every pending session event against the store.
+    fn answer(&mut self, store: &Store) -> Result<Progress, LinkError> {
+        let mut progress = Progress::default();
+        // Bodies that arrived together are stored in one transaction.
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        let result = self.answer_events(store, &mut progress, &mut bodies);
+        if !bodies.is_empty() {
+            let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+            store.put_blobs(&refs)?;
+            progress.bodies += bodies.len();
+        }
+        result.map(|()| progress)
+    }
+
+    fn answer_events(
+        &mut self,
+        store: &Store,
+        progress: &mut Progress,
+        bodies: &mut Vec<Vec<u8>>,
+    ) -> Result<(), LinkError> {
+        let s = &mut self.session;
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::NeedOps { account, since } => match store.ops_since(&account, &since) {
+                    Ok(ops) => s.send_ops(&account, &ops),
+                    Err(StoreError::Compacted) => {
+                        s.send_snapshot(&account, store.snapshot(&account)?, &store.version(&account)?)
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Event::Ops { account, ops } => {
+                    store.write(&account, |b| b.apply(ops.iter().cloned()))?;
+                    // Bodies follow the metadata, as far as the policy says.
+                    let reader = store.read(&account)?;
+                    let mut missing = Vec::new();
+                    for id in self.policy.eager_blobs(&ops, &reader.names().tree) {
+                        if !store.has_blob(id)? {
+                            missing.push(id);
+                        }
+                    }
+                    drop(reader);
+                    s.want_blobs(missing);
+                    s.applied(&account, store.version(&account)?);
+                    progress.note(account);
+                }
+                Event::Snapshot { account, bytes } => {
+                    store.install_snapshot(&account, &bytes)?;
+                    s.want_blobs(wanted_missing(store, &account, &self.policy)?);
+                    s.applied(&account, store.version(&account)?);
+                    progress.note(account);
+                }
+                Event::BlobsWanted { ids } => {
+                    for id in ids {
+                        s.send_blob(id, store.blob(id)?);
+                    }
+                }
+                Event::Blob { bytes, .. } => bodies.push(bytes),
+                Event::BlobMissing { .. } => self.bodies_missing = true,
+                Event::Open { .. } | Event::Closed { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bodies of `account` this store lacks and `policy` fetches eagerly.
+fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<Vec<BlobId>, StoreError> {
+    Ok(store
+        .missing_bodies(account)?
+        .into_iter()
+        .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
+        .map(|m| m.blob)
+        .collect())
+}
