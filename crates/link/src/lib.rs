@@ -10,7 +10,7 @@
 
 #![deny(missing_docs)]
 
-use starling_model::{BlobId, ReplicaId};
+use starling_model::{BlobId, OpBody, ReplicaId};
 use starling_store::{Store, StoreError};
 use starling_sync::{BodyPolicy, Event, Session, SessionError};
 
@@ -21,6 +21,10 @@ pub enum LinkError {
     /// send it, then drop the connection).
     #[error(transparent)]
     Protocol(#[from] SessionError),
+    /// The session must start over (reconnect); nothing is wrong with
+    /// either side. The session queued a `Refused` frame for the peer.
+    #[error("session restarts: {0}")]
+    Restart(String),
     /// This node's store failed; nothing of the failed batch was kept.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -34,6 +38,9 @@ pub struct Progress {
     pub committed: Vec<String>,
     /// Bodies stored.
     pub bodies: usize,
+    /// The peer lacked a body asked of it: the caller should sweep every
+    /// link with [`PeerLink::retry_bodies`] until none is missing.
+    pub bodies_lacking: bool,
 }
 
 impl Progress {
@@ -51,8 +58,6 @@ pub struct PeerLink {
     /// Bodies this node fetches from this peer as soon as their messages arrive.
     policy: BodyPolicy,
     accounts: Vec<String>,
-    /// The peer lacked a body we asked for: ask again later (here or elsewhere).
-    bodies_missing: bool,
 }
 
 impl PeerLink {
@@ -71,7 +76,7 @@ impl PeerLink {
         for a in &accounts {
             versions.push((a.clone(), store.version(a)?));
         }
-        Ok(PeerLink { session: Session::new(me, peer, versions), policy, accounts, bodies_missing: false })
+        Ok(PeerLink { session: Session::new(me, peer, versions), policy, accounts })
     }
 
     /// The protocol state (bytes counted, peer id, acknowledgements).
@@ -104,27 +109,16 @@ impl PeerLink {
         self.answer(store)
     }
 
-    /// Whether bodies are still missing that this peer lacked when asked.
-    pub fn wants_retry(&self) -> bool {
-        self.bodies_missing
-    }
-
-    /// Asks the peer again for the bodies this node lacks and its policy
-    /// wants (the caller calls this on its own timer while
-    /// [`PeerLink::wants_retry`]); does nothing while requests are in flight.
-    pub fn retry_bodies(&mut self, store: &Store) -> Result<(), LinkError> {
-        if self.session.blobs_in_flight() > 0 {
-            return Ok(());
-        }
-        let mut ids: Vec<BlobId> = Vec::new();
-        for a in &self.accounts {
-            ids.extend(wanted_missing(store, a, &self.policy)?);
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        self.bodies_missing = !ids.is_empty();
+    /// Asks the peer for every body this node lacks and its policy wants,
+    /// except those already asked of it; returns whether any is missing.
+    /// Called when a link opens, and by the caller's timer while some peer
+    /// lacked a body ([`Progress::bodies_lacking`]): a body one peer lacks
+    /// is asked of every peer, not only of the one that told us about it.
+    pub fn retry_bodies(&mut self, store: &Store) -> Result<bool, LinkError> {
+        let ids = wanted_all(store, &self.accounts, &self.policy)?;
+        let missing = !ids.is_empty();
         self.session.want_blobs(ids);
-        Ok(())
+        Ok(missing)
     }
 
     /// Asks the peer for bodies a client needs now (on-demand fetch).
@@ -177,19 +171,34 @@ impl PeerLink {
                 Event::Ops { account, ops } => {
                     store.write(&account, |b| b.apply(ops.iter().cloned()))?;
                     // Bodies follow the metadata, as far as the policy says.
-                    let reader = store.read(&account)?;
-                    let mut missing = Vec::new();
-                    for id in self.policy.eager_blobs(&ops, &reader.names().tree) {
-                        if !store.has_blob(id)? {
-                            missing.push(id);
+                    // A message moved into a wanted mailbox, or a mailbox
+                    // renamed into one, may bring bodies not fetched before.
+                    let moved = ops.iter().any(|o| matches!(o.body, OpBody::Move { .. } | OpBody::Account { .. }));
+                    let missing = if moved && self.policy != BodyPolicy::full() {
+                        wanted_missing(store, &account, &self.policy)?
+                    } else {
+                        let reader = store.read(&account)?;
+                        let mut missing = Vec::new();
+                        for id in self.policy.eager_blobs(&ops, &reader.names().tree) {
+                            if !store.has_blob(id)? {
+                                missing.push(id);
+                            }
                         }
-                    }
-                    drop(reader);
+                        missing
+                    };
                     s.want_blobs(missing);
                     s.applied(&account, store.version(&account)?);
                     progress.note(account);
                 }
                 Event::Snapshot { account, bytes } => {
+                    // Two peers may both find a new node behind their logs;
+                    // only the first snapshot installs. The session restarts
+                    // and, now above every peer's floor, goes on by ops.
+                    if !store.version(&account)?.is_empty() {
+                        let why = "a snapshot for a replica that is no longer empty; reconnect to go on by ops";
+                        s.abort(why);
+                        return Err(LinkError::Restart(why.into()));
+                    }
                     store.install_snapshot(&account, &bytes)?;
                     s.want_blobs(wanted_missing(store, &account, &self.policy)?);
                     s.applied(&account, store.version(&account)?);
@@ -201,8 +210,11 @@ impl PeerLink {
                     }
                 }
                 Event::Blob { bytes, .. } => bodies.push(bytes),
-                Event::BlobMissing { .. } => self.bodies_missing = true,
-                Event::Open { .. } | Event::Closed { .. } => {}
+                Event::BlobMissing { .. } => progress.bodies_lacking = true,
+                // A new connection: bodies asked on an earlier one that broke
+                // before they came are asked again.
+                Event::Open { .. } => s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?),
+                Event::Closed { .. } => {}
             }
         }
         Ok(())
@@ -217,4 +229,15 @@ fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<V
         .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
         .map(|m| m.blob)
         .collect())
+}
+
+/// [`wanted_missing`] of several accounts, sorted, without repeats.
+fn wanted_all(store: &Store, accounts: &[String], policy: &BodyPolicy) -> Result<Vec<BlobId>, StoreError> {
+    let mut ids = Vec::new();
+    for a in accounts {
+        ids.extend(wanted_missing(store, a, policy)?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }

@@ -17,6 +17,7 @@ pub mod flags;
 pub mod hlc;
 pub mod ids;
 pub mod keyword;
+pub mod mutation;
 pub mod op;
 pub mod replica;
 pub mod snapshot;

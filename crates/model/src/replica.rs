@@ -524,7 +524,11 @@ impl<B: Backend> Replica<B> {
             self.backend.add_tombstone(p)?;
         }
         self.counter = snapshot.vv.get(self.me);
-        self.deps_base = snapshot.vv.clone();
+        // No own op depends on the snapshot yet: the next one must name all
+        // of it (found by the simulator: a flag change made right after a
+        // join carried no deps and was dropped by a peer that lacked the
+        // message).
+        self.deps_base = VersionVector::new();
         self.vv = snapshot.vv;
         let mut dirty = Dirty::new();
         self.refresh_tree(&mut dirty)?;
@@ -754,7 +758,11 @@ impl<B: Backend> Replica<B> {
                     return Ok(());
                 };
                 let before = slot.flags.clone();
-                slot.flags.retain(|e| !remove.contains(&(e.kw, e.dot())));
+                if crate::mutation::active(crate::mutation::Mutation::RemoveWins) {
+                    slot.flags.retain(|e| !remove.iter().any(|(k, _)| *k == e.kw));
+                } else {
+                    slot.flags.retain(|e| !remove.contains(&(e.kw, e.dot())));
+                }
                 for kw in add {
                     if !slot.flags.iter().any(|e| e.kw == kw && e.dot() == op_dot) {
                         slot.flags.push(FlagEntry::new(kw, op_dot));
@@ -784,7 +792,8 @@ impl<B: Backend> Replica<B> {
                     return Ok(());
                 };
                 let new_loc = ((*seq as u64) << 16) | author as u64;
-                if self.loc_key(new_loc) <= self.loc_key(current) {
+                let by_arrival = crate::mutation::active(crate::mutation::Mutation::MoveByArrival);
+                if self.loc_key(new_loc) <= self.loc_key(current) && !by_arrival {
                     return Ok(());
                 }
                 let mut slot = self.unplace(loc.mailbox, m, loc.uid)?.expect("located slot");

@@ -4,6 +4,7 @@
 //! expunge-wins and move safety. It drives [`Replica::apply`] exactly as the
 //! node does; it is not used by the node.
 
+use crate::backend::Backend;
 use crate::flags::{FlagDelta, FlagState};
 use crate::ids::{BlobId, MailboxId, MessageId, ReplicaId, VersionVector};
 use crate::keyword::Keyword;
@@ -57,12 +58,8 @@ pub struct Cluster {
     queues: Vec<Vec<Vec<Op>>>,
     /// Link `i → j` delivers only while `up[i][j]`.
     up: Vec<Vec<bool>>,
-    /// Every op ever made, with its author's version vector just before it.
-    pub history: Vec<(Op, VersionVector)>,
-    /// (replica, mailbox, uid) → message, for every UID a replica showed a client.
-    shown: BTreeMap<(usize, MailboxId, u32), MessageId>,
-    /// What each replica displayed at the previous check.
-    previous: Vec<BTreeMap<MailboxId, BTreeMap<u32, MessageId>>>,
+    /// The invariant checker, fed every op and every client look.
+    pub checker: Checker,
     blob_seq: u64,
 }
 
@@ -78,9 +75,7 @@ impl Cluster {
             replicas: (1..=n as u64).map(|i| Replica::with_options(ReplicaId(i * 0x1000_0001), options)).collect(),
             queues: vec![vec![Vec::new(); n]; n],
             up: vec![vec![true; n]; n],
-            history: Vec::new(),
-            shown: BTreeMap::new(),
-            previous: vec![BTreeMap::new(); n],
+            checker: Checker::new(n),
             blob_seq: 0,
         }
     }
@@ -100,7 +95,7 @@ impl Cluster {
         let ops = self.replicas[i].take_outbox();
         let mut vv = before;
         for op in ops {
-            self.history.push((op.clone(), vv.clone()));
+            self.checker.record(&op, &vv);
             vv.observe(op.dot);
             for d in &op.deps {
                 vv.observe(*d);
@@ -132,14 +127,7 @@ impl Cluster {
     /// the checker records every UID it has now shown.
     pub fn look(&mut self, i: usize, mailbox: MailboxId) {
         self.client(i, |r| r.announce(mailbox).ok());
-        let r = &self.replicas[i];
-        let announced = r.announced_uid_next(mailbox);
-        for (uid, m, _) in r.view(mailbox) {
-            if uid < announced {
-                self.shown.insert((i, mailbox, uid), m);
-            }
-        }
-        self.previous[i].insert(mailbox, r.view(mailbox).into_iter().map(|(u, m, _)| (u, m)).collect());
+        self.checker.looked(i, &Observation::of(&self.replicas[i]), mailbox);
     }
 
     /// Cuts or restores the links between `i` and `j`, both ways.
@@ -200,55 +188,164 @@ impl Cluster {
         self.queues.iter().flatten().map(|q| q.len()).sum()
     }
 
-    fn displayed(r: &Replica) -> BTreeMap<MailboxId, BTreeMap<u32, MessageId>> {
-        r.tree().by_name.values().map(|mb| (*mb, r.view(*mb).into_iter().map(|(u, m, _)| (u, m)).collect())).collect()
-    }
-
     /// Checks U1 and U2 at every replica; call after every step.
     pub fn check_step(&mut self) -> Result<(), String> {
         for i in 0..self.len() {
-            let r = &self.replicas[i];
-            let now = Self::displayed(r);
-            for (mb, view) in &now {
-                let announced = r.announced_uid_next(*mb);
-                let before = self.previous[i].get(mb);
-                for (uid, m) in view {
-                    let was_here = before.and_then(|b| b.get(uid)) == Some(m);
-                    if !was_here && *uid < announced {
-                        return Err(format!("U1: replica {i} shows {m:?} at new UID {uid} below announced UIDNEXT {announced} in {mb:?}"));
-                    }
-                    // U2 as this replica knows it: what it showed never names another message.
-                    if let Some(shown) = self.shown.get(&(i, *mb, *uid)) {
-                        if shown != m {
-                            return Err(format!("U2: replica {i} showed UID {uid} as {shown:?}, now as {m:?}"));
-                        }
-                    }
-                }
-            }
-            self.previous[i] = now;
+            self.checker.check_step(i, &Observation::of(&self.replicas[i]))?;
         }
         Ok(())
     }
 
-    /// Checks, after everything was delivered with all links up: identical
-    /// dumps (U3), U2 across replicas, keywords equal to the add-wins reference
-    /// built from the history, expunged messages gone, every other message in
-    /// exactly one mailbox.
+    /// Checks convergence after everything was delivered with all links up
+    /// ([`Checker::check_converged`]).
     pub fn check_converged(&self) -> Result<(), String> {
         if self.in_flight() != 0 || self.replicas.iter().any(|r| r.pending_len() != 0) {
             return Err("not quiescent".into());
         }
-        let dump0 = self.replicas[0].dump();
-        for (i, r) in self.replicas.iter().enumerate().skip(1) {
-            let d = r.dump();
-            if d != dump0 {
-                return Err(format!("U3: replica 0 and {i} differ:\n--- 0\n{dump0}--- {i}\n{d}"));
+        let obs: Vec<Observation> = self.replicas.iter().map(Observation::with_flags).collect();
+        self.checker.check_converged(&obs)
+    }
+
+    /// Messages whose client-visible UID changed ([`Checker::churned`]).
+    pub fn churned(&self) -> BTreeSet<MessageId> {
+        let obs: Vec<Observation> = self.replicas.iter().map(Observation::of).collect();
+        self.checker.churned(&obs)
+    }
+
+    /// What dsync's rule would have renumbered ([`Checker::dsync_churned`]).
+    pub fn dsync_churned(&self) -> BTreeSet<MessageId> {
+        self.checker.dsync_churned()
+    }
+
+    /// Number of appends (and copies) in the history.
+    pub fn appends(&self) -> usize {
+        self.checker.appends()
+    }
+}
+
+/// What a checker needs to see of one replica at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    /// Each mailbox's messages by UID, as a client would see them now.
+    pub views: BTreeMap<MailboxId, BTreeMap<u32, MessageId>>,
+    /// Each mailbox's UIDNEXT as last announced to a client.
+    pub announced: BTreeMap<MailboxId, u32>,
+    /// The canonical dump (only from [`Observation::with_flags`]).
+    pub dump: String,
+    /// Keywords of every displayed message (only from [`Observation::with_flags`]).
+    pub flags: HashMap<MessageId, BTreeSet<Keyword>>,
+}
+
+impl Observation {
+    /// Views and announced UIDNEXTs: enough for [`Checker::check_step`].
+    pub fn of<B: Backend>(r: &Replica<B>) -> Observation {
+        let mut o = Observation::default();
+        for mb in r.tree().by_name.values() {
+            o.views.insert(*mb, r.view(*mb).into_iter().map(|(u, m, _)| (u, m)).collect());
+            o.announced.insert(*mb, r.announced_uid_next(*mb));
+        }
+        o
+    }
+
+    /// Everything, for [`Checker::check_converged`].
+    pub fn with_flags<B: Backend>(r: &Replica<B>) -> Observation {
+        let mut o = Self::of(r);
+        o.dump = r.dump();
+        for m in o.views.values().flat_map(|v| v.values()) {
+            o.flags.insert(*m, r.flags(*m).unwrap_or_default());
+        }
+        o
+    }
+
+    fn uid_of(&self, m: MessageId) -> Option<(MailboxId, u32)> {
+        self.views.iter().find_map(|(mb, v)| v.iter().find(|(_, x)| **x == m).map(|(u, _)| (*mb, *u)))
+    }
+}
+
+/// The invariant checker of the UID rules (U1–U3), add-wins flags,
+/// expunge-wins and move safety, over [`Observation`]s of replicas it is told
+/// about by index. The model's cluster and the simulator both feed it.
+#[derive(Clone, Debug)]
+pub struct Checker {
+    /// Every op ever made, with its author's version vector just before it.
+    pub history: Vec<(Op, VersionVector)>,
+    /// (replica, mailbox, uid) → message, for every UID a replica showed a client.
+    shown: BTreeMap<(usize, MailboxId, u32), MessageId>,
+    /// What each replica displayed at the previous check.
+    previous: Vec<BTreeMap<MailboxId, BTreeMap<u32, MessageId>>>,
+}
+
+impl Checker {
+    /// A checker for `n` replicas.
+    pub fn new(n: usize) -> Self {
+        Checker { history: Vec::new(), shown: BTreeMap::new(), previous: vec![BTreeMap::new(); n] }
+    }
+
+    /// An op made by some replica whose version vector was `before`.
+    pub fn record(&mut self, op: &Op, before: &VersionVector) {
+        self.history.push((op.clone(), before.clone()));
+    }
+
+    /// A client of replica `i` looked at `mailbox` (after it announced):
+    /// every UID below its announced UIDNEXT is now shown.
+    pub fn looked(&mut self, i: usize, now: &Observation, mailbox: MailboxId) {
+        let announced = now.announced.get(&mailbox).copied().unwrap_or(1);
+        let view = now.views.get(&mailbox).cloned().unwrap_or_default();
+        for (uid, m) in &view {
+            if *uid < announced {
+                self.shown.insert((i, mailbox, *uid), *m);
             }
         }
-        let r0 = &self.replicas[0];
-        let views = Self::displayed(r0);
+        self.previous[i].insert(mailbox, view);
+    }
+
+    /// Checks U1 and U2 at replica `i`: a message newly displayed below the
+    /// announced UIDNEXT, or a shown UID naming another message, is a bug.
+    pub fn check_step(&mut self, i: usize, now: &Observation) -> Result<(), String> {
+        for (mb, view) in &now.views {
+            let announced = now.announced.get(mb).copied().unwrap_or(1);
+            let before = self.previous[i].get(mb);
+            for (uid, m) in view {
+                let was_here = before.and_then(|b| b.get(uid)) == Some(m);
+                if !was_here && *uid < announced {
+                    return Err(format!(
+                        "U1: replica {i} shows {m:?} at new UID {uid} below announced UIDNEXT {announced} in {mb:?}"
+                    ));
+                }
+                if let Some(shown) = self.shown.get(&(i, *mb, *uid)) {
+                    if shown != m {
+                        return Err(format!("U2: replica {i} showed UID {uid} as {shown:?}, now as {m:?}"));
+                    }
+                }
+            }
+        }
+        self.previous[i] = now.views.clone();
+        Ok(())
+    }
+
+    /// Checks, after everything was delivered with all links up (the caller
+    /// checks quiescence): identical dumps (U3), U2 across replicas, keywords
+    /// equal to the add-wins reference built from the history, expunged
+    /// messages gone, every other message in exactly one mailbox.
+    pub fn check_converged(&self, replicas: &[Observation]) -> Result<(), String> {
+        let Some(first) = replicas.first() else { return Ok(()) };
+        for (i, r) in replicas.iter().enumerate().skip(1) {
+            if r.dump != first.dump {
+                let mut msg = format!("U3: replica 0 and {i} differ:\n{}", dump_diff(&first.dump, &r.dump));
+                // The history of the first message whose keywords differ.
+                if let Some(m) =
+                    first.flags.iter().find(|(m, f)| r.flags.get(*m).is_some_and(|g| g != *f)).map(|(m, _)| *m)
+                {
+                    msg.push_str(&format!("\nhistory of {m:?}:"));
+                    for (op, _) in self.history.iter().filter(|(op, _)| op_touches(op, m)) {
+                        msg.push_str(&format!("\n  {op:?}"));
+                    }
+                }
+                return Err(msg);
+            }
+        }
         for ((_, mb, uid), m) in &self.shown {
-            if let Some(other) = views.get(mb).and_then(|v| v.get(uid)) {
+            if let Some(other) = first.views.get(mb).and_then(|v| v.get(uid)) {
                 if other != m {
                     return Err(format!("U2: UID {uid} in {mb:?} was shown as {m:?}, converged to {other:?}"));
                 }
@@ -281,7 +378,7 @@ impl Cluster {
             *s = s.join(&FlagState::from_delta(&delta));
         }
         let mut seen = BTreeSet::new();
-        for view in views.values() {
+        for view in first.views.values() {
             for m in view.values() {
                 if !seen.insert(*m) {
                     return Err(format!("{m:?} shown twice"));
@@ -290,7 +387,7 @@ impl Cluster {
                     return Err(format!("expunged {m:?} is back"));
                 }
                 let want = reference.get(m).map(|s| s.keywords()).unwrap_or_default();
-                let got = r0.flags(*m).map_err(|e| e.to_string())?;
+                let got = first.flags.get(m).cloned().unwrap_or_default();
                 if want != got {
                     return Err(format!("flags of {m:?}: reference {want:?}, replica {got:?}"));
                 }
@@ -306,10 +403,10 @@ impl Cluster {
 
     /// Messages whose client-visible UID changed: some replica showed it at
     /// one UID and shows it at another in the same mailbox now.
-    pub fn churned(&self) -> BTreeSet<MessageId> {
+    pub fn churned(&self, replicas: &[Observation]) -> BTreeSet<MessageId> {
         let mut out = BTreeSet::new();
         for ((i, mb, uid), m) in &self.shown {
-            if let Some((now_mb, now_uid)) = self.replicas[*i].uid_of(*m) {
+            if let Some((now_mb, now_uid)) = replicas[*i].uid_of(*m) {
                 if now_mb == *mb && now_uid != *uid {
                     out.insert(*m);
                 }
@@ -353,5 +450,27 @@ impl Cluster {
     /// Number of appends (and copies) in the history.
     pub fn appends(&self) -> usize {
         self.history.iter().filter(|(op, _)| matches!(op.body, OpBody::Append(_) | OpBody::Copy { .. })).count()
+    }
+}
+
+/// The lines two dumps do not share (at most 20), marked by side.
+pub fn dump_diff(a: &str, b: &str) -> String {
+    let (la, lb): (BTreeSet<&str>, BTreeSet<&str>) = (a.lines().collect(), b.lines().collect());
+    let mut out: Vec<String> = la.difference(&lb).map(|l| format!("- {l}")).collect();
+    out.extend(lb.difference(&la).map(|l| format!("+ {l}")));
+    let more = out.len().saturating_sub(20);
+    out.truncate(20);
+    if more > 0 {
+        out.push(format!("… {more} more"));
+    }
+    out.join("\n")
+}
+
+fn op_touches(op: &Op, m: MessageId) -> bool {
+    match &op.body {
+        OpBody::Append(_) | OpBody::Copy { .. } => MessageId(op.dot) == m,
+        OpBody::Flags { message, .. } | OpBody::Move { message, .. } => *message == m,
+        OpBody::Expunge { messages } => messages.contains(&m),
+        _ => false,
     }
 }

@@ -185,7 +185,7 @@ fn delivery_order_does_not_matter() {
                 base.client(r, |rep| rep.store_flags(m, &[k], &[]).unwrap());
             }
         }
-        let history: Vec<_> = base.history.iter().map(|(op, _)| op.clone()).collect();
+        let history: Vec<_> = base.checker.history.iter().map(|(op, _)| op.clone()).collect();
         // Replay the same ops into fresh replicas in two different orders.
         let mut dumps = Vec::new();
         for order_seed in [1u64, 2] {

@@ -313,7 +313,8 @@ fn new_replica_catches_up_by_snapshot() {
     c.client(1, |rep| rep.store_flags(m5, &[Keyword::Answered], &[]).unwrap());
     c.append(2, work, vec![]);
     sync(&mut c);
-    let newer: Vec<_> = c.history.iter().filter(|(op, _)| !before.contains(op.dot)).map(|(op, _)| op.clone()).collect();
+    let newer: Vec<_> =
+        c.checker.history.iter().filter(|(op, _)| !before.contains(op.dot)).map(|(op, _)| op.clone()).collect();
     for op in newer {
         fresh.apply(op).unwrap();
     }
@@ -325,4 +326,29 @@ fn new_replica_catches_up_by_snapshot() {
         c.replicas[0].apply(op).unwrap();
     }
     assert!(c.replicas[0].flags(m5).unwrap().contains(&Keyword::Draft));
+}
+
+/// Found by the simulator: the first op of a replica that joined by snapshot
+/// must depend on everything the snapshot held, or a peer that lacks the
+/// message drops the change instead of waiting for it.
+#[test]
+fn first_op_after_a_snapshot_depends_on_the_snapshot() {
+    use starling_model::{Replica, ReplicaId};
+    let mut c = Cluster::new(2);
+    c.partition(&[0, 1]);
+    let m = c.append(0, INBOX, vec![]).unwrap();
+    let mut fresh = Replica::new(ReplicaId(77));
+    fresh.import_state(c.replicas[0].export_state().unwrap()).unwrap();
+    fresh.store_flags(m, &[Keyword::Answered], &[]).unwrap();
+    let ops = fresh.take_outbox();
+    assert!(ops[0].deps.contains(&starling_model::Dot::new(c.replicas[0].id(), 1)), "{:?}", ops[0]);
+    // Replica 1 gets the flag change before the message: it waits, then applies.
+    for op in ops {
+        c.replicas[1].apply(op).unwrap();
+    }
+    assert_eq!(c.replicas[1].pending_len(), 1);
+    c.heal();
+    let mut rng = starling_model::testkit::Rng::new(1);
+    c.deliver_all(&mut rng);
+    assert_eq!(c.replicas[1].flags(m).unwrap(), [Keyword::Answered].into_iter().collect());
 }

@@ -55,6 +55,8 @@ enum Command {
         /// The account.
         user: String,
     },
+    /// Run deterministic simulations (scenario files, seeds, reports, plots).
+    Sim(starling_sim::cli::SimArgs),
     /// Print the version.
     Version,
 }
@@ -123,6 +125,11 @@ fn open_store(data_dir: &Path) -> Result<Store, String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
+        Command::Sim(args) => {
+            if !starling_sim::cli::main(args)? {
+                return Err("some seeds failed (see above for how to reproduce each)".into());
+            }
+        }
         Command::Serve { peer_listen } => {
             let id = identity(&cli.data_dir)?;
             let store = open_store(&cli.data_dir)?;

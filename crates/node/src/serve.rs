@@ -7,6 +7,7 @@ use starling_link::{LinkError, PeerLink, Progress};
 use starling_net::{read_frame, write_frame, NodeIdentity, PeerConnection, PeerEndpoint, PeerSet};
 use starling_store::Store;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -23,7 +24,7 @@ pub fn run(store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Socke
         let identity = Arc::new(identity);
         let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
         let endpoint = Arc::new(PeerEndpoint::bind(listen, identity.clone(), pinned).map_err(|e| e.to_string())?);
-        let (changes, _) = broadcast::channel::<String>(1024);
+        let hub = Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default() };
         let peers = Arc::new(peers);
         for a in store.accounts() {
             report(&store, &a);
@@ -38,14 +39,14 @@ pub fn run(store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Socke
 
         // Accept: any pinned peer (the handshake already refused the others).
         {
-            let (endpoint, store, peers, changes, me) =
-                (endpoint.clone(), store.clone(), peers.clone(), changes.clone(), identity.id());
+            let (endpoint, store, peers, hub, me) =
+                (endpoint.clone(), store.clone(), peers.clone(), hub.clone(), identity.id());
             tokio::spawn(async move {
                 while let Some(conn) = endpoint.accept().await {
                     let Some(peer) = peers.iter().find(|p| p.id == conn.peer).cloned() else { continue };
-                    let (store, changes) = (store.clone(), changes.clone());
+                    let (store, hub) = (store.clone(), hub.clone());
                     tokio::spawn(async move {
-                        let end = session(conn, false, me.replica(), &peer, store, changes).await;
+                        let end = session(conn, false, me.replica(), &peer, store, hub).await;
                         eprintln!("peer {:?}: session ended: {end}", peer.id);
                     });
                 }
@@ -53,14 +54,14 @@ pub fn run(store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Socke
         }
         // Dial the peers with a smaller id, forever, with backoff.
         for peer in peers.iter().filter(|p| p.id < identity.id()).cloned() {
-            let (endpoint, store, changes, me) = (endpoint.clone(), store.clone(), changes.clone(), identity.id());
+            let (endpoint, store, hub, me) = (endpoint.clone(), store.clone(), hub.clone(), identity.id());
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(100);
                 loop {
                     match endpoint.connect(peer.addr, peer.id).await {
                         Ok(conn) => {
                             backoff = Duration::from_millis(100);
-                            let end = session(conn, true, me.replica(), &peer, store.clone(), changes.clone()).await;
+                            let end = session(conn, true, me.replica(), &peer, store.clone(), hub.clone()).await;
                             eprintln!("peer {:?}: session ended: {end}", peer.id);
                         }
                         Err(e) => eprintln!("peer {:?}: {e}", peer.id),
@@ -94,6 +95,15 @@ fn report(store: &Store, account: &str) {
     let _ = std::io::stdout().flush();
 }
 
+/// What the sessions of one node share.
+#[derive(Clone)]
+struct Hub {
+    /// Accounts just committed (locally or from a peer): every link pushes.
+    changes: broadcast::Sender<String>,
+    /// Some peer lacked a body asked of it: all links sweep until none is missing.
+    bodies_lacking: Arc<AtomicBool>,
+}
+
 /// One sync session over one connection; returns why it ended.
 async fn session(
     conn: PeerConnection,
@@ -101,7 +111,7 @@ async fn session(
     me: starling_model::ReplicaId,
     peer: &Peer,
     store: Arc<Store>,
-    changes: broadcast::Sender<String>,
+    hub: Hub,
 ) -> String {
     let streams = if dialer { conn.connection.open_bi().await } else { conn.connection.accept_bi().await };
     let (mut send, mut recv) = match streams {
@@ -152,7 +162,7 @@ async fn session(
             }
         }
     });
-    let mut local = changes.subscribe();
+    let mut local = hub.changes.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
@@ -161,7 +171,10 @@ async fn session(
             Ok(progress) => {
                 for account in progress.committed {
                     report(&store, &account);
-                    let _ = changes.send(account);
+                    let _ = hub.changes.send(account);
+                }
+                if progress.bodies_lacking {
+                    hub.bodies_lacking.store(true, Ordering::Relaxed);
                 }
                 if progress.bodies > 0 {
                     for a in link.accounts() {
@@ -194,8 +207,14 @@ async fn session(
             break "closed by protocol".into();
         }
         tokio::select! {
-            _ = tick.tick(), if link.wants_retry() => {
-                outcome = tokio::task::block_in_place(|| link.retry_bodies(&store)).map(|()| Progress::default());
+            // Some peer lacked a body: every link asks for what is missing.
+            _ = tick.tick(), if hub.bodies_lacking.load(Ordering::Relaxed) => {
+                outcome = tokio::task::block_in_place(|| link.retry_bodies(&store)).map(|missing| {
+                    if !missing {
+                        hub.bodies_lacking.store(false, Ordering::Relaxed);
+                    }
+                    Progress::default()
+                });
             }
             f = frames.recv() => match f {
                 Some(f) => outcome = tokio::task::block_in_place(|| link.handle_frame(&store, &f)),

@@ -38,6 +38,18 @@ const PARTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("parts");
 const MAGIC: &[u8] = b"starling-store";
 const FORMAT_VERSION: u8 = 1;
 
+/// What [`Store::snapshot`] produces: the replicated state, and the log
+/// above the sender's floor.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotFile {
+    format: u8,
+    state: starling_model::snapshot::StateSnapshot,
+    floor: VersionVector,
+    tail: Vec<oplog::Logged>,
+}
+
+const SNAPSHOT_FORMAT: u8 = 1;
+
 /// Largest decompressed snapshot accepted.
 pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
 
@@ -524,19 +536,47 @@ impl Store {
     /// The account's whole replicated state, for a peer that is new or
     /// behind the compacted log ([`starling_model::snapshot`]); compressed.
     pub fn snapshot(&self, account: &str) -> Result<Vec<u8>, StoreError> {
-        let snap = self.inspect(account, |r| r.export_state())?.map_err(st)?;
-        Ok(blob::pack(&postcard::to_stdvec(&snap).map_err(st)?))
+        let state = self.inspect(account, |r| r.export_state())?.map_err(st)?;
+        // The log tail from this node's floor up to the state, so that the
+        // receiver can serve every peer this node can (its floor is ours).
+        let number = self.account_number(account)?;
+        let r = self.db.begin_read().map_err(st)?;
+        let floor = self.log_floor(&r, number)?;
+        let ranges: Vec<(u64, u64, u64)> = state
+            .vv
+            .iter()
+            .filter(|(replica, last)| floor.get(*replica) < *last)
+            .map(|(replica, last)| (replica.0, floor.get(replica) + 1, last))
+            .collect();
+        let tail = oplog::read_logged(&r, number, &ranges)?;
+        let file = SnapshotFile { format: SNAPSHOT_FORMAT, state, floor, tail };
+        Ok(blob::pack(&postcard::to_stdvec(&file).map_err(st)?))
+    }
+
+    fn account_number(&self, account: &str) -> Result<u32, StoreError> {
+        let accounts = self.accounts.lock().expect("accounts lock");
+        Ok(accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.number)
     }
 
     /// Installs a snapshot made by [`Store::snapshot`] into an account that
-    /// has applied nothing. Its op log starts after the snapshot.
+    /// has applied nothing: its state, and the sender's log tail above the
+    /// sender's floor, which becomes this node's floor.
     pub fn install_snapshot(&self, account: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let raw = blob::unpack(bytes, SNAPSHOT_BYTES_MAX).map_err(|e| StoreError::Snapshot(e.to_string()))?;
-        let snap: starling_model::snapshot::StateSnapshot =
-            postcard::from_bytes(&raw).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+        let bad = |e: &dyn std::fmt::Display| StoreError::Snapshot(e.to_string());
+        let raw = blob::unpack(bytes, SNAPSHOT_BYTES_MAX).map_err(|e| bad(&e))?;
+        let file: SnapshotFile = postcard::from_bytes(&raw).map_err(|e| bad(&e))?;
+        if file.format != SNAPSHOT_FORMAT {
+            return Err(bad(&format!("snapshot format {}", file.format)));
+        }
+        // The tail must be the state's own ops above the floor, nothing else.
+        if file.tail.iter().any(|(op, _)| !file.state.vv.contains(op.dot) || file.floor.contains(op.dot)) {
+            return Err(bad(&"log tail outside the snapshot"));
+        }
         self.write(account, |b| {
-            let floor = postcard::to_stdvec(&snap.vv).map_err(st)?;
-            b.replica.import_state(snap).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+            let floor = postcard::to_stdvec(&file.floor).map_err(st)?;
+            b.replica.import_state(file.state).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+            let tail = file.tail.into_iter().map(|(op, mbs)| starling_model::AppliedOp { op, mailboxes: mbs.into() });
+            oplog::append(b.txn, b.number, tail.collect())?;
             b.txn.open_table(LOG_FLOOR).map_err(st)?.insert(b.number, floor.as_slice()).map_err(st)?;
             Ok(())
         })
@@ -704,10 +744,7 @@ impl Store {
     /// their effect is already in the materialized state. Returns how many
     /// ops were dropped.
     pub fn compact(&self, account: &str, held_by_all: &VersionVector) -> Result<u64, StoreError> {
-        let number = {
-            let accounts = self.accounts.lock().expect("accounts lock");
-            accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.number
-        };
+        let number = self.account_number(account)?;
         let mut floor = self.log_floor(&self.db.begin_read().map_err(st)?, number)?;
         let w = self.db.begin_write().map_err(st)?;
         let dropped = oplog::compact(&w, number, held_by_all, &mut floor)?;

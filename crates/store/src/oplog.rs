@@ -27,7 +27,7 @@ pub(crate) const SEGMENTS_BY_MAILBOX: TableDefinition<(u32, u64, u64, u64, u64),
 /// Pseudo-mailbox under which account-document ops are indexed.
 const ACCOUNT_OPS: (u64, u64) = (0, u64::MAX);
 
-type Logged = (Op, Vec<MailboxId>);
+pub(crate) type Logged = (Op, Vec<MailboxId>);
 
 fn decode(bytes: &[u8]) -> Result<Vec<Logged>, StoreError> {
     let raw = blob::unpack(bytes, SEGMENT_BYTES_MAX).map_err(st)?;
@@ -126,6 +126,25 @@ pub(crate) fn read(
                     out.push(op);
                 }
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Every logged entry (op and the mailboxes it touched) of `ranges`, for a
+/// snapshot's log tail.
+pub(crate) fn read_logged(
+    r: &ReadTransaction,
+    account: u32,
+    ranges: &[(u64, u64, u64)],
+) -> Result<Vec<Logged>, StoreError> {
+    let segments = r.open_table(SEGMENTS).map_err(st)?;
+    let mut out = Vec::new();
+    for &(replica, from, last) in ranges {
+        let start = segment_start(&segments, account, replica, from)?;
+        for item in segments.range((account, replica, start)..=(account, replica, last)).map_err(st)? {
+            let (_, v) = item.map_err(st)?;
+            out.extend(decode(v.value())?.into_iter().filter(|(op, _)| (from..=last).contains(&op.dot.counter)));
         }
     }
     Ok(out)

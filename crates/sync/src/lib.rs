@@ -432,6 +432,12 @@ impl Session {
         Err(e)
     }
 
+    /// Ends the session from this side for a reason that is nobody's fault
+    /// (the driver must start over): queues `Refused` for the peer.
+    pub fn abort(&mut self, reason: &str) {
+        let _ = self.close(SessionError::Protocol(reason.to_string()));
+    }
+
     /// The peer's node id, once it said hello.
     pub fn peer(&self) -> Option<ReplicaId> {
         self.peer

@@ -1,0 +1,37 @@
+//! Deliberately broken merge rules for mutation tests: with the `mutations`
+//! feature, a test switches one on at run time and expects the checker to
+//! catch it. Without the feature nothing here exists and the checks in the
+//! merge code compile to `false`.
+
+/// A merge rule broken on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mutation {
+    /// A keyword removal also removes concurrent adds (remove-wins instead
+    /// of add-wins).
+    RemoveWins = 1,
+    /// A move applies whenever it arrives (last arrival wins instead of the
+    /// highest (sequence, replica)).
+    MoveByArrival = 2,
+}
+
+#[cfg(feature = "mutations")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Switches a broken rule on (`Some`) or every rule back to correct (`None`),
+/// for the whole process.
+#[cfg(feature = "mutations")]
+pub fn set(m: Option<Mutation>) {
+    ACTIVE.store(m.map_or(0, |m| m as u8), std::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(feature = "mutations")]
+pub(crate) fn active(m: Mutation) -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
+}
+
+#[cfg(not(feature = "mutations"))]
+#[inline(always)]
+pub(crate) fn active(_: Mutation) -> bool {
+    false
+}

@@ -1,0 +1,346 @@
+//! Scenario files (TOML): the cluster, the network's faults, the workload and
+//! a timeline of partitions and crashes. `simulations/*.toml` are examples;
+//! `simulations/README.md` documents every key.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// One simulation setup; the seed varies everything random within it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Shown in reports.
+    pub name: String,
+    /// Number of nodes (2–16).
+    pub nodes: usize,
+    /// How long clients act, in simulated hours; then every fault heals.
+    pub hours: f64,
+    /// Deadline for convergence after the final heal (simulated hours).
+    #[serde(default = "one")]
+    pub settle_hours: f64,
+    /// Largest clock offset of a node from true time, in minutes (each node
+    /// draws its own in ±this).
+    #[serde(default)]
+    pub clock_skew_minutes: f64,
+    /// Faults of the links.
+    #[serde(default)]
+    pub network: Network,
+    /// What clients do.
+    #[serde(default)]
+    pub workload: Workload,
+    /// Partial replicas.
+    #[serde(default)]
+    pub partial: Vec<Partial>,
+    /// Timeline of partitions, crashes and compactions.
+    #[serde(default)]
+    pub events: Vec<TimedEvent>,
+}
+
+/// Above zero (false for NaN).
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Per-frame network behaviour. Delays and retransmissions keep each
+/// stream's order (what QUIC gives); `duplicate` and `reorder` break it on
+/// purpose, to show a broken transport costs a reconnect, never state.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// One-way delay range in milliseconds.
+    pub delay_ms: [u64; 2],
+    /// Chance a frame's packet is lost and retransmitted (200–1000 ms later,
+    /// holding up the frames behind it on its stream).
+    pub loss: f64,
+    /// Chance a frame is delivered twice.
+    pub duplicate: f64,
+    /// Chance a frame overtakes the frames before it on its stream.
+    pub reorder: f64,
+    /// Chance, per frame, that the connection resets.
+    pub reset: f64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { delay_ms: [1, 30], loss: 0.0, duplicate: 0.0, reorder: 0.0, reset: 0.0 }
+    }
+}
+
+/// The clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// Client actions per node per simulated hour.
+    pub actions_per_node_hour: f64,
+    /// Chance a delivered message is large (1.1–1.6 MB).
+    pub big_body: f64,
+    /// Relative weights of the actions.
+    pub mix: Mix,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload { actions_per_node_hour: 60.0, big_body: 0.0, mix: Mix::default() }
+    }
+}
+
+/// Relative weights of client actions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mix {
+    /// LMTP delivery to INBOX.
+    pub deliver: f64,
+    /// IMAP APPEND to any mailbox, with keywords.
+    pub append: f64,
+    /// STORE +/- keywords.
+    pub flags: f64,
+    /// MOVE.
+    pub moves: f64,
+    /// COPY.
+    pub copy: f64,
+    /// EXPUNGE of one message.
+    pub expunge: f64,
+    /// CREATE.
+    pub create: f64,
+    /// RENAME.
+    pub rename: f64,
+    /// DELETE.
+    pub delete: f64,
+    /// SELECT (announces UIDNEXT; the checker records the UIDs shown).
+    pub select: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            deliver: 25.0,
+            append: 5.0,
+            flags: 30.0,
+            moves: 8.0,
+            copy: 3.0,
+            expunge: 6.0,
+            create: 1.5,
+            rename: 1.0,
+            delete: 0.5,
+            select: 20.0,
+        }
+    }
+}
+
+/// A node that fetches only some bodies eagerly.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partial {
+    /// Its index.
+    pub node: usize,
+    /// Mailboxes whose bodies it takes (all if absent).
+    pub mailboxes: Option<Vec<String>>,
+    /// Largest body it takes eagerly.
+    pub size_max: Option<u64>,
+}
+
+/// Something that happens at a time.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TimedEvent {
+    /// When, in simulated hours from the start.
+    pub at_hours: f64,
+    /// What.
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// Timeline actions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum Action {
+    /// Links only inside each group.
+    Partition {
+        /// Node indexes per group; every node in exactly one.
+        groups: Vec<Vec<usize>>,
+    },
+    /// Every link up.
+    Heal,
+    /// Cut one node from all others.
+    Isolate {
+        /// Its index.
+        node: usize,
+    },
+    /// A node loses power; it restarts from its store later.
+    Crash {
+        /// Its index.
+        node: usize,
+        /// Down for this long.
+        down_minutes: f64,
+    },
+    /// The link between two nodes goes down and up every period.
+    Flap {
+        /// One end.
+        a: usize,
+        /// The other end.
+        b: usize,
+        /// Half a period down, half up.
+        period_minutes: f64,
+        /// Until then (simulated hours from the start).
+        until_hours: f64,
+    },
+    /// Each node in turn crashes for a while.
+    RollingCrashes {
+        /// Time between two crashes.
+        every_minutes: f64,
+        /// Time each stays down.
+        down_minutes: f64,
+        /// Until then (simulated hours from the start).
+        until_hours: f64,
+    },
+    /// Every running node drops from its log the ops every member holds
+    /// (causally stable ones); a node that joins later catches up by snapshot.
+    Compact,
+    /// A node that was not there before starts empty and joins.
+    Join {
+        /// Its index (it is absent until now).
+        node: usize,
+    },
+}
+
+/// A scenario that cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Unreadable file.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not valid TOML or unknown keys.
+    #[error("{path}: {reason}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message (with line and column).
+        reason: String,
+    },
+    /// Valid TOML describing an impossible setup.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let p = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ScenarioError::Io { path: p.clone(), reason: e.to_string() })?;
+        Self::parse(&text).map_err(|e| match e {
+            ScenarioError::Syntax { reason, .. } => ScenarioError::Syntax { path: p.clone(), reason },
+            ScenarioError::Invalid { reason, .. } => ScenarioError::Invalid { path: p.clone(), reason },
+            other => other,
+        })
+    }
+
+    /// Parses and validates scenario text.
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario =
+            toml::from_str(text).map_err(|e| ScenarioError::Syntax { path: String::new(), reason: e.to_string() })?;
+        s.validate().map_err(|reason| ScenarioError::Invalid { path: String::new(), reason })?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(2..=16).contains(&self.nodes) {
+            return Err(format!("nodes = {}: must be 2 to 16", self.nodes));
+        }
+        if !(positive(self.hours) && self.hours <= 24.0 * 366.0) {
+            return Err(format!("hours = {}: must be above 0 and at most a year", self.hours));
+        }
+        if !positive(self.settle_hours) {
+            return Err("settle_hours must be above 0".into());
+        }
+        let n = &self.network;
+        if n.delay_ms[0] > n.delay_ms[1] {
+            return Err("network.delay_ms: the first bound is above the second".into());
+        }
+        for (k, p) in [("loss", n.loss), ("duplicate", n.duplicate), ("reorder", n.reorder), ("reset", n.reset)] {
+            if !(0.0..=0.5).contains(&p) {
+                return Err(format!("network.{k} = {p}: must be between 0 and 0.5"));
+            }
+        }
+        if !positive(self.workload.actions_per_node_hour) {
+            return Err("workload.actions_per_node_hour must be above 0".into());
+        }
+        let node_ok = |i: usize, what: &str| {
+            if i < self.nodes {
+                Ok(())
+            } else {
+                Err(format!("{what}: node {i} does not exist (nodes = {})", self.nodes))
+            }
+        };
+        for p in &self.partial {
+            node_ok(p.node, "partial")?;
+        }
+        for e in &self.events {
+            if !(positive(e.at_hours) || e.at_hours == 0.0) {
+                return Err("events: at_hours must be 0 or more".into());
+            }
+            match &e.action {
+                Action::Partition { groups } => {
+                    let mut seen = vec![false; self.nodes];
+                    for i in groups.iter().flatten() {
+                        node_ok(*i, "partition")?;
+                        if std::mem::replace(&mut seen[*i], true) {
+                            return Err(format!("partition: node {i} is in two groups"));
+                        }
+                    }
+                    if seen.contains(&false) {
+                        return Err("partition: every node must be in a group".into());
+                    }
+                }
+                Action::Isolate { node } | Action::Crash { node, .. } | Action::Join { node } => {
+                    node_ok(*node, "event")?
+                }
+                Action::Flap { a, b, period_minutes, .. } => {
+                    node_ok(*a, "flap")?;
+                    node_ok(*b, "flap")?;
+                    if a == b || !positive(*period_minutes) {
+                        return Err("flap: needs two different nodes and a period above 0".into());
+                    }
+                }
+                Action::RollingCrashes { every_minutes, .. } => {
+                    if !positive(*every_minutes) {
+                        return Err("rolling_crashes: every_minutes must be above 0".into());
+                    }
+                }
+                Action::Heal | Action::Compact => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_scenarios_name_the_problem() {
+        let bad = |t: &str| Scenario::parse(t).unwrap_err().to_string();
+        assert!(bad("name = 'x'\nnodes = 1\nhours = 1").contains("nodes = 1"));
+        assert!(bad("name = 'x'\nnodes = 3\nhours = 1\nfoo = 2").contains("foo"));
+        let e = bad("name='x'\nnodes=3\nhours=1\n[[events]]\nat_hours=1\ndo='partition'\ngroups=[[0,1],[1,2]]");
+        assert!(e.contains("two groups"), "{e}");
+        assert!(bad("name='x'\nnodes=3\nhours=1\n[[events]]\nat_hours=1\ndo='crash'\nnode=9\ndown_minutes=1")
+            .contains("node 9"));
+        let ok = Scenario::parse("name='x'\nnodes=3\nhours=1\n[[events]]\nat_hours=0.5\ndo='heal'").unwrap();
+        assert_eq!(ok.events.len(), 1);
+    }
+}

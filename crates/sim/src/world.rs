@@ -1,0 +1,886 @@
+//! One simulated run: nodes (real stores on crashable memory disks, real
+//! sync sessions through [`PeerLink`]), a network of per-connection streams
+//! with seeded delays and faults, clients, a timeline, and the checker.
+//! Everything random comes from one seed; time is simulated milliseconds.
+
+use crate::scenario::{Action, Scenario};
+use starling_link::PeerLink;
+use starling_model::testkit::{Checker, Observation, Rng};
+use starling_model::{Dot, Keyword, MailboxId, ReplicaId, VersionVector, INBOX};
+use starling_store::memdisk::MemDisk;
+use starling_store::{Store, StoreOptions};
+use starling_sync::BodyPolicy;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// The one account every node replicates.
+pub const ACCOUNT: &str = "sim";
+
+const MS_PER_HOUR: f64 = 3_600_000.0;
+/// How often a link asks again for bodies a peer lacked.
+const BODY_RETRY_MS: u64 = 500;
+
+/// What one run measured, and whether the checker passed.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// The checker's verdict.
+    pub result: Result<(), String>,
+    /// BLAKE3 of the whole trace (events, frames, final dumps): equal for
+    /// equal seeds.
+    pub trace: String,
+    /// Simulated time of the final heal (ms).
+    pub heal_ms: u64,
+    /// Simulated time from the final heal to the last state change (ms).
+    pub converge_ms: u64,
+    /// Frames delivered after the final heal.
+    pub frames_after_heal: u64,
+    /// Frame bytes sent by all sessions.
+    pub bytes: u64,
+    /// Client actions that committed.
+    pub actions: u64,
+    /// Ops authored (client and settling).
+    pub ops: u64,
+    /// Messages appended or copied.
+    pub appends: u64,
+    /// Messages whose shown UID changed under our rule.
+    pub churn: u64,
+    /// Messages dsync's rule would have renumbered on the same history.
+    pub churn_dsync: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Sessions that ended on a protocol error (broken transport) and reconnected.
+    pub protocol_resets: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Events processed.
+    pub events: u64,
+}
+
+impl RunReport {
+    /// An empty report for a run of `scenario` with `seed`.
+    pub fn new(scenario: &str, seed: u64) -> RunReport {
+        RunReport {
+            scenario: scenario.to_string(),
+            seed,
+            result: Ok(()),
+            trace: String::new(),
+            heal_ms: 0,
+            converge_ms: 0,
+            frames_after_heal: 0,
+            bytes: 0,
+            actions: 0,
+            ops: 0,
+            appends: 0,
+            churn: 0,
+            churn_dsync: 0,
+            connections: 0,
+            protocol_resets: 0,
+            crashes: 0,
+            events: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Frame {
+        from: usize,
+        to: usize,
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    Client {
+        node: usize,
+    },
+    Timeline(Action),
+    /// One link cut or restored (a flap).
+    Link {
+        a: usize,
+        b: usize,
+        up: bool,
+    },
+    Connect {
+        a: usize,
+        b: usize,
+    },
+    Retry {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    FinalHeal,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Conn {
+    id: u64,
+    link: PeerLink,
+    /// Earliest delivery of the next frame on each stream (order kept).
+    next_meta: u64,
+    next_blob: u64,
+}
+
+struct Node {
+    id: ReplicaId,
+    disk: MemDisk,
+    store: Option<Store>,
+    conns: BTreeMap<usize, Conn>,
+    policy: BodyPolicy,
+    skew_ms: i64,
+    /// Own ops already handed to the checker, and the vector then.
+    recorded: u64,
+    before: VersionVector,
+    sent_messages: u64,
+    /// False until a `join` event for a node that starts absent.
+    joined: bool,
+    /// A body sweep over every link is scheduled.
+    retry_armed: bool,
+}
+
+/// The simulated cluster.
+pub struct World {
+    sc: Scenario,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<Node>,
+    /// Whether `i` and `j` can reach each other (partitions, flaps).
+    reach: Vec<Vec<bool>>,
+    next_conn: u64,
+    checker: Checker,
+    trace: blake3::Hasher,
+    healed: Option<u64>,
+    last_change: u64,
+    report: RunReport,
+    /// Blob bytes of every body ever delivered, by author, to check
+    /// on-demand fetches against.
+    bodies: BTreeMap<starling_model::BlobId, usize>,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Opens node `i`'s store on its disk, creating the account on first start.
+fn open_store(disk: &MemDisk, i: usize, id: ReplicaId) -> Result<Store, String> {
+    let store = Store::open_on(disk.backend(), &format!("node{i}"), id, StoreOptions::default())
+        .map_err(|e| format!("node {i} does not start: {e}"))?;
+    if !store.accounts().iter().any(|a| a == ACCOUNT) {
+        store.add_account(ACCOUNT).map_err(err)?;
+    }
+    Ok(store)
+}
+
+impl World {
+    /// A fresh cluster for `sc` and `seed`.
+    pub fn new(sc: &Scenario, seed: u64) -> Result<World, String> {
+        let mut rng = Rng::new(seed ^ 0x5354_4152_4c49_4e47);
+        let skew_max = (sc.clock_skew_minutes * 60_000.0) as i64;
+        let mut nodes = Vec::new();
+        let late: Vec<usize> = sc
+            .events
+            .iter()
+            .filter_map(|e| match e.action {
+                Action::Join { node } => Some(node),
+                _ => None,
+            })
+            .collect();
+        for i in 0..sc.nodes {
+            // Ids spread like real ones (hashes of certificates).
+            let id = ReplicaId(Rng::new(seed.wrapping_mul(31).wrapping_add(i as u64)).next_u64() | 1);
+            let disk = MemDisk::new();
+            let joined = !late.contains(&i);
+            let store = if joined { Some(open_store(&disk, i, id)?) } else { None };
+            let policy = sc
+                .partial
+                .iter()
+                .find(|p| p.node == i)
+                .map(|p| BodyPolicy { mailboxes: p.mailboxes.clone(), size_max: p.size_max, received_since: None })
+                .unwrap_or_default();
+            let skew_ms = if skew_max > 0 { rng.below(2 * skew_max as usize + 1) as i64 - skew_max } else { 0 };
+            nodes.push(Node {
+                id,
+                disk,
+                store,
+                conns: BTreeMap::new(),
+                policy,
+                skew_ms,
+                recorded: 0,
+                before: VersionVector::new(),
+                sent_messages: 0,
+                joined,
+                retry_armed: false,
+            });
+        }
+        let n = sc.nodes;
+        let mut w = World {
+            sc: sc.clone(),
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            reach: vec![vec![true; n]; n],
+            next_conn: 0,
+            checker: Checker::new(n),
+            trace: blake3::Hasher::new(),
+            healed: None,
+            last_change: 0,
+            report: RunReport::new(&sc.name, seed),
+            bodies: BTreeMap::new(),
+        };
+        w.build_timeline();
+        for i in 0..n {
+            w.schedule_client(i);
+            for j in i + 1..n {
+                w.schedule(0, Ev::Connect { a: i, b: j });
+            }
+        }
+        Ok(w)
+    }
+
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at: self.now + delay, seq: self.seq, ev }));
+    }
+
+    fn end_of_work(&self) -> u64 {
+        (self.sc.hours * MS_PER_HOUR) as u64
+    }
+
+    /// Expands the scenario's timeline into scheduled events.
+    fn build_timeline(&mut self) {
+        let ms = |h: f64| (h * MS_PER_HOUR) as u64;
+        let mins = |m: f64| (m * 60_000.0) as u64;
+        for e in self.sc.events.clone() {
+            let at = ms(e.at_hours);
+            match e.action {
+                Action::Flap { a, b, period_minutes, until_hours } => {
+                    let half = mins(period_minutes / 2.0).max(1);
+                    let mut t = at;
+                    let mut up = false;
+                    while t < ms(until_hours) {
+                        self.schedule(t, Ev::Link { a, b, up });
+                        t += half;
+                        up = !up;
+                    }
+                    self.schedule(t, Ev::Link { a, b, up: true });
+                }
+                Action::RollingCrashes { every_minutes, down_minutes, until_hours } => {
+                    let mut t = at;
+                    let mut k = 0;
+                    while t < ms(until_hours) {
+                        let node = k % self.sc.nodes;
+                        self.schedule(t, Ev::Timeline(Action::Crash { node, down_minutes }));
+                        t += mins(every_minutes).max(1);
+                        k += 1;
+                    }
+                }
+                other => self.schedule(at, Ev::Timeline(other)),
+            }
+        }
+        let last = self.queue.iter().map(|s| s.0.at).max().unwrap_or(0);
+        self.schedule(self.end_of_work().max(last) + 1, Ev::FinalHeal);
+    }
+
+    fn schedule_client(&mut self, node: usize) {
+        // Exponential gaps: a Poisson stream of client actions.
+        let mean = MS_PER_HOUR / self.sc.workload.actions_per_node_hour;
+        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let gap = (-(1.0 - u).ln() * mean).max(1.0) as u64;
+        if self.now + gap < self.end_of_work() {
+            self.schedule(gap, Ev::Client { node });
+        }
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].store.is_some()
+    }
+
+    /// Runs to the end; the report says whether every check held.
+    pub fn run(mut self) -> RunReport {
+        let result = self.run_inner();
+        self.report.result = result;
+        self.report.trace = self.trace.finalize().to_hex().to_string();
+        self.report
+    }
+
+    fn run_inner(&mut self) -> Result<(), String> {
+        while let Some(Reverse(s)) = self.queue.pop() {
+            self.now = s.at;
+            if let Some(h) = self.healed {
+                if self.now > h + (self.sc.settle_hours * MS_PER_HOUR) as u64 {
+                    return Err(format!(
+                        "did not converge within {} h of the final heal: {}",
+                        self.sc.settle_hours,
+                        self.stuck()
+                    ));
+                }
+            }
+            self.report.events += 1;
+            self.trace.update(&self.now.to_le_bytes());
+            self.step(s.ev)?;
+        }
+        self.finish()
+    }
+
+    fn step(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Frame { from, to, conn, bytes } => {
+                self.trace.update(&[1, from as u8, to as u8]);
+                self.trace.update(&bytes);
+                self.deliver(from, to, conn, &bytes)
+            }
+            Ev::Client { node } => {
+                self.trace.update(&[2, node as u8]);
+                if self.up(node) {
+                    self.client_action(node)?;
+                }
+                self.schedule_client(node);
+                Ok(())
+            }
+            Ev::Timeline(a) => {
+                self.trace.update(&[3]);
+                self.timeline(a)
+            }
+            Ev::Link { a, b, up } => {
+                self.trace.update(&[8, a as u8, b as u8, up as u8]);
+                let reach = self.reach.clone();
+                self.set_reach(|i, j| if (i, j) == (a, b) || (i, j) == (b, a) { up } else { reach[i][j] });
+                Ok(())
+            }
+            Ev::Connect { a, b } => {
+                self.trace.update(&[4, a as u8, b as u8]);
+                self.connect(a, b)
+            }
+            Ev::Retry { node } => {
+                self.trace.update(&[5, node as u8]);
+                self.nodes[node].retry_armed = false;
+                let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
+                let mut missing = false;
+                for peer in peers {
+                    let n = &mut self.nodes[node];
+                    let Some(store) = n.store.as_ref() else { return Ok(()) };
+                    missing |= n.conns.get_mut(&peer).expect("listed").link.retry_bodies(store).map_err(err)?;
+                    self.flush(node, peer);
+                }
+                if missing {
+                    self.arm_retry(node);
+                }
+                Ok(())
+            }
+            Ev::Restart { node } => {
+                self.trace.update(&[6, node as u8]);
+                self.restart(node)
+            }
+            Ev::FinalHeal => {
+                self.trace.update(&[7]);
+                for i in 0..self.nodes.len() {
+                    if !self.up(i) {
+                        self.restart(i)?;
+                    }
+                }
+                self.set_reach(|_, _| true);
+                self.healed = Some(self.now);
+                self.report.heal_ms = self.now;
+                self.last_change = self.now;
+                Ok(())
+            }
+        }
+    }
+
+    fn timeline(&mut self, a: Action) -> Result<(), String> {
+        match a {
+            Action::Partition { groups } => {
+                let mut group_of = vec![0; self.nodes.len()];
+                for (g, members) in groups.iter().enumerate() {
+                    for i in members {
+                        group_of[*i] = g;
+                    }
+                }
+                self.set_reach(|i, j| group_of[i] == group_of[j]);
+            }
+            Action::Heal => self.set_reach(|_, _| true),
+            Action::Isolate { node } => self.set_reach(|i, j| i != node && j != node),
+            Action::Crash { node, down_minutes } => {
+                if self.up(node) {
+                    self.crash(node);
+                    self.schedule((down_minutes * 60_000.0) as u64, Ev::Restart { node });
+                }
+            }
+            Action::Compact => {
+                // Only causally stable ops go: those every node holds (what
+                // a node learns from its peers' acknowledgements). A peer
+                // away for a month is thus never behind anyone's log.
+                let vvs: Vec<&VersionVector> = self.nodes.iter().filter(|n| n.joined).map(|n| &n.before).collect();
+                let mut stable = VersionVector::new();
+                for (r, c) in vvs[0].iter() {
+                    let min = vvs.iter().map(|v| v.get(r)).min().unwrap_or(0).min(c);
+                    if min > 0 {
+                        stable.observe(Dot::new(r, min));
+                    }
+                }
+                for n in &self.nodes {
+                    if let Some(st) = &n.store {
+                        st.compact(ACCOUNT, &stable).map_err(err)?;
+                    }
+                }
+            }
+            Action::Join { node } => self.restart(node)?,
+            Action::Flap { .. } | Action::RollingCrashes { .. } => unreachable!("expanded"),
+        }
+        Ok(())
+    }
+
+    /// Sets who reaches whom; connections across a cut die, new paths connect.
+    fn set_reach(&mut self, f: impl Fn(usize, usize) -> bool) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let now = f(i, j);
+                let was = std::mem::replace(&mut self.reach[i][j], now);
+                if i < j && was && !now {
+                    self.disconnect(i, j);
+                } else if i < j && !was && now {
+                    let backoff = 100 + self.rng.below(2000) as u64;
+                    self.schedule(backoff, Ev::Connect { a: i, b: j });
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, node: usize) {
+        self.report.crashes += 1;
+        let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
+        for p in peers {
+            self.disconnect(node, p);
+        }
+        self.nodes[node].disk.crash();
+        self.nodes[node].store = None;
+    }
+
+    fn restart(&mut self, node: usize) -> Result<(), String> {
+        if self.up(node) {
+            return Ok(());
+        }
+        let n = &mut self.nodes[node];
+        n.store = Some(open_store(&n.disk, node, n.id)?);
+        n.joined = true;
+        for j in 0..self.nodes.len() {
+            if j != node && self.reach[node][j] {
+                let backoff = 100 + self.rng.below(2000) as u64;
+                self.schedule(backoff, Ev::Connect { a: node, b: j });
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, a: usize, b: usize) -> Result<(), String> {
+        if !self.up(a) || !self.up(b) || !self.reach[a][b] || self.nodes[a].conns.contains_key(&b) {
+            return Ok(());
+        }
+        self.next_conn += 1;
+        self.report.connections += 1;
+        let id = self.next_conn;
+        let accounts = [ACCOUNT.to_string()];
+        for (me, peer) in [(a, b), (b, a)] {
+            let (mid, pid) = (self.nodes[me].id, self.nodes[peer].id);
+            let n = &mut self.nodes[me];
+            let store = n.store.as_ref().expect("up");
+            let link = PeerLink::new(store, mid, Some(pid), &accounts, n.policy.clone()).map_err(err)?;
+            n.conns.insert(peer, Conn { id, link, next_meta: 0, next_blob: 0 });
+        }
+        self.flush(a, b);
+        self.flush(b, a);
+        Ok(())
+    }
+
+    fn disconnect(&mut self, a: usize, b: usize) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(c) = self.nodes[x].conns.remove(&y) {
+                self.report.bytes += c.link.session().bytes().0;
+            }
+        }
+        // Both still up and reachable: the dialer tries again after a backoff.
+        if self.up(a) && self.up(b) && self.reach[a][b] {
+            let backoff = 100 + self.rng.below(5000) as u64;
+            self.schedule(backoff, Ev::Connect { a, b });
+        }
+    }
+
+    /// Sends what `node`'s link to `peer` has queued, through the faults.
+    fn flush(&mut self, node: usize, peer: usize) {
+        let net = self.sc.network.clone();
+        loop {
+            let Some(c) = self.nodes[node].conns.get_mut(&peer) else { return };
+            let (frame, blob) = match c.link.poll_transmit() {
+                Some(f) => (f, false),
+                None => match c.link.poll_transmit_blob() {
+                    Some(f) => (f, true),
+                    None => break,
+                },
+            };
+            let conn = c.id;
+            if self.rng.chance(net.reset) {
+                self.disconnect(node, peer);
+                return;
+            }
+            let mut delay = net.delay_ms[0] + self.rng.below((net.delay_ms[1] - net.delay_ms[0]) as usize + 1) as u64;
+            if self.rng.chance(net.loss) {
+                delay += 200 + self.rng.below(800) as u64;
+            }
+            let reorder = self.rng.chance(net.reorder);
+            let duplicate = self.rng.chance(net.duplicate);
+            let c = self.nodes[node].conns.get_mut(&peer).expect("still connected");
+            let mut at = self.now + delay;
+            if !reorder {
+                let next = if blob { &mut c.next_blob } else { &mut c.next_meta };
+                at = at.max(*next);
+                *next = at;
+            }
+            if duplicate {
+                let again = at + self.rng.below(50) as u64 - self.now;
+                self.schedule(again, Ev::Frame { from: node, to: peer, conn, bytes: frame.clone() });
+            }
+            self.schedule(at - self.now, Ev::Frame { from: node, to: peer, conn, bytes: frame });
+        }
+    }
+
+    /// Schedules a sweep of missing bodies over all of `node`'s links.
+    fn arm_retry(&mut self, node: usize) {
+        if !std::mem::replace(&mut self.nodes[node].retry_armed, true) {
+            self.schedule(BODY_RETRY_MS, Ev::Retry { node });
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, conn: u64, bytes: &[u8]) -> Result<(), String> {
+        let n = &mut self.nodes[to];
+        let Some(store) = n.store.as_ref() else { return Ok(()) };
+        let Some(c) = n.conns.get_mut(&from).filter(|c| c.id == conn) else { return Ok(()) };
+        if self.healed.is_some() {
+            self.report.frames_after_heal += 1;
+        }
+        match c.link.handle_frame(store, bytes) {
+            Ok(progress) => {
+                if !progress.committed.is_empty() || progress.bodies > 0 {
+                    self.last_change = self.now;
+                }
+                if !progress.committed.is_empty() {
+                    self.changed(to, Some(from))?;
+                }
+                if progress.bodies_lacking {
+                    self.arm_retry(to);
+                }
+                self.flush(to, from);
+                self.observe(to)
+            }
+            Err(starling_link::LinkError::Protocol(_) | starling_link::LinkError::Restart(_)) => {
+                // A broken transport (duplicated or reordered frames) or a
+                // misbehaving peer: the connection drops and is redialed.
+                self.report.protocol_resets += 1;
+                self.disconnect(to, from);
+                Ok(())
+            }
+            Err(e) => Err(format!("node {to}: {e}")),
+        }
+    }
+
+    /// Node `i` committed changes: every other link pushes them; the checker
+    /// learns the ops it authored.
+    fn changed(&mut self, i: usize, except: Option<usize>) -> Result<(), String> {
+        self.last_change = self.now;
+        let peers: Vec<usize> = self.nodes[i].conns.keys().copied().filter(|p| Some(*p) != except).collect();
+        for p in peers {
+            let n = &mut self.nodes[i];
+            let store = n.store.as_ref().expect("up");
+            n.conns.get_mut(&p).expect("listed").link.local_changed(store, ACCOUNT).map_err(err)?;
+            self.flush(i, p);
+        }
+        Ok(())
+    }
+
+    /// Hands node `i`'s newly authored ops to the checker and checks U1/U2 there.
+    fn observe(&mut self, i: usize) -> Result<(), String> {
+        let n = &mut self.nodes[i];
+        let store = n.store.as_ref().expect("up");
+        let vv = store.version(ACCOUNT).map_err(err)?;
+        let own = vv.get(n.id);
+        if own > n.recorded {
+            let mut have = VersionVector::new();
+            for (r, c) in vv.iter().filter(|(r, _)| *r != n.id) {
+                have.observe(Dot::new(r, c));
+            }
+            have.observe(Dot::new(n.id, n.recorded));
+            let ops = store.ops_since(ACCOUNT, &have).map_err(err)?;
+            let mut before = n.before.clone();
+            for op in ops {
+                self.checker.record(&op, &before);
+                self.report.ops += 1;
+                before.observe(op.dot);
+            }
+            n.recorded = own;
+        }
+        n.before = vv;
+        let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
+        self.checker.check_step(i, &obs)
+    }
+
+    fn client_action(&mut self, i: usize) -> Result<(), String> {
+        let mix = self.sc.workload.mix.clone();
+        let weights = [
+            mix.deliver,
+            mix.append,
+            mix.flags,
+            mix.moves,
+            mix.copy,
+            mix.expunge,
+            mix.create,
+            mix.rename,
+            mix.delete,
+            mix.select,
+        ];
+        let total: f64 = weights.iter().sum();
+        let mut pick = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let mut kind = 0;
+        for (k, w) in weights.iter().enumerate() {
+            if pick < *w {
+                kind = k;
+                break;
+            }
+            pick -= w;
+        }
+        let keywords = starling_model::testkit::workload_keywords();
+        self.nodes[i].sent_messages += 1;
+        let serial = self.nodes[i].sent_messages;
+        let store = self.nodes[i].store.as_ref().expect("up");
+        // What a client would see: mailboxes and their messages.
+        let (mailboxes, messages) = {
+            let r = store.read(ACCOUNT).map_err(err)?;
+            let mbs: Vec<(String, MailboxId)> = r.names().tree.by_name.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let mut msgs = Vec::new();
+            for (_, mb) in &mbs {
+                msgs.extend(r.messages(*mb, 1, usize::MAX).map_err(err)?.into_iter().map(|m| (*mb, m.message)));
+            }
+            (mbs, msgs)
+        };
+        let mb = mailboxes[self.rng.below(mailboxes.len())].1;
+        let other = mailboxes[self.rng.below(mailboxes.len())].1;
+        let msg = (!messages.is_empty()).then(|| messages[self.rng.below(messages.len())].1);
+        let kw = keywords[self.rng.below(keywords.len())].clone();
+        let now_s = ((self.now as i64 + self.nodes[i].skew_ms) / 1000).max(0) + 1_700_000_000;
+        let big = self.rng.chance(self.sc.workload.big_body);
+        let body = |flavor: &str| -> Vec<u8> {
+            let mut raw = format!(
+                "From: sender@example.net\r\nTo: user@example.org\r\nSubject: {flavor} {i}-{serial}\r\nMessage-ID: <{i}.{serial}@sim>\r\n\r\nHello {serial}.\r\n"
+            )
+            .into_bytes();
+            if big {
+                let target = 1_100_000 + (serial as usize * 7919) % 500_000;
+                let line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n";
+                while raw.len() < target {
+                    raw.extend_from_slice(line);
+                }
+            }
+            raw
+        };
+        let flags_pick = if self.rng.chance(0.5) { vec![kw.clone()] } else { vec![] };
+        let add = self.rng.chance(0.6);
+        let fresh_name = format!("F{}-{}", i, self.rng.below(1000));
+        let (old_name, old_id) = mailboxes[self.rng.below(mailboxes.len())].clone();
+        let result: Result<Option<MailboxId>, starling_store::StoreError> = store.write(ACCOUNT, |b| {
+            match kind {
+                0 => {
+                    b.append(INBOX, &body("delivered"), now_s, vec![])?;
+                }
+                1 => {
+                    b.append(mb, &body("appended"), now_s, flags_pick)?;
+                }
+                2 => {
+                    if let Some(m) = msg {
+                        let (a, r): (&[Keyword], &[Keyword]) =
+                            if add { (std::slice::from_ref(&kw), &[]) } else { (&[], std::slice::from_ref(&kw)) };
+                        b.replica().store_flags(m, a, r)?;
+                    }
+                }
+                3 => {
+                    if let Some(m) = msg {
+                        b.replica().move_message(m, other)?;
+                    }
+                }
+                4 => {
+                    if let Some(m) = msg {
+                        b.replica().copy_message(m, other)?;
+                    }
+                }
+                5 => {
+                    if let Some(m) = msg {
+                        b.replica().expunge(&[m])?;
+                    }
+                }
+                6 => {
+                    b.replica().create_mailbox(&fresh_name, None, None)?;
+                }
+                7 => {
+                    if old_id != INBOX {
+                        b.replica().rename_mailbox(old_id, &format!("{old_name}-r"), None)?;
+                    }
+                }
+                8 => {
+                    if old_id != INBOX {
+                        b.replica().delete_mailbox(old_id)?;
+                    }
+                }
+                _ => {
+                    b.replica().announce(mb)?;
+                    return Ok(Some(mb));
+                }
+            }
+            Ok(None)
+        });
+        self.trace.update(&[kind as u8, result.is_ok() as u8]);
+        // A client error (name taken, message gone) is a refused command, not a bug.
+        let Ok(looked) = result else { return Ok(()) };
+        self.report.actions += 1;
+        if kind <= 1 {
+            // Remember who has this body (the author), for on-demand checks.
+            let raw = body(if kind == 0 { "delivered" } else { "appended" });
+            self.bodies.insert(starling_model::BlobId::of(&raw), i);
+        }
+        self.changed(i, None)?;
+        self.observe(i)?;
+        if let Some(mb) = looked {
+            let store = self.nodes[i].store.as_ref().expect("up");
+            let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
+            self.checker.looked(i, &obs, mb);
+        }
+        Ok(())
+    }
+
+    /// What is still going on, for a run that does not settle.
+    fn stuck(&self) -> String {
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in self.queue.iter() {
+            let k = match s.0.ev {
+                Ev::Frame { .. } => "frames",
+                Ev::Client { .. } => "clients",
+                Ev::Timeline(_) | Ev::Link { .. } | Ev::FinalHeal => "timeline",
+                Ev::Connect { .. } => "connects",
+                Ev::Retry { .. } => "body retries",
+                Ev::Restart { .. } => "restarts",
+            };
+            *kinds.entry(k).or_default() += 1;
+        }
+        let mut out = format!("queued {kinds:?}");
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(st) = &n.store else { continue };
+            let missing_ids = st.missing_blobs(ACCOUNT).unwrap_or_default();
+            let missing = missing_ids.len();
+            if let Some(id) = missing_ids.first() {
+                out.push_str(&format!("; node {i} lacks {id:?} (authored on node {:?})", self.bodies.get(id)));
+            }
+            let links: Vec<usize> = n.conns.keys().copied().collect();
+            out.push_str(&format!(
+                "; node {i}: {} ops, {missing} bodies missing, links {links:?}",
+                n.before.iter().map(|(_, c)| c).sum::<u64>()
+            ));
+        }
+        out
+    }
+
+    /// After the queue ran dry: every replica identical, every rule held,
+    /// bodies where the policies put them.
+    fn finish(&mut self) -> Result<(), String> {
+        if self.healed.is_none() {
+            return Err("the run ended before the final heal".into());
+        }
+        self.report.converge_ms = self.last_change.saturating_sub(self.report.heal_ms);
+        let mut obs = Vec::new();
+        let mut versions = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let store = n.store.as_ref().ok_or_else(|| format!("node {i} is down at the end"))?;
+            let (o, pending) =
+                store.inspect(ACCOUNT, |r| (Observation::with_flags(r), r.pending_len())).map_err(err)?;
+            if pending != 0 {
+                return Err(format!("node {i} still holds {pending} ops waiting for their causes"));
+            }
+            self.trace.update(o.dump.as_bytes());
+            obs.push(o);
+            versions.push(store.version(ACCOUNT).map_err(err)?);
+        }
+        self.report.bytes +=
+            self.nodes.iter().flat_map(|n| n.conns.values()).map(|c| c.link.session().bytes().0).sum::<u64>();
+        if versions.iter().any(|v| *v != versions[0]) {
+            return Err(format!("version vectors differ after quiescence: {versions:?}"));
+        }
+        self.checker.check_converged(&obs)?;
+        self.report.appends = self.checker.appends() as u64;
+        self.report.churn = self.checker.churned(&obs).len() as u64;
+        self.report.churn_dsync = self.checker.dsync_churned().len() as u64;
+        // Bodies: a full node holds all; a partial node holds at least what
+        // its policy asks for.
+        for (i, n) in self.nodes.iter().enumerate() {
+            let store = n.store.as_ref().expect("up");
+            let missing = store.missing_bodies(ACCOUNT).map_err(err)?;
+            if let Some(m) = missing.iter().find(|m| n.policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
+            {
+                return Err(format!("node {i} lacks a body its policy wants: {:?} in {:?}", m.blob, m.mailbox));
+            }
+        }
+        self.check_on_demand()
+    }
+
+    /// A partial node asks a peer for a body it left out and gets it whole.
+    fn check_on_demand(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let store = self.nodes[i].store.as_ref().expect("up");
+            let Some(missing) = store.missing_blobs(ACCOUNT).map_err(err)?.into_iter().next() else { continue };
+            let Some(&author) = self.bodies.get(&missing) else { continue };
+            let Some(c) = self.nodes[i].conns.get_mut(&author) else {
+                return Err(format!("node {i} is not connected to node {author} at the end"));
+            };
+            c.link.fetch_bodies([missing]);
+            self.flush(i, author);
+            while let Some(Reverse(s)) = self.queue.pop() {
+                self.now = s.at;
+                self.step(s.ev)?;
+            }
+            let got = self.nodes[i].store.as_ref().expect("up").blob(missing).map_err(err)?;
+            let want = self.nodes[author].store.as_ref().expect("up").blob(missing).map_err(err)?;
+            if got.is_none() || got != want {
+                return Err(format!("node {i}: on-demand fetch of {missing:?} from node {author} failed"));
+            }
+        }
+        Ok(())
+    }
+}

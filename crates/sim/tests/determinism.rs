@@ -1,0 +1,30 @@
+//! The same seed gives the same trace; the shipped scenarios pass a few seeds.
+
+use starling_sim::{run, Scenario};
+use std::path::PathBuf;
+
+fn scenarios() -> Vec<Scenario> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 5, "scenario files in {}", dir.display());
+    v.iter().map(|p| Scenario::load(p).unwrap()).collect()
+}
+
+#[test]
+fn same_seed_same_trace_other_seed_other_trace() {
+    for sc in scenarios() {
+        let a = run(&sc, 7);
+        let b = run(&sc, 7);
+        let c = run(&sc, 8);
+        assert!(a.result.is_ok(), "{} seed 7: {:?}", sc.name, a.result);
+        assert_eq!(a.trace, b.trace, "{}: one seed, two traces", sc.name);
+        assert_ne!(a.trace, c.trace, "{}: two seeds, one trace", sc.name);
+        assert!(a.actions > 0 && a.ops > 0 && a.appends > 0, "{}: the workload ran", sc.name);
+        eprintln!("{a:?}");
+    }
+}
