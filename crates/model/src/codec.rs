@@ -135,12 +135,63 @@ pub fn encode(ops: &[Op], compress: bool) -> Vec<u8> {
     let mut out = vec![VERSION];
     if compress {
         out.push(ZSTD);
-        out.extend(zstd::bulk::compress(&payload, 3).expect("zstd compress"));
+        out.extend(self::compress(&payload, 3));
     } else {
         out.push(RAW);
         out.extend(payload);
     }
     out
+}
+
+/// Decompresses a zstd frame of at most `len_max` bytes. The buffer is
+/// sized from the frame header (not `len_max`, which may be hundreds of MB);
+/// a frame without a size is streamed and cut off past the cap. One
+/// decompression context per thread is reused.
+pub fn decompress_capped(data: &[u8], len_max: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+    }
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n > len_max as u64 => Err(format!("{n} bytes decompressed exceed the limit of {len_max}")),
+        Ok(Some(n)) => DECOMPRESSOR
+            .with(|d| match d.borrow_mut().as_mut() {
+                Some(d) => d.decompress(data, n as usize),
+                None => zstd::bulk::decompress(data, n as usize),
+            })
+            .map_err(|e| e.to_string()),
+        _ => {
+            let mut out = Vec::new();
+            let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| e.to_string())?;
+            decoder.take(len_max as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
+            if out.len() > len_max {
+                return Err(format!("decompressed data exceed the limit of {len_max}"));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Compresses with zstd at `level`, reusing one context per thread and level.
+pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
+    thread_local! {
+        static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    COMPRESSORS.with(|cs| {
+        let mut cs = cs.borrow_mut();
+        if !cs.iter().any(|(l, _)| *l == level) {
+            if let Ok(c) = zstd::bulk::Compressor::new(level) {
+                cs.push((level, c));
+            }
+        }
+        match cs.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, c)) => c.compress(data),
+            None => zstd::bulk::compress(data, level),
+        }
+        .expect("zstd compresses any input in memory")
+    })
 }
 
 /// Decodes and validates a frame made by [`encode`].
@@ -155,8 +206,7 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
     let payload: &[u8] = match *compression {
         RAW => body,
         ZSTD => {
-            decompressed =
-                zstd::bulk::decompress(body, PAYLOAD_BYTES_MAX).map_err(|e| DecodeError::Decompress(e.to_string()))?;
+            decompressed = decompress_capped(body, PAYLOAD_BYTES_MAX).map_err(DecodeError::Decompress)?;
             &decompressed
         }
         c => return Err(DecodeError::Compression(c)),

@@ -337,7 +337,7 @@ impl Checker {
                     first.flags.iter().find(|(m, f)| r.flags.get(*m).is_some_and(|g| g != *f)).map(|(m, _)| *m)
                 {
                     msg.push_str(&format!("\nhistory of {m:?}:"));
-                    for (op, _) in self.history.iter().filter(|(op, _)| op_touches(op, m)) {
+                    for (op, _) in self.history.iter().filter(|(op, _)| op_touches(op, m)).take(40) {
                         msg.push_str(&format!("\n  {op:?}"));
                     }
                 }
@@ -403,9 +403,23 @@ impl Checker {
 
     /// Messages whose client-visible UID changed: some replica showed it at
     /// one UID and shows it at another in the same mailbox now.
+    /// A message that entered the mailbox twice (moved out and back) has a
+    /// new UID by IMAP's own rules; that is not churn.
     pub fn churned(&self, replicas: &[Observation]) -> BTreeSet<MessageId> {
+        let mut entries: BTreeMap<(MessageId, MailboxId), usize> = BTreeMap::new();
+        for (op, _) in &self.history {
+            let key = match &op.body {
+                OpBody::Append(a) | OpBody::Copy { append: a, .. } => (MessageId(op.dot), a.mailbox),
+                OpBody::Move { message, to, .. } => (*message, *to),
+                _ => continue,
+            };
+            *entries.entry(key).or_default() += 1;
+        }
         let mut out = BTreeSet::new();
         for ((i, mb, uid), m) in &self.shown {
+            if entries.get(&(*m, *mb)).copied().unwrap_or(0) > 1 {
+                continue;
+            }
             if let Some((now_mb, now_uid)) = replicas[*i].uid_of(*m) {
                 if now_mb == *mb && now_uid != *uid {
                     out.insert(*m);

@@ -35,13 +35,12 @@ pub struct BodyRecord {
 /// raw (0) or zstd-compressed (1), whichever is smaller. Mail text shrinks
 /// about threefold; already-compressed attachments stay raw.
 pub fn pack(bytes: &[u8]) -> Vec<u8> {
-    if let Ok(z) = zstd::bulk::compress(bytes, 1) {
-        if z.len() + 8 < bytes.len() {
-            let mut out = Vec::with_capacity(z.len() + 1);
-            out.push(1);
-            out.extend_from_slice(&z);
-            return out;
-        }
+    let z = starling_model::codec::compress(bytes, 1);
+    if z.len() + 8 < bytes.len() {
+        let mut out = Vec::with_capacity(z.len() + 1);
+        out.push(1);
+        out.extend_from_slice(&z);
+        return out;
     }
     let mut out = Vec::with_capacity(bytes.len() + 1);
     out.push(0);
@@ -53,9 +52,7 @@ pub fn pack(bytes: &[u8]) -> Vec<u8> {
 pub fn unpack(stored: &[u8], len_max: usize) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match stored.split_first() {
         Some((0, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
-        Some((1, rest)) => {
-            zstd::bulk::decompress(rest, len_max).map(std::borrow::Cow::Owned).map_err(|e| e.to_string())
-        }
+        Some((1, rest)) => starling_model::codec::decompress_capped(rest, len_max).map(std::borrow::Cow::Owned),
         Some((f, _)) => Err(format!("unknown blob format {f}")),
         None => Err("empty blob record".into()),
     }
