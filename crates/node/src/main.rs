@@ -1,6 +1,7 @@
 //! `starling`: the node binary. It owns the command line and wires the crates
 //! together; business logic lives in the library crates.
 
+mod control;
 mod peers;
 mod serve;
 
@@ -54,6 +55,25 @@ enum Command {
     Dump {
         /// The account.
         user: String,
+    },
+    /// Add or remove keywords of one message, e.g. `flag alice INBOX 3 +\Flagged -\Seen`
+    /// (through the running node if there is one, so peers get it at once).
+    Flag {
+        /// The account.
+        user: String,
+        /// The mailbox.
+        mailbox: String,
+        /// The message's UID.
+        uid: u32,
+        /// `+KEYWORD` to add, `-KEYWORD` to remove.
+        #[arg(required = true, allow_hyphen_values = true)]
+        changes: Vec<String>,
+    },
+    /// Show the running node: accounts, peers (connected, last contact, lag, bytes).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run deterministic simulations (scenario files, seeds, reports, plots).
     Sim(starling_sim::cli::SimArgs),
@@ -122,6 +142,39 @@ fn open_store(data_dir: &Path) -> Result<Store, String> {
     Store::open(&data_dir.join("store.redb"), node, StoreOptions::default()).map_err(|e| e.to_string())
 }
 
+/// Answers a data request through the running node if there is one (it
+/// holds the store), else from the store directly.
+fn via_node(data_dir: &Path, req: control::Request) -> Result<String, String> {
+    match control::ask(data_dir, &req)? {
+        Some(answer) => match answer.error {
+            Some(e) => Err(e),
+            None => Ok(answer.text.unwrap_or_default()),
+        },
+        None => control::answer_store(&open_store(data_dir)?, &req),
+    }
+}
+
+fn print_status(st: &control::NodeStatus) {
+    println!("node {}", st.node_id);
+    for a in &st.accounts {
+        println!("account {}: {} ops, {} bodies missing", a.name, a.ops, a.bodies_missing);
+    }
+    for p in &st.peers {
+        let contact = p.last_contact_secs.map_or("never".to_string(), |s| format!("{s} s ago"));
+        println!(
+            "peer {} {}: {}, last contact {contact}, {} B in, {} B out",
+            p.node_id,
+            p.addr,
+            if p.connected { "connected" } else { "not connected" },
+            p.bytes_in,
+            p.bytes_out
+        );
+        for l in &p.behind {
+            println!("  {}: peer lacks {} ops, this node lacks {} ops", l.account, l.peer_lacks, l.we_lack);
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
@@ -139,7 +192,7 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("data directory: {}", dir.display());
             println!("node id: {}", id.id());
             println!("accounts: {}", store.accounts().len());
-            serve::run(store, id, peers, peer_listen)?;
+            serve::run(&cli.data_dir, store, id, peers, peer_listen)?;
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
         Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since } } => {
@@ -190,7 +243,29 @@ fn run(cli: Cli) -> Result<(), String> {
             let summary = maildir::export(&store, &user, &dir).map_err(|e| e.to_string())?;
             println!("exported {summary}");
         }
-        Command::Dump { user } => print!("{}", open_store(&cli.data_dir)?.dump(&user).map_err(|e| e.to_string())?),
+        Command::Dump { user } => print!("{}", via_node(&cli.data_dir, control::Request::Dump { user })?),
+        Command::Flag { user, mailbox, uid, changes } => {
+            let (mut add, mut remove) = (Vec::new(), Vec::new());
+            for c in changes {
+                match c.split_at_checked(1) {
+                    Some(("+", k)) => add.push(k.to_string()),
+                    Some(("-", k)) => remove.push(k.to_string()),
+                    _ => return Err(format!("{c:?}: expected +KEYWORD or -KEYWORD")),
+                }
+            }
+            println!("{}", via_node(&cli.data_dir, control::Request::Flag { user, mailbox, uid, add, remove })?);
+        }
+        Command::Status { json } => {
+            let Some(answer) = control::ask(&cli.data_dir, &control::Request::Status)? else {
+                return Err(format!("no node is running in {}", cli.data_dir.display()));
+            };
+            let st = answer.status.ok_or_else(|| answer.error.unwrap_or_else(|| "no status".into()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?);
+            } else {
+                print_status(&st);
+            }
+        }
     }
     Ok(())
 }

@@ -2,18 +2,28 @@
 //! each driving `starling-sync` against the store. Dialing is one-sided (the
 //! node with the larger id dials, with backoff) so a pair holds one connection.
 
+use crate::control;
 use crate::peers::Peer;
 use starling_link::{LinkError, PeerLink, Progress};
-use starling_net::{read_frame, write_frame, NodeIdentity, PeerConnection, PeerEndpoint, PeerSet};
+use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerConnection, PeerEndpoint, PeerSet};
 use starling_store::Store;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 
 /// Runs until SIGINT or SIGTERM.
-pub fn run(store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: SocketAddr) -> Result<(), String> {
+pub fn run(
+    data_dir: &Path,
+    store: Store,
+    identity: NodeIdentity,
+    peers: Vec<Peer>,
+    listen: SocketAddr,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -24,8 +34,10 @@ pub fn run(store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Socke
         let identity = Arc::new(identity);
         let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
         let endpoint = Arc::new(PeerEndpoint::bind(listen, identity.clone(), pinned).map_err(|e| e.to_string())?);
-        let hub = Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default() };
+        let hub =
+            Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default(), live: Arc::default() };
         let peers = Arc::new(peers);
+        let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone())?;
         for a in store.accounts() {
             report(&store, &a);
         }
@@ -78,8 +90,98 @@ pub fn run(store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Socke
             _ = term.recv() => {}
         }
         endpoint.close();
+        control.abort();
+        let _ = std::fs::remove_file(control::socket_path(data_dir));
         Ok(())
     })
+}
+
+/// Serves the control socket (`starling status`, `dump`, `flag` while the
+/// node runs).
+fn control_socket(
+    data_dir: &Path,
+    store: Arc<Store>,
+    me: NodeId,
+    peers: Arc<Vec<Peer>>,
+    hub: Hub,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let path = control::socket_path(data_dir);
+    // A socket left by a node that did not stop cleanly (the store's lock
+    // already proved no other node runs here).
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (store, peers, hub) = (store.clone(), peers.clone(), hub.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let answer = match serde_json::from_str::<control::Request>(&line) {
+                        Err(e) => control::Answer { error: Some(format!("bad request: {e}")), ..Default::default() },
+                        Ok(control::Request::Status) => control::Answer {
+                            status: Some(tokio::task::block_in_place(|| status(&store, me, &peers, &hub))),
+                            ..Default::default()
+                        },
+                        Ok(req) => match tokio::task::block_in_place(|| control::answer_store(&store, &req)) {
+                            Ok(text) => {
+                                if let control::Request::Flag { user, .. } = &req {
+                                    let _ = hub.changes.send(user.clone());
+                                }
+                                control::Answer { text: Some(text), ..Default::default() }
+                            }
+                            Err(e) => control::Answer { error: Some(e), ..Default::default() },
+                        },
+                    };
+                    let mut out = serde_json::to_string(&answer).unwrap_or_default();
+                    out.push('\n');
+                    if w.write_all(out.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::NodeStatus {
+    let mut out = control::NodeStatus { node_id: me.to_string(), ..Default::default() };
+    let mut versions = BTreeMap::new();
+    for a in store.accounts() {
+        let vv = store.version(&a).unwrap_or_default();
+        out.accounts.push(control::AccountStatus {
+            name: a.clone(),
+            ops: vv.iter().map(|(_, c)| c).sum(),
+            bodies_missing: store.missing_blobs(&a).map(|m| m.len()).unwrap_or(0),
+        });
+        versions.insert(a, vv);
+    }
+    let live = hub.live.lock().expect("peer table");
+    for p in peers {
+        let l = live.get(&p.id);
+        let behind = p
+            .accounts
+            .iter()
+            .filter_map(|a| {
+                let ours = versions.get(a)?;
+                let theirs = l.and_then(|l| l.peer_has.get(a))?;
+                Some(control::Lag::between(a, ours, theirs))
+            })
+            .collect();
+        out.peers.push(control::PeerStatus {
+            node_id: p.id.to_string(),
+            addr: p.addr.to_string(),
+            connected: l.is_some_and(|l| l.connected),
+            last_contact_secs: l.and_then(|l| l.last_contact).map(|t| t.elapsed().as_secs()),
+            bytes_in: l.map_or(0, |l| l.bytes_done.1 + l.bytes_now.1),
+            bytes_out: l.map_or(0, |l| l.bytes_done.0 + l.bytes_now.0),
+            behind,
+        });
+    }
+    out
 }
 
 /// Reports the account's version (a line the tests and operators can follow).
@@ -102,6 +204,20 @@ struct Hub {
     changes: broadcast::Sender<String>,
     /// Some peer lacked a body asked of it: all links sweep until none is missing.
     bodies_lacking: Arc<AtomicBool>,
+    /// What `starling status` shows of each peer.
+    live: Arc<Mutex<BTreeMap<NodeId, PeerLive>>>,
+}
+
+/// A peer as the sessions last saw it.
+#[derive(Default)]
+struct PeerLive {
+    connected: bool,
+    last_contact: Option<Instant>,
+    /// Bytes of sessions that ended, and of the current one.
+    bytes_done: (u64, u64),
+    bytes_now: (u64, u64),
+    /// What the peer last said it has, per account.
+    peer_has: BTreeMap<String, starling_model::VersionVector>,
 }
 
 /// One sync session over one connection; returns why it ended.
@@ -163,10 +279,21 @@ async fn session(
         }
     });
     let mut local = hub.changes.subscribe();
+    hub.live.lock().expect("peer table").entry(peer.id).or_default().connected = true;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
     let end = loop {
+        {
+            let mut live = hub.live.lock().expect("peer table");
+            let l = live.entry(peer.id).or_default();
+            l.bytes_now = link.session().bytes();
+            for a in link.accounts() {
+                if let Some(vv) = link.session().peer_has(a) {
+                    l.peer_has.insert(a.clone(), vv.clone());
+                }
+            }
+        }
         match std::mem::replace(&mut outcome, Ok(Progress::default())) {
             Ok(progress) => {
                 for account in progress.committed {
@@ -217,7 +344,10 @@ async fn session(
                 });
             }
             f = frames.recv() => match f {
-                Some(f) => outcome = tokio::task::block_in_place(|| link.handle_frame(&store, &f)),
+                Some(f) => {
+                    hub.live.lock().expect("peer table").entry(peer.id).or_default().last_contact = Some(Instant::now());
+                    outcome = tokio::task::block_in_place(|| link.handle_frame(&store, &f));
+                }
                 None => break "peer closed the stream".into(),
             },
             c = local.recv() => match c {
@@ -235,6 +365,14 @@ async fn session(
             },
         }
     };
+    {
+        let mut live = hub.live.lock().expect("peer table");
+        let l = live.entry(peer.id).or_default();
+        l.connected = false;
+        let (o, i) = link.session().bytes();
+        l.bytes_done = (l.bytes_done.0 + o, l.bytes_done.1 + i);
+        l.bytes_now = (0, 0);
+    }
     reader.abort();
     blob_reader.abort();
     blob_writer.abort();

@@ -251,3 +251,68 @@ fn a_peer_authorized_for_one_account_cannot_touch_another() {
     assert_eq!(messages(&bob_b), 1, "{bob_b}");
     assert_ne!(bob_a, bob_b, "bob was not exchanged either way");
 }
+
+/// Waits until `f` holds, or fails with `what`.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// While all three run: a flag set on A through its control socket (the
+/// path a client's STORE takes) shows on B and C with no manual step, and
+/// `starling status` on each reports its peers connected with nothing behind.
+#[test]
+fn a_flag_change_on_a_running_node_reaches_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    let mut c = Node::new(root.path(), "c");
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        x.pin(y);
+        y.pin(x);
+    }
+    a.import(root.path(), "a", 2);
+    a.start();
+    b.start();
+    c.start();
+    converge(&[&a, &b, &c]);
+    let before = b.dump();
+    assert!(!before.contains("\\Flagged"), "{before}");
+    let t = Instant::now();
+    let out = run(&a.dir, &["flag", "alice", "INBOX", "1", "+\\Flagged", "-\\Seen"]);
+    assert!(out.contains("keywords changed"), "{out}");
+    for n in [&b, &c] {
+        wait_for("the flag on the other nodes", || n.dump().contains("\\Flagged"));
+    }
+    eprintln!("flag visible on B and C {:.0} ms after the command", t.elapsed().as_secs_f64() * 1000.0);
+    // While running, dump goes through each node's control socket.
+    let d = a.dump();
+    wait_for("identical dumps", || b.dump() == d && c.dump() == d);
+    let line = d.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap();
+    assert!(line.contains("\\Flagged") && !line.contains("\\Seen"), "{line}");
+    for n in [&a, &b, &c] {
+        wait_for("status: peers connected, nothing behind", || {
+            let s: serde_json::Value = serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap();
+            let peers = s["peers"].as_array().unwrap();
+            peers.len() == 2
+                && peers.iter().all(|p| {
+                    p["connected"] == true
+                        && p["behind"].as_array().is_some_and(|b| {
+                            !b.is_empty() && b.iter().all(|l| l["peer_lacks"] == 0 && l["we_lack"] == 0)
+                        })
+                })
+        });
+    }
+    // A bad request gets a clear error, and the node keeps running.
+    let o =
+        Command::new(BIN).arg("--data-dir").arg(&a.dir).args(["flag", "alice", "Nope", "1", "+x"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no mailbox \"Nope\""));
+    assert!(run(&a.dir, &["status"]).contains("connected"));
+}

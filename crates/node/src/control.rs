@@ -1,0 +1,129 @@
+//! The control socket of a running node, `DATA_DIR/control.sock` (owner
+//! only): the store has one writer, so CLI commands that read or change a
+//! running node's data (`status`, `dump`, `flag`) ask the node through it.
+//! One JSON request per line, one JSON answer per line.
+
+use serde::{Deserialize, Serialize};
+use starling_model::{Keyword, VersionVector};
+use starling_store::Store;
+use std::path::{Path, PathBuf};
+
+/// The socket's path in a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// What the CLI asks.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The node, its accounts and its peers.
+    Status,
+    /// An account's canonical dump.
+    Dump { user: String },
+    /// Change keywords of one message (the STORE of a client, same path).
+    Flag { user: String, mailbox: String, uid: u32, add: Vec<String>, remove: Vec<String> },
+}
+
+/// The node's answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Answer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+}
+
+/// `starling status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub accounts: Vec<AccountStatus>,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One account on this node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AccountStatus {
+    pub name: String,
+    pub ops: u64,
+    pub bodies_missing: usize,
+}
+
+/// One pinned peer as the running node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub addr: String,
+    pub connected: bool,
+    /// Seconds since the last frame from it (none yet: never heard from).
+    pub last_contact_secs: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Per shared account: ops this node has that the peer lacks, and ops
+    /// the peer said it has that this node lacks.
+    pub behind: Vec<Lag>,
+}
+
+/// How far apart this node and a peer are on one account.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Lag {
+    pub account: String,
+    pub peer_lacks: u64,
+    pub we_lack: u64,
+}
+
+impl Lag {
+    /// From this node's and the peer's version vectors.
+    pub fn between(account: &str, ours: &VersionVector, theirs: &VersionVector) -> Lag {
+        let lacking = |a: &VersionVector, b: &VersionVector| a.iter().map(|(r, c)| c.saturating_sub(b.get(r))).sum();
+        Lag { account: account.to_string(), peer_lacks: lacking(ours, theirs), we_lack: lacking(theirs, ours) }
+    }
+}
+
+/// Answers a request that needs only the store (status is the node's).
+pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
+    match req {
+        Request::Dump { user } => store.dump(user).map_err(|e| e.to_string()),
+        Request::Flag { user, mailbox, uid, add, remove } => {
+            let parse = |v: &Vec<String>| -> Result<Vec<Keyword>, String> {
+                v.iter().map(|k| Keyword::parse(k).map_err(|e| e.to_string())).collect()
+            };
+            let (add, remove) = (parse(add)?, parse(remove)?);
+            let reader = store.read(user).map_err(|e| e.to_string())?;
+            let mb = *reader.names().tree.by_name.get(mailbox).ok_or_else(|| format!("no mailbox {mailbox:?}"))?;
+            let message = reader
+                .messages(mb, *uid, 1)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|m| m.uid == *uid)
+                .ok_or_else(|| format!("no message with UID {uid} in {mailbox}"))?
+                .message;
+            drop(reader);
+            store.write(user, |b| Ok(b.replica().store_flags(message, &add, &remove)?)).map_err(|e| e.to_string())?;
+            Ok(format!("UID {uid} in {mailbox}: keywords changed"))
+        }
+        Request::Status => Err("status comes from the node".into()),
+    }
+}
+
+/// Asks a running node; `Ok(None)` when none is listening in `data_dir`.
+pub fn ask(data_dir: &Path, req: &Request) -> Result<Option<Answer>, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = socket_path(data_dir);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&answer).map(Some).map_err(|e| format!("bad answer from the node: {e}"))
+}
