@@ -2,6 +2,7 @@
 //! together; business logic lives in the library crates.
 
 mod control;
+mod lmtp;
 mod peers;
 mod serve;
 
@@ -28,6 +29,9 @@ enum Command {
         /// UDP address of the peer endpoint.
         #[arg(long, default_value = "127.0.0.1:7431")]
         peer_listen: std::net::SocketAddr,
+        /// TCP address of the LMTP delivery listener.
+        #[arg(long, default_value = "127.0.0.1:2424")]
+        lmtp_listen: std::net::SocketAddr,
     },
     /// Print this node's id (creating its identity on first use).
     Id,
@@ -183,7 +187,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("some seeds failed (see above for how to reproduce each)".into());
             }
         }
-        Command::Serve { peer_listen } => {
+        Command::Serve { peer_listen, lmtp_listen } => {
             let id = identity(&cli.data_dir)?;
             let store = open_store(&cli.data_dir)?;
             let peers = peers::load(&cli.data_dir)?;
@@ -192,7 +196,7 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("data directory: {}", dir.display());
             println!("node id: {}", id.id());
             println!("accounts: {}", store.accounts().len());
-            serve::run(&cli.data_dir, store, id, peers, peer_listen)?;
+            serve::run(&cli.data_dir, store, id, peers, peer_listen, lmtp_listen)?;
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
         Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since } } => {

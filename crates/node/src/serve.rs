@@ -23,6 +23,7 @@ pub fn run(
     identity: NodeIdentity,
     peers: Vec<Peer>,
     listen: SocketAddr,
+    lmtp_listen: SocketAddr,
 ) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -38,6 +39,9 @@ pub fn run(
             Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default(), live: Arc::default() };
         let peers = Arc::new(peers);
         let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone())?;
+        let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
+        println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
+        let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, store.clone(), hub.changes.clone()));
         for a in store.accounts() {
             report(&store, &a);
         }
@@ -89,6 +93,9 @@ pub fn run(
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        // Stop taking work; a delivery already inside its commit finishes it
+        // (it is acknowledged only after), so no acknowledged message is lost.
+        lmtp.abort();
         endpoint.close();
         control.abort();
         let _ = std::fs::remove_file(control::socket_path(data_dir));
