@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod model;
+mod net;
 mod store;
 mod sync;
 
@@ -87,6 +88,15 @@ enum What {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Two `starling serve` processes over QUIC on loopback: initial sync,
+    /// 1% flag change, change latency, no-op reconnect.
+    Net {
+        /// The Maildir tree to sync.
+        maildir: std::path::PathBuf,
+        /// The `starling` binary (default: next to this one).
+        #[arg(long)]
+        starling: Option<std::path::PathBuf>,
+    },
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -101,5 +111,6 @@ fn main() {
         What::Import { maildir, dir } => store::import(&maildir, dir),
         What::OpenProbe { path } => store::open_probe(&path),
         What::Sync { maildir, dir } => sync::run(&maildir, dir),
+        What::Net { maildir, starling } => net::run(&maildir, starling),
     }
 }

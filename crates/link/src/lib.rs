@@ -96,7 +96,19 @@ impl PeerLink {
 
     /// Handles one frame from the peer and answers what it asks.
     pub fn handle_frame(&mut self, store: &Store, frame: &[u8]) -> Result<Progress, LinkError> {
-        self.session.handle_frame(frame)?;
+        self.handle_frames(store, std::slice::from_ref(&frame))
+    }
+
+    /// Handles frames that arrived together, then answers them at once:
+    /// bodies among them are stored in one transaction (one fsync).
+    pub fn handle_frames(&mut self, store: &Store, frames: &[impl AsRef<[u8]>]) -> Result<Progress, LinkError> {
+        for f in frames {
+            if let Err(e) = self.session.handle_frame(f.as_ref()) {
+                // What came before the bad frame is still answered.
+                self.answer(store)?;
+                return Err(e.into());
+            }
+        }
         self.answer(store)
     }
 

@@ -21,8 +21,12 @@ pub enum Request {
     Status,
     /// An account's canonical dump.
     Dump { user: String },
-    /// Change keywords of one message (the STORE of a client, same path).
-    Flag { user: String, mailbox: String, uid: u32, add: Vec<String>, remove: Vec<String> },
+    /// How many ops an account holds (cheap: for scripts and benchmarks
+    /// waiting for replicas to agree).
+    Ops { user: String },
+    /// Change keywords of messages (what a client's UID STORE does, same
+    /// path, one transaction): `uids` is an IMAP UID set, e.g. `1:100,205`.
+    Flag { user: String, mailbox: String, uids: String, add: Vec<String>, remove: Vec<String> },
 }
 
 /// The node's answer.
@@ -60,8 +64,12 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Seconds since the last frame from it (none yet: never heard from).
     pub last_contact_secs: Option<u64>,
+    /// Protocol frame bytes.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// UDP bytes on the wire (QUIC, TLS and retransmissions included).
+    pub wire_in: u64,
+    pub wire_out: u64,
     /// Per shared account: ops this node has that the peer lacks, and ops
     /// the peer said it has that this node lacks.
     pub behind: Vec<Lag>,
@@ -87,26 +95,64 @@ impl Lag {
 pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
     match req {
         Request::Dump { user } => store.dump(user).map_err(|e| e.to_string()),
-        Request::Flag { user, mailbox, uid, add, remove } => {
+        Request::Ops { user } => {
+            let vv = store.version(user).map_err(|e| e.to_string())?;
+            Ok(vv.iter().map(|(_, c)| c).sum::<u64>().to_string())
+        }
+        Request::Flag { user, mailbox, uids, add, remove } => {
             let parse = |v: &Vec<String>| -> Result<Vec<Keyword>, String> {
                 v.iter().map(|k| Keyword::parse(k).map_err(|e| e.to_string())).collect()
             };
             let (add, remove) = (parse(add)?, parse(remove)?);
+            let ranges = parse_uid_set(uids)?;
             let reader = store.read(user).map_err(|e| e.to_string())?;
             let mb = *reader.names().tree.by_name.get(mailbox).ok_or_else(|| format!("no mailbox {mailbox:?}"))?;
-            let message = reader
-                .messages(mb, *uid, 1)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|m| m.uid == *uid)
-                .ok_or_else(|| format!("no message with UID {uid} in {mailbox}"))?
-                .message;
+            let mut messages = Vec::new();
+            for (lo, hi) in ranges {
+                for m in reader.messages(mb, lo, usize::MAX).map_err(|e| e.to_string())? {
+                    if m.uid > hi {
+                        break;
+                    }
+                    messages.push(m.message);
+                }
+            }
             drop(reader);
-            store.write(user, |b| Ok(b.replica().store_flags(message, &add, &remove)?)).map_err(|e| e.to_string())?;
-            Ok(format!("UID {uid} in {mailbox}: keywords changed"))
+            if messages.is_empty() {
+                return Err(format!("no message with UID {uids} in {mailbox}"));
+            }
+            store
+                .write(user, |b| {
+                    for m in &messages {
+                        b.replica().store_flags(*m, &add, &remove)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(format!("{} messages in {mailbox}: keywords changed", messages.len()))
         }
         Request::Status => Err("status comes from the node".into()),
     }
+}
+
+/// Parses an IMAP UID set (`1:5,9,20:*`) into inclusive ranges.
+pub fn parse_uid_set(s: &str) -> Result<Vec<(u32, u32)>, String> {
+    let bad = || format!("{s:?} is not a UID set (e.g. 1:100,205)");
+    let num = |t: &str| -> Result<u32, String> {
+        if t == "*" {
+            Ok(u32::MAX)
+        } else {
+            t.parse().ok().filter(|n| *n > 0).ok_or_else(bad)
+        }
+    };
+    s.split(',')
+        .map(|part| match part.split_once(':') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                Ok((a.min(b), a.max(b)))
+            }
+            None => num(part).map(|n| (n, n)),
+        })
+        .collect()
 }
 
 /// Asks a running node; `Ok(None)` when none is listening in `data_dir`.

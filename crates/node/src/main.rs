@@ -60,15 +60,15 @@ enum Command {
         /// The account.
         user: String,
     },
-    /// Add or remove keywords of one message, e.g. `flag alice INBOX 3 +\Flagged -\Seen`
+    /// Add or remove keywords of messages, e.g. `flag alice INBOX 1:20,33 +\Flagged -\Seen`
     /// (through the running node if there is one, so peers get it at once).
     Flag {
         /// The account.
         user: String,
         /// The mailbox.
         mailbox: String,
-        /// The message's UID.
-        uid: u32,
+        /// UIDs, an IMAP UID set such as `3` or `1:100,205`.
+        uids: String,
         /// `+KEYWORD` to add, `-KEYWORD` to remove.
         #[arg(required = true, allow_hyphen_values = true)]
         changes: Vec<String>,
@@ -248,7 +248,7 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("exported {summary}");
         }
         Command::Dump { user } => print!("{}", via_node(&cli.data_dir, control::Request::Dump { user })?),
-        Command::Flag { user, mailbox, uid, changes } => {
+        Command::Flag { user, mailbox, uids, changes } => {
             let (mut add, mut remove) = (Vec::new(), Vec::new());
             for c in changes {
                 match c.split_at_checked(1) {
@@ -257,7 +257,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     _ => return Err(format!("{c:?}: expected +KEYWORD or -KEYWORD")),
                 }
             }
-            println!("{}", via_node(&cli.data_dir, control::Request::Flag { user, mailbox, uid, add, remove })?);
+            println!("{}", via_node(&cli.data_dir, control::Request::Flag { user, mailbox, uids, add, remove })?);
         }
         Command::Status { json } => {
             let Some(answer) = control::ask(&cli.data_dir, &control::Request::Status)? else {

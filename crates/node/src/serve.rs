@@ -16,6 +16,9 @@ use std::time::Duration;
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 
+/// Frames handled in one go at most (bytes): bounds a batch's memory.
+const BATCH_BYTES: usize = 32 << 20;
+
 /// Runs until SIGINT or SIGTERM.
 pub fn run(
     data_dir: &Path,
@@ -169,6 +172,10 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
     let live = hub.live.lock().expect("peer table");
     for p in peers {
         let l = live.get(&p.id);
+        let wire_now = l.and_then(|l| l.connection.as_ref()).map_or((0, 0), |c| {
+            let st = c.stats();
+            (st.udp_tx.bytes, st.udp_rx.bytes)
+        });
         let behind = p
             .accounts
             .iter()
@@ -185,6 +192,8 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             last_contact_secs: l.and_then(|l| l.last_contact).map(|t| t.elapsed().as_secs()),
             bytes_in: l.map_or(0, |l| l.bytes_done.1 + l.bytes_now.1),
             bytes_out: l.map_or(0, |l| l.bytes_done.0 + l.bytes_now.0),
+            wire_in: l.map_or(0, |l| l.wire_done.1 + wire_now.1),
+            wire_out: l.map_or(0, |l| l.wire_done.0 + wire_now.0),
             behind,
         });
     }
@@ -223,6 +232,10 @@ struct PeerLive {
     /// Bytes of sessions that ended, and of the current one.
     bytes_done: (u64, u64),
     bytes_now: (u64, u64),
+    /// UDP bytes (QUIC and TLS included) of connections that ended: (out, in).
+    wire_done: (u64, u64),
+    /// The current connection (its counters are read live).
+    connection: Option<quinn::Connection>,
     /// What the peer last said it has, per account.
     peer_has: BTreeMap<String, starling_model::VersionVector>,
 }
@@ -286,7 +299,12 @@ async fn session(
         }
     });
     let mut local = hub.changes.subscribe();
-    hub.live.lock().expect("peer table").entry(peer.id).or_default().connected = true;
+    {
+        let mut live = hub.live.lock().expect("peer table");
+        let l = live.entry(peer.id).or_default();
+        l.connected = true;
+        l.connection = Some(conn.connection.clone());
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
@@ -353,7 +371,19 @@ async fn session(
             f = frames.recv() => match f {
                 Some(f) => {
                     hub.live.lock().expect("peer table").entry(peer.id).or_default().last_contact = Some(Instant::now());
-                    outcome = tokio::task::block_in_place(|| link.handle_frame(&store, &f));
+                    // Frames already waiting are handled together (bodies in one commit).
+                    let mut batch = vec![f];
+                    let mut size = batch[0].len();
+                    while size < BATCH_BYTES {
+                        match frames.try_recv() {
+                            Ok(f) => {
+                                size += f.len();
+                                batch.push(f);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    outcome = tokio::task::block_in_place(|| link.handle_frames(&store, &batch));
                 }
                 None => break "peer closed the stream".into(),
             },
@@ -379,6 +409,9 @@ async fn session(
         let (o, i) = link.session().bytes();
         l.bytes_done = (l.bytes_done.0 + o, l.bytes_done.1 + i);
         l.bytes_now = (0, 0);
+        let st = conn.connection.stats();
+        l.wire_done = (l.wire_done.0 + st.udp_tx.bytes, l.wire_done.1 + st.udp_rx.bytes);
+        l.connection = None;
     }
     reader.abort();
     blob_reader.abort();

@@ -293,7 +293,7 @@ fn a_flag_change_on_a_running_node_reaches_the_others() {
     assert!(!before.contains("\\Flagged"), "{before}");
     let t = Instant::now();
     let out = run(&a.dir, &["flag", "alice", "INBOX", "1", "+\\Flagged", "-\\Seen"]);
-    assert!(out.contains("keywords changed"), "{out}");
+    assert!(out.contains("1 messages in INBOX: keywords changed"), "{out}");
     for n in [&b, &c] {
         wait_for("the flag on the other nodes", || n.dump().contains("\\Flagged"));
     }

@@ -624,17 +624,24 @@ impl Store {
             (acct.number, acct.replica.names())
         };
         let r = self.db.begin_read().map_err(st)?;
-        let (Ok(envelopes), Ok(blobs), Ok(locs)) =
-            (r.open_table(backend::ENVELOPES), r.open_table(BLOBS), r.open_table(backend::LOCS))
-        else {
+        // No envelope table: no message. No blob table: no body yet, so
+        // every message's body is missing (not none of them).
+        let (Ok(envelopes), Ok(locs)) = (r.open_table(backend::ENVELOPES), r.open_table(backend::LOCS)) else {
             return Ok(Vec::new());
+        };
+        let blobs = match r.open_table(BLOBS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(st(e)),
         };
         let mut out = Vec::new();
         for item in envelopes.range((number, 0)..=(number, u64::MAX)).map_err(st)? {
             let (k, v) = item.map_err(st)?;
             let env = decode_envelope(v.value()).map_err(st)?;
-            if blobs.get(&env.blob.0).map_err(st)?.is_some() {
-                continue;
+            if let Some(blobs) = &blobs {
+                if blobs.get(&env.blob.0).map_err(st)?.is_some() {
+                    continue;
+                }
             }
             let mailbox = locs
                 .get(k.value())

@@ -381,3 +381,26 @@ fn segmented_log_reads_and_compacts_exactly() {
     assert_eq!(store.ops_since("u", &at(600)).unwrap().len(), 600);
     assert_eq!(store.ops_since_in("u", &at(1100), &[INBOX]).unwrap().len(), 100);
 }
+
+/// A node that has applied a peer's messages but never stored any body yet
+/// reports every one of them missing (it once reported none: the body table
+/// did not exist yet).
+#[test]
+fn bodies_are_missing_before_the_first_body_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(2), StoreOptions::default()).unwrap();
+    a.add_account("u").unwrap();
+    b.add_account("u").unwrap();
+    a.write("u", |w| {
+        w.append(INBOX, b"Subject: 1\r\n\r\none\r\n", 1, vec![])?;
+        w.append(INBOX, b"Subject: 2\r\n\r\ntwo\r\n", 2, vec![])?;
+        Ok(())
+    })
+    .unwrap();
+    let ops = a.ops_since("u", &Default::default()).unwrap();
+    b.write("u", |w| w.apply(ops)).unwrap();
+    assert_eq!(b.missing_blobs("u").unwrap().len(), 2);
+    b.put_blob(b"Subject: 1\r\n\r\none\r\n").unwrap();
+    assert_eq!(b.missing_blobs("u").unwrap().len(), 1);
+}
