@@ -38,6 +38,9 @@ pub struct Progress {
     pub committed: Vec<String>,
     /// Bodies stored.
     pub bodies: usize,
+    /// New messages arrived (appends, copies or a snapshot): the set of
+    /// missing bodies may have grown.
+    pub new_messages: bool,
     /// The peer lacked a body asked of it: the caller should sweep every
     /// link with [`PeerLink::retry_bodies`] until none is missing.
     pub bodies_lacking: bool,
@@ -200,6 +203,7 @@ impl PeerLink {
                     };
                     s.want_blobs(missing);
                     s.applied(&account, store.version(&account)?);
+                    progress.new_messages |= !starling_sync::blobs_of(&ops).is_empty();
                     progress.note(account);
                 }
                 Event::Snapshot { account, bytes } => {
@@ -214,6 +218,7 @@ impl PeerLink {
                     store.install_snapshot(&account, &bytes)?;
                     s.want_blobs(wanted_missing(store, &account, &self.policy)?);
                     s.applied(&account, store.version(&account)?);
+                    progress.new_messages = true;
                     progress.note(account);
                 }
                 Event::BlobsWanted { ids } => {

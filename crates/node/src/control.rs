@@ -70,6 +70,9 @@ pub struct PeerStatus {
     /// UDP bytes on the wire (QUIC, TLS and retransmissions included).
     pub wire_in: u64,
     pub wire_out: u64,
+    /// Bytes the current connection lost and sent again, and its round trip.
+    pub wire_lost: u64,
+    pub rtt_ms: f64,
     /// Per shared account: ops this node has that the peer lacks, and ops
     /// the peer said it has that this node lacks.
     pub behind: Vec<Lag>,
@@ -109,7 +112,9 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             let mb = *reader.names().tree.by_name.get(mailbox).ok_or_else(|| format!("no mailbox {mailbox:?}"))?;
             let mut messages = Vec::new();
             for (lo, hi) in ranges {
-                for m in reader.messages(mb, lo, usize::MAX).map_err(|e| e.to_string())? {
+                // Reads only the rows asked for (a range may end at `*`).
+                let limit = (hi - lo).saturating_add(1) as usize;
+                for m in reader.messages(mb, lo, limit).map_err(|e| e.to_string())? {
                     if m.uid > hi {
                         break;
                     }

@@ -46,7 +46,7 @@ pub fn run(
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
         let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, store.clone(), hub.changes.clone()));
         for a in store.accounts() {
-            report(&store, &a);
+            report(&store, &a, true);
         }
         println!(
             "peers: listening on {} (UDP), {} pinned",
@@ -172,10 +172,8 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
     let live = hub.live.lock().expect("peer table");
     for p in peers {
         let l = live.get(&p.id);
-        let wire_now = l.and_then(|l| l.connection.as_ref()).map_or((0, 0), |c| {
-            let st = c.stats();
-            (st.udp_tx.bytes, st.udp_rx.bytes)
-        });
+        let stats = l.and_then(|l| l.connection.as_ref()).map(|c| c.stats());
+        let wire_now = stats.as_ref().map_or((0, 0), |st| (st.udp_tx.bytes, st.udp_rx.bytes));
         let behind = p
             .accounts
             .iter()
@@ -194,6 +192,8 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             bytes_out: l.map_or(0, |l| l.bytes_done.0 + l.bytes_now.0),
             wire_in: l.map_or(0, |l| l.wire_done.1 + wire_now.1),
             wire_out: l.map_or(0, |l| l.wire_done.0 + wire_now.0),
+            wire_lost: stats.as_ref().map_or(0, |st| st.path.lost_bytes),
+            rtt_ms: stats.as_ref().map_or(0.0, |st| st.path.rtt.as_secs_f64() * 1000.0),
             behind,
         });
     }
@@ -201,13 +201,17 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
 }
 
 /// Reports the account's version (a line the tests and operators can follow).
-fn report(store: &Store, account: &str) {
+/// Counting missing bodies scans the account, so only when it may have
+/// changed (`bodies`).
+fn report(store: &Store, account: &str, bodies: bool) {
     if let Ok(vv) = store.version(account) {
         let ops: u64 = vv.iter().map(|(_, c)| c).sum();
         println!("account {account}: {ops} ops");
     }
-    if let Ok(missing) = store.missing_blobs(account) {
-        println!("bodies {account}: {} missing", missing.len());
+    if bodies {
+        if let Ok(missing) = store.missing_blobs(account) {
+            println!("bodies {account}: {} missing", missing.len());
+        }
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -322,15 +326,17 @@ async fn session(
         match std::mem::replace(&mut outcome, Ok(Progress::default())) {
             Ok(progress) => {
                 for account in progress.committed {
-                    report(&store, &account);
+                    report(&store, &account, progress.new_messages);
                     let _ = hub.changes.send(account);
                 }
                 if progress.bodies_lacking {
                     hub.bodies_lacking.store(true, Ordering::Relaxed);
                 }
-                if progress.bodies > 0 {
+                // Counting what is still missing scans the account: only when
+                // this link's requests are all answered.
+                if progress.bodies > 0 && link.session().blobs_in_flight() == 0 {
                     for a in link.accounts() {
-                        report(&store, a);
+                        report(&store, a, true);
                     }
                 }
             }

@@ -85,7 +85,7 @@ use starling_model::{codec, BlobId, Op, OpBody, ReplicaId, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Version of this protocol.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -94,6 +94,8 @@ pub const FRAME_BYTES_MAX: usize = 64 << 20;
 pub const ACCOUNTS_MAX: usize = 4096;
 /// Longest account name.
 pub const ACCOUNT_NAME_MAX: usize = 255;
+/// Largest body accepted (decompressed).
+pub const BODY_BYTES_MAX: usize = 256 << 20;
 /// Most blob ids in one request.
 pub const BLOB_IDS_MAX: usize = 10_000;
 /// Most replicas in a version vector from a peer.
@@ -137,11 +139,13 @@ pub enum Frame {
         /// At most [`BLOB_IDS_MAX`].
         ids: Vec<BlobId>,
     },
-    /// A body: its raw bytes, which must hash to `id`.
+    /// A body, which must hash to `id` (once decompressed).
     Blob {
         /// Its id.
         id: BlobId,
-        /// The raw message.
+        /// `bytes` are zstd-compressed (mail text shrinks about threefold).
+        zstd: bool,
+        /// The message, raw or compressed.
         bytes: Vec<u8>,
     },
     /// The sender does not hold that body (partial replica).
@@ -523,10 +527,18 @@ impl Session {
                 self.events.push_back(Event::BlobsWanted { ids });
                 Ok(())
             }
-            (Phase::Open, Frame::Blob { id, bytes }) => {
+            (Phase::Open, Frame::Blob { id, zstd, bytes }) => {
                 if !self.blobs_wanted.contains(&id) {
                     return self.close(SessionError::Protocol("a body that was not asked for".into()));
                 }
+                let bytes = if zstd {
+                    match codec::decompress_capped(&bytes, BODY_BYTES_MAX) {
+                        Ok(b) => b,
+                        Err(e) => return self.close(SessionError::Malformed(format!("body: {e}"))),
+                    }
+                } else {
+                    bytes
+                };
                 if BlobId::of(&bytes) != id {
                     return self.close(SessionError::Malformed("body does not match its id".into()));
                 }
@@ -568,7 +580,14 @@ impl Session {
         }
         match bytes {
             Some(bytes) => {
-                let frame = Frame::Blob { id, bytes }.encode();
+                // Level 1: cheap, and most of the gain on mail text.
+                let z = codec::compress(&bytes, 1);
+                let frame = if z.len() + 64 < bytes.len() {
+                    Frame::Blob { id, zstd: true, bytes: z }
+                } else {
+                    Frame::Blob { id, zstd: false, bytes }
+                }
+                .encode();
                 self.bytes_out += frame.len() as u64;
                 self.transmit_blobs.push_back(frame);
             }

@@ -219,14 +219,14 @@ fn bodies_are_asked_for_checked_and_refused_when_forged() {
     let want = a.poll_transmit().expect("one request");
     assert!(matches!(Frame::decode(&want), Ok(Frame::WantBlobs { ids }) if ids == vec![id]));
     assert!(a.poll_transmit().is_none(), "asked once");
-    a.handle_frame(&Frame::Blob { id, bytes: body.clone() }.encode()).unwrap();
+    a.handle_frame(&Frame::Blob { id, zstd: false, bytes: body.clone() }.encode()).unwrap();
     assert_eq!(a.poll_event(), Some(Event::Blob { id, bytes: body.clone() }));
     // Not asked for (any more): refused.
-    assert!(a.handle_frame(&Frame::Blob { id, bytes: body.clone() }.encode()).is_err());
+    assert!(a.handle_frame(&Frame::Blob { id, zstd: false, bytes: body.clone() }.encode()).is_err());
     // A body that does not hash to its id: refused, nothing stored.
     let (mut b, _) = open_pair();
     b.want_blobs([id]);
-    let forged = Frame::Blob { id, bytes: b"something else".to_vec() }.encode();
+    let forged = Frame::Blob { id, zstd: false, bytes: b"something else".to_vec() }.encode();
     assert!(matches!(b.handle_frame(&forged), Err(SessionError::Malformed(_))));
     assert!(std::iter::from_fn(|| b.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
 }
@@ -240,5 +240,14 @@ fn bodies_leave_on_their_own_channel() {
     a.local_changed("a", VersionVector::new());
     assert!(a.poll_transmit().is_none(), "metadata channel holds no body");
     let f = a.poll_transmit_blob().expect("body frame");
-    assert!(matches!(Frame::decode(&f), Ok(Frame::Blob { bytes, .. }) if bytes == body));
+    // Compressible bodies travel compressed and come out whole.
+    let Ok(Frame::Blob { zstd: true, bytes, .. }) = Frame::decode(&f) else { panic!("a compressed body frame") };
+    assert!(bytes.len() < body.len() / 100);
+    let (mut b, _) = open_pair();
+    while b.poll_transmit().is_some() {}
+    b.want_blobs([BlobId::of(&body)]);
+    b.handle_frame(&f).unwrap();
+    assert!(
+        std::iter::from_fn(|| b.poll_event()).any(|e| e == Event::Blob { id: BlobId::of(&body), bytes: body.clone() })
+    );
 }
