@@ -240,6 +240,7 @@ impl PeerLink {
 
 /// Bodies of `account` this store lacks and `policy` fetches eagerly.
 fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<Vec<BlobId>, StoreError> {
+    let policy = &policy.resolved(&store.read(account)?.names().tree);
     Ok(store
         .missing_bodies(account)?
         .into_iter()

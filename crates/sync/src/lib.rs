@@ -255,9 +255,7 @@ impl BodyPolicy {
     pub fn wants_body(&self, mailbox: Option<&str>, size: u64, internal_date: i64) -> bool {
         let in_mailboxes = match (&self.mailboxes, mailbox) {
             (None, _) => true,
-            (Some(list), Some(name)) => list
-                .iter()
-                .any(|m| m == name || (m.eq_ignore_ascii_case("INBOX") && name.eq_ignore_ascii_case("INBOX"))),
+            (Some(list), Some(name)) => list.iter().any(|m| mailbox_matches(m, name)),
             (Some(_), None) => false,
         };
         in_mailboxes
@@ -265,15 +263,55 @@ impl BodyPolicy {
             && self.size_max.is_none_or(|m| size <= m)
     }
 
+    /// The policy with its special-use entries (`\Sent`, `\Archive`, …)
+    /// replaced by the names of the mailboxes that now have that use.
+    pub fn resolved(&self, tree: &starling_model::MailboxTree) -> BodyPolicy {
+        let Some(list) = &self.mailboxes else { return self.clone() };
+        let mut names = Vec::new();
+        for m in list {
+            match m.strip_prefix('\\') {
+                Some(use_) => names.extend(tree.by_name.iter().filter_map(|(name, id)| {
+                    let special = tree.entries.get(id)?.special_use?;
+                    format!("{special:?}").eq_ignore_ascii_case(use_).then(|| name.clone())
+                })),
+                None => names.push(m.clone()),
+            }
+        }
+        BodyPolicy { mailboxes: Some(names), ..self.clone() }
+    }
+
     /// Bodies of `ops` this policy fetches eagerly; `tree` names the mailboxes.
     pub fn eager_blobs(&self, ops: &[Op], tree: &starling_model::MailboxTree) -> Vec<BlobId> {
         let mut seen = BTreeSet::new();
+        let policy = self.resolved(tree);
         appends(ops)
-            .filter(|a| self.wants(tree.name_of(a.mailbox), a))
+            .filter(|a| policy.wants(tree.name_of(a.mailbox), a))
             .map(|a| a.blob)
             .filter(|b| seen.insert(*b))
             .collect()
     }
+}
+
+/// Whether a policy entry names `mailbox`: a full name (INBOX in any case),
+/// or an IMAP LIST pattern where `*` matches anything and `%` anything but
+/// the hierarchy delimiter `/`.
+pub fn mailbox_matches(pattern: &str, mailbox: &str) -> bool {
+    fn glob(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| glob(rest, &n[i..])),
+            Some((b'%', rest)) => {
+                (0..=n.len()).take_while(|i| *i == 0 || n[i - 1] != b'/').any(|i| glob(rest, &n[i..]))
+            }
+            Some((c, rest)) => n.first() == Some(c) && glob(rest, &n[1..]),
+        }
+    }
+    let inbox = |s: &str| s.eq_ignore_ascii_case("INBOX");
+    if inbox(mailbox) {
+        // INBOX is case-insensitive; patterns see it as "INBOX".
+        return inbox(pattern) || glob(pattern.as_bytes(), b"INBOX");
+    }
+    glob(pattern.as_bytes(), mailbox.as_bytes())
 }
 
 /// Bodies referenced by ops (appends and copies), in order, without repeats.

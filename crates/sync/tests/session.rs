@@ -251,3 +251,22 @@ fn bodies_leave_on_their_own_channel() {
         std::iter::from_fn(|| b.poll_event()).any(|e| e == Event::Blob { id: BlobId::of(&body), bytes: body.clone() })
     );
 }
+
+#[test]
+fn body_policy_mailboxes_take_names_patterns_and_special_use() {
+    use starling_sync::{mailbox_matches, BodyPolicy};
+    assert!(mailbox_matches("INBOX", "inbox"));
+    assert!(mailbox_matches("Work/*", "Work/2026/Q1"));
+    assert!(mailbox_matches("Work/%", "Work/2026"));
+    assert!(!mailbox_matches("Work/%", "Work/2026/Q1"));
+    assert!(mailbox_matches("*", "INBOX"));
+    assert!(!mailbox_matches("Work", "Workshop"));
+    let mut r = starling_model::Replica::new(starling_model::ReplicaId(1));
+    r.create_mailbox("Sent Items", None, Some(starling_model::SpecialUse::Sent)).unwrap();
+    r.create_mailbox("Lists", None, None).unwrap();
+    let p = BodyPolicy { mailboxes: Some(vec!["\\Sent".into(), "INBOX".into()]), ..BodyPolicy::full() };
+    let resolved = p.resolved(r.tree());
+    assert!(resolved.wants_body(Some("Sent Items"), 10, 0));
+    assert!(resolved.wants_body(Some("INBOX"), 10, 0));
+    assert!(!resolved.wants_body(Some("Lists"), 10, 0));
+}
