@@ -40,14 +40,8 @@ fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
 }
 
 fn default_scenarios() -> Result<Vec<PathBuf>, String> {
-    let dir = Path::new("simulations");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e} (name scenario files, or run from the project root)", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    v.sort();
-    Ok(v)
+    crate::scenario::files_in(Path::new("simulations"))
+        .map_err(|e| format!("{e} (name scenario files, or run from the project root)"))
 }
 
 /// Runs the command; `Ok(false)` when some seed failed.

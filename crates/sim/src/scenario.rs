@@ -235,6 +235,17 @@ pub enum ScenarioError {
     },
 }
 
+/// The scenario files (`*.toml`) in a directory, sorted.
+pub fn files_in(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {

@@ -5,14 +5,9 @@ use std::path::PathBuf;
 
 fn scenarios() -> Vec<Scenario> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    v.sort();
-    assert!(v.len() >= 5, "scenario files in {}", dir.display());
-    v.iter().map(|p| Scenario::load(p).unwrap()).collect()
+    let files = starling_sim::scenario::files_in(&dir).unwrap();
+    assert!(files.len() >= 5, "scenario files in {}", dir.display());
+    files.iter().map(|p| Scenario::load(p).unwrap()).collect()
 }
 
 #[test]

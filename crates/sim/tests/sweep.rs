@@ -10,12 +10,7 @@ use std::path::PathBuf;
 fn every_scenario_converges_over_a_range_of_seeds() {
     let n: u64 = std::env::var("STARLING_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
+    let files = starling_sim::scenario::files_in(&dir).unwrap();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut failed = Vec::new();
     let mut runs = 0;
