@@ -110,7 +110,8 @@ enum PeerAction {
         /// Partial replica: fetch bodies larger than this (bytes) only on demand.
         #[arg(long)]
         body_cap: Option<u64>,
-        /// Partial replica: fetch bodies eagerly only in these mailboxes.
+        /// Partial replica: fetch bodies eagerly only in these mailboxes (full
+        /// names, LIST patterns such as `Work/*`, or special-use such as `\Sent`).
         #[arg(long, value_delimiter = ',')]
         mailboxes: Option<Vec<String>>,
         /// Partial replica: fetch bodies eagerly only of mail received since (Unix seconds).
