@@ -152,7 +152,9 @@ impl NodeIdentity {
             .map_err(|e| setup(&e))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(tls).map_err(|e| setup(&e))?;
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(transport());
+        Ok(config)
     }
 
     fn client_config(&self, expected: NodeId) -> Result<quinn::ClientConfig, NetError> {
@@ -166,7 +168,9 @@ impl NodeIdentity {
             .map_err(|e| setup(&e))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
-        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport());
+        Ok(config)
     }
 }
 
@@ -292,6 +296,19 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
+/// A peer that vanished without closing (power cut, network gone) is given
+/// up after this long without a packet; keep-alives every third of it keep a
+/// quiet but healthy connection open. The dialing side then dials again,
+/// which a restarted peer waits for.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(9);
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("9 s fits a QUIC varint")));
+    t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
+    Arc::new(t)
+}
+
 /// UDP socket buffer size asked for (the kernel may cap it).
 const UDP_BUFFER_BYTES: usize = 4 << 20;
 
@@ -339,6 +356,14 @@ impl PeerEndpoint {
         Ok(PeerEndpoint { endpoint, identity })
     }
 
+    /// Closes every connection and waits (at most `limit`) until the peers
+    /// were told, so they reconnect at once instead of waiting for the idle
+    /// timeout.
+    pub async fn shutdown(&self, limit: std::time::Duration) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
         self.endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))
@@ -369,11 +394,6 @@ impl PeerEndpoint {
             return Err(NetError::UnknownPeer);
         }
         Ok(PeerConnection { peer, connection })
-    }
-
-    /// Closes the endpoint.
-    pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"shutdown");
     }
 }
 

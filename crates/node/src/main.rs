@@ -2,6 +2,7 @@
 //! together; business logic lives in the library crates.
 
 mod control;
+mod demo;
 mod lmtp;
 mod peers;
 mod serve;
@@ -79,6 +80,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Three nodes on loopback: mail delivered, a link cut, changes on both
+    /// sides, the link back, the converged result printed.
+    Demo {
+        /// Where to put the three data directories (a fresh temporary one by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run deterministic simulations (scenario files, seeds, reports, plots).
     Sim(starling_sim::cli::SimArgs),
     /// Print the version.
@@ -142,7 +150,7 @@ fn identity(data_dir: &Path) -> Result<NodeIdentity, String> {
     NodeIdentity::load_or_create(data_dir).map_err(|e| e.to_string())
 }
 
-fn open_store(data_dir: &Path) -> Result<Store, String> {
+pub(crate) fn open_store(data_dir: &Path) -> Result<Store, String> {
     let node = identity(data_dir)?.id().replica();
     Store::open(&data_dir.join("store.redb"), node, StoreOptions::default()).map_err(|e| e.to_string())
 }
@@ -183,6 +191,7 @@ fn print_status(st: &control::NodeStatus) {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
+        Command::Demo { dir } => demo::run(dir)?,
         Command::Sim(args) => {
             if !starling_sim::cli::main(args)? {
                 return Err("some seeds failed (see above for how to reproduce each)".into());

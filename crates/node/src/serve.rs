@@ -99,7 +99,7 @@ pub fn run(
         // Stop taking work; a delivery already inside its commit finishes it
         // (it is acknowledged only after), so no acknowledged message is lost.
         lmtp.abort();
-        endpoint.close();
+        endpoint.shutdown(Duration::from_secs(1)).await;
         control.abort();
         let _ = std::fs::remove_file(control::socket_path(data_dir));
         Ok(())

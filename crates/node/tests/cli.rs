@@ -134,3 +134,16 @@ fn bad_input_gets_a_clear_error() {
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(e.contains("line 1") && e.contains("unknown option"), "{e}");
 }
+
+/// `starling demo` (the README shows its output): three real nodes converge
+/// after a cut with changes on both sides, well within a minute.
+#[test]
+fn demo_converges_within_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let o = starling(dir.path(), &["demo", "--dir", dir.path().join("demo").to_str().unwrap()]);
+    let out = ok(&o);
+    assert!(out.contains("Dumps of n1, n2 and n3 are identical"), "{out}");
+    assert!(out.contains("\\Seen \\Flagged $Important"), "both sides' keywords on UID 1: {out}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(60));
+}
