@@ -244,7 +244,7 @@ fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<V
     Ok(store
         .missing_bodies(account)?
         .into_iter()
-        .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
+        .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.uid, m.size, m.internal_date))
         .map(|m| m.blob)
         .collect())
 }

@@ -125,6 +125,9 @@ enum PeerAction {
         /// Partial replica: fetch bodies eagerly only of mail received since (Unix seconds).
         #[arg(long)]
         since: Option<i64>,
+        /// Partial replica: fetch bodies eagerly only of these UIDs, `LO:HI` (HI may be `*`).
+        #[arg(long, value_parser = |v: &str| peers::parse_uids(v).ok_or_else(|| format!("{v:?}: expected LO:HI, e.g. 1000:*")))]
+        uids: Option<(u32, u32)>,
     },
     /// List pinned peers.
     List,
@@ -209,7 +212,7 @@ fn run(cli: Cli) -> Result<(), String> {
             serve::run(&cli.data_dir, store, id, peers, peer_listen, lmtp_listen)?;
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
-        Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since } } => {
+        Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since, uids } } => {
             let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
             let addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
             identity(&cli.data_dir)?;
@@ -217,7 +220,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if list.iter().any(|p| p.id == id) {
                 return Err(format!("peer {id} is already pinned"));
             }
-            let policy = starling_sync::BodyPolicy { mailboxes, received_since: since, size_max: body_cap };
+            let policy = starling_sync::BodyPolicy { mailboxes, received_since: since, size_max: body_cap, uids };
             list.push(peers::Peer { id, addr, accounts, policy });
             peers::save(&cli.data_dir, &list)?;
             println!("peer {id} pinned");

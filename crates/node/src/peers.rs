@@ -1,6 +1,6 @@
 //! The pinned peers of this node: `DATA_DIR/peers`, one line per peer,
 //! `<node id> <address> <account>[,<account>…] [body-cap=<bytes>]
-//! [mailboxes=<name>[,<name>…]] [since=<unix seconds>]`. Only the listed
+//! [mailboxes=<name>[,<name>…]] [since=<unix seconds>] [uids=<lo>:<hi|*>]`. Only the listed
 //! accounts are synced with that peer (authorization per account). The
 //! optional fields make this node a partial replica of what that peer sends:
 //! all metadata, but only the bodies they select come eagerly.
@@ -37,7 +37,8 @@ fn parse_line(n: usize, line: &str) -> Result<Peer, String> {
             Some(("body-cap", v)) => policy.size_max = Some(v.parse().map_err(|_| bad())?),
             Some(("since", v)) => policy.received_since = Some(v.parse().map_err(|_| bad())?),
             Some(("mailboxes", v)) => policy.mailboxes = Some(v.split(',').map(str::to_string).collect()),
-            _ => return Err(format!("line {n}: unknown option {opt:?} (body-cap=, mailboxes=, since=)")),
+            Some(("uids", v)) => policy.uids = Some(parse_uids(v).ok_or_else(bad)?),
+            _ => return Err(format!("line {n}: unknown option {opt:?} (body-cap=, mailboxes=, since=, uids=)")),
         }
     }
     Ok(Peer { id, addr, accounts, policy })
@@ -55,7 +56,19 @@ pub fn options(p: &BodyPolicy) -> String {
     if let Some(t) = p.received_since {
         out.push_str(&format!(" since={t}"));
     }
+    if let Some((lo, hi)) = p.uids {
+        let hi = if hi == u32::MAX { "*".to_string() } else { hi.to_string() };
+        out.push_str(&format!(" uids={lo}:{hi}"));
+    }
     out
+}
+
+/// `LO:HI` (HI may be `*`) as an inclusive UID range.
+pub fn parse_uids(v: &str) -> Option<(u32, u32)> {
+    let (lo, hi) = v.split_once(':')?;
+    let lo: u32 = lo.parse().ok()?;
+    let hi: u32 = if hi == "*" { u32::MAX } else { hi.parse().ok()? };
+    (lo <= hi).then_some((lo, hi))
 }
 
 /// Reads the peers file (none if it does not exist).

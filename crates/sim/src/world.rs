@@ -223,7 +223,7 @@ impl World {
                 .partial
                 .iter()
                 .find(|p| p.node == i)
-                .map(|p| BodyPolicy { mailboxes: p.mailboxes.clone(), size_max: p.size_max, received_since: None })
+                .map(|p| BodyPolicy { mailboxes: p.mailboxes.clone(), size_max: p.size_max, ..BodyPolicy::full() })
                 .unwrap_or_default();
             let skew_ms = if skew_max > 0 { rng.below(2 * skew_max as usize + 1) as i64 - skew_max } else { 0 };
             nodes.push(Node {
@@ -852,7 +852,8 @@ impl World {
         for (i, n) in self.nodes.iter().enumerate() {
             let store = n.store.as_ref().expect("up");
             let missing = store.missing_bodies(ACCOUNT).map_err(err)?;
-            if let Some(m) = missing.iter().find(|m| n.policy.wants_body(m.mailbox.as_deref(), m.size, m.internal_date))
+            if let Some(m) =
+                missing.iter().find(|m| n.policy.wants_body(m.mailbox.as_deref(), m.uid, m.size, m.internal_date))
             {
                 return Err(format!("node {i} lacks a body its policy wants: {:?} in {:?}", m.blob, m.mailbox));
             }

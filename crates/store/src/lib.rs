@@ -237,6 +237,8 @@ pub struct MissingBody {
     pub blob: BlobId,
     /// Full name of the mailbox the message is in, if visible.
     pub mailbox: Option<String>,
+    /// Its UID there (0 while not placed).
+    pub uid: u32,
     /// Its size.
     pub size: u64,
     /// Its internal date.
@@ -643,12 +645,12 @@ impl Store {
                     continue;
                 }
             }
-            let mailbox = locs
-                .get(k.value())
-                .map_err(st)?
-                .and_then(|l| names.mailboxes.get(l.value().0 as usize).map(|m| m.0))
+            let loc = locs.get(k.value()).map_err(st)?.map(|l| l.value());
+            let mailbox = loc
+                .and_then(|(mb, _)| names.mailboxes.get(mb as usize).map(|m| m.0))
                 .and_then(|id| names.tree.name_of(id).map(str::to_string));
-            out.push(MissingBody { blob: env.blob, mailbox, size: env.size, internal_date: env.internal_date });
+            let uid = loc.map_or(0, |(_, uid)| uid);
+            out.push(MissingBody { blob: env.blob, mailbox, uid, size: env.size, internal_date: env.internal_date });
         }
         Ok(out)
     }

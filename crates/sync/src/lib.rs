@@ -236,6 +236,9 @@ pub struct BodyPolicy {
     pub received_since: Option<i64>,
     /// Only bodies of at most this many bytes.
     pub size_max: Option<u64>,
+    /// Only messages whose UID is in this inclusive range (`u32::MAX` for
+    /// `*`: the newest ones whatever they become).
+    pub uids: Option<(u32, u32)>,
 }
 
 impl BodyPolicy {
@@ -247,20 +250,23 @@ impl BodyPolicy {
     /// Whether the body of a message appended to `mailbox` (its full name,
     /// if known) is fetched eagerly.
     pub fn wants(&self, mailbox: Option<&str>, append: &starling_model::Append) -> bool {
-        self.wants_body(mailbox, append.size, append.internal_date)
+        self.wants_body(mailbox, append.uid, append.size, append.internal_date)
     }
 
-    /// Whether a body of `size` bytes received at `internal_date` in
-    /// `mailbox` (its full name, if known) is fetched eagerly.
-    pub fn wants_body(&self, mailbox: Option<&str>, size: u64, internal_date: i64) -> bool {
+    /// Whether the body of a message of `size` bytes received at
+    /// `internal_date`, at `uid` in `mailbox` (its full name, if known; UID 0
+    /// if not placed yet, which counts as the newest), is fetched eagerly.
+    pub fn wants_body(&self, mailbox: Option<&str>, uid: u32, size: u64, internal_date: i64) -> bool {
         let in_mailboxes = match (&self.mailboxes, mailbox) {
             (None, _) => true,
             (Some(list), Some(name)) => list.iter().any(|m| mailbox_matches(m, name)),
             (Some(_), None) => false,
         };
+        let uid = if uid == 0 { u32::MAX } else { uid };
         in_mailboxes
             && self.received_since.is_none_or(|t| internal_date >= t)
             && self.size_max.is_none_or(|m| size <= m)
+            && self.uids.is_none_or(|(lo, hi)| (lo..=hi).contains(&uid))
     }
 
     /// The policy with its special-use entries (`\Sent`, `\Archive`, …)

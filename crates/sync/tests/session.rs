@@ -266,7 +266,11 @@ fn body_policy_mailboxes_take_names_patterns_and_special_use() {
     r.create_mailbox("Lists", None, None).unwrap();
     let p = BodyPolicy { mailboxes: Some(vec!["\\Sent".into(), "INBOX".into()]), ..BodyPolicy::full() };
     let resolved = p.resolved(r.tree());
-    assert!(resolved.wants_body(Some("Sent Items"), 10, 0));
-    assert!(resolved.wants_body(Some("INBOX"), 10, 0));
-    assert!(!resolved.wants_body(Some("Lists"), 10, 0));
+    assert!(resolved.wants_body(Some("Sent Items"), 1, 10, 0));
+    assert!(resolved.wants_body(Some("INBOX"), 1, 10, 0));
+    assert!(!resolved.wants_body(Some("Lists"), 1, 10, 0));
+    // A UID window: only the newest messages.
+    let recent = BodyPolicy { uids: Some((1000, u32::MAX)), ..BodyPolicy::full() };
+    assert!(recent.wants_body(Some("INBOX"), 1000, 10, 0) && recent.wants_body(Some("INBOX"), 0, 10, 0));
+    assert!(!recent.wants_body(Some("INBOX"), 999, 10, 0));
 }
