@@ -310,6 +310,7 @@ async fn session(
         l.connection = Some(conn.connection.clone());
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut in_flight_before = 0;
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
     let end = loop {
@@ -333,12 +334,15 @@ async fn session(
                     hub.bodies_lacking.store(true, Ordering::Relaxed);
                 }
                 // Counting what is still missing scans the account: only when
-                // this link's requests are all answered.
-                if progress.bodies > 0 && link.session().blobs_in_flight() == 0 {
+                // this link's requests have all been answered (bodies or
+                // "not here"), not after every batch.
+                let in_flight = link.session().blobs_in_flight();
+                if in_flight == 0 && (in_flight_before > 0 || progress.bodies > 0) {
                     for a in link.accounts() {
                         report(&store, a, true);
                     }
                 }
+                in_flight_before = in_flight;
             }
             Err(e) => {
                 // A protocol error leaves a `Refused` frame to send first.
