@@ -140,12 +140,11 @@ pub fn run(maildir: &Path, bin: Option<PathBuf>) {
         }
     });
     let secs = t.elapsed().as_secs_f64();
-    if std::env::var("NET_DEBUG").is_ok() {
-        eprintln!("after initial: A {}", a.status()["peers"]);
-    }
+    let p = &a.status()["peers"][0];
+    let lost = format!("{} B lost and resent, RTT {:.2} ms", p["wire_lost"], p["rtt_ms"].as_f64().unwrap_or(0.0));
     let x = bytes(&a);
     println!(
-        "| initial sync, both processes started (ops and bodies) | {secs:.2} s | {} | {} | {} | {} |",
+        "| initial sync, both processes started (ops and bodies; {lost}) | {secs:.2} s | {} | {} | {} | {} |",
         kb(x[0]),
         kb(x[1]),
         kb(x[2]),
@@ -207,9 +206,6 @@ pub fn run(maildir: &Path, bin: Option<PathBuf>) {
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     let x = bytes(&a);
-    if std::env::var("NET_DEBUG").is_ok() {
-        eprintln!("A {}\nB {}", a.status(), b.status());
-    }
     println!(
         "| no-op (both restarted: QUIC + TLS handshake, hello, version vectors) | {:.1} ms to agree | {} B | {} B | {} B | {} B |",
         secs * 1000.0,
