@@ -144,6 +144,12 @@ impl VersionVector {
         }
     }
 
+    /// Pointwise minimum: what both hold (ops in it are causally stable
+    /// between the two).
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        VersionVector(self.0.iter().map(|(r, c)| (*r, (*c).min(other.get(*r)))).filter(|(_, c)| *c > 0).collect())
+    }
+
     /// Whether every entry of `other` is covered by `self`.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other.0.iter().all(|(r, c)| self.get(*r) >= *c)
@@ -168,5 +174,25 @@ impl VersionVector {
 impl fmt::Debug for VersionVector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meet_is_what_both_hold() {
+        let vv = |e: &[(u64, u64)]| {
+            let mut v = VersionVector::new();
+            for (r, c) in e {
+                v.observe(Dot::new(ReplicaId(*r), *c));
+            }
+            v
+        };
+        let (a, b) = (vv(&[(1, 5), (2, 3), (3, 7)]), vv(&[(1, 2), (2, 9)]));
+        assert_eq!(a.meet(&b), vv(&[(1, 2), (2, 3)]));
+        assert_eq!(a.meet(&b), b.meet(&a));
+        assert!(a.dominates(&a.meet(&b)) && b.dominates(&a.meet(&b)));
     }
 }

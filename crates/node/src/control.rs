@@ -110,17 +110,8 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             let ranges = parse_uid_set(uids)?;
             let reader = store.read(user).map_err(|e| e.to_string())?;
             let mb = *reader.names().tree.by_name.get(mailbox).ok_or_else(|| format!("no mailbox {mailbox:?}"))?;
-            let mut messages = Vec::new();
-            for (lo, hi) in ranges {
-                // Reads only the rows asked for (a range may end at `*`).
-                let limit = (hi - lo).saturating_add(1) as usize;
-                for m in reader.messages(mb, lo, limit).map_err(|e| e.to_string())? {
-                    if m.uid > hi {
-                        break;
-                    }
-                    messages.push(m.message);
-                }
-            }
+            let messages: Vec<_> =
+                reader.messages_in(mb, &ranges).map_err(|e| e.to_string())?.into_iter().map(|m| m.message).collect();
             drop(reader);
             if messages.is_empty() {
                 return Err(format!("no message with UID {uids} in {mailbox}"));

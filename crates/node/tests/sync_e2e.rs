@@ -144,6 +144,18 @@ fn converge(nodes: &[&Node]) {
     panic!("no convergence: {:?}", nodes.iter().map(|n| *n.ops.lock().unwrap()).collect::<Vec<_>>());
 }
 
+/// Nodes a, b and c under `root`, each pinning the other two.
+fn three_pinned(root: &Path) -> [Node; 3] {
+    let nodes = ["a", "b", "c"].map(|n| Node::new(root, n));
+    for (i, x) in nodes.iter().enumerate() {
+        for y in nodes.iter().skip(i + 1) {
+            x.pin(y);
+            y.pin(x);
+        }
+    }
+    nodes
+}
+
 fn messages(dump: &str) -> usize {
     dump.lines().filter(|l| l.starts_with("  ")).count()
 }
@@ -151,13 +163,7 @@ fn messages(dump: &str) -> usize {
 #[test]
 fn three_processes_converge_and_a_stopped_node_catches_up() {
     let root = tempfile::tempdir().unwrap();
-    let mut a = Node::new(root.path(), "a");
-    let mut b = Node::new(root.path(), "b");
-    let mut c = Node::new(root.path(), "c");
-    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
-        x.pin(y);
-        y.pin(x);
-    }
+    let [mut a, mut b, mut c] = three_pinned(root.path());
     a.import(root.path(), "a1", 3);
     b.import(root.path(), "b1", 2);
     a.start();
@@ -277,13 +283,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn a_flag_change_on_a_running_node_reaches_the_others() {
     let root = tempfile::tempdir().unwrap();
-    let mut a = Node::new(root.path(), "a");
-    let mut b = Node::new(root.path(), "b");
-    let mut c = Node::new(root.path(), "c");
-    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
-        x.pin(y);
-        y.pin(x);
-    }
+    let [mut a, mut b, mut c] = three_pinned(root.path());
     a.import(root.path(), "a", 2);
     a.start();
     b.start();

@@ -440,14 +440,9 @@ impl World {
                 // Only causally stable ops go: those every node holds (what
                 // a node learns from its peers' acknowledgements). A peer
                 // away for a month is thus never behind anyone's log.
-                let vvs: Vec<&VersionVector> = self.nodes.iter().filter(|n| n.joined).map(|n| &n.before).collect();
-                let mut stable = VersionVector::new();
-                for (r, c) in vvs[0].iter() {
-                    let min = vvs.iter().map(|v| v.get(r)).min().unwrap_or(0).min(c);
-                    if min > 0 {
-                        stable.observe(Dot::new(r, min));
-                    }
-                }
+                let mut members = self.nodes.iter().filter(|n| n.joined).map(|n| &n.before);
+                let first = members.next().cloned().unwrap_or_default();
+                let stable = members.fold(first, |acc, v| acc.meet(v));
                 for n in &self.nodes {
                     if let Some(st) = &n.store {
                         st.compact(ACCOUNT, &stable).map_err(err)?;

@@ -817,6 +817,18 @@ impl Reader {
         Ok(out)
     }
 
+    /// Messages whose UIDs lie in `ranges` (inclusive, as a UID set names
+    /// them), by range: reads only those rows.
+    pub fn messages_in(&self, id: MailboxId, ranges: &[(u32, u32)]) -> Result<Vec<MessageInfo>, StoreError> {
+        let mut out = Vec::new();
+        for &(lo, hi) in ranges {
+            // At most one message per UID, so the range's width bounds the rows.
+            let limit = (hi - lo).saturating_add(1) as usize;
+            out.extend(self.messages(id, lo, limit)?.into_iter().take_while(|m| m.uid <= hi));
+        }
+        Ok(out)
+    }
+
     /// Messages changed after `modseq` (CONDSTORE CHANGEDSINCE), by MODSEQ.
     pub fn changed_since(&self, id: MailboxId, modseq: u64, limit: usize) -> Result<Vec<MessageInfo>, StoreError> {
         let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
