@@ -27,6 +27,9 @@ pub enum Request {
     /// Change keywords of messages (what a client's UID STORE does, same
     /// path, one transaction): `uids` is an IMAP UID set, e.g. `1:100,205`.
     Flag { user: String, mailbox: String, uids: String, add: Vec<String>, remove: Vec<String> },
+    /// Set an account's password hash (the CLI hashes; the password never
+    /// crosses the socket).
+    Passwd { user: String, hash: String },
 }
 
 /// The node's answer.
@@ -125,6 +128,10 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
                 })
                 .map_err(|e| e.to_string())?;
             Ok(format!("{} messages in {mailbox}: keywords changed", messages.len()))
+        }
+        Request::Passwd { user, hash } => {
+            store.set_credential(user, hash).map_err(|e| e.to_string())?;
+            Ok(format!("password of {user} set"))
         }
         Request::Status => Err("status comes from the node".into()),
     }

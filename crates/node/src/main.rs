@@ -33,6 +33,12 @@ enum Command {
         /// TCP address of the LMTP delivery listener.
         #[arg(long, default_value = "127.0.0.1:2424")]
         lmtp_listen: std::net::SocketAddr,
+        /// TCP address of the IMAP listener (STARTTLS offered).
+        #[arg(long, default_value = "127.0.0.1:1143")]
+        imap_listen: std::net::SocketAddr,
+        /// TCP address of the IMAP listener with implicit TLS.
+        #[arg(long, default_value = "127.0.0.1:1993")]
+        imaps_listen: std::net::SocketAddr,
     },
     /// Print this node's id (creating its identity on first use).
     Id,
@@ -98,6 +104,11 @@ enum AccountAction {
     /// Create an account.
     Add {
         /// Its name.
+        user: String,
+    },
+    /// Set an account's IMAP password, read from standard input (one line).
+    Passwd {
+        /// The account.
         user: String,
     },
     /// List accounts.
@@ -191,6 +202,27 @@ fn print_status(st: &control::NodeStatus) {
     }
 }
 
+/// On a store with no account, creates one with a random password (returned
+/// to be printed once), so a first `starling serve` can be connected to.
+fn first_start(store: &Store) -> Result<Option<(String, String)>, String> {
+    if !store.accounts().is_empty() {
+        return Ok(None);
+    }
+    let user = "user".to_string();
+    let password = random_password();
+    store.add_account(&user).map_err(|e| e.to_string())?;
+    store.set_credential(&user, &starling_imap::auth::hash_password(&password)).map_err(|e| e.to_string())?;
+    Ok(Some((user, password)))
+}
+
+fn random_password() -> String {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
@@ -200,16 +232,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("some seeds failed (see above for how to reproduce each)".into());
             }
         }
-        Command::Serve { peer_listen, lmtp_listen } => {
+        Command::Serve { peer_listen, lmtp_listen, imap_listen, imaps_listen } => {
             let id = identity(&cli.data_dir)?;
             let store = open_store(&cli.data_dir)?;
+            let first_account = first_start(&store)?;
             let peers = peers::load(&cli.data_dir)?;
             println!("starling {}", env!("CARGO_PKG_VERSION"));
             let dir = std::fs::canonicalize(&cli.data_dir).unwrap_or(cli.data_dir.clone());
             println!("data directory: {}", dir.display());
             println!("node id: {}", id.id());
             println!("accounts: {}", store.accounts().len());
-            serve::run(&cli.data_dir, store, id, peers, peer_listen, lmtp_listen)?;
+            if let Some((user, password)) = &first_account {
+                println!("created account {user:?} with password {password:?} (shown once; change it with `starling account passwd {user}`)");
+            }
+            let listen = serve::Listen { peers: peer_listen, lmtp: lmtp_listen, imap: imap_listen, imaps: imaps_listen };
+            serve::run(&cli.data_dir, store, id, peers, listen)?;
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
         Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since, uids } } => {
@@ -244,6 +281,16 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Account { action: AccountAction::Add { user } } => {
             open_store(&cli.data_dir)?.add_account(&user).map_err(|e| e.to_string())?;
             println!("account {user} created");
+        }
+        Command::Account { action: AccountAction::Passwd { user } } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the password: {e}"))?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err("empty password (give it on standard input)".into());
+            }
+            let hash = starling_imap::auth::hash_password(password);
+            println!("{}", via_node(&cli.data_dir, control::Request::Passwd { user, hash })?);
         }
         Command::Account { action: AccountAction::List } => {
             for a in open_store(&cli.data_dir)?.accounts() {

@@ -19,15 +19,22 @@ use tokio::sync::{broadcast, mpsc};
 /// Frames handled in one go at most (bytes): bounds a batch's memory.
 const BATCH_BYTES: usize = 32 << 20;
 
+/// Where the node listens.
+pub struct Listen {
+    /// Peer endpoint (UDP).
+    pub peers: SocketAddr,
+    /// LMTP.
+    pub lmtp: SocketAddr,
+    /// IMAP with STARTTLS.
+    pub imap: SocketAddr,
+    /// IMAP with implicit TLS.
+    pub imaps: SocketAddr,
+}
+
 /// Runs until SIGINT or SIGTERM.
-pub fn run(
-    data_dir: &Path,
-    store: Store,
-    identity: NodeIdentity,
-    peers: Vec<Peer>,
-    listen: SocketAddr,
-    lmtp_listen: SocketAddr,
-) -> Result<(), String> {
+pub fn run(data_dir: &Path, store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Listen) -> Result<(), String> {
+    let tls = starling_imap::tls_acceptor(&data_dir.join("imap-cert.pem"), &data_dir.join("imap-key.pem"))?;
+    let lmtp_listen = listen.lmtp;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,7 +44,8 @@ pub fn run(
         let store = Arc::new(store);
         let identity = Arc::new(identity);
         let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
-        let endpoint = Arc::new(PeerEndpoint::bind(listen, identity.clone(), pinned).map_err(|e| e.to_string())?);
+        let endpoint =
+            Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), pinned).map_err(|e| e.to_string())?);
         let hub =
             Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default(), live: Arc::default() };
         let peers = Arc::new(peers);
@@ -45,6 +53,21 @@ pub fn run(
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
         let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, store.clone(), hub.changes.clone()));
+        let imap = {
+            let changes = hub.changes.clone();
+            let shared = starling_imap::Shared::new(store.clone(), starling_imap::Config::default(), move |account| {
+                let _ = changes.send(account.to_string());
+            });
+            let mut tasks = Vec::new();
+            for (addr, implicit_tls) in [(listen.imap, false), (listen.imaps, true)] {
+                let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("IMAP {addr}: {e}"))?;
+                let local = tcp.local_addr().map_err(|e| e.to_string())?;
+                println!("{}: listening on {local}", if implicit_tls { "imaps" } else { "imap" });
+                let l = starling_imap::Listener { tcp, implicit_tls };
+                tasks.push(tokio::spawn(starling_imap::serve(l, shared.clone(), tls.clone(), hub.changes.clone())));
+            }
+            tasks
+        };
         for a in store.accounts() {
             report(&store, &a, true);
         }
@@ -99,6 +122,9 @@ pub fn run(
         // Stop taking work; a delivery already inside its commit finishes it
         // (it is acknowledged only after), so no acknowledged message is lost.
         lmtp.abort();
+        for t in imap {
+            t.abort();
+        }
         endpoint.shutdown(Duration::from_secs(1)).await;
         control.abort();
         let _ = std::fs::remove_file(control::socket_path(data_dir));

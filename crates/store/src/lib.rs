@@ -34,6 +34,8 @@ const DOCS: TableDefinition<u32, &[u8]> = TableDefinition::new("account_docs");
 const LOG_FLOOR: TableDefinition<u32, &[u8]> = TableDefinition::new("log_floor");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const PARTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("parts");
+/// account → password hash (PHC string). Local to this node: not replicated.
+const CREDENTIALS: TableDefinition<&str, &str> = TableDefinition::new("credentials");
 
 const MAGIC: &[u8] = b"starling-store";
 const FORMAT_VERSION: u8 = 1;
@@ -419,6 +421,27 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the password hash (a PHC string made by the caller) of an
+    /// account, durably. Credentials are this node's own, never replicated.
+    pub fn set_credential(&self, account: &str, hash: &str) -> Result<(), StoreError> {
+        if !self.accounts.lock().expect("accounts lock").contains_key(account) {
+            return Err(StoreError::NoSuchAccount(account.into()));
+        }
+        let w = self.db.begin_write().map_err(st)?;
+        w.open_table(CREDENTIALS).map_err(st)?.insert(account, hash).map_err(st)?;
+        w.commit().map_err(st)
+    }
+
+    /// The password hash of an account, if one was set.
+    pub fn credential(&self, account: &str) -> Result<Option<String>, StoreError> {
+        let r = self.db.begin_read().map_err(st)?;
+        match r.open_table(CREDENTIALS) {
+            Ok(t) => Ok(t.get(account).map_err(st)?.map(|g| g.value().to_string())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(st(e)),
+        }
+    }
+
     fn reload(&self, number: u32) -> Result<Replica<Detached>, StoreError> {
         let r = self.db.begin_read().map_err(st)?;
         let header = r
@@ -677,6 +700,15 @@ impl Store {
         let names = acct.replica.names();
         let txn = self.db.begin_read().map_err(st)?;
         Ok(Reader { txn, account: acct.number, names })
+    }
+
+    /// Whether a mailbox's UIDNEXT moved since this replica last announced
+    /// it to clients (so an announce op is due). In memory: no transaction.
+    pub fn announce_due(&self, account: &str, mailbox: MailboxId) -> Result<bool, StoreError> {
+        let accounts = self.accounts.lock().expect("accounts lock");
+        let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        let r = &acct.replica;
+        Ok(r.uid_next(mailbox).is_some_and(|next| next > r.announced_uid_next(mailbox)))
     }
 
     /// What the account has applied.

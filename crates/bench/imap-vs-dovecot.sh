@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# IMAP server: Dovecot imapd vs Starling, measured by the same client
+# (`starling-bench imap`) in one run, on loopback, one server at a time.
+# Usage: imap-vs-dovecot.sh [--only dovecot|starling] WORKDIR [-- MORE_BENCH_ARGS...]
+# WORKDIR keeps the corpora (gen-maildir.py, 10,000 and 100,000 messages,
+# reused if present); each server's data is rebuilt on every run.
+# Both servers see the same mail: INBOX = the 10k corpus's INBOX, bench-100k =
+# all 100,000 messages of the 100k corpus (Dovecot reads the Maildir in place;
+# Starling imports it). bench-10k and bench-append are made by the client.
+# Installs dovecot-imapd if missing and makes an unprivileged user `dovebench`
+# (Dovecot's mail processes refuse root); run as root.
+set -euo pipefail
+usage() { echo "usage: $0 [--only dovecot|starling] WORKDIR [-- MORE_BENCH_ARGS...]" >&2; exit 2; }
+only=both work=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --only) only=${2:-}; shift 2 || usage ;;
+    --) shift; break ;;
+    -*) usage ;;
+    *) [ -z "$work" ] || usage; work=$1; shift ;;
+  esac
+done
+[ -n "$work" ] && [[ $only =~ ^(both|dovecot|starling)$ ]] || usage
+mkdir -p "$work"; work=$(realpath "$work")
+here=$(cd "$(dirname "$0")/../.." && pwd)
+gen=${GEN_MAILDIR:-$here/../shared/tools/gen-maildir.py}
+[ -f "$gen" ] || gen=/work/shared/tools/gen-maildir.py
+idle=${IDLE_CONNECTIONS:-500}
+user=bench pass=bench-imap-pw
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # PORT PID WHAT
+  for _ in $(seq 600); do
+    kill -0 "$2" 2>/dev/null || { echo "$3 exited; see its log" >&2; return 1; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$3 did not listen on port $1 within 60 s" >&2; return 1
+}
+dpid= spid=
+cleanup() {
+  for p in $dpid $spid; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $dpid $spid; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# Corpora, generated under a temporary name so a partial one is never reused.
+corpus() { # N DIR
+  [ -d "$2" ] && return
+  rm -rf "$2.part"
+  python3 "$gen" maildir "$2.part" "$1" --seed 1 >&2
+  mv "$2.part" "$2"
+}
+corpus 10000 "$work/corpus-10k"
+corpus 100000 "$work/corpus-100k"
+# The served tree, hard links into the corpora.
+tree=$work/tree
+if [ ! -e "$tree.complete" ]; then
+  rm -rf "$tree"
+  mkdir -p "$tree"/{cur,new,tmp} "$tree/.bench-100k"/{cur,new,tmp}
+  touch "$tree/.bench-100k/maildirfolder"
+  for s in cur new; do
+    find "$work/corpus-10k/$s" -maxdepth 1 -type f -exec ln -t "$tree/$s" {} +
+    find "$work/corpus-100k" -path "*/$s/*" -type f -exec ln -t "$tree/.bench-100k/$s" {} +
+  done
+  touch "$tree.complete"
+fi
+
+build=(-p starling-bench); [ "$only" = dovecot ] || build+=(-p starling)
+(cd "$here" && cargo build --release -q "${build[@]}")
+bench() { # LABEL JSON PID PORT
+  "$here/target/release/starling-bench" imap --addr "127.0.0.1:$4" --user $user --password $pass \
+    --maildir "$work/corpus-10k" --server-pids "$3" --idle-connections "$idle" --label "$1" --json "$2" "${extra[@]}"
+}
+extra=("$@")
+rm -f "$work/dovecot.json" "$work/starling.json"
+
+if [ "$only" != starling ]; then
+  [ -x /usr/lib/dovecot/imap ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
+  id dovebench >/dev/null 2>&1 || useradd -m -s /bin/sh dovebench
+  d=$work/dovecot; rm -rf "$d"; mkdir -p "$d"
+  cp -al "$tree" "$d/mail"; chown -R dovebench:dovebench "$d/mail"
+  # base_dir holds unix sockets: keep its path short.
+  run=/tmp/dovebench-imap; rm -rf $run; mkdir -p $run
+  port=$(free_port)
+  cat > "$d/dovecot.conf" <<CONF
+base_dir = $run
+log_path = $d/log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+# LOGIN in plain text, on loopback only.
+disable_plaintext_auth = no
+mail_location = maildir:$d/mail
+namespace inbox {
+  inbox = yes
+}
+passdb {
+  driver = static
+  args = password=$pass
+}
+userdb {
+  driver = static
+  args = uid=dovebench gid=dovebench home=/home/dovebench
+}
+# One imap process per connection: room for the idle connections.
+default_client_limit = $(( idle * 4 + 1000 ))
+protocol imap {
+  mail_max_userip_connections = $(( idle + 100 ))
+}
+service imap {
+  process_limit = $(( idle + 100 ))
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $port
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+CONF
+  dovecot -F -c "$d/dovecot.conf" & dpid=$!
+  wait_port "$port" $dpid "dovecot (log: $d/log)"
+  bench "Dovecot $(dovecot --version | cut -d' ' -f1)" "$work/dovecot.json" $dpid "$port"
+  kill -TERM $dpid; wait $dpid 2>/dev/null || true; dpid=
+fi
+
+if [ "$only" != dovecot ]; then
+  star=$here/target/release/starling
+  s=$work/starling; rm -rf "$s"; mkdir -p "$s"
+  "$star" --data-dir "$s/data" account add $user >/dev/null
+  echo $pass | "$star" --data-dir "$s/data" account passwd $user >/dev/null
+  "$star" --data-dir "$s/data" import maildir $user "$tree" 2>/dev/null
+  port=$(free_port)
+  "$star" --data-dir "$s/data" serve --peer-listen 127.0.0.1:0 --lmtp-listen 127.0.0.1:0 \
+    --imap-listen "127.0.0.1:$port" --imaps-listen 127.0.0.1:0 > "$s/log" 2>&1 & spid=$!
+  wait_port "$port" $spid "starling serve (log: $s/log)"
+  grep -q "imap: listening on" "$s/log" || { echo "starling serve: no 'imap: listening on' line (log: $s/log)" >&2; exit 1; }
+  bench "Starling $(cd "$here" && git rev-parse --short HEAD)" "$work/starling.json" $spid "$port"
+  kill -TERM $spid; wait $spid 2>/dev/null || true; spid=
+fi
+
+# Side by side, with how many times better Starling is (> 1: Starling better).
+python3 - "$work/dovecot.json" "$work/starling.json" <<'PY' | tee "$work/imap-vs-dovecot.md"
+import json, os, sys
+runs = [json.load(open(p)) for p in sys.argv[1:] if os.path.exists(p)]
+print("\n## IMAP, same client, same run: " + " vs ".join(r["label"] for r in runs) + "\n")
+head = ["measurement"] + [r["label"] for r in runs] + (["Starling better by"] if len(runs) == 2 else [])
+print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+rows = [{x["key"]: x for x in r["rows"]} for r in runs]
+for key in dict.fromkeys(k for r in rows for k in r):
+    cells = [r.get(key) for r in rows]
+    what = next(c for c in cells if c)["what"]
+    line = [what] + [f'{c["result"]} ({c["detail"]})' if c else "—" for c in cells]
+    if len(runs) == 2:
+        d, s = cells
+        if d and s and d["value"] > 0 and s["value"] > 0:
+            line.append(f'{(s["value"] / d["value"]) if d["better"] == "higher" else (d["value"] / s["value"]):.2f}×')
+        else:
+            line.append("—")
+    print("| " + " | ".join(line) + " |")
+PY

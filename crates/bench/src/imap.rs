@@ -1,0 +1,768 @@
+//! An IMAP server measured from outside, as a client sees it, so that Dovecot
+//! and Starling are measured by the same code: APPEND throughput, FETCH of
+//! 10,000 headers, STORE of 10,000 flags, SELECT of a 100,000-message mailbox
+//! with CONDSTORE, and memory per idle connection (Pss of the server's
+//! processes read from /proc).
+//!
+//! Plain TCP and LOGIN (meant for loopback), one command in flight at a time,
+//! synchronous std::net: the client stays out of the way of what is measured.
+//! Any NO or BAD stops the bench with the server's line.
+
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+type Res<T> = Result<T, String>;
+
+/// Mailbox of the APPEND measurement, recreated on every run.
+const APPEND_BOX: &str = "bench-append";
+/// Mailbox of the FETCH and STORE measurements, filled once if short.
+const FETCH_BOX: &str = "bench-10k";
+/// Mailbox of the SELECT measurement; the caller fills it beforehand.
+const SELECT_BOX: &str = "bench-100k";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The server, HOST:PORT (plain IMAP, no TLS).
+    #[arg(long)]
+    addr: String,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    password: String,
+    /// A Maildir tree whose messages are appended (cycled if it has too few).
+    #[arg(long)]
+    maildir: PathBuf,
+    /// Server processes for the memory measurement, with all their descendants
+    /// (for Dovecot, the master's PID is enough).
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// Or: processes whose program name (argv[0]) contains this, with their
+    /// descendants (this process excluded).
+    #[arg(long)]
+    server_pattern: Option<String>,
+    /// Connections held in IDLE for the memory measurement.
+    #[arg(long, default_value_t = 500)]
+    idle_connections: usize,
+    /// Messages appended in the timed APPEND.
+    #[arg(long, default_value_t = 2_000)]
+    append: usize,
+    /// Messages in `bench-10k` for FETCH and STORE (appended first, untimed,
+    /// if the mailbox has fewer).
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Timed SELECTs of `bench-100k` (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    selects: usize,
+    /// Steps to run.
+    #[arg(long, value_delimiter = ',', default_value = "append,fetch,store,select,idle")]
+    steps: Vec<Step>,
+    /// Name of the server in the output.
+    #[arg(long)]
+    label: Option<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Step {
+    Append,
+    Fetch,
+    Store,
+    Select,
+    Idle,
+}
+
+/// One measurement: a table row, and its headline number for comparisons.
+struct Row {
+    key: &'static str,
+    what: String,
+    value: f64,
+    unit: &'static str,
+    /// "higher" or "lower": which way is better, for ratios.
+    better: &'static str,
+    result: String,
+    detail: String,
+}
+
+impl Row {
+    fn print(&self) {
+        println!("| {} | {} | {} |", self.what, self.result, self.detail);
+        let _ = std::io::stdout().flush();
+    }
+
+    fn json(&self) -> Value {
+        json!({"key": self.key, "what": self.what, "value": self.value, "unit": self.unit,
+               "better": self.better, "result": self.result, "detail": self.detail})
+    }
+}
+
+pub fn run(args: Args) {
+    if let Err(e) = bench(&args) {
+        eprintln!("starling-bench imap: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench(args: &Args) -> Res<()> {
+    let want = |s| args.steps.contains(&s);
+    if want(Step::Idle) && args.server_pids.is_empty() && args.server_pattern.is_none() {
+        return Err("the idle step needs --server-pids or --server-pattern (or leave it out of --steps)".into());
+    }
+    if [args.append, args.messages, args.selects, args.idle_connections].contains(&0) {
+        return Err("--append, --messages, --selects and --idle-connections must be at least 1".into());
+    }
+    let files = message_files(&args.maildir)?;
+    if files.is_empty() {
+        return Err(format!("{}: no messages (expected a Maildir tree with cur/ or new/)", args.maildir.display()));
+    }
+    let mut c = Conn::login(&args.addr, &args.user, &args.password)?;
+    let label = args.label.clone().unwrap_or_else(|| c.greeting.clone());
+    println!("\n## IMAP: {label} ({})\n", args.addr);
+    println!("| measurement | result | detail |\n|---|---|---|");
+    let mut rows = Vec::new();
+    let mut out = |r: Row| {
+        r.print();
+        rows.push(r);
+    };
+    if want(Step::Append) {
+        out(append(&mut c, &files, args.append)?);
+    }
+    if want(Step::Fetch) || want(Step::Store) {
+        fill(&mut c, &files, args.messages)?;
+        c.run(&format!("SELECT {}", quote(FETCH_BOX)), |_| {})?;
+    }
+    if want(Step::Fetch) {
+        out(fetch(&mut c)?);
+    }
+    if want(Step::Store) {
+        for r in store(&mut c, args.messages)? {
+            out(r);
+        }
+    }
+    if want(Step::Select) {
+        out(select(&mut c, args.selects)?);
+    }
+    if want(Step::Idle) {
+        out(idle(args)?);
+    }
+    c.logout();
+    if let Some(path) = &args.json {
+        let doc = json!({"label": label, "addr": args.addr, "greeting": c.greeting,
+                         "rows": rows.iter().map(Row::json).collect::<Vec<_>>()});
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap() + "\n")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn append(c: &mut Conn, files: &[PathBuf], n: usize) -> Res<Row> {
+    recreate(c, APPEND_BOX)?;
+    // Read and convert beforehand so the timing is the server's, not the disk's.
+    let msgs = files.iter().cycle().take(n).map(|f| Message::load(f)).collect::<Res<Vec<_>>>()?;
+    let bytes: u64 = msgs.iter().map(|m| m.data.len() as u64).sum();
+    let t = Instant::now();
+    for m in &msgs {
+        c.append(APPEND_BOX, m)?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let mode = if c.literal_plus { "LITERAL+" } else { "synchronizing literals" };
+    Ok(Row {
+        key: "append",
+        what: format!("APPEND {n} messages one by one ({mode})"),
+        value: n as f64 / secs,
+        unit: "msg/s",
+        better: "higher",
+        result: format!("{:.0} msg/s, {:.1} MB/s", n as f64 / secs, mb(bytes) / secs),
+        detail: format!("{secs:.2} s, {:.1} MB", mb(bytes)),
+    })
+}
+
+/// Makes `bench-10k` hold at least `n` messages (untimed).
+fn fill(c: &mut Conn, files: &[PathBuf], n: usize) -> Res<()> {
+    if c.exists(FETCH_BOX)? && c.messages(FETCH_BOX)? >= n {
+        return Ok(());
+    }
+    recreate(c, FETCH_BOX)?;
+    eprintln!("filling {FETCH_BOX} with {n} messages (untimed)");
+    for f in files.iter().cycle().take(n) {
+        c.append(FETCH_BOX, &Message::load(f)?)?;
+    }
+    Ok(())
+}
+
+fn fetch(c: &mut Conn) -> Res<Row> {
+    let before = c.received;
+    let mut n = 0usize;
+    let t = Instant::now();
+    c.run("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])", |l| n += is_fetch(l) as usize)?;
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = c.received - before;
+    Ok(Row {
+        key: "fetch",
+        what: format!("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER]), {n} messages"),
+        value: secs,
+        unit: "s",
+        better: "lower",
+        result: format!("{secs:.3} s"),
+        detail: format!("{:.1} MB received, {:.0} msg/s", mb(bytes), n as f64 / secs),
+    })
+}
+
+fn store(c: &mut Conn, n: usize) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (key, op) in [("store", "+FLAGS"), ("store-restore", "-FLAGS")] {
+        let cmd = format!("STORE 1:{n} {op} (\\Flagged)");
+        let mut answers = 0usize;
+        let t = Instant::now();
+        c.run(&cmd, |l| answers += is_fetch(l) as usize)?;
+        let secs = t.elapsed().as_secs_f64();
+        rows.push(Row {
+            key,
+            what: format!("{cmd} (non-silent)"),
+            value: secs,
+            unit: "s",
+            better: "lower",
+            result: format!("{secs:.3} s"),
+            detail: format!("{answers} FETCH responses"),
+        });
+    }
+    Ok(rows)
+}
+
+fn select(c: &mut Conn, runs: usize) -> Res<Row> {
+    let cmd = format!("SELECT {} (CONDSTORE)", quote(SELECT_BOX));
+    let mut exists = 0u64;
+    let mut modseq = None;
+    let mut times = Vec::new();
+    let mut warm_up = 0.0;
+    for i in 0..=runs {
+        let t = Instant::now();
+        c.run(&cmd, |l| {
+            if let Some(n) = untagged_number(l, "EXISTS") {
+                exists = n;
+            }
+            modseq = modseq.or(code_number(l, "HIGHESTMODSEQ"));
+        })?;
+        if i > 0 {
+            times.push(t.elapsed());
+        } else {
+            warm_up = t.elapsed().as_secs_f64();
+        }
+        // Leave the mailbox so the next SELECT opens it afresh.
+        if c.has("UNSELECT") {
+            c.run("UNSELECT", |_| {})?;
+        }
+        if i == 0 {
+            // Dovecot rescans a Maildir whose directory changed within the
+            // last second or so (mtime granularity), and the first SELECT
+            // moves new/ to cur/: measure a mailbox not changed just now.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    if modseq.is_none() {
+        return Err(format!("{cmd}: no HIGHESTMODSEQ in the answer (CONDSTORE not enabled?)"));
+    }
+    times.sort();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let median = ms(&times[times.len() / 2]);
+    Ok(Row {
+        key: "select",
+        what: format!("{cmd}, {exists} messages"),
+        value: median,
+        unit: "ms",
+        better: "lower",
+        result: format!("{median:.2} ms median"),
+        detail: format!(
+            "{} runs: {:.2}–{:.2} ms; first SELECT (warm-up) {warm_up:.2} s",
+            times.len(),
+            ms(&times[0]),
+            ms(&times[times.len() - 1])
+        ),
+    })
+}
+
+fn idle(args: &Args) -> Res<Row> {
+    let procs = || server_processes(&args.server_pids, args.server_pattern.as_deref());
+    let (before, nbefore) = pss_kib(&procs()?)?;
+    let n = args.idle_connections;
+    let mut conns = Vec::with_capacity(n);
+    let mut inbox = 0;
+    let t = Instant::now();
+    for i in 0..n {
+        let mut c = Conn::login(&args.addr, &args.user, &args.password)
+            .map_err(|e| format!("idle connection {}: {e}", i + 1))?;
+        c.run("SELECT INBOX", |l| inbox = untagged_number(l, "EXISTS").unwrap_or(inbox))?;
+        c.idle()?;
+        conns.push(c);
+    }
+    let setup = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let (after, nafter) = pss_kib(&procs()?)?;
+    drop(conns);
+    let per = (after as f64 - before as f64) / n as f64;
+    let mib = |k: u64| k as f64 / 1024.0;
+    Ok(Row {
+        key: "idle",
+        what: format!("memory per idle connection ({n} × LOGIN, SELECT INBOX of {inbox} messages, IDLE)"),
+        value: per,
+        unit: "KiB",
+        better: "lower",
+        result: format!("{per:.0} KiB"),
+        detail: format!(
+            "server Pss {:.1} → {:.1} MiB, {nbefore} → {nafter} processes; connections set up in {setup:.1} s",
+            mib(before),
+            mib(after)
+        ),
+    })
+}
+
+/// Deletes the mailbox if it exists, then creates it.
+fn recreate(c: &mut Conn, mailbox: &str) -> Res<()> {
+    if c.exists(mailbox)? {
+        c.run(&format!("DELETE {}", quote(mailbox)), |_| {})?;
+    }
+    c.run(&format!("CREATE {}", quote(mailbox)), |_| {})
+}
+
+/// A message ready for APPEND.
+struct Message {
+    /// CRLF line endings, as clients send them (the corpus has LF).
+    data: Vec<u8>,
+    /// Flags from the Maildir name, without \Flagged so that STORE
+    /// +FLAGS (\Flagged) changes every message.
+    flags: String,
+    /// Internal date from the file's mtime, as a migrating client sets it.
+    date: String,
+}
+
+impl Message {
+    fn load(path: &Path) -> Res<Message> {
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let raw = std::fs::read(path).map_err(err)?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).map_err(err)?;
+        let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        Ok(Message { data: crlf(&raw), flags: maildir_flags(&name), date: imap_date(secs) })
+    }
+}
+
+fn crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// IMAP system flags of a Maildir file name (`...:2,RS`).
+fn maildir_flags(name: &str) -> String {
+    let letters = name.rsplit_once(":2,").map_or("", |(_, l)| l);
+    let flags: Vec<&str> = [('D', "\\Draft"), ('R', "\\Answered"), ('S', "\\Seen")]
+        .into_iter()
+        .filter(|(c, _)| letters.contains(*c))
+        .map(|(_, f)| f)
+        .collect();
+    flags.join(" ")
+}
+
+/// `date-time` of RFC 3501 for a Unix time, in UTC.
+fn imap_date(secs: i64) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (days, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{d:02}-{}-{y:04} {:02}:{:02}:{:02} +0000", MONTHS[m as usize - 1], s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Message files of a Maildir++ tree: the root's and each `.folder`'s cur/
+/// and new/, in a stable order.
+fn message_files(root: &Path) -> Res<Vec<PathBuf>> {
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let mut dirs = vec![root.to_path_buf()];
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| err(root, e))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    subs.sort();
+    dirs.extend(subs);
+    let mut files = Vec::new();
+    for dir in dirs {
+        for sub in ["cur", "new"] {
+            let d = dir.join(sub);
+            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            let mut here: Vec<PathBuf> =
+                entries.filter_map(Result::ok).filter(|e| e.path().is_file()).map(|e| e.path()).collect();
+            here.sort();
+            files.extend(here);
+        }
+    }
+    Ok(files)
+}
+
+/// `astring` as a quoted string.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn is_fetch(line: &[u8]) -> bool {
+    line.starts_with(b"* ") && line.split(|&b| b == b' ').nth(2).is_some_and(|w| w.eq_ignore_ascii_case(b"FETCH"))
+}
+
+/// N of `* N WORD`.
+fn untagged_number(line: &[u8], word: &str) -> Option<u64> {
+    let s = std::str::from_utf8(line).ok()?;
+    let mut w = s.strip_prefix("* ")?.split_whitespace();
+    let n = w.next()?.parse().ok()?;
+    w.next().filter(|x| x.eq_ignore_ascii_case(word)).map(|_| n)
+}
+
+/// N of a response code `[WORD N]`.
+fn code_number(line: &[u8], word: &str) -> Option<u64> {
+    let s = std::str::from_utf8(line).ok()?;
+    let at = s.find(&format!("[{word} "))? + word.len() + 2;
+    s[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Length of the literal announced at the end of a response line (`{N}`).
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line).strip_suffix(b"}")?;
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    let digits = &line[open + 1..];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// A line of the server for error messages: no CRLF, literals cut short.
+fn shown(line: &[u8]) -> String {
+    let s = String::from_utf8_lossy(line);
+    let s = s.trim_end();
+    if s.len() > 300 {
+        format!("{}…", &s[..s.floor_char_boundary(300)])
+    } else {
+        s.to_string()
+    }
+}
+
+/// One IMAP connection.
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: BufWriter<TcpStream>,
+    /// The last response read: one line with the literals it announced.
+    buf: Vec<u8>,
+    tag: u32,
+    /// Bytes read from the server so far.
+    received: u64,
+    greeting: String,
+    caps: HashSet<String>,
+    literal_plus: bool,
+}
+
+impl Conn {
+    /// Connects, reads the greeting, logs in and asks for the capabilities.
+    fn login(addr: &str, user: &str, password: &str) -> Res<Conn> {
+        let s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let s2 = s.try_clone().map_err(|e| e.to_string())?;
+        let mut c = Conn {
+            r: BufReader::with_capacity(256 << 10, s),
+            w: BufWriter::with_capacity(256 << 10, s2),
+            buf: Vec::new(),
+            tag: 0,
+            received: 0,
+            greeting: String::new(),
+            caps: HashSet::new(),
+            literal_plus: false,
+        };
+        c.read_response()?;
+        if !c.buf.starts_with(b"* OK") {
+            return Err(format!("{addr}: greeting is not OK: {}", shown(&c.buf)));
+        }
+        c.greeting = shown(&c.buf);
+        c.run(&format!("LOGIN {} {}", quote(user), quote(password)), |_| {})?;
+        let mut caps = HashSet::new();
+        c.run("CAPABILITY", |l| {
+            if let Some(rest) = std::str::from_utf8(l).ok().and_then(|s| s.strip_prefix("* CAPABILITY ")) {
+                caps.extend(rest.split_whitespace().map(str::to_ascii_uppercase));
+            }
+        })?;
+        c.literal_plus = caps.contains("LITERAL+");
+        c.caps = caps;
+        Ok(c)
+    }
+
+    fn has(&self, cap: &str) -> bool {
+        self.caps.contains(cap)
+    }
+
+    /// Reads one response, with its literals, into `buf`.
+    fn read_response(&mut self) -> Res<()> {
+        let io = |e: std::io::Error| format!("reading from the server: {e}");
+        self.buf.clear();
+        loop {
+            let start = self.buf.len();
+            let n = self.r.read_until(b'\n', &mut self.buf).map_err(io)?;
+            if n == 0 {
+                return Err(format!("the server closed the connection (last: {})", shown(&self.buf)));
+            }
+            self.received += n as u64;
+            let Some(len) = literal_len(&self.buf[start..]) else { return Ok(()) };
+            let got = (&mut self.r).take(len as u64).read_to_end(&mut self.buf).map_err(io)?;
+            self.received += got as u64;
+            if got < len {
+                return Err("the server closed the connection inside a literal".into());
+            }
+        }
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.tag += 1;
+        format!("b{}", self.tag)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Res<()> {
+        self.w.write_all(bytes).and_then(|_| self.w.flush()).map_err(|e| format!("writing to the server: {e}"))
+    }
+
+    /// Sends a command and reads up to its tagged answer, handing each
+    /// untagged response to `untagged`.
+    fn run(&mut self, cmd: &str, untagged: impl FnMut(&[u8])) -> Res<()> {
+        let tag = self.next_tag();
+        self.send(format!("{tag} {cmd}\r\n").as_bytes())?;
+        self.finish(&tag, cmd, untagged)
+    }
+
+    fn finish(&mut self, tag: &str, cmd: &str, mut untagged: impl FnMut(&[u8])) -> Res<()> {
+        loop {
+            self.read_response()?;
+            let line = &self.buf;
+            if line.starts_with(b"* BYE") {
+                return Err(format!("{cmd}: server said {}", shown(line)));
+            } else if line.starts_with(b"* ") {
+                untagged(line);
+            } else if let Some(rest) = line.strip_prefix(tag.as_bytes()).and_then(|r| r.strip_prefix(b" ")) {
+                if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"OK") {
+                    return Ok(());
+                }
+                return Err(format!("{cmd}: server answered {}", shown(line)));
+            } else {
+                return Err(format!("{cmd}: unexpected line {}", shown(line)));
+            }
+        }
+    }
+
+    fn exists(&mut self, mailbox: &str) -> Res<bool> {
+        let mut found = false;
+        self.run(&format!("LIST \"\" {}", quote(mailbox)), |l| found |= l.starts_with(b"* LIST "))?;
+        Ok(found)
+    }
+
+    fn messages(&mut self, mailbox: &str) -> Res<usize> {
+        let mut n = None;
+        self.run(&format!("STATUS {} (MESSAGES)", quote(mailbox)), |l| {
+            let s = String::from_utf8_lossy(l);
+            if let Some(at) = s.find("MESSAGES ") {
+                n = s[at + 9..].split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok());
+            }
+        })?;
+        n.ok_or_else(|| format!("STATUS {mailbox}: no MESSAGES in the answer"))
+    }
+
+    /// APPEND with a LITERAL+ literal if the server has it, else a
+    /// synchronizing one (wait for the continuation).
+    fn append(&mut self, mailbox: &str, m: &Message) -> Res<()> {
+        let tag = self.next_tag();
+        let plus = if self.literal_plus { "+" } else { "" };
+        let cmd = format!("APPEND {} ({}) \"{}\" {{{}{plus}}}", quote(mailbox), m.flags, m.date, m.data.len());
+        let mut out = format!("{tag} {cmd}\r\n").into_bytes();
+        if !self.literal_plus {
+            self.send(&out)?;
+            out.clear();
+            self.read_response()?;
+            if !self.buf.starts_with(b"+") {
+                return Err(format!("{cmd}: server answered {}", shown(&self.buf)));
+            }
+        }
+        out.extend_from_slice(&m.data);
+        out.extend_from_slice(b"\r\n");
+        self.send(&out)?;
+        self.finish(&tag, &cmd, |_| {})
+    }
+
+    /// Enters IDLE and waits for the server's continuation.
+    fn idle(&mut self) -> Res<()> {
+        let tag = self.next_tag();
+        self.send(format!("{tag} IDLE\r\n").as_bytes())?;
+        loop {
+            self.read_response()?;
+            if self.buf.starts_with(b"+") {
+                return Ok(());
+            }
+            if !self.buf.starts_with(b"* ") || self.buf.starts_with(b"* BYE") {
+                return Err(format!("IDLE: server answered {}", shown(&self.buf)));
+            }
+        }
+    }
+
+    /// Says goodbye without waiting: the measurements are over.
+    fn logout(&mut self) {
+        let tag = self.next_tag();
+        let _ = self.send(format!("{tag} LOGOUT\r\n").as_bytes());
+    }
+}
+
+/// PIDs of the server: `pids` and the processes whose argv[0] contains
+/// `pattern`, each with all its descendants (Dovecot forks one process per
+/// connection).
+fn server_processes(pids: &[u32], pattern: Option<&str>) -> Res<Vec<u32>> {
+    let me = std::process::id();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut roots: Vec<u32> = pids.to_vec();
+    for entry in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?.filter_map(Result::ok) {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        // Processes may exit while we look: skip what is gone.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The name in parentheses may contain spaces: the fields follow the last ')'.
+        if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()) {
+            children.entry(ppid).or_default().push(pid);
+        }
+        if let Some(p) = pattern.filter(|_| pid != me) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            if String::from_utf8_lossy(argv0).contains(p) {
+                roots.push(pid);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    while let Some(pid) = roots.pop() {
+        if seen.insert(pid) {
+            roots.extend(children.get(&pid).into_iter().flatten());
+        }
+    }
+    if seen.is_empty() {
+        return Err(format!("no server processes (pids {pids:?}, pattern {pattern:?})"));
+    }
+    Ok(seen.into_iter().collect())
+}
+
+/// Sum of Pss over the processes (KiB) and how many were read; the ones
+/// that exited meanwhile are left out.
+fn pss_kib(pids: &[u32]) -> Res<(u64, usize)> {
+    let (mut total, mut n) = (0, 0);
+    for pid in pids {
+        let path = format!("/proc/{pid}/smaps_rollup");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{path}: {e} (the memory step must run as root or as the server's user)")),
+        };
+        let pss = text.lines().find_map(|l| l.strip_prefix("Pss:")?.split_whitespace().next()?.parse::<u64>().ok());
+        total += pss.ok_or_else(|| format!("{path}: no Pss line"))?;
+        n += 1;
+    }
+    Ok((total, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn literals_are_found_at_line_ends_only() {
+        assert_eq!(literal_len(b"* 1 FETCH (BODY[HEADER] {123}\r\n"), Some(123));
+        assert_eq!(literal_len(b"* 1 FETCH (BODY[HEADER] {0}\r\n"), Some(0));
+        assert_eq!(literal_len(b"* OK [ALERT] {x}\r\n"), None);
+        assert_eq!(literal_len(b"* OK {12} done\r\n"), None);
+        assert_eq!(literal_len(b"* OK {}\r\n"), None);
+    }
+
+    #[test]
+    fn dates_flags_and_line_ends() {
+        assert_eq!(imap_date(0), "01-Jan-1970 00:00:00 +0000");
+        assert_eq!(imap_date(1_709_210_096), "29-Feb-2024 12:34:56 +0000");
+        assert_eq!(imap_date(-1), "31-Dec-1969 23:59:59 +0000");
+        assert_eq!(maildir_flags("1.M1P2Q3.host,S=10:2,FRS"), "\\Answered \\Seen");
+        assert_eq!(maildir_flags("1.M1P2Q3.host,S=10"), "");
+        assert_eq!(crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn response_parsing() {
+        assert!(is_fetch(b"* 12 FETCH (FLAGS (\\Seen))\r\n"));
+        assert!(!is_fetch(b"* 12 EXISTS\r\n"));
+        assert_eq!(untagged_number(b"* 100000 EXISTS\r\n", "EXISTS"), Some(100_000));
+        assert_eq!(untagged_number(b"* 3 RECENT\r\n", "EXISTS"), None);
+        assert_eq!(code_number(b"* OK [HIGHESTMODSEQ 42] Highest\r\n", "HIGHESTMODSEQ"), Some(42));
+    }
+
+    /// A scripted server: answers each command line the client sends with
+    /// the next canned reply (tags are `b1`, `b2`, ...).
+    fn fake_server(replies: Vec<String>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            w.write_all(b"* OK fake ready\r\n").unwrap();
+            for reply in replies {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap() == 0 {
+                    return;
+                }
+                w.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn reads_literals_and_stops_on_no() {
+        // A literal that itself holds a tagged-looking line and a brace at a line end.
+        let header = "b3 OK fake\r\nSubject: {3}\r\n";
+        let addr = fake_server(vec![
+            "b1 OK logged in\r\n".into(),
+            "* CAPABILITY IMAP4rev1 LITERAL+ IDLE\r\nb2 OK done\r\n".into(),
+            format!(
+                "* 1 FETCH (UID 7 BODY[HEADER] {{{}}}\r\n{header})\r\n* 2 FETCH (UID 8 FLAGS ())\r\nb3 OK fetched\r\n",
+                header.len()
+            ),
+            "b4 NO [TRYCREATE] no such mailbox\r\n".into(),
+        ]);
+        let mut c = Conn::login(&addr, "u", "p").unwrap();
+        assert!(c.literal_plus && c.has("IDLE"));
+        let mut n = 0;
+        c.run("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])", |l| n += is_fetch(l) as usize).unwrap();
+        assert_eq!(n, 2);
+        let e = c.run("SELECT nothing", |_| {}).unwrap_err();
+        assert_eq!(e, "SELECT nothing: server answered b4 NO [TRYCREATE] no such mailbox");
+    }
+}

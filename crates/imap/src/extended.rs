@@ -1,0 +1,194 @@
+//! The two command extensions imap-codec 2.0 (alpha) does not parse, lifted
+//! off a complete command before it is decoded: ESEARCH's
+//! `SEARCH RETURN (…)` (RFC 4731) and LIST-EXTENDED's selection and return
+//! options (RFC 5258, with LIST-STATUS, RFC 5819, and SPECIAL-USE). What is
+//! left is a plain SEARCH or LIST that imap-codec decodes.
+
+/// Options lifted off a command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lifted {
+    /// The command without them.
+    pub command: Vec<u8>,
+    /// `SEARCH RETURN (…)`: the options, upper-cased (empty = `ALL`).
+    pub search_return: Option<Vec<String>>,
+    /// LIST selection options, upper-cased (`SUBSCRIBED`, `RECURSIVEMATCH`, …).
+    pub list_selection: Vec<String>,
+    /// LIST return options.
+    pub list_return: ListReturn,
+}
+
+/// LIST `RETURN (…)` options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListReturn {
+    /// `SUBSCRIBED`
+    pub subscribed: bool,
+    /// `CHILDREN`
+    pub children: bool,
+    /// `SPECIAL-USE`
+    pub special_use: bool,
+    /// `STATUS (…)`: the status items, upper-cased.
+    pub status: Option<Vec<String>>,
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// `( … )` at the start of `s`: its atoms (one level of nesting kept as
+/// `NAME(ITEMS)` tokens is not needed: STATUS is handled by the caller) and
+/// the length consumed.
+fn paren_list(s: &[u8]) -> Option<(Vec<String>, usize)> {
+    if s.first() != Some(&b'(') {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    let inner = std::str::from_utf8(&s[1..i]).ok()?;
+                    let tokens = inner
+                        .split(|c: char| c == ' ' || c == '(' || c == ')')
+                        .filter(|t| !t.is_empty())
+                        .map(|t| t.to_ascii_uppercase())
+                        .collect();
+                    return Some((tokens, i + 1));
+                }
+            }
+            b'\r' | b'\n' | b'"' | b'{' => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn list_return(tokens: &[String]) -> ListReturn {
+    let mut r = ListReturn::default();
+    let mut it = tokens.iter().peekable();
+    while let Some(t) = it.next() {
+        match t.as_str() {
+            "SUBSCRIBED" => r.subscribed = true,
+            "CHILDREN" => r.children = true,
+            "SPECIAL-USE" => r.special_use = true,
+            "STATUS" => {
+                let mut items = Vec::new();
+                while let Some(n) = it.peek() {
+                    if matches!(n.as_str(), "SUBSCRIBED" | "CHILDREN" | "SPECIAL-USE") {
+                        break;
+                    }
+                    items.push(it.next().expect("peeked").clone());
+                }
+                r.status = Some(items);
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Lifts the extensions off `message` (a whole command, CRLF-terminated,
+/// literals included). `None` when there is nothing to lift.
+pub fn lift(message: &[u8]) -> Option<Lifted> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    let mut at = sp + 1;
+    if starts_with_ci(&message[at..], b"UID ") {
+        at += 4;
+    }
+    let rest = &message[at..];
+    if starts_with_ci(rest, b"SEARCH RETURN ") {
+        let opts_at = at + b"SEARCH RETURN ".len();
+        let (opts, len) = paren_list(&message[opts_at..])?;
+        let mut end = opts_at + len;
+        if message.get(end) == Some(&b' ') {
+            end += 1;
+        }
+        let mut command = message[..at + b"SEARCH ".len()].to_vec();
+        command.extend_from_slice(&message[end..]);
+        return Some(Lifted { command, search_return: Some(opts), ..Default::default() });
+    }
+    if !starts_with_ci(rest, b"LIST ") {
+        return None;
+    }
+    let mut lifted = Lifted::default();
+    let mut command = message.to_vec();
+    let sel_at = at + b"LIST ".len();
+    if let Some((opts, len)) = paren_list(&command[sel_at..]) {
+        lifted.list_selection = opts;
+        let end = if command.get(sel_at + len) == Some(&b' ') { sel_at + len + 1 } else { sel_at + len };
+        command.drain(sel_at..end);
+    }
+    // `RETURN (…)` ends the command: find its opening parenthesis from the end.
+    let body_end = command.len().checked_sub(2).filter(|&e| &command[e..] == b"\r\n")?;
+    if command[..body_end].ends_with(b")") {
+        let mut depth = 0usize;
+        let mut open = None;
+        for i in (0..body_end).rev() {
+            match command[i] {
+                b')' => depth += 1,
+                b'(' => {
+                    if depth == 0 {
+                        break;
+                    }
+                    depth -= 1;
+                    if depth == 0 {
+                        open = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(open) = open {
+            if open >= 8 && command[open - 8..open].eq_ignore_ascii_case(b" RETURN ") {
+                if let Some((opts, _)) = paren_list(&command[open..body_end]) {
+                    lifted.list_return = list_return(&opts);
+                    command.drain(open - 8..body_end);
+                }
+            }
+        }
+    }
+    if lifted.list_selection.is_empty() && lifted.list_return == ListReturn::default() && command == message {
+        return None;
+    }
+    lifted.command = command;
+    Some(lifted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_return_is_lifted() {
+        let l = lift(b"a1 UID SEARCH RETURN (MIN COUNT) FLAGGED\r\n").unwrap();
+        assert_eq!(l.command, b"a1 UID SEARCH FLAGGED\r\n");
+        assert_eq!(l.search_return, Some(vec!["MIN".into(), "COUNT".into()]));
+        let l = lift(b"a2 search return () ALL\r\n").unwrap();
+        assert_eq!(l.command, b"a2 search ALL\r\n");
+        assert_eq!(l.search_return, Some(vec![]));
+        assert!(lift(b"a3 SEARCH ALL\r\n").is_none());
+    }
+
+    #[test]
+    fn list_options_are_lifted() {
+        let l = lift(b"a LIST (SUBSCRIBED) \"\" \"*\" RETURN (SPECIAL-USE STATUS (MESSAGES UIDNEXT))\r\n").unwrap();
+        assert_eq!(l.command, b"a LIST \"\" \"*\"\r\n");
+        assert_eq!(l.list_selection, vec!["SUBSCRIBED".to_string()]);
+        assert!(l.list_return.special_use);
+        assert_eq!(l.list_return.status, Some(vec!["MESSAGES".into(), "UIDNEXT".into()]));
+        let l = lift(b"a LIST \"\" % RETURN (CHILDREN)\r\n").unwrap();
+        assert_eq!(l.command, b"a LIST \"\" %\r\n");
+        assert!(l.list_return.children);
+        assert!(lift(b"a LIST \"\" \"(x)\"\r\n").is_none());
+        assert!(lift(b"a LIST \"\" *\r\n").is_none());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for m in [&b"a LIST ("[..], b"a LIST ((((\r\n", b"a UID ", b"x SEARCH RETURN (\r\n", b") RETURN ()\r\n", b" "] {
+            let _ = lift(m);
+        }
+    }
+}

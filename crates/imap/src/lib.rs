@@ -1,0 +1,27 @@
+//! Starling's IMAP4rev1/IMAP4rev2 server over the store.
+//!
+//! [`Session`] is the protocol as a state machine over bytes: it takes what a
+//! client sent and produces what to answer, calling the store synchronously
+//! (every change through [`starling_store::Store::write`], the same path as
+//! LMTP and peers). It holds no socket and no clock, so tests and the fuzzer
+//! drive it directly. [`server`] is the tokio shell: sockets, TLS (STARTTLS
+//! and implicit), IDLE wake-ups from the node's change broadcast.
+//!
+//! Command syntax is parsed by imap-codec; the two extensions its 2.0 alpha
+//! does not parse (ESEARCH's `RETURN`, LIST-EXTENDED options) are lifted off
+//! the command first ([`extended`]). Responses are written by [`wire`] and
+//! tested by decoding them with imap-codec's response parser.
+//!
+//! It must not touch redb or the network beyond its own listeners.
+
+pub mod auth;
+pub mod extended;
+#[path = "/tmp/mime_stub.rs"]
+pub mod mime;
+mod selected;
+pub mod server;
+pub mod session;
+pub mod wire;
+
+pub use server::{serve, tls_acceptor, Listener};
+pub use session::{Config, Session, Shared, Wants};

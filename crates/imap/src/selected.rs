@@ -1,0 +1,924 @@
+//! The selected state: the session's view of one mailbox (sequence numbers
+//! to UIDs, and the MODSEQ it last showed of each message), the updates that
+//! bring it up to date, and the commands that work on messages.
+
+use crate::mime;
+use crate::session::{Done, Fail, Session};
+use crate::wire;
+use imap_codec::imap_types::command::{SelectParameter, StoreModifier};
+use imap_codec::imap_types::command::FetchModifier;
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use starling_model::backend::Envelope;
+use starling_model::{Keyword, MailboxId};
+use starling_store::{MessageInfo, Reader, StoreError};
+use std::collections::BTreeSet;
+
+/// The selected mailbox as this session has shown it.
+pub(crate) struct Selected {
+    pub id: MailboxId,
+    pub read_only: bool,
+    /// (UID, MODSEQ last shown), by sequence number.
+    pub msgs: Vec<(u32, u64)>,
+    /// HIGHESTMODSEQ of the mailbox when last looked at.
+    pub modseq: u64,
+}
+
+impl Selected {
+    fn seq_of(&self, uid: u32) -> Option<usize> {
+        self.msgs.binary_search_by_key(&uid, |m| m.0).ok()
+    }
+
+    fn max_uid(&self) -> u32 {
+        self.msgs.last().map_or(0, |m| m.0)
+    }
+
+    /// A sequence set (UIDs or sequence numbers) as UID ranges.
+    fn uid_ranges(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, Fail> {
+        let largest = if uid { self.max_uid() } else { self.msgs.len() as u32 };
+        let value = |s: &SeqOrUid| match s {
+            SeqOrUid::Value(v) => v.get(),
+            SeqOrUid::Asterisk => largest,
+        };
+        let mut out = Vec::new();
+        for seq in set.0.as_ref() {
+            let (a, b) = match seq {
+                Sequence::Single(s) => (value(s), value(s)),
+                Sequence::Range(a, b) => (value(a), value(b)),
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            if uid {
+                out.push((lo, hi));
+            } else {
+                if self.msgs.is_empty() {
+                    continue;
+                }
+                if lo == 0 || hi as usize > self.msgs.len() {
+                    return Err(Fail::Bad("invalid message sequence number".into()));
+                }
+                for chunk in self.msgs[lo as usize - 1..hi as usize].iter() {
+                    match out.last_mut() {
+                        Some((_, h)) if *h + 1 == chunk.0 => *h = chunk.0,
+                        _ => out.push((chunk.0, chunk.0)),
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+/// `1:3,7` for sorted numbers.
+pub(crate) fn set_string(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && numbers[i + 1] == end + 1 {
+            i += 1;
+            end = numbers[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+fn flags_string(flags: &[Keyword]) -> String {
+    let names: Vec<String> = flags.iter().map(|k| k.to_string()).collect();
+    format!("({})", names.join(" "))
+}
+
+fn internal_date(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string()
+}
+
+fn keywords(flags: &[Flag<'_>]) -> Result<Vec<Keyword>, Fail> {
+    let mut out = Vec::new();
+    for f in flags {
+        match Keyword::parse(&f.to_string()) {
+            Ok(k) => out.push(k),
+            // \Recent and unknown system flags cannot be stored: ignored, as
+            // RFC 9051 lets servers do with flags they do not keep.
+            Err(starling_model::keyword::KeywordError::NotStorable(_)) => {}
+            Err(e) => return Err(Fail::Bad(e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+fn section_name(section: Option<&Section<'_>>) -> String {
+    fn part(p: &imap_codec::imap_types::fetch::Part) -> String {
+        p.0.as_ref().iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
+    }
+    fn with(p: &Option<imap_codec::imap_types::fetch::Part>, what: &str) -> String {
+        match p {
+            Some(p) => format!("{}.{what}", part(p)),
+            None => what.to_string(),
+        }
+    }
+    fn fields(f: &[imap_codec::imap_types::core::AString<'_>]) -> String {
+        let mut out = Vec::new();
+        for (i, n) in f.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            wire::astring(&mut out, n.as_ref());
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    match section {
+        None => String::new(),
+        Some(Section::Part(p)) => part(p),
+        Some(Section::Header(p)) => with(p, "HEADER"),
+        Some(Section::HeaderFields(p, f)) => format!("{} ({})", with(p, "HEADER.FIELDS"), fields(f.as_ref())),
+        Some(Section::HeaderFieldsNot(p, f)) => format!("{} ({})", with(p, "HEADER.FIELDS.NOT"), fields(f.as_ref())),
+        Some(Section::Text(p)) => with(p, "TEXT"),
+        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
+    }
+}
+
+/// Whether a FETCH item reads the header block only (so the body need not be read whole).
+fn header_only(item: &MessageDataItemName<'_>) -> bool {
+    match item {
+        MessageDataItemName::Envelope | MessageDataItemName::Rfc822Header => true,
+        MessageDataItemName::BodyExt { section, .. } => matches!(
+            section,
+            Some(Section::Header(None)) | Some(Section::HeaderFields(None, _)) | Some(Section::HeaderFieldsNot(None, _))
+        ),
+        _ => false,
+    }
+}
+
+fn needs_body(item: &MessageDataItemName<'_>) -> bool {
+    !matches!(
+        item,
+        MessageDataItemName::Uid
+            | MessageDataItemName::Flags
+            | MessageDataItemName::InternalDate
+            | MessageDataItemName::Rfc822Size
+            | MessageDataItemName::ModSeq
+    )
+}
+
+fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text
+    )
+}
+
+const HEADER_PROBE: u64 = 16 * 1024;
+
+/// A message's body for one FETCH response: the header block alone when
+/// that is all the items need (`whole` false), read with one range read.
+fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
+    if !whole {
+        let mut head = reader.body_range(env.blob, 0, HEADER_PROBE)?;
+        let end = mime::header_block(&head).len();
+        if end < head.len() || head.len() as u64 == env.size {
+            head.truncate(end);
+            return Ok(head);
+        }
+    }
+    reader.body(env.blob)
+}
+
+impl Session {
+    pub(crate) fn select(&mut self, name: &str, read_only: bool, params: &[SelectParameter]) -> Done {
+        self.selected = None;
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, name) else {
+            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
+        };
+        drop(reader);
+        let mut qresync = None;
+        for p in params {
+            match p {
+                SelectParameter::CondStore => self.enabled.condstore = true,
+                SelectParameter::QResync { uid_validity, mod_sequence_value, known_uids, .. } => {
+                    if !self.enabled.qresync {
+                        return Err(Fail::Bad("ENABLE QRESYNC first".into()));
+                    }
+                    qresync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids.clone()));
+                }
+            }
+        }
+        self.announce(id)?;
+        let reader = self.reader()?;
+        let status = reader.status(id)?;
+        let infos = reader.messages(id, 1, usize::MAX)?;
+        let first_unseen = infos.iter().position(|m| !m.flags.contains(&Keyword::Seen));
+        let mut keywords: BTreeSet<String> =
+            ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect();
+        keywords.extend(reader.names().keywords.iter().map(|k| k.to_string()));
+        let keywords: Vec<String> = keywords.into_iter().collect();
+        self.untagged(&format!("FLAGS ({})", keywords.join(" ")));
+        self.untagged(&format!("OK [PERMANENTFLAGS ({} \\*)] flags permitted", keywords.join(" ")));
+        self.untagged(&format!("{} EXISTS", infos.len()));
+        if !self.enabled.rev2 {
+            self.untagged("0 RECENT");
+        }
+        if let Some(i) = first_unseen {
+            if !self.enabled.rev2 {
+                self.untagged(&format!("OK [UNSEEN {}] first unseen", i + 1));
+            }
+        }
+        self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", status.uid_validity));
+        self.untagged(&format!("OK [UIDNEXT {}] predicted next UID", status.uid_next));
+        self.untagged(&format!("OK [HIGHESTMODSEQ {}] highest", status.highest_modseq.max(1)));
+        if let Some((validity, since, known)) = qresync {
+            if validity == status.uid_validity {
+                let known_ranges = match &known {
+                    Some(set) => Some(Selected { id, read_only, msgs: Vec::new(), modseq: 0 }.uid_ranges(set, true)?),
+                    None => None,
+                };
+                let in_known =
+                    |u: u32| known_ranges.as_ref().is_none_or(|r| r.iter().any(|&(lo, hi)| lo <= u && u <= hi));
+                let vanished: Vec<u32> = reader.vanished_since(id, since)?.into_iter().filter(|&u| in_known(u)).collect();
+                if !vanished.is_empty() {
+                    self.untagged(&format!("VANISHED (EARLIER) {}", set_string(&vanished)));
+                }
+                let mut changed = reader.changed_since(id, since, usize::MAX)?;
+                changed.sort_by_key(|m| m.uid);
+                for m in changed {
+                    if let Ok(i) = infos.binary_search_by_key(&m.uid, |x| x.uid) {
+                        self.untagged(&format!(
+                            "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",
+                            i + 1,
+                            m.uid,
+                            flags_string(&m.flags),
+                            m.modseq
+                        ));
+                    }
+                }
+            }
+        }
+        self.selected = Some(Selected {
+            id,
+            read_only,
+            msgs: infos.iter().map(|m| (m.uid, m.modseq)).collect(),
+            modseq: status.highest_modseq,
+        });
+        Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into())
+    }
+
+    pub(crate) fn close(&mut self, expunge: bool) {
+        if let Some(sel) = self.selected.take() {
+            if expunge && !sel.read_only {
+                if let Ok(reader) = self.reader() {
+                    let deleted: Vec<_> = reader
+                        .messages(sel.id, 1, usize::MAX)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| sel.seq_of(m.uid).is_some() && m.flags.contains(&Keyword::Deleted))
+                        .map(|m| m.message)
+                        .collect();
+                    drop(reader);
+                    if !deleted.is_empty() {
+                        let _ = self.write(|b| Ok(b.replica().expunge(&deleted)?));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the client's view of the selected mailbox up to date:
+    /// expunges (if allowed now), new messages, changed flags.
+    pub(crate) fn updates(&mut self, expunges_allowed: bool) {
+        let _ = self.try_updates(expunges_allowed);
+    }
+
+    fn try_updates(&mut self, expunges_allowed: bool) -> Result<(), Fail> {
+        let Some(sel) = &self.selected else { return Ok(()) };
+        let id = sel.id;
+        let reader = self.reader()?;
+        let status = reader.status(id)?;
+        if status.highest_modseq == sel.modseq {
+            self.changed = false;
+            return Ok(());
+        }
+        let vanished = reader.vanished_since(id, sel.modseq)?;
+        let gone: Vec<u32> = vanished.into_iter().filter(|&u| sel.seq_of(u).is_some()).collect();
+        if !gone.is_empty() && !expunges_allowed {
+            return Ok(());
+        }
+        let mut changed = reader.changed_since(id, sel.modseq, usize::MAX)?;
+        drop(reader);
+        changed.sort_by_key(|m| m.uid);
+        let (qresync, condstore) = (self.enabled.qresync, self.enabled.condstore);
+        let mut lines = Vec::new();
+        let sel = self.selected.as_mut().expect("selected");
+        if !gone.is_empty() {
+            if qresync {
+                lines.push(format!("VANISHED {}", set_string(&gone)));
+            }
+            // Highest first, so each number is right when the client reads it.
+            for &u in gone.iter().rev() {
+                let i = sel.seq_of(u).expect("present");
+                sel.msgs.remove(i);
+                if !qresync {
+                    lines.push(format!("{} EXPUNGE", i + 1));
+                }
+            }
+        }
+        let before = sel.msgs.len();
+        for m in &changed {
+            match sel.seq_of(m.uid) {
+                Some(i) => {
+                    if sel.msgs[i].1 != m.modseq {
+                        sel.msgs[i].1 = m.modseq;
+                        let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
+                        lines.push(format!("{} FETCH (UID {} FLAGS {}{modseq})", i + 1, m.uid, flags_string(&m.flags)));
+                    }
+                }
+                None if m.uid > sel.max_uid() => sel.msgs.push((m.uid, m.modseq)),
+                // Below a UID already shown: U1 says this cannot happen at a
+                // replica that announced; keep the numbering valid anyway.
+                None => {}
+            }
+        }
+        let exists = (sel.msgs.len() != before).then_some(sel.msgs.len());
+        sel.modseq = status.highest_modseq;
+        self.changed = false;
+        for l in lines {
+            self.untagged(&l);
+        }
+        if let Some(n) = exists {
+            self.untagged(&format!("{n} EXISTS"));
+            self.announce(id)?;
+        }
+        Ok(())
+    }
+
+    /// Messages of the selected mailbox named by a set, that this session has shown.
+    fn targets(&self, reader: &Reader, set: &SequenceSet, uid: bool) -> Result<Vec<(usize, MessageInfo)>, Fail> {
+        let sel = self.selected.as_ref().expect("selected");
+        let ranges = sel.uid_ranges(set, uid)?;
+        let mut out: Vec<(usize, MessageInfo)> = reader
+            .messages_in(sel.id, &ranges)?
+            .into_iter()
+            .filter_map(|m| sel.seq_of(m.uid).map(|i| (i + 1, m)))
+            .collect();
+        out.sort_by_key(|(s, _)| *s);
+        out.dedup_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+
+    pub(crate) fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: &MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        modifiers: &[FetchModifier],
+    ) -> Done {
+        let mut items: Vec<MessageDataItemName<'_>> = match items {
+            MacroOrMessageDataItemNames::Macro(m) => m.expand(),
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v.clone(),
+        };
+        if uid && !items.contains(&MessageDataItemName::Uid) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        let mut changed_since = None;
+        let mut vanished = false;
+        for m in modifiers {
+            match m {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && (!uid || !self.enabled.qresync || changed_since.is_none()) {
+            return Err(Fail::Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC".into()));
+        }
+        if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
+            self.enabled.condstore = true;
+            if !items.contains(&MessageDataItemName::ModSeq) {
+                items.push(MessageDataItemName::ModSeq);
+            }
+        }
+        let reader = self.reader()?;
+        let mut targets = self.targets(&reader, set, uid)?;
+        if let Some(since) = changed_since {
+            targets.retain(|(_, m)| m.modseq > since);
+            if vanished {
+                let sel = self.selected.as_ref().expect("selected");
+                let ranges = sel.uid_ranges(set, true)?;
+                let gone: Vec<u32> = reader
+                    .vanished_since(sel.id, since)?
+                    .into_iter()
+                    .filter(|&u| ranges.iter().any(|&(lo, hi)| lo <= u && u <= hi))
+                    .collect();
+                if !gone.is_empty() {
+                    self.untagged(&format!("VANISHED (EARLIER) {}", set_string(&gone)));
+                }
+            }
+        }
+        let read_only = self.selected.as_ref().expect("selected").read_only;
+        // Set \Seen first (one commit), so the answer shows it.
+        if !read_only && items.iter().any(sets_seen) {
+            let unseen: Vec<_> =
+                targets.iter().filter(|(_, m)| !m.flags.contains(&Keyword::Seen)).map(|(_, m)| m.message).collect();
+            if !unseen.is_empty() {
+                drop(reader);
+                self.write(|b| {
+                    for m in &unseen {
+                        b.replica().store_flags(*m, &[Keyword::Seen], &[])?;
+                    }
+                    Ok(())
+                })?;
+                if !items.contains(&MessageDataItemName::Flags) {
+                    items.push(MessageDataItemName::Flags);
+                }
+                return self.fetch_items(set, &items, uid, changed_since);
+            }
+        }
+        drop(reader);
+        self.fetch_items(set, &items, uid, changed_since)
+    }
+
+    fn fetch_items(
+        &mut self,
+        set: &SequenceSet,
+        items: &[MessageDataItemName<'_>],
+        uid: bool,
+        changed_since: Option<u64>,
+    ) -> Done {
+        let reader = self.reader()?;
+        let mut targets = self.targets(&reader, set, uid)?;
+        if let Some(since) = changed_since {
+            targets.retain(|(_, m)| m.modseq > since);
+        }
+        let body_items = items.iter().any(needs_body);
+        let whole = items.iter().any(|i| needs_body(i) && !header_only(i));
+        let mut unavailable = false;
+        let mut out = std::mem::take(&mut self.out);
+        for (seq, m) in &targets {
+            let body = if body_items {
+                let Some(env) = reader.envelope(m.message)? else { continue };
+                match load_body(&reader, &env, whole) {
+                    Ok(b) => Some((env, b)),
+                    Err(StoreError::MissingBlob(_)) => {
+                        unavailable = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.out = out;
+                        return Err(e.into());
+                    }
+                }
+            } else {
+                None
+            };
+            let env = match &body {
+                Some((env, _)) => Some(*env),
+                None if items.iter().any(|i| {
+                    matches!(i, MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size)
+                }) =>
+                {
+                    reader.envelope(m.message)?
+                }
+                None => None,
+            };
+            out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b' ');
+                }
+                let raw = body.as_ref().map(|(_, b)| &b[..]).unwrap_or_default();
+                match item {
+                    MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
+                    MessageDataItemName::Flags => {
+                        out.extend_from_slice(format!("FLAGS {}", flags_string(&m.flags)).as_bytes())
+                    }
+                    MessageDataItemName::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
+                    MessageDataItemName::InternalDate => out.extend_from_slice(
+                        format!("INTERNALDATE {}", internal_date(env.map_or(0, |e| e.internal_date))).as_bytes(),
+                    ),
+                    MessageDataItemName::Rfc822Size => {
+                        out.extend_from_slice(format!("RFC822.SIZE {}", env.map_or(0, |e| e.size)).as_bytes())
+                    }
+                    MessageDataItemName::Envelope => {
+                        out.extend_from_slice(b"ENVELOPE ");
+                        mime::envelope(raw, &mut out);
+                    }
+                    MessageDataItemName::BodyStructure => {
+                        out.extend_from_slice(b"BODYSTRUCTURE ");
+                        mime::body_structure(raw, true, &mut out);
+                    }
+                    MessageDataItemName::Body => {
+                        out.extend_from_slice(b"BODY ");
+                        mime::body_structure(raw, false, &mut out);
+                    }
+                    MessageDataItemName::BodyExt { section, partial, .. } => {
+                        let data = mime::section(raw, section.as_ref()).unwrap_or_default();
+                        out.extend_from_slice(format!("BODY[{}]", section_name(section.as_ref())).as_bytes());
+                        match partial {
+                            Some((start, len)) => {
+                                let s = (*start as usize).min(data.len());
+                                let e = s.saturating_add(len.get() as usize).min(data.len());
+                                out.extend_from_slice(format!("<{start}> ").as_bytes());
+                                wire::literal(&mut out, &data[s..e]);
+                            }
+                            None => {
+                                out.push(b' ');
+                                wire::literal(&mut out, &data);
+                            }
+                        }
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        out.extend_from_slice(b"RFC822 ");
+                        wire::literal(&mut out, raw);
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        wire::literal(&mut out, mime::header_block(raw));
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        let text = mime::section(raw, Some(&Section::Text(None))).unwrap_or_default();
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        wire::literal(&mut out, &text);
+                    }
+                    MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+                        self.out = out;
+                        return Err(Fail::Bad("BINARY is not supported".into()));
+                    }
+                }
+            }
+            out.extend_from_slice(b")\r\n");
+            if let Some(i) = self.selected.as_ref().and_then(|s| s.seq_of(m.uid)) {
+                let sel = self.selected.as_mut().expect("selected");
+                if items.contains(&MessageDataItemName::Flags) {
+                    sel.msgs[i].1 = sel.msgs[i].1.max(m.modseq);
+                }
+            }
+        }
+        self.out = out;
+        if unavailable {
+            return Err(Fail::No("[UNAVAILABLE] some message bodies are not stored on this replica yet".into()));
+        }
+        Ok(format!("{}FETCH completed", if uid { "UID " } else { "" }))
+    }
+
+    pub(crate) fn store(
+        &mut self,
+        set: &SequenceSet,
+        kind: &StoreType,
+        response: &StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+        modifiers: &[StoreModifier],
+    ) -> Done {
+        if self.selected.as_ref().expect("selected").read_only {
+            return Err(Fail::No("[READ-ONLY] mailbox is read-only".into()));
+        }
+        let wanted = keywords(flags)?;
+        let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
+        if unchanged_since.is_some() {
+            self.enabled.condstore = true;
+        }
+        let reader = self.reader()?;
+        let targets = self.targets(&reader, set, uid)?;
+        drop(reader);
+        let mut modified = Vec::new();
+        let mut changes = Vec::new();
+        for (seq, m) in &targets {
+            if unchanged_since.is_some_and(|u| m.modseq > u) {
+                modified.push(if uid { m.uid } else { *seq as u32 });
+                continue;
+            }
+            let (add, remove): (Vec<Keyword>, Vec<Keyword>) = match kind {
+                StoreType::Add => (wanted.clone(), Vec::new()),
+                StoreType::Remove => (Vec::new(), wanted.clone()),
+                StoreType::Replace => (
+                    wanted.iter().filter(|k| !m.flags.contains(k)).cloned().collect(),
+                    m.flags.iter().filter(|k| !wanted.contains(k)).cloned().collect(),
+                ),
+            };
+            changes.push((m.message, add, remove));
+        }
+        if changes.iter().any(|(_, a, r)| !a.is_empty() || !r.is_empty()) {
+            self.write(|b| {
+                for (m, add, remove) in &changes {
+                    b.replica().store_flags(*m, add, remove)?;
+                }
+                Ok(())
+            })?;
+        }
+        let reader = self.reader()?;
+        let after = self.targets(&reader, set, uid)?;
+        drop(reader);
+        let condstore = self.enabled.condstore;
+        let silent = matches!(response, StoreResponse::Silent);
+        let changed: BTreeSet<_> = changes.iter().map(|(m, _, _)| *m).collect();
+        for (seq, m) in after {
+            if !changed.contains(&m.message) {
+                continue;
+            }
+            let sel = self.selected.as_mut().expect("selected");
+            let i = seq - 1;
+            let moved = sel.msgs[i].1 != m.modseq;
+            sel.msgs[i].1 = m.modseq;
+            // .SILENT still reports a MODSEQ change to a CONDSTORE client
+            // (RFC 7162 3.2), but not the flags it asked for.
+            if silent && !(condstore && moved) {
+                continue;
+            }
+            let uid_item = if uid { format!("UID {} ", m.uid) } else { String::new() };
+            let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
+            let flags = if silent { String::new() } else { format!("FLAGS {}", flags_string(&m.flags)) };
+            let body = format!("{uid_item}{flags}{modseq}");
+            self.untagged(&format!("{seq} FETCH ({})", body.trim()));
+        }
+        if !modified.is_empty() {
+            modified.sort_unstable();
+            return Ok(format!("[MODIFIED {}] conditional STORE failed for some", set_string(&modified)));
+        }
+        Ok(format!("{}STORE completed", if uid { "UID " } else { "" }))
+    }
+
+    pub(crate) fn copy(&mut self, set: &SequenceSet, to: &str, uid: bool, is_move: bool) -> Done {
+        let reader = self.reader()?;
+        let Some(dest) = Self::resolve(&reader, to) else {
+            return Err(Fail::No("[TRYCREATE] no such mailbox".into()));
+        };
+        let sel = self.selected.as_ref().expect("selected");
+        if is_move && sel.read_only {
+            return Err(Fail::No("[READ-ONLY] mailbox is read-only".into()));
+        }
+        let src = sel.id;
+        let targets = self.targets(&reader, set, uid)?;
+        let validity = reader.status(dest)?.uid_validity;
+        drop(reader);
+        if targets.is_empty() {
+            return Ok(format!("{} completed (nothing)", if is_move { "MOVE" } else { "COPY" }));
+        }
+        let pairs = self.write(|b| {
+            let mut pairs = Vec::new();
+            for (_, m) in &targets {
+                let placed = if is_move {
+                    if src == dest {
+                        continue;
+                    }
+                    b.replica().move_message(m.message, dest)?;
+                    m.message
+                } else {
+                    b.replica().copy_message(m.message, dest)?
+                };
+                if let Some((_, new)) = b.replica().uid_of(placed) {
+                    pairs.push((m.uid, new));
+                }
+            }
+            Ok(pairs)
+        })?;
+        let from: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let to: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        // COPYUID lists both sets in the same order (RFC 4315).
+        let join = |v: &[u32]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",");
+        let code = format!("[COPYUID {validity} {} {}]", join(&from), join(&to));
+        if is_move {
+            self.untagged(&format!("OK {code} moved"));
+            self.updates(true);
+            Ok(format!("{}MOVE completed", if uid { "UID " } else { "" }))
+        } else {
+            Ok(format!("{code} {}COPY completed", if uid { "UID " } else { "" }))
+        }
+    }
+
+    pub(crate) fn expunge(&mut self, only: Option<&SequenceSet>) -> Done {
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return Err(Fail::No("[READ-ONLY] mailbox is read-only".into()));
+        }
+        let reader = self.reader()?;
+        let all = SequenceSet::try_from("1:*").expect("valid set");
+        let targets = self.targets(&reader, only.unwrap_or(&all), only.is_some())?;
+        drop(reader);
+        let deleted: Vec<_> =
+            targets.into_iter().filter(|(_, m)| m.flags.contains(&Keyword::Deleted)).map(|(_, m)| m.message).collect();
+        if !deleted.is_empty() {
+            self.write(|b| Ok(b.replica().expunge(&deleted)?))?;
+        }
+        self.updates(true);
+        Ok(format!("{}EXPUNGE completed", if only.is_some() { "UID " } else { "" }))
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &[Flag<'_>],
+        date: Option<&DateTime>,
+        raw: &[u8],
+    ) -> Done {
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, mailbox) else {
+            return Err(Fail::No("[TRYCREATE] no such mailbox".into()));
+        };
+        let validity = reader.status(id)?.uid_validity;
+        drop(reader);
+        let flags = keywords(flags)?;
+        let date = date.map_or_else(
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            |d| d.as_ref().timestamp(),
+        );
+        let uid = self.write(|b| {
+            let m = b.append(id, raw, date, flags)?;
+            Ok(b.replica().uid_of(m).map_or(0, |(_, u)| u))
+        })?;
+        Ok(format!("[APPENDUID {validity} {uid}] APPEND completed"))
+    }
+
+    pub(crate) fn search(
+        &mut self,
+        charset: Option<&str>,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+        tag: &str,
+        returns: Option<Vec<String>>,
+    ) -> Done {
+        if let Some(c) = charset {
+            if !["UTF-8", "US-ASCII"].iter().any(|k| k.eq_ignore_ascii_case(c)) {
+                return Err(Fail::No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into()));
+            }
+        }
+        let reader = self.reader()?;
+        let sel = self.selected.as_ref().expect("selected");
+        let all = reader.messages(sel.id, 1, usize::MAX)?;
+        let mut hits = Vec::new();
+        let mut modseq_max = 0;
+        let uses_modseq = criteria.iter().any(uses_modseq);
+        for m in all {
+            let Some(i) = sel.seq_of(m.uid) else { continue };
+            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel };
+            if criteria.iter().all(|k| c.matches(k)) {
+                hits.push(if uid { m.uid } else { i as u32 + 1 });
+                modseq_max = modseq_max.max(m.modseq);
+            }
+        }
+        drop(reader);
+        if uses_modseq {
+            self.enabled.condstore = true;
+        }
+        let esearch = returns.is_some() || self.enabled.rev2;
+        if esearch {
+            let opts = returns.unwrap_or_default();
+            let opts: Vec<String> = if opts.is_empty() { vec!["ALL".into()] } else { opts };
+            let mut line = format!("ESEARCH (TAG \"{tag}\"){}", if uid { " UID" } else { "" });
+            for o in &opts {
+                match o.as_str() {
+                    "MIN" if !hits.is_empty() => line.push_str(&format!(" MIN {}", hits[0])),
+                    "MAX" if !hits.is_empty() => line.push_str(&format!(" MAX {}", hits[hits.len() - 1])),
+                    "COUNT" => line.push_str(&format!(" COUNT {}", hits.len())),
+                    "ALL" if !hits.is_empty() => line.push_str(&format!(" ALL {}", set_string(&hits))),
+                    _ => {}
+                }
+            }
+            if uses_modseq && !hits.is_empty() {
+                line.push_str(&format!(" MODSEQ {modseq_max}"));
+            }
+            self.untagged(&line);
+        } else {
+            let mut line = String::from("SEARCH");
+            for h in &hits {
+                line.push_str(&format!(" {h}"));
+            }
+            if uses_modseq && !hits.is_empty() {
+                line.push_str(&format!(" (MODSEQ {modseq_max})"));
+            }
+            self.untagged(&line);
+        }
+        Ok(format!("{}SEARCH completed", if uid { "UID " } else { "" }))
+    }
+}
+
+fn uses_modseq(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(v) => v.as_ref().iter().any(uses_modseq),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::Not(a) => uses_modseq(a),
+        _ => false,
+    }
+}
+
+/// One message under test by SEARCH; the body is read only if a key needs it.
+struct Candidate<'a> {
+    info: &'a MessageInfo,
+    env: Option<Option<Envelope>>,
+    raw: Option<Vec<u8>>,
+    reader: &'a Reader,
+    sel: &'a Selected,
+}
+
+fn day(secs: i64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().date_naive()
+}
+
+impl Candidate<'_> {
+    fn envelope(&mut self) -> Option<Envelope> {
+        if self.env.is_none() {
+            self.env = Some(self.reader.envelope(self.info.message).ok().flatten());
+        }
+        self.env.flatten()
+    }
+
+    fn raw(&mut self) -> &[u8] {
+        if self.raw.is_none() {
+            let body = self.envelope().and_then(|e| self.reader.body(e.blob).ok());
+            self.raw = Some(body.unwrap_or_default());
+        }
+        self.raw.as_deref().unwrap_or_default()
+    }
+
+    fn has(&self, k: Keyword) -> bool {
+        self.info.flags.contains(&k)
+    }
+
+    fn header_has(&mut self, name: &str, needle: &[u8]) -> bool {
+        let needle = String::from_utf8_lossy(needle).to_lowercase();
+        mime::header_values(self.raw(), name).iter().any(|v| v.to_lowercase().contains(&needle))
+    }
+
+    fn in_set(&self, set: &SequenceSet, uid: bool) -> bool {
+        let ranges = self.sel.uid_ranges(set, uid).unwrap_or_default();
+        ranges.iter().any(|&(lo, hi)| lo <= self.info.uid && self.info.uid <= hi)
+    }
+
+    fn matches(&mut self, key: &SearchKey<'_>) -> bool {
+        let date = |c: &mut Self| c.envelope().map_or(0, |e| e.internal_date);
+        let sent = |c: &mut Self| mime::sent_date(c.raw()).map(day);
+        match key {
+            SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
+            SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
+            SearchKey::Not(k) => !self.matches(k),
+            SearchKey::SequenceSet(set) => self.in_set(set, false),
+            SearchKey::Uid(set) => self.in_set(set, true),
+            SearchKey::All => true,
+            SearchKey::Answered => self.has(Keyword::Answered),
+            SearchKey::Unanswered => !self.has(Keyword::Answered),
+            SearchKey::Deleted => self.has(Keyword::Deleted),
+            SearchKey::Undeleted => !self.has(Keyword::Deleted),
+            SearchKey::Draft => self.has(Keyword::Draft),
+            SearchKey::Undraft => !self.has(Keyword::Draft),
+            SearchKey::Flagged => self.has(Keyword::Flagged),
+            SearchKey::Unflagged => !self.has(Keyword::Flagged),
+            SearchKey::Seen => self.has(Keyword::Seen),
+            SearchKey::Unseen => !self.has(Keyword::Seen),
+            // \Recent is never set: no message is new to this session.
+            SearchKey::Recent | SearchKey::New => false,
+            SearchKey::Old => true,
+            SearchKey::Keyword(k) => Keyword::parse(k.as_ref()).is_ok_and(|k| self.has(k)),
+            SearchKey::Unkeyword(k) => !Keyword::parse(k.as_ref()).is_ok_and(|k| self.has(k)),
+            SearchKey::Larger(n) => self.envelope().is_some_and(|e| e.size > *n as u64),
+            SearchKey::Smaller(n) => self.envelope().is_some_and(|e| e.size < *n as u64),
+            SearchKey::Before(d) => day(date(self)) < *d.as_ref(),
+            SearchKey::On(d) => day(date(self)) == *d.as_ref(),
+            SearchKey::Since(d) => day(date(self)) >= *d.as_ref(),
+            SearchKey::SentBefore(d) => sent(self).is_some_and(|s| s < *d.as_ref()),
+            SearchKey::SentOn(d) => sent(self).is_some_and(|s| s == *d.as_ref()),
+            SearchKey::SentSince(d) => sent(self).is_some_and(|s| s >= *d.as_ref()),
+            SearchKey::Bcc(s) => self.header_has("Bcc", s.as_ref()),
+            SearchKey::Cc(s) => self.header_has("Cc", s.as_ref()),
+            SearchKey::From(s) => self.header_has("From", s.as_ref()),
+            SearchKey::To(s) => self.header_has("To", s.as_ref()),
+            SearchKey::Subject(s) => self.header_has("Subject", s.as_ref()),
+            SearchKey::Header(name, value) => {
+                let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+                self.header_has(&name, value.as_ref())
+            }
+            SearchKey::Body(s) => {
+                let needle = String::from_utf8_lossy(s.as_ref()).into_owned();
+                mime::text_contains(self.raw(), &needle, false)
+            }
+            SearchKey::Text(s) => {
+                let needle = String::from_utf8_lossy(s.as_ref()).into_owned();
+                mime::text_contains(self.raw(), &needle, true)
+            }
+            SearchKey::ModSequence { modseq, .. } => self.info.modseq >= *modseq,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_string;
+
+    #[test]
+    fn sets_are_compressed() {
+        assert_eq!(set_string(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(set_string(&[]), "");
+    }
+}

@@ -1,0 +1,858 @@
+//! One IMAP connection as a state machine over bytes: [`Session::receive`]
+//! takes what the client sent, [`Session::take_output`] gives what to write
+//! back, [`Session::wants`] says when the shell must start TLS or close.
+//! Framing (lines and literals, with their limits) comes from imap-codec's
+//! `Fragmentizer`, commands from its `CommandCodec`.
+
+use crate::extended::{self, ListReturn};
+use crate::selected::Selected;
+use crate::wire;
+use imap_codec::decode::Decoder;
+use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{LiteralMode, Tag};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use starling_model::account::DELIMITER;
+use starling_model::{MailboxId, INBOX};
+use starling_store::{Reader, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Limits and policies of the IMAP server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Longest command line (bytes, without literals).
+    pub line_max: u32,
+    /// Largest literal (an APPENDed message, mostly).
+    pub literal_max: u32,
+    /// Simultaneous authenticated connections per account.
+    pub connections_per_account: usize,
+    /// Allow LOGIN / AUTHENTICATE PLAIN without TLS from loopback addresses.
+    pub plaintext_on_loopback: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            line_max: 64 * 1024,
+            literal_max: 64 << 20,
+            connections_per_account: 64,
+            plaintext_on_loopback: true,
+        }
+    }
+}
+
+/// What every session of a server shares.
+pub struct Shared {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Limits and policies.
+    pub config: Config,
+    /// Called after a session committed a change to an account (so peers
+    /// and other sessions hear of it).
+    notify: Box<dyn Fn(&str) + Send + Sync>,
+    logins: Mutex<HashMap<String, usize>>,
+}
+
+impl Shared {
+    /// Shared state for the sessions of one server.
+    pub fn new(store: Arc<Store>, config: Config, notify: impl Fn(&str) + Send + Sync + 'static) -> Arc<Shared> {
+        Arc::new(Shared { store, config, notify: Box::new(notify), logins: Mutex::default() })
+    }
+}
+
+/// What the shell must do after [`Session::receive`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wants {
+    /// Keep reading.
+    Read,
+    /// Write the output, then start TLS and call [`Session::tls_started`].
+    StartTls,
+    /// Write the output, then close the connection.
+    Close,
+}
+
+enum Mode {
+    Commands,
+    Idle(Tag<'static>),
+    Authenticate(Tag<'static>),
+}
+
+/// Extensions the client turned on.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Enabled {
+    pub condstore: bool,
+    pub qresync: bool,
+    pub rev2: bool,
+}
+
+/// Why a command failed: a tagged NO or BAD with its text (and response code).
+pub(crate) enum Fail {
+    No(String),
+    Bad(String),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::MissingBlob(_) => Fail::No("[UNAVAILABLE] message body not stored on this replica yet".into()),
+            StoreError::Local(e) => Fail::No(format!("[CANNOT] {e}")),
+            e => Fail::No(format!("[SERVERBUG] {e}")),
+        }
+    }
+}
+
+pub(crate) type Done = Result<String, Fail>;
+
+/// Consecutive bad commands after which the connection is closed.
+const ERRORS_MAX: u32 = 20;
+
+/// One IMAP connection.
+pub struct Session {
+    pub(crate) shared: Arc<Shared>,
+    frag: Fragmentizer,
+    pub(crate) out: Vec<u8>,
+    mode: Mode,
+    pub(crate) account: Option<String>,
+    pub(crate) selected: Option<Selected>,
+    pub(crate) enabled: Enabled,
+    tls: bool,
+    loopback: bool,
+    starttls_offered: bool,
+    wants: Wants,
+    errors: u32,
+    /// Why the message being read will be refused (set when a limit is hit).
+    refused: Option<String>,
+    /// A change was committed since the last look at the selected mailbox.
+    pub(crate) changed: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(a) = &self.account {
+            let mut logins = self.shared.logins.lock().expect("logins");
+            if let Some(n) = logins.get_mut(a) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A new connection: `tls` if it is already encrypted (implicit TLS),
+    /// `loopback` if the client is on this host, `starttls` if the server can
+    /// upgrade it. The greeting is in the output.
+    pub fn new(shared: Arc<Shared>, tls: bool, loopback: bool, starttls: bool) -> Session {
+        let frag = Fragmentizer::new(shared.config.literal_max.saturating_add(shared.config.line_max));
+        let mut s = Session {
+            shared,
+            frag,
+            out: Vec::new(),
+            mode: Mode::Commands,
+            account: None,
+            selected: None,
+            enabled: Enabled::default(),
+            tls,
+            loopback,
+            starttls_offered: starttls && !tls,
+            wants: Wants::Read,
+            errors: 0,
+            refused: None,
+            changed: false,
+        };
+        let caps = s.capabilities();
+        s.untagged(&format!("OK [CAPABILITY {caps}] Starling ready"));
+        s
+    }
+
+    /// Bytes to write to the client (taken).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether output is waiting.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// What the shell must do next.
+    pub fn wants(&self) -> Wants {
+        self.wants
+    }
+
+    /// The account logged in, if any.
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    /// TLS is now up (after STARTTLS): anything the client sent before the
+    /// handshake is dropped, as RFC 9051 requires.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.starttls_offered = false;
+        self.frag = Fragmentizer::new(self.shared.config.literal_max.saturating_add(self.shared.config.line_max));
+        self.wants = Wants::Read;
+    }
+
+    /// Another session or a peer committed a change to this session's
+    /// account. During IDLE the updates are written at once; otherwise at the
+    /// next command that allows them.
+    pub fn account_changed(&mut self) {
+        self.changed = true;
+        if matches!(self.mode, Mode::Idle(_)) {
+            self.updates(true);
+        }
+    }
+
+    /// Takes bytes from the client and answers every complete command in them.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if self.wants != Wants::Read {
+            return;
+        }
+        self.frag.enqueue_bytes(bytes);
+        while self.wants == Wants::Read {
+            let Some(info) = self.frag.progress() else { break };
+            if let FragmentInfo::Line { start, end, announcement, .. } = info {
+                if end - start > self.shared.config.line_max as usize && self.refused.is_none() {
+                    self.refused = Some("[TOOBIG] command line too long".into());
+                    self.frag.poison_message();
+                }
+                if let Some(ann) = announcement {
+                    let max = self.shared.config.literal_max;
+                    let sync = ann.mode == LiteralMode::Sync;
+                    if ann.length > max && self.refused.is_none() {
+                        self.refused = Some(format!("[TOOBIG] literal of {} bytes exceeds {max}", ann.length));
+                        self.frag.poison_message();
+                    }
+                    if sync {
+                        if self.refused.is_some() {
+                            // Refuse before the client sends it: it waits for
+                            // our "+", so it will not.
+                            self.refuse_message();
+                            self.frag.skip_message();
+                            continue;
+                        }
+                        self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                    }
+                }
+            }
+            if self.frag.is_message_complete() {
+                if self.refused.is_some() {
+                    self.refuse_message();
+                } else {
+                    let message = self.frag.message_bytes().to_vec();
+                    self.message(&message);
+                }
+            }
+        }
+    }
+
+    fn refuse_message(&mut self) {
+        let why = self.refused.take().unwrap_or_default();
+        match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
+            Some(tag) => self.tagged(&tag, "BAD", &why),
+            None => self.untagged(&format!("BAD {why}")),
+        }
+        self.error();
+    }
+
+    fn error(&mut self) {
+        self.errors += 1;
+        if self.errors >= ERRORS_MAX {
+            self.untagged("BYE too many invalid commands");
+            self.wants = Wants::Close;
+        }
+    }
+
+    fn message(&mut self, message: &[u8]) {
+        match std::mem::replace(&mut self.mode, Mode::Commands) {
+            Mode::Commands => self.command_bytes(message),
+            Mode::Idle(tag) => match IdleDoneCodec::default().decode(message) {
+                Ok((rest, _)) if rest.is_empty() => {
+                    self.updates(true);
+                    self.tagged(tag.as_ref(), "OK", "IDLE terminated");
+                }
+                _ => {
+                    self.tagged(tag.as_ref(), "BAD", "expected DONE");
+                    self.error();
+                }
+            },
+            Mode::Authenticate(tag) => match AuthenticateDataCodec::default().decode(message) {
+                Ok((rest, AuthenticateData::Continue(data))) if rest.is_empty() => {
+                    let r = self.login_plain(data.declassify());
+                    self.finish(tag.as_ref(), r);
+                }
+                Ok((rest, AuthenticateData::Cancel)) if rest.is_empty() => {
+                    self.tagged(tag.as_ref(), "BAD", "authentication cancelled")
+                }
+                _ => {
+                    self.tagged(tag.as_ref(), "BAD", "malformed authentication data");
+                    self.error();
+                }
+            },
+        }
+    }
+
+    fn command_bytes(&mut self, message: &[u8]) {
+        let mut lifted = extended::lift(message).unwrap_or_default();
+        let input = if lifted.command.is_empty() { message } else { &lifted.command[..] };
+        match CommandCodec::default().decode(input) {
+            Ok((rest, command)) if rest.is_empty() => {
+                self.errors = 0;
+                let (search_return, list_selection, list_return) = (
+                    lifted.search_return.take(),
+                    std::mem::take(&mut lifted.list_selection),
+                    std::mem::take(&mut lifted.list_return),
+                );
+                self.command(command, search_return, list_selection, list_return);
+            }
+            _ => {
+                match imap_codec::fragmentizer::Fragmentizer::decode_tag(&self.frag) {
+                    Some(tag) => {
+                        let tag = tag.as_ref().to_string();
+                        self.tagged(&tag, "BAD", "syntax error in command")
+                    }
+                    None => self.untagged("BAD syntax error: no tag"),
+                }
+                self.error();
+            }
+        }
+    }
+
+    pub(crate) fn untagged(&mut self, line: &str) {
+        self.out.extend_from_slice(b"* ");
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn tagged(&mut self, tag: &str, status: &str, text: &str) {
+        self.out.extend_from_slice(format!("{tag} {status} {text}\r\n").as_bytes());
+    }
+
+    fn finish(&mut self, tag: &str, result: Done) {
+        match result {
+            Ok(text) => self.tagged(tag, "OK", &text),
+            Err(Fail::No(text)) => self.tagged(tag, "NO", &text),
+            Err(Fail::Bad(text)) => {
+                self.tagged(tag, "BAD", &text);
+                self.error();
+            }
+        }
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        self.tls || (self.loopback && self.shared.config.plaintext_on_loopback)
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = String::from(
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
+             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN",
+        );
+        if self.account.is_none() {
+            if self.starttls_offered {
+                caps.push_str(" STARTTLS");
+            }
+            if self.plaintext_allowed() {
+                caps.push_str(" AUTH=PLAIN");
+            } else {
+                caps.push_str(" LOGINDISABLED");
+            }
+        }
+        caps
+    }
+
+    fn command(
+        &mut self,
+        command: Command<'_>,
+        search_return: Option<Vec<String>>,
+        list_selection: Vec<String>,
+        list_return: ListReturn,
+    ) {
+        let tag = command.tag.as_ref().to_string();
+        let authenticated = self.account.is_some();
+        let selected = self.selected.is_some();
+        // Commands during which expunges must not be reported (RFC 9051 7.5.1).
+        let mut expunges_allowed = true;
+        let result: Done = match command.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.untagged(&format!("CAPABILITY {caps}"));
+                Ok("CAPABILITY completed".into())
+            }
+            CommandBody::Noop => Ok("NOOP completed".into()),
+            CommandBody::Check => Ok("CHECK completed".into()),
+            CommandBody::Logout => {
+                self.untagged("BYE logging out");
+                self.tagged(&tag, "OK", "LOGOUT completed");
+                self.wants = Wants::Close;
+                return;
+            }
+            CommandBody::StartTLS if self.starttls_offered && !authenticated => {
+                self.tagged(&tag, "OK", "begin TLS negotiation now");
+                self.wants = Wants::StartTls;
+                return;
+            }
+            CommandBody::StartTLS => Err(Fail::Bad("STARTTLS not available here".into())),
+            CommandBody::Id { .. } => {
+                self.untagged(&format!("ID (\"name\" \"Starling\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION")));
+                Ok("ID completed".into())
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if authenticated => {
+                Err(Fail::Bad("already authenticated".into()))
+            }
+            CommandBody::Login { username, password } => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                self.login(&user, password.declassify().as_ref())
+            }
+            CommandBody::Authenticate { mechanism, initial_response } => {
+                if mechanism != AuthMechanism::Plain {
+                    Err(Fail::No("[CANNOT] only AUTHENTICATE PLAIN is supported".into()))
+                } else if let Some(ir) = initial_response {
+                    self.login_plain(ir.declassify().as_ref())
+                } else {
+                    self.out.extend_from_slice(b"+ \r\n");
+                    self.mode = Mode::Authenticate(Tag::unvalidated(tag.clone()));
+                    return;
+                }
+            }
+            _ if !authenticated => Err(Fail::Bad("authenticate first (LOGIN or AUTHENTICATE)".into())),
+            CommandBody::Enable { capabilities } => {
+                let mut on = Vec::new();
+                for c in capabilities.as_ref() {
+                    match c {
+                        CapabilityEnable::CondStore => {
+                            self.enabled.condstore = true;
+                            on.push("CONDSTORE");
+                        }
+                        other if other.to_string().eq_ignore_ascii_case("QRESYNC") => {
+                            self.enabled.qresync = true;
+                            self.enabled.condstore = true;
+                            on.push("QRESYNC");
+                        }
+                        other if other.to_string().eq_ignore_ascii_case("IMAP4rev2") => {
+                            self.enabled.rev2 = true;
+                            on.push("IMAP4rev2");
+                        }
+                        _ => {}
+                    }
+                }
+                self.untagged(&format!("ENABLED {}", on.join(" ")).trim_end().to_string());
+                Ok("ENABLE completed".into())
+            }
+            CommandBody::Namespace => {
+                self.untagged(&format!("NAMESPACE ((\"\" \"{DELIMITER}\")) NIL NIL"));
+                Ok("NAMESPACE completed".into())
+            }
+            CommandBody::Select { mailbox, parameters } => {
+                self.select(&mailbox_name(&mailbox), false, &parameters)
+            }
+            CommandBody::Examine { mailbox, parameters } => {
+                self.select(&mailbox_name(&mailbox), true, &parameters)
+            }
+            CommandBody::Create { mailbox } => self.create(&mailbox_name(&mailbox)),
+            CommandBody::Delete { mailbox } => self.delete(&mailbox_name(&mailbox)),
+            CommandBody::Rename { from, to } => self.rename(&mailbox_name(&from), &mailbox_name(&to)),
+            CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), true),
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), false),
+            CommandBody::List { reference, mailbox_wildcard } => {
+                self.list(&mailbox_name(&reference), &list_pattern(&mailbox_wildcard), &list_selection, &list_return, false)
+            }
+            CommandBody::Lsub { reference, mailbox_wildcard } => self.list(
+                &mailbox_name(&reference),
+                &list_pattern(&mailbox_wildcard),
+                &["SUBSCRIBED".to_string()],
+                &ListReturn::default(),
+                true,
+            ),
+            CommandBody::Status { mailbox, item_names } => {
+                let name = mailbox_name(&mailbox);
+                self.status_command(&name, item_names.as_ref())
+            }
+            CommandBody::Append { mailbox, flags, date, message } => {
+                let data = match &message {
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.data(),
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+                };
+                self.append(&mailbox_name(&mailbox), &flags, date.as_ref(), data)
+            }
+            _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
+            CommandBody::Close => {
+                self.close(true);
+                Ok("CLOSE completed".into())
+            }
+            CommandBody::Unselect => {
+                self.close(false);
+                Ok("UNSELECT completed".into())
+            }
+            CommandBody::Expunge => self.expunge(None),
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(&sequence_set)),
+            CommandBody::Search { charset, criteria, uid } => {
+                expunges_allowed = uid;
+                self.search(charset.as_ref().map(|c| c.as_ref()), criteria.as_ref(), uid, &tag, search_return)
+            }
+            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
+                expunges_allowed = uid;
+                self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers)
+            }
+            CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
+                expunges_allowed = uid;
+                self.store(&sequence_set, &kind, &response, &flags, uid, &modifiers)
+            }
+            CommandBody::Copy { sequence_set, mailbox, uid } => {
+                expunges_allowed = uid;
+                self.copy(&sequence_set, &mailbox_name(&mailbox), uid, false)
+            }
+            CommandBody::Move { sequence_set, mailbox, uid } => self.copy(&sequence_set, &mailbox_name(&mailbox), uid, true),
+            CommandBody::Idle => {
+                self.updates(true);
+                self.out.extend_from_slice(b"+ idling\r\n");
+                self.mode = Mode::Idle(Tag::unvalidated(tag.clone()));
+                return;
+            }
+            other => Err(Fail::Bad(format!("{} is not supported", other.name()))),
+        };
+        if self.selected.is_some() {
+            self.updates(expunges_allowed);
+        }
+        self.finish(&tag, result);
+    }
+
+    fn login(&mut self, user: &str, password: &[u8]) -> Done {
+        if !self.plaintext_allowed() {
+            return Err(Fail::No("[PRIVACYREQUIRED] use TLS (STARTTLS or the implicit TLS port) to log in".into()));
+        }
+        let hash = self.shared.store.credential(user).ok().flatten();
+        if !hash.is_some_and(|h| crate::auth::verify_password(&h, password)) {
+            return Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()));
+        }
+        {
+            let mut logins = self.shared.logins.lock().expect("logins");
+            let n = logins.entry(user.to_string()).or_default();
+            if *n >= self.shared.config.connections_per_account {
+                return Err(Fail::No(format!(
+                    "[LIMIT] {} connections of this account are open already",
+                    self.shared.config.connections_per_account
+                )));
+            }
+            *n += 1;
+        }
+        self.account = Some(user.to_string());
+        Ok(format!("[CAPABILITY {}] logged in", self.capabilities()))
+    }
+
+    fn login_plain(&mut self, message: &[u8]) -> Done {
+        match crate::auth::parse_plain(message) {
+            Some((user, password)) => self.login(&user, &password),
+            None => Err(Fail::Bad("malformed PLAIN message".into())),
+        }
+    }
+
+    pub(crate) fn account_name(&self) -> &str {
+        self.account.as_deref().expect("authenticated")
+    }
+
+    pub(crate) fn reader(&self) -> Result<Reader, Fail> {
+        Ok(self.shared.store.read(self.account_name())?)
+    }
+
+    /// Runs a change in one durable transaction and tells the others.
+    pub(crate) fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut starling_store::Batch<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, Fail> {
+        let account = self.account_name().to_string();
+        let value = self.shared.store.write(&account, f)?;
+        (self.shared.notify)(&account);
+        Ok(value)
+    }
+
+    /// A visible mailbox by IMAP name (INBOX case-insensitively).
+    pub(crate) fn resolve(reader: &Reader, name: &str) -> Option<MailboxId> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Some(INBOX);
+        }
+        reader.names().tree.by_name.get(name.trim_end_matches(DELIMITER)).copied()
+    }
+
+    fn create(&mut self, name: &str) -> Done {
+        let name = name.trim_end_matches(DELIMITER);
+        let reader = self.reader()?;
+        if Self::resolve(&reader, name).is_some() {
+            return Err(Fail::No("[ALREADYEXISTS] mailbox exists".into()));
+        }
+        let segments: Vec<&str> = name.split(DELIMITER).collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(Fail::Bad("invalid mailbox name".into()));
+        }
+        let existing: Vec<Option<MailboxId>> =
+            (1..=segments.len()).map(|n| Self::resolve(&reader, &segments[..n].join("/"))).collect();
+        drop(reader);
+        self.write(|b| {
+            let mut parent = None;
+            for (seg, have) in segments.iter().zip(existing) {
+                parent = Some(match have {
+                    Some(id) => id,
+                    None => b.replica().create_mailbox(seg, parent, None)?,
+                });
+            }
+            Ok(())
+        })?;
+        Ok("CREATE completed".into())
+    }
+
+    fn delete(&mut self, name: &str) -> Done {
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, name) else {
+            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
+        };
+        if id == INBOX {
+            return Err(Fail::No("[CANNOT] INBOX cannot be deleted".into()));
+        }
+        let prefix = format!("{}{DELIMITER}", name.trim_end_matches(DELIMITER));
+        if reader.names().tree.by_name.keys().any(|n| n.starts_with(&prefix)) {
+            return Err(Fail::No("[INUSE] mailbox has children; delete them first".into()));
+        }
+        drop(reader);
+        if self.selected.as_ref().is_some_and(|s| s.id == id) {
+            self.selected = None;
+        }
+        self.write(|b| Ok(b.replica().delete_mailbox(id)?))?;
+        Ok("DELETE completed".into())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Done {
+        let to = to.trim_end_matches(DELIMITER);
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, from) else {
+            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
+        };
+        if Self::resolve(&reader, to).is_some() {
+            return Err(Fail::No("[ALREADYEXISTS] target mailbox exists".into()));
+        }
+        let (parent_name, leaf) = match to.rfind(DELIMITER) {
+            Some(i) => (Some(&to[..i]), &to[i + 1..]),
+            None => (None, to),
+        };
+        if leaf.is_empty() {
+            return Err(Fail::Bad("invalid mailbox name".into()));
+        }
+        let parent = parent_name.map(|p| Self::resolve(&reader, p));
+        if let Some(None) = parent {
+            // Create the missing parents first, as CREATE would.
+            drop(reader);
+            self.create(parent_name.expect("some"))?;
+            return self.rename(from, to);
+        }
+        let parent = parent.flatten();
+        if id == INBOX {
+            // RENAME INBOX moves its messages to a new mailbox; INBOX stays.
+            let messages: Vec<_> = reader.messages(INBOX, 1, usize::MAX)?.into_iter().map(|m| m.message).collect();
+            drop(reader);
+            self.write(|b| {
+                let new = b.replica().create_mailbox(leaf, parent, None)?;
+                for m in messages {
+                    b.replica().move_message(m, new)?;
+                }
+                Ok(())
+            })?;
+        } else {
+            drop(reader);
+            self.write(|b| Ok(b.replica().rename_mailbox(id, leaf, parent)?))?;
+        }
+        Ok("RENAME completed".into())
+    }
+
+    fn subscribe(&mut self, name: &str, on: bool) -> Done {
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, name) else {
+            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
+        };
+        drop(reader);
+        self.write(|b| Ok(b.replica().subscribe(id, on)?))?;
+        Ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }.into())
+    }
+
+    fn list(
+        &mut self,
+        reference: &str,
+        pattern: &str,
+        selection: &[String],
+        ret: &ListReturn,
+        lsub: bool,
+    ) -> Done {
+        let verb = if lsub { "LSUB" } else { "LIST" };
+        if pattern.is_empty() {
+            self.untagged(&format!("{verb} (\\Noselect) \"{DELIMITER}\" \"\""));
+            return Ok(format!("{verb} completed"));
+        }
+        let subscribed_only = selection.iter().any(|s| s == "SUBSCRIBED");
+        let special_only = selection.iter().any(|s| s == "SPECIAL-USE");
+        let full = format!("{reference}{pattern}");
+        let reader = self.reader()?;
+        let tree = &reader.names().tree;
+        let mut lines = Vec::new();
+        for (name, id) in &tree.by_name {
+            let matched = if name == "INBOX" { list_match(&full.to_ascii_uppercase(), name) } else { list_match(&full, name) };
+            if !matched {
+                continue;
+            }
+            let Some(entry) = tree.entries.get(id) else { continue };
+            if (subscribed_only && !entry.subscribed) || (special_only && entry.special_use.is_none()) {
+                continue;
+            }
+            let prefix = format!("{name}{DELIMITER}");
+            let children = tree.by_name.range(prefix.clone()..).next().is_some_and(|(n, _)| n.starts_with(&prefix));
+            let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
+            if entry.subscribed && (subscribed_only || ret.subscribed) && !lsub {
+                attrs.push("\\Subscribed");
+            }
+            if let Some(u) = entry.special_use {
+                attrs.push(u.as_str());
+            }
+            let mut encoded = Vec::new();
+            wire::astring(&mut encoded, name.as_bytes());
+            let mut line = format!("{verb} ({}) \"{DELIMITER}\" ", attrs.join(" ")).into_bytes();
+            line.extend_from_slice(&encoded);
+            lines.push((line, *id, String::from_utf8_lossy(&encoded).into_owned()));
+        }
+        drop(reader);
+        for (line, id, name) in lines {
+            self.out.extend_from_slice(b"* ");
+            self.out.extend_from_slice(&line);
+            self.out.extend_from_slice(b"\r\n");
+            if let Some(items) = &ret.status {
+                let items: Vec<StatusDataItemName> = items.iter().filter_map(|i| status_item(i)).collect();
+                self.status_lines(id, &name, &items)?;
+            }
+        }
+        Ok(format!("{verb} completed"))
+    }
+
+    fn status_command(&mut self, name: &str, items: &[StatusDataItemName]) -> Done {
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, name) else {
+            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
+        };
+        drop(reader);
+        let mut quoted = Vec::new();
+        wire::astring(&mut quoted, name.as_bytes());
+        self.status_lines(id, &String::from_utf8_lossy(&quoted), items)?;
+        Ok("STATUS completed".into())
+    }
+
+    /// `* STATUS name (…)` for a mailbox; `name` is already in IMAP syntax.
+    fn status_lines(&mut self, id: MailboxId, name: &str, items: &[StatusDataItemName]) -> Result<(), Fail> {
+        if items.contains(&StatusDataItemName::UidNext) {
+            self.announce(id)?;
+        }
+        let reader = self.reader()?;
+        let status = reader.status(id)?;
+        let mut parts = Vec::new();
+        for item in items {
+            let part = match item {
+                StatusDataItemName::Messages => format!("MESSAGES {}", status.messages),
+                StatusDataItemName::Recent => "RECENT 0".into(),
+                StatusDataItemName::UidNext => format!("UIDNEXT {}", status.uid_next),
+                StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", status.uid_validity),
+                StatusDataItemName::Unseen => {
+                    let unseen = reader
+                        .messages(id, 1, usize::MAX)?
+                        .iter()
+                        .filter(|m| !m.flags.contains(&starling_model::Keyword::Seen))
+                        .count();
+                    format!("UNSEEN {unseen}")
+                }
+                StatusDataItemName::Deleted => {
+                    let deleted = reader
+                        .messages(id, 1, usize::MAX)?
+                        .iter()
+                        .filter(|m| m.flags.contains(&starling_model::Keyword::Deleted))
+                        .count();
+                    format!("DELETED {deleted}")
+                }
+                StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", status.highest_modseq.max(1)),
+                _ => continue,
+            };
+            parts.push(part);
+        }
+        self.untagged(&format!("STATUS {name} ({})", parts.join(" ")));
+        Ok(())
+    }
+
+    /// Records that clients were shown this mailbox's UIDNEXT (invariant U1:
+    /// later arrivals must get UIDs at or above it). Writes only if it moved.
+    pub(crate) fn announce(&mut self, id: MailboxId) -> Result<(), Fail> {
+        let account = self.account_name().to_string();
+        if self.shared.store.announce_due(&account, id)? {
+            self.write(|b| Ok(b.replica().announce(id)?))?;
+        }
+        Ok(())
+    }
+}
+
+/// A mailbox name as the client wrote it (INBOX normalised).
+fn mailbox_name(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
+fn list_pattern(m: &ListMailbox<'_>) -> String {
+    match m {
+        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+    }
+}
+
+fn status_item(name: &str) -> Option<StatusDataItemName> {
+    Some(match name {
+        "MESSAGES" => StatusDataItemName::Messages,
+        "RECENT" => StatusDataItemName::Recent,
+        "UIDNEXT" => StatusDataItemName::UidNext,
+        "UIDVALIDITY" => StatusDataItemName::UidValidity,
+        "UNSEEN" => StatusDataItemName::Unseen,
+        "DELETED" => StatusDataItemName::Deleted,
+        "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
+        _ => return None,
+    })
+}
+
+/// LIST pattern matching: `*` matches anything, `%` anything but the
+/// hierarchy delimiter.
+pub(crate) fn list_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some(b'%') => {
+                (0..=n.len()).take_while(|&i| i == 0 || n[i - 1] != DELIMITER as u8).any(|i| go(&p[1..], &n[i..]))
+            }
+            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
+        }
+    }
+    // Patterns are short; bound the backtracking by refusing absurd ones.
+    pattern.len() <= 1024 && pattern.bytes().filter(|b| matches!(b, b'*' | b'%')).count() <= 16 && go(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list_match;
+
+    #[test]
+    fn list_patterns() {
+        assert!(list_match("*", "a/b"));
+        assert!(list_match("%", "a"));
+        assert!(!list_match("%", "a/b"));
+        assert!(list_match("a/%", "a/b"));
+        assert!(!list_match("a/%", "a/b/c"));
+        assert!(list_match("a*", "a/b/c"));
+        assert!(!list_match("b*", "a/b"));
+        assert!(list_match("INBOX", "INBOX"));
+    }
+}

@@ -1,0 +1,68 @@
+//! Writing IMAP response syntax: strings as atoms, quoted strings or
+//! literals, whichever the bytes allow. Every response the server writes goes
+//! through these, and the tests decode what they produce with imap-codec's
+//! response parser.
+
+/// Appends `s` as an IMAP string: quoted when it can be, else a literal.
+pub fn string(out: &mut Vec<u8>, s: &[u8]) {
+    let quotable = s.len() <= 1024 && s.iter().all(|&b| b.is_ascii() && b != 0 && b != b'\r' && b != b'\n');
+    if quotable {
+        out.push(b'"');
+        for &b in s {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, s);
+    }
+}
+
+/// Appends `s` as a literal (`{n}` CRLF bytes).
+pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    out.extend_from_slice(s);
+}
+
+/// Appends an nstring: `NIL` for `None`.
+pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// Appends `s` as an astring: a bare atom when it is one, else a string.
+pub fn astring(out: &mut Vec<u8>, s: &[u8]) {
+    let atom = !s.is_empty()
+        && s.iter().all(|&b| {
+            b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
+        });
+    if atom {
+        out.extend_from_slice(s);
+    } else {
+        string(out, s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_pick_the_form_the_bytes_allow() {
+        let mut o = Vec::new();
+        string(&mut o, b"a \"b\" \\c");
+        assert_eq!(o, b"\"a \\\"b\\\" \\\\c\"");
+        o.clear();
+        string(&mut o, "é\r\n".as_bytes());
+        assert_eq!(o, b"{4}\r\n\xc3\xa9\r\n");
+        o.clear();
+        astring(&mut o, b"INBOX");
+        nstring(&mut o, None);
+        astring(&mut o, b"a b");
+        assert_eq!(o, b"INBOXNIL\"a b\"");
+    }
+}
