@@ -282,10 +282,11 @@ fn select(c: &mut Conn, runs: usize) -> Res<Row> {
         better: "lower",
         result: format!("{median:.2} ms median"),
         detail: format!(
-            "{} runs: {:.2}–{:.2} ms; first SELECT (warm-up) {warm_up:.2} s",
+            "{} runs: {:.2}–{:.2} ms; first SELECT (warm-up) {:.1} ms",
             times.len(),
             ms(&times[0]),
-            ms(&times[times.len() - 1])
+            ms(&times[times.len() - 1]),
+            warm_up * 1e3
         ),
     })
 }

@@ -3,163 +3,13 @@
 //! others take more mail, and the stopped node catches up when it restarts;
 //! a node that is not pinned is refused and learns nothing.
 
+mod common;
+
+use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_starling");
-
-struct Node {
-    dir: PathBuf,
-    port: u16,
-    id: String,
-    child: Option<Child>,
-    /// Last "account alice: N ops" the node printed.
-    ops: Arc<Mutex<Option<u64>>>,
-    /// Last "bodies alice: N missing" the node printed.
-    missing: Arc<Mutex<Option<u64>>>,
-    /// The LMTP port it printed.
-    lmtp: Arc<Mutex<Option<u16>>>,
-}
-
-fn run(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new(BIN).arg("--data-dir").arg(dir).args(args).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Node {
-    fn new(root: &Path, name: &str) -> Node {
-        let dir = root.join(name);
-        let id = run(&dir, &["id"]).trim().to_string();
-        run(&dir, &["account", "add", "alice"]);
-        Node {
-            dir,
-            port: free_udp_port(),
-            id,
-            child: None,
-            ops: Arc::new(Mutex::new(None)),
-            missing: Arc::new(Mutex::new(None)),
-            lmtp: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    fn pin(&self, other: &Node) {
-        run(&self.dir, &["peer", "add", &other.id, &format!("127.0.0.1:{}", other.port), "--accounts", "alice"]);
-    }
-
-    fn start(&mut self) {
-        let mut child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", self.port), "--lmtp-listen", "127.0.0.1:0"])
-            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let ops = self.ops.clone();
-        *ops.lock().unwrap() = None;
-        let missing = self.missing.clone();
-        *missing.lock().unwrap() = None;
-        let lmtp = self.lmtp.clone();
-        let (up_tx, up_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("account alice: ").and_then(|r| r.strip_suffix(" ops")) {
-                    *ops.lock().unwrap() = n.parse().ok();
-                }
-                if let Some(n) = line.strip_prefix("bodies alice: ").and_then(|r| r.strip_suffix(" missing")) {
-                    *missing.lock().unwrap() = n.parse().ok();
-                }
-                if let Some(a) = line.strip_prefix("lmtp: listening on ") {
-                    *lmtp.lock().unwrap() = a.rsplit(':').next().and_then(|p| p.parse().ok());
-                }
-                if line.starts_with("peers: listening") {
-                    let _ = up_tx.send(());
-                }
-            }
-        });
-        up_rx.recv_timeout(Duration::from_secs(20)).expect("node came up");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            c.wait().unwrap();
-        }
-    }
-
-    fn dump(&self) -> String {
-        run(&self.dir, &["dump", "alice"])
-    }
-
-    fn import(&self, root: &Path, tag: &str, n: usize) {
-        let md = root.join(format!("maildir-{tag}"));
-        for sub in ["cur", "new", "tmp"] {
-            std::fs::create_dir_all(md.join(sub)).unwrap();
-        }
-        for i in 0..n {
-            std::fs::write(md.join(format!("cur/{i}.{tag}.host:2,S")), format!("Subject: {tag} {i}\n\nbody\n"))
-                .unwrap();
-        }
-        run(&self.dir, &["import", "maildir", "alice", md.to_str().unwrap()]);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Waits until the running nodes report the same op count, and no missing
-/// body, for a while.
-fn converge(nodes: &[&Node]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stable_since: Option<(Instant, Vec<Option<u64>>)> = None;
-    while Instant::now() < deadline {
-        let now: Vec<Option<u64>> = nodes.iter().map(|n| *n.ops.lock().unwrap()).collect();
-        let bodies_here = nodes.iter().all(|n| *n.missing.lock().unwrap() == Some(0));
-        let same = bodies_here && now.iter().all(|o| o.is_some() && *o == now[0]);
-        match &stable_since {
-            Some((t, v)) if same && *v == now && t.elapsed() > Duration::from_millis(700) => return,
-            Some((_, v)) if same && *v == now => {}
-            _ => stable_since = same.then(|| (Instant::now(), now.clone())),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no convergence: {:?}", nodes.iter().map(|n| *n.ops.lock().unwrap()).collect::<Vec<_>>());
-}
-
-/// Nodes a, b and c under `root`, each pinning the other two.
-fn three_pinned(root: &Path) -> [Node; 3] {
-    let nodes = ["a", "b", "c"].map(|n| Node::new(root, n));
-    for (i, x) in nodes.iter().enumerate() {
-        for y in nodes.iter().skip(i + 1) {
-            x.pin(y);
-            y.pin(x);
-        }
-    }
-    nodes
-}
-
-fn messages(dump: &str) -> usize {
-    dump.lines().filter(|l| l.starts_with("  ")).count()
-}
 
 #[test]
 fn three_processes_converge_and_a_stopped_node_catches_up() {
@@ -264,18 +114,6 @@ fn a_peer_authorized_for_one_account_cannot_touch_another() {
     assert_eq!(messages(&bob_a), 1, "{bob_a}");
     assert_eq!(messages(&bob_b), 1, "{bob_b}");
     assert_ne!(bob_a, bob_b, "bob was not exchanged either way");
-}
-
-/// Waits until `f` holds, or fails with `what`.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// While all three run: a flag set on A through its control socket (the

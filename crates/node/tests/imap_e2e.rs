@@ -1,0 +1,212 @@
+//! IMAP against real `starling serve` processes: real clients (Python's
+//! imaplib covering every command, mbsync syncing a Maildir both ways) and
+//! two replicating nodes where a client idling on one sees what a client
+//! on the other does.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A minimal IMAP client over TCP: enough to drive and observe the server.
+struct Imap {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Imap {
+    fn connect(port: u16) -> Imap {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Imap { r: BufReader::new(s.try_clone().unwrap()), w: s };
+        let greeting = c.line().unwrap();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        c
+    }
+
+    /// One response line, with any literal it announces read into it.
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        if self.r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        while let Some(n) = line.trim_end().strip_suffix('}').and_then(|l| l.rsplit_once('{')).and_then(|(_, n)| n.parse::<usize>().ok()) {
+            let mut lit = vec![0; n];
+            self.r.read_exact(&mut lit).unwrap();
+            line.push_str(&String::from_utf8_lossy(&lit));
+            let mut more = String::new();
+            self.r.read_line(&mut more).unwrap();
+            line.push_str(&more);
+        }
+        Some(line)
+    }
+
+    /// Sends a command; returns every line up to its tagged answer, which must be OK.
+    fn ok(&mut self, tag: &str, command: &str) -> String {
+        write!(self.w, "{tag} {command}\r\n").unwrap();
+        let mut out = String::new();
+        loop {
+            let l = self.line().expect("server answered");
+            out.push_str(&l);
+            if l.starts_with(&format!("{tag} ")) {
+                assert!(l.starts_with(&format!("{tag} OK")), "{command} → {out}");
+                return out;
+            }
+        }
+    }
+
+    fn append(&mut self, tag: &str, mailbox: &str, msg: &str) -> String {
+        write!(self.w, "{tag} APPEND {mailbox} {{{}+}}\r\n{msg}\r\n", msg.len()).unwrap();
+        let mut out = String::new();
+        loop {
+            let l = self.line().unwrap();
+            out.push_str(&l);
+            if l.starts_with(&format!("{tag} ")) {
+                assert!(l.contains("OK"), "{out}");
+                return out;
+            }
+        }
+    }
+}
+
+fn passwd(node: &Node, password: &str) {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(["account", "passwd", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn imap_port(node: &Node) -> u16 {
+    node.imap.lock().unwrap().expect("IMAP port printed")
+}
+
+const MSG1: &str = "From: ann@example.com\r\nSubject: one\r\n\r\nfirst\r\n";
+const MSG2: &str = "From: ann@example.com\r\nSubject: two\r\n\r\nsecond\r\n";
+
+/// A client IDLEs on B; a client on A flags a message and appends one; the
+/// idling client hears FETCH and EXISTS, and a QRESYNC reselect on B reports
+/// exactly those changes.
+#[test]
+fn a_client_idling_on_one_node_sees_changes_made_on_another() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    a.pin(&b);
+    b.pin(&a);
+    passwd(&a, "pw-a");
+    passwd(&b, "pw-b");
+    a.start();
+    b.start();
+    let mut ca = Imap::connect(imap_port(&a));
+    ca.ok("a1", "LOGIN alice pw-a");
+    ca.append("a2", "INBOX", MSG1);
+    wait_for("the message on B", || messages(&b.dump()) == 1);
+
+    let mut cb = Imap::connect(imap_port(&b));
+    cb.ok("b1", "LOGIN alice pw-b");
+    cb.ok("b2", "ENABLE QRESYNC");
+    let sel = cb.ok("b3", "SELECT INBOX");
+    assert!(sel.contains("* 1 EXISTS"), "{sel}");
+    let field = |s: &str, k: &str| -> u64 { s.split(k).nth(1).unwrap().split(']').next().unwrap().parse().unwrap() };
+    let (validity, modseq) = (field(&sel, "[UIDVALIDITY "), field(&sel, "[HIGHESTMODSEQ "));
+    write!(cb.w, "b4 IDLE\r\n").unwrap();
+    assert!(cb.line().unwrap().starts_with("+ "));
+
+    ca.ok("a3", "SELECT INBOX");
+    ca.ok("a4", "STORE 1 +FLAGS (\\Flagged)");
+    ca.append("a5", "INBOX", MSG2);
+
+    let (mut fetch, mut exists) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(fetch && exists) && Instant::now() < deadline {
+        let l = cb.line().expect("IDLE update");
+        fetch |= l.starts_with("* 1 FETCH (") && l.contains("\\Flagged");
+        exists |= l.starts_with("* 2 EXISTS");
+    }
+    assert!(fetch && exists, "IDLE on B heard the flag ({fetch}) and the new message ({exists})");
+    write!(cb.w, "DONE\r\n").unwrap();
+    assert!(cb.line().unwrap().starts_with("b4 OK"));
+
+    let mut cq = Imap::connect(imap_port(&b));
+    cq.ok("q1", "LOGIN alice pw-b");
+    cq.ok("q2", "ENABLE QRESYNC");
+    let re = cq.ok("q3", &format!("SELECT INBOX (QRESYNC ({validity} {modseq}))"));
+    let fetches: Vec<&str> = re.lines().filter(|l| l.contains(" FETCH (")).collect();
+    assert_eq!(fetches.len(), 2, "exactly the flagged and the new message: {re}");
+    assert!(fetches.iter().any(|l| l.contains("UID 1 ") && l.contains("\\Flagged")), "{re}");
+    assert!(fetches.iter().any(|l| l.contains("UID 2 ")), "{re}");
+    assert!(!re.contains("VANISHED"), "nothing was expunged: {re}");
+}
+
+fn python_ok(script: &Path, args: &[String]) {
+    let o = Command::new("python3").arg(script).args(args).output().expect("python3 runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{out}\n{}", script.display(), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("ok "), "the script ran checks: {out}");
+}
+
+fn one_node(root: &Path) -> Node {
+    let mut n = Node::new(root, "solo");
+    passwd(&n, "secret");
+    n.start();
+    n
+}
+
+fn tls_port(node: &Node) -> u16 {
+    node.imaps.lock().unwrap().expect("IMAPS port printed")
+}
+
+/// Python's imaplib through every command the server implements.
+#[test]
+fn imaplib_covers_every_command() {
+    let root = tempfile::tempdir().unwrap();
+    let n = one_node(root.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/imaplib_all.py");
+    let args = [
+        "--host".to_string(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        imap_port(&n).to_string(),
+        "--tls-port".into(),
+        tls_port(&n).to_string(),
+        "--user".into(),
+        "alice".into(),
+        "--password".into(),
+        "secret".into(),
+    ];
+    python_ok(&script, &args);
+}
+
+/// mbsync (isync) syncs a server mailbox to a local Maildir and back, flags included.
+#[test]
+fn mbsync_round_trip() {
+    if Command::new("mbsync").arg("--version").output().is_err() {
+        panic!("mbsync is not installed: `apt-get install isync` (.ci/run installs it)");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let n = one_node(root.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/mbsync_roundtrip.sh");
+    let work = root.path().join("mbsync");
+    std::fs::create_dir_all(&work).unwrap();
+    let o = Command::new("bash")
+        .arg(script)
+        .args(["127.0.0.1", &imap_port(&n).to_string(), "alice", "secret", work.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
