@@ -54,9 +54,13 @@ pub struct Args {
     /// if the mailbox has fewer).
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
-    /// Timed SELECTs of `bench-100k` (after one warm-up).
+    /// Timed SELECTs of `bench-100k`.
     #[arg(long, default_value_t = 5)]
     selects: usize,
+    /// Untimed SELECTs of `bench-100k` before them, on another connection;
+    /// INBOX gets as many before the memory step.
+    #[arg(long, default_value_t = 1)]
+    select_warm_ups: usize,
     /// Steps to run.
     #[arg(long, value_delimiter = ',', default_value = "append,fetch,store,select,idle")]
     steps: Vec<Step>,
@@ -145,7 +149,7 @@ fn bench(args: &Args) -> Res<()> {
         }
     }
     if want(Step::Select) {
-        out(select(&mut c, args.selects)?);
+        out(select(&mut c, args)?);
     }
     if want(Step::Idle) {
         out(idle(args)?);
@@ -238,42 +242,29 @@ fn store(c: &mut Conn, n: usize) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
-fn select(c: &mut Conn, runs: usize) -> Res<Row> {
+/// Times SELECT of `bench-100k` on `c`, after warm-ups on a connection of
+/// their own (Dovecot builds its index of a Maildir at the first SELECT).
+fn select(c: &mut Conn, args: &Args) -> Res<Row> {
     let cmd = format!("SELECT {} (CONDSTORE)", quote(SELECT_BOX));
     let mut exists = 0u64;
     let mut modseq = None;
+    let warm_ups = warm_up(args, &cmd, args.select_warm_ups)?;
     let mut times = Vec::new();
-    let mut warm_up = 0.0;
-    for i in 0..=runs {
-        let t = Instant::now();
-        c.run(&cmd, |l| {
+    for _ in 0..args.selects {
+        times.push(select_once(c, &cmd, |l| {
             if let Some(n) = untagged_number(l, "EXISTS") {
                 exists = n;
             }
             modseq = modseq.or(code_number(l, "HIGHESTMODSEQ"));
-        })?;
-        if i > 0 {
-            times.push(t.elapsed());
-        } else {
-            warm_up = t.elapsed().as_secs_f64();
-        }
-        // Leave the mailbox so the next SELECT opens it afresh.
-        if c.has("UNSELECT") {
-            c.run("UNSELECT", |_| {})?;
-        }
-        if i == 0 {
-            // Dovecot rescans a Maildir whose directory changed within the
-            // last second or so (mtime granularity), and the first SELECT
-            // moves new/ to cur/: measure a mailbox not changed just now.
-            std::thread::sleep(Duration::from_secs(3));
-        }
+        })?);
     }
     if modseq.is_none() {
         return Err(format!("{cmd}: no HIGHESTMODSEQ in the answer (CONDSTORE not enabled?)"));
     }
-    times.sort();
-    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
-    let median = ms(&times[times.len() / 2]);
+    let list = |t: &[f64]| t.iter().map(|ms| format!("{ms:.2} ms")).collect::<Vec<_>>().join(", ");
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
     Ok(Row {
         key: "select",
         what: format!("{cmd}, {exists} messages"),
@@ -282,17 +273,39 @@ fn select(c: &mut Conn, runs: usize) -> Res<Row> {
         better: "lower",
         result: format!("{median:.2} ms median"),
         detail: format!(
-            "{} runs: {:.2}–{:.2} ms; first SELECT (warm-up) {:.1} ms",
-            times.len(),
-            ms(&times[0]),
-            ms(&times[times.len() - 1]),
-            warm_up * 1e3
+            "runs in order: {}; before them, on another connection, warm-up: {}",
+            list(&times),
+            if warm_ups.is_empty() { "none".into() } else { list(&warm_ups) }
         ),
     })
 }
 
+/// Times one SELECT (or EXAMINE) on `c`, then leaves the mailbox so that the
+/// next one opens it afresh.
+fn select_once(c: &mut Conn, cmd: &str, untagged: impl FnMut(&[u8])) -> Res<f64> {
+    let t = Instant::now();
+    c.run(cmd, untagged)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if c.has("UNSELECT") {
+        c.run("UNSELECT", |_| {})?;
+    }
+    Ok(ms)
+}
+
+/// `n` SELECTs on a connection of their own, then LOGOUT and a pause for the
+/// connection's process to be gone.
+fn warm_up(args: &Args, cmd: &str, n: usize) -> Res<Vec<f64>> {
+    let mut c = Conn::login(&args.addr, &args.user, &args.password)?;
+    let times = (0..n).map(|_| select_once(&mut c, cmd, |_| {})).collect::<Res<Vec<_>>>()?;
+    c.logout();
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(times)
+}
+
 fn idle(args: &Args) -> Res<Row> {
     let procs = || server_processes(&args.server_pids, args.server_pattern.as_deref());
+    // Whatever the server does once per mailbox is done before counting.
+    warm_up(args, "SELECT INBOX", args.select_warm_ups)?;
     let (before, nbefore) = pss_kib(&procs()?)?;
     let n = args.idle_connections;
     let mut conns = Vec::with_capacity(n);
@@ -506,7 +519,9 @@ impl Conn {
             return Err(format!("{addr}: greeting is not OK: {}", shown(&c.buf)));
         }
         c.greeting = shown(&c.buf);
-        c.run(&format!("LOGIN {} {}", quote(user), quote(password)), |_| {})?;
+        let tag = c.next_tag();
+        c.send(format!("{tag} LOGIN {} {}\r\n", quote(user), quote(password)).as_bytes())?;
+        c.finish(&tag, &format!("LOGIN {} (password)", quote(user)), |_| {})?;
         let mut caps = HashSet::new();
         c.run("CAPABILITY", |l| {
             if let Some(rest) = std::str::from_utf8(l).ok().and_then(|s| s.strip_prefix("* CAPABILITY ")) {

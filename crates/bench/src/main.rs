@@ -101,7 +101,7 @@ enum What {
     /// An IMAP server over plain TCP (LOGIN), from outside: APPEND throughput,
     /// FETCH of 10,000 headers, STORE of 10,000 flags, SELECT of a
     /// 100,000-message mailbox with CONDSTORE, memory per idle connection.
-    Imap(imap::Args),
+    Imap(Box<imap::Args>),
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -117,6 +117,6 @@ fn main() {
         What::OpenProbe { path } => store::open_probe(&path),
         What::Sync { maildir, dir } => sync::run(&maildir, dir),
         What::Net { maildir, starling } => net::run(&maildir, starling),
-        What::Imap(args) => imap::run(args),
+        What::Imap(args) => imap::run(*args),
     }
 }

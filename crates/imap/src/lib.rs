@@ -16,7 +16,6 @@
 
 pub mod auth;
 pub mod extended;
-#[path = "/tmp/mime_stub.rs"]
 pub mod mime;
 mod selected;
 pub mod server;

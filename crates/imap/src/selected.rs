@@ -25,6 +25,8 @@ pub(crate) struct Selected {
     pub msgs: Vec<(u32, u64)>,
     /// HIGHESTMODSEQ of the mailbox when last looked at.
     pub modseq: u64,
+    /// UIDs \Recent in this session (sorted).
+    pub recent: Vec<u32>,
 }
 
 impl Selected {
@@ -96,8 +98,11 @@ pub(crate) fn set_string(numbers: &[u32]) -> String {
     out
 }
 
-fn flags_string(flags: &[Keyword]) -> String {
-    let names: Vec<String> = flags.iter().map(|k| k.to_string()).collect();
+fn flags_string(flags: &[Keyword], recent: bool) -> String {
+    let mut names: Vec<String> = flags.iter().map(|k| k.to_string()).collect();
+    if recent {
+        names.push("\\Recent".into());
+    }
     format!("({})", names.join(" "))
 }
 
@@ -216,10 +221,15 @@ impl Session {
                 }
             }
         }
+        let floor = self.recent_floor(id, None)?;
         self.announce(id)?;
         let reader = self.reader()?;
         let status = reader.status(id)?;
         let infos = reader.messages(id, 1, usize::MAX)?;
+        let recent: Vec<u32> = infos.iter().map(|m| m.uid).filter(|&u| u >= floor).collect();
+        if let (false, Some(&last)) = (read_only, recent.last()) {
+            self.recent_floor(id, Some(last))?;
+        }
         let first_unseen = infos.iter().position(|m| !m.flags.contains(&Keyword::Seen));
         let mut keywords: BTreeSet<String> =
             ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect();
@@ -229,7 +239,7 @@ impl Session {
         self.untagged(&format!("OK [PERMANENTFLAGS ({} \\*)] flags permitted", keywords.join(" ")));
         self.untagged(&format!("{} EXISTS", infos.len()));
         if !self.enabled.rev2 {
-            self.untagged("0 RECENT");
+            self.untagged(&format!("{} RECENT", recent.len()));
         }
         if let Some(i) = first_unseen {
             if !self.enabled.rev2 {
@@ -242,7 +252,10 @@ impl Session {
         if let Some((validity, since, known)) = qresync {
             if validity == status.uid_validity {
                 let known_ranges = match &known {
-                    Some(set) => Some(Selected { id, read_only, msgs: Vec::new(), modseq: 0 }.uid_ranges(set, true)?),
+                    Some(set) => {
+                        let empty = Selected { id, read_only, msgs: Vec::new(), modseq: 0, recent: Vec::new() };
+                        Some(empty.uid_ranges(set, true)?)
+                    }
                     None => None,
                 };
                 let in_known =
@@ -259,7 +272,7 @@ impl Session {
                             "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",
                             i + 1,
                             m.uid,
-                            flags_string(&m.flags),
+                            flags_string(&m.flags, recent.binary_search(&m.uid).is_ok()),
                             m.modseq
                         ));
                     }
@@ -271,6 +284,7 @@ impl Session {
             read_only,
             msgs: infos.iter().map(|m| (m.uid, m.modseq)).collect(),
             modseq: status.highest_modseq,
+            recent,
         });
         Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into())
     }
@@ -341,7 +355,9 @@ impl Session {
                     if sel.msgs[i].1 != m.modseq {
                         sel.msgs[i].1 = m.modseq;
                         let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-                        lines.push(format!("{} FETCH (UID {} FLAGS {}{modseq})", i + 1, m.uid, flags_string(&m.flags)));
+                        let recent = sel.recent.binary_search(&m.uid).is_ok();
+                        let flags = flags_string(&m.flags, recent);
+                        lines.push(format!("{} FETCH (UID {} FLAGS {flags}{modseq})", i + 1, m.uid));
                     }
                 }
                 None if m.uid > sel.max_uid() => sel.msgs.push((m.uid, m.modseq)),
@@ -351,8 +367,16 @@ impl Session {
             }
         }
         let exists = (sel.msgs.len() != before).then_some(sel.msgs.len());
+        let new: Vec<u32> = sel.msgs[before..].iter().map(|m| m.0).collect();
+        let read_only = sel.read_only;
         sel.modseq = status.highest_modseq;
         self.changed = false;
+        if let Some(&last) = new.last() {
+            // The first session told of new messages sees them \Recent.
+            let floor = self.recent_floor(id, (!read_only).then_some(last))?;
+            let sel = self.selected.as_mut().expect("selected");
+            sel.recent.extend(new.into_iter().filter(|&u| u >= floor && !read_only));
+        }
         for l in lines {
             self.untagged(&l);
         }
@@ -500,7 +524,8 @@ impl Session {
                 match item {
                     MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
                     MessageDataItemName::Flags => {
-                        out.extend_from_slice(format!("FLAGS {}", flags_string(&m.flags)).as_bytes())
+                        let recent = self.selected.as_ref().is_some_and(|s| s.recent.binary_search(&m.uid).is_ok());
+                        out.extend_from_slice(format!("FLAGS {}", flags_string(&m.flags, recent)).as_bytes())
                     }
                     MessageDataItemName::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
                     MessageDataItemName::InternalDate => out.extend_from_slice(
@@ -637,7 +662,8 @@ impl Session {
             }
             let uid_item = if uid { format!("UID {} ", m.uid) } else { String::new() };
             let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-            let flags = if silent { String::new() } else { format!("FLAGS {}", flags_string(&m.flags)) };
+            let recent = sel.recent.binary_search(&m.uid).is_ok();
+            let flags = if silent { String::new() } else { format!("FLAGS {}", flags_string(&m.flags, recent)) };
             let body = format!("{uid_item}{flags}{modseq}");
             self.untagged(&format!("{seq} FETCH ({})", body.trim()));
         }
@@ -661,6 +687,7 @@ impl Session {
         let targets = self.targets(&reader, set, uid)?;
         let validity = reader.status(dest)?.uid_validity;
         drop(reader);
+        self.recent_floor(dest, None)?;
         if targets.is_empty() {
             return Ok(format!("{} completed (nothing)", if is_move { "MOVE" } else { "COPY" }));
         }
@@ -727,6 +754,7 @@ impl Session {
         };
         let validity = reader.status(id)?.uid_validity;
         drop(reader);
+        self.recent_floor(id, None)?;
         let flags = keywords(flags)?;
         let date = date.map_or_else(
             || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
@@ -841,6 +869,10 @@ impl Candidate<'_> {
         self.raw.as_deref().unwrap_or_default()
     }
 
+    fn recent(&self) -> bool {
+        self.sel.recent.binary_search(&self.info.uid).is_ok()
+    }
+
     fn has(&self, k: Keyword) -> bool {
         self.info.flags.contains(&k)
     }
@@ -875,9 +907,9 @@ impl Candidate<'_> {
             SearchKey::Unflagged => !self.has(Keyword::Flagged),
             SearchKey::Seen => self.has(Keyword::Seen),
             SearchKey::Unseen => !self.has(Keyword::Seen),
-            // \Recent is never set: no message is new to this session.
-            SearchKey::Recent | SearchKey::New => false,
-            SearchKey::Old => true,
+            SearchKey::Recent => self.recent(),
+            SearchKey::New => self.recent() && !self.has(Keyword::Seen),
+            SearchKey::Old => !self.recent(),
             SearchKey::Keyword(k) => Keyword::parse(k.as_ref()).is_ok_and(|k| self.has(k)),
             SearchKey::Unkeyword(k) => !Keyword::parse(k.as_ref()).is_ok_and(|k| self.has(k)),
             SearchKey::Larger(n) => self.envelope().is_some_and(|e| e.size > *n as u64),

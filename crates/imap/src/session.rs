@@ -56,12 +56,23 @@ pub struct Shared {
     /// and other sessions hear of it).
     notify: Box<dyn Fn(&str) + Send + Sync>,
     logins: Mutex<HashMap<String, usize>>,
+    /// Per mailbox, the lowest UID no session has been told of yet: messages
+    /// at or above it are \Recent to the next session that selects it. Per
+    /// node and in memory (\Recent is per session, never replicated); it
+    /// starts at the replica's announced UIDNEXT, which is persisted.
+    recent: Mutex<HashMap<(String, MailboxId), u32>>,
 }
 
 impl Shared {
     /// Shared state for the sessions of one server.
     pub fn new(store: Arc<Store>, config: Config, notify: impl Fn(&str) + Send + Sync + 'static) -> Arc<Shared> {
-        Arc::new(Shared { store, config, notify: Box::new(notify), logins: Mutex::default() })
+        Arc::new(Shared {
+            store,
+            config,
+            notify: Box::new(notify),
+            logins: Mutex::default(),
+            recent: Mutex::default(),
+        })
     }
 }
 
@@ -747,6 +758,7 @@ impl Session {
 
     /// `* STATUS name (…)` for a mailbox; `name` is already in IMAP syntax.
     fn status_lines(&mut self, id: MailboxId, name: &str, items: &[StatusDataItemName]) -> Result<(), Fail> {
+        self.recent_floor(id, None)?;
         if items.contains(&StatusDataItemName::UidNext) {
             self.announce(id)?;
         }
@@ -756,7 +768,10 @@ impl Session {
         for item in items {
             let part = match item {
                 StatusDataItemName::Messages => format!("MESSAGES {}", status.messages),
-                StatusDataItemName::Recent => "RECENT 0".into(),
+                StatusDataItemName::Recent => {
+                    let floor = self.recent_floor(id, None)?;
+                    format!("RECENT {}", reader.messages(id, floor, usize::MAX)?.len())
+                }
                 StatusDataItemName::UidNext => format!("UIDNEXT {}", status.uid_next),
                 StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", status.uid_validity),
                 StatusDataItemName::Unseen => {
@@ -782,6 +797,19 @@ impl Session {
         }
         self.untagged(&format!("STATUS {name} ({})", parts.join(" ")));
         Ok(())
+    }
+
+    /// The \Recent floor of a mailbox (see [`Shared`]); `claim` moves it
+    /// past `above` (this session is told of those messages first).
+    pub(crate) fn recent_floor(&self, id: MailboxId, claim: Option<u32>) -> Result<u32, Fail> {
+        let account = self.account_name().to_string();
+        let mut map = self.shared.recent.lock().expect("recent floors");
+        let floor = match map.get(&(account.clone(), id)) {
+            Some(f) => *f,
+            None => self.shared.store.announced_uid_next(&account, id)?,
+        };
+        map.insert((account, id), claim.map_or(floor, |c| floor.max(c + 1)));
+        Ok(floor)
     }
 
     /// Records that clients were shown this mailbox's UIDNEXT (invariant U1:

@@ -126,7 +126,7 @@ fn a_session_from_login_to_logout() {
     let out = c.ok("c6 FETCH 1 BODY[TEXT]");
     assert!(out.contains("\\Seen"), "BODY[] sets \\Seen and reports it: {out}");
     let out = c.ok("c7 STORE 2 +FLAGS (\\Deleted $Work)");
-    assert!(out.contains("* 2 FETCH (FLAGS (\\Deleted $work) MODSEQ ("), "{out}");
+    assert!(out.contains("* 2 FETCH (FLAGS (\\Deleted $work \\Recent) MODSEQ ("), "{out}");
     let out = c.ok("c8 UID SEARCH FLAGGED");
     assert!(out.contains("* SEARCH 1\r\n"), "{out}");
     let out = c.ok("c9 SEARCH RETURN (MIN MAX COUNT) ALL");

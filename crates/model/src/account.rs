@@ -209,7 +209,7 @@ impl AccountDoc {
         if let Some(u) = special_use {
             put(&mut self.doc, field(id, "special"), u.as_str().into());
         }
-        put(&mut self.doc, field(id, "sub"), format!("+{}", id.to_key()).into());
+        // Not subscribed: CREATE does not subscribe (clients SUBSCRIBE).
         Ok(self.commit())
     }
 

@@ -705,10 +705,20 @@ impl Store {
     /// Whether a mailbox's UIDNEXT moved since this replica last announced
     /// it to clients (so an announce op is due). In memory: no transaction.
     pub fn announce_due(&self, account: &str, mailbox: MailboxId) -> Result<bool, StoreError> {
+        Ok(self.announced_uid_next(account, mailbox)? < self.uid_next(account, mailbox)?)
+    }
+
+    /// The UIDNEXT this replica last announced to clients for a mailbox (1 if never).
+    pub fn announced_uid_next(&self, account: &str, mailbox: MailboxId) -> Result<u32, StoreError> {
         let accounts = self.accounts.lock().expect("accounts lock");
         let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
-        let r = &acct.replica;
-        Ok(r.uid_next(mailbox).is_some_and(|next| next > r.announced_uid_next(mailbox)))
+        Ok(acct.replica.announced_uid_next(mailbox))
+    }
+
+    fn uid_next(&self, account: &str, mailbox: MailboxId) -> Result<u32, StoreError> {
+        let accounts = self.accounts.lock().expect("accounts lock");
+        let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
+        Ok(acct.replica.uid_next(mailbox).unwrap_or(1))
     }
 
     /// What the account has applied.

@@ -26,11 +26,22 @@ Assertions are on RFC-mandated behaviour (RFC 3501, 2177, 2342, 2971, 4315,
 server's human-readable text.  A few places rely on a SHOULD that every
 mainstream server implements; they are marked "SHOULD" in a comment.
 
-Validated against Dovecot 2.3.19 (see the reply that came with this file for
-where it deviates).  Dovecot notes:
-  * Dovecot has no message size limit unless configured; the oversized-literal
-    check needs one (quota plugin: quota_max_mail_size).  With it, Dovecot
-    answers NO [LIMIT] without a continuation.
+Validated against Dovecot 2.3.19 imapd (maildir, LAYOUT=fs, "/" separator):
+all checks pass there.  Where Dovecot is lenient or needs configuration:
+  * append_oversize_literal: Dovecot has no message size limit by default and
+    answers "+ OK" to {999999999}; with the quota plugin's
+    quota_max_mail_size it answers NO [LIMIT] without a continuation.  The
+    size used is APPENDLIMIT+1 when the server advertises APPENDLIMIT=n.
+  * examine: Dovecot answers STORE in a read-only mailbox with "OK Store
+    ignored" instead of NO; accepted because nothing changes (checked).
+  * STATUS on the selected mailbox: Dovecot answers from the session's stale
+    view ([CLIENTBUG]); the checks UNSELECT before such a STATUS.
+  * starttls_no_command_injection: Dovecot treats the pipelined plaintext as
+    TLS input and drops the connection: accepted (nothing was executed).
+  * QRESYNC with known-uids: Dovecot only reports FETCH for known UIDs, so
+    only VANISHED is asserted in that variant.
+  * Dovecot accepts "STORE 1 +FLAGS" with no flag (grammar needs one); that
+    input is not among the BAD checks.
 """
 
 import argparse
@@ -42,7 +53,6 @@ import imaplib
 import queue
 import random
 import re
-import socket
 import ssl
 import sys
 import threading

@@ -70,7 +70,15 @@ def q(s):
 def conn():
     m = imaplib.IMAP4(H, P, timeout=30)
     m.login(U, PW)
+    typ, dat = m.capability()  # post-login capabilities
+    m.caps = set(dat[0].decode().upper().split()) if typ == "OK" and dat and dat[0] else set()
     return m
+
+
+def leave(m):
+    """Deselect without expunging anything else the user has marked \\Deleted."""
+    if "UNSELECT" in m.caps:
+        m.unselect()
 
 
 def folder(m):
@@ -142,7 +150,7 @@ def main():
         one = find(m, "INBOX", 1)
         if len(one) != 1 or list(one.values())[0] != {"\\flagged"}:
             die("message 1 on the server changed: %s" % one)
-        m.close()
+        leave(m)
     elif cmd == "expunge":
         four = find(m, box, 4)
         if len(four) != 1:
@@ -158,15 +166,17 @@ def main():
             die("message 4 still on the server after EXPUNGE")
         m.close()
     elif cmd == "cleanup":
+        # only this run's messages leave INBOX (UID EXPUNGE, never a bare EXPUNGE)
         m.select("INBOX")
         for n in (1, 2, 5):
             typ, dat = m.uid("SEARCH", "HEADER", "Message-ID", q(msgid(n)[1:-1]))
             for uid in (dat[0] or b"").split():
                 m.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")
-                m.uid("EXPUNGE", uid) if "UIDPLUS" in m.capabilities else None
-        if "UIDPLUS" not in m.capabilities:
-            print("warning: no UIDPLUS; test messages left \\Deleted in INBOX", file=sys.stderr)
-        m.close()
+                if "UIDPLUS" in m.caps:
+                    m.uid("EXPUNGE", uid)
+        if "UIDPLUS" not in m.caps:
+            print("warning: no UIDPLUS: this run's messages are left \\Deleted in INBOX", file=sys.stderr)
+        leave(m)
         m.delete(q(box))
     else:
         die("unknown helper command " + cmd)
