@@ -50,7 +50,7 @@ fn paren_list(s: &[u8]) -> Option<(Vec<String>, usize)> {
                 if depth == 0 {
                     let inner = std::str::from_utf8(&s[1..i]).ok()?;
                     let tokens = inner
-                        .split(|c: char| c == ' ' || c == '(' || c == ')')
+                        .split([' ', '(', ')'])
                         .filter(|t| !t.is_empty())
                         .map(|t| t.to_ascii_uppercase())
                         .collect();

@@ -5,8 +5,8 @@
 use crate::mime;
 use crate::session::{Done, Fail, Session};
 use crate::wire;
-use imap_codec::imap_types::command::{SelectParameter, StoreModifier};
 use imap_codec::imap_types::command::FetchModifier;
+use imap_codec::imap_types::command::{SelectParameter, StoreModifier};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
@@ -161,7 +161,9 @@ fn header_only(item: &MessageDataItemName<'_>) -> bool {
         MessageDataItemName::Envelope | MessageDataItemName::Rfc822Header => true,
         MessageDataItemName::BodyExt { section, .. } => matches!(
             section,
-            Some(Section::Header(None)) | Some(Section::HeaderFields(None, _)) | Some(Section::HeaderFieldsNot(None, _))
+            Some(Section::Header(None))
+                | Some(Section::HeaderFields(None, _))
+                | Some(Section::HeaderFieldsNot(None, _))
         ),
         _ => false,
     }
@@ -181,7 +183,9 @@ fn needs_body(item: &MessageDataItemName<'_>) -> bool {
 fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
     matches!(
         item,
-        MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text
+        MessageDataItemName::BodyExt { peek: false, .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
     )
 }
 
@@ -260,7 +264,8 @@ impl Session {
                 };
                 let in_known =
                     |u: u32| known_ranges.as_ref().is_none_or(|r| r.iter().any(|&(lo, hi)| lo <= u && u <= hi));
-                let vanished: Vec<u32> = reader.vanished_since(id, since)?.into_iter().filter(|&u| in_known(u)).collect();
+                let vanished: Vec<u32> =
+                    reader.vanished_since(id, since)?.into_iter().filter(|&u| in_known(u)).collect();
                 if !vanished.is_empty() {
                     self.untagged(&format!("VANISHED (EARLIER) {}", set_string(&vanished)));
                 }
@@ -351,15 +356,14 @@ impl Session {
         let before = sel.msgs.len();
         for m in &changed {
             match sel.seq_of(m.uid) {
-                Some(i) => {
-                    if sel.msgs[i].1 != m.modseq {
-                        sel.msgs[i].1 = m.modseq;
-                        let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-                        let recent = sel.recent.binary_search(&m.uid).is_ok();
-                        let flags = flags_string(&m.flags, recent);
-                        lines.push(format!("{} FETCH (UID {} FLAGS {flags}{modseq})", i + 1, m.uid));
-                    }
+                Some(i) if sel.msgs[i].1 != m.modseq => {
+                    sel.msgs[i].1 = m.modseq;
+                    let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
+                    let recent = sel.recent.binary_search(&m.uid).is_ok();
+                    let flags = flags_string(&m.flags, recent);
+                    lines.push(format!("{} FETCH (UID {} FLAGS {flags}{modseq})", i + 1, m.uid));
                 }
+                Some(_) => {}
                 None if m.uid > sel.max_uid() => sel.msgs.push((m.uid, m.modseq)),
                 // Below a UID already shown: U1 says this cannot happen at a
                 // replica that announced; keep the numbering valid anyway.
@@ -507,9 +511,9 @@ impl Session {
             };
             let env = match &body {
                 Some((env, _)) => Some(*env),
-                None if items.iter().any(|i| {
-                    matches!(i, MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size)
-                }) =>
+                None if items
+                    .iter()
+                    .any(|i| matches!(i, MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size)) =>
                 {
                     reader.envelope(m.message)?
                 }
@@ -741,13 +745,7 @@ impl Session {
         Ok(format!("{}EXPUNGE completed", if only.is_some() { "UID " } else { "" }))
     }
 
-    pub(crate) fn append(
-        &mut self,
-        mailbox: &str,
-        flags: &[Flag<'_>],
-        date: Option<&DateTime>,
-        raw: &[u8],
-    ) -> Done {
+    pub(crate) fn append(&mut self, mailbox: &str, flags: &[Flag<'_>], date: Option<&DateTime>, raw: &[u8]) -> Done {
         let reader = self.reader()?;
         let Some(id) = Self::resolve(&reader, mailbox) else {
             return Err(Fail::No("[TRYCREATE] no such mailbox".into()));

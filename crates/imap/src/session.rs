@@ -37,12 +37,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            line_max: 64 * 1024,
-            literal_max: 64 << 20,
-            connections_per_account: 64,
-            plaintext_on_loopback: true,
-        }
+        Config { line_max: 64 * 1024, literal_max: 64 << 20, connections_per_account: 64, plaintext_on_loopback: true }
     }
 }
 
@@ -66,13 +61,7 @@ pub struct Shared {
 impl Shared {
     /// Shared state for the sessions of one server.
     pub fn new(store: Arc<Store>, config: Config, notify: impl Fn(&str) + Send + Sync + 'static) -> Arc<Shared> {
-        Arc::new(Shared {
-            store,
-            config,
-            notify: Box::new(notify),
-            logins: Mutex::default(),
-            recent: Mutex::default(),
-        })
+        Arc::new(Shared { store, config, notify: Box::new(notify), logins: Mutex::default(), recent: Mutex::default() })
     }
 }
 
@@ -283,7 +272,7 @@ impl Session {
         match std::mem::replace(&mut self.mode, Mode::Commands) {
             Mode::Commands => self.command_bytes(message),
             Mode::Idle(tag) => match IdleDoneCodec::default().decode(message) {
-                Ok((rest, _)) if rest.is_empty() => {
+                Ok((b"", _)) => {
                     self.updates(true);
                     self.tagged(tag.as_ref(), "OK", "IDLE terminated");
                 }
@@ -293,13 +282,11 @@ impl Session {
                 }
             },
             Mode::Authenticate(tag) => match AuthenticateDataCodec::default().decode(message) {
-                Ok((rest, AuthenticateData::Continue(data))) if rest.is_empty() => {
+                Ok((b"", AuthenticateData::Continue(data))) => {
                     let r = self.login_plain(data.declassify());
                     self.finish(tag.as_ref(), r);
                 }
-                Ok((rest, AuthenticateData::Cancel)) if rest.is_empty() => {
-                    self.tagged(tag.as_ref(), "BAD", "authentication cancelled")
-                }
+                Ok((b"", AuthenticateData::Cancel)) => self.tagged(tag.as_ref(), "BAD", "authentication cancelled"),
                 _ => {
                     self.tagged(tag.as_ref(), "BAD", "malformed authentication data");
                     self.error();
@@ -312,7 +299,7 @@ impl Session {
         let mut lifted = extended::lift(message).unwrap_or_default();
         let input = if lifted.command.is_empty() { message } else { &lifted.command[..] };
         match CommandCodec::default().decode(input) {
-            Ok((rest, command)) if rest.is_empty() => {
+            Ok((b"", command)) => {
                 self.errors = 0;
                 let (search_return, list_selection, list_return) = (
                     lifted.search_return.take(),
@@ -452,27 +439,27 @@ impl Session {
                         _ => {}
                     }
                 }
-                self.untagged(&format!("ENABLED {}", on.join(" ")).trim_end().to_string());
+                self.untagged(format!("ENABLED {}", on.join(" ")).trim_end());
                 Ok("ENABLE completed".into())
             }
             CommandBody::Namespace => {
                 self.untagged(&format!("NAMESPACE ((\"\" \"{DELIMITER}\")) NIL NIL"));
                 Ok("NAMESPACE completed".into())
             }
-            CommandBody::Select { mailbox, parameters } => {
-                self.select(&mailbox_name(&mailbox), false, &parameters)
-            }
-            CommandBody::Examine { mailbox, parameters } => {
-                self.select(&mailbox_name(&mailbox), true, &parameters)
-            }
+            CommandBody::Select { mailbox, parameters } => self.select(&mailbox_name(&mailbox), false, &parameters),
+            CommandBody::Examine { mailbox, parameters } => self.select(&mailbox_name(&mailbox), true, &parameters),
             CommandBody::Create { mailbox } => self.create(&mailbox_name(&mailbox)),
             CommandBody::Delete { mailbox } => self.delete(&mailbox_name(&mailbox)),
             CommandBody::Rename { from, to } => self.rename(&mailbox_name(&from), &mailbox_name(&to)),
             CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), true),
             CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), false),
-            CommandBody::List { reference, mailbox_wildcard } => {
-                self.list(&mailbox_name(&reference), &list_pattern(&mailbox_wildcard), &list_selection, &list_return, false)
-            }
+            CommandBody::List { reference, mailbox_wildcard } => self.list(
+                &mailbox_name(&reference),
+                &list_pattern(&mailbox_wildcard),
+                &list_selection,
+                &list_return,
+                false,
+            ),
             CommandBody::Lsub { reference, mailbox_wildcard } => self.list(
                 &mailbox_name(&reference),
                 &list_pattern(&mailbox_wildcard),
@@ -518,7 +505,9 @@ impl Session {
                 expunges_allowed = uid;
                 self.copy(&sequence_set, &mailbox_name(&mailbox), uid, false)
             }
-            CommandBody::Move { sequence_set, mailbox, uid } => self.copy(&sequence_set, &mailbox_name(&mailbox), uid, true),
+            CommandBody::Move { sequence_set, mailbox, uid } => {
+                self.copy(&sequence_set, &mailbox_name(&mailbox), uid, true)
+            }
             CommandBody::Idle => {
                 self.updates(true);
                 self.out.extend_from_slice(b"+ idling\r\n");
@@ -688,14 +677,7 @@ impl Session {
         Ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }.into())
     }
 
-    fn list(
-        &mut self,
-        reference: &str,
-        pattern: &str,
-        selection: &[String],
-        ret: &ListReturn,
-        lsub: bool,
-    ) -> Done {
+    fn list(&mut self, reference: &str, pattern: &str, selection: &[String], ret: &ListReturn, lsub: bool) -> Done {
         let verb = if lsub { "LSUB" } else { "LIST" };
         if pattern.is_empty() {
             self.untagged(&format!("{verb} (\\Noselect) \"{DELIMITER}\" \"\""));
@@ -708,7 +690,8 @@ impl Session {
         let tree = &reader.names().tree;
         let mut lines = Vec::new();
         for (name, id) in &tree.by_name {
-            let matched = if name == "INBOX" { list_match(&full.to_ascii_uppercase(), name) } else { list_match(&full, name) };
+            let matched =
+                if name == "INBOX" { list_match(&full.to_ascii_uppercase(), name) } else { list_match(&full, name) };
             if !matched {
                 continue;
             }
@@ -865,7 +848,9 @@ pub(crate) fn list_match(pattern: &str, name: &str) -> bool {
         }
     }
     // Patterns are short; bound the backtracking by refusing absurd ones.
-    pattern.len() <= 1024 && pattern.bytes().filter(|b| matches!(b, b'*' | b'%')).count() <= 16 && go(pattern.as_bytes(), name.as_bytes())
+    pattern.len() <= 1024
+        && pattern.bytes().filter(|b| matches!(b, b'*' | b'%')).count() <= 16
+        && go(pattern.as_bytes(), name.as_bytes())
 }
 
 #[cfg(test)]

@@ -37,9 +37,8 @@ pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
 /// Appends `s` as an astring: a bare atom when it is one, else a string.
 pub fn astring(out: &mut Vec<u8>, s: &[u8]) {
     let atom = !s.is_empty()
-        && s.iter().all(|&b| {
-            b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
-        });
+        && s.iter()
+            .all(|&b| b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']'));
     if atom {
         out.extend_from_slice(s);
     } else {

@@ -43,13 +43,18 @@ fn assert_responses(bytes: &[u8]) {
         if rest.starts_with(b"* ESEARCH (TAG \"") {
             let end = rest.windows(2).position(|w| w == b"\r\n").expect("ESEARCH line ends");
             let line = std::str::from_utf8(&rest[..end]).unwrap();
-            assert!(line.split(' ').skip(4).all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())), "{line}");
+            assert!(
+                line.split(' ').skip(4).all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())),
+                "{line}"
+            );
             rest = &rest[end + 2..];
             continue;
         }
         match ResponseCodec::default().decode(rest) {
             Ok((r, _)) => rest = r,
-            Err(e) => panic!("not a valid response ({e:?}) at: {:?}", String::from_utf8_lossy(&rest[..rest.len().min(300)])),
+            Err(e) => {
+                panic!("not a valid response ({e:?}) at: {:?}", String::from_utf8_lossy(&rest[..rest.len().min(300)]))
+            }
         }
     }
 }

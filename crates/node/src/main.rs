@@ -245,7 +245,8 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some((user, password)) = &first_account {
                 println!("created account {user:?} with password {password:?} (shown once; change it with `starling account passwd {user}`)");
             }
-            let listen = serve::Listen { peers: peer_listen, lmtp: lmtp_listen, imap: imap_listen, imaps: imaps_listen };
+            let listen =
+                serve::Listen { peers: peer_listen, lmtp: lmtp_listen, imap: imap_listen, imaps: imaps_listen };
             serve::run(&cli.data_dir, store, id, peers, listen)?;
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),

@@ -32,7 +32,13 @@ pub struct Listen {
 }
 
 /// Runs until SIGINT or SIGTERM.
-pub fn run(data_dir: &Path, store: Store, identity: NodeIdentity, peers: Vec<Peer>, listen: Listen) -> Result<(), String> {
+pub fn run(
+    data_dir: &Path,
+    store: Store,
+    identity: NodeIdentity,
+    peers: Vec<Peer>,
+    listen: Listen,
+) -> Result<(), String> {
     let tls = starling_imap::tls_acceptor(&data_dir.join("imap-cert.pem"), &data_dir.join("imap-key.pem"))?;
     let lmtp_listen = listen.lmtp;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -44,8 +50,7 @@ pub fn run(data_dir: &Path, store: Store, identity: NodeIdentity, peers: Vec<Pee
         let store = Arc::new(store);
         let identity = Arc::new(identity);
         let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
-        let endpoint =
-            Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), pinned).map_err(|e| e.to_string())?);
+        let endpoint = Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), pinned).map_err(|e| e.to_string())?);
         let hub =
             Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default(), live: Arc::default() };
         let peers = Arc::new(peers);

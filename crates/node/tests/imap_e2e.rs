@@ -34,7 +34,12 @@ impl Imap {
         if self.r.read_line(&mut line).ok()? == 0 {
             return None;
         }
-        while let Some(n) = line.trim_end().strip_suffix('}').and_then(|l| l.rsplit_once('{')).and_then(|(_, n)| n.parse::<usize>().ok()) {
+        while let Some(n) = line
+            .trim_end()
+            .strip_suffix('}')
+            .and_then(|l| l.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
             let mut lit = vec![0; n];
             self.r.read_exact(&mut lit).unwrap();
             line.push_str(&String::from_utf8_lossy(&lit));
@@ -203,10 +208,5 @@ fn mbsync_round_trip() {
         .args(["127.0.0.1", &imap_port(&n).to_string(), "alice", "secret", work.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
