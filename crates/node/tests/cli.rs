@@ -13,6 +13,11 @@ fn starling(dir: &Path, args: &[&str]) -> Output {
 /// Starts `starling serve` (as the README writes it, plus `extra`), waits
 /// until the peer endpoint is up, returns what it printed, and stops it.
 fn serve_until_up(dir: &Path, extra: &[&str]) -> String {
+    serve_while(dir, extra, |_| ())
+}
+
+/// Like [`serve_until_up`], running `f` with the output while the node runs.
+fn serve_while(dir: &Path, extra: &[&str], f: impl FnOnce(&str)) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
         .current_dir(dir)
         .arg("serve")
@@ -30,9 +35,34 @@ fn serve_until_up(dir: &Path, extra: &[&str]) -> String {
             break;
         }
     }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&out)));
     child.kill().unwrap();
     child.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
     out
+}
+
+/// LOGIN over plain IMAP on loopback; returns the tagged answer.
+fn imap_login(addr: &str, user: &str, password: &str) -> String {
+    use std::io::Write;
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("* OK [CAPABILITY IMAP4rev1"), "{line}");
+    write!(&s, "a LOGIN {user} {password}\r\nb SELECT INBOX\r\n").unwrap();
+    let mut answers = String::new();
+    while !answers.contains("b OK") && !answers.contains("b NO") && !answers.contains("b BAD") {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        answers.push_str(&line);
+    }
+    answers
 }
 
 fn ok(o: &Output) -> String {
@@ -43,8 +73,17 @@ fn ok(o: &Output) -> String {
 #[test]
 fn serve_from_an_empty_directory_then_accounts_import_dump_export() {
     let dir = tempfile::tempdir().unwrap();
-    // The README's run command, with no config and no data.
-    let out = serve_until_up(dir.path(), &[]);
+    // The README's run command, with no config and no data: it creates an
+    // account with a one-time password, and an IMAP client logs in with it.
+    let out = serve_while(dir.path(), &[], |out| {
+        let addr = out.lines().find_map(|l| l.strip_prefix("imap: listening on ")).expect("IMAP address printed");
+        assert_eq!(addr, "127.0.0.1:1143", "the default IMAP port");
+        let line = out.lines().find(|l| l.starts_with("created account ")).expect("account printed");
+        let password = line.split("password \"").nth(1).unwrap().split('"').next().unwrap();
+        let answers = imap_login(addr, "user", password);
+        assert!(answers.contains("a OK") && answers.contains("b OK [READ-WRITE]"), "{answers}");
+        assert!(imap_login(addr, "user", "wrong").contains("a NO"));
+    });
     assert!(out.contains("node id: "), "{out}");
     assert!(dir.path().join("starling-data/store.redb").exists());
     let id1 = out.lines().find(|l| l.starts_with("node id")).unwrap().to_string();
@@ -57,7 +96,7 @@ fn serve_from_an_empty_directory_then_accounts_import_dump_export() {
     let again = starling(dir.path(), &["account", "add", "alice"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
-    assert_eq!(ok(&starling(dir.path(), &["account", "list"])).trim(), "alice");
+    assert_eq!(ok(&starling(dir.path(), &["account", "list"])).trim(), "alice\nuser");
 
     let md = dir.path().join("mail");
     for sub in ["cur", "new", "tmp", ".Work/cur"] {
