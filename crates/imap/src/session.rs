@@ -56,12 +56,25 @@ pub struct Shared {
     /// node and in memory (\Recent is per session, never replicated); it
     /// starts at the replica's announced UIDNEXT, which is persisted.
     recent: Mutex<HashMap<(String, MailboxId), u32>>,
+    sessions: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
     /// Shared state for the sessions of one server.
     pub fn new(store: Arc<Store>, config: Config, notify: impl Fn(&str) + Send + Sync + 'static) -> Arc<Shared> {
-        Arc::new(Shared { store, config, notify: Box::new(notify), logins: Mutex::default(), recent: Mutex::default() })
+        Arc::new(Shared {
+            store,
+            config,
+            notify: Box::new(notify),
+            logins: Mutex::default(),
+            recent: Mutex::default(),
+            sessions: Default::default(),
+        })
+    }
+
+    /// Open sessions (connections).
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -133,6 +146,7 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.shared.sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(a) = &self.account {
             let mut logins = self.shared.logins.lock().expect("logins");
             if let Some(n) = logins.get_mut(a) {
@@ -148,6 +162,7 @@ impl Session {
     /// upgrade it. The greeting is in the output.
     pub fn new(shared: Arc<Shared>, tls: bool, loopback: bool, starttls: bool) -> Session {
         let frag = Fragmentizer::new(shared.config.literal_max.saturating_add(shared.config.line_max));
+        shared.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut s = Session {
             shared,
             frag,

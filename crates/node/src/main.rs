@@ -1,9 +1,11 @@
 //! `starling`: the node binary. It owns the command line and wires the crates
 //! together; business logic lives in the library crates.
 
+mod config;
 mod control;
 mod demo;
 mod lmtp;
+mod metrics;
 mod peers;
 mod serve;
 
@@ -16,9 +18,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "starling", version, about = "A multi-master mail store")]
 struct Cli {
-    /// Data directory (store, node identity, peers).
-    #[arg(long, global = true, default_value = "starling-data")]
-    data_dir: PathBuf,
+    /// Data directory (store, node identity, peers) [default: the config's
+    /// `data_dir`, else starling-data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,18 +30,34 @@ struct Cli {
 enum Command {
     /// Run the node (embedded defaults when no config is given) until SIGINT/SIGTERM.
     Serve {
-        /// UDP address of the peer endpoint.
-        #[arg(long, default_value = "127.0.0.1:7431")]
-        peer_listen: std::net::SocketAddr,
-        /// TCP address of the LMTP delivery listener.
-        #[arg(long, default_value = "127.0.0.1:2424")]
-        lmtp_listen: std::net::SocketAddr,
-        /// TCP address of the IMAP listener (STARTTLS offered).
-        #[arg(long, default_value = "127.0.0.1:1143")]
-        imap_listen: std::net::SocketAddr,
-        /// TCP address of the IMAP listener with implicit TLS.
-        #[arg(long, default_value = "127.0.0.1:1993")]
-        imaps_listen: std::net::SocketAddr,
+        /// TOML config file (docs/configuration.md); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// UDP address of the peer endpoint [default: 127.0.0.1:7431].
+        #[arg(long)]
+        peer_listen: Option<std::net::SocketAddr>,
+        /// TCP address of the LMTP delivery listener [default: 127.0.0.1:2424].
+        #[arg(long)]
+        lmtp_listen: Option<std::net::SocketAddr>,
+        /// TCP address of the IMAP listener, STARTTLS offered [default: 127.0.0.1:1143].
+        #[arg(long)]
+        imap_listen: Option<std::net::SocketAddr>,
+        /// TCP address of the IMAP listener with implicit TLS [default: 127.0.0.1:1993].
+        #[arg(long)]
+        imaps_listen: Option<std::net::SocketAddr>,
+        /// TCP address of the Prometheus metrics endpoint [default: off].
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Log lines as JSON instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Write a commented config file with every key at its default, and
+    /// create the node's identity.
+    Init {
+        /// Where to write it.
+        #[arg(long, default_value = "starling.toml")]
+        config: PathBuf,
     },
     /// Print this node's id (creating its identity on first use).
     Id,
@@ -223,7 +242,32 @@ fn random_password() -> String {
     bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
 
+/// Logs go to standard error through tracing: text, or JSON lines.
+fn init_logs(json: bool, filter: Option<&str>) -> Result<(), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info")).map_err(|e| format!("log.level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// The command line with the data directory resolved.
+struct Resolved {
+    data_dir: PathBuf,
+    command: Command,
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    let config = match &cli.command {
+        Command::Serve { config: Some(path), .. } => config::Config::load(path)?,
+        _ => config::Config::default(),
+    };
+    let data_dir = cli.data_dir.or(config.data_dir.clone()).unwrap_or_else(|| PathBuf::from("starling-data"));
+    let cli = Resolved { data_dir, command: cli.command };
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
         Command::Demo { dir } => demo::run(dir)?,
@@ -232,11 +276,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("some seeds failed (see above for how to reproduce each)".into());
             }
         }
-        Command::Serve { peer_listen, lmtp_listen, imap_listen, imaps_listen } => {
+        Command::Serve { config: _, peer_listen, lmtp_listen, imap_listen, imaps_listen, metrics_listen, log_json } => {
+            let json = log_json || config.log.format == Some(config::LogFormat::Json);
+            init_logs(json, config.log.level.as_deref())?;
             let id = identity(&cli.data_dir)?;
             let store = open_store(&cli.data_dir)?;
             let first_account = first_start(&store)?;
-            let peers = peers::load(&cli.data_dir)?;
+            let mut peers = peers::load(&cli.data_dir)?;
+            for p in config.peers() {
+                if peers.iter().any(|q| q.id == p.id) {
+                    return Err(format!("peer {} is both in the config and in the peers file", p.id));
+                }
+                peers.push(p);
+            }
             println!("starling {}", env!("CARGO_PKG_VERSION"));
             let dir = std::fs::canonicalize(&cli.data_dir).unwrap_or(cli.data_dir.clone());
             println!("data directory: {}", dir.display());
@@ -245,9 +297,33 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some((user, password)) = &first_account {
                 println!("created account {user:?} with password {password:?} (shown once; change it with `starling account passwd {user}`)");
             }
-            let listen =
-                serve::Listen { peers: peer_listen, lmtp: lmtp_listen, imap: imap_listen, imaps: imaps_listen };
-            serve::run(&cli.data_dir, store, id, peers, listen)?;
+            let addr = |flag: Option<std::net::SocketAddr>, file, default: &str| {
+                flag.or(file).unwrap_or_else(|| default.parse().expect("default address"))
+            };
+            let l = &config.listen;
+            let settings = serve::Settings {
+                peers: addr(peer_listen, l.peers, "127.0.0.1:7431"),
+                lmtp: addr(lmtp_listen, l.lmtp, "127.0.0.1:2424"),
+                imap: addr(imap_listen, l.imap, "127.0.0.1:1143"),
+                imaps: addr(imaps_listen, l.imaps, "127.0.0.1:1993"),
+                metrics: metrics_listen.or(l.metrics),
+                imap_config: config.imap_config(),
+                tls: match (&config.imap.tls_cert, &config.imap.tls_key) {
+                    (Some(c), Some(k)) => (c.get_ref().clone(), k.get_ref().clone()),
+                    _ => (cli.data_dir.join("imap-cert.pem"), cli.data_dir.join("imap-key.pem")),
+                },
+            };
+            serve::run(&cli.data_dir, store, id, peers, settings)?;
+        }
+        Command::Init { config: path } => {
+            if path.exists() {
+                return Err(format!("{} exists; not overwriting it", path.display()));
+            }
+            std::fs::write(&path, config::TEMPLATE).map_err(|e| format!("{}: {e}", path.display()))?;
+            let id = identity(&cli.data_dir)?;
+            println!("wrote {}", path.display());
+            println!("node id: {}", id.id());
+            println!("next: starling serve --config {}", path.display());
         }
         Command::Id => println!("{}", identity(&cli.data_dir)?.id()),
         Command::Peer { action: PeerAction::Add { node_id, addr, accounts, body_cap, mailboxes, since, uids } } => {

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 /// Frames handled in one go at most (bytes): bounds a batch's memory.
 const BATCH_BYTES: usize = 32 << 20;
 
-/// Where the node listens.
-pub struct Listen {
+/// Where the node listens, and how it serves IMAP.
+pub struct Settings {
     /// Peer endpoint (UDP).
     pub peers: SocketAddr,
     /// LMTP.
@@ -29,6 +29,12 @@ pub struct Listen {
     pub imap: SocketAddr,
     /// IMAP with implicit TLS.
     pub imaps: SocketAddr,
+    /// Prometheus metrics over HTTP, if wanted.
+    pub metrics: Option<SocketAddr>,
+    /// IMAP limits and policies.
+    pub imap_config: starling_imap::Config,
+    /// TLS certificate and key files (made self-signed if both are absent).
+    pub tls: (std::path::PathBuf, std::path::PathBuf),
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -37,9 +43,9 @@ pub fn run(
     store: Store,
     identity: NodeIdentity,
     peers: Vec<Peer>,
-    listen: Listen,
+    listen: Settings,
 ) -> Result<(), String> {
-    let tls = starling_imap::tls_acceptor(&data_dir.join("imap-cert.pem"), &data_dir.join("imap-key.pem"))?;
+    let tls = starling_imap::tls_acceptor(&listen.tls.0, &listen.tls.1)?;
     let lmtp_listen = listen.lmtp;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -58,9 +64,9 @@ pub fn run(
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
         let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, store.clone(), hub.changes.clone()));
-        let imap = {
+        let (imap, imap_shared) = {
             let changes = hub.changes.clone();
-            let shared = starling_imap::Shared::new(store.clone(), starling_imap::Config::default(), move |account| {
+            let shared = starling_imap::Shared::new(store.clone(), listen.imap_config.clone(), move |account| {
                 let _ = changes.send(account.to_string());
             });
             let mut tasks = Vec::new();
@@ -71,8 +77,35 @@ pub fn run(
                 let l = starling_imap::Listener { tcp, implicit_tls };
                 tasks.push(tokio::spawn(starling_imap::serve(l, shared.clone(), tls.clone(), hub.changes.clone())));
             }
-            tasks
+            (tasks, shared)
         };
+        if let Some(addr) = listen.metrics {
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("metrics {addr}: {e}"))?;
+            println!("metrics: listening on http://{}/metrics", tcp.local_addr().map_err(|e| e.to_string())?);
+            let (store, peers, hub, me) = (store.clone(), peers.clone(), hub.clone(), identity.id());
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = tcp.accept().await {
+                    let (store, peers, hub, imap) = (store.clone(), peers.clone(), hub.clone(), imap_shared.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        // One request per connection; its content does not matter.
+                        let mut buf = [0u8; 4096];
+                        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+                        let body = tokio::task::block_in_place(|| {
+                            let st = status(&store, me, &peers, &hub);
+                            let extra = crate::metrics::Extra { imap_sessions: imap.sessions() };
+                            crate::metrics::render(&store, me.replica(), &st, &extra)
+                        });
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                    });
+                }
+            });
+        }
         for a in store.accounts() {
             report(&store, &a, true);
         }
@@ -94,7 +127,7 @@ pub fn run(
                     let (store, hub) = (store.clone(), hub.clone());
                     tokio::spawn(async move {
                         let end = session(conn, false, me.replica(), &peer, store, hub).await;
-                        eprintln!("peer {:?}: session ended: {end}", peer.id);
+                        tracing::info!(peer = %peer.id, "session ended: {end}");
                     });
                 }
             });
@@ -109,9 +142,9 @@ pub fn run(
                         Ok(conn) => {
                             backoff = Duration::from_millis(100);
                             let end = session(conn, true, me.replica(), &peer, store.clone(), hub.clone()).await;
-                            eprintln!("peer {:?}: session ended: {end}", peer.id);
+                            tracing::info!(peer = %peer.id, "session ended: {end}");
                         }
-                        Err(e) => eprintln!("peer {:?}: {e}", peer.id),
+                        Err(e) => tracing::warn!(peer = %peer.id, "connect: {e}"),
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));

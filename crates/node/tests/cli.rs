@@ -186,3 +186,58 @@ fn demo_converges_within_a_minute() {
     assert!(out.contains("\\Seen \\Flagged $Important"), "both sides' keywords on UID 1: {out}");
     assert!(t.elapsed() < std::time::Duration::from_secs(60));
 }
+
+/// A config file that is wrong stops `serve` at once, naming the line and
+/// the key; a good one is used (its addresses and the metrics endpoint).
+#[test]
+fn config_errors_name_line_and_key_and_a_good_config_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str); 4] = [
+        ("[listen]\nimap = \"127.0.0.1:0\"\nimapz = \"127.0.0.1:0\"\n", "line 3"),
+        ("[listen]\nlmtp = \"localhost-ish\"\n", "line 2"),
+        (
+            "[[peer]]\nid = \"ABAB\"\naddr = \"127.0.0.1:1\"\naccounts = [\"a\"]\n[[peer]]\nid = \"ABAB\"\naddr = \"127.0.0.1:2\"\naccounts = [\"a\"]\n",
+            "line 6",
+        ),
+        ("[imap]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n", "line 2"),
+    ];
+    let id = "ab".repeat(32);
+    for (text, line) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text.replace("ABAB", &id)).unwrap();
+        let t = std::time::Instant::now();
+        let o = starling(dir.path(), &["serve", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{text}");
+        assert!(err.contains("bad.toml") && err.contains(line), "{text} → {err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "fails fast");
+    }
+    let err =
+        String::from_utf8_lossy(&starling(dir.path(), &["serve", "--config", "/nonexistent.toml"]).stderr).to_string();
+    assert!(err.contains("/nonexistent.toml"), "{err}");
+
+    // `init` writes a config that parses; a good config's addresses are used.
+    ok(&starling(dir.path(), &["init", "--config", "starling.toml"]));
+    let again = starling(dir.path(), &["init", "--config", "starling.toml"]);
+    assert!(!again.status.success(), "init does not overwrite");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "data_dir = \"d-good\"\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\nlmtp = \"127.0.0.1:0\"\npeers = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    serve_while(dir.path(), &["--config", good.to_str().unwrap()], |out| {
+        assert!(!out.contains("127.0.0.1:1143"), "config address used: {out}");
+        let url = out.lines().find_map(|l| l.strip_prefix("metrics: listening on http://")).expect("metrics printed");
+        let addr = url.trim_end_matches("/metrics");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        assert!(page.contains("starling_messages{account=\"user\"} 0"), "{page}");
+        assert!(page.contains("starling_imap_sessions 0"), "{page}");
+    });
+    assert!(dir.path().join("d-good/store.redb").exists(), "data_dir from the config");
+}

@@ -9,7 +9,7 @@ use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A minimal IMAP client over TCP: enough to drive and observe the server.
@@ -76,19 +76,6 @@ impl Imap {
             }
         }
     }
-}
-
-fn passwd(node: &Node, password: &str) {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&node.dir)
-        .args(["account", "passwd", "alice"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 fn imap_port(node: &Node) -> u16 {

@@ -173,6 +173,7 @@ fn lmtp_delivery_on_one_node_reaches_the_other() {
     let mut b = Node::new(root.path(), "b");
     a.pin(&b);
     b.pin(&a);
+    passwd(&b, "pw-b");
     a.start();
     b.start();
     let port = a.lmtp.lock().unwrap().expect("LMTP port printed");
@@ -194,6 +195,34 @@ s.quit()
     let d = a.dump();
     assert_eq!(messages(&d), 1, "{d}");
     wait_for("identical dumps", || b.dump() == d);
+    // Readable by IMAP on B.
+    let imap = b.imap.lock().unwrap().expect("IMAP port printed");
+    let read = format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {imap})
+m.login("alice", "pw-b")
+m.select("INBOX")
+typ, data = m.fetch("1", "(BODY.PEEK[])")
+print(data[0][1].decode())
+m.logout()
+"#
+    );
+    let o = Command::new("python3").arg("-c").arg(&read).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("Subject: over LMTP"), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    // `starling status` on both: the peer connected, nothing behind either way.
+    for (n, other) in [(&a, &b), (&b, &a)] {
+        wait_for("status: connected, zero lag", || {
+            let st: serde_json::Value = serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap();
+            let p = &st["peers"][0];
+            p["node_id"] == other.id.as_str()
+                && p["connected"] == true
+                && p["behind"]
+                    .as_array()
+                    .is_some_and(|l| !l.is_empty() && l.iter().all(|x| x["peer_lacks"] == 0 && x["we_lack"] == 0))
+        });
+    }
     a.stop();
     b.stop();
     // Byte-exact body on B, dot-stuffing undone, Return-Path added.

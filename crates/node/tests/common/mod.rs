@@ -185,3 +185,17 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Sets alice's IMAP password on a node (through `account passwd`, stdin).
+pub fn passwd(node: &Node, password: &str) {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(["account", "passwd", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -1,0 +1,71 @@
+//! The Prometheus metrics endpoint (text format 0.0.4 over plain HTTP, meant
+//! for loopback): what `starling status` shows, as gauges and counters.
+
+use crate::control::NodeStatus;
+use starling_model::ReplicaId;
+use starling_store::Store;
+use std::fmt::Write;
+
+/// What the metrics read besides the node's status.
+pub struct Extra {
+    /// Live IMAP sessions.
+    pub imap_sessions: usize,
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The metrics page.
+pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let mut messages = Vec::new();
+    let mut ops = Vec::new();
+    for a in &st.accounts {
+        let l = label(&a.name);
+        let count = store
+            .read(&a.name)
+            .map(|r| {
+                let ids: Vec<_> = r.names().tree.by_name.values().copied().collect();
+                ids.iter().filter_map(|id| r.status(*id).ok()).map(|s| s.messages).sum::<u64>()
+            })
+            .unwrap_or(0);
+        messages.push((format!("{{account=\"{l}\"}}"), count));
+        let local = store.version(&a.name).map(|vv| vv.get(me)).unwrap_or(0);
+        ops.push((format!("{{account=\"{l}\",origin=\"local\"}}"), local));
+        ops.push((format!("{{account=\"{l}\",origin=\"remote\"}}"), a.ops.saturating_sub(local)));
+    }
+    metric("starling_messages", "gauge", "Messages in an account, all mailboxes.", messages);
+    metric("starling_ops_applied_total", "counter", "Ops applied, authored here or by peers.", ops);
+    let missing = st.accounts.iter().map(|a| (format!("{{account=\"{}\"}}", label(&a.name)), a.bodies_missing as u64));
+    metric("starling_bodies_missing", "gauge", "Bodies referenced but not stored here.", missing.collect());
+    let peer = |p: &crate::control::PeerStatus| label(&p.node_id);
+    let connected = st.peers.iter().map(|p| (format!("{{peer=\"{}\"}}", peer(p)), p.connected as u64));
+    metric("starling_peer_connected", "gauge", "Whether a pinned peer is connected.", connected.collect());
+    let mut lag = Vec::new();
+    let mut bytes = Vec::new();
+    for p in &st.peers {
+        for l in &p.behind {
+            let a = label(&l.account);
+            lag.push((format!("{{peer=\"{}\",account=\"{a}\",direction=\"peer_lacks\"}}", peer(p)), l.peer_lacks));
+            lag.push((format!("{{peer=\"{}\",account=\"{a}\",direction=\"we_lack\"}}", peer(p)), l.we_lack));
+        }
+        bytes.push((format!("{{peer=\"{}\",direction=\"in\"}}", peer(p)), p.bytes_in));
+        bytes.push((format!("{{peer=\"{}\",direction=\"out\"}}", peer(p)), p.bytes_out));
+    }
+    metric("starling_peer_lag_ops", "gauge", "Ops one side of a peer link lacks.", lag);
+    metric("starling_peer_bytes_total", "counter", "Protocol bytes exchanged with a peer.", bytes);
+    metric(
+        "starling_imap_sessions",
+        "gauge",
+        "Open IMAP connections.",
+        vec![(String::new(), extra.imap_sessions as u64)],
+    );
+    o
+}
