@@ -23,7 +23,8 @@ fn shared() -> &'static Arc<Shared> {
             // Cheapest Argon2 parameters: the hash carries them, so LOGIN stays fast.
             let params = argon2::Params::new(8, 1, 1, None).unwrap();
             let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-            let hash = argon.hash_password(b"pw", &SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap()).unwrap();
+            let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
+            let hash = argon.hash_password(b"pw", &salt).unwrap();
             store.set_credential("alice", &hash.to_string()).unwrap();
             let shared = Shared::new(Arc::new(store), Config { literal_max: 1 << 20, ..Config::default() }, |_| {});
             (dir, shared)
