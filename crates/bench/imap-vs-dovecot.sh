@@ -7,6 +7,8 @@
 # Both servers see the same mail: INBOX = the 10k corpus's INBOX, bench-100k =
 # all 100,000 messages of the 100k corpus (Dovecot reads the Maildir in place;
 # Starling imports it). bench-10k and bench-append are made by the client.
+# Environment: IDLE_CONNECTIONS (default 500), GEN_MAILDIR (the generator).
+# Results: WORKDIR/dovecot.json, starling.json and imap-vs-dovecot.md.
 # Installs dovecot-imapd if missing and makes an unprivileged user `dovebench`
 # (Dovecot's mail processes refuse root); run as root.
 set -euo pipefail
