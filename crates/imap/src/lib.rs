@@ -20,6 +20,7 @@ pub mod mime;
 mod selected;
 pub mod server;
 pub mod session;
+pub mod uidmap;
 pub mod wire;
 
 pub use server::{serve, tls_acceptor, Listener};

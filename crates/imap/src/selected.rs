@@ -4,6 +4,7 @@
 
 use crate::mime;
 use crate::session::{Done, Fail, Session};
+use crate::uidmap::UidMap;
 use crate::wire;
 use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::command::{SelectParameter, StoreModifier};
@@ -21,26 +22,37 @@ use std::collections::BTreeSet;
 pub(crate) struct Selected {
     pub id: MailboxId,
     pub read_only: bool,
-    /// (UID, MODSEQ last shown), by sequence number.
-    pub msgs: Vec<(u32, u64)>,
+    /// The UIDs shown, by sequence number.
+    pub uids: UidMap,
     /// HIGHESTMODSEQ of the mailbox when last looked at.
     pub modseq: u64,
-    /// UIDs \Recent in this session (sorted).
-    pub recent: Vec<u32>,
+    /// UID ranges \Recent in this session.
+    pub recent: Vec<(u32, u32)>,
+    /// (UID, MODSEQ) this session reported itself since the last update
+    /// (its own STORE, FETCH setting \Seen): not echoed back by the update.
+    pub reported: Vec<(u32, u64)>,
 }
 
 impl Selected {
+    fn new(id: MailboxId, read_only: bool) -> Selected {
+        Selected { id, read_only, uids: UidMap::default(), modseq: 0, recent: Vec::new(), reported: Vec::new() }
+    }
+
     fn seq_of(&self, uid: u32) -> Option<usize> {
-        self.msgs.binary_search_by_key(&uid, |m| m.0).ok()
+        self.uids.seq_of(uid)
     }
 
     fn max_uid(&self) -> u32 {
-        self.msgs.last().map_or(0, |m| m.0)
+        self.uids.last()
+    }
+
+    fn is_recent(&self, uid: u32) -> bool {
+        self.recent.iter().any(|&(a, b)| a <= uid && uid <= b)
     }
 
     /// A sequence set (UIDs or sequence numbers) as UID ranges.
     fn uid_ranges(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, Fail> {
-        let largest = if uid { self.max_uid() } else { self.msgs.len() as u32 };
+        let largest = if uid { self.max_uid() } else { self.uids.len() as u32 };
         let value = |s: &SeqOrUid| match s {
             SeqOrUid::Value(v) => v.get(),
             SeqOrUid::Asterisk => largest,
@@ -55,18 +67,13 @@ impl Selected {
             if uid {
                 out.push((lo, hi));
             } else {
-                if self.msgs.is_empty() {
+                if self.uids.is_empty() {
                     continue;
                 }
-                if lo == 0 || hi as usize > self.msgs.len() {
+                if lo == 0 || hi as usize > self.uids.len() {
                     return Err(Fail::Bad("invalid message sequence number".into()));
                 }
-                for chunk in self.msgs[lo as usize - 1..hi as usize].iter() {
-                    match out.last_mut() {
-                        Some((_, h)) if *h + 1 == chunk.0 => *h = chunk.0,
-                        _ => out.push((chunk.0, chunk.0)),
-                    }
-                }
+                self.uids.uid_ranges(lo as usize - 1, hi as usize - 1, &mut out);
             }
         }
         out.sort_unstable();
@@ -230,9 +237,15 @@ impl Session {
         let reader = self.reader()?;
         let status = reader.status(id)?;
         let infos = reader.messages(id, 1, usize::MAX)?;
-        let recent: Vec<u32> = infos.iter().map(|m| m.uid).filter(|&u| u >= floor).collect();
-        if let (false, Some(&last)) = (read_only, recent.last()) {
-            self.recent_floor(id, Some(last))?;
+        let recent_count = infos.iter().filter(|m| m.uid >= floor).count();
+        let mut selected = Selected::new(id, read_only);
+        selected.uids = UidMap::from_sorted(infos.iter().map(|m| m.uid));
+        selected.modseq = status.highest_modseq;
+        if recent_count > 0 {
+            selected.recent.push((floor, selected.max_uid()));
+            if !read_only {
+                self.recent_floor(id, Some(selected.max_uid()))?;
+            }
         }
         let first_unseen = infos.iter().position(|m| !m.flags.contains(&Keyword::Seen));
         let mut keywords: BTreeSet<String> =
@@ -243,7 +256,7 @@ impl Session {
         self.untagged(&format!("OK [PERMANENTFLAGS ({} \\*)] flags permitted", keywords.join(" ")));
         self.untagged(&format!("{} EXISTS", infos.len()));
         if !self.enabled.rev2 {
-            self.untagged(&format!("{} RECENT", recent.len()));
+            self.untagged(&format!("{recent_count} RECENT"));
         }
         if let Some(i) = first_unseen {
             if !self.enabled.rev2 {
@@ -256,10 +269,7 @@ impl Session {
         if let Some((validity, since, known)) = qresync {
             if validity == status.uid_validity {
                 let known_ranges = match &known {
-                    Some(set) => {
-                        let empty = Selected { id, read_only, msgs: Vec::new(), modseq: 0, recent: Vec::new() };
-                        Some(empty.uid_ranges(set, true)?)
-                    }
+                    Some(set) => Some(Selected::new(id, read_only).uid_ranges(set, true)?),
                     None => None,
                 };
                 let in_known =
@@ -277,20 +287,14 @@ impl Session {
                             "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",
                             i + 1,
                             m.uid,
-                            flags_string(&m.flags, recent.binary_search(&m.uid).is_ok()),
+                            flags_string(&m.flags, selected.is_recent(m.uid)),
                             m.modseq
                         ));
                     }
                 }
             }
         }
-        self.selected = Some(Selected {
-            id,
-            read_only,
-            msgs: infos.iter().map(|m| (m.uid, m.modseq)).collect(),
-            modseq: status.highest_modseq,
-            recent,
-        });
+        self.selected = Some(selected);
         Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into())
     }
 
@@ -346,40 +350,43 @@ impl Session {
             }
             // Highest first, so each number is right when the client reads it.
             for &u in gone.iter().rev() {
-                let i = sel.seq_of(u).expect("present");
-                sel.msgs.remove(i);
+                let i = sel.uids.remove(u).expect("present");
                 if !qresync {
                     lines.push(format!("{} EXPUNGE", i + 1));
                 }
             }
         }
-        let before = sel.msgs.len();
+        let before = sel.uids.len();
+        let mut new = Vec::new();
+        sel.reported.sort_unstable();
         for m in &changed {
             match sel.seq_of(m.uid) {
-                Some(i) if sel.msgs[i].1 != m.modseq => {
-                    sel.msgs[i].1 = m.modseq;
+                Some(_) if sel.reported.binary_search(&(m.uid, m.modseq)).is_ok() => {}
+                Some(i) => {
                     let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-                    let recent = sel.recent.binary_search(&m.uid).is_ok();
-                    let flags = flags_string(&m.flags, recent);
+                    let flags = flags_string(&m.flags, sel.is_recent(m.uid));
                     lines.push(format!("{} FETCH (UID {} FLAGS {flags}{modseq})", i + 1, m.uid));
                 }
-                Some(_) => {}
-                None if m.uid > sel.max_uid() => sel.msgs.push((m.uid, m.modseq)),
+                None if m.uid > sel.max_uid() => {
+                    sel.uids.push(m.uid);
+                    new.push(m.uid);
+                }
                 // Below a UID already shown: U1 says this cannot happen at a
                 // replica that announced; keep the numbering valid anyway.
                 None => {}
             }
         }
-        let exists = (sel.msgs.len() != before).then_some(sel.msgs.len());
-        let new: Vec<u32> = sel.msgs[before..].iter().map(|m| m.0).collect();
+        let exists = (sel.uids.len() != before).then_some(sel.uids.len());
+        sel.reported = Vec::new();
         let read_only = sel.read_only;
         sel.modseq = status.highest_modseq;
         self.changed = false;
-        if let Some(&last) = new.last() {
+        if let (Some(&first), Some(&last)) = (new.first(), new.last()) {
             // The first session told of new messages sees them \Recent.
             let floor = self.recent_floor(id, (!read_only).then_some(last))?;
-            let sel = self.selected.as_mut().expect("selected");
-            sel.recent.extend(new.into_iter().filter(|&u| u >= floor && !read_only));
+            if !read_only && last >= floor {
+                self.selected.as_mut().expect("selected").recent.push((first.max(floor), last));
+            }
         }
         for l in lines {
             self.untagged(&l);
@@ -528,7 +535,7 @@ impl Session {
                 match item {
                     MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
                     MessageDataItemName::Flags => {
-                        let recent = self.selected.as_ref().is_some_and(|s| s.recent.binary_search(&m.uid).is_ok());
+                        let recent = self.selected.as_ref().is_some_and(|s| s.is_recent(m.uid));
                         out.extend_from_slice(format!("FLAGS {}", flags_string(&m.flags, recent)).as_bytes())
                     }
                     MessageDataItemName::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
@@ -586,11 +593,8 @@ impl Session {
                 }
             }
             out.extend_from_slice(b")\r\n");
-            if let Some(i) = self.selected.as_ref().and_then(|s| s.seq_of(m.uid)) {
-                let sel = self.selected.as_mut().expect("selected");
-                if items.contains(&MessageDataItemName::Flags) {
-                    sel.msgs[i].1 = sel.msgs[i].1.max(m.modseq);
-                }
+            if items.contains(&MessageDataItemName::Flags) {
+                self.selected.as_mut().expect("selected").reported.push((m.uid, m.modseq));
             }
         }
         self.out = out;
@@ -650,15 +654,16 @@ impl Session {
         drop(reader);
         let condstore = self.enabled.condstore;
         let silent = matches!(response, StoreResponse::Silent);
+        let modseq_before: std::collections::HashMap<usize, u64> =
+            targets.iter().map(|(s, m)| (*s, m.modseq)).collect();
         let changed: BTreeSet<_> = changes.iter().map(|(m, _, _)| *m).collect();
         for (seq, m) in after {
             if !changed.contains(&m.message) {
                 continue;
             }
             let sel = self.selected.as_mut().expect("selected");
-            let i = seq - 1;
-            let moved = sel.msgs[i].1 != m.modseq;
-            sel.msgs[i].1 = m.modseq;
+            let moved = modseq_before.get(&seq) != Some(&m.modseq);
+            sel.reported.push((m.uid, m.modseq));
             // .SILENT still reports a MODSEQ change to a CONDSTORE client
             // (RFC 7162 3.2), but not the flags it asked for.
             if silent && !(condstore && moved) {
@@ -666,7 +671,7 @@ impl Session {
             }
             let uid_item = if uid { format!("UID {} ", m.uid) } else { String::new() };
             let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-            let recent = sel.recent.binary_search(&m.uid).is_ok();
+            let recent = sel.is_recent(m.uid);
             let flags = if silent { String::new() } else { format!("FLAGS {}", flags_string(&m.flags, recent)) };
             let body = format!("{uid_item}{flags}{modseq}");
             self.untagged(&format!("{seq} FETCH ({})", body.trim()));
@@ -868,7 +873,7 @@ impl Candidate<'_> {
     }
 
     fn recent(&self) -> bool {
-        self.sel.recent.binary_search(&self.info.uid).is_ok()
+        self.sel.is_recent(self.info.uid)
     }
 
     fn has(&self, k: Keyword) -> bool {
