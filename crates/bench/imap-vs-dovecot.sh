@@ -144,7 +144,9 @@ if [ "$only" != dovecot ]; then
   echo $pass | "$star" --data-dir "$s/data" account passwd $user >/dev/null
   "$star" --data-dir "$s/data" import maildir $user "$tree" > "$s/import.log" 2>&1 || { cat "$s/import.log" >&2; exit 1; }
   port=$(free_port)
-  "$star" --data-dir "$s/data" serve --peer-listen 127.0.0.1:0 --lmtp-listen 127.0.0.1:0 \
+  # Like Dovecot's raised limits: room for the idle connections of one account.
+  printf '[imap]\nconnections_per_account = %d\n' $((idle + 16)) > "$s/starling.toml"
+  "$star" --data-dir "$s/data" serve --config "$s/starling.toml" --peer-listen 127.0.0.1:0 --lmtp-listen 127.0.0.1:0 \
     --imap-listen "127.0.0.1:$port" --imaps-listen 127.0.0.1:0 > "$s/log" 2>&1 & spid=$!
   wait_port "$port" $spid "starling serve (log: $s/log)"
   grep -q "imap: listening on" "$s/log" || { echo "starling serve: no 'imap: listening on' line (log: $s/log)" >&2; exit 1; }

@@ -196,13 +196,13 @@ fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
     )
 }
 
-const HEADER_PROBE: u64 = 16 * 1024;
+const HEADER_PROBE: u64 = 8 * 1024;
 
 /// A message's body for one FETCH response: the header block alone when
 /// that is all the items need (`whole` false), read with one range read.
 fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
     if !whole {
-        let mut head = reader.body_range(env.blob, 0, HEADER_PROBE)?;
+        let mut head = reader.body_prefix(env.blob, HEADER_PROBE as usize)?;
         let end = mime::header_block(&head).len();
         if end < head.len() || head.len() as u64 == env.size {
             head.truncate(end);
@@ -236,25 +236,27 @@ impl Session {
         self.announce(id)?;
         let reader = self.reader()?;
         let status = reader.status(id)?;
-        let infos = reader.messages(id, 1, usize::MAX)?;
-        let recent_count = infos.iter().filter(|m| m.uid >= floor).count();
         let mut selected = Selected::new(id, read_only);
-        selected.uids = UidMap::from_sorted(infos.iter().map(|m| m.uid));
+        selected.uids = self.view_of(&reader, id, status.highest_modseq)?;
         selected.modseq = status.highest_modseq;
+        let recent_count = selected.uids.count_from(floor);
         if recent_count > 0 {
             selected.recent.push((floor, selected.max_uid()));
             if !read_only {
                 self.recent_floor(id, Some(selected.max_uid()))?;
             }
         }
-        let first_unseen = infos.iter().position(|m| !m.flags.contains(&Keyword::Seen));
+        let first_unseen = match reader.first_unseen(id)? {
+            Some(u) => selected.seq_of(u),
+            None => None,
+        };
         let mut keywords: BTreeSet<String> =
             ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect();
         keywords.extend(reader.names().keywords.iter().map(|k| k.to_string()));
         let keywords: Vec<String> = keywords.into_iter().collect();
         self.untagged(&format!("FLAGS ({})", keywords.join(" ")));
         self.untagged(&format!("OK [PERMANENTFLAGS ({} \\*)] flags permitted", keywords.join(" ")));
-        self.untagged(&format!("{} EXISTS", infos.len()));
+        self.untagged(&format!("{} EXISTS", selected.uids.len()));
         if !self.enabled.rev2 {
             self.untagged(&format!("{recent_count} RECENT"));
         }
@@ -282,7 +284,7 @@ impl Session {
                 let mut changed = reader.changed_since(id, since, usize::MAX)?;
                 changed.sort_by_key(|m| m.uid);
                 for m in changed {
-                    if let Ok(i) = infos.binary_search_by_key(&m.uid, |x| x.uid) {
+                    if let Some(i) = selected.seq_of(m.uid) {
                         self.untagged(&format!(
                             "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",
                             i + 1,
@@ -296,6 +298,34 @@ impl Session {
         }
         self.selected = Some(selected);
         Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into())
+    }
+
+    /// The UIDs of a mailbox at `modseq`, from the shared cache when it can.
+    fn view_of(&self, reader: &Reader, id: MailboxId, modseq: u64) -> Result<UidMap, Fail> {
+        let key = (self.account_name().to_string(), id);
+        let cached = self.shared.views.lock().expect("views").get(&key).cloned();
+        let map = match cached {
+            Some((m, map)) if m == modseq => return Ok(map),
+            Some((m, mut map)) if m < modseq => {
+                for u in reader.vanished_since(id, m)? {
+                    map.remove(u);
+                }
+                let mut new: Vec<u32> = reader
+                    .changed_since(id, m, usize::MAX)?
+                    .into_iter()
+                    .map(|i| i.uid)
+                    .filter(|&u| u > map.last())
+                    .collect();
+                new.sort_unstable();
+                for u in new {
+                    map.push(u);
+                }
+                map
+            }
+            _ => UidMap::from_sorted(reader.uids(id)?),
+        };
+        self.shared.views.lock().expect("views").insert(key, (modseq, map.clone()));
+        Ok(map)
     }
 
     pub(crate) fn close(&mut self, expunge: bool) {

@@ -57,6 +57,10 @@ pub struct Shared {
     /// starts at the replica's announced UIDNEXT, which is persisted.
     recent: Mutex<HashMap<(String, MailboxId), u32>>,
     sessions: std::sync::atomic::AtomicUsize,
+    /// Per mailbox, its UIDs as of a HIGHESTMODSEQ: a SELECT of an unchanged
+    /// mailbox copies it instead of reading every row, a changed one applies
+    /// only what changed since (as a session's update does).
+    pub(crate) views: Mutex<HashMap<(String, MailboxId), (u64, crate::uidmap::UidMap)>>,
 }
 
 impl Shared {
@@ -69,6 +73,7 @@ impl Shared {
             logins: Mutex::default(),
             recent: Mutex::default(),
             sessions: Default::default(),
+            views: Mutex::default(),
         })
     }
 

@@ -86,6 +86,23 @@ impl UidMap {
         Some(seq)
     }
 
+    /// Messages with a UID at or above `uid`.
+    pub fn count_from(&self, uid: u32) -> usize {
+        let i = self.runs.partition_point(|r| r.0 <= uid);
+        let start = match i.checked_sub(1) {
+            None => 0,
+            Some(j) => {
+                let off = uid - self.runs[j].0;
+                if off < self.run_len(j) {
+                    self.runs[j].1 + off
+                } else {
+                    self.runs.get(i).map_or(self.len, |r| r.1)
+                }
+            }
+        };
+        (self.len - start) as usize
+    }
+
     /// UID ranges covering 0-based sequence indexes `lo..=hi`.
     pub fn uid_ranges(&self, lo: usize, hi: usize, out: &mut Vec<(u32, u32)>) {
         let mut seq = lo;
@@ -131,6 +148,9 @@ mod tests {
                 prop_assert_eq!(m.seq_of(u), Some(i));
             }
             prop_assert_eq!(m.uid(uids.len()), None);
+            for probe in 0..u + 2 {
+                prop_assert_eq!(m.count_from(probe), uids.iter().filter(|&&x| x >= probe).count());
+            }
             if !uids.is_empty() {
                 let (lo, hi) = (uids.len() / 3, uids.len() - 1);
                 let mut ranges = Vec::new();

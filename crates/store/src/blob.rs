@@ -11,8 +11,10 @@ use starling_model::BlobId;
 /// One stretch of a body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Piece {
-    /// Bytes kept in the body record.
-    Inline(Vec<u8>),
+    /// Bytes kept in the body record. As serde bytes: the same postcard
+    /// encoding as a `Vec<u8>` (length, then the bytes), decoded in one copy
+    /// instead of element by element.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A large part stored apart.
     Part {
         /// Its id.
@@ -56,6 +58,68 @@ pub fn unpack(stored: &[u8], len_max: usize) -> Result<std::borrow::Cow<'_, [u8]
         Some((f, _)) => Err(format!("unknown blob format {f}")),
         None => Err("empty blob record".into()),
     }
+}
+
+/// The first `n` bytes of the body a stored record describes, when the body
+/// starts with an inline piece: only that much of the record is
+/// decompressed. `None` when the record cannot answer from its start (a
+/// large part first, or too short a prefix): read the body instead.
+pub fn inline_prefix(stored: &[u8], n: usize) -> Option<Vec<u8>> {
+    // A postcard record starts with: body length, piece count, piece
+    // variant (0 = Inline), bytes length (all varints), then the bytes.
+    const HEAD_MAX: usize = 4 * 10;
+    let head: std::borrow::Cow<'_, [u8]> = match stored.split_first()? {
+        (0, rest) => std::borrow::Cow::Borrowed(rest),
+        (1, rest) => std::borrow::Cow::Owned(decompress_prefix(rest, n + HEAD_MAX)?),
+        _ => return None,
+    };
+    let mut r: &[u8] = &head;
+    let mut varint = || -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = r.split_first()?;
+            r = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let _total = varint()?;
+    if varint()? == 0 {
+        return Some(Vec::new());
+    }
+    if varint()? != 0 {
+        return None;
+    }
+    let len = usize::try_from(varint()?).ok()?;
+    let want = n.min(len);
+    (r.len() >= want).then(|| r[..want].to_vec())
+}
+
+/// At most the first `n` decompressed bytes of a zstd frame, with this
+/// thread's decompression context (making one costs more than a header).
+fn decompress_prefix(frame: &[u8], n: usize) -> Option<Vec<u8>> {
+    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer, ResetDirective};
+    thread_local!(static DCTX: std::cell::RefCell<DCtx<'static>> = std::cell::RefCell::new(DCtx::create()));
+    DCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        c.reset(ResetDirective::SessionOnly).ok()?;
+        let mut out = vec![0u8; n];
+        let mut input = InBuffer::around(frame);
+        let mut output = OutBuffer::around(&mut out[..]);
+        loop {
+            let before = (input.pos(), output.pos());
+            let left = c.decompress_stream(&mut output, &mut input).ok()?;
+            if left == 0 || output.pos() == n || before == (input.pos(), output.pos()) {
+                break;
+            }
+        }
+        let got = output.pos();
+        out.truncate(got);
+        Some(out)
+    })
 }
 
 /// Splits `raw` into inline pieces and large parts (above `threshold`
@@ -147,5 +211,41 @@ mod tests {
         let garbage: Vec<u8> = (0..400_000u32).map(|i| (i * 7919 % 251) as u8).collect();
         let (rec, parts) = split(&garbage, 256 * 1024);
         assert_eq!(reassemble(&rec, &parts), garbage);
+    }
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    /// Records written before `Inline` was serde bytes read the same.
+    #[test]
+    fn inline_bytes_keep_the_postcard_encoding_of_a_vec() {
+        #[derive(Serialize)]
+        enum Old {
+            Inline(Vec<u8>),
+        }
+        let bytes = vec![0u8, 1, 200, 255, 7];
+        let old = postcard::to_stdvec(&Old::Inline(bytes.clone())).unwrap();
+        assert_eq!(postcard::to_stdvec(&Piece::Inline(bytes.clone())).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Piece>(&old).unwrap(), Piece::Inline(bytes));
+    }
+
+    /// A prefix read from the start of a record equals the body's prefix.
+    #[test]
+    fn inline_prefix_matches_the_body() {
+        let body: Vec<u8> = (0..50_000u32).flat_map(|i| format!("line {i}\r\n").into_bytes()).collect();
+        let (record, _) = split(&body, usize::MAX);
+        let stored = pack(&postcard::to_stdvec(&record).unwrap());
+        assert_eq!(stored[0], 1, "compressed");
+        for n in [0, 1, 100, 16 * 1024, body.len(), body.len() + 10] {
+            assert_eq!(inline_prefix(&stored, n).unwrap(), &body[..n.min(body.len())]);
+        }
+        let raw = [vec![0u8], postcard::to_stdvec(&record).unwrap()].concat();
+        assert_eq!(inline_prefix(&raw, 10).unwrap(), &body[..10]);
+        let part_first = BodyRecord { len: 5, pieces: vec![Piece::Part { id: BlobId([0; 32]), len: 5 }] };
+        assert_eq!(inline_prefix(&pack(&postcard::to_stdvec(&part_first).unwrap()), 3), None);
+        assert_eq!(inline_prefix(&[], 3), None);
+        assert_eq!(inline_prefix(&[1, 2, 3], 3), None);
     }
 }

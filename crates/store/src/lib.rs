@@ -859,6 +859,34 @@ impl Reader {
         Ok(out)
     }
 
+    /// The UIDs of a mailbox, ascending: keys only, no row decoded.
+    pub fn uids(&self, id: MailboxId) -> Result<Vec<u32>, StoreError> {
+        let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+        let Ok(slots) = self.txn.open_table(backend::SLOTS) else { return Ok(Vec::new()) };
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in slots.range((a, i, 0)..=(a, i, u32::MAX)).map_err(st)? {
+            out.push(item.map_err(st)?.0.value().2);
+        }
+        Ok(out)
+    }
+
+    /// The lowest UID without `\Seen`, reading rows only up to it.
+    pub fn first_unseen(&self, id: MailboxId) -> Result<Option<u32>, StoreError> {
+        let Some(i) = self.mailbox(id) else { return Ok(None) };
+        let Ok(slots) = self.txn.open_table(backend::SLOTS) else { return Ok(None) };
+        let seen = self.names.keywords.iter().position(|k| *k == Keyword::Seen).map(|p| p as u32);
+        let a = self.account;
+        for item in slots.range((a, i, 0)..=(a, i, u32::MAX)).map_err(st)? {
+            let (k, v) = item.map_err(st)?;
+            let (_, slot) = decode_slot(v.value()).map_err(st)?;
+            if !seen.is_some_and(|s| slot.flags.iter().any(|e| e.kw == s)) {
+                return Ok(Some(k.value().2));
+            }
+        }
+        Ok(None)
+    }
+
     /// Messages whose UIDs lie in `ranges` (inclusive, as a UID set names
     /// them), by range: reads only those rows.
     pub fn messages_in(&self, id: MailboxId, ranges: &[(u32, u32)]) -> Result<Vec<MessageInfo>, StoreError> {
@@ -938,6 +966,17 @@ impl Reader {
     /// Length of a stored body.
     pub fn body_len(&self, id: BlobId) -> Result<u64, StoreError> {
         Ok(self.record(id)?.len)
+    }
+
+    /// The first `n` bytes of a body (all of it if shorter), decompressing
+    /// only what they need when they can (the header of a message).
+    pub fn body_prefix(&self, id: BlobId, n: usize) -> Result<Vec<u8>, StoreError> {
+        let t = self.txn.open_table(BLOBS).map_err(|_| StoreError::MissingBlob(id))?;
+        let v = t.get(&id.0).map_err(st)?.ok_or(StoreError::MissingBlob(id))?;
+        match blob::inline_prefix(v.value(), n) {
+            Some(bytes) => Ok(bytes),
+            None => self.body_range(id, 0, n as u64),
+        }
     }
 
     /// A whole body, reassembled byte-exact.
