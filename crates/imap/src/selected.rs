@@ -196,17 +196,27 @@ fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
     )
 }
 
-const HEADER_PROBE: u64 = 8 * 1024;
+/// Prefixes tried for a header block before reading a whole body: most
+/// headers are 1–2 KiB, and decompressing a prefix costs its length.
+const HEADER_PROBES: [usize; 2] = [2 * 1024, 16 * 1024];
 
 /// A message's body for one FETCH response: the header block alone when
-/// that is all the items need (`whole` false), read with one range read.
+/// that is all the items need (`whole` false).
 fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
     if !whole {
-        let mut head = reader.body_prefix(env.blob, HEADER_PROBE as usize)?;
-        let end = mime::header_block(&head).len();
-        if end < head.len() || head.len() as u64 == env.size {
-            head.truncate(end);
-            return Ok(head);
+        // Kept apart by the store; used if IMAP's idea of the header agrees.
+        if let Some(header) = reader.body_header(env.blob)? {
+            if mime::header_block(&header).len() == header.len() {
+                return Ok(header);
+            }
+        }
+        for probe in HEADER_PROBES {
+            let mut head = reader.body_prefix(env.blob, probe)?;
+            let end = mime::header_block(&head).len();
+            if end < head.len() || head.len() as u64 == env.size {
+                head.truncate(end);
+                return Ok(head);
+            }
         }
     }
     reader.body(env.blob)

@@ -50,10 +50,99 @@ pub fn pack(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reverses [`pack`]; `len_max` bounds decompression.
+/// Stored form of a body record whose message header is compressed apart
+/// (format 2: the first frame holds the record up to the end of the header,
+/// the second the rest), so reading a header decompresses only the header.
+/// Falls back to [`pack`] when the record does not start with the header.
+pub fn pack_record(record: &BodyRecord, serialized: &[u8]) -> Vec<u8> {
+    let Some(Piece::Inline(first)) = record.pieces.first() else { return pack(serialized) };
+    let Some(header) = header_len(first) else { return pack(serialized) };
+    let lead = varint_len(record.len) + varint_len(record.pieces.len() as u64) + 1 + varint_len(first.len() as u64);
+    let (a, b) = serialized.split_at((lead + header).min(serialized.len()));
+    let (za, zb) = (starling_model::codec::compress(a, 1), starling_model::codec::compress(b, 1));
+    if za.len() + zb.len() + 16 >= serialized.len() {
+        return pack(serialized);
+    }
+    let mut out = Vec::with_capacity(za.len() + zb.len() + 11);
+    out.push(2);
+    put_varint(&mut out, za.len() as u64);
+    out.extend_from_slice(&za);
+    out.extend_from_slice(&zb);
+    out
+}
+
+/// Length of a message's header block (through the blank line), if it has one.
+fn header_len(raw: &[u8]) -> Option<usize> {
+    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(r: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = r.split_first()?;
+        *r = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Format 2's two frames.
+fn split_frames(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut r = rest;
+    let len = usize::try_from(take_varint(&mut r)?).ok()?;
+    (len <= r.len()).then(|| r.split_at(len))
+}
+
+/// The message header a format-2 record keeps in its first frame (only
+/// that frame is decompressed); `None` for other formats.
+pub fn record_header(stored: &[u8]) -> Option<Vec<u8>> {
+    let (2, rest) = stored.split_first()? else { return None };
+    let (head, _) = split_frames(rest)?;
+    let head = starling_model::codec::decompress_capped(head, 1 << 20).ok()?;
+    let mut r: &[u8] = &head;
+    let (_total, count, tag, len) =
+        (take_varint(&mut r)?, take_varint(&mut r)?, take_varint(&mut r)?, take_varint(&mut r)?);
+    if count == 0 || tag != 0 || (r.len() as u64) > len {
+        return None;
+    }
+    Some(r.to_vec())
+}
+
+/// Reverses [`pack`] and [`pack_record`]; `len_max` bounds decompression.
 pub fn unpack(stored: &[u8], len_max: usize) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match stored.split_first() {
         Some((0, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
+        Some((2, rest)) => {
+            let (a, b) = split_frames(rest).ok_or("truncated record")?;
+            let mut out = starling_model::codec::decompress_capped(a, len_max)?;
+            out.extend_from_slice(&starling_model::codec::decompress_capped(b, len_max.saturating_sub(out.len()))?);
+            Ok(std::borrow::Cow::Owned(out))
+        }
         Some((1, rest)) => starling_model::codec::decompress_capped(rest, len_max).map(std::borrow::Cow::Owned),
         Some((f, _)) => Err(format!("unknown blob format {f}")),
         None => Err("empty blob record".into()),
@@ -71,6 +160,7 @@ pub fn inline_prefix(stored: &[u8], n: usize) -> Option<Vec<u8>> {
     let head: std::borrow::Cow<'_, [u8]> = match stored.split_first()? {
         (0, rest) => std::borrow::Cow::Borrowed(rest),
         (1, rest) => std::borrow::Cow::Owned(decompress_prefix(rest, n + HEAD_MAX)?),
+        (2, _) => unpack(stored, usize::MAX).ok()?,
         _ => return None,
     };
     let mut r: &[u8] = &head;
@@ -246,6 +336,16 @@ mod encoding_tests {
         let part_first = BodyRecord { len: 5, pieces: vec![Piece::Part { id: BlobId([0; 32]), len: 5 }] };
         assert_eq!(inline_prefix(&pack(&postcard::to_stdvec(&part_first).unwrap()), 3), None);
         assert_eq!(inline_prefix(&[], 3), None);
+        // Format 2: the header decompresses alone; everything reads the same.
+        let mail: Vec<u8> = [b"Subject: x\r\nFrom: a@b\r\n\r\n".to_vec(), body.clone()].concat();
+        let (record, _) = split(&mail, usize::MAX);
+        let serialized = postcard::to_stdvec(&record).unwrap();
+        let stored = pack_record(&record, &serialized);
+        assert_eq!(stored[0], 2);
+        assert_eq!(unpack(&stored, usize::MAX).unwrap(), &serialized[..]);
+        assert_eq!(record_header(&stored).unwrap(), b"Subject: x\r\nFrom: a@b\r\n\r\n");
+        assert_eq!(inline_prefix(&stored, 40).unwrap(), &mail[..40]);
+        assert_eq!(record_header(&pack(&serialized)), None);
         assert_eq!(inline_prefix(&[1, 2, 3], 3), None);
     }
 }

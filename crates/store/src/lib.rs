@@ -227,8 +227,8 @@ fn put_body(txn: &redb::WriteTransaction, raw: &[u8], part_threshold: usize) -> 
             part_table.insert(&pid.0, blob::pack(bytes).as_slice()).map_err(st)?;
         }
     }
-    let record = blob::pack(&postcard::to_stdvec(&record).map_err(st)?);
-    blobs.insert(&id.0, record.as_slice()).map_err(st)?;
+    let serialized = postcard::to_stdvec(&record).map_err(st)?;
+    blobs.insert(&id.0, blob::pack_record(&record, &serialized).as_slice()).map_err(st)?;
     Ok(id)
 }
 
@@ -977,6 +977,14 @@ impl Reader {
             Some(bytes) => Ok(bytes),
             None => self.body_range(id, 0, n as u64),
         }
+    }
+
+    /// A message's header block, when its record keeps it apart (bodies
+    /// stored since format 2): only the header is decompressed.
+    pub fn body_header(&self, id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(BLOBS).map_err(|_| StoreError::MissingBlob(id))?;
+        let v = t.get(&id.0).map_err(st)?.ok_or(StoreError::MissingBlob(id))?;
+        Ok(blob::record_header(v.value()))
     }
 
     /// A whole body, reassembled byte-exact.
