@@ -20,7 +20,12 @@ pub enum Request {
     /// The node, its accounts and its peers.
     Status,
     /// An account's canonical dump.
-    Dump { user: String },
+    Dump {
+        user: String,
+        /// JSON instead of the text dump (same content, same order).
+        #[serde(default)]
+        json: bool,
+    },
     /// How many ops an account holds (cheap: for scripts and benchmarks
     /// waiting for replicas to agree).
     Ops { user: String },
@@ -100,7 +105,8 @@ impl Lag {
 /// Answers a request that needs only the store (status is the node's).
 pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
     match req {
-        Request::Dump { user } => store.dump(user).map_err(|e| e.to_string()),
+        Request::Dump { user, json: false } => store.dump(user).map_err(|e| e.to_string()),
+        Request::Dump { user, json: true } => dump_json(store, user).map_err(|e| e.to_string()),
         Request::Ops { user } => {
             let vv = store.version(user).map_err(|e| e.to_string())?;
             Ok(vv.iter().map(|(_, c)| c).sum::<u64>().to_string())
@@ -135,6 +141,36 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
         }
         Request::Status => Err("status comes from the node".into()),
     }
+}
+
+/// The canonical dump as JSON: mailboxes by name, messages by UID, keywords
+/// sorted; identical on converged replicas.
+fn dump_json(store: &Store, user: &str) -> Result<String, starling_store::StoreError> {
+    use serde_json::json;
+    let reader = store.read(user)?;
+    let tree = &reader.names().tree;
+    let mut mailboxes = Vec::new();
+    for (name, id) in &tree.by_name {
+        let st = reader.status(*id)?;
+        let entry = tree.entries.get(id);
+        let messages: Vec<_> = reader
+            .messages(*id, 1, usize::MAX)?
+            .into_iter()
+            .map(|m| {
+                let flags: Vec<String> = m.flags.iter().map(|k| k.to_string()).collect();
+                json!({ "uid": m.uid, "id": format!("{:?}", m.message), "flags": flags })
+            })
+            .collect();
+        mailboxes.push(json!({
+            "name": name,
+            "uidvalidity": st.uid_validity,
+            "uidnext": st.uid_next,
+            "subscribed": entry.is_some_and(|e| e.subscribed),
+            "special_use": entry.and_then(|e| e.special_use).map(|u| u.as_str()),
+            "messages": messages,
+        }));
+    }
+    Ok(serde_json::to_string_pretty(&json!({ "account": user, "mailboxes": mailboxes })).expect("JSON") + "\n")
 }
 
 /// Parses an IMAP UID set (`1:5,9,20:*`) into inclusive ranges.

@@ -104,14 +104,14 @@ fn wait_same(nodes: &[&Node]) -> Result<Duration, String> {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(30) {
         let dumps: Vec<String> =
-            nodes.iter().map(|n| n.ask(Request::Dump { user: USER.into() }).unwrap_or_default()).collect();
+            nodes.iter().map(|n| n.ask(Request::Dump { user: USER.into(), json: false }).unwrap_or_default()).collect();
         if dumps.iter().all(|d| d.contains("  1 ") && *d == dumps[0]) {
             return Ok(t.elapsed());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let dumps: Vec<String> =
-        nodes.iter().map(|n| n.ask(Request::Dump { user: USER.into() }).unwrap_or_else(|e| e)).collect();
+        nodes.iter().map(|n| n.ask(Request::Dump { user: USER.into(), json: false }).unwrap_or_else(|e| e)).collect();
     Err(format!("the nodes did not converge within 30 s:\n{}", dumps.join("\n---\n")))
 }
 
@@ -200,7 +200,7 @@ pub fn run(root: Option<PathBuf>) -> Result<(), String> {
     let took = wait_same(&[&nodes[0], &nodes[1], &nodes[2]])?;
     println!("   Converged {:.0} ms after n3 came back.", took.as_secs_f64() * 1000.0);
     let dumps: Vec<String> =
-        nodes.iter().map(|n| n.ask(Request::Dump { user: USER.into() })).collect::<Result<_, _>>()?;
+        nodes.iter().map(|n| n.ask(Request::Dump { user: USER.into(), json: false })).collect::<Result<_, _>>()?;
     println!("\n4. The account on n1 (UID, message id, keywords):\n\n{}\n", inbox(&dumps[0]));
     let same = dumps.iter().all(|d| *d == dumps[0]);
     println!(

@@ -85,6 +85,9 @@ enum Command {
     Dump {
         /// The account.
         user: String,
+        /// JSON (mailboxes, UIDs, message ids, keywords) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Add or remove keywords of messages, e.g. `flag alice INBOX 1:20,33 +\Flagged -\Seen`
     /// (through the running node if there is one, so peers get it at once).
@@ -392,7 +395,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let summary = maildir::export(&store, &user, &dir).map_err(|e| e.to_string())?;
             println!("exported {summary}");
         }
-        Command::Dump { user } => print!("{}", via_node(&cli.data_dir, control::Request::Dump { user })?),
+        Command::Dump { user, json } => print!("{}", via_node(&cli.data_dir, control::Request::Dump { user, json })?),
         Command::Flag { user, mailbox, uids, changes } => {
             let (mut add, mut remove) = (Vec::new(), Vec::new());
             for c in changes {

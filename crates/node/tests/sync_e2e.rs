@@ -195,6 +195,11 @@ s.quit()
     let d = a.dump();
     assert_eq!(messages(&d), 1, "{d}");
     wait_for("identical dumps", || b.dump() == d);
+    let json = run(&a.dir, &["dump", "alice", "--json"]);
+    assert_eq!(json, run(&b.dir, &["dump", "alice", "--json"]), "JSON dumps identical too");
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let inbox = parsed["mailboxes"].as_array().unwrap().iter().find(|m| m["name"] == "INBOX").unwrap();
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 1, "{json}");
     // Readable by IMAP on B.
     let imap = b.imap.lock().unwrap().expect("IMAP port printed");
     let read = format!(
