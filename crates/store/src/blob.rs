@@ -164,18 +164,7 @@ pub fn inline_prefix(stored: &[u8], n: usize) -> Option<Vec<u8>> {
         _ => return None,
     };
     let mut r: &[u8] = &head;
-    let mut varint = || -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = r.split_first()?;
-            r = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    };
+    let mut varint = || take_varint(&mut r);
     let _total = varint()?;
     if varint()? == 0 {
         return Some(Vec::new());
