@@ -317,19 +317,9 @@ impl Session {
         let map = match cached {
             Some((m, map)) if m == modseq => return Ok(map),
             Some((m, mut map)) if m < modseq => {
-                for u in reader.vanished_since(id, m)? {
-                    map.remove(u);
-                }
-                let mut new: Vec<u32> = reader
-                    .changed_since(id, m, usize::MAX)?
-                    .into_iter()
-                    .map(|i| i.uid)
-                    .filter(|&u| u > map.last())
-                    .collect();
-                new.sort_unstable();
-                for u in new {
-                    map.push(u);
-                }
+                let mut changed: Vec<u32> = reader.changed_since(id, m, usize::MAX)?.iter().map(|i| i.uid).collect();
+                changed.sort_unstable();
+                map.advance(&reader.vanished_since(id, m)?, changed);
                 map
             }
             _ => UidMap::from_sorted(reader.uids(id)?),
@@ -384,39 +374,26 @@ impl Session {
         let (qresync, condstore) = (self.enabled.qresync, self.enabled.condstore);
         let mut lines = Vec::new();
         let sel = self.selected.as_mut().expect("selected");
-        if !gone.is_empty() {
+        let (removed, new) = sel.uids.advance(&gone, changed.iter().map(|m| m.uid));
+        if !removed.is_empty() {
             if qresync {
                 lines.push(format!("VANISHED {}", set_string(&gone)));
-            }
-            // Highest first, so each number is right when the client reads it.
-            for &u in gone.iter().rev() {
-                let i = sel.uids.remove(u).expect("present");
-                if !qresync {
-                    lines.push(format!("{} EXPUNGE", i + 1));
-                }
+            } else {
+                lines.extend(removed.iter().map(|(_, i)| format!("{} EXPUNGE", i + 1)));
             }
         }
-        let before = sel.uids.len();
-        let mut new = Vec::new();
         sel.reported.sort_unstable();
         for m in &changed {
-            match sel.seq_of(m.uid) {
-                Some(_) if sel.reported.binary_search(&(m.uid, m.modseq)).is_ok() => {}
-                Some(i) => {
-                    let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-                    let flags = flags_string(&m.flags, sel.is_recent(m.uid));
-                    lines.push(format!("{} FETCH (UID {} FLAGS {flags}{modseq})", i + 1, m.uid));
-                }
-                None if m.uid > sel.max_uid() => {
-                    sel.uids.push(m.uid);
-                    new.push(m.uid);
-                }
-                // Below a UID already shown: U1 says this cannot happen at a
-                // replica that announced; keep the numbering valid anyway.
-                None => {}
+            if new.binary_search(&m.uid).is_ok() || sel.reported.binary_search(&(m.uid, m.modseq)).is_ok() {
+                continue;
+            }
+            if let Some(i) = sel.seq_of(m.uid) {
+                let modseq = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
+                let flags = flags_string(&m.flags, sel.is_recent(m.uid));
+                lines.push(format!("{} FETCH (UID {} FLAGS {flags}{modseq})", i + 1, m.uid));
             }
         }
-        let exists = (sel.uids.len() != before).then_some(sel.uids.len());
+        let exists = (!new.is_empty()).then_some(sel.uids.len());
         sel.reported = Vec::new();
         let read_only = sel.read_only;
         sel.modseq = status.highest_modseq;

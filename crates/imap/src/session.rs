@@ -329,11 +329,8 @@ impl Session {
                 self.command(command, search_return, list_selection, list_return);
             }
             _ => {
-                match imap_codec::fragmentizer::Fragmentizer::decode_tag(&self.frag) {
-                    Some(tag) => {
-                        let tag = tag.as_ref().to_string();
-                        self.tagged(&tag, "BAD", "syntax error in command")
-                    }
+                match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
+                    Some(tag) => self.tagged(&tag, "BAD", "syntax error in command"),
                     None => self.untagged("BAD syntax error: no tag"),
                 }
                 self.error();
@@ -767,6 +764,13 @@ impl Session {
         }
         let reader = self.reader()?;
         let status = reader.status(id)?;
+        let mut all = None;
+        let mut count = |k: starling_model::Keyword, want: bool| -> Result<usize, StoreError> {
+            if all.is_none() {
+                all = Some(reader.messages(id, 1, usize::MAX)?);
+            }
+            Ok(all.iter().flatten().filter(|m| m.flags.contains(&k) == want).count())
+        };
         let mut parts = Vec::new();
         for item in items {
             let part = match item {
@@ -777,22 +781,8 @@ impl Session {
                 }
                 StatusDataItemName::UidNext => format!("UIDNEXT {}", status.uid_next),
                 StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", status.uid_validity),
-                StatusDataItemName::Unseen => {
-                    let unseen = reader
-                        .messages(id, 1, usize::MAX)?
-                        .iter()
-                        .filter(|m| !m.flags.contains(&starling_model::Keyword::Seen))
-                        .count();
-                    format!("UNSEEN {unseen}")
-                }
-                StatusDataItemName::Deleted => {
-                    let deleted = reader
-                        .messages(id, 1, usize::MAX)?
-                        .iter()
-                        .filter(|m| m.flags.contains(&starling_model::Keyword::Deleted))
-                        .count();
-                    format!("DELETED {deleted}")
-                }
+                StatusDataItemName::Unseen => format!("UNSEEN {}", count(starling_model::Keyword::Seen, false)?),
+                StatusDataItemName::Deleted => format!("DELETED {}", count(starling_model::Keyword::Deleted, true)?),
                 StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", status.highest_modseq.max(1)),
                 _ => continue,
             };

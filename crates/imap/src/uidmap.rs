@@ -86,6 +86,30 @@ impl UidMap {
         Some(seq)
     }
 
+    /// Brings the map forward by what changed in the mailbox: `vanished`
+    /// UIDs go, `changed` UIDs (ascending) above every shown one come.
+    /// Returns the removed (UID, 0-based sequence index), highest first, so
+    /// each index is right when read in order, and the added UIDs. A changed
+    /// UID below the highest shown is an existing message (or, which U1 rules
+    /// out at a replica that announced, one that cannot be numbered).
+    pub fn advance(
+        &mut self,
+        vanished: &[u32],
+        changed: impl IntoIterator<Item = u32>,
+    ) -> (Vec<(u32, usize)>, Vec<u32>) {
+        let mut gone: Vec<u32> = vanished.iter().copied().filter(|&u| self.seq_of(u).is_some()).collect();
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        let removed = gone.into_iter().filter_map(|u| self.remove(u).map(|i| (u, i))).collect();
+        let mut added = Vec::new();
+        for u in changed {
+            if u > self.last() {
+                self.push(u);
+                added.push(u);
+            }
+        }
+        (removed, added)
+    }
+
     /// Messages with a UID at or above `uid`.
     pub fn count_from(&self, uid: u32) -> usize {
         let i = self.runs.partition_point(|r| r.0 <= uid);
@@ -121,6 +145,15 @@ impl UidMap {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn advance_removes_highest_first_and_adds_above() {
+        let mut m = UidMap::from_sorted([1, 2, 3, 5, 8]);
+        let (removed, added) = m.advance(&[2, 8, 40], [3, 5, 9, 12]);
+        assert_eq!(removed, vec![(8, 4), (2, 1)]);
+        assert_eq!(added, vec![9, 12]);
+        assert_eq!(m, UidMap::from_sorted([1, 3, 5, 9, 12]));
+    }
 
     proptest! {
         /// The map agrees with a plain vector through pushes and removals.

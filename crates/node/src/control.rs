@@ -143,34 +143,11 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
     }
 }
 
-/// The canonical dump as JSON: mailboxes by name, messages by UID, keywords
-/// sorted; identical on converged replicas.
+/// The canonical dump as JSON (identical on converged replicas).
 fn dump_json(store: &Store, user: &str) -> Result<String, starling_store::StoreError> {
-    use serde_json::json;
-    let reader = store.read(user)?;
-    let tree = &reader.names().tree;
-    let mut mailboxes = Vec::new();
-    for (name, id) in &tree.by_name {
-        let st = reader.status(*id)?;
-        let entry = tree.entries.get(id);
-        let messages: Vec<_> = reader
-            .messages(*id, 1, usize::MAX)?
-            .into_iter()
-            .map(|m| {
-                let flags: Vec<String> = m.flags.iter().map(|k| k.to_string()).collect();
-                json!({ "uid": m.uid, "id": format!("{:?}", m.message), "flags": flags })
-            })
-            .collect();
-        mailboxes.push(json!({
-            "name": name,
-            "uidvalidity": st.uid_validity,
-            "uidnext": st.uid_next,
-            "subscribed": entry.is_some_and(|e| e.subscribed),
-            "special_use": entry.and_then(|e| e.special_use).map(|u| u.as_str()),
-            "messages": messages,
-        }));
-    }
-    Ok(serde_json::to_string_pretty(&json!({ "account": user, "mailboxes": mailboxes })).expect("JSON") + "\n")
+    let mailboxes = store.dump_view(user)?;
+    let doc = serde_json::json!({ "account": user, "mailboxes": mailboxes });
+    Ok(serde_json::to_string_pretty(&doc).expect("JSON") + "\n")
 }
 
 /// Parses an IMAP UID set (`1:5,9,20:*`) into inclusive ranges.

@@ -247,6 +247,34 @@ pub struct MissingBody {
     pub internal_date: i64,
 }
 
+/// One mailbox in [`Store::dump_view`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MailboxDump {
+    /// Full name.
+    pub name: String,
+    /// UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// UIDNEXT.
+    pub uidnext: u32,
+    /// Subscribed.
+    pub subscribed: bool,
+    /// Special-use attribute.
+    pub special_use: Option<&'static str>,
+    /// Its messages by UID.
+    pub messages: Vec<MessageDump>,
+}
+
+/// One message in [`Store::dump_view`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MessageDump {
+    /// UID.
+    pub uid: u32,
+    /// Message id.
+    pub id: String,
+    /// Keywords, sorted.
+    pub flags: Vec<String>,
+}
+
 /// What STATUS and SELECT need of a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MailboxStatus {
@@ -558,6 +586,36 @@ impl Store {
         self.inspect(account, |r| r.dump())
     }
 
+    /// The same canonical content as [`Store::dump`], as data (for `dump
+    /// --json`): mailboxes by name, messages by UID, keywords sorted.
+    pub fn dump_view(&self, account: &str) -> Result<Vec<MailboxDump>, StoreError> {
+        let reader = self.read(account)?;
+        let tree = &reader.names().tree;
+        let mut out = Vec::new();
+        for (name, id) in &tree.by_name {
+            let st = reader.status(*id)?;
+            let entry = tree.entries.get(id);
+            let messages = reader
+                .messages(*id, 1, usize::MAX)?
+                .into_iter()
+                .map(|m| MessageDump {
+                    uid: m.uid,
+                    id: format!("{:?}", m.message),
+                    flags: m.flags.iter().map(|k| k.to_string()).collect(),
+                })
+                .collect();
+            out.push(MailboxDump {
+                name: name.clone(),
+                uidvalidity: st.uid_validity,
+                uidnext: st.uid_next,
+                subscribed: entry.is_some_and(|e| e.subscribed),
+                special_use: entry.and_then(|e| e.special_use).map(|u| u.as_str()),
+                messages,
+            });
+        }
+        Ok(out)
+    }
+
     /// The account's whole replicated state, for a peer that is new or
     /// behind the compacted log ([`starling_model::snapshot`]); compressed.
     pub fn snapshot(&self, account: &str) -> Result<Vec<u8>, StoreError> {
@@ -705,7 +763,9 @@ impl Store {
     /// Whether a mailbox's UIDNEXT moved since this replica last announced
     /// it to clients (so an announce op is due). In memory: no transaction.
     pub fn announce_due(&self, account: &str, mailbox: MailboxId) -> Result<bool, StoreError> {
-        Ok(self.announced_uid_next(account, mailbox)? < self.uid_next(account, mailbox)?)
+        let accounts = self.accounts.lock().expect("accounts lock");
+        let r = &accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?.replica;
+        Ok(r.uid_next(mailbox).is_some_and(|next| next > r.announced_uid_next(mailbox)))
     }
 
     /// The UIDNEXT this replica last announced to clients for a mailbox (1 if never).
@@ -713,12 +773,6 @@ impl Store {
         let accounts = self.accounts.lock().expect("accounts lock");
         let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
         Ok(acct.replica.announced_uid_next(mailbox))
-    }
-
-    fn uid_next(&self, account: &str, mailbox: MailboxId) -> Result<u32, StoreError> {
-        let accounts = self.accounts.lock().expect("accounts lock");
-        let acct = accounts.get(account).ok_or_else(|| StoreError::NoSuchAccount(account.into()))?;
-        Ok(acct.replica.uid_next(mailbox).unwrap_or(1))
     }
 
     /// What the account has applied.
