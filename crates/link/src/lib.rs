@@ -6,13 +6,15 @@
 //!
 //! It must not open sockets, spawn tasks or read a clock: the caller moves
 //! the frames ([`PeerLink::poll_transmit`], [`PeerLink::poll_transmit_blob`])
-//! and decides when to retry missing bodies.
+//! and passes the time ([`PeerLink::handle_timeout`]); the session's own
+//! timers decide when to retry missing bodies.
 
 #![deny(missing_docs)]
 
 use starling_model::{BlobId, OpBody, ReplicaId};
 use starling_store::{Store, StoreError};
 use starling_sync::{BodyPolicy, Event, Session, SessionError};
+use std::time::Instant;
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +43,9 @@ pub struct Progress {
     /// New messages arrived (appends, copies or a snapshot): the set of
     /// missing bodies may have grown.
     pub new_messages: bool,
-    /// The peer lacked a body asked of it: the caller should sweep every
-    /// link with [`PeerLink::retry_bodies`] until none is missing.
+    /// The peer lacked a body asked of it: the caller tells its other links
+    /// ([`PeerLink::arm_retry`]), since a body one peer lacks is asked of
+    /// every peer.
     pub bodies_lacking: bool,
 }
 
@@ -126,9 +129,7 @@ impl PeerLink {
 
     /// Asks the peer for every body this node lacks and its policy wants,
     /// except those already asked of it; returns whether any is missing.
-    /// Called when a link opens, and by the caller's timer while some peer
-    /// lacked a body ([`Progress::bodies_lacking`]): a body one peer lacks
-    /// is asked of every peer, not only of the one that told us about it.
+    /// The session calls for it ([`Event::RetryBodies`]) on its retry timer.
     pub fn retry_bodies(&mut self, store: &Store) -> Result<bool, LinkError> {
         let ids = wanted_all(store, &self.accounts, &self.policy)?;
         let missing = !ids.is_empty();
@@ -136,9 +137,40 @@ impl PeerLink {
         Ok(missing)
     }
 
-    /// Asks the peer for bodies a client needs now (on-demand fetch).
-    pub fn fetch_bodies(&mut self, ids: impl IntoIterator<Item = BlobId>) {
+    /// Another link's peer lacked a body: sweep for missing bodies on this
+    /// link's retry timer too.
+    pub fn arm_retry(&mut self) {
+        self.session.arm_retry();
+    }
+
+    /// Asks the peer for bodies a client needs now (on-demand fetch), with
+    /// the sizes their messages declare.
+    pub fn fetch_bodies(&mut self, ids: impl IntoIterator<Item = (BlobId, u64)>) {
         self.session.want_blobs(ids);
+    }
+
+    /// When [`PeerLink::handle_timeout`] is due next, if a timer is set.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+
+    /// Passes the driver's clock to the session (call it whenever the
+    /// driver wakes, at least at [`PeerLink::poll_timeout`]) and answers
+    /// what its timers set off.
+    pub fn handle_timeout(&mut self, store: &Store, now: Instant) -> Result<Progress, LinkError> {
+        self.session.handle_timeout(now);
+        self.answer(store)
+    }
+
+    /// Answers what the session asks after the caller took frames: bodies
+    /// the peer wants are read only as body frames leave.
+    pub fn pump(&mut self, store: &Store) -> Result<Progress, LinkError> {
+        self.answer(store)
+    }
+
+    /// Whether a body frame waits ([`PeerLink::poll_transmit_blob`]).
+    pub fn has_blob_to_send(&self) -> bool {
+        self.session.has_blob_to_send()
     }
 
     /// Next metadata frame to send, in order, on the link's stream.
@@ -173,89 +205,140 @@ impl PeerLink {
         progress: &mut Progress,
         bodies: &mut Vec<Vec<u8>>,
     ) -> Result<(), LinkError> {
+        loop {
+            let mut events = Vec::new();
+            while let Some(ev) = self.session.poll_event() {
+                events.push(ev);
+            }
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut events = events.into_iter().peekable();
+            while let Some(ev) = events.next() {
+                match ev {
+                    Event::Ops { account, mut ops } => {
+                        // Chunks of one account that arrived together commit together.
+                        while let Some(Event::Ops { account: next, .. }) = events.peek() {
+                            if *next != account {
+                                break;
+                            }
+                            let Some(Event::Ops { ops: more, .. }) = events.next() else { unreachable!() };
+                            ops.extend(more);
+                        }
+                        self.apply_ops(store, progress, account, ops)?;
+                    }
+                    ev => self.answer_event(store, progress, bodies, ev)?,
+                }
+            }
+        }
+    }
+
+    /// Applies ops from the peer in one commit, asks for the bodies they
+    /// bring, and acknowledges.
+    fn apply_ops(
+        &mut self,
+        store: &Store,
+        progress: &mut Progress,
+        account: String,
+        ops: Vec<starling_model::Op>,
+    ) -> Result<(), LinkError> {
         let s = &mut self.session;
-        while let Some(ev) = s.poll_event() {
-            match ev {
-                Event::NeedOps { account, since } => match store.ops_since(&account, &since) {
+        store.write(&account, |b| b.apply(ops.iter().cloned()))?;
+        // Bodies follow the metadata, as far as the policy says.
+        // A message moved into a wanted mailbox, or a mailbox
+        // renamed into one, may bring bodies not fetched before.
+        let moved = ops.iter().any(|o| matches!(o.body, OpBody::Move { .. } | OpBody::Account { .. }));
+        let missing = if moved && self.policy != BodyPolicy::full() {
+            wanted_missing(store, &account, &self.policy)?
+        } else {
+            let reader = store.read(&account)?;
+            let mut missing = Vec::new();
+            for (id, size) in self.policy.eager_blobs(&ops, &reader.names().tree) {
+                if !store.has_blob(id)? {
+                    missing.push((id, size));
+                }
+            }
+            missing
+        };
+        s.want_blobs(missing);
+        s.applied(&account, store.version(&account)?);
+        progress.new_messages |= !starling_sync::blobs_of(&ops).is_empty();
+        progress.note(account);
+        Ok(())
+    }
+
+    fn answer_event(
+        &mut self,
+        store: &Store,
+        progress: &mut Progress,
+        bodies: &mut Vec<Vec<u8>>,
+        ev: Event,
+    ) -> Result<(), LinkError> {
+        let s = &mut self.session;
+        match ev {
+            Event::NeedOps { account, since, ops_max, bytes_max } => {
+                match store.ops_chunk(&account, &since, ops_max, bytes_max) {
                     Ok(ops) => s.send_ops(&account, &ops),
                     Err(StoreError::Compacted) => {
                         s.send_snapshot(&account, store.snapshot(&account)?, &store.version(&account)?)
                     }
                     Err(e) => return Err(e.into()),
-                },
-                Event::Ops { account, ops } => {
-                    store.write(&account, |b| b.apply(ops.iter().cloned()))?;
-                    // Bodies follow the metadata, as far as the policy says.
-                    // A message moved into a wanted mailbox, or a mailbox
-                    // renamed into one, may bring bodies not fetched before.
-                    let moved = ops.iter().any(|o| matches!(o.body, OpBody::Move { .. } | OpBody::Account { .. }));
-                    let missing = if moved && self.policy != BodyPolicy::full() {
-                        wanted_missing(store, &account, &self.policy)?
-                    } else {
-                        let reader = store.read(&account)?;
-                        let mut missing = Vec::new();
-                        for id in self.policy.eager_blobs(&ops, &reader.names().tree) {
-                            if !store.has_blob(id)? {
-                                missing.push(id);
-                            }
-                        }
-                        missing
-                    };
-                    s.want_blobs(missing);
-                    s.applied(&account, store.version(&account)?);
-                    progress.new_messages |= !starling_sync::blobs_of(&ops).is_empty();
-                    progress.note(account);
                 }
-                Event::Snapshot { account, bytes } => {
-                    // Two peers may both find a new node behind their logs;
-                    // only the first snapshot installs. The session restarts
-                    // and, now above every peer's floor, goes on by ops.
-                    if !store.version(&account)?.is_empty() {
-                        let why = "a snapshot for a replica that is no longer empty; reconnect to go on by ops";
-                        s.abort(why);
-                        return Err(LinkError::Restart(why.into()));
-                    }
-                    store.install_snapshot(&account, &bytes)?;
-                    s.want_blobs(wanted_missing(store, &account, &self.policy)?);
-                    s.applied(&account, store.version(&account)?);
-                    progress.new_messages = true;
-                    progress.note(account);
-                }
-                Event::BlobsWanted { ids } => {
-                    for id in ids {
-                        s.send_blob(id, store.blob(id)?);
-                    }
-                }
-                Event::Blob { bytes, .. } => bodies.push(bytes),
-                Event::BlobMissing { .. } => progress.bodies_lacking = true,
-                // A new connection: bodies asked on an earlier one that broke
-                // before they came are asked again.
-                Event::Open { .. } => s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?),
-                Event::Closed { .. } => {}
             }
+            Event::Ops { account, ops } => self.apply_ops(store, progress, account, ops)?,
+            Event::Snapshot { account, bytes } => {
+                // Two peers may both find a new node behind their logs;
+                // only the first snapshot installs. The session restarts
+                // and, now above every peer's floor, goes on by ops.
+                if !store.version(&account)?.is_empty() {
+                    let why = "a snapshot for a replica that is no longer empty; reconnect to go on by ops";
+                    s.abort(why);
+                    return Err(LinkError::Restart(why.into()));
+                }
+                store.install_snapshot(&account, &bytes)?;
+                s.want_blobs(wanted_missing(store, &account, &self.policy)?);
+                s.applied(&account, store.version(&account)?);
+                progress.new_messages = true;
+                progress.note(account);
+            }
+            Event::BlobsWanted { ids } => {
+                for id in ids {
+                    s.send_blob(id, store.blob(id)?);
+                }
+            }
+            Event::Blob { bytes, .. } => bodies.push(bytes),
+            Event::BlobMissing { .. } => progress.bodies_lacking = true,
+            Event::RetryBodies => {
+                let missing = self.retry_bodies(store)?;
+                self.session.bodies_swept(missing);
+            }
+            // A new connection: bodies asked on an earlier one that broke
+            // before they came are asked again.
+            Event::Open { .. } => s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?),
+            Event::Closed { .. } => {}
         }
         Ok(())
     }
 }
 
-/// Bodies of `account` this store lacks and `policy` fetches eagerly.
-fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<Vec<BlobId>, StoreError> {
+/// Bodies of `account` this store lacks and `policy` fetches eagerly, with their sizes.
+fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<Vec<(BlobId, u64)>, StoreError> {
     let policy = &policy.resolved(&store.read(account)?.names().tree);
     Ok(store
         .missing_bodies(account)?
         .into_iter()
         .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.uid, m.size, m.internal_date))
-        .map(|m| m.blob)
+        .map(|m| (m.blob, m.size))
         .collect())
 }
 
 /// [`wanted_missing`] of several accounts, sorted, without repeats.
-fn wanted_all(store: &Store, accounts: &[String], policy: &BodyPolicy) -> Result<Vec<BlobId>, StoreError> {
+fn wanted_all(store: &Store, accounts: &[String], policy: &BodyPolicy) -> Result<Vec<(BlobId, u64)>, StoreError> {
     let mut ids = Vec::new();
     for a in accounts {
         ids.extend(wanted_missing(store, a, policy)?);
     }
     ids.sort_unstable();
-    ids.dedup();
+    ids.dedup_by_key(|(id, _)| *id);
     Ok(ids)
 }

@@ -270,7 +270,7 @@ fn partial_peer_takes_small_inbox_bodies_and_the_rest_on_demand() {
     assert_eq!(missing.len(), 2, "the large INBOX body and the Work body are left out");
     assert!(missing.contains(&big_id));
     // A client opens the attachment: fetched on demand, byte-exact.
-    nodes[1].links.get_mut(&0).unwrap().fetch_bodies([big_id]);
+    nodes[1].links.get_mut(&0).unwrap().fetch_bodies([(big_id, 0)]);
     settle(&mut nodes);
     assert_eq!(nodes[1].store().blob(big_id).unwrap().unwrap(), big);
     assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 1);

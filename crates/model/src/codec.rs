@@ -194,8 +194,79 @@ pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
     })
 }
 
+/// A sequence of at most `max` elements: the count is checked against the
+/// length prefix before any element is decoded, and again while decoding.
+struct BoundedVec<T> {
+    max: usize,
+    what: &'static str,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for BoundedVec<T> {
+    type Value = Vec<T>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for BoundedVec<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "at most {} {}", self.max, self.what)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let too_many = || serde::de::Error::custom(format!("more than {} {}", self.max, self.what));
+        if seq.size_hint().is_some_and(|n| n > self.max) {
+            return Err(too_many());
+        }
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(x) = seq.next_element()? {
+            if out.len() == self.max {
+                return Err(too_many());
+            }
+            out.push(x);
+        }
+        Ok(out)
+    }
+}
+
+/// [`Batch`] with its counts bounded while decoding.
+struct BatchSeed {
+    ops_max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchSeed {
+    type Value = Batch;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Batch, D::Error> {
+        d.deserialize_struct("Batch", &["replicas", "ops"], self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchSeed {
+    type Value = Batch;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a batch of ops")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
+        let missing = || serde::de::Error::custom("batch truncated");
+        let replicas = seq
+            .next_element_seed(BoundedVec { max: BATCH_REPLICAS_MAX, what: "replicas", _t: Default::default() })?
+            .ok_or_else(missing)?;
+        let ops = seq
+            .next_element_seed(BoundedVec { max: self.ops_max, what: "ops", _t: Default::default() })?
+            .ok_or_else(missing)?;
+        Ok(Batch { replicas, ops })
+    }
+}
+
 /// Decodes and validates a frame made by [`encode`].
 pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
+    decode_limited(frame, BATCH_OPS_MAX)
+}
+
+/// [`decode`] of a frame of at most `ops_max` ops (checked against the
+/// count before any op is decoded).
+pub fn decode_limited(frame: &[u8], ops_max: usize) -> Result<Vec<Op>, DecodeError> {
     let [version, compression, body @ ..] = frame else {
         return Err(DecodeError::Truncated);
     };
@@ -214,16 +285,15 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Op>, DecodeError> {
     if payload.len() > PAYLOAD_BYTES_MAX {
         return Err(DecodeError::Limit("payload size"));
     }
-    let (batch, rest): (Batch, &[u8]) =
-        postcard::take_from_bytes(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
+    let mut de = postcard::Deserializer::from_bytes(payload);
+    let batch = serde::de::DeserializeSeed::deserialize(BatchSeed { ops_max: ops_max.min(BATCH_OPS_MAX) }, &mut de)
+        // postcard drops a custom error's text: a count over its bound shows as this one.
+        .map_err(|e| match e {
+            postcard::Error::SerdeDeCustom => DecodeError::Limit("ops or replicas"),
+            e => DecodeError::Malformed(e.to_string()),
+        })?;
+    if !de.finalize().map_err(|e| DecodeError::Malformed(e.to_string()))?.is_empty() {
         return Err(DecodeError::Malformed("trailing bytes".into()));
-    }
-    if batch.replicas.len() > BATCH_REPLICAS_MAX {
-        return Err(DecodeError::Limit("replicas"));
-    }
-    if batch.ops.len() > BATCH_OPS_MAX {
-        return Err(DecodeError::Limit("ops"));
     }
     let mut ops = batch.ops;
     for op in &mut ops {

@@ -12,6 +12,7 @@
 
 pub mod account;
 pub mod backend;
+mod causal;
 pub mod codec;
 pub mod flags;
 pub mod hlc;

@@ -17,13 +17,14 @@ use crate::account::{AccountDoc, AccountError, MailboxTree, SpecialUse, INBOX};
 use crate::backend::{
     Backend, Claim, ClaimKey, Envelope, FlagEntry, FlagSet, MemBackend, MsgLoc, Packed, Slot, StorageError,
 };
+use crate::causal::{blocker, CausalBuffer};
 use crate::ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector, COUNTER_MAX};
 use crate::keyword::Keyword;
 use crate::op::{Append, Op, OpBody, Pin};
 use crate::snapshot::{InstallError, SnapClaim, SnapMailbox, SnapMessage, StateSnapshot, SNAPSHOT_VERSION};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Most ops held back waiting for their causal past. Past it, [`Replica::apply`]
 /// refuses ops and the peer must catch up by state.
@@ -196,9 +197,21 @@ impl Default for ReplicaOptions {
 }
 
 /// A follow-up decided while settling, turned into an op afterwards.
+#[derive(Debug)]
 enum FollowUp {
     Claim { mailbox: MailboxId, message: MessageId, uid: Option<u32>, retract: Option<u32> },
     Move { message: MessageId, to: MailboxId },
+}
+
+/// A decision already queued in a cascade (see [`Replica::apply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Queued {
+    /// A new claim for a message in a mailbox (by index).
+    Claim(u32, Packed),
+    /// A move of a message out of a merged mailbox.
+    Move(Packed),
+    /// Every message of a merged mailbox (by index) has a move queued.
+    Merged(u32),
 }
 
 /// Mailboxes, UIDs and messages an op touched, to settle afterwards.
@@ -220,7 +233,13 @@ pub struct Replica<B: Backend = MemBackend> {
     account: AccountDoc,
     account_dirty: bool,
     tree: MailboxTree,
-    pending: BTreeMap<Dot, Op>,
+    pending: CausalBuffer,
+    /// Ops released from the buffer, to apply next (empty between calls).
+    ready: VecDeque<Op>,
+    /// Follow-ups decided by settling, to turn into ops (empty between calls).
+    followups: VecDeque<FollowUp>,
+    /// What `followups` holds, so that a cascade queues each decision once.
+    queued: HashSet<Queued>,
     outbox: Vec<Op>,
     /// Ops applied since the last [`Replica::take_applied`], when recording.
     applied: Option<Vec<AppliedOp>>,
@@ -264,7 +283,10 @@ impl<B: Backend> Replica<B> {
             account,
             account_dirty: true,
             tree,
-            pending: BTreeMap::new(),
+            pending: CausalBuffer::default(),
+            ready: VecDeque::new(),
+            followups: VecDeque::new(),
+            queued: HashSet::new(),
             outbox: Vec::new(),
             applied: None,
             backend,
@@ -297,7 +319,9 @@ impl<B: Backend> Replica<B> {
         r.keywords = h.keywords;
         r.mailbox_idx = h.mailboxes.iter().enumerate().map(|(i, m)| (m.id, i as u32)).collect();
         r.mailboxes = h.mailboxes;
-        r.pending = h.pending.into_iter().map(|op| (op.dot, op)).collect();
+        let (pending, ready) = CausalBuffer::rebuild(h.pending, &r.vv);
+        r.pending = pending;
+        r.ready = ready.into();
         let occupied: HashSet<MailboxId> = h.occupied_deleted.into_iter().collect();
         r.tree = r.account.tree(|id| occupied.contains(&id));
         Ok(r)
@@ -314,7 +338,7 @@ impl<B: Backend> Replica<B> {
             replica_ids: self.replica_ids.clone(),
             keywords: self.keywords.clone(),
             mailboxes: self.mailboxes.clone(),
-            pending: self.pending.values().cloned().collect(),
+            pending: self.pending.ops().chain(&self.ready).cloned().collect(),
             occupied_deleted: self
                 .tree
                 .entries
@@ -374,6 +398,9 @@ impl<B: Backend> Replica<B> {
             account_dirty,
             tree,
             pending,
+            ready,
+            followups,
+            queued,
             outbox,
             applied,
             backend: old,
@@ -393,6 +420,9 @@ impl<B: Backend> Replica<B> {
             account_dirty,
             tree,
             pending,
+            ready,
+            followups,
+            queued,
             outbox,
             applied,
             backend,
@@ -676,47 +706,68 @@ impl<B: Backend> Replica<B> {
     /// On `Err(Storage)` the in-memory part may be ahead of the backend: the
     /// caller must drop this replica and reopen it from what was committed.
     pub fn apply(&mut self, op: Op) -> Result<(), ApplyError> {
-        if self.vv.contains(op.dot) || self.pending.contains_key(&op.dot) {
+        assert!(self.followups.is_empty() && self.ready.is_empty(), "apply is not re-entered");
+        if self.vv.contains(op.dot) || self.pending.contains(op.dot) {
             return Ok(());
         }
         if op.dot.counter == 0 || op.dot.counter > COUNTER_MAX {
             return Err(ApplyError::CounterOutOfRange(op.dot));
         }
-        if !self.ready(&op) {
+        if let Some(missing) = blocker(&self.vv, &op) {
             if self.pending.len() >= PENDING_MAX {
                 return Err(ApplyError::PendingFull);
             }
-            self.pending.insert(op.dot, op);
+            self.pending.insert(op, missing);
             return Ok(());
         }
-        self.apply_ready(op)?;
-        if self.pending.is_empty() {
-            return Ok(());
+        let result = self.apply_ready(op).and_then(|()| self.drain());
+        if result.is_err() {
+            // The caller drops or reloads the replica; leave no work behind.
+            self.followups.clear();
+            self.queued.clear();
+            self.ready.clear();
         }
-        // Each applied op may make waiting ones ready.
-        loop {
-            let ready: Vec<Dot> = self.pending.values().filter(|o| self.ready(o)).map(|o| o.dot).collect();
-            if ready.is_empty() {
-                break;
-            }
-            for d in ready {
-                if let Some(op) = self.pending.remove(&d) {
-                    if self.ready(&op) {
-                        self.apply_ready(op)?;
-                    } else {
-                        self.pending.insert(d, op);
-                    }
-                }
-            }
-        }
-        Ok(())
+        result
     }
 
-    fn ready(&self, op: &Op) -> bool {
-        self.vv.get(op.dot.replica) + 1 == op.dot.counter && op.deps.iter().all(|d| self.vv.contains(*d))
+    /// Works through what applying an op set off, without recursion: the
+    /// follow-ups settling decided (each becomes an op of this replica,
+    /// applied and settled in turn), then the waiting ops it released. Each
+    /// step runs at the same stack depth, however many messages a heal
+    /// renumbers or however many ops one op releases.
+    fn drain(&mut self) -> Result<(), ApplyError> {
+        loop {
+            if let Some(f) = self.followups.pop_front() {
+                match &f {
+                    FollowUp::Claim { mailbox, message, uid: Some(_), .. } => {
+                        let m = self.lookup(message.0).expect("queued message is interned");
+                        let idx = self.mailbox(*mailbox);
+                        self.queued.remove(&Queued::Claim(idx, m));
+                    }
+                    FollowUp::Move { message, .. } => {
+                        let m = self.lookup(message.0).expect("queued message is interned");
+                        self.queued.remove(&Queued::Move(m));
+                    }
+                    FollowUp::Claim { .. } => {}
+                }
+                if let Some(body) = self.followup_body(f)? {
+                    let op = self.new_op(body);
+                    self.apply_ready(op)?;
+                }
+                continue;
+            }
+            if self.followups.is_empty() {
+                self.queued.clear();
+            }
+            match self.ready.pop_front() {
+                Some(op) => self.apply_ready(op)?,
+                None => return Ok(()),
+            }
+        }
     }
 
     fn apply_ready(&mut self, op: Op) -> Result<(), ApplyError> {
+        assert!(blocker(&self.vv, &op).is_none(), "op applied before its causal past");
         let mut dirty = Dirty::new();
         self.apply_body(&op, &mut dirty)?;
         // A deleted mailbox is visible exactly while it holds messages.
@@ -730,6 +781,10 @@ impl<B: Backend> Replica<B> {
         self.vv.observe(op.dot);
         if op.dot.replica == self.me {
             self.counter = self.counter.max(op.dot.counter);
+        }
+        if !self.pending.is_empty() {
+            let released = self.pending.release(op.dot, &self.vv);
+            self.ready.extend(released);
         }
         if let Some(applied) = &mut self.applied {
             let mailboxes = dirty.keys().map(|i| self.mailboxes[*i as usize].id).collect();
@@ -985,10 +1040,13 @@ impl<B: Backend> Replica<B> {
             }
             let meta = &self.mailboxes[idx as usize];
             msgs.extend(meta.unplaced.keys().copied());
-            // Messages of a mailbox merged into another go there.
+            // Messages of a mailbox merged into another go there (once per
+            // cascade: the moves already queued cover every message in it).
             if let Some(to) = self.tree.merged_into.get(&meta.id).copied() {
-                for s in self.backend.slots_from(idx, 0, usize::MAX)?.iter().chain(meta.unplaced.values()) {
-                    follow.push(FollowUp::Move { message: MessageId(self.unpack(s.id)), to });
+                if self.queued.insert(Queued::Merged(idx)) {
+                    for s in self.backend.slots_from(idx, 0, usize::MAX)?.iter().chain(meta.unplaced.values()) {
+                        follow.push(FollowUp::Move { message: MessageId(self.unpack(s.id)), to });
+                    }
                 }
                 msgs.clear();
             }
@@ -998,6 +1056,10 @@ impl<B: Backend> Replica<B> {
             let mut ordered: Vec<Packed> = msgs.into_iter().collect();
             ordered.sort_by_key(|m| self.unpack(*m));
             for m in ordered {
+                // A claim already queued for it decides when its turn comes.
+                if self.queued.contains(&Queued::Claim(idx, m)) {
+                    continue;
+                }
                 let Some(loc) = self.backend.loc(m)? else {
                     continue;
                 };
@@ -1054,44 +1116,58 @@ impl<B: Backend> Replica<B> {
             }
         }
         for f in follow {
-            let body = match f {
-                FollowUp::Claim { mailbox, message, uid, retract } => {
-                    let uid = match uid {
-                        Some(_) => Some(self.next_uid(mailbox)?),
-                        None => None,
-                    };
-                    OpBody::Claim { mailbox, message, uid, retract }
+            let key = match &f {
+                FollowUp::Claim { mailbox, message, uid: Some(_), .. } => {
+                    Some(Queued::Claim(self.mailbox(*mailbox), self.lookup(message.0).expect("settled message")))
                 }
-                FollowUp::Move { message, to } => match self.move_body(message, to)? {
-                    Some(body) => body,
-                    None => continue,
-                },
+                FollowUp::Move { message, .. } => Some(Queued::Move(self.lookup(message.0).expect("settled message"))),
+                FollowUp::Claim { .. } => None,
             };
-            // A new claim is moot if an earlier follow-up already placed the
-            // message (or moved or expunged it); its withdrawal still stands.
-            let body = match body {
-                OpBody::Claim { mailbox, message, uid: Some(u), retract } => {
-                    let loc = match self.lookup(message.0) {
-                        Some(m) => self.backend.loc(m)?,
-                        None => None,
-                    };
-                    let placed = loc.is_none_or(|l| self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0);
-                    match (placed, retract) {
-                        (false, _) => OpBody::Claim { mailbox, message, uid: Some(u), retract },
-                        (true, Some(r)) => OpBody::Claim { mailbox, message, uid: None, retract: Some(r) },
-                        (true, None) => continue,
-                    }
-                }
-                other => other,
-            };
-            self.emit(body)?;
+            if key.is_none_or(|k| self.queued.insert(k)) {
+                self.followups.push_back(f);
+            }
         }
         Ok(())
     }
 
+    /// The op a queued follow-up becomes now, if it still has work to do.
+    fn followup_body(&mut self, f: FollowUp) -> Result<Option<OpBody>, ApplyError> {
+        let body = match f {
+            FollowUp::Claim { mailbox, message, uid, retract } => {
+                let uid = match uid {
+                    Some(_) => Some(self.next_uid(mailbox)?),
+                    None => None,
+                };
+                OpBody::Claim { mailbox, message, uid, retract }
+            }
+            FollowUp::Move { message, to } => match self.move_body(message, to)? {
+                Some(body) => body,
+                None => return Ok(None),
+            },
+        };
+        // A new claim is moot if an earlier follow-up already placed the
+        // message (or moved or expunged it); its withdrawal still stands.
+        Ok(match body {
+            OpBody::Claim { mailbox, message, uid: Some(u), retract } => {
+                let loc = match self.lookup(message.0) {
+                    Some(m) => self.backend.loc(m)?,
+                    None => None,
+                };
+                let placed = loc.is_none_or(|l| self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0);
+                match (placed, retract) {
+                    (false, _) => Some(OpBody::Claim { mailbox, message, uid: Some(u), retract }),
+                    (true, Some(r)) => Some(OpBody::Claim { mailbox, message, uid: None, retract: Some(r) }),
+                    (true, None) => None,
+                }
+            }
+            other => Some(other),
+        })
+    }
+
     // ----------------------------------------------------------- local ops
 
-    fn emit(&mut self, body: OpBody) -> Result<Dot, ApplyError> {
+    /// A new op of this replica (queued for peers), not applied yet.
+    fn new_op(&mut self, body: OpBody) -> Op {
         let dot = Dot::new(self.me, self.counter + 1);
         let mut deps = Vec::new();
         for (r, c) in self.vv.iter() {
@@ -1102,8 +1178,17 @@ impl<B: Backend> Replica<B> {
         for d in &deps {
             self.deps_base.observe(*d);
         }
+        // Reserved now: the next one is made before this one is applied.
+        self.counter = dot.counter;
         let op = Op { dot, deps, body };
         self.outbox.push(op.clone());
+        op
+    }
+
+    /// Makes a local change: a new op, applied like any other.
+    fn emit(&mut self, body: OpBody) -> Result<Dot, ApplyError> {
+        let op = self.new_op(body);
+        let dot = op.dot;
         self.apply(op)?;
         Ok(dot)
     }

@@ -25,8 +25,8 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
             let _ = seen_tx.send(conn.peer);
             tokio::spawn(async move {
                 let Ok((mut send, mut recv)) = conn.connection.accept_bi().await else { return };
-                if let Ok(Some(got)) = read_frame(&mut recv).await {
-                    let _ = write_frame(&mut send, &got.iter().rev().copied().collect::<Vec<_>>()).await;
+                if let Ok(Some(got)) = read_frame(&mut recv, &budget()).await {
+                    let _ = write_frame(&mut send, &got.0.iter().rev().copied().collect::<Vec<_>>()).await;
                     let _ = send.finish();
                 }
                 let _ = conn.connection.closed().await;
@@ -37,7 +37,7 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
     assert_eq!(conn.peer, a.id());
     let (mut send, mut recv) = conn.connection.open_bi().await.unwrap();
     write_frame(&mut send, b"hello").await.unwrap();
-    assert_eq!(read_frame(&mut recv).await.unwrap().unwrap(), b"olleh");
+    assert_eq!(read_frame(&mut recv, &budget()).await.unwrap().unwrap().0, b"olleh");
     conn.connection.close(0u32.into(), b"done");
     assert_eq!(seen_rx.recv().await.unwrap(), b.id(), "A saw B's pinned identity");
 
@@ -47,7 +47,7 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
         let (mut s, mut r) =
             conn.connection.open_bi().await.map_err(|e| starling_net::NetError::Connection(e.to_string()))?;
         write_frame(&mut s, b"x").await?;
-        read_frame(&mut r).await
+        read_frame(&mut r, &budget()).await
     };
     let out = tokio::time::timeout(std::time::Duration::from_secs(5), refused).await.expect("no hang");
     assert!(!matches!(out, Ok(Some(_))), "stranger got an answer");
@@ -68,4 +68,8 @@ fn identity_is_stable_and_node_ids_parse() {
     assert!(NodeId::parse("xyz").is_err());
     std::fs::write(dir.path().join("node.key"), b"not a key").unwrap();
     assert!(NodeIdentity::load_or_create(dir.path()).is_err());
+}
+
+fn budget() -> std::sync::Arc<tokio::sync::Semaphore> {
+    std::sync::Arc::new(tokio::sync::Semaphore::new(starling_net::FRAME_BYTES_MAX))
 }

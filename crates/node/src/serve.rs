@@ -10,11 +10,10 @@ use starling_store::Store;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Frames handled in one go at most (bytes): bounds a batch's memory.
 const BATCH_BYTES: usize = 32 << 20;
@@ -58,7 +57,11 @@ pub fn run(
         let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
         let endpoint = Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), pinned).map_err(|e| e.to_string())?);
         let hub =
-            Hub { changes: broadcast::channel::<String>(1024).0, bodies_lacking: Arc::default(), live: Arc::default() };
+            Hub {
+            changes: broadcast::channel::<String>(1024).0,
+            bodies_lacking: Arc::new(watch::channel(0).0),
+            live: Arc::default(),
+        };
         let peers = Arc::new(peers);
         let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone())?;
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
@@ -286,8 +289,9 @@ fn report(store: &Store, account: &str, bodies: bool) {
 struct Hub {
     /// Accounts just committed (locally or from a peer): every link pushes.
     changes: broadcast::Sender<String>,
-    /// Some peer lacked a body asked of it: all links sweep until none is missing.
-    bodies_lacking: Arc<AtomicBool>,
+    /// Bumped when some peer lacked a body: every link then sweeps for
+    /// missing bodies on its own retry timer.
+    bodies_lacking: Arc<watch::Sender<u64>>,
     /// What `starling status` shows of each peer.
     live: Arc<Mutex<BTreeMap<NodeId, PeerLive>>>,
 }
@@ -308,6 +312,26 @@ struct PeerLive {
     peer_has: BTreeMap<String, starling_model::VersionVector>,
 }
 
+/// Bytes of received frames held in memory per connection at most, from
+/// the length prefix to the end of their handling (one whole frame of
+/// [`starling_net::FRAME_BYTES_MAX`] always fits): reading stops, and QUIC
+/// flow control holds the peer back, while it is used up.
+const INBOUND_BYTES: usize = starling_net::FRAME_BYTES_MAX + (32 << 20);
+/// Body frames handed to the writer task and not yet written, at most.
+const BLOB_FRAMES_QUEUED: usize = 4;
+
+/// A received frame and its share of the connection's inbound budget.
+type Inbound = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
+
+/// Reads frames from a stream into `tx`, each within the inbound budget.
+async fn read_frames(mut recv: quinn::RecvStream, budget: Arc<tokio::sync::Semaphore>, tx: mpsc::Sender<Inbound>) {
+    while let Ok(Some(f)) = read_frame(&mut recv, &budget).await {
+        if tx.send(f).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// One sync session over one connection; returns why it ended.
 async fn session(
     conn: PeerConnection,
@@ -318,7 +342,7 @@ async fn session(
     hub: Hub,
 ) -> String {
     let streams = if dialer { conn.connection.open_bi().await } else { conn.connection.accept_bi().await };
-    let (mut send, mut recv) = match streams {
+    let (send, recv) = match streams {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
@@ -326,33 +350,34 @@ async fn session(
         Ok(l) => l,
         Err(e) => return e.to_string(),
     };
-    // Reader tasks: frames arrive on a channel, so waiting is cancel-safe.
-    // Bodies come on unidirectional streams the peer opens (see `blob_writer`).
-    let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(64);
-    let meta_tx = frames_tx.clone();
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(f)) = read_frame(&mut recv).await {
-            if meta_tx.send(f).await.is_err() {
-                break;
-            }
-        }
-    });
+    // Reader tasks: frames arrive on a channel, so waiting is cancel-safe;
+    // together they hold at most INBOUND_BYTES of frames. Bodies come on
+    // unidirectional streams the peer opens (see the body writer below).
+    let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES));
+    let (frames_tx, mut frames) = mpsc::channel::<Inbound>(64);
+    let reader = tokio::spawn(read_frames(recv, budget.clone(), frames_tx.clone()));
     let blob_conn = conn.connection.clone();
     let blob_reader = tokio::spawn(async move {
-        while let Ok(mut uni) = blob_conn.accept_uni().await {
-            let tx = frames_tx.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(f)) = read_frame(&mut uni).await {
-                    if tx.send(f).await.is_err() {
-                        break;
-                    }
-                }
-            });
+        while let Ok(uni) = blob_conn.accept_uni().await {
+            tokio::spawn(read_frames(uni, budget.clone(), frames_tx.clone()));
         }
     });
-    // Bodies go out through their own task and stream: a 5 MB attachment
-    // never delays the metadata frames written below.
-    let (blobs_out, mut blobs_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Writer tasks, so that this loop never waits on the network. Metadata
+    // frames are few by construction (the session's windows bound them);
+    // bodies go through a short bounded queue, filled only as it drains,
+    // on their own stream so a 5 MB attachment never delays metadata.
+    let (meta_out, mut meta_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut meta_writer = tokio::spawn(async move {
+        let mut send = send;
+        while let Some(f) = meta_rx.recv().await {
+            if let Err(e) = write_frame(&mut send, &f).await {
+                return e.to_string();
+            }
+        }
+        let _ = send.finish();
+        "stream closed".to_string()
+    });
+    let (blobs_out, mut blobs_rx) = mpsc::channel::<Vec<u8>>(BLOB_FRAMES_QUEUED);
     let blob_conn = conn.connection.clone();
     let blob_writer = tokio::spawn(async move {
         let mut stream = None;
@@ -367,13 +392,13 @@ async fn session(
         }
     });
     let mut local = hub.changes.subscribe();
+    let mut lacking = hub.bodies_lacking.subscribe();
     {
         let mut live = hub.live.lock().expect("peer table");
         let l = live.entry(peer.id).or_default();
         l.connected = true;
         l.connection = Some(conn.connection.clone());
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut in_flight_before = 0;
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
@@ -395,7 +420,7 @@ async fn session(
                     let _ = hub.changes.send(account);
                 }
                 if progress.bodies_lacking {
-                    hub.bodies_lacking.store(true, Ordering::Relaxed);
+                    hub.bodies_lacking.send_modify(|g| *g += 1);
                 }
                 // Counting what is still missing scans the account: only when
                 // this link's requests have all been answered (bodies or
@@ -411,53 +436,65 @@ async fn session(
             Err(e) => {
                 // A protocol error leaves a `Refused` frame to send first.
                 while let Some(f) = link.poll_transmit() {
-                    let _ = write_frame(&mut send, &f).await;
+                    let _ = meta_out.send(f);
                 }
+                drop(meta_out);
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut meta_writer).await;
                 break e.to_string();
             }
         }
-        while let Some(f) = link.poll_transmit_blob() {
-            let _ = blobs_out.send(f);
-        }
-        let mut failed = None;
         while let Some(f) = link.poll_transmit() {
-            if let Err(e) = write_frame(&mut send, &f).await {
-                failed = Some(e.to_string());
-                break;
-            }
+            let _ = meta_out.send(f);
         }
-        if let Some(e) = failed {
-            break e;
+        if meta_writer.is_finished() {
+            break "peer stream failed".into();
         }
         if link.is_closed() {
             break "closed by protocol".into();
         }
+        // The session's timers (the retry sweep for missing bodies).
+        let due = link.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            // Some peer lacked a body: every link asks for what is missing.
-            _ = tick.tick(), if hub.bodies_lacking.load(Ordering::Relaxed) => {
-                outcome = tokio::task::block_in_place(|| link.retry_bodies(&store)).map(|missing| {
-                    if !missing {
-                        hub.bodies_lacking.store(false, Ordering::Relaxed);
-                    }
-                    Progress::default()
-                });
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                outcome = tokio::task::block_in_place(|| link.handle_timeout(&store, Instant::now()));
+            }
+            // Room for a body frame: send one, and read more as they leave.
+            permit = blobs_out.reserve(), if link.has_blob_to_send() => {
+                let Ok(permit) = permit else { break "body stream closed".into() };
+                if let Some(f) = link.poll_transmit_blob() {
+                    permit.send(f);
+                }
+                outcome = tokio::task::block_in_place(|| link.pump(&store));
+            }
+            // Some peer lacked a body: this link sweeps too.
+            changed = lacking.changed() => {
+                if changed.is_err() {
+                    break "shutting down".into();
+                }
+                link.arm_retry();
             }
             f = frames.recv() => match f {
                 Some(f) => {
                     hub.live.lock().expect("peer table").entry(peer.id).or_default().last_contact = Some(Instant::now());
                     // Frames already waiting are handled together (bodies in one commit).
                     let mut batch = vec![f];
-                    let mut size = batch[0].len();
+                    let mut size = batch[0].0.len();
                     while size < BATCH_BYTES {
                         match frames.try_recv() {
                             Ok(f) => {
-                                size += f.len();
+                                size += f.0.len();
                                 batch.push(f);
                             }
                             Err(_) => break,
                         }
                     }
-                    outcome = tokio::task::block_in_place(|| link.handle_frames(&store, &batch));
+                    let bytes: Vec<&[u8]> = batch.iter().map(|(f, _)| f.as_slice()).collect();
+                    outcome = tokio::task::block_in_place(|| {
+                        link.handle_timeout(&store, Instant::now())?;
+                        link.handle_frames(&store, &bytes)
+                    });
+                    // The frames' budget is released once they are handled.
+                    drop(batch);
                 }
                 None => break "peer closed the stream".into(),
             },
@@ -490,6 +527,7 @@ async fn session(
     reader.abort();
     blob_reader.abort();
     blob_writer.abort();
+    meta_writer.abort();
     conn.connection.close(0u32.into(), b"bye");
     end
 }

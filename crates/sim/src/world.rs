@@ -18,7 +18,6 @@ pub const ACCOUNT: &str = "sim";
 
 const MS_PER_HOUR: f64 = 3_600_000.0;
 /// How often a link asks again for bodies a peer lacked.
-const BODY_RETRY_MS: u64 = 500;
 
 /// What one run measured, and whether the checker passed.
 #[derive(Clone, Debug)]
@@ -58,6 +57,11 @@ pub struct RunReport {
     pub crashes: u64,
     /// Events processed.
     pub events: u64,
+    /// Largest queue sizes any session reached (each checked against its
+    /// bound at every step).
+    pub queues: starling_sync::QueueSizes,
+    /// Most ops any replica held in its causal buffer.
+    pub pending_max: usize,
 }
 
 impl RunReport {
@@ -81,6 +85,8 @@ impl RunReport {
             protocol_resets: 0,
             crashes: 0,
             events: 0,
+            queues: Default::default(),
+            pending_max: 0,
         }
     }
 }
@@ -107,8 +113,11 @@ enum Ev {
         a: usize,
         b: usize,
     },
-    Retry {
+    /// A link's session timer is due.
+    Timer {
         node: usize,
+        peer: usize,
+        conn: u64,
     },
     Restart {
         node: usize,
@@ -145,6 +154,8 @@ struct Conn {
     /// Earliest delivery of the next frame on each stream (order kept).
     next_meta: u64,
     next_blob: u64,
+    /// The session timer already scheduled (simulated ms).
+    timer_at: Option<u64>,
 }
 
 struct Node {
@@ -160,8 +171,6 @@ struct Node {
     sent_messages: u64,
     /// False until a `join` event for a node that starts absent.
     joined: bool,
-    /// A body sweep over every link is scheduled.
-    retry_armed: bool,
 }
 
 /// The simulated cluster.
@@ -183,6 +192,10 @@ pub struct World {
     /// Blob bytes of every body ever delivered, by author, to check
     /// on-demand fetches against.
     bodies: BTreeMap<starling_model::BlobId, usize>,
+    /// The instant simulated time 0 stands for (the sessions' clock).
+    epoch: std::time::Instant,
+    /// A bound broken inside a step, reported after it.
+    violation: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -237,7 +250,6 @@ impl World {
                 before: VersionVector::new(),
                 sent_messages: 0,
                 joined,
-                retry_armed: false,
             });
         }
         let n = sc.nodes;
@@ -256,6 +268,8 @@ impl World {
             last_change: 0,
             report: RunReport::new(&sc.name, seed),
             bodies: BTreeMap::new(),
+            epoch: std::time::Instant::now(),
+            violation: None,
         };
         w.build_timeline();
         for i in 0..n {
@@ -348,6 +362,9 @@ impl World {
             self.report.events += 1;
             self.trace.update(&self.now.to_le_bytes());
             self.step(s.ev)?;
+            if let Some(v) = self.violation.take() {
+                return Err(v);
+            }
         }
         self.finish()
     }
@@ -381,20 +398,16 @@ impl World {
                 self.trace.update(&[4, a as u8, b as u8]);
                 self.connect(a, b)
             }
-            Ev::Retry { node } => {
-                self.trace.update(&[5, node as u8]);
-                self.nodes[node].retry_armed = false;
-                let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
-                let mut missing = false;
-                for peer in peers {
-                    let n = &mut self.nodes[node];
-                    let Some(store) = n.store.as_ref() else { return Ok(()) };
-                    missing |= n.conns.get_mut(&peer).expect("listed").link.retry_bodies(store).map_err(err)?;
-                    self.flush(node, peer);
-                }
-                if missing {
-                    self.arm_retry(node);
-                }
+            Ev::Timer { node, peer, conn } => {
+                self.trace.update(&[5, node as u8, peer as u8]);
+                let now = self.instant();
+                let n = &mut self.nodes[node];
+                let Some(store) = n.store.as_ref() else { return Ok(()) };
+                let Some(c) = n.conns.get_mut(&peer).filter(|c| c.id == conn) else { return Ok(()) };
+                c.timer_at = None;
+                let progress = c.link.handle_timeout(store, now).map_err(err)?;
+                self.progressed(node, peer, progress)?;
+                self.flush(node, peer);
                 Ok(())
             }
             Ev::Restart { node } => {
@@ -514,7 +527,7 @@ impl World {
             let n = &mut self.nodes[me];
             let store = n.store.as_ref().expect("up");
             let link = PeerLink::new(store, mid, Some(pid), &accounts, n.policy.clone()).map_err(err)?;
-            n.conns.insert(peer, Conn { id, link, next_meta: 0, next_blob: 0 });
+            n.conns.insert(peer, Conn { id, link, next_meta: 0, next_blob: 0, timer_at: None });
         }
         self.flush(a, b);
         self.flush(b, a);
@@ -534,16 +547,75 @@ impl World {
         }
     }
 
-    /// Sends what `node`'s link to `peer` has queued, through the faults.
+    /// The simulated clock as the sessions see it.
+    fn instant(&self) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_millis(self.now)
+    }
+
+    /// Checks a link's queues against their bounds and notes the largest.
+    fn check_queues(&mut self, node: usize, peer: usize) -> Result<(), String> {
+        let Some(c) = self.nodes[node].conns.get(&peer) else { return Ok(()) };
+        let q = c.link.session().queue_sizes();
+        let bound = starling_sync::queue_bounds(1);
+        let m = &mut self.report.queues;
+        let pairs = [
+            (q.transmit, bound.transmit, &mut m.transmit, "metadata frames"),
+            (q.transmit_bytes, bound.transmit_bytes, &mut m.transmit_bytes, "metadata bytes"),
+            (q.transmit_blobs, bound.transmit_blobs, &mut m.transmit_blobs, "body frames"),
+            (q.transmit_blob_bytes, bound.transmit_blob_bytes, &mut m.transmit_blob_bytes, "body bytes"),
+            (q.events, bound.events, &mut m.events, "events"),
+            (q.blobs_queued, bound.blobs_queued, &mut m.blobs_queued, "bodies queued"),
+            (q.blobs_in_flight, bound.blobs_in_flight, &mut m.blobs_in_flight, "bodies in flight"),
+            (q.peer_wants, bound.peer_wants, &mut m.peer_wants, "bodies the peer wants"),
+        ];
+        for (got, max, seen, what) in pairs {
+            *seen = (*seen).max(got);
+            if got > max {
+                return Err(format!("node {node} link to {peer}: {what} {got} over the bound {max}"));
+            }
+        }
+        m.chunks_in_flight = m.chunks_in_flight.max(q.chunks_in_flight);
+        if q.chunks_in_flight > bound.chunks_in_flight {
+            return Err(format!("node {node} link to {peer}: {} chunks in flight", q.chunks_in_flight));
+        }
+        Ok(())
+    }
+
+    /// Sends what `node`'s link to `peer` has queued, through the faults,
+    /// reading more bodies as body frames leave; then schedules its timer.
     fn flush(&mut self, node: usize, peer: usize) {
         let net = self.sc.network.clone();
+        if let Err(e) = self.check_queues(node, peer) {
+            self.violation.get_or_insert(e);
+        }
         loop {
             let Some(c) = self.nodes[node].conns.get_mut(&peer) else { return };
             let (frame, blob) = match c.link.poll_transmit() {
                 Some(f) => (f, false),
                 None => match c.link.poll_transmit_blob() {
                     Some(f) => (f, true),
-                    None => break,
+                    None => {
+                        let n = &mut self.nodes[node];
+                        let store = n.store.as_ref().expect("up");
+                        let c = n.conns.get_mut(&peer).expect("listed");
+                        match c.link.pump(store) {
+                            Ok(p) if p == starling_link::Progress::default() => {}
+                            Ok(p) => {
+                                if let Err(e) = self.progressed(node, peer, p) {
+                                    self.violation.get_or_insert(e);
+                                }
+                            }
+                            Err(e) => {
+                                self.violation.get_or_insert(format!("node {node}: {e}"));
+                                return;
+                            }
+                        }
+                        let c = self.nodes[node].conns.get_mut(&peer).expect("listed");
+                        if c.link.session().queue_sizes().transmit == 0 && !c.link.has_blob_to_send() {
+                            break;
+                        }
+                        continue;
+                    }
                 },
             };
             let conn = c.id;
@@ -570,13 +642,39 @@ impl World {
             }
             self.schedule(at - self.now, Ev::Frame { from: node, to: peer, conn, bytes: frame });
         }
+        // The session's timer, if it set one.
+        let epoch = self.epoch;
+        let now = self.now;
+        let Some(c) = self.nodes[node].conns.get_mut(&peer) else { return };
+        if let Some(due) = c.link.poll_timeout() {
+            let at = (due.saturating_duration_since(epoch).as_nanos().div_ceil(1_000_000) as u64).max(now);
+            if c.timer_at.is_none_or(|t| at < t) {
+                c.timer_at = Some(at);
+                let conn = c.id;
+                self.schedule(at - now, Ev::Timer { node, peer, conn });
+            }
+        }
     }
 
-    /// Schedules a sweep of missing bodies over all of `node`'s links.
-    fn arm_retry(&mut self, node: usize) {
-        if !std::mem::replace(&mut self.nodes[node].retry_armed, true) {
-            self.schedule(BODY_RETRY_MS, Ev::Retry { node });
+    /// What a link's call changed: tells the other links, arms their body
+    /// sweeps if the peer lacked a body.
+    fn progressed(&mut self, node: usize, peer: usize, progress: starling_link::Progress) -> Result<(), String> {
+        if !progress.committed.is_empty() || progress.bodies > 0 {
+            self.last_change = self.now;
         }
+        if !progress.committed.is_empty() {
+            self.changed(node, Some(peer))?;
+        }
+        if progress.bodies_lacking {
+            let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
+            for p in peers {
+                self.nodes[node].conns.get_mut(&p).expect("listed").link.arm_retry();
+                if p != peer {
+                    self.flush(node, p);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn deliver(&mut self, from: usize, to: usize, conn: u64, bytes: &[u8]) -> Result<(), String> {
@@ -586,17 +684,19 @@ impl World {
         if self.healed.is_some() {
             self.report.frames_after_heal += 1;
         }
-        match c.link.handle_frame(store, bytes) {
+        let now = self.epoch + std::time::Duration::from_millis(self.now);
+        let result = c.link.handle_timeout(store, now).and_then(|p| {
+            let more = c.link.handle_frame(store, bytes)?;
+            Ok(starling_link::Progress {
+                committed: [p.committed, more.committed].concat(),
+                bodies: p.bodies + more.bodies,
+                new_messages: p.new_messages || more.new_messages,
+                bodies_lacking: p.bodies_lacking || more.bodies_lacking,
+            })
+        });
+        match result {
             Ok(progress) => {
-                if !progress.committed.is_empty() || progress.bodies > 0 {
-                    self.last_change = self.now;
-                }
-                if !progress.committed.is_empty() {
-                    self.changed(to, Some(from))?;
-                }
-                if progress.bodies_lacking {
-                    self.arm_retry(to);
-                }
+                self.progressed(to, from, progress)?;
                 self.flush(to, from);
                 self.observe(to)
             }
@@ -647,7 +747,8 @@ impl World {
             n.recorded = own;
         }
         n.before = vv;
-        let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
+        let (obs, pending) = store.inspect(ACCOUNT, |r| (Observation::of(r), r.pending_len())).map_err(err)?;
+        self.report.pending_max = self.report.pending_max.max(pending);
         self.checker.check_step(i, &obs)
     }
 
@@ -776,7 +877,8 @@ impl World {
         self.observe(i)?;
         if let Some(mb) = looked {
             let store = self.nodes[i].store.as_ref().expect("up");
-            let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
+            let (obs, pending) = store.inspect(ACCOUNT, |r| (Observation::of(r), r.pending_len())).map_err(err)?;
+            self.report.pending_max = self.report.pending_max.max(pending);
             self.checker.looked(i, &obs, mb);
         }
         Ok(())
@@ -791,7 +893,7 @@ impl World {
                 Ev::Client { .. } => "clients",
                 Ev::Timeline(_) | Ev::Link { .. } | Ev::FinalHeal => "timeline",
                 Ev::Connect { .. } => "connects",
-                Ev::Retry { .. } => "body retries",
+                Ev::Timer { .. } => "session timers",
                 Ev::Restart { .. } => "restarts",
             };
             *kinds.entry(k).or_default() += 1;
@@ -865,7 +967,7 @@ impl World {
             let Some(c) = self.nodes[i].conns.get_mut(&author) else {
                 return Err(format!("node {i} is not connected to node {author} at the end"));
             };
-            c.link.fetch_bodies([missing]);
+            c.link.fetch_bodies([(missing, 0)]);
             self.flush(i, author);
             while let Some(Reverse(s)) = self.queue.pop() {
                 self.now = s.at;

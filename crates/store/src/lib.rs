@@ -123,6 +123,15 @@ pub enum StoreError {
     /// The peer asked for ops the log no longer holds.
     #[error("log compacted past what the peer has; catch up by state")]
     Compacted,
+    /// The op log lacks an op it should hold (a gap above the floor): the
+    /// log is damaged; the peer should catch up from another node.
+    #[error("op log has no op {counter} of replica {replica:#x} above its floor")]
+    LogGap {
+        /// The replica.
+        replica: u64,
+        /// The missing counter.
+        counter: u64,
+    },
     /// A snapshot could not be read or installed.
     #[error("snapshot: {0}")]
     Snapshot(String),
@@ -789,6 +798,23 @@ impl Store {
     pub fn ops_since(&self, account: &str, have: &VersionVector) -> Result<Vec<Op>, StoreError> {
         let (number, r, ranges) = self.log_ranges(account, have)?;
         oplog::read(&r, number, &ranges, None)
+    }
+
+    /// The next chunk of ops a peer holding `since` lacks, in causal order
+    /// across replicas (every op's causal past is in `since` or earlier in
+    /// the chunk), at most `ops_max` ops and about `bytes_max` bytes. Reads
+    /// one log segment per replica plus the chunk, however far behind the
+    /// peer is. [`StoreError::Compacted`] if the log no longer reaches back
+    /// to `since`.
+    pub fn ops_chunk(
+        &self,
+        account: &str,
+        since: &VersionVector,
+        ops_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Op>, StoreError> {
+        let (number, r, ranges) = self.log_ranges(account, since)?;
+        oplog::read_chunk(&r, number, &ranges, since, ops_max, bytes_max)
     }
 
     /// Like [`Store::ops_since`], restricted to ops that touched `mailboxes`

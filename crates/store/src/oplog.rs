@@ -183,3 +183,93 @@ pub(crate) fn compact(
     }
     Ok(dropped)
 }
+
+/// One replica's ops still to ship, read a segment at a time.
+struct Cursor {
+    replica: u64,
+    /// Next counter to read.
+    next: u64,
+    last: u64,
+    buf: std::collections::VecDeque<Op>,
+}
+
+/// The next chunk of ops a peer holding `since` lacks, in causal order: each
+/// op's predecessor and deps are in `since` or earlier in the chunk, so the
+/// receiver applies the chunk as it comes and never buffers. At most
+/// `ops_max` ops and, past the first op, about `bytes_max` bytes (encoded
+/// size before compression). `ranges` are what `since` lacks of this log
+/// (replica, first counter, last counter). Memory: one segment per replica
+/// plus the chunk, whatever the log's length.
+pub(crate) fn read_chunk(
+    r: &ReadTransaction,
+    account: u32,
+    ranges: &[(u64, u64, u64)],
+    since: &VersionVector,
+    ops_max: usize,
+    bytes_max: usize,
+) -> Result<Vec<Op>, StoreError> {
+    let segments = r.open_table(SEGMENTS).map_err(st)?;
+    let mut cursors: Vec<Cursor> = ranges
+        .iter()
+        .map(|&(replica, from, last)| Cursor { replica, next: from, last, buf: Default::default() })
+        .collect();
+    let fill = |c: &mut Cursor| -> Result<(), StoreError> {
+        // Segments hold consecutive counters: the one holding `next`, then
+        // the following ones until an op at or after `next` turns up.
+        let mut start = segment_start(&segments, account, c.replica, c.next)?;
+        while c.buf.is_empty() && c.next <= c.last {
+            let Some(item) =
+                segments.range((account, c.replica, start)..=(account, c.replica, c.last)).map_err(st)?.next()
+            else {
+                return Err(StoreError::LogGap { replica: c.replica, counter: c.next });
+            };
+            let (k, v) = item.map_err(st)?;
+            let first = k.value().2;
+            let ops = decode(v.value())?;
+            let end = ops.last().map_or(first, |o| o.0.dot.counter);
+            c.buf.extend(ops.into_iter().map(|(op, _)| op).filter(|op| (c.next..=c.last).contains(&op.dot.counter)));
+            start = end + 1;
+            if c.buf.is_empty() && start > c.last {
+                return Err(StoreError::LogGap { replica: c.replica, counter: c.next });
+            }
+        }
+        Ok(())
+    };
+    let mut frontier = since.clone();
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        let mut progressed = false;
+        for c in cursors.iter_mut() {
+            loop {
+                if out.len() >= ops_max || (bytes >= bytes_max && !out.is_empty()) {
+                    return Ok(out);
+                }
+                if c.buf.is_empty() {
+                    fill(c)?;
+                }
+                let Some(op) = c.buf.front() else { break };
+                let ready =
+                    frontier.get(op.dot.replica) + 1 == op.dot.counter && op.deps.iter().all(|d| frontier.contains(*d));
+                if !ready {
+                    break;
+                }
+                let op = c.buf.pop_front().expect("front exists");
+                c.next = op.dot.counter + 1;
+                frontier.observe(op.dot);
+                bytes += postcard::experimental::serialized_size(&op).map_err(st)?;
+                out.push(op);
+                progressed = true;
+            }
+        }
+        if !progressed {
+            if cursors.iter().any(|c| !c.buf.is_empty()) {
+                // Every head waits for an op this log does not hold above
+                // `since`: the log is not causally closed.
+                let c = cursors.iter().find(|c| !c.buf.is_empty()).expect("one waits");
+                return Err(StoreError::LogGap { replica: c.replica, counter: c.next });
+            }
+            return Ok(out);
+        }
+    }
+}

@@ -50,8 +50,9 @@
 //!     while let Some(ev) = s.poll_event() {
 //!         busy = true;
 //!         match ev {
-//!             Event::NeedOps { account, since } => {
-//!                 let ops: Vec<_> = log.iter().filter(|o| !since.contains(o.dot)).cloned().collect();
+//!             Event::NeedOps { account, since, ops_max, .. } => {
+//!                 // The log is in causal order, so its first ops the peer lacks are a chunk.
+//!                 let ops: Vec<_> = log.iter().filter(|o| !since.contains(o.dot)).take(ops_max).cloned().collect();
 //!                 s.send_ops(&account, &ops);
 //!             }
 //!             Event::Ops { account, ops } => {
@@ -82,10 +83,11 @@
 
 use serde::{Deserialize, Serialize};
 use starling_model::{codec, BlobId, Op, OpBody, ReplicaId, VersionVector};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
-/// Version of this protocol.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of this protocol (3: chunked, acknowledged, windowed ops).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -100,6 +102,36 @@ pub const BODY_BYTES_MAX: usize = 256 << 20;
 pub const BLOB_IDS_MAX: usize = 10_000;
 /// Most replicas in a version vector from a peer.
 pub const VV_ENTRIES_MAX: usize = 65_535;
+/// Most ops in one `Ops` frame (a chunk); the receiver refuses more.
+pub const CHUNK_OPS_MAX: usize = 4096;
+/// Bytes of ops (encoded, before compression) a sender puts in one chunk.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// `Ops` frames of one account sent and not yet acknowledged, at most: the
+/// ops window. 16 chunks of up to 4,096 ops keep 65,536 ops in flight, so a
+/// 200 ms round trip still allows over 300,000 ops/s. The receiver refuses
+/// a frame beyond it.
+pub const OPS_WINDOW_CHUNKS: u64 = 16;
+/// Bodies asked of a peer and not yet answered, at most (count) ...
+pub const BLOB_WINDOW_COUNT: usize = 4096;
+/// ... and in bytes (by the sizes the messages declare; one body is always
+/// allowed). 32 MiB in flight fill a 160 MB/s link at 200 ms round trip.
+pub const BLOB_WINDOW_BYTES: u64 = 32 << 20;
+/// Body ids waiting to be asked for, at most; beyond it the driver is asked
+/// to scan again once the queue has drained ([`Event::RetryBodies`]).
+pub const BLOB_QUEUE_MAX: usize = 65_536;
+/// Body requests a peer may have outstanding with us; a peer that asks for
+/// more broke the window and is refused.
+pub const PEER_WANTS_MAX: usize = 4 * BLOB_WINDOW_COUNT;
+/// Bytes of body frames queued for sending, at most (one body past it):
+/// bodies are read from the store only as this queue drains.
+pub const BLOB_SEND_BUFFER: usize = 8 << 20;
+/// Bodies asked of the driver at once ([`Event::BlobsWanted`]).
+pub const BLOB_READ_BATCH: usize = 64;
+/// First delay before asking again for bodies no peer had; it doubles up
+/// to [`RETRY_MAX`] while they stay missing.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest delay between two sweeps for missing bodies.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What travels between peers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +151,10 @@ pub enum Frame {
         account: String,
         /// Its version vector.
         vv: VersionVector,
+        /// `Ops` frames of this account received on this connection and
+        /// applied (committed) so far: acknowledges chunks, so the peer can
+        /// send more within [`OPS_WINDOW_CHUNKS`].
+        chunks: u64,
     },
     /// Ops the receiver lacks, as a [`codec`] frame.
     Ops {
@@ -185,7 +221,7 @@ impl Frame {
         let name_ok = |a: &String| !a.is_empty() && a.len() <= ACCOUNT_NAME_MAX;
         let ok = match &frame {
             Frame::Hello { accounts, .. } => accounts.len() <= ACCOUNTS_MAX && accounts.iter().all(name_ok),
-            Frame::Have { account, vv } => name_ok(account) && vv.len() <= VV_ENTRIES_MAX,
+            Frame::Have { account, vv, .. } => name_ok(account) && vv.len() <= VV_ENTRIES_MAX,
             Frame::Ops { account, .. } | Frame::Snapshot { account, .. } => name_ok(account),
             Frame::WantBlobs { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
@@ -286,14 +322,15 @@ impl BodyPolicy {
         BodyPolicy { mailboxes: Some(names), ..self.clone() }
     }
 
-    /// Bodies of `ops` this policy fetches eagerly; `tree` names the mailboxes.
-    pub fn eager_blobs(&self, ops: &[Op], tree: &starling_model::MailboxTree) -> Vec<BlobId> {
+    /// Bodies of `ops` this policy fetches eagerly, with their sizes; `tree`
+    /// names the mailboxes.
+    pub fn eager_blobs(&self, ops: &[Op], tree: &starling_model::MailboxTree) -> Vec<(BlobId, u64)> {
         let mut seen = BTreeSet::new();
         let policy = self.resolved(tree);
         appends(ops)
             .filter(|a| policy.wants(tree.name_of(a.mailbox), a))
-            .map(|a| a.blob)
-            .filter(|b| seen.insert(*b))
+            .map(|a| (a.blob, a.size))
+            .filter(|(b, _)| seen.insert(*b))
             .collect()
     }
 }
@@ -344,14 +381,19 @@ pub enum Event {
         /// Accounts both sides sync.
         accounts: Vec<String>,
     },
-    /// Send the peer the ops of `account` not covered by `since`
-    /// ([`Session::send_ops`], or [`Session::send_snapshot`] if the log no
-    /// longer reaches back that far).
+    /// Send the peer the next chunk of ops of `account` not covered by
+    /// `since`, in causal order, at most `ops_max` ops and about
+    /// `bytes_max` bytes ([`Session::send_ops`], or
+    /// [`Session::send_snapshot`] if the log no longer reaches back that far).
     NeedOps {
         /// The account.
         account: String,
         /// What the peer has or has been sent.
         since: VersionVector,
+        /// Most ops in the chunk ([`CHUNK_OPS_MAX`]).
+        ops_max: usize,
+        /// Bytes the chunk should not go much beyond ([`CHUNK_BYTES`]).
+        bytes_max: usize,
     },
     /// Ops from the peer: apply them, then call [`Session::applied`].
     Ops {
@@ -368,6 +410,7 @@ pub enum Event {
         bytes: Vec<u8>,
     },
     /// The peer wants these bodies: answer each with [`Session::send_blob`].
+    /// Asked only as fast as body frames leave ([`BLOB_SEND_BUFFER`]).
     BlobsWanted {
         /// Their ids.
         ids: Vec<BlobId>,
@@ -384,6 +427,10 @@ pub enum Event {
         /// Its id.
         id: BlobId,
     },
+    /// Ask again for every body still missing ([`Session::want_blobs`]),
+    /// then report with [`Session::bodies_swept`]: the retry timer fired, or
+    /// the request queue overflowed and has drained.
+    RetryBodies,
     /// The session ended.
     Closed {
         /// Why.
@@ -397,10 +444,18 @@ struct AccountState {
     local: VersionVector,
     /// What the peer said it has.
     peer_has: Option<VersionVector>,
-    /// What we have sent (peer_has joined with every batch in flight).
+    /// What we have sent (peer_has joined with every chunk in flight).
     sent: VersionVector,
     /// A NeedOps is out and not yet answered.
     asked: bool,
+    /// `Ops` frames sent on this connection, and acknowledged by the peer.
+    chunks_sent: u64,
+    chunks_acked: u64,
+    /// `Ops` frames received, handed to the driver ([`Session::poll_event`]),
+    /// and acknowledged in our last `Have`.
+    chunks_received: u64,
+    chunks_delivered: u64,
+    chunks_acked_out: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -408,6 +463,67 @@ enum Phase {
     AwaitHello,
     Open,
     Closed,
+}
+
+/// The sizes of a session's queues, for the driver's assertions and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueSizes {
+    /// Metadata frames waiting to be sent, and their bytes.
+    pub transmit: usize,
+    /// Bytes of those.
+    pub transmit_bytes: usize,
+    /// Body frames waiting to be sent.
+    pub transmit_blobs: usize,
+    /// Bytes of those.
+    pub transmit_blob_bytes: usize,
+    /// Events not yet taken by the driver.
+    pub events: usize,
+    /// Body ids waiting to be asked for.
+    pub blobs_queued: usize,
+    /// Bodies asked for and not answered.
+    pub blobs_in_flight: usize,
+    /// Bodies the peer asked for that we have not read yet.
+    pub peer_wants: usize,
+    /// Most `Ops` chunks of one account in flight, either way.
+    pub chunks_in_flight: u64,
+}
+
+/// The bounds every [`QueueSizes`] stays within (checked by the simulator
+/// at every step). Metadata frames are bounded by the windows: per account
+/// at most [`OPS_WINDOW_CHUNKS`] chunks plus acknowledgements and requests.
+pub fn queue_bounds(accounts: usize) -> QueueSizes {
+    QueueSizes {
+        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 4) + BLOB_WINDOW_COUNT.div_ceil(BLOB_IDS_MAX) + 8,
+        transmit_bytes: accounts * (OPS_WINDOW_CHUNKS as usize + 4) * FRAME_BYTES_MAX,
+        transmit_blobs: BLOB_SEND_BUFFER / 64 + BLOB_READ_BATCH,
+        transmit_blob_bytes: BLOB_SEND_BUFFER + BLOB_READ_BATCH * (FRAME_BYTES_MAX + 64),
+        events: accounts * (OPS_WINDOW_CHUNKS as usize + 4) + BLOB_WINDOW_COUNT + 8,
+        blobs_queued: BLOB_QUEUE_MAX,
+        blobs_in_flight: BLOB_WINDOW_COUNT,
+        peer_wants: PEER_WANTS_MAX,
+        chunks_in_flight: OPS_WINDOW_CHUNKS,
+    }
+}
+
+/// Bodies this side asks of the peer: a queue, and a window in flight.
+#[derive(Debug, Default)]
+struct Wants {
+    /// Waiting to be asked for, with their declared sizes.
+    queue: VecDeque<(BlobId, u64)>,
+    /// Asked for and not answered: id → declared size.
+    in_flight: HashMap<BlobId, u64>,
+    in_flight_bytes: u64,
+    /// Ids dropped because the queue was full: scan again once it drains.
+    overflowed: bool,
+    /// Every id in `queue` or `in_flight` (to ask once).
+    known: BTreeSet<BlobId>,
+}
+
+/// The retry timer for bodies no peer had.
+#[derive(Debug)]
+struct Retry {
+    due: Option<Instant>,
+    backoff: Duration,
 }
 
 /// One peer connection's protocol state.
@@ -422,11 +538,20 @@ pub struct Session {
     /// Accounts shared after the handshake.
     shared: BTreeSet<String>,
     transmit: VecDeque<Vec<u8>>,
+    transmit_bytes: usize,
     /// `Blob` frames, sent apart so a large body never holds up metadata.
     transmit_blobs: VecDeque<Vec<u8>>,
+    transmit_blob_bytes: usize,
     events: VecDeque<Event>,
-    /// Bodies asked of the peer and not yet received.
-    blobs_wanted: BTreeSet<BlobId>,
+    /// Bodies we ask of the peer.
+    wants: Wants,
+    /// Bodies the peer asked of us, not read yet.
+    peer_wants: VecDeque<BlobId>,
+    /// Bodies the driver was asked to read and has not answered yet.
+    reading: usize,
+    retry: Retry,
+    /// The driver's clock, as of its last [`Session::handle_timeout`].
+    now: Option<Instant>,
     /// Bytes sent and received, for status and benchmarks.
     bytes_out: u64,
     bytes_in: u64,
@@ -451,9 +576,15 @@ impl Session {
             accounts,
             shared: BTreeSet::new(),
             transmit: VecDeque::new(),
+            transmit_bytes: 0,
             transmit_blobs: VecDeque::new(),
+            transmit_blob_bytes: 0,
             events: VecDeque::new(),
-            blobs_wanted: BTreeSet::new(),
+            wants: Wants::default(),
+            peer_wants: VecDeque::new(),
+            reading: 0,
+            retry: Retry { due: None, backoff: RETRY_FIRST },
+            now: None,
             bytes_out: 0,
             bytes_in: 0,
         };
@@ -466,6 +597,7 @@ impl Session {
     fn queue(&mut self, f: &Frame) {
         let bytes = f.encode();
         self.bytes_out += bytes.len() as u64;
+        self.transmit_bytes += bytes.len();
         self.transmit.push_back(bytes);
     }
 
@@ -506,6 +638,26 @@ impl Session {
         self.accounts.get(account).and_then(|a| a.peer_has.as_ref())
     }
 
+    /// The sizes of this session's queues.
+    pub fn queue_sizes(&self) -> QueueSizes {
+        QueueSizes {
+            transmit: self.transmit.len(),
+            transmit_bytes: self.transmit_bytes,
+            transmit_blobs: self.transmit_blobs.len(),
+            transmit_blob_bytes: self.transmit_blob_bytes,
+            events: self.events.len(),
+            blobs_queued: self.wants.queue.len(),
+            blobs_in_flight: self.wants.in_flight.len(),
+            peer_wants: self.peer_wants.len(),
+            chunks_in_flight: self
+                .accounts
+                .values()
+                .map(|a| (a.chunks_sent - a.chunks_acked).max(a.chunks_received - a.chunks_acked_out))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
     /// Handles one frame from the peer.
     pub fn handle_frame(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
         if self.phase == Phase::Closed {
@@ -532,17 +684,25 @@ impl Session {
                 self.events.push_back(Event::Open { peer: node, accounts: self.shared.iter().cloned().collect() });
                 for a in self.shared.clone() {
                     let vv = self.accounts[&a].local.clone();
-                    self.queue(&Frame::Have { account: a, vv });
+                    self.queue(&Frame::Have { account: a, vv, chunks: 0 });
                 }
                 Ok(())
             }
             (Phase::AwaitHello, _) => self.close(SessionError::Protocol("frame before hello".into())),
             (Phase::Open, Frame::Hello { .. }) => self.close(SessionError::Protocol("second hello".into())),
-            (Phase::Open, Frame::Have { account, vv }) => {
+            (Phase::Open, Frame::Have { account, vv, chunks }) => {
                 if !self.shared.contains(&account) {
                     return self.close(SessionError::Unauthorized(account));
                 }
                 let st = self.accounts.get_mut(&account).expect("shared account");
+                if chunks < st.chunks_acked || chunks > st.chunks_sent {
+                    let why = format!(
+                        "acknowledged {chunks} chunks of {account:?}; {} were sent, {} acknowledged before",
+                        st.chunks_sent, st.chunks_acked
+                    );
+                    return self.close(SessionError::Protocol(why));
+                }
+                st.chunks_acked = chunks;
                 st.sent.join(&vv);
                 st.peer_has = Some(vv);
                 self.maybe_need(&account);
@@ -552,8 +712,16 @@ impl Session {
                 if !self.shared.contains(&account) {
                     return self.close(SessionError::Unauthorized(account));
                 }
-                match codec::decode(&batch) {
+                let st = self.accounts.get_mut(&account).expect("shared account");
+                // The peer sends only within the window, counted from our
+                // last acknowledgement: more means it ignored it.
+                if st.chunks_received - st.chunks_acked_out >= OPS_WINDOW_CHUNKS {
+                    let why = format!("ops beyond the window ({OPS_WINDOW_CHUNKS} chunks unacknowledged)");
+                    return self.close(SessionError::Protocol(why));
+                }
+                match codec::decode_limited(&batch, CHUNK_OPS_MAX) {
                     Ok(ops) => {
+                        self.accounts.get_mut(&account).expect("shared account").chunks_received += 1;
                         self.events.push_back(Event::Ops { account, ops });
                         Ok(())
                     }
@@ -568,11 +736,15 @@ impl Session {
                 Ok(())
             }
             (Phase::Open, Frame::WantBlobs { ids }) => {
-                self.events.push_back(Event::BlobsWanted { ids });
+                if self.peer_wants.len() + ids.len() > PEER_WANTS_MAX {
+                    return self
+                        .close(SessionError::Protocol(format!("more than {PEER_WANTS_MAX} bodies asked for at once")));
+                }
+                self.peer_wants.extend(ids);
                 Ok(())
             }
             (Phase::Open, Frame::Blob { id, zstd, bytes }) => {
-                if !self.blobs_wanted.contains(&id) {
+                if !self.wants.in_flight.contains_key(&id) {
                     return self.close(SessionError::Protocol("a body that was not asked for".into()));
                 }
                 let bytes = if zstd {
@@ -586,13 +758,17 @@ impl Session {
                 if BlobId::of(&bytes) != id {
                     return self.close(SessionError::Malformed("body does not match its id".into()));
                 }
-                self.blobs_wanted.remove(&id);
+                self.answered(id);
+                // Bodies arrive again: the next miss starts with a short wait.
+                self.retry.backoff = RETRY_FIRST;
                 self.events.push_back(Event::Blob { id, bytes });
                 Ok(())
             }
             (Phase::Open, Frame::NoBlob { id }) => {
-                if self.blobs_wanted.remove(&id) {
+                if self.wants.in_flight.contains_key(&id) {
+                    self.answered(id);
                     self.events.push_back(Event::BlobMissing { id });
+                    self.arm_retry();
                 }
                 Ok(())
             }
@@ -600,25 +776,77 @@ impl Session {
         }
     }
 
-    /// Asks the peer for bodies (those not already asked for).
-    pub fn want_blobs(&mut self, ids: impl IntoIterator<Item = BlobId>) {
+    /// A body asked for was answered: frees its room in the window.
+    fn answered(&mut self, id: BlobId) {
+        if let Some(size) = self.wants.in_flight.remove(&id) {
+            self.wants.in_flight_bytes -= size;
+            self.wants.known.remove(&id);
+        }
+        self.flush_wants();
+    }
+
+    /// Asks the peer for bodies (those not already asked for or queued),
+    /// with the sizes their messages declare. They are requested as the
+    /// window allows ([`BLOB_WINDOW_COUNT`], [`BLOB_WINDOW_BYTES`]); past
+    /// [`BLOB_QUEUE_MAX`] waiting ids the rest are dropped and asked again
+    /// by an [`Event::RetryBodies`] once the queue has drained.
+    pub fn want_blobs(&mut self, ids: impl IntoIterator<Item = (BlobId, u64)>) {
         if self.phase != Phase::Open {
             return;
         }
-        let new: Vec<BlobId> = ids.into_iter().filter(|id| self.blobs_wanted.insert(*id)).collect();
-        for chunk in new.chunks(BLOB_IDS_MAX) {
-            self.queue(&Frame::WantBlobs { ids: chunk.to_vec() });
+        for (id, size) in ids {
+            if self.wants.known.contains(&id) {
+                continue;
+            }
+            if self.wants.queue.len() >= BLOB_QUEUE_MAX {
+                self.wants.overflowed = true;
+                break;
+            }
+            self.wants.known.insert(id);
+            self.wants.queue.push_back((id, size));
+        }
+        self.flush_wants();
+    }
+
+    /// Moves queued body ids into the window, as `WantBlobs` frames.
+    fn flush_wants(&mut self) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let mut ids = Vec::new();
+        while let Some(&(id, size)) = self.wants.queue.front() {
+            let w = &self.wants;
+            let room = w.in_flight.len() < BLOB_WINDOW_COUNT
+                && (w.in_flight.is_empty() || w.in_flight_bytes + size <= BLOB_WINDOW_BYTES);
+            if !room {
+                break;
+            }
+            self.wants.queue.pop_front();
+            self.wants.in_flight.insert(id, size);
+            self.wants.in_flight_bytes += size;
+            ids.push(id);
+            if ids.len() == BLOB_IDS_MAX {
+                self.queue(&Frame::WantBlobs { ids: std::mem::take(&mut ids) });
+            }
+        }
+        if !ids.is_empty() {
+            self.queue(&Frame::WantBlobs { ids });
+        }
+        if self.wants.queue.is_empty() && self.wants.overflowed {
+            self.wants.overflowed = false;
+            self.events.push_back(Event::RetryBodies);
         }
     }
 
-    /// Bodies asked of the peer and not answered yet.
+    /// Bodies asked of the peer and not answered yet, plus those waiting to be asked.
     pub fn blobs_in_flight(&self) -> usize {
-        self.blobs_wanted.len()
+        self.wants.in_flight.len() + self.wants.queue.len()
     }
 
-    /// Answers [`Event::BlobsWanted`] for one id: the raw body, or `None` if
+    /// Answers one id of [`Event::BlobsWanted`]: the raw body, or `None` if
     /// this node does not hold it.
     pub fn send_blob(&mut self, id: BlobId, bytes: Option<Vec<u8>>) {
+        self.reading = self.reading.saturating_sub(1);
         if self.phase != Phase::Open {
             return;
         }
@@ -633,20 +861,31 @@ impl Session {
                 }
                 .encode();
                 self.bytes_out += frame.len() as u64;
+                self.transmit_blob_bytes += frame.len();
                 self.transmit_blobs.push_back(frame);
             }
             None => self.queue(&Frame::NoBlob { id }),
         }
     }
 
-    /// Asks the driver for ops if the peer lacks some and none are asked for.
+    /// Asks the driver for ops if the peer lacks some, none are asked for,
+    /// and the window has room.
     fn maybe_need(&mut self, account: &str) {
         let Some(st) = self.accounts.get_mut(account) else { return };
-        if st.peer_has.is_none() || st.asked || st.sent.dominates(&st.local) {
+        if st.peer_has.is_none()
+            || st.asked
+            || st.sent.dominates(&st.local)
+            || st.chunks_sent - st.chunks_acked >= OPS_WINDOW_CHUNKS
+        {
             return;
         }
         st.asked = true;
-        self.events.push_back(Event::NeedOps { account: account.to_string(), since: st.sent.clone() });
+        self.events.push_back(Event::NeedOps {
+            account: account.to_string(),
+            since: st.sent.clone(),
+            ops_max: CHUNK_OPS_MAX,
+            bytes_max: CHUNK_BYTES,
+        });
     }
 
     /// The driver committed local or remote changes: pushes what the peer lacks.
@@ -659,9 +898,11 @@ impl Session {
         }
     }
 
-    /// Answers [`Event::NeedOps`]: sends `ops` (those after `since`, in
-    /// causal order) as one compressed frame. An empty list sends nothing.
+    /// Answers [`Event::NeedOps`]: sends `ops` (the next chunk after
+    /// `since`, in causal order, at most `ops_max`) as one compressed
+    /// frame. An empty list sends nothing.
     pub fn send_ops(&mut self, account: &str, ops: &[Op]) {
+        assert!(ops.len() <= CHUNK_OPS_MAX, "a chunk of {} ops exceeds {CHUNK_OPS_MAX}", ops.len());
         let Some(st) = self.accounts.get_mut(account) else { return };
         st.asked = false;
         if self.phase != Phase::Open || ops.is_empty() {
@@ -670,9 +911,10 @@ impl Session {
         for op in ops {
             st.sent.observe(op.dot);
         }
+        st.chunks_sent += 1;
         let batch = codec::encode(ops, true);
         self.queue(&Frame::Ops { account: account.to_string(), batch });
-        // Changes committed since the driver read its log go out next.
+        // The next chunk, or changes committed since the driver read its log.
         self.maybe_need(account);
     }
 
@@ -688,21 +930,65 @@ impl Session {
         self.maybe_need(account);
     }
 
-    /// The driver applied what the peer sent: acknowledges with our new state.
+    /// The driver applied what the peer sent of `account` (every
+    /// [`Event::Ops`] of it taken so far): acknowledges with our new state.
     pub fn applied(&mut self, account: &str, vv: VersionVector) {
-        if let Some(st) = self.accounts.get_mut(account) {
-            st.local = vv.clone();
-        }
+        let Some(st) = self.accounts.get_mut(account) else { return };
+        st.local = vv.clone();
+        let chunks = st.chunks_delivered;
+        st.chunks_acked_out = chunks;
         if self.phase == Phase::Open && self.shared.contains(account) {
-            self.queue(&Frame::Have { account: account.to_string(), vv });
+            self.queue(&Frame::Have { account: account.to_string(), vv, chunks });
             self.maybe_need(account);
+        }
+    }
+
+    /// A sweep for missing bodies ([`Event::RetryBodies`]) is done: while
+    /// some are still missing, the next one comes after a longer wait.
+    pub fn bodies_swept(&mut self, still_missing: bool) {
+        if still_missing {
+            self.retry.backoff = (self.retry.backoff * 2).min(RETRY_MAX);
+            self.arm_retry();
+        } else {
+            self.retry.backoff = RETRY_FIRST;
+        }
+    }
+
+    /// Some peer lacked a body: sweep for missing bodies after the current
+    /// wait (unless a sweep is already due).
+    pub fn arm_retry(&mut self) {
+        if self.retry.due.is_none() {
+            self.retry.due = Some(self.now.unwrap_or_else(Instant::now) + self.retry.backoff);
+        }
+    }
+
+    /// When the driver must call [`Session::handle_timeout`] next, if a timer is set.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retry.due
+    }
+
+    /// The driver's clock: fires what is due at `now`. Call it whenever the
+    /// driver wakes up (at least at [`Session::poll_timeout`]); timers are
+    /// set relative to the last `now` given.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        if self.retry.due.is_some_and(|d| d <= now) && self.phase == Phase::Open {
+            self.retry.due = None;
+            self.events.push_back(Event::RetryBodies);
         }
     }
 
     /// Next metadata frame to send (in order, on the session's stream).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
+        let f = self.transmit.pop_front()?;
+        self.transmit_bytes -= f.len();
+        Some(f)
+    }
+
+    /// Whether a body frame is waiting ([`Session::poll_transmit_blob`]).
+    pub fn has_blob_to_send(&self) -> bool {
+        !self.transmit_blobs.is_empty()
     }
 
     /// Next body frame to send: on a stream of its own, so that bodies, however
@@ -710,12 +996,34 @@ impl Session {
     /// to metadata frames.
     #[must_use]
     pub fn poll_transmit_blob(&mut self) -> Option<Vec<u8>> {
-        self.transmit_blobs.pop_front()
+        let f = self.transmit_blobs.pop_front()?;
+        self.transmit_blob_bytes -= f.len();
+        Some(f)
     }
 
-    /// Next event for the driver.
+    /// Next event for the driver. Bodies the peer asked for are handed out
+    /// ([`Event::BlobsWanted`]) only while fewer than [`BLOB_SEND_BUFFER`]
+    /// bytes of body frames wait to be sent.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        if let Some(ev) = self.events.pop_front() {
+            if let Event::Ops { account, .. } = &ev {
+                if let Some(st) = self.accounts.get_mut(account) {
+                    st.chunks_delivered += 1;
+                }
+            }
+            return Some(ev);
+        }
+        if self.phase == Phase::Open
+            && self.reading == 0
+            && !self.peer_wants.is_empty()
+            && self.transmit_blob_bytes < BLOB_SEND_BUFFER
+        {
+            let n = self.peer_wants.len().min(BLOB_READ_BATCH);
+            let ids: Vec<BlobId> = self.peer_wants.drain(..n).collect();
+            self.reading = ids.len();
+            return Some(Event::BlobsWanted { ids });
+        }
+        None
     }
 }

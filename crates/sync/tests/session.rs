@@ -34,8 +34,10 @@ impl Peer {
         while let Some(ev) = self.session.poll_event() {
             n += 1;
             match ev {
-                Event::NeedOps { account, since } => {
-                    let ops: Vec<Op> = self.log.iter().filter(|o| !since.contains(o.dot)).cloned().collect();
+                Event::NeedOps { account, since, ops_max, .. } => {
+                    // The log is in causal order: its first `ops_max` ops the peer lacks are a chunk.
+                    let ops: Vec<Op> =
+                        self.log.iter().filter(|o| !since.contains(o.dot)).take(ops_max).cloned().collect();
                     self.session.send_ops(&account, &ops);
                 }
                 Event::Ops { account, ops } => {
@@ -157,7 +159,7 @@ fn peer_cannot_touch_an_account_it_is_not_authorized_for() {
     let forged = Frame::Ops { account: "b".into(), batch: starling_model::codec::encode(&[], true) }.encode();
     assert_eq!(a.handle_frame(&forged), Err(SessionError::Unauthorized("b".into())));
     assert!(std::iter::from_fn(|| a.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
-    let have = Frame::Have { account: "b".into(), vv: VersionVector::new() }.encode();
+    let have = Frame::Have { account: "b".into(), vv: VersionVector::new(), chunks: 0 }.encode();
     assert!(a.handle_frame(&have).is_err());
 }
 
@@ -171,7 +173,7 @@ fn open_pair() -> (Session, Vec<Vec<u8>>) {
     r.append(INBOX, BlobId::of(b"z"), 1, 0, vec![Keyword::Seen]).unwrap();
     let ops = r.take_outbox();
     let samples = vec![
-        Frame::Have { account: "a".into(), vv: r.version().clone() }.encode(),
+        Frame::Have { account: "a".into(), vv: r.version().clone(), chunks: 0 }.encode(),
         Frame::Ops { account: "a".into(), batch: starling_model::codec::encode(&ops, true) }.encode(),
     ];
     (a, samples)
@@ -215,7 +217,7 @@ fn bodies_are_asked_for_checked_and_refused_when_forged() {
     while a.poll_transmit().is_some() {} // hello and have
     let body = b"Subject: x\r\n\r\nhello\r\n".to_vec();
     let id = BlobId::of(&body);
-    a.want_blobs([id, id]);
+    a.want_blobs([(id, 30), (id, 30)]);
     let want = a.poll_transmit().expect("one request");
     assert!(matches!(Frame::decode(&want), Ok(Frame::WantBlobs { ids }) if ids == vec![id]));
     assert!(a.poll_transmit().is_none(), "asked once");
@@ -225,7 +227,7 @@ fn bodies_are_asked_for_checked_and_refused_when_forged() {
     assert!(a.handle_frame(&Frame::Blob { id, zstd: false, bytes: body.clone() }.encode()).is_err());
     // A body that does not hash to its id: refused, nothing stored.
     let (mut b, _) = open_pair();
-    b.want_blobs([id]);
+    b.want_blobs([(id, 30)]);
     let forged = Frame::Blob { id, zstd: false, bytes: b"something else".to_vec() }.encode();
     assert!(matches!(b.handle_frame(&forged), Err(SessionError::Malformed(_))));
     assert!(std::iter::from_fn(|| b.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
@@ -245,7 +247,7 @@ fn bodies_leave_on_their_own_channel() {
     assert!(bytes.len() < body.len() / 100);
     let (mut b, _) = open_pair();
     while b.poll_transmit().is_some() {}
-    b.want_blobs([BlobId::of(&body)]);
+    b.want_blobs([(BlobId::of(&body), body.len() as u64)]);
     b.handle_frame(&f).unwrap();
     assert!(
         std::iter::from_fn(|| b.poll_event()).any(|e| e == Event::Blob { id: BlobId::of(&body), bytes: body.clone() })
