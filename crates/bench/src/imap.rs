@@ -469,7 +469,7 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn is_fetch(line: &[u8]) -> bool {
+pub(crate) fn is_fetch(line: &[u8]) -> bool {
     line.starts_with(b"* ") && line.split(|&b| b == b' ').nth(2).is_some_and(|w| w.eq_ignore_ascii_case(b"FETCH"))
 }
 
@@ -512,7 +512,7 @@ fn shown(line: &[u8]) -> String {
 }
 
 /// One IMAP connection.
-struct Conn {
+pub(crate) struct Conn {
     r: BufReader<TcpStream>,
     w: BufWriter<TcpStream>,
     /// The last response read: one line with the literals it announced.
@@ -527,7 +527,7 @@ struct Conn {
 
 impl Conn {
     /// Connects, reads the greeting, logs in and asks for the capabilities.
-    fn login(addr: &str, user: &str, password: &str) -> Res<Conn> {
+    pub(crate) fn login(addr: &str, user: &str, password: &str) -> Res<Conn> {
         let s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
         let s2 = s.try_clone().map_err(|e| e.to_string())?;
@@ -599,7 +599,7 @@ impl Conn {
 
     /// Sends a command and reads up to its tagged answer, handing each
     /// untagged response to `untagged`.
-    fn run(&mut self, cmd: &str, untagged: impl FnMut(&[u8])) -> Res<()> {
+    pub(crate) fn run(&mut self, cmd: &str, untagged: impl FnMut(&[u8])) -> Res<()> {
         let tag = self.next_tag();
         self.send(format!("{tag} {cmd}\r\n").as_bytes())?;
         self.finish(&tag, cmd, untagged)
@@ -678,7 +678,7 @@ impl Conn {
     }
 
     /// Says goodbye without waiting: the measurements are over.
-    fn logout(&mut self) {
+    pub(crate) fn logout(&mut self) {
         let tag = self.next_tag();
         let _ = self.send(format!("{tag} LOGOUT\r\n").as_bytes());
     }

@@ -9,9 +9,14 @@ use clap::{Parser, Subcommand};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod heal;
 mod imap;
+mod join;
 mod model;
 mod net;
+mod procs;
+mod relay;
+mod relay_sync;
 mod store;
 mod sync;
 
@@ -102,6 +107,19 @@ enum What {
     /// FETCH of 10,000 headers, STORE of 10,000 flags, SELECT of a
     /// 100,000-message mailbox with CONDSTORE, memory per idle connection.
     Imap(Box<imap::Args>),
+    /// A new node joins an account of N ops written by W nodes (history
+    /// built through the real sessions, then `starling serve` over QUIC):
+    /// time until it holds every op, ops/s, peak RSS of both processes.
+    Join(join::Args),
+    /// Two `starling serve` nodes heal after N deliveries per side, each
+    /// shown to an IMAP client while the other node was stopped.
+    Heal(heal::Args),
+    /// A delaying, lossy user-space relay: UDP (default), TCP, or a pipe to
+    /// a command (for `doveadm sync`).
+    Relay(relay::Args),
+    /// The initial sync of a Maildir tree between two `starling serve`
+    /// processes through the UDP relay (one delay/loss setting per call).
+    RelaySync(relay_sync::Args),
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -118,5 +136,9 @@ fn main() {
         What::Sync { maildir, dir } => sync::run(&maildir, dir),
         What::Net { maildir, starling } => net::run(&maildir, starling),
         What::Imap(args) => imap::run(*args),
+        What::Join(args) => join::run(args),
+        What::Heal(args) => heal::run(args),
+        What::Relay(args) => relay::run(args),
+        What::RelaySync(args) => relay_sync::run(args),
     }
 }

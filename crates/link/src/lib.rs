@@ -168,6 +168,12 @@ impl PeerLink {
         self.answer(store)
     }
 
+    /// Whether [`PeerLink::pump`] has work now (bodies to read once frames
+    /// were taken).
+    pub fn has_work(&self) -> bool {
+        self.session.has_work()
+    }
+
     /// Whether a body frame waits ([`PeerLink::poll_transmit_blob`]).
     pub fn has_blob_to_send(&self) -> bool {
         self.session.has_blob_to_send()

@@ -240,6 +240,8 @@ pub struct Replica<B: Backend = MemBackend> {
     followups: VecDeque<FollowUp>,
     /// What `followups` holds, so that a cascade queues each decision once.
     queued: HashSet<Queued>,
+    /// Claims in `queued`, per mailbox index.
+    claims_queued: HashMap<u32, usize>,
     outbox: Vec<Op>,
     /// Ops applied since the last [`Replica::take_applied`], when recording.
     applied: Option<Vec<AppliedOp>>,
@@ -287,6 +289,7 @@ impl<B: Backend> Replica<B> {
             ready: VecDeque::new(),
             followups: VecDeque::new(),
             queued: HashSet::new(),
+            claims_queued: HashMap::new(),
             outbox: Vec::new(),
             applied: None,
             backend,
@@ -401,6 +404,7 @@ impl<B: Backend> Replica<B> {
             ready,
             followups,
             queued,
+            claims_queued,
             outbox,
             applied,
             backend: old,
@@ -423,6 +427,7 @@ impl<B: Backend> Replica<B> {
             ready,
             followups,
             queued,
+            claims_queued,
             outbox,
             applied,
             backend,
@@ -725,6 +730,7 @@ impl<B: Backend> Replica<B> {
             // The caller drops or reloads the replica; leave no work behind.
             self.followups.clear();
             self.queued.clear();
+            self.claims_queued.clear();
             self.ready.clear();
         }
         result
@@ -742,7 +748,9 @@ impl<B: Backend> Replica<B> {
                     FollowUp::Claim { mailbox, message, uid: Some(_), .. } => {
                         let m = self.lookup(message.0).expect("queued message is interned");
                         let idx = self.mailbox(*mailbox);
-                        self.queued.remove(&Queued::Claim(idx, m));
+                        if self.queued.remove(&Queued::Claim(idx, m)) {
+                            *self.claims_queued.get_mut(&idx).expect("counted") -= 1;
+                        }
                     }
                     FollowUp::Move { message, .. } => {
                         let m = self.lookup(message.0).expect("queued message is interned");
@@ -758,6 +766,7 @@ impl<B: Backend> Replica<B> {
             }
             if self.followups.is_empty() {
                 self.queued.clear();
+                self.claims_queued.clear();
             }
             match self.ready.pop_front() {
                 Some(op) => self.apply_ready(op)?,
@@ -1039,7 +1048,12 @@ impl<B: Backend> Replica<B> {
                 msgs.extend(self.backend.side_at(idx, *u)?.iter().map(|c| c.message));
             }
             let meta = &self.mailboxes[idx as usize];
-            msgs.extend(meta.unplaced.keys().copied());
+            // Unplaced messages need a place; in a cascade they all have a
+            // claim queued already (each decides at its turn), so the scan,
+            // which would make a heal quadratic, is skipped then.
+            if self.claims_queued.get(&idx).copied().unwrap_or(0) < meta.unplaced.len() {
+                msgs.extend(meta.unplaced.keys().copied());
+            }
             // Messages of a mailbox merged into another go there (once per
             // cascade: the moves already queued cover every message in it).
             if let Some(to) = self.tree.merged_into.get(&meta.id).copied() {
@@ -1124,6 +1138,9 @@ impl<B: Backend> Replica<B> {
                 FollowUp::Claim { .. } => None,
             };
             if key.is_none_or(|k| self.queued.insert(k)) {
+                if let Some(Queued::Claim(idx, _)) = key {
+                    *self.claims_queued.entry(idx).or_default() += 1;
+                }
                 self.followups.push_back(f);
             }
         }

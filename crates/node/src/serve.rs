@@ -446,6 +446,11 @@ async fn session(
         while let Some(f) = link.poll_transmit() {
             let _ = meta_out.send(f);
         }
+        // Taking frames made room: read more of what the peer asked for.
+        if link.has_work() {
+            outcome = tokio::task::block_in_place(|| link.pump(&store));
+            continue;
+        }
         if meta_writer.is_finished() {
             break "peer stream failed".into();
         }

@@ -175,4 +175,3 @@ fn wait_for_equal_ops(a: &Node, b: &Node, limit: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-

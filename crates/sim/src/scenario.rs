@@ -34,6 +34,12 @@ pub struct Scenario {
     /// Timeline of partitions, crashes and compactions.
     #[serde(default)]
     pub events: Vec<TimedEvent>,
+    /// Swarm testing: each seed draws its own node count (down to the
+    /// highest node the timeline names), fault rates (up to twice the
+    /// given ones), delays, client rate, bulk sizes and timeline length
+    /// ([`Scenario::swarm`]), so that a sweep covers many setups.
+    #[serde(default)]
+    pub swarm: bool,
 }
 
 /// Above zero (false for NaN).
@@ -204,6 +210,38 @@ pub enum Action {
         /// Its index (it is absent until now).
         node: usize,
     },
+    /// A burst of mail: `messages` deliveries to INBOX at a node (committed
+    /// a thousand at a time); with `show`, a client then selects INBOX
+    /// (the node announces UIDNEXT: every UID is shown).
+    Deliver {
+        /// Its index.
+        node: usize,
+        /// How many.
+        messages: usize,
+        /// Whether a client looks afterwards.
+        #[serde(default)]
+        show: bool,
+    },
+    /// Writers take turns setting and clearing `\Flagged` on every message
+    /// of INBOX, one round every `every_minutes` (each round after the
+    /// previous one has had time to arrive: a long, causally interleaved
+    /// history).
+    FlagRounds {
+        /// The writers, in turn.
+        writers: Vec<usize>,
+        /// Rounds in all.
+        rounds: usize,
+        /// Time between rounds.
+        every_minutes: f64,
+    },
+    /// One round of [`Action::FlagRounds`]: `\Flagged` set (or cleared) on
+    /// every message of INBOX at a node, in one commit.
+    FlagAll {
+        /// Its index.
+        node: usize,
+        /// Set (true) or clear.
+        set: bool,
+    },
 }
 
 /// A scenario that cannot be run.
@@ -316,8 +354,18 @@ impl Scenario {
                         return Err("partition: every node must be in a group".into());
                     }
                 }
-                Action::Isolate { node } | Action::Crash { node, .. } | Action::Join { node } => {
-                    node_ok(*node, "event")?
+                Action::Isolate { node }
+                | Action::Crash { node, .. }
+                | Action::Join { node }
+                | Action::Deliver { node, .. }
+                | Action::FlagAll { node, .. } => node_ok(*node, "event")?,
+                Action::FlagRounds { writers, every_minutes, .. } => {
+                    for w in writers {
+                        node_ok(*w, "flag_rounds")?;
+                    }
+                    if writers.is_empty() || !positive(*every_minutes) {
+                        return Err("flag_rounds: needs writers and every_minutes above 0".into());
+                    }
                 }
                 Action::Flap { a, b, period_minutes, .. } => {
                     node_ok(*a, "flap")?;
@@ -335,6 +383,85 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+/// A uniform draw in `[lo, hi]` from a seeded generator.
+fn uniform(rng: &mut starling_model::testkit::Rng, lo: f64, hi: f64) -> f64 {
+    lo + (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
+}
+
+impl Scenario {
+    /// The highest node index the timeline names outside partitions (those
+    /// shrink with the cluster).
+    fn highest_named_node(&self) -> usize {
+        let mut hi = 1;
+        for e in &self.events {
+            let named: Vec<usize> = match &e.action {
+                Action::Isolate { node }
+                | Action::Crash { node, .. }
+                | Action::Join { node }
+                | Action::Deliver { node, .. }
+                | Action::FlagAll { node, .. } => vec![*node],
+                Action::Flap { a, b, .. } => vec![*a, *b],
+                Action::FlagRounds { writers, .. } => writers.clone(),
+                Action::Partition { .. } | Action::Heal | Action::Compact | Action::RollingCrashes { .. } => vec![],
+            };
+            hi = named.into_iter().fold(hi, usize::max);
+        }
+        for p in &self.partial {
+            hi = hi.max(p.node);
+        }
+        hi
+    }
+
+    /// This scenario as one seed of a swarm draws it (see
+    /// [`Scenario::swarm`]'s field); unchanged if `swarm` is off. The draw
+    /// is a description of the run, for reports.
+    pub fn swarm_draw(&self, rng: &mut starling_model::testkit::Rng) -> (Scenario, String) {
+        if !self.swarm {
+            return (self.clone(), String::new());
+        }
+        let mut s = self.clone();
+        let lo = self.highest_named_node() + 1;
+        s.nodes = lo + rng.below(self.nodes - lo + 1);
+        let n = &mut s.network;
+        let pick = |rng: &mut starling_model::testkit::Rng, p: f64| uniform(rng, 0.0, (2.0 * p).min(0.5));
+        n.loss = pick(rng, n.loss);
+        n.duplicate = pick(rng, n.duplicate);
+        n.reorder = pick(rng, n.reorder);
+        n.reset = pick(rng, n.reset);
+        n.delay_ms[1] = n.delay_ms[0] + (uniform(rng, 0.25, 4.0) * (n.delay_ms[1] - n.delay_ms[0]) as f64) as u64;
+        s.workload.actions_per_node_hour *= uniform(rng, 0.25, 2.0);
+        let time = uniform(rng, 0.5, 1.5);
+        let size = uniform(rng, 0.2, 1.0);
+        s.hours *= time;
+        for e in &mut s.events {
+            e.at_hours *= time;
+            match &mut e.action {
+                Action::Partition { groups } => {
+                    for g in groups.iter_mut() {
+                        g.retain(|i| *i < s.nodes);
+                    }
+                    groups.retain(|g| !g.is_empty());
+                }
+                Action::Deliver { messages, .. } => *messages = ((*messages as f64 * size) as usize).max(1),
+                Action::FlagRounds { rounds, .. } => *rounds = ((*rounds as f64 * size) as usize).max(1),
+                Action::Flap { until_hours, .. } | Action::RollingCrashes { until_hours, .. } => *until_hours *= time,
+                _ => {}
+            }
+        }
+        let d = format!(
+            "nodes {} loss {:.3} dup {:.3} reorder {:.3} reset {:.4} delay {:?} rate {:.0}/h time x{time:.2} size x{size:.2}",
+            s.nodes,
+            s.network.loss,
+            s.network.duplicate,
+            s.network.reorder,
+            s.network.reset,
+            s.network.delay_ms,
+            s.workload.actions_per_node_hour
+        );
+        (s, d)
     }
 }
 

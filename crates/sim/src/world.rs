@@ -62,6 +62,8 @@ pub struct RunReport {
     pub queues: starling_sync::QueueSizes,
     /// Most ops any replica held in its causal buffer.
     pub pending_max: usize,
+    /// What a swarm scenario drew for this seed (empty otherwise).
+    pub swarm: String,
 }
 
 impl RunReport {
@@ -87,6 +89,7 @@ impl RunReport {
             events: 0,
             queues: Default::default(),
             pending_max: 0,
+            swarm: String::new(),
         }
     }
 }
@@ -216,6 +219,8 @@ impl World {
     /// A fresh cluster for `sc` and `seed`.
     pub fn new(sc: &Scenario, seed: u64) -> Result<World, String> {
         let mut rng = Rng::new(seed ^ 0x5354_4152_4c49_4e47);
+        let (sc, draw) = sc.swarm_draw(&mut Rng::new(seed ^ 0x5357_4152_4d00));
+        let sc = &sc;
         let skew_max = (sc.clock_skew_minutes * 60_000.0) as i64;
         let mut nodes = Vec::new();
         let late: Vec<usize> = sc
@@ -266,7 +271,7 @@ impl World {
             trace: blake3::Hasher::new(),
             healed: None,
             last_change: 0,
-            report: RunReport::new(&sc.name, seed),
+            report: RunReport { swarm: draw, ..RunReport::new(&sc.name, seed) },
             bodies: BTreeMap::new(),
             epoch: std::time::Instant::now(),
             violation: None,
@@ -318,6 +323,16 @@ impl World {
                         k += 1;
                     }
                 }
+                Action::FlagRounds { writers, rounds, every_minutes } => {
+                    for k in 0..rounds {
+                        let node = writers[k % writers.len()];
+                        let set = k % 2 == 0;
+                        self.schedule(
+                            at + k as u64 * mins(every_minutes).max(1),
+                            Ev::Timeline(Action::FlagAll { node, set }),
+                        );
+                    }
+                }
                 other => self.schedule(at, Ev::Timeline(other)),
             }
         }
@@ -348,7 +363,13 @@ impl World {
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
+        // Liveness inside a run: simulated time must move on.
+        let mut same_instant = (0u64, 0u64);
         while let Some(Reverse(s)) = self.queue.pop() {
+            same_instant = if s.at == same_instant.0 { (s.at, same_instant.1 + 1) } else { (s.at, 0) };
+            if same_instant.1 > 1_000_000 {
+                return Err(format!("livelock: a million events at {} ms without time moving", s.at));
+            }
             self.now = s.at;
             if let Some(h) = self.healed {
                 if self.now > h + (self.sc.settle_hours * MS_PER_HOUR) as u64 {
@@ -463,9 +484,81 @@ impl World {
                 }
             }
             Action::Join { node } => self.restart(node)?,
-            Action::Flap { .. } | Action::RollingCrashes { .. } => unreachable!("expanded"),
+            Action::Deliver { node, messages, show } => {
+                self.bulk(node, |b, k, _| {
+                    if k >= messages {
+                        return Ok(false);
+                    }
+                    let raw =
+                        format!("Subject: burst {node}-{k}\r\nMessage-ID: <b{node}.{k}@sim>\r\n\r\nburst {k}\r\n");
+                    b.append(INBOX, raw.as_bytes(), 1_700_000_000 + k as i64, vec![])?;
+                    Ok(true)
+                })?;
+                // Then a client selects INBOX: the node announces, every UID is shown.
+                if show && self.up(node) {
+                    self.bulk(node, |b, k, _| {
+                        if k == 0 {
+                            b.replica().announce(INBOX)?;
+                        }
+                        Ok(false)
+                    })?;
+                    let store = self.nodes[node].store.as_ref().expect("up");
+                    let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
+                    self.checker.looked(node, &obs, INBOX);
+                }
+            }
+            Action::FlagAll { node, set } => {
+                let ids: Vec<starling_model::MessageId> = match self.nodes[node].store.as_ref() {
+                    Some(st) => st.read(ACCOUNT).map_err(err)?.messages(INBOX, 1, usize::MAX).map_err(err)?,
+                    None => Vec::new(),
+                }
+                .into_iter()
+                .map(|m| m.message)
+                .collect();
+                let kw = [Keyword::Flagged];
+                self.bulk(node, |b, k, _| {
+                    let Some(m) = ids.get(k) else { return Ok(false) };
+                    let (add, remove): (&[Keyword], &[Keyword]) = if set { (&kw, &[]) } else { (&[], &kw) };
+                    b.replica().store_flags(*m, add, remove)?;
+                    Ok(true)
+                })?
+            }
+            Action::Flap { .. } | Action::RollingCrashes { .. } | Action::FlagRounds { .. } => {
+                unreachable!("expanded")
+            }
         }
         Ok(())
+    }
+
+    /// A bulk client action at `node` (if up): `step(batch, k, node)` for
+    /// k = 0, 1, … until it returns false, a thousand per commit; then the
+    /// links push and the checker looks.
+    fn bulk(
+        &mut self,
+        node: usize,
+        mut step: impl FnMut(&mut starling_store::Batch<'_>, usize, usize) -> Result<bool, starling_store::StoreError>,
+    ) -> Result<(), String> {
+        let Some(store) = self.nodes[node].store.as_ref() else { return Ok(()) };
+        let mut k = 0;
+        let mut more = true;
+        while more {
+            store
+                .write(ACCOUNT, |b| {
+                    for _ in 0..1000 {
+                        more = step(b, k, node)?;
+                        if !more {
+                            break;
+                        }
+                        k += 1;
+                    }
+                    Ok(())
+                })
+                .map_err(err)?;
+        }
+        self.report.actions += 1;
+        self.trace.update(&(k as u64).to_le_bytes());
+        self.changed(node, None)?;
+        self.observe(node)
     }
 
     /// Sets who reaches whom; connections across a cut die, new paths connect.

@@ -127,6 +127,9 @@ pub const PEER_WANTS_MAX: usize = 4 * BLOB_WINDOW_COUNT;
 pub const BLOB_SEND_BUFFER: usize = 8 << 20;
 /// Bodies asked of the driver at once ([`Event::BlobsWanted`]).
 pub const BLOB_READ_BATCH: usize = 64;
+/// Metadata frames waiting to be sent past which no more bodies are read
+/// (answers for bodies we lack, `NoBlob`, go out as metadata).
+pub const METADATA_QUEUE_SOFT: usize = 64;
 /// First delay before asking again for bodies no peer had; it doubles up
 /// to [`RETRY_MAX`] while they stay missing.
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -493,7 +496,11 @@ pub struct QueueSizes {
 /// at most [`OPS_WINDOW_CHUNKS`] chunks plus acknowledgements and requests.
 pub fn queue_bounds(accounts: usize) -> QueueSizes {
     QueueSizes {
-        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 4) + BLOB_WINDOW_COUNT.div_ceil(BLOB_IDS_MAX) + 8,
+        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 4)
+            + BLOB_WINDOW_COUNT.div_ceil(BLOB_IDS_MAX)
+            + METADATA_QUEUE_SOFT
+            + BLOB_READ_BATCH
+            + 8,
         transmit_bytes: accounts * (OPS_WINDOW_CHUNKS as usize + 4) * FRAME_BYTES_MAX,
         transmit_blobs: BLOB_SEND_BUFFER / 64 + BLOB_READ_BATCH,
         transmit_blob_bytes: BLOB_SEND_BUFFER + BLOB_READ_BATCH * (FRAME_BYTES_MAX + 64),
@@ -964,7 +971,7 @@ impl Session {
 
     /// When the driver must call [`Session::handle_timeout`] next, if a timer is set.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.retry.due
+        self.retry.due.filter(|_| self.phase != Phase::Closed)
     }
 
     /// The driver's clock: fires what is due at `now`. Call it whenever the
@@ -972,9 +979,13 @@ impl Session {
     /// set relative to the last `now` given.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
-        if self.retry.due.is_some_and(|d| d <= now) && self.phase == Phase::Open {
+        if self.retry.due.is_some_and(|d| d <= now) {
             self.retry.due = None;
-            self.events.push_back(Event::RetryBodies);
+            // Before the handshake there is nothing to sweep: opening asks
+            // for every missing body anyway.
+            if self.phase == Phase::Open {
+                self.events.push_back(Event::RetryBodies);
+            }
         }
     }
 
@@ -1001,9 +1012,25 @@ impl Session {
         Some(f)
     }
 
+    /// Whether the peer waits for bodies and the send queues have room for them.
+    fn may_read_bodies(&self) -> bool {
+        self.phase == Phase::Open
+            && self.reading == 0
+            && !self.peer_wants.is_empty()
+            && self.transmit_blob_bytes < BLOB_SEND_BUFFER
+            && self.transmit.len() < METADATA_QUEUE_SOFT
+    }
+
+    /// Whether [`Session::poll_event`] has something for the driver now
+    /// (after the driver took frames, more bodies may be read).
+    pub fn has_work(&self) -> bool {
+        !self.events.is_empty() || self.may_read_bodies()
+    }
+
     /// Next event for the driver. Bodies the peer asked for are handed out
     /// ([`Event::BlobsWanted`]) only while fewer than [`BLOB_SEND_BUFFER`]
-    /// bytes of body frames wait to be sent.
+    /// bytes of body frames and [`METADATA_QUEUE_SOFT`] metadata frames
+    /// wait to be sent.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(ev) = self.events.pop_front() {
@@ -1014,11 +1041,7 @@ impl Session {
             }
             return Some(ev);
         }
-        if self.phase == Phase::Open
-            && self.reading == 0
-            && !self.peer_wants.is_empty()
-            && self.transmit_blob_bytes < BLOB_SEND_BUFFER
-        {
+        if self.may_read_bodies() {
             let n = self.peer_wants.len().min(BLOB_READ_BATCH);
             let ids: Vec<BlobId> = self.peer_wants.drain(..n).collect();
             self.reading = ids.len();

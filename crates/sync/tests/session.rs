@@ -276,3 +276,35 @@ fn body_policy_mailboxes_take_names_patterns_and_special_use() {
     assert!(recent.wants_body(Some("INBOX"), 1000, 10, 0) && recent.wants_body(Some("INBOX"), 0, 10, 0));
     assert!(!recent.wants_body(Some("INBOX"), 999, 10, 0));
 }
+
+/// A retry armed before the handshake (another link's peer lacked a body)
+/// is dropped when due: nothing to sweep yet, and no timer left that would
+/// fire again and again at the same instant.
+#[test]
+fn a_retry_timer_before_the_handshake_expires_quietly() {
+    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
+    let t0 = std::time::Instant::now();
+    a.handle_timeout(t0);
+    a.arm_retry();
+    let due = a.poll_timeout().expect("armed");
+    assert!(due > t0);
+    a.handle_timeout(due);
+    assert_eq!(a.poll_timeout(), None);
+    assert!(std::iter::from_fn(|| a.poll_event()).all(|e| !matches!(e, Event::RetryBodies)));
+}
+
+/// After the handshake the same timer asks the driver to sweep, and a
+/// sweep that still finds bodies missing waits longer before the next.
+#[test]
+fn a_retry_timer_sweeps_and_backs_off() {
+    let (mut a, _) = open_pair();
+    let t0 = std::time::Instant::now();
+    a.handle_timeout(t0);
+    a.arm_retry();
+    let first = a.poll_timeout().unwrap() - t0;
+    a.handle_timeout(t0 + first);
+    assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e == Event::RetryBodies));
+    a.bodies_swept(true);
+    let second = a.poll_timeout().unwrap() - (t0 + first);
+    assert!(second >= first * 2, "{second:?} after {first:?}");
+}
