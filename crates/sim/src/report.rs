@@ -63,6 +63,15 @@ pub struct Summary {
     pub protocol_resets: u64,
     /// Wall time of the sweep, seconds.
     pub wall_secs: f64,
+    /// Largest session queues seen in any run (each checked against its
+    /// bound at every step).
+    pub queues: starling_sync::QueueSizes,
+    /// Most ops waiting in any replica's causal buffer.
+    pub pending_max: usize,
+    /// Largest store (simulated disk) of any node, bytes.
+    pub disk_max: usize,
+    /// Most ops authored in one run.
+    pub ops_max: u64,
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -92,6 +101,23 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
         connections: reports.iter().map(|r| r.connections).sum(),
         protocol_resets: reports.iter().map(|r| r.protocol_resets).sum(),
         wall_secs,
+        queues: reports.iter().fold(Default::default(), |m, r| {
+            let q = &r.queues;
+            starling_sync::QueueSizes {
+                transmit: m.transmit.max(q.transmit),
+                transmit_bytes: m.transmit_bytes.max(q.transmit_bytes),
+                transmit_blobs: m.transmit_blobs.max(q.transmit_blobs),
+                transmit_blob_bytes: m.transmit_blob_bytes.max(q.transmit_blob_bytes),
+                events: m.events.max(q.events),
+                blobs_queued: m.blobs_queued.max(q.blobs_queued),
+                blobs_in_flight: m.blobs_in_flight.max(q.blobs_in_flight),
+                peer_wants: m.peer_wants.max(q.peer_wants),
+                chunks_in_flight: m.chunks_in_flight.max(q.chunks_in_flight),
+            }
+        }),
+        pending_max: reports.iter().map(|r| r.pending_max).max().unwrap_or(0),
+        disk_max: reports.iter().map(|r| r.disk_max).max().unwrap_or(0),
+        ops_max: reports.iter().map(|r| r.ops).max().unwrap_or(0),
     }
 }
 
@@ -116,6 +142,28 @@ pub fn markdown(summaries: &[Summary]) -> String {
             m.connections,
             m.protocol_resets,
             m.actions as f64 / m.wall_secs.max(1e-9),
+        ));
+    }
+    s.push_str(
+        "\nBounds: the largest each run reached (maxima over all seeds); every session queue is checked against its bound at every step.\n\n| scenario | ops in a run (max) | metadata frames queued | metadata bytes queued | body frames queued | body bytes queued | events | bodies waiting to be asked | bodies in flight | bodies the peer wants | ops chunks in flight | causal buffer (ops) | largest node store |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for m in summaries {
+        let q = &m.queues;
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.1} KB | {} | {:.1} KB | {} | {} | {} | {} | {} | {} | {:.1} MB |\n",
+            m.scenario,
+            m.ops_max,
+            q.transmit,
+            q.transmit_bytes as f64 / 1000.0,
+            q.transmit_blobs,
+            q.transmit_blob_bytes as f64 / 1000.0,
+            q.events,
+            q.blobs_queued,
+            q.blobs_in_flight,
+            q.peer_wants,
+            q.chunks_in_flight,
+            m.pending_max,
+            m.disk_max as f64 / 1e6,
         ));
     }
     for m in summaries {

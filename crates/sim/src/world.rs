@@ -64,6 +64,8 @@ pub struct RunReport {
     pub pending_max: usize,
     /// What a swarm scenario drew for this seed (empty otherwise).
     pub swarm: String,
+    /// Largest store (simulated disk) of any node at the end, bytes.
+    pub disk_max: usize,
 }
 
 impl RunReport {
@@ -90,6 +92,7 @@ impl RunReport {
             queues: Default::default(),
             pending_max: 0,
             swarm: String::new(),
+            disk_max: 0,
         }
     }
 }
@@ -842,6 +845,7 @@ impl World {
         n.before = vv;
         let (obs, pending) = store.inspect(ACCOUNT, |r| (Observation::of(r), r.pending_len())).map_err(err)?;
         self.report.pending_max = self.report.pending_max.max(pending);
+        self.report.disk_max = self.report.disk_max.max(n.disk.len());
         self.checker.check_step(i, &obs)
     }
 
