@@ -151,6 +151,14 @@ pub fn run(maildir: &Path, bin: Option<PathBuf>) {
         kb(x[2]),
         kb(x[3])
     );
+    let peak = |n: &Node| {
+        let pid = n.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or("?".to_string(), |k| format!("{:.0} MB", k as f64 / 1024.0))
+    };
+    eprintln!("peak RSS during the initial sync: sender {} / receiver {}", peak(&a), peak(&b));
 
     // 1% flag change in one transaction on A (as one client UID STORE).
     let k = (total / 100).max(1).min(inbox_n);

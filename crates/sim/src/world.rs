@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BinaryHeap};
 pub const ACCOUNT: &str = "sim";
 
 const MS_PER_HOUR: f64 = 3_600_000.0;
-/// How often a link asks again for bodies a peer lacked.
 
 /// What one run measured, and whether the checker passed.
 #[derive(Clone, Debug)]
