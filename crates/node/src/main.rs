@@ -285,8 +285,12 @@ fn run(cli: Cli) -> Result<(), String> {
             // the heap; fixed at 1 MiB, big buffers go back to the OS at once.
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             // SAFETY: mallopt only sets an allocator parameter.
+            // Two arenas, not eight per core: with glibc's default, bodies
+            // freed by one thread and allocated by another left the heap of a
+            // node sending 10,000 messages at 200 MB (131 MB with one arena).
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+                libc::mallopt(libc::M_ARENA_MAX, 2);
             }
             let json = log_json || config.log.format == Some(config::LogFormat::Json);
             init_logs(json, config.log.level.as_deref())?;
