@@ -64,6 +64,9 @@ pub struct PeerLink {
     /// Bodies this node fetches from this peer as soon as their messages arrive.
     policy: BodyPolicy,
     accounts: Vec<String>,
+    /// The session asked for a sweep of missing bodies (run after storing
+    /// the bodies that arrived with it).
+    sweep: bool,
 }
 
 impl PeerLink {
@@ -82,7 +85,7 @@ impl PeerLink {
         for a in &accounts {
             versions.push((a.clone(), store.version(a)?));
         }
-        Ok(PeerLink { session: Session::new(me, peer, versions), policy, accounts })
+        Ok(PeerLink { session: Session::new(me, peer, versions), policy, accounts, sweep: false })
     }
 
     /// The protocol state (bytes counted, peer id, acknowledgements).
@@ -132,21 +135,19 @@ impl PeerLink {
     /// The session calls for it ([`Event::RetryBodies`]) on its retry timer.
     pub fn retry_bodies(&mut self, store: &Store) -> Result<bool, LinkError> {
         let ids = wanted_all(store, &self.accounts, &self.policy)?;
-        let missing = !ids.is_empty();
-        self.session.want_blobs(ids);
-        Ok(missing)
+        Ok(self.session.want_blobs(ids) > 0)
     }
 
     /// Another link's peer lacked a body: sweep for missing bodies on this
-    /// link's retry timer too.
-    pub fn arm_retry(&mut self) {
-        self.session.arm_retry();
+    /// link's retry timer too, counted from `now`.
+    pub fn arm_retry(&mut self, now: Instant) {
+        self.session.arm_retry(now);
     }
 
     /// Asks the peer for bodies a client needs now (on-demand fetch), with
     /// the sizes their messages declare.
     pub fn fetch_bodies(&mut self, ids: impl IntoIterator<Item = (BlobId, u64)>) {
-        self.session.want_blobs(ids);
+        let _ = self.session.want_blobs(ids);
     }
 
     /// When [`PeerLink::handle_timeout`] is due next, if a timer is set.
@@ -202,7 +203,15 @@ impl PeerLink {
             store.put_blobs(&refs)?;
             progress.bodies += bodies.len();
         }
-        result.map(|()| progress)
+        result?;
+        // A sweep runs once the bodies that came with it are stored, so it
+        // does not ask for them again.
+        if std::mem::take(&mut self.sweep) {
+            let asked = self.retry_bodies(store)?;
+            self.session.bodies_swept(asked);
+            self.answer_events(store, &mut progress, &mut Vec::new())?;
+        }
+        Ok(progress)
     }
 
     fn answer_events(
@@ -266,7 +275,7 @@ impl PeerLink {
             }
             missing
         };
-        s.want_blobs(missing);
+        let _ = s.want_blobs(missing);
         s.applied(&account, store.version(&account)?);
         progress.new_messages |= !starling_sync::blobs_of(&ops).is_empty();
         progress.note(account);
@@ -285,7 +294,9 @@ impl PeerLink {
             Event::NeedOps { account, since, ops_max, bytes_max } => {
                 match store.ops_chunk(&account, &since, ops_max, bytes_max) {
                     Ok(ops) => s.send_ops(&account, &ops),
-                    Err(StoreError::Compacted) => {
+                    // Behind our floor, or a gap in our log (damage): the
+                    // peer catches up from our state instead.
+                    Err(StoreError::Compacted | StoreError::LogGap { .. }) => {
                         s.send_snapshot(&account, store.snapshot(&account)?, &store.version(&account)?)
                     }
                     Err(e) => return Err(e.into()),
@@ -302,25 +313,29 @@ impl PeerLink {
                     return Err(LinkError::Restart(why.into()));
                 }
                 store.install_snapshot(&account, &bytes)?;
-                s.want_blobs(wanted_missing(store, &account, &self.policy)?);
+                let _ = s.want_blobs(wanted_missing(store, &account, &self.policy)?);
                 s.applied(&account, store.version(&account)?);
                 progress.new_messages = true;
                 progress.note(account);
             }
             Event::BlobsWanted { ids } => {
-                for id in ids {
+                let mut ids = ids.into_iter();
+                while let Some(id) = ids.next() {
+                    if !s.may_send_blob() {
+                        s.unread_blobs(std::iter::once(id).chain(ids).collect());
+                        break;
+                    }
                     s.send_blob(id, store.blob(id)?);
                 }
             }
             Event::Blob { bytes, .. } => bodies.push(bytes),
             Event::BlobMissing { .. } => progress.bodies_lacking = true,
-            Event::RetryBodies => {
-                let missing = self.retry_bodies(store)?;
-                self.session.bodies_swept(missing);
-            }
+            Event::RetryBodies => self.sweep = true,
             // A new connection: bodies asked on an earlier one that broke
             // before they came are asked again.
-            Event::Open { .. } => s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?),
+            Event::Open { .. } => {
+                let _ = s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?);
+            }
             Event::Closed { .. } => {}
         }
         Ok(())

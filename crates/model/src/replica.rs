@@ -617,7 +617,7 @@ impl<B: Backend> Replica<B> {
 
     /// Ops waiting for their causal past.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.ready.len()
     }
 
     /// Ops this replica created (client changes and settling) since the last
@@ -711,7 +711,7 @@ impl<B: Backend> Replica<B> {
     /// On `Err(Storage)` the in-memory part may be ahead of the backend: the
     /// caller must drop this replica and reopen it from what was committed.
     pub fn apply(&mut self, op: Op) -> Result<(), ApplyError> {
-        assert!(self.followups.is_empty() && self.ready.is_empty(), "apply is not re-entered");
+        assert!(self.followups.is_empty(), "apply is not re-entered");
         if self.vv.contains(op.dot) || self.pending.contains(op.dot) {
             return Ok(());
         }
@@ -723,7 +723,8 @@ impl<B: Backend> Replica<B> {
                 return Err(ApplyError::PendingFull);
             }
             self.pending.insert(op, missing);
-            return Ok(());
+            // Ops found ready when the replica was opened go now.
+            return if self.ready.is_empty() { Ok(()) } else { self.drain() };
         }
         let result = self.apply_ready(op).and_then(|()| self.drain());
         if result.is_err() {
@@ -769,6 +770,8 @@ impl<B: Backend> Replica<B> {
                 self.claims_queued.clear();
             }
             match self.ready.pop_front() {
+                // Already applied (it also came again after the replica was opened).
+                Some(op) if self.vv.contains(op.dot) => {}
                 Some(op) => self.apply_ready(op)?,
                 None => return Ok(()),
             }

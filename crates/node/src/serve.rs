@@ -476,7 +476,7 @@ async fn session(
                 if changed.is_err() {
                     break "shutting down".into();
                 }
-                link.arm_retry();
+                link.arm_retry(Instant::now());
             }
             f = frames.recv() => match f {
                 Some(f) => {

@@ -762,8 +762,9 @@ impl World {
         }
         if progress.bodies_lacking {
             let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
+            let now = self.instant();
             for p in peers {
-                self.nodes[node].conns.get_mut(&p).expect("listed").link.arm_retry();
+                self.nodes[node].conns.get_mut(&p).expect("listed").link.arm_retry(now);
                 if p != peer {
                     self.flush(node, p);
                 }

@@ -11,9 +11,11 @@
 //! Each side sends `Hello` (protocol version, node id, the accounts it will
 //! sync with this peer), then for every account both sides share, `Have`
 //! (its version vector). A side that has ops the other lacks asks its driver
-//! for them ([`Event::NeedOps`]) and sends them as one compressed `Ops` frame
-//! ([`starling_model::codec`]); the receiver's driver applies them and the
-//! receiver acknowledges with a new `Have`. After a local commit the driver
+//! for them a chunk at a time ([`Event::NeedOps`]: at most
+//! [`CHUNK_OPS_MAX`] ops in causal order) and sends each as one compressed
+//! `Ops` frame ([`starling_model::codec`]), at most [`OPS_WINDOW_CHUNKS`]
+//! unacknowledged; the receiver's driver applies them and the receiver
+//! acknowledges with a new `Have`. After a local commit the driver
 //! calls [`Session::local_changed`], which pushes the new ops at once (no
 //! timer). A peer behind the sender's compacted log gets a `Snapshot`.
 //! A no-op exchange is the two `Hello`s and one `Have` per account each way.
@@ -531,6 +533,8 @@ struct Wants {
 struct Retry {
     due: Option<Instant>,
     backoff: Duration,
+    /// Armed before the driver ever gave a clock reading: set at the next.
+    armed_unread: bool,
 }
 
 /// One peer connection's protocol state.
@@ -590,7 +594,7 @@ impl Session {
             wants: Wants::default(),
             peer_wants: VecDeque::new(),
             reading: 0,
-            retry: Retry { due: None, backoff: RETRY_FIRST },
+            retry: Retry { due: None, backoff: RETRY_FIRST, armed_unread: false },
             now: None,
             bytes_out: 0,
             bytes_in: 0,
@@ -765,17 +769,15 @@ impl Session {
                 if BlobId::of(&bytes) != id {
                     return self.close(SessionError::Malformed("body does not match its id".into()));
                 }
-                self.answered(id);
-                // Bodies arrive again: the next miss starts with a short wait.
-                self.retry.backoff = RETRY_FIRST;
                 self.events.push_back(Event::Blob { id, bytes });
+                self.answered(id);
                 Ok(())
             }
             (Phase::Open, Frame::NoBlob { id }) => {
                 if self.wants.in_flight.contains_key(&id) {
                     self.answered(id);
                     self.events.push_back(Event::BlobMissing { id });
-                    self.arm_retry();
+                    self.arm_retry_from_last();
                 }
                 Ok(())
             }
@@ -797,10 +799,12 @@ impl Session {
     /// window allows ([`BLOB_WINDOW_COUNT`], [`BLOB_WINDOW_BYTES`]); past
     /// [`BLOB_QUEUE_MAX`] waiting ids the rest are dropped and asked again
     /// by an [`Event::RetryBodies`] once the queue has drained.
-    pub fn want_blobs(&mut self, ids: impl IntoIterator<Item = (BlobId, u64)>) {
+    /// Returns how many ids were newly queued.
+    pub fn want_blobs(&mut self, ids: impl IntoIterator<Item = (BlobId, u64)>) -> usize {
         if self.phase != Phase::Open {
-            return;
+            return 0;
         }
+        let mut added = 0;
         for (id, size) in ids {
             if self.wants.known.contains(&id) {
                 continue;
@@ -810,9 +814,12 @@ impl Session {
                 break;
             }
             self.wants.known.insert(id);
-            self.wants.queue.push_back((id, size));
+            // A size from a peer's op: never more than a body can be.
+            self.wants.queue.push_back((id, size.min(BODY_BYTES_MAX as u64)));
+            added += 1;
         }
         self.flush_wants();
+        added
     }
 
     /// Moves queued body ids into the window, as `WantBlobs` frames.
@@ -848,6 +855,22 @@ impl Session {
     /// Bodies asked of the peer and not answered yet, plus those waiting to be asked.
     pub fn blobs_in_flight(&self) -> usize {
         self.wants.in_flight.len() + self.wants.queue.len()
+    }
+
+    /// Whether another body may be read now for [`Event::BlobsWanted`]
+    /// (fewer than [`BLOB_SEND_BUFFER`] bytes of body frames wait); if not,
+    /// the driver hands the rest back with [`Session::unread_blobs`].
+    pub fn may_send_blob(&self) -> bool {
+        self.transmit_blob_bytes < BLOB_SEND_BUFFER
+    }
+
+    /// Ids of [`Event::BlobsWanted`] the driver did not read (the send
+    /// queue filled): asked again later, first.
+    pub fn unread_blobs(&mut self, ids: Vec<BlobId>) {
+        self.reading = self.reading.saturating_sub(ids.len());
+        for id in ids.into_iter().rev() {
+            self.peer_wants.push_front(id);
+        }
     }
 
     /// Answers one id of [`Event::BlobsWanted`]: the raw body, or `None` if
@@ -950,22 +973,33 @@ impl Session {
         }
     }
 
-    /// A sweep for missing bodies ([`Event::RetryBodies`]) is done: while
-    /// some are still missing, the next one comes after a longer wait.
-    pub fn bodies_swept(&mut self, still_missing: bool) {
-        if still_missing {
+    /// A sweep for missing bodies ([`Event::RetryBodies`]) is done: if it
+    /// asked again for bodies (not already asked for), the next sweep comes
+    /// after a longer wait; if it found nothing to ask, the wait starts
+    /// short again.
+    pub fn bodies_swept(&mut self, asked_again: bool) {
+        if asked_again {
             self.retry.backoff = (self.retry.backoff * 2).min(RETRY_MAX);
-            self.arm_retry();
+            self.arm_retry_from_last();
         } else {
             self.retry.backoff = RETRY_FIRST;
         }
     }
 
     /// Some peer lacked a body: sweep for missing bodies after the current
-    /// wait (unless a sweep is already due).
-    pub fn arm_retry(&mut self) {
-        if self.retry.due.is_none() {
-            self.retry.due = Some(self.now.unwrap_or_else(Instant::now) + self.retry.backoff);
+    /// wait from `now` (unless a sweep is already due).
+    pub fn arm_retry(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.arm_retry_from_last();
+    }
+
+    /// [`Session::arm_retry`] from the driver's last clock reading (a
+    /// session that was never given one arms at its next one).
+    fn arm_retry_from_last(&mut self) {
+        match self.now {
+            Some(now) if self.retry.due.is_none() => self.retry.due = Some(now + self.retry.backoff),
+            Some(_) => {}
+            None => self.retry.armed_unread = true,
         }
     }
 
@@ -979,6 +1013,9 @@ impl Session {
     /// set relative to the last `now` given.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
+        if std::mem::take(&mut self.retry.armed_unread) {
+            self.arm_retry_from_last();
+        }
         if self.retry.due.is_some_and(|d| d <= now) {
             self.retry.due = None;
             // Before the handshake there is nothing to sweep: opening asks

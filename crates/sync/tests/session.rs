@@ -284,8 +284,7 @@ fn body_policy_mailboxes_take_names_patterns_and_special_use() {
 fn a_retry_timer_before_the_handshake_expires_quietly() {
     let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
     let t0 = std::time::Instant::now();
-    a.handle_timeout(t0);
-    a.arm_retry();
+    a.arm_retry(t0);
     let due = a.poll_timeout().expect("armed");
     assert!(due > t0);
     a.handle_timeout(due);
@@ -299,8 +298,7 @@ fn a_retry_timer_before_the_handshake_expires_quietly() {
 fn a_retry_timer_sweeps_and_backs_off() {
     let (mut a, _) = open_pair();
     let t0 = std::time::Instant::now();
-    a.handle_timeout(t0);
-    a.arm_retry();
+    a.arm_retry(t0);
     let first = a.poll_timeout().unwrap() - t0;
     a.handle_timeout(t0 + first);
     assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e == Event::RetryBodies));
