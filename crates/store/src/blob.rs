@@ -206,7 +206,10 @@ fn decompress_prefix(frame: &[u8], n: usize) -> Option<Vec<u8>> {
 /// malformed message — is kept whole: stored byte-exact, never refused.
 pub fn split(raw: &[u8], threshold: usize) -> (BodyRecord, Vec<(BlobId, Vec<u8>)>) {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
-    if raw.len() > threshold {
+    // The MIME parser recurses with the nesting of the message: a message
+    // that may nest deeper than this is kept whole (splitting only saves
+    // space; a 60,000-level message overflowed the stack and crashed the node).
+    if raw.len() > threshold && containers_at_most(raw, MIME_CONTAINERS_MAX) {
         if let Some(msg) = mail_parser::MessageParser::default().parse(raw) {
             for part in &msg.parts {
                 let leaf =
@@ -241,6 +244,33 @@ pub fn split(raw: &[u8], threshold: usize) -> (BodyRecord, Vec<(BlobId, Vec<u8>)
     }
     let record = BodyRecord { len: raw.len() as u64, pieces };
     (record, parts)
+}
+
+/// Most MIME containers (`multipart/…`, `message/…` mentions) in a message
+/// the store hands to the MIME parser to split out large parts.
+pub const MIME_CONTAINERS_MAX: usize = 256;
+
+/// Whether `raw` mentions `multipart/` or `message/` (any case) at most
+/// `max` times: an upper bound on how deep its MIME structure can nest.
+fn containers_at_most(raw: &[u8], max: usize) -> bool {
+    let mut n = 0;
+    for (i, b) in raw.iter().enumerate() {
+        let rest = &raw[i..];
+        let hit = match b | 0x20 {
+            b'm' => {
+                rest.len() >= 8 && rest[..8].eq_ignore_ascii_case(b"message/")
+                    || rest.len() >= 10 && rest[..10].eq_ignore_ascii_case(b"multipart/")
+            }
+            _ => false,
+        };
+        if hit {
+            n += 1;
+            if n > max {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -404,3 +404,26 @@ fn bodies_are_missing_before_the_first_body_arrives() {
     b.put_blob(b"Subject: 1\r\n\r\none\r\n").unwrap();
     assert_eq!(b.missing_blobs("u").unwrap().len(), 1);
 }
+
+/// A message nested 60,000 levels deep (message/rfc822 in message/rfc822 …)
+/// around a leaf above the part threshold: the store keeps it whole and
+/// byte-exact instead of overflowing the stack in the MIME parser (one such
+/// LMTP delivery crashed the node, and again at every retry).
+#[test]
+fn deeply_nested_message_is_stored_whole_without_overflowing() {
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let mut raw = Vec::new();
+            for _ in 0..60_000 {
+                raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+            }
+            raw.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
+            raw.extend(std::iter::repeat_n(b'x', 300 * 1024));
+            let (record, parts) = starling_store::blob::split(&raw, starling_store::PART_THRESHOLD_DEFAULT);
+            assert!(parts.is_empty(), "too deep to split: kept whole");
+            assert_eq!(record.len, raw.len() as u64);
+        })
+        .unwrap();
+    handle.join().expect("no stack overflow (an overflow aborts the process instead)");
+}
