@@ -366,7 +366,12 @@ async fn session(
     // frames are few by construction (the session's windows bound them);
     // bodies go through a short bounded queue, filled only as it drains,
     // on their own stream so a 5 MB attachment never delays metadata.
-    let (meta_out, mut meta_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Bounded by what the session's windows let it queue: chunks in flight
+    // and acknowledgements per account, requests, and answers for bodies the
+    // peer asked for (at most PEER_WANTS_MAX). More would be a bug: the
+    // session then ends rather than grow.
+    let meta_max = starling_sync::queue_bounds(link.accounts().len().max(1)).transmit + starling_sync::PEER_WANTS_MAX;
+    let (meta_out, mut meta_rx) = mpsc::channel::<Vec<u8>>(meta_max);
     let mut meta_writer = tokio::spawn(async move {
         let mut send = send;
         while let Some(f) = meta_rx.recv().await {
@@ -436,15 +441,19 @@ async fn session(
             Err(e) => {
                 // A protocol error leaves a `Refused` frame to send first.
                 while let Some(f) = link.poll_transmit() {
-                    let _ = meta_out.send(f);
+                    let _ = meta_out.try_send(f);
                 }
                 drop(meta_out);
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut meta_writer).await;
                 break e.to_string();
             }
         }
+        let mut overflow = false;
         while let Some(f) = link.poll_transmit() {
-            let _ = meta_out.send(f);
+            overflow |= matches!(meta_out.try_send(f), Err(mpsc::error::TrySendError::Full(_)));
+        }
+        if overflow {
+            break format!("metadata queue over its bound of {meta_max} frames");
         }
         // Taking frames made room: read more of what the peer asked for.
         if link.has_work() {
