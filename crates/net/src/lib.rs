@@ -100,6 +100,21 @@ impl fmt::Debug for NodeId {
     }
 }
 
+/// Creates `dir` (and its parents) readable by this user only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Creates `path` (it must not exist) readable by this user only, with `bytes`.
+fn private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// This node's certificate and key.
 pub struct NodeIdentity {
     cert: CertificateDer<'static>,
@@ -117,10 +132,10 @@ impl NodeIdentity {
             reason: e.to_string(),
         };
         if !cert_path.exists() && !key_path.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
+            private_dir(dir).map_err(|e| err(dir, &e))?;
             let ck =
                 rcgen::generate_simple_self_signed(vec!["starling".to_string()]).map_err(|e| err(&cert_path, &e))?;
-            std::fs::write(&key_path, ck.signing_key.serialize_der()).map_err(|e| err(&key_path, &e))?;
+            private_file(&key_path, &ck.signing_key.serialize_der()).map_err(|e| err(&key_path, &e))?;
             std::fs::write(&cert_path, ck.cert.der().as_ref()).map_err(|e| err(&cert_path, &e))?;
         }
         let cert = std::fs::read(&cert_path).map_err(|e| err(&cert_path, &e))?;
@@ -381,17 +396,12 @@ impl PeerEndpoint {
         self.endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))
     }
 
-    /// Waits for the next pinned peer to connect. Handshakes that fail
-    /// (unknown certificates) are skipped.
-    pub async fn accept(&self) -> Option<PeerConnection> {
-        while let Some(incoming) = self.endpoint.accept().await {
-            let Ok(connection) = incoming.await else { continue };
-            if let Ok(peer) = peer_of(&connection) {
-                return Some(PeerConnection { peer, connection });
-            }
-            connection.close(1u32.into(), b"unknown peer");
-        }
-        None
+    /// Waits for the next connection attempt (`None` once the endpoint is
+    /// closed). Its handshake is not done yet: run [`handshake`] on it, in
+    /// a task of its own, so that one slow or stalled peer never holds up
+    /// the others.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
     }
 
     /// Connects to pinned peer `expected` at `addr`.
@@ -406,6 +416,27 @@ impl PeerEndpoint {
             return Err(NetError::UnknownPeer);
         }
         Ok(PeerConnection { peer, connection })
+    }
+}
+
+/// Longest a peer's handshake may take: past it the attempt is dropped.
+pub const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Completes an accepted connection's handshake within
+/// [`HANDSHAKE_DEADLINE`]. Only pinned peers get this far (the TLS
+/// verifier refuses every other certificate).
+pub async fn handshake(incoming: quinn::Incoming) -> Result<PeerConnection, NetError> {
+    let connection = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(NetError::Connection(e.to_string())),
+        Err(_) => return Err(NetError::Connection(format!("handshake took over {HANDSHAKE_DEADLINE:?}"))),
+    };
+    match peer_of(&connection) {
+        Ok(peer) => Ok(PeerConnection { peer, connection }),
+        Err(e) => {
+            connection.close(1u32.into(), b"unknown peer");
+            Err(e)
+        }
     }
 }
 

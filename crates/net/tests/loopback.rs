@@ -1,7 +1,7 @@
 //! Real QUIC sockets on loopback: pinned peers connect both ways and move
 //! frames; an unknown certificate is refused; identities persist.
 
-use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerEndpoint, PeerSet};
+use starling_net::{handshake, read_frame, write_frame, NodeId, NodeIdentity, PeerEndpoint, PeerSet};
 use std::sync::Arc;
 
 fn identity(dir: &std::path::Path, name: &str) -> Arc<NodeIdentity> {
@@ -21,9 +21,11 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
     // A serves: echoes one frame reversed per connection, reports who came.
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(conn) = ea.accept().await {
-            let _ = seen_tx.send(conn.peer);
+        while let Some(incoming) = ea.accept().await {
+            let seen_tx = seen_tx.clone();
             tokio::spawn(async move {
+                let Ok(conn) = handshake(incoming).await else { return };
+                let _ = seen_tx.send(conn.peer);
                 let Ok((mut send, mut recv)) = conn.connection.accept_bi().await else { return };
                 if let Ok(Some(got)) = read_frame(&mut recv, &budget()).await {
                     let _ = write_frame(&mut send, &got.0.iter().rev().copied().collect::<Vec<_>>()).await;
@@ -58,11 +60,84 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
     assert!(wrong.is_err());
 }
 
+/// Serves echo connections on `ea` the way `starling serve` does: each
+/// handshake in a task of its own.
+fn serve_echo(ea: PeerEndpoint) {
+    tokio::spawn(async move {
+        while let Some(incoming) = ea.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = handshake(incoming).await else { return };
+                let Ok((mut send, mut recv)) = conn.connection.accept_bi().await else { return };
+                if let Ok(Some(got)) = read_frame(&mut recv, &budget()).await {
+                    let _ = write_frame(&mut send, &got.0).await;
+                    let _ = send.finish();
+                }
+                let _ = conn.connection.closed().await;
+            });
+        }
+    });
+}
+
+/// A peer whose handshake stalls (its first packet arrives, nothing after)
+/// must not hold up another peer: handshakes run side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_does_not_block_other_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (identity(dir.path(), "a"), identity(dir.path(), "b"), identity(dir.path(), "c"));
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let ea = PeerEndpoint::bind(any, a.clone(), Arc::new(PeerSet::new([b.id(), c.id()]))).unwrap();
+    let eb = PeerEndpoint::bind(any, b.clone(), Arc::new(PeerSet::new([a.id()]))).unwrap();
+    let ec = PeerEndpoint::bind(any, c.clone(), Arc::new(PeerSet::new([a.id()]))).unwrap();
+    let addr_a = ea.local_addr().unwrap();
+    serve_echo(ea);
+    // A relay that passes C's first datagram to A and drops everything else.
+    let relay = tokio::net::UdpSocket::bind(any).await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut first = Some(first_tx);
+        loop {
+            let Ok((n, _)) = relay.recv_from(&mut buf).await else { return };
+            if let Some(tx) = first.take() {
+                let _ = relay.send_to(&buf[..n], addr_a).await;
+                let _ = tx.send(());
+            }
+        }
+    });
+    let a_id = a.id();
+    let stalled = tokio::spawn(async move { ec.connect(relay_addr, a_id).await.map(|_| ()) });
+    first_rx.await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // B meanwhile connects directly and is served at once.
+    let started = std::time::Instant::now();
+    let served = async {
+        let conn = eb.connect(addr_a, a.id()).await?;
+        let (mut s, mut r) =
+            conn.connection.open_bi().await.map_err(|e| starling_net::NetError::Connection(e.to_string()))?;
+        write_frame(&mut s, b"ping").await?;
+        read_frame(&mut r, &budget()).await
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), served).await;
+    let got = got.expect("B was held up behind C's stalled handshake").unwrap().unwrap();
+    assert_eq!(got.0, b"ping");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "B took {:?}", started.elapsed());
+    assert!(!stalled.is_finished(), "C's handshake was meant to stall");
+    stalled.abort();
+}
+
 #[test]
 fn identity_is_stable_and_node_ids_parse() {
     let dir = tempfile::tempdir().unwrap();
     let a1 = NodeIdentity::load_or_create(dir.path()).unwrap();
     let a2 = NodeIdentity::load_or_create(dir.path()).unwrap();
+    // Made private: another local user can read neither the key nor the directory.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let fresh = dir.path().join("new/node");
+    NodeIdentity::load_or_create(&fresh).unwrap();
+    assert_eq!(mode(&fresh), 0o700);
+    assert_eq!(mode(&fresh.join("node.key")), 0o600);
     assert_eq!(a1.id(), a2.id());
     assert_eq!(NodeId::parse(&a1.id().to_string()).unwrap(), a1.id());
     assert!(NodeId::parse("xyz").is_err());

@@ -7,7 +7,9 @@ mod demo;
 mod lmtp;
 mod metrics;
 mod peers;
+mod private;
 mod serve;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 use starling_net::{NodeId, NodeIdentity};
@@ -271,6 +273,11 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let data_dir = cli.data_dir.or(config.data_dir.clone()).unwrap_or_else(|| PathBuf::from("starling-data"));
     let cli = Resolved { data_dir, command: cli.command };
+    if !matches!(cli.command, Command::Version | Command::Demo { .. } | Command::Sim(_)) {
+        for line in private::tighten(&cli.data_dir)? {
+            eprintln!("starling: warning: {line}");
+        }
+    }
     match cli.command {
         Command::Version => println!("starling {}", env!("CARGO_PKG_VERSION")),
         Command::Demo { dir } => demo::run(dir)?,
@@ -427,6 +434,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    private::umask();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

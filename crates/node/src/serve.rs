@@ -4,7 +4,9 @@
 
 use crate::control;
 use crate::peers::Peer;
+use crate::tasks::Tasks;
 use starling_link::{LinkError, PeerLink, Progress};
+use starling_net::listen::{accept_forever, AcceptErrors, ConnCounter, ConnLimits};
 use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerConnection, PeerEndpoint, PeerSet};
 use starling_store::Store;
 use std::collections::BTreeMap;
@@ -17,6 +19,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 /// Frames handled in one go at most (bytes): bounds a batch's memory.
 const BATCH_BYTES: usize = 32 << 20;
+/// Connections to the metrics endpoint and to the control socket, each.
+const LOCAL_CONNECTIONS: ConnLimits = ConnLimits { total: 16, per_ip: 16 };
+/// A metrics request is read and answered within this.
+const LOCAL_DEADLINE: Duration = Duration::from_secs(5);
+/// Peer handshakes in progress at most; attempts past it are refused.
+const HANDSHAKES_MAX: usize = 64;
 
 /// Where the node listens, and how it serves IMAP.
 pub struct Settings {
@@ -63,7 +71,8 @@ pub fn run(
             live: Arc::default(),
         };
         let peers = Arc::new(peers);
-        let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone())?;
+        let tasks = Tasks::default();
+        let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone(), tasks.clone())?;
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
         let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, store.clone(), hub.changes.clone()));
@@ -86,14 +95,20 @@ pub fn run(
             let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("metrics {addr}: {e}"))?;
             println!("metrics: listening on http://{}/metrics", tcp.local_addr().map_err(|e| e.to_string())?);
             let (store, peers, hub, me) = (store.clone(), peers.clone(), hub.clone(), identity.id());
+            let open = ConnCounter::new(LOCAL_CONNECTIONS);
+            let tasks = tasks.clone();
             tokio::spawn(async move {
-                while let Ok((mut stream, _)) = tcp.accept().await {
+                let mut errors = AcceptErrors::default();
+                loop {
+                    let (mut stream, addr) = accept_forever("metrics", &mut errors, || tcp.accept()).await;
+                    let Ok(place) = open.admit(addr.ip()) else { continue };
                     let (store, peers, hub, imap) = (store.clone(), peers.clone(), hub.clone(), imap_shared.clone());
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
+                        let _place = place;
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         // One request per connection; its content does not matter.
                         let mut buf = [0u8; 4096];
-                        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+                        let _ = tokio::time::timeout(LOCAL_DEADLINE, stream.read(&mut buf)).await;
                         let body = tokio::task::block_in_place(|| {
                             let st = status(&store, me, &peers, &hub);
                             let extra = crate::metrics::Extra { imap_sessions: imap.sessions() };
@@ -103,8 +118,11 @@ pub fn run(
                             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                             body.len()
                         );
-                        let _ = stream.write_all(head.as_bytes()).await;
-                        let _ = stream.write_all(body.as_bytes()).await;
+                        let _ = tokio::time::timeout(LOCAL_DEADLINE, async {
+                            stream.write_all(head.as_bytes()).await?;
+                            stream.write_all(body.as_bytes()).await
+                        })
+                        .await;
                     });
                 }
             });
@@ -124,11 +142,25 @@ pub fn run(
         {
             let (endpoint, store, peers, hub, me) =
                 (endpoint.clone(), store.clone(), peers.clone(), hub.clone(), identity.id());
+            // Each handshake runs in its own task with a deadline, so a
+            // stalled one never holds up the others; at most
+            // HANDSHAKES_MAX at a time (attempts past it are refused).
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+            let tasks = tasks.clone();
             tokio::spawn(async move {
-                while let Some(conn) = endpoint.accept().await {
-                    let Some(peer) = peers.iter().find(|p| p.id == conn.peer).cloned() else { continue };
-                    let (store, hub) = (store.clone(), hub.clone());
-                    tokio::spawn(async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                        incoming.refuse();
+                        continue;
+                    };
+                    let (store, hub, peers) = (store.clone(), hub.clone(), peers.clone());
+                    tasks.spawn(async move {
+                        let conn = match starling_net::handshake(incoming).await {
+                            Ok(c) => c,
+                            Err(e) => return tracing::debug!("peer handshake: {e}"),
+                        };
+                        drop(slot);
+                        let Some(peer) = peers.iter().find(|p| p.id == conn.peer).cloned() else { return };
                         let end = session(conn, false, me.replica(), &peer, store, hub).await;
                         tracing::info!(peer = %peer.id, "session ended: {end}");
                     });
@@ -138,7 +170,7 @@ pub fn run(
         // Dial the peers with a smaller id, forever, with backoff.
         for peer in peers.iter().filter(|p| p.id < identity.id()).cloned() {
             let (endpoint, store, hub, me) = (endpoint.clone(), store.clone(), hub.clone(), identity.id());
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut backoff = Duration::from_millis(100);
                 loop {
                     match endpoint.connect(peer.addr, peer.id).await {
@@ -166,8 +198,14 @@ pub fn run(
         for t in imap {
             t.abort();
         }
-        endpoint.shutdown(Duration::from_secs(1)).await;
         control.abort();
+        // Every session ends at its next await point, never inside a store
+        // call; the runtime goes only once they have.
+        let left = tasks.stop().await;
+        if left > 0 {
+            tracing::warn!("{left} tasks still running {:?} after the stop signal", crate::tasks::STOP_DEADLINE);
+        }
+        endpoint.shutdown(Duration::from_secs(1)).await;
         let _ = std::fs::remove_file(control::socket_path(data_dir));
         Ok(())
     })
@@ -181,6 +219,7 @@ fn control_socket(
     me: NodeId,
     peers: Arc<Vec<Peer>>,
     hub: Hub,
+    tasks: Tasks,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -190,10 +229,15 @@ fn control_socket(
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    let open = Arc::new(tokio::sync::Semaphore::new(LOCAL_CONNECTIONS.total));
     Ok(tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        let mut errors = AcceptErrors::default();
+        loop {
+            let (stream, _) = accept_forever("control", &mut errors, || listener.accept()).await;
+            let Ok(place) = open.clone().try_acquire_owned() else { continue };
             let (store, peers, hub) = (store.clone(), peers.clone(), hub.clone());
-            tokio::spawn(async move {
+            tasks.spawn(async move {
+                let _place = place;
                 let (r, mut w) = stream.into_split();
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -236,7 +280,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
         });
         versions.insert(a, vv);
     }
-    let live = hub.live.lock().expect("peer table");
+    let live = hub.live();
     for p in peers {
         let l = live.get(&p.id);
         let stats = l.and_then(|l| l.connection.as_ref()).map(|c| c.stats());
@@ -296,9 +340,20 @@ struct Hub {
     live: Arc<Mutex<BTreeMap<NodeId, PeerLive>>>,
 }
 
+impl Hub {
+    /// The peer table. A session that panicked while holding it left
+    /// nothing half-written that matters (counters and flags), so a
+    /// poisoned lock is taken as it is rather than failing every session.
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, PeerLive>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A peer as the sessions last saw it.
 #[derive(Default)]
 struct PeerLive {
+    /// Connections to it so far; the newest one owns the fields below.
+    generation: u64,
     connected: bool,
     last_contact: Option<Instant>,
     /// Bytes of sessions that ended, and of the current one.
@@ -398,20 +453,28 @@ async fn session(
     });
     let mut local = hub.changes.subscribe();
     let mut lacking = hub.bodies_lacking.subscribe();
-    {
-        let mut live = hub.live.lock().expect("peer table");
+    // This connection's generation: a connection that ends after a newer
+    // one to the same peer began (a peer restarted before the old one timed
+    // out) must not overwrite the newer one's state.
+    let generation = {
+        let mut live = hub.live();
         let l = live.entry(peer.id).or_default();
+        l.generation += 1;
         l.connected = true;
         l.connection = Some(conn.connection.clone());
-    }
+        l.bytes_now = (0, 0);
+        l.generation
+    };
     let mut in_flight_before = 0;
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
     let end = loop {
         {
-            let mut live = hub.live.lock().expect("peer table");
+            let mut live = hub.live();
             let l = live.entry(peer.id).or_default();
-            l.bytes_now = link.session().bytes();
+            if l.generation == generation {
+                l.bytes_now = link.session().bytes();
+            }
             for a in link.accounts() {
                 if let Some(vv) = link.session().peer_has(a) {
                     l.peer_has.insert(a.clone(), vv.clone());
@@ -489,7 +552,7 @@ async fn session(
             }
             f = frames.recv() => match f {
                 Some(f) => {
-                    hub.live.lock().expect("peer table").entry(peer.id).or_default().last_contact = Some(Instant::now());
+                    hub.live().entry(peer.id).or_default().last_contact = Some(Instant::now());
                     // Frames already waiting are handled together (bodies in one commit).
                     let mut batch = vec![f];
                     let mut size = batch[0].0.len();
@@ -528,15 +591,17 @@ async fn session(
         }
     };
     {
-        let mut live = hub.live.lock().expect("peer table");
+        let mut live = hub.live();
         let l = live.entry(peer.id).or_default();
-        l.connected = false;
         let (o, i) = link.session().bytes();
         l.bytes_done = (l.bytes_done.0 + o, l.bytes_done.1 + i);
-        l.bytes_now = (0, 0);
         let st = conn.connection.stats();
         l.wire_done = (l.wire_done.0 + st.udp_tx.bytes, l.wire_done.1 + st.udp_rx.bytes);
-        l.connection = None;
+        if l.generation == generation {
+            l.connected = false;
+            l.bytes_now = (0, 0);
+            l.connection = None;
+        }
     }
     reader.abort();
     blob_reader.abort();
