@@ -61,7 +61,13 @@ pub struct Args {
     /// Untimed SELECTs of `bench-100k` before them.
     #[arg(long, default_value_t = 1)]
     select_warm_ups: usize,
-    /// Steps to run.
+    /// Clients of the logins step, each connecting, logging in and out in a loop.
+    #[arg(long, default_value_t = 10)]
+    login_clients: usize,
+    /// Seconds the logins step runs.
+    #[arg(long, default_value_t = 5.0)]
+    login_secs: f64,
+    /// Steps to run (`logins` only when asked).
     #[arg(long, value_delimiter = ',', default_value = "append,fetch,store,select,idle")]
     steps: Vec<Step>,
     /// Name of the server in the output.
@@ -79,6 +85,7 @@ enum Step {
     Store,
     Select,
     Idle,
+    Logins,
 }
 
 /// One measurement: a table row, and its headline number for comparisons.
@@ -169,6 +176,9 @@ fn bench(args: &Args) -> Res<()> {
     }
     if want(Step::Idle) {
         out(idle(args)?);
+    }
+    if want(Step::Logins) {
+        out(logins(args)?);
     }
     c.logout();
     if let Some(path) = &args.json {
@@ -364,6 +374,80 @@ fn idle(args: &Args) -> Res<Row> {
             mib(after)
         ),
     })
+}
+
+/// Logins per second: `login_clients` threads, each connecting, logging in
+/// and logging out in a loop for `login_secs` (what a new session costs the
+/// server; with Argon2 credentials, mostly the password check). The account
+/// has logged in once before (the other steps' connection), as a user's
+/// clients have.
+fn logins(args: &Args) -> Res<Row> {
+    let (clients, secs) = (args.login_clients.max(1), args.login_secs.max(0.1));
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (addr, user, password) = (args.addr.clone(), args.user.clone(), args.password.clone());
+            std::thread::spawn(move || -> Res<Vec<Duration>> {
+                let mut took = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    login_logout(&addr, &user, &password)?;
+                    took.push(t.elapsed());
+                }
+                Ok(took)
+            })
+        })
+        .collect();
+    let mut took = Vec::new();
+    for t in threads {
+        took.extend(t.join().map_err(|_| "a login thread panicked".to_string())??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    took.sort();
+    let ms = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    let rate = took.len() as f64 / elapsed;
+    Ok(Row {
+        key: "logins",
+        what: format!("logins/s ({clients} clients each connecting, LOGIN, LOGOUT in a loop for {secs} s)"),
+        value: rate,
+        unit: "logins/s",
+        better: "higher",
+        result: format!("{rate:.0} logins/s"),
+        detail: format!("{} logins; per connection median {:.1} ms, p99 {:.1} ms", took.len(), ms(0.5), ms(0.99)),
+    })
+}
+
+/// One connection: greeting, LOGIN (must be OK), LOGOUT.
+fn login_logout(addr: &str, user: &str, password: &str) -> Res<()> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut until_tagged = |r: &mut BufReader<TcpStream>, tag: &str| -> Res<String> {
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(|e| format!("reading from the server: {e}"))? == 0 {
+                return Err(format!("the server closed the connection before {tag}"));
+            }
+            if tag == "*" || line.starts_with(&format!("{tag} ")) {
+                return Ok(line.clone());
+            }
+        }
+    };
+    let greeting = until_tagged(&mut r, "*")?;
+    if !greeting.starts_with("* OK") {
+        return Err(format!("{addr}: greeting is not OK: {}", greeting.trim_end()));
+    }
+    let io = |e: std::io::Error| format!("writing to the server: {e}");
+    w.write_all(format!("a LOGIN {} {}\r\n", quote(user), quote(password)).as_bytes()).map_err(io)?;
+    let answer = until_tagged(&mut r, "a")?;
+    if !answer.starts_with("a OK") {
+        return Err(format!("LOGIN {}: {}", quote(user), answer.trim_end()));
+    }
+    w.write_all(b"b LOGOUT\r\n").map_err(io)?;
+    until_tagged(&mut r, "b").map(|_| ())
 }
 
 /// Deletes the mailbox if it exists, then creates it.

@@ -3,9 +3,14 @@
 //! [`Session`] is the protocol as a state machine over bytes: it takes what a
 //! client sent and produces what to answer, calling the store synchronously
 //! (every change through [`starling_store::Store::write`], the same path as
-//! LMTP and peers). It holds no socket and no clock, so tests and the fuzzer
-//! drive it directly. [`server`] is the tokio shell: sockets, TLS (STARTTLS
-//! and implicit), IDLE wake-ups from the node's change broadcast.
+//! LMTP and peers). It holds no socket and takes the time as a parameter
+//! (its pre-login deadline, idle timeout and login penalties are decided
+//! there, the waiting is the shell's), so tests and the fuzzer drive it
+//! directly. [`auth`] holds the login defences (penalties, the cache of
+//! verified logins, the dummy verification for unknown names). [`server`]
+//! is the tokio shell: sockets, connection limits, TLS (STARTTLS and
+//! implicit), sleeping a penalty, closing at a deadline, IDLE wake-ups from
+//! the node's change broadcast.
 //!
 //! Command syntax is parsed by imap-codec; the two extensions its 2.0 alpha
 //! does not parse (ESEARCH's `RETURN`, LIST-EXTENDED options) are lifted off
@@ -23,5 +28,6 @@ pub mod session;
 pub mod uidmap;
 pub mod wire;
 
+pub use auth::GuardLimits;
 pub use server::{serve, tls_acceptor, Listener};
 pub use session::{Config, Session, Shared, Wants};

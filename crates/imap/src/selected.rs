@@ -16,7 +16,7 @@ use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use starling_model::backend::Envelope;
 use starling_model::{Keyword, MailboxId};
 use starling_store::{MessageInfo, Reader, StoreError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// The selected mailbox as this session has shown it.
 pub(crate) struct Selected {
@@ -28,14 +28,17 @@ pub(crate) struct Selected {
     pub modseq: u64,
     /// UID ranges \Recent in this session.
     pub recent: Vec<(u32, u32)>,
-    /// (UID, MODSEQ) this session reported itself since the last update
-    /// (its own STORE, FETCH setting \Seen): not echoed back by the update.
-    pub reported: Vec<(u32, u64)>,
+    /// UID → MODSEQ of flags this session reported itself since the last
+    /// update (its own STORE, a FETCH of FLAGS) that the update would
+    /// otherwise echo back: only MODSEQs above `modseq` are kept, one per
+    /// UID, so it holds at most one entry per message shown and nothing for
+    /// a client polling an unchanged mailbox.
+    pub reported: HashMap<u32, u64>,
 }
 
 impl Selected {
     fn new(id: MailboxId, read_only: bool) -> Selected {
-        Selected { id, read_only, uids: UidMap::default(), modseq: 0, recent: Vec::new(), reported: Vec::new() }
+        Selected { id, read_only, uids: UidMap::default(), modseq: 0, recent: Vec::new(), reported: HashMap::new() }
     }
 
     fn seq_of(&self, uid: u32) -> Option<usize> {
@@ -48,6 +51,22 @@ impl Selected {
 
     fn is_recent(&self, uid: u32) -> bool {
         self.recent.iter().any(|&(a, b)| a <= uid && uid <= b)
+    }
+
+    /// Notes that the client was shown `uid`'s flags as of `modseq`.
+    fn reported(&mut self, uid: u32, modseq: u64) {
+        if modseq > self.modseq {
+            self.reported.insert(uid, modseq);
+        }
+    }
+
+    /// Marks `first..=last` \Recent, joining the last range when adjacent
+    /// (each update adds one, so a long session stays one range).
+    fn add_recent(&mut self, first: u32, last: u32) {
+        match self.recent.last_mut() {
+            Some((_, b)) if b.saturating_add(1) >= first => *b = (*b).max(last),
+            _ => self.recent.push((first, last)),
+        }
     }
 
     /// A sequence set (UIDs or sequence numbers) as UID ranges.
@@ -382,9 +401,8 @@ impl Session {
                 lines.extend(removed.iter().map(|(_, i)| format!("{} EXPUNGE", i + 1)));
             }
         }
-        sel.reported.sort_unstable();
         for m in &changed {
-            if new.binary_search(&m.uid).is_ok() || sel.reported.binary_search(&(m.uid, m.modseq)).is_ok() {
+            if new.binary_search(&m.uid).is_ok() || sel.reported.get(&m.uid) == Some(&m.modseq) {
                 continue;
             }
             if let Some(i) = sel.seq_of(m.uid) {
@@ -394,7 +412,7 @@ impl Session {
             }
         }
         let exists = (!new.is_empty()).then_some(sel.uids.len());
-        sel.reported = Vec::new();
+        sel.reported = HashMap::new();
         let read_only = sel.read_only;
         sel.modseq = status.highest_modseq;
         self.changed = false;
@@ -402,7 +420,7 @@ impl Session {
             // The first session told of new messages sees them \Recent.
             let floor = self.recent_floor(id, (!read_only).then_some(last))?;
             if !read_only && last >= floor {
-                self.selected.as_mut().expect("selected").recent.push((first.max(floor), last));
+                self.selected.as_mut().expect("selected").add_recent(first.max(floor), last);
             }
         }
         for l in lines {
@@ -611,7 +629,7 @@ impl Session {
             }
             out.extend_from_slice(b")\r\n");
             if items.contains(&MessageDataItemName::Flags) {
-                self.selected.as_mut().expect("selected").reported.push((m.uid, m.modseq));
+                self.selected.as_mut().expect("selected").reported(m.uid, m.modseq);
             }
         }
         self.out = out;
@@ -680,7 +698,7 @@ impl Session {
             }
             let sel = self.selected.as_mut().expect("selected");
             let moved = modseq_before.get(&seq) != Some(&m.modseq);
-            sel.reported.push((m.uid, m.modseq));
+            sel.reported(m.uid, m.modseq);
             // .SILENT still reports a MODSEQ change to a CONDSTORE client
             // (RFC 7162 3.2), but not the flags it asked for.
             if silent && !(condstore && moved) {
@@ -972,5 +990,65 @@ mod tests {
     fn sets_are_compressed() {
         assert_eq!(set_string(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(set_string(&[]), "");
+    }
+
+    /// Issue 14, item 12: polling `FETCH 1:* FLAGS` on an unchanged mailbox
+    /// added an entry per message per poll to `reported` (never cleared while
+    /// nothing changed): 100,000 messages grew the session ~1.2 MB a poll.
+    #[test]
+    fn polling_flags_keeps_the_sessions_bookkeeping_bounded() {
+        use crate::session::{Config, Session, Shared};
+        use starling_store::{Store, StoreOptions};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(&dir.path().join("store.redb"), starling_model::ReplicaId(7), StoreOptions::default()).unwrap();
+        store.add_account("alice").unwrap();
+        store.set_credential("alice", &crate::auth::hash_password("pw")).unwrap();
+        let shared = Shared::new(Arc::new(store), Config::default(), |_| {});
+        let mut s = Session::new(shared.clone(), false, true, true);
+        let mut other = Session::new(shared, false, true, true);
+        const N: usize = 40;
+        let msg = "Subject: x\r\n\r\nbody\r\n";
+        let mut input = b"a LOGIN alice pw\r\n".to_vec();
+        for i in 0..N {
+            input.extend_from_slice(format!("p{i} APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes());
+        }
+        input.extend_from_slice(b"s SELECT INBOX\r\n");
+        s.receive(&input);
+        let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+        assert!(out.contains(&format!("* {N} EXISTS")) && out.contains("s OK"), "{out}");
+        let reported = |s: &Session| s.selected.as_ref().expect("selected").reported.len();
+        for i in 0..5 {
+            s.receive(format!("f{i} FETCH 1:* FLAGS\r\n").as_bytes());
+            let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+            assert!(out.contains(&format!("f{i} OK")), "{out}");
+            assert_eq!(reported(&s), 0, "poll {i}: an unchanged mailbox leaves nothing to remember");
+        }
+        // Its own STORE is not echoed back, and what it remembers for that is
+        // at most one entry per message however often it polls meanwhile.
+        // An expunge by another session that this one may not report yet
+        // (during FETCH and STORE by sequence number) keeps updates waiting,
+        // so its own changes stay noted meanwhile.
+        other.receive(
+            format!("o1 LOGIN alice pw\r\no2 SELECT INBOX\r\no3 STORE {N} +FLAGS (\\Deleted)\r\no4 EXPUNGE\r\n")
+                .as_bytes(),
+        );
+        assert!(String::from_utf8_lossy(&other.take_output()).contains("o4 OK"));
+        s.receive(b"t STORE 1:* +FLAGS (\\Flagged)\r\n");
+        assert!(String::from_utf8_lossy(&s.take_output()).contains("t OK"));
+        let noted = reported(&s);
+        assert!(noted > 0 && noted <= N, "{noted}");
+        for i in 0..5 {
+            s.receive(format!("g{i} FETCH 1:* FLAGS\r\n").as_bytes());
+            s.take_output();
+            assert_eq!(reported(&s), noted, "poll {i}: one entry per message, however often it polls");
+        }
+        s.receive(b"n NOOP\r\n");
+        let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+        assert!(out.contains(&format!("* {N} EXPUNGE")) && out.contains("n OK"), "{out}");
+        assert!(!out.contains("FETCH"), "its own changes are not echoed back: {out}");
+        assert_eq!(reported(&s), 0, "an update forgets what it no longer needs");
+        assert_eq!(s.selected.as_ref().unwrap().recent.len(), 1, "\\Recent stays one range");
     }
 }

@@ -1,14 +1,17 @@
 //! The tokio shell around [`Session`]: accepts TCP connections (plain with
-//! STARTTLS, or implicit TLS), moves bytes between the socket and the
-//! session, starts TLS when asked, and wakes sessions when the node's change
-//! broadcast names their account (IDLE).
+//! STARTTLS, or implicit TLS) within the connection limits, moves bytes
+//! between the socket and the session, starts TLS when asked, sleeps a
+//! session's login penalty, closes it at its deadline, and wakes sessions
+//! when the node's change broadcast names their account (IDLE).
 
 use crate::session::{Session, Shared, Wants};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use starling_net::listen::{accept_forever, AcceptErrors};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
@@ -21,12 +24,6 @@ pub struct Listener {
     /// TLS from the first byte (port 993 style) rather than STARTTLS.
     pub implicit_tls: bool,
 }
-
-/// A client that sent nothing for this long is logged out (RFC 9051 asks at
-/// least 30 minutes; IDLE clients re-issue within 29).
-const AUTOLOGOUT: Duration = Duration::from_secs(31 * 60);
-/// Before authentication, much less.
-const AUTOLOGOUT_PREAUTH: Duration = Duration::from_secs(60);
 
 /// Loads the TLS certificate and key (PEM) at `cert` and `key`, first making
 /// a self-signed pair for `localhost` there if neither exists.
@@ -65,37 +62,82 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// Accepts connections until the task is dropped. `changes` carries the
 /// names of accounts that changed (from any session, LMTP or a peer).
-pub async fn serve(listener: Listener, shared: Arc<Shared>, tls: TlsAcceptor, changes: broadcast::Sender<String>) {
+///
+/// A failing `accept` (out of file descriptors, say) backs off instead of
+/// spinning or ending ([`accept_forever`]). A connection past the limits in
+/// total or per address ([`crate::Config::connections_max`],
+/// [`crate::Config::connections_per_ip`]) is told `* BYE` (on the plain port)
+/// and closed.
+/// Each connection runs as a future handed to `spawn`: the caller decides
+/// where it runs (the node tracks them so that shutdown can wait until none
+/// is inside a store call).
+pub async fn serve(
+    listener: Listener,
+    shared: Arc<Shared>,
+    tls: TlsAcceptor,
+    changes: broadcast::Sender<String>,
+    spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+) {
+    let what = if listener.implicit_tls { "imaps" } else { "imap" };
+    let mut errors = AcceptErrors::default();
     loop {
-        let Ok((stream, addr)) = listener.tcp.accept().await else { continue };
+        let (stream, addr) = accept_forever(what, &mut errors, || listener.tcp.accept()).await;
+        let place = match shared.connections.admit(connection_key(addr.ip())) {
+            Ok(place) => place,
+            Err(why) => {
+                tracing::debug!(listener = what, client = %addr, "refused: {why:?}");
+                if !listener.implicit_tls {
+                    // Best effort, never waiting: the socket is fresh (its
+                    // send buffer has room) and non-blocking.
+                    if let Ok(mut s) = stream.into_std() {
+                        let _ = std::io::Write::write(&mut s, b"* BYE too many connections\r\n");
+                    }
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (shared, tls, changes) = (shared.clone(), tls.clone(), changes.clone());
         let implicit = listener.implicit_tls;
-        tokio::spawn(async move {
-            let _ = connection(stream, addr.ip().is_loopback(), implicit, shared, tls, changes).await;
-        });
+        spawn(Box::pin(async move {
+            let _place = place;
+            let _ = connection(stream, addr.ip(), implicit, shared, tls, changes).await;
+        }));
+    }
+}
+
+/// What the per-address limit counts by: an IPv4 address, or an IPv6 /64
+/// (one subscriber's usual share, so one client cannot pass the limit by
+/// hopping addresses within it).
+fn connection_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
     }
 }
 
 async fn connection(
     stream: TcpStream,
-    loopback: bool,
+    peer: IpAddr,
     implicit_tls: bool,
     shared: Arc<Shared>,
     tls: TlsAcceptor,
     changes: broadcast::Sender<String>,
 ) -> std::io::Result<()> {
     let mut rx = changes.subscribe();
+    let accepted = Instant::now();
+    // The TLS handshake counts against the pre-login deadline too.
+    let handshake_by = tokio::time::Instant::from_std(accepted + shared.config.preauth_deadline);
     if implicit_tls {
-        let mut stream = tokio::time::timeout(AUTOLOGOUT_PREAUTH, tls.accept(stream)).await??;
-        let mut session = Session::new(shared, true, loopback, false);
+        let mut stream = tokio::time::timeout_at(handshake_by, tls.accept(stream)).await??;
+        let mut session = Session::accepted(shared, accepted, peer, true, false);
         drive(&mut stream, &mut session, &mut rx).await?;
         return stream.shutdown().await;
     }
     let mut stream = stream;
-    let mut session = Session::new(shared, false, loopback, true);
+    let mut session = Session::accepted(shared, accepted, peer, false, true);
     if drive(&mut stream, &mut session, &mut rx).await? == Wants::StartTls {
-        let mut stream = tokio::time::timeout(AUTOLOGOUT_PREAUTH, tls.accept(stream)).await??;
+        let mut stream = tokio::time::timeout_at(handshake_by, tls.accept(stream)).await??;
         session.tls_started();
         drive(&mut stream, &mut session, &mut rx).await?;
         return stream.shutdown().await;
@@ -103,7 +145,22 @@ async fn connection(
     stream.shutdown().await
 }
 
-/// Runs the session on `stream` until it wants something other than reading.
+/// Writes `bytes` by `by`, or fails (a client that stops reading is not
+/// waited for forever).
+async fn write_by<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], by: Instant) -> std::io::Result<()> {
+    let by = tokio::time::Instant::from_std(by);
+    match tokio::time::timeout_at(by, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Runs the session on `stream` until it wants to start TLS or close.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     session: &mut Session,
@@ -112,21 +169,39 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = [0u8; 4096];
     loop {
         if session.has_output() {
-            stream.write_all(&session.take_output()).await?;
-            stream.flush().await?;
+            // Before login the deadline bounds writing too; after, a write
+            // may take an idle timeout of its own (a large FETCH on a slow
+            // link), counted from when it starts.
+            let by = match session.account() {
+                None => session.deadline(),
+                Some(_) => Instant::now() + session.shared.config.idle_timeout,
+            };
+            write_by(stream, &session.take_output(), by).await?;
         }
-        if session.wants() != Wants::Read {
-            return Ok(session.wants());
+        let deadline = tokio::time::Instant::from_std(session.deadline());
+        match session.wants() {
+            Wants::Read => {}
+            Wants::Pause(wait) => {
+                // Only this connection waits; the deadline still holds.
+                let until = (tokio::time::Instant::now() + wait).min(deadline);
+                tokio::time::sleep_until(until).await;
+                let now = Instant::now();
+                session.handle_timeout(now);
+                // Verifying runs Argon2: off the async workers' backs.
+                tokio::task::block_in_place(|| session.resume(now));
+                continue;
+            }
+            other => return Ok(other),
         }
-        let limit = if session.account().is_some() { AUTOLOGOUT } else { AUTOLOGOUT_PREAUTH };
         tokio::select! {
             read = stream.read(&mut buf) => {
                 let n = read?;
                 if n == 0 {
                     return Ok(Wants::Close);
                 }
-                // Store calls block (a commit waits for fsync).
-                tokio::task::block_in_place(|| session.receive(&buf[..n]));
+                // Store calls block (a commit waits for fsync), and so does
+                // verifying a password.
+                tokio::task::block_in_place(|| session.receive_at(Instant::now(), &buf[..n]));
             }
             changed = rx.recv() => {
                 let ours = match &changed {
@@ -141,10 +216,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(Wants::Close);
                 }
             }
-            _ = tokio::time::sleep(limit) => {
-                stream.write_all(b"* BYE autologout: idle for too long\r\n").await?;
-                return Ok(Wants::Close);
-            }
+            _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
     }
 }

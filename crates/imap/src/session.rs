@@ -4,6 +4,7 @@
 //! Framing (lines and literals, with their limits) comes from imap-codec's
 //! `Fragmentizer`, commands from its `CommandCodec`.
 
+use crate::auth::{Guard, GuardLimits};
 use crate::extended::{self, ListReturn};
 use crate::selected::Selected;
 use crate::wire;
@@ -18,26 +19,61 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
 use starling_model::account::DELIMITER;
 use starling_model::{MailboxId, INBOX};
+use starling_net::listen::{ConnCounter, ConnLimits};
 use starling_store::{Reader, Store, StoreError};
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Limits and policies of the IMAP server.
+/// Limits and policies of the IMAP server (`[imap]` in the node's config;
+/// `docs/configuration.md` lists the keys).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Longest command line (bytes, without literals).
+    /// Longest command line once logged in (bytes, without literals).
     pub line_max: u32,
-    /// Largest literal (an APPENDed message, mostly).
+    /// Largest literal once logged in (an APPENDed message, mostly).
     pub literal_max: u32,
+    /// Before login: longest command line. Small, so a client that has not
+    /// logged in cannot make the server hold much.
+    pub preauth_line_max: u32,
+    /// Before login: largest literal. A synchronising literal over it is
+    /// refused before it is sent (no `+`); a non-synchronising one closes the
+    /// connection unread.
+    pub preauth_literal_max: u32,
+    /// Before login: the connection is closed this long after it was
+    /// accepted, whatever it sends (TLS handshake included).
+    pub preauth_deadline: Duration,
+    /// Once logged in: the connection is closed this long after its last
+    /// complete command (RFC 9051: at least 30 minutes; IDLE included).
+    pub idle_timeout: Duration,
+    /// Open connections in total (both listeners).
+    pub connections_max: usize,
+    /// Open connections from one client address (IPv6: one /64).
+    pub connections_per_ip: usize,
     /// Simultaneous authenticated connections per account.
     pub connections_per_account: usize,
     /// Allow LOGIN / AUTHENTICATE PLAIN without TLS from loopback addresses.
     pub plaintext_on_loopback: bool,
+    /// Login penalties, cache and Argon2 concurrency ([`crate::auth::Guard`]).
+    pub auth: GuardLimits,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { line_max: 64 * 1024, literal_max: 64 << 20, connections_per_account: 64, plaintext_on_loopback: true }
+        Config {
+            line_max: 64 * 1024,
+            literal_max: 64 << 20,
+            preauth_line_max: 8 * 1024,
+            preauth_literal_max: 8 * 1024,
+            preauth_deadline: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(31 * 60),
+            connections_max: 1000,
+            connections_per_ip: 100,
+            connections_per_account: 64,
+            plaintext_on_loopback: true,
+            auth: GuardLimits::default(),
+        }
     }
 }
 
@@ -61,12 +97,21 @@ pub struct Shared {
     /// mailbox copies it instead of reading every row, a changed one applies
     /// only what changed since (as a session's update does).
     pub(crate) views: Mutex<HashMap<(String, MailboxId), (u64, crate::uidmap::UidMap)>>,
+    /// Login penalties, the verification cache, Argon2 concurrency.
+    pub(crate) guard: Guard,
+    /// Open connections, in total and per address.
+    pub(crate) connections: Arc<ConnCounter>,
 }
 
 impl Shared {
     /// Shared state for the sessions of one server.
     pub fn new(store: Arc<Store>, config: Config, notify: impl Fn(&str) + Send + Sync + 'static) -> Arc<Shared> {
+        let guard = Guard::new(config.auth);
+        let connections =
+            ConnCounter::new(ConnLimits { total: config.connections_max, per_ip: config.connections_per_ip });
         Arc::new(Shared {
+            guard,
+            connections,
             store,
             config,
             notify: Box::new(notify),
@@ -81,6 +126,12 @@ impl Shared {
     pub fn sessions(&self) -> usize {
         self.sessions.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Entries in the login tables: (penalised addresses, penalised account
+    /// names, cached verifications).
+    pub fn auth_table_sizes(&self) -> (usize, usize, usize) {
+        self.guard.sizes()
+    }
 }
 
 /// What the shell must do after [`Session::receive`].
@@ -92,6 +143,10 @@ pub enum Wants {
     StartTls,
     /// Write the output, then close the connection.
     Close,
+    /// Write the output, then wait this long (reading nothing, without
+    /// holding up other connections) and call [`Session::resume`]. A login
+    /// attempt waiting out its penalty.
+    Pause(Duration),
 }
 
 enum Mode {
@@ -129,16 +184,47 @@ pub(crate) type Done = Result<String, Fail>;
 /// Consecutive bad commands after which the connection is closed.
 const ERRORS_MAX: u32 = 20;
 
+/// A message larger than this leaves a fresh framer behind it, so a session
+/// does not keep the capacity of its largest APPEND for its lifetime.
+const FRAMER_SHRINK_BYTES: usize = 1 << 20;
+
+/// A login waiting out its penalty ([`Wants::Pause`]).
+struct PendingLogin {
+    tag: String,
+    user: String,
+    password: Vec<u8>,
+}
+
 /// One IMAP connection.
+///
+/// Calling contract: feed what the client sends to [`Session::receive_at`];
+/// after each call write [`Session::take_output`], then act on
+/// [`Session::wants`] (keep reading, start TLS, close, or pause and call
+/// [`Session::resume`]). [`Session::deadline`] is when the connection must
+/// be closed if nothing else happens first: at that time call
+/// [`Session::handle_timeout`]. It moves only when a command completes or the
+/// client logs in, never with single bytes. `now` is always a parameter (the
+/// `receive` and `new` shorthands read the clock).
+///
+/// Input is handed to the framer one line or one literal at a time, so the
+/// framer never holds bytes past the current message: its limits (small
+/// before login, larger after) bound what a connection holds, and it can be
+/// replaced between messages.
 pub struct Session {
     pub(crate) shared: Arc<Shared>,
     frag: Fragmentizer,
+    /// Received bytes not yet given to the framer (the rest of one read, or
+    /// what arrived while a login paused).
+    input: Vec<u8>,
+    /// Bytes of the literal being framed still to come, if one is.
+    literal_left: Option<u32>,
     pub(crate) out: Vec<u8>,
     mode: Mode,
     pub(crate) account: Option<String>,
     pub(crate) selected: Option<Selected>,
     pub(crate) enabled: Enabled,
     tls: bool,
+    peer: IpAddr,
     loopback: bool,
     starttls_offered: bool,
     wants: Wants,
@@ -147,46 +233,86 @@ pub struct Session {
     refused: Option<String>,
     /// A change was committed since the last look at the selected mailbox.
     pub(crate) changed: bool,
+    /// When the connection was accepted (the pre-login deadline counts from it).
+    started: Instant,
+    /// When the last command completed (the idle timeout counts from it).
+    last_command: Instant,
+    /// The time of the input being handled.
+    now: Instant,
+    pending_login: Option<PendingLogin>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.shared.sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(a) = &self.account {
-            let mut logins = self.shared.logins.lock().expect("logins");
+            let mut logins = self.shared.logins.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = logins.get_mut(a) {
                 *n -= 1;
+                if *n == 0 {
+                    logins.remove(a);
+                }
             }
         }
     }
 }
 
 impl Session {
-    /// A new connection: `tls` if it is already encrypted (implicit TLS),
-    /// `loopback` if the client is on this host, `starttls` if the server can
-    /// upgrade it. The greeting is in the output.
+    /// A new connection, now: `tls` if it is already encrypted (implicit
+    /// TLS), `loopback` if the client is on this host, `starttls` if the
+    /// server can upgrade it. The greeting is in the output.
     pub fn new(shared: Arc<Shared>, tls: bool, loopback: bool, starttls: bool) -> Session {
-        let frag = Fragmentizer::new(shared.config.literal_max.saturating_add(shared.config.line_max));
+        let peer = if loopback { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+        Session::accepted(shared, Instant::now(), peer, tls, starttls)
+    }
+
+    /// A new connection from `peer` accepted at `now` (see [`Session::new`]).
+    pub fn accepted(shared: Arc<Shared>, now: Instant, peer: IpAddr, tls: bool, starttls: bool) -> Session {
         shared.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let loopback = peer.to_canonical().is_loopback();
         let mut s = Session {
+            frag: Fragmentizer::new(0),
             shared,
-            frag,
+            input: Vec::new(),
+            literal_left: None,
             out: Vec::new(),
             mode: Mode::Commands,
             account: None,
             selected: None,
             enabled: Enabled::default(),
             tls,
+            peer,
             loopback,
             starttls_offered: starttls && !tls,
             wants: Wants::Read,
             errors: 0,
             refused: None,
             changed: false,
+            started: now,
+            last_command: now,
+            now,
+            pending_login: None,
         };
+        s.frag = s.framer();
         let caps = s.capabilities();
         s.untagged(&format!("OK [CAPABILITY {caps}] Starling ready"));
         s
+    }
+
+    /// (line, literal) limits in the current state.
+    fn limits(&self) -> (u32, u32) {
+        let c = &self.shared.config;
+        match self.account {
+            Some(_) => (c.line_max, c.literal_max),
+            None => (c.preauth_line_max, c.preauth_literal_max),
+        }
+    }
+
+    /// A framer for the current state: a whole message holds at most one
+    /// line's and one literal's limit.
+    fn framer(&self) -> Fragmentizer {
+        let (line, literal) = self.limits();
+        Fragmentizer::new(line.saturating_add(literal))
     }
 
     /// Bytes to write to the client (taken).
@@ -200,6 +326,7 @@ impl Session {
     }
 
     /// What the shell must do next.
+    #[must_use]
     pub fn wants(&self) -> Wants {
         self.wants
     }
@@ -209,12 +336,42 @@ impl Session {
         self.account.as_deref()
     }
 
+    /// When the connection is to be closed unless a command completes
+    /// first: before login, a fixed time after it was accepted; after, the
+    /// idle timeout after the last complete command.
+    #[must_use]
+    pub fn deadline(&self) -> Instant {
+        let c = &self.shared.config;
+        match self.account {
+            None => self.started + c.preauth_deadline,
+            Some(_) => self.last_command + c.idle_timeout,
+        }
+    }
+
+    /// The deadline passed (checked against `now`): says BYE and wants to
+    /// close. Does nothing if it has not.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.deadline() || matches!(self.wants, Wants::Close) {
+            return;
+        }
+        self.pending_login = None;
+        self.untagged(if self.account.is_some() {
+            "BYE autologout: idle for too long"
+        } else {
+            "BYE autologout: log in sooner"
+        });
+        self.wants = Wants::Close;
+    }
+
     /// TLS is now up (after STARTTLS): anything the client sent before the
     /// handshake is dropped, as RFC 9051 requires.
     pub fn tls_started(&mut self) {
         self.tls = true;
         self.starttls_offered = false;
-        self.frag = Fragmentizer::new(self.shared.config.literal_max.saturating_add(self.shared.config.line_max));
+        self.input = Vec::new();
+        self.literal_left = None;
+        self.refused = None;
+        self.frag = self.framer();
         self.wants = Wants::Read;
     }
 
@@ -228,46 +385,124 @@ impl Session {
         }
     }
 
-    /// Takes bytes from the client and answers every complete command in them.
+    /// [`Session::receive_at`] now.
     pub fn receive(&mut self, bytes: &[u8]) {
-        if self.wants != Wants::Read {
+        self.receive_at(Instant::now(), bytes)
+    }
+
+    /// Takes bytes the client sent at `now` and answers every complete
+    /// command in them (up to a pause: the rest waits for
+    /// [`Session::resume`]).
+    pub fn receive_at(&mut self, now: Instant, bytes: &[u8]) {
+        if matches!(self.wants, Wants::Close | Wants::StartTls) {
             return;
         }
-        self.frag.enqueue_bytes(bytes);
+        self.input.extend_from_slice(bytes);
+        self.now = now;
+        self.process();
+    }
+
+    /// After a [`Wants::Pause`]: finishes what paused (a login is verified
+    /// now) and goes on with the input received meanwhile.
+    pub fn resume(&mut self, now: Instant) {
+        if !matches!(self.wants, Wants::Pause(_)) {
+            return;
+        }
+        self.wants = Wants::Read;
+        self.now = now;
+        if let Some(p) = self.pending_login.take() {
+            self.verify_login(&p.tag, &p.user, &p.password);
+        }
+        self.process();
+    }
+
+    /// Frames and answers buffered input while the session wants to read.
+    fn process(&mut self) {
+        let mut at = 0;
         while self.wants == Wants::Read {
-            let Some(info) = self.frag.progress() else { break };
-            if let FragmentInfo::Line { start, end, announcement, .. } = info {
-                if end - start > self.shared.config.line_max as usize && self.refused.is_none() {
+            if let Some(info) = self.frag.progress() {
+                self.fragment(info);
+                continue;
+            }
+            // The framer wants bytes: give it the rest of the line or of the
+            // literal, no more (so it never holds a next message's bytes).
+            let avail = &self.input[at..];
+            let n = match self.literal_left {
+                Some(left) => avail.len().min(left as usize),
+                None => avail.iter().position(|&b| b == b'\n').map_or(avail.len(), |i| i + 1),
+            };
+            if n == 0 {
+                break;
+            }
+            self.frag.enqueue_bytes(&avail[..n]);
+            at += n;
+            if let Some(left) = &mut self.literal_left {
+                *left -= n as u32;
+            }
+        }
+        if self.wants == Wants::Close || at == self.input.len() {
+            self.input.clear();
+            if self.input.capacity() > 64 * 1024 {
+                self.input = Vec::new();
+            }
+        } else {
+            self.input.drain(..at);
+        }
+    }
+
+    /// One line or literal framed.
+    fn fragment(&mut self, info: FragmentInfo) {
+        let (line_max, literal_max) = self.limits();
+        match info {
+            FragmentInfo::Line { start, end, announcement, .. } => {
+                if end - start > line_max as usize && self.refused.is_none() {
                     self.refused = Some("[TOOBIG] command line too long".into());
                     self.frag.poison_message();
                 }
                 if let Some(ann) = announcement {
-                    let max = self.shared.config.literal_max;
-                    let sync = ann.mode == LiteralMode::Sync;
-                    if ann.length > max && self.refused.is_none() {
-                        self.refused = Some(format!("[TOOBIG] literal of {} bytes exceeds {max}", ann.length));
+                    if ann.length > literal_max && self.refused.is_none() {
+                        self.refused = Some(format!("[TOOBIG] literal of {} bytes exceeds {literal_max}", ann.length));
                         self.frag.poison_message();
                     }
-                    if sync {
-                        if self.refused.is_some() {
-                            // Refuse before the client sends it: it waits for
-                            // our "+", so it will not.
-                            self.refuse_message();
-                            self.frag.skip_message();
-                            continue;
-                        }
+                    if self.refused.is_some() && ann.mode == LiteralMode::Sync {
+                        // Refuse before the client sends it: it waits for
+                        // our "+", so it will not.
+                        self.refuse_message();
+                        self.frag.skip_message();
+                        self.literal_left = None;
+                        return;
+                    }
+                    if self.refused.is_some() && self.account.is_none() {
+                        // A non-synchronising literal is on its way; before
+                        // login it is not worth reading.
+                        self.refuse_message();
+                        self.untagged("BYE literal too large before login");
+                        self.wants = Wants::Close;
+                        return;
+                    }
+                    if ann.mode == LiteralMode::Sync {
                         self.out.extend_from_slice(b"+ Ready for literal data\r\n");
                     }
+                    self.literal_left = Some(ann.length);
                 }
             }
-            if self.frag.is_message_complete() {
-                if self.refused.is_some() {
-                    self.refuse_message();
-                } else {
-                    let message = self.frag.message_bytes().to_vec();
-                    self.message(&message);
-                }
-            }
+            FragmentInfo::Literal { .. } => self.literal_left = None,
+        }
+        if !self.frag.is_message_complete() {
+            return;
+        }
+        if self.refused.is_none() && self.frag.is_max_message_size_exceeded() {
+            self.refused = Some("[TOOBIG] command too large".into());
+        }
+        self.last_command = self.now;
+        if self.refused.is_some() {
+            self.refuse_message();
+            return;
+        }
+        let message = self.frag.message_bytes().to_vec();
+        self.message(&message);
+        if message.len() > FRAMER_SHRINK_BYTES && self.frag.is_message_complete() {
+            self.frag = self.framer();
         }
     }
 
@@ -302,10 +537,7 @@ impl Session {
                 }
             },
             Mode::Authenticate(tag) => match AuthenticateDataCodec::default().decode(message) {
-                Ok((b"", AuthenticateData::Continue(data))) => {
-                    let r = self.login_plain(data.declassify());
-                    self.finish(tag.as_ref(), r);
-                }
+                Ok((b"", AuthenticateData::Continue(data))) => self.login_plain(tag.as_ref(), data.declassify()),
                 Ok((b"", AuthenticateData::Cancel)) => self.tagged(tag.as_ref(), "BAD", "authentication cancelled"),
                 _ => {
                     self.tagged(tag.as_ref(), "BAD", "malformed authentication data");
@@ -422,13 +654,15 @@ impl Session {
             }
             CommandBody::Login { username, password } => {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
-                self.login(&user, password.declassify().as_ref())
+                self.login(&tag, &user, password.declassify().as_ref());
+                return;
             }
             CommandBody::Authenticate { mechanism, initial_response } => {
                 if mechanism != AuthMechanism::Plain {
                     Err(Fail::No("[CANNOT] only AUTHENTICATE PLAIN is supported".into()))
                 } else if let Some(ir) = initial_response {
-                    self.login_plain(ir.declassify().as_ref())
+                    self.login_plain(&tag, ir.declassify().as_ref());
+                    return;
                 } else {
                     self.out.extend_from_slice(b"+ \r\n");
                     self.mode = Mode::Authenticate(Tag::unvalidated(tag.clone()));
@@ -539,16 +773,55 @@ impl Session {
         self.finish(&tag, result);
     }
 
-    fn login(&mut self, user: &str, password: &[u8]) -> Done {
+    /// LOGIN or AUTHENTICATE PLAIN: answers at once when the password is
+    /// a cached verification or neither the address nor the account is
+    /// penalised; otherwise pauses for the penalty first (see
+    /// [`crate::auth`]).
+    fn login(&mut self, tag: &str, user: &str, password: &[u8]) {
         if !self.plaintext_allowed() {
-            return Err(Fail::No("[PRIVACYREQUIRED] use TLS (STARTTLS or the implicit TLS port) to log in".into()));
+            let why = "[PRIVACYREQUIRED] use TLS (STARTTLS or the implicit TLS port) to log in";
+            return self.finish(tag, Err(Fail::No(why.into())));
         }
-        let hash = self.shared.store.credential(user).ok().flatten();
-        if !hash.is_some_and(|h| crate::auth::verify_password(&h, password)) {
-            return Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()));
+        let guard = &self.shared.guard;
+        if let Some(credential) = self.shared.store.credential(user).ok().flatten() {
+            if guard.cached(self.now, user, &credential, password) {
+                let r = self.logged_in(user);
+                return self.finish(tag, r);
+            }
         }
+        let wait = guard.penalty(self.now, self.peer, user);
+        if !wait.is_zero() {
+            self.pending_login =
+                Some(PendingLogin { tag: tag.to_string(), user: user.to_string(), password: password.to_vec() });
+            self.wants = Wants::Pause(wait);
+            return;
+        }
+        self.verify_login(tag, user, password);
+    }
+
+    /// Verifies a login with Argon2 (a dummy run for an account without a
+    /// credential) and answers it.
+    fn verify_login(&mut self, tag: &str, user: &str, password: &[u8]) {
+        let credential = self.shared.store.credential(user).ok().flatten();
+        let guard = &self.shared.guard;
+        let r = if guard.verify(credential.as_deref(), password) {
+            guard.succeeded(self.now, self.peer, user, credential.as_deref().unwrap_or_default(), password);
+            self.logged_in(user)
+        } else {
+            guard.failed(self.now, self.peer, user);
+            // For fail2ban and the like. The name is the client's: quoted
+            // and escaped (Debug), and cut short.
+            let shown: String = user.chars().take(64).collect();
+            tracing::info!(client = %self.peer, user = ?shown, "IMAP login failed");
+            Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()))
+        };
+        self.finish(tag, r);
+    }
+
+    /// The password was right: takes a place among the account's sessions.
+    fn logged_in(&mut self, user: &str) -> Done {
         {
-            let mut logins = self.shared.logins.lock().expect("logins");
+            let mut logins = self.shared.logins.lock().unwrap_or_else(|p| p.into_inner());
             let n = logins.entry(user.to_string()).or_default();
             if *n >= self.shared.config.connections_per_account {
                 return Err(Fail::No(format!(
@@ -559,13 +832,17 @@ impl Session {
             *n += 1;
         }
         self.account = Some(user.to_string());
+        // The larger limits from the next message on (the framer holds no
+        // byte past this one).
+        self.frag = self.framer();
+        self.last_command = self.now;
         Ok(format!("[CAPABILITY {}] logged in", self.capabilities()))
     }
 
-    fn login_plain(&mut self, message: &[u8]) -> Done {
+    fn login_plain(&mut self, tag: &str, message: &[u8]) {
         match crate::auth::parse_plain(message) {
-            Some((user, password)) => self.login(&user, &password),
-            None => Err(Fail::Bad("malformed PLAIN message".into())),
+            Some((user, password)) => self.login(tag, &user, &password),
+            None => self.finish(tag, Err(Fail::Bad("malformed PLAIN message".into()))),
         }
     }
 

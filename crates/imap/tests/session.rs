@@ -11,6 +11,7 @@ use starling_model::ReplicaId;
 use starling_store::{Store, StoreOptions};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Server {
     _dir: tempfile::TempDir,
@@ -79,8 +80,13 @@ impl Client {
     }
 
     /// Sends raw bytes; returns what the server wrote (checked to parse).
+    /// Acts as the shell does on a pause (a login penalty): resumes, without
+    /// the wait.
     fn raw(&mut self, bytes: &[u8]) -> String {
         self.s.receive(bytes);
+        while let Wants::Pause(_) = self.s.wants() {
+            self.s.resume(Instant::now());
+        }
         let out = self.s.take_output();
         assert_responses(&out);
         String::from_utf8_lossy(&out).into_owned()
@@ -256,6 +262,141 @@ fn qresync_reports_exactly_the_changes() {
     // UNCHANGEDSINCE below the message's MODSEQ fails with MODIFIED.
     let out = b.ok("b4 UID STORE 2 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)");
     assert!(out.contains("[MODIFIED 2]"), "{out}");
+}
+
+/// Before login the limits are small: a synchronising literal over them
+/// gets BAD before it is sent, a non-synchronising one BYE without being
+/// read, a long line BAD; after login the larger limits apply to the same
+/// bytes (issue 14, item 2).
+#[test]
+fn limits_before_login_are_small_and_larger_after() {
+    let srv = server();
+    let big = 20_000;
+    let mut c = Client::connect(&srv, true);
+    let out = c.send(&format!("a LOGIN alice {{{big}}}"));
+    assert!(out.contains("a BAD [TOOBIG]") && !out.contains('+'), "{out}");
+    // Sent anyway: one over-long line, refused, and the session goes on.
+    let out = c.raw(format!("{}\r\n", "x".repeat(big)).as_bytes());
+    assert!(out.contains("BAD [TOOBIG]"), "{out}");
+    let out = c.send(&format!("b NOOP {}", "y".repeat(9000)));
+    assert!(out.contains("b BAD [TOOBIG]"), "{out}");
+    c.ok("c NOOP");
+    let out = c.send(&format!("d LOGIN alice {{{big}+}}"));
+    assert!(out.contains("d BAD [TOOBIG]") && out.contains("* BYE"), "{out}");
+    assert_eq!(c.s.wants(), Wants::Close);
+    // A small literal before login is fine; after it the large ones are.
+    let mut c = Client::connect(&srv, true);
+    let out = c.send("e LOGIN alice {2}");
+    assert!(out.starts_with("+ "), "{out}");
+    assert!(c.send("pw").contains("e OK"));
+    let msg = format!("Subject: big\r\n\r\n{}\r\n", "z".repeat(big));
+    c.append("INBOX", "", &msg);
+}
+
+/// The framer never holds more than a message's limit before login, however
+/// the bytes arrive (one call, or many small ones).
+#[test]
+fn a_flood_before_login_is_dropped_as_it_arrives() {
+    let srv = server();
+    let mut c = Client::connect(&srv, true);
+    let flood = vec![b'x'; 8 << 20];
+    c.s.receive(&flood);
+    for chunk in flood.chunks(4096) {
+        c.s.receive(chunk);
+    }
+    assert!(c.s.take_output().is_empty(), "no answer before the line ends");
+    let out = c.send("");
+    assert!(out.contains("BAD [TOOBIG]"), "{out}");
+    c.ok("a LOGIN alice pw");
+}
+
+/// Before login the deadline is fixed from the connection's start; after,
+/// it is the idle timeout from the last complete command, never moved by
+/// single bytes (issue 14, item 2).
+#[test]
+fn deadlines_count_from_the_start_and_from_the_last_command() {
+    let cfg = Config {
+        preauth_deadline: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(1800),
+        ..Config::default()
+    };
+    let srv = server_with(cfg);
+    let t0 = Instant::now();
+    let s = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut a = Session::accepted(srv.shared.clone(), t0, "192.0.2.1".parse().unwrap(), true, false);
+    a.take_output();
+    for t in 1..59 {
+        a.receive_at(s(t), b"x");
+    }
+    a.receive_at(s(30), b"\r\nn NOOP\r\n");
+    assert_eq!(a.deadline(), s(60), "not moved by bytes nor commands before login");
+    a.handle_timeout(s(59));
+    assert_eq!(a.wants(), Wants::Read);
+    a.handle_timeout(s(60));
+    assert_eq!(a.wants(), Wants::Close);
+    assert!(String::from_utf8_lossy(&a.take_output()).contains("* BYE autologout"));
+
+    let mut b = Session::accepted(srv.shared.clone(), t0, "192.0.2.2".parse().unwrap(), true, false);
+    b.receive_at(s(10), b"l LOGIN alice pw\r\n");
+    assert!(String::from_utf8_lossy(&b.take_output()).contains("l OK"));
+    assert_eq!(b.deadline(), s(10 + 1800));
+    b.receive_at(s(100), b"n NOOP\r\n");
+    assert_eq!(b.deadline(), s(100 + 1800));
+    b.receive_at(s(200), b"m NO");
+    b.receive_at(s(300), b"O");
+    assert_eq!(b.deadline(), s(100 + 1800), "a partial command does not move it");
+    b.receive_at(s(400), b"P\r\n");
+    assert_eq!(b.deadline(), s(400 + 1800));
+    b.handle_timeout(s(400 + 1799));
+    assert_eq!(b.wants(), Wants::Read);
+    b.handle_timeout(s(400 + 1800));
+    assert_eq!(b.wants(), Wants::Close);
+}
+
+/// A failed login makes the next attempt (any account from this address,
+/// or this account from anywhere) pause before it is verified, pipelined
+/// commands included; the shell sleeps, then resumes (issue 14, item 6).
+#[test]
+fn a_penalised_login_pauses_and_resumes() {
+    let srv = server();
+    let t0 = Instant::now();
+    let ip = "192.0.2.1".parse().unwrap();
+    let mut a = Session::accepted(srv.shared.clone(), t0, ip, true, false);
+    a.take_output();
+    a.receive_at(t0, b"a LOGIN alice wrong\r\n");
+    assert!(String::from_utf8_lossy(&a.take_output()).contains("a NO [AUTHENTICATIONFAILED]"));
+    a.receive_at(t0, b"b LOGIN alice pw\r\nc NOOP\r\n");
+    assert_eq!(a.wants(), Wants::Pause(Duration::from_millis(500)));
+    assert!(a.take_output().is_empty(), "nothing answered before the pause");
+    a.resume(t0 + Duration::from_millis(500));
+    let out = String::from_utf8_lossy(&a.take_output()).into_owned();
+    assert!(out.contains("b OK") && out.contains("c OK"), "{out}");
+    // Success cleared the penalty and cached the verification.
+    let mut b = Session::accepted(srv.shared.clone(), t0, ip, true, false);
+    b.receive_at(t0, b"d LOGIN alice pw\r\n");
+    assert_eq!(b.wants(), Wants::Read);
+    assert!(String::from_utf8_lossy(&b.take_output()).contains("d OK"));
+    assert_eq!(srv.shared.auth_table_sizes(), (0, 0, 1));
+}
+
+/// The cache answers a correct login without Argon2, and a new password
+/// makes every cached verification of the old one useless (issue 14, item 6).
+#[test]
+fn the_login_cache_follows_the_stored_credential() {
+    let srv = server();
+    let login = |pw: &str| {
+        let mut c = Client::connect(&srv, true);
+        let t = Instant::now();
+        let out = c.send(&format!("a LOGIN alice {pw}"));
+        (out.contains("a OK"), t.elapsed())
+    };
+    let (ok, first) = login("pw");
+    assert!(ok);
+    let (ok, cached) = login("pw");
+    assert!(ok && cached * 4 < first, "first {first:?}, cached {cached:?}");
+    srv.shared.store.set_credential("alice", &starling_imap::auth::hash_password("new")).unwrap();
+    assert!(!login("pw").0, "the old password after a change");
+    assert!(login("new").0);
 }
 
 fn command_strategy() -> impl Strategy<Value = Vec<u8>> {

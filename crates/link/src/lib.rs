@@ -47,9 +47,24 @@ pub struct Progress {
     /// ([`PeerLink::arm_retry`]), since a body one peer lacks is asked of
     /// every peer.
     pub bodies_lacking: bool,
+    /// A body read here was damaged: the caller has every link sweep for
+    /// missing bodies, which fetches a good copy.
+    pub bodies_damaged: bool,
 }
 
 impl Progress {
+    /// Both progresses as one (the later one's accounts after the earlier's).
+    pub fn merge(mut self, later: Progress) -> Progress {
+        for a in later.committed {
+            self.note(a);
+        }
+        self.bodies += later.bodies;
+        self.new_messages |= later.new_messages;
+        self.bodies_lacking |= later.bodies_lacking;
+        self.bodies_damaged |= later.bodies_damaged;
+        self
+    }
+
     fn note(&mut self, account: String) {
         if !self.committed.contains(&account) {
             self.committed.push(account);
@@ -319,13 +334,26 @@ impl PeerLink {
                 progress.note(account);
             }
             Event::BlobsWanted { ids } => {
+                // Only bodies of the accounts this peer is pinned for; any
+                // other id is answered as absent, so nothing leaks (not even
+                // whether this node holds it).
+                let accounts: Vec<&str> = self.accounts.iter().map(String::as_str).collect();
                 let mut ids = ids.into_iter();
                 while let Some(id) = ids.next() {
                     if !s.may_send_blob() {
                         s.unread_blobs(std::iter::once(id).chain(ids).collect());
                         break;
                     }
-                    s.send_blob(id, store.blob(id)?);
+                    match store.blob_for(&accounts, id) {
+                        Ok(bytes) => s.send_blob(id, bytes),
+                        // Damaged here: answered as absent (the peer asks
+                        // another), and this node fetches a good copy too.
+                        Err(e) if e.is_damage() => {
+                            s.send_blob(id, None);
+                            progress.bodies_damaged = true;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             Event::Blob { bytes, .. } => bodies.push(bytes),
@@ -358,6 +386,14 @@ fn wanted_all(store: &Store, accounts: &[String], policy: &BodyPolicy) -> Result
     let mut ids = Vec::new();
     for a in accounts {
         ids.extend(wanted_missing(store, a, policy)?);
+    }
+    // Bodies found damaged here (a read did not hash to the id) are asked
+    // again, if they belong to an account of this link: a good copy
+    // replaces the damaged one (self-healing).
+    for id in store.corrupt_blobs() {
+        if store.blob_accounts(id)?.iter().any(|a| accounts.contains(a)) {
+            ids.push((id, 0));
+        }
     }
     ids.sort_unstable();
     ids.dedup_by_key(|(id, _)| *id);

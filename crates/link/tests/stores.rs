@@ -275,3 +275,68 @@ fn partial_peer_takes_small_inbox_bodies_and_the_rest_on_demand() {
     assert_eq!(nodes[1].store().blob(big_id).unwrap().unwrap(), big);
     assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 1);
 }
+
+/// Bytes that zstd cannot shrink, so they are stored verbatim in the file.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A peer pinned for alice asks for the id of a body in bob's INBOX: it is
+/// answered as absent, never sent (issue 14, item 5).
+#[test]
+fn a_peer_gets_no_body_of_an_account_it_is_not_pinned_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[0].store().add_account("bob").unwrap();
+    let secret = b"Subject: for bob only\r\n\r\nthe merger is off\r\n".to_vec();
+    let secret_id = starling_model::BlobId::of(&secret);
+    nodes[0].store().write("bob", |b| b.append(INBOX, &secret, 1, vec![]).map(|_| ())).unwrap();
+    nodes[0].append(1);
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    // Node 1 (alice's peer) knows bob's body id somehow and asks for it.
+    nodes[1].links.get_mut(&0).unwrap().fetch_bodies([(secret_id, 0)]);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().blob(secret_id).unwrap(), None, "bob's body went to alice's peer");
+    // Alice's own bodies still flow.
+    assert!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().is_empty());
+}
+
+/// A body damaged on disk is asked of a peer again and replaced by a good
+/// copy (issue 14, item 8: self-healing).
+#[test]
+fn a_damaged_body_is_fetched_again_from_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    let payload = noise(64 * 1024, 7);
+    let mut raw = b"Subject: noise\r\n\r\n".to_vec();
+    raw.extend_from_slice(&payload);
+    let id = starling_model::BlobId::of(&raw);
+    nodes[0].store().write(ACCOUNT, |b| b.append(INBOX, &raw, 1, vec![]).map(|_| ())).unwrap();
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().blob(id).unwrap().unwrap(), raw);
+    // Damage node 1's copy while it is stopped.
+    nodes[1].stop();
+    let path = nodes[1].path.clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let needle = &payload[1000..1064];
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("stored verbatim");
+    bytes[at + 10] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    nodes[1].start();
+    assert!(nodes[1].store().blob(id).unwrap_err().is_damage(), "the damage is seen");
+    // On the next connection the link asks for it again; the good copy replaces it.
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().blob(id).unwrap().unwrap(), raw, "healed from the peer");
+    assert!(nodes[1].store().corrupt_blobs().is_empty());
+}

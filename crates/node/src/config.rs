@@ -8,6 +8,7 @@ use starling_net::NodeId;
 use starling_sync::BodyPolicy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 /// The whole file. Every section and key is optional.
@@ -20,6 +21,8 @@ pub struct Config {
     pub listen: Listen,
     #[serde(default)]
     pub imap: Imap,
+    #[serde(default)]
+    pub lmtp: Lmtp,
     #[serde(default)]
     pub log: Log,
     /// Pinned peers, in addition to `DATA_DIR/peers`.
@@ -47,8 +50,76 @@ pub struct Imap {
     pub line_max: Option<u32>,
     pub literal_max: Option<u32>,
     pub connections_per_account: Option<usize>,
+    pub preauth_line_max: Option<u32>,
+    pub preauth_literal_max: Option<u32>,
+    pub preauth_deadline_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub connections_max: Option<usize>,
+    pub connections_per_ip: Option<usize>,
+    pub auth_failure_delay_ms: Option<u64>,
+    pub auth_failure_delay_max_ms: Option<u64>,
+    pub auth_failure_forget_secs: Option<u64>,
+    pub auth_penalty_entries: Option<usize>,
+    pub auth_cache_size: Option<usize>,
+    pub auth_cache_ttl_secs: Option<u64>,
+    pub auth_verify_parallel: Option<usize>,
     pub tls_cert: Option<Spanned<PathBuf>>,
     pub tls_key: Option<Spanned<PathBuf>>,
+}
+
+impl Imap {
+    /// Values that would break the server or the RFC.
+    fn validate(&self) -> Result<(), String> {
+        let at_least = |key: &str, v: Option<u64>, min: u64, why: &str| match v {
+            Some(v) if v < min => Err(format!("imap.{key}: {v} is below {min} ({why})")),
+            _ => Ok(()),
+        };
+        let n = |v: Option<usize>| v.map(|v| v as u64);
+        at_least("preauth_line_max", self.preauth_line_max.map(u64::from), 512, "LOGIN must fit")?;
+        at_least("preauth_deadline_secs", self.preauth_deadline_secs, 1, "a client needs time to log in")?;
+        at_least("idle_timeout_secs", self.idle_timeout_secs, 1800, "RFC 9051 asks at least 30 minutes")?;
+        at_least("connections_max", n(self.connections_max), 1, "or no client gets in")?;
+        at_least("connections_per_ip", n(self.connections_per_ip), 1, "or no client gets in")?;
+        at_least("connections_per_account", n(self.connections_per_account), 1, "or no login succeeds")?;
+        at_least("auth_verify_parallel", n(self.auth_verify_parallel), 1, "or no login is verified")?;
+        at_least("auth_failure_forget_secs", self.auth_failure_forget_secs, 1, "penalties must last")?;
+        at_least("auth_cache_ttl_secs", self.auth_cache_ttl_secs, 1, "set auth_cache_size = 0 to turn it off")?;
+        Ok(())
+    }
+}
+
+/// `[lmtp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lmtp {
+    pub message_max: Option<Spanned<u64>>,
+    pub line_max: Option<Spanned<u64>>,
+    pub idle_timeout_secs: Option<Spanned<u64>>,
+    pub connections_max: Option<Spanned<u64>>,
+    pub connections_per_ip: Option<Spanned<u64>>,
+}
+
+impl Lmtp {
+    /// Values out of range, with the line they are on.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let keys = [
+            ("line_max", &self.line_max, 512, 1 << 16, "an RFC 5321 command line must fit; a line is held whole"),
+            ("message_max", &self.message_max, 1 << 10, 1 << 30, "a message is held whole while it arrives"),
+            ("idle_timeout_secs", &self.idle_timeout_secs, 1, 86_400, "RFC 5321 asks 300"),
+            ("connections_max", &self.connections_max, 1, 100_000, "or no MTA gets in"),
+            ("connections_per_ip", &self.connections_per_ip, 1, 100_000, "or no MTA gets in"),
+        ];
+        for (key, value, min, max, why) in keys {
+            if let Some(v) = value {
+                let n = *v.get_ref();
+                if !(min..=max).contains(&n) {
+                    let line = line_of(text, v.span().start);
+                    return Err(format!("line {line}: lmtp.{key}: {n} is not within {min}..={max} ({why})"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[log]`
@@ -111,6 +182,8 @@ impl Config {
         if config.imap.tls_cert.is_some() != config.imap.tls_key.is_some() {
             return Err("imap.tls_cert and imap.tls_key go together: set both or neither".into());
         }
+        config.imap.validate()?;
+        config.lmtp.validate(text)?;
         let mut seen = Vec::new();
         for p in &config.peer {
             let line = line_of(text, p.id.span().start);
@@ -149,12 +222,50 @@ impl Config {
 
     /// IMAP limits and policies.
     pub fn imap_config(&self) -> starling_imap::Config {
-        let d = starling_imap::Config::default();
+        let (i, d) = (&self.imap, starling_imap::Config::default());
+        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        let a = d.auth;
         starling_imap::Config {
-            line_max: self.imap.line_max.unwrap_or(d.line_max),
-            literal_max: self.imap.literal_max.unwrap_or(d.literal_max),
-            connections_per_account: self.imap.connections_per_account.unwrap_or(d.connections_per_account),
-            plaintext_on_loopback: self.imap.plaintext_on_loopback.unwrap_or(d.plaintext_on_loopback),
+            line_max: i.line_max.unwrap_or(d.line_max),
+            literal_max: i.literal_max.unwrap_or(d.literal_max),
+            preauth_line_max: i.preauth_line_max.unwrap_or(d.preauth_line_max),
+            preauth_literal_max: i.preauth_literal_max.unwrap_or(d.preauth_literal_max),
+            preauth_deadline: secs(i.preauth_deadline_secs, d.preauth_deadline),
+            idle_timeout: secs(i.idle_timeout_secs, d.idle_timeout),
+            connections_max: i.connections_max.unwrap_or(d.connections_max),
+            connections_per_ip: i.connections_per_ip.unwrap_or(d.connections_per_ip),
+            connections_per_account: i.connections_per_account.unwrap_or(d.connections_per_account),
+            plaintext_on_loopback: i.plaintext_on_loopback.unwrap_or(d.plaintext_on_loopback),
+            auth: starling_imap::auth::GuardLimits {
+                delay: ms(i.auth_failure_delay_ms, a.delay),
+                delay_max: ms(i.auth_failure_delay_max_ms, a.delay_max),
+                forget: secs(i.auth_failure_forget_secs, a.forget),
+                penalty_entries: i.auth_penalty_entries.unwrap_or(a.penalty_entries),
+                cache_entries: i.auth_cache_size.unwrap_or(a.cache_entries),
+                cache_ttl: secs(i.auth_cache_ttl_secs, a.cache_ttl),
+                verify_parallel: i.auth_verify_parallel.unwrap_or(a.verify_parallel),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// LMTP limits.
+    pub fn lmtp_config(&self) -> crate::lmtp::Config {
+        let (l, d) = (&self.lmtp, crate::lmtp::Config::default());
+        let n = |v: &Option<Spanned<u64>>, d: usize| v.as_ref().map_or(d, |v| *v.get_ref() as usize);
+        crate::lmtp::Config {
+            limits: starling_lmtp::Limits {
+                line_max: n(&l.line_max, d.limits.line_max),
+                message_max: n(&l.message_max, d.limits.message_max),
+                ..d.limits
+            },
+            idle_timeout: l.idle_timeout_secs.as_ref().map_or(d.idle_timeout, |v| Duration::from_secs(*v.get_ref())),
+            connections: starling_net::listen::ConnLimits {
+                total: n(&l.connections_max, d.connections.total),
+                per_ip: n(&l.connections_per_ip, d.connections.per_ip),
+            },
         }
     }
 }
@@ -176,9 +287,29 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # plaintext_on_loopback = true # LOGIN without TLS from 127.0.0.1/::1
 # line_max = 65536             # longest command line, bytes
 # literal_max = 67108864       # largest literal (APPENDed message), bytes
-# connections_per_account = 64
+# connections_per_account = 64  # authenticated connections of one account
+# preauth_line_max = 8192      # before login: longest command line, bytes
+# preauth_literal_max = 8192   # before login: largest literal, bytes
+# preauth_deadline_secs = 60   # before login: closed this long after connecting
+# idle_timeout_secs = 1860     # after login: closed this long after the last command
+# connections_max = 1000       # open connections in total (both ports)
+# connections_per_ip = 100     # open connections from one address (IPv6: /64)
+# auth_failure_delay_ms = 500  # login penalty after a failure, doubling (0: off)
+# auth_failure_delay_max_ms = 15000  # login penalty at most
+# auth_failure_forget_secs = 900     # penalty forgotten this long after the last failure
+# auth_penalty_entries = 10000 # addresses and account names with a penalty, each
+# auth_cache_size = 10000      # cached successful logins (0: off)
+# auth_cache_ttl_secs = 3600   # a cached login is trusted this long
+# auth_verify_parallel = 4     # Argon2 verifications at once (~19 MiB each)
 # tls_cert = "/etc/ssl/mail.pem"   # default: self-signed, made in data_dir
 # tls_key = "/etc/ssl/mail.key"
+
+[lmtp]
+# message_max = 67108864       # largest message, bytes (advertised as SIZE; 552 above)
+# line_max = 1000              # longest command line, bytes (500 above)
+# idle_timeout_secs = 300      # silence allowed for a command line, or between reads in DATA
+# connections_max = 64         # open connections in total (421 above)
+# connections_per_ip = 32      # open connections from one address (421 above)
 
 [log]
 # format = "human"             # or "json"
@@ -214,5 +345,45 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("imap.tls_cert") && e.contains("cannot read"), "{e}");
         let e = Config::parse("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+        let e = Config::parse("[imap]\nidle_timeout_secs = 60\n").unwrap_err();
+        assert!(e.contains("imap.idle_timeout_secs") && e.contains("RFC 9051"), "{e}");
+    }
+
+    #[test]
+    fn imap_keys_reach_the_server_config_and_default_to_its_defaults() {
+        let d = starling_imap::Config::default();
+        let c = Config::parse(TEMPLATE).unwrap().imap_config();
+        assert_eq!((c.preauth_line_max, c.preauth_literal_max), (d.preauth_line_max, d.preauth_literal_max));
+        assert_eq!((c.preauth_deadline, c.idle_timeout, c.auth), (d.preauth_deadline, d.idle_timeout, d.auth));
+        let c = Config::parse(
+            "[imap]\npreauth_deadline_secs = 3\nconnections_per_ip = 7\nauth_failure_delay_ms = 0\nauth_cache_size = 0\n",
+        )
+        .unwrap()
+        .imap_config();
+        assert_eq!(c.preauth_deadline, Duration::from_secs(3));
+        assert_eq!((c.connections_per_ip, c.connections_max), (7, d.connections_max));
+        assert_eq!((c.auth.delay, c.auth.cache_entries), (Duration::ZERO, 0));
+    }
+
+    #[test]
+    fn lmtp_keys_are_checked_and_reach_the_server_config() {
+        let d = crate::lmtp::Config::default();
+        assert_eq!(Config::parse(TEMPLATE).unwrap().lmtp_config(), d);
+        let c = Config::parse(
+            "[lmtp]\nmessage_max = 2048\nline_max = 600\nidle_timeout_secs = 7\nconnections_max = 5\nconnections_per_ip = 2\n",
+        )
+        .unwrap()
+        .lmtp_config();
+        let limits = (c.limits.message_max, c.limits.line_max, c.limits.recipients_max);
+        assert_eq!(limits, (2048, 600, d.limits.recipients_max));
+        assert_eq!((c.idle_timeout, c.connections.total, c.connections.per_ip), (Duration::from_secs(7), 5, 2));
+        let e = Config::parse("[lmtp]\nmessage_max = 2048\n\nline_max = 100\n").unwrap_err();
+        assert!(e.contains("line 4") && e.contains("lmtp.line_max") && e.contains("512"), "{e}");
+        let e = Config::parse("[lmtp]\nidle_timeout_secs = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("lmtp.idle_timeout_secs"), "{e}");
+        let e = Config::parse("[lmtp]\nconnections_per_ip = 0\n").unwrap_err();
+        assert!(e.contains("lmtp.connections_per_ip"), "{e}");
+        let e = Config::parse("[lmtp]\nmessage_maxx = 1\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("message_maxx"), "{e}");
     }
 }

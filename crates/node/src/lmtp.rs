@@ -3,202 +3,221 @@
 //! reply after DATA; `250` is sent only once that recipient's message is
 //! committed (fsync) in the store. The recipient's account is the address's
 //! local part, or the whole address if an account has that name.
+//!
+//! The protocol is `starling-lmtp` (a session without I/O); this module
+//! drives it over TCP and owns what needs a socket or a clock:
+//!
+//! * **End of data**: only `<CRLF>.<CRLF>` ends DATA (Postfix's
+//!   `smtpd_forbid_bare_newline = normalize`): content lines ended by a bare
+//!   LF are stored ended by CRLF, and a `.` line ended by a bare LF or after a
+//!   bare-LF line is content, so nothing can be smuggled behind a message
+//!   (the `starling-lmtp` crate documentation has the details).
+//! * **Bounded buffers**: a connection holds at most one command line
+//!   (`line_max`) or one message (`message_max`) plus a 64 KiB read buffer;
+//!   longer input is read and dropped, answered `500 5.5.2` or `552 5.3.4`.
+//! * **Timeouts** (RFC 5321 §4.5.3.2, 5 minutes by default,
+//!   `idle_timeout_secs`): a command line must be complete within it of the
+//!   previous one (bytes dripped slowly do not keep a connection), and each
+//!   read inside DATA must come within it. Then `421 4.4.2` and close.
+//! * **Connection caps**: in total and per client address; a connection over
+//!   either is answered `421 4.3.2 too many connections` and closed.
+//! * **Accept errors** (out of file descriptors, …) never end the listener:
+//!   it backs off and logs once per interval
+//!   ([`starling_net::listen::accept_forever`]).
 
+use starling_lmtp::{Backend, Limits, Session};
 use starling_model::INBOX;
+use starling_net::listen::{accept_forever, AcceptErrors, ConnCounter, ConnLimits};
 use starling_store::Store;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
-/// Longest command line accepted (RFC 5321 allows 512 with the CRLF).
-const LINE_MAX: usize = 1000;
-/// Largest message accepted.
-pub const MESSAGE_MAX: usize = 64 << 20;
-/// Most recipients per transaction.
-const RECIPIENTS_MAX: usize = 1000;
+/// Bytes read from the socket at a time.
+const READ_BYTES: usize = 64 << 10;
+
+/// How the LMTP server is limited (`[lmtp]` in the config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Line and message sizes, recipients.
+    pub limits: Limits,
+    /// Silence allowed for a command line, and between reads inside DATA.
+    pub idle_timeout: Duration,
+    /// Open connections in total and per client address.
+    pub connections: ConnLimits,
+}
+
+/// Default of [`Config::idle_timeout`] (RFC 5321 §4.5.3.2: 5 minutes).
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+/// Default of [`Config::connections`]: Postfix opens up to 20 connections
+/// per destination by default; room for two such MTAs from one address.
+pub const CONNECTIONS_DEFAULT: ConnLimits = ConnLimits { total: 64, per_ip: 32 };
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { limits: Limits::default(), idle_timeout: IDLE_TIMEOUT_DEFAULT, connections: CONNECTIONS_DEFAULT }
+    }
+}
 
 /// Accepts LMTP connections until the task is dropped; `changes` hears the
 /// account of every committed delivery (so peers get it at once).
-pub async fn serve(listener: TcpListener, store: Arc<Store>, changes: broadcast::Sender<String>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let (store, changes) = (store.clone(), changes.clone());
-        tokio::spawn(async move {
-            let _ = session(stream, store, changes).await;
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<Store>,
+    changes: broadcast::Sender<String>,
+    tasks: crate::tasks::Tasks,
+) {
+    let counter = ConnCounter::new(config.connections);
+    let mut errors = AcceptErrors::default();
+    loop {
+        let (stream, client) = accept_forever("lmtp", &mut errors, || listener.accept()).await;
+        match counter.admit(client.ip()) {
+            Ok(guard) => {
+                let backend = StoreBackend { store: store.clone(), changes: changes.clone() };
+                // Tracked: shutdown waits until no delivery is inside its commit.
+                tasks.spawn(async move {
+                    let _guard = guard;
+                    let _ = session(stream, &config, backend).await;
+                });
+            }
+            Err(why) => {
+                // A fresh socket's send buffer is empty: the reply goes out
+                // without waiting, and the descriptor is freed at once.
+                tracing::debug!(%client, ?why, "LMTP connection refused");
+                let _ = stream.try_write(b"421 4.3.2 too many connections\r\n");
+            }
+        }
+    }
+}
+
+/// The store as the session's backend.
+struct StoreBackend {
+    store: Arc<Store>,
+    changes: broadcast::Sender<String>,
+}
+
+impl Backend for StoreBackend {
+    fn account(&mut self, rcpt: &str) -> Option<String> {
+        // The account list shares the store's lock with commits.
+        let accounts = tokio::task::block_in_place(|| self.store.accounts());
+        if accounts.iter().any(|a| a == rcpt) {
+            return Some(rcpt.to_string());
+        }
+        let local = rcpt.split('@').next()?;
+        accounts.into_iter().find(|a| a == local)
+    }
+
+    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let stored = tokio::task::block_in_place(|| {
+            self.store.write(account, |b| b.append(INBOX, message, now, vec![]).map(|_| ()))
         });
-    }
-}
-
-enum Line {
-    Text(String),
-    TooLong,
-    Closed,
-}
-
-/// Reads one CRLF- (or LF-) terminated line of at most `max` bytes.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Line> {
-    let mut buf = Vec::new();
-    let n = tokio::io::AsyncReadExt::take(&mut *r, max as u64 + 1).read_until(b'\n', &mut buf).await?;
-    if n == 0 {
-        return Ok(Line::Closed);
-    }
-    if !buf.ends_with(b"\n") {
-        if buf.len() > max {
-            // Skip the rest of the over-long line.
-            let mut rest = Vec::new();
-            r.read_until(b'\n', &mut rest).await?;
-            return Ok(Line::TooLong);
+        match stored {
+            Ok(()) => {
+                let _ = self.changes.send(account.to_string());
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
-        return Ok(Line::Closed);
     }
-    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        buf.pop();
-    }
-    Ok(Line::Text(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// The address inside `<…>` after a `FROM:`/`TO:` prefix.
-fn address(arg: &str, prefix: &str) -> Option<String> {
-    let rest = arg.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(prefix)).map(|_| &arg[prefix.len()..])?;
-    let rest = rest.trim_start();
-    let inner = rest.strip_prefix('<')?.split('>').next()?;
-    Some(inner.to_string())
-}
-
-fn account_for(store: &Store, rcpt: &str) -> Option<String> {
-    let accounts = store.accounts();
-    if accounts.iter().any(|a| a == rcpt) {
-        return Some(rcpt.to_string());
-    }
-    let local = rcpt.split('@').next()?;
-    accounts.into_iter().find(|a| a == local)
-}
-
-async fn session(stream: TcpStream, store: Arc<Store>, changes: broadcast::Sender<String>) -> std::io::Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"220 starling LMTP ready\r\n").await?;
-    let mut greeted = false;
-    let mut from: Option<String> = None;
-    let mut rcpts: Vec<(String, String)> = Vec::new();
+/// Serves one connection until QUIT, EOF, a timeout or an I/O error.
+pub async fn session<S, B>(mut stream: S, config: &Config, backend: B) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let idle = config.idle_timeout;
+    let mut s = Session::new(backend, config.limits);
+    let mut buf = vec![0u8; READ_BYTES];
+    // When the next command line must be complete (or, inside DATA, when
+    // the next read must come).
+    let mut deadline = Instant::now() + idle;
     loop {
-        let line = match read_line(&mut r, LINE_MAX).await? {
-            Line::Closed => return Ok(()),
-            Line::TooLong => {
-                w.write_all(b"500 5.5.2 line too long\r\n").await?;
+        flush(&mut s, &mut stream, idle).await?;
+        if s.is_closed() {
+            let _ = tokio::time::timeout(idle, stream.shutdown()).await;
+            return Ok(());
+        }
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => {
+                s.timed_out();
                 continue;
             }
-            Line::Text(l) => l,
+            Ok(n) => n?,
         };
-        let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-        let reply: String = match verb.to_ascii_uppercase().as_str() {
-            "LHLO" if arg.trim().is_empty() => "501 5.5.4 LHLO needs a host name".into(),
-            "LHLO" => {
-                greeted = true;
-                (from, rcpts) = (None, Vec::new());
-                format!("250-starling\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SIZE {MESSAGE_MAX}")
-            }
-            "HELO" | "EHLO" => "500 5.5.1 this is LMTP: use LHLO".into(),
-            "MAIL" if !greeted => "503 5.5.1 LHLO first".into(),
-            "MAIL" if from.is_some() => "503 5.5.1 nested MAIL".into(),
-            "MAIL" => match address(arg, "FROM:") {
-                Some(a) => {
-                    from = Some(a);
-                    "250 2.1.0 OK".into()
-                }
-                None => "501 5.5.4 expected MAIL FROM:<address>".into(),
-            },
-            "RCPT" if from.is_none() => "503 5.5.1 MAIL first".into(),
-            "RCPT" if rcpts.len() >= RECIPIENTS_MAX => "452 4.5.3 too many recipients".into(),
-            "RCPT" => match address(arg, "TO:") {
-                None => "501 5.5.4 expected RCPT TO:<address>".into(),
-                Some(a) => match account_for(&store, &a) {
-                    Some(acct) => {
-                        rcpts.push((a, acct));
-                        "250 2.1.5 OK".into()
-                    }
-                    None => format!("550 5.1.1 <{a}> no such user here"),
-                },
-            },
-            "DATA" if rcpts.is_empty() => "503 5.5.1 no valid recipients".into(),
-            "DATA" => {
-                w.write_all(b"354 2.0.0 send the message, end with <CRLF>.<CRLF>\r\n").await?;
-                let body = match read_data(&mut r).await? {
-                    Some(b) => b,
-                    None => return Ok(()),
-                };
-                let mut out = String::new();
-                match body {
-                    Err(why) => {
-                        for _ in &rcpts {
-                            out.push_str(&format!("{why}\r\n"));
-                        }
-                    }
-                    Ok(raw) => {
-                        let mut msg = format!("Return-Path: <{}>\r\n", from.as_deref().unwrap_or("")).into_bytes();
-                        msg.extend_from_slice(&raw);
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs() as i64);
-                        for (addr, acct) in &rcpts {
-                            let stored = tokio::task::block_in_place(|| {
-                                store.write(acct, |b| b.append(INBOX, &msg, now, vec![]).map(|_| ()))
-                            });
-                            match stored {
-                                Ok(()) => {
-                                    let _ = changes.send(acct.clone());
-                                    out.push_str(&format!("250 2.0.0 <{addr}> delivered\r\n"));
-                                }
-                                Err(e) => out.push_str(&format!("451 4.3.0 <{addr}> not delivered: {e}\r\n")),
-                            }
-                        }
-                    }
-                }
-                (from, rcpts) = (None, Vec::new());
-                w.write_all(out.as_bytes()).await?;
-                continue;
-            }
-            "RSET" => {
-                (from, rcpts) = (None, Vec::new());
-                "250 2.0.0 OK".into()
-            }
-            "NOOP" => "250 2.0.0 OK".into(),
-            "VRFY" => "252 2.5.0 cannot verify, send the message".into(),
-            "QUIT" => {
-                w.write_all(b"221 2.0.0 bye\r\n").await?;
-                return Ok(());
-            }
-            _ => "500 5.5.1 unknown command".into(),
-        };
-        w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (commands, in_data) = (s.commands(), s.in_data());
+        let mut pos = 0;
+        while pos < n && !s.is_closed() {
+            pos += s.receive(&buf[pos..n]);
+            flush(&mut s, &mut stream, idle).await?;
+        }
+        if in_data || s.in_data() || s.commands() != commands {
+            deadline = Instant::now() + idle;
+        }
     }
 }
 
-/// Reads a DATA section up to the lone dot, undoing dot-stuffing; lines end
-/// in CRLF in the stored message. `Ok(Err(reply))` when it was too large
-/// (read to the end anyway, so the session goes on); `None` if the
-/// connection closed before the dot (nothing is delivered).
-async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
-    let mut out = Vec::new();
-    let mut too_large = false;
-    loop {
-        let mut line = Vec::new();
-        if r.read_until(b'\n', &mut line).await? == 0 || !line.ends_with(b"\n") {
-            return Ok(None);
+/// Sends what the session has queued; a client that does not read its
+/// replies for the idle timeout is dropped.
+async fn flush<S: AsyncWrite + Unpin, B: Backend>(
+    s: &mut Session<B>,
+    w: &mut S,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let out = s.take_output();
+    if out.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(idle, w.write_all(&out)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    struct Nobody;
+
+    impl Backend for Nobody {
+        fn account(&mut self, _: &str) -> Option<String> {
+            None
         }
-        let content = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(&line);
-        if content == b"." {
-            break;
-        }
-        let content = content.strip_prefix(b".").unwrap_or(content);
-        if out.len() + content.len() + 2 > MESSAGE_MAX {
-            too_large = true;
-            out.clear();
-        }
-        if !too_large {
-            out.extend_from_slice(content);
-            out.extend_from_slice(b"\r\n");
+        fn deliver(&mut self, _: &str, _: &[u8]) -> Result<(), String> {
+            Err("nobody".into())
         }
     }
-    Ok(Some(if too_large { Err(format!("552 5.3.4 message larger than {MESSAGE_MAX} bytes")) } else { Ok(out) }))
+
+    #[tokio::test]
+    async fn a_session_over_any_stream_answers_and_times_out() {
+        let config = Config { idle_timeout: Duration::from_millis(200), ..Config::default() };
+        let (client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(async move { session(server, &config, Nobody).await });
+        let (r, mut w) = tokio::io::split(client);
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("220 "), "{line}");
+        w.write_all(b"NOOP\r\n").await.unwrap();
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "250 2.0.0 OK\r\n");
+        let t = std::time::Instant::now();
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("421 4.4.2"), "{line}");
+        assert!(t.elapsed() >= Duration::from_millis(150));
+        task.await.unwrap().unwrap();
+    }
 }

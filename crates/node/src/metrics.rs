@@ -62,6 +62,18 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
     metric("starling_peer_lag_ops", "gauge", "Ops one side of a peer link lacks.", lag);
     metric("starling_peer_bytes_total", "counter", "Protocol bytes exchanged with a peer.", bytes);
     metric(
+        "starling_bodies_damaged_total",
+        "counter",
+        "Whole-body reads that did not hash to the body's id (each is refused, then fetched again from a peer).",
+        vec![(String::new(), store.corrupt_reads())],
+    );
+    metric(
+        "starling_store_reopens_total",
+        "counter",
+        "Times the store reopened its file after a disk error (a full disk, then space again).",
+        vec![(String::new(), store.reopens())],
+    );
+    metric(
         "starling_imap_sessions",
         "gauge",
         "Open IMAP connections.",

@@ -23,6 +23,8 @@ const BATCH_BYTES: usize = 32 << 20;
 const LOCAL_CONNECTIONS: ConnLimits = ConnLimits { total: 16, per_ip: 16 };
 /// A metrics request is read and answered within this.
 const LOCAL_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the node checks whether a read found a damaged body.
+const DAMAGE_POLL: Duration = Duration::from_secs(1);
 /// Peer handshakes in progress at most; attempts past it are refused.
 const HANDSHAKES_MAX: usize = 64;
 
@@ -32,6 +34,8 @@ pub struct Settings {
     pub peers: SocketAddr,
     /// LMTP.
     pub lmtp: SocketAddr,
+    /// LMTP limits and timeouts.
+    pub lmtp_config: crate::lmtp::Config,
     /// IMAP with STARTTLS.
     pub imap: SocketAddr,
     /// IMAP with implicit TLS.
@@ -75,21 +79,23 @@ pub fn run(
         let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone(), tasks.clone())?;
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
-        let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, store.clone(), hub.changes.clone()));
+        let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, listen.lmtp_config, store.clone(), hub.changes.clone(), tasks.clone()));
         let (imap, imap_shared) = {
             let changes = hub.changes.clone();
             let shared = starling_imap::Shared::new(store.clone(), listen.imap_config.clone(), move |account| {
                 let _ = changes.send(account.to_string());
             });
-            let mut tasks = Vec::new();
+            let mut listeners = Vec::new();
             for (addr, implicit_tls) in [(listen.imap, false), (listen.imaps, true)] {
                 let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("IMAP {addr}: {e}"))?;
                 let local = tcp.local_addr().map_err(|e| e.to_string())?;
                 println!("{}: listening on {local}", if implicit_tls { "imaps" } else { "imap" });
                 let l = starling_imap::Listener { tcp, implicit_tls };
-                tasks.push(tokio::spawn(starling_imap::serve(l, shared.clone(), tls.clone(), hub.changes.clone())));
+                let t = tasks.clone();
+                let spawn = move |f| t.spawn(f);
+                listeners.push(tokio::spawn(starling_imap::serve(l, shared.clone(), tls.clone(), hub.changes.clone(), spawn)));
             }
-            (tasks, shared)
+            (listeners, shared)
         };
         if let Some(addr) = listen.metrics {
             let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("metrics {addr}: {e}"))?;
@@ -129,6 +135,23 @@ pub fn run(
         }
         for a in store.accounts() {
             report(&store, &a, true);
+        }
+        // A body found damaged by any reader (an IMAP FETCH, a peer's
+        // request): every link sweeps, which asks a peer for a good copy.
+        {
+            let (store, hub) = (store.clone(), hub.clone());
+            tasks.spawn(async move {
+                let mut seen = store.corrupt_reads();
+                loop {
+                    tokio::time::sleep(DAMAGE_POLL).await;
+                    let now = store.corrupt_reads();
+                    if now > seen {
+                        tracing::warn!("{} damaged body reads; asking peers for good copies", now - seen);
+                        hub.bodies_lacking.send_modify(|g| *g += 1);
+                        seen = now;
+                    }
+                }
+            });
         }
         println!(
             "peers: listening on {} (UDP), {} pinned",
@@ -487,7 +510,10 @@ async fn session(
                     report(&store, &account, progress.new_messages);
                     let _ = hub.changes.send(account);
                 }
-                if progress.bodies_lacking {
+                if progress.bodies_damaged {
+                    tracing::warn!(peer = %peer.id, "a body asked for was damaged here: fetching a good copy");
+                }
+                if progress.bodies_lacking || progress.bodies_damaged {
                     hub.bodies_lacking.send_modify(|g| *g += 1);
                 }
                 // Counting what is still missing scans the account: only when

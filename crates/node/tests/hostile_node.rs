@@ -84,30 +84,157 @@ fn status_stays_right_after_a_quick_peer_restart() {
 
 /// Delivers one message to alice over LMTP and checks it was accepted.
 fn deliver(node: &Node, message: &str) {
-    use std::io::{BufRead, BufReader, Write};
     let port = node.lmtp.lock().unwrap().expect("LMTP port");
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(stream.try_clone().unwrap());
+    try_deliver(port, message).unwrap();
+}
+
+/// Starts `starling serve` for `node` with its standard error kept in a
+/// file (the panic message would be there), returning the child.
+fn start_logged(node: &Node, log: &Path) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", node.port), "--lmtp-listen", "127.0.0.1:0"])
+        .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (lmtp, imap) = (node.lmtp.clone(), node.imap.clone());
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("imap: listening on ") {
+            *imap.lock().unwrap() = a.rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+        if let Some(a) = line.strip_prefix("lmtp: listening on ") {
+            *lmtp.lock().unwrap() = a.rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+        if line.starts_with("peers: listening") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    child
+}
+
+/// Item 13: SIGTERM while peers sync and mail is being delivered stops the
+/// node cleanly: exit status 0, no panic, nothing acknowledged lost.
+#[test]
+fn sigterm_under_load_stops_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let (x, mut y) = (Node::new(root.path(), "x"), Node::new(root.path(), "y"));
+    x.pin(&y);
+    y.pin(&x);
+    y.start();
+    passwd(&x, "secret");
+    let mut delivered = 0;
+    for round in 0..4 {
+        let log = root.path().join(format!("x-{round}.log"));
+        let mut child = start_logged(&x, &log);
+        // Deliveries to x, synced to y, while x is told to stop.
+        let port = x.lmtp.lock().unwrap().expect("LMTP port");
+        let sender = std::thread::spawn(move || {
+            let mut ok = 0;
+            for i in 0..200 {
+                if try_deliver(port, &format!("Subject: {round}-{i}\r\n\r\n{}\r\n", "x".repeat(2000))).is_err() {
+                    break;
+                }
+                ok += 1;
+            }
+            ok
+        });
+        // And an IMAP client appending (a store call, then timers, in the
+        // session) while the node stops.
+        let imap_port = *x.imap.lock().unwrap();
+        let appender = std::thread::spawn(move || imap_append_until_closed(imap_port.expect("IMAP port")));
+        std::thread::sleep(Duration::from_millis(300 + 100 * round));
+        assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+        let status = child.wait().unwrap();
+        delivered += sender.join().unwrap();
+        delivered += appender.join().unwrap();
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert!(!said.contains("panicked"), "round {round}: the node panicked at SIGTERM:\n{said}");
+        assert!(status.success(), "round {round}: exit {status:?}\n{said}");
+    }
+    // Every acknowledged delivery is there.
+    let dump = run(&x.dir, &["dump", "alice"]);
+    assert!(messages(&dump) >= delivered, "{} stored, {delivered} acknowledged", messages(&dump));
+}
+
+/// Delivers one message to alice over LMTP on `port`; an error if the
+/// connection failed or the delivery was not acknowledged.
+fn try_deliver(port: u16, message: &str) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     let mut w = stream;
-    let mut reply = || {
+    let mut reply = || -> Result<String, String> {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            r.read_line(&mut line).unwrap();
+            if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                return Err("closed".into());
+            }
             all.push_str(&line);
             if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
+                return Ok(all);
             }
         }
     };
-    reply();
+    reply()?;
     for cmd in ["LHLO test", "MAIL FROM:<t@example.org>", "RCPT TO:<alice>", "DATA"] {
-        write!(w, "{cmd}\r\n").unwrap();
-        let got = reply();
-        assert!(got.starts_with('2') || got.starts_with('3'), "{cmd}: {got}");
+        write!(w, "{cmd}\r\n").map_err(|e| e.to_string())?;
+        let got = reply()?;
+        if !(got.starts_with('2') || got.starts_with('3')) {
+            return Err(format!("{cmd}: {got}"));
+        }
     }
-    write!(w, "{message}.\r\n").unwrap();
-    let got = reply();
-    assert!(got.starts_with("250"), "DATA: {got}");
+    write!(w, "{message}.\r\n").map_err(|e| e.to_string())?;
+    let got = reply()?;
+    got.starts_with("250").then_some(()).ok_or(got)
+}
+
+/// Logs in as alice and APPENDs small messages until the server goes away;
+/// returns how many were acknowledged (tagged OK).
+fn imap_append_until_closed(port: u16) -> usize {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let mut line = String::new();
+    let mut read_line = |line: &mut String| {
+        line.clear();
+        matches!(r.read_line(line), Ok(n) if n > 0)
+    };
+    if !read_line(&mut line) || write!(w, "a LOGIN alice secret\r\n").is_err() {
+        return 0;
+    }
+    while read_line(&mut line) && !line.starts_with("a ") {}
+    if !line.starts_with("a OK") {
+        return 0;
+    }
+    let mut ok = 0;
+    for i in 0.. {
+        let msg = format!("Subject: append {i}\r\n\r\n{}\r\n", "y".repeat(1000));
+        if write!(w, "t{i} APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()).is_err() {
+            return ok;
+        }
+        let tag = format!("t{i} ");
+        loop {
+            if !read_line(&mut line) {
+                return ok;
+            }
+            if line.starts_with(&tag) {
+                break;
+            }
+        }
+        if !line.starts_with(&format!("t{i} OK")) {
+            return ok;
+        }
+        ok += 1;
+    }
+    ok
 }

@@ -760,7 +760,7 @@ impl World {
         if !progress.committed.is_empty() {
             self.changed(node, Some(peer))?;
         }
-        if progress.bodies_lacking {
+        if progress.bodies_lacking || progress.bodies_damaged {
             let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
             let now = self.instant();
             for p in peers {
@@ -781,15 +781,7 @@ impl World {
             self.report.frames_after_heal += 1;
         }
         let now = self.epoch + std::time::Duration::from_millis(self.now);
-        let result = c.link.handle_timeout(store, now).and_then(|p| {
-            let more = c.link.handle_frame(store, bytes)?;
-            Ok(starling_link::Progress {
-                committed: [p.committed, more.committed].concat(),
-                bodies: p.bodies + more.bodies,
-                new_messages: p.new_messages || more.new_messages,
-                bodies_lacking: p.bodies_lacking || more.bodies_lacking,
-            })
-        });
+        let result = c.link.handle_timeout(store, now).and_then(|p| Ok(p.merge(c.link.handle_frame(store, bytes)?)));
         match result {
             Ok(progress) => {
                 self.progressed(to, from, progress)?;

@@ -32,6 +32,10 @@ pub(crate) const VANISHED: TableDefinition<(u32, u32, u64), u32> = TableDefiniti
 pub(crate) const MAILBOX_COUNTS: TableDefinition<(u32, u32), (u64, u64)> = TableDefinition::new("mailbox_counts");
 /// account → (MODSEQ counter, live messages).
 pub(crate) const ACCOUNT_COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("account_counts");
+/// (body id, account) → how many of the account's messages (envelopes)
+/// name the body; no row at zero. Kept by [`RedbBackend::set_envelope`]
+/// and [`RedbBackend::remove_envelope`], so it commits with the envelopes.
+pub(crate) const BLOB_REFS: TableDefinition<([u8; 32], u32), u64> = TableDefinition::new("blob_refs");
 
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
     StorageError(Box::new(e))
@@ -78,6 +82,7 @@ pub struct RedbBackend<'txn> {
     vanished: Table<'txn, (u32, u32, u64), u32>,
     mailbox_counts: Table<'txn, (u32, u32), (u64, u64)>,
     account_counts: Table<'txn, u32, (u64, u64)>,
+    blob_refs: Table<'txn, ([u8; 32], u32), u64>,
     /// Counters read once per transaction and written back by [`Self::flush`].
     cached_account: Option<(u64, u64)>,
     cached_mailboxes: std::collections::BTreeMap<u32, (u64, u64)>,
@@ -100,6 +105,7 @@ impl<'txn> RedbBackend<'txn> {
             vanished: txn.open_table(VANISHED)?,
             mailbox_counts: txn.open_table(MAILBOX_COUNTS)?,
             account_counts: txn.open_table(ACCOUNT_COUNTS)?,
+            blob_refs: txn.open_table(BLOB_REFS)?,
             cached_account: None,
             cached_mailboxes: std::collections::BTreeMap::new(),
         })
@@ -142,6 +148,35 @@ impl<'txn> RedbBackend<'txn> {
             return Ok(*c);
         }
         Ok(self.mailbox_counts.get((self.account, mailbox)).map_err(storage)?.map(|g| g.value()).unwrap_or((0, 0)))
+    }
+
+    /// One more of the account's messages names `blob`.
+    fn add_ref(&mut self, blob: BlobId) -> StorageResult<()> {
+        let key = (blob.0, self.account);
+        let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
+        self.blob_refs.insert(key, n + 1).map_err(storage)?;
+        Ok(())
+    }
+
+    /// One fewer of the account's messages names `blob`.
+    fn drop_ref(&mut self, blob: BlobId) -> StorageResult<()> {
+        let key = (blob.0, self.account);
+        let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
+        // An envelope without its count: the index and the envelopes
+        // disagree. Refuse the batch rather than commit a wrong index
+        // (a wrong index could serve a body to the wrong account).
+        if n == 0 {
+            return Err(storage(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("blob_refs has no reference of account {} to {blob:?}", self.account),
+            )));
+        }
+        if n == 1 {
+            self.blob_refs.remove(key).map_err(storage)?;
+        } else {
+            self.blob_refs.insert(key, n - 1).map_err(storage)?;
+        }
+        Ok(())
     }
 
     /// Writes a placed message's record with a fresh MODSEQ and indexes the change.
@@ -213,12 +248,32 @@ impl Backend for RedbBackend<'_> {
         }
     }
     fn set_envelope(&mut self, m: Packed, e: Envelope) -> StorageResult<()> {
-        self.envelopes.insert((self.account, m), encode_envelope(&e).as_slice()).map_err(storage)?;
-        Ok(())
+        let old = self
+            .envelopes
+            .insert((self.account, m), encode_envelope(&e).as_slice())
+            .map_err(storage)?
+            .map(|g| decode_envelope(g.value()))
+            .transpose()?;
+        match old {
+            Some(old) if old.blob == e.blob => Ok(()),
+            Some(old) => {
+                self.drop_ref(old.blob)?;
+                self.add_ref(e.blob)
+            }
+            None => self.add_ref(e.blob),
+        }
     }
     fn remove_envelope(&mut self, m: Packed) -> StorageResult<()> {
-        self.envelopes.remove((self.account, m)).map_err(storage)?;
-        Ok(())
+        let old = self
+            .envelopes
+            .remove((self.account, m))
+            .map_err(storage)?
+            .map(|g| decode_envelope(g.value()))
+            .transpose()?;
+        match old {
+            Some(old) => self.drop_ref(old.blob),
+            None => Ok(()),
+        }
     }
     fn slot(&self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
         match self.slots.get((self.account, mailbox, uid)).map_err(storage)? {

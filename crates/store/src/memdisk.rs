@@ -1,6 +1,12 @@
 //! An in-memory disk for redb that can crash: writes not yet synced are lost,
 //! as after a power cut. The simulator runs real stores on it; a crash drops
 //! the [`crate::Store`] and reopens it on what was durable.
+//!
+//! It can also fail on demand, for tests: [`MemDisk::set_full`] makes every
+//! write that needs space fail as a full disk does (ENOSPC), and
+//! [`MemDisk::fail_after`] lets a number of writes and syncs through and
+//! fails every one after them (a power cut at that point, once followed by
+//! [`MemDisk::crash`]).
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -16,6 +22,12 @@ struct Image {
     /// After a crash, the old handle fails every call: a dropped store must
     /// not reach the disk it was cut off from.
     epoch: u64,
+    /// Writes (and length changes) fail with ENOSPC.
+    full: bool,
+    /// Writes, length changes and syncs still allowed; `None`: no limit.
+    ops_left: Option<u64>,
+    /// Writes, length changes and syncs done so far.
+    ops: u64,
 }
 
 /// A shared, crashable memory disk. Clones share the same image.
@@ -50,6 +62,29 @@ impl MemDisk {
         img.epoch += 1;
     }
 
+    /// Makes writes fail as on a full disk (ENOSPC), or work again.
+    pub fn set_full(&self, full: bool) {
+        self.0.lock().expect("disk").full = full;
+    }
+
+    /// Lets `n` more writes, length changes and syncs through, then fails
+    /// every one (`None`: no limit). Reads keep working.
+    pub fn fail_after(&self, n: Option<u64>) {
+        self.0.lock().expect("disk").ops_left = n;
+    }
+
+    /// Writes, length changes and syncs done since the disk was made.
+    pub fn ops(&self) -> u64 {
+        self.0.lock().expect("disk").ops
+    }
+
+    /// A copy of the disk as a crash now would leave it (what was synced).
+    pub fn durable_copy(&self) -> MemDisk {
+        let img = self.0.lock().expect("disk");
+        let image = Image { current: img.durable.clone(), durable: img.durable.clone(), ..Image::default() };
+        MemDisk(Arc::new(Mutex::new(image)))
+    }
+
     /// Bytes on the disk.
     pub fn len(&self) -> usize {
         self.0.lock().expect("disk").current.len()
@@ -67,6 +102,22 @@ impl MemDiskBackend {
         if img.epoch != self.epoch {
             return Err(io::Error::other("disk crashed under this handle"));
         }
+        Ok(img)
+    }
+
+    /// The image, for a change: counts it and applies the faults.
+    fn image_for_change(&self, grows: bool) -> io::Result<std::sync::MutexGuard<'_, Image>> {
+        let mut img = self.image()?;
+        if let Some(left) = img.ops_left {
+            if left == 0 {
+                return Err(io::Error::other("injected I/O failure"));
+            }
+            img.ops_left = Some(left - 1);
+        }
+        if img.full && grows {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        img.ops += 1;
         Ok(img)
     }
 }
@@ -90,7 +141,8 @@ impl redb::StorageBackend for MemDiskBackend {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        let mut img = self.image()?;
+        let grows = self.image()?.current.len() < len as usize;
+        let mut img = self.image_for_change(grows)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
         let old = img.current.len();
         img.current.resize(len, 0);
@@ -101,7 +153,7 @@ impl redb::StorageBackend for MemDiskBackend {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
-        let mut img = self.image()?;
+        let mut img = self.image_for_change(false)?;
         let Image { current, durable, dirty, .. } = &mut *img;
         durable.resize(current.len(), 0);
         for (start, end) in dirty.drain(..) {
@@ -114,7 +166,8 @@ impl redb::StorageBackend for MemDiskBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        let mut img = self.image()?;
+        // A full disk fails writes too (delayed allocation, a sparse file).
+        let mut img = self.image_for_change(true)?;
         let r = range(offset, data.len(), img.current.len())?;
         img.current[r.clone()].copy_from_slice(data);
         img.dirty.push((r.start, r.end));

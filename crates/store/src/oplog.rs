@@ -8,6 +8,7 @@
 //! A second table lists, per mailbox, the segments holding ops that touched
 //! it (account-document ops under a pseudo-mailbox), for partial peers.
 
+use crate::damaged;
 use crate::{blob, st, StoreError};
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use starling_model::{AppliedOp, MailboxId, Op, VersionVector};
@@ -30,8 +31,8 @@ const ACCOUNT_OPS: (u64, u64) = (0, u64::MAX);
 pub(crate) type Logged = (Op, Vec<MailboxId>);
 
 fn decode(bytes: &[u8]) -> Result<Vec<Logged>, StoreError> {
-    let raw = blob::unpack(bytes, SEGMENT_BYTES_MAX).map_err(st)?;
-    postcard::from_bytes(&raw).map_err(st)
+    let raw = blob::unpack(bytes, SEGMENT_BYTES_MAX).map_err(|e| damaged("op log segment", e))?;
+    postcard::from_bytes(&raw).map_err(|e| damaged("op log segment", e))
 }
 
 fn mailbox_keys(ops: &[Logged]) -> BTreeSet<(u64, u64)> {
@@ -56,7 +57,7 @@ pub(crate) fn append(txn: &WriteTransaction, account: u32, applied: Vec<AppliedO
     for (replica, ops) in by_replica {
         for chunk in ops.chunks(SEGMENT_OPS_MAX) {
             let first = chunk[0].0.dot.counter;
-            let bytes = blob::pack(&postcard::to_stdvec(chunk).map_err(st)?);
+            let bytes = blob::pack(&postcard::to_stdvec(chunk).map_err(|e| StoreError::Storage(e.to_string()))?);
             segments.insert((account, replica, first), bytes.as_slice()).map_err(st)?;
             for (mr, mc) in mailbox_keys(chunk) {
                 index.insert((account, mr, mc, replica, first), ()).map_err(st)?;
@@ -257,7 +258,8 @@ pub(crate) fn read_chunk(
                 let op = c.buf.pop_front().expect("front exists");
                 c.next = op.dot.counter + 1;
                 frontier.observe(op.dot);
-                bytes += postcard::experimental::serialized_size(&op).map_err(st)?;
+                bytes +=
+                    postcard::experimental::serialized_size(&op).map_err(|e| StoreError::Storage(e.to_string()))?;
                 out.push(op);
                 progressed = true;
             }

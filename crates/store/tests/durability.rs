@@ -1,7 +1,8 @@
 //! Durability with real processes and a real full disk: a writer killed with
 //! SIGKILL at random moments (50 times) leaves a store that opens cleanly
-//! with every batch whose commit returned, and none half-applied; a write on
-//! a full filesystem fails and leaves the store as it was.
+//! with every batch whose commit returned, none half-applied, and the index
+//! of body references equal to the envelopes; a write on a full filesystem
+//! fails and leaves the store as it was.
 
 use starling_model::{ReplicaId, INBOX};
 use starling_store::{Store, StoreError, StoreOptions};
@@ -66,6 +67,8 @@ fn sigkill_at_random_moments_loses_no_committed_batch() {
         if store.accounts().is_empty() {
             continue; // killed before the account was created
         }
+        // The index of body references commits with the envelopes.
+        assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "after kill {round}");
         let present = batches(&store);
         for b in &committed {
             assert_eq!(present.get(b), Some(&20), "batch {b} was acknowledged but is not whole");
@@ -129,7 +132,7 @@ fn full_disk_fails_the_write_and_keeps_the_store() {
             }
         }
         let e = failed.expect("a 6 MB filesystem fills up");
-        assert!(matches!(e, StoreError::Storage(_) | StoreError::Poisoned(_)), "{e}");
+        assert!(matches!(e, StoreError::DiskFull(_)), "{e}");
         drop(store);
         // Reopened, it holds exactly what was committed before the failure.
         let store = Store::open(&path, ReplicaId(1), StoreOptions::default()).expect("reopens after disk full");

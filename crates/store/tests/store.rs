@@ -310,6 +310,9 @@ fn catch_up_by_snapshot_after_compaction() {
     drop(b);
     let b = Store::open(&dir.path().join("b.redb"), ReplicaId(0xb), StoreOptions::default()).unwrap();
     assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    // The installed envelopes count in the index of body references.
+    assert!(b.check_blob_refs().unwrap().is_empty());
+    assert_eq!(b.blob_accounts(a.read("u").unwrap().envelope(ids[1]).unwrap().unwrap().blob).unwrap(), vec!["u"]);
 }
 
 /// The op log by mailbox: a partial peer subscribed to one mailbox gets that

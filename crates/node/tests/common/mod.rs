@@ -199,3 +199,65 @@ pub fn passwd(node: &Node, password: &str) {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+impl Node {
+    /// Like [`Node::start`], with `extra` arguments after `serve` (e.g.
+    /// `--config FILE`) and, if given, a `nofile` limit (soft and hard) set
+    /// on the node process before it runs. Records the printed ports, not
+    /// the op and missing-body counts.
+    pub fn start_with(&mut self, extra: &[&str], nofile: Option<u64>) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir")
+            .arg(&self.dir)
+            .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", self.port), "--lmtp-listen", "127.0.0.1:0"])
+            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in
+            // the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lmtp, imap, imaps) = (self.lmtp.clone(), self.imap.clone(), self.imaps.clone());
+        let (up_tx, up_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse().ok());
+                if let Some(a) = line.strip_prefix("lmtp: listening on ") {
+                    *lmtp.lock().unwrap() = port(a);
+                }
+                if let Some(a) = line.strip_prefix("imap: listening on ") {
+                    *imap.lock().unwrap() = port(a);
+                }
+                if let Some(a) = line.strip_prefix("imaps: listening on ") {
+                    *imaps.lock().unwrap() = port(a);
+                }
+                if line.starts_with("peers: listening") {
+                    let _ = up_tx.send(());
+                }
+            }
+        });
+        up_rx.recv_timeout(Duration::from_secs(20)).expect("node came up");
+        self.child = Some(child);
+    }
+
+    /// The running node's peak resident memory (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("node running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    }
+}

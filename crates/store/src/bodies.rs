@@ -1,0 +1,263 @@
+//! Bodies: content-addressed, shared by every account, large parts apart
+//! ([`crate::blob`]).
+//!
+//! A body's id is the BLAKE3 of its bytes, so a read can tell damaged
+//! bytes from good ones: a whole body ([`Reader::body`], [`Store::blob`],
+//! [`Store::blob_for`]) is hashed as it is reassembled (BLAKE3 runs at
+//! several GB/s, well above the zstd decompression it follows), and a
+//! mismatch is [`StoreError::Corrupt`], counted
+//! ([`Store::corrupt_reads`]) and remembered ([`Store::corrupt_blobs`]) so
+//! that a good copy from a peer replaces it. Range reads verify the large
+//! parts they touch; see [`Reader`] for which reads verify what.
+
+use crate::*;
+use backend::decode_envelope;
+use blob::{BodyRecord, Piece};
+use redb::ReadableDatabase;
+
+/// A body a message references that is not stored here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingBody {
+    /// Its id.
+    pub blob: BlobId,
+    /// Full name of the mailbox the message is in, if visible.
+    pub mailbox: Option<String>,
+    /// Its UID there (0 while not placed).
+    pub uid: u32,
+    /// Its size.
+    pub size: u64,
+    /// Its internal date.
+    pub internal_date: i64,
+}
+
+impl Store {
+    /// A reader of bodies alone (no account: bodies are shared).
+    pub(crate) fn bare_reader(&self, txn: redb::ReadTransaction) -> Reader {
+        let names = starling_model::Names {
+            replica_ids: Vec::new(),
+            keywords: Vec::new(),
+            mailboxes: Vec::new(),
+            tree: Default::default(),
+        };
+        Reader { txn, account: 0, names: Arc::new(names), core: self.core.clone() }
+    }
+
+    /// Whether a body is stored here.
+    pub fn has_blob(&self, id: BlobId) -> Result<bool, StoreError> {
+        self.run(|db| {
+            let r = db.begin_read().map_err(st)?;
+            match r.open_table(BLOBS) {
+                Ok(t) => Ok(t.get(&id.0).map_err(st)?.is_some()),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(st(e)),
+            }
+        })
+    }
+
+    /// A body, reassembled and verified against its id (`None` if not
+    /// stored here or a part is missing; [`StoreError::Corrupt`] if its
+    /// bytes are damaged). Any account's: a peer must be answered with
+    /// [`Store::blob_for`], which serves only its accounts' bodies.
+    pub fn blob(&self, id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let reader = self.run(|db| Ok(self.bare_reader(db.begin_read().map_err(st)?)))?;
+        match reader.body(id) {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::MissingBlob(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bodies that messages of `account` reference but this store lacks
+    /// (after a snapshot, or ops whose bodies have not arrived).
+    pub fn missing_blobs(&self, account: &str) -> Result<Vec<BlobId>, StoreError> {
+        let mut ids: Vec<BlobId> = self.missing_bodies(account)?.into_iter().map(|m| m.blob).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Like [`Store::missing_blobs`], with where each message is and its
+    /// size and date, so a partial replica can apply its body policy.
+    pub fn missing_bodies(&self, account: &str) -> Result<Vec<MissingBody>, StoreError> {
+        let acct = self.account(account)?;
+        let number = acct.number;
+        self.run(|db| {
+            let (r, published) = self.view(&acct, db)?;
+            let names = &published.names;
+            // No envelope table: no message. No blob table: no body yet, so
+            // every message's body is missing (not none of them).
+            let (Some(envelopes), Some(locs)) = (table(&r, backend::ENVELOPES)?, table(&r, backend::LOCS)?) else {
+                return Ok(Vec::new());
+            };
+            let blobs = table(&r, BLOBS)?;
+            let mut out = Vec::new();
+            for item in envelopes.range((number, 0)..=(number, u64::MAX)).map_err(st)? {
+                let (k, v) = item.map_err(st)?;
+                let env = decode_envelope(v.value()).map_err(|e| damaged("envelope", e))?;
+                if let Some(blobs) = &blobs {
+                    if blobs.get(&env.blob.0).map_err(st)?.is_some() {
+                        continue;
+                    }
+                }
+                let loc = locs.get(k.value()).map_err(st)?.map(|l| l.value());
+                let mailbox = loc
+                    .and_then(|(mb, _)| names.mailboxes.get(mb as usize).map(|m| m.0))
+                    .and_then(|id| names.tree.name_of(id).map(str::to_string));
+                let uid = loc.map_or(0, |(_, uid)| uid);
+                out.push(MissingBody {
+                    blob: env.blob,
+                    mailbox,
+                    uid,
+                    size: env.size,
+                    internal_date: env.internal_date,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stores a body received from a peer (checked by the caller against its
+    /// id), in its own durable transaction. A copy found damaged since open
+    /// ([`Store::corrupt_blobs`]) is replaced.
+    pub fn put_blob(&self, raw: &[u8]) -> Result<BlobId, StoreError> {
+        Ok(self.put_blobs(&[raw])?[0])
+    }
+
+    /// Stores several bodies in one durable transaction (one fsync).
+    pub fn put_blobs(&self, raws: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
+        let mut repaired = Vec::new();
+        let ids = self.run(|db| {
+            let w = db.begin_write().map_err(st)?;
+            let ids = raws
+                .iter()
+                .map(|raw| write::put_body(&w, raw, self.options.part_threshold, &self.core, &mut repaired))
+                .collect::<Result<Vec<_>, _>>()?;
+            w.commit().map_err(st)?;
+            Ok(ids)
+        })?;
+        self.core.db.committed();
+        self.core.repaired(&repaired);
+        Ok(ids)
+    }
+}
+
+impl Reader {
+    /// The stored record of a body, as stored (packed).
+    fn stored_record(&self, id: BlobId) -> Result<redb::AccessGuard<'static, &'static [u8]>, StoreError> {
+        let t = self.table(BLOBS)?.ok_or(StoreError::MissingBlob(id))?;
+        t.get(&id.0).map_err(st)?.ok_or(StoreError::MissingBlob(id))
+    }
+
+    /// A body's record, checked: it decodes and its pieces add up to its length.
+    fn record(&self, id: BlobId) -> Result<BodyRecord, StoreError> {
+        let v = self.stored_record(id)?;
+        let record: BodyRecord = blob::unpack(v.value(), BODY_BYTES_MAX)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .ok_or_else(|| self.core.found_corrupt(id))?;
+        let sum = record.pieces.iter().try_fold(0u64, |n, p| {
+            n.checked_add(match p {
+                Piece::Inline(b) => b.len() as u64,
+                Piece::Part { len, .. } => *len,
+            })
+        });
+        if sum != Some(record.len) {
+            return Err(self.core.found_corrupt(id));
+        }
+        Ok(record)
+    }
+
+    /// Length of a stored body (not verified).
+    pub fn body_len(&self, id: BlobId) -> Result<u64, StoreError> {
+        self.guard(|| Ok(self.record(id)?.len))
+    }
+
+    /// The first `n` bytes of a body (all of it if shorter), decompressing
+    /// only what they need when they can (the header of a message). Not
+    /// verified when answered from the record's start; otherwise as
+    /// [`Reader::body_range`].
+    pub fn body_prefix(&self, id: BlobId, n: usize) -> Result<Vec<u8>, StoreError> {
+        let prefix = self.guard(|| Ok(blob::inline_prefix(self.stored_record(id)?.value(), n)))?;
+        match prefix {
+            Some(bytes) => Ok(bytes),
+            None => self.body_range(id, 0, n as u64),
+        }
+    }
+
+    /// A message's header block, when its record keeps it apart (bodies
+    /// stored since format 2): only the header is decompressed. Not verified.
+    pub fn body_header(&self, id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.guard(|| Ok(blob::record_header(self.stored_record(id)?.value())))
+    }
+
+    /// A whole body, reassembled byte-exact and verified: its BLAKE3 must
+    /// be its id, else [`StoreError::Corrupt`].
+    pub fn body(&self, id: BlobId) -> Result<Vec<u8>, StoreError> {
+        self.guard(|| {
+            let record = self.record(id)?;
+            let out = self.assemble(id, &record, 0, record.len, false)?;
+            if BlobId::of(&out) != id {
+                return Err(self.core.found_corrupt(id));
+            }
+            Ok(out)
+        })
+    }
+
+    /// `len` bytes of a body from `offset` (clamped to its end). Reads only
+    /// the pieces the range touches; a large part left out by partial
+    /// replication fails with [`StoreError::MissingBlob`] only if touched.
+    /// A range that covers the whole body is verified as [`Reader::body`];
+    /// otherwise each large part it touches is verified against its own id
+    /// (the inline bytes around them are not).
+    pub fn body_range(&self, id: BlobId, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.guard(|| {
+            let record = self.record(id)?;
+            if offset == 0 && len >= record.len {
+                drop(record);
+                return self.body(id);
+            }
+            self.assemble(id, &record, offset, len, true)
+        })
+    }
+
+    /// The bytes of body `id` (described by `record`) from `offset`, at
+    /// most `len`; with `check_parts`, each part read is hashed against its id.
+    fn assemble(
+        &self,
+        id: BlobId,
+        record: &BodyRecord,
+        offset: u64,
+        len: u64,
+        check_parts: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let end = offset.saturating_add(len).min(record.len);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset).min(BODY_BYTES_MAX as u64) as usize);
+        let mut at = 0u64;
+        for piece in &record.pieces {
+            let piece_len = match piece {
+                Piece::Inline(b) => b.len() as u64,
+                Piece::Part { len, .. } => *len,
+            };
+            let (s, e) = (at.max(offset), (at + piece_len).min(end));
+            if s < e {
+                let (from, to) = ((s - at) as usize, (e - at) as usize);
+                match piece {
+                    Piece::Inline(b) => out.extend_from_slice(&b[from..to]),
+                    Piece::Part { id: pid, .. } => {
+                        let t = self.table(PARTS)?.ok_or(StoreError::MissingBlob(*pid))?;
+                        let v = t.get(&pid.0).map_err(st)?.ok_or(StoreError::MissingBlob(*pid))?;
+                        let bytes = blob::unpack(v.value(), BODY_BYTES_MAX).map_err(|_| self.core.found_corrupt(id))?;
+                        // Pair the write-time check: the part is what the
+                        // record says (a damaged one is the body's damage).
+                        if bytes.len() as u64 != piece_len || check_parts && BlobId::of(&bytes) != *pid {
+                            return Err(self.core.found_corrupt(id));
+                        }
+                        out.extend_from_slice(&bytes[from..to]);
+                    }
+                }
+            }
+            at += piece_len;
+        }
+        Ok(out)
+    }
+}

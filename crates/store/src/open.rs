@@ -1,0 +1,220 @@
+//! Opening a store: the file (or any redb backend), its meta record, and
+//! every account's replica.
+
+use crate::*;
+use backend::Detached;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use starling_model::{Replica, ReplicaId};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Options of a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// MIME parts above this many bytes are stored apart.
+    pub part_threshold: usize,
+    /// Check every page of the file on open (reads the whole file). redb
+    /// recovers by itself from crashes; this catches a file damaged by
+    /// something else (disk, another program), which a plain open trusts
+    /// and may only notice, with a panic, when it reads the damaged page.
+    pub verify: bool,
+    /// redb's page cache, bytes. redb's default (1 GiB) let a node's memory
+    /// grow with every page it read (a 10,000-message initial sync peaked
+    /// at 268 MB on the sending node); this bounds it.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { part_threshold: PART_THRESHOLD_DEFAULT, verify: false, cache_bytes: CACHE_BYTES_DEFAULT }
+    }
+}
+
+fn open_db(path: &Path, verify: bool, cache_bytes: usize) -> Result<Database, OpenError> {
+    let not_a_store =
+        |e: &dyn std::fmt::Display| OpenError::NotAStore { path: path.display().to_string(), reason: e.to_string() };
+    if path.exists() {
+        match Database::builder().set_check_integrity_on_open(verify).set_cache_size(cache_bytes).open(path) {
+            Ok(db) => Ok(db),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound) =>
+            {
+                Err(OpenError::Io(format!("{}: {e}", path.display())))
+            }
+            Err(e) => Err(not_a_store(&e)),
+        }
+    } else {
+        Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| OpenError::Io(e.to_string()))
+    }
+}
+
+/// What an open that panicked inside redb returns.
+fn damaged_at_open(label: &str) -> OpenError {
+    OpenError::NotAStore {
+        path: label.into(),
+        reason: "damaged (a page could not be read); run `starling verify` to locate the damage".into(),
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` for node `node`, creating it if absent.
+    /// After a disk failure the store reopens this file by itself.
+    pub fn open(path: &Path, node: ReplicaId, options: StoreOptions) -> Result<Store, OpenError> {
+        let label = path.display().to_string();
+        let path = path.to_path_buf();
+        // redb may panic on a page damaged outside it; an open must not.
+        let db = std::panic::catch_unwind(|| open_db(&path, options.verify, options.cache_bytes))
+            .unwrap_or_else(|_| Err(damaged_at_open(&label)))?;
+        // Reopening opens the same file, never creates one: a file that is
+        // gone stays an error rather than becoming an empty store.
+        let reopen: db::Reopen = Box::new(move || {
+            std::panic::catch_unwind(|| Database::builder().set_cache_size(options.cache_bytes).open(&path))
+                .map_err(|_| "redb panicked opening the file".to_string())?
+                .map_err(|e| e.to_string())
+        });
+        Self::open_db_as(db, &label, node, options, Some(reopen))
+    }
+
+    /// Opens (or creates) a store on any redb storage backend: the simulator
+    /// runs real stores on [`memdisk::MemDisk`]. `label` names it in errors.
+    /// The store cannot reopen such a backend by itself after a disk
+    /// failure (see [`Store::open_on_with`]).
+    pub fn open_on(
+        backend: impl redb::StorageBackend,
+        label: &str,
+        node: ReplicaId,
+        options: StoreOptions,
+    ) -> Result<Store, OpenError> {
+        let db = open_backend(backend, label, options.verify, options.cache_bytes)?;
+        Self::open_db_as(db, label, node, options, None)
+    }
+
+    /// Like [`Store::open_on`], with a way to make a new backend for the
+    /// same storage, so that the store can reopen it after a disk failure
+    /// as [`Store::open`] reopens its file.
+    pub fn open_on_with<B: redb::StorageBackend>(
+        backend: impl Fn() -> B + Send + Sync + 'static,
+        label: &str,
+        node: ReplicaId,
+        options: StoreOptions,
+    ) -> Result<Store, OpenError> {
+        let db = open_backend(backend(), label, options.verify, options.cache_bytes)?;
+        let owned = label.to_string();
+        let reopen: db::Reopen =
+            Box::new(move || open_backend(backend(), &owned, false, options.cache_bytes).map_err(|e| e.to_string()));
+        Self::open_db_as(db, label, node, options, Some(reopen))
+    }
+
+    fn open_db_as(
+        db: Database,
+        label: &str,
+        node: ReplicaId,
+        options: StoreOptions,
+        reopen: Option<db::Reopen>,
+    ) -> Result<Store, OpenError> {
+        // A panic of redb on a damaged page, anywhere in here, is an error.
+        let accounts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_and_load(&db, label, node)))
+            .unwrap_or_else(|_| Err(damaged_at_open(label)))?;
+        let accounts = accounts
+            .into_iter()
+            .map(|(name, (number, replica))| {
+                let published = RwLock::new(Published::of(&replica));
+                let acct = Account { number, state: Mutex::new(replica), published, loaded: AtomicU64::new(0) };
+                (name, Arc::new(acct))
+            })
+            .collect();
+        let core = Core { db: db::Db::new(db, reopen), corrupt_reads: AtomicU64::new(0), corrupt: Default::default() };
+        Ok(Store { core: Arc::new(core), node, options, accounts: RwLock::new(accounts), adding: Mutex::new(()) })
+    }
+}
+
+fn open_backend(
+    backend: impl redb::StorageBackend,
+    label: &str,
+    verify: bool,
+    cache_bytes: usize,
+) -> Result<Database, OpenError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Database::builder()
+            .set_check_integrity_on_open(verify)
+            .set_cache_size(cache_bytes)
+            .create_with_backend(backend)
+            .map_err(|e| OpenError::NotAStore { path: label.into(), reason: e.to_string() })
+    }))
+    .unwrap_or_else(|_| Err(damaged_at_open(label)))
+}
+
+type Loaded = BTreeMap<String, (u32, Replica<Detached>)>;
+
+/// Checks the meta record (writing it into a brand-new file), brings a
+/// format-1 store up to date, and loads every account's replica.
+fn check_and_load(db: &Database, label: &str, node: ReplicaId) -> Result<Loaded, OpenError> {
+    let io = |e: &dyn std::fmt::Display| OpenError::Io(e.to_string());
+    // A brand-new file gets our meta; an existing one must already have it.
+    let fresh = {
+        let r = db.begin_read().map_err(|e| io(&e))?;
+        match r.open_table(META) {
+            Ok(t) => t.get("magic").map_err(|e| io(&e))?.is_none() && r.list_tables().map_err(|e| io(&e))?.count() == 1,
+            Err(redb::TableError::TableDoesNotExist(_)) => r.list_tables().map_err(|e| io(&e))?.count() == 0,
+            Err(e) => return Err(io(&e)),
+        }
+    };
+    if fresh {
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        {
+            let mut meta = w.open_table(META).map_err(|e| io(&e))?;
+            meta.insert("magic", MAGIC).map_err(|e| io(&e))?;
+            meta.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+            meta.insert("node", node.0.to_be_bytes().as_slice()).map_err(|e| io(&e))?;
+        }
+        w.commit().map_err(|e| io(&e))?;
+    }
+    let version = {
+        let r = db.begin_read().map_err(|e| io(&e))?;
+        let meta = r.open_table(META).map_err(|_| OpenError::Foreign(label.to_string()))?;
+        let get = |k: &str| -> Result<Option<Vec<u8>>, OpenError> {
+            Ok(meta.get(k).map_err(|e| io(&e))?.map(|g| g.value().to_vec()))
+        };
+        if get("magic")?.as_deref() != Some(MAGIC) {
+            return Err(OpenError::Foreign(label.to_string()));
+        }
+        let version = get("version")?.and_then(|v| v.first().copied()).unwrap_or(0);
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(OpenError::Version { found: version });
+        }
+        let found = get("node")?.and_then(|v| v.try_into().ok()).map(|b: [u8; 8]| ReplicaId(u64::from_be_bytes(b)));
+        if found != Some(node) {
+            return Err(OpenError::WrongNode { expected: node, found: found.unwrap_or(ReplicaId(0)) });
+        }
+        version
+    };
+    if version < 2 {
+        // Written by the previous version: build the index of which
+        // accounts reference each body, and mark the file as having it, in
+        // one transaction (a crash leaves format 1, built again next open).
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        refs::build(&w).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
+    }
+    let r = db.begin_read().map_err(|e| io(&e))?;
+    let mut accounts = BTreeMap::new();
+    if let Ok(table) = r.open_table(ACCOUNTS) {
+        let headers = r.open_table(HEADERS).map_err(|e| io(&e))?;
+        let docs = r.open_table(DOCS).map_err(|e| io(&e))?;
+        for item in table.iter().map_err(|e| io(&e))? {
+            let (name, number) = item.map_err(|e| io(&e))?;
+            let (name, number) = (name.value().to_string(), number.value());
+            let fail = |reason: String| OpenError::Account { account: name.clone(), reason };
+            let header = headers.get(number).map_err(|e| io(&e))?.ok_or_else(|| fail("header missing".into()))?;
+            let doc = docs.get(number).map_err(|e| io(&e))?.ok_or_else(|| fail("document missing".into()))?;
+            let mut replica =
+                Replica::open(node, Detached, header.value(), doc.value()).map_err(|e| fail(e.to_string()))?;
+            replica.record_applied();
+            accounts.insert(name, (number, replica));
+        }
+    }
+    Ok(accounts)
+}

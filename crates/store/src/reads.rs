@@ -1,0 +1,282 @@
+//! What IMAP and status read: a consistent view of one account (a redb
+//! read transaction) and the replica's small in-memory state.
+
+use crate::*;
+use backend::{decode_envelope, decode_slot};
+use redb::{ReadOnlyTable, ReadTransaction, TableDefinition};
+
+use starling_model::backend::Envelope;
+use starling_model::{Keyword, MailboxId, MessageId, Names, VersionVector};
+
+/// What STATUS and SELECT need of a mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxStatus {
+    /// Messages.
+    pub messages: u64,
+    /// UIDNEXT.
+    pub uid_next: u32,
+    /// UIDVALIDITY.
+    pub uid_validity: u32,
+    /// HIGHESTMODSEQ (0 before any change).
+    pub highest_modseq: u64,
+}
+
+/// One message as IMAP lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Its UID.
+    pub uid: u32,
+    /// Its id.
+    pub message: MessageId,
+    /// Its keywords.
+    pub flags: Vec<Keyword>,
+    /// MODSEQ of its last change.
+    pub modseq: u64,
+}
+
+/// A consistent read view of one account (a redb read transaction, and
+/// the account's names as of the same commit).
+///
+/// Every read catches a panic of redb (a page damaged outside it) and
+/// answers [`StoreError::Damaged`] instead. Which body reads are verified
+/// against the body's BLAKE3: [`Reader::body`] (the whole body) always;
+/// [`Reader::body_range`] verifies every large part it touches (a part is
+/// decompressed whole anyway) but not the inline bytes around them, which
+/// only the whole body's hash covers; [`Reader::body_prefix`],
+/// [`Reader::body_header`] and [`Reader::body_len`] are not verified
+/// (checking them would need the whole body).
+pub struct Reader {
+    pub(crate) txn: ReadTransaction,
+    pub(crate) account: u32,
+    pub(crate) names: Arc<Names>,
+    pub(crate) core: Arc<Core>,
+}
+
+impl Store {
+    /// A read view of an account. Takes no lock a writer holds across its
+    /// work: a write of another account never delays it, one of this
+    /// account only from its commit until the result is visible.
+    pub fn read(&self, account: &str) -> Result<Reader, StoreError> {
+        let acct = self.account(account)?;
+        self.run(|db| {
+            let (txn, published) = self.view(&acct, db)?;
+            Ok(Reader { txn, account: acct.number, names: published.names, core: self.core.clone() })
+        })
+    }
+
+    /// The account's state as of its last commit (reloading it first if
+    /// it is stale).
+    fn published(&self, acct: &Account) -> Result<Published, StoreError> {
+        if acct.loaded.load(Ordering::Acquire) != self.core.db.epoch() || acct.published.is_poisoned() {
+            self.run(|db| self.lock(acct, db).map(drop))?;
+        }
+        Ok(acct.published.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Whether a mailbox's UIDNEXT moved since this replica last announced
+    /// it to clients (so an announce op is due). In memory: no transaction
+    /// (waits for a write of this account in progress).
+    pub fn announce_due(&self, account: &str, mailbox: MailboxId) -> Result<bool, StoreError> {
+        let acct = self.account(account)?;
+        self.run(|db| {
+            let r = self.lock(&acct, db)?;
+            Ok(r.uid_next(mailbox).is_some_and(|next| next > r.announced_uid_next(mailbox)))
+        })
+    }
+
+    /// The UIDNEXT this replica last announced to clients for a mailbox (1
+    /// if never). Waits for a write of this account in progress.
+    pub fn announced_uid_next(&self, account: &str, mailbox: MailboxId) -> Result<u32, StoreError> {
+        let acct = self.account(account)?;
+        self.run(|db| Ok(self.lock(&acct, db)?.announced_uid_next(mailbox)))
+    }
+
+    /// What the account has applied (as of its last commit).
+    pub fn version(&self, account: &str) -> Result<VersionVector, StoreError> {
+        let acct = self.account(account)?;
+        Ok((*self.published(&acct)?.version).clone())
+    }
+
+    /// Size of the database file's content as redb accounts it: (stored
+    /// bytes, bytes used including metadata and fragmentation).
+    pub fn stats(&self) -> Result<(u64, u64), StoreError> {
+        self.run(|db| {
+            let w = db.begin_write().map_err(st)?;
+            let s = w.stats().map_err(st)?;
+            let out = (s.stored_bytes(), s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes());
+            w.abort().map_err(st)?;
+            Ok(out)
+        })
+    }
+}
+
+impl Reader {
+    /// The small tables (mailbox tree, keyword and replica tables) as of this view.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Runs one read: a panic of redb becomes [`StoreError::Damaged`], and
+    /// a disk error lets the store reopen its file.
+    pub(crate) fn guard<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let r = guarded(f);
+        if let Err(e) = &r {
+            self.core.db.note(e);
+        }
+        r
+    }
+
+    /// A table of this view; `None` if it was never created (nothing of
+    /// that kind yet). Any other failure is an error, not an empty answer.
+    pub(crate) fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<Option<ReadOnlyTable<K, V>>, StoreError> {
+        table(&self.txn, def)
+    }
+
+    fn mailbox(&self, id: MailboxId) -> Option<u32> {
+        self.names.mailbox_index(id)
+    }
+
+    /// STATUS / SELECT counters of a mailbox.
+    pub fn status(&self, id: MailboxId) -> Result<MailboxStatus, StoreError> {
+        self.guard(|| {
+            let uid_next = self.names.mailbox_index(id).map(|i| self.names.mailboxes[i as usize].1).unwrap_or(1);
+            let (highest_modseq, messages) = match (self.mailbox(id), self.table(backend::MAILBOX_COUNTS)?) {
+                (Some(i), Some(t)) => t.get((self.account, i)).map_err(st)?.map(|g| g.value()).unwrap_or((0, 0)),
+                _ => (0, 0),
+            };
+            Ok(MailboxStatus { messages, uid_next, uid_validity: id.uid_validity(), highest_modseq })
+        })
+    }
+
+    fn info(&self, slot: starling_model::backend::Slot, modseq: u64) -> Result<MessageInfo, StoreError> {
+        let unknown = || StoreError::Damaged(format!("UID {}: record names an unknown keyword or replica", slot.uid));
+        let mut flags = Vec::with_capacity(slot.flags.len());
+        for e in slot.flags.iter() {
+            flags.push(self.names.keywords.get(e.kw as usize).ok_or_else(unknown)?.clone());
+        }
+        flags.sort();
+        flags.dedup();
+        let author = (slot.id >> 48) as usize;
+        if author >= self.names.replica_ids.len() {
+            return Err(unknown());
+        }
+        Ok(MessageInfo { uid: slot.uid, message: self.names.message(slot.id), flags, modseq })
+    }
+
+    /// Messages with UID ≥ `from`, by UID, at most `limit`: reads only those rows.
+    pub fn messages(&self, id: MailboxId, from: u32, limit: usize) -> Result<Vec<MessageInfo>, StoreError> {
+        self.guard(|| {
+            let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+            let Some(slots) = self.table(backend::SLOTS)? else { return Ok(Vec::new()) };
+            let a = self.account;
+            let mut out = Vec::new();
+            for item in slots.range((a, i, from)..=(a, i, u32::MAX)).map_err(st)?.take(limit) {
+                let (_, v) = item.map_err(st)?;
+                let (modseq, slot) = decode_slot(v.value()).map_err(|e| damaged("message record", e))?;
+                out.push(self.info(slot, modseq)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The UIDs of a mailbox, ascending: keys only, no row decoded.
+    pub fn uids(&self, id: MailboxId) -> Result<Vec<u32>, StoreError> {
+        self.guard(|| {
+            let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+            let Some(slots) = self.table(backend::SLOTS)? else { return Ok(Vec::new()) };
+            let a = self.account;
+            let mut out = Vec::new();
+            for item in slots.range((a, i, 0)..=(a, i, u32::MAX)).map_err(st)? {
+                out.push(item.map_err(st)?.0.value().2);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The lowest UID without `\Seen`, reading rows only up to it.
+    pub fn first_unseen(&self, id: MailboxId) -> Result<Option<u32>, StoreError> {
+        self.guard(|| {
+            let Some(i) = self.mailbox(id) else { return Ok(None) };
+            let Some(slots) = self.table(backend::SLOTS)? else { return Ok(None) };
+            let seen = self.names.keywords.iter().position(|k| *k == Keyword::Seen).map(|p| p as u32);
+            let a = self.account;
+            for item in slots.range((a, i, 0)..=(a, i, u32::MAX)).map_err(st)? {
+                let (k, v) = item.map_err(st)?;
+                let (_, slot) = decode_slot(v.value()).map_err(|e| damaged("message record", e))?;
+                if !seen.is_some_and(|s| slot.flags.iter().any(|e| e.kw == s)) {
+                    return Ok(Some(k.value().2));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Messages whose UIDs lie in `ranges` (inclusive, as a UID set names
+    /// them), by range: reads only those rows.
+    pub fn messages_in(&self, id: MailboxId, ranges: &[(u32, u32)]) -> Result<Vec<MessageInfo>, StoreError> {
+        let mut out = Vec::new();
+        for &(lo, hi) in ranges {
+            // At most one message per UID, so the range's width bounds the rows.
+            let limit = (hi - lo).saturating_add(1) as usize;
+            out.extend(self.messages(id, lo, limit)?.into_iter().take_while(|m| m.uid <= hi));
+        }
+        Ok(out)
+    }
+
+    /// Messages changed after `modseq` (CONDSTORE CHANGEDSINCE), by MODSEQ.
+    pub fn changed_since(&self, id: MailboxId, modseq: u64, limit: usize) -> Result<Vec<MessageInfo>, StoreError> {
+        self.guard(|| {
+            let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+            let (Some(changes), Some(slots)) = (self.table(backend::CHANGES)?, self.table(backend::SLOTS)?) else {
+                return Ok(Vec::new());
+            };
+            let a = self.account;
+            let mut out = Vec::new();
+            for item in changes.range((a, i, modseq + 1)..=(a, i, u64::MAX)).map_err(st)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, uid) = item.map_err(st)?;
+                if let Some(v) = slots.get((a, i, uid.value())).map_err(st)? {
+                    let (current, slot) = decode_slot(v.value()).map_err(|e| damaged("message record", e))?;
+                    // A row superseded by a later change of the same message is skipped.
+                    if current == k.value().2 {
+                        out.push(self.info(slot, current)?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// UIDs expunged (or moved away) after `modseq` (QRESYNC VANISHED).
+    pub fn vanished_since(&self, id: MailboxId, modseq: u64) -> Result<Vec<u32>, StoreError> {
+        self.guard(|| {
+            let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
+            let Some(t) = self.table(backend::VANISHED)? else { return Ok(Vec::new()) };
+            let a = self.account;
+            let mut out = Vec::new();
+            for item in t.range((a, i, modseq + 1)..=(a, i, u64::MAX)).map_err(st)? {
+                out.push(item.map_err(st)?.1.value());
+            }
+            out.sort_unstable();
+            out.dedup();
+            Ok(out)
+        })
+    }
+
+    /// Blob id, size and internal date of a live message.
+    pub fn envelope(&self, message: MessageId) -> Result<Option<Envelope>, StoreError> {
+        self.guard(|| {
+            let Some(p) = self.names.packed(message) else { return Ok(None) };
+            let Some(t) = self.table(backend::ENVELOPES)? else { return Ok(None) };
+            match t.get((self.account, p)).map_err(st)? {
+                Some(g) => Ok(Some(decode_envelope(g.value()).map_err(|e| damaged("envelope", e))?)),
+                None => Ok(None),
+            }
+        })
+    }
+}

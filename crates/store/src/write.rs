@@ -1,0 +1,284 @@
+//! The one apply path: a write transaction of one account running the
+//! model, its op log and state saved, committed durably.
+
+use crate::*;
+use backend::{Detached, RedbBackend};
+use redb::{ReadableDatabase, ReadableTable};
+use starling_model::{Keyword, MailboxId, MessageId, Op};
+
+/// Inside one write transaction of one account: the replica (all changes go
+/// through it) and the blob store.
+pub struct Batch<'a> {
+    pub(crate) replica: Replica<RedbBackend<'a>>,
+    pub(crate) txn: &'a redb::WriteTransaction,
+    pub(crate) number: u32,
+    pub(crate) part_threshold: usize,
+    core: &'a Core,
+    /// Damaged bodies this batch stored again.
+    repaired: Vec<BlobId>,
+}
+
+impl<'a> Batch<'a> {
+    /// The account's replica, for local changes (`append`, `store_flags`, …).
+    pub fn replica(&mut self) -> &mut Replica<RedbBackend<'a>> {
+        &mut self.replica
+    }
+
+    /// Applies ops received from a peer.
+    pub fn apply(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<(), StoreError> {
+        for op in ops {
+            self.replica.apply(op)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a body (deduplicated) and returns its id.
+    pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
+        put_body(self.txn, raw, self.part_threshold, self.core, &mut self.repaired)
+    }
+
+    /// Stores a body and appends it as a new message.
+    pub fn append(
+        &mut self,
+        mailbox: MailboxId,
+        raw: &[u8],
+        internal_date: i64,
+        flags: Vec<Keyword>,
+    ) -> Result<MessageId, StoreError> {
+        let blob = self.put_body(raw)?;
+        Ok(self.replica.append(mailbox, blob, raw.len() as u64, internal_date, flags)?)
+    }
+}
+
+/// Stores a body in `txn` (deduplicated): large MIME parts apart, packed.
+/// A body found damaged since open is written again, parts and all (its
+/// id is pushed on `repaired`).
+pub(crate) fn put_body(
+    txn: &redb::WriteTransaction,
+    raw: &[u8],
+    part_threshold: usize,
+    core: &Core,
+    repaired: &mut Vec<BlobId>,
+) -> Result<BlobId, StoreError> {
+    let id = BlobId::of(raw);
+    let mut blobs = txn.open_table(BLOBS).map_err(st)?;
+    let repair = core.is_corrupt(id);
+    if !repair && blobs.get(&id.0).map_err(st)?.is_some() {
+        return Ok(id);
+    }
+    let (record, parts) = blob::split(raw, part_threshold);
+    let mut part_table = txn.open_table(PARTS).map_err(st)?;
+    for (pid, bytes) in &parts {
+        if repair || part_table.get(&pid.0).map_err(st)?.is_none() {
+            part_table.insert(&pid.0, blob::pack(bytes).as_slice()).map_err(st)?;
+        }
+    }
+    let serialized = postcard::to_stdvec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
+    blobs.insert(&id.0, blob::pack_record(&record, &serialized).as_slice()).map_err(st)?;
+    if repair {
+        repaired.push(id);
+    }
+    Ok(id)
+}
+
+impl Store {
+    /// Creates an account with an empty replica (INBOX only).
+    pub fn add_account(&self, name: &str) -> Result<(), StoreError> {
+        let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
+        let number = {
+            let accounts = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+            if accounts.contains_key(name) {
+                return Err(StoreError::AccountExists(name.into()));
+            }
+            accounts.values().map(|a| a.number + 1).max().unwrap_or(1)
+        };
+        let mut replica = Replica::create(self.node, Detached);
+        replica.record_applied();
+        self.run(|db| {
+            let w = db.begin_write().map_err(st)?;
+            {
+                w.open_table(ACCOUNTS).map_err(st)?.insert(name, number).map_err(st)?;
+                w.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
+                w.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
+            }
+            w.commit().map_err(st)
+        })?;
+        self.core.db.committed();
+        let published = RwLock::new(Published::of(&replica));
+        let loaded = AtomicU64::new(self.core.db.epoch());
+        let acct = Account { number, state: Mutex::new(replica), published, loaded };
+        self.accounts.write().unwrap_or_else(PoisonError::into_inner).insert(name.into(), Arc::new(acct));
+        Ok(())
+    }
+
+    /// The account's replica as the file holds it.
+    pub(crate) fn reload(&self, db: &Database, number: u32) -> Result<Replica<Detached>, StoreError> {
+        guarded(|| {
+            let r = db.begin_read().map_err(st)?;
+            let header = r
+                .open_table(HEADERS)
+                .map_err(st)?
+                .get(number)
+                .map_err(st)?
+                .ok_or_else(|| StoreError::Damaged(format!("account {number}: replica header missing")))?
+                .value()
+                .to_vec();
+            let doc = r
+                .open_table(DOCS)
+                .map_err(st)?
+                .get(number)
+                .map_err(st)?
+                .ok_or_else(|| StoreError::Damaged(format!("account {number}: account document missing")))?
+                .value()
+                .to_vec();
+            let mut replica =
+                Replica::open(self.node, Detached, &header, &doc).map_err(|e| damaged("replica header", e))?;
+            replica.record_applied();
+            Ok(replica)
+        })
+    }
+
+    /// Runs `f` in one write transaction of `account` and commits it durably
+    /// (fsync) if `f` succeeds. Everything `f` changes — ops applied, op log,
+    /// state, bodies — commits together or not at all; on any error the
+    /// account is reloaded from what was committed.
+    ///
+    /// Holds only this account's lock (other accounts and every reader go
+    /// on; redb runs one write transaction at a time). A panic inside (in
+    /// `f`, the model or redb) is caught: nothing is committed, the account
+    /// is reloaded, and the write returns [`StoreError::Panicked`]. After a
+    /// disk failure the store reopens its file (see [`db`]).
+    pub fn write<T>(
+        &self,
+        account: &str,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let acct = self.account(account)?;
+        let result = match self.core.db.get() {
+            Ok(db) => self.write_locked(&acct, &db, f),
+            Err(e) => Err(e),
+        };
+        // With the database let go of, so that a reopen can close it.
+        if let Err(e) = &result {
+            self.core.db.note(e);
+        }
+        result
+    }
+
+    fn write_locked<T>(
+        &self,
+        acct: &Account,
+        db: &Database,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut state = self.lock(acct, db)?;
+        let detached = std::mem::replace(&mut *state, Replica::create(self.node, Detached));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_txn(db, acct, detached, f)));
+        let e = match outcome {
+            Ok(Ok((value, replica))) => {
+                *state = replica;
+                return Ok(value);
+            }
+            Ok(Err(e)) => e.lift(),
+            Err(p) => StoreError::Panicked(error::panic_message(&*p)),
+        };
+        // The in-memory part may be ahead of the file: take it back from
+        // disk (or, if the file cannot be read now, before the next use).
+        match self.reload(db, acct.number) {
+            Ok(r) => {
+                *state = r;
+                self.publish(acct, &state);
+            }
+            Err(_) => acct.loaded.store(STALE, Ordering::Release),
+        }
+        Err(e)
+    }
+
+    fn write_txn<T>(
+        &self,
+        db: &Database,
+        acct: &Account,
+        detached: Replica<Detached>,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, Replica<Detached>), StoreError> {
+        let number = acct.number;
+        let txn = db.begin_write().map_err(st)?;
+        let (value, replica, repaired) = {
+            let backend = RedbBackend::new(&txn, number).map_err(st)?;
+            let (replica, _) = detached.swap_backend(backend);
+            let mut batch = Batch {
+                replica,
+                txn: &txn,
+                number,
+                part_threshold: self.options.part_threshold,
+                core: &self.core,
+                repaired: Vec::new(),
+            };
+            let value = f(&mut batch)?;
+            let mut replica = batch.replica;
+            let applied = replica.take_applied();
+            oplog::append(&txn, number, applied)?;
+            txn.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
+            if replica.account_changed() {
+                txn.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
+            }
+            let (replica, mut backend) = replica.swap_backend(Detached);
+            backend.flush().map_err(|e| StoreError::Apply(e.into()).lift())?;
+            drop(backend);
+            (value, replica, batch.repaired)
+        };
+        // Readers of this account wait from the commit until they can see
+        // its result (never for the work above); other accounts' never.
+        let published = Published::of(&replica);
+        let mut guard = acct.published.write().unwrap_or_else(PoisonError::into_inner);
+        txn.commit().map_err(st)?;
+        *guard = published;
+        drop(guard);
+        acct.published.clear_poison();
+        self.core.db.committed();
+        self.core.repaired(&repaired);
+        Ok((value, replica))
+    }
+
+    /// Runs `f` on the account's replica in a write transaction that is then
+    /// aborted: for reads that need the model (dump, snapshot, the
+    /// simulator's checker). Nothing `f` changes is kept.
+    pub fn inspect<T>(
+        &self,
+        account: &str,
+        f: impl FnOnce(&mut Replica<RedbBackend<'_>>) -> T,
+    ) -> Result<T, StoreError> {
+        let acct = self.account(account)?;
+        self.run(|db| {
+            let mut state = self.lock(&acct, db)?;
+            let txn = db.begin_write().map_err(st)?;
+            let detached = std::mem::replace(&mut *state, Replica::create(self.node, Detached));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match RedbBackend::new(&txn, acct.number) {
+                    Ok(backend) => {
+                        let (mut replica, _) = detached.swap_backend(backend);
+                        let out = f(&mut replica);
+                        let (replica, backend) = replica.swap_backend(Detached);
+                        drop(backend);
+                        (replica, Ok(out))
+                    }
+                    Err(e) => (detached, Err(st(e))),
+                }));
+            let _ = txn.abort();
+            match outcome {
+                Ok((replica, out)) => {
+                    *state = replica;
+                    out
+                }
+                Err(p) => {
+                    // The replica went down with the panic: take it back from disk.
+                    match self.reload(db, acct.number) {
+                        Ok(r) => *state = r,
+                        Err(_) => acct.loaded.store(STALE, Ordering::Release),
+                    }
+                    Err(StoreError::Panicked(error::panic_message(&*p)))
+                }
+            }
+        })
+    }
+}
