@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,19 +27,6 @@ fn node(root: &Path, config: &str, nofile: Option<u64>) -> Node {
     std::fs::write(&path, config).unwrap();
     n.start_with(&["--config", path.to_str().unwrap()], nofile);
     n
-}
-
-/// A TCP connection to 127.0.0.1:`port` from the loopback address `ip`.
-fn connect_from(ip: &str, port: u16) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
-        let s = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
-        let s = s.into_std().unwrap();
-        s.set_nonblocking(false).unwrap();
-        s
-    })
 }
 
 /// A raw IMAP connection.

@@ -98,19 +98,6 @@ impl Lmtp {
     }
 }
 
-/// A TCP connection to 127.0.0.1:`port` from the loopback address `ip`.
-fn connect_from(ip: &str, port: u16) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
-        let s = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
-        let s = s.into_std().unwrap();
-        s.set_nonblocking(false).unwrap();
-        s
-    })
-}
-
 fn lmtp_port(node: &Node) -> u16 {
     node.lmtp.lock().unwrap().expect("LMTP port printed")
 }

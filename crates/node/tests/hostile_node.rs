@@ -238,3 +238,60 @@ fn imap_append_until_closed(port: u16) -> usize {
     }
     ok
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
+        assert!(ok.is_ok_and(|s| s.success()), "this test mounts a small tmpfs (needs root, as CI has)");
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Item 9: deliveries on a full disk get 451 (nothing acknowledged is
+/// lost); once space is back, delivery works again without a restart.
+#[test]
+fn a_full_disk_then_space_again_needs_no_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&root.path().join("disk"), "48m");
+    let mut a = Node::new(&disk.0, "a");
+    a.start();
+    let port = a.lmtp.lock().unwrap().expect("LMTP port");
+    try_deliver(port, "Subject: before\r\n\r\nfits\r\n").unwrap();
+    // Fill what is left of the disk.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+    }
+    let big = format!("Subject: too big for the disk\r\n\r\n{}\r\n", "z".repeat(4 << 20));
+    let refused = try_deliver(port, &big).unwrap_err();
+    assert!(refused.starts_with("451"), "a delivery on a full disk must be refused, not lost: {refused}");
+    // Space again: the same process delivers (after its reopen back-off).
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match try_deliver(port, "Subject: after\r\n\r\nspace again\r\n") {
+            Ok(()) => break,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(Instant::now() < deadline, "delivery never worked again without a restart: {last}");
+    let dump = run(&a.dir, &["dump", "alice"]);
+    assert!(messages(&dump) >= 2, "{dump}");
+    a.stop();
+    drop(disk);
+}

@@ -60,48 +60,7 @@ impl Node {
     }
 
     pub fn start(&mut self) {
-        let mut child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", self.port), "--lmtp-listen", "127.0.0.1:0"])
-            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let ops = self.ops.clone();
-        *ops.lock().unwrap() = None;
-        let missing = self.missing.clone();
-        *missing.lock().unwrap() = None;
-        let lmtp = self.lmtp.clone();
-        let imap = self.imap.clone();
-        let imaps = self.imaps.clone();
-        let (up_tx, up_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("account alice: ").and_then(|r| r.strip_suffix(" ops")) {
-                    *ops.lock().unwrap() = n.parse().ok();
-                }
-                if let Some(n) = line.strip_prefix("bodies alice: ").and_then(|r| r.strip_suffix(" missing")) {
-                    *missing.lock().unwrap() = n.parse().ok();
-                }
-                if let Some(a) = line.strip_prefix("lmtp: listening on ") {
-                    *lmtp.lock().unwrap() = a.rsplit(':').next().and_then(|p| p.parse().ok());
-                }
-                if let Some(a) = line.strip_prefix("imap: listening on ") {
-                    *imap.lock().unwrap() = a.rsplit(':').next().and_then(|p| p.parse().ok());
-                }
-                if let Some(a) = line.strip_prefix("imaps: listening on ") {
-                    *imaps.lock().unwrap() = a.rsplit(':').next().and_then(|p| p.parse().ok());
-                }
-                if line.starts_with("peers: listening") {
-                    let _ = up_tx.send(());
-                }
-            }
-        });
-        up_rx.recv_timeout(Duration::from_secs(20)).expect("node came up");
-        self.child = Some(child);
+        self.start_with(&[], None);
     }
 
     pub fn stop(&mut self) {
@@ -203,8 +162,7 @@ pub fn passwd(node: &Node, password: &str) {
 impl Node {
     /// Like [`Node::start`], with `extra` arguments after `serve` (e.g.
     /// `--config FILE`) and, if given, a `nofile` limit (soft and hard) set
-    /// on the node process before it runs. Records the printed ports, not
-    /// the op and missing-body counts.
+    /// on the node process before it runs.
     pub fn start_with(&mut self, extra: &[&str], nofile: Option<u64>) {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(BIN);
@@ -231,9 +189,18 @@ impl Node {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (lmtp, imap, imaps) = (self.lmtp.clone(), self.imap.clone(), self.imaps.clone());
+        let (ops, missing) = (self.ops.clone(), self.missing.clone());
+        *ops.lock().unwrap() = None;
+        *missing.lock().unwrap() = None;
         let (up_tx, up_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(n) = line.strip_prefix("account alice: ").and_then(|r| r.strip_suffix(" ops")) {
+                    *ops.lock().unwrap() = n.parse().ok();
+                }
+                if let Some(n) = line.strip_prefix("bodies alice: ").and_then(|r| r.strip_suffix(" missing")) {
+                    *missing.lock().unwrap() = n.parse().ok();
+                }
                 let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse().ok());
                 if let Some(a) = line.strip_prefix("lmtp: listening on ") {
                     *lmtp.lock().unwrap() = port(a);
@@ -260,4 +227,19 @@ impl Node {
         let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM in /proc/PID/status");
         kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
     }
+}
+
+/// A TCP connection to loopback `port` from the loopback address `ip`
+/// (127.0.0.2, …), so tests can stand for several clients.
+pub fn connect_from(ip: &str, port: u16) -> std::net::TcpStream {
+    use std::net::SocketAddr;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        let s = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
 }
