@@ -13,7 +13,7 @@
 
 use starling_model::{BlobId, OpBody, ReplicaId};
 use starling_store::{Store, StoreError};
-use starling_sync::{BodyPolicy, Event, Session, SessionError};
+use starling_sync::{BodyPolicy, Event, Session, SessionError, Shipped};
 use std::time::Instant;
 
 /// Why a link ended.
@@ -211,12 +211,17 @@ impl PeerLink {
     fn answer(&mut self, store: &Store) -> Result<Progress, LinkError> {
         let mut progress = Progress::default();
         // Bodies that arrived together are stored in one transaction.
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        let mut bodies = Vec::new();
         let result = self.answer_events(store, &mut progress, &mut bodies);
         if !bodies.is_empty() {
-            let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-            store.put_blobs(&refs)?;
-            progress.bodies += bodies.len();
+            let n = bodies.len();
+            match store.put_shipped(bodies) {
+                Ok(()) => progress.bodies += n,
+                Err(StoreError::BadBody { blob, reason }) => {
+                    return Err(self.session.malformed(format!("body {blob:?}: {reason}")).into())
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         result?;
         // A sweep runs once the bodies that came with it are stored, so it
@@ -233,7 +238,7 @@ impl PeerLink {
         &mut self,
         store: &Store,
         progress: &mut Progress,
-        bodies: &mut Vec<Vec<u8>>,
+        bodies: &mut Vec<(BlobId, starling_store::Shipped)>,
     ) -> Result<(), LinkError> {
         loop {
             let mut events = Vec::new();
@@ -301,7 +306,7 @@ impl PeerLink {
         &mut self,
         store: &Store,
         progress: &mut Progress,
-        bodies: &mut Vec<Vec<u8>>,
+        bodies: &mut Vec<(BlobId, starling_store::Shipped)>,
         ev: Event,
     ) -> Result<(), LinkError> {
         let s = &mut self.session;
@@ -344,8 +349,8 @@ impl PeerLink {
                         s.unread_blobs(std::iter::once(id).chain(ids).collect());
                         break;
                     }
-                    match store.blob_for(&accounts, id) {
-                        Ok(bytes) => s.send_blob(id, bytes),
+                    match store.shipped_for(&accounts, id) {
+                        Ok(body) => s.send_blob(id, body.map(to_wire)),
                         // Damaged here: answered as absent (the peer asks
                         // another), and this node fetches a good copy too.
                         Err(e) if e.is_damage() => {
@@ -356,7 +361,7 @@ impl PeerLink {
                     }
                 }
             }
-            Event::Blob { bytes, .. } => bodies.push(bytes),
+            Event::Blob { id, body } => bodies.push((id, from_wire(body))),
             Event::BlobMissing { .. } => progress.bodies_lacking = true,
             Event::RetryBodies => self.sweep = true,
             // A new connection: bodies asked on an earlier one that broke
@@ -371,6 +376,20 @@ impl PeerLink {
 }
 
 /// Bodies of `account` this store lacks and `policy` fetches eagerly, with their sizes.
+fn to_wire(body: starling_store::Shipped) -> Shipped {
+    match body {
+        starling_store::Shipped::Raw(b) => Shipped::Raw(b),
+        starling_store::Shipped::Packed(b) => Shipped::Packed(b),
+    }
+}
+
+fn from_wire(body: Shipped) -> starling_store::Shipped {
+    match body {
+        Shipped::Raw(b) => starling_store::Shipped::Raw(b),
+        Shipped::Packed(b) => starling_store::Shipped::Packed(b),
+    }
+}
+
 fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<Vec<(BlobId, u64)>, StoreError> {
     let policy = &policy.resolved(&store.read(account)?.names().tree);
     Ok(store

@@ -326,8 +326,17 @@ const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(9);
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
+/// RTT assumed before the first sample. quinn's default (RFC 9002's
+/// 333 ms) resends a lost first packet only after about a second: a node
+/// that dialed a peer still starting (the packet dropped) sat idle that
+/// long, a fifth of a 10,000-message initial sync on loopback. Peers are
+/// mostly closer than 100 ms; on a longer path this costs one spurious
+/// resend of the first packet.
+const INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    t.initial_rtt(INITIAL_RTT);
     t.stream_receive_window(STREAM_WINDOW.into());
     t.receive_window(CONNECTION_WINDOW.into());
     t.send_window(CONNECTION_WINDOW.into());

@@ -1037,6 +1037,11 @@ impl World {
         // its policy asks for.
         for (i, n) in self.nodes.iter().enumerate() {
             let store = n.store.as_ref().expect("up");
+            // The body indexes (who references a body, what is missing)
+            // equal a recount, after every crash and partition of the run.
+            if let Some(d) = store.check_blob_refs().map_err(err)?.first() {
+                return Err(format!("node {i}: body index differs from a recount: {d}"));
+            }
             let missing = store.missing_bodies(ACCOUNT).map_err(err)?;
             if let Some(m) =
                 missing.iter().find(|m| n.policy.wants_body(m.mailbox.as_deref(), m.uid, m.size, m.internal_date))

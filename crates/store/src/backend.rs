@@ -36,6 +36,13 @@ pub(crate) const ACCOUNT_COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinit
 /// name the body; no row at zero. Kept by [`RedbBackend::set_envelope`]
 /// and [`RedbBackend::remove_envelope`], so it commits with the envelopes.
 pub(crate) const BLOB_REFS: TableDefinition<([u8; 32], u32), u64> = TableDefinition::new("blob_refs");
+/// (account, body id) → size, for every body the account's messages name
+/// that is not stored here: what is still to fetch, read in O(missing)
+/// rather than by scanning the envelopes. A row appears with the
+/// account's first reference ([`RedbBackend::set_envelope`]), goes with
+/// its last, and goes when the body is stored ([`crate::refs::settle`],
+/// in the same transaction).
+pub(crate) const MISSING: TableDefinition<(u32, [u8; 32]), u64> = TableDefinition::new("missing_bodies");
 
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
     StorageError(Box::new(e))
@@ -83,6 +90,10 @@ pub struct RedbBackend<'txn> {
     mailbox_counts: Table<'txn, (u32, u32), (u64, u64)>,
     account_counts: Table<'txn, u32, (u64, u64)>,
     blob_refs: Table<'txn, ([u8; 32], u32), u64>,
+    missing: Table<'txn, (u32, [u8; 32]), u64>,
+    /// Bodies this transaction gave a first reference from the account,
+    /// listed as missing until [`crate::refs::settle`] looks them up.
+    first_refs: Vec<BlobId>,
     /// Counters read once per transaction and written back by [`Self::flush`].
     cached_account: Option<(u64, u64)>,
     cached_mailboxes: std::collections::BTreeMap<u32, (u64, u64)>,
@@ -106,6 +117,8 @@ impl<'txn> RedbBackend<'txn> {
             mailbox_counts: txn.open_table(MAILBOX_COUNTS)?,
             account_counts: txn.open_table(ACCOUNT_COUNTS)?,
             blob_refs: txn.open_table(BLOB_REFS)?,
+            missing: txn.open_table(MISSING)?,
+            first_refs: Vec::new(),
             cached_account: None,
             cached_mailboxes: std::collections::BTreeMap::new(),
         })
@@ -150,11 +163,21 @@ impl<'txn> RedbBackend<'txn> {
         Ok(self.mailbox_counts.get((self.account, mailbox)).map_err(storage)?.map(|g| g.value()).unwrap_or((0, 0)))
     }
 
-    /// One more of the account's messages names `blob`.
-    fn add_ref(&mut self, blob: BlobId) -> StorageResult<()> {
+    /// Bodies given a first reference by this transaction (see
+    /// [`crate::refs::settle`]).
+    pub fn take_first_refs(&mut self) -> Vec<BlobId> {
+        std::mem::take(&mut self.first_refs)
+    }
+
+    /// One more of the account's messages (of `size` bytes) names `blob`.
+    fn add_ref(&mut self, blob: BlobId, size: u64) -> StorageResult<()> {
         let key = (blob.0, self.account);
         let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
         self.blob_refs.insert(key, n + 1).map_err(storage)?;
+        if n == 0 {
+            self.missing.insert((self.account, blob.0), size).map_err(storage)?;
+            self.first_refs.push(blob);
+        }
         Ok(())
     }
 
@@ -173,6 +196,7 @@ impl<'txn> RedbBackend<'txn> {
         }
         if n == 1 {
             self.blob_refs.remove(key).map_err(storage)?;
+            self.missing.remove((self.account, blob.0)).map_err(storage)?;
         } else {
             self.blob_refs.insert(key, n - 1).map_err(storage)?;
         }
@@ -258,9 +282,9 @@ impl Backend for RedbBackend<'_> {
             Some(old) if old.blob == e.blob => Ok(()),
             Some(old) => {
                 self.drop_ref(old.blob)?;
-                self.add_ref(e.blob)
+                self.add_ref(e.blob, e.size)
             }
-            None => self.add_ref(e.blob),
+            None => self.add_ref(e.blob, e.size),
         }
     }
     fn remove_envelope(&mut self, m: Packed) -> StorageResult<()> {

@@ -133,6 +133,116 @@ pub fn record_header(stored: &[u8]) -> Option<Vec<u8>> {
     Some(r.to_vec())
 }
 
+/// A packed body record ([`pack_record`]), decoded and checked: its
+/// pieces add up to its length. `len_max` bounds decompression.
+pub fn unpack_record(stored: &[u8], len_max: usize) -> Result<BodyRecord, String> {
+    let bytes = unpack(stored, len_max)?;
+    let record: BodyRecord = postcard::from_bytes(&bytes).map_err(|e| format!("record: {e}"))?;
+    let sum = record.pieces.iter().try_fold(0u64, |n, p| {
+        n.checked_add(match p {
+            Piece::Inline(b) => b.len() as u64,
+            Piece::Part { len, .. } => *len,
+        })
+    });
+    if sum != Some(record.len) {
+        return Err("pieces do not add up to the body's length".into());
+    }
+    Ok(record)
+}
+
+/// Most large parts one shipped body may carry.
+pub const SHIPPED_PARTS_MAX: usize = 4096;
+
+/// A body as one store ships it to another, in stored form: the stored
+/// records of its large parts, in the order its record names them (each
+/// with its length), then its own stored record. Nothing is decompressed
+/// or compressed again on either side.
+pub fn encode_shipped(record: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len() + parts.iter().map(|p| p.len() + 10).sum::<usize>() + 10);
+    put_varint(&mut out, parts.len() as u64);
+    for p in parts {
+        put_varint(&mut out, p.len() as u64);
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(record);
+    out
+}
+
+/// Reverses [`encode_shipped`]: the parts' stored records and the body's.
+pub fn decode_shipped(bytes: &[u8]) -> Result<(Vec<&[u8]>, &[u8]), String> {
+    let mut r = bytes;
+    let n = take_varint(&mut r).ok_or("truncated")?;
+    if n > SHIPPED_PARTS_MAX as u64 {
+        return Err(format!("{n} parts (at most {SHIPPED_PARTS_MAX})"));
+    }
+    let mut parts = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = take_varint(&mut r).and_then(|l| usize::try_from(l).ok()).ok_or("truncated")?;
+        if len > r.len() {
+            return Err("truncated part".into());
+        }
+        let (part, rest) = r.split_at(len);
+        parts.push(part);
+        r = rest;
+    }
+    Ok((parts, r))
+}
+
+/// Checks a body given as its record and its parts' stored records (in
+/// the order the record names them) against `id`: each part decodes to
+/// the length and id the record gives it, and the whole hashes to `id`.
+pub fn check_whole(id: BlobId, record: &BodyRecord, parts: &[&[u8]]) -> Result<(), String> {
+    let mut h = blake3::Hasher::new();
+    let mut stored = parts.iter();
+    for p in &record.pieces {
+        match p {
+            Piece::Inline(b) => {
+                h.update(b);
+            }
+            Piece::Part { id: pid, len } => {
+                let part = stored.next().ok_or("fewer parts than the record names")?;
+                let cap = usize::try_from(*len).map_err(|_| "part too large")?;
+                let bytes = unpack(part, cap)?;
+                if bytes.len() as u64 != *len || BlobId::of(&bytes) != *pid {
+                    return Err("a part does not match its id".into());
+                }
+                h.update(&bytes);
+            }
+        }
+    }
+    if stored.next().is_some() {
+        return Err("more parts than the record names".into());
+    }
+    if BlobId(*h.finalize().as_bytes()) != id {
+        return Err("does not hash to its id".into());
+    }
+    Ok(())
+}
+
+/// The ids of the large parts a record names, in order.
+pub fn part_ids(record: &BodyRecord) -> Vec<BlobId> {
+    record
+        .pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Part { id, .. } => Some(*id),
+            Piece::Inline(_) => None,
+        })
+        .collect()
+}
+
+/// The body a record holds whole (every piece inline).
+pub fn inline_bytes(record: &BodyRecord) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(record.len).ok()?);
+    for p in &record.pieces {
+        match p {
+            Piece::Inline(b) => out.extend_from_slice(b),
+            Piece::Part { .. } => return None,
+        }
+    }
+    Some(out)
+}
+
 /// Reverses [`pack`] and [`pack_record`]; `len_max` bounds decompression.
 pub fn unpack(stored: &[u8], len_max: usize) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match stored.split_first() {

@@ -15,6 +15,18 @@ use backend::decode_envelope;
 use blob::{BodyRecord, Piece};
 use redb::ReadableDatabase;
 
+/// A body as peers ship it (the same two forms as the sync protocol's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shipped {
+    /// The raw message.
+    Raw(Vec<u8>),
+    /// A store's records of the message and of its large parts, as stored
+    /// ([`crate::blob::encode_shipped`]): sent and kept as they are, so that
+    /// neither side compresses them again. A receiving store decodes them
+    /// and checks them against the id first.
+    Packed(Vec<u8>),
+}
+
 /// A body a message references that is not stored here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingBody {
@@ -69,16 +81,24 @@ impl Store {
 
     /// Bodies that messages of `account` reference but this store lacks
     /// (after a snapshot, or ops whose bodies have not arrived).
+    /// Read from the list the store keeps (O(missing), in id order).
     pub fn missing_blobs(&self, account: &str) -> Result<Vec<BlobId>, StoreError> {
-        let mut ids: Vec<BlobId> = self.missing_bodies(account)?.into_iter().map(|m| m.blob).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        Ok(self.missing_sizes(account)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// [`Store::missing_blobs`] with the size the messages give each body.
+    pub fn missing_sizes(&self, account: &str) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        let number = self.account(account)?.number;
+        self.run(|db| refs::missing_of(&db.begin_read().map_err(st)?, number))
     }
 
     /// Like [`Store::missing_blobs`], with where each message is and its
     /// size and date, so a partial replica can apply its body policy.
+    /// Scans the account's messages, unless none lacks its body.
     pub fn missing_bodies(&self, account: &str) -> Result<Vec<MissingBody>, StoreError> {
+        if self.missing_sizes(account)?.is_empty() {
+            return Ok(Vec::new());
+        }
         let acct = self.account(account)?;
         let number = acct.number;
         self.run(|db| {
@@ -123,6 +143,51 @@ impl Store {
         Ok(self.put_blobs(&[raw])?[0])
     }
 
+    /// Stores bodies received from a peer in one durable transaction (one
+    /// fsync). A raw body must have been checked against its id (the
+    /// session does); a body in stored form is decoded and checked here,
+    /// before the transaction, and one that does not decode or match its id
+    /// fails the whole call with [`StoreError::BadBody`] (nothing is
+    /// stored: the peer sent garbage). A body in stored form is kept as it
+    /// came (its record and its parts' records), unless it came whole and
+    /// is large enough that this store would split parts out of it.
+    pub fn put_shipped(&self, bodies: Vec<(BlobId, Shipped)>) -> Result<(), StoreError> {
+        let threshold = self.options.part_threshold;
+        let mut checked = Vec::with_capacity(bodies.len());
+        for (id, body) in bodies {
+            checked.push(match body {
+                Shipped::Raw(raw) => (id, Shipped::Raw(raw)),
+                Shipped::Packed(shipped) => {
+                    let bad = |reason: String| StoreError::BadBody { blob: id, reason };
+                    let (parts, stored) = blob::decode_shipped(&shipped).map_err(bad)?;
+                    let record = blob::unpack_record(stored, BODY_BYTES_MAX).map_err(bad)?;
+                    blob::check_whole(id, &record, &parts).map_err(bad)?;
+                    match blob::inline_bytes(&record) {
+                        Some(raw) if record.len > threshold as u64 => (id, Shipped::Raw(raw)),
+                        _ => (id, Shipped::Packed(shipped)),
+                    }
+                }
+            });
+        }
+        let mut repaired = Vec::new();
+        self.run(|db| {
+            let w = db.begin_write().map_err(st)?;
+            for (id, body) in &checked {
+                match body {
+                    Shipped::Raw(raw) => {
+                        write::put_body(&w, raw, threshold, &self.core, &mut repaired)?;
+                    }
+                    Shipped::Packed(shipped) => write::put_packed(&w, *id, shipped, &self.core, &mut repaired)?,
+                }
+            }
+            refs::settle(&w, checked.iter().map(|(id, _)| *id))?;
+            w.commit().map_err(st)
+        })?;
+        self.core.db.committed();
+        self.core.repaired(&repaired);
+        Ok(())
+    }
+
     /// Stores several bodies in one durable transaction (one fsync).
     pub fn put_blobs(&self, raws: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
         let mut repaired = Vec::new();
@@ -132,6 +197,7 @@ impl Store {
                 .iter()
                 .map(|raw| write::put_body(&w, raw, self.options.part_threshold, &self.core, &mut repaired))
                 .collect::<Result<Vec<_>, _>>()?;
+            refs::settle(&w, ids.iter().copied())?;
             w.commit().map_err(st)?;
             Ok(ids)
         })?;
@@ -151,20 +217,31 @@ impl Reader {
     /// A body's record, checked: it decodes and its pieces add up to its length.
     fn record(&self, id: BlobId) -> Result<BodyRecord, StoreError> {
         let v = self.stored_record(id)?;
-        let record: BodyRecord = blob::unpack(v.value(), BODY_BYTES_MAX)
-            .ok()
-            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
-            .ok_or_else(|| self.core.found_corrupt(id))?;
-        let sum = record.pieces.iter().try_fold(0u64, |n, p| {
-            n.checked_add(match p {
-                Piece::Inline(b) => b.len() as u64,
-                Piece::Part { len, .. } => *len,
-            })
-        });
-        if sum != Some(record.len) {
-            return Err(self.core.found_corrupt(id));
-        }
-        Ok(record)
+        blob::unpack_record(v.value(), BODY_BYTES_MAX).map_err(|_| self.core.found_corrupt(id))
+    }
+
+    /// A body in the form to ship to a peer ([`Shipped::Packed`]): its
+    /// record and its large parts' records as stored, so nothing is
+    /// compressed again, here or at the peer. Verified against its id
+    /// first, as [`Reader::body`]; [`StoreError::MissingBlob`] if a part
+    /// is not here (partial replication).
+    pub fn body_shipped(&self, id: BlobId) -> Result<Shipped, StoreError> {
+        self.guard(|| {
+            let stored = self.stored_record(id)?;
+            let record =
+                blob::unpack_record(stored.value(), BODY_BYTES_MAX).map_err(|_| self.core.found_corrupt(id))?;
+            let pids = blob::part_ids(&record);
+            let mut parts = Vec::with_capacity(pids.len());
+            if !pids.is_empty() {
+                let t = self.table(PARTS)?.ok_or(StoreError::MissingBlob(pids[0]))?;
+                for pid in pids {
+                    parts.push(t.get(&pid.0).map_err(st)?.ok_or(StoreError::MissingBlob(pid))?);
+                }
+            }
+            let slices: Vec<&[u8]> = parts.iter().map(|g| g.value()).collect();
+            blob::check_whole(id, &record, &slices).map_err(|_| self.core.found_corrupt(id))?;
+            Ok(Shipped::Packed(blob::encode_shipped(stored.value(), &slices)))
+        })
     }
 
     /// Length of a stored body (not verified).

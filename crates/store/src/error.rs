@@ -87,6 +87,15 @@ pub enum StoreError {
         /// The body's id (or the part's, for a range read of a part).
         blob: BlobId,
     },
+    /// A body a peer shipped in stored form does not decode, or does not
+    /// hash to its id: the peer's fault; nothing was stored.
+    #[error("body {blob:?} from the peer is not valid: {reason}")]
+    BadBody {
+        /// The id it was sent as.
+        blob: BlobId,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The file is damaged: redb reported a bad page or panicked reading
     /// one, or a stored record does not decode. `starling verify` says where.
     #[error("store file damaged: {0}")]

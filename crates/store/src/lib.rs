@@ -40,7 +40,7 @@ mod snapshot;
 pub mod verify;
 mod write;
 
-pub use bodies::MissingBody;
+pub use bodies::{MissingBody, Shipped};
 pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};
 pub use error::{OpenError, StoreError};
@@ -68,9 +68,9 @@ const PARTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("parts");
 const CREDENTIALS: TableDefinition<&str, &str> = TableDefinition::new("credentials");
 
 const MAGIC: &[u8] = b"starling-store";
-/// 2: the `blob_refs` index (which accounts reference a body). A format-1
-/// store gets it built once at open.
-const FORMAT_VERSION: u8 = 2;
+/// 2: the `blob_refs` index (which accounts reference a body); 3: the
+/// `missing_bodies` list. An older store gets them built once at open.
+const FORMAT_VERSION: u8 = 3;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;

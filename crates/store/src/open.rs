@@ -190,10 +190,11 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId) -> Result<Loaded,
         }
         version
     };
-    if version < 2 {
-        // Written by the previous version: build the index of which
-        // accounts reference each body, and mark the file as having it, in
-        // one transaction (a crash leaves format 1, built again next open).
+    if version < FORMAT_VERSION {
+        // Written by an older version: build the index of which accounts
+        // reference each body and the list of missing bodies, and mark the
+        // file as having them, in one transaction (a crash leaves the old
+        // format, built again next open).
         let w = db.begin_write().map_err(|e| io(&e))?;
         refs::build(&w).map_err(|e| io(&e))?;
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;

@@ -11,34 +11,99 @@
 //! (format 1) gets it built once at open. It answers "may this peer, which
 //! sees these accounts, have this body" ([`Store::blob_for`]) and will
 //! drive body garbage collection (a body no row names is unreferenced).
+//!
+//! Beside it, the `missing_bodies` table lists per account the bodies its
+//! messages name that are not stored here, so "what is left to fetch" costs
+//! O(missing), not a scan of every envelope (which, run after each batch
+//! of a 10,000-message initial sync, made the sync quadratic).
 
-use crate::backend::{decode_envelope, Key2, BLOB_REFS, ENVELOPES};
+use crate::backend::{decode_envelope, Key2, BLOB_REFS, ENVELOPES, MISSING};
 use crate::*;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-/// Counts per (body, account) from the envelopes: what the index must hold.
-fn recount(envelopes: &impl ReadableTable<Key2, &'static [u8]>) -> Result<BTreeMap<([u8; 32], u32), u64>, StoreError> {
-    let mut counts = BTreeMap::new();
+/// Per (body, account) from the envelopes: how many of the account's
+/// messages name the body, and the size they give it.
+type Recount = BTreeMap<([u8; 32], u32), (u64, u64)>;
+
+/// What the index must hold, from the envelopes.
+fn recount(envelopes: &impl ReadableTable<Key2, &'static [u8]>) -> Result<Recount, StoreError> {
+    let mut counts: Recount = BTreeMap::new();
     for item in envelopes.iter().map_err(st)? {
         let (k, v) = item.map_err(st)?;
         let env = decode_envelope(v.value()).map_err(|e| damaged("envelope", e))?;
-        *counts.entry((env.blob.0, k.value().0)).or_insert(0u64) += 1;
+        counts.entry((env.blob.0, k.value().0)).or_insert((0, env.size)).0 += 1;
     }
     Ok(counts)
 }
 
-/// Builds the index from the envelopes (replacing whatever it held).
+/// The rows `missing_bodies` must hold: every counted (account, body)
+/// whose body is not stored.
+fn expected_missing(
+    counts: &Recount,
+    stored: impl Fn(&[u8; 32]) -> Result<bool, StoreError>,
+) -> Result<BTreeMap<(u32, [u8; 32]), u64>, StoreError> {
+    let mut out = BTreeMap::new();
+    for ((blob, account), (_, size)) in counts {
+        if !stored(blob)? {
+            out.insert((*account, *blob), *size);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds both indexes from the envelopes and the bodies (replacing
+/// whatever they held).
 pub(crate) fn build(w: &WriteTransaction) -> Result<(), StoreError> {
     let counts = {
         let envelopes = w.open_table(ENVELOPES).map_err(st)?;
         recount(&envelopes)?
     };
+    let missing = {
+        let blobs = w.open_table(BLOBS).map_err(st)?;
+        expected_missing(&counts, |b| Ok(blobs.get(b).map_err(st)?.is_some()))?
+    };
     let mut refs = w.open_table(BLOB_REFS).map_err(st)?;
     refs.retain(|_, _| false).map_err(st)?;
-    for (k, n) in counts {
+    for (k, (n, _)) in counts {
         refs.insert(k, n).map_err(st)?;
     }
+    let mut table = w.open_table(MISSING).map_err(st)?;
+    table.retain(|_, _| false).map_err(st)?;
+    for (k, size) in missing {
+        table.insert(k, size).map_err(st)?;
+    }
     Ok(())
+}
+
+/// Takes `ids` off every account's missing list where they are now stored
+/// (bodies just written, and bodies just referenced, which are listed as
+/// missing until looked up here). Runs in the writing transaction, so the
+/// list commits with the bodies and the envelopes.
+pub(crate) fn settle(w: &WriteTransaction, ids: impl IntoIterator<Item = BlobId>) -> Result<(), StoreError> {
+    let blobs = w.open_table(BLOBS).map_err(st)?;
+    let refs = w.open_table(BLOB_REFS).map_err(st)?;
+    let mut missing = w.open_table(MISSING).map_err(st)?;
+    for id in ids {
+        if blobs.get(&id.0).map_err(st)?.is_none() {
+            continue;
+        }
+        for item in refs.range((id.0, 0)..=(id.0, u32::MAX)).map_err(st)? {
+            let account = item.map_err(st)?.0.value().1;
+            missing.remove((account, id.0)).map_err(st)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bodies account `number` lacks, with their sizes, from the index.
+pub(crate) fn missing_of(r: &ReadTransaction, number: u32) -> Result<Vec<(BlobId, u64)>, StoreError> {
+    let Some(t) = table(r, MISSING)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for item in t.range((number, [0u8; 32])..=(number, [0xff; 32])).map_err(st)? {
+        let (k, v) = item.map_err(st)?;
+        out.push((BlobId(k.value().1), v.value()));
+    }
+    Ok(out)
 }
 
 /// Whether any of the accounts `numbers` references body `id`.
@@ -63,6 +128,23 @@ impl Store {
     /// answer tells nothing. What a peer that sees only `accounts` may be
     /// sent. Verified like [`Store::blob`].
     pub fn blob_for(&self, accounts: &[&str], id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_for(accounts, id, |r| r.body(id))
+    }
+
+    /// [`Store::blob_for`] in the form to ship to the peer
+    /// ([`Reader::body_shipped`]).
+    pub fn shipped_for(&self, accounts: &[&str], id: BlobId) -> Result<Option<Shipped>, StoreError> {
+        self.read_for(accounts, id, |r| r.body_shipped(id))
+    }
+
+    /// `read` of body `id` if one of `accounts` references it and it is
+    /// stored here; `None` otherwise, the same either way.
+    fn read_for<T>(
+        &self,
+        accounts: &[&str],
+        id: BlobId,
+        read: impl FnOnce(&Reader) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         let numbers: Vec<u32> = {
             let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
             accounts.iter().filter_map(|a| map.get(*a).map(|acct| acct.number)).collect()
@@ -78,7 +160,7 @@ impl Store {
                 Ok(None)
             }
         })?;
-        match reader.map(|r| r.body(id)).transpose() {
+        match reader.as_ref().map(read).transpose() {
             Ok(b) => Ok(b),
             Err(StoreError::MissingBlob(_)) => Ok(None),
             Err(e) => Err(e),
@@ -104,16 +186,22 @@ impl Store {
         Ok(map.iter().filter(|(_, a)| numbers.contains(&a.number)).map(|(n, _)| n.clone()).collect())
     }
 
-    /// Compares the index of body references with a recount from the
-    /// envelopes; returns every difference (empty: they agree).
+    /// Compares the index of body references and the list of missing
+    /// bodies with a recount from the envelopes and the bodies; returns
+    /// every difference (empty: they agree).
     pub fn check_blob_refs(&self) -> Result<Vec<String>, StoreError> {
         self.run(|db| {
             let txn = redb::ReadableDatabase::begin_read(db).map_err(st)?;
-            let want = match txn.open_table(ENVELOPES) {
-                Ok(t) => recount(&t)?,
-                Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
-                Err(e) => return Err(st(e)),
+            let counts = match table(&txn, ENVELOPES)? {
+                Some(t) => recount(&t)?,
+                None => BTreeMap::new(),
             };
+            let blobs = table(&txn, BLOBS)?;
+            let want_missing = expected_missing(&counts, |b| match &blobs {
+                Some(t) => Ok(t.get(b).map_err(st)?.is_some()),
+                None => Ok(false),
+            })?;
+            let want: BTreeMap<_, u64> = counts.into_iter().map(|(k, (n, _))| (k, n)).collect();
             let mut have = BTreeMap::new();
             match txn.open_table(BLOB_REFS) {
                 Ok(t) => {
@@ -135,6 +223,27 @@ impl Store {
             for (k, n) in &have {
                 if !want.contains_key(k) {
                     out.push(format!("body {:?} account {}: index {n}, envelopes 0", BlobId(k.0), k.1));
+                }
+            }
+            let mut listed = BTreeMap::new();
+            if let Some(t) = table(&txn, MISSING)? {
+                for item in t.iter().map_err(st)? {
+                    let (k, v) = item.map_err(st)?;
+                    listed.insert(k.value(), v.value());
+                }
+            }
+            for (k, size) in &want_missing {
+                if listed.get(k) != Some(size) {
+                    out.push(format!("body {:?} account {}: not stored, not listed as missing", BlobId(k.1), k.0));
+                }
+            }
+            for k in listed.keys() {
+                if !want_missing.contains_key(k) {
+                    out.push(format!(
+                        "body {:?} account {}: listed as missing, stored or unreferenced",
+                        BlobId(k.1),
+                        k.0
+                    ));
                 }
             }
             Ok(out)

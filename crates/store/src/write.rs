@@ -16,6 +16,8 @@ pub struct Batch<'a> {
     core: &'a Core,
     /// Damaged bodies this batch stored again.
     repaired: Vec<BlobId>,
+    /// Bodies this batch stored (to take off the missing lists).
+    stored: Vec<BlobId>,
 }
 
 impl<'a> Batch<'a> {
@@ -34,7 +36,9 @@ impl<'a> Batch<'a> {
 
     /// Stores a body (deduplicated) and returns its id.
     pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
-        put_body(self.txn, raw, self.part_threshold, self.core, &mut self.repaired)
+        let id = put_body(self.txn, raw, self.part_threshold, self.core, &mut self.repaired)?;
+        self.stored.push(id);
+        Ok(id)
     }
 
     /// Stores a body and appends it as a new message.
@@ -79,6 +83,39 @@ pub(crate) fn put_body(
         repaired.push(id);
     }
     Ok(id)
+}
+
+/// Stores a body shipped in stored form ([`blob::encode_shipped`]),
+/// already checked against `id`, as it came: its record and its parts'
+/// records (deduplicated as [`put_body`] does).
+pub(crate) fn put_packed(
+    txn: &redb::WriteTransaction,
+    id: BlobId,
+    shipped: &[u8],
+    core: &Core,
+    repaired: &mut Vec<BlobId>,
+) -> Result<(), StoreError> {
+    let (parts, stored) = blob::decode_shipped(shipped).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
+    let mut blobs = txn.open_table(BLOBS).map_err(st)?;
+    let repair = core.is_corrupt(id);
+    if !repair && blobs.get(&id.0).map_err(st)?.is_some() {
+        return Ok(());
+    }
+    if !parts.is_empty() {
+        let record =
+            blob::unpack_record(stored, BODY_BYTES_MAX).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
+        let mut part_table = txn.open_table(PARTS).map_err(st)?;
+        for (pid, part) in blob::part_ids(&record).into_iter().zip(parts) {
+            if repair || part_table.get(&pid.0).map_err(st)?.is_none() {
+                part_table.insert(&pid.0, part).map_err(st)?;
+            }
+        }
+    }
+    blobs.insert(&id.0, stored).map_err(st)?;
+    if repair {
+        repaired.push(id);
+    }
+    Ok(())
 }
 
 impl Store {
@@ -213,6 +250,7 @@ impl Store {
                 part_threshold: self.options.part_threshold,
                 core: &self.core,
                 repaired: Vec::new(),
+                stored: Vec::new(),
             };
             let value = f(&mut batch)?;
             let mut replica = batch.replica;
@@ -224,7 +262,10 @@ impl Store {
             }
             let (replica, mut backend) = replica.swap_backend(Detached);
             backend.flush().map_err(|e| StoreError::Apply(e.into()).lift())?;
+            let mut settle = backend.take_first_refs();
             drop(backend);
+            settle.extend(batch.stored);
+            refs::settle(&txn, settle)?;
             (value, replica, batch.repaired)
         };
         // Readers of this account wait from the commit until they can see

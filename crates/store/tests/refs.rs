@@ -35,6 +35,8 @@ fn check(store: &Store, pool: &[BlobId]) {
     assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "index = recount from the envelopes");
     for a in ACCOUNTS {
         let named: BTreeSet<BlobId> = live(store, a).into_iter().map(|(_, _, b)| b).collect();
+        let lacking: Vec<BlobId> = named.iter().copied().filter(|b| store.blob(*b).unwrap().is_none()).collect();
+        assert_eq!(store.missing_blobs(a).unwrap(), lacking, "account {a}: the missing list");
         for id in pool {
             let served = store.blob_for(&[a], *id).unwrap().is_some();
             assert_eq!(served, named.contains(id), "account {a} body {id:?}");
@@ -168,15 +170,18 @@ fn bodies_are_served_only_to_accounts_that_reference_them() {
     assert!(store.check_blob_refs().unwrap().is_empty());
 }
 
-/// Turns a store file back into the previous format (no index, version
-/// byte 1), as the previous version of the code left it.
-fn make_format_1(path: &std::path::Path) {
+/// Turns a store file back into an older format, as the older code left
+/// it: format 2 had no list of missing bodies, format 1 no index either.
+fn make_format(path: &std::path::Path, version: u8) {
     let db = redb::Database::open(path).unwrap();
     let w = db.begin_write().unwrap();
-    w.delete_table(redb::TableDefinition::<([u8; 32], u32), u64>::new("blob_refs")).unwrap();
+    assert!(w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), u64>::new("missing_bodies")).unwrap());
+    if version < 2 {
+        assert!(w.delete_table(redb::TableDefinition::<([u8; 32], u32), u64>::new("blob_refs")).unwrap());
+    }
     w.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
         .unwrap()
-        .insert("version", [1u8].as_slice())
+        .insert("version", [version].as_slice())
         .unwrap();
     w.commit().unwrap();
 }
@@ -213,7 +218,7 @@ fn a_format_1_store_gets_the_index_at_open() {
             }
         }
     }
-    make_format_1(&path);
+    make_format(&path, 1);
     assert_eq!(version_byte(&path), 1);
     let store = Store::open(&path, ReplicaId(3), StoreOptions::default()).unwrap();
     check(&store, &pool);
@@ -221,7 +226,45 @@ fn a_format_1_store_gets_the_index_at_open() {
     assert_eq!(store.blob_for(&["alice"], pool[1]).unwrap(), None);
     assert_eq!(store.blob_for(&["bob"], pool[3]).unwrap(), None, "expunged before the upgrade");
     drop(store);
-    assert_eq!(version_byte(&path), 2);
+    assert_eq!(version_byte(&path), 3);
+}
+
+/// A store written before the list of missing bodies existed opens with
+/// the list built: the bodies a peer's messages named and that never came.
+#[test]
+fn a_format_2_store_gets_the_missing_list_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let bodies: Vec<Vec<u8>> = (0..6).map(body).collect();
+    {
+        let peer = Store::open(&dir.path().join("peer.redb"), ReplicaId(9), StoreOptions::default()).unwrap();
+        let store = Store::open(&path, ReplicaId(3), StoreOptions::default()).unwrap();
+        for a in ACCOUNTS {
+            peer.add_account(a).unwrap();
+            store.add_account(a).unwrap();
+        }
+        for (i, b) in bodies.iter().enumerate() {
+            peer.write(ACCOUNTS[i % 2], |w| w.append(INBOX, b, 0, vec![])).unwrap();
+        }
+        for a in ACCOUNTS {
+            let ops = peer.ops_since(a, &Default::default()).unwrap();
+            store.write(a, |w| w.apply(ops)).unwrap();
+        }
+        store.put_blob(&bodies[0]).unwrap();
+        store.put_blob(&bodies[3]).unwrap();
+    }
+    make_format(&path, 2);
+    let store = Store::open(&path, ReplicaId(3), StoreOptions::default()).unwrap();
+    assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new());
+    let ids = |ns: &[usize]| {
+        let mut v: Vec<BlobId> = ns.iter().map(|n| BlobId::of(&bodies[*n])).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(store.missing_blobs("alice").unwrap(), ids(&[2, 4]));
+    assert_eq!(store.missing_blobs("bob").unwrap(), ids(&[1, 5]));
+    drop(store);
+    assert_eq!(version_byte(&path), 3);
 }
 
 /// A fixed history on a crashable disk: appends, copies, moves, expunges

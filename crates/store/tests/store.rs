@@ -430,3 +430,116 @@ fn deeply_nested_message_is_stored_whole_without_overflowing() {
         .unwrap();
     handle.join().expect("no stack overflow (an overflow aborts the process instead)");
 }
+
+/// A message with one base64 attachment of `n` bytes (a large MIME part).
+fn with_attachment(n: usize) -> Vec<u8> {
+    let mut m = b"From: a@example.org\r\nSubject: big\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n\
+--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        .to_vec();
+    let mut x = 1u32;
+    for i in 0..n {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        m.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 16) as usize % 64]);
+        if i % 76 == 75 {
+            m.extend_from_slice(b"\r\n");
+        }
+    }
+    m.extend_from_slice(b"\r\n--b--\r\n");
+    m
+}
+
+/// Bodies travel between stores in stored form, large parts and all, and
+/// are kept as they came (not compressed again); a receiver with a smaller
+/// part threshold splits a body that came whole. Every way, the receiver
+/// holds the same bytes. Bodies are only shipped for the accounts asked
+/// about.
+#[test]
+fn bodies_ship_in_stored_form_and_arrive_whole() {
+    use starling_model::BlobId;
+    let dir = tempfile::tempdir().unwrap();
+    let small = StoreOptions { part_threshold: 4096, ..StoreOptions::default() };
+    let a = Store::open(&dir.path().join("a.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(2), small).unwrap();
+    for s in [&a, &b] {
+        s.add_account("u").unwrap();
+    }
+    let (plain, mid, big) = (message(1), with_attachment(100_000), with_attachment(400_000));
+    for m in [&plain, &mid, &big] {
+        a.write("u", |w| w.append(INBOX, m, 0, vec![])).unwrap();
+    }
+    let ship = |s: &Store, m: &[u8]| s.shipped_for(&["u"], BlobId::of(m)).unwrap().expect("u's body");
+    assert_eq!(a.shipped_for(&["other"], BlobId::of(&plain)).unwrap(), None);
+    let bodies: Vec<_> = [&plain, &mid, &big].iter().map(|m| (BlobId::of(m), ship(&a, m))).collect();
+    b.put_shipped(bodies).unwrap();
+    for m in [&plain, &mid, &big] {
+        assert_eq!(b.blob(BlobId::of(m)).unwrap().as_deref(), Some(m.as_slice()));
+    }
+    assert_eq!(b.shipped_for(&["u"], BlobId::of(&plain)).unwrap(), None, "no message of B names it yet");
+    for m in [&plain, &mid, &big] {
+        b.write("u", |w| w.append(INBOX, m, 0, vec![])).unwrap();
+    }
+    // Kept as they came: B ships the very records A stored…
+    assert_eq!(ship(&b, &plain), ship(&a, &plain));
+    assert_eq!(ship(&b, &big), ship(&a, &big), "the body and its large part");
+    // …except `mid`, whole at A and split at B (its threshold is smaller).
+    assert_ne!(ship(&b, &mid), ship(&a, &mid));
+}
+
+/// A record shipped in stored form that does not hash to its id, or does
+/// not decode, is refused with a typed error, and nothing of the call is
+/// stored (not even the good bodies beside it).
+#[test]
+fn a_bad_stored_record_is_refused_and_nothing_is_stored() {
+    use starling_model::BlobId;
+    use starling_store::Shipped;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(2), StoreOptions::default()).unwrap();
+    a.add_account("u").unwrap();
+    let (m1, m2, big, big2) = (message(1), message(2), with_attachment(400_000), with_attachment(300_000));
+    for m in [&m1, &m2, &big, &big2] {
+        a.write("u", |w| w.append(INBOX, m, 0, vec![])).unwrap();
+    }
+    let packed = |m: &[u8]| match a.shipped_for(&["u"], BlobId::of(m)).unwrap() {
+        Some(Shipped::Packed(p)) => p,
+        other => panic!("packed: {other:?}"),
+    };
+    let p2 = packed(&m2);
+    // The shipped form: part count, each part (length, bytes), the record.
+    let (pb, pb2) = (packed(&big), packed(&big2));
+    assert_eq!((pb[0], pb2[0]), (1, 1), "one large part each");
+    let part_len = |p: &[u8]| {
+        let (mut n, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            n |= ((p[i] & 0x7f) as usize) << shift;
+            shift += 7;
+            i += 1;
+            if p[i - 1] & 0x80 == 0 {
+                return (i, n);
+            }
+        }
+    };
+    let (at, n) = part_len(&pb);
+    let mut without_part = vec![0u8];
+    without_part.extend_from_slice(&pb[at + n..]);
+    let (at2, n2) = part_len(&pb2);
+    let mut other_part = pb[..1].to_vec();
+    other_part.extend_from_slice(&pb2[1..at2 + n2]);
+    other_part.extend_from_slice(&pb[at + n..]);
+    let good = (BlobId::of(&m1), Shipped::Raw(m1.clone()));
+    for (bad, what) in [
+        ((BlobId::of(&m1), Shipped::Packed(p2.clone())), "another body's record"),
+        ((BlobId::of(&m2), Shipped::Packed(b"\x01garbage".to_vec())), "not a record"),
+        ((BlobId::of(&m2), Shipped::Packed(Vec::new())), "empty"),
+        ((BlobId::of(&big), Shipped::Packed(without_part.clone())), "a part left out"),
+        ((BlobId::of(&big), Shipped::Packed(other_part.clone())), "another body's part"),
+    ] {
+        let id = bad.0;
+        match b.put_shipped(vec![good.clone(), bad]) {
+            Err(StoreError::BadBody { blob, .. }) => assert_eq!(blob, id, "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(b.blob(BlobId::of(&m1)).unwrap(), None, "{what}: nothing stored");
+    }
+}

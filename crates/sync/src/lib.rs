@@ -88,8 +88,9 @@ use starling_model::{codec, BlobId, Op, OpBody, ReplicaId, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Version of this protocol (3: chunked, acknowledged, windowed ops).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version of this protocol (3: chunked, acknowledged, windowed ops; 4:
+/// bodies may travel in the sender's stored form, [`Shipped::Packed`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -165,7 +166,9 @@ pub enum Frame {
     Ops {
         /// The account.
         account: String,
-        /// Encoded, compressed batch.
+        /// Encoded, compressed batch. (Byte strings are (de)serialized in
+        /// one copy, not byte by byte; the encoding is the same.)
+        #[serde(with = "serde_bytes")]
         batch: Vec<u8>,
     },
     /// The account's whole state, for a peer behind the compacted log.
@@ -173,6 +176,7 @@ pub enum Frame {
         /// The account.
         account: String,
         /// As the store exports it.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Bodies the sender lacks (ids learned from ops it applied).
@@ -180,13 +184,14 @@ pub enum Frame {
         /// At most [`BLOB_IDS_MAX`].
         ids: Vec<BlobId>,
     },
-    /// A body, which must hash to `id` (once decompressed).
+    /// A body, which must hash to `id` (once decoded).
     Blob {
         /// Its id.
         id: BlobId,
-        /// `bytes` are zstd-compressed (mail text shrinks about threefold).
-        zstd: bool,
-        /// The message, raw or compressed.
+        /// How `bytes` hold it.
+        encoding: BlobEncoding,
+        /// The message, in that encoding.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The sender does not hold that body (partial replica).
@@ -199,6 +204,33 @@ pub enum Frame {
         /// Why.
         reason: String,
     },
+}
+
+/// How a [`Frame::Blob`] holds its body. (Encoded as 0, 1, 2: the first
+/// two as protocol 3's `zstd: bool` was.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobEncoding {
+    /// The raw message.
+    Raw,
+    /// zstd-compressed (mail text shrinks about threefold).
+    Zstd,
+    /// The sending store's record of it, as stored ([`Shipped::Packed`]):
+    /// compressed once when it was stored, not again for the wire. The
+    /// receiving driver decodes and verifies it.
+    Packed,
+}
+
+/// A body as it travels: what [`Session::send_blob`] takes and
+/// [`Event::Blob`] gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shipped {
+    /// The raw message. In an [`Event::Blob`], already checked against its id.
+    Raw(Vec<u8>),
+    /// The sending store's record of the message, as it keeps it (opaque
+    /// here). In an [`Event::Blob`], *not* checked: the driver's store
+    /// decodes it and checks it against its id before keeping it, and
+    /// closes the session if it does not match.
+    Packed(Vec<u8>),
 }
 
 impl Frame {
@@ -420,12 +452,12 @@ pub enum Event {
         /// Their ids.
         ids: Vec<BlobId>,
     },
-    /// A body we asked for, already checked against its id: store it.
+    /// A body we asked for: store it (see [`Shipped`] for what is checked).
     Blob {
         /// Its id.
         id: BlobId,
-        /// The raw message.
-        bytes: Vec<u8>,
+        /// The message.
+        body: Shipped,
     },
     /// The peer does not have a body we asked for: ask another peer.
     BlobMissing {
@@ -623,6 +655,16 @@ impl Session {
         Err(e)
     }
 
+    /// Ends the session because something the peer sent turned out bad
+    /// only when the driver looked at it (a [`Shipped::Packed`] body that
+    /// does not match its id): queues `Refused` for the peer and returns
+    /// the error to end the connection with.
+    pub fn malformed(&mut self, what: String) -> SessionError {
+        let e = SessionError::Malformed(what);
+        let _ = self.close(e.clone());
+        e
+    }
+
     /// Ends the session from this side for a reason that is nobody's fault
     /// (the driver must start over): queues `Refused` for the peer.
     pub fn abort(&mut self, reason: &str) {
@@ -754,22 +796,24 @@ impl Session {
                 self.peer_wants.extend(ids);
                 Ok(())
             }
-            (Phase::Open, Frame::Blob { id, zstd, bytes }) => {
+            (Phase::Open, Frame::Blob { id, encoding, bytes }) => {
                 if !self.wants.in_flight.contains_key(&id) {
                     return self.close(SessionError::Protocol("a body that was not asked for".into()));
                 }
-                let bytes = if zstd {
-                    match codec::decompress_capped(&bytes, BODY_BYTES_MAX) {
-                        Ok(b) => b,
+                let body = match encoding {
+                    BlobEncoding::Raw => Shipped::Raw(bytes),
+                    BlobEncoding::Zstd => match codec::decompress_capped(&bytes, BODY_BYTES_MAX) {
+                        Ok(b) => Shipped::Raw(b),
                         Err(e) => return self.close(SessionError::Malformed(format!("body: {e}"))),
-                    }
-                } else {
-                    bytes
+                    },
+                    BlobEncoding::Packed => Shipped::Packed(bytes),
                 };
-                if BlobId::of(&bytes) != id {
-                    return self.close(SessionError::Malformed("body does not match its id".into()));
+                if let Shipped::Raw(raw) = &body {
+                    if BlobId::of(raw) != id {
+                        return self.close(SessionError::Malformed("body does not match its id".into()));
+                    }
                 }
-                self.events.push_back(Event::Blob { id, bytes });
+                self.events.push_back(Event::Blob { id, body });
                 self.answered(id);
                 Ok(())
             }
@@ -873,21 +917,26 @@ impl Session {
         }
     }
 
-    /// Answers one id of [`Event::BlobsWanted`]: the raw body, or `None` if
+    /// Answers one id of [`Event::BlobsWanted`]: the body, or `None` if
     /// this node does not hold it.
-    pub fn send_blob(&mut self, id: BlobId, bytes: Option<Vec<u8>>) {
+    pub fn send_blob(&mut self, id: BlobId, body: Option<Shipped>) {
         self.reading = self.reading.saturating_sub(1);
         if self.phase != Phase::Open {
             return;
         }
-        match bytes {
-            Some(bytes) => {
-                // Level 1: cheap, and most of the gain on mail text.
-                let z = codec::compress(&bytes, 1);
-                let frame = if z.len() + 64 < bytes.len() {
-                    Frame::Blob { id, zstd: true, bytes: z }
-                } else {
-                    Frame::Blob { id, zstd: false, bytes }
+        match body {
+            Some(body) => {
+                let frame = match body {
+                    Shipped::Packed(bytes) => Frame::Blob { id, encoding: BlobEncoding::Packed, bytes },
+                    Shipped::Raw(bytes) => {
+                        // Level 1: cheap, and most of the gain on mail text.
+                        let z = codec::compress(&bytes, 1);
+                        if z.len() + 64 < bytes.len() {
+                            Frame::Blob { id, encoding: BlobEncoding::Zstd, bytes: z }
+                        } else {
+                            Frame::Blob { id, encoding: BlobEncoding::Raw, bytes }
+                        }
+                    }
                 }
                 .encode();
                 self.bytes_out += frame.len() as u64;

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use starling_model::{BlobId, Keyword, Op, Replica, ReplicaId, VersionVector, INBOX};
-use starling_sync::{Event, Frame, Session, SessionError};
+use starling_sync::{BlobEncoding, Event, Frame, Session, SessionError, Shipped};
 
 struct Peer {
     replica: Replica,
@@ -221,16 +221,41 @@ fn bodies_are_asked_for_checked_and_refused_when_forged() {
     let want = a.poll_transmit().expect("one request");
     assert!(matches!(Frame::decode(&want), Ok(Frame::WantBlobs { ids }) if ids == vec![id]));
     assert!(a.poll_transmit().is_none(), "asked once");
-    a.handle_frame(&Frame::Blob { id, zstd: false, bytes: body.clone() }.encode()).unwrap();
-    assert_eq!(a.poll_event(), Some(Event::Blob { id, bytes: body.clone() }));
+    a.handle_frame(&Frame::Blob { id, encoding: BlobEncoding::Raw, bytes: body.clone() }.encode()).unwrap();
+    assert_eq!(a.poll_event(), Some(Event::Blob { id, body: Shipped::Raw(body.clone()) }));
     // Not asked for (any more): refused.
-    assert!(a.handle_frame(&Frame::Blob { id, zstd: false, bytes: body.clone() }.encode()).is_err());
+    assert!(a.handle_frame(&Frame::Blob { id, encoding: BlobEncoding::Raw, bytes: body.clone() }.encode()).is_err());
     // A body that does not hash to its id: refused, nothing stored.
     let (mut b, _) = open_pair();
     b.want_blobs([(id, 30)]);
-    let forged = Frame::Blob { id, zstd: false, bytes: b"something else".to_vec() }.encode();
+    let forged = Frame::Blob { id, encoding: BlobEncoding::Raw, bytes: b"something else".to_vec() }.encode();
     assert!(matches!(b.handle_frame(&forged), Err(SessionError::Malformed(_))));
     assert!(std::iter::from_fn(|| b.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
+    // A stored record goes up as it came: the driver's store checks it,
+    // and the driver ends the session if it does not match.
+    let (mut c, _) = open_pair();
+    while c.poll_transmit().is_some() {}
+    c.want_blobs([(id, 30)]);
+    c.handle_frame(&Frame::Blob { id, encoding: BlobEncoding::Packed, bytes: b"opaque".to_vec() }.encode()).unwrap();
+    assert_eq!(c.poll_event(), Some(Event::Blob { id, body: Shipped::Packed(b"opaque".to_vec()) }));
+    assert!(matches!(c.malformed("body does not match".into()), SessionError::Malformed(_)));
+    assert!(c.is_closed());
+    let refused =
+        std::iter::from_fn(|| c.poll_transmit()).any(|f| matches!(Frame::decode(&f), Ok(Frame::Refused { .. })));
+    assert!(refused, "the peer is told why");
+}
+
+/// Protocol 3 sent `zstd: bool` where protocol 4 sends the encoding: the
+/// first two encodings keep those bytes (postcard: a bool and a variant
+/// index below 128 are one byte each).
+#[test]
+fn body_encodings_keep_the_bytes_of_the_old_flag() {
+    let id = BlobId([1; 32]);
+    let raw = Frame::Blob { id, encoding: BlobEncoding::Raw, bytes: vec![9] }.encode();
+    let zstd = Frame::Blob { id, encoding: BlobEncoding::Zstd, bytes: vec![9] }.encode();
+    let at = raw.len() - 3;
+    assert_eq!((raw[at], zstd[at]), (0, 1));
+    assert_eq!(raw[..at], zstd[..at]);
 }
 
 #[test]
@@ -238,20 +263,21 @@ fn bodies_leave_on_their_own_channel() {
     let (mut a, _) = open_pair();
     while a.poll_transmit().is_some() {}
     let body = vec![7u8; 5 << 20];
-    a.send_blob(BlobId::of(&body), Some(body.clone()));
+    a.send_blob(BlobId::of(&body), Some(Shipped::Raw(body.clone())));
     a.local_changed("a", VersionVector::new());
     assert!(a.poll_transmit().is_none(), "metadata channel holds no body");
     let f = a.poll_transmit_blob().expect("body frame");
     // Compressible bodies travel compressed and come out whole.
-    let Ok(Frame::Blob { zstd: true, bytes, .. }) = Frame::decode(&f) else { panic!("a compressed body frame") };
+    let Ok(Frame::Blob { encoding: BlobEncoding::Zstd, bytes, .. }) = Frame::decode(&f) else {
+        panic!("a compressed body frame")
+    };
     assert!(bytes.len() < body.len() / 100);
     let (mut b, _) = open_pair();
     while b.poll_transmit().is_some() {}
     b.want_blobs([(BlobId::of(&body), body.len() as u64)]);
     b.handle_frame(&f).unwrap();
-    assert!(
-        std::iter::from_fn(|| b.poll_event()).any(|e| e == Event::Blob { id: BlobId::of(&body), bytes: body.clone() })
-    );
+    assert!(std::iter::from_fn(|| b.poll_event())
+        .any(|e| e == Event::Blob { id: BlobId::of(&body), body: Shipped::Raw(body.clone()) }));
 }
 
 #[test]
