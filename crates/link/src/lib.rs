@@ -215,7 +215,8 @@ impl PeerLink {
         let result = self.answer_events(store, &mut progress, &mut bodies);
         if !bodies.is_empty() {
             let n = bodies.len();
-            match store.put_shipped(bodies) {
+            let accounts: Vec<&str> = self.accounts.iter().map(String::as_str).collect();
+            match store.put_shipped(&accounts, bodies) {
                 Ok(()) => progress.bodies += n,
                 Err(StoreError::BadBody { blob, reason }) => {
                     return Err(self.session.malformed(format!("body {blob:?}: {reason}")).into())
@@ -289,7 +290,7 @@ impl PeerLink {
             let reader = store.read(&account)?;
             let mut missing = Vec::new();
             for (id, size) in self.policy.eager_blobs(&ops, &reader.names().tree) {
-                if !store.has_blob(id)? {
+                if store.lacks(&account, id)? {
                     missing.push((id, size));
                 }
             }

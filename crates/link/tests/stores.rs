@@ -340,3 +340,51 @@ fn a_damaged_body_is_fetched_again_from_a_peer() {
     assert_eq!(nodes[1].store().blob(id).unwrap().unwrap(), raw, "healed from the peer");
     assert!(nodes[1].store().corrupt_blobs().is_empty());
 }
+
+/// A peer pinned for alice makes a message in alice's account that names
+/// the id of a body in bob's INBOX, without having its bytes (issue 14:
+/// cross-account by append). Alice's message does not read as bob's body
+/// here, and the peer cannot fetch it through alice's account; it stays
+/// missing until some peer sends the bytes — proof of having them.
+#[test]
+fn a_message_from_a_peer_naming_another_accounts_body_gets_it_only_with_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[0].store().add_account("bob").unwrap();
+    let secret = b"Subject: for bob only\r\n\r\nthe merger is off\r\n".to_vec();
+    let secret_id = starling_model::BlobId::of(&secret);
+    nodes[0].store().write("bob", |b| b.append(INBOX, &secret, 1, vec![]).map(|_| ())).unwrap();
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    // Node 1 forges an append in alice's account naming bob's body.
+    nodes[1]
+        .store()
+        .write(ACCOUNT, |b| Ok(b.replica().append(INBOX, secret_id, secret.len() as u64, 1, vec![]).map(|_| ())?))
+        .unwrap();
+    nodes[1].changed();
+    settle(&mut nodes);
+    let r = nodes[0].store().read(ACCOUNT).unwrap();
+    assert_eq!(r.messages(INBOX, 1, usize::MAX).unwrap().len(), 1, "the message itself is applied");
+    assert!(
+        matches!(r.body(secret_id), Err(starling_store::StoreError::MissingBlob(_))),
+        "alice's message does not read as bob's body"
+    );
+    assert_eq!(nodes[0].store().missing_blobs(ACCOUNT).unwrap(), vec![secret_id], "missing for alice");
+    nodes[1].links.get_mut(&0).unwrap().fetch_bodies([(secret_id, 0)]);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().blob(secret_id).unwrap(), None, "bob's body went to alice's peer");
+    // Bob's own message is untouched.
+    assert_eq!(nodes[0].store().read("bob").unwrap().body(secret_id).unwrap(), secret);
+
+    // A peer that has the bytes proves it by sending them: a message of
+    // alice's with a body bob also has (the same mail to both) reads whole.
+    let shared = b"Subject: to everyone\r\n\r\nlunch at noon\r\n".to_vec();
+    let shared_id = starling_model::BlobId::of(&shared);
+    nodes[0].store().write("bob", |b| b.append(INBOX, &shared, 2, vec![]).map(|_| ())).unwrap();
+    nodes[1].store().write(ACCOUNT, |b| b.append(INBOX, &shared, 2, vec![]).map(|_| ())).unwrap();
+    nodes[1].changed();
+    settle(&mut nodes);
+    assert_eq!(nodes[0].store().read(ACCOUNT).unwrap().body(shared_id).unwrap(), shared);
+    assert_eq!(nodes[0].store().missing_blobs(ACCOUNT).unwrap(), vec![secret_id], "only the forged one");
+    assert_eq!(nodes[0].store().check_blob_refs().unwrap(), Vec::<String>::new());
+}

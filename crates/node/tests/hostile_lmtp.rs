@@ -412,13 +412,9 @@ fn lmtp_accepts_again_after_running_out_of_file_descriptors() {
     assert_eq!(count(&n, "alice"), 1);
 }
 
-/// 60,000 nested message/rfc822 levels around a 300 KB leaf (about 2 MB) over
-/// LMTP: stored, fetchable whole over IMAP with its structure, and the node
-/// lives on.
-#[test]
-fn a_deeply_nested_message_is_delivered_and_fetchable() {
-    let root = tempfile::tempdir().unwrap();
-    let mut n = node(root.path(), None, None);
+/// 60,000 nested message/rfc822 levels around a 300 KB leaf (about 2 MB):
+/// the message that crashed the node (issue 14, item 1).
+fn deeply_nested() -> Vec<u8> {
     let mut raw = Vec::new();
     for _ in 0..60_000 {
         raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
@@ -428,6 +424,16 @@ fn a_deeply_nested_message_is_delivered_and_fetchable() {
         raw.extend_from_slice(&[b'y'; 62]);
         raw.extend_from_slice(b"\r\n");
     }
+    raw
+}
+
+/// The deeply nested message over LMTP: stored, fetchable whole over IMAP
+/// with its structure, and the node lives on.
+#[test]
+fn a_deeply_nested_message_is_delivered_and_fetchable() {
+    let root = tempfile::tempdir().unwrap();
+    let mut n = node(root.path(), None, None);
+    let raw = deeply_nested();
     let mut data = raw.clone();
     data.extend_from_slice(b".\r\n");
     let mut c = Lmtp::connect(lmtp_port(&n));
@@ -444,5 +450,35 @@ fn a_deeply_nested_message_is_delivered_and_fetchable() {
     imap.ok("FETCH 1 BODYSTRUCTURE");
     assert!(n.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the node died");
     c.deliver_one("after the nested one");
+    assert_eq!(count(&n, "alice"), 2);
+}
+
+/// The deeply nested message by IMAP APPEND (the other way in to the same
+/// store code): appended, fetchable whole with its structure, and the node
+/// lives on and takes the next APPEND.
+#[test]
+fn a_deeply_nested_message_is_appended_and_fetchable() {
+    let root = tempfile::tempdir().unwrap();
+    let mut n = node(root.path(), None, None);
+    let raw = deeply_nested();
+    let mut imap = Imap::login(&n);
+    imap.tag += 1;
+    write!(imap.w, "t{} APPEND INBOX {{{}}}\r\n", imap.tag, raw.len()).unwrap();
+    let mut go = String::new();
+    imap.r.read_line(&mut go).unwrap();
+    assert!(go.starts_with('+'), "continuation: {go}");
+    imap.w.write_all(&raw).unwrap();
+    imap.w.write_all(b"\r\n").unwrap();
+    let mut done = String::new();
+    imap.r.read_line(&mut done).unwrap();
+    assert!(done.starts_with(&format!("t{} OK", imap.tag)), "APPEND: {done}");
+    imap.ok("SELECT INBOX");
+    let body = imap.ok("FETCH 1 BODY.PEEK[]");
+    assert!(contains(&body, &raw), "the message comes back whole");
+    let size = String::from_utf8_lossy(&imap.ok("FETCH 1 RFC822.SIZE")).to_string();
+    assert!(size.contains(&format!("RFC822.SIZE {}", raw.len())), "{size}");
+    imap.ok("FETCH 1 BODYSTRUCTURE");
+    assert!(n.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the node died");
+    imap.ok("APPEND INBOX {22+}\r\nSubject: next\r\n\r\nhello");
     assert_eq!(count(&n, "alice"), 2);
 }

@@ -37,11 +37,15 @@ pub(crate) const ACCOUNT_COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinit
 /// and [`RedbBackend::remove_envelope`], so it commits with the envelopes.
 pub(crate) const BLOB_REFS: TableDefinition<([u8; 32], u32), u64> = TableDefinition::new("blob_refs");
 /// (account, body id) → size, for every body the account's messages name
-/// that is not stored here: what is still to fetch, read in O(missing)
-/// rather than by scanning the envelopes. A row appears with the
-/// account's first reference ([`RedbBackend::set_envelope`]), goes with
-/// its last, and goes when the body is stored ([`crate::refs::settle`],
-/// in the same transaction).
+/// whose bytes this store has not received *for that account*: what is
+/// still to fetch, read in O(missing) rather than by scanning the
+/// envelopes. A row appears with the account's first reference
+/// ([`RedbBackend::set_envelope`]) and goes with its last; it also goes
+/// when the bytes are stored for the account — by a local write of the
+/// account, or from a peer pinned for it ([`crate::refs::settle`], in the
+/// same transaction). So a body stored here for another account does not
+/// count as the account's until the bytes come: a message a peer makes
+/// that names a body it does not have stays missing (see `crate::refs`).
 pub(crate) const MISSING: TableDefinition<(u32, [u8; 32]), u64> = TableDefinition::new("missing_bodies");
 
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
@@ -91,9 +95,6 @@ pub struct RedbBackend<'txn> {
     account_counts: Table<'txn, u32, (u64, u64)>,
     blob_refs: Table<'txn, ([u8; 32], u32), u64>,
     missing: Table<'txn, (u32, [u8; 32]), u64>,
-    /// Bodies this transaction gave a first reference from the account,
-    /// listed as missing until [`crate::refs::settle`] looks them up.
-    first_refs: Vec<BlobId>,
     /// Counters read once per transaction and written back by [`Self::flush`].
     cached_account: Option<(u64, u64)>,
     cached_mailboxes: std::collections::BTreeMap<u32, (u64, u64)>,
@@ -118,7 +119,6 @@ impl<'txn> RedbBackend<'txn> {
             account_counts: txn.open_table(ACCOUNT_COUNTS)?,
             blob_refs: txn.open_table(BLOB_REFS)?,
             missing: txn.open_table(MISSING)?,
-            first_refs: Vec::new(),
             cached_account: None,
             cached_mailboxes: std::collections::BTreeMap::new(),
         })
@@ -163,12 +163,6 @@ impl<'txn> RedbBackend<'txn> {
         Ok(self.mailbox_counts.get((self.account, mailbox)).map_err(storage)?.map(|g| g.value()).unwrap_or((0, 0)))
     }
 
-    /// Bodies given a first reference by this transaction (see
-    /// [`crate::refs::settle`]).
-    pub fn take_first_refs(&mut self) -> Vec<BlobId> {
-        std::mem::take(&mut self.first_refs)
-    }
-
     /// One more of the account's messages (of `size` bytes) names `blob`.
     fn add_ref(&mut self, blob: BlobId, size: u64) -> StorageResult<()> {
         let key = (blob.0, self.account);
@@ -176,7 +170,6 @@ impl<'txn> RedbBackend<'txn> {
         self.blob_refs.insert(key, n + 1).map_err(storage)?;
         if n == 0 {
             self.missing.insert((self.account, blob.0), size).map_err(storage)?;
-            self.first_refs.push(blob);
         }
         Ok(())
     }

@@ -109,15 +109,13 @@ impl Store {
             let (Some(envelopes), Some(locs)) = (table(&r, backend::ENVELOPES)?, table(&r, backend::LOCS)?) else {
                 return Ok(Vec::new());
             };
-            let blobs = table(&r, BLOBS)?;
+            let lacking: BTreeSet<BlobId> = refs::missing_of(&r, number)?.into_iter().map(|(id, _)| id).collect();
             let mut out = Vec::new();
             for item in envelopes.range((number, 0)..=(number, u64::MAX)).map_err(st)? {
                 let (k, v) = item.map_err(st)?;
                 let env = decode_envelope(v.value()).map_err(|e| damaged("envelope", e))?;
-                if let Some(blobs) = &blobs {
-                    if blobs.get(&env.blob.0).map_err(st)?.is_some() {
-                        continue;
-                    }
+                if !lacking.contains(&env.blob) {
+                    continue;
                 }
                 let loc = locs.get(k.value()).map_err(st)?.map(|l| l.value());
                 let mailbox = loc
@@ -136,8 +134,10 @@ impl Store {
         })
     }
 
-    /// Stores a body received from a peer (checked by the caller against its
-    /// id), in its own durable transaction. A copy found damaged since open
+    /// Stores a body, in its own durable transaction, as got for every
+    /// account that names it: for a caller trusted with every account (an
+    /// operator's tool, tests); bodies from a peer go through
+    /// [`Store::put_shipped`]. A copy found damaged since open
     /// ([`Store::corrupt_blobs`]) is replaced.
     pub fn put_blob(&self, raw: &[u8]) -> Result<BlobId, StoreError> {
         Ok(self.put_blobs(&[raw])?[0])
@@ -151,7 +151,14 @@ impl Store {
     /// stored: the peer sent garbage). A body in stored form is kept as it
     /// came (its record and its parts' records), unless it came whole and
     /// is large enough that this store would split parts out of it.
-    pub fn put_shipped(&self, bodies: Vec<(BlobId, Shipped)>) -> Result<(), StoreError> {
+    ///
+    /// The bodies count as got (see `crate::refs`) for `accounts` only:
+    /// those the sending peer is pinned for.
+    pub fn put_shipped(&self, accounts: &[&str], bodies: Vec<(BlobId, Shipped)>) -> Result<(), StoreError> {
+        let numbers: Vec<u32> = {
+            let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+            accounts.iter().filter_map(|a| map.get(*a).map(|acct| acct.number)).collect()
+        };
         let threshold = self.options.part_threshold;
         let mut checked = Vec::with_capacity(bodies.len());
         for (id, body) in bodies {
@@ -180,7 +187,7 @@ impl Store {
                     Shipped::Packed(shipped) => write::put_packed(&w, *id, shipped, &self.core, &mut repaired)?,
                 }
             }
-            refs::settle(&w, checked.iter().map(|(id, _)| *id))?;
+            refs::settle(&w, checked.iter().map(|(id, _)| *id), Some(&numbers))?;
             w.commit().map_err(st)
         })?;
         self.core.db.committed();
@@ -188,7 +195,8 @@ impl Store {
         Ok(())
     }
 
-    /// Stores several bodies in one durable transaction (one fsync).
+    /// Stores several bodies in one durable transaction (one fsync), as
+    /// [`Store::put_blob`].
     pub fn put_blobs(&self, raws: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
         let mut repaired = Vec::new();
         let ids = self.run(|db| {
@@ -197,7 +205,7 @@ impl Store {
                 .iter()
                 .map(|raw| write::put_body(&w, raw, self.options.part_threshold, &self.core, &mut repaired))
                 .collect::<Result<Vec<_>, _>>()?;
-            refs::settle(&w, ids.iter().copied())?;
+            refs::settle(&w, ids.iter().copied(), None)?;
             w.commit().map_err(st)?;
             Ok(ids)
         })?;
@@ -209,7 +217,12 @@ impl Store {
 
 impl Reader {
     /// The stored record of a body, as stored (packed).
+    /// Through an account's reader, a body the account has not got (see
+    /// `crate::refs`) is missing even if stored here for another account.
     fn stored_record(&self, id: BlobId) -> Result<redb::AccessGuard<'static, &'static [u8]>, StoreError> {
+        if self.account != 0 && refs::lacks(&self.txn, self.account, id)? {
+            return Err(StoreError::MissingBlob(id));
+        }
         let t = self.table(BLOBS)?.ok_or(StoreError::MissingBlob(id))?;
         t.get(&id.0).map_err(st)?.ok_or(StoreError::MissingBlob(id))
     }

@@ -13,9 +13,22 @@
 //! drive body garbage collection (a body no row names is unreferenced).
 //!
 //! Beside it, the `missing_bodies` table lists per account the bodies its
-//! messages name that are not stored here, so "what is left to fetch" costs
-//! O(missing), not a scan of every envelope (which, run after each batch
-//! of a 10,000-message initial sync, made the sync quadratic).
+//! messages name whose bytes it has not got, so "what is left to fetch"
+//! costs O(missing), not a scan of every envelope (which, run after each
+//! batch of a 10,000-message initial sync, made the sync quadratic).
+//!
+//! "Got" is per account, not per store. A peer pinned for alice can make a
+//! message in alice's account that names any body id, say one of bob's it
+//! learned somehow; had the store taken "stored here" for "alice's", alice
+//! would read bob's mail and the peer could fetch it through alice. So a
+//! body counts as an account's only once its bytes were written for that
+//! account: by a local write of the account (a delivery, an APPEND, an
+//! import) or from a peer pinned for it ([`settle`]), which proves it has
+//! them. Until then the account's row stays, reads of the body through the
+//! account fail as for a body not here, peers are not sent it on the
+//! account's behalf, and the links ask for the bytes as for any missing
+//! body. The cost: a body shared by two accounts and received over a link
+//! pinned for one of them is fetched again for the other.
 
 use crate::backend::{decode_envelope, Key2, BLOB_REFS, ENVELOPES, MISSING};
 use crate::*;
@@ -36,8 +49,9 @@ fn recount(envelopes: &impl ReadableTable<Key2, &'static [u8]>) -> Result<Recoun
     Ok(counts)
 }
 
-/// The rows `missing_bodies` must hold: every counted (account, body)
-/// whose body is not stored.
+/// The rows `missing_bodies` must hold at least: every counted (account,
+/// body) whose body is not stored (it may hold more: bodies stored but not
+/// yet got for that account).
 fn expected_missing(
     counts: &Recount,
     stored: impl Fn(&[u8; 32]) -> Result<bool, StoreError>,
@@ -75,11 +89,15 @@ pub(crate) fn build(w: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Takes `ids` off every account's missing list where they are now stored
-/// (bodies just written, and bodies just referenced, which are listed as
-/// missing until looked up here). Runs in the writing transaction, so the
-/// list commits with the bodies and the envelopes.
-pub(crate) fn settle(w: &WriteTransaction, ids: impl IntoIterator<Item = BlobId>) -> Result<(), StoreError> {
+/// Takes bodies `ids`, just written, off the missing lists of `accounts`
+/// (account numbers; `None`: every account that names them — for a caller
+/// trusted with them all). Runs in the writing transaction, so the lists
+/// commit with the bodies.
+pub(crate) fn settle(
+    w: &WriteTransaction,
+    ids: impl IntoIterator<Item = BlobId>,
+    accounts: Option<&[u32]>,
+) -> Result<(), StoreError> {
     let blobs = w.open_table(BLOBS).map_err(st)?;
     let refs = w.open_table(BLOB_REFS).map_err(st)?;
     let mut missing = w.open_table(MISSING).map_err(st)?;
@@ -87,12 +105,29 @@ pub(crate) fn settle(w: &WriteTransaction, ids: impl IntoIterator<Item = BlobId>
         if blobs.get(&id.0).map_err(st)?.is_none() {
             continue;
         }
-        for item in refs.range((id.0, 0)..=(id.0, u32::MAX)).map_err(st)? {
-            let account = item.map_err(st)?.0.value().1;
+        let naming: Vec<u32> = match accounts {
+            Some(numbers) => numbers.to_vec(),
+            None => {
+                let mut all = Vec::new();
+                for item in refs.range((id.0, 0)..=(id.0, u32::MAX)).map_err(st)? {
+                    all.push(item.map_err(st)?.0.value().1);
+                }
+                all
+            }
+        };
+        for account in naming {
             missing.remove((account, id.0)).map_err(st)?;
         }
     }
     Ok(())
+}
+
+/// Whether account `number` names body `id` but has not got its bytes.
+pub(crate) fn lacks(r: &ReadTransaction, number: u32, id: BlobId) -> Result<bool, StoreError> {
+    match table(r, MISSING)? {
+        Some(t) => Ok(t.get((number, id.0)).map_err(st)?.is_some()),
+        None => Ok(false),
+    }
 }
 
 /// The bodies account `number` lacks, with their sizes, from the index.
@@ -106,7 +141,8 @@ pub(crate) fn missing_of(r: &ReadTransaction, number: u32) -> Result<Vec<(BlobId
     Ok(out)
 }
 
-/// Whether any of the accounts `numbers` references body `id`.
+/// Whether any of the accounts `numbers` references body `id` and has
+/// got its bytes.
 pub(crate) fn referenced_by(r: &ReadTransaction, id: BlobId, numbers: &[u32]) -> Result<bool, StoreError> {
     let refs = match r.open_table(BLOB_REFS) {
         Ok(t) => t,
@@ -114,7 +150,7 @@ pub(crate) fn referenced_by(r: &ReadTransaction, id: BlobId, numbers: &[u32]) ->
         Err(e) => return Err(st(e)),
     };
     for n in numbers {
-        if refs.get((id.0, *n)).map_err(st)?.is_some_and(|g| g.value() > 0) {
+        if refs.get((id.0, *n)).map_err(st)?.is_some_and(|g| g.value() > 0) && !lacks(r, *n, id)? {
             return Ok(true);
         }
     }
@@ -129,6 +165,13 @@ impl Store {
     /// sent. Verified like [`Store::blob`].
     pub fn blob_for(&self, accounts: &[&str], id: BlobId) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_for(accounts, id, |r| r.body(id))
+    }
+
+    /// Whether `account` names body `id` without having got its bytes (a
+    /// link then asks its peers for them).
+    pub fn lacks(&self, account: &str, id: BlobId) -> Result<bool, StoreError> {
+        let number = self.account(account)?.number;
+        self.run(|db| lacks(&redb::ReadableDatabase::begin_read(db).map_err(st)?, number, id))
     }
 
     /// [`Store::blob_for`] in the form to ship to the peer
@@ -186,9 +229,10 @@ impl Store {
         Ok(map.iter().filter(|(_, a)| numbers.contains(&a.number)).map(|(n, _)| n.clone()).collect())
     }
 
-    /// Compares the index of body references and the list of missing
-    /// bodies with a recount from the envelopes and the bodies; returns
-    /// every difference (empty: they agree).
+    /// Compares the index of body references with a recount from the
+    /// envelopes, and the lists of missing bodies with what they must and
+    /// may hold (every named body not stored; only named bodies); returns every difference (empty:
+    /// they agree).
     pub fn check_blob_refs(&self) -> Result<Vec<String>, StoreError> {
         self.run(|db| {
             let txn = redb::ReadableDatabase::begin_read(db).map_err(st)?;
@@ -201,7 +245,7 @@ impl Store {
                 Some(t) => Ok(t.get(b).map_err(st)?.is_some()),
                 None => Ok(false),
             })?;
-            let want: BTreeMap<_, u64> = counts.into_iter().map(|(k, (n, _))| (k, n)).collect();
+            let want: BTreeMap<_, u64> = counts.iter().map(|(k, (n, _))| (*k, *n)).collect();
             let mut have = BTreeMap::new();
             match txn.open_table(BLOB_REFS) {
                 Ok(t) => {
@@ -232,18 +276,14 @@ impl Store {
                     listed.insert(k.value(), v.value());
                 }
             }
-            for (k, size) in &want_missing {
-                if listed.get(k) != Some(size) {
+            for k in want_missing.keys() {
+                if !listed.contains_key(k) {
                     out.push(format!("body {:?} account {}: not stored, not listed as missing", BlobId(k.1), k.0));
                 }
             }
-            for k in listed.keys() {
-                if !want_missing.contains_key(k) {
-                    out.push(format!(
-                        "body {:?} account {}: listed as missing, stored or unreferenced",
-                        BlobId(k.1),
-                        k.0
-                    ));
+            for (account, blob) in listed.keys() {
+                if !counts.contains_key(&(*blob, *account)) {
+                    out.push(format!("body {:?} account {account}: listed as missing, unreferenced", BlobId(*blob)));
                 }
             }
             Ok(out)

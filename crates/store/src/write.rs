@@ -262,10 +262,9 @@ impl Store {
             }
             let (replica, mut backend) = replica.swap_backend(Detached);
             backend.flush().map_err(|e| StoreError::Apply(e.into()).lift())?;
-            let mut settle = backend.take_first_refs();
             drop(backend);
-            settle.extend(batch.stored);
-            refs::settle(&txn, settle)?;
+            // Bodies written here by the account itself are its own.
+            refs::settle(&txn, batch.stored, Some(&[number]))?;
             (value, replica, batch.repaired)
         };
         // Readers of this account wait from the commit until they can see

@@ -471,7 +471,7 @@ fn bodies_ship_in_stored_form_and_arrive_whole() {
     let ship = |s: &Store, m: &[u8]| s.shipped_for(&["u"], BlobId::of(m)).unwrap().expect("u's body");
     assert_eq!(a.shipped_for(&["other"], BlobId::of(&plain)).unwrap(), None);
     let bodies: Vec<_> = [&plain, &mid, &big].iter().map(|m| (BlobId::of(m), ship(&a, m))).collect();
-    b.put_shipped(bodies).unwrap();
+    b.put_shipped(&["u"], bodies).unwrap();
     for m in [&plain, &mid, &big] {
         assert_eq!(b.blob(BlobId::of(m)).unwrap().as_deref(), Some(m.as_slice()));
     }
@@ -536,7 +536,7 @@ fn a_bad_stored_record_is_refused_and_nothing_is_stored() {
         ((BlobId::of(&big), Shipped::Packed(other_part.clone())), "another body's part"),
     ] {
         let id = bad.0;
-        match b.put_shipped(vec![good.clone(), bad]) {
+        match b.put_shipped(&["u"], vec![good.clone(), bad]) {
             Err(StoreError::BadBody { blob, .. }) => assert_eq!(blob, id, "{what}"),
             other => panic!("{what}: {other:?}"),
         }
