@@ -25,6 +25,8 @@ pub struct Config {
     pub lmtp: Lmtp,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub store: StoreSection,
     /// Pinned peers, in addition to `DATA_DIR/peers`.
     #[serde(default)]
     pub peer: Vec<PeerEntry>,
@@ -122,6 +124,17 @@ impl Lmtp {
     }
 }
 
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// redb's page cache, MiB.
+    pub cache_mib: Option<Spanned<u64>>,
+}
+
+/// Bounds of `store.cache_mib`.
+const CACHE_MIB: std::ops::RangeInclusive<u64> = 4..=65_536;
+
 /// `[log]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +197,17 @@ impl Config {
         }
         config.imap.validate()?;
         config.lmtp.validate(text)?;
+        if let Some(v) = &config.store.cache_mib {
+            if !CACHE_MIB.contains(v.get_ref()) {
+                let line = line_of(text, v.span().start);
+                return Err(format!(
+                    "line {line}: store.cache_mib: {} is not within {}..={}",
+                    v.get_ref(),
+                    CACHE_MIB.start(),
+                    CACHE_MIB.end()
+                ));
+            }
+        }
         let mut seen = Vec::new();
         for p in &config.peer {
             let line = line_of(text, p.id.span().start);
@@ -251,6 +275,13 @@ impl Config {
 }
 
 impl Config {
+    /// How `serve` opens the store.
+    pub fn store_options(&self) -> starling_store::StoreOptions {
+        let d = starling_store::StoreOptions::default();
+        let cache_bytes = self.store.cache_mib.as_ref().map_or(d.cache_bytes, |v| (*v.get_ref() as usize) << 20);
+        starling_store::StoreOptions { cache_bytes, ..d }
+    }
+
     /// LMTP limits.
     pub fn lmtp_config(&self) -> crate::lmtp::Config {
         let (l, d) = (&self.lmtp, crate::lmtp::Config::default());
@@ -310,6 +341,9 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # idle_timeout_secs = 300      # silence allowed for a command line, or between reads in DATA
 # connections_max = 64         # open connections in total (421 above)
 # connections_per_ip = 32      # open connections from one address (421 above)
+
+[store]
+# cache_mib = 64               # redb's page cache (redb's own default is 1 GiB)
 
 [log]
 # format = "human"             # or "json"
@@ -383,6 +417,11 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("lmtp.idle_timeout_secs"), "{e}");
         let e = Config::parse("[lmtp]\nconnections_per_ip = 0\n").unwrap_err();
         assert!(e.contains("lmtp.connections_per_ip"), "{e}");
+        let e = Config::parse("[store]\n\ncache_mib = 2\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("store.cache_mib"), "{e}");
+        let c = Config::parse("[store]\ncache_mib = 16\n").unwrap();
+        assert_eq!(c.store_options().cache_bytes, 16 << 20);
+        assert_eq!(Config::default().store_options().cache_bytes, starling_store::CACHE_BYTES_DEFAULT);
         let e = Config::parse("[lmtp]\nmessage_maxx = 1\n").unwrap_err();
         assert!(e.contains("line 2") && e.contains("message_maxx"), "{e}");
     }

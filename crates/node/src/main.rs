@@ -194,8 +194,12 @@ fn identity(data_dir: &Path) -> Result<NodeIdentity, String> {
 }
 
 pub(crate) fn open_store(data_dir: &Path) -> Result<Store, String> {
+    open_store_with(data_dir, StoreOptions::default())
+}
+
+fn open_store_with(data_dir: &Path, options: StoreOptions) -> Result<Store, String> {
     let node = identity(data_dir)?.id().replica();
-    Store::open(&data_dir.join("store.redb"), node, StoreOptions::default()).map_err(|e| e.to_string())
+    Store::open(&data_dir.join("store.redb"), node, options).map_err(|e| e.to_string())
 }
 
 /// `starling verify`: prints what is damaged; an error if anything is.
@@ -353,7 +357,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let json = log_json || config.log.format == Some(config::LogFormat::Json);
             init_logs(json, config.log.level.as_deref())?;
             let id = identity(&cli.data_dir)?;
-            let store = open_store(&cli.data_dir)?;
+            let store = open_store_with(&cli.data_dir, config.store_options())?;
             let first_account = first_start(&store)?;
             let mut peers = peers::load(&cli.data_dir)?;
             for p in config.peers() {

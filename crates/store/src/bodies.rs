@@ -79,9 +79,11 @@ impl Store {
         }
     }
 
-    /// Bodies that messages of `account` reference but this store lacks
-    /// (after a snapshot, or ops whose bodies have not arrived).
-    /// Read from the list the store keeps (O(missing), in id order).
+    /// Bodies that messages of `account` reference and whose bytes the
+    /// account has not got (not stored here, or stored only for another
+    /// account: see `crate::refs`) — after a snapshot, or ops whose bodies
+    /// have not arrived. Read from the list the store keeps (O(missing), in
+    /// id order).
     pub fn missing_blobs(&self, account: &str) -> Result<Vec<BlobId>, StoreError> {
         Ok(self.missing_sizes(account)?.into_iter().map(|(id, _)| id).collect())
     }
@@ -167,7 +169,10 @@ impl Store {
                 Shipped::Packed(shipped) => {
                     let bad = |reason: String| StoreError::BadBody { blob: id, reason };
                     let (parts, stored) = blob::decode_shipped(&shipped).map_err(bad)?;
-                    let record = blob::unpack_record(stored, BODY_BYTES_MAX).map_err(bad)?;
+                    let record = blob::unpack_record(stored, SHIPPED_BYTES_MAX).map_err(bad)?;
+                    if record.len > SHIPPED_BYTES_MAX as u64 {
+                        return Err(bad(format!("{} bytes, over {SHIPPED_BYTES_MAX}", record.len)));
+                    }
                     blob::check_whole(id, &record, &parts).map_err(bad)?;
                     match blob::inline_bytes(&record) {
                         Some(raw) if record.len > threshold as u64 => (id, Shipped::Raw(raw)),

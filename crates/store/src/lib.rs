@@ -75,6 +75,11 @@ const FORMAT_VERSION: u8 = 3;
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;
 
+/// Largest body a peer may ship ([`Store::put_shipped`]; the sync
+/// protocol's own bound on a body): decompression of what a peer sends is
+/// bounded by it, and each part by the length the body's record gives it.
+pub const SHIPPED_BYTES_MAX: usize = 256 << 20;
+
 /// Default size above which a MIME part is stored as a blob of its own.
 pub const PART_THRESHOLD_DEFAULT: usize = 256 * 1024;
 

@@ -523,6 +523,14 @@ fn a_bad_stored_record_is_refused_and_nothing_is_stored() {
     let (at, n) = part_len(&pb);
     let mut without_part = vec![0u8];
     without_part.extend_from_slice(&pb[at + n..]);
+    // A record that declares a 1 GiB part (and a part of 4 bytes): refused
+    // before anything is decompressed to that size.
+    let record = starling_store::blob::BodyRecord {
+        len: 1 << 30,
+        pieces: vec![starling_store::blob::Piece::Part { id: BlobId([3; 32]), len: 1 << 30 }],
+    };
+    let record = starling_store::blob::pack(&postcard::to_stdvec(&record).unwrap());
+    let huge = starling_store::blob::encode_shipped(&record, &[b"\0abc".as_slice()]);
     let (at2, n2) = part_len(&pb2);
     let mut other_part = pb[..1].to_vec();
     other_part.extend_from_slice(&pb2[1..at2 + n2]);
@@ -534,6 +542,7 @@ fn a_bad_stored_record_is_refused_and_nothing_is_stored() {
         ((BlobId::of(&m2), Shipped::Packed(Vec::new())), "empty"),
         ((BlobId::of(&big), Shipped::Packed(without_part.clone())), "a part left out"),
         ((BlobId::of(&big), Shipped::Packed(other_part.clone())), "another body's part"),
+        ((BlobId::of(&big), Shipped::Packed(huge.clone())), "declares 1 GiB"),
     ] {
         let id = bad.0;
         match b.put_shipped(&["u"], vec![good.clone(), bad]) {
