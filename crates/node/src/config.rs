@@ -97,6 +97,7 @@ pub struct Lmtp {
     pub message_max: Option<Spanned<u64>>,
     pub line_max: Option<Spanned<u64>>,
     pub idle_timeout_secs: Option<Spanned<u64>>,
+    pub data_deadline_secs: Option<Spanned<u64>>,
     pub connections_max: Option<Spanned<u64>>,
     pub connections_per_ip: Option<Spanned<u64>>,
 }
@@ -108,6 +109,7 @@ impl Lmtp {
             ("line_max", &self.line_max, 512, 1 << 16, "an RFC 5321 command line must fit; a line is held whole"),
             ("message_max", &self.message_max, 1 << 10, 1 << 30, "a message is held whole while it arrives"),
             ("idle_timeout_secs", &self.idle_timeout_secs, 1, 86_400, "RFC 5321 asks 300"),
+            ("data_deadline_secs", &self.data_deadline_secs, 1, 86_400, "a whole message must fit"),
             ("connections_max", &self.connections_max, 1, 100_000, "or no MTA gets in"),
             ("connections_per_ip", &self.connections_per_ip, 1, 100_000, "or no MTA gets in"),
         ];
@@ -293,6 +295,7 @@ impl Config {
                 ..d.limits
             },
             idle_timeout: l.idle_timeout_secs.as_ref().map_or(d.idle_timeout, |v| Duration::from_secs(*v.get_ref())),
+            data_deadline: l.data_deadline_secs.as_ref().map_or(d.data_deadline, |v| Duration::from_secs(*v.get_ref())),
             connections: starling_net::listen::ConnLimits {
                 total: n(&l.connections_max, d.connections.total),
                 per_ip: n(&l.connections_per_ip, d.connections.per_ip),
@@ -339,6 +342,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # message_max = 67108864       # largest message, bytes (advertised as SIZE; 552 above)
 # line_max = 1000              # longest command line, bytes (500 above)
 # idle_timeout_secs = 300      # silence allowed for a command line, or between reads in DATA
+# data_deadline_secs = 3600    # one DATA, from its start to its final dot, at most
 # connections_max = 64         # open connections in total (421 above)
 # connections_per_ip = 32      # open connections from one address (421 above)
 

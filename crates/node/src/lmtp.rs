@@ -46,19 +46,31 @@ pub struct Config {
     pub limits: Limits,
     /// Silence allowed for a command line, and between reads inside DATA.
     pub idle_timeout: Duration,
+    /// Longest one DATA may take from its start to its final dot, however
+    /// steadily the bytes come (a byte every few minutes would otherwise
+    /// hold a connection for ever).
+    pub data_deadline: Duration,
     /// Open connections in total and per client address.
     pub connections: ConnLimits,
 }
 
 /// Default of [`Config::idle_timeout`] (RFC 5321 §4.5.3.2: 5 minutes).
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+/// Default of [`Config::data_deadline`]: an hour, so a maximal message
+/// (64 MiB) still gets through at 18 KB/s.
+pub const DATA_DEADLINE_DEFAULT: Duration = Duration::from_secs(3600);
 /// Default of [`Config::connections`]: Postfix opens up to 20 connections
 /// per destination by default; room for two such MTAs from one address.
 pub const CONNECTIONS_DEFAULT: ConnLimits = ConnLimits { total: 64, per_ip: 32 };
 
 impl Default for Config {
     fn default() -> Config {
-        Config { limits: Limits::default(), idle_timeout: IDLE_TIMEOUT_DEFAULT, connections: CONNECTIONS_DEFAULT }
+        Config {
+            limits: Limits::default(),
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            data_deadline: DATA_DEADLINE_DEFAULT,
+            connections: CONNECTIONS_DEFAULT,
+        }
     }
 }
 
@@ -136,15 +148,17 @@ where
     let mut s = Session::new(backend, config.limits);
     let mut buf = vec![0u8; READ_BYTES];
     // When the next command line must be complete (or, inside DATA, when
-    // the next read must come).
+    // the next read must come), and when the DATA under way must end.
     let mut deadline = Instant::now() + idle;
+    let mut data_ends: Option<Instant> = None;
     loop {
         flush(&mut s, &mut stream, idle).await?;
         if s.is_closed() {
             let _ = tokio::time::timeout(idle, stream.shutdown()).await;
             return Ok(());
         }
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        let due = data_ends.map_or(deadline, |d| d.min(deadline));
+        let n = match tokio::time::timeout_at(due, stream.read(&mut buf)).await {
             Err(_) => {
                 s.timed_out();
                 continue;
@@ -163,6 +177,11 @@ where
         if in_data || s.in_data() || s.commands() != commands {
             deadline = Instant::now() + idle;
         }
+        data_ends = match (data_ends, s.in_data()) {
+            (None, true) => Some(Instant::now() + config.data_deadline),
+            (d, true) => d,
+            (_, false) => None,
+        };
     }
 }
 
@@ -219,5 +238,59 @@ mod tests {
         assert!(line.starts_with("421 4.4.2"), "{line}");
         assert!(t.elapsed() >= Duration::from_millis(150));
         task.await.unwrap().unwrap();
+    }
+
+    /// A DATA whose bytes keep coming, each well within the idle timeout,
+    /// is cut at the DATA deadline: 421, and nothing is delivered.
+    #[tokio::test]
+    async fn a_dripped_data_is_cut_at_its_deadline() {
+        let config = Config {
+            idle_timeout: Duration::from_millis(400),
+            data_deadline: Duration::from_millis(600),
+            ..Config::default()
+        };
+        let (client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(async move { session(server, &config, Anybody).await });
+        let (r, mut w) = tokio::io::split(client);
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        for command in ["LHLO x\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<alice>\r\n", "DATA\r\n"] {
+            w.write_all(command.as_bytes()).await.unwrap();
+        }
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            if line.starts_with("354") {
+                break;
+            }
+        }
+        let t = std::time::Instant::now();
+        let dripping = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if w.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+            w
+        });
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("421 4.4.2"), "{line}");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(1900), "{took:?}");
+        task.await.unwrap().unwrap();
+        drop(dripping.await);
+    }
+
+    struct Anybody;
+
+    impl Backend for Anybody {
+        fn account(&mut self, a: &str) -> Option<String> {
+            Some(a.to_string())
+        }
+        fn deliver(&mut self, _: &str, _: &[u8]) -> Result<(), String> {
+            panic!("a cut DATA is not delivered")
+        }
     }
 }
