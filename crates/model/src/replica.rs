@@ -242,6 +242,9 @@ pub struct Replica<B: Backend = MemBackend> {
     queued: HashSet<Queued>,
     /// Claims in `queued`, per mailbox index.
     claims_queued: HashMap<u32, usize>,
+    /// The queued claim being applied now (taken off `queued` so that its
+    /// message is settled), by mailbox index and message.
+    claiming: Option<(u32, Packed)>,
     outbox: Vec<Op>,
     /// Ops applied since the last [`Replica::take_applied`], when recording.
     applied: Option<Vec<AppliedOp>>,
@@ -290,6 +293,7 @@ impl<B: Backend> Replica<B> {
             followups: VecDeque::new(),
             queued: HashSet::new(),
             claims_queued: HashMap::new(),
+            claiming: None,
             outbox: Vec::new(),
             applied: None,
             backend,
@@ -405,6 +409,7 @@ impl<B: Backend> Replica<B> {
             followups,
             queued,
             claims_queued,
+            claiming,
             outbox,
             applied,
             backend: old,
@@ -428,6 +433,7 @@ impl<B: Backend> Replica<B> {
             followups,
             queued,
             claims_queued,
+            claiming,
             outbox,
             applied,
             backend,
@@ -751,6 +757,7 @@ impl<B: Backend> Replica<B> {
                         let idx = self.mailbox(*mailbox);
                         if self.queued.remove(&Queued::Claim(idx, m)) {
                             *self.claims_queued.get_mut(&idx).expect("counted") -= 1;
+                            self.claiming = Some((idx, m));
                         }
                     }
                     FollowUp::Move { message, .. } => {
@@ -759,10 +766,16 @@ impl<B: Backend> Replica<B> {
                     }
                     FollowUp::Claim { .. } => {}
                 }
-                if let Some(body) = self.followup_body(f)? {
-                    let op = self.new_op(body);
-                    self.apply_ready(op)?;
-                }
+                let applied = match self.followup_body(f) {
+                    Ok(Some(body)) => {
+                        let op = self.new_op(body);
+                        self.apply_ready(op)
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                self.claiming = None;
+                applied?;
                 continue;
             }
             if self.followups.is_empty() {
@@ -1052,9 +1065,21 @@ impl<B: Backend> Replica<B> {
             }
             let meta = &self.mailboxes[idx as usize];
             // Unplaced messages need a place; in a cascade they all have a
-            // claim queued already (each decides at its turn), so the scan,
-            // which would make a heal quadratic, is skipped then.
-            if self.claims_queued.get(&idx).copied().unwrap_or(0) < meta.unplaced.len() {
+            // claim queued already (each decides at its turn), or are the
+            // one whose claim is being applied, so the scan, which would
+            // make a heal quadratic, is skipped then. (Counting the claim
+            // in hand too: without it, every claim of a cascade rescanned
+            // the mailbox's unplaced messages — 10-15% of a heal of 5,000
+            // shown messages per side.)
+            let in_hand = match self.claiming {
+                Some((i, m))
+                    if i == idx && meta.unplaced.contains_key(&m) && !self.queued.contains(&Queued::Claim(idx, m)) =>
+                {
+                    1
+                }
+                _ => 0,
+            };
+            if self.claims_queued.get(&idx).copied().unwrap_or(0) + in_hand < meta.unplaced.len() {
                 msgs.extend(meta.unplaced.keys().copied());
             }
             // Messages of a mailbox merged into another go there (once per

@@ -1067,9 +1067,12 @@ impl World {
                 self.now = s.at;
                 self.step(s.ev)?;
             }
-            let got = self.nodes[i].store.as_ref().expect("up").blob(missing).map_err(err)?;
+            // Fetched, got for the account (off its missing list), and read
+            // through it.
+            let store = self.nodes[i].store.as_ref().expect("up");
+            let got = store.read(ACCOUNT).map_err(err)?.body(missing).ok();
             let want = self.nodes[author].store.as_ref().expect("up").blob(missing).map_err(err)?;
-            if got.is_none() || got != want {
+            if got.is_none() || got != want || store.missing_blobs(ACCOUNT).map_err(err)?.contains(&missing) {
                 return Err(format!("node {i}: on-demand fetch of {missing:?} from node {author} failed"));
             }
         }

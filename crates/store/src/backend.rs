@@ -43,10 +43,17 @@ pub(crate) const BLOB_REFS: TableDefinition<([u8; 32], u32), u64> = TableDefinit
 /// ([`RedbBackend::set_envelope`]) and goes with its last; it also goes
 /// when the bytes are stored for the account — by a local write of the
 /// account, or from a peer pinned for it ([`crate::refs::settle`], in the
-/// same transaction). So a body stored here for another account does not
+/// same transaction, which marks them [`GOT`]); a first reference to a
+/// body the account has got adds no row. So a body stored here for another account does not
 /// count as the account's until the bytes come: a message a peer makes
 /// that names a body it does not have stays missing (see `crate::refs`).
 pub(crate) const MISSING: TableDefinition<(u32, [u8; 32]), u64> = TableDefinition::new("missing_bodies");
+/// (account, body id): the account has got the body's bytes (written for
+/// it locally, or from a peer pinned for it) — kept when its last message
+/// naming the body goes, so a message the model takes out and a peer's op
+/// puts back (a move, a mailbox deleted concurrently) finds it still got.
+/// Only for bodies stored here (body garbage collection will drop both).
+pub(crate) const GOT: TableDefinition<(u32, [u8; 32]), ()> = TableDefinition::new("bodies_got");
 
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
     StorageError(Box::new(e))
@@ -95,6 +102,7 @@ pub struct RedbBackend<'txn> {
     account_counts: Table<'txn, u32, (u64, u64)>,
     blob_refs: Table<'txn, ([u8; 32], u32), u64>,
     missing: Table<'txn, (u32, [u8; 32]), u64>,
+    got: Table<'txn, (u32, [u8; 32]), ()>,
     /// Counters read once per transaction and written back by [`Self::flush`].
     cached_account: Option<(u64, u64)>,
     cached_mailboxes: std::collections::BTreeMap<u32, (u64, u64)>,
@@ -119,6 +127,7 @@ impl<'txn> RedbBackend<'txn> {
             account_counts: txn.open_table(ACCOUNT_COUNTS)?,
             blob_refs: txn.open_table(BLOB_REFS)?,
             missing: txn.open_table(MISSING)?,
+            got: txn.open_table(GOT)?,
             cached_account: None,
             cached_mailboxes: std::collections::BTreeMap::new(),
         })
@@ -168,7 +177,7 @@ impl<'txn> RedbBackend<'txn> {
         let key = (blob.0, self.account);
         let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
         self.blob_refs.insert(key, n + 1).map_err(storage)?;
-        if n == 0 {
+        if n == 0 && self.got.get((self.account, blob.0)).map_err(storage)?.is_none() {
             self.missing.insert((self.account, blob.0), size).map_err(storage)?;
         }
         Ok(())

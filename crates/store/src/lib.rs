@@ -69,8 +69,9 @@ const CREDENTIALS: TableDefinition<&str, &str> = TableDefinition::new("credentia
 
 const MAGIC: &[u8] = b"starling-store";
 /// 2: the `blob_refs` index (which accounts reference a body); 3: the
-/// `missing_bodies` list. An older store gets them built once at open.
-const FORMAT_VERSION: u8 = 3;
+/// `missing_bodies` list; 4: the `bodies_got` marks. An older store gets
+/// them built once at open.
+const FORMAT_VERSION: u8 = 4;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;

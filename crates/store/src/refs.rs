@@ -30,7 +30,7 @@
 //! body. The cost: a body shared by two accounts and received over a link
 //! pinned for one of them is fetched again for the other.
 
-use crate::backend::{decode_envelope, Key2, BLOB_REFS, ENVELOPES, MISSING};
+use crate::backend::{decode_envelope, Key2, BLOB_REFS, ENVELOPES, GOT, MISSING};
 use crate::*;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
@@ -49,24 +49,26 @@ fn recount(envelopes: &impl ReadableTable<Key2, &'static [u8]>) -> Result<Recoun
     Ok(counts)
 }
 
-/// The rows `missing_bodies` must hold at least: every counted (account,
-/// body) whose body is not stored (it may hold more: bodies stored but not
-/// yet got for that account).
+/// The rows `missing_bodies` must hold: every counted (account, body) the
+/// account has not got (`got`), or whose body is not stored.
 fn expected_missing(
     counts: &Recount,
     stored: impl Fn(&[u8; 32]) -> Result<bool, StoreError>,
+    got: impl Fn(u32, &[u8; 32]) -> Result<bool, StoreError>,
 ) -> Result<BTreeMap<(u32, [u8; 32]), u64>, StoreError> {
     let mut out = BTreeMap::new();
     for ((blob, account), (_, size)) in counts {
-        if !stored(blob)? {
+        if !stored(blob)? || !got(*account, blob)? {
             out.insert((*account, *blob), *size);
         }
     }
     Ok(out)
 }
 
-/// Builds both indexes from the envelopes and the bodies (replacing
-/// whatever they held).
+/// Builds the indexes from the envelopes and the bodies (replacing
+/// whatever they held), for a store written before them: every body an
+/// account names and that is stored counts as got (the older code had no
+/// way to tell).
 pub(crate) fn build(w: &WriteTransaction) -> Result<(), StoreError> {
     let counts = {
         let envelopes = w.open_table(ENVELOPES).map_err(st)?;
@@ -74,8 +76,15 @@ pub(crate) fn build(w: &WriteTransaction) -> Result<(), StoreError> {
     };
     let missing = {
         let blobs = w.open_table(BLOBS).map_err(st)?;
-        expected_missing(&counts, |b| Ok(blobs.get(b).map_err(st)?.is_some()))?
+        expected_missing(&counts, |b| Ok(blobs.get(b).map_err(st)?.is_some()), |_, _| Ok(true))?
     };
+    let mut got = w.open_table(GOT).map_err(st)?;
+    got.retain(|_, _| false).map_err(st)?;
+    for (blob, account) in counts.keys() {
+        if !missing.contains_key(&(*account, *blob)) {
+            got.insert((*account, *blob), ()).map_err(st)?;
+        }
+    }
     let mut refs = w.open_table(BLOB_REFS).map_err(st)?;
     refs.retain(|_, _| false).map_err(st)?;
     for (k, (n, _)) in counts {
@@ -89,10 +98,10 @@ pub(crate) fn build(w: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Takes bodies `ids`, just written, off the missing lists of `accounts`
-/// (account numbers; `None`: every account that names them — for a caller
-/// trusted with them all). Runs in the writing transaction, so the lists
-/// commit with the bodies.
+/// Marks bodies `ids`, just written, got by those of `accounts` (account
+/// numbers; `None`: all — for a caller trusted with every account) whose
+/// messages name them, and takes them off their missing lists. Runs in
+/// the writing transaction, so the lists commit with the bodies.
 pub(crate) fn settle(
     w: &WriteTransaction,
     ids: impl IntoIterator<Item = BlobId>,
@@ -101,22 +110,17 @@ pub(crate) fn settle(
     let blobs = w.open_table(BLOBS).map_err(st)?;
     let refs = w.open_table(BLOB_REFS).map_err(st)?;
     let mut missing = w.open_table(MISSING).map_err(st)?;
+    let mut got = w.open_table(GOT).map_err(st)?;
     for id in ids {
         if blobs.get(&id.0).map_err(st)?.is_none() {
             continue;
         }
-        let naming: Vec<u32> = match accounts {
-            Some(numbers) => numbers.to_vec(),
-            None => {
-                let mut all = Vec::new();
-                for item in refs.range((id.0, 0)..=(id.0, u32::MAX)).map_err(st)? {
-                    all.push(item.map_err(st)?.0.value().1);
-                }
-                all
+        for item in refs.range((id.0, 0)..=(id.0, u32::MAX)).map_err(st)? {
+            let account = item.map_err(st)?.0.value().1;
+            if accounts.is_none_or(|a| a.contains(&account)) {
+                got.insert((account, id.0), ()).map_err(st)?;
+                missing.remove((account, id.0)).map_err(st)?;
             }
-        };
-        for account in naming {
-            missing.remove((account, id.0)).map_err(st)?;
         }
     }
     Ok(())
@@ -230,8 +234,8 @@ impl Store {
     }
 
     /// Compares the index of body references with a recount from the
-    /// envelopes, and the lists of missing bodies with what they must and
-    /// may hold (every named body not stored; only named bodies); returns every difference (empty:
+    /// envelopes, and the lists of missing bodies with what they must hold
+    /// (every named body not stored or not got); returns every difference (empty:
     /// they agree).
     pub fn check_blob_refs(&self) -> Result<Vec<String>, StoreError> {
         self.run(|db| {
@@ -241,10 +245,18 @@ impl Store {
                 None => BTreeMap::new(),
             };
             let blobs = table(&txn, BLOBS)?;
-            let want_missing = expected_missing(&counts, |b| match &blobs {
-                Some(t) => Ok(t.get(b).map_err(st)?.is_some()),
-                None => Ok(false),
-            })?;
+            let got = table(&txn, GOT)?;
+            let want_missing = expected_missing(
+                &counts,
+                |b| match &blobs {
+                    Some(t) => Ok(t.get(b).map_err(st)?.is_some()),
+                    None => Ok(false),
+                },
+                |a, b| match &got {
+                    Some(t) => Ok(t.get((a, *b)).map_err(st)?.is_some()),
+                    None => Ok(false),
+                },
+            )?;
             let want: BTreeMap<_, u64> = counts.iter().map(|(k, (n, _))| (*k, *n)).collect();
             let mut have = BTreeMap::new();
             match txn.open_table(BLOB_REFS) {
@@ -278,12 +290,12 @@ impl Store {
             }
             for k in want_missing.keys() {
                 if !listed.contains_key(k) {
-                    out.push(format!("body {:?} account {}: not stored, not listed as missing", BlobId(k.1), k.0));
+                    out.push(format!("body {:?} account {}: not got, not listed as missing", BlobId(k.1), k.0));
                 }
             }
-            for (account, blob) in listed.keys() {
-                if !counts.contains_key(&(*blob, *account)) {
-                    out.push(format!("body {:?} account {account}: listed as missing, unreferenced", BlobId(*blob)));
+            for k in listed.keys() {
+                if !want_missing.contains_key(k) {
+                    out.push(format!("body {:?} account {}: listed as missing, got or unreferenced", BlobId(k.1), k.0));
                 }
             }
             Ok(out)

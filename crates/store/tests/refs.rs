@@ -193,11 +193,15 @@ fn bodies_are_served_only_to_accounts_that_reference_them() {
 }
 
 /// Turns a store file back into an older format, as the older code left
-/// it: format 2 had no list of missing bodies, format 1 no index either.
+/// it: format 3 had no marks of bodies got, format 2 no list of missing
+/// bodies either, format 1 no index either.
 fn make_format(path: &std::path::Path, version: u8) {
     let db = redb::Database::open(path).unwrap();
     let w = db.begin_write().unwrap();
-    assert!(w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), u64>::new("missing_bodies")).unwrap());
+    w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), ()>::new("bodies_got")).unwrap();
+    if version < 3 {
+        assert!(w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), u64>::new("missing_bodies")).unwrap());
+    }
     if version < 2 {
         assert!(w.delete_table(redb::TableDefinition::<([u8; 32], u32), u64>::new("blob_refs")).unwrap());
     }
@@ -248,7 +252,7 @@ fn a_format_1_store_gets_the_index_at_open() {
     assert_eq!(store.blob_for(&["alice"], pool[1]).unwrap(), None);
     assert_eq!(store.blob_for(&["bob"], pool[3]).unwrap(), None, "expunged before the upgrade");
     drop(store);
-    assert_eq!(version_byte(&path), 3);
+    assert_eq!(version_byte(&path), 4);
 }
 
 /// A store written before the list of missing bodies existed opens with
@@ -286,7 +290,7 @@ fn a_format_2_store_gets_the_missing_list_at_open() {
     assert_eq!(store.missing_blobs("alice").unwrap(), ids(&[2, 4]));
     assert_eq!(store.missing_blobs("bob").unwrap(), ids(&[1, 5]));
     drop(store);
-    assert_eq!(version_byte(&path), 3);
+    assert_eq!(version_byte(&path), 4);
 }
 
 /// A fixed history on a crashable disk: appends, copies, moves, expunges
@@ -421,4 +425,39 @@ fn a_power_cut_during_the_index_build_leaves_the_old_format() {
         }
     }
     assert!(opened_at.is_some_and(|n| n > 0), "the build was cut at least once ({opened_at:?})");
+}
+
+/// A body the account got stays got after its last message goes: a peer's
+/// message naming it again (a move or a copy that crossed an expunge)
+/// reads at once, without the bytes coming again — while the same id in
+/// another account that never got it stays missing (found by the
+/// simulator: a partial node listed its own large body as missing after
+/// a concurrent mailbox delete took the message out and a peer's op put it
+/// back, and asked itself for it).
+#[test]
+fn a_body_the_account_had_stays_its_own_when_named_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, id: u64| {
+        let s = Store::open(&dir.path().join(name), ReplicaId(id), StoreOptions::default()).unwrap();
+        for a in ACCOUNTS {
+            s.add_account(a).unwrap();
+        }
+        s
+    };
+    let (store, peer) = (open("s.redb", 1), open("p.redb", 2));
+    let x = body(7);
+    let id = BlobId::of(&x);
+    let m = store.write("alice", |w| w.append(INBOX, &x, 0, vec![])).unwrap();
+    store.write("alice", |w| Ok(w.replica().expunge(&[m])?)).unwrap();
+    assert_eq!(store.blob_for(&["alice"], id).unwrap(), None, "no message names it now");
+    for a in ACCOUNTS {
+        peer.write(a, |w| w.append(INBOX, &x, 0, vec![]).map(|_| ())).unwrap();
+        let ops = peer.ops_since(a, &store.version(a).unwrap()).unwrap();
+        store.write(a, |w| w.apply(ops)).unwrap();
+    }
+    assert_eq!(store.missing_blobs("alice").unwrap(), Vec::<BlobId>::new(), "alice had it");
+    assert_eq!(store.read("alice").unwrap().body(id).unwrap(), x);
+    assert_eq!(store.missing_blobs("bob").unwrap(), vec![id], "bob never had it");
+    assert!(store.read("bob").unwrap().body(id).is_err());
+    assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new());
 }
