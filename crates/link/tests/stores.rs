@@ -289,16 +289,23 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Two nodes pinned for alice; node 0 also holds bob's account, with one
+/// message only bob may read. Returns the nodes and that message.
+fn bob_has_a_secret(dir: &Path) -> (Vec<Node>, Vec<u8>) {
+    let nodes: Vec<Node> = (0..2).map(|i| Node::new(dir, i)).collect();
+    nodes[0].store().add_account("bob").unwrap();
+    let secret = b"Subject: for bob only\r\n\r\nthe merger is off\r\n".to_vec();
+    nodes[0].store().write("bob", |b| b.append(INBOX, &secret, 1, vec![]).map(|_| ())).unwrap();
+    (nodes, secret)
+}
+
 /// A peer pinned for alice asks for the id of a body in bob's INBOX: it is
 /// answered as absent, never sent (issue 14, item 5).
 #[test]
 fn a_peer_gets_no_body_of_an_account_it_is_not_pinned_for() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
-    nodes[0].store().add_account("bob").unwrap();
-    let secret = b"Subject: for bob only\r\n\r\nthe merger is off\r\n".to_vec();
+    let (mut nodes, secret) = bob_has_a_secret(dir.path());
     let secret_id = starling_model::BlobId::of(&secret);
-    nodes[0].store().write("bob", |b| b.append(INBOX, &secret, 1, vec![]).map(|_| ())).unwrap();
     nodes[0].append(1);
     connect(&mut nodes, 0, 1);
     settle(&mut nodes);
@@ -349,11 +356,8 @@ fn a_damaged_body_is_fetched_again_from_a_peer() {
 #[test]
 fn a_message_from_a_peer_naming_another_accounts_body_gets_it_only_with_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
-    nodes[0].store().add_account("bob").unwrap();
-    let secret = b"Subject: for bob only\r\n\r\nthe merger is off\r\n".to_vec();
+    let (mut nodes, secret) = bob_has_a_secret(dir.path());
     let secret_id = starling_model::BlobId::of(&secret);
-    nodes[0].store().write("bob", |b| b.append(INBOX, &secret, 1, vec![]).map(|_| ())).unwrap();
     connect(&mut nodes, 0, 1);
     settle(&mut nodes);
     // Node 1 forges an append in alice's account naming bob's body.
