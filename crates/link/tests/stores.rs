@@ -276,18 +276,7 @@ fn partial_peer_takes_small_inbox_bodies_and_the_rest_on_demand() {
     assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 1);
 }
 
-/// Bytes that zstd cannot shrink, so they are stored verbatim in the file.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use starling_model::testkit::incompressible as noise;
 
 /// Two nodes pinned for alice; node 0 also holds bob's account, with one
 /// message only bob may read. Returns the nodes and that message.

@@ -39,6 +39,20 @@ impl Rng {
     }
 }
 
+/// `n` pseudo-random bytes from `seed` that zstd cannot shrink, so a store
+/// keeps them verbatim (tests that find them in the file to damage them).
+pub fn incompressible(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Keywords the workloads use.
 pub fn workload_keywords() -> Vec<Keyword> {
     vec![

@@ -22,18 +22,7 @@ fn message(n: usize) -> Vec<u8> {
     format!("From: a@example.org\r\nSubject: m{n}\r\n\r\nbody {n}\r\n").into_bytes()
 }
 
-/// Bytes zstd cannot shrink, so that they are stored verbatim.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use starling_model::testkit::incompressible as noise;
 
 /// A message whose body is `payload`, kept inline (one piece).
 fn with_payload(payload: &[u8]) -> Vec<u8> {
