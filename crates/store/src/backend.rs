@@ -54,6 +54,9 @@ pub(crate) const MISSING: TableDefinition<(u32, [u8; 32]), u64> = TableDefinitio
 /// puts back (a move, a mailbox deleted concurrently) finds it still got.
 /// Only for bodies stored here (body garbage collection will drop both).
 pub(crate) const GOT: TableDefinition<(u32, [u8; 32]), ()> = TableDefinition::new("bodies_got");
+/// account → bytes of its messages (the sizes their envelopes give; a copy
+/// counts again): the live data `starling status` shows.
+pub(crate) const ACCOUNT_BYTES: TableDefinition<u32, u64> = TableDefinition::new("account_bytes");
 
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
     StorageError(Box::new(e))
@@ -103,6 +106,13 @@ pub struct RedbBackend<'txn> {
     blob_refs: Table<'txn, ([u8; 32], u32), u64>,
     missing: Table<'txn, (u32, [u8; 32]), u64>,
     got: Table<'txn, (u32, [u8; 32]), ()>,
+    unreferenced: Table<'txn, ([u8; 32], u32), &'static [u8]>,
+    account_bytes: Table<'txn, u32, u64>,
+    /// Bodies whose last reference by the account went in this transaction
+    /// (see [`crate::gc`]); one may have come back since.
+    pub(crate) released: Vec<BlobId>,
+    /// Change of the account's bytes in this transaction.
+    bytes_delta: i128,
     /// Counters read once per transaction and written back by [`Self::flush`].
     cached_account: Option<(u64, u64)>,
     cached_mailboxes: std::collections::BTreeMap<u32, (u64, u64)>,
@@ -128,6 +138,10 @@ impl<'txn> RedbBackend<'txn> {
             blob_refs: txn.open_table(BLOB_REFS)?,
             missing: txn.open_table(MISSING)?,
             got: txn.open_table(GOT)?,
+            unreferenced: txn.open_table(crate::gc::UNREFERENCED)?,
+            account_bytes: txn.open_table(ACCOUNT_BYTES)?,
+            released: Vec::new(),
+            bytes_delta: 0,
             cached_account: None,
             cached_mailboxes: std::collections::BTreeMap::new(),
         })
@@ -140,6 +154,12 @@ impl<'txn> RedbBackend<'txn> {
         }
         for (mb, c) in &self.cached_mailboxes {
             self.mailbox_counts.insert((self.account, *mb), *c).map_err(storage)?;
+        }
+        if self.bytes_delta != 0 {
+            let now = self.account_bytes.get(self.account).map_err(storage)?.map_or(0, |g| g.value());
+            let next = (now as i128 + self.bytes_delta).clamp(0, u64::MAX as i128) as u64;
+            self.account_bytes.insert(self.account, next).map_err(storage)?;
+            self.bytes_delta = 0;
         }
         Ok(())
     }
@@ -177,14 +197,19 @@ impl<'txn> RedbBackend<'txn> {
         let key = (blob.0, self.account);
         let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
         self.blob_refs.insert(key, n + 1).map_err(storage)?;
+        self.bytes_delta += size as i128;
+        if n == 0 {
+            // Referenced again: no longer a candidate for collection.
+            self.unreferenced.remove((blob.0, self.account)).map_err(storage)?;
+        }
         if n == 0 && self.got.get((self.account, blob.0)).map_err(storage)?.is_none() {
             self.missing.insert((self.account, blob.0), size).map_err(storage)?;
         }
         Ok(())
     }
 
-    /// One fewer of the account's messages names `blob`.
-    fn drop_ref(&mut self, blob: BlobId) -> StorageResult<()> {
+    /// One fewer of the account's messages (of `size` bytes) names `blob`.
+    fn drop_ref(&mut self, blob: BlobId, size: u64) -> StorageResult<()> {
         let key = (blob.0, self.account);
         let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
         // An envelope without its count: the index and the envelopes
@@ -196,9 +221,11 @@ impl<'txn> RedbBackend<'txn> {
                 format!("blob_refs has no reference of account {} to {blob:?}", self.account),
             )));
         }
+        self.bytes_delta -= size as i128;
         if n == 1 {
             self.blob_refs.remove(key).map_err(storage)?;
             self.missing.remove((self.account, blob.0)).map_err(storage)?;
+            self.released.push(blob);
         } else {
             self.blob_refs.insert(key, n - 1).map_err(storage)?;
         }
@@ -281,9 +308,12 @@ impl Backend for RedbBackend<'_> {
             .map(|g| decode_envelope(g.value()))
             .transpose()?;
         match old {
-            Some(old) if old.blob == e.blob => Ok(()),
+            Some(old) if old.blob == e.blob => {
+                self.bytes_delta += e.size as i128 - old.size as i128;
+                Ok(())
+            }
             Some(old) => {
-                self.drop_ref(old.blob)?;
+                self.drop_ref(old.blob, old.size)?;
                 self.add_ref(e.blob, e.size)
             }
             None => self.add_ref(e.blob, e.size),
@@ -297,7 +327,7 @@ impl Backend for RedbBackend<'_> {
             .map(|g| decode_envelope(g.value()))
             .transpose()?;
         match old {
-            Some(old) => self.drop_ref(old.blob),
+            Some(old) => self.drop_ref(old.blob, old.size),
             None => Ok(()),
         }
     }

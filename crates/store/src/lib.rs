@@ -21,6 +21,7 @@
 
 #![deny(missing_docs)]
 
+mod acks;
 pub mod backend;
 pub mod blob;
 pub mod maildir;
@@ -32,6 +33,7 @@ mod credentials;
 pub mod db;
 mod dump;
 mod error;
+mod gc;
 mod log;
 mod open;
 mod reads;
@@ -40,10 +42,12 @@ mod snapshot;
 pub mod verify;
 mod write;
 
+pub use acks::{AccountKept, Housekeeping, Housekept, PeerAck, COLLECT_ROUNDS_MAX};
 pub use bodies::{MissingBody, Shipped};
 pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};
 pub use error::{OpenError, StoreError};
+pub use gc::Collected;
 pub use open::StoreOptions;
 pub use reads::{MailboxStatus, MessageInfo, Reader};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
@@ -69,9 +73,10 @@ const CREDENTIALS: TableDefinition<&str, &str> = TableDefinition::new("credentia
 
 const MAGIC: &[u8] = b"starling-store";
 /// 2: the `blob_refs` index (which accounts reference a body); 3: the
-/// `missing_bodies` list; 4: the `bodies_got` marks. An older store gets
-/// them built once at open.
-const FORMAT_VERSION: u8 = 4;
+/// `missing_bodies` list; 4: the `bodies_got` marks; 5: the garbage
+/// collector's candidates and part counts, and each account's bytes. An
+/// older store gets them built once at open.
+const FORMAT_VERSION: u8 = 5;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;
@@ -143,6 +148,8 @@ struct Core {
     corrupt_reads: AtomicU64,
     /// Bodies found damaged since open: a good copy from a peer replaces them.
     corrupt: Mutex<BTreeSet<BlobId>>,
+    /// Peers' acknowledgements heard since the last housekeeping (`acks`).
+    acks: Mutex<BTreeMap<(u32, ReplicaId), VersionVector>>,
 }
 
 impl Core {

@@ -125,7 +125,12 @@ impl Store {
                 (name, Arc::new(acct))
             })
             .collect();
-        let core = Core { db: db::Db::new(db, reopen), corrupt_reads: AtomicU64::new(0), corrupt: Default::default() };
+        let core = Core {
+            db: db::Db::new(db, reopen),
+            corrupt_reads: AtomicU64::new(0),
+            corrupt: Default::default(),
+            acks: Default::default(),
+        };
         Ok(Store { core: Arc::new(core), node, options, accounts: RwLock::new(accounts), adding: Mutex::new(()) })
     }
 }
@@ -190,14 +195,14 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId) -> Result<Loaded,
         }
         version
     };
-    if version < FORMAT_VERSION {
-        // Written by an older version: build the index of which accounts
+    if version < 4 {
+        // Written before format 4: build the index of which accounts
         // reference each body and the list of missing bodies, and mark the
         // file as having them, in one transaction (a crash leaves the old
         // format, built again next open).
         let w = db.begin_write().map_err(|e| io(&e))?;
         refs::build(&w).map_err(|e| io(&e))?;
-        w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [4u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
     let r = db.begin_read().map_err(|e| io(&e))?;
@@ -216,6 +221,18 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId) -> Result<Loaded,
             replica.record_applied();
             accounts.insert(name, (number, replica));
         }
+    }
+    drop(r);
+    if version < 5 {
+        // Before format 5: the garbage collector's rows (stamped with each
+        // account's version now) and each account's bytes, likewise in one
+        // transaction.
+        let versions = accounts.values().map(|(n, r)| (*n, r.version().clone())).collect();
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        gc::build(&w, &versions).map_err(|e| io(&e))?;
+        refs::build_account_bytes(&w).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
     }
     Ok(accounts)
 }

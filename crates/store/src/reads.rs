@@ -97,6 +97,24 @@ impl Store {
         Ok((*self.published(&acct)?.version).clone())
     }
 
+    /// The account's live data: (messages, bytes) — every message (a copy
+    /// counts again) and the sizes their envelopes give. Read from counters.
+    pub fn usage(&self, account: &str) -> Result<(u64, u64), StoreError> {
+        let number = self.account_number(account)?;
+        self.run(|db| {
+            let r = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+            let messages = match table(&r, crate::backend::ACCOUNT_COUNTS)? {
+                Some(t) => t.get(number).map_err(st)?.map_or(0, |g| g.value().1),
+                None => 0,
+            };
+            let bytes = match table(&r, crate::backend::ACCOUNT_BYTES)? {
+                Some(t) => t.get(number).map_err(st)?.map_or(0, |g| g.value()),
+                None => 0,
+            };
+            Ok((messages, bytes))
+        })
+    }
+
     /// Size of the database file's content as redb accounts it: (stored
     /// bytes, bytes used including metadata and fragmentation).
     pub fn stats(&self) -> Result<(u64, u64), StoreError> {

@@ -30,7 +30,7 @@
 //! body. The cost: a body shared by two accounts and received over a link
 //! pinned for one of them is fetched again for the other.
 
-use crate::backend::{decode_envelope, Key2, BLOB_REFS, ENVELOPES, GOT, MISSING};
+use crate::backend::{decode_envelope, Key2, ACCOUNT_BYTES, BLOB_REFS, ENVELOPES, GOT, MISSING};
 use crate::*;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
@@ -98,6 +98,27 @@ pub(crate) fn build(w: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Per account, the bytes of its messages, from a recount.
+fn account_bytes(counts: &Recount) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for ((_, account), (n, size)) in counts {
+        *out.entry(*account).or_default() += n * size;
+    }
+    out
+}
+
+/// Builds each account's byte count from the envelopes, for a store
+/// written before it.
+pub(crate) fn build_account_bytes(w: &WriteTransaction) -> Result<(), StoreError> {
+    let counts = recount(&w.open_table(ENVELOPES).map_err(st)?)?;
+    let mut t = w.open_table(ACCOUNT_BYTES).map_err(st)?;
+    t.retain(|_, _| false).map_err(st)?;
+    for (account, bytes) in account_bytes(&counts) {
+        t.insert(account, bytes).map_err(st)?;
+    }
+    Ok(())
+}
+
 /// Marks bodies `ids`, just written, got by those of `accounts` (account
 /// numbers; `None`: all — for a caller trusted with every account) whose
 /// messages name them, and takes them off their missing lists. Runs in
@@ -111,7 +132,8 @@ pub(crate) fn settle(
     let refs = w.open_table(BLOB_REFS).map_err(st)?;
     let mut missing = w.open_table(MISSING).map_err(st)?;
     let mut got = w.open_table(GOT).map_err(st)?;
-    for id in ids {
+    let ids: Vec<BlobId> = ids.into_iter().collect();
+    for &id in &ids {
         if blobs.get(&id.0).map_err(st)?.is_none() {
             continue;
         }
@@ -123,7 +145,8 @@ pub(crate) fn settle(
             }
         }
     }
-    Ok(())
+    drop((blobs, refs, missing, got));
+    crate::gc::note_unowned(w, &ids)
 }
 
 /// Whether account `number` names body `id` but has not got its bytes.
@@ -234,9 +257,11 @@ impl Store {
     }
 
     /// Compares the index of body references with a recount from the
-    /// envelopes, and the lists of missing bodies with what they must hold
-    /// (every named body not stored or not got); returns every difference (empty:
-    /// they agree).
+    /// envelopes, the lists of missing bodies with what they must hold
+    /// (every named body not stored or not got), and the garbage
+    /// collector's rows with the bodies ([`crate::gc`]: every stored body
+    /// is named or a candidate, part counts match the records); returns
+    /// every difference (empty: they agree).
     pub fn check_blob_refs(&self) -> Result<Vec<String>, StoreError> {
         self.run(|db| {
             let txn = redb::ReadableDatabase::begin_read(db).map_err(st)?;
@@ -298,6 +323,20 @@ impl Store {
                     out.push(format!("body {:?} account {}: listed as missing, got or unreferenced", BlobId(k.1), k.0));
                 }
             }
+            let mut bytes = BTreeMap::new();
+            if let Some(t) = table(&txn, ACCOUNT_BYTES)? {
+                for item in t.iter().map_err(st)? {
+                    let (k, v) = item.map_err(st)?;
+                    if v.value() > 0 {
+                        bytes.insert(k.value(), v.value());
+                    }
+                }
+            }
+            let want_bytes = account_bytes(&counts);
+            if bytes != want_bytes {
+                out.push(format!("account bytes {bytes:?}, envelopes give {want_bytes:?}"));
+            }
+            out.extend(crate::gc::check(&txn)?);
             Ok(out)
         })
     }

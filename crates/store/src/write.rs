@@ -78,7 +78,11 @@ pub(crate) fn put_body(
         }
     }
     let serialized = postcard::to_stdvec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
-    blobs.insert(&id.0, blob::pack_record(&record, &serialized).as_slice()).map_err(st)?;
+    let existed = blobs.insert(&id.0, blob::pack_record(&record, &serialized).as_slice()).map_err(st)?.is_some();
+    drop((blobs, part_table));
+    if !existed {
+        gc::add_parts(txn, &parts.iter().map(|(pid, _)| *pid).collect::<Vec<_>>())?;
+    }
     if repair {
         repaired.push(id);
     }
@@ -101,17 +105,23 @@ pub(crate) fn put_packed(
     if !repair && blobs.get(&id.0).map_err(st)?.is_some() {
         return Ok(());
     }
+    let mut named = Vec::new();
     if !parts.is_empty() {
         let record =
             blob::unpack_record(stored, BODY_BYTES_MAX).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
         let mut part_table = txn.open_table(PARTS).map_err(st)?;
-        for (pid, part) in blob::part_ids(&record).into_iter().zip(parts) {
+        named = blob::part_ids(&record);
+        for (pid, part) in named.iter().zip(parts) {
             if repair || part_table.get(&pid.0).map_err(st)?.is_none() {
                 part_table.insert(&pid.0, part).map_err(st)?;
             }
         }
     }
-    blobs.insert(&id.0, stored).map_err(st)?;
+    let existed = blobs.insert(&id.0, stored).map_err(st)?.is_some();
+    drop(blobs);
+    if !existed {
+        gc::add_parts(txn, &named)?;
+    }
     if repair {
         repaired.push(id);
     }
@@ -262,7 +272,9 @@ impl Store {
             }
             let (replica, mut backend) = replica.swap_backend(Detached);
             backend.flush().map_err(|e| StoreError::Apply(e.into()).lift())?;
+            let released = std::mem::take(&mut backend.released);
             drop(backend);
+            gc::record_releases(&txn, number, &released, replica.version())?;
             // Bodies written here by the account itself are its own.
             refs::settle(&txn, batch.stored, Some(&[number]))?;
             (value, replica, batch.repaired)

@@ -57,11 +57,34 @@ fn check(store: &Store, pool: &[BlobId]) {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Append { node: usize, account: usize, body: usize },
-    Copy { node: usize, account: usize, pick: usize },
-    Move { node: usize, account: usize, pick: usize },
-    Expunge { node: usize, account: usize, pick: usize },
-    Sync { from: usize, account: usize },
+    Append {
+        node: usize,
+        account: usize,
+        body: usize,
+    },
+    Copy {
+        node: usize,
+        account: usize,
+        pick: usize,
+    },
+    Move {
+        node: usize,
+        account: usize,
+        pick: usize,
+    },
+    Expunge {
+        node: usize,
+        account: usize,
+        pick: usize,
+    },
+    Sync {
+        from: usize,
+        account: usize,
+    },
+    /// Housekeeping on a node, counting what the other node holds now.
+    Collect {
+        node: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -72,8 +95,24 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (n.clone(), a.clone(), any::<usize>()).prop_map(|(node, account, pick)| Step::Copy { node, account, pick }),
         1 => (n.clone(), a.clone(), any::<usize>()).prop_map(|(node, account, pick)| Step::Move { node, account, pick }),
         2 => (n.clone(), a.clone(), any::<usize>()).prop_map(|(node, account, pick)| Step::Expunge { node, account, pick }),
-        2 => (n, a).prop_map(|(from, account)| Step::Sync { from, account }),
+        2 => (n.clone(), a).prop_map(|(from, account)| Step::Sync { from, account }),
+        1 => n.prop_map(|node| Step::Collect { node }),
     ]
+}
+
+/// Compacts the log and collects bodies up to what `peers` acknowledged.
+fn housekeep(store: &Store, peers: &[(ReplicaId, Vec<String>)]) -> starling_store::Housekept {
+    store
+        .housekeep(&starling_store::Housekeeping {
+            now_ms: 1,
+            horizon_ms: u64::MAX,
+            peers,
+            alive: &[],
+            compact_log: true,
+            collect_bodies: true,
+            batch: 2,
+        })
+        .unwrap()
 }
 
 /// Ops, then the bodies they name, as a link pinned for `account` moves
@@ -148,6 +187,13 @@ proptest! {
                     }).unwrap();
                 }
                 Step::Sync { from, account } => sync(&nodes[from], &nodes[1 - from], ACCOUNTS[account]),
+                Step::Collect { node } => {
+                    let other = ReplicaId(2 - node as u64);
+                    for a in ACCOUNTS {
+                        nodes[node].note_ack(a, other, &nodes[1 - node].version(a).unwrap());
+                    }
+                    housekeep(&nodes[node], &[(other, ACCOUNTS.map(String::from).to_vec())]);
+                }
             }
             for n in &nodes {
                 check(n, &pool);
@@ -182,7 +228,7 @@ fn bodies_are_served_only_to_accounts_that_reference_them() {
     assert!(store.blob_for(&["alice"], ida).unwrap().is_some(), "one copy is left");
     store.write("alice", |w| Ok(w.replica().expunge(&[copy])?)).unwrap();
     assert_eq!(store.blob_for(&["alice"], ida).unwrap(), None, "no copy left");
-    assert!(store.blob(ida).unwrap().is_some(), "still stored (no garbage collection yet)");
+    assert!(store.blob(ida).unwrap().is_some(), "still stored until collected");
     // The same body in both accounts: each sees it through its own message.
     let shared = store.write("alice", |w| w.append(INBOX, &b, 0, vec![])).unwrap();
     store.write("bob", |w| Ok(w.replica().expunge(&[mb])?)).unwrap();
@@ -198,7 +244,12 @@ fn bodies_are_served_only_to_accounts_that_reference_them() {
 fn make_format(path: &std::path::Path, version: u8) {
     let db = redb::Database::open(path).unwrap();
     let w = db.begin_write().unwrap();
-    w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), ()>::new("bodies_got")).unwrap();
+    w.delete_table(redb::TableDefinition::<([u8; 32], u32), &[u8]>::new("bodies_unreferenced")).unwrap();
+    w.delete_table(redb::TableDefinition::<&[u8; 32], u64>::new("part_refs")).unwrap();
+    w.delete_table(redb::TableDefinition::<u32, u64>::new("account_bytes")).unwrap();
+    if version < 4 {
+        w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), ()>::new("bodies_got")).unwrap();
+    }
     if version < 3 {
         assert!(w.delete_table(redb::TableDefinition::<(u32, [u8; 32]), u64>::new("missing_bodies")).unwrap());
     }
@@ -252,7 +303,7 @@ fn a_format_1_store_gets_the_index_at_open() {
     assert_eq!(store.blob_for(&["alice"], pool[1]).unwrap(), None);
     assert_eq!(store.blob_for(&["bob"], pool[3]).unwrap(), None, "expunged before the upgrade");
     drop(store);
-    assert_eq!(version_byte(&path), 4);
+    assert_eq!(version_byte(&path), 5);
 }
 
 /// A store written before the list of missing bodies existed opens with
@@ -290,7 +341,7 @@ fn a_format_2_store_gets_the_missing_list_at_open() {
     assert_eq!(store.missing_blobs("alice").unwrap(), ids(&[2, 4]));
     assert_eq!(store.missing_blobs("bob").unwrap(), ids(&[1, 5]));
     drop(store);
-    assert_eq!(version_byte(&path), 4);
+    assert_eq!(version_byte(&path), 5);
 }
 
 /// A fixed history on a crashable disk: appends, copies, moves, expunges
@@ -313,6 +364,19 @@ fn workload(store: &Store) -> Result<(), starling_store::StoreError> {
     }
     let mut mine: BTreeMap<usize, Vec<MessageId>> = BTreeMap::new();
     for i in 0..24usize {
+        if i % 8 == 7 {
+            // Housekeeping with no peers: the log compacts to the replica's
+            // version and every unreferenced body goes.
+            store.housekeep(&starling_store::Housekeeping {
+                now_ms: 1,
+                horizon_ms: u64::MAX,
+                peers: &[],
+                alive: &[],
+                compact_log: true,
+                collect_bodies: true,
+                batch: 1,
+            })?;
+        }
         let a = i % 2;
         let raw = body(i % 5);
         match i % 6 {
