@@ -82,6 +82,8 @@ pub struct PeerLink {
     /// The session asked for a sweep of missing bodies (run after storing
     /// the bodies that arrived with it).
     sweep: bool,
+    /// The peer's acknowledgements last told to the store, per account.
+    noted: std::collections::BTreeMap<String, starling_model::VersionVector>,
 }
 
 impl PeerLink {
@@ -100,7 +102,13 @@ impl PeerLink {
         for a in &accounts {
             versions.push((a.clone(), store.version(a)?));
         }
-        Ok(PeerLink { session: Session::new(me, peer, versions), policy, accounts, sweep: false })
+        Ok(PeerLink {
+            session: Session::new(me, peer, versions),
+            policy,
+            accounts,
+            sweep: false,
+            noted: Default::default(),
+        })
     }
 
     /// The protocol state (bytes counted, peer id, acknowledgements).
@@ -225,6 +233,7 @@ impl PeerLink {
             }
         }
         result?;
+        self.note_acks(store);
         // A sweep runs once the bodies that came with it are stored, so it
         // does not ask for them again.
         if std::mem::take(&mut self.sweep) {
@@ -233,6 +242,20 @@ impl PeerLink {
             self.answer_events(store, &mut progress, &mut Vec::new())?;
         }
         Ok(progress)
+    }
+
+    /// Tells the store what the peer acknowledged since last time (what
+    /// compaction and body collection wait for).
+    fn note_acks(&mut self, store: &Store) {
+        let Some(peer) = self.session.peer() else { return };
+        for a in &self.accounts {
+            if let Some(vv) = self.session.peer_has(a) {
+                if self.noted.get(a) != Some(vv) {
+                    store.note_ack(a, peer, vv);
+                    self.noted.insert(a.clone(), vv.clone());
+                }
+            }
+        }
     }
 
     fn answer_events(

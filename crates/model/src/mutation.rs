@@ -13,6 +13,12 @@ pub enum Mutation {
     /// A move applies whenever it arrives (last arrival wins instead of the
     /// highest (sequence, replica)).
     MoveByArrival = 2,
+    /// Housekeeping compacts the op log to this replica's own version,
+    /// ignoring what the peers acknowledged (the store's).
+    CompactPastPeers = 3,
+    /// A body named again keeps its candidate row for collection, so
+    /// collection deletes a body a message names (the store's).
+    KeepCandidate = 4,
 }
 
 #[cfg(feature = "mutations")]
@@ -25,13 +31,15 @@ pub fn set(m: Option<Mutation>) {
     ACTIVE.store(m.map_or(0, |m| m as u8), std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Whether `m` is switched on (always false without the feature).
 #[cfg(feature = "mutations")]
-pub(crate) fn active(m: Mutation) -> bool {
+pub fn active(m: Mutation) -> bool {
     ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
 }
 
+/// Whether `m` is switched on (always false without the feature).
 #[cfg(not(feature = "mutations"))]
 #[inline(always)]
-pub(crate) fn active(_: Mutation) -> bool {
+pub fn active(_: Mutation) -> bool {
     false
 }

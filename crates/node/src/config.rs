@@ -132,10 +132,64 @@ impl Lmtp {
 pub struct StoreSection {
     /// redb's page cache, MiB.
     pub cache_mib: Option<Spanned<u64>>,
+    /// Seconds between two housekeeping passes (log compaction, body
+    /// collection).
+    pub housekeeping_secs: Option<Spanned<u64>>,
+    /// Days after which a silent peer no longer holds housekeeping back.
+    pub peer_horizon_days: Option<Spanned<u64>>,
+    /// Compact the op log (on by default).
+    pub compact_log: Option<bool>,
+    /// Delete the bodies of expunged mail (on by default).
+    pub collect_bodies: Option<bool>,
+    /// At start, compact the file when this share of it (percent) is free
+    /// pages; 100: never.
+    pub file_compact_free_percent: Option<Spanned<u64>>,
 }
 
-/// Bounds of `store.cache_mib`.
-const CACHE_MIB: std::ops::RangeInclusive<u64> = 4..=65_536;
+impl StoreSection {
+    /// Values out of range, with the line they are on.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let keys = [
+            ("cache_mib", &self.cache_mib, 4, 65_536, "MiB of redb page cache"),
+            ("housekeeping_secs", &self.housekeeping_secs, 1, 86_400, "at least daily"),
+            ("peer_horizon_days", &self.peer_horizon_days, 1, 3_650, "a peer away longer catches up by snapshot"),
+            ("file_compact_free_percent", &self.file_compact_free_percent, 1, 100, "100 turns it off"),
+        ];
+        for (key, value, min, max, why) in keys {
+            if let Some(v) = value {
+                let n = *v.get_ref();
+                if !(min..=max).contains(&n) {
+                    let line = line_of(text, v.span().start);
+                    return Err(format!("line {line}: store.{key}: {n} is not within {min}..={max} ({why})"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Default of `store.file_compact_free_percent`.
+const FILE_COMPACT_FREE_PERCENT: u8 = 25;
+
+/// What `serve` does to keep the store from growing without end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Housekeeping {
+    pub every: Duration,
+    pub horizon: Duration,
+    pub compact_log: bool,
+    pub collect_bodies: bool,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Housekeeping {
+            every: Duration::from_secs(300),
+            horizon: Duration::from_secs(30 * 86_400),
+            compact_log: true,
+            collect_bodies: true,
+        }
+    }
+}
 
 /// `[log]`
 #[derive(Debug, Default, Deserialize)]
@@ -199,17 +253,7 @@ impl Config {
         }
         config.imap.validate()?;
         config.lmtp.validate(text)?;
-        if let Some(v) = &config.store.cache_mib {
-            if !CACHE_MIB.contains(v.get_ref()) {
-                let line = line_of(text, v.span().start);
-                return Err(format!(
-                    "line {line}: store.cache_mib: {} is not within {}..={}",
-                    v.get_ref(),
-                    CACHE_MIB.start(),
-                    CACHE_MIB.end()
-                ));
-            }
-        }
+        config.store.validate(text)?;
         let mut seen = Vec::new();
         for p in &config.peer {
             let line = line_of(text, p.id.span().start);
@@ -281,7 +325,20 @@ impl Config {
     pub fn store_options(&self) -> starling_store::StoreOptions {
         let d = starling_store::StoreOptions::default();
         let cache_bytes = self.store.cache_mib.as_ref().map_or(d.cache_bytes, |v| (*v.get_ref() as usize) << 20);
-        starling_store::StoreOptions { cache_bytes, ..d }
+        let file_compact_free_percent =
+            self.store.file_compact_free_percent.as_ref().map_or(FILE_COMPACT_FREE_PERCENT, |v| *v.get_ref() as u8);
+        starling_store::StoreOptions { cache_bytes, file_compact_free_percent, ..d }
+    }
+
+    /// Log compaction and body collection.
+    pub fn housekeeping(&self) -> Housekeeping {
+        let (s, d) = (&self.store, Housekeeping::default());
+        Housekeeping {
+            every: s.housekeeping_secs.as_ref().map_or(d.every, |v| Duration::from_secs(*v.get_ref())),
+            horizon: s.peer_horizon_days.as_ref().map_or(d.horizon, |v| Duration::from_secs(*v.get_ref() * 86_400)),
+            compact_log: s.compact_log.unwrap_or(d.compact_log),
+            collect_bodies: s.collect_bodies.unwrap_or(d.collect_bodies),
+        }
     }
 
     /// LMTP limits.
@@ -348,6 +405,11 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 
 [store]
 # cache_mib = 64               # redb's page cache (redb's own default is 1 GiB)
+# housekeeping_secs = 300      # between log compactions and body collections
+# peer_horizon_days = 30       # a peer silent longer no longer holds them back
+# compact_log = true           # drop ops every pinned peer holds
+# collect_bodies = true        # delete expunged mail's bodies once every peer holds the expunge
+# file_compact_free_percent = 25  # at start, compact the file when this much of it is free (100: never)
 
 [log]
 # format = "human"             # or "json"

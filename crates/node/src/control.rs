@@ -62,6 +62,26 @@ pub struct AccountStatus {
     pub name: String,
     pub ops: u64,
     pub bodies_missing: usize,
+    /// Live messages (a copy counts again) and their bytes.
+    pub messages: u64,
+    pub bytes: u64,
+    /// Bodies it released that wait for every peer to hold the release.
+    pub bodies_to_collect: u64,
+    /// Ops compacted away from the log (the floor), and ops the log holds.
+    pub log_floor_ops: u64,
+    pub log_ops: u64,
+    /// The pinned peer furthest behind by its last acknowledgement.
+    pub oldest_peer: Option<OldestPeer>,
+}
+
+/// The peer holding an account's compaction back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OldestPeer {
+    pub node_id: String,
+    /// Ops of this node's version it had not acknowledged.
+    pub lacks: u64,
+    /// Seconds since it was last heard from (as of the last housekeeping).
+    pub silent_secs: u64,
 }
 
 /// One pinned peer as the running node sees it.

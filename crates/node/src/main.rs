@@ -263,6 +263,13 @@ fn print_status(st: &control::NodeStatus) {
     println!("node {}", st.node_id);
     for a in &st.accounts {
         println!("account {}: {} ops, {} bodies missing", a.name, a.ops, a.bodies_missing);
+        println!(
+            "  {} messages, {} B live; {} bodies to collect; log holds {} ops above a floor of {}",
+            a.messages, a.bytes, a.bodies_to_collect, a.log_ops, a.log_floor_ops
+        );
+        if let Some(o) = &a.oldest_peer {
+            println!("  oldest peer {}: lacks {} ops, silent {} s", o.node_id, o.lacks, o.silent_secs);
+        }
     }
     for p in &st.peers {
         let contact = p.last_contact_secs.map_or("never".to_string(), |s| format!("{s} s ago"));
@@ -390,6 +397,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     (Some(c), Some(k)) => (c.get_ref().clone(), k.get_ref().clone()),
                     _ => (cli.data_dir.join("imap-cert.pem"), cli.data_dir.join("imap-key.pem")),
                 },
+                housekeeping: config.housekeeping(),
             };
             serve::run(&cli.data_dir, store, id, peers, settings)?;
         }

@@ -45,6 +45,18 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
     metric("starling_ops_applied_total", "counter", "Ops applied, authored here or by peers.", ops);
     let missing = st.accounts.iter().map(|a| (format!("{{account=\"{}\"}}", label(&a.name)), a.bodies_missing as u64));
     metric("starling_bodies_missing", "gauge", "Bodies referenced but not stored here.", missing.collect());
+    let per_account = |f: fn(&crate::control::AccountStatus) -> u64| {
+        st.accounts.iter().map(|a| (format!("{{account=\"{}\"}}", label(&a.name)), f(a))).collect::<Vec<_>>()
+    };
+    metric("starling_account_bytes", "gauge", "Bytes of an account's live messages.", per_account(|a| a.bytes));
+    metric(
+        "starling_bodies_to_collect",
+        "gauge",
+        "Bodies released by expunges, waiting for every peer to hold the expunge.",
+        per_account(|a| a.bodies_to_collect),
+    );
+    metric("starling_log_ops", "gauge", "Ops the op log holds (above its floor).", per_account(|a| a.log_ops));
+    metric("starling_log_floor_ops", "gauge", "Ops compacted away from the op log.", per_account(|a| a.log_floor_ops));
     let peer = |p: &crate::control::PeerStatus| label(&p.node_id);
     let connected = st.peers.iter().map(|p| (format!("{{peer=\"{}\"}}", peer(p)), p.connected as u64));
     metric("starling_peer_connected", "gauge", "Whether a pinned peer is connected.", connected.collect());

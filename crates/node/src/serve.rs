@@ -27,6 +27,8 @@ const LOCAL_DEADLINE: Duration = Duration::from_secs(5);
 const DAMAGE_POLL: Duration = Duration::from_secs(1);
 /// Peer handshakes in progress at most; attempts past it are refused.
 const HANDSHAKES_MAX: usize = 64;
+/// Bodies deleted per housekeeping transaction.
+const HOUSEKEEPING_BATCH: usize = 256;
 
 /// Where the node listens, and how it serves IMAP.
 pub struct Settings {
@@ -46,6 +48,8 @@ pub struct Settings {
     pub imap_config: starling_imap::Config,
     /// TLS certificate and key files (made self-signed if both are absent).
     pub tls: (std::path::PathBuf, std::path::PathBuf),
+    /// Log compaction and body collection.
+    pub housekeeping: crate::config::Housekeeping,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -135,6 +139,20 @@ pub fn run(
         }
         for a in store.accounts() {
             report(&store, &a, true);
+        }
+        if let Some(c) = store.file_compaction() {
+            println!("store: file compacted at start from {} to {} bytes in {} ms", c.before, c.after, c.millis);
+        }
+        // Housekeeping, first one period after start (peers have said
+        // where they stand by then).
+        {
+            let (store, peers, hub, config) = (store.clone(), peers.clone(), hub.clone(), listen.housekeeping.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::time::sleep(config.every).await;
+                    tokio::task::block_in_place(|| housekeep(&store, &peers, &hub, &config));
+                }
+            });
         }
         // A body found damaged by any reader (an IMAP FETCH, a peer's
         // request): every link sweeps, which asks a peer for a good copy.
@@ -294,12 +312,37 @@ fn control_socket(
 fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::NodeStatus {
     let mut out = control::NodeStatus { node_id: me.to_string(), ..Default::default() };
     let mut versions = BTreeMap::new();
+    let to_collect = store.bodies_to_collect().unwrap_or_default();
+    let now_ms = unix_ms();
     for a in store.accounts() {
         let vv = store.version(&a).unwrap_or_default();
+        let ops: u64 = vv.iter().map(|(_, c)| c).sum();
+        let (messages, bytes) = store.usage(&a).unwrap_or_default();
+        let log_floor_ops: u64 = store.floor(&a).map(|f| f.iter().map(|(_, c)| c).sum()).unwrap_or(0);
+        let oldest_peer = store
+            .peer_acks(&a)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(rid, ack)| {
+                let p = peers.iter().find(|p| p.id.replica() == rid)?;
+                let lacks: u64 = vv.iter().map(|(r, c)| c.saturating_sub(ack.vv.get(r))).sum();
+                Some(control::OldestPeer {
+                    node_id: p.id.to_string(),
+                    lacks,
+                    silent_secs: now_ms.saturating_sub(ack.seen_ms) / 1000,
+                })
+            })
+            .max_by_key(|o| o.lacks);
         out.accounts.push(control::AccountStatus {
             name: a.clone(),
-            ops: vv.iter().map(|(_, c)| c).sum(),
+            ops,
             bodies_missing: store.missing_blobs(&a).map(|m| m.len()).unwrap_or(0),
+            messages,
+            bytes,
+            bodies_to_collect: to_collect.get(&a).copied().unwrap_or(0),
+            log_floor_ops,
+            log_ops: ops.saturating_sub(log_floor_ops),
+            oldest_peer,
         });
         versions.insert(a, vv);
     }
@@ -332,6 +375,57 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
         });
     }
     out
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One housekeeping pass: the peers' acknowledgements written down, the
+/// op log compacted and bodies collected up to what every pinned peer
+/// holds (see `Store::housekeep`).
+fn housekeep(store: &Store, peers: &[Peer], hub: &Hub, config: &crate::config::Housekeeping) {
+    let pinned: Vec<(starling_model::ReplicaId, Vec<String>)> =
+        peers.iter().map(|p| (p.id.replica(), p.accounts.clone())).collect();
+    let alive: Vec<starling_model::ReplicaId> =
+        hub.live().iter().filter(|(_, l)| l.connected).map(|(id, _)| id.replica()).collect();
+    let plan = starling_store::Housekeeping {
+        now_ms: unix_ms(),
+        horizon_ms: config.horizon.as_millis() as u64,
+        peers: &pinned,
+        alive: &alive,
+        compact_log: config.compact_log,
+        collect_bodies: config.collect_bodies,
+        batch: HOUSEKEEPING_BATCH,
+    };
+    match store.housekeep(&plan) {
+        Ok(done) => {
+            for a in &done.accounts {
+                if a.ops_dropped > 0 {
+                    tracing::info!(account = %a.account, "log compacted: {} ops dropped", a.ops_dropped);
+                }
+                if !a.past_horizon.is_empty() {
+                    tracing::warn!(
+                        account = %a.account,
+                        "{} peers silent past the horizon no longer hold compaction back",
+                        a.past_horizon.len()
+                    );
+                }
+            }
+            let c = done.collected;
+            if c.bodies > 0 {
+                tracing::info!("bodies collected: {} ({} parts), {} bytes freed", c.bodies, c.parts, c.bytes);
+            }
+            println!(
+                "housekeeping: {} ops dropped, {} bodies collected",
+                done.accounts.iter().map(|a| a.ops_dropped).sum::<u64>(),
+                c.bodies
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
+        Err(e) => tracing::warn!("housekeeping: {e}"),
+    }
 }
 
 /// Reports the account's version (a line the tests and operators can follow).

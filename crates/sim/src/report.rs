@@ -72,6 +72,10 @@ pub struct Summary {
     pub disk_max: usize,
     /// Most ops authored in one run.
     pub ops_max: u64,
+    /// Ops compacted away and bodies collected by housekeeping, all runs.
+    pub ops_compacted: u64,
+    /// Bodies collected, all runs.
+    pub bodies_collected: u64,
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -118,17 +122,19 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
         pending_max: reports.iter().map(|r| r.pending_max).max().unwrap_or(0),
         disk_max: reports.iter().map(|r| r.disk_max).max().unwrap_or(0),
         ops_max: reports.iter().map(|r| r.ops).max().unwrap_or(0),
+        ops_compacted: reports.iter().map(|r| r.ops_compacted).sum(),
+        bodies_collected: reports.iter().map(|r| r.bodies_collected).sum(),
     }
 }
 
 /// A markdown table of summaries.
 pub fn markdown(summaries: &[Summary]) -> String {
     let mut s = String::from(
-        "| scenario | seeds | failed | converge after heal (median / max, simulated) | frames after heal | bytes/run | UID churn per 1,000 appends (ours / dsync rule) | crashes | connections | transport resets | client actions/s (wall) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | seeds | failed | converge after heal (median / max, simulated) | frames after heal | bytes/run | UID churn per 1,000 appends (ours / dsync rule) | crashes | connections | transport resets | client actions/s (wall) | ops compacted / bodies collected |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} s / {:.1} s | {} | {:.1} KB | {:.1} / {:.1} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {:.1} s / {:.1} s | {} | {:.1} KB | {:.1} / {:.1} | {} | {} | {} | {:.0} | {} / {} |\n",
             m.scenario,
             m.seeds,
             m.failures.len(),
@@ -142,6 +148,8 @@ pub fn markdown(summaries: &[Summary]) -> String {
             m.connections,
             m.protocol_resets,
             m.actions as f64 / m.wall_secs.max(1e-9),
+            m.ops_compacted,
+            m.bodies_collected,
         ));
     }
     s.push_str(

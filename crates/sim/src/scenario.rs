@@ -40,6 +40,15 @@ pub struct Scenario {
     /// ([`Scenario::swarm`]), so that a sweep covers many setups.
     #[serde(default)]
     pub swarm: bool,
+    /// Each node's housekeeping (log compaction, body collection, as
+    /// `serve` runs it) every this many simulated minutes while clients
+    /// act; 0: only at the timeline's `compact` events.
+    #[serde(default = "housekeeping_minutes")]
+    pub housekeeping_minutes: f64,
+}
+
+fn housekeeping_minutes() -> f64 {
+    20.0
 }
 
 /// Above zero (false for NaN).

@@ -24,6 +24,20 @@ fn failures(sc: &Scenario, seeds: std::ops::Range<u64>) -> Vec<(u64, String)> {
     seeds.filter_map(|s| run(sc, s).result.err().map(|e| (s, e))).collect()
 }
 
+/// Three nodes, one cut off for a while, clients delivering, copying and
+/// expunging, housekeeping every 10 simulated minutes.
+fn housekeeping_scenario() -> Scenario {
+    Scenario::parse(
+        "name = 'housekeeping'\nnodes = 3\nhours = 4\nhousekeeping_minutes = 10\n\
+         [workload]\nactions_per_node_hour = 60\n\
+         [workload.mix]\ndeliver = 30\nappend = 5\nflags = 20\nmoves = 5\ncopy = 20\nexpunge = 30\n\
+         create = 1\nrename = 0\ndelete = 0\nselect = 5\n\
+         [[events]]\nat_hours = 0.5\ndo = 'isolate'\nnode = 2\n\
+         [[events]]\nat_hours = 2\ndo = 'heal'\n",
+    )
+    .unwrap()
+}
+
 // One test function: the switch is process-wide, so the cases run in turn.
 #[test]
 fn broken_merge_rules_are_caught_and_intact_ones_pass() {
@@ -37,5 +51,22 @@ fn broken_merge_rules_are_caught_and_intact_ones_pass() {
         mutation::set(None);
         assert!(!f.is_empty(), "{m:?} went unnoticed");
         assert!(f.iter().all(|(_, e)| e.starts_with("U3") || e.starts_with("flags of")), "{m:?}: {:?}", f[0]);
+    }
+    // Housekeeping: intact, it compacts and collects and every check
+    // holds; compacting past a peer, or collecting a body still named, is
+    // caught by the checks after each pass.
+    let sc = housekeeping_scenario();
+    let intact: Vec<_> = (0..4).map(|s| run(&sc, s)).collect();
+    assert!(intact.iter().all(|r| r.result.is_ok()), "intact housekeeping: {:?}", intact[0].result);
+    assert!(intact.iter().map(|r| r.ops_compacted).sum::<u64>() > 0, "the logs were compacted");
+    assert!(intact.iter().map(|r| r.bodies_collected).sum::<u64>() > 0, "bodies were collected");
+    for (m, says) in
+        [(Mutation::CompactPastPeers, "compacted ops node"), (Mutation::KeepCandidate, "after housekeeping")]
+    {
+        mutation::set(Some(m));
+        let f = failures(&sc, 0..4);
+        mutation::set(None);
+        assert!(!f.is_empty(), "{m:?} went unnoticed");
+        assert!(f.iter().any(|(_, e)| e.contains(says)), "{m:?}: {:?}", f[0]);
     }
 }

@@ -185,7 +185,12 @@ impl Store {
                 }
             }
             if plan.compact_log {
-                report.ops_dropped = self.compact(name, &report.stable)?;
+                let upto = if starling_model::mutation::active(starling_model::mutation::Mutation::CompactPastPeers) {
+                    &mine
+                } else {
+                    &report.stable
+                };
+                report.ops_dropped = self.compact(name, upto)?;
             }
             stable_all.insert(name.clone(), report.stable.clone());
             out.accounts.push(report);

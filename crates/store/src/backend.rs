@@ -198,7 +198,7 @@ impl<'txn> RedbBackend<'txn> {
         let n = self.blob_refs.get(key).map_err(storage)?.map_or(0, |g| g.value());
         self.blob_refs.insert(key, n + 1).map_err(storage)?;
         self.bytes_delta += size as i128;
-        if n == 0 {
+        if n == 0 && !starling_model::mutation::active(starling_model::mutation::Mutation::KeepCandidate) {
             // Referenced again: no longer a candidate for collection.
             self.unreferenced.remove((blob.0, self.account)).map_err(storage)?;
         }

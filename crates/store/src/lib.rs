@@ -48,7 +48,7 @@ pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};
 pub use error::{OpenError, StoreError};
 pub use gc::Collected;
-pub use open::StoreOptions;
+pub use open::{StoreOptions, FILE_COMPACT_MIN_FREE};
 pub use reads::{MailboxStatus, MessageInfo, Reader};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
 pub use write::Batch;
@@ -190,9 +190,29 @@ pub struct Store {
     accounts: RwLock<BTreeMap<String, Arc<Account>>>,
     /// Serialises account creation (account numbers).
     adding: Mutex<()>,
+    /// What compacting the file at open did, if it ran.
+    file_compaction: Option<FileCompaction>,
+}
+
+/// A compaction of the store file (redb's `compact`): its size before and
+/// after, and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileCompaction {
+    /// File bytes before.
+    pub before: u64,
+    /// File bytes after.
+    pub after: u64,
+    /// Milliseconds it took.
+    pub millis: u64,
 }
 
 impl Store {
+    /// What compacting the file at open did, if the file was sparse enough
+    /// for it to run ([`StoreOptions::file_compact_free_percent`]).
+    pub fn file_compaction(&self) -> Option<FileCompaction> {
+        self.file_compaction
+    }
+
     /// This node's replica id.
     pub fn node(&self) -> ReplicaId {
         self.node

@@ -24,11 +24,25 @@ pub struct StoreOptions {
     /// grow with every page it read (a 10,000-message initial sync peaked
     /// at 268 MB on the sending node); this bounds it.
     pub cache_bytes: usize,
+    /// [`Store::open`] compacts the file first (redb's `compact`, which
+    /// gives back the pages copy-on-write and deletions freed) when at
+    /// least this percentage of it, and [`FILE_COMPACT_MIN_FREE`] bytes,
+    /// are free; 100 or more (the default): never. `starling serve` sets
+    /// it from its config (25 unless told otherwise).
+    pub file_compact_free_percent: u8,
 }
+
+/// Free bytes below which the file is never compacted at open.
+pub const FILE_COMPACT_MIN_FREE: u64 = 8 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { part_threshold: PART_THRESHOLD_DEFAULT, verify: false, cache_bytes: CACHE_BYTES_DEFAULT }
+        StoreOptions {
+            part_threshold: PART_THRESHOLD_DEFAULT,
+            verify: false,
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            file_compact_free_percent: 100,
+        }
     }
 }
 
@@ -65,8 +79,10 @@ impl Store {
         let label = path.display().to_string();
         let path = path.to_path_buf();
         // redb may panic on a page damaged outside it; an open must not.
-        let db = std::panic::catch_unwind(|| open_db(&path, options.verify, options.cache_bytes))
+        let mut db = std::panic::catch_unwind(|| open_db(&path, options.verify, options.cache_bytes))
             .unwrap_or_else(|_| Err(damaged_at_open(&label)))?;
+        let file_compaction = compact_if_sparse(&mut db, &path, options.file_compact_free_percent)
+            .map_err(|e| OpenError::Io(format!("{label}: compacting the file: {e}")))?;
         // Reopening opens the same file, never creates one: a file that is
         // gone stays an error rather than becoming an empty store.
         let reopen: db::Reopen = Box::new(move || {
@@ -74,7 +90,9 @@ impl Store {
                 .map_err(|_| "redb panicked opening the file".to_string())?
                 .map_err(|e| e.to_string())
         });
-        Self::open_db_as(db, &label, node, options, Some(reopen))
+        let mut store = Self::open_db_as(db, &label, node, options, Some(reopen))?;
+        store.file_compaction = file_compaction;
+        Ok(store)
     }
 
     /// Opens (or creates) a store on any redb storage backend: the simulator
@@ -131,8 +149,46 @@ impl Store {
             corrupt: Default::default(),
             acks: Default::default(),
         };
-        Ok(Store { core: Arc::new(core), node, options, accounts: RwLock::new(accounts), adding: Mutex::new(()) })
+        Ok(Store {
+            core: Arc::new(core),
+            node,
+            options,
+            accounts: RwLock::new(accounts),
+            adding: Mutex::new(()),
+            file_compaction: None,
+        })
     }
+}
+
+/// Compacts the file when enough of it is free pages (see
+/// [`StoreOptions::file_compact_free_percent`]). A crash in the middle
+/// leaves a file redb recovers at the next open (its compaction commits
+/// in steps, each one durable).
+fn compact_if_sparse(db: &mut Database, path: &Path, percent: u8) -> Result<Option<FileCompaction>, String> {
+    if percent >= 100 {
+        return Ok(None);
+    }
+    let before = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let used = {
+        let w = db.begin_write().map_err(|e| e.to_string())?;
+        let s = w.stats().map_err(|e| e.to_string())?;
+        let used = s.allocated_pages() * s.page_size() as u64;
+        w.abort().map_err(|e| e.to_string())?;
+        used
+    };
+    let free = before.saturating_sub(used);
+    if free < FILE_COMPACT_MIN_FREE || free * 100 < before * u64::from(percent) {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    // Each call moves what it can; a few rounds reach the end.
+    for _ in 0..8 {
+        if !db.compact().map_err(|e| e.to_string())? {
+            break;
+        }
+    }
+    let after = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    Ok(Some(FileCompaction { before, after, millis: started.elapsed().as_millis() as u64 }))
 }
 
 fn open_backend(
