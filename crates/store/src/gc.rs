@@ -140,11 +140,14 @@ fn delete_body(
     Ok((deleted, bytes))
 }
 
+/// A body's candidate rows: (account, whether its release is covered).
+type Candidates = ([u8; 32], Vec<(u32, bool)>);
+
 /// One pass over the candidates in `w`: at most `max` bodies deleted.
 fn collect(w: &WriteTransaction, stable: &BTreeMap<u32, VersionVector>, max: usize) -> Result<Collected, StoreError> {
     let mut out = Collected::default();
     // The candidates, grouped by body (rows of one body are adjacent).
-    let mut groups: Vec<([u8; 32], Vec<(u32, bool)>)> = Vec::new();
+    let mut groups: Vec<Candidates> = Vec::new();
     {
         let unref = w.open_table(UNREFERENCED).map_err(st)?;
         for item in unref.iter().map_err(st)? {
