@@ -7,6 +7,12 @@
 //! appends one of the same bodies to account `u`: the index of which
 //! accounts reference a body is incremented and decremented under the
 //! kills too.
+//!
+//! With `gc`, each batch (larger bodies) also expunges the INBOX batches
+//! before the previous one and runs housekeeping (log compaction, body
+//! collection), printing `committed N` once all of it returned. With
+//! `open`, it only opens the store with file compaction on (the crash test
+//! kills it while redb compacts), then prints `opened`.
 
 use starling_model::{Keyword, ReplicaId, INBOX};
 use starling_store::{Store, StoreOptions};
@@ -21,14 +27,89 @@ fn raw(batch: u64, i: usize) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (path, first): (&str, u64) = match args.as_slice() {
-        [_, p, f] => (p, f.parse().expect("first batch number")),
+    let (path, first, mode): (&str, u64, &str) = match args.as_slice() {
+        [_, p, f] => (p, f.parse().expect("first batch number"), ""),
+        [_, p, f, m] => (p, f.parse().expect("first batch number"), m),
         _ => {
-            eprintln!("usage: store-torture STORE FIRST_BATCH");
+            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open]");
             std::process::exit(2);
         }
     };
-    let store = Store::open(std::path::Path::new(path), ReplicaId(42), StoreOptions::default()).expect("open");
+    let path = std::path::Path::new(path);
+    match mode {
+        "" => plain(path, first),
+        "gc" => collecting(path, first),
+        "open" => {
+            let options = StoreOptions { file_compact_free_percent: 1, ..Default::default() };
+            Store::open(path, ReplicaId(42), options).expect("open");
+            println!("opened");
+        }
+        m => panic!("unknown mode {m}"),
+    }
+}
+
+/// A body of about 8 KB that compresses poorly, tagged with its batch.
+fn large(batch: u64, i: usize) -> String {
+    let mut x = batch * 1000 + i as u64 + 1;
+    let noise: String = (0..1000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:08x}", x as u32)
+        })
+        .collect();
+    format!("Subject: batch {batch} msg {i}\r\n\r\n{noise}\r\n")
+}
+
+fn collecting(path: &std::path::Path, first: u64) {
+    let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
+    if !store.accounts().iter().any(|x| x == "t") {
+        store.add_account("t").expect("account");
+    }
+    let mut out = std::io::stdout();
+    for batch in first.. {
+        // Expunge every message of the batches before the previous one.
+        let r = store.read("t").expect("read");
+        let live = r.messages(INBOX, 1, usize::MAX).expect("messages");
+        let old: Vec<_> = live
+            .iter()
+            .filter(|m| {
+                let d = r.envelope(m.message).ok().flatten().map_or(0, |e| e.internal_date as u64);
+                d + 1 < batch
+            })
+            .map(|m| m.message)
+            .collect();
+        drop(r);
+        store
+            .write("t", |b| {
+                if !old.is_empty() {
+                    b.replica().expunge(&old)?;
+                }
+                for i in 0..BATCH {
+                    b.append(INBOX, large(batch, i).as_bytes(), batch as i64, vec![])?;
+                }
+                Ok(())
+            })
+            .expect("write");
+        store
+            .housekeep(&starling_store::Housekeeping {
+                now_ms: 0,
+                horizon_ms: u64::MAX,
+                peers: &[],
+                alive: &[],
+                compact_log: true,
+                collect_bodies: true,
+                batch: 8,
+            })
+            .expect("housekeep");
+        writeln!(out, "committed {batch}").expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
+fn plain(path: &std::path::Path, first: u64) {
+    let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
     for a in ["t", "u"] {
         if !store.accounts().iter().any(|x| x == a) {
             store.add_account(a).expect("account");
