@@ -49,7 +49,7 @@ struct Side<'a> {
 
 /// Moves frames between two fresh sessions until both are quiet; returns
 /// frame bytes (a→b, b→a).
-fn sync_pair(a: &Store, ia: ReplicaId, b: &Store, ib: ReplicaId) -> (u64, u64) {
+pub(crate) fn sync_pair(a: &Store, ia: ReplicaId, b: &Store, ib: ReplicaId) -> (u64, u64) {
     let accounts = [USER.to_string()];
     let link = |s: &Store, me, peer| PeerLink::new(s, me, Some(peer), &accounts, BodyPolicy::full()).unwrap();
     let mut sides = [Side { store: a, link: link(a, ia, ib) }, Side { store: b, link: link(b, ib, ia) }];

@@ -19,6 +19,7 @@ mod relay;
 mod relay_sync;
 mod store;
 mod sync;
+mod year;
 
 /// Counts live heap bytes.
 struct Counting;
@@ -120,6 +121,10 @@ enum What {
     /// The initial sync of a Maildir tree between two `starling serve`
     /// processes through the UDP relay (one delay/loss setting per call).
     RelaySync(relay_sync::Args),
+    /// A year of mail on three nodes (deliveries, flags, expunges, a node
+    /// cut off now and then) with housekeeping on or off: store size against
+    /// live data, op-log length, RSS over time; then a new node joins.
+    Year(year::Args),
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -140,5 +145,6 @@ fn main() {
         What::Heal(args) => heal::run(args),
         What::Relay(args) => relay::run(args),
         What::RelaySync(args) => relay_sync::run(args),
+        What::Year(args) => year::run(args),
     }
 }
