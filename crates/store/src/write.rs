@@ -265,6 +265,9 @@ impl Store {
             let value = f(&mut batch)?;
             let mut replica = batch.replica;
             let applied = replica.take_applied();
+            // The local ops are in `applied` (and so in the log, where
+            // peers read them): the replica keeps no other copy.
+            drop(replica.take_outbox());
             oplog::append(&txn, number, applied)?;
             txn.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
             if replica.account_changed() {
