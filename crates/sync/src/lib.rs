@@ -89,8 +89,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Version of this protocol (3: chunked, acknowledged, windowed ops; 4:
-/// bodies may travel in the sender's stored form, [`Shipped::Packed`]).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// bodies may travel in the sender's stored form, [`Shipped::Packed`]; 5:
+/// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -105,6 +106,13 @@ pub const BODY_BYTES_MAX: usize = 256 << 20;
 pub const BLOB_IDS_MAX: usize = 10_000;
 /// Most replicas in a version vector from a peer.
 pub const VV_ENTRIES_MAX: usize = 65_535;
+/// Bytes of a snapshot per `Snapshot` frame (a part); the last part may be
+/// shorter. A snapshot of a 30,000-message account was 9.5 MB (318 bytes
+/// per message): one frame of [`FRAME_BYTES_MAX`] would have capped an
+/// account at about 200,000 messages.
+pub const SNAPSHOT_PART_BYTES: usize = 16 << 20;
+/// Largest snapshot (compressed, all parts) a receiver accepts.
+pub const SNAPSHOT_WIRE_MAX: u64 = 2 << 30;
 /// Most ops in one `Ops` frame (a chunk); the receiver refuses more.
 pub const CHUNK_OPS_MAX: usize = 4096;
 /// Bytes of ops (encoded, before compression) a sender puts in one chunk.
@@ -171,11 +179,16 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         batch: Vec<u8>,
     },
-    /// The account's whole state, for a peer behind the compacted log.
+    /// A part of the account's whole state, for a peer behind the
+    /// compacted log. Parts come in order on the metadata stream, each of
+    /// [`SNAPSHOT_PART_BYTES`] but the last; the receiver installs the
+    /// snapshot once `total` bytes arrived.
     Snapshot {
         /// The account.
         account: String,
-        /// As the store exports it.
+        /// Bytes of the whole snapshot (at most [`SNAPSHOT_WIRE_MAX`]).
+        total: u64,
+        /// This part of it, as the store exports it.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
@@ -493,6 +506,9 @@ struct AccountState {
     chunks_received: u64,
     chunks_delivered: u64,
     chunks_acked_out: u64,
+    /// Parts of a snapshot received so far, and the length they add up to.
+    snapshot_in: Vec<u8>,
+    snapshot_total: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,17 +541,20 @@ pub struct QueueSizes {
     pub chunks_in_flight: u64,
 }
 
+/// Parts of one snapshot at most.
+const SNAPSHOT_PARTS_MAX: usize = (SNAPSHOT_WIRE_MAX as usize).div_ceil(SNAPSHOT_PART_BYTES);
+
 /// The bounds every [`QueueSizes`] stays within (checked by the simulator
 /// at every step). Metadata frames are bounded by the windows: per account
 /// at most [`OPS_WINDOW_CHUNKS`] chunks plus acknowledgements and requests.
 pub fn queue_bounds(accounts: usize) -> QueueSizes {
     QueueSizes {
-        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 4)
+        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 4 + SNAPSHOT_PARTS_MAX)
             + BLOB_WINDOW_COUNT.div_ceil(BLOB_IDS_MAX)
             + METADATA_QUEUE_SOFT
             + BLOB_READ_BATCH
             + 8,
-        transmit_bytes: accounts * (OPS_WINDOW_CHUNKS as usize + 4) * FRAME_BYTES_MAX,
+        transmit_bytes: accounts * ((OPS_WINDOW_CHUNKS as usize + 4) * FRAME_BYTES_MAX + SNAPSHOT_WIRE_MAX as usize),
         transmit_blobs: BLOB_SEND_BUFFER / 64 + BLOB_READ_BATCH,
         transmit_blob_bytes: BLOB_SEND_BUFFER + BLOB_READ_BATCH * (FRAME_BYTES_MAX + 64),
         events: accounts * (OPS_WINDOW_CHUNKS as usize + 4) + BLOB_WINDOW_COUNT + 8,
@@ -781,11 +800,33 @@ impl Session {
                     Err(e) => self.close(SessionError::Malformed(e.to_string())),
                 }
             }
-            (Phase::Open, Frame::Snapshot { account, bytes }) => {
+            (Phase::Open, Frame::Snapshot { account, total, bytes }) => {
                 if !self.shared.contains(&account) {
                     return self.close(SessionError::Unauthorized(account));
                 }
-                self.events.push_back(Event::Snapshot { account, bytes });
+                let st = self.accounts.get_mut(&account).expect("shared account");
+                if st.snapshot_in.is_empty() {
+                    st.snapshot_total = total;
+                }
+                let bad = if total > SNAPSHOT_WIRE_MAX {
+                    Some(format!("snapshot of {total} bytes (at most {SNAPSHOT_WIRE_MAX})"))
+                } else if total != st.snapshot_total {
+                    Some(format!("snapshot part says {total} bytes, the first said {}", st.snapshot_total))
+                } else if bytes.len() > SNAPSHOT_PART_BYTES || (st.snapshot_in.len() + bytes.len()) as u64 > total {
+                    Some("snapshot part too long".to_string())
+                } else if bytes.is_empty() && total > 0 {
+                    Some("empty snapshot part".to_string())
+                } else {
+                    None
+                };
+                if let Some(why) = bad {
+                    return self.close(SessionError::Malformed(why));
+                }
+                st.snapshot_in.extend_from_slice(&bytes);
+                if st.snapshot_in.len() as u64 == total {
+                    let bytes = std::mem::take(&mut st.snapshot_in);
+                    self.events.push_back(Event::Snapshot { account, bytes });
+                }
                 Ok(())
             }
             (Phase::Open, Frame::WantBlobs { ids }) => {
@@ -1005,7 +1046,13 @@ impl Session {
             return;
         }
         st.sent.join(covers);
-        self.queue(&Frame::Snapshot { account: account.to_string(), bytes });
+        let total = bytes.len() as u64;
+        if bytes.is_empty() {
+            self.queue(&Frame::Snapshot { account: account.to_string(), total, bytes: Vec::new() });
+        }
+        for part in bytes.chunks(SNAPSHOT_PART_BYTES) {
+            self.queue(&Frame::Snapshot { account: account.to_string(), total, bytes: part.to_vec() });
+        }
         self.maybe_need(account);
     }
 

@@ -332,3 +332,62 @@ fn a_retry_timer_sweeps_and_backs_off() {
     let second = a.poll_timeout().unwrap() - (t0 + first);
     assert!(second >= first * 2, "{second:?} after {first:?}");
 }
+
+/// A snapshot larger than one frame travels in parts and arrives whole
+/// (the year-of-mail benchmark's snapshot was 318 bytes per message: one
+/// 64 MiB frame capped a joinable account near 200,000 messages).
+#[test]
+fn a_snapshot_larger_than_a_frame_travels_in_parts() {
+    use starling_sync::{FRAME_BYTES_MAX, SNAPSHOT_PART_BYTES};
+    let (mut a, _) = open_pair();
+    let mut b = Session::new(ReplicaId(2), Some(ReplicaId(1)), [("a".to_string(), VersionVector::new())]);
+    while b.poll_transmit().is_some() {}
+    while let Some(f) = a.poll_transmit() {
+        b.handle_frame(&f).unwrap();
+    }
+    while b.poll_event().is_some() {}
+    while b.poll_transmit().is_some() {}
+    let snapshot = starling_model::testkit::incompressible(FRAME_BYTES_MAX + 3 * 1024 * 1024, 7);
+    b.send_snapshot("a", snapshot.clone(), &VersionVector::new());
+    let frames: Vec<Vec<u8>> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    let parts = frames.iter().filter(|f| matches!(Frame::decode(f), Ok(Frame::Snapshot { .. }))).count();
+    assert_eq!(parts, snapshot.len().div_ceil(SNAPSHOT_PART_BYTES));
+    assert!(frames.iter().all(|f| f.len() <= FRAME_BYTES_MAX));
+    let mut got = Vec::new();
+    for f in &frames {
+        a.handle_frame(f).unwrap();
+        while let Some(ev) = a.poll_event() {
+            if let Event::Snapshot { bytes, .. } = ev {
+                got.push(bytes);
+            }
+        }
+    }
+    assert_eq!(got.len(), 1, "one snapshot, once every part is in");
+    assert!(got[0] == snapshot, "the parts add up to the snapshot");
+}
+
+/// Parts that do not add up are refused: a declared total over the bound,
+/// a total that changes, a part past the total.
+#[test]
+fn snapshot_parts_that_do_not_add_up_are_refused() {
+    use starling_sync::SNAPSHOT_WIRE_MAX;
+    let part = |total: u64, n: usize| Frame::Snapshot { account: "a".into(), total, bytes: vec![1; n] }.encode();
+    let cases: Vec<Vec<Vec<u8>>> = vec![
+        vec![part(SNAPSHOT_WIRE_MAX + 1, 10)],
+        vec![part(100, 10), part(200, 10)],
+        vec![part(15, 10), part(15, 10)],
+        vec![part(10, 0)],
+    ];
+    for frames in cases {
+        let (mut a, _) = open_pair();
+        let mut result = Ok(());
+        for f in &frames {
+            result = a.handle_frame(f);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(result.is_err(), "accepted");
+        assert!(refused_cleanly(&mut a, result), "nothing of it reached the driver");
+    }
+}
