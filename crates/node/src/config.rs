@@ -49,45 +49,76 @@ pub struct Listen {
 #[serde(deny_unknown_fields)]
 pub struct Imap {
     pub plaintext_on_loopback: Option<bool>,
-    pub line_max: Option<u32>,
-    pub literal_max: Option<u32>,
-    pub connections_per_account: Option<usize>,
-    pub preauth_line_max: Option<u32>,
-    pub preauth_literal_max: Option<u32>,
-    pub preauth_deadline_secs: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub connections_max: Option<usize>,
-    pub connections_per_ip: Option<usize>,
-    pub auth_failure_delay_ms: Option<u64>,
-    pub auth_failure_delay_max_ms: Option<u64>,
-    pub auth_failure_forget_secs: Option<u64>,
-    pub auth_penalty_entries: Option<usize>,
-    pub auth_cache_size: Option<usize>,
-    pub auth_cache_ttl_secs: Option<u64>,
-    pub auth_verify_parallel: Option<usize>,
+    pub line_max: Option<Spanned<u64>>,
+    pub literal_max: Option<Spanned<u64>>,
+    pub connections_per_account: Option<Spanned<u64>>,
+    pub preauth_line_max: Option<Spanned<u64>>,
+    pub preauth_literal_max: Option<Spanned<u64>>,
+    pub preauth_deadline_secs: Option<Spanned<u64>>,
+    pub idle_timeout_secs: Option<Spanned<u64>>,
+    pub connections_max: Option<Spanned<u64>>,
+    pub connections_per_ip: Option<Spanned<u64>>,
+    pub auth_failure_delay_ms: Option<Spanned<u64>>,
+    pub auth_failure_delay_max_ms: Option<Spanned<u64>>,
+    pub auth_failure_forget_secs: Option<Spanned<u64>>,
+    pub auth_penalty_entries: Option<Spanned<u64>>,
+    pub auth_cache_size: Option<Spanned<u64>>,
+    pub auth_cache_ttl_secs: Option<Spanned<u64>>,
+    pub auth_verify_parallel: Option<Spanned<u64>>,
     pub tls_cert: Option<Spanned<PathBuf>>,
     pub tls_key: Option<Spanned<PathBuf>>,
 }
 
 impl Imap {
-    /// Values that would break the server or the RFC.
-    fn validate(&self) -> Result<(), String> {
-        let at_least = |key: &str, v: Option<u64>, min: u64, why: &str| match v {
-            Some(v) if v < min => Err(format!("imap.{key}: {v} is below {min} ({why})")),
-            _ => Ok(()),
-        };
-        let n = |v: Option<usize>| v.map(|v| v as u64);
-        at_least("preauth_line_max", self.preauth_line_max.map(u64::from), 512, "LOGIN must fit")?;
-        at_least("preauth_deadline_secs", self.preauth_deadline_secs, 1, "a client needs time to log in")?;
-        at_least("idle_timeout_secs", self.idle_timeout_secs, 1800, "RFC 9051 asks at least 30 minutes")?;
-        at_least("connections_max", n(self.connections_max), 1, "or no client gets in")?;
-        at_least("connections_per_ip", n(self.connections_per_ip), 1, "or no client gets in")?;
-        at_least("connections_per_account", n(self.connections_per_account), 1, "or no login succeeds")?;
-        at_least("auth_verify_parallel", n(self.auth_verify_parallel), 1, "or no login is verified")?;
-        at_least("auth_failure_forget_secs", self.auth_failure_forget_secs, 1, "penalties must last")?;
-        at_least("auth_cache_ttl_secs", self.auth_cache_ttl_secs, 1, "set auth_cache_size = 0 to turn it off")?;
-        Ok(())
+    /// Values that would break the server or the RFC, with the line they are on.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        const U32: u64 = u32::MAX as u64;
+        check_bounds(
+            "imap",
+            &[
+                ("line_max", &self.line_max, 0, U32, "bytes"),
+                ("literal_max", &self.literal_max, 0, U32, "bytes"),
+                ("preauth_line_max", &self.preauth_line_max, 512, U32, "LOGIN must fit"),
+                ("preauth_literal_max", &self.preauth_literal_max, 0, U32, "bytes"),
+                ("preauth_deadline_secs", &self.preauth_deadline_secs, 1, u64::MAX, "a client needs time to log in"),
+                ("idle_timeout_secs", &self.idle_timeout_secs, 1800, u64::MAX, "RFC 9051 asks at least 30 minutes"),
+                ("connections_max", &self.connections_max, 1, U32, "or no client gets in"),
+                ("connections_per_ip", &self.connections_per_ip, 1, U32, "or no client gets in"),
+                ("connections_per_account", &self.connections_per_account, 1, U32, "or no login succeeds"),
+                ("auth_verify_parallel", &self.auth_verify_parallel, 1, 1024, "or no login is verified"),
+                ("auth_failure_forget_secs", &self.auth_failure_forget_secs, 1, u64::MAX, "penalties must last"),
+                (
+                    "auth_cache_ttl_secs",
+                    &self.auth_cache_ttl_secs,
+                    1,
+                    u64::MAX,
+                    "set auth_cache_size = 0 to turn it off",
+                ),
+                ("auth_failure_delay_ms", &self.auth_failure_delay_ms, 0, 3_600_000, "at most an hour"),
+                ("auth_failure_delay_max_ms", &self.auth_failure_delay_max_ms, 0, 3_600_000, "at most an hour"),
+                ("auth_penalty_entries", &self.auth_penalty_entries, 0, U32, "entries"),
+                ("auth_cache_size", &self.auth_cache_size, 0, U32, "entries"),
+            ],
+            text,
+        )
     }
+}
+
+/// A key of a section, its value, its bounds (inclusive) and why they are so.
+type Bound<'a> = (&'a str, &'a Option<Spanned<u64>>, u64, u64, &'a str);
+
+/// The first value out of its bounds, with the line it is on.
+fn check_bounds(section: &str, keys: &[Bound], text: &str) -> Result<(), String> {
+    for (key, value, min, max, why) in keys {
+        let Some(v) = value else { continue };
+        let n = *v.get_ref();
+        if n < *min || n > *max {
+            let line = line_of(text, v.span().start);
+            let range = if *max == u64::MAX { format!("below {min}") } else { format!("not within {min}..={max}") };
+            return Err(format!("line {line}: {section}.{key}: {n} is {range} ({why})"));
+        }
+    }
+    Ok(())
 }
 
 /// `[lmtp]`
@@ -105,24 +136,18 @@ pub struct Lmtp {
 impl Lmtp {
     /// Values out of range, with the line they are on.
     fn validate(&self, text: &str) -> Result<(), String> {
-        let keys = [
-            ("line_max", &self.line_max, 512, 1 << 16, "an RFC 5321 command line must fit; a line is held whole"),
-            ("message_max", &self.message_max, 1 << 10, 1 << 30, "a message is held whole while it arrives"),
-            ("idle_timeout_secs", &self.idle_timeout_secs, 1, 86_400, "RFC 5321 asks 300"),
-            ("data_deadline_secs", &self.data_deadline_secs, 1, 86_400, "a whole message must fit"),
-            ("connections_max", &self.connections_max, 1, 100_000, "or no MTA gets in"),
-            ("connections_per_ip", &self.connections_per_ip, 1, 100_000, "or no MTA gets in"),
-        ];
-        for (key, value, min, max, why) in keys {
-            if let Some(v) = value {
-                let n = *v.get_ref();
-                if !(min..=max).contains(&n) {
-                    let line = line_of(text, v.span().start);
-                    return Err(format!("line {line}: lmtp.{key}: {n} is not within {min}..={max} ({why})"));
-                }
-            }
-        }
-        Ok(())
+        check_bounds(
+            "lmtp",
+            &[
+                ("line_max", &self.line_max, 512, 1 << 16, "an RFC 5321 command line must fit; a line is held whole"),
+                ("message_max", &self.message_max, 1 << 10, 1 << 30, "a message is held whole while it arrives"),
+                ("idle_timeout_secs", &self.idle_timeout_secs, 1, 86_400, "RFC 5321 asks 300"),
+                ("data_deadline_secs", &self.data_deadline_secs, 1, 86_400, "a whole message must fit"),
+                ("connections_max", &self.connections_max, 1, 100_000, "or no MTA gets in"),
+                ("connections_per_ip", &self.connections_per_ip, 1, 100_000, "or no MTA gets in"),
+            ],
+            text,
+        )
     }
 }
 
@@ -149,22 +174,16 @@ pub struct StoreSection {
 impl StoreSection {
     /// Values out of range, with the line they are on.
     fn validate(&self, text: &str) -> Result<(), String> {
-        let keys = [
-            ("cache_mib", &self.cache_mib, 4, 65_536, "MiB of redb page cache"),
-            ("housekeeping_secs", &self.housekeeping_secs, 1, 86_400, "at least daily"),
-            ("peer_horizon_days", &self.peer_horizon_days, 1, 3_650, "a peer away longer catches up by snapshot"),
-            ("file_compact_free_percent", &self.file_compact_free_percent, 1, 100, "100 turns it off"),
-        ];
-        for (key, value, min, max, why) in keys {
-            if let Some(v) = value {
-                let n = *v.get_ref();
-                if !(min..=max).contains(&n) {
-                    let line = line_of(text, v.span().start);
-                    return Err(format!("line {line}: store.{key}: {n} is not within {min}..={max} ({why})"));
-                }
-            }
-        }
-        Ok(())
+        check_bounds(
+            "store",
+            &[
+                ("cache_mib", &self.cache_mib, 4, 65_536, "MiB of redb page cache"),
+                ("housekeeping_secs", &self.housekeeping_secs, 1, 86_400, "at least daily"),
+                ("peer_horizon_days", &self.peer_horizon_days, 1, 3_650, "a peer away longer catches up by snapshot"),
+                ("file_compact_free_percent", &self.file_compact_free_percent, 1, 100, "100 turns it off"),
+            ],
+            text,
+        )
     }
 }
 
@@ -251,7 +270,7 @@ impl Config {
         if config.imap.tls_cert.is_some() != config.imap.tls_key.is_some() {
             return Err("imap.tls_cert and imap.tls_key go together: set both or neither".into());
         }
-        config.imap.validate()?;
+        config.imap.validate(text)?;
         config.lmtp.validate(text)?;
         config.store.validate(text)?;
         let mut seen = Vec::new();
@@ -293,28 +312,32 @@ impl Config {
     /// IMAP limits and policies.
     pub fn imap_config(&self) -> starling_imap::Config {
         let (i, d) = (&self.imap, starling_imap::Config::default());
-        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
-        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        // Every value was checked against its bounds, which fit the types.
+        let v = |k: &Option<Spanned<u64>>| k.as_ref().map(|v| *v.get_ref());
+        let secs = |k: &Option<Spanned<u64>>, d: Duration| v(k).map_or(d, Duration::from_secs);
+        let ms = |k: &Option<Spanned<u64>>, d: Duration| v(k).map_or(d, Duration::from_millis);
+        let n32 = |k: &Option<Spanned<u64>>, d: u32| v(k).map_or(d, |n| n as u32);
+        let n = |k: &Option<Spanned<u64>>, d: usize| v(k).map_or(d, |n| n as usize);
         let a = d.auth;
         starling_imap::Config {
-            line_max: i.line_max.unwrap_or(d.line_max),
-            literal_max: i.literal_max.unwrap_or(d.literal_max),
-            preauth_line_max: i.preauth_line_max.unwrap_or(d.preauth_line_max),
-            preauth_literal_max: i.preauth_literal_max.unwrap_or(d.preauth_literal_max),
-            preauth_deadline: secs(i.preauth_deadline_secs, d.preauth_deadline),
-            idle_timeout: secs(i.idle_timeout_secs, d.idle_timeout),
-            connections_max: i.connections_max.unwrap_or(d.connections_max),
-            connections_per_ip: i.connections_per_ip.unwrap_or(d.connections_per_ip),
-            connections_per_account: i.connections_per_account.unwrap_or(d.connections_per_account),
+            line_max: n32(&i.line_max, d.line_max),
+            literal_max: n32(&i.literal_max, d.literal_max),
+            preauth_line_max: n32(&i.preauth_line_max, d.preauth_line_max),
+            preauth_literal_max: n32(&i.preauth_literal_max, d.preauth_literal_max),
+            preauth_deadline: secs(&i.preauth_deadline_secs, d.preauth_deadline),
+            idle_timeout: secs(&i.idle_timeout_secs, d.idle_timeout),
+            connections_max: n(&i.connections_max, d.connections_max),
+            connections_per_ip: n(&i.connections_per_ip, d.connections_per_ip),
+            connections_per_account: n(&i.connections_per_account, d.connections_per_account),
             plaintext_on_loopback: i.plaintext_on_loopback.unwrap_or(d.plaintext_on_loopback),
             auth: starling_imap::auth::GuardLimits {
-                delay: ms(i.auth_failure_delay_ms, a.delay),
-                delay_max: ms(i.auth_failure_delay_max_ms, a.delay_max),
-                forget: secs(i.auth_failure_forget_secs, a.forget),
-                penalty_entries: i.auth_penalty_entries.unwrap_or(a.penalty_entries),
-                cache_entries: i.auth_cache_size.unwrap_or(a.cache_entries),
-                cache_ttl: secs(i.auth_cache_ttl_secs, a.cache_ttl),
-                verify_parallel: i.auth_verify_parallel.unwrap_or(a.verify_parallel),
+                delay: ms(&i.auth_failure_delay_ms, a.delay),
+                delay_max: ms(&i.auth_failure_delay_max_ms, a.delay_max),
+                forget: secs(&i.auth_failure_forget_secs, a.forget),
+                penalty_entries: n(&i.auth_penalty_entries, a.penalty_entries),
+                cache_entries: n(&i.auth_cache_size, a.cache_entries),
+                cache_ttl: secs(&i.auth_cache_ttl_secs, a.cache_ttl),
+                verify_parallel: n(&i.auth_verify_parallel, a.verify_parallel),
             },
         }
     }
@@ -445,8 +468,12 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("imap.tls_cert") && e.contains("cannot read"), "{e}");
         let e = Config::parse("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
-        let e = Config::parse("[imap]\nidle_timeout_secs = 60\n").unwrap_err();
-        assert!(e.contains("imap.idle_timeout_secs") && e.contains("RFC 9051"), "{e}");
+        let e = Config::parse("[imap]\n\nidle_timeout_secs = 60\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("imap.idle_timeout_secs") && e.contains("RFC 9051"), "{e}");
+        let e = Config::parse("[imap]\nline_max = 1\nliteral_max = 5000000000\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("imap.literal_max"), "{e}");
+        let e = Config::parse("[imap]\nauth_verify_parallel = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("imap.auth_verify_parallel"), "{e}");
     }
 
     #[test]
