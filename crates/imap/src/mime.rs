@@ -89,6 +89,36 @@ pub fn section<'a>(raw: &'a [u8], section: Option<&Section<'_>>) -> Option<Cow<'
     }
 }
 
+/// Why a BINARY section (RFC 3516) cannot be given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BinaryError {
+    /// The part does not exist.
+    NoSuchPart,
+    /// A Content-Transfer-Encoding this server cannot undo (or data that
+    /// does not decode as it says): `NO [UNKNOWN-CTE]`.
+    UnknownCte,
+}
+
+/// A part's content with its Content-Transfer-Encoding undone (RFC 3516
+/// BINARY): base64 and quoted-printable are decoded, 7bit/8bit/binary given
+/// as they are. The empty section is the whole message, as it is.
+pub fn binary<'a>(raw: &'a [u8], section: &[std::num::NonZeroU32]) -> Result<Cow<'a, [u8]>, BinaryError> {
+    if section.is_empty() {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let tree = Tree::build(raw);
+    let node = tree.locate_path(section).ok_or(BinaryError::NoSuchPart)?;
+    let body = tree.slice(node.buf, node.body.clone());
+    let enc = node.info.enc.as_deref().map(|e| e.trim_ascii().to_ascii_lowercase());
+    use mail_parser::decoders::{base64::base64_decode, quoted_printable::quoted_printable_decode};
+    match enc.as_deref() {
+        None | Some(b"7bit" | b"8bit" | b"binary") => Ok(body),
+        Some(b"base64") => base64_decode(&body).map(Cow::Owned).ok_or(BinaryError::UnknownCte),
+        Some(b"quoted-printable") => quoted_printable_decode(&body).map(Cow::Owned).ok_or(BinaryError::UnknownCte),
+        Some(_) => Err(BinaryError::UnknownCte),
+    }
+}
+
 /// Header block only (up to and including the blank line), found without a full MIME parse — the fast path for BODY.PEEK[HEADER] and RFC822.HEADER.
 pub fn header_block(raw: &[u8]) -> &[u8] {
     let (len, _) = scan_header(raw, |_| {});
@@ -1065,8 +1095,13 @@ impl<'a> Tree<'a> {
     }
 
     fn locate(&self, part: &Part) -> Option<&Node> {
+        self.locate_path(part.0.as_ref())
+    }
+
+    /// The node at a part path (1, 1.2, …); `None` for an empty path.
+    fn locate_path(&self, path: &[std::num::NonZeroU32]) -> Option<&Node> {
         let mut node: Option<&Node> = None;
-        for n in part.0.as_ref() {
+        for n in path {
             let kids = match node.map(|n| &n.kind) {
                 None => self.children(&self.top),
                 Some(Kind::Multipart(kids)) => kids,

@@ -195,6 +195,23 @@ fn header_only(item: &MessageDataItemName<'_>) -> bool {
     }
 }
 
+/// A BINARY section's content, or the answer to give instead (RFC 3516).
+fn binary_of<'a>(raw: &'a [u8], section: &[std::num::NonZeroU32]) -> Result<std::borrow::Cow<'a, [u8]>, Fail> {
+    match mime::binary(raw, section) {
+        Ok(d) => Ok(d),
+        // A part that does not exist reads as empty, as BODY[n] does.
+        Err(mime::BinaryError::NoSuchPart) => Ok(std::borrow::Cow::Borrowed(&[])),
+        Err(mime::BinaryError::UnknownCte) => {
+            Err(Fail::No("[UNKNOWN-CTE] the part's Content-Transfer-Encoding cannot be decoded".into()))
+        }
+    }
+}
+
+/// A part path as it is written in a response: `1.2`, or nothing.
+fn part_path(section: &[std::num::NonZeroU32]) -> String {
+    section.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
+}
+
 fn needs_body(item: &MessageDataItemName<'_>) -> bool {
     !matches!(
         item,
@@ -210,6 +227,7 @@ fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
     matches!(
         item,
         MessageDataItemName::BodyExt { peek: false, .. }
+            | MessageDataItemName::Binary { peek: false, .. }
             | MessageDataItemName::Rfc822
             | MessageDataItemName::Rfc822Text
     )
@@ -533,7 +551,7 @@ impl Session {
         let body_items = items.iter().any(needs_body);
         let whole = items.iter().any(|i| needs_body(i) && !header_only(i));
         let mut unavailable = false;
-        let mut out = std::mem::take(&mut self.out);
+        let mut all = std::mem::take(&mut self.out);
         for (seq, m) in &targets {
             let body = if body_items {
                 let Some(env) = reader.envelope(m.message)? else { continue };
@@ -544,7 +562,7 @@ impl Session {
                         continue;
                     }
                     Err(e) => {
-                        self.out = out;
+                        self.out = all;
                         return Err(e.into());
                     }
                 }
@@ -561,6 +579,9 @@ impl Session {
                 }
                 None => None,
             };
+            // This message's response is built apart and added whole, so
+            // that an item that fails leaves no half-written line behind.
+            let mut out = Vec::new();
             out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
             for (n, item) in items.iter().enumerate() {
                 if n > 0 {
@@ -621,18 +642,46 @@ impl Session {
                         out.extend_from_slice(b"RFC822.TEXT ");
                         wire::literal(&mut out, &text);
                     }
-                    MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
-                        self.out = out;
-                        return Err(Fail::Bad("BINARY is not supported".into()));
+                    MessageDataItemName::Binary { section, partial, .. } => {
+                        let data = match binary_of(raw, section) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                self.out = all;
+                                return Err(e);
+                            }
+                        };
+                        out.extend_from_slice(format!("BINARY[{}]", part_path(section)).as_bytes());
+                        // RFC 9051's grammar gives a partial BINARY no origin
+                        // in the response (BODY[]<n> has one).
+                        let data = match partial {
+                            Some((start, len)) => {
+                                let s = (*start as usize).min(data.len());
+                                let e = s.saturating_add(len.get() as usize).min(data.len());
+                                data[s..e].to_vec()
+                            }
+                            None => data.into_owned(),
+                        };
+                        out.push(b' ');
+                        wire::literal8(&mut out, &data);
                     }
+                    MessageDataItemName::BinarySize { section } => match binary_of(raw, section) {
+                        Ok(d) => {
+                            out.extend_from_slice(format!("BINARY.SIZE[{}] {}", part_path(section), d.len()).as_bytes())
+                        }
+                        Err(e) => {
+                            self.out = all;
+                            return Err(e);
+                        }
+                    },
                 }
             }
             out.extend_from_slice(b")\r\n");
+            all.extend_from_slice(&out);
             if items.contains(&MessageDataItemName::Flags) {
                 self.selected.as_mut().expect("selected").reported(m.uid, m.modseq);
             }
         }
-        self.out = out;
+        self.out = all;
         if unavailable {
             return Err(Fail::No("[UNAVAILABLE] some message bodies are not stored on this replica yet".into()));
         }

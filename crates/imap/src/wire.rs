@@ -26,6 +26,15 @@ pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// Appends a literal that may hold any byte: `~{n}` (RFC 3516 literal8)
+/// when it contains a NUL, else an ordinary literal.
+pub fn literal8(out: &mut Vec<u8>, s: &[u8]) {
+    if s.contains(&0) {
+        out.push(b'~');
+    }
+    literal(out, s);
+}
+
 /// Appends an nstring: `NIL` for `None`.
 pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {

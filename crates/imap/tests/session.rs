@@ -453,3 +453,36 @@ proptest! {
         }
     }
 }
+
+/// RFC 3516 BINARY: a part with its transfer encoding undone, its decoded
+/// size, a partial range; an encoding that cannot be undone is `NO
+/// [UNKNOWN-CTE]`, and in every case the responses parse (the server used
+/// to leave `* 1 FETCH (UID 1 ` open and glue the tagged BAD into it, which
+/// hung clients).
+#[test]
+fn binary_fetch_decodes_parts_and_never_breaks_the_stream() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    let qp = "From: a@example.com\r\nSubject: qp\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 =\r\nsoft\r\n";
+    let odd = "From: a@example.com\r\nSubject: odd\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n";
+    c.append("INBOX", "", MULTI);
+    c.append("INBOX", "", qp);
+    c.append("INBOX", "", odd);
+    c.ok("s SELECT INBOX");
+    // The PDF part of MULTI: "JVBERi0xLjQK" is base64 of "%PDF-1.4\n".
+    let out = c.ok("b1 UID FETCH 1 (UID BINARY.PEEK[2])");
+    assert!(out.contains("BINARY[2] {9}\r\n%PDF-1.4\n)"), "{out}");
+    assert!(!out.contains("\\Seen"), "{out}");
+    let out = c.ok("b2 FETCH 1 (BINARY.SIZE[2] BINARY.SIZE[1])");
+    assert!(out.contains("BINARY.SIZE[2] 9") && out.contains("BINARY.SIZE[1] 30"), "{out}");
+    let out = c.ok("b3 FETCH 1 BINARY.PEEK[2]<1.3>");
+    assert!(out.contains("BINARY[2] {3}\r\nPDF)"), "{out}");
+    let out = c.ok("b4 FETCH 2 BINARY[1]");
+    assert!(out.contains("BINARY[1] {12}\r\ncafé soft\r\n"), "{out}");
+    assert!(out.contains("\\Seen"), "BINARY without PEEK sets \\Seen: {out}");
+    let out = c.send("b5 FETCH 3 (UID BINARY.PEEK[1])");
+    assert!(out.contains("b5 NO [UNKNOWN-CTE]"), "{out}");
+    assert!(!out.contains("* 3 FETCH"), "no half-written response: {out}");
+    let out = c.ok("b6 FETCH 1:2 (UID BINARY.PEEK[])");
+    assert!(out.contains(&format!("BINARY[] {{{}}}\r\n", MULTI.len())), "{out}");
+}
