@@ -787,10 +787,13 @@ impl Session {
         let pairs = self.write(|b| {
             let mut pairs = Vec::new();
             for (_, m) in &targets {
-                let placed = if is_move {
-                    if src == dest {
-                        continue;
-                    }
+                let placed = if is_move && src == dest {
+                    // Into the mailbox it is in: a new UID there (a copy)
+                    // and the old one expunged, as servers do.
+                    let copy = b.replica().copy_message(m.message, dest)?;
+                    b.replica().expunge(&[m.message])?;
+                    copy
+                } else if is_move {
                     b.replica().move_message(m.message, dest)?;
                     m.message
                 } else {
@@ -806,13 +809,18 @@ impl Session {
         let to: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         // COPYUID lists both sets in the same order (RFC 4315).
         let join = |v: &[u32]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",");
-        let code = format!("[COPYUID {validity} {} {}]", join(&from), join(&to));
+        // No COPYUID when nothing was placed (its sets may not be empty).
+        let code = if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("[COPYUID {validity} {} {}] ", join(&from), join(&to))
+        };
         if is_move {
-            self.untagged(&format!("OK {code} moved"));
+            self.untagged(&format!("OK {code}moved"));
             self.updates(true);
             Ok(format!("{}MOVE completed", if uid { "UID " } else { "" }))
         } else {
-            Ok(format!("{code} {}COPY completed", if uid { "UID " } else { "" }))
+            Ok(format!("{code}{}COPY completed", if uid { "UID " } else { "" }))
         }
     }
 

@@ -486,3 +486,22 @@ fn binary_fetch_decodes_parts_and_never_breaks_the_stream() {
     let out = c.ok("b6 FETCH 1:2 (UID BINARY.PEEK[])");
     assert!(out.contains(&format!("BINARY[] {{{}}}\r\n", MULTI.len())), "{out}");
 }
+
+/// MOVE into the mailbox the messages are in gives them new UIDs there and
+/// expunges the old ones, with a well-formed COPYUID (it used to answer
+/// `OK [COPYUID 2774462584 ] moved`, empty sets, which clients cannot parse).
+#[test]
+fn move_into_the_same_mailbox_renumbers_with_a_valid_copyuid() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    c.append("INBOX", "\\Flagged", PLAIN);
+    c.append("INBOX", "", MULTI);
+    c.ok("s SELECT INBOX");
+    let out = c.ok("m1 UID MOVE 1:2 INBOX");
+    assert!(out.contains("* OK [COPYUID "), "{out}");
+    assert!(out.contains(" 1,2 3,4] moved") || out.contains(" 1:2 3:4] moved"), "{out}");
+    assert_eq!(out.matches(" EXPUNGE\r\n").count(), 2, "{out}");
+    let out = c.ok("m2 UID FETCH 1:* (UID FLAGS)");
+    assert!(out.contains("UID 3") && out.contains("UID 4") && !out.contains("UID 1 "), "{out}");
+    assert!(out.contains("\\Flagged"), "flags go with the message: {out}");
+}
