@@ -1061,6 +1061,14 @@ impl Session {
                 StatusDataItemName::Unseen => format!("UNSEEN {}", count(starling_model::Keyword::Seen, false)?),
                 StatusDataItemName::Deleted => format!("DELETED {}", count(starling_model::Keyword::Deleted, true)?),
                 StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", status.highest_modseq.max(1)),
+                StatusDataItemName::Size => {
+                    // RFC 8438: the sum of the messages' RFC822.SIZE.
+                    let mut size = 0u64;
+                    for m in reader.messages(id, 1, usize::MAX)? {
+                        size += reader.envelope(m.message)?.map_or(0, |e| e.size);
+                    }
+                    format!("SIZE {size}")
+                }
                 _ => continue,
             };
             parts.push(part);
@@ -1117,6 +1125,7 @@ fn status_item(name: &str) -> Option<StatusDataItemName> {
         "UNSEEN" => StatusDataItemName::Unseen,
         "DELETED" => StatusDataItemName::Deleted,
         "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
+        "SIZE" => StatusDataItemName::Size,
         _ => return None,
     })
 }

@@ -505,3 +505,18 @@ fn move_into_the_same_mailbox_renumbers_with_a_valid_copyuid() {
     assert!(out.contains("UID 3") && out.contains("UID 4") && !out.contains("UID 1 "), "{out}");
     assert!(out.contains("\\Flagged"), "flags go with the message: {out}");
 }
+
+/// STATUS SIZE (RFC 8438, part of IMAP4rev2): the mailbox's total message
+/// size (it used to answer BAD).
+#[test]
+fn status_size_is_the_sum_of_message_sizes() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    c.ok("c CREATE Empty");
+    c.append("INBOX", "", PLAIN);
+    c.append("INBOX", "", MULTI);
+    let out = c.ok("s1 STATUS INBOX (MESSAGES SIZE)");
+    assert!(out.contains(&format!("* STATUS INBOX (MESSAGES 2 SIZE {})", PLAIN.len() + MULTI.len())), "{out}");
+    let out = c.ok("s2 STATUS Empty (SIZE)");
+    assert!(out.contains("* STATUS Empty (SIZE 0)"), "{out}");
+}
