@@ -728,7 +728,11 @@ impl Session {
         if changes.iter().any(|(_, a, r)| !a.is_empty() || !r.is_empty()) {
             self.write(|b| {
                 for (m, add, remove) in &changes {
-                    b.replica().store_flags(*m, add, remove)?;
+                    // Another session may have expunged it since: skipped
+                    // (RFC 9051 7.5.1: it is reported as EXPUNGE).
+                    if b.replica().is_live(*m) {
+                        b.replica().store_flags(*m, add, remove)?;
+                    }
                 }
                 Ok(())
             })?;
@@ -836,7 +840,11 @@ impl Session {
         let deleted: Vec<_> =
             targets.into_iter().filter(|(_, m)| m.flags.contains(&Keyword::Deleted)).map(|(_, m)| m.message).collect();
         if !deleted.is_empty() {
-            self.write(|b| Ok(b.replica().expunge(&deleted)?))?;
+            self.write(|b| {
+                // Those another session expunged meanwhile are gone already.
+                let live: Vec<_> = deleted.iter().copied().filter(|m| b.replica().is_live(*m)).collect();
+                Ok(b.replica().expunge(&live)?)
+            })?;
         }
         self.updates(true);
         Ok(format!("{}EXPUNGE completed", if only.is_some() { "UID " } else { "" }))

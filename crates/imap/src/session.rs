@@ -173,6 +173,13 @@ impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::MissingBlob(_) => Fail::No("[UNAVAILABLE] message body not stored on this replica yet".into()),
+            // Internal ids stay inside: a client names messages by UID.
+            StoreError::Local(starling_model::LocalError::NoSuchMessage(_)) => {
+                Fail::No("[EXPUNGEISSUED] a message was expunged meanwhile".into())
+            }
+            StoreError::Local(starling_model::LocalError::NoSuchMailbox(_)) => {
+                Fail::No("[NONEXISTENT] the mailbox was deleted meanwhile".into())
+            }
             StoreError::Local(e) => Fail::No(format!("[CANNOT] {e}")),
             e => Fail::No(format!("[SERVERBUG] {e}")),
         }

@@ -520,3 +520,49 @@ fn status_size_is_the_sum_of_message_sizes() {
     let out = c.ok("s2 STATUS Empty (SIZE)");
     assert!(out.contains("* STATUS Empty (SIZE 0)"), "{out}");
 }
+
+/// Four sessions on four threads mark the same messages \Deleted and
+/// expunge them, round after round: a STORE or EXPUNGE on a message another
+/// session expunged a moment before is not an error (it answered `NO
+/// [CANNOT] no such message MessageId(…)` 11–12 times in 40 rounds,
+/// leaking an internal id).
+#[test]
+fn store_and_expunge_race_with_other_sessions_expunges() {
+    let srv = server();
+    let mut feeder = Client::login(&srv);
+    let mut failures = Vec::new();
+    for round in 0..40 {
+        for _ in 0..4 {
+            feeder.append("INBOX", "", PLAIN);
+        }
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (shared, barrier) = (srv.shared.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut s = Session::new(shared, false, true, true);
+                    let mut say = |line: String| {
+                        s.receive(format!("{line}\r\n").as_bytes());
+                        while let Wants::Pause(_) = s.wants() {
+                            s.resume(Instant::now());
+                        }
+                        String::from_utf8_lossy(&s.take_output()).into_owned()
+                    };
+                    say("a LOGIN alice pw".into());
+                    say("s SELECT INBOX".into());
+                    barrier.wait();
+                    let mut out = say(format!("t{t} STORE 1:* +FLAGS.SILENT (\\Deleted)"));
+                    out += &say(format!("e{t} EXPUNGE"));
+                    out
+                })
+            })
+            .collect();
+        for t in threads {
+            let out = t.join().unwrap();
+            for line in out.lines().filter(|l| l.contains(" NO ") || l.contains(" BAD ")) {
+                failures.push(format!("round {round}: {line}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failed commands, first: {:?}", failures.len(), failures.first());
+}

@@ -1419,6 +1419,13 @@ impl<B: Backend> Replica<B> {
             .collect())
     }
 
+    /// Whether a message is live here: false only if it is expunged or
+    /// unknown (a storage error answers true, so the change that follows
+    /// reports it).
+    pub fn is_live(&self, message: MessageId) -> bool {
+        !matches!(self.located(message), Err(LocalError::NoSuchMessage(_)))
+    }
+
     /// The UID a message shows in its mailbox, with the mailbox.
     pub fn uid_of(&self, message: MessageId) -> Option<(MailboxId, u32)> {
         let (_, loc) = self.located(message).ok()?;
