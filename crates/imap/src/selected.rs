@@ -53,6 +53,12 @@ impl Selected {
         self.recent.iter().any(|&(a, b)| a <= uid && uid <= b)
     }
 
+    /// Messages in view that are \Recent for this session (the ranges do
+    /// not overlap: each starts above the floor the last one raised).
+    fn recent_count(&self) -> usize {
+        self.recent.iter().map(|&(a, b)| self.uids.count_from(a) - self.uids.count_from(b.saturating_add(1))).sum()
+    }
+
     /// Notes that the client was shown `uid`'s flags as of `modseq`.
     fn reported(&mut self, uid: u32, modseq: u64) {
         if modseq > self.modseq {
@@ -446,6 +452,11 @@ impl Session {
         }
         if let Some(n) = exists {
             self.untagged(&format!("{n} EXISTS"));
+            // IMAP4rev1 clients still count on RECENT with new messages.
+            if !self.enabled.rev2 {
+                let recent = self.selected.as_ref().expect("selected").recent_count();
+                self.untagged(&format!("{recent} RECENT"));
+            }
             self.announce(id)?;
         }
         Ok(())

@@ -566,3 +566,30 @@ fn store_and_expunge_race_with_other_sessions_expunges() {
     }
     assert!(failures.is_empty(), "{} failed commands, first: {:?}", failures.len(), failures.first());
 }
+
+/// After another session copies messages into the selected mailbox, a NOOP
+/// gives EXISTS and, to an IMAP4rev1 client, RECENT (it gave EXISTS alone).
+#[test]
+fn noop_after_another_sessions_copy_reports_recent() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    let mut b = Client::login(&srv);
+    a.ok("c CREATE Other");
+    b.append("Other", "", PLAIN);
+    b.append("Other", "", MULTI);
+    let out = a.ok("s SELECT INBOX");
+    assert!(out.contains("* 0 EXISTS") && out.contains("* 0 RECENT"), "{out}");
+    b.ok("b1 SELECT Other");
+    b.ok("b2 COPY 1:2 INBOX");
+    let out = a.ok("n NOOP");
+    assert!(out.contains("* 2 EXISTS\r\n* 2 RECENT\r\n"), "{out}");
+    let out = a.ok("f FETCH 1:2 FLAGS");
+    assert_eq!(out.matches("\\Recent").count(), 2, "{out}");
+    // A client that enabled IMAP4rev2 gets no RECENT.
+    let mut c = Client::login(&srv);
+    c.ok("e ENABLE IMAP4rev2");
+    c.ok("s SELECT INBOX");
+    b.ok("b3 COPY 1 INBOX");
+    let out = c.ok("n NOOP");
+    assert!(out.contains("* 3 EXISTS") && !out.contains("RECENT"), "{out}");
+}
