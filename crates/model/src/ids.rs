@@ -155,6 +155,11 @@ impl VersionVector {
         other.0.iter().all(|(r, c)| self.get(*r) >= *c)
     }
 
+    /// How many of this vector's ops `other` lacks.
+    pub fn lacking_in(&self, other: &VersionVector) -> u64 {
+        self.0.iter().map(|(r, c)| c.saturating_sub(other.get(*r))).sum()
+    }
+
     /// The entries, by replica.
     pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
         self.0.iter().map(|(r, c)| (*r, *c))

@@ -117,8 +117,7 @@ pub struct Lag {
 impl Lag {
     /// From this node's and the peer's version vectors.
     pub fn between(account: &str, ours: &VersionVector, theirs: &VersionVector) -> Lag {
-        let lacking = |a: &VersionVector, b: &VersionVector| a.iter().map(|(r, c)| c.saturating_sub(b.get(r))).sum();
-        Lag { account: account.to_string(), peer_lacks: lacking(ours, theirs), we_lack: lacking(theirs, ours) }
+        Lag { account: account.to_string(), peer_lacks: ours.lacking_in(theirs), we_lack: theirs.lacking_in(ours) }
     }
 }
 

@@ -325,10 +325,9 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             .into_iter()
             .filter_map(|(rid, ack)| {
                 let p = peers.iter().find(|p| p.id.replica() == rid)?;
-                let lacks: u64 = vv.iter().map(|(r, c)| c.saturating_sub(ack.vv.get(r))).sum();
                 Some(control::OldestPeer {
                     node_id: p.id.to_string(),
-                    lacks,
+                    lacks: vv.lacking_in(&ack.vv),
                     silent_secs: now_ms.saturating_sub(ack.seen_ms) / 1000,
                 })
             })

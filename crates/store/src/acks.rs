@@ -83,10 +83,6 @@ pub struct AccountKept {
     pub past_horizon: Vec<ReplicaId>,
 }
 
-fn ops_lacking(mine: &VersionVector, theirs: &VersionVector) -> u64 {
-    mine.iter().map(|(r, c)| c.saturating_sub(theirs.get(r))).sum()
-}
-
 /// Writes the acknowledgements: keeps the rows of pinned (peer, account)
 /// pairs, updated with what was noted and who is alive, and drops the
 /// others. Returns them per account number.
@@ -179,7 +175,7 @@ impl Store {
                     continue;
                 }
                 report.stable = report.stable.meet(&ack.vv);
-                let lacking = ops_lacking(&mine, &ack.vv);
+                let lacking = mine.lacking_in(&ack.vv);
                 if report.oldest_peer.is_none_or(|(_, l)| lacking > l) {
                     report.oldest_peer = Some((*peer, lacking));
                 }
