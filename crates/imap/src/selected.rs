@@ -15,7 +15,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use starling_model::backend::Envelope;
 use starling_model::{Keyword, MailboxId};
-use starling_store::{MessageInfo, Reader, StoreError};
+use starling_store::{MessageInfo, Reader, Since, StoreError};
 use std::collections::{BTreeSet, HashMap};
 
 /// The selected mailbox as this session has shown it.
@@ -108,26 +108,21 @@ impl Selected {
 
 /// `1:3,7` for sorted numbers.
 pub(crate) fn set_string(numbers: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < numbers.len() {
-        let start = numbers[i];
-        let mut end = start;
-        while i + 1 < numbers.len() && numbers[i + 1] == end + 1 {
-            i += 1;
-            end = numbers[i];
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &n in numbers {
+        match ranges.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(n) => *end = n,
+            _ => ranges.push((n, n)),
         }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
     }
-    out
+    ranges_string(&ranges)
+}
+
+/// A sequence set from inclusive ranges.
+pub(crate) fn ranges_string(ranges: &[(u32, u32)]) -> String {
+    let parts: Vec<String> =
+        ranges.iter().map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}:{hi}") }).collect();
+    parts.join(",")
 }
 
 fn flags_string(flags: &[Keyword], recent: bool) -> String {
@@ -266,6 +261,21 @@ fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, St
 }
 
 impl Session {
+    /// A MODSEQ the client presented, as a point of this replica's
+    /// sequence; `None` when this replica cannot place it (another
+    /// replica's, or never issued): the mailbox's HIGHESTMODSEQ is raised
+    /// above it first, so the client never sees it go down, and the caller
+    /// answers as if the client knew nothing (`starling_store::modseq`).
+    fn place_modseq(&mut self, id: MailboxId, token: u64) -> Result<Option<u64>, Fail> {
+        match self.reader()?.place_modseq(token)? {
+            Since::Here(m) => Ok(Some(m)),
+            Since::Unknown => {
+                self.write(|b| b.raise_modseq(id, token))?;
+                Ok(None)
+            }
+        }
+    }
+
     pub(crate) fn select(&mut self, name: &str, read_only: bool, params: &[SelectParameter]) -> Done {
         self.selected = None;
         let reader = self.reader()?;
@@ -285,6 +295,12 @@ impl Session {
                 }
             }
         }
+        // A MODSEQ of another replica (or never issued): raised above first,
+        // so HIGHESTMODSEQ below is above it; answered in full below.
+        let placed = match &qresync {
+            Some((_, since, _)) => self.place_modseq(id, *since)?,
+            None => None,
+        };
         let floor = self.recent_floor(id, None)?;
         self.announce(id)?;
         let reader = self.reader()?;
@@ -321,20 +337,20 @@ impl Session {
         self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", status.uid_validity));
         self.untagged(&format!("OK [UIDNEXT {}] predicted next UID", status.uid_next));
         self.untagged(&format!("OK [HIGHESTMODSEQ {}] highest", status.highest_modseq.max(1)));
-        if let Some((validity, since, known)) = qresync {
+        if let Some((validity, _, known)) = qresync {
             if validity == status.uid_validity {
                 let known_ranges = match &known {
-                    Some(set) => Some(Selected::new(id, read_only).uid_ranges(set, true)?),
-                    None => None,
+                    Some(set) => Selected::new(id, read_only).uid_ranges(set, true)?,
+                    None => vec![(1, u32::MAX)],
                 };
-                let in_known =
-                    |u: u32| known_ranges.as_ref().is_none_or(|r| r.iter().any(|&(lo, hi)| lo <= u && u <= hi));
-                let vanished: Vec<u32> =
-                    reader.vanished_since(id, since)?.into_iter().filter(|&u| in_known(u)).collect();
+                let vanished = reader.vanished_within(id, placed, &known_ranges)?;
                 if !vanished.is_empty() {
-                    self.untagged(&format!("VANISHED (EARLIER) {}", set_string(&vanished)));
+                    self.untagged(&format!("VANISHED (EARLIER) {}", ranges_string(&vanished)));
                 }
-                let mut changed = reader.changed_since(id, since, usize::MAX)?;
+                let mut changed = match placed {
+                    Some(since) => reader.changed_since(id, since, usize::MAX)?,
+                    None => reader.messages(id, 1, usize::MAX)?,
+                };
                 changed.sort_by_key(|m| m.uid);
                 for m in changed {
                     if let Some(i) = selected.seq_of(m.uid) {
@@ -498,6 +514,16 @@ impl Session {
                 FetchModifier::Vanished => vanished = true,
             }
         }
+        // A MODSEQ this replica cannot place: every message in the set has
+        // changed since, as far as the client can know.
+        let placed = match changed_since {
+            Some(token) => {
+                let id = self.selected.as_ref().expect("selected").id;
+                Some(self.place_modseq(id, token)?)
+            }
+            None => None,
+        };
+        let changed_since = placed.map(|p| p.unwrap_or(0));
         if vanished && (!uid || !self.enabled.qresync || changed_since.is_none()) {
             return Err(Fail::Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC".into()));
         }
@@ -514,13 +540,9 @@ impl Session {
             if vanished {
                 let sel = self.selected.as_ref().expect("selected");
                 let ranges = sel.uid_ranges(set, true)?;
-                let gone: Vec<u32> = reader
-                    .vanished_since(sel.id, since)?
-                    .into_iter()
-                    .filter(|&u| ranges.iter().any(|&(lo, hi)| lo <= u && u <= hi))
-                    .collect();
+                let gone = reader.vanished_within(sel.id, placed.flatten(), &ranges)?;
                 if !gone.is_empty() {
-                    self.untagged(&format!("VANISHED (EARLIER) {}", set_string(&gone)));
+                    self.untagged(&format!("VANISHED (EARLIER) {}", ranges_string(&gone)));
                 }
             }
         }
@@ -717,6 +739,15 @@ impl Session {
             self.enabled.condstore = true;
         }
         let reader = self.reader()?;
+        // A MODSEQ this replica cannot place: every message may have changed
+        // since, so every conditional change fails (the client refetches).
+        let unchanged_since = match unchanged_since {
+            Some(token) => Some(match reader.place_modseq(token)? {
+                Since::Here(m) => m,
+                Since::Unknown => 0,
+            }),
+            None => None,
+        };
         let targets = self.targets(&reader, set, uid)?;
         drop(reader);
         let mut modified = Vec::new();
@@ -729,10 +760,11 @@ impl Session {
             let (add, remove): (Vec<Keyword>, Vec<Keyword>) = match kind {
                 StoreType::Add => (wanted.clone(), Vec::new()),
                 StoreType::Remove => (Vec::new(), wanted.clone()),
-                StoreType::Replace => (
-                    wanted.iter().filter(|k| !m.flags.contains(k)).cloned().collect(),
-                    m.flags.iter().filter(|k| !wanted.contains(k)).cloned().collect(),
-                ),
+                // Every keyword set is an add, shown or not (add wins for
+                // every add: `Replica::store_flags`).
+                StoreType::Replace => {
+                    (wanted.clone(), m.flags.iter().filter(|k| !wanted.contains(k)).cloned().collect())
+                }
             };
             changes.push((m.message, add, remove));
         }
@@ -900,9 +932,21 @@ impl Session {
         let mut hits = Vec::new();
         let mut modseq_max = 0;
         let uses_modseq = criteria.iter().any(uses_modseq);
+        // Each MODSEQ of the criteria as a point of this replica's sequence
+        // (0, matching every message, for one it cannot place).
+        let mut tokens = Vec::new();
+        criteria.iter().for_each(|k| modseqs_of(k, &mut tokens));
+        let mut placed = HashMap::new();
+        for t in tokens {
+            let here = match reader.place_modseq(t)? {
+                Since::Here(m) => m,
+                Since::Unknown => 0,
+            };
+            placed.insert(t, here);
+        }
         for m in all {
             let Some(i) = sel.seq_of(m.uid) else { continue };
-            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel };
+            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel, placed: &placed };
             if criteria.iter().all(|k| c.matches(k)) {
                 hits.push(if uid { m.uid } else { i as u32 + 1 });
                 modseq_max = modseq_max.max(m.modseq);
@@ -944,6 +988,20 @@ impl Session {
     }
 }
 
+/// The MODSEQ values of a search key.
+fn modseqs_of(k: &SearchKey<'_>, out: &mut Vec<u64>) {
+    match k {
+        SearchKey::ModSequence { modseq, .. } => out.push(*modseq),
+        SearchKey::And(v) => v.as_ref().iter().for_each(|k| modseqs_of(k, out)),
+        SearchKey::Or(a, b) => {
+            modseqs_of(a, out);
+            modseqs_of(b, out);
+        }
+        SearchKey::Not(a) => modseqs_of(a, out),
+        _ => {}
+    }
+}
+
 fn uses_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
@@ -957,6 +1015,8 @@ fn uses_modseq(k: &SearchKey<'_>) -> bool {
 /// One message under test by SEARCH; the body is read only if a key needs it.
 struct Candidate<'a> {
     info: &'a MessageInfo,
+    /// The criteria's MODSEQ values as points of this replica's sequence.
+    placed: &'a HashMap<u64, u64>,
     env: Option<Option<Envelope>>,
     raw: Option<Vec<u8>>,
     reader: &'a Reader,
@@ -1051,7 +1111,9 @@ impl Candidate<'_> {
                 let needle = String::from_utf8_lossy(s.as_ref()).into_owned();
                 mime::text_contains(self.raw(), &needle, true)
             }
-            SearchKey::ModSequence { modseq, .. } => self.info.modseq >= *modseq,
+            SearchKey::ModSequence { modseq, .. } => {
+                self.info.modseq >= self.placed.get(modseq).copied().unwrap_or(*modseq)
+            }
             #[allow(unreachable_patterns)]
             _ => false,
         }

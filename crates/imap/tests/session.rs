@@ -20,8 +20,12 @@ struct Server {
 }
 
 fn server_with(config: Config) -> Server {
+    server_on(ReplicaId(7), config)
+}
+
+fn server_on(replica: ReplicaId, config: Config) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store.redb"), ReplicaId(7), StoreOptions::default()).unwrap();
+    let store = Store::open(&dir.path().join("store.redb"), replica, StoreOptions::default()).unwrap();
     store.add_account("alice").unwrap();
     store.set_credential("alice", &starling_imap::auth::hash_password("pw")).unwrap();
     let notified = Arc::new(AtomicUsize::new(0));
@@ -592,4 +596,142 @@ fn noop_after_another_sessions_copy_reports_recent() {
     b.ok("b3 COPY 1 INBOX");
     let out = c.ok("n NOOP");
     assert!(out.contains("* 3 EXISTS") && !out.contains("RECENT"), "{out}");
+}
+
+/// Ships what `from` has and `to` lacks (ops only: flags and UIDs need no bodies).
+fn ship(from: &Server, to: &Server) {
+    let have = to.shared.store.version("alice").unwrap();
+    let ops = from.shared.store.ops_since("alice", &have).unwrap();
+    to.shared.store.write("alice", |b| b.apply(ops)).unwrap();
+}
+
+/// What a QRESYNC client keeps of a mailbox: UID → flags, and its HIGHESTMODSEQ.
+#[derive(Debug, Default, PartialEq)]
+struct Cache {
+    flags: std::collections::BTreeMap<u32, String>,
+    modseq: u64,
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = s.find(start)? + start.len();
+    Some(&s[from..from + s[from..].find(end)?])
+}
+
+fn uid_set(set: &str) -> Vec<u32> {
+    set.split(',')
+        .flat_map(|r| match r.split_once(':') {
+            Some((a, b)) => (a.parse::<u32>().unwrap()..=b.parse().unwrap()).collect::<Vec<_>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+impl Cache {
+    /// Applies a response: FETCH lines with UID and FLAGS, VANISHED, HIGHESTMODSEQ.
+    fn apply(&mut self, out: &str) {
+        for line in out.split("\r\n") {
+            if let Some(set) = line.strip_prefix("* VANISHED (EARLIER) ").or_else(|| line.strip_prefix("* VANISHED ")) {
+                for u in uid_set(set) {
+                    self.flags.remove(&u);
+                }
+            } else if line.contains(" FETCH (") {
+                let uid: u32 = between(line, "UID ", " ").unwrap().parse().unwrap();
+                let flags = between(line, "FLAGS (", ")").unwrap().replace("\\Recent", "");
+                let mut flags: Vec<&str> = flags.split_whitespace().collect();
+                flags.sort();
+                self.flags.insert(uid, flags.join(" "));
+            }
+            if let Some(m) = between(line, "[HIGHESTMODSEQ ", "]") {
+                self.modseq = m.parse().unwrap();
+            }
+        }
+    }
+
+    /// A full sync: what the mailbox holds now.
+    fn fresh(c: &mut Client) -> Cache {
+        let mut cache = Cache::default();
+        cache.apply(&c.ok("f1 SELECT INBOX"));
+        cache.apply(&c.ok("f2 UID FETCH 1:* (FLAGS)"));
+        cache
+    }
+}
+
+/// Issue 16: a QRESYNC client that moves between replicas is never
+/// under-reported, and HIGHESTMODSEQ never goes down from its point of
+/// view. The client syncs on A, A and B both change (each unaware of the
+/// other's latest), the client moves to B with A's MODSEQ, then back to A
+/// with B's: after every switch its cache equals a fresh full sync.
+#[test]
+fn qresync_across_replicas_is_never_short_and_never_goes_down() {
+    let a = server_on(ReplicaId(7), Config::default());
+    let b = server_on(ReplicaId(8), Config::default());
+    let mut ca = Client::login(&a);
+    for _ in 0..8 {
+        ca.append("INBOX", "", PLAIN);
+    }
+    ship(&a, &b);
+    ca.ok("a0 ENABLE QRESYNC");
+    let mut cache = Cache::default();
+    let out = ca.ok("a1 SELECT INBOX");
+    let validity: u32 = between(&out, "[UIDVALIDITY ", "]").unwrap().parse().unwrap();
+    cache.apply(&out);
+    cache.apply(&ca.ok("a2 UID FETCH 1:* (FLAGS)"));
+    // Changes on A the client sees; B hears of them only later.
+    ca.ok("a3 UID STORE 2 +FLAGS (\\Seen)");
+    ca.ok("a4 UID STORE 3 +FLAGS (\\Deleted)");
+    ca.ok("a5 EXPUNGE");
+    cache.apply(&ca.ok("a6 NOOP"));
+    cache.apply(&ca.ok(&format!("a7 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {} VANISHED)", cache.modseq)));
+    cache.apply(&ca.ok("a8 SELECT INBOX"));
+    assert_eq!(cache, {
+        let mut c = Client::login(&a);
+        Cache::fresh(&mut c)
+    });
+    // B, cut off, changes on its own: flags, an expunge, new mail.
+    let mut cb = Client::login(&b);
+    cb.ok("b0 SELECT INBOX");
+    cb.ok("b1 UID STORE 4 +FLAGS (\\Flagged)");
+    cb.ok("b2 UID STORE 5 +FLAGS (\\Deleted)");
+    cb.ok("b3 EXPUNGE");
+    cb.append("INBOX", "", PLAIN);
+    // The client moves to B with A's MODSEQ.
+    let mut x = Client::login(&b);
+    x.ok("x0 ENABLE QRESYNC");
+    let before = cache.modseq;
+    let out = x.ok(&format!("x1 SELECT INBOX (QRESYNC ({validity} {before} 1:8))"));
+    cache.apply(&out);
+    assert!(cache.modseq > before, "HIGHESTMODSEQ went down from {before} to {}: {out}", cache.modseq);
+    // Everything B holds is reported; what A changed and B has not heard of
+    // yet is a rollback the client sees later.
+    let mut fresh_b = Cache::fresh(&mut Client::login(&b));
+    assert_eq!(cache.flags, fresh_b.flags, "the switch to B under-reported: {out}");
+    // B hears of A's changes; the client's next QRESYNC on B is B's own
+    // MODSEQ, answered exactly (only what changed).
+    ship(&a, &b);
+    let before = cache.modseq;
+    let out = x.ok(&format!("x2 SELECT INBOX (QRESYNC ({validity} {before}))"));
+    cache.apply(&out);
+    fresh_b = Cache::fresh(&mut Client::login(&b));
+    assert_eq!(cache.flags, fresh_b.flags, "{out}");
+    assert!(!out.contains("UID 1 "), "an unchanged message reported on B's own MODSEQ: {out}");
+    assert!(cache.modseq >= before);
+    // And back to A, which has not heard of B's changes, with B's MODSEQ.
+    ship(&b, &a);
+    let mut y = Client::login(&a);
+    y.ok("y0 ENABLE QRESYNC");
+    let before = cache.modseq;
+    let out = y.ok(&format!("y1 SELECT INBOX (QRESYNC ({validity} {before}))"));
+    cache.apply(&out);
+    assert!(cache.modseq > before, "HIGHESTMODSEQ went down from {before} to {}", cache.modseq);
+    assert_eq!(cache.flags, Cache::fresh(&mut Client::login(&a)).flags, "the switch back to A under-reported: {out}");
+    // CHANGEDSINCE with another replica's MODSEQ reports every message in
+    // the set, and VANISHED every UID in it that is gone.
+    let out = y.ok(&format!("y2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {} VANISHED)", fresh_b.modseq));
+    let reported = out.matches(" FETCH (").count();
+    assert_eq!(reported, cache.flags.len(), "{out}");
+    assert!(out.contains("* VANISHED (EARLIER) 3,5"), "{out}");
+    // UNCHANGEDSINCE with another replica's MODSEQ: every message may have
+    // changed since, so the conditional store changes nothing.
+    let out = y.ok(&format!("y3 UID STORE 1 (UNCHANGEDSINCE {}) +FLAGS (\\Answered)", fresh_b.modseq));
+    assert!(out.contains("[MODIFIED 1]"), "{out}");
 }

@@ -1297,13 +1297,19 @@ impl<B: Backend> Replica<B> {
     }
 
     /// `STORE +FLAGS/-FLAGS`: one op with the adds and the observed removes.
-    /// Changes that change nothing make no op.
+    ///
+    /// Every add is an add event with a fresh dot, including an add of a
+    /// keyword the message already shows: otherwise a concurrent remove on
+    /// another replica, which saw only the older dots, would take the
+    /// keyword away although this client just set it (add wins for every
+    /// add). A re-add also removes the dots it replaces, so the state keeps
+    /// one dot per keyword and replica however often clients re-add. Only a
+    /// remove of keywords the message does not show makes no op.
     pub fn store_flags(&mut self, message: MessageId, add: &[Keyword], remove: &[Keyword]) -> Result<(), LocalError> {
         let (_, slot) = self.located_slot(message)?;
-        let present = |k: &Keyword| self.keyword_idx.get(k).is_some_and(|i| slot.flags.iter().any(|e| e.kw == *i));
-        let add: Vec<Keyword> = add.iter().filter(|k| !present(k) && !remove.contains(k)).cloned().collect();
+        let add: Vec<Keyword> = add.iter().filter(|k| !remove.contains(k)).cloned().collect();
         let mut removed = Vec::new();
-        for k in remove {
+        for k in remove.iter().chain(&add) {
             if let Some(i) = self.keyword_idx.get(k) {
                 removed.extend(slot.flags.iter().filter(|e| e.kw == *i).map(|e| (k.clone(), self.unpack(e.dot()))));
             }

@@ -213,3 +213,113 @@ fn delivery_order_does_not_matter() {
         assert_eq!(dumps[0], dumps[1]);
     }
 }
+
+/// One keyword on one message, added (often when already shown) and removed
+/// at random replicas with random delivery and partitions. The reference is
+/// the clients' intent, not the ops: every add is an event, and a remove
+/// takes away only the adds its replica had seen — its own earlier ones, and
+/// others' whose op it had applied. An add that wrote no op is seen by nobody
+/// else, so a concurrent remove must not take it away.
+mod redundant_adds {
+    use super::*;
+    use starling_model::{Dot, Keyword, INBOX};
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Add(u8),
+        Remove(u8),
+        Deliver { from: u8, to: u8, pick: u16 },
+        Partition(u8),
+        Heal,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => any::<u8>().prop_map(Step::Add),
+            2 => any::<u8>().prop_map(Step::Remove),
+            6 => (any::<u8>(), any::<u8>(), any::<u16>()).prop_map(|(from, to, pick)| Step::Deliver { from, to, pick }),
+            1 => any::<u8>().prop_map(Step::Partition),
+            1 => Just(Step::Heal),
+        ]
+    }
+
+    /// An add by a client: where, when (per replica), and its op's dot if it wrote one.
+    struct Add {
+        replica: usize,
+        at: usize,
+        dot: Option<Dot>,
+        removed: bool,
+    }
+
+    fn run(n: usize, steps: &[Step]) -> Result<(), String> {
+        let mut c = Cluster::new(n);
+        let kw = Keyword::parse("$Kw").unwrap();
+        let m = c.append(0, INBOX, vec![kw.clone()]).unwrap();
+        let first = Dot { replica: c.replicas[0].id(), counter: c.replicas[0].version().get(c.replicas[0].id()) };
+        let mut adds = vec![Add { replica: 0, at: 0, dot: Some(first), removed: false }];
+        let mut clock = vec![1usize; n];
+        for s in steps {
+            match *s {
+                Step::Add(r) | Step::Remove(r) => {
+                    let r = r as usize % n;
+                    if c.replicas[r].flags(m).is_err() {
+                        continue; // not here yet
+                    }
+                    let before = c.replicas[r].version().get(c.replicas[r].id());
+                    let add = matches!(s, Step::Add(_));
+                    let (a, rm): (&[Keyword], &[Keyword]) =
+                        if add { (std::slice::from_ref(&kw), &[]) } else { (&[], std::slice::from_ref(&kw)) };
+                    c.client(r, |rep| rep.store_flags(m, a, rm)).map_err(|e| e.to_string())?;
+                    let after = c.replicas[r].version().get(c.replicas[r].id());
+                    if add {
+                        let dot = (after > before).then(|| Dot { replica: c.replicas[r].id(), counter: after });
+                        adds.push(Add { replica: r, at: clock[r], dot, removed: false });
+                    } else {
+                        let seen = c.replicas[r].version().clone();
+                        for a in adds.iter_mut() {
+                            if (a.replica == r && a.at < clock[r]) || a.dot.is_some_and(|d| seen.contains(d)) {
+                                a.removed = true;
+                            }
+                        }
+                    }
+                    clock[r] += 1;
+                }
+                Step::Deliver { from, to, pick } => {
+                    let (from, to) = (from as usize % n, to as usize % n);
+                    if from != to {
+                        c.deliver(from, to, pick as usize, false);
+                    }
+                }
+                Step::Partition(seed) => {
+                    let groups: Vec<usize> = (0..n).map(|i| (seed as usize >> i) & 1).collect();
+                    c.partition(&groups);
+                }
+                Step::Heal => c.heal(),
+            }
+        }
+        c.heal();
+        c.deliver_all(&mut Rng::new(steps.len() as u64));
+        c.check_converged()?;
+        let want = adds.iter().any(|a| !a.removed);
+        for (i, r) in c.replicas.iter().enumerate() {
+            let got = r.flags(m).map_err(|e| e.to_string())?.contains(&kw);
+            if got != want {
+                return Err(format!("replica {i}: keyword present {got}, the clients' adds and removes say {want}"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+        ))]
+
+        #[test]
+        fn every_add_wins_over_removes_that_did_not_see_it(n in 2usize..=4, steps in prop::collection::vec(step(), 1..80)) {
+            if let Err(e) = run(n, &steps) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+    }
+}

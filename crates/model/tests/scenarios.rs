@@ -352,3 +352,22 @@ fn first_op_after_a_snapshot_depends_on_the_snapshot() {
     c.deliver_all(&mut rng);
     assert_eq!(c.replicas[1].flags(m).unwrap(), [Keyword::Answered].into_iter().collect());
 }
+
+/// A keyword both replicas show; A adds it again while B, cut off, removes
+/// it. The re-add is an add like any other, so it wins (add-wins for every
+/// add, `docs/semantics.md`).
+#[test]
+fn readd_of_a_shown_keyword_wins_over_concurrent_remove() {
+    let mut c = Cluster::new(2);
+    let kw = Keyword::parse("$Kw").unwrap();
+    let m = c.append(0, INBOX, vec![kw.clone()]).unwrap();
+    sync(&mut c);
+    assert!(c.replicas[1].flags(m).unwrap().contains(&kw));
+    c.partition(&[0, 1]);
+    c.client(0, |r| r.store_flags(m, std::slice::from_ref(&kw), &[])).unwrap();
+    c.client(1, |r| r.store_flags(m, &[], std::slice::from_ref(&kw))).unwrap();
+    sync(&mut c);
+    for r in &c.replicas {
+        assert!(r.flags(m).unwrap().contains(&kw), "the re-add lost to the concurrent remove");
+    }
+}

@@ -9,7 +9,7 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use smallvec::SmallVec;
 use starling_model::backend::{Backend, Claim, ClaimKey, Envelope, MsgLoc, Packed, Slot, StorageResult};
-use starling_model::{BlobId, StorageError};
+use starling_model::{BlobId, ReplicaId, StorageError};
 
 pub(crate) type Key2 = (u32, u64);
 pub(crate) type ClaimRow = (u32, u32, u32, u64, u16);
@@ -91,6 +91,8 @@ pub(crate) fn decode_slot(b: &[u8]) -> StorageResult<(u64, Slot)> {
 /// The tables of one write transaction, for one account.
 pub struct RedbBackend<'txn> {
     account: u32,
+    /// The tag of this replica's MODSEQ values ([`crate::modseq`]).
+    tag: u64,
     locs: Table<'txn, Key2, (u32, u32)>,
     tombstones: Table<'txn, Key2, ()>,
     envelopes: Table<'txn, Key2, &'static [u8]>,
@@ -119,10 +121,11 @@ pub struct RedbBackend<'txn> {
 }
 
 impl<'txn> RedbBackend<'txn> {
-    /// Opens the tables in `txn` for `account`.
-    pub fn new(txn: &'txn WriteTransaction, account: u32) -> Result<Self, redb::TableError> {
+    /// Opens the tables in `txn` for `account` of the replica `node`.
+    pub fn new(txn: &'txn WriteTransaction, account: u32, node: ReplicaId) -> Result<Self, redb::TableError> {
         Ok(RedbBackend {
             account,
+            tag: crate::modseq::tag(node),
             locs: txn.open_table(LOCS)?,
             tombstones: txn.open_table(TOMBSTONES)?,
             envelopes: txn.open_table(ENVELOPES)?,
@@ -174,9 +177,26 @@ impl<'txn> RedbBackend<'txn> {
     }
 
     fn next_modseq(&mut self) -> StorageResult<u64> {
-        let (modseq, n) = self.account_counts()?;
-        self.cached_account = Some((modseq + 1, n));
-        Ok(modseq + 1)
+        let (last, n) = self.account_counts()?;
+        let modseq = crate::modseq::next(last, 0, self.tag);
+        self.cached_account = Some((modseq, n));
+        Ok(modseq)
+    }
+
+    /// Raises a mailbox's HIGHESTMODSEQ (and the account's counter) above a
+    /// value a client presented that this replica cannot place, so that the
+    /// client never sees HIGHESTMODSEQ go down ([`crate::modseq`]). Values no
+    /// replica issues raise nothing.
+    pub(crate) fn raise_modseq(&mut self, mailbox: u32, token: u64) -> StorageResult<()> {
+        let (highest, count) = self.mailbox_counts(mailbox)?;
+        if highest > token || !crate::modseq::may_raise(token) {
+            return Ok(());
+        }
+        let (last, n) = self.account_counts()?;
+        let modseq = crate::modseq::next(last, token, self.tag);
+        self.cached_account = Some((modseq, n));
+        self.cached_mailboxes.insert(mailbox, (modseq, count));
+        Ok(())
     }
 
     fn add_messages(&mut self, delta: i64) -> StorageResult<()> {

@@ -6,7 +6,7 @@ use backend::{decode_envelope, decode_slot};
 use redb::{ReadOnlyTable, ReadTransaction, TableDefinition};
 
 use starling_model::backend::Envelope;
-use starling_model::{Keyword, MailboxId, MessageId, Names, VersionVector};
+use starling_model::{Keyword, MailboxId, MessageId, Names, ReplicaId, VersionVector};
 
 /// What STATUS and SELECT need of a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub struct Reader {
     pub(crate) account: u32,
     pub(crate) names: Arc<Names>,
     pub(crate) core: Arc<Core>,
+    /// This replica (whose MODSEQ values it can place).
+    pub(crate) node: ReplicaId,
 }
 
 impl Store {
@@ -60,7 +62,7 @@ impl Store {
         let acct = self.account(account)?;
         self.run(|db| {
             let (txn, published) = self.view(&acct, db)?;
-            Ok(Reader { txn, account: acct.number, names: published.names, core: self.core.clone() })
+            Ok(Reader { txn, account: acct.number, names: published.names, core: self.core.clone(), node: self.node })
         })
     }
 
@@ -268,6 +270,67 @@ impl Reader {
             }
             Ok(out)
         })
+    }
+
+    /// What a MODSEQ a client presented means here ([`crate::modseq`]).
+    pub fn place_modseq(&self, token: u64) -> Result<Since, StoreError> {
+        self.guard(|| {
+            let last = match self.table(backend::ACCOUNT_COUNTS)? {
+                Some(t) => t.get(self.account).map_err(st)?.map_or(0, |g| g.value().0),
+                None => 0,
+            };
+            Ok(crate::modseq::place(token, self.node, last, &self.names.replica_ids))
+        })
+    }
+
+    /// The UIDs in `ranges` below UIDNEXT that name no message now, as
+    /// ranges: what a client may know that is gone, when this replica
+    /// cannot tell since when (a VANISHED (EARLIER) over-report). Reads the
+    /// mailbox's keys once; the answer has at most one range more than the
+    /// mailbox has messages in `ranges`.
+    pub fn absent_in(&self, id: MailboxId, ranges: &[(u32, u32)]) -> Result<Vec<(u32, u32)>, StoreError> {
+        let below = self.status(id)?.uid_next;
+        let present = self.uids(id)?;
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for &(lo, hi) in ranges {
+            let hi = hi.min(below.saturating_sub(1));
+            let mut next = lo.max(1);
+            let start = present.partition_point(|&u| u < next);
+            for &u in present[start..].iter().take_while(|&&u| u <= hi) {
+                if u > next {
+                    out.push((next, u - 1));
+                }
+                next = u + 1;
+            }
+            if next <= hi {
+                out.push((next, hi));
+            }
+        }
+        Ok(out)
+    }
+
+    /// QRESYNC's VANISHED (EARLIER) within `ranges`, as ranges: the UIDs
+    /// gone since `since` (a point of this replica's sequence), or, when the
+    /// client's point is unknown here (`None`), every UID below UIDNEXT that
+    /// names no message now.
+    pub fn vanished_within(
+        &self,
+        id: MailboxId,
+        since: Option<u64>,
+        ranges: &[(u32, u32)],
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
+        let Some(since) = since else { return self.absent_in(id, ranges) };
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for u in self.vanished_since(id, since)? {
+            if !ranges.iter().any(|&(lo, hi)| lo <= u && u <= hi) {
+                continue;
+            }
+            match out.last_mut() {
+                Some((_, hi)) if *hi + 1 == u => *hi = u,
+                _ => out.push((u, u)),
+            }
+        }
+        Ok(out)
     }
 
     /// UIDs expunged (or moved away) after `modseq` (QRESYNC VANISHED).

@@ -41,6 +41,13 @@ impl<'a> Batch<'a> {
         Ok(id)
     }
 
+    /// Raises a mailbox's HIGHESTMODSEQ above a MODSEQ a client presented
+    /// that this replica cannot place ([`crate::modseq`]).
+    pub fn raise_modseq(&mut self, mailbox: MailboxId, token: u64) -> Result<(), StoreError> {
+        let Some(i) = self.replica.mailbox_index(mailbox) else { return Ok(()) };
+        self.replica.backend_mut().raise_modseq(i, token).map_err(|e| StoreError::Apply(e.into()).lift())
+    }
+
     /// Stores a body and appends it as a new message.
     pub fn append(
         &mut self,
@@ -251,7 +258,7 @@ impl Store {
         let number = acct.number;
         let txn = db.begin_write().map_err(st)?;
         let (value, replica, repaired) = {
-            let backend = RedbBackend::new(&txn, number).map_err(st)?;
+            let backend = RedbBackend::new(&txn, number, self.node).map_err(st)?;
             let (replica, _) = detached.swap_backend(backend);
             let mut batch = Batch {
                 replica,
@@ -308,8 +315,8 @@ impl Store {
             let mut state = self.lock(&acct, db)?;
             let txn = db.begin_write().map_err(st)?;
             let detached = std::mem::replace(&mut *state, Replica::create(self.node, Detached));
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match RedbBackend::new(&txn, acct.number) {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match RedbBackend::new(&txn, acct.number, self.node) {
                     Ok(backend) => {
                         let (mut replica, _) = detached.swap_backend(backend);
                         let out = f(&mut replica);
@@ -318,7 +325,8 @@ impl Store {
                         (replica, Ok(out))
                     }
                     Err(e) => (detached, Err(st(e))),
-                }));
+                }
+            }));
             let _ = txn.abort();
             match outcome {
                 Ok((replica, out)) => {
