@@ -339,20 +339,18 @@ impl Session {
         self.untagged(&format!("OK [HIGHESTMODSEQ {}] highest", status.highest_modseq.max(1)));
         if let Some((validity, _, known)) = qresync {
             if validity == status.uid_validity {
+                // Without known UIDs, those below UIDNEXT (a client given
+                // UIDs above it by another replica should send its known
+                // UIDs, as RFC 7162 recommends).
                 let known_ranges = match &known {
                     Some(set) => Selected::new(id, read_only).uid_ranges(set, true)?,
-                    None => vec![(1, u32::MAX)],
+                    None => vec![(1, status.uid_next.saturating_sub(1))],
                 };
-                let vanished = reader.vanished_within(id, placed, &known_ranges)?;
-                if !vanished.is_empty() {
-                    self.untagged(&format!("VANISHED (EARLIER) {}", ranges_string(&vanished)));
+                let answer = reader.resync(id, placed, &known_ranges)?;
+                if !answer.vanished.is_empty() {
+                    self.untagged(&format!("VANISHED (EARLIER) {}", ranges_string(&answer.vanished)));
                 }
-                let mut changed = match placed {
-                    Some(since) => reader.changed_since(id, since, usize::MAX)?,
-                    None => reader.messages(id, 1, usize::MAX)?,
-                };
-                changed.sort_by_key(|m| m.uid);
-                for m in changed {
+                for m in answer.changed {
                     if let Some(i) = selected.seq_of(m.uid) {
                         self.untagged(&format!(
                             "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",

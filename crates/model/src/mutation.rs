@@ -19,6 +19,10 @@ pub enum Mutation {
     /// A body named again keeps its candidate row for collection, so
     /// collection deletes a body a message names (the store's).
     KeepCandidate = 4,
+    /// A replica reads any client's MODSEQ as a point of its own sequence,
+    /// whichever replica issued it (the store's; the under-report issue 16
+    /// measured).
+    PlaceEveryModseq = 5,
 }
 
 #[cfg(feature = "mutations")]

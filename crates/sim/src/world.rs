@@ -61,6 +61,11 @@ pub struct RunReport {
     pub queues: starling_sync::QueueSizes,
     /// Most ops any replica held in its causal buffer.
     pub pending_max: usize,
+    /// The roaming QRESYNC client (issue 16): syncs, of them answered in
+    /// full because the replica could not place the client's MODSEQ, and
+    /// UIDs it had cached that a report showed naming another message
+    /// (client-side U2 broken: possible while exposure waits for no peer).
+    pub roam: (u64, u64, u64),
     /// What a swarm scenario drew for this seed (empty otherwise).
     pub swarm: String,
     /// Largest store (simulated disk) of any node at the end, bytes.
@@ -96,6 +101,7 @@ impl RunReport {
             events: 0,
             queues: Default::default(),
             pending_max: 0,
+            roam: (0, 0, 0),
             swarm: String::new(),
             disk_max: 0,
             ops_compacted: 0,
@@ -213,6 +219,16 @@ pub struct World {
     epoch: std::time::Instant,
     /// A bound broken inside a step, reported after it.
     violation: Option<String>,
+    /// One IMAP client that follows the clients' looks from node to node.
+    roamer: Roamer,
+}
+
+/// A QRESYNC client of INBOX that moves between replicas: what it cached
+/// (UID → message and keywords) and the HIGHESTMODSEQ it last saw.
+#[derive(Default)]
+struct Roamer {
+    modseq: u64,
+    cache: BTreeMap<u32, (starling_model::MessageId, Vec<Keyword>)>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -289,6 +305,7 @@ impl World {
             bodies: BTreeMap::new(),
             epoch: std::time::Instant::now(),
             violation: None,
+            roamer: Roamer::default(),
         };
         w.build_timeline();
         if w.sc.housekeeping_minutes > 0.0 {
@@ -1036,7 +1053,64 @@ impl World {
             let (obs, pending) = store.inspect(ACCOUNT, |r| (Observation::of(r), r.pending_len())).map_err(err)?;
             self.report.pending_max = self.report.pending_max.max(pending);
             self.checker.looked(i, &obs, mb);
+            if mb == INBOX {
+                self.roam(i)?;
+            }
         }
+        Ok(())
+    }
+
+    /// The roaming client resyncs INBOX at node `i` (QRESYNC with its last
+    /// HIGHESTMODSEQ, wherever it came from), as the IMAP server answers:
+    /// HIGHESTMODSEQ must not go down, and the cache after the answer must
+    /// equal a full sync of node `i` (no under-report).
+    fn roam(&mut self, i: usize) -> Result<(), String> {
+        let store = self.nodes[i].store.as_ref().expect("up");
+        let token = self.roamer.modseq;
+        let placed = match store.read(ACCOUNT).map_err(err)?.place_modseq(token).map_err(err)? {
+            starling_store::Since::Here(m) => Some(m),
+            starling_store::Since::Unknown => {
+                store.write(ACCOUNT, |b| b.raise_modseq(INBOX, token)).map_err(err)?;
+                self.report.roam.1 += 1;
+                None
+            }
+        };
+        self.report.roam.0 += 1;
+        let r = store.read(ACCOUNT).map_err(err)?;
+        let highest = r.status(INBOX).map_err(err)?.highest_modseq;
+        if highest < token {
+            return Err(format!("roaming client: node {i} shows HIGHESTMODSEQ {highest} after {token}"));
+        }
+        // Its known UIDs go with the request (RFC 7162's known-uids).
+        let cache = &mut self.roamer.cache;
+        let mut known: Vec<(u32, u32)> = Vec::new();
+        for &u in cache.keys() {
+            match known.last_mut() {
+                Some((_, hi)) if *hi + 1 == u => *hi = u,
+                _ => known.push((u, u)),
+            }
+        }
+        let answer = r.resync(INBOX, placed, &known).map_err(err)?;
+        for &(lo, hi) in &answer.vanished {
+            let gone: Vec<u32> = cache.range(lo..=hi).map(|(u, _)| *u).collect();
+            gone.iter().for_each(|u| drop(cache.remove(u)));
+        }
+        for m in answer.changed {
+            if cache.get(&m.uid).is_some_and(|(was, _)| *was != m.message) {
+                self.report.roam.2 += 1;
+            }
+            cache.insert(m.uid, (m.message, m.flags));
+        }
+        let full: BTreeMap<u32, (starling_model::MessageId, Vec<Keyword>)> =
+            r.messages(INBOX, 1, usize::MAX).map_err(err)?.into_iter().map(|m| (m.uid, (m.message, m.flags))).collect();
+        if *cache != full {
+            let differ = full.iter().find(|(u, v)| cache.get(u) != Some(*v)).map(|(u, _)| *u);
+            let extra = cache.keys().find(|u| !full.contains_key(u)).copied();
+            return Err(format!(
+                "roaming client under-reported at node {i} (MODSEQ {token}, placed {placed:?}): first differing UID {differ:?}, first stale UID {extra:?}"
+            ));
+        }
+        self.roamer.modseq = highest;
         Ok(())
     }
 

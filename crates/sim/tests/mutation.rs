@@ -69,4 +69,14 @@ fn broken_merge_rules_are_caught_and_intact_ones_pass() {
         assert!(!f.is_empty(), "{m:?} went unnoticed");
         assert!(f.iter().any(|(_, e)| e.contains(says)), "{m:?}: {:?}", f[0]);
     }
+    // A replica that takes another replica's MODSEQ for its own answers the
+    // roaming QRESYNC client short.
+    let sc = scenario();
+    let intact: Vec<_> = (0..4).map(|s| run(&sc, s)).collect();
+    assert!(intact.iter().map(|r| r.roam.1).sum::<u64>() > 0, "the roaming client changed replicas");
+    mutation::set(Some(Mutation::PlaceEveryModseq));
+    let f = failures(&sc, 0..4);
+    mutation::set(None);
+    assert!(!f.is_empty(), "PlaceEveryModseq went unnoticed");
+    assert!(f.iter().any(|(_, e)| e.contains("roaming client")), "PlaceEveryModseq: {:?}", f[0]);
 }

@@ -51,7 +51,7 @@ pub use error::{OpenError, StoreError};
 pub use gc::Collected;
 pub use modseq::Since;
 pub use open::{StoreOptions, FILE_COMPACT_MIN_FREE};
-pub use reads::{MailboxStatus, MessageInfo, Reader};
+pub use reads::{MailboxStatus, MessageInfo, Reader, Resync};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
 pub use write::Batch;
 

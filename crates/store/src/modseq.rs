@@ -76,6 +76,9 @@ pub(crate) fn place(token: u64, own: ReplicaId, last: u64, replicas: &[ReplicaId
     }
     let t = tag(own);
     let shared = replicas.iter().any(|r| *r != own && tag(*r) == t);
+    if starling_model::mutation::active(starling_model::mutation::Mutation::PlaceEveryModseq) {
+        return Since::Here(token);
+    }
     if token & TAG_MASK == t && token <= last && !shared {
         Since::Here(token)
     } else {

@@ -8,6 +8,15 @@ use redb::{ReadOnlyTable, ReadTransaction, TableDefinition};
 use starling_model::backend::Envelope;
 use starling_model::{Keyword, MailboxId, MessageId, Names, ReplicaId, VersionVector};
 
+/// QRESYNC's answer: see [`Reader::resync`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resync {
+    /// UIDs the client may know that name no message now (inclusive ranges).
+    pub vanished: Vec<(u32, u32)>,
+    /// Messages changed since the client's point, by UID.
+    pub changed: Vec<MessageInfo>,
+}
+
 /// What STATUS and SELECT need of a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MailboxStatus {
@@ -283,30 +292,57 @@ impl Reader {
         })
     }
 
-    /// The UIDs in `ranges` below UIDNEXT that name no message now, as
-    /// ranges: what a client may know that is gone, when this replica
-    /// cannot tell since when (a VANISHED (EARLIER) over-report). Reads the
-    /// mailbox's keys once; the answer has at most one range more than the
-    /// mailbox has messages in `ranges`.
+    /// The UIDs in `ranges` that name no message now, as ranges: what a
+    /// client may know that is gone, when this replica cannot tell since
+    /// when (a VANISHED (EARLIER) over-report). UIDs at or above UIDNEXT
+    /// count too: another replica may have shown them to the client, and
+    /// this one does not hold them (yet). Reads the mailbox's keys once; the
+    /// answer has at most one range more than the mailbox has messages in
+    /// `ranges`.
     pub fn absent_in(&self, id: MailboxId, ranges: &[(u32, u32)]) -> Result<Vec<(u32, u32)>, StoreError> {
-        let below = self.status(id)?.uid_next;
         let present = self.uids(id)?;
-        let mut out: Vec<(u32, u32)> = Vec::new();
-        for &(lo, hi) in ranges {
-            let hi = hi.min(below.saturating_sub(1));
-            let mut next = lo.max(1);
-            let start = present.partition_point(|&u| u < next);
-            for &u in present[start..].iter().take_while(|&&u| u <= hi) {
-                if u > next {
-                    out.push((next, u - 1));
-                }
-                next = u + 1;
+        // Sorted and merged, so that no UID is reported twice.
+        let mut merged: Vec<(u32, u32)> = Vec::new();
+        let mut sorted = ranges.to_vec();
+        sorted.sort_unstable();
+        for (lo, hi) in sorted {
+            match merged.last_mut() {
+                Some((_, h)) if lo <= h.saturating_add(1) => *h = (*h).max(hi),
+                _ => merged.push((lo, hi)),
             }
-            if next <= hi {
-                out.push((next, hi));
+        }
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for (lo, hi) in merged {
+            // u64: the UID after u32::MAX does not wrap.
+            let mut next = lo.max(1) as u64;
+            let start = present.partition_point(|&u| (u as u64) < next);
+            for &u in present[start..].iter().take_while(|&&u| u <= hi) {
+                if u as u64 > next {
+                    out.push((next as u32, u - 1));
+                }
+                next = u as u64 + 1;
+            }
+            if next <= hi as u64 {
+                out.push((next as u32, hi));
             }
         }
         Ok(out)
+    }
+
+    /// QRESYNC's answer (RFC 7162 §3.2.5) for a client that knew the
+    /// mailbox as of `since`, a point of this replica's sequence (`None`:
+    /// unknown here, see [`Self::place_modseq`]): the UIDs in `known` that
+    /// are gone, and the messages changed since, by UID (every message when
+    /// `since` is unknown). The IMAP server and the simulator's roaming
+    /// client both take it from here.
+    pub fn resync(&self, id: MailboxId, since: Option<u64>, known: &[(u32, u32)]) -> Result<Resync, StoreError> {
+        let vanished = self.vanished_within(id, since, known)?;
+        let mut changed = match since {
+            Some(since) => self.changed_since(id, since, usize::MAX)?,
+            None => self.messages(id, 1, usize::MAX)?,
+        };
+        changed.sort_by_key(|m| m.uid);
+        Ok(Resync { vanished, changed })
     }
 
     /// QRESYNC's VANISHED (EARLIER) within `ranges`, as ranges: the UIDs
