@@ -118,6 +118,9 @@ pub struct MailboxTree {
     pub merged_into: BTreeMap<MailboxId, MailboxId>,
     /// Every mailbox with its record, including deleted ones.
     pub entries: BTreeMap<MailboxId, MailboxEntry>,
+    /// The account's incarnation (0 for accounts made before there was
+    /// one): part of every mailbox's UIDVALIDITY ([`MailboxId::uid_validity`]).
+    pub incarnation: u64,
 }
 
 impl MailboxTree {
@@ -140,6 +143,9 @@ impl std::fmt::Debug for AccountDoc {
         f.debug_struct("AccountDoc").finish_non_exhaustive()
     }
 }
+
+/// The root key of the account's incarnation (no `/`: never a mailbox field).
+const INCARNATION: &str = "incarnation";
 
 fn field(id: MailboxId, name: &str) -> String {
     format!("{}/{}", id.to_key(), name)
@@ -267,6 +273,22 @@ impl AccountDoc {
         Ok(self.commit())
     }
 
+    /// Names this incarnation of the account (see [`MailboxTree::incarnation`]):
+    /// a random value chosen where the account is created. Two replicas
+    /// that created the account apart agree on one of their values once
+    /// they meet (automerge orders the concurrent puts), and the clients of
+    /// the other see a new UIDVALIDITY once: they resync instead of trusting
+    /// UIDs numbered apart.
+    pub fn set_incarnation(&mut self, incarnation: u64) -> Vec<u8> {
+        self.doc.put(ROOT, INCARNATION, format!("{incarnation:016x}")).expect("put on root map");
+        self.commit()
+    }
+
+    /// The incarnation (0 if none was set).
+    pub fn incarnation(&self) -> u64 {
+        self.get_str(INCARNATION).and_then(|s| u64::from_str_radix(&s, 16).ok()).unwrap_or(0)
+    }
+
     /// Applies a change received from a peer. Changes arrive in causal order
     /// (the op log guarantees it); a malformed change changes nothing.
     pub fn apply_change(&mut self, bytes: &[u8]) -> Result<(), AccountError> {
@@ -322,7 +344,7 @@ impl AccountDoc {
         let entries = self.entries();
         let visible: BTreeSet<MailboxId> =
             entries.values().filter(|e| !e.deleted || occupied(e.id)).map(|e| e.id).collect();
-        let mut tree = MailboxTree { entries: entries.clone(), ..Default::default() };
+        let mut tree = MailboxTree { entries: entries.clone(), incarnation: self.incarnation(), ..Default::default() };
         for id in &visible {
             let name = full_name(&entries, *id);
             match tree.by_name.get(&name) {

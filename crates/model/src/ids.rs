@@ -62,11 +62,18 @@ pub struct MailboxId(pub Dot);
 
 impl MailboxId {
     /// UIDVALIDITY every replica shows for this mailbox, without coordination:
-    /// a non-zero 32-bit hash of the mailbox id.
-    pub fn uid_validity(&self) -> u32 {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.0.replica.0.to_be_bytes());
-        bytes[8..].copy_from_slice(&self.0.counter.to_be_bytes());
+    /// a non-zero 32-bit hash of the mailbox id and the account's
+    /// incarnation, so that INBOX (the same id everywhere) and mailboxes of
+    /// an account made again (a restore, an import into a fresh account)
+    /// get new ones (RFC 9051 §2.3.1.1). Incarnation 0 (accounts made
+    /// before there was one) hashes the id alone, as before.
+    pub fn uid_validity(&self, incarnation: u64) -> u32 {
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&self.0.replica.0.to_be_bytes());
+        bytes.extend_from_slice(&self.0.counter.to_be_bytes());
+        if incarnation != 0 {
+            bytes.extend_from_slice(&incarnation.to_be_bytes());
+        }
         let h = blake3::hash(&bytes);
         let v = u32::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]]);
         v.max(1)

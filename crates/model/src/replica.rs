@@ -626,6 +626,16 @@ impl<B: Backend> Replica<B> {
         self.pending.len() + self.ready.len()
     }
 
+    /// Whether this replica made ops since the last [`Self::take_outbox`].
+    pub fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// The account's incarnation (0 if none): see [`AccountDoc::set_incarnation`].
+    pub fn incarnation(&self) -> u64 {
+        self.tree.incarnation
+    }
+
     /// Ops this replica created (client changes and settling) since the last
     /// call, in order, for its peers.
     pub fn take_outbox(&mut self) -> Vec<Op> {
@@ -1483,6 +1493,13 @@ impl<B: Backend> Replica<B> {
         Ok(self.emit(OpBody::Account { change })?)
     }
 
+    /// Names this incarnation of the account ([`AccountDoc::set_incarnation`]).
+    pub fn set_incarnation(&mut self, incarnation: u64) -> Result<(), LocalError> {
+        let change = self.account.set_incarnation(incarnation);
+        self.account_op(change)?;
+        Ok(())
+    }
+
     /// CREATE. The new mailbox's id is the dot of the op that creates it.
     pub fn create_mailbox(
         &mut self,
@@ -1536,7 +1553,7 @@ impl<B: Backend> Replica<B> {
             let _ = writeln!(
                 out,
                 "mailbox {name:?} uidvalidity={} uidnext={} subscribed={} special={:?}",
-                id.uid_validity(),
+                id.uid_validity(self.tree.incarnation),
                 self.uid_next(*id).unwrap_or(1),
                 e.subscribed,
                 e.special_use

@@ -240,7 +240,10 @@ fn open_store(disk: &MemDisk, i: usize, id: ReplicaId) -> Result<Store, String> 
     let store = Store::open_on(disk.backend(), &format!("node{i}"), id, StoreOptions::default())
         .map_err(|e| format!("node {i} does not start: {e}"))?;
     if !store.accounts().iter().any(|a| a == ACCOUNT) {
-        store.add_account(ACCOUNT).map_err(err)?;
+        // Each node makes the account itself (as an operator would on each
+        // machine): incarnations differ until the nodes meet. From the
+        // replica id, so that a seed replays exactly.
+        store.add_account_as(ACCOUNT, id.0.max(1)).map_err(err)?;
     }
     Ok(store)
 }

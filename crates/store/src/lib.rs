@@ -66,6 +66,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ACCOUNTS: TableDefinition<&str, u32> = TableDefinition::new("accounts");
 const HEADERS: TableDefinition<u32, &[u8]> = TableDefinition::new("replica_headers");
 const DOCS: TableDefinition<u32, &[u8]> = TableDefinition::new("account_docs");
+/// account → the incarnation chosen at its creation, until the account's
+/// first local change writes it (or a peer's brings another): see
+/// [`Store::add_account_as`].
+const PENDING_INCARNATION: TableDefinition<u32, u64> = TableDefinition::new("pending_incarnation");
 /// account → version vector of ops folded away (compacted) from the log.
 const LOG_FLOOR: TableDefinition<u32, &[u8]> = TableDefinition::new("log_floor");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");

@@ -176,7 +176,15 @@ impl Reader {
                 (Some(i), Some(t)) => t.get((self.account, i)).map_err(st)?.map(|g| g.value()).unwrap_or((0, 0)),
                 _ => (0, 0),
             };
-            Ok(MailboxStatus { messages, uid_next, uid_validity: id.uid_validity(), highest_modseq })
+            let incarnation = match self.names.tree.incarnation {
+                0 => match self.table(crate::PENDING_INCARNATION)? {
+                    Some(t) => t.get(self.account).map_err(st)?.map_or(0, |g| g.value()),
+                    None => 0,
+                },
+                n => n,
+            };
+            let uid_validity = id.uid_validity(incarnation);
+            Ok(MailboxStatus { messages, uid_next, uid_validity, highest_modseq })
         })
     }
 

@@ -61,6 +61,29 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Writes the incarnation kept aside at account creation once the replica
+/// makes its first local change, or drops it if the account document has
+/// one already (from a peer). See [`Store::add_account_as`].
+fn settle_incarnation(
+    txn: &redb::WriteTransaction,
+    number: u32,
+    replica: &mut Replica<RedbBackend<'_>>,
+) -> Result<(), StoreError> {
+    let mut pending = txn.open_table(PENDING_INCARNATION).map_err(st)?;
+    let Some(incarnation) = pending.get(number).map_err(st)?.map(|g| g.value()) else { return Ok(()) };
+    let me = replica.id();
+    let heard = replica.version().iter().any(|(r, n)| r != me && n > 0);
+    if replica.incarnation() != 0 || heard {
+        // The account exists elsewhere: keep what it has (an account made
+        // before incarnations keeps its UIDVALIDITYs).
+        pending.remove(number).map_err(st)?;
+    } else if replica.has_outbox() {
+        replica.set_incarnation(incarnation)?;
+        pending.remove(number).map_err(st)?;
+    }
+    Ok(())
+}
+
 /// Stores a body in `txn` (deduplicated): large MIME parts apart, packed.
 /// A body found damaged since open is written again, parts and all (its
 /// id is pushed on `repaired`).
@@ -136,8 +159,33 @@ pub(crate) fn put_packed(
 }
 
 impl Store {
-    /// Creates an account with an empty replica (INBOX only).
+    /// Creates an account with an empty replica (INBOX only) and a random
+    /// incarnation ([`Self::add_account_as`]).
     pub fn add_account(&self, name: &str) -> Result<(), StoreError> {
+        let mut seed = Vec::new();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        seed.extend_from_slice(&now.as_nanos().to_le_bytes());
+        seed.extend_from_slice(&std::process::id().to_le_bytes());
+        seed.extend_from_slice(&self.node.0.to_le_bytes());
+        seed.extend_from_slice(name.as_bytes());
+        let h = blake3::hash(&seed);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        self.add_account_as(name, u64::from_le_bytes(b).max(1))
+    }
+
+    /// Creates an account with an empty replica (INBOX only) as
+    /// `incarnation` (not 0), which is part of every UIDVALIDITY: an account
+    /// made again gets new UIDVALIDITYs.
+    ///
+    /// The incarnation is kept aside (`PENDING_INCARNATION`) and written to
+    /// the account document, as an op every replica of the account takes,
+    /// by the first transaction that makes a local change; if a peer's ops
+    /// or snapshot bring the account's incarnation first, this one is
+    /// dropped. So an account made on a node that then joins the others
+    /// holds no op of its own and can take a snapshot.
+    pub fn add_account_as(&self, name: &str, incarnation: u64) -> Result<(), StoreError> {
+        assert_ne!(incarnation, 0, "incarnation 0 means none");
         let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
         let number = {
             let accounts = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
@@ -154,6 +202,7 @@ impl Store {
                 w.open_table(ACCOUNTS).map_err(st)?.insert(name, number).map_err(st)?;
                 w.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
                 w.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
+                w.open_table(PENDING_INCARNATION).map_err(st)?.insert(number, incarnation).map_err(st)?;
             }
             w.commit().map_err(st)
         })?;
@@ -271,6 +320,7 @@ impl Store {
             };
             let value = f(&mut batch)?;
             let mut replica = batch.replica;
+            settle_incarnation(&txn, number, &mut replica)?;
             let applied = replica.take_applied();
             // The local ops are in `applied` (and so in the log, where
             // peers read them): the replica keeps no other copy.

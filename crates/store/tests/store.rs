@@ -115,7 +115,8 @@ fn compaction_and_catch_up_boundary() {
     let mut half = VersionVector::new();
     half.observe(starling_model::Dot::new(NODE, 3));
     assert_eq!(store.compact("dave", &half).unwrap(), 3);
-    assert_eq!(store.ops_since("dave", &half).unwrap().len(), 2);
+    // Five appends and the op naming the account's incarnation.
+    assert_eq!(store.ops_since("dave", &half).unwrap().len(), 3);
     assert!(matches!(store.ops_since("dave", &VersionVector::new()), Err(StoreError::Compacted)));
     assert!(store.ops_since("dave", &all).unwrap().is_empty());
     // State is untouched by compaction.
@@ -220,9 +221,10 @@ proptest! {
     fn redb_backend_matches_memory_backend(steps in prop::collection::vec((0u8..5, any::<u16>(), 0usize..5), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store.add_account("p").unwrap();
+        store.add_account_as("p", 0x5eed).unwrap();
         let mut mem = Replica::new(NODE);
         let kws = workload_keywords();
+        let mut first = true;
         let mut n = 0;
         for (kind, pick, k) in steps {
             let view = mem.view(INBOX);
@@ -234,6 +236,10 @@ proptest! {
                     let blob = starling_model::BlobId::of(&raw);
                     mem.append(INBOX, blob, raw.len() as u64, 0, vec![kws[k].clone()]).unwrap();
                     store.write("p", |b| b.append(INBOX, &raw, 0, vec![kws[k].clone()]).map(|_| ())).unwrap();
+                    if std::mem::take(&mut first) {
+                        // The store names the incarnation with the first change.
+                        mem.set_incarnation(0x5eed).unwrap();
+                    }
                 }
                 (1, Some(m)) => {
                     mem.store_flags(m, &[kws[k].clone()], &[]).unwrap();
@@ -346,8 +352,9 @@ fn op_log_restricted_to_a_mailbox() {
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, vec!["account", "append-work", "flags-work"]);
-    assert_eq!(store.ops_since_in("u", &none, &[INBOX]).unwrap().len(), 3);
+    // Account ops (the mailbox's creation, the incarnation) go to every mailbox.
+    assert_eq!(kinds, vec!["account", "append-work", "account", "flags-work"]);
+    assert_eq!(store.ops_since_in("u", &none, &[INBOX]).unwrap().len(), 4);
     let all = store.version("u").unwrap();
     store.compact("u", &all).unwrap();
     assert!(matches!(store.ops_since_in("u", &none, &[work]), Err(StoreError::Compacted)));
@@ -554,4 +561,67 @@ fn a_bad_stored_record_is_refused_and_nothing_is_stored() {
         }
         assert_eq!(b.blob(BlobId::of(&m1)).unwrap(), None, "{what}: nothing stored");
     }
+}
+
+fn inbox_validity(store: &Store) -> u32 {
+    store.read("alice").unwrap().status(INBOX).unwrap().uid_validity
+}
+
+/// Issue 16: UIDVALIDITY is unique per account incarnation, INBOX included.
+/// An account made again (same node id, a fresh file: a restore, an import
+/// into a fresh account) shows new UIDVALIDITYs; one account's replicas
+/// agree on one; and the value a client sees before the first change is
+/// the one it keeps seeing after it.
+#[test]
+fn uidvalidity_is_per_account_incarnation() {
+    let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = open(&d1);
+    first.add_account("alice").unwrap();
+    let again = open(&d2);
+    again.add_account("alice").unwrap();
+    let v1 = inbox_validity(&first);
+    assert_ne!(v1, inbox_validity(&again), "the same account made twice shares INBOX's UIDVALIDITY");
+    // Stable across the first change, a reopen, and more changes.
+    first.write("alice", |b| b.append(INBOX, &message(1), 1_700_000_000, vec![])).unwrap();
+    assert_eq!(inbox_validity(&first), v1);
+    drop(first);
+    let first = open(&d1);
+    assert_eq!(inbox_validity(&first), v1);
+    let work = first.write("alice", |b| Ok(b.replica().create_mailbox("Work", None, None)?)).unwrap();
+    // A replica that hears of the account before changing it adopts its
+    // incarnation: every mailbox shows the creator's UIDVALIDITY.
+    let peer = Store::open(&d3.path().join("store.redb"), ReplicaId(0x1234), StoreOptions::default()).unwrap();
+    peer.add_account("alice").unwrap();
+    let ops = first.ops_since("alice", &VersionVector::new()).unwrap();
+    peer.write("alice", |b| b.apply(ops)).unwrap();
+    peer.write("alice", |b| b.append(INBOX, &message(2), 1_700_000_001, vec![])).unwrap();
+    assert_eq!(inbox_validity(&peer), v1);
+    let (a, b) = (first.read("alice").unwrap(), peer.read("alice").unwrap());
+    assert_eq!(a.status(work).unwrap().uid_validity, b.status(work).unwrap().uid_validity);
+    // And it writes no incarnation of its own: the creator takes its ops
+    // without its UIDVALIDITYs changing.
+    let ops = peer.ops_since("alice", &first.version("alice").unwrap()).unwrap();
+    first.write("alice", |b| b.apply(ops)).unwrap();
+    assert_eq!(inbox_validity(&first), v1);
+    assert_eq!(first.dump("alice").unwrap(), peer.dump("alice").unwrap());
+}
+
+/// Two nodes that each made the account and took mail before they met agree
+/// on one incarnation once they have exchanged everything.
+#[test]
+fn accounts_made_apart_agree_on_one_incarnation() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(&d1);
+    let b = Store::open(&d2.path().join("store.redb"), ReplicaId(0x1234), StoreOptions::default()).unwrap();
+    for s in [&a, &b] {
+        s.add_account("alice").unwrap();
+        s.write("alice", |x| x.append(INBOX, &message(3), 1_700_000_000, vec![])).unwrap();
+    }
+    assert_ne!(inbox_validity(&a), inbox_validity(&b));
+    let to_b = a.ops_since("alice", &b.version("alice").unwrap()).unwrap();
+    let to_a = b.ops_since("alice", &a.version("alice").unwrap()).unwrap();
+    a.write("alice", |x| x.apply(to_a)).unwrap();
+    b.write("alice", |x| x.apply(to_b)).unwrap();
+    assert_eq!(inbox_validity(&a), inbox_validity(&b));
+    assert_eq!(a.dump("alice").unwrap(), b.dump("alice").unwrap());
 }
