@@ -930,21 +930,9 @@ impl Session {
         let mut hits = Vec::new();
         let mut modseq_max = 0;
         let uses_modseq = criteria.iter().any(uses_modseq);
-        // Each MODSEQ of the criteria as a point of this replica's sequence
-        // (0, matching every message, for one it cannot place).
-        let mut tokens = Vec::new();
-        criteria.iter().for_each(|k| modseqs_of(k, &mut tokens));
-        let mut placed = HashMap::new();
-        for t in tokens {
-            let here = match reader.place_modseq(t)? {
-                Since::Here(m) => m,
-                Since::Unknown => 0,
-            };
-            placed.insert(t, here);
-        }
         for m in all {
             let Some(i) = sel.seq_of(m.uid) else { continue };
-            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel, placed: &placed };
+            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel };
             if criteria.iter().all(|k| c.matches(k)) {
                 hits.push(if uid { m.uid } else { i as u32 + 1 });
                 modseq_max = modseq_max.max(m.modseq);
@@ -986,20 +974,6 @@ impl Session {
     }
 }
 
-/// The MODSEQ values of a search key.
-fn modseqs_of(k: &SearchKey<'_>, out: &mut Vec<u64>) {
-    match k {
-        SearchKey::ModSequence { modseq, .. } => out.push(*modseq),
-        SearchKey::And(v) => v.as_ref().iter().for_each(|k| modseqs_of(k, out)),
-        SearchKey::Or(a, b) => {
-            modseqs_of(a, out);
-            modseqs_of(b, out);
-        }
-        SearchKey::Not(a) => modseqs_of(a, out),
-        _ => {}
-    }
-}
-
 fn uses_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
@@ -1013,8 +987,6 @@ fn uses_modseq(k: &SearchKey<'_>) -> bool {
 /// One message under test by SEARCH; the body is read only if a key needs it.
 struct Candidate<'a> {
     info: &'a MessageInfo,
-    /// The criteria's MODSEQ values as points of this replica's sequence.
-    placed: &'a HashMap<u64, u64>,
     env: Option<Option<Envelope>>,
     raw: Option<Vec<u8>>,
     reader: &'a Reader,
@@ -1109,9 +1081,9 @@ impl Candidate<'_> {
                 let needle = String::from_utf8_lossy(s.as_ref()).into_owned();
                 mime::text_contains(self.raw(), &needle, true)
             }
-            SearchKey::ModSequence { modseq, .. } => {
-                self.info.modseq >= self.placed.get(modseq).copied().unwrap_or(*modseq)
-            }
+            // A search criterion, compared as a number (RFC 7162 §3.1.5),
+            // whichever replica issued it: not a way to sync.
+            SearchKey::ModSequence { modseq, .. } => self.info.modseq >= *modseq,
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -1141,7 +1113,7 @@ mod tests {
             Store::open(&dir.path().join("store.redb"), starling_model::ReplicaId(7), StoreOptions::default()).unwrap();
         store.add_account("alice").unwrap();
         store.set_credential("alice", &crate::auth::hash_password("pw")).unwrap();
-        let shared = Shared::new(Arc::new(store), Config::default(), |_| {});
+        let shared = Shared::new(Arc::new(store), Config::default());
         let mut s = Session::new(shared.clone(), false, true, true);
         let mut other = Session::new(shared, false, true, true);
         const N: usize = 40;

@@ -83,9 +83,6 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Limits and policies.
     pub config: Config,
-    /// Called after a session committed a change to an account (so peers
-    /// and other sessions hear of it).
-    notify: Box<dyn Fn(&str) + Send + Sync>,
     logins: Mutex<HashMap<String, usize>>,
     /// Per mailbox, the lowest UID no session has been told of yet: messages
     /// at or above it are \Recent to the next session that selects it. Per
@@ -105,7 +102,7 @@ pub struct Shared {
 
 impl Shared {
     /// Shared state for the sessions of one server.
-    pub fn new(store: Arc<Store>, config: Config, notify: impl Fn(&str) + Send + Sync + 'static) -> Arc<Shared> {
+    pub fn new(store: Arc<Store>, config: Config) -> Arc<Shared> {
         let guard = Guard::new(config.auth);
         let connections =
             ConnCounter::new(ConnLimits { total: config.connections_max, per_ip: config.connections_per_ip });
@@ -114,7 +111,6 @@ impl Shared {
             connections,
             store,
             config,
-            notify: Box::new(notify),
             logins: Mutex::default(),
             recent: Mutex::default(),
             sessions: Default::default(),
@@ -861,15 +857,14 @@ impl Session {
         Ok(self.shared.store.read(self.account_name())?)
     }
 
-    /// Runs a change in one durable transaction and tells the others.
+    /// Runs a change in one durable transaction (whose commit tells the
+    /// other sessions and the peers: [`Store::on_commit`]).
     pub(crate) fn write<T>(
         &mut self,
         f: impl FnOnce(&mut starling_store::Batch<'_>) -> Result<T, StoreError>,
     ) -> Result<T, Fail> {
         let account = self.account_name().to_string();
-        let value = self.shared.store.write(&account, f)?;
-        (self.shared.notify)(&account);
-        Ok(value)
+        Ok(self.shared.store.write(&account, f)?)
     }
 
     /// A visible mailbox by IMAP name (INBOX case-insensitively).

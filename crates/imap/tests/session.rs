@@ -28,11 +28,13 @@ fn server_on(replica: ReplicaId, config: Config) -> Server {
     let store = Store::open(&dir.path().join("store.redb"), replica, StoreOptions::default()).unwrap();
     store.add_account("alice").unwrap();
     store.set_credential("alice", &starling_imap::auth::hash_password("pw")).unwrap();
+    // The store's commits tell the node (here: a counter).
     let notified = Arc::new(AtomicUsize::new(0));
     let n = notified.clone();
-    let shared = Shared::new(Arc::new(store), config, move |_| {
+    store.on_commit(move |_| {
         n.fetch_add(1, Ordering::Relaxed);
     });
+    let shared = Shared::new(Arc::new(store), config);
     Server { _dir: dir, shared, notified }
 }
 

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 /// Bytes read from the socket at a time.
@@ -74,22 +73,16 @@ impl Default for Config {
     }
 }
 
-/// Accepts LMTP connections until the task is dropped; `changes` hears the
-/// account of every committed delivery (so peers get it at once).
-pub async fn serve(
-    listener: TcpListener,
-    config: Config,
-    store: Arc<Store>,
-    changes: broadcast::Sender<String>,
-    tasks: crate::tasks::Tasks,
-) {
+/// Accepts LMTP connections until the task is dropped. A committed delivery
+/// tells IDLE sessions and peers through the store's commit hook.
+pub async fn serve(listener: TcpListener, config: Config, store: Arc<Store>, tasks: crate::tasks::Tasks) {
     let counter = ConnCounter::new(config.connections);
     let mut errors = AcceptErrors::default();
     loop {
         let (stream, client) = accept_forever("lmtp", &mut errors, || listener.accept()).await;
         match counter.admit(client.ip()) {
             Ok(guard) => {
-                let backend = StoreBackend { store: store.clone(), changes: changes.clone() };
+                let backend = StoreBackend { store: store.clone() };
                 // Tracked: shutdown waits until no delivery is inside its commit.
                 tasks.spawn(async move {
                     let _guard = guard;
@@ -109,7 +102,6 @@ pub async fn serve(
 /// The store as the session's backend.
 struct StoreBackend {
     store: Arc<Store>,
-    changes: broadcast::Sender<String>,
 }
 
 impl Backend for StoreBackend {
@@ -125,16 +117,8 @@ impl Backend for StoreBackend {
 
     fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let stored = tokio::task::block_in_place(|| {
-            self.store.write(account, |b| b.append(INBOX, message, now, vec![]).map(|_| ()))
-        });
-        match stored {
-            Ok(()) => {
-                let _ = self.changes.send(account.to_string());
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        tokio::task::block_in_place(|| self.store.write(account, |b| b.append(INBOX, message, now, vec![]).map(|_| ())))
+            .map_err(|e| e.to_string())
     }
 }
 

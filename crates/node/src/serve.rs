@@ -83,12 +83,15 @@ pub fn run(
         let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone(), tasks.clone())?;
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
-        let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, listen.lmtp_config, store.clone(), hub.changes.clone(), tasks.clone()));
+        let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, listen.lmtp_config, store.clone(), tasks.clone()));
+        // Every commit (IMAP, LMTP, a peer's ops, the control socket) tells
+        // IDLE sessions and the peer links from the store itself.
+        let changes = hub.changes.clone();
+        store.on_commit(move |account| {
+            let _ = changes.send(account.to_string());
+        });
         let (imap, imap_shared) = {
-            let changes = hub.changes.clone();
-            let shared = starling_imap::Shared::new(store.clone(), listen.imap_config.clone(), move |account| {
-                let _ = changes.send(account.to_string());
-            });
+            let shared = starling_imap::Shared::new(store.clone(), listen.imap_config.clone());
             let mut listeners = Vec::new();
             for (addr, implicit_tls) in [(listen.imap, false), (listen.imaps, true)] {
                 let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("IMAP {addr}: {e}"))?;
@@ -289,12 +292,7 @@ fn control_socket(
                             ..Default::default()
                         },
                         Ok(req) => match tokio::task::block_in_place(|| control::answer_store(&store, &req)) {
-                            Ok(text) => {
-                                if let control::Request::Flag { user, .. } = &req {
-                                    let _ = hub.changes.send(user.clone());
-                                }
-                                control::Answer { text: Some(text), ..Default::default() }
-                            }
+                            Ok(text) => control::Answer { text: Some(text), ..Default::default() },
                             Err(e) => control::Answer { error: Some(e), ..Default::default() },
                         },
                     };
@@ -601,7 +599,6 @@ async fn session(
             Ok(progress) => {
                 for account in progress.committed {
                     report(&store, &account, progress.new_messages);
-                    let _ = hub.changes.send(account);
                 }
                 if progress.bodies_damaged {
                     tracing::warn!(peer = %peer.id, "a body asked for was damaged here: fetching a good copy");

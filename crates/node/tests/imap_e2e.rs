@@ -203,3 +203,88 @@ fn mbsync_round_trip() {
         .unwrap();
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
+
+/// Runs the imaplib QRESYNC client (tests/imap/qresync_client.py) against a
+/// node with the cache in `state`; it checks itself (no under-report,
+/// HIGHESTMODSEQ not down). Returns (UIDs reported by FETCH, messages).
+fn qresync_client(node: &Node, state: &Path) -> (u64, u64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/qresync_client.py");
+    let port = imap_port(node).to_string();
+    let o = Command::new("python3")
+        .arg(&script)
+        .args([port.as_str(), "alice", "pw"])
+        .arg(state)
+        .output()
+        .expect("python3 runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "QRESYNC client at {}: {out}\n{}",
+        node.dir.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let field = |k: &str| -> u64 {
+        out.split(&format!("\"{k}\": ")).nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap()
+    };
+    (field("fetched"), field("messages"))
+}
+
+/// Issue 16: a QRESYNC client (Python's imaplib, cache kept between runs)
+/// moves between three real nodes, with changes on two of them, and fails
+/// over to the third while it lags. After every switch its cache equals a
+/// full sync of the node it asks and HIGHESTMODSEQ has not gone down; on a
+/// switch the answer is a full one, back on the same node an incremental one.
+#[test]
+fn a_qresync_client_moving_between_three_nodes_is_never_short() {
+    let root = tempfile::tempdir().unwrap();
+    let [mut a, mut b, mut c] = three_pinned(root.path());
+    for n in [&a, &b, &c] {
+        passwd(n, "pw");
+    }
+    a.start();
+    b.start();
+    c.start();
+    let mut ca = Imap::connect(imap_port(&a));
+    ca.ok("a1", "LOGIN alice pw");
+    for i in 0..6 {
+        ca.append(&format!("a1{i}"), "INBOX", MSG1);
+    }
+    wait_for("six messages on b and c", || messages(&b.dump()) == 6 && messages(&c.dump()) == 6);
+    let state = root.path().join("client.json");
+    assert_eq!(qresync_client(&a, &state), (0, 6), "the first sync is a full one");
+    // C stops and will lag. A and B change, each on its own.
+    c.stop();
+    ca.ok("a2", "SELECT INBOX");
+    ca.ok("a3", "UID STORE 2 +FLAGS (\\Seen)");
+    ca.ok("a4", "UID STORE 3 +FLAGS (\\Deleted)");
+    ca.ok("a5", "EXPUNGE");
+    ca.append("a6", "INBOX", MSG2);
+    let (fetched, total) = qresync_client(&a, &state);
+    assert!(fetched >= 2 && fetched < total, "back on A, only what changed: {fetched} of {total}");
+    let mut cb = Imap::connect(imap_port(&b));
+    cb.ok("b1", "LOGIN alice pw");
+    cb.ok("b2", "SELECT INBOX");
+    cb.ok("b3", "UID STORE 4 +FLAGS (\\Flagged)");
+    cb.ok("b4", "UID STORE 5 +FLAGS (\\Deleted)");
+    cb.ok("b5", "EXPUNGE");
+    cb.append("b6", "INBOX", MSG2);
+    wait_for("A and B agree", || a.dump() == b.dump());
+    let (fetched, total) = qresync_client(&b, &state);
+    assert_eq!(fetched, total, "A's MODSEQ on B: answered in full");
+    // Failover to the lagging replica: A and B stop, C comes back alone.
+    drop((ca, cb));
+    a.stop();
+    b.stop();
+    c.start();
+    let (fetched, total) = qresync_client(&c, &state);
+    assert_eq!((fetched, total), (6, 6), "C holds the six first messages only, all reported");
+    // A and B return; C catches up while the client stays on C.
+    a.start();
+    b.start();
+    wait_for("all three agree", || {
+        let d = a.dump();
+        d == b.dump() && d == c.dump()
+    });
+    let (fetched, total) = qresync_client(&c, &state);
+    assert!(fetched >= 2 && fetched < total, "on C again, only what C took since: {fetched} of {total}");
+}

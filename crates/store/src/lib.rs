@@ -198,7 +198,12 @@ pub struct Store {
     adding: Mutex<()>,
     /// What compacting the file at open did, if it ran.
     file_compaction: Option<FileCompaction>,
+    /// Told of every commit of [`Store::write`] (see [`Store::on_commit`]).
+    commit_hook: RwLock<Option<CommitHook>>,
 }
+
+/// What a commit tells: the account changed.
+pub type CommitHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A compaction of the store file (redb's `compact`): its size before and
 /// after, and how long it took.

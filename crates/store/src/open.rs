@@ -156,6 +156,7 @@ impl Store {
             accounts: RwLock::new(accounts),
             adding: Mutex::new(()),
             file_compaction: None,
+            commit_hook: RwLock::new(None),
         })
     }
 }

@@ -262,10 +262,26 @@ impl Store {
             Err(e) => Err(e),
         };
         // With the database let go of, so that a reopen can close it.
-        if let Err(e) = &result {
-            self.core.db.note(e);
+        match &result {
+            Err(e) => self.core.db.note(e),
+            Ok(_) => {
+                // The commit itself tells (IDLE sessions, peers): no caller
+                // has to remember to.
+                let hook = self.commit_hook.read().unwrap_or_else(PoisonError::into_inner).clone();
+                if let Some(hook) = hook {
+                    hook(account);
+                }
+            }
         }
         result
+    }
+
+    /// Sets what every commit of [`Self::write`] calls, with the account's
+    /// name, after the commit (no lock held): the node wakes IDLE sessions
+    /// and pushes to peers from here. It must not block. One hook; a new
+    /// one replaces the old.
+    pub fn on_commit(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *self.commit_hook.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
     }
 
     fn write_locked<T>(

@@ -625,3 +625,32 @@ fn accounts_made_apart_agree_on_one_incarnation() {
     assert_eq!(inbox_validity(&a), inbox_validity(&b));
     assert_eq!(a.dump("alice").unwrap(), b.dump("alice").unwrap());
 }
+
+/// Issue 16: the commit itself tells (IDLE sessions, peers), whoever wrote:
+/// once per committed write, never for a failed one, never before the
+/// change is visible.
+#[test]
+fn every_commit_and_only_a_commit_calls_the_hook() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    store.add_account("alice").unwrap();
+    let heard: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let (h, s) = (heard.clone(), Arc::downgrade(&store));
+    store.on_commit(move |account| {
+        // What the hook's listener reads already shows the change.
+        let n = s.upgrade().unwrap().read(account).unwrap().status(INBOX).unwrap().messages;
+        h.lock().unwrap().push((account.to_string(), n));
+    });
+    store.write("alice", |b| b.append(INBOX, &message(1), 0, vec![]).map(|_| ())).unwrap();
+    let failed: Result<(), StoreError> = store.write("alice", |b| {
+        b.append(INBOX, &message(2), 0, vec![])?;
+        Err(StoreError::Storage("refused".into()))
+    });
+    assert!(failed.is_err());
+    let ops = store.ops_since("alice", &VersionVector::new()).unwrap();
+    let other = Store::open(&dir.path().join("other.redb"), ReplicaId(0x77), StoreOptions::default()).unwrap();
+    other.add_account("alice").unwrap();
+    other.write("alice", |b| b.apply(ops)).unwrap();
+    assert_eq!(*heard.lock().unwrap(), vec![("alice".to_string(), 1)]);
+}
