@@ -74,6 +74,7 @@ def main():
         arg = "INBOX"
     typ, data = conn._simple_command("SELECT", arg)
     assert typ == "OK", (typ, data)
+    conn.state = "SELECTED"  # imaplib does not know a SELECT it did not send itself
     validity = int(take(conn, "UIDVALIDITY")[-1])
     highest = int(take(conn, "HIGHESTMODSEQ")[-1])
     vanished, fetched = set(), 0
