@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod extended;
 pub mod mime;
+pub mod ondemand;
 mod selected;
 pub mod server;
 pub mod session;

@@ -582,12 +582,32 @@ impl Session {
         let body_items = items.iter().any(needs_body);
         let whole = items.iter().any(|i| needs_body(i) && !header_only(i));
         let mut unavailable = false;
+        let may_wait = self.bodies.may_wait(self.now, !self.shared.config.body_wait.is_zero());
         let mut all = std::mem::take(&mut self.out);
-        for (seq, m) in &targets {
+        let before = all.len();
+        for (i, (seq, m)) in targets.iter().enumerate() {
             let body = if body_items {
                 let Some(env) = reader.envelope(m.message)? else { continue };
                 match load_body(&reader, &env, whole) {
                     Ok(b) => Some((env, b)),
+                    Err(StoreError::MissingBlob(_)) if may_wait => {
+                        // Left out here: wait for a peer to send it (and the
+                        // others this FETCH lacks), answering nothing yet.
+                        all.truncate(before);
+                        self.out = all;
+                        let mut wanted = vec![(env.blob, env.size)];
+                        for (_, m) in &targets[i + 1..] {
+                            if wanted.len() >= crate::ondemand::WANTED_MAX {
+                                break;
+                            }
+                            if let Some(e) = reader.envelope(m.message)? {
+                                if matches!(reader.body_len(e.blob), Err(StoreError::MissingBlob(_))) {
+                                    wanted.push((e.blob, e.size));
+                                }
+                            }
+                        }
+                        return Err(Fail::Wait(wanted));
+                    }
                     Err(StoreError::MissingBlob(_)) => {
                         unavailable = true;
                         continue;

@@ -191,6 +191,32 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 tokio::task::block_in_place(|| session.resume(now));
                 continue;
             }
+            Wants::Bodies(wait) => {
+                // A FETCH waits for bodies a peer has: ask, then run it
+                // again when the account changes (a body stored) or the
+                // wait is over. Only this connection waits.
+                let account = session.account().unwrap_or_default().to_string();
+                if !session.shared.want_bodies(&account, session.wanted_bodies()) {
+                    tokio::task::block_in_place(|| session.nobody_to_ask(Instant::now()));
+                    continue;
+                }
+                let until = (tokio::time::Instant::now() + wait).min(deadline);
+                loop {
+                    tokio::select! {
+                        changed = rx.recv() => match changed {
+                            Ok(a) if a == account => break,
+                            Ok(_) => {}
+                            Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => return Ok(Wants::Close),
+                        },
+                        _ = tokio::time::sleep_until(until) => break,
+                    }
+                }
+                let now = Instant::now();
+                session.handle_timeout(now);
+                tokio::task::block_in_place(|| session.resume(now));
+                continue;
+            }
             other => return Ok(other),
         }
         tokio::select! {

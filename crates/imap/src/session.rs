@@ -57,6 +57,9 @@ pub struct Config {
     pub plaintext_on_loopback: bool,
     /// Login penalties, cache and Argon2 concurrency ([`crate::auth::Guard`]).
     pub auth: GuardLimits,
+    /// How long a FETCH waits for bodies this replica left out, asked of a
+    /// peer ([`crate::ondemand`]); zero answers `NO [UNAVAILABLE]` at once.
+    pub body_wait: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             connections_per_account: 64,
             plaintext_on_loopback: true,
             auth: GuardLimits::default(),
+            body_wait: Duration::ZERO,
         }
     }
 }
@@ -98,7 +102,12 @@ pub struct Shared {
     pub(crate) guard: Guard,
     /// Open connections, in total and per address.
     pub(crate) connections: Arc<ConnCounter>,
+    /// Asks the node for bodies a FETCH waits for ([`Shared::on_want_bodies`]).
+    want_bodies: std::sync::RwLock<Option<WantBodies>>,
 }
+
+/// Asks peers for an account's bodies; false when no peer can be asked.
+pub type WantBodies = Arc<dyn Fn(&str, &[(starling_model::BlobId, u64)]) -> bool + Send + Sync>;
 
 impl Shared {
     /// Shared state for the sessions of one server.
@@ -115,7 +124,22 @@ impl Shared {
             recent: Mutex::default(),
             sessions: Default::default(),
             views: Mutex::default(),
+            want_bodies: Default::default(),
         })
+    }
+
+    /// Sets how a FETCH waiting for bodies this replica left out asks for
+    /// them (the node: of the account's connected peers). It returns false
+    /// when no peer can be asked; the FETCH then answers at once. Unset, no
+    /// FETCH waits. It must not block.
+    pub fn on_want_bodies(&self, f: impl Fn(&str, &[(starling_model::BlobId, u64)]) -> bool + Send + Sync + 'static) {
+        *self.want_bodies.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// Asks for `account`'s bodies (see [`Self::on_want_bodies`]).
+    pub fn want_bodies(&self, account: &str, wanted: &[(starling_model::BlobId, u64)]) -> bool {
+        let f = self.want_bodies.read().unwrap_or_else(|p| p.into_inner()).clone();
+        f.is_some_and(|f| f(account, wanted))
     }
 
     /// Open sessions (connections).
@@ -143,6 +167,11 @@ pub enum Wants {
     /// holding up other connections) and call [`Session::resume`]. A login
     /// attempt waiting out its penalty.
     Pause(Duration),
+    /// Write the output, ask for the bodies in [`Session::wanted_bodies`]
+    /// (calling [`Session::nobody_to_ask`] if no peer can be asked), then
+    /// call [`Session::resume`] when the account changes or after this long
+    /// (a FETCH waiting for bodies: [`crate::ondemand`]).
+    Bodies(Duration),
 }
 
 enum Mode {
@@ -159,10 +188,12 @@ pub(crate) struct Enabled {
     pub rev2: bool,
 }
 
-/// Why a command failed: a tagged NO or BAD with its text (and response code).
+/// Why a command failed: a tagged NO or BAD with its text (and response
+/// code), or no answer yet: it waits for these bodies ([`crate::ondemand`]).
 pub(crate) enum Fail {
     No(String),
     Bad(String),
+    Wait(Vec<(starling_model::BlobId, u64)>),
 }
 
 impl From<StoreError> for Fail {
@@ -241,8 +272,10 @@ pub struct Session {
     /// When the last command completed (the idle timeout counts from it).
     last_command: Instant,
     /// The time of the input being handled.
-    now: Instant,
+    pub(crate) now: Instant,
     pending_login: Option<PendingLogin>,
+    /// A FETCH parked until bodies arrive ([`crate::ondemand`]).
+    pub(crate) bodies: crate::ondemand::BodyWait,
 }
 
 impl Drop for Session {
@@ -295,6 +328,7 @@ impl Session {
             last_command: now,
             now,
             pending_login: None,
+            bodies: Default::default(),
         };
         s.frag = s.framer();
         let caps = s.capabilities();
@@ -405,10 +439,11 @@ impl Session {
         self.process();
     }
 
-    /// After a [`Wants::Pause`]: finishes what paused (a login is verified
-    /// now) and goes on with the input received meanwhile.
+    /// After a [`Wants::Pause`] or [`Wants::Bodies`]: finishes what paused
+    /// (a login is verified now, a parked FETCH runs again) and goes on with
+    /// the input received meanwhile.
     pub fn resume(&mut self, now: Instant) {
-        if !matches!(self.wants, Wants::Pause(_)) {
+        if !matches!(self.wants, Wants::Pause(_) | Wants::Bodies(_)) {
             return;
         }
         self.wants = Wants::Read;
@@ -416,7 +451,25 @@ impl Session {
         if let Some(p) = self.pending_login.take() {
             self.verify_login(&p.tag, &p.user, &p.password);
         }
+        if let Some(command) = self.bodies.parked.take() {
+            self.command_bytes(&command);
+            if self.wants == Wants::Read {
+                self.bodies.until = None;
+            }
+        }
         self.process();
+    }
+
+    /// The bodies a parked FETCH waits for ([`Wants::Bodies`]).
+    pub fn wanted_bodies(&self) -> &[(starling_model::BlobId, u64)] {
+        &self.bodies.wanted
+    }
+
+    /// After [`Wants::Bodies`], when no peer can be asked: the FETCH answers
+    /// now with what is here (`NO [UNAVAILABLE]` for the rest).
+    pub fn nobody_to_ask(&mut self, now: Instant) {
+        self.bodies.until = Some(now);
+        self.resume(now);
     }
 
     /// Frames and answers buffered input while the session wants to read.
@@ -562,6 +615,13 @@ impl Session {
                     std::mem::take(&mut lifted.list_return),
                 );
                 self.command(command, search_return, list_selection, list_return);
+                if let Some(wanted) = self.bodies.park.take() {
+                    // Waits for bodies: the command runs again on resume.
+                    let until = *self.bodies.until.get_or_insert(self.now + self.shared.config.body_wait);
+                    self.bodies.parked = Some(message.to_vec());
+                    self.bodies.wanted = wanted;
+                    self.wants = Wants::Bodies(until.saturating_duration_since(self.now));
+                }
             }
             _ => {
                 match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
@@ -591,6 +651,7 @@ impl Session {
                 self.tagged(tag, "BAD", &text);
                 self.error();
             }
+            Err(Fail::Wait(wanted)) => self.bodies.park = Some(wanted),
         }
     }
 

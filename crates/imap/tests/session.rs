@@ -737,3 +737,52 @@ fn qresync_across_replicas_is_never_short_and_never_goes_down() {
     let out = y.ok(&format!("y3 UID STORE 1 (UNCHANGEDSINCE {}) +FLAGS (\\Answered)", fresh_b.modseq));
     assert!(out.contains("[MODIFIED 1]"), "{out}");
 }
+
+/// Issue 16: a FETCH of a body this replica left out parks (no answer yet),
+/// names the body for the shell to ask a peer for, and runs again on
+/// resume: with the body it answers; past the wait without it, NO
+/// [UNAVAILABLE]; with nobody to ask, NO at once. Commands sent meanwhile
+/// wait their turn. (Asking the peer is the shell's: `imap_e2e`.)
+#[test]
+fn a_fetch_of_a_left_out_body_waits_for_a_peer() {
+    let config = Config { body_wait: Duration::from_secs(5), ..Config::default() };
+    let here = server_on(ReplicaId(7), config);
+    let there = server_on(ReplicaId(8), Config::default());
+    // Two messages from the other replica: ops only, no bodies.
+    let mut t = Client::login(&there);
+    t.append("INBOX", "", PLAIN);
+    t.append("INBOX", "", MULTI);
+    ship(&there, &here);
+    let mut c = Client::login(&here);
+    c.ok("s SELECT INBOX");
+    let out = c.send("f1 FETCH 1:2 (BODY.PEEK[])\r\nn1 NOOP");
+    assert!(!out.contains("f1 ") && !out.contains("n1 "), "nothing answered while waiting: {out}");
+    assert!(matches!(c.s.wants(), Wants::Bodies(_)), "{:?}", c.s.wants());
+    assert_eq!(c.s.wanted_bodies().len(), 2);
+    // Both bodies arrive; the FETCH runs again and answers, then the NOOP.
+    for raw in [PLAIN, MULTI] {
+        here.shared.store.put_blob(raw.as_bytes()).unwrap();
+    }
+    c.s.resume(Instant::now());
+    let out = String::from_utf8_lossy(&c.s.take_output()).into_owned();
+    assert_responses(out.as_bytes());
+    assert!(out.contains("Shall we meet at noon?") && out.contains("quarterly numbers"), "{out}");
+    assert!(out.find("f1 OK").unwrap() < out.find("n1 OK").unwrap(), "{out}");
+    // A body that never comes: past the wait, NO [UNAVAILABLE].
+    t.append("INBOX", "", "Subject: never\r\n\r\nlost\r\n");
+    ship(&there, &here);
+    c.ok("n2 NOOP");
+    c.send("f2 FETCH 3 (BODY.PEEK[])");
+    assert!(matches!(c.s.wants(), Wants::Bodies(_)));
+    c.s.resume(Instant::now());
+    assert!(matches!(c.s.wants(), Wants::Bodies(_)), "still within the wait: parked again");
+    c.s.resume(Instant::now() + Duration::from_secs(6));
+    let out = String::from_utf8_lossy(&c.s.take_output()).into_owned();
+    assert!(out.contains("f2 NO [UNAVAILABLE]"), "{out}");
+    // Nobody to ask: NO at once.
+    c.send("f3 FETCH 3 (BODY.PEEK[])");
+    c.s.nobody_to_ask(Instant::now());
+    let out = String::from_utf8_lossy(&c.s.take_output()).into_owned();
+    assert!(out.contains("f3 NO [UNAVAILABLE]"), "{out}");
+    assert_eq!(c.s.wants(), Wants::Read);
+}

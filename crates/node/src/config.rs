@@ -44,6 +44,10 @@ pub struct Listen {
     pub metrics: Option<SocketAddr>,
 }
 
+/// How long a FETCH of a body this replica left out waits for a peer to
+/// send it, unless `[imap] body_wait_ms` says otherwise.
+pub const BODY_WAIT: Duration = Duration::from_secs(10);
+
 /// `[imap]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +69,7 @@ pub struct Imap {
     pub auth_cache_size: Option<Spanned<u64>>,
     pub auth_cache_ttl_secs: Option<Spanned<u64>>,
     pub auth_verify_parallel: Option<Spanned<u64>>,
+    pub body_wait_ms: Option<Spanned<u64>>,
     pub tls_cert: Option<Spanned<PathBuf>>,
     pub tls_key: Option<Spanned<PathBuf>>,
 }
@@ -98,6 +103,7 @@ impl Imap {
                 ("auth_failure_delay_max_ms", &self.auth_failure_delay_max_ms, 0, 3_600_000, "at most an hour"),
                 ("auth_penalty_entries", &self.auth_penalty_entries, 0, U32, "entries"),
                 ("auth_cache_size", &self.auth_cache_size, 0, U32, "entries"),
+                ("body_wait_ms", &self.body_wait_ms, 0, 600_000, "at most ten minutes"),
             ],
             text,
         )
@@ -330,6 +336,7 @@ impl Config {
             connections_per_ip: n(&i.connections_per_ip, d.connections_per_ip),
             connections_per_account: n(&i.connections_per_account, d.connections_per_account),
             plaintext_on_loopback: i.plaintext_on_loopback.unwrap_or(d.plaintext_on_loopback),
+            body_wait: ms(&i.body_wait_ms, BODY_WAIT),
             auth: starling_imap::auth::GuardLimits {
                 delay: ms(&i.auth_failure_delay_ms, a.delay),
                 delay_max: ms(&i.auth_failure_delay_max_ms, a.delay_max),
@@ -406,6 +413,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # preauth_literal_max = 8192   # before login: largest literal, bytes
 # preauth_deadline_secs = 60   # before login: closed this long after connecting
 # idle_timeout_secs = 1860     # after login: closed this long after the last command
+# body_wait_ms = 10000         # a FETCH of a body left out here waits this long for a peer
 # connections_max = 1000       # open connections in total (both ports)
 # connections_per_ip = 100     # open connections from one address (IPv6: /64)
 # auth_failure_delay_ms = 500  # login penalty after a failure, doubling (0: off)

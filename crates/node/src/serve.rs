@@ -77,6 +77,7 @@ pub fn run(
             changes: broadcast::channel::<String>(1024).0,
             bodies_lacking: Arc::new(watch::channel(0).0),
             live: Arc::default(),
+            wanted: broadcast::channel(WANTED_QUEUED).0,
         };
         let peers = Arc::new(peers);
         let tasks = Tasks::default();
@@ -92,6 +93,15 @@ pub fn run(
         });
         let (imap, imap_shared) = {
             let shared = starling_imap::Shared::new(store.clone(), listen.imap_config.clone());
+            // A FETCH of a body left out here asks the account's connected peers.
+            let (wanted, live, peers) = (hub.wanted.clone(), hub.live.clone(), peers.clone());
+            shared.on_want_bodies(move |account, ids| {
+                let live = live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let reachable = peers
+                    .iter()
+                    .any(|p| p.accounts.iter().any(|a| a == account) && live.get(&p.id).is_some_and(|l| l.connected));
+                reachable && wanted.send((account.to_string(), Arc::new(ids.to_vec()))).is_ok()
+            });
             let mut listeners = Vec::new();
             for (addr, implicit_tls) in [(listen.imap, false), (listen.imaps, true)] {
                 let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("IMAP {addr}: {e}"))?;
@@ -442,7 +452,12 @@ fn report(store: &Store, account: &str, bodies: bool) {
     let _ = std::io::stdout().flush();
 }
 
+/// On-demand body requests queued for the peer links; a link that falls
+/// behind skips requests (the client's wait then ends with NO [UNAVAILABLE]).
+const WANTED_QUEUED: usize = 64;
+
 /// What the sessions of one node share.
+
 #[derive(Clone)]
 struct Hub {
     /// Accounts just committed (locally or from a peer): every link pushes.
@@ -452,7 +467,13 @@ struct Hub {
     bodies_lacking: Arc<watch::Sender<u64>>,
     /// What `starling status` shows of each peer.
     live: Arc<Mutex<BTreeMap<NodeId, PeerLive>>>,
+    /// Bodies an IMAP FETCH waits for (account, (id, size)): every link of
+    /// the account asks its peer ([`starling_imap::ondemand`]).
+    wanted: broadcast::Sender<WantedBodies>,
 }
+
+/// An account's bodies a client waits for: (id, size).
+type WantedBodies = (String, Arc<Vec<(starling_model::BlobId, u64)>>);
 
 impl Hub {
     /// The peer table. A session that panicked while holding it left
@@ -567,6 +588,7 @@ async fn session(
     });
     let mut local = hub.changes.subscribe();
     let mut lacking = hub.bodies_lacking.subscribe();
+    let mut wanted = hub.wanted.subscribe();
     // This connection's generation: a connection that ends after a newer
     // one to the same peer began (a peer restarted before the old one timed
     // out) must not overwrite the newer one's state.
@@ -659,6 +681,17 @@ async fn session(
                 }
                 outcome = tokio::task::block_in_place(|| link.pump(&store));
             }
+            // A client waits for bodies left out here: ask this peer too.
+            w = wanted.recv() => match w {
+                Ok((account, ids)) => {
+                    if link.accounts().contains(&account) {
+                        link.fetch_bodies(ids.iter().copied());
+                        outcome = tokio::task::block_in_place(|| link.pump(&store));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break "shutting down".into(),
+            },
             // Some peer lacked a body: this link sweeps too.
             changed = lacking.changed() => {
                 if changed.is_err() {

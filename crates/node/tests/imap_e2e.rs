@@ -288,3 +288,60 @@ fn a_qresync_client_moving_between_three_nodes_is_never_short() {
     let (fetched, total) = qresync_client(&c, &state);
     assert!(fetched >= 2 && fetched < total, "on C again, only what C took since: {fetched} of {total}");
 }
+
+impl Imap {
+    /// Sends a command; returns every line up to its tagged answer, whatever it is.
+    fn answer(&mut self, tag: &str, command: &str) -> String {
+        write!(self.w, "{tag} {command}\r\n").unwrap();
+        let mut out = String::new();
+        loop {
+            let l = self.line().expect("server answered");
+            out.push_str(&l);
+            if l.starts_with(&format!("{tag} ")) {
+                return out;
+            }
+        }
+    }
+}
+
+/// Issue 16: a partial replica (B takes from A only bodies up to 1,000
+/// bytes) answers a FETCH of a body it left out by asking A for it; with no
+/// peer to ask, it answers `NO [UNAVAILABLE]` at once rather than wait.
+#[test]
+fn a_partial_replica_fetches_a_left_out_body_when_a_client_asks() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    a.pin(&b);
+    let addr = format!("127.0.0.1:{}", a.port);
+    run(&b.dir, &["peer", "add", &a.id, &addr, "--accounts", "alice", "--body-cap", "1000"]);
+    passwd(&a, "pw");
+    passwd(&b, "pw");
+    a.start();
+    b.start();
+    let big = |n: usize| format!("From: ann@example.com\r\nSubject: big {n}\r\n\r\n{}\r\n", "x".repeat(5000 + n));
+    let mut ca = Imap::connect(imap_port(&a));
+    ca.ok("a1", "LOGIN alice pw");
+    ca.append("a2", "INBOX", MSG1);
+    ca.append("a3", "INBOX", &big(1));
+    ca.append("a4", "INBOX", &big(2));
+    wait_for("three messages on B", || messages(&b.dump()) == 3);
+    let mut cb = Imap::connect(imap_port(&b));
+    cb.ok("b1", "LOGIN alice pw");
+    cb.ok("b2", "SELECT INBOX");
+    // The small body is here; the big ones were left out, but their
+    // structure is answered without them.
+    assert!(cb.ok("b3", "UID FETCH 1 (BODY.PEEK[])").contains("first"));
+    let out = cb.ok("b4", "UID FETCH 2 (RFC822.SIZE)");
+    assert!(out.contains(&format!("RFC822.SIZE {}", big(1).len())), "{out}");
+    // Asked for, the big body comes from A.
+    let out = cb.ok("b5", "UID FETCH 2 (BODY.PEEK[])");
+    assert!(out.contains(&"x".repeat(5001)), "{}", &out[..out.len().min(300)]);
+    // A gone: nobody to ask, so no waiting.
+    a.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let out = cb.answer("b6", "UID FETCH 3 (BODY.PEEK[])");
+    assert!(out.contains("b6 NO [UNAVAILABLE]"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(8), "it waited with nobody to ask: {:?}", started.elapsed());
+}

@@ -197,6 +197,10 @@ impl Store {
         })?;
         self.core.db.committed();
         self.core.repaired(&repaired);
+        // Bodies arrived: a FETCH waiting for one runs again.
+        for a in accounts {
+            self.committed(a);
+        }
         Ok(())
     }
 

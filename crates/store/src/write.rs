@@ -264,16 +264,19 @@ impl Store {
         // With the database let go of, so that a reopen can close it.
         match &result {
             Err(e) => self.core.db.note(e),
-            Ok(_) => {
-                // The commit itself tells (IDLE sessions, peers): no caller
-                // has to remember to.
-                let hook = self.commit_hook.read().unwrap_or_else(PoisonError::into_inner).clone();
-                if let Some(hook) = hook {
-                    hook(account);
-                }
-            }
+            // The commit itself tells (IDLE sessions, peers): no caller
+            // has to remember to.
+            Ok(_) => self.committed(account),
         }
         result
+    }
+
+    /// Calls the commit hook ([`Self::on_commit`]).
+    pub(crate) fn committed(&self, account: &str) {
+        let hook = self.commit_hook.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(hook) = hook {
+            hook(account);
+        }
     }
 
     /// Sets what every commit of [`Self::write`] calls, with the account's
