@@ -98,6 +98,13 @@ impl Client {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// What the session wrote since (checked to parse), after a resume.
+    fn output(&mut self) -> String {
+        let out = self.s.take_output();
+        assert_responses(&out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     fn send(&mut self, line: &str) -> String {
         self.raw(format!("{line}\r\n").as_bytes())
     }
@@ -764,8 +771,7 @@ fn a_fetch_of_a_left_out_body_waits_for_a_peer() {
         here.shared.store.put_blob(raw.as_bytes()).unwrap();
     }
     c.s.resume(Instant::now());
-    let out = String::from_utf8_lossy(&c.s.take_output()).into_owned();
-    assert_responses(out.as_bytes());
+    let out = c.output();
     assert!(out.contains("Shall we meet at noon?") && out.contains("quarterly numbers"), "{out}");
     assert!(out.find("f1 OK").unwrap() < out.find("n1 OK").unwrap(), "{out}");
     // A body that never comes: past the wait, NO [UNAVAILABLE].
@@ -777,12 +783,12 @@ fn a_fetch_of_a_left_out_body_waits_for_a_peer() {
     c.s.resume(Instant::now());
     assert!(matches!(c.s.wants(), Wants::Bodies(_)), "still within the wait: parked again");
     c.s.resume(Instant::now() + Duration::from_secs(6));
-    let out = String::from_utf8_lossy(&c.s.take_output()).into_owned();
+    let out = c.output();
     assert!(out.contains("f2 NO [UNAVAILABLE]"), "{out}");
     // Nobody to ask: NO at once.
     c.send("f3 FETCH 3 (BODY.PEEK[])");
     c.s.nobody_to_ask(Instant::now());
-    let out = String::from_utf8_lossy(&c.s.take_output()).into_owned();
+    let out = c.output();
     assert!(out.contains("f3 NO [UNAVAILABLE]"), "{out}");
     assert_eq!(c.s.wants(), Wants::Read);
 }
