@@ -371,3 +371,33 @@ fn readd_of_a_shown_keyword_wins_over_concurrent_remove() {
         assert!(r.flags(m).unwrap().contains(&kw), "the re-add lost to the concurrent remove");
     }
 }
+
+/// Issue 16's observation: after a partition, a message moved to F1 and
+/// shown there as UID 6 (nothing else ever shown at F1/6) came back as
+/// UID 16. A moves one message into F1 and its client looks; B, cut off,
+/// moves ten into F1 and no client of B looks at F1. B's claims were never
+/// shown, so they yield: A's message keeps UID 6 (U4).
+#[test]
+fn a_move_shown_on_one_side_keeps_its_uid_against_unshown_moves() {
+    let mut c = Cluster::new(2);
+    let f1 = c.client(0, |r| r.create_mailbox("F1", None, None)).unwrap();
+    for _ in 0..5 {
+        c.append(0, f1, vec![]);
+    }
+    let inbox: Vec<_> = (0..11).map(|_| c.append(0, INBOX, vec![]).unwrap()).collect();
+    sync(&mut c);
+    c.look(0, f1);
+    c.look(1, f1);
+    c.partition(&[0, 1]);
+    c.client(0, |r| r.move_message(inbox[0], f1)).unwrap();
+    c.look(0, f1);
+    assert_eq!(c.replicas[0].uid_of(inbox[0]).unwrap().1, 6);
+    for m in &inbox[1..] {
+        c.client(1, |r| r.move_message(*m, f1)).unwrap();
+    }
+    sync(&mut c);
+    for r in &c.replicas {
+        assert_eq!(r.uid_of(inbox[0]).unwrap().1, 6, "the shown UID moved");
+    }
+    assert!(c.churned().is_empty(), "{:?}", c.churned());
+}
