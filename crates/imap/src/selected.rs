@@ -108,14 +108,7 @@ impl Selected {
 
 /// `1:3,7` for sorted numbers.
 pub(crate) fn set_string(numbers: &[u32]) -> String {
-    let mut ranges: Vec<(u32, u32)> = Vec::new();
-    for &n in numbers {
-        match ranges.last_mut() {
-            Some((_, end)) if end.checked_add(1) == Some(n) => *end = n,
-            _ => ranges.push((n, n)),
-        }
-    }
-    ranges_string(&ranges)
+    ranges_string(&starling_store::ranges::of_sorted(numbers.iter().copied()))
 }
 
 /// A sequence set from inclusive ranges.
@@ -262,18 +255,10 @@ fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, St
 
 impl Session {
     /// A MODSEQ the client presented, as a point of this replica's
-    /// sequence; `None` when this replica cannot place it (another
-    /// replica's, or never issued): the mailbox's HIGHESTMODSEQ is raised
-    /// above it first, so the client never sees it go down, and the caller
-    /// answers as if the client knew nothing (`starling_store::modseq`).
+    /// sequence, or `None` after raising HIGHESTMODSEQ above it
+    /// (`Store::place_modseq`).
     fn place_modseq(&mut self, id: MailboxId, token: u64) -> Result<Option<u64>, Fail> {
-        match self.reader()?.place_modseq(token)? {
-            Since::Here(m) => Ok(Some(m)),
-            Since::Unknown => {
-                self.write(|b| b.raise_modseq(id, token))?;
-                Ok(None)
-            }
-        }
+        Ok(self.shared.store.place_modseq(self.account_name(), id, token)?)
     }
 
     pub(crate) fn select(&mut self, name: &str, read_only: bool, params: &[SelectParameter]) -> Done {

@@ -457,7 +457,6 @@ fn report(store: &Store, account: &str, bodies: bool) {
 const WANTED_QUEUED: usize = 64;
 
 /// What the sessions of one node share.
-
 #[derive(Clone)]
 struct Hub {
     /// Accounts just committed (locally or from a peer): every link pushes.

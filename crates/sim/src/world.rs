@@ -1074,15 +1074,9 @@ impl World {
     fn roam(&mut self, i: usize) -> Result<(), String> {
         let store = self.nodes[i].store.as_ref().expect("up");
         let token = self.roamer.modseq;
-        let placed = match store.read(ACCOUNT).map_err(err)?.place_modseq(token).map_err(err)? {
-            starling_store::Since::Here(m) => Some(m),
-            starling_store::Since::Unknown => {
-                store.write(ACCOUNT, |b| b.raise_modseq(INBOX, token)).map_err(err)?;
-                self.report.roam.1 += 1;
-                None
-            }
-        };
+        let placed = store.place_modseq(ACCOUNT, INBOX, token).map_err(err)?;
         self.report.roam.0 += 1;
+        self.report.roam.1 += placed.is_none() as u64;
         let r = store.read(ACCOUNT).map_err(err)?;
         let highest = r.status(INBOX).map_err(err)?.highest_modseq;
         if highest < token {
@@ -1090,13 +1084,7 @@ impl World {
         }
         // Its known UIDs go with the request (RFC 7162's known-uids).
         let cache = &mut self.roamer.cache;
-        let mut known: Vec<(u32, u32)> = Vec::new();
-        for &u in cache.keys() {
-            match known.last_mut() {
-                Some((_, hi)) if *hi + 1 == u => *hi = u,
-                _ => known.push((u, u)),
-            }
-        }
+        let known = starling_store::ranges::of_sorted(cache.keys().copied());
         let answer = r.resync(INBOX, placed, &known).map_err(err)?;
         for &(lo, hi) in &answer.vanished {
             let gone: Vec<u32> = cache.range(lo..=hi).map(|(u, _)| *u).collect();

@@ -37,6 +37,7 @@ mod gc;
 mod log;
 pub mod modseq;
 mod open;
+pub mod ranges;
 mod reads;
 mod refs;
 mod snapshot;

@@ -309,18 +309,9 @@ impl Reader {
     /// `ranges`.
     pub fn absent_in(&self, id: MailboxId, ranges: &[(u32, u32)]) -> Result<Vec<(u32, u32)>, StoreError> {
         let present = self.uids(id)?;
-        // Sorted and merged, so that no UID is reported twice.
-        let mut merged: Vec<(u32, u32)> = Vec::new();
-        let mut sorted = ranges.to_vec();
-        sorted.sort_unstable();
-        for (lo, hi) in sorted {
-            match merged.last_mut() {
-                Some((_, h)) if lo <= h.saturating_add(1) => *h = (*h).max(hi),
-                _ => merged.push((lo, hi)),
-            }
-        }
         let mut out: Vec<(u32, u32)> = Vec::new();
-        for (lo, hi) in merged {
+        // Merged, so that no UID is reported twice.
+        for (lo, hi) in crate::ranges::merged(ranges) {
             // u64: the UID after u32::MAX does not wrap.
             let mut next = lo.max(1) as u64;
             let start = present.partition_point(|&u| (u as u64) < next);
@@ -364,17 +355,9 @@ impl Reader {
         ranges: &[(u32, u32)],
     ) -> Result<Vec<(u32, u32)>, StoreError> {
         let Some(since) = since else { return self.absent_in(id, ranges) };
-        let mut out: Vec<(u32, u32)> = Vec::new();
-        for u in self.vanished_since(id, since)? {
-            if !ranges.iter().any(|&(lo, hi)| lo <= u && u <= hi) {
-                continue;
-            }
-            match out.last_mut() {
-                Some((_, hi)) if *hi + 1 == u => *hi = u,
-                _ => out.push((u, u)),
-            }
-        }
-        Ok(out)
+        let within = crate::ranges::merged(ranges);
+        let gone = self.vanished_since(id, since)?;
+        Ok(crate::ranges::of_sorted(gone.into_iter().filter(|&u| crate::ranges::contains(&within, u))))
     }
 
     /// UIDs expunged (or moved away) after `modseq` (QRESYNC VANISHED).

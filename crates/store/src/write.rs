@@ -271,6 +271,21 @@ impl Store {
         result
     }
 
+    /// A MODSEQ a client presented for `mailbox`, as a point of this
+    /// replica's sequence; `None` when this replica cannot place it (another
+    /// replica's, or never issued), after raising the mailbox's
+    /// HIGHESTMODSEQ above it so the client never sees it go down: the
+    /// caller then answers as if the client knew nothing ([`crate::modseq`]).
+    pub fn place_modseq(&self, account: &str, mailbox: MailboxId, token: u64) -> Result<Option<u64>, StoreError> {
+        match self.read(account)?.place_modseq(token)? {
+            crate::Since::Here(m) => Ok(Some(m)),
+            crate::Since::Unknown => {
+                self.write(account, |b| b.raise_modseq(mailbox, token))?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Calls the commit hook ([`Self::on_commit`]).
     pub(crate) fn committed(&self, account: &str) {
         let hook = self.commit_hook.read().unwrap_or_else(PoisonError::into_inner).clone();
