@@ -913,6 +913,7 @@ impl Session {
             let m = b.append(id, raw, date, flags)?;
             Ok(b.replica().uid_of(m).map_or(0, |(_, u)| u))
         })?;
+        self.note_body(starling_model::BlobId::of(raw));
         Ok(format!("[APPENDUID {validity} {uid}] APPEND completed"))
     }
 

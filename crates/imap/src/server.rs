@@ -8,6 +8,7 @@ use crate::session::{Session, Shared, Wants};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use starling_net::listen::{accept_forever, AcceptErrors};
+use starling_store::Exposed;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -168,6 +169,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<Wants> {
     let mut buf = [0u8; 4096];
     loop {
+        if let Some(e) = session.take_unexposed() {
+            // The output reports a change: written once k peers hold it
+            // (or the wait is over; then as with k = 0, counted and logged).
+            let shared = session.shared.clone();
+            if let Exposed::Short { peers } = shared.store.expose(&e, &shared.config.exposure).await {
+                tracing::warn!(account = e.account, peers, "IMAP change reported short of the peers wanted");
+            }
+        }
         if session.has_output() {
             // Before login the deadline bounds writing too; after, a write
             // may take an idle timeout of its own (a large FETCH on a slow

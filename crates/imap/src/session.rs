@@ -20,11 +20,14 @@ use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
 use starling_model::account::DELIMITER;
 use starling_model::{MailboxId, INBOX};
 use starling_net::listen::{ConnCounter, ConnLimits};
-use starling_store::{Reader, Store, StoreError};
+use starling_store::{Exposed, Reader, Store, StoreError};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Bodies of one report an exposure waits for, at most.
+pub const UNEXPOSED_BODIES_MAX: usize = 1024;
 
 /// Limits and policies of the IMAP server (`[imap]` in the node's config;
 /// `docs/configuration.md` lists the keys).
@@ -60,6 +63,10 @@ pub struct Config {
     /// How long a FETCH waits for bodies this replica left out, asked of a
     /// peer ([`crate::ondemand`]); zero answers `NO [UNAVAILABLE]` at once.
     pub body_wait: Duration,
+    /// Exposure after k peers: output that follows a change this session
+    /// made is written only once k pinned peers hold the change, or the
+    /// wait is over ([`Session::take_unexposed`]). k = 0 by default.
+    pub exposure: starling_store::ExposurePolicy,
 }
 
 impl Default for Config {
@@ -77,6 +84,7 @@ impl Default for Config {
             plaintext_on_loopback: true,
             auth: GuardLimits::default(),
             body_wait: Duration::ZERO,
+            exposure: Default::default(),
         }
     }
 }
@@ -276,6 +284,9 @@ pub struct Session {
     pending_login: Option<PendingLogin>,
     /// A FETCH parked until bodies arrive ([`crate::ondemand`]).
     pub(crate) bodies: crate::ondemand::BodyWait,
+    /// Changes this session made whose report is not written yet, with
+    /// exposure after k peers on ([`Session::take_unexposed`]).
+    unexposed: Option<starling_store::Exposure>,
 }
 
 impl Drop for Session {
@@ -329,6 +340,7 @@ impl Session {
             now,
             pending_login: None,
             bodies: Default::default(),
+            unexposed: None,
         };
         s.frag = s.framer();
         let caps = s.capabilities();
@@ -925,7 +937,35 @@ impl Session {
         f: impl FnOnce(&mut starling_store::Batch<'_>) -> Result<T, StoreError>,
     ) -> Result<T, Fail> {
         let account = self.account_name().to_string();
-        Ok(self.shared.store.write(&account, f)?)
+        let out = self.shared.store.write(&account, f)?;
+        if self.shared.config.exposure.peers > 0 {
+            let now = self.shared.store.exposure(&account, Vec::new())?;
+            match &mut self.unexposed {
+                Some(e) => e.upto = e.upto.max(now.upto),
+                None => self.unexposed = Some(now),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A body this session stored (APPEND) must be held by the peers too
+    /// before the report of its change is written. At most
+    /// [`UNEXPOSED_BODIES_MAX`] are remembered per report (MULTIAPPEND):
+    /// past it, the earliest are waited for no longer.
+    pub(crate) fn note_body(&mut self, id: starling_model::BlobId) {
+        if let Some(e) = &mut self.unexposed {
+            if e.bodies.len() == UNEXPOSED_BODIES_MAX {
+                e.bodies.remove(0);
+            }
+            e.bodies.push(id);
+        }
+    }
+
+    /// The changes this session made since the last call, if exposure after
+    /// k peers is on and it wrote: the driver waits for them
+    /// ([`Store::expose`]) before writing the output that reports them.
+    pub fn take_unexposed(&mut self) -> Option<starling_store::Exposure> {
+        self.unexposed.take()
     }
 
     /// A visible mailbox by IMAP name (INBOX case-insensitively).
@@ -1158,6 +1198,13 @@ impl Session {
     pub(crate) fn announce(&mut self, id: MailboxId) -> Result<(), Fail> {
         let account = self.account_name().to_string();
         if self.shared.store.announce_due(&account, id)? {
+            // With exposure after k peers: UIDs another replica showed reach
+            // this one before it shows its own (see `Store::wait_caught_up`).
+            let policy = &self.shared.config.exposure;
+            let until = Instant::now() + policy.wait;
+            if let Exposed::Short { peers } = self.shared.store.wait_caught_up(&account, policy, until) {
+                tracing::warn!(account, peers, "new UIDs shown before catching up with the peers wanted");
+            }
             self.write(|b| Ok(b.replica().announce(id)?))?;
         }
         Ok(())

@@ -84,6 +84,8 @@ pub struct PeerLink {
     sweep: bool,
     /// The peer's acknowledgements last told to the store, per account.
     noted: std::collections::BTreeMap<String, starling_model::VersionVector>,
+    /// The store counts the peer connected while the link lives.
+    _up: Option<starling_store::LinkUp>,
 }
 
 impl PeerLink {
@@ -108,6 +110,7 @@ impl PeerLink {
             accounts,
             sweep: false,
             noted: Default::default(),
+            _up: peer.map(|p| store.link_up(p)),
         })
     }
 
@@ -224,8 +227,13 @@ impl PeerLink {
         if !bodies.is_empty() {
             let n = bodies.len();
             let accounts: Vec<&str> = self.accounts.iter().map(String::as_str).collect();
+            let ids: Vec<BlobId> = bodies.iter().map(|(id, _)| *id).collect();
             match store.put_shipped(&accounts, bodies) {
-                Ok(()) => progress.bodies += n,
+                Ok(()) => {
+                    progress.bodies += n;
+                    // Committed: the peer may count this node as holding them.
+                    self.session.held(&ids);
+                }
                 Err(StoreError::BadBody { blob, reason }) => {
                     return Err(self.session.malformed(format!("body {blob:?}: {reason}")).into())
                 }
@@ -321,7 +329,13 @@ impl PeerLink {
         };
         let _ = s.want_blobs(missing);
         s.applied(&account, store.version(&account)?);
-        progress.new_messages |= !starling_sync::blobs_of(&ops).is_empty();
+        // Bodies these ops name that this node holds already (the same
+        // message delivered to both, a copy): held, as if sent.
+        let named = starling_sync::blobs_of(&ops);
+        if !named.is_empty() {
+            s.held(&store.holding(&account, &named)?);
+        }
+        progress.new_messages |= !named.is_empty();
         progress.note(account);
         Ok(())
     }
@@ -387,6 +401,11 @@ impl PeerLink {
             }
             Event::Blob { id, body } => bodies.push((id, from_wire(body))),
             Event::BlobMissing { .. } => progress.bodies_lacking = true,
+            Event::Held { ids } => {
+                if let Some(peer) = s.peer() {
+                    store.note_held(peer, &ids);
+                }
+            }
             Event::RetryBodies => self.sweep = true,
             // A new connection: bodies asked on an earlier one that broke
             // before they came are asked again.

@@ -89,6 +89,13 @@ pub trait Backend {
     /// client is told `250` and will not retry), `Err` with a reason for a
     /// temporary failure (`451`, the client retries).
     fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String>;
+    /// Stores `message` for each of `accounts` (one per accepted
+    /// recipient, in order) and answers for each as [`Backend::deliver`]
+    /// does. By default one delivery after another; a backend that waits
+    /// after storing (for peers to hold the message) waits once for all.
+    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), String>> {
+        accounts.iter().map(|a| self.deliver(a, message)).collect()
+    }
 }
 
 /// One LMTP connection's state.
@@ -282,13 +289,20 @@ impl<B: Backend> Session<B> {
     fn end_of_data(&mut self, message: Option<Vec<u8>>) {
         let rcpts = std::mem::take(&mut self.rcpts);
         self.from = None;
-        for (to, account) in &rcpts {
-            let reply = match &message {
+        let results = match &message {
+            None => Vec::new(),
+            Some(m) => {
+                let accounts: Vec<&str> = rcpts.iter().map(|(_, a)| a.as_str()).collect();
+                let results = self.backend.deliver_all(&accounts, m);
+                assert_eq!(results.len(), rcpts.len(), "one answer per recipient");
+                results
+            }
+        };
+        for (i, (to, _)) in rcpts.iter().enumerate() {
+            let reply = match results.get(i) {
                 None => format!("552 5.3.4 <{to}> message larger than {} bytes", self.limits.message_max),
-                Some(m) => match self.backend.deliver(account, m) {
-                    Ok(()) => format!("250 2.0.0 <{to}> delivered"),
-                    Err(e) => format!("451 4.3.0 <{to}> not delivered: {}", printable(&e)),
-                },
+                Some(Ok(())) => format!("250 2.0.0 <{to}> delivered"),
+                Some(Err(e)) => format!("451 4.3.0 <{to}> not delivered: {}", printable(e)),
             };
             self.reply(&reply);
         }

@@ -27,6 +27,8 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub store: StoreSection,
+    #[serde(default)]
+    pub durability: DurabilitySection,
     /// Pinned peers, in addition to `DATA_DIR/peers`.
     #[serde(default)]
     pub peer: Vec<PeerEntry>,
@@ -193,6 +195,43 @@ impl StoreSection {
     }
 }
 
+/// `[durability]`: exposure after k peers (`docs/semantics.md`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurabilitySection {
+    /// k: pinned peers that must hold a change before a client is told.
+    pub peers: Option<Spanned<u64>>,
+    /// Longest wait for them, ms.
+    pub wait_ms: Option<Spanned<u64>>,
+    /// Then what.
+    pub when_short: Option<WhenShortKey>,
+}
+
+/// `durability.when_short`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenShortKey {
+    Degrade,
+    Refuse,
+}
+
+/// Default of `durability.wait_ms`.
+pub const DURABILITY_WAIT: Duration = Duration::from_secs(10);
+
+impl DurabilitySection {
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let wait_max = starling_store::EXPOSURE_WAIT_MAX.as_millis() as u64;
+        check_bounds(
+            "durability",
+            &[
+                ("peers", &self.peers, 0, 64, "pinned peers"),
+                ("wait_ms", &self.wait_ms, 1, wait_max, "at most ten minutes"),
+            ],
+            text,
+        )
+    }
+}
+
 /// Default of `store.file_compact_free_percent`.
 const FILE_COMPACT_FREE_PERCENT: u8 = 25;
 
@@ -279,6 +318,7 @@ impl Config {
         config.imap.validate(text)?;
         config.lmtp.validate(text)?;
         config.store.validate(text)?;
+        config.durability.validate(text)?;
         let mut seen = Vec::new();
         for p in &config.peer {
             let line = line_of(text, p.id.span().start);
@@ -337,6 +377,8 @@ impl Config {
             connections_per_account: n(&i.connections_per_account, d.connections_per_account),
             plaintext_on_loopback: i.plaintext_on_loopback.unwrap_or(d.plaintext_on_loopback),
             body_wait: ms(&i.body_wait_ms, BODY_WAIT),
+            // `serve` adds each account's pinned peers.
+            exposure: self.durability(),
             auth: starling_imap::auth::GuardLimits {
                 delay: ms(&i.auth_failure_delay_ms, a.delay),
                 delay_max: ms(&i.auth_failure_delay_max_ms, a.delay_max),
@@ -358,6 +400,20 @@ impl Config {
         let file_compact_free_percent =
             self.store.file_compact_free_percent.as_ref().map_or(FILE_COMPACT_FREE_PERCENT, |v| *v.get_ref() as u8);
         starling_store::StoreOptions { cache_bytes, file_compact_free_percent, ..d }
+    }
+
+    /// Exposure after k peers, without the pinned peers (`serve` adds them).
+    pub fn durability(&self) -> starling_store::ExposurePolicy {
+        let d = &self.durability;
+        starling_store::ExposurePolicy {
+            peers: d.peers.as_ref().map_or(0, |v| *v.get_ref() as usize),
+            wait: d.wait_ms.as_ref().map_or(DURABILITY_WAIT, |v| Duration::from_millis(*v.get_ref())),
+            when_short: match d.when_short {
+                Some(WhenShortKey::Refuse) => starling_store::WhenShort::Refuse,
+                Some(WhenShortKey::Degrade) | None => starling_store::WhenShort::Degrade,
+            },
+            pinned: Default::default(),
+        }
     }
 
     /// Log compaction and body collection.
@@ -442,6 +498,11 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # collect_bodies = true        # delete expunged mail's bodies once every peer holds the expunge
 # file_compact_free_percent = 25  # at start, compact the file when this much of it is free (100: never)
 
+[durability]
+# peers = 0                    # k: pinned peers that hold a change before a client is told of it
+# wait_ms = 10000              # longest wait for them
+# when_short = "degrade"       # then: answer anyway (degrade), or LMTP 451 and withdraw (refuse)
+
 [log]
 # format = "human"             # or "json"
 # level = "info"               # a tracing filter, e.g. "starling_imap=debug,info"
@@ -523,6 +584,16 @@ mod tests {
         let c = Config::parse("[store]\ncache_mib = 16\n").unwrap();
         assert_eq!(c.store_options().cache_bytes, 16 << 20);
         assert_eq!(Config::default().store_options().cache_bytes, starling_store::CACHE_BYTES_DEFAULT);
+        let e = Config::parse("[durability]\npeers = 1\nwait_ms = 0\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("durability.wait_ms"), "{e}");
+        let c = Config::parse("[durability]\npeers = 2\nwait_ms = 1500\nwhen_short = \"refuse\"\n").unwrap();
+        let d = c.durability();
+        assert_eq!(
+            (d.peers, d.wait, d.when_short),
+            (2, Duration::from_millis(1500), starling_store::WhenShort::Refuse)
+        );
+        assert_eq!(Config::parse(TEMPLATE).unwrap().durability(), Config::default().durability());
+        assert_eq!(Config::default().durability().peers, 0);
         let e = Config::parse("[lmtp]\nmessage_maxx = 1\n").unwrap_err();
         assert!(e.contains("line 2") && e.contains("message_maxx"), "{e}");
     }

@@ -28,7 +28,7 @@
 use starling_lmtp::{Backend, Limits, Session};
 use starling_model::INBOX;
 use starling_net::listen::{accept_forever, AcceptErrors, ConnCounter, ConnLimits};
-use starling_store::Store;
+use starling_store::{Exposed, ExposurePolicy, Store, WhenShort};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,6 +53,9 @@ pub struct Config {
     pub connections: ConnLimits,
 }
 
+/// How many pinned peers must hold a delivery before `250` (`[durability]`).
+pub type Durability = Arc<ExposurePolicy>;
+
 /// Default of [`Config::idle_timeout`] (RFC 5321 §4.5.3.2: 5 minutes).
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 /// Default of [`Config::data_deadline`]: an hour, so a maximal message
@@ -75,14 +78,20 @@ impl Default for Config {
 
 /// Accepts LMTP connections until the task is dropped. A committed delivery
 /// tells IDLE sessions and peers through the store's commit hook.
-pub async fn serve(listener: TcpListener, config: Config, store: Arc<Store>, tasks: crate::tasks::Tasks) {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<Store>,
+    durability: Durability,
+    tasks: crate::tasks::Tasks,
+) {
     let counter = ConnCounter::new(config.connections);
     let mut errors = AcceptErrors::default();
     loop {
         let (stream, client) = accept_forever("lmtp", &mut errors, || listener.accept()).await;
         match counter.admit(client.ip()) {
             Ok(guard) => {
-                let backend = StoreBackend { store: store.clone() };
+                let backend = StoreBackend { store: store.clone(), durability: durability.clone() };
                 // Tracked: shutdown waits until no delivery is inside its commit.
                 tasks.spawn(async move {
                     let _guard = guard;
@@ -102,6 +111,15 @@ pub async fn serve(listener: TcpListener, config: Config, store: Arc<Store>, tas
 /// The store as the session's backend.
 struct StoreBackend {
     store: Arc<Store>,
+    durability: Durability,
+}
+
+impl StoreBackend {
+    /// Stores the message in `account`'s INBOX (committed, fsync).
+    fn store(&self, account: &str, message: &[u8]) -> Result<starling_model::MessageId, String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.store.write(account, |b| b.append(INBOX, message, now, vec![])).map_err(|e| e.to_string())
+    }
 }
 
 impl Backend for StoreBackend {
@@ -116,9 +134,48 @@ impl Backend for StoreBackend {
     }
 
     fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        tokio::task::block_in_place(|| self.store.write(account, |b| b.append(INBOX, message, now, vec![]).map(|_| ())))
-            .map_err(|e| e.to_string())
+        self.deliver_all(&[account], message).pop().expect("one answer")
+    }
+
+    /// Stores the message for every recipient, then, with k > 0, waits once
+    /// (one deadline for all) until k pinned peers hold each delivery and
+    /// its body. Short of k by the deadline: `250` anyway (degrade), or
+    /// withdraw the delivery and answer `451` so the MTA retries (refuse).
+    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), String>> {
+        let stored: Vec<Result<starling_model::MessageId, String>> =
+            tokio::task::block_in_place(|| accounts.iter().map(|a| self.store(a, message)).collect());
+        let policy = &*self.durability;
+        if policy.peers == 0 {
+            return stored.into_iter().map(|r| r.map(|_| ())).collect();
+        }
+        let blob = starling_model::BlobId::of(message);
+        let deadline = tokio::time::Instant::now() + policy.wait;
+        let store = &self.store;
+        tokio::task::block_in_place(|| {
+            let rt = tokio::runtime::Handle::current();
+            accounts
+                .iter()
+                .zip(stored)
+                .map(|(account, r)| {
+                    let message = r?;
+                    let e = store.exposure(account, vec![blob]).map_err(|e| e.to_string())?;
+                    match rt.block_on(store.expose_by(&e, policy, deadline)) {
+                        Exposed::Short { peers } => {
+                            let why = format!("held by {peers} of the {} peers wanted", policy.peers);
+                            tracing::warn!(account, "delivery short of peers: {why}");
+                            if policy.when_short == WhenShort::Refuse {
+                                store
+                                    .write(account, |b| Ok(b.replica().expunge(&[message])?))
+                                    .map_err(|e| e.to_string())?;
+                                return Err(why);
+                            }
+                            Ok(())
+                        }
+                        Exposed::Held { .. } | Exposed::Local => Ok(()),
+                    }
+                })
+                .collect()
+        })
     }
 }
 

@@ -398,6 +398,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     _ => (cli.data_dir.join("imap-cert.pem"), cli.data_dir.join("imap-key.pem")),
                 },
                 housekeeping: config.housekeeping(),
+                durability: config.durability(),
             };
             serve::run(&cli.data_dir, store, id, peers, settings)?;
         }

@@ -85,6 +85,31 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
         "Times the store reopened its file after a disk error (a full disk, then space again).",
         vec![(String::new(), store.reopens())],
     );
+    let exposure = store.exposure_stats();
+    metric(
+        "starling_exposure_waits_total",
+        "counter",
+        "Changes (LMTP deliveries, IMAP commands that wrote) whose report waited for durability.peers pinned peers to hold them.",
+        vec![(String::new(), exposure.waits)],
+    );
+    metric(
+        "starling_exposure_short_total",
+        "counter",
+        "Of those, the ones fewer peers held by durability.wait_ms (degraded, or refused with LMTP 451).",
+        vec![(String::new(), exposure.short)],
+    );
+    metric(
+        "starling_exposure_wait_milliseconds_total",
+        "counter",
+        "Time those waits took, in total.",
+        vec![(String::new(), exposure.wait_ms)],
+    );
+    metric(
+        "starling_exposure_catch_up_short_total",
+        "counter",
+        "New UIDs shown to clients before this replica caught up with durability.peers connected peers (by the wait's end).",
+        vec![(String::new(), exposure.catch_up_short)],
+    );
     metric(
         "starling_imap_sessions",
         "gauge",

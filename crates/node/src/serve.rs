@@ -50,6 +50,35 @@ pub struct Settings {
     pub tls: (std::path::PathBuf, std::path::PathBuf),
     /// Log compaction and body collection.
     pub housekeeping: crate::config::Housekeeping,
+    /// Exposure after k peers (`run` adds the pinned peers of each account).
+    pub durability: starling_store::ExposurePolicy,
+}
+
+/// The exposure policy with each account's pinned peers; warns of an
+/// account that has fewer than k (its changes are short at once).
+fn durability_of(
+    mut policy: starling_store::ExposurePolicy,
+    store: &Store,
+    peers: &[Peer],
+) -> starling_store::ExposurePolicy {
+    for p in peers {
+        for a in &p.accounts {
+            policy.pinned.entry(a.clone()).or_default().push(p.id.replica());
+        }
+    }
+    if policy.peers > 0 {
+        for a in store.accounts() {
+            let n = policy.pinned.get(&a).map_or(0, Vec::len);
+            if n < policy.peers {
+                tracing::warn!(
+                    account = a,
+                    "durability.peers is {} but the account has {n} pinned peers: its changes cannot be held by enough",
+                    policy.peers
+                );
+            }
+        }
+    }
+    policy
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -84,7 +113,14 @@ pub fn run(
         let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone(), tasks.clone())?;
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
-        let lmtp = tokio::spawn(crate::lmtp::serve(lmtp, listen.lmtp_config, store.clone(), tasks.clone()));
+        let durability = Arc::new(durability_of(listen.durability.clone(), &store, &peers));
+        let lmtp = tokio::spawn(crate::lmtp::serve(
+            lmtp,
+            listen.lmtp_config,
+            store.clone(),
+            durability.clone(),
+            tasks.clone(),
+        ));
         // Every commit (IMAP, LMTP, a peer's ops, the control socket) tells
         // IDLE sessions and the peer links from the store itself.
         let changes = hub.changes.clone();
@@ -92,7 +128,8 @@ pub fn run(
             let _ = changes.send(account.to_string());
         });
         let (imap, imap_shared) = {
-            let shared = starling_imap::Shared::new(store.clone(), listen.imap_config.clone());
+            let config = starling_imap::Config { exposure: (*durability).clone(), ..listen.imap_config.clone() };
+            let shared = starling_imap::Shared::new(store.clone(), config);
             // A FETCH of a body left out here asks the account's connected peers.
             let (wanted, live, peers) = (hub.wanted.clone(), hub.live.clone(), peers.clone());
             shared.on_want_bodies(move |account, ids| {

@@ -6,84 +6,10 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A minimal IMAP client over TCP: enough to drive and observe the server.
-struct Imap {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Imap {
-    fn connect(port: u16) -> Imap {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut c = Imap { r: BufReader::new(s.try_clone().unwrap()), w: s };
-        let greeting = c.line().unwrap();
-        assert!(greeting.starts_with("* OK"), "{greeting}");
-        c
-    }
-
-    /// One response line, with any literal it announces read into it.
-    fn line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        while let Some(n) = line
-            .trim_end()
-            .strip_suffix('}')
-            .and_then(|l| l.rsplit_once('{'))
-            .and_then(|(_, n)| n.parse::<usize>().ok())
-        {
-            let mut lit = vec![0; n];
-            self.r.read_exact(&mut lit).unwrap();
-            line.push_str(&String::from_utf8_lossy(&lit));
-            let mut more = String::new();
-            self.r.read_line(&mut more).unwrap();
-            line.push_str(&more);
-        }
-        Some(line)
-    }
-
-    /// Sends a command; returns every line up to its tagged answer, whatever it is.
-    fn answer(&mut self, tag: &str, command: &str) -> String {
-        write!(self.w, "{tag} {command}\r\n").unwrap();
-        let mut out = String::new();
-        loop {
-            let l = self.line().expect("server answered");
-            out.push_str(&l);
-            if l.starts_with(&format!("{tag} ")) {
-                return out;
-            }
-        }
-    }
-
-    /// Sends a command; returns every line up to its tagged answer, which must be OK.
-    fn ok(&mut self, tag: &str, command: &str) -> String {
-        let out = self.answer(tag, command);
-        let last = out.lines().last().unwrap_or_default();
-        assert!(last.starts_with(&format!("{tag} OK")), "{command} → {out}");
-        out
-    }
-
-    fn append(&mut self, tag: &str, mailbox: &str, msg: &str) -> String {
-        write!(self.w, "{tag} APPEND {mailbox} {{{}+}}\r\n{msg}\r\n", msg.len()).unwrap();
-        let mut out = String::new();
-        loop {
-            let l = self.line().unwrap();
-            out.push_str(&l);
-            if l.starts_with(&format!("{tag} ")) {
-                assert!(l.contains("OK"), "{out}");
-                return out;
-            }
-        }
-    }
-}
 
 fn imap_port(node: &Node) -> u16 {
     node.imap.lock().unwrap().expect("IMAP port printed")

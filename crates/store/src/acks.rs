@@ -125,6 +125,7 @@ impl Store {
     /// acknowledgement): remembered until the next [`Store::housekeep`].
     pub fn note_ack(&self, account: &str, peer: ReplicaId, vv: &VersionVector) {
         let Ok(number) = self.account_number(account) else { return };
+        self.note_live_ack(number, peer, vv);
         let mut acks = self.core.acks.lock().unwrap_or_else(PoisonError::into_inner);
         acks.insert((number, peer), vv.clone());
     }

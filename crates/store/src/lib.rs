@@ -33,6 +33,7 @@ mod credentials;
 pub mod db;
 mod dump;
 mod error;
+mod exposure;
 mod gc;
 mod log;
 pub mod modseq;
@@ -49,6 +50,9 @@ pub use bodies::{MissingBody, Shipped};
 pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};
 pub use error::{OpenError, StoreError};
+pub use exposure::{
+    Exposed, Exposure, ExposurePolicy, ExposureStats, LinkUp, WhenShort, EXPOSURE_WAIT_MAX, HELD_BODIES_MAX,
+};
 pub use gc::Collected;
 pub use modseq::Since;
 pub use open::{StoreOptions, FILE_COMPACT_MIN_FREE};
@@ -157,6 +161,13 @@ struct Core {
     corrupt: Mutex<BTreeSet<BlobId>>,
     /// Peers' acknowledgements heard since the last housekeeping (`acks`).
     acks: Mutex<BTreeMap<(u32, ReplicaId), VersionVector>>,
+    /// What the peers hold now, for exposure after k peers (`exposure`).
+    live: Mutex<exposure::Live>,
+    /// Bumped whenever `live` grows: exposures waiting look again.
+    held_changed: tokio::sync::watch::Sender<u64>,
+    /// Notified when `live` changes or a commit lands (catch-up waits).
+    live_changed: std::sync::Condvar,
+    exposure_stats: Mutex<ExposureStats>,
 }
 
 impl Core {

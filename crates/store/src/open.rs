@@ -148,6 +148,10 @@ impl Store {
             corrupt_reads: AtomicU64::new(0),
             corrupt: Default::default(),
             acks: Default::default(),
+            live: Default::default(),
+            held_changed: tokio::sync::watch::Sender::new(0),
+            live_changed: Default::default(),
+            exposure_stats: Default::default(),
         };
         Ok(Store {
             core: Arc::new(core),

@@ -201,6 +201,22 @@ impl Store {
         self.run(|db| lacks(&redb::ReadableDatabase::begin_read(db).map_err(st)?, number, id))
     }
 
+    /// Those of `ids` whose bytes `account` holds (named, and not lacking),
+    /// in one read.
+    pub fn holding(&self, account: &str, ids: &[BlobId]) -> Result<Vec<BlobId>, StoreError> {
+        let number = self.account(account)?.number;
+        self.run(|db| {
+            let r = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if referenced_by(&r, *id, &[number])? {
+                    out.push(*id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// [`Store::blob_for`] in the form to ship to the peer
     /// ([`Reader::body_shipped`]).
     pub fn shipped_for(&self, accounts: &[&str], id: BlobId) -> Result<Option<Shipped>, StoreError> {

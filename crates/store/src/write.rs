@@ -288,6 +288,8 @@ impl Store {
 
     /// Calls the commit hook ([`Self::on_commit`]).
     pub(crate) fn committed(&self, account: &str) {
+        // A catch-up wait (`exposure`) may be over.
+        self.core.live_changed.notify_all();
         let hook = self.commit_hook.read().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(hook) = hook {
             hook(account);

@@ -90,8 +90,9 @@ use std::time::{Duration, Instant};
 
 /// Version of this protocol (3: chunked, acknowledged, windowed ops; 4:
 /// bodies may travel in the sender's stored form, [`Shipped::Packed`]; 5:
-/// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]; 6: `Held`, the
+/// acknowledgement of bodies).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -212,6 +213,13 @@ pub enum Frame {
         /// Its id.
         id: BlobId,
     },
+    /// The sender holds these bodies, committed: the ones it stored from
+    /// the receiver, and those named by ops from the receiver that it held
+    /// already. (What exposure after k peers waits for.)
+    Held {
+        /// At most [`BLOB_IDS_MAX`].
+        ids: Vec<BlobId>,
+    },
     /// The sender refuses the session; it closes after this.
     Refused {
         /// Why.
@@ -273,7 +281,7 @@ impl Frame {
             Frame::Hello { accounts, .. } => accounts.len() <= ACCOUNTS_MAX && accounts.iter().all(name_ok),
             Frame::Have { account, vv, .. } => name_ok(account) && vv.len() <= VV_ENTRIES_MAX,
             Frame::Ops { account, .. } | Frame::Snapshot { account, .. } => name_ok(account),
-            Frame::WantBlobs { ids } => ids.len() <= BLOB_IDS_MAX,
+            Frame::WantBlobs { ids } | Frame::Held { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
         };
         if !ok {
@@ -476,6 +484,12 @@ pub enum Event {
     BlobMissing {
         /// Its id.
         id: BlobId,
+    },
+    /// The peer holds these bodies (committed): tell the store
+    /// (exposure after k peers).
+    Held {
+        /// Their ids.
+        ids: Vec<BlobId>,
     },
     /// Ask again for every body still missing ([`Session::want_blobs`]),
     /// then report with [`Session::bodies_swept`]: the retry timer fired, or
@@ -866,7 +880,23 @@ impl Session {
                 }
                 Ok(())
             }
+            (Phase::Open, Frame::Held { ids }) => {
+                self.events.push_back(Event::Held { ids });
+                Ok(())
+            }
             (Phase::Closed, _) => Err(SessionError::Closed),
+        }
+    }
+
+    /// Tells the peer this node holds these bodies, committed (after
+    /// storing bodies it sent, or applying its ops naming bodies held
+    /// already). Nothing before the handshake or after the end.
+    pub fn held(&mut self, ids: &[BlobId]) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        for chunk in ids.chunks(BLOB_IDS_MAX) {
+            self.queue(&Frame::Held { ids: chunk.to_vec() });
         }
     }
 

@@ -2,7 +2,8 @@
 //! data directories, driven through the CLI and their printed ports.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -242,4 +243,127 @@ pub fn connect_from(ip: &str, port: u16) -> std::net::TcpStream {
         s.set_nonblocking(false).unwrap();
         s
     })
+}
+
+/// A minimal IMAP client over TCP: enough to drive and observe the server.
+pub struct Imap {
+    pub r: BufReader<TcpStream>,
+    pub w: TcpStream,
+}
+
+impl Imap {
+    pub fn connect(port: u16) -> Imap {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Imap { r: BufReader::new(s.try_clone().unwrap()), w: s };
+        let greeting = c.line().unwrap();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        c
+    }
+
+    /// One response line, with any literal it announces read into it.
+    pub fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        if self.r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        while let Some(n) = line
+            .trim_end()
+            .strip_suffix('}')
+            .and_then(|l| l.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            let mut lit = vec![0; n];
+            self.r.read_exact(&mut lit).unwrap();
+            line.push_str(&String::from_utf8_lossy(&lit));
+            let mut more = String::new();
+            self.r.read_line(&mut more).unwrap();
+            line.push_str(&more);
+        }
+        Some(line)
+    }
+
+    /// Sends a command; returns every line up to its tagged answer, whatever it is.
+    pub fn answer(&mut self, tag: &str, command: &str) -> String {
+        write!(self.w, "{tag} {command}\r\n").unwrap();
+        let mut out = String::new();
+        loop {
+            let l = self.line().expect("server answered");
+            out.push_str(&l);
+            if l.starts_with(&format!("{tag} ")) {
+                return out;
+            }
+        }
+    }
+
+    /// Sends a command; returns every line up to its tagged answer, which must be OK.
+    pub fn ok(&mut self, tag: &str, command: &str) -> String {
+        let out = self.answer(tag, command);
+        let last = out.lines().last().unwrap_or_default();
+        assert!(last.starts_with(&format!("{tag} OK")), "{command} → {out}");
+        out
+    }
+
+    pub fn append(&mut self, tag: &str, mailbox: &str, msg: &str) -> String {
+        write!(self.w, "{tag} APPEND {mailbox} {{{}+}}\r\n{msg}\r\n", msg.len()).unwrap();
+        let mut out = String::new();
+        loop {
+            let l = self.line().unwrap();
+            out.push_str(&l);
+            if l.starts_with(&format!("{tag} ")) {
+                assert!(l.contains("OK"), "{out}");
+                return out;
+            }
+        }
+    }
+}
+
+/// An LMTP delivery to alice, sent up to its final dot: the reply is read
+/// apart ([`Delivery::reply`]), so a test can see it is not there yet.
+pub struct Delivery {
+    r: BufReader<TcpStream>,
+}
+
+impl Delivery {
+    pub fn send(port: u16, message: &str) -> Delivery {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut d = Delivery { r: BufReader::new(s) };
+        d.reply().unwrap();
+        for cmd in ["LHLO test", "MAIL FROM:<t@example.org>", "RCPT TO:<alice>", "DATA"] {
+            write!(w, "{cmd}\r\n").unwrap();
+            let got = d.reply().unwrap();
+            assert!(got.starts_with('2') || got.starts_with('3'), "{cmd}: {got}");
+        }
+        write!(w, "{message}.\r\n").unwrap();
+        d
+    }
+
+    /// The next reply (all its lines), or `None` if none came within the
+    /// read timeout.
+    pub fn reply(&mut self) -> Option<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.r.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    assert!(all.is_empty() && line.is_empty(), "a reply cut short: {all}{line}");
+                    return None;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Some(all);
+            }
+        }
+    }
+
+    /// Waits this long at most for the next reply.
+    pub fn timeout(&mut self, t: Duration) {
+        self.r.get_ref().set_read_timeout(Some(t)).unwrap();
+    }
 }

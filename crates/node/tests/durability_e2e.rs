@@ -1,0 +1,190 @@
+//! Exposure after k peers (`[durability] peers = k`), with real processes:
+//! an LMTP `250`, an APPEND's `OK` and a SELECT that shows new messages
+//! are answered only once a pinned peer holds the change (and the body),
+//! so that losing the answering node's disk right after the answer loses
+//! nothing a client was told of. Short of peers by the deadline, the node
+//! either answers anyway (`degrade`) or refuses a delivery with `451`
+//! after withdrawing it (`refuse`).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A config file asking for `k` peers, with the given wait and mode.
+fn durability(root: &Path, name: &str, k: usize, wait_ms: u64, when_short: &str) -> String {
+    let path = root.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("[durability]\npeers = {k}\nwait_ms = {wait_ms}\nwhen_short = \"{when_short}\"\n"))
+        .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Two nodes pinned to each other, alice's password set on both.
+fn pair(root: &Path) -> (Node, Node) {
+    let a = Node::new(root, "a");
+    let b = Node::new(root, "b");
+    a.pin(&b);
+    b.pin(&a);
+    passwd(&a, "pw");
+    passwd(&b, "pw");
+    (a, b)
+}
+
+/// Kills the node at once (no shutdown) and deletes its data directory:
+/// the disk is lost.
+fn lose_disk(node: &mut Node) {
+    if let Some(mut c) = node.child.take() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    std::fs::remove_dir_all(&node.dir).unwrap();
+}
+
+fn imap_port(node: &Node) -> u16 {
+    node.imap.lock().unwrap().expect("IMAP port printed")
+}
+
+/// Logs in as alice on `node`.
+fn login(node: &Node) -> Imap {
+    let mut c = Imap::connect(imap_port(node));
+    c.ok("l", "LOGIN alice pw");
+    c
+}
+
+/// With k = 1 and the only peer down, LMTP gives no `250` (the message is
+/// committed here, but nowhere else); once the peer is up the `250` comes,
+/// and the node's disk can be lost at once: the peer holds the message and
+/// its body. With k = 0 the `250` comes at once (the reproduction: a lost
+/// disk then loses acknowledged mail).
+#[test]
+fn a_delivery_is_acknowledged_once_a_peer_holds_it_and_survives_a_lost_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = pair(root.path());
+    let config = durability(root.path(), "k1", 1, 60_000, "degrade");
+    a.start_with(&["--config", &config], None);
+    let lmtp = a.lmtp.lock().unwrap().expect("LMTP port");
+    let mut d = Delivery::send(lmtp, "Subject: kept\r\nMessage-ID: <kept@test>\r\n\r\nheld by a peer\r\n");
+    d.timeout(Duration::from_millis(1500));
+    assert_eq!(d.reply(), None, "no 250 while no peer holds the message");
+    let waited = Instant::now();
+    // The survivor runs with k = 0: with k = 1 and its only peer's disk
+    // lost, everything it shows would wait for a peer that never comes.
+    b.start();
+    d.timeout(Duration::from_secs(30));
+    let reply = d.reply().expect("a reply once the peer is up");
+    assert!(reply.starts_with("250"), "{reply}");
+    lose_disk(&mut a);
+    let mut c = login(&b);
+    c.ok("s", "SELECT INBOX");
+    let got = c.ok("f", "FETCH 1 (BODY.PEEK[])");
+    assert!(got.contains("held by a peer"), "the peer has the body: {got}");
+    assert!(waited.elapsed() < Duration::from_secs(30), "answered once held, not at the deadline");
+
+    // k = 0 answers at once, peer or not.
+    let (mut x, _y) = pair(&root.path().join("k0"));
+    x.start();
+    let lmtp = x.lmtp.lock().unwrap().expect("LMTP port");
+    let mut d = Delivery::send(lmtp, "Subject: local\r\n\r\nonly here\r\n");
+    d.timeout(Duration::from_secs(5));
+    assert!(d.reply().is_some_and(|r| r.starts_with("250")), "k = 0: 250 after the local commit");
+}
+
+/// `when_short = "refuse"`: with the peer down past the wait, the delivery
+/// is answered `451` and withdrawn (no message left here, nor on the peer
+/// once it returns); with the peer up, the same delivery is `250`.
+#[test]
+fn a_delivery_short_of_peers_is_refused_and_withdrawn() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = pair(root.path());
+    let config = durability(root.path(), "refuse", 1, 1000, "refuse");
+    a.start_with(&["--config", &config], None);
+    let lmtp = a.lmtp.lock().unwrap().expect("LMTP port");
+    let mut d = Delivery::send(lmtp, "Subject: refused\r\n\r\nnot on a peer\r\n");
+    let reply = d.reply().expect("a reply");
+    assert!(reply.starts_with("451") && reply.contains("held by 0 of the 1 peers"), "{reply}");
+    assert_eq!(messages(&a.dump()), 0, "withdrawn: {}", a.dump());
+    b.start_with(&["--config", &config], None);
+    // Three ops: the account's incarnation, the delivery, its withdrawal.
+    wait_for("the peer to hear of the withdrawn delivery", || b.ops.lock().unwrap().is_some_and(|n| n >= 3));
+    assert_eq!(messages(&b.dump()), 0, "the peer never shows it: {}", b.dump());
+    let mut d = Delivery::send(lmtp, "Subject: refused\r\n\r\nnot on a peer\r\n");
+    let reply = d.reply().expect("a reply");
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(messages(&b.dump()), 1, "held by the peer when answered: {}", b.dump());
+}
+
+/// IMAP with k = 1 across three nodes. An APPEND's OK and a SELECT that
+/// shows new UIDs wait for a peer. Then the answering node's disk is lost,
+/// and the client fails over to a replica that lags (it was down all
+/// along, with mail of its own never shown): before showing UIDs it
+/// catches up with a peer, so every UID the client was shown names the
+/// same message there, its own mail gets UIDs above them, and UIDNEXT does
+/// not go down. The same on the peer that held the changes.
+#[test]
+fn an_imap_client_failing_over_after_a_lost_disk_sees_what_it_was_shown() {
+    let root = tempfile::tempdir().unwrap();
+    let [mut a, mut b, mut c] = three_pinned(root.path());
+    for n in [&a, &b, &c] {
+        passwd(n, "pw");
+    }
+    // The lagging replica's own mail, never shown to anyone.
+    c.import(root.path(), "lagging", 2);
+    let config = durability(root.path(), "k1", 1, 60_000, "degrade");
+    a.start_with(&["--config", &config], None);
+    b.start_with(&["--config", &config], None);
+    for i in 0..3 {
+        let lmtp = a.lmtp.lock().unwrap().expect("LMTP port");
+        let mut d = Delivery::send(lmtp, &format!("Subject: m{i}\r\nMessage-ID: <m{i}@test>\r\n\r\nbody {i}\r\n"));
+        assert!(d.reply().is_some_and(|r| r.starts_with("250")));
+    }
+    // The peer goes away: what the client is shown next must wait for it.
+    b.stop();
+    let (took, select, appended, fetched) = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            let mut c = login(&a);
+            let started = Instant::now();
+            let select = c.ok("s", "SELECT INBOX");
+            let appended = c.append("p", "INBOX", "Subject: m3\r\nMessage-ID: <m3@test>\r\n\r\nbody 3\r\n");
+            let fetched = c.ok("f", "UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])");
+            (started.elapsed(), select, appended, fetched)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!client.is_finished(), "SELECT answered with no peer holding the UIDs it shows");
+        b.start_with(&["--config", &config], None);
+        client.join().unwrap()
+    });
+    assert!(select.contains("* 3 EXISTS"), "{select}");
+    assert!(appended.contains("APPENDUID"), "{appended}");
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    let seen = uid_message_ids(&fetched);
+    assert_eq!(seen.len(), 4, "{fetched}");
+    lose_disk(&mut a);
+    // The lagging replica comes up and the client is there at once.
+    c.start_with(&["--config", &config], None);
+    for node in [&c, &b] {
+        let mut client = login(node);
+        let select = client.ok("s", "SELECT INBOX");
+        let now = uid_message_ids(&client.ok("f", "UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"));
+        for (uid, id) in &seen {
+            let there = now.iter().find(|(u, _)| u == uid).map(|(_, m)| m);
+            assert_eq!(there, Some(id), "UID {uid} names another message now: {now:?}");
+        }
+        let uidnext: u32 = select.split("UIDNEXT ").nth(1).unwrap().split(']').next().unwrap().parse().unwrap();
+        assert!(uidnext >= 5, "UIDNEXT went down: {select}");
+    }
+}
+
+/// (UID, Message-ID) of each message in a `UID FETCH … (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])`.
+fn uid_message_ids(out: &str) -> Vec<(u32, String)> {
+    let mut pairs: Vec<(u32, String)> = Vec::new();
+    for l in out.lines() {
+        if let Some(rest) = l.strip_prefix("* ").and_then(|l| l.split("UID ").nth(1)) {
+            pairs.push((rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap(), String::new()));
+        }
+        if let Some(id) = l.strip_prefix("Message-ID: ") {
+            pairs.last_mut().expect("a FETCH line first").1 = id.trim().to_string();
+        }
+    }
+    pairs
+}
