@@ -7,9 +7,8 @@
 //! messages with distinct UIDs, and both processes still run.
 
 use crate::imap::{is_fetch, Conn};
+use crate::lmtp::Lmtp;
 use crate::procs::{self, Node, USER};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,76 +32,6 @@ pub struct Args {
 
 const PASSWORD: &str = "heal-bench-password";
 
-/// A minimal LMTP client (RFC 2033), one recipient per message.
-struct Lmtp {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Lmtp {
-    fn connect(addr: &str) -> Lmtp {
-        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("LMTP {addr}: {e}"));
-        s.set_nodelay(true).unwrap();
-        let mut c = Lmtp { r: BufReader::new(s.try_clone().unwrap()), w: s };
-        c.expect(220, "greeting");
-        c.send("LHLO bench.example.org\r\n");
-        c.expect(250, "LHLO");
-        c
-    }
-
-    fn send(&mut self, s: &str) {
-        self.w.write_all(s.as_bytes()).expect("LMTP write");
-    }
-
-    /// Reads one reply (all its continuation lines), returns its code and text.
-    fn reply(&mut self) -> (u16, String) {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self.r.read_line(&mut line).expect("LMTP read");
-            assert!(n > 0, "LMTP server closed the connection after {text:?}");
-            text.push_str(&line);
-            let b = line.as_bytes();
-            if b.len() < 4 || b[3] != b'-' {
-                return (line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0), text);
-            }
-        }
-    }
-
-    fn expect(&mut self, code: u16, what: &str) {
-        let (got, text) = self.reply();
-        assert_eq!(got, code, "LMTP {what}: {text}");
-    }
-
-    /// Delivers one message to `rcpt`; returns once the server said 250
-    /// for it (committed).
-    fn deliver(&mut self, rcpt: &str, raw: &str) {
-        self.send("MAIL FROM:<bench@example.org>\r\n");
-        self.expect(250, "MAIL");
-        self.send(&format!("RCPT TO:<{rcpt}>\r\n"));
-        self.expect(250, "RCPT");
-        self.send("DATA\r\n");
-        self.expect(354, "DATA");
-        let mut data = String::with_capacity(raw.len() + 16);
-        for line in raw.split_inclusive('\n') {
-            let line = line.trim_end_matches(['\r', '\n']);
-            if line.starts_with('.') {
-                data.push('.');
-            }
-            data.push_str(line);
-            data.push_str("\r\n");
-        }
-        data.push_str(".\r\n");
-        self.send(&data);
-        self.expect(250, "message (per-recipient reply)");
-    }
-
-    fn quit(&mut self) {
-        self.send("QUIT\r\n");
-        let _ = self.reply();
-    }
-}
-
 fn message(side: &str, i: usize) -> String {
     format!(
         "From: sender{i}@example.org\r\nTo: u@example.org\r\nSubject: heal {side} {i}\r\nMessage-ID: <heal-{side}-{i}@example.org>\r\nDate: Sun, 29 Nov 2026 12:00:00 +0000\r\n\r\nbody of {side} {i}\r\n.a line that starts with a dot\r\n"
@@ -117,7 +46,7 @@ fn split_side(bin: &Path, n: &mut Node, side: &str, count: usize) -> (f64, usize
     let t = Instant::now();
     let mut l = Lmtp::connect(&n.lmtp());
     for i in 0..count {
-        l.deliver(USER, &message(side, i));
+        l.deliver(USER, message(side, i).as_bytes());
     }
     l.quit();
     let rate = count as f64 / t.elapsed().as_secs_f64();

@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod deliver;
 mod heal;
 mod imap;
 mod join;
+mod lmtp;
 mod model;
 mod net;
 mod procs;
@@ -115,6 +117,10 @@ enum What {
     /// Two `starling serve` nodes heal after N deliveries per side, each
     /// shown to an IMAP client while the other node was stopped.
     Heal(heal::Args),
+    /// LMTP delivery latency and throughput on three `starling serve` nodes
+    /// with exposure after k peers (k, added round trip to a's peers,
+    /// connections), or of another LMTP server (`--lmtp`, e.g. Dovecot).
+    Deliver(deliver::Args),
     /// A delaying, lossy user-space relay: UDP (default), TCP, or a pipe to
     /// a command (for `doveadm sync`).
     Relay(relay::Args),
@@ -143,6 +149,7 @@ fn main() {
         What::Imap(args) => imap::run(*args),
         What::Join(args) => join::run(args),
         What::Heal(args) => heal::run(args),
+        What::Deliver(args) => deliver::run(args),
         What::Relay(args) => relay::run(args),
         What::RelaySync(args) => relay_sync::run(args),
         What::Year(args) => year::run(args),

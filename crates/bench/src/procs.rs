@@ -61,6 +61,7 @@ pub fn free_udp_port() -> u16 {
 struct Seen {
     lmtp: Option<String>,
     imap: Option<String>,
+    metrics: Option<String>,
     ready: bool,
     /// The last lines (for reports when something goes wrong).
     tail: std::collections::VecDeque<String>,
@@ -74,6 +75,8 @@ pub struct Node {
     pub id: String,
     /// UDP port of its peer endpoint.
     pub port: u16,
+    /// More arguments for `serve` (e.g. `--config FILE`), empty by default.
+    pub serve_args: Vec<String>,
     child: Option<Child>,
     seen: Arc<Mutex<Seen>>,
 }
@@ -84,13 +87,25 @@ impl Node {
         let _ = std::fs::remove_dir_all(&dir);
         let id = cli(bin, &dir, &["id"]);
         cli(bin, &dir, &["account", "add", USER]);
-        Node { name: name.into(), dir, id, port: free_udp_port(), child: None, seen: Arc::default() }
+        Node::new(name, dir, id)
     }
 
     /// A node for an existing data directory (identity and account made).
     pub fn existing(bin: &Path, name: &str, dir: PathBuf) -> Node {
         let id = cli(bin, &dir, &["id"]);
-        Node { name: name.into(), dir, id, port: free_udp_port(), child: None, seen: Arc::default() }
+        Node::new(name, dir, id)
+    }
+
+    fn new(name: &str, dir: PathBuf, id: String) -> Node {
+        Node {
+            name: name.into(),
+            dir,
+            id,
+            port: free_udp_port(),
+            serve_args: Vec::new(),
+            child: None,
+            seen: Arc::default(),
+        }
     }
 
     /// The replica id of this node.
@@ -103,9 +118,9 @@ impl Node {
         cli(bin, &self.dir, &["peer", "add", &other.id, addr, "--accounts", USER]);
     }
 
-    /// Starts `starling serve` (LMTP and IMAP on free ports) and waits until
-    /// its peer endpoint listens. Standard error (the log) goes to
-    /// `DIR/serve.log`.
+    /// Starts `starling serve` (LMTP and IMAP on free ports, then
+    /// [`Node::serve_args`]) and waits until its peer endpoint listens.
+    /// Standard error (the log) goes to `DIR/serve.log`.
     pub fn start(&mut self, bin: &Path) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("serve.log")).unwrap();
@@ -114,6 +129,7 @@ impl Node {
             .arg(&self.dir)
             .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", self.port), "--lmtp-listen", "127.0.0.1:0"])
             .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+            .args(&self.serve_args)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -129,6 +145,8 @@ impl Node {
                     s.lmtp = Some(a.trim().to_string());
                 } else if let Some(a) = line.strip_prefix("imap: listening on ") {
                     s.imap = Some(a.trim().to_string());
+                } else if let Some(a) = line.strip_prefix("metrics: listening on http://") {
+                    s.metrics = Some(a.trim().trim_end_matches("/metrics").to_string());
                 } else if line.starts_with("peers: listening") {
                     s.ready = true;
                 }
@@ -180,6 +198,22 @@ impl Node {
     /// Its plain IMAP address (while running).
     pub fn imap(&self) -> String {
         self.seen.lock().unwrap().imap.clone().expect("imap address")
+    }
+
+    /// Its Prometheus metrics page (started with `--metrics-listen` in
+    /// [`Node::serve_args`]).
+    pub fn metrics(&self) -> String {
+        let mut addr = None;
+        wait_for(Duration::from_secs(10), Duration::from_millis(5), || {
+            addr = self.seen.lock().unwrap().metrics.clone();
+            addr.is_some()
+        });
+        let addr = addr.unwrap_or_else(|| panic!("{}: no metrics address (--metrics-listen?)", self.name));
+        let mut s = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+        let mut page = String::new();
+        std::io::Read::read_to_string(&mut s, &mut page).unwrap();
+        page.split_once("\r\n\r\n").map_or(page.clone(), |(_, body)| body.to_string())
     }
 
     /// The last lines it printed on standard output.
@@ -235,6 +269,11 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The value of an unlabelled metric on a Prometheus page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A `kB` field of /proc/PID/status.

@@ -86,6 +86,8 @@ pub struct PeerLink {
     noted: std::collections::BTreeMap<String, starling_model::VersionVector>,
     /// The store counts the peer connected while the link lives.
     _up: Option<starling_store::LinkUp>,
+    /// Probe answers last told to the store, per account.
+    answered: std::collections::BTreeMap<String, u64>,
 }
 
 impl PeerLink {
@@ -111,6 +113,7 @@ impl PeerLink {
             sweep: false,
             noted: Default::default(),
             _up: peer.map(|p| store.link_up(p)),
+            answered: Default::default(),
         })
     }
 
@@ -174,6 +177,14 @@ impl PeerLink {
     /// the sizes their messages declare.
     pub fn fetch_bodies(&mut self, ids: impl IntoIterator<Item = (BlobId, u64)>) {
         let _ = self.session.want_blobs(ids);
+    }
+
+    /// Sends the probes the store's catch-up waits want
+    /// ([`Store::probe_wanted`]); call it when [`Store::probes`] changes.
+    pub fn probe_due(&mut self, store: &Store) {
+        for a in &self.accounts {
+            self.session.probe(a, store.probe_wanted(a));
+        }
     }
 
     /// When [`PeerLink::handle_timeout`] is due next, if a timer is set.
@@ -262,6 +273,11 @@ impl PeerLink {
                     store.note_ack(a, peer, vv);
                     self.noted.insert(a.clone(), vv.clone());
                 }
+            }
+            let probe = self.session.probe_answered(a);
+            if probe > 0 && self.answered.get(a) != Some(&probe) {
+                store.note_probe_answer(a, peer, probe);
+                self.answered.insert(a.clone(), probe);
             }
         }
     }
@@ -401,6 +417,7 @@ impl PeerLink {
             }
             Event::Blob { id, body } => bodies.push((id, from_wire(body))),
             Event::BlobMissing { .. } => progress.bodies_lacking = true,
+            Event::Probed { account, probe } => s.answer_probe(&account, store.version(&account)?, probe),
             Event::Held { ids } => {
                 if let Some(peer) = s.peer() {
                     store.note_held(peer, &ids);
@@ -411,6 +428,10 @@ impl PeerLink {
             // before they came are asked again.
             Event::Open { .. } => {
                 let _ = s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?);
+                // A catch-up wait that began before the link opened.
+                for a in &self.accounts {
+                    s.probe(a, store.probe_wanted(a));
+                }
             }
             Event::Closed { .. } => {}
         }

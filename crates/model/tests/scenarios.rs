@@ -401,3 +401,67 @@ fn a_move_shown_on_one_side_keeps_its_uid_against_unshown_moves() {
     }
     assert!(c.churned().is_empty(), "{:?}", c.churned());
 }
+
+/// A shows three messages and then a fourth (two announces); B, cut off,
+/// took two messages nobody saw. When A's ops reach B (in any order the
+/// causal buffer allows) before B's reach A, B must end with A's shown
+/// UIDs: B's own unseen mail yields. (Seen end to end: B's claims made
+/// while it held A's appends but not yet A's announce were not all taken
+/// back, and a shown UID moved.)
+#[test]
+fn shown_uids_survive_when_their_announce_arrives_after_the_appends() {
+    for seed in 0..128 {
+        // Either replica id may be the one that showed.
+        let (a, b) = if seed % 2 == 0 { (0, 1) } else { (1, 0) };
+        let mut c = Cluster::new(2);
+        c.partition(&[0, 1]);
+        let theirs: Vec<_> = (0..2).map(|_| c.append(b, INBOX, vec![]).unwrap()).collect();
+        let shown: Vec<_> = (0..3).map(|_| c.append(a, INBOX, vec![]).unwrap()).collect();
+        c.look(a, INBOX);
+        let last = c.append(a, INBOX, vec![]).unwrap();
+        c.look(a, INBOX);
+        c.heal();
+        let mut rng = Rng::new(seed);
+        while c.deliver(a, b, rng.below(1 << 20), false) {}
+        let b = &c.replicas[b];
+        for (i, m) in shown.iter().chain([&last]).enumerate() {
+            assert_eq!(b.uid_of(*m).unwrap().1, i as u32 + 1, "seed {seed}: A's shown UID moved on B\n{}", b.dump());
+        }
+        sync(&mut c);
+        for r in &c.replicas {
+            for (i, m) in shown.iter().chain([&last]).enumerate() {
+                assert_eq!(r.uid_of(*m).unwrap().1, i as u32 + 1, "seed {seed}: after the heal\n{}", r.dump());
+            }
+            assert!(theirs.iter().all(|m| r.uid_of(*m).unwrap().1 > 4));
+        }
+        assert!(c.churned().is_empty(), "seed {seed}: {:?}", c.churned());
+    }
+}
+
+/// `a_move_shown_on_one_side_keeps_its_uid_against_unshown_moves` with the
+/// sides' replica ids the other way round (the showing side has the higher
+/// id, so its move loses UID ties until its announce arrives).
+#[test]
+fn a_move_shown_on_the_higher_replica_keeps_its_uid_against_unshown_moves() {
+    let mut c = Cluster::new(2);
+    let f1 = c.client(1, |r| r.create_mailbox("F1", None, None)).unwrap();
+    for _ in 0..5 {
+        c.append(1, f1, vec![]);
+    }
+    let inbox: Vec<_> = (0..11).map(|_| c.append(1, INBOX, vec![]).unwrap()).collect();
+    sync(&mut c);
+    c.look(0, f1);
+    c.look(1, f1);
+    c.partition(&[0, 1]);
+    c.client(1, |r| r.move_message(inbox[0], f1)).unwrap();
+    c.look(1, f1);
+    assert_eq!(c.replicas[1].uid_of(inbox[0]).unwrap().1, 6);
+    for m in &inbox[1..] {
+        c.client(0, |r| r.move_message(*m, f1)).unwrap();
+    }
+    sync(&mut c);
+    for r in &c.replicas {
+        assert_eq!(r.uid_of(inbox[0]).unwrap().1, 6, "the shown UID moved\n{}", r.dump());
+    }
+    assert!(c.churned().is_empty(), "{:?}", c.churned());
+}

@@ -625,6 +625,7 @@ async fn session(
     let mut local = hub.changes.subscribe();
     let mut lacking = hub.bodies_lacking.subscribe();
     let mut wanted = hub.wanted.subscribe();
+    let mut probes = store.probes();
     // This connection's generation: a connection that ends after a newer
     // one to the same peer began (a peer restarted before the old one timed
     // out) must not overwrite the newer one's state.
@@ -728,6 +729,13 @@ async fn session(
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break "shutting down".into(),
             },
+            // A replica about to show new UIDs asks what this peer has now.
+            changed = probes.changed() => {
+                if changed.is_err() {
+                    break "shutting down".into();
+                }
+                link.probe_due(&store);
+            }
             // Some peer lacked a body: this link sweeps too.
             changed = lacking.changed() => {
                 if changed.is_err() {

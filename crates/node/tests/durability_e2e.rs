@@ -124,13 +124,14 @@ fn a_delivery_short_of_peers_is_refused_and_withdrawn() {
 #[test]
 fn an_imap_client_failing_over_after_a_lost_disk_sees_what_it_was_shown() {
     let root = tempfile::tempdir().unwrap();
-    let [mut a, mut b, mut c] = three_pinned(root.path());
+    let root = root.path();
+    let [mut a, mut b, mut c] = three_pinned(root);
     for n in [&a, &b, &c] {
         passwd(n, "pw");
     }
     // The lagging replica's own mail, never shown to anyone.
-    c.import(root.path(), "lagging", 2);
-    let config = durability(root.path(), "k1", 1, 60_000, "degrade");
+    c.import(root, "lagging", 2);
+    let config = durability(root, "k1", 1, 60_000, "degrade");
     a.start_with(&["--config", &config], None);
     b.start_with(&["--config", &config], None);
     for i in 0..3 {
@@ -162,13 +163,13 @@ fn an_imap_client_failing_over_after_a_lost_disk_sees_what_it_was_shown() {
     lose_disk(&mut a);
     // The lagging replica comes up and the client is there at once.
     c.start_with(&["--config", &config], None);
-    for node in [&c, &b] {
+    for (name, node) in [("c", &c), ("b", &b)] {
         let mut client = login(node);
         let select = client.ok("s", "SELECT INBOX");
         let now = uid_message_ids(&client.ok("f", "UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"));
         for (uid, id) in &seen {
             let there = now.iter().find(|(u, _)| u == uid).map(|(_, m)| m);
-            assert_eq!(there, Some(id), "UID {uid} names another message now: {now:?}");
+            assert_eq!(there, Some(id), "UID {uid} names another message on {name} now: {now:?}");
         }
         let uidnext: u32 = select.split("UIDNEXT ").nth(1).unwrap().split(']').next().unwrap().parse().unwrap();
         assert!(uidnext >= 5, "UIDNEXT went down: {select}");

@@ -98,6 +98,12 @@ pub(crate) struct Live {
     have: BTreeMap<(u32, ReplicaId), VersionVector>,
     /// Open links per peer ([`Store::link_up`]).
     up: BTreeMap<ReplicaId, usize>,
+    /// account number → the latest probe a catch-up wait asked the links
+    /// to send ([`Store::probe_wanted`]).
+    probe_wanted: BTreeMap<u32, u64>,
+    /// (account number, peer) → the highest probe the peer answered on
+    /// its open link.
+    probe_answered: BTreeMap<(u32, ReplicaId), u64>,
 }
 
 /// A link to a peer is open while this lives ([`Store::link_up`]).
@@ -207,6 +213,7 @@ impl Store {
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
         *live.up.entry(peer).or_default() += 1;
         live.have.retain(|(_, p), _| *p != peer);
+        live.probe_answered.retain(|(_, p), _| *p != peer);
         LinkUp { core: self.core.clone(), peer }
     }
 
@@ -215,25 +222,53 @@ impl Store {
     pub fn caught_up(&self, account: &str, pinned: &[ReplicaId]) -> Vec<ReplicaId> {
         let Ok(acct) = self.account(account) else { return Vec::new() };
         let live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
-        self.caught_up_in(&live, &acct, pinned)
+        self.caught_up_in(&live, &acct, pinned, 0)
     }
 
-    fn caught_up_in(&self, live: &Live, acct: &Account, pinned: &[ReplicaId]) -> Vec<ReplicaId> {
+    /// Peers caught up with: connected, answered probe `probe` or a later
+    /// one (0: any `Have` will do), and this replica holds all they had.
+    fn caught_up_in(&self, live: &Live, acct: &Account, pinned: &[ReplicaId], probe: u64) -> Vec<ReplicaId> {
         let mine = acct.published.read().unwrap_or_else(PoisonError::into_inner).version.clone();
+        let key = |p: &ReplicaId| (acct.number, *p);
         pinned
             .iter()
             .copied()
             .filter(|p| live.up.contains_key(p))
-            .filter(|p| live.have.get(&(acct.number, *p)).is_some_and(|theirs| mine.dominates(theirs)))
+            .filter(|p| live.probe_answered.get(&key(p)).copied().unwrap_or(0) >= probe)
+            .filter(|p| live.have.get(&key(p)).is_some_and(|theirs| mine.dominates(theirs)))
             .collect()
     }
 
+    /// The latest probe of `account` catch-up waits want sent (0: none):
+    /// each link sends it once ([`Store::probes`] says when it changes).
+    pub fn probe_wanted(&self, account: &str) -> u64 {
+        let Ok(number) = self.account_number(account) else { return 0 };
+        self.core.live.lock().unwrap_or_else(PoisonError::into_inner).probe_wanted.get(&number).copied().unwrap_or(0)
+    }
+
+    /// Changes whenever a catch-up wait wants probes sent.
+    pub fn probes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.core.probes.subscribe()
+    }
+
+    /// `peer` answered probe `probe` of `account` (with the `Have` noted
+    /// just before by [`Store::note_ack`]).
+    pub fn note_probe_answer(&self, account: &str, peer: ReplicaId, probe: u64) {
+        let Ok(number) = self.account_number(account) else { return };
+        let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = live.probe_answered.entry((number, peer)).or_default();
+        *slot = (*slot).max(probe);
+        self.core.live_changed.notify_all();
+    }
+
     /// Before a replica shows clients new UIDs with exposure after k peers
-    /// on: waits (blocking, until `until`) until it has caught up with k
-    /// connected pinned peers, so that UIDs another replica showed and a
-    /// peer holds are known here first and never given to other messages
-    /// (`docs/semantics.md`, "Failover and k"). A replica cut off from its
-    /// peers gets [`Exposed::Short`] at the deadline.
+    /// on: asks every connected peer what it has now (a probe, sent by the
+    /// links) and waits (blocking, until `until`) until k connected pinned
+    /// peers answered and this replica holds all they had, so that UIDs
+    /// another replica showed and a peer holds are known here first and
+    /// never given to other messages (`docs/semantics.md`, "Failover and
+    /// k"). A replica cut off from its peers gets [`Exposed::Short`] at the
+    /// deadline.
     pub fn wait_caught_up(&self, account: &str, policy: &ExposurePolicy, until: std::time::Instant) -> Exposed {
         if policy.peers == 0 {
             return Exposed::Local;
@@ -242,8 +277,14 @@ impl Store {
         let none = Vec::new();
         let pinned = policy.pinned.get(account).unwrap_or(&none);
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let probe = {
+            let slot = live.probe_wanted.entry(acct.number).or_default();
+            *slot += 1;
+            *slot
+        };
+        self.core.probes.send_modify(|n| *n += 1);
         loop {
-            let n = self.caught_up_in(&live, &acct, pinned).len();
+            let n = self.caught_up_in(&live, &acct, pinned, probe).len();
             if n >= policy.peers {
                 return Exposed::Held { peers: n };
             }
@@ -410,14 +451,28 @@ mod tests {
         assert_eq!(s.wait_caught_up("a", &p, soon()), Exposed::Short { peers: 0 }, "no Have yet");
         let mut ahead = s.version("a").unwrap();
         ahead.observe(starling_model::Dot { replica: P, counter: 1 });
+        // Each wait asks for a new probe; the peer answers the next one
+        // with the version it has then.
+        let next = s.probe_wanted("a") + 1;
         s.note_ack("a", P, &ahead);
+        s.note_probe_answer("a", P, next);
         assert_eq!(s.wait_caught_up("a", &p, soon()), Exposed::Short { peers: 0 }, "the peer has more");
         s.note_ack("a", P, &s.version("a").unwrap());
-        assert_eq!(s.wait_caught_up("a", &p, soon()), Exposed::Held { peers: 1 });
+        assert_eq!(s.wait_caught_up("a", &p, soon()), Exposed::Short { peers: 0 }, "not an answer to this probe");
+        let waiter = std::thread::scope(|scope| {
+            let w = scope.spawn(|| s.wait_caught_up("a", &p, std::time::Instant::now() + Duration::from_secs(30)));
+            while s.probe_wanted("a") <= next + 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            s.note_ack("a", P, &s.version("a").unwrap());
+            s.note_probe_answer("a", P, s.probe_wanted("a"));
+            w.join().unwrap()
+        });
+        assert_eq!(waiter, Exposed::Held { peers: 1 });
         drop(up);
         assert_eq!(s.caught_up("a", &[P]), [], "a closed link does not count");
         let _again = s.link_up(P);
         assert_eq!(s.caught_up("a", &[P]), [], "a new link waits for a new Have");
-        assert_eq!(s.exposure_stats().catch_up_short, 3);
+        assert_eq!(s.exposure_stats().catch_up_short, 4);
     }
 }

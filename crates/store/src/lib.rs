@@ -165,6 +165,8 @@ struct Core {
     live: Mutex<exposure::Live>,
     /// Bumped whenever `live` grows: exposures waiting look again.
     held_changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped when a catch-up wait wants the links to probe their peers.
+    probes: tokio::sync::watch::Sender<u64>,
     /// Notified when `live` changes or a commit lands (catch-up waits).
     live_changed: std::sync::Condvar,
     exposure_stats: Mutex<ExposureStats>,

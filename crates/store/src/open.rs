@@ -151,6 +151,7 @@ impl Store {
             live: Default::default(),
             held_changed: tokio::sync::watch::Sender::new(0),
             live_changed: Default::default(),
+            probes: tokio::sync::watch::Sender::new(0),
             exposure_stats: Default::default(),
         };
         Ok(Store {

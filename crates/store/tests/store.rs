@@ -654,3 +654,41 @@ fn every_commit_and_only_a_commit_calls_the_hook() {
     other.write("alice", |b| b.apply(ops)).unwrap();
     assert_eq!(*heard.lock().unwrap(), vec![("alice".to_string(), 1)]);
 }
+
+/// The store-backed form of the model scenario
+/// `shown_uids_survive_when_their_announce_arrives_after_the_appends`: A
+/// shows three messages, then a fourth; C took two nobody saw; A's ops
+/// reach C in one batch, then C's reach A. A's shown UIDs stay on both.
+#[test]
+fn shown_uids_survive_a_heal_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.redb"), ReplicaId(0x9ff4), StoreOptions::default()).unwrap();
+    let c = Store::open(&dir.path().join("c.redb"), ReplicaId(0x2e9e), StoreOptions::default()).unwrap();
+    a.add_account("u").unwrap();
+    c.add_account("u").unwrap();
+    let mut theirs = Vec::new();
+    for i in 0..2 {
+        theirs.push(c.write("u", |b| b.append(INBOX, &message(100 + i), 1, vec![Keyword::Seen])).unwrap());
+    }
+    let mut shown = Vec::new();
+    for i in 0..3 {
+        shown.push(a.write("u", |b| b.append(INBOX, &message(i), 1, vec![])).unwrap());
+    }
+    a.write("u", |b| Ok(b.replica().announce(INBOX)?)).unwrap();
+    shown.push(a.write("u", |b| b.append(INBOX, &message(3), 2, vec![])).unwrap());
+    a.write("u", |b| Ok(b.replica().announce(INBOX)?)).unwrap();
+    let uids = |s: &Store| -> Vec<u32> {
+        let r = s.read("u").unwrap();
+        let all = r.messages(INBOX, 1, usize::MAX).unwrap();
+        shown.iter().map(|m| all.iter().find(|x| x.message == *m).map_or(0, |x| x.uid)).collect()
+    };
+    assert_eq!(uids(&a), [1, 2, 3, 4]);
+    let from_a = a.ops_since("u", &VersionVector::new()).unwrap();
+    c.write("u", |b| b.apply(from_a)).unwrap();
+    assert_eq!(uids(&c), [1, 2, 3, 4], "A's shown UIDs on C\n{}", c.dump("u").unwrap());
+    let from_c = c.ops_since("u", &a.version("u").unwrap()).unwrap();
+    a.write("u", |b| b.apply(from_c)).unwrap();
+    let from_c = c.ops_since("u", &VersionVector::new()).unwrap();
+    a.write("u", |b| b.apply(from_c)).unwrap();
+    assert_eq!(uids(&a), [1, 2, 3, 4], "A's shown UIDs on A\n{}", a.dump("u").unwrap());
+}

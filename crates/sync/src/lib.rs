@@ -91,7 +91,7 @@ use std::time::{Duration, Instant};
 /// Version of this protocol (3: chunked, acknowledged, windowed ops; 4:
 /// bodies may travel in the sender's stored form, [`Shipped::Packed`]; 5:
 /// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]; 6: `Held`, the
-/// acknowledgement of bodies).
+/// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it).
 pub const PROTOCOL_VERSION: u16 = 6;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
@@ -170,6 +170,18 @@ pub enum Frame {
         /// applied (committed) so far: acknowledges chunks, so the peer can
         /// send more within [`OPS_WINDOW_CHUNKS`].
         chunks: u64,
+        /// The `Probe` this answers (0: none): `vv` is the sender's whole
+        /// version as of when the probe arrived.
+        probe: u64,
+    },
+    /// "Say what you have of this account now": answered by a `Have` with
+    /// the same `probe` (a replica about to show clients new UIDs makes
+    /// sure it holds what its peers hold).
+    Probe {
+        /// The account.
+        account: String,
+        /// Names the answer (above 0).
+        probe: u64,
     },
     /// Ops the receiver lacks, as a [`codec`] frame.
     Ops {
@@ -280,7 +292,9 @@ impl Frame {
         let ok = match &frame {
             Frame::Hello { accounts, .. } => accounts.len() <= ACCOUNTS_MAX && accounts.iter().all(name_ok),
             Frame::Have { account, vv, .. } => name_ok(account) && vv.len() <= VV_ENTRIES_MAX,
-            Frame::Ops { account, .. } | Frame::Snapshot { account, .. } => name_ok(account),
+            Frame::Ops { account, .. } | Frame::Snapshot { account, .. } | Frame::Probe { account, .. } => {
+                name_ok(account)
+            }
             Frame::WantBlobs { ids } | Frame::Held { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
         };
@@ -485,6 +499,14 @@ pub enum Event {
         /// Its id.
         id: BlobId,
     },
+    /// The peer asks what we have of `account` now: answer with
+    /// [`Session::answer_probe`] and our version as of now.
+    Probed {
+        /// The account.
+        account: String,
+        /// To name in the answer.
+        probe: u64,
+    },
     /// The peer holds these bodies (committed): tell the store
     /// (exposure after k peers).
     Held {
@@ -520,6 +542,9 @@ struct AccountState {
     chunks_received: u64,
     chunks_delivered: u64,
     chunks_acked_out: u64,
+    /// The last probe we sent, and the highest the peer answered.
+    probed: u64,
+    probe_answered: u64,
     /// Parts of a snapshot received so far, and the length they add up to.
     snapshot_in: Vec<u8>,
     snapshot_total: u64,
@@ -770,13 +795,13 @@ impl Session {
                 self.events.push_back(Event::Open { peer: node, accounts: self.shared.iter().cloned().collect() });
                 for a in self.shared.clone() {
                     let vv = self.accounts[&a].local.clone();
-                    self.queue(&Frame::Have { account: a, vv, chunks: 0 });
+                    self.queue(&Frame::Have { account: a, vv, chunks: 0, probe: 0 });
                 }
                 Ok(())
             }
             (Phase::AwaitHello, _) => self.close(SessionError::Protocol("frame before hello".into())),
             (Phase::Open, Frame::Hello { .. }) => self.close(SessionError::Protocol("second hello".into())),
-            (Phase::Open, Frame::Have { account, vv, chunks }) => {
+            (Phase::Open, Frame::Have { account, vv, chunks, probe }) => {
                 if !self.shared.contains(&account) {
                     return self.close(SessionError::Unauthorized(account));
                 }
@@ -788,7 +813,12 @@ impl Session {
                     );
                     return self.close(SessionError::Protocol(why));
                 }
+                if probe > st.probed {
+                    let why = format!("answered probe {probe} of {account:?}; {} was asked", st.probed);
+                    return self.close(SessionError::Protocol(why));
+                }
                 st.chunks_acked = chunks;
+                st.probe_answered = st.probe_answered.max(probe);
                 st.sent.join(&vv);
                 st.peer_has = Some(vv);
                 self.maybe_need(&account);
@@ -878,6 +908,13 @@ impl Session {
                     self.events.push_back(Event::BlobMissing { id });
                     self.arm_retry_from_last();
                 }
+                Ok(())
+            }
+            (Phase::Open, Frame::Probe { account, probe }) => {
+                if !self.shared.contains(&account) {
+                    return self.close(SessionError::Unauthorized(account));
+                }
+                self.events.push_back(Event::Probed { account, probe });
                 Ok(())
             }
             (Phase::Open, Frame::Held { ids }) => {
@@ -1094,7 +1131,36 @@ impl Session {
         let chunks = st.chunks_delivered;
         st.chunks_acked_out = chunks;
         if self.phase == Phase::Open && self.shared.contains(account) {
-            self.queue(&Frame::Have { account: account.to_string(), vv, chunks });
+            self.queue(&Frame::Have { account: account.to_string(), vv, chunks, probe: 0 });
+            self.maybe_need(account);
+        }
+    }
+
+    /// Asks the peer what it has of `account` now ([`Frame::Probe`]); its
+    /// answer shows in [`Session::probe_answered`]. `probe` must grow from
+    /// one call to the next (a lower one is not sent).
+    pub fn probe(&mut self, account: &str, probe: u64) {
+        let Some(st) = self.accounts.get_mut(account) else { return };
+        if self.phase != Phase::Open || !self.shared.contains(account) || probe <= st.probed {
+            return;
+        }
+        st.probed = probe;
+        self.queue(&Frame::Probe { account: account.to_string(), probe });
+    }
+
+    /// The highest probe of `account` the peer has answered (0: none).
+    pub fn probe_answered(&self, account: &str) -> u64 {
+        self.accounts.get(account).map_or(0, |a| a.probe_answered)
+    }
+
+    /// Answers [`Event::Probed`] with our version now (which the driver
+    /// read after the probe arrived); pushes what the peer lacks of it.
+    pub fn answer_probe(&mut self, account: &str, vv: VersionVector, probe: u64) {
+        let Some(st) = self.accounts.get_mut(account) else { return };
+        st.local = vv.clone();
+        let chunks = st.chunks_acked_out;
+        if self.phase == Phase::Open && self.shared.contains(account) {
+            self.queue(&Frame::Have { account: account.to_string(), vv, chunks, probe });
             self.maybe_need(account);
         }
     }

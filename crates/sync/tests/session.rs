@@ -48,6 +48,9 @@ impl Peer {
                     self.log.extend(self.replica.take_outbox());
                     self.session.applied(&account, self.replica.version().clone());
                 }
+                Event::Probed { account, probe } => {
+                    self.session.answer_probe(&account, self.replica.version().clone(), probe);
+                }
                 _ => {}
             }
         }
@@ -159,7 +162,7 @@ fn peer_cannot_touch_an_account_it_is_not_authorized_for() {
     let forged = Frame::Ops { account: "b".into(), batch: starling_model::codec::encode(&[], true) }.encode();
     assert_eq!(a.handle_frame(&forged), Err(SessionError::Unauthorized("b".into())));
     assert!(std::iter::from_fn(|| a.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
-    let have = Frame::Have { account: "b".into(), vv: VersionVector::new(), chunks: 0 }.encode();
+    let have = Frame::Have { account: "b".into(), vv: VersionVector::new(), chunks: 0, probe: 0 }.encode();
     assert!(a.handle_frame(&have).is_err());
 }
 
@@ -173,7 +176,7 @@ fn open_pair() -> (Session, Vec<Vec<u8>>) {
     r.append(INBOX, BlobId::of(b"z"), 1, 0, vec![Keyword::Seen]).unwrap();
     let ops = r.take_outbox();
     let samples = vec![
-        Frame::Have { account: "a".into(), vv: r.version().clone(), chunks: 0 }.encode(),
+        Frame::Have { account: "a".into(), vv: r.version().clone(), chunks: 0, probe: 0 }.encode(),
         Frame::Ops { account: "a".into(), batch: starling_model::codec::encode(&ops, true) }.encode(),
     ];
     (a, samples)
@@ -390,4 +393,28 @@ fn snapshot_parts_that_do_not_add_up_are_refused() {
         assert!(result.is_err(), "accepted");
         assert!(refused_cleanly(&mut a, result), "nothing of it reached the driver");
     }
+}
+
+/// A probe is answered with the peer's version as of its arrival, even when
+/// the peer's session had not been told of a change yet, and what that
+/// version holds follows it; an answer to a probe never asked is refused.
+#[test]
+fn a_probe_is_answered_with_the_version_as_of_its_arrival() {
+    let mut a = Peer::new(1, 2, &["a"]);
+    let mut b = Peer::new(2, 1, &["a"]);
+    run(&mut a, &mut b);
+    // A change at b that b's session has not heard of yet.
+    b.replica.append(INBOX, BlobId([7; 32]), 10, 1, vec![]).unwrap();
+    b.log.extend(b.replica.take_outbox());
+    a.session.probe("a", 1);
+    a.session.probe("a", 1);
+    run(&mut a, &mut b);
+    assert_eq!(a.session.probe_answered("a"), 1);
+    assert_eq!(a.session.peer_has("a"), Some(b.replica.version()));
+    assert_eq!(a.replica.version(), b.replica.version(), "what the answer names arrives");
+
+    let (mut s, _) = open_pair();
+    let forged = Frame::Have { account: "a".into(), vv: VersionVector::new(), chunks: 0, probe: 5 }.encode();
+    let r = s.handle_frame(&forged);
+    assert!(refused_cleanly(&mut s, r), "an answer to a probe never sent");
 }

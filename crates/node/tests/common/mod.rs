@@ -173,7 +173,8 @@ impl Node {
             .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            // The log, beside the data directory (kept when it is deleted).
+            .stderr(std::fs::File::options().create(true).append(true).open(self.dir.with_extension("log")).unwrap());
         if let Some(n) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs in
             // the child between fork and exec.
