@@ -189,3 +189,104 @@ fn uid_message_ids(out: &str) -> Vec<(u32, String)> {
     }
     pairs
 }
+
+/// mbsync (pull, a Maildir kept between runs) syncs INBOX from `node`;
+/// returns the Message-IDs in the Maildir afterwards, sorted.
+fn mbsync(node: &Node, work: &Path) -> Vec<String> {
+    let maildir = work.join("maildir");
+    std::fs::create_dir_all(&maildir).unwrap();
+    let rc = work.join("mbsyncrc");
+    let port = imap_port(node);
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount srv\nHost 127.0.0.1\nPort {port}\nUser alice\nPass pw\nSSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore remote\nAccount srv\n\n\
+             MaildirStore local\nPath {dir}/\nInbox {dir}/INBOX\n\n\
+             Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\nCreate Near\nSync Pull\nExpunge Near\nSyncState *\n",
+            dir = maildir.display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output().expect("mbsync runs");
+    assert!(
+        o.status.success(),
+        "mbsync: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut ids = Vec::new();
+    for sub in ["cur", "new"] {
+        for f in std::fs::read_dir(maildir.join("INBOX").join(sub)).unwrap() {
+            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+            let id = text.lines().find_map(|l| l.strip_prefix("Message-ID: ")).expect("a Message-ID");
+            ids.push(id.trim().to_string());
+        }
+    }
+    ids.sort();
+    ids
+}
+
+/// The Message-IDs of INBOX on `node`, sorted.
+fn server_ids(node: &Node) -> Vec<String> {
+    let mut c = login(node);
+    c.ok("s", "EXAMINE INBOX");
+    let mut ids: Vec<String> = uid_message_ids(&c.ok("f", "UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"))
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 16's "must show" with k = 1: a QRESYNC client (imaplib) and mbsync
+/// move between three nodes with changes on all of them; the first node's
+/// disk is lost and they fail over to a replica that was down meanwhile
+/// (it lags). After every switch the QRESYNC client's cache equals a full
+/// sync (it checks itself) and mbsync's Maildir holds exactly the server's
+/// messages: a UID reused for another message would leave a message out.
+#[test]
+fn qresync_and_mbsync_clients_fail_over_to_a_lagging_replica_with_k1() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let [mut a, mut b, mut c] = three_pinned(root);
+    for n in [&a, &b, &c] {
+        passwd(n, "pw");
+    }
+    let config = durability(root, "k1", 1, 60_000, "degrade");
+    for n in [&mut a, &mut b, &mut c] {
+        n.start_with(&["--config", &config], None);
+    }
+    let msg =
+        |i: usize| format!("From: ann@example.com\r\nSubject: m{i}\r\nMessage-ID: <m{i}@test>\r\n\r\nbody {i}\r\n");
+    let mut ca = login(&a);
+    for i in 0..6 {
+        ca.append(&format!("a{i}"), "INBOX", &msg(i));
+    }
+    let state = root.join("client.json");
+    let work = root.join("mbsync");
+    qresync_client(&a, &state);
+    assert_eq!(mbsync(&a, &work), server_ids(&a));
+    // C goes down and will lag; A and B change, each on its own.
+    c.stop();
+    ca.ok("s", "SELECT INBOX");
+    ca.ok("f", "UID STORE 2 +FLAGS (\\Seen)");
+    ca.ok("d", "UID STORE 3 +FLAGS (\\Deleted)");
+    ca.ok("e", "EXPUNGE");
+    ca.append("p", "INBOX", &msg(6));
+    let mut cb = login(&b);
+    cb.ok("s", "SELECT INBOX");
+    cb.ok("f", "UID STORE 4 +FLAGS (\\Flagged)");
+    cb.append("p", "INBOX", &msg(7));
+    drop((ca, cb));
+    qresync_client(&b, &state);
+    assert_eq!(mbsync(&b, &work), server_ids(&b));
+    // A's disk is lost; C comes back, lagging, and the clients go there at once.
+    lose_disk(&mut a);
+    c.start_with(&["--config", &config], None);
+    qresync_client(&c, &state);
+    let seen = mbsync(&c, &work);
+    assert_eq!(seen, server_ids(&c));
+    assert_eq!(seen, server_ids(&b), "C shows what B holds");
+    assert_eq!(seen.len(), 7, "six, one expunged, two appended: {seen:?}");
+}

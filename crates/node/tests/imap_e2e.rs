@@ -137,31 +137,6 @@ fn mbsync_round_trip() {
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
-/// Runs the imaplib QRESYNC client (tests/imap/qresync_client.py) against a
-/// node with the cache in `state`; it checks itself (no under-report,
-/// HIGHESTMODSEQ not down). Returns (UIDs reported by FETCH, messages).
-fn qresync_client(node: &Node, state: &Path) -> (u64, u64) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/qresync_client.py");
-    let port = imap_port(node).to_string();
-    let o = Command::new("python3")
-        .arg(&script)
-        .args([port.as_str(), "alice", "pw"])
-        .arg(state)
-        .output()
-        .expect("python3 runs");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "QRESYNC client at {}: {out}\n{}",
-        node.dir.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let field = |k: &str| -> u64 {
-        out.split(&format!("\"{k}\": ")).nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap()
-    };
-    (field("fetched"), field("messages"))
-}
-
 /// Issue 16: a QRESYNC client (Python's imaplib, cache kept between runs)
 /// moves between three real nodes, with changes on two of them, and fails
 /// over to the third while it lags. After every switch its cache equals a

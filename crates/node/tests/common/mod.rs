@@ -368,3 +368,28 @@ impl Delivery {
         self.r.get_ref().set_read_timeout(Some(t)).unwrap();
     }
 }
+
+/// Runs the imaplib QRESYNC client (tests/imap/qresync_client.py) against a
+/// node with the cache in `state`; it checks itself (no under-report,
+/// HIGHESTMODSEQ not down). Returns (UIDs reported by FETCH, messages).
+pub fn qresync_client(node: &Node, state: &Path) -> (u64, u64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/qresync_client.py");
+    let port = node.imap.lock().unwrap().expect("IMAP port printed").to_string();
+    let o = Command::new("python3")
+        .arg(&script)
+        .args([port.as_str(), "alice", "pw"])
+        .arg(state)
+        .output()
+        .expect("python3 runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "QRESYNC client at {}: {out}\n{}",
+        node.dir.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let field = |k: &str| -> u64 {
+        out.split(&format!("\"{k}\": ")).nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap()
+    };
+    (field("fetched"), field("messages"))
+}
