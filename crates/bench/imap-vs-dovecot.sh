@@ -30,15 +30,8 @@ idle=${IDLE_CONNECTIONS:-500}
 user=bench pass=bench-imap-pw
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # PORT PID WHAT
-  for _ in $(seq 600); do
-    kill -0 "$2" 2>/dev/null || { echo "$3 exited; see its log" >&2; return 1; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$3 did not listen on port $1 within 60 s" >&2; return 1
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 dpid= spid=
 cleanup() {
   for p in $dpid $spid; do kill -TERM "$p" 2>/dev/null || true; done

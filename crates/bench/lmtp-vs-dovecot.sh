@@ -30,15 +30,8 @@ IFS=, read -r -a conn_list <<< "$conns"
 IFS=, read -r -a count_list <<< "$counts"
 most=$(printf '%s\n' "${count_list[@]}" | sort -n | tail -1)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # PORT PID WHAT
-  for _ in $(seq 600); do
-    kill -0 "$2" 2>/dev/null || { echo "$3 exited; see its log" >&2; return 1; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$3 did not listen on port $1 within 60 s" >&2; return 1
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 pid=
 cleanup() { [ -z "$pid" ] || { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; }
 trap cleanup EXIT

@@ -280,6 +280,9 @@ impl Session {
                 }
             }
         }
+        // A client that moved here from another replica finds what the
+        // peers hold, not an older state (with k > 0).
+        self.catch_up();
         // A MODSEQ of another replica (or never issued): raised above first,
         // so HIGHESTMODSEQ below is above it; answered in full below.
         let placed = match &qresync {
@@ -287,7 +290,7 @@ impl Session {
             None => None,
         };
         let floor = self.recent_floor(id, None)?;
-        self.announce(id)?;
+        self.announce_after(id, true)?;
         let reader = self.reader()?;
         let status = reader.status(id)?;
         let mut selected = Selected::new(id, read_only);

@@ -1196,18 +1196,38 @@ impl Session {
     /// Records that clients were shown this mailbox's UIDNEXT (invariant U1:
     /// later arrivals must get UIDs at or above it). Writes only if it moved.
     pub(crate) fn announce(&mut self, id: MailboxId) -> Result<(), Fail> {
+        self.announce_after(id, false)
+    }
+
+    /// [`Session::announce`], saying whether the session has just caught
+    /// up with its peers ([`Session::catch_up`]): if not, and there are new
+    /// UIDs to show, it catches up first, so that UIDs another replica
+    /// showed reach this one before it shows its own.
+    pub(crate) fn announce_after(&mut self, id: MailboxId, caught_up: bool) -> Result<(), Fail> {
         let account = self.account_name().to_string();
         if self.shared.store.announce_due(&account, id)? {
-            // With exposure after k peers: UIDs another replica showed reach
-            // this one before it shows its own (see `Store::wait_caught_up`).
-            let policy = &self.shared.config.exposure;
-            let until = Instant::now() + policy.wait;
-            if let Exposed::Short { peers } = self.shared.store.wait_caught_up(&account, policy, until) {
-                tracing::warn!(account, peers, "new UIDs shown before catching up with the peers wanted");
+            if !caught_up {
+                self.catch_up();
             }
             self.write(|b| Ok(b.replica().announce(id)?))?;
         }
         Ok(())
+    }
+
+    /// With exposure after k peers: waits until this replica holds what k
+    /// connected peers hold now (`Store::wait_caught_up`), so that a client
+    /// failing over to a replica that lagged is shown what the others
+    /// showed, not an older state. Past the wait, goes on (logged).
+    pub(crate) fn catch_up(&mut self) {
+        let policy = &self.shared.config.exposure;
+        if policy.peers == 0 {
+            return;
+        }
+        let account = self.account_name().to_string();
+        let until = Instant::now() + policy.wait;
+        if let Exposed::Short { peers } = self.shared.store.wait_caught_up(&account, policy, until) {
+            tracing::warn!(account, peers, "shown before catching up with the peers wanted");
+        }
     }
 }
 

@@ -121,6 +121,9 @@ pub struct MailboxTree {
     /// The account's incarnation (0 for accounts made before there was
     /// one): part of every mailbox's UIDVALIDITY ([`MailboxId::uid_validity`]).
     pub incarnation: u64,
+    /// The account's password hash (a PHC string), replicated with the
+    /// account ([`AccountDoc::set_password`]); `None` if none was set.
+    pub password: Option<String>,
 }
 
 impl MailboxTree {
@@ -146,6 +149,8 @@ impl std::fmt::Debug for AccountDoc {
 
 /// The root key of the account's incarnation (no `/`: never a mailbox field).
 const INCARNATION: &str = "incarnation";
+/// The root key of the account's password hash.
+const PASSWORD: &str = "password";
 
 fn field(id: MailboxId, name: &str) -> String {
     format!("{}/{}", id.to_key(), name)
@@ -284,6 +289,20 @@ impl AccountDoc {
         self.commit()
     }
 
+    /// Sets the account's password hash (a PHC string), for every replica
+    /// of the account. A change made after seeing another replaces it;
+    /// concurrent changes resolve as automerge orders concurrent puts (the
+    /// same winner everywhere).
+    pub fn set_password(&mut self, hash: &str) -> Vec<u8> {
+        self.doc.put(ROOT, PASSWORD, hash).expect("put on root map");
+        self.commit()
+    }
+
+    /// The password hash, if one was set.
+    pub fn password(&self) -> Option<String> {
+        self.get_str(PASSWORD)
+    }
+
     /// The incarnation (0 if none was set).
     pub fn incarnation(&self) -> u64 {
         self.get_str(INCARNATION).and_then(|s| u64::from_str_radix(&s, 16).ok()).unwrap_or(0)
@@ -344,7 +363,12 @@ impl AccountDoc {
         let entries = self.entries();
         let visible: BTreeSet<MailboxId> =
             entries.values().filter(|e| !e.deleted || occupied(e.id)).map(|e| e.id).collect();
-        let mut tree = MailboxTree { entries: entries.clone(), incarnation: self.incarnation(), ..Default::default() };
+        let mut tree = MailboxTree {
+            entries: entries.clone(),
+            incarnation: self.incarnation(),
+            password: self.password(),
+            ..Default::default()
+        };
         for id in &visible {
             let name = full_name(&entries, *id);
             match tree.by_name.get(&name) {

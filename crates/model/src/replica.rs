@@ -199,21 +199,8 @@ impl Default for ReplicaOptions {
 /// A follow-up decided while settling, turned into an op afterwards.
 #[derive(Debug)]
 enum FollowUp {
-    Claim {
-        mailbox: MailboxId,
-        message: MessageId,
-        uid: Option<u32>,
-        retract: Option<u32>,
-    },
-    Move {
-        message: MessageId,
-        to: MailboxId,
-    },
-    /// Announce the mailbox's UIDNEXT (see `settle`: a claim nobody saw
-    /// that this replica keeps over a shown one is made shown).
-    Announce {
-        mailbox: MailboxId,
-    },
+    Claim { mailbox: MailboxId, message: MessageId, uid: Option<u32>, retract: Option<u32> },
+    Move { message: MessageId, to: MailboxId },
 }
 
 /// A decision already queued in a cascade (see [`Replica::apply`]).
@@ -225,8 +212,6 @@ enum Queued {
     Move(Packed),
     /// Every message of a merged mailbox (by index) has a move queued.
     Merged(u32),
-    /// An announce of a mailbox (by index).
-    Announce(u32),
 }
 
 /// Mailboxes, UIDs and messages an op touched, to settle afterwards.
@@ -789,10 +774,6 @@ impl<B: Backend> Replica<B> {
                         let m = self.lookup(message.0).expect("queued message is interned");
                         self.queued.remove(&Queued::Move(m));
                     }
-                    FollowUp::Announce { mailbox } => {
-                        let idx = self.mailbox(*mailbox);
-                        self.queued.remove(&Queued::Announce(idx));
-                    }
                     FollowUp::Claim { .. } => {}
                 }
                 let applied = match self.followup_body(f) {
@@ -1072,26 +1053,6 @@ impl<B: Backend> Replica<B> {
         })
     }
 
-    /// Whether a claim of `m` at `uid` was shown to clients: pinned, or
-    /// below what its claimant announced (and not withdrawn).
-    fn shown_at(&self, mb: u32, uid: u32, m: Packed) -> Result<bool, StorageError> {
-        let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
-        if let Some(s) = self.backend.slot(mb, uid)? {
-            claims.push(Claim { message: s.id, claimant: s.claimant });
-        }
-        claims.extend(self.backend.side_at(mb, uid)?);
-        for c in claims.into_iter().filter(|c| c.message == m) {
-            let key = ClaimKey { uid, message: m, claimant: c.claimant };
-            if self.backend.is_pinned(mb, key)? {
-                return Ok(true);
-            }
-            if !self.backend.is_retracted(mb, key)? && uid < self.announced(mb, c.claimant) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// Whether `m` has an own claim at `uid` that may still be withdrawn.
     fn own_withdrawable(&self, mb: u32, uid: u32, m: Packed, loc: MsgLoc) -> Result<bool, StorageError> {
         let key = ClaimKey { uid, message: m, claimant: 0 };
@@ -1144,7 +1105,6 @@ impl<B: Backend> Replica<B> {
             let mailbox_id = meta.id;
             let announced_me = self.announced(idx, 0);
             let mut moves: Vec<(Packed, u32, u32)> = Vec::new();
-            let mut announce_after = false;
             let mut ordered: Vec<Packed> = msgs.into_iter().collect();
             ordered.sort_by_key(|m| self.unpack(*m));
             for m in ordered {
@@ -1162,41 +1122,14 @@ impl<B: Backend> Replica<B> {
                 if loc.uid != 0 {
                     mine.push(loc.uid);
                 }
-                // The UIDs it wins at, by whether a client was shown them.
-                let mut winning: SmallVec<[(bool, u32); 4]> = SmallVec::new();
+                let mut best = None;
                 let mut retracts: SmallVec<[u32; 2]> = SmallVec::new();
                 for u in &mine {
                     if self.resolve(idx, *u)? == Some(m) {
-                        winning.push((self.shown_at(idx, *u, m)?, *u));
+                        best = best.max(Some(*u));
                     } else if self.own_withdrawable(idx, *u, m, loc)? {
                         // Own claims that lost and that no client has seen are withdrawn.
                         retracts.push(*u);
-                    }
-                }
-                // The highest UID it wins at, as every replica computes it
-                // (a fresh claim is above all others, so every replica ends
-                // where the last claim put it). But a UID a client was shown
-                // beats a higher one nobody saw (claims made before the
-                // announce that showed the other arrived): where this replica
-                // may place it there (where it is, or at or above its own
-                // announced UIDNEXT, U1), it does, withdrawing its own claims
-                // it does not keep, which tells the others. Where it may not
-                // (it announced past that UID without the message there), it
-                // keeps the highest and announces it, so it is shown too and
-                // wins everywhere.
-                let top = winning.iter().copied().max_by_key(|w| w.1);
-                let shown_top = winning.iter().filter(|w| w.0).map(|w| w.1).max();
-                let mut best = top.map(|w| w.1);
-                if let (Some((false, _)), Some(s)) = (top, shown_top) {
-                    if s == loc.uid || s >= announced_me {
-                        best = Some(s);
-                        for (_, u) in &winning {
-                            if *u != s && !retracts.contains(u) && self.own_withdrawable(idx, *u, m, loc)? {
-                                retracts.push(*u);
-                            }
-                        }
-                    } else {
-                        announce_after = true;
                     }
                 }
                 let message = MessageId(self.unpack(m));
@@ -1214,9 +1147,6 @@ impl<B: Backend> Replica<B> {
                 for r in retracts {
                     follow.push(FollowUp::Claim { mailbox: mailbox_id, message, uid: None, retract: Some(r) });
                 }
-            }
-            if announce_after {
-                follow.push(FollowUp::Announce { mailbox: mailbox_id });
             }
             // Unplace everything that moves first, so targets are free.
             let mut slots = Vec::with_capacity(moves.len());
@@ -1243,7 +1173,6 @@ impl<B: Backend> Replica<B> {
                     Some(Queued::Claim(self.mailbox(*mailbox), self.lookup(message.0).expect("settled message")))
                 }
                 FollowUp::Move { message, .. } => Some(Queued::Move(self.lookup(message.0).expect("settled message"))),
-                FollowUp::Announce { mailbox } => Some(Queued::Announce(self.mailbox(*mailbox))),
                 FollowUp::Claim { .. } => None,
             };
             if key.is_none_or(|k| self.queued.insert(k)) {
@@ -1267,10 +1196,6 @@ impl<B: Backend> Replica<B> {
                 OpBody::Claim { mailbox, message, uid, retract }
             }
             FollowUp::Move { message, to } => match self.move_body(message, to)? {
-                Some(body) => body,
-                None => return Ok(None),
-            },
-            FollowUp::Announce { mailbox } => match self.announce_body(mailbox)? {
                 Some(body) => body,
                 None => return Ok(None),
             },
@@ -1462,21 +1387,11 @@ impl<B: Backend> Replica<B> {
     /// update, STATUS UIDNEXT). Makes an op only if UIDNEXT moved since the
     /// last announce. Only messages placed since then are looked at.
     pub fn announce(&mut self, mailbox: MailboxId) -> Result<(), LocalError> {
-        self.mailbox_index(mailbox).ok_or(LocalError::NoSuchMailbox(mailbox))?;
-        if let Some(body) = self.announce_body(mailbox)? {
-            self.emit(body)?;
-        }
-        Ok(())
-    }
-
-    /// The announce of `mailbox`'s UIDNEXT as of now, pinning the claims
-    /// of other replicas it shows; `None` if it would show nothing new.
-    fn announce_body(&self, mailbox: MailboxId) -> Result<Option<OpBody>, StorageError> {
-        let Some(idx) = self.mailbox_index(mailbox) else { return Ok(None) };
+        let idx = self.mailbox_index(mailbox).ok_or(LocalError::NoSuchMailbox(mailbox))?;
         let before = self.announced(idx, 0);
         let uid_next = self.mailboxes[idx as usize].uid_next;
         if uid_next <= before {
-            return Ok(None);
+            return Ok(());
         }
         let mut pins = Vec::new();
         for s in self.backend.slots_from(idx, before, usize::MAX)? {
@@ -1487,7 +1402,8 @@ impl<B: Backend> Replica<B> {
                 pins.push(Pin { uid: s.uid, message: MessageId(self.unpack(s.id)), claimant });
             }
         }
-        Ok(Some(OpBody::Announce { mailbox, uid_next, pins }))
+        self.emit(OpBody::Announce { mailbox, uid_next, pins })?;
+        Ok(())
     }
 
     /// UIDNEXT of a mailbox as this replica would announce it.
@@ -1580,6 +1496,14 @@ impl<B: Backend> Replica<B> {
     /// Names this incarnation of the account ([`AccountDoc::set_incarnation`]).
     pub fn set_incarnation(&mut self, incarnation: u64) -> Result<(), LocalError> {
         let change = self.account.set_incarnation(incarnation);
+        self.account_op(change)?;
+        Ok(())
+    }
+
+    /// Sets the account's password hash (a PHC string) on every replica of
+    /// the account ([`crate::account::AccountDoc::set_password`]).
+    pub fn set_password(&mut self, hash: &str) -> Result<(), LocalError> {
+        let change = self.account.set_password(hash);
         self.account_op(change)?;
         Ok(())
     }

@@ -34,7 +34,8 @@ pub enum Request {
     Flag { user: String, mailbox: String, uids: String, add: Vec<String>, remove: Vec<String> },
     /// Set an account's password hash (the CLI hashes; the password never
     /// crosses the socket).
-    Passwd { user: String, hash: String },
+    /// `local`: this node's own, not replicated (it wins over the account's here).
+    Passwd { user: String, hash: String, local: bool },
 }
 
 /// The node's answer.
@@ -154,9 +155,13 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             Ok(format!("{} messages in {mailbox}: keywords changed", messages.len()))
         }
-        Request::Passwd { user, hash } => {
+        Request::Passwd { user, hash, local: false } => {
             store.set_credential(user, hash).map_err(|e| e.to_string())?;
-            Ok(format!("password of {user} set"))
+            Ok(format!("password of {user} set (on every node the account syncs to)"))
+        }
+        Request::Passwd { user, hash, local: true } => {
+            store.set_local_credential(user, Some(hash)).map_err(|e| e.to_string())?;
+            Ok(format!("password of {user} set on this node only"))
         }
         Request::Status => Err("status comes from the node".into()),
     }

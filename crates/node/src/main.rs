@@ -136,9 +136,14 @@ enum AccountAction {
         user: String,
     },
     /// Set an account's IMAP password, read from standard input (one line).
+    /// It replicates with the account to the peers that sync it.
     Passwd {
         /// The account.
         user: String,
+        /// This node only: not replicated, and it wins here over the
+        /// account's own password.
+        #[arg(long)]
+        local: bool,
     },
     /// List accounts.
     List,
@@ -446,7 +451,7 @@ fn run(cli: Cli) -> Result<(), String> {
             open_store(&cli.data_dir)?.add_account(&user).map_err(|e| e.to_string())?;
             println!("account {user} created");
         }
-        Command::Account { action: AccountAction::Passwd { user } } => {
+        Command::Account { action: AccountAction::Passwd { user, local } } => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the password: {e}"))?;
             let password = line.trim_end_matches(['\r', '\n']);
@@ -454,7 +459,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("empty password (give it on standard input)".into());
             }
             let hash = starling_imap::auth::hash_password(password);
-            println!("{}", via_node(&cli.data_dir, control::Request::Passwd { user, hash })?);
+            println!("{}", via_node(&cli.data_dir, control::Request::Passwd { user, hash, local })?);
         }
         Command::Account { action: AccountAction::List } => {
             for a in open_store(&cli.data_dir)?.accounts() {

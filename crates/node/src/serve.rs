@@ -98,6 +98,16 @@ pub fn run(
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let store = Arc::new(store);
+        // An account a pinned peer syncs is made here if missing: it fills
+        // from the peers (its incarnation and password come with it).
+        for p in peers.iter() {
+            for a in &p.accounts {
+                if !store.accounts().contains(a) {
+                    store.add_account(a).map_err(|e| format!("account {a}: {e}"))?;
+                    tracing::info!(account = a.as_str(), "account created here: a pinned peer syncs it");
+                }
+            }
+        }
         let identity = Arc::new(identity);
         let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
         let endpoint = Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), pinned).map_err(|e| e.to_string())?);

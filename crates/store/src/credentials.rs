@@ -1,31 +1,55 @@
-//! Password hashes: local to this node, never replicated.
+//! Password hashes: replicated with the account (its document, so every
+//! node the account syncs to can log its user in), and a per-node override
+//! kept in this node's own table, never replicated, that wins over it.
 
 use crate::*;
 use redb::ReadableDatabase;
 
 impl Store {
     /// Sets the password hash (a PHC string made by the caller) of an
-    /// account, durably. Credentials are this node's own, never replicated.
+    /// account on every replica of it: an op of the account document,
+    /// committed durably and sent to the account's peers.
     pub fn set_credential(&self, account: &str, hash: &str) -> Result<(), StoreError> {
+        self.write(account, |b| Ok(b.replica().set_password(hash)?))
+    }
+
+    /// Sets this node's own password hash of an account, which wins over
+    /// the replicated one here and is never sent anywhere; `None` removes it.
+    pub fn set_local_credential(&self, account: &str, hash: Option<&str>) -> Result<(), StoreError> {
         self.account(account)?;
         self.run(|db| {
             let w = db.begin_write().map_err(st)?;
-            w.open_table(CREDENTIALS).map_err(st)?.insert(account, hash).map_err(st)?;
+            {
+                let mut t = w.open_table(CREDENTIALS).map_err(st)?;
+                match hash {
+                    Some(h) => t.insert(account, h).map(|_| ()).map_err(st)?,
+                    None => t.remove(account).map(|_| ()).map_err(st)?,
+                }
+            }
             w.commit().map_err(st)
         })?;
         self.core.db.committed();
         Ok(())
     }
 
-    /// The password hash of an account, if one was set.
+    /// The password hash an account logs in with here, if any: this node's
+    /// own, else the replicated one.
     pub fn credential(&self, account: &str) -> Result<Option<String>, StoreError> {
-        self.run(|db| {
+        let local = self.run(|db| {
             let r = db.begin_read().map_err(st)?;
             match r.open_table(CREDENTIALS) {
                 Ok(t) => Ok(t.get(account).map_err(st)?.map(|g| g.value().to_string())),
                 Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
                 Err(e) => Err(st(e)),
             }
-        })
+        })?;
+        if local.is_some() {
+            return Ok(local);
+        }
+        match self.read(account) {
+            Ok(r) => Ok(r.names().tree.password.clone()),
+            Err(StoreError::NoSuchAccount(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -40,9 +40,15 @@ pub fn free_udp_port() -> u16 {
 
 impl Node {
     pub fn new(root: &Path, name: &str) -> Node {
+        let node = Node::bare(root, name);
+        run(&node.dir, &["account", "add", "alice"]);
+        node
+    }
+
+    /// A node with no account yet.
+    pub fn bare(root: &Path, name: &str) -> Node {
         let dir = root.join(name);
         let id = run(&dir, &["id"]).trim().to_string();
-        run(&dir, &["account", "add", "alice"]);
         Node {
             dir,
             port: free_udp_port(),
