@@ -27,7 +27,10 @@ fn server_on(replica: ReplicaId, config: Config) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store.redb"), replica, StoreOptions::default()).unwrap();
     store.add_account("alice").unwrap();
-    store.set_credential("alice", &starling_imap::auth::hash_password("pw")).unwrap();
+    // This node's own password: the account has no op of its own until a
+    // client changes something, so two servers here are replicas of one
+    // account (one incarnation) once ops are shipped.
+    store.set_local_credential("alice", Some(&starling_imap::auth::hash_password("pw"))).unwrap();
     // The store's commits tell the node (here: a counter).
     let notified = Arc::new(AtomicUsize::new(0));
     let n = notified.clone();
@@ -407,7 +410,7 @@ fn the_login_cache_follows_the_stored_credential() {
     assert!(ok);
     let (ok, cached) = login("pw");
     assert!(ok && cached * 4 < first, "first {first:?}, cached {cached:?}");
-    srv.shared.store.set_credential("alice", &starling_imap::auth::hash_password("new")).unwrap();
+    srv.shared.store.set_local_credential("alice", Some(&starling_imap::auth::hash_password("new"))).unwrap();
     assert!(!login("pw").0, "the old password after a change");
     assert!(login("new").0);
 }
