@@ -545,6 +545,8 @@ struct AccountState {
     /// The last probe we sent, and the highest the peer answered.
     probed: u64,
     probe_answered: u64,
+    /// The highest probe the peer sent that we have not answered (0: none).
+    probe_in: u64,
     /// Parts of a snapshot received so far, and the length they add up to.
     snapshot_in: Vec<u8>,
     snapshot_total: u64,
@@ -914,7 +916,13 @@ impl Session {
                 if !self.shared.contains(&account) {
                     return self.close(SessionError::Unauthorized(account));
                 }
-                self.events.push_back(Event::Probed { account, probe });
+                // Probes that arrive before the answer share it: one
+                // `Have`, naming the latest, whatever a peer sends.
+                let st = self.accounts.get_mut(&account).expect("shared account");
+                if st.probe_in == 0 {
+                    self.events.push_back(Event::Probed { account, probe });
+                }
+                st.probe_in = st.probe_in.max(probe);
                 Ok(())
             }
             (Phase::Open, Frame::Held { ids }) => {
@@ -1157,6 +1165,7 @@ impl Session {
     /// read after the probe arrived); pushes what the peer lacks of it.
     pub fn answer_probe(&mut self, account: &str, vv: VersionVector, probe: u64) {
         let Some(st) = self.accounts.get_mut(account) else { return };
+        let probe = std::mem::take(&mut st.probe_in).max(probe);
         st.local = vv.clone();
         let chunks = st.chunks_acked_out;
         if self.phase == Phase::Open && self.shared.contains(account) {

@@ -418,3 +418,24 @@ fn a_probe_is_answered_with_the_version_as_of_its_arrival() {
     let r = s.handle_frame(&forged);
     assert!(refused_cleanly(&mut s, r), "an answer to a probe never sent");
 }
+
+/// However many probes a peer sends before the answer, one `Have` answers
+/// them, naming the latest: a peer cannot make the session queue more.
+#[test]
+fn probes_before_the_answer_share_one() {
+    let (mut s, _) = open_pair();
+    for probe in 1..=1000 {
+        s.handle_frame(&Frame::Probe { account: "a".into(), probe }.encode()).unwrap();
+    }
+    let mut asked = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        if let Event::Probed { account, probe } = ev {
+            asked.push((account, probe));
+        }
+    }
+    assert_eq!(asked, [("a".to_string(), 1)]);
+    while s.poll_transmit().is_some() {}
+    s.answer_probe("a", VersionVector::new(), 1);
+    let haves: Vec<Frame> = std::iter::from_fn(|| s.poll_transmit()).map(|f| Frame::decode(&f).unwrap()).collect();
+    assert!(matches!(haves.as_slice(), [Frame::Have { probe: 1000, .. }]), "{haves:?}");
+}
