@@ -303,7 +303,7 @@ fn an_account_and_its_password_reach_a_node_that_never_had_them() {
     let mut b = Node::bare(root.path(), "b");
     a.pin(&b);
     b.pin(&a);
-    passwd(&a, "first");
+    passwd_replicated(&a, "first");
     a.start();
     b.start();
     let mut c = login_with(&a, "first");
@@ -312,10 +312,10 @@ fn an_account_and_its_password_reach_a_node_that_never_had_them() {
     let mut c = login_with(&b, "first");
     let select = c.ok("s", "SELECT INBOX");
     assert!(select.contains("* 1 EXISTS"), "{select}");
-    passwd(&b, "second");
+    passwd_replicated(&b, "second");
     wait_for("B's new password on A", || try_login(&a, "second"));
     assert!(!try_login(&a, "first"), "the old password no longer opens A");
-    set_local_password(&b, "only-b");
+    passwd(&b, "only-b");
     assert!(try_login(&b, "only-b") && !try_login(&b, "second"), "B's own password wins on B");
     assert!(try_login(&a, "second") && !try_login(&a, "only-b"), "and never leaves B");
 }
@@ -329,19 +329,4 @@ fn login_with(node: &Node, password: &str) -> Imap {
     let mut c = Imap::connect(imap_port(node));
     c.ok("l", &format!("LOGIN alice {password}"));
     c
-}
-
-/// `account passwd --local` on a node.
-fn set_local_password(node: &Node, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&node.dir)
-        .args(["account", "passwd", "alice", "--local"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
 }

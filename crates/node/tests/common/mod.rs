@@ -152,12 +152,25 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Sets alice's IMAP password on a node (through `account passwd`, stdin).
+/// Sets alice's IMAP password on a node, for that node only (`account
+/// passwd --local`, stdin): what most tests want, as it writes no op (the
+/// nodes' accounts stay one incarnation when they meet).
 pub fn passwd(node: &Node, password: &str) {
+    set_password(node, password, true);
+}
+
+/// Sets alice's IMAP password the replicated way (`account passwd`): it
+/// reaches every node that syncs the account.
+pub fn passwd_replicated(node: &Node, password: &str) {
+    set_password(node, password, false);
+}
+
+fn set_password(node: &Node, password: &str, local: bool) {
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(&node.dir)
         .args(["account", "passwd", "alice"])
+        .args(local.then_some("--local"))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
