@@ -912,11 +912,11 @@ impl Session {
             || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
             |d| d.as_ref().timestamp(),
         );
-        let uid = self.write(|b| {
-            let m = b.append(id, raw, date, flags)?;
-            Ok(b.replica().uid_of(m).map_or(0, |(_, u)| u))
+        let (uid, blob) = self.write(|b| {
+            let (m, blob) = b.append_body(id, raw, date, flags)?;
+            Ok((b.replica().uid_of(m).map_or(0, |(_, u)| u), blob))
         })?;
-        self.note_body(starling_model::BlobId::of(raw));
+        self.note_body(blob);
         Ok(format!("[APPENDUID {validity} {uid}] APPEND completed"))
     }
 

@@ -182,9 +182,7 @@ impl PeerLink {
     /// Sends the probes the store's catch-up waits want
     /// ([`Store::probe_wanted`]); call it when [`Store::probes`] changes.
     pub fn probe_due(&mut self, store: &Store) {
-        for a in &self.accounts {
-            self.session.probe(a, store.probe_wanted(a));
-        }
+        send_probes(&mut self.session, store, &self.accounts);
     }
 
     /// When [`PeerLink::handle_timeout`] is due next, if a timer is set.
@@ -429,13 +427,19 @@ impl PeerLink {
             Event::Open { .. } => {
                 let _ = s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?);
                 // A catch-up wait that began before the link opened.
-                for a in &self.accounts {
-                    s.probe(a, store.probe_wanted(a));
-                }
+                send_probes(s, store, &self.accounts);
             }
             Event::Closed { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// Sends each account's probe the store's catch-up waits want (a session
+/// sends a given probe once).
+fn send_probes(session: &mut Session, store: &Store, accounts: &[String]) {
+    for a in accounts {
+        session.probe(a, store.probe_wanted(a));
     }
 }
 

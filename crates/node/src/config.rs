@@ -377,8 +377,8 @@ impl Config {
             connections_per_account: n(&i.connections_per_account, d.connections_per_account),
             plaintext_on_loopback: i.plaintext_on_loopback.unwrap_or(d.plaintext_on_loopback),
             body_wait: ms(&i.body_wait_ms, BODY_WAIT),
-            // `serve` adds each account's pinned peers.
-            exposure: self.durability(),
+            // `serve` sets it from `durability()` with the pinned peers.
+            exposure: Default::default(),
             auth: starling_imap::auth::GuardLimits {
                 delay: ms(&i.auth_failure_delay_ms, a.delay),
                 delay_max: ms(&i.auth_failure_delay_max_ms, a.delay_max),

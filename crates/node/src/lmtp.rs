@@ -26,7 +26,7 @@
 //!   ([`starling_net::listen::accept_forever`]).
 
 use starling_lmtp::{Backend, Limits, Session};
-use starling_model::INBOX;
+use starling_model::{BlobId, MessageId, INBOX};
 use starling_net::listen::{accept_forever, AcceptErrors, ConnCounter, ConnLimits};
 use starling_store::{Exposed, ExposurePolicy, Store, WhenShort};
 use std::sync::Arc;
@@ -115,10 +115,11 @@ struct StoreBackend {
 }
 
 impl StoreBackend {
-    /// Stores the message in `account`'s INBOX (committed, fsync).
-    fn store(&self, account: &str, message: &[u8]) -> Result<starling_model::MessageId, String> {
+    /// Stores the message in `account`'s INBOX (committed, fsync): the
+    /// message and its body.
+    fn store(&self, account: &str, message: &[u8]) -> Result<(MessageId, BlobId), String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.store.write(account, |b| b.append(INBOX, message, now, vec![])).map_err(|e| e.to_string())
+        self.store.write(account, |b| b.append_body(INBOX, message, now, vec![])).map_err(|e| e.to_string())
     }
 }
 
@@ -142,13 +143,12 @@ impl Backend for StoreBackend {
     /// its body. Short of k by the deadline: `250` anyway (degrade), or
     /// withdraw the delivery and answer `451` so the MTA retries (refuse).
     fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), String>> {
-        let stored: Vec<Result<starling_model::MessageId, String>> =
+        let stored: Vec<Result<(MessageId, BlobId), String>> =
             tokio::task::block_in_place(|| accounts.iter().map(|a| self.store(a, message)).collect());
         let policy = &*self.durability;
         if policy.peers == 0 {
             return stored.into_iter().map(|r| r.map(|_| ())).collect();
         }
-        let blob = starling_model::BlobId::of(message);
         let deadline = tokio::time::Instant::now() + policy.wait;
         let store = &self.store;
         tokio::task::block_in_place(|| {
@@ -157,7 +157,7 @@ impl Backend for StoreBackend {
                 .iter()
                 .zip(stored)
                 .map(|(account, r)| {
-                    let message = r?;
+                    let (message, blob) = r?;
                     let e = store.exposure(account, vec![blob]).map_err(|e| e.to_string())?;
                     match rt.block_on(store.expose_by(&e, policy, deadline)) {
                         Exposed::Short { peers } => {

@@ -20,6 +20,16 @@ fn durability(root: &Path, name: &str, k: usize, wait_ms: u64, when_short: &str)
     path.to_str().unwrap().to_string()
 }
 
+/// Three nodes each pinning the other two, alice's password set on each,
+/// and the config asking for one peer (not started).
+fn three_with_k1(root: &Path) -> ([Node; 3], String) {
+    let nodes = three_pinned(root);
+    for n in &nodes {
+        passwd(n, "pw");
+    }
+    (nodes, durability(root, "k1", 1, 60_000, "degrade"))
+}
+
 /// Two nodes pinned to each other, alice's password set on both.
 fn pair(root: &Path) -> (Node, Node) {
     let a = Node::new(root, "a");
@@ -127,11 +137,7 @@ fn a_delivery_short_of_peers_is_refused_and_withdrawn() {
 fn an_imap_client_failing_over_after_a_lost_disk_sees_what_it_was_shown() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let [mut a, mut b, mut c] = three_pinned(root);
-    for n in [&a, &b, &c] {
-        passwd(n, "pw");
-    }
-    let config = durability(root, "k1", 1, 60_000, "degrade");
+    let ([mut a, mut b, mut c], config) = three_with_k1(root);
     a.start_with(&["--config", &config], None);
     b.start_with(&["--config", &config], None);
     for i in 0..3 {
@@ -249,11 +255,7 @@ fn server_ids(node: &Node) -> Vec<String> {
 fn qresync_and_mbsync_clients_fail_over_to_a_lagging_replica_with_k1() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let [mut a, mut b, mut c] = three_pinned(root);
-    for n in [&a, &b, &c] {
-        passwd(n, "pw");
-    }
-    let config = durability(root, "k1", 1, 60_000, "degrade");
+    let ([mut a, mut b, mut c], config) = three_with_k1(root);
     for n in [&mut a, &mut b, &mut c] {
         n.start_with(&["--config", &config], None);
     }

@@ -56,8 +56,19 @@ impl<'a> Batch<'a> {
         internal_date: i64,
         flags: Vec<Keyword>,
     ) -> Result<MessageId, StoreError> {
+        Ok(self.append_body(mailbox, raw, internal_date, flags)?.0)
+    }
+
+    /// [`Batch::append`], also giving the id of the body it stored.
+    pub fn append_body(
+        &mut self,
+        mailbox: MailboxId,
+        raw: &[u8],
+        internal_date: i64,
+        flags: Vec<Keyword>,
+    ) -> Result<(MessageId, BlobId), StoreError> {
         let blob = self.put_body(raw)?;
-        Ok(self.replica.append(mailbox, blob, raw.len() as u64, internal_date, flags)?)
+        Ok((self.replica.append(mailbox, blob, raw.len() as u64, internal_date, flags)?, blob))
     }
 }
 
