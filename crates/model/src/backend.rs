@@ -168,6 +168,12 @@ pub trait Backend {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a pin.
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
+    /// Every claim U1 forced in a mailbox (for state snapshots).
+    fn forced_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
+    /// Whether a claim was one U1 forced (`OpBody::Forced`).
+    fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
+    /// Records a forced claim.
+    fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +184,7 @@ struct MemMailbox {
     side_by_msg: HashMap<Packed, SmallVec<[u32; 2]>>,
     retracted: HashSet<ClaimKey>,
     pinned: HashSet<ClaimKey>,
+    forced: HashSet<ClaimKey>,
 }
 
 impl MemMailbox {
@@ -348,6 +355,16 @@ impl Backend for MemBackend {
     }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).pinned.insert(key);
+        Ok(())
+    }
+    fn forced_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+        Ok(self.get(mailbox).map(|b| b.forced.iter().copied().collect()).unwrap_or_default())
+    }
+    fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
+        Ok(self.get(mailbox).is_some_and(|b| b.forced.contains(&key)))
+    }
+    fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
+        self.mb(mailbox).forced.insert(key);
         Ok(())
     }
 }

@@ -98,7 +98,7 @@ fn map_replicas(
                 dot(&mut m.0, f)?;
             }
         }
-        OpBody::Claim { mailbox, message, .. } => {
+        OpBody::Claim { mailbox, message, .. } | OpBody::Forced { mailbox, message, .. } => {
             dot(&mut mailbox.0, f)?;
             dot(&mut message.0, f)?;
         }
@@ -337,6 +337,11 @@ fn validate(op: &Op) -> Result<(), DecodeError> {
                 return bad("claim");
             }
         }
+        OpBody::Forced { uid, retract, .. } => {
+            if *uid == 0 || *retract == Some(0) {
+                return bad("forced claim");
+            }
+        }
         OpBody::Announce { uid_next, .. } => {
             if *uid_next == 0 {
                 return bad("announce");
@@ -382,6 +387,16 @@ mod tests {
                     message: MessageId(Dot::new(a, 1)),
                     add: vec![Keyword::Flagged],
                     remove: vec![(Keyword::Seen, Dot::new(a, 1))],
+                },
+            },
+            Op {
+                dot: Dot::new(b, 8),
+                deps: vec![],
+                body: OpBody::Forced {
+                    mailbox: MailboxId(Dot::new(ReplicaId(0), 0)),
+                    message: MessageId(Dot::new(a, 1)),
+                    uid: 9,
+                    retract: Some(1),
                 },
             },
         ]

@@ -23,6 +23,9 @@ pub enum Mutation {
     /// whichever replica issued it (the store's; the under-report issue 16
     /// measured).
     PlaceEveryModseq = 5,
+    /// A claim U1 forced counts as a plain claim: a message prefers a UID a
+    /// client saw elsewhere below what this replica showed (U1 broken).
+    ForcedAsPlain = 6,
 }
 
 #[cfg(feature = "mutations")]

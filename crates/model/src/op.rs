@@ -87,6 +87,22 @@ pub enum OpBody {
         /// The change, as automerge encodes it.
         change: Vec<u8>,
     },
+    /// A UID claim that U1 forced on its author: it had shown its clients a
+    /// UIDNEXT above every UID the message could keep, so the message must
+    /// not appear there below this one. Every replica prefers it, as it
+    /// prefers exposed claims, over the message's unexposed claims; against
+    /// other messages' claims at the same UID it competes as a plain claim.
+    /// Like `Claim`, it may withdraw one of the author's own claims.
+    Forced {
+        /// Mailbox of the claim.
+        mailbox: MailboxId,
+        /// The message.
+        message: MessageId,
+        /// The claimed UID (the author's UIDNEXT).
+        uid: u32,
+        /// The author's own earlier claim on this uid, withdrawn.
+        retract: Option<u32>,
+    },
 }
 
 /// Immutable attributes of a new message instance.

@@ -30,6 +30,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 /// refuses ops and the peer must catch up by state.
 pub const PENDING_MAX: usize = 100_000;
 
+/// Most new UID claims settling makes for one message while applying one op
+/// and what it sets off. One is the rule's need (a fresh claim sits above
+/// every claim this replica knows, so it is the message's best); past this
+/// the UID rule is looping, and [`Replica::apply`] fails instead of spinning.
+pub const CLAIMS_PER_CASCADE_MAX: u8 = 8;
+
 /// Why an op could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -45,6 +51,10 @@ pub enum ApplyError {
     /// The causal buffer is full.
     #[error("causal buffer full ({PENDING_MAX} ops waiting)")]
     PendingFull,
+    /// Settling one op claimed a UID for one message too often: a livelock
+    /// in the UID rule (a bug), stopped instead of spinning.
+    #[error("settling claimed a UID for {0:?} more than {CLAIMS_PER_CASCADE_MAX} times in one cascade")]
+    Cascade(MessageId),
     /// A mailbox's UID space is used up.
     #[error("UID space of {0:?} exhausted")]
     UidsExhausted(MailboxId),
@@ -199,8 +209,19 @@ impl Default for ReplicaOptions {
 /// A follow-up decided while settling, turned into an op afterwards.
 #[derive(Debug)]
 enum FollowUp {
-    Claim { mailbox: MailboxId, message: MessageId, uid: Option<u32>, retract: Option<u32> },
-    Move { message: MessageId, to: MailboxId },
+    /// A claim (`uid: Some(0)` is a fresh one at UIDNEXT, decided when it is
+    /// made; `forced`: one U1 forces, `OpBody::Forced`) and/or a withdrawal.
+    Claim {
+        mailbox: MailboxId,
+        message: MessageId,
+        uid: Option<u32>,
+        retract: Option<u32>,
+        forced: bool,
+    },
+    Move {
+        message: MessageId,
+        to: MailboxId,
+    },
 }
 
 /// A decision already queued in a cascade (see [`Replica::apply`]).
@@ -245,6 +266,8 @@ pub struct Replica<B: Backend = MemBackend> {
     /// The queued claim being applied now (taken off `queued` so that its
     /// message is settled), by mailbox index and message.
     claiming: Option<(u32, Packed)>,
+    /// New claims per message in the current cascade ([`CLAIMS_PER_CASCADE_MAX`]).
+    cascade: HashMap<Packed, u8>,
     outbox: Vec<Op>,
     /// Ops applied since the last [`Replica::take_applied`], when recording.
     applied: Option<Vec<AppliedOp>>,
@@ -294,6 +317,7 @@ impl<B: Backend> Replica<B> {
             queued: HashSet::new(),
             claims_queued: HashMap::new(),
             claiming: None,
+            cascade: HashMap::new(),
             outbox: Vec::new(),
             applied: None,
             backend,
@@ -410,6 +434,7 @@ impl<B: Backend> Replica<B> {
             queued,
             claims_queued,
             claiming,
+            cascade,
             outbox,
             applied,
             backend: old,
@@ -434,6 +459,7 @@ impl<B: Backend> Replica<B> {
             queued,
             claims_queued,
             claiming,
+            cascade,
             outbox,
             applied,
             backend,
@@ -491,6 +517,7 @@ impl<B: Backend> Replica<B> {
                 side,
                 retracted: self.backend.retracted_in(i)?.into_iter().map(claim).collect(),
                 pinned: self.backend.pinned_in(i)?.into_iter().map(claim).collect(),
+                forced: self.backend.forced_in(i)?.into_iter().map(claim).collect(),
             });
         }
         let tombstones = self.backend.tombstones()?.into_iter().map(|p| MessageId(self.unpack(p))).collect();
@@ -543,7 +570,7 @@ impl<B: Backend> Replica<B> {
                     self.backend.set_envelope(id, e)?;
                 }
             }
-            for (list, kind) in [(mb.side, 0), (mb.retracted, 1), (mb.pinned, 2)] {
+            for (list, kind) in [(mb.side, 0), (mb.retracted, 1), (mb.pinned, 2), (mb.forced, 3)] {
                 for c in list {
                     let key = ClaimKey {
                         uid: c.uid,
@@ -555,7 +582,8 @@ impl<B: Backend> Replica<B> {
                             self.backend.add_side(i, key.uid, Claim { message: key.message, claimant: key.claimant })?
                         }
                         1 => self.backend.add_retracted(i, key)?,
-                        _ => self.backend.add_pinned(i, key)?,
+                        2 => self.backend.add_pinned(i, key)?,
+                        _ => self.backend.add_forced(i, key)?,
                     }
                 }
             }
@@ -748,6 +776,7 @@ impl<B: Backend> Replica<B> {
             self.followups.clear();
             self.queued.clear();
             self.claims_queued.clear();
+            self.cascade.clear();
             self.ready.clear();
         }
         result
@@ -768,6 +797,11 @@ impl<B: Backend> Replica<B> {
                         if self.queued.remove(&Queued::Claim(idx, m)) {
                             *self.claims_queued.get_mut(&idx).expect("counted") -= 1;
                             self.claiming = Some((idx, m));
+                        }
+                        let n = self.cascade.entry(m).or_default();
+                        *n += 1;
+                        if *n > CLAIMS_PER_CASCADE_MAX {
+                            return Err(ApplyError::Cascade(*message));
                         }
                     }
                     FollowUp::Move { message, .. } => {
@@ -791,6 +825,7 @@ impl<B: Backend> Replica<B> {
             if self.followups.is_empty() {
                 self.queued.clear();
                 self.claims_queued.clear();
+                self.cascade.clear();
             }
             match self.ready.pop_front() {
                 // Already applied (it also came again after the replica was opened).
@@ -907,18 +942,10 @@ impl<B: Backend> Replica<B> {
                 }
             }
             OpBody::Claim { mailbox, message, uid, retract } => {
-                let m = self.packed(message.0)?;
-                let idx = self.mailbox(*mailbox);
-                if let Some(u) = uid {
-                    if *u == 0 {
-                        return Err(ApplyError::InvalidUid(op.dot));
-                    }
-                    self.note_claim(idx, *u, m, author, dirty)?;
-                }
-                if let Some(r) = retract {
-                    self.backend.add_retracted(idx, ClaimKey { uid: *r, message: m, claimant: author })?;
-                    dirty.entry(idx).or_default().0.insert(*r);
-                }
+                self.apply_claim(op.dot, author, *mailbox, *message, (*uid, false), *retract, dirty)?
+            }
+            OpBody::Forced { mailbox, message, uid, retract } => {
+                self.apply_claim(op.dot, author, *mailbox, *message, (Some(*uid), true), *retract, dirty)?
             }
             OpBody::Announce { mailbox, uid_next, pins } => {
                 let idx = self.mailbox(*mailbox);
@@ -946,6 +973,36 @@ impl<B: Backend> Replica<B> {
                 self.account_dirty = true;
                 self.refresh_tree(dirty)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A claim (`forced`: one U1 forced on its author) and/or a withdrawal.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_claim(
+        &mut self,
+        dot: Dot,
+        author: u16,
+        mailbox: MailboxId,
+        message: MessageId,
+        (uid, forced): (Option<u32>, bool),
+        retract: Option<u32>,
+        dirty: &mut Dirty,
+    ) -> Result<(), ApplyError> {
+        let m = self.packed(message.0)?;
+        let idx = self.mailbox(mailbox);
+        if let Some(u) = uid {
+            if u == 0 {
+                return Err(ApplyError::InvalidUid(dot));
+            }
+            if forced {
+                self.backend.add_forced(idx, ClaimKey { uid: u, message: m, claimant: author })?;
+            }
+            self.note_claim(idx, u, m, author, dirty)?;
+        }
+        if let Some(r) = retract {
+            self.backend.add_retracted(idx, ClaimKey { uid: r, message: m, claimant: author })?;
+            dirty.entry(idx).or_default().0.insert(r);
         }
         Ok(())
     }
@@ -1064,6 +1121,31 @@ impl<B: Backend> Replica<B> {
             && !self.backend.is_pinned(mb, key)?)
     }
 
+    /// Whether `m`'s claim at `uid` must be kept in preference to its
+    /// unexposed ones: a client may have seen it there (a pin, or its
+    /// claimant announced past it) or U1 forced it.
+    fn kept(&self, mb: u32, uid: u32, m: Packed) -> Result<bool, StorageError> {
+        let mut claimants: SmallVec<[u16; 2]> = SmallVec::new();
+        if let Some(s) = self.backend.slot(mb, uid)?.filter(|s| s.id == m) {
+            claimants.push(s.claimant);
+        }
+        claimants.extend(self.backend.side_at(mb, uid)?.iter().filter(|c| c.message == m).map(|c| c.claimant));
+        for claimant in claimants {
+            let key = ClaimKey { uid, message: m, claimant };
+            if self.backend.is_pinned(mb, key)? {
+                return Ok(true);
+            }
+            if !self.backend.is_retracted(mb, key)?
+                && ((self.backend.is_forced(mb, key)?
+                    && !crate::mutation::active(crate::mutation::Mutation::ForcedAsPlain))
+                    || uid < self.announced(mb, claimant))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn settle(&mut self, mut dirty: Dirty) -> Result<(), ApplyError> {
         let mut follow = Vec::new();
         while let Some((idx, (uids, mut msgs))) = dirty.pop_first() {
@@ -1122,30 +1204,46 @@ impl<B: Backend> Replica<B> {
                 if loc.uid != 0 {
                     mine.push(loc.uid);
                 }
-                let mut best = None;
+                // The UIDs that name `m`; the highest one a client may have
+                // seen it at (or that U1 forced) wins over the others.
                 let mut retracts: SmallVec<[u32; 2]> = SmallVec::new();
+                let (mut best, mut best_kept) = (None, None);
                 for u in &mine {
                     if self.resolve(idx, *u)? == Some(m) {
                         best = best.max(Some(*u));
+                        if self.kept(idx, *u, m)? {
+                            best_kept = best_kept.max(Some(*u));
+                        }
                     } else if self.own_withdrawable(idx, *u, m, loc)? {
                         // Own claims that lost and that no client has seen are withdrawn.
                         retracts.push(*u);
                     }
                 }
+                let best = best_kept.or(best);
                 let message = MessageId(self.unpack(m));
                 match best {
                     Some(b) if b == loc.uid => {}
                     Some(b) if b >= announced_me => moves.push((m, loc.uid, b)),
                     _ => {
                         let retract = if retracts.is_empty() { None } else { Some(retracts.remove(0)) };
-                        follow.push(FollowUp::Claim { mailbox: mailbox_id, message, uid: Some(0), retract });
+                        // A UID that names it but lies below what this
+                        // replica showed: U1 forces a new one, which every
+                        // replica must then prefer.
+                        let forced = best.is_some();
+                        follow.push(FollowUp::Claim { mailbox: mailbox_id, message, uid: Some(0), retract, forced });
                         if loc.uid != 0 {
                             moves.push((m, loc.uid, 0));
                         }
                     }
                 }
                 for r in retracts {
-                    follow.push(FollowUp::Claim { mailbox: mailbox_id, message, uid: None, retract: Some(r) });
+                    follow.push(FollowUp::Claim {
+                        mailbox: mailbox_id,
+                        message,
+                        uid: None,
+                        retract: Some(r),
+                        forced: false,
+                    });
                 }
             }
             // Unplace everything that moves first, so targets are free.
@@ -1188,12 +1286,15 @@ impl<B: Backend> Replica<B> {
     /// The op a queued follow-up becomes now, if it still has work to do.
     fn followup_body(&mut self, f: FollowUp) -> Result<Option<OpBody>, ApplyError> {
         let body = match f {
-            FollowUp::Claim { mailbox, message, uid, retract } => {
+            FollowUp::Claim { mailbox, message, uid, retract, forced } => {
                 let uid = match uid {
                     Some(_) => Some(self.next_uid(mailbox)?),
                     None => None,
                 };
-                OpBody::Claim { mailbox, message, uid, retract }
+                match uid {
+                    Some(uid) if forced => OpBody::Forced { mailbox, message, uid, retract },
+                    _ => OpBody::Claim { mailbox, message, uid, retract },
+                }
             }
             FollowUp::Move { message, to } => match self.move_body(message, to)? {
                 Some(body) => body,
@@ -1202,20 +1303,20 @@ impl<B: Backend> Replica<B> {
         };
         // A new claim is moot if an earlier follow-up already placed the
         // message (or moved or expunged it); its withdrawal still stands.
-        Ok(match body {
-            OpBody::Claim { mailbox, message, uid: Some(u), retract } => {
-                let loc = match self.lookup(message.0) {
-                    Some(m) => self.backend.loc(m)?,
-                    None => None,
-                };
-                let placed = loc.is_none_or(|l| self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0);
-                match (placed, retract) {
-                    (false, _) => Some(OpBody::Claim { mailbox, message, uid: Some(u), retract }),
-                    (true, Some(r)) => Some(OpBody::Claim { mailbox, message, uid: None, retract: Some(r) }),
-                    (true, None) => None,
-                }
-            }
-            other => Some(other),
+        let (mailbox, message, retract) = match &body {
+            OpBody::Claim { mailbox, message, uid: Some(_), retract }
+            | OpBody::Forced { mailbox, message, retract, .. } => (*mailbox, *message, *retract),
+            _ => return Ok(Some(body)),
+        };
+        let loc = match self.lookup(message.0) {
+            Some(m) => self.backend.loc(m)?,
+            None => None,
+        };
+        let placed = loc.is_none_or(|l| self.mailboxes[l.mailbox as usize].id != mailbox || l.uid != 0);
+        Ok(match (placed, retract) {
+            (false, _) => Some(body),
+            (true, Some(r)) => Some(OpBody::Claim { mailbox, message, uid: None, retract: Some(r) }),
+            (true, None) => None,
         })
     }
 
@@ -1393,6 +1494,27 @@ impl<B: Backend> Replica<B> {
         if uid_next <= before {
             return Ok(());
         }
+        // The announce exposes every own claim below `uid_next`: first
+        // withdraw those naming a live message that is not shown there (a
+        // message that has a claim a client may have seen, or one U1 forced,
+        // shows that instead), so no claim is exposed that no client saw.
+        let mut stale = Vec::new();
+        for uid in self.backend.side_uids_in(idx, before, uid_next)? {
+            for c in self.backend.side_at(idx, uid)? {
+                let key = ClaimKey { uid, message: c.message, claimant: 0 };
+                if c.claimant == 0
+                    && self.backend.loc(c.message)?.is_some_and(|l| l.mailbox != idx || l.uid != uid)
+                    && !self.backend.is_retracted(idx, key)?
+                    && !self.backend.is_pinned(idx, key)?
+                {
+                    stale.push((uid, MessageId(self.unpack(c.message))));
+                }
+            }
+        }
+        for (uid, message) in stale {
+            self.emit(OpBody::Claim { mailbox, message, uid: None, retract: Some(uid) })?;
+        }
+        let uid_next = self.mailboxes[idx as usize].uid_next;
         let mut pins = Vec::new();
         for s in self.backend.slots_from(idx, before, usize::MAX)? {
             let key = ClaimKey { uid: s.uid, message: s.id, claimant: s.claimant };

@@ -15,7 +15,7 @@ use crate::keyword::Keyword;
 use serde::{Deserialize, Serialize};
 
 /// Format version written by this code.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// The replicated state of one account.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,8 @@ pub struct SnapMailbox {
     pub retracted: Vec<SnapClaim>,
     /// Pinned claims.
     pub pinned: Vec<SnapClaim>,
+    /// Claims U1 forced (`OpBody::Forced`).
+    pub forced: Vec<SnapClaim>,
 }
 
 /// One message in a snapshot.

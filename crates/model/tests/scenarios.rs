@@ -409,7 +409,6 @@ fn a_move_shown_on_one_side_keeps_its_uid_against_unshown_moves() {
 /// while it held A's appends but not yet A's announce were not all taken
 /// back, and a shown UID moved.)
 #[test]
-#[ignore = "known bug, not fixed: a claim nobody saw outranks a shown UID (docs/semantics.md, \"Known bug\")"]
 fn shown_uids_survive_when_their_announce_arrives_after_the_appends() {
     for seed in 0..128 {
         // Either replica id may be the one that showed.
@@ -443,7 +442,6 @@ fn shown_uids_survive_when_their_announce_arrives_after_the_appends() {
 /// sides' replica ids the other way round (the showing side has the higher
 /// id, so its move loses UID ties until its announce arrives).
 #[test]
-#[ignore = "known bug, not fixed: a claim nobody saw outranks a shown UID (docs/semantics.md, \"Known bug\")"]
 fn a_move_shown_on_the_higher_replica_keeps_its_uid_against_unshown_moves() {
     let mut c = Cluster::new(2);
     let f1 = c.client(1, |r| r.create_mailbox("F1", None, None)).unwrap();

@@ -79,4 +79,12 @@ fn broken_merge_rules_are_caught_and_intact_ones_pass() {
     mutation::set(None);
     assert!(!f.is_empty(), "PlaceEveryModseq went unnoticed");
     assert!(f.iter().any(|(_, e)| e.contains("roaming client")), "PlaceEveryModseq: {:?}", f[0]);
+    // A claim U1 forced that counts as a plain one: a replica keeps
+    // preferring a UID below what it showed and claims again and again.
+    let sc = housekeeping_scenario();
+    mutation::set(Some(Mutation::ForcedAsPlain));
+    let f = failures(&sc, 0..4);
+    mutation::set(None);
+    assert!(!f.is_empty(), "ForcedAsPlain went unnoticed");
+    assert!(f.iter().any(|(_, e)| e.contains("in one cascade")), "ForcedAsPlain: {:?}", f[0]);
 }

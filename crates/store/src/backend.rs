@@ -22,6 +22,7 @@ pub(crate) const SIDE: TableDefinition<ClaimRow, ()> = TableDefinition::new("sid
 pub(crate) const SIDE_BY_MSG: TableDefinition<(u32, u32, u64, u32), ()> = TableDefinition::new("side_by_message");
 pub(crate) const RETRACTED: TableDefinition<ClaimRow, ()> = TableDefinition::new("retracted");
 pub(crate) const PINNED: TableDefinition<ClaimRow, ()> = TableDefinition::new("pinned");
+pub(crate) const FORCED: TableDefinition<ClaimRow, ()> = TableDefinition::new("forced");
 /// (account, mailbox, MODSEQ) → uid changed then. Append-only: a row is
 /// stale when the message's record carries a newer MODSEQ (readers skip it);
 /// compaction drops stale rows.
@@ -101,6 +102,7 @@ pub struct RedbBackend<'txn> {
     side_by_msg: Table<'txn, (u32, u32, u64, u32), ()>,
     retracted: Table<'txn, ClaimRow, ()>,
     pinned: Table<'txn, ClaimRow, ()>,
+    forced: Table<'txn, ClaimRow, ()>,
     changes: Table<'txn, (u32, u32, u64), u32>,
     vanished: Table<'txn, (u32, u32, u64), u32>,
     mailbox_counts: Table<'txn, (u32, u32), (u64, u64)>,
@@ -134,6 +136,7 @@ impl<'txn> RedbBackend<'txn> {
             side_by_msg: txn.open_table(SIDE_BY_MSG)?,
             retracted: txn.open_table(RETRACTED)?,
             pinned: txn.open_table(PINNED)?,
+            forced: txn.open_table(FORCED)?,
             changes: txn.open_table(CHANGES)?,
             vanished: txn.open_table(VANISHED)?,
             mailbox_counts: txn.open_table(MAILBOX_COUNTS)?,
@@ -465,6 +468,16 @@ impl Backend for RedbBackend<'_> {
         self.pinned.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
     }
+    fn forced_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+        claim_rows(&self.forced, self.account, mailbox)
+    }
+    fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
+        Ok(self.forced.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
+    }
+    fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
+        self.forced.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
+        Ok(())
+    }
 }
 
 /// The backend of a replica between transactions: every call fails. The
@@ -556,6 +569,15 @@ impl Backend for Detached {
         detached()
     }
     fn add_pinned(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
+        detached()
+    }
+    fn forced_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {
+        detached()
+    }
+    fn is_forced(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
+        detached()
+    }
+    fn add_forced(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
         detached()
     }
 }

@@ -660,7 +660,6 @@ fn every_commit_and_only_a_commit_calls_the_hook() {
 /// shows three messages, then a fourth; C took two nobody saw; A's ops
 /// reach C in one batch, then C's reach A. A's shown UIDs stay on both.
 #[test]
-#[ignore = "known bug, not fixed: a claim nobody saw outranks a shown UID (docs/semantics.md, \"Known bug\")"]
 fn shown_uids_survive_a_heal_through_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let a = Store::open(&dir.path().join("a.redb"), ReplicaId(0x9ff4), StoreOptions::default()).unwrap();

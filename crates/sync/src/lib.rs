@@ -91,8 +91,9 @@ use std::time::{Duration, Instant};
 /// Version of this protocol (3: chunked, acknowledged, windowed ops; 4:
 /// bodies may travel in the sender's stored form, [`Shipped::Packed`]; 5:
 /// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]; 6: `Held`, the
-/// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it;
+/// 7: ops may be `OpBody::Forced`, snapshots carry forced claims).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
