@@ -26,6 +26,10 @@ pub enum Mutation {
     /// A claim U1 forced counts as a plain claim: a message prefers a UID a
     /// client saw elsewhere below what this replica showed (U1 broken).
     ForcedAsPlain = 6,
+    /// A replica counts every connected peer as caught up with before it
+    /// shows new UIDs (the store's; exposure after k peers without the
+    /// catch-up, so a failover to a lagging replica reuses UIDs).
+    CatchUpSkipped = 7,
 }
 
 #[cfg(feature = "mutations")]

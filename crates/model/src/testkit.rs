@@ -287,12 +287,19 @@ pub struct Checker {
     shown: BTreeMap<(usize, MailboxId, u32), MessageId>,
     /// What each replica displayed at the previous check.
     previous: Vec<BTreeMap<MailboxId, BTreeMap<u32, MessageId>>>,
+    /// The UIDNEXT each replica had announced at the previous check.
+    previous_announced: Vec<BTreeMap<MailboxId, u32>>,
 }
 
 impl Checker {
     /// A checker for `n` replicas.
     pub fn new(n: usize) -> Self {
-        Checker { history: Vec::new(), shown: BTreeMap::new(), previous: vec![BTreeMap::new(); n] }
+        Checker {
+            history: Vec::new(),
+            shown: BTreeMap::new(),
+            previous: vec![BTreeMap::new(); n],
+            previous_announced: vec![BTreeMap::new(); n],
+        }
     }
 
     /// An op made by some replica whose version vector was `before`.
@@ -311,13 +318,17 @@ impl Checker {
             }
         }
         self.previous[i].insert(mailbox, view);
+        self.previous_announced[i].insert(mailbox, announced);
     }
 
     /// Checks U1 and U2 at replica `i`: a message newly displayed below the
-    /// announced UIDNEXT, or a shown UID naming another message, is a bug.
+    /// UIDNEXT announced before this step, or a shown UID naming another
+    /// message, is a bug. (A step that announces shows what it placed in
+    /// the same step: an announce first withdraws claims, which can move
+    /// messages no client saw yet.)
     pub fn check_step(&mut self, i: usize, now: &Observation) -> Result<(), String> {
         for (mb, view) in &now.views {
-            let announced = now.announced.get(mb).copied().unwrap_or(1);
+            let announced = self.previous_announced[i].get(mb).copied().unwrap_or(1);
             let before = self.previous[i].get(mb);
             for (uid, m) in view {
                 let was_here = before.and_then(|b| b.get(uid)) == Some(m);
@@ -334,6 +345,7 @@ impl Checker {
             }
         }
         self.previous[i] = now.views.clone();
+        self.previous_announced[i] = now.announced.clone();
         Ok(())
     }
 

@@ -79,6 +79,8 @@ pub struct Summary {
     /// The roaming QRESYNC client, all runs: (syncs, answered in full,
     /// cached UIDs found naming another message).
     pub roam: (u64, u64, u64),
+    /// Its looks that degraded (k ≥ 1), all runs.
+    pub roam_short: u64,
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -128,17 +130,18 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
         ops_compacted: reports.iter().map(|r| r.ops_compacted).sum(),
         bodies_collected: reports.iter().map(|r| r.bodies_collected).sum(),
         roam: reports.iter().fold((0, 0, 0), |a, r| (a.0 + r.roam.0, a.1 + r.roam.1, a.2 + r.roam.2)),
+        roam_short: reports.iter().map(|r| r.roam_short).sum(),
     }
 }
 
 /// A markdown table of summaries.
 pub fn markdown(summaries: &[Summary]) -> String {
     let mut s = String::from(
-        "| scenario | seeds | failed | converge after heal (median / max, simulated) | frames after heal | bytes/run | UID churn per 1,000 appends (ours / dsync rule) | crashes | connections | transport resets | client actions/s (wall) | ops compacted / bodies collected | roaming QRESYNC client: syncs / answered in full / cached UID reused |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | seeds | failed | converge after heal (median / max, simulated) | frames after heal | bytes/run | UID churn per 1,000 appends (ours / dsync rule) | crashes | connections | transport resets | client actions/s (wall) | ops compacted / bodies collected | roaming QRESYNC client: syncs / answered in full / cached UID reused / degraded (k ≥ 1) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} s / {:.1} s | {} | {:.1} KB | {:.1} / {:.1} | {} | {} | {} | {:.0} | {} / {} | {} / {} / {} |\n",
+            "| {} | {} | {} | {:.1} s / {:.1} s | {} | {:.1} KB | {:.1} / {:.1} | {} | {} | {} | {:.0} | {} / {} | {} / {} / {} / {} |\n",
             m.scenario,
             m.seeds,
             m.failures.len(),
@@ -157,6 +160,7 @@ pub fn markdown(summaries: &[Summary]) -> String {
             m.roam.0,
             m.roam.1,
             m.roam.2,
+            m.roam_short,
         ));
     }
     s.push_str(

@@ -45,6 +45,20 @@ pub struct Scenario {
     /// act; 0: only at the timeline's `compact` events.
     #[serde(default = "housekeeping_minutes")]
     pub housekeeping_minutes: f64,
+    /// k, exposure after k peers (`[durability] peers`): the roaming
+    /// client's looks first catch up with k connected peers and are
+    /// answered once k peers hold them. With 2k + 2 > nodes, a UID it was
+    /// shown at such a look must never name another message at a later one.
+    #[serde(default)]
+    pub durability_peers: usize,
+    /// How long (simulated ms) a look waits for that before it degrades
+    /// (`[durability] wait_ms`).
+    #[serde(default = "durability_wait_ms")]
+    pub durability_wait_ms: u64,
+}
+
+fn durability_wait_ms() -> u64 {
+    10_000
 }
 
 fn housekeeping_minutes() -> f64 {
@@ -231,6 +245,12 @@ pub enum Action {
         #[serde(default)]
         show: bool,
     },
+    /// The roaming QRESYNC client looks at INBOX at a node (a user failing
+    /// over to it), besides following the clients' looks.
+    Roam {
+        /// Its index.
+        node: usize,
+    },
     /// Writers take turns setting and clearing `\Flagged` on every message
     /// of INBOX, one round every `every_minutes` (each round after the
     /// previous one has had time to arrive: a long, causally interleaved
@@ -324,6 +344,12 @@ impl Scenario {
         if !positive(self.settle_hours) {
             return Err("settle_hours must be above 0".into());
         }
+        if self.durability_peers >= self.nodes {
+            return Err(format!("durability_peers = {}: must be below nodes", self.durability_peers));
+        }
+        if !(1..=600_000).contains(&self.durability_wait_ms) {
+            return Err("durability_wait_ms must be 1 to 600000".into());
+        }
         let n = &self.network;
         if n.delay_ms[0] > n.delay_ms[1] {
             return Err("network.delay_ms: the first bound is above the second".into());
@@ -367,6 +393,7 @@ impl Scenario {
                 | Action::Crash { node, .. }
                 | Action::Join { node }
                 | Action::Deliver { node, .. }
+                | Action::Roam { node }
                 | Action::FlagAll { node, .. } => node_ok(*node, "event")?,
                 Action::FlagRounds { writers, every_minutes, .. } => {
                     for w in writers {
@@ -411,6 +438,7 @@ impl Scenario {
                 | Action::Crash { node, .. }
                 | Action::Join { node }
                 | Action::Deliver { node, .. }
+                | Action::Roam { node }
                 | Action::FlagAll { node, .. } => vec![*node],
                 Action::Flap { a, b, .. } => vec![*a, *b],
                 Action::FlagRounds { writers, .. } => writers.clone(),

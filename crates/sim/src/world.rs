@@ -66,6 +66,9 @@ pub struct RunReport {
     /// UIDs it had cached that a report showed naming another message
     /// (client-side U2 broken: possible while exposure waits for no peer).
     pub roam: (u64, u64, u64),
+    /// Looks of the roaming client that degraded, with k ≥ 1: fewer than k
+    /// peers to catch up with or to hold the look within the wait.
+    pub roam_short: u64,
     /// What a swarm scenario drew for this seed (empty otherwise).
     pub swarm: String,
     /// Largest store (simulated disk) of any node at the end, bytes.
@@ -102,6 +105,7 @@ impl RunReport {
             queues: Default::default(),
             pending_max: 0,
             roam: (0, 0, 0),
+            roam_short: 0,
             swarm: String::new(),
             disk_max: 0,
             ops_compacted: 0,
@@ -145,6 +149,8 @@ enum Ev {
     Housekeep {
         node: usize,
     },
+    /// The roaming client's look waiting for k peers checks again.
+    Roam,
     FinalHeal,
 }
 
@@ -229,6 +235,31 @@ pub struct World {
 struct Roamer {
     modseq: u64,
     cache: BTreeMap<u32, (starling_model::MessageId, Vec<Keyword>)>,
+    /// Cached UIDs last reported by a look that was held (caught up with
+    /// k peers, and k peers held it); with k ≥ 1 only.
+    held: std::collections::BTreeSet<u32>,
+    /// Its look in progress, with exposure after k peers (one client: one look).
+    pending: Option<Look>,
+}
+
+/// A look of the roaming client with exposure after k peers.
+enum Look {
+    /// Asked node `node`'s peers what they have (probe `probe`); waits
+    /// until it caught up with k connected peers, or `deadline`.
+    CatchUp { node: usize, probe: u64, deadline: u64 },
+    /// Shown (announced and answered), waiting until k peers hold it.
+    Expose { answer: Answer, exposure: starling_store::Exposure, caught_up: bool, deadline: u64 },
+}
+
+/// What a resync at one node answered the roaming client, and the full
+/// state it must equal afterwards.
+struct Answer {
+    node: usize,
+    token: u64,
+    placed: Option<u64>,
+    highest: u64,
+    resync: starling_store::Resync,
+    full: BTreeMap<u32, (starling_model::MessageId, Vec<Keyword>)>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -485,6 +516,10 @@ impl World {
                 }
                 Ok(())
             }
+            Ev::Roam => {
+                self.trace.update(&[10]);
+                self.roam_poll()
+            }
             Ev::FinalHeal => {
                 self.trace.update(&[7]);
                 for i in 0..self.nodes.len() {
@@ -549,6 +584,11 @@ impl World {
                     let store = self.nodes[node].store.as_ref().expect("up");
                     let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
                     self.checker.looked(node, &obs, INBOX);
+                }
+            }
+            Action::Roam { node } => {
+                if self.up(node) {
+                    self.roam(node)?;
                 }
             }
             Action::FlagAll { node, set } => {
@@ -1067,43 +1107,151 @@ impl World {
         Ok(())
     }
 
-    /// The roaming client resyncs INBOX at node `i` (QRESYNC with its last
-    /// HIGHESTMODSEQ, wherever it came from), as the IMAP server answers:
-    /// HIGHESTMODSEQ must not go down, and the cache after the answer must
-    /// equal a full sync of node `i` (no under-report).
+    /// The roaming client looks at INBOX at node `i`. With k = 0 it is
+    /// answered at once; with k ≥ 1 as the IMAP server does: first a
+    /// catch-up with k connected peers, then the answer once k peers hold
+    /// the look (each within the wait, then it degrades).
     fn roam(&mut self, i: usize) -> Result<(), String> {
+        let k = self.sc.durability_peers;
+        if k == 0 {
+            let answer = self.roam_answer(i)?;
+            return self.roam_apply(answer, false);
+        }
+        if self.roamer.pending.is_some() {
+            return Ok(());
+        }
+        let store = self.nodes[i].store.as_ref().expect("up");
+        let probe = store.begin_catch_up(ACCOUNT);
+        let peers: Vec<usize> = self.nodes[i].conns.keys().copied().collect();
+        for p in peers {
+            let n = &mut self.nodes[i];
+            let store = n.store.as_ref().expect("up");
+            n.conns.get_mut(&p).expect("listed").link.probe_due(store);
+            self.flush(i, p);
+        }
+        let deadline = self.now + self.sc.durability_wait_ms;
+        self.roamer.pending = Some(Look::CatchUp { node: i, probe, deadline });
+        self.roam_poll()
+    }
+
+    /// The pinned peers of node `i`: every other node.
+    fn pinned(&self, i: usize) -> Vec<ReplicaId> {
+        (0..self.nodes.len()).filter(|j| *j != i).map(|j| self.nodes[j].id).collect()
+    }
+
+    /// Moves the roaming client's look on when k peers allow it, or its wait
+    /// ran out; checks again a little later otherwise.
+    fn roam_poll(&mut self) -> Result<(), String> {
+        let k = self.sc.durability_peers;
+        let Some(look) = self.roamer.pending.take() else { return Ok(()) };
+        let node = match &look {
+            Look::CatchUp { node, .. } => *node,
+            Look::Expose { answer, .. } => answer.node,
+        };
+        // The node went down: the client's connection with it.
+        let Some(store) = self.nodes[node].store.as_ref() else { return Ok(()) };
+        let pinned = self.pinned(node);
+        let look = match look {
+            Look::CatchUp { node, probe, deadline } => {
+                let caught_up = store.caught_up_since(ACCOUNT, &pinned, probe).len() >= k;
+                if !caught_up && self.now < deadline {
+                    self.roamer.pending = Some(Look::CatchUp { node, probe, deadline });
+                    self.schedule(20, Ev::Roam);
+                    return Ok(());
+                }
+                store.write(ACCOUNT, |b| Ok(b.replica().announce(INBOX)?)).map_err(err)?;
+                self.changed(node, None)?;
+                self.observe(node)?;
+                let store = self.nodes[node].store.as_ref().expect("up");
+                let obs = store.inspect(ACCOUNT, |r| Observation::of(r)).map_err(err)?;
+                self.checker.looked(node, &obs, INBOX);
+                let answer = self.roam_answer(node)?;
+                let store = self.nodes[node].store.as_ref().expect("up");
+                let exposure = store.exposure(ACCOUNT, Vec::new()).map_err(err)?;
+                let deadline = self.now + self.sc.durability_wait_ms;
+                Look::Expose { answer, exposure, caught_up, deadline }
+            }
+            other => other,
+        };
+        let Look::Expose { answer, exposure, caught_up, deadline } = look else { unreachable!("caught up above") };
+        let store = self.nodes[node].store.as_ref().expect("up");
+        let held = store.holders(&exposure, &pinned).len() >= k;
+        if !held && self.now < deadline {
+            self.roamer.pending = Some(Look::Expose { answer, exposure, caught_up, deadline });
+            self.schedule(20, Ev::Roam);
+            return Ok(());
+        }
+        if !(held && caught_up) {
+            self.report.roam_short += 1;
+        }
+        self.roam_apply(answer, held && caught_up)
+    }
+
+    /// A resync of INBOX at node `i` (QRESYNC with the roaming client's last
+    /// HIGHESTMODSEQ, wherever it came from), as the IMAP server answers:
+    /// HIGHESTMODSEQ must not go down.
+    fn roam_answer(&mut self, i: usize) -> Result<Answer, String> {
         let store = self.nodes[i].store.as_ref().expect("up");
         let token = self.roamer.modseq;
         let placed = store.place_modseq(ACCOUNT, INBOX, token).map_err(err)?;
-        self.report.roam.0 += 1;
-        self.report.roam.1 += placed.is_none() as u64;
         let r = store.read(ACCOUNT).map_err(err)?;
         let highest = r.status(INBOX).map_err(err)?.highest_modseq;
         if highest < token {
             return Err(format!("roaming client: node {i} shows HIGHESTMODSEQ {highest} after {token}"));
         }
         // Its known UIDs go with the request (RFC 7162's known-uids).
+        let known = starling_store::ranges::of_sorted(self.roamer.cache.keys().copied());
+        let resync = r.resync(INBOX, placed, &known).map_err(err)?;
+        let full =
+            r.messages(INBOX, 1, usize::MAX).map_err(err)?.into_iter().map(|m| (m.uid, (m.message, m.flags))).collect();
+        Ok(Answer { node: i, token, placed, highest, resync, full })
+    }
+
+    /// The roaming client takes an answer: its cache must then equal a full
+    /// sync of that node as of the answer (no under-report). `held`: the
+    /// look caught up with k peers and k peers held it; with 2k + 2 > n, a
+    /// UID a held look showed must never name another message at a later
+    /// held look (client-side U2).
+    fn roam_apply(&mut self, answer: Answer, held: bool) -> Result<(), String> {
+        let Answer { node: i, token, placed, highest, resync, full } = answer;
+        self.report.roam.0 += 1;
+        self.report.roam.1 += placed.is_none() as u64;
+        let k = self.sc.durability_peers;
+        let guaranteed = k >= 1 && 2 * k + 2 > self.nodes.len();
         let cache = &mut self.roamer.cache;
-        let known = starling_store::ranges::of_sorted(cache.keys().copied());
-        let answer = r.resync(INBOX, placed, &known).map_err(err)?;
-        for &(lo, hi) in &answer.vanished {
+        for &(lo, hi) in &resync.vanished {
             let gone: Vec<u32> = cache.range(lo..=hi).map(|(u, _)| *u).collect();
-            gone.iter().for_each(|u| drop(cache.remove(u)));
+            for u in gone {
+                cache.remove(&u);
+                self.roamer.held.remove(&u);
+            }
         }
-        for m in answer.changed {
-            if cache.get(&m.uid).is_some_and(|(was, _)| *was != m.message) {
-                self.report.roam.2 += 1;
+        for m in resync.changed {
+            match cache.get(&m.uid) {
+                Some((was, _)) if *was != m.message => {
+                    if guaranteed && held && self.roamer.held.contains(&m.uid) {
+                        return Err(format!(
+                            "roaming client: UID {} it was shown as {was:?} by a look {k} peers held names {:?} at node {i}, a look caught up with {k} peers",
+                            m.uid, m.message
+                        ));
+                    }
+                    self.report.roam.2 += 1;
+                    self.roamer.held.remove(&m.uid);
+                }
+                _ => {}
             }
             cache.insert(m.uid, (m.message, m.flags));
         }
-        let full: BTreeMap<u32, (starling_model::MessageId, Vec<Keyword>)> =
-            r.messages(INBOX, 1, usize::MAX).map_err(err)?.into_iter().map(|m| (m.uid, (m.message, m.flags))).collect();
         if *cache != full {
             let differ = full.iter().find(|(u, v)| cache.get(u) != Some(*v)).map(|(u, _)| *u);
             let extra = cache.keys().find(|u| !full.contains_key(u)).copied();
             return Err(format!(
                 "roaming client under-reported at node {i} (MODSEQ {token}, placed {placed:?}): first differing UID {differ:?}, first stale UID {extra:?}"
             ));
+        }
+        if held {
+            // A held look showed every UID it has.
+            self.roamer.held = cache.keys().copied().collect();
         }
         self.roamer.modseq = highest;
         Ok(())
@@ -1121,6 +1269,7 @@ impl World {
                 Ev::Timer { .. } => "session timers",
                 Ev::Restart { .. } => "restarts",
                 Ev::Housekeep { .. } => "housekeeping",
+                Ev::Roam => "roaming look",
             };
             *kinds.entry(k).or_default() += 1;
         }

@@ -87,4 +87,22 @@ fn broken_merge_rules_are_caught_and_intact_ones_pass() {
     mutation::set(None);
     assert!(!f.is_empty(), "ForcedAsPlain went unnoticed");
     assert!(f.iter().any(|(_, e)| e.contains("in one cascade")), "ForcedAsPlain: {:?}", f[0]);
+    // Exposure after one peer (three nodes, each cut off in turn): intact,
+    // a UID the roaming client was shown never names another message at a
+    // later held look; at k = 0 the same histories do reuse UIDs (so the
+    // check has something to catch); and without the catch-up before a
+    // look, k = 1 alone is caught.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations");
+    let sc = Scenario::load(&dir.join("failover-k1.toml")).unwrap();
+    let intact: Vec<_> = (0..6).map(|s| run(&sc, s)).collect();
+    assert!(intact.iter().all(|r| r.result.is_ok()), "intact k = 1: {:?}", intact.iter().find(|r| r.result.is_err()));
+    assert!(intact.iter().map(|r| r.roam.0).sum::<u64>() > 20, "the roaming client looked");
+    let mut k0 = sc.clone();
+    k0.durability_peers = 0;
+    let reused: u64 = (0..6).map(|s| run(&k0, s).roam.2).sum();
+    assert!(reused > 0, "at k = 0 the roaming client met no reused UID");
+    mutation::set(Some(Mutation::CatchUpSkipped));
+    let f = failures(&sc, 0..6);
+    mutation::set(None);
+    assert!(f.iter().any(|(_, e)| e.contains("a look caught up with")), "CatchUpSkipped: {f:?}");
 }

@@ -230,6 +230,9 @@ impl Store {
     fn caught_up_in(&self, live: &Live, acct: &Account, pinned: &[ReplicaId], probe: u64) -> Vec<ReplicaId> {
         let mine = acct.published.read().unwrap_or_else(PoisonError::into_inner).version.clone();
         let key = |p: &ReplicaId| (acct.number, *p);
+        if starling_model::mutation::active(starling_model::mutation::Mutation::CatchUpSkipped) {
+            return pinned.iter().copied().filter(|p| live.up.contains_key(p)).collect();
+        }
         pinned
             .iter()
             .copied()
@@ -237,6 +240,30 @@ impl Store {
             .filter(|p| live.probe_answered.get(&key(p)).copied().unwrap_or(0) >= probe)
             .filter(|p| live.have.get(&key(p)).is_some_and(|theirs| mine.dominates(theirs)))
             .collect()
+    }
+
+    /// Starts a catch-up before showing clients new UIDs: asks every
+    /// connected peer what it has now (a probe, which the links send when
+    /// [`Store::probes`] changes). Returns the probe to pass to
+    /// [`Store::caught_up_since`].
+    pub fn begin_catch_up(&self, account: &str) -> u64 {
+        let Ok(number) = self.account_number(account) else { return 0 };
+        let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = live.probe_wanted.entry(number).or_default();
+        *slot += 1;
+        let probe = *slot;
+        drop(live);
+        self.core.probes.send_modify(|n| *n += 1);
+        probe
+    }
+
+    /// The peers among `pinned` this replica caught up with since `probe`
+    /// ([`Store::begin_catch_up`]): connected, answered it or a later one,
+    /// and this replica holds all they had then.
+    pub fn caught_up_since(&self, account: &str, pinned: &[ReplicaId], probe: u64) -> Vec<ReplicaId> {
+        let Ok(acct) = self.account(account) else { return Vec::new() };
+        let live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
+        self.caught_up_in(&live, &acct, pinned, probe)
     }
 
     /// The latest probe of `account` catch-up waits want sent (0: none):
@@ -276,13 +303,8 @@ impl Store {
         let Ok(acct) = self.account(account) else { return Exposed::Local };
         let none = Vec::new();
         let pinned = policy.pinned.get(account).unwrap_or(&none);
+        let probe = self.begin_catch_up(account);
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
-        let probe = {
-            let slot = live.probe_wanted.entry(acct.number).or_default();
-            *slot += 1;
-            *slot
-        };
-        self.core.probes.send_modify(|n| *n += 1);
         loop {
             let n = self.caught_up_in(&live, &acct, pinned, probe).len();
             if n >= policy.peers {
