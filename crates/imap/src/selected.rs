@@ -281,8 +281,9 @@ impl Session {
             }
         }
         // A client that moved here from another replica finds what the
-        // peers hold, not an older state (with k > 0).
-        self.catch_up();
+        // peers hold, not an older state (with k > 0); nothing was written
+        // yet, so the command can park and run again.
+        self.catch_up_or_park()?;
         // A MODSEQ of another replica (or never issued): raised above first,
         // so HIGHESTMODSEQ below is above it; answered in full below.
         let placed = match &qresync {

@@ -200,6 +200,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 tokio::task::block_in_place(|| session.resume(now));
                 continue;
             }
+            Wants::CatchUp(wait) => {
+                // A SELECT catching up with its peers: it checks again
+                // after a short while (only this connection waits).
+                let until = (tokio::time::Instant::now() + wait).min(deadline);
+                tokio::time::sleep_until(until).await;
+                let now = Instant::now();
+                session.handle_timeout(now);
+                tokio::task::block_in_place(|| session.resume(now));
+                continue;
+            }
             Wants::Bodies(wait) => {
                 // A FETCH waits for bodies a peer has: ask, then run it
                 // again when the account changes (a body stored) or the

@@ -180,6 +180,12 @@ pub enum Wants {
     /// call [`Session::resume`] when the account changes or after this long
     /// (a FETCH waiting for bodies: [`crate::ondemand`]).
     Bodies(Duration),
+    /// Write the output, then call [`Session::resume`] after this long, no
+    /// longer: a SELECT or EXAMINE waiting, with exposure after k peers,
+    /// until this replica caught up with k connected peers. It runs again
+    /// from its bytes and either goes on or parks again (without holding
+    /// a thread meanwhile).
+    CatchUp(Duration),
 }
 
 enum Mode {
@@ -202,6 +208,8 @@ pub(crate) enum Fail {
     No(String),
     Bad(String),
     Wait(Vec<(starling_model::BlobId, u64)>),
+    /// No answer yet: it waits to catch up with the peers ([`Wants::CatchUp`]).
+    CatchUp,
 }
 
 impl From<StoreError> for Fail {
@@ -229,6 +237,24 @@ const ERRORS_MAX: u32 = 20;
 /// A message larger than this leaves a fresh framer behind it, so a session
 /// does not keep the capacity of its largest APPEND for its lifetime.
 const FRAMER_SHRINK_BYTES: usize = 1 << 20;
+
+/// A SELECT or EXAMINE waiting until this replica caught up with k
+/// connected peers ([`Wants::CatchUp`]).
+#[derive(Default)]
+struct CatchUpWait {
+    /// The probe its first attempt sent (`Store::begin_catch_up`).
+    probe: u64,
+    /// Until when it may wait (from its first attempt); `None` when no
+    /// command is catching up.
+    until: Option<Instant>,
+    /// The parked command's bytes, run again on resume.
+    parked: Option<Vec<u8>>,
+    /// Set by a command that must wait (read after it finishes).
+    park: bool,
+}
+
+/// How often a parked SELECT checks again whether it caught up.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
 /// A login waiting out its penalty ([`Wants::Pause`]).
 struct PendingLogin {
@@ -284,6 +310,8 @@ pub struct Session {
     pending_login: Option<PendingLogin>,
     /// A FETCH parked until bodies arrive ([`crate::ondemand`]).
     pub(crate) bodies: crate::ondemand::BodyWait,
+    /// A SELECT parked until this replica caught up with its peers.
+    caught: CatchUpWait,
     /// Changes this session made whose report is not written yet, with
     /// exposure after k peers on ([`Session::take_unexposed`]).
     unexposed: Option<starling_store::Exposure>,
@@ -340,6 +368,7 @@ impl Session {
             now,
             pending_login: None,
             bodies: Default::default(),
+            caught: Default::default(),
             unexposed: None,
         };
         s.frag = s.framer();
@@ -455,7 +484,7 @@ impl Session {
     /// (a login is verified now, a parked FETCH runs again) and goes on with
     /// the input received meanwhile.
     pub fn resume(&mut self, now: Instant) {
-        if !matches!(self.wants, Wants::Pause(_) | Wants::Bodies(_)) {
+        if !matches!(self.wants, Wants::Pause(_) | Wants::Bodies(_) | Wants::CatchUp(_)) {
             return;
         }
         self.wants = Wants::Read;
@@ -468,6 +497,9 @@ impl Session {
             if self.wants == Wants::Read {
                 self.bodies.until = None;
             }
+        }
+        if let Some(command) = self.caught.parked.take() {
+            self.command_bytes(&command);
         }
         self.process();
     }
@@ -634,6 +666,12 @@ impl Session {
                     self.bodies.wanted = wanted;
                     self.wants = Wants::Bodies(until.saturating_duration_since(self.now));
                 }
+                if std::mem::take(&mut self.caught.park) {
+                    // Catches up first: the command runs again on resume.
+                    let until = self.caught.until.expect("set by catch_up_or_park");
+                    self.caught.parked = Some(message.to_vec());
+                    self.wants = Wants::CatchUp(until.saturating_duration_since(self.now).min(CATCH_UP_POLL));
+                }
             }
             _ => {
                 match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
@@ -664,6 +702,7 @@ impl Session {
                 self.error();
             }
             Err(Fail::Wait(wanted)) => self.bodies.park = Some(wanted),
+            Err(Fail::CatchUp) => self.caught.park = true,
         }
     }
 
@@ -1214,10 +1253,47 @@ impl Session {
         Ok(())
     }
 
+    /// [`Session::catch_up`] for a command that can wait without holding
+    /// a thread (SELECT, EXAMINE): the first attempt asks the peers what
+    /// they have (`Store::begin_catch_up`); until this replica holds what
+    /// k connected peers had then, or the wait is over (logged and
+    /// counted), the command parks ([`Wants::CatchUp`]) and runs again.
+    pub(crate) fn catch_up_or_park(&mut self) -> Result<(), Fail> {
+        let policy = &self.shared.config.exposure;
+        if policy.peers == 0 {
+            return Ok(());
+        }
+        let account = self.account_name().to_string();
+        let store = &self.shared.store;
+        let until = match self.caught.until {
+            Some(u) => u,
+            None => {
+                self.caught.probe = store.begin_catch_up(&account);
+                *self.caught.until.insert(self.now + policy.wait)
+            }
+        };
+        let none = Vec::new();
+        let pinned = policy.pinned.get(&account).unwrap_or(&none);
+        let peers = store.caught_up_since(&account, pinned, self.caught.probe).len();
+        if peers >= policy.peers {
+            self.caught.until = None;
+            return Ok(());
+        }
+        if self.now >= until || pinned.len() < policy.peers {
+            self.caught.until = None;
+            store.note_catch_up_short();
+            tracing::warn!(account, peers, "shown before catching up with the peers wanted");
+            return Ok(());
+        }
+        Err(Fail::CatchUp)
+    }
+
     /// With exposure after k peers: waits until this replica holds what k
     /// connected peers hold now (`Store::wait_caught_up`), so that a client
     /// failing over to a replica that lagged is shown what the others
-    /// showed, not an older state. Past the wait, goes on (logged).
+    /// showed, not an older state. Past the wait, goes on (logged). This
+    /// blocks its thread: for updates outside a command (NOOP's and IDLE's
+    /// new UIDs, STATUS), where parking would repeat output already made.
     pub(crate) fn catch_up(&mut self) {
         let policy = &self.shared.config.exposure;
         if policy.peers == 0 {

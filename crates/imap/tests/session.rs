@@ -795,3 +795,42 @@ fn a_fetch_of_a_left_out_body_waits_for_a_peer() {
     assert!(out.contains("f3 NO [UNAVAILABLE]"), "{out}");
     assert_eq!(c.s.wants(), Wants::Read);
 }
+
+/// With exposure after one peer, a SELECT first catches up with a connected
+/// peer; while it cannot, the command parks ([`Wants::CatchUp`]) instead
+/// of blocking a thread, and what was pipelined behind it waits its turn.
+/// Once the peer answered the probe with nothing this replica lacks, it
+/// answers; with no answer past the wait, it answers anyway (counted).
+#[test]
+fn a_select_parks_until_it_caught_up_with_a_peer() {
+    let peer = ReplicaId(8);
+    let mut exposure = starling_store::ExposurePolicy { peers: 1, wait: Duration::from_secs(5), ..Default::default() };
+    exposure.pinned.insert("alice".into(), vec![peer]);
+    let here = server_on(ReplicaId(7), Config { exposure, ..Config::default() });
+    let store = here.shared.store.clone();
+    let mut c = Client::login(&here);
+    let out = c.send("s1 SELECT INBOX\r\nn1 NOOP");
+    assert!(!out.contains("s1 ") && !out.contains("n1 "), "nothing answered while catching up: {out}");
+    assert!(matches!(c.s.wants(), Wants::CatchUp(_)), "{:?}", c.s.wants());
+    let probe = store.probe_wanted("alice");
+    assert!(probe > 0, "the peers are asked what they have");
+    // Still no peer: parked again, without a second probe.
+    c.s.resume(Instant::now());
+    assert!(matches!(c.s.wants(), Wants::CatchUp(_)));
+    assert_eq!(store.probe_wanted("alice"), probe);
+    // The peer connects and answers the probe: it has nothing this one lacks.
+    let _up = store.link_up(peer);
+    store.note_ack("alice", peer, &store.version("alice").unwrap());
+    store.note_probe_answer("alice", peer, probe);
+    c.s.resume(Instant::now());
+    let out = c.output();
+    assert!(out.find("s1 OK").unwrap() < out.find("n1 OK").unwrap(), "{out}");
+    assert_eq!(c.s.wants(), Wants::Read);
+    assert_eq!(store.exposure_stats().catch_up_short, 0);
+    // Another SELECT: a new probe nobody answers; past the wait it answers.
+    c.send("s2 EXAMINE INBOX");
+    assert!(matches!(c.s.wants(), Wants::CatchUp(_)));
+    c.s.resume(Instant::now() + Duration::from_secs(6));
+    assert!(c.output().contains("s2 OK"));
+    assert_eq!(store.exposure_stats().catch_up_short, 1);
+}

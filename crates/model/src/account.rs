@@ -124,6 +124,9 @@ pub struct MailboxTree {
     /// The account's password hash (a PHC string), replicated with the
     /// account ([`AccountDoc::set_password`]); `None` if none was set.
     pub password: Option<String>,
+    /// The account was deleted ([`AccountDoc::delete_account`]) on some
+    /// replica: no login, no delivery, anywhere it reaches.
+    pub deleted: bool,
 }
 
 impl MailboxTree {
@@ -151,6 +154,8 @@ impl std::fmt::Debug for AccountDoc {
 const INCARNATION: &str = "incarnation";
 /// The root key of the account's password hash.
 const PASSWORD: &str = "password";
+/// The root key of the account's deletion.
+const DELETED: &str = "deleted";
 
 fn field(id: MailboxId, name: &str) -> String {
     format!("{}/{}", id.to_key(), name)
@@ -298,6 +303,18 @@ impl AccountDoc {
         self.commit()
     }
 
+    /// Deletes the account for every replica of it. Final: nothing puts
+    /// the key back, so a deletion wins over any concurrent change.
+    pub fn delete_account(&mut self) -> Vec<u8> {
+        self.doc.put(ROOT, DELETED, "yes").expect("put on root map");
+        self.commit()
+    }
+
+    /// Whether the account was deleted.
+    pub fn deleted(&self) -> bool {
+        self.get_str(DELETED).is_some()
+    }
+
     /// The password hash, if one was set.
     pub fn password(&self) -> Option<String> {
         self.get_str(PASSWORD)
@@ -367,6 +384,7 @@ impl AccountDoc {
             entries: entries.clone(),
             incarnation: self.incarnation(),
             password: self.password(),
+            deleted: self.deleted(),
             ..Default::default()
         };
         for id in &visible {

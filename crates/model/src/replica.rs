@@ -1630,6 +1630,14 @@ impl<B: Backend> Replica<B> {
         Ok(())
     }
 
+    /// Deletes the account on every replica it reaches
+    /// ([`AccountDoc::delete_account`]).
+    pub fn delete_account(&mut self) -> Result<(), LocalError> {
+        let change = self.account.delete_account();
+        self.account_op(change)?;
+        Ok(())
+    }
+
     /// CREATE. The new mailbox's id is the dot of the op that creates it.
     pub fn create_mailbox(
         &mut self,

@@ -465,3 +465,24 @@ fn a_move_shown_on_the_higher_replica_keeps_its_uid_against_unshown_moves() {
     }
     assert!(c.churned().is_empty(), "{:?}", c.churned());
 }
+
+/// A deletion of the account reaches every replica and wins over changes
+/// made concurrently elsewhere (a password change, a delivery): the key is
+/// never put back, so no order of merges undoes it.
+#[test]
+fn an_account_deletion_reaches_every_replica_and_wins_over_concurrent_changes() {
+    let mut c = Cluster::new(3);
+    c.append(0, INBOX, vec![]);
+    sync(&mut c);
+    assert!(c.replicas.iter().all(|r| !r.tree().deleted));
+    c.partition(&[0, 1, 2]);
+    c.client(0, |r| r.delete_account()).unwrap();
+    c.client(1, |r| r.set_password("$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA")).unwrap();
+    c.append(2, INBOX, vec![]);
+    assert!(c.replicas[0].tree().deleted && !c.replicas[1].tree().deleted);
+    sync(&mut c);
+    for r in &c.replicas {
+        assert!(r.tree().deleted, "replica {:?} still has the account", r.id());
+        assert!(r.tree().password.is_some(), "the concurrent password change merged too");
+    }
+}

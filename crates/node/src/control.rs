@@ -36,6 +36,8 @@ pub enum Request {
     /// crosses the socket).
     /// `local`: this node's own, not replicated (it wins over the account's here).
     Passwd { user: String, hash: String, local: bool },
+    /// Delete an account on every node it syncs to.
+    DeleteAccount { user: String },
 }
 
 /// The node's answer.
@@ -162,6 +164,12 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
         Request::Passwd { user, hash, local: true } => {
             store.set_local_credential(user, Some(hash)).map_err(|e| e.to_string())?;
             Ok(format!("password of {user} set on this node only"))
+        }
+        Request::DeleteAccount { user } => {
+            store.delete_account(user).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "account {user} deleted on every node it syncs to: no login, no delivery (its mail stays on disk)"
+            ))
         }
         Request::Status => Err("status comes from the node".into()),
     }

@@ -127,11 +127,16 @@ impl Backend for StoreBackend {
     fn account(&mut self, rcpt: &str) -> Option<String> {
         // The account list shares the store's lock with commits.
         let accounts = tokio::task::block_in_place(|| self.store.accounts());
-        if accounts.iter().any(|a| a == rcpt) {
-            return Some(rcpt.to_string());
-        }
         let local = rcpt.split('@').next()?;
-        accounts.into_iter().find(|a| a == local)
+        let found = match accounts.iter().find(|a| *a == rcpt) {
+            Some(a) => a.clone(),
+            None => accounts.into_iter().find(|a| a == local)?,
+        };
+        // A deleted account takes no mail (`550`, as for an unknown user).
+        match tokio::task::block_in_place(|| self.store.is_deleted(&found)) {
+            Ok(false) => Some(found),
+            _ => None,
+        }
     }
 
     fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {

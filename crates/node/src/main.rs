@@ -145,6 +145,14 @@ enum AccountAction {
         #[arg(long)]
         local: bool,
     },
+    /// Delete an account on every node it syncs to: from then on it logs
+    /// nobody in and takes no mail, there and wherever the deletion
+    /// reaches. Final: the name cannot be used again, and its mail stays on
+    /// disk (nothing purges it yet).
+    Delete {
+        /// The account.
+        user: String,
+    },
     /// List accounts.
     List,
 }
@@ -461,9 +469,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let hash = starling_imap::auth::hash_password(password);
             println!("{}", via_node(&cli.data_dir, control::Request::Passwd { user, hash, local })?);
         }
+        Command::Account { action: AccountAction::Delete { user } } => {
+            println!("{}", via_node(&cli.data_dir, control::Request::DeleteAccount { user })?);
+        }
         Command::Account { action: AccountAction::List } => {
-            for a in open_store(&cli.data_dir)?.accounts() {
-                println!("{a}");
+            let store = open_store(&cli.data_dir)?;
+            for a in store.accounts() {
+                let deleted = store.is_deleted(&a).map_err(|e| e.to_string())?;
+                println!("{a}{}", if deleted { " (deleted)" } else { "" });
             }
         }
         Command::Import { format: Format::Maildir { user, dir } } => {

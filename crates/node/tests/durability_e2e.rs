@@ -332,3 +332,55 @@ fn login_with(node: &Node, password: &str) -> Imap {
     c.ok("l", &format!("LOGIN alice {password}"));
     c
 }
+
+/// The reply to `RCPT TO:<alice>` on a node's LMTP port.
+fn rcpt_alice(node: &Node) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let port = node.lmtp.lock().unwrap().expect("LMTP port printed");
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = || {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    reply();
+    for cmd in ["LHLO test", "MAIL FROM:<t@example.org>"] {
+        write!(w, "{cmd}\r\n").unwrap();
+        assert!(reply().starts_with('2'));
+    }
+    write!(w, "RCPT TO:<alice>\r\n").unwrap();
+    reply()
+}
+
+/// `account delete` on one node reaches the other: neither logs alice in
+/// or takes mail for her any more (the same answers as for an unknown
+/// user), and the mail she had is not lost by the nodes, only closed.
+#[test]
+fn a_deleted_account_logs_nobody_in_and_takes_no_mail_on_any_node() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = pair(root.path());
+    a.start();
+    b.start();
+    let mut d = Delivery::send(*b.lmtp.lock().unwrap().as_ref().unwrap(), "Subject: before\r\n\r\nhi\r\n");
+    assert!(d.reply().unwrap().starts_with("250"));
+    assert!(rcpt_alice(&a).starts_with("250") && try_login(&a, "pw"));
+    let said = run(&a.dir, &["account", "delete", "alice"]);
+    assert!(said.contains("deleted"), "{said}");
+    assert!(!try_login(&a, "pw"), "A logs alice in after deleting her account");
+    assert!(rcpt_alice(&a).starts_with("550"), "A takes mail for a deleted account");
+    wait_for("the deletion on B", || !try_login(&b, "pw"));
+    let rcpt = rcpt_alice(&b);
+    assert!(rcpt.starts_with("550"), "B takes mail for a deleted account: {rcpt}");
+    // Nothing was purged: the message is still in the dump of both.
+    converge(&[&a, &b]);
+    assert_eq!(messages(&a.dump()), 1);
+}

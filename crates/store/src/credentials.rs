@@ -32,9 +32,31 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes an account on every replica of it: an op of the account
+    /// document. Wherever it arrives, the account logs nobody in and takes
+    /// no delivery ([`Store::is_deleted`]); its sessions with peers go on,
+    /// so that the deletion reaches them all. Its mail stays on disk here
+    /// (nothing purges a deleted account yet).
+    pub fn delete_account(&self, account: &str) -> Result<(), StoreError> {
+        self.write(account, |b| Ok(b.replica().delete_account()?))
+    }
+
+    /// Whether an account was deleted, here or on a replica this one heard
+    /// from (false for an account this node does not have).
+    pub fn is_deleted(&self, account: &str) -> Result<bool, StoreError> {
+        match self.read(account) {
+            Ok(r) => Ok(r.names().tree.deleted),
+            Err(StoreError::NoSuchAccount(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The password hash an account logs in with here, if any: this node's
-    /// own, else the replicated one.
+    /// own, else the replicated one; none once the account was deleted.
     pub fn credential(&self, account: &str) -> Result<Option<String>, StoreError> {
+        if self.is_deleted(account)? {
+            return Ok(None);
+        }
         let local = self.run(|db| {
             let r = db.begin_read().map_err(st)?;
             match r.open_table(CREDENTIALS) {

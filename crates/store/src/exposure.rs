@@ -266,6 +266,11 @@ impl Store {
         self.caught_up_in(&live, &acct, pinned, probe)
     }
 
+    /// Counts a catch-up that ended short of the peers wanted (metrics).
+    pub fn note_catch_up_short(&self) {
+        self.core.exposure_stats.lock().unwrap_or_else(PoisonError::into_inner).catch_up_short += 1;
+    }
+
     /// The latest probe of `account` catch-up waits want sent (0: none):
     /// each link sends it once ([`Store::probes`] says when it changes).
     pub fn probe_wanted(&self, account: &str) -> u64 {
@@ -313,8 +318,7 @@ impl Store {
             let now = std::time::Instant::now();
             if now >= until || pinned.len() < policy.peers {
                 drop(live);
-                let mut stats = self.core.exposure_stats.lock().unwrap_or_else(PoisonError::into_inner);
-                stats.catch_up_short += 1;
+                self.note_catch_up_short();
                 return Exposed::Short { peers: n };
             }
             let slice = (until - now).min(CATCH_UP_POLL);
