@@ -190,23 +190,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let deadline = tokio::time::Instant::from_std(session.deadline());
         match session.wants() {
             Wants::Read => {}
-            Wants::Pause(wait) => {
-                // Only this connection waits; the deadline still holds.
+            // A login waiting out its penalty, or a SELECT catching up with
+            // its peers (it checks again after a short while): only this
+            // connection waits, and the deadline still holds.
+            Wants::Pause(wait) | Wants::CatchUp(wait) => {
                 let until = (tokio::time::Instant::now() + wait).min(deadline);
                 tokio::time::sleep_until(until).await;
                 let now = Instant::now();
                 session.handle_timeout(now);
-                // Verifying runs Argon2: off the async workers' backs.
-                tokio::task::block_in_place(|| session.resume(now));
-                continue;
-            }
-            Wants::CatchUp(wait) => {
-                // A SELECT catching up with its peers: it checks again
-                // after a short while (only this connection waits).
-                let until = (tokio::time::Instant::now() + wait).min(deadline);
-                tokio::time::sleep_until(until).await;
-                let now = Instant::now();
-                session.handle_timeout(now);
+                // Verifying runs Argon2, a SELECT reads the store: off the
+                // async workers' backs.
                 tokio::task::block_in_place(|| session.resume(now));
                 continue;
             }
