@@ -1272,20 +1272,15 @@ impl Session {
                 *self.caught.until.insert(self.now + policy.wait)
             }
         };
-        let none = Vec::new();
-        let pinned = policy.pinned.get(&account).unwrap_or(&none);
-        let peers = store.caught_up_since(&account, pinned, self.caught.probe).len();
-        if peers >= policy.peers {
-            self.caught.until = None;
-            return Ok(());
+        match store.catch_up_status(&account, policy, self.caught.probe, self.now, until) {
+            None => return Err(Fail::CatchUp),
+            Some(Exposed::Short { peers }) => {
+                tracing::warn!(account, peers, "shown before catching up with the peers wanted")
+            }
+            Some(_) => {}
         }
-        if self.now >= until || pinned.len() < policy.peers {
-            self.caught.until = None;
-            store.note_catch_up_short();
-            tracing::warn!(account, peers, "shown before catching up with the peers wanted");
-            return Ok(());
-        }
-        Err(Fail::CatchUp)
+        self.caught.until = None;
+        Ok(())
     }
 
     /// With exposure after k peers: waits until this replica holds what k

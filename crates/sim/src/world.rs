@@ -1153,8 +1153,13 @@ impl World {
         let pinned = self.pinned(node);
         let look = match look {
             Look::CatchUp { node, probe, deadline } => {
-                let caught_up = store.caught_up_since(ACCOUNT, &pinned, probe).len() >= k;
-                if !caught_up && self.now < deadline {
+                // The store's rule, as the IMAP server applies it.
+                let mut policy = starling_store::ExposurePolicy { peers: k, ..Default::default() };
+                policy.pinned.insert(ACCOUNT.to_string(), pinned.clone());
+                let until = self.epoch + std::time::Duration::from_millis(deadline);
+                let status = store.catch_up_status(ACCOUNT, &policy, probe, self.instant(), until);
+                let caught_up = matches!(status, Some(starling_store::Exposed::Held { .. }));
+                if status.is_none() {
                     self.roamer.pending = Some(Look::CatchUp { node, probe, deadline });
                     self.schedule(20, Ev::Roam);
                     return Ok(());

@@ -245,7 +245,7 @@ impl Store {
     /// Starts a catch-up before showing clients new UIDs: asks every
     /// connected peer what it has now (a probe, which the links send when
     /// [`Store::probes`] changes). Returns the probe to pass to
-    /// [`Store::caught_up_since`].
+    /// [`Store::catch_up_status`].
     pub fn begin_catch_up(&self, account: &str) -> u64 {
         let Ok(number) = self.account_number(account) else { return 0 };
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
@@ -257,17 +257,56 @@ impl Store {
         probe
     }
 
-    /// The peers among `pinned` this replica caught up with since `probe`
-    /// ([`Store::begin_catch_up`]): connected, answered it or a later one,
-    /// and this replica holds all they had then.
-    pub fn caught_up_since(&self, account: &str, pinned: &[ReplicaId], probe: u64) -> Vec<ReplicaId> {
-        let Ok(acct) = self.account(account) else { return Vec::new() };
+    /// One look at a catch-up begun with `probe` ([`Store::begin_catch_up`]),
+    /// for a caller that waits its own way (a parked IMAP command, the
+    /// simulator): `Held` once `policy.peers` connected pinned peers were
+    /// caught up with, `Short` (counted) from `until` on or when fewer
+    /// peers are pinned than wanted, `None` while it should wait on.
+    pub fn catch_up_status(
+        &self,
+        account: &str,
+        policy: &ExposurePolicy,
+        probe: u64,
+        now: std::time::Instant,
+        until: std::time::Instant,
+    ) -> Option<Exposed> {
+        if policy.peers == 0 {
+            return Some(Exposed::Local);
+        }
+        let Ok(acct) = self.account(account) else { return Some(Exposed::Local) };
+        let pinned = policy.pinned.get(account).map_or(&[][..], Vec::as_slice);
         let live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
-        self.caught_up_in(&live, &acct, pinned, probe)
+        let status = self.catch_up_decision(&live, &acct, pinned, policy.peers, probe, now >= until);
+        drop(live);
+        if matches!(status, Some(Exposed::Short { .. })) {
+            self.note_catch_up_short();
+        }
+        status
+    }
+
+    /// The one rule of a catch-up, for [`Store::catch_up_status`] and
+    /// [`Store::wait_caught_up`] (not counted here).
+    fn catch_up_decision(
+        &self,
+        live: &Live,
+        acct: &Account,
+        pinned: &[ReplicaId],
+        peers: usize,
+        probe: u64,
+        expired: bool,
+    ) -> Option<Exposed> {
+        let n = self.caught_up_in(live, acct, pinned, probe).len();
+        if n >= peers {
+            Some(Exposed::Held { peers: n })
+        } else if expired || pinned.len() < peers {
+            Some(Exposed::Short { peers: n })
+        } else {
+            None
+        }
     }
 
     /// Counts a catch-up that ended short of the peers wanted (metrics).
-    pub fn note_catch_up_short(&self) {
+    fn note_catch_up_short(&self) {
         self.core.exposure_stats.lock().unwrap_or_else(PoisonError::into_inner).catch_up_short += 1;
     }
 
@@ -306,20 +345,17 @@ impl Store {
             return Exposed::Local;
         }
         let Ok(acct) = self.account(account) else { return Exposed::Local };
-        let none = Vec::new();
-        let pinned = policy.pinned.get(account).unwrap_or(&none);
+        let pinned = policy.pinned.get(account).map_or(&[][..], Vec::as_slice);
         let probe = self.begin_catch_up(account);
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let n = self.caught_up_in(&live, &acct, pinned, probe).len();
-            if n >= policy.peers {
-                return Exposed::Held { peers: n };
-            }
             let now = std::time::Instant::now();
-            if now >= until || pinned.len() < policy.peers {
+            if let Some(status) = self.catch_up_decision(&live, &acct, pinned, policy.peers, probe, now >= until) {
                 drop(live);
-                self.note_catch_up_short();
-                return Exposed::Short { peers: n };
+                if matches!(status, Exposed::Short { .. }) {
+                    self.note_catch_up_short();
+                }
+                return status;
             }
             let slice = (until - now).min(CATCH_UP_POLL);
             live = self.core.live_changed.wait_timeout(live, slice).unwrap_or_else(PoisonError::into_inner).0;
