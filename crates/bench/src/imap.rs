@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0)]
     login_secs: f64,
     /// Steps to run (`logins` only when asked).
-    #[arg(long, value_delimiter = ',', default_value = "append,fetch,store,select,idle")]
+    #[arg(long, value_delimiter = ',', default_value = "append,fetch,fetch-bodies,store,select,idle")]
     steps: Vec<Step>,
     /// Name of the server in the output.
     #[arg(long)]
@@ -82,6 +82,9 @@ pub struct Args {
 enum Step {
     Append,
     Fetch,
+    /// Whole messages (`BODY.PEEK[]`): every byte read from the store, and
+    /// in Starling every body hashed again before it is sent.
+    FetchBodies,
     Store,
     Select,
     Idle,
@@ -156,12 +159,15 @@ fn bench(args: &Args) -> Res<()> {
     if want(Step::Append) {
         out(append(&mut c, &files, args.append)?);
     }
-    if want(Step::Fetch) || want(Step::Store) {
+    if want(Step::Fetch) || want(Step::FetchBodies) || want(Step::Store) {
         fill(&mut c, &files, args.messages)?;
         c.run(&format!("SELECT {}", quote(FETCH_BOX)), |_| {})?;
     }
     if want(Step::Fetch) {
-        out(fetch(&mut c)?);
+        out(fetch(&mut c, "fetch", "UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])")?);
+    }
+    if want(Step::FetchBodies) {
+        out(fetch(&mut c, "fetch-bodies", "UID FETCH 1:* (UID BODY.PEEK[])")?);
     }
     if want(Step::Store) {
         for r in store(&mut c, args.messages)? {
@@ -229,21 +235,21 @@ fn fill(c: &mut Conn, files: &[PathBuf], n: usize) -> Res<()> {
     Ok(())
 }
 
-fn fetch(c: &mut Conn) -> Res<Row> {
+fn fetch(c: &mut Conn, key: &'static str, cmd: &str) -> Res<Row> {
     let before = c.received;
     let mut n = 0usize;
     let t = Instant::now();
-    c.run("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])", |l| n += is_fetch(l) as usize)?;
+    c.run(cmd, |l| n += is_fetch(l) as usize)?;
     let secs = t.elapsed().as_secs_f64();
     let bytes = c.received - before;
     Ok(Row {
-        key: "fetch",
-        what: format!("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER]), {n} messages"),
+        key,
+        what: format!("{cmd}, {n} messages"),
         value: secs,
         unit: "s",
         better: "lower",
         result: format!("{secs:.3} s"),
-        detail: format!("{:.1} MB received, {:.0} msg/s", mb(bytes), n as f64 / secs),
+        detail: format!("{:.1} MB received, {:.0} msg/s, {:.0} MB/s", mb(bytes), n as f64 / secs, mb(bytes) / secs),
     })
 }
 

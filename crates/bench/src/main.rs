@@ -80,6 +80,13 @@ enum What {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// What read-time BLAKE3 verification costs a whole-body read from the
+    /// store (1 MB text, 1 MB incompressible, 4 KB).
+    StoreVerify {
+        /// Where to put the store.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Imports a Maildir tree into a fresh store and prints the summary.
     Import {
         /// The Maildir root.
@@ -142,6 +149,7 @@ fn main() {
     match Cli::parse().what {
         What::Model { messages, appends } => model::run(messages, appends),
         What::Store { messages, dir } => store::run(messages, dir),
+        What::StoreVerify { dir } => store::verify_cost(dir),
         What::Import { maildir, dir } => store::import(&maildir, dir),
         What::OpenProbe { path } => store::open_probe(&path),
         What::Sync { maildir, dir } => sync::run(&maildir, dir),

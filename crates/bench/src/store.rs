@@ -198,3 +198,46 @@ pub fn import(maildir_root: &Path, dir: Option<PathBuf>) {
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!("starling import: {s}; store file {:.1} MB", size as f64 / 1e6);
 }
+
+/// What read-time verification costs: whole-body reads of text mail and of
+/// incompressible bodies from a real store, timed, and the BLAKE3 of the same
+/// bytes alone.
+pub fn verify_cost(dir: Option<PathBuf>) {
+    let (_keep, dir) = workdir(dir);
+    let store = Store::open(&dir.join("verify.redb"), NODE, StoreOptions::default()).expect("open");
+    store.add_account("u").expect("account");
+    let text: Vec<u8> = (0..1_000_000 / 60)
+        .flat_map(|i| format!("line {i:>8} of a plain text message body....\r\n").into_bytes())
+        .collect();
+    let short = b"Hello there, a short message.\r\n".repeat(130);
+    println!("| body | whole read | of which BLAKE3 | BLAKE3 speed |\n|---|---|---|---|");
+    for (name, payload) in [
+        ("1 MB mail text (zstd-packed)", text),
+        ("1 MB incompressible", starling_model::testkit::incompressible(1_000_000, 9)),
+        ("4 KB", short),
+    ] {
+        let mut raw = b"From: a@example.org\r\nSubject: cost\r\n\r\n".to_vec();
+        raw.extend_from_slice(&payload);
+        let id = store.write("u", |b| b.put_body(&raw)).expect("write");
+        let r = store.read("u").expect("read");
+        let rounds = (200_000_000 / raw.len()).clamp(20, 20_000);
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(r.body(id).expect("body"));
+        }
+        let read = t.elapsed().as_secs_f64() / rounds as f64;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(starling_model::BlobId::of(std::hint::black_box(&raw)));
+        }
+        let hash = t.elapsed().as_secs_f64() / rounds as f64;
+        let mb = raw.len() as f64 / 1e6;
+        println!(
+            "| {name} | {:.1} µs | {:.1} µs ({:.0}%) | {:.1} GB/s |",
+            read * 1e6,
+            hash * 1e6,
+            100.0 * hash / read,
+            mb / hash / 1e3
+        );
+    }
+}

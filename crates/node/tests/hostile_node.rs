@@ -295,3 +295,94 @@ fn a_full_disk_then_space_again_needs_no_restart() {
     a.stop();
     drop(disk);
 }
+
+/// Item 5, between real processes: a forging peer (this test, with its own
+/// pinned QUIC identity) that node a syncs only alice with asks, over the
+/// real wire, for the body of a message in bob's INBOX by its BLAKE3 id. It
+/// gets alice's body (the same request path works) and `NoBlob` for bob's.
+#[test]
+fn a_peer_pinned_for_alice_gets_no_body_of_bobs() {
+    use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerEndpoint, PeerSet};
+    use starling_sync::{Frame, PROTOCOL_VERSION};
+    use std::sync::Arc;
+
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    run(&a.dir, &["account", "add", "bob"]);
+    passwd_of(&a, "alice", "pw-a");
+    passwd_of(&a, "bob", "pw-b");
+    let forger = Arc::new(NodeIdentity::load_or_create(&root.path().join("forger")).unwrap());
+    // The forger listens nowhere: a's dials to it fail, it dials a.
+    let nowhere = format!("127.0.0.1:{}", free_udp_port());
+    run(&a.dir, &["peer", "add", &forger.id().to_string(), &nowhere, "--accounts", "alice"]);
+    a.start();
+
+    let port = a.imap.lock().unwrap().unwrap();
+    let mut ids = Vec::new();
+    for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let raw = format!("From: x@example.org\r\nSubject: private to {user}\r\n\r\nonly {user} may read this\r\n");
+        let mut c = Imap::connect(port);
+        c.ok("l", &format!("LOGIN {user} {pw}"));
+        c.append("a", "INBOX", &raw);
+        ids.push(starling_model::BlobId::of(raw.as_bytes()));
+    }
+    let (alice_body, bob_body) = (ids[0], ids[1]);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (blobs, no_blobs) = rt.block_on(async {
+        let a_id = NodeId::parse(&a.id).unwrap();
+        let ep =
+            PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), forger.clone(), Arc::new(PeerSet::new([a_id]))).unwrap();
+        let conn = ep.connect(format!("127.0.0.1:{}", a.port).parse().unwrap(), a_id).await.unwrap();
+        let (mut send, mut recv) = conn.connection.open_bi().await.unwrap();
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            node: forger.id().replica(),
+            accounts: vec!["alice".into(), "bob".into()],
+        };
+        write_frame(&mut send, &hello.encode()).await.unwrap();
+        write_frame(&mut send, &Frame::WantBlobs { ids: vec![alice_body, bob_body] }.encode()).await.unwrap();
+        // Frames from both kinds of stream, into one channel.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(64);
+        let budget = Arc::new(tokio::sync::Semaphore::new(64 << 20));
+        let (tx_meta, b) = (tx.clone(), budget.clone());
+        tokio::spawn(async move {
+            while let Ok(Some((f, _permit))) = read_frame(&mut recv, &b).await {
+                let _ = tx_meta.send(Frame::decode(&f).unwrap()).await;
+            }
+        });
+        let c = conn.connection.clone();
+        tokio::spawn(async move {
+            while let Ok(mut uni) = c.accept_uni().await {
+                let (tx, b) = (tx.clone(), budget.clone());
+                tokio::spawn(async move {
+                    while let Ok(Some((f, _permit))) = read_frame(&mut uni, &b).await {
+                        let _ = tx.send(Frame::decode(&f).unwrap()).await;
+                    }
+                });
+            }
+        });
+        let (mut blobs, mut no_blobs) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while blobs.len() + no_blobs.len() < 2 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Frame::Blob { id, .. })) => blobs.push(id),
+                Ok(Some(Frame::NoBlob { id })) => no_blobs.push(id),
+                Ok(Some(Frame::Refused { reason })) => panic!("refused: {reason}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Keep listening a little: a body of bob's must not come later either.
+        while let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            if let Frame::Blob { id, .. } = f {
+                blobs.push(id);
+            }
+        }
+        conn.connection.close(0u32.into(), b"done");
+        (blobs, no_blobs)
+    });
+    assert_eq!(blobs, vec![alice_body], "the forger got exactly alice's body");
+    assert_eq!(no_blobs, vec![bob_body], "bob's body was refused as if a had none");
+    a.stop();
+}

@@ -156,20 +156,25 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// passwd --local`, stdin): what most tests want, as it writes no op (the
 /// nodes' accounts stay one incarnation when they meet).
 pub fn passwd(node: &Node, password: &str) {
-    set_password(node, password, true);
+    set_password(node, "alice", password, true);
+}
+
+/// Sets `account`'s IMAP password on a node, for that node only.
+pub fn passwd_of(node: &Node, account: &str, password: &str) {
+    set_password(node, account, password, true);
 }
 
 /// Sets alice's IMAP password the replicated way (`account passwd`): it
 /// reaches every node that syncs the account.
 pub fn passwd_replicated(node: &Node, password: &str) {
-    set_password(node, password, false);
+    set_password(node, "alice", password, false);
 }
 
-fn set_password(node: &Node, password: &str, local: bool) {
+fn set_password(node: &Node, account: &str, password: &str, local: bool) {
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(&node.dir)
-        .args(["account", "passwd", "alice"])
+        .args(["account", "passwd", account])
         .args(local.then_some("--local"))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
