@@ -376,15 +376,22 @@ impl PeerLink {
             }
             Event::Ops { account, ops } => self.apply_ops(store, progress, account, ops)?,
             Event::Snapshot { account, bytes } => {
-                // Two peers may both find a new node behind their logs;
-                // only the first snapshot installs. The session restarts
-                // and, now above every peer's floor, goes on by ops.
-                if !store.version(&account)?.is_empty() {
-                    let why = "a snapshot for a replica that is no longer empty; reconnect to go on by ops";
-                    s.abort(why);
-                    return Err(LinkError::Restart(why.into()));
+                // A snapshot that lacks changes this node holds (its own,
+                // made before it caught up, or others' the peer has not
+                // got yet) is refused. Those changes go to the peer in this
+                // session (our log holds them); the session restarts, and
+                // the peer's next snapshot, or its ops if we are now above
+                // its floor, carries them. (Two peers may both find a new
+                // node behind their logs; the second snapshot then holds
+                // nothing new and installs as a no-op, or is refused.)
+                match store.install_snapshot(&account, &bytes) {
+                    Err(StoreError::SnapshotOlder) => {
+                        let why = "a snapshot that lacks changes held here; reconnect once the peer has them";
+                        s.abort(why);
+                        return Err(LinkError::Restart(why.into()));
+                    }
+                    other => other?,
                 }
-                store.install_snapshot(&account, &bytes)?;
                 let _ = s.want_blobs(wanted_missing(store, &account, &self.policy)?);
                 s.applied(&account, store.version(&account)?);
                 progress.new_messages = true;

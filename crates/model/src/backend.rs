@@ -134,7 +134,8 @@ pub trait Backend {
     fn slot(&self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>>;
     /// Places a message at `slot.uid`, which must be free.
     fn insert_slot(&mut self, mailbox: u32, slot: Slot) -> StorageResult<()>;
-    /// Rewrites a placed message's record (same UID; its keywords changed).
+    /// Rewrites a placed message's record (same UID, same message; its
+    /// keywords, claimant or location version changed).
     fn update_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()>;
     /// Removes the message placed at `uid`.
     fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>>;
@@ -271,7 +272,8 @@ impl Backend for MemBackend {
     fn update_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()> {
         let b = self.mb(mailbox);
         if let Ok(p) = b.position(slot.uid) {
-            b.slots[p].flags = slot.flags.clone();
+            debug_assert_eq!(b.slots[p].id, slot.id, "the same message");
+            b.slots[p] = slot.clone();
         }
         Ok(())
     }

@@ -7,7 +7,13 @@
 //! A replica that is behind *and* has changes of its own first sends those
 //! ops to the snapshot's source (its own log still holds them: no peer has
 //! acknowledged them, so nobody compacted them), then installs a snapshot
-//! taken after the source applied them.
+//! taken after the source applied them. Such a snapshot holds every op the
+//! replica applied (its version vector dominates the replica's), so its
+//! state is the state the replica would reach by applying the ops it lacks:
+//! installing it replaces the replica's state by difference (messages gone,
+//! moved, renumbered or reflagged, each through the same backend calls an op
+//! would make, so MODSEQ and VANISHED follow). A snapshot that lacks any op
+//! the replica applied is refused and changes nothing.
 
 use crate::backend::Envelope;
 use crate::ids::{Dot, MailboxId, MessageId, ReplicaId, VersionVector};
@@ -84,9 +90,10 @@ pub struct SnapClaim {
 /// Why a snapshot could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    /// Snapshots install only into a replica that has applied nothing.
-    #[error("a snapshot installs only into an empty replica")]
-    NotEmpty,
+    /// The snapshot lacks ops this replica applied (its own changes have
+    /// not reached the snapshot's source yet): installing it would lose them.
+    #[error("the snapshot lacks ops this replica applied")]
+    Older,
     /// Unknown format version.
     #[error("snapshot version {0} not supported")]
     Version(u8),
@@ -99,4 +106,7 @@ pub enum InstallError {
     /// The account document is unreadable.
     #[error(transparent)]
     Account(#[from] crate::account::AccountError),
+    /// Applying the ops that were waiting for the snapshot's past failed.
+    #[error(transparent)]
+    Apply(#[from] crate::replica::ApplyError),
 }

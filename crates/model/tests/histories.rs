@@ -10,18 +10,64 @@ use starling_model::{MailboxId, MessageId};
 
 #[derive(Clone, Debug)]
 enum Action {
-    Append { r: u8, mb: u8, flags: u8 },
-    Flags { r: u8, msg: u16, add: u8, remove: u8 },
-    Move { r: u8, msg: u16, mb: u8 },
-    Copy { r: u8, msg: u16, mb: u8 },
-    Expunge { r: u8, msg: u16 },
-    Look { r: u8, mb: u8 },
-    Create { r: u8, name: u8 },
-    Rename { r: u8, mb: u8, name: u8 },
-    Delete { r: u8, mb: u8 },
-    Deliver { from: u8, to: u8, pick: u16, dup: bool },
-    Partition { seed: u8 },
+    Append {
+        r: u8,
+        mb: u8,
+        flags: u8,
+    },
+    Flags {
+        r: u8,
+        msg: u16,
+        add: u8,
+        remove: u8,
+    },
+    Move {
+        r: u8,
+        msg: u16,
+        mb: u8,
+    },
+    Copy {
+        r: u8,
+        msg: u16,
+        mb: u8,
+    },
+    Expunge {
+        r: u8,
+        msg: u16,
+    },
+    Look {
+        r: u8,
+        mb: u8,
+    },
+    Create {
+        r: u8,
+        name: u8,
+    },
+    Rename {
+        r: u8,
+        mb: u8,
+        name: u8,
+    },
+    Delete {
+        r: u8,
+        mb: u8,
+    },
+    Deliver {
+        from: u8,
+        to: u8,
+        pick: u16,
+        dup: bool,
+    },
+    Partition {
+        seed: u8,
+    },
     Heal,
+    /// Replica `to` installs replica `from`'s state: taken when it holds
+    /// every op `to` applied, refused (and nothing changes) otherwise.
+    Install {
+        from: u8,
+        to: u8,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -38,6 +84,7 @@ fn action() -> impl Strategy<Value = Action> {
         14 => (any::<u8>(), any::<u8>(), any::<u16>(), prop::bool::weighted(0.1)).prop_map(|(from, to, pick, dup)| Action::Deliver { from, to, pick, dup }),
         1 => any::<u8>().prop_map(|seed| Action::Partition { seed }),
         1 => Just(Action::Heal),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(from, to)| Action::Install { from, to }),
     ]
 }
 
@@ -140,6 +187,48 @@ fn run(n: usize, actions: &[Action]) -> Result<Cluster, String> {
                 c.partition(&groups);
             }
             Action::Heal => c.heal(),
+            Action::Install { from, to } => {
+                let (from, to) = (from as usize % n, to as usize % n);
+                if from == to {
+                    continue;
+                }
+                // Mostly as a node does it: `to` first sends `from` what it
+                // lacks of `to`'s ops; sometimes `from` is offered its state
+                // before that.
+                if step % 4 != 0 {
+                    let lacking: Vec<_> = c
+                        .checker
+                        .history
+                        .iter()
+                        .map(|(op, _)| op)
+                        .filter(|op| c.replicas[to].version().contains(op.dot))
+                        .filter(|op| !c.replicas[from].version().contains(op.dot))
+                        .cloned()
+                        .collect();
+                    for op in lacking {
+                        c.client(from, |rep| rep.apply(op)).map_err(|e| e.to_string())?;
+                    }
+                }
+                let snap = c.replicas[from].export_state().map_err(|e| e.to_string())?;
+                let holds_all = snap.vv.dominates(c.replicas[to].version());
+                let before = c.replicas[to].dump();
+                let got = c.client(to, |rep| rep.import_state(snap));
+                match got {
+                    Ok(()) if holds_all => {
+                        // (Ops `to` held waiting may have gone on past it.)
+                        let same_ops = c.replicas[to].version() == c.replicas[from].version();
+                        if same_ops && c.replicas[to].dump() != c.replicas[from].dump() {
+                            return Err(format!("step {step}: {to} installed {from}'s state and differs from it"));
+                        }
+                    }
+                    Err(starling_model::snapshot::InstallError::Older) if !holds_all => {
+                        if c.replicas[to].dump() != before {
+                            return Err(format!("step {step}: a refused snapshot changed {to}"));
+                        }
+                    }
+                    other => return Err(format!("step {step}: install {from} → {to}: {other:?}")),
+                }
+            }
         }
         c.check_step().map_err(|e| format!("after step {step} {a:?}: {e}"))?;
     }

@@ -304,8 +304,9 @@ fn new_replica_catches_up_by_snapshot() {
     fresh.import_state(snap.clone()).unwrap();
     assert_eq!(fresh.dump(), c.replicas[0].dump());
     assert!(fresh.is_expunged(ms[0].1));
-    // Installing twice is refused.
-    assert!(fresh.import_state(snap).is_err());
+    // Installing the same state again changes nothing.
+    fresh.import_state(snap).unwrap();
+    assert_eq!(fresh.dump(), c.replicas[0].dump());
 
     // Onwards by ops, both ways.
     let before = c.replicas[0].version().clone();
@@ -485,4 +486,56 @@ fn an_account_deletion_reaches_every_replica_and_wins_over_concurrent_changes() 
         assert!(r.tree().deleted, "replica {:?} still has the account", r.id());
         assert!(r.tree().password.is_some(), "the concurrent password change merged too");
     }
+}
+
+/// Issue 13, the state merge: a replica cut off from its peer makes changes
+/// of its own, shown to its client, while the peer goes on (and, in a real
+/// node, compacts its log past what the replica has). A snapshot of the peer
+/// that lacks the replica's changes is refused, leaving it as it was; once
+/// the peer holds them, the replica installs the peer's state: it then
+/// equals the peer, its own changes are in it, and no UID its client was
+/// shown names another message.
+#[test]
+fn a_replica_with_changes_of_its_own_installs_a_snapshot_that_holds_them() {
+    use starling_model::snapshot::InstallError;
+    let mut c = Cluster::new(2);
+    let ms: Vec<_> = (0..6).map(|_| c.append(0, INBOX, vec![]).unwrap()).collect();
+    sync(&mut c);
+    c.look(0, INBOX);
+    c.look(1, INBOX);
+    c.partition(&[0, 1]);
+    c.client(0, |r| r.store_flags(ms[0], &[Keyword::Flagged], &[]).unwrap());
+    c.client(0, |r| r.expunge(&[ms[1]]).unwrap());
+    for _ in 0..3 {
+        c.append(0, INBOX, vec![]);
+    }
+    c.look(0, INBOX);
+    let own = c.append(1, INBOX, vec![Keyword::Seen]).unwrap();
+    c.client(1, |r| r.store_flags(ms[2], &[Keyword::Answered], &[]).unwrap());
+    c.look(1, INBOX);
+    c.check_step().unwrap();
+
+    let before = c.replicas[1].dump();
+    let lacking = c.replicas[0].export_state().unwrap();
+    assert!(matches!(c.replicas[1].import_state(lacking), Err(InstallError::Older)));
+    assert_eq!(c.replicas[1].dump(), before, "a refused snapshot changes nothing");
+
+    // Replica 1's changes reach 0 (one way only), then 0's state reaches 1.
+    c.set_link(0, 1, true);
+    while c.deliver(1, 0, 0, false) {}
+    let snap = c.replicas[0].export_state().unwrap();
+    c.replicas[1].import_state(snap.clone()).unwrap();
+    assert_eq!(c.replicas[1].dump(), c.replicas[0].dump());
+    assert_eq!(c.replicas[1].flags(own).unwrap().into_iter().collect::<Vec<_>>(), vec![Keyword::Seen]);
+    assert!(c.replicas[1].flags(ms[2]).unwrap().contains(&Keyword::Answered));
+    assert!(c.replicas[1].is_expunged(ms[1]));
+    c.check_step().unwrap();
+    // The same snapshot again changes nothing.
+    c.replicas[1].import_state(snap).unwrap();
+    assert_eq!(c.replicas[1].dump(), c.replicas[0].dump());
+    // Onwards by ops, both ways (what 0 queued for 1 is already in its state).
+    c.client(1, |r| r.store_flags(own, &[Keyword::Draft], &[]).unwrap());
+    c.append(0, INBOX, vec![]);
+    sync(&mut c);
+    assert!(c.replicas[0].flags(own).unwrap().contains(&Keyword::Draft));
 }

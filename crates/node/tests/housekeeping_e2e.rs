@@ -82,3 +82,67 @@ fn bodies_wait_for_the_stopped_peer_then_both_collect() {
         assert!(out.contains("clean"), "{out}");
     }
 }
+
+/// Issue 13, the state merge, with real processes. b is unpinned on a (as
+/// an operator does with a peer gone past the horizon), so a compacts its
+/// log past b while mail keeps coming to a; meanwhile b's user gets mail
+/// there. Pinned again, b is behind a's floor *and* holds changes of its
+/// own: it sends them, refuses a snapshot that lacks them, installs one that
+/// holds them. Both nodes end with the same mail, b's included.
+#[test]
+fn a_peer_back_below_the_floor_with_mail_of_its_own_catches_up_and_keeps_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Node::new(root.path(), "a"), Node::new(root.path(), "b"));
+    a.pin(&b);
+    b.pin(&a);
+    a.import(root.path(), "x", 30);
+    let config = root.path().join("fast.toml");
+    std::fs::write(&config, "[store]\nhousekeeping_secs = 1\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    a.start_with(&["--config", cfg], None);
+    b.start_with(&["--config", cfg], None);
+    wait_for("b has every op of a", || account_status(&a)["ops"] == account_status(&b)["ops"]);
+    b.stop();
+    a.stop();
+    run(&a.dir, &["peer", "remove", &b.id]);
+    a.start_with(&["--config", cfg], None);
+    let deliver = |n: &Node, subject: &str| {
+        let port = n.lmtp.lock().unwrap().unwrap();
+        let mut d = Delivery::send(port, &format!("Subject: {subject}\r\n\r\nbody of {subject}\r\n"));
+        let reply = d.reply().unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+    };
+    for i in 0..20 {
+        deliver(&a, &format!("to a {i}"));
+    }
+    // Nobody holds a back now: its whole log goes.
+    wait_for("a compacted its log past b", || {
+        let s = account_status(&a);
+        s["log_floor_ops"].as_u64().unwrap() >= s["ops"].as_u64().unwrap()
+    });
+    a.stop();
+    b.start_with(&["--config", cfg], None);
+    for i in 0..5 {
+        deliver(&b, &format!("to b {i}"));
+    }
+    b.stop();
+    a.pin(&b);
+    a.start_with(&["--config", cfg], None);
+    b.start_with(&["--config", cfg], None);
+    wait_for("both hold the same ops", || {
+        let (x, y) = (account_status(&a), account_status(&b));
+        x["ops"] == y["ops"] && x["messages"] == y["messages"] && x["messages"].as_u64() == Some(55)
+    });
+    a.stop();
+    b.stop();
+    let (da, db) = (a.dump(), b.dump());
+    assert_eq!(da, db);
+    assert_eq!(messages(&da), 55, "30 + 20 on a, 5 on b:\n{da}");
+    let log = std::fs::read_to_string(b.dir.with_extension("log")).unwrap();
+    let refused = log.matches("lacks changes held here").count();
+    eprintln!("b refused {refused} snapshot(s) that lacked its mail before installing one");
+    for n in [&a, &b] {
+        let out = run(&n.dir, &["verify"]);
+        assert!(out.contains("clean"), "{out}");
+    }
+}

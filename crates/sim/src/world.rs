@@ -698,10 +698,13 @@ impl World {
         for (j, n) in self.nodes.iter().enumerate() {
             let Some(peer) = n.store.as_ref().filter(|_| j != node) else { continue };
             let theirs = peer.version(ACCOUNT).map_err(err)?;
-            // A node that has applied nothing (one just joined) catches up
-            // by snapshot, whatever the floor; the final convergence check
-            // catches one that never does.
-            if !theirs.dominates(&floor) && !theirs.is_empty() {
+            // A node that holds nothing of the others (one just joined,
+            // perhaps with changes its clients made before its snapshot
+            // came) catches up by snapshot, whatever the floor, once its
+            // own changes reached the snapshot's source; the final
+            // convergence check catches one that never does.
+            let only_own = theirs.iter().all(|(r, c)| r == n.id || c == 0);
+            if !theirs.dominates(&floor) && !only_own {
                 return Err(format!(
                     "node {node} compacted ops node {j} lacks: floor {floor:?}, node {j} holds {theirs:?} (at {} ms)",
                     self.now

@@ -78,6 +78,12 @@ pub enum StoreError {
     /// A snapshot could not be read or installed.
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A snapshot lacks changes this replica made or took (its source has
+    /// not got them yet): refused, nothing changed. The replica's log still
+    /// holds them for the peer; a snapshot taken after it applied them
+    /// installs.
+    #[error("snapshot lacks changes this replica holds; refused until its source has them")]
+    SnapshotOlder,
     /// A body (or a part of it) read back does not hash to its id, or its
     /// record does not decode: those bytes are damaged. Nothing else is
     /// affected; a good copy from a peer ([`crate::Store::put_blob`])

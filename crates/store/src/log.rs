@@ -85,6 +85,15 @@ impl Store {
         }
     }
 
+    /// [`Store::log_floor`] inside a write transaction.
+    pub(crate) fn log_floor_in(w: &redb::WriteTransaction, number: u32) -> Result<VersionVector, StoreError> {
+        use redb::ReadableTable;
+        match w.open_table(LOG_FLOOR).map_err(st)?.get(number).map_err(st)? {
+            Some(v) => postcard::from_bytes(v.value()).map_err(|e| damaged("log floor", e)),
+            None => Ok(VersionVector::new()),
+        }
+    }
+
     /// Drops from the log every op that all known peers hold (`held_by_all`):
     /// their effect is already in the materialized state. Returns how many
     /// ops were dropped.

@@ -43,9 +43,15 @@ impl Store {
         Ok(blob::pack(&postcard::to_stdvec(&file).map_err(|e| StoreError::Storage(e.to_string()))?))
     }
 
-    /// Installs a snapshot made by [`Store::snapshot`] into an account that
-    /// has applied nothing: its state, and the sender's log tail above the
-    /// sender's floor, which becomes this node's floor.
+    /// Installs a snapshot made by [`Store::snapshot`]: its state (see
+    /// [`starling_model::Replica::import_state`]: it must hold every op this
+    /// account applied, or [`StoreError::SnapshotOlder`] and nothing
+    /// changes), and the sender's log tail above the sender's floor. The log
+    /// stays able to serve every op above the new floor: per replica, this
+    /// node's own log goes on into the tail where they meet (the floor stays
+    /// ours, lower); where the tail starts above what this node held, the
+    /// sender's floor is taken and this node's older ops of that replica
+    /// leave the log (their effect is in the state).
     pub fn install_snapshot(&self, account: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let bad = |e: &dyn std::fmt::Display| StoreError::Snapshot(e.to_string());
         let raw = blob::unpack(bytes, SNAPSHOT_BYTES_MAX).map_err(|e| bad(&e))?;
@@ -58,10 +64,30 @@ impl Store {
             return Err(bad(&"log tail outside the snapshot"));
         }
         self.write(account, |b| {
-            let floor = postcard::to_stdvec(&file.floor).map_err(|e| StoreError::Storage(e.to_string()))?;
-            b.replica.import_state(file.state).map_err(|e| StoreError::Snapshot(e.to_string()))?;
-            let tail = file.tail.into_iter().map(|(op, mbs)| starling_model::AppliedOp { op, mailboxes: mbs.into() });
+            let held = b.replica.version().clone();
+            let ours = Store::log_floor_in(b.txn, b.number)?;
+            b.replica.import_state(file.state).map_err(|e| match e {
+                starling_model::snapshot::InstallError::Older => StoreError::SnapshotOlder,
+                e => StoreError::Snapshot(e.to_string()),
+            })?;
+            let mut floor = ours;
+            let mut gone = VersionVector::new();
+            for (replica, theirs) in file.floor.iter() {
+                if held.get(replica) < theirs {
+                    gone.observe(starling_model::Dot::new(replica, held.get(replica)));
+                    floor.observe(starling_model::Dot::new(replica, theirs));
+                }
+            }
+            // This node's ops of those replicas end below the tail: out.
+            let mut dropped_to = VersionVector::new();
+            oplog::compact(b.txn, b.number, &gone, &mut dropped_to)?;
+            let tail = file
+                .tail
+                .into_iter()
+                .filter(|(op, _)| !held.contains(op.dot))
+                .map(|(op, mbs)| starling_model::AppliedOp { op, mailboxes: mbs.into() });
             oplog::append(b.txn, b.number, tail.collect())?;
+            let floor = postcard::to_stdvec(&floor).map_err(|e| StoreError::Storage(e.to_string()))?;
             b.txn.open_table(LOG_FLOOR).map_err(st)?.insert(b.number, floor.as_slice()).map_err(st)?;
             Ok(())
         })

@@ -298,7 +298,8 @@ fn catch_up_by_snapshot_after_compaction() {
     let snap = a.snapshot("u").unwrap();
     b.install_snapshot("u", &snap).unwrap();
     assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
-    assert!(b.install_snapshot("u", &snap).is_err(), "only into an empty account");
+    b.install_snapshot("u", &snap).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap(), "the same state again changes nothing");
     assert!(b.install_snapshot("u", b"garbage").is_err());
     // Metadata and the message list come over; bodies are fetched by blob id
     // (sync issue), so here only the envelope is checked.
@@ -322,6 +323,86 @@ fn catch_up_by_snapshot_after_compaction() {
     // The installed envelopes count in the index of body references.
     assert!(b.check_blob_refs().unwrap().is_empty());
     assert_eq!(b.blob_accounts(a.read("u").unwrap().envelope(ids[1]).unwrap().unwrap().blob).unwrap(), vec!["u"]);
+}
+
+/// Issue 13, the state merge: b was away while a went on and compacted its
+/// log past b; meanwhile b's client made changes there. a's snapshot lacking
+/// them is refused and changes nothing; once a has them, b installs a's
+/// state: equal to a, its own changes in it, HIGHESTMODSEQ not down, the
+/// expunge reported as VANISHED, and b's log still able to serve every op
+/// above its floor.
+#[test]
+fn a_store_with_changes_of_its_own_installs_a_snapshot_that_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.redb"), NODE, StoreOptions::default()).unwrap();
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(0xb), StoreOptions::default()).unwrap();
+    a.add_account("u").unwrap();
+    b.add_account("u").unwrap();
+    let ids = a
+        .write("u", |w| (0..20).map(|n| w.append(INBOX, &message(n), n as i64, vec![])).collect::<Result<Vec<_>, _>>())
+        .unwrap();
+    let ops = a.ops_since("u", &b.version("u").unwrap()).unwrap();
+    b.write("u", |w| w.apply(ops)).unwrap();
+    b.write("u", |w| Ok(w.replica().announce(INBOX)?)).unwrap();
+    let back = b.ops_since("u", &a.version("u").unwrap()).unwrap();
+    a.write("u", |w| w.apply(back)).unwrap();
+    let shown = b.read("u").unwrap().status(INBOX).unwrap();
+    let uid5 =
+        b.read("u").unwrap().messages(INBOX, 1, usize::MAX).unwrap().iter().find(|m| m.message == ids[5]).unwrap().uid;
+
+    // Apart: a goes on and compacts; b's client makes changes.
+    a.write("u", |w| {
+        w.replica().store_flags(ids[3], &[Keyword::Flagged], &[])?;
+        w.replica().expunge(&[ids[5]])?;
+        for n in 100..110 {
+            w.append(INBOX, &message(n), 0, vec![])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let all = a.version("u").unwrap();
+    a.compact("u", &all).unwrap();
+    let own = b
+        .write("u", |w| {
+            w.replica().store_flags(ids[4], &[Keyword::Answered], &[])?;
+            w.append(INBOX, &message(200), 0, vec![Keyword::Seen])
+        })
+        .unwrap();
+    b.write("u", |w| Ok(w.replica().announce(INBOX)?)).unwrap();
+    assert!(matches!(a.ops_since("u", &b.version("u").unwrap()), Err(StoreError::Compacted)));
+
+    let before = b.dump("u").unwrap();
+    let lacking = a.snapshot("u").unwrap();
+    assert!(matches!(b.install_snapshot("u", &lacking), Err(StoreError::SnapshotOlder)));
+    assert_eq!(b.dump("u").unwrap(), before, "a refused snapshot changes nothing");
+
+    let mine = b.ops_since("u", &a.version("u").unwrap()).unwrap();
+    a.write("u", |w| w.apply(mine)).unwrap();
+    b.install_snapshot("u", &a.snapshot("u").unwrap()).unwrap();
+    // b may have made follow-ups of its own (U1); a takes them, then both agree.
+    let follow = b.ops_since("u", &a.version("u").unwrap()).unwrap();
+    a.write("u", |w| w.apply(follow)).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    let r = b.read("u").unwrap();
+    let now = r.status(INBOX).unwrap();
+    assert!(now.highest_modseq > shown.highest_modseq, "{now:?} after {shown:?}");
+    assert!(now.uid_next >= shown.uid_next);
+    assert_eq!(r.vanished_since(INBOX, shown.highest_modseq).unwrap(), vec![uid5], "the expunge, and only it");
+    assert!(r.envelope(own).unwrap().is_some());
+    drop(r);
+    // b's log reaches from its floor to its version without a gap.
+    let floor = b.floor("u").unwrap();
+    let version = b.version("u").unwrap();
+    let chunk = b.ops_chunk("u", &floor, 1 << 20, usize::MAX).unwrap();
+    assert_eq!(chunk.len() as u64, version.lacking_in(&floor));
+    // Onwards by ops, and after a reopen.
+    b.write("u", |w| Ok(w.replica().store_flags(ids[6], &[Keyword::Draft], &[])?)).unwrap();
+    let ops = b.ops_since("u", &a.version("u").unwrap()).unwrap();
+    a.write("u", |w| w.apply(ops)).unwrap();
+    drop(b);
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(0xb), StoreOptions::default()).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    assert!(b.check_blob_refs().unwrap().is_empty());
 }
 
 /// The op log by mailbox: a partial peer subscribed to one mailbox gets that
