@@ -4,7 +4,7 @@
 //! of body references equal to the envelopes; a write on a full filesystem
 //! fails and leaves the store as it was.
 
-use starling_model::{ReplicaId, INBOX};
+use starling_model::{Keyword, ReplicaId, INBOX};
 use starling_store::{Store, StoreError, StoreOptions};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -310,6 +310,119 @@ fn sigkill_during_file_compaction_loses_nothing() {
     }
     eprintln!("open and compaction took {whole} ms; {cut} of 25 kills landed before it finished");
     assert!(cut >= 10, "most kills landed before the compaction finished ({cut} of 25)");
+}
+
+/// SIGKILL while a replica with changes of its own installs a snapshot
+/// that holds them (the state merge, one redb transaction; 25 kills spread
+/// over its length): the store reopens either as it was or with the whole
+/// snapshot installed, never in between, and its indexes are exact.
+#[test]
+fn sigkill_during_a_snapshot_install_into_a_replica_with_mail_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.redb");
+    let source = Store::open(&dir.path().join("source.redb"), ReplicaId(7), StoreOptions::default()).unwrap();
+    source.add_account("t").unwrap();
+    {
+        // The replica: 2,000 messages of its own, a look, some flags.
+        let store = Store::open(&template, ReplicaId(42), StoreOptions::default()).unwrap();
+        store.add_account("t").unwrap();
+        let ids: Vec<_> = store
+            .write("t", |b| {
+                (0..2_000u64)
+                    .map(|i| b.append(INBOX, raw_text(i).as_bytes(), i as i64, vec![]))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+        store.write("t", |b| Ok(b.replica().announce(INBOX)?)).unwrap();
+        store.write("t", |b| Ok(b.replica().store_flags(ids[1], &[Keyword::Flagged], &[])?)).unwrap();
+        // The source has all of it, then goes on: 8,000 messages, flags,
+        // expunges, a look; and compacts its log.
+        let ops = store.ops_since("t", &source.version("t").unwrap()).unwrap();
+        source.write("t", |b| b.apply(ops)).unwrap();
+        source
+            .write("t", |b| {
+                for i in 2_000..10_000u64 {
+                    b.append(INBOX, raw_text(i).as_bytes(), i as i64, vec![Keyword::Seen])?;
+                }
+                b.replica().store_flags(ids[2], &[Keyword::Answered], &[])?;
+                b.replica().expunge(&ids[10..400])?;
+                b.replica().announce(INBOX)?;
+                Ok(())
+            })
+            .unwrap();
+        let all = source.version("t").unwrap();
+        source.compact("t", &all).unwrap();
+    }
+    let snapshot = dir.path().join("snapshot");
+    std::fs::write(&snapshot, source.snapshot("t").unwrap()).unwrap();
+    let before = Store::open(&template, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap();
+    let install = |p: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_store-torture"))
+            .arg(p)
+            .arg("0")
+            .arg("install")
+            .arg(&snapshot)
+            .output()
+            .unwrap()
+    };
+    let (whole, after) = {
+        let p = dir.path().join("timing.redb");
+        std::fs::copy(&template, &p).unwrap();
+        let started = std::time::Instant::now();
+        let out = install(&p);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "installed",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let whole = started.elapsed().as_millis() as u64;
+        let after = Store::open(&p, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap();
+        assert_ne!(after, before);
+        assert_eq!(after, source.dump("t").unwrap(), "the install gives the source's state");
+        (whole.max(10), after)
+    };
+    let mut seed: u64 = 0x5a;
+    let (mut cut, mut installed) = (0, 0);
+    for round in 0..25u64 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let p = dir.path().join("t.redb");
+        std::fs::copy(&template, &p).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_store-torture"))
+            .arg(&p)
+            .arg("0")
+            .arg("install")
+            .arg(&snapshot)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Over the install and a little past it, so that some kills land
+        // after the commit.
+        std::thread::sleep(Duration::from_millis((seed >> 33) % (whole * 3 / 2)));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        cut += u64::from(!status.success());
+        let store = Store::open(&p, ReplicaId(42), StoreOptions::default()).expect("store opens after SIGKILL");
+        let now = store.dump("t").unwrap();
+        assert!(now == before || now == after, "kill {round}: neither the state before nor the one after");
+        installed += u64::from(now == after);
+        assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "kill {round}");
+        // An interrupted install is simply done again.
+        drop(store);
+        if now == after {
+            continue;
+        }
+        let out = install(&p);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "installed", "kill {round}");
+        assert_eq!(Store::open(&p, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap(), after);
+    }
+    eprintln!("an install took {whole} ms (with process start); {cut} of 25 kills landed before it finished, {installed} found it installed");
+    assert!(cut >= 5, "kills landed during the install ({cut} of 25)");
+}
+
+fn raw_text(i: u64) -> String {
+    format!("Subject: message {i}\r\nFrom: a@example.org\r\n\r\nbody {i} {}\r\n", "y".repeat((i % 7) as usize * 40))
 }
 
 fn noise(seed: u64) -> String {

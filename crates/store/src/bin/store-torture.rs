@@ -12,7 +12,9 @@
 //! before the previous one and runs housekeeping (log compaction, body
 //! collection), printing `committed N` once all of it returned. With
 //! `open`, it only opens the store with file compaction on (the crash test
-//! kills it while redb compacts), then prints `opened`.
+//! kills it while redb compacts), then prints `opened`. With `install FILE`,
+//! it installs the snapshot of account `t` in FILE (the crash test kills it
+//! during the install), then prints `installed`.
 
 use starling_model::{Keyword, ReplicaId, INBOX};
 use starling_store::{Store, StoreOptions};
@@ -29,9 +31,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (path, first, mode): (&str, u64, &str) = match args.as_slice() {
         [_, p, f] => (p, f.parse().expect("first batch number"), ""),
-        [_, p, f, m] => (p, f.parse().expect("first batch number"), m),
+        [_, p, f, m] | [_, p, f, m, _] => (p, f.parse().expect("first batch number"), m),
         _ => {
-            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open]");
+            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|install SNAPSHOT]");
             std::process::exit(2);
         }
     };
@@ -43,6 +45,12 @@ fn main() {
             let options = StoreOptions { file_compact_free_percent: 1, ..Default::default() };
             Store::open(path, ReplicaId(42), options).expect("open");
             println!("opened");
+        }
+        "install" => {
+            let snapshot = std::fs::read(&args[4]).expect("snapshot file");
+            let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
+            store.install_snapshot("t", &snapshot).expect("install");
+            println!("installed");
         }
         m => panic!("unknown mode {m}"),
     }
