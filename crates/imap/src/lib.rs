@@ -30,5 +30,6 @@ pub mod uidmap;
 pub mod wire;
 
 pub use auth::GuardLimits;
+pub use selected::FETCH_PART_BYTES;
 pub use server::{serve, tls_acceptor, Listener};
 pub use session::{Config, Session, Shared, Wants};

@@ -36,6 +36,11 @@ pub(crate) struct Selected {
     pub reported: HashMap<u32, u64>,
 }
 
+/// A FETCH answer goes out in parts of about this many bytes (a part ends
+/// after the message that passes it): a session holds one part, not the
+/// whole answer ([`crate::Wants::Write`]).
+pub const FETCH_PART_BYTES: usize = 4 << 20;
+
 impl Selected {
     fn new(id: MailboxId, read_only: bool) -> Selected {
         Selected { id, read_only, uids: UidMap::default(), modseq: 0, recent: Vec::new(), reported: HashMap::new() }
@@ -524,7 +529,8 @@ impl Session {
         let mut targets = self.targets(&reader, set, uid)?;
         if let Some(since) = changed_since {
             targets.retain(|(_, m)| m.modseq > since);
-            if vanished {
+            // (Once, with the first part of an answer in parts.)
+            if vanished && self.part.after.is_none() {
                 let sel = self.selected.as_ref().expect("selected");
                 let ranges = sel.uid_ranges(set, true)?;
                 let gone = reader.vanished_within(sel.id, placed.flatten(), &ranges)?;
@@ -567,6 +573,11 @@ impl Session {
         let mut targets = self.targets(&reader, set, uid)?;
         if let Some(since) = changed_since {
             targets.retain(|(_, m)| m.modseq > since);
+        }
+        // An answer in parts goes on after its last part (targets are in
+        // sequence order, which is UID order).
+        if let Some(after) = self.part.after {
+            targets.retain(|(_, m)| m.uid > after);
         }
         let body_items = items.iter().any(needs_body);
         let whole = items.iter().any(|i| needs_body(i) && !header_only(i));
@@ -719,6 +730,12 @@ impl Session {
             all.extend_from_slice(&out);
             if items.contains(&MessageDataItemName::Flags) {
                 self.selected.as_mut().expect("selected").reported(m.uid, m.modseq);
+            }
+            if all.len() - before >= FETCH_PART_BYTES && i + 1 < targets.len() {
+                // This part goes out before the next is built.
+                self.part.after = Some(m.uid);
+                self.out = all;
+                return Err(Fail::More);
             }
         }
         self.out = all;

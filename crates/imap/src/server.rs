@@ -203,6 +203,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 tokio::task::block_in_place(|| session.resume(now));
                 continue;
             }
+            // A FETCH answering in parts: the part just written, the next now.
+            Wants::Write => {
+                tokio::task::block_in_place(|| session.resume(Instant::now()));
+                continue;
+            }
             Wants::Bodies(wait) => {
                 // A FETCH waits for bodies a peer has: ask, then run it
                 // again when the account changes (a body stored) or the

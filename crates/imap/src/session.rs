@@ -186,6 +186,12 @@ pub enum Wants {
     /// from its bytes and either goes on or parks again (without holding
     /// a thread meanwhile).
     CatchUp(Duration),
+    /// Write the output, then call [`Session::resume`] at once: a long
+    /// answer (a FETCH of many bodies) goes out in parts of about
+    /// [`crate::selected::FETCH_PART_BYTES`], each written before the next
+    /// is built, so what a session holds stays bounded whatever the
+    /// mailbox's size.
+    Write,
 }
 
 enum Mode {
@@ -210,6 +216,9 @@ pub(crate) enum Fail {
     Wait(Vec<(starling_model::BlobId, u64)>),
     /// No answer yet: it waits to catch up with the peers ([`Wants::CatchUp`]).
     CatchUp,
+    /// No answer yet: a part of it is out, the rest follows once that part
+    /// is written ([`Wants::Write`]).
+    More,
 }
 
 impl From<StoreError> for Fail {
@@ -250,6 +259,18 @@ struct CatchUpWait {
     /// The parked command's bytes, run again on resume.
     parked: Option<Vec<u8>>,
     /// Set by a command that must wait (read after it finishes).
+    park: bool,
+}
+
+/// A FETCH whose answer goes out in parts ([`Wants::Write`]).
+#[derive(Default)]
+pub(crate) struct FetchParts {
+    /// The UID of the last message whose response is out: the command,
+    /// run again, goes on after it. `None` when no FETCH is in parts.
+    pub after: Option<u32>,
+    /// The command's bytes, run again on resume.
+    parked: Option<Vec<u8>>,
+    /// Set by a FETCH that stopped after a part (read after it finishes).
     park: bool,
 }
 
@@ -312,6 +333,8 @@ pub struct Session {
     pub(crate) bodies: crate::ondemand::BodyWait,
     /// A SELECT parked until this replica caught up with its peers.
     caught: CatchUpWait,
+    /// A FETCH answered in parts ([`Wants::Write`]).
+    pub(crate) part: FetchParts,
     /// Changes this session made whose report is not written yet, with
     /// exposure after k peers on ([`Session::take_unexposed`]).
     unexposed: Option<starling_store::Exposure>,
@@ -369,6 +392,7 @@ impl Session {
             pending_login: None,
             bodies: Default::default(),
             caught: Default::default(),
+            part: Default::default(),
             unexposed: None,
         };
         s.frag = s.framer();
@@ -484,7 +508,7 @@ impl Session {
     /// (a login is verified now, a parked FETCH runs again) and goes on with
     /// the input received meanwhile.
     pub fn resume(&mut self, now: Instant) {
-        if !matches!(self.wants, Wants::Pause(_) | Wants::Bodies(_) | Wants::CatchUp(_)) {
+        if !matches!(self.wants, Wants::Pause(_) | Wants::Bodies(_) | Wants::CatchUp(_) | Wants::Write) {
             return;
         }
         self.wants = Wants::Read;
@@ -499,6 +523,9 @@ impl Session {
             }
         }
         if let Some(command) = self.caught.parked.take() {
+            self.command_bytes(&command);
+        }
+        if let Some(command) = self.part.parked.take() {
             self.command_bytes(&command);
         }
         self.process();
@@ -672,6 +699,14 @@ impl Session {
                     self.caught.parked = Some(message.to_vec());
                     self.wants = Wants::CatchUp(until.saturating_duration_since(self.now).min(CATCH_UP_POLL));
                 }
+                if std::mem::take(&mut self.part.park) {
+                    // A part is out: the command goes on after it on resume.
+                    self.part.parked = Some(message.to_vec());
+                    self.wants = Wants::Write;
+                } else if self.bodies.parked.is_none() {
+                    // Answered (or failed): the next FETCH starts afresh.
+                    self.part.after = None;
+                }
             }
             _ => {
                 match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
@@ -703,6 +738,7 @@ impl Session {
             }
             Err(Fail::Wait(wanted)) => self.bodies.park = Some(wanted),
             Err(Fail::CatchUp) => self.caught.park = true,
+            Err(Fail::More) => self.part.park = true,
         }
     }
 
