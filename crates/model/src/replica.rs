@@ -538,8 +538,10 @@ impl<B: Backend> Replica<B> {
     /// difference, through the backend calls an op makes: a message placed
     /// at the same UID keeps its slot (updated if its flags or claim
     /// changed), one gone or moved leaves its slot (the backend records the
-    /// VANISHED UID and raises MODSEQ), one new or moved gets a slot. Claim
-    /// sets and tombstones only grow. Ops waiting for their causal past stay
+    /// VANISHED UID and raises MODSEQ), one new at its place arrives
+    /// unplaced with its claim on the side and is placed by settling, as an
+    /// op's would be (so U1 holds for what this replica's clients were
+    /// shown). Claim sets and tombstones only grow. Ops waiting for their causal past stay
     /// waiting (or are applied, if the snapshot completed it). Afterwards the
     /// replica continues with the ops after `snapshot.vv`.
     ///
