@@ -76,10 +76,7 @@ impl Store {
 
     pub(crate) fn log_floor(&self, r: &ReadTransaction, number: u32) -> Result<VersionVector, StoreError> {
         match r.open_table(LOG_FLOOR) {
-            Ok(t) => match t.get(number).map_err(st)? {
-                Some(v) => postcard::from_bytes(v.value()).map_err(|e| damaged("log floor", e)),
-                None => Ok(VersionVector::new()),
-            },
+            Ok(t) => floor_in(&t, number),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(VersionVector::new()),
             Err(e) => Err(st(e)),
         }
@@ -87,11 +84,7 @@ impl Store {
 
     /// [`Store::log_floor`] inside a write transaction.
     pub(crate) fn log_floor_in(w: &redb::WriteTransaction, number: u32) -> Result<VersionVector, StoreError> {
-        use redb::ReadableTable;
-        match w.open_table(LOG_FLOOR).map_err(st)?.get(number).map_err(st)? {
-            Some(v) => postcard::from_bytes(v.value()).map_err(|e| damaged("log floor", e)),
-            None => Ok(VersionVector::new()),
-        }
+        floor_in(&w.open_table(LOG_FLOOR).map_err(st)?, number)
     }
 
     /// Drops from the log every op that all known peers hold (`held_by_all`):
@@ -108,5 +101,13 @@ impl Store {
             w.commit().map_err(st)?;
             Ok(dropped)
         })
+    }
+}
+
+/// An account's log floor, from the floor table of either transaction.
+fn floor_in(t: &impl redb::ReadableTable<u32, &'static [u8]>, number: u32) -> Result<VersionVector, StoreError> {
+    match t.get(number).map_err(st)? {
+        Some(v) => postcard::from_bytes(v.value()).map_err(|e| damaged("log floor", e)),
+        None => Ok(VersionVector::new()),
     }
 }
