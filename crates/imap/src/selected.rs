@@ -238,6 +238,16 @@ const HEADER_PROBES: [usize; 2] = [2 * 1024, 16 * 1024];
 
 /// A message's body for one FETCH response: the header block alone when
 /// that is all the items need (`whole` false).
+/// UIDs of `known` expunged since `modseq`: from the mailbox's expunge
+/// rows, or, when it no longer remembers that far back, by comparing
+/// `known` with the UIDs there are now (exact either way).
+fn gone_since(reader: &Reader, id: MailboxId, modseq: u64, known: &UidMap) -> Result<Vec<u32>, StoreError> {
+    match reader.vanished_since(id, modseq)? {
+        Some(gone) => Ok(gone),
+        None => Ok(reader.absent_in(id, &known.ranges())?.into_iter().flat_map(|(lo, hi)| lo..=hi).collect()),
+    }
+}
+
 fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
     if !whole {
         // Kept apart by the store; used if IMAP's idea of the header agrees.
@@ -370,7 +380,8 @@ impl Session {
             Some((m, mut map)) if m < modseq => {
                 let mut changed: Vec<u32> = reader.changed_since(id, m, usize::MAX)?.iter().map(|i| i.uid).collect();
                 changed.sort_unstable();
-                map.advance(&reader.vanished_since(id, m)?, changed);
+                let gone = gone_since(reader, id, m, &map)?;
+                map.advance(&gone, changed);
                 map
             }
             _ => UidMap::from_sorted(reader.uids(id)?),
@@ -414,7 +425,7 @@ impl Session {
             self.changed = false;
             return Ok(());
         }
-        let vanished = reader.vanished_since(id, sel.modseq)?;
+        let vanished = gone_since(&reader, id, sel.modseq, &sel.uids)?;
         let gone: Vec<u32> = vanished.into_iter().filter(|&u| sel.seq_of(u).is_some()).collect();
         if !gone.is_empty() && !expunges_allowed {
             return Ok(());

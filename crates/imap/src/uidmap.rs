@@ -127,6 +127,11 @@ impl UidMap {
         (self.len - start) as usize
     }
 
+    /// Every UID, as ascending inclusive ranges.
+    pub fn ranges(&self) -> Vec<(u32, u32)> {
+        (0..self.runs.len()).map(|i| (self.runs[i].0, self.runs[i].0 + self.run_len(i) - 1)).collect()
+    }
+
     /// UID ranges covering 0-based sequence indexes `lo..=hi`.
     pub fn uid_ranges(&self, lo: usize, hi: usize, out: &mut Vec<(u32, u32)>) {
         let mut seq = lo;
@@ -145,6 +150,13 @@ impl UidMap {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ranges_are_the_runs() {
+        let m = UidMap::from_sorted([1, 2, 3, 7, 9, 10]);
+        assert_eq!(m.ranges(), vec![(1, 3), (7, 7), (9, 10)]);
+        assert_eq!(UidMap::default().ranges(), vec![]);
+    }
 
     #[test]
     fn advance_removes_highest_first_and_adds_above() {

@@ -24,8 +24,12 @@ fn server_with(config: Config) -> Server {
 }
 
 fn server_on(replica: ReplicaId, config: Config) -> Server {
+    server_with_store(replica, config, StoreOptions::default())
+}
+
+fn server_with_store(replica: ReplicaId, config: Config, options: StoreOptions) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store.redb"), replica, StoreOptions::default()).unwrap();
+    let store = Store::open(&dir.path().join("store.redb"), replica, options).unwrap();
     store.add_account("alice").unwrap();
     // This node's own password: the account has no op of its own until a
     // client changes something, so two servers here are replicas of one
@@ -278,6 +282,49 @@ fn qresync_reports_exactly_the_changes() {
     // UNCHANGEDSINCE below the message's MODSEQ fails with MODIFIED.
     let out = b.ok("b4 UID STORE 2 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)");
     assert!(out.contains("[MODIFIED 2]"), "{out}");
+}
+
+/// A mailbox remembers only its newest expunges (here 4). A session that
+/// sat selected while 12 went, a QRESYNC SELECT and a FETCH VANISHED
+/// from before them still hear every one: the selected session exactly
+/// (EXPUNGE for each message it had), the others as VANISHED (EARLIER)
+/// of every UID they may know that names no message now (an
+/// over-report, never an under-report).
+#[test]
+fn expunges_older_than_the_mailbox_remembers_are_still_reported() {
+    let options = StoreOptions { vanished_per_mailbox: 4, ..StoreOptions::default() };
+    let srv = server_with_store(ReplicaId(7), Config::default(), options);
+    let mut a = Client::login(&srv);
+    for _ in 0..20 {
+        a.append("INBOX", "", PLAIN);
+    }
+    let out = a.ok("a1 SELECT INBOX");
+    let validity: u32 = out.split("[UIDVALIDITY ").nth(1).unwrap().split(']').next().unwrap().parse().unwrap();
+    let modseq: u64 = out.split("[HIGHESTMODSEQ ").nth(1).unwrap().split(']').next().unwrap().parse().unwrap();
+    let mut idle = Client::login(&srv);
+    idle.ok("i1 SELECT INBOX");
+    // Twelve expunges: the ten even UIDs, then 1 and 3.
+    let gone: Vec<u32> = (2..=20).step_by(2).chain([1, 3]).collect();
+    for u in &gone {
+        a.ok(&format!("a2 UID STORE {u} +FLAGS (\\Deleted)"));
+        a.ok("a3 EXPUNGE");
+    }
+    let out = idle.ok("i2 NOOP");
+    assert_eq!(out.matches(" EXPUNGE\r\n").count(), gone.len(), "{out}");
+    let out = idle.ok("i3 UID SEARCH ALL");
+    let left: Vec<u32> = (1..=20).filter(|u| !gone.contains(u)).collect();
+    let listed = left.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(" ");
+    assert!(out.contains(&format!("* SEARCH {listed}\r\n")), "{out}");
+    let mut b = Client::login(&srv);
+    b.ok("b0 ENABLE QRESYNC");
+    let out = b.ok(&format!("b1 SELECT INBOX (QRESYNC ({validity} {modseq}))"));
+    let reported = uid_set(between(&out, "* VANISHED (EARLIER) ", "\r\n").expect("VANISHED (EARLIER)"));
+    assert!(gone.iter().all(|u| reported.contains(u)), "{reported:?}");
+    assert!(reported.iter().all(|u| !left.contains(u)), "a live UID reported gone: {reported:?}");
+    let out = b.ok(&format!("b2 UID FETCH 1:40 (FLAGS) (CHANGEDSINCE {modseq} VANISHED)"));
+    let reported = uid_set(between(&out, "* VANISHED (EARLIER) ", "\r\n").expect("VANISHED (EARLIER)"));
+    assert!(gone.iter().all(|u| reported.contains(u)), "{reported:?}");
+    assert!(reported.iter().all(|u| !left.contains(u)), "{reported:?}");
 }
 
 /// Before login the limits are small: a synchronising literal over them

@@ -30,6 +30,10 @@ pub enum Mutation {
     /// shows new UIDs (the store's; exposure after k peers without the
     /// catch-up, so a failover to a lagging replica reuses UIDs).
     CatchUpSkipped = 7,
+    /// A mailbox forgets its oldest expunge rows without raising its floor,
+    /// so a client older than them is answered as if they never happened
+    /// (the store's; a QRESYNC under-report).
+    ForgetWithoutFloor = 8,
 }
 
 #[cfg(feature = "mutations")]

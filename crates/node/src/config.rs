@@ -177,6 +177,9 @@ pub struct StoreSection {
     /// At start, compact the file when this share of it (percent) is free
     /// pages; 100: never.
     pub file_compact_free_percent: Option<Spanned<u64>>,
+    /// Expunges each mailbox remembers for QRESYNC; a client away longer
+    /// gets an over-report.
+    pub vanished_per_mailbox: Option<Spanned<u64>>,
 }
 
 impl StoreSection {
@@ -189,6 +192,7 @@ impl StoreSection {
                 ("housekeeping_secs", &self.housekeeping_secs, 1, 86_400, "at least daily"),
                 ("peer_horizon_days", &self.peer_horizon_days, 1, 3_650, "a peer away longer catches up by snapshot"),
                 ("file_compact_free_percent", &self.file_compact_free_percent, 1, 100, "100 turns it off"),
+                ("vanished_per_mailbox", &self.vanished_per_mailbox, 1, 10_000_000, "expunges a mailbox remembers"),
             ],
             text,
         )
@@ -399,7 +403,9 @@ impl Config {
         let cache_bytes = self.store.cache_mib.as_ref().map_or(d.cache_bytes, |v| (*v.get_ref() as usize) << 20);
         let file_compact_free_percent =
             self.store.file_compact_free_percent.as_ref().map_or(FILE_COMPACT_FREE_PERCENT, |v| *v.get_ref() as u8);
-        starling_store::StoreOptions { cache_bytes, file_compact_free_percent, ..d }
+        let vanished_per_mailbox =
+            self.store.vanished_per_mailbox.as_ref().map_or(d.vanished_per_mailbox, |v| *v.get_ref() as u32);
+        starling_store::StoreOptions { cache_bytes, file_compact_free_percent, vanished_per_mailbox, ..d }
     }
 
     /// Exposure after k peers, without the pinned peers (`serve` adds them).
@@ -497,6 +503,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # compact_log = true           # drop ops every pinned peer holds
 # collect_bodies = true        # delete expunged mail's bodies once every peer holds the expunge
 # file_compact_free_percent = 25  # at start, compact the file when this much of it is free (100: never)
+# vanished_per_mailbox = 10000 # expunges a mailbox remembers for QRESYNC (older: an over-report)
 
 [durability]
 # peers = 0                    # k: pinned peers that hold a change before a client is told of it
@@ -584,6 +591,14 @@ mod tests {
         let c = Config::parse("[store]\ncache_mib = 16\n").unwrap();
         assert_eq!(c.store_options().cache_bytes, 16 << 20);
         assert_eq!(Config::default().store_options().cache_bytes, starling_store::CACHE_BYTES_DEFAULT);
+        let c = Config::parse("[store]\nvanished_per_mailbox = 500\n").unwrap();
+        assert_eq!(c.store_options().vanished_per_mailbox, 500);
+        let e = Config::parse("[store]\nvanished_per_mailbox = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("store.vanished_per_mailbox"), "{e}");
+        assert_eq!(
+            Config::default().store_options().vanished_per_mailbox,
+            starling_store::VANISHED_PER_MAILBOX_DEFAULT
+        );
         let e = Config::parse("[durability]\npeers = 1\nwait_ms = 0\n").unwrap_err();
         assert!(e.contains("line 3") && e.contains("durability.wait_ms"), "{e}");
         let c = Config::parse("[durability]\npeers = 2\nwait_ms = 1500\nwhen_short = \"refuse\"\n").unwrap();

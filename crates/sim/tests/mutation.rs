@@ -56,7 +56,8 @@ fn broken_merge_rules_are_caught_and_intact_ones_pass() {
     // holds; compacting past a peer, or collecting a body still named, is
     // caught by the checks after each pass.
     let sc = housekeeping_scenario();
-    let intact: Vec<_> = (0..4).map(|s| run(&sc, s)).collect();
+    let intact_housekeeping: Vec<_> = (0..4).map(|s| run(&sc, s)).collect();
+    let intact = &intact_housekeeping;
     assert!(intact.iter().all(|r| r.result.is_ok()), "intact housekeeping: {:?}", intact[0].result);
     assert!(intact.iter().map(|r| r.ops_compacted).sum::<u64>() > 0, "the logs were compacted");
     assert!(intact.iter().map(|r| r.bodies_collected).sum::<u64>() > 0, "bodies were collected");
@@ -79,6 +80,15 @@ fn broken_merge_rules_are_caught_and_intact_ones_pass() {
     mutation::set(None);
     assert!(!f.is_empty(), "PlaceEveryModseq went unnoticed");
     assert!(f.iter().any(|(_, e)| e.contains("roaming client")), "PlaceEveryModseq: {:?}", f[0]);
+    // A mailbox that forgets old expunges without raising its floor
+    // answers a client older than them short.
+    let sc = housekeeping_scenario();
+    let forgotten: u64 = intact_housekeeping.iter().map(|r| r.roam_forgotten).sum();
+    assert!(forgotten > 0, "no resync came from below what a node remembers");
+    mutation::set(Some(Mutation::ForgetWithoutFloor));
+    let f = failures(&sc, 0..4);
+    mutation::set(None);
+    assert!(f.iter().any(|(_, e)| e.contains("roaming client under-reported")), "ForgetWithoutFloor: {f:?}");
     // A claim U1 forced that counts as a plain one: a replica keeps
     // preferring a UID below what it showed and claims again and again.
     let sc = housekeeping_scenario();

@@ -23,12 +23,18 @@ pub(crate) const SIDE_BY_MSG: TableDefinition<(u32, u32, u64, u32), ()> = TableD
 pub(crate) const RETRACTED: TableDefinition<ClaimRow, ()> = TableDefinition::new("retracted");
 pub(crate) const PINNED: TableDefinition<ClaimRow, ()> = TableDefinition::new("pinned");
 pub(crate) const FORCED: TableDefinition<ClaimRow, ()> = TableDefinition::new("forced");
-/// (account, mailbox, MODSEQ) → uid changed then. Append-only: a row is
-/// stale when the message's record carries a newer MODSEQ (readers skip it);
-/// compaction drops stale rows.
+/// (account, mailbox, MODSEQ) → uid changed then: one row per placed
+/// message, at the MODSEQ its record carries (a change of the message
+/// replaces its row; its removal removes it).
 pub(crate) const CHANGES: TableDefinition<(u32, u32, u64), u32> = TableDefinition::new("changes");
-/// (account, mailbox, MODSEQ) → uid that vanished then.
+/// (account, mailbox, MODSEQ) → uid that vanished then: the mailbox's
+/// newest expunges, at most [`crate::StoreOptions::vanished_per_mailbox`]
+/// of them ([`VANISHED_KEPT`]).
 pub(crate) const VANISHED: TableDefinition<(u32, u32, u64), u32> = TableDefinition::new("vanished");
+/// (account, mailbox) → (floor, rows): the mailbox's [`VANISHED`] rows
+/// and the MODSEQ of the newest one it forgot (0: none). A client's
+/// MODSEQ below the floor is answered with an over-report.
+pub(crate) const VANISHED_KEPT: TableDefinition<(u32, u32), (u64, u64)> = TableDefinition::new("vanished_kept");
 /// (account, mailbox) → (HIGHESTMODSEQ, messages).
 pub(crate) const MAILBOX_COUNTS: TableDefinition<(u32, u32), (u64, u64)> = TableDefinition::new("mailbox_counts");
 /// account → (MODSEQ counter, live messages).
@@ -105,6 +111,9 @@ pub struct RedbBackend<'txn> {
     forced: Table<'txn, ClaimRow, ()>,
     changes: Table<'txn, (u32, u32, u64), u32>,
     vanished: Table<'txn, (u32, u32, u64), u32>,
+    vanished_kept: Table<'txn, (u32, u32), (u64, u64)>,
+    /// [`crate::StoreOptions::vanished_per_mailbox`].
+    vanished_max: u64,
     mailbox_counts: Table<'txn, (u32, u32), (u64, u64)>,
     account_counts: Table<'txn, u32, (u64, u64)>,
     blob_refs: Table<'txn, ([u8; 32], u32), u64>,
@@ -123,8 +132,14 @@ pub struct RedbBackend<'txn> {
 }
 
 impl<'txn> RedbBackend<'txn> {
-    /// Opens the tables in `txn` for `account` of the replica `node`.
-    pub fn new(txn: &'txn WriteTransaction, account: u32, node: ReplicaId) -> Result<Self, redb::TableError> {
+    /// Opens the tables in `txn` for `account` of the replica `node`; each
+    /// mailbox remembers its newest `vanished_max` expunges.
+    pub fn new(
+        txn: &'txn WriteTransaction,
+        account: u32,
+        node: ReplicaId,
+        vanished_max: u32,
+    ) -> Result<Self, redb::TableError> {
         Ok(RedbBackend {
             account,
             tag: crate::modseq::tag(node),
@@ -139,6 +154,8 @@ impl<'txn> RedbBackend<'txn> {
             forced: txn.open_table(FORCED)?,
             changes: txn.open_table(CHANGES)?,
             vanished: txn.open_table(VANISHED)?,
+            vanished_kept: txn.open_table(VANISHED_KEPT)?,
+            vanished_max: u64::from(vanished_max.max(1)),
             mailbox_counts: txn.open_table(MAILBOX_COUNTS)?,
             account_counts: txn.open_table(ACCOUNT_COUNTS)?,
             blob_refs: txn.open_table(BLOB_REFS)?,
@@ -255,12 +272,49 @@ impl<'txn> RedbBackend<'txn> {
         Ok(())
     }
 
+    /// Counts a new [`VANISHED`] row of `mailbox` and forgets its oldest
+    /// while it has more than it keeps: at most two per call, so a lowered
+    /// bound is reached as expunges come, and a call's work does not
+    /// depend on how many rows there are.
+    fn count_vanished(&mut self, mailbox: u32) -> StorageResult<()> {
+        let a = self.account;
+        let (mut floor, mut rows) =
+            self.vanished_kept.get((a, mailbox)).map_err(storage)?.map_or((0, 0), |g| g.value());
+        rows += 1;
+        for _ in 0..2 {
+            if rows <= self.vanished_max {
+                break;
+            }
+            let oldest = match self.vanished.range((a, mailbox, 0)..=(a, mailbox, u64::MAX)).map_err(storage)?.next() {
+                Some(row) => Some(row.map_err(storage)?.0.value().2),
+                None => None,
+            };
+            let Some(modseq) = oldest else {
+                rows = 0;
+                break;
+            };
+            self.vanished.remove((a, mailbox, modseq)).map_err(storage)?;
+            if !starling_model::mutation::active(starling_model::mutation::Mutation::ForgetWithoutFloor) {
+                floor = floor.max(modseq);
+            }
+            rows -= 1;
+        }
+        self.vanished_kept.insert((a, mailbox), (floor, rows)).map_err(storage)?;
+        Ok(())
+    }
+
     /// Writes a placed message's record with a fresh MODSEQ and indexes the change.
     fn put_slot(&mut self, mailbox: u32, slot: &Slot, count_delta: i64) -> StorageResult<()> {
         let a = self.account;
         let modseq = self.next_modseq()?;
         let bytes = postcard::to_stdvec(&(modseq, slot)).map_err(storage)?;
-        self.slots.insert((a, mailbox, slot.uid), bytes.as_slice()).map_err(storage)?;
+        let was = match self.slots.insert((a, mailbox, slot.uid), bytes.as_slice()).map_err(storage)? {
+            Some(old) => Some(decode_slot(old.value())?.0),
+            None => None,
+        };
+        if let Some(was) = was {
+            self.changes.remove((a, mailbox, was)).map_err(storage)?;
+        }
         self.changes.insert((a, mailbox, modseq), slot.uid).map_err(storage)?;
         let (_, n) = self.mailbox_counts(mailbox)?;
         self.cached_mailboxes.insert(mailbox, (modseq, n.saturating_add_signed(count_delta)));
@@ -370,9 +424,11 @@ impl Backend for RedbBackend<'_> {
     fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
         let a = self.account;
         let removed = self.slots.remove((a, mailbox, uid)).map_err(storage)?.map(|g| decode_slot(g.value()));
-        let Some((_, slot)) = removed.transpose()? else { return Ok(None) };
+        let Some((was, slot)) = removed.transpose()? else { return Ok(None) };
+        self.changes.remove((a, mailbox, was)).map_err(storage)?;
         let modseq = self.next_modseq()?;
         self.vanished.insert((a, mailbox, modseq), uid).map_err(storage)?;
+        self.count_vanished(mailbox)?;
         let (_, n) = self.mailbox_counts(mailbox)?;
         self.cached_mailboxes.insert(mailbox, (modseq, n.saturating_sub(1)));
         Ok(Some(slot))

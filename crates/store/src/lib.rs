@@ -29,6 +29,7 @@ pub mod memdisk;
 pub mod oplog;
 
 mod bodies;
+mod change_index;
 mod credentials;
 pub mod db;
 mod dump;
@@ -55,8 +56,8 @@ pub use exposure::{
 };
 pub use gc::Collected;
 pub use modseq::Since;
-pub use open::{StoreOptions, FILE_COMPACT_MIN_FREE};
-pub use reads::{MailboxStatus, MessageInfo, Reader, Resync};
+pub use open::{StoreOptions, FILE_COMPACT_MIN_FREE, VANISHED_PER_MAILBOX_DEFAULT};
+pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
 pub use write::Batch;
 
@@ -85,9 +86,10 @@ const CREDENTIALS: TableDefinition<&str, &str> = TableDefinition::new("credentia
 const MAGIC: &[u8] = b"starling-store";
 /// 2: the `blob_refs` index (which accounts reference a body); 3: the
 /// `missing_bodies` list; 4: the `bodies_got` marks; 5: the garbage
-/// collector's candidates and part counts, and each account's bytes. An
-/// older store gets them built once at open.
-const FORMAT_VERSION: u8 = 5;
+/// collector's candidates and part counts, and each account's bytes; 6:
+/// the change index bounded (one change row per message, the expunge rows
+/// counted per mailbox). An older store gets them built once at open.
+const FORMAT_VERSION: u8 = 6;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;

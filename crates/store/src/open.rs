@@ -30,7 +30,17 @@ pub struct StoreOptions {
     /// are free; 100 or more (the default): never. `starling serve` sets
     /// it from its config (25 unless told otherwise).
     pub file_compact_free_percent: u8,
+    /// Expunges each mailbox remembers for QRESYNC (its newest
+    /// `VANISHED` rows); older ones are forgotten as new ones come, and a
+    /// client whose MODSEQ is older than what a mailbox remembers gets an
+    /// over-report ([`crate::Reader::vanished_within`]). At least 1.
+    pub vanished_per_mailbox: u32,
 }
+
+/// Default of [`StoreOptions::vanished_per_mailbox`]: a client that was
+/// away while 10,000 messages of one mailbox were expunged gets an
+/// over-report; the rows cost about 40 bytes each.
+pub const VANISHED_PER_MAILBOX_DEFAULT: u32 = 10_000;
 
 /// Free bytes below which the file is never compacted at open.
 pub const FILE_COMPACT_MIN_FREE: u64 = 8 << 20;
@@ -42,6 +52,7 @@ impl Default for StoreOptions {
             verify: false,
             cache_bytes: CACHE_BYTES_DEFAULT,
             file_compact_free_percent: 100,
+            vanished_per_mailbox: VANISHED_PER_MAILBOX_DEFAULT,
         }
     }
 }
@@ -133,8 +144,10 @@ impl Store {
         reopen: Option<db::Reopen>,
     ) -> Result<Store, OpenError> {
         // A panic of redb on a damaged page, anywhere in here, is an error.
-        let accounts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_and_load(&db, label, node)))
-            .unwrap_or_else(|_| Err(damaged_at_open(label)))?;
+        let accounts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_and_load(&db, label, node, options.vanished_per_mailbox)
+        }))
+        .unwrap_or_else(|_| Err(damaged_at_open(label)))?;
         let accounts = accounts
             .into_iter()
             .map(|(name, (number, replica))| {
@@ -217,7 +230,7 @@ type Loaded = BTreeMap<String, (u32, Replica<Detached>)>;
 
 /// Checks the meta record (writing it into a brand-new file), brings a
 /// format-1 store up to date, and loads every account's replica.
-fn check_and_load(db: &Database, label: &str, node: ReplicaId) -> Result<Loaded, OpenError> {
+fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32) -> Result<Loaded, OpenError> {
     let io = |e: &dyn std::fmt::Display| OpenError::Io(e.to_string());
     // A brand-new file gets our meta; an existing one must already have it.
     let fresh = {
@@ -293,6 +306,13 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId) -> Result<Loaded,
         let w = db.begin_write().map_err(|e| io(&e))?;
         gc::build(&w, &versions).map_err(|e| io(&e))?;
         refs::build_account_bytes(&w).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [5u8].as_slice()).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
+    }
+    if version < 6 {
+        // Before format 6: the change index kept every row it was given.
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        crate::change_index::bound_change_index(&w, vanished_max).map_err(|e| io(&e))?;
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }

@@ -17,6 +17,17 @@ pub struct Resync {
     pub changed: Vec<MessageInfo>,
 }
 
+/// Rows of a mailbox's change index ([`Reader::index_rows`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexRows {
+    /// CONDSTORE's change rows: one per message.
+    pub changes: u64,
+    /// QRESYNC's expunge rows: the mailbox's newest expunges.
+    pub vanished: u64,
+    /// MODSEQ of the newest expunge row forgotten (0: none).
+    pub vanished_floor: u64,
+}
+
 /// What STATUS and SELECT need of a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MailboxStatus {
@@ -346,33 +357,64 @@ impl Reader {
 
     /// QRESYNC's VANISHED (EARLIER) within `ranges`, as ranges: the UIDs
     /// gone since `since` (a point of this replica's sequence), or, when the
-    /// client's point is unknown here (`None`), every UID below UIDNEXT that
-    /// names no message now.
+    /// client's point is unknown here (`None`) or older than the expunges
+    /// the mailbox remembers, every UID below UIDNEXT that names no message
+    /// now.
     pub fn vanished_within(
         &self,
         id: MailboxId,
         since: Option<u64>,
         ranges: &[(u32, u32)],
     ) -> Result<Vec<(u32, u32)>, StoreError> {
-        let Some(since) = since else { return self.absent_in(id, ranges) };
+        let Some(gone) = since.map(|since| self.vanished_since(id, since)).transpose()?.flatten() else {
+            return self.absent_in(id, ranges);
+        };
         let within = crate::ranges::merged(ranges);
-        let gone = self.vanished_since(id, since)?;
         Ok(crate::ranges::of_sorted(gone.into_iter().filter(|&u| crate::ranges::contains(&within, u))))
     }
 
-    /// UIDs expunged (or moved away) after `modseq` (QRESYNC VANISHED).
-    pub fn vanished_since(&self, id: MailboxId, modseq: u64) -> Result<Vec<u32>, StoreError> {
+    /// UIDs expunged (or moved away) after `modseq` (QRESYNC VANISHED),
+    /// sorted; `None` when the mailbox no longer remembers every expunge
+    /// since (it keeps its newest [`crate::StoreOptions::vanished_per_mailbox`]):
+    /// the caller then compares what it knows with [`Self::uids`].
+    pub fn vanished_since(&self, id: MailboxId, modseq: u64) -> Result<Option<Vec<u32>>, StoreError> {
         self.guard(|| {
-            let Some(i) = self.mailbox(id) else { return Ok(Vec::new()) };
-            let Some(t) = self.table(backend::VANISHED)? else { return Ok(Vec::new()) };
+            let Some(i) = self.mailbox(id) else { return Ok(Some(Vec::new())) };
             let a = self.account;
+            if let Some(kept) = self.table(backend::VANISHED_KEPT)? {
+                let floor = kept.get((a, i)).map_err(st)?.map_or(0, |g| g.value().0);
+                if modseq < floor {
+                    return Ok(None);
+                }
+            }
+            let Some(t) = self.table(backend::VANISHED)? else { return Ok(Some(Vec::new())) };
             let mut out = Vec::new();
             for item in t.range((a, i, modseq + 1)..=(a, i, u64::MAX)).map_err(st)? {
                 out.push(item.map_err(st)?.1.value());
             }
             out.sort_unstable();
             out.dedup();
-            Ok(out)
+            Ok(Some(out))
+        })
+    }
+
+    /// How many rows a mailbox's change index holds: what `starling
+    /// status` shows and the bounds' tests check.
+    pub fn index_rows(&self, id: MailboxId) -> Result<IndexRows, StoreError> {
+        self.guard(|| {
+            let Some(i) = self.mailbox(id) else { return Ok(IndexRows::default()) };
+            let a = self.account;
+            let mut rows = IndexRows::default();
+            if let Some(t) = self.table(backend::CHANGES)? {
+                rows.changes = t.range((a, i, 0)..=(a, i, u64::MAX)).map_err(st)?.count() as u64;
+            }
+            if let Some(t) = self.table(backend::VANISHED)? {
+                rows.vanished = t.range((a, i, 0)..=(a, i, u64::MAX)).map_err(st)?.count() as u64;
+            }
+            if let Some(t) = self.table(backend::VANISHED_KEPT)? {
+                rows.vanished_floor = t.get((a, i)).map_err(st)?.map_or(0, |g| g.value().0);
+            }
+            Ok(rows)
         })
     }
 

@@ -1,6 +1,7 @@
 //! `starling verify`: redb's integrity check, then every body and part
 //! read back and re-hashed against its id, and the index of body
-//! references recounted.
+//! references recounted, and the IMAP change index checked against the
+//! messages.
 //!
 //! A plain open trusts the file (redb does not check pages on reads); this
 //! reads all of it. It needs the node stopped: redb's check takes the file
@@ -177,6 +178,10 @@ impl Store {
         match self.check_blob_refs() {
             Ok(diffs) => report.index = diffs,
             Err(e) => report.unreadable.push(format!("table blob_refs: {e}")),
+        }
+        match self.check_change_index() {
+            Ok(diffs) => report.index.extend(diffs),
+            Err(e) => report.unreadable.push(format!("the change index: {e}")),
         }
         report
     }

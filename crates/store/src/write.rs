@@ -354,7 +354,7 @@ impl Store {
         let number = acct.number;
         let txn = db.begin_write().map_err(st)?;
         let (value, replica, repaired) = {
-            let backend = RedbBackend::new(&txn, number, self.node).map_err(st)?;
+            let backend = RedbBackend::new(&txn, number, self.node, self.options.vanished_per_mailbox).map_err(st)?;
             let (replica, _) = detached.swap_backend(backend);
             let mut batch = Batch {
                 replica,
@@ -413,7 +413,7 @@ impl Store {
             let txn = db.begin_write().map_err(st)?;
             let detached = std::mem::replace(&mut *state, Replica::create(self.node, Detached));
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match RedbBackend::new(&txn, acct.number, self.node) {
+                match RedbBackend::new(&txn, acct.number, self.node, self.options.vanished_per_mailbox) {
                     Ok(backend) => {
                         let (mut replica, _) = detached.swap_backend(backend);
                         let out = f(&mut replica);

@@ -69,6 +69,7 @@ fn sigkill_at_random_moments_loses_no_committed_batch() {
         }
         // The index of body references commits with the envelopes.
         assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "after kill {round}");
+        assert_eq!(store.check_change_index().unwrap(), Vec::<String>::new(), "after kill {round}");
         let present = batches(&store);
         for b in &committed {
             assert_eq!(present.get(b), Some(&20), "batch {b} was acknowledged but is not whole");
@@ -204,6 +205,7 @@ fn sigkill_during_housekeeping_loses_nothing_live() {
             continue;
         }
         assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "after kill {round}");
+        assert_eq!(store.check_change_index().unwrap(), Vec::<String>::new(), "after kill {round}");
         let present = live_batches(&store);
         for (b, n) in &present {
             assert_eq!(*n, 20, "batch {b} is half-applied (kill {round})");
@@ -306,6 +308,7 @@ fn sigkill_during_file_compaction_loses_nothing() {
         let store = Store::open(&p, ReplicaId(42), StoreOptions::default()).expect("store opens after SIGKILL");
         assert_eq!(store.dump("t").unwrap(), want, "kill {round}");
         assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "kill {round}");
+        assert_eq!(store.check_change_index().unwrap(), Vec::<String>::new(), "kill {round}");
         live_batches(&store);
     }
     eprintln!("open and compaction took {whole} ms; {cut} of 25 kills landed before it finished");
@@ -408,6 +411,7 @@ fn sigkill_during_a_snapshot_install_into_a_replica_with_mail_of_its_own() {
         assert!(now == before || now == after, "kill {round}: neither the state before nor the one after");
         installed += u64::from(now == after);
         assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "kill {round}");
+        assert_eq!(store.check_change_index().unwrap(), Vec::<String>::new(), "kill {round}");
         // An interrupted install is simply done again.
         drop(store);
         if now == after {
