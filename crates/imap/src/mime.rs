@@ -136,6 +136,31 @@ pub fn header_values(raw: &[u8], name: &str) -> Vec<String> {
     values
 }
 
+/// For SEARCH FROM/TO/CC/BCC: every address of every header named `name`
+/// as "Name <mailbox@host>" (the name decoded; a comment after a bare
+/// address is its name), and each group's name, parsed as ENVELOPE parses
+/// them: what a search matches besides the header's text, so that a
+/// comment or folding inside an address does not hide it.
+pub fn address_texts(raw: &[u8], name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    scan_header(raw, |f| {
+        if raw[f.name].eq_ignore_ascii_case(name.as_bytes()) {
+            for a in parse_addresses(&raw[f.value]) {
+                match a {
+                    Addr::Mailbox { name, mailbox, host, .. } => {
+                        let name = name.map(|n| decode_value(&n)).unwrap_or_default();
+                        let (mailbox, host) = (String::from_utf8_lossy(&mailbox), String::from_utf8_lossy(&host));
+                        out.push(format!("{name} <{mailbox}@{host}>"));
+                    }
+                    Addr::GroupStart(group) => out.push(decode_value(&group)),
+                    Addr::GroupEnd => {}
+                }
+            }
+        }
+    });
+    out
+}
+
 /// For SEARCH BODY / TEXT: whether the decoded text of the message (body parts decoded from
 /// base64/QP and charset to UTF-8; TEXT also includes the headers) contains `needle`, case-insensitively.
 ///
@@ -175,8 +200,10 @@ pub fn text_contains(raw: &[u8], needle: &str, include_headers: bool) -> bool {
     false
 }
 
-/// For SEARCH SENTBEFORE/SENTON/SENTSINCE: the Date: header as unix seconds (UTC), if parseable.
-pub fn sent_date(raw: &[u8]) -> Option<i64> {
+/// For SEARCH SENTBEFORE/SENTON/SENTSINCE: the Date: header's calendar
+/// date in its own time zone (RFC 9051 §6.4.4: time and zone are
+/// disregarded), if parseable.
+pub fn sent_date(raw: &[u8]) -> Option<chrono::NaiveDate> {
     let mut date = None;
     scan_header(raw, |f| {
         if date.is_none() && raw[f.name].eq_ignore_ascii_case(b"date") {
@@ -185,7 +212,9 @@ pub fn sent_date(raw: &[u8]) -> Option<i64> {
     });
     let value = with_line_end(&raw[date?]);
     match MessageStream::new(&value).parse_date() {
-        HeaderValue::DateTime(dt) if dt.is_valid() => Some(dt.to_timestamp()),
+        HeaderValue::DateTime(dt) if dt.is_valid() => {
+            chrono::NaiveDate::from_ymd_opt(i32::from(dt.year), u32::from(dt.month), u32::from(dt.day))
+        }
         _ => None,
     }
 }
@@ -1513,7 +1542,7 @@ U3ViamVjdDogZW5jDQoNCmhpZGRlbiBib2R5DQo=\r\n";
         assert_eq!(fetch(PLAIN, "TEXT").unwrap(), b"Line one\r\nLine two\r\n");
         assert_eq!(fetch(PLAIN, "1").unwrap(), b"Line one\r\nLine two\r\n");
         assert_eq!(fetch(PLAIN, "1.MIME").unwrap(), header);
-        assert_eq!(sent_date(PLAIN), Some(1_057_049_557));
+        assert_eq!(sent_date(PLAIN), chrono::NaiveDate::from_ymd_opt(2003, 7, 1));
         assert!(text_contains(PLAIN, "LINE TWO", false));
         assert!(!text_contains(PLAIN, "hello", false));
         assert!(text_contains(PLAIN, "hello world", true));

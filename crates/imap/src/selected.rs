@@ -34,6 +34,8 @@ pub(crate) struct Selected {
     /// UID, so it holds at most one entry per message shown and nothing for
     /// a client polling an unchanged mailbox.
     pub reported: HashMap<u32, u64>,
+    /// How many of the account's keywords the last FLAGS listed.
+    pub keywords: usize,
 }
 
 /// A FETCH answer goes out in parts of about this many bytes (a part ends
@@ -43,7 +45,15 @@ pub const FETCH_PART_BYTES: usize = 4 << 20;
 
 impl Selected {
     fn new(id: MailboxId, read_only: bool) -> Selected {
-        Selected { id, read_only, uids: UidMap::default(), modseq: 0, recent: Vec::new(), reported: HashMap::new() }
+        Selected {
+            id,
+            read_only,
+            uids: UidMap::default(),
+            modseq: 0,
+            recent: Vec::new(),
+            reported: HashMap::new(),
+            keywords: 0,
+        }
     }
 
     fn seq_of(&self, uid: u32) -> Option<usize> {
@@ -323,12 +333,7 @@ impl Session {
             Some(u) => selected.seq_of(u),
             None => None,
         };
-        let mut keywords: BTreeSet<String> =
-            ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect();
-        keywords.extend(reader.names().keywords.iter().map(|k| k.to_string()));
-        let keywords: Vec<String> = keywords.into_iter().collect();
-        self.untagged(&format!("FLAGS ({})", keywords.join(" ")));
-        self.untagged(&format!("OK [PERMANENTFLAGS ({} \\*)] flags permitted", keywords.join(" ")));
+        selected.keywords = self.flags_lines(&reader);
         self.untagged(&format!("{} EXISTS", selected.uids.len()));
         if !self.enabled.rev2 {
             self.untagged(&format!("{recent_count} RECENT"));
@@ -369,6 +374,43 @@ impl Session {
         }
         self.selected = Some(selected);
         Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into())
+    }
+
+    /// FLAGS and PERMANENTFLAGS: the system flags and every keyword of the
+    /// account. Returns how many keywords that is.
+    fn flags_lines(&mut self, reader: &Reader) -> usize {
+        let names = reader.names();
+        let mut keywords: BTreeSet<String> =
+            ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect();
+        keywords.extend(names.keywords.iter().map(|k| k.to_string()));
+        let keywords: Vec<String> = keywords.into_iter().collect();
+        self.untagged(&format!("FLAGS ({})", keywords.join(" ")));
+        self.untagged(&format!("OK [PERMANENTFLAGS ({} \\*)] flags permitted", keywords.join(" ")));
+        names.keywords.len()
+    }
+
+    /// Before a response that may show a keyword the selected session was
+    /// not yet told of (another session's STORE or COPY, or its own), the
+    /// new FLAGS (RFC 9051 §7.3.5). The account's keywords only grow.
+    fn announce_keywords(&mut self, reader: &Reader) {
+        let Some(sel) = &self.selected else { return };
+        if reader.names().keywords.len() > sel.keywords {
+            let n = self.flags_lines(reader);
+            self.selected.as_mut().expect("selected").keywords = n;
+        }
+    }
+
+    /// A command turned CONDSTORE on (RFC 7162 §3.1): the first time, with
+    /// a mailbox selected, the client is told its HIGHESTMODSEQ.
+    fn condstore_on(&mut self) {
+        if self.enabled.condstore {
+            return;
+        }
+        self.enabled.condstore = true;
+        if let Some(sel) = &self.selected {
+            let highest = sel.modseq.max(1);
+            self.untagged(&format!("OK [HIGHESTMODSEQ {highest}] CONDSTORE on"));
+        }
     }
 
     /// The UIDs of a mailbox at `modseq`, from the shared cache when it can.
@@ -431,6 +473,7 @@ impl Session {
             return Ok(());
         }
         let mut changed = reader.changed_since(id, sel.modseq, usize::MAX)?;
+        self.announce_keywords(&reader);
         drop(reader);
         changed.sort_by_key(|m| m.uid);
         let (qresync, condstore) = (self.enabled.qresync, self.enabled.condstore);
@@ -531,12 +574,13 @@ impl Session {
             return Err(Fail::Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC".into()));
         }
         if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
-            self.enabled.condstore = true;
+            self.condstore_on();
             if !items.contains(&MessageDataItemName::ModSeq) {
                 items.push(MessageDataItemName::ModSeq);
             }
         }
         let reader = self.reader()?;
+        self.announce_keywords(&reader);
         let mut targets = self.targets(&reader, set, uid)?;
         if let Some(since) = changed_since {
             targets.retain(|(_, m)| m.modseq > since);
@@ -581,6 +625,7 @@ impl Session {
         changed_since: Option<u64>,
     ) -> Done {
         let reader = self.reader()?;
+        self.announce_keywords(&reader);
         let mut targets = self.targets(&reader, set, uid)?;
         if let Some(since) = changed_since {
             targets.retain(|(_, m)| m.modseq > since);
@@ -771,7 +816,7 @@ impl Session {
         let wanted = keywords(flags)?;
         let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
         if unchanged_since.is_some() {
-            self.enabled.condstore = true;
+            self.condstore_on();
         }
         let reader = self.reader()?;
         // A MODSEQ this replica cannot place: every message may have changed
@@ -816,6 +861,7 @@ impl Session {
             })?;
         }
         let reader = self.reader()?;
+        self.announce_keywords(&reader);
         let after = self.targets(&reader, set, uid)?;
         drop(reader);
         let condstore = self.enabled.condstore;
@@ -966,19 +1012,21 @@ impl Session {
         let sel = self.selected.as_ref().expect("selected");
         let all = reader.messages(sel.id, 1, usize::MAX)?;
         let mut hits = Vec::new();
-        let mut modseq_max = 0;
+        // MODSEQ of each hit, in the same order.
+        let mut modseqs = Vec::new();
         let uses_modseq = criteria.iter().any(uses_modseq);
         for m in all {
             let Some(i) = sel.seq_of(m.uid) else { continue };
             let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel };
             if criteria.iter().all(|k| c.matches(k)) {
                 hits.push(if uid { m.uid } else { i as u32 + 1 });
-                modseq_max = modseq_max.max(m.modseq);
+                modseqs.push(m.modseq);
             }
         }
+        let modseq_max = modseqs.iter().copied().max().unwrap_or(0);
         drop(reader);
         if uses_modseq {
-            self.enabled.condstore = true;
+            self.condstore_on();
         }
         let esearch = returns.is_some() || self.enabled.rev2;
         if esearch {
@@ -995,7 +1043,17 @@ impl Session {
                 }
             }
             if uses_modseq && !hits.is_empty() {
-                line.push_str(&format!(" MODSEQ {modseq_max}"));
+                // The highest MODSEQ of the messages returned: MIN and MAX
+                // return one message each, ALL and COUNT every match.
+                let every = opts.iter().any(|o| o == "ALL" || o == "COUNT");
+                let returned = if every {
+                    modseq_max
+                } else {
+                    let min = opts.iter().any(|o| o == "MIN").then(|| modseqs[0]);
+                    let max = opts.iter().any(|o| o == "MAX").then(|| modseqs[modseqs.len() - 1]);
+                    min.max(max).unwrap_or(modseq_max)
+                };
+                line.push_str(&format!(" MODSEQ {returned}"));
             }
             self.untagged(&line);
         } else {
@@ -1064,6 +1122,15 @@ impl Candidate<'_> {
         mime::header_values(self.raw(), name).iter().any(|v| v.to_lowercase().contains(&needle))
     }
 
+    /// An address header's text, or one of its addresses as parsed.
+    fn address_has(&mut self, name: &str, needle: &[u8]) -> bool {
+        if self.header_has(name, needle) {
+            return true;
+        }
+        let needle = String::from_utf8_lossy(needle).to_lowercase();
+        mime::address_texts(self.raw(), name).iter().any(|v| v.to_lowercase().contains(&needle))
+    }
+
     fn in_set(&self, set: &SequenceSet, uid: bool) -> bool {
         let ranges = self.sel.uid_ranges(set, uid).unwrap_or_default();
         ranges.iter().any(|&(lo, hi)| lo <= self.info.uid && self.info.uid <= hi)
@@ -1071,7 +1138,7 @@ impl Candidate<'_> {
 
     fn matches(&mut self, key: &SearchKey<'_>) -> bool {
         let date = |c: &mut Self| c.envelope().map_or(0, |e| e.internal_date);
-        let sent = |c: &mut Self| mime::sent_date(c.raw()).map(day);
+        let sent = |c: &mut Self| mime::sent_date(c.raw());
         match key {
             SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
             SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
@@ -1102,10 +1169,10 @@ impl Candidate<'_> {
             SearchKey::SentBefore(d) => sent(self).is_some_and(|s| s < *d.as_ref()),
             SearchKey::SentOn(d) => sent(self).is_some_and(|s| s == *d.as_ref()),
             SearchKey::SentSince(d) => sent(self).is_some_and(|s| s >= *d.as_ref()),
-            SearchKey::Bcc(s) => self.header_has("Bcc", s.as_ref()),
-            SearchKey::Cc(s) => self.header_has("Cc", s.as_ref()),
-            SearchKey::From(s) => self.header_has("From", s.as_ref()),
-            SearchKey::To(s) => self.header_has("To", s.as_ref()),
+            SearchKey::Bcc(s) => self.address_has("Bcc", s.as_ref()),
+            SearchKey::Cc(s) => self.address_has("Cc", s.as_ref()),
+            SearchKey::From(s) => self.address_has("From", s.as_ref()),
+            SearchKey::To(s) => self.address_has("To", s.as_ref()),
             SearchKey::Subject(s) => self.header_has("Subject", s.as_ref()),
             SearchKey::Header(name, value) => {
                 let name = String::from_utf8_lossy(name.as_ref()).into_owned();

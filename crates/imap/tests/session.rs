@@ -284,6 +284,158 @@ fn qresync_reports_exactly_the_changes() {
     assert!(out.contains("[MODIFIED 2]"), "{out}");
 }
 
+/// A keyword new to the account reaches a selected session by another
+/// session's STORE or COPY: the session is told the new FLAGS (and
+/// PERMANENTFLAGS) before any FETCH that shows it (RFC 9051 §7.3.5; it
+/// got the FETCH alone).
+#[test]
+fn a_new_keyword_is_announced_in_flags_before_it_is_shown() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    a.append("INBOX", "", PLAIN);
+    a.ok("c CREATE Other");
+    a.append("Other", "", PLAIN);
+    let mut b = Client::login(&srv);
+    let out = b.ok("b1 SELECT INBOX");
+    assert!(!out.contains("$keyword1"), "{out}");
+    a.ok("a1 SELECT INBOX");
+    a.ok("a2 STORE 1 +FLAGS ($keyword1)");
+    let out = b.ok("b2 NOOP");
+    let flags = out.find("* FLAGS (").expect("FLAGS sent");
+    let fetch = out.find("* 1 FETCH").expect("the change is shown");
+    assert!(flags < fetch, "{out}");
+    assert!(out[flags..].lines().next().unwrap().contains("$keyword1"), "{out}");
+    let permanent = out.find("* OK [PERMANENTFLAGS (").expect("PERMANENTFLAGS sent");
+    assert!(out[permanent..].lines().next().unwrap().contains("$keyword1"), "{out}");
+    // Known now: not announced again.
+    a.ok("a3 STORE 1 -FLAGS ($keyword1)");
+    let out = b.ok("b3 NOOP");
+    assert!(!out.contains("* FLAGS"), "{out}");
+    // A COPY from a mailbox whose message has a keyword new to the account.
+    a.ok("a4 SELECT Other");
+    a.ok("a5 STORE 1 +FLAGS ($keyword2)");
+    a.ok("a6 COPY 1 INBOX");
+    let out = b.ok("b4 NOOP");
+    let flags = out.find("* FLAGS (").expect("FLAGS sent");
+    assert!(out[flags..].lines().next().unwrap().contains("$keyword2"), "{out}");
+    let out = b.ok("b5 FETCH 2 FLAGS");
+    assert!(out.contains("$keyword2"), "{out}");
+    // The session's own STORE of a new keyword: FLAGS first too.
+    let out = b.ok("b6 STORE 1 +FLAGS ($keyword3)");
+    let flags = out.find("* FLAGS (").expect("FLAGS sent");
+    assert!(flags < out.find("* 1 FETCH").expect("the change is shown"), "{out}");
+}
+
+/// A command that turns CONDSTORE on while a mailbox is selected tells
+/// the client the mailbox's HIGHESTMODSEQ (RFC 7162 §3.1), once.
+#[test]
+fn the_first_condstore_command_while_selected_gives_highestmodseq() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    a.append("INBOX", "", PLAIN);
+    let out = a.ok("a1 SELECT INBOX");
+    let highest = between(&out, "[HIGHESTMODSEQ ", "]").unwrap().to_string();
+    let out = a.ok("a2 FETCH 1 MODSEQ");
+    assert!(out.contains(&format!("* OK [HIGHESTMODSEQ {highest}]")), "{out}");
+    let out = a.ok("a3 FETCH 1 MODSEQ");
+    assert!(!out.contains("HIGHESTMODSEQ"), "only the first time: {out}");
+}
+
+/// ESEARCH with MODSEQ gives the highest MODSEQ of the messages it
+/// returns: for MIN (or MAX) alone that message's, for ALL or COUNT every
+/// match's (RFC 7162 §3.1.5 with RFC 4731); no MODSEQ when nothing matched.
+#[test]
+fn esearch_modseq_is_that_of_the_messages_returned() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    for _ in 0..4 {
+        a.append("INBOX", "", PLAIN);
+    }
+    a.ok("a1 SELECT INBOX (CONDSTORE)");
+    let mut modseq = [0u64; 5];
+    for seq in [1, 3, 2, 4] {
+        let out = a.ok(&format!("s{seq} STORE {seq} +FLAGS (\\Seen)"));
+        modseq[seq] = between(&out, "MODSEQ (", ")").unwrap().parse().unwrap();
+    }
+    let esearch = |a: &mut Client, cmd: &str| {
+        let out = a.ok(cmd);
+        out.lines().find(|l| l.starts_with("* ESEARCH")).unwrap().to_string()
+    };
+    let line = esearch(&mut a, "e1 SEARCH RETURN (MIN) 1:3 MODSEQ 1");
+    assert!(line.ends_with(&format!("MIN 1 MODSEQ {}", modseq[1])), "{line}");
+    let line = esearch(&mut a, "e2 SEARCH RETURN (MAX) 1:3 MODSEQ 1");
+    assert!(line.ends_with(&format!("MAX 3 MODSEQ {}", modseq[3])), "{line}");
+    let line = esearch(&mut a, "e3 SEARCH RETURN () 1:3 MODSEQ 1");
+    assert!(line.ends_with(&format!("ALL 1:3 MODSEQ {}", modseq[2])), "{line}");
+    let line = esearch(&mut a, "e4 SEARCH RETURN (MIN MAX) 2:3 MODSEQ 1");
+    assert!(line.ends_with(&format!("MIN 2 MAX 3 MODSEQ {}", modseq[2])), "{line}");
+    let line = esearch(&mut a, &format!("e5 SEARCH RETURN (ALL) 2:3 MODSEQ {}", modseq[2]));
+    assert!(line.ends_with(&format!("ALL 2 MODSEQ {}", modseq[2])), "{line}");
+    let line = esearch(&mut a, &format!("e6 SEARCH RETURN (ALL) 2:3 MODSEQ {}", modseq[4]));
+    assert_eq!(line, "* ESEARCH (TAG \"e6\")");
+}
+
+/// SENTBEFORE, SENTON and SENTSINCE compare the Date header's date in its
+/// own time zone (RFC 9051 §6.4.4): 00:30 +0200 on the 25th is the 25th,
+/// though it is the 24th in UTC.
+#[test]
+fn sent_dates_are_compared_in_the_date_headers_own_zone() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    let dates =
+        ["Sat, 24 Mar 2007 23:00:00 +0200", "Sun, 25 Mar 2007 00:30:00 +0200", "Sun, 25 Mar 2007 23:30:00 -0500"];
+    for d in dates {
+        a.append("INBOX", "", &format!("From: a@example.org\r\nDate: {d}\r\nSubject: x\r\n\r\nbody\r\n"));
+    }
+    a.ok("s SELECT INBOX");
+    let search = |a: &mut Client, key: &str| -> String {
+        let out = a.ok(&format!("q SEARCH {key}"));
+        out.lines().find(|l| l.starts_with("* SEARCH")).unwrap().trim_end().to_string()
+    };
+    assert_eq!(search(&mut a, "SENTON 24-Mar-2007"), "* SEARCH 1");
+    assert_eq!(search(&mut a, "SENTON 25-Mar-2007"), "* SEARCH 2 3");
+    assert_eq!(search(&mut a, "SENTBEFORE 25-Mar-2007"), "* SEARCH 1");
+    assert_eq!(search(&mut a, "SENTSINCE 25-Mar-2007"), "* SEARCH 2 3");
+    assert_eq!(search(&mut a, "SENTSINCE 26-Mar-2007"), "* SEARCH");
+    assert_eq!(search(&mut a, "NOT SENTON 25-Mar-2007"), "* SEARCH 1");
+}
+
+/// FROM, TO, CC and BCC match the addresses as parsed, not only the
+/// header's text: a comment inside an address does not hide it, and the
+/// comment after an address counts as its name.
+#[test]
+fn address_searches_match_parsed_addresses() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    let froms = [
+        "user-from@domain.org",
+        "RealFrom <user-from@domain.org>",
+        "<user-from (comment)@ (comment) domain.org>",
+        "user-from@domain.org (RealFrom)",
+        "user-from1@domain.org, user-from2@domain.org",
+        "=?utf-8?q?Encoded_Name?= <other@domain.org>",
+    ];
+    for f in froms {
+        a.append(
+            "INBOX",
+            "",
+            &format!("From: {f}\r\nTo: groupname: g1@domain.org, g2@domain.org;\r\nSubject: x\r\n\r\nbody\r\n"),
+        );
+    }
+    a.ok("s SELECT INBOX");
+    let search = |a: &mut Client, key: &str| -> String {
+        let out = a.ok(&format!("q SEARCH {key}"));
+        out.lines().find(|l| l.starts_with("* SEARCH")).unwrap().trim_end().to_string()
+    };
+    assert_eq!(search(&mut a, "FROM user-from@domain.org"), "* SEARCH 1 2 3 4");
+    assert_eq!(search(&mut a, "FROM ser-fro"), "* SEARCH 1 2 3 4 5");
+    assert_eq!(search(&mut a, "FROM realfrom"), "* SEARCH 2 4");
+    assert_eq!(search(&mut a, "FROM user-from2"), "* SEARCH 5");
+    assert_eq!(search(&mut a, "FROM \"encoded name\""), "* SEARCH 6");
+    assert_eq!(search(&mut a, "TO groupname"), "* SEARCH 1 2 3 4 5 6");
+    assert_eq!(search(&mut a, "TO g2@domain.org"), "* SEARCH 1 2 3 4 5 6");
+}
+
 /// A mailbox remembers only its newest expunges (here 4). A session that
 /// sat selected while 12 went, a QRESYNC SELECT and a FETCH VANISHED
 /// from before them still hear every one: the selected session exactly
