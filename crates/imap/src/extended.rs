@@ -15,6 +15,9 @@ pub struct Lifted {
     pub list_selection: Vec<String>,
     /// LIST return options.
     pub list_return: ListReturn,
+    /// LIST's patterns when it was given a parenthesised list of them
+    /// (RFC 5258 §3); the command keeps the first.
+    pub list_patterns: Vec<String>,
 }
 
 /// LIST `RETURN (…)` options.
@@ -28,6 +31,8 @@ pub struct ListReturn {
     pub special_use: bool,
     /// `STATUS (…)`: the status items, upper-cased.
     pub status: Option<Vec<String>>,
+    /// Options this server does not know (RFC 5258 §3: BAD).
+    pub unknown: Vec<String>,
 }
 
 fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
@@ -82,10 +87,62 @@ fn list_return(tokens: &[String]) -> ListReturn {
                 }
                 r.status = Some(items);
             }
-            _ => {}
+            other => r.unknown.push(other.to_string()),
         }
     }
     r
+}
+
+/// A quoted string or an atom at the start of `s`: its value and the
+/// length it takes. `None` for a literal or an empty one.
+fn string_at(s: &[u8]) -> Option<(String, usize)> {
+    if s.first() == Some(&b'"') {
+        let mut value = Vec::new();
+        let mut i = 1;
+        while let Some(&b) = s.get(i) {
+            match b {
+                b'\\' => {
+                    value.push(*s.get(i + 1)?);
+                    i += 2;
+                }
+                b'"' => return Some((String::from_utf8(value).ok()?, i + 1)),
+                b'\r' | b'\n' => return None,
+                _ => {
+                    value.push(b);
+                    i += 1;
+                }
+            }
+        }
+        return None;
+    }
+    let len = s.iter().position(|&b| matches!(b, b' ' | b'(' | b')' | b'\r' | b'\n' | b'{' | b'"')).unwrap_or(s.len());
+    (len > 0).then(|| (String::from_utf8_lossy(&s[..len]).into_owned(), len))
+}
+
+/// `LIST reference (p1 p2 …)` at `at` (the reference's start): the
+/// patterns, and the byte range of the list and of its first pattern.
+fn pattern_list(command: &[u8], at: usize) -> Option<(Vec<String>, std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let (_, reference_len) = string_at(&command[at..])?;
+    let open = at + reference_len + 1;
+    if command.get(open - 1) != Some(&b' ') || command.get(open) != Some(&b'(') {
+        return None;
+    }
+    let mut patterns = Vec::new();
+    let mut first = None;
+    let mut i = open + 1;
+    loop {
+        match command.get(i)? {
+            b' ' => i += 1,
+            b')' => break,
+            _ => {
+                let (p, len) = string_at(&command[i..])?;
+                first.get_or_insert(i..i + len);
+                patterns.push(p);
+                i += len;
+            }
+        }
+    }
+    Some((patterns, open..i + 1, first?))
 }
 
 /// Lifts the extensions off `message` (a whole command, CRLF-terminated,
@@ -118,6 +175,12 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
         lifted.list_selection = opts;
         let end = if command.get(sel_at + len) == Some(&b' ') { sel_at + len + 1 } else { sel_at + len };
         command.drain(sel_at..end);
+    }
+    // Several patterns: the command keeps the first, for the decoder.
+    if let Some((patterns, list, first)) = pattern_list(&command, sel_at) {
+        let first = command[first].to_vec();
+        command.splice(list, first);
+        lifted.list_patterns = patterns;
     }
     // `RETURN (…)` ends the command: find its opening parenthesis from the end.
     let body_end = command.len().checked_sub(2).filter(|&e| &command[e..] == b"\r\n")?;
@@ -182,6 +245,12 @@ mod tests {
         assert_eq!(l.command, b"a LIST \"\" %\r\n");
         assert!(l.list_return.children);
         assert!(lift(b"a LIST \"\" \"(x)\"\r\n").is_none());
+        let l = lift(b"a LIST \"\" (a/*2 \"a/test 3\") RETURN (IMAPTEST)\r\n").unwrap();
+        assert_eq!(l.command, b"a LIST \"\" a/*2\r\n");
+        assert_eq!(l.list_patterns, vec!["a/*2".to_string(), "a/test 3".to_string()]);
+        assert_eq!(l.list_return.unknown, vec!["IMAPTEST".to_string()]);
+        let l = lift(b"a LIST \"\" (probe3)\r\n").unwrap();
+        assert_eq!((l.command.as_slice(), l.list_patterns.len()), (&b"a LIST \"\" probe3\r\n"[..], 1));
         assert!(lift(b"a LIST \"\" *\r\n").is_none());
     }
 

@@ -315,19 +315,23 @@ impl Session {
             Some((_, since, _)) => self.place_modseq(id, *since)?,
             None => None,
         };
-        let floor = self.recent_floor(id, None)?;
+        // The floor's first value is the UIDNEXT announced before this
+        // SELECT announces its own.
+        self.recent_floor(id, None)?;
         self.announce_after(id, true)?;
         let reader = self.reader()?;
         let status = reader.status(id)?;
         let mut selected = Selected::new(id, read_only);
         selected.uids = self.view_of(&reader, id, status.highest_modseq)?;
         selected.modseq = status.highest_modseq;
+        // Read-write: what lies above the floor becomes this session's
+        // \Recent and the floor rises past it in one step, so that
+        // sessions selecting at once never both take a message.
+        let max = selected.max_uid();
+        let floor = self.recent_floor(id, (!read_only && max > 0).then_some(max))?;
         let recent_count = selected.uids.count_from(floor);
         if recent_count > 0 {
-            selected.recent.push((floor, selected.max_uid()));
-            if !read_only {
-                self.recent_floor(id, Some(selected.max_uid()))?;
-            }
+            selected.recent.push((floor, max));
         }
         let first_unseen = match reader.first_unseen(id)? {
             Some(u) => selected.seq_of(u),

@@ -5,7 +5,7 @@
 //! `Fragmentizer`, commands from its `CommandCodec`.
 
 use crate::auth::{Guard, GuardLimits};
-use crate::extended::{self, ListReturn};
+use crate::extended::{self, Lifted, ListReturn};
 use crate::selected::Selected;
 use crate::wire;
 use imap_codec::decode::Decoder;
@@ -21,7 +21,7 @@ use starling_model::account::DELIMITER;
 use starling_model::{MailboxId, INBOX};
 use starling_net::listen::{ConnCounter, ConnLimits};
 use starling_store::{Exposed, Reader, Store, StoreError};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -676,16 +676,12 @@ impl Session {
 
     fn command_bytes(&mut self, message: &[u8]) {
         let mut lifted = extended::lift(message).unwrap_or_default();
-        let input = if lifted.command.is_empty() { message } else { &lifted.command[..] };
+        let rewritten = std::mem::take(&mut lifted.command);
+        let input = if rewritten.is_empty() { message } else { &rewritten[..] };
         match CommandCodec::default().decode(input) {
             Ok((b"", command)) => {
                 self.errors = 0;
-                let (search_return, list_selection, list_return) = (
-                    lifted.search_return.take(),
-                    std::mem::take(&mut lifted.list_selection),
-                    std::mem::take(&mut lifted.list_return),
-                );
-                self.command(command, search_return, list_selection, list_return);
+                self.command(command, std::mem::take(&mut lifted));
                 if let Some(wanted) = self.bodies.park.take() {
                     // Waits for bodies: the command runs again on resume.
                     let until = *self.bodies.until.get_or_insert(self.now + self.shared.config.body_wait);
@@ -764,13 +760,10 @@ impl Session {
         caps
     }
 
-    fn command(
-        &mut self,
-        command: Command<'_>,
-        search_return: Option<Vec<String>>,
-        list_selection: Vec<String>,
-        list_return: ListReturn,
-    ) {
+    /// Runs a decoded command, with the options lifted off it before
+    /// decoding ([`extended::lift`]).
+    fn command(&mut self, command: Command<'_>, options: Lifted) {
+        let Lifted { search_return, list_selection, list_return, list_patterns, .. } = options;
         let tag = command.tag.as_ref().to_string();
         let authenticated = self.account.is_some();
         let selected = self.selected.is_some();
@@ -855,16 +848,14 @@ impl Session {
             CommandBody::Rename { from, to } => self.rename(&mailbox_name(&from), &mailbox_name(&to)),
             CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), true),
             CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), false),
-            CommandBody::List { reference, mailbox_wildcard } => self.list(
-                &mailbox_name(&reference),
-                &list_pattern(&mailbox_wildcard),
-                &list_selection,
-                &list_return,
-                false,
-            ),
+            CommandBody::List { reference, mailbox_wildcard } => {
+                let patterns =
+                    if list_patterns.is_empty() { vec![list_pattern(&mailbox_wildcard)] } else { list_patterns };
+                self.list(&mailbox_name(&reference), &patterns, &list_selection, &list_return, false)
+            }
             CommandBody::Lsub { reference, mailbox_wildcard } => self.list(
                 &mailbox_name(&reference),
-                &list_pattern(&mailbox_wildcard),
+                &[list_pattern(&mailbox_wildcard)],
                 &["SUBSCRIBED".to_string()],
                 &ListReturn::default(),
                 true,
@@ -1149,25 +1140,64 @@ impl Session {
         Ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }.into())
     }
 
-    fn list(&mut self, reference: &str, pattern: &str, selection: &[String], ret: &ListReturn, lsub: bool) -> Done {
+    /// LIST and LSUB: every mailbox whose name matches one of `patterns`
+    /// (RFC 5258 §3 allows several), once.
+    fn list(
+        &mut self,
+        reference: &str,
+        patterns: &[String],
+        selection: &[String],
+        ret: &ListReturn,
+        lsub: bool,
+    ) -> Done {
         let verb = if lsub { "LSUB" } else { "LIST" };
-        if pattern.is_empty() {
+        if let Some(o) = selection.iter().find(|o| !LIST_SELECTION.contains(&o.as_str())) {
+            return Err(Fail::Bad(format!("unknown LIST selection option {o}")));
+        }
+        if selection.iter().any(|o| o == "RECURSIVEMATCH") && !selection.iter().any(|o| o == "SUBSCRIBED") {
+            return Err(Fail::Bad("RECURSIVEMATCH needs another selection option (RFC 5258 section 3)".into()));
+        }
+        if let Some(o) = ret.unknown.first() {
+            return Err(Fail::Bad(format!("unknown LIST return option {o}")));
+        }
+        if patterns.iter().all(|p| p.is_empty()) {
             self.untagged(&format!("{verb} (\\Noselect) \"{DELIMITER}\" \"\""));
             return Ok(format!("{verb} completed"));
         }
         let subscribed_only = selection.iter().any(|s| s == "SUBSCRIBED");
         let special_only = selection.iter().any(|s| s == "SPECIAL-USE");
-        let full = format!("{reference}{pattern}");
+        let full: Vec<String> = patterns.iter().filter(|p| !p.is_empty()).map(|p| format!("{reference}{p}")).collect();
+        let matches = |name: &str| {
+            full.iter().any(|f| {
+                if name == "INBOX" {
+                    list_match(&f.to_ascii_uppercase(), name)
+                } else {
+                    list_match(f, name)
+                }
+            })
+        };
         let reader = self.reader()?;
         let tree = &reader.names().tree;
         let mut lines = Vec::new();
+        // LSUB with `%`: the matching parent of a subscribed mailbox that
+        // does not match itself is listed \Noselect (RFC 3501 §6.3.9).
+        let mut parents = BTreeSet::new();
         for (name, id) in &tree.by_name {
-            let matched =
-                if name == "INBOX" { list_match(&full.to_ascii_uppercase(), name) } else { list_match(&full, name) };
-            if !matched {
+            let Some(entry) = tree.entries.get(id) else { continue };
+            if !matches(name) {
+                if lsub && entry.subscribed {
+                    let mut at = name.len();
+                    while let Some(cut) = name[..at].rfind(DELIMITER) {
+                        let parent = &name[..cut];
+                        if matches(parent) {
+                            parents.insert(parent.to_string());
+                            break;
+                        }
+                        at = cut;
+                    }
+                }
                 continue;
             }
-            let Some(entry) = tree.entries.get(id) else { continue };
             if (subscribed_only && !entry.subscribed) || (special_only && entry.special_use.is_none()) {
                 continue;
             }
@@ -1184,14 +1214,26 @@ impl Session {
             wire::astring(&mut encoded, name.as_bytes());
             let mut line = format!("{verb} ({}) \"{DELIMITER}\" ", attrs.join(" ")).into_bytes();
             line.extend_from_slice(&encoded);
-            lines.push((line, *id, String::from_utf8_lossy(&encoded).into_owned()));
+            lines.push((line, Some(*id), String::from_utf8_lossy(&encoded).into_owned()));
+        }
+        for parent in parents {
+            let subscribed =
+                tree.by_name.get(&parent).and_then(|id| tree.entries.get(id)).is_some_and(|e| e.subscribed);
+            if subscribed {
+                continue; // listed above
+            }
+            let mut encoded = Vec::new();
+            wire::astring(&mut encoded, parent.as_bytes());
+            let mut line = format!("{verb} (\\Noselect) \"{DELIMITER}\" ").into_bytes();
+            line.extend_from_slice(&encoded);
+            lines.push((line, None, String::new()));
         }
         drop(reader);
         for (line, id, name) in lines {
             self.out.extend_from_slice(b"* ");
             self.out.extend_from_slice(&line);
             self.out.extend_from_slice(b"\r\n");
-            if let Some(items) = &ret.status {
+            if let (Some(items), Some(id)) = (&ret.status, id) {
                 let items: Vec<StatusDataItemName> = items.iter().filter_map(|i| status_item(i)).collect();
                 self.status_lines(id, &name, &items)?;
             }
@@ -1366,6 +1408,9 @@ fn status_item(name: &str) -> Option<StatusDataItemName> {
         _ => return None,
     })
 }
+
+/// LIST selection options known here (RFC 5258, RFC 6154); any other is BAD.
+const LIST_SELECTION: [&str; 4] = ["SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"];
 
 /// LIST pattern matching: `*` matches anything, `%` anything but the
 /// hierarchy delimiter.

@@ -436,6 +436,46 @@ fn address_searches_match_parsed_addresses() {
     assert_eq!(search(&mut a, "TO g2@domain.org"), "* SEARCH 1 2 3 4 5 6");
 }
 
+/// LIST with several patterns (RFC 5258 §3) lists each match once;
+/// unknown selection or return options, and RECURSIVEMATCH alone, are BAD;
+/// LSUB with `%` lists the unsubscribed parent of a subscribed mailbox as
+/// \Noselect (RFC 3501 §6.3.9). Each answered BAD or wrongly before.
+#[test]
+fn list_patterns_options_and_lsub_parents() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    for m in ["a/test1", "a/test2/test1", "a/test3", "a/test4/test5", "a/test4/test52", "b/x/y"] {
+        c.ok(&format!("c CREATE {m}"));
+    }
+    let out = c.ok("l1 LIST \"\" (a/*2 a/test3 \"a/test3\")");
+    let names: Vec<&str> =
+        out.lines().filter(|l| l.starts_with("* LIST")).map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(names, vec!["a/test2", "a/test3", "a/test4/test52"], "{out}");
+    let out = c.ok("l2 LIST \"\" (a/test1)");
+    assert_eq!(out.matches("* LIST").count(), 1, "{out}");
+    for bad in
+        ["b1 LIST (imaptest) \"\" \"\"", "b2 LIST (recursivematch) \"\" \"\"", "b3 LIST \"\" \"\" RETURN (imaptest)"]
+    {
+        let out = c.send(bad);
+        assert!(out.contains(&format!("{} BAD", &bad[..2])), "{bad} → {out}");
+    }
+    c.ok("l3 LIST (remote) \"\" %");
+    c.ok("s1 SUBSCRIBE a/test1");
+    c.ok("s2 SUBSCRIBE a/test2/test1");
+    c.ok("s3 SUBSCRIBE b/x/y");
+    let out = c.ok("l4 LSUB \"\" a/%");
+    assert!(out.contains("* LSUB (\\HasNoChildren) \"/\" a/test1\r\n"), "{out}");
+    assert!(out.contains("* LSUB (\\Noselect) \"/\" a/test2\r\n"), "{out}");
+    assert!(!out.contains("a/test2/test1") && !out.contains("a/test3"), "{out}");
+    let out = c.ok("l5 LSUB \"\" %");
+    assert!(
+        out.contains("* LSUB (\\Noselect) \"/\" a\r\n") && out.contains("* LSUB (\\Noselect) \"/\" b\r\n"),
+        "{out}"
+    );
+    let out = c.ok("l6 LSUB \"\" *");
+    assert!(!out.contains("Noselect"), "every subscribed mailbox matches itself: {out}");
+}
+
 /// A mailbox remembers only its newest expunges (here 4). A session that
 /// sat selected while 12 went, a QRESYNC SELECT and a FETCH VANISHED
 /// from before them still hear every one: the selected session exactly
@@ -780,6 +820,48 @@ fn store_and_expunge_race_with_other_sessions_expunges() {
         }
     }
     assert!(failures.is_empty(), "{} failed commands, first: {:?}", failures.len(), failures.first());
+}
+
+/// Sessions selecting one mailbox at the same moment: each new message is
+/// \Recent in exactly one of them (it was in two for 50–95 of 100 UIDs
+/// with 8 sessions).
+#[test]
+fn concurrent_selects_share_out_recent_once() {
+    let srv = server();
+    let mut feeder = Client::login(&srv);
+    let mut duplicated = Vec::new();
+    for round in 0..20 {
+        for _ in 0..10 {
+            feeder.append("INBOX", "", PLAIN);
+        }
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (shared, barrier) = (srv.shared.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut s = Session::new(shared, false, true, true);
+                    s.receive(b"a LOGIN alice pw\r\n");
+                    while let Wants::Pause(_) = s.wants() {
+                        s.resume(Instant::now());
+                    }
+                    s.take_output();
+                    barrier.wait();
+                    s.receive(b"s SELECT INBOX\r\n");
+                    let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+                    let line = out.lines().find(|l| l.ends_with(" RECENT")).expect("RECENT");
+                    line.trim_start_matches("* ").trim_end_matches(" RECENT").parse::<u32>().unwrap()
+                })
+            })
+            .collect();
+        let total: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        if total != 10 {
+            duplicated.push((round, total));
+        }
+    }
+    assert!(
+        duplicated.is_empty(),
+        "rounds where 10 new messages were \\Recent in all sessions together: {duplicated:?}"
+    );
 }
 
 /// After another session copies messages into the selected mailbox, a NOOP
