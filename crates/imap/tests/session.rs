@@ -124,6 +124,12 @@ impl Client {
         out
     }
 
+    /// `SEARCH key`'s untagged answer line.
+    fn search_line(&mut self, key: &str) -> String {
+        let out = self.ok(&format!("q SEARCH {key}"));
+        out.lines().find(|l| l.starts_with("* SEARCH")).unwrap().trim_end().to_string()
+    }
+
     fn append(&mut self, mailbox: &str, flags: &str, msg: &str) -> String {
         let first = self.send(&format!("ap APPEND {mailbox} ({flags}) {{{}}}", msg.len()));
         assert!(first.starts_with("+ "), "{first}");
@@ -388,16 +394,12 @@ fn sent_dates_are_compared_in_the_date_headers_own_zone() {
         a.append("INBOX", "", &format!("From: a@example.org\r\nDate: {d}\r\nSubject: x\r\n\r\nbody\r\n"));
     }
     a.ok("s SELECT INBOX");
-    let search = |a: &mut Client, key: &str| -> String {
-        let out = a.ok(&format!("q SEARCH {key}"));
-        out.lines().find(|l| l.starts_with("* SEARCH")).unwrap().trim_end().to_string()
-    };
-    assert_eq!(search(&mut a, "SENTON 24-Mar-2007"), "* SEARCH 1");
-    assert_eq!(search(&mut a, "SENTON 25-Mar-2007"), "* SEARCH 2 3");
-    assert_eq!(search(&mut a, "SENTBEFORE 25-Mar-2007"), "* SEARCH 1");
-    assert_eq!(search(&mut a, "SENTSINCE 25-Mar-2007"), "* SEARCH 2 3");
-    assert_eq!(search(&mut a, "SENTSINCE 26-Mar-2007"), "* SEARCH");
-    assert_eq!(search(&mut a, "NOT SENTON 25-Mar-2007"), "* SEARCH 1");
+    assert_eq!(a.search_line("SENTON 24-Mar-2007"), "* SEARCH 1");
+    assert_eq!(a.search_line("SENTON 25-Mar-2007"), "* SEARCH 2 3");
+    assert_eq!(a.search_line("SENTBEFORE 25-Mar-2007"), "* SEARCH 1");
+    assert_eq!(a.search_line("SENTSINCE 25-Mar-2007"), "* SEARCH 2 3");
+    assert_eq!(a.search_line("SENTSINCE 26-Mar-2007"), "* SEARCH");
+    assert_eq!(a.search_line("NOT SENTON 25-Mar-2007"), "* SEARCH 1");
 }
 
 /// FROM, TO, CC and BCC match the addresses as parsed, not only the
@@ -423,17 +425,13 @@ fn address_searches_match_parsed_addresses() {
         );
     }
     a.ok("s SELECT INBOX");
-    let search = |a: &mut Client, key: &str| -> String {
-        let out = a.ok(&format!("q SEARCH {key}"));
-        out.lines().find(|l| l.starts_with("* SEARCH")).unwrap().trim_end().to_string()
-    };
-    assert_eq!(search(&mut a, "FROM user-from@domain.org"), "* SEARCH 1 2 3 4");
-    assert_eq!(search(&mut a, "FROM ser-fro"), "* SEARCH 1 2 3 4 5");
-    assert_eq!(search(&mut a, "FROM realfrom"), "* SEARCH 2 4");
-    assert_eq!(search(&mut a, "FROM user-from2"), "* SEARCH 5");
-    assert_eq!(search(&mut a, "FROM \"encoded name\""), "* SEARCH 6");
-    assert_eq!(search(&mut a, "TO groupname"), "* SEARCH 1 2 3 4 5 6");
-    assert_eq!(search(&mut a, "TO g2@domain.org"), "* SEARCH 1 2 3 4 5 6");
+    assert_eq!(a.search_line("FROM user-from@domain.org"), "* SEARCH 1 2 3 4");
+    assert_eq!(a.search_line("FROM ser-fro"), "* SEARCH 1 2 3 4 5");
+    assert_eq!(a.search_line("FROM realfrom"), "* SEARCH 2 4");
+    assert_eq!(a.search_line("FROM user-from2"), "* SEARCH 5");
+    assert_eq!(a.search_line("FROM \"encoded name\""), "* SEARCH 6");
+    assert_eq!(a.search_line("TO groupname"), "* SEARCH 1 2 3 4 5 6");
+    assert_eq!(a.search_line("TO g2@domain.org"), "* SEARCH 1 2 3 4 5 6");
 }
 
 /// LIST with several patterns (RFC 5258 §3) lists each match once;
