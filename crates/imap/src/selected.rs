@@ -246,8 +246,6 @@ fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
 /// headers are 1–2 KiB, and decompressing a prefix costs its length.
 const HEADER_PROBES: [usize; 2] = [2 * 1024, 16 * 1024];
 
-/// A message's body for one FETCH response: the header block alone when
-/// that is all the items need (`whole` false).
 /// UIDs of `known` expunged since `modseq`: from the mailbox's expunge
 /// rows, or, when it no longer remembers that far back, by comparing
 /// `known` with the UIDs there are now (exact either way).
@@ -258,6 +256,8 @@ fn gone_since(reader: &Reader, id: MailboxId, modseq: u64, known: &UidMap) -> Re
     }
 }
 
+/// A message's body for one FETCH response: the header block alone when
+/// that is all the items need (`whole` false).
 fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
     if !whole {
         // Kept apart by the store; used if IMAP's idea of the header agrees.

@@ -398,8 +398,8 @@ impl Reader {
         })
     }
 
-    /// How many rows a mailbox's change index holds: what `starling
-    /// status` shows and the bounds' tests check.
+    /// How many rows a mailbox's change index holds (the bounds' tests
+    /// check it). Reads every row of the mailbox in the index.
     pub fn index_rows(&self, id: MailboxId) -> Result<IndexRows, StoreError> {
         self.guard(|| {
             let Some(i) = self.mailbox(id) else { return Ok(IndexRows::default()) };
