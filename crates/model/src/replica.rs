@@ -36,6 +36,12 @@ pub const PENDING_MAX: usize = 100_000;
 /// the UID rule is looping, and [`Replica::apply`] fails instead of spinning.
 pub const CLAIMS_PER_CASCADE_MAX: u8 = 8;
 
+/// Most announce ops one [`Replica::announce`] makes: each can place
+/// messages at or above the UIDNEXT it announced, which the next one
+/// covers. The rule needs two; past the bound the announce fails rather
+/// than spin, like a cascade ([`CLAIMS_PER_CASCADE_MAX`]).
+pub const ANNOUNCE_ROUNDS_MAX: usize = 8;
+
 /// Why an op could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -81,6 +87,10 @@ pub enum LocalError {
     /// Applying the op failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// An announce still left messages at or above the UIDNEXT it announced
+    /// after [`ANNOUNCE_ROUNDS_MAX`] rounds (a livelock in the UID rule).
+    #[error("announcing {0:?} still left messages above its UIDNEXT after {ANNOUNCE_ROUNDS_MAX} rounds")]
+    AnnounceRounds(MailboxId),
 }
 
 impl From<StorageError> for LocalError {
@@ -1602,8 +1612,26 @@ impl<B: Backend> Replica<B> {
     /// A client was shown this mailbox's current state (SELECT, NOOP, IDLE
     /// update, STATUS UIDNEXT). Makes an op only if UIDNEXT moved since the
     /// last announce. Only messages placed since then are looked at.
+    ///
+    /// A client is shown every message placed, so the announce must reach
+    /// past all of them. Applying it can place some at or above the UIDNEXT
+    /// it announced: it exposes claims, a message whose claim then loses
+    /// gets a fresh one, which U1 forces at UIDNEXT. So it announces again
+    /// until nothing placed lies at or above what it announced (one more
+    /// round in practice: nothing else claims above UIDNEXT meanwhile); at
+    /// most [`ANNOUNCE_ROUNDS_MAX`] rounds.
     pub fn announce(&mut self, mailbox: MailboxId) -> Result<(), LocalError> {
         let idx = self.mailbox_index(mailbox).ok_or(LocalError::NoSuchMailbox(mailbox))?;
+        for _ in 0..ANNOUNCE_ROUNDS_MAX {
+            if self.mailboxes[idx as usize].uid_next <= self.announced(idx, 0) {
+                return Ok(());
+            }
+            self.announce_once(mailbox, idx)?;
+        }
+        Err(LocalError::AnnounceRounds(mailbox))
+    }
+
+    fn announce_once(&mut self, mailbox: MailboxId, idx: u32) -> Result<(), LocalError> {
         let before = self.announced(idx, 0);
         let uid_next = self.mailboxes[idx as usize].uid_next;
         if uid_next <= before {

@@ -289,6 +289,9 @@ pub struct Checker {
     previous: Vec<BTreeMap<MailboxId, BTreeMap<u32, MessageId>>>,
     /// The UIDNEXT each replica had announced at the previous check.
     previous_announced: Vec<BTreeMap<MailboxId, u32>>,
+    /// A look that showed a UID at or above the UIDNEXT it announced,
+    /// reported by the next [`Checker::check_step`].
+    unannounced: Option<String>,
 }
 
 impl Checker {
@@ -299,6 +302,7 @@ impl Checker {
             shown: BTreeMap::new(),
             previous: vec![BTreeMap::new(); n],
             previous_announced: vec![BTreeMap::new(); n],
+            unannounced: None,
         }
     }
 
@@ -309,12 +313,19 @@ impl Checker {
 
     /// A client of replica `i` looked at `mailbox` (after it announced):
     /// every UID below its announced UIDNEXT is now shown.
+    /// A client is shown the whole view, so the look must have announced
+    /// past every UID in it (else that UID is shown but not exposed, and
+    /// another message can win it).
     pub fn looked(&mut self, i: usize, now: &Observation, mailbox: MailboxId) {
         let announced = now.announced.get(&mailbox).copied().unwrap_or(1);
         let view = now.views.get(&mailbox).cloned().unwrap_or_default();
         for (uid, m) in &view {
             if *uid < announced {
                 self.shown.insert((i, mailbox, *uid), *m);
+            } else if self.unannounced.is_none() {
+                self.unannounced = Some(format!(
+                    "a look at replica {i} shows {m:?} at UID {uid}, not below the UIDNEXT {announced} it announced in {mailbox:?}"
+                ));
             }
         }
         self.previous[i].insert(mailbox, view);
@@ -327,6 +338,9 @@ impl Checker {
     /// the same step: an announce first withdraws claims, which can move
     /// messages no client saw yet.)
     pub fn check_step(&mut self, i: usize, now: &Observation) -> Result<(), String> {
+        if let Some(e) = self.unannounced.take() {
+            return Err(e);
+        }
         for (mb, view) in &now.views {
             let announced = self.previous_announced[i].get(mb).copied().unwrap_or(1);
             let before = self.previous[i].get(mb);
