@@ -1151,14 +1151,15 @@ impl Session {
         lsub: bool,
     ) -> Done {
         let verb = if lsub { "LSUB" } else { "LIST" };
-        if let Some(o) = selection.iter().find(|o| !LIST_SELECTION.contains(&o.as_str())) {
-            return Err(Fail::Bad(format!("unknown LIST selection option {o}")));
+        // (The client's bytes are not echoed: they may hold anything.)
+        if selection.iter().any(|o| !LIST_SELECTION.contains(&o.as_str())) {
+            return Err(Fail::Bad("unknown LIST selection option".into()));
         }
         if selection.iter().any(|o| o == "RECURSIVEMATCH") && !selection.iter().any(|o| o == "SUBSCRIBED") {
             return Err(Fail::Bad("RECURSIVEMATCH needs another selection option (RFC 5258 section 3)".into()));
         }
-        if let Some(o) = ret.unknown.first() {
-            return Err(Fail::Bad(format!("unknown LIST return option {o}")));
+        if !ret.unknown.is_empty() {
+            return Err(Fail::Bad("unknown LIST return option".into()));
         }
         if patterns.iter().all(|p| p.is_empty()) {
             self.untagged(&format!("{verb} (\\Noselect) \"{DELIMITER}\" \"\""));
