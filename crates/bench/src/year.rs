@@ -140,8 +140,8 @@ pub fn run(args: Args) {
         args.keep_days,
         if housekeeping { "on" } else { "off" }
     );
-    println!("| day | delivered | expunged | live messages | live data | store files (3 nodes) | file / live | op log (ops, node 0) | ops in all | RSS | wall |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| day | delivered | expunged | live messages | live data | store files (3 nodes) | file / live | op log (ops, node 0) | ops in all | RSS | wall | online file compactions (3 nodes): runs / longest pause |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Messages delivered each day (ids), oldest first, for expunging.
     let mut by_day: VecDeque<(u64, Vec<MessageId>)> = VecDeque::new();
     let (mut delivered, mut expunged, mut flag_ops) = (0u64, 0u64, 0u64);
@@ -154,6 +154,7 @@ pub fn run(args: Args) {
         rng
     };
     let mut rss_max: f64 = 0.0;
+    let (mut compactions, mut pause_max) = (0u64, 0u64);
     for day in 0..args.days {
         // Deliveries, each node a share, in batches of 50 per commit.
         let mut today = Vec::new();
@@ -239,6 +240,12 @@ pub fn run(args: Args) {
                         batch: 256,
                     })
                     .expect("housekeep");
+                // As `serve` does (there at most once an hour, here once a
+                // day), at its default threshold.
+                if let Some(c) = store.compact_file(25).expect("compact the file") {
+                    compactions += 1;
+                    pause_max = pause_max.max(c.millis);
+                }
             }
         }
         rss_max = rss_max.max(rss_mb());
@@ -247,7 +254,7 @@ pub fn run(args: Args) {
             let files: u64 = paths.iter().map(|p| file_len(p)).sum();
             let total: u64 = stores[0].version(USER).unwrap().iter().map(|(_, c)| c).sum();
             println!(
-                "| {} | {delivered} | {expunged} | {messages} | {} | {} | {:.2} | {} | {total} | {:.0} MB | {:.0} s |",
+                "| {} | {delivered} | {expunged} | {messages} | {} | {} | {:.2} | {} | {total} | {:.0} MB | {:.0} s | {compactions} / {pause_max} ms |",
                 day + 1,
                 mb(live),
                 mb(files),

@@ -174,9 +174,13 @@ pub struct StoreSection {
     pub compact_log: Option<bool>,
     /// Delete the bodies of expunged mail (on by default).
     pub collect_bodies: Option<bool>,
-    /// At start, compact the file when this share of it (percent) is free
+    /// Compact the file (at start, and while running at most once per
+    /// `file_compact_online_secs`) when this share of it (percent) is free
     /// pages; 100: never.
     pub file_compact_free_percent: Option<Spanned<u64>>,
+    /// Shortest time between two online compactions of the file (each
+    /// makes store operations wait while it runs); 0: only at start.
+    pub file_compact_online_secs: Option<Spanned<u64>>,
     /// Expunges each mailbox remembers for QRESYNC; a client away longer
     /// gets an over-report.
     pub vanished_per_mailbox: Option<Spanned<u64>>,
@@ -192,6 +196,7 @@ impl StoreSection {
                 ("housekeeping_secs", &self.housekeeping_secs, 1, 86_400, "at least daily"),
                 ("peer_horizon_days", &self.peer_horizon_days, 1, 3_650, "a peer away longer catches up by snapshot"),
                 ("file_compact_free_percent", &self.file_compact_free_percent, 1, 100, "100 turns it off"),
+                ("file_compact_online_secs", &self.file_compact_online_secs, 0, 30 * 86_400, "0: only at start"),
                 ("vanished_per_mailbox", &self.vanished_per_mailbox, 1, 10_000_000, "expunges a mailbox remembers"),
             ],
             text,
@@ -246,7 +251,14 @@ pub struct Housekeeping {
     pub horizon: Duration,
     pub compact_log: bool,
     pub collect_bodies: bool,
+    /// Online file compaction: the free share that starts one (100: never)
+    /// and the shortest time between two (zero: never).
+    pub file_compact_free_percent: u8,
+    pub file_compact_every: Duration,
 }
+
+/// Default of `store.file_compact_online_secs`.
+const FILE_COMPACT_ONLINE: Duration = Duration::from_secs(3_600);
 
 impl Default for Housekeeping {
     fn default() -> Self {
@@ -255,6 +267,8 @@ impl Default for Housekeeping {
             horizon: Duration::from_secs(30 * 86_400),
             compact_log: true,
             collect_bodies: true,
+            file_compact_free_percent: FILE_COMPACT_FREE_PERCENT,
+            file_compact_every: FILE_COMPACT_ONLINE,
         }
     }
 }
@@ -401,8 +415,7 @@ impl Config {
     pub fn store_options(&self) -> starling_store::StoreOptions {
         let d = starling_store::StoreOptions::default();
         let cache_bytes = self.store.cache_mib.as_ref().map_or(d.cache_bytes, |v| (*v.get_ref() as usize) << 20);
-        let file_compact_free_percent =
-            self.store.file_compact_free_percent.as_ref().map_or(FILE_COMPACT_FREE_PERCENT, |v| *v.get_ref() as u8);
+        let file_compact_free_percent = self.housekeeping().file_compact_free_percent;
         let vanished_per_mailbox =
             self.store.vanished_per_mailbox.as_ref().map_or(d.vanished_per_mailbox, |v| *v.get_ref() as u32);
         starling_store::StoreOptions { cache_bytes, file_compact_free_percent, vanished_per_mailbox, ..d }
@@ -430,6 +443,14 @@ impl Config {
             horizon: s.peer_horizon_days.as_ref().map_or(d.horizon, |v| Duration::from_secs(*v.get_ref() * 86_400)),
             compact_log: s.compact_log.unwrap_or(d.compact_log),
             collect_bodies: s.collect_bodies.unwrap_or(d.collect_bodies),
+            file_compact_free_percent: s
+                .file_compact_free_percent
+                .as_ref()
+                .map_or(d.file_compact_free_percent, |v| *v.get_ref() as u8),
+            file_compact_every: s
+                .file_compact_online_secs
+                .as_ref()
+                .map_or(d.file_compact_every, |v| Duration::from_secs(*v.get_ref())),
         }
     }
 
@@ -502,7 +523,8 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # peer_horizon_days = 30       # a peer silent longer no longer holds them back
 # compact_log = true           # drop ops every pinned peer holds
 # collect_bodies = true        # delete expunged mail's bodies once every peer holds the expunge
-# file_compact_free_percent = 25  # at start, compact the file when this much of it is free (100: never)
+# file_compact_free_percent = 25  # compact the file when this much of it is free (100: never)
+# file_compact_online_secs = 3600  # while running, at most one compaction per this (0: only at start)
 # vanished_per_mailbox = 10000 # expunges a mailbox remembers for QRESYNC (older: an over-report)
 
 [durability]

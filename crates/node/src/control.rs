@@ -57,6 +57,12 @@ pub struct NodeStatus {
     pub node_id: String,
     pub accounts: Vec<AccountStatus>,
     pub peers: Vec<PeerStatus>,
+    /// The store file's length, bytes.
+    #[serde(default)]
+    pub store_file_bytes: u64,
+    /// Online compactions of the file since start.
+    #[serde(default)]
+    pub file_compactions: starling_store::FileCompactStats,
 }
 
 /// One account on this node.

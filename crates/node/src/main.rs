@@ -274,6 +274,11 @@ fn via_node(data_dir: &Path, req: control::Request) -> Result<String, String> {
 
 fn print_status(st: &control::NodeStatus) {
     println!("node {}", st.node_id);
+    let f = &st.file_compactions;
+    println!(
+        "store file: {} B; compacted online {} times ({} left for later), operations waited {} ms in all",
+        st.store_file_bytes, f.runs, f.busy, f.pause_ms
+    );
     for a in &st.accounts {
         println!("account {}: {} ops, {} bodies missing", a.name, a.ops, a.bodies_missing);
         println!(

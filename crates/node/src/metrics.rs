@@ -80,6 +80,31 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
         vec![(String::new(), store.corrupt_reads())],
     );
     metric(
+        "starling_store_file_bytes",
+        "gauge",
+        "Length of the store file.",
+        vec![(String::new(), st.store_file_bytes)],
+    );
+    let f = st.file_compactions;
+    metric(
+        "starling_file_compactions_total",
+        "counter",
+        "Online compactions of the store file.",
+        vec![(String::new(), f.runs)],
+    );
+    metric(
+        "starling_file_compactions_busy_total",
+        "counter",
+        "Online compactions left for later because the store was in use.",
+        vec![(String::new(), f.busy)],
+    );
+    metric(
+        "starling_file_compaction_pause_milliseconds_total",
+        "counter",
+        "Time store operations waited for online compactions, in total.",
+        vec![(String::new(), f.pause_ms)],
+    );
+    metric(
         "starling_store_reopens_total",
         "counter",
         "Times the store reopened its file after a disk error (a full disk, then space again).",

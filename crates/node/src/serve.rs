@@ -208,9 +208,16 @@ pub fn run(
         {
             let (store, peers, hub, config) = (store.clone(), peers.clone(), hub.clone(), listen.housekeeping.clone());
             tasks.spawn(async move {
+                // The file was compacted at start if it had to be.
+                let mut compacted = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(config.every).await;
-                    tokio::task::block_in_place(|| housekeep(&store, &peers, &hub, &config));
+                    tokio::task::block_in_place(|| {
+                        housekeep(&store, &peers, &hub, &config);
+                        if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
+                            compact_file(&store, &config, &mut compacted);
+                        }
+                    });
                 }
             });
         }
@@ -365,7 +372,12 @@ fn control_socket(
 }
 
 fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::NodeStatus {
-    let mut out = control::NodeStatus { node_id: me.to_string(), ..Default::default() };
+    let mut out = control::NodeStatus {
+        node_id: me.to_string(),
+        store_file_bytes: store.file_bytes().unwrap_or(0),
+        file_compactions: store.file_compact_stats(),
+        ..Default::default()
+    };
     let mut versions = BTreeMap::new();
     let to_collect = store.bodies_to_collect().unwrap_or_default();
     let now_ms = unix_ms();
@@ -479,6 +491,32 @@ fn housekeep(store: &Store, peers: &[Peer], hub: &Hub, config: &crate::config::H
             let _ = std::io::stdout().flush();
         }
         Err(e) => tracing::warn!("housekeeping: {e}"),
+    }
+}
+
+/// Compacts the store file if enough of it is free (every store operation
+/// waits meanwhile); `last` is set when it ran or found nothing to do, so
+/// that one left for later (the store was in use) is tried at the next
+/// housekeeping.
+fn compact_file(store: &Store, config: &crate::config::Housekeeping, last: &mut std::time::Instant) {
+    match store.compact_file(config.file_compact_free_percent) {
+        Ok(done) => {
+            *last = std::time::Instant::now();
+            if let Some(c) = done {
+                tracing::info!(
+                    "store file compacted from {} to {} bytes; operations waited {} ms",
+                    c.before,
+                    c.after,
+                    c.millis
+                );
+                println!("store: file compacted online from {} to {} bytes in {} ms", c.before, c.after, c.millis);
+            }
+        }
+        Err(starling_store::FileCompactError::Busy) => tracing::debug!("store file compaction left for later: in use"),
+        Err(e) => {
+            *last = std::time::Instant::now();
+            tracing::warn!("store file compaction: {e}");
+        }
     }
 }
 

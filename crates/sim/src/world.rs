@@ -82,6 +82,9 @@ pub struct RunReport {
     /// Bodies collected by housekeeping (each pass checked: no body a
     /// message names deleted).
     pub bodies_collected: u64,
+    /// Online compactions of a node's store file by housekeeping (each
+    /// checked: the account's dump is the same after it).
+    pub file_compactions: u64,
 }
 
 impl RunReport {
@@ -114,6 +117,7 @@ impl RunReport {
             disk_max: 0,
             ops_compacted: 0,
             bodies_collected: 0,
+            file_compactions: 0,
         }
     }
 }
@@ -272,13 +276,23 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// Free bytes from which housekeeping compacts a node's store file (a
+/// quarter of it free too): the simulator's stores are small.
+const FILE_COMPACT_MIN_FREE: u64 = 64 << 10;
+
 /// Opens node `i`'s store on its disk, creating the account on first start.
 /// Each node remembers few expunges per mailbox (1 to 32, from its id), so
 /// the roaming client's resyncs also meet the over-report below them.
 fn open_store(disk: &MemDisk, i: usize, id: ReplicaId) -> Result<Store, String> {
-    let options = StoreOptions { vanished_per_mailbox: 1 << (id.0 % 6), ..StoreOptions::default() };
+    let options = StoreOptions {
+        vanished_per_mailbox: 1 << (id.0 % 6),
+        file_compact_min_free: FILE_COMPACT_MIN_FREE,
+        ..StoreOptions::default()
+    };
+    let probe = disk.clone();
     let store = Store::open_on(disk.backend(), &format!("node{i}"), id, options)
-        .map_err(|e| format!("node {i} does not start: {e}"))?;
+        .map_err(|e| format!("node {i} does not start: {e}"))?
+        .with_size_probe(move || probe.len() as u64);
     if !store.accounts().iter().any(|a| a == ACCOUNT) {
         // Each node makes the account itself (as an operator would on each
         // machine): incarnations differ until the nodes meet. From the
@@ -703,6 +717,15 @@ impl World {
             .map_err(err)?;
         self.report.ops_compacted += done.accounts.iter().map(|a| a.ops_dropped).sum::<u64>();
         self.report.bodies_collected += done.collected.bodies;
+        // The file compacted online, as `serve` does (single-threaded
+        // here: nothing is in use, so it is never left for later).
+        let before = store.dump(ACCOUNT).map_err(err)?;
+        if store.compact_file(25).map_err(|e| format!("node {node} compacting its file: {e}"))?.is_some() {
+            self.report.file_compactions += 1;
+            if store.dump(ACCOUNT).map_err(err)? != before {
+                return Err(format!("node {node}: its account changed when its file was compacted"));
+            }
+        }
         let floor = store.floor(ACCOUNT).map_err(err)?;
         for (j, n) in self.nodes.iter().enumerate() {
             let Some(peer) = n.store.as_ref().filter(|_| j != node) else { continue };

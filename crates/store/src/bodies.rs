@@ -51,7 +51,7 @@ impl Store {
             mailboxes: Vec::new(),
             tree: Default::default(),
         };
-        Reader { txn, account: 0, names: Arc::new(names), core: self.core.clone(), node: self.node }
+        Reader::new(txn, 0, Arc::new(names), &self.core, self.node)
     }
 
     /// Whether a body is stored here.

@@ -38,8 +38,22 @@ pub(crate) struct Db {
     retry: Mutex<Retry>,
     /// Bumped by every reopen: accounts loaded in an older epoch reload.
     epoch: AtomicU64,
+    /// Read views ([`crate::Reader`]) open now: each holds a redb read
+    /// transaction after its operation let go of the database.
+    views: AtomicU64,
     reopens: AtomicU64,
     attempts: AtomicU64,
+}
+
+/// What [`Db::exclusive`] did.
+pub(crate) enum Exclusive<T> {
+    /// It ran; its result.
+    Ran(T),
+    /// Operations still held the database after the wait, or the file is
+    /// closed: it did not run.
+    Busy,
+    /// It panicked; the file is closed and reopens on the next operation.
+    Panicked,
 }
 
 struct Retry {
@@ -56,6 +70,7 @@ impl Db {
             backing_off: AtomicBool::new(false),
             retry: Mutex::new(Retry { next: None, delay: REOPEN_DELAY_FIRST }),
             epoch: AtomicU64::new(0),
+            views: AtomicU64::new(0),
             reopens: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
         }
@@ -74,6 +89,17 @@ impl Db {
                 Err(StoreError::Io("the store file is closed after an I/O error; reopening it (with back-off)".into()))
             }
         }
+    }
+
+    /// A read view opened (call while holding the database, so that
+    /// [`Db::exclusive`] sees it).
+    pub(crate) fn view_opened(&self) {
+        self.views.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A read view was dropped.
+    pub(crate) fn view_closed(&self) {
+        self.views.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Which opening of the file this is (0 for the first).
@@ -108,6 +134,42 @@ impl Db {
             let mut retry = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
             *retry = Retry { next: None, delay: REOPEN_DELAY_FIRST };
             self.backing_off.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `f` with the database to itself: operations that start
+    /// meanwhile wait, and `f` runs once those in flight let go of it and
+    /// every read view is closed, waiting at most `wait` for them. [`Exclusive::Busy`] if they did
+    /// not (or the file is closed after an I/O error). A panic in `f`
+    /// closes the file for a reopen, as an I/O error does.
+    pub(crate) fn exclusive<T>(&self, wait: Duration, f: impl FnOnce(&mut Database) -> T) -> Exclusive<T> {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut db) = current.take() else { return Exclusive::Busy };
+        let deadline = Instant::now() + wait;
+        let mut owned = loop {
+            let idle = self.views.load(Ordering::Acquire) == 0;
+            match if idle { Arc::try_unwrap(db) } else { Err(db) } {
+                Ok(owned) => break owned,
+                Err(held) if Instant::now() >= deadline => {
+                    *current = Some(held);
+                    return Exclusive::Busy;
+                }
+                Err(held) => {
+                    db = held;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut owned))) {
+            Ok(out) => {
+                *current = Some(Arc::new(owned));
+                Exclusive::Ran(out)
+            }
+            Err(_) => {
+                drop(owned);
+                self.broken.store(true, Ordering::Release);
+                Exclusive::Panicked
+            }
         }
     }
 
@@ -149,5 +211,45 @@ impl Db {
             self.reopens.fetch_add(1, Ordering::Relaxed);
             self.broken.store(false, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Db {
+        let disk = crate::memdisk::MemDisk::new();
+        Db::new(Database::builder().create_with_backend(disk.backend()).unwrap(), None)
+    }
+
+    #[test]
+    fn exclusive_waits_for_operations_in_flight_at_most_the_wait() {
+        let db = db();
+        let held = db.get().unwrap();
+        let started = Instant::now();
+        assert!(matches!(db.exclusive(Duration::from_millis(50), |_| ()), Exclusive::Busy));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(held);
+        assert!(matches!(db.exclusive(Duration::from_millis(50), |_| 7), Exclusive::Ran(7)));
+        db.get().expect("given back");
+    }
+
+    #[test]
+    fn exclusive_waits_for_open_views() {
+        let db = db();
+        db.view_opened();
+        assert!(matches!(db.exclusive(Duration::from_millis(10), |_| ()), Exclusive::Busy));
+        db.view_closed();
+        assert!(matches!(db.exclusive(Duration::from_millis(10), |_| ()), Exclusive::Ran(())));
+    }
+
+    #[test]
+    fn a_panic_while_exclusive_closes_the_file_for_a_reopen() {
+        let db = db();
+        let out = db.exclusive(Duration::from_millis(10), |_| panic!("inside"));
+        assert!(matches!(out, Exclusive::<()>::Panicked));
+        assert!(db.broken.load(Ordering::Acquire));
+        assert!(db.get().is_err(), "closed (this one has no way to reopen)");
     }
 }

@@ -35,6 +35,7 @@ pub mod db;
 mod dump;
 mod error;
 mod exposure;
+mod file_compact;
 mod gc;
 mod log;
 pub mod modseq;
@@ -54,9 +55,10 @@ pub use error::{OpenError, StoreError};
 pub use exposure::{
     Exposed, Exposure, ExposurePolicy, ExposureStats, LinkUp, WhenShort, EXPOSURE_WAIT_MAX, HELD_BODIES_MAX,
 };
+pub use file_compact::{FileCompactError, FileCompactStats, FileCompaction, FILE_COMPACT_MIN_FREE, FILE_COMPACT_WAIT};
 pub use gc::Collected;
 pub use modseq::Since;
-pub use open::{StoreOptions, FILE_COMPACT_MIN_FREE, VANISHED_PER_MAILBOX_DEFAULT};
+pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
 pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
 pub use write::Batch;
@@ -214,24 +216,16 @@ pub struct Store {
     adding: Mutex<()>,
     /// What compacting the file at open did, if it ran.
     file_compaction: Option<FileCompaction>,
+    /// The file's length (for [`Store::compact_file`]).
+    size_probe: Option<file_compact::SizeProbe>,
+    /// Online compactions since open.
+    file_stats: Mutex<FileCompactStats>,
     /// Told of every commit of [`Store::write`] (see [`Store::on_commit`]).
     commit_hook: RwLock<Option<CommitHook>>,
 }
 
 /// What a commit tells: the account changed.
 pub type CommitHook = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// A compaction of the store file (redb's `compact`): its size before and
-/// after, and how long it took.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileCompaction {
-    /// File bytes before.
-    pub before: u64,
-    /// File bytes after.
-    pub after: u64,
-    /// Milliseconds it took.
-    pub millis: u64,
-}
 
 impl Store {
     /// What compacting the file at open did, if the file was sparse enough

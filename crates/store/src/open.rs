@@ -26,10 +26,14 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// [`Store::open`] compacts the file first (redb's `compact`, which
     /// gives back the pages copy-on-write and deletions freed) when at
-    /// least this percentage of it, and [`FILE_COMPACT_MIN_FREE`] bytes,
+    /// least this percentage of it, and `file_compact_min_free` bytes,
     /// are free; 100 or more (the default): never. `starling serve` sets
     /// it from its config (25 unless told otherwise).
     pub file_compact_free_percent: u8,
+    /// ... and when at least this many bytes are free
+    /// ([`FILE_COMPACT_MIN_FREE`] by default; the simulator's small
+    /// stores use less).
+    pub file_compact_min_free: u64,
     /// Expunges each mailbox remembers for QRESYNC (its newest
     /// `VANISHED` rows); older ones are forgotten as new ones come, and a
     /// client whose MODSEQ is older than what a mailbox remembers gets an
@@ -42,9 +46,6 @@ pub struct StoreOptions {
 /// over-report; the rows cost about 40 bytes each.
 pub const VANISHED_PER_MAILBOX_DEFAULT: u32 = 10_000;
 
-/// Free bytes below which the file is never compacted at open.
-pub const FILE_COMPACT_MIN_FREE: u64 = 8 << 20;
-
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
@@ -52,6 +53,7 @@ impl Default for StoreOptions {
             verify: false,
             cache_bytes: CACHE_BYTES_DEFAULT,
             file_compact_free_percent: 100,
+            file_compact_min_free: FILE_COMPACT_MIN_FREE,
             vanished_per_mailbox: VANISHED_PER_MAILBOX_DEFAULT,
         }
     }
@@ -92,8 +94,9 @@ impl Store {
         // redb may panic on a page damaged outside it; an open must not.
         let mut db = std::panic::catch_unwind(|| open_db(&path, options.verify, options.cache_bytes))
             .unwrap_or_else(|_| Err(damaged_at_open(&label)))?;
-        let file_compaction = compact_if_sparse(&mut db, &path, options.file_compact_free_percent)
+        let file_compaction = file_compact::compact_at_open(&mut db, &path, &options)
             .map_err(|e| OpenError::Io(format!("{label}: compacting the file: {e}")))?;
+        let size = path.clone();
         // Reopening opens the same file, never creates one: a file that is
         // gone stays an error rather than becoming an empty store.
         let reopen: db::Reopen = Box::new(move || {
@@ -103,6 +106,7 @@ impl Store {
         });
         let mut store = Self::open_db_as(db, &label, node, options, Some(reopen))?;
         store.file_compaction = file_compaction;
+        store.size_probe = Some(Box::new(move || std::fs::metadata(&size).ok().map(|m| m.len())));
         Ok(store)
     }
 
@@ -174,40 +178,11 @@ impl Store {
             accounts: RwLock::new(accounts),
             adding: Mutex::new(()),
             file_compaction: None,
+            size_probe: None,
+            file_stats: Default::default(),
             commit_hook: RwLock::new(None),
         })
     }
-}
-
-/// Compacts the file when enough of it is free pages (see
-/// [`StoreOptions::file_compact_free_percent`]). A crash in the middle
-/// leaves a file redb recovers at the next open (its compaction commits
-/// in steps, each one durable).
-fn compact_if_sparse(db: &mut Database, path: &Path, percent: u8) -> Result<Option<FileCompaction>, String> {
-    if percent >= 100 {
-        return Ok(None);
-    }
-    let before = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    let used = {
-        let w = db.begin_write().map_err(|e| e.to_string())?;
-        let s = w.stats().map_err(|e| e.to_string())?;
-        let used = s.allocated_pages() * s.page_size() as u64;
-        w.abort().map_err(|e| e.to_string())?;
-        used
-    };
-    let free = before.saturating_sub(used);
-    if free < FILE_COMPACT_MIN_FREE || free * 100 < before * u64::from(percent) {
-        return Ok(None);
-    }
-    let started = std::time::Instant::now();
-    // Each call moves what it can; a few rounds reach the end.
-    for _ in 0..8 {
-        if !db.compact().map_err(|e| e.to_string())? {
-            break;
-        }
-    }
-    let after = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    Ok(Some(FileCompaction { before, after, millis: started.elapsed().as_millis() as u64 }))
 }
 
 fn open_backend(

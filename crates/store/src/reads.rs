@@ -74,6 +74,27 @@ pub struct Reader {
     pub(crate) node: ReplicaId,
 }
 
+impl Reader {
+    /// Counted as open until dropped (a compaction of the file waits for
+    /// none to be open); made while the operation holds the database.
+    pub(crate) fn new(
+        txn: ReadTransaction,
+        account: u32,
+        names: Arc<Names>,
+        core: &Arc<Core>,
+        node: ReplicaId,
+    ) -> Reader {
+        core.db.view_opened();
+        Reader { txn, account, names, core: core.clone(), node }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.core.db.view_closed();
+    }
+}
+
 impl Store {
     /// A read view of an account. Takes no lock a writer holds across its
     /// work: a write of another account never delays it, one of this
@@ -82,7 +103,7 @@ impl Store {
         let acct = self.account(account)?;
         self.run(|db| {
             let (txn, published) = self.view(&acct, db)?;
-            Ok(Reader { txn, account: acct.number, names: published.names, core: self.core.clone(), node: self.node })
+            Ok(Reader::new(txn, acct.number, published.names, &self.core, self.node))
         })
     }
 

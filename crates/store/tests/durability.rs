@@ -227,17 +227,11 @@ fn sigkill_during_housekeeping_loses_nothing_live() {
     assert!(collected_seen, "collection kept up at some point");
 }
 
-/// SIGKILL while redb compacts the file at open (25 kills at moments
-/// spread over a compaction's length): the store reopens with every
-/// message and body it had, and a later open finishes the compaction.
-#[test]
-fn sigkill_during_file_compaction_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let template = dir.path().join("template.redb");
+/// A sparse file: 12,000 messages of ~8 KB written, nine in ten expunged
+/// and collected.
+fn sparse_template(template: &std::path::Path) {
     {
-        // A sparse file: 12,000 messages of ~8 KB written, nine in ten
-        // expunged and collected.
-        let store = Store::open(&template, ReplicaId(42), StoreOptions::default()).unwrap();
+        let store = Store::open(template, ReplicaId(42), StoreOptions::default()).unwrap();
         store.add_account("t").unwrap();
         for batch in 0..600u64 {
             store
@@ -272,31 +266,39 @@ fn sigkill_during_file_compaction_loses_nothing() {
         store.housekeep(&plan).unwrap();
         assert!(store.bodies_to_collect().unwrap().is_empty());
     }
-    let want = Store::open(&template, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap();
-    // How long a process takes to open the file and compact it, to spread
-    // the kills over that.
+}
+
+/// Kills `store-torture FILE 0 MODE` (which prints `done` when it
+/// finished) 25 times at moments spread over its length, each on a fresh
+/// copy of `template`: the store reopens with every message and body it
+/// had and its indexes exact. Returns how many kills landed before the
+/// end.
+fn kill_during(template: &std::path::Path, mode: &str, done: &str, seed: u64) -> u64 {
+    let dir = template.parent().unwrap();
+    let want = Store::open(template, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap();
+    // How long a process takes, to spread the kills over that.
     let whole = {
-        let p = dir.path().join("timing.redb");
-        std::fs::copy(&template, &p).unwrap();
+        let p = dir.join("timing.redb");
+        std::fs::copy(template, &p).unwrap();
         let started = std::time::Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_store-torture")).arg(&p).arg("0").arg("open").output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "opened");
+        let out = Command::new(env!("CARGO_BIN_EXE_store-torture")).arg(&p).arg("0").arg(mode).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), done, "{}", String::from_utf8_lossy(&out.stderr));
         let whole = started.elapsed().as_millis() as u64;
         let after = std::fs::metadata(&p).unwrap().len();
-        let before = std::fs::metadata(&template).unwrap().len();
+        let before = std::fs::metadata(template).unwrap().len();
         assert!(after < before / 2, "compacted from {before} to {after} bytes");
         whole.max(10)
     };
-    let mut seed: u64 = 0xc0;
+    let mut seed = seed;
     let mut cut = 0;
     for round in 0..25u64 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let p = dir.path().join("t.redb");
-        std::fs::copy(&template, &p).unwrap();
+        let p = dir.join("t.redb");
+        std::fs::copy(template, &p).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_store-torture"))
             .arg(&p)
             .arg("0")
-            .arg("open")
+            .arg(mode)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -311,7 +313,30 @@ fn sigkill_during_file_compaction_loses_nothing() {
         assert_eq!(store.check_change_index().unwrap(), Vec::<String>::new(), "kill {round}");
         live_batches(&store);
     }
-    eprintln!("open and compaction took {whole} ms; {cut} of 25 kills landed before it finished");
+    eprintln!("{mode}: the whole run took {whole} ms; {cut} of 25 kills landed before it finished");
+    cut
+}
+
+/// SIGKILL while redb compacts the file at open (25 kills at moments
+/// spread over a compaction's length): the store reopens with every
+/// message and body it had, and a later open finishes the compaction.
+#[test]
+fn sigkill_during_file_compaction_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.redb");
+    sparse_template(&template);
+    let cut = kill_during(&template, "open", "opened", 0xc0);
+    assert!(cut >= 10, "most kills landed before the compaction finished ({cut} of 25)");
+}
+
+/// SIGKILL while the file is compacted online, with a thread reading every
+/// body meanwhile (25 kills): the same.
+#[test]
+fn sigkill_during_online_file_compaction_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.redb");
+    sparse_template(&template);
+    let cut = kill_during(&template, "online", "compacted", 0x0c);
     assert!(cut >= 10, "most kills landed before the compaction finished ({cut} of 25)");
 }
 

@@ -12,7 +12,9 @@
 //! before the previous one and runs housekeeping (log compaction, body
 //! collection), printing `committed N` once all of it returned. With
 //! `open`, it only opens the store with file compaction on (the crash test
-//! kills it while redb compacts), then prints `opened`. With `install FILE`,
+//! kills it while redb compacts), then prints `opened`. With `online`, it
+//! opens the store without, then compacts the file while a thread reads
+//! every body over and over (`Store::compact_file`), and prints `compacted`. With `install FILE`,
 //! it installs the snapshot of account `t` in FILE (the crash test kills it
 //! during the install), then prints `installed`.
 
@@ -33,7 +35,7 @@ fn main() {
         [_, p, f] => (p, f.parse().expect("first batch number"), ""),
         [_, p, f, m] | [_, p, f, m, _] => (p, f.parse().expect("first batch number"), m),
         _ => {
-            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|install SNAPSHOT]");
+            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|online|install SNAPSHOT]");
             std::process::exit(2);
         }
     };
@@ -46,6 +48,7 @@ fn main() {
             Store::open(path, ReplicaId(42), options).expect("open");
             println!("opened");
         }
+        "online" => online(path),
         "install" => {
             let snapshot = std::fs::read(&args[4]).expect("snapshot file");
             let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
@@ -54,6 +57,29 @@ fn main() {
         }
         m => panic!("unknown mode {m}"),
     }
+}
+
+/// Compacts the file while it serves reads (the crash test kills it
+/// during the compaction).
+fn online(path: &std::path::Path) {
+    let store = std::sync::Arc::new(Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open"));
+    let reader = store.clone();
+    std::thread::spawn(move || loop {
+        let r = reader.read("t").expect("read");
+        for m in r.messages(INBOX, 1, usize::MAX).expect("messages") {
+            let env = r.envelope(m.message).expect("envelope").expect("live");
+            r.body(env.blob).expect("body");
+        }
+    });
+    loop {
+        match store.compact_file(1) {
+            Ok(Some(_)) => break,
+            Ok(None) => panic!("nothing to compact"),
+            Err(starling_store::FileCompactError::Busy) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    println!("compacted");
 }
 
 /// A body of about 8 KB that compresses poorly, tagged with its batch.

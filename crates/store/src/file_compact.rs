@@ -1,0 +1,176 @@
+//! Giving back the file's free pages (redb's `compact`), at open and while
+//! the node runs.
+//!
+//! Copy-on-write and deletions leave free pages in the file; redb reuses
+//! them but never shrinks the file by itself. Compacting moves the pages
+//! in use to the front and truncates the rest. It needs the database to
+//! itself: at open nothing else holds it; online, [`Store::compact_file`]
+//! makes every store operation that starts meanwhile wait (a pause, as
+//! long as the compaction) and gives up, to try again later, when an
+//! operation or a read view does not let go in time. A crash in the middle
+//! leaves a file redb recovers at the next open: its compaction commits in
+//! steps, each one durable.
+
+use crate::db::Exclusive;
+use crate::*;
+use redb::Database;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Free bytes below which the file is not compacted (by default, see
+/// [`StoreOptions::file_compact_min_free`]).
+pub const FILE_COMPACT_MIN_FREE: u64 = 8 << 20;
+
+/// How long an online compaction waits for the operations in flight to
+/// let go of the database (new ones wait meanwhile) before giving up.
+pub const FILE_COMPACT_WAIT: Duration = Duration::from_millis(500);
+
+/// Most passes of redb's `compact` one compaction makes (each moves what
+/// it can; one or two reach the end).
+const COMPACT_ROUNDS_MAX: usize = 8;
+
+/// The file's length, bytes (a store on another backend is told how to
+/// read it with [`Store::with_size_probe`]).
+pub(crate) type SizeProbe = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// A compaction of the store file (redb's `compact`): its size before and
+/// after, and how long it took (online: how long every store operation
+/// waited).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileCompaction {
+    /// File bytes before.
+    pub before: u64,
+    /// File bytes after.
+    pub after: u64,
+    /// Milliseconds it took.
+    pub millis: u64,
+}
+
+/// Online compactions since open (for status and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileCompactStats {
+    /// Compactions that ran.
+    pub runs: u64,
+    /// Tries left for later because the store was in use.
+    pub busy: u64,
+    /// Milliseconds store operations waited for them, in total.
+    pub pause_ms: u64,
+}
+
+/// Why an online compaction did not run or did not finish. The store is
+/// usable after each; nothing stored is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum FileCompactError {
+    /// An operation, a read view (an IMAP command's) or a transaction was
+    /// still open after [`FILE_COMPACT_WAIT`]: try again later.
+    #[error("the store is in use; compaction left for later")]
+    Busy,
+    /// The store does not know its file's length (a backend without a
+    /// size probe): it cannot tell how much is free.
+    #[error("the store's size is unknown")]
+    NoSize,
+    /// Reading or writing the file failed (the compaction stopped where it
+    /// was; what it did is durable and consistent).
+    #[error("compacting the file: {0}")]
+    Io(String),
+    /// redb panicked; the file is closed and reopens on the next operation.
+    #[error("compacting the file: redb panicked; the file is reopened")]
+    Panicked,
+}
+
+impl Store {
+    /// Compacts the file now if at least `percent` of it (and
+    /// [`StoreOptions::file_compact_min_free`] bytes) is free pages: `Ok(None)` when it
+    /// is not, or `percent` is 100 or more. Every store operation that
+    /// starts meanwhile waits for it; see [`FileCompactError`] for when it
+    /// does not run.
+    pub fn compact_file(&self, percent: u8) -> Result<Option<FileCompaction>, FileCompactError> {
+        if percent >= 100 {
+            return Ok(None);
+        }
+        let size = self.size_probe.as_ref().ok_or(FileCompactError::NoSize)?;
+        let before = size().ok_or(FileCompactError::NoSize)?;
+        let used =
+            self.run(|db| used_bytes(db).map_err(StoreError::Io)).map_err(|e| FileCompactError::Io(e.to_string()))?;
+        if !sparse(before, used, percent, self.options.file_compact_min_free) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let outcome = self.core.db.exclusive(FILE_COMPACT_WAIT, compact);
+        let millis = started.elapsed().as_millis() as u64;
+        let mut stats = self.file_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        stats.pause_ms += millis;
+        match outcome {
+            Exclusive::Ran(Ok(())) => stats.runs += 1,
+            Exclusive::Ran(Err(redb::CompactionError::TransactionInProgress)) | Exclusive::Busy => {
+                stats.busy += 1;
+                return Err(FileCompactError::Busy);
+            }
+            Exclusive::Ran(Err(e)) => return Err(FileCompactError::Io(e.to_string())),
+            Exclusive::Panicked => return Err(FileCompactError::Panicked),
+        }
+        Ok(Some(FileCompaction { before, after: size().unwrap_or(before), millis }))
+    }
+
+    /// Online compactions since open.
+    pub fn file_compact_stats(&self) -> FileCompactStats {
+        *self.file_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The file's length, bytes (`None` for a backend without a size
+    /// probe).
+    pub fn file_bytes(&self) -> Option<u64> {
+        self.size_probe.as_ref().and_then(|f| f())
+    }
+
+    /// Tells a store on a backend other than a file ([`Store::open_on`])
+    /// how to read its length, so that [`Store::compact_file`] can run.
+    pub fn with_size_probe(mut self, probe: impl Fn() -> u64 + Send + Sync + 'static) -> Store {
+        self.size_probe = Some(Box::new(move || Some(probe())));
+        self
+    }
+}
+
+/// Bytes of the file in pages redb has allocated.
+fn used_bytes(db: &Database) -> Result<u64, String> {
+    let w = db.begin_write().map_err(|e| e.to_string())?;
+    let s = w.stats().map_err(|e| e.to_string())?;
+    let used = s.allocated_pages() * s.page_size() as u64;
+    w.abort().map_err(|e| e.to_string())?;
+    Ok(used)
+}
+
+fn sparse(len: u64, used: u64, percent: u8, min_free: u64) -> bool {
+    let free = len.saturating_sub(used);
+    free >= min_free && free * 100 >= len * u64::from(percent)
+}
+
+fn compact(db: &mut Database) -> Result<(), redb::CompactionError> {
+    for _ in 0..COMPACT_ROUNDS_MAX {
+        if !db.compact()? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// At open: compacts the file when sparse enough (see
+/// [`StoreOptions::file_compact_free_percent`]).
+pub(crate) fn compact_at_open(
+    db: &mut Database,
+    path: &Path,
+    options: &StoreOptions,
+) -> Result<Option<FileCompaction>, String> {
+    let percent = options.file_compact_free_percent;
+    if percent >= 100 {
+        return Ok(None);
+    }
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| e.to_string());
+    let before = len(path)?;
+    if !sparse(before, used_bytes(db)?, percent, options.file_compact_min_free) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    compact(db).map_err(|e| e.to_string())?;
+    Ok(Some(FileCompaction { before, after: len(path)?, millis: started.elapsed().as_millis() as u64 }))
+}
