@@ -20,6 +20,7 @@
 //! It must not touch redb or the network beyond its own listeners.
 
 pub mod auth;
+mod command;
 pub mod extended;
 pub mod mime;
 pub mod ondemand;

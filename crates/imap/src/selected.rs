@@ -258,7 +258,7 @@ fn gone_since(reader: &Reader, id: MailboxId, modseq: u64, known: &UidMap) -> Re
 
 /// A message's body for one FETCH response: the header block alone when
 /// that is all the items need (`whole` false).
-fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
     if !whole {
         // Kept apart by the store; used if IMAP's idea of the header agrees.
         if let Some(header) = reader.body_header(env.blob)? {
@@ -406,7 +406,7 @@ impl Session {
 
     /// A command turned CONDSTORE on (RFC 7162 §3.1): the first time, with
     /// a mailbox selected, the client is told its HIGHESTMODSEQ.
-    fn condstore_on(&mut self) {
+    pub(crate) fn condstore_on(&mut self) {
         if self.enabled.condstore {
             return;
         }
@@ -1013,22 +1013,13 @@ impl Session {
             }
         }
         let reader = self.reader()?;
-        let sel = self.selected.as_ref().expect("selected");
-        let all = reader.messages(sel.id, 1, usize::MAX)?;
-        let mut hits = Vec::new();
-        // MODSEQ of each hit, in the same order.
-        let mut modseqs = Vec::new();
-        let uses_modseq = criteria.iter().any(uses_modseq);
-        for m in all {
-            let Some(i) = sel.seq_of(m.uid) else { continue };
-            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel };
-            if criteria.iter().all(|k| c.matches(k)) {
-                hits.push(if uid { m.uid } else { i as u32 + 1 });
-                modseqs.push(m.modseq);
-            }
-        }
-        let modseq_max = modseqs.iter().copied().max().unwrap_or(0);
+        let matched = self.matching(&reader, criteria)?;
         drop(reader);
+        let hits: Vec<u32> = matched.iter().map(|(seq, m)| if uid { m.uid } else { *seq }).collect();
+        // MODSEQ of each hit, in the same order.
+        let modseqs: Vec<u64> = matched.iter().map(|(_, m)| m.modseq).collect();
+        let uses_modseq = criteria.iter().any(uses_modseq);
+        let modseq_max = modseqs.iter().copied().max().unwrap_or(0);
         if uses_modseq {
             self.condstore_on();
         }
@@ -1074,7 +1065,29 @@ impl Session {
     }
 }
 
-fn uses_modseq(k: &SearchKey<'_>) -> bool {
+impl Session {
+    /// The messages in this session's view of the selected mailbox that
+    /// match every key, with their sequence numbers, in mailbox order: the
+    /// one SEARCH evaluation, which SORT and THREAD use too.
+    pub(crate) fn matching(
+        &self,
+        reader: &Reader,
+        criteria: &[SearchKey<'_>],
+    ) -> Result<Vec<(u32, MessageInfo)>, Fail> {
+        let sel = self.selected.as_ref().expect("selected");
+        let mut out = Vec::new();
+        for m in reader.messages(sel.id, 1, usize::MAX)? {
+            let Some(i) = sel.seq_of(m.uid) else { continue };
+            let mut c = Candidate { info: &m, env: None, raw: None, reader, sel };
+            if criteria.iter().all(|k| c.matches(k)) {
+                out.push((i as u32 + 1, m));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn uses_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
         SearchKey::And(v) => v.as_ref().iter().any(uses_modseq),

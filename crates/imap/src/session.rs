@@ -745,7 +745,7 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
-             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN",
+             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT",
         );
         if self.account.is_none() {
             if self.starttls_offered {
@@ -885,6 +885,10 @@ impl Session {
             CommandBody::Search { charset, criteria, uid } => {
                 expunges_allowed = uid;
                 self.search(charset.as_ref().map(|c| c.as_ref()), criteria.as_ref(), uid, &tag, search_return)
+            }
+            CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
+                expunges_allowed = uid;
+                self.sort(sort_criteria.as_ref(), charset.as_ref(), search_criteria.as_ref(), uid)
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;

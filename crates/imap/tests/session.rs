@@ -1154,3 +1154,87 @@ fn a_fetch_of_many_bodies_goes_out_in_bounded_parts() {
     assert!(all.find("f OK").unwrap() < all.find("n OK").unwrap());
     assert_eq!(all.matches("f OK").count(), 1);
 }
+
+/// APPENDs `msg` to INBOX with an internal date.
+fn append_dated(c: &mut Client, date: &str, msg: &str) {
+    let first = c.send(&format!("ap APPEND INBOX () \"{date}\" {{{}}}", msg.len()));
+    assert!(first.starts_with("+ "), "{first}");
+    let out = c.raw(format!("{msg}\r\n").as_bytes());
+    assert!(out.contains("ap OK [APPENDUID "), "{out}");
+}
+
+/// The untagged line starting with `prefix` in `out`.
+fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in {out}")).trim_end()
+}
+
+/// Five messages for SORT and THREAD: (internal date, message). Message 3
+/// has no Date header (its internal date stands in), message 4's Date is
+/// 8 Feb in its own zone but 9 Feb 04:00 UTC, message 5 has no From.
+const SORTED: [(&str, &str); 5] = [
+    (
+        "05-Mar-2022 00:00:00 +0000",
+        "From: Zed <zed@x.org>\r\nTo: bob@x.org\r\nSubject: Re: apples\r\nDate: Wed, 9 Feb 2022 10:00:00 +0000\r\nMessage-ID: <m1@x>\r\n\r\nhi\r\n",
+    ),
+    (
+        "04-Mar-2022 00:00:00 +0000",
+        "From: alice@x.org\r\nTo: Carl <carl@x.org>\r\nCc: amy@x.org\r\nSubject: bananas\r\nDate: Mon, 7 Feb 2022 10:00:00 +0000\r\nMessage-ID: <m2@x>\r\n\r\nthe longest body of all five, by some way, padded to be sure\r\n",
+    ),
+    (
+        "03-Mar-2022 00:00:00 +0000",
+        "From: Bob <BOB@x.org>\r\nSubject: [list] Fwd: Apples (fwd)\r\nMessage-ID: <m3@x>\r\n\r\nfwd\r\n",
+    ),
+    (
+        "02-Mar-2022 00:00:00 +0000",
+        "From: mike@x.org\r\nSubject: cherries\r\nDate: Tue, 8 Feb 2022 23:00:00 -0500\r\nMessage-ID: <m4@x>\r\n\r\na body\r\n",
+    ),
+    (
+        "01-Mar-2022 00:00:00 +0000",
+        "To: Dan <dan@x.org>\r\nSubject: re: [fwd: bananas]\r\nDate: Thu, 10 Feb 2022 10:00:00 +0000\r\nMessage-ID: <m5@x>\r\nIn-Reply-To: <m2@x>\r\n\r\nok\r\n",
+    ),
+];
+
+/// A session with INBOX selected holding [`SORTED`]; UIDs are sequence
+/// numbers plus one (a first message was expunged).
+fn sorted_inbox(srv: &Server) -> Client {
+    let mut c = Client::login(srv);
+    c.append("INBOX", "\\Deleted", PLAIN);
+    for (date, msg) in SORTED {
+        append_dated(&mut c, date, msg);
+    }
+    c.ok("s0 SELECT INBOX");
+    c.ok("s1 EXPUNGE");
+    c
+}
+
+#[test]
+fn sort_orders_by_every_rfc5256_key() {
+    let srv = server();
+    let mut c = sorted_inbox(&srv);
+    assert!(line_of(&c.ok("k CAPABILITY"), "* CAPABILITY").split(' ').any(|w| w == "SORT"));
+    let mut sort = |criteria: &str| line_of(&c.ok(&format!("s SORT ({criteria}) UTF-8 ALL")), "* SORT").to_string();
+    // Base subjects: APPLES (1, 3), BANANAS (2, 5), CHERRIES (4); ties by sequence number.
+    assert_eq!(sort("SUBJECT"), "* SORT 1 3 2 5 4");
+    assert_eq!(sort("SUBJECT REVERSE DATE"), "* SORT 3 1 5 2 4");
+    // The first From's local part, case-insensitively; none sorts first.
+    assert_eq!(sort("FROM"), "* SORT 5 2 3 4 1");
+    assert_eq!(sort("REVERSE FROM"), "* SORT 1 4 3 2 5");
+    assert_eq!(sort("TO"), "* SORT 3 4 1 2 5");
+    assert_eq!(sort("CC SUBJECT"), "* SORT 1 3 5 4 2");
+    // Date headers compared in UTC; no Date header: the internal date.
+    assert_eq!(sort("DATE"), "* SORT 2 4 1 5 3");
+    assert_eq!(sort("ARRIVAL"), "* SORT 5 4 3 2 1");
+    assert_eq!(sort("REVERSE ARRIVAL"), "* SORT 1 2 3 4 5");
+    let mut by_size: Vec<(usize, usize)> = SORTED.iter().enumerate().map(|(i, (_, m))| (m.len(), i + 1)).collect();
+    by_size.sort();
+    let expected: Vec<String> = by_size.iter().map(|(_, s)| s.to_string()).collect();
+    assert_eq!(sort("SIZE"), format!("* SORT {}", expected.join(" ")));
+    // Any SEARCH key; UID SORT answers UIDs; no match: an empty SORT.
+    let out = c.ok("s UID SORT (SUBJECT) US-ASCII NOT FROM zed");
+    assert_eq!(line_of(&out, "* SORT"), "* SORT 4 3 6 5");
+    assert!(out.contains("s OK UID SORT completed"), "{out}");
+    assert_eq!(line_of(&c.ok("s SORT (DATE) UTF-8 SUBJECT nothing"), "* SORT"), "* SORT");
+    assert_eq!(line_of(&c.ok("s SORT (DATE) UTF-8 OR 1 UID 6"), "* SORT"), "* SORT 1 5");
+    let out = c.send("s SORT (SUBJECT) ISO-8859-1 ALL");
+    assert!(out.contains("s NO [BADCHARSET"), "{out}");
+}
