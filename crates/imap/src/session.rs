@@ -745,7 +745,8 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
-             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT",
+             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES",
         );
         if self.account.is_none() {
             if self.starttls_offered {
@@ -889,6 +890,10 @@ impl Session {
             CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
                 expunges_allowed = uid;
                 self.sort(sort_criteria.as_ref(), charset.as_ref(), search_criteria.as_ref(), uid)
+            }
+            CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
+                expunges_allowed = uid;
+                self.thread(&algorithm, charset.as_ref(), search_criteria.as_ref(), uid)
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;

@@ -1238,3 +1238,115 @@ fn sort_orders_by_every_rfc5256_key() {
     let out = c.send("s SORT (SUBJECT) ISO-8859-1 ALL");
     assert!(out.contains("s NO [BADCHARSET"), "{out}");
 }
+
+#[test]
+fn thread_orderedsubject_and_references() {
+    let srv = server();
+    let mut c = sorted_inbox(&srv);
+    let caps = c.ok("k CAPABILITY");
+    let caps: Vec<&str> = line_of(&caps, "* CAPABILITY").split(' ').collect();
+    assert!(caps.contains(&"THREAD=ORDEREDSUBJECT") && caps.contains(&"THREAD=REFERENCES"), "{caps:?}");
+    // By base subject, threads by their first message's date.
+    assert_eq!(line_of(&c.ok("t THREAD ORDEREDSUBJECT UTF-8 ALL"), "* THREAD"), "* THREAD (2 5)(4)(1 3)");
+    // 5 replies to 2; 1 and 3 share a base subject, both replies: a dummy over them.
+    assert_eq!(line_of(&c.ok("t THREAD REFERENCES UTF-8 ALL"), "* THREAD"), "* THREAD (2 5)(4)((1)(3))");
+    let out = c.ok("t UID THREAD REFERENCES US-ASCII ALL");
+    assert_eq!(line_of(&out, "* THREAD"), "* THREAD (3 6)(5)((2)(4))");
+    assert!(out.contains("t OK UID THREAD completed"), "{out}");
+    assert_eq!(line_of(&c.ok("t THREAD REFERENCES UTF-8 NOT SUBJECT apples"), "* THREAD"), "* THREAD (2 5)(4)");
+    assert_eq!(line_of(&c.ok("t THREAD REFERENCES UTF-8 SUBJECT nothing"), "* THREAD"), "* THREAD");
+    assert!(c.send("t THREAD REFERENCES ISO-8859-1 ALL").contains("t NO [BADCHARSET"));
+    assert!(c.send("t THREAD XYZZY UTF-8 ALL").contains("t BAD"));
+
+    // Dummies, duplicate and self-referencing Message-IDs (RFC 5256 §3).
+    c.ok("m CREATE T");
+    let msgs = [
+        "Message-ID: <a>\r\nSubject: topic\r\nDate: Mon, 7 Feb 2022 01:00:00 +0000",
+        "Message-ID: <b>\r\nReferences: <a>\r\nSubject: Re: topic\r\nDate: Mon, 7 Feb 2022 02:00:00 +0000",
+        "Message-ID: <c>\r\nReferences: <a> <b>\r\nSubject: Re: topic\r\nDate: Mon, 7 Feb 2022 03:00:00 +0000",
+        // Two replies to a message not here: a dummy over them stays.
+        "Message-ID: <d>\r\nReferences: <missing>\r\nSubject: other\r\nDate: Mon, 7 Feb 2022 04:00:00 +0000",
+        "Message-ID: <e>\r\nReferences: <missing>\r\nSubject: Re: other\r\nDate: Mon, 7 Feb 2022 05:00:00 +0000",
+        // A duplicate Message-ID: the first message keeps it.
+        "Message-ID: <a>\r\nSubject: dup\r\nDate: Mon, 7 Feb 2022 06:00:00 +0000",
+        // Refers to itself: no loop.
+        "Message-ID: <g>\r\nReferences: <g>\r\nSubject: self\r\nDate: Mon, 7 Feb 2022 07:00:00 +0000",
+        // Dated before its parent; still under it.
+        "Message-ID: <h>\r\nIn-Reply-To: <c>\r\nSubject: Re: topic\r\nDate: Sun, 6 Feb 2022 00:00:00 +0000",
+        // Its References make a missing message <a>'s parent: that dummy
+        // has one child and goes; this one becomes <a>'s second child.
+        "Message-ID: <i>\r\nReferences: <nothere> <a>\r\nSubject: Re: topic\r\nDate: Mon, 7 Feb 2022 09:00:00 +0000",
+    ];
+    for m in msgs {
+        c.append("T", "", &format!("{m}\r\n\r\nx\r\n"));
+    }
+    c.ok("m SELECT T");
+    assert_eq!(line_of(&c.ok("t THREAD REFERENCES UTF-8 ALL"), "* THREAD"), "* THREAD (1 (2 3 8)(9))((4)(5))(6)(7)");
+}
+
+/// Puts `messages` into a new mailbox in one write (an APPEND each would
+/// take minutes) and selects it.
+fn bulk_mailbox(srv: &Server, c: &mut Client, name: &str, messages: impl Iterator<Item = String>) {
+    c.ok(&format!("b CREATE {name}"));
+    let store = &srv.shared.store;
+    let id = store.read("alice").unwrap().names().tree.by_name[name];
+    store
+        .write("alice", |b| {
+            for (i, m) in messages.enumerate() {
+                b.append_body(id, m.as_bytes(), 1_600_000_000 + i as i64, vec![])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    c.ok(&format!("b SELECT {name}"));
+}
+
+/// THREAD's answer without the response parser (imap-codec's stops at a
+/// nesting of 8).
+fn thread_unparsed(c: &mut Client, command: &str) -> String {
+    c.s.receive(format!("{command}\r\n").as_bytes());
+    let out = String::from_utf8(c.s.take_output()).unwrap();
+    assert!(out.ends_with(" OK THREAD completed\r\n"), "{}", &out[out.len().saturating_sub(200)..]);
+    line_of(&out, "* THREAD").to_string()
+}
+
+#[test]
+fn thread_references_survives_a_chain_of_100000_and_a_deep_tree() {
+    const N: usize = 100_000;
+    let srv = server();
+    let mut c = Client::login(&srv);
+    let reply = |id: usize, parent: Option<usize>| {
+        let refs = parent.map_or(String::new(), |p| format!("In-Reply-To: <{p}@c>\r\n"));
+        format!("Message-ID: <{id}@c>\r\n{refs}Subject: Re: chain\r\n\r\nx\r\n")
+    };
+    // A chain, oldest first: 1 2 3 … N.
+    bulk_mailbox(&srv, &mut c, "Chain", (1..=N).map(|k| reply(k, (k > 1).then(|| k - 1))));
+    let expected: Vec<String> = (1..=N).map(|k| k.to_string()).collect();
+    let line = thread_unparsed(&mut c, "t THREAD REFERENCES UTF-8 ALL");
+    assert!(line == format!("* THREAD ({})", expected.join(" ")), "{}", &line[..200]);
+    // The same chain newest first: the root is the last message.
+    bulk_mailbox(&srv, &mut c, "Reversed", (1..=N).rev().map(|k| reply(k, (k > 1).then(|| k - 1))));
+    let expected: Vec<String> = (1..=N).rev().map(|k| k.to_string()).collect();
+    let line = thread_unparsed(&mut c, "t THREAD REFERENCES UTF-8 ALL");
+    assert!(line == format!("* THREAD ({})", expected.join(" ")), "{}", &line[..200]);
+    // A comb: each message of a chain also has a leaf reply, so the
+    // answer nests N/2 deep. c_k is 2k-1, its leaf 2k (dated before c_k+1).
+    let m = N / 2;
+    bulk_mailbox(
+        &srv,
+        &mut c,
+        "Comb",
+        (1..=m).flat_map(|k| [reply(2 * k - 1, (k > 1).then(|| 2 * k - 3)), reply(2 * k, Some(2 * k - 1))]),
+    );
+    let mut expected = String::from("* THREAD (");
+    for k in 1..m {
+        expected.push_str(&format!("{} ({})(", 2 * k - 1, 2 * k));
+    }
+    expected.push_str(&format!("{} {}", 2 * m - 1, 2 * m));
+    expected.push_str(&")".repeat(m));
+    let line = thread_unparsed(&mut c, "t THREAD REFERENCES UTF-8 ALL");
+    assert!(line == expected, "{}", &line[..200]);
+    // ORDEREDSUBJECT over the same: one thread, the first message the parent.
+    let line = thread_unparsed(&mut c, "t THREAD ORDEREDSUBJECT UTF-8 ALL");
+    assert!(line.starts_with("* THREAD (1 (2)(3)(4)") && line.ends_with(&format!("({N}))")), "{}", &line[..200]);
+}

@@ -2,3 +2,4 @@
 //! them. The older commands still live in `session.rs` and `selected.rs`.
 
 pub(crate) mod sort;
+pub(crate) mod thread;
