@@ -36,6 +36,11 @@ pub(crate) struct Selected {
     pub reported: HashMap<u32, u64>,
     /// How many of the account's keywords the last FLAGS listed.
     pub keywords: usize,
+    /// SEARCHRES (RFC 5182): the UID ranges of the last `SEARCH RETURN
+    /// (SAVE)`, at most one per message shown; empty after SELECT.
+    pub saved: Vec<(u32, u32)>,
+    /// The command being run named `$` ([`crate::extended::SAVED`]).
+    pub use_saved: bool,
 }
 
 /// A FETCH answer goes out in parts of about this many bytes (a part ends
@@ -53,6 +58,8 @@ impl Selected {
             recent: Vec::new(),
             reported: HashMap::new(),
             keywords: 0,
+            saved: Vec::new(),
+            use_saved: false,
         }
     }
 
@@ -99,6 +106,10 @@ impl Selected {
         };
         let mut out = Vec::new();
         for seq in set.0.as_ref() {
+            if self.use_saved && *seq == Sequence::Single(SeqOrUid::Value(SAVED_NZ)) {
+                out.extend_from_slice(&self.saved);
+                continue;
+            }
             let (a, b) = match seq {
                 Sequence::Single(s) => (value(s), value(s)),
                 Sequence::Range(a, b) => (value(a), value(b)),
@@ -120,6 +131,12 @@ impl Selected {
         Ok(out)
     }
 }
+
+/// [`crate::extended::SAVED`] as it is decoded.
+const SAVED_NZ: std::num::NonZeroU32 = match std::num::NonZeroU32::new(crate::extended::SAVED) {
+    Some(n) => n,
+    None => panic!("SAVED is not zero"),
+};
 
 /// `1:3,7` for sorted numbers.
 pub(crate) fn set_string(numbers: &[u32]) -> String {
@@ -1007,14 +1024,40 @@ impl Session {
         tag: &str,
         returns: Option<Vec<String>>,
     ) -> Done {
-        if let Some(c) = charset {
-            if !["UTF-8", "US-ASCII"].iter().any(|k| k.eq_ignore_ascii_case(c)) {
-                return Err(Fail::No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into()));
+        // SEARCHRES (RFC 5182): SAVE keeps the result for `$`; a failed
+        // SEARCH with SAVE leaves it empty.
+        let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
+        let returns = returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect::<Vec<_>>());
+        let matched = charset.map_or(Ok(()), crate::command::sort::charset_ok).and_then(|()| {
+            let reader = self.reader()?;
+            self.matching(&reader, criteria)
+        });
+        if save {
+            let sel = self.selected.as_mut().expect("selected");
+            sel.saved = Vec::new();
+            if let Ok(matched) = &matched {
+                let opts = returns.as_deref().unwrap_or_default();
+                let every = opts.is_empty() || opts.iter().any(|o| o == "ALL" || o == "COUNT");
+                let mut uids: Vec<u32> = if every {
+                    matched.iter().map(|(_, m)| m.uid).collect()
+                } else {
+                    let min = opts.iter().any(|o| o == "MIN").then(|| matched.first()).flatten();
+                    let max = opts.iter().any(|o| o == "MAX").then(|| matched.last()).flatten();
+                    min.into_iter().chain(max).map(|(_, m)| m.uid).collect()
+                };
+                uids.sort_unstable();
+                uids.dedup();
+                sel.saved = starling_store::ranges::of_sorted(uids);
             }
         }
-        let reader = self.reader()?;
-        let matched = self.matching(&reader, criteria)?;
-        drop(reader);
+        let matched = matched?;
+        if save && returns.as_ref().is_some_and(|r| r.is_empty()) {
+            // SAVE alone: no answer but OK (RFC 5182 §2.4).
+            if criteria.iter().any(uses_modseq) {
+                self.condstore_on();
+            }
+            return Ok(format!("{}SEARCH completed", if uid { "UID " } else { "" }));
+        }
         let hits: Vec<u32> = matched.iter().map(|(seq, m)| if uid { m.uid } else { *seq }).collect();
         // MODSEQ of each hit, in the same order.
         let modseqs: Vec<u64> = matched.iter().map(|(_, m)| m.modseq).collect();

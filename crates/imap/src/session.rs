@@ -746,7 +746,7 @@ impl Session {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
-             THREAD=ORDEREDSUBJECT THREAD=REFERENCES",
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES",
         );
         if self.account.is_none() {
             if self.starttls_offered {
@@ -764,7 +764,10 @@ impl Session {
     /// Runs a decoded command, with the options lifted off it before
     /// decoding ([`extended::lift`]).
     fn command(&mut self, command: Command<'_>, options: Lifted) {
-        let Lifted { search_return, list_selection, list_return, list_patterns, .. } = options;
+        let Lifted { search_return, list_selection, list_return, list_patterns, saved, .. } = options;
+        if let Some(sel) = &mut self.selected {
+            sel.use_saved = saved;
+        }
         let tag = command.tag.as_ref().to_string();
         let authenticated = self.account.is_some();
         let selected = self.selected.is_some();
@@ -918,6 +921,9 @@ impl Session {
             }
             other => Err(Fail::Bad(format!("{} is not supported", other.name()))),
         };
+        if let Some(sel) = &mut self.selected {
+            sel.use_saved = false;
+        }
         if self.selected.is_some() {
             self.updates(expunges_allowed);
         }

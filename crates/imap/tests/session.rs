@@ -1350,3 +1350,74 @@ fn thread_references_survives_a_chain_of_100000_and_a_deep_tree() {
     let line = thread_unparsed(&mut c, "t THREAD ORDEREDSUBJECT UTF-8 ALL");
     assert!(line.starts_with("* THREAD (1 (2)(3)(4)") && line.ends_with(&format!("({N}))")), "{}", &line[..200]);
 }
+
+/// The `* n FETCH (UID u)` answers in `out`, as (n, u).
+fn fetched_uids(out: &str) -> Vec<(u32, u32)> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("* ")?;
+            let (n, rest) = rest.split_once(" FETCH (UID ")?;
+            let u = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+            Some((n.parse().ok()?, u.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn searchres_saves_a_result_for_later_commands() {
+    let srv = server();
+    let mut c = sorted_inbox(&srv);
+    assert!(line_of(&c.ok("k CAPABILITY"), "* CAPABILITY").split(' ').any(|w| w == "SEARCHRES"));
+    // Nothing saved yet: `$` names no message.
+    assert_eq!(fetched_uids(&c.ok("r1 FETCH $ (UID)")), vec![]);
+    // SAVE alone answers nothing but OK (RFC 5182 §2.4).
+    let out = c.ok("r2 SEARCH RETURN (SAVE) SUBJECT apples");
+    assert!(!out.contains("* ESEARCH") && !out.contains("* SEARCH"), "{out}");
+    assert_eq!(fetched_uids(&c.ok("r3 FETCH $ (UID)")), vec![(1, 2), (3, 4)]);
+    assert_eq!(fetched_uids(&c.ok("r3 UID FETCH $ (UID)")), vec![(1, 2), (3, 4)]);
+    c.ok("r4 UID STORE $ +FLAGS.SILENT (\\Flagged $Forwarded)");
+    assert_eq!(c.search_line("FLAGGED KEYWORD $Forwarded"), "* SEARCH 1 3");
+    // `$` as a search key, alone, in OR, and as UID's set.
+    assert_eq!(line_of(&c.ok("r5 UID SEARCH $ FROM zed"), "* SEARCH"), "* SEARCH 2");
+    assert_eq!(c.search_line("OR $ 5"), "* SEARCH 1 3 5");
+    assert_eq!(c.search_line("UID $"), "* SEARCH 1 3");
+    assert_eq!(line_of(&c.ok("r5 SORT (REVERSE ARRIVAL) UTF-8 $"), "* SORT"), "* SORT 1 3");
+    // SAVE with MIN saves the first match only, and answers MIN.
+    let out = c.ok("r6 SEARCH RETURN (SAVE MIN) SUBJECT bananas");
+    assert!(out.contains("* ESEARCH (TAG \"r6\") MIN 2\r\n"), "{out}");
+    assert_eq!(fetched_uids(&c.ok("r7 FETCH $ (UID)")), vec![(2, 3)]);
+    // A SAVE that uses `$` reads the old result, then replaces it.
+    c.ok("r8 SEARCH RETURN (SAVE) OR $ 4");
+    assert_eq!(fetched_uids(&c.ok("r9 FETCH $ (UID)")), vec![(2, 3), (4, 5)]);
+    c.ok("r10 CREATE Dest");
+    assert!(c.ok("r11 COPY $ Dest").contains("[COPYUID "));
+    assert!(c.ok("r12 STATUS Dest (MESSAGES)").contains("(MESSAGES 2)"));
+    // Expunged messages drop out of it.
+    c.ok("r13 SEARCH RETURN (SAVE) ALL");
+    c.ok("r14 STORE 1 +FLAGS.SILENT (\\Deleted)");
+    c.ok("r15 EXPUNGE");
+    assert_eq!(fetched_uids(&c.ok("r16 FETCH $ (UID)")), vec![(1, 3), (2, 4), (3, 5), (4, 6)]);
+    let out = c.ok("r17 UID MOVE $ Dest");
+    assert!(out.contains("[COPYUID ") && out.contains("* 1 EXPUNGE"), "{out}");
+    // A failed SAVE empties it.
+    c.ok("r18 SELECT Dest");
+    c.ok("r19 SEARCH RETURN (SAVE) ALL");
+    assert!(c.send("r20 SEARCH RETURN (SAVE) CHARSET ISO-8859-1 ALL").contains("r20 NO [BADCHARSET"));
+    assert_eq!(fetched_uids(&c.ok("r21 FETCH $ (UID)")), vec![]);
+    // SELECT, EXAMINE, UNSELECT and CLOSE forget it.
+    for (i, reset) in ["SELECT Dest", "EXAMINE Dest", "UNSELECT", "CLOSE"].iter().enumerate() {
+        c.ok("s1 SELECT Dest");
+        c.ok("s2 SEARCH RETURN (SAVE) ALL");
+        assert_eq!(fetched_uids(&c.ok("s3 FETCH $ (UID)")).len(), 6);
+        c.ok(&format!("s4 {reset}"));
+        if i >= 2 {
+            assert!(c.send("s5 FETCH $ (UID)").contains("s5 BAD"));
+            c.ok("s6 SELECT Dest");
+        }
+        assert_eq!(fetched_uids(&c.ok("s7 FETCH $ (UID)")), vec![], "after {reset}");
+    }
+    // Quoted and literal `$` are strings, not the saved result.
+    c.append("Dest", "", "Subject: costs $ 5\r\n\r\nx\r\n");
+    assert_eq!(c.search_line("SUBJECT \"$\""), "* SEARCH 7");
+    assert_eq!(c.search_line("SUBJECT {1+}\r\n$"), "* SEARCH 7");
+}
