@@ -64,6 +64,16 @@ fn assert_responses(bytes: &[u8]) {
             rest = &rest[end + 2..];
             continue;
         }
+        // Nor LIST-EXTENDED's extended data: checked without it.
+        let end = rest.windows(2).position(|w| w == b"\r\n").map_or(rest.len(), |e| e + 2);
+        let childinfo = b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n";
+        if rest.starts_with(b"* LIST ") && rest[..end].ends_with(childinfo) {
+            let mut line = rest[..end - childinfo.len()].to_vec();
+            line.extend_from_slice(b"\r\n");
+            assert!(matches!(ResponseCodec::default().decode(&line), Ok((b"", _))), "{line:?}");
+            rest = &rest[end..];
+            continue;
+        }
         match ResponseCodec::default().decode(rest) {
             Ok((r, _)) => rest = r,
             Err(e) => {
@@ -1420,4 +1430,57 @@ fn searchres_saves_a_result_for_later_commands() {
     c.append("Dest", "", "Subject: costs $ 5\r\n\r\nx\r\n");
     assert_eq!(c.search_line("SUBJECT \"$\""), "* SEARCH 7");
     assert_eq!(c.search_line("SUBJECT {1+}\r\n$"), "* SEARCH 7");
+}
+
+#[test]
+fn list_childinfo_and_subscriptions_that_outlive_delete() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    for m in ["Fruit/Apple", "Fruit/Pear", "Veg/Bean", "Tofu"] {
+        c.ok(&format!("a CREATE {m}"));
+    }
+    for m in ["Fruit/Apple", "Veg", "Veg/Bean"] {
+        c.ok(&format!("a SUBSCRIBE {m}"));
+    }
+    // RECURSIVEMATCH: a parent of a subscribed mailbox is listed with
+    // CHILDINFO, subscribed or not (RFC 5258 §3.5).
+    let out = c.ok("l LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert!(out.contains("* LIST (\\HasChildren) \"/\" Fruit (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"), "{out}");
+    assert!(
+        out.contains("* LIST (\\HasChildren \\Subscribed) \"/\" Veg (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("Tofu") && !out.contains("Apple"), "{out}");
+    let out = c.ok("l LIST (SUBSCRIBED) \"\" \"%\"");
+    assert!(!out.contains("CHILDINFO") && !out.contains("Fruit"), "{out}");
+    // DELETE keeps the subscription: the name is listed \NonExistent.
+    c.ok("d DELETE Fruit/Apple");
+    let out = c.ok("l LIST (SUBSCRIBED) \"\" \"*\"");
+    assert!(out.contains("* LIST (\\NonExistent \\Subscribed) \"/\" Fruit/Apple\r\n"), "{out}");
+    let out = c.ok("l LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert!(out.contains("* LIST (\\HasChildren) \"/\" Fruit (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"), "{out}");
+    assert!(c.ok("l LSUB \"\" \"*\"").contains("* LSUB (\\Noselect) \"/\" Fruit/Apple\r\n"));
+    assert!(!c.ok("l LIST \"\" \"*\"").contains("Apple"));
+    // Created again, the name is still subscribed.
+    c.ok("c CREATE Fruit/Apple");
+    let out = c.ok("l LIST (SUBSCRIBED) \"\" \"Fruit/*\"");
+    assert!(out.contains("* LIST (\\HasNoChildren \\Subscribed) \"/\" Fruit/Apple\r\n"), "{out}");
+    assert_eq!(out.matches("Apple").count(), 1, "{out}");
+    // UNSUBSCRIBE takes a name without a mailbox.
+    c.ok("d DELETE Fruit/Apple");
+    c.ok("u UNSUBSCRIBE Fruit/Apple");
+    assert!(!c.ok("l LIST (SUBSCRIBED) \"\" \"*\"").contains("Apple"));
+    assert!(c.send("u UNSUBSCRIBE Fruit/Apple").contains("u NO [NONEXISTENT]"));
+    // A subscribed name whose parent is gone too: the parent is listed
+    // \NonExistent with CHILDINFO.
+    c.ok("d DELETE Veg/Bean");
+    c.ok("d DELETE Veg");
+    let out = c.ok("l LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert!(
+        out.contains("* LIST (\\NonExistent \\Subscribed) \"/\" Veg (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"),
+        "{out}"
+    );
+    c.ok("u UNSUBSCRIBE Veg");
+    let out = c.ok("l LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert!(out.contains("* LIST (\\NonExistent) \"/\" Veg (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"), "{out}");
 }
