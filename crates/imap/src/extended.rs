@@ -10,7 +10,8 @@
 pub struct Lifted {
     /// The command without them.
     pub command: Vec<u8>,
-    /// `SEARCH RETURN (…)`: the options, upper-cased (empty = `ALL`).
+    /// `SEARCH RETURN (…)` or ESORT's `SORT RETURN (…)` (RFC 5267): the
+    /// options, upper-cased (empty = `ALL`).
     pub search_return: Option<Vec<String>>,
     /// LIST selection options, upper-cased (`SUBSCRIBED`, `RECURSIVEMATCH`, …).
     pub list_selection: Vec<String>,
@@ -249,14 +250,16 @@ fn lift_options(message: &[u8]) -> Option<Lifted> {
         at += 4;
     }
     let rest = &message[at..];
-    if starts_with_ci(rest, b"SEARCH RETURN ") {
-        let opts_at = at + b"SEARCH RETURN ".len();
+    if let Some(verb) =
+        [&b"SEARCH "[..], b"SORT "].into_iter().find(|v| starts_with_ci(rest, &[v, &b"RETURN "[..]].concat()))
+    {
+        let opts_at = at + verb.len() + b"RETURN ".len();
         let (opts, len) = paren_list(&message[opts_at..])?;
         let mut end = opts_at + len;
         if message.get(end) == Some(&b' ') {
             end += 1;
         }
-        let mut command = message[..at + b"SEARCH ".len()].to_vec();
+        let mut command = message[..at + verb.len()].to_vec();
         command.extend_from_slice(&message[end..]);
         return Some(Lifted { command, search_return: Some(opts), ..Default::default() });
     }
@@ -327,6 +330,9 @@ mod tests {
         assert_eq!(l.command, b"a2 search ALL\r\n");
         assert_eq!(l.search_return, Some(vec![]));
         assert!(lift(b"a3 SEARCH ALL\r\n").is_none());
+        let l = lift(b"a4 UID SORT RETURN (MIN ALL) (DATE) UTF-8 ALL\r\n").unwrap();
+        assert_eq!(l.command, b"a4 UID SORT (DATE) UTF-8 ALL\r\n");
+        assert_eq!(l.search_return, Some(vec!["MIN".into(), "ALL".into()]));
     }
 
     #[test]

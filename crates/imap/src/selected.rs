@@ -1033,22 +1033,8 @@ impl Session {
             self.matching(&reader, criteria)
         });
         if save {
-            let sel = self.selected.as_mut().expect("selected");
-            sel.saved = Vec::new();
-            if let Ok(matched) = &matched {
-                let opts = returns.as_deref().unwrap_or_default();
-                let every = opts.is_empty() || opts.iter().any(|o| o == "ALL" || o == "COUNT");
-                let mut uids: Vec<u32> = if every {
-                    matched.iter().map(|(_, m)| m.uid).collect()
-                } else {
-                    let min = opts.iter().any(|o| o == "MIN").then(|| matched.first()).flatten();
-                    let max = opts.iter().any(|o| o == "MAX").then(|| matched.last()).flatten();
-                    min.into_iter().chain(max).map(|(_, m)| m.uid).collect()
-                };
-                uids.sort_unstable();
-                uids.dedup();
-                sel.saved = starling_store::ranges::of_sorted(uids);
-            }
+            let uids: Option<Vec<u32>> = matched.as_ref().ok().map(|m| m.iter().map(|(_, m)| m.uid).collect());
+            self.save_result(uids.as_deref(), returns.as_deref().unwrap_or_default());
         }
         let matched = matched?;
         if save && returns.as_ref().is_some_and(|r| r.is_empty()) {
@@ -1109,6 +1095,26 @@ impl Session {
 }
 
 impl Session {
+    /// SEARCHRES (RFC 5182): keeps a SEARCH's or SORT's result (`uids` in
+    /// its order; `None` when the command failed, which empties it) for
+    /// `$`: with MIN and/or MAX but neither ALL nor COUNT among the other
+    /// return options, only the first and/or last.
+    pub(crate) fn save_result(&mut self, uids: Option<&[u32]>, opts: &[String]) {
+        let sel = self.selected.as_mut().expect("selected");
+        let uids = uids.unwrap_or_default();
+        let every = opts.is_empty() || opts.iter().any(|o| o == "ALL" || o == "COUNT");
+        let mut kept: Vec<u32> = if every {
+            uids.to_vec()
+        } else {
+            let min = opts.iter().any(|o| o == "MIN").then(|| uids.first()).flatten();
+            let max = opts.iter().any(|o| o == "MAX").then(|| uids.last()).flatten();
+            min.into_iter().chain(max).copied().collect()
+        };
+        kept.sort_unstable();
+        kept.dedup();
+        sel.saved = starling_store::ranges::of_sorted(kept);
+    }
+
     /// The messages in this session's view of the selected mailbox that
     /// match every key, with their sequence numbers, in mailbox order: the
     /// one SEARCH evaluation, which SORT and THREAD use too.

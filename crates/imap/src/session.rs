@@ -746,7 +746,7 @@ impl Session {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
-             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES",
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT",
         );
         if self.account.is_none() {
             if self.starttls_offered {
@@ -892,7 +892,8 @@ impl Session {
             }
             CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
                 expunges_allowed = uid;
-                self.sort(sort_criteria.as_ref(), charset.as_ref(), search_criteria.as_ref(), uid)
+                let (criteria, search) = (sort_criteria.as_ref(), search_criteria.as_ref());
+                self.sort(criteria, charset.as_ref(), search, uid, &tag, search_return)
             }
             CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
                 expunges_allowed = uid;

@@ -1484,3 +1484,25 @@ fn list_childinfo_and_subscriptions_that_outlive_delete() {
     let out = c.ok("l LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
     assert!(out.contains("* LIST (\\NonExistent) \"/\" Veg (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"), "{out}");
 }
+
+#[test]
+fn esort_answers_min_max_count_and_all_in_sort_order() {
+    let srv = server();
+    let mut c = sorted_inbox(&srv);
+    assert!(line_of(&c.ok("k CAPABILITY"), "* CAPABILITY").split(' ').any(|w| w == "ESORT"));
+    // MIN and MAX are the first and last in sort order; ALL keeps the order.
+    let out = c.ok("e SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL");
+    assert_eq!(line_of(&out, "* ESEARCH"), "* ESEARCH (TAG \"e\") MIN 1 MAX 4 COUNT 5 ALL 1,3,2,5,4");
+    let out = c.ok("e UID SORT RETURN () (DATE) UTF-8 ALL");
+    assert_eq!(line_of(&out, "* ESEARCH"), "* ESEARCH (TAG \"e\") UID ALL 3,5,2,6,4");
+    assert!(!out.contains("* SORT"), "{out}");
+    let out = c.ok("e SORT RETURN (MIN COUNT) (DATE) UTF-8 SUBJECT nothing");
+    assert_eq!(line_of(&out, "* ESEARCH"), "* ESEARCH (TAG \"e\") COUNT 0");
+    // SAVE (RFC 5182): the messages, for `$`; alone it answers nothing.
+    let out = c.ok("e SORT RETURN (SAVE) (DATE) UTF-8 NOT FROM zed");
+    assert!(!out.contains("* ESEARCH") && !out.contains("* SORT"), "{out}");
+    assert_eq!(fetched_uids(&c.ok("f FETCH $ (UID)")), vec![(2, 3), (3, 4), (4, 5), (5, 6)]);
+    let out = c.ok("e SORT RETURN (SAVE MAX) (DATE) UTF-8 NOT FROM zed");
+    assert_eq!(line_of(&out, "* ESEARCH"), "* ESEARCH (TAG \"e\") MAX 3");
+    assert_eq!(fetched_uids(&c.ok("f FETCH $ (UID)")), vec![(3, 4)]);
+}

@@ -224,14 +224,71 @@ pub(crate) fn charset_ok(charset: &str) -> Result<(), Fail> {
 }
 
 impl Session {
-    /// SORT / UID SORT.
+    /// SORT / UID SORT; `returns` are ESORT's `RETURN (…)` options (RFC
+    /// 5267), upper-cased.
     pub(crate) fn sort(
         &mut self,
         criteria: &[SortCriterion],
         charset: &str,
         search: &[SearchKey<'_>],
         uid: bool,
+        tag: &str,
+        returns: Option<Vec<String>>,
     ) -> Done {
+        let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
+        let returns = returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect::<Vec<_>>());
+        let sorted = self.sorted(criteria, charset, search);
+        if save {
+            let uids: Option<Vec<u32>> = sorted.as_ref().ok().map(|f| f.iter().map(|f| f.uid).collect());
+            self.save_result(uids.as_deref(), returns.as_deref().unwrap_or_default());
+        }
+        let facts = sorted?;
+        let uses_modseq = search.iter().any(uses_modseq);
+        if uses_modseq {
+            self.condstore_on();
+        }
+        let modseq = facts.iter().map(|f| f.modseq).max().filter(|_| uses_modseq);
+        let numbers: Vec<u32> = facts.iter().map(|f| if uid { f.uid } else { f.seq }).collect();
+        let done = format!("{}SORT completed", if uid { "UID " } else { "" });
+        let Some(opts) = returns else {
+            let mut line = String::from("SORT");
+            for n in &numbers {
+                line.push_str(&format!(" {n}"));
+            }
+            if let Some(max) = modseq {
+                line.push_str(&format!(" (MODSEQ {max})"));
+            }
+            self.untagged(&line);
+            return Ok(done);
+        };
+        if save && opts.is_empty() {
+            return Ok(done); // SAVE alone answers nothing (RFC 5182 §2.4).
+        }
+        // ESORT: MIN and MAX are the first and last in sort order, ALL is
+        // in sort order, each number on its own (no ranges).
+        let opts = if opts.is_empty() { vec!["ALL".to_string()] } else { opts };
+        let mut line = format!("ESEARCH (TAG \"{tag}\"){}", if uid { " UID" } else { "" });
+        for o in &opts {
+            match (o.as_str(), numbers.first(), numbers.last()) {
+                ("MIN", Some(first), _) => line.push_str(&format!(" MIN {first}")),
+                ("MAX", _, Some(last)) => line.push_str(&format!(" MAX {last}")),
+                ("COUNT", _, _) => line.push_str(&format!(" COUNT {}", numbers.len())),
+                ("ALL", Some(_), _) => {
+                    let all: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
+                    line.push_str(&format!(" ALL {}", all.join(",")));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(max), false) = (modseq, numbers.is_empty()) {
+            line.push_str(&format!(" MODSEQ {max}"));
+        }
+        self.untagged(&line);
+        Ok(done)
+    }
+
+    /// The messages SORT answers, in order.
+    fn sorted(&self, criteria: &[SortCriterion], charset: &str, search: &[SearchKey<'_>]) -> Result<Vec<Facts>, Fail> {
         if criteria.len() > SORT_CRITERIA_MAX {
             return Err(Fail::Bad(format!("at most {SORT_CRITERIA_MAX} sort criteria")));
         }
@@ -259,18 +316,7 @@ impl Session {
                 .unwrap_or(Ordering::Equal)
                 .then(a.seq.cmp(&b.seq))
         });
-        let mut line = String::from("SORT");
-        for f in &facts {
-            line.push_str(&format!(" {}", if uid { f.uid } else { f.seq }));
-        }
-        if search.iter().any(uses_modseq) {
-            self.condstore_on();
-            if let Some(max) = facts.iter().map(|f| f.modseq).max() {
-                line.push_str(&format!(" (MODSEQ {max})"));
-            }
-        }
-        self.untagged(&line);
-        Ok(format!("{}SORT completed", if uid { "UID " } else { "" }))
+        Ok(facts)
     }
 }
 
