@@ -1,15 +1,17 @@
-//! The two command extensions imap-codec 2.0 (alpha) does not parse, lifted
+//! The command extensions imap-codec 2.0 (alpha) does not parse, lifted
 //! off a complete command before it is decoded: ESEARCH's
-//! `SEARCH RETURN (…)` (RFC 4731) and LIST-EXTENDED's selection and return
-//! options (RFC 5258, with LIST-STATUS, RFC 5819, and SPECIAL-USE). What is
-//! left is a plain SEARCH or LIST that imap-codec decodes.
+//! `SEARCH RETURN (…)` (RFC 4731), LIST-EXTENDED's selection and return
+//! options (RFC 5258, with LIST-STATUS, RFC 5819, and SPECIAL-USE) and
+//! SEARCHRES's `$` (RFC 5182, replaced by [`SAVED`]). What is left is a
+//! plain command that imap-codec decodes.
 
 /// Options lifted off a command.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lifted {
     /// The command without them.
     pub command: Vec<u8>,
-    /// `SEARCH RETURN (…)`: the options, upper-cased (empty = `ALL`).
+    /// `SEARCH RETURN (…)` or ESORT's `SORT RETURN (…)` (RFC 5267): the
+    /// options, upper-cased (empty = `ALL`).
     pub search_return: Option<Vec<String>>,
     /// LIST selection options, upper-cased (`SUBSCRIBED`, `RECURSIVEMATCH`, …).
     pub list_selection: Vec<String>,
@@ -18,6 +20,87 @@ pub struct Lifted {
     /// LIST's patterns when it was given a parenthesised list of them
     /// (RFC 5258 §3); the command keeps the first.
     pub list_patterns: Vec<String>,
+    /// SEARCHRES (RFC 5182): the command named the saved search result
+    /// `$`, which stands in the command as [`SAVED`].
+    pub saved: bool,
+}
+
+/// What `$` (RFC 5182) becomes for the decoder: a number no message has as
+/// a UID or sequence number, which the selected mailbox reads back as the
+/// saved result when [`Lifted::saved`] is set.
+pub const SAVED: u32 = u32::MAX;
+
+/// Commands whose first argument may be `$`.
+const SET_FIRST: [&[u8]; 5] = [b"FETCH ", b"STORE ", b"COPY ", b"MOVE ", b"EXPUNGE "];
+
+/// Commands whose search keys may hold `$`.
+const SEARCHING: [&[u8]; 3] = [b"SEARCH ", b"SORT ", b"THREAD "];
+
+/// The command with each `$` that stands for a sequence set replaced by
+/// [`SAVED`]; `None` if it has none. In FETCH, STORE, COPY, MOVE and UID
+/// EXPUNGE only the set argument is looked at; in SEARCH, SORT and THREAD
+/// every token outside quoted strings and literals (a keyword such as
+/// `$Forwarded` is not `$`). One pass over the command.
+fn replace_saved(message: &[u8]) -> Option<Vec<u8>> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    let mut at = sp + 1;
+    if starts_with_ci(&message[at..], b"UID ") {
+        at += 4;
+    }
+    let rest = &message[at..];
+    let token_end = |i: usize| matches!(message.get(i), Some(b' ' | b')' | b'\r') | None);
+    if let Some(verb) = SET_FIRST.iter().find(|v| starts_with_ci(rest, v)) {
+        let i = at + verb.len();
+        if message.get(i) == Some(&b'$') && token_end(i + 1) {
+            let mut out = message[..i].to_vec();
+            out.extend_from_slice(SAVED.to_string().as_bytes());
+            out.extend_from_slice(&message[i + 1..]);
+            return Some(out);
+        }
+        return None;
+    }
+    let verb = SEARCHING.iter().find(|v| starts_with_ci(rest, v))?;
+    let mut out = Vec::new();
+    let mut copied = 0;
+    let mut i = at + verb.len();
+    while let Some(&b) = message.get(i) {
+        match b {
+            b'"' => {
+                // A quoted string, escapes included.
+                i += 1;
+                while let Some(&q) = message.get(i) {
+                    i += if q == b'\\' { 2 } else { 1 };
+                    if q == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'{' => {
+                // A literal: `{n}` or `{n+}`, CRLF, n bytes.
+                let close = message[i..].iter().position(|&c| c == b'}').map(|p| i + p);
+                let len = close.and_then(|c| {
+                    let digits = message[i + 1..c].strip_suffix(b"+").unwrap_or(&message[i + 1..c]);
+                    std::str::from_utf8(digits).ok()?.parse::<usize>().ok()
+                });
+                match (close, len) {
+                    (Some(c), Some(n)) => i = c.saturating_add(3).saturating_add(n),
+                    _ => i += 1,
+                }
+            }
+            b'$' if matches!(message[i - 1], b' ' | b'(') && token_end(i + 1) => {
+                out.extend_from_slice(&message[copied..i]);
+                out.extend_from_slice(SAVED.to_string().as_bytes());
+                copied = i + 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(&message[copied..]);
+    Some(out)
 }
 
 /// LIST `RETURN (…)` options.
@@ -148,20 +231,35 @@ fn pattern_list(command: &[u8], at: usize) -> Option<(Vec<String>, std::ops::Ran
 /// Lifts the extensions off `message` (a whole command, CRLF-terminated,
 /// literals included). `None` when there is nothing to lift.
 pub fn lift(message: &[u8]) -> Option<Lifted> {
+    let replaced = replace_saved(message);
+    let input = replaced.as_deref().unwrap_or(message);
+    let mut lifted = match lift_options(input) {
+        Some(l) => l,
+        None if replaced.is_some() => Lifted { command: input.to_vec(), ..Default::default() },
+        None => return None,
+    };
+    lifted.saved = replaced.is_some();
+    Some(lifted)
+}
+
+/// [`lift`] but for `$`.
+fn lift_options(message: &[u8]) -> Option<Lifted> {
     let sp = message.iter().position(|&b| b == b' ')?;
     let mut at = sp + 1;
     if starts_with_ci(&message[at..], b"UID ") {
         at += 4;
     }
     let rest = &message[at..];
-    if starts_with_ci(rest, b"SEARCH RETURN ") {
-        let opts_at = at + b"SEARCH RETURN ".len();
+    if let Some(verb) =
+        [&b"SEARCH "[..], b"SORT "].into_iter().find(|v| starts_with_ci(rest, &[v, &b"RETURN "[..]].concat()))
+    {
+        let opts_at = at + verb.len() + b"RETURN ".len();
         let (opts, len) = paren_list(&message[opts_at..])?;
         let mut end = opts_at + len;
         if message.get(end) == Some(&b' ') {
             end += 1;
         }
-        let mut command = message[..at + b"SEARCH ".len()].to_vec();
+        let mut command = message[..at + verb.len()].to_vec();
         command.extend_from_slice(&message[end..]);
         return Some(Lifted { command, search_return: Some(opts), ..Default::default() });
     }
@@ -232,6 +330,9 @@ mod tests {
         assert_eq!(l.command, b"a2 search ALL\r\n");
         assert_eq!(l.search_return, Some(vec![]));
         assert!(lift(b"a3 SEARCH ALL\r\n").is_none());
+        let l = lift(b"a4 UID SORT RETURN (MIN ALL) (DATE) UTF-8 ALL\r\n").unwrap();
+        assert_eq!(l.command, b"a4 UID SORT (DATE) UTF-8 ALL\r\n");
+        assert_eq!(l.search_return, Some(vec!["MIN".into(), "ALL".into()]));
     }
 
     #[test]
@@ -255,8 +356,31 @@ mod tests {
     }
 
     #[test]
+    fn saved_result_is_lifted() {
+        let l = lift(b"a UID FETCH $ (UID)\r\n").unwrap();
+        assert_eq!((l.command.as_slice(), l.saved), (&b"a UID FETCH 4294967295 (UID)\r\n"[..], true));
+        let l = lift(b"a SEARCH RETURN (SAVE) OR $ (UID $) SUBJECT \"$\" {1}\r\n$ KEYWORD $Forwarded\r\n").unwrap();
+        assert_eq!(l.command, b"a SEARCH OR 4294967295 (UID 4294967295) SUBJECT \"$\" {1}\r\n$ KEYWORD $Forwarded\r\n");
+        assert_eq!((l.search_return, l.saved), (Some(vec!["SAVE".to_string()]), true));
+        assert!(lift(b"a STORE 1 +FLAGS ($)\r\n").is_none());
+        assert!(lift(b"a SEARCH KEYWORD $Label1\r\n").is_none());
+    }
+
+    #[test]
     fn garbage_never_panics() {
-        for m in [&b"a LIST ("[..], b"a LIST ((((\r\n", b"a UID ", b"x SEARCH RETURN (\r\n", b") RETURN ()\r\n", b" "] {
+        for m in [
+            &b"a LIST ("[..],
+            b"a LIST ((((\r\n",
+            b"a UID ",
+            b"x SEARCH RETURN (\r\n",
+            b") RETURN ()\r\n",
+            b" ",
+            b"a SEARCH {99999999999999999999}\r\n$",
+            b"a SEARCH {5}\r\n",
+            b"a SEARCH \"\\",
+            b"a FETCH $",
+            b"a SEARCH $",
+        ] {
             let _ = lift(m);
         }
     }

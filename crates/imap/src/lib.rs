@@ -12,14 +12,15 @@
 //! implicit), sleeping a penalty, closing at a deadline, IDLE wake-ups from
 //! the node's change broadcast.
 //!
-//! Command syntax is parsed by imap-codec; the two extensions its 2.0 alpha
-//! does not parse (ESEARCH's `RETURN`, LIST-EXTENDED options) are lifted off
-//! the command first ([`extended`]). Responses are written by [`wire`] and
+//! Command syntax is parsed by imap-codec; the extensions its 2.0 alpha
+//! does not parse (ESEARCH's `RETURN`, LIST-EXTENDED options, SEARCHRES's
+//! `$`) are lifted off the command first ([`extended`]). Responses are written by [`wire`] and
 //! tested by decoding them with imap-codec's response parser.
 //!
 //! It must not touch redb or the network beyond its own listeners.
 
 pub mod auth;
+mod command;
 pub mod extended;
 pub mod mime;
 pub mod ondemand;

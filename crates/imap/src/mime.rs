@@ -219,6 +219,87 @@ pub fn sent_date(raw: &[u8]) -> Option<chrono::NaiveDate> {
     }
 }
 
+/// For SORT DATE and THREAD (RFC 5256 §2.2): the first Date: header as
+/// Unix seconds in UTC, if parseable (the caller falls back to the
+/// internal date).
+pub fn sent_time(raw: &[u8]) -> Option<i64> {
+    let mut date = None;
+    scan_header(raw, |f| {
+        if date.is_none() && raw[f.name].eq_ignore_ascii_case(b"date") {
+            date = Some(f.value);
+        }
+    });
+    let value = with_line_end(&raw[date?]);
+    match MessageStream::new(&value).parse_date() {
+        HeaderValue::DateTime(dt) if dt.is_valid() => Some(dt.to_timestamp()),
+        _ => None,
+    }
+}
+
+/// For SORT FROM/TO/CC (RFC 5256 §3): the mailbox (local part) of the first
+/// address of the first header named `name`, as written; `None` when it
+/// has none.
+pub fn first_mailbox(raw: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut value = None;
+    scan_header(raw, |f| {
+        if value.is_none() && raw[f.name].eq_ignore_ascii_case(name.as_bytes()) {
+            value = Some(f.value);
+        }
+    });
+    parse_addresses(&raw[value?]).into_iter().find_map(|a| match a {
+        Addr::Mailbox { mailbox, .. } if mailbox != b"MISSING_MAILBOX" => Some(mailbox),
+        _ => None,
+    })
+}
+
+/// The first header named `name`, unfolded into one line of text (RFC 2047
+/// decoded), if present.
+pub fn first_value(raw: &[u8], name: &str) -> Option<String> {
+    let mut value = None;
+    scan_header(raw, |f| {
+        if value.is_none() && raw[f.name].eq_ignore_ascii_case(name.as_bytes()) {
+            value = Some(f.value);
+        }
+    });
+    Some(decode_value(&raw[value?]))
+}
+
+/// Longest message ID kept by [`message_ids`]; a longer one is not valid.
+pub const MESSAGE_ID_BYTES_MAX: usize = 512;
+
+/// For THREAD REFERENCES: the message IDs (`<id>`, without the brackets)
+/// in the first header named `name`, at most the last `max` of them. Text
+/// outside angle brackets (comments, phrases) is skipped; an ID that holds
+/// white space or is longer than [`MESSAGE_ID_BYTES_MAX`] is not valid.
+pub fn message_ids(raw: &[u8], name: &str, max: usize) -> Vec<String> {
+    let mut value = None;
+    scan_header(raw, |f| {
+        if value.is_none() && raw[f.name].eq_ignore_ascii_case(name.as_bytes()) {
+            value = Some(f.value);
+        }
+    });
+    let Some(value) = value.filter(|_| max > 0) else { return Vec::new() };
+    let text = clean(&raw[value]);
+    let mut ids = std::collections::VecDeque::new();
+    let mut rest = &text[..];
+    while let Some(open) = rest.iter().position(|&b| b == b'<') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.iter().position(|&b| b == b'>') else { break };
+        let id = &after[..close];
+        if !id.is_empty()
+            && id.len() <= MESSAGE_ID_BYTES_MAX
+            && !id.iter().any(|b| b.is_ascii_whitespace() || *b == b'<')
+        {
+            if ids.len() == max {
+                ids.pop_front();
+            }
+            ids.push_back(String::from_utf8_lossy(id).into_owned());
+        }
+        rest = &after[close + 1..];
+    }
+    ids.into()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Header fields
 

@@ -36,6 +36,11 @@ pub(crate) struct Selected {
     pub reported: HashMap<u32, u64>,
     /// How many of the account's keywords the last FLAGS listed.
     pub keywords: usize,
+    /// SEARCHRES (RFC 5182): the UID ranges of the last `SEARCH RETURN
+    /// (SAVE)`, at most one per message shown; empty after SELECT.
+    pub saved: Vec<(u32, u32)>,
+    /// The command being run named `$` ([`crate::extended::SAVED`]).
+    pub use_saved: bool,
 }
 
 /// A FETCH answer goes out in parts of about this many bytes (a part ends
@@ -53,6 +58,8 @@ impl Selected {
             recent: Vec::new(),
             reported: HashMap::new(),
             keywords: 0,
+            saved: Vec::new(),
+            use_saved: false,
         }
     }
 
@@ -99,6 +106,10 @@ impl Selected {
         };
         let mut out = Vec::new();
         for seq in set.0.as_ref() {
+            if self.use_saved && *seq == Sequence::Single(SeqOrUid::Value(SAVED_NZ)) {
+                out.extend_from_slice(&self.saved);
+                continue;
+            }
             let (a, b) = match seq {
                 Sequence::Single(s) => (value(s), value(s)),
                 Sequence::Range(a, b) => (value(a), value(b)),
@@ -120,6 +131,12 @@ impl Selected {
         Ok(out)
     }
 }
+
+/// [`crate::extended::SAVED`] as it is decoded.
+const SAVED_NZ: std::num::NonZeroU32 = match std::num::NonZeroU32::new(crate::extended::SAVED) {
+    Some(n) => n,
+    None => panic!("SAVED is not zero"),
+};
 
 /// `1:3,7` for sorted numbers.
 pub(crate) fn set_string(numbers: &[u32]) -> String {
@@ -258,7 +275,7 @@ fn gone_since(reader: &Reader, id: MailboxId, modseq: u64, known: &UidMap) -> Re
 
 /// A message's body for one FETCH response: the header block alone when
 /// that is all the items need (`whole` false).
-fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn load_body(reader: &Reader, env: &Envelope, whole: bool) -> Result<Vec<u8>, StoreError> {
     if !whole {
         // Kept apart by the store; used if IMAP's idea of the header agrees.
         if let Some(header) = reader.body_header(env.blob)? {
@@ -406,7 +423,7 @@ impl Session {
 
     /// A command turned CONDSTORE on (RFC 7162 §3.1): the first time, with
     /// a mailbox selected, the client is told its HIGHESTMODSEQ.
-    fn condstore_on(&mut self) {
+    pub(crate) fn condstore_on(&mut self) {
         if self.enabled.condstore {
             return;
         }
@@ -1007,28 +1024,31 @@ impl Session {
         tag: &str,
         returns: Option<Vec<String>>,
     ) -> Done {
-        if let Some(c) = charset {
-            if !["UTF-8", "US-ASCII"].iter().any(|k| k.eq_ignore_ascii_case(c)) {
-                return Err(Fail::No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into()));
-            }
+        // SEARCHRES (RFC 5182): SAVE keeps the result for `$`; a failed
+        // SEARCH with SAVE leaves it empty.
+        let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
+        let returns = returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect::<Vec<_>>());
+        let matched = charset.map_or(Ok(()), crate::command::sort::charset_ok).and_then(|()| {
+            let reader = self.reader()?;
+            self.matching(&reader, criteria)
+        });
+        if save {
+            let uids: Option<Vec<u32>> = matched.as_ref().ok().map(|m| m.iter().map(|(_, m)| m.uid).collect());
+            self.save_result(uids.as_deref(), returns.as_deref().unwrap_or_default());
         }
-        let reader = self.reader()?;
-        let sel = self.selected.as_ref().expect("selected");
-        let all = reader.messages(sel.id, 1, usize::MAX)?;
-        let mut hits = Vec::new();
+        let matched = matched?;
+        if save && returns.as_ref().is_some_and(|r| r.is_empty()) {
+            // SAVE alone: no answer but OK (RFC 5182 §2.4).
+            if criteria.iter().any(uses_modseq) {
+                self.condstore_on();
+            }
+            return Ok(format!("{}SEARCH completed", if uid { "UID " } else { "" }));
+        }
+        let hits: Vec<u32> = matched.iter().map(|(seq, m)| if uid { m.uid } else { *seq }).collect();
         // MODSEQ of each hit, in the same order.
-        let mut modseqs = Vec::new();
+        let modseqs: Vec<u64> = matched.iter().map(|(_, m)| m.modseq).collect();
         let uses_modseq = criteria.iter().any(uses_modseq);
-        for m in all {
-            let Some(i) = sel.seq_of(m.uid) else { continue };
-            let mut c = Candidate { info: &m, env: None, raw: None, reader: &reader, sel };
-            if criteria.iter().all(|k| c.matches(k)) {
-                hits.push(if uid { m.uid } else { i as u32 + 1 });
-                modseqs.push(m.modseq);
-            }
-        }
         let modseq_max = modseqs.iter().copied().max().unwrap_or(0);
-        drop(reader);
         if uses_modseq {
             self.condstore_on();
         }
@@ -1074,7 +1094,49 @@ impl Session {
     }
 }
 
-fn uses_modseq(k: &SearchKey<'_>) -> bool {
+impl Session {
+    /// SEARCHRES (RFC 5182): keeps a SEARCH's or SORT's result (`uids` in
+    /// its order; `None` when the command failed, which empties it) for
+    /// `$`: with MIN and/or MAX but neither ALL nor COUNT among the other
+    /// return options, only the first and/or last.
+    pub(crate) fn save_result(&mut self, uids: Option<&[u32]>, opts: &[String]) {
+        let sel = self.selected.as_mut().expect("selected");
+        let uids = uids.unwrap_or_default();
+        let every = opts.is_empty() || opts.iter().any(|o| o == "ALL" || o == "COUNT");
+        let mut kept: Vec<u32> = if every {
+            uids.to_vec()
+        } else {
+            let min = opts.iter().any(|o| o == "MIN").then(|| uids.first()).flatten();
+            let max = opts.iter().any(|o| o == "MAX").then(|| uids.last()).flatten();
+            min.into_iter().chain(max).copied().collect()
+        };
+        kept.sort_unstable();
+        kept.dedup();
+        sel.saved = starling_store::ranges::of_sorted(kept);
+    }
+
+    /// The messages in this session's view of the selected mailbox that
+    /// match every key, with their sequence numbers, in mailbox order: the
+    /// one SEARCH evaluation, which SORT and THREAD use too.
+    pub(crate) fn matching(
+        &self,
+        reader: &Reader,
+        criteria: &[SearchKey<'_>],
+    ) -> Result<Vec<(u32, MessageInfo)>, Fail> {
+        let sel = self.selected.as_ref().expect("selected");
+        let mut out = Vec::new();
+        for m in reader.messages(sel.id, 1, usize::MAX)? {
+            let Some(i) = sel.seq_of(m.uid) else { continue };
+            let mut c = Candidate { info: &m, env: None, raw: None, reader, sel };
+            if criteria.iter().all(|k| c.matches(k)) {
+                out.push((i as u32 + 1, m));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn uses_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
         SearchKey::And(v) => v.as_ref().iter().any(uses_modseq),

@@ -745,7 +745,8 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
-             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN",
+             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT",
         );
         if self.account.is_none() {
             if self.starttls_offered {
@@ -763,7 +764,10 @@ impl Session {
     /// Runs a decoded command, with the options lifted off it before
     /// decoding ([`extended::lift`]).
     fn command(&mut self, command: Command<'_>, options: Lifted) {
-        let Lifted { search_return, list_selection, list_return, list_patterns, .. } = options;
+        let Lifted { search_return, list_selection, list_return, list_patterns, saved, .. } = options;
+        if let Some(sel) = &mut self.selected {
+            sel.use_saved = saved;
+        }
         let tag = command.tag.as_ref().to_string();
         let authenticated = self.account.is_some();
         let selected = self.selected.is_some();
@@ -886,6 +890,15 @@ impl Session {
                 expunges_allowed = uid;
                 self.search(charset.as_ref().map(|c| c.as_ref()), criteria.as_ref(), uid, &tag, search_return)
             }
+            CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
+                expunges_allowed = uid;
+                let (criteria, search) = (sort_criteria.as_ref(), search_criteria.as_ref());
+                self.sort(criteria, charset.as_ref(), search, uid, &tag, search_return)
+            }
+            CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
+                expunges_allowed = uid;
+                self.thread(&algorithm, charset.as_ref(), search_criteria.as_ref(), uid)
+            }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;
                 self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers)
@@ -909,6 +922,9 @@ impl Session {
             }
             other => Err(Fail::Bad(format!("{} is not supported", other.name()))),
         };
+        if let Some(sel) = &mut self.selected {
+            sel.use_saved = false;
+        }
         if self.selected.is_some() {
             self.updates(expunges_allowed);
         }
@@ -1132,11 +1148,29 @@ impl Session {
 
     fn subscribe(&mut self, name: &str, on: bool) -> Done {
         let reader = self.reader()?;
-        let Some(id) = Self::resolve(&reader, name) else {
-            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
-        };
+        let mut ids: Vec<MailboxId> = Self::resolve(&reader, name).into_iter().collect();
+        if !on {
+            // The subscription of a deleted mailbox outlives it (RFC 9051
+            // §6.3.9): UNSUBSCRIBE removes it by name.
+            let tree = &reader.names().tree;
+            let name = name.trim_end_matches(DELIMITER);
+            ids.extend(
+                tree.entries
+                    .values()
+                    .filter(|e| e.deleted && e.subscribed && full_name(tree, e.id).as_deref() == Some(name))
+                    .map(|e| e.id),
+            );
+        }
         drop(reader);
-        self.write(|b| Ok(b.replica().subscribe(id, on)?))?;
+        if ids.is_empty() {
+            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
+        }
+        self.write(|b| {
+            for id in ids {
+                b.replica().subscribe(id, on)?;
+            }
+            Ok(())
+        })?;
         Ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }.into())
     }
 
@@ -1177,16 +1211,41 @@ impl Session {
                 }
             })
         };
+        let recursive = selection.iter().any(|s| s == "RECURSIVEMATCH");
         let reader = self.reader()?;
         let tree = &reader.names().tree;
+        // Subscriptions are by name: a deleted mailbox's stays (RFC 9051
+        // §6.3.9), and counts for a mailbox created again with its name.
+        let ghosts: BTreeSet<String> = tree
+            .entries
+            .values()
+            .filter(|e| e.deleted && e.subscribed)
+            .filter_map(|e| full_name(tree, e.id))
+            .filter(|n| tree.by_name.get(n).is_none_or(|id| tree.entries.get(id).is_some_and(|e| !e.subscribed)))
+            .collect();
+        let subscribed: BTreeSet<&str> = tree
+            .by_name
+            .iter()
+            .filter(|(_, id)| tree.entries.get(id).is_some_and(|e| e.subscribed))
+            .map(|(n, _)| n.as_str())
+            .chain(ghosts.iter().map(|n| n.as_str()))
+            .collect();
+        // RECURSIVEMATCH: a name with a subscribed mailbox below it gets
+        // CHILDINFO (RFC 5258 §3.5).
+        let childinfo = |name: &str| {
+            let prefix = format!("{name}{DELIMITER}");
+            recursive && subscribed.range(prefix.as_str()..).next().is_some_and(|n| n.starts_with(&prefix))
+        };
+        const CHILDINFO: &[u8] = b" (\"CHILDINFO\" (\"SUBSCRIBED\"))";
         let mut lines = Vec::new();
         // LSUB with `%`: the matching parent of a subscribed mailbox that
         // does not match itself is listed \Noselect (RFC 3501 §6.3.9).
         let mut parents = BTreeSet::new();
         for (name, id) in &tree.by_name {
             let Some(entry) = tree.entries.get(id) else { continue };
+            let is_subscribed = subscribed.contains(name.as_str());
             if !matches(name) {
-                if lsub && entry.subscribed {
+                if lsub && is_subscribed {
                     let mut at = name.len();
                     while let Some(cut) = name[..at].rfind(DELIMITER) {
                         let parent = &name[..cut];
@@ -1199,13 +1258,15 @@ impl Session {
                 }
                 continue;
             }
-            if (subscribed_only && !entry.subscribed) || (special_only && entry.special_use.is_none()) {
+            let child_subscribed = childinfo(name);
+            if (subscribed_only && !is_subscribed && !child_subscribed) || (special_only && entry.special_use.is_none())
+            {
                 continue;
             }
             let prefix = format!("{name}{DELIMITER}");
             let children = tree.by_name.range(prefix.clone()..).next().is_some_and(|(n, _)| n.starts_with(&prefix));
             let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
-            if entry.subscribed && (subscribed_only || ret.subscribed) && !lsub {
+            if is_subscribed && (subscribed_only || ret.subscribed) && !lsub {
                 attrs.push("\\Subscribed");
             }
             if let Some(u) = entry.special_use {
@@ -1215,11 +1276,46 @@ impl Session {
             wire::astring(&mut encoded, name.as_bytes());
             let mut line = format!("{verb} ({}) \"{DELIMITER}\" ", attrs.join(" ")).into_bytes();
             line.extend_from_slice(&encoded);
+            if child_subscribed {
+                line.extend_from_slice(CHILDINFO);
+            }
             lines.push((line, Some(*id), String::from_utf8_lossy(&encoded).into_owned()));
         }
+        if subscribed_only {
+            // Names without a mailbox: subscriptions that outlived their
+            // mailbox, and with RECURSIVEMATCH the missing parents of
+            // subscribed names.
+            let mut missing: BTreeSet<&str> = ghosts.iter().map(|n| n.as_str()).collect();
+            if recursive {
+                for n in &subscribed {
+                    missing.extend(n.match_indices(DELIMITER).map(|(i, _)| &n[..i]));
+                }
+            }
+            for name in missing {
+                if tree.by_name.contains_key(name) || !matches(name) {
+                    continue;
+                }
+                let is_subscribed = ghosts.contains(name);
+                let child_subscribed = childinfo(name);
+                if !is_subscribed && !child_subscribed {
+                    continue;
+                }
+                let attrs = match (lsub, is_subscribed) {
+                    (true, _) => "\\Noselect",
+                    (false, true) => "\\NonExistent \\Subscribed",
+                    (false, false) => "\\NonExistent",
+                };
+                let mut line = format!("{verb} ({attrs}) \"{DELIMITER}\" ").into_bytes();
+                wire::astring(&mut line, name.as_bytes());
+                if child_subscribed {
+                    line.extend_from_slice(CHILDINFO);
+                }
+                parents.remove(name);
+                lines.push((line, None, String::new()));
+            }
+        }
         for parent in parents {
-            let subscribed =
-                tree.by_name.get(&parent).and_then(|id| tree.entries.get(id)).is_some_and(|e| e.subscribed);
+            let subscribed = subscribed.contains(parent.as_str());
             if subscribed {
                 continue; // listed above
             }
@@ -1379,6 +1475,24 @@ impl Session {
             tracing::warn!(account, peers, "shown before catching up with the peers wanted");
         }
     }
+}
+
+/// The full name of any mailbox, deleted ones too (a deleted mailbox is
+/// not in `by_name`); `None` if its parents loop or are unknown. Bounded
+/// by the number of mailboxes.
+fn full_name(tree: &starling_model::MailboxTree, id: MailboxId) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut at = Some(id);
+    while let Some(i) = at {
+        if parts.len() > tree.entries.len() {
+            return None;
+        }
+        let e = tree.entries.get(&i)?;
+        parts.push(e.name.as_str());
+        at = e.parent;
+    }
+    parts.reverse();
+    Some(parts.join(&DELIMITER.to_string()))
 }
 
 /// A mailbox name as the client wrote it (INBOX normalised).

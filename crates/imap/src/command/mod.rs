@@ -1,0 +1,5 @@
+//! Commands in a file each (Stalwart's `op/`): the session dispatches to
+//! them. The older commands still live in `session.rs` and `selected.rs`.
+
+pub(crate) mod sort;
+pub(crate) mod thread;
