@@ -288,6 +288,10 @@ pub fn run(args: Args) {
         }
     }
     let node0 = Store::open(&paths[0], ids[0], StoreOptions::default()).expect("reopen");
+    println!("node 0's tables (rows, bytes with redb's overhead):");
+    for t in node0.table_sizes().expect("table sizes").iter().filter(|t| t.rows > 0) {
+        println!("| {} | {} | {} |", t.name, t.rows, mb(t.bytes));
+    }
     let snapshot = node0.snapshot(USER).expect("snapshot").len() as u64;
     let (live_messages, _) = node0.usage(USER).expect("usage");
     println!(

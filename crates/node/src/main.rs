@@ -250,6 +250,10 @@ fn verify_store(data_dir: &Path) -> Result<(), String> {
     for line in &report.unreadable {
         println!("unreadable: {line}");
     }
+    println!("file {} B; tables, largest first:", std::fs::metadata(&path).map_or(0, |m| m.len()));
+    for t in report.tables.iter().filter(|t| t.rows > 0) {
+        println!("  {:<28} {:>10} rows {:>14} B", t.name, t.rows, t.bytes);
+    }
     if report.is_clean() {
         println!("clean");
         Ok(())

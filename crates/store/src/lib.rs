@@ -55,7 +55,9 @@ pub use error::{OpenError, StoreError};
 pub use exposure::{
     Exposed, Exposure, ExposurePolicy, ExposureStats, LinkUp, WhenShort, EXPOSURE_WAIT_MAX, HELD_BODIES_MAX,
 };
-pub use file_compact::{FileCompactError, FileCompactStats, FileCompaction, FILE_COMPACT_MIN_FREE, FILE_COMPACT_WAIT};
+pub use file_compact::{
+    FileCompactError, FileCompactStats, FileCompaction, TableSize, FILE_COMPACT_MIN_FREE, FILE_COMPACT_WAIT,
+};
 pub use gc::Collected;
 pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};

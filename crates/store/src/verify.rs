@@ -57,6 +57,8 @@ pub struct VerifyReport {
     pub index: Vec<String>,
     /// Tables or records that could not be read at all.
     pub unreadable: Vec<String>,
+    /// What each table holds ([`Store::table_sizes`]), largest first.
+    pub tables: Vec<crate::TableSize>,
 }
 
 impl VerifyReport {
@@ -101,6 +103,10 @@ pub fn verify_file(path: &Path, node: ReplicaId, options: StoreOptions) -> Resul
     let store = Store::open(path, node, StoreOptions { verify: false, ..options })?;
     let mut report = store.verify_contents();
     report.integrity = integrity;
+    match store.table_sizes() {
+        Ok(t) => report.tables = t,
+        Err(e) => report.unreadable.push(format!("table sizes: {e}")),
+    }
     Ok(report)
 }
 
@@ -119,6 +125,7 @@ impl Store {
             partial_bodies: 0,
             index: Vec::new(),
             unreadable: Vec::new(),
+            tables: Vec::new(),
         };
         let txn = match self.run(|db| db.begin_read().map_err(st)) {
             Ok(t) => t,

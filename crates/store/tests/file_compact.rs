@@ -222,3 +222,23 @@ fn a_store_on_another_backend_compacts_with_a_size_probe() {
     assert!(done.after < before / 4, "{before} -> {}", done.after);
     assert_eq!(disk.len() as u64, done.after);
 }
+
+#[test]
+fn table_sizes_say_what_the_file_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let store = sparse_store(&path, 50);
+    let tables = store.table_sizes().unwrap();
+    let rows = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
+    assert_eq!(rows("blobs"), 100, "{tables:?}");
+    assert_eq!(rows("envelopes"), 100);
+    assert_eq!(rows("tombstones"), 900);
+    assert!(tables.windows(2).all(|w| w[0].bytes >= w[1].bytes), "largest first");
+    assert_eq!(tables[0].name, "blobs", "the bodies take the most");
+    assert!(tables.iter().all(|t| t.stored <= t.bytes));
+    let sum: u64 = tables.iter().map(|t| t.bytes).sum();
+    assert!(sum <= len(&path), "{sum} bytes in tables, file {}", len(&path));
+    drop(store);
+    let report = starling_store::verify::verify_file(&path, ReplicaId(42), StoreOptions::default()).unwrap();
+    assert_eq!(report.tables.iter().find(|t| t.name == "blobs").map(|t| t.rows), Some(100));
+}
