@@ -232,7 +232,7 @@ fn memory(messages: usize) {
         [("CRDT state (flags, location, UID claim, index)", false), ("plus envelope (blob id, size, date)", true)]
     {
         let before = crate::live_bytes();
-        let mut r = Replica::with_options(ReplicaId(1), ReplicaOptions { keep_envelopes: keep });
+        let mut r = Replica::with_options(ReplicaId(1), ReplicaOptions { keep_envelopes: keep, ..Default::default() });
         for i in 0..messages {
             r.append(INBOX, BlobId::of(&(i as u64).to_be_bytes()), 1000, 0, vec![Keyword::Seen, Keyword::Flagged])
                 .unwrap();

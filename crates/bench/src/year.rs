@@ -34,6 +34,11 @@ pub struct Args {
     /// Leave housekeeping off (the comparison run).
     #[arg(long)]
     no_housekeeping: bool,
+    /// No client looks at the mail (by default a client on each reachable
+    /// node looks at INBOX once a day, after the day's sync: the announces
+    /// that show UIDs, so that shown expunged messages' claims are buried).
+    #[arg(long)]
+    no_looks: bool,
     /// Where to put the stores (a fresh temporary directory by default).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -133,12 +138,13 @@ pub fn run(args: Args) {
     }
     let housekeeping = !args.no_housekeeping;
     println!(
-        "year of mail: {} days, {} messages/day, {} flag changes/day, kept {} days, housekeeping {}",
+        "year of mail: {} days, {} messages/day, {} flag changes/day, kept {} days, housekeeping {}, looks {}",
         args.days,
         args.per_day,
         args.flags_per_day,
         args.keep_days,
-        if housekeeping { "on" } else { "off" }
+        if housekeeping { "on" } else { "off" },
+        if args.no_looks { "none" } else { "daily" }
     );
     println!("| day | delivered | expunged | live messages | live data | store files (3 nodes) | file / live | op log (ops, node 0) | ops in all | RSS | wall | online file compactions (3 nodes): runs / longest pause |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -181,6 +187,14 @@ pub fn run(args: Args) {
             for b in a + 1..NODES {
                 if reach(a, b) {
                     sync_pair(&stores[a], ids[a], &stores[b], ids[b]);
+                }
+            }
+        }
+        // A client on each reachable node looks at its INBOX.
+        if !args.no_looks {
+            for (n, store) in stores.iter().enumerate() {
+                if !(cut && n == 2) {
+                    store.write(USER, |b| Ok(b.replica().announce(INBOX)?)).expect("look");
                 }
             }
         }

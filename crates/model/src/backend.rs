@@ -175,6 +175,30 @@ pub trait Backend {
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a forced claim.
     fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
+
+    /// Whether a UID is spent for good: an expunged message's claim there
+    /// was shown, so the UID never names a message again (see
+    /// `Replica::bury`).
+    fn is_dead(&self, mailbox: u32, uid: u32) -> StorageResult<bool>;
+    /// Records the UIDs `start..end` as spent (idempotent; `start < end`).
+    fn add_dead(&mut self, mailbox: u32, start: u32, end: u32) -> StorageResult<()>;
+    /// A mailbox's spent UIDs as ranges `start..end`, ascending (for state
+    /// snapshots).
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>>;
+}
+
+/// Adds `start..end` to a set of disjoint, non-adjacent ranges kept as
+/// `start → end` (exclusive): `touching` are the ranges that overlap or
+/// adjoin it (`s <= end && e >= start`). Returns the starts to remove and
+/// the one range to insert in their place.
+pub fn dead_union(start: u32, end: u32, touching: impl IntoIterator<Item = (u32, u32)>) -> (Vec<u32>, (u32, u32)) {
+    let mut remove = Vec::new();
+    let mut range = (start, end);
+    for (s, e) in touching {
+        remove.push(s);
+        range = (range.0.min(s), range.1.max(e));
+    }
+    (remove, range)
 }
 
 #[derive(Debug, Default)]
@@ -186,6 +210,8 @@ struct MemMailbox {
     retracted: HashSet<ClaimKey>,
     pinned: HashSet<ClaimKey>,
     forced: HashSet<ClaimKey>,
+    /// Spent UIDs: start → end (exclusive).
+    dead: BTreeMap<u32, u32>,
 }
 
 impl MemMailbox {
@@ -368,5 +394,22 @@ impl Backend for MemBackend {
     fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).forced.insert(key);
         Ok(())
+    }
+    fn is_dead(&self, mailbox: u32, uid: u32) -> StorageResult<bool> {
+        Ok(self.get(mailbox).is_some_and(|b| b.dead.range(..=uid).next_back().is_some_and(|(_, e)| uid < *e)))
+    }
+    fn add_dead(&mut self, mailbox: u32, start: u32, end: u32) -> StorageResult<()> {
+        let b = self.mb(mailbox);
+        let touching: Vec<(u32, u32)> =
+            b.dead.range(..=end).rev().take_while(|(_, e)| **e >= start).map(|(s, e)| (*s, *e)).collect();
+        let (remove, (s, e)) = dead_union(start, end, touching);
+        for r in remove {
+            b.dead.remove(&r);
+        }
+        b.dead.insert(s, e);
+        Ok(())
+    }
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
+        Ok(self.get(mailbox).map(|b| b.dead.iter().map(|(s, e)| (*s, *e)).collect()).unwrap_or_default())
     }
 }

@@ -34,6 +34,10 @@ pub enum Mutation {
     /// so a client older than them is answered as if they never happened
     /// (the store's; a QRESYNC under-report).
     ForgetWithoutFloor = 8,
+    /// An expunged message's shown claims are dropped without spending
+    /// their UID, so a concurrent claim arriving later wins a UID clients
+    /// were shown as the expunged message (U2 broken).
+    BuryWithoutMark = 9,
 }
 
 #[cfg(feature = "mutations")]

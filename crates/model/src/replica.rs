@@ -208,11 +208,14 @@ pub struct ReplicaOptions {
     /// Keep blob id, size and date of each message in memory (COPY needs
     /// them). The memory benchmark turns this off to measure the CRDT alone.
     pub keep_envelopes: bool,
+    /// Spend the UIDs of shown expunged messages and drop their claims
+    /// (`bury`). Off only to check that it changes nothing a client sees.
+    pub bury: bool,
 }
 
 impl Default for ReplicaOptions {
     fn default() -> Self {
-        ReplicaOptions { keep_envelopes: true }
+        ReplicaOptions { keep_envelopes: true, bury: true }
     }
 }
 
@@ -281,6 +284,8 @@ pub struct Replica<B: Backend = MemBackend> {
     outbox: Vec<Op>,
     /// Ops applied since the last [`Replica::take_applied`], when recording.
     applied: Option<Vec<AppliedOp>>,
+    /// [`ReplicaOptions::bury`].
+    bury: bool,
     backend: B,
 }
 
@@ -298,7 +303,9 @@ impl Replica<MemBackend> {
 
     /// A fresh in-memory replica with options.
     pub fn with_options(me: ReplicaId, options: ReplicaOptions) -> Self {
-        Replica::create(me, MemBackend::new(options.keep_envelopes))
+        let mut r = Replica::create(me, MemBackend::new(options.keep_envelopes));
+        r.bury = options.bury;
+        r
     }
 }
 
@@ -330,6 +337,7 @@ impl<B: Backend> Replica<B> {
             cascade: HashMap::new(),
             outbox: Vec::new(),
             applied: None,
+            bury: true,
             backend,
         };
         r.intern(me).expect("first replica");
@@ -447,6 +455,7 @@ impl<B: Backend> Replica<B> {
             cascade,
             outbox,
             applied,
+            bury,
             backend: old,
         } = self;
         let r = Replica {
@@ -472,6 +481,7 @@ impl<B: Backend> Replica<B> {
             cascade,
             outbox,
             applied,
+            bury,
             backend,
         };
         (r, old)
@@ -528,6 +538,7 @@ impl<B: Backend> Replica<B> {
                 retracted: self.backend.retracted_in(i)?.into_iter().map(claim).collect(),
                 pinned: self.backend.pinned_in(i)?.into_iter().map(claim).collect(),
                 forced: self.backend.forced_in(i)?.into_iter().map(claim).collect(),
+                dead: self.backend.dead_in(i)?,
             });
         }
         let tombstones = self.backend.tombstones()?.into_iter().map(|p| MessageId(self.unpack(p))).collect();
@@ -613,6 +624,18 @@ impl<B: Backend> Replica<B> {
                 }
             }
         }
+        let mut dead = Vec::new();
+        for mb in &snapshot.mailboxes {
+            for &(start, end) in &mb.dead {
+                if start == 0 || start >= end || end > mb.uid_next {
+                    return Err(InstallError::Invalid(format!("spent UIDs {start}..{end} outside 1..UIDNEXT")));
+                }
+                if mb.messages.iter().any(|m| (start..end).contains(&m.uid)) {
+                    return Err(InstallError::Invalid(format!("a message placed at a spent UID in {start}..{end}")));
+                }
+                dead.push((self.mailbox_idx[&mb.id], start, end));
+            }
+        }
         let tombstones: Vec<Packed> =
             snapshot.tombstones.iter().map(|t| self.packed(t.0)).collect::<Result<_, _>>().map_err(invalid)?;
         let waiting: Vec<Op> =
@@ -677,6 +700,12 @@ impl<B: Backend> Replica<B> {
         }
         for t in tombstones {
             self.backend.add_tombstone(t)?;
+        }
+        // Spent UIDs only grow too. (Nothing to settle for them: a claim at
+        // a spent UID names nothing, as the buried claims made it, and
+        // the UIDs stay as clean or dirty as without burial.)
+        for (i, start, end) in dead {
+            self.backend.add_dead(i, start, end)?;
         }
         // A message new at its place arrives as an op's would: unplaced, its
         // claim on the side, for settling to place it (where this replica's
@@ -1061,7 +1090,14 @@ impl<B: Backend> Replica<B> {
                     if let Some(loc) = self.backend.loc(m)? {
                         self.unplace(loc.mailbox, m, loc.uid)?;
                         self.backend.remove_loc(m)?;
-                        dirty.entry(loc.mailbox).or_default();
+                        let d = dirty.entry(loc.mailbox).or_default();
+                        // Its shown claims spend their UIDs now (its claims
+                        // in mailboxes it left stay).
+                        for u in self.backend.side_uids_of(loc.mailbox, m)? {
+                            if self.bury(loc.mailbox, u)? {
+                                d.0.insert(u);
+                            }
+                        }
                     }
                     self.backend.remove_envelope(m)?;
                 }
@@ -1080,17 +1116,23 @@ impl<B: Backend> Replica<B> {
                     keys.push(ClaimKey { uid: p.uid, message, claimant: self.intern(p.claimant)? });
                 }
                 let before = self.announced(idx, author);
+                let mut shown = Vec::new();
                 if *uid_next > before {
                     self.mailboxes[idx as usize].announced.insert(author, *uid_next);
                     // Exposure only matters where claims compete, i.e. at side claims.
-                    let uids = self.backend.side_uids_in(idx, before, *uid_next)?;
-                    dirty.entry(idx).or_default().0.extend(uids);
+                    shown = self.backend.side_uids_in(idx, before, *uid_next)?;
+                    dirty.entry(idx).or_default().0.extend(shown.iter().copied());
                 }
                 let meta = &mut self.mailboxes[idx as usize];
                 meta.uid_next = meta.uid_next.max(*uid_next);
                 for k in keys {
                     dirty.entry(idx).or_default().0.insert(k.uid);
                     self.backend.add_pinned(idx, k)?;
+                    shown.push(k.uid);
+                }
+                // Claims of expunged messages shown now spend their UIDs.
+                for u in shown {
+                    self.bury(idx, u)?;
                 }
             }
             OpBody::Account { change } => {
@@ -1201,6 +1243,10 @@ impl<B: Backend> Replica<B> {
 
     /// Resolution of one UID: which message it names, if any.
     fn resolve(&self, mb: u32, uid: u32) -> Result<Option<Packed>, StorageError> {
+        // A shown claim of an expunged message was there (see `bury`).
+        if self.backend.is_dead(mb, uid)? {
+            return Ok(None);
+        }
         let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
         if let Some(s) = self.backend.slot(mb, uid)? {
             claims.push(Claim { message: s.id, claimant: s.claimant });
@@ -1233,6 +1279,54 @@ impl<B: Backend> Replica<B> {
             // client cached, so the UID names nothing any more.
             _ => None,
         })
+    }
+
+    /// Spends `uid` for good once an expunged message's claim there is in
+    /// effect and shown (pinned, or its claimant announced past it), and
+    /// drops the claims of expunged messages there. Such a claim makes the
+    /// UID name no live message whatever arrives later: it is the only
+    /// shown claim (and names nothing live) or one of several shown ones
+    /// (and the UID names nothing). Both facts only grow: a pin is never
+    /// taken back, and a claimant withdraws only claims it has not
+    /// announced past, before it announces past them (its ops arrive in
+    /// order). So a spent mark in place of the claims decides every later
+    /// resolution of the UID as they would, on every replica, whether or
+    /// not it has buried them yet; no stability or horizon is needed.
+    /// Returns whether the UID is spent now.
+    fn bury(&mut self, mb: u32, uid: u32) -> Result<bool, StorageError> {
+        if !self.bury || uid == u32::MAX {
+            return Ok(false);
+        }
+        let claims = self.backend.side_at(mb, uid)?;
+        let mut spent = false;
+        let mut gone: SmallVec<[Packed; 2]> = SmallVec::new();
+        for c in &claims {
+            if !self.backend.is_tombstone(c.message)? {
+                continue;
+            }
+            gone.push(c.message);
+            let key = ClaimKey { uid, message: c.message, claimant: c.claimant };
+            spent = spent
+                || self.backend.is_pinned(mb, key)?
+                || (!self.backend.is_retracted(mb, key)? && uid < self.announced(mb, c.claimant));
+        }
+        if !spent {
+            return Ok(false);
+        }
+        if !crate::mutation::active(crate::mutation::Mutation::BuryWithoutMark) {
+            self.backend.add_dead(mb, uid, uid + 1)?;
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        for m in gone {
+            // Each call takes one claim of `m` at the UID.
+            for _ in 0..claims.len() {
+                if self.backend.take_side(mb, uid, m)?.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Whether `m` has an own claim at `uid` that may still be withdrawn.

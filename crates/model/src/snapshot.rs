@@ -21,7 +21,7 @@ use crate::keyword::Keyword;
 use serde::{Deserialize, Serialize};
 
 /// Format version written by this code.
-pub const SNAPSHOT_VERSION: u8 = 2;
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// The replicated state of one account.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,9 @@ pub struct SnapMailbox {
     pub pinned: Vec<SnapClaim>,
     /// Claims U1 forced (`OpBody::Forced`).
     pub forced: Vec<SnapClaim>,
+    /// Spent UIDs (ranges `start..end`): a shown claim of an expunged
+    /// message was there; its claims are dropped.
+    pub dead: Vec<(u32, u32)>,
 }
 
 /// One message in a snapshot.

@@ -539,3 +539,46 @@ fn a_replica_with_changes_of_its_own_installs_a_snapshot_that_holds_them() {
     sync(&mut c);
     assert!(c.replicas[0].flags(own).unwrap().contains(&Keyword::Draft));
 }
+
+/// A message shown and then expunged spends its UID for good: its claims
+/// are dropped, a mark stays, and a message another replica placed at
+/// that UID while cut off never takes it (U2) — on the replica that
+/// dropped the claims and on the one that still had them when the other
+/// message came, alike.
+#[test]
+fn a_shown_expunged_message_spends_its_uid_and_its_claims_go() {
+    spent_uid_history().unwrap();
+}
+
+fn spent_uid_history() -> Result<(), String> {
+    use starling_model::backend::Backend;
+    let mut c = Cluster::new(2);
+    c.partition(&[0, 1]);
+    let e = c.append(0, INBOX, vec![]).unwrap();
+    c.look(0, INBOX);
+    assert_eq!(c.replicas[0].uid_of(e).unwrap().1, 1);
+    c.replicas[0].expunge(&[e]).unwrap();
+    c.check_step()?;
+    let idx = c.replicas[0].mailbox_index(INBOX).unwrap();
+    let a = c.replicas[0].backend();
+    assert!(a.side_at(idx, 1).unwrap().is_empty(), "the expunged message's claim is gone");
+    // Meanwhile B placed its own message at UID 1 (no client saw it).
+    let x = c.append(1, INBOX, vec![]).unwrap();
+    assert_eq!(c.replicas[1].uid_of(x).unwrap().1, 1);
+    c.heal();
+    c.deliver_all(&mut Rng::new(7));
+    c.check_step()?;
+    c.check_converged()?;
+    for r in &c.replicas {
+        let (_, u) = r.uid_of(x).unwrap();
+        if u <= 1 {
+            return Err(format!("the other message left UID 1? it is at {u}"));
+        }
+        assert!(r.view(INBOX).iter().all(|(u, _, _)| *u != 1));
+        let i = r.mailbox_index(INBOX).unwrap();
+        assert!(r.backend().is_dead(i, 1).unwrap(), "spent on every replica");
+        let pe = r.packed_message(e);
+        assert!(r.backend().side_at(i, 1).unwrap().iter().all(|cl| Some(cl.message) != pe), "no claim of it left");
+    }
+    Ok(())
+}

@@ -85,6 +85,9 @@ pub struct RunReport {
     /// Online compactions of a node's store file by housekeeping (each
     /// checked: the account's dump is the same after it).
     pub file_compactions: u64,
+    /// UIDs node 0 spent for good by the end (claims of shown expunged
+    /// messages buried).
+    pub spent_uids: u64,
 }
 
 impl RunReport {
@@ -118,6 +121,7 @@ impl RunReport {
             ops_compacted: 0,
             bodies_collected: 0,
             file_compactions: 0,
+            spent_uids: 0,
         }
     }
 }
@@ -1376,6 +1380,9 @@ impl World {
             // The IMAP change index agrees with the messages, within its bounds.
             if let Some(d) = store.check_change_index().map_err(err)?.first() {
                 return Err(format!("node {i}: change index: {d}"));
+            }
+            if i == 0 {
+                self.report.spent_uids = store.spent_uids(ACCOUNT).map_err(err)?;
             }
             let missing = store.missing_bodies(ACCOUNT).map_err(err)?;
             if let Some(m) =

@@ -23,6 +23,10 @@ pub(crate) const SIDE_BY_MSG: TableDefinition<(u32, u32, u64, u32), ()> = TableD
 pub(crate) const RETRACTED: TableDefinition<ClaimRow, ()> = TableDefinition::new("retracted");
 pub(crate) const PINNED: TableDefinition<ClaimRow, ()> = TableDefinition::new("pinned");
 pub(crate) const FORCED: TableDefinition<ClaimRow, ()> = TableDefinition::new("forced");
+/// (account, mailbox, first UID) → end (exclusive) of a range of spent
+/// UIDs: a shown claim of an expunged message was there, and the claims
+/// of expunged messages there were dropped (`Replica::bury`).
+pub(crate) const DEAD: TableDefinition<(u32, u32, u32), u32> = TableDefinition::new("spent_uids");
 /// (account, mailbox, MODSEQ) → uid changed then: one row per placed
 /// message, at the MODSEQ its record carries (a change of the message
 /// replaces its row; its removal removes it).
@@ -109,6 +113,7 @@ pub struct RedbBackend<'txn> {
     retracted: Table<'txn, ClaimRow, ()>,
     pinned: Table<'txn, ClaimRow, ()>,
     forced: Table<'txn, ClaimRow, ()>,
+    dead: Table<'txn, (u32, u32, u32), u32>,
     changes: Table<'txn, (u32, u32, u64), u32>,
     vanished: Table<'txn, (u32, u32, u64), u32>,
     vanished_kept: Table<'txn, (u32, u32), (u64, u64)>,
@@ -152,6 +157,7 @@ impl<'txn> RedbBackend<'txn> {
             retracted: txn.open_table(RETRACTED)?,
             pinned: txn.open_table(PINNED)?,
             forced: txn.open_table(FORCED)?,
+            dead: txn.open_table(DEAD)?,
             changes: txn.open_table(CHANGES)?,
             vanished: txn.open_table(VANISHED)?,
             vanished_kept: txn.open_table(VANISHED_KEPT)?,
@@ -534,6 +540,40 @@ impl Backend for RedbBackend<'_> {
         self.forced.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
     }
+    fn is_dead(&self, mailbox: u32, uid: u32) -> StorageResult<bool> {
+        let a = self.account;
+        let last = self.dead.range((a, mailbox, 0)..=(a, mailbox, uid)).map_err(storage)?.next_back();
+        Ok(match last {
+            Some(item) => uid < item.map_err(storage)?.1.value(),
+            None => false,
+        })
+    }
+    fn add_dead(&mut self, mailbox: u32, start: u32, end: u32) -> StorageResult<()> {
+        let a = self.account;
+        let mut touching = Vec::new();
+        for item in self.dead.range((a, mailbox, 0)..=(a, mailbox, end)).map_err(storage)?.rev() {
+            let (k, v) = item.map_err(storage)?;
+            if v.value() < start {
+                break;
+            }
+            touching.push((k.value().2, v.value()));
+        }
+        let (remove, (s, e)) = starling_model::backend::dead_union(start, end, touching);
+        for r in remove {
+            self.dead.remove((a, mailbox, r)).map_err(storage)?;
+        }
+        self.dead.insert((a, mailbox, s), e).map_err(storage)?;
+        Ok(())
+    }
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
+        let a = self.account;
+        let mut out = Vec::new();
+        for item in self.dead.range((a, mailbox, 0)..=(a, mailbox, u32::MAX)).map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            out.push((k.value().2, v.value()));
+        }
+        Ok(out)
+    }
 }
 
 /// The backend of a replica between transactions: every call fails. The
@@ -634,6 +674,15 @@ impl Backend for Detached {
         detached()
     }
     fn add_forced(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
+        detached()
+    }
+    fn is_dead(&self, _: u32, _: u32) -> StorageResult<bool> {
+        detached()
+    }
+    fn add_dead(&mut self, _: u32, _: u32, _: u32) -> StorageResult<()> {
+        detached()
+    }
+    fn dead_in(&self, _: u32) -> StorageResult<Vec<(u32, u32)>> {
         detached()
     }
 }

@@ -92,8 +92,9 @@ const MAGIC: &[u8] = b"starling-store";
 /// `missing_bodies` list; 4: the `bodies_got` marks; 5: the garbage
 /// collector's candidates and part counts, and each account's bytes; 6:
 /// the change index bounded (one change row per message, the expunge rows
-/// counted per mailbox). An older store gets them built once at open.
-const FORMAT_VERSION: u8 = 6;
+/// counted per mailbox); 7: spent UIDs (`spent_uids`), which an older
+/// build would not read. An older store gets them built once at open.
+const FORMAT_VERSION: u8 = 7;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;

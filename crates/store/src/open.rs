@@ -288,6 +288,14 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
         // Before format 6: the change index kept every row it was given.
         let w = db.begin_write().map_err(|e| io(&e))?;
         crate::change_index::bound_change_index(&w, vanished_max).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [6u8].as_slice()).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
+    }
+    if version < 7 {
+        // Before format 7 nothing was buried: there is nothing to build
+        // (claims already kept stay until the next event that buries
+        // them), only the mark that an older build must not open the file.
+        let w = db.begin_write().map_err(|e| io(&e))?;
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }

@@ -158,6 +158,23 @@ impl Store {
         })
     }
 
+    /// UIDs the account has spent for good, over all its mailboxes: where a
+    /// shown claim of an expunged message was buried (`Replica::bury`).
+    /// Reads the account's ranges of them.
+    pub fn spent_uids(&self, account: &str) -> Result<u64, StoreError> {
+        let number = self.account_number(account)?;
+        self.run(|db| {
+            let r = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+            let Some(t) = table(&r, crate::backend::DEAD)? else { return Ok(0) };
+            let mut n = 0u64;
+            for item in t.range((number, 0, 0)..=(number, u32::MAX, u32::MAX)).map_err(st)? {
+                let (k, v) = item.map_err(st)?;
+                n += u64::from(v.value().saturating_sub(k.value().2));
+            }
+            Ok(n)
+        })
+    }
+
     /// Size of the database file's content as redb accounts it: (stored
     /// bytes, bytes used including metadata and fragmentation).
     pub fn stats(&self) -> Result<(u64, u64), StoreError> {

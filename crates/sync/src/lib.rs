@@ -93,7 +93,7 @@ use std::time::{Duration, Instant};
 /// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]; 6: `Held`, the
 /// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it;
 /// 7: ops may be `OpBody::Forced`, snapshots carry forced claims).
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
