@@ -176,6 +176,9 @@ pub trait Backend {
     /// Records a forced claim.
     fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
 
+    /// Forgets a claim's withdrawal, pin and forced marks (its claim was
+    /// buried: see `Replica::bury`).
+    fn forget_marks(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
     /// Whether a UID is spent for good: an expunged message's claim there
     /// was shown, so the UID never names a message again (see
     /// `Replica::bury`).
@@ -393,6 +396,13 @@ impl Backend for MemBackend {
     }
     fn add_forced(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).forced.insert(key);
+        Ok(())
+    }
+    fn forget_marks(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
+        let b = self.mb(mailbox);
+        b.retracted.remove(&key);
+        b.pinned.remove(&key);
+        b.forced.remove(&key);
         Ok(())
     }
     fn is_dead(&self, mailbox: u32, uid: u32) -> StorageResult<bool> {

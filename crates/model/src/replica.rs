@@ -1127,6 +1127,11 @@ impl<B: Backend> Replica<B> {
                 meta.uid_next = meta.uid_next.max(*uid_next);
                 for k in keys {
                     dirty.entry(idx).or_default().0.insert(k.uid);
+                    // A pin of a buried claim (its UID spent) would be
+                    // kept for nothing.
+                    if self.backend.is_dead(idx, k.uid)? && self.backend.is_tombstone(k.message)? {
+                        continue;
+                    }
                     self.backend.add_pinned(idx, k)?;
                     shown.push(k.uid);
                 }
@@ -1292,7 +1297,8 @@ impl<B: Backend> Replica<B> {
     /// order). So a spent mark in place of the claims decides every later
     /// resolution of the UID as they would, on every replica, whether or
     /// not it has buried them yet; no stability or horizon is needed.
-    /// Returns whether the UID is spent now.
+    /// Their withdrawal, pin and forced marks go with them. Returns whether
+    /// the UID is spent now.
     fn bury(&mut self, mb: u32, uid: u32) -> Result<bool, StorageError> {
         if !self.bury || uid == u32::MAX {
             return Ok(false);
@@ -1315,6 +1321,9 @@ impl<B: Backend> Replica<B> {
         }
         if !crate::mutation::active(crate::mutation::Mutation::BuryWithoutMark) {
             self.backend.add_dead(mb, uid, uid + 1)?;
+        }
+        for c in claims.iter().filter(|c| gone.contains(&c.message)) {
+            self.backend.forget_marks(mb, ClaimKey { uid, message: c.message, claimant: c.claimant })?;
         }
         gone.sort_unstable();
         gone.dedup();

@@ -540,6 +540,13 @@ impl Backend for RedbBackend<'_> {
         self.forced.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
     }
+    fn forget_marks(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
+        let k = row(self.account, mailbox, key);
+        self.retracted.remove(k).map_err(storage)?;
+        self.pinned.remove(k).map_err(storage)?;
+        self.forced.remove(k).map_err(storage)?;
+        Ok(())
+    }
     fn is_dead(&self, mailbox: u32, uid: u32) -> StorageResult<bool> {
         let a = self.account;
         let last = self.dead.range((a, mailbox, 0)..=(a, mailbox, uid)).map_err(storage)?.next_back();
@@ -674,6 +681,9 @@ impl Backend for Detached {
         detached()
     }
     fn add_forced(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
+        detached()
+    }
+    fn forget_marks(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
         detached()
     }
     fn is_dead(&self, _: u32, _: u32) -> StorageResult<bool> {
