@@ -18,8 +18,6 @@ extra=("$@")
 mkdir -p "$work"; work=$(realpath "$work")
 here=$(cd "$(dirname "$0")/../.." && pwd)
 user=bench pass=bench-imap-pw
-# Starling's Argon2id parameters (argon2 crate defaults, what `account passwd` uses).
-m_kib=19456 t=2 p=1
 
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -54,12 +52,10 @@ for cache in 10000 0; do
 done
 
 [ -x /usr/lib/dovecot/imap ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
-command -v argon2 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq argon2 >/dev/null; }
 id dovebench >/dev/null 2>&1 || useradd -m -s /bin/sh dovebench
-hash=$(printf %s "$pass" | argon2 "$(head -c 12 /dev/urandom | base64)" -id -t $t -k $m_kib -p $p -e)
-case $hash in '$argon2id$v=19$m='$m_kib',t='$t',p='$p'$'*) ;; *) echo "unexpected argon2 output: $hash" >&2; exit 1 ;; esac
 d=$work/dovecot; rm -rf "$d"; mkdir -p "$d/mail"/{cur,new,tmp}; chown -R dovebench:dovebench "$d/mail"
-printf '%s:{ARGON2ID}%s\n' $user "$hash" > "$d/passwd"
+dovecot_argon2_passwd "$d/passwd" $user $pass
+m_kib=$argon2_m_kib t=$argon2_t p=$argon2_p
 run=/tmp/dovebench-logins; rm -rf $run; mkdir -p $run
 ver=$(dovecot --version | cut -d' ' -f1)
 for mode in argon2 argon2-cache plain; do

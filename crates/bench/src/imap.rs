@@ -2,7 +2,9 @@
 //! and Starling are measured by the same code: APPEND throughput, FETCH of
 //! 10,000 headers, STORE of 10,000 flags, SELECT of a 100,000-message mailbox
 //! with CONDSTORE, and memory per idle connection (Pss of the server's
-//! processes read from /proc).
+//! processes read from /proc); on request, logins per second, a mixed load
+//! of many clients ([`mixed`]) and SORT/THREAD on 100,000 messages
+//! ([`sort`]).
 //!
 //! Plain TCP and LOGIN (meant for loopback), `ENABLE CONDSTORE` when offered,
 //! one command in flight at a time, synchronous std::net: the client stays
@@ -15,6 +17,9 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
+
+mod mixed;
+mod sort;
 
 type Res<T> = Result<T, String>;
 
@@ -67,7 +72,24 @@ pub struct Args {
     /// Seconds the logins step runs.
     #[arg(long, default_value_t = 5.0)]
     login_secs: f64,
-    /// Steps to run (`logins` only when asked).
+    /// Clients of the mixed-load step, one run for each number.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+    mixed_clients: Vec<usize>,
+    /// Seconds each run of the mixed-load step lasts.
+    #[arg(long, default_value_t = 20.0)]
+    mixed_secs: f64,
+    /// Mailbox the mixed-load clients select (FETCH and STORE stay within
+    /// the messages it has at the start; APPEND adds to it and EXPUNGE takes
+    /// the message out again).
+    #[arg(long, default_value = "INBOX")]
+    mixed_mailbox: String,
+    /// Timed runs of each SORT/THREAD command on `bench-100k`.
+    #[arg(long, default_value_t = 3)]
+    sort_runs: usize,
+    /// Untimed runs of each SORT/THREAD command before them.
+    #[arg(long, default_value_t = 1)]
+    sort_warm_ups: usize,
+    /// Steps to run (`logins`, `mixed` and `sort` only when asked).
     #[arg(long, value_delimiter = ',', default_value = "append,fetch,fetch-bodies,store,select,idle")]
     steps: Vec<Step>,
     /// Name of the server in the output.
@@ -89,11 +111,16 @@ enum Step {
     Select,
     Idle,
     Logins,
+    /// Many clients, each looping over connect, LOGIN, SELECT, FETCH,
+    /// STORE, APPEND, EXPUNGE, LOGOUT.
+    Mixed,
+    /// SORT and THREAD on `bench-100k`.
+    Sort,
 }
 
 /// One measurement: a table row, and its headline number for comparisons.
 struct Row {
-    key: &'static str,
+    key: String,
     what: String,
     value: f64,
     unit: &'static str,
@@ -101,6 +128,8 @@ struct Row {
     better: &'static str,
     result: String,
     detail: String,
+    /// More fields for the JSON (the mixed step's per-command figures).
+    extra: Option<Value>,
 }
 
 impl Row {
@@ -110,8 +139,12 @@ impl Row {
     }
 
     fn json(&self) -> Value {
-        json!({"key": self.key, "what": self.what, "value": self.value, "unit": self.unit,
-               "better": self.better, "result": self.result, "detail": self.detail})
+        let mut v = json!({"key": self.key, "what": self.what, "value": self.value, "unit": self.unit,
+               "better": self.better, "result": self.result, "detail": self.detail});
+        if let Some(extra) = &self.extra {
+            v["extra"] = extra.clone();
+        }
+        v
     }
 }
 
@@ -127,8 +160,11 @@ fn bench(args: &Args) -> Res<()> {
     if want(Step::Idle) && args.server_pids.is_empty() && args.server_pattern.is_none() {
         return Err("the idle step needs --server-pids or --server-pattern (or leave it out of --steps)".into());
     }
-    if [args.append, args.messages, args.selects, args.idle_connections].contains(&0) {
-        return Err("--append, --messages, --selects and --idle-connections must be at least 1".into());
+    if [args.append, args.messages, args.selects, args.idle_connections, args.sort_runs].contains(&0) {
+        return Err("--append, --messages, --selects, --idle-connections and --sort-runs must be at least 1".into());
+    }
+    if args.mixed_clients.contains(&0) || args.mixed_secs.is_nan() || args.mixed_secs <= 0.0 {
+        return Err("--mixed-clients and --mixed-secs must be positive".into());
     }
     let files = message_files(&args.maildir)?;
     if files.is_empty() {
@@ -186,6 +222,16 @@ fn bench(args: &Args) -> Res<()> {
     if want(Step::Logins) {
         out(logins(args)?);
     }
+    if want(Step::Sort) {
+        for r in sort::sort(args)? {
+            out(r);
+        }
+    }
+    if want(Step::Mixed) {
+        for r in mixed::mixed(args)? {
+            out(r);
+        }
+    }
     c.logout();
     if let Some(path) = &args.json {
         let doc = json!({"label": label, "addr": args.addr, "greeting": c.greeting,
@@ -212,13 +258,14 @@ fn append(c: &mut Conn, files: &[PathBuf], n: usize) -> Res<Row> {
     let secs = t.elapsed().as_secs_f64();
     let mode = if c.literal_plus { "LITERAL+" } else { "synchronizing literals" };
     Ok(Row {
-        key: "append",
+        key: "append".into(),
         what: format!("APPEND {n} messages one by one ({mode})"),
         value: n as f64 / secs,
         unit: "msg/s",
         better: "higher",
         result: format!("{:.0} msg/s, {:.1} MB/s", n as f64 / secs, mb(bytes) / secs),
         detail: format!("{secs:.2} s, {:.1} MB", mb(bytes)),
+        extra: None,
     })
 }
 
@@ -243,13 +290,14 @@ fn fetch(c: &mut Conn, key: &'static str, cmd: &str) -> Res<Row> {
     let secs = t.elapsed().as_secs_f64();
     let bytes = c.received - before;
     Ok(Row {
-        key,
+        key: key.into(),
         what: format!("{cmd}, {n} messages"),
         value: secs,
         unit: "s",
         better: "lower",
         result: format!("{secs:.3} s"),
         detail: format!("{:.1} MB received, {:.0} msg/s, {:.0} MB/s", mb(bytes), n as f64 / secs, mb(bytes) / secs),
+        extra: None,
     })
 }
 
@@ -262,13 +310,14 @@ fn store(c: &mut Conn, n: usize) -> Res<Vec<Row>> {
         c.run(&cmd, |l| answers += is_fetch(l) as usize)?;
         let secs = t.elapsed().as_secs_f64();
         rows.push(Row {
-            key,
+            key: key.into(),
             what: format!("{cmd} (non-silent)"),
             value: secs,
             unit: "s",
             better: "lower",
             result: format!("{secs:.3} s"),
             detail: format!("{answers} FETCH responses"),
+            extra: None,
         });
     }
     Ok(rows)
@@ -319,7 +368,7 @@ fn select_row(c: &mut Conn, args: &Args, key: &'static str, session: &str) -> Re
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     Ok(Row {
-        key,
+        key: key.into(),
         what: format!("{cmd}, {exists} messages, in {session}"),
         value: median,
         unit: "ms",
@@ -330,6 +379,7 @@ fn select_row(c: &mut Conn, args: &Args, key: &'static str, session: &str) -> Re
             list(timed),
             if warm_ups.is_empty() { "none".into() } else { list(warm_ups) }
         ),
+        extra: None,
     })
 }
 
@@ -368,7 +418,7 @@ fn idle(args: &Args) -> Res<Row> {
     let per = (after as f64 - before as f64) / n as f64;
     let mib = |k: u64| k as f64 / 1024.0;
     Ok(Row {
-        key: "idle",
+        key: "idle".into(),
         what: format!("memory per idle connection ({n} × LOGIN, SELECT INBOX of {inbox} messages, IDLE)"),
         value: per,
         unit: "KiB",
@@ -379,6 +429,7 @@ fn idle(args: &Args) -> Res<Row> {
             mib(before),
             mib(after)
         ),
+        extra: None,
     })
 }
 
@@ -414,13 +465,14 @@ fn logins(args: &Args) -> Res<Row> {
     let ms = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
     let rate = took.len() as f64 / elapsed;
     Ok(Row {
-        key: "logins",
+        key: "logins".into(),
         what: format!("logins/s ({clients} clients each connecting, LOGIN, LOGOUT in a loop for {secs} s)"),
         value: rate,
         unit: "logins/s",
         better: "higher",
         result: format!("{rate:.0} logins/s"),
         detail: format!("{} logins; per connection median {:.1} ms, p99 {:.1} ms", took.len(), ms(0.5), ms(0.99)),
+        extra: None,
     })
 }
 
@@ -618,27 +670,8 @@ pub(crate) struct Conn {
 impl Conn {
     /// Connects, reads the greeting, logs in and asks for the capabilities.
     pub(crate) fn login(addr: &str, user: &str, password: &str) -> Res<Conn> {
-        let s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        let s2 = s.try_clone().map_err(|e| e.to_string())?;
-        let mut c = Conn {
-            r: BufReader::with_capacity(256 << 10, s),
-            w: BufWriter::with_capacity(256 << 10, s2),
-            buf: Vec::new(),
-            tag: 0,
-            received: 0,
-            greeting: String::new(),
-            caps: HashSet::new(),
-            literal_plus: false,
-        };
-        c.read_response()?;
-        if !c.buf.starts_with(b"* OK") {
-            return Err(format!("{addr}: greeting is not OK: {}", shown(&c.buf)));
-        }
-        c.greeting = shown(&c.buf);
-        let tag = c.next_tag();
-        c.send(format!("{tag} LOGIN {} {}\r\n", quote(user), quote(password)).as_bytes())?;
-        c.finish(&tag, &format!("LOGIN {} (password)", quote(user)), |_| {})?;
+        let mut c = Conn::connect(addr, 256 << 10)?;
+        c.login_command(user, password)?;
         let mut caps = HashSet::new();
         c.run("CAPABILITY", |l| {
             if let Some(rest) = std::str::from_utf8(l).ok().and_then(|s| s.strip_prefix("* CAPABILITY ")) {
@@ -652,6 +685,36 @@ impl Conn {
             c.run("ENABLE CONDSTORE", |_| {})?;
         }
         Ok(c)
+    }
+
+    /// Connects and reads the greeting, with buffers of `buf_bytes` each way.
+    fn connect(addr: &str, buf_bytes: usize) -> Res<Conn> {
+        let s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let s2 = s.try_clone().map_err(|e| e.to_string())?;
+        let mut c = Conn {
+            r: BufReader::with_capacity(buf_bytes, s),
+            w: BufWriter::with_capacity(buf_bytes, s2),
+            buf: Vec::new(),
+            tag: 0,
+            received: 0,
+            greeting: String::new(),
+            caps: HashSet::new(),
+            literal_plus: false,
+        };
+        c.read_response()?;
+        if !c.buf.starts_with(b"* OK") {
+            return Err(format!("{addr}: greeting is not OK: {}", shown(&c.buf)));
+        }
+        c.greeting = shown(&c.buf);
+        Ok(c)
+    }
+
+    /// LOGIN, to its tagged OK (the password is not shown in errors).
+    fn login_command(&mut self, user: &str, password: &str) -> Res<()> {
+        let tag = self.next_tag();
+        self.send(format!("{tag} LOGIN {} {}\r\n", quote(user), quote(password)).as_bytes())?;
+        self.finish(&tag, &format!("LOGIN {} (password)", quote(user)), |_| {})
     }
 
     fn has(&self, cap: &str) -> bool {
@@ -734,11 +797,18 @@ impl Conn {
     /// APPEND with a LITERAL+ literal if the server has it, else a
     /// synchronizing one (wait for the continuation).
     fn append(&mut self, mailbox: &str, m: &Message) -> Res<()> {
+        let head = format!("({}) \"{}\" ", m.flags, m.date);
+        self.append_raw(mailbox, &head, &m.data, self.literal_plus)
+    }
+
+    /// APPEND of `data` with `head` (flags and date, each followed by a
+    /// space, or empty) before the literal; the tagged OK stays in `buf`.
+    fn append_raw(&mut self, mailbox: &str, head: &str, data: &[u8], literal_plus: bool) -> Res<()> {
         let tag = self.next_tag();
-        let plus = if self.literal_plus { "+" } else { "" };
-        let cmd = format!("APPEND {} ({}) \"{}\" {{{}{plus}}}", quote(mailbox), m.flags, m.date, m.data.len());
+        let plus = if literal_plus { "+" } else { "" };
+        let cmd = format!("APPEND {} {head}{{{}{plus}}}", quote(mailbox), data.len());
         let mut out = format!("{tag} {cmd}\r\n").into_bytes();
-        if !self.literal_plus {
+        if !literal_plus {
             self.send(&out)?;
             out.clear();
             self.read_response()?;
@@ -746,7 +816,7 @@ impl Conn {
                 return Err(format!("{cmd}: server answered {}", shown(&self.buf)));
             }
         }
-        out.extend_from_slice(&m.data);
+        out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
         self.send(&out)?;
         self.finish(&tag, &cmd, |_| {})
@@ -763,6 +833,24 @@ impl Conn {
             }
             if !self.buf.starts_with(b"* ") || self.buf.starts_with(b"* BYE") {
                 return Err(format!("IDLE: server answered {}", shown(&self.buf)));
+            }
+        }
+    }
+
+    /// LOGOUT, to its tagged OK (after the untagged BYE it brings).
+    fn logout_wait(&mut self) -> Res<()> {
+        let tag = self.next_tag();
+        self.send(format!("{tag} LOGOUT\r\n").as_bytes())?;
+        loop {
+            self.read_response()?;
+            if let Some(rest) = self.buf.strip_prefix(tag.as_bytes()).and_then(|r| r.strip_prefix(b" ")) {
+                if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"OK") {
+                    return Ok(());
+                }
+                return Err(format!("LOGOUT: server answered {}", shown(&self.buf)));
+            }
+            if !self.buf.starts_with(b"* ") {
+                return Err(format!("LOGOUT: unexpected line {}", shown(&self.buf)));
             }
         }
     }
