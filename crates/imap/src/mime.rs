@@ -204,6 +204,12 @@ pub fn text_contains(raw: &[u8], needle: &str, include_headers: bool) -> bool {
 /// date in its own time zone (RFC 9051 §6.4.4: time and zone are
 /// disregarded), if parseable.
 pub fn sent_date(raw: &[u8]) -> Option<chrono::NaiveDate> {
+    let dt = date_header(raw)?;
+    chrono::NaiveDate::from_ymd_opt(i32::from(dt.year), u32::from(dt.month), u32::from(dt.day))
+}
+
+/// The first Date: header, parsed, if valid.
+fn date_header(raw: &[u8]) -> Option<mail_parser::DateTime> {
     let mut date = None;
     scan_header(raw, |f| {
         if date.is_none() && raw[f.name].eq_ignore_ascii_case(b"date") {
@@ -212,9 +218,7 @@ pub fn sent_date(raw: &[u8]) -> Option<chrono::NaiveDate> {
     });
     let value = with_line_end(&raw[date?]);
     match MessageStream::new(&value).parse_date() {
-        HeaderValue::DateTime(dt) if dt.is_valid() => {
-            chrono::NaiveDate::from_ymd_opt(i32::from(dt.year), u32::from(dt.month), u32::from(dt.day))
-        }
+        HeaderValue::DateTime(dt) if dt.is_valid() => Some(dt),
         _ => None,
     }
 }
@@ -223,17 +227,7 @@ pub fn sent_date(raw: &[u8]) -> Option<chrono::NaiveDate> {
 /// Unix seconds in UTC, if parseable (the caller falls back to the
 /// internal date).
 pub fn sent_time(raw: &[u8]) -> Option<i64> {
-    let mut date = None;
-    scan_header(raw, |f| {
-        if date.is_none() && raw[f.name].eq_ignore_ascii_case(b"date") {
-            date = Some(f.value);
-        }
-    });
-    let value = with_line_end(&raw[date?]);
-    match MessageStream::new(&value).parse_date() {
-        HeaderValue::DateTime(dt) if dt.is_valid() => Some(dt.to_timestamp()),
-        _ => None,
-    }
+    date_header(raw).map(|dt| dt.to_timestamp())
 }
 
 /// For SORT FROM/TO/CC (RFC 5256 §3): the mailbox (local part) of the first

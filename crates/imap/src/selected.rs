@@ -1026,8 +1026,7 @@ impl Session {
     ) -> Done {
         // SEARCHRES (RFC 5182): SAVE keeps the result for `$`; a failed
         // SEARCH with SAVE leaves it empty.
-        let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
-        let returns = returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect::<Vec<_>>());
+        let (save, returns) = split_save(returns);
         let matched = charset.map_or(Ok(()), crate::command::sort::charset_ok).and_then(|()| {
             let reader = self.reader()?;
             self.matching(&reader, criteria)
@@ -1259,6 +1258,13 @@ impl Candidate<'_> {
             _ => false,
         }
     }
+}
+
+/// SEARCHRES (RFC 5182): whether a RETURN list asks to SAVE, and the list
+/// without it (SEARCH and SORT answer the rest).
+pub(crate) fn split_save(returns: Option<Vec<String>>) -> (bool, Option<Vec<String>>) {
+    let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
+    (save, returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect()))
 }
 
 #[cfg(test)]

@@ -38,11 +38,8 @@ fn housekeep(store: &Store) {
     assert!(store.bodies_to_collect().unwrap().is_empty());
 }
 
-/// A store with `batches` × 20 messages of ~8 KB written, nine in ten of
-/// them expunged and their bodies collected: most of the file is free.
-fn sparse_store(path: &Path, batches: u64) -> Store {
-    let store = Store::open(path, ReplicaId(42), StoreOptions::default()).unwrap();
-    store.add_account("t").unwrap();
+/// Appends `batches` × 20 messages of ~8 KB to account `t`'s INBOX.
+fn fill(store: &Store, batches: u64) {
     for batch in 0..batches {
         store
             .write("t", |b| {
@@ -53,6 +50,14 @@ fn sparse_store(path: &Path, batches: u64) -> Store {
             })
             .unwrap();
     }
+}
+
+/// A store with `batches` × 20 messages of ~8 KB written, nine in ten of
+/// them expunged and their bodies collected: most of the file is free.
+fn sparse_store(path: &Path, batches: u64) -> Store {
+    let store = Store::open(path, ReplicaId(42), StoreOptions::default()).unwrap();
+    store.add_account("t").unwrap();
+    fill(&store, batches);
     let r = store.read("t").unwrap();
     let doomed: Vec<_> =
         r.messages(INBOX, 1, usize::MAX).unwrap().into_iter().filter(|m| m.uid % 10 != 0).map(|m| m.message).collect();
@@ -202,16 +207,7 @@ fn a_store_on_another_backend_compacts_with_a_size_probe() {
     let probe = disk.clone();
     let store = store.with_size_probe(move || probe.len() as u64);
     store.add_account("t").unwrap();
-    for batch in 0..100 {
-        store
-            .write("t", |b| {
-                for i in 0..20 {
-                    b.append(INBOX, body(batch, i).as_bytes(), batch as i64, vec![])?;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
+    fill(&store, 100);
     let all: Vec<_> =
         store.read("t").unwrap().messages(INBOX, 1, usize::MAX).unwrap().into_iter().map(|m| m.message).collect();
     store.write("t", |b| Ok(b.replica().expunge(&all)?)).unwrap();

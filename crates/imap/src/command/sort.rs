@@ -235,8 +235,7 @@ impl Session {
         tag: &str,
         returns: Option<Vec<String>>,
     ) -> Done {
-        let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
-        let returns = returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect::<Vec<_>>());
+        let (save, returns) = crate::selected::split_save(returns);
         let sorted = self.sorted(criteria, charset, search);
         if save {
             let uids: Option<Vec<u32>> = sorted.as_ref().ok().map(|f| f.iter().map(|f| f.uid).collect());
