@@ -746,7 +746,7 @@ impl Session {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
-             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT",
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE",
         );
         if self.account.is_none() {
             if self.starttls_offered {

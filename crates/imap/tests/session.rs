@@ -782,6 +782,9 @@ fn status_size_is_the_sum_of_message_sizes() {
     assert!(out.contains(&format!("* STATUS INBOX (MESSAGES 2 SIZE {})", PLAIN.len() + MULTI.len())), "{out}");
     let out = c.ok("s2 STATUS Empty (SIZE)");
     assert!(out.contains("* STATUS Empty (SIZE 0)"), "{out}");
+    // RFC 8438: a server that answers SIZE says so.
+    let caps = c.ok("k CAPABILITY");
+    assert!(caps.lines().any(|l| l.starts_with("* CAPABILITY") && l.split(' ').any(|w| w == "STATUS=SIZE")), "{caps}");
 }
 
 /// Four sessions on four threads mark the same messages \Deleted and
