@@ -4,6 +4,8 @@
 //! of body references equal to the envelopes; a write on a full filesystem
 //! fails and leaves the store as it was.
 
+mod common;
+
 use starling_model::{Keyword, ReplicaId, INBOX};
 use starling_store::{Store, StoreError, StoreOptions};
 use std::collections::BTreeMap;
@@ -230,42 +232,7 @@ fn sigkill_during_housekeeping_loses_nothing_live() {
 /// A sparse file: 12,000 messages of ~8 KB written, nine in ten expunged
 /// and collected.
 fn sparse_template(template: &std::path::Path) {
-    {
-        let store = Store::open(template, ReplicaId(42), StoreOptions::default()).unwrap();
-        store.add_account("t").unwrap();
-        for batch in 0..600u64 {
-            store
-                .write("t", |b| {
-                    for i in 0..20 {
-                        let raw = format!("Subject: batch {batch} msg {i}\r\n\r\n{}\r\n", noise(batch * 100 + i));
-                        b.append(INBOX, raw.as_bytes(), batch as i64, vec![])?;
-                    }
-                    Ok(())
-                })
-                .unwrap();
-        }
-        let r = store.read("t").unwrap();
-        let doomed: Vec<_> = r
-            .messages(INBOX, 1, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .filter(|m| m.uid % 10 != 0)
-            .map(|m| m.message)
-            .collect();
-        drop(r);
-        store.write("t", |b| Ok(b.replica().expunge(&doomed)?)).unwrap();
-        let plan = starling_store::Housekeeping {
-            now_ms: 0,
-            horizon_ms: u64::MAX,
-            peers: &[],
-            alive: &[],
-            compact_log: true,
-            collect_bodies: true,
-            batch: 10_000,
-        };
-        store.housekeep(&plan).unwrap();
-        assert!(store.bodies_to_collect().unwrap().is_empty());
-    }
+    drop(common::sparse_store(template, 600));
 }
 
 /// Kills `store-torture FILE 0 MODE` (which prints `done` when it
@@ -452,16 +419,4 @@ fn sigkill_during_a_snapshot_install_into_a_replica_with_mail_of_its_own() {
 
 fn raw_text(i: u64) -> String {
     format!("Subject: message {i}\r\nFrom: a@example.org\r\n\r\nbody {i} {}\r\n", "y".repeat((i % 7) as usize * 40))
-}
-
-fn noise(seed: u64) -> String {
-    let mut x = seed + 1;
-    (0..1000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!("{:08x}", x as u32)
-        })
-        .collect()
 }

@@ -3,69 +3,15 @@
 //! wait and then succeed, and a read view left open makes the compaction
 //! give up (to run later) instead of waiting for it.
 
+mod common;
+
+use common::{body, fill, housekeep, sparse_store};
 use starling_model::{ReplicaId, INBOX};
 use starling_store::{FileCompactError, Store, StoreOptions, FILE_COMPACT_WAIT};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A body of about 8 KB that compresses poorly, tagged with its batch.
-fn body(batch: u64, i: u64) -> String {
-    let mut x = batch * 1000 + i + 1;
-    let noise: String = (0..1000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!("{:08x}", x as u32)
-        })
-        .collect();
-    format!("Subject: batch {batch} msg {i}\r\n\r\n{noise}\r\n")
-}
-
-fn housekeep(store: &Store) {
-    let plan = starling_store::Housekeeping {
-        now_ms: 0,
-        horizon_ms: u64::MAX,
-        peers: &[],
-        alive: &[],
-        compact_log: true,
-        collect_bodies: true,
-        batch: 10_000,
-    };
-    store.housekeep(&plan).unwrap();
-    assert!(store.bodies_to_collect().unwrap().is_empty());
-}
-
-/// Appends `batches` × 20 messages of ~8 KB to account `t`'s INBOX.
-fn fill(store: &Store, batches: u64) {
-    for batch in 0..batches {
-        store
-            .write("t", |b| {
-                for i in 0..20 {
-                    b.append(INBOX, body(batch, i).as_bytes(), batch as i64, vec![])?;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
-}
-
-/// A store with `batches` × 20 messages of ~8 KB written, nine in ten of
-/// them expunged and their bodies collected: most of the file is free.
-fn sparse_store(path: &Path, batches: u64) -> Store {
-    let store = Store::open(path, ReplicaId(42), StoreOptions::default()).unwrap();
-    store.add_account("t").unwrap();
-    fill(&store, batches);
-    let r = store.read("t").unwrap();
-    let doomed: Vec<_> =
-        r.messages(INBOX, 1, usize::MAX).unwrap().into_iter().filter(|m| m.uid % 10 != 0).map(|m| m.message).collect();
-    drop(r);
-    store.write("t", |b| Ok(b.replica().expunge(&doomed)?)).unwrap();
-    housekeep(&store);
-    store
-}
 
 fn len(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
