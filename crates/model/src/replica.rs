@@ -630,10 +630,13 @@ impl<B: Backend> Replica<B> {
                 if start == 0 || start >= end || end > mb.uid_next {
                     return Err(InstallError::Invalid(format!("spent UIDs {start}..{end} outside 1..UIDNEXT")));
                 }
-                if mb.messages.iter().any(|m| (start..end).contains(&m.uid)) {
+                // `placed` is ordered by (mailbox, UID): one lookup per range,
+                // not a scan of the messages per range.
+                let i = self.mailbox_idx[&mb.id];
+                if placed.range((i, start)..(i, end)).next().is_some() {
                     return Err(InstallError::Invalid(format!("a message placed at a spent UID in {start}..{end}")));
                 }
-                dead.push((self.mailbox_idx[&mb.id], start, end));
+                dead.push((i, start, end));
             }
         }
         let tombstones: Vec<Packed> =
