@@ -21,10 +21,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// ALPN protocol name of the peer protocol.
 pub const ALPN: &[u8] = b"starling/1";
+/// ALPN protocol name of a join: a node not pinned yet presents an
+/// invitation's secret, and nothing else (see [`PeerConnection::joining`]).
+pub const JOIN_ALPN: &[u8] = b"starling-join/1";
 /// Largest frame read from a stream.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 
@@ -167,14 +171,14 @@ impl NodeIdentity {
             .with_client_cert_verifier(Arc::new(PinnedClients { peers }))
             .with_single_cert(vec![self.cert.clone()], self.key())
             .map_err(|e| setup(&e))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![ALPN.to_vec(), JOIN_ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(tls).map_err(|e| setup(&e))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(transport());
         Ok(config)
     }
 
-    fn client_config(&self, expected: NodeId) -> Result<quinn::ClientConfig, NetError> {
+    fn client_config(&self, expected: NodeId, alpn: &[u8]) -> Result<quinn::ClientConfig, NetError> {
         let setup = |e: &dyn fmt::Display| NetError::Setup(e.to_string());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -183,7 +187,7 @@ impl NodeIdentity {
             .with_custom_certificate_verifier(Arc::new(PinnedServer { expected }))
             .with_client_auth_cert(vec![self.cert.clone()], self.key())
             .map_err(|e| setup(&e))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         let quic = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport());
@@ -196,17 +200,40 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The node ids allowed to connect. Changing it affects new handshakes.
+///
+/// While strangers are admitted (this node has open invitations), a node
+/// that is not pinned completes the TLS handshake too, but only to present
+/// an invitation: [`handshake`] refuses it unless it asked for
+/// [`JOIN_ALPN`], and the node then reads one join request and nothing else.
 #[derive(Debug, Default)]
-pub struct PeerSet(RwLock<BTreeSet<NodeId>>);
+pub struct PeerSet {
+    pinned: RwLock<BTreeSet<NodeId>>,
+    strangers: AtomicBool,
+}
 
 impl PeerSet {
     /// A set of pinned peers.
     pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
-        PeerSet(RwLock::new(peers.into_iter().collect()))
+        PeerSet { pinned: RwLock::new(peers.into_iter().collect()), strangers: AtomicBool::new(false) }
     }
     /// Whether `id` is pinned.
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.0.read().expect("peer set").contains(id)
+        self.pinned.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(id)
+    }
+    /// Pins `id` (new handshakes only).
+    pub fn insert(&self, id: NodeId) {
+        self.pinned.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id);
+    }
+    /// Unpins `id`: its next handshake fails (close its connections too).
+    pub fn remove(&self, id: &NodeId) {
+        self.pinned.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+    }
+    /// Whether nodes that are not pinned may complete a handshake to join.
+    pub fn admit_strangers(&self, yes: bool) {
+        self.strangers.store(yes, Ordering::SeqCst);
+    }
+    fn admits(&self, id: &NodeId) -> bool {
+        self.contains(id) || self.strangers.load(Ordering::SeqCst)
     }
 }
 
@@ -245,7 +272,7 @@ impl ClientCertVerifier for PinnedClients {
         _: &[CertificateDer<'_>],
         _: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.peers.contains(&NodeId::of(end_entity)) {
+        if self.peers.admits(&NodeId::of(end_entity)) {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(rustls::Error::General("unknown peer".into()))
@@ -362,14 +389,20 @@ const UDP_BUFFER_BYTES: usize = 4 << 20;
 pub struct PeerEndpoint {
     endpoint: quinn::Endpoint,
     identity: Arc<NodeIdentity>,
+    peers: Arc<PeerSet>,
 }
 
-/// An authenticated connection to a pinned peer.
+/// An authenticated connection to a pinned peer, or from a node that came
+/// to join.
 pub struct PeerConnection {
     /// The peer's node id, proven by the TLS handshake.
     pub peer: NodeId,
     /// The QUIC connection.
     pub connection: quinn::Connection,
+    /// The peer asked for [`JOIN_ALPN`]: the connection carries one join
+    /// request and its answer, no sync session. Only such a connection may
+    /// come from a node that is not pinned.
+    pub joining: bool,
 }
 
 fn peer_of(conn: &quinn::Connection) -> Result<NodeId, NetError> {
@@ -381,7 +414,7 @@ fn peer_of(conn: &quinn::Connection) -> Result<NodeId, NetError> {
 impl PeerEndpoint {
     /// Binds `addr` (UDP) and accepts the peers in `peers`.
     pub fn bind(addr: SocketAddr, identity: Arc<NodeIdentity>, peers: Arc<PeerSet>) -> Result<PeerEndpoint, NetError> {
-        let config = identity.server_config(peers)?;
+        let config = identity.server_config(peers.clone())?;
         let setup = |e: std::io::Error| NetError::Setup(format!("{addr}: {e}"));
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -399,7 +432,7 @@ impl PeerEndpoint {
         let runtime = quinn::default_runtime().ok_or_else(|| NetError::Setup("no async runtime".into()))?;
         let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket.into(), runtime)
             .map_err(setup)?;
-        Ok(PeerEndpoint { endpoint, identity })
+        Ok(PeerEndpoint { endpoint, identity, peers })
     }
 
     /// Closes every connection and waits (at most `limit`) until the peers
@@ -425,39 +458,60 @@ impl PeerEndpoint {
 
     /// Connects to pinned peer `expected` at `addr`.
     pub async fn connect(&self, addr: SocketAddr, expected: NodeId) -> Result<PeerConnection, NetError> {
-        let config = self.identity.client_config(expected)?;
+        self.connect_as(addr, expected, ALPN).await
+    }
+
+    /// Connects to `expected` at `addr` to join it with an invitation: the
+    /// node is checked as always (the invitation's secret goes to no other
+    /// node), while this node need not be pinned there yet.
+    pub async fn connect_to_join(&self, addr: SocketAddr, expected: NodeId) -> Result<PeerConnection, NetError> {
+        self.connect_as(addr, expected, JOIN_ALPN).await
+    }
+
+    async fn connect_as(&self, addr: SocketAddr, expected: NodeId, alpn: &[u8]) -> Result<PeerConnection, NetError> {
+        let config = self.identity.client_config(expected, alpn)?;
         let connecting =
             self.endpoint.connect_with(config, addr, "starling").map_err(|e| NetError::Connection(e.to_string()))?;
-        let connection = connecting.await.map_err(|e| NetError::Connection(e.to_string()))?;
+        let connection = tokio::time::timeout(HANDSHAKE_DEADLINE, connecting)
+            .await
+            .map_err(|_| NetError::Connection(format!("handshake took over {HANDSHAKE_DEADLINE:?}")))?
+            .map_err(|e| NetError::Connection(e.to_string()))?;
         let peer = peer_of(&connection)?;
         if peer != expected {
             connection.close(1u32.into(), b"not the pinned node");
             return Err(NetError::UnknownPeer);
         }
-        Ok(PeerConnection { peer, connection })
+        Ok(PeerConnection { peer, connection, joining: alpn == JOIN_ALPN })
+    }
+
+    /// Completes an accepted connection's handshake within
+    /// [`HANDSHAKE_DEADLINE`]. Only pinned peers, and while strangers are
+    /// admitted nodes that came to join, get this far (the TLS verifier
+    /// refuses every other certificate); a node that is not pinned is
+    /// refused here unless it asked to join.
+    pub async fn handshake(&self, incoming: quinn::Incoming) -> Result<PeerConnection, NetError> {
+        let connection = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(NetError::Connection(e.to_string())),
+            Err(_) => return Err(NetError::Connection(format!("handshake took over {HANDSHAKE_DEADLINE:?}"))),
+        };
+        let joining = connection
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol)
+            .is_some_and(|p| p == JOIN_ALPN);
+        match peer_of(&connection) {
+            Ok(peer) if joining || self.peers.contains(&peer) => Ok(PeerConnection { peer, connection, joining }),
+            Ok(_) | Err(_) => {
+                connection.close(1u32.into(), b"unknown peer");
+                Err(NetError::UnknownPeer)
+            }
+        }
     }
 }
 
 /// Longest a peer's handshake may take: past it the attempt is dropped.
 pub const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Completes an accepted connection's handshake within
-/// [`HANDSHAKE_DEADLINE`]. Only pinned peers get this far (the TLS
-/// verifier refuses every other certificate).
-pub async fn handshake(incoming: quinn::Incoming) -> Result<PeerConnection, NetError> {
-    let connection = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(NetError::Connection(e.to_string())),
-        Err(_) => return Err(NetError::Connection(format!("handshake took over {HANDSHAKE_DEADLINE:?}"))),
-    };
-    match peer_of(&connection) {
-        Ok(peer) => Ok(PeerConnection { peer, connection }),
-        Err(e) => {
-            connection.close(1u32.into(), b"unknown peer");
-            Err(e)
-        }
-    }
-}
 
 /// Writes one frame: u32 big-endian length, then the bytes.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), NetError> {

@@ -1,7 +1,7 @@
 //! Real QUIC sockets on loopback: pinned peers connect both ways and move
 //! frames; an unknown certificate is refused; identities persist.
 
-use starling_net::{handshake, read_frame, write_frame, NodeId, NodeIdentity, PeerEndpoint, PeerSet};
+use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerEndpoint, PeerSet};
 use std::sync::Arc;
 
 fn identity(dir: &std::path::Path, name: &str) -> Arc<NodeIdentity> {
@@ -13,7 +13,7 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (identity(dir.path(), "a"), identity(dir.path(), "b"), identity(dir.path(), "c"));
     let any = "127.0.0.1:0".parse().unwrap();
-    let ea = PeerEndpoint::bind(any, a.clone(), Arc::new(PeerSet::new([b.id()]))).unwrap();
+    let ea = Arc::new(PeerEndpoint::bind(any, a.clone(), Arc::new(PeerSet::new([b.id()]))).unwrap());
     let eb = PeerEndpoint::bind(any, b.clone(), Arc::new(PeerSet::new([a.id()]))).unwrap();
     let ec = PeerEndpoint::bind(any, c.clone(), Arc::new(PeerSet::new([a.id()]))).unwrap();
     let addr_a = ea.local_addr().unwrap();
@@ -22,9 +22,9 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(incoming) = ea.accept().await {
-            let seen_tx = seen_tx.clone();
+            let (seen_tx, ea) = (seen_tx.clone(), ea.clone());
             tokio::spawn(async move {
-                let Ok(conn) = handshake(incoming).await else { return };
+                let Ok(conn) = ea.handshake(incoming).await else { return };
                 let _ = seen_tx.send(conn.peer);
                 let Ok((mut send, mut recv)) = conn.connection.accept_bi().await else { return };
                 if let Ok(Some(got)) = read_frame(&mut recv, &budget()).await {
@@ -63,10 +63,12 @@ async fn pinned_peers_talk_and_strangers_are_refused() {
 /// Serves echo connections on `ea` the way `starling serve` does: each
 /// handshake in a task of its own.
 fn serve_echo(ea: PeerEndpoint) {
+    let ea = Arc::new(ea);
     tokio::spawn(async move {
         while let Some(incoming) = ea.accept().await {
+            let ea = ea.clone();
             tokio::spawn(async move {
-                let Ok(conn) = handshake(incoming).await else { return };
+                let Ok(conn) = ea.handshake(incoming).await else { return };
                 let Ok((mut send, mut recv)) = conn.connection.accept_bi().await else { return };
                 if let Ok(Some(got)) = read_frame(&mut recv, &budget()).await {
                     let _ = write_frame(&mut send, &got.0).await;
@@ -147,4 +149,81 @@ fn identity_is_stable_and_node_ids_parse() {
 
 fn budget() -> std::sync::Arc<tokio::sync::Semaphore> {
     std::sync::Arc::new(tokio::sync::Semaphore::new(starling_net::FRAME_BYTES_MAX))
+}
+
+/// A node that is not pinned gets through the handshake only while the
+/// other admits strangers, and only asking to join; a pinned node's join
+/// connection is marked as one too, and a stranger asking for a sync
+/// session is refused even while strangers are admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_in_only_to_join_and_only_while_invited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (identity(dir.path(), "a"), identity(dir.path(), "b"), identity(dir.path(), "c"));
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let set_a = Arc::new(PeerSet::new([b.id()]));
+    let ea = Arc::new(PeerEndpoint::bind(any, a.clone(), set_a.clone()).unwrap());
+    let eb = PeerEndpoint::bind(any, b.clone(), Arc::new(PeerSet::new([a.id()]))).unwrap();
+    let ec = PeerEndpoint::bind(any, c.clone(), Arc::new(PeerSet::default())).unwrap();
+    let addr_a = ea.local_addr().unwrap();
+    // A reports (who, joining) of every connection it accepted.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let ea = ea.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ea.accept().await {
+                let (ea, seen_tx) = (ea.clone(), seen_tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(conn) = ea.handshake(incoming).await {
+                        let _ = seen_tx.send((conn.peer, conn.joining));
+                        let _ = conn.connection.closed().await;
+                    }
+                });
+            }
+        });
+    }
+    let t = std::time::Duration::from_secs(5);
+    // No invitation open: C cannot even join.
+    let out = tokio::time::timeout(t, ec.connect_to_join(addr_a, a.id())).await.expect("no hang");
+    if let Ok(conn) = out {
+        // The client side may finish before the server refuses it: the connection then dies.
+        assert!(tokio::time::timeout(t, conn.connection.closed()).await.is_ok(), "a stranger's join was kept open");
+    }
+    assert_eq!(accepted(&mut seen_rx).await, None, "A accepted a stranger with no invitation open");
+
+    set_a.admit_strangers(true);
+    // Invitations open: C's sync session is still refused...
+    if let Ok(Ok(conn)) = tokio::time::timeout(t, ec.connect(addr_a, a.id())).await {
+        assert!(tokio::time::timeout(t, conn.connection.closed()).await.is_ok(), "a stranger's session was kept open");
+    }
+    assert_eq!(accepted(&mut seen_rx).await, None, "A accepted a stranger's sync session");
+    // ...its join gets through, marked as one.
+    let conn = tokio::time::timeout(t, ec.connect_to_join(addr_a, a.id())).await.unwrap().unwrap();
+    assert!(conn.joining);
+    assert_eq!(tokio::time::timeout(t, seen_rx.recv()).await.unwrap(), Some((c.id(), true)));
+    conn.connection.close(0u32.into(), b"done");
+    // A pinned peer's ordinary connection is not a join.
+    let conn = tokio::time::timeout(t, eb.connect(addr_a, a.id())).await.unwrap().unwrap();
+    assert!(!conn.joining);
+    assert_eq!(tokio::time::timeout(t, seen_rx.recv()).await.unwrap(), Some((b.id(), false)));
+    // The invitation for C is not bound to C's address: pinning works at once.
+    set_a.admit_strangers(false);
+    set_a.insert(c.id());
+    let conn = tokio::time::timeout(t, ec.connect(addr_a, a.id())).await.unwrap().unwrap();
+    assert_eq!(tokio::time::timeout(t, seen_rx.recv()).await.unwrap(), Some((c.id(), false)));
+    conn.connection.close(0u32.into(), b"done");
+    // Unpinned again: refused.
+    set_a.remove(&c.id());
+    if let Ok(Ok(conn)) = tokio::time::timeout(t, ec.connect(addr_a, a.id())).await {
+        assert!(
+            tokio::time::timeout(t, conn.connection.closed()).await.is_ok(),
+            "an unpinned node's session was kept open"
+        );
+    }
+    assert_eq!(accepted(&mut seen_rx).await, None, "A accepted an unpinned node");
+}
+
+/// What A accepted in the last moment, if anything.
+async fn accepted(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(NodeId, bool)>) -> Option<(NodeId, bool)> {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    rx.try_recv().ok()
 }

@@ -38,6 +38,25 @@ pub enum Request {
     Passwd { user: String, hash: String, local: bool },
     /// Delete an account on every node it syncs to.
     DeleteAccount { user: String },
+    /// Pin a peer: one line of the peers file.
+    PeerAdd { line: String },
+    /// Remove a peer and refuse it from now on.
+    PeerRemove { node_id: String },
+    /// Open an invitation; the answer is its token. `accounts` empty: all
+    /// held here; `addrs` empty: where the peer endpoint listens.
+    Invite { accounts: Vec<String>, ttl_secs: u64, addrs: Vec<std::net::SocketAddr> },
+    /// Join the node that made an invitation.
+    Join { token: String },
+}
+
+impl Request {
+    /// Whether the running node answers it from its peers rather than its store.
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            Request::PeerAdd { .. } | Request::PeerRemove { .. } | Request::Invite { .. } | Request::Join { .. }
+        )
+    }
 }
 
 /// The node's answer.
@@ -178,6 +197,9 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             ))
         }
         Request::Status => Err("status comes from the node".into()),
+        Request::PeerAdd { .. } | Request::PeerRemove { .. } | Request::Invite { .. } | Request::Join { .. } => {
+            Err("peers are changed by the running node, or in the files when it is stopped".into())
+        }
     }
 }
 

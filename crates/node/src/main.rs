@@ -4,7 +4,9 @@
 mod config;
 mod control;
 mod demo;
+mod invite;
 mod lmtp;
+mod membership;
 mod metrics;
 mod peers;
 mod private;
@@ -63,6 +65,28 @@ enum Command {
     },
     /// Print this node's id (creating its identity on first use).
     Id,
+    /// Invite a node: prints a one-line token for `starling join` there
+    /// (one use, until it expires). The two nodes then pin each other for
+    /// the token's accounts.
+    Invite {
+        /// Accounts the new node will sync, comma-separated [default: every
+        /// account held here].
+        #[arg(long, value_delimiter = ',')]
+        accounts: Vec<String>,
+        /// How long the token works, e.g. `3600`, `90m`, `24h`, `7d` (at most 30 days).
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        expires: u64,
+        /// Address other nodes reach this node's peer endpoint at
+        /// [default: where it listens]; repeat for several.
+        #[arg(long = "address")]
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// Join a node with the token its `starling invite` printed (this node
+    /// must be running): both pin each other and start syncing.
+    Join {
+        /// The token.
+        token: String,
+    },
     /// Manage pinned peers.
     Peer {
         #[command(subcommand)]
@@ -184,7 +208,8 @@ enum PeerAction {
     },
     /// List pinned peers.
     List,
-    /// Unpin a peer.
+    /// Unpin a peer and refuse it from now on (its connection is closed;
+    /// `peer add` pins it again).
     Remove {
         /// Its node id.
         node_id: String,
@@ -266,6 +291,31 @@ fn verify_store(data_dir: &Path) -> Result<(), String> {
 
 /// Answers a data request through the running node if there is one (it
 /// holds the store), else from the store directly.
+/// A running node's answer's text, or its error.
+fn answer_text(answer: control::Answer) -> Result<String, String> {
+    match answer.error {
+        Some(e) => Err(e),
+        None => Ok(answer.text.unwrap_or_default()),
+    }
+}
+
+/// `90`, `90s`, `90m`, `24h`, `7d` as seconds.
+fn parse_ttl(v: &str) -> Result<u64, String> {
+    let (n, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = n.parse().map_err(|_| format!("{v:?}: expected a number with s, m, h or d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{v:?}: expected a number with s, m, h or d")),
+    };
+    n.checked_mul(unit).ok_or_else(|| format!("{v:?}: too long"))
+}
+
 fn via_node(data_dir: &Path, req: control::Request) -> Result<String, String> {
     match control::ask(data_dir, &req)? {
         Some(answer) => match answer.error {
@@ -388,13 +438,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let id = identity(&cli.data_dir)?;
             let store = open_store_with(&cli.data_dir, config.store_options())?;
             let first_account = first_start(&store)?;
-            let mut peers = peers::load(&cli.data_dir)?;
-            for p in config.peers() {
-                if peers.iter().any(|q| q.id == p.id) {
-                    return Err(format!("peer {} is both in the config and in the peers file", p.id));
-                }
-                peers.push(p);
-            }
+            let book = peers::PeerBook::open(&cli.data_dir, config.peers())?;
             println!("starling {}", env!("CARGO_PKG_VERSION"));
             let dir = std::fs::canonicalize(&cli.data_dir).unwrap_or(cli.data_dir.clone());
             println!("data directory: {}", dir.display());
@@ -422,7 +466,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 housekeeping: config.housekeeping(),
                 durability: config.durability(),
             };
-            serve::run(&cli.data_dir, store, id, peers, settings)?;
+            serve::run(&cli.data_dir, store, id, book, settings)?;
         }
         Command::Init { config: path } => {
             if path.exists() {
@@ -439,15 +483,42 @@ fn run(cli: Cli) -> Result<(), String> {
             let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
             let addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
             identity(&cli.data_dir)?;
-            let mut list = peers::load(&cli.data_dir)?;
-            if list.iter().any(|p| p.id == id) {
-                return Err(format!("peer {id} is already pinned"));
-            }
             let policy = starling_sync::BodyPolicy { mailboxes, received_since: since, size_max: body_cap, uids };
-            list.push(peers::Peer { id, addr, accounts, policy });
-            peers::save(&cli.data_dir, &list)?;
-            println!("peer {id} pinned");
+            let peer = peers::Peer { id, addr, accounts, policy };
+            let line = format!("{} {} {}{}", peer.id, peer.addr, peer.accounts.join(","), peers::options(&peer.policy));
+            match control::ask(&cli.data_dir, &control::Request::PeerAdd { line })? {
+                Some(answer) => println!("{}", answer_text(answer)?),
+                None => {
+                    peers::PeerBook::open(&cli.data_dir, config.peers())?.pin(peer, false)?;
+                    println!("peer {id} pinned");
+                }
+            }
         }
+        Command::Invite { accounts, expires, addrs } => {
+            let req = control::Request::Invite { accounts, ttl_secs: expires, addrs };
+            match control::ask(&cli.data_dir, &req)? {
+                Some(answer) => println!("{}", answer_text(answer)?),
+                None => {
+                    let control::Request::Invite { accounts, ttl_secs, mut addrs } = req else { unreachable!() };
+                    if addrs.is_empty() {
+                        addrs.push(config.listen.peers.unwrap_or_else(|| "127.0.0.1:7431".parse().expect("default")));
+                    }
+                    let me = identity(&cli.data_dir)?.id();
+                    let store = open_store(&cli.data_dir)?;
+                    let book = peers::PeerBook::open(&cli.data_dir, config.peers())?;
+                    println!("{}", membership::invite(&store, &book, me, accounts, ttl_secs, addrs)?);
+                }
+            }
+        }
+        Command::Join { token } => match control::ask(&cli.data_dir, &control::Request::Join { token })? {
+            Some(answer) => println!("{}", answer_text(answer)?),
+            None => {
+                return Err(format!(
+                    "no node is running in {}: start it (`starling serve`), then join",
+                    cli.data_dir.display()
+                ))
+            }
+        },
         Command::Peer { action: PeerAction::List } => {
             for p in peers::load(&cli.data_dir)? {
                 println!("{} {} {}{}", p.id, p.addr, p.accounts.join(","), peers::options(&p.policy));
@@ -455,14 +526,13 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Peer { action: PeerAction::Remove { node_id } } => {
             let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
-            let mut list = peers::load(&cli.data_dir)?;
-            let before = list.len();
-            list.retain(|p| p.id != id);
-            if list.len() == before {
-                return Err(format!("peer {id} is not pinned"));
+            match control::ask(&cli.data_dir, &control::Request::PeerRemove { node_id })? {
+                Some(answer) => println!("{}", answer_text(answer)?),
+                None => {
+                    peers::PeerBook::open(&cli.data_dir, config.peers())?.revoke(&id)?;
+                    println!("peer {id} removed and refused from now on");
+                }
             }
-            peers::save(&cli.data_dir, &list)?;
-            println!("peer {id} removed");
         }
         Command::Account { action: AccountAction::Add { user } } => {
             open_store(&cli.data_dir)?.add_account(&user).map_err(|e| e.to_string())?;

@@ -5,10 +5,13 @@
 //! optional fields make this node a partial replica of what that peer sends:
 //! all metadata, but only the bodies they select come eagerly.
 
-use starling_net::NodeId;
+use crate::invite::{check_account, unix_now, Invites, Refusal};
+use starling_net::{NodeId, PeerSet};
 use starling_sync::BodyPolicy;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// One pinned peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +22,8 @@ pub struct Peer {
     pub policy: BodyPolicy,
 }
 
-fn parse_line(n: usize, line: &str) -> Result<Peer, String> {
+/// One line of the peers file (`n` is its number, for errors).
+pub fn parse_line(n: usize, line: &str) -> Result<Peer, String> {
     let mut parts = line.split_whitespace();
     let (Some(id), Some(addr), Some(accounts)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!("line {n}: expected `<node id> <address> <accounts> [options]`"));
@@ -101,5 +105,176 @@ pub fn save(data_dir: &Path, peers: &[Peer]) -> Result<(), String> {
         text.push_str(&format!("{} {} {}{}\n", p.id, p.addr, p.accounts.join(","), options(&p.policy)));
     }
     let path = data_dir.join("peers");
+    let tmp = data_dir.join("peers.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Node ids this node removed (`DATA_DIR/revoked`, one per line): refused
+/// at the handshake and when they come to join, until pinned again by hand.
+fn load_revoked(data_dir: &Path) -> Result<BTreeSet<NodeId>, String> {
+    let path = data_dir.join("revoked");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| NodeId::parse(l).map_err(|e| format!("{}: {e}", path.display())))
+        .collect()
+}
+
+fn save_revoked(data_dir: &Path, revoked: &BTreeSet<NodeId>) -> Result<(), String> {
+    let mut text = String::from("# node ids removed from this node's peers; refused until pinned again\n");
+    for id in revoked {
+        text.push_str(&format!("{id}\n"));
+    }
+    let path = data_dir.join("revoked");
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The pinned peers of a node, changed while it runs (`peer add`, `peer
+/// remove`, `join`, and a node joining with an invitation): the peers
+/// file, the revocations and the open invitations on disk, and the set
+/// the TLS handshake checks, kept in step. Peers from the config file are
+/// fixed for the run.
+pub struct PeerBook {
+    data_dir: PathBuf,
+    fixed: BTreeSet<NodeId>,
+    state: Mutex<BookState>,
+    pinned: Arc<PeerSet>,
+}
+
+struct BookState {
+    list: Arc<Vec<Peer>>,
+    revoked: BTreeSet<NodeId>,
+    invites: Invites,
+}
+
+impl PeerBook {
+    /// Reads the peers file, the revocations and the open invitations,
+    /// with `fixed` (the config file's peers) added.
+    pub fn open(data_dir: &Path, fixed: Vec<Peer>) -> Result<PeerBook, String> {
+        let mut list = load(data_dir)?;
+        let fixed_ids = fixed.iter().map(|p| p.id).collect();
+        for p in fixed {
+            if list.iter().any(|q| q.id == p.id) {
+                return Err(format!("peer {} is both in the config and in the peers file", p.id));
+            }
+            list.push(p);
+        }
+        let mut invites = Invites::load(data_dir)?;
+        let pinned = Arc::new(PeerSet::new(list.iter().map(|p| p.id)));
+        pinned.admit_strangers(invites.prune(unix_now()));
+        Ok(PeerBook {
+            data_dir: data_dir.to_path_buf(),
+            fixed: fixed_ids,
+            state: Mutex::new(BookState { list: Arc::new(list), revoked: load_revoked(data_dir)?, invites }),
+            pinned,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BookState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The peers now.
+    pub fn list(&self) -> Arc<Vec<Peer>> {
+        self.state().list.clone()
+    }
+
+    /// One peer, if pinned.
+    pub fn get(&self, id: &NodeId) -> Option<Peer> {
+        self.state().list.iter().find(|p| p.id == *id).cloned()
+    }
+
+    /// The set the handshake checks.
+    pub fn pinned(&self) -> Arc<PeerSet> {
+        self.pinned.clone()
+    }
+
+    fn save_list(&self, list: &[Peer]) -> Result<(), String> {
+        let own: Vec<Peer> = list.iter().filter(|p| !self.fixed.contains(&p.id)).cloned().collect();
+        save(&self.data_dir, &own)
+    }
+
+    /// Pins `peer` (or, if it is pinned already and `merge`, adds its
+    /// accounts and takes its address); lifts a revocation. Returns the
+    /// peer as pinned now.
+    pub fn pin(&self, peer: Peer, merge: bool) -> Result<Peer, String> {
+        for a in &peer.accounts {
+            check_account(a)?;
+        }
+        if self.fixed.contains(&peer.id) {
+            return Err(format!("peer {} is pinned in the config file; change it there", peer.id));
+        }
+        let mut st = self.state();
+        let mut list = (*st.list).clone();
+        let now = match list.iter_mut().find(|p| p.id == peer.id) {
+            Some(_) if !merge => return Err(format!("peer {} is already pinned", peer.id)),
+            Some(p) => {
+                p.addr = peer.addr;
+                for a in peer.accounts {
+                    if !p.accounts.contains(&a) {
+                        p.accounts.push(a);
+                    }
+                }
+                p.clone()
+            }
+            None => {
+                list.push(peer.clone());
+                peer
+            }
+        };
+        self.save_list(&list)?;
+        if st.revoked.remove(&now.id) {
+            save_revoked(&self.data_dir, &st.revoked)?;
+        }
+        st.list = Arc::new(list);
+        self.pinned.insert(now.id);
+        Ok(now)
+    }
+
+    /// Removes `id` and refuses it from now on (its connections must be
+    /// closed by the caller).
+    pub fn revoke(&self, id: &NodeId) -> Result<(), String> {
+        if self.fixed.contains(id) {
+            return Err(format!("peer {id} is pinned in the config file; remove it there"));
+        }
+        let mut st = self.state();
+        if !st.list.iter().any(|p| p.id == *id) {
+            return Err(format!("peer {id} is not pinned"));
+        }
+        let list: Vec<Peer> = st.list.iter().filter(|p| p.id != *id).cloned().collect();
+        self.pinned.remove(id);
+        st.revoked.insert(*id);
+        save_revoked(&self.data_dir, &st.revoked)?;
+        self.save_list(&list)?;
+        st.list = Arc::new(list);
+        Ok(())
+    }
+
+    /// Opens an invitation for `accounts`; returns its secret and expiry.
+    pub fn invite(&self, accounts: &[String], ttl_secs: u64) -> Result<([u8; 16], u64), String> {
+        let now = unix_now();
+        let mut st = self.state();
+        let secret = st.invites.create(accounts, ttl_secs, now)?;
+        self.pinned.admit_strangers(true);
+        Ok((secret, now + ttl_secs))
+    }
+
+    /// Takes the invitation of `secret` for node `id`: its accounts.
+    pub fn redeem(&self, id: &NodeId, secret: &[u8; 16]) -> Result<Vec<String>, Refusal> {
+        let now = unix_now();
+        let mut st = self.state();
+        if st.revoked.contains(id) {
+            return Err(Refusal::Revoked);
+        }
+        let out = st.invites.redeem(secret, now);
+        self.pinned.admit_strangers(st.invites.prune(now));
+        out
+    }
 }

@@ -3,11 +3,11 @@
 //! node with the larger id dials, with backoff) so a pair holds one connection.
 
 use crate::control;
-use crate::peers::Peer;
+use crate::peers::{Peer, PeerBook};
 use crate::tasks::Tasks;
 use starling_link::{LinkError, PeerLink, Progress};
 use starling_net::listen::{accept_forever, AcceptErrors, ConnCounter, ConnLimits};
-use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerConnection, PeerEndpoint, PeerSet};
+use starling_net::{read_frame, write_frame, NodeId, NodeIdentity, PeerConnection, PeerEndpoint};
 use starling_store::Store;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -86,7 +86,7 @@ pub fn run(
     data_dir: &Path,
     store: Store,
     identity: NodeIdentity,
-    peers: Vec<Peer>,
+    book: PeerBook,
     listen: Settings,
 ) -> Result<(), String> {
     let tls = starling_imap::tls_acceptor(&listen.tls.0, &listen.tls.1)?;
@@ -98,19 +98,13 @@ pub fn run(
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let store = Arc::new(store);
-        // An account a pinned peer syncs is made here if missing: it fills
-        // from the peers (its incarnation and password come with it).
-        for p in peers.iter() {
-            for a in &p.accounts {
-                if !store.accounts().contains(a) {
-                    store.add_account(a).map_err(|e| format!("account {a}: {e}"))?;
-                    tracing::info!(account = a.as_str(), "account created here: a pinned peer syncs it");
-                }
-            }
+        for p in book.list().iter() {
+            crate::membership::accounts_for(&store, p)?;
         }
         let identity = Arc::new(identity);
-        let pinned = Arc::new(PeerSet::new(peers.iter().map(|p| p.id)));
-        let endpoint = Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), pinned).map_err(|e| e.to_string())?);
+        let book = Arc::new(book);
+        let endpoint =
+            Arc::new(PeerEndpoint::bind(listen.peers, identity.clone(), book.pinned()).map_err(|e| e.to_string())?);
         let hub =
             Hub {
             changes: broadcast::channel::<String>(1024).0,
@@ -118,9 +112,10 @@ pub fn run(
             live: Arc::default(),
             wanted: broadcast::channel(WANTED_QUEUED).0,
         };
-        let peers = Arc::new(peers);
         let tasks = Tasks::default();
-        let control = control_socket(data_dir, store.clone(), identity.id(), peers.clone(), hub.clone(), tasks.clone())?;
+        let node = crate::membership::Node::new(endpoint.clone(), store.clone(), hub.clone(), book.clone(), identity.id(), tasks.clone());
+        let control = control_socket(data_dir, node.clone())?;
+        let peers = book.list();
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
         let durability = Arc::new(durability_of(listen.durability.clone(), &store, &peers));
@@ -141,10 +136,11 @@ pub fn run(
             let config = starling_imap::Config { exposure: (*durability).clone(), ..listen.imap_config.clone() };
             let shared = starling_imap::Shared::new(store.clone(), config);
             // A FETCH of a body left out here asks the account's connected peers.
-            let (wanted, live, peers) = (hub.wanted.clone(), hub.live.clone(), peers.clone());
+            let (wanted, live, book) = (hub.wanted.clone(), hub.live.clone(), book.clone());
             shared.on_want_bodies(move |account, ids| {
                 let live = live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let reachable = peers
+                let reachable = book
+                    .list()
                     .iter()
                     .any(|p| p.accounts.iter().any(|a| a == account) && live.get(&p.id).is_some_and(|l| l.connected));
                 reachable && wanted.send((account.to_string(), Arc::new(ids.to_vec()))).is_ok()
@@ -164,7 +160,7 @@ pub fn run(
         if let Some(addr) = listen.metrics {
             let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("metrics {addr}: {e}"))?;
             println!("metrics: listening on http://{}/metrics", tcp.local_addr().map_err(|e| e.to_string())?);
-            let (store, peers, hub, me) = (store.clone(), peers.clone(), hub.clone(), identity.id());
+            let (store, book, hub, me) = (store.clone(), book.clone(), hub.clone(), identity.id());
             let open = ConnCounter::new(LOCAL_CONNECTIONS);
             let tasks = tasks.clone();
             tokio::spawn(async move {
@@ -172,7 +168,7 @@ pub fn run(
                 loop {
                     let (mut stream, addr) = accept_forever("metrics", &mut errors, || tcp.accept()).await;
                     let Ok(place) = open.admit(addr.ip()) else { continue };
-                    let (store, peers, hub, imap) = (store.clone(), peers.clone(), hub.clone(), imap_shared.clone());
+                    let (store, book, hub, imap) = (store.clone(), book.clone(), hub.clone(), imap_shared.clone());
                     tasks.spawn(async move {
                         let _place = place;
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -180,7 +176,7 @@ pub fn run(
                         let mut buf = [0u8; 4096];
                         let _ = tokio::time::timeout(LOCAL_DEADLINE, stream.read(&mut buf)).await;
                         let body = tokio::task::block_in_place(|| {
-                            let st = status(&store, me, &peers, &hub);
+                            let st = status(&store, me, &book.list(), &hub);
                             let extra = crate::metrics::Extra { imap_sessions: imap.sessions() };
                             crate::metrics::render(&store, me.replica(), &st, &extra)
                         });
@@ -206,14 +202,14 @@ pub fn run(
         // Housekeeping, first one period after start (peers have said
         // where they stand by then).
         {
-            let (store, peers, hub, config) = (store.clone(), peers.clone(), hub.clone(), listen.housekeeping.clone());
+            let (store, book, hub, config) = (store.clone(), book.clone(), hub.clone(), listen.housekeeping.clone());
             tasks.spawn(async move {
                 // The file was compacted at start if it had to be.
                 let mut compacted = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(config.every).await;
                     tokio::task::block_in_place(|| {
-                        housekeep(&store, &peers, &hub, &config);
+                        housekeep(&store, &book.list(), &hub, &config);
                         if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
                             compact_file(&store, &config, &mut compacted);
                         }
@@ -246,53 +242,44 @@ pub fn run(
         use std::io::Write;
         let _ = std::io::stdout().flush();
 
-        // Accept: any pinned peer (the handshake already refused the others).
+        // Accept: any pinned peer, and nodes that come to join (the
+        // handshake already refused the others).
         {
-            let (endpoint, store, peers, hub, me) =
-                (endpoint.clone(), store.clone(), peers.clone(), hub.clone(), identity.id());
+            let node = node.clone();
             // Each handshake runs in its own task with a deadline, so a
             // stalled one never holds up the others; at most
             // HANDSHAKES_MAX at a time (attempts past it are refused).
             let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
-            let tasks = tasks.clone();
             tokio::spawn(async move {
-                while let Some(incoming) = endpoint.accept().await {
+                while let Some(incoming) = node.endpoint.accept().await {
                     let Ok(slot) = handshakes.clone().try_acquire_owned() else {
                         incoming.refuse();
                         continue;
                     };
-                    let (store, hub, peers) = (store.clone(), hub.clone(), peers.clone());
-                    tasks.spawn(async move {
-                        let conn = match starling_net::handshake(incoming).await {
+                    let node2 = node.clone();
+                    node.tasks.spawn(async move {
+                        let node = node2;
+                        let conn = match node.endpoint.handshake(incoming).await {
                             Ok(c) => c,
                             Err(e) => return tracing::debug!("peer handshake: {e}"),
                         };
+                        if conn.joining {
+                            // The join holds its slot: a join is short and bounded by deadlines.
+                            crate::membership::welcome(&node, conn).await;
+                            drop(slot);
+                            return;
+                        }
                         drop(slot);
-                        let Some(peer) = peers.iter().find(|p| p.id == conn.peer).cloned() else { return };
-                        let end = session(conn, false, me.replica(), &peer, store, hub).await;
+                        let Some(peer) = node.book.get(&conn.peer) else { return };
+                        let end = session(conn, false, node.me.replica(), &peer, node.store.clone(), node.hub.clone()).await;
                         tracing::info!(peer = %peer.id, "session ended: {end}");
                     });
                 }
             });
         }
         // Dial the peers with a smaller id, forever, with backoff.
-        for peer in peers.iter().filter(|p| p.id < identity.id()).cloned() {
-            let (endpoint, store, hub, me) = (endpoint.clone(), store.clone(), hub.clone(), identity.id());
-            tasks.spawn(async move {
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    match endpoint.connect(peer.addr, peer.id).await {
-                        Ok(conn) => {
-                            backoff = Duration::from_millis(100);
-                            let end = session(conn, true, me.replica(), &peer, store.clone(), hub.clone()).await;
-                            tracing::info!(peer = %peer.id, "session ended: {end}");
-                        }
-                        Err(e) => tracing::warn!(peer = %peer.id, "connect: {e}"),
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            });
+        for peer in peers.iter() {
+            node.dial(peer.id);
         }
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -321,14 +308,7 @@ pub fn run(
 
 /// Serves the control socket (`starling status`, `dump`, `flag` while the
 /// node runs).
-fn control_socket(
-    data_dir: &Path,
-    store: Arc<Store>,
-    me: NodeId,
-    peers: Arc<Vec<Peer>>,
-    hub: Hub,
-    tasks: Tasks,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+fn control_socket(data_dir: &Path, node: crate::membership::Node) -> Result<tokio::task::JoinHandle<()>, String> {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let path = control::socket_path(data_dir);
@@ -343,8 +323,9 @@ fn control_socket(
         loop {
             let (stream, _) = accept_forever("control", &mut errors, || listener.accept()).await;
             let Ok(place) = open.clone().try_acquire_owned() else { continue };
-            let (store, peers, hub) = (store.clone(), peers.clone(), hub.clone());
-            tasks.spawn(async move {
+            let node2 = node.clone();
+            node.tasks.spawn(async move {
+                let node = node2;
                 let _place = place;
                 let (r, mut w) = stream.into_split();
                 let mut lines = BufReader::new(r).lines();
@@ -352,10 +333,16 @@ fn control_socket(
                     let answer = match serde_json::from_str::<control::Request>(&line) {
                         Err(e) => control::Answer { error: Some(format!("bad request: {e}")), ..Default::default() },
                         Ok(control::Request::Status) => control::Answer {
-                            status: Some(tokio::task::block_in_place(|| status(&store, me, &peers, &hub))),
+                            status: Some(tokio::task::block_in_place(|| {
+                                status(&node.store, node.me, &node.book.list(), &node.hub)
+                            })),
                             ..Default::default()
                         },
-                        Ok(req) => match tokio::task::block_in_place(|| control::answer_store(&store, &req)) {
+                        Ok(req) if req.is_membership() => match node.answer(req).await {
+                            Ok(text) => control::Answer { text: Some(text), ..Default::default() },
+                            Err(e) => control::Answer { error: Some(e), ..Default::default() },
+                        },
+                        Ok(req) => match tokio::task::block_in_place(|| control::answer_store(&node.store, &req)) {
                             Ok(text) => control::Answer { text: Some(text), ..Default::default() },
                             Err(e) => control::Answer { error: Some(e), ..Default::default() },
                         },
@@ -543,7 +530,7 @@ const WANTED_QUEUED: usize = 64;
 
 /// What the sessions of one node share.
 #[derive(Clone)]
-struct Hub {
+pub(crate) struct Hub {
     /// Accounts just committed (locally or from a peer): every link pushes.
     changes: broadcast::Sender<String>,
     /// Bumped when some peer lacked a body: every link then sweeps for
@@ -560,6 +547,14 @@ struct Hub {
 type WantedBodies = (String, Arc<Vec<(starling_model::BlobId, u64)>>);
 
 impl Hub {
+    /// Closes the connection to `id`, if any: its session ends (a peer
+    /// removed, or pinned with other accounts, which a new session takes).
+    pub(crate) fn disconnect(&self, id: &NodeId, why: &'static str) {
+        if let Some(c) = self.live().get(id).and_then(|l| l.connection.clone()) {
+            c.close(2u32.into(), why.as_bytes());
+        }
+    }
+
     /// The peer table. A session that panicked while holding it left
     /// nothing half-written that matters (counters and flags), so a
     /// poisoned lock is taken as it is rather than failing every session.
@@ -607,7 +602,7 @@ async fn read_frames(mut recv: quinn::RecvStream, budget: Arc<tokio::sync::Semap
 }
 
 /// One sync session over one connection; returns why it ended.
-async fn session(
+pub(crate) async fn session(
     conn: PeerConnection,
     dialer: bool,
     me: starling_model::ReplicaId,

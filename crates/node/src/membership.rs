@@ -1,0 +1,264 @@
+//! Who this node syncs with, changed while it runs: `peer add`, `peer
+//! remove` (a revocation), `invite` and `join` through the control socket,
+//! and nodes that come to join with an invitation. Every change goes
+//! through the [`PeerBook`] (files and the handshake's set in step), then
+//! the node acts on it here: accounts made, a dialer started, a connection
+//! closed.
+
+use crate::control::Request;
+use crate::invite::{unix_now, JoinAnswer, JoinRequest, Token, MESSAGE_MAX};
+use crate::peers::{Peer, PeerBook};
+use crate::serve::{session, Hub};
+use crate::tasks::Tasks;
+use starling_net::{NodeId, PeerConnection, PeerEndpoint};
+use starling_store::Store;
+use starling_sync::BodyPolicy;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A join's request and answer each arrive within this.
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What acting on membership needs of the running node.
+#[derive(Clone)]
+pub struct Node {
+    pub endpoint: Arc<PeerEndpoint>,
+    pub store: Arc<Store>,
+    pub(crate) hub: Hub,
+    pub book: Arc<PeerBook>,
+    pub me: NodeId,
+    pub tasks: Tasks,
+    /// Peers a dialer runs for (one each).
+    dialing: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+/// Makes the accounts `peer` syncs that this node lacks: they fill from the
+/// peers (their incarnation and password come with them).
+pub fn accounts_for(store: &Store, peer: &Peer) -> Result<(), String> {
+    for a in &peer.accounts {
+        if !store.accounts().contains(a) {
+            store.add_account(a).map_err(|e| format!("account {a}: {e}"))?;
+            tracing::info!(account = a.as_str(), "account created here: a pinned peer syncs it");
+        }
+    }
+    Ok(())
+}
+
+impl Node {
+    pub(crate) fn new(
+        endpoint: Arc<PeerEndpoint>,
+        store: Arc<Store>,
+        hub: Hub,
+        book: Arc<PeerBook>,
+        me: NodeId,
+        tasks: Tasks,
+    ) -> Node {
+        Node { endpoint, store, hub, book, me, tasks, dialing: Arc::default() }
+    }
+
+    /// Dials `id` forever, with backoff, while it stays pinned, if this node
+    /// is the one that dials it (the larger id dials, so a pair holds one
+    /// connection). At most one dialer per peer.
+    pub fn dial(&self, id: NodeId) {
+        if id >= self.me {
+            return;
+        }
+        if !self.dialing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id) {
+            return;
+        }
+        let node = self.clone();
+        self.tasks.spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            while let Some(peer) = node.book.get(&id) {
+                match node.endpoint.connect(peer.addr, peer.id).await {
+                    Ok(conn) => {
+                        backoff = Duration::from_millis(100);
+                        let end =
+                            session(conn, true, node.me.replica(), &peer, node.store.clone(), node.hub.clone()).await;
+                        tracing::info!(peer = %peer.id, "session ended: {end}");
+                    }
+                    Err(e) => tracing::warn!(peer = %peer.id, "connect: {e}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            node.dialing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            tracing::info!(peer = %id, "no longer pinned: not dialing it");
+        });
+    }
+
+    /// Pins `peer` and acts on it: its accounts made here, a dialer started,
+    /// a session with other accounts restarted.
+    fn pin(&self, peer: Peer, merge: bool) -> Result<Peer, String> {
+        let before = self.book.get(&peer.id);
+        if before.is_some() && !merge {
+            return Err(format!("peer {} is already pinned", peer.id));
+        }
+        // The accounts first: the peer may connect as soon as it is pinned,
+        // and a session starts with the accounts held then.
+        accounts_for(&self.store, &peer)?;
+        let now = self.book.pin(peer, merge)?;
+        if before.is_some_and(|b| b.accounts != now.accounts || b.addr != now.addr) {
+            self.hub.disconnect(&now.id, "pinned again");
+        }
+        self.dial(now.id);
+        Ok(now)
+    }
+
+    /// Answers a membership request of the control socket.
+    pub async fn answer(&self, req: Request) -> Result<String, String> {
+        match req {
+            Request::PeerAdd { line } => {
+                let peer = crate::peers::parse_line(1, &line)?;
+                let p = self.pin(peer, false)?;
+                Ok(format!("peer {} pinned", p.id))
+            }
+            Request::PeerRemove { node_id } => {
+                let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
+                self.book.revoke(&id)?;
+                self.hub.disconnect(&id, "removed");
+                Ok(format!("peer {id} removed and refused from now on"))
+            }
+            Request::Invite { accounts, ttl_secs, addrs } => {
+                let addrs =
+                    if addrs.is_empty() { vec![self.endpoint.local_addr().map_err(|e| e.to_string())?] } else { addrs };
+                invite(&self.store, &self.book, self.me, accounts, ttl_secs, addrs)
+            }
+            Request::Join { token } => self.join(&token).await,
+            other => Err(format!("not a membership request: {other:?}")),
+        }
+    }
+
+    /// Joins the node that made `token`: presents its secret, then pins it
+    /// for the accounts it answers with.
+    async fn join(&self, token: &str) -> Result<String, String> {
+        let t = Token::parse(token)?;
+        let host = t.node_id();
+        if host == self.me {
+            return Err("this invitation was made by this node".into());
+        }
+        if t.expires <= unix_now() {
+            return Err("the invitation expired".into());
+        }
+        let mut tried = Vec::new();
+        for addr in &t.addrs {
+            match self.ask_to_join(*addr, host, &t.secret).await {
+                Ok(accounts) => {
+                    let peer = Peer { id: host, addr: *addr, accounts, policy: BodyPolicy::full() };
+                    let p = self.pin(peer, true)?;
+                    return Ok(format!("joined {} at {addr}; syncing {}", p.id, p.accounts.join(",")));
+                }
+                Err(e) => tried.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(format!("join refused or failed: {}", tried.join("; ")))
+    }
+
+    async fn ask_to_join(&self, addr: SocketAddr, host: NodeId, secret: &[u8; 16]) -> Result<Vec<String>, String> {
+        let conn = self.endpoint.connect_to_join(addr, host).await.map_err(|e| e.to_string())?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.connection.open_bi().await.map_err(|e| e.to_string())?;
+            let req = serde_json::to_vec(&JoinRequest { secret: *secret }).expect("a request encodes");
+            send.write_all(&req).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            let bytes = recv.read_to_end(MESSAGE_MAX).await.map_err(|e| e.to_string())?;
+            serde_json::from_slice::<JoinAnswer>(&bytes).map_err(|e| format!("bad answer: {e}"))
+        };
+        let answer = tokio::time::timeout(JOIN_DEADLINE, exchange).await;
+        conn.connection.close(0u32.into(), b"joined");
+        // A node with no open invitation takes no unknown node's connection:
+        // it drops it as soon as the handshake shows who came.
+        let answer = answer.map_err(|_| "no answer in time".to_string())?.map_err(|e| {
+            format!(
+                "the node dropped the connection ({e}): it has no open invitation (this one was used, \
+                 expired or withdrawn), or it removed this node"
+            )
+        })?;
+        if let Some(why) = answer.refused {
+            return Err(format!("refused: {why}"));
+        }
+        if answer.accounts.is_empty() {
+            return Err("the answer names no account".into());
+        }
+        for a in &answer.accounts {
+            crate::invite::check_account(a)?;
+        }
+        Ok(answer.accounts)
+    }
+}
+
+/// Opens an invitation and returns its token (running node and stopped
+/// node alike). `accounts` empty: every account held here.
+pub fn invite(
+    store: &Store,
+    book: &PeerBook,
+    me: NodeId,
+    accounts: Vec<String>,
+    ttl_secs: u64,
+    addrs: Vec<SocketAddr>,
+) -> Result<String, String> {
+    if let Some(a) = addrs.iter().find(|a| a.ip().is_unspecified() || a.port() == 0) {
+        return Err(format!(
+            "the peer endpoint is {a}: give the address other nodes reach it at with --address IP:PORT"
+        ));
+    }
+    let held = store.accounts();
+    let accounts = if accounts.is_empty() {
+        held.into_iter().filter(|a| store.is_deleted(a).ok() == Some(false)).collect()
+    } else {
+        for a in &accounts {
+            if !held.contains(a) || store.is_deleted(a).ok() != Some(false) {
+                return Err(format!("no account {a:?} here"));
+            }
+        }
+        accounts
+    };
+    if accounts.is_empty() {
+        return Err("this node holds no account to invite to".into());
+    }
+    let (secret, expires) = book.invite(&accounts, ttl_secs)?;
+    Ok(Token { node: me.0, addrs, secret, expires, accounts }.encode())
+}
+
+/// Answers a node that came to join: takes its invitation's secret, pins it
+/// at the address it came from, and tells it the accounts.
+pub async fn welcome(node: &Node, conn: PeerConnection) {
+    let stranger = conn.peer;
+    let from = conn.connection.remote_address();
+    let exchange = async {
+        let (mut send, mut recv) = conn.connection.accept_bi().await.map_err(|e| e.to_string())?;
+        let bytes = recv.read_to_end(MESSAGE_MAX).await.map_err(|e| e.to_string())?;
+        let req: JoinRequest = serde_json::from_slice(&bytes).map_err(|e| format!("bad join request: {e}"))?;
+        let answer = match node.book.redeem(&stranger, &req.secret) {
+            Err(refusal) => {
+                tracing::warn!(node = %stranger, %from, "join refused: {refusal}");
+                JoinAnswer { refused: Some(refusal.to_string()), ..Default::default() }
+            }
+            Ok(accounts) => {
+                let peer = Peer { id: stranger, addr: from, accounts, policy: BodyPolicy::full() };
+                match node.pin(peer, true) {
+                    Ok(p) => {
+                        tracing::info!(node = %stranger, %from, "joined with an invitation: {}", p.accounts.join(","));
+                        println!("peer {} joined from {from}: {}", p.id, p.accounts.join(","));
+                        JoinAnswer { refused: None, accounts: p.accounts }
+                    }
+                    Err(e) => JoinAnswer { refused: Some(e), ..Default::default() },
+                }
+            }
+        };
+        let out = serde_json::to_vec(&answer).expect("an answer encodes");
+        send.write_all(&out).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        // The joining node closes once it has the answer.
+        let _ = conn.connection.closed().await;
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(JOIN_DEADLINE, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(node = %stranger, %from, "join: {e}"),
+        Err(_) => tracing::info!(node = %stranger, %from, "join: no request in time"),
+    }
+    conn.connection.close(0u32.into(), b"done");
+}
