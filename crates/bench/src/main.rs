@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod deliver;
+mod gossip;
 mod heal;
 mod imap;
 mod join;
@@ -138,6 +139,9 @@ enum What {
     /// cut off now and then) with housekeeping on or off: store size against
     /// live data, op-log length, RSS over time; then a new node joins.
     Year(year::Args),
+    /// Cluster membership by gossip on the simulated network: time to agree
+    /// and traffic against the number of nodes, then swarm seeds with faults.
+    Gossip(gossip::Args),
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -161,5 +165,6 @@ fn main() {
         What::Relay(args) => relay::run(args),
         What::RelaySync(args) => relay_sync::run(args),
         What::Year(args) => year::run(args),
+        What::Gossip(args) => gossip::run(args),
     }
 }
