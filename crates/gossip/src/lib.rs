@@ -27,8 +27,9 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-/// Largest gossip datagram, bytes (fits a QUIC datagram on any path).
-pub const DATAGRAM_MAX: usize = 1200;
+/// Largest gossip datagram, bytes: fits a QUIC datagram on any path (QUIC
+/// guarantees 1200-byte packets; its headers take some of them).
+pub const DATAGRAM_MAX: usize = 1100;
 /// Datagrams waiting to be sent at most; past it the oldest are dropped
 /// (gossip tolerates loss: what they carried is sent again).
 pub const OUT_MAX: usize = 1024;
@@ -144,11 +145,8 @@ impl Default for Settings {
 
 fn config(s: &Settings) -> foca::Config {
     let size = NonZeroU32::new(s.cluster_size.max(1)).expect("not zero");
-    let mut c = if s.probe_period > Duration::from_secs(2) {
-        foca::Config::new_wan(size)
-    } else {
-        foca::Config::new_lan(size)
-    };
+    let mut c =
+        if s.probe_period > Duration::from_secs(2) { foca::Config::new_wan(size) } else { foca::Config::new_lan(size) };
     c.max_packet_size = std::num::NonZeroUsize::new(DATAGRAM_MAX).expect("not zero");
     // A node cut off for a long time comes back: others announce to down
     // members, and they to us, often enough that a healed partition
@@ -267,7 +265,7 @@ impl Gossip {
             self.seed_rounds += 1;
             if !self.connected {
                 self.reannounce(now);
-            } else if self.seed_rounds % SEED_CHECK_ROUNDS == 0 {
+            } else if self.seed_rounds.is_multiple_of(SEED_CHECK_ROUNDS) {
                 // Seeds (pinned peers) the cluster does not list as alive:
                 // a group split off while they joined, or that rejoined
                 // unseen, is found again through them.
@@ -376,7 +374,7 @@ impl Gossip {
     fn reannounce(&mut self, now: Instant) {
         let mut to: Vec<Member> = self.seeds.iter().cloned().collect();
         to.extend(self.foca.iter_membership_state().map(|m| m.id().clone()).take(SEEDS_MAX));
-        to.sort_by(|a, b| a.node.cmp(&b.node));
+        to.sort_by_key(|m| m.node);
         to.dedup_by(|a, b| a.node == b.node);
         for m in to {
             let _ = self.foca.announce(m, &mut self.runtime);

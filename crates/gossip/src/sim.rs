@@ -122,6 +122,9 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
+/// A datagram on the wire: (due, sequence, receiver, bytes).
+type InFlight = (Duration, u64, usize, Vec<u8>);
+
 struct Node {
     gossip: Option<Gossip>,
     member: Member,
@@ -142,7 +145,7 @@ pub fn run(plan: &Plan) -> Report {
     let mut nodes: Vec<Node> = Vec::new();
     let mut report = Report::default();
     // In flight: (due, seq) -> (to, from, bytes).
-    let mut wire: BinaryHeap<Reverse<(Duration, u64, usize, Vec<u8>)>> = BinaryHeap::new();
+    let mut wire: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut partition_until: Option<Duration> = None;
     let mut last_change = Duration::ZERO;
@@ -161,7 +164,8 @@ pub fn run(plan: &Plan) -> Report {
         while nodes.len() < plan.nodes && now >= next_join {
             let i = nodes.len();
             let m = member(i, 1);
-            let mut g = Gossip::new(m.clone(), &settings, plan.seed.wrapping_mul(1000).wrapping_add(i as u64), t0 + now);
+            let mut g =
+                Gossip::new(m.clone(), &settings, plan.seed.wrapping_mul(1000).wrapping_add(i as u64), t0 + now);
             let live: Vec<usize> = (0..i).filter(|&j| nodes[j].gossip.is_some()).collect();
             if !live.is_empty() {
                 let j = if i < plan.initial { live[0] } else { live[rng.random_range(0..live.len())] };
@@ -265,7 +269,7 @@ pub fn run(plan: &Plan) -> Report {
         }
         // Safety (every 100 ms): every member listed exists with what it advertised.
         let live = live_ids(&nodes);
-        if now.as_millis() % 100 == 0 {
+        if now.as_millis().is_multiple_of(100) {
             for (i, n) in nodes.iter().enumerate() {
                 let Some(g) = &n.gossip else { continue };
                 for m in g.members() {

@@ -41,4 +41,3 @@ fn swarm_seeds_are_safe_and_converge_once_the_faults_stop() {
         assert!(r.converged_after.is_some(), "seed {seed} did not converge: {p:?} {r:?}");
     }
 }
-

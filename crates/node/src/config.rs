@@ -29,9 +29,37 @@ pub struct Config {
     pub store: StoreSection,
     #[serde(default)]
     pub durability: DurabilitySection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
     /// Pinned peers, in addition to `DATA_DIR/peers`.
     #[serde(default)]
     pub peer: Vec<PeerEntry>,
+}
+
+/// `[cluster]`: membership by gossip.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Gossip membership over the peer connections.
+    #[serde(default = "yes")]
+    pub gossip: bool,
+    /// Pin the nodes a pinned peer introduces (by gossip), for the accounts
+    /// that peer syncs with this node and the new node holds.
+    #[serde(default = "yes")]
+    pub accept_introduced: bool,
+    /// The peer address other nodes reach this node at (default: where the
+    /// peer endpoint listens, unless that is 0.0.0.0 or [::]).
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { gossip: true, accept_introduced: true, advertise: None }
+    }
 }
 
 /// `[listen]`
@@ -531,6 +559,11 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # peers = 0                    # k: pinned peers that hold a change before a client is told of it
 # wait_ms = 10000              # longest wait for them
 # when_short = "degrade"       # then: answer anyway (degrade), or LMTP 451 and withdraw (refuse)
+
+[cluster]
+# gossip = true                # membership by gossip (SWIM) over the peer connections
+# accept_introduced = true     # pin nodes a pinned peer introduces, within that peer's accounts
+# advertise = "192.0.2.7:7431" # the peer address others reach this node at (default: the listen address)
 
 [log]
 # format = "human"             # or "json"

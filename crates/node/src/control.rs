@@ -82,6 +82,9 @@ pub struct NodeStatus {
     /// Online compactions of the file since start.
     #[serde(default)]
     pub file_compactions: starling_store::FileCompactStats,
+    /// The cluster's live members as gossip sees them (this node not included).
+    #[serde(default)]
+    pub cluster: Vec<crate::cluster::MemberStatus>,
 }
 
 /// One account on this node.

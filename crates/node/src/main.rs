@@ -1,6 +1,7 @@
 //! `starling`: the node binary. It owns the command line and wires the crates
 //! together; business logic lives in the library crates.
 
+mod cluster;
 mod config;
 mod control;
 mod demo;
@@ -357,6 +358,10 @@ fn print_status(st: &control::NodeStatus) {
             println!("  {}: peer lacks {} ops, this node lacks {} ops", l.account, l.peer_lacks, l.we_lack);
         }
     }
+    println!("cluster (by gossip): {} other members alive", st.cluster.len());
+    for m in &st.cluster {
+        println!("  member {} {}: {}", m.node_id, m.addr, m.accounts.join(","));
+    }
 }
 
 /// On a store with no account, creates one with a random password (returned
@@ -465,6 +470,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
                 housekeeping: config.housekeeping(),
                 durability: config.durability(),
+                cluster: config.cluster.clone(),
             };
             serve::run(&cli.data_dir, store, id, book, settings)?;
         }

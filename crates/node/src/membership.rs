@@ -34,6 +34,11 @@ pub struct Node {
     dialing: Arc<Mutex<BTreeSet<NodeId>>>,
 }
 
+/// The accounts this node holds and has not deleted.
+pub fn held(store: &Store) -> Vec<String> {
+    store.accounts().into_iter().filter(|a| store.is_deleted(a).ok() == Some(false)).collect()
+}
+
 /// Makes the accounts `peer` syncs that this node lacks: they fill from the
 /// peers (their incarnation and password come with them).
 pub fn accounts_for(store: &Store, peer: &Peer) -> Result<(), String> {
@@ -99,12 +104,20 @@ impl Node {
         // The accounts first: the peer may connect as soon as it is pinned,
         // and a session starts with the accounts held then.
         accounts_for(&self.store, &peer)?;
+        if let Some(c) = self.hub.cluster.get() {
+            c.tell(crate::cluster::Input::Accounts(held(&self.store)));
+        }
         let now = self.book.pin(peer, merge)?;
         if before.is_some_and(|b| b.accounts != now.accounts || b.addr != now.addr) {
             self.hub.disconnect(&now.id, "pinned again");
         }
         self.dial(now.id);
         Ok(now)
+    }
+
+    /// Pins a node a peer introduced (see [`crate::cluster`]).
+    pub(crate) fn pin_introduced(&self, peer: Peer) -> Result<Peer, String> {
+        self.pin(peer, false)
     }
 
     /// Answers a membership request of the control socket.
@@ -204,12 +217,12 @@ pub fn invite(
             "the peer endpoint is {a}: give the address other nodes reach it at with --address IP:PORT"
         ));
     }
-    let held = store.accounts();
+    let held = held(store);
     let accounts = if accounts.is_empty() {
-        held.into_iter().filter(|a| store.is_deleted(a).ok() == Some(false)).collect()
+        held
     } else {
         for a in &accounts {
-            if !held.contains(a) || store.is_deleted(a).ok() != Some(false) {
+            if !held.contains(a) {
                 return Err(format!("no account {a:?} here"));
             }
         }

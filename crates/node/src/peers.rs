@@ -196,6 +196,11 @@ impl PeerBook {
         self.pinned.clone()
     }
 
+    /// Whether `id` was removed.
+    pub fn is_revoked(&self, id: &NodeId) -> bool {
+        self.state().revoked.contains(id)
+    }
+
     fn save_list(&self, list: &[Peer]) -> Result<(), String> {
         let own: Vec<Peer> = list.iter().filter(|p| !self.fixed.contains(&p.id)).cloned().collect();
         save(&self.data_dir, &own)

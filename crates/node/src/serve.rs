@@ -52,6 +52,8 @@ pub struct Settings {
     pub housekeeping: crate::config::Housekeeping,
     /// Exposure after k peers (`run` adds the pinned peers of each account).
     pub durability: starling_store::ExposurePolicy,
+    /// Gossip membership.
+    pub cluster: crate::config::ClusterSection,
 }
 
 /// The exposure policy with each account's pinned peers; warns of an
@@ -111,10 +113,22 @@ pub fn run(
             bodies_lacking: Arc::new(watch::channel(0).0),
             live: Arc::default(),
             wanted: broadcast::channel(WANTED_QUEUED).0,
+            cluster: Arc::default(),
         };
         let tasks = Tasks::default();
         let node = crate::membership::Node::new(endpoint.clone(), store.clone(), hub.clone(), book.clone(), identity.id(), tasks.clone());
         let control = control_socket(data_dir, node.clone())?;
+        let cluster = if listen.cluster.gossip {
+            let addr = listen.cluster.advertise.unwrap_or(endpoint.local_addr().map_err(|e| e.to_string())?);
+            if addr.ip().is_unspecified() {
+                tracing::warn!("the peer endpoint listens on {addr}: set [cluster] advertise so gossip can tell others where this node is");
+            }
+            let me = starling_gossip::Member::new(identity.id().0, addr, crate::membership::held(&store), unix_ms());
+            crate::cluster::start(&node, me, listen.cluster.accept_introduced)
+        } else {
+            crate::cluster::Cluster::off()
+        };
+        let _ = hub.cluster.set(cluster);
         let peers = book.list();
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
@@ -399,6 +413,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
         });
         versions.insert(a, vv);
     }
+    out.cluster = hub.cluster.get().map(|c| c.members()).unwrap_or_default();
     let live = hub.live();
     for p in peers {
         let l = live.get(&p.id);
@@ -541,6 +556,8 @@ pub(crate) struct Hub {
     /// Bodies an IMAP FETCH waits for (account, (id, size)): every link of
     /// the account asks its peer ([`starling_imap::ondemand`]).
     wanted: broadcast::Sender<WantedBodies>,
+    /// Gossip membership, once started.
+    pub(crate) cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
 }
 
 /// An account's bodies a client waits for: (id, size).
@@ -553,6 +570,11 @@ impl Hub {
         if let Some(c) = self.live().get(id).and_then(|l| l.connection.clone()) {
             c.close(2u32.into(), why.as_bytes());
         }
+    }
+
+    /// The connection to `id`, if one is up.
+    pub(crate) fn connection(&self, id: &NodeId) -> Option<quinn::Connection> {
+        self.live().get(id).and_then(|l| l.connection.clone())
     }
 
     /// The peer table. A session that panicked while holding it left
@@ -625,6 +647,16 @@ pub(crate) async fn session(
     let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES));
     let (frames_tx, mut frames) = mpsc::channel::<Inbound>(64);
     let reader = tokio::spawn(read_frames(recv, budget.clone(), frames_tx.clone()));
+    // Gossip: this peer is introduced to the membership, and its datagrams go there.
+    let gossip_reader = hub.cluster.get().cloned().map(|cluster| {
+        cluster.tell(crate::cluster::Input::Connected(peer.clone()));
+        let (c, id) = (conn.connection.clone(), peer.id);
+        tokio::spawn(async move {
+            while let Ok(d) = c.read_datagram().await {
+                cluster.tell(crate::cluster::Input::Datagram(id, d));
+            }
+        })
+    });
     let blob_conn = conn.connection.clone();
     let blob_reader = tokio::spawn(async move {
         while let Ok(uni) = blob_conn.accept_uni().await {
@@ -841,6 +873,9 @@ pub(crate) async fn session(
     }
     reader.abort();
     blob_reader.abort();
+    if let Some(g) = gossip_reader {
+        g.abort();
+    }
     blob_writer.abort();
     meta_writer.abort();
     conn.connection.close(0u32.into(), b"bye");

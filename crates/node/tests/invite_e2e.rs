@@ -37,9 +37,13 @@ fn nodes_join_by_invitation_relay_through_each_other_and_a_removed_node_is_refus
     let mut a = Node::new(root.path(), "a");
     a.import(root.path(), "a", 30);
     let (mut b, mut c) = (Node::bare(root.path(), "b"), Node::bare(root.path(), "c"));
-    a.start();
-    b.start();
-    c.start();
+    // Without gossip: only the invitations pin, so C reaches A only through B.
+    let config = root.path().join("no-gossip.toml");
+    std::fs::write(&config, "[cluster]\ngossip = false\n").unwrap();
+    let config = config.to_str().unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        n.start_with(&["--config", config], None);
+    }
 
     // B joins A with A's token: both pin each other, B fills.
     let token = invite(&a, &[]);
@@ -84,7 +88,7 @@ fn nodes_join_by_invitation_relay_through_each_other_and_a_removed_node_is_refus
     assert!(back.contains("removed from the cluster"), "{back}");
     // After A restarts, still refused; and B's changes no longer reach A.
     a.stop();
-    a.start();
+    a.start_with(&["--config", config], None);
     deliver(&b, "from-removed");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(messages(&a.dump()), 32, "a removed node's mail reached A");
@@ -121,4 +125,37 @@ fn peers_added_while_running_sync_at_once_and_an_offline_invitation_works() {
     // An invitation for an account A does not hold is refused at once.
     let no = run_fails(&a.dir, &["invite", "--accounts", "bob"]);
     assert!(no.contains("no account"), "{no}");
+}
+
+/// Nodes that joined the same member learn each other by gossip and pin
+/// each other — only for the accounts the introducer syncs with them — so
+/// they keep syncing when the member that introduced them stops.
+#[test]
+fn joined_nodes_find_each_other_by_gossip_and_go_on_without_their_introducer() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    run(&a.dir, &["account", "add", "bob"]);
+    a.import(root.path(), "a", 3);
+    let (mut b, mut c) = (Node::bare(root.path(), "b"), Node::bare(root.path(), "c"));
+    a.start();
+    b.start();
+    c.start();
+    run(&b.dir, &["join", &invite(&a, &[])]);
+    let both = run(&a.dir, &["invite", "--accounts", "alice,bob"]);
+    run(&c.dir, &["join", both.trim()]);
+    converge(&[&a, &b, &c]);
+    // B and C pin each other, told by A: for alice only (A syncs only
+    // alice with B, though C holds bob too).
+    wait_for("B pins C", || run(&b.dir, &["peer", "list"]).contains(&c.id));
+    wait_for("C pins B", || run(&c.dir, &["peer", "list"]).contains(&b.id));
+    let b_peers = run(&b.dir, &["peer", "list"]);
+    let c_line = b_peers.lines().find(|l| l.starts_with(&c.id)).unwrap();
+    assert!(c_line.ends_with(" alice"), "B pinned C beyond what A may introduce: {c_line}");
+    let status = run(&b.dir, &["status"]);
+    assert!(status.contains("cluster (by gossip): 2 other members alive"), "{status}");
+    // A stops: B and C still sync, directly.
+    a.stop();
+    deliver(&b, "without-a");
+    wait_for("C gets B's mail without A", || c.dump().contains("without-a") || messages(&c.dump()) == 4);
+    assert_eq!(messages(&c.dump()), 4);
 }
