@@ -18,6 +18,12 @@ use tokio::sync::mpsc;
 /// Gossip datagrams and announces waiting for the driver at most; past it
 /// they are dropped (gossip tolerates loss).
 const INBOX: usize = 256;
+/// First byte of a datagram: membership (foca's bytes follow), or a
+/// removal (a node id follows).
+const TAG_GOSSIP: u8 = 0;
+const TAG_REMOVED: u8 = 1;
+/// Removals sent to a peer when its session starts, at most.
+const REMOVALS_SENT: usize = 256;
 
 /// What the sessions tell the driver.
 pub enum Input {
@@ -27,6 +33,8 @@ pub enum Input {
     Connected(Peer),
     /// The accounts this node holds now (advertised anew if they changed).
     Accounts(Vec<String>),
+    /// This node removed a node (`peer remove`): tell every peer.
+    Removed(NodeId),
 }
 
 /// The membership as last seen, for `status`.
@@ -87,13 +95,29 @@ pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
                 }
                 input = rx.recv() => match input {
                     None => break,
-                    Some(Input::Datagram(peer, bytes)) => {
-                        if let Err(e) = g.handle_datagram(&bytes, Instant::now()) {
-                            tracing::debug!(peer = %peer, "gossip: {e}");
+                    Some(Input::Datagram(peer, bytes)) => match bytes.split_first() {
+                        Some((&TAG_GOSSIP, rest)) => {
+                            if let Err(e) = g.handle_datagram(rest, Instant::now()) {
+                                tracing::debug!(peer = %peer, "gossip: {e}");
+                            }
+                            from = Some(peer);
                         }
-                        from = Some(peer);
+                        Some((&TAG_REMOVED, rest)) => {
+                            if let Ok(id) = <[u8; 32]>::try_from(rest) {
+                                removed_by(&node, NodeId(id), peer);
+                            }
+                        }
+                        _ => tracing::debug!(peer = %peer, "gossip: a datagram of no known kind"),
+                    },
+                    Some(Input::Connected(peer)) => {
+                        g.announce(member_of(&peer), Instant::now());
+                        if let Some(c) = node.hub.connection(&peer.id) {
+                            for id in node.book.revoked(REMOVALS_SENT) {
+                                let _ = c.send_datagram(removal(id));
+                            }
+                        }
                     }
-                    Some(Input::Connected(peer)) => g.announce(member_of(&peer), Instant::now()),
+                    Some(Input::Removed(id)) => tell_all(&node, id),
                     Some(Input::Accounts(accounts)) => {
                         let me = g.me().clone();
                         if Member::new(me.node, me.addr, accounts.clone(), 0).accounts != me.accounts {
@@ -139,10 +163,51 @@ fn send(node: &Node, g: &mut Gossip) {
     while let Some((to, bytes)) = g.poll_transmit() {
         let conn = node.hub.connection(&NodeId(to.node));
         if let Some(c) = conn {
-            if c.max_datagram_size().is_some_and(|max| bytes.len() <= max) {
-                let _ = c.send_datagram(bytes.into());
+            let mut d = Vec::with_capacity(bytes.len() + 1);
+            d.push(TAG_GOSSIP);
+            d.extend_from_slice(&bytes);
+            if c.max_datagram_size().is_some_and(|max| d.len() <= max) {
+                let _ = c.send_datagram(d.into());
             }
         }
+    }
+}
+
+fn removal(id: NodeId) -> bytes::Bytes {
+    let mut d = Vec::with_capacity(33);
+    d.push(TAG_REMOVED);
+    d.extend_from_slice(&id.0);
+    d.into()
+}
+
+/// Tells every connected peer that `id` was removed (a datagram each; a
+/// peer that misses it hears it again when its next session starts).
+fn tell_all(node: &Node, id: NodeId) {
+    for p in node.book.list().iter() {
+        if let Some(c) = node.hub.connection(&p.id) {
+            let _ = c.send_datagram(removal(id));
+        }
+    }
+}
+
+/// `peer` says it removed `id`: this node stops syncing with `id` the
+/// accounts `peer` syncs here (a peer trusted for alice can end alice's
+/// sync with a node, not bob's); with no account left, `id` is removed
+/// here too and the news goes on to this node's peers.
+fn removed_by(node: &Node, id: NodeId, peer: NodeId) {
+    if id == node.me || id == peer {
+        return;
+    }
+    let Some(p) = node.book.get(&peer) else { return };
+    match node.book.revoke_for(&id, &p.accounts) {
+        Ok(true) => {
+            node.hub.disconnect(&id, "removed");
+            tracing::info!(node = %id, by = %peer, "removed: a peer removed it");
+            println!("peer {id} removed, as {peer} did");
+            tell_all(node, id);
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(node = %id, "passing on a removal: {e}"),
     }
 }
 

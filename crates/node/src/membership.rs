@@ -132,6 +132,9 @@ impl Node {
                 let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
                 self.book.revoke(&id)?;
                 self.hub.disconnect(&id, "removed");
+                if let Some(c) = self.hub.cluster.get() {
+                    c.tell(crate::cluster::Input::Removed(id));
+                }
                 Ok(format!("peer {id} removed and refused from now on"))
             }
             Request::Invite { accounts, ttl_secs, addrs } => {

@@ -262,6 +262,47 @@ impl PeerBook {
         Ok(())
     }
 
+    /// Node ids removed here (in id order, at most `max`).
+    pub fn revoked(&self, max: usize) -> Vec<NodeId> {
+        self.state().revoked.iter().take(max).copied().collect()
+    }
+
+    /// A removal of `id` passed on by a peer trusted for `accounts`: those
+    /// accounts are no longer synced with `id`; with none left, `id` is
+    /// removed and refused as by [`PeerBook::revoke`]. True if it was
+    /// removed by this call.
+    /// A node not pinned here is marked removed (so no peer introduces it
+    /// later); true if it was not yet.
+    pub fn revoke_for(&self, id: &NodeId, accounts: &[String]) -> Result<bool, String> {
+        let Some(p) = self.get(id) else {
+            let mut st = self.state();
+            if !st.revoked.insert(*id) {
+                return Ok(false);
+            }
+            save_revoked(&self.data_dir, &st.revoked)?;
+            return Ok(true);
+        };
+        if self.fixed.contains(id) {
+            return Ok(false);
+        }
+        let left: Vec<String> = p.accounts.iter().filter(|a| !accounts.contains(a)).cloned().collect();
+        if left.is_empty() {
+            self.revoke(id)?;
+            return Ok(true);
+        }
+        if left.len() < p.accounts.len() {
+            let mut st = self.state();
+            let list: Vec<Peer> = st
+                .list
+                .iter()
+                .map(|q| if q.id == *id { Peer { accounts: left.clone(), ..q.clone() } } else { q.clone() })
+                .collect();
+            self.save_list(&list)?;
+            st.list = Arc::new(list);
+        }
+        Ok(false)
+    }
+
     /// Opens an invitation for `accounts`; returns its secret and expiry.
     pub fn invite(&self, accounts: &[String], ttl_secs: u64) -> Result<([u8; 16], u64), String> {
         let now = unix_now();

@@ -156,6 +156,15 @@ fn joined_nodes_find_each_other_by_gossip_and_go_on_without_their_introducer() {
     // A stops: B and C still sync, directly.
     a.stop();
     deliver(&b, "without-a");
-    wait_for("C gets B's mail without A", || c.dump().contains("without-a") || messages(&c.dump()) == 4);
-    assert_eq!(messages(&c.dump()), 4);
+    wait_for("C gets B's mail without A", || messages(&c.dump()) == 4);
+    // A comes back and removes C: B, which A introduced C to, removes it
+    // too (A's news), and C's mail no longer reaches B.
+    a.start();
+    wait_for("A reconnects", || run(&a.dir, &["status"]).contains("connected, last contact"));
+    run(&a.dir, &["peer", "remove", &c.id]);
+    wait_for("B removes C", || !run(&b.dir, &["peer", "list"]).contains(&c.id));
+    deliver(&c, "from-removed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(messages(&b.dump()), 4, "a removed node's mail reached B");
+    assert!(std::fs::read_to_string(b.dir.join("revoked")).unwrap().contains(&c.id));
 }
