@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod sim;
+pub mod topology;
 
 use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
 use rand::rngs::SmallRng;

@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A session that lasted this long resets the dialer's backoff.
+const SESSION_HELD: Duration = Duration::from_secs(10);
+
 /// A join's request and answer each arrive within this.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -79,10 +82,16 @@ impl Node {
             while let Some(peer) = node.book.get(&id) {
                 match node.endpoint.connect(peer.addr, peer.id).await {
                     Ok(conn) => {
-                        backoff = Duration::from_millis(100);
+                        let started = std::time::Instant::now();
                         let end =
                             session(conn, true, node.me.replica(), &peer, node.store.clone(), node.hub.clone()).await;
                         tracing::info!(peer = %peer.id, "session ended: {end}");
+                        // A session that ended at once (the peer removed
+                        // this node and closes every connection) backs off
+                        // like a failed dial rather than redialing at once.
+                        if started.elapsed() >= SESSION_HELD {
+                            backoff = Duration::from_millis(100);
+                        }
                     }
                     Err(e) => tracing::warn!(peer = %peer.id, "connect: {e}"),
                 }

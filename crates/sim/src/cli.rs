@@ -27,6 +27,11 @@ pub struct SimArgs {
     /// into this directory.
     #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// Also run the cluster-size sweep (3 to 50 nodes, full mesh against a
+    /// bounded fan-out; churn and a partition) and write its plots and
+    /// table into this directory.
+    #[arg(long)]
+    pub cluster_plots: Option<PathBuf>,
 }
 
 fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
@@ -46,7 +51,14 @@ fn default_scenarios() -> Result<Vec<PathBuf>, String> {
 
 /// Runs the command; `Ok(false)` when some seed failed.
 pub fn main(args: SimArgs) -> Result<bool, String> {
-    let files = if args.scenarios.is_empty() { default_scenarios()? } else { args.scenarios.clone() };
+    // The cluster sweep alone, unless scenario files are named too.
+    let files = if !args.scenarios.is_empty() {
+        args.scenarios.clone()
+    } else if args.cluster_plots.is_some() {
+        Vec::new()
+    } else {
+        default_scenarios()?
+    };
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut all_ok = true;
     let mut summaries = Vec::new();
@@ -99,6 +111,9 @@ pub fn main(args: SimArgs) -> Result<bool, String> {
             std::fs::write(path, &table).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
+    if let Some(dir) = &args.cluster_plots {
+        all_ok &= cluster_plots(dir, args.seeds.clone(), threads)?;
+    }
     if let Some(dir) = &args.plots {
         all_ok &= plots(dir, args.seeds.clone(), threads)?;
     }
@@ -117,6 +132,77 @@ fn split_scenario(nodes: usize, split_hours: f64) -> Scenario {
         rest.join(",")
     ))
     .expect("built-in scenario")
+}
+
+/// Sessions per node in the bounded topology of the cluster sweep.
+pub const SWEEP_FANOUT: usize = 6;
+
+/// `nodes` nodes (full mesh with `fanout` 0) for an hour of mail: one node
+/// down at a time for 8 minutes in every 10 for most of it, and the cluster
+/// split in halves for its second half (the link back when clients stop).
+pub fn cluster_scenario(nodes: usize, fanout: usize) -> Scenario {
+    let half: Vec<String> = (0..nodes / 2).map(|i| i.to_string()).collect();
+    let rest: Vec<String> = (nodes / 2..nodes).map(|i| i.to_string()).collect();
+    Scenario::parse(&format!(
+        "name = 'cluster-{nodes}-nodes-{}'\nnodes = {nodes}\nhours = 1\nfanout = {fanout}\n\
+         [network]\ndelay_ms = [1, 40]\nloss = 0.01\n[workload]\nactions_per_node_hour = 10\n\
+         [[events]]\nat_hours = 0.1\ndo = 'rolling_crashes'\nevery_minutes = 10\ndown_minutes = 8\nuntil_hours = 0.9\n\
+         [[events]]\nat_hours = 0.5\ndo = 'partition'\ngroups = [[{}], [{}]]\n",
+        if fanout == 0 { "mesh".to_string() } else { format!("fanout-{fanout}") },
+        half.join(","),
+        rest.join(",")
+    ))
+    .expect("built-in scenario")
+}
+
+/// The cluster-size sweep: convergence after the heal, and frame bytes per
+/// op, against the node count, full mesh against a fan-out of
+/// [`SWEEP_FANOUT`].
+fn cluster_plots(dir: &Path, seeds: std::ops::Range<u64>, threads: usize) -> Result<bool, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut ok = true;
+    let mut rows = Vec::new();
+    let (mut conv, mut cost) = (Vec::new(), Vec::new());
+    for fanout in [0, SWEEP_FANOUT] {
+        let (mut c, mut b) = (Vec::new(), Vec::new());
+        for nodes in [3, 7, 20, 50] {
+            let sc = cluster_scenario(nodes, fanout);
+            let (reports, wall) = sweep(&sc, seeds.clone(), threads, &|_| {});
+            let s = summarize(&sc.name, &reports, wall);
+            ok &= s.failures.is_empty();
+            c.push((nodes as f64, s.converge_ms.0 as f64 / 1000.0));
+            b.push((nodes as f64, s.bytes as f64 / (s.ops.max(1) as f64 / s.seeds.max(1) as f64)));
+            println!("{}: {} failed, {:.0} s wall", sc.name, s.failures.len(), s.wall_secs);
+            rows.push(s);
+        }
+        let name = if fanout == 0 { "full mesh".to_string() } else { format!("fan-out {fanout}") };
+        conv.push((name.clone(), c));
+        cost.push((name, b));
+    }
+    line_chart(
+        &dir.join("cluster-convergence-vs-nodes.svg"),
+        "Convergence after the heal (churn, then a split in halves)",
+        "nodes",
+        "median simulated seconds",
+        &conv,
+    )?;
+    line_chart(
+        &dir.join("cluster-bytes-per-change-vs-nodes.svg"),
+        "Frame bytes sent per op authored",
+        "nodes",
+        "bytes per op (median run)",
+        &cost,
+    )?;
+    let mut table = markdown(&rows);
+    table.push_str("\n| topology | nodes | frame bytes per op (median run) |\n|---|---|---|\n");
+    for (name, pts) in &cost {
+        for (n, b) in pts {
+            table.push_str(&format!("| {name} | {n} | {b:.0} |\n"));
+        }
+    }
+    std::fs::write(dir.join("cluster-sweep.md"), &table).map_err(|e| e.to_string())?;
+    println!("\nCluster sweep ({} seeds each):\n\n{table}", seeds.end - seeds.start);
+    Ok(ok)
 }
 
 /// The parameter sweeps behind the plots: UID churn against partition

@@ -11,7 +11,7 @@ use std::path::Path;
 pub struct Scenario {
     /// Shown in reports.
     pub name: String,
-    /// Number of nodes (2–16).
+    /// Number of nodes (2–64).
     pub nodes: usize,
     /// How long clients act, in simulated hours; then every fault heals.
     pub hours: f64,
@@ -55,7 +55,15 @@ pub struct Scenario {
     /// (`[durability] wait_ms`).
     #[serde(default = "durability_wait_ms")]
     pub durability_wait_ms: u64,
+    /// Sessions per node: 0 for a full mesh (every pair of nodes holds a
+    /// session), else each node holds sessions with at most this many
+    /// others (a ring with chords, see [`linked`]) and changes reach the
+    /// rest by relaying.
+    #[serde(default)]
+    pub fanout: usize,
 }
+
+pub use starling_gossip::topology::linked;
 
 fn durability_wait_ms() -> u64 {
     10_000
@@ -335,8 +343,8 @@ impl Scenario {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(2..=16).contains(&self.nodes) {
-            return Err(format!("nodes = {}: must be 2 to 16", self.nodes));
+        if !(2..=64).contains(&self.nodes) {
+            return Err(format!("nodes = {}: must be 2 to 64", self.nodes));
         }
         if !(positive(self.hours) && self.hours <= 24.0 * 366.0) {
             return Err(format!("hours = {}: must be above 0 and at most a year", self.hours));
@@ -505,6 +513,37 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fanout_bounds_each_nodes_sessions_and_keeps_every_node_in_reach() {
+        for n in 2..=64 {
+            for fanout in [0, 2, 4, 6, 8] {
+                let degree = |a: usize| (0..n).filter(|&b| linked(fanout, n, a, b)).count();
+                let bound = if fanout == 0 { n - 1 } else { fanout };
+                assert!((0..n).all(|a| degree(a) <= bound), "n {n} fanout {fanout}");
+                assert!((0..n).all(|a| (0..n).all(|b| linked(fanout, n, a, b) == linked(fanout, n, b, a))));
+                // Connected, within about log2(n) hops.
+                let mut hops = vec![usize::MAX; n];
+                hops[0] = 0;
+                let mut frontier = vec![0];
+                while let Some(a) = frontier.pop() {
+                    for b in 0..n {
+                        if linked(fanout, n, a, b) && hops[b] > hops[a] + 1 {
+                            hops[b] = hops[a] + 1;
+                            frontier.push(b);
+                        }
+                    }
+                }
+                let far = *hops.iter().max().unwrap();
+                assert!(far != usize::MAX, "n {n} fanout {fanout}: not connected");
+                // Steps 1, 2, …, 2^(fanout/2 - 1): hops about n / 2^(fanout/2) + fanout/2.
+                if fanout > 0 {
+                    let reach = 1usize << (fanout / 2);
+                    assert!(far <= n / reach + fanout, "n {n} fanout {fanout}: {far} hops");
+                }
+            }
+        }
+    }
 
     #[test]
     fn bad_scenarios_name_the_problem() {

@@ -780,7 +780,12 @@ impl World {
     }
 
     fn connect(&mut self, a: usize, b: usize) -> Result<(), String> {
-        if !self.up(a) || !self.up(b) || !self.reach[a][b] || self.nodes[a].conns.contains_key(&b) {
+        if !self.up(a)
+            || !self.up(b)
+            || !self.reach[a][b]
+            || self.nodes[a].conns.contains_key(&b)
+            || !crate::scenario::linked(self.sc.fanout, self.nodes.len(), a, b)
+        {
             return Ok(());
         }
         self.next_conn += 1;
