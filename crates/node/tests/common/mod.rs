@@ -212,6 +212,27 @@ impl Node {
                 });
             }
         }
+        self.launch(cmd);
+    }
+
+    /// Starts the node in the network namespace `netns` (`ip netns exec`,
+    /// which execs, so the child's pid is the node's), its peer endpoint on
+    /// `peer_listen` (an address of that namespace), LMTP and IMAP on the
+    /// namespace's loopback. `self.port` is not used.
+    pub fn start_in_netns(&mut self, netns: &str, peer_listen: &str) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, BIN, "--data-dir"])
+            .arg(&self.dir)
+            .args(["serve", "--peer-listen", peer_listen, "--lmtp-listen", "127.0.0.1:0"])
+            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::options().create(true).append(true).open(self.dir.with_extension("log")).unwrap());
+        self.launch(cmd);
+    }
+
+    /// Spawns `cmd` (a `serve` with piped stdout) and follows what it
+    /// prints, until it listens for peers.
+    fn launch(&mut self, mut cmd: Command) {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (lmtp, imap, imaps) = (self.lmtp.clone(), self.imap.clone(), self.imaps.clone());
