@@ -50,6 +50,8 @@ pub struct MemberStatus {
 pub struct Cluster {
     inbox: mpsc::Sender<Input>,
     members: Arc<Mutex<Vec<MemberStatus>>>,
+    /// Members the cluster declared down (and not seen up since).
+    down: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
 }
 
 impl Cluster {
@@ -63,9 +65,14 @@ impl Cluster {
         self.members.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Members the cluster declared down and not seen up since.
+    pub fn down(&self) -> std::collections::BTreeSet<NodeId> {
+        self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// A cluster that gossips nothing (`[cluster] gossip = false`).
     pub fn off() -> Cluster {
-        Cluster { inbox: mpsc::channel(1).0, members: Arc::default() }
+        Cluster { inbox: mpsc::channel(1).0, members: Arc::default(), down: Arc::default() }
     }
 }
 
@@ -80,7 +87,8 @@ fn member_of(p: &Peer) -> Member {
 pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
     let (inbox, mut rx) = mpsc::channel::<Input>(INBOX);
     let members: Arc<Mutex<Vec<MemberStatus>>> = Arc::default();
-    let cluster = Cluster { inbox, members: members.clone() };
+    let down: Arc<Mutex<std::collections::BTreeSet<NodeId>>> = Arc::default();
+    let cluster = Cluster { inbox, members: members.clone(), down: down.clone() };
     let node = node.clone();
     let settings = Settings::default();
     let seed = u64::from_le_bytes(me.node[..8].try_into().expect("8 bytes")) ^ me.generation;
@@ -132,11 +140,15 @@ pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
                 changed = true;
                 match e {
                     Event::Up(m) => {
+                        down.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&NodeId(m.node));
                         if let (Some(p), true) = (from, accept) {
                             introduced(&node, &m, p);
                         }
                     }
-                    Event::Down(m) => tracing::info!(node = %NodeId(m.node), "gossip: member down"),
+                    Event::Down(m) => {
+                        tracing::info!(node = %NodeId(m.node), "gossip: member down");
+                        down.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(NodeId(m.node));
+                    }
                     _ => {}
                 }
             }

@@ -50,6 +50,18 @@ pub struct ClusterSection {
     /// The peer address other nodes reach this node at (default: where the
     /// peer endpoint listens, unless that is 0.0.0.0 or [::]).
     pub advertise: Option<std::net::SocketAddr>,
+    /// Sync sessions per node at most, per account (0: one with every
+    /// pinned peer); the other pinned peers get a connection for gossip
+    /// only, and changes reach them through the others.
+    #[serde(default = "fanout")]
+    pub fanout: usize,
+}
+
+/// Default of `[cluster] fanout`.
+pub const FANOUT: usize = 8;
+
+fn fanout() -> usize {
+    FANOUT
 }
 
 fn yes() -> bool {
@@ -58,7 +70,7 @@ fn yes() -> bool {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { gossip: true, accept_introduced: true, advertise: None }
+        ClusterSection { gossip: true, accept_introduced: true, advertise: None, fanout: FANOUT }
     }
 }
 
@@ -564,6 +576,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # gossip = true                # membership by gossip (SWIM) over the peer connections
 # accept_introduced = true     # pin nodes a pinned peer introduces, within that peer's accounts
 # advertise = "192.0.2.7:7431" # the peer address others reach this node at (default: the listen address)
+# fanout = 8                   # sync sessions per node and account at most (0: every pinned peer)
 
 [log]
 # format = "human"             # or "json"

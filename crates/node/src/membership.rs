@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How often the fan-out is worked out again.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(2);
+
 /// A session that lasted this long resets the dialer's backoff.
 const SESSION_HELD: Duration = Duration::from_secs(10);
 
@@ -35,6 +38,12 @@ pub struct Node {
     pub tasks: Tasks,
     /// Peers a dialer runs for (one each).
     dialing: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// Sessions per node at most (`[cluster] fanout`; 0: every pinned peer).
+    fanout: usize,
+    /// The peers this node holds sync sessions with now (its fan-out,
+    /// recomputed by [`Node::keep_topology`]); the others get a connection
+    /// for gossip only.
+    chosen: Arc<std::sync::RwLock<BTreeSet<NodeId>>>,
 }
 
 /// The accounts this node holds and has not deleted.
@@ -62,8 +71,67 @@ impl Node {
         book: Arc<PeerBook>,
         me: NodeId,
         tasks: Tasks,
+        fanout: usize,
     ) -> Node {
-        Node { endpoint, store, hub, book, me, tasks, dialing: Arc::default() }
+        let node =
+            Node { endpoint, store, hub, book, me, tasks, dialing: Arc::default(), fanout, chosen: Arc::default() };
+        node.choose();
+        node
+    }
+
+    /// Whether this node wants a sync session with `id` now.
+    pub fn wants_session(&self, id: &NodeId) -> bool {
+        self.fanout == 0 || self.chosen.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(id)
+    }
+
+    /// Works out the fan-out: for each account held here, its replicas
+    /// (this node and the pinned peers of the account the cluster has not
+    /// declared down) in node-id order on a ring, and this node's
+    /// neighbours on it ([`starling_gossip::topology`]); the union over
+    /// the accounts. Every node of an account computes the same ring from
+    /// the same membership, so both ends of a link agree.
+    fn choose(&self) {
+        if self.fanout == 0 {
+            return;
+        }
+        let down = self.hub.cluster.get().map(|c| c.down()).unwrap_or_default();
+        let peers = self.book.list();
+        let mut chosen = BTreeSet::new();
+        for account in held(&self.store) {
+            let mut ring: Vec<NodeId> =
+                peers.iter().filter(|p| p.accounts.contains(&account) && !down.contains(&p.id)).map(|p| p.id).collect();
+            ring.push(self.me);
+            ring.sort();
+            ring.dedup();
+            let me = ring.binary_search(&self.me).expect("this node is on its ring");
+            chosen.extend(starling_gossip::topology::neighbours(self.fanout, ring.len(), me).map(|i| ring[i]));
+        }
+        *self.chosen.write().unwrap_or_else(std::sync::PoisonError::into_inner) = chosen;
+    }
+
+    /// Keeps the fan-out up to date (membership changes, peers pinned and
+    /// removed): every [`TOPOLOGY_EVERY`], recomputes it and ends the
+    /// sessions this node dialed that it no longer wants (their
+    /// connections come back for gossip only). Sessions the other end
+    /// dialed are its to end.
+    pub fn keep_topology(&self) {
+        if self.fanout == 0 {
+            return;
+        }
+        let node = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(TOPOLOGY_EVERY).await;
+                node.choose();
+                let sessions: Vec<NodeId> = node.hub.sessions();
+                for id in sessions {
+                    if id < node.me && !node.wants_session(&id) {
+                        tracing::info!(peer = %id, "no longer a neighbour: session ended, gossip goes on");
+                        node.hub.disconnect(&id, "fan-out");
+                    }
+                }
+            }
+        });
     }
 
     /// Dials `id` forever, with backoff, while it stays pinned, if this node
@@ -83,8 +151,20 @@ impl Node {
                 match node.endpoint.connect(peer.addr, peer.id).await {
                     Ok(conn) => {
                         let started = std::time::Instant::now();
-                        let end =
-                            session(conn, true, node.me.replica(), &peer, node.store.clone(), node.hub.clone()).await;
+                        let _attached = node.hub.attach(&conn.connection, &peer);
+                        // Gossip only until this node wants a session with
+                        // the peer (its fan-out), then the session on the
+                        // same connection.
+                        while !node.wants_session(&id) && conn.connection.close_reason().is_none() {
+                            tokio::time::sleep(TOPOLOGY_EVERY).await;
+                        }
+                        let end = match conn.connection.close_reason() {
+                            Some(why) => why.to_string(),
+                            None => {
+                                session(conn, true, node.me.replica(), &peer, node.store.clone(), node.hub.clone())
+                                    .await
+                            }
+                        };
                         tracing::info!(peer = %peer.id, "session ended: {end}");
                         // A session that ended at once (the peer removed
                         // this node and closes every connection) backs off

@@ -114,9 +114,18 @@ pub fn run(
             live: Arc::default(),
             wanted: broadcast::channel(WANTED_QUEUED).0,
             cluster: Arc::default(),
+            links: Arc::default(),
         };
         let tasks = Tasks::default();
-        let node = crate::membership::Node::new(endpoint.clone(), store.clone(), hub.clone(), book.clone(), identity.id(), tasks.clone());
+        let node = crate::membership::Node::new(
+            endpoint.clone(),
+            store.clone(),
+            hub.clone(),
+            book.clone(),
+            identity.id(),
+            tasks.clone(),
+            listen.cluster.fanout,
+        );
         let control = control_socket(data_dir, node.clone())?;
         let cluster = if listen.cluster.gossip {
             let addr = listen.cluster.advertise.unwrap_or(endpoint.local_addr().map_err(|e| e.to_string())?);
@@ -285,6 +294,10 @@ pub fn run(
                         }
                         drop(slot);
                         let Some(peer) = node.book.get(&conn.peer) else { return };
+                        // The dialer opens the session's stream when it wants
+                        // one (its fan-out); until then the connection
+                        // carries gossip only.
+                        let _attached = node.hub.attach(&conn.connection, &peer);
                         let end = session(conn, false, node.me.replica(), &peer, node.store.clone(), node.hub.clone()).await;
                         tracing::info!(peer = %peer.id, "session ended: {end}");
                     });
@@ -295,6 +308,7 @@ pub fn run(
         for peer in peers.iter() {
             node.dial(peer.id);
         }
+        node.keep_topology();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
         tokio::select! {
@@ -558,23 +572,69 @@ pub(crate) struct Hub {
     wanted: broadcast::Sender<WantedBodies>,
     /// Gossip membership, once started.
     pub(crate) cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
+    /// Every open connection to a peer, with a sync session or only
+    /// gossip (what membership datagrams travel on).
+    links: Arc<Mutex<BTreeMap<NodeId, quinn::Connection>>>,
+}
+
+/// A connection to a peer registered for gossip while it lives: its
+/// datagrams go to the membership, and the membership's to it.
+pub(crate) struct Attached {
+    hub: Hub,
+    peer: NodeId,
+    stable_id: usize,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Hub {
+    /// Registers `conn` to `peer` (see [`Attached`]).
+    pub(crate) fn attach(&self, conn: &quinn::Connection, peer: &Peer) -> Attached {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, conn.clone());
+        let reader = self.cluster.get().cloned().map(|cluster| {
+            cluster.tell(crate::cluster::Input::Connected(peer.clone()));
+            let (c, id) = (conn.clone(), peer.id);
+            tokio::spawn(async move {
+                while let Ok(d) = c.read_datagram().await {
+                    cluster.tell(crate::cluster::Input::Datagram(id, d));
+                }
+            })
+        });
+        Attached { hub: self.clone(), peer: peer.id, stable_id: conn.stable_id(), reader }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+        let mut links = self.hub.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(&self.peer).is_some_and(|c| c.stable_id() == self.stable_id) {
+            links.remove(&self.peer);
+        }
+    }
 }
 
 /// An account's bodies a client waits for: (id, size).
 type WantedBodies = (String, Arc<Vec<(starling_model::BlobId, u64)>>);
 
 impl Hub {
+    /// Peers with a sync session now.
+    pub(crate) fn sessions(&self) -> Vec<NodeId> {
+        self.live().iter().filter(|(_, l)| l.connected).map(|(id, _)| *id).collect()
+    }
+
     /// Closes the connection to `id`, if any: its session ends (a peer
     /// removed, or pinned with other accounts, which a new session takes).
     pub(crate) fn disconnect(&self, id: &NodeId, why: &'static str) {
-        if let Some(c) = self.live().get(id).and_then(|l| l.connection.clone()) {
+        if let Some(c) = self.connection(id) {
             c.close(2u32.into(), why.as_bytes());
         }
     }
 
-    /// The connection to `id`, if one is up.
+    /// The open connection to `id`, if any (a sync session or only gossip).
     pub(crate) fn connection(&self, id: &NodeId) -> Option<quinn::Connection> {
-        self.live().get(id).and_then(|l| l.connection.clone())
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// The peer table. A session that panicked while holding it left
@@ -647,16 +707,6 @@ pub(crate) async fn session(
     let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES));
     let (frames_tx, mut frames) = mpsc::channel::<Inbound>(64);
     let reader = tokio::spawn(read_frames(recv, budget.clone(), frames_tx.clone()));
-    // Gossip: this peer is introduced to the membership, and its datagrams go there.
-    let gossip_reader = hub.cluster.get().cloned().map(|cluster| {
-        cluster.tell(crate::cluster::Input::Connected(peer.clone()));
-        let (c, id) = (conn.connection.clone(), peer.id);
-        tokio::spawn(async move {
-            while let Ok(d) = c.read_datagram().await {
-                cluster.tell(crate::cluster::Input::Datagram(id, d));
-            }
-        })
-    });
     let blob_conn = conn.connection.clone();
     let blob_reader = tokio::spawn(async move {
         while let Ok(uni) = blob_conn.accept_uni().await {
@@ -873,9 +923,6 @@ pub(crate) async fn session(
     }
     reader.abort();
     blob_reader.abort();
-    if let Some(g) = gossip_reader {
-        g.abort();
-    }
     blob_writer.abort();
     meta_writer.abort();
     conn.connection.close(0u32.into(), b"bye");
