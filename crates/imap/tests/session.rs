@@ -1540,8 +1540,24 @@ fn sort_and_thread_read_no_body() {
 fn tricky_message() -> impl Strategy<Value = String> {
     let subject = prop::collection::vec(
         prop::sample::select(vec![
-            "Re: ", "RE :", "Fwd: ", "fw: ", "[list] ", "(fwd)", " ", "\t", "apples", "Apples", "=?utf-8?q?caf=C3=A9?= ",
-            "[fwd: ", "]", "é", "\r\n ", "re[2]: ", "[]", "banana ",
+            "Re: ",
+            "RE :",
+            "Fwd: ",
+            "fw: ",
+            "[list] ",
+            "(fwd)",
+            " ",
+            "\t",
+            "apples",
+            "Apples",
+            "=?utf-8?q?caf=C3=A9?= ",
+            "[fwd: ",
+            "]",
+            "é",
+            "\r\n ",
+            "re[2]: ",
+            "[]",
+            "banana ",
         ]),
         0..6,
     )
@@ -1592,7 +1608,10 @@ fn tricky_message() -> impl Strategy<Value = String> {
             line("Cc", cc.map(str::to_string));
             line("Date", date.map(str::to_string));
             line("Message-ID", mid.map(|m| format!("<{m}>")));
-            line("References", (!refs.is_empty()).then(|| refs.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" ")));
+            line(
+                "References",
+                (!refs.is_empty()).then(|| refs.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" ")),
+            );
             line("In-Reply-To", reply_to.map(|r| format!("<{r}> (comment)")));
             let msg = format!("{h}\r\nbody\r\n");
             if lf {

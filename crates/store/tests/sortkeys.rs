@@ -7,10 +7,10 @@
 
 mod common;
 
+use redb::ReadableDatabase;
 use starling_model::{BlobId, ReplicaId, INBOX};
 use starling_store::memdisk::MemDisk;
 use starling_store::{SortKeys, Store, StoreOptions};
-use redb::ReadableDatabase;
 use std::path::Path;
 
 const KEYS: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("sort_keys");
@@ -106,9 +106,7 @@ fn collected_bodies_take_their_keys_with_them() {
     let s = open(&dir.path().join("s.redb"));
     s.add_account("t").unwrap();
     let (keep, go) = (message(1), message(2));
-    let ids = s
-        .write("t", |b| Ok(vec![b.append(INBOX, &keep, 1, vec![])?, b.append(INBOX, &go, 2, vec![])?]))
-        .unwrap();
+    let ids = s.write("t", |b| Ok(vec![b.append(INBOX, &keep, 1, vec![])?, b.append(INBOX, &go, 2, vec![])?])).unwrap();
     s.write("t", |b| Ok(b.replica().expunge(&[ids[1]])?)).unwrap();
     common::housekeep(&s);
     assert_eq!(s.blob(BlobId::of(&go)).unwrap(), None, "collected");
@@ -121,7 +119,10 @@ fn collected_bodies_take_their_keys_with_them() {
 fn to_format_7(db: &redb::Database) {
     let w = db.begin_write().unwrap();
     w.delete_table(KEYS).unwrap();
-    w.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta")).unwrap().insert("version", [7u8].as_slice()).unwrap();
+    w.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap()
+        .insert("version", [7u8].as_slice())
+        .unwrap();
     w.commit().unwrap();
 }
 
