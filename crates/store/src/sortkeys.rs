@@ -33,7 +33,7 @@
 use crate::header;
 use crate::*;
 use blob::{BodyRecord, Piece};
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 /// Body id → [`SortKeys::encode`] of its keys.
@@ -54,6 +54,10 @@ pub const REFERENCES_MAX: usize = 64;
 /// Largest encoded record ([`SortKeys::encode`]) the caps allow.
 pub const RECORD_BYTES_MAX: usize =
     1 + 11 + (SUBJECT_BYTES_MAX + 2) + 1 + 3 * (MAILBOX_BYTES_MAX + 2) + 17 + 2 + REFERENCES_MAX * 16;
+
+/// Bodies asked for at once above which [`Reader::sort_keys`] may walk
+/// the table in order rather than look each up.
+const SCAN_MIN: usize = 1024;
 
 /// The record's version byte (the first byte of every stored record).
 const RECORD_VERSION: u8 = 1;
@@ -153,19 +157,71 @@ impl SortKeys {
 
     /// Reverses [`SortKeys::encode`], checking the version and the caps.
     pub fn decode(bytes: &[u8]) -> Result<SortKeys, String> {
+        SortKeys::decode_wanted(bytes, Wanted::ALL)
+    }
+
+    /// [`SortKeys::decode`] of the keys `wanted` only (the others empty):
+    /// the record is read in place and only those are copied out.
+    pub fn decode_wanted(bytes: &[u8], wanted: Wanted) -> Result<SortKeys, String> {
         if bytes.len() > RECORD_BYTES_MAX {
             return Err(format!("{} bytes", bytes.len()));
         }
         match bytes.split_first() {
             Some((&RECORD_VERSION, rest)) => {
-                let keys: SortKeys = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
-                keys.check()?;
-                Ok(keys)
+                let v: Stored<'_> = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                if v.subject.len() > SUBJECT_BYTES_MAX
+                    || [v.from, v.to, v.cc].iter().any(|m| m.len() > MAILBOX_BYTES_MAX)
+                    || v.references.len() > REFERENCES_MAX
+                {
+                    return Err("a key over its cap".into());
+                }
+                let (addresses, threading) = (wanted.addresses, wanted.threading);
+                Ok(SortKeys {
+                    sent: v.sent,
+                    subject: if wanted.subject { v.subject.to_string() } else { String::new() },
+                    reply: v.reply,
+                    from: if addresses { v.from.to_vec() } else { Vec::new() },
+                    to: if addresses { v.to.to_vec() } else { Vec::new() },
+                    cc: if addresses { v.cc.to_vec() } else { Vec::new() },
+                    message_id: v.message_id.filter(|_| threading),
+                    references: if threading { v.references } else { Vec::new() },
+                })
             }
             Some((v, _)) => Err(format!("unknown sort keys version {v}")),
             None => Err("empty sort keys record".into()),
         }
     }
+}
+
+/// A stored record read in place ([`SortKeys::decode_wanted`]): the same
+/// postcard layout as [`SortKeys`], its strings borrowed.
+#[derive(Deserialize)]
+struct Stored<'a> {
+    sent: Option<i64>,
+    subject: &'a str,
+    reply: bool,
+    from: &'a [u8],
+    to: &'a [u8],
+    cc: &'a [u8],
+    message_id: Option<IdHash>,
+    references: Vec<IdHash>,
+}
+
+/// Which keys a caller wants decoded ([`Reader::sort_keys`]); the date
+/// and the reply mark always come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// The base subject.
+    pub subject: bool,
+    /// The From, To and Cc mailboxes.
+    pub addresses: bool,
+    /// The Message-ID and References.
+    pub threading: bool,
+}
+
+impl Wanted {
+    /// Every key.
+    pub const ALL: Wanted = Wanted { subject: true, addresses: true, threading: true };
 }
 
 fn starts_ci(s: &[u8], prefix: &[u8]) -> bool {
@@ -411,25 +467,61 @@ pub(crate) fn check(r: &redb::ReadTransaction) -> Result<Vec<String>, StoreError
 }
 
 impl Reader {
-    /// The stored sort keys of the bodies `ids`, in order; `None` for a
+    /// The stored sort keys of the bodies `ids`, in order (those `wanted`;
+    /// the others empty); `None` for a
     /// body not stored here, or one this reader's account has not got (as
     /// [`Reader::body`] treats it: see `crate::refs`). One pass over the
     /// tables, not one opening per body.
-    pub fn sort_keys(&self, ids: &[BlobId]) -> Result<Vec<Option<SortKeys>>, StoreError> {
+    pub fn sort_keys(&self, ids: &[BlobId], wanted: Wanted) -> Result<Vec<Option<SortKeys>>, StoreError> {
         self.guard(|| {
             let Some(keys) = self.table(SORT_KEYS)? else { return Ok(vec![None; ids.len()]) };
-            let missing = if self.account != 0 { self.table(crate::backend::MISSING)? } else { None };
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let lacks = match &missing {
-                    Some(t) => t.get((self.account, id.0)).map_err(st)?.is_some(),
-                    None => false,
-                };
-                let found = if lacks { None } else { keys.get(&id.0).map_err(st)? };
-                out.push(match found {
-                    Some(g) => Some(SortKeys::decode(g.value()).map_err(|e| damaged("sort keys", e))?),
-                    None => None,
-                });
+            let missing = match self.table(crate::backend::MISSING)? {
+                // An account that lacks no body (the common case, a full
+                // replica): no lookup per body.
+                Some(t) if self.account != 0 => {
+                    let range = (self.account, [0u8; 32])..=(self.account, [0xff; 32]);
+                    let lacks_some = t.range(range).map_err(st)?.next().is_some();
+                    lacks_some.then_some(t)
+                }
+                _ => None,
+            };
+            let lacks = |id: &BlobId| -> Result<bool, StoreError> {
+                match &missing {
+                    Some(t) => Ok(t.get((self.account, id.0)).map_err(st)?.is_some()),
+                    None => Ok(false),
+                }
+            };
+            let decode = |bytes: &[u8]| SortKeys::decode_wanted(bytes, wanted).map_err(|e| damaged("sort keys", e));
+            let mut out = vec![None; ids.len()];
+            // Asked for a good share of the table (a SORT of a large
+            // mailbox): one ordered walk of it, in id order, instead of a
+            // lookup from the root per body — the same rows, read in the
+            // order they lie.
+            if ids.len() >= SCAN_MIN && ids.len() as u64 * 4 >= keys.len().map_err(st)? {
+                let mut order: Vec<usize> = (0..ids.len()).collect();
+                order.sort_unstable_by_key(|&i| ids[i].0);
+                let (first, last) = (&ids[order[0]].0, &ids[order[order.len() - 1]].0);
+                let mut rows = keys.range::<&[u8; 32]>(first..=last).map_err(st)?;
+                let mut row = rows.next().transpose().map_err(st)?;
+                for i in order {
+                    while row.as_ref().is_some_and(|(k, _)| k.value() < &ids[i].0) {
+                        row = rows.next().transpose().map_err(st)?;
+                    }
+                    if let Some((k, v)) = &row {
+                        if k.value() == &ids[i].0 && !lacks(&ids[i])? {
+                            out[i] = Some(decode(v.value())?);
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            for (id, slot) in ids.iter().zip(&mut out) {
+                if lacks(id)? {
+                    continue;
+                }
+                if let Some(g) = keys.get(&id.0).map_err(st)? {
+                    *slot = Some(decode(g.value())?);
+                }
             }
             Ok(out)
         })
@@ -487,6 +579,12 @@ mod tests {
         let bytes = keys.encode();
         assert!(bytes.len() <= RECORD_BYTES_MAX);
         assert_eq!(SortKeys::decode(&bytes).unwrap(), keys);
+        let date_only = Wanted { subject: false, addresses: false, threading: false };
+        let some = SortKeys::decode_wanted(&bytes, date_only).unwrap();
+        assert_eq!((some.sent, some.reply), (keys.sent, keys.reply));
+        assert!(some.subject.is_empty() && some.from.is_empty() && some.references.is_empty());
+        let subject = SortKeys::decode_wanted(&bytes, Wanted { subject: true, ..date_only }).unwrap();
+        assert_eq!(subject.subject, keys.subject);
         assert!(SortKeys::decode(&[9, 0]).is_err());
         assert!(SortKeys::decode(&[]).is_err());
         // In-Reply-To stands in for an empty References.

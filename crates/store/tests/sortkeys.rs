@@ -43,7 +43,13 @@ fn with_attachment(n: usize, kb: usize) -> Vec<u8> {
 
 /// The keys account `account` reads for `raw`'s body.
 fn keys_of(store: &Store, account: &str, raw: &[u8]) -> Option<SortKeys> {
-    store.read(account).unwrap().sort_keys(&[BlobId::of(raw)]).unwrap().pop().unwrap()
+    store
+        .read(account)
+        .unwrap()
+        .sort_keys(&[BlobId::of(raw)], starling_store::sortkeys::Wanted::ALL)
+        .unwrap()
+        .pop()
+        .unwrap()
 }
 
 fn assert_keys(store: &Store, account: &str, raw: &[u8], path: &str) {
@@ -213,4 +219,49 @@ fn a_power_cut_during_the_keys_build_leaves_the_old_format() {
         }
     }
     assert!(opened_at.is_some_and(|n| n > 0), "the build was cut at least once ({opened_at:?})");
+}
+
+/// Many bodies asked for at once are read by one ordered walk of the
+/// table: the same answers as one lookup each, in the order asked,
+/// duplicates, bodies not stored and bodies the account lacks included.
+#[test]
+fn a_walk_of_the_table_answers_as_lookups_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.redb"));
+    let b = Store::open(&dir.path().join("b.redb"), ReplicaId(2), StoreOptions::default()).unwrap();
+    a.add_account("u").unwrap();
+    b.add_account("u").unwrap();
+    let raws: Vec<Vec<u8>> = (0..3000).map(message).collect();
+    a.write("u", |w| {
+        for (i, r) in raws.iter().enumerate() {
+            w.append(INBOX, r, i as i64, vec![])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    // B gets the messages and all but every tenth body.
+    let ops = a.ops_since("u", &Default::default()).unwrap();
+    b.write("u", |w| w.apply(ops)).unwrap();
+    let shipped: Vec<_> = raws
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 10 != 0)
+        .map(|(_, r)| (BlobId::of(r), starling_store::Shipped::Raw(r.clone())))
+        .collect();
+    b.put_shipped(&["u"], shipped).unwrap();
+    // Stored for another account only: B's "u" still lacks it.
+    b.add_account("other").unwrap();
+    b.write("other", |w| w.put_body(&raws[20]).map(drop)).unwrap();
+    let mut ids: Vec<BlobId> = raws.iter().rev().map(|r| BlobId::of(r)).collect();
+    ids.extend([BlobId::of(&raws[5]), BlobId([7; 32]), BlobId::of(&raws[20])]);
+    let all = starling_store::sortkeys::Wanted::ALL;
+    for s in [&a, &b] {
+        let r = s.read("u").unwrap();
+        let walked = r.sort_keys(&ids, all).unwrap();
+        let looked_up: Vec<_> = ids.iter().map(|id| r.sort_keys(&[*id], all).unwrap().pop().unwrap()).collect();
+        assert_eq!(walked, looked_up);
+    }
+    let walked = b.read("u").unwrap().sort_keys(&ids, all).unwrap();
+    assert_eq!(walked.iter().filter(|k| k.is_none()).count(), 300 + 1 + 1, "every tenth, the unknown id, raws[20]");
+    assert_eq!(walked[0], Some(SortKeys::of(&raws[2999])));
 }

@@ -12,8 +12,10 @@ use crate::selected::{load_body, uses_modseq};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::search::SearchKey;
+use starling_store::sortkeys::Wanted;
 use starling_store::{IdHash, MessageInfo, Reader, SortKeys};
 use std::cmp::Ordering;
+use std::fmt::Write;
 
 /// Sort criteria in one command, at most.
 pub(crate) const SORT_CRITERIA_MAX: usize = 16;
@@ -57,19 +59,22 @@ impl Facts {
     }
 
     /// The facts of the `matched` messages (sequence number, message), in
-    /// that order; `header` says whether the header's keys are needed
-    /// (anything but ARRIVAL and SIZE). The keys are the store's
+    /// that order; `header` says which of the header's keys are needed
+    /// (none for ARRIVAL and SIZE; the others may be left empty). The keys are the store's
     /// ([`Reader::sort_keys`]): no body is read. A message whose body has
     /// no keys here (a partial replica has not got it) is read as before
     /// keys were kept: its header through [`load_body`], which for a body
     /// not here counts as empty (its date the internal date, every other
     /// key empty) — the same [`SortKeys::of`] either way.
-    pub(crate) fn read_all(reader: &Reader, matched: &[(u32, MessageInfo)], header: bool) -> Vec<Facts> {
-        let envelopes: Vec<_> = matched.iter().map(|(_, m)| reader.envelope(m.message).ok().flatten()).collect();
-        let mut keys = if header {
+    pub(crate) fn read_all(reader: &Reader, matched: &[(u32, MessageInfo)], header: Option<Wanted>) -> Vec<Facts> {
+        let ids: Vec<_> = matched.iter().map(|(_, m)| m.message).collect();
+        // A damaged envelope: each read alone, as SEARCH does (unreadable: none).
+        let envelopes =
+            reader.envelopes(&ids).unwrap_or_else(|_| ids.iter().map(|m| reader.envelope(*m).ok().flatten()).collect());
+        let mut keys = if let Some(wanted) = header {
             let ids: Vec<_> = envelopes.iter().flatten().map(|e| e.blob).collect();
             // A damaged keys record: every message read from its header.
-            reader.sort_keys(&ids).unwrap_or_else(|_| vec![None; ids.len()]).into_iter()
+            reader.sort_keys(&ids, wanted).unwrap_or_else(|_| vec![None; ids.len()]).into_iter()
         } else {
             Vec::new().into_iter()
         };
@@ -85,7 +90,7 @@ impl Facts {
                 size: env.map_or(0, |e| e.size),
                 ..Facts::default()
             };
-            let Some(env) = env.filter(|_| header) else {
+            let Some(env) = env.filter(|_| header.is_some()) else {
                 out.push(f);
                 continue;
             };
@@ -148,9 +153,10 @@ impl Session {
         let numbers: Vec<u32> = facts.iter().map(|f| if uid { f.uid } else { f.seq }).collect();
         let done = format!("{}SORT completed", if uid { "UID " } else { "" });
         let Some(opts) = returns else {
-            let mut line = String::from("SORT");
+            let mut line = String::with_capacity(5 + 7 * numbers.len());
+            line.push_str("SORT");
             for n in &numbers {
-                line.push_str(&format!(" {n}"));
+                let _ = write!(line, " {n}");
             }
             if let Some(max) = modseq {
                 line.push_str(&format!(" (MODSEQ {max})"));
@@ -171,8 +177,10 @@ impl Session {
                 ("MAX", _, Some(last)) => line.push_str(&format!(" MAX {last}")),
                 ("COUNT", _, _) => line.push_str(&format!(" COUNT {}", numbers.len())),
                 ("ALL", Some(_), _) => {
-                    let all: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
-                    line.push_str(&format!(" ALL {}", all.join(",")));
+                    line.push_str(" ALL ");
+                    for (i, n) in numbers.iter().enumerate() {
+                        let _ = write!(line, "{}{n}", if i == 0 { "" } else { "," });
+                    }
                 }
                 _ => {}
             }
@@ -193,12 +201,22 @@ impl Session {
             return Err(Fail::Bad("SORT=DISPLAY is not supported".into()));
         }
         charset_ok(charset)?;
-        let header = criteria.iter().any(|c| !matches!(c.key, SortKey::Arrival | SortKey::Size));
+        let any = |keys: &[SortKey]| criteria.iter().any(|c| keys.contains(&c.key));
+        let header =
+            any(&[SortKey::Subject, SortKey::From, SortKey::To, SortKey::Cc, SortKey::Date]).then_some(Wanted {
+                subject: any(&[SortKey::Subject]),
+                addresses: any(&[SortKey::From, SortKey::To, SortKey::Cc]),
+                threading: false,
+            });
         let reader = self.reader()?;
         let matched = self.matching(&reader, search)?;
-        let mut facts = Facts::read_all(&reader, &matched, header);
+        let facts = Facts::read_all(&reader, &matched, header);
         drop(reader);
-        facts.sort_by(|a, b| {
+        // Indices are sorted, not the (large) facts; ties by sequence
+        // number make the order total, so an unstable sort gives the one answer.
+        let mut order: Vec<u32> = (0..facts.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (&facts[a as usize], &facts[b as usize]);
             criteria
                 .iter()
                 .map(|c| {
@@ -213,6 +231,7 @@ impl Session {
                 .unwrap_or(Ordering::Equal)
                 .then(a.seq.cmp(&b.seq))
         });
-        Ok(facts)
+        let mut slots: Vec<Option<Facts>> = facts.into_iter().map(Some).collect();
+        Ok(order.iter().map(|&i| slots[i as usize].take().expect("each index once")).collect())
     }
 }

@@ -486,7 +486,8 @@ impl Session {
         charset_ok(charset)?;
         let reader = self.reader()?;
         let matched = self.matching(&reader, search)?;
-        let facts = Facts::read_all(&reader, &matched, true);
+        let wanted = starling_store::sortkeys::Wanted { subject: true, addresses: false, threading: true };
+        let facts = Facts::read_all(&reader, &matched, Some(wanted));
         drop(reader);
         let line = thread_line(algorithm, &facts, uid)?;
         self.untagged(&line);
