@@ -14,7 +14,7 @@ use std::ops::Range;
 use mail_parser::parsers::MessageStream;
 use mail_parser::HeaderValue;
 
-/// Header block only (up to and including the blank line), found without a full MIME parse — the fast path for BODY.PEEK[HEADER] and RFC822.HEADER.
+/// Header block only (up to and including the blank line), found without a full MIME parse — the fast path for `BODY.PEEK[HEADER]` and `RFC822.HEADER`.
 pub fn header_block(raw: &[u8]) -> &[u8] {
     let (len, _) = scan_header(raw, |_| {});
     raw.get(..len).unwrap_or(raw)

@@ -6,7 +6,10 @@
 //! small state, and commits durably. Bodies are content-addressed blobs with
 //! large MIME parts apart ([`blob`]), indexed by the accounts that
 //! reference them (`refs`: a peer is served only its accounts' bodies,
-//! [`Store::blob_for`]). Maildir import and export live in [`maildir`].
+//! [`Store::blob_for`]), each with the sort keys SORT and THREAD compare,
+//! read from its header when it is stored ([`sortkeys`], with the header
+//! reading the IMAP server shares, [`header`]). Maildir import and export
+//! live in [`maildir`].
 //!
 //! What it guarantees against a hostile world: a body read whole is
 //! checked against its BLAKE3 ([`StoreError::Corrupt`], never wrong

@@ -9,12 +9,12 @@
 //! (IMAP APPEND, LMTP, maildir import, a raw body from a peer, an
 //! operator's `put_blobs`) or `write::put_packed` (a body a peer shipped
 //! in stored form, the on-demand fetch of a partial replica included), and
-//! both write the keys in the same transaction as the body ([`put`]). A
+//! both write the keys in the same transaction as the body (`put`). A
 //! body collected by the garbage collector takes its keys with it in the
 //! same transaction. A store of an older format gets the keys of every
-//! body it holds at open, in one transaction ([`build`]). So every stored
+//! body it holds at open, in one transaction (`build`). So every stored
 //! body has keys and every keys row has its body; `starling verify`
-//! checks both ways ([`check`]). A message whose body is not here (a
+//! checks both ways ([`Store::check_sort_keys`]). A message whose body is not here (a
 //! partial replica) has no keys until the body arrives; the IMAP server
 //! then does what it did before keys existed.
 //!
@@ -530,7 +530,7 @@ impl Reader {
 
 impl Store {
     /// Where the sort keys disagree with the stored bodies (see
-    /// [`check`]); empty when they agree. Reads every body's header.
+    /// `check`); empty when they agree. Reads every body's header.
     pub fn check_sort_keys(&self) -> Result<Vec<String>, StoreError> {
         self.run(|db| check(&redb::ReadableDatabase::begin_read(db).map_err(st)?))
     }
