@@ -12,7 +12,12 @@
 //! both write the keys in the same transaction as the body (`put`). A
 //! body collected by the garbage collector takes its keys with it in the
 //! same transaction. A store of an older format gets the keys of every
-//! body it holds at open, in one transaction (`build`). So every stored
+//! body it holds at open, in one transaction (`build`; 3.7 s for the
+//! 105,424 bodies, 1.6 GB, of the benchmark's store). Built at open rather
+//! than lazily at the first SORT: a SORT only reads (a lazy fill would put
+//! a write transaction and its fsync inside a read command, serialised
+//! with every account's writes), and the invariant below then holds for
+//! every store and can be checked. So every stored
 //! body has keys and every keys row has its body; `starling verify`
 //! checks both ways ([`Store::check_sort_keys`]). A message whose body is not here (a
 //! partial replica) has no keys until the body arrives; the IMAP server
