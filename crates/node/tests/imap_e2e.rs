@@ -227,9 +227,15 @@ fn a_partial_replica_fetches_a_left_out_body_when_a_client_asks() {
     assert!(cb.ok("b3", "UID FETCH 1 (BODY.PEEK[])").contains("first"));
     let out = cb.ok("b4", "UID FETCH 2 (RFC822.SIZE)");
     assert!(out.contains(&format!("RFC822.SIZE {}", big(1).len())), "{out}");
+    // SORT: a message whose body is not here sorts as one with an empty
+    // header (no sort keys without the body): 2 and 3 before ONE.
+    assert!(cb.ok("s1", "SORT (SUBJECT) UTF-8 ALL").contains("* SORT 2 3 1\r\n"));
     // Asked for, the big body comes from A.
     let out = cb.ok("b5", "UID FETCH 2 (BODY.PEEK[])");
     assert!(out.contains(&"x".repeat(5001)), "{}", &out[..out.len().min(300)]);
+    // Its sort keys came with it: "BIG 1" now sorts between 3 and ONE.
+    let out = cb.ok("s2", "SORT (SUBJECT) UTF-8 ALL");
+    assert!(out.contains("* SORT 3 2 1\r\n"), "{out}");
     // A gone: nobody to ask, so no waiting.
     a.stop();
     std::thread::sleep(Duration::from_secs(1));

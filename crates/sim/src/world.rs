@@ -1386,6 +1386,11 @@ impl World {
             if let Some(d) = store.check_change_index().map_err(err)?.first() {
                 return Err(format!("node {i}: change index: {d}"));
             }
+            // Every stored body has its sort keys, and no keys outlive their
+            // body (bodies come late, are collected, nodes crash).
+            if let Some(d) = store.check_sort_keys().map_err(err)?.first() {
+                return Err(format!("node {i}: sort keys: {d}"));
+            }
             if i == 0 {
                 self.report.spent_uids = store.spent_uids(ACCOUNT).map_err(err)?;
             }

@@ -229,6 +229,7 @@ impl Reader {
     /// Through an account's reader, a body the account has not got (see
     /// `crate::refs`) is missing even if stored here for another account.
     fn stored_record(&self, id: BlobId) -> Result<redb::AccessGuard<'static, &'static [u8]>, StoreError> {
+        self.core.body_reads.fetch_add(1, Ordering::Relaxed);
         if self.account != 0 && refs::lacks(&self.txn, self.account, id)? {
             return Err(StoreError::MissingBlob(id));
         }

@@ -110,15 +110,17 @@ fn decode_stamp(bytes: &[u8]) -> Result<VersionVector, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| damaged("body release stamp", e))
 }
 
-/// Deletes one body's record and the parts only it named; returns
-/// (parts deleted, bytes freed).
+/// Deletes one body's record, its sort keys and the parts only it named;
+/// returns (parts deleted, bytes freed).
 fn delete_body(
     blobs: &mut Table<&[u8; 32], &[u8]>,
+    keys: &mut Table<&[u8; 32], &[u8]>,
     parts: &mut Table<&[u8; 32], &[u8]>,
     part_refs: &mut Table<&[u8; 32], u64>,
     id: BlobId,
 ) -> Result<(u64, u64), StoreError> {
     let Some(stored) = blobs.remove(&id.0).map_err(st)? else { return Ok((0, 0)) };
+    keys.remove(&id.0).map_err(st)?;
     let mut bytes = stored.value().len() as u64;
     // A record that does not decode names parts nobody can read: they stay
     // (and `check_blob_refs` reports them as unreferenced).
@@ -167,6 +169,7 @@ fn collect(w: &WriteTransaction, stable: &BTreeMap<u32, VersionVector>, max: usi
     let mut blobs = w.open_table(BLOBS).map_err(st)?;
     let mut parts = w.open_table(PARTS).map_err(st)?;
     let mut part_refs = w.open_table(PART_REFS).map_err(st)?;
+    let mut keys = w.open_table(crate::sortkeys::SORT_KEYS).map_err(st)?;
     for (blob, rows) in groups {
         let referenced = refs.range((blob, 0)..=(blob, u32::MAX)).map_err(st)?.next().is_some();
         if referenced {
@@ -192,7 +195,7 @@ fn collect(w: &WriteTransaction, stable: &BTreeMap<u32, VersionVector>, max: usi
             out.more = true;
             break;
         }
-        let (p, bytes) = delete_body(&mut blobs, &mut parts, &mut part_refs, BlobId(blob))?;
+        let (p, bytes) = delete_body(&mut blobs, &mut keys, &mut parts, &mut part_refs, BlobId(blob))?;
         for (account, _) in rows {
             unref.remove((blob, account)).map_err(st)?;
             if account != NO_ACCOUNT {

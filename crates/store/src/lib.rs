@@ -6,7 +6,10 @@
 //! small state, and commits durably. Bodies are content-addressed blobs with
 //! large MIME parts apart ([`blob`]), indexed by the accounts that
 //! reference them (`refs`: a peer is served only its accounts' bodies,
-//! [`Store::blob_for`]). Maildir import and export live in [`maildir`].
+//! [`Store::blob_for`]), each with the sort keys SORT and THREAD compare,
+//! read from its header when it is stored ([`sortkeys`], with the header
+//! reading the IMAP server shares, [`header`]). Maildir import and export
+//! live in [`maildir`].
 //!
 //! What it guarantees against a hostile world: a body read whole is
 //! checked against its BLAKE3 ([`StoreError::Corrupt`], never wrong
@@ -37,6 +40,7 @@ mod error;
 mod exposure;
 mod file_compact;
 mod gc;
+pub mod header;
 mod log;
 pub mod modseq;
 mod open;
@@ -44,6 +48,7 @@ pub mod ranges;
 mod reads;
 mod refs;
 mod snapshot;
+pub mod sortkeys;
 pub mod verify;
 mod write;
 
@@ -63,6 +68,7 @@ pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
 pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
+pub use sortkeys::{IdHash, SortKeys};
 pub use write::Batch;
 
 use backend::Detached;
@@ -93,8 +99,10 @@ const MAGIC: &[u8] = b"starling-store";
 /// collector's candidates and part counts, and each account's bytes; 6:
 /// the change index bounded (one change row per message, the expunge rows
 /// counted per mailbox); 7: spent UIDs (`spent_uids`), which an older
-/// build would not read. An older store gets them built once at open.
-const FORMAT_VERSION: u8 = 7;
+/// build would not read; 8: each body's sort keys (`sort_keys`, see
+/// [`sortkeys`]), which an older build would not keep up to date. An older
+/// store gets them built once at open.
+const FORMAT_VERSION: u8 = 8;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;
@@ -164,6 +172,9 @@ struct Core {
     db: db::Db,
     /// Body reads that found damaged bytes.
     corrupt_reads: AtomicU64,
+    /// Body records read by readers (for metrics, and tests that show a
+    /// command reads none).
+    body_reads: AtomicU64,
     /// Bodies found damaged since open: a good copy from a peer replaces them.
     corrupt: Mutex<BTreeSet<BlobId>>,
     /// Peers' acknowledgements heard since the last housekeeping (`acks`).
@@ -245,6 +256,12 @@ impl Store {
     /// Names of the accounts.
     pub fn accounts(&self) -> Vec<String> {
         self.accounts.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// How many times a reader read a body's stored record (any body read:
+    /// whole, range, prefix, header, length, shipped form) since open.
+    pub fn body_reads(&self) -> u64 {
+        self.core.body_reads.load(Ordering::Relaxed)
     }
 
     /// How many body reads found damaged bytes since open (for metrics).

@@ -163,6 +163,7 @@ impl Store {
         let core = Core {
             db: db::Db::new(db, reopen),
             corrupt_reads: AtomicU64::new(0),
+            body_reads: AtomicU64::new(0),
             corrupt: Default::default(),
             acks: Default::default(),
             live: Default::default(),
@@ -296,6 +297,15 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
         // (claims already kept stay until the next event that buries
         // them), only the mark that an older build must not open the file.
         let w = db.begin_write().map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [7u8].as_slice()).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
+    }
+    if version < 8 {
+        // Before format 8: no sort keys. Every stored body's, from its
+        // header, in one transaction (a crash leaves format 7, built again
+        // next open).
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        sortkeys::build(&w).map_err(|e| io(&e))?;
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }

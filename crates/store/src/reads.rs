@@ -456,6 +456,26 @@ impl Reader {
         })
     }
 
+    /// [`Reader::envelope`] of each of `messages`, in order, opening the
+    /// table once (SORT and THREAD read every message's).
+    pub fn envelopes(&self, messages: &[MessageId]) -> Result<Vec<Option<Envelope>>, StoreError> {
+        self.guard(|| {
+            let Some(t) = self.table(backend::ENVELOPES)? else { return Ok(vec![None; messages.len()]) };
+            let mut out = Vec::with_capacity(messages.len());
+            for m in messages {
+                let Some(p) = self.names.packed(*m) else {
+                    out.push(None);
+                    continue;
+                };
+                out.push(match t.get((self.account, p)).map_err(st)? {
+                    Some(g) => Some(decode_envelope(g.value()).map_err(|e| damaged("envelope", e))?),
+                    None => None,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// Blob id, size and internal date of a live message.
     pub fn envelope(&self, message: MessageId) -> Result<Option<Envelope>, StoreError> {
         self.guard(|| {

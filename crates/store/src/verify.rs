@@ -1,7 +1,7 @@
 //! `starling verify`: redb's integrity check, then every body and part
 //! read back and re-hashed against its id, and the index of body
-//! references recounted, and the IMAP change index checked against the
-//! messages.
+//! references recounted, the IMAP change index checked against the
+//! messages, and every body's sort keys against its header.
 //!
 //! A plain open trusts the file (redb does not check pages on reads); this
 //! reads all of it. It needs the node stopped: redb's check takes the file
@@ -189,6 +189,10 @@ impl Store {
         match self.check_change_index() {
             Ok(diffs) => report.index.extend(diffs),
             Err(e) => report.unreadable.push(format!("the change index: {e}")),
+        }
+        match self.check_sort_keys() {
+            Ok(diffs) => report.index.extend(diffs),
+            Err(e) => report.unreadable.push(format!("table sort_keys: {e}")),
         }
         report
     }

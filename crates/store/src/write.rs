@@ -95,9 +95,9 @@ fn settle_incarnation(
     Ok(())
 }
 
-/// Stores a body in `txn` (deduplicated): large MIME parts apart, packed.
-/// A body found damaged since open is written again, parts and all (its
-/// id is pushed on `repaired`).
+/// Stores a body in `txn` (deduplicated): large MIME parts apart, packed,
+/// and its sort keys ([`sortkeys`]). A body found damaged since open is
+/// written again, parts and all (its id is pushed on `repaired`).
 pub(crate) fn put_body(
     txn: &redb::WriteTransaction,
     raw: &[u8],
@@ -121,6 +121,7 @@ pub(crate) fn put_body(
     let serialized = postcard::to_stdvec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
     let existed = blobs.insert(&id.0, blob::pack_record(&record, &serialized).as_slice()).map_err(st)?.is_some();
     drop((blobs, part_table));
+    sortkeys::put(txn, id, &sortkeys::SortKeys::of(raw))?;
     if !existed {
         gc::add_parts(txn, &parts.iter().map(|(pid, _)| *pid).collect::<Vec<_>>())?;
     }
@@ -132,7 +133,8 @@ pub(crate) fn put_body(
 
 /// Stores a body shipped in stored form ([`blob::encode_shipped`]),
 /// already checked against `id`, as it came: its record and its parts'
-/// records (deduplicated as [`put_body`] does).
+/// records (deduplicated as [`put_body`] does), and its sort keys, read
+/// from the record (and a shipped part, should the header run into one).
 pub(crate) fn put_packed(
     txn: &redb::WriteTransaction,
     id: BlobId,
@@ -146,20 +148,25 @@ pub(crate) fn put_packed(
     if !repair && blobs.get(&id.0).map_err(st)?.is_some() {
         return Ok(());
     }
-    let mut named = Vec::new();
+    let record =
+        blob::unpack_record(stored, BODY_BYTES_MAX).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
+    let named = blob::part_ids(&record);
     if !parts.is_empty() {
-        let record =
-            blob::unpack_record(stored, BODY_BYTES_MAX).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
         let mut part_table = txn.open_table(PARTS).map_err(st)?;
-        named = blob::part_ids(&record);
-        for (pid, part) in named.iter().zip(parts) {
+        for (pid, part) in named.iter().zip(&parts) {
             if repair || part_table.get(&pid.0).map_err(st)?.is_none() {
-                part_table.insert(&pid.0, part).map_err(st)?;
+                part_table.insert(&pid.0, *part).map_err(st)?;
             }
         }
     }
+    let keys = sortkeys::of_record(&record, |pid, len| {
+        let Some(i) = named.iter().position(|n| *n == pid) else { return Ok(None) };
+        let cap = usize::try_from(len).unwrap_or(usize::MAX).min(BODY_BYTES_MAX);
+        Ok(parts.get(i).and_then(|p| blob::unpack(p, cap).ok()).map(|b| b.into_owned()))
+    })?;
     let existed = blobs.insert(&id.0, stored).map_err(st)?.is_some();
     drop(blobs);
+    sortkeys::put(txn, id, &keys)?;
     if !existed {
         gc::add_parts(txn, &named)?;
     }

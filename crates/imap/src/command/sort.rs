@@ -1,8 +1,9 @@
 //! SORT and UID SORT (RFC 5256): the messages SEARCH matches
 //! ([`Session::matching`]), ordered by ARRIVAL, CC, DATE, FROM, SIZE,
 //! SUBJECT or TO, each possibly REVERSE, ties by sequence number. Also
-//! what SORT and THREAD read of a message ([`Facts`]) and the base
-//! subject (RFC 5256 §2.1).
+//! what SORT and THREAD read of a message ([`Facts`]): the header's keys
+//! (base subject, RFC 5256 §2.1, and the rest) are the store's
+//! ([`starling_store::sortkeys`]), kept since each body was stored.
 //!
 //! Strings are compared with i;ascii-casemap (RFC 5256 §2.3: ASCII letters
 //! upper-cased, then octet by octet).
@@ -11,17 +12,17 @@ use crate::selected::{load_body, uses_modseq};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::search::SearchKey;
-use starling_store::{MessageInfo, Reader};
+use starling_store::sortkeys::Wanted;
+use starling_store::{IdHash, MessageInfo, Reader, SortKeys};
 use std::cmp::Ordering;
+use std::fmt::Write;
 
 /// Sort criteria in one command, at most.
 pub(crate) const SORT_CRITERIA_MAX: usize = 16;
 
-/// Bytes of a Subject looked at for its base subject, at most: the rest
-/// of a longer one is ignored (the extraction is linear in this).
-pub(crate) const SUBJECT_BYTES_MAX: usize = 1024;
-
-/// What SORT and THREAD compare of one message.
+/// What SORT and THREAD compare of one message: where it is, its
+/// envelope's date and size, and the keys its header gives
+/// ([`SortKeys`], kept by the store since the body was stored).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Facts {
     pub seq: u32,
@@ -43,161 +44,63 @@ pub(crate) struct Facts {
     pub to: Vec<u8>,
     pub cc: Vec<u8>,
     /// Message-ID, References (or In-Reply-To) for THREAD REFERENCES.
-    pub message_id: Option<String>,
-    pub references: Vec<String>,
+    pub message_id: Option<IdHash>,
+    pub references: Vec<IdHash>,
 }
-
-/// References of one message that THREAD REFERENCES links, at most: the
-/// last ones, nearest the message (a References header is commonly
-/// truncated at its start anyway, RFC 5256 §3).
-pub(crate) const REFERENCES_MAX: usize = 64;
 
 impl Facts {
-    /// Reads a message's facts; `header` says whether its header is needed
-    /// (anything but ARRIVAL and SIZE). A header that cannot be read (a
-    /// body left out here) counts as empty.
-    pub(crate) fn read(reader: &Reader, seq: u32, m: &MessageInfo, header: bool) -> Facts {
-        let env = reader.envelope(m.message).ok().flatten();
-        let arrival = env.map_or(0, |e| e.internal_date);
-        let mut f = Facts {
-            seq,
-            uid: m.uid,
-            modseq: m.modseq,
-            arrival,
-            sent: arrival,
-            size: env.map_or(0, |e| e.size),
-            ..Facts::default()
-        };
-        let Some(env) = env.filter(|_| header) else { return f };
-        let raw = load_body(reader, &env, false).unwrap_or_default();
-        let raw = crate::mime::header_block(&raw);
-        f.sent = crate::mime::sent_time(raw).unwrap_or(arrival);
-        let (subject, reply) = base_subject(&crate::mime::first_value(raw, "Subject").unwrap_or_default());
-        (f.subject, f.reply) = (subject, reply);
-        let local = |name| crate::mime::first_mailbox(raw, name).unwrap_or_default().to_ascii_uppercase();
-        (f.from, f.to, f.cc) = (local("From"), local("To"), local("Cc"));
-        f.message_id = crate::mime::message_ids(raw, "Message-ID", 1).pop();
-        f.references = crate::mime::message_ids(raw, "References", REFERENCES_MAX);
-        if f.references.is_empty() {
-            f.references = crate::mime::message_ids(raw, "In-Reply-To", 1);
-        }
-        f
+    /// The header's part of the facts.
+    pub(crate) fn with_keys(mut self, keys: SortKeys) -> Facts {
+        self.sent = keys.sent.unwrap_or(self.arrival);
+        (self.subject, self.reply) = (keys.subject, keys.reply);
+        (self.from, self.to, self.cc) = (keys.from, keys.to, keys.cc);
+        (self.message_id, self.references) = (keys.message_id, keys.references);
+        self
     }
-}
 
-fn starts_ci(s: &[u8], prefix: &[u8]) -> bool {
-    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
-/// `subj-blob = "[" *BLOBCHAR "]" *WSP` at the start of `s`: its length.
-fn blob(s: &[u8]) -> Option<usize> {
-    if s.first() != Some(&b'[') {
-        return None;
-    }
-    let close = 1 + s[1..].iter().position(|&b| b == b']' || b == b'[')?;
-    if s[close] != b']' {
-        return None;
-    }
-    let mut n = close + 1;
-    while s.get(n) == Some(&b' ') {
-        n += 1;
-    }
-    Some(n)
-}
-
-/// `*subj-blob subj-refwd` at the start of `s`, where
-/// `subj-refwd = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":"`: its length.
-fn refwd_leader(s: &[u8]) -> Option<usize> {
-    let mut n = 0;
-    while let Some(b) = blob(&s[n..]) {
-        n += b;
-    }
-    let rest = &s[n..];
-    n += if starts_ci(rest, b"re") || starts_ci(rest, b"fw") {
-        if starts_ci(rest, b"fwd") {
-            3
+    /// The facts of the `matched` messages (sequence number, message), in
+    /// that order; `header` says which of the header's keys are needed
+    /// (none for ARRIVAL and SIZE; the others may be left empty). The keys are the store's
+    /// ([`Reader::sort_keys`]): no body is read. A message whose body has
+    /// no keys here (a partial replica has not got it) is read as before
+    /// keys were kept: its header through [`load_body`], which for a body
+    /// not here counts as empty (its date the internal date, every other
+    /// key empty) — the same [`SortKeys::of`] either way.
+    pub(crate) fn read_all(reader: &Reader, matched: &[(u32, MessageInfo)], header: Option<Wanted>) -> Vec<Facts> {
+        let ids: Vec<_> = matched.iter().map(|(_, m)| m.message).collect();
+        // A damaged envelope: each read alone, as SEARCH does (unreadable: none).
+        let envelopes =
+            reader.envelopes(&ids).unwrap_or_else(|_| ids.iter().map(|m| reader.envelope(*m).ok().flatten()).collect());
+        let mut keys = if let Some(wanted) = header {
+            let ids: Vec<_> = envelopes.iter().flatten().map(|e| e.blob).collect();
+            // A damaged keys record: every message read from its header.
+            reader.sort_keys(&ids, wanted).unwrap_or_else(|_| vec![None; ids.len()]).into_iter()
         } else {
-            2
+            Vec::new().into_iter()
+        };
+        let mut out = Vec::with_capacity(matched.len());
+        for ((seq, m), env) in matched.iter().zip(envelopes) {
+            let arrival = env.map_or(0, |e| e.internal_date);
+            let f = Facts {
+                seq: *seq,
+                uid: m.uid,
+                modseq: m.modseq,
+                arrival,
+                sent: arrival,
+                size: env.map_or(0, |e| e.size),
+                ..Facts::default()
+            };
+            let Some(env) = env.filter(|_| header.is_some()) else {
+                out.push(f);
+                continue;
+            };
+            let stored = keys.next().flatten();
+            out.push(f.with_keys(
+                stored.unwrap_or_else(|| SortKeys::of(&load_body(reader, &env, false).unwrap_or_default())),
+            ));
         }
-    } else {
-        return None;
-    };
-    while s.get(n) == Some(&b' ') {
-        n += 1;
+        out
     }
-    if let Some(b) = blob(&s[n..]) {
-        n += b;
-    }
-    (s.get(n) == Some(&b':')).then_some(n + 1)
-}
-
-/// The base subject of a decoded Subject (RFC 5256 §2.1), upper-cased, and
-/// whether the subject was a reply or forward. Every loop shortens the
-/// text, so the work is linear in [`SUBJECT_BYTES_MAX`].
-pub(crate) fn base_subject(subject: &str) -> (String, bool) {
-    // (1) White space (tabs, folding) as one space.
-    let mut cut = subject.len().min(SUBJECT_BYTES_MAX);
-    while !subject.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut s = Vec::with_capacity(cut);
-    for &b in &subject.as_bytes()[..cut] {
-        let b = if b.is_ascii_whitespace() { b' ' } else { b };
-        if !(b == b' ' && s.last() == Some(&b' ')) {
-            s.push(b);
-        }
-    }
-    let mut reply = false;
-    let (mut start, mut end) = (0, s.len());
-    loop {
-        // (2) Trailers: "(fwd)" and white space.
-        loop {
-            if s[start..end].ends_with(b" ") {
-                end -= 1;
-            } else if end - start >= 5 && s[end - 5..end].eq_ignore_ascii_case(b"(fwd)") {
-                end -= 5;
-                reply = true;
-            } else {
-                break;
-            }
-        }
-        // (5) Leaders (3) and a leading blob (4) until none is left.
-        loop {
-            let before = start;
-            // (3)
-            loop {
-                if s[start..end].starts_with(b" ") {
-                    start += 1;
-                } else if let Some(n) = refwd_leader(&s[start..end]) {
-                    start += n;
-                    reply = true;
-                } else {
-                    break;
-                }
-            }
-            // (4) Only if something is left after it.
-            if let Some(n) = blob(&s[start..end]) {
-                if start + n < end {
-                    start += n;
-                }
-            }
-            if start == before {
-                break;
-            }
-        }
-        // (6) "[fwd: …]": unwrap and start again from (2).
-        if end - start >= 6 && starts_ci(&s[start..end], b"[fwd:") && s[end - 1] == b']' {
-            start += 5;
-            end -= 1;
-            reply = true;
-            continue;
-        }
-        break;
-    }
-    s.truncate(end);
-    s.drain(..start);
-    // Cut at ASCII bytes only, so still UTF-8 where the input was.
-    (String::from_utf8_lossy(&s).to_ascii_uppercase(), reply)
 }
 
 /// One criterion applied to two messages.
@@ -250,9 +153,10 @@ impl Session {
         let numbers: Vec<u32> = facts.iter().map(|f| if uid { f.uid } else { f.seq }).collect();
         let done = format!("{}SORT completed", if uid { "UID " } else { "" });
         let Some(opts) = returns else {
-            let mut line = String::from("SORT");
+            let mut line = String::with_capacity(5 + 7 * numbers.len());
+            line.push_str("SORT");
             for n in &numbers {
-                line.push_str(&format!(" {n}"));
+                let _ = write!(line, " {n}");
             }
             if let Some(max) = modseq {
                 line.push_str(&format!(" (MODSEQ {max})"));
@@ -273,8 +177,10 @@ impl Session {
                 ("MAX", _, Some(last)) => line.push_str(&format!(" MAX {last}")),
                 ("COUNT", _, _) => line.push_str(&format!(" COUNT {}", numbers.len())),
                 ("ALL", Some(_), _) => {
-                    let all: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
-                    line.push_str(&format!(" ALL {}", all.join(",")));
+                    line.push_str(" ALL ");
+                    for (i, n) in numbers.iter().enumerate() {
+                        let _ = write!(line, "{}{n}", if i == 0 { "" } else { "," });
+                    }
                 }
                 _ => {}
             }
@@ -295,12 +201,22 @@ impl Session {
             return Err(Fail::Bad("SORT=DISPLAY is not supported".into()));
         }
         charset_ok(charset)?;
-        let header = criteria.iter().any(|c| !matches!(c.key, SortKey::Arrival | SortKey::Size));
+        let any = |keys: &[SortKey]| criteria.iter().any(|c| keys.contains(&c.key));
+        let header =
+            any(&[SortKey::Subject, SortKey::From, SortKey::To, SortKey::Cc, SortKey::Date]).then_some(Wanted {
+                subject: any(&[SortKey::Subject]),
+                addresses: any(&[SortKey::From, SortKey::To, SortKey::Cc]),
+                threading: false,
+            });
         let reader = self.reader()?;
         let matched = self.matching(&reader, search)?;
-        let mut facts: Vec<Facts> = matched.iter().map(|(seq, m)| Facts::read(&reader, *seq, m, header)).collect();
+        let facts = Facts::read_all(&reader, &matched, header);
         drop(reader);
-        facts.sort_by(|a, b| {
+        // Indices are sorted, not the (large) facts; ties by sequence
+        // number make the order total, so an unstable sort gives the one answer.
+        let mut order: Vec<u32> = (0..facts.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (&facts[a as usize], &facts[b as usize]);
             criteria
                 .iter()
                 .map(|c| {
@@ -315,30 +231,7 @@ impl Session {
                 .unwrap_or(Ordering::Equal)
                 .then(a.seq.cmp(&b.seq))
         });
-        Ok(facts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base_subject;
-
-    #[test]
-    fn base_subjects() {
-        let base = |s: &str| base_subject(s);
-        assert_eq!(base("Re: apples"), ("APPLES".into(), true));
-        assert_eq!(base("[list] Fwd: Apples (fwd)"), ("APPLES".into(), true));
-        assert_eq!(base("re: [fwd: bananas]"), ("BANANAS".into(), true));
-        assert_eq!(base("  plain\t\ttext  "), ("PLAIN TEXT".into(), false));
-        assert_eq!(base("[only a blob]"), ("[ONLY A BLOB]".into(), false));
-        assert_eq!(base("[a] [b] topic"), ("TOPIC".into(), false));
-        assert_eq!(base("Re: Re[2]: RE [x]: fw: FWD: x"), ("X".into(), true));
-        assert_eq!(base("Re:"), ("".into(), true));
-        assert_eq!(base("[fwd: [fwd: re: y (fwd)]]"), ("Y".into(), true));
-        assert_eq!(base("Réponse: é"), ("RéPONSE: é".into(), false));
-        assert_eq!(base(""), ("".into(), false));
-        // Long input: bounded work, no panic at a cut inside a character.
-        let long = "Re: ".repeat(10_000) + &"é".repeat(10_000);
-        assert!(base_subject(&long).0.len() <= super::SUBJECT_BYTES_MAX);
+        let mut slots: Vec<Option<Facts>> = facts.into_iter().map(Some).collect();
+        Ok(order.iter().map(|&i| slots[i as usize].take().expect("each index once")).collect())
     }
 }

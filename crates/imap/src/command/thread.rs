@@ -15,6 +15,7 @@ use super::sort::{charset_ok, Facts};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
+use starling_store::IdHash;
 use std::collections::HashMap;
 
 /// Steps one loop test may take (each direction), at most; a test that
@@ -265,14 +266,15 @@ fn ordered_subject(facts: &[Facts]) -> Tree {
 /// THREAD=REFERENCES (RFC 5256 §3, steps 1 to 6).
 fn references(facts: &[Facts]) -> Tree {
     let mut t = Tree::new();
-    let mut by_id: HashMap<&str, u32> = HashMap::new();
+    // Message IDs as the store keeps them (hashed; see `IdHash`).
+    let mut by_id: HashMap<IdHash, u32> = HashMap::new();
     let mut budget = LOOP_STEPS_MAX;
     // (1) Link each message's references, then the message to the last.
-    fn container<'a>(t: &mut Tree, by_id: &mut HashMap<&'a str, u32>, id: &'a str) -> u32 {
+    fn container(t: &mut Tree, by_id: &mut HashMap<IdHash, u32>, id: IdHash) -> u32 {
         *by_id.entry(id).or_insert_with(|| t.add(None))
     }
     for (i, f) in facts.iter().enumerate() {
-        let own = match f.message_id.as_deref() {
+        let own = match f.message_id {
             // A duplicate Message-ID: the first message keeps it.
             Some(id) => {
                 let c = container(&mut t, &mut by_id, id);
@@ -285,7 +287,7 @@ fn references(facts: &[Facts]) -> Tree {
             }
             None => t.add(Some(i as u32)),
         };
-        let refs: Vec<u32> = f.references.iter().map(|r| container(&mut t, &mut by_id, r)).collect();
+        let refs: Vec<u32> = f.references.iter().map(|r| container(&mut t, &mut by_id, *r)).collect();
         for w in refs.windows(2) {
             let (a, b) = (w[0], w[1]);
             if t.n(b).parent == NONE && !t.would_loop(a, b, &mut budget) {
@@ -484,7 +486,8 @@ impl Session {
         charset_ok(charset)?;
         let reader = self.reader()?;
         let matched = self.matching(&reader, search)?;
-        let facts: Vec<Facts> = matched.iter().map(|(seq, m)| Facts::read(&reader, *seq, m, true)).collect();
+        let wanted = starling_store::sortkeys::Wanted { subject: true, addresses: false, threading: true };
+        let facts = Facts::read_all(&reader, &matched, Some(wanted));
         drop(reader);
         let line = thread_line(algorithm, &facts, uid)?;
         self.untagged(&line);
@@ -497,15 +500,15 @@ mod tests {
     use super::*;
 
     fn msg(seq: u32, id: &str, refs: &[&str], subject: &str) -> Facts {
-        let (subject, reply) = super::super::sort::base_subject(subject);
+        let (subject, reply) = starling_store::sortkeys::base_subject(subject);
         Facts {
             seq,
             uid: seq,
             sent: i64::from(seq),
             subject,
             reply,
-            message_id: Some(id.to_string()),
-            references: refs.iter().map(|r| r.to_string()).collect(),
+            message_id: Some(IdHash::of(id)),
+            references: refs.iter().map(|r| IdHash::of(r)).collect(),
             ..Facts::default()
         }
     }
