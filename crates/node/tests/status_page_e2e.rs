@@ -22,11 +22,36 @@ fn get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    // Up to Content-Length if there is one (Chromium's DevTools server
+    // keeps the connection open), else to the end.
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        head.push_str(&line);
+    }
     assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    body.to_string()
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body).unwrap();
+        }
+        None => {
+            r.read_to_end(&mut body).unwrap();
+        }
+    }
+    String::from_utf8(body).unwrap()
 }
 
 fn status_json(node: &Node) -> Value {
@@ -49,7 +74,7 @@ fn chromium() -> PathBuf {
 /// Headless Chromium with one page, driven over its DevTools websocket.
 struct Browser {
     child: Child,
-    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    ws: Option<tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>>,
     next_id: u64,
     _profile: tempfile::TempDir,
 }
@@ -61,6 +86,7 @@ impl Browser {
         let mut child = Command::new(chromium())
             .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
             .args(["--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio"])
+            .args(["--disable-breakpad", "--disable-crash-reporter"])
             .args(["--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "--window-size=1280,820"])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
@@ -70,8 +96,10 @@ impl Browser {
             .process_group(0)
             .spawn()
             .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        // From here on, dropping it stops Chromium (a failed step too).
+        let mut browser = Browser { child, ws: None, next_id: 0, _profile: profile };
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(ws) = line.strip_prefix("DevTools listening on ") {
@@ -96,16 +124,21 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
         let (ws, _) = tungstenite::connect(page_ws.expect("a page target")).unwrap();
-        Browser { child, ws, next_id: 0, _profile: profile }
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        }
+        browser.ws = Some(ws);
+        browser
     }
 
     /// Sends a DevTools command; its result.
     fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
-        self.ws.send(json!({"id": id, "method": method, "params": params}).to_string().into()).unwrap();
+        let ws = self.ws.as_mut().expect("connected");
+        ws.send(json!({"id": id, "method": method, "params": params}).to_string().into()).unwrap();
         loop {
-            let msg = self.ws.read().unwrap();
+            let msg = ws.read().unwrap_or_else(|e| panic!("{method}: no answer from Chromium: {e}"));
             let Ok(text) = msg.to_text() else { continue };
             let v: Value = serde_json::from_str(text).unwrap();
             if v["id"] == id {
@@ -125,13 +158,16 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The whole group (browser, renderers), by the group id of our child.
-        let _ = Command::new("kill").arg("-TERM").arg(format!("-{}", self.child.id())).status();
+        // The whole group (browser, renderers), by the group id of our own child.
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill only sends a signal.
+        unsafe { libc::kill(group, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.child.id())).status();
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -193,12 +229,14 @@ fn the_status_page_shows_a_link_going_down_live_in_a_browser() {
     let ups = v["events"].as_array().unwrap().iter().filter(|e| e["up"] == true).count();
     assert_eq!(ups, 2, "one up event per link: {}", v["events"]);
 
+    eprintln!("cluster up, JSON checked at {} ms", t0.elapsed().as_millis());
     let port = a.status.lock().unwrap().unwrap();
     let mut browser = Browser::open(&format!("http://127.0.0.1:{port}/"));
     let before = wait_page(&mut browser, "three nodes and both links up", |s| {
         s["nodes"] == 3 && s["links"] == 2 && s["up"] == 2 && s["down"] == 0 && s["live"] == "live"
     });
     assert_eq!(before["accounts"], 1);
+    eprintln!("page shows the cluster at {} ms: {before}", t0.elapsed().as_millis());
     // A mark on the page: a reload would lose it.
     browser.eval(r#"(() => { window.__marker = "same page"; return "1"; })()"#);
 
