@@ -84,6 +84,36 @@ pub struct Listen {
     pub peers: Option<SocketAddr>,
     /// Prometheus metrics (HTTP); off unless set.
     pub metrics: Option<SocketAddr>,
+    /// The status page (HTTP): an address, or `"off"`; on by default at
+    /// [`STATUS_DEFAULT`].
+    pub status: Option<OnOff>,
+}
+
+/// Default address of the status page (loopback: the page is for the
+/// operator on the machine, or through an SSH tunnel).
+pub const STATUS_DEFAULT: &str = "127.0.0.1:8431";
+
+/// A listener that can be turned off: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for OnOff {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OnOff, String> {
+        if s == "off" {
+            return Ok(OnOff::Off);
+        }
+        s.parse().map(OnOff::At).map_err(|e| format!("{s:?} is neither a socket address nor \"off\": {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for OnOff {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OnOff, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// How long a FETCH of a body this replica left out waits for a peer to
@@ -526,6 +556,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # lmtp = "127.0.0.1:2424"      # LMTP delivery (Postfix: lmtp:inet:127.0.0.1:2424)
 # peers = "127.0.0.1:7431"     # peer endpoint (UDP, QUIC)
 # metrics = "127.0.0.1:9431"   # Prometheus metrics over HTTP (off unless set)
+# status = "127.0.0.1:8431"    # status page over HTTP (live cluster graph); "off" to turn it off
 
 [imap]
 # plaintext_on_loopback = true # LOGIN without TLS from 127.0.0.1/::1
@@ -610,6 +641,13 @@ mod tests {
         let e =
             Config::parse("[imap]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n").unwrap_err();
         assert!(e.contains("line 2") && e.contains("imap.tls_cert") && e.contains("cannot read"), "{e}");
+        let c = Config::parse("[listen]\nstatus = \"off\"\n").unwrap();
+        assert_eq!(c.listen.status, Some(OnOff::Off));
+        let c = Config::parse("[listen]\nstatus = \"127.0.0.1:9\"\n").unwrap();
+        assert_eq!(c.listen.status, Some(OnOff::At("127.0.0.1:9".parse().unwrap())));
+        assert_eq!(Config::parse(TEMPLATE).unwrap().listen.status, None);
+        let e = Config::parse("[listen]\n\nstatus = \"on\"\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("neither"), "{e}");
         let e = Config::parse("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
         let e = Config::parse("[imap]\n\nidle_timeout_secs = 60\n").unwrap_err();

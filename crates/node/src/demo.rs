@@ -35,7 +35,7 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", self.port), "--lmtp-listen", "127.0.0.1:0"])
-            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0", "--status-listen", "off"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -12,6 +12,7 @@ mod metrics;
 mod peers;
 mod private;
 mod serve;
+mod status_page;
 mod tasks;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,9 @@ enum Command {
         /// TCP address of the Prometheus metrics endpoint [default: off].
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// TCP address of the status page, or `off` [default: 127.0.0.1:8431].
+        #[arg(long, value_name = "ADDR|off")]
+        status_listen: Option<config::OnOff>,
         /// Log lines as JSON instead of text.
         #[arg(long)]
         log_json: bool,
@@ -425,7 +429,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("some seeds failed (see above for how to reproduce each)".into());
             }
         }
-        Command::Serve { config: _, peer_listen, lmtp_listen, imap_listen, imaps_listen, metrics_listen, log_json } => {
+        Command::Serve {
+            config: _,
+            peer_listen,
+            lmtp_listen,
+            imap_listen,
+            imaps_listen,
+            metrics_listen,
+            status_listen,
+            log_json,
+        } => {
             // Each login's Argon2 check takes 19 MiB. glibc's mmap threshold
             // grows after the first such free, and the memory then stays in
             // the heap; fixed at 1 MiB, big buffers go back to the OS at once.
@@ -463,6 +476,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 imap: addr(imap_listen, l.imap, "127.0.0.1:1143"),
                 imaps: addr(imaps_listen, l.imaps, "127.0.0.1:1993"),
                 metrics: metrics_listen.or(l.metrics),
+                status: match status_listen.or(l.status) {
+                    Some(config::OnOff::Off) => None,
+                    Some(config::OnOff::At(addr)) => Some(serve::StatusListen { addr, required: true }),
+                    None => Some(serve::StatusListen {
+                        addr: config::STATUS_DEFAULT.parse().expect("default address"),
+                        required: false,
+                    }),
+                },
                 imap_config: config.imap_config(),
                 tls: match (&config.imap.tls_cert, &config.imap.tls_key) {
                     (Some(c), Some(k)) => (c.get_ref().clone(), k.get_ref().clone()),

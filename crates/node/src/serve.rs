@@ -44,6 +44,8 @@ pub struct Settings {
     pub imaps: SocketAddr,
     /// Prometheus metrics over HTTP, if wanted.
     pub metrics: Option<SocketAddr>,
+    /// The status page, if wanted.
+    pub status: Option<StatusListen>,
     /// IMAP limits and policies.
     pub imap_config: starling_imap::Config,
     /// TLS certificate and key files (made self-signed if both are absent).
@@ -54,6 +56,16 @@ pub struct Settings {
     pub durability: starling_store::ExposurePolicy,
     /// Gossip membership.
     pub cluster: crate::config::ClusterSection,
+}
+
+/// Where the status page listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusListen {
+    pub addr: SocketAddr,
+    /// Set by the operator (a flag or the config): failing to bind it stops
+    /// the node. The default address, taken by something else, only warns
+    /// (several nodes on one machine, a second one started by hand).
+    pub required: bool,
 }
 
 /// The exposure policy with each account's pinned peers; warns of an
@@ -114,7 +126,10 @@ pub fn run(
             live: Arc::default(),
             wanted: broadcast::channel(WANTED_QUEUED).0,
             cluster: Arc::default(),
+            conns: Arc::default(),
+            me: identity.id(),
             links: Arc::default(),
+            status_changed: Arc::new(watch::channel(0).0),
         };
         let tasks = Tasks::default();
         let node = crate::membership::Node::new(
@@ -151,9 +166,10 @@ pub fn run(
         ));
         // Every commit (IMAP, LMTP, a peer's ops, the control socket) tells
         // IDLE sessions and the peer links from the store itself.
-        let changes = hub.changes.clone();
+        let (changes, status_changed) = (hub.changes.clone(), hub.status_changed.clone());
         store.on_commit(move |account| {
             let _ = changes.send(account.to_string());
+            status_changed.send_modify(|g| *g += 1);
         });
         let (imap, imap_shared) = {
             let config = starling_imap::Config { exposure: (*durability).clone(), ..listen.imap_config.clone() };
@@ -215,6 +231,10 @@ pub fn run(
                     });
                 }
             });
+        }
+        if let Some(listen) = listen.status {
+            let self_addr = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            status_page(listen, self_addr, store.clone(), identity.id(), peers.clone(), hub.clone(), &tasks).await?;
         }
         for a in store.accounts() {
             report(&store, &a, true);
@@ -384,6 +404,40 @@ fn control_socket(data_dir: &Path, node: crate::membership::Node) -> Result<toki
             });
         }
     }))
+}
+
+/// Serves the status page (`status_page`) if its address can be bound;
+/// the default address taken only warns.
+async fn status_page(
+    listen: StatusListen,
+    self_addr: String,
+    store: Arc<Store>,
+    me: NodeId,
+    peers: Arc<Vec<Peer>>,
+    hub: Hub,
+    tasks: &Tasks,
+) -> Result<(), String> {
+    let addr = listen.addr;
+    let tcp = match tokio::net::TcpListener::bind(addr).await {
+        Ok(t) => t,
+        Err(e) if !listen.required => {
+            println!("status: not served: {addr}: {e} (choose another address: [listen] status, --status-listen)");
+            tracing::warn!("status page not served: {addr}: {e}");
+            return Ok(());
+        }
+        Err(e) => return Err(format!("status {addr}: {e}")),
+    };
+    println!("status: listening on http://{}/", tcp.local_addr().map_err(|e| e.to_string())?);
+    let peer_accounts: BTreeMap<String, Vec<String>> =
+        peers.iter().map(|p| (p.id.to_string(), p.accounts.clone())).collect();
+    let changed = hub.status_changed.subscribe();
+    let snapshot = Arc::new(move || {
+        let st = status(&store, me, &peers, &hub);
+        let log = hub.links.lock().unwrap_or_else(|p| p.into_inner());
+        crate::status_page::to_json(crate::status_page::view(&st, &self_addr, &peer_accounts, &log, unix_ms()))
+    });
+    tasks.spawn(crate::status_page::serve(tcp, crate::status_page::Source { snapshot, changed }));
+    Ok(())
 }
 
 fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::NodeStatus {
@@ -574,7 +628,14 @@ pub(crate) struct Hub {
     pub(crate) cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
     /// Every open connection to a peer, with a sync session or only
     /// gossip (what membership datagrams travel on).
-    links: Arc<Mutex<BTreeMap<NodeId, quinn::Connection>>>,
+    conns: Arc<Mutex<BTreeMap<NodeId, quinn::Connection>>>,
+    /// This node.
+    me: NodeId,
+    /// Links going up and down, for the status page.
+    links: Arc<Mutex<crate::status_page::LinkLog>>,
+    /// Bumped when a link goes up or down or an account changes: the status
+    /// page pushes a new view.
+    status_changed: Arc<watch::Sender<u64>>,
 }
 
 /// A connection to a peer registered for gossip while it lives: its
@@ -589,7 +650,7 @@ pub(crate) struct Attached {
 impl Hub {
     /// Registers `conn` to `peer` (see [`Attached`]).
     pub(crate) fn attach(&self, conn: &quinn::Connection, peer: &Peer) -> Attached {
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, conn.clone());
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, conn.clone());
         let reader = self.cluster.get().cloned().map(|cluster| {
             cluster.tell(crate::cluster::Input::Connected(peer.clone()));
             let (c, id) = (conn.clone(), peer.id);
@@ -608,9 +669,9 @@ impl Drop for Attached {
         if let Some(r) = self.reader.take() {
             r.abort();
         }
-        let mut links = self.hub.links.lock().unwrap_or_else(|p| p.into_inner());
-        if links.get(&self.peer).is_some_and(|c| c.stable_id() == self.stable_id) {
-            links.remove(&self.peer);
+        let mut conns = self.hub.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.get(&self.peer).is_some_and(|c| c.stable_id() == self.stable_id) {
+            conns.remove(&self.peer);
         }
     }
 }
@@ -634,7 +695,7 @@ impl Hub {
 
     /// The open connection to `id`, if any (a sync session or only gossip).
     pub(crate) fn connection(&self, id: &NodeId) -> Option<quinn::Connection> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// The peer table. A session that panicked while holding it left
@@ -642,6 +703,14 @@ impl Hub {
     /// poisoned lock is taken as it is rather than failing every session.
     fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, PeerLive>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a link to `peer` going up or down (the status page's events).
+    fn link_event(&self, peer: NodeId, up: bool, reason: &str) {
+        let mut log = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        log.record(unix_ms(), &self.me.to_string(), &peer.to_string(), up, reason);
+        drop(log);
+        self.status_changed.send_modify(|g| *g += 1);
     }
 }
 
@@ -763,6 +832,7 @@ pub(crate) async fn session(
         l.bytes_now = (0, 0);
         l.generation
     };
+    hub.link_event(peer.id, true, "connected");
     let mut in_flight_before = 0;
     // What the link last committed (relayed to the other links), or why it failed.
     let mut outcome: Result<Progress, LinkError> = Ok(Progress::default());
@@ -919,6 +989,8 @@ pub(crate) async fn session(
             l.connected = false;
             l.bytes_now = (0, 0);
             l.connection = None;
+            drop(live);
+            hub.link_event(peer.id, false, &end);
         }
     }
     reader.abort();

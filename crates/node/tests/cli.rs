@@ -78,6 +78,9 @@ fn serve_from_an_empty_directory_then_accounts_import_dump_export() {
     let out = serve_while(dir.path(), &[], |out| {
         let addr = out.lines().find_map(|l| l.strip_prefix("imap: listening on ")).expect("IMAP address printed");
         assert_eq!(addr, "127.0.0.1:1143", "the default IMAP port");
+        let page =
+            out.lines().find_map(|l| l.strip_prefix("status: listening on http://")).expect("status page printed");
+        assert_eq!(page, "127.0.0.1:8431/", "the status page is on by default, on loopback");
         let line = out.lines().find(|l| l.starts_with("created account ")).expect("account printed");
         let password = line.split("password \"").nth(1).unwrap().split('"').next().unwrap();
         let answers = imap_login(addr, "user", password);
@@ -223,11 +226,12 @@ fn config_errors_name_line_and_key_and_a_good_config_is_used() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "data_dir = \"d-good\"\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\nlmtp = \"127.0.0.1:0\"\npeers = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+        "data_dir = \"d-good\"\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\nlmtp = \"127.0.0.1:0\"\npeers = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nstatus = \"off\"\n[log]\nformat = \"json\"\n",
     )
     .unwrap();
     serve_while(dir.path(), &["--config", good.to_str().unwrap()], |out| {
         assert!(!out.contains("127.0.0.1:1143"), "config address used: {out}");
+        assert!(!out.contains("status: "), "status = \"off\" turns the page off: {out}");
         let url = out.lines().find_map(|l| l.strip_prefix("metrics: listening on http://")).expect("metrics printed");
         let addr = url.trim_end_matches("/metrics");
         let mut s = std::net::TcpStream::connect(addr).unwrap();

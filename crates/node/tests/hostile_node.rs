@@ -96,7 +96,7 @@ fn start_logged(node: &Node, log: &Path) -> std::process::Child {
         .arg("--data-dir")
         .arg(&node.dir)
         .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", node.port), "--lmtp-listen", "127.0.0.1:0"])
-        .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+        .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

@@ -26,6 +26,8 @@ pub struct Node {
     pub imap: Arc<Mutex<Option<u16>>>,
     /// The IMAP (implicit TLS) port it printed.
     pub imaps: Arc<Mutex<Option<u16>>>,
+    /// The status page port it printed.
+    pub status: Arc<Mutex<Option<u16>>>,
 }
 
 pub fn run(dir: &Path, args: &[&str]) -> String {
@@ -59,6 +61,7 @@ impl Node {
             lmtp: Arc::new(Mutex::new(None)),
             imap: Arc::new(Mutex::new(None)),
             imaps: Arc::new(Mutex::new(None)),
+            status: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -194,7 +197,7 @@ impl Node {
         cmd.arg("--data-dir")
             .arg(&self.dir)
             .args(["serve", "--peer-listen", &format!("127.0.0.1:{}", self.port), "--lmtp-listen", "127.0.0.1:0"])
-            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0"])
+            .args(["--imap-listen", "127.0.0.1:0", "--imaps-listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             // The log, beside the data directory (kept when it is deleted).
@@ -235,7 +238,8 @@ impl Node {
     fn launch(&mut self, mut cmd: Command) {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (lmtp, imap, imaps) = (self.lmtp.clone(), self.imap.clone(), self.imaps.clone());
+        let (lmtp, imap, imaps, status) =
+            (self.lmtp.clone(), self.imap.clone(), self.imaps.clone(), self.status.clone());
         let (ops, missing) = (self.ops.clone(), self.missing.clone());
         *ops.lock().unwrap() = None;
         *missing.lock().unwrap() = None;
@@ -257,6 +261,9 @@ impl Node {
                 }
                 if let Some(a) = line.strip_prefix("imaps: listening on ") {
                     *imaps.lock().unwrap() = port(a);
+                }
+                if let Some(a) = line.strip_prefix("status: listening on http://") {
+                    *status.lock().unwrap() = port(a.trim_end_matches('/'));
                 }
                 if line.starts_with("peers: listening") {
                     let _ = up_tx.send(());
