@@ -234,7 +234,7 @@ pub fn run(
         }
         if let Some(listen) = listen.status {
             let self_addr = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            status_page(listen, self_addr, store.clone(), identity.id(), peers.clone(), hub.clone(), &tasks).await?;
+            status_page(listen, self_addr, store.clone(), identity.id(), book.clone(), hub.clone(), &tasks).await?;
         }
         for a in store.accounts() {
             report(&store, &a, true);
@@ -413,7 +413,7 @@ async fn status_page(
     self_addr: String,
     store: Arc<Store>,
     me: NodeId,
-    peers: Arc<Vec<Peer>>,
+    book: Arc<PeerBook>,
     hub: Hub,
     tasks: &Tasks,
 ) -> Result<(), String> {
@@ -428,10 +428,12 @@ async fn status_page(
         Err(e) => return Err(format!("status {addr}: {e}")),
     };
     println!("status: listening on http://{}/", tcp.local_addr().map_err(|e| e.to_string())?);
-    let peer_accounts: BTreeMap<String, Vec<String>> =
-        peers.iter().map(|p| (p.id.to_string(), p.accounts.clone())).collect();
     let changed = hub.status_changed.subscribe();
+    // The peers as they are now (joins, introductions and removals change them).
     let snapshot = Arc::new(move || {
+        let peers = book.list();
+        let peer_accounts: BTreeMap<String, Vec<String>> =
+            peers.iter().map(|p| (p.id.to_string(), p.accounts.clone())).collect();
         let st = status(&store, me, &peers, &hub);
         let log = hub.links.lock().unwrap_or_else(|p| p.into_inner());
         crate::status_page::to_json(crate::status_page::view(&st, &self_addr, &peer_accounts, &log, unix_ms()))

@@ -240,6 +240,19 @@ pub fn view(
             last_contact_secs: p.last_contact_secs,
         });
     }
+    // Members gossip knows that are not pinned here: nodes without a link
+    // from this one (the cluster beyond its peers).
+    for m in &st.cluster {
+        if !v.nodes.iter().any(|n| n.id == m.node_id) {
+            v.nodes.push(NodeView {
+                id: m.node_id.clone(),
+                name: short(&m.node_id),
+                addr: m.addr.clone(),
+                is_self: false,
+                up: true,
+            });
+        }
+    }
     for a in &st.accounts {
         v.bodies_missing += a.bodies_missing as u64;
         let mut replicas = Vec::new();
@@ -576,6 +589,23 @@ mod tests {
         assert_eq!(j["nodes"][0]["self"], true);
         assert_eq!(j["links"][1]["up"], false);
         assert_eq!(j["accounts"][0]["replicas"][2]["behind_ops"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn members_known_by_gossip_are_nodes_without_a_link_from_here() {
+        let (mut st, accounts) = status();
+        let member = |c: char| crate::cluster::MemberStatus {
+            node_id: id(c),
+            addr: "10.0.0.9:7431".into(),
+            accounts: vec!["alice".into()],
+        };
+        // b is pinned (already a node); d is known only by gossip.
+        st.cluster = vec![member('b'), member('d')];
+        let v = view(&st, "127.0.0.1:7431", &accounts, &LinkLog::default(), 5_000);
+        assert_eq!(v.nodes.len(), 4);
+        let d = v.nodes.iter().find(|n| n.id == id('d')).expect("the gossip member");
+        assert!(d.up && !d.is_self && d.addr == "10.0.0.9:7431");
+        assert_eq!(v.links.len(), 2, "no link drawn to a node this one holds no session with");
     }
 
     #[test]
