@@ -4,11 +4,13 @@
 //!
 //! What it shows: one `invite`/`join` per newcomer builds the cluster (a
 //! tree of pinned pairs, crossing the slow link twice); ops and bodies relay
-//! through the tree so every node holds the same account; during a cut each
-//! group of nodes still connected keeps working and converges, and holds
-//! none of the other groups' changes; after the heal all seven converge to
-//! the same `dump`; a node removed by the node it is pinned to is refused
-//! (its later mail stays with it; it cannot join again).
+//! through the tree so every node holds the same account, and gossip makes
+//! the nodes pin the others they were introduced to (a3, which joined b2,
+//! ends up pinned to a1); during a cut each site keeps working and
+//! converges, and holds none of the other's changes; after the heal all
+//! seven converge to the same `dump`; a node removed by one node is removed
+//! by all (the news spreads) and refused (its later mail stays with it; it
+//! cannot join again).
 //!
 //! The network (everything in namespaces named `stl<pid>-…`, so parallel
 //! runs do not clash, deleted when the test ends, failed or not):
@@ -520,13 +522,19 @@ fn seven_nodes_on_two_sites_join_by_invitation_survive_a_cut_and_refuse_a_remove
     converge("after the joins", &c.nodes(&all), t);
     assert_eq!(messages(&c.get("a3").node.dump()), 23);
     assert!(connected(c.get("a1"), c.get("b1")) && connected(c.get("a3"), c.get("b2")));
-    // The tree, as pinned: a3 knows only b2, and has a1's mail through it.
-    let a3_peers = run(&c.get("a3").node.dir, &["peer", "list"]);
-    assert!(a3_peers.contains(&c.get("b2").node.id) && !a3_peers.contains(&c.get("a1").node.id), "{a3_peers}");
+    // Gossip: a3 joined b2 only, and learns the others from it; every node
+    // ends up pinned to the six others.
+    let t_gossip = Instant::now();
+    for m in c.nodes(&all) {
+        wait_for(&format!("{} to pin all six others by gossip", m.name), || {
+            let peers = run(&m.node.dir, &["peer", "list"]);
+            c.nodes(&all).iter().filter(|o| o.name != m.name).all(|o| peers.contains(&o.node.id))
+        });
+    }
+    println!("every node pinned the six others {:.2} s after the joins", t_gossip.elapsed().as_secs_f64());
 
-    // Cut between the sites. With one invitation per newcomer the links
-    // form a tree, and a tree crossing the cut twice falls in three groups:
-    // {a1, a2, a4}, {b1, b2, b3}, and a3 alone (its link is to b2).
+    // Cut between the sites: each site is one group (a3, on site A, is
+    // pinned to a1, a2 and a4 now).
     c.relay.cut.store(true, Ordering::Relaxed);
     let t_cut = Instant::now();
     deliver(c.get("a4"), "cut-a4");
@@ -536,13 +544,12 @@ fn seven_nodes_on_two_sites_join_by_invitation_survive_a_cut_and_refuse_a_remove
     run(&c.get("b2").node.dir, &["flag", "alice", "INBOX", "2:4", "+$Important"]);
     deliver(c.get("a3"), "cut-a3");
     run(&c.get("a3").node.dir, &["flag", "alice", "INBOX", "5", "+\\Answered"]);
-    converge("cut, site A", &c.nodes(&["a1", "a2", "a4"]), t_cut);
+    converge("cut, site A", &c.nodes(&["a1", "a2", "a3", "a4"]), t_cut);
     converge("cut, site B", &c.nodes(&["b1", "b2", "b3"]), t_cut);
-    let (a, b, a3) = (c.get("a1").node.dump(), c.get("b1").node.dump(), c.get("a3").node.dump());
-    assert_eq!((messages(&a), messages(&b), messages(&a3)), (25, 24, 24), "each group has its own mail only");
-    assert!(a.contains("\\Flagged") && !a.contains("$Important") && !a.contains("\\Answered"), "A:\n{a}");
+    let (a, b) = (c.get("a1").node.dump(), c.get("b1").node.dump());
+    assert_eq!((messages(&a), messages(&b)), (26, 24), "each site has its own mail only");
+    assert!(a.contains("\\Flagged") && a.contains("\\Answered") && !a.contains("$Important"), "A:\n{a}");
     assert!(b.contains("$Important") && !b.contains("\\Flagged") && !b.contains("\\Answered"), "B:\n{b}");
-    assert!(a3.contains("\\Answered") && !a3.contains("\\Flagged") && !a3.contains("$Important"), "a3:\n{a3}");
     // Long enough for the sessions across the cut to end (QUIC's idle
     // timeout, 9 s), so the heal needs new connections over the slow link.
     for (x, y) in [("a1", "b1"), ("b1", "a1"), ("a3", "b2"), ("b2", "a3")] {
@@ -559,15 +566,22 @@ fn seven_nodes_on_two_sites_join_by_invitation_survive_a_cut_and_refuse_a_remove
     assert!(d.contains("\\Flagged") && d.contains("$Important") && d.contains("\\Answered"), "{d}");
     println!("cut for {:.1} s; healed in {:.2} s", (t_heal - t_cut).as_secs_f64(), healed.as_secs_f64());
 
-    // b2 removes a3 (across the slow link): a3 is refused from then on.
+    // b2 removes a3 (across the slow link): the news reaches every node,
+    // each removes a3 too, and a3 is refused from then on.
     let a3_log = c.get("a3").node.dir.with_extension("log");
     let log_from = std::fs::metadata(&a3_log).map_or(0, |m| m.len() as usize);
     let t_removed = Instant::now();
     let removed = run(&c.get("b2").node.dir, &["peer", "remove", &c.get("a3").node.id]);
     assert!(removed.contains("refused"), "{removed}");
+    let rest = ["a1", "a2", "a4", "b1", "b2", "b3"];
+    for m in c.nodes(&rest) {
+        wait_for(&format!("{} to remove a3 too", m.name), || {
+            !run(&m.node.dir, &["peer", "list"]).contains(&c.get("a3").node.id)
+        });
+    }
+    println!("every node removed a3 {:.2} s after b2 did", t_removed.elapsed().as_secs_f64());
     deliver(c.get("a3"), "from-removed");
     deliver(c.get("a1"), "after-removal");
-    let rest = ["a1", "a2", "a4", "b1", "b2", "b3"];
     converge("after the removal", &c.nodes(&rest), t_removed);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(messages(&c.get("a3").node.dump()), 28, "a3 has its own mail, not a1's");
