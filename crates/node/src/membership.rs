@@ -79,6 +79,18 @@ impl Node {
         node
     }
 
+    /// The peers whose acknowledgements housekeeping waits for: every
+    /// pinned peer with a full mesh; with a fan-out, the neighbours only.
+    /// Every op and body then stays with some neighbour of each node that
+    /// lacks it (each neighbour waits for its own neighbours), and a node
+    /// whose neighbours changed and compacted past it catches up by
+    /// snapshot. Waiting for every pinned peer would never compact: the
+    /// others never acknowledge anything to this node.
+    pub fn housekeeping_peers(&self) -> Vec<Peer> {
+        let all = self.book.list();
+        all.iter().filter(|p| self.wants_session(&p.id)).cloned().collect()
+    }
+
     /// Whether this node wants a sync session with `id` now.
     pub fn wants_session(&self, id: &NodeId) -> bool {
         self.fanout == 0 || self.chosen.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(id)

@@ -245,14 +245,14 @@ pub fn run(
         // Housekeeping, first one period after start (peers have said
         // where they stand by then).
         {
-            let (store, book, hub, config) = (store.clone(), book.clone(), hub.clone(), listen.housekeeping.clone());
+            let (store, node, hub, config) = (store.clone(), node.clone(), hub.clone(), listen.housekeeping.clone());
             tasks.spawn(async move {
                 // The file was compacted at start if it had to be.
                 let mut compacted = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(config.every).await;
                     tokio::task::block_in_place(|| {
-                        housekeep(&store, &book.list(), &hub, &config);
+                        housekeep(&store, &node.housekeeping_peers(), &hub, &config);
                         if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
                             compact_file(&store, &config, &mut compacted);
                         }

@@ -702,8 +702,12 @@ impl World {
         if !self.up(node) {
             return Ok(());
         }
-        let peers: Vec<(ReplicaId, Vec<String>)> = (0..self.nodes.len())
+        // With a fan-out, the neighbours only (as `serve` does): each op
+        // and body stays with some neighbour of every node that lacks it.
+        let n = self.nodes.len();
+        let peers: Vec<(ReplicaId, Vec<String>)> = (0..n)
             .filter(|j| *j != node && self.nodes[*j].joined)
+            .filter(|j| crate::scenario::linked(self.sc.fanout, n, node, *j))
             .map(|j| (self.nodes[j].id, vec![ACCOUNT.to_string()]))
             .collect();
         let alive: Vec<ReplicaId> = self.nodes[node].conns.keys().map(|j| self.nodes[*j].id).collect();
@@ -731,7 +735,15 @@ impl World {
             }
         }
         let floor = store.floor(ACCOUNT).map_err(err)?;
+        // Safety of compaction: no running node it waits for (every other
+        // with a full mesh, its neighbours with a fan-out) lacks what it
+        // dropped. With a fan-out the others get those ops from their own
+        // neighbours, which wait for them: the final convergence check
+        // shows they do.
         for (j, n) in self.nodes.iter().enumerate() {
+            if !crate::scenario::linked(self.sc.fanout, self.nodes.len(), node, j) {
+                continue;
+            }
             let Some(peer) = n.store.as_ref().filter(|_| j != node) else { continue };
             let theirs = peer.version(ACCOUNT).map_err(err)?;
             // A node that holds nothing of the others (one just joined,
