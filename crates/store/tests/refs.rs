@@ -5,6 +5,8 @@
 //! after a power cut at any point; and a body is served only to accounts
 //! that reference it.
 
+mod common;
+
 use proptest::prelude::*;
 use starling_model::{BlobId, MailboxId, MessageId, ReplicaId, INBOX};
 use starling_store::memdisk::MemDisk;
@@ -472,22 +474,9 @@ fn a_power_cut_during_the_index_build_leaves_the_old_format() {
         w.commit().unwrap();
     }
     let image = disk.durable_copy();
-    let mut opened_at = None;
-    for n in 0..200u64 {
-        let d = image.durable_copy();
-        d.fail_after(Some(n));
-        let first = Store::open_on(d.backend(), "mem", node, StoreOptions::default());
-        let done = first.is_ok();
-        drop(first);
-        d.crash();
-        d.fail_after(None);
-        let store = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
+    let opened_at = common::open_cut_at_each_disk_op(&image, node, 200, |store, n| {
         assert!(store.check_blob_refs().unwrap().is_empty(), "cut at disk op {n}");
-        if done {
-            opened_at = Some(n);
-            break;
-        }
-    }
+    });
     assert!(opened_at.is_some_and(|n| n > 0), "the build was cut at least once ({opened_at:?})");
 }
 

@@ -201,23 +201,10 @@ fn a_power_cut_during_the_keys_build_leaves_the_old_format() {
     }
     to_format_7(&redb::Database::builder().create_with_backend(disk.backend()).unwrap());
     let image = disk.durable_copy();
-    let mut opened_at = None;
-    for n in 0..400u64 {
-        let d = image.durable_copy();
-        d.fail_after(Some(n));
-        let first = Store::open_on(d.backend(), "mem", node, StoreOptions::default());
-        let done = first.is_ok();
-        drop(first);
-        d.crash();
-        d.fail_after(None);
-        let store = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
+    let opened_at = common::open_cut_at_each_disk_op(&image, node, 400, |store, n| {
         assert_eq!(store.check_sort_keys().unwrap(), Vec::<String>::new(), "cut at disk op {n}");
-        assert_eq!(keys_of(&store, "t", &raws[7]), Some(SortKeys::of(&raws[7])), "cut at disk op {n}");
-        if done {
-            opened_at = Some(n);
-            break;
-        }
-    }
+        assert_eq!(keys_of(store, "t", &raws[7]), Some(SortKeys::of(&raws[7])), "cut at disk op {n}");
+    });
     assert!(opened_at.is_some_and(|n| n > 0), "the build was cut at least once ({opened_at:?})");
 }
 

@@ -70,3 +70,31 @@ pub fn sparse_store(path: &Path, batches: u64) -> Store {
     housekeep(&store);
     store
 }
+
+/// Opens copies of `image` (an older store) cut by a power failure at each
+/// disk operation in turn, up to `max`, until one open runs to its end;
+/// after each cut the store opens again and `check` looks at it. Returns
+/// the first operation count at which the open completed. An upgrade step
+/// at open must leave a store that opens whole at every cut.
+pub fn open_cut_at_each_disk_op(
+    image: &starling_store::memdisk::MemDisk,
+    node: ReplicaId,
+    max: u64,
+    check: impl Fn(&Store, u64),
+) -> Option<u64> {
+    for n in 0..max {
+        let d = image.durable_copy();
+        d.fail_after(Some(n));
+        let first = Store::open_on(d.backend(), "mem", node, StoreOptions::default());
+        let done = first.is_ok();
+        drop(first);
+        d.crash();
+        d.fail_after(None);
+        let store = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
+        check(&store, n);
+        if done {
+            return Some(n);
+        }
+    }
+    None
+}
