@@ -40,6 +40,9 @@ pub struct Progress {
     pub committed: Vec<String>,
     /// Bodies stored.
     pub bodies: usize,
+    /// Their ids: the caller tells its other links
+    /// ([`PeerLink::bodies_here`]), whose peers may have asked for them.
+    pub stored: Vec<BlobId>,
     /// New messages arrived (appends, copies or a snapshot): the set of
     /// missing bodies may have grown.
     pub new_messages: bool,
@@ -59,6 +62,7 @@ impl Progress {
             self.note(a);
         }
         self.bodies += later.bodies;
+        self.stored.extend(later.stored);
         self.new_messages |= later.new_messages;
         self.bodies_lacking |= later.bodies_lacking;
         self.bodies_damaged |= later.bodies_damaged;
@@ -167,6 +171,12 @@ impl PeerLink {
         Ok(self.session.want_blobs(ids) > 0)
     }
 
+    /// Bodies just stored here (by another link): if this link's peer was
+    /// told this node lacked any of them, it is told they came.
+    pub fn bodies_here(&mut self, ids: &[BlobId]) {
+        self.session.bodies_here(ids);
+    }
+
     /// Another link's peer lacked a body: sweep for missing bodies on this
     /// link's retry timer too, counted from `now`.
     pub fn arm_retry(&mut self, now: Instant) {
@@ -242,6 +252,7 @@ impl PeerLink {
                     progress.bodies += n;
                     // Committed: the peer may count this node as holding them.
                     self.session.held(&ids);
+                    progress.stored.extend_from_slice(&ids);
                 }
                 Err(StoreError::BadBody { blob, reason }) => {
                     return Err(self.session.malformed(format!("body {blob:?}: {reason}")).into())

@@ -125,6 +125,7 @@ pub fn run(
             bodies_lacking: Arc::new(watch::channel(0).0),
             live: Arc::default(),
             wanted: broadcast::channel(WANTED_QUEUED).0,
+            arrived: broadcast::channel(ARRIVED_QUEUED).0,
             cluster: Arc::default(),
             conns: Arc::default(),
             me: identity.id(),
@@ -609,6 +610,10 @@ fn report(store: &Store, account: &str, bodies: bool) {
     let _ = std::io::stdout().flush();
 }
 
+/// Batches of stored bodies queued for the peer links; a link that falls
+/// behind misses some (its peer then sweeps on its own retry timer).
+const ARRIVED_QUEUED: usize = 64;
+
 /// On-demand body requests queued for the peer links; a link that falls
 /// behind skips requests (the client's wait then ends with NO [UNAVAILABLE]).
 const WANTED_QUEUED: usize = 64;
@@ -626,6 +631,9 @@ pub(crate) struct Hub {
     /// Bodies an IMAP FETCH waits for (account, (id, size)): every link of
     /// the account asks its peer ([`starling_imap::ondemand`]).
     wanted: broadcast::Sender<WantedBodies>,
+    /// Bodies a link just stored: every link tells its peer if it had
+    /// answered "not here" for one of them.
+    arrived: broadcast::Sender<Arc<Vec<starling_model::BlobId>>>,
     /// Gossip membership, once started.
     pub(crate) cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
     /// Every open connection to a peer, with a sync session or only
@@ -821,6 +829,7 @@ pub(crate) async fn session(
     let mut local = hub.changes.subscribe();
     let mut lacking = hub.bodies_lacking.subscribe();
     let mut wanted = hub.wanted.subscribe();
+    let mut arrived = hub.arrived.subscribe();
     let mut probes = store.probes();
     // This connection's generation: a connection that ends after a newer
     // one to the same peer began (a peer restarted before the old one timed
@@ -861,6 +870,9 @@ pub(crate) async fn session(
                 }
                 if progress.bodies_lacking || progress.bodies_damaged {
                     hub.bodies_lacking.send_modify(|g| *g += 1);
+                }
+                if !progress.stored.is_empty() {
+                    let _ = hub.arrived.send(Arc::new(progress.stored));
                 }
                 // Counting what is still missing scans the account: only when
                 // this link's requests have all been answered (bodies or
@@ -923,6 +935,12 @@ pub(crate) async fn session(
                         outcome = tokio::task::block_in_place(|| link.pump(&store));
                     }
                 }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break "shutting down".into(),
+            },
+            // Bodies stored by some link: this peer may have asked for them.
+            a = arrived.recv() => match a {
+                Ok(ids) => link.bodies_here(&ids),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break "shutting down".into(),
             },

@@ -947,6 +947,15 @@ impl World {
         if !progress.committed.is_empty() {
             self.changed(node, Some(peer))?;
         }
+        if !progress.stored.is_empty() {
+            // Bodies came: the other links' peers that were told "not
+            // here" hear they are (as `serve` does).
+            let peers: Vec<usize> = self.nodes[node].conns.keys().copied().filter(|p| *p != peer).collect();
+            for p in peers {
+                self.nodes[node].conns.get_mut(&p).expect("listed").link.bodies_here(&progress.stored);
+                self.flush(node, p);
+            }
+        }
         if progress.bodies_lacking || progress.bodies_damaged {
             let peers: Vec<usize> = self.nodes[node].conns.keys().copied().collect();
             let now = self.instant();

@@ -93,7 +93,7 @@ use std::time::{Duration, Instant};
 /// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]; 6: `Held`, the
 /// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it;
 /// 7: ops may be `OpBody::Forced`, snapshots carry forced claims).
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -146,6 +146,8 @@ pub const METADATA_QUEUE_SOFT: usize = 64;
 /// First delay before asking again for bodies no peer had; it doubles up
 /// to [`RETRY_MAX`] while they stay missing.
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Bodies a session remembers having answered `NoBlob` for, at most.
+pub const SAID_NO_MAX: usize = PEER_WANTS_MAX;
 /// Longest delay between two sweeps for missing bodies.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -238,6 +240,15 @@ pub enum Frame {
         /// Why.
         reason: String,
     },
+    /// Bodies the sender answered `NoBlob` for earlier have arrived there
+    /// since (from another peer): the receiver sweeps for missing bodies at
+    /// once rather than on its retry timer's longer and longer wait, so a
+    /// body relayed through this node lags its op by a round trip, not by
+    /// seconds. (Protocol 9; appended, so older frames keep their tags.)
+    Arrived {
+        /// At most [`BLOB_IDS_MAX`].
+        ids: Vec<BlobId>,
+    },
 }
 
 /// How a [`Frame::Blob`] holds its body. (Encoded as 0, 1, 2: the first
@@ -296,7 +307,7 @@ impl Frame {
             Frame::Ops { account, .. } | Frame::Snapshot { account, .. } | Frame::Probe { account, .. } => {
                 name_ok(account)
             }
-            Frame::WantBlobs { ids } | Frame::Held { ids } => ids.len() <= BLOB_IDS_MAX,
+            Frame::WantBlobs { ids } | Frame::Held { ids } | Frame::Arrived { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
         };
         if !ok {
@@ -653,6 +664,13 @@ pub struct Session {
     peer_wants: VecDeque<BlobId>,
     /// Bodies the driver was asked to read and has not answered yet.
     reading: usize,
+    /// Bodies answered `NoBlob` to the peer (at most [`SAID_NO_MAX`]; past
+    /// it any one is forgotten): when one arrives here, the peer is told
+    /// ([`Frame::Arrived`]).
+    said_no: BTreeSet<BlobId>,
+    /// Of those, the ones that arrived and the peer is not told yet: one
+    /// `Arrived` frame at a time goes out, when the metadata queue is empty.
+    arrived: BTreeSet<BlobId>,
     retry: Retry,
     /// The driver's clock, as of its last [`Session::handle_timeout`].
     now: Option<Instant>,
@@ -687,6 +705,8 @@ impl Session {
             wants: Wants::default(),
             peer_wants: VecDeque::new(),
             reading: 0,
+            said_no: BTreeSet::new(),
+            arrived: BTreeSet::new(),
             retry: Retry { due: None, backoff: RETRY_FIRST, armed_unread: false },
             now: None,
             bytes_out: 0,
@@ -926,6 +946,15 @@ impl Session {
                 st.probe_in = st.probe_in.max(probe);
                 Ok(())
             }
+            (Phase::Open, Frame::Arrived { .. }) => {
+                // Sweep for missing bodies now, and from the shortest wait.
+                self.retry.backoff = RETRY_FIRST;
+                match self.now {
+                    Some(now) => self.retry.due = Some(now),
+                    None => self.retry.armed_unread = true,
+                }
+                Ok(())
+            }
             (Phase::Open, Frame::Held { ids }) => {
                 self.events.push_back(Event::Held { ids });
                 Ok(())
@@ -1060,7 +1089,27 @@ impl Session {
                 self.transmit_blob_bytes += frame.len();
                 self.transmit_blobs.push_back(frame);
             }
-            None => self.queue(&Frame::NoBlob { id }),
+            None => {
+                if self.said_no.len() >= SAID_NO_MAX {
+                    self.said_no.pop_first();
+                }
+                self.said_no.insert(id);
+                self.queue(&Frame::NoBlob { id })
+            }
+        }
+    }
+
+    /// These bodies are stored here now (from another peer, or written
+    /// locally): those this session answered `NoBlob` for are announced to
+    /// the peer ([`Frame::Arrived`]), which then asks again at once.
+    pub fn bodies_here(&mut self, ids: &[BlobId]) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        for id in ids {
+            if self.said_no.remove(id) {
+                self.arrived.insert(*id);
+            }
         }
     }
 
@@ -1231,6 +1280,14 @@ impl Session {
     /// Next metadata frame to send (in order, on the session's stream).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.transmit.is_empty() && !self.arrived.is_empty() && self.phase == Phase::Open {
+            let mut ids = Vec::new();
+            while ids.len() < BLOB_IDS_MAX {
+                let Some(id) = self.arrived.pop_first() else { break };
+                ids.push(id);
+            }
+            self.queue(&Frame::Arrived { ids });
+        }
         let f = self.transmit.pop_front()?;
         self.transmit_bytes -= f.len();
         Some(f)

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use starling_model::{BlobId, Keyword, Op, Replica, ReplicaId, VersionVector, INBOX};
-use starling_sync::{BlobEncoding, Event, Frame, Session, SessionError, Shipped};
+use starling_sync::{BlobEncoding, Event, Frame, Session, SessionError, Shipped, RETRY_FIRST};
 
 struct Peer {
     replica: Replica,
@@ -438,4 +438,39 @@ fn probes_before_the_answer_share_one() {
     s.answer_probe("a", VersionVector::new(), 1);
     let haves: Vec<Frame> = std::iter::from_fn(|| s.poll_transmit()).map(|f| Frame::decode(&f).unwrap()).collect();
     assert!(matches!(haves.as_slice(), [Frame::Have { probe: 1000, .. }]), "{haves:?}");
+}
+
+/// A node that answered "not here" for a body tells the peer once the
+/// body arrives (from another peer): the peer sweeps at once, from the
+/// shortest wait, instead of after its backed-off timer. Nothing is said
+/// for bodies it never refused, and only one `Arrived` waits in the queue.
+#[test]
+fn a_body_refused_then_stored_is_announced_and_the_peer_sweeps_at_once() {
+    let (mut a, _) = open_pair(); // a answers; its peer is the requester below.
+    while a.poll_transmit().is_some() {}
+    let (x, y) = (BlobId::of(b"x"), BlobId::of(b"y"));
+    a.send_blob(x, None);
+    let no = a.poll_transmit().unwrap();
+    assert!(matches!(Frame::decode(&no), Ok(Frame::NoBlob { id }) if id == x));
+    a.bodies_here(&[y]);
+    assert!(a.poll_transmit().is_none(), "y was never refused");
+    a.bodies_here(&[x, y]);
+    a.bodies_here(&[x]);
+    let arrived = a.poll_transmit().expect("told");
+    assert!(matches!(Frame::decode(&arrived), Ok(Frame::Arrived { ids }) if ids == vec![x]));
+    assert!(a.poll_transmit().is_none(), "told once");
+
+    // The requester: it asked for x and was told no: it waits to sweep.
+    let (mut r, _) = open_pair();
+    let t0 = std::time::Instant::now();
+    r.want_blobs([(x, 10)]);
+    r.handle_timeout(t0);
+    r.handle_frame(&no).unwrap();
+    let waiting = r.poll_timeout().unwrap();
+    assert!(waiting >= t0 + RETRY_FIRST, "waits: {:?}", waiting - t0);
+    while r.poll_event().is_some() {}
+    r.handle_frame(&arrived).unwrap();
+    assert_eq!(r.poll_timeout(), Some(t0), "a sweep is due now");
+    r.handle_timeout(t0);
+    assert!(std::iter::from_fn(|| r.poll_event()).any(|e| e == Event::RetryBodies));
 }
