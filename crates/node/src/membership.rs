@@ -209,6 +209,9 @@ impl Node {
             c.tell(crate::cluster::Input::Accounts(held(&self.store)));
         }
         let now = self.book.pin(peer, merge)?;
+        // Into the fan-out at once, not at the next recount: a node that
+        // just joined (or was introduced) would wait for its session.
+        self.choose();
         if before.is_some_and(|b| b.accounts != now.accounts || b.addr != now.addr) {
             self.hub.disconnect(&now.id, "pinned again");
         }
@@ -232,6 +235,7 @@ impl Node {
             Request::PeerRemove { node_id } => {
                 let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
                 self.book.revoke(&id)?;
+                self.choose();
                 self.hub.disconnect(&id, "removed");
                 if let Some(c) = self.hub.cluster.get() {
                     c.tell(crate::cluster::Input::Removed(id));
