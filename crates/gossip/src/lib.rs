@@ -40,8 +40,11 @@ pub const EVENTS_MAX: usize = 1024;
 /// Timers pending at most (foca keeps a few per member being probed or
 /// suspected; the cluster's size is bounded by [`MEMBERS_MAX`]).
 pub const TIMERS_MAX: usize = 4 * MEMBERS_MAX + 64;
-/// Members known at most; foca forgets down members after a while, and
-/// new ones past this bound are ignored.
+/// Members a node is expected to know at most: what the timer bound and
+/// [`Gossip::state`] are sized for. foca's own table holds every node id
+/// its (pinned, trusted) peers advertise and forgets down members after an
+/// hour; it is not cut here. What the node builds on it is: it pins at
+/// most this many peers (`PeerBook`), and lists at most this many members.
 pub const MEMBERS_MAX: usize = 1024;
 /// Bytes of account names a member advertises at most (they travel in
 /// every datagram that mentions the member).

@@ -165,8 +165,9 @@ async fn a_stranger_gets_in_only_to_join_and_only_while_invited() {
     let eb = PeerEndpoint::bind(any, b.clone(), Arc::new(PeerSet::new([a.id()]))).unwrap();
     let ec = PeerEndpoint::bind(any, c.clone(), Arc::new(PeerSet::default())).unwrap();
     let addr_a = ea.local_addr().unwrap();
-    // A reports (who, joining) of every connection it accepted.
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    // A reports (who, joining) of every connection it accepted (the test
+    // makes six connections).
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(16);
     {
         let ea = ea.clone();
         tokio::spawn(async move {
@@ -174,7 +175,7 @@ async fn a_stranger_gets_in_only_to_join_and_only_while_invited() {
                 let (ea, seen_tx) = (ea.clone(), seen_tx.clone());
                 tokio::spawn(async move {
                     if let Ok(conn) = ea.handshake(incoming).await {
-                        let _ = seen_tx.send((conn.peer, conn.joining));
+                        let _ = seen_tx.send((conn.peer, conn.joining)).await;
                         let _ = conn.connection.closed().await;
                     }
                 });
@@ -223,7 +224,7 @@ async fn a_stranger_gets_in_only_to_join_and_only_while_invited() {
 }
 
 /// What A accepted in the last moment, if anything.
-async fn accepted(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(NodeId, bool)>) -> Option<(NodeId, bool)> {
+async fn accepted(rx: &mut tokio::sync::mpsc::Receiver<(NodeId, bool)>) -> Option<(NodeId, bool)> {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     rx.try_recv().ok()
 }

@@ -155,6 +155,7 @@ pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
             if changed {
                 let mut list: Vec<MemberStatus> = g
                     .members()
+                    .take(starling_gossip::MEMBERS_MAX)
                     .map(|m| MemberStatus {
                         node_id: NodeId(m.node).to_string(),
                         addr: m.addr.to_string(),
@@ -213,10 +214,9 @@ fn removed_by(node: &Node, id: NodeId, peer: NodeId) {
     let Some(p) = node.book.get(&peer) else { return };
     match node.book.revoke_for(&id, &p.accounts) {
         Ok(true) => {
-            node.hub.disconnect(&id, "removed");
             tracing::info!(node = %id, by = %peer, "removed: a peer removed it");
             println!("peer {id} removed, as {peer} did");
-            tell_all(node, id);
+            node.removed(id);
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(node = %id, "passing on a removal: {e}"),

@@ -188,10 +188,7 @@ impl Invites {
         for o in &self.open {
             text.push_str(&format!("{} {} {}\n", NodeId(o.hash), o.expires, o.accounts.join(",")));
         }
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+        crate::private::replace_file(&self.path, &text)
     }
 
     /// Drops expired invitations; true if any are left.
@@ -220,13 +217,7 @@ impl Invites {
         if self.open.len() >= OPEN_MAX {
             return Err(format!("{OPEN_MAX} invitations are open already; wait until some are used or expire"));
         }
-        let mut secret = [0u8; 16];
-        {
-            use std::io::Read;
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut secret))
-                .map_err(|e| format!("/dev/urandom: {e}"))?;
-        }
+        let secret: [u8; 16] = crate::private::random_bytes()?;
         self.open.push(Open {
             hash: *blake3::hash(&secret).as_bytes(),
             expires: now + ttl_secs,

@@ -382,10 +382,8 @@ fn first_start(store: &Store) -> Result<Option<(String, String)>, String> {
 }
 
 fn random_password() -> String {
-    use std::io::Read;
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
+    let bytes: [u8; 16] = private::random_bytes().expect("/dev/urandom");
     bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
 

@@ -224,6 +224,16 @@ impl Node {
         self.pin(peer, false)
     }
 
+    /// `id` was removed here (`peer remove`, or a peer's news of it): out of
+    /// the fan-out, its connection closed, and every peer told.
+    pub(crate) fn removed(&self, id: NodeId) {
+        self.choose();
+        self.hub.disconnect(&id, "removed");
+        if let Some(c) = self.hub.cluster.get() {
+            c.tell(crate::cluster::Input::Removed(id));
+        }
+    }
+
     /// Answers a membership request of the control socket.
     pub async fn answer(&self, req: Request) -> Result<String, String> {
         match req {
@@ -235,11 +245,7 @@ impl Node {
             Request::PeerRemove { node_id } => {
                 let id = NodeId::parse(&node_id).map_err(|e| e.to_string())?;
                 self.book.revoke(&id)?;
-                self.choose();
-                self.hub.disconnect(&id, "removed");
-                if let Some(c) = self.hub.cluster.get() {
-                    c.tell(crate::cluster::Input::Removed(id));
-                }
+                self.removed(id);
                 Ok(format!("peer {id} removed and refused from now on"))
             }
             Request::Invite { accounts, ttl_secs, addrs } => {

@@ -104,11 +104,7 @@ pub fn save(data_dir: &Path, peers: &[Peer]) -> Result<(), String> {
     for p in peers {
         text.push_str(&format!("{} {} {}{}\n", p.id, p.addr, p.accounts.join(","), options(&p.policy)));
     }
-    let path = data_dir.join("peers");
-    let tmp = data_dir.join("peers.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    crate::private::replace_file(&data_dir.join("peers"), &text)
 }
 
 /// Node ids this node removed (`DATA_DIR/revoked`, one per line): refused
@@ -132,9 +128,13 @@ fn save_revoked(data_dir: &Path, revoked: &BTreeSet<NodeId>) -> Result<(), Strin
     for id in revoked {
         text.push_str(&format!("{id}\n"));
     }
-    let path = data_dir.join("revoked");
-    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    crate::private::replace_file(&data_dir.join("revoked"), &text)
 }
+
+/// Peers pinned at most (by hand, by invitation or by introduction): a
+/// peer introducing node ids without end cannot grow the peers file, the
+/// dialers or the sessions past it.
+pub const PEERS_MAX: usize = starling_gossip::MEMBERS_MAX;
 
 /// The pinned peers of a node, changed while it runs (`peer add`, `peer
 /// remove`, `join`, and a node joining with an invitation): the peers
@@ -218,6 +218,9 @@ impl PeerBook {
         }
         let mut st = self.state();
         let mut list = (*st.list).clone();
+        if list.len() >= PEERS_MAX && !list.iter().any(|p| p.id == peer.id) {
+            return Err(format!("{PEERS_MAX} peers are pinned already; remove one first"));
+        }
         let now = match list.iter_mut().find(|p| p.id == peer.id) {
             Some(_) if !merge => return Err(format!("peer {} is already pinned", peer.id)),
             Some(p) => {
@@ -322,5 +325,38 @@ impl PeerBook {
         let out = st.invites.redeem(secret, now);
         self.pinned.admit_strangers(st.invites.prune(now));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(i: usize) -> Peer {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        Peer {
+            id: NodeId(id),
+            addr: "127.0.0.1:7431".parse().unwrap(),
+            accounts: vec!["alice".into()],
+            policy: BodyPolicy::full(),
+        }
+    }
+
+    #[test]
+    fn pinned_peers_are_bounded_and_a_removal_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = PeerBook::open(dir.path(), Vec::new()).unwrap();
+        for i in 0..PEERS_MAX {
+            book.pin(peer(i), false).unwrap();
+        }
+        assert!(book.pin(peer(PEERS_MAX), false).unwrap_err().contains("pinned already"));
+        // One already pinned may still be pinned again with more.
+        assert!(book.pin(peer(0), true).is_ok());
+        book.revoke(&peer(1).id).unwrap();
+        assert!(book.pin(peer(PEERS_MAX), false).is_ok());
+        assert_eq!(load(dir.path()).unwrap().len(), PEERS_MAX, "on disk too");
+        assert!(book.is_revoked(&peer(1).id));
+        assert!(PeerBook::open(dir.path(), Vec::new()).unwrap().is_revoked(&peer(1).id), "the removal is kept");
     }
 }

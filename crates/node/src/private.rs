@@ -15,6 +15,25 @@ pub fn umask() {
     }
 }
 
+/// Replaces the file at `path` with `text` whole: written beside it, then
+/// renamed over it, so a crash leaves the old file or the new one.
+pub fn replace_file(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `N` bytes from the kernel's random source.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    use std::io::Read;
+    let mut out = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut out))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(out)
+}
+
 /// Tightens `dir` to 0700 and each file directly in it to no access for
 /// group and others. Returns what it changed, as lines to log; a directory
 /// that does not exist yet is left alone (it is created private).
