@@ -127,6 +127,9 @@ pub struct MailboxTree {
     /// The account was deleted ([`AccountDoc::delete_account`]) on some
     /// replica: no login, no delivery, anywhere it reaches.
     pub deleted: bool,
+    /// Which nodes replicate the account ([`AccountDoc::set_placement`]),
+    /// as the node layer wrote it; `None`: every node that syncs it.
+    pub placement: Option<String>,
 }
 
 impl MailboxTree {
@@ -156,6 +159,8 @@ const INCARNATION: &str = "incarnation";
 const PASSWORD: &str = "password";
 /// The root key of the account's deletion.
 const DELETED: &str = "deleted";
+/// The root key of the account's placement (which nodes replicate it).
+const PLACEMENT: &str = "placement";
 
 fn field(id: MailboxId, name: &str) -> String {
     format!("{}/{}", id.to_key(), name)
@@ -310,6 +315,20 @@ impl AccountDoc {
         self.commit()
     }
 
+    /// Sets which nodes replicate the account, for every replica of it
+    /// (the value is the node layer's: a replication factor or a list of
+    /// nodes); an empty value clears it. The last change seen wins;
+    /// concurrent changes resolve as automerge orders concurrent puts.
+    pub fn set_placement(&mut self, placement: &str) -> Vec<u8> {
+        self.doc.put(ROOT, PLACEMENT, placement).expect("put on root map");
+        self.commit()
+    }
+
+    /// The placement, if one is set (see [`AccountDoc::set_placement`]).
+    pub fn placement(&self) -> Option<String> {
+        self.get_str(PLACEMENT).filter(|p| !p.is_empty())
+    }
+
     /// Whether the account was deleted.
     pub fn deleted(&self) -> bool {
         self.get_str(DELETED).is_some()
@@ -385,6 +404,7 @@ impl AccountDoc {
             incarnation: self.incarnation(),
             password: self.password(),
             deleted: self.deleted(),
+            placement: self.placement(),
             ..Default::default()
         };
         for id in &visible {

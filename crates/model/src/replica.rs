@@ -1879,6 +1879,14 @@ impl<B: Backend> Replica<B> {
         Ok(())
     }
 
+    /// Sets which nodes replicate the account, on every replica of it
+    /// ([`crate::account::AccountDoc::set_placement`]).
+    pub fn set_placement(&mut self, placement: &str) -> Result<(), LocalError> {
+        let change = self.account.set_placement(placement);
+        self.account_op(change)?;
+        Ok(())
+    }
+
     /// Deletes the account on every replica it reaches
     /// ([`AccountDoc::delete_account`]).
     pub fn delete_account(&mut self) -> Result<(), LocalError> {

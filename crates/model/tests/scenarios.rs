@@ -488,6 +488,27 @@ fn an_account_deletion_reaches_every_replica_and_wins_over_concurrent_changes() 
     }
 }
 
+/// A placement reaches every replica; concurrent changes of it settle on
+/// one value everywhere, and a later change (made after seeing the others)
+/// replaces it; an empty one clears it.
+#[test]
+fn a_placement_reaches_every_replica_and_concurrent_ones_settle_on_one() {
+    let mut c = Cluster::new(3);
+    c.client(0, |r| r.set_placement("replicas=2")).unwrap();
+    sync(&mut c);
+    assert!(c.replicas.iter().all(|r| r.tree().placement.as_deref() == Some("replicas=2")));
+    c.partition(&[0, 1, 2]);
+    c.client(1, |r| r.set_placement("replicas=3")).unwrap();
+    c.client(2, |r| r.set_placement("nodes=a,b")).unwrap();
+    sync(&mut c);
+    let settled = c.replicas[0].tree().placement.clone();
+    assert!(matches!(settled.as_deref(), Some("replicas=3") | Some("nodes=a,b")), "{settled:?}");
+    assert!(c.replicas.iter().all(|r| r.tree().placement == settled), "replicas disagree");
+    c.client(0, |r| r.set_placement("")).unwrap();
+    sync(&mut c);
+    assert!(c.replicas.iter().all(|r| r.tree().placement.is_none()), "cleared everywhere");
+}
+
 /// Issue 13, the state merge: a replica cut off from its peer makes changes
 /// of its own, shown to its client, while the peer goes on (and, in a real
 /// node, compacts its log past what the replica has). A snapshot of the peer

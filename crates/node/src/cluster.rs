@@ -8,6 +8,8 @@
 
 use crate::membership::Node;
 use crate::peers::Peer;
+use crate::placement::{AccountPlacement, PlaceMessage};
+use std::collections::BTreeMap;
 use starling_gossip::{Event, Gossip, Member, Settings};
 use starling_net::NodeId;
 use starling_sync::BodyPolicy;
@@ -22,6 +24,9 @@ const INBOX: usize = 256;
 /// removal (a node id follows).
 const TAG_GOSSIP: u8 = 0;
 const TAG_REMOVED: u8 = 1;
+/// An account placed on the receiver (postcard of a
+/// [`crate::placement::PlaceMessage`] follows).
+const TAG_PLACE: u8 = 2;
 /// Removals sent to a peer when its session starts, at most.
 const REMOVALS_SENT: usize = 256;
 
@@ -45,13 +50,18 @@ pub struct MemberStatus {
     pub accounts: Vec<String>,
 }
 
+/// Members the cluster declared down: since when, and their accounts.
+type Down = BTreeMap<NodeId, (Instant, Vec<String>)>;
+
 /// The node's handle on its membership.
 #[derive(Clone)]
 pub struct Cluster {
     inbox: mpsc::Sender<Input>,
     members: Arc<Mutex<Vec<MemberStatus>>>,
     /// Members the cluster declared down (and not seen up since).
-    down: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
+    down: Arc<Mutex<Down>>,
+    /// The placement of each account that has one, as last worked out.
+    placements: Arc<Mutex<BTreeMap<String, AccountPlacement>>>,
 }
 
 impl Cluster {
@@ -67,13 +77,44 @@ impl Cluster {
 
     /// Members the cluster declared down and not seen up since.
     pub fn down(&self) -> std::collections::BTreeSet<NodeId> {
-        self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        lock(&self.down).keys().copied().collect()
+    }
+
+    /// Members the cluster declared down: since when, and their accounts.
+    pub fn down_since(&self) -> Down {
+        lock(&self.down).clone()
+    }
+
+    /// The live members and the accounts each advertises.
+    pub fn live(&self) -> BTreeMap<NodeId, Vec<String>> {
+        lock(&self.members)
+            .iter()
+            .filter_map(|m| Some((NodeId::parse(&m.node_id).ok()?, m.accounts.clone())))
+            .collect()
+    }
+
+    /// Each account's placement as last worked out (for `status`).
+    pub fn placements(&self) -> BTreeMap<String, AccountPlacement> {
+        lock(&self.placements).clone()
+    }
+
+    pub(crate) fn set_placements(&self, p: BTreeMap<String, AccountPlacement>) {
+        *lock(&self.placements) = p;
     }
 
     /// A cluster that gossips nothing (`[cluster] gossip = false`).
     pub fn off() -> Cluster {
-        Cluster { inbox: mpsc::channel(1).0, members: Arc::default(), down: Arc::default() }
+        Cluster {
+            inbox: mpsc::channel(1).0,
+            members: Arc::default(),
+            down: Arc::default(),
+            placements: Arc::default(),
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn member_of(p: &Peer) -> Member {
@@ -82,13 +123,21 @@ fn member_of(p: &Peer) -> Member {
     Member::new(p.id.0, p.addr, p.accounts.clone(), 0)
 }
 
-/// Starts the driver: `me` advertised, `accept` whether introduced nodes
-/// are pinned.
-pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
+/// What the driver accepts from pinned peers.
+#[derive(Clone, Copy, Debug)]
+pub struct Accept {
+    /// Pin the nodes they introduce.
+    pub introduced: bool,
+    /// Take the accounts they place here.
+    pub placed: bool,
+}
+
+/// Starts the driver: `me` advertised.
+pub fn start(node: &Node, me: Member, accept: Accept) -> Cluster {
     let (inbox, mut rx) = mpsc::channel::<Input>(INBOX);
     let members: Arc<Mutex<Vec<MemberStatus>>> = Arc::default();
-    let down: Arc<Mutex<std::collections::BTreeSet<NodeId>>> = Arc::default();
-    let cluster = Cluster { inbox, members: members.clone(), down: down.clone() };
+    let down: Arc<Mutex<Down>> = Arc::default();
+    let cluster = Cluster { inbox, members: members.clone(), down: down.clone(), placements: Arc::default() };
     let node = node.clone();
     let settings = Settings::default();
     let seed = u64::from_le_bytes(me.node[..8].try_into().expect("8 bytes")) ^ me.generation;
@@ -115,6 +164,15 @@ pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
                                 removed_by(&node, NodeId(id), peer);
                             }
                         }
+                        Some((&TAG_PLACE, rest)) if accept.placed => {
+                            match postcard::from_bytes::<PlaceMessage>(rest) {
+                                Ok(msg) => crate::placement::placed(&node, peer, msg),
+                                Err(e) => tracing::debug!(peer = %peer, "placement: {e}"),
+                            }
+                        }
+                        Some((&TAG_PLACE, _)) => {
+                            tracing::debug!(peer = %peer, "placement refused: [cluster] accept_placed = false")
+                        }
                         _ => tracing::debug!(peer = %peer, "gossip: a datagram of no known kind"),
                     },
                     Some(Input::Connected(peer)) => {
@@ -140,14 +198,14 @@ pub fn start(node: &Node, me: Member, accept: bool) -> Cluster {
                 changed = true;
                 match e {
                     Event::Up(m) => {
-                        down.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&NodeId(m.node));
-                        if let (Some(p), true) = (from, accept) {
+                        lock(&down).remove(&NodeId(m.node));
+                        if let (Some(p), true) = (from, accept.introduced) {
                             introduced(&node, &m, p);
                         }
                     }
                     Event::Down(m) => {
                         tracing::info!(node = %NodeId(m.node), "gossip: member down");
-                        down.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(NodeId(m.node));
+                        lock(&down).insert(NodeId(m.node), (Instant::now(), m.accounts.clone()));
                     }
                     _ => {}
                 }
@@ -183,6 +241,19 @@ fn send(node: &Node, g: &mut Gossip) {
                 let _ = c.send_datagram(d.into());
             }
         }
+    }
+}
+
+/// Tells `to` to take an account (a datagram; the coordinator repeats it
+/// each round until `to` advertises the account).
+pub(crate) fn send_place(node: &Node, to: NodeId, msg: &PlaceMessage) {
+    let Some(c) = node.hub.connection(&to) else { return };
+    let mut d = vec![TAG_PLACE];
+    d.extend_from_slice(&postcard::to_allocvec(msg).expect("a placement encodes"));
+    if c.max_datagram_size().is_some_and(|max| d.len() <= max) {
+        let _ = c.send_datagram(d.into());
+    } else {
+        tracing::warn!(peer = %to, "a placement message of {} bytes does not fit a datagram", d.len());
     }
 }
 

@@ -55,6 +55,22 @@ pub struct ClusterSection {
     /// only, and changes reach them through the others.
     #[serde(default = "fanout")]
     pub fanout: usize,
+    /// Take the accounts a pinned peer places on this node (per-account
+    /// placement, `starling account place`).
+    #[serde(default = "yes")]
+    pub accept_placed: bool,
+    /// A replica of a placed account that the cluster declared down is
+    /// replaced on another node after this long.
+    #[serde(default = "replace_after")]
+    pub replace_after_secs: u64,
+}
+
+/// Default of `[cluster] replace_after_secs`: a restart or a short cut
+/// moves no account.
+pub const REPLACE_AFTER_SECS: u64 = 600;
+
+fn replace_after() -> u64 {
+    REPLACE_AFTER_SECS
 }
 
 /// Default of `[cluster] fanout`.
@@ -70,7 +86,14 @@ fn yes() -> bool {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { gossip: true, accept_introduced: true, advertise: None, fanout: FANOUT }
+        ClusterSection {
+            gossip: true,
+            accept_introduced: true,
+            advertise: None,
+            fanout: FANOUT,
+            accept_placed: true,
+            replace_after_secs: REPLACE_AFTER_SECS,
+        }
     }
 }
 
@@ -608,6 +631,8 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # accept_introduced = true     # pin nodes a pinned peer introduces, within that peer's accounts
 # advertise = "192.0.2.7:7431" # the peer address others reach this node at (default: the listen address)
 # fanout = 8                   # sync sessions per node and account at most (0: every pinned peer)
+# accept_placed = true         # take the accounts a pinned peer places here (`account place`)
+# replace_after_secs = 600     # a placed account's replica down this long is replaced elsewhere
 
 [log]
 # format = "human"             # or "json"

@@ -38,6 +38,9 @@ pub enum Request {
     Passwd { user: String, hash: String, local: bool },
     /// Delete an account on every node it syncs to.
     DeleteAccount { user: String },
+    /// Set which nodes replicate an account (`replicas=N`, `nodes=ID,…`;
+    /// empty: every node that syncs it), on every node it syncs to.
+    Place { user: String, placement: String },
     /// Pin a peer: one line of the peers file.
     PeerAdd { line: String },
     /// Remove a peer and refuse it from now on.
@@ -103,6 +106,10 @@ pub struct AccountStatus {
     pub log_ops: u64,
     /// The pinned peer furthest behind by its last acknowledgement.
     pub oldest_peer: Option<OldestPeer>,
+    /// Which nodes should and do hold it, if it has a placement (as the
+    /// last placement round worked it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::placement::AccountPlacement>,
 }
 
 /// The peer holding an account's compaction back.
@@ -198,6 +205,19 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             Ok(format!(
                 "account {user} deleted on every node it syncs to: no login, no delivery (its mail stays on disk)"
             ))
+        }
+        Request::Place { user, placement } => {
+            let shown = if placement.is_empty() {
+                "none: every node that syncs it".to_string()
+            } else {
+                crate::placement::Placement::parse(placement)?.encode()
+            };
+            if store.is_deleted(user).map_err(|e| e.to_string())? {
+                return Err(format!("account {user} was deleted"));
+            }
+            let stored = if placement.is_empty() { String::new() } else { shown.clone() };
+            store.set_placement(user, &stored).map_err(|e| e.to_string())?;
+            Ok(format!("placement of {user}: {shown} (on every node it syncs to)"))
         }
         Request::Status => Err("status comes from the node".into()),
         Request::PeerAdd { .. } | Request::PeerRemove { .. } | Request::Invite { .. } | Request::Join { .. } => {

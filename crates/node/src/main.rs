@@ -10,6 +10,7 @@ mod lmtp;
 mod membership;
 mod metrics;
 mod peers;
+mod placement;
 mod private;
 mod serve;
 mod status_page;
@@ -182,6 +183,23 @@ enum AccountAction {
         /// The account.
         user: String,
     },
+    /// Say which nodes replicate an account, for the whole cluster: a
+    /// number of replicas the cluster places (it adds nodes where too few
+    /// hold it; surplus nodes let go of their copies once the others hold
+    /// everything), or a list of node ids. Needs gossip (`[cluster]`).
+    Place {
+        /// The account.
+        user: String,
+        /// This many nodes hold it (1 to 64).
+        #[arg(long, conflicts_with_all = ["nodes", "clear"])]
+        replicas: Option<usize>,
+        /// These nodes hold it (node ids, comma-separated).
+        #[arg(long, value_delimiter = ',', conflicts_with = "clear")]
+        nodes: Vec<String>,
+        /// No placement: every node that syncs it holds it (the default).
+        #[arg(long)]
+        clear: bool,
+    },
     /// List accounts.
     List,
 }
@@ -346,6 +364,10 @@ fn print_status(st: &control::NodeStatus) {
         );
         if let Some(o) = &a.oldest_peer {
             println!("  oldest peer {}: lacks {} ops, silent {} s", o.node_id, o.lacks, o.silent_secs);
+        }
+        if let Some(p) = &a.placement {
+            let short = |v: &Vec<String>| v.iter().map(|i| i.get(..12).unwrap_or(i)).collect::<Vec<_>>().join(" ");
+            println!("  placement {}: held by {}; should be {}", p.placement, short(&p.holders), short(&p.target));
         }
     }
     for p in &st.peers {
@@ -575,6 +597,15 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Account { action: AccountAction::Delete { user } } => {
             println!("{}", via_node(&cli.data_dir, control::Request::DeleteAccount { user })?);
+        }
+        Command::Account { action: AccountAction::Place { user, replicas, nodes, clear } } => {
+            let placement = match (replicas, nodes.is_empty(), clear) {
+                (Some(n), true, false) => format!("replicas={n}"),
+                (None, false, false) => format!("nodes={}", nodes.join(",")),
+                (None, true, true) => String::new(),
+                _ => return Err("give one of --replicas N, --nodes ID,ID or --clear".into()),
+            };
+            println!("{}", via_node(&cli.data_dir, control::Request::Place { user, placement })?);
         }
         Command::Account { action: AccountAction::List } => {
             let store = open_store(&cli.data_dir)?;

@@ -219,6 +219,12 @@ impl Node {
         Ok(now)
     }
 
+    /// Pins a pinned peer for more accounts (see [`crate::placement`]); a
+    /// session with it restarts with them.
+    pub(crate) fn pin_merged(&self, peer: Peer) -> Result<Peer, String> {
+        self.pin(peer, true)
+    }
+
     /// Pins a node a peer introduced (see [`crate::cluster`]).
     pub(crate) fn pin_introduced(&self, peer: Peer) -> Result<Peer, String> {
         self.pin(peer, false)

@@ -1,7 +1,8 @@
 //! The pinned peers of this node: `DATA_DIR/peers`, one line per peer,
-//! `<node id> <address> <account>[,<account>…] [body-cap=<bytes>]
+//! `<node id> <address> <account>[,<account>…]|- [body-cap=<bytes>]
 //! [mailboxes=<name>[,<name>…]] [since=<unix seconds>] [uids=<lo>:<hi|*>]`. Only the listed
-//! accounts are synced with that peer (authorization per account). The
+//! accounts are synced with that peer (authorization per account); `-`: none
+//! now (an account placed elsewhere left this node; gossip goes on). The
 //! optional fields make this node a partial replica of what that peer sends:
 //! all metadata, but only the bodies they select come eagerly.
 
@@ -30,8 +31,9 @@ pub fn parse_line(n: usize, line: &str) -> Result<Peer, String> {
     };
     let id = NodeId::parse(id).map_err(|e| format!("line {n}: {e}"))?;
     let addr = addr.parse().map_err(|e| format!("line {n}: bad address {addr:?}: {e}"))?;
-    let accounts: Vec<String> = accounts.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
-    if accounts.is_empty() {
+    let none = accounts == "-";
+    let accounts: Vec<String> = accounts.split(',').filter(|a| !a.is_empty() && !none).map(str::to_string).collect();
+    if accounts.is_empty() && !none {
         return Err(format!("line {n}: no accounts"));
     }
     let mut policy = BodyPolicy::full();
@@ -102,7 +104,8 @@ pub fn load(data_dir: &Path) -> Result<Vec<Peer>, String> {
 pub fn save(data_dir: &Path, peers: &[Peer]) -> Result<(), String> {
     let mut text = String::from("# node id, address, accounts synced with it\n");
     for p in peers {
-        text.push_str(&format!("{} {} {}{}\n", p.id, p.addr, p.accounts.join(","), options(&p.policy)));
+        let accounts = if p.accounts.is_empty() { "-".to_string() } else { p.accounts.join(",") };
+        text.push_str(&format!("{} {} {accounts}{}\n", p.id, p.addr, options(&p.policy)));
     }
     crate::private::replace_file(&data_dir.join("peers"), &text)
 }
@@ -306,6 +309,33 @@ impl PeerBook {
         Ok(false)
     }
 
+    /// `account` is no longer synced with `only`, or with any peer if
+    /// `None` (this node let go of it by placement, or the peer did). A
+    /// peer left with no account stays pinned (gossip, and accounts placed
+    /// later). Returns the peers changed.
+    pub fn drop_account(&self, account: &str, only: Option<&NodeId>) -> Result<Vec<NodeId>, String> {
+        let mut st = self.state();
+        let mut changed = Vec::new();
+        let list: Vec<Peer> = st
+            .list
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                let chosen = only.is_none_or(|o| *o == p.id);
+                if chosen && !self.fixed.contains(&p.id) && p.accounts.iter().any(|a| a == account) {
+                    p.accounts.retain(|a| a != account);
+                    changed.push(p.id);
+                }
+                p
+            })
+            .collect();
+        if !changed.is_empty() {
+            self.save_list(&list)?;
+            st.list = Arc::new(list);
+        }
+        Ok(changed)
+    }
+
     /// Opens an invitation for `accounts`; returns its secret and expiry.
     pub fn invite(&self, accounts: &[String], ttl_secs: u64) -> Result<([u8; 16], u64), String> {
         let now = unix_now();
@@ -358,5 +388,25 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap().len(), PEERS_MAX, "on disk too");
         assert!(book.is_revoked(&peer(1).id));
         assert!(PeerBook::open(dir.path(), Vec::new()).unwrap().is_revoked(&peer(1).id), "the removal is kept");
+    }
+
+    #[test]
+    fn an_account_that_left_is_dropped_from_every_line_and_the_peers_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = PeerBook::open(dir.path(), Vec::new()).unwrap();
+        let mut two = peer(2);
+        two.accounts.push("bob".into());
+        book.pin(peer(1), false).unwrap();
+        book.pin(two, false).unwrap();
+        assert!(book.drop_account("bob", Some(&peer(1).id)).unwrap().is_empty(), "1 does not sync bob");
+        assert_eq!(book.drop_account("alice", None).unwrap(), vec![peer(1).id, peer(2).id]);
+        let again = load(dir.path()).unwrap();
+        assert_eq!(again.len(), 2, "both still pinned");
+        assert!(again[0].accounts.is_empty(), "written as `-` and read back as none");
+        assert_eq!(again[1].accounts, vec!["bob".to_string()]);
+        assert!(book.drop_account("alice", None).unwrap().is_empty());
+        assert_eq!(book.drop_account("bob", Some(&peer(2).id)).unwrap(), vec![peer(2).id]);
+        assert!(load(dir.path()).unwrap()[1].accounts.is_empty());
+        assert!(parse_line(1, &format!("{} 127.0.0.1:1 ", peer(3).id)).is_err(), "no accounts field");
     }
 }

@@ -149,7 +149,14 @@ pub fn run(
                 tracing::warn!("the peer endpoint listens on {addr}: set [cluster] advertise so gossip can tell others where this node is");
             }
             let me = starling_gossip::Member::new(identity.id().0, addr, crate::membership::held(&store), unix_ms());
-            crate::cluster::start(&node, me, listen.cluster.accept_introduced)
+            let accept = crate::cluster::Accept {
+                introduced: listen.cluster.accept_introduced,
+                placed: listen.cluster.accept_placed,
+            };
+            let cluster = crate::cluster::start(&node, me, accept);
+            let replace_after = std::time::Duration::from_secs(listen.cluster.replace_after_secs);
+            crate::placement::keep(&node, cluster.clone(), replace_after);
+            cluster
         } else {
             crate::cluster::Cluster::off()
         };
@@ -453,6 +460,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
     let mut versions = BTreeMap::new();
     let to_collect = store.bodies_to_collect().unwrap_or_default();
     let now_ms = unix_ms();
+    let mut placements = hub.cluster.get().map(|c| c.placements()).unwrap_or_default();
     for a in store.accounts() {
         let vv = store.version(&a).unwrap_or_default();
         let ops: u64 = vv.iter().map(|(_, c)| c).sum();
@@ -481,6 +489,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             log_floor_ops,
             log_ops: ops.saturating_sub(log_floor_ops),
             oldest_peer,
+            placement: placements.remove(&a),
         });
         versions.insert(a, vv);
     }

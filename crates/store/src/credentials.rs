@@ -41,6 +41,23 @@ impl Store {
         self.write(account, |b| Ok(b.replica().delete_account()?))
     }
 
+    /// Sets which nodes replicate an account, on every replica of it: an op
+    /// of the account document (the value is the node's to interpret; empty
+    /// clears it).
+    pub fn set_placement(&self, account: &str, placement: &str) -> Result<(), StoreError> {
+        self.write(account, |b| Ok(b.replica().set_placement(placement)?))
+    }
+
+    /// An account's placement, if one is set (`None` also for an account
+    /// this node does not have).
+    pub fn placement(&self, account: &str) -> Result<Option<String>, StoreError> {
+        match self.read(account) {
+            Ok(r) => Ok(r.names().tree.placement.clone()),
+            Err(StoreError::NoSuchAccount(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether an account was deleted, here or on a replica this one heard
     /// from (false for an account this node does not have).
     pub fn is_deleted(&self, account: &str) -> Result<bool, StoreError> {
