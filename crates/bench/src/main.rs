@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod deliver;
 mod gossip;
+mod reach;
 mod heal;
 mod imap;
 mod join;
@@ -142,6 +143,9 @@ enum What {
     /// Cluster membership by gossip on the simulated network: time to agree
     /// and traffic against the number of nodes, then swarm seeds with faults.
     Gossip(gossip::Args),
+    /// One change reaching every node of a simulated cluster, full mesh
+    /// against a bounded fan-out: time and frame bytes against N.
+    Reach(reach::Args),
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -166,5 +170,6 @@ fn main() {
         What::RelaySync(args) => relay_sync::run(args),
         What::Year(args) => year::run(args),
         What::Gossip(args) => gossip::run(args),
+        What::Reach(args) => reach::run(args),
     }
 }
