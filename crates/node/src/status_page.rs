@@ -127,6 +127,19 @@ pub struct AccountView {
     pub bodies_missing: u64,
     /// This node first, then the pinned peers that sync the account.
     pub replicas: Vec<ReplicaView>,
+    /// Its placement, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementView>,
+}
+
+/// An account's placement: how many of the nodes that should hold it do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementView {
+    /// `replicas=N` or `nodes=…`.
+    pub placement: String,
+    /// Nodes that should hold it, and those of them that do.
+    pub wanted: usize,
+    pub held: usize,
 }
 
 /// A replica of an account: how far behind the most up-to-date replica
@@ -279,6 +292,11 @@ pub fn view(
             bytes: a.bytes,
             bodies_missing: a.bodies_missing as u64,
             replicas,
+            placement: a.placement.as_ref().map(|p| PlacementView {
+                placement: p.placement.clone(),
+                wanted: p.target.len(),
+                held: p.target.iter().filter(|t| p.holders.contains(t)).count(),
+            }),
         });
     }
     // Furthest behind first (the ones to look at), then by name.
@@ -589,6 +607,22 @@ mod tests {
         assert_eq!(j["nodes"][0]["self"], true);
         assert_eq!(j["links"][1]["up"], false);
         assert_eq!(j["accounts"][0]["replicas"][2]["behind_ops"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_placed_account_shows_how_many_of_its_nodes_hold_it() {
+        let (mut st, accounts) = status();
+        st.accounts[0].placement = Some(crate::placement::AccountPlacement {
+            placement: "replicas=3".into(),
+            holders: vec![id('a'), id('b'), id('d')],
+            target: vec![id('a'), id('b'), id('c')],
+        });
+        let v = view(&st, "x", &accounts, &LinkLog::default(), 0);
+        let alice = v.accounts.iter().find(|a| a.name == "alice").unwrap();
+        assert_eq!(alice.placement, Some(PlacementView { placement: "replicas=3".into(), wanted: 3, held: 2 }));
+        assert!(v.accounts.iter().find(|a| a.name == "bob").unwrap().placement.is_none());
+        let j: serde_json::Value = serde_json::from_str(&to_json(v)).unwrap();
+        assert_eq!(j["accounts"][0]["placement"]["held"], 2);
     }
 
     #[test]
