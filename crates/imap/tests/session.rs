@@ -1096,7 +1096,7 @@ fn a_fetch_of_a_left_out_body_waits_for_a_peer() {
 #[test]
 fn a_select_parks_until_it_caught_up_with_a_peer() {
     let peer = ReplicaId(8);
-    let mut exposure = starling_store::ExposurePolicy { peers: 1, wait: Duration::from_secs(5), ..Default::default() };
+    let exposure = starling_store::ExposurePolicy { peers: 1, wait: Duration::from_secs(5), ..Default::default() };
     exposure.pinned.insert("alice".into(), vec![peer]);
     let here = server_on(ReplicaId(7), Config { exposure, ..Config::default() });
     let store = here.shared.store.clone();

@@ -149,6 +149,20 @@ pub struct PeerBook {
     fixed: BTreeSet<NodeId>,
     state: Mutex<BookState>,
     pinned: Arc<PeerSet>,
+    /// The peers of each account, as exposure after k peers counts them
+    /// (kept in step with the list).
+    exposure: starling_store::PinnedPeers,
+}
+
+/// The peers of each account, by replica id.
+fn per_account(list: &[Peer]) -> std::collections::BTreeMap<String, Vec<starling_model::ReplicaId>> {
+    let mut m = std::collections::BTreeMap::<String, Vec<_>>::new();
+    for p in list {
+        for a in &p.accounts {
+            m.entry(a.clone()).or_default().push(p.id.replica());
+        }
+    }
+    m
 }
 
 struct BookState {
@@ -172,11 +186,13 @@ impl PeerBook {
         let mut invites = Invites::load(data_dir)?;
         let pinned = Arc::new(PeerSet::new(list.iter().map(|p| p.id)));
         pinned.admit_strangers(invites.prune(unix_now()));
+        let exposure = per_account(&list).into();
         Ok(PeerBook {
             data_dir: data_dir.to_path_buf(),
             fixed: fixed_ids,
             state: Mutex::new(BookState { list: Arc::new(list), revoked: load_revoked(data_dir)?, invites }),
             pinned,
+            exposure,
         })
     }
 
@@ -194,6 +210,12 @@ impl PeerBook {
         self.state().list.iter().find(|p| p.id == *id).cloned()
     }
 
+    /// The peers of each account as exposure after k peers counts them,
+    /// changed with the list.
+    pub fn exposure_peers(&self) -> starling_store::PinnedPeers {
+        self.exposure.clone()
+    }
+
     /// The set the handshake checks.
     pub fn pinned(&self) -> Arc<PeerSet> {
         self.pinned.clone()
@@ -204,9 +226,13 @@ impl PeerBook {
         self.state().revoked.contains(id)
     }
 
+    /// Writes the list down and tells exposure (every change of the list
+    /// goes through here, before it is taken).
     fn save_list(&self, list: &[Peer]) -> Result<(), String> {
         let own: Vec<Peer> = list.iter().filter(|p| !self.fixed.contains(&p.id)).cloned().collect();
-        save(&self.data_dir, &own)
+        save(&self.data_dir, &own)?;
+        self.exposure.set(per_account(list));
+        Ok(())
     }
 
     /// Pins `peer` (or, if it is pinned already and `merge`, adds its
@@ -388,6 +414,22 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap().len(), PEERS_MAX, "on disk too");
         assert!(book.is_revoked(&peer(1).id));
         assert!(PeerBook::open(dir.path(), Vec::new()).unwrap().is_revoked(&peer(1).id), "the removal is kept");
+    }
+
+    #[test]
+    fn exposure_counts_the_peers_pinned_now_not_those_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = PeerBook::open(dir.path(), Vec::new()).unwrap();
+        let exposure = book.exposure_peers();
+        let policy = starling_store::ExposurePolicy { peers: 1, pinned: book.exposure_peers(), ..Default::default() };
+        assert!(exposure.of("alice").is_empty());
+        book.pin(peer(1), false).unwrap();
+        assert_eq!(policy.pinned.of("alice"), vec![peer(1).id.replica()], "a peer pinned while running counts");
+        book.drop_account("alice", Some(&peer(1).id)).unwrap();
+        assert!(policy.pinned.of("alice").is_empty(), "a peer that let go no longer counts");
+        book.pin(peer(2), false).unwrap();
+        book.revoke(&peer(2).id).unwrap();
+        assert!(exposure.of("alice").is_empty(), "nor a removed one");
     }
 
     #[test]

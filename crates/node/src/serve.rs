@@ -73,16 +73,12 @@ pub struct StatusListen {
 fn durability_of(
     mut policy: starling_store::ExposurePolicy,
     store: &Store,
-    peers: &[Peer],
+    book: &PeerBook,
 ) -> starling_store::ExposurePolicy {
-    for p in peers {
-        for a in &p.accounts {
-            policy.pinned.entry(a.clone()).or_default().push(p.id.replica());
-        }
-    }
+    policy.pinned = book.exposure_peers();
     if policy.peers > 0 {
         for a in store.accounts() {
-            let n = policy.pinned.get(&a).map_or(0, Vec::len);
+            let n = policy.pinned.of(&a).len();
             if n < policy.peers {
                 tracing::warn!(
                     account = a,
@@ -164,7 +160,7 @@ pub fn run(
         let peers = book.list();
         let lmtp = tokio::net::TcpListener::bind(lmtp_listen).await.map_err(|e| format!("LMTP {lmtp_listen}: {e}"))?;
         println!("lmtp: listening on {}", lmtp.local_addr().map_err(|e| e.to_string())?);
-        let durability = Arc::new(durability_of(listen.durability.clone(), &store, &peers));
+        let durability = Arc::new(durability_of(listen.durability.clone(), &store, &book));
         let lmtp = tokio::spawn(crate::lmtp::serve(
             lmtp,
             listen.lmtp_config,

@@ -1219,7 +1219,7 @@ impl World {
         let look = match look {
             Look::CatchUp { node, probe, deadline } => {
                 // The store's rule, as the IMAP server applies it.
-                let mut policy = starling_store::ExposurePolicy { peers: k, ..Default::default() };
+                let policy = starling_store::ExposurePolicy { peers: k, ..Default::default() };
                 policy.pinned.insert(ACCOUNT.to_string(), pinned.clone());
                 let until = self.epoch + std::time::Duration::from_millis(deadline);
                 let status = store.catch_up_status(ACCOUNT, &policy, probe, self.instant(), until);

@@ -65,9 +65,49 @@ pub struct ExposurePolicy {
     /// Then what.
     pub when_short: WhenShort,
     /// Pinned peers per account: an account with fewer than `peers` is
-    /// short at once, without waiting.
-    pub pinned: BTreeMap<String, Vec<ReplicaId>>,
+    /// short at once, without waiting. Shared: the node changes them while
+    /// it runs, and every exposure reads the current ones.
+    pub pinned: PinnedPeers,
 }
+
+/// The pinned peers of each account, shared between the node (which
+/// changes them when a peer joins, is placed, let go or removed) and every
+/// copy of an [`ExposurePolicy`].
+#[derive(Clone, Debug, Default)]
+pub struct PinnedPeers(Arc<std::sync::RwLock<BTreeMap<String, Vec<ReplicaId>>>>);
+
+impl PinnedPeers {
+    /// An account's pinned peers now.
+    pub fn of(&self, account: &str) -> Vec<ReplicaId> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).get(account).cloned().unwrap_or_default()
+    }
+
+    /// Replaces them all.
+    pub fn set(&self, pinned: BTreeMap<String, Vec<ReplicaId>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = pinned;
+    }
+
+    /// Sets one account's.
+    pub fn insert(&self, account: String, peers: Vec<ReplicaId>) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(account, peers);
+    }
+}
+
+impl From<BTreeMap<String, Vec<ReplicaId>>> for PinnedPeers {
+    fn from(m: BTreeMap<String, Vec<ReplicaId>>) -> Self {
+        PinnedPeers(Arc::new(std::sync::RwLock::new(m)))
+    }
+}
+
+impl PartialEq for PinnedPeers {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || *self.0.read().unwrap_or_else(PoisonError::into_inner)
+                == *other.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Eq for PinnedPeers {}
 
 /// How an exposure ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,9 +314,9 @@ impl Store {
             return Some(Exposed::Local);
         }
         let Ok(acct) = self.account(account) else { return Some(Exposed::Local) };
-        let pinned = policy.pinned.get(account).map_or(&[][..], Vec::as_slice);
+        let pinned = policy.pinned.of(account);
         let live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
-        let status = self.catch_up_decision(&live, &acct, pinned, policy.peers, probe, now >= until);
+        let status = self.catch_up_decision(&live, &acct, &pinned, policy.peers, probe, now >= until);
         drop(live);
         if matches!(status, Some(Exposed::Short { .. })) {
             self.note_catch_up_short();
@@ -345,12 +385,12 @@ impl Store {
             return Exposed::Local;
         }
         let Ok(acct) = self.account(account) else { return Exposed::Local };
-        let pinned = policy.pinned.get(account).map_or(&[][..], Vec::as_slice);
+        let pinned = policy.pinned.of(account);
         let probe = self.begin_catch_up(account);
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let now = std::time::Instant::now();
-            if let Some(status) = self.catch_up_decision(&live, &acct, pinned, policy.peers, probe, now >= until) {
+            if let Some(status) = self.catch_up_decision(&live, &acct, &pinned, policy.peers, probe, now >= until) {
                 drop(live);
                 if matches!(status, Exposed::Short { .. }) {
                     self.note_catch_up_short();
@@ -387,11 +427,10 @@ impl Store {
         if policy.peers == 0 {
             return Exposed::Local;
         }
-        let none = Vec::new();
-        let pinned = policy.pinned.get(&e.account).unwrap_or(&none);
+        let pinned = policy.pinned.of(&e.account);
         let mut changed = self.core.held_changed.subscribe();
         let started = std::time::Instant::now();
-        let count = |store: &Store| store.holders(e, pinned).len();
+        let count = |store: &Store| store.holders(e, &pinned).len();
         let wait = async {
             loop {
                 changed.borrow_and_update();
@@ -440,7 +479,7 @@ mod tests {
     }
 
     fn policy(k: usize, wait: Duration) -> ExposurePolicy {
-        let pinned = [("a".to_string(), vec![P, Q])].into_iter().collect();
+        let pinned = BTreeMap::from([("a".to_string(), vec![P, Q])]).into();
         ExposurePolicy { peers: k, wait, when_short: WhenShort::Degrade, pinned }
     }
 

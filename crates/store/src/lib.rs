@@ -58,7 +58,8 @@ pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};
 pub use error::{OpenError, StoreError};
 pub use exposure::{
-    Exposed, Exposure, ExposurePolicy, ExposureStats, LinkUp, WhenShort, EXPOSURE_WAIT_MAX, HELD_BODIES_MAX,
+    Exposed, Exposure, ExposurePolicy, ExposureStats, LinkUp, PinnedPeers, WhenShort, EXPOSURE_WAIT_MAX,
+    HELD_BODIES_MAX,
 };
 pub use file_compact::{
     FileCompactError, FileCompactStats, FileCompaction, TableSize, FILE_COMPACT_MIN_FREE, FILE_COMPACT_WAIT,
