@@ -27,6 +27,45 @@ const TAG_REMOVED: u8 = 1;
 /// An account placed on the receiver (postcard of a
 /// [`crate::placement::PlaceMessage`] follows).
 const TAG_PLACE: u8 = 2;
+/// The sender's links (postcard of a `Vec<LinkBrief>` follows).
+const TAG_LINKS: u8 = 3;
+/// How often a node tells its peers its links.
+const LINKS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// Links told per report at most (those with a session first): one
+/// datagram holds them.
+pub const LINKS_TOLD_MAX: usize = 16;
+/// A peer's report is shown this long after it arrived, at most.
+const LINKS_SHOWN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One of a node's links, as it tells its peers (for their status pages).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinkBrief {
+    /// The node at the other end.
+    pub peer: String,
+    /// A sync session runs over it now.
+    pub up: bool,
+    /// Ops of the shared accounts the peer lacks and the reporter lacks
+    /// (none: not known yet).
+    pub peer_lacks: Option<u64>,
+    pub lacks: Option<u64>,
+    /// Protocol bytes sent each way since the reporter started.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// The wire form of a [`LinkBrief`] (the node id as bytes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireBrief {
+    peer: [u8; 32],
+    up: bool,
+    peer_lacks: Option<u64>,
+    lacks: Option<u64>,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+/// Peers' links as they last reported them.
+type Reports = BTreeMap<NodeId, (Instant, Vec<LinkBrief>)>;
 /// Removals sent to a peer when its session starts, at most.
 const REMOVALS_SENT: usize = 256;
 
@@ -62,6 +101,9 @@ pub struct Cluster {
     down: Arc<Mutex<Down>>,
     /// The placement of each account that has one, as last worked out.
     placements: Arc<Mutex<BTreeMap<String, AccountPlacement>>>,
+    /// Links of the peers, as they last reported them (one entry per
+    /// pinned peer at most).
+    reports: Arc<Mutex<Reports>>,
 }
 
 impl Cluster {
@@ -109,7 +151,21 @@ impl Cluster {
             members: Arc::default(),
             down: Arc::default(),
             placements: Arc::default(),
+            reports: Arc::default(),
         }
+    }
+
+    /// Peers' links reported within the last [`LINKS_SHOWN_FOR`].
+    pub fn remote_links(&self) -> Vec<crate::control::RemoteLinks> {
+        lock(&self.reports)
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() < LINKS_SHOWN_FOR)
+            .map(|(id, (at, links))| crate::control::RemoteLinks {
+                node_id: id.to_string(),
+                age_secs: at.elapsed().as_secs(),
+                links: links.clone(),
+            })
+            .collect()
     }
 }
 
@@ -137,12 +193,20 @@ pub fn start(node: &Node, me: Member, accept: Accept) -> Cluster {
     let (inbox, mut rx) = mpsc::channel::<Input>(INBOX);
     let members: Arc<Mutex<Vec<MemberStatus>>> = Arc::default();
     let down: Arc<Mutex<Down>> = Arc::default();
-    let cluster = Cluster { inbox, members: members.clone(), down: down.clone(), placements: Arc::default() };
+    let reports: Arc<Mutex<Reports>> = Arc::default();
+    let cluster = Cluster {
+        inbox,
+        members: members.clone(),
+        down: down.clone(),
+        placements: Arc::default(),
+        reports: reports.clone(),
+    };
     let node = node.clone();
     let settings = Settings::default();
     let seed = u64::from_le_bytes(me.node[..8].try_into().expect("8 bytes")) ^ me.generation;
     node.tasks.clone().spawn(async move {
         let mut g = Gossip::new(me, &settings, seed, Instant::now());
+        let mut tell_links = tokio::time::interval(LINKS_EVERY);
         loop {
             let due = g.poll_timeout().map(tokio::time::Instant::from_std);
             let mut from = None;
@@ -150,6 +214,7 @@ pub fn start(node: &Node, me: Member, accept: Accept) -> Cluster {
                 _ = tokio::time::sleep_until(due.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1))) => {
                     g.handle_timeout(Instant::now());
                 }
+                _ = tell_links.tick() => send_links(&node),
                 input = rx.recv() => match input {
                     None => break,
                     Some(Input::Datagram(peer, bytes)) => match bytes.split_first() {
@@ -170,6 +235,28 @@ pub fn start(node: &Node, me: Member, accept: Accept) -> Cluster {
                                 Err(e) => tracing::debug!(peer = %peer, "placement: {e}"),
                             }
                         }
+                        Some((&TAG_LINKS, rest)) => match postcard::from_bytes::<Vec<WireBrief>>(rest) {
+                            Ok(links) if links.len() <= LINKS_TOLD_MAX && node.book.get(&peer).is_some() => {
+                                let links = links
+                                    .into_iter()
+                                    .map(|w| LinkBrief {
+                                        peer: NodeId(w.peer).to_string(),
+                                        up: w.up,
+                                        peer_lacks: w.peer_lacks,
+                                        lacks: w.lacks,
+                                        bytes_out: w.bytes_out,
+                                        bytes_in: w.bytes_in,
+                                    })
+                                    .collect();
+                                let mut r = lock(&reports);
+                                // Pinned peers only (bounded by the peers bound); the
+                                // reports of peers no longer pinned go.
+                                r.retain(|id, _| node.book.get(id).is_some());
+                                r.insert(peer, (Instant::now(), links));
+                            }
+                            Ok(_) => tracing::debug!(peer = %peer, "links: too many, or not pinned"),
+                            Err(e) => tracing::debug!(peer = %peer, "links: {e}"),
+                        },
                         Some((&TAG_PLACE, _)) => {
                             tracing::debug!(peer = %peer, "placement refused: [cluster] accept_placed = false")
                         }
@@ -254,6 +341,33 @@ pub(crate) fn send_place(node: &Node, to: NodeId, msg: &PlaceMessage) {
         let _ = c.send_datagram(d.into());
     } else {
         tracing::warn!(peer = %to, "a placement message of {} bytes does not fit a datagram", d.len());
+    }
+}
+
+/// Tells every connected peer this node's links (a datagram each; lost
+/// ones are told again in [`LINKS_EVERY`]).
+fn send_links(node: &Node) {
+    let links: Vec<WireBrief> = node
+        .hub
+        .link_briefs(&node.store, LINKS_TOLD_MAX)
+        .into_iter()
+        .map(|(id, b)| WireBrief {
+            peer: id.0,
+            up: b.up,
+            peer_lacks: b.peer_lacks,
+            lacks: b.lacks,
+            bytes_out: b.bytes_out,
+            bytes_in: b.bytes_in,
+        })
+        .collect();
+    let mut d = vec![TAG_LINKS];
+    d.extend_from_slice(&postcard::to_allocvec(&links).expect("links encode"));
+    for p in node.book.list().iter() {
+        if let Some(c) = node.hub.connection(&p.id) {
+            if c.max_datagram_size().is_some_and(|max| d.len() <= max) {
+                let _ = c.send_datagram(d.clone().into());
+            }
+        }
     }
 }
 

@@ -88,6 +88,19 @@ pub struct NodeStatus {
     /// The cluster's live members as gossip sees them (this node not included).
     #[serde(default)]
     pub cluster: Vec<crate::cluster::MemberStatus>,
+    /// Links between other nodes, as each connected peer last reported its
+    /// own (the status page draws the cluster beyond this node's links).
+    #[serde(default)]
+    pub remote_links: Vec<RemoteLinks>,
+}
+
+/// A peer's links, as it last reported them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RemoteLinks {
+    pub node_id: String,
+    /// Seconds since the report arrived.
+    pub age_secs: u64,
+    pub links: Vec<crate::cluster::LinkBrief>,
 }
 
 /// One account on this node.

@@ -490,6 +490,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
         versions.insert(a, vv);
     }
     out.cluster = hub.cluster.get().map(|c| c.members()).unwrap_or_default();
+    out.remote_links = hub.cluster.get().map(|c| c.remote_links()).unwrap_or_default();
     let live = hub.live();
     for p in peers {
         let l = live.get(&p.id);
@@ -695,6 +696,36 @@ impl Drop for Attached {
 type WantedBodies = (String, Arc<Vec<(starling_model::BlobId, u64)>>);
 
 impl Hub {
+    /// This node's links that have carried a session, those up first (at
+    /// most `max`), as its peers are told them for their status pages.
+    pub(crate) fn link_briefs(&self, store: &Store, max: usize) -> Vec<(NodeId, crate::cluster::LinkBrief)> {
+        let live = self.live();
+        let mut out: Vec<(NodeId, crate::cluster::LinkBrief)> = live
+            .iter()
+            .filter(|(_, l)| l.generation > 0)
+            .map(|(id, l)| {
+                let lags: Vec<control::Lag> = l
+                    .peer_has
+                    .iter()
+                    .filter_map(|(a, theirs)| Some(control::Lag::between(a, &store.version(a).ok()?, theirs)))
+                    .collect();
+                let known = !lags.is_empty();
+                let brief = crate::cluster::LinkBrief {
+                    peer: id.to_string(),
+                    up: l.connected,
+                    peer_lacks: known.then(|| lags.iter().map(|g| g.peer_lacks).sum()),
+                    lacks: known.then(|| lags.iter().map(|g| g.we_lack).sum()),
+                    bytes_out: l.bytes_done.0 + l.bytes_now.0,
+                    bytes_in: l.bytes_done.1 + l.bytes_now.1,
+                };
+                (*id, brief)
+            })
+            .collect();
+        out.sort_by_key(|(_, b)| !b.up);
+        out.truncate(max);
+        out
+    }
+
     /// Peers with a sync session now.
     pub(crate) fn sessions(&self) -> Vec<NodeId> {
         self.live().iter().filter(|(_, l)| l.connected).map(|(id, _)| *id).collect()

@@ -41,6 +41,8 @@ const PAGE: &str = include_str!("status_page.html");
 pub const VIEW_VERSION: u32 = 1;
 /// Link events kept (the oldest goes first).
 pub const EVENTS_MAX: usize = 100;
+/// Links between other nodes drawn at most (as the peers reported them).
+pub const REMOTE_LINKS_MAX: usize = 512;
 /// Accounts listed at most (those furthest behind first); `accounts_total`
 /// says how many there are.
 pub const ACCOUNTS_MAX: usize = 500;
@@ -253,6 +255,34 @@ pub fn view(
             last_contact_secs: p.last_contact_secs,
         });
     }
+    // Links between other nodes, as each end reported them to this one
+    // (links to this node are its own), at most REMOTE_LINKS_MAX.
+    let mut pairs: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
+    let pair = |x: &str, y: &str| if x < y { (x.to_string(), y.to_string()) } else { (y.to_string(), x.to_string()) };
+    let mut reports: Vec<&crate::control::RemoteLinks> = st.remote_links.iter().filter(|r| r.node_id != me).collect();
+    // The freshest report of a pair wins (a stopped node's last report
+    // says its links were up).
+    reports.sort_by_key(|r| r.age_secs);
+    for r in reports {
+        for l in r.links.iter().filter(|l| l.peer != me) {
+            if pairs.len() >= REMOTE_LINKS_MAX || !pairs.insert(pair(&r.node_id, &l.peer)) {
+                continue;
+            }
+            v.links.push(LinkView {
+                a: r.node_id.clone(),
+                b: l.peer.clone(),
+                reported_by: r.node_id.clone(),
+                up: l.up,
+                since_ms: None,
+                b_lacks_ops: l.peer_lacks,
+                a_lacks_ops: l.lacks,
+                bytes_a_to_b: l.bytes_out,
+                bytes_b_to_a: l.bytes_in,
+                rtt_ms: None,
+                last_contact_secs: Some(r.age_secs),
+            });
+        }
+    }
     // Members gossip knows that are not pinned here: nodes without a link
     // from this one (the cluster beyond its peers).
     for m in &st.cluster {
@@ -264,6 +294,14 @@ pub fn view(
                 is_self: false,
                 up: true,
             });
+        }
+    }
+    // Nodes only a peer's links name (not pinned here, not seen by gossip).
+    let mut known: std::collections::BTreeSet<String> = v.nodes.iter().map(|n| n.id.clone()).collect();
+    let named: Vec<String> = v.links.iter().flat_map(|l| [l.a.clone(), l.b.clone()]).collect();
+    for id in named {
+        if known.insert(id.clone()) {
+            v.nodes.push(NodeView { name: short(&id), id, addr: String::new(), is_self: false, up: false });
         }
     }
     for a in &st.accounts {
@@ -640,6 +678,36 @@ mod tests {
         let d = v.nodes.iter().find(|n| n.id == id('d')).expect("the gossip member");
         assert!(d.up && !d.is_self && d.addr == "10.0.0.9:7431");
         assert_eq!(v.links.len(), 2, "no link drawn to a node this one holds no session with");
+    }
+
+    #[test]
+    fn links_between_other_nodes_come_from_their_reports_once_per_pair_and_bounded() {
+        use crate::cluster::LinkBrief;
+        use crate::control::RemoteLinks;
+        let (mut st, accounts) = status();
+        let brief = |peer: String, up| LinkBrief { peer, up, peer_lacks: Some(4), bytes_out: 10, ..Default::default() };
+        // b reports b–c (down) and b–a (this node's own link: not drawn
+        // again); c reports c–b too (drawn once) and c–e (e unknown here).
+        st.remote_links = vec![
+            RemoteLinks { node_id: id('b'), age_secs: 2, links: vec![brief(id('c'), false), brief(id('a'), true)] },
+            RemoteLinks { node_id: id('c'), age_secs: 1, links: vec![brief(id('b'), false), brief(id('e'), true)] },
+        ];
+        let v = view(&st, "x", &accounts, &LinkLog::default(), 0);
+        let others: Vec<_> = v.links.iter().filter(|l| l.reported_by != id('a')).collect();
+        assert_eq!(others.len(), 2, "{others:?}");
+        let bc = others.iter().find(|l| l.a == id('b')).unwrap();
+        assert_eq!((bc.b.as_str(), bc.up, bc.b_lacks_ops, bc.last_contact_secs), (id('c').as_str(), false, Some(4), Some(2)));
+        assert!(v.nodes.iter().any(|n| n.id == id('e') && !n.up), "a node only a report names is drawn");
+        // Past the bound, no more.
+        st.remote_links = (0..100)
+            .map(|i| RemoteLinks {
+                node_id: format!("{i:064}"),
+                age_secs: 0,
+                links: (0..16).map(|j| brief(format!("{:064}", 1000 + j), true)).collect(),
+            })
+            .collect();
+        let v = view(&st, "x", &accounts, &LinkLog::default(), 0);
+        assert_eq!(v.links.iter().filter(|l| l.reported_by != id('a')).count(), REMOTE_LINKS_MAX);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The status page in a real browser: three real nodes, node a's page open
 //! in headless Chromium (driven over the DevTools protocol), node c
-//! stopped, and the open page (never reloaded) shows the a–c link down.
+//! stopped, and the open page (never reloaded) shows the a–c link down (its own) and the b–c link down (as b reports it).
 //! Also the page's JSON against the same cluster.
 //!
 //! Chromium must be installed (`scripts/test` installs Debian's package):
@@ -210,14 +210,15 @@ fn the_status_page_shows_a_link_going_down_live_in_a_browser() {
     }
     converge(&[&a, &b, &c]);
 
-    // The JSON: three nodes, two links up, alice on three replicas none behind.
-    wait_for("a's links up and every replica caught up", || {
+    // The JSON: three nodes, three links up (b–c as b or c reported it),
+    // alice on three replicas none behind.
+    wait_for("every link up and every replica caught up", || {
         let v = status_json(&a);
         let links_up = v["links"].as_array().unwrap().iter().filter(|l| l["up"] == true).count();
         let caught_up = v["accounts"][0]["replicas"]
             .as_array()
             .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["behind_ops"] == 0));
-        links_up == 2 && caught_up
+        links_up == 3 && caught_up
     });
     let v = status_json(&a);
     let ids: Vec<&str> = v["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
@@ -234,8 +235,8 @@ fn the_status_page_shows_a_link_going_down_live_in_a_browser() {
     eprintln!("cluster up, JSON checked at {} ms", t0.elapsed().as_millis());
     let port = a.status.lock().unwrap().unwrap();
     let mut browser = Browser::open(&format!("http://127.0.0.1:{port}/"));
-    let before = wait_page(&mut browser, "three nodes and both links up", |s| {
-        s["nodes"] == 3 && s["links"] == 2 && s["up"] == 2 && s["down"] == 0 && s["live"] == "live"
+    let before = wait_page(&mut browser, "three nodes and the three links up", |s| {
+        s["nodes"] == 3 && s["links"] == 3 && s["up"] == 3 && s["down"] == 0 && s["live"] == "live"
     });
     assert_eq!(before["accounts"], 1);
     eprintln!("page shows the cluster at {} ms: {before}", t0.elapsed().as_millis());
@@ -244,10 +245,21 @@ fn the_status_page_shows_a_link_going_down_live_in_a_browser() {
 
     let stopped = Instant::now();
     c.stop();
-    let after = wait_page(&mut browser, "the a–c link down", |s| s["down"] == 1);
+    // a–c as a sees it; b–c as b reported it to a.
+    let after = wait_page(&mut browser, "the a–c and b–c links down", |s| s["down"] == 2);
     let seen_after = stopped.elapsed();
     assert_eq!((after["nodes"].as_u64(), after["up"].as_u64()), (Some(3), Some(1)), "{after}");
-    assert_eq!(after["down_links"], json!([[a.id, c.id]]), "the down link is a–c");
+    let mut down: Vec<Vec<String>> = serde_json::from_value(after["down_links"].clone()).unwrap();
+    for l in down.iter_mut() {
+        l.sort();
+    }
+    down.sort();
+    let mut want = vec![vec![a.id.clone(), c.id.clone()], vec![b.id.clone(), c.id.clone()]];
+    for l in want.iter_mut() {
+        l.sort();
+    }
+    want.sort();
+    assert_eq!(down, want, "the down links are a–c and b–c");
     assert_eq!(after["marker"], "same page", "the page was not reloaded");
     assert!(after["updates"].as_u64() > before["updates"].as_u64(), "{before} → {after}");
     assert!(after["events"].as_u64() > before["events"].as_u64(), "the down event listed: {before} → {after}");
