@@ -29,6 +29,9 @@ const TAG_REMOVED: u8 = 1;
 const TAG_PLACE: u8 = 2;
 /// The sender's links (postcard of a `Vec<LinkBrief>` follows).
 const TAG_LINKS: u8 = 3;
+/// The sender placed a node on an account the receiver holds (postcard of
+/// a [`crate::placement::PlaceMessage`] naming it follows).
+const TAG_PLACED: u8 = 4;
 /// How often a node tells its peers its links.
 const LINKS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 /// Links told per report at most (those with a session first): one
@@ -257,6 +260,10 @@ pub fn start(node: &Node, me: Member, accept: Accept) -> Cluster {
                             Ok(_) => tracing::debug!(peer = %peer, "links: too many, or not pinned"),
                             Err(e) => tracing::debug!(peer = %peer, "links: {e}"),
                         },
+                        Some((&TAG_PLACED, rest)) => match postcard::from_bytes::<PlaceMessage>(rest) {
+                            Ok(msg) => crate::placement::placed_elsewhere(&node, peer, msg),
+                            Err(e) => tracing::debug!(peer = %peer, "placed: {e}"),
+                        },
                         Some((&TAG_PLACE, _)) => {
                             tracing::debug!(peer = %peer, "placement refused: [cluster] accept_placed = false")
                         }
@@ -334,8 +341,18 @@ fn send(node: &Node, g: &mut Gossip) {
 /// Tells `to` to take an account (a datagram; the coordinator repeats it
 /// each round until `to` advertises the account).
 pub(crate) fn send_place(node: &Node, to: NodeId, msg: &PlaceMessage) {
+    send_placement(node, to, TAG_PLACE, msg)
+}
+
+/// Tells a holder `to` of a node placed on the account (repeated as
+/// [`send_place`] is).
+pub(crate) fn send_placed(node: &Node, to: NodeId, msg: &PlaceMessage) {
+    send_placement(node, to, TAG_PLACED, msg)
+}
+
+fn send_placement(node: &Node, to: NodeId, tag: u8, msg: &PlaceMessage) {
     let Some(c) = node.hub.connection(&to) else { return };
-    let mut d = vec![TAG_PLACE];
+    let mut d = vec![tag];
     d.extend_from_slice(&postcard::to_allocvec(msg).expect("a placement encodes"));
     if c.max_datagram_size().is_some_and(|max| d.len() <= max) {
         let _ = c.send_datagram(d.into());

@@ -19,8 +19,11 @@
 //! id among the live holders): it pins each node to add for the account
 //! and tells it (a `Place` datagram, repeated each round until that node
 //! advertises the account); the node takes the account and pins the
-//! holders named in the message. Every holder pins for the account the
-//! nodes of the target that advertise it. A surplus node leaves on its own,
+//! holders named in the message. The coordinator also tells the holders it
+//! syncs the account with (a `Placed` datagram), and a holder pins the new
+//! node for the account only on the word of a peer it syncs the account
+//! with: a node's own claim, by gossip, to hold an account never gets it
+//! the account's data. A surplus node leaves on its own,
 //! once every node of the target advertises the account and it is safe to
 //! forget its copy ([`crate::forget`]).
 
@@ -144,9 +147,6 @@ pub struct AccountPlacement {
 pub struct Decision {
     /// Nodes this node (the coordinator) adds.
     pub add: BTreeSet<NodeId>,
-    /// Pinned peers to sync the account with (they are in the target and
-    /// advertise it).
-    pub pin: BTreeSet<NodeId>,
     /// Pinned peers synced the account with, live, that no longer advertise
     /// it and are not in the target: they let go of it.
     pub gone: BTreeSet<NodeId>,
@@ -196,7 +196,6 @@ pub fn decide(view: &View, account: &str, placement: &Placement) -> Decision {
     } else {
         BTreeSet::new()
     };
-    let pin = target.intersection(&live_holders).filter(|id| **id != view.me).copied().collect();
     let gone = view
         .pinned
         .iter()
@@ -207,7 +206,6 @@ pub fn decide(view: &View, account: &str, placement: &Placement) -> Decision {
     let show = |s: &BTreeSet<NodeId>| s.iter().map(|i| i.to_string()).collect();
     Decision {
         add,
-        pin,
         gone,
         surplus: !target.contains(&view.me),
         view: AccountPlacement { placement: placement.encode(), holders: show(&holders), target: show(&target) },
@@ -258,11 +256,6 @@ fn round(node: &Node, cluster: &Cluster, replace_after: Duration) {
         for id in &d.add {
             place(node, &account, *id, &view);
         }
-        for id in &d.pin {
-            if node.book.get(id).is_some_and(|p| !p.accounts.contains(&account)) {
-                extend(node, *id, &account, "a node of the placement");
-            }
-        }
         for id in &d.gone {
             match node.book.drop_account(&account, Some(id)) {
                 Ok(changed) if !changed.is_empty() => {
@@ -305,7 +298,40 @@ fn place(node: &Node, account: &str, id: NodeId, view: &View) {
         .take(PLACE_HOLDERS_MAX)
         .map(|p| (p.id.0, p.addr))
         .collect();
+    let Some(added) = node.book.get(&id) else { return };
+    // The holders hear of the new node from a peer they sync the account
+    // with (this one).
+    let notice = PlaceMessage { account: account.to_string(), holders: vec![(id.0, added.addr)] };
+    for (h, _) in &holders {
+        crate::cluster::send_placed(node, NodeId(*h), &notice);
+    }
     crate::cluster::send_place(node, id, &PlaceMessage { account: account.to_string(), holders });
+}
+
+/// `from` placed `msg.holders` (one node) on `msg.account`, which this node
+/// holds: pinned for it if `from` syncs the account with this node (its
+/// word counts only for accounts it is trusted with).
+pub fn placed_elsewhere(node: &Node, from: NodeId, msg: PlaceMessage) {
+    let trusted = node.book.get(&from).is_some_and(|p| p.accounts.contains(&msg.account));
+    if !trusted || !held(&node.store).contains(&msg.account) {
+        return;
+    }
+    for (id, addr) in msg.holders.into_iter().take(PLACE_HOLDERS_MAX) {
+        let id = NodeId(id);
+        if id == node.me || node.book.is_revoked(&id) {
+            continue;
+        }
+        match node.book.get(&id) {
+            Some(p) if p.accounts.contains(&msg.account) => {}
+            Some(_) => extend(node, id, &msg.account, "a node placed by a holder"),
+            None => {
+                let peer = Peer { id, addr, accounts: vec![msg.account.clone()], policy: BodyPolicy::full() };
+                if let Err(e) = node.pin_introduced(peer) {
+                    tracing::warn!(peer = %id, "pinning a node placed by a holder: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// `from` (a pinned peer) places `msg.account` here: pinned for it with
@@ -406,7 +432,6 @@ mod tests {
         let d = decide(&view(1, live, &[2, 3, 4]), "alice", &p);
         assert_eq!(d.add.len(), 1, "{d:?}");
         assert!(d.add.iter().all(|n| [id(2), id(4)].contains(n)), "{d:?}");
-        assert!(d.pin.contains(&id(3)));
         assert!(!d.surplus);
         // 3 sees the same target but is not the coordinator.
         let live3: &[(u8, &[&str])] = &[(1, &["alice"]), (2, &[]), (4, &[]), (5, &[])];
