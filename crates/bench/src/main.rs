@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod deliver;
 mod gossip;
-mod reach;
 mod heal;
 mod imap;
 mod join;
@@ -19,6 +18,7 @@ mod lmtp;
 mod model;
 mod net;
 mod procs;
+mod reach;
 mod relay;
 mod relay_sync;
 mod store;

@@ -9,10 +9,10 @@
 use crate::membership::Node;
 use crate::peers::Peer;
 use crate::placement::{AccountPlacement, PlaceMessage};
-use std::collections::BTreeMap;
 use starling_gossip::{Event, Gossip, Member, Settings};
 use starling_net::NodeId;
 use starling_sync::BodyPolicy;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -132,10 +132,7 @@ impl Cluster {
 
     /// The live members and the accounts each advertises.
     pub fn live(&self) -> BTreeMap<NodeId, Vec<String>> {
-        lock(&self.members)
-            .iter()
-            .filter_map(|m| Some((NodeId::parse(&m.node_id).ok()?, m.accounts.clone())))
-            .collect()
+        lock(&self.members).iter().filter_map(|m| Some((NodeId::parse(&m.node_id).ok()?, m.accounts.clone()))).collect()
     }
 
     /// Each account's placement as last worked out (for `status`).

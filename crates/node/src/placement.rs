@@ -92,12 +92,7 @@ impl Placement {
     /// (live, or down for less than the replacement delay) and the nodes it
     /// could be added to (live members). The same inputs give the same
     /// answer on every node.
-    pub fn target(
-        &self,
-        account: &str,
-        holders: &BTreeSet<NodeId>,
-        candidates: &BTreeSet<NodeId>,
-    ) -> BTreeSet<NodeId> {
+    pub fn target(&self, account: &str, holders: &BTreeSet<NodeId>, candidates: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
         match self {
             Placement::Nodes(ids) => ids.clone(),
             Placement::Replicas(n) => {
@@ -171,13 +166,8 @@ pub struct View {
 
 /// Decides one account's round (a pure function of the view).
 pub fn decide(view: &View, account: &str, placement: &Placement) -> Decision {
-    let live_holders: BTreeSet<NodeId> = view
-        .live
-        .iter()
-        .filter(|(_, a)| a.iter().any(|x| x == account))
-        .map(|(id, _)| *id)
-        .chain([view.me])
-        .collect();
+    let live_holders: BTreeSet<NodeId> =
+        view.live.iter().filter(|(_, a)| a.iter().any(|x| x == account)).map(|(id, _)| *id).chain([view.me]).collect();
     let mut holders = live_holders.clone();
     holders.extend(
         view.down
@@ -215,9 +205,10 @@ pub fn decide(view: &View, account: &str, placement: &Placement) -> Decision {
 /// Whether every node of the target holds the account now (live and
 /// advertising it): a surplus node may then leave.
 pub fn target_holds(view: &View, account: &str, d: &Decision) -> bool {
-    d.view.target.iter().all(|t| {
-        NodeId::parse(t).is_ok_and(|id| view.live.get(&id).is_some_and(|a| a.iter().any(|x| x == account)))
-    })
+    d.view
+        .target
+        .iter()
+        .all(|t| NodeId::parse(t).is_ok_and(|id| view.live.get(&id).is_some_and(|a| a.iter().any(|x| x == account))))
 }
 
 /// Works placement out every [`PLACEMENT_EVERY`] and acts on it (see the
@@ -414,9 +405,8 @@ mod tests {
         assert!(t.contains(&id(7)), "the holder stays");
         // Deterministic, and another account spreads elsewhere (rendezvous).
         assert_eq!(t, Placement::Replicas(3).target("alice", &one, &all));
-        let spread: BTreeSet<NodeId> = (0..20)
-            .flat_map(|i| Placement::Replicas(2).target(&format!("user{i}"), &BTreeSet::new(), &all))
-            .collect();
+        let spread: BTreeSet<NodeId> =
+            (0..20).flat_map(|i| Placement::Replicas(2).target(&format!("user{i}"), &BTreeSet::new(), &all)).collect();
         assert!(spread.len() >= 6, "20 accounts on {} nodes of 10", spread.len());
         // More holders than replicas: the same ones are surplus everywhere.
         let t = Placement::Replicas(2).target("alice", &all, &all);

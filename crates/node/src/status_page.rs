@@ -696,7 +696,10 @@ mod tests {
         let others: Vec<_> = v.links.iter().filter(|l| l.reported_by != id('a')).collect();
         assert_eq!(others.len(), 2, "{others:?}");
         let bc = others.iter().find(|l| l.a == id('b')).unwrap();
-        assert_eq!((bc.b.as_str(), bc.up, bc.b_lacks_ops, bc.last_contact_secs), (id('c').as_str(), false, Some(4), Some(2)));
+        assert_eq!(
+            (bc.b.as_str(), bc.up, bc.b_lacks_ops, bc.last_contact_secs),
+            (id('c').as_str(), false, Some(4), Some(2))
+        );
         assert!(v.nodes.iter().any(|n| n.id == id('e') && !n.up), "a node only a report names is drawn");
         // Past the bound, no more.
         st.remote_links = (0..100)

@@ -74,7 +74,7 @@ fn an_account_is_placed_on_n_nodes_replaced_when_one_is_gone_and_moved_by_a_list
 
     // A placed replica other than A stops for longer than the delay: the
     // fourth node takes its place.
-    let gone = others.iter().position(|n| holds(n)).unwrap();
+    let gone = others.iter().position(holds).unwrap();
     others[gone].stop();
     {
         let nodes: Vec<&Node> = std::iter::once(&a).chain(others.iter()).collect();
