@@ -23,6 +23,7 @@ pub mod auth;
 mod command;
 pub mod extended;
 pub mod mime;
+pub mod objectid;
 pub mod ondemand;
 mod selected;
 pub mod server;
