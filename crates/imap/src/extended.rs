@@ -52,6 +52,8 @@ pub enum FetchExtra {
     EmailId,
     /// OBJECTID's `THREADID` (RFC 8474).
     ThreadId,
+    /// `PREVIEW` or `PREVIEW (LAZY)` (RFC 8970): computed either way.
+    Preview,
 }
 
 /// A STATUS item imap-codec does not parse.
@@ -422,7 +424,7 @@ fn closing_paren(s: &[u8]) -> Option<usize> {
     None
 }
 
-/// OBJECTID's FETCH items (RFC 8474 §5.3) off `FETCH set (…)` or
+/// OBJECTID's FETCH items (RFC 8474 §5.3) and PREVIEW (RFC 8970) off `FETCH set (…)` or
 /// `FETCH set ITEM`.
 fn lift_fetch_items(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     let at = verb_at(message)?;
@@ -437,20 +439,45 @@ fn lift_fetch_items(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
         (items_at + 1..close, close + 1)
     } else {
         let len = message[items_at..end].iter().position(|&b| b == b' ').unwrap_or(end - items_at);
-        (items_at..items_at + len, items_at + len)
+        let mut after = items_at + len;
+        // `FETCH 1 PREVIEW (LAZY)`: the one item with its modifier.
+        let lazy = b" (LAZY)";
+        if message[items_at..after].eq_ignore_ascii_case(b"PREVIEW")
+            && message.len() >= after + lazy.len()
+            && message[after..after + lazy.len()].eq_ignore_ascii_case(lazy)
+        {
+            after += lazy.len();
+        }
+        (items_at..after, after)
     };
     let inner = &message[list];
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut extra = Vec::new();
-    for t in top_tokens(inner)? {
-        let token = &inner[t];
+    let tokens = top_tokens(inner)?;
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = &inner[tokens[i].clone()];
         if token.eq_ignore_ascii_case(b"EMAILID") {
             extra.push(FetchExtra::EmailId);
         } else if token.eq_ignore_ascii_case(b"THREADID") {
             extra.push(FetchExtra::ThreadId);
+        } else if token.eq_ignore_ascii_case(b"PREVIEW") {
+            // RFC 8970 §3: `PREVIEW [SP "(" preview-mod *(SP preview-mod) ")"]`,
+            // `preview-mod = "LAZY"`; another modifier is left to the decoder (BAD).
+            if let Some(next) = tokens.get(i + 1).map(|t| &inner[t.clone()]) {
+                if next.starts_with(b"(") {
+                    let mods = &next[1..next.len() - 1];
+                    if mods.is_empty() || !mods.split(|&b| b == b' ').all(|m| m.eq_ignore_ascii_case(b"LAZY")) {
+                        return None;
+                    }
+                    i += 1;
+                }
+            }
+            extra.push(FetchExtra::Preview);
         } else {
             kept.push(token);
         }
+        i += 1;
     }
     if extra.is_empty() {
         return None;
@@ -769,6 +796,13 @@ mod tests {
         assert_eq!(l.command, b"12 fetch 1 (UID BODY[HEADER.FIELDS (A B)]) (CHANGEDSINCE 5)\r\n");
         assert_eq!(l.fetch_extra, vec![FetchExtra::EmailId, FetchExtra::ThreadId]);
         assert!(!l.fetch_placeholder);
+        let l = lift(b"p FETCH 1 (UID PREVIEW (lazy) FLAGS PREVIEW)\r\n").unwrap();
+        assert_eq!(l.command, b"p FETCH 1 (UID FLAGS)\r\n");
+        assert_eq!(l.fetch_extra, vec![FetchExtra::Preview, FetchExtra::Preview]);
+        assert!(lift(b"p FETCH 1 (PREVIEW (FOO))\r\n").is_none());
+        let l = lift(b"p UID FETCH 1 PREVIEW (LAZY) (CHANGEDSINCE 3)\r\n").unwrap();
+        assert_eq!((l.command.as_slice(), l.fetch_placeholder), (&b"p UID FETCH 1 UID (CHANGEDSINCE 3)\r\n"[..], true));
+        assert!(lift(b"p FETCH 1 (PREVIEW ())\r\n").is_none());
         let l = lift(b"a UID FETCH 1:* EMAILID\r\n").unwrap();
         assert_eq!((l.command.as_slice(), l.fetch_placeholder), (&b"a UID FETCH 1:* UID\r\n"[..], true));
         assert!(lift(b"a FETCH 1 (UID BODY[])\r\n").is_none());

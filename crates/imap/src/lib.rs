@@ -25,6 +25,7 @@ pub mod extended;
 pub mod mime;
 pub mod objectid;
 pub mod ondemand;
+pub mod preview;
 mod selected;
 pub mod server;
 pub mod session;

@@ -838,6 +838,21 @@ impl Session {
                         out.extend_from_slice(format!("EMAILID ({})", crate::objectid::email_id(e)).as_bytes())
                     }
                     FetchExtra::ThreadId => out.extend_from_slice(b"THREADID NIL"),
+                    FetchExtra::Preview => {
+                        // A fixed prefix of the body, read apart (bounded
+                        // work whatever the message's size).
+                        let e = env.as_ref().expect("checked above");
+                        out.extend_from_slice(b"PREVIEW ");
+                        match reader.body_prefix(e.blob, crate::preview::PREVIEW_BYTES) {
+                            Ok(prefix) => wire::string(&mut out, crate::preview::preview(&prefix).as_bytes()),
+                            // Not on this replica (yet): RFC 8970 allows NIL.
+                            Err(StoreError::MissingBlob(_)) => out.extend_from_slice(b"NIL"),
+                            Err(e) => {
+                                self.out = all;
+                                return Err(e.into());
+                            }
+                        }
+                    }
                 }
             }
             out.extend_from_slice(b")\r\n");

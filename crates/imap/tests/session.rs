@@ -62,27 +62,56 @@ fn is_objectid(s: &[u8]) -> bool {
 /// `MESSAGES 0`, `ALERT`), so that the rest of the response is still
 /// decoded by it. (Test messages do not hold these words.)
 fn without_extension_items(bytes: &[u8]) -> Vec<u8> {
-    type Rule = (&'static [u8], bool, bool, &'static [u8]);
-    // (item name, NIL allowed, a number rather than `(objectid)`, stand-in)
-    const RULES: [Rule; 5] = [
-        (b"EMAILID ", false, false, b"RFC822.SIZE 0"),
-        (b"THREADID ", true, false, b"RFC822.SIZE 0"),
-        (b"[MAILBOXID ", false, false, b"[ALERT"),
-        (b"MAILBOXID ", false, false, b"MESSAGES 0"),
-        (b"APPENDLIMIT ", true, true, b"MESSAGES 0"),
+    #[derive(PartialEq)]
+    enum Value {
+        ObjectId,
+        Number,
+        NString,
+    }
+    type Rule = (&'static [u8], bool, Value, &'static [u8]);
+    // (item name, NIL allowed, its value, stand-in)
+    const RULES: [Rule; 6] = [
+        (b"EMAILID ", false, Value::ObjectId, b"RFC822.SIZE 0"),
+        (b"THREADID ", true, Value::ObjectId, b"RFC822.SIZE 0"),
+        (b"[MAILBOXID ", false, Value::ObjectId, b"[ALERT"),
+        (b"MAILBOXID ", false, Value::ObjectId, b"MESSAGES 0"),
+        (b"APPENDLIMIT ", true, Value::Number, b"MESSAGES 0"),
+        // RFC 8970 §7: `"PREVIEW" SP nstring`, UTF-8, at most 256 characters.
+        (b"PREVIEW ", true, Value::NString, b"RFC822.SIZE 0"),
     ];
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     'bytes: while i < bytes.len() {
         let boundary = i == 0 || matches!(bytes[i - 1], b' ' | b'(');
-        for (name, nil, number, stand_in) in RULES {
+        for (name, nil, value, stand_in) in RULES {
             if !boundary && name[0] != b'[' || !bytes[i..].starts_with(name) {
                 continue;
             }
             let v = i + name.len();
+            if value == Value::NString && !matches!(bytes.get(v), Some(b'"' | b'{' | b'N')) {
+                continue; // the capability, not the item (a bad item fails imap-codec below)
+            }
             let end = if nil && bytes[v..].starts_with(b"NIL") {
                 v + 3
-            } else if number {
+            } else if value == Value::NString {
+                let (text, end) = if bytes[v] == b'"' {
+                    let mut text = Vec::new();
+                    let mut j = v + 1;
+                    while bytes[j] != b'"' {
+                        j += usize::from(bytes[j] == b'\\');
+                        text.push(bytes[j]);
+                        j += 1;
+                    }
+                    (text, j + 1)
+                } else {
+                    let close = v + bytes[v..].iter().position(|&b| b == b'}').expect("a literal");
+                    let n: usize = std::str::from_utf8(&bytes[v + 1..close]).unwrap().parse().unwrap();
+                    (bytes[close + 3..close + 3 + n].to_vec(), close + 3 + n)
+                };
+                let text = String::from_utf8(text).expect("PREVIEW is UTF-8");
+                assert!(text.chars().count() <= 256, "PREVIEW too long: {text}");
+                end
+            } else if value == Value::Number {
                 let n = bytes[v..].iter().take_while(|b| b.is_ascii_digit()).count();
                 assert!(n > 0, "{} wants a number or NIL", String::from_utf8_lossy(name));
                 v + n
@@ -2015,4 +2044,61 @@ fn multiappend_stores_every_message_or_none() {
     assert!(out.contains("b3 BAD") && out.contains("literal8"), "{out}");
     let out = c.ok("st STATUS saved-messages (MESSAGES)");
     assert!(out.contains("MESSAGES 3)"), "nothing of a failed MULTIAPPEND is stored: {out}");
+}
+
+/// PREVIEW (RFC 8970), its example and more: the first inline text part,
+/// decoded, without quotes and signature, at most 200 characters; LAZY
+/// answers the same; no text, the empty string; a body that is not here,
+/// NIL; bad modifiers BAD.
+#[test]
+fn preview_is_the_start_of_the_text() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "PREVIEW"));
+    c.append("INBOX", "", "Subject: a\r\n\r\nPreview text!\r\n");
+    c.append("INBOX", "", MULTI);
+    let html = "Subject: h\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<html><body><p>Caf=C3=A9 <b>au</b> lait</p></body></html>\r\n";
+    c.append("INBOX", "", html);
+    c.append("INBOX", "", "Subject: q\r\n\r\n> old words\r\nnew   words\r\n-- \r\nsig\r\n");
+    c.append(
+        "INBOX",
+        "",
+        "Subject: i\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0K\r\n",
+    );
+    let long = format!("Subject: l\r\n\r\n{}\r\n", "abcdefghi ".repeat(5000));
+    c.append("INBOX", "", &long);
+    c.ok("s SELECT INBOX");
+    let out = c.ok("B FETCH 1 (PREVIEW)");
+    assert!(out.contains("* 1 FETCH (PREVIEW \"Preview text!\")"), "{out}");
+    let out = c.ok("C FETCH 1 (PREVIEW (LAZY))");
+    assert!(out.contains("* 1 FETCH (PREVIEW \"Preview text!\")"), "{out}");
+    let out = c.ok("D UID FETCH 1:* (PREVIEW UID)");
+    assert!(line_of(&out, "* 2 FETCH").contains("PREVIEW \"see attached quarterly numbers\""), "{out}");
+    assert!(line_of(&out, "* 3 FETCH").contains("PREVIEW {13}"), "UTF-8 as a literal: {out}");
+    assert!(out.contains("Café au lait"), "{out}");
+    assert!(line_of(&out, "* 4 FETCH").contains("PREVIEW \"new words\""), "{out}");
+    assert!(line_of(&out, "* 5 FETCH").contains("PREVIEW \"\""), "{out}");
+    let six = line_of(&out, "* 6 FETCH");
+    let text = between(six, "PREVIEW \"", "\"").expect("quoted");
+    let n = text.chars().count();
+    assert!(text.starts_with("abcdefghi abcdefghi") && (190..=200).contains(&n), "{n}: {text}");
+    assert!(!out.contains("\\Seen"), "PREVIEW does not set \\Seen: {out}");
+    let out = c.ok("E FETCH 1 PREVIEW (LAZY)");
+    assert!(out.contains("* 1 FETCH (PREVIEW \"Preview text!\")"), "{out}");
+    assert!(c.send("F FETCH 1 (PREVIEW (FOO))").contains("F BAD"));
+    assert!(c.send("G FETCH 1 (PREVIEW ())").contains("G BAD"));
+    c.ok("H NOOP");
+    // A body this replica left out: NIL at once (no wait for a peer).
+    let there = server_on(ReplicaId(8), Config::default());
+    let mut t = Client::login(&there);
+    let here = server_on(ReplicaId(7), Config { body_wait: Duration::from_secs(5), ..Config::default() });
+    t.append("INBOX", "", PLAIN);
+    ship(&there, &here);
+    let mut h = Client::login(&here);
+    h.ok("s SELECT INBOX");
+    let out = h.ok("p FETCH 1 (PREVIEW EMAILID)");
+    assert!(line_of(&out, "* 1 FETCH").contains("PREVIEW NIL"), "{out}");
+    here.shared.store.put_blob(PLAIN.as_bytes()).unwrap();
+    let out = h.ok("q FETCH 1 PREVIEW");
+    assert!(out.contains("PREVIEW \"Shall we meet at noon?\""), "{out}");
 }

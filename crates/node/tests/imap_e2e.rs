@@ -119,7 +119,7 @@ fn imaplib_covers_every_command() {
 }
 
 /// Python's imaplib using the extensions a client would (OBJECTID,
-/// APPENDLIMIT, CREATE-SPECIAL-USE, BINARY's APPEND, MULTIAPPEND:
+/// APPENDLIMIT, CREATE-SPECIAL-USE, BINARY's APPEND, MULTIAPPEND, PREVIEW:
 /// `tests/imap/imaplib_extensions.py`) against a real node.
 #[test]
 fn imaplib_uses_the_extensions() {

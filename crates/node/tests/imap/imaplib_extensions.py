@@ -3,7 +3,7 @@
 imaplib against a running server (stdlib only):
 
   OBJECTID (RFC 8474), APPENDLIMIT (RFC 7889), CREATE-SPECIAL-USE (RFC 6154),
-  BINARY's APPEND (RFC 3516) and MULTIAPPEND (RFC 3502).
+  BINARY's APPEND (RFC 3516), MULTIAPPEND (RFC 3502) and PREVIEW (RFC 8970).
 
 Usage: imaplib_extensions.py --host H --port P --user U --password PW
 
@@ -134,6 +134,15 @@ def main():
         typ, data = M.uid("FETCH", "4", "(BODY.PEEK[])")
         check(typ == "OK" and data[0][1] == bmsg.replace(b"\0", b"\x80"), "BODY[]: NUL shown as 0x80")
         print("ok binary")
+
+        # PREVIEW, as a client listing messages asks for it.
+        check("PREVIEW" in caps, "PREVIEW not advertised: %s" % caps)
+        data = ok(M.fetch("1:4", "(PREVIEW)"), "FETCH PREVIEW")
+        check(data[0] == b'1 (PREVIEW "body 0")', "PREVIEW: %r" % data)
+        check(data[3] == b'4 (PREVIEW "")', "PREVIEW of no text: %r" % data)
+        data = ok(M.fetch("2", "(PREVIEW (LAZY))"), "FETCH PREVIEW (LAZY)")
+        check(data[0] == b'2 (PREVIEW "body 1")', "PREVIEW (LAZY): %r" % data)
+        print("ok preview")
 
         # OBJECTID: EMAILID kept by COPY, THREADID NIL, SEARCH EMAILID; MAILBOXID on SELECT.
         check(M.response("MAILBOXID")[1] == [b"(%s)" % sent_id], "SELECT: [MAILBOXID]: %r" % (M.response("MAILBOXID"),))
