@@ -574,32 +574,49 @@ fn lift_search_keys(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     let mut copied = 0;
     let mut i = at + verb.len();
     let mut keys = Vec::new();
+    // Arguments still to come of the last key: a token there is a value
+    // (`SUBJECT EMAILID` searches for the word), not a key.
+    let mut args = 0usize;
     while let Some(&b) = message.get(i) {
-        match b {
-            b'"' | b'{' => i = astring_end(message, i).unwrap_or(i + 1),
-            b'E' | b'e' | b'T' | b't' if matches!(message[i - 1], b' ' | b'(') => {
-                let word_end = astring_end(message, i).unwrap_or(i + 1);
-                let word = &message[i..word_end];
-                let email = word.eq_ignore_ascii_case(b"EMAILID");
-                if !(email || word.eq_ignore_ascii_case(b"THREADID")) || message.get(word_end) != Some(&b' ') {
-                    i = word_end;
-                    continue;
-                }
-                let value_end = astring_end(message, word_end + 1)?;
-                let value = &message[word_end + 1..value_end];
-                let value = String::from_utf8_lossy(value.strip_prefix(b"\"").unwrap_or(value));
-                let value = value.strip_suffix('"').unwrap_or(&value).to_string();
-                if keys.len() == EXTRA_KEYS_MAX {
-                    return None;
-                }
-                out.extend_from_slice(&message[copied..i]);
-                out.extend_from_slice(format!("UID {}", EXTRA_KEY - keys.len() as u32).as_bytes());
-                keys.push(if email { SearchExtra::EmailId(value) } else { SearchExtra::ThreadId(value) });
-                copied = value_end;
-                i = value_end;
-            }
-            _ => i += 1,
+        if matches!(b, b' ' | b'(' | b')' | b'\r' | b'\n') {
+            i += 1;
+            continue;
         }
+        let end = astring_end(message, i).unwrap_or(i + 1);
+        let token = &message[i..end];
+        if args > 0 {
+            args -= 1;
+            i = end;
+            continue;
+        }
+        let upper = token.to_ascii_uppercase();
+        args = match &upper[..] {
+            b"BCC" | b"BODY" | b"CC" | b"FROM" | b"SUBJECT" | b"TEXT" | b"TO" | b"KEYWORD" | b"UNKEYWORD"
+            | b"BEFORE" | b"ON" | b"SINCE" | b"SENTBEFORE" | b"SENTON" | b"SENTSINCE" | b"LARGER" | b"SMALLER"
+            | b"UID" | b"CHARSET" => 1,
+            b"HEADER" => 2,
+            // RFC 7162: `MODSEQ [entry-name entry-type-req] mod-sequence-valzer`.
+            b"MODSEQ" if message.get(end + 1) == Some(&b'"') => 3,
+            b"MODSEQ" => 1,
+            _ => 0,
+        };
+        let email = upper == b"EMAILID";
+        if !(email || upper == b"THREADID") || message.get(end) != Some(&b' ') {
+            i = end;
+            continue;
+        }
+        let value_end = astring_end(message, end + 1)?;
+        let value = &message[end + 1..value_end];
+        let value = String::from_utf8_lossy(value.strip_prefix(b"\"").unwrap_or(value));
+        let value = value.strip_suffix('"').unwrap_or(&value).to_string();
+        if keys.len() == EXTRA_KEYS_MAX {
+            return None;
+        }
+        out.extend_from_slice(&message[copied..i]);
+        out.extend_from_slice(format!("UID {}", EXTRA_KEY - keys.len() as u32).as_bytes());
+        keys.push(if email { SearchExtra::EmailId(value) } else { SearchExtra::ThreadId(value) });
+        copied = value_end;
+        i = value_end;
     }
     if keys.is_empty() {
         return None;
@@ -820,6 +837,12 @@ mod tests {
         assert_eq!(l.command, want.as_bytes());
         assert_eq!(l.search_extra, vec![SearchExtra::EmailId("M1".into()), SearchExtra::ThreadId("T2".into())]);
         assert!(lift(b"s SEARCH KEYWORD EMAILIDX\r\n").is_none());
+        // A key's value is not a key.
+        assert!(lift(b"s SEARCH SUBJECT EMAILID x\r\n").is_none());
+        assert!(lift(b"s SEARCH HEADER EMAILID x\r\n").is_none());
+        assert!(lift(b"s SEARCH HEADER X-Id EMAILID\r\n").is_none());
+        let l = lift(b"s SEARCH MODSEQ \"/flags/x\" all 5 (TO EMAILID) THREADID T\r\n").unwrap();
+        assert_eq!(l.search_extra, vec![SearchExtra::ThreadId("T".into())]);
     }
 
     #[test]
