@@ -763,6 +763,11 @@ fn command_strategy() -> impl Strategy<Value = Vec<u8>> {
         "j CREATE Work",
         "k SEARCH RETURN (ALL) 1:*",
         "l AUTHENTICATE PLAIN",
+        "m FETCH 1:* (EMAILID THREADID PREVIEW (LAZY) UID)",
+        "n STATUS INBOX (MAILBOXID APPENDLIMIT MESSAGES)",
+        "o CREATE Sent (USE (\\Sent))",
+        "p APPEND INBOX (\\Seen) {5}\r\nhello ~{3}\r\na\0b",
+        "q UID SEARCH OR EMAILID E1 THREADID T1",
     ];
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
