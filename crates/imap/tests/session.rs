@@ -2047,6 +2047,16 @@ fn multiappend_stores_every_message_or_none() {
     assert!(out.contains("b2 NO [TRYCREATE]"), "{out}");
     let out = c.raw(format!("b3 APPEND saved-messages {{{}+}}\r\n{m1} {{3+}}\r\na\0b\r\n", m1.len()).as_bytes());
     assert!(out.contains("b3 BAD") && out.contains("literal8"), "{out}");
+    // RFC 3502 §6.3.11: a zero-length message is an error (NO), which is
+    // how a client cancels a MULTIAPPEND it started.
+    let out = c.send(&format!("b4 APPEND saved-messages {{{}}}", m1.len()));
+    assert!(out.starts_with("+ "), "{out}");
+    let out = c.raw(format!("{m1} {{0}}\r\n").as_bytes());
+    assert!(out.starts_with("+ "), "{out}");
+    let out = c.raw(b"\r\n");
+    assert!(out.contains("b4 NO "), "{out}");
+    let out = c.raw(b"b5 APPEND saved-messages {0+}\r\n\r\n");
+    assert!(out.contains("b5 NO "), "{out}");
     let out = c.ok("st STATUS saved-messages (MESSAGES)");
     assert!(out.contains("MESSAGES 3)"), "nothing of a failed MULTIAPPEND is stored: {out}");
 }

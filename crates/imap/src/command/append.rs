@@ -71,6 +71,10 @@ impl Session {
                 LiteralOrLiteral8::Literal(l) => l.data(),
                 LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
             };
+            if data.is_empty() {
+                // RFC 3502 §6.3.11: an error, and how a client cancels.
+                return Err(Fail::No("zero-length message: APPEND cancelled, nothing stored".into()));
+            }
             if data.len() as u64 > limit {
                 return Err(Fail::No(format!("[TOOBIG] a message is larger than APPENDLIMIT {limit}")));
             }

@@ -114,6 +114,9 @@ def main():
         _, tagged = raw(M, [b"APPEND %s {%d+}\r\n" % (sent.encode(), len(msgs[0])), msgs[0],
                             b" (\\Seen) \"not a date\" {1+}\r\nx"])
         check(b" BAD " in tagged, "MULTIAPPEND with a bad message: %r" % tagged)
+        # A zero-length message cancels the whole APPEND (RFC 3502 §6.3.11).
+        _, tagged = raw(M, [b"APPEND %s {%d}\r\n" % (sent.encode(), len(msgs[0])), msgs[0], b" {0}\r\n", b""])
+        check(b" NO " in tagged, "MULTIAPPEND cancelled by {0}: %r" % tagged)
         data = ok(M.status(sent, "(MESSAGES)"), "STATUS")
         check(b"MESSAGES 3" in data[0], "nothing of a failed MULTIAPPEND stored: %r" % data)
         print("ok multiappend")
