@@ -54,6 +54,8 @@ pub enum FetchExtra {
     ThreadId,
     /// `PREVIEW` or `PREVIEW (LAZY)` (RFC 8970): computed either way.
     Preview,
+    /// `SAVEDATE` (RFC 8514): NIL, no save date is stored.
+    SaveDate,
 }
 
 /// A STATUS item imap-codec does not parse.
@@ -72,6 +74,8 @@ pub enum SearchExtra {
     EmailId(String),
     /// `THREADID objectid` (RFC 8474 §6).
     ThreadId(String),
+    /// `SAVEDATESUPPORTED` (RFC 8514 §4.3).
+    SaveDateSupported,
 }
 
 /// What the i-th lifted SEARCH key becomes for the decoder: `UID`
@@ -461,6 +465,8 @@ fn lift_fetch_items(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
             extra.push(FetchExtra::EmailId);
         } else if token.eq_ignore_ascii_case(b"THREADID") {
             extra.push(FetchExtra::ThreadId);
+        } else if token.eq_ignore_ascii_case(b"SAVEDATE") {
+            extra.push(FetchExtra::SaveDate);
         } else if token.eq_ignore_ascii_case(b"PREVIEW") {
             // RFC 8970 §3: `PREVIEW [SP "(" preview-mod *(SP preview-mod) ")"]`,
             // `preview-mod = "LAZY"`; another modifier is left to the decoder (BAD).
@@ -574,6 +580,7 @@ fn lift_search_keys(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     let mut copied = 0;
     let mut i = at + verb.len();
     let mut keys = Vec::new();
+    let mut renamed = false;
     // Arguments still to come of the last key: a token there is a value
     // (`SUBJECT EMAILID` searches for the word), not a key.
     let mut args = 0usize;
@@ -600,6 +607,34 @@ fn lift_search_keys(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
             b"MODSEQ" => 1,
             _ => 0,
         };
+        // RFC 8514 §4.3: without a stored save date, SAVEDBEFORE, SAVEDON
+        // and SAVEDSINCE use the internal date: BEFORE, ON and SINCE.
+        let internal: Option<&[u8]> = match &upper[..] {
+            b"SAVEDBEFORE" => Some(b"BEFORE"),
+            b"SAVEDON" => Some(b"ON"),
+            b"SAVEDSINCE" => Some(b"SINCE"),
+            _ => None,
+        };
+        if let Some(plain) = internal {
+            out.extend_from_slice(&message[copied..i]);
+            out.extend_from_slice(plain);
+            copied = end;
+            args = 1;
+            renamed = true;
+            i = end;
+            continue;
+        }
+        if upper == b"SAVEDATESUPPORTED" {
+            if keys.len() == EXTRA_KEYS_MAX {
+                return None;
+            }
+            out.extend_from_slice(&message[copied..i]);
+            out.extend_from_slice(format!("UID {}", EXTRA_KEY - keys.len() as u32).as_bytes());
+            keys.push(SearchExtra::SaveDateSupported);
+            copied = end;
+            i = end;
+            continue;
+        }
         let email = upper == b"EMAILID";
         if !(email || upper == b"THREADID") || message.get(end) != Some(&b' ') {
             i = end;
@@ -618,7 +653,7 @@ fn lift_search_keys(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
         copied = value_end;
         i = value_end;
     }
-    if keys.is_empty() {
+    if keys.is_empty() && !renamed {
         return None;
     }
     out.extend_from_slice(&message[copied..]);
@@ -841,6 +876,13 @@ mod tests {
         assert!(lift(b"s SEARCH SUBJECT EMAILID x\r\n").is_none());
         assert!(lift(b"s SEARCH HEADER EMAILID x\r\n").is_none());
         assert!(lift(b"s SEARCH HEADER X-Id EMAILID\r\n").is_none());
+        let l = lift(b"s SEARCH SAVEDON 28-Dec-2014 OR SAVEDSINCE 1-Jan-2015 SAVEDATESUPPORTED SUBJECT savedon\r\n")
+            .unwrap();
+        let want = format!("s SEARCH ON 28-Dec-2014 OR SINCE 1-Jan-2015 UID {EXTRA_KEY} SUBJECT savedon\r\n");
+        assert_eq!(l.command, want.as_bytes());
+        assert_eq!(l.search_extra, vec![SearchExtra::SaveDateSupported]);
+        let l = lift(b"f FETCH 998 (SAVEDATE)\r\n").unwrap();
+        assert_eq!((l.fetch_extra, l.fetch_placeholder), (vec![FetchExtra::SaveDate], true));
         let l = lift(b"s SEARCH MODSEQ \"/flags/x\" all 5 (TO EMAILID) THREADID T\r\n").unwrap();
         assert_eq!(l.search_extra, vec![SearchExtra::ThreadId("T".into())]);
     }

@@ -838,6 +838,8 @@ impl Session {
                         out.extend_from_slice(format!("EMAILID ({})", crate::objectid::email_id(e)).as_bytes())
                     }
                     FetchExtra::ThreadId => out.extend_from_slice(b"THREADID NIL"),
+                    // RFC 8514 §4.2: no save date is stored, so always NIL.
+                    FetchExtra::SaveDate => out.extend_from_slice(b"SAVEDATE NIL"),
                     FetchExtra::Preview => {
                         // A fixed prefix of the body, read apart (bounded
                         // work whatever the message's size).
@@ -1240,6 +1242,8 @@ impl Candidate<'_> {
             SearchExtra::EmailId(id) => self.envelope().is_some_and(|e| crate::objectid::email_id(&e) == *id),
             // No THREADID is kept (RFC 8474 §5.2: then nothing matches).
             SearchExtra::ThreadId(_) => false,
+            // RFC 8514 §4.3: no save date is stored.
+            SearchExtra::SaveDateSupported => false,
         }
     }
 

@@ -70,7 +70,7 @@ fn without_extension_items(bytes: &[u8]) -> Vec<u8> {
     }
     type Rule = (&'static [u8], bool, Value, &'static [u8]);
     // (item name, NIL allowed, its value, stand-in)
-    const RULES: [Rule; 6] = [
+    const RULES: [Rule; 7] = [
         (b"EMAILID ", false, Value::ObjectId, b"RFC822.SIZE 0"),
         (b"THREADID ", true, Value::ObjectId, b"RFC822.SIZE 0"),
         (b"[MAILBOXID ", false, Value::ObjectId, b"[ALERT"),
@@ -78,6 +78,8 @@ fn without_extension_items(bytes: &[u8]) -> Vec<u8> {
         (b"APPENDLIMIT ", true, Value::Number, b"MESSAGES 0"),
         // RFC 8970 §7: `"PREVIEW" SP nstring`, UTF-8, at most 256 characters.
         (b"PREVIEW ", true, Value::NString, b"RFC822.SIZE 0"),
+        // RFC 8514 §5: `"SAVEDATE" SP (date-time / nil)`.
+        (b"SAVEDATE ", true, Value::NString, b"RFC822.SIZE 0"),
     ];
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -768,6 +770,8 @@ fn command_strategy() -> impl Strategy<Value = Vec<u8>> {
         "o CREATE Sent (USE (\\Sent))",
         "p APPEND INBOX (\\Seen) {5}\r\nhello ~{3}\r\na\0b",
         "q UID SEARCH OR EMAILID E1 THREADID T1",
+        "r SEARCH SAVEDON 1-Jan-2020 NOT SAVEDATESUPPORTED",
+        "s FETCH 1:* (SAVEDATE EMAILID)",
     ];
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
@@ -2116,4 +2120,29 @@ fn preview_is_the_start_of_the_text() {
     here.shared.store.put_blob(PLAIN.as_bytes()).unwrap();
     let out = h.ok("q FETCH 1 PREVIEW");
     assert!(out.contains("PREVIEW \"Shall we meet at noon?\""), "{out}");
+}
+
+/// SAVEDATE (RFC 8514) where no save date is stored, as §4.2 and §4.3
+/// allow: FETCH SAVEDATE is NIL, SAVEDATESUPPORTED matches nothing, and
+/// SAVEDBEFORE / SAVEDON / SAVEDSINCE use the internal date.
+#[test]
+fn savedate_is_nil_and_saved_searches_use_the_internal_date() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "SAVEDATE"));
+    append_dated(&mut c, "28-Dec-2014 18:50:53 +0000", PLAIN);
+    append_dated(&mut c, "02-Jan-2015 10:00:00 +0000", MULTI);
+    c.ok("s SELECT INBOX");
+    let out = c.ok("A101 FETCH 2 (SAVEDATE)");
+    assert!(out.contains("* 2 FETCH (SAVEDATE NIL)"), "{out}");
+    let out = c.ok("A102 UID FETCH 1 (SAVEDATE FLAGS)");
+    assert!(line_of(&out, "* 1 FETCH").contains("SAVEDATE NIL"), "{out}");
+    assert_eq!(c.search_line("SAVEDON 28-Dec-2014"), "* SEARCH 1");
+    assert_eq!(c.search_line("SAVEDSINCE 28-Dec-2014"), "* SEARCH 1 2");
+    assert_eq!(c.search_line("SAVEDSINCE 29-Dec-2014"), "* SEARCH 2");
+    assert_eq!(c.search_line("SAVEDBEFORE 2-Jan-2015"), "* SEARCH 1");
+    assert_eq!(c.search_line("SAVEDATESUPPORTED"), "* SEARCH");
+    assert_eq!(c.search_line("NOT SAVEDATESUPPORTED"), "* SEARCH 1 2");
+    assert!(c.send("b SEARCH SAVEDON").contains("b BAD"));
+    assert!(c.send("c SEARCH SAVEDON yesterday").contains("c BAD"));
 }

@@ -119,7 +119,8 @@ fn imaplib_covers_every_command() {
 }
 
 /// Python's imaplib using the extensions a client would (OBJECTID,
-/// APPENDLIMIT, CREATE-SPECIAL-USE, BINARY's APPEND, MULTIAPPEND, PREVIEW:
+/// APPENDLIMIT, CREATE-SPECIAL-USE, BINARY's APPEND, MULTIAPPEND, PREVIEW,
+/// SAVEDATE:
 /// `tests/imap/imaplib_extensions.py`) against a real node.
 #[test]
 fn imaplib_uses_the_extensions() {

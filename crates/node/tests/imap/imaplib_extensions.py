@@ -3,7 +3,8 @@
 imaplib against a running server (stdlib only):
 
   OBJECTID (RFC 8474), APPENDLIMIT (RFC 7889), CREATE-SPECIAL-USE (RFC 6154),
-  BINARY's APPEND (RFC 3516), MULTIAPPEND (RFC 3502) and PREVIEW (RFC 8970).
+  BINARY's APPEND (RFC 3516), MULTIAPPEND (RFC 3502), PREVIEW (RFC 8970) and
+  SAVEDATE (RFC 8514).
 
 Usage: imaplib_extensions.py --host H --port P --user U --password PW
 
@@ -146,6 +147,18 @@ def main():
         data = ok(M.fetch("2", "(PREVIEW (LAZY))"), "FETCH PREVIEW (LAZY)")
         check(data[0] == b'2 (PREVIEW "body 1")', "PREVIEW (LAZY): %r" % data)
         print("ok preview")
+
+        # SAVEDATE without a stored save date (RFC 8514 §4.2, §4.3): NIL, and
+        # SAVEDSINCE / SAVEDBEFORE on the internal date (messages 2 and 3 are
+        # dated 1 Jan 2020, 1 and 4 today).
+        check("SAVEDATE" in caps, "SAVEDATE not advertised: %s" % caps)
+        data = ok(M.fetch("1", "(SAVEDATE)"), "FETCH SAVEDATE")
+        check(data[0] == b"1 (SAVEDATE NIL)", "SAVEDATE: %r" % data)
+        data = ok(M.search(None, "SAVEDBEFORE", "2-Jan-2020"), "SEARCH SAVEDBEFORE")
+        check(data[0].split() == [b"2", b"3"], "SAVEDBEFORE: %r" % data)
+        data = ok(M.search(None, "SAVEDATESUPPORTED"), "SEARCH SAVEDATESUPPORTED")
+        check(data[0].split() == [], "SAVEDATESUPPORTED: %r" % data)
+        print("ok savedate")
 
         # OBJECTID: EMAILID kept by COPY, THREADID NIL, SEARCH EMAILID; MAILBOXID on SELECT.
         check(M.response("MAILBOXID")[1] == [b"(%s)" % sent_id], "SELECT: [MAILBOXID]: %r" % (M.response("MAILBOXID"),))
