@@ -23,7 +23,69 @@ pub struct Lifted {
     /// SEARCHRES (RFC 5182): the command named the saved search result
     /// `$`, which stands in the command as [`SAVED`].
     pub saved: bool,
+    /// FETCH items imap-codec does not know, in the order asked.
+    pub fetch_extra: Vec<FetchExtra>,
+    /// The FETCH asked for those only: `UID` stands in the command for the
+    /// decoder, and is not answered unless the command is a UID FETCH.
+    pub fetch_placeholder: bool,
+    /// STATUS items imap-codec does not know, in the order asked.
+    pub status_extra: Vec<StatusExtra>,
+    /// The STATUS asked for those only: `MESSAGES` stands in the command
+    /// for the decoder, and is not answered.
+    pub status_placeholder: bool,
+    /// SEARCH keys imap-codec does not know: the i-th stands in the command
+    /// as `UID` [`EXTRA_KEY`] − i.
+    pub search_extra: Vec<SearchExtra>,
+    /// CREATE-SPECIAL-USE (RFC 6154): the attributes of `(USE (…))`, as
+    /// the client wrote them.
+    pub create_use: Option<Vec<String>>,
+    /// MULTIAPPEND (RFC 3502): the messages after the first, each as a
+    /// whole `tag APPEND mailbox [flags] [date] literal` command (the
+    /// command keeps the first).
+    pub appends: Vec<Vec<u8>>,
 }
+
+/// A FETCH item imap-codec does not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchExtra {
+    /// OBJECTID's `EMAILID` (RFC 8474).
+    EmailId,
+    /// OBJECTID's `THREADID` (RFC 8474).
+    ThreadId,
+    /// `PREVIEW` or `PREVIEW (LAZY)` (RFC 8970): computed either way.
+    Preview,
+    /// `SAVEDATE` (RFC 8514): NIL, no save date is stored.
+    SaveDate,
+}
+
+/// A STATUS item imap-codec does not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusExtra {
+    /// OBJECTID's `MAILBOXID` (RFC 8474).
+    MailboxId,
+    /// `APPENDLIMIT` (RFC 7889).
+    AppendLimit,
+}
+
+/// A SEARCH key imap-codec does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SearchExtra {
+    /// `EMAILID objectid` (RFC 8474 §6).
+    EmailId(String),
+    /// `THREADID objectid` (RFC 8474 §6).
+    ThreadId(String),
+    /// `SAVEDATESUPPORTED` (RFC 8514 §4.3).
+    SaveDateSupported,
+}
+
+/// What the i-th lifted SEARCH key becomes for the decoder: `UID`
+/// `EXTRA_KEY − i`, a UID no message has (below [`SAVED`]), which the
+/// search reads back as the key when [`Lifted::search_extra`] has it.
+pub const EXTRA_KEY: u32 = u32::MAX - 1;
+
+/// At most this many lifted SEARCH keys in one command (more is left to the
+/// decoder, which refuses it).
+pub const EXTRA_KEYS_MAX: usize = 64;
 
 /// What `$` (RFC 5182) becomes for the decoder: a number no message has as
 /// a UID or sequence number, which the selected mailbox reads back as the
@@ -232,14 +294,428 @@ fn pattern_list(command: &[u8], at: usize) -> Option<(Vec<String>, std::ops::Ran
 /// literals included). `None` when there is nothing to lift.
 pub fn lift(message: &[u8]) -> Option<Lifted> {
     let replaced = replace_saved(message);
-    let input = replaced.as_deref().unwrap_or(message);
-    let mut lifted = match lift_options(input) {
+    let saved = replaced.is_some();
+    let mut extra = Lifted::default();
+    // (Borrowed unless a stage rewrites it: an APPEND may be large.)
+    let mut input = replaced.map_or(std::borrow::Cow::Borrowed(message), std::borrow::Cow::Owned);
+    let stages: [Stage; 5] =
+        [split_multiappend, lift_search_keys, lift_fetch_items, lift_status_items, lift_create_use];
+    for stage in stages {
+        if let Some(rewritten) = stage(&input, &mut extra) {
+            input = std::borrow::Cow::Owned(rewritten);
+        }
+    }
+    let mut lifted = match lift_options(&input) {
         Some(l) => l,
-        None if replaced.is_some() => Lifted { command: input.to_vec(), ..Default::default() },
+        None if matches!(input, std::borrow::Cow::Owned(_)) => {
+            Lifted { command: input.into_owned(), ..Default::default() }
+        }
         None => return None,
     };
-    lifted.saved = replaced.is_some();
+    lifted.saved = saved;
+    lifted.fetch_extra = extra.fetch_extra;
+    lifted.fetch_placeholder = extra.fetch_placeholder;
+    lifted.status_extra = extra.status_extra;
+    lifted.status_placeholder = extra.status_placeholder;
+    lifted.search_extra = extra.search_extra;
+    lifted.create_use = extra.create_use;
+    lifted.appends = extra.appends;
     Some(lifted)
+}
+
+/// A lifting step: the command rewritten, or `None` if it does not apply.
+type Stage = fn(&[u8], &mut Lifted) -> Option<Vec<u8>>;
+
+/// Where the command's verb starts (after the tag and any `UID `).
+fn verb_at(message: &[u8]) -> Option<usize> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    let at = sp + 1;
+    Some(if starts_with_ci(&message[at..], b"UID ") { at + 4 } else { at })
+}
+
+/// The end of the command before its CRLF.
+fn body_end(message: &[u8]) -> Option<usize> {
+    message.len().checked_sub(2).filter(|&e| &message[e..] == b"\r\n")
+}
+
+/// `{n}` or `{n+}` then CRLF at `at`: the literal's data range.
+fn literal_at(message: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+    if message.get(at) != Some(&b'{') {
+        return None;
+    }
+    let close = at + message[at..].iter().position(|&b| b == b'}')?;
+    let digits = &message[at + 1..close];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    if message.get(close + 1..close + 3) != Some(&b"\r\n"[..]) {
+        return None;
+    }
+    let start = close + 3;
+    let end = start.checked_add(n)?;
+    (end <= message.len()).then_some(start..end)
+}
+
+/// The end of an astring (atom, quoted string or literal) at `at`.
+fn astring_end(message: &[u8], at: usize) -> Option<usize> {
+    match message.get(at)? {
+        b'{' => Some(literal_at(message, at)?.end),
+        b'"' => {
+            let mut i = at + 1;
+            loop {
+                match message.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => return Some(i + 1),
+                    b'\r' | b'\n' => return None,
+                    _ => i += 1,
+                }
+            }
+        }
+        _ => {
+            let len = message[at..]
+                .iter()
+                .position(|&b| matches!(b, b' ' | b'(' | b')' | b'\r' | b'\n' | b'{' | b'"'))
+                .unwrap_or(message.len() - at);
+            (len > 0).then_some(at + len)
+        }
+    }
+}
+
+/// Splits `s` at spaces outside brackets and parentheses: its tokens.
+/// `None` if it holds a quoted string or a literal (left to the decoder).
+fn top_tokens(s: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            b'"' | b'{' | b'\r' | b'\n' => return None,
+            b'[' | b'(' => depth += 1,
+            b']' | b')' => depth = depth.checked_sub(1)?,
+            b' ' if depth == 0 => {
+                if i > start {
+                    out.push(start..i);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if s.len() > start {
+        out.push(start..s.len());
+    }
+    (depth == 0).then_some(out)
+}
+
+/// The index of the parenthesis that closes the one at `s[0]`.
+fn closing_paren(s: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            b'"' | b'{' | b'\r' | b'\n' => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// OBJECTID's FETCH items (RFC 8474 §5.3) and PREVIEW (RFC 8970) off `FETCH set (…)` or
+/// `FETCH set ITEM`.
+fn lift_fetch_items(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let at = verb_at(message)?;
+    if !starts_with_ci(&message[at..], b"FETCH ") {
+        return None;
+    }
+    let set_at = at + b"FETCH ".len();
+    let items_at = set_at + message[set_at..].iter().position(|&b| b == b' ')? + 1;
+    let end = body_end(message)?;
+    let (list, after) = if message.get(items_at) == Some(&b'(') {
+        let close = items_at + closing_paren(&message[items_at..end])?;
+        (items_at + 1..close, close + 1)
+    } else {
+        let len = message[items_at..end].iter().position(|&b| b == b' ').unwrap_or(end - items_at);
+        let mut after = items_at + len;
+        // `FETCH 1 PREVIEW (LAZY)`: the one item with its modifier.
+        let lazy = b" (LAZY)";
+        if message[items_at..after].eq_ignore_ascii_case(b"PREVIEW")
+            && message.len() >= after + lazy.len()
+            && message[after..after + lazy.len()].eq_ignore_ascii_case(lazy)
+        {
+            after += lazy.len();
+        }
+        (items_at..after, after)
+    };
+    let inner = &message[list];
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut extra = Vec::new();
+    let tokens = top_tokens(inner)?;
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = &inner[tokens[i].clone()];
+        if token.eq_ignore_ascii_case(b"EMAILID") {
+            extra.push(FetchExtra::EmailId);
+        } else if token.eq_ignore_ascii_case(b"THREADID") {
+            extra.push(FetchExtra::ThreadId);
+        } else if token.eq_ignore_ascii_case(b"SAVEDATE") {
+            extra.push(FetchExtra::SaveDate);
+        } else if token.eq_ignore_ascii_case(b"PREVIEW") {
+            // RFC 8970 §3: `PREVIEW [SP "(" preview-mod *(SP preview-mod) ")"]`,
+            // `preview-mod = "LAZY"`; another modifier is left to the decoder (BAD).
+            if let Some(next) = tokens.get(i + 1).map(|t| &inner[t.clone()]) {
+                if next.starts_with(b"(") {
+                    let mods = &next[1..next.len() - 1];
+                    if mods.is_empty() || !mods.split(|&b| b == b' ').all(|m| m.eq_ignore_ascii_case(b"LAZY")) {
+                        return None;
+                    }
+                    i += 1;
+                }
+            }
+            extra.push(FetchExtra::Preview);
+        } else {
+            kept.push(token);
+        }
+        i += 1;
+    }
+    if extra.is_empty() {
+        return None;
+    }
+    let mut out = message[..items_at].to_vec();
+    if kept.is_empty() {
+        out.extend_from_slice(b"UID");
+        lifted.fetch_placeholder = true;
+    } else {
+        out.push(b'(');
+        out.extend_from_slice(&kept.join(&b' '));
+        out.push(b')');
+    }
+    out.extend_from_slice(&message[after..]);
+    lifted.fetch_extra = extra;
+    Some(out)
+}
+
+/// MAILBOXID (RFC 8474 §4.3) and APPENDLIMIT (RFC 7889 §3.1) off
+/// `STATUS mailbox (…)`: the list is the command's last parenthesis.
+fn lift_status_items(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let at = verb_at(message)?;
+    if !starts_with_ci(&message[at..], b"STATUS ") || at != message.iter().position(|&b| b == b' ')? + 1 {
+        return None;
+    }
+    let mailbox_end = astring_end(message, at + b"STATUS ".len())?;
+    let end = body_end(message)?;
+    if message.get(mailbox_end..mailbox_end + 2) != Some(&b" ("[..]) || message[..end].last() != Some(&b')') {
+        return None;
+    }
+    let inner = &message[mailbox_end + 2..end - 1];
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut extra = Vec::new();
+    for t in top_tokens(inner)? {
+        let token = &inner[t];
+        if token.eq_ignore_ascii_case(b"MAILBOXID") {
+            extra.push(StatusExtra::MailboxId);
+        } else if token.eq_ignore_ascii_case(b"APPENDLIMIT") {
+            extra.push(StatusExtra::AppendLimit);
+        } else {
+            kept.push(token);
+        }
+    }
+    if extra.is_empty() {
+        return None;
+    }
+    let mut out = message[..mailbox_end + 2].to_vec();
+    if kept.is_empty() {
+        out.extend_from_slice(b"MESSAGES");
+        lifted.status_placeholder = true;
+    } else {
+        out.extend_from_slice(&kept.join(&b' '));
+    }
+    out.extend_from_slice(b")\r\n");
+    lifted.status_extra = extra;
+    Some(out)
+}
+
+/// CREATE-SPECIAL-USE (RFC 6154 §3): `CREATE mailbox (USE (…))`.
+fn lift_create_use(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    if !starts_with_ci(&message[sp + 1..], b"CREATE ") {
+        return None;
+    }
+    let mailbox_end = astring_end(message, sp + 1 + b"CREATE ".len())?;
+    let end = body_end(message)?;
+    if message.get(mailbox_end) != Some(&b' ') || message.get(mailbox_end + 1) != Some(&b'(') {
+        return None;
+    }
+    let params = &message[mailbox_end + 1..end];
+    if closing_paren(params)? + 1 != params.len() {
+        return None;
+    }
+    let inner = &params[1..params.len() - 1];
+    if !starts_with_ci(inner, b"USE (") || inner.last() != Some(&b')') {
+        return None;
+    }
+    let attrs = &inner[b"USE (".len()..inner.len() - 1];
+    let tokens = top_tokens(attrs)?;
+    lifted.create_use = Some(tokens.into_iter().map(|t| String::from_utf8_lossy(&attrs[t]).into_owned()).collect());
+    let mut out = message[..mailbox_end].to_vec();
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+/// OBJECTID's SEARCH keys (RFC 8474 §6), `EMAILID x` and `THREADID x`,
+/// in SEARCH, SORT and THREAD: each becomes `UID n` with n from
+/// [`EXTRA_KEY`] down. Tokens inside quoted strings and literals are not
+/// looked at.
+fn lift_search_keys(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let at = verb_at(message)?;
+    let verb = SEARCHING.iter().find(|v| starts_with_ci(&message[at..], v))?;
+    let mut out = Vec::new();
+    let mut copied = 0;
+    let mut i = at + verb.len();
+    let mut keys = Vec::new();
+    let mut renamed = false;
+    // Arguments still to come of the last key: a token there is a value
+    // (`SUBJECT EMAILID` searches for the word), not a key.
+    let mut args = 0usize;
+    while let Some(&b) = message.get(i) {
+        if matches!(b, b' ' | b'(' | b')' | b'\r' | b'\n') {
+            i += 1;
+            continue;
+        }
+        let end = astring_end(message, i).unwrap_or(i + 1);
+        let token = &message[i..end];
+        if args > 0 {
+            args -= 1;
+            i = end;
+            continue;
+        }
+        let upper = token.to_ascii_uppercase();
+        args = match &upper[..] {
+            b"BCC" | b"BODY" | b"CC" | b"FROM" | b"SUBJECT" | b"TEXT" | b"TO" | b"KEYWORD" | b"UNKEYWORD"
+            | b"BEFORE" | b"ON" | b"SINCE" | b"SENTBEFORE" | b"SENTON" | b"SENTSINCE" | b"LARGER" | b"SMALLER"
+            | b"UID" | b"CHARSET" => 1,
+            b"HEADER" => 2,
+            // RFC 7162: `MODSEQ [entry-name entry-type-req] mod-sequence-valzer`.
+            b"MODSEQ" if message.get(end + 1) == Some(&b'"') => 3,
+            b"MODSEQ" => 1,
+            _ => 0,
+        };
+        // RFC 8514 §4.3: without a stored save date, SAVEDBEFORE, SAVEDON
+        // and SAVEDSINCE use the internal date: BEFORE, ON and SINCE.
+        let internal: Option<&[u8]> = match &upper[..] {
+            b"SAVEDBEFORE" => Some(b"BEFORE"),
+            b"SAVEDON" => Some(b"ON"),
+            b"SAVEDSINCE" => Some(b"SINCE"),
+            _ => None,
+        };
+        if let Some(plain) = internal {
+            out.extend_from_slice(&message[copied..i]);
+            out.extend_from_slice(plain);
+            copied = end;
+            args = 1;
+            renamed = true;
+            i = end;
+            continue;
+        }
+        if upper == b"SAVEDATESUPPORTED" {
+            if keys.len() == EXTRA_KEYS_MAX {
+                return None;
+            }
+            out.extend_from_slice(&message[copied..i]);
+            out.extend_from_slice(format!("UID {}", EXTRA_KEY - keys.len() as u32).as_bytes());
+            keys.push(SearchExtra::SaveDateSupported);
+            copied = end;
+            i = end;
+            continue;
+        }
+        let email = upper == b"EMAILID";
+        if !(email || upper == b"THREADID") || message.get(end) != Some(&b' ') {
+            i = end;
+            continue;
+        }
+        let value_end = astring_end(message, end + 1)?;
+        let value = &message[end + 1..value_end];
+        let value = String::from_utf8_lossy(value.strip_prefix(b"\"").unwrap_or(value));
+        let value = value.strip_suffix('"').unwrap_or(&value).to_string();
+        if keys.len() == EXTRA_KEYS_MAX {
+            return None;
+        }
+        out.extend_from_slice(&message[copied..i]);
+        out.extend_from_slice(format!("UID {}", EXTRA_KEY - keys.len() as u32).as_bytes());
+        keys.push(if email { SearchExtra::EmailId(value) } else { SearchExtra::ThreadId(value) });
+        copied = value_end;
+        i = value_end;
+    }
+    if keys.is_empty() && !renamed {
+        return None;
+    }
+    out.extend_from_slice(&message[copied..]);
+    lifted.search_extra = keys;
+    Some(out)
+}
+
+/// MULTIAPPEND (RFC 3502): `tag APPEND mailbox m1 m2 …`, each message
+/// `[flags] [date] literal` (or literal8): the command keeps the first, the
+/// others go to [`Lifted::appends`] as whole APPEND commands of their own.
+/// Nothing happens to an APPEND of one message.
+fn split_multiappend(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    if !starts_with_ci(&message[sp + 1..], b"APPEND ") {
+        return None;
+    }
+    let mailbox_end = astring_end(message, sp + 1 + b"APPEND ".len())?;
+    let end = body_end(message)?;
+    let mut messages = Vec::new();
+    let mut i = mailbox_end;
+    while i < end {
+        if message[i] != b' ' {
+            return None;
+        }
+        // Flags and a date-time hold no `{`: the next one opens the literal.
+        let open = i + message[i..].iter().position(|&b| b == b'{')?;
+        let data = literal_at(message, open)?;
+        messages.push(i..data.end);
+        i = data.end;
+    }
+    if messages.len() < 2 || i != end {
+        return None;
+    }
+    let one = |range: std::ops::Range<usize>| {
+        let mut c = message[..mailbox_end].to_vec();
+        c.extend_from_slice(&message[range]);
+        c.extend_from_slice(b"\r\n");
+        c
+    };
+    let mut all = messages.into_iter().map(one);
+    let first = all.next()?;
+    lifted.appends = all.collect();
+    Some(first)
+}
+
+/// Whether the command holds a literal (not a literal8) with a NUL in it:
+/// what a client sends binary data in without BINARY's `~{n}`.
+pub fn nul_in_literal(message: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(p) = message[i..].iter().position(|&b| b == b'{') {
+        let open = i + p;
+        match literal_at(message, open) {
+            Some(data) => {
+                if (open == 0 || message[open - 1] != b'~') && message[data.clone()].contains(&0) {
+                    return true;
+                }
+                i = data.end;
+            }
+            None => i = open + 1,
+        }
+    }
+    false
 }
 
 /// [`lift`] but for `$`.
@@ -367,6 +843,68 @@ mod tests {
     }
 
     #[test]
+    fn objectid_items_and_keys_are_lifted() {
+        let l = lift(b"12 fetch 1 (emailid UID BODY[HEADER.FIELDS (A B)] threadid) (CHANGEDSINCE 5)\r\n").unwrap();
+        assert_eq!(l.command, b"12 fetch 1 (UID BODY[HEADER.FIELDS (A B)]) (CHANGEDSINCE 5)\r\n");
+        assert_eq!(l.fetch_extra, vec![FetchExtra::EmailId, FetchExtra::ThreadId]);
+        assert!(!l.fetch_placeholder);
+        let l = lift(b"p FETCH 1 (UID PREVIEW (lazy) FLAGS PREVIEW)\r\n").unwrap();
+        assert_eq!(l.command, b"p FETCH 1 (UID FLAGS)\r\n");
+        assert_eq!(l.fetch_extra, vec![FetchExtra::Preview, FetchExtra::Preview]);
+        assert!(lift(b"p FETCH 1 (PREVIEW (FOO))\r\n").is_none());
+        let l = lift(b"p UID FETCH 1 PREVIEW (LAZY) (CHANGEDSINCE 3)\r\n").unwrap();
+        assert_eq!((l.command.as_slice(), l.fetch_placeholder), (&b"p UID FETCH 1 UID (CHANGEDSINCE 3)\r\n"[..], true));
+        assert!(lift(b"p FETCH 1 (PREVIEW ())\r\n").is_none());
+        let l = lift(b"a UID FETCH 1:* EMAILID\r\n").unwrap();
+        assert_eq!((l.command.as_slice(), l.fetch_placeholder), (&b"a UID FETCH 1:* UID\r\n"[..], true));
+        assert!(lift(b"a FETCH 1 (UID BODY[])\r\n").is_none());
+        let l = lift(b"6 status {3}\r\nfoo (mailboxid MESSAGES appendlimit)\r\n").unwrap();
+        assert_eq!(l.command, b"6 status {3}\r\nfoo (MESSAGES)\r\n");
+        assert_eq!(l.status_extra, vec![StatusExtra::MailboxId, StatusExtra::AppendLimit]);
+        let l = lift(b"6 STATUS \"a (b)\" (MAILBOXID)\r\n").unwrap();
+        assert_eq!((l.command.as_slice(), l.status_placeholder), (&b"6 STATUS \"a (b)\" (MESSAGES)\r\n"[..], true));
+        let l = lift(b"s UID SEARCH OR EMAILID M1 (THREADID T2) SUBJECT \"EMAILID x\" {7}\r\nEMAILID\r\n").unwrap();
+        let want = format!(
+            "s UID SEARCH OR UID {} (UID {}) SUBJECT \"EMAILID x\" {{7}}\r\nEMAILID\r\n",
+            EXTRA_KEY,
+            EXTRA_KEY - 1
+        );
+        assert_eq!(l.command, want.as_bytes());
+        assert_eq!(l.search_extra, vec![SearchExtra::EmailId("M1".into()), SearchExtra::ThreadId("T2".into())]);
+        assert!(lift(b"s SEARCH KEYWORD EMAILIDX\r\n").is_none());
+        // A key's value is not a key.
+        assert!(lift(b"s SEARCH SUBJECT EMAILID x\r\n").is_none());
+        assert!(lift(b"s SEARCH HEADER EMAILID x\r\n").is_none());
+        assert!(lift(b"s SEARCH HEADER X-Id EMAILID\r\n").is_none());
+        let l = lift(b"s SEARCH SAVEDON 28-Dec-2014 OR SAVEDSINCE 1-Jan-2015 SAVEDATESUPPORTED SUBJECT savedon\r\n")
+            .unwrap();
+        let want = format!("s SEARCH ON 28-Dec-2014 OR SINCE 1-Jan-2015 UID {EXTRA_KEY} SUBJECT savedon\r\n");
+        assert_eq!(l.command, want.as_bytes());
+        assert_eq!(l.search_extra, vec![SearchExtra::SaveDateSupported]);
+        let l = lift(b"f FETCH 998 (SAVEDATE)\r\n").unwrap();
+        assert_eq!((l.fetch_extra, l.fetch_placeholder), (vec![FetchExtra::SaveDate], true));
+        let l = lift(b"s SEARCH MODSEQ \"/flags/x\" all 5 (TO EMAILID) THREADID T\r\n").unwrap();
+        assert_eq!(l.search_extra, vec![SearchExtra::ThreadId("T".into())]);
+    }
+
+    #[test]
+    fn create_use_and_multiappend_are_lifted() {
+        let l = lift(b"t1 CREATE \"My (Sent)\" (USE (\\Sent \\Drafts))\r\n").unwrap();
+        assert_eq!(l.command, b"t1 CREATE \"My (Sent)\"\r\n");
+        assert_eq!(l.create_use, Some(vec!["\\Sent".to_string(), "\\Drafts".to_string()]));
+        assert!(lift(b"t1 CREATE foo\r\n").is_none());
+        assert!(lift(b"t1 CREATE foo (BAR)\r\n").is_none());
+        let m = b"a APPEND {1}\r\nx (\\Seen) {2}\r\nab \"7-Feb-1994 22:43:04 -0800\" ~{3+}\r\n{}}\r\n";
+        let l = lift(m).unwrap();
+        assert_eq!(l.command, b"a APPEND {1}\r\nx (\\Seen) {2}\r\nab\r\n");
+        assert_eq!(l.appends, vec![b"a APPEND {1}\r\nx \"7-Feb-1994 22:43:04 -0800\" ~{3+}\r\n{}}\r\n".to_vec()]);
+        assert!(lift(b"a APPEND INBOX {2}\r\nab\r\n").is_none());
+        assert!(nul_in_literal(b"a APPEND INBOX {3}\r\na\0b\r\n"));
+        assert!(!nul_in_literal(b"a APPEND INBOX ~{3}\r\na\0b\r\n"));
+        assert!(!nul_in_literal(b"a APPEND INBOX {3}\r\nabc\r\n"));
+    }
+
+    #[test]
     fn garbage_never_panics() {
         for m in [
             &b"a LIST ("[..],
@@ -380,7 +918,20 @@ mod tests {
             b"a SEARCH \"\\",
             b"a FETCH $",
             b"a SEARCH $",
+            b"a SEARCH EMAILID",
+            b"a SEARCH EMAILID {",
+            b"a FETCH 1 (EMAILID",
+            b"a FETCH 1 (EMAILID))\r\n",
+            b"a FETCH 1 EMAILID]\r\n",
+            b"a STATUS x (MAILBOXID\r\n",
+            b"a STATUS {9}\r\n",
+            b"a CREATE x (USE (\r\n",
+            b"a CREATE {99}\r\nx\r\n",
+            b"a APPEND x {2}\r\nab {99999999999}\r\n",
+            b"a APPEND x {2}\r\nab {1}\r\n",
+            b"a APPEND \"x {2}\r\nab\r\n",
         ] {
+            let _ = nul_in_literal(m);
             let _ = lift(m);
         }
     }

@@ -507,7 +507,7 @@ fn strip_comments(v: &[u8]) -> Vec<u8> {
 }
 
 /// "type/subtype; attr=value; ..." (RFC 2045), leniently. None when type or subtype is missing.
-fn content_type(v: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Params)> {
+pub(crate) fn content_type(v: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Params)> {
     let segs = split_outside(v, b';');
     let main = strip_comments(segs[0]);
     let slash = main.iter().position(|&b| b == b'/')?;

@@ -2,13 +2,13 @@
 //! to UIDs, and the MODSEQ it last showed of each message), the updates that
 //! bring it up to date, and the commands that work on messages.
 
+use crate::extended::{FetchExtra, SearchExtra};
 use crate::mime;
 use crate::session::{Done, Fail, Session};
 use crate::uidmap::UidMap;
 use crate::wire;
 use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::command::{SelectParameter, StoreModifier};
-use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::search::SearchKey;
@@ -41,6 +41,18 @@ pub(crate) struct Selected {
     pub saved: Vec<(u32, u32)>,
     /// The command being run named `$` ([`crate::extended::SAVED`]).
     pub use_saved: bool,
+    /// The search keys lifted off the command being run
+    /// ([`crate::extended::EXTRA_KEY`]).
+    pub search_extra: Vec<SearchExtra>,
+}
+
+/// FETCH items imap-codec does not parse ([`crate::extended`]).
+#[derive(Default)]
+pub(crate) struct FetchExtras {
+    /// In the order asked.
+    pub items: Vec<FetchExtra>,
+    /// `UID` stood in for them and was not asked for.
+    pub placeholder: bool,
 }
 
 /// A FETCH answer goes out in parts of about this many bytes (a part ends
@@ -60,6 +72,7 @@ impl Selected {
             keywords: 0,
             saved: Vec::new(),
             use_saved: false,
+            search_extra: Vec::new(),
         }
     }
 
@@ -162,7 +175,7 @@ fn internal_date(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string()
 }
 
-fn keywords(flags: &[Flag<'_>]) -> Result<Vec<Keyword>, Fail> {
+pub(crate) fn keywords(flags: &[Flag<'_>]) -> Result<Vec<Keyword>, Fail> {
     let mut out = Vec::new();
     for f in flags {
         match Keyword::parse(&f.to_string()) {
@@ -367,6 +380,8 @@ impl Session {
         self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", status.uid_validity));
         self.untagged(&format!("OK [UIDNEXT {}] predicted next UID", status.uid_next));
         self.untagged(&format!("OK [HIGHESTMODSEQ {}] highest", status.highest_modseq.max(1)));
+        let mailbox_id = crate::objectid::mailbox_id(id, status.uid_validity);
+        self.untagged(&format!("OK [MAILBOXID ({mailbox_id})] mailbox id (RFC 8474)"));
         if let Some((validity, _, known)) = qresync {
             if validity == status.uid_validity {
                 // Without known UIDs, those below UIDNEXT (a client given
@@ -565,11 +580,16 @@ impl Session {
         items: &MacroOrMessageDataItemNames<'_>,
         uid: bool,
         modifiers: &[FetchModifier],
+        extra: &FetchExtras,
     ) -> Done {
         let mut items: Vec<MessageDataItemName<'_>> = match items {
             MacroOrMessageDataItemNames::Macro(m) => m.expand(),
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v.clone(),
         };
+        if extra.placeholder {
+            // `UID` stood in for items imap-codec does not know.
+            items.retain(|i| *i != MessageDataItemName::Uid);
+        }
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -631,17 +651,18 @@ impl Session {
                 if !items.contains(&MessageDataItemName::Flags) {
                     items.push(MessageDataItemName::Flags);
                 }
-                return self.fetch_items(set, &items, uid, changed_since);
+                return self.fetch_items(set, &items, &extra.items, uid, changed_since);
             }
         }
         drop(reader);
-        self.fetch_items(set, &items, uid, changed_since)
+        self.fetch_items(set, &items, &extra.items, uid, changed_since)
     }
 
     fn fetch_items(
         &mut self,
         set: &SequenceSet,
         items: &[MessageDataItemName<'_>],
+        extra: &[FetchExtra],
         uid: bool,
         changed_since: Option<u64>,
     ) -> Done {
@@ -699,14 +720,18 @@ impl Session {
             };
             let env = match &body {
                 Some((env, _)) => Some(*env),
-                None if items
-                    .iter()
-                    .any(|i| matches!(i, MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size)) =>
+                None if !extra.is_empty()
+                    || items
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size)) =>
                 {
                     reader.envelope(m.message)?
                 }
                 None => None,
             };
+            if !extra.is_empty() && env.is_none() {
+                continue; // expunged meanwhile, as a body item would skip it
+            }
             // This message's response is built apart and added whole, so
             // that an item that fails leaves no half-written line behind.
             let mut out = Vec::new();
@@ -801,6 +826,35 @@ impl Session {
                             return Err(e);
                         }
                     },
+                }
+            }
+            for (n, item) in extra.iter().enumerate() {
+                if n > 0 || !items.is_empty() {
+                    out.push(b' ');
+                }
+                match item {
+                    FetchExtra::EmailId => {
+                        let e = env.as_ref().expect("checked above");
+                        out.extend_from_slice(format!("EMAILID ({})", crate::objectid::email_id(e)).as_bytes())
+                    }
+                    FetchExtra::ThreadId => out.extend_from_slice(b"THREADID NIL"),
+                    // RFC 8514 §4.2: no save date is stored, so always NIL.
+                    FetchExtra::SaveDate => out.extend_from_slice(b"SAVEDATE NIL"),
+                    FetchExtra::Preview => {
+                        // A fixed prefix of the body, read apart (bounded
+                        // work whatever the message's size).
+                        let e = env.as_ref().expect("checked above");
+                        out.extend_from_slice(b"PREVIEW ");
+                        match reader.body_prefix(e.blob, crate::preview::PREVIEW_BYTES) {
+                            Ok(prefix) => wire::string(&mut out, crate::preview::preview(&prefix).as_bytes()),
+                            // Not on this replica (yet): RFC 8970 allows NIL.
+                            Err(StoreError::MissingBlob(_)) => out.extend_from_slice(b"NIL"),
+                            Err(e) => {
+                                self.out = all;
+                                return Err(e.into());
+                            }
+                        }
+                    }
                 }
             }
             out.extend_from_slice(b")\r\n");
@@ -995,27 +1049,6 @@ impl Session {
         Ok(format!("{}EXPUNGE completed", if only.is_some() { "UID " } else { "" }))
     }
 
-    pub(crate) fn append(&mut self, mailbox: &str, flags: &[Flag<'_>], date: Option<&DateTime>, raw: &[u8]) -> Done {
-        let reader = self.reader()?;
-        let Some(id) = Self::resolve(&reader, mailbox) else {
-            return Err(Fail::No("[TRYCREATE] no such mailbox".into()));
-        };
-        let validity = reader.status(id)?.uid_validity;
-        drop(reader);
-        self.recent_floor(id, None)?;
-        let flags = keywords(flags)?;
-        let date = date.map_or_else(
-            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-            |d| d.as_ref().timestamp(),
-        );
-        let (uid, blob) = self.write(|b| {
-            let (m, blob) = b.append_body(id, raw, date, flags)?;
-            Ok((b.replica().uid_of(m).map_or(0, |(_, u)| u), blob))
-        })?;
-        self.note_body(blob);
-        Ok(format!("[APPENDUID {validity} {uid}] APPEND completed"))
-    }
-
     pub(crate) fn search(
         &mut self,
         charset: Option<&str>,
@@ -1196,6 +1229,24 @@ impl Candidate<'_> {
         mime::address_texts(self.raw(), name).iter().any(|v| v.to_lowercase().contains(&needle))
     }
 
+    /// A key lifted off the command ([`crate::extended::EXTRA_KEY`]), if
+    /// `set` stands for one.
+    fn extra_key(&self, set: &SequenceSet) -> Option<&SearchExtra> {
+        let [Sequence::Single(SeqOrUid::Value(v))] = set.0.as_ref() else { return None };
+        let i = crate::extended::EXTRA_KEY.checked_sub(v.get())? as usize;
+        self.sel.search_extra.get(i)
+    }
+
+    fn matches_extra(&mut self, key: &SearchExtra) -> bool {
+        match key {
+            SearchExtra::EmailId(id) => self.envelope().is_some_and(|e| crate::objectid::email_id(&e) == *id),
+            // No THREADID is kept (RFC 8474 §5.2: then nothing matches).
+            SearchExtra::ThreadId(_) => false,
+            // RFC 8514 §4.3: no save date is stored.
+            SearchExtra::SaveDateSupported => false,
+        }
+    }
+
     fn in_set(&self, set: &SequenceSet, uid: bool) -> bool {
         let ranges = self.sel.uid_ranges(set, uid).unwrap_or_default();
         ranges.iter().any(|&(lo, hi)| lo <= self.info.uid && self.info.uid <= hi)
@@ -1209,7 +1260,10 @@ impl Candidate<'_> {
             SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
             SearchKey::Not(k) => !self.matches(k),
             SearchKey::SequenceSet(set) => self.in_set(set, false),
-            SearchKey::Uid(set) => self.in_set(set, true),
+            SearchKey::Uid(set) => match self.extra_key(set).cloned() {
+                Some(key) => self.matches_extra(&key),
+                None => self.in_set(set, true),
+            },
             SearchKey::All => true,
             SearchKey::Answered => self.has(Keyword::Answered),
             SearchKey::Unanswered => !self.has(Keyword::Answered),

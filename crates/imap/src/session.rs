@@ -5,7 +5,7 @@
 //! `Fragmentizer`, commands from its `CommandCodec`.
 
 use crate::auth::{Guard, GuardLimits};
-use crate::extended::{self, Lifted, ListReturn};
+use crate::extended::{self, Lifted, ListReturn, StatusExtra};
 use crate::selected::Selected;
 use crate::wire;
 use imap_codec::decode::Decoder;
@@ -635,6 +635,14 @@ impl Session {
 
     fn refuse_message(&mut self) {
         let why = self.refused.take().unwrap_or_default();
+        // An APPEND too large is a NO [TOOBIG] (RFC 7889 §4, RFC 4469 §4):
+        // the command was understood, the message refused.
+        let verb = self.frag.message_bytes().splitn(3, |&b| b == b' ').nth(1).unwrap_or_default();
+        if verb.eq_ignore_ascii_case(b"APPEND") && why.starts_with("[TOOBIG]") {
+            if let Some(tag) = self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
+                return self.tagged(&tag, "NO", &why);
+            }
+        }
         match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
             Some(tag) => self.tagged(&tag, "BAD", &why),
             None => self.untagged(&format!("BAD {why}")),
@@ -705,8 +713,15 @@ impl Session {
                 }
             }
             _ => {
+                // Binary data belongs in a literal8 (RFC 3516); imap-codec
+                // refuses a NUL in a literal without saying so.
+                let why = if extended::nul_in_literal(message) {
+                    "NUL in a literal: send binary data as a literal8 (~{n}, RFC 3516)"
+                } else {
+                    "syntax error in command"
+                };
                 match self.frag.decode_tag().map(|t| t.as_ref().to_string()) {
-                    Some(tag) => self.tagged(&tag, "BAD", "syntax error in command"),
+                    Some(tag) => self.tagged(&tag, "BAD", why),
                     None => self.untagged("BAD syntax error: no tag"),
                 }
                 self.error();
@@ -742,12 +757,20 @@ impl Session {
         self.tls || (self.loopback && self.shared.config.plaintext_on_loopback)
     }
 
+    /// The largest message APPEND takes (RFC 7889): the literal limit after
+    /// login, or the store's body limit if that is lower.
+    pub(crate) fn append_limit(&self) -> u64 {
+        (self.shared.config.literal_max as u64).min(starling_store::BODY_BYTES_MAX as u64)
+    }
+
     fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
-             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE",
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
+             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE",
         );
+        caps.push_str(&format!(" APPENDLIMIT={}", self.append_limit()));
         if self.account.is_none() {
             if self.starttls_offered {
                 caps.push_str(" STARTTLS");
@@ -764,9 +787,24 @@ impl Session {
     /// Runs a decoded command, with the options lifted off it before
     /// decoding ([`extended::lift`]).
     fn command(&mut self, command: Command<'_>, options: Lifted) {
-        let Lifted { search_return, list_selection, list_return, list_patterns, saved, .. } = options;
+        let Lifted {
+            search_return,
+            list_selection,
+            list_return,
+            list_patterns,
+            saved,
+            fetch_extra,
+            fetch_placeholder,
+            status_extra,
+            status_placeholder,
+            search_extra,
+            create_use,
+            appends,
+            ..
+        } = options;
         if let Some(sel) = &mut self.selected {
             sel.use_saved = saved;
+            sel.search_extra = search_extra;
         }
         let tag = command.tag.as_ref().to_string();
         let authenticated = self.account.is_some();
@@ -847,7 +885,7 @@ impl Session {
             }
             CommandBody::Select { mailbox, parameters } => self.select(&mailbox_name(&mailbox), false, &parameters),
             CommandBody::Examine { mailbox, parameters } => self.select(&mailbox_name(&mailbox), true, &parameters),
-            CommandBody::Create { mailbox } => self.create(&mailbox_name(&mailbox)),
+            CommandBody::Create { mailbox } => self.create(&mailbox_name(&mailbox), create_use.as_deref()),
             CommandBody::Delete { mailbox } => self.delete(&mailbox_name(&mailbox)),
             CommandBody::Rename { from, to } => self.rename(&mailbox_name(&from), &mailbox_name(&to)),
             CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), true),
@@ -866,14 +904,14 @@ impl Session {
             ),
             CommandBody::Status { mailbox, item_names } => {
                 let name = mailbox_name(&mailbox);
-                self.status_command(&name, item_names.as_ref())
+                let mut items = item_names.as_ref().to_vec();
+                if status_placeholder {
+                    items.retain(|i| *i != StatusDataItemName::Messages);
+                }
+                self.status_command(&name, &items, &status_extra)
             }
             CommandBody::Append { mailbox, flags, date, message } => {
-                let data = match &message {
-                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.data(),
-                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
-                };
-                self.append(&mailbox_name(&mailbox), &flags, date.as_ref(), data)
+                self.append(&mailbox_name(&mailbox), (flags, date, message), &appends)
             }
             _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
             CommandBody::Close => {
@@ -901,7 +939,8 @@ impl Session {
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;
-                self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers)
+                let extra = crate::selected::FetchExtras { items: fetch_extra, placeholder: fetch_placeholder };
+                self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers, &extra)
             }
             CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
                 expunges_allowed = uid;
@@ -924,6 +963,7 @@ impl Session {
         };
         if let Some(sel) = &mut self.selected {
             sel.use_saved = false;
+            sel.search_extra = Vec::new();
         }
         if self.selected.is_some() {
             self.updates(expunges_allowed);
@@ -1058,8 +1098,25 @@ impl Session {
         reader.names().tree.by_name.get(name.trim_end_matches(DELIMITER)).copied()
     }
 
-    fn create(&mut self, name: &str) -> Done {
+    /// CREATE, with CREATE-SPECIAL-USE's `(USE (…))` attributes if given
+    /// (RFC 6154 §3): answered `[MAILBOXID (…)]` (RFC 8474 §4.1).
+    fn create(&mut self, name: &str, special_use: Option<&[String]>) -> Done {
         let name = name.trim_end_matches(DELIMITER);
+        // RFC 6154 §3: a use that cannot be given refuses the CREATE (NO
+        // [USEATTR]) and creates nothing.
+        let special_use = match special_use.unwrap_or_default() {
+            [] => None,
+            [one] => match starling_model::account::SpecialUse::parse(one) {
+                // Virtual mailboxes (every message, every flagged one) are
+                // not kept: a plain mailbox must not claim to be one.
+                Some(starling_model::account::SpecialUse::All | starling_model::account::SpecialUse::Flagged) => {
+                    return Err(Fail::No("[USEATTR] \\All and \\Flagged mailboxes are not supported".into()))
+                }
+                Some(u) => Some(u),
+                None => return Err(Fail::No("[USEATTR] unknown special-use attribute".into())),
+            },
+            _ => return Err(Fail::No("[USEATTR] a mailbox has at most one special use here".into())),
+        };
         let reader = self.reader()?;
         if Self::resolve(&reader, name).is_some() {
             return Err(Fail::No("[ALREADYEXISTS] mailbox exists".into()));
@@ -1071,17 +1128,20 @@ impl Session {
         let existing: Vec<Option<MailboxId>> =
             (1..=segments.len()).map(|n| Self::resolve(&reader, &segments[..n].join("/"))).collect();
         drop(reader);
-        self.write(|b| {
+        let last = segments.len() - 1;
+        let id = self.write(|b| {
             let mut parent = None;
-            for (seg, have) in segments.iter().zip(existing) {
+            for (i, (seg, have)) in segments.iter().zip(existing).enumerate() {
+                let using = if i == last { special_use } else { None };
                 parent = Some(match have {
                     Some(id) => id,
-                    None => b.replica().create_mailbox(seg, parent, None)?,
+                    None => b.replica().create_mailbox(seg, parent, using)?,
                 });
             }
-            Ok(())
+            Ok(parent.expect("a name has a segment"))
         })?;
-        Ok("CREATE completed".into())
+        let validity = self.reader()?.status(id)?.uid_validity;
+        Ok(format!("[MAILBOXID ({})] CREATE completed", crate::objectid::mailbox_id(id, validity)))
     }
 
     fn delete(&mut self, name: &str) -> Done {
@@ -1124,7 +1184,7 @@ impl Session {
         if let Some(None) = parent {
             // Create the missing parents first, as CREATE would.
             drop(reader);
-            self.create(parent_name.expect("some"))?;
+            self.create(parent_name.expect("some"), None)?;
             return self.rename(from, to);
         }
         let parent = parent.flatten();
@@ -1331,14 +1391,22 @@ impl Session {
             self.out.extend_from_slice(&line);
             self.out.extend_from_slice(b"\r\n");
             if let (Some(items), Some(id)) = (&ret.status, id) {
+                let extra: Vec<StatusExtra> = items
+                    .iter()
+                    .filter_map(|i| match i.as_str() {
+                        "MAILBOXID" => Some(StatusExtra::MailboxId),
+                        "APPENDLIMIT" => Some(StatusExtra::AppendLimit),
+                        _ => None,
+                    })
+                    .collect();
                 let items: Vec<StatusDataItemName> = items.iter().filter_map(|i| status_item(i)).collect();
-                self.status_lines(id, &name, &items)?;
+                self.status_lines(id, &name, &items, &extra)?;
             }
         }
         Ok(format!("{verb} completed"))
     }
 
-    fn status_command(&mut self, name: &str, items: &[StatusDataItemName]) -> Done {
+    fn status_command(&mut self, name: &str, items: &[StatusDataItemName], extra: &[StatusExtra]) -> Done {
         let reader = self.reader()?;
         let Some(id) = Self::resolve(&reader, name) else {
             return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
@@ -1346,12 +1414,18 @@ impl Session {
         drop(reader);
         let mut quoted = Vec::new();
         wire::astring(&mut quoted, name.as_bytes());
-        self.status_lines(id, &String::from_utf8_lossy(&quoted), items)?;
+        self.status_lines(id, &String::from_utf8_lossy(&quoted), items, extra)?;
         Ok("STATUS completed".into())
     }
 
     /// `* STATUS name (…)` for a mailbox; `name` is already in IMAP syntax.
-    fn status_lines(&mut self, id: MailboxId, name: &str, items: &[StatusDataItemName]) -> Result<(), Fail> {
+    fn status_lines(
+        &mut self,
+        id: MailboxId,
+        name: &str,
+        items: &[StatusDataItemName],
+        extra: &[StatusExtra],
+    ) -> Result<(), Fail> {
         self.recent_floor(id, None)?;
         if items.contains(&StatusDataItemName::UidNext) {
             self.announce(id)?;
@@ -1389,6 +1463,14 @@ impl Session {
                 _ => continue,
             };
             parts.push(part);
+        }
+        for item in extra {
+            parts.push(match item {
+                StatusExtra::MailboxId => {
+                    format!("MAILBOXID ({})", crate::objectid::mailbox_id(id, status.uid_validity))
+                }
+                StatusExtra::AppendLimit => format!("APPENDLIMIT {}", self.append_limit()),
+            });
         }
         self.untagged(&format!("STATUS {name} ({})", parts.join(" ")));
         Ok(())

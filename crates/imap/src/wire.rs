@@ -20,19 +20,33 @@ pub fn string(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-/// Appends `s` as a literal (`{n}` CRLF bytes).
+/// Appends `s` as a literal (`{n}` CRLF bytes). A literal may not hold a
+/// NUL (RFC 9051 §4.3): a message stored with binary content (APPEND of a
+/// literal8, RFC 3516) has each NUL shown as 0x80 here, as Dovecot does, so
+/// that sizes stay those of the message; `BINARY[…]` gives the bytes as
+/// they are ([`literal8`]).
 pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    let at = out.len();
     out.extend_from_slice(s);
+    if s.contains(&0) {
+        for b in &mut out[at..] {
+            if *b == 0 {
+                *b = 0x80;
+            }
+        }
+    }
 }
 
 /// Appends a literal that may hold any byte: `~{n}` (RFC 3516 literal8)
 /// when it contains a NUL, else an ordinary literal.
 pub fn literal8(out: &mut Vec<u8>, s: &[u8]) {
     if s.contains(&0) {
-        out.push(b'~');
+        out.extend_from_slice(format!("~{{{}}}\r\n", s.len()).as_bytes());
+        out.extend_from_slice(s);
+    } else {
+        literal(out, s);
     }
-    literal(out, s);
 }
 
 /// Appends an nstring: `NIL` for `None`.
@@ -72,5 +86,11 @@ mod tests {
         nstring(&mut o, None);
         astring(&mut o, b"a b");
         assert_eq!(o, b"INBOXNIL\"a b\"");
+        o.clear();
+        literal(&mut o, b"a\0b");
+        assert_eq!(o, b"{3}\r\na\x80b", "a literal never holds a NUL");
+        o.clear();
+        literal8(&mut o, b"a\0b");
+        assert_eq!(o, b"~{3}\r\na\0b");
     }
 }

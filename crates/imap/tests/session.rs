@@ -49,9 +49,94 @@ fn server() -> Server {
     server_with(Config::default())
 }
 
+/// `objectid = 1*255(ALPHA / DIGIT / "_" / "-")` (RFC 8474 §7).
+fn is_objectid(s: &[u8]) -> bool {
+    (1..=255).contains(&s.len()) && s.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// imap-codec 2.0 (alpha) parses none of OBJECTID's items (RFC 8474 §7:
+/// `EMAILID (id)`, `THREADID (id)` or `THREADID NIL` in FETCH, `MAILBOXID
+/// (id)` in STATUS and as a response code) nor APPENDLIMIT's (RFC 7889 §5:
+/// `APPENDLIMIT` number or NIL in STATUS): each is checked against its
+/// grammar here and replaced by an item imap-codec knows (`RFC822.SIZE 0`,
+/// `MESSAGES 0`, `ALERT`), so that the rest of the response is still
+/// decoded by it. (Test messages do not hold these words.)
+fn without_extension_items(bytes: &[u8]) -> Vec<u8> {
+    #[derive(PartialEq)]
+    enum Value {
+        ObjectId,
+        Number,
+        NString,
+    }
+    type Rule = (&'static [u8], bool, Value, &'static [u8]);
+    // (item name, NIL allowed, its value, stand-in)
+    const RULES: [Rule; 7] = [
+        (b"EMAILID ", false, Value::ObjectId, b"RFC822.SIZE 0"),
+        (b"THREADID ", true, Value::ObjectId, b"RFC822.SIZE 0"),
+        (b"[MAILBOXID ", false, Value::ObjectId, b"[ALERT"),
+        (b"MAILBOXID ", false, Value::ObjectId, b"MESSAGES 0"),
+        (b"APPENDLIMIT ", true, Value::Number, b"MESSAGES 0"),
+        // RFC 8970 §7: `"PREVIEW" SP nstring`, UTF-8, at most 256 characters.
+        (b"PREVIEW ", true, Value::NString, b"RFC822.SIZE 0"),
+        // RFC 8514 §5: `"SAVEDATE" SP (date-time / nil)`.
+        (b"SAVEDATE ", true, Value::NString, b"RFC822.SIZE 0"),
+    ];
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    'bytes: while i < bytes.len() {
+        let boundary = i == 0 || matches!(bytes[i - 1], b' ' | b'(');
+        for (name, nil, value, stand_in) in RULES {
+            if !boundary && name[0] != b'[' || !bytes[i..].starts_with(name) {
+                continue;
+            }
+            let v = i + name.len();
+            if value == Value::NString && !matches!(bytes.get(v), Some(b'"' | b'{' | b'N')) {
+                continue; // the capability, not the item (a bad item fails imap-codec below)
+            }
+            let end = if nil && bytes[v..].starts_with(b"NIL") {
+                v + 3
+            } else if value == Value::NString {
+                let (text, end) = if bytes[v] == b'"' {
+                    let mut text = Vec::new();
+                    let mut j = v + 1;
+                    while bytes[j] != b'"' {
+                        j += usize::from(bytes[j] == b'\\');
+                        text.push(bytes[j]);
+                        j += 1;
+                    }
+                    (text, j + 1)
+                } else {
+                    let close = v + bytes[v..].iter().position(|&b| b == b'}').expect("a literal");
+                    let n: usize = std::str::from_utf8(&bytes[v + 1..close]).unwrap().parse().unwrap();
+                    (bytes[close + 3..close + 3 + n].to_vec(), close + 3 + n)
+                };
+                let text = String::from_utf8(text).expect("PREVIEW is UTF-8");
+                assert!(text.chars().count() <= 256, "PREVIEW too long: {text}");
+                end
+            } else if value == Value::Number {
+                let n = bytes[v..].iter().take_while(|b| b.is_ascii_digit()).count();
+                assert!(n > 0, "{} wants a number or NIL", String::from_utf8_lossy(name));
+                v + n
+            } else {
+                assert_eq!(bytes.get(v), Some(&b'('), "{} wants (objectid)", String::from_utf8_lossy(name));
+                let close = v + bytes[v..].iter().position(|&b| b == b')').expect("objectid closed");
+                assert!(is_objectid(&bytes[v + 1..close]), "not an objectid: {:?}", &bytes[v + 1..close]);
+                close + 1
+            };
+            out.extend_from_slice(stand_in);
+            i = end;
+            continue 'bytes;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Asserts `bytes` is a sequence of complete IMAP responses.
 fn assert_responses(bytes: &[u8]) {
-    let mut rest = bytes;
+    let stripped = without_extension_items(bytes);
+    let mut rest = &stripped[..];
     while !rest.is_empty() {
         // imap-codec 2.0 (alpha) has no ESEARCH response: checked by shape.
         if rest.starts_with(b"* ESEARCH (TAG \"") {
@@ -230,12 +315,15 @@ fn bad_input_gets_bad_and_the_session_survives() {
     assert!(c.send("t1 FETCH").contains("t1 BAD"));
     assert!(c.send("t2 FROB x y").contains("t2 BAD"));
     assert!(c.send("t3 SELECT").contains("t3 BAD"));
-    // A synchronising literal over the limit is refused before it is sent.
+    // A synchronising literal over the limit is refused before it is sent
+    // (an APPEND's with NO: RFC 7889 §4, RFC 4469 §4; any other's BAD).
     let out = c.send("t4 APPEND INBOX {999999999}");
-    assert!(out.contains("t4 BAD [TOOBIG]") && !out.contains('+'), "{out}");
+    assert!(out.contains("t4 NO [TOOBIG]") && !out.contains('+'), "{out}");
+    let out = c.send("t4b LOGIN {999999999}");
+    assert!(out.contains("t4b BAD [TOOBIG]") && !out.contains('+'), "{out}");
     // A non-synchronising one is read and dropped, then refused.
     let out = c.raw(format!("t5 APPEND INBOX {{2000+}}\r\n{}\r\n", "x".repeat(2000)).as_bytes());
-    assert!(out.contains("t5 BAD [TOOBIG]"), "{out}");
+    assert!(out.contains("t5 NO [TOOBIG]"), "{out}");
     let out = c.send(&format!("t6 NOOP {}", "y".repeat(500)));
     assert!(out.contains("t6 BAD [TOOBIG]"), "{out}");
     c.ok("t7 NOOP");
@@ -677,6 +765,13 @@ fn command_strategy() -> impl Strategy<Value = Vec<u8>> {
         "j CREATE Work",
         "k SEARCH RETURN (ALL) 1:*",
         "l AUTHENTICATE PLAIN",
+        "m FETCH 1:* (EMAILID THREADID PREVIEW (LAZY) UID)",
+        "n STATUS INBOX (MAILBOXID APPENDLIMIT MESSAGES)",
+        "o CREATE Sent (USE (\\Sent))",
+        "p APPEND INBOX (\\Seen) {5}\r\nhello ~{3}\r\na\0b",
+        "q UID SEARCH OR EMAILID E1 THREADID T1",
+        "r SEARCH SAVEDON 1-Jan-2020 NOT SAVEDATESUPPORTED",
+        "s FETCH 1:* (SAVEDATE EMAILID)",
     ];
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
@@ -1694,4 +1789,360 @@ proptest! {
             prop_assert_eq!(a, b);
         }
     }
+}
+
+/// The value of `name (…)` in `out`: `MAILBOXID (x)` → `x`.
+fn paren_value<'a>(out: &'a str, name: &str) -> &'a str {
+    between(out, &format!("{name} ("), ")").unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+fn capabilities(c: &mut Client) -> Vec<String> {
+    let out = c.ok("k CAPABILITY");
+    let line = out.lines().find(|l| l.starts_with("* CAPABILITY ")).expect("CAPABILITY line");
+    line.split(' ').skip(2).map(|s| s.to_string()).collect()
+}
+
+/// OBJECTID (RFC 8474) with the RFC's examples: MAILBOXID from CREATE,
+/// SELECT and STATUS, kept by RENAME; EMAILID kept by COPY, THREADID NIL
+/// (no threads kept per message, §5.2), SEARCH EMAILID / THREADID (§6).
+#[test]
+fn objectid_identifies_mailboxes_and_messages() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "OBJECTID"));
+    // §4.1: CREATE answers the new mailbox's id; another mailbox, another id.
+    let foo = c.ok("3 create foo");
+    let foo = paren_value(&foo, "3 OK [MAILBOXID").to_string();
+    let bar = c.ok("4 create bar");
+    let bar = paren_value(&bar, "4 OK [MAILBOXID").to_string();
+    assert_ne!(foo, bar);
+    assert!(c.send("5 create foo").contains("5 NO"));
+    // §4.3: STATUS MAILBOXID, the same after RENAME.
+    let out = c.ok("6 status foo (mailboxid)");
+    assert!(out.contains(&format!("* STATUS foo (MAILBOXID ({foo}))")), "{out}");
+    c.ok("7 rename foo renamed");
+    let out = c.ok("8 status renamed (mailboxid)");
+    assert!(out.contains(&format!("* STATUS renamed (MAILBOXID ({foo}))")), "{out}");
+    let out = c.ok("9 status bar (MESSAGES mailboxid UIDNEXT)");
+    assert!(out.contains(&format!("* STATUS bar (MESSAGES 0 UIDNEXT 1 MAILBOXID ({bar}))")), "{out}");
+    // §4.2: SELECT and EXAMINE say it.
+    let out = c.ok("27 select \"renamed\"");
+    assert!(out.contains(&format!("* OK [MAILBOXID ({foo})]")), "{out}");
+    let out = c.ok("28 examine bar");
+    assert!(out.contains(&format!("* OK [MAILBOXID ({bar})]")), "{out}");
+    let out = c.ok("l LIST \"\" \"*\" RETURN (STATUS (MAILBOXID))");
+    assert!(out.contains(&format!("* STATUS bar (MAILBOXID ({bar}))")), "{out}");
+    let inbox = paren_value(&c.ok("i STATUS INBOX (MAILBOXID)"), "MAILBOXID").to_string();
+    assert!(![&foo, &bar].contains(&&inbox), "{inbox}");
+    // §5.1: EMAILID; a COPY has the same, other content another.
+    c.append("INBOX", "", PLAIN);
+    c.append("INBOX", "", MULTI);
+    c.ok("s select inbox");
+    c.ok("11 copy 1 bar");
+    let out = c.ok("12 fetch 1 (emailid threadid)");
+    let line = line_of(&out, "* 1 FETCH");
+    assert!(line.contains("THREADID NIL"), "{line}");
+    let plain = paren_value(line, "EMAILID").to_string();
+    let out = c.ok("12b fetch 2 emailid");
+    let multi = paren_value(line_of(&out, "* 2 FETCH"), "EMAILID").to_string();
+    assert!(!out.contains("UID"), "only what was asked: {out}");
+    assert_ne!(plain, multi);
+    let out = c.ok("12c uid fetch 2 (EMAILID FLAGS)");
+    assert!(line_of(&out, "* 2 FETCH").contains("UID 2") && out.contains("FLAGS ("), "{out}");
+    c.ok("13 select \"bar\"");
+    let out = c.ok("14 fetch 1 (emailid threadid)");
+    assert_eq!(paren_value(line_of(&out, "* 1 FETCH"), "EMAILID"), plain, "COPY keeps the EMAILID");
+    // §6: SEARCH EMAILID matches the message, THREADID nothing.
+    c.ok("15 select inbox");
+    assert_eq!(c.search_line(&format!("EMAILID {multi}")), "* SEARCH 2");
+    assert_eq!(c.search_line(&format!("NOT EMAILID {multi}")), "* SEARCH 1");
+    assert_eq!(c.search_line(&format!("OR EMAILID {plain} (EMAILID {multi})")), "* SEARCH 1 2");
+    assert_eq!(c.search_line("THREADID T1"), "* SEARCH");
+    assert_eq!(c.search_line("SUBJECT \"EMAILID x\""), "* SEARCH");
+    let out = c.ok(&format!("16 UID SORT (ARRIVAL) UTF-8 EMAILID {plain}"));
+    assert!(out.contains("* SORT 1\r\n"), "{out}");
+    // Bad input: BAD, and the session goes on.
+    assert!(c.send("17 FETCH 1 (EMAILID BOGUS)").contains("17 BAD"));
+    assert!(c.send("18 SEARCH EMAILID").contains("18 BAD"));
+    assert!(c.send("19 STATUS INBOX (MAILBOXID BOGUS)").contains("19 BAD"));
+    c.ok("20 NOOP");
+}
+
+/// APPENDLIMIT (RFC 7889): the limit APPEND enforces is advertised, given
+/// by STATUS (§3.1, the RFC's example) and LIST-STATUS (§3.2); a larger
+/// message gets a tagged NO [TOOBIG] (§4), before its literal is sent when
+/// it is synchronising.
+#[test]
+fn appendlimit_is_the_limit_append_enforces() {
+    let srv = server_with(Config { literal_max: 1000, ..Config::default() });
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "APPENDLIMIT=1000"));
+    let out = c.ok("t1 STATUS INBOX (APPENDLIMIT)");
+    assert!(out.contains("* STATUS INBOX (APPENDLIMIT 1000)"), "{out}");
+    let out = c.ok("t2 LIST \"\" % RETURN (STATUS (APPENDLIMIT MESSAGES))");
+    assert!(out.contains("* STATUS INBOX (MESSAGES 0 APPENDLIMIT 1000)"), "{out}");
+    let big = format!("Subject: x\r\n\r\n{}", "y".repeat(1000 - 14));
+    assert_eq!(big.len(), 1000);
+    c.append("INBOX", "", &big);
+    let out = c.send("a1 APPEND INBOX {1001}");
+    assert!(out.contains("a1 NO [TOOBIG]") && !out.contains('+'), "refused before it is sent: {out}");
+    let out = c.raw(format!("a2 APPEND INBOX {{1001+}}\r\n{big}y\r\na3 NOOP\r\n").as_bytes());
+    assert!(out.contains("a2 NO [TOOBIG]") && out.contains("a3 OK"), "read, refused, in sync: {out}");
+    let out = c.ok("s STATUS INBOX (MESSAGES)");
+    assert!(out.contains("MESSAGES 1)"), "{out}");
+}
+
+/// CREATE-SPECIAL-USE (RFC 6154 §3): `CREATE name (USE (…))`; a use that
+/// cannot be given is `NO [USEATTR]` and creates nothing.
+#[test]
+fn create_special_use_sets_the_use_or_creates_nothing() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "CREATE-SPECIAL-USE"));
+    let out = c.ok("t1 CREATE MySent (USE (\\Sent))");
+    assert!(out.contains("t1 OK [MAILBOXID ("), "{out}");
+    c.ok("t2 CREATE \"Old/Drafts\" (USE (\\drafts))");
+    c.ok("t3 CREATE Plain (USE ())");
+    for (tag, command) in [
+        ("n1", "CREATE Bogus (USE (\\Bogus))"),
+        ("n2", "CREATE Two (USE (\\Sent \\Drafts))"),
+        ("n3", "CREATE Everything (USE (\\All))"),
+        ("n4", "CREATE Starred (USE (\\Flagged))"),
+    ] {
+        let out = c.send(&format!("{tag} {command}"));
+        assert!(out.contains(&format!("{tag} NO [USEATTR]")), "{command}: {out}");
+    }
+    assert!(c.send("b1 CREATE Other (FOO)").contains("b1 BAD"));
+    assert!(c.send("b2 CREATE Other (USE \\Sent)").contains("b2 BAD"));
+    let out = c.ok("l LIST \"\" *");
+    assert!(out.contains("* LIST (\\HasNoChildren \\Sent) \"/\" MySent\r\n"), "{out}");
+    assert!(out.contains("* LIST (\\HasChildren) \"/\" Old\r\n"), "only the leaf gets it: {out}");
+    assert!(out.contains("* LIST (\\HasNoChildren \\Drafts) \"/\" Old/Drafts\r\n"), "{out}");
+    assert!(out.contains("* LIST (\\HasNoChildren) \"/\" Plain\r\n"), "{out}");
+    for name in ["Bogus", "Two", "Everything", "Starred", "Other"] {
+        assert!(!out.contains(&format!(" {name}\r\n")), "{name} was not created: {out}");
+    }
+}
+
+/// BINARY's APPEND side (RFC 3516 §4.4): a literal8 stores any bytes, which
+/// BINARY[] gives back exactly; BODY[] shows each NUL as 0x80 (a literal may
+/// hold none); a NUL in an ordinary literal is BAD and stores nothing.
+#[test]
+fn binary_append_round_trips_and_a_nul_needs_a_literal8() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "BINARY"));
+    let mut msg = b"From: a@example.com\r\nSubject: bin\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n".to_vec();
+    let header_len = msg.len();
+    msg.extend((0..=255u8).cycle().take(1000));
+    let out = c.send(&format!("a1 APPEND INBOX ~{{{}}}", msg.len()));
+    assert!(out.starts_with("+ "), "{out}");
+    let mut rest = msg.clone();
+    rest.extend_from_slice(b"\r\n");
+    let out = c.raw(&rest);
+    assert!(out.contains("a1 OK [APPENDUID "), "{out}");
+    // Non-synchronising too (LITERAL+ with BINARY, RFC 3516 §4.4).
+    let mut plus = format!("a2 APPEND INBOX ~{{{}+}}\r\n", msg.len()).into_bytes();
+    plus.extend_from_slice(&msg);
+    plus.extend_from_slice(b"\r\n");
+    assert!(c.raw(&plus).contains("a2 OK [APPENDUID "));
+    c.ok("s SELECT INBOX");
+    let fetch = |c: &mut Client, command: &str| -> Vec<u8> {
+        c.s.receive(format!("{command}\r\n").as_bytes());
+        let out = c.s.take_output();
+        assert_responses(&out);
+        out
+    };
+    let body_of = |out: &[u8], item: &str| -> Vec<u8> {
+        let (_, r) = ResponseCodec::default().decode(out).expect("a response");
+        let imap_codec::imap_types::response::Response::Data(imap_codec::imap_types::response::Data::Fetch {
+            items,
+            ..
+        }) = r
+        else {
+            panic!("not FETCH: {r:?}")
+        };
+        use imap_codec::imap_types::fetch::MessageDataItem;
+        items
+            .as_ref()
+            .iter()
+            .find_map(|i| match (i, item) {
+                (MessageDataItem::Binary { value, .. }, "BINARY") => Some(match value {
+                    imap_codec::imap_types::core::NString8::Literal8(l) => l.data.to_vec(),
+                    imap_codec::imap_types::core::NString8::NString(n) => {
+                        n.0.as_ref().map(|s| s.as_ref().to_vec()).unwrap_or_default()
+                    }
+                }),
+                (MessageDataItem::BodyExt { data, .. }, "BODY") => {
+                    Some(data.0.as_ref().expect("data").as_ref().to_vec())
+                }
+                _ => None,
+            })
+            .expect("the item")
+    };
+    for n in 1..=2 {
+        let out = fetch(&mut c, &format!("f{n} FETCH {n} BINARY.PEEK[]"));
+        assert!(out.windows(2).any(|w| w == b"~{"), "literal8 for binary data");
+        assert_eq!(body_of(&out, "BINARY"), msg, "message {n} round-trips byte for byte");
+        let out = fetch(&mut c, &format!("g{n} FETCH {n} BINARY.PEEK[1]"));
+        assert_eq!(body_of(&out, "BINARY"), msg[header_len..]);
+        let out = fetch(&mut c, &format!("h{n} FETCH {n} BINARY.SIZE[1]"));
+        assert!(String::from_utf8_lossy(&out).contains(&format!("BINARY.SIZE[1] {}", msg.len() - header_len)));
+        let out = fetch(&mut c, &format!("i{n} FETCH {n} BODY.PEEK[]"));
+        let shown = body_of(&out, "BODY");
+        let expected: Vec<u8> = msg.iter().map(|&b| if b == 0 { 0x80 } else { b }).collect();
+        assert_eq!(shown, expected, "BODY[] shows NUL as 0x80, every other byte as it is");
+    }
+    let out = c.ok("r FETCH 1 RFC822.SIZE");
+    assert!(out.contains(&format!("RFC822.SIZE {}", msg.len())), "{out}");
+    // A NUL in an ordinary literal (synchronising or not): BAD, nothing stored.
+    let mut bad = format!("b1 APPEND INBOX {{{}+}}\r\n", msg.len()).into_bytes();
+    bad.extend_from_slice(&msg);
+    bad.extend_from_slice(b"\r\nb2 NOOP\r\n");
+    let out = c.raw(&bad);
+    assert!(out.contains("b1 BAD") && out.contains("literal8") && out.contains("b2 OK"), "{out}");
+    let out = c.send(&format!("b3 APPEND INBOX {{{}}}", msg.len()));
+    assert!(out.starts_with("+ "), "{out}");
+    let out = c.raw(&rest);
+    assert!(out.contains("b3 BAD") && out.contains("literal8"), "{out}");
+    let out = c.ok("u UNSELECT");
+    assert!(!out.contains("EXISTS"), "{out}");
+    let out = c.ok("st STATUS INBOX (MESSAGES)");
+    assert!(out.contains("MESSAGES 2)"), "{out}");
+}
+
+/// MULTIAPPEND (RFC 3502), its example: several messages in one APPEND,
+/// one transaction, APPENDUID with every UID in order; a failure in any
+/// message stores none of them.
+#[test]
+fn multiappend_stores_every_message_or_none() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "MULTIAPPEND"));
+    c.ok("c CREATE saved-messages");
+    let m1 = "Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\nFrom: Fred Foobar <foobar@Blurdybloop.example.COM>\r\nSubject: afternoon meeting\r\nTo: mooch@owatagu.example.net\r\nMessage-Id: <B27397-0100000@Blurdybloop.example.COM>\r\nMIME-Version: 1.0\r\nContent-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\nHello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
+    let m2 = "Date: Mon, 7 Feb 1994 22:43:04 -0800 (PST)\r\nFrom: Joe Mooch <mooch@OWaTaGu.example.net>\r\nSubject: Re: afternoon meeting\r\nTo: foobar@blurdybloop.example.com\r\nMessage-Id: <a0434793874930@OWaTaGu.example.net>\r\nMIME-Version: 1.0\r\nContent-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\n3:30 is fine with me.\r\n";
+    let out = c.send(&format!("A003 APPEND saved-messages (\\Seen) {{{}}}", m1.len()));
+    assert!(out.starts_with("+ "), "{out}");
+    let out = c.raw(format!("{m1} (\\Seen) \" 7-Feb-1994 22:43:04 -0800\" {{{}}}\r\n", m2.len()).as_bytes());
+    assert!(out.starts_with("+ "), "a continuation for each synchronising literal: {out}");
+    let out = c.raw(format!("{m2} () {{{}+}}\r\n{m1}\r\n", m1.len()).as_bytes());
+    assert!(out.contains("A003 OK [APPENDUID "), "{out}");
+    assert!(out.contains(" 1:3] "), "three UIDs in order: {out}");
+    c.ok("s SELECT saved-messages");
+    let out = c.ok("f FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE)");
+    assert!(line_of(&out, "* 1 FETCH").contains(&format!("RFC822.SIZE {}", m1.len())), "{out}");
+    assert!(line_of(&out, "* 1 FETCH").contains("\\Seen"), "{out}");
+    let two = line_of(&out, "* 2 FETCH");
+    assert!(two.contains("\\Seen") && two.contains("INTERNALDATE \"08-Feb-1994 06:43:04 +0000\""), "{two}");
+    assert!(!line_of(&out, "* 3 FETCH").contains("\\Seen"), "{out}");
+    c.ok("u UNSELECT");
+    // All or none: a bad second message, a missing mailbox, a NUL.
+    let out = c.raw(
+        format!(
+            "b1 APPEND saved-messages {{{}+}}\r\n{m1} (\\Seen) \"bogus date\" {{{}+}}\r\n{m2}\r\n",
+            m1.len(),
+            m2.len()
+        )
+        .as_bytes(),
+    );
+    assert!(out.contains("b1 BAD"), "{out}");
+    let out = c.raw(format!("b2 APPEND nowhere {{{}+}}\r\n{m1} {{{}+}}\r\n{m2}\r\n", m1.len(), m2.len()).as_bytes());
+    assert!(out.contains("b2 NO [TRYCREATE]"), "{out}");
+    let out = c.raw(format!("b3 APPEND saved-messages {{{}+}}\r\n{m1} {{3+}}\r\na\0b\r\n", m1.len()).as_bytes());
+    assert!(out.contains("b3 BAD") && out.contains("literal8"), "{out}");
+    // RFC 3502 §6.3.11: a zero-length message is an error (NO), which is
+    // how a client cancels a MULTIAPPEND it started.
+    let out = c.send(&format!("b4 APPEND saved-messages {{{}}}", m1.len()));
+    assert!(out.starts_with("+ "), "{out}");
+    let out = c.raw(format!("{m1} {{0}}\r\n").as_bytes());
+    assert!(out.starts_with("+ "), "{out}");
+    let out = c.raw(b"\r\n");
+    assert!(out.contains("b4 NO "), "{out}");
+    let out = c.raw(b"b5 APPEND saved-messages {0+}\r\n\r\n");
+    assert!(out.contains("b5 NO "), "{out}");
+    let out = c.ok("st STATUS saved-messages (MESSAGES)");
+    assert!(out.contains("MESSAGES 3)"), "nothing of a failed MULTIAPPEND is stored: {out}");
+}
+
+/// PREVIEW (RFC 8970), its example and more: the first inline text part,
+/// decoded, without quotes and signature, at most 200 characters; LAZY
+/// answers the same; no text, the empty string; a body that is not here,
+/// NIL; bad modifiers BAD.
+#[test]
+fn preview_is_the_start_of_the_text() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "PREVIEW"));
+    c.append("INBOX", "", "Subject: a\r\n\r\nPreview text!\r\n");
+    c.append("INBOX", "", MULTI);
+    let html = "Subject: h\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<html><body><p>Caf=C3=A9 <b>au</b> lait</p></body></html>\r\n";
+    c.append("INBOX", "", html);
+    c.append("INBOX", "", "Subject: q\r\n\r\n> old words\r\nnew   words\r\n-- \r\nsig\r\n");
+    c.append(
+        "INBOX",
+        "",
+        "Subject: i\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0K\r\n",
+    );
+    let long = format!("Subject: l\r\n\r\n{}\r\n", "abcdefghi ".repeat(5000));
+    c.append("INBOX", "", &long);
+    c.ok("s SELECT INBOX");
+    let out = c.ok("B FETCH 1 (PREVIEW)");
+    assert!(out.contains("* 1 FETCH (PREVIEW \"Preview text!\")"), "{out}");
+    let out = c.ok("C FETCH 1 (PREVIEW (LAZY))");
+    assert!(out.contains("* 1 FETCH (PREVIEW \"Preview text!\")"), "{out}");
+    let out = c.ok("D UID FETCH 1:* (PREVIEW UID)");
+    assert!(line_of(&out, "* 2 FETCH").contains("PREVIEW \"see attached quarterly numbers\""), "{out}");
+    assert!(line_of(&out, "* 3 FETCH").contains("PREVIEW {13}"), "UTF-8 as a literal: {out}");
+    assert!(out.contains("Café au lait"), "{out}");
+    assert!(line_of(&out, "* 4 FETCH").contains("PREVIEW \"new words\""), "{out}");
+    assert!(line_of(&out, "* 5 FETCH").contains("PREVIEW \"\""), "{out}");
+    let six = line_of(&out, "* 6 FETCH");
+    let text = between(six, "PREVIEW \"", "\"").expect("quoted");
+    let n = text.chars().count();
+    assert!(text.starts_with("abcdefghi abcdefghi") && (190..=200).contains(&n), "{n}: {text}");
+    assert!(!out.contains("\\Seen"), "PREVIEW does not set \\Seen: {out}");
+    let out = c.ok("E FETCH 1 PREVIEW (LAZY)");
+    assert!(out.contains("* 1 FETCH (PREVIEW \"Preview text!\")"), "{out}");
+    assert!(c.send("F FETCH 1 (PREVIEW (FOO))").contains("F BAD"));
+    assert!(c.send("G FETCH 1 (PREVIEW ())").contains("G BAD"));
+    c.ok("H NOOP");
+    // A body this replica left out: NIL at once (no wait for a peer).
+    let there = server_on(ReplicaId(8), Config::default());
+    let mut t = Client::login(&there);
+    let here = server_on(ReplicaId(7), Config { body_wait: Duration::from_secs(5), ..Config::default() });
+    t.append("INBOX", "", PLAIN);
+    ship(&there, &here);
+    let mut h = Client::login(&here);
+    h.ok("s SELECT INBOX");
+    let out = h.ok("p FETCH 1 (PREVIEW EMAILID)");
+    assert!(line_of(&out, "* 1 FETCH").contains("PREVIEW NIL"), "{out}");
+    here.shared.store.put_blob(PLAIN.as_bytes()).unwrap();
+    let out = h.ok("q FETCH 1 PREVIEW");
+    assert!(out.contains("PREVIEW \"Shall we meet at noon?\""), "{out}");
+}
+
+/// SAVEDATE (RFC 8514) where no save date is stored, as §4.2 and §4.3
+/// allow: FETCH SAVEDATE is NIL, SAVEDATESUPPORTED matches nothing, and
+/// SAVEDBEFORE / SAVEDON / SAVEDSINCE use the internal date.
+#[test]
+fn savedate_is_nil_and_saved_searches_use_the_internal_date() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    assert!(capabilities(&mut c).iter().any(|k| k == "SAVEDATE"));
+    append_dated(&mut c, "28-Dec-2014 18:50:53 +0000", PLAIN);
+    append_dated(&mut c, "02-Jan-2015 10:00:00 +0000", MULTI);
+    c.ok("s SELECT INBOX");
+    let out = c.ok("A101 FETCH 2 (SAVEDATE)");
+    assert!(out.contains("* 2 FETCH (SAVEDATE NIL)"), "{out}");
+    let out = c.ok("A102 UID FETCH 1 (SAVEDATE FLAGS)");
+    assert!(line_of(&out, "* 1 FETCH").contains("SAVEDATE NIL"), "{out}");
+    assert_eq!(c.search_line("SAVEDON 28-Dec-2014"), "* SEARCH 1");
+    assert_eq!(c.search_line("SAVEDSINCE 28-Dec-2014"), "* SEARCH 1 2");
+    assert_eq!(c.search_line("SAVEDSINCE 29-Dec-2014"), "* SEARCH 2");
+    assert_eq!(c.search_line("SAVEDBEFORE 2-Jan-2015"), "* SEARCH 1");
+    assert_eq!(c.search_line("SAVEDATESUPPORTED"), "* SEARCH");
+    assert_eq!(c.search_line("NOT SAVEDATESUPPORTED"), "* SEARCH 1 2");
+    assert!(c.send("b SEARCH SAVEDON").contains("b BAD"));
+    assert!(c.send("c SEARCH SAVEDON yesterday").contains("c BAD"));
 }

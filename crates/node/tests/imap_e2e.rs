@@ -118,6 +118,20 @@ fn imaplib_covers_every_command() {
     python_ok(&script, &args);
 }
 
+/// Python's imaplib using the extensions a client would (OBJECTID,
+/// APPENDLIMIT, CREATE-SPECIAL-USE, BINARY's APPEND, MULTIAPPEND, PREVIEW,
+/// SAVEDATE:
+/// `tests/imap/imaplib_extensions.py`) against a real node.
+#[test]
+fn imaplib_uses_the_extensions() {
+    let root = tempfile::tempdir().unwrap();
+    let n = one_node(root.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/imaplib_extensions.py");
+    let port = imap_port(&n).to_string();
+    let args = ["--host", "127.0.0.1", "--port", &port, "--user", "alice", "--password", "secret"];
+    python_ok(&script, &args.map(String::from));
+}
+
 /// mbsync (isync) syncs a server mailbox to a local Maildir and back, flags included.
 #[test]
 fn mbsync_round_trip() {

@@ -1,5 +1,6 @@
 //! Commands in a file each (Stalwart's `op/`): the session dispatches to
 //! them. The older commands still live in `session.rs` and `selected.rs`.
 
+pub(crate) mod append;
 pub(crate) mod sort;
 pub(crate) mod thread;

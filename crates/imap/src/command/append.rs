@@ -1,0 +1,108 @@
+//! APPEND (RFC 9051 §6.3.12), with MULTIAPPEND (RFC 3502) and BINARY's
+//! literal8 (RFC 3516). Every message of one command is stored in one
+//! transaction (`Store::write`, the one write path): all of them or, if
+//! any fails, none. APPENDUID (RFC 4315) names their UIDs in order.
+
+use crate::extended;
+use crate::selected::keywords;
+use crate::session::{Done, Fail, Session};
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::flag::Flag;
+use imap_codec::CommandCodec;
+
+/// Messages in one MULTIAPPEND, at most (`NO [LIMIT]` past it): the
+/// command is one transaction.
+pub const MULTIAPPEND_MAX: usize = 1000;
+
+/// One message of an APPEND: its flags, its date, its bytes.
+pub(crate) type Message<'a> = (Vec<Flag<'a>>, Option<DateTime>, LiteralOrLiteral8<'a>);
+
+/// UIDs in the order given, consecutive ascending runs as ranges
+/// (RFC 4315's uid-set for APPENDUID keeps the order of the messages).
+fn uid_list(uids: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j].wrapping_add(1) {
+            j += 1;
+        }
+        parts.push(if i == j { uids[i].to_string() } else { format!("{}:{}", uids[i], uids[j]) });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+impl Session {
+    /// APPEND of `first` and, for MULTIAPPEND, of the messages in `more`
+    /// (each a whole APPEND command, [`extended::Lifted::appends`]).
+    pub(crate) fn append(&mut self, mailbox: &str, first: Message<'_>, more: &[Vec<u8>]) -> Done {
+        if more.len() >= MULTIAPPEND_MAX {
+            return Err(Fail::No(format!("[LIMIT] at most {MULTIAPPEND_MAX} messages in one APPEND")));
+        }
+        let mut decoded = Vec::with_capacity(more.len());
+        for bytes in more {
+            match CommandCodec::default().decode(bytes) {
+                Ok((b"", command)) => match command.body {
+                    CommandBody::Append { flags, date, message, .. } => decoded.push((flags, date, message)),
+                    _ => return Err(Fail::Bad("syntax error in MULTIAPPEND".into())),
+                },
+                _ if extended::nul_in_literal(bytes) => {
+                    return Err(Fail::Bad("NUL in a literal: send binary data as a literal8 (~{n}, RFC 3516)".into()))
+                }
+                _ => return Err(Fail::Bad("syntax error in a message of MULTIAPPEND".into())),
+            }
+        }
+        let reader = self.reader()?;
+        let Some(id) = Self::resolve(&reader, mailbox) else {
+            return Err(Fail::No("[TRYCREATE] no such mailbox".into()));
+        };
+        let validity = reader.status(id)?.uid_validity;
+        drop(reader);
+        self.recent_floor(id, None)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let limit = self.append_limit();
+        let mut prepared = Vec::with_capacity(1 + decoded.len());
+        for (flags, date, message) in std::iter::once(&first).chain(decoded.iter()) {
+            let data = match message {
+                LiteralOrLiteral8::Literal(l) => l.data(),
+                LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+            };
+            if data.is_empty() {
+                // RFC 3502 §6.3.11: an error, and how a client cancels.
+                return Err(Fail::No("zero-length message: APPEND cancelled, nothing stored".into()));
+            }
+            if data.len() as u64 > limit {
+                return Err(Fail::No(format!("[TOOBIG] a message is larger than APPENDLIMIT {limit}")));
+            }
+            prepared.push((keywords(flags)?, date.as_ref().map_or(now, |d| d.as_ref().timestamp()), data));
+        }
+        // One transaction: an error in any message leaves none stored.
+        let placed = self.write(|b| {
+            let mut placed = Vec::with_capacity(prepared.len());
+            for (flags, date, data) in &prepared {
+                let (m, blob) = b.append_body(id, data, *date, flags.clone())?;
+                placed.push((b.replica().uid_of(m).map_or(0, |(_, u)| u), blob));
+            }
+            Ok(placed)
+        })?;
+        for (_, blob) in &placed {
+            self.note_body(*blob);
+        }
+        let uids: Vec<u32> = placed.iter().map(|p| p.0).collect();
+        Ok(format!("[APPENDUID {validity} {}] APPEND completed", uid_list(&uids)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uid_lists_keep_the_order() {
+        assert_eq!(super::uid_list(&[5, 6, 7, 9]), "5:7,9");
+        assert_eq!(super::uid_list(&[3]), "3");
+        assert_eq!(super::uid_list(&[4, 3]), "4,3");
+    }
+}
