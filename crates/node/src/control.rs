@@ -38,6 +38,13 @@ pub enum Request {
     Passwd { user: String, hash: String, local: bool },
     /// Delete an account on every node it syncs to.
     DeleteAccount { user: String },
+    /// Forget an account on this node only (`forget_if_safe`): answered by
+    /// the node, which knows its pinned peers.
+    ForgetAccount {
+        user: String,
+        #[serde(default)]
+        force: bool,
+    },
     /// Pin a peer: one line of the peers file.
     PeerAdd { line: String },
     /// Remove a peer and refuse it from now on.
@@ -200,6 +207,7 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             ))
         }
         Request::Status => Err("status comes from the node".into()),
+        Request::ForgetAccount { .. } => Err("forgetting is answered by the node (it knows the pinned peers)".into()),
         Request::PeerAdd { .. } | Request::PeerRemove { .. } | Request::Invite { .. } | Request::Join { .. } => {
             Err("peers are changed by the running node, or in the files when it is stopped".into())
         }

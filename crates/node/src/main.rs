@@ -5,6 +5,7 @@ mod cluster;
 mod config;
 mod control;
 mod demo;
+mod forget;
 mod invite;
 mod lmtp;
 mod membership;
@@ -181,6 +182,18 @@ enum AccountAction {
     Delete {
         /// The account.
         user: String,
+    },
+    /// Forget an account on this node only: free its copy here (the
+    /// account stays on every other node). Refused unless a pinned peer
+    /// of the account holds everything of it that is here (its ops and
+    /// the bodies of mail delivered here), or with --force.
+    Forget {
+        /// The account.
+        user: String,
+        /// Forget it even if this node may hold changes or bodies no
+        /// peer has (they are lost).
+        #[arg(long)]
+        force: bool,
     },
     /// List accounts.
     List,
@@ -371,7 +384,8 @@ fn print_status(st: &control::NodeStatus) {
 /// On a store with no account, creates one with a random password (returned
 /// to be printed once), so a first `starling serve` can be connected to.
 fn first_start(store: &Store) -> Result<Option<(String, String)>, String> {
-    if !store.accounts().is_empty() {
+    // (A store whose accounts were all forgotten is not a new one.)
+    if !store.accounts().is_empty() || store.has_forgotten().map_err(|e| e.to_string())? {
         return Ok(None);
     }
     let user = "user".to_string();
@@ -575,6 +589,21 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Account { action: AccountAction::Delete { user } } => {
             println!("{}", via_node(&cli.data_dir, control::Request::DeleteAccount { user })?);
+        }
+        Command::Account { action: AccountAction::Forget { user, force } } => {
+            let req = control::Request::ForgetAccount { user: user.clone(), force };
+            match control::ask(&cli.data_dir, &req)? {
+                Some(answer) => match answer.error {
+                    Some(e) => return Err(e),
+                    None => println!("{}", answer.text.unwrap_or_default()),
+                },
+                None => {
+                    let store = open_store(&cli.data_dir)?;
+                    let peers = peers::load(&cli.data_dir)?;
+                    let done = forget::forget_if_safe(&store, &user, &forget::pinned_for(&peers, &user), force)?;
+                    println!("{}", forget::describe(&user, &done));
+                }
+            }
         }
         Command::Account { action: AccountAction::List } => {
             let store = open_store(&cli.data_dir)?;

@@ -173,7 +173,11 @@ impl Store {
     /// This replica's counter in `account` now, with the bodies given: what
     /// a change just committed is exposed as.
     pub fn exposure(&self, account: &str, bodies: Vec<BlobId>) -> Result<Exposure, StoreError> {
-        Ok(Exposure { account: account.to_string(), upto: self.version(account)?.get(self.replica_id(account)?), bodies })
+        Ok(Exposure {
+            account: account.to_string(),
+            upto: self.version(account)?.get(self.replica_id(account)?),
+            bodies,
+        })
     }
 
     /// `peer` committed these bodies (its `Held` frame): remembered, in

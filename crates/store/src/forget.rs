@@ -213,7 +213,9 @@ fn mark(w: &WriteTransaction, name: &str, number: u32) -> Result<(), StoreError>
     drop(forgotten);
     let mut meta = w.open_table(META).map_err(st)?;
     let max = match meta.get(NUMBER_MAX_KEY).map_err(st)? {
-        Some(v) => u32::from_be_bytes(v.value().try_into().map_err(|_| damaged("meta account_number_max", "not 4 bytes"))?),
+        Some(v) => {
+            u32::from_be_bytes(v.value().try_into().map_err(|_| damaged("meta account_number_max", "not 4 bytes"))?)
+        }
         None => 0,
     };
     meta.insert(NUMBER_MAX_KEY, max.max(number).to_be_bytes().as_slice()).map_err(st)?;
@@ -228,7 +230,8 @@ fn mark(w: &WriteTransaction, name: &str, number: u32) -> Result<(), StoreError>
 /// forgotten account will name it here again). Returns whether it did.
 fn release_if_unowned(w: &WriteTransaction, blob: [u8; 32]) -> Result<bool, StoreError> {
     let stored = w.open_table(BLOBS).map_err(st)?.get(&blob).map_err(st)?.is_some();
-    if !stored || w.open_table(BLOB_REFS).map_err(st)?.range((blob, 0)..=(blob, u32::MAX)).map_err(st)?.next().is_some() {
+    if !stored || w.open_table(BLOB_REFS).map_err(st)?.range((blob, 0)..=(blob, u32::MAX)).map_err(st)?.next().is_some()
+    {
         return Ok(false);
     }
     let empty = postcard::to_stdvec(&VersionVector::new()).map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -371,7 +374,8 @@ fn drop_singles(w: &WriteTransaction, a: u32, out: &mut Forgot) -> Result<(), St
 /// marker (nothing to do).
 pub(crate) fn step(db: &Database, number: u32) -> Result<Option<(bool, Forgot)>, StoreError> {
     let w = db.begin_write().map_err(st)?;
-    let Some(mut m) = w.open_table(FORGETTING).map_err(st)?.get(number).map_err(st)?.map(|g| decode(g.value())).transpose()?
+    let Some(mut m) =
+        w.open_table(FORGETTING).map_err(st)?.get(number).map_err(st)?.map(|g| decode(g.value())).transpose()?
     else {
         return Ok(None);
     };
@@ -515,7 +519,10 @@ pub(crate) fn check(r: &redb::ReadTransaction) -> Result<Vec<String>, StoreError
         for item in t.iter().map_err(st)? {
             let (blob, number) = item.map_err(st)?.0.value();
             if !live.contains(&number) {
-                out.push(format!("table blob_refs: body {:?} named by account number {number}, which is no account", BlobId(blob)));
+                out.push(format!(
+                    "table blob_refs: body {:?} named by account number {number}, which is no account",
+                    BlobId(blob)
+                ));
             }
         }
     }
@@ -584,7 +591,10 @@ impl Store {
         self.core.acks.lock().unwrap_or_else(PoisonError::into_inner).retain(|(n, _), _| *n != number);
         self.forget_live(number);
         let mut out = Forgot { transactions: 1, ..Forgot::default() };
-        out.add(self.finish_forgetting(number).map_err(|source| ForgetError::Unfinished { account: name.into(), source })?);
+        out.add(
+            self.finish_forgetting(number)
+                .map_err(|source| ForgetError::Unfinished { account: name.into(), source })?,
+        );
         Ok(out)
     }
 
@@ -610,6 +620,28 @@ impl Store {
             total.add(self.finish_forgetting(number)?);
         }
         Ok(total)
+    }
+
+    /// Whether this node forgot `name` and holds no copy of it now: a
+    /// pinned peer's list of accounts should not make it again by itself
+    /// (the node's start leaves it out); `add_account` still does.
+    pub fn was_forgotten(&self, name: &str) -> Result<bool, StoreError> {
+        if self.accounts.read().unwrap_or_else(PoisonError::into_inner).contains_key(name) {
+            return Ok(false);
+        }
+        self.run(|db| Ok(generation(&redb::ReadableDatabase::begin_read(db).map_err(st)?, name)? > 0))
+    }
+
+    /// Whether this node has ever forgotten an account (a store whose
+    /// accounts were all forgotten is not a fresh one).
+    pub fn has_forgotten(&self) -> Result<bool, StoreError> {
+        self.run(|db| {
+            let r = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+            Ok(match table(&r, FORGOTTEN)? {
+                Some(t) => t.first().map_err(st)?.is_some(),
+                None => false,
+            })
+        })
     }
 
     /// Names of the accounts being forgotten (normally none: see

@@ -2,10 +2,10 @@
 //! model, its op log and state saved, committed durably.
 
 use crate::*;
-use std::sync::atomic::AtomicBool;
 use backend::{Detached, RedbBackend};
 use redb::{ReadableDatabase, ReadableTable};
 use starling_model::{Keyword, MailboxId, MessageId, Op};
+use std::sync::atomic::AtomicBool;
 
 /// Inside one write transaction of one account: the replica (all changes go
 /// through it) and the blob store.
@@ -222,7 +222,10 @@ impl Store {
             let r = db.begin_read().map_err(st)?;
             Ok((forget::numbers_used_max(&r)?, forget::generation(&r, name)?))
         })?;
-        let number = in_memory_max.max(used_max).checked_add(1).ok_or_else(|| StoreError::Storage("account numbers used up".into()))?;
+        let number = in_memory_max
+            .max(used_max)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Storage("account numbers used up".into()))?;
         let me = forget::copy_replica(self.node, name, generation);
         let mut replica = Replica::create(me, Detached);
         replica.record_applied();
