@@ -203,7 +203,7 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
         Request::DeleteAccount { user } => {
             store.delete_account(user).map_err(|e| e.to_string())?;
             Ok(format!(
-                "account {user} deleted on every node it syncs to: no login, no delivery (its mail stays on disk)"
+                "account {user} deleted on every node it syncs to: no login, no delivery; purged on each node once every pinned peer has the deletion"
             ))
         }
         Request::Status => Err("status comes from the node".into()),

@@ -177,8 +177,8 @@ enum AccountAction {
     },
     /// Delete an account on every node it syncs to: from then on it logs
     /// nobody in and takes no mail, there and wherever the deletion
-    /// reaches. Final: the name cannot be used again, and its mail stays on
-    /// disk (nothing purges it yet).
+    /// reaches. Final: the name cannot be used again; each node purges its
+    /// data once every pinned peer of the account has the deletion.
     Delete {
         /// The account.
         user: String,
