@@ -41,6 +41,13 @@ pub enum Request {
     /// Set which nodes replicate an account (`replicas=N`, `nodes=ID,…`;
     /// empty: every node that syncs it), on every node it syncs to.
     Place { user: String, placement: String },
+    /// Forget an account on this node only (`forget_if_safe`): answered by
+    /// the node, which knows its pinned peers.
+    ForgetAccount {
+        user: String,
+        #[serde(default)]
+        force: bool,
+    },
     /// Pin a peer: one line of the peers file.
     PeerAdd { line: String },
     /// Remove a peer and refuse it from now on.
@@ -216,7 +223,7 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
         Request::DeleteAccount { user } => {
             store.delete_account(user).map_err(|e| e.to_string())?;
             Ok(format!(
-                "account {user} deleted on every node it syncs to: no login, no delivery (its mail stays on disk)"
+                "account {user} deleted on every node it syncs to: no login, no delivery; purged on each node once every pinned peer has the deletion"
             ))
         }
         Request::Place { user, placement } => {
@@ -233,6 +240,7 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             Ok(format!("placement of {user}: {shown} (on every node it syncs to)"))
         }
         Request::Status => Err("status comes from the node".into()),
+        Request::ForgetAccount { .. } => Err("forgetting is answered by the node (it knows the pinned peers)".into()),
         Request::PeerAdd { .. } | Request::PeerRemove { .. } | Request::Invite { .. } | Request::Join { .. } => {
             Err("peers are changed by the running node, or in the files when it is stopped".into())
         }

@@ -5,6 +5,7 @@ mod cluster;
 mod config;
 mod control;
 mod demo;
+mod forget;
 mod invite;
 mod lmtp;
 mod membership;
@@ -177,8 +178,8 @@ enum AccountAction {
     },
     /// Delete an account on every node it syncs to: from then on it logs
     /// nobody in and takes no mail, there and wherever the deletion
-    /// reaches. Final: the name cannot be used again, and its mail stays on
-    /// disk (nothing purges it yet).
+    /// reaches. Final: the name cannot be used again; each node purges its
+    /// data once every pinned peer of the account has the deletion.
     Delete {
         /// The account.
         user: String,
@@ -199,6 +200,18 @@ enum AccountAction {
         /// No placement: every node that syncs it holds it (the default).
         #[arg(long)]
         clear: bool,
+    },
+    /// Forget an account on this node only: free its copy here (the
+    /// account stays on every other node). Refused unless a pinned peer
+    /// of the account holds everything of it that is here (its ops and
+    /// the bodies of mail delivered here), or with --force.
+    Forget {
+        /// The account.
+        user: String,
+        /// Forget it even if this node may hold changes or bodies no
+        /// peer has (they are lost).
+        #[arg(long)]
+        force: bool,
     },
     /// List accounts.
     List,
@@ -393,7 +406,8 @@ fn print_status(st: &control::NodeStatus) {
 /// On a store with no account, creates one with a random password (returned
 /// to be printed once), so a first `starling serve` can be connected to.
 fn first_start(store: &Store) -> Result<Option<(String, String)>, String> {
-    if !store.accounts().is_empty() {
+    // (A store whose accounts were all forgotten is not a new one.)
+    if !store.accounts().is_empty() || store.has_forgotten().map_err(|e| e.to_string())? {
         return Ok(None);
     }
     let user = "user".to_string();
@@ -606,6 +620,24 @@ fn run(cli: Cli) -> Result<(), String> {
                 _ => return Err("give one of --replicas N, --nodes ID,ID or --clear".into()),
             };
             println!("{}", via_node(&cli.data_dir, control::Request::Place { user, placement })?);
+        }
+        Command::Account { action: AccountAction::Forget { user, force } } => {
+            let req = control::Request::ForgetAccount { user: user.clone(), force };
+            match control::ask(&cli.data_dir, &req)? {
+                Some(answer) => match answer.error {
+                    Some(e) => return Err(e),
+                    None => println!("{}", answer.text.unwrap_or_default()),
+                },
+                None => {
+                    let store = open_store(&cli.data_dir)?;
+                    let peers = peers::load(&cli.data_dir)?;
+                    let done = forget::forget_if_safe(&store, &user, &forget::pinned_for(&peers, &user), force)?;
+                    // No peer syncs it with this node any more: a start
+                    // does not make it again.
+                    peers::PeerBook::open(&cli.data_dir, config.peers())?.drop_account(&user, None)?;
+                    println!("{}", forget::describe(&user, &done));
+                }
+            }
         }
         Command::Account { action: AccountAction::List } => {
             let store = open_store(&cli.data_dir)?;

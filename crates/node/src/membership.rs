@@ -219,6 +219,35 @@ impl Node {
         Ok(now)
     }
 
+    /// Forgets this node's copy of `account` if nothing would be lost (or
+    /// anyway with `force`, see [`crate::forget`]), then lets go of it.
+    pub(crate) fn forget(&self, account: &str, force: bool) -> Result<starling_store::Forgot, String> {
+        let pinned = crate::forget::pinned_for(&self.book.list(), account);
+        let done = crate::forget::forget_if_safe(&self.store, account, &pinned, force)?;
+        self.let_go(account);
+        Ok(done)
+    }
+
+    /// This node no longer holds `account` (forgotten by hand, purged as
+    /// deleted, or let go by placement): no peer syncs it with this node
+    /// any more — in the peers file too, so a restart does not make it
+    /// again — the sessions that synced it restart without it, and gossip
+    /// advertises the accounts left.
+    pub(crate) fn let_go(&self, account: &str) {
+        match self.book.drop_account(account, None) {
+            Ok(changed) => {
+                for id in changed {
+                    self.hub.disconnect(&id, "account let go");
+                }
+            }
+            Err(e) => tracing::warn!(account, "dropping the account from the peers file: {e}"),
+        }
+        self.choose();
+        if let Some(c) = self.hub.cluster.get() {
+            c.tell(crate::cluster::Input::Accounts(held(&self.store)));
+        }
+    }
+
     /// Pins a pinned peer for more accounts (see [`crate::placement`]); a
     /// session with it restarts with them.
     pub(crate) fn pin_merged(&self, peer: Peer) -> Result<Peer, String> {

@@ -37,6 +37,7 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
             })
             .unwrap_or(0);
         messages.push((format!("{{account=\"{l}\"}}"), count));
+        let me = store.replica_id(&a.name).unwrap_or(me);
         let local = store.version(&a.name).map(|vv| vv.get(me)).unwrap_or(0);
         ops.push((format!("{{account=\"{l}\",origin=\"local\"}}"), local));
         ops.push((format!("{{account=\"{l}\",origin=\"remote\"}}"), a.ops.saturating_sub(local)));

@@ -258,7 +258,7 @@ fn round(node: &Node, cluster: &Cluster, replace_after: Duration) {
             }
         }
         if d.surplus && target_holds(&view, &account, &d) {
-            leave(node, cluster, &account);
+            leave(node, &account);
         }
         shown.insert(account, d.view);
     }
@@ -362,9 +362,23 @@ pub fn placed(node: &Node, from: NodeId, msg: PlaceMessage) {
 }
 
 /// This node is surplus for `account` and the target holds it: forgets its
-/// copy if nothing would be lost. TEMPORARY until forget lands.
-fn leave(_node: &Node, _cluster: &Cluster, account: &str) {
-    tracing::info!(account, "surplus");
+/// copy if nothing would be lost (else tries again next round).
+fn leave(node: &Node, account: &str) {
+    match node.forget(account, false) {
+        Ok(done) => {
+            tracing::info!(account, "account moved off this node: {}", crate::forget::describe(account, &done));
+            println!("account {account} left this node (placement)");
+        }
+        Err(e) => {
+            // Once per reason (it is tried every round).
+            static SAID: std::sync::Mutex<BTreeMap<String, String>> = std::sync::Mutex::new(BTreeMap::new());
+            let mut said = SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if said.get(account) != Some(&e) {
+                tracing::info!(account, "surplus here by placement, not letting go yet: {e}");
+                said.insert(account.to_string(), e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,11 @@ pub fn run(
     rt.block_on(async move {
         let store = Arc::new(store);
         for p in book.list().iter() {
-            crate::membership::accounts_for(&store, p)?;
+            // An account this node forgot (or purged as deleted) is not
+            // made again because a peer's line still names it.
+            let mut p = p.clone();
+            p.accounts.retain(|a| !store.was_forgotten(a).unwrap_or(false));
+            crate::membership::accounts_for(&store, &p)?;
         }
         let identity = Arc::new(identity);
         let book = Arc::new(book);
@@ -257,6 +261,10 @@ pub fn run(
                     tokio::time::sleep(config.every).await;
                     tokio::task::block_in_place(|| {
                         housekeep(&store, &node.housekeeping_peers(), &hub, &config);
+                        // Deleted accounts every pinned peer knows deleted: purged.
+                        for account in crate::forget::purge_deleted(&store, &node.book.list()) {
+                            node.let_go(&account);
+                        }
                         if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
                             compact_file(&store, &config, &mut compacted);
                         }
@@ -390,6 +398,16 @@ fn control_socket(data_dir: &Path, node: crate::membership::Node) -> Result<toki
                             })),
                             ..Default::default()
                         },
+                        Ok(control::Request::ForgetAccount { user, force }) => {
+                            let done = tokio::task::block_in_place(|| node.forget(&user, force));
+                            match done {
+                                Ok(d) => control::Answer {
+                                    text: Some(crate::forget::describe(&user, &d)),
+                                    ..Default::default()
+                                },
+                                Err(e) => control::Answer { error: Some(e), ..Default::default() },
+                            }
+                        }
                         Ok(req) if req.is_membership() => match node.answer(req).await {
                             Ok(text) => control::Answer { text: Some(text), ..Default::default() },
                             Err(e) => control::Answer { error: Some(e), ..Default::default() },

@@ -15,6 +15,14 @@ fn holds(n: &Node) -> bool {
     run(&n.dir, &["status"]).lines().any(|l| l.starts_with("account alice:"))
 }
 
+/// Alice's messages on a node, if it holds her now (a node may let go
+/// between two looks).
+fn messages_now(n: &Node) -> Option<usize> {
+    let o =
+        std::process::Command::new(common::BIN).arg("--data-dir").arg(&n.dir).args(["dump", "alice"]).output().ok()?;
+    o.status.success().then(|| messages(&String::from_utf8_lossy(&o.stdout)))
+}
+
 fn holders<'a>(nodes: &[&'a Node]) -> BTreeSet<&'a str> {
     nodes.iter().filter(|n| n.child.is_some() && holds(n)).map(|n| n.id.as_str()).collect()
 }
@@ -26,11 +34,19 @@ fn wait_placed(nodes: &[&Node], want: usize, messages_in: usize) -> BTreeSet<Str
     loop {
         let h = holders(nodes);
         let full = h.len() == want
-            && nodes.iter().filter(|n| h.contains(n.id.as_str())).all(|n| messages(&n.dump()) == messages_in);
+            && nodes.iter().filter(|n| h.contains(n.id.as_str())).all(|n| messages_now(n) == Some(messages_in));
         if full {
             return h.into_iter().map(str::to_string).collect();
         }
-        assert!(std::time::Instant::now() < deadline, "not placed on {want}: held by {h:?}");
+        if std::time::Instant::now() >= deadline {
+            for n in nodes {
+                let log = std::fs::read_to_string(n.dir.with_extension("log")).unwrap_or_default();
+                let said: Vec<&str> =
+                    log.lines().filter(|l| l.contains("letting go") || l.contains("placed")).collect();
+                eprintln!("{} holds: {}; {:?}", n.id, holds(n), &said[said.len().saturating_sub(4)..]);
+            }
+            panic!("not placed on {want}: held by {h:?}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -43,7 +59,7 @@ fn an_account_is_placed_on_n_nodes_replaced_when_one_is_gone_and_moved_by_a_list
     a.import(root.path(), "a", 12);
     let mut others: Vec<Node> = ["b", "c", "d"].iter().map(|n| Node::bare(root.path(), n)).collect();
     let config = root.path().join("placement.toml");
-    std::fs::write(&config, "[cluster]\nreplace_after_secs = 3\n").unwrap();
+    std::fs::write(&config, "[cluster]\nreplace_after_secs = 3\n[store]\nhousekeeping_secs = 1\n").unwrap();
     let config = config.to_str().unwrap().to_string();
     a.start_with(&["--config", &config], None);
     for n in others.iter_mut() {
@@ -97,14 +113,17 @@ fn an_account_is_placed_on_n_nodes_replaced_when_one_is_gone_and_moved_by_a_list
         assert!(!list.contains("alice"), "the node that let go syncs alice with nobody: {list}");
     }
 
-    // A list of two nodes, A not among them: the account moves to them and
-    // A, which had it first, lets go too.
+    // A list of two nodes, A not among them, set on a node that holds
+    // alice now (A may have been the one to let go): the account moves to
+    // them and the others let go, A too if it held it.
     let (b, c) = (&others[0], &others[1]);
-    run(&a.dir, &["account", "place", "alice", "--nodes", &format!("{},{}", b.id, c.id)]);
     {
         let nodes: Vec<&Node> = std::iter::once(&a).chain(others.iter()).collect();
+        let holder = nodes.iter().find(|n| holds(n)).expect("someone holds alice");
+        run(&holder.dir, &["account", "place", "alice", "--nodes", &format!("{},{}", b.id, c.id)]);
         let two = wait_placed(&nodes, 2, 12);
         assert_eq!(two, BTreeSet::from([b.id.clone(), c.id.clone()]));
         assert_eq!(b.dump(), c.dump());
+        assert!(!holds(&a), "A let go");
     }
 }

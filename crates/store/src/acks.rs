@@ -92,6 +92,12 @@ fn persist(
     numbers: &BTreeMap<String, u32>,
     noted: &BTreeMap<(u32, ReplicaId), VersionVector>,
 ) -> Result<BTreeMap<u32, Vec<(ReplicaId, PeerAck)>>, StoreError> {
+    // Only accounts still here at this commit: one forgotten since
+    // `numbers` was read gets no rows back.
+    let mut here = BTreeSet::new();
+    for item in w.open_table(ACCOUNTS).map_err(st)?.iter().map_err(st)? {
+        here.insert(item.map_err(st)?.1.value());
+    }
     let mut t = w.open_table(PEER_ACKS).map_err(st)?;
     let mut old: BTreeMap<(u32, u64), PeerAck> = BTreeMap::new();
     for item in t.iter().map_err(st)? {
@@ -102,7 +108,7 @@ fn persist(
     let mut out: BTreeMap<u32, Vec<(ReplicaId, PeerAck)>> = BTreeMap::new();
     for (peer, accounts) in plan.peers {
         for a in accounts {
-            let Some(&n) = numbers.get(a) else { continue };
+            let Some(&n) = numbers.get(a).filter(|n| here.contains(n)) else { continue };
             let mut ack =
                 old.remove(&(n, peer.0)).unwrap_or(PeerAck { vv: VersionVector::new(), seen_ms: plan.now_ms });
             if let Some(vv) = noted.get(&(n, *peer)) {
@@ -124,8 +130,9 @@ impl Store {
     /// `peer` said it holds `vv` of `account` (a link calls this on each
     /// acknowledgement): remembered until the next [`Store::housekeep`].
     pub fn note_ack(&self, account: &str, peer: ReplicaId, vv: &VersionVector) {
-        let Ok(number) = self.account_number(account) else { return };
-        self.note_live_ack(number, peer, vv);
+        let Ok(acct) = self.account(account) else { return };
+        let number = acct.number;
+        self.note_live_ack(number, acct.me, peer, vv);
         let mut acks = self.core.acks.lock().unwrap_or_else(PoisonError::into_inner);
         acks.insert((number, peer), vv.clone());
     }
@@ -168,7 +175,12 @@ impl Store {
         let mut out = Housekept::default();
         let mut stable_all = BTreeMap::new();
         for (name, number) in &numbers {
-            let mine = self.version(name)?;
+            let mine = match self.version(name) {
+                Ok(v) => v,
+                // Forgotten since the pass began.
+                Err(StoreError::NoSuchAccount(_)) => continue,
+                Err(e) => return Err(e),
+            };
             let mut report = AccountKept { account: name.clone(), stable: mine.clone(), ..Default::default() };
             for (peer, ack) in acks.get(number).map(Vec::as_slice).unwrap_or_default() {
                 if plan.now_ms.saturating_sub(ack.seen_ms) > plan.horizon_ms {
@@ -187,7 +199,11 @@ impl Store {
                 } else {
                     &report.stable
                 };
-                report.ops_dropped = self.compact(name, upto)?;
+                report.ops_dropped = match self.compact(name, upto) {
+                    Ok(n) => n,
+                    Err(StoreError::NoSuchAccount(_)) => continue,
+                    Err(e) => return Err(e),
+                };
             }
             stable_all.insert(name.clone(), report.stable.clone());
             out.accounts.push(report);

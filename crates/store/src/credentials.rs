@@ -36,7 +36,8 @@ impl Store {
     /// document. Wherever it arrives, the account logs nobody in and takes
     /// no delivery ([`Store::is_deleted`]); its sessions with peers go on,
     /// so that the deletion reaches them all. Its mail stays on disk here
-    /// (nothing purges a deleted account yet).
+    /// until the node forgets it ([`Store::forget_account`], which the
+    /// node's housekeeping does once every pinned peer has the deletion).
     pub fn delete_account(&self, account: &str) -> Result<(), StoreError> {
         self.write(account, |b| Ok(b.replica().delete_account()?))
     }

@@ -213,7 +213,11 @@ impl Store {
     /// This replica's counter in `account` now, with the bodies given: what
     /// a change just committed is exposed as.
     pub fn exposure(&self, account: &str, bodies: Vec<BlobId>) -> Result<Exposure, StoreError> {
-        Ok(Exposure { account: account.to_string(), upto: self.version(account)?.get(self.node), bodies })
+        Ok(Exposure {
+            account: account.to_string(),
+            upto: self.version(account)?.get(self.replica_id(account)?),
+            bodies,
+        })
     }
 
     /// `peer` committed these bodies (its `Held` frame): remembered, in
@@ -231,9 +235,18 @@ impl Store {
         }
     }
 
+    /// An account was forgotten: what the links said of it goes.
+    pub(crate) fn forget_live(&self, number: u32) {
+        let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.own.retain(|(n, _), _| *n != number);
+        live.have.retain(|(n, _), _| *n != number);
+        live.probe_wanted.remove(&number);
+        live.probe_answered.retain(|(n, _), _| *n != number);
+    }
+
     /// Called by [`Store::note_ack`]: the live part.
-    pub(crate) fn note_live_ack(&self, number: u32, peer: ReplicaId, vv: &VersionVector) {
-        let own = vv.get(self.node);
+    pub(crate) fn note_live_ack(&self, number: u32, me: ReplicaId, peer: ReplicaId, vv: &VersionVector) {
+        let own = vv.get(me);
         let mut live = self.core.live.lock().unwrap_or_else(PoisonError::into_inner);
         live.have.insert((number, peer), vv.clone());
         self.core.live_changed.notify_all();

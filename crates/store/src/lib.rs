@@ -39,6 +39,7 @@ mod dump;
 mod error;
 mod exposure;
 mod file_compact;
+mod forget;
 mod gc;
 pub mod header;
 mod log;
@@ -64,6 +65,7 @@ pub use exposure::{
 pub use file_compact::{
     FileCompactError, FileCompactStats, FileCompaction, TableSize, FILE_COMPACT_MIN_FREE, FILE_COMPACT_WAIT,
 };
+pub use forget::{copy_replica, ForgetError, Forgot, FORGET_ROWS_PER_TXN};
 pub use gc::Collected;
 pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
@@ -76,7 +78,7 @@ use backend::Detached;
 use redb::{Database, TableDefinition};
 use starling_model::{BlobId, Names, Replica, ReplicaId, VersionVector};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -101,9 +103,12 @@ const MAGIC: &[u8] = b"starling-store";
 /// the change index bounded (one change row per message, the expunge rows
 /// counted per mailbox); 7: spent UIDs (`spent_uids`), which an older
 /// build would not read; 8: each body's sort keys (`sort_keys`, see
-/// [`sortkeys`]), which an older build would not keep up to date. An older
-/// store gets them built once at open.
-const FORMAT_VERSION: u8 = 8;
+/// [`sortkeys`]), which an older build would not keep up to date; 9:
+/// accounts can be forgotten (`forgetting`, `forgotten_copies`, a copy's
+/// own replica id, account numbers never given twice: see [`forget`]),
+/// which an older build would not honour. An older store gets them built
+/// once at open.
+const FORMAT_VERSION: u8 = 9;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;
@@ -129,6 +134,15 @@ const STALE: u64 = u64::MAX;
 /// transaction at a time).
 struct Account {
     number: u32,
+    /// Its name (for errors once it is forgotten).
+    name: Arc<str>,
+    /// This node's replica id in the account: the node's own, or a fresh
+    /// one for a copy made again after this node forgot the account
+    /// ([`forget::copy_replica`]).
+    me: ReplicaId,
+    /// Set (before the commit) by [`Store::forget_account`]: whoever still
+    /// holds this `Account` finds it gone at its next lock or view.
+    gone: AtomicBool,
     /// The replica between transactions, held across a write of this account.
     state: Mutex<Replica<Detached>>,
     /// What readers see, as of the account's last commit. A writer holds it
@@ -254,6 +268,13 @@ impl Store {
         self.node
     }
 
+    /// This node's replica id in `account`: [`Store::node`], unless this
+    /// node forgot the account before and holds a copy made again since
+    /// (which numbers its changes as a fresh replica, [`copy_replica`]).
+    pub fn replica_id(&self, account: &str) -> Result<ReplicaId, StoreError> {
+        Ok(self.account(account)?.me)
+    }
+
     /// Names of the accounts.
     pub fn accounts(&self) -> Vec<String> {
         self.accounts.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
@@ -321,9 +342,12 @@ impl Store {
                 poisoned.into_inner()
             }
         };
+        if acct.gone.load(Ordering::SeqCst) {
+            return Err(StoreError::NoSuchAccount(acct.name.to_string()));
+        }
         let epoch = self.core.db.epoch();
         if acct.loaded.load(Ordering::Acquire) != epoch || acct.published.is_poisoned() {
-            *guard = self.reload(db, acct.number)?;
+            *guard = self.reload(db, acct)?;
             self.publish(acct, &guard);
             acct.loaded.store(epoch, Ordering::Release);
         }
@@ -347,6 +371,11 @@ impl Store {
         }
         let p = acct.published.read().unwrap_or_else(PoisonError::into_inner);
         let txn = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+        // `gone` is set before the forgetting commit: not set now means
+        // this read transaction began before it, and sees the account whole.
+        if acct.gone.load(Ordering::SeqCst) {
+            return Err(StoreError::NoSuchAccount(acct.name.to_string()));
+        }
         Ok((txn, p.clone()))
     }
 }

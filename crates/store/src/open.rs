@@ -7,7 +7,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use starling_model::{Replica, ReplicaId};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Options of a store.
@@ -156,7 +156,15 @@ impl Store {
             .into_iter()
             .map(|(name, (number, replica))| {
                 let published = RwLock::new(Published::of(&replica));
-                let acct = Account { number, state: Mutex::new(replica), published, loaded: AtomicU64::new(0) };
+                let acct = Account {
+                    number,
+                    name: Arc::from(name.as_str()),
+                    me: replica.id(),
+                    gone: AtomicBool::new(false),
+                    state: Mutex::new(replica),
+                    published,
+                    loaded: AtomicU64::new(0),
+                };
                 (name, Arc::new(acct))
             })
             .collect();
@@ -260,6 +268,7 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
     let mut accounts = BTreeMap::new();
     if let Ok(table) = r.open_table(ACCOUNTS) {
         let headers = r.open_table(HEADERS).map_err(|e| io(&e))?;
+        let forgotten = r.open_table(forget::FORGOTTEN).ok();
         let docs = r.open_table(DOCS).map_err(|e| io(&e))?;
         for item in table.iter().map_err(|e| io(&e))? {
             let (name, number) = item.map_err(|e| io(&e))?;
@@ -267,8 +276,15 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
             let fail = |reason: String| OpenError::Account { account: name.clone(), reason };
             let header = headers.get(number).map_err(|e| io(&e))?.ok_or_else(|| fail("header missing".into()))?;
             let doc = docs.get(number).map_err(|e| io(&e))?.ok_or_else(|| fail("document missing".into()))?;
+            // The copy's replica id: the node's, or a fresh one if this node
+            // forgot the account before ([`forget::copy_replica`]).
+            let generation = match &forgotten {
+                Some(t) => t.get(name.as_str()).map_err(|e| io(&e))?.map_or(0, |g| g.value()),
+                None => 0,
+            };
+            let me = forget::copy_replica(node, &name, generation);
             let mut replica =
-                Replica::open(node, Detached, header.value(), doc.value()).map_err(|e| fail(e.to_string()))?;
+                Replica::open(me, Detached, header.value(), doc.value()).map_err(|e| fail(e.to_string()))?;
             replica.record_applied();
             accounts.insert(name, (number, replica));
         }
@@ -300,6 +316,16 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [7u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
+    if version < 9 {
+        // Before format 9 nothing was forgotten: only the mark, so that an
+        // older build (which would give a forgotten account's number again
+        // and not know a copy's own replica id) refuses the file.
+        if version == 8 {
+            let w = db.begin_write().map_err(|e| io(&e))?;
+            w.open_table(META).map_err(|e| io(&e))?.insert("version", [9u8].as_slice()).map_err(|e| io(&e))?;
+            w.commit().map_err(|e| io(&e))?;
+        }
+    }
     if version < 8 {
         // Before format 8: no sort keys. Every stored body's, from its
         // header, in one transaction (a crash leaves format 7, built again
@@ -309,5 +335,8 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
+    // Accounts whose forgetting a crash cut short are finished now, before
+    // anything reads the file (bounded transactions, see `forget`).
+    forget::resume(db).map_err(|e| OpenError::Io(format!("{label}: finishing forgetting an account: {e}")))?;
     Ok(accounts)
 }

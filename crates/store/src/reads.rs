@@ -103,7 +103,7 @@ impl Store {
         let acct = self.account(account)?;
         self.run(|db| {
             let (txn, published) = self.view(&acct, db)?;
-            Ok(Reader::new(txn, acct.number, published.names, &self.core, self.node))
+            Ok(Reader::new(txn, acct.number, published.names, &self.core, acct.me))
         })
     }
 

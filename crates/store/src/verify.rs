@@ -190,6 +190,10 @@ impl Store {
             Ok(diffs) => report.index.extend(diffs),
             Err(e) => report.unreadable.push(format!("the change index: {e}")),
         }
+        match self.check_forgotten() {
+            Ok(diffs) => report.index.extend(diffs),
+            Err(e) => report.unreadable.push(format!("rows of forgotten accounts: {e}")),
+        }
         match self.check_sort_keys() {
             Ok(diffs) => report.index.extend(diffs),
             Err(e) => report.unreadable.push(format!("table sort_keys: {e}")),

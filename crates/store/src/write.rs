@@ -5,6 +5,7 @@ use crate::*;
 use backend::{Detached, RedbBackend};
 use redb::{ReadableDatabase, ReadableTable};
 use starling_model::{Keyword, MailboxId, MessageId, Op};
+use std::sync::atomic::AtomicBool;
 
 /// Inside one write transaction of one account: the replica (all changes go
 /// through it) and the blob store.
@@ -205,14 +206,28 @@ impl Store {
     pub fn add_account_as(&self, name: &str, incarnation: u64) -> Result<(), StoreError> {
         assert_ne!(incarnation, 0, "incarnation 0 means none");
         let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
-        let number = {
+        let in_memory_max = {
             let accounts = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
             if accounts.contains_key(name) {
                 return Err(StoreError::AccountExists(name.into()));
             }
-            accounts.values().map(|a| a.number + 1).max().unwrap_or(1)
+            accounts.values().map(|a| a.number).max().unwrap_or(0)
         };
-        let mut replica = Replica::create(self.node, Detached);
+        // A number is never given twice: not one of an account being
+        // forgotten (its rows are still there), nor one forgotten before
+        // (an acknowledgement of the old account noted in memory must not
+        // land on the new one). A name this node forgot before gets a
+        // fresh replica id ([`forget::copy_replica`]).
+        let (used_max, generation) = self.run(|db| {
+            let r = db.begin_read().map_err(st)?;
+            Ok((forget::numbers_used_max(&r)?, forget::generation(&r, name)?))
+        })?;
+        let number = in_memory_max
+            .max(used_max)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Storage("account numbers used up".into()))?;
+        let me = forget::copy_replica(self.node, name, generation);
+        let mut replica = Replica::create(me, Detached);
         replica.record_applied();
         self.run(|db| {
             let w = db.begin_write().map_err(st)?;
@@ -227,13 +242,22 @@ impl Store {
         self.core.db.committed();
         let published = RwLock::new(Published::of(&replica));
         let loaded = AtomicU64::new(self.core.db.epoch());
-        let acct = Account { number, state: Mutex::new(replica), published, loaded };
+        let acct = Account {
+            number,
+            name: Arc::from(name),
+            me,
+            gone: AtomicBool::new(false),
+            state: Mutex::new(replica),
+            published,
+            loaded,
+        };
         self.accounts.write().unwrap_or_else(PoisonError::into_inner).insert(name.into(), Arc::new(acct));
         Ok(())
     }
 
     /// The account's replica as the file holds it.
-    pub(crate) fn reload(&self, db: &Database, number: u32) -> Result<Replica<Detached>, StoreError> {
+    pub(crate) fn reload(&self, db: &Database, acct: &Account) -> Result<Replica<Detached>, StoreError> {
+        let number = acct.number;
         guarded(|| {
             let r = db.begin_read().map_err(st)?;
             let header = r
@@ -253,7 +277,7 @@ impl Store {
                 .value()
                 .to_vec();
             let mut replica =
-                Replica::open(self.node, Detached, &header, &doc).map_err(|e| damaged("replica header", e))?;
+                Replica::open(acct.me, Detached, &header, &doc).map_err(|e| damaged("replica header", e))?;
             replica.record_applied();
             Ok(replica)
         })
@@ -341,7 +365,7 @@ impl Store {
         };
         // The in-memory part may be ahead of the file: take it back from
         // disk (or, if the file cannot be read now, before the next use).
-        match self.reload(db, acct.number) {
+        match self.reload(db, acct) {
             Ok(r) => {
                 *state = r;
                 self.publish(acct, &state);
@@ -361,7 +385,7 @@ impl Store {
         let number = acct.number;
         let txn = db.begin_write().map_err(st)?;
         let (value, replica, repaired) = {
-            let backend = RedbBackend::new(&txn, number, self.node, self.options.vanished_per_mailbox).map_err(st)?;
+            let backend = RedbBackend::new(&txn, number, acct.me, self.options.vanished_per_mailbox).map_err(st)?;
             let (replica, _) = detached.swap_backend(backend);
             let mut batch = Batch {
                 replica,
@@ -420,7 +444,7 @@ impl Store {
             let txn = db.begin_write().map_err(st)?;
             let detached = std::mem::replace(&mut *state, Replica::create(self.node, Detached));
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match RedbBackend::new(&txn, acct.number, self.node, self.options.vanished_per_mailbox) {
+                match RedbBackend::new(&txn, acct.number, acct.me, self.options.vanished_per_mailbox) {
                     Ok(backend) => {
                         let (mut replica, _) = detached.swap_backend(backend);
                         let out = f(&mut replica);
@@ -439,7 +463,7 @@ impl Store {
                 }
                 Err(p) => {
                     // The replica went down with the panic: take it back from disk.
-                    match self.reload(db, acct.number) {
+                    match self.reload(db, &acct) {
                         Ok(r) => *state = r,
                         Err(_) => acct.loaded.store(STALE, Ordering::Release),
                     }

@@ -163,7 +163,7 @@ fn a_format_7_store_gets_its_keys_at_open_and_verify_sees_a_missing_one() {
         let v = meta.get("version").unwrap().unwrap().value()[0];
         v
     };
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     // A keys row lost (format 8 kept, so nothing rebuilds it): verify says so.
     {
         let db = redb::Database::open(&path).unwrap();

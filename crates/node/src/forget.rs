@@ -1,0 +1,237 @@
+//! Forgetting an account on this node (`starling account forget`, and the
+//! purge of deleted accounts in housekeeping): when it is safe, and doing
+//! it through `Store::forget_account`.
+//!
+//! **The rule** ([`safety`]). Forgetting frees this node's copy; it is
+//! safe when nothing of it exists only here:
+//! - *ops*: some pinned peer of the account has acknowledged a version
+//!   that covers this replica's whole version (its acknowledgement as
+//!   housekeeping last wrote it down, `Store::peer_acks`: a peer heard
+//!   only since the last pass is not counted yet);
+//! - *bodies*: every body named by a live message this node made (under
+//!   its own replica id or a copy's, `Store::replica_id`) — mail delivered
+//!   or appended here, the only bodies that may exist nowhere else — that
+//!   same peer has said it holds (its `Held` frames, in memory since this
+//!   node started: after a restart, a peer must fetch again or the check
+//!   refuses). Bodies of other replicas' messages came from elsewhere. A
+//!   deleted account skips this part: nobody can read its mail anywhere.
+//!
+//! **The purge** ([`purge_deleted`]): an account deleted (its document
+//! says so) is forgotten once *every* pinned peer of the account has
+//! acknowledged a version covering this replica's — which holds the
+//! deletion, so every peer knows of it and purges it in turn. A peer
+//! never heard from, or silent, holds the purge back (a deleted account
+//! costs only disk).
+
+use crate::peers::Peer;
+use starling_model::{BlobId, ReplicaId, VersionVector};
+use starling_store::{Exposure, Forgot, Store};
+use std::collections::BTreeSet;
+
+/// Bodies named by live messages of `account` this node made: the ones
+/// that may be stored nowhere else.
+fn bodies_made_here(store: &Store, account: &str) -> Result<Vec<BlobId>, String> {
+    let mine = [store.node(), store.replica_id(account).map_err(|e| e.to_string())?];
+    let reader = store.read(account).map_err(|e| e.to_string())?;
+    let mut out = BTreeSet::new();
+    for id in reader.names().tree.by_name.values() {
+        for m in reader.messages(*id, 1, usize::MAX).map_err(|e| e.to_string())? {
+            if mine.contains(&m.message.0.replica) {
+                if let Some(env) = reader.envelope(m.message).map_err(|e| e.to_string())? {
+                    out.insert(env.blob);
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The pinned peers (replica ids) of `account`.
+pub fn pinned_for(peers: &[Peer], account: &str) -> Vec<ReplicaId> {
+    peers.iter().filter(|p| p.accounts.iter().any(|a| a == account)).map(|p| p.id.replica()).collect()
+}
+
+/// Whether forgetting `account` here loses nothing (see the module notes):
+/// `Ok` with a pinned peer that holds all of it, or why not.
+pub fn safety(store: &Store, account: &str, pinned: &[ReplicaId]) -> Result<ReplicaId, String> {
+    let mine = store.version(account).map_err(|e| e.to_string())?;
+    if pinned.is_empty() {
+        return Err(format!("no pinned peer syncs {account}: this node may hold its only copy"));
+    }
+    let acks = store.peer_acks(account).map_err(|e| e.to_string())?;
+    let deleted = store.is_deleted(account).map_err(|e| e.to_string())?;
+    let local = if deleted { Vec::new() } else { bodies_made_here(store, account)? };
+    let mut why = Vec::new();
+    for p in pinned {
+        let short = short_id(*p);
+        let Some((_, ack)) = acks.iter().find(|(id, _)| id == p) else {
+            why.push(format!("peer {short} has acknowledged nothing yet"));
+            continue;
+        };
+        let lacks = mine.lacking_in(&ack.vv);
+        if lacks > 0 {
+            why.push(format!("peer {short} has not acknowledged {lacks} ops held here"));
+            continue;
+        }
+        if !local.is_empty() {
+            let e = Exposure { account: account.to_string(), upto: 0, bodies: local.clone() };
+            if store.holders(&e, &[*p]).is_empty() {
+                why.push(format!(
+                    "peer {short} has not said it holds all {} bodies of mail made here (since this node started)",
+                    local.len()
+                ));
+                continue;
+            }
+        }
+        return Ok(*p);
+    }
+    Err(why.join("; "))
+}
+
+fn short_id(p: ReplicaId) -> String {
+    format!("{:016x}", p.0)[..8].to_string()
+}
+
+/// Forgets `account` on this node if [`safety`] allows it, or anyway with
+/// `force`; the error says why not (or what failed).
+pub fn forget_if_safe(store: &Store, account: &str, pinned: &[ReplicaId], force: bool) -> Result<Forgot, String> {
+    if !store.accounts().iter().any(|a| a == account) {
+        return Err(format!("no account {account} here"));
+    }
+    match safety(store, account, pinned) {
+        Ok(peer) => tracing::info!(account, "forgetting: peer {} holds all of it", short_id(peer)),
+        Err(why) if force => tracing::warn!(account, "forgetting with --force although {why}"),
+        Err(why) => return Err(format!("not forgetting {account}: {why} (`--force` forgets it anyway)")),
+    }
+    let done = store.forget_account(account).map_err(|e| e.to_string())?;
+    tracing::info!(
+        account,
+        "account forgotten here: {} rows freed in {} transactions, {} bodies released",
+        done.rows,
+        done.transactions,
+        done.bodies_released
+    );
+    Ok(done)
+}
+
+/// What `account forget` prints.
+pub fn describe(account: &str, done: &Forgot) -> String {
+    format!(
+        "account {account} forgotten on this node ({} rows freed in {} transactions, {} bodies released to collection); it stays on its other nodes",
+        done.rows, done.transactions, done.bodies_released
+    )
+}
+
+/// Whether every pinned peer of `account` has acknowledged a version
+/// covering `mine`.
+fn all_acknowledged(store: &Store, account: &str, mine: &VersionVector, pinned: &[ReplicaId]) -> bool {
+    let Ok(acks) = store.peer_acks(account) else { return false };
+    !pinned.is_empty() && pinned.iter().all(|p| acks.iter().any(|(id, ack)| id == p && mine.lacking_in(&ack.vv) == 0))
+}
+
+/// Housekeeping: forgets every deleted account whose deletion every pinned
+/// peer of it has acknowledged (and finishes any forgetting cut short).
+/// Returns the accounts purged.
+pub fn purge_deleted(store: &Store, peers: &[Peer]) -> Vec<String> {
+    if let Err(e) = store.resume_forgetting() {
+        tracing::warn!("finishing a forgotten account: {e}");
+    }
+    let mut out = Vec::new();
+    for account in store.accounts() {
+        if !store.is_deleted(&account).unwrap_or(false) {
+            continue;
+        }
+        let Ok(mine) = store.version(&account) else { continue };
+        let pinned = pinned_for(peers, &account);
+        if !all_acknowledged(store, &account, &mine, &pinned) {
+            tracing::debug!(account, "deleted; waiting for every pinned peer to acknowledge the deletion");
+            continue;
+        }
+        match store.forget_account(&account) {
+            Ok(done) => {
+                tracing::info!(
+                    account,
+                    "deleted account purged (every pinned peer holds the deletion): {} rows freed, {} bodies released",
+                    done.rows,
+                    done.bodies_released
+                );
+                println!("purged deleted account {account}");
+                out.push(account);
+            }
+            Err(e) => tracing::warn!(account, "purging the deleted account: {e}"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_model::INBOX;
+    use starling_store::{Housekeeping, StoreOptions};
+
+    fn housekeep(store: &Store, peer: ReplicaId) {
+        let peers = vec![(peer, vec!["alice".to_string()])];
+        store
+            .housekeep(&Housekeeping {
+                now_ms: 1,
+                horizon_ms: u64::MAX,
+                peers: &peers,
+                alive: &[],
+                compact_log: false,
+                collect_bodies: false,
+                batch: 16,
+            })
+            .unwrap();
+    }
+
+    /// Refused until the peer has acknowledged every op and said it holds
+    /// the body delivered here; a deleted account needs only the ops.
+    #[test]
+    fn forgetting_waits_for_a_peer_holding_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
+        let peer = ReplicaId(2);
+        store.add_account("alice").unwrap();
+        let raw = b"Subject: hi\r\n\r\nhello\r\n";
+        let blob = store.write("alice", |b| b.append_body(INBOX, raw, 0, vec![])).unwrap().1;
+        let e = forget_if_safe(&store, "alice", &[], false).unwrap_err();
+        assert!(e.contains("no pinned peer"), "{e}");
+        assert!(forget_if_safe(&store, "alice", &[peer], false).unwrap_err().contains("acknowledged nothing"));
+        // Acknowledged all but the last op.
+        let mut vv = store.version("alice").unwrap();
+        let last = vv.get(ReplicaId(1));
+        let mut short = VersionVector::new();
+        short.observe(starling_model::Dot::new(ReplicaId(1), last - 1));
+        store.note_ack("alice", peer, &short);
+        housekeep(&store, peer);
+        let e = forget_if_safe(&store, "alice", &[peer], false).unwrap_err();
+        assert!(e.contains("has not acknowledged 1 ops"), "{e}");
+        vv = store.version("alice").unwrap();
+        store.note_ack("alice", peer, &vv);
+        housekeep(&store, peer);
+        let e = forget_if_safe(&store, "alice", &[peer], false).unwrap_err();
+        assert!(e.contains("bodies of mail made here"), "{e}");
+        assert!(store.accounts().contains(&"alice".to_string()));
+        store.note_held(peer, &[blob]);
+        forget_if_safe(&store, "alice", &[peer], false).unwrap();
+        assert!(store.accounts().is_empty());
+        // A deleted account: the ops alone, from every pinned peer.
+        store.add_account("alice").unwrap();
+        store.write("alice", |b| b.append(INBOX, b"Subject: 2\r\n\r\nx\r\n", 0, vec![])).unwrap();
+        store.delete_account("alice").unwrap();
+        let peers = vec![Peer {
+            id: starling_net::NodeId([2; 32]),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            accounts: vec!["alice".into()],
+            policy: Default::default(),
+        }];
+        let pr = peers[0].id.replica();
+        assert!(purge_deleted(&store, &peers).is_empty(), "no acknowledgement yet");
+        store.note_ack("alice", pr, &store.version("alice").unwrap());
+        housekeep(&store, pr);
+        assert_eq!(purge_deleted(&store, &peers), vec!["alice".to_string()]);
+        assert!(store.accounts().is_empty());
+        assert_eq!(store.check_forgotten().unwrap(), Vec::<String>::new());
+    }
+}
