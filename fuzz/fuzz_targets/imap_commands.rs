@@ -26,7 +26,7 @@ fn shared() -> &'static Arc<Shared> {
             let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
             let hash = argon.hash_password(b"pw", &salt).unwrap();
             store.set_credential("alice", &hash.to_string()).unwrap();
-            let shared = Shared::new(Arc::new(store), Config { literal_max: 1 << 20, ..Config::default() }, |_| {});
+            let shared = Shared::new(Arc::new(store), Config { literal_max: 1 << 20, ..Config::default() });
             (dir, shared)
         })
         .1

@@ -125,9 +125,24 @@ fn replace_saved(message: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut copied = 0;
     let mut i = at + verb.len();
+    // Arguments still owed to the key before: a `$` among them is a string,
+    // number or date, not a set. SORT's criteria list is skipped, then its
+    // charset is owed; THREAD owes its algorithm and charset.
+    let mut owed: usize = match *verb {
+        b"SORT " => {
+            if message.get(i) == Some(&b'(') {
+                i += message[i..].iter().position(|&c| c == b')').map_or(message.len() - i, |p| p + 1);
+            }
+            1
+        }
+        b"THREAD " => 2,
+        _ => 0,
+    };
     while let Some(&b) = message.get(i) {
         match b {
+            b' ' | b'(' | b')' => i += 1,
             b'"' => {
+                owed = owed.saturating_sub(1);
                 // A quoted string, escapes included.
                 i += 1;
                 while let Some(&q) = message.get(i) {
@@ -138,6 +153,7 @@ fn replace_saved(message: &[u8]) -> Option<Vec<u8>> {
                 }
             }
             b'{' => {
+                owed = owed.saturating_sub(1);
                 // A literal: `{n}` or `{n+}`, CRLF, n bytes.
                 let close = message[i..].iter().position(|&c| c == b'}').map(|p| i + p);
                 let len = close.and_then(|c| {
@@ -149,13 +165,24 @@ fn replace_saved(message: &[u8]) -> Option<Vec<u8>> {
                     _ => i += 1,
                 }
             }
-            b'$' if matches!(message[i - 1], b' ' | b'(') && token_end(i + 1) => {
-                out.extend_from_slice(&message[copied..i]);
-                out.extend_from_slice(SAVED.to_string().as_bytes());
-                copied = i + 1;
-                i += 1;
+            _ => {
+                // An atom.
+                let len = message[i..]
+                    .iter()
+                    .position(|&c| matches!(c, b' ' | b'(' | b')' | b'\r' | b'"' | b'{'))
+                    .unwrap_or(message.len() - i);
+                let atom = &message[i..i + len];
+                if owed > 0 {
+                    owed -= 1;
+                } else if atom == b"$" && matches!(message[i - 1], b' ' | b'(') {
+                    out.extend_from_slice(&message[copied..i]);
+                    out.extend_from_slice(SAVED.to_string().as_bytes());
+                    copied = i + 1;
+                } else {
+                    owed = key_arguments(atom);
+                }
+                i += len.max(1);
             }
-            _ => i += 1,
         }
     }
     if copied == 0 {
@@ -163,6 +190,47 @@ fn replace_saved(message: &[u8]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&message[copied..]);
     Some(out)
+}
+
+/// How many arguments the search key `atom` takes (RFC 9051 §6.4.4 and the
+/// extensions': strings, numbers, dates); 0 for a key without any or one
+/// whose argument is itself a key.
+fn key_arguments(atom: &[u8]) -> usize {
+    const ONE: [&[u8]; 26] = [
+        b"BCC",
+        b"BODY",
+        b"CC",
+        b"FROM",
+        b"KEYWORD",
+        b"UNKEYWORD",
+        b"SUBJECT",
+        b"TEXT",
+        b"TO",
+        b"BEFORE",
+        b"ON",
+        b"SINCE",
+        b"SENTBEFORE",
+        b"SENTON",
+        b"SENTSINCE",
+        b"LARGER",
+        b"SMALLER",
+        b"OLDER",
+        b"YOUNGER",
+        b"CHARSET",
+        b"MODSEQ",
+        b"EMAILID",
+        b"THREADID",
+        b"SAVEDBEFORE",
+        b"SAVEDON",
+        b"SAVEDSINCE",
+    ];
+    if atom.eq_ignore_ascii_case(b"HEADER") {
+        2
+    } else if atom.eq_ignore_ascii_case(b"ANNOTATION") {
+        3
+    } else {
+        usize::from(ONE.iter().any(|k| atom.eq_ignore_ascii_case(k)) || atom.eq_ignore_ascii_case(b"FILTER"))
+    }
 }
 
 /// LIST `RETURN (…)` options.

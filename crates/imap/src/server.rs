@@ -161,6 +161,99 @@ async fn write_by<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], by: Insta
     }
 }
 
+/// Bytes inflated per call into the session: the same as one plain read,
+/// so inflated input meets the session's limits exactly as plain input
+/// does (a decompression bomb is framed and refused a read at a time,
+/// never held).
+const INFLATE_CHUNK_BYTES: usize = 4096;
+
+/// Bytes deflated before they are written: the compressor's output buffer
+/// is this size whatever the response.
+const DEFLATE_CHUNK_BYTES: usize = 16 * 1024;
+
+/// COMPRESS=DEFLATE (RFC 4978): raw DEFLATE (RFC 1951, no zlib header)
+/// both ways.
+struct Deflate {
+    inflate: flate2::Decompress,
+    deflate: flate2::Compress,
+    /// Compressed bytes read and not yet inflated: at most one read, as no
+    /// read is made while any are left.
+    pending: Vec<u8>,
+    /// The inflater may have more to give (stopped because the session
+    /// stopped reading, not because the input ran out).
+    more: bool,
+    /// The inflater reached the end of the client's stream.
+    ended: bool,
+}
+
+impl Deflate {
+    fn new(early: Vec<u8>) -> Deflate {
+        Deflate {
+            inflate: flate2::Decompress::new(false),
+            deflate: flate2::Compress::new(flate2::Compression::default(), false),
+            more: !early.is_empty(),
+            pending: early,
+            ended: false,
+        }
+    }
+
+    /// Inflates pending bytes into the session `INFLATE_CHUNK_BYTES` at a
+    /// time while it reads; what it does not take waits in `pending`, so an
+    /// inflated stream is held no more than a plain one is.
+    fn inflate_into(&mut self, session: &mut Session) -> std::io::Result<()> {
+        let mut chunk = [0u8; INFLATE_CHUNK_BYTES];
+        self.more = false;
+        while !self.ended {
+            if session.wants() != Wants::Read {
+                self.more = true;
+                break;
+            }
+            let (before_in, before_out) = (self.inflate.total_in(), self.inflate.total_out());
+            let status = self
+                .inflate
+                .decompress(&self.pending, &mut chunk, flate2::FlushDecompress::None)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let used = (self.inflate.total_in() - before_in) as usize;
+            let made = (self.inflate.total_out() - before_out) as usize;
+            self.pending.drain(..used);
+            self.ended = status == flate2::Status::StreamEnd;
+            if made > 0 {
+                session.receive_at(Instant::now(), &chunk[..made]);
+            }
+            if used == 0 && made == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deflates `bytes`, ending with a sync flush (the client has every byte
+/// of the batch without waiting for more), and writes it by `by` a chunk at
+/// a time.
+async fn write_deflated<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    z: &mut Deflate,
+    mut bytes: &[u8],
+    by: Instant,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(DEFLATE_CHUNK_BYTES);
+    loop {
+        chunk.clear();
+        let before_in = z.deflate.total_in();
+        let flush = if bytes.is_empty() { flate2::FlushCompress::Sync } else { flate2::FlushCompress::None };
+        z.deflate.compress_vec(bytes, &mut chunk, flush).map_err(std::io::Error::other)?;
+        bytes = &bytes[(z.deflate.total_in() - before_in) as usize..];
+        if !chunk.is_empty() {
+            write_by(stream, &chunk, by).await?;
+        }
+        // A sync flush is done once it leaves room in the buffer.
+        if bytes.is_empty() && flush == flate2::FlushCompress::Sync && chunk.len() < chunk.capacity() {
+            return Ok(());
+        }
+    }
+}
+
 /// Runs the session on `stream` until it wants to start TLS or close.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -168,6 +261,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     rx: &mut broadcast::Receiver<String>,
 ) -> std::io::Result<Wants> {
     let mut buf = [0u8; 4096];
+    let mut z: Option<Deflate> = None;
     loop {
         if let Some(e) = session.take_unexposed() {
             // The output reports a change: written once k peers hold it
@@ -185,11 +279,25 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 None => session.deadline(),
                 Some(_) => Instant::now() + session.shared.config.idle_timeout,
             };
-            write_by(stream, &session.take_output(), by).await?;
+            match &mut z {
+                Some(z) => write_deflated(stream, z, &session.take_output(), by).await?,
+                None => write_by(stream, &session.take_output(), by).await?,
+            }
         }
         let deadline = tokio::time::Instant::from_std(session.deadline());
         match session.wants() {
-            Wants::Read => {}
+            Wants::Read => {
+                if let Some(z) = z.as_mut().filter(|z| z.more) {
+                    tokio::task::block_in_place(|| z.inflate_into(session))?;
+                    continue;
+                }
+            }
+            Wants::Compress => {
+                // The OK went out plain; from here on both ways are DEFLATE
+                // (what the client sent after COMPRESS is already).
+                z = Some(Deflate::new(session.compress_started()));
+                continue;
+            }
             // A login waiting out its penalty, or a SELECT catching up with
             // its peers (it checks again after a short while): only this
             // connection waits, and the deadline still holds.
@@ -244,7 +352,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 // Store calls block (a commit waits for fsync), and so does
                 // verifying a password.
-                tokio::task::block_in_place(|| session.receive_at(Instant::now(), &buf[..n]));
+                match &mut z {
+                    Some(z) => {
+                        z.pending.extend_from_slice(&buf[..n]);
+                        tokio::task::block_in_place(|| z.inflate_into(session))?;
+                        if z.ended {
+                            // The client ended its DEFLATE stream: nothing more can come.
+                            return Ok(Wants::Close);
+                        }
+                    }
+                    None => tokio::task::block_in_place(|| session.receive_at(Instant::now(), &buf[..n])),
+                }
             }
             changed = rx.recv() => {
                 let ours = match &changed {

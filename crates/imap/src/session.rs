@@ -169,6 +169,10 @@ pub enum Wants {
     Read,
     /// Write the output, then start TLS and call [`Session::tls_started`].
     StartTls,
+    /// Write the output, then deflate everything written and inflate
+    /// everything read from here on (COMPRESS=DEFLATE, RFC 4978), and call
+    /// [`Session::compress_started`].
+    Compress,
     /// Write the output, then close the connection.
     Close,
     /// Write the output, then wait this long (reading nothing, without
@@ -304,7 +308,7 @@ pub struct Session {
     frag: Fragmentizer,
     /// Received bytes not yet given to the framer (the rest of one read, or
     /// what arrived while a login paused).
-    input: Vec<u8>,
+    pub(crate) input: Vec<u8>,
     /// Bytes of the literal being framed still to come, if one is.
     literal_left: Option<u32>,
     pub(crate) out: Vec<u8>,
@@ -316,7 +320,9 @@ pub struct Session {
     peer: IpAddr,
     loopback: bool,
     starttls_offered: bool,
-    wants: Wants,
+    /// COMPRESS=DEFLATE is on (a second COMPRESS is NO).
+    pub(crate) compressed: bool,
+    pub(crate) wants: Wants,
     errors: u32,
     /// Why the message being read will be refused (set when a limit is hit).
     refused: Option<String>,
@@ -382,6 +388,7 @@ impl Session {
             peer,
             loopback,
             starttls_offered: starttls && !tls,
+            compressed: false,
             wants: Wants::Read,
             errors: 0,
             refused: None,
@@ -683,6 +690,9 @@ impl Session {
     }
 
     fn command_bytes(&mut self, message: &[u8]) {
+        if self.compress_command(message) {
+            return;
+        }
         let mut lifted = extended::lift(message).unwrap_or_default();
         let rewritten = std::mem::take(&mut lifted.command);
         let input = if rewritten.is_empty() { message } else { &rewritten[..] };
@@ -735,7 +745,7 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    fn tagged(&mut self, tag: &str, status: &str, text: &str) {
+    pub(crate) fn tagged(&mut self, tag: &str, status: &str, text: &str) {
         self.out.extend_from_slice(format!("{tag} {status} {text}\r\n").as_bytes());
     }
 
@@ -770,6 +780,9 @@ impl Session {
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
              CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE",
         );
+        if self.account.is_some() && !self.compressed {
+            caps.push_str(" COMPRESS=DEFLATE");
+        }
         caps.push_str(&format!(" APPENDLIMIT={}", self.append_limit()));
         if self.account.is_none() {
             if self.starttls_offered {

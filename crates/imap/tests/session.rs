@@ -1528,6 +1528,19 @@ fn searchres_saves_a_result_for_later_commands() {
     c.append("Dest", "", "Subject: costs $ 5\r\n\r\nx\r\n");
     assert_eq!(c.search_line("SUBJECT \"$\""), "* SEARCH 7");
     assert_eq!(c.search_line("SUBJECT {1+}\r\n$"), "* SEARCH 7");
+    // An atom `$` where a search key takes a string, number or date is that
+    // atom, not the saved result (RFC 5182 §2.1: `$` only as a sequence set).
+    c.append("Dest", "", "Subject: code 4294967295\r\n\r\nx\r\n");
+    c.ok("t1 SEARCH RETURN (SAVE) ALL");
+    assert_eq!(c.search_line("SUBJECT $"), "* SEARCH 7");
+    assert_eq!(c.search_line("HEADER Subject $"), "* SEARCH 7");
+    assert_eq!(c.search_line("HEADER $ x"), "* SEARCH");
+    assert_eq!(c.search_line("NOT SUBJECT $ SUBJECT costs"), "* SEARCH");
+    assert_eq!(c.search_line("OR SUBJECT $ SUBJECT code"), "* SEARCH 7 8");
+    assert_eq!(c.search_line("SUBJECT \"$\" $"), "* SEARCH 7");
+    assert!(c.send("t2 SEARCH LARGER $").contains("t2 BAD"));
+    assert_eq!(line_of(&c.ok("t3 SORT (SUBJECT) UTF-8 SUBJECT $"), "* SORT"), "* SORT 7");
+    assert_eq!(line_of(&c.ok("t4 SORT (SUBJECT) UTF-8 $"), "* SORT").split(' ').count(), 2 + 8);
 }
 
 #[test]

@@ -132,6 +132,18 @@ fn imaplib_uses_the_extensions() {
     python_ok(&script, &args.map(String::from));
 }
 
+/// COMPRESS=DEFLATE from Python's imaplib (zlib, wbits=-15, over the
+/// socket: `tests/imap/imaplib_compress.py`) against a real node.
+#[test]
+fn imaplib_compresses() {
+    let root = tempfile::tempdir().unwrap();
+    let n = one_node(root.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/imaplib_compress.py");
+    let port = imap_port(&n).to_string();
+    let args = ["--host", "127.0.0.1", "--port", &port, "--user", "alice", "--password", "secret"];
+    python_ok(&script, &args.map(String::from));
+}
+
 /// mbsync (isync) syncs a server mailbox to a local Maildir and back, flags included.
 #[test]
 fn mbsync_round_trip() {

@@ -2,5 +2,6 @@
 //! them. The older commands still live in `session.rs` and `selected.rs`.
 
 pub(crate) mod append;
+pub(crate) mod compress;
 pub(crate) mod sort;
 pub(crate) mod thread;
