@@ -10,8 +10,8 @@
 //!   only since the last pass is not counted yet);
 //! - *bodies*: every body named by a live message this node made (under
 //!   its own replica id or a copy's, `Store::replica_id`) — mail delivered
-//!   or appended here, the only bodies that may exist nowhere else — that
-//!   same peer has said it holds (its `Held` frames, in memory since this
+//!   or appended here, the only bodies that may exist nowhere else — some
+//!   pinned peer of the account has said it holds (its `Held` frames, in memory since this
 //!   node started: after a restart, a peer must fetch again or the check
 //!   refuses). Bodies of other replicas' messages came from elsewhere. A
 //!   deleted account skips this part: nobody can read its mail anywhere.
@@ -52,7 +52,8 @@ pub fn pinned_for(peers: &[Peer], account: &str) -> Vec<ReplicaId> {
 }
 
 /// Whether forgetting `account` here loses nothing (see the module notes):
-/// `Ok` with a pinned peer that holds all of it, or why not.
+/// `Ok` with a pinned peer that holds all its ops (each body of mail made
+/// here held by some pinned peer), or why not.
 pub fn safety(store: &Store, account: &str, pinned: &[ReplicaId]) -> Result<ReplicaId, String> {
     let mine = store.version(account).map_err(|e| e.to_string())?;
     if pinned.is_empty() {
@@ -61,31 +62,40 @@ pub fn safety(store: &Store, account: &str, pinned: &[ReplicaId]) -> Result<Repl
     let acks = store.peer_acks(account).map_err(|e| e.to_string())?;
     let deleted = store.is_deleted(account).map_err(|e| e.to_string())?;
     let local = if deleted { Vec::new() } else { bodies_made_here(store, account)? };
+    // The ops: one peer holds them all.
     let mut why = Vec::new();
+    let mut covering = None;
     for p in pinned {
         let short = short_id(*p);
-        let Some((_, ack)) = acks.iter().find(|(id, _)| id == p) else {
-            why.push(format!("peer {short} has acknowledged nothing yet"));
-            continue;
-        };
-        let lacks = mine.lacking_in(&ack.vv);
-        if lacks > 0 {
-            why.push(format!("peer {short} has not acknowledged {lacks} ops held here"));
-            continue;
+        match acks.iter().find(|(id, _)| id == p) {
+            None => why.push(format!("peer {short} has acknowledged nothing yet")),
+            Some((_, ack)) => match mine.lacking_in(&ack.vv) {
+                0 => {
+                    covering = Some(*p);
+                    break;
+                }
+                lacks => why.push(format!("peer {short} has not acknowledged {lacks} ops held here")),
+            },
         }
-        if !local.is_empty() {
-            let e = Exposure { account: account.to_string(), upto: 0, bodies: local.clone() };
-            if store.holders(&e, &[*p]).is_empty() {
-                why.push(format!(
-                    "peer {short} has not said it holds all {} bodies of mail made here (since this node started)",
-                    local.len()
-                ));
-                continue;
-            }
-        }
-        return Ok(*p);
     }
-    Err(why.join("; "))
+    let Some(peer) = covering else { return Err(why.join("; ")) };
+    // The bodies of mail made here: each held by some pinned peer (the
+    // first to fetch one from here said so; another may have it from
+    // that one).
+    let unheld = local
+        .iter()
+        .filter(|b| {
+            let e = Exposure { account: account.to_string(), upto: 0, bodies: vec![**b] };
+            store.holders(&e, pinned).is_empty()
+        })
+        .count();
+    if unheld > 0 {
+        return Err(format!(
+            "{unheld} of {} bodies of mail made here: no pinned peer has said it holds them (since this node started)",
+            local.len()
+        ));
+    }
+    Ok(peer)
 }
 
 fn short_id(p: ReplicaId) -> String {

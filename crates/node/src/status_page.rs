@@ -687,10 +687,11 @@ mod tests {
         let (mut st, accounts) = status();
         let brief = |peer: String, up| LinkBrief { peer, up, peer_lacks: Some(4), bytes_out: 10, ..Default::default() };
         // b reports b–c (down) and b–a (this node's own link: not drawn
-        // again); c reports c–b too (drawn once) and c–e (e unknown here).
+        // again); c, in an older report, c–b up (the fresher report of the
+        // pair wins: drawn once, down) and c–e (e unknown here).
         st.remote_links = vec![
+            RemoteLinks { node_id: id('c'), age_secs: 5, links: vec![brief(id('b'), true), brief(id('e'), true)] },
             RemoteLinks { node_id: id('b'), age_secs: 2, links: vec![brief(id('c'), false), brief(id('a'), true)] },
-            RemoteLinks { node_id: id('c'), age_secs: 1, links: vec![brief(id('b'), false), brief(id('e'), true)] },
         ];
         let v = view(&st, "x", &accounts, &LinkLog::default(), 0);
         let others: Vec<_> = v.links.iter().filter(|l| l.reported_by != id('a')).collect();
