@@ -245,7 +245,7 @@ fn round(node: &Node, cluster: &Cluster, replace_after: Duration) {
         };
         let d = decide(&view, &account, &placement);
         for id in &d.add {
-            place(node, &account, *id, &view);
+            place(node, &account, *id);
         }
         for id in &d.gone {
             match node.book.drop_account(&account, Some(id)) {
@@ -276,16 +276,18 @@ fn extend(node: &Node, id: NodeId, account: &str, why: &str) {
 }
 
 /// As the coordinator: adds `id` to the account's replicas.
-fn place(node: &Node, account: &str, id: NodeId, view: &View) {
+fn place(node: &Node, account: &str, id: NodeId) {
     if node.book.get(&id).is_some_and(|p| !p.accounts.iter().any(|a| a == account)) {
         extend(node, id, account, "the node placed there");
     }
+    // Every peer this node syncs the account with, nodes added this round
+    // before `id` included (they are pinned for it already): nodes placed
+    // together learn each other.
     let holders: Vec<([u8; 32], SocketAddr)> = node
         .book
         .list()
         .iter()
         .filter(|p| p.id != id && p.accounts.iter().any(|a| a == account))
-        .filter(|p| view.live.get(&p.id).is_some_and(|a| a.iter().any(|x| x == account)))
         .take(PLACE_HOLDERS_MAX)
         .map(|p| (p.id.0, p.addr))
         .collect();
@@ -307,18 +309,25 @@ pub fn placed_elsewhere(node: &Node, from: NodeId, msg: PlaceMessage) {
     if !trusted || !held(&node.store).contains(&msg.account) {
         return;
     }
+    pin_named(node, from, msg, "a node placed by a holder");
+}
+
+/// Pins the nodes `msg` names for its account, on the word of `from`: a
+/// pinned one synced it too, a new one pinned for it (at most
+/// [`PLACE_HOLDERS_MAX`]).
+fn pin_named(node: &Node, from: NodeId, msg: PlaceMessage, why: &str) {
     for (id, addr) in msg.holders.into_iter().take(PLACE_HOLDERS_MAX) {
         let id = NodeId(id);
-        if id == node.me || node.book.is_revoked(&id) {
+        if id == node.me || id == from || node.book.is_revoked(&id) {
             continue;
         }
         match node.book.get(&id) {
             Some(p) if p.accounts.contains(&msg.account) => {}
-            Some(_) => extend(node, id, &msg.account, "a node placed by a holder"),
+            Some(_) => extend(node, id, &msg.account, why),
             None => {
                 let peer = Peer { id, addr, accounts: vec![msg.account.clone()], policy: BodyPolicy::full() };
                 if let Err(e) = node.pin_introduced(peer) {
-                    tracing::warn!(peer = %id, "pinning a node placed by a holder: {e}");
+                    tracing::warn!(peer = %id, "pinning {why}: {e}");
                 }
             }
         }
@@ -339,25 +348,11 @@ pub fn placed(node: &Node, from: NodeId, msg: PlaceMessage) {
     if node.book.get(&from).is_some_and(|p| !p.accounts.contains(&msg.account)) {
         extend(node, from, &msg.account, "the node that placed it here");
     }
-    for (id, addr) in msg.holders {
-        let id = NodeId(id);
-        if id == node.me || id == from || node.book.is_revoked(&id) {
-            continue;
-        }
-        match node.book.get(&id) {
-            Some(p) if p.accounts.contains(&msg.account) => {}
-            Some(_) => extend(node, id, &msg.account, "a holder named by the placing node"),
-            None => {
-                let peer = Peer { id, addr, accounts: vec![msg.account.clone()], policy: BodyPolicy::full() };
-                if let Err(e) = node.pin_introduced(peer) {
-                    tracing::warn!(peer = %id, "pinning a holder named by the placing node: {e}");
-                }
-            }
-        }
-    }
-    if fresh && held(&node.store).contains(&msg.account) {
-        tracing::info!(account = msg.account.as_str(), by = %from, "account placed here");
-        println!("account {} placed here by {from}", msg.account);
+    let account = msg.account.clone();
+    pin_named(node, from, msg, "a holder named by the placing node");
+    if fresh && held(&node.store).contains(&account) {
+        tracing::info!(account = account.as_str(), by = %from, "account placed here");
+        println!("account {account} placed here by {from}");
     }
 }
 
