@@ -92,8 +92,10 @@ use std::time::{Duration, Instant};
 /// bodies may travel in the sender's stored form, [`Shipped::Packed`]; 5:
 /// a snapshot travels in parts of [`SNAPSHOT_PART_BYTES`]; 6: `Held`, the
 /// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it;
-/// 7: ops may be `OpBody::Forced`, snapshots carry forced claims).
-pub const PROTOCOL_VERSION: u16 = 9;
+/// 7: ops may be `OpBody::Forced`, snapshots carry forced claims; 10:
+/// each side sends its `Have`s right behind its `Hello`, not in answer to
+/// the peer's, saving a round trip before the first ops).
+pub const PROTOCOL_VERSION: u16 = 10;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -652,6 +654,9 @@ pub struct Session {
     accounts: BTreeMap<String, AccountState>,
     /// Accounts shared after the handshake.
     shared: BTreeSet<String>,
+    /// Accounts the peer named that we do not sync with it: its opening
+    /// `Have` for one of them is ignored, anything else about it refused.
+    theirs_only: BTreeSet<String>,
     transmit: VecDeque<Vec<u8>>,
     transmit_bytes: usize,
     /// `Blob` frames, sent apart so a large body never holds up metadata.
@@ -697,6 +702,7 @@ impl Session {
             peer: None,
             accounts,
             shared: BTreeSet::new(),
+            theirs_only: BTreeSet::new(),
             transmit: VecDeque::new(),
             transmit_bytes: 0,
             transmit_blobs: VecDeque::new(),
@@ -715,6 +721,20 @@ impl Session {
         let hello =
             Frame::Hello { version: PROTOCOL_VERSION, node: me, accounts: s.accounts.keys().cloned().collect() };
         s.queue(&hello);
+        // Our `Have`s go right behind, before we know which accounts the
+        // peer shares: a peer holding what we lack can send its first chunk
+        // as soon as our opening arrives, a round trip sooner than if it
+        // waited for a `Have` answering its `Hello`. (The accounts named
+        // are the ones authorized for this peer, so their vectors may go
+        // to it; it ignores those it does not share.)
+        let haves: Vec<Frame> = s
+            .accounts
+            .iter()
+            .map(|(a, st)| Frame::Have { account: a.clone(), vv: st.local.clone(), chunks: 0, probe: 0 })
+            .collect();
+        for f in &haves {
+            s.queue(f);
+        }
         s
     }
 
@@ -813,19 +833,19 @@ impl Session {
                 }
                 self.peer = Some(node);
                 self.phase = Phase::Open;
-                let theirs: BTreeSet<String> = accounts.into_iter().collect();
-                self.shared = self.accounts.keys().filter(|a| theirs.contains(*a)).cloned().collect();
+                let (shared, theirs_only) = accounts.into_iter().partition(|a| self.accounts.contains_key(a));
+                (self.shared, self.theirs_only) = (shared, theirs_only);
                 self.events.push_back(Event::Open { peer: node, accounts: self.shared.iter().cloned().collect() });
-                for a in self.shared.clone() {
-                    let vv = self.accounts[&a].local.clone();
-                    self.queue(&Frame::Have { account: a, vv, chunks: 0, probe: 0 });
-                }
                 Ok(())
             }
             (Phase::AwaitHello, _) => self.close(SessionError::Protocol("frame before hello".into())),
             (Phase::Open, Frame::Hello { .. }) => self.close(SessionError::Protocol("second hello".into())),
             (Phase::Open, Frame::Have { account, vv, chunks, probe }) => {
                 if !self.shared.contains(&account) {
+                    // Its opening `Have` of an account only it named.
+                    if chunks == 0 && probe == 0 && self.theirs_only.remove(&account) {
+                        return Ok(());
+                    }
                     return self.close(SessionError::Unauthorized(account));
                 }
                 let st = self.accounts.get_mut(&account).expect("shared account");

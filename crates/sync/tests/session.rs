@@ -134,14 +134,38 @@ fn a_change_is_pushed_within_one_round_trip() {
 }
 
 #[test]
+fn the_first_ops_answer_the_peers_opening() {
+    // B holds what A lacks. A's opening flight (hello and have) is all B
+    // needs: B's first flight back already carries the ops, so they reach
+    // A one round trip after A opened, not two.
+    let mut a = Peer::new(1, 2, &["a"]);
+    let mut b = Peer::new(2, 1, &["a"]);
+    b.local(|r| {
+        r.append(INBOX, BlobId::of(b"b"), 10, 0, vec![]).unwrap();
+    });
+    while let Some(f) = a.session.poll_transmit() {
+        b.session.handle_frame(&f).unwrap();
+    }
+    b.drive();
+    let flight: Vec<Frame> =
+        std::iter::from_fn(|| b.session.poll_transmit()).map(|f| Frame::decode(&f).unwrap()).collect();
+    assert!(flight.iter().any(|f| matches!(f, Frame::Ops { .. })), "{flight:?}");
+    for f in &flight {
+        a.session.handle_frame(&f.encode()).unwrap();
+    }
+    a.drive();
+    assert_eq!(a.replica.message_count(), 1);
+}
+
+#[test]
 fn wrong_peer_is_refused() {
     let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
     let mut mallory = Session::new(ReplicaId(66), None, [("a".to_string(), VersionVector::new())]);
     let hello = mallory.poll_transmit().unwrap();
     assert_eq!(a.handle_frame(&hello), Err(SessionError::WrongPeer(ReplicaId(66))));
     assert!(a.is_closed());
-    let _ = a.poll_transmit(); // our own hello
-    let refusal = a.poll_transmit().unwrap();
+    // Behind our own hello and have.
+    let refusal = std::iter::from_fn(|| a.poll_transmit()).last().unwrap();
     assert!(matches!(Frame::decode(&refusal), Ok(Frame::Refused { .. })));
     assert!(matches!(mallory.handle_frame(&refusal), Err(SessionError::Refused(_))));
 }
@@ -158,6 +182,22 @@ fn peer_cannot_touch_an_account_it_is_not_authorized_for() {
     a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
     let ev = a.poll_event().unwrap();
     assert_eq!(ev, Event::Open { peer: ReplicaId(2), accounts: vec!["a".to_string()] });
+    // Its opening haves (of "a" and of "b", which it named) are taken;
+    // another `Have` of "b" is not.
+    while let Some(f) = b.poll_transmit() {
+        a.handle_frame(&f).unwrap();
+    }
+    let have = Frame::Have { account: "b".into(), vv: VersionVector::new(), chunks: 0, probe: 0 }.encode();
+    assert_eq!(a.handle_frame(&have), Err(SessionError::Unauthorized("b".into())));
+    // Nor, in a new session, a forged Ops frame of "b".
+    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
+    let mut b = Session::new(
+        ReplicaId(2),
+        Some(ReplicaId(1)),
+        [("a".to_string(), VersionVector::new()), ("b".to_string(), VersionVector::new())],
+    );
+    a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
+    assert!(matches!(a.poll_event(), Some(Event::Open { .. })));
     // A forged Ops frame for "b" closes the session without any Ops event.
     let forged = Frame::Ops { account: "b".into(), batch: starling_model::codec::encode(&[], true) }.encode();
     assert_eq!(a.handle_frame(&forged), Err(SessionError::Unauthorized("b".into())));
