@@ -35,6 +35,7 @@ fn shared() -> &'static Arc<Shared> {
 fuzz_target!(|data: &[u8]| {
     let mut s = Session::new(shared().clone(), false, true, true);
     s.receive(b"a LOGIN alice pw\r\nb SELECT INBOX\r\n");
+    s.verify_now();
     s.take_output();
     s.receive(data);
     let out = s.take_output();

@@ -19,7 +19,13 @@
 //!     and the penalty (the password was proven right); the plaintext is never
 //!     kept; a changed password changes the stored credential, so the old
 //!     entries can never match again.
-//!   - a bound on Argon2 runs at once (each takes ~19 MiB and a core).
+//!   - a **pool of its own** for Argon2 (each run takes ~19 MiB and a core
+//!     for tens of milliseconds): `verify_parallel` threads take attempts
+//!     from one queue in the order they came (so a burst of logins is served
+//!     first come, first served, and the async workers that run every
+//!     other session's commands never run Argon2). The queue holds at most
+//!     `verify_queue`; past it an attempt is refused at once ([`Busy`]) rather
+//!     than left to wait without end.
 //!
 //! Every table has a size bound set by the configuration, never by input.
 //! Time is a parameter (`now`), so the rules are tested without sleeping.
@@ -30,7 +36,8 @@ use argon2::Argon2;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Condvar, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Hashes a password for [`starling_store::Store::set_credential`].
@@ -80,8 +87,12 @@ pub struct GuardLimits {
     pub cache_entries: usize,
     /// A cached verification is trusted this long.
     pub cache_ttl: Duration,
-    /// Argon2 verifications running at once at most (more wait their turn).
+    /// Argon2 verifications running at once at most: the threads of the
+    /// guard's pool.
     pub verify_parallel: usize,
+    /// Verifications waiting for a thread of the pool at most; one more is
+    /// refused ([`Busy`]).
+    pub verify_queue: usize,
 }
 
 impl Default for GuardLimits {
@@ -94,6 +105,7 @@ impl Default for GuardLimits {
             cache_entries: 10_000,
             cache_ttl: Duration::from_secs(60 * 60),
             verify_parallel: 4,
+            verify_queue: 1024,
         }
     }
 }
@@ -176,14 +188,47 @@ pub struct Guard {
     /// Random per process: cache and table keys mean nothing elsewhere.
     key: [u8; 32],
     tables: Mutex<Tables>,
-    /// Argon2 runs that may still start.
-    slots: Mutex<usize>,
-    slot_freed: Condvar,
+    /// Attempts for the pool's threads, in the order they came.
+    queue: SyncSender<Job>,
+}
+
+/// A verification for the pool: the stored credential (none: the dummy
+/// run), the password, and what to do with the answer.
+type Job = (Option<String>, Vec<u8>, Box<dyn FnOnce(bool) + Send>);
+
+/// The pool's queue was full: the attempt was not verified.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Busy;
+
+/// One thread of the pool: verifies until the guard is dropped.
+fn verifier(jobs: Arc<Mutex<Receiver<Job>>>) {
+    loop {
+        // The lock is held only to take the next job, in queue order.
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((credential, password, done)) = job else { return };
+        let ok = match credential {
+            Some(c) => verify_password(&c, &password),
+            None => {
+                let _ = verify_password(DUMMY_HASH, &password);
+                false
+            }
+        };
+        done(ok);
+    }
 }
 
 impl Guard {
     /// A guard with nothing recorded.
     pub fn new(limits: GuardLimits) -> Guard {
+        let (queue, jobs) = sync_channel(limits.verify_queue);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..limits.verify_parallel.max(1) {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || verifier(jobs))
+                .expect("starting a password verification thread");
+        }
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         Guard {
@@ -194,8 +239,7 @@ impl Guard {
                 by_account: Bounded::new(limits.penalty_entries, limits.forget),
                 cache: Bounded::new(limits.cache_entries, limits.cache_ttl),
             }),
-            slots: Mutex::new(limits.verify_parallel.max(1)),
-            slot_freed: Condvar::new(),
+            queue,
         }
     }
 
@@ -253,27 +297,36 @@ impl Guard {
         doubled.min(self.limits.delay_max)
     }
 
-    /// Verifies `password` against `credential`, or against the dummy hash
-    /// when there is none (then always false, at the same cost). Blocks
-    /// while `verify_parallel` others run.
-    pub fn verify(&self, credential: Option<&str>, password: &[u8]) -> bool {
-        {
-            let mut free = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            while *free == 0 {
-                free = self.slot_freed.wait(free).unwrap_or_else(|p| p.into_inner());
-            }
-            *free -= 1;
+    /// Queues the verification of `password` against `credential`, or
+    /// against the dummy hash when there is none (then always false, at the
+    /// same cost), for the pool; `done` gets the answer on a pool thread.
+    /// Refused at once if `verify_queue` attempts wait already.
+    pub fn verify_then(
+        &self,
+        credential: Option<String>,
+        password: Vec<u8>,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) -> Result<(), Busy> {
+        match self.queue.try_send((credential, password, Box::new(done))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Busy),
+            Err(TrySendError::Disconnected(_)) => unreachable!("the pool lives as long as its guard"),
         }
-        let ok = match credential {
-            Some(c) => verify_password(c, password),
-            None => {
-                let _ = verify_password(DUMMY_HASH, password);
-                false
-            }
-        };
-        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.slot_freed.notify_one();
-        ok
+    }
+
+    /// The same, waiting for the answer (and for room in the queue):
+    /// for callers off the async workers, and tests.
+    pub fn verify(&self, credential: Option<&str>, password: &[u8]) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: Job = (
+            credential.map(str::to_string),
+            password.to_vec(),
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+        );
+        self.queue.send(job).expect("the pool lives as long as its guard");
+        rx.recv().expect("a pool thread answers every job")
     }
 
     /// Records a failed attempt.
@@ -400,6 +453,36 @@ mod tests {
         off.succeeded(t0, ip("192.0.2.2"), "b", "$c", b"pw");
         assert_eq!(off.penalty(t0, ip("192.0.2.1"), "a"), Duration::ZERO);
         assert!(!off.cached(t0, "b", "$c", b"pw"));
+    }
+
+    #[test]
+    fn the_pool_serves_in_order_and_refuses_past_its_queue() {
+        let g = Guard::new(GuardLimits { verify_parallel: 1, verify_queue: 3, ..GuardLimits::default() });
+        let h = hash_password("pw");
+        let (order_tx, order) = std::sync::mpsc::channel();
+        // The one thread is held by the first job's answer until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let tx = order_tx.clone();
+        g.verify_then(Some(h.clone()), b"pw".to_vec(), move |ok| {
+            started_tx.send(()).unwrap();
+            held.recv().unwrap();
+            tx.send((0, ok)).unwrap();
+        })
+        .unwrap();
+        started.recv().unwrap();
+        for i in 1..=3 {
+            let tx = order_tx.clone();
+            let pw = if i == 2 { b"wrong".to_vec() } else { b"pw".to_vec() };
+            g.verify_then(Some(h.clone()), pw, move |ok| tx.send((i, ok)).unwrap()).unwrap();
+        }
+        // The queue (3) is full: one more is refused at once, unverified.
+        assert_eq!(g.verify_then(Some(h.clone()), b"pw".to_vec(), |_| panic!("not verified")), Err(Busy));
+        release.send(()).unwrap();
+        let answers: Vec<(i32, bool)> = order.iter().take(4).collect();
+        assert_eq!(answers, vec![(0, true), (1, true), (2, false), (3, true)]);
+        // With room again, attempts are taken.
+        assert!(g.verify(Some(&h), b"pw"));
     }
 
     #[test]

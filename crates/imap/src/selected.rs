@@ -1355,6 +1355,7 @@ mod tests {
         }
         input.extend_from_slice(b"s SELECT INBOX\r\n");
         s.receive(&input);
+        s.verify_now();
         let out = String::from_utf8_lossy(&s.take_output()).into_owned();
         assert!(out.contains(&format!("* {N} EXISTS")) && out.contains("s OK"), "{out}");
         let reported = |s: &Session| s.selected.as_ref().expect("selected").reported.len();
@@ -1373,6 +1374,7 @@ mod tests {
             format!("o1 LOGIN alice pw\r\no2 SELECT INBOX\r\no3 STORE {N} +FLAGS (\\Deleted)\r\no4 EXPUNGE\r\n")
                 .as_bytes(),
         );
+        other.verify_now();
         assert!(String::from_utf8_lossy(&other.take_output()).contains("o4 OK"));
         s.receive(b"t STORE 1:* +FLAGS (\\Flagged)\r\n");
         assert!(String::from_utf8_lossy(&s.take_output()).contains("t OK"));

@@ -306,9 +306,33 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 tokio::time::sleep_until(until).await;
                 let now = Instant::now();
                 session.handle_timeout(now);
-                // Verifying runs Argon2, a SELECT reads the store: off the
-                // async workers' backs.
+                // A SELECT reads the store: off the async workers' backs.
                 tokio::task::block_in_place(|| session.resume(now));
+                continue;
+            }
+            // Argon2 runs on the guard's own threads; this connection
+            // waits for the answer without holding a worker (the deadline
+            // still holds).
+            Wants::Verify => {
+                let valid = match session.verify_job() {
+                    None => None,
+                    Some((credential, password)) => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        match session.shared.guard.verify_then(credential, password, move |ok| {
+                            let _ = tx.send(ok);
+                        }) {
+                            Err(crate::auth::Busy) => None,
+                            Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                                Ok(answer) => Some(answer.expect("a pool thread answers every job")),
+                                Err(_) => {
+                                    session.handle_timeout(Instant::now());
+                                    continue;
+                                }
+                            },
+                        }
+                    }
+                };
+                tokio::task::block_in_place(|| session.verified(Instant::now(), valid));
                 continue;
             }
             // A FETCH answering in parts: the part just written, the next now.

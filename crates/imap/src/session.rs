@@ -179,6 +179,12 @@ pub enum Wants {
     /// holding up other connections) and call [`Session::resume`]. A login
     /// attempt waiting out its penalty.
     Pause(Duration),
+    /// Write the output, then have the login in [`Session::verify_job`]
+    /// verified by the guard's password pool ([`crate::auth::Guard::verify_then`],
+    /// never on a thread that serves other sessions) and give the answer to
+    /// [`Session::verified`]; reading nothing meanwhile.
+    /// ([`Session::verify_now`] does both, blocking: for tests.)
+    Verify,
     /// Write the output, ask for the bodies in [`Session::wanted_bodies`]
     /// (calling [`Session::nobody_to_ask`] if no peer can be asked), then
     /// call [`Session::resume`] when the account changes or after this long
@@ -281,11 +287,15 @@ pub(crate) struct FetchParts {
 /// How often a parked SELECT checks again whether it caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
-/// A login waiting out its penalty ([`Wants::Pause`]).
+/// A login waiting out its penalty ([`Wants::Pause`]) or its verification
+/// ([`Wants::Verify`]).
 struct PendingLogin {
     tag: String,
     user: String,
     password: Vec<u8>,
+    /// The stored credential handed to the pool (the cache keys on the
+    /// one checked, whatever was stored meanwhile).
+    credential: Option<String>,
 }
 
 /// One IMAP connection.
@@ -520,8 +530,10 @@ impl Session {
         }
         self.wants = Wants::Read;
         self.now = now;
-        if let Some(p) = self.pending_login.take() {
-            self.verify_login(&p.tag, &p.user, &p.password);
+        if self.pending_login.is_some() {
+            // The penalty is over: on to the pool.
+            self.wants = Wants::Verify;
+            return;
         }
         if let Some(command) = self.bodies.parked.take() {
             self.command_bytes(&command);
@@ -1001,32 +1013,68 @@ impl Session {
             }
         }
         let wait = guard.penalty(self.now, self.peer, user);
-        if !wait.is_zero() {
-            self.pending_login =
-                Some(PendingLogin { tag: tag.to_string(), user: user.to_string(), password: password.to_vec() });
-            self.wants = Wants::Pause(wait);
-            return;
-        }
-        self.verify_login(tag, user, password);
+        self.pending_login = Some(PendingLogin {
+            tag: tag.to_string(),
+            user: user.to_string(),
+            password: password.to_vec(),
+            credential: None,
+        });
+        self.wants = if wait.is_zero() { Wants::Verify } else { Wants::Pause(wait) };
     }
 
-    /// Verifies a login with Argon2 (a dummy run for an account without a
-    /// credential) and answers it.
-    fn verify_login(&mut self, tag: &str, user: &str, password: &[u8]) {
-        let credential = self.shared.store.credential(user).ok().flatten();
+    /// After [`Wants::Verify`]: what the pool is to check, the account's
+    /// stored credential (none: the dummy run, an unknown name costs the
+    /// same) and the password. `None` if nothing waits (the session timed
+    /// out meanwhile).
+    pub fn verify_job(&mut self) -> Option<(Option<String>, Vec<u8>)> {
+        if self.wants != Wants::Verify {
+            return None;
+        }
+        let p = self.pending_login.as_mut()?;
+        p.credential = self.shared.store.credential(&p.user).ok().flatten();
+        Some((p.credential.clone(), p.password.clone()))
+    }
+
+    /// The pool's answer for [`Session::verify_job`]: `Some(valid)`, or
+    /// `None` if its queue was full (the login is refused, to try again
+    /// later). Answers the login and goes on with the input received
+    /// meanwhile. Does nothing if no login waits for it.
+    pub fn verified(&mut self, now: Instant, valid: Option<bool>) {
+        if self.wants != Wants::Verify {
+            return;
+        }
+        self.wants = Wants::Read;
+        let Some(p) = self.pending_login.take() else { return };
+        self.now = now;
         let guard = &self.shared.guard;
-        let r = if guard.verify(credential.as_deref(), password) {
-            guard.succeeded(self.now, self.peer, user, credential.as_deref().unwrap_or_default(), password);
-            self.logged_in(user)
-        } else {
-            guard.failed(self.now, self.peer, user);
-            // For fail2ban and the like. The name is the client's: quoted
-            // and escaped (Debug), and cut short.
-            let shown: String = user.chars().take(64).collect();
-            tracing::info!(client = %self.peer, user = ?shown, "IMAP login failed");
-            Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()))
+        let r = match valid {
+            None => Err(Fail::No("[UNAVAILABLE] too many logins being verified; try again shortly".into())),
+            Some(true) => {
+                guard.succeeded(now, self.peer, &p.user, p.credential.as_deref().unwrap_or_default(), &p.password);
+                self.logged_in(&p.user)
+            }
+            Some(false) => {
+                guard.failed(now, self.peer, &p.user);
+                // For fail2ban and the like. The name is the client's: quoted
+                // and escaped (Debug), and cut short.
+                let shown: String = p.user.chars().take(64).collect();
+                tracing::info!(client = %self.peer, user = ?shown, "IMAP login failed");
+                Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()))
+            }
         };
-        self.finish(tag, r);
+        self.finish(&p.tag, r);
+        self.process();
+    }
+
+    /// [`Wants::Verify`] answered on this thread, waiting for the pool: for
+    /// tests and the fuzzer (the server uses [`Session::verified`] without
+    /// blocking a worker).
+    pub fn verify_now(&mut self) {
+        if let Some((credential, password)) = self.verify_job() {
+            let ok = self.shared.guard.verify(credential.as_deref(), &password);
+            // At the time the login came (tests drive time by hand).
+            self.verified(self.now, Some(ok));
+        }
     }
 
     /// The password was right: takes a place among the account's sessions.

@@ -467,6 +467,8 @@ fn deadlines_count_from_the_start_and_from_the_last_command() {
 
     let mut b = Session::accepted(srv.shared.clone(), t0, "192.0.2.2".parse().unwrap(), true, false);
     b.receive_at(s(10), b"l LOGIN alice pw\r\n");
+    assert_eq!(b.wants(), Wants::Verify);
+    b.verify_now();
     assert!(String::from_utf8_lossy(&b.take_output()).contains("l OK"));
     assert_eq!(b.deadline(), s(10 + 1800));
     b.receive_at(s(100), b"n NOOP\r\n");
@@ -493,11 +495,15 @@ fn a_penalised_login_pauses_and_resumes() {
     let mut a = Session::accepted(srv.shared.clone(), t0, ip, true, false);
     a.take_output();
     a.receive_at(t0, b"a LOGIN alice wrong\r\n");
+    a.verify_now();
     assert!(String::from_utf8_lossy(&a.take_output()).contains("a NO [AUTHENTICATIONFAILED]"));
     a.receive_at(t0, b"b LOGIN alice pw\r\nc NOOP\r\n");
     assert_eq!(a.wants(), Wants::Pause(Duration::from_millis(500)));
     assert!(a.take_output().is_empty(), "nothing answered before the pause");
     a.resume(t0 + Duration::from_millis(500));
+    assert_eq!(a.wants(), Wants::Verify, "verified after the pause, by the pool");
+    assert!(a.take_output().is_empty());
+    a.verify_now();
     let out = String::from_utf8_lossy(&a.take_output()).into_owned();
     assert!(out.contains("b OK") && out.contains("c OK"), "{out}");
     // Success cleared the penalty and cached the verification.
@@ -506,6 +512,45 @@ fn a_penalised_login_pauses_and_resumes() {
     assert_eq!(b.wants(), Wants::Read);
     assert!(String::from_utf8_lossy(&b.take_output()).contains("d OK"));
     assert_eq!(srv.shared.auth_table_sizes(), (0, 0, 1));
+}
+
+/// A login the password pool had no room for (its queue full: `Busy`) is
+/// refused with `NO [UNAVAILABLE]`, unverified and without a penalty, and
+/// the session goes on with what was pipelined behind it; a login that
+/// timed out while the pool had it is answered by nobody.
+#[test]
+fn a_login_past_the_verification_queue_is_refused_and_the_session_goes_on() {
+    let srv = server();
+    let t0 = Instant::now();
+    let ip = "192.0.2.1".parse().unwrap();
+    let mut a = Session::accepted(srv.shared.clone(), t0, ip, true, false);
+    a.take_output();
+    a.receive_at(t0, b"a LOGIN alice pw\r\nb NOOP\r\n");
+    assert_eq!(a.wants(), Wants::Verify);
+    assert!(a.take_output().is_empty(), "nothing answered before the verification");
+    let (credential, password) = a.verify_job().unwrap();
+    assert!(credential.unwrap().starts_with("$argon2id$") && password == b"pw");
+    a.verified(t0, None);
+    let out = String::from_utf8_lossy(&a.take_output()).into_owned();
+    assert!(out.contains("a NO [UNAVAILABLE]") && out.contains("b OK"), "{out}");
+    assert_eq!(a.wants(), Wants::Read);
+    assert_eq!(srv.shared.auth_table_sizes(), (0, 0, 0), "no penalty, nothing cached");
+    // Again, now with room: logged in.
+    a.receive_at(t0, b"c LOGIN alice pw\r\n");
+    a.verify_now();
+    assert!(String::from_utf8_lossy(&a.take_output()).contains("c OK"));
+    // A session past its deadline while the pool had its login: the late
+    // answer does nothing.
+    let mut b = Session::accepted(srv.shared.clone(), t0, ip, true, false);
+    b.take_output();
+    b.receive_at(t0, b"d LOGIN alice other\r\n");
+    assert_eq!(b.wants(), Wants::Verify, "not in the cache");
+    b.handle_timeout(b.deadline());
+    assert_eq!(b.wants(), Wants::Close);
+    assert!(b.verify_job().is_none());
+    b.verified(t0, Some(true));
+    assert!(!String::from_utf8_lossy(&b.take_output()).contains("d OK"));
+    assert!(b.account().is_none());
 }
 
 /// The cache answers a correct login without Argon2, and a new password

@@ -164,6 +164,7 @@ pub struct Imap {
     pub auth_cache_size: Option<Spanned<u64>>,
     pub auth_cache_ttl_secs: Option<Spanned<u64>>,
     pub auth_verify_parallel: Option<Spanned<u64>>,
+    pub auth_verify_queue: Option<Spanned<u64>>,
     pub body_wait_ms: Option<Spanned<u64>>,
     pub tls_cert: Option<Spanned<PathBuf>>,
     pub tls_key: Option<Spanned<PathBuf>>,
@@ -186,6 +187,7 @@ impl Imap {
                 ("connections_per_ip", &self.connections_per_ip, 1, U32, "or no client gets in"),
                 ("connections_per_account", &self.connections_per_account, 1, U32, "or no login succeeds"),
                 ("auth_verify_parallel", &self.auth_verify_parallel, 1, 1024, "or no login is verified"),
+                ("auth_verify_queue", &self.auth_verify_queue, 1, 1 << 20, "or every login is refused"),
                 ("auth_failure_forget_secs", &self.auth_failure_forget_secs, 1, u64::MAX, "penalties must last"),
                 (
                     "auth_cache_ttl_secs",
@@ -498,6 +500,7 @@ impl Config {
                 cache_entries: n(&i.auth_cache_size, a.cache_entries),
                 cache_ttl: secs(&i.auth_cache_ttl_secs, a.cache_ttl),
                 verify_parallel: n(&i.auth_verify_parallel, a.verify_parallel),
+                verify_queue: n(&i.auth_verify_queue, a.verify_queue),
             },
         }
     }
@@ -599,7 +602,8 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # auth_penalty_entries = 10000 # addresses and account names with a penalty, each
 # auth_cache_size = 10000      # cached successful logins (0: off)
 # auth_cache_ttl_secs = 3600   # a cached login is trusted this long
-# auth_verify_parallel = 4     # Argon2 verifications at once (~19 MiB each)
+# auth_verify_parallel = 4     # Argon2 threads (~19 MiB each while verifying)
+# auth_verify_queue = 1024     # logins waiting for one; more are refused (NO [UNAVAILABLE])
 # tls_cert = "/etc/ssl/mail.pem"   # default: self-signed, made in data_dir
 # tls_key = "/etc/ssl/mail.key"
 

@@ -189,11 +189,15 @@ impl Client {
 
     /// Sends raw bytes; returns what the server wrote (checked to parse).
     /// Acts as the shell does on a pause (a login penalty): resumes, without
-    /// the wait.
+    /// the wait; and has a login verified (by the guard's pool, waiting).
     pub fn raw(&mut self, bytes: &[u8]) -> String {
         self.s.receive(bytes);
-        while let Wants::Pause(_) = self.s.wants() {
-            self.s.resume(Instant::now());
+        loop {
+            match self.s.wants() {
+                Wants::Pause(_) => self.s.resume(Instant::now()),
+                Wants::Verify => self.s.verify_now(),
+                _ => break,
+            }
         }
         let out = self.s.take_output();
         assert_responses(&out);
