@@ -25,7 +25,10 @@
 //!     first come, first served, and the async workers that run every
 //!     other session's commands never run Argon2). The queue holds at most
 //!     `verify_queue`; past it an attempt is refused at once ([`Busy`]) rather
-//!     than left to wait without end.
+//!     than left to wait without end. The pool's threads run at a lower
+//!     priority ([`VERIFY_NICE`]): a login storm takes the CPU only when
+//!     other sessions' commands leave it, as a separate auth process would
+//!     at best.
 //!
 //! Every table has a size bound set by the configuration, never by input.
 //! Time is a parameter (`now`), so the rules are tested without sleeping.
@@ -104,7 +107,8 @@ impl Default for GuardLimits {
             penalty_entries: 10_000,
             cache_entries: 10_000,
             cache_ttl: Duration::from_secs(60 * 60),
-            verify_parallel: 4,
+            // One per core (each is a core's worth of work), at most 4.
+            verify_parallel: std::thread::available_parallelism().map_or(4, |n| n.get().min(4)),
             verify_queue: 1024,
         }
     }
@@ -200,8 +204,20 @@ type Job = (Option<String>, Vec<u8>, Box<dyn FnOnce(bool) + Send>);
 #[derive(Debug, PartialEq, Eq)]
 pub struct Busy;
 
+/// How much lower the pool's threads run than the rest (Linux nice
+/// levels: at 10 a thread gets about a tenth of the CPU a normal one
+/// competing with it gets).
+pub const VERIFY_NICE: i32 = 10;
+
 /// One thread of the pool: verifies until the guard is dropped.
 fn verifier(jobs: Arc<Mutex<Receiver<Job>>>) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id; failing leaves
+    // the thread at its priority, which is only slower for others.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VERIFY_NICE);
+    }
     loop {
         // The lock is held only to take the next job, in queue order.
         let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -465,6 +481,10 @@ mod tests {
         let (started_tx, started) = std::sync::mpsc::channel();
         let tx = order_tx.clone();
         g.verify_then(Some(h.clone()), b"pw".to_vec(), move |ok| {
+            // On a pool thread, below the others' priority.
+            #[cfg(target_os = "linux")]
+            // SAFETY: reads this thread's own priority.
+            assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }, VERIFY_NICE);
             started_tx.send(()).unwrap();
             held.recv().unwrap();
             tx.send((0, ok)).unwrap();
