@@ -690,7 +690,7 @@ impl Session {
     }
 
     fn command_bytes(&mut self, message: &[u8]) {
-        if self.compress_command(message) {
+        if self.compress_command(message) || self.cancel_update_command(message) {
             return;
         }
         let mut lifted = extended::lift(message).unwrap_or_default();
@@ -776,9 +776,9 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
-             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
+             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
-             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE",
+             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CONTEXT=SEARCH CONTEXT=SORT PARTIAL",
         );
         if self.account.is_some() && !self.compressed {
             caps.push_str(" COMPRESS=DEFLATE");
