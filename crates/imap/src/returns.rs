@@ -34,7 +34,7 @@ impl Partial {
     /// `partial-range-first = nz-number ":" nz-number` or
     /// `partial-range-last = "-" nz-number ":" "-" nz-number`; `500:400` is
     /// `400:500`.
-    fn parse(s: &str) -> Option<Partial> {
+    pub fn parse(s: &str) -> Option<Partial> {
         let (a, b) = s.split_once(':')?;
         let number = |t: &str| -> Option<(bool, u32)> {
             let (neg, digits) = match t.strip_prefix('-') {

@@ -57,6 +57,8 @@ pub(crate) struct FetchExtras {
     pub items: Vec<FetchExtra>,
     /// `UID` stood in for them and was not asked for.
     pub placeholder: bool,
+    /// PARTIAL's modifier (RFC 9394 §3.2), its range as written.
+    pub partial: Option<String>,
 }
 
 /// A FETCH answer goes out in parts of about this many bytes (a part ends
@@ -645,6 +647,26 @@ impl Session {
                 }
             }
         }
+        // PARTIAL (RFC 9394 §3.2): only those of the messages (after
+        // CHANGEDSINCE) the range names, in UID order; the set becomes
+        // their UIDs.
+        let partial_set;
+        let set = match &extra.partial {
+            None => set,
+            Some(range) => {
+                let Some(p) = crate::returns::Partial::parse(range).filter(|_| uid) else {
+                    return Err(Fail::Bad("PARTIAL takes UID FETCH and a range: n:m or -n:-m (RFC 9394)".into()));
+                };
+                let slice = p.slice(targets.len());
+                targets = targets.drain(slice).collect();
+                if targets.is_empty() {
+                    return Ok("UID FETCH completed".into());
+                }
+                let uids: Vec<u32> = targets.iter().map(|(_, m)| m.uid).collect();
+                partial_set = SequenceSet::try_from(set_string(&uids).as_str()).expect("UIDs make a set");
+                &partial_set
+            }
+        };
         let read_only = self.selected.as_ref().expect("selected").read_only;
         // Set \Seen first (one commit), so the answer shows it.
         if !read_only && items.iter().any(sets_seen) {

@@ -807,6 +807,7 @@ impl Session {
             list_patterns,
             saved,
             fetch_extra,
+            fetch_partial,
             fetch_placeholder,
             status_extra,
             status_placeholder,
@@ -952,7 +953,11 @@ impl Session {
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;
-                let extra = crate::selected::FetchExtras { items: fetch_extra, placeholder: fetch_placeholder };
+                let extra = crate::selected::FetchExtras {
+                    items: fetch_extra,
+                    placeholder: fetch_placeholder,
+                    partial: fetch_partial,
+                };
                 self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers, &extra)
             }
             CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {

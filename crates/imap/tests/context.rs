@@ -342,9 +342,13 @@ fn updated_results_equal_fresh_ones_through_many_changes() {
         seed ^= seed << 17;
         seed % n
     };
-    let mut append = |b: &mut Client, r: u64, r2: u64| {
+    let append = |b: &mut Client, r: u64, r2: u64| {
         let from = if r2.is_multiple_of(2) { format!("\"N{}\" <z@x>", r2 % 5) } else { format!("a{}@x", r2 % 7) };
-        b.append("INBOX", if r.is_multiple_of(3) { "\\Seen" } else { "" }, &message(&format!("topic {}", r % 6), &from));
+        b.append(
+            "INBOX",
+            if r.is_multiple_of(3) { "\\Seen" } else { "" },
+            &message(&format!("topic {}", r % 6), &from),
+        );
     };
     for i in 0..8 {
         append(&mut b, i, i * 3);
@@ -472,4 +476,40 @@ fn sort_display_uses_display_names() {
     assert_eq!(sort(&mut c, "REVERSE DISPLAYTO"), "* SORT 5 3 4 2 1");
     let out = c.ok("e UID SORT RETURN (ALL) (DISPLAYFROM) UTF-8 NOT FROM mmm");
     assert_eq!(esearch_lines(&out, "e"), ["* ESEARCH (TAG \"e\") UID ALL 5,3,1,4"]);
+}
+
+/// RFC 9394 §3.2: UID FETCH's PARTIAL modifier fetches only the messages
+/// of the set (after CHANGEDSINCE) its range names, counted in UID order
+/// from the first or, negative, from the last.
+#[test]
+fn uid_fetch_partial_pages_the_set() {
+    let srv = server();
+    let mut c = Client::login(&srv);
+    for i in 1..=6 {
+        c.append("INBOX", "", &message(&format!("m{i}"), "x@y"));
+    }
+    c.ok("s SELECT INBOX");
+    let uids = |out: &str| -> Vec<u32> {
+        out.lines().filter_map(|l| l.split("UID ").nth(1)?.split([' ', ')']).next()?.parse().ok()).collect()
+    };
+    // The RFC's example: the last 30 (here all six), then pages.
+    assert_eq!(uids(&c.ok("a UID FETCH 1:* (FLAGS) (PARTIAL -1:-30)")), (1..=6).collect::<Vec<u32>>());
+    assert_eq!(uids(&c.ok("a UID FETCH 1:* (FLAGS) (PARTIAL -1:-2)")), [5, 6]);
+    assert_eq!(uids(&c.ok("a UID FETCH 2:* (FLAGS) (PARTIAL 2:3)")), [3, 4]);
+    assert_eq!(uids(&c.ok("a UID FETCH 1:* FLAGS (PARTIAL 5:4)")), [4, 5]);
+    assert!(uids(&c.ok("a UID FETCH 1:* (FLAGS) (PARTIAL 7:9)")).is_empty());
+    // After CHANGEDSINCE: of the changed messages only.
+    let out = c.ok("t UID FETCH 6 (MODSEQ)");
+    let modseq: u64 = out.lines().find_map(|l| l.split("MODSEQ (").nth(1)?.split(')').next()?.parse().ok()).unwrap();
+    c.ok("t UID STORE 2,4,6 +FLAGS (\\Flagged)");
+    assert_eq!(uids(&c.ok(&format!("a UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} PARTIAL -1:-2)"))), [4, 6]);
+    for bad in [
+        "a FETCH 1:* (FLAGS) (PARTIAL 1:2)",
+        "a UID FETCH 1:* (FLAGS) (PARTIAL 0:2)",
+        "a UID FETCH 1:* (FLAGS) (PARTIAL -1:2)",
+    ] {
+        let out = c.send(bad);
+        assert!(out.contains("a BAD") && !out.contains("FETCH ("), "{bad}: {out}");
+    }
+    c.ok("n NOOP");
 }
