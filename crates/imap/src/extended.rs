@@ -25,6 +25,8 @@ pub struct Lifted {
     pub saved: bool,
     /// FETCH items imap-codec does not know, in the order asked.
     pub fetch_extra: Vec<FetchExtra>,
+    /// PARTIAL's FETCH modifier (RFC 9394 §3.2): its range as written.
+    pub fetch_partial: Option<String>,
     /// The FETCH asked for those only: `UID` stands in the command for the
     /// decoder, and is not answered unless the command is a UID FETCH.
     pub fetch_placeholder: bool,
@@ -366,8 +368,8 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     let mut extra = Lifted::default();
     // (Borrowed unless a stage rewrites it: an APPEND may be large.)
     let mut input = replaced.map_or(std::borrow::Cow::Borrowed(message), std::borrow::Cow::Owned);
-    let stages: [Stage; 5] =
-        [split_multiappend, lift_search_keys, lift_fetch_items, lift_status_items, lift_create_use];
+    let stages: [Stage; 6] =
+        [split_multiappend, lift_search_keys, lift_fetch_partial, lift_fetch_items, lift_status_items, lift_create_use];
     for stage in stages {
         if let Some(rewritten) = stage(&input, &mut extra) {
             input = std::borrow::Cow::Owned(rewritten);
@@ -382,6 +384,7 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     };
     lifted.saved = saved;
     lifted.fetch_extra = extra.fetch_extra;
+    lifted.fetch_partial = extra.fetch_partial;
     lifted.fetch_placeholder = extra.fetch_placeholder;
     lifted.status_extra = extra.status_extra;
     lifted.status_placeholder = extra.status_placeholder;
@@ -389,6 +392,56 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     lifted.create_use = extra.create_use;
     lifted.appends = extra.appends;
     Some(lifted)
+}
+
+/// PARTIAL's FETCH modifier (RFC 9394 §3.2): `FETCH set items (… PARTIAL
+/// range …)`: the modifier goes to [`Lifted::fetch_partial`], and the
+/// modifier list with it if it held nothing else. Only the last
+/// parenthesised list after the items is looked at.
+fn lift_fetch_partial(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let at = verb_at(message)?;
+    if !starts_with_ci(&message[at..], b"FETCH ") {
+        return None;
+    }
+    let set_at = at + b"FETCH ".len();
+    let items_at = set_at + message[set_at..].iter().position(|&b| b == b' ')? + 1;
+    let end = body_end(message)?;
+    if message[..end].last() != Some(&b')') || message[items_at..end].contains(&b'{') {
+        return None;
+    }
+    // The list's opening parenthesis, from the end.
+    let mut depth = 0usize;
+    let mut open = None;
+    for i in (items_at..end).rev() {
+        match message[i] {
+            b')' => depth += 1,
+            b'(' => {
+                depth -= 1;
+                if depth == 0 {
+                    open = Some(i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let open = open?;
+    // Modifiers follow the items: a list at the items' place is the items.
+    if open <= items_at || message[open - 1] != b' ' {
+        return None;
+    }
+    let inner = std::str::from_utf8(&message[open + 1..end - 1]).ok()?;
+    let tokens: Vec<&str> = inner.split(' ').collect();
+    let p = tokens.iter().position(|t| t.eq_ignore_ascii_case("PARTIAL"))?;
+    let range = tokens.get(p + 1)?;
+    let kept: Vec<&str> = tokens.iter().enumerate().filter(|(i, _)| *i != p && *i != p + 1).map(|(_, t)| *t).collect();
+    let mut out = message[..open - 1].to_vec();
+    if !kept.is_empty() {
+        out.extend_from_slice(format!(" ({})", kept.join(" ")).as_bytes());
+    }
+    out.extend_from_slice(&message[end..]);
+    lifted.fetch_partial = Some(range.to_string());
+    Some(out)
 }
 
 /// A lifting step: the command rewritten, or `None` if it does not apply.
@@ -953,6 +1006,27 @@ mod tests {
         assert_eq!((l.fetch_extra, l.fetch_placeholder), (vec![FetchExtra::SaveDate], true));
         let l = lift(b"s SEARCH MODSEQ \"/flags/x\" all 5 (TO EMAILID) THREADID T\r\n").unwrap();
         assert_eq!(l.search_extra, vec![SearchExtra::ThreadId("T".into())]);
+    }
+
+    #[test]
+    fn fetch_partial_is_lifted() {
+        let l = lift(b"a UID FETCH 1:* (FLAGS) (PARTIAL -1:-30)\r\n").unwrap();
+        assert_eq!(
+            (l.command.as_slice(), l.fetch_partial.as_deref()),
+            (&b"a UID FETCH 1:* (FLAGS)\r\n"[..], Some("-1:-30"))
+        );
+        let l = lift(b"a UID FETCH 1:* FLAGS (CHANGEDSINCE 5 partial 1:10)\r\n").unwrap();
+        assert_eq!(l.command, b"a UID FETCH 1:* FLAGS (CHANGEDSINCE 5)\r\n");
+        assert_eq!(l.fetch_partial.as_deref(), Some("1:10"));
+        // The items' list is not the modifiers'.
+        assert!(lift(b"a UID FETCH 1:* (PARTIAL 1:2)\r\n").is_none());
+        assert!(lift(b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5)\r\n").is_none());
+        let l = lift(b"a UID FETCH 1:* (FLAGS EMAILID) (PARTIAL 1:2)\r\n").unwrap();
+        assert_eq!(l.command, b"a UID FETCH 1:* (FLAGS)\r\n");
+        assert_eq!((l.fetch_partial.as_deref(), l.fetch_extra), (Some("1:2"), vec![FetchExtra::EmailId]));
+        let _ = lift(b"a FETCH 1 (F) (PARTIAL\r\n");
+        let _ = lift(b"a FETCH 1 F)\r\n");
+        let _ = lift(b"a FETCH ))\r\n");
     }
 
     #[test]

@@ -21,11 +21,13 @@
 
 pub mod auth;
 mod command;
+pub mod context;
 pub mod extended;
 pub mod mime;
 pub mod objectid;
 pub mod ondemand;
 pub mod preview;
+mod returns;
 mod selected;
 pub mod server;
 pub mod session;

@@ -4,6 +4,7 @@
 
 use crate::extended::{FetchExtra, SearchExtra};
 use crate::mime;
+use crate::returns::{Item, Returns};
 use crate::session::{Done, Fail, Session};
 use crate::uidmap::UidMap;
 use crate::wire;
@@ -44,6 +45,9 @@ pub(crate) struct Selected {
     /// The search keys lifted off the command being run
     /// ([`crate::extended::EXTRA_KEY`]).
     pub search_extra: Vec<SearchExtra>,
+    /// CONTEXT (RFC 5267 §4.3): the searches kept up to date, at most
+    /// [`crate::context::CONTEXTS_MAX`].
+    pub contexts: Vec<crate::context::Context>,
 }
 
 /// FETCH items imap-codec does not parse ([`crate::extended`]).
@@ -53,6 +57,8 @@ pub(crate) struct FetchExtras {
     pub items: Vec<FetchExtra>,
     /// `UID` stood in for them and was not asked for.
     pub placeholder: bool,
+    /// PARTIAL's modifier (RFC 9394 §3.2), its range as written.
+    pub partial: Option<String>,
 }
 
 /// A FETCH answer goes out in parts of about this many bytes (a part ends
@@ -73,10 +79,11 @@ impl Selected {
             saved: Vec::new(),
             use_saved: false,
             search_extra: Vec::new(),
+            contexts: Vec::new(),
         }
     }
 
-    fn seq_of(&self, uid: u32) -> Option<usize> {
+    pub(crate) fn seq_of(&self, uid: u32) -> Option<usize> {
         self.uids.seq_of(uid)
     }
 
@@ -111,7 +118,7 @@ impl Selected {
     }
 
     /// A sequence set (UIDs or sequence numbers) as UID ranges.
-    fn uid_ranges(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, Fail> {
+    pub(crate) fn uid_ranges(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, Fail> {
         let largest = if uid { self.max_uid() } else { self.uids.len() as u32 };
         let value = |s: &SeqOrUid| match s {
             SeqOrUid::Value(v) => v.get(),
@@ -513,8 +520,9 @@ impl Session {
         drop(reader);
         changed.sort_by_key(|m| m.uid);
         let (qresync, condstore) = (self.enabled.qresync, self.enabled.condstore);
-        let mut lines = Vec::new();
         let sel = self.selected.as_mut().expect("selected");
+        // CONTEXT: what leaves a result by expunge, before the EXPUNGE.
+        let mut lines = crate::context::expunged(sel, &gone);
         let (removed, new) = sel.uids.advance(&gone, changed.iter().map(|m| m.uid));
         if !removed.is_empty() {
             if qresync {
@@ -556,6 +564,10 @@ impl Session {
                 self.untagged(&format!("{recent} RECENT"));
             }
             self.announce(id)?;
+        }
+        // CONTEXT: what enters or leaves a result, after the EXISTS.
+        for l in self.context_changes(&changed)? {
+            self.untagged(&l);
         }
         Ok(())
     }
@@ -635,6 +647,26 @@ impl Session {
                 }
             }
         }
+        // PARTIAL (RFC 9394 §3.2): only those of the messages (after
+        // CHANGEDSINCE) the range names, in UID order; the set becomes
+        // their UIDs.
+        let partial_set;
+        let set = match &extra.partial {
+            None => set,
+            Some(range) => {
+                let Some(p) = crate::returns::Partial::parse(range).filter(|_| uid) else {
+                    return Err(Fail::Bad("PARTIAL takes UID FETCH and a range: n:m or -n:-m (RFC 9394)".into()));
+                };
+                let slice = p.slice(targets.len());
+                targets = targets.drain(slice).collect();
+                if targets.is_empty() {
+                    return Ok("UID FETCH completed".into());
+                }
+                let uids: Vec<u32> = targets.iter().map(|(_, m)| m.uid).collect();
+                partial_set = SequenceSet::try_from(set_string(&uids).as_str()).expect("UIDs make a set");
+                &partial_set
+            }
+        };
         let read_only = self.selected.as_ref().expect("selected").read_only;
         // Set \Seen first (one commit), so the answer shows it.
         if !read_only && items.iter().any(sets_seen) {
@@ -1057,59 +1089,63 @@ impl Session {
         tag: &str,
         returns: Option<Vec<String>>,
     ) -> Done {
-        // SEARCHRES (RFC 5182): SAVE keeps the result for `$`; a failed
-        // SEARCH with SAVE leaves it empty.
-        let (save, returns) = split_save(returns);
+        let returns = returns.map(|r| Returns::parse(&r)).transpose()?;
+        if returns.as_ref().is_some_and(|r| r.update) {
+            self.update_tag_free(tag)?;
+        }
         let matched = charset.map_or(Ok(()), crate::command::sort::charset_ok).and_then(|()| {
             let reader = self.reader()?;
             self.matching(&reader, criteria)
         });
-        if save {
-            let uids: Option<Vec<u32>> = matched.as_ref().ok().map(|m| m.iter().map(|(_, m)| m.uid).collect());
-            self.save_result(uids.as_deref(), returns.as_deref().unwrap_or_default());
+        // SEARCHRES (RFC 5182): SAVE keeps the result for `$`; a failed
+        // SEARCH with SAVE leaves it empty.
+        if let Some(r) = returns.as_ref().filter(|r| r.save) {
+            let uids: Option<Vec<u32>> =
+                matched.as_ref().ok().map(|m| r.saved(m.len()).into_iter().map(|i| m[i].1.uid).collect());
+            self.save_result(uids.as_deref());
         }
         let matched = matched?;
-        if save && returns.as_ref().is_some_and(|r| r.is_empty()) {
+        let uses_modseq = criteria.iter().any(uses_modseq);
+        if uses_modseq {
+            self.condstore_on();
+        }
+        let done = format!("{}SEARCH completed", if uid { "UID " } else { "" });
+        if returns.as_ref().is_some_and(|r| r.update) {
+            let uids: Vec<u32> = matched.iter().map(|(_, m)| m.uid).collect();
+            self.start_update(tag, uid, None, criteria, uids);
+        }
+        if returns.as_ref().is_some_and(|r| r.save && r.items.is_empty() && !r.update) {
             // SAVE alone: no answer but OK (RFC 5182 §2.4).
-            if criteria.iter().any(uses_modseq) {
-                self.condstore_on();
-            }
-            return Ok(format!("{}SEARCH completed", if uid { "UID " } else { "" }));
+            return Ok(done);
         }
         let hits: Vec<u32> = matched.iter().map(|(seq, m)| if uid { m.uid } else { *seq }).collect();
         // MODSEQ of each hit, in the same order.
         let modseqs: Vec<u64> = matched.iter().map(|(_, m)| m.modseq).collect();
-        let uses_modseq = criteria.iter().any(uses_modseq);
         let modseq_max = modseqs.iter().copied().max().unwrap_or(0);
-        if uses_modseq {
-            self.condstore_on();
-        }
-        let esearch = returns.is_some() || self.enabled.rev2;
-        if esearch {
-            let opts = returns.unwrap_or_default();
-            let opts: Vec<String> = if opts.is_empty() { vec!["ALL".into()] } else { opts };
+        let returns = match returns {
+            Some(r) => Some(r),
+            None if self.enabled.rev2 => Some(Returns::parse(&[])?),
+            None => None,
+        };
+        if let Some(returns) = returns {
             let mut line = format!("ESEARCH (TAG \"{tag}\"){}", if uid { " UID" } else { "" });
-            for o in &opts {
-                match o.as_str() {
-                    "MIN" if !hits.is_empty() => line.push_str(&format!(" MIN {}", hits[0])),
-                    "MAX" if !hits.is_empty() => line.push_str(&format!(" MAX {}", hits[hits.len() - 1])),
-                    "COUNT" => line.push_str(&format!(" COUNT {}", hits.len())),
-                    "ALL" if !hits.is_empty() => line.push_str(&format!(" ALL {}", set_string(&hits))),
-                    _ => {}
-                }
-            }
+            returns.write_items(&mut line, &hits, true);
             if uses_modseq && !hits.is_empty() {
                 // The highest MODSEQ of the messages returned: MIN and MAX
-                // return one message each, ALL and COUNT every match.
-                let every = opts.iter().any(|o| o == "ALL" || o == "COUNT");
+                // return one message each, ALL and COUNT every match,
+                // PARTIAL those in its range.
+                let every = returns.has(&Item::All) || returns.has(&Item::Count);
                 let returned = if every {
                     modseq_max
                 } else {
-                    let min = opts.iter().any(|o| o == "MIN").then(|| modseqs[0]);
-                    let max = opts.iter().any(|o| o == "MAX").then(|| modseqs[modseqs.len() - 1]);
-                    min.max(max).unwrap_or(modseq_max)
+                    let min = returns.has(&Item::Min).then(|| modseqs[0]);
+                    let max = returns.has(&Item::Max).then(|| modseqs[modseqs.len() - 1]);
+                    let part = returns.partial().and_then(|p| modseqs[p.slice(modseqs.len())].iter().copied().max());
+                    min.max(max).max(part).unwrap_or(0)
                 };
-                line.push_str(&format!(" MODSEQ {returned}"));
+                if returned > 0 {
+                    line.push_str(&format!(" MODSEQ {returned}"));
+                }
             }
             self.untagged(&line);
         } else {
@@ -1122,26 +1158,17 @@ impl Session {
             }
             self.untagged(&line);
         }
-        Ok(format!("{}SEARCH completed", if uid { "UID " } else { "" }))
+        Ok(done)
     }
 }
 
 impl Session {
-    /// SEARCHRES (RFC 5182): keeps a SEARCH's or SORT's result (`uids` in
-    /// its order; `None` when the command failed, which empties it) for
-    /// `$`: with MIN and/or MAX but neither ALL nor COUNT among the other
-    /// return options, only the first and/or last.
-    pub(crate) fn save_result(&mut self, uids: Option<&[u32]>, opts: &[String]) {
+    /// SEARCHRES (RFC 5182): keeps the UIDs a SEARCH or SORT saves
+    /// ([`Returns::saved`]; `None` when the command failed, which empties
+    /// the saved result) for `$`.
+    pub(crate) fn save_result(&mut self, uids: Option<&[u32]>) {
         let sel = self.selected.as_mut().expect("selected");
-        let uids = uids.unwrap_or_default();
-        let every = opts.is_empty() || opts.iter().any(|o| o == "ALL" || o == "COUNT");
-        let mut kept: Vec<u32> = if every {
-            uids.to_vec()
-        } else {
-            let min = opts.iter().any(|o| o == "MIN").then(|| uids.first()).flatten();
-            let max = opts.iter().any(|o| o == "MAX").then(|| uids.last()).flatten();
-            min.into_iter().chain(max).copied().collect()
-        };
+        let mut kept = uids.unwrap_or_default().to_vec();
         kept.sort_unstable();
         kept.dedup();
         sel.saved = starling_store::ranges::of_sorted(kept);
@@ -1159,13 +1186,26 @@ impl Session {
         let mut out = Vec::new();
         for m in reader.messages(sel.id, 1, usize::MAX)? {
             let Some(i) = sel.seq_of(m.uid) else { continue };
-            let mut c = Candidate { info: &m, env: None, raw: None, reader, sel };
-            if criteria.iter().all(|k| c.matches(k)) {
+            if matches_all(reader, sel, &sel.search_extra, &m, criteria) {
                 out.push((i as u32 + 1, m));
             }
         }
         Ok(out)
     }
+}
+
+/// Whether one message matches every key; `extra` are the keys lifted off
+/// the command ([`crate::extended::EXTRA_KEY`]). The body is read only if
+/// a key needs it.
+pub(crate) fn matches_all(
+    reader: &Reader,
+    sel: &Selected,
+    extra: &[SearchExtra],
+    info: &MessageInfo,
+    keys: &[SearchKey<'_>],
+) -> bool {
+    let mut c = Candidate { info, env: None, raw: None, reader, sel, extra };
+    keys.iter().all(|k| c.matches(k))
 }
 
 pub(crate) fn uses_modseq(k: &SearchKey<'_>) -> bool {
@@ -1185,6 +1225,7 @@ struct Candidate<'a> {
     raw: Option<Vec<u8>>,
     reader: &'a Reader,
     sel: &'a Selected,
+    extra: &'a [SearchExtra],
 }
 
 fn day(secs: i64) -> chrono::NaiveDate {
@@ -1234,7 +1275,7 @@ impl Candidate<'_> {
     fn extra_key(&self, set: &SequenceSet) -> Option<&SearchExtra> {
         let [Sequence::Single(SeqOrUid::Value(v))] = set.0.as_ref() else { return None };
         let i = crate::extended::EXTRA_KEY.checked_sub(v.get())? as usize;
-        self.sel.search_extra.get(i)
+        self.extra.get(i)
     }
 
     fn matches_extra(&mut self, key: &SearchExtra) -> bool {
@@ -1312,13 +1353,6 @@ impl Candidate<'_> {
             _ => false,
         }
     }
-}
-
-/// SEARCHRES (RFC 5182): whether a RETURN list asks to SAVE, and the list
-/// without it (SEARCH and SORT answer the rest).
-pub(crate) fn split_save(returns: Option<Vec<String>>) -> (bool, Option<Vec<String>>) {
-    let save = returns.as_ref().is_some_and(|r| r.iter().any(|o| o == "SAVE"));
-    (save, returns.map(|r| r.into_iter().filter(|o| o != "SAVE").collect()))
 }
 
 #[cfg(test)]

@@ -702,7 +702,7 @@ impl Session {
     }
 
     fn command_bytes(&mut self, message: &[u8]) {
-        if self.compress_command(message) {
+        if self.compress_command(message) || self.cancel_update_command(message) {
             return;
         }
         let mut lifted = extended::lift(message).unwrap_or_default();
@@ -788,9 +788,9 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
-             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
+             ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
-             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE",
+             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CONTEXT=SEARCH CONTEXT=SORT PARTIAL",
         );
         if self.account.is_some() && !self.compressed {
             caps.push_str(" COMPRESS=DEFLATE");
@@ -819,6 +819,7 @@ impl Session {
             list_patterns,
             saved,
             fetch_extra,
+            fetch_partial,
             fetch_placeholder,
             status_extra,
             status_placeholder,
@@ -964,7 +965,11 @@ impl Session {
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;
-                let extra = crate::selected::FetchExtras { items: fetch_extra, placeholder: fetch_placeholder };
+                let extra = crate::selected::FetchExtras {
+                    items: fetch_extra,
+                    placeholder: fetch_placeholder,
+                    partial: fetch_partial,
+                };
                 self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers, &extra)
             }
             CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {

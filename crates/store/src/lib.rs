@@ -106,9 +106,11 @@ const MAGIC: &[u8] = b"starling-store";
 /// [`sortkeys`]), which an older build would not keep up to date; 9:
 /// accounts can be forgotten (`forgetting`, `forgotten_copies`, a copy's
 /// own replica id, account numbers never given twice: see [`forget`]),
-/// which an older build would not honour. An older store gets them built
-/// once at open.
-const FORMAT_VERSION: u8 = 9;
+/// which an older build would not honour; 10: the sort keys' records hold
+/// the display values of SORT=DISPLAY (record version 2), which an older
+/// build would refuse to decode. An older store gets them built once at
+/// open.
+const FORMAT_VERSION: u8 = 10;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;

@@ -335,6 +335,16 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
+    if (8..10).contains(&version) {
+        // Formats 8 and 9 kept sort keys without the display values
+        // (SORT=DISPLAY): every body's record built again, in one
+        // transaction (a crash leaves the older format, built again next
+        // open).
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        sortkeys::build(&w).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
+    }
     // Accounts whose forgetting a crash cut short are finished now, before
     // anything reads the file (bounded transactions, see `forget`).
     forget::resume(db).map_err(|e| OpenError::Io(format!("{label}: finishing forgetting an account: {e}")))?;

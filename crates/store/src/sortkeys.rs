@@ -56,16 +56,29 @@ pub const MAILBOX_BYTES_MAX: usize = 256;
 /// truncated at its start anyway, RFC 5256 §3).
 pub const REFERENCES_MAX: usize = 64;
 
+/// Bytes of a DISPLAYFROM / DISPLAYTO sort value (RFC 5957 §3) kept, at
+/// most (cut at a character boundary).
+pub const DISPLAY_BYTES_MAX: usize = 256;
+
 /// Largest encoded record ([`SortKeys::encode`]) the caps allow.
-pub const RECORD_BYTES_MAX: usize =
-    1 + 11 + (SUBJECT_BYTES_MAX + 2) + 1 + 3 * (MAILBOX_BYTES_MAX + 2) + 17 + 2 + REFERENCES_MAX * 16;
+pub const RECORD_BYTES_MAX: usize = 1
+    + 11
+    + (SUBJECT_BYTES_MAX + 2)
+    + 1
+    + 3 * (MAILBOX_BYTES_MAX + 2)
+    + 17
+    + 2
+    + REFERENCES_MAX * 16
+    + 2 * (DISPLAY_BYTES_MAX + 2);
 
 /// Bodies asked for at once above which [`Reader::sort_keys`] may walk
 /// the table in order rather than look each up.
 const SCAN_MIN: usize = 1024;
 
 /// The record's version byte (the first byte of every stored record).
-const RECORD_VERSION: u8 = 1;
+/// Version 1 (store formats 8 and 9) had no display keys; such a record
+/// is rebuilt when the store opens ([`build`]).
+const RECORD_VERSION: u8 = 2;
 
 /// A message ID (without its angle brackets) as THREAD compares it: the
 /// first 16 bytes of its BLAKE3.
@@ -106,6 +119,12 @@ pub struct SortKeys {
     /// The last [`REFERENCES_MAX`] IDs of References, or In-Reply-To's
     /// first when References has none.
     pub references: Vec<IdHash>,
+    /// SORT=DISPLAY (RFC 5957 §3): the sort value of the first From
+    /// address, ASCII upper-cased (i;ascii-casemap), at most
+    /// [`DISPLAY_BYTES_MAX`] bytes ([`display_value`]).
+    pub display_from: String,
+    /// See `display_from`, of the first To address.
+    pub display_to: String,
 }
 
 impl SortKeys {
@@ -133,6 +152,8 @@ impl SortKeys {
             cc: mailbox("Cc"),
             message_id: ids("Message-ID", 1).pop(),
             references,
+            display_from: display_value(raw, "From"),
+            display_to: display_value(raw, "To"),
         }
     }
 
@@ -146,6 +167,9 @@ impl SortKeys {
         }
         if self.references.len() > REFERENCES_MAX {
             return Err(format!("{} references", self.references.len()));
+        }
+        if [&self.display_from, &self.display_to].iter().any(|d| d.len() > DISPLAY_BYTES_MAX) {
+            return Err("a display value over its cap".into());
         }
         Ok(())
     }
@@ -177,6 +201,7 @@ impl SortKeys {
                 if v.subject.len() > SUBJECT_BYTES_MAX
                     || [v.from, v.to, v.cc].iter().any(|m| m.len() > MAILBOX_BYTES_MAX)
                     || v.references.len() > REFERENCES_MAX
+                    || [v.display_from, v.display_to].iter().any(|d| d.len() > DISPLAY_BYTES_MAX)
                 {
                     return Err("a key over its cap".into());
                 }
@@ -190,6 +215,8 @@ impl SortKeys {
                     cc: if addresses { v.cc.to_vec() } else { Vec::new() },
                     message_id: v.message_id.filter(|_| threading),
                     references: if threading { v.references } else { Vec::new() },
+                    display_from: if addresses { v.display_from.to_string() } else { String::new() },
+                    display_to: if addresses { v.display_to.to_string() } else { String::new() },
                 })
             }
             Some((v, _)) => Err(format!("unknown sort keys version {v}")),
@@ -210,6 +237,8 @@ struct Stored<'a> {
     cc: &'a [u8],
     message_id: Option<IdHash>,
     references: Vec<IdHash>,
+    display_from: &'a str,
+    display_to: &'a str,
 }
 
 /// Which keys a caller wants decoded ([`Reader::sort_keys`]); the date
@@ -218,7 +247,7 @@ struct Stored<'a> {
 pub struct Wanted {
     /// The base subject.
     pub subject: bool,
-    /// The From, To and Cc mailboxes.
+    /// The From, To and Cc mailboxes, and the display values.
     pub addresses: bool,
     /// The Message-ID and References.
     pub threading: bool,
@@ -227,6 +256,41 @@ pub struct Wanted {
 impl Wanted {
     /// Every key.
     pub const ALL: Wanted = Wanted { subject: true, addresses: true, threading: true };
+}
+
+/// The DISPLAY sort value (RFC 5957 §3) of the first address of the first
+/// header `name`, as the IMAP envelope gives that address: its display
+/// name (RFC 2047 decoded) if not empty, else `mailbox@host`, else the
+/// mailbox (a group's name), else empty. ASCII upper-cased, cut to
+/// [`DISPLAY_BYTES_MAX`] bytes at a character boundary.
+pub fn display_value(raw: &[u8], name: &str) -> String {
+    let mut value = None;
+    header::scan_header(raw, |f| {
+        if value.is_none() && raw[f.name].eq_ignore_ascii_case(name.as_bytes()) {
+            value = Some(f.value);
+        }
+    });
+    let Some(value) = value else { return String::new() };
+    let text = match header::parse_addresses(&raw[value]).into_iter().next() {
+        Some(header::Addr::Mailbox { name, mailbox, host, .. }) => {
+            let name = name.map(|n| header::decode_value(&n)).unwrap_or_default();
+            let mailbox = (mailbox != b"MISSING_MAILBOX").then(|| String::from_utf8_lossy(&mailbox).into_owned());
+            let host = (host != b"MISSING_DOMAIN").then(|| String::from_utf8_lossy(&host).into_owned());
+            match (name.trim(), mailbox, host) {
+                (n, _, _) if !n.is_empty() => n.to_string(),
+                (_, Some(m), Some(h)) => format!("{m}@{h}"),
+                (_, Some(m), None) => m,
+                _ => String::new(),
+            }
+        }
+        Some(header::Addr::GroupStart(group)) => header::decode_value(&group),
+        _ => String::new(),
+    };
+    let mut cut = text.len().min(DISPLAY_BYTES_MAX);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_ascii_uppercase()
 }
 
 fn starts_ci(s: &[u8], prefix: &[u8]) -> bool {
@@ -407,7 +471,8 @@ fn of_stored(
     of_record(&record, |id, len| stored_part(parts, id, len)).map(Some)
 }
 
-/// Gives every stored body its keys (a store written before them): one
+/// Gives every stored body its keys (a store written before them, or
+/// before the record's current version: an older record is replaced): one
 /// transaction, so a crash leaves the older format, built again at the
 /// next open. A record that does not decode gets none (`starling verify`
 /// reports the body as damaged).
@@ -418,7 +483,8 @@ pub(crate) fn build(w: &WriteTransaction) -> Result<u64, StoreError> {
     let mut built = 0;
     for item in blobs.iter().map_err(st)? {
         let (k, v) = item.map_err(st)?;
-        if keys.get(k.value()).map_err(st)?.is_some() {
+        // Kept if of this version; one of an older version is built again.
+        if keys.get(k.value()).map_err(st)?.is_some_and(|g| g.value().first() == Some(&RECORD_VERSION)) {
             continue;
         }
         if let Some(found) = of_stored(v.value(), Some(&parts))? {

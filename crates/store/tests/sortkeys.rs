@@ -7,7 +7,7 @@
 
 mod common;
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use starling_model::{BlobId, ReplicaId, INBOX};
 use starling_store::memdisk::MemDisk;
 use starling_store::{SortKeys, Store, StoreOptions};
@@ -163,8 +163,8 @@ fn a_format_7_store_gets_its_keys_at_open_and_verify_sees_a_missing_one() {
         let v = meta.get("version").unwrap().unwrap().value()[0];
         v
     };
-    assert_eq!(version, 9);
-    // A keys row lost (format 8 kept, so nothing rebuilds it): verify says so.
+    assert_eq!(version, 10);
+    // A keys row lost (format 10 kept, so nothing rebuilds it): verify says so.
     {
         let db = redb::Database::open(&path).unwrap();
         let w = db.begin_write().unwrap();
@@ -251,4 +251,71 @@ fn a_walk_of_the_table_answers_as_lookups_do() {
     let walked = b.read("u").unwrap().sort_keys(&ids, all).unwrap();
     assert_eq!(walked.iter().filter(|k| k.is_none()).count(), 300 + 1 + 1, "every tenth, the unknown id, raws[20]");
     assert_eq!(walked[0], Some(SortKeys::of(&raws[2999])));
+}
+
+/// Turns every keys record back into version 1 (formats 8 and 9: no
+/// display values, which end the record) and the store into format 9.
+fn to_format_9(db: &redb::Database) {
+    let w = db.begin_write().unwrap();
+    {
+        let mut t = w.open_table(KEYS).unwrap();
+        let rows: Vec<([u8; 32], Vec<u8>)> =
+            t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (*k.value(), v.value().to_vec())).collect();
+        for (k, v) in rows {
+            let keys = SortKeys::decode(&v).unwrap();
+            // Postcard: each display value is its length (one byte here) and its bytes.
+            assert!(keys.display_from.len() < 128 && keys.display_to.len() < 128);
+            let cut = v.len() - (2 + keys.display_from.len() + keys.display_to.len());
+            let mut old = v[..cut].to_vec();
+            old[0] = 1;
+            assert!(SortKeys::decode(&old).is_err(), "a version 1 record is not read as the current one");
+            t.insert(&k, old.as_slice()).unwrap();
+        }
+    }
+    w.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap()
+        .insert("version", [9u8].as_slice())
+        .unwrap();
+    w.commit().unwrap();
+}
+
+#[test]
+fn a_format_9_store_gets_its_display_values_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let raws: Vec<Vec<u8>> = (0..10).map(message).chain([with_attachment(2, 400)]).collect();
+    {
+        let s = open(&path);
+        s.add_account("t").unwrap();
+        s.write("t", |b| {
+            for (i, r) in raws.iter().enumerate() {
+                b.append(INBOX, r, i as i64, vec![])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let keys = keys_of(&s, "t", &raws[4]).unwrap();
+        assert_eq!((keys.display_from.as_str(), keys.display_to.as_str()), ("SENDER 4", "YOU@EXAMPLE.NET"));
+    }
+    to_format_9(&redb::Database::open(&path).unwrap());
+    let s = open(&path);
+    assert_eq!(s.check_sort_keys().unwrap(), Vec::<String>::new());
+    for r in &raws {
+        assert_eq!(keys_of(&s, "t", r), Some(SortKeys::of(r)));
+    }
+    assert_eq!(keys_of(&s, "t", &raws[10]).unwrap().display_from, "A2@EXAMPLE.ORG");
+}
+
+#[test]
+fn display_values_follow_rfc_5957() {
+    let d = |from: &str| starling_store::sortkeys::display_value(format!("From: {from}\r\n\r\n").as_bytes(), "From");
+    assert_eq!(d("\"Zed Q\" <a@b>, Other <c@d>"), "ZED Q");
+    assert_eq!(d("=?UTF-8?Q?=C3=A9mile?= <e@x>"), "éMILE");
+    assert_eq!(d("\"\" <plain@host>"), "PLAIN@HOST");
+    assert_eq!(d("bare@host"), "BARE@HOST");
+    assert_eq!(d("Undisclosed recipients:;"), "UNDISCLOSED RECIPIENTS");
+    assert_eq!(d("<local>"), "LOCAL");
+    assert_eq!(starling_store::sortkeys::display_value(b"Subject: x\r\n\r\n", "From"), "");
+    let long = d(&format!("\"{}\" <a@b>", "é".repeat(400)));
+    assert!(long.len() <= starling_store::sortkeys::DISPLAY_BYTES_MAX && long.starts_with("éé"));
 }

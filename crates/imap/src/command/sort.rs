@@ -1,6 +1,8 @@
 //! SORT and UID SORT (RFC 5256): the messages SEARCH matches
 //! ([`Session::matching`]), ordered by ARRIVAL, CC, DATE, FROM, SIZE,
-//! SUBJECT or TO, each possibly REVERSE, ties by sequence number. Also
+//! SUBJECT or TO, or SORT=DISPLAY's DISPLAYFROM and DISPLAYTO (RFC 5957:
+//! the first address's display name, else its address), each possibly
+//! REVERSE, ties by sequence number. Also
 //! what SORT and THREAD read of a message ([`Facts`]): the header's keys
 //! (base subject, RFC 5256 §2.1, and the rest) are the store's
 //! ([`starling_store::sortkeys`]), kept since each body was stored.
@@ -8,6 +10,7 @@
 //! Strings are compared with i;ascii-casemap (RFC 5256 §2.3: ASCII letters
 //! upper-cased, then octet by octet).
 
+use crate::returns::Returns;
 use crate::selected::{load_body, uses_modseq};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
@@ -43,6 +46,10 @@ pub(crate) struct Facts {
     pub from: Vec<u8>,
     pub to: Vec<u8>,
     pub cc: Vec<u8>,
+    /// SORT=DISPLAY's values of the first From and To address (RFC 5957
+    /// §3), upper-cased.
+    pub display_from: String,
+    pub display_to: String,
     /// Message-ID, References (or In-Reply-To) for THREAD REFERENCES.
     pub message_id: Option<IdHash>,
     pub references: Vec<IdHash>,
@@ -55,6 +62,7 @@ impl Facts {
         (self.subject, self.reply) = (keys.subject, keys.reply);
         (self.from, self.to, self.cc) = (keys.from, keys.to, keys.cc);
         (self.message_id, self.references) = (keys.message_id, keys.references);
+        (self.display_from, self.display_to) = (keys.display_from, keys.display_to);
         self
     }
 
@@ -113,8 +121,38 @@ fn compare(key: &SortKey, a: &Facts, b: &Facts) -> Ordering {
         SortKey::Size => a.size.cmp(&b.size),
         SortKey::Subject => a.subject.cmp(&b.subject),
         SortKey::To => a.to.cmp(&b.to),
-        SortKey::DisplayFrom | SortKey::DisplayTo => Ordering::Equal,
+        SortKey::DisplayFrom => a.display_from.cmp(&b.display_from),
+        SortKey::DisplayTo => a.display_to.cmp(&b.display_to),
     }
+}
+
+/// The order SORT gives two messages: the criteria in turn, each maybe
+/// reversed, ties by sequence number (so the order is total).
+pub(crate) fn sort_order(criteria: &[SortCriterion], a: &Facts, b: &Facts) -> Ordering {
+    criteria
+        .iter()
+        .map(|c| {
+            let o = compare(&c.key, a, b);
+            if c.reverse {
+                o.reverse()
+            } else {
+                o
+            }
+        })
+        .find(|o| o.is_ne())
+        .unwrap_or(Ordering::Equal)
+        .then(a.seq.cmp(&b.seq))
+}
+
+/// The header's keys the criteria compare (`None`: none, ARRIVAL and SIZE only).
+pub(crate) fn wanted(criteria: &[SortCriterion]) -> Option<Wanted> {
+    let any = |keys: &[SortKey]| criteria.iter().any(|c| keys.contains(&c.key));
+    let addresses = [SortKey::From, SortKey::To, SortKey::Cc, SortKey::DisplayFrom, SortKey::DisplayTo];
+    (any(&addresses) || any(&[SortKey::Subject, SortKey::Date])).then_some(Wanted {
+        subject: any(&[SortKey::Subject]),
+        addresses: any(&addresses),
+        threading: false,
+    })
 }
 
 /// The charsets SEARCH, SORT and THREAD take.
@@ -138,11 +176,15 @@ impl Session {
         tag: &str,
         returns: Option<Vec<String>>,
     ) -> Done {
-        let (save, returns) = crate::selected::split_save(returns);
+        let returns = returns.map(|r| Returns::parse(&r)).transpose()?;
+        if returns.as_ref().is_some_and(|r| r.update) {
+            self.update_tag_free(tag)?;
+        }
         let sorted = self.sorted(criteria, charset, search);
-        if save {
-            let uids: Option<Vec<u32>> = sorted.as_ref().ok().map(|f| f.iter().map(|f| f.uid).collect());
-            self.save_result(uids.as_deref(), returns.as_deref().unwrap_or_default());
+        if let Some(r) = returns.as_ref().filter(|r| r.save) {
+            let uids: Option<Vec<u32>> =
+                sorted.as_ref().ok().map(|f| r.saved(f.len()).into_iter().map(|i| f[i].uid).collect());
+            self.save_result(uids.as_deref());
         }
         let facts = sorted?;
         let uses_modseq = search.iter().any(uses_modseq);
@@ -152,7 +194,7 @@ impl Session {
         let modseq = facts.iter().map(|f| f.modseq).max().filter(|_| uses_modseq);
         let numbers: Vec<u32> = facts.iter().map(|f| if uid { f.uid } else { f.seq }).collect();
         let done = format!("{}SORT completed", if uid { "UID " } else { "" });
-        let Some(opts) = returns else {
+        let Some(returns) = returns else {
             let mut line = String::with_capacity(5 + 7 * numbers.len());
             line.push_str("SORT");
             for n in &numbers {
@@ -164,27 +206,17 @@ impl Session {
             self.untagged(&line);
             return Ok(done);
         };
-        if save && opts.is_empty() {
+        if returns.update {
+            let uids: Vec<u32> = facts.iter().map(|f| f.uid).collect();
+            self.start_update(tag, uid, Some(criteria), search, uids);
+        }
+        if returns.save && returns.items.is_empty() && !returns.update {
             return Ok(done); // SAVE alone answers nothing (RFC 5182 §2.4).
         }
-        // ESORT: MIN and MAX are the first and last in sort order, ALL is
-        // in sort order, each number on its own (no ranges).
-        let opts = if opts.is_empty() { vec!["ALL".to_string()] } else { opts };
+        // ESORT: MIN and MAX are the first and last in sort order, ALL and
+        // PARTIAL in sort order, each number on its own (no ranges).
         let mut line = format!("ESEARCH (TAG \"{tag}\"){}", if uid { " UID" } else { "" });
-        for o in &opts {
-            match (o.as_str(), numbers.first(), numbers.last()) {
-                ("MIN", Some(first), _) => line.push_str(&format!(" MIN {first}")),
-                ("MAX", _, Some(last)) => line.push_str(&format!(" MAX {last}")),
-                ("COUNT", _, _) => line.push_str(&format!(" COUNT {}", numbers.len())),
-                ("ALL", Some(_), _) => {
-                    line.push_str(" ALL ");
-                    for (i, n) in numbers.iter().enumerate() {
-                        let _ = write!(line, "{}{n}", if i == 0 { "" } else { "," });
-                    }
-                }
-                _ => {}
-            }
-        }
+        returns.write_items(&mut line, &numbers, false);
         if let (Some(max), false) = (modseq, numbers.is_empty()) {
             line.push_str(&format!(" MODSEQ {max}"));
         }
@@ -197,17 +229,8 @@ impl Session {
         if criteria.len() > SORT_CRITERIA_MAX {
             return Err(Fail::Bad(format!("at most {SORT_CRITERIA_MAX} sort criteria")));
         }
-        if criteria.iter().any(|c| matches!(c.key, SortKey::DisplayFrom | SortKey::DisplayTo)) {
-            return Err(Fail::Bad("SORT=DISPLAY is not supported".into()));
-        }
         charset_ok(charset)?;
-        let any = |keys: &[SortKey]| criteria.iter().any(|c| keys.contains(&c.key));
-        let header =
-            any(&[SortKey::Subject, SortKey::From, SortKey::To, SortKey::Cc, SortKey::Date]).then_some(Wanted {
-                subject: any(&[SortKey::Subject]),
-                addresses: any(&[SortKey::From, SortKey::To, SortKey::Cc]),
-                threading: false,
-            });
+        let header = wanted(criteria);
         let reader = self.reader()?;
         let matched = self.matching(&reader, search)?;
         let facts = Facts::read_all(&reader, &matched, header);
@@ -215,22 +238,7 @@ impl Session {
         // Indices are sorted, not the (large) facts; ties by sequence
         // number make the order total, so an unstable sort gives the one answer.
         let mut order: Vec<u32> = (0..facts.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (a, b) = (&facts[a as usize], &facts[b as usize]);
-            criteria
-                .iter()
-                .map(|c| {
-                    let o = compare(&c.key, a, b);
-                    if c.reverse {
-                        o.reverse()
-                    } else {
-                        o
-                    }
-                })
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-                .then(a.seq.cmp(&b.seq))
-        });
+        order.sort_unstable_by(|&a, &b| sort_order(criteria, &facts[a as usize], &facts[b as usize]));
         let mut slots: Vec<Option<Facts>> = facts.into_iter().map(Some).collect();
         Ok(order.iter().map(|&i| slots[i as usize].take().expect("each index once")).collect())
     }

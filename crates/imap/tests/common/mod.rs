@@ -133,19 +133,97 @@ pub fn without_extension_items(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `nz-number` (RFC 9051 §9).
+fn is_nz_number(t: &str) -> bool {
+    !t.is_empty() && !t.starts_with('0') && t.bytes().all(|b| b.is_ascii_digit()) && t.parse::<u32>().is_ok()
+}
+
+/// `sequence-set` as a response gives it: nz-numbers and ranges of them,
+/// comma-separated (no `*`).
+fn is_sequence_set(t: &str) -> bool {
+    t.split(',').all(|part| match part.split_once(':') {
+        Some((a, b)) => is_nz_number(a) && is_nz_number(b),
+        None => is_nz_number(part),
+    })
+}
+
+/// Asserts an ESEARCH response line (without CRLF) follows its grammar:
+/// RFC 4731 §3.1 with RFC 4466's correlator, `MODSEQ` (RFC 7162 §3.1.5),
+/// and RFC 5267 §5's `ADDTO` / `REMOVEFROM` (`(position set *(SP position
+/// set))`) and RFC 9394 §4's `PARTIAL (range set-or-NIL)`.
+pub fn check_esearch(line: &str) {
+    let rest = line.strip_prefix("* ESEARCH").unwrap_or_else(|| panic!("not ESEARCH: {line}"));
+    let mut rest = rest;
+    if let Some(r) = rest.strip_prefix(" (TAG \"") {
+        let close = r.find("\")").unwrap_or_else(|| panic!("correlator not closed: {line}"));
+        assert!(r[..close].bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'), "{line}");
+        rest = &r[close + 2..];
+    }
+    if let Some(r) = rest.strip_prefix(" UID") {
+        if r.is_empty() || r.starts_with(' ') {
+            rest = r;
+        }
+    }
+    let tokens: Vec<&str> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.strip_prefix(' ').unwrap_or_else(|| panic!("{line}")).split(' ').collect()
+    };
+    let mut i = 0;
+    let number = |t: Option<&&str>| t.is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty());
+    while i < tokens.len() {
+        match tokens[i] {
+            "MIN" | "MAX" => assert!(tokens.get(i + 1).is_some_and(|t| is_nz_number(t)), "{line}"),
+            "COUNT" | "MODSEQ" => assert!(number(tokens.get(i + 1)), "{line}"),
+            "ALL" => assert!(tokens.get(i + 1).is_some_and(|t| is_sequence_set(t)), "{line}"),
+            "ADDTO" | "REMOVEFROM" => {
+                // "(" position SP set *(SP position SP set) ")"
+                let mut j = i + 1;
+                let first = tokens.get(j).and_then(|t| t.strip_prefix('(')).unwrap_or_else(|| panic!("{line}"));
+                assert!(number(Some(&first)), "{line}");
+                loop {
+                    let set = tokens.get(j + 1).unwrap_or_else(|| panic!("{line}"));
+                    if let Some(set) = set.strip_suffix(')') {
+                        assert!(is_sequence_set(set), "{line}");
+                        break;
+                    }
+                    assert!(is_sequence_set(set), "{line}");
+                    assert!(number(tokens.get(j + 2)), "{line}");
+                    j += 2;
+                }
+                i = j + 2;
+                continue;
+            }
+            "PARTIAL" => {
+                let range = tokens.get(i + 1).and_then(|t| t.strip_prefix('(')).unwrap_or_else(|| panic!("{line}"));
+                let (a, b) = range.split_once(':').unwrap_or_else(|| panic!("{line}"));
+                let ok = match (a.strip_prefix('-'), b.strip_prefix('-')) {
+                    (Some(a), Some(b)) => is_nz_number(a) && is_nz_number(b),
+                    (None, None) => is_nz_number(a) && is_nz_number(b),
+                    _ => false,
+                };
+                assert!(ok, "partial-range: {line}");
+                let results = tokens.get(i + 2).and_then(|t| t.strip_suffix(')')).unwrap_or_else(|| panic!("{line}"));
+                assert!(results == "NIL" || is_sequence_set(results), "{line}");
+                i += 3;
+                continue;
+            }
+            other => panic!("unknown ESEARCH data {other:?}: {line}"),
+        }
+        i += 2;
+    }
+}
+
 /// Asserts `bytes` is a sequence of complete IMAP responses.
 pub fn assert_responses(bytes: &[u8]) {
     let stripped = without_extension_items(bytes);
     let mut rest = &stripped[..];
     while !rest.is_empty() {
-        // imap-codec 2.0 (alpha) has no ESEARCH response: checked by shape.
-        if rest.starts_with(b"* ESEARCH (TAG \"") {
+        // imap-codec 2.0 (alpha) has no ESEARCH response: checked by its grammar.
+        if rest.starts_with(b"* ESEARCH") {
             let end = rest.windows(2).position(|w| w == b"\r\n").expect("ESEARCH line ends");
             let line = std::str::from_utf8(&rest[..end]).unwrap();
-            assert!(
-                line.split(' ').skip(4).all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())),
-                "{line}"
-            );
+            check_esearch(line);
             rest = &rest[end + 2..];
             continue;
         }
