@@ -778,7 +778,7 @@ impl Session {
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT \
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
-             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE",
+             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CATENATE",
         );
         if self.account.is_some() && !self.compressed {
             caps.push_str(" COMPRESS=DEFLATE");
@@ -813,6 +813,7 @@ impl Session {
             search_extra,
             create_use,
             appends,
+            catenate,
             ..
         } = options;
         if let Some(sel) = &mut self.selected {
@@ -924,7 +925,7 @@ impl Session {
                 self.status_command(&name, &items, &status_extra)
             }
             CommandBody::Append { mailbox, flags, date, message } => {
-                self.append(&mailbox_name(&mailbox), (flags, date, message), &appends)
+                self.append(&mailbox_name(&mailbox), (flags, date, message), &appends, &catenate)
             }
             _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
             CommandBody::Close => {

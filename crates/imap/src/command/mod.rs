@@ -2,6 +2,7 @@
 //! them. The older commands still live in `session.rs` and `selected.rs`.
 
 pub(crate) mod append;
+pub(crate) mod catenate;
 pub(crate) mod compress;
 pub(crate) mod sort;
 pub(crate) mod thread;
