@@ -91,7 +91,10 @@ impl Session {
             prepared.push((keywords(flags)?, date.as_ref().map_or(now, |d| d.as_ref().timestamp()), data));
         }
         // One transaction: an error in any message leaves none stored.
+        let added = prepared.iter().fold((0u64, 0u64), |(n, bytes), p| (n + 1, bytes + p.2.len() as u64));
         let placed = self.write(|b| {
+            // Over quota (RFC 9208 §5): NO [OVERQUOTA], nothing stored.
+            b.within_quota(added)?;
             let mut placed = Vec::with_capacity(prepared.len());
             for (flags, date, data) in &prepared {
                 let (m, blob) = b.append_body(id, data, *date, flags.clone())?;

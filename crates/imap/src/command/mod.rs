@@ -4,5 +4,6 @@
 pub(crate) mod append;
 pub(crate) mod catenate;
 pub(crate) mod compress;
+pub(crate) mod quota;
 pub(crate) mod sort;
 pub(crate) mod thread;
