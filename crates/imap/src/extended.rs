@@ -45,7 +45,35 @@ pub struct Lifted {
     /// whole `tag APPEND mailbox [flags] [date] literal` command (the
     /// command keeps the first).
     pub appends: Vec<Vec<u8>>,
+    /// CATENATE (RFC 4469): the APPEND's messages given as `CATENATE (…)`,
+    /// each by its place among the messages (0 the first); in the command
+    /// each stands as an empty literal.
+    pub catenate: Vec<Catenate>,
 }
+
+/// One message of an APPEND given as `CATENATE (part …)` (RFC 4469 §5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catenate {
+    /// Its place among the APPEND's messages (0 the first).
+    pub index: usize,
+    /// Its parts, at most [`CATENATE_PARTS_MAX`].
+    pub parts: Vec<CatPart>,
+    /// It had more parts than that (they are not kept).
+    pub too_many: bool,
+}
+
+/// A part of a CATENATE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatPart {
+    /// `TEXT literal` (or literal8): the bytes, and whether a plain
+    /// literal held a NUL.
+    Text(Vec<u8>, bool),
+    /// `URL astring`: an IMAP URL (RFC 5092), as the client wrote it.
+    Url(String),
+}
+
+/// Parts in one CATENATE, at most (`NO [LIMIT]` past it).
+pub const CATENATE_PARTS_MAX: usize = 100;
 
 /// A FETCH item imap-codec does not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,7 +397,7 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     // (Borrowed unless a stage rewrites it: an APPEND may be large.)
     let mut input = replaced.map_or(std::borrow::Cow::Borrowed(message), std::borrow::Cow::Owned);
     let stages: [Stage; 6] =
-        [split_multiappend, lift_search_keys, lift_fetch_partial, lift_fetch_items, lift_status_items, lift_create_use];
+        [lift_catenate, split_multiappend, lift_search_keys, lift_fetch_partial, lift_fetch_items, lift_status_items, lift_create_use];
     for stage in stages {
         if let Some(rewritten) = stage(&input, &mut extra) {
             input = std::borrow::Cow::Owned(rewritten);
@@ -391,6 +419,7 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     lifted.search_extra = extra.search_extra;
     lifted.create_use = extra.create_use;
     lifted.appends = extra.appends;
+    lifted.catenate = extra.catenate;
     Some(lifted)
 }
 
@@ -820,6 +849,116 @@ fn split_multiappend(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     Some(first)
 }
 
+/// CATENATE (RFC 4469 §5): in `tag APPEND mailbox m1 m2 …` each message is
+/// `[flags] [date]` and a literal (literal8) or `CATENATE (cat-part …)`,
+/// `cat-part = "TEXT" SP literal / "URL" SP astring`. The parts of each
+/// CATENATE go to [`Lifted::catenate`] and an empty literal stands in the
+/// command for it (which [`split_multiappend`] then splits as usual).
+fn lift_catenate(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    if !starts_with_ci(&message[sp + 1..], b"APPEND ") {
+        return None;
+    }
+    let mailbox_end = astring_end(message, sp + 1 + b"APPEND ".len())?;
+    let end = body_end(message)?;
+    let mut out = message[..mailbox_end].to_vec();
+    let mut found = Vec::new();
+    let mut i = mailbox_end;
+    let mut index = 0;
+    while i < end {
+        if message[i] != b' ' {
+            return None;
+        }
+        let opts = i;
+        i += 1;
+        // Flags: a parenthesised list of flags (no nesting, no strings).
+        if message.get(i) == Some(&b'(') {
+            let close = i + message[i..end].iter().position(|&b| b == b')')?;
+            if message[i + 1..close].iter().any(|&b| matches!(b, b'(' | b'{' | b'"')) {
+                return None;
+            }
+            i = close + 1;
+            if message.get(i) != Some(&b' ') {
+                return None;
+            }
+            i += 1;
+        }
+        // A date-time: a quoted string.
+        if message.get(i) == Some(&b'"') {
+            i = astring_end(message, i)?;
+            if message.get(i) != Some(&b' ') {
+                return None;
+            }
+            i += 1;
+        }
+        out.extend_from_slice(&message[opts..i]);
+        if starts_with_ci(&message[i..end], b"CATENATE (") {
+            let (cat, after) = catenate_parts(message, i + b"CATENATE (".len(), end)?;
+            found.push(Catenate { index, ..cat });
+            out.extend_from_slice(b"{0}\r\n");
+            i = after;
+        } else {
+            let open = if message.get(i) == Some(&b'~') { i + 1 } else { i };
+            let data = literal_at(message, open)?;
+            out.extend_from_slice(&message[i..data.end]);
+            i = data.end;
+        }
+        index += 1;
+    }
+    if found.is_empty() || i != end {
+        return None;
+    }
+    out.extend_from_slice(b"\r\n");
+    lifted.catenate = found;
+    Some(out)
+}
+
+/// The parts of a `CATENATE (` whose first part starts at `at`, up to its
+/// `)`: them and where the `)` ends.
+fn catenate_parts(message: &[u8], mut at: usize, end: usize) -> Option<(Catenate, usize)> {
+    let mut cat = Catenate::default();
+    let mut first = true;
+    loop {
+        match message.get(at)? {
+            b')' if !first && at < end => return Some((cat, at + 1)),
+            b' ' if !first => at += 1,
+            _ if !first => return None,
+            _ => {}
+        }
+        first = false;
+        let part = if starts_with_ci(&message[at..], b"TEXT ") {
+            at += b"TEXT ".len();
+            let eight = message.get(at) == Some(&b'~');
+            let data = literal_at(message, at + usize::from(eight))?;
+            let nul = !eight && message[data.clone()].contains(&0);
+            let part = CatPart::Text(message[data.clone()].to_vec(), nul);
+            at = data.end;
+            part
+        } else if starts_with_ci(&message[at..], b"URL ") {
+            at += b"URL ".len();
+            let url_end = astring_end(message, at)?;
+            let raw = &message[at..url_end];
+            let url = match raw.first() {
+                Some(b'"') => string_at(raw)?.0,
+                Some(b'{') => String::from_utf8(message[literal_at(message, at)?].to_vec()).ok()?,
+                _ => String::from_utf8(raw.to_vec()).ok()?,
+            };
+            at = url_end;
+            CatPart::Url(url)
+        } else {
+            return None;
+        };
+        if cat.parts.len() < CATENATE_PARTS_MAX {
+            cat.parts.push(part);
+        } else {
+            cat.too_many = true;
+        }
+        if at >= end {
+            return None;
+        }
+    }
+}
+
 /// Whether the command holds a literal (not a literal8) with a NUL in it:
 /// what a client sends binary data in without BINARY's `~{n}`.
 pub fn nul_in_literal(message: &[u8]) -> bool {
@@ -1047,6 +1186,33 @@ mod tests {
     }
 
     #[test]
+    fn catenate_is_lifted() {
+        let m = b"a APPEND D (\\Seen) CATENATE (URL \"/D/;UID=2\" TEXT {2}\r\nab URL /X/;UID=1) ~{1}\r\nz CATENATE (TEXT ~{1+}\r\n\0)\r\n";
+        let l = lift(m).unwrap();
+        assert_eq!(l.command, b"a APPEND D (\\Seen) {0}\r\n\r\n");
+        assert_eq!(l.appends, vec![b"a APPEND D ~{1}\r\nz\r\n".to_vec(), b"a APPEND D {0}\r\n\r\n".to_vec()]);
+        let want = vec![
+            CatPart::Url("/D/;UID=2".into()),
+            CatPart::Text(b"ab".to_vec(), false),
+            CatPart::Url("/X/;UID=1".into()),
+        ];
+        assert_eq!(
+            l.catenate,
+            vec![
+                Catenate { index: 0, parts: want, too_many: false },
+                Catenate { index: 2, parts: vec![CatPart::Text(vec![0], false)], too_many: false },
+            ]
+        );
+        let l = lift(b"a APPEND D CATENATE (TEXT {1}\r\n\0)\r\n").unwrap();
+        assert_eq!(l.catenate[0].parts, vec![CatPart::Text(vec![0], true)]);
+        for bad in
+            [&b"a APPEND D CATENATE ()\r\n"[..], b"a APPEND D CATENATE (TEXT x)\r\n", b"a APPEND D CATENATE (URL x\r\n"]
+        {
+            assert!(lift(bad).is_none_or(|l| l.catenate.is_empty()));
+        }
+    }
+
+    #[test]
     fn garbage_never_panics() {
         for m in [
             &b"a LIST ("[..],
@@ -1072,6 +1238,12 @@ mod tests {
             b"a APPEND x {2}\r\nab {99999999999}\r\n",
             b"a APPEND x {2}\r\nab {1}\r\n",
             b"a APPEND \"x {2}\r\nab\r\n",
+            b"a APPEND x CATENATE (",
+            b"a APPEND x CATENATE (TEXT {5}\r\nab",
+            b"a APPEND x CATENATE (URL {9}\r\n",
+            b"a APPEND x CATENATE (URL \"abc",
+            b"a APPEND x ( CATENATE (TEXT {1}\r\na)\r\n",
+            b"a APPEND x (\\Seen) \"date CATENATE (URL a)\r\n",
         ] {
             let _ = nul_in_literal(m);
             let _ = lift(m);

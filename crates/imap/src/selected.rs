@@ -1020,6 +1020,7 @@ impl Session {
             return Ok(format!("{} completed (nothing)", if is_move { "MOVE" } else { "COPY" }));
         }
         let pairs = self.write(|b| {
+            let before = b.usage()?;
             let mut pairs = Vec::new();
             for (_, m) in &targets {
                 let placed = if is_move && src == dest {
@@ -1038,6 +1039,8 @@ impl Session {
                     pairs.push((m.uid, new));
                 }
             }
+            // RFC 9208 §4.1.3 / §5: over quota, nothing is copied.
+            b.within_quota_since(before)?;
             Ok(pairs)
         })?;
         let from: Vec<u32> = pairs.iter().map(|p| p.0).collect();

@@ -243,6 +243,7 @@ impl From<StoreError> for Fail {
                 Fail::No("[NONEXISTENT] the mailbox was deleted meanwhile".into())
             }
             StoreError::Local(e) => Fail::No(format!("[CANNOT] {e}")),
+            StoreError::OverQuota(why) => Fail::No(format!("[OVERQUOTA] {why}")),
             e => Fail::No(format!("[SERVERBUG] {e}")),
         }
     }
@@ -790,7 +791,8 @@ impl Session {
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
-             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CONTEXT=SEARCH CONTEXT=SORT PARTIAL",
+             CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CONTEXT=SEARCH CONTEXT=SORT PARTIAL CATENATE \
+             QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         );
         if self.account.is_some() && !self.compressed {
             caps.push_str(" COMPRESS=DEFLATE");
@@ -826,6 +828,7 @@ impl Session {
             search_extra,
             create_use,
             appends,
+            catenate,
             ..
         } = options;
         if let Some(sel) = &mut self.selected {
@@ -936,8 +939,11 @@ impl Session {
                 }
                 self.status_command(&name, &items, &status_extra)
             }
+            CommandBody::GetQuota { root } => self.getquota(&String::from_utf8_lossy(root.as_ref())),
+            CommandBody::GetQuotaRoot { mailbox } => self.getquotaroot(&mailbox_name(&mailbox)),
+            CommandBody::SetQuota { .. } => self.setquota(),
             CommandBody::Append { mailbox, flags, date, message } => {
-                self.append(&mailbox_name(&mailbox), (flags, date, message), &appends)
+                self.append(&mailbox_name(&mailbox), (flags, date, message), &appends, &catenate)
             }
             _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
             CommandBody::Close => {
@@ -1517,6 +1523,17 @@ impl Session {
                 StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", status.uid_validity),
                 StatusDataItemName::Unseen => format!("UNSEEN {}", count(starling_model::Keyword::Seen, false)?),
                 StatusDataItemName::Deleted => format!("DELETED {}", count(starling_model::Keyword::Deleted, true)?),
+                StatusDataItemName::DeletedStorage => {
+                    // RFC 9208 §4.3: what EXPUNGE would free, in STORAGE's
+                    // unit (KiB, rounded up): the \Deleted messages' sizes.
+                    let mut size = 0u64;
+                    for m in reader.messages(id, 1, usize::MAX)? {
+                        if m.flags.contains(&starling_model::Keyword::Deleted) {
+                            size += reader.envelope(m.message)?.map_or(0, |e| e.size);
+                        }
+                    }
+                    format!("DELETED-STORAGE {}", size.div_ceil(1024))
+                }
                 StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", status.highest_modseq.max(1)),
                 StatusDataItemName::Size => {
                     // RFC 8438: the sum of the messages' RFC822.SIZE.
@@ -1526,7 +1543,6 @@ impl Session {
                     }
                     format!("SIZE {size}")
                 }
-                _ => continue,
             };
             parts.push(part);
         }
@@ -1666,6 +1682,7 @@ fn status_item(name: &str) -> Option<StatusDataItemName> {
         "UIDVALIDITY" => StatusDataItemName::UidValidity,
         "UNSEEN" => StatusDataItemName::Unseen,
         "DELETED" => StatusDataItemName::Deleted,
+        "DELETED-STORAGE" => StatusDataItemName::DeletedStorage,
         "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
         "SIZE" => StatusDataItemName::Size,
         _ => return None,

@@ -81,6 +81,29 @@ impl Default for Limits {
     }
 }
 
+/// Why a delivery was not made; both are temporary (the client retries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotDelivered {
+    /// A failure here: `451 4.3.0`.
+    Failed(String),
+    /// The account is over its quota: `452 4.2.2` (RFC 3463, mailbox
+    /// full), which the client retries, as a quota may be raised or mail
+    /// expunged meanwhile.
+    OverQuota(String),
+}
+
+impl From<String> for NotDelivered {
+    fn from(why: String) -> Self {
+        NotDelivered::Failed(why)
+    }
+}
+
+impl From<&str> for NotDelivered {
+    fn from(why: &str) -> Self {
+        NotDelivered::Failed(why.to_string())
+    }
+}
+
 /// Where the mail goes: what the session asks of the store.
 pub trait Backend {
     /// The account receiving mail for `address` (a `RCPT TO` path), if any.
@@ -88,12 +111,12 @@ pub trait Backend {
     /// Stores `message` for `account`: `Ok` only once it is durable (the
     /// client is told `250` and will not retry), `Err` with a reason for a
     /// temporary failure (`451`, the client retries).
-    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String>;
+    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), NotDelivered>;
     /// Stores `message` for each of `accounts` (one per accepted
     /// recipient, in order) and answers for each as [`Backend::deliver`]
     /// does. By default one delivery after another; a backend that waits
     /// after storing (for peers to hold the message) waits once for all.
-    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), String>> {
+    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), NotDelivered>> {
         accounts.iter().map(|a| self.deliver(a, message)).collect()
     }
 }
@@ -302,7 +325,8 @@ impl<B: Backend> Session<B> {
             let reply = match results.get(i) {
                 None => format!("552 5.3.4 <{to}> message larger than {} bytes", self.limits.message_max),
                 Some(Ok(())) => format!("250 2.0.0 <{to}> delivered"),
-                Some(Err(e)) => format!("451 4.3.0 <{to}> not delivered: {}", printable(e)),
+                Some(Err(NotDelivered::Failed(e))) => format!("451 4.3.0 <{to}> not delivered: {}", printable(e)),
+                Some(Err(NotDelivered::OverQuota(e))) => format!("452 4.2.2 <{to}> over quota: {}", printable(e)),
             };
             self.reply(&reply);
         }
@@ -357,7 +381,7 @@ mod tests {
             let local = address.split('@').next()?;
             ["alice", "bob"].contains(&local).then(|| local.to_string())
         }
-        fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
+        fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), NotDelivered> {
             if account == "bob" && message.ends_with(b"fail\r\n") {
                 return Err("disk\r\nfull".into());
             }

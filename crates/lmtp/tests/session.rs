@@ -13,7 +13,7 @@ impl Backend for Log {
     fn account(&mut self, address: &str) -> Option<String> {
         ["alice", "bob"].contains(&address).then(|| address.to_string())
     }
-    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
+    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), starling_lmtp::NotDelivered> {
         if message.len() % 7 == 3 {
             return Err("try later".into());
         }

@@ -130,6 +130,66 @@ pub struct MailboxTree {
     /// Which nodes replicate the account ([`AccountDoc::set_placement`]),
     /// as the node layer wrote it; `None`: every node that syncs it.
     pub placement: Option<String>,
+    /// The account's quota ([`AccountDoc::set_quota`]); none by default.
+    pub quota: Quota,
+}
+
+/// An account's quota, set by the operator for every replica of the
+/// account: RFC 9208's STORAGE (in units of 1024 bytes) and MESSAGE
+/// resources, each unlimited when `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// At most this many KiB of messages (RFC 9208 §5.1).
+    pub storage_kb: Option<u64>,
+    /// At most this many messages (RFC 9208 §5.2).
+    pub messages: Option<u64>,
+}
+
+impl Quota {
+    /// As stored in the account document: `storage-kb=N,messages=N`, the
+    /// limits set only; empty for none.
+    pub fn encode(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.storage_kb {
+            parts.push(format!("storage-kb={n}"));
+        }
+        if let Some(n) = self.messages {
+            parts.push(format!("messages={n}"));
+        }
+        parts.join(",")
+    }
+
+    /// Reads [`Quota::encode`]'s form; `None` if it is not that.
+    pub fn parse(s: &str) -> Option<Quota> {
+        let mut q = Quota::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=')?;
+            let n: u64 = value.parse().ok()?;
+            match key {
+                "storage-kb" if q.storage_kb.is_none() => q.storage_kb = Some(n),
+                "messages" if q.messages.is_none() => q.messages = Some(n),
+                _ => return None,
+            }
+        }
+        Some(q)
+    }
+
+    /// Whether no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.storage_kb.is_none() && self.messages.is_none()
+    }
+
+    /// Whether an account using `used` (messages, bytes) may take `added`
+    /// (messages, bytes) more. Nothing added is always allowed (a command
+    /// that removes or changes flags never fails on quota).
+    pub fn allows(&self, used: (u64, u64), added: (u64, u64)) -> bool {
+        if added == (0, 0) {
+            return true;
+        }
+        let messages_ok = self.messages.is_none_or(|max| used.0.saturating_add(added.0) <= max);
+        let bytes_ok = self.storage_kb.is_none_or(|kb| used.1.saturating_add(added.1) <= kb.saturating_mul(1024));
+        messages_ok && bytes_ok
+    }
 }
 
 impl MailboxTree {
@@ -161,6 +221,8 @@ const PASSWORD: &str = "password";
 const DELETED: &str = "deleted";
 /// The root key of the account's placement (which nodes replicate it).
 const PLACEMENT: &str = "placement";
+/// The root key of the account's quota ([`Quota::encode`]).
+const QUOTA: &str = "quota";
 
 fn field(id: MailboxId, name: &str) -> String {
     format!("{}/{}", id.to_key(), name)
@@ -324,6 +386,20 @@ impl AccountDoc {
         self.commit()
     }
 
+    /// Sets the account's quota, for every replica of it (an unlimited
+    /// one clears it). The last change seen wins; concurrent changes
+    /// resolve as automerge orders concurrent puts.
+    pub fn set_quota(&mut self, quota: &Quota) -> Vec<u8> {
+        self.doc.put(ROOT, QUOTA, quota.encode()).expect("put on root map");
+        self.commit()
+    }
+
+    /// The quota (unlimited if none is set, or if what is stored does not
+    /// read as one).
+    pub fn quota(&self) -> Quota {
+        self.get_str(QUOTA).and_then(|q| Quota::parse(&q)).unwrap_or_default()
+    }
+
     /// The placement, if one is set (see [`AccountDoc::set_placement`]).
     pub fn placement(&self) -> Option<String> {
         self.get_str(PLACEMENT).filter(|p| !p.is_empty())
@@ -405,6 +481,7 @@ impl AccountDoc {
             password: self.password(),
             deleted: self.deleted(),
             placement: self.placement(),
+            quota: self.quota(),
             ..Default::default()
         };
         for id in &visible {

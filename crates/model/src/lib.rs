@@ -24,7 +24,7 @@ pub mod replica;
 pub mod snapshot;
 pub mod testkit;
 
-pub use account::{AccountDoc, MailboxTree, SpecialUse, INBOX};
+pub use account::{AccountDoc, MailboxTree, Quota, SpecialUse, INBOX};
 pub use backend::{Backend, MemBackend, StorageError};
 pub use ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector};
 pub use keyword::Keyword;

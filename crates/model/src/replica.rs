@@ -1887,6 +1887,14 @@ impl<B: Backend> Replica<B> {
         Ok(())
     }
 
+    /// Sets the account's quota, on every replica of it
+    /// ([`crate::account::AccountDoc::set_quota`]).
+    pub fn set_quota(&mut self, quota: &crate::account::Quota) -> Result<(), LocalError> {
+        let change = self.account.set_quota(quota);
+        self.account_op(change)?;
+        Ok(())
+    }
+
     /// Deletes the account on every replica it reaches
     /// ([`AccountDoc::delete_account`]).
     pub fn delete_account(&mut self) -> Result<(), LocalError> {

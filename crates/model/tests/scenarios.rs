@@ -509,6 +509,36 @@ fn a_placement_reaches_every_replica_and_concurrent_ones_settle_on_one() {
     assert!(c.replicas.iter().all(|r| r.tree().placement.is_none()), "cleared everywhere");
 }
 
+/// A quota reaches every replica (the account document carries it), and a
+/// later change, unlimited included, replaces it everywhere.
+#[test]
+fn a_quota_reaches_every_replica() {
+    use starling_model::Quota;
+    let mut c = Cluster::new(3);
+    assert!(c.replicas.iter().all(|r| r.tree().quota.is_unlimited()));
+    let q = Quota { storage_kb: Some(10), messages: Some(3) };
+    c.client(0, |r| r.set_quota(&q)).unwrap();
+    sync(&mut c);
+    assert!(c.replicas.iter().all(|r| r.tree().quota == q), "every replica has it");
+    let only_messages = Quota { storage_kb: None, messages: Some(5) };
+    c.client(2, |r| r.set_quota(&only_messages)).unwrap();
+    sync(&mut c);
+    assert!(c.replicas.iter().all(|r| r.tree().quota == only_messages));
+    c.client(1, |r| r.set_quota(&Quota::default())).unwrap();
+    sync(&mut c);
+    assert!(c.replicas.iter().all(|r| r.tree().quota.is_unlimited()), "cleared everywhere");
+    // The stored form reads back, and bad forms do not read.
+    assert_eq!(Quota::parse(&q.encode()), Some(q));
+    assert_eq!(Quota::parse(""), Some(Quota::default()));
+    assert_eq!(Quota::parse("storage-kb=x"), None);
+    assert_eq!(Quota::parse("messages=1,messages=2"), None);
+    // The limits: STORAGE in KiB, MESSAGE in messages, either one refuses.
+    assert!(q.allows((2, 9 * 1024), (1, 1024)));
+    assert!(!q.allows((3, 0), (1, 1)));
+    assert!(!q.allows((0, 10 * 1024), (1, 1)));
+    assert!(q.allows((9, 99 * 1024), (0, 0)), "nothing added is never refused");
+}
+
 /// Issue 13, the state merge: a replica cut off from its peer makes changes
 /// of its own, shown to its client, while the peer goes on (and, in a real
 /// node, compacts its log past what the replica has). A snapshot of the peer

@@ -41,6 +41,9 @@ pub enum Request {
     /// Set which nodes replicate an account (`replicas=N`, `nodes=ID,…`;
     /// empty: every node that syncs it), on every node it syncs to.
     Place { user: String, placement: String },
+    /// Set an account's quota (`starling_model::Quota::encode`'s form:
+    /// `storage-kb=N,messages=N`; empty: none), on every node it syncs to.
+    Quota { user: String, quota: String },
     /// Forget an account on this node only (`forget_if_safe`): answered by
     /// the node, which knows its pinned peers.
     ForgetAccount {
@@ -238,6 +241,19 @@ pub fn answer_store(store: &Store, req: &Request) -> Result<String, String> {
             let stored = if placement.is_empty() { String::new() } else { shown.clone() };
             store.set_placement(user, &stored).map_err(|e| e.to_string())?;
             Ok(format!("placement of {user}: {shown} (on every node it syncs to)"))
+        }
+        Request::Quota { user, quota } => {
+            let q = starling_model::Quota::parse(quota).ok_or_else(|| format!("{quota:?} is not a quota"))?;
+            if store.is_deleted(user).map_err(|e| e.to_string())? {
+                return Err(format!("account {user} was deleted"));
+            }
+            store.set_quota(user, &q).map_err(|e| e.to_string())?;
+            let (messages, bytes) = store.usage(user).map_err(|e| e.to_string())?;
+            let shown = if q.is_unlimited() { "none".to_string() } else { q.encode() };
+            Ok(format!(
+                "quota of {user}: {shown} (on every node it syncs to; here it uses {messages} messages, {} KiB)",
+                bytes.div_ceil(1024)
+            ))
         }
         Request::Status => Err("status comes from the node".into()),
         Request::ForgetAccount { .. } => Err("forgetting is answered by the node (it knows the pinned peers)".into()),

@@ -25,10 +25,10 @@
 //!   it backs off and logs once per interval
 //!   ([`starling_net::listen::accept_forever`]).
 
-use starling_lmtp::{Backend, Limits, Session};
+use starling_lmtp::{Backend, Limits, NotDelivered, Session};
 use starling_model::{BlobId, MessageId, INBOX};
 use starling_net::listen::{accept_forever, AcceptErrors, ConnCounter, ConnLimits};
-use starling_store::{Exposed, ExposurePolicy, Store, WhenShort};
+use starling_store::{Exposed, ExposurePolicy, Store, StoreError, WhenShort};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -117,9 +117,18 @@ struct StoreBackend {
 impl StoreBackend {
     /// Stores the message in `account`'s INBOX (committed, fsync): the
     /// message and its body.
-    fn store(&self, account: &str, message: &[u8]) -> Result<(MessageId, BlobId), String> {
+    /// Over the account's quota (checked against this node's copy, in
+    /// the same transaction): [`NotDelivered::OverQuota`], nothing stored.
+    fn store(&self, account: &str, message: &[u8]) -> Result<(MessageId, BlobId), NotDelivered> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.store.write(account, |b| b.append_body(INBOX, message, now, vec![])).map_err(|e| e.to_string())
+        let stored = self.store.write(account, |b| {
+            b.within_quota((1, message.len() as u64))?;
+            b.append_body(INBOX, message, now, vec![])
+        });
+        stored.map_err(|e| match e {
+            StoreError::OverQuota(why) => NotDelivered::OverQuota(why),
+            e => NotDelivered::Failed(e.to_string()),
+        })
     }
 }
 
@@ -139,7 +148,7 @@ impl Backend for StoreBackend {
         }
     }
 
-    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
+    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), NotDelivered> {
         self.deliver_all(&[account], message).pop().expect("one answer")
     }
 
@@ -147,8 +156,8 @@ impl Backend for StoreBackend {
     /// (one deadline for all) until k pinned peers hold each delivery and
     /// its body. Short of k by the deadline: `250` anyway (degrade), or
     /// withdraw the delivery and answer `451` so the MTA retries (refuse).
-    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), String>> {
-        let stored: Vec<Result<(MessageId, BlobId), String>> =
+    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), NotDelivered>> {
+        let stored: Vec<Result<(MessageId, BlobId), NotDelivered>> =
             tokio::task::block_in_place(|| accounts.iter().map(|a| self.store(a, message)).collect());
         let policy = &*self.durability;
         if policy.peers == 0 {
@@ -172,7 +181,7 @@ impl Backend for StoreBackend {
                                 store
                                     .write(account, |b| Ok(b.replica().expunge(&[message])?))
                                     .map_err(|e| e.to_string())?;
-                                return Err(why);
+                                return Err(why.into());
                             }
                             Ok(())
                         }
@@ -259,9 +268,51 @@ mod tests {
         fn account(&mut self, _: &str) -> Option<String> {
             None
         }
-        fn deliver(&mut self, _: &str, _: &[u8]) -> Result<(), String> {
+        fn deliver(&mut self, _: &str, _: &[u8]) -> Result<(), NotDelivered> {
             Err("nobody".into())
         }
+    }
+
+    /// Past the account's quota a delivery is a temporary `452 4.2.2`
+    /// and stores nothing; once room is made it is taken again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_delivery_over_quota_is_452_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = starling_store::StoreOptions::default();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb"), starling_model::ReplicaId(1), options).unwrap());
+        store.add_account("alice").unwrap();
+        store.set_quota("alice", &starling_model::Quota { storage_kb: None, messages: Some(1) }).unwrap();
+        let backend = StoreBackend { store: store.clone(), durability: Arc::new(ExposurePolicy::default()) };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let config = Config::default();
+        let task = tokio::spawn(async move { session(server, &config, backend).await });
+        let (r, mut w) = tokio::io::split(client);
+        let mut lines = BufReader::new(r).lines();
+        async fn deliver<W: AsyncWrite + Unpin, R: tokio::io::AsyncBufRead + Unpin>(
+            w: &mut W,
+            lines: &mut tokio::io::Lines<R>,
+        ) -> String {
+            w.write_all(b"MAIL FROM:<s@x>\r\nRCPT TO:<alice>\r\nDATA\r\nSubject: hi\r\n\r\nhi\r\n.\r\n").await.unwrap();
+            loop {
+                let line = lines.next_line().await.unwrap().unwrap();
+                if !line.starts_with("250 2.1") && !line.starts_with("354") {
+                    return line;
+                }
+            }
+        }
+        w.write_all(b"LHLO x\r\n").await.unwrap();
+        while !lines.next_line().await.unwrap().unwrap().starts_with("250 ") {}
+        let first = deliver(&mut w, &mut lines).await;
+        assert!(first.starts_with("250 2.0.0"), "{first}");
+        let second = deliver(&mut w, &mut lines).await;
+        assert!(second.starts_with("452 4.2.2 <alice> over quota"), "{second}");
+        assert_eq!(store.usage("alice").unwrap().0, 1, "nothing stored past the quota");
+        store.set_quota("alice", &starling_model::Quota::default()).unwrap();
+        let third = deliver(&mut w, &mut lines).await;
+        assert!(third.starts_with("250 2.0.0"), "{third}");
+        assert_eq!(store.usage("alice").unwrap().0, 2);
+        drop(lines);
+        task.abort();
     }
 
     #[tokio::test]
@@ -335,7 +386,7 @@ mod tests {
         fn account(&mut self, a: &str) -> Option<String> {
             Some(a.to_string())
         }
-        fn deliver(&mut self, _: &str, _: &[u8]) -> Result<(), String> {
+        fn deliver(&mut self, _: &str, _: &[u8]) -> Result<(), NotDelivered> {
             panic!("a cut DATA is not delivered")
         }
     }

@@ -201,6 +201,24 @@ enum AccountAction {
         #[arg(long)]
         clear: bool,
     },
+    /// Set an account's quota (RFC 9208's STORAGE and MESSAGE), for every
+    /// node it syncs to: APPEND, COPY and LMTP delivery past it are
+    /// refused (`NO [OVERQUOTA]`, `452 4.2.2`). Each node checks it against
+    /// its own copy when it accepts mail, so nodes that accept mail while
+    /// cut off from each other can together exceed it.
+    Quota {
+        /// The account.
+        user: String,
+        /// At most this many KiB of messages.
+        #[arg(long, conflicts_with = "clear")]
+        storage_kb: Option<u64>,
+        /// At most this many messages.
+        #[arg(long, conflicts_with = "clear")]
+        messages: Option<u64>,
+        /// No quota (the default).
+        #[arg(long)]
+        clear: bool,
+    },
     /// Forget an account on this node only: free its copy here (the
     /// account stays on every other node). Refused unless a pinned peer
     /// of the account holds everything of it that is here (its ops and
@@ -620,6 +638,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 _ => return Err("give one of --replicas N, --nodes ID,ID or --clear".into()),
             };
             println!("{}", via_node(&cli.data_dir, control::Request::Place { user, placement })?);
+        }
+        Command::Account { action: AccountAction::Quota { user, storage_kb, messages, clear } } => {
+            let quota = match (storage_kb, messages, clear) {
+                (None, None, true) => starling_model::Quota::default(),
+                (s, m, false) if s.is_some() || m.is_some() => starling_model::Quota { storage_kb: s, messages: m },
+                _ => return Err("give --storage-kb N and/or --messages N, or --clear".into()),
+            };
+            let req = control::Request::Quota { user, quota: quota.encode() };
+            println!("{}", via_node(&cli.data_dir, req)?);
         }
         Command::Account { action: AccountAction::Forget { user, force } } => {
             let req = control::Request::ForgetAccount { user: user.clone(), force };

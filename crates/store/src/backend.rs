@@ -193,6 +193,18 @@ impl<'txn> RedbBackend<'txn> {
         Ok(())
     }
 
+    /// The account's live (messages, bytes), this transaction's changes
+    /// so far included (cached counters, before [`RedbBackend::flush`]).
+    pub fn usage(&self) -> StorageResult<(u64, u64)> {
+        let messages = match self.cached_account {
+            Some(c) => c.1,
+            None => self.account_counts.get(self.account).map_err(storage)?.map_or(0, |g| g.value().1),
+        };
+        let stored = self.account_bytes.get(self.account).map_err(storage)?.map_or(0, |g| g.value());
+        let bytes = (stored as i128 + self.bytes_delta).clamp(0, u64::MAX as i128) as u64;
+        Ok((messages, bytes))
+    }
+
     fn account_counts(&mut self) -> StorageResult<(u64, u64)> {
         if let Some(c) = self.cached_account {
             return Ok(c);

@@ -49,6 +49,17 @@ impl Store {
         self.write(account, |b| Ok(b.replica().set_placement(placement)?))
     }
 
+    /// Sets an account's quota, on every replica of it: an op of the
+    /// account document (an unlimited one clears it).
+    pub fn set_quota(&self, account: &str, quota: &starling_model::Quota) -> Result<(), StoreError> {
+        self.write(account, |b| Ok(b.replica().set_quota(quota)?))
+    }
+
+    /// An account's quota (unlimited if none is set).
+    pub fn quota(&self, account: &str) -> Result<starling_model::Quota, StoreError> {
+        Ok(self.read(account)?.names().tree.quota)
+    }
+
     /// An account's placement, if one is set (`None` also for an account
     /// this node does not have).
     pub fn placement(&self, account: &str) -> Result<Option<String>, StoreError> {

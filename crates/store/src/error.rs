@@ -119,6 +119,11 @@ pub enum StoreError {
     /// boundary; the account was reloaded from what was committed.
     #[error("internal error in the store: {0}")]
     Panicked(String),
+    /// The change would take the account past its quota
+    /// ([`starling_model::Quota`], checked by [`crate::Batch::within_quota`]):
+    /// nothing was committed.
+    #[error("over quota: {0}")]
+    OverQuota(String),
     /// Anything else redb reported (a limit, a misuse: a bug rather than
     /// the disk).
     #[error("storage: {0}")]

@@ -49,6 +49,54 @@ impl<'a> Batch<'a> {
         self.replica.backend_mut().raise_modseq(i, token).map_err(|e| StoreError::Apply(e.into()).lift())
     }
 
+    /// The account's live data as this transaction sees it: (messages,
+    /// bytes), read from the counters every change keeps (no scan), the
+    /// changes made so far in this batch included.
+    pub fn usage(&mut self) -> Result<(u64, u64), StoreError> {
+        self.replica.backend_mut().usage().map_err(|e| StoreError::Apply(e.into()).lift())
+    }
+
+    /// Refuses ([`StoreError::OverQuota`]) if adding `added` (messages,
+    /// bytes) would take the account past its quota (the account
+    /// document's, so every replica has the same). Checked against this
+    /// replica's counters at the time of the change: replicas that accept
+    /// mail while apart can each stay within it and together exceed it
+    /// once they meet; nothing is taken back then.
+    pub fn within_quota(&mut self, added: (u64, u64)) -> Result<(), StoreError> {
+        if self.replica.tree().quota.is_unlimited() || added == (0, 0) {
+            return Ok(());
+        }
+        let used = self.usage()?;
+        self.quota_allows(used, added)
+    }
+
+    /// [`Batch::within_quota`] for what this batch added since the account
+    /// used `before` ([`Batch::usage`]): for changes whose growth is known
+    /// once made (COPY). A change that adds nothing (MOVE within the
+    /// account) is never refused.
+    pub fn within_quota_since(&mut self, before: (u64, u64)) -> Result<(), StoreError> {
+        if self.replica.tree().quota.is_unlimited() {
+            return Ok(());
+        }
+        let now = self.usage()?;
+        self.quota_allows(before, (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1)))
+    }
+
+    fn quota_allows(&self, used: (u64, u64), added: (u64, u64)) -> Result<(), StoreError> {
+        let quota = self.replica.tree().quota;
+        if quota.allows(used, added) {
+            return Ok(());
+        }
+        Err(StoreError::OverQuota(format!(
+            "{} messages of {} bytes more than the quota allows (using {} messages, {} bytes; limit {})",
+            added.0,
+            added.1,
+            used.0,
+            used.1,
+            quota.encode()
+        )))
+    }
+
     /// Stores a body and appends it as a new message.
     pub fn append(
         &mut self,

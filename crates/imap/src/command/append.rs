@@ -1,5 +1,6 @@
 //! APPEND (RFC 9051 §6.3.12), with MULTIAPPEND (RFC 3502) and BINARY's
-//! literal8 (RFC 3516). Every message of one command is stored in one
+//! literal8 (RFC 3516) and CATENATE (RFC 4469, its messages built by
+//! [`Session::catenated`]). Every message of one command is stored in one
 //! transaction (`Store::write`, the one write path): all of them or, if
 //! any fails, none. APPENDUID (RFC 4315) names their UIDs in order.
 
@@ -12,6 +13,7 @@ use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::CommandCodec;
+use std::borrow::Cow;
 
 /// Messages in one MULTIAPPEND, at most (`NO [LIMIT]` past it): the
 /// command is one transaction.
@@ -38,8 +40,15 @@ fn uid_list(uids: &[u32]) -> String {
 
 impl Session {
     /// APPEND of `first` and, for MULTIAPPEND, of the messages in `more`
-    /// (each a whole APPEND command, [`extended::Lifted::appends`]).
-    pub(crate) fn append(&mut self, mailbox: &str, first: Message<'_>, more: &[Vec<u8>]) -> Done {
+    /// (each a whole APPEND command, [`extended::Lifted::appends`]); the
+    /// messages `catenate` names are built from their parts instead.
+    pub(crate) fn append(
+        &mut self,
+        mailbox: &str,
+        first: Message<'_>,
+        more: &[Vec<u8>],
+        catenate: &[extended::Catenate],
+    ) -> Done {
         if more.len() >= MULTIAPPEND_MAX {
             return Err(Fail::No(format!("[LIMIT] at most {MULTIAPPEND_MAX} messages in one APPEND")));
         }
@@ -66,10 +75,11 @@ impl Session {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let limit = self.append_limit();
         let mut prepared = Vec::with_capacity(1 + decoded.len());
-        for (flags, date, message) in std::iter::once(&first).chain(decoded.iter()) {
-            let data = match message {
-                LiteralOrLiteral8::Literal(l) => l.data(),
-                LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+        for (index, (flags, date, message)) in std::iter::once(&first).chain(decoded.iter()).enumerate() {
+            let data = match (catenate.iter().find(|c| c.index == index), message) {
+                (Some(cat), _) => Cow::Owned(self.catenated(cat, limit)?),
+                (None, LiteralOrLiteral8::Literal(l)) => Cow::Borrowed(l.data()),
+                (None, LiteralOrLiteral8::Literal8(l)) => Cow::Borrowed(l.data.as_ref()),
             };
             if data.is_empty() {
                 // RFC 3502 §6.3.11: an error, and how a client cancels.
@@ -81,7 +91,10 @@ impl Session {
             prepared.push((keywords(flags)?, date.as_ref().map_or(now, |d| d.as_ref().timestamp()), data));
         }
         // One transaction: an error in any message leaves none stored.
+        let added = prepared.iter().fold((0u64, 0u64), |(n, bytes), p| (n + 1, bytes + p.2.len() as u64));
         let placed = self.write(|b| {
+            // Over quota (RFC 9208 §5): NO [OVERQUOTA], nothing stored.
+            b.within_quota(added)?;
             let mut placed = Vec::with_capacity(prepared.len());
             for (flags, date, data) in &prepared {
                 let (m, blob) = b.append_body(id, data, *date, flags.clone())?;

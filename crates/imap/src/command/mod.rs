@@ -3,6 +3,8 @@
 
 pub(crate) mod append;
 pub(crate) mod cancelupdate;
+pub(crate) mod catenate;
 pub(crate) mod compress;
+pub(crate) mod quota;
 pub(crate) mod sort;
 pub(crate) mod thread;
