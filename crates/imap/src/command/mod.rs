@@ -3,5 +3,6 @@
 
 pub(crate) mod append;
 pub(crate) mod compress;
+pub(crate) mod notify;
 pub(crate) mod sort;
 pub(crate) mod thread;
