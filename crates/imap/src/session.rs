@@ -1006,7 +1006,11 @@ impl Session {
         if self.selected.is_some() {
             self.updates(expunges_allowed || self.expunges_immediate());
         }
-        self.notify_updates();
+        // Not while the command is unfinished (a FETCH in parts, waiting
+        // for bodies or to catch up): its notifications follow its end.
+        if !matches!(result, Err(Fail::Wait(_) | Fail::More | Fail::CatchUp)) {
+            self.notify_updates();
+        }
         self.finish(&tag, result);
     }
 

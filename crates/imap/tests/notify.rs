@@ -400,3 +400,32 @@ fn a_session_behind_the_change_log_still_sees_the_changes() {
         "{out}"
     );
 }
+
+/// `selected` against `selected-delayed` (RFC 5465 §6.1): with the first,
+/// another session's expunge is told even after a FETCH by sequence
+/// number (which otherwise holds expunges back); with the second it waits
+/// for a command that allows it. A NOTIFY SET is also a NOOP (§3.1).
+#[test]
+fn selected_tells_expunges_at_once_and_selected_delayed_waits() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    let mut b = Client::login(&srv);
+    for _ in 0..4 {
+        b.append("INBOX", "", PLAIN);
+    }
+    a.ok("a1 SELECT INBOX");
+    b.ok("b1 SELECT INBOX");
+    b.append("INBOX", "", PLAIN);
+    let out = a.ok("a2 NOTIFY SET (selected-delayed (MessageNew MessageExpunge))");
+    assert!(out.contains("* 5 EXISTS"), "the implied NOOP: {out}");
+    b.ok("b2 STORE 1 +FLAGS (\\Deleted)");
+    b.ok("b3 EXPUNGE");
+    let out = a.ok("a3 FETCH 2 (FLAGS)");
+    assert!(!out.contains("EXPUNGE"), "{out}");
+    assert!(a.ok("a4 NOOP").contains("* 1 EXPUNGE"));
+    a.ok("a5 NOTIFY SET (selected (MessageNew MessageExpunge))");
+    b.ok("b4 STORE 1 +FLAGS (\\Deleted)");
+    b.ok("b5 EXPUNGE");
+    let out = a.ok("a6 FETCH 2 (FLAGS)");
+    assert!(out.contains("* 1 EXPUNGE"), "{out}");
+}

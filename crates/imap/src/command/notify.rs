@@ -747,6 +747,8 @@ impl Session {
         let Ok((_, command)) = CommandCodec::default().decode(input) else { return };
         let CommandBody::Fetch { sequence_set, macro_or_item_names, .. } = command.body else { return };
         let extra = FetchExtras { items: lifted.fetch_extra, placeholder: lifted.fetch_placeholder };
+        // (Never called while a client's FETCH is in parts: that one ended.)
+        self.part.after = None;
         let r = self.fetch(&sequence_set, &macro_or_item_names, true, &[], &extra);
         self.part.after = None;
         if matches!(r, Err(crate::session::Fail::More)) {
