@@ -396,8 +396,15 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     let mut extra = Lifted::default();
     // (Borrowed unless a stage rewrites it: an APPEND may be large.)
     let mut input = replaced.map_or(std::borrow::Cow::Borrowed(message), std::borrow::Cow::Owned);
-    let stages: [Stage; 6] =
-        [lift_catenate, split_multiappend, lift_search_keys, lift_fetch_partial, lift_fetch_items, lift_status_items, lift_create_use];
+    let stages: [Stage; 6] = [
+        lift_catenate,
+        split_multiappend,
+        lift_search_keys,
+        lift_fetch_partial,
+        lift_fetch_items,
+        lift_status_items,
+        lift_create_use,
+    ];
     for stage in stages {
         if let Some(rewritten) = stage(&input, &mut extra) {
             input = std::borrow::Cow::Owned(rewritten);

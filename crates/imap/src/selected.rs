@@ -546,6 +546,9 @@ impl Session {
         let read_only = sel.read_only;
         sel.modseq = status.highest_modseq;
         self.changed = false;
+        if let Some(n) = self.notify.as_mut() {
+            n.saw_new(&new);
+        }
         if let (Some(&first), Some(&last)) = (new.first(), new.last()) {
             // The first session told of new messages sees them \Recent.
             let floor = self.recent_floor(id, (!read_only).then_some(last))?;

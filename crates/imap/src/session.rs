@@ -355,6 +355,11 @@ pub struct Session {
     /// Changes this session made whose report is not written yet, with
     /// exposure after k peers on ([`Session::take_unexposed`]).
     unexposed: Option<starling_store::Exposure>,
+    /// What NOTIFY asked for (RFC 5465), if it is on.
+    pub(crate) notify: Option<crate::command::notify::Notify>,
+    /// Part of a command has been read (a NOTIFY notification waits for
+    /// its end).
+    partial: bool,
 }
 
 impl Drop for Session {
@@ -412,6 +417,8 @@ impl Session {
             caught: Default::default(),
             part: Default::default(),
             unexposed: None,
+            notify: None,
+            partial: false,
         };
         s.frag = s.framer();
         let caps = s.capabilities();
@@ -490,6 +497,7 @@ impl Session {
         self.starttls_offered = false;
         self.input = Vec::new();
         self.literal_left = None;
+        self.partial = false;
         self.refused = None;
         self.frag = self.framer();
         self.wants = Wants::Read;
@@ -497,11 +505,22 @@ impl Session {
 
     /// Another session or a peer committed a change to this session's
     /// account. During IDLE the updates are written at once; otherwise at the
-    /// next command that allows them.
+    /// next command that allows them. With NOTIFY on (RFC 5465) they are
+    /// also written between commands, and during IDLE the selected
+    /// mailbox's only if the client asked for its events.
     pub fn account_changed(&mut self) {
         self.changed = true;
-        if matches!(self.mode, Mode::Idle(_)) {
-            self.updates(true);
+        let between = matches!(self.mode, Mode::Commands)
+            && self.notify.is_some()
+            && self.wants == Wants::Read
+            && !self.partial
+            && self.input.is_empty();
+        if matches!(self.mode, Mode::Idle(_)) || between {
+            if self.selected_pushed() {
+                let expunges = matches!(self.mode, Mode::Idle(_)) || self.expunges_immediate();
+                self.updates(expunges);
+            }
+            self.notify_updates();
         }
     }
 
@@ -582,6 +601,7 @@ impl Session {
                 break;
             }
             self.frag.enqueue_bytes(&avail[..n]);
+            self.partial = true;
             at += n;
             if let Some(left) = &mut self.literal_left {
                 *left -= n as u32;
@@ -638,6 +658,7 @@ impl Session {
         if !self.frag.is_message_complete() {
             return;
         }
+        self.partial = false;
         if self.refused.is_none() && self.frag.is_max_message_size_exceeded() {
             self.refused = Some("[TOOBIG] command too large".into());
         }
@@ -684,6 +705,7 @@ impl Session {
             Mode::Idle(tag) => match IdleDoneCodec::default().decode(message) {
                 Ok((b"", _)) => {
                     self.updates(true);
+                    self.notify_updates();
                     self.tagged(tag.as_ref(), "OK", "IDLE terminated");
                 }
                 _ => {
@@ -703,7 +725,7 @@ impl Session {
     }
 
     fn command_bytes(&mut self, message: &[u8]) {
-        if self.compress_command(message) || self.cancel_update_command(message) {
+        if self.compress_command(message) || self.cancel_update_command(message) || self.notify_command(message) {
             return;
         }
         let mut lifted = extended::lift(message).unwrap_or_default();
@@ -788,7 +810,7 @@ impl Session {
 
     fn capabilities(&self) -> String {
         let mut caps = String::from(
-            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NOTIFY NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
              CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CONTEXT=SEARCH CONTEXT=SORT PARTIAL CATENATE \
@@ -945,6 +967,15 @@ impl Session {
             CommandBody::Append { mailbox, flags, date, message } => {
                 self.append(&mailbox_name(&mailbox), (flags, date, message), &appends, &catenate)
             }
+            // In the authenticated state too (RFC 9051 §6.3.13): with NOTIFY,
+            // a client idles for other mailboxes' events.
+            CommandBody::Idle => {
+                self.updates(true);
+                self.notify_updates();
+                self.out.extend_from_slice(b"+ idling\r\n");
+                self.mode = Mode::Idle(Tag::unvalidated(tag.clone()));
+                return;
+            }
             _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
             CommandBody::Close => {
                 self.close(true);
@@ -989,12 +1020,6 @@ impl Session {
             CommandBody::Move { sequence_set, mailbox, uid } => {
                 self.copy(&sequence_set, &mailbox_name(&mailbox), uid, true)
             }
-            CommandBody::Idle => {
-                self.updates(true);
-                self.out.extend_from_slice(b"+ idling\r\n");
-                self.mode = Mode::Idle(Tag::unvalidated(tag.clone()));
-                return;
-            }
             other => Err(Fail::Bad(format!("{} is not supported", other.name()))),
         };
         if let Some(sel) = &mut self.selected {
@@ -1002,7 +1027,12 @@ impl Session {
             sel.search_extra = Vec::new();
         }
         if self.selected.is_some() {
-            self.updates(expunges_allowed);
+            self.updates(expunges_allowed || self.expunges_immediate());
+        }
+        // Not while the command is unfinished (a FETCH in parts, waiting
+        // for bodies or to catch up): its notifications follow its end.
+        if !matches!(result, Err(Fail::Wait(_) | Fail::More | Fail::CatchUp)) {
+            self.notify_updates();
         }
         self.finish(&tag, result);
     }
@@ -1131,7 +1161,14 @@ impl Session {
         f: impl FnOnce(&mut starling_store::Batch<'_>) -> Result<T, StoreError>,
     ) -> Result<T, Fail> {
         let account = self.account_name().to_string();
+        let before = match self.notify {
+            Some(_) => Some(self.shared.store.commit_seq(&account)?),
+            None => None,
+        };
         let out = self.shared.store.write(&account, f)?;
+        if let Some(before) = before {
+            self.notify_own(before);
+        }
         if self.shared.config.exposure.peers > 0 {
             let now = self.shared.store.exposure(&account, Vec::new())?;
             match &mut self.unexposed {
@@ -1491,7 +1528,7 @@ impl Session {
     }
 
     /// `* STATUS name (…)` for a mailbox; `name` is already in IMAP syntax.
-    fn status_lines(
+    pub(crate) fn status_lines(
         &mut self,
         id: MailboxId,
         name: &str,
@@ -1644,7 +1681,7 @@ impl Session {
 /// The full name of any mailbox, deleted ones too (a deleted mailbox is
 /// not in `by_name`); `None` if its parents loop or are unknown. Bounded
 /// by the number of mailboxes.
-fn full_name(tree: &starling_model::MailboxTree, id: MailboxId) -> Option<String> {
+pub(crate) fn full_name(tree: &starling_model::MailboxTree, id: MailboxId) -> Option<String> {
     let mut parts = Vec::new();
     let mut at = Some(id);
     while let Some(i) = at {

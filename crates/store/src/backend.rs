@@ -176,6 +176,13 @@ impl<'txn> RedbBackend<'txn> {
         })
     }
 
+    /// Indexes of the mailboxes whose counters (HIGHESTMODSEQ, messages)
+    /// this transaction changed, at most `max + 1` (enough to tell "more
+    /// than `max`"): the commit's entry in the change log.
+    pub(crate) fn touched_mailboxes(&self, max: usize) -> Vec<u32> {
+        self.cached_mailboxes.keys().take(max + 1).copied().collect()
+    }
+
     /// Writes the cached counters back. Call before committing.
     pub fn flush(&mut self) -> StorageResult<()> {
         if let Some(c) = self.cached_account {

@@ -33,6 +33,7 @@ pub mod oplog;
 
 mod bodies;
 mod change_index;
+mod changes;
 mod credentials;
 pub mod db;
 mod dump;
@@ -55,6 +56,7 @@ mod write;
 
 pub use acks::{AccountKept, Housekeeping, Housekept, PeerAck, COLLECT_ROUNDS_MAX};
 pub use bodies::{MissingBody, Shipped};
+pub use changes::{Changes, Commit, CHANGE_LOG_COMMITS, CHANGE_LOG_MAILBOXES};
 pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};
 pub use error::{OpenError, StoreError};
@@ -156,6 +158,8 @@ struct Account {
     /// [`STALE`]: reload before use (after a failed write that could not
     /// re-read the file, or after the file was reopened).
     loaded: AtomicU64,
+    /// Which mailboxes its recent commits changed ([`changes`]).
+    changes: Mutex<changes::ChangeLog>,
 }
 
 /// An account's small state as of its last commit, for readers.

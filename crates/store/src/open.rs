@@ -164,6 +164,7 @@ impl Store {
                     state: Mutex::new(replica),
                     published,
                     loaded: AtomicU64::new(0),
+                    changes: Default::default(),
                 };
                 (name, Arc::new(acct))
             })

@@ -64,6 +64,7 @@ impl Store {
             return Err(bad(&"log tail outside the snapshot"));
         }
         self.write(account, |b| {
+            b.any_mailbox = true;
             let held = b.replica.version().clone();
             let ours = Store::log_floor_in(b.txn, b.number)?;
             b.replica.import_state(file.state).map_err(|e| match e {

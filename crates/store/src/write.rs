@@ -19,6 +19,9 @@ pub struct Batch<'a> {
     repaired: Vec<BlobId>,
     /// Bodies this batch stored (to take off the missing lists).
     stored: Vec<BlobId>,
+    /// The batch may have changed any mailbox (a snapshot installed): its
+    /// change log entry says so rather than naming mailboxes.
+    pub(crate) any_mailbox: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -298,6 +301,7 @@ impl Store {
             state: Mutex::new(replica),
             published,
             loaded,
+            changes: Default::default(),
         };
         self.accounts.write().unwrap_or_else(PoisonError::into_inner).insert(name.into(), Arc::new(acct));
         Ok(())
@@ -432,7 +436,7 @@ impl Store {
     ) -> Result<(T, Replica<Detached>), StoreError> {
         let number = acct.number;
         let txn = db.begin_write().map_err(st)?;
-        let (value, replica, repaired) = {
+        let (value, replica, repaired, touched, tree_changed) = {
             let backend = RedbBackend::new(&txn, number, acct.me, self.options.vanished_per_mailbox).map_err(st)?;
             let (replica, _) = detached.swap_backend(backend);
             let mut batch = Batch {
@@ -443,8 +447,10 @@ impl Store {
                 core: &self.core,
                 repaired: Vec::new(),
                 stored: Vec::new(),
+                any_mailbox: false,
             };
             let value = f(&mut batch)?;
+            let any_mailbox = batch.any_mailbox;
             let mut replica = batch.replica;
             settle_incarnation(&txn, number, &mut replica)?;
             let applied = replica.take_applied();
@@ -453,23 +459,37 @@ impl Store {
             drop(replica.take_outbox());
             oplog::append(&txn, number, applied)?;
             txn.open_table(HEADERS).map_err(st)?.insert(number, replica.header().as_slice()).map_err(st)?;
+            let tree_changed = replica.account_changed();
             if replica.account_changed() {
                 txn.open_table(DOCS).map_err(st)?.insert(number, replica.save_account().as_slice()).map_err(st)?;
             }
             let (replica, mut backend) = replica.swap_backend(Detached);
+            let touched = backend.touched_mailboxes(changes::CHANGE_LOG_MAILBOXES);
             backend.flush().map_err(|e| StoreError::Apply(e.into()).lift())?;
             let released = std::mem::take(&mut backend.released);
             drop(backend);
             gc::record_releases(&txn, number, &released, replica.version())?;
             // Bodies written here by the account itself are its own.
             refs::settle(&txn, batch.stored, Some(&[number]))?;
-            (value, replica, batch.repaired)
+            let touched: Option<Vec<MailboxId>> = match any_mailbox {
+                true => None,
+                false => touched.iter().map(|&i| replica.mailbox_at(i)).collect(),
+            };
+            (value, replica, batch.repaired, touched, tree_changed)
         };
         // Readers of this account wait from the commit until they can see
         // its result (never for the work above); other accounts' never.
         let published = Published::of(&replica);
         let mut guard = acct.published.write().unwrap_or_else(PoisonError::into_inner);
+        // A deleted mailbox is shown while it holds messages: a change to
+        // one may show or hide it.
+        let tree_changed = tree_changed
+            || touched
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|id| published.names.tree.entries.get(id).is_some_and(|e| e.deleted)));
         txn.commit().map_err(st)?;
+        // Numbered in commit order: the account's lock is still held.
+        acct.changes.lock().unwrap_or_else(PoisonError::into_inner).record(touched, tree_changed);
         *guard = published;
         drop(guard);
         acct.published.clear_poison();

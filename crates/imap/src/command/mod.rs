@@ -5,6 +5,7 @@ pub(crate) mod append;
 pub(crate) mod cancelupdate;
 pub(crate) mod catenate;
 pub(crate) mod compress;
+pub(crate) mod notify;
 pub(crate) mod quota;
 pub(crate) mod sort;
 pub(crate) mod thread;

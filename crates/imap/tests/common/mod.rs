@@ -237,6 +237,23 @@ pub fn assert_responses(bytes: &[u8]) {
             rest = &rest[end..];
             continue;
         }
+        // NOTIFY's OLDNAME (RFC 5465 §5.4: `"OLDNAME" SP "(" mailbox ")"`,
+        // in LIST-EXTENDED's extended data): the old name is checked as a
+        // LIST's mailbox, the line without it.
+        let oldname = b" (\"OLDNAME\" (";
+        if rest.starts_with(b"* LIST ") && rest[..end].ends_with(b"))\r\n") {
+            if let Some(at) = rest[..end].windows(oldname.len()).rposition(|w| w == oldname) {
+                let mut line = rest[..at].to_vec();
+                line.extend_from_slice(b"\r\n");
+                assert!(matches!(ResponseCodec::default().decode(&line), Ok((b"", _))), "{line:?}");
+                let mut old = b"* LIST () \"/\" ".to_vec();
+                old.extend_from_slice(&rest[at + oldname.len()..end - 4]);
+                old.extend_from_slice(b"\r\n");
+                assert!(matches!(ResponseCodec::default().decode(&old), Ok((b"", _))), "OLDNAME: {old:?}");
+                rest = &rest[end..];
+                continue;
+            }
+        }
         match ResponseCodec::default().decode(rest) {
             Ok((r, _)) => rest = r,
             Err(e) => {
