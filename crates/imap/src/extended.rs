@@ -396,7 +396,7 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     let mut extra = Lifted::default();
     // (Borrowed unless a stage rewrites it: an APPEND may be large.)
     let mut input = replaced.map_or(std::borrow::Cow::Borrowed(message), std::borrow::Cow::Owned);
-    let stages: [Stage; 6] = [
+    let stages: [Stage; 7] = [
         lift_catenate,
         split_multiappend,
         lift_search_keys,

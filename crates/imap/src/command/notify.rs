@@ -746,7 +746,7 @@ impl Session {
         let input = if lifted.command.is_empty() { &message[..] } else { &lifted.command[..] };
         let Ok((_, command)) = CommandCodec::default().decode(input) else { return };
         let CommandBody::Fetch { sequence_set, macro_or_item_names, .. } = command.body else { return };
-        let extra = FetchExtras { items: lifted.fetch_extra, placeholder: lifted.fetch_placeholder };
+        let extra = FetchExtras { items: lifted.fetch_extra, placeholder: lifted.fetch_placeholder, partial: None };
         // (Never called while a client's FETCH is in parts: that one ended.)
         self.part.after = None;
         let r = self.fetch(&sequence_set, &macro_or_item_names, true, &[], &extra);
