@@ -818,17 +818,22 @@ fn lift_search_keys(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// In `tag APPEND mailbox …`: where the mailbox name ends and where the
+/// command's body ends; `None` for any other command.
+fn append_bounds(message: &[u8]) -> Option<(usize, usize)> {
+    let sp = message.iter().position(|&b| b == b' ')?;
+    if !starts_with_ci(&message[sp + 1..], b"APPEND ") {
+        return None;
+    }
+    Some((astring_end(message, sp + 1 + b"APPEND ".len())?, body_end(message)?))
+}
+
 /// MULTIAPPEND (RFC 3502): `tag APPEND mailbox m1 m2 …`, each message
 /// `[flags] [date] literal` (or literal8): the command keeps the first, the
 /// others go to [`Lifted::appends`] as whole APPEND commands of their own.
 /// Nothing happens to an APPEND of one message.
 fn split_multiappend(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
-    let sp = message.iter().position(|&b| b == b' ')?;
-    if !starts_with_ci(&message[sp + 1..], b"APPEND ") {
-        return None;
-    }
-    let mailbox_end = astring_end(message, sp + 1 + b"APPEND ".len())?;
-    let end = body_end(message)?;
+    let (mailbox_end, end) = append_bounds(message)?;
     let mut messages = Vec::new();
     let mut i = mailbox_end;
     while i < end {
@@ -862,12 +867,7 @@ fn split_multiappend(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
 /// CATENATE go to [`Lifted::catenate`] and an empty literal stands in the
 /// command for it (which [`split_multiappend`] then splits as usual).
 fn lift_catenate(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
-    let sp = message.iter().position(|&b| b == b' ')?;
-    if !starts_with_ci(&message[sp + 1..], b"APPEND ") {
-        return None;
-    }
-    let mailbox_end = astring_end(message, sp + 1 + b"APPEND ".len())?;
-    let end = body_end(message)?;
+    let (mailbox_end, end) = append_bounds(message)?;
     let mut out = message[..mailbox_end].to_vec();
     let mut found = Vec::new();
     let mut i = mailbox_end;

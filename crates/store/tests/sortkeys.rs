@@ -121,6 +121,20 @@ fn collected_bodies_take_their_keys_with_them() {
     assert!(s.verify_contents().is_clean());
 }
 
+/// A store at `path` whose account "t" holds `raws` in its INBOX.
+fn filled(path: &Path, raws: &[Vec<u8>]) -> Store {
+    let s = open(path);
+    s.add_account("t").unwrap();
+    s.write("t", |b| {
+        for (i, r) in raws.iter().enumerate() {
+            b.append(INBOX, r, i as i64, vec![])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    s
+}
+
 /// Turns a store back into format 7: no keys table.
 fn to_format_7(db: &redb::Database) {
     let w = db.begin_write().unwrap();
@@ -137,17 +151,8 @@ fn a_format_7_store_gets_its_keys_at_open_and_verify_sees_a_missing_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
     let raws: Vec<Vec<u8>> = (0..30).map(message).chain([with_attachment(5, 400)]).collect();
-    {
-        let s = open(&path);
-        s.add_account("t").unwrap();
-        s.write("t", |b| {
-            for (i, r) in raws.iter().enumerate() {
-                b.append(INBOX, r, i as i64, vec![])?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    }
+    // Closed again before the file is changed under it.
+    drop(filled(&path, &raws));
     to_format_7(&redb::Database::open(&path).unwrap());
     {
         let s = open(&path);
@@ -285,15 +290,7 @@ fn a_format_9_store_gets_its_display_values_at_open() {
     let path = dir.path().join("s.redb");
     let raws: Vec<Vec<u8>> = (0..10).map(message).chain([with_attachment(2, 400)]).collect();
     {
-        let s = open(&path);
-        s.add_account("t").unwrap();
-        s.write("t", |b| {
-            for (i, r) in raws.iter().enumerate() {
-                b.append(INBOX, r, i as i64, vec![])?;
-            }
-            Ok(())
-        })
-        .unwrap();
+        let s = filled(&path, &raws);
         let keys = keys_of(&s, "t", &raws[4]).unwrap();
         assert_eq!((keys.display_from.as_str(), keys.display_to.as_str()), ("SENDER 4", "YOU@EXAMPLE.NET"));
     }

@@ -173,12 +173,16 @@ fn wrong_peer_is_refused() {
 #[test]
 fn peer_cannot_touch_an_account_it_is_not_authorized_for() {
     // A syncs only "a" with this peer; the peer also claims "b".
-    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
-    let mut b = Session::new(
-        ReplicaId(2),
-        Some(ReplicaId(1)),
-        [("a".to_string(), VersionVector::new()), ("b".to_string(), VersionVector::new())],
-    );
+    let pair = || {
+        let a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
+        let b = Session::new(
+            ReplicaId(2),
+            Some(ReplicaId(1)),
+            [("a".to_string(), VersionVector::new()), ("b".to_string(), VersionVector::new())],
+        );
+        (a, b)
+    };
+    let (mut a, mut b) = pair();
     a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
     let ev = a.poll_event().unwrap();
     assert_eq!(ev, Event::Open { peer: ReplicaId(2), accounts: vec!["a".to_string()] });
@@ -190,12 +194,7 @@ fn peer_cannot_touch_an_account_it_is_not_authorized_for() {
     let have = Frame::Have { account: "b".into(), vv: VersionVector::new(), chunks: 0, probe: 0 }.encode();
     assert_eq!(a.handle_frame(&have), Err(SessionError::Unauthorized("b".into())));
     // Nor, in a new session, a forged Ops frame of "b".
-    let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("a".to_string(), VersionVector::new())]);
-    let mut b = Session::new(
-        ReplicaId(2),
-        Some(ReplicaId(1)),
-        [("a".to_string(), VersionVector::new()), ("b".to_string(), VersionVector::new())],
-    );
+    let (mut a, mut b) = pair();
     a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
     assert!(matches!(a.poll_event(), Some(Event::Open { .. })));
     // A forged Ops frame for "b" closes the session without any Ops event.
