@@ -92,7 +92,19 @@ pub struct PeerLink {
     _up: Option<starling_store::LinkUp>,
     /// Probe answers last told to the store, per account.
     answered: std::collections::BTreeMap<String, u64>,
+    /// Where the next page of each account's missing bodies starts
+    /// ([`WANT_PAGE`]); none: at the first.
+    cursors: std::collections::BTreeMap<String, BlobId>,
+    /// Missing bodies read from the store per account at a time.
+    want_page: usize,
 }
+
+/// Missing bodies read from the store per account at a time: a link holds
+/// at most this many of an account's missing list, plus the window of
+/// bodies in flight, whatever the account's size (the session asks for the
+/// next page once its queue has drained). Each page of a partial replica
+/// scans the account's messages, so it is not small.
+pub const WANT_PAGE: usize = 16_384;
 
 impl PeerLink {
     /// A link as node `me` to `peer` (if pinned), sharing `accounts` (those
@@ -118,7 +130,15 @@ impl PeerLink {
             noted: Default::default(),
             _up: peer.map(|p| store.link_up(p)),
             answered: Default::default(),
+            cursors: Default::default(),
+            want_page: WANT_PAGE,
         })
+    }
+
+    /// Reads `page` missing bodies at a time instead of [`WANT_PAGE`] (at
+    /// least one).
+    pub fn set_want_page(&mut self, page: usize) {
+        self.want_page = page.max(1);
     }
 
     /// The protocol state (bytes counted, peer id, acknowledgements).
@@ -167,8 +187,55 @@ impl PeerLink {
     /// except those already asked of it; returns whether any is missing.
     /// The session calls for it ([`Event::RetryBodies`]) on its retry timer.
     pub fn retry_bodies(&mut self, store: &Store) -> Result<bool, LinkError> {
-        let ids = wanted_all(store, &self.accounts, &self.policy)?;
-        Ok(self.session.want_blobs(ids) > 0)
+        Ok(self.want_all(store, false)? > 0)
+    }
+
+    /// Asks the peer for the next page of `account`'s missing bodies that
+    /// the policy fetches eagerly (the first page if `from_start`); how
+    /// many ids were new to the session.
+    fn want_missing(&mut self, store: &Store, account: &str, from_start: bool) -> Result<usize, LinkError> {
+        if from_start {
+            self.cursors.remove(account);
+        }
+        let after = self.cursors.get(account).copied();
+        let page = if self.policy == BodyPolicy::full() {
+            store.missing_page(account, after, self.want_page)?
+        } else {
+            let policy = self.policy.resolved(&store.read(account)?.names().tree);
+            store.missing_page_where(account, after, self.want_page, |m| {
+                policy.wants_body(m.mailbox.as_deref(), m.uid, m.size, m.internal_date)
+            })?
+        };
+        match page.bodies.last() {
+            Some(&(last, _)) if page.more => {
+                self.cursors.insert(account.to_string(), last);
+                self.session.more_to_want();
+            }
+            // The end: the next sweep starts again at the first (bodies the
+            // peer lacked, or that arrived since).
+            _ => {
+                self.cursors.remove(account);
+            }
+        }
+        Ok(self.session.want_blobs(page.bodies))
+    }
+
+    /// [`PeerLink::want_missing`] of every account, and the bodies found
+    /// damaged here (a read did not hash to the id) that belong to an
+    /// account of this link: a good copy replaces the damaged one
+    /// (self-healing).
+    fn want_all(&mut self, store: &Store, from_start: bool) -> Result<usize, LinkError> {
+        let mut added = 0;
+        for a in self.accounts.clone() {
+            added += self.want_missing(store, &a, from_start)?;
+        }
+        let mut damaged = Vec::new();
+        for id in store.corrupt_blobs() {
+            if store.blob_accounts(id)?.iter().any(|a| self.accounts.contains(a)) {
+                damaged.push((id, 0));
+            }
+        }
+        Ok(added + self.session.want_blobs(damaged))
     }
 
     /// Bodies just stored here (by another link): if this link's peer was
@@ -334,14 +401,13 @@ impl PeerLink {
         account: String,
         ops: Vec<starling_model::Op>,
     ) -> Result<(), LinkError> {
-        let s = &mut self.session;
         store.write(&account, |b| b.apply(ops.iter().cloned()))?;
         // Bodies follow the metadata, as far as the policy says.
         // A message moved into a wanted mailbox, or a mailbox
         // renamed into one, may bring bodies not fetched before.
         let moved = ops.iter().any(|o| matches!(o.body, OpBody::Move { .. } | OpBody::Account { .. }));
-        let missing = if moved && self.policy != BodyPolicy::full() {
-            wanted_missing(store, &account, &self.policy)?
+        if moved && self.policy != BodyPolicy::full() {
+            self.want_missing(store, &account, true)?;
         } else {
             let reader = store.read(&account)?;
             let mut missing = Vec::new();
@@ -350,9 +416,9 @@ impl PeerLink {
                     missing.push((id, size));
                 }
             }
-            missing
-        };
-        let _ = s.want_blobs(missing);
+            let _ = self.session.want_blobs(missing);
+        }
+        let s = &mut self.session;
         s.applied(&account, store.version(&account)?);
         // Bodies these ops name that this node holds already (the same
         // message delivered to both, a copy): held, as if sent.
@@ -403,8 +469,8 @@ impl PeerLink {
                     }
                     other => other?,
                 }
-                let _ = s.want_blobs(wanted_missing(store, &account, &self.policy)?);
-                s.applied(&account, store.version(&account)?);
+                self.want_missing(store, &account, true)?;
+                self.session.applied(&account, store.version(&account)?);
                 progress.new_messages = true;
                 progress.note(account);
             }
@@ -443,9 +509,9 @@ impl PeerLink {
             // A new connection: bodies asked on an earlier one that broke
             // before they came are asked again.
             Event::Open { .. } => {
-                let _ = s.want_blobs(wanted_all(store, &self.accounts, &self.policy)?);
+                self.want_all(store, true)?;
                 // A catch-up wait that began before the link opened.
-                send_probes(s, store, &self.accounts);
+                send_probes(&mut self.session, store, &self.accounts);
             }
             Event::Closed { .. } => {}
         }
@@ -461,7 +527,7 @@ fn send_probes(session: &mut Session, store: &Store, accounts: &[String]) {
     }
 }
 
-/// Bodies of `account` this store lacks and `policy` fetches eagerly, with their sizes.
+/// A body in the protocol's form.
 fn to_wire(body: starling_store::Shipped) -> Shipped {
     match body {
         starling_store::Shipped::Raw(b) => Shipped::Raw(b),
@@ -474,33 +540,4 @@ fn from_wire(body: Shipped) -> starling_store::Shipped {
         Shipped::Raw(b) => starling_store::Shipped::Raw(b),
         Shipped::Packed(b) => starling_store::Shipped::Packed(b),
     }
-}
-
-fn wanted_missing(store: &Store, account: &str, policy: &BodyPolicy) -> Result<Vec<(BlobId, u64)>, StoreError> {
-    let policy = &policy.resolved(&store.read(account)?.names().tree);
-    Ok(store
-        .missing_bodies(account)?
-        .into_iter()
-        .filter(|m| policy.wants_body(m.mailbox.as_deref(), m.uid, m.size, m.internal_date))
-        .map(|m| (m.blob, m.size))
-        .collect())
-}
-
-/// [`wanted_missing`] of several accounts, sorted, without repeats.
-fn wanted_all(store: &Store, accounts: &[String], policy: &BodyPolicy) -> Result<Vec<(BlobId, u64)>, StoreError> {
-    let mut ids = Vec::new();
-    for a in accounts {
-        ids.extend(wanted_missing(store, a, policy)?);
-    }
-    // Bodies found damaged here (a read did not hash to the id) are asked
-    // again, if they belong to an account of this link: a good copy
-    // replaces the damaged one (self-healing).
-    for id in store.corrupt_blobs() {
-        if store.blob_accounts(id)?.iter().any(|a| accounts.contains(a)) {
-            ids.push((id, 0));
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup_by_key(|(id, _)| *id);
-    Ok(ids)
 }

@@ -56,10 +56,12 @@ impl Node {
         self.store().write(ACCOUNT, |b| b.append(INBOX, raw.as_bytes(), n as i64, vec![]).map(|_| ())).unwrap();
         self.changed();
     }
-    /// Hands a frame from `peer` to its link; relays what it committed.
-    fn receive(&mut self, peer: usize, frame: &[u8]) {
+    /// Hands frames that came together from `peer` to its link (as the
+    /// node does: their bodies in one transaction); relays what it
+    /// committed.
+    fn receive(&mut self, peer: usize, frames: &[Vec<u8>]) {
         let Some(link) = self.links.get_mut(&peer) else { return };
-        let progress = link.handle_frame(self.store.as_ref().unwrap(), frame).unwrap();
+        let progress = link.handle_frames(self.store.as_ref().unwrap(), frames).unwrap();
         if !progress.committed.is_empty() {
             self.changed_except(Some(peer));
         }
@@ -87,9 +89,9 @@ fn step(nodes: &mut [Node]) -> bool {
             while let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) {
                 frames.push(f);
             }
-            for f in frames {
+            if !frames.is_empty() {
                 busy = true;
-                nodes[p].receive(i, &f);
+                nodes[p].receive(i, &frames);
             }
         }
     }
@@ -380,4 +382,69 @@ fn a_message_from_a_peer_naming_another_accounts_body_gets_it_only_with_the_byte
     assert_eq!(nodes[0].store().read(ACCOUNT).unwrap().body(shared_id).unwrap(), shared);
     assert_eq!(nodes[0].store().missing_blobs(ACCOUNT).unwrap(), vec![secret_id], "only the forged one");
     assert_eq!(nodes[0].store().check_blob_refs().unwrap(), Vec::<String>::new());
+}
+
+/// A node lacking more bodies than a page asks for them a page at a time
+/// ([`PeerLink::set_want_page`], [`starling_link::WANT_PAGE`] by default):
+/// what its link holds of the missing list does not grow with the
+/// account, the pages follow one another to the last body, and a partial
+/// policy's pages hold only what it wants.
+#[test]
+fn missing_bodies_are_asked_a_page_at_a_time() {
+    const PAGE: usize = 1_000;
+    let window = starling_sync::BLOB_WINDOW_COUNT;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    let n = 3 * (PAGE + window);
+    nodes[0]
+        .store()
+        .write(ACCOUNT, |b| {
+            for i in 0..n {
+                b.append(INBOX, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(), i as i64, vec![])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The metadata first, no body (a policy that takes none eagerly).
+    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::full() };
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().missing_count(ACCOUNT).unwrap(), n as u64);
+
+    // The pages of the store cover the missing list once, in order.
+    let all = nodes[1].store().missing_sizes(ACCOUNT).unwrap();
+    let (mut paged, mut after) = (Vec::new(), None);
+    loop {
+        let page = nodes[1].store().missing_page(ACCOUNT, after, PAGE).unwrap();
+        assert!(page.bodies.len() <= PAGE);
+        after = page.bodies.last().map(|b| b.0);
+        paged.extend(page.bodies);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(paged, all);
+
+    // Reconnect wanting the newer half (a partial policy), then everything.
+    let half = (n / 2) as i64;
+    for policy in [BodyPolicy { received_since: Some(half), ..BodyPolicy::full() }, BodyPolicy::full()] {
+        for node in nodes.iter_mut() {
+            node.links.clear();
+        }
+        nodes[1].policy = policy;
+        connect(&mut nodes, 0, 1);
+        nodes[1].links.get_mut(&0).unwrap().set_want_page(PAGE);
+        let mut most = 0;
+        for _ in 0..10_000 {
+            if !step(&mut nodes) {
+                break;
+            }
+            let q = nodes[1].links[&0].session().queue_sizes();
+            most = most.max(q.blobs_queued + q.blobs_in_flight);
+        }
+        assert!(most <= PAGE + window, "the link held {most} missing ids at once");
+        let left = nodes[1].store().missing_count(ACCOUNT).unwrap();
+        assert_eq!(left, if nodes[1].policy == BodyPolicy::full() { 0 } else { half as u64 });
+    }
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
 }

@@ -27,6 +27,15 @@ pub enum Shipped {
     Packed(Vec<u8>),
 }
 
+/// One page of the bodies an account lacks ([`Store::missing_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MissingPage {
+    /// Ids with the sizes their messages give, in id order.
+    pub bodies: Vec<(BlobId, u64)>,
+    /// Whether more lie beyond the page's last id.
+    pub more: bool,
+}
+
 /// A body a message references that is not stored here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingBody {
@@ -94,12 +103,64 @@ impl Store {
         self.run(|db| refs::missing_of(&db.begin_read().map_err(st)?, number))
     }
 
+    /// How many bodies `account` lacks ([`Store::missing_blobs`]), counted
+    /// in the list the store keeps without holding it (O(missing) time,
+    /// constant memory).
+    pub fn missing_count(&self, account: &str) -> Result<u64, StoreError> {
+        let number = self.account(account)?.number;
+        self.run(|db| refs::missing_count(&db.begin_read().map_err(st)?, number))
+    }
+
+    /// At most `limit` of the bodies `account` lacks, with their sizes, in
+    /// id order after `after`: what a sync asks for a page at a time, so
+    /// its memory does not grow with the account. O(`limit`).
+    pub fn missing_page(&self, account: &str, after: Option<BlobId>, limit: usize) -> Result<MissingPage, StoreError> {
+        let number = self.account(account)?.number;
+        self.run(|db| refs::missing_range(&db.begin_read().map_err(st)?, number, after, limit))
+    }
+
+    /// [`Store::missing_page`] of the bodies `keep` wants, judged by where
+    /// each message is, its size and date (a partial replica's body
+    /// policy). There is no index from body to message, so this scans the
+    /// account's messages (O(messages) time), keeping the `limit` lowest
+    /// ids after `after` (O(`limit`) memory).
+    pub fn missing_page_where(
+        &self,
+        account: &str,
+        after: Option<BlobId>,
+        limit: usize,
+        mut keep: impl FnMut(&MissingBody) -> bool,
+    ) -> Result<MissingPage, StoreError> {
+        let mut page = BTreeMap::new();
+        let mut more = false;
+        self.missing_each(account, |m| {
+            if after.is_some_and(|a| m.blob <= a) || !keep(&m) {
+                return;
+            }
+            page.insert(m.blob, m.size);
+            if page.len() > limit {
+                page.pop_last();
+                more = true;
+            }
+        })?;
+        Ok(MissingPage { bodies: page.into_iter().collect(), more })
+    }
+
     /// Like [`Store::missing_blobs`], with where each message is and its
     /// size and date, so a partial replica can apply its body policy.
-    /// Scans the account's messages, unless none lacks its body.
+    /// Scans the account's messages, unless none lacks its body. Holds
+    /// every missing body: for tests and tools; a sync asks
+    /// [`Store::missing_page_where`].
     pub fn missing_bodies(&self, account: &str) -> Result<Vec<MissingBody>, StoreError> {
-        if self.missing_sizes(account)?.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        self.missing_each(account, |m| out.push(m))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each of `account`'s messages whose body it lacks.
+    fn missing_each(&self, account: &str, mut f: impl FnMut(MissingBody)) -> Result<(), StoreError> {
+        if self.missing_count(account)? == 0 {
+            return Ok(());
         }
         let acct = self.account(account)?;
         let number = acct.number;
@@ -109,14 +170,12 @@ impl Store {
             // No envelope table: no message. No blob table: no body yet, so
             // every message's body is missing (not none of them).
             let (Some(envelopes), Some(locs)) = (table(&r, backend::ENVELOPES)?, table(&r, backend::LOCS)?) else {
-                return Ok(Vec::new());
+                return Ok(());
             };
-            let lacking: BTreeSet<BlobId> = refs::missing_of(&r, number)?.into_iter().map(|(id, _)| id).collect();
-            let mut out = Vec::new();
             for item in envelopes.range((number, 0)..=(number, u64::MAX)).map_err(st)? {
                 let (k, v) = item.map_err(st)?;
                 let env = decode_envelope(v.value()).map_err(|e| damaged("envelope", e))?;
-                if !lacking.contains(&env.blob) {
+                if !refs::lacks(&r, number, env.blob)? {
                     continue;
                 }
                 let loc = locs.get(k.value()).map_err(st)?.map(|l| l.value());
@@ -124,15 +183,9 @@ impl Store {
                     .and_then(|(mb, _)| names.mailboxes.get(mb as usize).map(|m| m.0))
                     .and_then(|id| names.tree.name_of(id).map(str::to_string));
                 let uid = loc.map_or(0, |(_, uid)| uid);
-                out.push(MissingBody {
-                    blob: env.blob,
-                    mailbox,
-                    uid,
-                    size: env.size,
-                    internal_date: env.internal_date,
-                });
+                f(MissingBody { blob: env.blob, mailbox, uid, size: env.size, internal_date: env.internal_date });
             }
-            Ok(out)
+            Ok(())
         })
     }
 

@@ -55,7 +55,7 @@ pub mod verify;
 mod write;
 
 pub use acks::{AccountKept, Housekeeping, Housekept, PeerAck, COLLECT_ROUNDS_MAX};
-pub use bodies::{MissingBody, Shipped};
+pub use bodies::{MissingBody, MissingPage, Shipped};
 pub use changes::{Changes, Commit, CHANGE_LOG_COMMITS, CHANGE_LOG_MAILBOXES};
 pub use dump::{MailboxDump, MessageDump};
 pub(crate) use error::{damaged, guarded, st};

@@ -33,6 +33,7 @@
 use crate::backend::{decode_envelope, Key2, ACCOUNT_BYTES, BLOB_REFS, ENVELOPES, GOT, MISSING};
 use crate::*;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use std::ops::Bound;
 
 /// Per (body, account) from the envelopes: how many of the account's
 /// messages name the body, and the size they give it.
@@ -166,6 +167,41 @@ pub(crate) fn missing_of(r: &ReadTransaction, number: u32) -> Result<Vec<(BlobId
         out.push((BlobId(k.value().1), v.value()));
     }
     Ok(out)
+}
+
+/// How many bodies account `number` lacks, counted without holding them.
+pub(crate) fn missing_count(r: &ReadTransaction, number: u32) -> Result<u64, StoreError> {
+    let Some(t) = table(r, MISSING)? else { return Ok(0) };
+    let mut n = 0;
+    for item in t.range((number, [0u8; 32])..=(number, [0xff; 32])).map_err(st)? {
+        item.map_err(st)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// At most `limit` of the bodies account `number` lacks, after `after`.
+pub(crate) fn missing_range(
+    r: &ReadTransaction,
+    number: u32,
+    after: Option<BlobId>,
+    limit: usize,
+) -> Result<crate::bodies::MissingPage, StoreError> {
+    let mut page = crate::bodies::MissingPage::default();
+    let Some(t) = table(r, MISSING)? else { return Ok(page) };
+    let from = match after {
+        Some(a) => Bound::Excluded((number, a.0)),
+        None => Bound::Included((number, [0u8; 32])),
+    };
+    for item in t.range::<(u32, [u8; 32])>((from, Bound::Included((number, [0xff; 32])))).map_err(st)? {
+        let (k, v) = item.map_err(st)?;
+        if page.bodies.len() == limit {
+            page.more = true;
+            break;
+        }
+        page.bodies.push((BlobId(k.value().1), v.value()));
+    }
+    Ok(page)
 }
 
 /// Whether any of the accounts `numbers` references body `id` and has

@@ -1032,6 +1032,14 @@ impl Session {
         added
     }
 
+    /// The driver holds more missing bodies than it gave
+    /// ([`Session::want_blobs`] takes them a page at a time): an
+    /// [`Event::RetryBodies`] asks for the next page once the queue has
+    /// drained.
+    pub fn more_to_want(&mut self) {
+        self.wants.overflowed = true;
+    }
+
     /// Moves queued body ids into the window, as `WantBlobs` frames.
     fn flush_wants(&mut self) {
         if self.phase != Phase::Open {
