@@ -100,3 +100,39 @@ mod deflate_end {
         assert!(ended);
     }
 }
+
+/// NOTIFY's MessageNew fetch attributes are parsed once, at NOTIFY SET
+/// (RFC 5465 §5.2: a list FETCH would not take is refused there, BAD, and
+/// the session goes on); the notifications then FETCH with them, items
+/// imap-codec does not parse (OBJECTID, PREVIEW) included, over several
+/// new messages at once.
+#[test]
+fn notify_fetch_attributes_are_checked_at_set_and_used_typed() {
+    let srv = server();
+    let mut a = Client::login(&srv);
+    let mut b = Client::login(&srv);
+    a.ok("a1 SELECT INBOX");
+    for (i, atts) in
+        ["(uid emailid body[)", "(uid nonsense)", "(uid preview (lazy)", "(uid body[1.x])", "()"].iter().enumerate()
+    {
+        let out = a.send(&format!("s{i} NOTIFY SET (selected (MessageNew {atts} MessageExpunge))"));
+        assert!(out.starts_with(&format!("s{i} BAD ")), "{atts}: {out}");
+    }
+    a.ok("a2 NOOP");
+    a.ok("a3 NOTIFY SET (selected (MessageNew (uid emailid preview rfc822.size) MessageExpunge))");
+    b.append("INBOX", "", PLAIN);
+    b.append("INBOX", "", MULTI);
+    b.append("INBOX", "", PLAIN);
+    a.s.account_changed();
+    let out = a.output();
+    assert!(out.contains("* 3 EXISTS"), "{out}");
+    for (n, raw) in [(1, PLAIN), (2, MULTI), (3, PLAIN)] {
+        let line = out.lines().find(|l| l.starts_with(&format!("* {n} FETCH ("))).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains(&format!("UID {n}")), "{line}");
+        assert!(line.contains("EMAILID ("), "{line}");
+        assert!(line.contains("PREVIEW "), "{line}");
+        assert!(line.contains(&format!("RFC822.SIZE {}", raw.len())), "{line}");
+    }
+    let mails = out.lines().filter(|l| l.contains(" FETCH (")).count();
+    assert_eq!(mails, 3, "{out}");
+}
