@@ -136,3 +136,149 @@ fn notify_fetch_attributes_are_checked_at_set_and_used_typed() {
     let mails = out.lines().filter(|l| l.contains(" FETCH (")).count();
     assert_eq!(mails, 3, "{out}");
 }
+
+mod sort_bodies {
+    use super::*;
+    use starling_imap::{Config, AWAITING_MAX};
+    use starling_model::{BlobId, ReplicaId, INBOX};
+    use starling_store::Shipped;
+
+    fn message(subject: &str, n: usize) -> String {
+        format!("From: a{n}@example.org\r\nSubject: {subject}\r\nMessage-ID: <{n}@x>\r\n\r\nbody {n}\r\n")
+    }
+
+    /// Ships `from`'s ops to `to`: the messages, not their bodies (as a
+    /// partial replica has them).
+    fn ship(from: &Server, to: &Server) {
+        let have = to.shared.store.version("alice").unwrap();
+        let ops = from.shared.store.ops_since("alice", &have).unwrap();
+        to.shared.store.write("alice", |b| b.apply(ops)).unwrap();
+    }
+
+    fn arrive(to: &Server, raw: &str) {
+        let shipped = vec![(BlobId::of(raw.as_bytes()), Shipped::Raw(raw.as_bytes().to_vec()))];
+        to.shared.store.put_shipped(&["alice"], shipped).unwrap();
+    }
+
+    /// `* SORT` / `* ESEARCH … ALL` UIDs of a fresh UID SORT.
+    fn fresh(c: &mut Client) -> Vec<u32> {
+        let out = c.ok("f UID SORT (SUBJECT) UTF-8 ALL");
+        let line = out.lines().find(|l| l.starts_with("* SORT")).unwrap();
+        line.split(' ').skip(2).map(|n| n.trim().parse().unwrap()).collect()
+    }
+
+    /// Applies the ESEARCH updates of `tag` in `out` to `result` as a
+    /// client does (RFC 5267 §4.3.3, §4.3.4): a REMOVEFROM must find each
+    /// UID at its position; an ADDTO inserts at its position. Returns the
+    /// number of update lines.
+    fn apply(result: &mut Vec<u32>, out: &str, tag: &str) -> usize {
+        let prefix = format!("* ESEARCH (TAG \"{tag}\") UID ");
+        let mut lines = 0;
+        for line in out.lines().filter_map(|l| l.trim_end().strip_prefix(&prefix)) {
+            lines += 1;
+            let mut rest = line;
+            while !rest.is_empty() {
+                let (verb, tail) = rest.split_once(" (").unwrap();
+                let (inner, after) = tail.split_once(')').unwrap();
+                rest = after.trim_start();
+                let words: Vec<&str> = inner.split(' ').collect();
+                for pair in words.chunks(2) {
+                    let pos: usize = pair[0].parse().unwrap();
+                    let uids: Vec<u32> = pair[1].split(',').map(|u| u.parse().unwrap()).collect();
+                    for (k, u) in uids.iter().enumerate() {
+                        match verb {
+                            "REMOVEFROM" => {
+                                assert_eq!(result.get(pos - 1), Some(u), "{line} on {result:?}");
+                                result.remove(pos - 1);
+                            }
+                            "ADDTO" => result.insert(pos - 1 + k, *u),
+                            other => panic!("{other} in {line}"),
+                        }
+                    }
+                }
+            }
+        }
+        lines
+    }
+
+    /// A partial replica: messages whose bodies are not here sort as an
+    /// empty header; as each body arrives, an updating SORT moves the
+    /// message to where its subject puts it (REMOVEFROM, then ADDTO), and
+    /// the client's copy equals a fresh SORT each time.
+    #[test]
+    fn an_updating_sort_places_a_message_again_when_its_body_arrives() {
+        let there = server_on(ReplicaId(8), Config::default());
+        let here = server_on(ReplicaId(7), Config::default());
+        let mut t = Client::login(&there);
+        let raws: Vec<String> =
+            ["delta", "alpha", "charlie", "bravo"].iter().enumerate().map(|(n, s)| message(s, n)).collect();
+        for r in &raws {
+            t.append("INBOX", "", r);
+        }
+        ship(&there, &here);
+        let mut h = Client::login(&here);
+        h.ok("s SELECT INBOX");
+        let out = h.ok("u1 UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 ALL");
+        assert!(out.contains("* ESEARCH (TAG \"u1\") UID ALL 1,2,3,4"), "every header empty: UID order {out}");
+        let mut result = vec![1, 2, 3, 4];
+        for (i, step) in [&[0usize][..], &[1, 2], &[3]].iter().enumerate() {
+            for &k in *step {
+                arrive(&here, &raws[k]);
+            }
+            let out = h.ok(&format!("n{i} NOOP"));
+            assert_eq!(apply(&mut result, &out, "u1"), 1, "one line of updates: {out}");
+            assert!(out.contains("REMOVEFROM (") && out.contains("ADDTO ("), "{out}");
+            assert_eq!(result, fresh(&mut h), "after bodies {step:?}: {out}");
+        }
+        assert_eq!(result, vec![2, 4, 3, 1], "alpha, bravo, charlie, delta");
+        // Nothing more to say.
+        assert_eq!(apply(&mut result, &h.ok("z NOOP"), "u1"), 0);
+    }
+
+    /// At most AWAITING_MAX messages sorted without their body per
+    /// updating SORT: that many is kept; one more, at the SORT or by a new
+    /// message later, is `NO [NOUPDATE]` (the search is no longer updated,
+    /// rather than left stale), and the session goes on.
+    #[test]
+    fn an_updating_sort_awaits_a_bounded_number_of_bodies() {
+        let there = server_on(ReplicaId(8), Config::default());
+        let here = server_on(ReplicaId(7), Config::default());
+        Client::login(&there); // (the account's first op: its password)
+        there
+            .shared
+            .store
+            .write("alice", |b| {
+                for n in 0..AWAITING_MAX {
+                    b.append(INBOX, message("s", n).as_bytes(), n as i64, vec![])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        ship(&there, &here);
+        let mut h = Client::login(&here);
+        h.ok("s SELECT INBOX");
+        let out = h.ok("u1 UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL");
+        assert!(!out.contains("NOUPDATE"), "exactly the bound: kept");
+        let out = h.ok("u2 UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 UID 2:*");
+        assert!(!out.contains("NOUPDATE"), "{out}");
+        // One more message without its body: u1 (all) passes the bound.
+        there
+            .shared
+            .store
+            .write("alice", |b| b.append(INBOX, message("t", 5000).as_bytes(), 1, vec![]).map(drop))
+            .unwrap();
+        ship(&there, &here);
+        let out = h.ok("n1 NOOP");
+        assert!(out.contains("* NO [NOUPDATE \"u1\"]"), "{out}");
+        assert!(!out.contains("NOUPDATE \"u2\""), "{out}");
+        assert!(out.contains("* ESEARCH (TAG \"u2\") UID ADDTO ("), "{out}");
+        let out = h.ok("u3 UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL");
+        assert!(out.contains("* NO [NOUPDATE \"u3\"]"), "{out}");
+        // u2 still follows: a body's arrival moves its message.
+        let raw = message("s", 7);
+        arrive(&here, &raw);
+        let out = h.ok("n2 NOOP");
+        assert!(out.contains("* ESEARCH (TAG \"u2\") UID REMOVEFROM (") && out.contains("ADDTO ("), "{out}");
+        assert!(!out.contains("\"u1\"") && !out.contains("\"u3\""), "{out}");
+    }
+}
