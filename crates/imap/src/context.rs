@@ -24,6 +24,17 @@
 //! the command still answers, with `* NO [NOUPDATE "tag"]` and no context
 //! (RFC 5267 §4.3.1).
 //!
+//! A partial replica: a message whose body is not here sorts as an empty
+//! header (docs/imap.md, SORT). A SORT context remembers which of its
+//! messages it placed so (at most [`AWAITING_MAX`]); when a body arrives
+//! (the store's commit wakes the session, as any change does) the message
+//! is placed again by its keys: `REMOVEFROM` at its old position, `ADDTO`
+//! at its new one, in one ESEARCH line (RFC 5267 §4.3: a change that moves
+//! a message in a sorted result). A context that would have to remember
+//! more stops updating, `* NO [NOUPDATE "tag"]` (§4.3.1), rather than let
+//! its positions go stale. The bodies are looked for at each update (one
+//! sort-keys lookup each, not a read of the body).
+//!
 //! Order of output: a REMOVEFROM for expunged messages comes before the
 //! EXPUNGE (or VANISHED) it is about, while their sequence numbers still
 //! hold; an ADDTO of new messages after the EXISTS that numbers them
@@ -39,11 +50,18 @@ use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::ToStatic;
+use starling_model::BlobId;
+use starling_store::sortkeys::Wanted;
 use starling_store::{MessageInfo, Reader};
 use std::collections::HashMap;
 
 /// Updating searches (CONTEXT) one session keeps at once, at most.
 pub const CONTEXTS_MAX: usize = 8;
+
+/// Messages of one SORT context placed without their body (a partial
+/// replica), whose arrival it watches for, at most; past it the context
+/// stops updating (`NO [NOUPDATE]`).
+pub const AWAITING_MAX: usize = 1000;
 
 /// One search or sort kept up to date.
 pub(crate) struct Context {
@@ -61,6 +79,9 @@ pub(crate) struct Context {
     members: Vec<u32>,
     /// SORT: the result's UIDs in sort order (empty for a SEARCH).
     order: Vec<u32>,
+    /// SORT: members placed without their body (UID, body), ascending
+    /// UIDs; at most [`AWAITING_MAX`].
+    awaiting: Vec<(u32, BlobId)>,
 }
 
 /// A key that matches the messages `ranges` (of UIDs) names.
@@ -113,6 +134,7 @@ impl Context {
             return None;
         }
         self.members.retain(|u| removed.binary_search(u).is_err());
+        self.awaiting.retain(|(u, _)| removed.binary_search(u).is_err());
         if self.sort.is_none() {
             let numbers: Vec<u32> = removed.iter().map(|&u| self.number(sel, u)).collect();
             return Some(format!("REMOVEFROM (0 {})", set_string(&numbers)));
@@ -154,6 +176,12 @@ impl Context {
         let matched: Vec<(u32, MessageInfo)> = added.iter().map(|m| (seq(m.uid), (*m).clone())).collect();
         let mut new = Facts::read_all(reader, &matched, header);
         new.sort_by(|a, b| sort_order(criteria, a, b));
+        for f in &new {
+            if let Some(blob) = f.awaiting {
+                let at = self.awaiting.partition_point(|&(u, _)| u < f.uid);
+                self.awaiting.insert(at, (f.uid, blob));
+            }
+        }
         // Where each goes, by binary search over the result: the facts of
         // the messages compared with, read once each.
         let mut known: HashMap<u32, Facts> = HashMap::new();
@@ -201,6 +229,23 @@ impl Context {
     }
 }
 
+fn awaiting_why() -> String {
+    format!("over {AWAITING_MAX} messages sorted without their body; not kept up to date")
+}
+
+/// Contexts past [`AWAITING_MAX`] stop updating: their NOUPDATE lines.
+fn drop_overfull(contexts: &mut Vec<Context>) -> Vec<String> {
+    let mut lines = Vec::new();
+    contexts.retain(|c| {
+        let keep = c.awaiting.len() <= AWAITING_MAX;
+        if !keep {
+            lines.push(format!("NO [NOUPDATE \"{}\"] {}", c.tag, awaiting_why()));
+        }
+        keep
+    });
+    lines
+}
+
 /// The REMOVEFROM lines for messages about to be expunged (`gone`, in
 /// view), to go before the EXPUNGE or VANISHED while `sel` still numbers
 /// them.
@@ -237,6 +282,7 @@ impl Session {
         sort: Option<&[SortCriterion]>,
         keys: &[SearchKey<'_>],
         uids: Vec<u32>,
+        mut awaiting: Vec<(u32, BlobId)>,
     ) {
         let sel = self.selected.as_mut().expect("selected");
         if sel.contexts.len() >= CONTEXTS_MAX {
@@ -244,6 +290,11 @@ impl Session {
             self.untagged(&format!("NO [NOUPDATE \"{tag}\"] {why}"));
             return;
         }
+        if awaiting.len() > AWAITING_MAX {
+            self.untagged(&format!("NO [NOUPDATE \"{tag}\"] {}", awaiting_why()));
+            return;
+        }
+        awaiting.sort_unstable();
         let pinned = keys.iter().map(|k| pin(sel, k)).collect();
         let mut members = uids.clone();
         members.sort_unstable();
@@ -255,6 +306,7 @@ impl Session {
             extra: sel.search_extra.clone(),
             members,
             order: if sort.is_some() { uids } else { Vec::new() },
+            awaiting,
         };
         sel.contexts.push(context);
     }
@@ -298,7 +350,60 @@ impl Session {
             let items: Vec<String> = c.remove(sel, &removed).into_iter().chain(c.add(&reader, sel, &added)).collect();
             lines.extend(c.line(&items));
         }
+        lines.extend(drop_overfull(&mut contexts));
         self.selected.as_mut().expect("selected").contexts = contexts;
         Ok(lines)
+    }
+
+    /// The updates of SORT contexts whose awaited bodies arrived: each
+    /// such message, if still in the result and in view, leaves it at its
+    /// old position and enters it at the one its keys give (REMOVEFROM
+    /// then ADDTO, one line per context). Written here.
+    pub(crate) fn context_bodies(&mut self) -> Result<(), Fail> {
+        let Some(sel) = self.selected.as_ref() else { return Ok(()) };
+        if sel.contexts.iter().all(|c| c.awaiting.is_empty()) {
+            return Ok(());
+        }
+        let reader = self.reader()?;
+        let sel = self.selected.as_mut().expect("selected");
+        let mut contexts = std::mem::take(&mut sel.contexts);
+        let sel = &*sel;
+        let mut lines = Vec::new();
+        // Only whether keys are stored: nothing decoded but the date.
+        let none = Wanted { subject: false, addresses: false, threading: false };
+        for c in &mut contexts {
+            if c.awaiting.is_empty() {
+                continue;
+            }
+            let ids: Vec<BlobId> = c.awaiting.iter().map(|&(_, b)| b).collect();
+            let Ok(found) = reader.sort_keys(&ids, none) else { continue };
+            let arrived: Vec<u32> =
+                c.awaiting.iter().zip(&found).filter(|(_, k)| k.is_some()).map(|(&(u, _), _)| u).collect();
+            if arrived.is_empty() {
+                continue;
+            }
+            c.awaiting.retain(|(u, _)| arrived.binary_search(u).is_err());
+            let ranges: Vec<(u32, u32)> = arrived
+                .iter()
+                .filter(|&&u| c.members.binary_search(&u).is_ok() && sel.seq_of(u).is_some())
+                .map(|&u| (u, u))
+                .collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            let mut infos = reader.messages_in(sel.id, &ranges)?;
+            infos.sort_by_key(|m| m.uid);
+            infos.dedup_by_key(|m| m.uid);
+            let moved: Vec<u32> = infos.iter().map(|m| m.uid).collect();
+            let infos: Vec<&MessageInfo> = infos.iter().collect();
+            let items: Vec<String> = c.remove(sel, &moved).into_iter().chain(c.add(&reader, sel, &infos)).collect();
+            lines.extend(c.line(&items));
+        }
+        lines.extend(drop_overfull(&mut contexts));
+        self.selected.as_mut().expect("selected").contexts = contexts;
+        for l in lines {
+            self.untagged(&l);
+        }
+        Ok(())
     }
 }

@@ -508,7 +508,10 @@ impl Session {
         let status = reader.status(id)?;
         if status.highest_modseq == sel.modseq {
             self.changed = false;
-            return Ok(());
+            drop(reader);
+            // No message changed, but bodies may have come (a partial
+            // replica): an updating SORT places them again.
+            return self.context_bodies();
         }
         let vanished = gone_since(&reader, id, sel.modseq, &sel.uids)?;
         let gone: Vec<u32> = vanished.into_iter().filter(|&u| sel.seq_of(u).is_some()).collect();
@@ -572,7 +575,7 @@ impl Session {
         for l in self.context_changes(&changed)? {
             self.untagged(&l);
         }
-        Ok(())
+        self.context_bodies()
     }
 
     /// Messages of the selected mailbox named by a set, that this session has shown.
@@ -1118,7 +1121,7 @@ impl Session {
         let done = format!("{}SEARCH completed", if uid { "UID " } else { "" });
         if returns.as_ref().is_some_and(|r| r.update) {
             let uids: Vec<u32> = matched.iter().map(|(_, m)| m.uid).collect();
-            self.start_update(tag, uid, None, criteria, uids);
+            self.start_update(tag, uid, None, criteria, uids, Vec::new());
         }
         if returns.as_ref().is_some_and(|r| r.save && r.items.is_empty() && !r.update) {
             // SAVE alone: no answer but OK (RFC 5182 §2.4).

@@ -254,14 +254,50 @@ async fn write_deflated<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Runs the session on `stream` until it wants to start TLS or close.
+/// Ends the DEFLATE stream: a final (empty) block after everything
+/// written, so the client's inflater sees the stream end rather than a
+/// connection cut. Bounded: the compressor holds no input (every write
+/// ended with a sync flush), so this is a few bytes, written by `by`.
+async fn finish_deflated<S: AsyncWrite + Unpin>(stream: &mut S, z: &mut Deflate, by: Instant) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(DEFLATE_CHUNK_BYTES);
+    let status =
+        z.deflate.compress_vec(&[], &mut chunk, flate2::FlushCompress::Finish).map_err(std::io::Error::other)?;
+    if status != flate2::Status::StreamEnd {
+        return Err(std::io::Error::other("the DEFLATE stream did not end in one buffer"));
+    }
+    write_by(stream, &chunk, by).await
+}
+
+/// Runs the session on `stream` until it wants to start TLS or close; a
+/// compressed stream is ended with a final block before a close.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     session: &mut Session,
     rx: &mut broadcast::Receiver<String>,
 ) -> std::io::Result<Wants> {
-    let mut buf = [0u8; 4096];
     let mut z: Option<Deflate> = None;
+    let wants = drive_with(stream, session, rx, &mut z).await?;
+    if let (Some(z), Wants::Close) = (&mut z, wants) {
+        let by = match session.account() {
+            None => session.deadline(),
+            Some(_) => Instant::now() + session.shared.config.idle_timeout,
+        };
+        finish_deflated(stream, z, by).await?;
+    }
+    Ok(wants)
+}
+
+async fn drive_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+    rx: &mut broadcast::Receiver<String>,
+    z: &mut Option<Deflate>,
+) -> std::io::Result<Wants> {
+    let mut buf = [0u8; 4096];
+    // The client ended its DEFLATE stream: nothing more can come, but what
+    // the session answers to what came before is still written (a LOGOUT's
+    // BYE and OK) before the connection closes.
+    let mut input_ended = false;
     loop {
         if let Some(e) = session.take_unexposed() {
             // The output reports a change: written once k peers hold it
@@ -279,7 +315,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 None => session.deadline(),
                 Some(_) => Instant::now() + session.shared.config.idle_timeout,
             };
-            match &mut z {
+            match z {
                 Some(z) => write_deflated(stream, z, &session.take_output(), by).await?,
                 None => write_by(stream, &session.take_output(), by).await?,
             }
@@ -291,11 +327,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     tokio::task::block_in_place(|| z.inflate_into(session))?;
                     continue;
                 }
+                if input_ended {
+                    // Its answers are written (above): close.
+                    return Ok(Wants::Close);
+                }
             }
             Wants::Compress => {
                 // The OK went out plain; from here on both ways are DEFLATE
                 // (what the client sent after COMPRESS is already).
-                z = Some(Deflate::new(session.compress_started()));
+                *z = Some(Deflate::new(session.compress_started()));
                 continue;
             }
             // A login waiting out its penalty, or a SELECT catching up with
@@ -376,14 +416,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 // Store calls block (a commit waits for fsync), and so does
                 // verifying a password.
-                match &mut z {
+                match z {
                     Some(z) => {
                         z.pending.extend_from_slice(&buf[..n]);
                         tokio::task::block_in_place(|| z.inflate_into(session))?;
-                        if z.ended {
-                            // The client ended its DEFLATE stream: nothing more can come.
-                            return Ok(Wants::Close);
-                        }
+                        // The client ended its DEFLATE stream: its answers
+                        // are written first (the top of the loop), then the
+                        // connection closes.
+                        input_ended = z.ended;
                     }
                     None => tokio::task::block_in_place(|| session.receive_at(Instant::now(), &buf[..n])),
                 }

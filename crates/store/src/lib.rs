@@ -73,7 +73,7 @@ pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
 pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
-pub use sortkeys::{IdHash, SortKeys};
+pub use sortkeys::{IdHash, SortKeys, SortKeysBuild, SORT_KEYS_PER_TXN};
 pub use write::Batch;
 
 use backend::Detached;
@@ -251,6 +251,8 @@ pub struct Store {
     adding: Mutex<()>,
     /// What compacting the file at open did, if it ran.
     file_compaction: Option<FileCompaction>,
+    /// What the sort keys build at open did, if one ran.
+    sort_keys_build: Option<sortkeys::SortKeysBuild>,
     /// The file's length (for [`Store::compact_file`]).
     size_probe: Option<file_compact::SizeProbe>,
     /// Online compactions since open.
@@ -267,6 +269,12 @@ impl Store {
     /// for it to run ([`StoreOptions::file_compact_free_percent`]).
     pub fn file_compaction(&self) -> Option<FileCompaction> {
         self.file_compaction
+    }
+
+    /// What the sort keys build at open did, if the store needed one (an
+    /// older format, or a build a crash cut short).
+    pub fn sort_keys_build(&self) -> Option<sortkeys::SortKeysBuild> {
+        self.sort_keys_build
     }
 
     /// This node's replica id.

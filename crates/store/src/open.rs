@@ -148,7 +148,7 @@ impl Store {
         reopen: Option<db::Reopen>,
     ) -> Result<Store, OpenError> {
         // A panic of redb on a damaged page, anywhere in here, is an error.
-        let accounts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (accounts, sort_keys_build) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             check_and_load(&db, label, node, options.vanished_per_mailbox)
         }))
         .unwrap_or_else(|_| Err(damaged_at_open(label)))?;
@@ -188,6 +188,7 @@ impl Store {
             accounts: RwLock::new(accounts),
             adding: Mutex::new(()),
             file_compaction: None,
+            sort_keys_build,
             size_probe: None,
             file_stats: Default::default(),
             commit_hook: RwLock::new(None),
@@ -213,9 +214,15 @@ fn open_backend(
 
 type Loaded = BTreeMap<String, (u32, Replica<Detached>)>;
 
-/// Checks the meta record (writing it into a brand-new file), brings a
-/// format-1 store up to date, and loads every account's replica.
-fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32) -> Result<Loaded, OpenError> {
+/// Checks the meta record (writing it into a brand-new file), brings an
+/// older store up to date, and loads every account's replica. Also what
+/// the sort keys build did, if one ran.
+fn check_and_load(
+    db: &Database,
+    label: &str,
+    node: ReplicaId,
+    vanished_max: u32,
+) -> Result<(Loaded, Option<sortkeys::SortKeysBuild>), OpenError> {
     let io = |e: &dyn std::fmt::Display| OpenError::Io(e.to_string());
     // A brand-new file gets our meta; an existing one must already have it.
     let fresh = {
@@ -317,37 +324,25 @@ fn check_and_load(db: &Database, label: &str, node: ReplicaId, vanished_max: u32
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [7u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
-    if version < 9 {
-        // Before format 9 nothing was forgotten: only the mark, so that an
-        // older build (which would give a forgotten account's number again
-        // and not know a copy's own replica id) refuses the file.
-        if version == 8 {
-            let w = db.begin_write().map_err(|e| io(&e))?;
-            w.open_table(META).map_err(|e| io(&e))?.insert("version", [9u8].as_slice()).map_err(|e| io(&e))?;
-            w.commit().map_err(|e| io(&e))?;
-        }
-    }
-    if version < 8 {
-        // Before format 8: no sort keys. Every stored body's, from its
-        // header, in one transaction (a crash leaves format 7, built again
-        // next open).
+    if version < FORMAT_VERSION {
+        // Before format 8 there were no sort keys; formats 8 and 9 kept
+        // them without the display values (SORT=DISPLAY); before format 9
+        // nothing was forgotten (only the mark matters: an older build
+        // would give a forgotten account's number again). One transaction
+        // marks the file as the current format and the keys build as under
+        // way (an older build then refuses the file, and nothing reads
+        // the keys before the build below ends); the build itself runs in
+        // bounded transactions, resumed at the next open if a crash cuts
+        // it (`sortkeys::resume_build`).
         let w = db.begin_write().map_err(|e| io(&e))?;
-        sortkeys::build(&w).map_err(|e| io(&e))?;
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+        sortkeys::start_build(&w).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
-    if (8..10).contains(&version) {
-        // Formats 8 and 9 kept sort keys without the display values
-        // (SORT=DISPLAY): every body's record built again, in one
-        // transaction (a crash leaves the older format, built again next
-        // open).
-        let w = db.begin_write().map_err(|e| io(&e))?;
-        sortkeys::build(&w).map_err(|e| io(&e))?;
-        w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
-        w.commit().map_err(|e| io(&e))?;
-    }
+    let sort_keys_build =
+        sortkeys::resume_build(db).map_err(|e| OpenError::Io(format!("{label}: building the sort keys: {e}")))?;
     // Accounts whose forgetting a crash cut short are finished now, before
     // anything reads the file (bounded transactions, see `forget`).
     forget::resume(db).map_err(|e| OpenError::Io(format!("{label}: finishing forgetting an account: {e}")))?;
-    Ok(accounts)
+    Ok((accounts, sort_keys_build))
 }

@@ -12,8 +12,10 @@
 //! both write the keys in the same transaction as the body (`put`). A
 //! body collected by the garbage collector takes its keys with it in the
 //! same transaction. A store of an older format gets the keys of every
-//! body it holds at open, in one transaction (`build`; 3.7 s for the
-//! 105,424 bodies, 1.6 GB, of the benchmark's store). Built at open rather
+//! body it holds at open, in transactions of at most [`SORT_KEYS_PER_TXN`]
+//! bodies that a crash may cut and the next open resumes ([`resume_build`];
+//! 3.7 s for the 105,424 bodies, 1.6 GB, of the benchmark's store, when it
+//! was one transaction). Built at open rather
 //! than lazily at the first SORT: a SORT only reads (a lazy fill would put
 //! a write transaction and its fsync inside a read command, serialised
 //! with every account's writes), and the invariant below then holds for
@@ -471,19 +473,46 @@ fn of_stored(
     of_record(&record, |id, len| stored_part(parts, id, len)).map(Some)
 }
 
-/// Gives every stored body its keys (a store written before them, or
-/// before the record's current version: an older record is replaced): one
-/// transaction, so a crash leaves the older format, built again at the
-/// next open. A record that does not decode gets none (`starling verify`
-/// reports the body as damaged).
-pub(crate) fn build(w: &WriteTransaction) -> Result<u64, StoreError> {
+/// Bodies one transaction of the keys build ([`resume_build`]) looks
+/// at, at most: each transaction's size is bounded whatever the store's.
+pub const SORT_KEYS_PER_TXN: usize = 10_000;
+
+/// Meta key present while the keys build is under way: its value is the
+/// id of the last body done (empty: none yet). Written with the format
+/// mark at open and with each batch, removed with the last.
+pub(crate) const BUILD_CURSOR: &str = "sort_keys_build_after";
+
+/// What the keys build at open did (a store of format 9 or older, or one
+/// whose build a crash cut short).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SortKeysBuild {
+    /// Records written (bodies without keys, or with an older record).
+    pub built: u64,
+    /// Write transactions it took (each at most [`SORT_KEYS_PER_TXN`]
+    /// bodies).
+    pub transactions: u64,
+}
+
+/// Gives the next bodies after `after` (in id order) their keys, at most
+/// [`SORT_KEYS_PER_TXN`] of them (a store written before keys, or before
+/// the record's current version: an older record is replaced; one of this
+/// version is kept). Returns the records written and the last body looked
+/// at if more may follow (`None`: the table's end). A record that does not
+/// decode gets none (`starling verify` reports the body as damaged).
+fn build_batch(w: &WriteTransaction, after: Option<&[u8; 32]>) -> Result<(u64, Option<[u8; 32]>), StoreError> {
+    use std::ops::Bound;
     let blobs = w.open_table(BLOBS).map_err(st)?;
     let parts = w.open_table(PARTS).map_err(st)?;
     let mut keys = w.open_table(SORT_KEYS).map_err(st)?;
-    let mut built = 0;
-    for item in blobs.iter().map_err(st)? {
+    let (mut built, mut seen, mut last) = (0, 0, None);
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    for item in blobs.range::<&[u8; 32]>((from, Bound::Unbounded)).map_err(st)? {
+        if seen == SORT_KEYS_PER_TXN {
+            return Ok((built, last));
+        }
         let (k, v) = item.map_err(st)?;
-        // Kept if of this version; one of an older version is built again.
+        seen += 1;
+        last = Some(*k.value());
         if keys.get(k.value()).map_err(st)?.is_some_and(|g| g.value().first() == Some(&RECORD_VERSION)) {
             continue;
         }
@@ -492,7 +521,57 @@ pub(crate) fn build(w: &WriteTransaction) -> Result<u64, StoreError> {
             built += 1;
         }
     }
-    Ok(built)
+    Ok((built, None))
+}
+
+/// Marks the keys build as under way from the first body, in `w` (with
+/// the format mark: see `open`).
+pub(crate) fn start_build(w: &WriteTransaction) -> Result<(), StoreError> {
+    w.open_table(META).map_err(st)?.insert(BUILD_CURSOR, [0u8; 0].as_slice()).map_err(st)?;
+    Ok(())
+}
+
+/// Runs the keys build marked under way ([`start_build`]) to its end: one
+/// transaction per [`SORT_KEYS_PER_TXN`] bodies, each writing its records
+/// and the cursor past them together, the last removing the cursor. A
+/// crash between two leaves records of both versions and the cursor, and
+/// the next open goes on from the cursor (a record already of this
+/// version is kept, so nothing is half-built or built twice). `None`:
+/// no build was under way.
+pub(crate) fn resume_build(db: &redb::Database) -> Result<Option<SortKeysBuild>, StoreError> {
+    // The common case, nothing under way: a read, no write transaction.
+    let r = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+    if table(&r, META)?.map(|t| t.get(BUILD_CURSOR).map(|g| g.is_some())).transpose().map_err(st)? != Some(true) {
+        return Ok(None);
+    }
+    drop(r);
+    let mut done = SortKeysBuild::default();
+    loop {
+        let w = db.begin_write().map_err(st)?;
+        let cursor = w.open_table(META).map_err(st)?.get(BUILD_CURSOR).map_err(st)?.map(|g| g.value().to_vec());
+        let Some(cursor) = cursor else {
+            w.abort().map_err(st)?;
+            return Ok((done.transactions > 0).then_some(done));
+        };
+        let after: Option<[u8; 32]> = match cursor.len() {
+            0 => None,
+            _ => Some(cursor.try_into().map_err(|_| damaged("sort keys build cursor", "not a body id"))?),
+        };
+        let (built, next) = build_batch(&w, after.as_ref())?;
+        {
+            let mut meta = w.open_table(META).map_err(st)?;
+            match &next {
+                Some(k) => meta.insert(BUILD_CURSOR, k.as_slice()).map_err(st)?,
+                None => meta.remove(BUILD_CURSOR).map_err(st)?,
+            };
+        }
+        w.commit().map_err(st)?;
+        done.built += built;
+        done.transactions += 1;
+        if next.is_none() {
+            return Ok(Some(done));
+        }
+    }
 }
 
 /// Where the keys disagree with the bodies: a body without keys, keys

@@ -37,17 +37,23 @@
 //! STATUS whose initial STATUS responses would pass the bound is refused
 //! `NO [NOTIFICATIONOVERFLOW]` (§3.1).
 
-use crate::selected::{set_string, FetchExtras};
+use crate::extended::FetchExtra;
+use crate::selected::FetchExtras;
 use crate::session::{full_name, Session};
 use crate::wire;
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::fetch::MacroOrMessageDataItemNames;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::imap_types::IntoStatic;
 use imap_codec::CommandCodec;
 use starling_model::account::DELIMITER;
 use starling_model::{MailboxId, MailboxTree};
 use starling_store::MailboxStatus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroU32;
 
 /// Event groups in one NOTIFY SET.
 pub const NOTIFY_GROUPS_MAX: usize = 32;
@@ -122,8 +128,18 @@ pub(crate) struct SelectedWatch {
     /// `selected-delayed`: expunges wait for a command that allows them.
     pub delayed: bool,
     pub flags: bool,
-    /// MessageNew's fetch attributes, as the client wrote them (`(…)`).
-    pub fetch: Option<Vec<u8>>,
+    /// MessageNew's fetch attributes, parsed once at NOTIFY SET.
+    pub fetch: Option<NotifyFetch>,
+}
+
+/// MessageNew's fetch attributes (RFC 5465 §5.2), typed: what imap-codec
+/// parses, and the items it does not ([`crate::extended`]) lifted off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NotifyFetch {
+    items: MacroOrMessageDataItemNames<'static>,
+    extra: Vec<FetchExtra>,
+    /// `UID` stood in for `extra` and was not asked for.
+    placeholder: bool,
 }
 
 /// A session's NOTIFY state.
@@ -317,20 +333,56 @@ fn bad(why: &str) -> Refusal {
     Refusal::Bad(format!("NOTIFY: {why}"))
 }
 
-/// A MessageNew fetch-att list as a UID FETCH of `set`, decoded.
-fn fetch_command(set: &str, atts: &[u8]) -> Vec<u8> {
-    let mut line = format!("n UID FETCH {set} ").into_bytes();
-    line.extend_from_slice(atts);
-    line.extend_from_slice(b"\r\n");
-    line
+/// A MessageNew fetch-att list (`(…)`, as the client wrote it), parsed
+/// once at NOTIFY SET as FETCH's own parser takes it (the list put in a
+/// `UID FETCH 1` command, items imap-codec does not know lifted off as a
+/// FETCH's are): `None` if FETCH would not take it, or it carries a
+/// modifier.
+fn parse_fetch_atts(atts: &[u8]) -> Option<NotifyFetch> {
+    let mut message = b"n UID FETCH 1 ".to_vec();
+    message.extend_from_slice(atts);
+    message.extend_from_slice(b"\r\n");
+    let lifted = crate::extended::lift(&message).unwrap_or_default();
+    if lifted.fetch_partial.is_some() {
+        return None;
+    }
+    let input = if lifted.command.is_empty() { &message[..] } else { &lifted.command[..] };
+    match CommandCodec::default().decode(input) {
+        Ok((b"", c)) => match c.body {
+            // At least one attribute (RFC 5465 §8: `"(" fetch-att *(SP
+            // fetch-att) ")"`), where imap-codec takes `()`.
+            CommandBody::Fetch {
+                macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(v), ..
+            } if v.is_empty() && lifted.fetch_extra.is_empty() => None,
+            CommandBody::Fetch { macro_or_item_names, modifiers, .. } if modifiers.is_empty() => Some(NotifyFetch {
+                items: macro_or_item_names.into_static(),
+                extra: lifted.fetch_extra,
+                placeholder: lifted.fetch_placeholder,
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
-/// Whether a fetch-att list is one FETCH takes (checked at NOTIFY SET).
-fn fetch_atts_valid(atts: &[u8]) -> bool {
-    let message = fetch_command("1", atts);
-    let lifted = crate::extended::lift(&message).unwrap_or_default();
-    let input = if lifted.command.is_empty() { &message[..] } else { &lifted.command[..] };
-    matches!(CommandCodec::default().decode(input), Ok((b"", c)) if matches!(c.body, CommandBody::Fetch { .. }))
+/// `uids` (ascending, distinct, not empty) as a UID set of ranges.
+fn uid_set(uids: &[u32]) -> Option<SequenceSet> {
+    let value = |u: u32| NonZeroU32::new(u).map(SeqOrUid::Value);
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        ranges.push(if i == j {
+            Sequence::Single(value(uids[i])?)
+        } else {
+            Sequence::Range(value(uids[i])?, value(uids[j])?)
+        });
+        i = j + 1;
+    }
+    Vec1::try_from(ranges).ok().map(SequenceSet)
 }
 
 /// Parses `NOTIFY SET …` after the verb (`rest` starts at `SET`).
@@ -404,7 +456,7 @@ fn parse_set(rest: &[u8]) -> Result<Request, Refusal> {
                         new = true;
                         if c.peek() == Some(b' ') && c.b.get(c.at + 1) == Some(&b'(') {
                             c.at += 1;
-                            fetch = Some(c.raw_list()?.to_vec());
+                            fetch = Some(c.raw_list()?);
                         }
                     }
                     b"messageexpunge" => expunge = true,
@@ -455,11 +507,13 @@ fn parse_set(rest: &[u8]) -> Result<Request, Refusal> {
         if let (Some(why), false) = (composition, unsupported) {
             return Err(bad(why));
         }
-        if let Some(atts) = &fetch {
-            if !fetch_atts_valid(atts) {
-                return Err(bad("MessageNew's fetch attributes do not parse"));
-            }
-        }
+        let fetch = match fetch {
+            Some(atts) => match parse_fetch_atts(atts) {
+                Some(typed) => Some(typed),
+                None => return Err(bad("MessageNew's fetch attributes do not parse")),
+            },
+            None => None,
+        };
         events.message = new;
         match filter {
             None => {
@@ -737,19 +791,15 @@ impl Session {
 
     /// MessageNew's FETCH of new messages of the selected mailbox. An
     /// answer too long for one part of a FETCH is an overflow.
-    fn notify_fetch(&mut self, uids: &[u32], atts: &[u8]) {
+    fn notify_fetch(&mut self, uids: &[u32], atts: &NotifyFetch) {
         let mut sorted = uids.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let message = fetch_command(&set_string(&sorted), atts);
-        let lifted = crate::extended::lift(&message).unwrap_or_default();
-        let input = if lifted.command.is_empty() { &message[..] } else { &lifted.command[..] };
-        let Ok((_, command)) = CommandCodec::default().decode(input) else { return };
-        let CommandBody::Fetch { sequence_set, macro_or_item_names, .. } = command.body else { return };
-        let extra = FetchExtras { items: lifted.fetch_extra, placeholder: lifted.fetch_placeholder, partial: None };
+        let Some(set) = uid_set(&sorted) else { return };
+        let extra = FetchExtras { items: atts.extra.clone(), placeholder: atts.placeholder, partial: None };
         // (Never called while a client's FETCH is in parts: that one ended.)
         self.part.after = None;
-        let r = self.fetch(&sequence_set, &macro_or_item_names, true, &[], &extra);
+        let r = self.fetch(&set, &atts.items, true, &[], &extra);
         self.part.after = None;
         if matches!(r, Err(crate::session::Fail::More)) {
             self.notify_overflow();

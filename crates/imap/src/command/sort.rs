@@ -53,6 +53,11 @@ pub(crate) struct Facts {
     /// Message-ID, References (or In-Reply-To) for THREAD REFERENCES.
     pub message_id: Option<IdHash>,
     pub references: Vec<IdHash>,
+    /// The header was wanted and the body is not here (a partial
+    /// replica): the message sorts as an empty header until this body
+    /// arrives (an updating SORT then places it again,
+    /// [`crate::context`]).
+    pub awaiting: Option<starling_model::BlobId>,
 }
 
 impl Facts {
@@ -103,9 +108,15 @@ impl Facts {
                 continue;
             };
             let stored = keys.next().flatten();
-            out.push(f.with_keys(
-                stored.unwrap_or_else(|| SortKeys::of(&load_body(reader, &env, false).unwrap_or_default())),
-            ));
+            let (keys, awaiting) = match stored {
+                Some(k) => (k, None),
+                None => match load_body(reader, &env, false) {
+                    Ok(head) => (SortKeys::of(&head), None),
+                    Err(starling_store::StoreError::MissingBlob(_)) => (SortKeys::default(), Some(env.blob)),
+                    Err(_) => (SortKeys::default(), None),
+                },
+            };
+            out.push(Facts { awaiting, ..f.with_keys(keys) });
         }
         out
     }
@@ -208,7 +219,8 @@ impl Session {
         };
         if returns.update {
             let uids: Vec<u32> = facts.iter().map(|f| f.uid).collect();
-            self.start_update(tag, uid, Some(criteria), search, uids);
+            let awaiting = facts.iter().filter_map(|f| f.awaiting.map(|b| (f.uid, b))).collect();
+            self.start_update(tag, uid, Some(criteria), search, uids, awaiting);
         }
         if returns.save && returns.items.is_empty() && !returns.update {
             return Ok(done); // SAVE alone answers nothing (RFC 5182 §2.4).
