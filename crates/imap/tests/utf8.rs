@@ -223,7 +223,8 @@ fn name_bounds() {
 }
 
 /// APPEND's `UTF8 (literal8)` (RFC 6855 §4), in MULTIAPPEND and as a
-/// CATENATE part too; BAD before ENABLE UTF8=ACCEPT.
+/// CATENATE part too; BAD before ENABLE UTF8=ACCEPT, as a plain APPEND of
+/// 8-bit header fields is NO.
 #[test]
 fn append_utf8() {
     let srv = server();
@@ -236,6 +237,18 @@ fn append_utf8() {
     old.ok("o2 ENABLE IMAP4rev2");
     assert!(old.send(&format!("o3 APPEND INBOX UTF8 (~{{{n}+}}\r\n{msg})")).starts_with("o3 BAD"));
     assert_eq!(count(&mut old, "INBOX"), 0);
+    // RFC 6855 §4: 8-bit header fields in a plain APPEND, from a client
+    // that did not enable UTF-8: NO, nothing stored (8-bit in the body is
+    // fine).
+    let mut plain = Client::login(&srv);
+    let out = plain.send(&format!("p1 APPEND INBOX {{{n}+}}\r\n{msg}"));
+    assert!(out.starts_with("p1 NO 8-bit characters in the message's header"), "{out}");
+    let body8 = "Subject: x\r\n\r\nGr\u{fc}\u{df}e\r\n";
+    plain.ok(&format!("p2 APPEND INBOX {{{}+}}\r\n{body8}", body8.len()));
+    assert_eq!(count(&mut plain, "INBOX"), 1);
+    plain.ok("p3 SELECT INBOX");
+    plain.ok("p4 STORE 1 +FLAGS.SILENT (\\Deleted)");
+    plain.ok("p5 CLOSE");
     let mut new = utf8_client(&srv);
     let first = new.send(&format!("n1 APPEND INBOX (\\Seen) UTF8 (~{{{n}}}"));
     assert!(first.starts_with("+ "), "{first}");
