@@ -49,6 +49,9 @@ pub struct Lifted {
     /// each by its place among the messages (0 the first); in the command
     /// each stands as an empty literal.
     pub catenate: Vec<Catenate>,
+    /// UTF8=ACCEPT (RFC 6855 §4): a message (or a CATENATE part) was
+    /// given as `UTF8 (literal8)`; the literal8 stands in the command for it.
+    pub utf8_append: bool,
 }
 
 /// One message of an APPEND given as `CATENATE (part …)` (RFC 4469 §5).
@@ -396,7 +399,8 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     let mut extra = Lifted::default();
     // (Borrowed unless a stage rewrites it: an APPEND may be large.)
     let mut input = replaced.map_or(std::borrow::Cow::Borrowed(message), std::borrow::Cow::Owned);
-    let stages: [Stage; 7] = [
+    let stages: [Stage; 8] = [
+        lift_utf8_append,
         lift_catenate,
         split_multiappend,
         lift_search_keys,
@@ -427,6 +431,7 @@ pub fn lift(message: &[u8]) -> Option<Lifted> {
     lifted.create_use = extra.create_use;
     lifted.appends = extra.appends;
     lifted.catenate = extra.catenate;
+    lifted.utf8_append = extra.utf8_append;
     Some(lifted)
 }
 
@@ -861,6 +866,65 @@ fn split_multiappend(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
     Some(first)
 }
 
+/// UTF8=ACCEPT's APPEND data extension (RFC 6855 §4): in an APPEND,
+/// `append-data =/ "UTF8" SP "(" literal8 ")"`, also as a CATENATE part.
+/// Each becomes its literal8 (in a CATENATE, `TEXT literal8`), which the
+/// later stages and the decoder take as usual. Literals and quoted strings
+/// are stepped over whole; one pass to find one, a second to rewrite.
+fn lift_utf8_append(message: &[u8], lifted: &mut Lifted) -> Option<Vec<u8>> {
+    let (mailbox_end, end) = append_bounds(message)?;
+    if !utf8_parts(message, mailbox_end, end, None)? {
+        return None;
+    }
+    let mut out = message[..mailbox_end].to_vec();
+    utf8_parts(message, mailbox_end, end, Some(&mut out))?;
+    out.extend_from_slice(&message[end..]);
+    lifted.utf8_append = true;
+    Some(out)
+}
+
+/// Whether `message[at..end]` holds a `UTF8 (literal8)`, writing the
+/// rewritten bytes to `out` if given; `None` if it is malformed.
+fn utf8_parts(message: &[u8], mut at: usize, end: usize, mut out: Option<&mut Vec<u8>>) -> Option<bool> {
+    const OPEN: &[u8] = b"UTF8 (";
+    let mut found = false;
+    let mut depth = 0usize;
+    while at < end {
+        let c = message[at];
+        let next = if c == b'{' || (c == b'~' && message.get(at + 1) == Some(&b'{')) {
+            literal_at(message, at + usize::from(c == b'~'))?.end
+        } else if c == b'"' {
+            astring_end(message, at)?
+        } else if message[at - 1] == b' ' && starts_with_ci(&message[at..end], OPEN) {
+            let data = literal_at(message, at + OPEN.len() + 1).filter(|_| message[at + OPEN.len()] == b'~')?;
+            if message.get(data.end) != Some(&b')') || data.end >= end {
+                return None;
+            }
+            found = true;
+            if let Some(out) = out.as_deref_mut() {
+                if depth > 0 {
+                    out.extend_from_slice(b"TEXT ");
+                }
+                out.extend_from_slice(&message[at + OPEN.len()..data.end]);
+            }
+            at = data.end + 1;
+            continue;
+        } else {
+            match c {
+                b'(' => depth += 1,
+                b')' => depth = depth.checked_sub(1)?,
+                _ => {}
+            }
+            at + 1
+        };
+        if let Some(out) = out.as_deref_mut() {
+            out.extend_from_slice(&message[at..next]);
+        }
+        at = next;
+    }
+    Some(found)
+}
+
 /// CATENATE (RFC 4469 §5): in `tag APPEND mailbox m1 m2 …` each message is
 /// `[flags] [date]` and a literal (literal8) or `CATENATE (cat-part …)`,
 /// `cat-part = "TEXT" SP literal / "URL" SP astring`. The parts of each
@@ -1190,6 +1254,27 @@ mod tests {
         assert!(nul_in_literal(b"a APPEND INBOX {3}\r\na\0b\r\n"));
         assert!(!nul_in_literal(b"a APPEND INBOX ~{3}\r\na\0b\r\n"));
         assert!(!nul_in_literal(b"a APPEND INBOX {3}\r\nabc\r\n"));
+    }
+
+    #[test]
+    fn utf8_append_is_lifted() {
+        let l = lift(b"a APPEND D (\\Seen) utf8 (~{2}\r\n\xc3\xa9)\r\n").unwrap();
+        assert!(l.utf8_append);
+        assert_eq!(l.command, b"a APPEND D (\\Seen) ~{2}\r\n\xc3\xa9\r\n");
+        let l = lift(b"a APPEND D UTF8 (~{1+}\r\nx) CATENATE (TEXT {1}\r\ny UTF8 (~{1}\r\nz))\r\n").unwrap();
+        assert!(l.utf8_append);
+        assert_eq!(l.appends, vec![b"a APPEND D {0}\r\n\r\n".to_vec()]);
+        assert_eq!(l.catenate[0].parts, vec![CatPart::Text(b"y".to_vec(), false), CatPart::Text(b"z".to_vec(), false)]);
+        // A literal's bytes are not looked at; a malformed one is left to the decoder.
+        let l = lift(b"a APPEND D {9}\r\n UTF8 (x\r\n");
+        assert!(l.is_none_or(|l| !l.utf8_append));
+        for bad in [
+            &b"a APPEND D UTF8 ({1}\r\nx)\r\n"[..],
+            b"a APPEND D UTF8 (~{1}\r\nx\r\n",
+            b"a APPEND D UTF8 (~{1}\r\nx))\r\n",
+        ] {
+            assert!(lift(bad).is_none_or(|l| !l.utf8_append), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod command;
 pub mod context;
 pub mod extended;
 pub mod mime;
+pub mod mutf7;
 pub mod objectid;
 pub mod ondemand;
 pub mod preview;

@@ -216,6 +216,8 @@ pub(crate) struct Enabled {
     pub condstore: bool,
     pub qresync: bool,
     pub rev2: bool,
+    /// UTF8=ACCEPT (RFC 6855).
+    pub utf8: bool,
 }
 
 /// Why a command failed: a tagged NO or BAD with its text (and response
@@ -810,7 +812,7 @@ impl Session {
 
     fn capabilities(&self) -> String {
         let mut caps = String::from(
-            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NOTIFY NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE UTF8=ACCEPT IDLE NOTIFY NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
              THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES ESORT STATUS=SIZE OBJECTID \
              CREATE-SPECIAL-USE BINARY MULTIAPPEND PREVIEW SAVEDATE CONTEXT=SEARCH CONTEXT=SORT PARTIAL CATENATE \
@@ -851,6 +853,7 @@ impl Session {
             create_use,
             appends,
             catenate,
+            utf8_append,
             ..
         } = options;
         if let Some(sel) = &mut self.selected {
@@ -924,6 +927,10 @@ impl Session {
                             self.enabled.rev2 = true;
                             on.push("IMAP4rev2");
                         }
+                        other if other.to_string().eq_ignore_ascii_case("UTF8=ACCEPT") => {
+                            self.enabled.utf8 = true;
+                            on.push("UTF8=ACCEPT");
+                        }
                         _ => {}
                     }
                 }
@@ -934,38 +941,59 @@ impl Session {
                 self.untagged(&format!("NAMESPACE ((\"\" \"{DELIMITER}\")) NIL NIL"));
                 Ok("NAMESPACE completed".into())
             }
-            CommandBody::Select { mailbox, parameters } => self.select(&mailbox_name(&mailbox), false, &parameters),
-            CommandBody::Examine { mailbox, parameters } => self.select(&mailbox_name(&mailbox), true, &parameters),
-            CommandBody::Create { mailbox } => self.create(&mailbox_name(&mailbox), create_use.as_deref()),
-            CommandBody::Delete { mailbox } => self.delete(&mailbox_name(&mailbox)),
-            CommandBody::Rename { from, to } => self.rename(&mailbox_name(&from), &mailbox_name(&to)),
-            CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), true),
-            CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox_name(&mailbox), false),
-            CommandBody::List { reference, mailbox_wildcard } => {
-                let patterns =
-                    if list_patterns.is_empty() { vec![list_pattern(&mailbox_wildcard)] } else { list_patterns };
-                self.list(&mailbox_name(&reference), &patterns, &list_selection, &list_return, false)
+            // Mailbox names are converted to their stored form here, as
+            // they come in (`name_in`), and back as they go out (`wire_name`).
+            CommandBody::Select { mailbox, parameters } => {
+                self.name_in(&mailbox).and_then(|n| self.select(&n, false, &parameters))
             }
-            CommandBody::Lsub { reference, mailbox_wildcard } => self.list(
-                &mailbox_name(&reference),
-                &[list_pattern(&mailbox_wildcard)],
-                &["SUBSCRIBED".to_string()],
-                &ListReturn::default(),
-                true,
-            ),
+            CommandBody::Examine { mailbox, parameters } => {
+                self.name_in(&mailbox).and_then(|n| self.select(&n, true, &parameters))
+            }
+            CommandBody::Create { mailbox } => {
+                self.name_in(&mailbox).and_then(|n| self.create(&n, create_use.as_deref()))
+            }
+            CommandBody::Delete { mailbox } => self.name_in(&mailbox).and_then(|n| self.delete(&n)),
+            CommandBody::Rename { from, to } => {
+                let names = self.name_in(&from).and_then(|f| Ok((f, self.name_in(&to)?)));
+                names.and_then(|(f, t)| self.rename(&f, &t))
+            }
+            CommandBody::Subscribe { mailbox } => self.name_in(&mailbox).and_then(|n| self.subscribe(&n, true)),
+            CommandBody::Unsubscribe { mailbox } => self.name_in(&mailbox).and_then(|n| self.subscribe(&n, false)),
+            CommandBody::List { reference, mailbox_wildcard } => {
+                let patterns = if list_patterns.is_empty() {
+                    self.client_text(list_pattern(&mailbox_wildcard)).map(|p| vec![p])
+                } else {
+                    list_patterns.iter().map(|p| self.client_text(p.as_bytes())).collect()
+                };
+                let reference = self.client_text(mailbox_bytes(&reference));
+                match (reference, patterns) {
+                    (Ok(r), Ok(p)) => self.list(&r, &p, &list_selection, &list_return, false),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
+            CommandBody::Lsub { reference, mailbox_wildcard } => {
+                let reference = self.client_text(mailbox_bytes(&reference));
+                let pattern = self.client_text(list_pattern(&mailbox_wildcard));
+                match (reference, pattern) {
+                    (Ok(r), Ok(p)) => self.list(&r, &[p], &["SUBSCRIBED".to_string()], &ListReturn::default(), true),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
             CommandBody::Status { mailbox, item_names } => {
-                let name = mailbox_name(&mailbox);
                 let mut items = item_names.as_ref().to_vec();
                 if status_placeholder {
                     items.retain(|i| *i != StatusDataItemName::Messages);
                 }
-                self.status_command(&name, &items, &status_extra)
+                self.name_in(&mailbox).and_then(|n| self.status_command(&n, &items, &status_extra))
             }
             CommandBody::GetQuota { root } => self.getquota(&String::from_utf8_lossy(root.as_ref())),
-            CommandBody::GetQuotaRoot { mailbox } => self.getquotaroot(&mailbox_name(&mailbox)),
+            CommandBody::GetQuotaRoot { mailbox } => self.name_in(&mailbox).and_then(|n| self.getquotaroot(&n)),
             CommandBody::SetQuota { .. } => self.setquota(),
+            CommandBody::Append { .. } if utf8_append && !self.enabled.utf8 => {
+                Err(Fail::Bad("APPEND's UTF8 needs ENABLE UTF8=ACCEPT first (RFC 6855 section 4)".into()))
+            }
             CommandBody::Append { mailbox, flags, date, message } => {
-                self.append(&mailbox_name(&mailbox), (flags, date, message), &appends, &catenate)
+                self.name_in(&mailbox).and_then(|n| self.append(&n, (flags, date, message), &appends, &catenate))
             }
             // In the authenticated state too (RFC 9051 §6.3.13): with NOTIFY,
             // a client idles for other mailboxes' events.
@@ -987,6 +1015,14 @@ impl Session {
             }
             CommandBody::Expunge => self.expunge(None),
             CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(&sequence_set)),
+            CommandBody::Search { charset: Some(_), .. } if self.enabled.utf8 => {
+                Err(Fail::Bad("no CHARSET in SEARCH after ENABLE UTF8=ACCEPT (RFC 6855 section 3)".into()))
+            }
+            CommandBody::Sort { charset, .. } | CommandBody::Thread { charset, .. }
+                if self.enabled.utf8 && !charset.as_ref().eq_ignore_ascii_case("UTF-8") =>
+            {
+                Err(Fail::Bad("the CHARSET is UTF-8 after ENABLE UTF8=ACCEPT (RFC 6855 section 3)".into()))
+            }
             CommandBody::Search { charset, criteria, uid } => {
                 expunges_allowed = uid;
                 self.search(charset.as_ref().map(|c| c.as_ref()), criteria.as_ref(), uid, &tag, search_return)
@@ -1015,10 +1051,10 @@ impl Session {
             }
             CommandBody::Copy { sequence_set, mailbox, uid } => {
                 expunges_allowed = uid;
-                self.copy(&sequence_set, &mailbox_name(&mailbox), uid, false)
+                self.name_in(&mailbox).and_then(|n| self.copy(&sequence_set, &n, uid, false))
             }
             CommandBody::Move { sequence_set, mailbox, uid } => {
-                self.copy(&sequence_set, &mailbox_name(&mailbox), uid, true)
+                self.name_in(&mailbox).and_then(|n| self.copy(&sequence_set, &n, uid, true))
             }
             other => Err(Fail::Bad(format!("{} is not supported", other.name()))),
         };
@@ -1371,7 +1407,12 @@ impl Session {
         let subscribed_only = selection.iter().any(|s| s == "SUBSCRIBED");
         let special_only = selection.iter().any(|s| s == "SPECIAL-USE");
         let full: Vec<String> = patterns.iter().filter(|p| !p.is_empty()).map(|p| format!("{reference}{p}")).collect();
+        // Patterns are in the client's encoding: matched against names as
+        // it sees them (a UTF-8 pattern's `*` may end inside a character
+        // that modified UTF-7 would have put in one base64 run).
+        let utf8 = self.utf8_names();
         let matches = |name: &str| {
+            let name = &*crate::mutf7::shown(utf8, name);
             full.iter().any(|f| {
                 if name == "INBOX" {
                     list_match(&f.to_ascii_uppercase(), name)
@@ -1442,7 +1483,7 @@ impl Session {
                 attrs.push(u.as_str());
             }
             let mut encoded = Vec::new();
-            wire::astring(&mut encoded, name.as_bytes());
+            name_wire(utf8, &mut encoded, name);
             let mut line = format!("{verb} ({}) \"{DELIMITER}\" ", attrs.join(" ")).into_bytes();
             line.extend_from_slice(&encoded);
             if child_subscribed {
@@ -1475,7 +1516,7 @@ impl Session {
                     (false, false) => "\\NonExistent",
                 };
                 let mut line = format!("{verb} ({attrs}) \"{DELIMITER}\" ").into_bytes();
-                wire::astring(&mut line, name.as_bytes());
+                name_wire(utf8, &mut line, name);
                 if child_subscribed {
                     line.extend_from_slice(CHILDINFO);
                 }
@@ -1489,7 +1530,7 @@ impl Session {
                 continue; // listed above
             }
             let mut encoded = Vec::new();
-            wire::astring(&mut encoded, parent.as_bytes());
+            name_wire(utf8, &mut encoded, &parent);
             let mut line = format!("{verb} (\\Noselect) \"{DELIMITER}\" ").into_bytes();
             line.extend_from_slice(&encoded);
             lines.push((line, None, String::new()));
@@ -1522,7 +1563,7 @@ impl Session {
         };
         drop(reader);
         let mut quoted = Vec::new();
-        wire::astring(&mut quoted, name.as_bytes());
+        self.wire_name(&mut quoted, name);
         self.status_lines(id, &String::from_utf8_lossy(&quoted), items, extra)?;
         Ok("STATUS completed".into())
     }
@@ -1696,18 +1737,124 @@ pub(crate) fn full_name(tree: &starling_model::MailboxTree, id: MailboxId) -> Op
     Some(parts.join(&DELIMITER.to_string()))
 }
 
-/// A mailbox name as the client wrote it (INBOX normalised).
-fn mailbox_name(m: &Mailbox<'_>) -> String {
+/// A mailbox name's bytes as the client wrote them (INBOX normalised).
+fn mailbox_bytes<'a>(m: &'a Mailbox<'_>) -> &'a [u8] {
     match m {
-        Mailbox::Inbox => "INBOX".into(),
-        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        Mailbox::Inbox => b"INBOX",
+        Mailbox::Other(o) => o.as_ref(),
     }
 }
 
-fn list_pattern(m: &ListMailbox<'_>) -> String {
+fn list_pattern<'a>(m: &'a ListMailbox<'_>) -> &'a [u8] {
     match m {
-        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
-        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        ListMailbox::Token(t) => t.as_ref(),
+        ListMailbox::String(s) => s.as_ref(),
+    }
+}
+
+/// Longest mailbox name (or LIST pattern) a command may give, in bytes,
+/// as written and in the stored form: `NO [LIMIT]` past it. (Each level
+/// of a stored name is held to the model's
+/// [`starling_model::account::MAILBOX_NAME_LEN_MAX`] as well.)
+pub const NAME_BYTES_MAX: usize = 1024;
+
+/// Writes a stored name as the client reads it (see [`crate::mutf7`]):
+/// for a UTF-8 client its text, quoted if need be.
+pub(crate) fn name_wire(utf8: bool, out: &mut Vec<u8>, stored: &str) {
+    let shown = crate::mutf7::shown(utf8, stored);
+    if utf8 {
+        wire::astring_utf8(out, &shown)
+    } else {
+        wire::astring(out, shown.as_bytes())
+    }
+}
+
+impl Session {
+    /// Mailbox names are UTF-8 to this client: it enabled UTF8=ACCEPT
+    /// (RFC 6855) or IMAP4rev2 (RFC 9051 §5.1); else modified UTF-7.
+    pub(crate) fn utf8_names(&self) -> bool {
+        self.enabled.utf8 || self.enabled.rev2
+    }
+
+    /// A mailbox name a command gave, in its stored form.
+    pub(crate) fn name_in(&self, m: &Mailbox<'_>) -> Result<String, Fail> {
+        match m {
+            Mailbox::Inbox => Ok("INBOX".into()),
+            Mailbox::Other(o) => self.stored_name(o.as_ref(), self.utf8_names()),
+        }
+    }
+
+    /// Writes a stored name as this client reads it.
+    pub(crate) fn wire_name(&self, out: &mut Vec<u8>, stored: &str) {
+        name_wire(self.utf8_names(), out, stored)
+    }
+
+    /// The stored form (modified UTF-7, [`crate::mutf7`]) of a name a
+    /// client wrote in UTF-8 (`utf8`) or in modified UTF-7: the one place
+    /// names are converted on their way in. UTF-8 must be valid, without
+    /// the characters RFC 6855 §3 excludes, and is taken in NFC; modified
+    /// UTF-7 must be canonical. A name stored before names were checked
+    /// (not modified UTF-7) is taken as it is stored, and only if it exists.
+    pub(crate) fn stored_name(&self, raw: &[u8], utf8: bool) -> Result<String, Fail> {
+        use unicode_normalization::UnicodeNormalization;
+        if raw.len() > NAME_BYTES_MAX {
+            return Err(Fail::No(format!("[LIMIT] mailbox name longer than {NAME_BYTES_MAX} bytes")));
+        }
+        let exists = |name: &str| -> Result<bool, Fail> { Ok(Self::resolve(&self.reader()?, name).is_some()) };
+        let stored = if utf8 {
+            let text = std::str::from_utf8(raw).map_err(|_| Fail::Bad("mailbox name is not valid UTF-8".into()))?;
+            if let Some(c) = crate::mutf7::forbidden(text) {
+                let why = format!("mailbox name holds U+{:04X} (RFC 6855 section 3 excludes it)", c as u32);
+                return Err(Fail::Bad(why));
+            }
+            let text: String = text.nfc().collect();
+            if text.eq_ignore_ascii_case("INBOX") {
+                return Ok("INBOX".into());
+            }
+            let stored = crate::mutf7::encode(&text);
+            if stored != text && crate::mutf7::decode(&text).is_none() && !exists(&stored)? && exists(&text)? {
+                return Ok(text);
+            }
+            stored
+        } else {
+            let text = String::from_utf8_lossy(raw);
+            if text.eq_ignore_ascii_case("INBOX") {
+                return Ok("INBOX".into());
+            }
+            if crate::mutf7::decode(&text).is_none() {
+                if std::str::from_utf8(raw).is_ok() && exists(&text)? {
+                    return Ok(text.into_owned());
+                }
+                return Err(Fail::Bad(if raw.is_ascii() {
+                    "invalid modified UTF-7 in mailbox name (RFC 3501 section 5.1.3)".into()
+                } else {
+                    "8-bit mailbox name: ENABLE UTF8=ACCEPT first (RFC 6855), or write it in modified UTF-7".into()
+                }));
+            }
+            text.into_owned()
+        };
+        let level_max = starling_model::account::MAILBOX_NAME_LEN_MAX;
+        if stored.len() > NAME_BYTES_MAX || stored.split(DELIMITER).any(|l| l.len() > level_max) {
+            return Err(Fail::No(format!(
+                "[LIMIT] mailbox name too long: at most {NAME_BYTES_MAX} bytes, {level_max} a level, once stored"
+            )));
+        }
+        Ok(stored)
+    }
+
+    /// A LIST reference or pattern as text to match shown names against:
+    /// from a UTF-8 client valid UTF-8 (in NFC).
+    fn client_text(&self, raw: &[u8]) -> Result<String, Fail> {
+        use unicode_normalization::UnicodeNormalization;
+        if raw.len() > NAME_BYTES_MAX {
+            return Err(Fail::No(format!("[LIMIT] mailbox pattern longer than {NAME_BYTES_MAX} bytes")));
+        }
+        if self.utf8_names() {
+            let text = std::str::from_utf8(raw).map_err(|_| Fail::Bad("mailbox pattern is not valid UTF-8".into()))?;
+            Ok(text.nfc().collect())
+        } else {
+            Ok(String::from_utf8_lossy(raw).into_owned())
+        }
     }
 }
 

@@ -69,6 +69,27 @@ pub fn astring(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
+/// Appends `s` as an astring to a client that takes UTF-8 in quoted
+/// strings (RFC 6855 §3, RFC 9051): like [`astring`], but quoted also when
+/// it holds UTF-8.
+pub fn astring_utf8(out: &mut Vec<u8>, s: &str) {
+    if s.is_ascii() {
+        return astring(out, s.as_bytes());
+    }
+    if s.len() <= 1024 && !s.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
+        out.push(b'"');
+        for &b in s.as_bytes() {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, s.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +113,9 @@ mod tests {
         o.clear();
         literal8(&mut o, b"a\0b");
         assert_eq!(o, b"~{3}\r\na\0b");
+        o.clear();
+        astring_utf8(&mut o, "Entw\u{fc}rfe \"x\"");
+        astring_utf8(&mut o, "INBOX");
+        assert_eq!(o, "\"Entw\u{fc}rfe \\\"x\\\"\"INBOX".as_bytes());
     }
 }

@@ -132,6 +132,19 @@ fn imaplib_uses_the_extensions() {
     python_ok(&script, &args.map(String::from));
 }
 
+/// UTF8=ACCEPT (RFC 6855) from Python's imaplib: a UTF-8 connection and a
+/// modified UTF-7 one see one mailbox, each in its encoding; APPEND's
+/// `UTF8 (literal8)`; SEARCH in UTF-8 (`tests/imap/imaplib_utf8.py`).
+#[test]
+fn imaplib_uses_utf8() {
+    let root = tempfile::tempdir().unwrap();
+    let n = one_node(root.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/imaplib_utf8.py");
+    let port = imap_port(&n).to_string();
+    let args = ["--host", "127.0.0.1", "--port", &port, "--user", "alice", "--password", "secret"];
+    python_ok(&script, &args.map(String::from));
+}
+
 /// COMPRESS=DEFLATE from Python's imaplib (zlib, wbits=-15, over the
 /// socket: `tests/imap/imaplib_compress.py`) against a real node.
 #[test]

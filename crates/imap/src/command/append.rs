@@ -88,6 +88,13 @@ impl Session {
             if data.len() as u64 > limit {
                 return Err(Fail::No(format!("[TOOBIG] a message is larger than APPENDLIMIT {limit}")));
             }
+            // RFC 6855 §4: 8-bit header fields only from a client that
+            // enabled UTF-8 (UTF8=ACCEPT, or here IMAP4rev2 as well).
+            if !self.utf8_names() && crate::mime::header_block(&data).iter().any(|&b| b >= 0x80) {
+                let why =
+                    "8-bit characters in the message's header fields: ENABLE UTF8=ACCEPT first (RFC 6855 section 4)";
+                return Err(Fail::No(why.into()));
+            }
             prepared.push((keywords(flags)?, date.as_ref().map_or(now, |d| d.as_ref().timestamp()), data));
         }
         // One transaction: an error in any message leaves none stored.

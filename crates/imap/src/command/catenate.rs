@@ -181,8 +181,14 @@ impl Session {
             Some(s) => Some(fetch_section(s).ok_or_else(bad)?),
             None => None,
         };
+        // An IMAP URL's mailbox is UTF-8 (RFC 5092 §3); as the client's
+        // own names, if it wrote those.
+        let stored = self.stored_name(parsed.mailbox.as_bytes(), true).ok();
         let reader = self.reader()?;
-        let id = Self::resolve(&reader, &parsed.mailbox).ok_or_else(bad)?;
+        let id = stored
+            .and_then(|n| Self::resolve(&reader, &n))
+            .or_else(|| Self::resolve(&reader, &parsed.mailbox))
+            .ok_or_else(bad)?;
         if parsed.uid_validity.is_some_and(|v| v != reader.status(id).map(|s| s.uid_validity).unwrap_or(0)) {
             return Err(bad());
         }

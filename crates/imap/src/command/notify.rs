@@ -39,8 +39,7 @@
 
 use crate::extended::FetchExtra;
 use crate::selected::FetchExtras;
-use crate::session::{full_name, Session};
-use crate::wire;
+use crate::session::{full_name, name_wire, Session};
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::Vec1;
@@ -566,7 +565,7 @@ impl Session {
             self.tagged(&tag, "OK", "NOTIFY completed");
             return true;
         }
-        match parse_set(args) {
+        match parse_set(args).and_then(|r| self.stored_filters(r)) {
             Ok(request) => match self.notify_set(request) {
                 Ok(()) => self.tagged(&tag, "OK", "NOTIFY completed"),
                 Err(Refusal::No(why)) => self.tagged(&tag, "NO", &why),
@@ -576,6 +575,25 @@ impl Session {
             Err(Refusal::Bad(why)) => self.tagged(&tag, "BAD", &why),
         }
         true
+    }
+
+    /// The names the filters give, in their stored form (the client wrote
+    /// them in its encoding).
+    fn stored_filters(&self, mut request: Request) -> Result<Request, Refusal> {
+        for (filter, _) in &mut request.groups {
+            if let Filter::Subtree(names) | Filter::Mailboxes(names) = filter {
+                for name in names.iter_mut() {
+                    if name != "INBOX" {
+                        *name = self.stored_name(name.as_bytes(), self.utf8_names()).map_err(|e| match e {
+                            crate::session::Fail::Bad(s) => Refusal::Bad(s),
+                            crate::session::Fail::No(s) => Refusal::No(s),
+                            _ => Refusal::No("[SERVERBUG] NOTIFY could not read the mailboxes".into()),
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(request)
     }
 
     fn notify_set(&mut self, request: Request) -> Result<(), Refusal> {
@@ -644,7 +662,7 @@ impl Session {
             items.push(StatusDataItemName::HighestModSeq);
         }
         let mut quoted = Vec::new();
-        wire::astring(&mut quoted, name.as_bytes());
+        self.wire_name(&mut quoted, name);
         self.status_lines(id, &String::from_utf8_lossy(&quoted), &items, &[])
     }
 
@@ -724,7 +742,7 @@ impl Session {
             if let Some(old) = n.tree.take() {
                 let new = names_of(tree);
                 if tree_loud {
-                    lists = tree_diff(&n, &old, &new, tree);
+                    lists = tree_diff(&n, &old, &new, tree, self.utf8_names());
                 }
                 n.tree = Some(new);
             }
@@ -834,6 +852,7 @@ fn tree_diff(
     old: &BTreeMap<MailboxId, (String, bool)>,
     new: &BTreeMap<MailboxId, (String, bool)>,
     tree: &MailboxTree,
+    utf8: bool,
 ) -> Vec<Vec<u8>> {
     let children = |name: &str| {
         let prefix = format!("{name}{DELIMITER}");
@@ -841,10 +860,10 @@ fn tree_diff(
     };
     let line = |attrs: &[&str], name: &str, oldname: Option<&str>| {
         let mut l = format!("LIST ({}) \"{DELIMITER}\" ", attrs.join(" ")).into_bytes();
-        wire::astring(&mut l, name.as_bytes());
+        name_wire(utf8, &mut l, name);
         if let Some(o) = oldname {
             l.extend_from_slice(b" (\"OLDNAME\" (");
-            wire::astring(&mut l, o.as_bytes());
+            name_wire(utf8, &mut l, o);
             l.extend_from_slice(b"))");
         }
         l

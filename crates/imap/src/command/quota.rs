@@ -8,7 +8,6 @@
 //! that time.
 
 use crate::session::{Done, Fail, Session};
-use crate::wire;
 
 /// The one quota root of an account.
 pub(crate) const ROOT: &str = "";
@@ -51,7 +50,7 @@ impl Session {
         let limited = !reader.names().tree.quota.is_unlimited();
         drop(reader);
         let mut name = Vec::new();
-        wire::astring(&mut name, mailbox.as_bytes());
+        self.wire_name(&mut name, mailbox);
         let roots = if limited { format!(" \"{ROOT}\"") } else { String::new() };
         self.untagged(&format!("QUOTAROOT {}{roots}", String::from_utf8_lossy(&name)));
         self.quota_line()?;
