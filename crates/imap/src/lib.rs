@@ -26,6 +26,7 @@ pub mod extended;
 pub mod mime;
 pub mod objectid;
 pub mod ondemand;
+pub mod pool;
 pub mod preview;
 mod returns;
 mod selected;
