@@ -2,9 +2,9 @@
 //! STARTTLS, or implicit TLS) within the connection limits, moves bytes
 //! between the socket and the session (every call into the session that
 //! may touch the store runs on the store pool, [`step`]), starts TLS when
-//! asked, sleeps a
-//! session's login penalty, closes it at its deadline, and wakes sessions
-//! when the node's change broadcast names their account (IDLE).
+//! asked, sleeps a session's login penalty, closes it at its deadline, and
+//! wakes sessions when the node's change broadcast names their account
+//! (IDLE).
 
 use crate::pool::Panicked;
 use crate::session::{Session, Shared, Wants};
