@@ -271,5 +271,10 @@ fn a_panicking_step_ends_its_own_connection_only() {
     let mut c = Client::login(r.addr, "bob");
     assert!(c.send("c1", "SELECT INBOX").contains("c1 OK"));
     assert_eq!(r.server.shared.sessions(), before, "the lost session was let go (a new one took its place)");
+    // The thread counts its job done just after the answer went out.
+    let until = Instant::now() + Duration::from_secs(10);
+    while r.server.shared.store_pool().in_flight() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(r.server.shared.store_pool().in_flight(), 0);
 }
