@@ -19,8 +19,9 @@
 //!     and the penalty (the password was proven right); the plaintext is never
 //!     kept; a changed password changes the stored credential, so the old
 //!     entries can never match again.
-//!   - a **pool of its own** for Argon2 (each run takes ~19 MiB and a core
-//!     for tens of milliseconds): `verify_parallel` threads take attempts
+//!   - a **pool of its own** for Argon2 ([`crate::pool::Pool`]; each run
+//!     takes ~19 MiB and a core for tens of milliseconds):
+//!     `verify_parallel` threads take attempts
 //!     from one queue in the order they came (so a burst of logins is served
 //!     first come, first served, and the async workers that run every
 //!     other session's commands never run Argon2). The queue holds at most
@@ -39,8 +40,10 @@ use argon2::Argon2;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+
+pub use crate::pool::Busy;
+use crate::pool::Pool;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Hashes a password for [`starling_store::Store::set_credential`].
@@ -192,59 +195,31 @@ pub struct Guard {
     /// Random per process: cache and table keys mean nothing elsewhere.
     key: [u8; 32],
     tables: Mutex<Tables>,
-    /// Attempts for the pool's threads, in the order they came.
-    queue: SyncSender<Job>,
+    /// Argon2's threads, taking attempts in the order they came.
+    pool: Pool,
 }
-
-/// A verification for the pool: the stored credential (none: the dummy
-/// run), the password, and what to do with the answer.
-type Job = (Option<String>, Vec<u8>, Box<dyn FnOnce(bool) + Send>);
-
-/// The pool's queue was full: the attempt was not verified.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Busy;
 
 /// How much lower the pool's threads run than the rest (Linux nice
 /// levels: at 10 a thread gets about a tenth of the CPU a normal one
 /// competing with it gets).
 pub const VERIFY_NICE: i32 = 10;
 
-/// One thread of the pool: verifies until the guard is dropped.
-fn verifier(jobs: Arc<Mutex<Receiver<Job>>>) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on this thread's own id; failing leaves
-    // the thread at its priority, which is only slower for others.
-    unsafe {
-        let tid = libc::gettid();
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VERIFY_NICE);
-    }
-    loop {
-        // The lock is held only to take the next job, in queue order.
-        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok((credential, password, done)) = job else { return };
-        let ok = match credential {
-            Some(c) => verify_password(&c, &password),
-            None => {
-                let _ = verify_password(DUMMY_HASH, &password);
-                false
-            }
-        };
-        done(ok);
+/// Verifies `password` against `credential`, or against the dummy hash
+/// when there is none (then always false, at the same cost).
+fn verify_job(credential: Option<&str>, password: &[u8]) -> bool {
+    match credential {
+        Some(c) => verify_password(c, password),
+        None => {
+            let _ = verify_password(DUMMY_HASH, password);
+            false
+        }
     }
 }
 
 impl Guard {
     /// A guard with nothing recorded.
     pub fn new(limits: GuardLimits) -> Guard {
-        let (queue, jobs) = sync_channel(limits.verify_queue);
-        let jobs = Arc::new(Mutex::new(jobs));
-        for i in 0..limits.verify_parallel.max(1) {
-            let jobs = jobs.clone();
-            std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || verifier(jobs))
-                .expect("starting a password verification thread");
-        }
+        let pool = Pool::new("argon2", limits.verify_parallel, limits.verify_queue, VERIFY_NICE);
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         Guard {
@@ -255,7 +230,7 @@ impl Guard {
                 by_account: Bounded::new(limits.penalty_entries, limits.forget),
                 cache: Bounded::new(limits.cache_entries, limits.cache_ttl),
             }),
-            queue,
+            pool,
         }
     }
 
@@ -323,25 +298,17 @@ impl Guard {
         password: Vec<u8>,
         done: impl FnOnce(bool) + Send + 'static,
     ) -> Result<(), Busy> {
-        match self.queue.try_send((credential, password, Box::new(done))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Busy),
-            Err(TrySendError::Disconnected(_)) => unreachable!("the pool lives as long as its guard"),
-        }
+        self.pool.try_spawn(move || done(verify_job(credential.as_deref(), &password)))
     }
 
     /// The same, waiting for the answer (and for room in the queue):
     /// for callers off the async workers, and tests.
     pub fn verify(&self, credential: Option<&str>, password: &[u8]) -> bool {
         let (tx, rx) = std::sync::mpsc::channel();
-        let job: Job = (
-            credential.map(str::to_string),
-            password.to_vec(),
-            Box::new(move |ok| {
-                let _ = tx.send(ok);
-            }),
-        );
-        self.queue.send(job).expect("the pool lives as long as its guard");
+        let (credential, password) = (credential.map(str::to_string), password.to_vec());
+        self.pool.spawn_blocking(move || {
+            let _ = tx.send(verify_job(credential.as_deref(), &password));
+        });
         rx.recv().expect("a pool thread answers every job")
     }
 

@@ -1,9 +1,12 @@
 //! The tokio shell around [`Session`]: accepts TCP connections (plain with
 //! STARTTLS, or implicit TLS) within the connection limits, moves bytes
-//! between the socket and the session, starts TLS when asked, sleeps a
-//! session's login penalty, closes it at its deadline, and wakes sessions
-//! when the node's change broadcast names their account (IDLE).
+//! between the socket and the session (every call into the session that
+//! may touch the store runs on the store pool, [`step`]), starts TLS when
+//! asked, sleeps a session's login penalty, closes it at its deadline, and
+//! wakes sessions when the node's change broadcast names their account
+//! (IDLE).
 
+use crate::pool::Panicked;
 use crate::session::{Session, Shared, Wants};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -11,7 +14,7 @@ use starling_net::listen::{accept_forever, AcceptErrors};
 use starling_store::Exposed;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -131,16 +134,17 @@ async fn connection(
     let handshake_by = tokio::time::Instant::from_std(accepted + shared.config.preauth_deadline);
     if implicit_tls {
         let mut stream = tokio::time::timeout_at(handshake_by, tls.accept(stream)).await??;
-        let mut session = Session::accepted(shared, accepted, peer, true, false);
-        drive(&mut stream, &mut session, &mut rx).await?;
+        let conn = Conn::new(Session::accepted(shared, accepted, peer, true, false));
+        drive(&mut stream, conn, &mut rx).await?;
         return stream.shutdown().await;
     }
     let mut stream = stream;
-    let mut session = Session::accepted(shared, accepted, peer, false, true);
-    if drive(&mut stream, &mut session, &mut rx).await? == Wants::StartTls {
+    let conn = Conn::new(Session::accepted(shared, accepted, peer, false, true));
+    let (mut conn, wants) = drive(&mut stream, conn, &mut rx).await?;
+    if wants == Wants::StartTls {
         let mut stream = tokio::time::timeout_at(handshake_by, tls.accept(stream)).await??;
-        session.tls_started();
-        drive(&mut stream, &mut session, &mut rx).await?;
+        conn.session.tls_started();
+        drive(&mut stream, conn, &mut rx).await?;
         return stream.shutdown().await;
     }
     stream.shutdown().await
@@ -268,74 +272,222 @@ async fn finish_deflated<S: AsyncWrite + Unpin>(stream: &mut S, z: &mut Deflate,
     write_by(stream, &chunk, by).await
 }
 
-/// Runs the session on `stream` until it wants to start TLS or close; a
-/// compressed stream is ended with a final block before a close.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    session: &mut Session,
-    rx: &mut broadcast::Receiver<String>,
-) -> std::io::Result<Wants> {
-    let mut z: Option<Deflate> = None;
-    let wants = drive_with(stream, session, rx, &mut z).await?;
-    if let (Some(z), Wants::Close) = (&mut z, wants) {
-        let by = match session.account() {
-            None => session.deadline(),
-            Some(_) => Instant::now() + session.shared.config.idle_timeout,
-        };
-        finish_deflated(stream, z, by).await?;
-    }
-    Ok(wants)
+/// What a connection's steps take to the store pool: the session and,
+/// once COMPRESS is on, its inflater (which feeds the session).
+struct Conn {
+    session: Session,
+    z: Option<Deflate>,
 }
 
-async fn drive_with<S: AsyncRead + AsyncWrite + Unpin>(
+impl Conn {
+    fn new(session: Session) -> Box<Conn> {
+        Box::new(Conn { session, z: None })
+    }
+
+    /// Inflates what is pending into the session.
+    fn inflate(&mut self) -> std::io::Result<()> {
+        match &mut self.z {
+            Some(z) => z.inflate_into(&mut self.session),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A step of the session panicked: the session is gone, the connection
+/// ends (the other sessions and the pool go on).
+fn lost(_: Panicked) -> std::io::Error {
+    std::io::Error::other("a session step panicked")
+}
+
+/// The deadline passed: the session says BYE (on this thread: it only
+/// writes to its output). Whether it now wants to close (false only if the
+/// clock disagrees with the timer; then the step runs after all).
+fn timed_out(session: &mut Session) -> bool {
+    session.handle_timeout(Instant::now());
+    session.wants() == Wants::Close
+}
+
+/// Sleeps until `by`, or for ever if there is none.
+async fn sleep_until(by: Option<tokio::time::Instant>) {
+    match by {
+        Some(by) => tokio::time::sleep_until(by).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `f` on the store pool ([`Shared::store_pool`]) with the connection
+/// moved there, and gives it back with `f`'s answer; this task waits
+/// without holding an async worker.
+///
+/// A full queue makes the connection wait for room, in the order
+/// connections began to wait, rather than refuse: the step is input the
+/// client already sent (bytes part of a command, or a command whose answer
+/// is owed), which cannot be refused without losing its place in the
+/// stream; and while it waits the connection reads no more of its socket,
+/// so TCP's flow control slows the client down. What waits is bounded by
+/// the connection limits (one step per connection at a time).
+///
+/// The session's deadline still holds: if it passes while the step waits
+/// for room or for a thread, the connection is taken back unrun and the
+/// session says BYE (the answer is then `None`). A step a thread has begun
+/// runs to its end (a commit is never cut in two).
+async fn step<T, F>(mut conn: Box<Conn>, f: F) -> Result<(Box<Conn>, Option<T>), Panicked>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Conn) -> T + Send + 'static,
+{
+    let shared = conn.session.shared.clone();
+    let pool = shared.store_pool();
+    let mut by = Some(tokio::time::Instant::from_std(conn.session.deadline()));
+    let reserve = pool.reserve();
+    tokio::pin!(reserve);
+    // Twice at most: the second time without a deadline.
+    let slot = loop {
+        tokio::select! {
+            biased;
+            slot = &mut reserve => break slot,
+            _ = sleep_until(by) => {
+                if timed_out(&mut conn.session) {
+                    return Ok((conn, None));
+                }
+                by = None;
+            }
+        }
+    };
+    // Whoever takes it first: a thread of the pool (to run the step), or
+    // this task at the deadline (to say BYE instead).
+    let held = Arc::new(Mutex::new(Some((conn, f))));
+    let job = held.clone();
+    let mut answer = std::pin::pin!(slot.run(move || {
+        let taken = job.lock().unwrap_or_else(PoisonError::into_inner).take();
+        taken.map(|(mut conn, f)| {
+            let out = f(&mut conn);
+            (conn, out)
+        })
+    }));
+    if let Some(by) = by {
+        tokio::select! {
+            biased;
+            done = &mut answer => return done.map(|r| r.map_or_else(|| unreachable!("taken back only below"), |(c, out)| (c, Some(out)))),
+            _ = tokio::time::sleep_until(by) => {}
+        }
+        let back = held.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((mut conn, f)) = back {
+            if timed_out(&mut conn.session) {
+                return Ok((conn, None));
+            }
+            // The timer fired early by the clock: run it after all.
+            return pool
+                .run(move || {
+                    let out = f(&mut conn);
+                    (conn, Some(out))
+                })
+                .await;
+        }
+    }
+    // A thread has it: the step runs to its end.
+    let (conn, out) = answer.await?.expect("the thread took it, not the deadline");
+    Ok((conn, Some(out)))
+}
+
+/// Runs the session on `stream` until it wants to start TLS or close.
+/// A session step that panicked ends the connection with `* BYE` (not
+/// once COMPRESS is on: the inflater went with the session).
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    session: &mut Session,
+    conn: Box<Conn>,
     rx: &mut broadcast::Receiver<String>,
-    z: &mut Option<Deflate>,
-) -> std::io::Result<Wants> {
+) -> std::io::Result<(Box<Conn>, Wants)> {
+    let mut compressed = false;
+    let by = Instant::now() + std::time::Duration::from_secs(5);
+    match drive_steps(stream, conn, rx, &mut compressed).await {
+        Err(Panicked) => {
+            if !compressed {
+                let _ = write_by(stream, b"* BYE internal server error\r\n", by).await;
+            }
+            Err(lost(Panicked))
+        }
+        // A compressed stream is ended with a final block before a close.
+        Ok(Ok((mut conn, Wants::Close))) if conn.z.is_some() => {
+            let by = match conn.session.account() {
+                None => conn.session.deadline(),
+                Some(_) => Instant::now() + conn.session.shared.config.idle_timeout,
+            };
+            if let Some(z) = conn.z.as_mut() {
+                finish_deflated(stream, z, by).await?;
+            }
+            Ok((conn, Wants::Close))
+        }
+        Ok(r) => r,
+    }
+}
+
+/// [`drive`], with a panicked step set apart from I/O errors.
+async fn drive_steps<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut conn: Box<Conn>,
+    rx: &mut broadcast::Receiver<String>,
+    compressed: &mut bool,
+) -> Result<std::io::Result<(Box<Conn>, Wants)>, Panicked> {
+    macro_rules! io {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+    }
     let mut buf = [0u8; 4096];
+    conn.z = None;
     // The client ended its DEFLATE stream: nothing more can come, but what
     // the session answers to what came before is still written (a LOGOUT's
     // BYE and OK) before the connection closes.
     let mut input_ended = false;
     loop {
-        if let Some(e) = session.take_unexposed() {
+        if let Some(e) = conn.session.take_unexposed() {
             // The output reports a change: written once k peers hold it
             // (or the wait is over; then as with k = 0, counted and logged).
-            let shared = session.shared.clone();
+            let shared = conn.session.shared.clone();
             if let Exposed::Short { peers } = shared.store.expose(&e, &shared.config.exposure).await {
                 tracing::warn!(account = e.account, peers, "IMAP change reported short of the peers wanted");
             }
         }
-        if session.has_output() {
+        if conn.session.has_output() {
             // Before login the deadline bounds writing too; after, a write
             // may take an idle timeout of its own (a large FETCH on a slow
             // link), counted from when it starts.
-            let by = match session.account() {
-                None => session.deadline(),
-                Some(_) => Instant::now() + session.shared.config.idle_timeout,
+            let by = match conn.session.account() {
+                None => conn.session.deadline(),
+                Some(_) => Instant::now() + conn.session.shared.config.idle_timeout,
             };
-            match z {
-                Some(z) => write_deflated(stream, z, &session.take_output(), by).await?,
-                None => write_by(stream, &session.take_output(), by).await?,
+            let out = conn.session.take_output();
+            match &mut conn.z {
+                Some(z) => io!(write_deflated(stream, z, &out, by).await),
+                None => io!(write_by(stream, &out, by).await),
             }
         }
-        let deadline = tokio::time::Instant::from_std(session.deadline());
-        match session.wants() {
+        let deadline = tokio::time::Instant::from_std(conn.session.deadline());
+        // Every call into the session that may touch the store runs on the
+        // store pool ([`step`]); what stays here only moves bytes or reads
+        // the session's state.
+        let inflated: Option<std::io::Result<()>>;
+        match conn.session.wants() {
             Wants::Read => {
-                if let Some(z) = z.as_mut().filter(|z| z.more) {
-                    tokio::task::block_in_place(|| z.inflate_into(session))?;
+                if conn.z.as_ref().is_some_and(|z| z.more) {
+                    (conn, inflated) = step(conn, Conn::inflate).await?;
+                    io!(inflated.transpose());
                     continue;
                 }
                 if input_ended {
                     // Its answers are written (above): close.
-                    return Ok(Wants::Close);
+                    return Ok(Ok((conn, Wants::Close)));
                 }
             }
             Wants::Compress => {
                 // The OK went out plain; from here on both ways are DEFLATE
                 // (what the client sent after COMPRESS is already).
-                *z = Some(Deflate::new(session.compress_started()));
+                conn.z = Some(Deflate::new(conn.session.compress_started()));
+                *compressed = true;
                 continue;
             }
             // A login waiting out its penalty, or a SELECT catching up with
@@ -345,48 +497,53 @@ async fn drive_with<S: AsyncRead + AsyncWrite + Unpin>(
                 let until = (tokio::time::Instant::now() + wait).min(deadline);
                 tokio::time::sleep_until(until).await;
                 let now = Instant::now();
-                session.handle_timeout(now);
-                // A SELECT reads the store: off the async workers' backs.
-                tokio::task::block_in_place(|| session.resume(now));
+                conn.session.handle_timeout(now);
+                // A SELECT reads the store.
+                (conn, _) = step(conn, move |c| c.session.resume(now)).await?;
                 continue;
             }
             // Argon2 runs on the guard's own threads; this connection
             // waits for the answer without holding a worker (the deadline
-            // still holds).
+            // still holds). Reading the credential, and logging in, are
+            // store steps.
             Wants::Verify => {
-                let valid = match session.verify_job() {
+                let job;
+                (conn, job) = step(conn, |c| c.session.verify_job()).await?;
+                let Some(job) = job else { continue };
+                let valid = match job {
                     None => None,
                     Some((credential, password)) => {
                         let (tx, rx) = tokio::sync::oneshot::channel();
-                        match session.shared.guard.verify_then(credential, password, move |ok| {
+                        match conn.session.shared.guard.verify_then(credential, password, move |ok| {
                             let _ = tx.send(ok);
                         }) {
                             Err(crate::auth::Busy) => None,
                             Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
-                                Ok(answer) => Some(answer.expect("a pool thread answers every job")),
+                                // No answer: the verification panicked.
+                                Ok(answer) => Some(answer.unwrap_or(false)),
                                 Err(_) => {
-                                    session.handle_timeout(Instant::now());
+                                    conn.session.handle_timeout(Instant::now());
                                     continue;
                                 }
                             },
                         }
                     }
                 };
-                tokio::task::block_in_place(|| session.verified(Instant::now(), valid));
+                (conn, _) = step(conn, move |c| c.session.verified(Instant::now(), valid)).await?;
                 continue;
             }
             // A FETCH answering in parts: the part just written, the next now.
             Wants::Write => {
-                tokio::task::block_in_place(|| session.resume(Instant::now()));
+                (conn, _) = step(conn, |c| c.session.resume(Instant::now())).await?;
                 continue;
             }
             Wants::Bodies(wait) => {
                 // A FETCH waits for bodies a peer has: ask, then run it
                 // again when the account changes (a body stored) or the
                 // wait is over. Only this connection waits.
-                let account = session.account().unwrap_or_default().to_string();
-                if !session.shared.want_bodies(&account, session.wanted_bodies()) {
-                    tokio::task::block_in_place(|| session.nobody_to_ask(Instant::now()));
+                let account = conn.session.account().unwrap_or_default().to_string();
+                if !conn.session.shared.want_bodies(&account, conn.session.wanted_bodies()) {
+                    (conn, _) = step(conn, |c| c.session.nobody_to_ask(Instant::now())).await?;
                     continue;
                 }
                 let until = (tokio::time::Instant::now() + wait).min(deadline);
@@ -396,52 +553,51 @@ async fn drive_with<S: AsyncRead + AsyncWrite + Unpin>(
                             Ok(a) if a == account => break,
                             Ok(_) => {}
                             Err(broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(broadcast::error::RecvError::Closed) => return Ok(Wants::Close),
+                            Err(broadcast::error::RecvError::Closed) => return Ok(Ok((conn, Wants::Close))),
                         },
                         _ = tokio::time::sleep_until(until) => break,
                     }
                 }
                 let now = Instant::now();
-                session.handle_timeout(now);
-                tokio::task::block_in_place(|| session.resume(now));
+                conn.session.handle_timeout(now);
+                (conn, _) = step(conn, move |c| c.session.resume(now)).await?;
                 continue;
             }
-            other => return Ok(other),
+            other => return Ok(Ok((conn, other))),
         }
         tokio::select! {
             read = stream.read(&mut buf) => {
-                let n = read?;
+                let n = io!(read);
                 if n == 0 {
-                    return Ok(Wants::Close);
+                    return Ok(Ok((conn, Wants::Close)));
                 }
-                // Store calls block (a commit waits for fsync), and so does
-                // verifying a password.
-                match z {
-                    Some(z) => {
-                        z.pending.extend_from_slice(&buf[..n]);
-                        tokio::task::block_in_place(|| z.inflate_into(session))?;
-                        // The client ended its DEFLATE stream: its answers
-                        // are written first (the top of the loop), then the
-                        // connection closes.
-                        input_ended = z.ended;
-                    }
-                    None => tokio::task::block_in_place(|| session.receive_at(Instant::now(), &buf[..n])),
+                if let Some(z) = conn.z.as_mut() {
+                    z.pending.extend_from_slice(&buf[..n]);
+                    (conn, inflated) = step(conn, Conn::inflate).await?;
+                    io!(inflated.transpose());
+                    // The client ended its DEFLATE stream: its answers are
+                    // written first (the top of the loop), then the
+                    // connection closes.
+                    input_ended = conn.z.as_ref().is_some_and(|z| z.ended);
+                } else {
+                    let bytes = buf[..n].to_vec();
+                    (conn, _) = step(conn, move |c| c.session.receive_at(Instant::now(), &bytes)).await?;
                 }
             }
             changed = rx.recv() => {
                 let ours = match &changed {
-                    Ok(account) => session.account() == Some(account.as_str()),
+                    Ok(account) => conn.session.account() == Some(account.as_str()),
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => false,
                 };
                 if ours {
-                    tokio::task::block_in_place(|| session.account_changed());
+                    (conn, _) = step(conn, |c| c.session.account_changed()).await?;
                 } else if changed.is_err() {
                     // The node is stopping.
-                    return Ok(Wants::Close);
+                    return Ok(Ok((conn, Wants::Close)));
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline) => conn.session.handle_timeout(Instant::now()),
         }
     }
 }

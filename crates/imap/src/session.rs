@@ -67,6 +67,23 @@ pub struct Config {
     /// made is written only once k pinned peers hold the change, or the
     /// wait is over ([`Session::take_unexposed`]). k = 0 by default.
     pub exposure: starling_store::ExposurePolicy,
+    /// Threads of the store pool ([`crate::pool`]): the session steps that
+    /// may call the store (a commit waiting for fsync, a SELECT reading
+    /// from disk) run there, never on the async workers.
+    pub store_threads: usize,
+    /// Session steps waiting for a thread of the store pool at most; a
+    /// connection with a step to run past it waits for room, reading no
+    /// more of its socket meanwhile (its deadline still holds).
+    pub store_queue: usize,
+}
+
+/// Default of [`Config::store_threads`]: 64, whatever the cores. A step
+/// mostly waits (for fsync, for the store's one writer, for the disk)
+/// rather than computes, and steps are taken first come, first served: with
+/// 8 threads a FETCH waited behind the commits queued before it (p50 2.0 →
+/// 76 ms at 50 clients), with 64 it did not (`docs/benchmarks.md`).
+pub fn store_threads_default() -> usize {
+    64
 }
 
 impl Default for Config {
@@ -85,6 +102,8 @@ impl Default for Config {
             auth: GuardLimits::default(),
             body_wait: Duration::ZERO,
             exposure: Default::default(),
+            store_threads: store_threads_default(),
+            store_queue: 1024,
         }
     }
 }
@@ -112,6 +131,8 @@ pub struct Shared {
     pub(crate) connections: Arc<ConnCounter>,
     /// Asks the node for bodies a FETCH waits for ([`Shared::on_want_bodies`]).
     want_bodies: std::sync::RwLock<Option<WantBodies>>,
+    /// Where the server runs session steps ([`Config::store_threads`]).
+    store_pool: crate::pool::Pool,
 }
 
 /// Asks peers for an account's bodies; false when no peer can be asked.
@@ -121,9 +142,11 @@ impl Shared {
     /// Shared state for the sessions of one server.
     pub fn new(store: Arc<Store>, config: Config) -> Arc<Shared> {
         let guard = Guard::new(config.auth);
+        let store_pool = crate::pool::Pool::new("store", config.store_threads, config.store_queue, 0);
         let connections =
             ConnCounter::new(ConnLimits { total: config.connections_max, per_ip: config.connections_per_ip });
         Arc::new(Shared {
+            store_pool,
             guard,
             connections,
             store,
@@ -148,6 +171,12 @@ impl Shared {
     pub fn want_bodies(&self, account: &str, wanted: &[(starling_model::BlobId, u64)]) -> bool {
         let f = self.want_bodies.read().unwrap_or_else(|p| p.into_inner()).clone();
         f.is_some_and(|f| f(account, wanted))
+    }
+
+    /// The pool the server runs session steps on (the node waits for it to
+    /// be idle at shutdown).
+    pub fn store_pool(&self) -> &crate::pool::Pool {
+        &self.store_pool
     }
 
     /// Open sessions (connections).

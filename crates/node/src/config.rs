@@ -165,6 +165,8 @@ pub struct Imap {
     pub auth_cache_ttl_secs: Option<Spanned<u64>>,
     pub auth_verify_parallel: Option<Spanned<u64>>,
     pub auth_verify_queue: Option<Spanned<u64>>,
+    pub store_threads: Option<Spanned<u64>>,
+    pub store_queue: Option<Spanned<u64>>,
     pub body_wait_ms: Option<Spanned<u64>>,
     pub tls_cert: Option<Spanned<PathBuf>>,
     pub tls_key: Option<Spanned<PathBuf>>,
@@ -188,6 +190,8 @@ impl Imap {
                 ("connections_per_account", &self.connections_per_account, 1, U32, "or no login succeeds"),
                 ("auth_verify_parallel", &self.auth_verify_parallel, 1, 1024, "or no login is verified"),
                 ("auth_verify_queue", &self.auth_verify_queue, 1, 1 << 20, "or every login is refused"),
+                ("store_threads", &self.store_threads, 1, 1024, "or no command is answered"),
+                ("store_queue", &self.store_queue, 1, 1 << 20, "or no command is answered"),
                 ("auth_failure_forget_secs", &self.auth_failure_forget_secs, 1, u64::MAX, "penalties must last"),
                 (
                     "auth_cache_ttl_secs",
@@ -492,6 +496,8 @@ impl Config {
             body_wait: ms(&i.body_wait_ms, BODY_WAIT),
             // `serve` sets it from `durability()` with the pinned peers.
             exposure: Default::default(),
+            store_threads: n(&i.store_threads, d.store_threads),
+            store_queue: n(&i.store_queue, d.store_queue),
             auth: starling_imap::auth::GuardLimits {
                 delay: ms(&i.auth_failure_delay_ms, a.delay),
                 delay_max: ms(&i.auth_failure_delay_max_ms, a.delay_max),
@@ -604,6 +610,8 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # auth_cache_ttl_secs = 3600   # a cached login is trusted this long
 # auth_verify_parallel = 2     # Argon2 threads (default: cores, at most 4; ~19 MiB each)
 # auth_verify_queue = 1024     # logins waiting for one; more are refused (NO [UNAVAILABLE])
+# store_threads = 16           # threads running session steps that touch the store (default: 64)
+# store_queue = 1024           # steps waiting for one; more wait for room (not read meanwhile)
 # tls_cert = "/etc/ssl/mail.pem"   # default: self-signed, made in data_dir
 # tls_key = "/etc/ssl/mail.key"
 
@@ -685,6 +693,10 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("imap.literal_max"), "{e}");
         let e = Config::parse("[imap]\nauth_verify_parallel = 0\n").unwrap_err();
         assert!(e.contains("line 2") && e.contains("imap.auth_verify_parallel"), "{e}");
+        let e = Config::parse("[imap]\nstore_threads = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("imap.store_threads"), "{e}");
+        let e = Config::parse("[imap]\nstore_queue = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("imap.store_queue"), "{e}");
     }
 
     #[test]
@@ -701,6 +713,9 @@ mod tests {
         assert_eq!(c.preauth_deadline, Duration::from_secs(3));
         assert_eq!((c.connections_per_ip, c.connections_max), (7, d.connections_max));
         assert_eq!((c.auth.delay, c.auth.cache_entries), (Duration::ZERO, 0));
+        assert_eq!((c.store_threads, c.store_queue), (d.store_threads, d.store_queue));
+        let c = Config::parse("[imap]\nstore_threads = 3\nstore_queue = 9\n").unwrap().imap_config();
+        assert_eq!((c.store_threads, c.store_queue), (3, 9));
     }
 
     #[test]

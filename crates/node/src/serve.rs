@@ -204,6 +204,7 @@ pub fn run(
             }
             (listeners, shared)
         };
+        let store_pool_of = imap_shared.clone();
         if let Some(addr) = listen.metrics {
             let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("metrics {addr}: {e}"))?;
             println!("metrics: listening on http://{}/metrics", tcp.local_addr().map_err(|e| e.to_string())?);
@@ -359,6 +360,13 @@ pub fn run(
         let left = tasks.stop().await;
         if left > 0 {
             tracing::warn!("{left} tasks still running {:?} after the stop signal", crate::tasks::STOP_DEADLINE);
+        }
+        // An IMAP session's step already on the store pool (its task stopped
+        // at the await for it) runs to its end before the runtime goes.
+        let by = tokio::time::Instant::now() + crate::tasks::STOP_DEADLINE;
+        if !store_pool_of.store_pool().idle_by(by, Duration::from_millis(10)).await {
+            let n = store_pool_of.store_pool().in_flight();
+            tracing::warn!("{n} IMAP steps still running {:?} after the stop signal", crate::tasks::STOP_DEADLINE);
         }
         endpoint.shutdown(Duration::from_secs(1)).await;
         let _ = std::fs::remove_file(control::socket_path(data_dir));

@@ -7,7 +7,9 @@
 //! is being shutdown"), and it could be cut off between its commit and its
 //! answer. So at shutdown every tracked task is cancelled at its next await
 //! point (never inside a step) and the runtime is dropped only once all have
-//! ended, or after [`STOP_DEADLINE`].
+//! ended, or after [`STOP_DEADLINE`]. (IMAP sessions run their store
+//! steps on the IMAP server's store pool instead: their tasks await the
+//! step, and shutdown then waits for that pool to be idle as well.)
 
 use std::future::Future;
 use std::time::Duration;
