@@ -2,15 +2,14 @@
 //! shell: raw DEFLATE both ways after the OK, responses parsed by
 //! imap-codec, and a decompression bomb refused by the ordinary line limit.
 
+mod common;
+use common::serve_alice;
+
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use imap_codec::decode::Decoder;
 use imap_codec::{GreetingCodec, ResponseCodec};
-use starling_imap::{Config, Listener, Shared};
-use starling_model::ReplicaId;
-use starling_store::{Store, StoreOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 
 struct Client {
     tcp: TcpStream,
@@ -91,23 +90,6 @@ impl Client {
     }
 }
 
-/// A store with alice/pw behind `serve` on a loopback port.
-fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> std::net::SocketAddr {
-    let store = Store::open(&dir.join("store.redb"), ReplicaId(7), StoreOptions::default()).unwrap();
-    store.add_account("alice").unwrap();
-    store.set_local_credential("alice", Some(&starling_imap::auth::hash_password("pw"))).unwrap();
-    let shared = Shared::new(Arc::new(store), Config::default());
-    let tls = starling_imap::tls_acceptor(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
-    let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let (changes, _) = tokio::sync::broadcast::channel(16);
-    let handle = rt.handle().clone();
-    rt.spawn(starling_imap::serve(Listener { tcp, implicit_tls: false }, shared, tls, changes, move |f| {
-        handle.spawn(f);
-    }));
-    addr
-}
-
 fn connect(addr: std::net::SocketAddr) -> Client {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
@@ -131,7 +113,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn compress_deflate_login_select_fetch() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = connect(start(&rt, dir.path()));
+    let mut c = connect(serve_alice(&rt, dir.path()));
     let out = c.send("a", "CAPABILITY");
     assert!(!out.contains("COMPRESS=DEFLATE"), "{out}");
     assert!(c.send("b", "COMPRESS DEFLATE").contains("b BAD"));
@@ -167,7 +149,7 @@ fn compress_deflate_login_select_fetch() {
 fn compressed_bomb_meets_the_line_limit() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = connect(start(&rt, dir.path()));
+    let mut c = connect(serve_alice(&rt, dir.path()));
     assert!(c.send("a", "LOGIN alice pw").contains("a OK"));
     assert!(c.send("b", "COMPRESS DEFLATE").contains("b OK"));
     c.z = Some((Compress::new(Compression::default(), false), Decompress::new(false)));

@@ -8,30 +8,10 @@ mod common;
 use common::*;
 
 mod deflate_end {
+    use crate::common::serve_alice;
     use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-    use starling_imap::{Config, Listener, Shared};
-    use starling_model::ReplicaId;
-    use starling_store::{Store, StoreOptions};
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpStream};
-    use std::sync::Arc;
-
-    /// A store with alice/pw behind `serve` on a loopback port.
-    fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> std::net::SocketAddr {
-        let store = Store::open(&dir.join("store.redb"), ReplicaId(7), StoreOptions::default()).unwrap();
-        store.add_account("alice").unwrap();
-        store.set_local_credential("alice", Some(&starling_imap::auth::hash_password("pw"))).unwrap();
-        let shared = Shared::new(Arc::new(store), Config::default());
-        let tls = starling_imap::tls_acceptor(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
-        let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let (changes, _) = tokio::sync::broadcast::channel(16);
-        let handle = rt.handle().clone();
-        rt.spawn(starling_imap::serve(Listener { tcp, implicit_tls: false }, shared, tls, changes, move |f| {
-            handle.spawn(f);
-        }));
-        addr
-    }
 
     /// Reads plain lines until one starts with `tag `.
     fn plain_until(tcp: &mut TcpStream, tag: &str) -> String {
@@ -55,7 +35,7 @@ mod deflate_end {
     fn end_stream_after(commands: &str, half_close: bool) -> (String, bool) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut tcp = TcpStream::connect(start(&rt, dir.path())).unwrap();
+        let mut tcp = TcpStream::connect(serve_alice(&rt, dir.path())).unwrap();
         tcp.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
         plain_until(&mut tcp, "*");
         tcp.write_all(b"a LOGIN alice pw\r\n").unwrap();

@@ -335,3 +335,22 @@ impl Client {
 
 pub const PLAIN: &str = "From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: lunch plans\r\nDate: Mon, 7 Feb 2022 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nShall we meet at noon?\r\n";
 pub const MULTI: &str = "From: carol@example.com\r\nTo: bob@example.com\r\nSubject: report\r\nDate: Tue, 8 Feb 2022 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\n--xx\r\nContent-Type: text/plain\r\n\r\nsee attached quarterly numbers\r\n--xx\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--xx--\r\n";
+
+/// A store with alice/pw behind the real `serve` (TCP, the tokio shell) on a
+/// loopback port, run on `rt`; its files in `dir`.
+pub fn serve_alice(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> std::net::SocketAddr {
+    let store = Store::open(&dir.join("store.redb"), ReplicaId(7), StoreOptions::default()).unwrap();
+    store.add_account("alice").unwrap();
+    store.set_local_credential("alice", Some(&starling_imap::auth::hash_password("pw"))).unwrap();
+    let shared = Shared::new(Arc::new(store), Config::default());
+    let tls = starling_imap::tls_acceptor(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+    let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let (changes, _) = tokio::sync::broadcast::channel(16);
+    let handle = rt.handle().clone();
+    let listener = starling_imap::Listener { tcp, implicit_tls: false };
+    rt.spawn(starling_imap::serve(listener, shared, tls, changes, move |f| {
+        handle.spawn(f);
+    }));
+    addr
+}
