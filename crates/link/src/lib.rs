@@ -117,13 +117,22 @@ impl PeerLink {
         policy: BodyPolicy,
     ) -> Result<PeerLink, LinkError> {
         let existing = store.accounts();
-        let accounts: Vec<String> = accounts.iter().filter(|a| existing.contains(a)).cloned().collect();
+        let (accounts, gone): (Vec<String>, Vec<String>) = accounts.iter().cloned().partition(|a| existing.contains(a));
         let mut versions = Vec::with_capacity(accounts.len());
         for a in &accounts {
             versions.push((a.clone(), store.version(a)?));
         }
+        let mut session = Session::new(me, peer, versions);
+        // Accounts deleted and purged here: a peer still naming one is told.
+        let mut purged = Vec::new();
+        for a in gone {
+            if store.was_purged(&a)? {
+                purged.push(a);
+            }
+        }
+        session.purged(purged);
         Ok(PeerLink {
-            session: Session::new(me, peer, versions),
+            session,
             policy,
             accounts,
             sweep: false,
@@ -506,6 +515,16 @@ impl PeerLink {
                 }
             }
             Event::RetryBodies => self.sweep = true,
+            // The peer deleted the account and purged it: the deletion is
+            // taken here (an op the other links push on) and the peer
+            // counts as holding it.
+            Event::Deleted { account } => {
+                if let Some(peer) = s.peer() {
+                    if store.peer_purged(&account, peer)? {
+                        progress.note(account);
+                    }
+                }
+            }
             // A new connection: bodies asked on an earlier one that broke
             // before they came are asked again.
             Event::Open { .. } => {

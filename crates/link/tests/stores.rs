@@ -448,3 +448,57 @@ fn missing_bodies_are_asked_a_page_at_a_time() {
     }
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
 }
+
+/// A node away when the account was deleted, back after its peer purged
+/// it: the peer tells it, it takes the deletion (and passes it on to its
+/// other peers as an op), and counts the peer as holding it. The purged
+/// name is kept across a restart and is not made again.
+#[test]
+fn a_node_back_after_the_purge_learns_the_account_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    // 2 syncs with 0 only; 0 and 1 sync.
+    connect(&mut nodes, 0, 1);
+    connect(&mut nodes, 0, 2);
+    for n in 0..4 {
+        nodes[n % 3].append(n);
+    }
+    settle(&mut nodes);
+    nodes[2].stop();
+    nodes[0].links.remove(&2);
+    nodes[2].start();
+    // Away, 2 takes more mail.
+    nodes[2].append(10);
+    // Meanwhile the account is deleted on 0, 1 takes the deletion, and 0
+    // purges its copy.
+    nodes[0].store().delete_account(ACCOUNT).unwrap();
+    nodes[0].changed();
+    settle(&mut nodes);
+    assert!(nodes[1].store().is_deleted(ACCOUNT).unwrap());
+    assert!(!nodes[2].store().is_deleted(ACCOUNT).unwrap());
+    nodes[0].links.clear();
+    nodes[1].links.clear();
+    nodes[0].store().forget_account(ACCOUNT).unwrap();
+    assert!(nodes[0].store().was_purged(ACCOUNT).unwrap());
+    // Kept across a restart; the name is not made again.
+    nodes[0].stop();
+    nodes[0].start();
+    assert!(nodes[0].store().was_purged(ACCOUNT).unwrap());
+    assert!(matches!(
+        nodes[0].store().add_account(ACCOUNT),
+        Err(starling_store::StoreError::AccountPurged(a)) if a == ACCOUNT
+    ));
+    // 2 comes back and connects to 0, which still lists it for the account.
+    connect(&mut nodes, 0, 2);
+    settle(&mut nodes);
+    let two = nodes[2].store();
+    assert!(two.is_deleted(ACCOUNT).unwrap(), "the returning node took the deletion");
+    assert_eq!(two.purged_by(ACCOUNT), vec![nodes[0].id]);
+    assert!(two.credential(ACCOUNT).unwrap().is_none(), "nobody logs in to it");
+    assert!(nodes[0].store().accounts().is_empty(), "nothing made again on 0");
+    // A node that never deleted nor purged it tells nobody: 1 and 2 share it.
+    connect(&mut nodes, 1, 2);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[2].store().dump(ACCOUNT).unwrap());
+    assert!(nodes[1].store().purged_by(ACCOUNT).is_empty());
+}

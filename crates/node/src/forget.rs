@@ -17,11 +17,15 @@
 //!   deleted account skips this part: nobody can read its mail anywhere.
 //!
 //! **The purge** ([`purge_deleted`]): an account deleted (its document
-//! says so) is forgotten once *every* pinned peer of the account has
-//! acknowledged a version covering this replica's — which holds the
-//! deletion, so every peer knows of it and purges it in turn. A peer
-//! never heard from, or silent, holds the purge back (a deleted account
-//! costs only disk).
+//! says so) is forgotten once every pinned peer of the account holds the
+//! deletion: it acknowledged a version covering this replica's, or it
+//! said it purged the account itself (`Store::purged_by`). A pinned peer
+//! not heard from for longer than the horizon (`peer_horizon_days`, the
+//! one log compaction uses) is not waited for: when it comes back naming
+//! the account, this node (which keeps the names it purged as deleted,
+//! `Store::was_purged`) tells it the account was deleted, and it takes the
+//! deletion and purges in turn. A peer within the horizon that is silent
+//! holds the purge back (a deleted account costs only disk).
 
 use crate::peers::Peer;
 use starling_model::{BlobId, ReplicaId, VersionVector};
@@ -132,17 +136,40 @@ pub fn describe(account: &str, done: &Forgot) -> String {
     )
 }
 
-/// Whether every pinned peer of `account` has acknowledged a version
-/// covering `mine`.
-fn all_acknowledged(store: &Store, account: &str, mine: &VersionVector, pinned: &[ReplicaId]) -> bool {
-    let Ok(acks) = store.peer_acks(account) else { return false };
-    !pinned.is_empty() && pinned.iter().all(|p| acks.iter().any(|(id, ack)| id == p && mine.lacking_in(&ack.vv) == 0))
+/// What holds back the purge of deleted `account` (`mine`: this
+/// replica's version, which holds the deletion): `Ok` with the peers past
+/// the horizon that are not waited for, or `Err` naming a peer within it
+/// that does not hold the deletion yet.
+fn deletion_held(
+    store: &Store,
+    account: &str,
+    mine: &VersionVector,
+    pinned: &[ReplicaId],
+    now_ms: u64,
+    horizon_ms: u64,
+) -> Result<Vec<ReplicaId>, String> {
+    let acks = store.peer_acks(account).map_err(|e| e.to_string())?;
+    let purged = store.purged_by(account);
+    let mut past = Vec::new();
+    for p in pinned {
+        if purged.contains(p) {
+            continue;
+        }
+        match acks.iter().find(|(id, _)| id == p) {
+            Some((_, ack)) if mine.lacking_in(&ack.vv) == 0 => {}
+            Some((_, ack)) if now_ms.saturating_sub(ack.seen_ms) > horizon_ms => past.push(*p),
+            Some(_) => return Err(format!("peer {} has not acknowledged the deletion", short_id(*p))),
+            // Not written down yet: the next housekeeping pass does.
+            None => return Err(format!("peer {} has acknowledged nothing yet", short_id(*p))),
+        }
+    }
+    Ok(past)
 }
 
 /// Housekeeping: forgets every deleted account whose deletion every pinned
-/// peer of it has acknowledged (and finishes any forgetting cut short).
-/// Returns the accounts purged.
-pub fn purge_deleted(store: &Store, peers: &[Peer]) -> Vec<String> {
+/// peer of it holds, or is past the horizon (see the module notes), and
+/// finishes any forgetting cut short. Returns the accounts purged.
+pub fn purge_deleted(store: &Store, peers: &[Peer], now_ms: u64, horizon_ms: u64) -> Vec<String> {
     if let Err(e) = store.resume_forgetting() {
         tracing::warn!("finishing a forgotten account: {e}");
     }
@@ -153,15 +180,24 @@ pub fn purge_deleted(store: &Store, peers: &[Peer]) -> Vec<String> {
         }
         let Ok(mine) = store.version(&account) else { continue };
         let pinned = pinned_for(peers, &account);
-        if !all_acknowledged(store, &account, &mine, &pinned) {
-            tracing::debug!(account, "deleted; waiting for every pinned peer to acknowledge the deletion");
-            continue;
-        }
+        let past = match deletion_held(store, &account, &mine, &pinned, now_ms, horizon_ms) {
+            Ok(past) => past,
+            Err(why) => {
+                tracing::debug!(account, "deleted; not purged yet: {why}");
+                continue;
+            }
+        };
         match store.forget_account(&account) {
             Ok(done) => {
+                let past: Vec<String> = past.into_iter().map(short_id).collect();
                 tracing::info!(
                     account,
-                    "deleted account purged (every pinned peer holds the deletion): {} rows freed, {} bodies released",
+                    "deleted account purged (every pinned peer holds the deletion{}): {} rows freed, {} bodies released",
+                    if past.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" but {}, silent past the horizon, told when back", past.join(", "))
+                    },
                     done.rows,
                     done.bodies_released
                 );
@@ -237,11 +273,69 @@ mod tests {
             policy: Default::default(),
         }];
         let pr = peers[0].id.replica();
-        assert!(purge_deleted(&store, &peers).is_empty(), "no acknowledgement yet");
+        assert!(purge_deleted(&store, &peers, 1, u64::MAX).is_empty(), "no acknowledgement yet");
         store.note_ack("alice", pr, &store.version("alice").unwrap());
         housekeep(&store, pr);
-        assert_eq!(purge_deleted(&store, &peers), vec!["alice".to_string()]);
+        assert_eq!(purge_deleted(&store, &peers, 1, u64::MAX), vec!["alice".to_string()]);
         assert!(store.accounts().is_empty());
         assert_eq!(store.check_forgotten().unwrap(), Vec::<String>::new());
+    }
+
+    fn peer(n: u8) -> Peer {
+        Peer {
+            id: starling_net::NodeId([n; 32]),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            accounts: vec!["alice".into()],
+            policy: Default::default(),
+        }
+    }
+
+    /// Two pinned peers: one acknowledges the deletion; the other is
+    /// silent. The silent one holds the purge back within the horizon,
+    /// not past it; a peer that said it purged the account counts as
+    /// holding the deletion without acknowledging it.
+    #[test]
+    fn a_peer_silent_past_the_horizon_no_longer_holds_the_purge_back() {
+        let day = 86_400_000;
+        for said_purged in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("s.redb"), ReplicaId(1), StoreOptions::default()).unwrap();
+            store.add_account("alice").unwrap();
+            store.write("alice", |b| b.append(INBOX, b"Subject: 1\r\n\r\nx\r\n", 0, vec![])).unwrap();
+            store.delete_account("alice").unwrap();
+            let peers = vec![peer(2), peer(3)];
+            let (acking, silent) = (peers[0].id.replica(), peers[1].id.replica());
+            // Both first listed on day 1; the first acknowledges the deletion.
+            store.note_ack("alice", acking, &store.version("alice").unwrap());
+            let pinned: Vec<(ReplicaId, Vec<String>)> =
+                peers.iter().map(|p| (p.id.replica(), p.accounts.clone())).collect();
+            let pass = |now_ms: u64| {
+                store
+                    .housekeep(&Housekeeping {
+                        now_ms,
+                        horizon_ms: 30 * day,
+                        peers: &pinned,
+                        alive: &[acking],
+                        compact_log: false,
+                        collect_bodies: false,
+                        batch: 16,
+                    })
+                    .unwrap();
+            };
+            pass(day);
+            if said_purged {
+                store.peer_purged("alice", silent).unwrap();
+                assert_eq!(purge_deleted(&store, &peers, day, 30 * day), vec!["alice".to_string()]);
+                assert!(store.was_purged("alice").unwrap());
+                continue;
+            }
+            assert!(purge_deleted(&store, &peers, day, 30 * day).is_empty(), "the silent peer is within the horizon");
+            pass(30 * day);
+            assert!(purge_deleted(&store, &peers, 30 * day, 30 * day).is_empty(), "29 days silent");
+            pass(32 * day);
+            assert_eq!(purge_deleted(&store, &peers, 32 * day, 30 * day), vec!["alice".to_string()]);
+            assert!(store.accounts().is_empty());
+            assert!(store.was_purged("alice").unwrap(), "the name is kept, to tell the silent peer when back");
+        }
     }
 }

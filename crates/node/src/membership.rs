@@ -56,6 +56,12 @@ pub fn held(store: &Store) -> Vec<String> {
 pub fn accounts_for(store: &Store, peer: &Peer) -> Result<(), String> {
     for a in &peer.accounts {
         if !store.accounts().contains(a) {
+            // A peer still naming an account deleted and purged here is
+            // told so when it connects; the name is not made again.
+            if store.was_purged(a).map_err(|e| format!("account {a}: {e}"))? {
+                tracing::info!(account = a.as_str(), "not made here: deleted and purged");
+                continue;
+            }
             store.add_account(a).map_err(|e| format!("account {a}: {e}"))?;
             tracing::info!(account = a.as_str(), "account created here: a pinned peer syncs it");
         }

@@ -263,7 +263,8 @@ pub fn run(
                     tokio::task::block_in_place(|| {
                         housekeep(&store, &node.housekeeping_peers(), &hub, &config);
                         // Deleted accounts every pinned peer knows deleted: purged.
-                        for account in crate::forget::purge_deleted(&store, &node.book.list()) {
+                        let horizon = config.horizon.as_millis() as u64;
+                        for account in crate::forget::purge_deleted(&store, &node.book.list(), unix_ms(), horizon) {
                             node.let_go(&account);
                         }
                         if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {

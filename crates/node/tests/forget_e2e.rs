@@ -96,3 +96,51 @@ fn a_deleted_account_is_purged_on_both_nodes_and_forget_waits_for_the_peer() {
     assert_eq!(accounts(&a), Vec::<String>::new());
     assert_eq!(accounts(&b), vec!["alice".to_string()]);
 }
+
+/// A node away while its account was deleted and purged elsewhere learns
+/// of it when it comes back: `c` is stopped and removed from `a`'s peers
+/// (as an operator does with a peer that seems gone for good), `alice` is
+/// deleted on `a` and purged by `a` and `b`; `c` is added back and started:
+/// `a` tells it, and `c` takes the deletion and purges `alice` too. The name
+/// is not made again on `a`.
+#[test]
+fn a_node_back_after_the_purge_is_told_and_purges_too() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = (Node::new(root.path(), "a"), Node::new(root.path(), "b"), Node::new(root.path(), "c"));
+    let pin = |x: &Node, y: &Node| {
+        run(&x.dir, &["peer", "add", &y.id, &format!("127.0.0.1:{}", y.port), "--accounts", "alice"]);
+    };
+    a.import(root.path(), "x", 5);
+    for (x, y) in [(&a, &b), (&b, &a), (&a, &c), (&c, &a)] {
+        pin(x, y);
+    }
+    // No introductions: c's pinned peer for alice stays a alone (an
+    // introduced b, which never heard of c, would hold c's purge back).
+    let config = root.path().join("fast.toml");
+    std::fs::write(&config, "[store]\nhousekeeping_secs = 1\n[cluster]\naccept_introduced = false\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        n.start_with(&["--config", cfg], None);
+    }
+    wait_for("b and c have alice", || {
+        ops(&a, "alice").is_some() && ops(&a, "alice") == ops(&b, "alice") && ops(&a, "alice") == ops(&c, "alice")
+    });
+    c.stop();
+    run(&a.dir, &["peer", "remove", &c.id]);
+    run(&a.dir, &["account", "delete", "alice"]);
+    for n in [&a, &b] {
+        wait_for("a and b purge alice", || !accounts(n).contains(&"alice".to_string()));
+    }
+    // Back: pinned again on a (the account listed), and started.
+    pin(&a, &c);
+    assert!(!accounts(&a).contains(&"alice".to_string()), "pinning c does not make alice again on a");
+    c.start_with(&["--config", cfg], None);
+    wait_for("c is told, takes the deletion and purges alice", || !accounts(&c).contains(&"alice".to_string()));
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop();
+    }
+    let o = Command::new(BIN).arg("--data-dir").arg(&a.dir).args(["account", "add", "alice"]).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && said.contains("deleted and purged"), "{said}");
+    assert!(!run(&c.dir, &["account", "list"]).contains("alice"));
+}

@@ -137,6 +137,30 @@ impl Store {
         acks.insert((number, peer), vv.clone());
     }
 
+    /// `peer` said it deleted `account` and purged its copy (its
+    /// `Deleted` frame): it holds the deletion for good, so a purge here
+    /// need not wait for its acknowledgement ([`Store::purged_by`]; memory
+    /// only: after a restart the peer says it again when it connects).
+    /// Takes the deletion here if the account is not deleted yet (an op,
+    /// which goes on to this node's other peers); returns whether it did.
+    pub fn peer_purged(&self, account: &str, peer: ReplicaId) -> Result<bool, StoreError> {
+        let number = self.account_number(account)?;
+        self.core.purged_by.lock().unwrap_or_else(PoisonError::into_inner).insert((number, peer));
+        if self.is_deleted(account)? {
+            return Ok(false);
+        }
+        self.delete_account(account)?;
+        Ok(true)
+    }
+
+    /// The peers that said they purged `account` as deleted since this
+    /// node started ([`Store::peer_purged`]).
+    pub fn purged_by(&self, account: &str) -> Vec<ReplicaId> {
+        let Ok(number) = self.account_number(account) else { return Vec::new() };
+        let set = self.core.purged_by.lock().unwrap_or_else(PoisonError::into_inner);
+        set.range((number, ReplicaId(0))..=(number, ReplicaId(u64::MAX))).map(|(_, p)| *p).collect()
+    }
+
     /// The acknowledgements written down, per account: (peer, ack).
     pub fn peer_acks(&self, account: &str) -> Result<Vec<(ReplicaId, PeerAck)>, StoreError> {
         let number = self.account_number(account)?;

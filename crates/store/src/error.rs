@@ -54,6 +54,10 @@ pub enum StoreError {
     /// The account exists already.
     #[error("account {0:?} exists")]
     AccountExists(String),
+    /// The account was deleted and this node purged it: a deleted name is
+    /// not made again (its peers would take the new account as deleted).
+    #[error("account {0:?} was deleted and purged here; a deleted name is not used again")]
+    AccountPurged(String),
     /// The model refused the change.
     #[error(transparent)]
     Local(#[from] starling_model::LocalError),

@@ -34,6 +34,12 @@
 //! stage is idempotent: a step that was cut is done again from where the
 //! last commit left it.
 //!
+//! **A deleted account** (its document says so) leaves its name in
+//! `purged_deleted`, written by the marker's transaction: the name is not
+//! made again here ([`StoreError::AccountPurged`]), and a peer that names
+//! it in a session is told it was deleted (`starling-sync`'s `Deleted`),
+//! so a peer away when the account was deleted learns of it here.
+//!
 //! **Coming back.** A name this node forgot may be placed on it again and
 //! re-synced. Its copy then numbers its changes as a *fresh replica*
 //! ([`copy_replica`]: a hash of the node, the name and how many copies of
@@ -58,6 +64,10 @@ pub(crate) const FORGETTING: TableDefinition<u32, &[u8]> = TableDefinition::new(
 /// account name → how many copies of it this node has forgotten (the
 /// generation of its next copy's replica id, [`copy_replica`]).
 pub(crate) const FORGOTTEN: TableDefinition<&str, u32> = TableDefinition::new("forgotten_copies");
+/// account name → when this node purged it as deleted (Unix ms): the
+/// name is not made again here, and a peer that names it is told
+/// ([`Store::was_purged`]). One row per account ever deleted, kept for good.
+pub(crate) const PURGED: TableDefinition<&str, u64> = TableDefinition::new("purged_deleted");
 /// `meta` key: the highest account number ever given (big-endian `u32`).
 const NUMBER_MAX_KEY: &str = "account_number_max";
 
@@ -200,7 +210,9 @@ pub(crate) fn generation(r: &redb::ReadTransaction, name: &str) -> Result<u32, S
 }
 
 /// Step 1: the marker, in `w`.
-fn mark(w: &WriteTransaction, name: &str, number: u32) -> Result<(), StoreError> {
+/// The marker's transaction; `deleted`: the account was deleted, purged
+/// at that time (Unix ms), and its name is recorded as such.
+fn mark(w: &WriteTransaction, name: &str, number: u32, deleted: Option<u64>) -> Result<(), StoreError> {
     let removed = w.open_table(ACCOUNTS).map_err(st)?.remove(name).map_err(st)?.map(|g| g.value());
     // The in-memory map and the file agree on the number (both written by
     // one transaction of `add_account_as`): forgetting another account's
@@ -211,6 +223,9 @@ fn mark(w: &WriteTransaction, name: &str, number: u32) -> Result<(), StoreError>
     let generation = forgotten.get(name).map_err(st)?.map_or(0, |g| g.value());
     forgotten.insert(name, generation.checked_add(1).expect("forgotten copies of one name fit in u32")).map_err(st)?;
     drop(forgotten);
+    if let Some(at) = deleted {
+        w.open_table(PURGED).map_err(st)?.insert(name, at).map_err(st)?;
+    }
     let mut meta = w.open_table(META).map_err(st)?;
     let max = match meta.get(NUMBER_MAX_KEY).map_err(st)? {
         Some(v) => {
@@ -223,6 +238,18 @@ fn mark(w: &WriteTransaction, name: &str, number: u32) -> Result<(), StoreError>
     let marker = Marker { version: MARKER_VERSION, name: name.to_string(), stage: STAGE_ENVELOPES, cursor: None };
     w.open_table(FORGETTING).map_err(st)?.insert(number, encode(&marker)?.as_slice()).map_err(st)?;
     Ok(())
+}
+
+/// Whether `name` is recorded as purged as deleted.
+pub(crate) fn purged(r: &redb::ReadTransaction, name: &str) -> Result<bool, StoreError> {
+    Ok(match table(r, PURGED)? {
+        Some(t) => t.get(name).map_err(st)?.is_some(),
+        None => false,
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A stored body that no account names any more becomes a candidate of
@@ -561,10 +588,11 @@ impl Store {
             // it gone.
             let state = self.lock(&acct, db)?;
             let published = acct.published.write().unwrap_or_else(PoisonError::into_inner);
+            let deleted = published.names.tree.deleted.then(unix_ms);
             acct.gone.store(true, Ordering::SeqCst);
             let result = (|| {
                 let w = db.begin_write().map_err(st)?;
-                mark(&w, name, number)?;
+                mark(&w, name, number, deleted)?;
                 w.commit().map_err(st)
             })();
             if result.is_err() {
@@ -589,6 +617,7 @@ impl Store {
         }
         drop(adding);
         self.core.acks.lock().unwrap_or_else(PoisonError::into_inner).retain(|(n, _), _| *n != number);
+        self.core.purged_by.lock().unwrap_or_else(PoisonError::into_inner).retain(|(n, _)| *n != number);
         self.forget_live(number);
         let mut out = Forgot { transactions: 1, ..Forgot::default() };
         out.add(
@@ -630,6 +659,16 @@ impl Store {
             return Ok(false);
         }
         self.run(|db| Ok(generation(&redb::ReadableDatabase::begin_read(db).map_err(st)?, name)? > 0))
+    }
+
+    /// Whether this node purged `name` as a deleted account (and holds no
+    /// copy of it): the name is not made again here, and a peer naming it
+    /// is told it was deleted.
+    pub fn was_purged(&self, name: &str) -> Result<bool, StoreError> {
+        if self.accounts.read().unwrap_or_else(PoisonError::into_inner).contains_key(name) {
+            return Ok(false);
+        }
+        self.run(|db| purged(&redb::ReadableDatabase::begin_read(db).map_err(st)?, name))
     }
 
     /// Whether this node has ever forgotten an account (a store whose

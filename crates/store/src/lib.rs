@@ -200,6 +200,9 @@ struct Core {
     corrupt: Mutex<BTreeSet<BlobId>>,
     /// Peers' acknowledgements heard since the last housekeeping (`acks`).
     acks: Mutex<BTreeMap<(u32, ReplicaId), VersionVector>>,
+    /// Peers that said they purged an account as deleted (`acks`): they
+    /// hold the deletion for good.
+    purged_by: Mutex<BTreeSet<(u32, ReplicaId)>>,
     /// What the peers hold now, for exposure after k peers (`exposure`).
     live: Mutex<exposure::Live>,
     /// Bumped whenever `live` grows: exposures waiting look again.

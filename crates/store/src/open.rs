@@ -175,6 +175,7 @@ impl Store {
             body_reads: AtomicU64::new(0),
             corrupt: Default::default(),
             acks: Default::default(),
+            purged_by: Default::default(),
             live: Default::default(),
             held_changed: tokio::sync::watch::Sender::new(0),
             live_changed: Default::default(),

@@ -271,6 +271,9 @@ impl Store {
         // fresh replica id ([`forget::copy_replica`]).
         let (used_max, generation) = self.run(|db| {
             let r = db.begin_read().map_err(st)?;
+            if forget::purged(&r, name)? {
+                return Err(StoreError::AccountPurged(name.into()));
+            }
             Ok((forget::numbers_used_max(&r)?, forget::generation(&r, name)?))
         })?;
         let number = in_memory_max

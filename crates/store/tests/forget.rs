@@ -366,6 +366,51 @@ fn a_power_cut_at_any_point_of_forgetting() {
     assert!(done.is_some());
 }
 
+/// A power cut at every disk operation of purging a deleted account: the
+/// store reopens with the account whole and its name not recorded, or
+/// gone and its name recorded as purged (the record is written by the
+/// marker's transaction), never one without the other.
+#[test]
+fn a_power_cut_when_purging_a_deleted_account_keeps_its_name_exactly_when_gone() {
+    let node = ReplicaId(12);
+    let image = crash_image(node);
+    {
+        let store = Store::open_on(image.backend(), "mem", node, StoreOptions::default()).unwrap();
+        store.delete_account("alice").unwrap();
+    }
+    image.crash();
+    let (mut whole, mut gone) = (0, 0);
+    let mut completed = None;
+    for n in 0..10_000u64 {
+        let d = image.durable_copy();
+        let store = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
+        assert!(!store.was_purged("alice").unwrap());
+        d.fail_after(Some(n));
+        let outcome = store.forget_account("alice");
+        drop(store);
+        if outcome.is_ok() {
+            completed = Some(n);
+            break;
+        }
+        d.crash();
+        d.fail_after(None);
+        let store = Store::open_on(d.backend(), "mem", node, StoreOptions::default())
+            .unwrap_or_else(|e| panic!("reopen after a cut at disk op {n}: {e}"));
+        consistent(&store);
+        if store.accounts().contains(&"alice".to_string()) {
+            whole += 1;
+            assert!(!store.was_purged("alice").unwrap(), "cut at disk op {n}: whole, not recorded");
+            assert!(store.is_deleted("alice").unwrap());
+        } else {
+            gone += 1;
+            assert!(store.was_purged("alice").unwrap(), "cut at disk op {n}: gone, recorded");
+            assert!(matches!(store.add_account("alice"), Err(starling_store::StoreError::AccountPurged(_))));
+        }
+    }
+    assert!(completed.is_some(), "purging ran to its end within the bound");
+    assert!(whole > 0 && gone > 0, "cuts landed before and after the marker ({whole} whole, {gone} gone)");
+}
+
 /// Whether the durable image `disk` holds an account being forgotten
 /// (read without finishing it: straight from the file).
 fn pending_in(disk: &MemDisk, _node: ReplicaId) -> bool {

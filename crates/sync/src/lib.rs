@@ -19,6 +19,8 @@
 //! calls [`Session::local_changed`], which pushes the new ops at once (no
 //! timer). A peer behind the sender's compacted log gets a `Snapshot`.
 //! A no-op exchange is the two `Hello`s and one `Have` per account each way.
+//! A peer whose `Hello` names an account this node deleted and purged gets
+//! `Deleted` for it ([`Session::purged`], [`Event::Deleted`]).
 //!
 //! # Calling contract
 //!
@@ -94,8 +96,9 @@ use std::time::{Duration, Instant};
 /// acknowledgement of bodies, and `Probe`, answered by a `Have` naming it;
 /// 7: ops may be `OpBody::Forced`, snapshots carry forced claims; 10:
 /// each side sends its `Have`s right behind its `Hello`, not in answer to
-/// the peer's, saving a round trip before the first ops).
-pub const PROTOCOL_VERSION: u16 = 10;
+/// the peer's, saving a round trip before the first ops; 11: `Deleted`,
+/// the answer to a peer naming an account this node purged as deleted).
+pub const PROTOCOL_VERSION: u16 = 11;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -251,6 +254,16 @@ pub enum Frame {
         /// At most [`BLOB_IDS_MAX`].
         ids: Vec<BlobId>,
     },
+    /// The receiver named this account in its `Hello`; the sender deleted
+    /// it and purged its copy (every peer it waited for held the
+    /// deletion). The receiver takes the deletion and counts the sender as
+    /// holding it, so a peer that was away when the account was deleted
+    /// learns of it from a node that no longer has it. (Protocol 11;
+    /// appended.)
+    Deleted {
+        /// The account.
+        account: String,
+    },
 }
 
 /// How a [`Frame::Blob`] holds its body. (Encoded as 0, 1, 2: the first
@@ -306,9 +319,10 @@ impl Frame {
         let ok = match &frame {
             Frame::Hello { accounts, .. } => accounts.len() <= ACCOUNTS_MAX && accounts.iter().all(name_ok),
             Frame::Have { account, vv, .. } => name_ok(account) && vv.len() <= VV_ENTRIES_MAX,
-            Frame::Ops { account, .. } | Frame::Snapshot { account, .. } | Frame::Probe { account, .. } => {
-                name_ok(account)
-            }
+            Frame::Ops { account, .. }
+            | Frame::Snapshot { account, .. }
+            | Frame::Probe { account, .. }
+            | Frame::Deleted { account } => name_ok(account),
             Frame::WantBlobs { ids } | Frame::Held { ids } | Frame::Arrived { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
         };
@@ -531,6 +545,12 @@ pub enum Event {
     /// then report with [`Session::bodies_swept`]: the retry timer fired, or
     /// the request queue overflowed and has drained.
     RetryBodies,
+    /// The peer deleted `account` and purged its copy ([`Frame::Deleted`]):
+    /// take the deletion, and count the peer as holding it.
+    Deleted {
+        /// The account.
+        account: String,
+    },
     /// The session ended.
     Closed {
         /// Why.
@@ -657,6 +677,11 @@ pub struct Session {
     /// Accounts the peer named that we do not sync with it: its opening
     /// `Have` for one of them is ignored, anything else about it refused.
     theirs_only: BTreeSet<String>,
+    /// Accounts this node purged as deleted that the peer may name
+    /// ([`Session::purged`]): a peer naming one is told ([`Frame::Deleted`]).
+    purged: BTreeSet<String>,
+    /// Accounts the peer said it purged (each at most once).
+    peer_purged: BTreeSet<String>,
     transmit: VecDeque<Vec<u8>>,
     transmit_bytes: usize,
     /// `Blob` frames, sent apart so a large body never holds up metadata.
@@ -703,6 +728,8 @@ impl Session {
             accounts,
             shared: BTreeSet::new(),
             theirs_only: BTreeSet::new(),
+            purged: BTreeSet::new(),
+            peer_purged: BTreeSet::new(),
             transmit: VecDeque::new(),
             transmit_bytes: 0,
             transmit_blobs: VecDeque::new(),
@@ -736,6 +763,20 @@ impl Session {
             s.queue(f);
         }
         s
+    }
+
+    /// Accounts this node deleted and purged, among those the peer is
+    /// authorized for: a peer whose `Hello` names one gets
+    /// [`Frame::Deleted`] for it. Call before the peer's `Hello` arrives.
+    pub fn purged(&mut self, accounts: impl IntoIterator<Item = String>) {
+        for a in accounts {
+            if self.purged.len() >= ACCOUNTS_MAX {
+                break;
+            }
+            if !self.accounts.contains_key(&a) {
+                self.purged.insert(a);
+            }
+        }
     }
 
     fn queue(&mut self, f: &Frame) {
@@ -835,6 +876,14 @@ impl Session {
                 self.phase = Phase::Open;
                 let (shared, theirs_only) = accounts.into_iter().partition(|a| self.accounts.contains_key(a));
                 (self.shared, self.theirs_only) = (shared, theirs_only);
+                let told: Vec<Frame> = self
+                    .theirs_only
+                    .intersection(&self.purged)
+                    .map(|a| Frame::Deleted { account: a.clone() })
+                    .collect();
+                for f in &told {
+                    self.queue(f);
+                }
                 self.events.push_back(Event::Open { peer: node, accounts: self.shared.iter().cloned().collect() });
                 Ok(())
             }
@@ -977,6 +1026,17 @@ impl Session {
             }
             (Phase::Open, Frame::Held { ids }) => {
                 self.events.push_back(Event::Held { ids });
+                Ok(())
+            }
+            (Phase::Open, Frame::Deleted { account }) => {
+                // Only of an account we named and the peer did not, once.
+                if !self.accounts.contains_key(&account)
+                    || self.shared.contains(&account)
+                    || !self.peer_purged.insert(account.clone())
+                {
+                    return self.close(SessionError::Unauthorized(account));
+                }
+                self.events.push_back(Event::Deleted { account });
                 Ok(())
             }
             (Phase::Closed, _) => Err(SessionError::Closed),

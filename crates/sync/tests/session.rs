@@ -513,3 +513,59 @@ fn a_body_refused_then_stored_is_announced_and_the_peer_sweeps_at_once() {
     r.handle_timeout(t0);
     assert!(std::iter::from_fn(|| r.poll_event()).any(|e| e == Event::RetryBodies));
 }
+
+/// A node that purged a deleted account tells a peer still naming it, once
+/// per session; `Deleted` of an account the receiver did not name, of one
+/// both share, or a second time, closes the session with nothing done.
+#[test]
+fn a_peer_naming_a_purged_account_is_told_it_was_deleted() {
+    let pair = |purged: &[&str]| {
+        // A purged "gone"; it still syncs "kept" with B.
+        let mut a = Session::new(ReplicaId(1), Some(ReplicaId(2)), [("kept".to_string(), VersionVector::new())]);
+        a.purged(purged.iter().map(|s| s.to_string()));
+        let b = Session::new(
+            ReplicaId(2),
+            Some(ReplicaId(1)),
+            ["kept", "gone", "other"].map(|a| (a.to_string(), VersionVector::new())),
+        );
+        (a, b)
+    };
+    let deleted = |account: &str| Frame::Deleted { account: account.into() }.encode();
+    // "kept" is A's own: naming it as purged changes nothing.
+    let (mut a, mut b) = pair(&["gone", "kept"]);
+    while let Some(f) = b.poll_transmit() {
+        a.handle_frame(&f).unwrap();
+    }
+    let told: Vec<Frame> = std::iter::from_fn(|| a.poll_transmit()).map(|f| Frame::decode(&f).unwrap()).collect();
+    let names: Vec<&str> = told
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deleted { account } => Some(account.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, vec!["gone"], "only the purged account the peer named, once");
+    for f in &told {
+        b.handle_frame(&f.encode()).unwrap();
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+    assert!(events.contains(&Event::Deleted { account: "gone".into() }), "{events:?}");
+    // Said again: refused.
+    assert_eq!(b.handle_frame(&deleted("gone")), Err(SessionError::Unauthorized("gone".into())));
+    assert!(b.is_closed());
+    // Of an account both share, or one the receiver did not name: refused.
+    for bad in ["kept", "nobody"] {
+        let (mut a, mut b) = pair(&[]);
+        a.handle_frame(&b.poll_transmit().unwrap()).unwrap();
+        b.handle_frame(&a.poll_transmit().unwrap()).unwrap();
+        while b.poll_event().is_some() {}
+        assert_eq!(b.handle_frame(&deleted(bad)), Err(SessionError::Unauthorized(bad.into())));
+        assert!(std::iter::from_fn(|| b.poll_event()).all(|e| matches!(e, Event::Closed { .. })));
+    }
+    // Nothing purged: nothing told.
+    let (mut a, mut b) = pair(&[]);
+    while let Some(f) = b.poll_transmit() {
+        a.handle_frame(&f).unwrap();
+    }
+    assert!(std::iter::from_fn(|| a.poll_transmit()).all(|f| !matches!(Frame::decode(&f), Ok(Frame::Deleted { .. }))));
+}
