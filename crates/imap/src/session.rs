@@ -227,7 +227,7 @@ pub enum Wants {
     CatchUp(Duration),
     /// Write the output, then call [`Session::resume`] at once: a long
     /// answer (a FETCH of many bodies) goes out in parts of about
-    /// [`crate::selected::FETCH_PART_BYTES`], each written before the next
+    /// [`crate::FETCH_PART_BYTES`], each written before the next
     /// is built, so what a session holds stays bounded whatever the
     /// mailbox's size.
     Write,
@@ -1067,7 +1067,7 @@ impl Session {
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;
-                let extra = crate::selected::FetchExtras {
+                let extra = crate::command::fetch::FetchExtras {
                     items: fetch_extra,
                     placeholder: fetch_placeholder,
                     partial: fetch_partial,

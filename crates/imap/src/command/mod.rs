@@ -4,8 +4,15 @@
 pub(crate) mod append;
 pub(crate) mod cancelupdate;
 pub(crate) mod catenate;
+pub(crate) mod close;
 pub(crate) mod compress;
+pub(crate) mod copy;
+pub(crate) mod expunge;
+pub(crate) mod fetch;
 pub(crate) mod notify;
 pub(crate) mod quota;
+pub(crate) mod search;
+pub(crate) mod select;
 pub(crate) mod sort;
+pub(crate) mod store;
 pub(crate) mod thread;
