@@ -10,12 +10,10 @@ use crate::selected::Selected;
 use crate::wire;
 use imap_codec::decode::Decoder;
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
-use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{LiteralMode, Tag};
-use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::mailbox::Mailbox;
-use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use imap_codec::CommandCodec;
 use starling_model::account::DELIMITER;
 use starling_model::{MailboxId, INBOX};
 use starling_net::listen::{ConnCounter, ConnLimits};
@@ -232,7 +230,9 @@ pub enum Wants {
     Write,
 }
 
-enum Mode {
+/// What the next message is: a command, IDLE's DONE, or the response to
+/// AUTHENTICATE's `+`.
+pub(crate) enum Mode {
     Commands,
     Idle(Tag<'static>),
     Authenticate(Tag<'static>),
@@ -318,17 +318,6 @@ pub(crate) struct FetchParts {
 /// How often a parked SELECT checks again whether it caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
-/// A login waiting out its penalty ([`Wants::Pause`]) or its verification
-/// ([`Wants::Verify`]).
-struct PendingLogin {
-    tag: String,
-    user: String,
-    password: Vec<u8>,
-    /// The stored credential handed to the pool (the cache keys on the
-    /// one checked, whatever was stored meanwhile).
-    credential: Option<String>,
-}
-
 /// One IMAP connection.
 ///
 /// Calling contract: feed what the client sends to [`Session::receive_at`];
@@ -353,14 +342,14 @@ pub struct Session {
     /// Bytes of the literal being framed still to come, if one is.
     literal_left: Option<u32>,
     pub(crate) out: Vec<u8>,
-    mode: Mode,
+    pub(crate) mode: Mode,
     pub(crate) account: Option<String>,
     pub(crate) selected: Option<Selected>,
     pub(crate) enabled: Enabled,
     tls: bool,
-    peer: IpAddr,
+    pub(crate) peer: IpAddr,
     loopback: bool,
-    starttls_offered: bool,
+    pub(crate) starttls_offered: bool,
     /// COMPRESS=DEFLATE is on (a second COMPRESS is NO).
     pub(crate) compressed: bool,
     pub(crate) wants: Wants,
@@ -375,7 +364,7 @@ pub struct Session {
     last_command: Instant,
     /// The time of the input being handled.
     pub(crate) now: Instant,
-    pending_login: Option<PendingLogin>,
+    pub(crate) pending_login: Option<crate::command::login::PendingLogin>,
     /// A FETCH parked until bodies arrive ([`crate::ondemand`]).
     pub(crate) bodies: crate::ondemand::BodyWait,
     /// A SELECT parked until this replica caught up with its peers.
@@ -613,7 +602,7 @@ impl Session {
     }
 
     /// Frames and answers buffered input while the session wants to read.
-    fn process(&mut self) {
+    pub(crate) fn process(&mut self) {
         let mut at = 0;
         while self.wants == Wants::Read {
             if let Some(info) = self.frag.progress() {
@@ -721,7 +710,7 @@ impl Session {
         self.error();
     }
 
-    fn error(&mut self) {
+    pub(crate) fn error(&mut self) {
         self.errors += 1;
         if self.errors >= ERRORS_MAX {
             self.untagged("BYE too many invalid commands");
@@ -732,25 +721,8 @@ impl Session {
     fn message(&mut self, message: &[u8]) {
         match std::mem::replace(&mut self.mode, Mode::Commands) {
             Mode::Commands => self.command_bytes(message),
-            Mode::Idle(tag) => match IdleDoneCodec::default().decode(message) {
-                Ok((b"", _)) => {
-                    self.updates(true);
-                    self.notify_updates();
-                    self.tagged(tag.as_ref(), "OK", "IDLE terminated");
-                }
-                _ => {
-                    self.tagged(tag.as_ref(), "BAD", "expected DONE");
-                    self.error();
-                }
-            },
-            Mode::Authenticate(tag) => match AuthenticateDataCodec::default().decode(message) {
-                Ok((b"", AuthenticateData::Continue(data))) => self.login_plain(tag.as_ref(), data.declassify()),
-                Ok((b"", AuthenticateData::Cancel)) => self.tagged(tag.as_ref(), "BAD", "authentication cancelled"),
-                _ => {
-                    self.tagged(tag.as_ref(), "BAD", "malformed authentication data");
-                    self.error();
-                }
-            },
+            Mode::Idle(tag) => self.idle_done(&tag, message),
+            Mode::Authenticate(tag) => self.authenticate_data(&tag, message),
         }
     }
 
@@ -814,7 +786,7 @@ impl Session {
         self.out.extend_from_slice(format!("{tag} {status} {text}\r\n").as_bytes());
     }
 
-    fn finish(&mut self, tag: &str, result: Done) {
+    pub(crate) fn finish(&mut self, tag: &str, result: Done) {
         match result {
             Ok(text) => self.tagged(tag, "OK", &text),
             Err(Fail::No(text)) => self.tagged(tag, "NO", &text),
@@ -828,7 +800,7 @@ impl Session {
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
+    pub(crate) fn plaintext_allowed(&self) -> bool {
         self.tls || (self.loopback && self.shared.config.plaintext_on_loopback)
     }
 
@@ -838,7 +810,7 @@ impl Session {
         (self.shared.config.literal_max as u64).min(starling_store::BODY_BYTES_MAX as u64)
     }
 
-    fn capabilities(&self) -> String {
+    pub(crate) fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE UTF8=ACCEPT IDLE NOTIFY NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
@@ -894,29 +866,18 @@ impl Session {
         // Commands during which expunges must not be reported (RFC 9051 7.5.1).
         let mut expunges_allowed = true;
         let result: Done = match command.body {
-            CommandBody::Capability => {
-                let caps = self.capabilities();
-                self.untagged(&format!("CAPABILITY {caps}"));
-                Ok("CAPABILITY completed".into())
-            }
-            CommandBody::Noop => Ok("NOOP completed".into()),
-            CommandBody::Check => Ok("CHECK completed".into()),
+            CommandBody::Capability => self.capability(),
+            CommandBody::Noop => self.noop(),
+            CommandBody::Check => self.check(),
             CommandBody::Logout => {
-                self.untagged("BYE logging out");
-                self.tagged(&tag, "OK", "LOGOUT completed");
-                self.wants = Wants::Close;
+                self.logout(&tag);
                 return;
             }
-            CommandBody::StartTLS if self.starttls_offered && !authenticated => {
-                self.tagged(&tag, "OK", "begin TLS negotiation now");
-                self.wants = Wants::StartTls;
-                return;
-            }
-            CommandBody::StartTLS => Err(Fail::Bad("STARTTLS not available here".into())),
-            CommandBody::Id { .. } => {
-                self.untagged(&format!("ID (\"name\" \"Starling\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION")));
-                Ok("ID completed".into())
-            }
+            CommandBody::StartTLS => match self.starttls(&tag) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            CommandBody::Id { .. } => self.id(),
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } if authenticated => {
                 Err(Fail::Bad("already authenticated".into()))
             }
@@ -926,49 +887,14 @@ impl Session {
                 return;
             }
             CommandBody::Authenticate { mechanism, initial_response } => {
-                if mechanism != AuthMechanism::Plain {
-                    Err(Fail::No("[CANNOT] only AUTHENTICATE PLAIN is supported".into()))
-                } else if let Some(ir) = initial_response {
-                    self.login_plain(&tag, ir.declassify().as_ref());
-                    return;
-                } else {
-                    self.out.extend_from_slice(b"+ \r\n");
-                    self.mode = Mode::Authenticate(Tag::unvalidated(tag.clone()));
-                    return;
+                match self.authenticate(&tag, mechanism, initial_response) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
                 }
             }
             _ if !authenticated => Err(Fail::Bad("authenticate first (LOGIN or AUTHENTICATE)".into())),
-            CommandBody::Enable { capabilities } => {
-                let mut on = Vec::new();
-                for c in capabilities.as_ref() {
-                    match c {
-                        CapabilityEnable::CondStore => {
-                            self.enabled.condstore = true;
-                            on.push("CONDSTORE");
-                        }
-                        other if other.to_string().eq_ignore_ascii_case("QRESYNC") => {
-                            self.enabled.qresync = true;
-                            self.enabled.condstore = true;
-                            on.push("QRESYNC");
-                        }
-                        other if other.to_string().eq_ignore_ascii_case("IMAP4rev2") => {
-                            self.enabled.rev2 = true;
-                            on.push("IMAP4rev2");
-                        }
-                        other if other.to_string().eq_ignore_ascii_case("UTF8=ACCEPT") => {
-                            self.enabled.utf8 = true;
-                            on.push("UTF8=ACCEPT");
-                        }
-                        _ => {}
-                    }
-                }
-                self.untagged(format!("ENABLED {}", on.join(" ")).trim_end());
-                Ok("ENABLE completed".into())
-            }
-            CommandBody::Namespace => {
-                self.untagged(&format!("NAMESPACE ((\"\" \"{DELIMITER}\")) NIL NIL"));
-                Ok("NAMESPACE completed".into())
-            }
+            CommandBody::Enable { capabilities } => self.enable(capabilities.as_ref()),
+            CommandBody::Namespace => self.namespace(),
             // Mailbox names are converted to their stored form here, as
             // they come in (`name_in`), and back as they go out (`wire_name`).
             CommandBody::Select { mailbox, parameters } => {
@@ -1003,24 +929,13 @@ impl Session {
             CommandBody::Append { mailbox, flags, date, message } => {
                 self.name_in(&mailbox).and_then(|n| self.append(&n, (flags, date, message), &appends, &catenate))
             }
-            // In the authenticated state too (RFC 9051 §6.3.13): with NOTIFY,
-            // a client idles for other mailboxes' events.
             CommandBody::Idle => {
-                self.updates(true);
-                self.notify_updates();
-                self.out.extend_from_slice(b"+ idling\r\n");
-                self.mode = Mode::Idle(Tag::unvalidated(tag.clone()));
+                self.idle(&tag);
                 return;
             }
             _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
-            CommandBody::Close => {
-                self.close(true);
-                Ok("CLOSE completed".into())
-            }
-            CommandBody::Unselect => {
-                self.close(false);
-                Ok("UNSELECT completed".into())
-            }
+            CommandBody::Close => self.close_command(true),
+            CommandBody::Unselect => self.close_command(false),
             CommandBody::Expunge => self.expunge(None),
             CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(&sequence_set)),
             CommandBody::Search { charset: Some(_), .. } if self.enabled.utf8 => {
@@ -1081,89 +996,8 @@ impl Session {
         self.finish(&tag, result);
     }
 
-    /// LOGIN or AUTHENTICATE PLAIN: answers at once when the password is
-    /// a cached verification or neither the address nor the account is
-    /// penalised; otherwise pauses for the penalty first (see
-    /// [`crate::auth`]).
-    fn login(&mut self, tag: &str, user: &str, password: &[u8]) {
-        if !self.plaintext_allowed() {
-            let why = "[PRIVACYREQUIRED] use TLS (STARTTLS or the implicit TLS port) to log in";
-            return self.finish(tag, Err(Fail::No(why.into())));
-        }
-        let guard = &self.shared.guard;
-        if let Some(credential) = self.shared.store.credential(user).ok().flatten() {
-            if guard.cached(self.now, user, &credential, password) {
-                let r = self.logged_in(user);
-                return self.finish(tag, r);
-            }
-        }
-        let wait = guard.penalty(self.now, self.peer, user);
-        self.pending_login = Some(PendingLogin {
-            tag: tag.to_string(),
-            user: user.to_string(),
-            password: password.to_vec(),
-            credential: None,
-        });
-        self.wants = if wait.is_zero() { Wants::Verify } else { Wants::Pause(wait) };
-    }
-
-    /// After [`Wants::Verify`]: what the pool is to check, the account's
-    /// stored credential (none: the dummy run, an unknown name costs the
-    /// same) and the password. `None` if nothing waits (the session timed
-    /// out meanwhile).
-    pub fn verify_job(&mut self) -> Option<(Option<String>, Vec<u8>)> {
-        if self.wants != Wants::Verify {
-            return None;
-        }
-        let p = self.pending_login.as_mut()?;
-        p.credential = self.shared.store.credential(&p.user).ok().flatten();
-        Some((p.credential.clone(), p.password.clone()))
-    }
-
-    /// The pool's answer for [`Session::verify_job`]: `Some(valid)`, or
-    /// `None` if its queue was full (the login is refused, to try again
-    /// later). Answers the login and goes on with the input received
-    /// meanwhile. Does nothing if no login waits for it.
-    pub fn verified(&mut self, now: Instant, valid: Option<bool>) {
-        if self.wants != Wants::Verify {
-            return;
-        }
-        self.wants = Wants::Read;
-        let Some(p) = self.pending_login.take() else { return };
-        self.now = now;
-        let guard = &self.shared.guard;
-        let r = match valid {
-            None => Err(Fail::No("[UNAVAILABLE] too many logins being verified; try again shortly".into())),
-            Some(true) => {
-                guard.succeeded(now, self.peer, &p.user, p.credential.as_deref().unwrap_or_default(), &p.password);
-                self.logged_in(&p.user)
-            }
-            Some(false) => {
-                guard.failed(now, self.peer, &p.user);
-                // For fail2ban and the like. The name is the client's: quoted
-                // and escaped (Debug), and cut short.
-                let shown: String = p.user.chars().take(64).collect();
-                tracing::info!(client = %self.peer, user = ?shown, "IMAP login failed");
-                Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()))
-            }
-        };
-        self.finish(&p.tag, r);
-        self.process();
-    }
-
-    /// [`Wants::Verify`] answered on this thread, waiting for the pool: for
-    /// tests and the fuzzer (the server uses [`Session::verified`] without
-    /// blocking a worker).
-    pub fn verify_now(&mut self) {
-        if let Some((credential, password)) = self.verify_job() {
-            let ok = self.shared.guard.verify(credential.as_deref(), &password);
-            // At the time the login came (tests drive time by hand).
-            self.verified(self.now, Some(ok));
-        }
-    }
-
     /// The password was right: takes a place among the account's sessions.
-    fn logged_in(&mut self, user: &str) -> Done {
+    pub(crate) fn logged_in(&mut self, user: &str) -> Done {
         {
             let mut logins = self.shared.logins.lock().unwrap_or_else(|p| p.into_inner());
             let n = logins.entry(user.to_string()).or_default();
@@ -1181,13 +1015,6 @@ impl Session {
         self.frag = self.framer();
         self.last_command = self.now;
         Ok(format!("[CAPABILITY {}] logged in", self.capabilities()))
-    }
-
-    fn login_plain(&mut self, tag: &str, message: &[u8]) {
-        match crate::auth::parse_plain(message) {
-            Some((user, password)) => self.login(tag, &user, &password),
-            None => self.finish(tag, Err(Fail::Bad("malformed PLAIN message".into()))),
-        }
     }
 
     pub(crate) fn account_name(&self) -> &str {

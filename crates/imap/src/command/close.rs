@@ -1,10 +1,16 @@
 //! CLOSE and UNSELECT (RFC 9051, RFC 3691): the selected state ends; CLOSE
 //! first expunges the messages flagged \Deleted, without reporting them.
 
-use crate::session::Session;
+use crate::session::{Done, Session};
 use starling_model::Keyword;
 
 impl Session {
+    /// CLOSE (`expunge`) or UNSELECT.
+    pub(crate) fn close_command(&mut self, expunge: bool) -> Done {
+        self.close(expunge);
+        Ok(if expunge { "CLOSE completed" } else { "UNSELECT completed" }.into())
+    }
+
     pub(crate) fn close(&mut self, expunge: bool) {
         if let Some(sel) = self.selected.take() {
             if expunge && !sel.read_only {
