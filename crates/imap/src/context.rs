@@ -41,9 +41,10 @@
 //! (§4.3.3, §4.3.4). A SEARCH context's updates are in mailbox order at
 //! position 0; a SORT context's at their positions in sort order.
 
+use crate::command::search::matches_all;
 use crate::command::sort::{sort_order, wanted, Facts};
 use crate::extended::{SearchExtra, SAVED};
-use crate::selected::{matches_all, ranges_string, set_string, Selected};
+use crate::selected::{ranges_string, set_string, Selected};
 use crate::session::{Fail, Session};
 use imap_codec::imap_types::core::Vec1;
 use imap_codec::imap_types::extensions::sort::SortCriterion;

@@ -37,8 +37,8 @@ pub mod uidmap;
 pub mod wire;
 
 pub use auth::GuardLimits;
+pub use command::fetch::FETCH_PART_BYTES;
 pub use command::notify::{NOTIFY_GROUPS_MAX, NOTIFY_NAMES_MAX, NOTIFY_PENDING_MAX};
 pub use context::AWAITING_MAX;
-pub use selected::FETCH_PART_BYTES;
 pub use server::{serve, tls_acceptor, Listener};
 pub use session::{Config, Session, Shared, Wants};

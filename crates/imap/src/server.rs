@@ -390,6 +390,17 @@ where
     Ok((conn, Some(out)))
 }
 
+/// When a write of the session's output must be done by: before login the
+/// session's deadline bounds writing too; after, a write may take an idle
+/// timeout of its own (a large FETCH on a slow link), counted from when it
+/// starts.
+fn write_deadline(session: &Session) -> Instant {
+    match session.account() {
+        None => session.deadline(),
+        Some(_) => Instant::now() + session.shared.config.idle_timeout,
+    }
+}
+
 /// Runs the session on `stream` until it wants to start TLS or close.
 /// A session step that panicked ends the connection with `* BYE` (not
 /// once COMPRESS is on: the inflater went with the session).
@@ -409,10 +420,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // A compressed stream is ended with a final block before a close.
         Ok(Ok((mut conn, Wants::Close))) if conn.z.is_some() => {
-            let by = match conn.session.account() {
-                None => conn.session.deadline(),
-                Some(_) => Instant::now() + conn.session.shared.config.idle_timeout,
-            };
+            let by = write_deadline(&conn.session);
             if let Some(z) = conn.z.as_mut() {
                 finish_deflated(stream, z, by).await?;
             }
@@ -453,13 +461,7 @@ async fn drive_steps<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if conn.session.has_output() {
-            // Before login the deadline bounds writing too; after, a write
-            // may take an idle timeout of its own (a large FETCH on a slow
-            // link), counted from when it starts.
-            let by = match conn.session.account() {
-                None => conn.session.deadline(),
-                Some(_) => Instant::now() + conn.session.shared.config.idle_timeout,
-            };
+            let by = write_deadline(&conn.session);
             let out = conn.session.take_output();
             match &mut conn.z {
                 Some(z) => io!(write_deflated(stream, z, &out, by).await),

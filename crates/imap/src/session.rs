@@ -5,23 +5,20 @@
 //! `Fragmentizer`, commands from its `CommandCodec`.
 
 use crate::auth::{Guard, GuardLimits};
-use crate::extended::{self, Lifted, ListReturn, StatusExtra};
+use crate::extended::{self, Lifted};
 use crate::selected::Selected;
 use crate::wire;
 use imap_codec::decode::Decoder;
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
-use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{LiteralMode, Tag};
-use imap_codec::imap_types::extensions::enable::CapabilityEnable;
-use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
-use imap_codec::imap_types::status::StatusDataItemName;
-use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use imap_codec::imap_types::mailbox::Mailbox;
+use imap_codec::CommandCodec;
 use starling_model::account::DELIMITER;
 use starling_model::{MailboxId, INBOX};
 use starling_net::listen::{ConnCounter, ConnLimits};
 use starling_store::{Exposed, Reader, Store, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -227,13 +224,15 @@ pub enum Wants {
     CatchUp(Duration),
     /// Write the output, then call [`Session::resume`] at once: a long
     /// answer (a FETCH of many bodies) goes out in parts of about
-    /// [`crate::selected::FETCH_PART_BYTES`], each written before the next
+    /// [`crate::FETCH_PART_BYTES`], each written before the next
     /// is built, so what a session holds stays bounded whatever the
     /// mailbox's size.
     Write,
 }
 
-enum Mode {
+/// What the next message is: a command, IDLE's DONE, or the response to
+/// AUTHENTICATE's `+`.
+pub(crate) enum Mode {
     Commands,
     Idle(Tag<'static>),
     Authenticate(Tag<'static>),
@@ -319,17 +318,6 @@ pub(crate) struct FetchParts {
 /// How often a parked SELECT checks again whether it caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
-/// A login waiting out its penalty ([`Wants::Pause`]) or its verification
-/// ([`Wants::Verify`]).
-struct PendingLogin {
-    tag: String,
-    user: String,
-    password: Vec<u8>,
-    /// The stored credential handed to the pool (the cache keys on the
-    /// one checked, whatever was stored meanwhile).
-    credential: Option<String>,
-}
-
 /// One IMAP connection.
 ///
 /// Calling contract: feed what the client sends to [`Session::receive_at`];
@@ -354,14 +342,14 @@ pub struct Session {
     /// Bytes of the literal being framed still to come, if one is.
     literal_left: Option<u32>,
     pub(crate) out: Vec<u8>,
-    mode: Mode,
+    pub(crate) mode: Mode,
     pub(crate) account: Option<String>,
     pub(crate) selected: Option<Selected>,
     pub(crate) enabled: Enabled,
     tls: bool,
-    peer: IpAddr,
+    pub(crate) peer: IpAddr,
     loopback: bool,
-    starttls_offered: bool,
+    pub(crate) starttls_offered: bool,
     /// COMPRESS=DEFLATE is on (a second COMPRESS is NO).
     pub(crate) compressed: bool,
     pub(crate) wants: Wants,
@@ -376,7 +364,7 @@ pub struct Session {
     last_command: Instant,
     /// The time of the input being handled.
     pub(crate) now: Instant,
-    pending_login: Option<PendingLogin>,
+    pub(crate) pending_login: Option<crate::command::login::PendingLogin>,
     /// A FETCH parked until bodies arrive ([`crate::ondemand`]).
     pub(crate) bodies: crate::ondemand::BodyWait,
     /// A SELECT parked until this replica caught up with its peers.
@@ -614,7 +602,7 @@ impl Session {
     }
 
     /// Frames and answers buffered input while the session wants to read.
-    fn process(&mut self) {
+    pub(crate) fn process(&mut self) {
         let mut at = 0;
         while self.wants == Wants::Read {
             if let Some(info) = self.frag.progress() {
@@ -722,7 +710,7 @@ impl Session {
         self.error();
     }
 
-    fn error(&mut self) {
+    pub(crate) fn error(&mut self) {
         self.errors += 1;
         if self.errors >= ERRORS_MAX {
             self.untagged("BYE too many invalid commands");
@@ -733,25 +721,8 @@ impl Session {
     fn message(&mut self, message: &[u8]) {
         match std::mem::replace(&mut self.mode, Mode::Commands) {
             Mode::Commands => self.command_bytes(message),
-            Mode::Idle(tag) => match IdleDoneCodec::default().decode(message) {
-                Ok((b"", _)) => {
-                    self.updates(true);
-                    self.notify_updates();
-                    self.tagged(tag.as_ref(), "OK", "IDLE terminated");
-                }
-                _ => {
-                    self.tagged(tag.as_ref(), "BAD", "expected DONE");
-                    self.error();
-                }
-            },
-            Mode::Authenticate(tag) => match AuthenticateDataCodec::default().decode(message) {
-                Ok((b"", AuthenticateData::Continue(data))) => self.login_plain(tag.as_ref(), data.declassify()),
-                Ok((b"", AuthenticateData::Cancel)) => self.tagged(tag.as_ref(), "BAD", "authentication cancelled"),
-                _ => {
-                    self.tagged(tag.as_ref(), "BAD", "malformed authentication data");
-                    self.error();
-                }
-            },
+            Mode::Idle(tag) => self.idle_done(&tag, message),
+            Mode::Authenticate(tag) => self.authenticate_data(&tag, message),
         }
     }
 
@@ -815,7 +786,7 @@ impl Session {
         self.out.extend_from_slice(format!("{tag} {status} {text}\r\n").as_bytes());
     }
 
-    fn finish(&mut self, tag: &str, result: Done) {
+    pub(crate) fn finish(&mut self, tag: &str, result: Done) {
         match result {
             Ok(text) => self.tagged(tag, "OK", &text),
             Err(Fail::No(text)) => self.tagged(tag, "NO", &text),
@@ -829,7 +800,7 @@ impl Session {
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
+    pub(crate) fn plaintext_allowed(&self) -> bool {
         self.tls || (self.loopback && self.shared.config.plaintext_on_loopback)
     }
 
@@ -839,7 +810,7 @@ impl Session {
         (self.shared.config.literal_max as u64).min(starling_store::BODY_BYTES_MAX as u64)
     }
 
-    fn capabilities(&self) -> String {
+    pub(crate) fn capabilities(&self) -> String {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE UTF8=ACCEPT IDLE NOTIFY NAMESPACE UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC \
              ESEARCH SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN SORT SORT=DISPLAY \
@@ -895,29 +866,18 @@ impl Session {
         // Commands during which expunges must not be reported (RFC 9051 7.5.1).
         let mut expunges_allowed = true;
         let result: Done = match command.body {
-            CommandBody::Capability => {
-                let caps = self.capabilities();
-                self.untagged(&format!("CAPABILITY {caps}"));
-                Ok("CAPABILITY completed".into())
-            }
-            CommandBody::Noop => Ok("NOOP completed".into()),
-            CommandBody::Check => Ok("CHECK completed".into()),
+            CommandBody::Capability => self.capability(),
+            CommandBody::Noop => self.noop(),
+            CommandBody::Check => self.check(),
             CommandBody::Logout => {
-                self.untagged("BYE logging out");
-                self.tagged(&tag, "OK", "LOGOUT completed");
-                self.wants = Wants::Close;
+                self.logout(&tag);
                 return;
             }
-            CommandBody::StartTLS if self.starttls_offered && !authenticated => {
-                self.tagged(&tag, "OK", "begin TLS negotiation now");
-                self.wants = Wants::StartTls;
-                return;
-            }
-            CommandBody::StartTLS => Err(Fail::Bad("STARTTLS not available here".into())),
-            CommandBody::Id { .. } => {
-                self.untagged(&format!("ID (\"name\" \"Starling\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION")));
-                Ok("ID completed".into())
-            }
+            CommandBody::StartTLS => match self.starttls(&tag) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            CommandBody::Id { .. } => self.id(),
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } if authenticated => {
                 Err(Fail::Bad("already authenticated".into()))
             }
@@ -927,49 +887,14 @@ impl Session {
                 return;
             }
             CommandBody::Authenticate { mechanism, initial_response } => {
-                if mechanism != AuthMechanism::Plain {
-                    Err(Fail::No("[CANNOT] only AUTHENTICATE PLAIN is supported".into()))
-                } else if let Some(ir) = initial_response {
-                    self.login_plain(&tag, ir.declassify().as_ref());
-                    return;
-                } else {
-                    self.out.extend_from_slice(b"+ \r\n");
-                    self.mode = Mode::Authenticate(Tag::unvalidated(tag.clone()));
-                    return;
+                match self.authenticate(&tag, mechanism, initial_response) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
                 }
             }
             _ if !authenticated => Err(Fail::Bad("authenticate first (LOGIN or AUTHENTICATE)".into())),
-            CommandBody::Enable { capabilities } => {
-                let mut on = Vec::new();
-                for c in capabilities.as_ref() {
-                    match c {
-                        CapabilityEnable::CondStore => {
-                            self.enabled.condstore = true;
-                            on.push("CONDSTORE");
-                        }
-                        other if other.to_string().eq_ignore_ascii_case("QRESYNC") => {
-                            self.enabled.qresync = true;
-                            self.enabled.condstore = true;
-                            on.push("QRESYNC");
-                        }
-                        other if other.to_string().eq_ignore_ascii_case("IMAP4rev2") => {
-                            self.enabled.rev2 = true;
-                            on.push("IMAP4rev2");
-                        }
-                        other if other.to_string().eq_ignore_ascii_case("UTF8=ACCEPT") => {
-                            self.enabled.utf8 = true;
-                            on.push("UTF8=ACCEPT");
-                        }
-                        _ => {}
-                    }
-                }
-                self.untagged(format!("ENABLED {}", on.join(" ")).trim_end());
-                Ok("ENABLE completed".into())
-            }
-            CommandBody::Namespace => {
-                self.untagged(&format!("NAMESPACE ((\"\" \"{DELIMITER}\")) NIL NIL"));
-                Ok("NAMESPACE completed".into())
-            }
+            CommandBody::Enable { capabilities } => self.enable(capabilities.as_ref()),
+            CommandBody::Namespace => self.namespace(),
             // Mailbox names are converted to their stored form here, as
             // they come in (`name_in`), and back as they go out (`wire_name`).
             CommandBody::Select { mailbox, parameters } => {
@@ -989,31 +914,11 @@ impl Session {
             CommandBody::Subscribe { mailbox } => self.name_in(&mailbox).and_then(|n| self.subscribe(&n, true)),
             CommandBody::Unsubscribe { mailbox } => self.name_in(&mailbox).and_then(|n| self.subscribe(&n, false)),
             CommandBody::List { reference, mailbox_wildcard } => {
-                let patterns = if list_patterns.is_empty() {
-                    self.client_text(list_pattern(&mailbox_wildcard)).map(|p| vec![p])
-                } else {
-                    list_patterns.iter().map(|p| self.client_text(p.as_bytes())).collect()
-                };
-                let reference = self.client_text(mailbox_bytes(&reference));
-                match (reference, patterns) {
-                    (Ok(r), Ok(p)) => self.list(&r, &p, &list_selection, &list_return, false),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                }
+                self.list_command(&reference, &mailbox_wildcard, &list_patterns, &list_selection, &list_return)
             }
-            CommandBody::Lsub { reference, mailbox_wildcard } => {
-                let reference = self.client_text(mailbox_bytes(&reference));
-                let pattern = self.client_text(list_pattern(&mailbox_wildcard));
-                match (reference, pattern) {
-                    (Ok(r), Ok(p)) => self.list(&r, &[p], &["SUBSCRIBED".to_string()], &ListReturn::default(), true),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                }
-            }
+            CommandBody::Lsub { reference, mailbox_wildcard } => self.lsub_command(&reference, &mailbox_wildcard),
             CommandBody::Status { mailbox, item_names } => {
-                let mut items = item_names.as_ref().to_vec();
-                if status_placeholder {
-                    items.retain(|i| *i != StatusDataItemName::Messages);
-                }
-                self.name_in(&mailbox).and_then(|n| self.status_command(&n, &items, &status_extra))
+                self.status(&mailbox, item_names.as_ref(), status_placeholder, &status_extra)
             }
             CommandBody::GetQuota { root } => self.getquota(&String::from_utf8_lossy(root.as_ref())),
             CommandBody::GetQuotaRoot { mailbox } => self.name_in(&mailbox).and_then(|n| self.getquotaroot(&n)),
@@ -1024,24 +929,13 @@ impl Session {
             CommandBody::Append { mailbox, flags, date, message } => {
                 self.name_in(&mailbox).and_then(|n| self.append(&n, (flags, date, message), &appends, &catenate))
             }
-            // In the authenticated state too (RFC 9051 §6.3.13): with NOTIFY,
-            // a client idles for other mailboxes' events.
             CommandBody::Idle => {
-                self.updates(true);
-                self.notify_updates();
-                self.out.extend_from_slice(b"+ idling\r\n");
-                self.mode = Mode::Idle(Tag::unvalidated(tag.clone()));
+                self.idle(&tag);
                 return;
             }
             _ if !selected => Err(Fail::Bad("no mailbox selected".into())),
-            CommandBody::Close => {
-                self.close(true);
-                Ok("CLOSE completed".into())
-            }
-            CommandBody::Unselect => {
-                self.close(false);
-                Ok("UNSELECT completed".into())
-            }
+            CommandBody::Close => self.close_command(true),
+            CommandBody::Unselect => self.close_command(false),
             CommandBody::Expunge => self.expunge(None),
             CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(&sequence_set)),
             CommandBody::Search { charset: Some(_), .. } if self.enabled.utf8 => {
@@ -1067,7 +961,7 @@ impl Session {
             }
             CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
                 expunges_allowed = uid;
-                let extra = crate::selected::FetchExtras {
+                let extra = crate::command::fetch::FetchExtras {
                     items: fetch_extra,
                     placeholder: fetch_placeholder,
                     partial: fetch_partial,
@@ -1102,89 +996,8 @@ impl Session {
         self.finish(&tag, result);
     }
 
-    /// LOGIN or AUTHENTICATE PLAIN: answers at once when the password is
-    /// a cached verification or neither the address nor the account is
-    /// penalised; otherwise pauses for the penalty first (see
-    /// [`crate::auth`]).
-    fn login(&mut self, tag: &str, user: &str, password: &[u8]) {
-        if !self.plaintext_allowed() {
-            let why = "[PRIVACYREQUIRED] use TLS (STARTTLS or the implicit TLS port) to log in";
-            return self.finish(tag, Err(Fail::No(why.into())));
-        }
-        let guard = &self.shared.guard;
-        if let Some(credential) = self.shared.store.credential(user).ok().flatten() {
-            if guard.cached(self.now, user, &credential, password) {
-                let r = self.logged_in(user);
-                return self.finish(tag, r);
-            }
-        }
-        let wait = guard.penalty(self.now, self.peer, user);
-        self.pending_login = Some(PendingLogin {
-            tag: tag.to_string(),
-            user: user.to_string(),
-            password: password.to_vec(),
-            credential: None,
-        });
-        self.wants = if wait.is_zero() { Wants::Verify } else { Wants::Pause(wait) };
-    }
-
-    /// After [`Wants::Verify`]: what the pool is to check, the account's
-    /// stored credential (none: the dummy run, an unknown name costs the
-    /// same) and the password. `None` if nothing waits (the session timed
-    /// out meanwhile).
-    pub fn verify_job(&mut self) -> Option<(Option<String>, Vec<u8>)> {
-        if self.wants != Wants::Verify {
-            return None;
-        }
-        let p = self.pending_login.as_mut()?;
-        p.credential = self.shared.store.credential(&p.user).ok().flatten();
-        Some((p.credential.clone(), p.password.clone()))
-    }
-
-    /// The pool's answer for [`Session::verify_job`]: `Some(valid)`, or
-    /// `None` if its queue was full (the login is refused, to try again
-    /// later). Answers the login and goes on with the input received
-    /// meanwhile. Does nothing if no login waits for it.
-    pub fn verified(&mut self, now: Instant, valid: Option<bool>) {
-        if self.wants != Wants::Verify {
-            return;
-        }
-        self.wants = Wants::Read;
-        let Some(p) = self.pending_login.take() else { return };
-        self.now = now;
-        let guard = &self.shared.guard;
-        let r = match valid {
-            None => Err(Fail::No("[UNAVAILABLE] too many logins being verified; try again shortly".into())),
-            Some(true) => {
-                guard.succeeded(now, self.peer, &p.user, p.credential.as_deref().unwrap_or_default(), &p.password);
-                self.logged_in(&p.user)
-            }
-            Some(false) => {
-                guard.failed(now, self.peer, &p.user);
-                // For fail2ban and the like. The name is the client's: quoted
-                // and escaped (Debug), and cut short.
-                let shown: String = p.user.chars().take(64).collect();
-                tracing::info!(client = %self.peer, user = ?shown, "IMAP login failed");
-                Err(Fail::No("[AUTHENTICATIONFAILED] invalid credentials".into()))
-            }
-        };
-        self.finish(&p.tag, r);
-        self.process();
-    }
-
-    /// [`Wants::Verify`] answered on this thread, waiting for the pool: for
-    /// tests and the fuzzer (the server uses [`Session::verified`] without
-    /// blocking a worker).
-    pub fn verify_now(&mut self) {
-        if let Some((credential, password)) = self.verify_job() {
-            let ok = self.shared.guard.verify(credential.as_deref(), &password);
-            // At the time the login came (tests drive time by hand).
-            self.verified(self.now, Some(ok));
-        }
-    }
-
     /// The password was right: takes a place among the account's sessions.
-    fn logged_in(&mut self, user: &str) -> Done {
+    pub(crate) fn logged_in(&mut self, user: &str) -> Done {
         {
             let mut logins = self.shared.logins.lock().unwrap_or_else(|p| p.into_inner());
             let n = logins.entry(user.to_string()).or_default();
@@ -1202,13 +1015,6 @@ impl Session {
         self.frag = self.framer();
         self.last_command = self.now;
         Ok(format!("[CAPABILITY {}] logged in", self.capabilities()))
-    }
-
-    fn login_plain(&mut self, tag: &str, message: &[u8]) {
-        match crate::auth::parse_plain(message) {
-            Some((user, password)) => self.login(tag, &user, &password),
-            None => self.finish(tag, Err(Fail::Bad("malformed PLAIN message".into()))),
-        }
     }
 
     pub(crate) fn account_name(&self) -> &str {
@@ -1270,399 +1076,6 @@ impl Session {
             return Some(INBOX);
         }
         reader.names().tree.by_name.get(name.trim_end_matches(DELIMITER)).copied()
-    }
-
-    /// CREATE, with CREATE-SPECIAL-USE's `(USE (…))` attributes if given
-    /// (RFC 6154 §3): answered `[MAILBOXID (…)]` (RFC 8474 §4.1).
-    fn create(&mut self, name: &str, special_use: Option<&[String]>) -> Done {
-        let name = name.trim_end_matches(DELIMITER);
-        // RFC 6154 §3: a use that cannot be given refuses the CREATE (NO
-        // [USEATTR]) and creates nothing.
-        let special_use = match special_use.unwrap_or_default() {
-            [] => None,
-            [one] => match starling_model::account::SpecialUse::parse(one) {
-                // Virtual mailboxes (every message, every flagged one) are
-                // not kept: a plain mailbox must not claim to be one.
-                Some(starling_model::account::SpecialUse::All | starling_model::account::SpecialUse::Flagged) => {
-                    return Err(Fail::No("[USEATTR] \\All and \\Flagged mailboxes are not supported".into()))
-                }
-                Some(u) => Some(u),
-                None => return Err(Fail::No("[USEATTR] unknown special-use attribute".into())),
-            },
-            _ => return Err(Fail::No("[USEATTR] a mailbox has at most one special use here".into())),
-        };
-        let reader = self.reader()?;
-        if Self::resolve(&reader, name).is_some() {
-            return Err(Fail::No("[ALREADYEXISTS] mailbox exists".into()));
-        }
-        let segments: Vec<&str> = name.split(DELIMITER).collect();
-        if segments.iter().any(|s| s.is_empty()) {
-            return Err(Fail::Bad("invalid mailbox name".into()));
-        }
-        let existing: Vec<Option<MailboxId>> =
-            (1..=segments.len()).map(|n| Self::resolve(&reader, &segments[..n].join("/"))).collect();
-        drop(reader);
-        let last = segments.len() - 1;
-        let id = self.write(|b| {
-            let mut parent = None;
-            for (i, (seg, have)) in segments.iter().zip(existing).enumerate() {
-                let using = if i == last { special_use } else { None };
-                parent = Some(match have {
-                    Some(id) => id,
-                    None => b.replica().create_mailbox(seg, parent, using)?,
-                });
-            }
-            Ok(parent.expect("a name has a segment"))
-        })?;
-        let validity = self.reader()?.status(id)?.uid_validity;
-        Ok(format!("[MAILBOXID ({})] CREATE completed", crate::objectid::mailbox_id(id, validity)))
-    }
-
-    fn delete(&mut self, name: &str) -> Done {
-        let reader = self.reader()?;
-        let Some(id) = Self::resolve(&reader, name) else {
-            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
-        };
-        if id == INBOX {
-            return Err(Fail::No("[CANNOT] INBOX cannot be deleted".into()));
-        }
-        let prefix = format!("{}{DELIMITER}", name.trim_end_matches(DELIMITER));
-        if reader.names().tree.by_name.keys().any(|n| n.starts_with(&prefix)) {
-            return Err(Fail::No("[INUSE] mailbox has children; delete them first".into()));
-        }
-        drop(reader);
-        if self.selected.as_ref().is_some_and(|s| s.id == id) {
-            self.selected = None;
-        }
-        self.write(|b| Ok(b.replica().delete_mailbox(id)?))?;
-        Ok("DELETE completed".into())
-    }
-
-    fn rename(&mut self, from: &str, to: &str) -> Done {
-        let to = to.trim_end_matches(DELIMITER);
-        let reader = self.reader()?;
-        let Some(id) = Self::resolve(&reader, from) else {
-            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
-        };
-        if Self::resolve(&reader, to).is_some() {
-            return Err(Fail::No("[ALREADYEXISTS] target mailbox exists".into()));
-        }
-        let (parent_name, leaf) = match to.rfind(DELIMITER) {
-            Some(i) => (Some(&to[..i]), &to[i + 1..]),
-            None => (None, to),
-        };
-        if leaf.is_empty() {
-            return Err(Fail::Bad("invalid mailbox name".into()));
-        }
-        let parent = parent_name.map(|p| Self::resolve(&reader, p));
-        if let Some(None) = parent {
-            // Create the missing parents first, as CREATE would.
-            drop(reader);
-            self.create(parent_name.expect("some"), None)?;
-            return self.rename(from, to);
-        }
-        let parent = parent.flatten();
-        if id == INBOX {
-            // RENAME INBOX moves its messages to a new mailbox; INBOX stays.
-            let messages: Vec<_> = reader.messages(INBOX, 1, usize::MAX)?.into_iter().map(|m| m.message).collect();
-            drop(reader);
-            self.write(|b| {
-                let new = b.replica().create_mailbox(leaf, parent, None)?;
-                for m in messages {
-                    b.replica().move_message(m, new)?;
-                }
-                Ok(())
-            })?;
-        } else {
-            drop(reader);
-            self.write(|b| Ok(b.replica().rename_mailbox(id, leaf, parent)?))?;
-        }
-        Ok("RENAME completed".into())
-    }
-
-    fn subscribe(&mut self, name: &str, on: bool) -> Done {
-        let reader = self.reader()?;
-        let mut ids: Vec<MailboxId> = Self::resolve(&reader, name).into_iter().collect();
-        if !on {
-            // The subscription of a deleted mailbox outlives it (RFC 9051
-            // §6.3.9): UNSUBSCRIBE removes it by name.
-            let tree = &reader.names().tree;
-            let name = name.trim_end_matches(DELIMITER);
-            ids.extend(
-                tree.entries
-                    .values()
-                    .filter(|e| e.deleted && e.subscribed && full_name(tree, e.id).as_deref() == Some(name))
-                    .map(|e| e.id),
-            );
-        }
-        drop(reader);
-        if ids.is_empty() {
-            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
-        }
-        self.write(|b| {
-            for id in ids {
-                b.replica().subscribe(id, on)?;
-            }
-            Ok(())
-        })?;
-        Ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }.into())
-    }
-
-    /// LIST and LSUB: every mailbox whose name matches one of `patterns`
-    /// (RFC 5258 §3 allows several), once.
-    fn list(
-        &mut self,
-        reference: &str,
-        patterns: &[String],
-        selection: &[String],
-        ret: &ListReturn,
-        lsub: bool,
-    ) -> Done {
-        let verb = if lsub { "LSUB" } else { "LIST" };
-        // (The client's bytes are not echoed: they may hold anything.)
-        if selection.iter().any(|o| !LIST_SELECTION.contains(&o.as_str())) {
-            return Err(Fail::Bad("unknown LIST selection option".into()));
-        }
-        if selection.iter().any(|o| o == "RECURSIVEMATCH") && !selection.iter().any(|o| o == "SUBSCRIBED") {
-            return Err(Fail::Bad("RECURSIVEMATCH needs another selection option (RFC 5258 section 3)".into()));
-        }
-        if !ret.unknown.is_empty() {
-            return Err(Fail::Bad("unknown LIST return option".into()));
-        }
-        if patterns.iter().all(|p| p.is_empty()) {
-            self.untagged(&format!("{verb} (\\Noselect) \"{DELIMITER}\" \"\""));
-            return Ok(format!("{verb} completed"));
-        }
-        let subscribed_only = selection.iter().any(|s| s == "SUBSCRIBED");
-        let special_only = selection.iter().any(|s| s == "SPECIAL-USE");
-        let full: Vec<String> = patterns.iter().filter(|p| !p.is_empty()).map(|p| format!("{reference}{p}")).collect();
-        // Patterns are in the client's encoding: matched against names as
-        // it sees them (a UTF-8 pattern's `*` may end inside a character
-        // that modified UTF-7 would have put in one base64 run).
-        let utf8 = self.utf8_names();
-        let matches = |name: &str| {
-            let name = &*crate::mutf7::shown(utf8, name);
-            full.iter().any(|f| {
-                if name == "INBOX" {
-                    list_match(&f.to_ascii_uppercase(), name)
-                } else {
-                    list_match(f, name)
-                }
-            })
-        };
-        let recursive = selection.iter().any(|s| s == "RECURSIVEMATCH");
-        let reader = self.reader()?;
-        let tree = &reader.names().tree;
-        // Subscriptions are by name: a deleted mailbox's stays (RFC 9051
-        // §6.3.9), and counts for a mailbox created again with its name.
-        let ghosts: BTreeSet<String> = tree
-            .entries
-            .values()
-            .filter(|e| e.deleted && e.subscribed)
-            .filter_map(|e| full_name(tree, e.id))
-            .filter(|n| tree.by_name.get(n).is_none_or(|id| tree.entries.get(id).is_some_and(|e| !e.subscribed)))
-            .collect();
-        let subscribed: BTreeSet<&str> = tree
-            .by_name
-            .iter()
-            .filter(|(_, id)| tree.entries.get(id).is_some_and(|e| e.subscribed))
-            .map(|(n, _)| n.as_str())
-            .chain(ghosts.iter().map(|n| n.as_str()))
-            .collect();
-        // RECURSIVEMATCH: a name with a subscribed mailbox below it gets
-        // CHILDINFO (RFC 5258 §3.5).
-        let childinfo = |name: &str| {
-            let prefix = format!("{name}{DELIMITER}");
-            recursive && subscribed.range(prefix.as_str()..).next().is_some_and(|n| n.starts_with(&prefix))
-        };
-        const CHILDINFO: &[u8] = b" (\"CHILDINFO\" (\"SUBSCRIBED\"))";
-        let mut lines = Vec::new();
-        // LSUB with `%`: the matching parent of a subscribed mailbox that
-        // does not match itself is listed \Noselect (RFC 3501 §6.3.9).
-        let mut parents = BTreeSet::new();
-        for (name, id) in &tree.by_name {
-            let Some(entry) = tree.entries.get(id) else { continue };
-            let is_subscribed = subscribed.contains(name.as_str());
-            if !matches(name) {
-                if lsub && is_subscribed {
-                    let mut at = name.len();
-                    while let Some(cut) = name[..at].rfind(DELIMITER) {
-                        let parent = &name[..cut];
-                        if matches(parent) {
-                            parents.insert(parent.to_string());
-                            break;
-                        }
-                        at = cut;
-                    }
-                }
-                continue;
-            }
-            let child_subscribed = childinfo(name);
-            if (subscribed_only && !is_subscribed && !child_subscribed) || (special_only && entry.special_use.is_none())
-            {
-                continue;
-            }
-            let prefix = format!("{name}{DELIMITER}");
-            let children = tree.by_name.range(prefix.clone()..).next().is_some_and(|(n, _)| n.starts_with(&prefix));
-            let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
-            if is_subscribed && (subscribed_only || ret.subscribed) && !lsub {
-                attrs.push("\\Subscribed");
-            }
-            if let Some(u) = entry.special_use {
-                attrs.push(u.as_str());
-            }
-            let mut encoded = Vec::new();
-            name_wire(utf8, &mut encoded, name);
-            let mut line = format!("{verb} ({}) \"{DELIMITER}\" ", attrs.join(" ")).into_bytes();
-            line.extend_from_slice(&encoded);
-            if child_subscribed {
-                line.extend_from_slice(CHILDINFO);
-            }
-            lines.push((line, Some(*id), String::from_utf8_lossy(&encoded).into_owned()));
-        }
-        if subscribed_only {
-            // Names without a mailbox: subscriptions that outlived their
-            // mailbox, and with RECURSIVEMATCH the missing parents of
-            // subscribed names.
-            let mut missing: BTreeSet<&str> = ghosts.iter().map(|n| n.as_str()).collect();
-            if recursive {
-                for n in &subscribed {
-                    missing.extend(n.match_indices(DELIMITER).map(|(i, _)| &n[..i]));
-                }
-            }
-            for name in missing {
-                if tree.by_name.contains_key(name) || !matches(name) {
-                    continue;
-                }
-                let is_subscribed = ghosts.contains(name);
-                let child_subscribed = childinfo(name);
-                if !is_subscribed && !child_subscribed {
-                    continue;
-                }
-                let attrs = match (lsub, is_subscribed) {
-                    (true, _) => "\\Noselect",
-                    (false, true) => "\\NonExistent \\Subscribed",
-                    (false, false) => "\\NonExistent",
-                };
-                let mut line = format!("{verb} ({attrs}) \"{DELIMITER}\" ").into_bytes();
-                name_wire(utf8, &mut line, name);
-                if child_subscribed {
-                    line.extend_from_slice(CHILDINFO);
-                }
-                parents.remove(name);
-                lines.push((line, None, String::new()));
-            }
-        }
-        for parent in parents {
-            let subscribed = subscribed.contains(parent.as_str());
-            if subscribed {
-                continue; // listed above
-            }
-            let mut encoded = Vec::new();
-            name_wire(utf8, &mut encoded, &parent);
-            let mut line = format!("{verb} (\\Noselect) \"{DELIMITER}\" ").into_bytes();
-            line.extend_from_slice(&encoded);
-            lines.push((line, None, String::new()));
-        }
-        drop(reader);
-        for (line, id, name) in lines {
-            self.out.extend_from_slice(b"* ");
-            self.out.extend_from_slice(&line);
-            self.out.extend_from_slice(b"\r\n");
-            if let (Some(items), Some(id)) = (&ret.status, id) {
-                let extra: Vec<StatusExtra> = items
-                    .iter()
-                    .filter_map(|i| match i.as_str() {
-                        "MAILBOXID" => Some(StatusExtra::MailboxId),
-                        "APPENDLIMIT" => Some(StatusExtra::AppendLimit),
-                        _ => None,
-                    })
-                    .collect();
-                let items: Vec<StatusDataItemName> = items.iter().filter_map(|i| status_item(i)).collect();
-                self.status_lines(id, &name, &items, &extra)?;
-            }
-        }
-        Ok(format!("{verb} completed"))
-    }
-
-    fn status_command(&mut self, name: &str, items: &[StatusDataItemName], extra: &[StatusExtra]) -> Done {
-        let reader = self.reader()?;
-        let Some(id) = Self::resolve(&reader, name) else {
-            return Err(Fail::No("[NONEXISTENT] no such mailbox".into()));
-        };
-        drop(reader);
-        let mut quoted = Vec::new();
-        self.wire_name(&mut quoted, name);
-        self.status_lines(id, &String::from_utf8_lossy(&quoted), items, extra)?;
-        Ok("STATUS completed".into())
-    }
-
-    /// `* STATUS name (…)` for a mailbox; `name` is already in IMAP syntax.
-    pub(crate) fn status_lines(
-        &mut self,
-        id: MailboxId,
-        name: &str,
-        items: &[StatusDataItemName],
-        extra: &[StatusExtra],
-    ) -> Result<(), Fail> {
-        self.recent_floor(id, None)?;
-        if items.contains(&StatusDataItemName::UidNext) {
-            self.announce(id)?;
-        }
-        let reader = self.reader()?;
-        let status = reader.status(id)?;
-        let mut all = None;
-        let mut count = |k: starling_model::Keyword, want: bool| -> Result<usize, StoreError> {
-            if all.is_none() {
-                all = Some(reader.messages(id, 1, usize::MAX)?);
-            }
-            Ok(all.iter().flatten().filter(|m| m.flags.contains(&k) == want).count())
-        };
-        let mut parts = Vec::new();
-        for item in items {
-            let part = match item {
-                StatusDataItemName::Messages => format!("MESSAGES {}", status.messages),
-                StatusDataItemName::Recent => {
-                    let floor = self.recent_floor(id, None)?;
-                    format!("RECENT {}", reader.messages(id, floor, usize::MAX)?.len())
-                }
-                StatusDataItemName::UidNext => format!("UIDNEXT {}", status.uid_next),
-                StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", status.uid_validity),
-                StatusDataItemName::Unseen => format!("UNSEEN {}", count(starling_model::Keyword::Seen, false)?),
-                StatusDataItemName::Deleted => format!("DELETED {}", count(starling_model::Keyword::Deleted, true)?),
-                StatusDataItemName::DeletedStorage => {
-                    // RFC 9208 §4.3: what EXPUNGE would free, in STORAGE's
-                    // unit (KiB, rounded up): the \Deleted messages' sizes.
-                    let mut size = 0u64;
-                    for m in reader.messages(id, 1, usize::MAX)? {
-                        if m.flags.contains(&starling_model::Keyword::Deleted) {
-                            size += reader.envelope(m.message)?.map_or(0, |e| e.size);
-                        }
-                    }
-                    format!("DELETED-STORAGE {}", size.div_ceil(1024))
-                }
-                StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", status.highest_modseq.max(1)),
-                StatusDataItemName::Size => {
-                    // RFC 8438: the sum of the messages' RFC822.SIZE.
-                    let mut size = 0u64;
-                    for m in reader.messages(id, 1, usize::MAX)? {
-                        size += reader.envelope(m.message)?.map_or(0, |e| e.size);
-                    }
-                    format!("SIZE {size}")
-                }
-            };
-            parts.push(part);
-        }
-        for item in extra {
-            parts.push(match item {
-                StatusExtra::MailboxId => {
-                    format!("MAILBOXID ({})", crate::objectid::mailbox_id(id, status.uid_validity))
-                }
-                StatusExtra::AppendLimit => format!("APPENDLIMIT {}", self.append_limit()),
-            });
-        }
-        self.untagged(&format!("STATUS {name} ({})", parts.join(" ")));
-        Ok(())
     }
 
     /// The \Recent floor of a mailbox (see [`Shared`]); `claim` moves it
@@ -1766,21 +1179,6 @@ pub(crate) fn full_name(tree: &starling_model::MailboxTree, id: MailboxId) -> Op
     Some(parts.join(&DELIMITER.to_string()))
 }
 
-/// A mailbox name's bytes as the client wrote them (INBOX normalised).
-fn mailbox_bytes<'a>(m: &'a Mailbox<'_>) -> &'a [u8] {
-    match m {
-        Mailbox::Inbox => b"INBOX",
-        Mailbox::Other(o) => o.as_ref(),
-    }
-}
-
-fn list_pattern<'a>(m: &'a ListMailbox<'_>) -> &'a [u8] {
-    match m {
-        ListMailbox::Token(t) => t.as_ref(),
-        ListMailbox::String(s) => s.as_ref(),
-    }
-}
-
 /// Longest mailbox name (or LIST pattern) a command may give, in bytes,
 /// as written and in the stored form: `NO [LIMIT]` past it. (Each level
 /// of a stored name is held to the model's
@@ -1869,74 +1267,5 @@ impl Session {
             )));
         }
         Ok(stored)
-    }
-
-    /// A LIST reference or pattern as text to match shown names against:
-    /// from a UTF-8 client valid UTF-8 (in NFC).
-    fn client_text(&self, raw: &[u8]) -> Result<String, Fail> {
-        use unicode_normalization::UnicodeNormalization;
-        if raw.len() > NAME_BYTES_MAX {
-            return Err(Fail::No(format!("[LIMIT] mailbox pattern longer than {NAME_BYTES_MAX} bytes")));
-        }
-        if self.utf8_names() {
-            let text = std::str::from_utf8(raw).map_err(|_| Fail::Bad("mailbox pattern is not valid UTF-8".into()))?;
-            Ok(text.nfc().collect())
-        } else {
-            Ok(String::from_utf8_lossy(raw).into_owned())
-        }
-    }
-}
-
-fn status_item(name: &str) -> Option<StatusDataItemName> {
-    Some(match name {
-        "MESSAGES" => StatusDataItemName::Messages,
-        "RECENT" => StatusDataItemName::Recent,
-        "UIDNEXT" => StatusDataItemName::UidNext,
-        "UIDVALIDITY" => StatusDataItemName::UidValidity,
-        "UNSEEN" => StatusDataItemName::Unseen,
-        "DELETED" => StatusDataItemName::Deleted,
-        "DELETED-STORAGE" => StatusDataItemName::DeletedStorage,
-        "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
-        "SIZE" => StatusDataItemName::Size,
-        _ => return None,
-    })
-}
-
-/// LIST selection options known here (RFC 5258, RFC 6154); any other is BAD.
-const LIST_SELECTION: [&str; 4] = ["SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"];
-
-/// LIST pattern matching: `*` matches anything, `%` anything but the
-/// hierarchy delimiter.
-pub(crate) fn list_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some(b'*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
-            Some(b'%') => {
-                (0..=n.len()).take_while(|&i| i == 0 || n[i - 1] != DELIMITER as u8).any(|i| go(&p[1..], &n[i..]))
-            }
-            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
-        }
-    }
-    // Patterns are short; bound the backtracking by refusing absurd ones.
-    pattern.len() <= 1024
-        && pattern.bytes().filter(|b| matches!(b, b'*' | b'%')).count() <= 16
-        && go(pattern.as_bytes(), name.as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::list_match;
-
-    #[test]
-    fn list_patterns() {
-        assert!(list_match("*", "a/b"));
-        assert!(list_match("%", "a"));
-        assert!(!list_match("%", "a/b"));
-        assert!(list_match("a/%", "a/b"));
-        assert!(!list_match("a/%", "a/b/c"));
-        assert!(list_match("a*", "a/b/c"));
-        assert!(!list_match("b*", "a/b"));
-        assert!(list_match("INBOX", "INBOX"));
     }
 }

@@ -8,9 +8,9 @@
 //! only builds its bytes. Any URL that names nothing gets
 //! `NO [BADURL url]`, a message past APPENDLIMIT `NO [TOOBIG]`.
 
+use crate::command::fetch::load_body;
 use crate::extended::{CatPart, Catenate, CATENATE_PARTS_MAX};
 use crate::mime;
-use crate::selected::load_body;
 use crate::session::{Fail, Session};
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;

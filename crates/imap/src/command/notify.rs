@@ -37,8 +37,8 @@
 //! STATUS whose initial STATUS responses would pass the bound is refused
 //! `NO [NOTIFICATIONOVERFLOW]` (§3.1).
 
+use crate::command::fetch::FetchExtras;
 use crate::extended::FetchExtra;
-use crate::selected::FetchExtras;
 use crate::session::{full_name, name_wire, Session};
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;

@@ -10,8 +10,9 @@
 //! Strings are compared with i;ascii-casemap (RFC 5256 §2.3: ASCII letters
 //! upper-cased, then octet by octet).
 
+use crate::command::fetch::load_body;
+use crate::command::search::uses_modseq;
 use crate::returns::Returns;
-use crate::selected::{load_body, uses_modseq};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::search::SearchKey;
