@@ -33,7 +33,12 @@
 //! a message in a sorted result). A context that would have to remember
 //! more stops updating, `* NO [NOUPDATE "tag"]` (§4.3.1), rather than let
 //! its positions go stale. The bodies are looked for at each update (one
-//! sort-keys lookup each, not a read of the body).
+//! sort-keys lookup each, not a read of the body). A SEARCH context
+//! likewise remembers the messages whose answer needed a body that was not
+//! here (a header or body key: tested as an empty message), within the
+//! same bound, and tests each again when its body arrives: `ADDTO` if it
+//! matches now, `REMOVEFROM` if it no longer does. (A SORT context's
+//! search keys are not tested again on arrival; only its order is.)
 //!
 //! Order of output: a REMOVEFROM for expunged messages comes before the
 //! EXPUNGE (or VANISHED) it is about, while their sequence numbers still
@@ -41,7 +46,7 @@
 //! (§4.3.3, §4.3.4). A SEARCH context's updates are in mailbox order at
 //! position 0; a SORT context's at their positions in sort order.
 
-use crate::command::search::matches_all;
+use crate::command::search::matches_noting_absent;
 use crate::command::sort::{sort_order, wanted, Facts};
 use crate::extended::{SearchExtra, SAVED};
 use crate::selected::{ranges_string, set_string, Selected};
@@ -80,8 +85,9 @@ pub(crate) struct Context {
     members: Vec<u32>,
     /// SORT: the result's UIDs in sort order (empty for a SEARCH).
     order: Vec<u32>,
-    /// SORT: members placed without their body (UID, body), ascending
-    /// UIDs; at most [`AWAITING_MAX`].
+    /// SORT: members placed without their body; SEARCH: messages whose
+    /// answer needed a body not here. (UID, body), ascending UIDs; at most
+    /// [`AWAITING_MAX`].
     awaiting: Vec<(u32, BlobId)>,
 }
 
@@ -222,6 +228,14 @@ impl Context {
         Some(format!("ADDTO ({})", pairs.join(" ")))
     }
 
+    /// Remembers that `uid` was tested without its body (SEARCH; a SORT
+    /// context's are noted where it places them): kept in UID order, once.
+    fn await_body(&mut self, uid: u32, blob: BlobId) {
+        if let Err(at) = self.awaiting.binary_search_by_key(&uid, |&(u, _)| u) {
+            self.awaiting.insert(at, (uid, blob));
+        }
+    }
+
     /// `* ESEARCH (TAG "t") [UID]` and the data items (none: no line).
     fn line(&self, items: &[String]) -> Option<String> {
         (!items.is_empty()).then(|| {
@@ -257,6 +271,10 @@ pub(crate) fn expunged(sel: &mut Selected, gone: &[u32]) -> Vec<String> {
     let mut gone = gone.to_vec();
     gone.sort_unstable();
     let mut contexts = std::mem::take(&mut sel.contexts);
+    for c in &mut contexts {
+        // Awaited bodies of messages gone from the view, in the result or not.
+        c.awaiting.retain(|(u, _)| gone.binary_search(u).is_err());
+    }
     let lines = contexts.iter_mut().filter_map(|c| c.remove(sel, &gone).and_then(|i| c.line(&[i]))).collect();
     sel.contexts = contexts;
     lines
@@ -341,7 +359,10 @@ impl Session {
                     continue;
                 }
                 last = Some(m.uid);
-                let now = matches_all(&reader, sel, &c.extra, m, &c.keys);
+                let (now, absent) = matches_noting_absent(&reader, sel, &c.extra, m, &c.keys);
+                if let (None, Some(blob)) = (&c.sort, absent) {
+                    c.await_body(m.uid, blob);
+                }
                 match (now, c.members.binary_search(&m.uid).is_ok()) {
                     (true, false) => added.push(m),
                     (false, true) => removed.push(m.uid),
@@ -384,6 +405,30 @@ impl Session {
                 continue;
             }
             c.awaiting.retain(|(u, _)| arrived.binary_search(u).is_err());
+            if c.sort.is_none() {
+                // SEARCH: tested again, now with the body.
+                let ranges: Vec<(u32, u32)> =
+                    arrived.iter().filter(|&&u| sel.seq_of(u).is_some()).map(|&u| (u, u)).collect();
+                let mut infos = reader.messages_in(sel.id, &ranges)?;
+                infos.sort_by_key(|m| m.uid);
+                infos.dedup_by_key(|m| m.uid);
+                let (mut added, mut removed) = (Vec::new(), Vec::new());
+                for m in &infos {
+                    let (now, absent) = matches_noting_absent(&reader, sel, &c.extra, m, &c.keys);
+                    if let Some(blob) = absent {
+                        c.await_body(m.uid, blob);
+                    }
+                    match (now, c.members.binary_search(&m.uid).is_ok()) {
+                        (true, false) => added.push(m),
+                        (false, true) => removed.push(m.uid),
+                        _ => {}
+                    }
+                }
+                let items: Vec<String> =
+                    c.remove(sel, &removed).into_iter().chain(c.add(&reader, sel, &added)).collect();
+                lines.extend(c.line(&items));
+                continue;
+            }
             let ranges: Vec<(u32, u32)> = arrived
                 .iter()
                 .filter(|&&u| c.members.binary_search(&u).is_ok() && sel.seq_of(u).is_some())

@@ -261,4 +261,110 @@ mod sort_bodies {
         assert!(out.contains("* ESEARCH (TAG \"u2\") UID REMOVEFROM (") && out.contains("ADDTO ("), "{out}");
         assert!(!out.contains("\"u1\"") && !out.contains("\"u3\""), "{out}");
     }
+
+    /// Applies an updating SEARCH's `ADDTO (0 uids)` / `REMOVEFROM (0
+    /// uids)` lines of `tag` to `result` (ascending UIDs): a REMOVEFROM
+    /// must name UIDs in it, an ADDTO UIDs not in it.
+    fn apply_search(result: &mut Vec<u32>, out: &str, tag: &str) {
+        let prefix = format!("* ESEARCH (TAG \"{tag}\") UID ");
+        for line in out.lines().filter_map(|l| l.trim_end().strip_prefix(&prefix)) {
+            for item in line.split(')').map(str::trim).filter(|i| !i.is_empty()) {
+                let (verb, set) = item.split_once(" (0 ").unwrap_or_else(|| panic!("{line}"));
+                for u in set.split(',').map(|u| u.parse::<u32>().unwrap()) {
+                    let at = result.binary_search(&u);
+                    match (verb, at) {
+                        ("ADDTO", Err(i)) => result.insert(i, u),
+                        ("REMOVEFROM", Ok(i)) => {
+                            result.remove(i);
+                        }
+                        _ => panic!("{verb} {u} on {result:?}: {line}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `* ESEARCH … UID ALL` UIDs of a fresh UID SEARCH (none: empty).
+    fn fresh_search(c: &mut Client, keys: &str) -> Vec<u32> {
+        let out = c.ok(&format!("f UID SEARCH RETURN (ALL) {keys}"));
+        let line = out.lines().find(|l| l.starts_with("* ESEARCH")).unwrap();
+        let Some((_, set)) = line.trim_end().split_once(" ALL ") else { return Vec::new() };
+        let mut uids = Vec::new();
+        for part in set.split(',') {
+            match part.split_once(':') {
+                Some((a, b)) => uids.extend(a.parse::<u32>().unwrap()..=b.parse().unwrap()),
+                None => uids.push(part.parse().unwrap()),
+            }
+        }
+        uids
+    }
+
+    /// A partial replica: an updating SEARCH with a header key tests a
+    /// message whose body is not here as an empty one; when the body
+    /// arrives the message is tested again: ADDTO if it matches now,
+    /// REMOVEFROM if it no longer does, and the client's copy equals a
+    /// fresh SEARCH each time.
+    #[test]
+    fn an_updating_search_tests_a_message_again_when_its_body_arrives() {
+        let there = server_on(ReplicaId(8), Config::default());
+        let here = server_on(ReplicaId(7), Config::default());
+        let mut t = Client::login(&there);
+        let raws: Vec<String> =
+            ["delta", "alpha", "charlie", "alpha two"].iter().enumerate().map(|(n, s)| message(s, n)).collect();
+        for r in &raws {
+            t.append("INBOX", "", r);
+        }
+        ship(&there, &here);
+        let mut h = Client::login(&here);
+        h.ok("s SELECT INBOX");
+        let out = h.ok("u1 UID SEARCH RETURN (UPDATE) SUBJECT alpha");
+        assert!(!out.contains("NOUPDATE"), "{out}");
+        let out = h.ok("u2 UID SEARCH RETURN (UPDATE ALL) NOT SUBJECT alpha");
+        assert!(out.contains("* ESEARCH (TAG \"u2\") UID ALL 1:4"), "every header empty: {out}");
+        let (mut with, mut without) = (Vec::new(), vec![1, 2, 3, 4]);
+        for (i, k) in [1usize, 0, 3, 2].into_iter().enumerate() {
+            arrive(&here, &raws[k]);
+            let out = h.ok(&format!("n{i} NOOP"));
+            apply_search(&mut with, &out, "u1");
+            apply_search(&mut without, &out, "u2");
+            assert_eq!(with, fresh_search(&mut h, "SUBJECT alpha"), "after body {k}: {out}");
+            assert_eq!(without, fresh_search(&mut h, "NOT SUBJECT alpha"), "after body {k}: {out}");
+        }
+        assert_eq!((with, without), (vec![2, 4], vec![1, 3]));
+        assert!(!h.ok("z NOOP").contains("ESEARCH"), "nothing more to say");
+    }
+
+    /// At most AWAITING_MAX messages tested without their body per
+    /// updating SEARCH: one more is `NO [NOUPDATE]`; a search that needs
+    /// no body awaits nothing, whatever the number of bodies missing.
+    #[test]
+    fn an_updating_search_awaits_a_bounded_number_of_bodies() {
+        let there = server_on(ReplicaId(8), Config::default());
+        let here = server_on(ReplicaId(7), Config::default());
+        Client::login(&there);
+        there
+            .shared
+            .store
+            .write("alice", |b| {
+                for n in 0..=AWAITING_MAX {
+                    b.append(INBOX, message("s", n).as_bytes(), n as i64, vec![])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        ship(&there, &here);
+        let mut h = Client::login(&here);
+        h.ok("s SELECT INBOX");
+        let out = h.ok("u1 UID SEARCH RETURN (UPDATE) SUBJECT s");
+        assert!(out.contains("* NO [NOUPDATE \"u1\"]"), "one over the bound: {out}");
+        let out = h.ok("u2 UID SEARCH RETURN (UPDATE) UID 2:* SUBJECT s");
+        assert!(!out.contains("NOUPDATE"), "exactly the bound: {out}");
+        let out = h.ok("u3 UID SEARCH RETURN (UPDATE) UNSEEN");
+        assert!(!out.contains("NOUPDATE"), "no body needed: {out}");
+        // u2 follows: a body's arrival adds its message.
+        arrive(&here, &message("s", 7));
+        let out = h.ok("n NOOP");
+        assert!(out.contains("* ESEARCH (TAG \"u2\") UID ADDTO (0 8)"), "{out}");
+        assert!(!out.contains("\"u1\"") && !out.contains("\"u3\""), "{out}");
+    }
 }

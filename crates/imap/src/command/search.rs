@@ -4,9 +4,10 @@
 //!
 //! The matcher, shared with SORT, THREAD, CONTEXT and NOTIFY: whether a
 //! message matches a list of search keys ([`Session::matching`] over the
-//! selected mailbox, [`matches_all`] for one message, [`uses_modseq`]),
+//! selected mailbox, [`matches_noting_absent`] for one message, [`uses_modseq`]),
 //! below the SEARCH command.
 
+use crate::context::AWAITING_MAX;
 use crate::extended::SearchExtra;
 use crate::mime;
 use crate::returns::{Item, Returns};
@@ -15,7 +16,7 @@ use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use starling_model::backend::Envelope;
-use starling_model::Keyword;
+use starling_model::{BlobId, Keyword};
 use starling_store::{MessageInfo, Reader};
 
 impl Session {
@@ -28,12 +29,16 @@ impl Session {
         returns: Option<Vec<String>>,
     ) -> Done {
         let returns = returns.map(|r| Returns::parse(&r)).transpose()?;
-        if returns.as_ref().is_some_and(|r| r.update) {
+        let update = returns.as_ref().is_some_and(|r| r.update);
+        if update {
             self.update_tag_free(tag)?;
         }
+        // An updating search remembers the messages it tested without
+        // their body (a partial replica), to test them again when it comes.
+        let mut awaiting = Vec::new();
         let matched = charset.map_or(Ok(()), crate::command::sort::charset_ok).and_then(|()| {
             let reader = self.reader()?;
-            self.matching(&reader, criteria)
+            self.matching_awaiting(&reader, criteria, update.then_some(&mut awaiting))
         });
         // SEARCHRES (RFC 5182): SAVE keeps the result for `$`; a failed
         // SEARCH with SAVE leaves it empty.
@@ -48,9 +53,9 @@ impl Session {
             self.condstore_on();
         }
         let done = format!("{}SEARCH completed", if uid { "UID " } else { "" });
-        if returns.as_ref().is_some_and(|r| r.update) {
+        if update {
             let uids: Vec<u32> = matched.iter().map(|(_, m)| m.uid).collect();
-            self.start_update(tag, uid, None, criteria, uids, Vec::new());
+            self.start_update(tag, uid, None, criteria, uids, awaiting);
         }
         if returns.as_ref().is_some_and(|r| r.save && r.items.is_empty() && !r.update) {
             // SAVE alone: no answer but OK (RFC 5182 §2.4).
@@ -122,11 +127,29 @@ impl Session {
         reader: &Reader,
         criteria: &[SearchKey<'_>],
     ) -> Result<Vec<(u32, MessageInfo)>, Fail> {
+        self.matching_awaiting(reader, criteria, None)
+    }
+
+    /// [`Session::matching`], and into `awaiting` the messages whose
+    /// answer needed a body that is not here, as (UID, body) in UID order:
+    /// at most [`AWAITING_MAX`] + 1, enough to tell it is over the bound.
+    pub(crate) fn matching_awaiting(
+        &self,
+        reader: &Reader,
+        criteria: &[SearchKey<'_>],
+        mut awaiting: Option<&mut Vec<(u32, BlobId)>>,
+    ) -> Result<Vec<(u32, MessageInfo)>, Fail> {
         let sel = self.selected.as_ref().expect("selected");
         let mut out = Vec::new();
         for m in reader.messages(sel.id, 1, usize::MAX)? {
             let Some(i) = sel.seq_of(m.uid) else { continue };
-            if matches_all(reader, sel, &sel.search_extra, &m, criteria) {
+            let (hit, absent) = matches_noting_absent(reader, sel, &sel.search_extra, &m, criteria);
+            if let (Some(list), Some(blob)) = (awaiting.as_deref_mut(), absent) {
+                if list.len() <= AWAITING_MAX {
+                    list.push((m.uid, blob));
+                }
+            }
+            if hit {
                 out.push((i as u32 + 1, m));
             }
         }
@@ -134,18 +157,20 @@ impl Session {
     }
 }
 
-/// Whether one message matches every key; `extra` are the keys lifted off
-/// the command ([`crate::extended::EXTRA_KEY`]). The body is read only if
-/// a key needs it.
-pub(crate) fn matches_all(
+/// Whether one message matches every key (`extra`: the keys lifted off the
+/// command, [`crate::extended::EXTRA_KEY`]), and its body if the answer
+/// needed it and it is not here (a partial replica: it was tested as an
+/// empty message). The body is read only if a key needs it.
+pub(crate) fn matches_noting_absent(
     reader: &Reader,
     sel: &Selected,
     extra: &[SearchExtra],
     info: &MessageInfo,
     keys: &[SearchKey<'_>],
-) -> bool {
-    let mut c = Candidate { info, env: None, raw: None, reader, sel, extra };
-    keys.iter().all(|k| c.matches(k))
+) -> (bool, Option<BlobId>) {
+    let mut c = Candidate { info, env: None, raw: None, absent: None, reader, sel, extra };
+    let hit = keys.iter().all(|k| c.matches(k));
+    (hit, c.absent)
 }
 
 pub(crate) fn uses_modseq(k: &SearchKey<'_>) -> bool {
@@ -163,6 +188,8 @@ struct Candidate<'a> {
     info: &'a MessageInfo,
     env: Option<Option<Envelope>>,
     raw: Option<Vec<u8>>,
+    /// The body was needed and is not here.
+    absent: Option<BlobId>,
     reader: &'a Reader,
     sel: &'a Selected,
     extra: &'a [SearchExtra],
@@ -182,7 +209,14 @@ impl Candidate<'_> {
 
     fn raw(&mut self) -> &[u8] {
         if self.raw.is_none() {
-            let body = self.envelope().and_then(|e| self.reader.body(e.blob).ok());
+            let body = self.envelope().and_then(|e| match self.reader.body(e.blob) {
+                Ok(b) => Some(b),
+                Err(starling_store::StoreError::MissingBlob(_)) => {
+                    self.absent = Some(e.blob);
+                    None
+                }
+                Err(_) => None,
+            });
             self.raw = Some(body.unwrap_or_default());
         }
         self.raw.as_deref().unwrap_or_default()
