@@ -501,4 +501,8 @@ fn a_node_back_after_the_purge_learns_the_account_was_deleted() {
     settle(&mut nodes);
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[2].store().dump(ACCOUNT).unwrap());
     assert!(nodes[1].store().purged_by(ACCOUNT).is_empty());
+    // Told again once purged here too (a session that began before): nothing to do.
+    nodes[2].links.clear();
+    nodes[2].store().forget_account(ACCOUNT).unwrap();
+    assert!(!nodes[2].store().peer_purged(ACCOUNT, nodes[0].id).unwrap());
 }

@@ -144,13 +144,22 @@ impl Store {
     /// Takes the deletion here if the account is not deleted yet (an op,
     /// which goes on to this node's other peers); returns whether it did.
     pub fn peer_purged(&self, account: &str, peer: ReplicaId) -> Result<bool, StoreError> {
-        let number = self.account_number(account)?;
+        // Purged here too since the session began: nothing left to do.
+        let number = match self.account_number(account) {
+            Ok(n) => n,
+            Err(StoreError::NoSuchAccount(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         self.core.purged_by.lock().unwrap_or_else(PoisonError::into_inner).insert((number, peer));
         if self.is_deleted(account)? {
             return Ok(false);
         }
-        self.delete_account(account)?;
-        Ok(true)
+        match self.delete_account(account) {
+            Ok(()) => Ok(true),
+            // Forgotten meanwhile.
+            Err(StoreError::NoSuchAccount(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The peers that said they purged `account` as deleted since this
