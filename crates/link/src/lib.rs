@@ -53,6 +53,8 @@ pub struct Progress {
     /// A body read here was damaged: the caller has every link sweep for
     /// missing bodies, which fetches a good copy.
     pub bodies_damaged: bool,
+    /// Accounts the peer said it deleted and purged (its `Deleted`).
+    pub peer_purged: Vec<String>,
 }
 
 impl Progress {
@@ -66,6 +68,7 @@ impl Progress {
         self.new_messages |= later.new_messages;
         self.bodies_lacking |= later.bodies_lacking;
         self.bodies_damaged |= later.bodies_damaged;
+        self.peer_purged.extend(later.peer_purged);
         self
     }
 
@@ -97,6 +100,8 @@ pub struct PeerLink {
     cursors: std::collections::BTreeMap<String, BlobId>,
     /// Missing bodies read from the store per account at a time.
     want_page: usize,
+    /// Accounts authorized for the peer that this node deleted and purged.
+    purged: Vec<String>,
 }
 
 /// Missing bodies read from the store per account at a time: a link holds
@@ -130,9 +135,10 @@ impl PeerLink {
                 purged.push(a);
             }
         }
-        session.purged(purged);
+        session.purged(purged.iter().cloned());
         Ok(PeerLink {
             session,
+            purged,
             policy,
             accounts,
             sweep: false,
@@ -158,6 +164,12 @@ impl PeerLink {
     /// Accounts this link shares (authorized and present here).
     pub fn accounts(&self) -> &[String] {
         &self.accounts
+    }
+
+    /// Accounts authorized for the peer that this node deleted and purged:
+    /// the peer is told if it names one.
+    pub fn purged(&self) -> &[String] {
+        &self.purged
     }
 
     /// Whether the session ended.
@@ -521,8 +533,9 @@ impl PeerLink {
             Event::Deleted { account } => {
                 if let Some(peer) = s.peer() {
                     if store.peer_purged(&account, peer)? {
-                        progress.note(account);
+                        progress.note(account.clone());
                     }
+                    progress.peer_purged.push(account);
                 }
             }
             // A new connection: bodies asked on an earlier one that broke

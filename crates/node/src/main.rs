@@ -674,6 +674,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 let deleted = store.is_deleted(&a).map_err(|e| e.to_string())?;
                 println!("{a}{}", if deleted { " (deleted)" } else { "" });
             }
+            // Names kept only to tell peers (and never made again).
+            for (a, at_ms) in store.purged_names().map_err(|e| e.to_string())? {
+                let day =
+                    chrono::DateTime::from_timestamp_millis(at_ms as i64).map(|t| t.format("%Y-%m-%d").to_string());
+                println!("{a} (deleted, purged here {})", day.unwrap_or_default());
+            }
         }
         Command::Import { format: Format::Maildir { user, dir } } => {
             let store = open_store(&cli.data_dir)?;

@@ -843,6 +843,9 @@ pub(crate) async fn session(
         Ok(l) => l,
         Err(e) => return e.to_string(),
     };
+    if !link.purged().is_empty() {
+        tracing::debug!(peer = %peer.id, purged = ?link.purged(), "accounts deleted and purged here: told if the peer names them");
+    }
     // Reader tasks: frames arrive on a channel, so waiting is cancel-safe;
     // together they hold at most INBOUND_BYTES of frames. Bodies come on
     // unidirectional streams the peer opens (see the body writer below).
@@ -925,6 +928,9 @@ pub(crate) async fn session(
         }
         match std::mem::replace(&mut outcome, Ok(Progress::default())) {
             Ok(progress) => {
+                for account in &progress.peer_purged {
+                    tracing::info!(peer = %peer.id, account, "the peer deleted and purged the account: deletion taken here");
+                }
                 for account in progress.committed {
                     report(&store, &account, progress.new_messages);
                 }

@@ -671,6 +671,21 @@ impl Store {
         self.run(|db| purged(&redb::ReadableDatabase::begin_read(db).map_err(st)?, name))
     }
 
+    /// The accounts this node purged as deleted, with when (Unix ms), in
+    /// name order: one row per account ever deleted here.
+    pub fn purged_names(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.run(|db| {
+            let r = redb::ReadableDatabase::begin_read(db).map_err(st)?;
+            let Some(t) = table(&r, PURGED)? else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for item in t.iter().map_err(st)? {
+                let (k, v) = item.map_err(st)?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
     /// Whether this node has ever forgotten an account (a store whose
     /// accounts were all forgotten is not a fresh one).
     pub fn has_forgotten(&self) -> Result<bool, StoreError> {
