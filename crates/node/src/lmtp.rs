@@ -471,8 +471,9 @@ mod tests {
     /// deliveries): another task on the same runtime is still served at
     /// once, long before any delivery's wait ends. (When the store steps
     /// ran in `block_in_place` and the wait was a `block_on` there, each
-    /// waiting delivery held a thread, and the task ran only once a wait
-    /// ended.)
+    /// waiting delivery held a thread and its worker's core waited for a
+    /// blocking thread: the runtime wedged, its timers stopped, and the
+    /// task was not run within 60 s, though each wait was 4 s.)
     #[test]
     fn deliveries_waiting_for_peers_leave_the_runtime_free() {
         const WAIT: Duration = Duration::from_secs(4);
@@ -483,6 +484,9 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        // Not dropped if the test fails: dropping a runtime waits for its
+        // blocking threads, which a wedged runtime never frees.
+        let rt = std::mem::ManuallyDrop::new(rt);
         let dir = tempfile::tempdir().unwrap();
         let options = starling_store::StoreOptions::default();
         let store = Arc::new(Store::open(&dir.path().join("s.redb"), starling_model::ReplicaId(1), options).unwrap());
@@ -517,7 +521,7 @@ mod tests {
             "the probe ran {:?} after the first answer",
             probe.saturating_duration_since(first)
         );
-        drop(rt);
+        std::mem::ManuallyDrop::into_inner(rt).shutdown_timeout(Duration::from_secs(10));
     }
 
     /// The store pool's bound: with its one thread busy and its queue full,
