@@ -6,29 +6,44 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use starling_lmtp::{Backend, Limits, Session, OUTPUT_HIGH};
+use starling_lmtp::{Limits, NotDelivered, Session, Wants, OUTPUT_HIGH};
 
 #[derive(Default, PartialEq, Debug)]
 struct Log(Vec<(String, Vec<u8>)>);
 
-impl Backend for Log {
+impl Log {
     fn account(&mut self, address: &str) -> Option<String> {
         let local = address.split('@').next()?;
         ["alice", "bob"].contains(&local).then(|| local.to_string())
     }
-    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), String> {
+    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), NotDelivered> {
         if message.len() % 5 == 0 {
             return Err("try\r\nlater".into());
         }
         self.0.push((account.to_string(), message.to_vec()));
         Ok(())
     }
+    /// Answers what the session waits for, as a store would.
+    fn answer(&mut self, s: &mut Session) {
+        match s.wants() {
+            Wants::Read => {}
+            Wants::Account => {
+                let to = s.recipient().expect("a recipient").to_string();
+                s.found(self.account(&to));
+            }
+            Wants::Deliver => {
+                let d = s.take_delivery().expect("a delivery");
+                s.delivered(d.accounts.iter().map(|a| self.deliver(a, &d.message)).collect());
+            }
+        }
+    }
 }
 
 /// Feeds `input` in reads whose sizes come from `seed`; checks the bounds as
 /// it goes.
 fn run(input: &[u8], limits: Limits, mut seed: u32) -> (Vec<u8>, Log) {
-    let mut s = Session::new(Log::default(), limits);
+    let mut s = Session::new(limits);
+    let mut log = Log::default();
     let mut out = s.take_output();
     let mut pos = 0;
     while pos < input.len() && !s.is_closed() {
@@ -41,13 +56,13 @@ fn run(input: &[u8], limits: Limits, mut seed: u32) -> (Vec<u8>, Log) {
         let end = (pos + read).min(input.len());
         while pos < end && !s.is_closed() {
             pos += s.receive(&input[pos..end]);
+            log.answer(&mut s);
             assert!(s.buffered() <= limits.line_max + 1 + limits.message_max + 64, "held {}", s.buffered());
             let o = s.take_output();
             assert!(o.len() <= OUTPUT_HIGH + 1024, "output {}", o.len());
             out.extend(o);
         }
     }
-    let log = Log(s.backend().0.clone());
     (out, log)
 }
 

@@ -1,8 +1,9 @@
 //! LMTP (RFC 2033) as a state machine without I/O: bytes from the client go
-//! in, replies come out, and each accepted message is handed to a
-//! [`Backend`] once per recipient. No sockets, no clock, no store: the node
-//! drives it over TCP (and owns the timeouts), the fuzz target and the tests
-//! drive it directly.
+//! in, replies come out, and what needs the store (a recipient's account, a
+//! message to deliver) is asked of the driver ([`Wants`]) and answered back.
+//! No sockets, no clock, no store: the node drives it over TCP (owns the
+//! timeouts, runs the store work on a pool of its own), the fuzz target and
+//! the tests drive it directly.
 //!
 //! # Calling contract
 //!
@@ -10,11 +11,23 @@
 //! [`Session::take_output`] to the client; if [`Session::is_closed`], close;
 //! otherwise read some bytes and pass them to [`Session::receive`] until it
 //! has taken them all (it stops early once enough output is queued, so that
-//! a client pipelining without reading cannot grow it). The driver owns
-//! time: when the client stays silent too long it calls
-//! [`Session::timed_out`], which queues a `421` and closes.
-//! [`Session::commands`] and [`Session::in_data`] say whether a read made
-//! progress (a complete command, or DATA content) for a per-command timer.
+//! a client pipelining without reading cannot grow it, and whenever it
+//! waits for the store). After each [`Session::receive`], look at
+//! [`Session::wants`]:
+//!
+//! * [`Wants::Account`]: a `RCPT TO` needs its account. Look
+//!   [`Session::recipient`] up and answer with [`Session::found`], which
+//!   queues that command's reply.
+//! * [`Wants::Deliver`]: a message ended. Take it with
+//!   [`Session::take_delivery`], store it for each account, and answer
+//!   with [`Session::delivered`] (one result per account, in order), which
+//!   queues one reply per recipient (RFC 2033 §4.2).
+//!
+//! Until answered the session takes no input. The driver owns time: when
+//! the client stays silent too long it calls [`Session::timed_out`], which
+//! queues a `421` and closes. [`Session::commands`] and
+//! [`Session::in_data`] say whether a read made progress (a complete
+//! command, or DATA content) for a per-command timer.
 //!
 //! # End of data, bare LF (SMTP smuggling)
 //!
@@ -104,27 +117,42 @@ impl From<&str> for NotDelivered {
     }
 }
 
-/// Where the mail goes: what the session asks of the store.
-pub trait Backend {
-    /// The account receiving mail for `address` (a `RCPT TO` path), if any.
-    fn account(&mut self, address: &str) -> Option<String>;
-    /// Stores `message` for `account`: `Ok` only once it is durable (the
-    /// client is told `250` and will not retry), `Err` with a reason for a
-    /// temporary failure (`451`, the client retries).
-    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), NotDelivered>;
-    /// Stores `message` for each of `accounts` (one per accepted
-    /// recipient, in order) and answers for each as [`Backend::deliver`]
-    /// does. By default one delivery after another; a backend that waits
-    /// after storing (for peers to hold the message) waits once for all.
-    fn deliver_all(&mut self, accounts: &[&str], message: &[u8]) -> Vec<Result<(), NotDelivered>> {
-        accounts.iter().map(|a| self.deliver(a, message)).collect()
-    }
+/// What the session waits for before it takes more input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wants {
+    /// Input from the client (once the output is sent).
+    Read,
+    /// The account receiving mail for [`Session::recipient`]: answer with
+    /// [`Session::found`].
+    Account,
+    /// A message to store for its recipients' accounts
+    /// ([`Session::take_delivery`]): answer with [`Session::delivered`].
+    Deliver,
+}
+
+/// A message to deliver, taken from the session ([`Wants::Deliver`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The account of each accepted recipient, in `RCPT` order (an account
+    /// named by two recipients is there twice).
+    pub accounts: Vec<String>,
+    /// The message, `Return-Path` first, every line ended by CRLF.
+    pub message: Vec<u8>,
+}
+
+/// A store step the session waits for.
+#[derive(Debug)]
+enum Pending {
+    None,
+    /// A `RCPT TO` path waiting for its account.
+    Account(String),
+    /// A message waiting to be stored (taken once by the driver).
+    Deliver(Option<Delivery>),
 }
 
 /// One LMTP connection's state.
 #[derive(Debug)]
-pub struct Session<B> {
-    backend: B,
+pub struct Session {
     limits: Limits,
     greeted: bool,
     from: Option<String>,
@@ -135,13 +163,13 @@ pub struct Session<B> {
     out: Vec<u8>,
     closed: bool,
     commands: u64,
+    pending: Pending,
 }
 
-impl<B: Backend> Session<B> {
+impl Session {
     /// A session with its greeting queued.
-    pub fn new(backend: B, limits: Limits) -> Session<B> {
+    pub fn new(limits: Limits) -> Session {
         let mut s = Session {
-            backend,
             limits,
             greeted: false,
             from: None,
@@ -151,6 +179,7 @@ impl<B: Backend> Session<B> {
             out: Vec::new(),
             closed: false,
             commands: 0,
+            pending: Pending::None,
         };
         s.reply("220 starling LMTP ready");
         s
@@ -158,10 +187,11 @@ impl<B: Backend> Session<B> {
 
     /// Takes bytes from the client: how many it consumed. Fewer than given
     /// once [`OUTPUT_HIGH`] bytes of output wait (send them, then pass the
-    /// rest) or the session closed (the rest is ignored).
+    /// rest), while the session waits for the store ([`Session::wants`]:
+    /// answer, then pass the rest) or once it closed (the rest is ignored).
     pub fn receive(&mut self, input: &[u8]) -> usize {
         let mut pos = 0;
-        while pos < input.len() && !self.closed && self.out.len() < OUTPUT_HIGH {
+        while pos < input.len() && !self.closed && self.out.len() < OUTPUT_HIGH && self.wants() == Wants::Read {
             let rest = &input[pos..];
             if let Some(data) = &mut self.data {
                 let (n, ended) = data.feed(rest);
@@ -195,11 +225,80 @@ impl<B: Backend> Session<B> {
         std::mem::take(&mut self.out)
     }
 
+    /// What the session waits for: input, or an answer from the store.
+    pub fn wants(&self) -> Wants {
+        match self.pending {
+            Pending::None => Wants::Read,
+            Pending::Account(_) => Wants::Account,
+            Pending::Deliver(_) => Wants::Deliver,
+        }
+    }
+
+    /// The `RCPT TO` path to look up ([`Wants::Account`]).
+    pub fn recipient(&self) -> Option<&str> {
+        match &self.pending {
+            Pending::Account(to) => Some(to),
+            _ => None,
+        }
+    }
+
+    /// The answer to [`Wants::Account`]: the account receiving mail for
+    /// [`Session::recipient`], or `None` (no such user, or a deleted
+    /// account: `550`). Queues the command's reply; ignored when the
+    /// session was not waiting for an account.
+    pub fn found(&mut self, account: Option<String>) {
+        if !matches!(self.pending, Pending::Account(_)) {
+            return;
+        }
+        let Pending::Account(to) = std::mem::replace(&mut self.pending, Pending::None) else { return };
+        let reply = match account {
+            Some(account) => {
+                self.rcpts.push((to, account));
+                "250 2.1.5 OK".to_string()
+            }
+            None => format!("550 5.1.1 <{to}> no such user here"),
+        };
+        self.reply(&reply);
+    }
+
+    /// The message to store ([`Wants::Deliver`]); `None` once taken.
+    pub fn take_delivery(&mut self) -> Option<Delivery> {
+        match &mut self.pending {
+            Pending::Deliver(d) => d.take(),
+            _ => None,
+        }
+    }
+
+    /// The answer to [`Wants::Deliver`]: one result per account of the
+    /// [`Delivery`], in order. `Ok` only once the message is durable (the
+    /// client is told `250` and will not retry); an error is temporary
+    /// (`451`, or `452` over quota: the client retries). A result missing
+    /// is answered `451`. Queues one reply per recipient, in `RCPT` order
+    /// (RFC 2033 §4.2); ignored when the session was not waiting for it.
+    pub fn delivered(&mut self, results: Vec<Result<(), NotDelivered>>) {
+        if !matches!(self.pending, Pending::Deliver(_)) {
+            return;
+        }
+        self.pending = Pending::None;
+        let rcpts = std::mem::take(&mut self.rcpts);
+        let mut results = results.into_iter();
+        for (to, _) in &rcpts {
+            let reply = match results.next() {
+                Some(Ok(())) => format!("250 2.0.0 <{to}> delivered"),
+                Some(Err(NotDelivered::Failed(e))) => format!("451 4.3.0 <{to}> not delivered: {}", printable(&e)),
+                Some(Err(NotDelivered::OverQuota(e))) => format!("452 4.2.2 <{to}> over quota: {}", printable(&e)),
+                None => format!("451 4.3.0 <{to}> not delivered: no answer from the store"),
+            };
+            self.reply(&reply);
+        }
+    }
+
     /// The client was silent too long: queues `421` and closes. A message
     /// being received is dropped (nothing was acknowledged).
     pub fn timed_out(&mut self) {
         if !self.closed {
             self.data = None;
+            self.pending = Pending::None;
             self.reply("421 4.4.2 starling idle timeout, closing connection");
             self.closed = true;
         }
@@ -223,11 +322,6 @@ impl<B: Backend> Session<B> {
     /// Input bytes held: the command line or the message being received.
     pub fn buffered(&self) -> usize {
         self.line.buffered() + self.data.as_ref().map_or(0, |d| d.buffered())
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> &B {
-        &self.backend
     }
 
     fn reply(&mut self, text: &str) {
@@ -275,13 +369,11 @@ impl<B: Backend> Session<B> {
             "RCPT" if self.from.is_none() => "503 5.5.1 MAIL first".into(),
             "RCPT" if self.rcpts.len() >= self.limits.recipients_max => "452 4.5.3 too many recipients".into(),
             "RCPT" => match path(arg, "TO:") {
-                Some((to, _)) if !to.is_empty() => match self.backend.account(to) {
-                    Some(account) => {
-                        self.rcpts.push((to.to_string(), account));
-                        "250 2.1.5 OK".into()
-                    }
-                    None => format!("550 5.1.1 <{to}> no such user here"),
-                },
+                Some((to, _)) if !to.is_empty() => {
+                    // Answered once the driver looked it up ([`Session::found`]).
+                    self.pending = Pending::Account(to.to_string());
+                    return;
+                }
                 _ => "501 5.5.4 expected RCPT TO:<address>".into(),
             },
             "DATA" if self.from.is_none() => "503 5.5.1 MAIL first".into(),
@@ -308,27 +400,21 @@ impl<B: Backend> Session<B> {
         self.reply(&reply);
     }
 
-    /// One reply per accepted recipient, in RCPT order (RFC 2033 §4.2).
+    /// The message ended: handed to the driver to store
+    /// ([`Wants::Deliver`]), or, past the size limit, one `552` per
+    /// accepted recipient, in RCPT order (RFC 2033 §4.2).
     fn end_of_data(&mut self, message: Option<Vec<u8>>) {
-        let rcpts = std::mem::take(&mut self.rcpts);
         self.from = None;
-        let results = match &message {
-            None => Vec::new(),
-            Some(m) => {
-                let accounts: Vec<&str> = rcpts.iter().map(|(_, a)| a.as_str()).collect();
-                let results = self.backend.deliver_all(&accounts, m);
-                assert_eq!(results.len(), rcpts.len(), "one answer per recipient");
-                results
+        match message {
+            Some(message) => {
+                let accounts = self.rcpts.iter().map(|(_, a)| a.clone()).collect();
+                self.pending = Pending::Deliver(Some(Delivery { accounts, message }));
             }
-        };
-        for (i, (to, _)) in rcpts.iter().enumerate() {
-            let reply = match results.get(i) {
-                None => format!("552 5.3.4 <{to}> message larger than {} bytes", self.limits.message_max),
-                Some(Ok(())) => format!("250 2.0.0 <{to}> delivered"),
-                Some(Err(NotDelivered::Failed(e))) => format!("451 4.3.0 <{to}> not delivered: {}", printable(e)),
-                Some(Err(NotDelivered::OverQuota(e))) => format!("452 4.2.2 <{to}> over quota: {}", printable(e)),
-            };
-            self.reply(&reply);
+            None => {
+                for (to, _) in std::mem::take(&mut self.rcpts) {
+                    self.reply(&format!("552 5.3.4 <{to}> message larger than {} bytes", self.limits.message_max));
+                }
+            }
         }
     }
 }
@@ -376,7 +462,7 @@ mod tests {
         delivered: Vec<(String, Vec<u8>)>,
     }
 
-    impl Backend for Mailboxes {
+    impl Mailboxes {
         fn account(&mut self, address: &str) -> Option<String> {
             let local = address.split('@').next()?;
             ["alice", "bob"].contains(&local).then(|| local.to_string())
@@ -388,21 +474,104 @@ mod tests {
             self.delivered.push((account.to_string(), message.to_vec()));
             Ok(())
         }
+
+        /// Answers what the session waits for.
+        fn answer(&mut self, s: &mut Session) {
+            match s.wants() {
+                Wants::Read => {}
+                Wants::Account => {
+                    let to = s.recipient().unwrap().to_string();
+                    s.found(self.account(&to));
+                }
+                Wants::Deliver => {
+                    let d = s.take_delivery().unwrap();
+                    s.delivered(d.accounts.iter().map(|a| self.deliver(a, &d.message)).collect());
+                }
+            }
+        }
     }
 
-    fn session(limits: Limits) -> Session<Mailboxes> {
-        Session::new(Mailboxes::default(), limits)
+    fn session(limits: Limits) -> (Session, Mailboxes) {
+        (Session::new(limits), Mailboxes::default())
     }
 
-    fn talk(s: &mut Session<Mailboxes>, input: &[u8]) -> String {
+    fn talk((s, m): &mut (Session, Mailboxes), input: &[u8]) -> String {
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < input.len() && !s.is_closed() {
             pos += s.receive(&input[pos..]);
+            m.answer(s);
             out.extend(s.take_output());
         }
         out.extend(s.take_output());
         String::from_utf8(out).unwrap()
+    }
+
+    /// Pipelined commands stop at each store step: the rest of the input
+    /// waits (nothing taken) until it is answered, and the replies keep
+    /// the commands' order.
+    #[test]
+    fn the_session_waits_for_each_store_step_and_takes_no_input_meanwhile() {
+        let mut s = Session::new(Limits::default());
+        let input = b"LHLO x\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice@x>\r\nRCPT TO:<bob>\r\nDATA\r\nhi\r\n.\r\nNOOP\r\n";
+        let mut pos = s.receive(input);
+        assert_eq!(s.wants(), Wants::Account);
+        assert_eq!(s.recipient(), Some("alice@x"));
+        assert_eq!(&input[pos..pos + 13], b"RCPT TO:<bob>", "stopped after the first RCPT");
+        assert_eq!(s.receive(&input[pos..]), 0, "no input while waiting");
+        assert_eq!(s.take_delivery(), None);
+        s.delivered(vec![Ok(())]);
+        assert_eq!(s.wants(), Wants::Account, "a wrong answer is ignored");
+        s.found(Some("alice".into()));
+        pos += s.receive(&input[pos..]);
+        assert_eq!(s.recipient(), Some("bob"));
+        s.found(None);
+        pos += s.receive(&input[pos..]);
+        assert_eq!(s.wants(), Wants::Deliver);
+        assert_eq!(&input[pos..], b"NOOP\r\n");
+        let d = s.take_delivery().unwrap();
+        assert_eq!(d, Delivery { accounts: vec!["alice".into()], message: b"Return-Path: <s@x>\r\nhi\r\n".to_vec() });
+        assert_eq!(s.take_delivery(), None, "taken once");
+        assert_eq!(s.wants(), Wants::Deliver, "still waiting for the answer");
+        s.found(Some("nobody".into()));
+        s.delivered(vec![Err(NotDelivered::OverQuota("full".into()))]);
+        pos += s.receive(&input[pos..]);
+        assert_eq!(pos, input.len());
+        let out = String::from_utf8(s.take_output()).unwrap();
+        let tail: Vec<&str> = out.lines().skip(6).collect();
+        assert_eq!(
+            tail,
+            [
+                "250 2.1.0 OK",
+                "250 2.1.5 OK",
+                "550 5.1.1 <bob> no such user here",
+                "354 2.0.0 send the message, end with <CRLF>.<CRLF>",
+                "452 4.2.2 <alice@x> over quota: full",
+                "250 2.0.0 OK"
+            ],
+            "{out}"
+        );
+    }
+
+    /// A delivery answered with fewer results than recipients: the rest
+    /// are `451` (never a `250` for a message not stored).
+    #[test]
+    fn a_missing_result_is_451() {
+        let mut s = Session::new(Limits::default());
+        let mut input: &[u8] = b"LHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<a>\r\nRCPT TO:<b>\r\nDATA\r\nx\r\n.\r\n";
+        while !input.is_empty() {
+            input = &input[s.receive(input)..];
+            if s.wants() == Wants::Account {
+                s.found(s.recipient().map(str::to_string));
+            }
+        }
+        assert!(s.take_delivery().is_some());
+        s.delivered(vec![Ok(())]);
+        let out = String::from_utf8(s.take_output()).unwrap();
+        assert!(
+            out.ends_with("250 2.0.0 <a> delivered\r\n451 4.3.0 <b> not delivered: no answer from the store\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -422,8 +591,8 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("451 4.3.0 <bob> not delivered: disk  full\r\n"), "{out}");
-        assert_eq!(s.backend().delivered, [("alice".to_string(), b"Return-Path: <s@x>\r\nhi\r\nfail\r\n".to_vec())]);
-        assert!(s.is_closed());
+        assert_eq!(s.1.delivered, [("alice".to_string(), b"Return-Path: <s@x>\r\nhi\r\nfail\r\n".to_vec())]);
+        assert!(s.0.is_closed());
     }
 
     #[test]
@@ -434,9 +603,9 @@ mod tests {
             b"LHLO x\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice>\r\nDATA\r\nhi\n.\nMAIL FROM:<boss@x>\r\nRCPT TO:<bob>\r\nDATA\r\nforged\r\n.\r\n",
         );
         assert!(out.ends_with("354 2.0.0 send the message, end with <CRLF>.<CRLF>\r\n250 2.0.0 <alice> delivered\r\n"));
-        assert_eq!(s.backend().delivered.len(), 1);
+        assert_eq!(s.1.delivered.len(), 1);
         assert_eq!(
-            s.backend().delivered[0].1,
+            s.1.delivered[0].1,
             b"Return-Path: <s@x>\r\nhi\r\n\r\nMAIL FROM:<boss@x>\r\nRCPT TO:<bob>\r\nDATA\r\nforged\r\n"
         );
     }
@@ -457,26 +626,26 @@ mod tests {
             ["500", "552", "501", "501", "250", "250", "452", "354", "552", "250", "250", "354", "250"],
             "{out}"
         );
-        assert_eq!(s.backend().delivered.len(), 1);
+        assert_eq!(s.1.delivered.len(), 1);
     }
 
     #[test]
     fn output_is_bounded_when_the_client_does_not_read() {
         let mut s = session(Limits::default());
         let input = b"NOOP\r\n".repeat(100_000);
-        let n = s.receive(&input);
+        let n = s.0.receive(&input);
         assert!(n < input.len());
-        assert!(s.take_output().len() < OUTPUT_HIGH + 100);
+        assert!(s.0.take_output().len() < OUTPUT_HIGH + 100);
     }
 
     #[test]
     fn a_timeout_closes_and_drops_the_message() {
         let mut s = session(Limits::default());
         talk(&mut s, b"LHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nhalf a mess");
-        assert!(s.in_data());
-        s.timed_out();
-        assert!(String::from_utf8(s.take_output()).unwrap().starts_with("421 4.4.2"));
-        assert!(s.is_closed() && !s.in_data());
-        assert!(s.backend().delivered.is_empty());
+        assert!(s.0.in_data());
+        s.0.timed_out();
+        assert!(String::from_utf8(s.0.take_output()).unwrap().starts_with("421 4.4.2"));
+        assert!(s.0.is_closed() && !s.0.in_data());
+        assert!(s.1.delivered.is_empty());
     }
 }

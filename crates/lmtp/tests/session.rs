@@ -4,28 +4,43 @@
 //! holds stays within its limits.
 
 use proptest::prelude::*;
-use starling_lmtp::{Backend, Limits, Session, OUTPUT_HIGH};
+use starling_lmtp::{Limits, NotDelivered, Session, Wants, OUTPUT_HIGH};
 
 #[derive(Default, Debug, PartialEq)]
 struct Log(Vec<(String, Vec<u8>)>);
 
-impl Backend for Log {
+impl Log {
     fn account(&mut self, address: &str) -> Option<String> {
         ["alice", "bob"].contains(&address).then(|| address.to_string())
     }
-    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), starling_lmtp::NotDelivered> {
+    fn deliver(&mut self, account: &str, message: &[u8]) -> Result<(), NotDelivered> {
         if message.len() % 7 == 3 {
             return Err("try later".into());
         }
         self.0.push((account.to_string(), message.to_vec()));
         Ok(())
     }
+    /// Answers what the session waits for, as a store would.
+    fn answer(&mut self, s: &mut Session) {
+        match s.wants() {
+            Wants::Read => {}
+            Wants::Account => {
+                let to = s.recipient().expect("a recipient").to_string();
+                s.found(self.account(&to));
+            }
+            Wants::Deliver => {
+                let d = s.take_delivery().expect("a delivery");
+                s.delivered(d.accounts.iter().map(|a| self.deliver(a, &d.message)).collect());
+            }
+        }
+    }
 }
 
 /// Feeds `input` in reads of the given sizes (cycled); the output and the
 /// deliveries.
 fn run(input: &[u8], reads: &[usize], limits: Limits) -> (Vec<u8>, Log) {
-    let mut s = Session::new(Log::default(), limits);
+    let mut s = Session::new(limits);
+    let mut log = Log::default();
     let mut out = s.take_output();
     let (mut pos, mut k) = (0, 0);
     while pos < input.len() && !s.is_closed() {
@@ -33,13 +48,13 @@ fn run(input: &[u8], reads: &[usize], limits: Limits) -> (Vec<u8>, Log) {
         k += 1;
         while pos < end && !s.is_closed() {
             pos += s.receive(&input[pos..end]);
+            log.answer(&mut s);
             assert!(s.buffered() <= limits.line_max + 1 + limits.message_max + 64, "held {}", s.buffered());
             let o = s.take_output();
             assert!(o.len() <= OUTPUT_HIGH + 1024);
             out.extend(o);
         }
     }
-    let log = Log(s.backend().0.clone());
     (out, log)
 }
 

@@ -238,6 +238,7 @@ pub struct Lmtp {
     pub data_deadline_secs: Option<Spanned<u64>>,
     pub connections_max: Option<Spanned<u64>>,
     pub connections_per_ip: Option<Spanned<u64>>,
+    pub store_threads: Option<Spanned<u64>>,
 }
 
 impl Lmtp {
@@ -252,6 +253,7 @@ impl Lmtp {
                 ("data_deadline_secs", &self.data_deadline_secs, 1, 86_400, "a whole message must fit"),
                 ("connections_max", &self.connections_max, 1, 100_000, "or no MTA gets in"),
                 ("connections_per_ip", &self.connections_per_ip, 1, 100_000, "or no MTA gets in"),
+                ("store_threads", &self.store_threads, 1, 256, "threads for lookups and commits"),
             ],
             text,
         )
@@ -572,6 +574,7 @@ impl Config {
                 total: n(&l.connections_max, d.connections.total),
                 per_ip: n(&l.connections_per_ip, d.connections.per_ip),
             },
+            store_threads: n(&l.store_threads, d.store_threads),
         }
     }
 }
@@ -622,6 +625,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # data_deadline_secs = 3600    # one DATA, from its start to its final dot, at most
 # connections_max = 64         # open connections in total (421 above)
 # connections_per_ip = 32      # open connections from one address (421 above)
+# store_threads = 4            # threads for recipient lookups and commits (the rest wait their turn)
 
 [store]
 # cache_mib = 64               # redb's page cache (redb's own default is 1 GiB)
@@ -730,6 +734,10 @@ mod tests {
         let limits = (c.limits.message_max, c.limits.line_max, c.limits.recipients_max);
         assert_eq!(limits, (2048, 600, d.limits.recipients_max));
         assert_eq!((c.idle_timeout, c.connections.total, c.connections.per_ip), (Duration::from_secs(7), 5, 2));
+        assert_eq!(c.store_threads, d.store_threads);
+        assert_eq!(Config::parse("[lmtp]\nstore_threads = 2\n").unwrap().lmtp_config().store_threads, 2);
+        let e = Config::parse("[lmtp]\nstore_threads = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("lmtp.store_threads"), "{e}");
         let e = Config::parse("[lmtp]\nmessage_max = 2048\n\nline_max = 100\n").unwrap_err();
         assert!(e.contains("line 4") && e.contains("lmtp.line_max") && e.contains("512"), "{e}");
         let e = Config::parse("[lmtp]\nidle_timeout_secs = 0\n").unwrap_err();

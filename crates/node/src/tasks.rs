@@ -9,7 +9,10 @@
 //! point (never inside a step) and the runtime is dropped only once all have
 //! ended, or after [`STOP_DEADLINE`]. (IMAP sessions run their store
 //! steps on the IMAP server's store pool instead: their tasks await the
-//! step, and shutdown then waits for that pool to be idle as well.)
+//! step, and shutdown then waits for that pool to be idle as well. LMTP
+//! sessions run theirs on a pool of their own, and a delivery, from its
+//! commit to its answer, is a task of its own that is not cancelled:
+//! [`Tasks::spawn_whole`].)
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +41,18 @@ impl Tasks {
                 _ = f => {}
             }
         });
+    }
+
+    /// Runs `f` as a tracked task that is never cancelled: [`Tasks::stop`]
+    /// waits for it to end (at most [`STOP_DEADLINE`]). For work that must
+    /// not be cut off between two awaits (an LMTP delivery between its
+    /// commit and its withdrawal). Dropping the handle does not stop it.
+    pub fn spawn_whole<T, F>(&self, f: F) -> tokio::task::JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        self.tracker.spawn(f)
     }
 
     /// Cancels every task and waits (at most [`STOP_DEADLINE`]) until all
