@@ -17,8 +17,9 @@
 //!   deleted account skips this part: nobody can read its mail anywhere.
 //!
 //! **The purge** ([`purge_deleted`]): an account deleted (its document
-//! says so) is forgotten once every pinned peer of the account holds the
-//! deletion: it acknowledged a version covering this replica's, or it
+//! says so) is forgotten once every pinned peer of the account (with a
+//! fan-out, every neighbour: the peers housekeeping waits for, the only
+//! ones that acknowledge to this node) holds the deletion: it acknowledged a version covering this replica's, or it
 //! said it purged the account itself (`Store::purged_by`). A pinned peer
 //! not heard from for longer than the horizon (`peer_horizon_days`, the
 //! one log compaction uses) is not waited for: when it comes back naming

@@ -115,7 +115,17 @@ impl Node {
         let down = self.hub.cluster.get().map(|c| c.down()).unwrap_or_default();
         let peers = self.book.list();
         let mut chosen = BTreeSet::new();
-        for account in held(&self.store) {
+        let mut accounts = held(&self.store);
+        // An account deleted and purged here that a pinned peer still
+        // lists: that peer is told in a session (`Deleted`), so it needs one.
+        for p in peers.iter() {
+            for a in &p.accounts {
+                if !accounts.contains(a) && self.store.was_purged(a).unwrap_or(false) {
+                    accounts.push(a.clone());
+                }
+            }
+        }
+        for account in accounts {
             let mut ring: Vec<NodeId> =
                 peers.iter().filter(|p| p.accounts.contains(&account) && !down.contains(&p.id)).map(|p| p.id).collect();
             ring.push(self.me);

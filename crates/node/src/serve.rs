@@ -264,7 +264,10 @@ pub fn run(
                         housekeep(&store, &node.housekeeping_peers(), &hub, &config);
                         // Deleted accounts every pinned peer knows deleted: purged.
                         let horizon = config.horizon.as_millis() as u64;
-                        for account in crate::forget::purge_deleted(&store, &node.book.list(), unix_ms(), horizon) {
+                        // The peers housekeeping waited for (with a fan-out,
+                        // the neighbours: only they acknowledge to this node).
+                        let peers = node.housekeeping_peers();
+                        for account in crate::forget::purge_deleted(&store, &peers, unix_ms(), horizon) {
                             node.let_go(&account);
                         }
                         if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
