@@ -147,6 +147,22 @@ mod sort_bodies {
         line.split(' ').skip(2).map(|n| n.trim().parse().unwrap()).collect()
     }
 
+    /// A partial replica ("here") of a server that took one message per
+    /// subject: the messages without their bodies, INBOX selected by `h`.
+    fn partial(subjects: &[&str]) -> (Server, Server, Vec<String>, Client) {
+        let there = server_on(ReplicaId(8), Config::default());
+        let here = server_on(ReplicaId(7), Config::default());
+        let mut t = Client::login(&there);
+        let raws: Vec<String> = subjects.iter().enumerate().map(|(n, s)| message(s, n)).collect();
+        for r in &raws {
+            t.append("INBOX", "", r);
+        }
+        ship(&there, &here);
+        let mut h = Client::login(&here);
+        h.ok("s SELECT INBOX");
+        (there, here, raws, h)
+    }
+
     /// Applies the ESEARCH updates of `tag` in `out` to `result` as a
     /// client does (RFC 5267 §4.3.3, §4.3.4): a REMOVEFROM must find each
     /// UID at its position; an ADDTO inserts at its position. Returns the
@@ -187,17 +203,7 @@ mod sort_bodies {
     /// the client's copy equals a fresh SORT each time.
     #[test]
     fn an_updating_sort_places_a_message_again_when_its_body_arrives() {
-        let there = server_on(ReplicaId(8), Config::default());
-        let here = server_on(ReplicaId(7), Config::default());
-        let mut t = Client::login(&there);
-        let raws: Vec<String> =
-            ["delta", "alpha", "charlie", "bravo"].iter().enumerate().map(|(n, s)| message(s, n)).collect();
-        for r in &raws {
-            t.append("INBOX", "", r);
-        }
-        ship(&there, &here);
-        let mut h = Client::login(&here);
-        h.ok("s SELECT INBOX");
+        let (_there, here, raws, mut h) = partial(&["delta", "alpha", "charlie", "bravo"]);
         let out = h.ok("u1 UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 ALL");
         assert!(out.contains("* ESEARCH (TAG \"u1\") UID ALL 1,2,3,4"), "every header empty: UID order {out}");
         let mut result = vec![1, 2, 3, 4];
@@ -306,17 +312,7 @@ mod sort_bodies {
     /// fresh SEARCH each time.
     #[test]
     fn an_updating_search_tests_a_message_again_when_its_body_arrives() {
-        let there = server_on(ReplicaId(8), Config::default());
-        let here = server_on(ReplicaId(7), Config::default());
-        let mut t = Client::login(&there);
-        let raws: Vec<String> =
-            ["delta", "alpha", "charlie", "alpha two"].iter().enumerate().map(|(n, s)| message(s, n)).collect();
-        for r in &raws {
-            t.append("INBOX", "", r);
-        }
-        ship(&there, &here);
-        let mut h = Client::login(&here);
-        h.ok("s SELECT INBOX");
+        let (_there, here, raws, mut h) = partial(&["delta", "alpha", "charlie", "alpha two"]);
         let out = h.ok("u1 UID SEARCH RETURN (UPDATE) SUBJECT alpha");
         assert!(!out.contains("NOUPDATE"), "{out}");
         let out = h.ok("u2 UID SEARCH RETURN (UPDATE ALL) NOT SUBJECT alpha");
