@@ -163,6 +163,28 @@ mod sort_bodies {
         (there, here, raws, h)
     }
 
+    /// A partial replica ("here") of a server that took `n` messages in
+    /// one commit (subject "s"): no bodies, INBOX selected by `h`.
+    fn partial_bulk(n: usize) -> (Server, Server, Client) {
+        let there = server_on(ReplicaId(8), Config::default());
+        let here = server_on(ReplicaId(7), Config::default());
+        Client::login(&there); // (the account's first op: its password)
+        there
+            .shared
+            .store
+            .write("alice", |b| {
+                for i in 0..n {
+                    b.append(INBOX, message("s", i).as_bytes(), i as i64, vec![])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        ship(&there, &here);
+        let mut h = Client::login(&here);
+        h.ok("s SELECT INBOX");
+        (there, here, h)
+    }
+
     /// Applies the ESEARCH updates of `tag` in `out` to `result` as a
     /// client does (RFC 5267 §4.3.3, §4.3.4): a REMOVEFROM must find each
     /// UID at its position; an ADDTO inserts at its position. Returns the
@@ -227,22 +249,7 @@ mod sort_bodies {
     /// rather than left stale), and the session goes on.
     #[test]
     fn an_updating_sort_awaits_a_bounded_number_of_bodies() {
-        let there = server_on(ReplicaId(8), Config::default());
-        let here = server_on(ReplicaId(7), Config::default());
-        Client::login(&there); // (the account's first op: its password)
-        there
-            .shared
-            .store
-            .write("alice", |b| {
-                for n in 0..AWAITING_MAX {
-                    b.append(INBOX, message("s", n).as_bytes(), n as i64, vec![])?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        ship(&there, &here);
-        let mut h = Client::login(&here);
-        h.ok("s SELECT INBOX");
+        let (there, here, mut h) = partial_bulk(AWAITING_MAX);
         let out = h.ok("u1 UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL");
         assert!(!out.contains("NOUPDATE"), "exactly the bound: kept");
         let out = h.ok("u2 UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 UID 2:*");
@@ -335,22 +342,7 @@ mod sort_bodies {
     /// no body awaits nothing, whatever the number of bodies missing.
     #[test]
     fn an_updating_search_awaits_a_bounded_number_of_bodies() {
-        let there = server_on(ReplicaId(8), Config::default());
-        let here = server_on(ReplicaId(7), Config::default());
-        Client::login(&there);
-        there
-            .shared
-            .store
-            .write("alice", |b| {
-                for n in 0..=AWAITING_MAX {
-                    b.append(INBOX, message("s", n).as_bytes(), n as i64, vec![])?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        ship(&there, &here);
-        let mut h = Client::login(&here);
-        h.ok("s SELECT INBOX");
+        let (_there, here, mut h) = partial_bulk(AWAITING_MAX + 1);
         let out = h.ok("u1 UID SEARCH RETURN (UPDATE) SUBJECT s");
         assert!(out.contains("* NO [NOUPDATE \"u1\"]"), "one over the bound: {out}");
         let out = h.ok("u2 UID SEARCH RETURN (UPDATE) UID 2:* SUBJECT s");

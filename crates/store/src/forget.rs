@@ -209,9 +209,8 @@ pub(crate) fn generation(r: &redb::ReadTransaction, name: &str) -> Result<u32, S
     })
 }
 
-/// Step 1: the marker, in `w`.
-/// The marker's transaction; `deleted`: the account was deleted, purged
-/// at that time (Unix ms), and its name is recorded as such.
+/// Step 1: the marker, in `w`. `deleted`: the account was deleted, and is
+/// purged at that time (Unix ms); its name is recorded as such.
 fn mark(w: &WriteTransaction, name: &str, number: u32, deleted: Option<u64>) -> Result<(), StoreError> {
     let removed = w.open_table(ACCOUNTS).map_err(st)?.remove(name).map_err(st)?.map(|g| g.value());
     // The in-memory map and the file agree on the number (both written by
