@@ -12,14 +12,27 @@ fn scenarios() -> Vec<Scenario> {
 
 #[test]
 fn same_seed_same_trace_other_seed_other_trace() {
-    for sc in scenarios() {
-        let a = run(&sc, 7);
-        let b = run(&sc, 7);
-        let c = run(&sc, 8);
-        assert!(a.result.is_ok(), "{} seed 7: {:?}", sc.name, a.result);
-        assert_eq!(a.trace, b.trace, "{}: one seed, two traces", sc.name);
-        assert_ne!(a.trace, c.trace, "{}: two seeds, one trace", sc.name);
-        assert!(a.actions > 0 && a.ops > 0 && a.appends > 0, "{}: the workload ran", sc.name);
-        eprintln!("{a:?}");
-    }
+    // One thread per scenario: each run is single-threaded and deterministic.
+    std::thread::scope(|s| {
+        let runs: Vec<_> = scenarios()
+            .into_iter()
+            .map(|sc| {
+                s.spawn(move || {
+                    let a = run(&sc, 7);
+                    let b = run(&sc, 7);
+                    let c = run(&sc, 8);
+                    assert!(a.result.is_ok(), "{} seed 7: {:?}", sc.name, a.result);
+                    assert_eq!(a.trace, b.trace, "{}: one seed, two traces", sc.name);
+                    assert_ne!(a.trace, c.trace, "{}: two seeds, one trace", sc.name);
+                    assert!(a.actions > 0 && a.ops > 0 && a.appends > 0, "{}: the workload ran", sc.name);
+                    eprintln!("{a:?}");
+                })
+            })
+            .collect();
+        for r in runs {
+            if let Err(e) = r.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
 }

@@ -1,5 +1,5 @@
 //! The bounded sweep CI runs: every scenario in `simulations/` over a range
-//! of seeds (60 each by default; `STARLING_SIM_SEEDS=N` to change). A failing
+//! of seeds (20 each by default; `STARLING_SIM_SEEDS=N` to change). A failing
 //! seed is printed with the command that reproduces it alone.
 
 use starling_sim::report::sweep;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[test]
 fn every_scenario_converges_over_a_range_of_seeds() {
-    let n: u64 = std::env::var("STARLING_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let n: u64 = std::env::var("STARLING_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations");
     let files = starling_sim::scenario::files_in(&dir).unwrap();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
