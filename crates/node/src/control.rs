@@ -102,6 +102,18 @@ pub struct NodeStatus {
     /// own (the status page draws the cluster beyond this node's links).
     #[serde(default)]
     pub remote_links: Vec<RemoteLinks>,
+    /// Accounts deleted and purged here: only their names are kept, to
+    /// tell a peer that comes back still holding one.
+    #[serde(default)]
+    pub purged: Vec<PurgedName>,
+}
+
+/// A deleted account's name kept after its purge.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PurgedName {
+    pub name: String,
+    /// When it was purged here, Unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// A peer's links, as it last reported them.
@@ -133,6 +145,9 @@ pub struct AccountStatus {
     /// last placement round worked it out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<crate::placement::AccountPlacement>,
+    /// Deleted: what holds its purge back (as the last purge pass found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<String>,
 }
 
 /// The peer holding an account's compaction back.

@@ -31,7 +31,7 @@
 use crate::peers::Peer;
 use starling_model::{BlobId, ReplicaId, VersionVector};
 use starling_store::{Exposure, Forgot, Store};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Bodies named by live messages of `account` this node made: the ones
 /// that may be stored nowhere else.
@@ -167,14 +167,24 @@ fn deletion_held(
     Ok(past)
 }
 
+/// What one purge pass did.
+#[derive(Debug, Default)]
+pub struct PurgePass {
+    /// The deleted accounts purged.
+    pub purged: Vec<String>,
+    /// The deleted accounts left, each with what holds it back (shown by
+    /// `starling status` until the next pass).
+    pub waiting: BTreeMap<String, String>,
+}
+
 /// Housekeeping: forgets every deleted account whose deletion every pinned
 /// peer of it holds, or is past the horizon (see the module notes), and
-/// finishes any forgetting cut short. Returns the accounts purged.
-pub fn purge_deleted(store: &Store, peers: &[Peer], now_ms: u64, horizon_ms: u64) -> Vec<String> {
+/// finishes any forgetting cut short.
+pub fn purge_deleted(store: &Store, peers: &[Peer], now_ms: u64, horizon_ms: u64) -> PurgePass {
     if let Err(e) = store.resume_forgetting() {
         tracing::warn!("finishing a forgotten account: {e}");
     }
-    let mut out = Vec::new();
+    let mut out = PurgePass::default();
     for account in store.accounts() {
         if !store.is_deleted(&account).unwrap_or(false) {
             continue;
@@ -185,6 +195,7 @@ pub fn purge_deleted(store: &Store, peers: &[Peer], now_ms: u64, horizon_ms: u64
             Ok(past) => past,
             Err(why) => {
                 tracing::debug!(account, "deleted; not purged yet: {why}");
+                out.waiting.insert(account, format!("not purged yet: {why}"));
                 continue;
             }
         };
@@ -203,9 +214,12 @@ pub fn purge_deleted(store: &Store, peers: &[Peer], now_ms: u64, horizon_ms: u64
                     done.bodies_released
                 );
                 println!("purged deleted account {account}");
-                out.push(account);
+                out.purged.push(account);
             }
-            Err(e) => tracing::warn!(account, "purging the deleted account: {e}"),
+            Err(e) => {
+                tracing::warn!(account, "purging the deleted account: {e}");
+                out.waiting.insert(account, format!("purging failed: {e}"));
+            }
         }
     }
     out
@@ -274,10 +288,14 @@ mod tests {
             policy: Default::default(),
         }];
         let pr = peers[0].id.replica();
-        assert!(purge_deleted(&store, &peers, 1, u64::MAX).is_empty(), "no acknowledgement yet");
+        let pass = purge_deleted(&store, &peers, 1, u64::MAX);
+        assert!(pass.purged.is_empty(), "no acknowledgement yet");
+        assert!(pass.waiting["alice"].contains("has acknowledged nothing yet"), "{pass:?}");
         store.note_ack("alice", pr, &store.version("alice").unwrap());
         housekeep(&store, pr);
-        assert_eq!(purge_deleted(&store, &peers, 1, u64::MAX), vec!["alice".to_string()]);
+        let pass = purge_deleted(&store, &peers, 1, u64::MAX);
+        assert_eq!(pass.purged, vec!["alice".to_string()]);
+        assert!(pass.waiting.is_empty());
         assert!(store.accounts().is_empty());
         assert_eq!(store.check_forgotten().unwrap(), Vec::<String>::new());
     }
@@ -326,15 +344,17 @@ mod tests {
             pass(day);
             if said_purged {
                 store.peer_purged("alice", silent).unwrap();
-                assert_eq!(purge_deleted(&store, &peers, day, 30 * day), vec!["alice".to_string()]);
+                assert_eq!(purge_deleted(&store, &peers, day, 30 * day).purged, vec!["alice".to_string()]);
                 assert!(store.was_purged("alice").unwrap());
                 continue;
             }
-            assert!(purge_deleted(&store, &peers, day, 30 * day).is_empty(), "the silent peer is within the horizon");
+            let left = purge_deleted(&store, &peers, day, 30 * day);
+            assert!(left.purged.is_empty(), "the silent peer is within the horizon");
+            assert!(left.waiting["alice"].contains("has not acknowledged the deletion"), "{left:?}");
             pass(30 * day);
-            assert!(purge_deleted(&store, &peers, 30 * day, 30 * day).is_empty(), "29 days silent");
+            assert!(purge_deleted(&store, &peers, 30 * day, 30 * day).purged.is_empty(), "29 days silent");
             pass(32 * day);
-            assert_eq!(purge_deleted(&store, &peers, 32 * day, 30 * day), vec!["alice".to_string()]);
+            assert_eq!(purge_deleted(&store, &peers, 32 * day, 30 * day).purged, vec!["alice".to_string()]);
             assert!(store.accounts().is_empty());
             assert!(store.was_purged("alice").unwrap(), "the name is kept, to tell the silent peer when back");
         }

@@ -380,6 +380,11 @@ fn via_node(data_dir: &Path, req: control::Request) -> Result<String, String> {
     }
 }
 
+/// A Unix time in milliseconds as its UTC day.
+fn day(at_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms as i64).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
 fn print_status(st: &control::NodeStatus) {
     println!("node {}", st.node_id);
     let f = &st.file_compactions;
@@ -396,10 +401,16 @@ fn print_status(st: &control::NodeStatus) {
         if let Some(o) = &a.oldest_peer {
             println!("  oldest peer {}: lacks {} ops, silent {} s", o.node_id, o.lacks, o.silent_secs);
         }
+        if let Some(why) = &a.deleted {
+            println!("  deleted, {why}");
+        }
         if let Some(p) = &a.placement {
             let short = |v: &Vec<String>| v.iter().map(|i| i.get(..12).unwrap_or(i)).collect::<Vec<_>>().join(" ");
             println!("  placement {}: held by {}; should be {}", p.placement, short(&p.holders), short(&p.target));
         }
+    }
+    for p in &st.purged {
+        println!("account {}: deleted, purged here {} (the name is kept to tell peers)", p.name, day(p.at_ms));
     }
     for p in &st.peers {
         let contact = p.last_contact_secs.map_or("never".to_string(), |s| format!("{s} s ago"));
@@ -676,9 +687,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             // Names kept only to tell peers (and never made again).
             for (a, at_ms) in store.purged_names().map_err(|e| e.to_string())? {
-                let day =
-                    chrono::DateTime::from_timestamp_millis(at_ms as i64).map(|t| t.format("%Y-%m-%d").to_string());
-                println!("{a} (deleted, purged here {})", day.unwrap_or_default());
+                println!("{a} (deleted, purged here {})", day(at_ms));
             }
         }
         Command::Import { format: Format::Maildir { user, dir } } => {

@@ -131,6 +131,7 @@ pub fn run(
             me: identity.id(),
             links: Arc::default(),
             status_changed: Arc::new(watch::channel(0).0),
+            purge_waits: Default::default(),
         };
         let tasks = Tasks::default();
         let node = crate::membership::Node::new(
@@ -267,9 +268,11 @@ pub fn run(
                         // The peers housekeeping waited for (with a fan-out,
                         // the neighbours: only they acknowledge to this node).
                         let peers = node.housekeeping_peers();
-                        for account in crate::forget::purge_deleted(&store, &peers, unix_ms(), horizon) {
-                            node.let_go(&account);
+                        let pass = crate::forget::purge_deleted(&store, &peers, unix_ms(), horizon);
+                        for account in &pass.purged {
+                            node.let_go(account);
                         }
+                        *hub.purge_waits.lock().unwrap_or_else(|p| p.into_inner()) = pass.waiting;
                         if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
                             compact_file(&store, &config, &mut compacted);
                         }
@@ -487,7 +490,11 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
     let to_collect = store.bodies_to_collect().unwrap_or_default();
     let now_ms = unix_ms();
     let mut placements = hub.cluster.get().map(|c| c.placements()).unwrap_or_default();
+    let purge_waits = hub.purge_waits.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for a in store.accounts() {
+        let deleted = store.is_deleted(&a).unwrap_or(false).then(|| {
+            purge_waits.get(&a).cloned().unwrap_or_else(|| "not purged yet: the next housekeeping pass decides".into())
+        });
         let vv = store.version(&a).unwrap_or_default();
         let ops: u64 = vv.iter().map(|(_, c)| c).sum();
         let (messages, bytes) = store.usage(&a).unwrap_or_default();
@@ -516,9 +523,16 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             log_ops: ops.saturating_sub(log_floor_ops),
             oldest_peer,
             placement: placements.remove(&a),
+            deleted,
         });
         versions.insert(a, vv);
     }
+    out.purged = store
+        .purged_names()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, at_ms)| control::PurgedName { name, at_ms })
+        .collect();
     out.cluster = hub.cluster.get().map(|c| c.members()).unwrap_or_default();
     out.remote_links = hub.cluster.get().map(|c| c.remote_links()).unwrap_or_default();
     let live = hub.live();
@@ -682,6 +696,8 @@ pub(crate) struct Hub {
     /// Bumped when a link goes up or down or an account changes: the status
     /// page pushes a new view.
     status_changed: Arc<watch::Sender<u64>>,
+    /// Deleted accounts the last purge pass left, with what holds each back.
+    purge_waits: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 /// A connection to a peer registered for gossip while it lives: its

@@ -15,6 +15,19 @@ fn accounts(n: &Node) -> Vec<String> {
     v["accounts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect()
 }
 
+/// What `status --json` says holds `account`'s purge back, if deleted.
+fn deleted(n: &Node, account: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap();
+    let a = v["accounts"].as_array().unwrap().iter().find(|a| a["name"] == account)?;
+    a["deleted"].as_str().map(str::to_string)
+}
+
+/// The names `status --json` shows as deleted and purged here.
+fn purged(n: &Node) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap();
+    v["purged"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+}
+
 fn ops(n: &Node, account: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap();
     v["accounts"].as_array().unwrap().iter().find(|a| a["name"] == account).and_then(|a| a["ops"].as_u64())
@@ -105,9 +118,10 @@ fn a_deleted_account_is_purged_on_both_nodes_and_forget_waits_for_the_peer() {
 }
 
 /// A node away while its account was deleted and purged elsewhere learns
-/// of it when it comes back: `c` is stopped and removed from `a`'s peers
-/// (as an operator does with a peer that seems gone for good), `alice` is
-/// deleted on `a` and purged by `a` and `b`; `c` is added back and started:
+/// of it when it comes back: `c` is stopped, `alice` deleted on `a`, whose
+/// status names `c` as what holds the purge back; `c` is removed from
+/// `a`'s peers (as an operator does with a peer that seems gone for good)
+/// and `alice` purged by `a` and `b`; `c` is added back and started:
 /// `a` tells it, and `c` takes the deletion and purges `alice` too. The name
 /// is not made again on `a`.
 #[test]
@@ -143,11 +157,22 @@ fn a_node_back_after_the_purge_is_told_and_purges_too() {
         ops(&a, "alice").is_some() && ops(&a, "alice") == ops(&b, "alice") && ops(&a, "alice") == ops(&c, "alice")
     });
     c.stop();
-    run(&a.dir, &["peer", "remove", &c.id]);
+    // Deleted while c is away: a's status says c holds the purge back.
     run(&a.dir, &["account", "delete", "alice"]);
+    wait_for("a's status names c as what holds the purge back", || {
+        deleted(&a, "alice").is_some_and(|why| why.contains(&c.id[..8]) && why.contains("not acknowledged"))
+    });
+    assert!(accounts(&a).contains(&"alice".to_string()), "still held on a");
+    let shown = run(&a.dir, &["status"]);
+    assert!(shown.contains("  deleted, not purged yet: peer"), "{shown}");
+    // The operator, taking c for gone, removes it.
+    run(&a.dir, &["peer", "remove", &c.id]);
     for n in [&a, &b] {
         wait_for("a and b purge alice", || !accounts(n).contains(&"alice".to_string()));
+        assert_eq!(purged(n), vec!["alice".to_string()], "the name shown as purged");
     }
+    let shown = run(&a.dir, &["status"]);
+    assert!(shown.contains("account alice: deleted, purged here 20"), "{shown}");
     // Back: pinned again on a (the account listed), and started.
     pin(&a, &c);
     assert!(!accounts(&a).contains(&"alice".to_string()), "pinning c does not make alice again on a");
