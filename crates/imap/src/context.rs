@@ -360,7 +360,7 @@ impl Session {
                 }
                 last = Some(m.uid);
                 let (now, absent) = matches_noting_absent(&reader, sel, &c.extra, m, &c.keys);
-                if let (None, Some(blob)) = (&c.sort, absent) {
+                if let Some(blob) = absent {
                     c.await_body(m.uid, blob);
                 }
                 match (now, c.members.binary_search(&m.uid).is_ok()) {
@@ -377,10 +377,11 @@ impl Session {
         Ok(lines)
     }
 
-    /// The updates of SORT contexts whose awaited bodies arrived: each
-    /// such message, if still in the result and in view, leaves it at its
-    /// old position and enters it at the one its keys give (REMOVEFROM
-    /// then ADDTO, one line per context). Written here.
+    /// The updates of contexts whose awaited bodies arrived: each such
+    /// message in view is tested again (ADDTO if it matches now,
+    /// REMOVEFROM if it no longer does); a SORT's message that still
+    /// matches leaves its old position and enters the one its keys give
+    /// (REMOVEFROM then ADDTO, one line per context). Written here.
     pub(crate) fn context_bodies(&mut self) -> Result<(), Fail> {
         let Some(sel) = self.selected.as_ref() else { return Ok(()) };
         if sel.contexts.iter().all(|c| c.awaiting.is_empty()) {
@@ -405,44 +406,31 @@ impl Session {
                 continue;
             }
             c.awaiting.retain(|(u, _)| arrived.binary_search(u).is_err());
-            if c.sort.is_none() {
-                // SEARCH: tested again, now with the body.
-                let ranges: Vec<(u32, u32)> =
-                    arrived.iter().filter(|&&u| sel.seq_of(u).is_some()).map(|&u| (u, u)).collect();
-                let mut infos = reader.messages_in(sel.id, &ranges)?;
-                infos.sort_by_key(|m| m.uid);
-                infos.dedup_by_key(|m| m.uid);
-                let (mut added, mut removed) = (Vec::new(), Vec::new());
-                for m in &infos {
-                    let (now, absent) = matches_noting_absent(&reader, sel, &c.extra, m, &c.keys);
-                    if let Some(blob) = absent {
-                        c.await_body(m.uid, blob);
-                    }
-                    match (now, c.members.binary_search(&m.uid).is_ok()) {
-                        (true, false) => added.push(m),
-                        (false, true) => removed.push(m.uid),
-                        _ => {}
-                    }
-                }
-                let items: Vec<String> =
-                    c.remove(sel, &removed).into_iter().chain(c.add(&reader, sel, &added)).collect();
-                lines.extend(c.line(&items));
-                continue;
-            }
-            let ranges: Vec<(u32, u32)> = arrived
-                .iter()
-                .filter(|&&u| c.members.binary_search(&u).is_ok() && sel.seq_of(u).is_some())
-                .map(|&u| (u, u))
-                .collect();
+            // Tested again, now with the body; a SORT also places a
+            // message it keeps again (its keys came with the body).
+            let ranges: Vec<(u32, u32)> =
+                arrived.iter().filter(|&&u| sel.seq_of(u).is_some()).map(|&u| (u, u)).collect();
             if ranges.is_empty() {
                 continue;
             }
             let mut infos = reader.messages_in(sel.id, &ranges)?;
             infos.sort_by_key(|m| m.uid);
             infos.dedup_by_key(|m| m.uid);
-            let moved: Vec<u32> = infos.iter().map(|m| m.uid).collect();
-            let infos: Vec<&MessageInfo> = infos.iter().collect();
-            let items: Vec<String> = c.remove(sel, &moved).into_iter().chain(c.add(&reader, sel, &infos)).collect();
+            let (mut added, mut removed) = (Vec::new(), Vec::new());
+            for m in &infos {
+                let (now, absent) = matches_noting_absent(&reader, sel, &c.extra, m, &c.keys);
+                if let Some(blob) = absent {
+                    c.await_body(m.uid, blob);
+                }
+                let member = c.members.binary_search(&m.uid).is_ok();
+                if member && (!now || c.sort.is_some()) {
+                    removed.push(m.uid);
+                }
+                if now && (!member || c.sort.is_some()) {
+                    added.push(m);
+                }
+            }
+            let items: Vec<String> = c.remove(sel, &removed).into_iter().chain(c.add(&reader, sel, &added)).collect();
             lines.extend(c.line(&items));
         }
         lines.extend(drop_overfull(&mut contexts));

@@ -337,6 +337,47 @@ mod sort_bodies {
         assert!(!h.ok("z NOOP").contains("ESEARCH"), "nothing more to say");
     }
 
+    /// `* SORT` UIDs of a fresh `UID SORT` (criteria and search keys).
+    fn fresh_sort(c: &mut Client, sort: &str) -> Vec<u32> {
+        let out = c.ok(&format!("f UID SORT {sort}"));
+        let line = out.lines().find(|l| l.starts_with("* SORT")).unwrap();
+        line.split(' ').skip(2).map(|n| n.trim().parse().unwrap()).collect()
+    }
+
+    /// A partial replica: an updating SORT whose search keys read the
+    /// header tests each message again when its body arrives, as an
+    /// updating SEARCH does (ADDTO where it matches now, REMOVEFROM where
+    /// it no longer does, a move where it still does), whether or not its
+    /// sort criteria read the header; the client's copy equals a fresh
+    /// SORT each time.
+    #[test]
+    fn an_updating_sort_tests_a_message_again_when_its_body_arrives() {
+        let (_there, here, raws, mut h) = partial(&["delta", "alpha", "charlie", "alpha two", "bravo"]);
+        let sorts = [
+            ("u1", "(SUBJECT) UTF-8 SUBJECT alpha"),
+            ("u2", "(ARRIVAL) UTF-8 NOT SUBJECT alpha"),
+            ("u3", "(REVERSE SUBJECT) UTF-8 NOT SUBJECT alpha"),
+        ];
+        let mut results = Vec::new();
+        for (tag, sort) in sorts {
+            let out = h.ok(&format!("{tag} UID SORT RETURN (UPDATE) {sort}"));
+            assert!(!out.contains("NOUPDATE"), "{out}");
+            results.push(fresh_sort(&mut h, sort));
+        }
+        assert_eq!(results[0], Vec::<u32>::new(), "every header empty");
+        assert_eq!(results[1], vec![1, 2, 3, 4, 5], "every header empty");
+        for (i, k) in [1usize, 0, 4, 3, 2].into_iter().enumerate() {
+            arrive(&here, &raws[k]);
+            let out = h.ok(&format!("n{i} NOOP"));
+            for ((tag, sort), result) in sorts.iter().zip(&mut results) {
+                apply(result, &out, tag);
+                assert_eq!(*result, fresh_sort(&mut h, sort), "{tag} after body {k}: {out}");
+            }
+        }
+        assert_eq!(results, vec![vec![2, 4], vec![1, 3, 5], vec![1, 3, 5]]);
+        assert!(!h.ok("z NOOP").contains("ESEARCH"), "nothing more to say");
+    }
+
     /// At most AWAITING_MAX messages tested without their body per
     /// updating SEARCH: one more is `NO [NOUPDATE]`; a search that needs
     /// no body awaits nothing, whatever the number of bodies missing.

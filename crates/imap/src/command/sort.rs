@@ -16,6 +16,7 @@ use crate::returns::Returns;
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::search::SearchKey;
+use starling_model::BlobId;
 use starling_store::sortkeys::Wanted;
 use starling_store::{IdHash, MessageInfo, Reader, SortKeys};
 use std::cmp::Ordering;
@@ -192,7 +193,11 @@ impl Session {
         if returns.as_ref().is_some_and(|r| r.update) {
             self.update_tag_free(tag)?;
         }
-        let sorted = self.sorted(criteria, charset, search);
+        let update = returns.as_ref().is_some_and(|r| r.update);
+        // Bodies the search needed and did not find (an updating SORT
+        // tests those messages again when they arrive).
+        let mut absent = Vec::new();
+        let sorted = self.sorted(criteria, charset, search, update.then_some(&mut absent));
         if let Some(r) = returns.as_ref().filter(|r| r.save) {
             let uids: Option<Vec<u32>> =
                 sorted.as_ref().ok().map(|f| r.saved(f.len()).into_iter().map(|i| f[i].uid).collect());
@@ -220,7 +225,11 @@ impl Session {
         };
         if returns.update {
             let uids: Vec<u32> = facts.iter().map(|f| f.uid).collect();
-            let awaiting = facts.iter().filter_map(|f| f.awaiting.map(|b| (f.uid, b))).collect();
+            let mut awaiting: Vec<(u32, BlobId)> =
+                facts.iter().filter_map(|f| f.awaiting.map(|b| (f.uid, b))).collect();
+            awaiting.extend(absent);
+            awaiting.sort_unstable();
+            awaiting.dedup_by_key(|(u, _)| *u);
             self.start_update(tag, uid, Some(criteria), search, uids, awaiting);
         }
         if returns.save && returns.items.is_empty() && !returns.update {
@@ -237,15 +246,23 @@ impl Session {
         Ok(done)
     }
 
-    /// The messages SORT answers, in order.
-    fn sorted(&self, criteria: &[SortCriterion], charset: &str, search: &[SearchKey<'_>]) -> Result<Vec<Facts>, Fail> {
+    /// The messages SORT answers, in order; into `absent`, the messages
+    /// the search tested without their body (bounded as
+    /// [`Session::matching_awaiting`] bounds them).
+    fn sorted(
+        &self,
+        criteria: &[SortCriterion],
+        charset: &str,
+        search: &[SearchKey<'_>],
+        absent: Option<&mut Vec<(u32, BlobId)>>,
+    ) -> Result<Vec<Facts>, Fail> {
         if criteria.len() > SORT_CRITERIA_MAX {
             return Err(Fail::Bad(format!("at most {SORT_CRITERIA_MAX} sort criteria")));
         }
         charset_ok(charset)?;
         let header = wanted(criteria);
         let reader = self.reader()?;
-        let matched = self.matching(&reader, search)?;
+        let matched = self.matching_awaiting(&reader, search, absent)?;
         let facts = Facts::read_all(&reader, &matched, header);
         drop(reader);
         // Indices are sorted, not the (large) facts; ties by sequence
