@@ -176,6 +176,32 @@ fn mbsync_round_trip() {
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
+/// Terminal clients, driven in tmux through a recording proxy: aerc sorts
+/// and threads on the server (SORT, THREAD REFERENCES) and shows that
+/// order; neomutt enables UTF8=ACCEPT and QRESYNC, idles, flags, opens a
+/// mailbox by its UTF-8 name and, back from its header cache, shows an
+/// expunge made while it was away (`tests/imap/tui_clients.py`).
+#[test]
+fn aerc_and_neomutt_use_the_extensions() {
+    for tool in ["tmux", "aerc", "neomutt"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_or(true, |o| !o.status.success())
+        {
+            panic!("{tool} is not installed: `apt-get install {tool}` (.ci/run installs it)");
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let n = one_node(root.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/tui_clients.py");
+    let work = root.path().join("tui");
+    std::fs::create_dir_all(&work).unwrap();
+    let args = ["--host", "127.0.0.1", "--port", &imap_port(&n).to_string(), "--user", "alice", "--password", "secret"]
+        .map(String::from)
+        .into_iter()
+        .chain(["--work".to_string(), work.display().to_string()])
+        .collect::<Vec<_>>();
+    python_ok(&script, &args);
+}
+
 /// Issue 16: a QRESYNC client (Python's imaplib, cache kept between runs)
 /// moves between three real nodes, with changes on two of them, and fails
 /// over to the third while it lags. After every switch its cache equals a
