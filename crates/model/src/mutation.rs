@@ -38,6 +38,19 @@ pub enum Mutation {
     /// their UID, so a concurrent claim arriving later wins a UID clients
     /// were shown as the expunged message (U2 broken).
     BuryWithoutMark = 9,
+    /// A pin of a claim of an expunged message that was dropped (withdrawn,
+    /// unpinned) is recorded like any pin instead of spending the UID, so a
+    /// message shown at that UID elsewhere does not lose it here.
+    PinSpendsIgnored = 10,
+    /// The claims of an expunged message are dropped when a withdrawal of
+    /// one arrives even if they are not all withdrawn: a claim still in
+    /// effect is lost.
+    DropUnwithdrawn = 11,
+    /// Withdrawn claims are dropped with their pins.
+    DropPinned = 12,
+    /// Withdrawn, unpinned claims of live messages are dropped too, so a
+    /// later pin of one (it was shown elsewhere) finds nothing.
+    DropLive = 13,
 }
 
 #[cfg(feature = "mutations")]

@@ -211,11 +211,15 @@ pub struct ReplicaOptions {
     /// Spend the UIDs of shown expunged messages and drop their claims
     /// (`bury`). Off only to check that it changes nothing a client sees.
     pub bury: bool,
+    /// Also drop the withdrawn, unpinned claims of expunged messages, a
+    /// later pin of one spending its UID (`drop_withdrawn`; only with
+    /// `bury`). Off only to check that it changes nothing a client sees.
+    pub drop_withdrawn: bool,
 }
 
 impl Default for ReplicaOptions {
     fn default() -> Self {
-        ReplicaOptions { keep_envelopes: true, bury: true }
+        ReplicaOptions { keep_envelopes: true, bury: true, drop_withdrawn: true }
     }
 }
 
@@ -286,6 +290,8 @@ pub struct Replica<B: Backend = MemBackend> {
     applied: Option<Vec<AppliedOp>>,
     /// [`ReplicaOptions::bury`].
     bury: bool,
+    /// [`ReplicaOptions::drop_withdrawn`] (and `bury`).
+    drop_withdrawn: bool,
     backend: B,
 }
 
@@ -305,6 +311,7 @@ impl Replica<MemBackend> {
     pub fn with_options(me: ReplicaId, options: ReplicaOptions) -> Self {
         let mut r = Replica::create(me, MemBackend::new(options.keep_envelopes));
         r.bury = options.bury;
+        r.drop_withdrawn = options.bury && options.drop_withdrawn;
         r
     }
 }
@@ -338,6 +345,7 @@ impl<B: Backend> Replica<B> {
             outbox: Vec::new(),
             applied: None,
             bury: true,
+            drop_withdrawn: true,
             backend,
         };
         r.intern(me).expect("first replica");
@@ -456,6 +464,7 @@ impl<B: Backend> Replica<B> {
             outbox,
             applied,
             bury,
+            drop_withdrawn,
             backend: old,
         } = self;
         let r = Replica {
@@ -482,6 +491,7 @@ impl<B: Backend> Replica<B> {
             outbox,
             applied,
             bury,
+            drop_withdrawn,
             backend,
         };
         (r, old)
@@ -1096,9 +1106,13 @@ impl<B: Backend> Replica<B> {
                         let d = dirty.entry(loc.mailbox).or_default();
                         // Its shown claims spend their UIDs now (its claims
                         // in mailboxes it left stay).
+                        // Its claims there that were withdrawn and not
+                        // pinned go too (see `drop_withdrawn`).
                         for u in self.backend.side_uids_of(loc.mailbox, m)? {
-                            if self.bury(loc.mailbox, u)? {
+                            if self.bury(loc.mailbox, u, false)? {
                                 d.0.insert(u);
+                            } else {
+                                self.drop_withdrawn(loc.mailbox, u, m)?;
                             }
                         }
                     }
@@ -1128,19 +1142,36 @@ impl<B: Backend> Replica<B> {
                 }
                 let meta = &mut self.mailboxes[idx as usize];
                 meta.uid_next = meta.uid_next.max(*uid_next);
+                let mut spend = Vec::new();
                 for k in keys {
                     dirty.entry(idx).or_default().0.insert(k.uid);
-                    // A pin of a buried claim (its UID spent) would be
-                    // kept for nothing.
-                    if self.backend.is_dead(idx, k.uid)? && self.backend.is_tombstone(k.message)? {
-                        continue;
+                    if self.backend.is_tombstone(k.message)? {
+                        // A pin of a buried claim (its UID spent) would be
+                        // kept for nothing.
+                        if self.backend.is_dead(idx, k.uid)? {
+                            continue;
+                        }
+                        // Pin-spends: a pin of a claim of an expunged
+                        // message that is no longer held (dropped withdrawn,
+                        // `drop_withdrawn`) spends its UID, as burying the
+                        // pinned claim would have.
+                        if self.drop_withdrawn
+                            && !self.holds(idx, k)?
+                            && !crate::mutation::active(crate::mutation::Mutation::PinSpendsIgnored)
+                        {
+                            spend.push(k.uid);
+                            continue;
+                        }
                     }
                     self.backend.add_pinned(idx, k)?;
                     shown.push(k.uid);
                 }
                 // Claims of expunged messages shown now spend their UIDs.
                 for u in shown {
-                    self.bury(idx, u)?;
+                    self.bury(idx, u, false)?;
+                }
+                for u in spend {
+                    self.bury(idx, u, true)?;
                 }
             }
             OpBody::Account { change } => {
@@ -1176,8 +1207,18 @@ impl<B: Backend> Replica<B> {
             self.note_claim(idx, u, m, author, dirty)?;
         }
         if let Some(r) = retract {
-            self.backend.add_retracted(idx, ClaimKey { uid: r, message: m, claimant: author })?;
+            let key = ClaimKey { uid: r, message: m, claimant: author };
             dirty.entry(idx).or_default().0.insert(r);
+            let expunged = self.backend.is_tombstone(m)?;
+            // A withdrawal of a buried claim (a pin of it arrived first)
+            // would be kept for nothing: its UID is spent.
+            if self.drop_withdrawn && expunged && self.backend.is_dead(idx, r)? && !self.holds(idx, key)? {
+                return Ok(());
+            }
+            self.backend.add_retracted(idx, key)?;
+            if expunged || crate::mutation::active(crate::mutation::Mutation::DropLive) {
+                self.drop_withdrawn(idx, r, m)?;
+            }
         }
         Ok(())
     }
@@ -1302,12 +1343,16 @@ impl<B: Backend> Replica<B> {
     /// not it has buried them yet; no stability or horizon is needed.
     /// Their withdrawal, pin and forced marks go with them. Returns whether
     /// the UID is spent now.
-    fn bury(&mut self, mb: u32, uid: u32) -> Result<bool, StorageError> {
+    ///
+    /// `pinned_gone`: a pin arrived for a claim of an expunged message here
+    /// that `drop_withdrawn` dropped; the UID is spent as if that claim
+    /// were held and pinned (pin-spends).
+    fn bury(&mut self, mb: u32, uid: u32, pinned_gone: bool) -> Result<bool, StorageError> {
         if !self.bury || uid == u32::MAX {
             return Ok(false);
         }
         let claims = self.backend.side_at(mb, uid)?;
-        let mut spent = false;
+        let mut spent = pinned_gone;
         let mut gone: SmallVec<[Packed; 2]> = SmallVec::new();
         for c in &claims {
             if !self.backend.is_tombstone(c.message)? {
@@ -1339,6 +1384,59 @@ impl<B: Backend> Replica<B> {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the claim `key` is on record (on the side or placed).
+    fn holds(&self, mb: u32, key: ClaimKey) -> Result<bool, StorageError> {
+        Ok(self.backend.slot(mb, key.uid)?.is_some_and(|s| s.id == key.message && s.claimant == key.claimant)
+            || self
+                .backend
+                .side_at(mb, key.uid)?
+                .iter()
+                .any(|c| c.message == key.message && c.claimant == key.claimant))
+    }
+
+    /// Drops the claims of the expunged message `m` at `uid`, with their
+    /// marks, when every one of them is withdrawn and none is pinned (the
+    /// caller knows `m` is expunged). Such a claim is not in effect:
+    /// resolution, `kept` and `bury` pass over it, the announce that
+    /// exposes claims does not revive a withdrawn one, and only live
+    /// messages settle. Only a pin can revive it, and the pin is only made
+    /// by a replica that showed the claim (it holds the claim op, so the
+    /// pin arrives after it here): that pin then spends the UID, which is
+    /// what burying the pinned claim would do (pin-spends, in `apply_body`).
+    /// The claim itself never comes again: its op is applied once, its
+    /// claimant never claims that UID again, and a snapshot installed here
+    /// holds every op this replica applied, so it has the claim dropped,
+    /// buried or withdrawn (then it comes back with its mark, as it was).
+    /// Not at `u32::MAX`, which `bury` cannot spend.
+    fn drop_withdrawn(&mut self, mb: u32, uid: u32, m: Packed) -> Result<(), StorageError> {
+        if !self.drop_withdrawn || uid == u32::MAX {
+            return Ok(());
+        }
+        let claims: SmallVec<[Claim; 2]> =
+            self.backend.side_at(mb, uid)?.into_iter().filter(|c| c.message == m).collect();
+        for c in &claims {
+            let key = ClaimKey { uid, message: m, claimant: c.claimant };
+            if self.backend.is_pinned(mb, key)? && !crate::mutation::active(crate::mutation::Mutation::DropPinned) {
+                return Ok(());
+            }
+            if !self.backend.is_retracted(mb, key)?
+                && !crate::mutation::active(crate::mutation::Mutation::DropUnwithdrawn)
+            {
+                return Ok(());
+            }
+        }
+        for c in &claims {
+            self.backend.forget_marks(mb, ClaimKey { uid, message: m, claimant: c.claimant })?;
+        }
+        // Each call takes one claim of `m` at the UID.
+        for _ in 0..claims.len() {
+            if self.backend.take_side(mb, uid, m)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Whether `m` has an own claim at `uid` that may still be withdrawn.

@@ -633,3 +633,86 @@ fn spent_uid_history() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Delivers everything queued from `i` to `j` (the receiver applies it in
+/// causal order whatever the queue's order).
+fn flush(c: &mut Cluster, i: usize, j: usize) {
+    c.set_link(i, j, true);
+    while c.deliver(i, j, 0, false) {}
+    c.set_link(i, j, false);
+}
+
+/// A withdrawn claim of an expunged message is dropped, and a pin of it
+/// arriving later spends its UID (pin-spends): B's message E lost UID 1 to
+/// A's X at B, so B withdrew that claim and E went to 2, then B expunged E.
+/// C had shown E at UID 1 before (its announce pins B's claim). A gets B's
+/// ops first and drops the withdrawn claim; C's pin then reaches A, and X,
+/// which A showed nobody, moves off UID 1 as it would if the claim were
+/// still there. Returns every replica's dump after each step, for the
+/// comparison with the same history keeping withdrawn claims.
+fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<String>, String> {
+    use starling_model::backend::Backend;
+    let drop = options.drop_withdrawn;
+    let mut c = Cluster::with_options(3, options);
+    let mut dumps = Vec::new();
+    let mut step = |c: &mut Cluster| -> Result<(), String> {
+        c.check_step()?;
+        dumps.push(c.replicas.iter().map(|r| r.dump()).collect::<Vec<_>>().join("--\n"));
+        Ok(())
+    };
+    c.partition(&[0, 1, 2]);
+    let x = c.append(0, INBOX, vec![]).unwrap();
+    let e = c.append(1, INBOX, vec![]).unwrap();
+    step(&mut c)?;
+    flush(&mut c, 1, 2);
+    c.look(2, INBOX);
+    assert_eq!(c.replicas[2].uid_of(e), Some((INBOX, 1)), "C showed E at 1");
+    step(&mut c)?;
+    flush(&mut c, 0, 1);
+    assert_eq!(c.replicas[1].uid_of(x), Some((INBOX, 1)), "A's X wins UID 1 at B (nobody showed either there)");
+    assert_eq!(c.replicas[1].uid_of(e), Some((INBOX, 2)));
+    c.client(1, |r| r.expunge(&[e])).unwrap();
+    step(&mut c)?;
+    flush(&mut c, 1, 0);
+    let a = &c.replicas[0];
+    let idx = a.mailbox_index(INBOX).unwrap();
+    let pe = a.packed_message(e).unwrap();
+    let held = a.backend().side_at(idx, 1).unwrap().iter().any(|cl| cl.message == pe);
+    assert_eq!(held, !drop, "A holds E's withdrawn claim at 1 only when it keeps withdrawn claims");
+    let marked = a.backend().retracted_in(idx).unwrap().iter().any(|k| k.uid == 1 && k.message == pe);
+    assert_eq!(marked, !drop, "its withdrawal mark goes with it");
+    assert!(a.backend().pinned_in(idx).unwrap().is_empty(), "nothing pinned at A yet");
+    assert_eq!(a.uid_of(x), Some((INBOX, 1)), "X still at 1 at A before the pin");
+    assert!(!a.backend().is_dead(idx, 1).unwrap());
+    step(&mut c)?;
+    // C's announce (pinning B's claim of E at 1) reaches A now.
+    flush(&mut c, 2, 0);
+    let a = &c.replicas[0];
+    if !a.backend().is_dead(idx, 1).unwrap() {
+        return Err("the late pin did not spend UID 1 at A".into());
+    }
+    if a.uid_of(x).is_none_or(|(_, u)| u <= 1) {
+        return Err(format!("X did not move off UID 1 at A: {:?}", a.uid_of(x)));
+    }
+    assert!(a.backend().side_at(idx, 1).unwrap().iter().all(|cl| cl.message != pe), "no claim of E at 1 left");
+    assert!(a.backend().pinned_in(idx).unwrap().iter().all(|k| k.message != pe), "no pin of E kept");
+    step(&mut c)?;
+    c.heal();
+    c.deliver_all(&mut Rng::new(7));
+    c.check_converged()?;
+    for r in &c.replicas {
+        let i = r.mailbox_index(INBOX).unwrap();
+        assert!(r.backend().is_dead(i, 1).unwrap(), "UID 1 spent on every replica");
+        assert!(r.uid_of(x).is_some_and(|(_, u)| u > 1), "X moved off UID 1 everywhere");
+    }
+    step(&mut c)?;
+    Ok(dumps)
+}
+
+#[test]
+fn a_late_pin_of_a_dropped_withdrawn_claim_spends_its_uid() {
+    let dropping = late_pin_history(starling_model::ReplicaOptions::default()).unwrap();
+    let keeping =
+        late_pin_history(starling_model::ReplicaOptions { drop_withdrawn: false, ..Default::default() }).unwrap();
+    assert_eq!(dropping, keeping, "dropping withdrawn claims changes what clients see");
+}

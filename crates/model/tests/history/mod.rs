@@ -253,3 +253,23 @@ pub fn run_with(
     trace.push(c.replicas.iter().map(|r| format!("{:?}\n{}", r.version(), r.dump())).collect::<Vec<_>>().join("--\n"));
     Ok(c)
 }
+
+/// Runs a history under two option sets and requires the same outcome and
+/// the same trace (versions and dumps of every replica) at every step.
+pub fn same_traces(n: usize, actions: &[Action], a: ReplicaOptions, b: ReplicaOptions) -> Result<(), String> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let ra = run_with(n, actions, a, &mut x);
+    let rb = run_with(n, actions, b, &mut y);
+    if ra.is_ok() != rb.is_ok() {
+        return Err(format!("{:?} / {:?}", ra.err(), rb.err()));
+    }
+    for (step, (p, q)) in x.iter().zip(&y).enumerate() {
+        if p != q {
+            return Err(format!("step {step}: {a:?}\n{p}\n{b:?}\n{q}"));
+        }
+    }
+    if x.len() != y.len() {
+        return Err(format!("{} steps against {}", x.len(), y.len()));
+    }
+    Ok(())
+}
