@@ -29,9 +29,10 @@
 //! least recently used entries are dropped past it, and a mailbox whose
 //! entry alone could not fit is not cached (SORT reads it as before).
 
-use crate::command::sort::{sort_order, Facts};
+use crate::command::sort::Facts;
 use crate::context::AWAITING_MAX;
-use imap_codec::imap_types::extensions::sort::SortCriterion;
+use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
+use std::cmp::Ordering as Cmp;
 use starling_model::{BlobId, MailboxId, MessageId};
 use starling_store::sortkeys::Wanted;
 use starling_store::{MailboxStatus, MessageInfo, Reader, StoreError};
@@ -39,8 +40,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default of [`crate::Config::sort_cache_bytes`]: 64 MiB (a 100,000-message
-/// mailbox takes about 30 MiB).
+/// Default of [`crate::Config::sort_cache_bytes`]: 64 MiB.
 pub const SORT_CACHE_BYTES_DEFAULT: usize = 64 << 20;
 
 /// Messages added or expunged since an entry's MODSEQ that are applied to
@@ -60,7 +60,7 @@ const EVERY_KEY: Wanted = Wanted { subject: true, addresses: true, threading: fa
 /// What one message costs an entry at least (its facts, its place in an
 /// order): a mailbox with more messages than the bound allows is not cached.
 fn message_bytes_min() -> usize {
-    std::mem::size_of::<(MessageId, Facts)>() + 4
+    std::mem::size_of::<(MessageId, Keyed)>() + 4
 }
 
 /// Counters of the cache (for tests and operators).
@@ -111,8 +111,8 @@ struct Entry {
     uid_validity: u32,
     modseq: u64,
     /// Per message, by UID: the message it is (a UID names one message, but
-    /// a changed row is checked) and its facts (`seq` holds the UID).
-    facts: Vec<(MessageId, Facts)>,
+    /// a changed row is checked) and the keys SORT compares of it.
+    facts: Vec<(MessageId, Keyed)>,
     /// UIDs whose body was not here when their facts were read, ascending.
     awaiting: Vec<u32>,
     /// (criteria, UIDs in their order), most recently used first.
@@ -271,7 +271,7 @@ impl Entry {
         self.facts.binary_search_by_key(&uid, |(_, f)| f.uid).ok()
     }
 
-    fn facts_of(&self, uid: u32) -> &Facts {
+    fn facts_of(&self, uid: u32) -> &Keyed {
         &self.facts[self.find(uid).expect("an ordered UID has facts")].1
     }
 
@@ -411,7 +411,7 @@ impl Entry {
             } else {
                 for &u in &fresh {
                     let f = self.facts_of(u);
-                    let at = order.partition_point(|&o| sort_order(&criteria, self.facts_of(o), f).is_lt());
+                    let at = order.partition_point(|&o| keyed_order(&criteria, self.facts_of(o), f).is_lt());
                     order.insert(at, u);
                 }
             }
@@ -440,41 +440,98 @@ impl Entry {
     /// Every UID in `criteria`'s order, ties by UID.
     fn sorted(&self, criteria: &[SortCriterion]) -> Vec<u32> {
         let mut idx: Vec<u32> = (0..self.facts.len() as u32).collect();
-        idx.sort_unstable_by(|&a, &b| sort_order(criteria, &self.facts[a as usize].1, &self.facts[b as usize].1));
+        idx.sort_unstable_by(|&a, &b| keyed_order(criteria, &self.facts[a as usize].1, &self.facts[b as usize].1));
         idx.into_iter().map(|i| self.facts[i as usize].1.uid).collect()
     }
 
-    /// Its bytes, estimated: the facts with their strings, the orders.
+    /// Its bytes, estimated: the facts with their strings (and what the
+    /// allocator adds to each), the orders.
     fn size(&self) -> usize {
+        let boxed = |n: usize| if n == 0 { 0 } else { n.div_ceil(16) * 16 + 16 };
         let strings: usize = self
             .facts
             .iter()
             .map(|(_, f)| {
-                f.subject.capacity()
-                    + f.from.capacity()
-                    + f.to.capacity()
-                    + f.cc.capacity()
-                    + f.display_from.capacity()
-                    + f.display_to.capacity()
-                    + f.references.capacity() * std::mem::size_of::<starling_store::IdHash>()
+                boxed(f.subject.len())
+                    + boxed(f.from.len())
+                    + boxed(f.to.len())
+                    + boxed(f.cc.len())
+                    + boxed(f.display_from.len())
+                    + boxed(f.display_to.len())
             })
             .sum();
         let orders: usize = self.orders.iter().map(|(c, o)| o.capacity() * 4 + c.len() * 16 + 64).sum();
-        self.facts.capacity() * std::mem::size_of::<(MessageId, Facts)>() + strings + orders + self.awaiting.len() * 4
+        self.facts.capacity() * std::mem::size_of::<(MessageId, Keyed)>() + strings + orders + self.awaiting.len() * 4
     }
 }
 
-/// The facts of `infos` (by UID) with every header key, `seq` set to the UID.
-fn read_facts(reader: &Reader, infos: Vec<MessageInfo>) -> Vec<(MessageId, Facts)> {
+/// What the cache keeps of a message: the keys SORT compares, each string
+/// as long as it is.
+struct Keyed {
+    uid: u32,
+    arrival: i64,
+    sent: i64,
+    size: u64,
+    subject: Box<str>,
+    from: Box<[u8]>,
+    to: Box<[u8]>,
+    cc: Box<[u8]>,
+    display_from: Box<str>,
+    display_to: Box<str>,
+    /// Its body was not here when it was read.
+    awaiting: Option<BlobId>,
+}
+
+impl Keyed {
+    fn of(f: Facts) -> Keyed {
+        Keyed {
+            uid: f.uid,
+            arrival: f.arrival,
+            sent: f.sent,
+            size: f.size,
+            subject: f.subject.into_boxed_str(),
+            from: f.from.into_boxed_slice(),
+            to: f.to.into_boxed_slice(),
+            cc: f.cc.into_boxed_slice(),
+            display_from: f.display_from.into_boxed_str(),
+            display_to: f.display_to.into_boxed_str(),
+            awaiting: f.awaiting,
+        }
+    }
+}
+
+/// SORT's order of two messages ([`crate::command::sort::sort_order`]),
+/// ties by UID.
+fn keyed_order(criteria: &[SortCriterion], a: &Keyed, b: &Keyed) -> Cmp {
+    criteria
+        .iter()
+        .map(|c| {
+            let o = match c.key {
+                SortKey::Arrival => a.arrival.cmp(&b.arrival),
+                SortKey::Cc => a.cc.cmp(&b.cc),
+                SortKey::Date => a.sent.cmp(&b.sent),
+                SortKey::From => a.from.cmp(&b.from),
+                SortKey::Size => a.size.cmp(&b.size),
+                SortKey::Subject => a.subject.cmp(&b.subject),
+                SortKey::To => a.to.cmp(&b.to),
+                SortKey::DisplayFrom => a.display_from.cmp(&b.display_from),
+                SortKey::DisplayTo => a.display_to.cmp(&b.display_to),
+            };
+            if c.reverse {
+                o.reverse()
+            } else {
+                o
+            }
+        })
+        .find(|o| o.is_ne())
+        .unwrap_or(Cmp::Equal)
+        .then(a.uid.cmp(&b.uid))
+}
+
+/// The facts of `infos` (by UID) with every header key.
+fn read_facts(reader: &Reader, infos: Vec<MessageInfo>) -> Vec<(MessageId, Keyed)> {
     let ids: Vec<MessageId> = infos.iter().map(|m| m.message).collect();
     let matched: Vec<(u32, MessageInfo)> = infos.into_iter().map(|m| (m.uid, m)).collect();
     let facts = Facts::read_all(reader, &matched, Some(EVERY_KEY));
-    ids.into_iter()
-        .zip(facts)
-        .map(|(m, mut f)| {
-            f.modseq = 0;
-            f.subject.shrink_to_fit();
-            (m, f)
-        })
-        .collect()
+    ids.into_iter().zip(facts).map(|(m, f)| (m, Keyed::of(f))).collect()
 }
