@@ -32,10 +32,10 @@
 use crate::command::sort::Facts;
 use crate::context::AWAITING_MAX;
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
-use std::cmp::Ordering as Cmp;
 use starling_model::{BlobId, MailboxId, MessageId};
 use starling_store::sortkeys::Wanted;
 use starling_store::{MailboxStatus, MessageInfo, Reader, StoreError};
+use std::cmp::Ordering as Cmp;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
