@@ -33,6 +33,7 @@ mod returns;
 mod selected;
 pub mod server;
 pub mod session;
+pub mod sortcache;
 pub mod uidmap;
 pub mod wire;
 
@@ -42,3 +43,4 @@ pub use command::notify::{NOTIFY_GROUPS_MAX, NOTIFY_NAMES_MAX, NOTIFY_PENDING_MA
 pub use context::AWAITING_MAX;
 pub use server::{serve, tls_acceptor, Listener};
 pub use session::{Config, Session, Shared, Wants};
+pub use sortcache::{SortCache, SortCacheStats, SORT_CACHE_BYTES_DEFAULT};

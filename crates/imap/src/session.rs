@@ -72,6 +72,9 @@ pub struct Config {
     /// connection with a step to run past it waits for room, reading no
     /// more of its socket meanwhile (its deadline still holds).
     pub store_queue: usize,
+    /// Bytes the shared sort cache ([`crate::sortcache`]) holds at most,
+    /// over every mailbox; 0: none (SORT reads every message each time).
+    pub sort_cache_bytes: usize,
 }
 
 /// Default of [`Config::store_threads`]: 64, whatever the cores. A step
@@ -101,6 +104,7 @@ impl Default for Config {
             exposure: Default::default(),
             store_threads: store_threads_default(),
             store_queue: 1024,
+            sort_cache_bytes: crate::sortcache::SORT_CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct Shared {
     want_bodies: std::sync::RwLock<Option<WantBodies>>,
     /// Where the server runs session steps ([`Config::store_threads`]).
     store_pool: crate::pool::Pool,
+    /// Per mailbox, what SORT compares and its orders ([`crate::sortcache`]).
+    pub sort_cache: crate::sortcache::SortCache,
 }
 
 /// Asks peers for an account's bodies; false when no peer can be asked.
@@ -147,12 +153,13 @@ impl Shared {
             guard,
             connections,
             store,
-            config,
             logins: Mutex::default(),
             recent: Mutex::default(),
             sessions: Default::default(),
             views: Mutex::default(),
             want_bodies: Default::default(),
+            sort_cache: crate::sortcache::SortCache::new(config.sort_cache_bytes),
+            config,
         })
     }
 

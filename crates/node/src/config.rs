@@ -167,6 +167,7 @@ pub struct Imap {
     pub auth_verify_queue: Option<Spanned<u64>>,
     pub store_threads: Option<Spanned<u64>>,
     pub store_queue: Option<Spanned<u64>>,
+    pub sort_cache_bytes: Option<Spanned<u64>>,
     pub body_wait_ms: Option<Spanned<u64>>,
     pub tls_cert: Option<Spanned<PathBuf>>,
     pub tls_key: Option<Spanned<PathBuf>>,
@@ -192,6 +193,7 @@ impl Imap {
                 ("auth_verify_queue", &self.auth_verify_queue, 1, 1 << 20, "or every login is refused"),
                 ("store_threads", &self.store_threads, 1, 1024, "or no command is answered"),
                 ("store_queue", &self.store_queue, 1, 1 << 20, "or no command is answered"),
+                ("sort_cache_bytes", &self.sort_cache_bytes, 0, 1 << 40, "bytes (0: no sort cache)"),
                 ("auth_failure_forget_secs", &self.auth_failure_forget_secs, 1, u64::MAX, "penalties must last"),
                 (
                     "auth_cache_ttl_secs",
@@ -500,6 +502,7 @@ impl Config {
             exposure: Default::default(),
             store_threads: n(&i.store_threads, d.store_threads),
             store_queue: n(&i.store_queue, d.store_queue),
+            sort_cache_bytes: n(&i.sort_cache_bytes, d.sort_cache_bytes),
             auth: starling_imap::auth::GuardLimits {
                 delay: ms(&i.auth_failure_delay_ms, a.delay),
                 delay_max: ms(&i.auth_failure_delay_max_ms, a.delay_max),
@@ -615,6 +618,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # auth_verify_queue = 1024     # logins waiting for one; more are refused (NO [UNAVAILABLE])
 # store_threads = 16           # threads running session steps that touch the store (default: 64)
 # store_queue = 1024           # steps waiting for one; more wait for room (not read meanwhile)
+# sort_cache_bytes = 67108864  # SORT's per-mailbox orders, all mailboxes together, bytes (0: none)
 # tls_cert = "/etc/ssl/mail.pem"   # default: self-signed, made in data_dir
 # tls_key = "/etc/ssl/mail.key"
 

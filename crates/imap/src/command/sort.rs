@@ -246,30 +246,99 @@ impl Session {
         Ok(done)
     }
 
-    /// The messages SORT answers, in order; into `absent`, the messages
-    /// the search tested without their body (bounded as
-    /// [`Session::matching_awaiting`] bounds them).
+    /// The messages SORT answers, in order: from the shared sort cache
+    /// when it can answer ([`crate::sortcache`]), else read here. Into
+    /// `absent`, the messages the search tested without their body
+    /// (bounded as [`Session::matching_awaiting`] bounds them).
     fn sorted(
         &self,
         criteria: &[SortCriterion],
         charset: &str,
         search: &[SearchKey<'_>],
         absent: Option<&mut Vec<(u32, BlobId)>>,
-    ) -> Result<Vec<Facts>, Fail> {
+    ) -> Result<Vec<Hit>, Fail> {
         if criteria.len() > SORT_CRITERIA_MAX {
             return Err(Fail::Bad(format!("at most {SORT_CRITERIA_MAX} sort criteria")));
         }
         charset_ok(charset)?;
-        let header = wanted(criteria);
         let reader = self.reader()?;
-        let matched = self.matching_awaiting(&reader, search, absent)?;
+        // `ALL` reads nothing of the messages: the cache answers from its
+        // order and the session's view alone.
+        let matched = match search {
+            [SearchKey::All] => None,
+            _ => Some(self.matching_awaiting(&reader, search, absent)?),
+        };
+        if let Some(hits) = self.sorted_cached(&reader, criteria, matched.as_deref())? {
+            return Ok(hits);
+        }
+        let matched = match matched {
+            Some(m) => m,
+            None => self.matching(&reader, search)?,
+        };
+        let header = wanted(criteria);
         let facts = Facts::read_all(&reader, &matched, header);
         drop(reader);
         // Indices are sorted, not the (large) facts; ties by sequence
         // number make the order total, so an unstable sort gives the one answer.
         let mut order: Vec<u32> = (0..facts.len() as u32).collect();
         order.sort_unstable_by(|&a, &b| sort_order(criteria, &facts[a as usize], &facts[b as usize]));
-        let mut slots: Vec<Option<Facts>> = facts.into_iter().map(Some).collect();
-        Ok(order.iter().map(|&i| slots[i as usize].take().expect("each index once")).collect())
+        Ok(order.iter().map(|&i| Hit::of(&facts[i as usize])).collect())
+    }
+
+    /// [`Session::sorted`] from the sort cache: the mailbox's order kept
+    /// for `criteria`, of which the messages in this session's view that
+    /// the search matches (`ALL`: every one, nothing searched). `None` when
+    /// the cache cannot answer.
+    fn sorted_cached(
+        &self,
+        reader: &Reader,
+        criteria: &[SortCriterion],
+        matched: Option<&[(u32, MessageInfo)]>,
+    ) -> Result<Option<Vec<Hit>>, Fail> {
+        let sel = self.selected.as_ref().expect("selected");
+        // Bodies awaited matter only where the header is compared.
+        let header = wanted(criteria).is_some();
+        let cache = &self.shared.sort_cache;
+        let answer = cache.with_order(self.account_name(), sel.id, reader, criteria, |order, awaited| {
+            let awaiting = |uid: u32| {
+                if !header || awaited.is_empty() {
+                    return None;
+                }
+                awaited.binary_search_by_key(&uid, |&(u, _)| u).ok().map(|i| awaited[i].1)
+            };
+            let mut hits = Vec::with_capacity(matched.map_or(order.len(), |m| m.len()));
+            for &uid in order {
+                let (seq, modseq) = match matched {
+                    None => match sel.seq_of(uid) {
+                        Some(i) => (i as u32 + 1, 0),
+                        None => continue,
+                    },
+                    Some(m) => match m.binary_search_by_key(&uid, |(_, m)| m.uid) {
+                        Ok(i) => (m[i].0, m[i].1.modseq),
+                        Err(_) => continue,
+                    },
+                };
+                hits.push(Hit { seq, uid, modseq, awaiting: awaiting(uid) });
+            }
+            hits
+        });
+        // A store error: read without the cache, which says what failed.
+        Ok(answer.unwrap_or(None))
+    }
+}
+
+/// One message of SORT's answer.
+pub(crate) struct Hit {
+    pub seq: u32,
+    pub uid: u32,
+    /// Its MODSEQ (read only when the search reads it: else 0).
+    pub modseq: u64,
+    /// Its body was not here: sorted as an empty header.
+    pub awaiting: Option<starling_model::BlobId>,
+}
+
+impl Hit {
+    fn of(f: &Facts) -> Hit {
+        Hit { seq: f.seq, uid: f.uid, modseq: f.modseq, awaiting: f.awaiting }
     }
 }
