@@ -29,13 +29,12 @@
 //! least recently used entries are dropped past it, and a mailbox whose
 //! entry alone could not fit is not cached (SORT reads it as before).
 
-use crate::command::sort::Facts;
+use crate::command::sort::{sort_order, Facts, SortFields};
 use crate::context::AWAITING_MAX;
-use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
+use imap_codec::imap_types::extensions::sort::SortCriterion;
 use starling_model::{BlobId, MailboxId, MessageId};
 use starling_store::sortkeys::Wanted;
 use starling_store::{MailboxStatus, MessageInfo, Reader, StoreError};
-use std::cmp::Ordering as Cmp;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -411,7 +410,7 @@ impl Entry {
             } else {
                 for &u in &fresh {
                     let f = self.facts_of(u);
-                    let at = order.partition_point(|&o| keyed_order(&criteria, self.facts_of(o), f).is_lt());
+                    let at = order.partition_point(|&o| sort_order(&criteria, self.facts_of(o), f).is_lt());
                     order.insert(at, u);
                 }
             }
@@ -440,7 +439,7 @@ impl Entry {
     /// Every UID in `criteria`'s order, ties by UID.
     fn sorted(&self, criteria: &[SortCriterion]) -> Vec<u32> {
         let mut idx: Vec<u32> = (0..self.facts.len() as u32).collect();
-        idx.sort_unstable_by(|&a, &b| keyed_order(criteria, &self.facts[a as usize].1, &self.facts[b as usize].1));
+        idx.sort_unstable_by(|&a, &b| sort_order(criteria, &self.facts[a as usize].1, &self.facts[b as usize].1));
         idx.into_iter().map(|i| self.facts[i as usize].1.uid).collect()
     }
 
@@ -500,32 +499,39 @@ impl Keyed {
     }
 }
 
-/// SORT's order of two messages ([`crate::command::sort::sort_order`]),
-/// ties by UID.
-fn keyed_order(criteria: &[SortCriterion], a: &Keyed, b: &Keyed) -> Cmp {
-    criteria
-        .iter()
-        .map(|c| {
-            let o = match c.key {
-                SortKey::Arrival => a.arrival.cmp(&b.arrival),
-                SortKey::Cc => a.cc.cmp(&b.cc),
-                SortKey::Date => a.sent.cmp(&b.sent),
-                SortKey::From => a.from.cmp(&b.from),
-                SortKey::Size => a.size.cmp(&b.size),
-                SortKey::Subject => a.subject.cmp(&b.subject),
-                SortKey::To => a.to.cmp(&b.to),
-                SortKey::DisplayFrom => a.display_from.cmp(&b.display_from),
-                SortKey::DisplayTo => a.display_to.cmp(&b.display_to),
-            };
-            if c.reverse {
-                o.reverse()
-            } else {
-                o
-            }
-        })
-        .find(|o| o.is_ne())
-        .unwrap_or(Cmp::Equal)
-        .then(a.uid.cmp(&b.uid))
+impl SortFields for Keyed {
+    fn arrival(&self) -> i64 {
+        self.arrival
+    }
+    fn sent(&self) -> i64 {
+        self.sent
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn subject(&self) -> &str {
+        &self.subject
+    }
+    fn from(&self) -> &[u8] {
+        &self.from
+    }
+    fn to(&self) -> &[u8] {
+        &self.to
+    }
+    fn cc(&self) -> &[u8] {
+        &self.cc
+    }
+    fn display_from(&self) -> &str {
+        &self.display_from
+    }
+    fn display_to(&self) -> &str {
+        &self.display_to
+    }
+    /// Ties by UID: within any session's view sequence numbers rise with
+    /// UIDs, so this is SORT's order for every session at once.
+    fn tie(&self) -> u32 {
+        self.uid
+    }
 }
 
 /// The facts of `infos` (by UID) with every header key.

@@ -124,24 +124,74 @@ impl Facts {
     }
 }
 
+/// What SORT compares of a message, whichever record holds it ([`Facts`],
+/// or the sort cache's compact one).
+pub(crate) trait SortFields {
+    fn arrival(&self) -> i64;
+    fn sent(&self) -> i64;
+    fn size(&self) -> u64;
+    fn subject(&self) -> &str;
+    fn from(&self) -> &[u8];
+    fn to(&self) -> &[u8];
+    fn cc(&self) -> &[u8];
+    fn display_from(&self) -> &str;
+    fn display_to(&self) -> &str;
+    /// The last tie-break: the sequence number, or the UID (which rises
+    /// with it in every session's view).
+    fn tie(&self) -> u32;
+}
+
+impl SortFields for Facts {
+    fn arrival(&self) -> i64 {
+        self.arrival
+    }
+    fn sent(&self) -> i64 {
+        self.sent
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn subject(&self) -> &str {
+        &self.subject
+    }
+    fn from(&self) -> &[u8] {
+        &self.from
+    }
+    fn to(&self) -> &[u8] {
+        &self.to
+    }
+    fn cc(&self) -> &[u8] {
+        &self.cc
+    }
+    fn display_from(&self) -> &str {
+        &self.display_from
+    }
+    fn display_to(&self) -> &str {
+        &self.display_to
+    }
+    fn tie(&self) -> u32 {
+        self.seq
+    }
+}
+
 /// One criterion applied to two messages.
-fn compare(key: &SortKey, a: &Facts, b: &Facts) -> Ordering {
+fn compare<F: SortFields>(key: &SortKey, a: &F, b: &F) -> Ordering {
     match key {
-        SortKey::Arrival => a.arrival.cmp(&b.arrival),
-        SortKey::Cc => a.cc.cmp(&b.cc),
-        SortKey::Date => a.sent.cmp(&b.sent),
-        SortKey::From => a.from.cmp(&b.from),
-        SortKey::Size => a.size.cmp(&b.size),
-        SortKey::Subject => a.subject.cmp(&b.subject),
-        SortKey::To => a.to.cmp(&b.to),
-        SortKey::DisplayFrom => a.display_from.cmp(&b.display_from),
-        SortKey::DisplayTo => a.display_to.cmp(&b.display_to),
+        SortKey::Arrival => a.arrival().cmp(&b.arrival()),
+        SortKey::Cc => a.cc().cmp(b.cc()),
+        SortKey::Date => a.sent().cmp(&b.sent()),
+        SortKey::From => a.from().cmp(b.from()),
+        SortKey::Size => a.size().cmp(&b.size()),
+        SortKey::Subject => a.subject().cmp(b.subject()),
+        SortKey::To => a.to().cmp(b.to()),
+        SortKey::DisplayFrom => a.display_from().cmp(b.display_from()),
+        SortKey::DisplayTo => a.display_to().cmp(b.display_to()),
     }
 }
 
 /// The order SORT gives two messages: the criteria in turn, each maybe
 /// reversed, ties by sequence number (so the order is total).
-pub(crate) fn sort_order(criteria: &[SortCriterion], a: &Facts, b: &Facts) -> Ordering {
+pub(crate) fn sort_order<F: SortFields>(criteria: &[SortCriterion], a: &F, b: &F) -> Ordering {
     criteria
         .iter()
         .map(|c| {
@@ -154,7 +204,7 @@ pub(crate) fn sort_order(criteria: &[SortCriterion], a: &Facts, b: &Facts) -> Or
         })
         .find(|o| o.is_ne())
         .unwrap_or(Ordering::Equal)
-        .then(a.seq.cmp(&b.seq))
+        .then(a.tie().cmp(&b.tie()))
 }
 
 /// The header's keys the criteria compare (`None`: none, ARRIVAL and SIZE only).
