@@ -1,7 +1,11 @@
-//! The sort cache: per mailbox, what SORT compares of each message and the
-//! mailbox's order under each of the last few criteria lists, shared by
-//! every session of the server, so that a SORT of a large mailbox does not
-//! read every message's envelope and sort keys again.
+//! The sort cache: per mailbox, what SORT and THREAD compare of each
+//! message, the mailbox's order under each of the last few criteria lists
+//! and its threads by each algorithm, shared by every session of the
+//! server, so that a SORT or THREAD of a large mailbox does not read every
+//! message's envelope and sort keys again. Threads are kept only over the
+//! whole mailbox and dropped when a message comes or goes (one message can
+//! join or split threads anywhere); a THREAD of part of the mailbox, or
+//! after a change, is computed from the kept records.
 //!
 //! An entry is keyed by (account, mailbox) and holds the mailbox's
 //! UIDVALIDITY and the HIGHESTMODSEQ it is up to date with. A SORT brings
@@ -30,11 +34,12 @@
 //! entry alone could not fit is not cached (SORT reads it as before).
 
 use crate::command::sort::{sort_order, Facts, SortFields};
+use crate::command::thread::{Threading, Threads};
 use crate::context::AWAITING_MAX;
 use imap_codec::imap_types::extensions::sort::SortCriterion;
 use starling_model::{BlobId, MailboxId, MessageId};
 use starling_store::sortkeys::Wanted;
-use starling_store::{MailboxStatus, MessageInfo, Reader, StoreError};
+use starling_store::{IdHash, MailboxStatus, MessageInfo, Reader, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,8 +58,9 @@ pub const ORDERS_MAX: usize = 8;
 /// more and the order is sorted again from the facts.
 const INSERT_MAX: usize = 256;
 
-/// Every key of the header, so that one entry serves every criterion.
-const EVERY_KEY: Wanted = Wanted { subject: true, addresses: true, threading: false };
+/// Every key of the header, so that one entry serves every criterion and
+/// THREAD.
+const EVERY_KEY: Wanted = Wanted { subject: true, addresses: true, threading: true };
 
 /// What one message costs an entry at least (its facts, its place in an
 /// order): a mailbox with more messages than the bound allows is not cached.
@@ -77,6 +83,8 @@ pub struct SortCacheStats {
     pub builds: u64,
     /// Entries dropped for the byte bound.
     pub evictions: u64,
+    /// THREADs answered from threads kept over the whole mailbox.
+    pub threads_kept: u64,
 }
 
 /// The cache (one per server, [`crate::Shared`]).
@@ -88,6 +96,7 @@ pub struct SortCache {
     refreshes: AtomicU64,
     builds: AtomicU64,
     evictions: AtomicU64,
+    threads_kept: AtomicU64,
 }
 
 #[derive(Default)]
@@ -116,6 +125,9 @@ struct Entry {
     awaiting: Vec<u32>,
     /// (criteria, UIDs in their order), most recently used first.
     orders: Vec<(Vec<SortCriterion>, Vec<u32>)>,
+    /// THREAD's answer over every message (indices into `facts`), per
+    /// algorithm (so at most two); dropped when a message comes or goes.
+    threads: Vec<(Threading, Threads)>,
     bytes: usize,
 }
 
@@ -139,6 +151,7 @@ impl SortCache {
             refreshes: AtomicU64::new(0),
             builds: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            threads_kept: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +175,7 @@ impl SortCache {
             refreshes: self.refreshes.load(Ordering::Relaxed),
             builds: self.builds.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            threads_kept: self.threads_kept.load(Ordering::Relaxed),
         }
     }
 
@@ -182,6 +196,67 @@ impl SortCache {
         reader: &Reader,
         criteria: &[SortCriterion],
         f: impl FnOnce(&[u32], &[(u32, BlobId)]) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        self.with_entry(account, id, reader, |e| {
+            let at = e.order_for(criteria);
+            let awaiting: Vec<(u32, BlobId)> = e
+                .awaiting
+                .iter()
+                .filter_map(|&u| e.find(u).and_then(|i| e.facts[i].1.awaiting).map(|b| (u, b)))
+                .collect();
+            f(&e.orders[at].1, &awaiting)
+        })
+    }
+
+    /// Calls `f` with THREAD's answer by `algorithm` over the messages of
+    /// mailbox `id` (as `reader` sees it) to which `seq_of` gives a
+    /// sequence number, and those messages as (UID, sequence number) in
+    /// UID order, which the answer's indices name. The answer over every
+    /// message is kept until a message comes or goes. `None` as for
+    /// [`SortCache::with_order`].
+    pub(crate) fn with_threads<T>(
+        &self,
+        account: &str,
+        id: MailboxId,
+        reader: &Reader,
+        algorithm: Threading,
+        seq_of: impl Fn(u32) -> Option<u32>,
+        f: impl FnOnce(&Threads, &[(u32, u32)]) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        self.with_entry(account, id, reader, |e| {
+            let mut chosen: Vec<usize> = Vec::with_capacity(e.facts.len());
+            let mut numbers: Vec<(u32, u32)> = Vec::with_capacity(e.facts.len());
+            for (i, (_, k)) in e.facts.iter().enumerate() {
+                if let Some(seq) = seq_of(k.uid) {
+                    chosen.push(i);
+                    numbers.push((k.uid, seq));
+                }
+            }
+            let every = chosen.len() == e.facts.len();
+            if let Some((_, kept)) = e.threads.iter().find(|(a, _)| every && *a == algorithm) {
+                self.threads_kept.fetch_add(1, Ordering::Relaxed);
+                return f(kept, &numbers);
+            }
+            let facts: Vec<&Keyed> = chosen.iter().map(|&i| &e.facts[i].1).collect();
+            let threads = Threads::of(algorithm, &facts);
+            let out = f(&threads, &numbers);
+            if every {
+                e.bytes += threads.bytes() + 64;
+                e.threads.push((algorithm, threads));
+            }
+            out
+        })
+    }
+
+    /// Brings mailbox `id`'s entry up to date with `reader` (built if
+    /// need be) and calls `f` with it, then keeps it within the bound;
+    /// `None` when the cache cannot answer (see [`SortCache::with_order`]).
+    fn with_entry<T>(
+        &self,
+        account: &str,
+        id: MailboxId,
+        reader: &Reader,
+        f: impl FnOnce(&mut Entry) -> T,
     ) -> Result<Option<T>, StoreError> {
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok(None);
@@ -220,10 +295,7 @@ impl SortCache {
             Fresh::Built => &self.builds,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let at = e.order_for(criteria);
-        let awaiting: Vec<(u32, BlobId)> =
-            e.awaiting.iter().filter_map(|&u| e.find(u).and_then(|i| e.facts[i].1.awaiting).map(|b| (u, b))).collect();
-        let out = f(&e.orders[at].1, &awaiting);
+        let out = f(&mut e);
         let keep = e.awaiting.len() <= AWAITING_MAX;
         if !keep {
             *e = Entry::default();
@@ -321,6 +393,7 @@ impl Entry {
             awaiting: facts.iter().filter(|(_, f)| f.awaiting.is_some()).map(|(_, f)| f.uid).collect(),
             facts,
             orders: Vec::new(),
+            threads: Vec::new(),
             bytes: 0,
         };
         self.bytes = self.size();
@@ -377,6 +450,10 @@ impl Entry {
 
     /// Takes `removed` UIDs out (facts and orders) and puts `added` in.
     fn replace(&mut self, reader: &Reader, mut removed: Vec<u32>, mut added: Vec<MessageInfo>) {
+        if !removed.is_empty() || !added.is_empty() {
+            // A thread may change anywhere when one message comes or goes.
+            self.threads.clear();
+        }
         removed.sort_unstable();
         removed.dedup();
         if !removed.is_empty() {
@@ -394,6 +471,7 @@ impl Entry {
         }
         let new = read_facts(reader, added);
         let fresh: Vec<u32> = new.iter().map(|(_, f)| f.uid).collect();
+        room(&mut self.facts, new.len());
         for (m, f) in new {
             let at = self.facts.partition_point(|(_, g)| g.uid < f.uid);
             if f.awaiting.is_some() {
@@ -408,6 +486,7 @@ impl Entry {
             if fresh.len() > INSERT_MAX {
                 order = self.sorted(&criteria);
             } else {
+                room(&mut order, fresh.len());
                 for &u in &fresh {
                     let f = self.facts_of(u);
                     let at = order.partition_point(|&o| sort_order(&criteria, self.facts_of(o), f).is_lt());
@@ -457,15 +536,31 @@ impl Entry {
                     + boxed(f.cc.len())
                     + boxed(f.display_from.len())
                     + boxed(f.display_to.len())
+                    + boxed(f.references.len() * std::mem::size_of::<IdHash>())
             })
             .sum();
         let orders: usize = self.orders.iter().map(|(c, o)| o.capacity() * 4 + c.len() * 16 + 64).sum();
-        self.facts.capacity() * std::mem::size_of::<(MessageId, Keyed)>() + strings + orders + self.awaiting.len() * 4
+        let threads: usize = self.threads.iter().map(|(_, t)| t.bytes() + 64).sum(); // as `with_threads` adds
+        self.facts.capacity() * std::mem::size_of::<(MessageId, Keyed)>()
+            + strings
+            + orders
+            + threads
+            + self.awaiting.len() * 4
     }
 }
 
-/// What the cache keeps of a message: the keys SORT compares, each string
-/// as long as it is.
+/// Makes room in `v` for `more` elements with a sixteenth to spare, not
+/// the doubling `push` and `insert` would make: an entry's largest vectors
+/// stay within ~6% of their length (a 100,000-message entry doubled is
+/// ~20 MB more), and a refresh still copies them only now and then.
+fn room<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more + v.len() / 16);
+    }
+}
+
+/// What the cache keeps of a message: the keys SORT and THREAD compare,
+/// each string as long as it is.
 struct Keyed {
     uid: u32,
     arrival: i64,
@@ -477,6 +572,9 @@ struct Keyed {
     cc: Box<[u8]>,
     display_from: Box<str>,
     display_to: Box<str>,
+    reply: bool,
+    message_id: Option<IdHash>,
+    references: Box<[IdHash]>,
     /// Its body was not here when it was read.
     awaiting: Option<BlobId>,
 }
@@ -494,6 +592,9 @@ impl Keyed {
             cc: f.cc.into_boxed_slice(),
             display_from: f.display_from.into_boxed_str(),
             display_to: f.display_to.into_boxed_str(),
+            reply: f.reply,
+            message_id: f.message_id,
+            references: f.references.into_boxed_slice(),
             awaiting: f.awaiting,
         }
     }
@@ -526,6 +627,15 @@ impl SortFields for Keyed {
     }
     fn display_to(&self) -> &str {
         &self.display_to
+    }
+    fn reply(&self) -> bool {
+        self.reply
+    }
+    fn message_id(&self) -> Option<IdHash> {
+        self.message_id
+    }
+    fn references(&self) -> &[IdHash] {
+        &self.references
     }
     /// Ties by UID: within any session's view sequence numbers rise with
     /// UIDs, so this is SORT's order for every session at once.

@@ -10,6 +10,8 @@ use std::fmt::Write;
 pub struct Extra {
     /// Live IMAP sessions.
     pub imap_sessions: usize,
+    /// The IMAP sort cache's counters.
+    pub sort_cache: starling_imap::SortCacheStats,
 }
 
 fn label(v: &str) -> String {
@@ -141,6 +143,41 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
         "gauge",
         "Open IMAP connections.",
         vec![(String::new(), extra.imap_sessions as u64)],
+    );
+    let sc = &extra.sort_cache;
+    metric(
+        "starling_imap_sort_cache_bytes",
+        "gauge",
+        "Bytes the SORT/THREAD cache holds (bounded by imap.sort_cache_bytes).",
+        vec![(String::new(), sc.bytes as u64)],
+    );
+    metric(
+        "starling_imap_sort_cache_entries",
+        "gauge",
+        "Mailboxes the SORT/THREAD cache holds.",
+        vec![(String::new(), sc.entries as u64)],
+    );
+    metric(
+        "starling_imap_sort_cache_answers_total",
+        "counter",
+        "SORTs and THREADs the cache answered, by how its entry was brought up to date.",
+        vec![
+            ("{how=\"hit\"}".into(), sc.hits),
+            ("{how=\"refreshed\"}".into(), sc.refreshes),
+            ("{how=\"built\"}".into(), sc.builds),
+        ],
+    );
+    metric(
+        "starling_imap_sort_cache_evictions_total",
+        "counter",
+        "Entries the SORT/THREAD cache dropped to stay within its bytes.",
+        vec![(String::new(), sc.evictions)],
+    );
+    metric(
+        "starling_imap_thread_kept_answers_total",
+        "counter",
+        "THREADs answered from the threads kept over a whole, unchanged mailbox.",
+        vec![(String::new(), sc.threads_kept)],
     );
     o
 }

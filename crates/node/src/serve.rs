@@ -226,7 +226,7 @@ pub fn run(
                         let _ = tokio::time::timeout(LOCAL_DEADLINE, stream.read(&mut buf)).await;
                         let body = tokio::task::block_in_place(|| {
                             let st = status(&store, me, &book.list(), &hub);
-                            let extra = crate::metrics::Extra { imap_sessions: imap.sessions() };
+                            let extra = crate::metrics::Extra { imap_sessions: imap.sessions(), sort_cache: imap.sort_cache.stats() };
                             crate::metrics::render(&store, me.replica(), &st, &extra)
                         });
                         let head = format!(

@@ -242,6 +242,8 @@ fn config_errors_name_line_and_key_and_a_good_config_is_used() {
         assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
         assert!(page.contains("starling_messages{account=\"user\"} 0"), "{page}");
         assert!(page.contains("starling_imap_sessions 0"), "{page}");
+        assert!(page.contains("starling_imap_sort_cache_bytes 0"), "{page}");
+        assert!(page.contains("starling_imap_sort_cache_answers_total{how=\"built\"} 0"), "{page}");
     });
     assert!(dir.path().join("d-good/store.redb").exists(), "data_dir from the config");
 }

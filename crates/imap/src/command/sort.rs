@@ -124,8 +124,8 @@ impl Facts {
     }
 }
 
-/// What SORT compares of a message, whichever record holds it ([`Facts`],
-/// or the sort cache's compact one).
+/// What SORT and THREAD compare of a message, whichever record holds it
+/// ([`Facts`], or the sort cache's compact one).
 pub(crate) trait SortFields {
     fn arrival(&self) -> i64;
     fn sent(&self) -> i64;
@@ -136,6 +136,11 @@ pub(crate) trait SortFields {
     fn cc(&self) -> &[u8];
     fn display_from(&self) -> &str;
     fn display_to(&self) -> &str;
+    /// THREAD's: whether the subject was a reply or forward, the
+    /// Message-ID and the References.
+    fn reply(&self) -> bool;
+    fn message_id(&self) -> Option<IdHash>;
+    fn references(&self) -> &[IdHash];
     /// The last tie-break: the sequence number, or the UID (which rises
     /// with it in every session's view).
     fn tie(&self) -> u32;
@@ -168,6 +173,15 @@ impl SortFields for Facts {
     }
     fn display_to(&self) -> &str {
         &self.display_to
+    }
+    fn reply(&self) -> bool {
+        self.reply
+    }
+    fn message_id(&self) -> Option<IdHash> {
+        self.message_id
+    }
+    fn references(&self) -> &[IdHash] {
+        &self.references
     }
     fn tie(&self) -> u32 {
         self.seq

@@ -11,12 +11,13 @@
 //! budget ([`LOOP_CHECK_STEPS_MAX`], [`LOOP_STEPS_MAX`]); past it the link
 //! is not made, which keeps the result a tree.
 
-use super::sort::{charset_ok, Facts};
+use super::sort::{charset_ok, Facts, SortFields};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
-use starling_store::IdHash;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
+use starling_store::{IdHash, MessageInfo, Reader};
+use std::fmt::Write as _;
 
 /// Steps one loop test may take (each direction), at most; a test that
 /// reaches it counts as a loop and the link is not made.
@@ -209,15 +210,15 @@ impl Tree {
 }
 
 /// Sent date then sequence number (RFC 5256 §2.2): how THREAD orders.
-fn when(facts: &[Facts], i: u32) -> (i64, u32) {
-    let f = &facts[i as usize];
-    (f.sent, f.seq)
+fn when<F: SortFields>(facts: &[&F], i: u32) -> (i64, u32) {
+    let f = facts[i as usize];
+    (f.sent(), f.tie())
 }
 
 impl Tree {
     /// A node's place in date order: its message's, or for a dummy its
     /// first child's (children sorted first).
-    fn key(&self, facts: &[Facts], n: u32) -> (i64, u32) {
+    fn key<F: SortFields>(&self, facts: &[&F], n: u32) -> (i64, u32) {
         let mut at = n;
         // Dummies nest only one deep after pruning; bounded anyway.
         for _ in 0..self.nodes.len() {
@@ -230,51 +231,59 @@ impl Tree {
         (i64::MAX, u32::MAX)
     }
 
-    fn sort_children(&mut self, facts: &[Facts], p: u32) {
-        let mut kids = self.children(p);
+    fn sort_children<F: SortFields>(&mut self, facts: &[&F], p: u32) {
+        let kids = self.children(p);
         if kids.len() > 1 {
-            kids.sort_by_key(|&k| self.key(facts, k));
+            // Each key once; ties (dummies without children) keep their
+            // places, as a stable sort would.
+            let mut keyed: Vec<((i64, u32), u32, u32)> =
+                kids.iter().enumerate().map(|(at, &k)| (self.key(facts, k), at as u32, k)).collect();
+            keyed.sort_unstable();
+            let kids: Vec<u32> = keyed.into_iter().map(|(_, _, k)| k).collect();
             self.set_children(p, &kids);
         }
     }
 }
 
 /// THREAD=ORDEREDSUBJECT: by base subject, each thread's first message
-/// (by sent date) the parent of the others.
-fn ordered_subject(facts: &[Facts]) -> Tree {
-    let mut order: Vec<u32> = (0..facts.len() as u32).collect();
-    order.sort_by(|&a, &b| {
-        facts[a as usize].subject.cmp(&facts[b as usize].subject).then(when(facts, a).cmp(&when(facts, b)))
-    });
+/// (by sent date) the parent of the others. The messages are taken in
+/// date order, so each thread's first is met first, the threads come in
+/// the order of their first messages and each one's children in theirs:
+/// nothing is sorted by subject.
+fn ordered_subject<F: SortFields>(facts: &[&F]) -> Tree {
+    let mut order: Vec<((i64, u32), u32)> = (0..facts.len() as u32).map(|i| (when(facts, i), i)).collect();
+    order.sort_unstable();
     let mut t = Tree::new();
-    let mut head: Option<(u32, &str)> = None;
-    for i in order {
+    let mut heads: FxHashMap<&str, u32> = FxHashMap::default();
+    for (_, i) in order {
         let node = t.add(Some(i));
-        let subject = facts[i as usize].subject.as_str();
-        match head {
-            Some((h, s)) if s == subject => t.append(h, node),
-            _ => {
+        match heads.entry(facts[i as usize].subject()) {
+            std::collections::hash_map::Entry::Occupied(h) => t.append(*h.get(), node),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(node);
                 t.append(ROOT, node);
-                head = Some((node, subject));
             }
         }
     }
-    t.sort_children(facts, ROOT);
     t
 }
 
 /// THREAD=REFERENCES (RFC 5256 §3, steps 1 to 6).
-fn references(facts: &[Facts]) -> Tree {
+fn references<F: SortFields>(facts: &[&F]) -> Tree {
     let mut t = Tree::new();
     // Message IDs as the store keeps them (hashed; see `IdHash`).
-    let mut by_id: HashMap<IdHash, u32> = HashMap::new();
+    let mut by_id: FxHashMap<IdHash, u32> = FxHashMap::default();
+    // Room for every ID named (at most `REFERENCES_MAX` + 1 a message), so
+    // the table is not grown step by step.
+    by_id.reserve(facts.iter().map(|f| 1 + f.references().len()).sum());
     let mut budget = LOOP_STEPS_MAX;
     // (1) Link each message's references, then the message to the last.
-    fn container(t: &mut Tree, by_id: &mut HashMap<IdHash, u32>, id: IdHash) -> u32 {
+    fn container(t: &mut Tree, by_id: &mut FxHashMap<IdHash, u32>, id: IdHash) -> u32 {
         *by_id.entry(id).or_insert_with(|| t.add(None))
     }
+    let mut refs: Vec<u32> = Vec::new();
     for (i, f) in facts.iter().enumerate() {
-        let own = match f.message_id {
+        let own = match f.message_id() {
             // A duplicate Message-ID: the first message keeps it.
             Some(id) => {
                 let c = container(&mut t, &mut by_id, id);
@@ -287,7 +296,8 @@ fn references(facts: &[Facts]) -> Tree {
             }
             None => t.add(Some(i as u32)),
         };
-        let refs: Vec<u32> = f.references.iter().map(|r| container(&mut t, &mut by_id, *r)).collect();
+        refs.clear();
+        refs.extend(f.references().iter().map(|r| container(&mut t, &mut by_id, *r)));
         for w in refs.windows(2) {
             let (a, b) = (w[0], w[1]);
             if t.n(b).parent == NONE && !t.would_loop(a, b, &mut budget) {
@@ -346,10 +356,10 @@ fn references(facts: &[Facts]) -> Tree {
         }
     };
     let tops = t.children(ROOT);
-    let mut table: HashMap<&str, u32> = HashMap::new();
+    let mut table: FxHashMap<&str, u32> = FxHashMap::default();
     for &n in &tops {
         let Some(m) = subject_of(&t, n) else { continue };
-        let subject = facts[m as usize].subject.as_str();
+        let subject = facts[m as usize].subject();
         if subject.is_empty() {
             continue;
         }
@@ -357,15 +367,15 @@ fn references(facts: &[Facts]) -> Tree {
         let held_dummy = t.n(held).msg.is_none();
         let replace = !held_dummy
             && (t.n(n).msg.is_none()
-                || (facts[t.n(held).msg.expect("not a dummy") as usize].reply
-                    && t.n(n).msg.is_some_and(|m| !facts[m as usize].reply)));
+                || (facts[t.n(held).msg.expect("not a dummy") as usize].reply()
+                    && t.n(n).msg.is_some_and(|m| !facts[m as usize].reply())));
         if replace {
             table.insert(subject, n);
         }
     }
     for &n in &tops {
         let Some(m) = subject_of(&t, n) else { continue };
-        let subject = facts[m as usize].subject.as_str();
+        let subject = facts[m as usize].subject();
         if subject.is_empty() {
             continue;
         }
@@ -374,8 +384,8 @@ fn references(facts: &[Facts]) -> Tree {
             continue;
         }
         let (n_dummy, held_dummy) = (t.n(n).msg.is_none(), t.n(held).msg.is_none());
-        let n_reply = t.n(n).msg.is_some_and(|m| facts[m as usize].reply);
-        let held_reply = t.n(held).msg.is_some_and(|m| facts[m as usize].reply);
+        let n_reply = t.n(n).msg.is_some_and(|m| facts[m as usize].reply());
+        let held_reply = t.n(held).msg.is_some_and(|m| facts[m as usize].reply());
         if n_dummy && held_dummy {
             t.unlink(n);
             for k in t.children(n) {
@@ -409,70 +419,130 @@ fn references(facts: &[Facts]) -> Tree {
     t
 }
 
-/// `THREAD (…)(…)`: each thread as RFC 5256 §4 writes it, a single child
-/// on the same level, several each in parentheses.
-fn write(t: &Tree, facts: &[Facts], uid: bool) -> String {
-    enum Step {
-        Node(u32),
-        Open,
-        Close,
+/// A thread's opening parenthesis in [`Threads`]' tokens.
+const OPEN: u32 = u32::MAX - 1;
+/// A thread's closing parenthesis.
+const CLOSE: u32 = u32::MAX;
+
+/// THREAD's answer over some list of messages: its parentheses and the
+/// messages (indices into that list) in the order RFC 5256 §4 writes them,
+/// without the numbers, so that one computed answer can be written with
+/// UIDs or sequence numbers and be kept ([`crate::sortcache`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Threads(Vec<u32>);
+
+/// The algorithms (RFC 5256 §3) this server threads by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Threading {
+    OrderedSubject,
+    References,
+}
+
+impl Threading {
+    pub(crate) fn of(algorithm: &ThreadingAlgorithm<'_>) -> Result<Threading, Fail> {
+        match algorithm {
+            ThreadingAlgorithm::OrderedSubject => Ok(Threading::OrderedSubject),
+            ThreadingAlgorithm::References => Ok(Threading::References),
+            ThreadingAlgorithm::Other(_) => Err(Fail::Bad("unknown threading algorithm".into())),
+        }
     }
-    let mut out = String::from("THREAD");
-    let mut stack = Vec::new();
-    for top in t.children(ROOT) {
-        if t.n(top).msg.is_none() && t.n(top).first == NONE {
-            continue;
+}
+
+impl Threads {
+    /// The threads of `facts` (in mailbox order) by `algorithm`.
+    pub(crate) fn of<F: SortFields>(algorithm: Threading, facts: &[&F]) -> Threads {
+        let tree = match algorithm {
+            Threading::OrderedSubject => ordered_subject(facts),
+            Threading::References => references(facts),
+        };
+        Threads::walk(&tree)
+    }
+
+    /// Each thread as RFC 5256 §4 writes it, a single child on the same
+    /// level, several each in parentheses; dummies write nothing.
+    fn walk(t: &Tree) -> Threads {
+        let mut out = Vec::with_capacity(t.nodes.len());
+        // Tokens still to write, and nodes to walk, last first.
+        enum Step {
+            Node(u32),
+            Token(u32),
         }
-        if out.len() == "THREAD".len() {
-            out.push(' ');
-        }
-        stack.extend([Step::Close, Step::Node(top), Step::Open]);
-        while let Some(step) = stack.pop() {
-            match step {
-                Step::Open => {
-                    if out.ends_with(|c: char| c.is_ascii_digit()) {
-                        out.push(' ');
+        let mut stack = Vec::new();
+        for top in t.children(ROOT) {
+            if t.n(top).msg.is_none() && t.n(top).first == NONE {
+                continue;
+            }
+            stack.extend([Step::Token(CLOSE), Step::Node(top), Step::Token(OPEN)]);
+            while let Some(step) = stack.pop() {
+                let n = match step {
+                    Step::Token(token) => {
+                        out.push(token);
+                        continue;
                     }
-                    out.push('(');
-                }
-                Step::Close => out.push(')'),
-                Step::Node(n) => {
-                    if let Some(m) = t.n(n).msg {
-                        if out.ends_with(|c: char| c.is_ascii_digit()) {
-                            out.push(' ');
-                        }
-                        let f = &facts[m as usize];
-                        out.push_str(&(if uid { f.uid } else { f.seq }).to_string());
-                    }
-                    let kids = t.children(n);
-                    match kids.len() {
-                        0 => {}
-                        1 => stack.push(Step::Node(kids[0])),
-                        _ => {
-                            for &k in kids.iter().rev() {
-                                stack.extend([Step::Close, Step::Node(k), Step::Open]);
-                            }
+                    Step::Node(n) => n,
+                };
+                out.extend(t.n(n).msg);
+                let kids = t.children(n);
+                match kids.len() {
+                    0 => {}
+                    1 => stack.push(Step::Node(kids[0])),
+                    _ => {
+                        for &k in kids.iter().rev() {
+                            stack.extend([Step::Token(CLOSE), Step::Node(k), Step::Token(OPEN)]);
                         }
                     }
                 }
             }
         }
+        Threads(out)
     }
-    out
+
+    /// Its bytes (for the cache's bound).
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.capacity() * 4
+    }
+
+    /// `THREAD (…)(…)`, message `i` written as `number(i)`.
+    pub(crate) fn line(&self, number: impl Fn(u32) -> u32) -> String {
+        let mut out = String::with_capacity(8 + 8 * self.0.len());
+        out.push_str("THREAD");
+        if !self.0.is_empty() {
+            out.push(' ');
+        }
+        for &token in &self.0 {
+            if token == CLOSE {
+                out.push(')');
+                continue;
+            }
+            if out.ends_with(|c: char| c.is_ascii_digit()) {
+                out.push(' ');
+            }
+            if token == OPEN {
+                out.push('(');
+            } else {
+                let _ = write!(out, "{}", number(token));
+            }
+        }
+        out
+    }
 }
 
 /// The THREAD response data for `facts` (in mailbox order).
-pub(crate) fn thread_line(algorithm: &ThreadingAlgorithm<'_>, facts: &[Facts], uid: bool) -> Result<String, Fail> {
-    let tree = match algorithm {
-        ThreadingAlgorithm::OrderedSubject => ordered_subject(facts),
-        ThreadingAlgorithm::References => references(facts),
-        ThreadingAlgorithm::Other(_) => return Err(Fail::Bad("unknown threading algorithm".into())),
-    };
-    Ok(write(&tree, facts, uid))
+fn thread_line(algorithm: Threading, facts: &[Facts], uid: bool) -> String {
+    let refs: Vec<&Facts> = facts.iter().collect();
+    Threads::of(algorithm, &refs).line(|i| {
+        let f = &facts[i as usize];
+        if uid {
+            f.uid
+        } else {
+            f.seq
+        }
+    })
 }
 
 impl Session {
-    /// THREAD / UID THREAD.
+    /// THREAD / UID THREAD: from the shared sort cache's records when it
+    /// can answer (no message read), else from the store's.
     pub(crate) fn thread(
         &mut self,
         algorithm: &ThreadingAlgorithm<'_>,
@@ -480,18 +550,60 @@ impl Session {
         search: &[SearchKey<'_>],
         uid: bool,
     ) -> Done {
-        if let ThreadingAlgorithm::Other(_) = algorithm {
-            return Err(Fail::Bad("unknown threading algorithm".into()));
-        }
+        let algorithm = Threading::of(algorithm)?;
         charset_ok(charset)?;
         let reader = self.reader()?;
-        let matched = self.matching(&reader, search)?;
-        let wanted = starling_store::sortkeys::Wanted { subject: true, addresses: false, threading: true };
-        let facts = Facts::read_all(&reader, &matched, Some(wanted));
-        drop(reader);
-        let line = thread_line(algorithm, &facts, uid)?;
+        // `ALL` reads nothing of the messages: the session's view says
+        // which of the cache's messages it holds.
+        let matched = match search {
+            [SearchKey::All] => None,
+            _ => Some(self.matching(&reader, search)?),
+        };
+        let line = match self.threads_cached(&reader, algorithm, matched.as_deref(), uid) {
+            Some(line) => line,
+            None => {
+                let matched = match matched {
+                    Some(m) => m,
+                    None => self.matching(&reader, search)?,
+                };
+                let wanted = starling_store::sortkeys::Wanted { subject: true, addresses: false, threading: true };
+                let facts = Facts::read_all(&reader, &matched, Some(wanted));
+                drop(reader);
+                thread_line(algorithm, &facts, uid)
+            }
+        };
         self.untagged(&line);
         Ok(format!("{}THREAD completed", if uid { "UID " } else { "" }))
+    }
+
+    /// [`Session::thread`] from the sort cache: the messages of this
+    /// session's view that the search matched (`ALL`: every one), threaded
+    /// from the cache's records. `None` when the cache cannot answer (a
+    /// store error included: read without the cache, which says what failed).
+    fn threads_cached(
+        &self,
+        reader: &Reader,
+        algorithm: Threading,
+        matched: Option<&[(u32, MessageInfo)]>,
+        uid: bool,
+    ) -> Option<String> {
+        let sel = self.selected.as_ref().expect("selected");
+        let seq_of = |u: u32| match matched {
+            None => sel.seq_of(u).map(|i| i as u32 + 1),
+            Some(m) => m.binary_search_by_key(&u, |(_, m)| m.uid).ok().map(|i| m[i].0),
+        };
+        let cache = &self.shared.sort_cache;
+        let answer = cache.with_threads(self.account_name(), sel.id, reader, algorithm, seq_of, |threads, numbers| {
+            threads.line(|i| {
+                let (u, seq) = numbers[i as usize];
+                if uid {
+                    u
+                } else {
+                    seq
+                }
+            })
+        });
+        answer.ok().flatten()
     }
 }
 
@@ -517,21 +629,21 @@ mod tests {
     fn references_that_loop_are_not_linked() {
         // Each names the other as its parent: the second link would close a loop.
         let facts = [msg(1, "x", &["y"], "a"), msg(2, "y", &["x"], "b")];
-        assert_eq!(thread_line(&ThreadingAlgorithm::References, &facts, false).ok().unwrap(), "THREAD (2 1)");
+        assert_eq!(thread_line(Threading::References, &facts, false), "THREAD (2 1)");
         // A References list that loops back on itself.
         let facts = [msg(1, "p", &["q", "p", "q"], "a"), msg(2, "q", &[], "b")];
-        assert_eq!(thread_line(&ThreadingAlgorithm::References, &facts, false).ok().unwrap(), "THREAD (2 1)");
+        assert_eq!(thread_line(Threading::References, &facts, false), "THREAD (2 1)");
     }
 
     #[test]
     fn subjects_gather_threads() {
         let facts = [msg(1, "r", &[], "Re: s"), msg(2, "o", &[], "s"), msg(3, "t", &[], "Re: s")];
         // The table ends up holding 2 (not a reply): 1 and 3 go under it.
-        assert_eq!(thread_line(&ThreadingAlgorithm::References, &facts, false).ok().unwrap(), "THREAD (2 (1)(3))");
+        assert_eq!(thread_line(Threading::References, &facts, false), "THREAD (2 (1)(3))");
         let facts = [msg(1, "r", &[], "s"), msg(2, "o", &[], "s")];
-        assert_eq!(thread_line(&ThreadingAlgorithm::References, &facts, false).ok().unwrap(), "THREAD ((1)(2))");
-        assert_eq!(thread_line(&ThreadingAlgorithm::OrderedSubject, &facts, true).ok().unwrap(), "THREAD (1 2)");
-        assert_eq!(thread_line(&ThreadingAlgorithm::References, &[], false).ok().unwrap(), "THREAD");
+        assert_eq!(thread_line(Threading::References, &facts, false), "THREAD ((1)(2))");
+        assert_eq!(thread_line(Threading::OrderedSubject, &facts, true), "THREAD (1 2)");
+        assert_eq!(thread_line(Threading::References, &[], false), "THREAD");
     }
 
     #[test]
@@ -541,7 +653,7 @@ mod tests {
         // would make this quadratic).
         let facts: Vec<Facts> =
             (1..=50_000u32).map(|i| msg(i, &format!("m{i}"), &[&format!("gone{i}")], &format!("s{i}"))).collect();
-        let line = thread_line(&ThreadingAlgorithm::References, &facts, false).ok().unwrap();
+        let line = thread_line(Threading::References, &facts, false);
         assert!(line.starts_with("THREAD (1)(2)(3)") && line.ends_with("(50000)"));
     }
 }
