@@ -180,10 +180,12 @@ fn mbsync_round_trip() {
 /// and threads on the server (SORT, THREAD REFERENCES) and shows that
 /// order; neomutt enables UTF8=ACCEPT and QRESYNC, idles, flags, opens a
 /// mailbox by its UTF-8 name and, back from its header cache, shows an
-/// expunge made while it was away (`tests/imap/tui_clients.py`).
+/// expunge made while it was away; mutt turns on COMPRESS=DEFLATE, lists
+/// the mailbox and stores a flag over the compressed stream
+/// (`tests/imap/tui_clients.py`).
 #[test]
-fn aerc_and_neomutt_use_the_extensions() {
-    for tool in ["tmux", "aerc", "neomutt"] {
+fn aerc_neomutt_and_mutt_use_the_extensions() {
+    for tool in ["tmux", "aerc", "neomutt", "mutt"] {
         if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_or(true, |o| !o.status.success())
         {
             panic!("{tool} is not installed: `apt-get install {tool}` (.ci/run installs it)");

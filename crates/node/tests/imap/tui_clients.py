@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Real terminal mail clients against a running server, driven in tmux.
 
-aerc (server-side SORT and THREAD) and neomutt (ENABLE UTF8=ACCEPT and
+aerc (server-side SORT and THREAD), neomutt (ENABLE UTF8=ACCEPT and
 QRESYNC, SELECT with CONDSTORE then QRESYNC from its header cache, IDLE,
-STORE, a UTF-8 mailbox name) each run in a tmux session of their own
+STORE, a UTF-8 mailbox name) and mutt (COMPRESS=DEFLATE) each run in a tmux session of their own
 through a recording proxy: what the client sent is checked in the proxy's
 log, what it shows on the tmux screen, and what it changed with imaplib.
 Every wait is bounded; the first failed check exits non-zero with the
@@ -279,4 +279,52 @@ try:
         fail("neomutt still shows bravo, expunged while it was away", s)
 finally:
     t.close()
-print("ok aerc (SORT, THREAD) and neomutt (UTF8=ACCEPT, CONDSTORE, QRESYNC, IDLE, STORE, a UTF-8 mailbox name)")
+
+# --- mutt: COMPRESS=DEFLATE ---------------------------------------------------
+# Debian's neomutt has no zlib; its mutt has (imap_deflate). After COMPRESS
+# both directions are deflated, so the proxy's log ends there: what mutt
+# shows and what its STORE changed say that both directions decompress.
+if not shutil.which("mutt"):
+    fail("mutt is not installed (apt-get install mutt)")
+muttrc2 = os.path.join(work, "muttrc-deflate")
+with open(muttrc2, "w") as f:
+    f.write(
+        f'set folder="imap://{args.user}@127.0.0.1:{port}/"\n'
+        f'set imap_pass="{args.password}"\n'
+        'set spoolfile="+INBOX"\nset ssl_starttls=no\nset ssl_force_tls=no\n'
+        "set imap_deflate=yes\nset imap_idle=no\n"
+        'set record=""\nset postponed=""\nset header_cache=""\n'
+        "set sort=date\nset timeout=1\nset mail_check=1\nset wait_key=no\n"
+    )
+with sent_lock:
+    sent.clear()
+c = imap()
+c.select("INBOX")
+typ, data = c.uid("SEARCH", None, "SUBJECT", "delta")
+delta = data[0].split()
+if len(delta) != 1:
+    fail(f"one delta message before mutt: {data}")
+t = Tmux("mutt", f"mutt -n -F {muttrc2}", env)
+try:
+    wait_sent("mutt asks for compression", "COMPRESS DEFLATE")
+    s = t.wait("mutt lists the messages over the compressed stream", lambda s: "alpha" in s and "delta" in s)
+    # The newest by date (delta) is the last line: flag it and sync.
+    t.keys("End")
+    t.keys("F")
+    t.keys("$")
+    deadline = time.time() + WAIT_SECS
+    while time.time() < deadline:
+        c.noop()
+        typ, data = c.uid("SEARCH", None, "FLAGGED")
+        if delta[0] in data[0].split():
+            break
+        time.sleep(0.2)
+    else:
+        fail(f"the server holds \\Flagged on delta (UID {delta[0]}) from mutt's compressed STORE: {data}", t.screen())
+    after = commands().split("COMPRESS DEFLATE", 1)[1]
+    if "FLAGS" in after:
+        fail("mutt's commands after COMPRESS went uncompressed", t.screen())
+finally:
+    t.close()
+c.logout()
+print("ok aerc (SORT, THREAD), neomutt (UTF8=ACCEPT, CONDSTORE, QRESYNC, IDLE, STORE, a UTF-8 mailbox name), mutt (COMPRESS=DEFLATE)")
