@@ -331,14 +331,18 @@ impl Backend for MemBackend {
     }
     fn add_side(&mut self, mailbox: u32, uid: u32, claim: Claim) -> StorageResult<()> {
         let b = self.mb(mailbox);
+        // Kept in the order the store's tables keep them (claims by message
+        // then claimant, UIDs ascending), so that both backends list them,
+        // and `take_side` takes, alike.
         let list = b.side.entry(uid).or_default();
-        if list.contains(&claim) {
+        let key = |c: &Claim| (c.message, c.claimant);
+        let Err(at) = list.binary_search_by_key(&key(&claim), key) else {
             return Ok(());
-        }
-        list.push(claim);
+        };
+        list.insert(at, claim);
         let uids = b.side_by_msg.entry(claim.message).or_default();
-        if !uids.contains(&uid) {
-            uids.push(uid);
+        if let Err(at) = uids.binary_search(&uid) {
+            uids.insert(at, uid);
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use super::sort::{charset_ok, Facts, SortFields};
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
-use rustc_hash::FxHashMap;
 use starling_store::{IdHash, MessageInfo, Reader};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// Steps one loop test may take (each direction), at most; a test that
@@ -254,7 +254,7 @@ fn ordered_subject<F: SortFields>(facts: &[&F]) -> Tree {
     let mut order: Vec<((i64, u32), u32)> = (0..facts.len() as u32).map(|i| (when(facts, i), i)).collect();
     order.sort_unstable();
     let mut t = Tree::new();
-    let mut heads: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut heads: HashMap<&str, u32> = HashMap::new();
     for (_, i) in order {
         let node = t.add(Some(i));
         match heads.entry(facts[i as usize].subject()) {
@@ -271,14 +271,16 @@ fn ordered_subject<F: SortFields>(facts: &[&F]) -> Tree {
 /// THREAD=REFERENCES (RFC 5256 §3, steps 1 to 6).
 fn references<F: SortFields>(facts: &[&F]) -> Tree {
     let mut t = Tree::new();
-    // Message IDs as the store keeps them (hashed; see `IdHash`).
-    let mut by_id: FxHashMap<IdHash, u32> = FxHashMap::default();
+    // Message IDs as the store keeps them (hashed; see `IdHash`). The
+    // tables keep std's keyed hasher: subjects and IDs come from senders,
+    // who must not be able to pick colliding keys.
+    let mut by_id: HashMap<IdHash, u32> = HashMap::new();
     // Room for every ID named (at most `REFERENCES_MAX` + 1 a message), so
     // the table is not grown step by step.
     by_id.reserve(facts.iter().map(|f| 1 + f.references().len()).sum());
     let mut budget = LOOP_STEPS_MAX;
     // (1) Link each message's references, then the message to the last.
-    fn container(t: &mut Tree, by_id: &mut FxHashMap<IdHash, u32>, id: IdHash) -> u32 {
+    fn container(t: &mut Tree, by_id: &mut HashMap<IdHash, u32>, id: IdHash) -> u32 {
         *by_id.entry(id).or_insert_with(|| t.add(None))
     }
     let mut refs: Vec<u32> = Vec::new();
@@ -356,7 +358,7 @@ fn references<F: SortFields>(facts: &[&F]) -> Tree {
         }
     };
     let tops = t.children(ROOT);
-    let mut table: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut table: HashMap<&str, u32> = HashMap::new();
     for &n in &tops {
         let Some(m) = subject_of(&t, n) else { continue };
         let subject = facts[m as usize].subject();
