@@ -13,6 +13,7 @@
 use crate::command::fetch::load_body;
 use crate::command::search::uses_modseq;
 use crate::returns::Returns;
+use crate::selected::Selected;
 use crate::session::{Done, Fail, Session};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::search::SearchKey;
@@ -372,22 +373,24 @@ impl Session {
             };
             let mut hits = Vec::with_capacity(matched.map_or(order.len(), |m| m.len()));
             for &uid in order {
-                let (seq, modseq) = match matched {
-                    None => match sel.seq_of(uid) {
-                        Some(i) => (i as u32 + 1, 0),
-                        None => continue,
-                    },
-                    Some(m) => match m.binary_search_by_key(&uid, |(_, m)| m.uid) {
-                        Ok(i) => (m[i].0, m[i].1.modseq),
-                        Err(_) => continue,
-                    },
-                };
-                hits.push(Hit { seq, uid, modseq, awaiting: awaiting(uid) });
+                if let Some((seq, modseq)) = answered(sel, matched, uid) {
+                    hits.push(Hit { seq, uid, modseq, awaiting: awaiting(uid) });
+                }
             }
             hits
         });
         // A store error: read without the cache, which says what failed.
         Ok(answer.unwrap_or(None))
+    }
+}
+
+/// Whether a cached SORT or THREAD answers `uid`, and with what sequence
+/// number and MODSEQ: among the search's `matched` messages, or (`None`,
+/// a search of ALL) every message of the session's view (MODSEQ 0: not read).
+pub(crate) fn answered(sel: &Selected, matched: Option<&[(u32, MessageInfo)]>, uid: u32) -> Option<(u32, u64)> {
+    match matched {
+        None => sel.seq_of(uid).map(|i| (i as u32 + 1, 0)),
+        Some(m) => m.binary_search_by_key(&uid, |(_, m)| m.uid).ok().map(|i| (m[i].0, m[i].1.modseq)),
     }
 }
 

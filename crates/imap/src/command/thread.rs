@@ -590,10 +590,7 @@ impl Session {
         uid: bool,
     ) -> Option<String> {
         let sel = self.selected.as_ref().expect("selected");
-        let seq_of = |u: u32| match matched {
-            None => sel.seq_of(u).map(|i| i as u32 + 1),
-            Some(m) => m.binary_search_by_key(&u, |(_, m)| m.uid).ok().map(|i| m[i].0),
-        };
+        let seq_of = |u: u32| super::sort::answered(sel, matched, u).map(|(seq, _)| seq);
         let cache = &self.shared.sort_cache;
         let answer = cache.with_threads(self.account_name(), sel.id, reader, algorithm, seq_of, |threads, numbers| {
             threads.line(|i| {

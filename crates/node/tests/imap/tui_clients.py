@@ -206,16 +206,27 @@ if not shutil.which("neomutt"):
     fail("neomutt is not installed (apt-get install neomutt)")
 cache = os.path.join(work, "neomutt-cache")
 os.makedirs(cache, exist_ok=True)
-muttrc = os.path.join(work, "muttrc")
-with open(muttrc, "w") as f:
-    f.write(
-        f'set folder="imap://{args.user}@127.0.0.1:{port}/"\n'
-        f'set imap_pass="{args.password}"\n'
-        'set spoolfile="+INBOX"\nset ssl_starttls=no\nset ssl_force_tls=no\n'
-        "set imap_condstore=yes\nset imap_qresync=yes\nset imap_idle=yes\n"
-        f'set header_cache="{cache}"\nset record=""\nset postponed=""\n'
-        "set sort=date\nset timeout=1\nset mail_check=1\nset wait_key=no\n"
-    )
+
+
+def write_muttrc(name, settings):
+    """A (neo)mutt config for the server through the proxy: the shared
+    settings, then `settings`. Returns its path."""
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(
+            f'set folder="imap://{args.user}@127.0.0.1:{port}/"\n'
+            f'set imap_pass="{args.password}"\n'
+            'set spoolfile="+INBOX"\nset ssl_starttls=no\nset ssl_force_tls=no\n'
+            'set record=""\nset postponed=""\n'
+            "set sort=date\nset timeout=1\nset mail_check=1\nset wait_key=no\n" + settings
+        )
+    return path
+
+
+muttrc = write_muttrc(
+    "muttrc",
+    f'set imap_condstore=yes\nset imap_qresync=yes\nset imap_idle=yes\nset header_cache="{cache}"\n',
+)
 env = {"HOME": work, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 neomutt = f"neomutt -n -F {muttrc}"
 
@@ -286,16 +297,7 @@ finally:
 # shows and what its STORE changed say that both directions decompress.
 if not shutil.which("mutt"):
     fail("mutt is not installed (apt-get install mutt)")
-muttrc2 = os.path.join(work, "muttrc-deflate")
-with open(muttrc2, "w") as f:
-    f.write(
-        f'set folder="imap://{args.user}@127.0.0.1:{port}/"\n'
-        f'set imap_pass="{args.password}"\n'
-        'set spoolfile="+INBOX"\nset ssl_starttls=no\nset ssl_force_tls=no\n'
-        "set imap_deflate=yes\nset imap_idle=no\n"
-        'set record=""\nset postponed=""\nset header_cache=""\n'
-        "set sort=date\nset timeout=1\nset mail_check=1\nset wait_key=no\n"
-    )
+muttrc2 = write_muttrc("muttrc-deflate", 'set imap_deflate=yes\nset imap_idle=no\nset header_cache=""\n')
 with sent_lock:
     sent.clear()
 c = imap()
