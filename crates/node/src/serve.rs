@@ -1007,13 +1007,20 @@ pub(crate) async fn session(
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 outcome = tokio::task::block_in_place(|| link.handle_timeout(&store, Instant::now()));
             }
-            // Room for a body frame: send one, and read more as they leave.
+            // Room for body frames: send what fits. More bodies are read
+            // (the loop's `has_work`) once the session's buffer is half gone,
+            // not after every frame: each read leaves the reactor thread.
             permit = blobs_out.reserve(), if link.has_blob_to_send() => {
                 let Ok(permit) = permit else { break "body stream closed".into() };
                 if let Some(f) = link.poll_transmit_blob() {
                     permit.send(f);
                 }
-                outcome = tokio::task::block_in_place(|| link.pump(&store));
+                while link.has_blob_to_send() {
+                    let Ok(permit) = blobs_out.try_reserve() else { break };
+                    if let Some(f) = link.poll_transmit_blob() {
+                        permit.send(f);
+                    }
+                }
             }
             // A client waits for bodies left out here: ask this peer too.
             w = wanted.recv() => match w {

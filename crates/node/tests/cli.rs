@@ -117,6 +117,64 @@ fn serve_from_an_empty_directory_then_accounts_import_dump_export() {
     assert_eq!(files.len(), 1);
 }
 
+/// A Maildir of `n` messages in six folders, one in 25 with a 400 KB
+/// attachment (a part the store keeps apart): the shape whose import left a
+/// third of the store file free.
+fn maildir_with_attachments(root: &Path, n: usize) {
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    for i in 0..n {
+        let folder = if i % 3 == 0 { root.to_path_buf() } else { root.join(format!(".F{}", i % 5)) };
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(folder.join(sub)).unwrap();
+        }
+        let words = [800, 3000, 9000, 30000][next() as usize % 4] / 6;
+        let text: Vec<&str> = (0..words).map(|_| ["mail", "node", "sync", "the", "of"][next() as usize % 5]).collect();
+        let mut msg = format!("Subject: m{i}\nMessage-ID: <{i}@x>\nMIME-Version: 1.0\n");
+        if i % 25 == 0 {
+            let att: String = (0..300_000 / 57)
+                .map(|_| (0..76).map(|_| (b'A' + (next() % 26) as u8) as char).collect::<String>() + "\n")
+                .collect();
+            msg += &format!("Content-Type: multipart/mixed; boundary=b\n\n--b\n\n{}\n--b\nContent-Transfer-Encoding: base64\n\n{att}--b--\n", text.join(" "));
+        } else {
+            msg += &format!("\n{}\n", text.join(" "));
+        }
+        std::fs::write(folder.join(format!("cur/{i}.x.host:2,S")), msg).unwrap();
+    }
+}
+
+#[test]
+fn an_import_leaves_the_store_file_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("mail");
+    maildir_with_attachments(&md, 2000);
+    ok(&starling(dir.path(), &["account", "add", "u"]));
+    let out = ok(&starling(dir.path(), &["import", "maildir", "u", md.to_str().unwrap()]));
+    assert!(out.contains("2000 messages"), "{out}");
+    assert!(out.contains("store: file compacted from"), "{out}");
+    // So the node's next start has nothing left to give back.
+    let started = serve_until_up(
+        dir.path(),
+        &[
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--imap-listen",
+            "127.0.0.1:0",
+            "--imaps-listen",
+            "127.0.0.1:0",
+            "--lmtp-listen",
+            "127.0.0.1:0",
+            "--status-listen",
+            "off",
+        ],
+    );
+    assert!(!started.contains("compacted at start"), "{started}");
+    assert!(ok(&starling(dir.path(), &["dump", "u"])).matches("\n  ").count() >= 2000);
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -215,37 +215,23 @@ impl Store {
             accounts.iter().filter_map(|a| map.get(*a).map(|acct| acct.number)).collect()
         };
         let threshold = self.options.part_threshold;
-        let mut checked = Vec::with_capacity(bodies.len());
-        for (id, body) in bodies {
-            checked.push(match body {
-                Shipped::Raw(raw) => (id, Shipped::Raw(raw)),
-                Shipped::Packed(shipped) => {
-                    let bad = |reason: String| StoreError::BadBody { blob: id, reason };
-                    let (parts, stored) = blob::decode_shipped(&shipped).map_err(bad)?;
-                    let record = blob::unpack_record(stored, SHIPPED_BYTES_MAX).map_err(bad)?;
-                    if record.len > SHIPPED_BYTES_MAX as u64 {
-                        return Err(bad(format!("{} bytes, over {SHIPPED_BYTES_MAX}", record.len)));
-                    }
-                    blob::check_whole(id, &record, &parts).map_err(bad)?;
-                    match blob::inline_bytes(&record) {
-                        Some(raw) if record.len > threshold as u64 => (id, Shipped::Raw(raw)),
-                        _ => (id, Shipped::Packed(shipped)),
-                    }
-                }
-            });
-        }
+        let size = |(_, b): &(BlobId, Shipped)| match b {
+            Shipped::Raw(b) | Shipped::Packed(b) => b.len(),
+        };
+        let prepared = prepare_all(&bodies, size, |(id, body)| match body {
+            Shipped::Raw(raw) => Ok(Prepared::of_raw(raw, threshold)),
+            Shipped::Packed(shipped) => Prepared::of_shipped(*id, shipped, threshold)
+                .map_err(|reason| StoreError::BadBody { blob: *id, reason }),
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
         let mut repaired = Vec::new();
         self.run(|db| {
             let w = db.begin_write().map_err(st)?;
-            for (id, body) in &checked {
-                match body {
-                    Shipped::Raw(raw) => {
-                        write::put_body(&w, raw, threshold, &self.core, &mut repaired)?;
-                    }
-                    Shipped::Packed(shipped) => write::put_packed(&w, *id, shipped, &self.core, &mut repaired)?,
-                }
+            for body in &prepared {
+                body.write(&w, &self.core, &mut repaired)?;
             }
-            refs::settle(&w, checked.iter().map(|(id, _)| *id), Some(&numbers))?;
+            refs::settle(&w, prepared.iter().map(Prepared::id), Some(&numbers))?;
             w.commit().map_err(st)
         })?;
         self.core.db.committed();
@@ -257,19 +243,27 @@ impl Store {
         Ok(())
     }
 
+    /// Raw bodies made ready to store ([`Batch::put_prepared`],
+    /// [`Batch::append_prepared`]) before the write transaction, on several
+    /// threads: the transaction then only writes rows.
+    pub fn prepare_bodies(&self, raws: &[&[u8]]) -> Vec<Prepared<'static>> {
+        let threshold = self.options.part_threshold;
+        prepare_all(raws, |raw| raw.len(), |raw| Prepared::of_raw(raw, threshold))
+    }
+
     /// Stores several bodies in one durable transaction (one fsync), as
     /// [`Store::put_blob`].
     pub fn put_blobs(&self, raws: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
+        let prepared = self.prepare_bodies(raws);
+        let ids: Vec<BlobId> = prepared.iter().map(Prepared::id).collect();
         let mut repaired = Vec::new();
-        let ids = self.run(|db| {
+        self.run(|db| {
             let w = db.begin_write().map_err(st)?;
-            let ids = raws
-                .iter()
-                .map(|raw| write::put_body(&w, raw, self.options.part_threshold, &self.core, &mut repaired))
-                .collect::<Result<Vec<_>, _>>()?;
+            for body in &prepared {
+                body.write(&w, &self.core, &mut repaired)?;
+            }
             refs::settle(&w, ids.iter().copied(), None)?;
-            w.commit().map_err(st)?;
-            Ok(ids)
+            w.commit().map_err(st)
         })?;
         self.core.db.committed();
         self.core.repaired(&repaired);

@@ -244,9 +244,11 @@ pub fn import(store: &Store, account: &str, root: &Path) -> Result<Summary, Mail
                     _ => batch.push((raw, date, flags_of(&file_name, &keywords))),
                 }
             }
+            let raws: Vec<&[u8]> = batch.iter().map(|(raw, _, _)| raw.as_slice()).collect();
+            let prepared = store.prepare_bodies(&raws);
             store.write(account, |b| {
-                for (raw, date, flags) in &batch {
-                    b.append(mailbox, raw, *date, flags.clone())?;
+                for (body, (_, date, flags)) in prepared.iter().zip(&batch) {
+                    b.append_prepared(mailbox, body, *date, flags.clone())?;
                 }
                 Ok(())
             })?;

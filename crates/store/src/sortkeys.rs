@@ -5,11 +5,12 @@
 //! that a SORT or THREAD reads a small record per message instead of
 //! decompressing and parsing its header on every call.
 //!
-//! One apply path: every body reaches the file through `write::put_body`
-//! (IMAP APPEND, LMTP, maildir import, a raw body from a peer, an
-//! operator's `put_blobs`) or `write::put_packed` (a body a peer shipped
-//! in stored form, the on-demand fetch of a partial replica included), and
-//! both write the keys in the same transaction as the body (`put`). A
+//! One apply path: every body reaches the file through
+//! [`crate::Prepared::write`] (IMAP APPEND, LMTP, maildir import, a body a
+//! peer shipped raw or in stored form, the on-demand fetch of a partial
+//! replica, an operator's `put_blobs`). The keys are read when the body is
+//! prepared, before the transaction, and written in the same transaction
+//! as the body (`put`). A
 //! body collected by the garbage collector takes its keys with it in the
 //! same transaction. A store of an older format gets the keys of every
 //! body it holds at open, in transactions of at most [`SORT_KEYS_PER_TXN`]

@@ -40,9 +40,15 @@ impl<'a> Batch<'a> {
 
     /// Stores a body (deduplicated) and returns its id.
     pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
-        let id = put_body(self.txn, raw, self.part_threshold, self.core, &mut self.repaired)?;
-        self.stored.push(id);
-        Ok(id)
+        self.put_prepared(&Prepared::of_raw(raw, self.part_threshold))
+    }
+
+    /// Stores a body prepared before the transaction
+    /// ([`crate::prepare_all`]) and returns its id.
+    pub fn put_prepared(&mut self, body: &Prepared<'_>) -> Result<BlobId, StoreError> {
+        body.write(self.txn, self.core, &mut self.repaired)?;
+        self.stored.push(body.id());
+        Ok(body.id())
     }
 
     /// Raises a mailbox's HIGHESTMODSEQ above a MODSEQ a client presented
@@ -122,6 +128,18 @@ impl<'a> Batch<'a> {
         let blob = self.put_body(raw)?;
         Ok((self.replica.append(mailbox, blob, raw.len() as u64, internal_date, flags)?, blob))
     }
+
+    /// [`Batch::append`] of a body prepared before the transaction.
+    pub fn append_prepared(
+        &mut self,
+        mailbox: MailboxId,
+        body: &Prepared<'_>,
+        internal_date: i64,
+        flags: Vec<Keyword>,
+    ) -> Result<MessageId, StoreError> {
+        let blob = self.put_prepared(body)?;
+        Ok(self.replica.append(mailbox, blob, body.size(), internal_date, flags)?)
+    }
 }
 
 /// Writes the incarnation kept aside at account creation once the replica
@@ -143,87 +161,6 @@ fn settle_incarnation(
     } else if replica.has_outbox() {
         replica.set_incarnation(incarnation)?;
         pending.remove(number).map_err(st)?;
-    }
-    Ok(())
-}
-
-/// Stores a body in `txn` (deduplicated): large MIME parts apart, packed,
-/// and its sort keys ([`sortkeys`]). A body found damaged since open is
-/// written again, parts and all (its id is pushed on `repaired`).
-pub(crate) fn put_body(
-    txn: &redb::WriteTransaction,
-    raw: &[u8],
-    part_threshold: usize,
-    core: &Core,
-    repaired: &mut Vec<BlobId>,
-) -> Result<BlobId, StoreError> {
-    let id = BlobId::of(raw);
-    let mut blobs = txn.open_table(BLOBS).map_err(st)?;
-    let repair = core.is_corrupt(id);
-    if !repair && blobs.get(&id.0).map_err(st)?.is_some() {
-        return Ok(id);
-    }
-    let (record, parts) = blob::split(raw, part_threshold);
-    let mut part_table = txn.open_table(PARTS).map_err(st)?;
-    for (pid, bytes) in &parts {
-        if repair || part_table.get(&pid.0).map_err(st)?.is_none() {
-            part_table.insert(&pid.0, blob::pack(bytes).as_slice()).map_err(st)?;
-        }
-    }
-    let serialized = postcard::to_stdvec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
-    let existed = blobs.insert(&id.0, blob::pack_record(&record, &serialized).as_slice()).map_err(st)?.is_some();
-    drop((blobs, part_table));
-    sortkeys::put(txn, id, &sortkeys::SortKeys::of(raw))?;
-    if !existed {
-        gc::add_parts(txn, &parts.iter().map(|(pid, _)| *pid).collect::<Vec<_>>())?;
-    }
-    if repair {
-        repaired.push(id);
-    }
-    Ok(id)
-}
-
-/// Stores a body shipped in stored form ([`blob::encode_shipped`]),
-/// already checked against `id`, as it came: its record and its parts'
-/// records (deduplicated as [`put_body`] does), and its sort keys, read
-/// from the record (and a shipped part, should the header run into one).
-pub(crate) fn put_packed(
-    txn: &redb::WriteTransaction,
-    id: BlobId,
-    shipped: &[u8],
-    core: &Core,
-    repaired: &mut Vec<BlobId>,
-) -> Result<(), StoreError> {
-    let (parts, stored) = blob::decode_shipped(shipped).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
-    let mut blobs = txn.open_table(BLOBS).map_err(st)?;
-    let repair = core.is_corrupt(id);
-    if !repair && blobs.get(&id.0).map_err(st)?.is_some() {
-        return Ok(());
-    }
-    let record =
-        blob::unpack_record(stored, BODY_BYTES_MAX).map_err(|reason| StoreError::BadBody { blob: id, reason })?;
-    let named = blob::part_ids(&record);
-    if !parts.is_empty() {
-        let mut part_table = txn.open_table(PARTS).map_err(st)?;
-        for (pid, part) in named.iter().zip(&parts) {
-            if repair || part_table.get(&pid.0).map_err(st)?.is_none() {
-                part_table.insert(&pid.0, *part).map_err(st)?;
-            }
-        }
-    }
-    let keys = sortkeys::of_record(&record, |pid, len| {
-        let Some(i) = named.iter().position(|n| *n == pid) else { return Ok(None) };
-        let cap = usize::try_from(len).unwrap_or(usize::MAX).min(BODY_BYTES_MAX);
-        Ok(parts.get(i).and_then(|p| blob::unpack(p, cap).ok()).map(|b| b.into_owned()))
-    })?;
-    let existed = blobs.insert(&id.0, stored).map_err(st)?.is_some();
-    drop(blobs);
-    sortkeys::put(txn, id, &keys)?;
-    if !existed {
-        gc::add_parts(txn, &named)?;
-    }
-    if repair {
-        repaired.push(id);
     }
     Ok(())
 }

@@ -143,6 +143,10 @@ pub const PEER_WANTS_MAX: usize = 4 * BLOB_WINDOW_COUNT;
 /// Bytes of body frames queued for sending, at most (one body past it):
 /// bodies are read from the store only as this queue drains.
 pub const BLOB_SEND_BUFFER: usize = 8 << 20;
+/// Bytes of body frames waiting to be sent below which the driver is
+/// asked to read more bodies, in a run that fills [`BLOB_SEND_BUFFER`]:
+/// bodies are read half a buffer at a time, not one per frame that leaves.
+pub const BLOB_SEND_LOW: usize = BLOB_SEND_BUFFER / 2;
 /// Bodies asked of the driver at once ([`Event::BlobsWanted`]).
 pub const BLOB_READ_BATCH: usize = 64;
 /// Metadata frames waiting to be sent past which no more bodies are read
@@ -694,6 +698,9 @@ pub struct Session {
     peer_wants: VecDeque<BlobId>,
     /// Bodies the driver was asked to read and has not answered yet.
     reading: usize,
+    /// A run of body reads is on: the send buffer fell below
+    /// [`BLOB_SEND_LOW`] and has not been filled to [`BLOB_SEND_BUFFER`].
+    refilling: bool,
     /// Bodies answered `NoBlob` to the peer (at most [`SAID_NO_MAX`]; past
     /// it any one is forgotten): when one arrives here, the peer is told
     /// ([`Frame::Arrived`]).
@@ -738,6 +745,7 @@ impl Session {
             wants: Wants::default(),
             peer_wants: VecDeque::new(),
             reading: 0,
+            refilling: false,
             said_no: BTreeSet::new(),
             arrived: BTreeSet::new(),
             retry: Retry { due: None, backoff: RETRY_FIRST, armed_unread: false },
@@ -1176,6 +1184,9 @@ impl Session {
                 self.bytes_out += frame.len() as u64;
                 self.transmit_blob_bytes += frame.len();
                 self.transmit_blobs.push_back(frame);
+                if self.transmit_blob_bytes >= BLOB_SEND_BUFFER {
+                    self.refilling = false;
+                }
             }
             None => {
                 if self.said_no.len() >= SAID_NO_MAX {
@@ -1401,7 +1412,7 @@ impl Session {
         self.phase == Phase::Open
             && self.reading == 0
             && !self.peer_wants.is_empty()
-            && self.transmit_blob_bytes < BLOB_SEND_BUFFER
+            && (self.transmit_blob_bytes < BLOB_SEND_LOW || self.refilling && self.transmit_blob_bytes < BLOB_SEND_BUFFER)
             && self.transmit.len() < METADATA_QUEUE_SOFT
     }
 
@@ -1412,7 +1423,7 @@ impl Session {
     }
 
     /// Next event for the driver. Bodies the peer asked for are handed out
-    /// ([`Event::BlobsWanted`]) only while fewer than [`BLOB_SEND_BUFFER`]
+    /// ([`Event::BlobsWanted`]) only while fewer than [`BLOB_SEND_LOW`]
     /// bytes of body frames and [`METADATA_QUEUE_SOFT`] metadata frames
     /// wait to be sent.
     #[must_use]
@@ -1426,6 +1437,7 @@ impl Session {
             return Some(ev);
         }
         if self.may_read_bodies() {
+            self.refilling = true;
             let n = self.peer_wants.len().min(BLOB_READ_BATCH);
             let ids: Vec<BlobId> = self.peer_wants.drain(..n).collect();
             self.reading = ids.len();

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use starling_model::{BlobId, Keyword, Op, Replica, ReplicaId, VersionVector, INBOX};
-use starling_sync::{BlobEncoding, Event, Frame, Session, SessionError, Shipped, RETRY_FIRST};
+use starling_sync::{BlobEncoding, Event, Frame, Session, SessionError, Shipped, BLOB_SEND_BUFFER, RETRY_FIRST};
 
 struct Peer {
     replica: Replica,
@@ -320,6 +320,58 @@ fn bodies_leave_on_their_own_channel() {
     b.handle_frame(&f).unwrap();
     assert!(std::iter::from_fn(|| b.poll_event())
         .any(|e| e == Event::Blob { id: BlobId::of(&body), body: Shipped::Raw(body.clone()) }));
+}
+
+/// A sender reads bodies for the peer in runs, not one per body frame
+/// that leaves: once its send buffer is full, it asks the driver for more
+/// only after half of it has gone. Asked after every frame, a sender of
+/// 10,000 bodies woke its store reader 10,000 times (each a thread handoff
+/// in the node) and ran at a third of the receiver's pace.
+#[test]
+fn bodies_are_read_in_runs_once_half_the_send_buffer_has_gone() {
+    let (mut a, _) = open_pair();
+    while a.poll_transmit().is_some() {}
+    // 64 KiB bodies that do not compress.
+    let mut seed = 1u64;
+    let bodies: std::collections::HashMap<BlobId, Vec<u8>> = (0..400)
+        .map(|_| {
+            let body: Vec<u8> = (0..64 << 10)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 56) as u8
+                })
+                .collect();
+            (BlobId::of(&body), body)
+        })
+        .collect();
+    let ids: Vec<BlobId> = bodies.keys().copied().collect();
+    a.handle_frame(&Frame::WantBlobs { ids }.encode()).unwrap();
+    // The driver: reads what the session asks for while it may.
+    let read = |a: &mut Session| {
+        let mut reads = 0;
+        while let Some(ev) = a.poll_event() {
+            let Event::BlobsWanted { ids } = ev else { continue };
+            reads += 1;
+            let mut ids = ids.into_iter();
+            while a.may_send_blob() {
+                let Some(id) = ids.next() else { break };
+                a.send_blob(id, Some(Shipped::Raw(bodies[&id].clone())));
+            }
+            a.unread_blobs(ids.collect());
+        }
+        reads
+    };
+    assert!(read(&mut a) > 0);
+    assert!(!a.may_send_blob(), "the send buffer is full");
+    // Frames leave; the next run starts only once about half is gone.
+    let mut gone = 0;
+    while !a.has_work() {
+        gone += a.poll_transmit_blob().expect("a body frame").len();
+    }
+    let frame = (64 << 10) + 128;
+    assert!(gone + frame >= BLOB_SEND_BUFFER / 2 && gone <= BLOB_SEND_BUFFER / 2 + 2 * frame, "{gone} bytes gone");
+    assert!(read(&mut a) > 0);
+    assert!(!a.may_send_blob(), "the run filled the buffer again");
 }
 
 #[test]
