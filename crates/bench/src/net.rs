@@ -117,7 +117,13 @@ pub fn run(maildir: &Path, bin: Option<PathBuf>) {
         cli(&bin, &n.dir, &["account", "add", USER]);
         cli(&bin, &n.dir, &["peer", "add", other, &format!("127.0.0.1:{port}"), "--accounts", USER]);
     }
-    let imported = cli(&bin, &a.dir, &["import", "maildir", USER, maildir.to_str().unwrap()]);
+    let out = cli(&bin, &a.dir, &["import", "maildir", USER, maildir.to_str().unwrap()]);
+    // "imported …", then the compaction at its end, if any.
+    let mut lines = out.lines();
+    let imported = lines.next().unwrap_or_default().to_string();
+    for l in lines {
+        eprintln!("{l}");
+    }
     let inbox = cli(&bin, &a.dir, &["dump", USER]);
     let inbox_n = inbox
         .split("mailbox \"INBOX\"")

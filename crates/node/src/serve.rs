@@ -829,6 +829,12 @@ struct PeerLive {
 /// [`starling_net::FRAME_BYTES_MAX`] always fits): reading stops, and QUIC
 /// flow control holds the peer back, while it is used up.
 const INBOUND_BYTES: usize = starling_net::FRAME_BYTES_MAX + (32 << 20);
+/// Received frames queued between the stream readers and the session, at
+/// most (their bytes are bounded by [`INBOUND_BYTES`]). With 64, a node
+/// receiving 12 KB bodies held 0.8 MB while it committed the last batch,
+/// and the sender stood still for every fsync: an initial sync ran at the
+/// pace of the receiver's commits, not of its disk or the link.
+const INBOUND_FRAMES: usize = 1024;
 /// Body frames handed to the writer task and not yet written, at most.
 const BLOB_FRAMES_QUEUED: usize = 4;
 
@@ -869,7 +875,7 @@ pub(crate) async fn session(
     // together they hold at most INBOUND_BYTES of frames. Bodies come on
     // unidirectional streams the peer opens (see the body writer below).
     let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES));
-    let (frames_tx, mut frames) = mpsc::channel::<Inbound>(64);
+    let (frames_tx, mut frames) = mpsc::channel::<Inbound>(INBOUND_FRAMES);
     let reader = tokio::spawn(read_frames(recv, budget.clone(), frames_tx.clone()));
     let blob_conn = conn.connection.clone();
     let blob_reader = tokio::spawn(async move {

@@ -1412,7 +1412,8 @@ impl Session {
         self.phase == Phase::Open
             && self.reading == 0
             && !self.peer_wants.is_empty()
-            && (self.transmit_blob_bytes < BLOB_SEND_LOW || self.refilling && self.transmit_blob_bytes < BLOB_SEND_BUFFER)
+            && (self.transmit_blob_bytes < BLOB_SEND_LOW
+                || self.refilling && self.transmit_blob_bytes < BLOB_SEND_BUFFER)
             && self.transmit.len() < METADATA_QUEUE_SOFT
     }
 
