@@ -44,7 +44,7 @@ impl Prepared<'static> {
     }
 
     /// [`Prepared::of_raw`] of a body already hashed to `id`.
-    fn of_checked_raw(id: BlobId, raw: &[u8], part_threshold: usize) -> Prepared<'static> {
+    pub(crate) fn of_checked_raw(id: BlobId, raw: &[u8], part_threshold: usize) -> Prepared<'static> {
         let (record, parts) = blob::split(raw, part_threshold);
         let parts = parts.into_iter().map(|(pid, bytes)| (pid, Cow::Owned(blob::pack(&bytes)))).collect();
         // A record of byte vectors and integers always serializes.

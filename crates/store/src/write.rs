@@ -38,9 +38,17 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
-    /// Stores a body (deduplicated) and returns its id.
+    /// Stores a body (deduplicated) and returns its id. A body stored
+    /// already (one message delivered to many accounts) is not prepared
+    /// again.
     pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
-        self.put_prepared(&Prepared::of_raw(raw, self.part_threshold))
+        let id = BlobId::of(raw);
+        let stored = self.txn.open_table(BLOBS).map_err(st)?.get(&id.0).map_err(st)?.is_some();
+        if stored && !self.core.is_corrupt(id) {
+            self.stored.push(id);
+            return Ok(id);
+        }
+        self.put_prepared(&Prepared::of_checked_raw(id, raw, self.part_threshold))
     }
 
     /// Stores a body prepared before the transaction

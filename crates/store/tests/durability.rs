@@ -360,7 +360,9 @@ fn sigkill_during_a_snapshot_install_into_a_replica_with_mail_of_its_own() {
             .output()
             .unwrap()
     };
-    let (whole, after) = {
+    // Timed twice, the shorter kept: a first run on a cold cache, or on a
+    // machine busy with other tests, made the kills land mostly after it.
+    let timed = || {
         let p = dir.path().join("timing.redb");
         std::fs::copy(&template, &p).unwrap();
         let started = std::time::Instant::now();
@@ -377,6 +379,8 @@ fn sigkill_during_a_snapshot_install_into_a_replica_with_mail_of_its_own() {
         assert_eq!(after, source.dump("t").unwrap(), "the install gives the source's state");
         (whole.max(10), after)
     };
+    let ((first, after), (second, _)) = (timed(), timed());
+    let whole = first.min(second);
     let mut seed: u64 = 0x5a;
     let (mut cut, mut installed) = (0, 0);
     for round in 0..25u64 {
