@@ -101,11 +101,11 @@ impl<'a> Prepared<'a> {
         core: &Core,
         repaired: &mut Vec<BlobId>,
     ) -> Result<(), StoreError> {
-        let mut blobs = txn.open_table(BLOBS).map_err(st)?;
-        let repair = core.is_corrupt(self.id);
-        if !repair && blobs.get(&self.id.0).map_err(st)?.is_some() {
+        if stored_intact(txn, core, self.id)? {
             return Ok(());
         }
+        let repair = core.is_corrupt(self.id);
+        let mut blobs = txn.open_table(BLOBS).map_err(st)?;
         if !self.parts.is_empty() {
             let mut part_table = txn.open_table(PARTS).map_err(st)?;
             for (pid, part) in &self.parts {
@@ -125,6 +125,12 @@ impl<'a> Prepared<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether body `id` is stored in `txn` and not found damaged since open:
+/// then storing it again writes nothing.
+pub(crate) fn stored_intact(txn: &redb::WriteTransaction, core: &Core, id: BlobId) -> Result<bool, StoreError> {
+    Ok(!core.is_corrupt(id) && txn.open_table(BLOBS).map_err(st)?.get(&id.0).map_err(st)?.is_some())
 }
 
 /// `f` of every item, in order, on up to [`PREPARE_THREADS_MAX`] threads

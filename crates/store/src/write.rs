@@ -43,8 +43,7 @@ impl<'a> Batch<'a> {
     /// again.
     pub fn put_body(&mut self, raw: &[u8]) -> Result<BlobId, StoreError> {
         let id = BlobId::of(raw);
-        let stored = self.txn.open_table(BLOBS).map_err(st)?.get(&id.0).map_err(st)?.is_some();
-        if stored && !self.core.is_corrupt(id) {
+        if prepare::stored_intact(self.txn, self.core, id)? {
             self.stored.push(id);
             return Ok(id);
         }
