@@ -35,6 +35,11 @@ pub struct Args {
     /// Seed of the relay's loss draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print, every this many milliseconds, what A sent in the interval
+    /// (MB/s), its congestion window and round trip, and B's op count: where
+    /// a long link loses its time.
+    #[arg(long)]
+    timeline_ms: Option<u64>,
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -87,8 +92,26 @@ pub fn run(args: Args) {
     let want = a.ops();
     let mut last = (Instant::now(), (0u64, u64::MAX));
     let mut missing = u64::MAX;
+    let mut tick = (Instant::now(), 0u64);
     procs::wait_for(Duration::from_secs(3600), Duration::from_millis(2), || {
         let ops = b.ops();
+        if let Some(every) = args.timeline_ms {
+            if tick.0.elapsed() >= Duration::from_millis(every) {
+                let st = a.status();
+                let p = &st["peers"][0];
+                let out = p["wire_out"].as_u64().unwrap_or(0);
+                let secs = tick.0.elapsed().as_secs_f64();
+                println!(
+                    "t {:6.2} s | a→b {:6.1} MB/s | cwnd {:6.0} KB | RTT {:6.1} ms | lost {:8} B | B ops {ops}",
+                    t.elapsed().as_secs_f64(),
+                    out.saturating_sub(tick.1) as f64 / secs / 1e6,
+                    p["cwnd"].as_u64().unwrap_or(0) as f64 / 1e3,
+                    p["rtt_ms"].as_f64().unwrap_or(0.0),
+                    p["wire_lost"].as_u64().unwrap_or(0),
+                );
+                tick = (Instant::now(), out);
+            }
+        }
         if ops == want {
             // Counting missing bodies scans B's account: not in a tight loop.
             std::thread::sleep(Duration::from_millis(20));

@@ -185,14 +185,28 @@ impl PeerLink {
     /// Handles frames that arrived together, then answers them at once:
     /// bodies among them are stored in one transaction (one fsync).
     pub fn handle_frames(&mut self, store: &Store, frames: &[impl AsRef<[u8]>]) -> Result<Progress, LinkError> {
-        for f in frames {
-            if let Err(e) = self.session.handle_frame(f.as_ref()) {
-                // What came before the bad frame is still answered.
-                self.answer(store)?;
-                return Err(e.into());
-            }
+        self.handle_frames_sending_first(store, frames, |_| {})
+    }
+
+    /// [`PeerLink::handle_frames`], calling `send` once the session has
+    /// taken the frames and before the store is touched: the requests for
+    /// the next bodies, which the arrived ones made room for in the window,
+    /// leave while those are written and committed, so the peer is not idle
+    /// for every commit (a round trip and a commit per window of bodies).
+    pub fn handle_frames_sending_first(
+        &mut self,
+        store: &Store,
+        frames: &[impl AsRef<[u8]>],
+        send: impl FnOnce(&mut Session),
+    ) -> Result<Progress, LinkError> {
+        let bad = frames.iter().find_map(|f| self.session.handle_frame(f.as_ref()).err());
+        send(&mut self.session);
+        // What came before a bad frame is still answered.
+        let progress = self.answer(store)?;
+        match bad {
+            Some(e) => Err(e.into()),
+            None => Ok(progress),
         }
-        self.answer(store)
     }
 
     /// This node committed changes to `account` (locally or from another

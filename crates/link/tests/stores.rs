@@ -506,3 +506,74 @@ fn a_node_back_after_the_purge_learns_the_account_was_deleted() {
     nodes[2].store().forget_account(ACCOUNT).unwrap();
     assert!(!nodes[2].store().peer_purged(ACCOUNT, nodes[0].id).unwrap());
 }
+
+/// Bodies that arrive free room in the receiver's window; the requests for
+/// the next ones are handed over before the arrived ones are stored, so the
+/// node sends them while it commits (the sender is not left idle for every
+/// commit).
+#[test]
+fn the_next_bodies_are_asked_for_before_the_arrived_ones_are_stored() {
+    use starling_sync::Frame;
+    let window = starling_sync::BLOB_WINDOW_COUNT;
+    let n = window + 500;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[0]
+        .store()
+        .write(ACCOUNT, |b| {
+            for i in 0..n {
+                b.append(INBOX, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(), i as i64, vec![])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    connect(&mut nodes, 0, 1);
+    let (mut asked_early, mut asked_late) = (0, 0);
+    for _ in 0..10_000 {
+        // A to B, as the node hands them over.
+        let mut frames = Vec::new();
+        let l = nodes[0].links.get_mut(&1).unwrap();
+        while let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) {
+            frames.push(f);
+        }
+        let arrived: Vec<starling_model::BlobId> = frames
+            .iter()
+            .filter_map(|f| match Frame::decode(f) {
+                Ok(Frame::Blob { id, .. }) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let b = &mut nodes[1];
+        let store = b.store.as_ref().unwrap();
+        let mut back = Vec::new();
+        b.links
+            .get_mut(&0)
+            .unwrap()
+            .handle_frames_sending_first(store, &frames, |s| {
+                while let Some(f) = s.poll_transmit() {
+                    if matches!(Frame::decode(&f), Ok(Frame::WantBlobs { .. })) {
+                        // Handed over while the bodies that made room are
+                        // not stored yet.
+                        assert!(arrived.iter().all(|&id| store.lacks(ACCOUNT, id).unwrap()));
+                        asked_early += 1;
+                    }
+                    back.push(f);
+                }
+            })
+            .unwrap();
+        let l = b.links.get_mut(&0).unwrap();
+        while let Some(f) = l.poll_transmit() {
+            asked_late += usize::from(!arrived.is_empty() && matches!(Frame::decode(&f), Ok(Frame::WantBlobs { .. })));
+            back.push(f);
+        }
+        if frames.is_empty() && back.is_empty() {
+            break;
+        }
+        nodes[0].receive(1, &back);
+    }
+    assert_eq!(nodes[1].store().missing_count(ACCOUNT).unwrap(), 0);
+    // The first window is asked for after the ops; the rest as bodies arrive.
+    assert!(asked_early >= 1, "no request left before a commit");
+    assert_eq!(asked_late, 0, "requests made room for by arrived bodies waited for their commit");
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+}

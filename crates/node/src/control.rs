@@ -177,6 +177,10 @@ pub struct PeerStatus {
     /// Bytes the current connection lost and sent again, and its round trip.
     pub wire_lost: u64,
     pub rtt_ms: f64,
+    /// The current connection's congestion window (bytes it may have in
+    /// flight): with the round trip, the rate the link is allowed.
+    #[serde(default)]
+    pub cwnd: u64,
     /// Per shared account: ops this node has that the peer lacks, and ops
     /// the peer said it has that this node lacks.
     pub behind: Vec<Lag>,

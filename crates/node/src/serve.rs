@@ -560,6 +560,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             wire_out: l.map_or(0, |l| l.wire_done.0 + wire_now.0),
             wire_lost: stats.as_ref().map_or(0, |st| st.path.lost_bytes),
             rtt_ms: stats.as_ref().map_or(0.0, |st| st.path.rtt.as_secs_f64() * 1000.0),
+            cwnd: stats.as_ref().map_or(0, |st| st.path.cwnd),
             behind,
         });
     }
@@ -851,6 +852,16 @@ async fn read_frames(mut recv: quinn::RecvStream, budget: Arc<tokio::sync::Semap
 }
 
 /// One sync session over one connection; returns why it ended.
+/// Hands the session's metadata frames to the writer; false if its queue
+/// was full (a frame was dropped: the session must end).
+fn queue_metadata(out: &mpsc::Sender<Vec<u8>>, mut next: impl FnMut() -> Option<Vec<u8>>) -> bool {
+    let mut fits = true;
+    while let Some(f) = next() {
+        fits &= !matches!(out.try_send(f), Err(mpsc::error::TrySendError::Full(_)));
+    }
+    fits
+}
+
 pub(crate) async fn session(
     conn: PeerConnection,
     dialer: bool,
@@ -989,11 +1000,7 @@ pub(crate) async fn session(
                 break e.to_string();
             }
         }
-        let mut overflow = false;
-        while let Some(f) = link.poll_transmit() {
-            overflow |= matches!(meta_out.try_send(f), Err(mpsc::error::TrySendError::Full(_)));
-        }
-        if overflow {
+        if !queue_metadata(&meta_out, || link.poll_transmit()) {
             break format!("metadata queue over its bound of {meta_max} frames");
         }
         // Taking frames made room: read more of what the peer asked for.
@@ -1075,10 +1082,18 @@ pub(crate) async fn session(
                         }
                     }
                     let bytes: Vec<&[u8]> = batch.iter().map(|(f, _)| f.as_slice()).collect();
+                    let mut fits = true;
                     outcome = tokio::task::block_in_place(|| {
                         link.handle_timeout(&store, Instant::now())?;
-                        link.handle_frames(&store, &bytes)
+                        // What the frames free (the next body requests) goes
+                        // out before their bodies are committed.
+                        link.handle_frames_sending_first(&store, &bytes, |s| {
+                            fits = queue_metadata(&meta_out, || s.poll_transmit());
+                        })
                     });
+                    if !fits {
+                        break format!("metadata queue over its bound of {meta_max} frames");
+                    }
                     // The frames' budget is released once they are handled.
                     drop(batch);
                 }
