@@ -277,12 +277,13 @@ pub struct StoreSection {
     pub compact_log: Option<bool>,
     /// Delete the bodies of expunged mail (on by default).
     pub collect_bodies: Option<bool>,
-    /// Compact the file (at start, and while running at most once per
-    /// `file_compact_online_secs`) when this share of it (percent) is free
-    /// pages; 100: never.
+    /// Compact the file (at the first housekeeping pass after start, then
+    /// at most once per `file_compact_online_secs`) when this share of it
+    /// (percent) is free pages; 100: never.
     pub file_compact_free_percent: Option<Spanned<u64>>,
     /// Shortest time between two online compactions of the file (each
-    /// makes store operations wait while it runs); 0: only at start.
+    /// makes store operations wait while it runs); 0: only at the first
+    /// housekeeping pass after start.
     pub file_compact_online_secs: Option<Spanned<u64>>,
     /// Expunges each mailbox remembers for QRESYNC; a client away longer
     /// gets an over-report.
@@ -299,7 +300,13 @@ impl StoreSection {
                 ("housekeeping_secs", &self.housekeeping_secs, 1, 86_400, "at least daily"),
                 ("peer_horizon_days", &self.peer_horizon_days, 1, 3_650, "a peer away longer catches up by snapshot"),
                 ("file_compact_free_percent", &self.file_compact_free_percent, 1, 100, "100 turns it off"),
-                ("file_compact_online_secs", &self.file_compact_online_secs, 0, 30 * 86_400, "0: only at start"),
+                (
+                    "file_compact_online_secs",
+                    &self.file_compact_online_secs,
+                    0,
+                    30 * 86_400,
+                    "0: only once after start",
+                ),
                 ("vanished_per_mailbox", &self.vanished_per_mailbox, 1, 10_000_000, "expunges a mailbox remembers"),
             ],
             text,
@@ -522,10 +529,13 @@ impl Config {
     pub fn store_options(&self) -> starling_store::StoreOptions {
         let d = starling_store::StoreOptions::default();
         let cache_bytes = self.store.cache_mib.as_ref().map_or(d.cache_bytes, |v| (*v.get_ref() as usize) << 20);
-        let file_compact_free_percent = self.housekeeping().file_compact_free_percent;
         let vanished_per_mailbox =
             self.store.vanished_per_mailbox.as_ref().map_or(d.vanished_per_mailbox, |v| *v.get_ref() as u32);
-        starling_store::StoreOptions { cache_bytes, file_compact_free_percent, vanished_per_mailbox, ..d }
+        // Not compacted at open: learning how much of the file is free
+        // walks every page of it (redb's statistics), which made a start
+        // as slow as the file is large. `serve` checks at its first
+        // housekeeping pass, in the background.
+        starling_store::StoreOptions { cache_bytes, vanished_per_mailbox, ..d }
     }
 
     /// Exposure after k peers, without the pinned peers (`serve` adds them).

@@ -329,7 +329,13 @@ fn verify_store(data_dir: &Path) -> Result<(), String> {
     for line in &report.unreadable {
         println!("unreadable: {line}");
     }
-    println!("file {} B; tables, largest first:", std::fs::metadata(&path).map_or(0, |m| m.len()));
+    let file = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let in_tables: u64 = report.tables.iter().map(|t| t.bytes).sum();
+    let free = file.saturating_sub(in_tables);
+    println!(
+        "file {file} B, {in_tables} B in tables, {free} B ({}%) free; tables, largest first:",
+        (free * 100).checked_div(file).unwrap_or(0)
+    );
     for t in report.tables.iter().filter(|t| t.rows > 0) {
         println!("  {:<28} {:>10} rows {:>14} B", t.name, t.rows, t.bytes);
     }

@@ -249,16 +249,14 @@ pub fn run(
         for a in store.accounts() {
             report(&store, &a, true);
         }
-        if let Some(c) = store.file_compaction() {
-            println!("store: file compacted at start from {} to {} bytes in {} ms", c.before, c.after, c.millis);
-        }
         // Housekeeping, first one period after start (peers have said
         // where they stand by then).
         {
             let (store, node, hub, config) = (store.clone(), node.clone(), hub.clone(), listen.housekeeping.clone());
             tasks.spawn(async move {
-                // The file was compacted at start if it had to be.
-                let mut compacted = std::time::Instant::now();
+                // The file is checked at the first pass (not at open:
+                // that reads all of it), then once per period.
+                let mut compacted: Option<std::time::Instant> = None;
                 loop {
                     tokio::time::sleep(config.every).await;
                     tokio::task::block_in_place(|| {
@@ -273,7 +271,11 @@ pub fn run(
                             node.let_go(account);
                         }
                         *hub.purge_waits.lock().unwrap_or_else(|p| p.into_inner()) = pass.waiting;
-                        if !config.file_compact_every.is_zero() && compacted.elapsed() >= config.file_compact_every {
+                        let due = match compacted {
+                            None => true,
+                            Some(at) => !config.file_compact_every.is_zero() && at.elapsed() >= config.file_compact_every,
+                        };
+                        if due {
                             compact_file(&store, &config, &mut compacted);
                         }
                     });
@@ -622,10 +624,10 @@ fn housekeep(store: &Store, peers: &[Peer], hub: &Hub, config: &crate::config::H
 /// waits meanwhile); `last` is set when it ran or found nothing to do, so
 /// that one left for later (the store was in use) is tried at the next
 /// housekeeping.
-fn compact_file(store: &Store, config: &crate::config::Housekeeping, last: &mut std::time::Instant) {
+fn compact_file(store: &Store, config: &crate::config::Housekeeping, last: &mut Option<std::time::Instant>) {
     match store.compact_file(config.file_compact_free_percent) {
         Ok(done) => {
-            *last = std::time::Instant::now();
+            *last = Some(std::time::Instant::now());
             if let Some(c) = done {
                 tracing::info!(
                     "store file compacted from {} to {} bytes; operations waited {} ms",
@@ -638,7 +640,7 @@ fn compact_file(store: &Store, config: &crate::config::Housekeeping, last: &mut 
         }
         Err(starling_store::FileCompactError::Busy) => tracing::debug!("store file compaction left for later: in use"),
         Err(e) => {
-            *last = std::time::Instant::now();
+            *last = Some(std::time::Instant::now());
             tracing::warn!("store file compaction: {e}");
         }
     }
