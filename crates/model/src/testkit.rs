@@ -180,6 +180,15 @@ impl Cluster {
         true
     }
 
+    /// Delivers everything queued from `i` to `j`, whatever the links (the
+    /// receiver applies it in causal order whatever the queue's order);
+    /// the link is left down.
+    pub fn flush(&mut self, i: usize, j: usize) {
+        self.set_link(i, j, true);
+        while self.deliver(i, j, 0, false) {}
+        self.set_link(i, j, false);
+    }
+
     /// Delivers everything on up links in a random order until nothing is left
     /// (settling may create new ops; they are delivered too).
     pub fn deliver_all(&mut self, rng: &mut Rng) {

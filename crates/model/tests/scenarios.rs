@@ -634,14 +634,6 @@ fn spent_uid_history() -> Result<(), String> {
     Ok(())
 }
 
-/// Delivers everything queued from `i` to `j` (the receiver applies it in
-/// causal order whatever the queue's order).
-fn flush(c: &mut Cluster, i: usize, j: usize) {
-    c.set_link(i, j, true);
-    while c.deliver(i, j, 0, false) {}
-    c.set_link(i, j, false);
-}
-
 /// A withdrawn claim of an expunged message is dropped, and a pin of it
 /// arriving later spends its UID (pin-spends): B's message E lost UID 1 to
 /// A's X at B, so B withdrew that claim and E went to 2, then B expunged E.
@@ -664,16 +656,16 @@ fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<Strin
     let x = c.append(0, INBOX, vec![]).unwrap();
     let e = c.append(1, INBOX, vec![]).unwrap();
     step(&mut c)?;
-    flush(&mut c, 1, 2);
+    c.flush(1, 2);
     c.look(2, INBOX);
     assert_eq!(c.replicas[2].uid_of(e), Some((INBOX, 1)), "C showed E at 1");
     step(&mut c)?;
-    flush(&mut c, 0, 1);
+    c.flush(0, 1);
     assert_eq!(c.replicas[1].uid_of(x), Some((INBOX, 1)), "A's X wins UID 1 at B (nobody showed either there)");
     assert_eq!(c.replicas[1].uid_of(e), Some((INBOX, 2)));
     c.client(1, |r| r.expunge(&[e])).unwrap();
     step(&mut c)?;
-    flush(&mut c, 1, 0);
+    c.flush(1, 0);
     let a = &c.replicas[0];
     let idx = a.mailbox_index(INBOX).unwrap();
     let pe = a.packed_message(e).unwrap();
@@ -686,7 +678,7 @@ fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<Strin
     assert!(!a.backend().is_dead(idx, 1).unwrap());
     step(&mut c)?;
     // C's announce (pinning B's claim of E at 1) reaches A now.
-    flush(&mut c, 2, 0);
+    c.flush(2, 0);
     let a = &c.replicas[0];
     if !a.backend().is_dead(idx, 1).unwrap() {
         return Err("the late pin did not spend UID 1 at A".into());
