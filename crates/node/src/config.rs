@@ -532,9 +532,9 @@ impl Config {
         let vanished_per_mailbox =
             self.store.vanished_per_mailbox.as_ref().map_or(d.vanished_per_mailbox, |v| *v.get_ref() as u32);
         // Not compacted at open: learning how much of the file is free
-        // walks every page of it (redb's statistics), which made a start
-        // as slow as the file is large. `serve` checks at its first
-        // housekeeping pass, in the background.
+        // reads its tables' pages, which made a start as slow as the file
+        // is large. `serve` checks at its first housekeeping pass, in the
+        // background.
         starling_store::StoreOptions { cache_bytes, vanished_per_mailbox, ..d }
     }
 

@@ -212,7 +212,7 @@ fn a_running_node_gives_the_freed_pages_back() {
 }
 
 /// A node's start does not read its whole store file to learn how much of
-/// it is free (redb's statistics walk every page: 0.17 s of a 0.35 s start
+/// it is free (redb's database statistics walked every page: 0.17 s of a 0.35 s start
 /// for a 185 MB file, far more for a large cold one); the first
 /// housekeeping pass after start checks and compacts it, in the
 /// background, even when the online period is long.
