@@ -56,6 +56,18 @@ impl Node {
         self.store().write(ACCOUNT, |b| b.append(INBOX, raw.as_bytes(), n as i64, vec![]).map(|_| ())).unwrap();
         self.changed();
     }
+    /// Appends `n` small messages in one transaction, without telling the
+    /// links (they find them when they connect).
+    fn append_many(&self, n: usize) {
+        self.store()
+            .write(ACCOUNT, |b| {
+                for i in 0..n {
+                    b.append(INBOX, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(), i as i64, vec![])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
     /// Hands frames that came together from `peer` to its link (as the
     /// node does: their bodies in one transaction); relays what it
     /// committed.
@@ -396,15 +408,7 @@ fn missing_bodies_are_asked_a_page_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
     let n = 3 * (PAGE + window);
-    nodes[0]
-        .store()
-        .write(ACCOUNT, |b| {
-            for i in 0..n {
-                b.append(INBOX, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(), i as i64, vec![])?;
-            }
-            Ok(())
-        })
-        .unwrap();
+    nodes[0].append_many(n);
     // The metadata first, no body (a policy that takes none eagerly).
     nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::full() };
     connect(&mut nodes, 0, 1);
@@ -518,15 +522,7 @@ fn the_next_bodies_are_asked_for_before_the_arrived_ones_are_stored() {
     let n = window + 500;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
-    nodes[0]
-        .store()
-        .write(ACCOUNT, |b| {
-            for i in 0..n {
-                b.append(INBOX, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(), i as i64, vec![])?;
-            }
-            Ok(())
-        })
-        .unwrap();
+    nodes[0].append_many(n);
     connect(&mut nodes, 0, 1);
     let (mut asked_early, mut asked_late) = (0, 0);
     for _ in 0..10_000 {
