@@ -853,7 +853,6 @@ async fn read_frames(mut recv: quinn::RecvStream, budget: Arc<tokio::sync::Semap
     }
 }
 
-/// One sync session over one connection; returns why it ended.
 /// Hands the session's metadata frames to the writer; false if its queue
 /// was full (a frame was dropped: the session must end).
 fn queue_metadata(out: &mpsc::Sender<Vec<u8>>, mut next: impl FnMut() -> Option<Vec<u8>>) -> bool {
@@ -864,6 +863,7 @@ fn queue_metadata(out: &mpsc::Sender<Vec<u8>>, mut next: impl FnMut() -> Option<
     fits
 }
 
+/// One sync session over one connection; returns why it ended.
 pub(crate) async fn session(
     conn: PeerConnection,
     dialer: bool,
