@@ -180,6 +180,13 @@ impl Cluster {
         true
     }
 
+    /// Every replica's dump, in order, separated by `--` lines: what the
+    /// clients of the whole cluster can see, to compare two runs step by
+    /// step.
+    pub fn dumps(&self) -> String {
+        self.replicas.iter().map(|r| r.dump()).collect::<Vec<_>>().join("--\n")
+    }
+
     /// Delivers everything queued from `i` to `j`, whatever the links (the
     /// receiver applies it in causal order whatever the queue's order);
     /// the link is left down.

@@ -80,7 +80,7 @@ fn left_mailbox_pin_history(options: ReplicaOptions) -> Result<Vec<String>, Stri
     let mut dumps = Vec::new();
     let mut step = |c: &mut Cluster| -> Result<(), String> {
         c.check_step()?;
-        dumps.push(c.replicas.iter().map(|r| r.dump()).collect::<Vec<_>>().join("--\n"));
+        dumps.push(c.dumps());
         Ok(())
     };
     c.partition(&[0, 1, 2, 3]);

@@ -649,7 +649,7 @@ fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<Strin
     let mut dumps = Vec::new();
     let mut step = |c: &mut Cluster| -> Result<(), String> {
         c.check_step()?;
-        dumps.push(c.replicas.iter().map(|r| r.dump()).collect::<Vec<_>>().join("--\n"));
+        dumps.push(c.dumps());
         Ok(())
     };
     c.partition(&[0, 1, 2]);

@@ -37,9 +37,14 @@ fn expunge(port: u16, password: &str, set: &str) -> String {
     answers
 }
 
+/// The running node's `status --json`.
+fn node_status(n: &Node) -> serde_json::Value {
+    serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap()
+}
+
 /// Alice's account as the running node's `status --json` shows it.
 fn account_status(n: &Node) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&run(&n.dir, &["status", "--json"])).unwrap();
+    let v = node_status(n);
     v["accounts"].as_array().unwrap().iter().find(|a| a["name"] == "alice").unwrap().clone()
 }
 
@@ -191,13 +196,12 @@ fn a_running_node_gives_the_freed_pages_back() {
     let config = root.path().join("fast.toml");
     std::fs::write(&config, "[store]\nhousekeeping_secs = 1\nfile_compact_online_secs = 1\n").unwrap();
     a.start_with(&["--config", config.to_str().unwrap()], None);
-    let status = || -> serde_json::Value { serde_json::from_str(&run(&a.dir, &["status", "--json"])).unwrap() };
-    let before = status()["store_file_bytes"].as_u64().unwrap();
+    let before = node_status(&a)["store_file_bytes"].as_u64().unwrap();
     assert!(before > 12 << 20, "{before} bytes");
     let answers = expunge_all(a.imap.lock().unwrap().unwrap(), "secret");
     assert!(answers.contains("d OK"), "{answers}");
     wait_for("the bodies collected and the file compacted", || {
-        let s = status();
+        let s = node_status(&a);
         s["file_compactions"]["runs"].as_u64().unwrap() >= 1 && s["store_file_bytes"].as_u64().unwrap() < before / 3
     });
     // Serving goes on: a new message and a look at it.
@@ -212,9 +216,9 @@ fn a_running_node_gives_the_freed_pages_back() {
 }
 
 /// A node's start does not read its whole store file to learn how much of
-/// it is free (redb's database statistics walked every page: 0.17 s of a 0.35 s start
-/// for a 185 MB file, far more for a large cold one); the first
-/// housekeeping pass after start checks and compacts it, in the
+/// it is free (redb's database statistics walked every page: 0.17 s of a
+/// 0.35 s start for a 185 MB file, far more for a large cold one); the
+/// first housekeeping pass after start checks and compacts it, in the
 /// background, even when the online period is long.
 #[test]
 fn a_sparse_file_is_compacted_after_start_not_read_through_at_start() {
@@ -247,9 +251,8 @@ fn a_sparse_file_is_compacted_after_start_not_read_through_at_start() {
     let pid = a.child.as_ref().unwrap().id();
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     let read: u64 = io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap();
-    let status = || -> serde_json::Value { serde_json::from_str(&run(&a.dir, &["status", "--json"])).unwrap() };
     wait_for("the file compacted by the first housekeeping pass", || {
-        let s = status();
+        let s = node_status(&a);
         s["file_compactions"]["runs"].as_u64().unwrap() >= 1 && s["store_file_bytes"].as_u64().unwrap() < before / 3
     });
     let after = std::fs::metadata(&file).unwrap().len();
