@@ -118,11 +118,6 @@ pub trait Backend {
     /// Number of live messages.
     fn message_count(&self) -> StorageResult<u64>;
 
-    /// Whether a message was expunged.
-    fn is_tombstone(&self, m: Packed) -> StorageResult<bool>;
-    /// Records an expunge.
-    fn add_tombstone(&mut self, m: Packed) -> StorageResult<()>;
-
     /// Immutable attributes of a message, if kept.
     fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>>;
     /// Records them.
@@ -159,8 +154,6 @@ pub trait Backend {
     fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a withdrawal.
     fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
-    /// Every expunged message (for state snapshots).
-    fn tombstones(&self) -> StorageResult<Vec<Packed>>;
     /// Every withdrawn claim of a mailbox (for state snapshots).
     fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
     /// Every pinned claim of a mailbox (for state snapshots).
@@ -228,7 +221,6 @@ impl MemMailbox {
 pub struct MemBackend {
     messages: HashMap<Packed, MsgLoc>,
     envelopes: Option<HashMap<Packed, Envelope>>,
-    tombstones: HashSet<Packed>,
     boxes: Vec<MemMailbox>,
 }
 
@@ -266,13 +258,6 @@ impl Backend for MemBackend {
     }
     fn message_count(&self) -> StorageResult<u64> {
         Ok(self.messages.len() as u64)
-    }
-    fn is_tombstone(&self, m: Packed) -> StorageResult<bool> {
-        Ok(self.tombstones.contains(&m))
-    }
-    fn add_tombstone(&mut self, m: Packed) -> StorageResult<()> {
-        self.tombstones.insert(m);
-        Ok(())
     }
     fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
         Ok(self.envelopes.as_ref().and_then(|e| e.get(&m).copied()))
@@ -378,9 +363,6 @@ impl Backend for MemBackend {
     }
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.get(mailbox).is_some_and(|b| b.pinned.contains(&key)))
-    }
-    fn tombstones(&self) -> StorageResult<Vec<Packed>> {
-        Ok(self.tombstones.iter().copied().collect())
     }
     fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
         Ok(self.get(mailbox).map(|b| b.retracted.iter().copied().collect()).unwrap_or_default())

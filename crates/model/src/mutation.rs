@@ -51,6 +51,10 @@ pub enum Mutation {
     /// Withdrawn, unpinned claims of live messages are dropped too, so a
     /// later pin of one (it was shown elsewhere) finds nothing.
     DropLive = 13,
+    /// A live message between two places (unplaced while settling: moved,
+    /// or its UID lost) counts as expunged, as a "not placed" test would
+    /// take it: its claims are buried or dropped as if it were gone.
+    ExpungedWhileUnplaced = 14,
 }
 
 #[cfg(feature = "mutations")]

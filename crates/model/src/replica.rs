@@ -551,14 +551,7 @@ impl<B: Backend> Replica<B> {
                 dead: self.backend.dead_in(i)?,
             });
         }
-        let tombstones = self.backend.tombstones()?.into_iter().map(|p| MessageId(self.unpack(p))).collect();
-        Ok(StateSnapshot {
-            version: SNAPSHOT_VERSION,
-            vv: self.vv.clone(),
-            account: self.account.save(),
-            mailboxes,
-            tombstones,
-        })
+        Ok(StateSnapshot { version: SNAPSHOT_VERSION, vv: self.vv.clone(), account: self.account.save(), mailboxes })
     }
 
     /// Installs a snapshot. The snapshot must hold every op this replica
@@ -572,7 +565,9 @@ impl<B: Backend> Replica<B> {
     /// VANISHED UID and raises MODSEQ), one new at its place arrives
     /// unplaced with its claim on the side and is placed by settling, as an
     /// op's would be (so U1 holds for what this replica's clients were
-    /// shown). Claim sets and tombstones only grow. Ops waiting for their causal past stay
+    /// shown). Claim sets only grow; a message live here that the snapshot
+    /// does not place is expunged (its append is within the snapshot's
+    /// version), so it leaves, and nothing else records that. Ops waiting for their causal past stay
     /// waiting (or are applied, if the snapshot completed it). Afterwards the
     /// replica continues with the ops after `snapshot.vv`.
     ///
@@ -649,8 +644,6 @@ impl<B: Backend> Replica<B> {
                 dead.push((i, start, end));
             }
         }
-        let tombstones: Vec<Packed> =
-            snapshot.tombstones.iter().map(|t| self.packed(t.0)).collect::<Result<_, _>>().map_err(invalid)?;
         let waiting: Vec<Op> =
             self.pending.ops().chain(&self.ready).filter(|o| !snapshot.vv.contains(o.dot)).cloned().collect();
 
@@ -689,7 +682,7 @@ impl<B: Backend> Replica<B> {
             }
         }
         // Side claims come and go (a claim may become a placed message's
-        // own); the other claim sets and the tombstones only grow.
+        // own); the other claim sets only grow.
         for i in 0..self.mailboxes.len() as u32 {
             for uid in self.backend.side_uids_in(i, 0, u32::MAX)? {
                 for c in self.backend.side_at(i, uid)? {
@@ -710,9 +703,6 @@ impl<B: Backend> Replica<B> {
                 2 => self.backend.add_pinned(i, key)?,
                 _ => self.backend.add_forced(i, key)?,
             }
-        }
-        for t in tombstones {
-            self.backend.add_tombstone(t)?;
         }
         // Spent UIDs only grow too. (Nothing to settle for them: a claim at
         // a spent UID names nothing, as the buried claims made it, and
@@ -861,6 +851,24 @@ impl<B: Backend> Replica<B> {
 
     fn unpack(&self, p: Packed) -> Dot {
         Dot::new(self.replica_ids[packed_idx(p) as usize], p & COUNTER_MAX)
+    }
+
+    /// Whether a message was expunged here: its append (the op it is named
+    /// by) is within this replica's version, and it is not live. Every op
+    /// that names a message was made by a replica that held it, so it comes
+    /// after the append causally, and the causal buffer applies it after
+    /// the append: at that point "not live" can only mean "expunged". That
+    /// is why an expunge keeps no row of its own (a tombstone), and why
+    /// nothing of it needs collecting (`docs/semantics.md`, "Expunged
+    /// messages"). An id beyond the version names no message yet (a
+    /// malformed op): not expunged, as an unknown id was before.
+    fn expunged(&self, m: Packed) -> Result<bool, StorageError> {
+        let d = self.unpack(m);
+        let loc = self.backend.loc(m)?;
+        if crate::mutation::active(crate::mutation::Mutation::ExpungedWhileUnplaced) {
+            return Ok(d.counter <= self.vv.get(d.replica) && loc.is_none_or(|l| l.uid == 0));
+        }
+        Ok(d.counter <= self.vv.get(d.replica) && loc.is_none())
     }
 
     fn keyword(&mut self, kw: &Keyword) -> u32 {
@@ -1099,7 +1107,8 @@ impl<B: Backend> Replica<B> {
             OpBody::Expunge { messages } => {
                 for message in messages {
                     let m = self.packed(message.0)?;
-                    self.backend.add_tombstone(m)?;
+                    // Leaving its place is all an expunge records: from
+                    // now on the message is `expunged`.
                     if let Some(loc) = self.backend.loc(m)? {
                         self.unplace(loc.mailbox, m, loc.uid)?;
                         self.backend.remove_loc(m)?;
@@ -1145,7 +1154,7 @@ impl<B: Backend> Replica<B> {
                 let mut spend = Vec::new();
                 for k in keys {
                     dirty.entry(idx).or_default().0.insert(k.uid);
-                    if self.backend.is_tombstone(k.message)? {
+                    if self.expunged(k.message)? {
                         // A pin of a buried claim (its UID spent) would be
                         // kept for nothing.
                         if self.backend.is_dead(idx, k.uid)? {
@@ -1209,7 +1218,7 @@ impl<B: Backend> Replica<B> {
         if let Some(r) = retract {
             let key = ClaimKey { uid: r, message: m, claimant: author };
             dirty.entry(idx).or_default().0.insert(r);
-            let expunged = self.backend.is_tombstone(m)?;
+            let expunged = self.expunged(m)?;
             // A withdrawal of a buried claim (a pin of it arrived first)
             // would be kept for nothing: its UID is spent.
             if self.drop_withdrawn && expunged && self.backend.is_dead(idx, r)? && !self.holds(idx, key)? {
@@ -1236,9 +1245,6 @@ impl<B: Backend> Replica<B> {
         }
         let idx = self.mailbox(a.mailbox);
         self.note_claim(idx, a.uid, m, author, dirty)?;
-        if self.backend.is_tombstone(m)? {
-            return Ok(());
-        }
         let flags = a.flags.iter().map(|k| FlagEntry::new(self.keyword(k), m)).collect();
         let slot = Slot { id: m, loc: author as u64, uid: 0, claimant: author, flags };
         self.mailboxes[idx as usize].unplaced.insert(m, slot);
@@ -1355,7 +1361,7 @@ impl<B: Backend> Replica<B> {
         let mut spent = pinned_gone;
         let mut gone: SmallVec<[Packed; 2]> = SmallVec::new();
         for c in &claims {
-            if !self.backend.is_tombstone(c.message)? {
+            if !self.expunged(c.message)? {
                 continue;
             }
             gone.push(c.message);
@@ -1927,7 +1933,7 @@ impl<B: Backend> Replica<B> {
 
     /// Whether a message was expunged here.
     pub fn is_expunged(&self, message: MessageId) -> bool {
-        self.lookup(message.0).is_some_and(|m| self.backend.is_tombstone(m).unwrap_or(false))
+        self.lookup(message.0).is_some_and(|m| self.expunged(m).unwrap_or(false))
     }
 
     /// Number of live messages.

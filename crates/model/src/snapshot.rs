@@ -21,7 +21,7 @@ use crate::keyword::Keyword;
 use serde::{Deserialize, Serialize};
 
 /// Format version written by this code.
-pub const SNAPSHOT_VERSION: u8 = 3;
+pub const SNAPSHOT_VERSION: u8 = 4;
 
 /// The replicated state of one account.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,10 +32,9 @@ pub struct StateSnapshot {
     pub vv: VersionVector,
     /// The automerge account document, saved.
     pub account: Vec<u8>,
-    /// Mailboxes with their messages and claims.
+    /// Mailboxes with their messages and claims. A message within `vv`
+    /// that is in none of them is expunged (version 3 also listed those).
     pub mailboxes: Vec<SnapMailbox>,
-    /// Expunged messages.
-    pub tombstones: Vec<MessageId>,
 }
 
 /// One mailbox in a snapshot.

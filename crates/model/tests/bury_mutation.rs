@@ -59,6 +59,17 @@ fn dropping_claims_not_withdrawn_is_caught() {
     );
 }
 
+/// "Expunged" is "within the version and not live"; a test that took "not
+/// placed" for "not live" would bury the claims of a message between two
+/// places.
+#[test]
+fn taking_a_message_between_places_for_expunged_is_caught() {
+    assert!(
+        caught(Mutation::ExpungedWhileUnplaced, 1000, ReplicaOptions::default(), keep_withdrawn()),
+        "ExpungedWhileUnplaced went unnoticed"
+    );
+}
+
 #[test]
 fn dropping_withdrawn_claims_of_live_messages_is_caught() {
     assert!(caught(Mutation::DropLive, 1000, ReplicaOptions::default(), keep_withdrawn()), "DropLive went unnoticed");

@@ -105,7 +105,6 @@ pub struct RedbBackend<'txn> {
     /// The tag of this replica's MODSEQ values ([`crate::modseq`]).
     tag: u64,
     locs: Table<'txn, Key2, (u32, u32)>,
-    tombstones: Table<'txn, Key2, ()>,
     envelopes: Table<'txn, Key2, &'static [u8]>,
     slots: Table<'txn, (u32, u32, u32), &'static [u8]>,
     side: Table<'txn, ClaimRow, ()>,
@@ -149,7 +148,6 @@ impl<'txn> RedbBackend<'txn> {
             account,
             tag: crate::modseq::tag(node),
             locs: txn.open_table(LOCS)?,
-            tombstones: txn.open_table(TOMBSTONES)?,
             envelopes: txn.open_table(ENVELOPES)?,
             slots: txn.open_table(SLOTS)?,
             side: txn.open_table(SIDE)?,
@@ -389,13 +387,6 @@ impl Backend for RedbBackend<'_> {
         }
         Ok(self.account_counts.get(self.account).map_err(storage)?.map(|g| g.value().1).unwrap_or(0))
     }
-    fn is_tombstone(&self, m: Packed) -> StorageResult<bool> {
-        Ok(self.tombstones.get((self.account, m)).map_err(storage)?.is_some())
-    }
-    fn add_tombstone(&mut self, m: Packed) -> StorageResult<()> {
-        self.tombstones.insert((self.account, m), ()).map_err(storage)?;
-        Ok(())
-    }
     fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
         match self.envelopes.get((self.account, m)).map_err(storage)? {
             Some(g) => Ok(Some(decode_envelope(g.value())?)),
@@ -531,14 +522,6 @@ impl Backend for RedbBackend<'_> {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.pinned.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
     }
-    fn tombstones(&self) -> StorageResult<Vec<Packed>> {
-        let a = self.account;
-        let mut out = Vec::new();
-        for item in self.tombstones.range((a, 0)..=(a, u64::MAX)).map_err(storage)? {
-            out.push(item.map_err(storage)?.0.value().1);
-        }
-        Ok(out)
-    }
     fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
         claim_rows(&self.retracted, self.account, mailbox)
     }
@@ -624,12 +607,6 @@ impl Backend for Detached {
     fn message_count(&self) -> StorageResult<u64> {
         detached()
     }
-    fn is_tombstone(&self, _: Packed) -> StorageResult<bool> {
-        detached()
-    }
-    fn add_tombstone(&mut self, _: Packed) -> StorageResult<()> {
-        detached()
-    }
     fn envelope(&self, _: Packed) -> StorageResult<Option<Envelope>> {
         detached()
     }
@@ -679,9 +656,6 @@ impl Backend for Detached {
         detached()
     }
     fn is_pinned(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
-        detached()
-    }
-    fn tombstones(&self) -> StorageResult<Vec<Packed>> {
         detached()
     }
     fn retracted_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {

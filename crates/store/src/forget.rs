@@ -362,7 +362,8 @@ fn drain_prefix(w: &WriteTransaction, i: u8, a: u32, budget: usize) -> Result<us
         2 => drain!(w, SEGMENTS, (a, 0u64, 0u64)..=(a, M, M), budget),
         3 => drain!(w, SEGMENTS_BY_MAILBOX, (a, 0u64, 0u64, 0u64, 0u64)..=(a, M, M, M, M), budget),
         4 => drain!(w, LOCS, (a, 0u64)..=(a, M), budget),
-        5 => drain!(w, TOMBSTONES, (a, 0u64)..=(a, M), budget),
+        // Was `tombstones`, dropped whole since format 11.
+        5 => 0,
         6 => drain!(w, SLOTS, (a, 0u32, 0u32)..=(a, N, N), budget),
         7 => drain!(w, SIDE, (a, 0u32, 0u32, 0u64, 0u16)..=(a, N, N, M, u16::MAX), budget),
         8 => drain!(w, SIDE_BY_MSG, (a, 0u32, 0u64, 0u32)..=(a, N, M, N), budget),
@@ -508,7 +509,6 @@ pub(crate) fn check(r: &redb::ReadTransaction) -> Result<Vec<String>, StoreError
     leftovers!("oplog_segments", SEGMENTS, |a| (a, 0u64, 0u64));
     leftovers!("oplog_segments_by_mailbox", SEGMENTS_BY_MAILBOX, |a| (a, 0u64, 0u64, 0u64, 0u64));
     leftovers!("locs", LOCS, |a| (a, 0u64));
-    leftovers!("tombstones", TOMBSTONES, |a| (a, 0u64));
     leftovers!("slots", SLOTS, |a| (a, 0u32, 0u32));
     leftovers!("side_claims", SIDE, |a| (a, 0u32, 0u32, 0u64, 0u16));
     leftovers!("side_by_message", SIDE_BY_MSG, |a| (a, 0u32, 0u64, 0u32));

@@ -113,8 +113,11 @@ const MAGIC: &[u8] = b"starling-store";
 /// which an older build would not honour; 10: the sort keys' records hold
 /// the display values of SORT=DISPLAY (record version 2), which an older
 /// build would refuse to decode. An older store gets them built once at
-/// open.
-const FORMAT_VERSION: u8 = 10;
+/// open; 11: no `tombstones` table (an expunged message is one within the
+/// account's version that is not live, `docs/semantics.md`), which an
+/// older build would read as "never expunged"; an older store's table is
+/// dropped at open.
+const FORMAT_VERSION: u8 = 11;
 
 /// Largest body or part the store reads back (bounds decompression).
 pub const BODY_BYTES_MAX: usize = 1 << 30;

@@ -325,19 +325,29 @@ fn check_and_load(
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [7u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
-    if version < FORMAT_VERSION {
+    if version < 10 {
         // Before format 8 there were no sort keys; formats 8 and 9 kept
         // them without the display values (SORT=DISPLAY); before format 9
         // nothing was forgotten (only the mark matters: an older build
         // would give a forgotten account's number again). One transaction
-        // marks the file as the current format and the keys build as under
+        // marks the file as format 10 and the keys build as under
         // way (an older build then refuses the file, and nothing reads
         // the keys before the build below ends); the build itself runs in
         // bounded transactions, resumed at the next open if a crash cuts
         // it (`sortkeys::resume_build`).
         let w = db.begin_write().map_err(|e| io(&e))?;
-        w.open_table(META).map_err(|e| io(&e))?.insert("version", [FORMAT_VERSION].as_slice()).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [10u8].as_slice()).map_err(|e| io(&e))?;
         sortkeys::start_build(&w).map_err(|e| io(&e))?;
+        w.commit().map_err(|e| io(&e))?;
+    }
+    if version < 11 {
+        // Before format 11 every expunged message had a row in
+        // `tombstones`; what they said follows from the version and the
+        // live messages, so the table goes, in the transaction that marks
+        // the file.
+        let w = db.begin_write().map_err(|e| io(&e))?;
+        w.delete_table(crate::backend::TOMBSTONES).map_err(|e| io(&e))?;
+        w.open_table(META).map_err(|e| io(&e))?.insert("version", [11u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
     let sort_keys_build =

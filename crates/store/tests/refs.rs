@@ -305,7 +305,7 @@ fn a_format_1_store_gets_the_index_at_open() {
     assert_eq!(store.blob_for(&["alice"], pool[1]).unwrap(), None);
     assert_eq!(store.blob_for(&["bob"], pool[3]).unwrap(), None, "expunged before the upgrade");
     drop(store);
-    assert_eq!(version_byte(&path), 10);
+    assert_eq!(version_byte(&path), 11);
 }
 
 /// A store written before the list of missing bodies existed opens with
@@ -343,7 +343,7 @@ fn a_format_2_store_gets_the_missing_list_at_open() {
     assert_eq!(store.missing_blobs("alice").unwrap(), ids(&[2, 4]));
     assert_eq!(store.missing_blobs("bob").unwrap(), ids(&[1, 5]));
     drop(store);
-    assert_eq!(version_byte(&path), 10);
+    assert_eq!(version_byte(&path), 11);
 }
 
 /// A fixed history on a crashable disk: appends, copies, moves, expunges

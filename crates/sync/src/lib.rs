@@ -97,8 +97,9 @@ use std::time::{Duration, Instant};
 /// 7: ops may be `OpBody::Forced`, snapshots carry forced claims; 10:
 /// each side sends its `Have`s right behind its `Hello`, not in answer to
 /// the peer's, saving a round trip before the first ops; 11: `Deleted`,
-/// the answer to a peer naming an account this node purged as deleted).
-pub const PROTOCOL_VERSION: u16 = 11;
+/// the answer to a peer naming an account this node purged as deleted;
+/// 12: snapshots (state version 4) no longer list expunged messages).
+pub const PROTOCOL_VERSION: u16 = 12;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
