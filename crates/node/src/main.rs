@@ -395,8 +395,8 @@ fn print_status(st: &control::NodeStatus) {
     println!("node {}", st.node_id);
     let f = &st.file_compactions;
     println!(
-        "store file: {} B; compacted online {} times ({} left for later), operations waited {} ms in all",
-        st.store_file_bytes, f.runs, f.busy, f.pause_ms
+        "store file: {} B; compacted online {} times ({} left for later), operations waited {} ms in all; free space counted {} times",
+        st.store_file_bytes, f.runs, f.busy, f.pause_ms, f.walks
     );
     for a in &st.accounts {
         println!("account {}: {} ops, {} bodies missing", a.name, a.ops, a.bodies_missing);

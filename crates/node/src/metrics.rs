@@ -102,6 +102,12 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
         vec![(String::new(), f.busy)],
     );
     metric(
+        "starling_file_free_checks_total",
+        "counter",
+        "Counts of the store file's free pages (each reads the tables' pages); skipped while too little can have been freed.",
+        vec![(String::new(), f.walks)],
+    );
+    metric(
         "starling_file_compaction_pause_milliseconds_total",
         "counter",
         "Time store operations waited for online compactions, in total.",

@@ -32,6 +32,53 @@ pub const FILE_COMPACT_WAIT: Duration = Duration::from_millis(500);
 /// it can; one or two reach the end).
 const COMPACT_ROUNDS_MAX: usize = 8;
 
+/// Longest the free-share check is skipped on its bound alone (see
+/// [`Store::compact_file`]): what the bound does not count (rows of
+/// expunged messages' metadata, change rows, redb's own fragmentation) is
+/// looked at within a day.
+pub const FREE_CHECK_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// What the last free-share check found, and the bytes the store deleted
+/// since it opened: the bound that lets [`Store::compact_file`] skip the
+/// check.
+#[derive(Debug, Default)]
+pub(crate) struct FreeWatch {
+    last: Option<Checked>,
+    /// Bytes deleted since open, as stored (bodies and parts collected,
+    /// log segments compacted); saturated when an unknown amount was (an
+    /// account forgotten).
+    freed: u64,
+}
+
+#[derive(Debug)]
+struct Checked {
+    /// The file's length and the bytes its tables used then.
+    len: u64,
+    used: u64,
+    /// [`FreeWatch::freed`] then.
+    freed: u64,
+    at: Instant,
+}
+
+impl FreeWatch {
+    /// Most bytes that can be free in a file of `len` now: what was free
+    /// at the last check, plus what was deleted since, plus what the file
+    /// grew by (`None`: never checked, or too long ago).
+    fn free_bound(&self, len: u64) -> Option<u64> {
+        let last = self.last.as_ref().filter(|c| c.at.elapsed() < FREE_CHECK_MAX_AGE)?;
+        Some(
+            last.len
+                .saturating_sub(last.used)
+                .saturating_add(self.freed.saturating_sub(last.freed))
+                .saturating_add(len.saturating_sub(last.len)),
+        )
+    }
+
+    fn checked(&mut self, len: u64, used: u64) {
+        self.last = Some(Checked { len, used, freed: self.freed, at: Instant::now() });
+    }
+}
+
 /// The file's length, bytes (a store on another backend is told how to
 /// read it with [`Store::with_size_probe`]).
 pub(crate) type SizeProbe = Box<dyn Fn() -> Option<u64> + Send + Sync>;
@@ -56,6 +103,10 @@ pub struct FileCompactStats {
     pub runs: u64,
     /// Tries left for later because the store was in use.
     pub busy: u64,
+    /// Free-share checks that read the tables (the others were skipped:
+    /// not enough could have been freed since the last).
+    #[serde(default)]
+    pub walks: u64,
     /// Milliseconds store operations waited for them, in total.
     pub pause_ms: u64,
 }
@@ -87,15 +138,29 @@ impl Store {
     /// is not, or `percent` is 100 or more. Every store operation that
     /// starts meanwhile waits for it; see [`FileCompactError`] for when it
     /// does not run.
+    ///
+    /// Counting the free pages reads every table's pages (O(file)), so it
+    /// is skipped while not enough can be free: at most what was free at
+    /// the last count, plus the bytes deleted since (bodies collected, log
+    /// segments compacted; anything once an account is forgotten), plus
+    /// what the file grew by. At least once per [`FREE_CHECK_MAX_AGE`] it
+    /// counts anyway.
     pub fn compact_file(&self, percent: u8) -> Result<Option<FileCompaction>, FileCompactError> {
         if percent >= 100 {
             return Ok(None);
         }
         let size = self.size_probe.as_ref().ok_or(FileCompactError::NoSize)?;
         let before = size().ok_or(FileCompactError::NoSize)?;
+        let min_free = self.options.file_compact_min_free;
+        let bound = self.free_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).free_bound(before);
+        if bound.is_some_and(|free| !enough_free(before, free, percent, min_free)) {
+            return Ok(None);
+        }
         let used =
             self.run(|db| used_bytes(db).map_err(StoreError::Io)).map_err(|e| FileCompactError::Io(e.to_string()))?;
-        if !sparse(before, used, percent, self.options.file_compact_min_free) {
+        self.free_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).checked(before, used);
+        self.file_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).walks += 1;
+        if !enough_free(before, before.saturating_sub(used), percent, min_free) {
             return Ok(None);
         }
         let started = Instant::now();
@@ -104,7 +169,12 @@ impl Store {
         let mut stats = self.file_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         stats.pause_ms += millis;
         match outcome {
-            Exclusive::Ran(Ok(())) => stats.runs += 1,
+            Exclusive::Ran(Ok(())) => {
+                stats.runs += 1;
+                // The tables hold what they held; the file is that now.
+                let after = size().unwrap_or(before);
+                self.free_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).checked(after, used);
+            }
             Exclusive::Ran(Err(redb::CompactionError::TransactionInProgress)) | Exclusive::Busy => {
                 stats.busy += 1;
                 return Err(FileCompactError::Busy);
@@ -118,6 +188,13 @@ impl Store {
     /// Online compactions since open.
     pub fn file_compact_stats(&self) -> FileCompactStats {
         *self.file_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `bytes` deleted from the file's tables (`u64::MAX`: an
+    /// unknown amount), for [`Store::compact_file`]'s bound.
+    pub(crate) fn note_freed(&self, bytes: u64) {
+        let mut watch = self.free_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        watch.freed = watch.freed.saturating_add(bytes);
     }
 
     /// The file's length, bytes (`None` for a backend without a size
@@ -184,9 +261,8 @@ fn used_bytes(db: &Database) -> Result<u64, String> {
     Ok(tables(db)?.iter().map(|t| t.bytes).sum())
 }
 
-fn sparse(len: u64, used: u64, percent: u8, min_free: u64) -> bool {
-    let free = len.saturating_sub(used);
-    free >= min_free && free * 100 >= len * u64::from(percent)
+fn enough_free(len: u64, free: u64, percent: u8, min_free: u64) -> bool {
+    free >= min_free && free.saturating_mul(100) >= len.saturating_mul(u64::from(percent))
 }
 
 fn compact(db: &mut Database) -> Result<(), redb::CompactionError> {
@@ -211,7 +287,8 @@ pub(crate) fn compact_at_open(
     }
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| e.to_string());
     let before = len(path)?;
-    if !sparse(before, used_bytes(db)?, percent, options.file_compact_min_free) {
+    let free = before.saturating_sub(used_bytes(db)?);
+    if !enough_free(before, free, percent, options.file_compact_min_free) {
         return Ok(None);
     }
     let started = Instant::now();

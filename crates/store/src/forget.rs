@@ -631,6 +631,8 @@ impl Store {
         let mut total = Forgot::default();
         while let Some((done, out)) = self.run(|db| step(db, number))? {
             self.core.db.committed();
+            // Rows of every kind, not counted in bytes.
+            self.note_freed(u64::MAX);
             total.add(out);
             if done {
                 break;

@@ -353,6 +353,7 @@ impl Store {
             Ok(out)
         })?;
         self.core.db.committed();
+        self.note_freed(out.bytes);
         Ok(out)
     }
 

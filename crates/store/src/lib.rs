@@ -265,6 +265,8 @@ pub struct Store {
     size_probe: Option<file_compact::SizeProbe>,
     /// Online compactions since open.
     file_stats: Mutex<FileCompactStats>,
+    /// The free-share check's last count and the bytes deleted since.
+    free_watch: Mutex<file_compact::FreeWatch>,
     /// Told of every commit of [`Store::write`] (see [`Store::on_commit`]).
     commit_hook: RwLock<Option<CommitHook>>,
 }

@@ -99,7 +99,8 @@ impl Store {
             let floor = postcard::to_stdvec(&floor).map_err(|e| StoreError::Storage(e.to_string()))?;
             w.open_table(LOG_FLOOR).map_err(st)?.insert(number, floor.as_slice()).map_err(st)?;
             w.commit().map_err(st)?;
-            Ok(dropped)
+            self.note_freed(dropped.bytes);
+            Ok(dropped.ops)
         })
     }
 }

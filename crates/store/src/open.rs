@@ -192,6 +192,7 @@ impl Store {
             sort_keys_build,
             size_probe: None,
             file_stats: Default::default(),
+            free_watch: Default::default(),
             commit_hook: RwLock::new(None),
         })
     }

@@ -158,10 +158,10 @@ pub(crate) fn compact(
     account: u32,
     held_by_all: &VersionVector,
     floor: &mut VersionVector,
-) -> Result<u64, StoreError> {
+) -> Result<Compacted, StoreError> {
     let mut segments: Table<(u32, u64, u64), &[u8]> = w.open_table(SEGMENTS).map_err(st)?;
     let mut index = w.open_table(SEGMENTS_BY_MAILBOX).map_err(st)?;
-    let mut dropped = 0;
+    let mut dropped = Compacted::default();
     for (replica, upto) in held_by_all.iter() {
         let mut doomed = Vec::new();
         for item in segments.range((account, replica.0, 0)..=(account, replica.0, upto)).map_err(st)? {
@@ -172,17 +172,27 @@ pub(crate) fn compact(
                 break;
             }
             doomed.push((k.value().2, last, mailbox_keys(&ops), ops.len()));
+            dropped.bytes += v.value().len() as u64;
         }
         for (first, last, keys, n) in doomed {
             segments.remove((account, replica.0, first)).map_err(st)?;
             for (mr, mc) in keys {
                 index.remove((account, mr, mc, replica.0, first)).map_err(st)?;
             }
-            dropped += n as u64;
+            dropped.ops += n as u64;
             floor.observe(starling_model::Dot::new(replica, last));
         }
     }
     Ok(dropped)
+}
+
+/// What [`compact`] dropped.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Compacted {
+    /// Ops.
+    pub ops: u64,
+    /// Their segments' bytes, as stored.
+    pub bytes: u64,
 }
 
 /// One replica's ops still to ship, read a segment at a time.
