@@ -54,6 +54,6 @@ fn the_file_is_walked_again_only_when_enough_may_have_been_freed() {
     housekeep(&store);
     let done = store.compact_file(25).unwrap().expect("a walk, then a compaction");
     assert!(done.after < done.before / 3, "{done:?}");
-let stats = store.file_compact_stats();
-assert_eq!((stats.walks, stats.runs), (2, 1), "{stats:?}");
+    let stats = store.file_compact_stats();
+    assert_eq!((stats.walks, stats.runs), (2, 1), "{stats:?}");
 }
