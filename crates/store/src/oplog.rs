@@ -151,8 +151,13 @@ pub(crate) fn read_logged(
     Ok(out)
 }
 
-/// Drops whole segments whose ops all lie within `held_by_all`; returns the
-/// number of ops dropped and raises `floor` to the last counter dropped.
+/// Segments [`compact`] reads before deleting them: it holds at most this
+/// many segments' keys at once, however long the log below the floor.
+pub(crate) const COMPACT_PAGE: usize = 256;
+
+/// Drops whole segments whose ops all lie within `held_by_all`; returns
+/// what it dropped and raises `floor` to the last counter dropped. Reads
+/// and deletes [`COMPACT_PAGE`] segments at a time.
 pub(crate) fn compact(
     w: &WriteTransaction,
     account: u32,
@@ -163,24 +168,37 @@ pub(crate) fn compact(
     let mut index = w.open_table(SEGMENTS_BY_MAILBOX).map_err(st)?;
     let mut dropped = Compacted::default();
     for (replica, upto) in held_by_all.iter() {
-        let mut doomed = Vec::new();
-        for item in segments.range((account, replica.0, 0)..=(account, replica.0, upto)).map_err(st)? {
-            let (k, v) = item.map_err(st)?;
-            let ops = decode(v.value())?;
-            let last = ops.last().map(|o| o.0.dot.counter).unwrap_or(0);
-            if last > upto {
+        loop {
+            let mut doomed = Vec::with_capacity(COMPACT_PAGE);
+            let mut reached = false;
+            for item in segments.range((account, replica.0, 0)..=(account, replica.0, upto)).map_err(st)? {
+                if doomed.len() == COMPACT_PAGE {
+                    break;
+                }
+                let (k, v) = item.map_err(st)?;
+                let ops = decode(v.value())?;
+                let last = ops.last().map(|o| o.0.dot.counter).unwrap_or(0);
+                if last > upto {
+                    reached = true;
+                    break;
+                }
+                doomed.push((k.value().2, last, mailbox_keys(&ops), ops.len()));
+                dropped.bytes += v.value().len() as u64;
+            }
+            let full = doomed.len() == COMPACT_PAGE;
+            for (first, last, keys, n) in doomed {
+                segments.remove((account, replica.0, first)).map_err(st)?;
+                for (mr, mc) in keys {
+                    index.remove((account, mr, mc, replica.0, first)).map_err(st)?;
+                }
+                dropped.ops += n as u64;
+                floor.observe(starling_model::Dot::new(replica, last));
+            }
+            // The deleted segments are gone: the next page starts where
+            // this one ended.
+            if reached || !full {
                 break;
             }
-            doomed.push((k.value().2, last, mailbox_keys(&ops), ops.len()));
-            dropped.bytes += v.value().len() as u64;
-        }
-        for (first, last, keys, n) in doomed {
-            segments.remove((account, replica.0, first)).map_err(st)?;
-            for (mr, mc) in keys {
-                index.remove((account, mr, mc, replica.0, first)).map_err(st)?;
-            }
-            dropped.ops += n as u64;
-            floor.observe(starling_model::Dot::new(replica, last));
         }
     }
     Ok(dropped)

@@ -37,6 +37,35 @@ fn expunged(s: &Store, m: MessageId) -> bool {
 
 const N: usize = 500;
 
+/// Stores A (at `a.redb`) and B in `dir`, account `u`: `n` messages
+/// appended at A, and B holding them too.
+fn a_and_b(dir: &Path, n: usize) -> (Store, Store, Vec<MessageId>) {
+    let (a, b) = (open(&dir.join("a.redb"), 0x1001), open(&dir.join("b.redb"), 0x2002));
+    for s in [&a, &b] {
+        s.add_account("u").unwrap();
+    }
+    let ids: Vec<MessageId> = a
+        .write("u", |w| (0..n).map(|i| w.append(INBOX, &message(i), i as i64, vec![])).collect::<Result<_, _>>())
+        .unwrap();
+    sync(&a, &b);
+    (a, b, ids)
+}
+
+/// `s`'s client adds `flag` to each of `ids` (and looks first, if `look`).
+fn flag_all(s: &Store, ids: &[MessageId], flag: &str, look: bool) {
+    let flag = Keyword::parse(flag).unwrap();
+    s.write("u", |w| {
+        if look {
+            w.replica().announce(INBOX)?;
+        }
+        for m in ids {
+            w.replica().store_flags(*m, std::slice::from_ref(&flag), &[])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// A holds N messages that B has too; B's client looks at them (an
 /// announce) and flags them, A's expunges them, each before seeing the
 /// other's changes. A keeps no row per expunged message, and B's flags,
@@ -44,24 +73,9 @@ const N: usize = 500;
 #[test]
 fn an_expunge_keeps_no_row_per_message_and_still_wins_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
-    let (a, b) = (open(&pa, 0x1001), open(&pb, 0x2002));
-    for s in [&a, &b] {
-        s.add_account("u").unwrap();
-    }
-    let ids: Vec<MessageId> = a
-        .write("u", |w| (0..N).map(|i| w.append(INBOX, &message(i), i as i64, vec![])).collect::<Result<_, _>>())
-        .unwrap();
-    sync(&a, &b);
-    let flagged = Keyword::parse("\\Flagged").unwrap();
-    b.write("u", |w| {
-        w.replica().announce(INBOX)?;
-        for m in &ids {
-            w.replica().store_flags(*m, std::slice::from_ref(&flagged), &[])?;
-        }
-        Ok(())
-    })
-    .unwrap();
+    let pa = dir.path().join("a.redb");
+    let (a, b, ids) = a_and_b(dir.path(), N);
+    flag_all(&b, &ids, "\\Flagged", true);
     a.write("u", |w| Ok(w.replica().expunge(&ids)?)).unwrap();
     assert!(live(&a).is_empty());
     assert!(ids.iter().all(|m| expunged(&a, *m)));
@@ -85,23 +99,9 @@ fn an_expunge_keeps_no_row_per_message_and_still_wins_after_a_reopen() {
 #[test]
 fn the_tombstone_rows_of_an_older_store_go_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
-    let (a, b) = (open(&pa, 0x1001), open(&pb, 0x2002));
-    for s in [&a, &b] {
-        s.add_account("u").unwrap();
-    }
-    let ids: Vec<MessageId> = a
-        .write("u", |w| (0..20).map(|i| w.append(INBOX, &message(i), i as i64, vec![])).collect::<Result<_, _>>())
-        .unwrap();
-    sync(&a, &b);
-    let seen = Keyword::parse("\\Seen").unwrap();
-    b.write("u", |w| {
-        for m in &ids {
-            w.replica().store_flags(*m, std::slice::from_ref(&seen), &[])?;
-        }
-        Ok(())
-    })
-    .unwrap();
+    let pa = dir.path().join("a.redb");
+    let (a, b, ids) = a_and_b(dir.path(), 20);
+    flag_all(&b, &ids, "\\Seen", false);
     a.write("u", |w| Ok(w.replica().expunge(&ids[..10])?)).unwrap();
     drop(a);
     {

@@ -476,6 +476,42 @@ fn segmented_log_reads_and_compacts_exactly() {
     assert_eq!(store.ops_since_in("u", &at(1100), &[INBOX]).unwrap().len(), 100);
 }
 
+/// A log far longer than one compaction page (256 segments of 512 ops):
+/// compaction goes page by page to the end and stops at the first segment
+/// not wholly held.
+#[test]
+fn a_long_log_is_compacted_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.add_account("u").unwrap();
+    let peer_id = ReplicaId(0x77);
+    let mut peer = Replica::new(peer_id);
+    let m = peer.append(INBOX, starling_model::BlobId::of(b"m"), 1, 0, vec![]).unwrap();
+    const SEGMENTS: u64 = 300;
+    let total = SEGMENTS * 512 + 100;
+    for k in 1..total {
+        let kw = if k % 2 == 0 { Keyword::Seen } else { Keyword::Flagged };
+        peer.store_flags(m, &[kw], &[]).unwrap();
+    }
+    let ops: Vec<Op> = peer.take_outbox().into_iter().filter(|o| o.dot.counter <= total).collect();
+    assert_eq!(ops.last().unwrap().dot.counter, total);
+    for batch in ops.chunks(512 * 40) {
+        store.write("u", |b| b.apply(batch.to_vec())).unwrap();
+    }
+    let at = |n: u64| {
+        let mut v = VersionVector::new();
+        v.observe(starling_model::Dot::new(peer_id, n));
+        v
+    };
+    // Held up to the middle of the last whole segment's successor: every
+    // whole segment goes, the rest stays.
+    assert_eq!(store.compact("u", &at(SEGMENTS * 512 + 50)).unwrap(), SEGMENTS * 512);
+    assert_eq!(store.floor("u").unwrap(), at(SEGMENTS * 512));
+    assert!(matches!(store.ops_since("u", &at(SEGMENTS * 512 - 1)), Err(StoreError::Compacted)));
+    assert_eq!(store.ops_since("u", &at(SEGMENTS * 512)).unwrap().len(), 100);
+    assert_eq!(store.compact("u", &at(total)).unwrap(), 100);
+}
+
 /// A node that has applied a peer's messages but never stored any body yet
 /// reports every one of them missing (it once reported none: the body table
 /// did not exist yet).
