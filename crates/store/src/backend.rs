@@ -15,6 +15,8 @@ pub(crate) type Key2 = (u32, u64);
 pub(crate) type ClaimRow = (u32, u32, u32, u64, u16);
 
 pub(crate) const LOCS: TableDefinition<Key2, (u32, u32)> = TableDefinition::new("locs");
+/// A row per expunged message, in stores before format 11 (which drops
+/// it at open: "expunged" is derived now, `docs/semantics.md`).
 pub(crate) const TOMBSTONES: TableDefinition<Key2, ()> = TableDefinition::new("tombstones");
 pub(crate) const ENVELOPES: TableDefinition<Key2, &[u8]> = TableDefinition::new("envelopes");
 pub(crate) const SLOTS: TableDefinition<(u32, u32, u32), &[u8]> = TableDefinition::new("slots");
