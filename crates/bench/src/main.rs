@@ -21,6 +21,7 @@ mod procs;
 mod reach;
 mod relay;
 mod relay_sync;
+mod snapshot;
 mod store;
 mod sync;
 mod year;
@@ -146,6 +147,10 @@ enum What {
     /// One change reaching every node of a simulated cluster, full mesh
     /// against a bounded fan-out: time and frame bytes against N.
     Reach(reach::Args),
+    /// A whole snapshot of N live messages: its size, and the time and peak
+    /// RSS of building it and of installing it into an empty store, each
+    /// in a process of its own.
+    Snapshot(snapshot::Args),
     /// (internal) Opens a store and reports time to first answer and RSS.
     OpenProbe {
         /// The store file.
@@ -171,5 +176,6 @@ fn main() {
         What::Year(args) => year::run(args),
         What::Gossip(args) => gossip::run(args),
         What::Reach(args) => reach::run(args),
+        What::Snapshot(args) => snapshot::run(args),
     }
 }

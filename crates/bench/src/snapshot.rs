@@ -1,0 +1,117 @@
+//! What a whole snapshot costs: a store of N live messages (a peer's
+//! appends, the log compacted, metadata only, one mailbox), then
+//! `Store::snapshot` and `Store::install_snapshot` into an empty store,
+//! each step in a process of its own so that each peak RSS (VmHWM) is that
+//! step's alone. The streamed install (issue 13) is what would bound the
+//! install's memory; this is its baseline.
+
+use starling_model::{BlobId, Replica, ReplicaId, INBOX};
+use starling_store::{Store, StoreOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Live messages, one run each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100000,300000,1000000")]
+    messages: Vec<u64>,
+    /// Working directory [default: a fresh temporary one].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// (internal) Run one step in this process: build, snapshot or install.
+    #[arg(long, hide = true)]
+    step: Option<String>,
+}
+
+const SOURCE: ReplicaId = ReplicaId(1);
+const BATCH: u64 = 20_000;
+
+fn peak_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("status");
+    s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// One step; prints "seconds peak_kib bytes".
+fn step(step: &str, dir: &Path, n: u64) {
+    let (src, dst, snap) = (dir.join("src.redb"), dir.join("dst.redb"), dir.join("snapshot.bin"));
+    let t = Instant::now();
+    let bytes = match step {
+        "build" => {
+            let _ = std::fs::remove_file(&src);
+            let store = Store::open(&src, SOURCE, StoreOptions::default()).expect("open");
+            store.add_account("u").expect("account");
+            let mut peer = Replica::new(ReplicaId(0x77));
+            for i in 0..n {
+                peer.append(INBOX, BlobId::of(&i.to_le_bytes()), 1000, i as i64, vec![]).expect("append");
+                if (i + 1) % BATCH == 0 || i + 1 == n {
+                    let ops = peer.take_outbox();
+                    store.write("u", |b| b.apply(ops)).expect("apply");
+                }
+            }
+            let v = store.version("u").expect("version");
+            store.compact("u", &v).expect("compact");
+            std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0)
+        }
+        "snapshot" => {
+            let store = Store::open(&src, SOURCE, StoreOptions::default()).expect("open");
+            let bytes = store.snapshot("u").expect("snapshot");
+            std::fs::write(&snap, &bytes).expect("write");
+            bytes.len() as u64
+        }
+        "install" => {
+            let _ = std::fs::remove_file(&dst);
+            let bytes = std::fs::read(&snap).expect("read");
+            let store = Store::open(&dst, ReplicaId(2), StoreOptions::default()).expect("open");
+            store.add_account("u").expect("account");
+            store.install_snapshot("u", &bytes).expect("install");
+            let live = store.read("u").expect("read").status(INBOX).expect("status").messages;
+            assert_eq!(u64::from(live), n, "every message installed");
+            bytes.len() as u64
+        }
+        other => panic!("unknown step {other}"),
+    };
+    println!("{:.2} {} {bytes}", t.elapsed().as_secs_f64(), peak_kib());
+}
+
+pub fn run(a: Args) {
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().expect("tempdir");
+            tmp.path().to_path_buf()
+        }
+    };
+    if let Some(s) = &a.step {
+        return step(s, &dir, a.messages[0]);
+    }
+    println!("| live messages | store built (s) | snapshot | build it: time / peak RSS | install into an empty store: time / peak RSS |");
+    println!("|---|---|---|---|---|");
+    for &n in &a.messages {
+        let run = |s: &str| -> (f64, u64, u64) {
+            let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args(["snapshot", "--step", s, "--messages", &n.to_string(), "--dir"])
+                .arg(&dir)
+                .output()
+                .expect("step");
+            assert!(out.status.success(), "{s}: {}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout);
+            let mut f = line.split_whitespace();
+            let secs = f.next().and_then(|x| x.parse().ok()).expect("secs");
+            let kib = f.next().and_then(|x| x.parse().ok()).expect("kib");
+            let bytes = f.next().and_then(|x| x.parse().ok()).expect("bytes");
+            (secs, kib, bytes)
+        };
+        let (built, _, _) = run("build");
+        let (snap_s, snap_kib, bytes) = run("snapshot");
+        let (inst_s, inst_kib, _) = run("install");
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "| {n} | {built:.1} | {:.1} MB ({} B per message) | {snap_s:.2} s / {:.0} MB | {inst_s:.2} s / {:.0} MB |",
+            mb(bytes),
+            bytes / n.max(1),
+            mb(snap_kib * 1024),
+            mb(inst_kib * 1024)
+        );
+    }
+}
