@@ -65,7 +65,7 @@ fn step(step: &str, dir: &Path, n: u64) {
             store.add_account("u").expect("account");
             store.install_snapshot("u", &bytes).expect("install");
             let live = store.read("u").expect("read").status(INBOX).expect("status").messages;
-            assert_eq!(u64::from(live), n, "every message installed");
+            assert_eq!(live, n, "every message installed");
             bytes.len() as u64
         }
         other => panic!("unknown step {other}"),
