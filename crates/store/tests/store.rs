@@ -442,6 +442,29 @@ fn op_log_restricted_to_a_mailbox() {
     assert!(store.ops_since_in("u", &all, &[work]).unwrap().is_empty());
 }
 
+/// The replica whose ops [`peer_log`] makes.
+const LOG_PEER: ReplicaId = ReplicaId(0x77);
+
+/// `n` ops of one peer in INBOX: an append, then flag changes of it.
+fn peer_log(n: u64) -> Vec<Op> {
+    let mut peer = Replica::new(LOG_PEER);
+    let m = peer.append(INBOX, starling_model::BlobId::of(b"m"), 1, 0, vec![]).unwrap();
+    for k in 1..n {
+        let kw = if k % 2 == 0 { Keyword::Seen } else { Keyword::Flagged };
+        peer.store_flags(m, &[kw], &[]).unwrap();
+    }
+    let ops = peer.take_outbox();
+    assert_eq!(ops.last().unwrap().dot.counter, n);
+    ops
+}
+
+/// The version holding [`LOG_PEER`]'s first `n` ops.
+fn log_at(n: u64) -> VersionVector {
+    let mut v = VersionVector::new();
+    v.observe(starling_model::Dot::new(LOG_PEER, n));
+    v
+}
+
 /// The segmented log: reads starting inside a segment return exactly the ops
 /// asked for; compaction drops only whole segments and the floor says so.
 #[test]
@@ -449,22 +472,8 @@ fn segmented_log_reads_and_compacts_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.add_account("u").unwrap();
-    let peer_id = ReplicaId(0x77);
-    let mut peer = Replica::new(peer_id);
-    let m = peer.append(INBOX, starling_model::BlobId::of(b"m"), 1, 0, vec![]).unwrap();
-    for k in 0..1199 {
-        let kw = if k % 2 == 0 { Keyword::Seen } else { Keyword::Flagged };
-        peer.store_flags(m, &[kw], &[]).unwrap();
-        peer.store_flags(m, &[], &[if k % 2 == 0 { Keyword::Flagged } else { Keyword::Seen }]).unwrap();
-    }
-    let ops: Vec<Op> = peer.take_outbox().into_iter().take(1200).collect();
-    assert_eq!(ops.last().unwrap().dot.counter, 1200);
-    store.write("u", |b| b.apply(ops)).unwrap();
-    let at = |n: u64| {
-        let mut v = VersionVector::new();
-        v.observe(starling_model::Dot::new(peer_id, n));
-        v
-    };
+    store.write("u", |b| b.apply(peer_log(1200))).unwrap();
+    let at = log_at;
     let got = store.ops_since("u", &at(700)).unwrap();
     assert_eq!(got.len(), 500);
     assert_eq!(got.first().unwrap().dot.counter, 701);
@@ -484,25 +493,12 @@ fn a_long_log_is_compacted_page_by_page() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.add_account("u").unwrap();
-    let peer_id = ReplicaId(0x77);
-    let mut peer = Replica::new(peer_id);
-    let m = peer.append(INBOX, starling_model::BlobId::of(b"m"), 1, 0, vec![]).unwrap();
     const SEGMENTS: u64 = 300;
     let total = SEGMENTS * 512 + 100;
-    for k in 1..total {
-        let kw = if k % 2 == 0 { Keyword::Seen } else { Keyword::Flagged };
-        peer.store_flags(m, &[kw], &[]).unwrap();
-    }
-    let ops: Vec<Op> = peer.take_outbox().into_iter().filter(|o| o.dot.counter <= total).collect();
-    assert_eq!(ops.last().unwrap().dot.counter, total);
-    for batch in ops.chunks(512 * 40) {
+    for batch in peer_log(total).chunks(512 * 40) {
         store.write("u", |b| b.apply(batch.to_vec())).unwrap();
     }
-    let at = |n: u64| {
-        let mut v = VersionVector::new();
-        v.observe(starling_model::Dot::new(peer_id, n));
-        v
-    };
+    let at = log_at;
     // Held up to the middle of the last whole segment's successor: every
     // whole segment goes, the rest stays.
     assert_eq!(store.compact("u", &at(SEGMENTS * 512 + 50)).unwrap(), SEGMENTS * 512);
