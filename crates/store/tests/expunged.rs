@@ -207,3 +207,36 @@ fn a_power_cut_while_the_tombstones_go_leaves_either_format() {
     }
     assert_eq!(seen.len(), 2, "cuts landed on both sides of the upgrade: {seen:?}");
 }
+
+/// How long the open that drops an older store's tombstone rows takes
+/// (not a check: `TOMBSTONE_ROWS` rows, default 3,000,000). Run with
+/// `cargo test --release -p starling-store --test expunged bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_dropping_tombstone_rows_at_open() {
+    let rows: u64 = std::env::var("TOMBSTONE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    drop(open(&path, 0x1001));
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(redb::TableDefinition::<(u32, u64), ()>::new("tombstones")).unwrap();
+            for i in 0..rows {
+                t.insert((1, i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 16), ()).unwrap();
+            }
+            w.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap()
+                .insert("version", [10u8].as_slice())
+                .unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let len = std::fs::metadata(&path).unwrap().len();
+    let t = std::time::Instant::now();
+    let a = open(&path, 0x1001);
+    let took = t.elapsed();
+    assert_eq!(table_rows(&a, "tombstones"), None);
+    println!("{rows} tombstone rows, file {:.1} MB: dropped at open in {took:?}", len as f64 / 1e6);
+}
