@@ -21,10 +21,13 @@ use crate::causal::{blocker, CausalBuffer};
 use crate::ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector, COUNTER_MAX};
 use crate::keyword::Keyword;
 use crate::op::{Append, Op, OpBody, Pin};
-use crate::snapshot::{InstallError, SnapClaim, SnapMailbox, SnapMessage, StateSnapshot, SNAPSHOT_VERSION};
+use crate::snapshot::{InstallError, StateSnapshot};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+mod state;
+pub use state::Import;
 
 /// Most ops held back waiting for their causal past. Past it, [`Replica::apply`]
 /// refuses ops and the peer must catch up by state.
@@ -507,258 +510,28 @@ impl<B: Backend> Replica<B> {
         }
     }
 
-    /// The replicated state as a portable snapshot (see [`crate::snapshot`]).
+    /// The replicated state as a portable snapshot (see [`crate::snapshot`]),
+    /// collected in one value ([`Replica::export_parts`] streams it).
     /// Ops waiting for their causal past are not part of it.
     pub fn export_state(&mut self) -> Result<StateSnapshot, StorageError> {
-        let mut mailboxes = Vec::new();
-        for (i, meta) in self.mailboxes.iter().enumerate() {
-            let i = i as u32;
-            let claim = |k: ClaimKey| SnapClaim {
-                uid: k.uid,
-                message: MessageId(self.unpack(k.message)),
-                claimant: self.replica_ids[k.claimant as usize],
-            };
-            let mut side = Vec::new();
-            for uid in self.backend.side_uids_in(i, 0, u32::MAX)? {
-                for c in self.backend.side_at(i, uid)? {
-                    side.push(claim(ClaimKey { uid, message: c.message, claimant: c.claimant }));
-                }
-            }
-            let mut messages = Vec::new();
-            for s in self.backend.slots_from(i, 0, usize::MAX)? {
-                messages.push(SnapMessage {
-                    id: MessageId(self.unpack(s.id)),
-                    uid: s.uid,
-                    claimant: self.replica_ids[s.claimant as usize],
-                    loc: ((s.loc >> 16) as u32, self.replica_ids[(s.loc & 0xffff) as usize]),
-                    flags: s
-                        .flags
-                        .iter()
-                        .map(|e| (self.keywords[e.kw as usize].clone(), self.unpack(e.dot())))
-                        .collect(),
-                    envelope: self.backend.envelope(s.id)?,
-                });
-            }
-            mailboxes.push(SnapMailbox {
-                id: meta.id,
-                uid_next: meta.uid_next,
-                announced: meta.announced.iter().map(|(r, n)| (self.replica_ids[*r as usize], *n)).collect(),
-                messages,
-                side,
-                retracted: self.backend.retracted_in(i)?.into_iter().map(claim).collect(),
-                pinned: self.backend.pinned_in(i)?.into_iter().map(claim).collect(),
-                forced: self.backend.forced_in(i)?.into_iter().map(claim).collect(),
-                dead: self.backend.dead_in(i)?,
-            });
-        }
-        Ok(StateSnapshot { version: SNAPSHOT_VERSION, vv: self.vv.clone(), account: self.account.save(), mailboxes })
+        let head = self.export_head();
+        let mut parts = Vec::new();
+        self.export_parts(usize::MAX, |p| {
+            parts.push(p);
+            Ok::<(), StorageError>(())
+        })?;
+        Ok(StateSnapshot::from_parts(head, parts).expect("parts made here begin with a mailbox"))
     }
 
-    /// Installs a snapshot. The snapshot must hold every op this replica
-    /// applied (its version dominates ours; [`InstallError::Older`]
-    /// otherwise, and nothing changes): an empty replica takes any, one with
-    /// changes of its own takes one whose source has them. Its state is then
-    /// what applying the ops we lack would give, so it replaces ours by
-    /// difference, through the backend calls an op makes: a message placed
-    /// at the same UID keeps its slot (updated if its flags or claim
-    /// changed), one gone or moved leaves its slot (the backend records the
-    /// VANISHED UID and raises MODSEQ), one new at its place arrives
-    /// unplaced with its claim on the side and is placed by settling, as an
-    /// op's would be (so U1 holds for what this replica's clients were
-    /// shown). Claim sets only grow; a message live here that the snapshot
-    /// does not place is expunged (its append is within the snapshot's
-    /// version), so it leaves, and nothing else records that. Ops waiting for their causal past stay
-    /// waiting (or are applied, if the snapshot completed it). Afterwards the
-    /// replica continues with the ops after `snapshot.vv`.
-    ///
-    /// On `Err` other than [`InstallError::Older`] and
-    /// [`InstallError::Version`], the in-memory part may be ahead of the
-    /// backend: the caller drops this replica and reopens it, as after a
-    /// failed [`Replica::apply`].
+    /// Installs a snapshot collected in one value: [`Replica::import_begin`]
+    /// with its parts.
     pub fn import_state(&mut self, snapshot: StateSnapshot) -> Result<(), InstallError> {
-        if snapshot.version != SNAPSHOT_VERSION {
-            return Err(InstallError::Version(snapshot.version));
+        let (head, parts) = snapshot.into_parts(usize::MAX);
+        let mut import = self.import_begin(head)?;
+        for part in parts {
+            self.import_part(&mut import, part)?;
         }
-        if !snapshot.vv.dominates(&self.vv) {
-            return Err(InstallError::Older);
-        }
-        if snapshot.vv == self.vv {
-            // The same ops, so the same state.
-            return Ok(());
-        }
-        let invalid = |e: ApplyError| InstallError::Invalid(e.to_string());
-        let account = AccountDoc::load(self.me, &snapshot.account)?;
-        // The new placement, checked whole before anything changes.
-        let mut placed: BTreeMap<(u32, u32), (Slot, Option<Envelope>)> = BTreeMap::new();
-        let mut placed_ids: HashSet<Packed> = HashSet::new();
-        let mut claims = Vec::new();
-        let mut side = HashSet::new();
-        for mb in &snapshot.mailboxes {
-            let i = self.mailbox(mb.id);
-            for m in &mb.messages {
-                if m.uid == 0 || m.uid >= mb.uid_next {
-                    return Err(InstallError::Invalid(format!("UID {} of {:?} outside 1..UIDNEXT", m.uid, m.id)));
-                }
-                let id = self.packed(m.id.0).map_err(invalid)?;
-                let mut flags = FlagSet::new();
-                for (k, d) in &m.flags {
-                    let kw = self.keyword(k);
-                    flags.push(FlagEntry::new(kw, self.packed(*d).map_err(invalid)?));
-                }
-                let claimant = self.intern(m.claimant).map_err(invalid)?;
-                let loc = ((m.loc.0 as u64) << 16) | self.intern(m.loc.1).map_err(invalid)? as u64;
-                if !placed_ids.insert(id) {
-                    return Err(InstallError::Invalid(format!("{:?} placed twice", m.id)));
-                }
-                let slot = Slot { id, loc, uid: m.uid, claimant, flags };
-                if placed.insert((i, m.uid), (slot, m.envelope)).is_some() {
-                    return Err(InstallError::Invalid(format!("two messages at UID {}", m.uid)));
-                }
-            }
-            for (list, kind) in [(&mb.side, 0u8), (&mb.retracted, 1), (&mb.pinned, 2), (&mb.forced, 3)] {
-                for c in list {
-                    let key = ClaimKey {
-                        uid: c.uid,
-                        message: self.packed(c.message.0).map_err(invalid)?,
-                        claimant: self.intern(c.claimant).map_err(invalid)?,
-                    };
-                    if kind == 0 {
-                        side.insert((i, key));
-                    }
-                    claims.push((i, kind, key));
-                }
-            }
-        }
-        let mut dead = Vec::new();
-        for mb in &snapshot.mailboxes {
-            for &(start, end) in &mb.dead {
-                if start == 0 || start >= end || end > mb.uid_next {
-                    return Err(InstallError::Invalid(format!("spent UIDs {start}..{end} outside 1..UIDNEXT")));
-                }
-                // `placed` is ordered by (mailbox, UID): one lookup per range,
-                // not a scan of the messages per range.
-                let i = self.mailbox_idx[&mb.id];
-                if placed.range((i, start)..(i, end)).next().is_some() {
-                    return Err(InstallError::Invalid(format!("a message placed at a spent UID in {start}..{end}")));
-                }
-                dead.push((i, start, end));
-            }
-        }
-        let waiting: Vec<Op> =
-            self.pending.ops().chain(&self.ready).filter(|o| !snapshot.vv.contains(o.dot)).cloned().collect();
-
-        // Slots that stay are updated in place; the others leave first (a
-        // message may move to a mailbox visited earlier), then the new ones
-        // are placed.
-        const PAGE: usize = 4096;
-        let mut left = Vec::new();
-        for i in 0..self.mailboxes.len() as u32 {
-            let mut from = 1;
-            loop {
-                let page = self.backend.slots_from(i, from, PAGE)?;
-                let Some(last) = page.last() else { break };
-                from = last.uid.saturating_add(1);
-                let full = page.len() == PAGE;
-                for old in page {
-                    match placed.get(&(i, old.uid)) {
-                        Some((new, envelope)) if new.id == old.id => {
-                            if *new != old {
-                                self.backend.update_slot(i, new)?;
-                            }
-                            if let Some(e) = envelope {
-                                self.backend.set_envelope(old.id, *e)?;
-                            }
-                            placed.remove(&(i, old.uid));
-                        }
-                        _ => {
-                            self.backend.remove_slot(i, old.uid)?;
-                            left.push(old.id);
-                        }
-                    }
-                }
-                if !full || from == u32::MAX {
-                    break;
-                }
-            }
-        }
-        // Side claims come and go (a claim may become a placed message's
-        // own); the other claim sets only grow.
-        for i in 0..self.mailboxes.len() as u32 {
-            for uid in self.backend.side_uids_in(i, 0, u32::MAX)? {
-                for c in self.backend.side_at(i, uid)? {
-                    let key = ClaimKey { uid, message: c.message, claimant: c.claimant };
-                    if !side.contains(&(i, key)) {
-                        // `take_side` takes one claim of the message at the
-                        // UID, not a given claimant's: take them all; the
-                        // snapshot's are put back below.
-                        while self.backend.take_side(i, uid, c.message)?.is_some() {}
-                    }
-                }
-            }
-        }
-        for (i, kind, key) in claims {
-            match kind {
-                0 => self.backend.add_side(i, key.uid, Claim { message: key.message, claimant: key.claimant })?,
-                1 => self.backend.add_retracted(i, key)?,
-                2 => self.backend.add_pinned(i, key)?,
-                _ => self.backend.add_forced(i, key)?,
-            }
-        }
-        // Spent UIDs only grow too. (Nothing to settle for them: a claim at
-        // a spent UID names nothing, as the buried claims made it, and
-        // the UIDs stay as clean or dirty as without burial.)
-        for (i, start, end) in dead {
-            self.backend.add_dead(i, start, end)?;
-        }
-        // A message new at its place arrives as an op's would: unplaced, its
-        // claim on the side, for settling to place it (where this replica's
-        // clients were shown UIDs above that claim, U1 forces a new one).
-        let mut dirty = Dirty::new();
-        for ((i, uid), (mut slot, envelope)) in placed {
-            let id = slot.id;
-            self.backend.add_side(i, uid, Claim { message: id, claimant: slot.claimant })?;
-            slot.uid = 0;
-            self.backend.set_loc(id, MsgLoc { mailbox: i, uid: 0 })?;
-            self.mailboxes[i as usize].unplaced.insert(id, slot);
-            if let Some(e) = envelope {
-                self.backend.set_envelope(id, e)?;
-            }
-            dirty.entry(i).or_default().1.insert(id);
-        }
-        for id in left {
-            if !placed_ids.contains(&id) {
-                self.backend.remove_loc(id)?;
-                self.backend.remove_envelope(id)?;
-            }
-        }
-        for mb in &snapshot.mailboxes {
-            let meta = &mut self.mailboxes[self.mailbox_idx[&mb.id] as usize];
-            meta.uid_next = meta.uid_next.max(mb.uid_next);
-            for (r, n) in &mb.announced {
-                let r = self.intern(*r).map_err(invalid)?;
-                let meta = &mut self.mailboxes[self.mailbox_idx[&mb.id] as usize];
-                let a = meta.announced.entry(r).or_insert(0);
-                *a = (*a).max(*n);
-            }
-        }
-        self.account = account;
-        self.account_dirty = true;
-        self.counter = self.counter.max(snapshot.vv.get(self.me));
-        // No own op depends on the snapshot yet: the next one must name all
-        // of it (found by the simulator: a flag change made right after a
-        // join carried no deps and was dropped by a peer that lacked the
-        // message).
-        self.deps_base = VersionVector::new();
-        self.vv = snapshot.vv;
-        let (pending, ready) = CausalBuffer::rebuild(waiting, &self.vv);
-        self.pending = pending;
-        self.ready = ready.into();
-        self.refresh_tree(&mut dirty)?;
-        self.settle(dirty)?;
-        // The follow-ups settling decided, then the ops the snapshot
-        // completed the causal past of.
-        self.drain()?;
-        Ok(())
+        self.import_end(import)
     }
 
     /// Starts recording every op applied (for the store's op log).

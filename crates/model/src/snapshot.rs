@@ -4,6 +4,14 @@
 //! at a point described by its version vector. A fresh replica installs it and
 //! then continues with the ops after that vector, like any other peer.
 //!
+//! A snapshot travels and installs as a stream of [`Part`]s: a
+//! [`SnapHead`], then per mailbox its [`SnapMailboxHead`] followed by pages
+//! of its messages (by UID) and of its claims. A replica writes it a page at
+//! a time ([`crate::Replica::export_parts`]) and installs it a page at a
+//! time ([`crate::Replica::import_begin`]), so neither holds a whole
+//! account's messages in memory; [`StateSnapshot`] is the same content
+//! collected in one value, for tests.
+//!
 //! A replica that is behind *and* has changes of its own first sends those
 //! ops to the snapshot's source (its own log still holds them: no peer has
 //! acknowledged them, so nobody compacted them), then installs a snapshot
@@ -35,6 +43,119 @@ pub struct StateSnapshot {
     /// Mailboxes with their messages and claims. A message within `vv`
     /// that is in none of them is expunged (version 3 also listed those).
     pub mailboxes: Vec<SnapMailbox>,
+}
+
+/// What a streamed snapshot starts with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapHead {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u8,
+    /// The ops the state reflects.
+    pub vv: VersionVector,
+    /// The automerge account document, saved.
+    pub account: Vec<u8>,
+}
+
+/// A mailbox's own fields, which come before its messages and claims.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapMailboxHead {
+    /// Its id.
+    pub id: MailboxId,
+    /// UIDNEXT.
+    pub uid_next: u32,
+    /// Highest UIDNEXT each replica announced.
+    pub announced: Vec<(ReplicaId, u32)>,
+    /// Spent UIDs (ranges `start..end`, ascending).
+    pub dead: Vec<(u32, u32)>,
+}
+
+/// Which claim set a page of claims belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimKind {
+    /// Claims other than the placed messages' own.
+    Side,
+    /// Withdrawn claims.
+    Retracted,
+    /// Pinned claims.
+    Pinned,
+    /// Claims U1 forced.
+    Forced,
+}
+
+/// One piece of a streamed snapshot after its [`SnapHead`]. `Messages` and
+/// `Claims` belong to the mailbox of the last `Mailbox`; a mailbox's
+/// messages come in ascending UID order, across its pages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Part {
+    /// A mailbox begins.
+    Mailbox(SnapMailboxHead),
+    /// A page of its placed messages.
+    Messages(Vec<SnapMessage>),
+    /// A page of one of its claim sets.
+    Claims(ClaimKind, Vec<SnapClaim>),
+}
+
+impl StateSnapshot {
+    /// The snapshot as a stream: its head and its parts, `page` messages
+    /// or claims per part at most.
+    pub fn into_parts(self, page: usize) -> (SnapHead, Vec<Part>) {
+        let page = page.max(1);
+        let mut parts = Vec::new();
+        for mb in self.mailboxes {
+            parts.push(Part::Mailbox(SnapMailboxHead {
+                id: mb.id,
+                uid_next: mb.uid_next,
+                announced: mb.announced,
+                dead: mb.dead,
+            }));
+            parts.extend(mb.messages.chunks(page).map(|c| Part::Messages(c.to_vec())));
+            for (kind, list) in [
+                (ClaimKind::Side, mb.side),
+                (ClaimKind::Retracted, mb.retracted),
+                (ClaimKind::Pinned, mb.pinned),
+                (ClaimKind::Forced, mb.forced),
+            ] {
+                parts.extend(list.chunks(page).map(|c| Part::Claims(kind, c.to_vec())));
+            }
+        }
+        (SnapHead { version: self.version, vv: self.vv, account: self.account }, parts)
+    }
+
+    /// The snapshot a stream describes (parts before any `Mailbox` are
+    /// refused).
+    pub fn from_parts(head: SnapHead, parts: impl IntoIterator<Item = Part>) -> Result<Self, InstallError> {
+        let mut mailboxes: Vec<SnapMailbox> = Vec::new();
+        fn last(m: &mut [SnapMailbox]) -> Result<&mut SnapMailbox, InstallError> {
+            m.last_mut().ok_or_else(|| InstallError::Invalid("a part before any mailbox".into()))
+        }
+        for part in parts {
+            match part {
+                Part::Mailbox(h) => mailboxes.push(SnapMailbox {
+                    id: h.id,
+                    uid_next: h.uid_next,
+                    announced: h.announced,
+                    messages: Vec::new(),
+                    side: Vec::new(),
+                    retracted: Vec::new(),
+                    pinned: Vec::new(),
+                    forced: Vec::new(),
+                    dead: h.dead,
+                }),
+                Part::Messages(m) => last(&mut mailboxes)?.messages.extend(m),
+                Part::Claims(kind, c) => {
+                    let mb = last(&mut mailboxes)?;
+                    match kind {
+                        ClaimKind::Side => &mut mb.side,
+                        ClaimKind::Retracted => &mut mb.retracted,
+                        ClaimKind::Pinned => &mut mb.pinned,
+                        ClaimKind::Forced => &mut mb.forced,
+                    }
+                    .extend(c)
+                }
+            }
+        }
+        Ok(StateSnapshot { version: head.version, vv: head.vv, account: head.account, mailboxes })
+    }
 }
 
 /// One mailbox in a snapshot.

@@ -1,0 +1,201 @@
+//! A snapshot installed as a stream of parts: an empty replica keeps
+//! nothing per message while it installs, one that held messages merges
+//! each mailbox page by page, and a stream that contradicts itself is
+//! refused.
+
+use starling_model::snapshot::{InstallError, Part, SnapHead};
+use starling_model::{BlobId, Keyword, MailboxId, MessageId, Replica, ReplicaId, INBOX};
+
+fn stream(r: &mut Replica, page: usize) -> (SnapHead, Vec<Part>) {
+    let head = r.export_head();
+    let mut parts = Vec::new();
+    r.export_parts(page, |p| {
+        parts.push(p);
+        Ok::<(), starling_model::StorageError>(())
+    })
+    .unwrap();
+    (head, parts)
+}
+
+fn append(r: &mut Replica, mailbox: MailboxId, i: u64) -> MessageId {
+    let flags = if i % 3 == 0 { vec![Keyword::Seen] } else { vec![] };
+    r.append(mailbox, BlobId::of(&i.to_le_bytes()), 100 + i, i as i64, flags).unwrap()
+}
+
+/// Installs `head` and `parts` into `r`, checking after every part that the
+/// install holds at most `held_max` per-message entries.
+fn install(r: &mut Replica, head: SnapHead, parts: Vec<Part>, held_max: usize) -> Result<usize, InstallError> {
+    let mut import = r.import_begin(head)?;
+    let mut most = 0;
+    for p in parts {
+        r.import_part(&mut import, p)?;
+        most = most.max(import.held());
+        assert!(import.held() <= held_max, "held {} > {held_max}", import.held());
+    }
+    r.import_end(import)?;
+    Ok(most)
+}
+
+#[test]
+fn an_empty_replica_installs_page_by_page_and_keeps_nothing_per_message() {
+    let mut a = Replica::new(ReplicaId(1));
+    let work = a.create_mailbox("Work", None, None).unwrap();
+    let mut ms = Vec::new();
+    for i in 0..20_000u64 {
+        ms.push(append(&mut a, if i % 4 == 0 { work } else { INBOX }, i));
+    }
+    a.expunge(&ms[..2_000]).unwrap();
+    for m in &ms[2_000..4_000] {
+        a.store_flags(*m, &[Keyword::Flagged], &[]).unwrap();
+    }
+    a.announce(INBOX).unwrap();
+    let (head, parts) = stream(&mut a, 500);
+    assert!(parts.len() > 30, "{} parts", parts.len());
+
+    let mut fresh = Replica::new(ReplicaId(2));
+    let most = install(&mut fresh, head, parts, 0).unwrap();
+    assert_eq!(most, 0);
+    assert_eq!(fresh.dump(), a.dump());
+    assert_eq!(fresh.message_count(), 18_000);
+    assert!(fresh.is_expunged(ms[0]));
+    assert_eq!(fresh.uid_of(ms[19_999]), a.uid_of(ms[19_999]));
+}
+
+#[test]
+fn a_replica_that_held_messages_merges_moves_expunges_and_new_ones_page_by_page() {
+    let mut a = Replica::new(ReplicaId(1));
+    let work = a.create_mailbox("Work", None, None).unwrap();
+    let mut ms = Vec::new();
+    for i in 0..3_000u64 {
+        ms.push(append(&mut a, if i % 2 == 0 { work } else { INBOX }, i));
+    }
+    let mut b = Replica::new(ReplicaId(2));
+    b.import_state(a.export_state().unwrap()).unwrap();
+    // B's clients look, and B takes mail of its own; A gets all of it.
+    b.announce(INBOX).unwrap();
+    b.announce(work).unwrap();
+    let own: Vec<MessageId> = (0..50).map(|i| append(&mut b, INBOX, 10_000 + i)).collect();
+    b.announce(INBOX).unwrap();
+    for op in b.take_outbox() {
+        a.apply(op).unwrap();
+    }
+    // A goes on: expunges, moves both ways, flags and new mail.
+    a.expunge(&ms[..300]).unwrap();
+    a.expunge(&own[..10]).unwrap();
+    for m in &ms[300..600] {
+        let to = if a.uid_of(*m).unwrap().0 == INBOX { work } else { INBOX };
+        a.move_message(*m, to).unwrap();
+    }
+    for m in &ms[600..900] {
+        a.store_flags(*m, &[Keyword::Answered], &[Keyword::Seen]).unwrap();
+    }
+    for i in 0..400u64 {
+        append(&mut a, if i % 2 == 0 { work } else { INBOX }, 20_000 + i);
+    }
+    let _ = a.take_outbox();
+    let (head, parts) = stream(&mut a, 7);
+
+    // What B loses or gains by the snapshot, not what it keeps.
+    let changed = 300 + 10 + 2 * 300 + 400;
+    let most = install(&mut b, head, parts, changed).unwrap();
+    assert!(most > 0);
+    let _ = b.take_outbox();
+    assert_eq!(b.dump(), a.dump());
+    assert!(b.is_expunged(ms[0]) && b.is_expunged(own[0]));
+    assert!(b.flags(ms[600]).unwrap().contains(&Keyword::Answered));
+}
+
+/// Parts of a two-mailbox snapshot, for spoiling.
+fn two_mailboxes() -> (Replica, SnapHead, Vec<Part>) {
+    let mut a = Replica::new(ReplicaId(1));
+    let work = a.create_mailbox("Work", None, None).unwrap();
+    for i in 0..20u64 {
+        append(&mut a, if i % 2 == 0 { work } else { INBOX }, i);
+    }
+    let (head, parts) = stream(&mut a, 4);
+    (a, head, parts)
+}
+
+fn refused(head: SnapHead, parts: Vec<Part>) -> String {
+    match install(&mut Replica::new(ReplicaId(2)), head, parts, usize::MAX) {
+        Err(InstallError::Invalid(why)) => why,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_stream_that_contradicts_itself_is_refused() {
+    let (_, head, parts) = two_mailboxes();
+    let mut it = parts.clone().into_iter();
+    // Messages before any mailbox.
+    let first_messages = it.find(|p| matches!(p, Part::Messages(_))).unwrap();
+    assert!(refused(head.clone(), vec![first_messages.clone()]).contains("before any mailbox"));
+
+    // UIDs out of order within a mailbox.
+    let mut swapped = parts.clone();
+    if let Some(Part::Messages(m)) = swapped.iter_mut().find(|p| matches!(p, Part::Messages(_))) {
+        m.swap(0, 1);
+    }
+    assert!(refused(head.clone(), swapped).contains("not in order"));
+
+    // One message placed in both mailboxes.
+    let mut twice = parts.clone();
+    let taken = match &first_messages {
+        Part::Messages(m) => m[0].clone(),
+        _ => unreachable!(),
+    };
+    let last = twice.iter().rposition(|p| matches!(p, Part::Messages(_))).unwrap();
+    if let Part::Messages(m) = &mut twice[last] {
+        let mut dup = taken;
+        dup.uid = m.last().unwrap().uid + 1;
+        m.push(dup);
+    }
+    // The second mailbox's UIDNEXT must let the UID through.
+    for p in twice.iter_mut() {
+        if let Part::Mailbox(h) = p {
+            h.uid_next += 1;
+        }
+    }
+    assert!(refused(head.clone(), twice).contains("placed twice"));
+
+    // A mailbox listed twice.
+    let mut again = parts.clone();
+    again.push(parts[0].clone());
+    assert!(refused(head.clone(), again).contains("listed twice"));
+
+    // A message at a UID the mailbox says is spent.
+    let mut spent = parts;
+    if let Some(Part::Mailbox(h)) = spent.first_mut() {
+        h.dead.push((1, 2));
+    }
+    assert!(refused(head, spent).contains("spent"));
+}
+
+/// A replica that held the messages before: a message the snapshot names
+/// at its old place and again elsewhere is refused (a real move is not: see
+/// above).
+#[test]
+fn a_replica_that_held_messages_refuses_a_message_named_twice() {
+    let (mut a, head, parts) = two_mailboxes();
+    let mut b = Replica::new(ReplicaId(2));
+    install(&mut b, head, parts, usize::MAX).unwrap();
+    append(&mut a, INBOX, 99);
+    let (newer, mut twice) = stream(&mut a, 4);
+    let first = match twice.iter().find(|p| matches!(p, Part::Messages(_))).unwrap() {
+        Part::Messages(m) => m[0].clone(),
+        _ => unreachable!(),
+    };
+    let last = twice.iter().rposition(|p| matches!(p, Part::Messages(_))).unwrap();
+    if let Part::Messages(m) = &mut twice[last] {
+        let mut dup = first;
+        dup.uid = m.last().unwrap().uid + 1;
+        m.push(dup);
+    }
+    for p in twice.iter_mut() {
+        if let Part::Mailbox(h) = p {
+            h.uid_next += 1;
+        }
+    }
+    let got = install(&mut b, newer, twice, usize::MAX);
+    assert!(matches!(&got, Err(InstallError::Invalid(w)) if w.contains("placed twice")), "{got:?}");
+}
