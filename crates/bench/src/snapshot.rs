@@ -1,9 +1,9 @@
 //! What a whole snapshot costs: a store of N live messages (a peer's
 //! appends, the log compacted, metadata only, one mailbox), then
-//! `Store::snapshot` and `Store::install_snapshot` into an empty store,
+//! a snapshot of it and its install into an empty store,
 //! each step in a process of its own so that each peak RSS (VmHWM) is that
-//! step's alone. The streamed install (issue 13) is what would bound the
-//! install's memory; this is its baseline.
+//! step's alone. The snapshot is written to a file and installed from it
+//! as streams (`Store::write_snapshot`, `Store::install_snapshot_from`).
 
 use starling_model::{BlobId, Replica, ReplicaId, INBOX};
 use starling_store::{Store, StoreOptions};
@@ -54,19 +54,20 @@ fn step(step: &str, dir: &Path, n: u64) {
         }
         "snapshot" => {
             let store = Store::open(&src, SOURCE, StoreOptions::default()).expect("open");
-            let bytes = store.snapshot("u").expect("snapshot");
-            std::fs::write(&snap, &bytes).expect("write");
-            bytes.len() as u64
+            let file = std::io::BufWriter::new(std::fs::File::create(&snap).expect("create"));
+            store.write_snapshot("u", file).expect("snapshot");
+            std::fs::metadata(&snap).expect("snapshot file").len()
         }
         "install" => {
             let _ = std::fs::remove_file(&dst);
-            let bytes = std::fs::read(&snap).expect("read");
+            let file = std::fs::File::open(&snap).expect("snapshot file");
+            let bytes = file.metadata().expect("metadata").len();
             let store = Store::open(&dst, ReplicaId(2), StoreOptions::default()).expect("open");
             store.add_account("u").expect("account");
-            store.install_snapshot("u", &bytes).expect("install");
+            store.install_snapshot_from("u", std::io::BufReader::new(file)).expect("install");
             let live = store.read("u").expect("read").status(INBOX).expect("status").messages;
             assert_eq!(live, n, "every message installed");
-            bytes.len() as u64
+            bytes
         }
         other => panic!("unknown step {other}"),
     };

@@ -18,7 +18,7 @@ fn stream(r: &mut Replica, page: usize) -> (SnapHead, Vec<Part>) {
 }
 
 fn append(r: &mut Replica, mailbox: MailboxId, i: u64) -> MessageId {
-    let flags = if i % 3 == 0 { vec![Keyword::Seen] } else { vec![] };
+    let flags = if i.is_multiple_of(3) { vec![Keyword::Seen] } else { vec![] };
     r.append(mailbox, BlobId::of(&i.to_le_bytes()), 100 + i, i as i64, flags).unwrap()
 }
 
@@ -42,7 +42,7 @@ fn an_empty_replica_installs_page_by_page_and_keeps_nothing_per_message() {
     let work = a.create_mailbox("Work", None, None).unwrap();
     let mut ms = Vec::new();
     for i in 0..20_000u64 {
-        ms.push(append(&mut a, if i % 4 == 0 { work } else { INBOX }, i));
+        ms.push(append(&mut a, if i.is_multiple_of(4) { work } else { INBOX }, i));
     }
     a.expunge(&ms[..2_000]).unwrap();
     for m in &ms[2_000..4_000] {
@@ -67,7 +67,7 @@ fn a_replica_that_held_messages_merges_moves_expunges_and_new_ones_page_by_page(
     let work = a.create_mailbox("Work", None, None).unwrap();
     let mut ms = Vec::new();
     for i in 0..3_000u64 {
-        ms.push(append(&mut a, if i % 2 == 0 { work } else { INBOX }, i));
+        ms.push(append(&mut a, if i.is_multiple_of(2) { work } else { INBOX }, i));
     }
     let mut b = Replica::new(ReplicaId(2));
     b.import_state(a.export_state().unwrap()).unwrap();
@@ -90,7 +90,7 @@ fn a_replica_that_held_messages_merges_moves_expunges_and_new_ones_page_by_page(
         a.store_flags(*m, &[Keyword::Answered], &[Keyword::Seen]).unwrap();
     }
     for i in 0..400u64 {
-        append(&mut a, if i % 2 == 0 { work } else { INBOX }, 20_000 + i);
+        append(&mut a, if i.is_multiple_of(2) { work } else { INBOX }, 20_000 + i);
     }
     let _ = a.take_outbox();
     let (head, parts) = stream(&mut a, 7);
@@ -110,7 +110,7 @@ fn two_mailboxes() -> (Replica, SnapHead, Vec<Part>) {
     let mut a = Replica::new(ReplicaId(1));
     let work = a.create_mailbox("Work", None, None).unwrap();
     for i in 0..20u64 {
-        append(&mut a, if i % 2 == 0 { work } else { INBOX }, i);
+        append(&mut a, if i.is_multiple_of(2) { work } else { INBOX }, i);
     }
     let (head, parts) = stream(&mut a, 4);
     (a, head, parts)

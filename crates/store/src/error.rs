@@ -134,6 +134,13 @@ pub enum StoreError {
     Storage(String),
 }
 
+impl From<starling_model::StorageError> for StoreError {
+    /// A backend error the model passed up, told apart like the store's own.
+    fn from(e: starling_model::StorageError) -> Self {
+        StoreError::Apply(e.into()).lift()
+    }
+}
+
 impl StoreError {
     /// Whether the error came from the disk (full or failing): redb then
     /// fails every call until the file is reopened, which the store does by

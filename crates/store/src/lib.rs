@@ -74,7 +74,7 @@ pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
 pub use prepare::{prepare_all, Prepared, PREPARE_THREADS_MAX};
 pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
-pub use snapshot::SNAPSHOT_BYTES_MAX;
+pub use snapshot::{RECORD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 pub use sortkeys::{IdHash, SortKeys, SortKeysBuild, SORT_KEYS_PER_TXN};
 pub use write::Batch;
 

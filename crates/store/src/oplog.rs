@@ -133,22 +133,27 @@ pub(crate) fn read(
 }
 
 /// Every logged entry (op and the mailboxes it touched) of `ranges`, for a
-/// snapshot's log tail.
-pub(crate) fn read_logged(
+/// snapshot's log tail, handed to `f` a segment at a time (at most
+/// [`SEGMENT_OPS_MAX`] entries), each replica's in counter order.
+pub(crate) fn for_each_logged(
     r: &ReadTransaction,
     account: u32,
     ranges: &[(u64, u64, u64)],
-) -> Result<Vec<Logged>, StoreError> {
+    mut f: impl FnMut(Vec<Logged>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let segments = r.open_table(SEGMENTS).map_err(st)?;
-    let mut out = Vec::new();
     for &(replica, from, last) in ranges {
         let start = segment_start(&segments, account, replica, from)?;
         for item in segments.range((account, replica, start)..=(account, replica, last)).map_err(st)? {
             let (_, v) = item.map_err(st)?;
-            out.extend(decode(v.value())?.into_iter().filter(|(op, _)| (from..=last).contains(&op.dot.counter)));
+            let chunk: Vec<Logged> =
+                decode(v.value())?.into_iter().filter(|(op, _)| (from..=last).contains(&op.dot.counter)).collect();
+            if !chunk.is_empty() {
+                f(chunk)?;
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Segments [`compact`] reads before deleting them: it holds at most this

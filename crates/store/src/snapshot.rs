@@ -1,93 +1,204 @@
 //! Catch-up by state: an account's replicated state plus the log tail above
-//! the sender's floor.
+//! the sender's floor, written and installed as a stream.
+//!
+//! A snapshot is a format byte, then one zstd stream of records, each a
+//! little-endian `u32` length and that many bytes of postcard: the model's
+//! head ([`starling_model::snapshot::SnapHead`]), its parts (per mailbox:
+//! its fields, pages of messages by UID, pages of claims), the sender's log
+//! floor, the log tail above it a segment at a time, and an end mark.
+//! Writing reads the account a page at a time; installing applies each
+//! record as it is read, in one transaction. Neither holds the account's
+//! messages in memory: a record is at most [`RECORD_BYTES_MAX`].
 
 use crate::*;
 use redb::ReadableDatabase;
+use starling_model::snapshot::{InstallError, Part, SnapHead};
 use starling_model::VersionVector;
+use std::io::{Read, Write};
 
-/// What [`Store::snapshot`] produces: the replicated state, and the log
-/// above the sender's floor.
+/// Format byte of a snapshot written by this code (1: one postcard value,
+/// compressed whole, before the stream).
+const SNAPSHOT_FORMAT: u8 = 2;
+
+/// Messages or claims per part written.
+const PART_PAGE: usize = 1024;
+
+/// Largest record accepted (a page of messages with many keywords each,
+/// the account document, a log segment).
+pub const RECORD_BYTES_MAX: usize = 16 << 20;
+
+/// Largest decompressed snapshot accepted (counted as it is read).
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+
+/// Largest zstd window a snapshot may use (8 MiB).
+const WINDOW_LOG_MAX: u32 = 23;
+
+/// One record of the stream, in this order: `Head`, `Part`s, `Floor`,
+/// `Tail`s, `End`.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotFile {
-    format: u8,
-    state: starling_model::snapshot::StateSnapshot,
-    floor: VersionVector,
-    tail: Vec<oplog::Logged>,
+enum Record {
+    Head(SnapHead),
+    Part(Part),
+    Floor(VersionVector),
+    Tail(Vec<oplog::Logged>),
+    End,
 }
 
-const SNAPSHOT_FORMAT: u8 = 1;
+fn bad(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Snapshot(e.to_string())
+}
 
-/// Largest decompressed snapshot accepted.
-pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
+fn put(out: &mut impl Write, record: &Record) -> Result<(), StoreError> {
+    let bytes = postcard::to_stdvec(record).map_err(bad)?;
+    // The writer keeps to what the reader takes.
+    assert!(bytes.len() <= RECORD_BYTES_MAX, "snapshot record of {} bytes", bytes.len());
+    out.write_all(&(bytes.len() as u32).to_le_bytes()).map_err(|e| bad(format_args!("writing: {e}")))?;
+    out.write_all(&bytes).map_err(|e| bad(format_args!("writing: {e}")))
+}
+
+/// Reads records one at a time into one buffer.
+struct Records<R> {
+    input: std::io::Take<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> Records<R> {
+    fn next(&mut self) -> Result<Record, StoreError> {
+        let mut len = [0u8; 4];
+        self.read(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > RECORD_BYTES_MAX {
+            return Err(bad(format_args!("a record of {len} bytes (at most {RECORD_BYTES_MAX})")));
+        }
+        self.buf.resize(len, 0);
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = self.read(&mut buf);
+        self.buf = buf;
+        read?;
+        postcard::from_bytes(&self.buf).map_err(bad)
+    }
+
+    fn read(&mut self, into: &mut [u8]) -> Result<(), StoreError> {
+        self.input.read_exact(into).map_err(|e| match self.input.limit() {
+            0 => bad(format_args!("more than {SNAPSHOT_BYTES_MAX} bytes")),
+            _ => bad(format_args!("truncated or damaged: {e}")),
+        })
+    }
+}
 
 impl Store {
     /// The account's whole replicated state, for a peer that is new or
-    /// behind the compacted log ([`starling_model::snapshot`]); compressed.
+    /// behind the compacted log ([`starling_model::snapshot`]), in memory.
     pub fn snapshot(&self, account: &str) -> Result<Vec<u8>, StoreError> {
-        let state = self.inspect(account, |r| r.export_state())?.map_err(|e| StoreError::Apply(e.into()).lift())?;
+        let mut out = Vec::new();
+        self.write_snapshot(account, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Store::snapshot`], written to `out` as it is made.
+    pub fn write_snapshot(&self, account: &str, mut out: impl Write) -> Result<(), StoreError> {
+        out.write_all(&[SNAPSHOT_FORMAT]).map_err(|e| bad(format_args!("writing: {e}")))?;
+        let mut z = zstd::stream::write::Encoder::new(out, 1).map_err(bad)?;
+        let vv = self.inspect(account, |r| -> Result<VersionVector, StoreError> {
+            let head = r.export_head();
+            let vv = head.vv.clone();
+            put(&mut z, &Record::Head(head))?;
+            r.export_parts(PART_PAGE, |p| put(&mut z, &Record::Part(p)))?;
+            Ok(vv)
+        })??;
         // The log tail from this node's floor up to the state, so that the
         // receiver can serve every peer this node can (its floor is ours).
         let number = self.account_number(account)?;
-        let (floor, tail) = self.run(|db| {
+        self.run(|db| {
             let r = db.begin_read().map_err(st)?;
             let floor = self.log_floor(&r, number)?;
-            let ranges: Vec<(u64, u64, u64)> = state
-                .vv
+            let ranges: Vec<(u64, u64, u64)> = vv
                 .iter()
                 .filter(|(replica, last)| floor.get(*replica) < *last)
                 .map(|(replica, last)| (replica.0, floor.get(replica) + 1, last))
                 .collect();
-            Ok((floor, oplog::read_logged(&r, number, &ranges)?))
+            put(&mut z, &Record::Floor(floor))?;
+            oplog::for_each_logged(&r, number, &ranges, |chunk| put(&mut z, &Record::Tail(chunk)))
         })?;
-        let file = SnapshotFile { format: SNAPSHOT_FORMAT, state, floor, tail };
-        Ok(blob::pack(&postcard::to_stdvec(&file).map_err(|e| StoreError::Storage(e.to_string()))?))
+        put(&mut z, &Record::End)?;
+        z.finish().map_err(|e| bad(format_args!("writing: {e}")))?;
+        Ok(())
     }
 
-    /// Installs a snapshot made by [`Store::snapshot`]: its state (see
-    /// [`starling_model::Replica::import_state`]: it must hold every op this
+    /// Installs a snapshot made by [`Store::snapshot`] from memory.
+    pub fn install_snapshot(&self, account: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.install_snapshot_from(account, bytes)
+    }
+
+    /// Installs a snapshot made by [`Store::write_snapshot`], read from
+    /// `input` a record at a time, in one transaction: its state (see
+    /// [`starling_model::Replica::import_begin`]: it must hold every op this
     /// account applied, or [`StoreError::SnapshotOlder`] and nothing
     /// changes), and the sender's log tail above the sender's floor. The log
     /// stays able to serve every op above the new floor: per replica, this
     /// node's own log goes on into the tail where they meet (the floor stays
     /// ours, lower); where the tail starts above what this node held, the
     /// sender's floor is taken and this node's older ops of that replica
-    /// leave the log (their effect is in the state).
-    pub fn install_snapshot(&self, account: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let bad = |e: &dyn std::fmt::Display| StoreError::Snapshot(e.to_string());
-        let raw = blob::unpack(bytes, SNAPSHOT_BYTES_MAX).map_err(|e| bad(&e))?;
-        let file: SnapshotFile = postcard::from_bytes(&raw).map_err(|e| bad(&e))?;
-        if file.format != SNAPSHOT_FORMAT {
-            return Err(bad(&format!("snapshot format {}", file.format)));
+    /// leave the log (their effect is in the state). A snapshot that is
+    /// truncated, damaged or contradicts itself changes nothing.
+    pub fn install_snapshot_from(&self, account: &str, mut input: impl Read) -> Result<(), StoreError> {
+        let mut format = [0u8; 1];
+        input.read_exact(&mut format).map_err(|e| bad(format_args!("truncated: {e}")))?;
+        if format[0] != SNAPSHOT_FORMAT {
+            return Err(bad(format_args!("snapshot format {}", format[0])));
         }
-        // The tail must be the state's own ops above the floor, nothing else.
-        if file.tail.iter().any(|(op, _)| !file.state.vv.contains(op.dot) || file.floor.contains(op.dot)) {
-            return Err(bad(&"log tail outside the snapshot"));
-        }
+        let mut z = zstd::stream::read::Decoder::new(input).map_err(bad)?;
+        // The sender compresses at level 1 (a window of 512 KiB); a larger
+        // window a hostile stream asks for is refused, not allocated.
+        z.window_log_max(WINDOW_LOG_MAX).map_err(bad)?;
+        let mut records = Records { input: z.take(SNAPSHOT_BYTES_MAX), buf: Vec::new() };
+        let installed = |e: InstallError| match e {
+            InstallError::Older => StoreError::SnapshotOlder,
+            InstallError::Storage(e) => e.into(),
+            e => StoreError::Snapshot(e.to_string()),
+        };
         self.write(account, |b| {
             b.any_mailbox = true;
             let held = b.replica.version().clone();
-            let ours = Store::log_floor_in(b.txn, b.number)?;
-            b.replica.import_state(file.state).map_err(|e| match e {
-                starling_model::snapshot::InstallError::Older => StoreError::SnapshotOlder,
-                e => StoreError::Snapshot(e.to_string()),
-            })?;
-            let mut floor = ours;
+            let Record::Head(head) = records.next()? else { return Err(bad("no head")) };
+            let vv = head.vv.clone();
+            let mut import = b.replica.import_begin(head).map_err(installed)?;
+            let theirs = loop {
+                match records.next()? {
+                    Record::Part(p) => b.replica.import_part(&mut import, p).map_err(installed)?,
+                    Record::Floor(floor) => break floor,
+                    _ => return Err(bad("a record out of order")),
+                }
+            };
+            b.replica.import_end(import).map_err(installed)?;
+            let mut floor = Store::log_floor_in(b.txn, b.number)?;
             let mut gone = VersionVector::new();
-            for (replica, theirs) in file.floor.iter() {
-                if held.get(replica) < theirs {
+            for (replica, last) in theirs.iter() {
+                if held.get(replica) < last {
                     gone.observe(starling_model::Dot::new(replica, held.get(replica)));
-                    floor.observe(starling_model::Dot::new(replica, theirs));
+                    floor.observe(starling_model::Dot::new(replica, last));
                 }
             }
             // This node's ops of those replicas end below the tail: out.
             let mut dropped_to = VersionVector::new();
             oplog::compact(b.txn, b.number, &gone, &mut dropped_to)?;
-            let tail = file
-                .tail
-                .into_iter()
-                .filter(|(op, _)| !held.contains(op.dot))
-                .map(|(op, mbs)| starling_model::AppliedOp { op, mailboxes: mbs.into() });
-            oplog::append(b.txn, b.number, tail.collect())?;
+            loop {
+                match records.next()? {
+                    Record::Tail(chunk) => {
+                        // The tail must be the state's own ops above the floor, nothing else.
+                        if chunk.iter().any(|(op, _)| !vv.contains(op.dot) || theirs.contains(op.dot)) {
+                            return Err(bad("log tail outside the snapshot"));
+                        }
+                        let new = chunk
+                            .into_iter()
+                            .filter(|(op, _)| !held.contains(op.dot))
+                            .map(|(op, mbs)| starling_model::AppliedOp { op, mailboxes: mbs.into() });
+                        oplog::append(b.txn, b.number, new.collect())?;
+                    }
+                    Record::End => break,
+                    _ => return Err(bad("a record out of order")),
+                }
+            }
             let floor = postcard::to_stdvec(&floor).map_err(|e| StoreError::Storage(e.to_string()))?;
             b.txn.open_table(LOG_FLOOR).map_err(st)?.insert(b.number, floor.as_slice()).map_err(st)?;
             Ok(())
