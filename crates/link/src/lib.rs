@@ -487,7 +487,13 @@ impl PeerLink {
                 }
             }
             Event::Ops { account, ops } => self.apply_ops(store, progress, account, ops)?,
-            Event::Snapshot { account, bytes } => {
+            Event::SnapshotPart { account, offset, bytes, last } => {
+                // Parts wait in the store's file, not here, until the last.
+                let spool = s.peer().map_or(0, |p| p.0);
+                store.spool_snapshot_part(&account, spool, offset, &bytes)?;
+                if !last {
+                    return Ok(());
+                }
                 // A snapshot that lacks changes this node holds (its own,
                 // made before it caught up, or others' the peer has not
                 // got yet) is refused. Those changes go to the peer in this
@@ -496,7 +502,7 @@ impl PeerLink {
                 // its floor, carries them. (Two peers may both find a new
                 // node behind their logs; the second snapshot then holds
                 // nothing new and installs as a no-op, or is refused.)
-                match store.install_snapshot(&account, &bytes) {
+                match store.install_spooled_snapshot(&account, spool) {
                     Err(StoreError::SnapshotOlder) => {
                         let why = "a snapshot that lacks changes held here; reconnect once the peer has them";
                         s.abort(why);

@@ -52,6 +52,7 @@ mod reads;
 mod refs;
 mod snapshot;
 pub mod sortkeys;
+mod spool;
 pub mod verify;
 mod write;
 

@@ -274,6 +274,9 @@ fn check_and_load(
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [4u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
+    // Snapshot parts a crash or a broken session left: their session is
+    // gone, and its peer sends again from the start.
+    crate::spool::drop_all(db).map_err(|e| io(&e))?;
     let r = db.begin_read().map_err(|e| io(&e))?;
     let mut accounts = BTreeMap::new();
     if let Ok(table) = r.open_table(ACCOUNTS) {

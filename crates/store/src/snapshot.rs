@@ -33,6 +33,14 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Largest zstd window a snapshot may use (8 MiB).
 const WINDOW_LOG_MAX: u32 = 23;
 
+/// Where an install reads the snapshot from.
+pub(crate) enum Input<'i> {
+    /// Any reader.
+    Reader(Box<dyn Read + 'i>),
+    /// The parts spooled from this peer ([`crate::spool`]).
+    Spool(u64),
+}
+
 /// One record of the stream, in this order: `Head`, `Part`s, `Floor`,
 /// `Tail`s, `End`.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -141,23 +149,33 @@ impl Store {
     /// sender's floor is taken and this node's older ops of that replica
     /// leave the log (their effect is in the state). A snapshot that is
     /// truncated, damaged or contradicts itself changes nothing.
-    pub fn install_snapshot_from(&self, account: &str, mut input: impl Read) -> Result<(), StoreError> {
-        let mut format = [0u8; 1];
-        input.read_exact(&mut format).map_err(|e| bad(format_args!("truncated: {e}")))?;
-        if format[0] != SNAPSHOT_FORMAT {
-            return Err(bad(format_args!("snapshot format {}", format[0])));
-        }
-        let mut z = zstd::stream::read::Decoder::new(input).map_err(bad)?;
-        // The sender compresses at level 1 (a window of 512 KiB); a larger
-        // window a hostile stream asks for is refused, not allocated.
-        z.window_log_max(WINDOW_LOG_MAX).map_err(bad)?;
-        let mut records = Records { input: z.take(SNAPSHOT_BYTES_MAX), buf: Vec::new() };
+    pub fn install_snapshot_from(&self, account: &str, input: impl Read) -> Result<(), StoreError> {
+        self.install_with(account, Input::Reader(Box::new(input)))
+    }
+
+    /// The install of [`Store::install_snapshot_from`], from a reader or
+    /// from a spool (deleted in the same transaction).
+    pub(crate) fn install_with(&self, account: &str, input: Input<'_>) -> Result<(), StoreError> {
         let installed = |e: InstallError| match e {
             InstallError::Older => StoreError::SnapshotOlder,
             InstallError::Storage(e) => e.into(),
             e => StoreError::Snapshot(e.to_string()),
         };
         self.write(account, |b| {
+            let (mut input, spool): (Box<dyn Read + '_>, _) = match input {
+                Input::Reader(r) => (r, None),
+                Input::Spool(spool) => (Box::new(spool::reader(b.txn, account, spool)), Some(spool)),
+            };
+            let mut format = [0u8; 1];
+            input.read_exact(&mut format).map_err(|e| bad(format_args!("truncated: {e}")))?;
+            if format[0] != SNAPSHOT_FORMAT {
+                return Err(bad(format_args!("snapshot format {}", format[0])));
+            }
+            let mut z = zstd::stream::read::Decoder::new(input).map_err(bad)?;
+            // The sender compresses at level 1 (a window of 512 KiB); a larger
+            // window a hostile stream asks for is refused, not allocated.
+            z.window_log_max(WINDOW_LOG_MAX).map_err(bad)?;
+            let mut records = Records { input: z.take(SNAPSHOT_BYTES_MAX), buf: Vec::new() };
             b.any_mailbox = true;
             let held = b.replica.version().clone();
             let Record::Head(head) = records.next()? else { return Err(bad("no head")) };
@@ -201,7 +219,10 @@ impl Store {
             }
             let floor = postcard::to_stdvec(&floor).map_err(|e| StoreError::Storage(e.to_string()))?;
             b.txn.open_table(LOG_FLOOR).map_err(st)?.insert(b.number, floor.as_slice()).map_err(st)?;
-            Ok(())
+            match spool {
+                Some(spool) => spool::drop_rows(b.txn, account, spool),
+                None => Ok(()),
+            }
         })
     }
 }

@@ -99,3 +99,104 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
     b.install_snapshot("u", &good).unwrap();
     assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
 }
+
+/// Spools `snap` into `b` from peer `spool` in parts of `part` bytes.
+fn spool(b: &Store, spool: u64, snap: &[u8], part: usize) {
+    for (i, p) in snap.chunks(part).enumerate() {
+        b.spool_snapshot_part("u", spool, (i * part) as u64, p).unwrap();
+    }
+}
+
+fn spool_rows(s: &Store) -> u64 {
+    s.table_sizes().unwrap().iter().find(|t| t.name == "snapshot_spool").map_or(0, |t| t.rows)
+}
+
+#[test]
+fn a_spooled_snapshot_installs_and_its_parts_go_with_the_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = source(&dir, 6_000);
+    let snap = a.snapshot("u").unwrap();
+    let b = store(&dir, "b.redb", 0xb);
+    // Two peers' spools side by side; the first one broken off and begun
+    // again from offset 0.
+    spool(&b, 1, &snap[..snap.len() / 2], 4096);
+    spool(&b, 2, &snap, 10_000);
+    spool(&b, 1, &snap, 4096);
+    assert_eq!(b.spooled_bytes("u", 1).unwrap(), snap.len() as u64);
+    assert_eq!(b.spooled_bytes("u", 2).unwrap(), snap.len() as u64);
+    b.install_spooled_snapshot("u", 1).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    assert_eq!(b.spooled_bytes("u", 1).unwrap(), 0, "the install took its parts");
+    assert_eq!(b.spooled_bytes("u", 2).unwrap(), snap.len() as u64, "the other peer's stay");
+    // The second one holds nothing new: a no-op, and its parts go too.
+    b.install_spooled_snapshot("u", 2).unwrap();
+    assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
+    assert_eq!(spool_rows(&b), 0);
+
+    // A spool cut short fails to install, changes nothing and is dropped.
+    let c = store(&dir, "c.redb", 0xc);
+    let before = c.dump("u").unwrap();
+    spool(&c, 1, &snap[..snap.len() - 100], 4096);
+    assert!(matches!(c.install_spooled_snapshot("u", 1), Err(StoreError::Snapshot(_))));
+    assert_eq!(c.dump("u").unwrap(), before);
+    assert_eq!(spool_rows(&c), 0);
+    // Parts a broken session left go at the next open.
+    spool(&c, 3, &snap[..snap.len() / 3], 4096);
+    assert!(spool_rows(&c) > 0);
+    drop(c);
+    let c = Store::open(&dir.path().join("c.redb"), ReplicaId(0xc), StoreOptions::default()).unwrap();
+    assert_eq!(spool_rows(&c), 0);
+    assert_eq!(c.dump("u").unwrap(), before);
+}
+
+/// Power cuts while parts are spooled and while they are installed: after
+/// each, the store reopens with either its old state or the whole
+/// snapshot's, and no spooled part left.
+#[test]
+fn a_power_cut_while_a_snapshot_is_spooled_or_installed_leaves_old_or_new() {
+    use starling_store::memdisk::MemDisk;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = source(&dir, 3_000);
+    let snap = a.snapshot("u").unwrap();
+    let node = ReplicaId(0xb);
+    let disk = MemDisk::new();
+    let before = {
+        let b = Store::open_on(disk.backend(), "mem", node, StoreOptions::default()).unwrap();
+        b.add_account("u").unwrap();
+        b.dump("u").unwrap()
+    };
+    let image = disk.durable_copy();
+    let run = |d: &MemDisk| -> Result<(), StoreError> {
+        let b = Store::open_on(d.backend(), "mem", node, StoreOptions::default())
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        for (i, p) in snap.chunks(8192).enumerate() {
+            b.spool_snapshot_part("u", 9, (i * 8192) as u64, p)?;
+        }
+        b.install_spooled_snapshot("u", 9)
+    };
+    let whole = {
+        let d = image.durable_copy();
+        run(&d).unwrap();
+        d.ops()
+    };
+    let after = a.dump("u").unwrap();
+    let (mut old, mut new) = (0, 0);
+    for k in 1..=24u64 {
+        let cut = whole * k / 25;
+        let d = image.durable_copy();
+        d.fail_after(Some(cut));
+        let _ = run(&d);
+        d.crash();
+        d.fail_after(None);
+        let b = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
+        let dump = b.dump("u").unwrap();
+        if dump == before {
+            old += 1;
+        } else {
+            assert_eq!(dump, after, "cut {cut}: neither the old state nor the snapshot's");
+            new += 1;
+        }
+        assert_eq!(spool_rows(&b), 0, "cut {cut}: spooled parts left");
+    }
+    assert!(old > 0 && new > 0, "cuts on both sides: {old} old, {new} new");
+}

@@ -507,12 +507,20 @@ pub enum Event {
         /// The ops, decoded and validated.
         ops: Vec<Op>,
     },
-    /// A state snapshot from the peer: install it, then [`Session::applied`].
-    Snapshot {
+    /// A part of a state snapshot from the peer, in order from offset 0
+    /// (a part at offset 0 begins a snapshot): keep it; once `last`,
+    /// install the whole, then [`Session::applied`]. The session holds no
+    /// part once it is taken, so where the driver keeps them (the store
+    /// spools them to disk) decides what a snapshot costs in memory.
+    SnapshotPart {
         /// The account.
         account: String,
+        /// Where the part starts in the snapshot.
+        offset: u64,
         /// As the peer's store exported it.
         bytes: Vec<u8>,
+        /// The snapshot is complete with this part.
+        last: bool,
     },
     /// The peer wants these bodies: answer each with [`Session::send_blob`].
     /// Asked only as fast as body frames leave ([`BLOB_SEND_BUFFER`]).
@@ -586,8 +594,9 @@ struct AccountState {
     probe_answered: u64,
     /// The highest probe the peer sent that we have not answered (0: none).
     probe_in: u64,
-    /// Parts of a snapshot received so far, and the length they add up to.
-    snapshot_in: Vec<u8>,
+    /// Bytes of the snapshot being received so far (0: none), and the
+    /// length its parts add up to.
+    snapshot_got: u64,
     snapshot_total: u64,
 }
 
@@ -637,7 +646,7 @@ pub fn queue_bounds(accounts: usize) -> QueueSizes {
         transmit_bytes: accounts * ((OPS_WINDOW_CHUNKS as usize + 4) * FRAME_BYTES_MAX + SNAPSHOT_WIRE_MAX as usize),
         transmit_blobs: BLOB_SEND_BUFFER / 64 + BLOB_READ_BATCH,
         transmit_blob_bytes: BLOB_SEND_BUFFER + BLOB_READ_BATCH * (FRAME_BYTES_MAX + 64),
-        events: accounts * (OPS_WINDOW_CHUNKS as usize + 4) + BLOB_WINDOW_COUNT + 8,
+        events: accounts * (OPS_WINDOW_CHUNKS as usize + 4 + SNAPSHOT_PARTS_MAX) + BLOB_WINDOW_COUNT + 8,
         blobs_queued: BLOB_QUEUE_MAX,
         blobs_in_flight: BLOB_WINDOW_COUNT,
         peer_wants: PEER_WANTS_MAX,
@@ -950,14 +959,14 @@ impl Session {
                     return self.close(SessionError::Unauthorized(account));
                 }
                 let st = self.accounts.get_mut(&account).expect("shared account");
-                if st.snapshot_in.is_empty() {
+                if st.snapshot_got == 0 {
                     st.snapshot_total = total;
                 }
                 let bad = if total > SNAPSHOT_WIRE_MAX {
                     Some(format!("snapshot of {total} bytes (at most {SNAPSHOT_WIRE_MAX})"))
                 } else if total != st.snapshot_total {
                     Some(format!("snapshot part says {total} bytes, the first said {}", st.snapshot_total))
-                } else if bytes.len() > SNAPSHOT_PART_BYTES || (st.snapshot_in.len() + bytes.len()) as u64 > total {
+                } else if bytes.len() > SNAPSHOT_PART_BYTES || st.snapshot_got + bytes.len() as u64 > total {
                     Some("snapshot part too long".to_string())
                 } else if bytes.is_empty() && total > 0 {
                     Some("empty snapshot part".to_string())
@@ -967,11 +976,13 @@ impl Session {
                 if let Some(why) = bad {
                     return self.close(SessionError::Malformed(why));
                 }
-                st.snapshot_in.extend_from_slice(&bytes);
-                if st.snapshot_in.len() as u64 == total {
-                    let bytes = std::mem::take(&mut st.snapshot_in);
-                    self.events.push_back(Event::Snapshot { account, bytes });
+                let offset = st.snapshot_got;
+                st.snapshot_got += bytes.len() as u64;
+                let last = st.snapshot_got == total;
+                if last {
+                    st.snapshot_got = 0;
                 }
+                self.events.push_back(Event::SnapshotPart { account, offset, bytes, last });
                 Ok(())
             }
             (Phase::Open, Frame::WantBlobs { ids }) => {

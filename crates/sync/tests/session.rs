@@ -447,21 +447,25 @@ fn a_snapshot_larger_than_a_frame_travels_in_parts() {
     let parts = frames.iter().filter(|f| matches!(Frame::decode(f), Ok(Frame::Snapshot { .. }))).count();
     assert_eq!(parts, snapshot.len().div_ceil(SNAPSHOT_PART_BYTES));
     assert!(frames.iter().all(|f| f.len() <= FRAME_BYTES_MAX));
-    let mut got = Vec::new();
+    let (mut got, mut lasts) = (Vec::new(), 0);
     for f in &frames {
         a.handle_frame(f).unwrap();
         while let Some(ev) = a.poll_event() {
-            if let Event::Snapshot { bytes, .. } = ev {
-                got.push(bytes);
+            if let Event::SnapshotPart { offset, bytes, last, .. } = ev {
+                assert_eq!(offset, got.len() as u64, "parts in order");
+                got.extend_from_slice(&bytes);
+                lasts += last as usize;
+                assert_eq!(last, got.len() == snapshot.len(), "the last part is the one that completes it");
             }
         }
     }
-    assert_eq!(got.len(), 1, "one snapshot, once every part is in");
-    assert!(got[0] == snapshot, "the parts add up to the snapshot");
+    assert_eq!(lasts, 1, "one snapshot");
+    assert!(got == snapshot, "the parts add up to the snapshot");
 }
 
 /// Parts that do not add up are refused: a declared total over the bound,
-/// a total that changes, a part past the total.
+/// a total that changes, a part past the total. Parts before the bad one
+/// reached the driver (it spools them); none completed a snapshot.
 #[test]
 fn snapshot_parts_that_do_not_add_up_are_refused() {
     use starling_sync::SNAPSHOT_WIRE_MAX;
@@ -482,7 +486,13 @@ fn snapshot_parts_that_do_not_add_up_are_refused() {
             }
         }
         assert!(result.is_err(), "accepted");
-        assert!(refused_cleanly(&mut a, result), "nothing of it reached the driver");
+        assert!(a.is_closed());
+        let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(
+            events.iter().all(|e| matches!(e, Event::Closed { .. } | Event::SnapshotPart { last: false, .. })),
+            "a snapshot completed: {events:?}"
+        );
+        assert_eq!(events.len(), frames.len(), "each part before the bad one, then the close");
     }
 }
 

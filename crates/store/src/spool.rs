@@ -1,0 +1,127 @@
+//! Snapshots arriving from a peer, kept in the file part by part until the
+//! last part came, then installed from there: a snapshot's size costs disk,
+//! not memory. The rows are transient: the install deletes them in its own
+//! transaction, a failed install and a new first part drop them, and an
+//! open drops any a crash or a broken session left.
+
+use crate::*;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use std::io::Read;
+
+/// (account, spool, offset) → that part's bytes. A spool is one peer's
+/// snapshot of one account (its id is the caller's: the peer's).
+pub(crate) const SPOOL: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("snapshot_spool");
+
+/// Deletes a spool's rows.
+pub(crate) fn drop_rows(txn: &WriteTransaction, account: &str, spool: u64) -> Result<(), StoreError> {
+    let mut t = txn.open_table(SPOOL).map_err(st)?;
+    t.retain_in((account, spool, 0)..=(account, spool, u64::MAX), |_, _| false).map_err(st)?;
+    Ok(())
+}
+
+/// Drops every spool a crash or a broken session left (at open).
+pub(crate) fn drop_all(db: &redb::Database) -> Result<(), redb::Error> {
+    use redb::ReadableTableMetadata;
+    let r = db.begin_read()?;
+    let left = match r.open_table(SPOOL) {
+        Ok(t) => t.len()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    drop(r);
+    if left > 0 {
+        let w = db.begin_write()?;
+        w.delete_table(SPOOL)?;
+        w.commit()?;
+    }
+    Ok(())
+}
+
+/// Reads a spool's parts in order, one at a time, inside the transaction
+/// that installs it.
+pub(crate) fn reader<'t>(txn: &'t WriteTransaction, account: &str, spool: u64) -> SpoolReader<'t> {
+    SpoolReader { txn, account: account.to_string(), spool, offset: 0, part: Vec::new(), at: 0 }
+}
+
+/// See [`reader`].
+pub(crate) struct SpoolReader<'t> {
+    txn: &'t WriteTransaction,
+    account: String,
+    spool: u64,
+    offset: u64,
+    part: Vec<u8>,
+    at: usize,
+}
+
+impl Read for SpoolReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.part.len() {
+            let t = self.txn.open_table(SPOOL).map_err(std::io::Error::other)?;
+            let Some(v) = t.get((self.account.as_str(), self.spool, self.offset)).map_err(std::io::Error::other)?
+            else {
+                return Ok(0);
+            };
+            self.part = v.value().to_vec();
+            self.offset += self.part.len() as u64;
+            self.at = 0;
+            if self.part.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.part.len() - self.at);
+        buf[..n].copy_from_slice(&self.part[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// Keeps the part of a snapshot of `account` from `spool` (a peer) that
+    /// starts at `offset`. A part at offset 0 begins the spool again. Parts
+    /// are committed without waiting for the disk: they are transient, and
+    /// the install that uses them is durable.
+    pub fn spool_snapshot_part(&self, account: &str, spool: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.account(account)?;
+        self.run(|db| {
+            let mut w = db.begin_write().map_err(st)?;
+            w.set_durability(redb::Durability::None).map_err(st)?;
+            if offset == 0 {
+                drop_rows(&w, account, spool)?;
+            }
+            w.open_table(SPOOL).map_err(st)?.insert((account, spool, offset), bytes).map_err(st)?;
+            w.commit().map_err(st)
+        })
+    }
+
+    /// Installs the snapshot spooled from `spool` ([`Store::install_snapshot_from`])
+    /// and deletes the spool in the same transaction. A failed install
+    /// drops the spool too (the session that sent it starts over).
+    pub fn install_spooled_snapshot(&self, account: &str, spool: u64) -> Result<(), StoreError> {
+        let result = self.install_with(account, crate::snapshot::Input::Spool(spool));
+        if result.is_err() {
+            let _ = self.run(|db| {
+                let w = db.begin_write().map_err(st)?;
+                drop_rows(&w, account, spool)?;
+                w.commit().map_err(st)
+            });
+        }
+        result
+    }
+
+    /// Bytes spooled for `account` from `spool` so far.
+    pub fn spooled_bytes(&self, account: &str, spool: u64) -> Result<u64, StoreError> {
+        self.run(|db| {
+            let r = db.begin_read().map_err(st)?;
+            let t = match r.open_table(SPOOL) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(st(e)),
+            };
+            let mut n = 0;
+            for item in t.range((account, spool, 0)..=(account, spool, u64::MAX)).map_err(st)? {
+                n += item.map_err(st)?.1.value().len() as u64;
+            }
+            Ok(n)
+        })
+    }
+}
