@@ -39,6 +39,10 @@ pub struct Args {
     /// kept when given).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Compact writer 0's log to all it holds before C joins, so that C
+    /// catches up by snapshot rather than by ops.
+    #[arg(long)]
+    compact: bool,
 }
 
 /// A store and the session towards one peer.
@@ -152,6 +156,11 @@ pub fn run(args: Args) {
     let build_secs = t_build.elapsed().as_secs_f64();
     let per_writer: Vec<String> =
         stores[0].version(USER).unwrap().iter().map(|(r, c)| format!("{:016x}: {c}", r.0)).collect();
+    if args.compact {
+        let all = stores[0].version(USER).unwrap();
+        let dropped = stores[0].compact(USER, &all).unwrap();
+        println!("writer 0's log compacted: {dropped} ops dropped; C joins by snapshot");
+    }
     drop(stores);
     println!(
         "history: {total} ops ({m} messages, {round} rounds of flags over {w} writers; per replica {}), built in {build_secs:.1} s ({:.0} ops/s authored and shipped, {} of frames between writers)",

@@ -27,7 +27,7 @@ use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 mod state;
-pub use state::Import;
+pub use state::{Import, PART_BYTES};
 
 /// Most ops held back waiting for their causal past. Past it, [`Replica::apply`]
 /// refuses ops and the peer must catch up by state.

@@ -199,3 +199,32 @@ fn a_replica_that_held_messages_refuses_a_message_named_twice() {
     let got = install(&mut b, newer, twice, usize::MAX);
     assert!(matches!(&got, Err(InstallError::Invalid(w)) if w.contains("placed twice")), "{got:?}");
 }
+
+/// Parts are cut by encoded size too: messages with many long keywords make
+/// parts of fewer messages, each about `PART_BYTES` at most, and they
+/// install like any other.
+#[test]
+fn parts_are_cut_by_size_as_well_as_by_count() {
+    use starling_model::replica::PART_BYTES;
+    let mut a = Replica::new(ReplicaId(1));
+    let keywords: Vec<Keyword> = (0..40).map(|k| Keyword::parse(&format!("k{k:0>100}")).unwrap()).collect();
+    for i in 0..400u64 {
+        let m = append(&mut a, INBOX, i);
+        a.store_flags(m, &keywords, &[]).unwrap();
+    }
+    let (head, parts) = stream(&mut a, 1024);
+    let sizes: Vec<(usize, usize)> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Messages(m) => Some((m.len(), postcard::to_stdvec(p).unwrap().len())),
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    let one = sizes.iter().map(|(n, b)| b / n).max().unwrap();
+    assert!(sizes.iter().all(|(_, b)| *b <= PART_BYTES + one), "{sizes:?}");
+    assert_eq!(sizes.iter().map(|(n, _)| n).sum::<usize>(), 400);
+    let mut fresh = Replica::new(ReplicaId(2));
+    install(&mut fresh, head, parts, 0).unwrap();
+    assert_eq!(fresh.dump(), a.dump());
+}

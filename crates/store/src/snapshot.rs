@@ -8,10 +8,12 @@
 //! floor, the log tail above it a segment at a time, and an end mark.
 //! Writing reads the account a page at a time; installing applies each
 //! record as it is read, in one transaction. Neither holds the account's
-//! messages in memory: a record is at most [`RECORD_BYTES_MAX`].
+//! messages in memory: a record is about 1 MiB but the head, and at most
+//! [`RECORD_BYTES_MAX`].
 
 use crate::*;
 use redb::ReadableDatabase;
+use starling_model::replica::PART_BYTES;
 use starling_model::snapshot::{InstallError, Part, SnapHead};
 use starling_model::VersionVector;
 use std::io::{Read, Write};
@@ -23,9 +25,10 @@ const SNAPSHOT_FORMAT: u8 = 2;
 /// Messages or claims per part written.
 const PART_PAGE: usize = 1024;
 
-/// Largest record accepted (a page of messages with many keywords each,
-/// the account document, a log segment).
-pub const RECORD_BYTES_MAX: usize = 16 << 20;
+/// Largest record accepted. Parts and tail records are cut at about 1 MiB
+/// ([`starling_model::replica::PART_BYTES`]); the head carries the whole
+/// account document.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
 /// Largest decompressed snapshot accepted (counted as it is read).
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
@@ -58,8 +61,11 @@ fn bad(e: impl std::fmt::Display) -> StoreError {
 
 fn put(out: &mut impl Write, record: &Record) -> Result<(), StoreError> {
     let bytes = postcard::to_stdvec(record).map_err(bad)?;
-    // The writer keeps to what the reader takes.
-    assert!(bytes.len() <= RECORD_BYTES_MAX, "snapshot record of {} bytes", bytes.len());
+    // The writer keeps to what the reader takes (only a head whose account
+    // document alone passes the bound can fail here).
+    if bytes.len() > RECORD_BYTES_MAX {
+        return Err(bad(format_args!("a record of {} bytes to write (at most {RECORD_BYTES_MAX})", bytes.len())));
+    }
     out.write_all(&(bytes.len() as u32).to_le_bytes()).map_err(|e| bad(format_args!("writing: {e}")))?;
     out.write_all(&bytes).map_err(|e| bad(format_args!("writing: {e}")))
 }
@@ -126,7 +132,24 @@ impl Store {
                 .map(|(replica, last)| (replica.0, floor.get(replica) + 1, last))
                 .collect();
             put(&mut z, &Record::Floor(floor))?;
-            oplog::for_each_logged(&r, number, &ranges, |chunk| put(&mut z, &Record::Tail(chunk)))
+            // A segment is cut where its ops pass PART_BYTES (an account
+            // op may carry a change of up to 1 MiB).
+            oplog::for_each_logged(&r, number, &ranges, |chunk| {
+                let mut tail = Vec::new();
+                let mut bytes = 0;
+                for logged in chunk {
+                    bytes += postcard::experimental::serialized_size(&logged).map_err(bad)?;
+                    tail.push(logged);
+                    if bytes >= PART_BYTES {
+                        put(&mut z, &Record::Tail(std::mem::take(&mut tail)))?;
+                        bytes = 0;
+                    }
+                }
+                if tail.is_empty() {
+                    return Ok(());
+                }
+                put(&mut z, &Record::Tail(tail))
+            })
         })?;
         put(&mut z, &Record::End)?;
         z.finish().map_err(|e| bad(format_args!("writing: {e}")))?;

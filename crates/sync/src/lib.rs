@@ -98,8 +98,9 @@ use std::time::{Duration, Instant};
 /// each side sends its `Have`s right behind its `Hello`, not in answer to
 /// the peer's, saving a round trip before the first ops; 11: `Deleted`,
 /// the answer to a peer naming an account this node purged as deleted;
-/// 12: snapshots (state version 4) no longer list expunged messages).
-pub const PROTOCOL_VERSION: u16 = 12;
+/// 12: snapshots (state version 4) no longer list expunged messages; 13:
+/// a snapshot is a stream of records, store snapshot format 2).
+pub const PROTOCOL_VERSION: u16 = 13;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.

@@ -8,6 +8,40 @@ use crate::snapshot::{ClaimKind, Part, SnapClaim, SnapHead, SnapMailboxHead, Sna
 /// Placed messages read from the backend at a time, exporting or merging.
 const PAGE: usize = 4096;
 
+/// Encoded bytes a part of messages or claims goes up to before the next
+/// starts (a message with many keywords makes a page of few messages).
+pub const PART_BYTES: usize = 1 << 20;
+
+/// Gathers items into parts of at most `page` items and about
+/// [`PART_BYTES`] encoded bytes.
+struct Pager<T> {
+    page: usize,
+    items: Vec<T>,
+    bytes: usize,
+}
+
+impl<T: Serialize> Pager<T> {
+    fn new(page: usize) -> Self {
+        Pager { page, items: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds an item; returns a full part when there is one.
+    fn push(&mut self, item: T) -> Option<Vec<T>> {
+        self.bytes += postcard::experimental::serialized_size(&item).unwrap_or(0);
+        self.items.push(item);
+        if self.items.len() >= self.page || self.bytes >= PART_BYTES {
+            return self.take();
+        }
+        None
+    }
+
+    /// What is left, if anything.
+    fn take(&mut self) -> Option<Vec<T>> {
+        self.bytes = 0;
+        (!self.items.is_empty()).then(|| std::mem::take(&mut self.items))
+    }
+}
+
 /// An install in progress: [`Replica::import_begin`], then every part in
 /// order ([`Replica::import_part`]), then [`Replica::import_end`].
 ///
@@ -72,47 +106,52 @@ impl<B: Backend> Replica<B> {
     }
 
     /// The replica's state after [`Replica::export_head`], as parts of at
-    /// most `page` messages or claims (and at most 4,096 messages), handed
-    /// to `sink` one at a time. Ops waiting for their causal past are not
-    /// part of it.
+    /// most `page` messages or claims and about [`PART_BYTES`] encoded,
+    /// handed to `sink` one at a time. Ops waiting for their causal past
+    /// are not part of it.
     pub fn export_parts<E: From<StorageError>>(
         &mut self,
         page: usize,
         mut sink: impl FnMut(Part) -> Result<(), E>,
     ) -> Result<(), E> {
-        let page = page.clamp(1, PAGE);
+        let page = page.max(1);
         for i in 0..self.mailboxes.len() as u32 {
             let meta = &self.mailboxes[i as usize];
             let announced = meta.announced.iter().map(|(r, n)| (self.replica_ids[*r as usize], *n)).collect();
             let head =
                 SnapMailboxHead { id: meta.id, uid_next: meta.uid_next, announced, dead: self.backend.dead_in(i)? };
             sink(Part::Mailbox(head))?;
+            let mut messages = Pager::new(page);
             let mut from = 0;
             loop {
-                let slots = self.backend.slots_from(i, from, page)?;
+                let slots = self.backend.slots_from(i, from, PAGE)?;
                 let Some(last) = slots.last() else { break };
-                let next = if slots.len() == page { last.uid.checked_add(1) } else { None };
-                let mut messages = Vec::with_capacity(slots.len());
+                let next = if slots.len() == PAGE { last.uid.checked_add(1) } else { None };
                 for s in slots {
-                    messages.push(self.snap_message(s)?);
+                    if let Some(part) = messages.push(self.snap_message(s)?) {
+                        sink(Part::Messages(part))?;
+                    }
                 }
-                sink(Part::Messages(messages))?;
                 match next {
                     Some(n) => from = n,
                     None => break,
                 }
             }
-            let mut side = Vec::new();
+            if let Some(part) = messages.take() {
+                sink(Part::Messages(part))?;
+            }
+            let mut side = Pager::new(page);
             for uid in self.backend.side_uids_in(i, 0, u32::MAX)? {
                 for c in self.backend.side_at(i, uid)? {
-                    side.push(self.snap_claim(ClaimKey { uid, message: c.message, claimant: c.claimant }));
-                    if side.len() == page {
-                        sink(Part::Claims(ClaimKind::Side, std::mem::take(&mut side)))?;
+                    if let Some(part) =
+                        side.push(self.snap_claim(ClaimKey { uid, message: c.message, claimant: c.claimant }))
+                    {
+                        sink(Part::Claims(ClaimKind::Side, part))?;
                     }
                 }
             }
-            if !side.is_empty() {
-                sink(Part::Claims(ClaimKind::Side, side))?;
+            if let Some(part) = side.take() {
+                sink(Part::Claims(ClaimKind::Side, part))?;
             }
             for kind in [ClaimKind::Retracted, ClaimKind::Pinned, ClaimKind::Forced] {
                 let keys = match kind {
@@ -120,8 +159,14 @@ impl<B: Backend> Replica<B> {
                     ClaimKind::Pinned => self.backend.pinned_in(i)?,
                     _ => self.backend.forced_in(i)?,
                 };
-                for chunk in keys.chunks(page) {
-                    sink(Part::Claims(kind, chunk.iter().map(|k| self.snap_claim(*k)).collect()))?;
+                let mut claims = Pager::new(page);
+                for k in keys {
+                    if let Some(part) = claims.push(self.snap_claim(k)) {
+                        sink(Part::Claims(kind, part))?;
+                    }
+                }
+                if let Some(part) = claims.take() {
+                    sink(Part::Claims(kind, part))?;
                 }
             }
         }
