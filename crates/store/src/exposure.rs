@@ -259,6 +259,11 @@ impl Store {
         self.core.held_changed.send_modify(|n| *n += 1);
     }
 
+    /// Whether a link to `peer` is open ([`Store::link_up`]).
+    pub(crate) fn is_up(&self, peer: ReplicaId) -> bool {
+        self.core.live.lock().unwrap_or_else(PoisonError::into_inner).up.contains_key(&peer)
+    }
+
     /// A link to `peer` opened: it counts as connected until the guard is
     /// dropped. What it said on an earlier link is forgotten (its `Have` on
     /// this one will say again).

@@ -76,10 +76,12 @@ impl Read for SpoolReader<'_> {
 }
 
 impl Store {
-    /// Keeps the part of a snapshot of `account` from `spool` (a peer) that
-    /// starts at `offset`. A part at offset 0 begins the spool again. Parts
-    /// are committed without waiting for the disk: they are transient, and
-    /// the install that uses them is durable.
+    /// Keeps the part of a snapshot of `account` from `spool` (a peer's
+    /// id) that starts at `offset`. A part at offset 0 begins the spool
+    /// again, and drops the spools of peers with no link open here (a
+    /// session that broke off mid-snapshot), so what is spooled is bounded
+    /// by the open links. Parts are committed without waiting for the
+    /// disk: they are transient, and the install that uses them is durable.
     pub fn spool_snapshot_part(&self, account: &str, spool: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.account(account)?;
         self.run(|db| {
@@ -87,6 +89,8 @@ impl Store {
             w.set_durability(redb::Durability::None).map_err(st)?;
             if offset == 0 {
                 drop_rows(&w, account, spool)?;
+                let mut t = w.open_table(SPOOL).map_err(st)?;
+                t.retain(|k, _| k.1 == spool || self.is_up(ReplicaId(k.1))).map_err(st)?;
             }
             w.open_table(SPOOL).map_err(st)?.insert((account, spool, offset), bytes).map_err(st)?;
             w.commit().map_err(st)

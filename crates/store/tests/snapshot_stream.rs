@@ -117,8 +117,9 @@ fn a_spooled_snapshot_installs_and_its_parts_go_with_the_install() {
     let (a, _) = source(&dir, 6_000);
     let snap = a.snapshot("u").unwrap();
     let b = store(&dir, "b.redb", 0xb);
-    // Two peers' spools side by side; the first one broken off and begun
-    // again from offset 0.
+    // Two connected peers' spools side by side; the first one broken off
+    // and begun again from offset 0.
+    let _up = (b.link_up(ReplicaId(1)), b.link_up(ReplicaId(2)));
     spool(&b, 1, &snap[..snap.len() / 2], 4096);
     spool(&b, 2, &snap, 10_000);
     spool(&b, 1, &snap, 4096);
@@ -140,10 +141,18 @@ fn a_spooled_snapshot_installs_and_its_parts_go_with_the_install() {
     assert!(matches!(c.install_spooled_snapshot("u", 1), Err(StoreError::Snapshot(_))));
     assert_eq!(c.dump("u").unwrap(), before);
     assert_eq!(spool_rows(&c), 0);
+    // A new snapshot drops the parts of peers with no link open (a session
+    // that broke off) and keeps those of peers still connected.
+    let up6 = c.link_up(ReplicaId(6));
+    spool(&c, 5, &snap[..snap.len() / 2], 4096);
+    spool(&c, 6, &snap[..snap.len() / 2], 4096);
+    spool(&c, 7, &snap[..4096], 4096);
+    assert_eq!(c.spooled_bytes("u", 5).unwrap(), 0, "no link to 5: dropped");
+    assert_eq!(c.spooled_bytes("u", 6).unwrap(), (snap.len() / 2) as u64, "6 is connected: kept");
     // Parts a broken session left go at the next open.
     spool(&c, 3, &snap[..snap.len() / 3], 4096);
     assert!(spool_rows(&c) > 0);
-    drop(c);
+    drop((up6, c));
     let c = Store::open(&dir.path().join("c.redb"), ReplicaId(0xc), StoreOptions::default()).unwrap();
     assert_eq!(spool_rows(&c), 0);
     assert_eq!(c.dump("u").unwrap(), before);
