@@ -101,7 +101,10 @@ impl Store {
     /// and deletes the spool in the same transaction. A failed install
     /// drops the spool too (the session that sent it starts over).
     pub fn install_spooled_snapshot(&self, account: &str, spool: u64) -> Result<(), StoreError> {
+        let spooled = self.spooled_bytes(account, spool)?;
         let result = self.install_with(account, crate::snapshot::Input::Spool(spool));
+        // The spool's pages are free now, whichever way it went.
+        self.note_freed(spooled);
         if result.is_err() {
             let _ = self.run(|db| {
                 let w = db.begin_write().map_err(st)?;
