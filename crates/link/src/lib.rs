@@ -55,6 +55,9 @@ pub struct Progress {
     pub bodies_damaged: bool,
     /// Accounts the peer said it deleted and purged (its `Deleted`).
     pub peer_purged: Vec<String>,
+    /// Snapshots installed: (into a replica that had applied nothing, into
+    /// one that had: a state merge).
+    pub snapshots: (usize, usize),
 }
 
 impl Progress {
@@ -69,6 +72,7 @@ impl Progress {
         self.bodies_lacking |= later.bodies_lacking;
         self.bodies_damaged |= later.bodies_damaged;
         self.peer_purged.extend(later.peer_purged);
+        self.snapshots = (self.snapshots.0 + later.snapshots.0, self.snapshots.1 + later.snapshots.1);
         self
     }
 
@@ -502,6 +506,7 @@ impl PeerLink {
                 // its floor, carries them. (Two peers may both find a new
                 // node behind their logs; the second snapshot then holds
                 // nothing new and installs as a no-op, or is refused.)
+                let fresh = store.version(&account)?.is_empty();
                 match store.install_spooled_snapshot(&account, spool) {
                     Err(StoreError::SnapshotOlder) => {
                         let why = "a snapshot that lacks changes held here; reconnect once the peer has them";
@@ -509,6 +514,11 @@ impl PeerLink {
                         return Err(LinkError::Restart(why.into()));
                     }
                     other => other?,
+                }
+                if fresh {
+                    progress.snapshots.0 += 1;
+                } else {
+                    progress.snapshots.1 += 1;
                 }
                 self.want_missing(store, &account, true)?;
                 self.session.applied(&account, store.version(&account)?);

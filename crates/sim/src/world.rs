@@ -88,6 +88,9 @@ pub struct RunReport {
     /// UIDs node 0 spent for good by the end (claims of shown expunged
     /// messages buried).
     pub spent_uids: u64,
+    /// Snapshots installed by any node: into a replica that had applied
+    /// nothing, and into one that had (a state merge).
+    pub snapshots: (u64, u64),
 }
 
 impl RunReport {
@@ -122,6 +125,7 @@ impl RunReport {
             bodies_collected: 0,
             file_compactions: 0,
             spent_uids: 0,
+            snapshots: (0, 0),
         }
     }
 }
@@ -941,6 +945,8 @@ impl World {
     /// What a link's call changed: tells the other links, arms their body
     /// sweeps if the peer lacked a body.
     fn progressed(&mut self, node: usize, peer: usize, progress: starling_link::Progress) -> Result<(), String> {
+        self.report.snapshots.0 += progress.snapshots.0 as u64;
+        self.report.snapshots.1 += progress.snapshots.1 as u64;
         if !progress.committed.is_empty() || progress.bodies > 0 {
             self.last_change = self.now;
         }
