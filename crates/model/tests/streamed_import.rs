@@ -36,14 +36,18 @@ fn install(r: &mut Replica, head: SnapHead, parts: Vec<Part>, held_max: usize) -
     Ok(most)
 }
 
-#[test]
-fn an_empty_replica_installs_page_by_page_and_keeps_nothing_per_message() {
+/// A replica with `n` messages: every `every`-th in "Work", the others in
+/// INBOX.
+fn source(n: u64, every: u64) -> (Replica, MailboxId, Vec<MessageId>) {
     let mut a = Replica::new(ReplicaId(1));
     let work = a.create_mailbox("Work", None, None).unwrap();
-    let mut ms = Vec::new();
-    for i in 0..20_000u64 {
-        ms.push(append(&mut a, if i.is_multiple_of(4) { work } else { INBOX }, i));
-    }
+    let ms = (0..n).map(|i| append(&mut a, if i.is_multiple_of(every) { work } else { INBOX }, i)).collect();
+    (a, work, ms)
+}
+
+#[test]
+fn an_empty_replica_installs_page_by_page_and_keeps_nothing_per_message() {
+    let (mut a, _, ms) = source(20_000, 4);
     a.expunge(&ms[..2_000]).unwrap();
     for m in &ms[2_000..4_000] {
         a.store_flags(*m, &[Keyword::Flagged], &[]).unwrap();
@@ -63,12 +67,7 @@ fn an_empty_replica_installs_page_by_page_and_keeps_nothing_per_message() {
 
 #[test]
 fn a_replica_that_held_messages_merges_moves_expunges_and_new_ones_page_by_page() {
-    let mut a = Replica::new(ReplicaId(1));
-    let work = a.create_mailbox("Work", None, None).unwrap();
-    let mut ms = Vec::new();
-    for i in 0..3_000u64 {
-        ms.push(append(&mut a, if i.is_multiple_of(2) { work } else { INBOX }, i));
-    }
+    let (mut a, work, ms) = source(3_000, 2);
     let mut b = Replica::new(ReplicaId(2));
     b.import_state(a.export_state().unwrap()).unwrap();
     // B's clients look, and B takes mail of its own; A gets all of it.
@@ -107,13 +106,30 @@ fn a_replica_that_held_messages_merges_moves_expunges_and_new_ones_page_by_page(
 
 /// Parts of a two-mailbox snapshot, for spoiling.
 fn two_mailboxes() -> (Replica, SnapHead, Vec<Part>) {
-    let mut a = Replica::new(ReplicaId(1));
-    let work = a.create_mailbox("Work", None, None).unwrap();
-    for i in 0..20u64 {
-        append(&mut a, if i.is_multiple_of(2) { work } else { INBOX }, i);
-    }
+    let (mut a, _, _) = source(20, 2);
     let (head, parts) = stream(&mut a, 4);
     (a, head, parts)
+}
+
+/// The stream with its first message named again at the end of the last
+/// mailbox (whose UIDNEXT is raised to let the UID through).
+fn named_twice(mut parts: Vec<Part>) -> Vec<Part> {
+    let first = match parts.iter().find(|p| matches!(p, Part::Messages(_))).unwrap() {
+        Part::Messages(m) => m[0].clone(),
+        _ => unreachable!(),
+    };
+    let last = parts.iter().rposition(|p| matches!(p, Part::Messages(_))).unwrap();
+    if let Part::Messages(m) = &mut parts[last] {
+        let mut dup = first;
+        dup.uid = m.last().unwrap().uid + 1;
+        m.push(dup);
+    }
+    for p in parts.iter_mut() {
+        if let Part::Mailbox(h) = p {
+            h.uid_next += 1;
+        }
+    }
+    parts
 }
 
 fn refused(head: SnapHead, parts: Vec<Part>) -> String {
@@ -126,10 +142,9 @@ fn refused(head: SnapHead, parts: Vec<Part>) -> String {
 #[test]
 fn a_stream_that_contradicts_itself_is_refused() {
     let (_, head, parts) = two_mailboxes();
-    let mut it = parts.clone().into_iter();
     // Messages before any mailbox.
-    let first_messages = it.find(|p| matches!(p, Part::Messages(_))).unwrap();
-    assert!(refused(head.clone(), vec![first_messages.clone()]).contains("before any mailbox"));
+    let first_messages = parts.iter().find(|p| matches!(p, Part::Messages(_))).unwrap().clone();
+    assert!(refused(head.clone(), vec![first_messages]).contains("before any mailbox"));
 
     // UIDs out of order within a mailbox.
     let mut swapped = parts.clone();
@@ -139,24 +154,7 @@ fn a_stream_that_contradicts_itself_is_refused() {
     assert!(refused(head.clone(), swapped).contains("not in order"));
 
     // One message placed in both mailboxes.
-    let mut twice = parts.clone();
-    let taken = match &first_messages {
-        Part::Messages(m) => m[0].clone(),
-        _ => unreachable!(),
-    };
-    let last = twice.iter().rposition(|p| matches!(p, Part::Messages(_))).unwrap();
-    if let Part::Messages(m) = &mut twice[last] {
-        let mut dup = taken;
-        dup.uid = m.last().unwrap().uid + 1;
-        m.push(dup);
-    }
-    // The second mailbox's UIDNEXT must let the UID through.
-    for p in twice.iter_mut() {
-        if let Part::Mailbox(h) = p {
-            h.uid_next += 1;
-        }
-    }
-    assert!(refused(head.clone(), twice).contains("placed twice"));
+    assert!(refused(head.clone(), named_twice(parts.clone())).contains("placed twice"));
 
     // A mailbox listed twice.
     let mut again = parts.clone();
@@ -180,23 +178,8 @@ fn a_replica_that_held_messages_refuses_a_message_named_twice() {
     let mut b = Replica::new(ReplicaId(2));
     install(&mut b, head, parts, usize::MAX).unwrap();
     append(&mut a, INBOX, 99);
-    let (newer, mut twice) = stream(&mut a, 4);
-    let first = match twice.iter().find(|p| matches!(p, Part::Messages(_))).unwrap() {
-        Part::Messages(m) => m[0].clone(),
-        _ => unreachable!(),
-    };
-    let last = twice.iter().rposition(|p| matches!(p, Part::Messages(_))).unwrap();
-    if let Part::Messages(m) = &mut twice[last] {
-        let mut dup = first;
-        dup.uid = m.last().unwrap().uid + 1;
-        m.push(dup);
-    }
-    for p in twice.iter_mut() {
-        if let Part::Mailbox(h) = p {
-            h.uid_next += 1;
-        }
-    }
-    let got = install(&mut b, newer, twice, usize::MAX);
+    let (newer, parts) = stream(&mut a, 4);
+    let got = install(&mut b, newer, named_twice(parts), usize::MAX);
     assert!(matches!(&got, Err(InstallError::Invalid(w)) if w.contains("placed twice")), "{got:?}");
 }
 
