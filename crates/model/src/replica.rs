@@ -27,7 +27,8 @@ use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 mod state;
-pub use state::{Import, PART_BYTES};
+pub use crate::snapshot::PART_BYTES;
+pub use state::Import;
 
 /// Most ops held back waiting for their causal past. Past it, [`Replica::apply`]
 /// refuses ops and the peer must catch up by state.

@@ -28,6 +28,42 @@ use crate::ids::{Dot, MailboxId, MessageId, ReplicaId, VersionVector};
 use crate::keyword::Keyword;
 use serde::{Deserialize, Serialize};
 
+/// Encoded bytes a part of messages, claims or log tail goes up to before the next
+/// starts (a message with many keywords makes a page of few messages).
+pub const PART_BYTES: usize = 1 << 20;
+
+/// Gathers items (messages, claims, logged ops) into parts of at most
+/// `page` items and about
+/// [`PART_BYTES`] encoded bytes.
+pub struct Pager<T> {
+    page: usize,
+    items: Vec<T>,
+    bytes: usize,
+}
+
+impl<T: Serialize> Pager<T> {
+    /// An empty pager of parts of at most `page` items.
+    pub fn new(page: usize) -> Self {
+        Pager { page, items: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds an item; returns a full part when there is one.
+    pub fn push(&mut self, item: T) -> Option<Vec<T>> {
+        self.bytes += postcard::experimental::serialized_size(&item).unwrap_or(0);
+        self.items.push(item);
+        if self.items.len() >= self.page || self.bytes >= PART_BYTES {
+            return self.take();
+        }
+        None
+    }
+
+    /// What is left, if anything.
+    pub fn take(&mut self) -> Option<Vec<T>> {
+        self.bytes = 0;
+        (!self.items.is_empty()).then(|| std::mem::take(&mut self.items))
+    }
+}
+
 /// Format version written by this code.
 pub const SNAPSHOT_VERSION: u8 = 4;
 

@@ -13,8 +13,7 @@
 
 use crate::*;
 use redb::ReadableDatabase;
-use starling_model::replica::PART_BYTES;
-use starling_model::snapshot::{InstallError, Part, SnapHead};
+use starling_model::snapshot::{InstallError, Pager, Part, SnapHead};
 use starling_model::VersionVector;
 use std::io::{Read, Write};
 
@@ -26,7 +25,7 @@ const SNAPSHOT_FORMAT: u8 = 2;
 const PART_PAGE: usize = 1024;
 
 /// Largest record accepted. Parts and tail records are cut at about 1 MiB
-/// ([`starling_model::replica::PART_BYTES`]); the head carries the whole
+/// ([`starling_model::snapshot::PART_BYTES`]); the head carries the whole
 /// account document.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -135,20 +134,16 @@ impl Store {
             // A segment is cut where its ops pass PART_BYTES (an account
             // op may carry a change of up to 1 MiB).
             oplog::for_each_logged(&r, number, &ranges, |chunk| {
-                let mut tail = Vec::new();
-                let mut bytes = 0;
+                let mut tail = Pager::new(usize::MAX);
                 for logged in chunk {
-                    bytes += postcard::experimental::serialized_size(&logged).map_err(bad)?;
-                    tail.push(logged);
-                    if bytes >= PART_BYTES {
-                        put(&mut z, &Record::Tail(std::mem::take(&mut tail)))?;
-                        bytes = 0;
+                    if let Some(part) = tail.push(logged) {
+                        put(&mut z, &Record::Tail(part))?;
                     }
                 }
-                if tail.is_empty() {
-                    return Ok(());
+                match tail.take() {
+                    Some(part) => put(&mut z, &Record::Tail(part)),
+                    None => Ok(()),
                 }
-                put(&mut z, &Record::Tail(tail))
             })
         })?;
         put(&mut z, &Record::End)?;

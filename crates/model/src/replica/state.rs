@@ -3,44 +3,10 @@
 //! mailbox's messages, in UID order, with the slots this replica holds.
 
 use super::*;
-use crate::snapshot::{ClaimKind, Part, SnapClaim, SnapHead, SnapMailboxHead, SnapMessage, SNAPSHOT_VERSION};
+use crate::snapshot::{ClaimKind, Pager, Part, SnapClaim, SnapHead, SnapMailboxHead, SnapMessage, SNAPSHOT_VERSION};
 
 /// Placed messages read from the backend at a time, exporting or merging.
 const PAGE: usize = 4096;
-
-/// Encoded bytes a part of messages or claims goes up to before the next
-/// starts (a message with many keywords makes a page of few messages).
-pub const PART_BYTES: usize = 1 << 20;
-
-/// Gathers items into parts of at most `page` items and about
-/// [`PART_BYTES`] encoded bytes.
-struct Pager<T> {
-    page: usize,
-    items: Vec<T>,
-    bytes: usize,
-}
-
-impl<T: Serialize> Pager<T> {
-    fn new(page: usize) -> Self {
-        Pager { page, items: Vec::new(), bytes: 0 }
-    }
-
-    /// Adds an item; returns a full part when there is one.
-    fn push(&mut self, item: T) -> Option<Vec<T>> {
-        self.bytes += postcard::experimental::serialized_size(&item).unwrap_or(0);
-        self.items.push(item);
-        if self.items.len() >= self.page || self.bytes >= PART_BYTES {
-            return self.take();
-        }
-        None
-    }
-
-    /// What is left, if anything.
-    fn take(&mut self) -> Option<Vec<T>> {
-        self.bytes = 0;
-        (!self.items.is_empty()).then(|| std::mem::take(&mut self.items))
-    }
-}
 
 /// An install in progress: [`Replica::import_begin`], then every part in
 /// order ([`Replica::import_part`]), then [`Replica::import_end`].
