@@ -28,13 +28,12 @@ use crate::ids::{Dot, MailboxId, MessageId, ReplicaId, VersionVector};
 use crate::keyword::Keyword;
 use serde::{Deserialize, Serialize};
 
-/// Encoded bytes a part of messages, claims or log tail goes up to before the next
-/// starts (a message with many keywords makes a page of few messages).
+/// Encoded bytes a part of messages, claims or log tail goes up to before
+/// the next starts (a message with many keywords makes a page of few).
 pub const PART_BYTES: usize = 1 << 20;
 
 /// Gathers items (messages, claims, logged ops) into parts of at most
-/// `page` items and about
-/// [`PART_BYTES`] encoded bytes.
+/// `page` items and about [`PART_BYTES`] encoded bytes.
 pub struct Pager<T> {
     page: usize,
     items: Vec<T>,
