@@ -106,6 +106,9 @@ pub struct PeerLink {
     want_page: usize,
     /// Accounts authorized for the peer that this node deleted and purged.
     purged: Vec<String>,
+    /// Snapshots being sent, per account: read a part at a time as the
+    /// peer takes them, dropped (with their files) once the last is read.
+    outgoing: std::collections::BTreeMap<String, starling_store::SnapshotCopy>,
 }
 
 /// Missing bodies read from the store per account at a time: a link holds
@@ -151,6 +154,7 @@ impl PeerLink {
             answered: Default::default(),
             cursors: Default::default(),
             want_page: WANT_PAGE,
+            outgoing: Default::default(),
         })
     }
 
@@ -485,16 +489,27 @@ impl PeerLink {
                     // Behind our floor, or a gap in our log (damage): the
                     // peer catches up from our state instead.
                     Err(StoreError::Compacted | StoreError::LogGap { .. }) => {
-                        s.send_snapshot(&account, store.snapshot(&account)?, &store.version(&account)?)
+                        let copy = store.snapshot_copy(&account)?;
+                        s.send_snapshot(&account, copy.len(), copy.covers());
+                        self.outgoing.insert(account, copy);
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
             Event::Ops { account, ops } => self.apply_ops(store, progress, account, ops)?,
+            Event::SnapshotRead { account, offset, len } => {
+                let copy = self.outgoing.get(&account).expect("the session reads only a snapshot it was given");
+                let part = copy.read_at(offset, len)?;
+                if offset + len as u64 == copy.len() {
+                    self.outgoing.remove(&account);
+                }
+                s.send_snapshot_part(&account, offset, part);
+            }
             Event::SnapshotPart { account, offset, bytes, last } => {
                 // Parts wait in the store's file, not here, until the last.
                 let spool = s.peer().map_or(0, |p| p.0);
                 store.spool_snapshot_part(&account, spool, offset, &bytes)?;
+                s.snapshot_taken(&account, offset + bytes.len() as u64);
                 if !last {
                     return Ok(());
                 }

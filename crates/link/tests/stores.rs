@@ -599,12 +599,15 @@ fn a_snapshot_of_several_parts_is_spooled_then_installed_once_whole() {
 
     connect(&mut nodes, 0, 1);
     let from = nodes[0].id.0;
-    let (mut spooled_most, mut installs) = (0u64, 0);
+    let (mut spooled_most, mut installs, mut queued_most, mut in_flight_most) = (0u64, 0, 0usize, 0u64);
     for _ in 0..10_000 {
         let mut busy = false;
         // 0 → 1 a frame at a time, to see the spool between parts.
         loop {
             let l = nodes[0].links.get_mut(&1).unwrap();
+            let q = l.session().queue_sizes();
+            (queued_most, in_flight_most) =
+                (queued_most.max(q.transmit_bytes), in_flight_most.max(q.snapshot_in_flight));
             let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) else { break };
             busy = true;
             let before = nodes[1].store().version(ACCOUNT).unwrap();
@@ -627,6 +630,15 @@ fn a_snapshot_of_several_parts_is_spooled_then_installed_once_whole() {
     }
     assert!(spooled_most >= starling_sync::SNAPSHOT_PART_BYTES as u64, "a whole part waited on disk: {spooled_most}");
     assert_eq!(installs, 1, "installed once, when the last part came");
+    // The sender reads parts as the receiver takes them: it holds at most
+    // the window of the snapshot (beside other metadata: its requests for
+    // bodies), not the snapshot.
+    let window = starling_sync::SNAPSHOT_WINDOW_BYTES;
+    assert!(in_flight_most <= window && in_flight_most > window / 2, "{in_flight_most} snapshot bytes in flight");
+    assert!(
+        queued_most <= window as usize + (1 << 20),
+        "the sender queued {queued_most} bytes of a {size}-byte snapshot"
+    );
     assert_eq!(nodes[1].store().spooled_bytes(ACCOUNT, from).unwrap(), 0, "no part left");
     assert_eq!(nodes[1].store().version(ACCOUNT).unwrap(), all);
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());

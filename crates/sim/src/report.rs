@@ -131,6 +131,7 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
                 blobs_in_flight: m.blobs_in_flight.max(q.blobs_in_flight),
                 peer_wants: m.peer_wants.max(q.peer_wants),
                 chunks_in_flight: m.chunks_in_flight.max(q.chunks_in_flight),
+                snapshot_in_flight: m.snapshot_in_flight.max(q.snapshot_in_flight),
             }
         }),
         pending_max: reports.iter().map(|r| r.pending_max).max().unwrap_or(0),
@@ -182,12 +183,12 @@ pub fn markdown(summaries: &[Summary]) -> String {
         ));
     }
     s.push_str(
-        "\nBounds: the largest each run reached (maxima over all seeds); every session queue is checked against its bound at every step.\n\n| scenario | ops in a run (max) | metadata frames queued | metadata bytes queued | body frames queued | body bytes queued | events | bodies waiting to be asked | bodies in flight | bodies the peer wants | ops chunks in flight | causal buffer (ops) | largest node store |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\nBounds: the largest each run reached (maxima over all seeds); every session queue is checked against its bound at every step.\n\n| scenario | ops in a run (max) | metadata frames queued | metadata bytes queued | body frames queued | body bytes queued | events | bodies waiting to be asked | bodies in flight | bodies the peer wants | ops chunks in flight | snapshot bytes in flight | causal buffer (ops) | largest node store |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         let q = &m.queues;
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} KB | {} | {:.1} KB | {} | {} | {} | {} | {} | {} | {:.1} MB |\n",
+            "| {} | {} | {} | {:.1} KB | {} | {:.1} KB | {} | {} | {} | {} | {} | {:.1} KB | {} | {:.1} MB |\n",
             m.scenario,
             m.ops_max,
             q.transmit,
@@ -199,6 +200,7 @@ pub fn markdown(summaries: &[Summary]) -> String {
             q.blobs_in_flight,
             q.peer_wants,
             q.chunks_in_flight,
+            q.snapshot_in_flight as f64 / 1000.0,
             m.pending_max,
             m.disk_max as f64 / 1e6,
         ));

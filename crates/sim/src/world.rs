@@ -864,6 +864,10 @@ impl World {
         if q.chunks_in_flight > bound.chunks_in_flight {
             return Err(format!("node {node} link to {peer}: {} chunks in flight", q.chunks_in_flight));
         }
+        m.snapshot_in_flight = m.snapshot_in_flight.max(q.snapshot_in_flight);
+        if q.snapshot_in_flight > bound.snapshot_in_flight {
+            return Err(format!("node {node} link to {peer}: {} snapshot bytes in flight", q.snapshot_in_flight));
+        }
         Ok(())
     }
 

@@ -75,7 +75,7 @@ pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
 pub use prepare::{prepare_all, Prepared, PREPARE_THREADS_MAX};
 pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
-pub use snapshot::{RECORD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+pub use snapshot::{SnapshotCopy, RECORD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 pub use sortkeys::{IdHash, SortKeys, SortKeysBuild, SORT_KEYS_PER_TXN};
 pub use write::Batch;
 
@@ -270,6 +270,10 @@ pub struct Store {
     free_watch: Mutex<file_compact::FreeWatch>,
     /// Told of every commit of [`Store::write`] (see [`Store::on_commit`]).
     commit_hook: RwLock<Option<CommitHook>>,
+    /// The directory of the store's file, where snapshots to send are
+    /// written ([`Store::snapshot_copy`]); none for a store on another
+    /// backend.
+    dir: Option<std::path::PathBuf>,
 }
 
 /// What a commit tells: the account changed.

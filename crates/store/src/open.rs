@@ -97,6 +97,8 @@ impl Store {
         let file_compaction = file_compact::compact_at_open(&mut db, &path, &options)
             .map_err(|e| OpenError::Io(format!("{label}: compacting the file: {e}")))?;
         let size = path.clone();
+        let dir =
+            path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).map(Path::to_path_buf);
         // Reopening opens the same file, never creates one: a file that is
         // gone stays an error rather than becoming an empty store.
         let reopen: db::Reopen = Box::new(move || {
@@ -107,6 +109,7 @@ impl Store {
         let mut store = Self::open_db_as(db, &label, node, options, Some(reopen))?;
         store.file_compaction = file_compaction;
         store.size_probe = Some(Box::new(move || std::fs::metadata(&size).ok().map(|m| m.len())));
+        store.dir = dir;
         Ok(store)
     }
 
@@ -194,6 +197,7 @@ impl Store {
             file_stats: Default::default(),
             free_watch: Default::default(),
             commit_hook: RwLock::new(None),
+            dir: None,
         })
     }
 }

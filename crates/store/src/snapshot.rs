@@ -99,6 +99,61 @@ impl<R: Read> Records<R> {
     }
 }
 
+/// A snapshot made to be sent a part at a time ([`Store::snapshot_copy`]):
+/// in a file of its own beside the store's, unlinked from the start so that
+/// nothing is left of it after the copy is dropped or the process dies; in
+/// memory for a store on another backend (the simulator's).
+#[derive(Debug)]
+pub struct SnapshotCopy {
+    held: Held,
+    len: u64,
+    covers: VersionVector,
+}
+
+#[derive(Debug)]
+enum Held {
+    File(std::fs::File),
+    Memory(Vec<u8>),
+}
+
+impl SnapshotCopy {
+    /// Its length in bytes (at least one).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds nothing (never: a snapshot has its format byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The version of the state it holds.
+    pub fn covers(&self) -> &VersionVector {
+        &self.covers
+    }
+
+    /// `len` bytes from `offset` (which must lie within the copy).
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        assert!(offset.checked_add(len as u64).is_some_and(|end| end <= self.len), "a read past the copy's end");
+        match &self.held {
+            Held::File(f) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; len];
+                f.read_exact_at(&mut buf, offset).map_err(io_error)?;
+                Ok(buf)
+            }
+            Held::Memory(bytes) => Ok(bytes[offset as usize..offset as usize + len].to_vec()),
+        }
+    }
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => StoreError::DiskFull(format!("snapshot copy: {e}")),
+        _ => StoreError::Io(format!("snapshot copy: {e}")),
+    }
+}
+
 impl Store {
     /// The account's whole replicated state, for a peer that is new or
     /// behind the compacted log ([`starling_model::snapshot`]), in memory.
@@ -108,8 +163,27 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::snapshot`], written to `out` as it is made.
-    pub fn write_snapshot(&self, account: &str, mut out: impl Write) -> Result<(), StoreError> {
+    /// [`Store::snapshot`], written beside the store's file (see
+    /// [`SnapshotCopy`]), to be read back a part at a time: what a snapshot
+    /// costs the sender in memory does not grow with the account.
+    pub fn snapshot_copy(&self, account: &str) -> Result<SnapshotCopy, StoreError> {
+        let Some(dir) = &self.dir else {
+            let mut bytes = Vec::new();
+            let covers = self.write_snapshot(account, &mut bytes)?;
+            return Ok(SnapshotCopy { len: bytes.len() as u64, held: Held::Memory(bytes), covers });
+        };
+        let file = tempfile::tempfile_in(dir).map_err(io_error)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let covers = self.write_snapshot(account, &mut out)?;
+        out.flush().map_err(io_error)?;
+        drop(out);
+        let len = file.metadata().map_err(io_error)?.len();
+        Ok(SnapshotCopy { held: Held::File(file), len, covers })
+    }
+
+    /// [`Store::snapshot`], written to `out` as it is made; returns the
+    /// version of the state written.
+    pub fn write_snapshot(&self, account: &str, mut out: impl Write) -> Result<VersionVector, StoreError> {
         out.write_all(&[SNAPSHOT_FORMAT]).map_err(|e| bad(format_args!("writing: {e}")))?;
         let mut z = zstd::stream::write::Encoder::new(out, 1).map_err(bad)?;
         let vv = self.inspect(account, |r| -> Result<VersionVector, StoreError> {
@@ -148,7 +222,7 @@ impl Store {
         })?;
         put(&mut z, &Record::End)?;
         z.finish().map_err(|e| bad(format_args!("writing: {e}")))?;
-        Ok(())
+        Ok(vv)
     }
 
     /// Installs a snapshot made by [`Store::snapshot`] from memory.

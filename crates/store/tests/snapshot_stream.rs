@@ -53,6 +53,45 @@ fn a_snapshot_written_to_a_file_installs_from_it() {
     assert!(matches!(b.ops_since("u", &Default::default()), Err(StoreError::Compacted)));
 }
 
+/// The copy a sender reads parts from: the same bytes as the snapshot in
+/// memory, its version the state's, read back in any parts; it lives in a
+/// file beside the store's that no directory lists, so nothing of it is
+/// left once it is dropped (or the process dies).
+#[test]
+fn a_snapshot_copy_is_read_back_in_parts_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = source(&dir, 12_000);
+    let listed = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = listed();
+    let whole = a.snapshot("u").unwrap();
+    let copy = a.snapshot_copy("u").unwrap();
+    assert_eq!(listed(), before, "no file of the copy is listed");
+    assert_eq!(copy.len(), whole.len() as u64);
+    assert_eq!(copy.covers(), &a.version("u").unwrap());
+    for part in [1, 4096, 1 << 20, whole.len()] {
+        let mut read = Vec::new();
+        while (read.len() as u64) < copy.len() {
+            let len = part.min(whole.len() - read.len());
+            read.extend(copy.read_at(read.len() as u64, len).unwrap());
+        }
+        assert!(read == whole, "read back in parts of {part}");
+    }
+    // A later change is not in the copy made before it.
+    let mut peer = Replica::new(ReplicaId(0x78));
+    peer.append(INBOX, BlobId::of(b"later"), 10, 1, vec![]).unwrap();
+    a.write("u", |b| b.apply(peer.take_outbox())).unwrap();
+    assert_ne!(copy.covers(), &a.version("u").unwrap());
+    let b = store(&dir, "b.redb", 0xb);
+    b.install_snapshot("u", &copy.read_at(0, copy.len() as usize).unwrap()).unwrap();
+    assert_eq!(&b.version("u").unwrap(), copy.covers());
+    drop(copy);
+    assert_eq!(listed().len(), before.len() + 1, "only b.redb is new");
+}
+
 /// Every way a snapshot can be wrong, against a store that already holds
 /// an older state: each is refused with `StoreError::Snapshot` and the
 /// store is as it was.

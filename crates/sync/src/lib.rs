@@ -99,8 +99,10 @@ use std::time::{Duration, Instant};
 /// the peer's, saving a round trip before the first ops; 11: `Deleted`,
 /// the answer to a peer naming an account this node purged as deleted;
 /// 12: snapshots (state version 4) no longer list expunged messages; 13:
-/// a snapshot is a stream of records, store snapshot format 2).
-pub const PROTOCOL_VERSION: u16 = 13;
+/// a snapshot is a stream of records, store snapshot format 2; 14: the
+/// receiver acknowledges snapshot parts, `SnapshotGot`, and the sender
+/// keeps at most [`SNAPSHOT_WINDOW_BYTES`] unacknowledged).
+pub const PROTOCOL_VERSION: u16 = 14;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -122,6 +124,15 @@ pub const VV_ENTRIES_MAX: usize = 65_535;
 pub const SNAPSHOT_PART_BYTES: usize = 16 << 20;
 /// Largest snapshot (compressed, all parts) a receiver accepts.
 pub const SNAPSHOT_WIRE_MAX: u64 = 2 << 30;
+/// Bytes of a snapshot this side puts in each part it sends (at most
+/// [`SNAPSHOT_PART_BYTES`], what a receiver accepts).
+pub const SNAPSHOT_SEND_PART: usize = 4 << 20;
+/// Bytes of snapshot parts sent and not yet acknowledged (`SnapshotGot`),
+/// at most, over every account of a session: the sender reads parts from
+/// its copy only as the receiver takes them, so a snapshot of any size
+/// costs the sender this much memory. 16 MiB fill an 80 MB/s link at
+/// 200 ms round trip. The receiver refuses a part beyond it.
+pub const SNAPSHOT_WINDOW_BYTES: u64 = 16 << 20;
 /// Most ops in one `Ops` frame (a chunk); the receiver refuses more.
 pub const CHUNK_OPS_MAX: usize = 4096;
 /// Bytes of ops (encoded, before compression) a sender puts in one chunk.
@@ -208,8 +219,9 @@ pub enum Frame {
     },
     /// A part of the account's whole state, for a peer behind the
     /// compacted log. Parts come in order on the metadata stream, each of
-    /// [`SNAPSHOT_PART_BYTES`] but the last; the receiver installs the
-    /// snapshot once `total` bytes arrived.
+    /// at most [`SNAPSHOT_PART_BYTES`] and none empty, within
+    /// [`SNAPSHOT_WINDOW_BYTES`] of the receiver's last `SnapshotGot`; the
+    /// receiver installs the snapshot once `total` bytes arrived.
     Snapshot {
         /// The account.
         account: String,
@@ -270,6 +282,15 @@ pub enum Frame {
         /// The account.
         account: String,
     },
+    /// The receiver of a snapshot has taken (spooled) its first `got`
+    /// bytes: the sender may send up to [`SNAPSHOT_WINDOW_BYTES`] beyond.
+    /// (Protocol 14; appended.)
+    SnapshotGot {
+        /// The account.
+        account: String,
+        /// Bytes of the snapshot taken so far (the whole at the last part).
+        got: u64,
+    },
 }
 
 /// How a [`Frame::Blob`] holds its body. (Encoded as 0, 1, 2: the first
@@ -328,6 +349,7 @@ impl Frame {
             Frame::Ops { account, .. }
             | Frame::Snapshot { account, .. }
             | Frame::Probe { account, .. }
+            | Frame::SnapshotGot { account, .. }
             | Frame::Deleted { account } => name_ok(account),
             Frame::WantBlobs { ids } | Frame::Held { ids } | Frame::Arrived { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
@@ -509,10 +531,12 @@ pub enum Event {
         ops: Vec<Op>,
     },
     /// A part of a state snapshot from the peer, in order from offset 0
-    /// (a part at offset 0 begins a snapshot): keep it; once `last`,
-    /// install the whole, then [`Session::applied`]. The session holds no
-    /// part once it is taken, so where the driver keeps them (the store
-    /// spools them to disk) decides what a snapshot costs in memory.
+    /// (a part at offset 0 begins a snapshot): keep it, then call
+    /// [`Session::snapshot_taken`] (the peer sends more only as parts are
+    /// taken); once `last`, install the whole, then [`Session::applied`].
+    /// The session holds no part once it is handed over, so where the
+    /// driver keeps them (the store spools them to disk) decides what a
+    /// snapshot costs in memory.
     SnapshotPart {
         /// The account.
         account: String,
@@ -522,6 +546,19 @@ pub enum Event {
         bytes: Vec<u8>,
         /// The snapshot is complete with this part.
         last: bool,
+    },
+    /// Read `len` bytes at `offset` of the snapshot of `account` being
+    /// sent ([`Session::send_snapshot`]) and hand them to
+    /// [`Session::send_snapshot_part`]. Asked only within
+    /// [`SNAPSHOT_WINDOW_BYTES`] of what the peer has taken, one read at a
+    /// time.
+    SnapshotRead {
+        /// The account.
+        account: String,
+        /// Where the part starts.
+        offset: u64,
+        /// Its length (at most [`SNAPSHOT_SEND_PART`]).
+        len: usize,
     },
     /// The peer wants these bodies: answer each with [`Session::send_blob`].
     /// Asked only as fast as body frames leave ([`BLOB_SEND_BUFFER`]).
@@ -595,10 +632,29 @@ struct AccountState {
     probe_answered: u64,
     /// The highest probe the peer sent that we have not answered (0: none).
     probe_in: u64,
-    /// Bytes of the snapshot being received so far (0: none), and the
-    /// length its parts add up to.
-    snapshot_got: u64,
-    snapshot_total: u64,
+    /// The snapshot being received, until its last part is acknowledged.
+    snapshot_in: Option<SnapshotIn>,
+    /// The snapshot being sent, until the peer took its last part.
+    snapshot_out: Option<SnapshotOut>,
+}
+
+/// A snapshot being received: its length, the bytes arrived, those the
+/// driver took ([`Session::snapshot_taken`]) and those acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SnapshotIn {
+    total: u64,
+    got: u64,
+    taken: u64,
+    acked: u64,
+}
+
+/// A snapshot being sent: its length, the bytes queued, and those the
+/// peer acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SnapshotOut {
+    total: u64,
+    sent: u64,
+    taken: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -629,22 +685,38 @@ pub struct QueueSizes {
     pub peer_wants: usize,
     /// Most `Ops` chunks of one account in flight, either way.
     pub chunks_in_flight: u64,
+    /// Bytes of snapshots sent and not acknowledged, over all accounts.
+    pub snapshot_in_flight: u64,
 }
 
-/// Parts of one snapshot at most.
+/// Parts of snapshots this side sends that are in flight at once, at most:
+/// the window's worth of whole parts, and a shorter last part per account.
+fn snapshot_parts_in_flight(accounts: usize) -> usize {
+    SNAPSHOT_WINDOW_BYTES as usize / SNAPSHOT_SEND_PART + accounts
+}
+
+/// Bytes a `Snapshot` frame adds to the part it carries, at most.
+const SNAPSHOT_FRAME_OVERHEAD: usize = ACCOUNT_NAME_MAX + 32;
+
+/// Parts of one received snapshot that one batch of frames may carry, at
+/// most (the events they become are taken before the next batch).
 const SNAPSHOT_PARTS_MAX: usize = (SNAPSHOT_WIRE_MAX as usize).div_ceil(SNAPSHOT_PART_BYTES);
 
 /// The bounds every [`QueueSizes`] stays within (checked by the simulator
 /// at every step). Metadata frames are bounded by the windows: per account
-/// at most [`OPS_WINDOW_CHUNKS`] chunks plus acknowledgements and requests.
+/// at most [`OPS_WINDOW_CHUNKS`] chunks plus acknowledgements and requests,
+/// and the parts of snapshots within [`SNAPSHOT_WINDOW_BYTES`].
 pub fn queue_bounds(accounts: usize) -> QueueSizes {
     QueueSizes {
-        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 4 + SNAPSHOT_PARTS_MAX)
+        transmit: accounts * (OPS_WINDOW_CHUNKS as usize + 5)
+            + snapshot_parts_in_flight(accounts)
             + BLOB_WINDOW_COUNT.div_ceil(BLOB_IDS_MAX)
             + METADATA_QUEUE_SOFT
             + BLOB_READ_BATCH
             + 8,
-        transmit_bytes: accounts * ((OPS_WINDOW_CHUNKS as usize + 4) * FRAME_BYTES_MAX + SNAPSHOT_WIRE_MAX as usize),
+        transmit_bytes: accounts * (OPS_WINDOW_CHUNKS as usize + 5) * FRAME_BYTES_MAX
+            + SNAPSHOT_WINDOW_BYTES as usize
+            + snapshot_parts_in_flight(accounts) * SNAPSHOT_FRAME_OVERHEAD,
         transmit_blobs: BLOB_SEND_BUFFER / 64 + BLOB_READ_BATCH,
         transmit_blob_bytes: BLOB_SEND_BUFFER + BLOB_READ_BATCH * (FRAME_BYTES_MAX + 64),
         events: accounts * (OPS_WINDOW_CHUNKS as usize + 4 + SNAPSHOT_PARTS_MAX) + BLOB_WINDOW_COUNT + 8,
@@ -652,6 +724,7 @@ pub fn queue_bounds(accounts: usize) -> QueueSizes {
         blobs_in_flight: BLOB_WINDOW_COUNT,
         peer_wants: PEER_WANTS_MAX,
         chunks_in_flight: OPS_WINDOW_CHUNKS,
+        snapshot_in_flight: SNAPSHOT_WINDOW_BYTES,
     }
 }
 
@@ -709,6 +782,14 @@ pub struct Session {
     peer_wants: VecDeque<BlobId>,
     /// Bodies the driver was asked to read and has not answered yet.
     reading: usize,
+    /// Accounts whose snapshot we send, bytes of those in flight, and
+    /// whether the driver was asked for a part it has not handed over yet.
+    snapshots_out: BTreeSet<String>,
+    snapshot_in_flight: u64,
+    snapshot_reading: bool,
+    /// Accounts with a snapshot part taken and not yet acknowledged: one
+    /// `SnapshotGot` each goes out with the next frames.
+    snapshot_acks: BTreeSet<String>,
     /// A run of body reads is on: the send buffer fell below
     /// [`BLOB_SEND_LOW`] and has not been filled to [`BLOB_SEND_BUFFER`].
     refilling: bool,
@@ -756,6 +837,10 @@ impl Session {
             wants: Wants::default(),
             peer_wants: VecDeque::new(),
             reading: 0,
+            snapshots_out: BTreeSet::new(),
+            snapshot_in_flight: 0,
+            snapshot_reading: false,
+            snapshot_acks: BTreeSet::new(),
             refilling: false,
             said_no: BTreeSet::new(),
             arrived: BTreeSet::new(),
@@ -869,6 +954,7 @@ impl Session {
                 .map(|a| (a.chunks_sent - a.chunks_acked).max(a.chunks_received - a.chunks_acked_out))
                 .max()
                 .unwrap_or(0),
+            snapshot_in_flight: self.snapshot_in_flight,
         }
     }
 
@@ -960,30 +1046,52 @@ impl Session {
                     return self.close(SessionError::Unauthorized(account));
                 }
                 let st = self.accounts.get_mut(&account).expect("shared account");
-                if st.snapshot_got == 0 {
-                    st.snapshot_total = total;
-                }
+                let inbound = st.snapshot_in.get_or_insert(SnapshotIn { total, ..Default::default() });
+                let end = inbound.got + bytes.len() as u64;
                 let bad = if total > SNAPSHOT_WIRE_MAX {
                     Some(format!("snapshot of {total} bytes (at most {SNAPSHOT_WIRE_MAX})"))
-                } else if total != st.snapshot_total {
-                    Some(format!("snapshot part says {total} bytes, the first said {}", st.snapshot_total))
-                } else if bytes.len() > SNAPSHOT_PART_BYTES || st.snapshot_got + bytes.len() as u64 > total {
-                    Some("snapshot part too long".to_string())
-                } else if bytes.is_empty() && total > 0 {
+                } else if total != inbound.total {
+                    Some(format!("snapshot part says {total} bytes, the first said {}", inbound.total))
+                } else if bytes.is_empty() {
                     Some("empty snapshot part".to_string())
+                } else if inbound.got == total {
+                    Some("a snapshot part before the last one was acknowledged".to_string())
+                } else if bytes.len() > SNAPSHOT_PART_BYTES || end > total {
+                    Some("snapshot part too long".to_string())
                 } else {
                     None
                 };
                 if let Some(why) = bad {
                     return self.close(SessionError::Malformed(why));
                 }
-                let offset = st.snapshot_got;
-                st.snapshot_got += bytes.len() as u64;
-                let last = st.snapshot_got == total;
-                if last {
-                    st.snapshot_got = 0;
+                // Parts come only within the window of our last acknowledgement.
+                if end > inbound.acked + SNAPSHOT_WINDOW_BYTES {
+                    let why =
+                        format!("snapshot parts beyond the window ({SNAPSHOT_WINDOW_BYTES} bytes unacknowledged)");
+                    return self.close(SessionError::Protocol(why));
                 }
+                let offset = inbound.got;
+                inbound.got = end;
+                let last = end == total;
                 self.events.push_back(Event::SnapshotPart { account, offset, bytes, last });
+                Ok(())
+            }
+            (Phase::Open, Frame::SnapshotGot { account, got }) => {
+                if !self.shared.contains(&account) {
+                    return self.close(SessionError::Unauthorized(account));
+                }
+                let st = self.accounts.get_mut(&account).expect("shared account");
+                let Some(out) = st.snapshot_out.as_mut().filter(|o| got > o.taken && got <= o.sent) else {
+                    return self.close(SessionError::Protocol("acknowledged snapshot bytes not sent".into()));
+                };
+                self.snapshot_in_flight -= got - out.taken;
+                out.taken = got;
+                if got == out.total {
+                    st.snapshot_out = None;
+                    self.snapshots_out.remove(&account);
+                    // Ops above the snapshot follow it.
+                    self.maybe_need(&account);
+                }
                 Ok(())
             }
             (Phase::Open, Frame::WantBlobs { ids }) => {
@@ -1231,6 +1339,7 @@ impl Session {
         let Some(st) = self.accounts.get_mut(account) else { return };
         if st.peer_has.is_none()
             || st.asked
+            || st.snapshot_out.is_some()
             || st.sent.dominates(&st.local)
             || st.chunks_sent - st.chunks_acked >= OPS_WINDOW_CHUNKS
         {
@@ -1275,22 +1384,91 @@ impl Session {
         self.maybe_need(account);
     }
 
-    /// Answers [`Event::NeedOps`] for a peer behind the compacted log.
-    pub fn send_snapshot(&mut self, account: &str, bytes: Vec<u8>, covers: &VersionVector) {
+    /// Answers [`Event::NeedOps`] for a peer behind the compacted log: a
+    /// snapshot of `total` bytes (at least one), covering `covers`, which
+    /// the driver keeps and hands over a part at a time as the session asks
+    /// ([`Event::SnapshotRead`]). Ops of the account wait until the peer
+    /// took the last part. A snapshot over [`SNAPSHOT_WIRE_MAX`] cannot be
+    /// sent: the session ends with the reason.
+    pub fn send_snapshot(&mut self, account: &str, total: u64, covers: &VersionVector) {
+        assert!(total > 0, "a snapshot holds at least its format byte");
         let Some(st) = self.accounts.get_mut(account) else { return };
+        assert!(st.snapshot_out.is_none(), "one snapshot of an account at a time");
         st.asked = false;
         if self.phase != Phase::Open {
             return;
         }
+        if total > SNAPSHOT_WIRE_MAX {
+            self.abort(&format!(
+                "the snapshot of {account} is {total} bytes, over the {SNAPSHOT_WIRE_MAX} a peer takes"
+            ));
+            return;
+        }
         st.sent.join(covers);
-        let total = bytes.len() as u64;
-        if bytes.is_empty() {
-            self.queue(&Frame::Snapshot { account: account.to_string(), total, bytes: Vec::new() });
+        st.snapshot_out = Some(SnapshotOut { total, sent: 0, taken: 0 });
+        self.snapshots_out.insert(account.to_string());
+    }
+
+    /// The next part of a snapshot being sent, if the window has room for
+    /// it and no read is out: (account, offset, length).
+    fn snapshot_to_read(&self) -> Option<(&String, u64, usize)> {
+        if self.phase != Phase::Open || self.snapshot_reading {
+            return None;
         }
-        for part in bytes.chunks(SNAPSHOT_PART_BYTES) {
-            self.queue(&Frame::Snapshot { account: account.to_string(), total, bytes: part.to_vec() });
+        self.snapshots_out.iter().find_map(|a| {
+            let out = self.accounts.get(a)?.snapshot_out?;
+            let len = (out.total - out.sent).min(SNAPSHOT_SEND_PART as u64);
+            (len > 0 && self.snapshot_in_flight + len <= SNAPSHOT_WINDOW_BYTES).then_some((a, out.sent, len as usize))
+        })
+    }
+
+    /// Answers [`Event::SnapshotRead`]: `bytes` are the part asked for, at
+    /// `offset`, of the length asked.
+    pub fn send_snapshot_part(&mut self, account: &str, offset: u64, bytes: Vec<u8>) {
+        self.snapshot_reading = false;
+        if self.phase != Phase::Open {
+            return;
         }
-        self.maybe_need(account);
+        let Some(out) = self.accounts.get_mut(account).and_then(|st| st.snapshot_out.as_mut()) else { return };
+        let len = bytes.len() as u64;
+        assert!(
+            offset == out.sent && len > 0 && len == (out.total - out.sent).min(SNAPSHOT_SEND_PART as u64),
+            "the part asked for: at {}, not {offset} ({len} bytes)",
+            out.sent
+        );
+        out.sent += len;
+        let total = out.total;
+        self.snapshot_in_flight += len;
+        self.queue(&Frame::Snapshot { account: account.to_string(), total, bytes });
+    }
+
+    /// The driver took (spooled) the part of [`Event::SnapshotPart`] that
+    /// ends at `got`: the peer is told with the next frames, and may send
+    /// more.
+    pub fn snapshot_taken(&mut self, account: &str, got: u64) {
+        let Some(inbound) = self.accounts.get_mut(account).and_then(|st| st.snapshot_in.as_mut()) else { return };
+        assert!(got <= inbound.got, "took {got} bytes of a snapshot of which {} arrived", inbound.got);
+        if got > inbound.taken {
+            inbound.taken = got;
+            self.snapshot_acks.insert(account.to_string());
+        }
+    }
+
+    /// Queues a `SnapshotGot` for each account with parts taken since its last.
+    fn acknowledge_snapshots(&mut self) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        while let Some(account) = self.snapshot_acks.pop_first() {
+            let Some(st) = self.accounts.get_mut(&account) else { continue };
+            let Some(inbound) = st.snapshot_in.as_mut() else { continue };
+            inbound.acked = inbound.taken;
+            let got = inbound.taken;
+            if got == inbound.total {
+                st.snapshot_in = None;
+            }
+            self.queue(&Frame::SnapshotGot { account, got });
+        }
     }
 
     /// The driver applied what the peer sent of `account` (every
@@ -1392,6 +1570,7 @@ impl Session {
     /// Next metadata frame to send (in order, on the session's stream).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.acknowledge_snapshots();
         if self.transmit.is_empty() && !self.arrived.is_empty() && self.phase == Phase::Open {
             let mut ids = Vec::new();
             while ids.len() < BLOB_IDS_MAX {
@@ -1433,7 +1612,7 @@ impl Session {
     /// Whether [`Session::poll_event`] has something for the driver now
     /// (after the driver took frames, more bodies may be read).
     pub fn has_work(&self) -> bool {
-        !self.events.is_empty() || self.may_read_bodies()
+        !self.events.is_empty() || self.snapshot_to_read().is_some() || self.may_read_bodies()
     }
 
     /// Next event for the driver. Bodies the peer asked for are handed out
@@ -1449,6 +1628,11 @@ impl Session {
                 }
             }
             return Some(ev);
+        }
+        if let Some((account, offset, len)) = self.snapshot_to_read() {
+            let account = account.clone();
+            self.snapshot_reading = true;
+            return Some(Event::SnapshotRead { account, offset, len });
         }
         if self.may_read_bodies() {
             self.refilling = true;

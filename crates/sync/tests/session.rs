@@ -429,10 +429,13 @@ fn a_retry_timer_sweeps_and_backs_off() {
 
 /// A snapshot larger than one frame travels in parts and arrives whole
 /// (the year-of-mail benchmark's snapshot was 318 bytes per message: one
-/// 64 MiB frame capped a joinable account near 200,000 messages).
+/// 64 MiB frame capped a joinable account near 200,000 messages). The
+/// sender's driver is asked for a part at a time, only within the window of
+/// what the receiver took: it never holds more of it than the window, and
+/// the account's next ops wait until the last part was taken.
 #[test]
-fn a_snapshot_larger_than_a_frame_travels_in_parts() {
-    use starling_sync::{FRAME_BYTES_MAX, SNAPSHOT_PART_BYTES};
+fn a_snapshot_larger_than_a_frame_travels_in_parts_within_the_window() {
+    use starling_sync::{FRAME_BYTES_MAX, SNAPSHOT_SEND_PART, SNAPSHOT_WINDOW_BYTES};
     let (mut a, _) = open_pair();
     let mut b = Session::new(ReplicaId(2), Some(ReplicaId(1)), [("a".to_string(), VersionVector::new())]);
     while b.poll_transmit().is_some() {}
@@ -442,25 +445,87 @@ fn a_snapshot_larger_than_a_frame_travels_in_parts() {
     while b.poll_event().is_some() {}
     while b.poll_transmit().is_some() {}
     let snapshot = starling_model::testkit::incompressible(FRAME_BYTES_MAX + 3 * 1024 * 1024, 7);
-    b.send_snapshot("a", snapshot.clone(), &VersionVector::new());
-    let frames: Vec<Vec<u8>> = std::iter::from_fn(|| b.poll_transmit()).collect();
-    let parts = frames.iter().filter(|f| matches!(Frame::decode(f), Ok(Frame::Snapshot { .. }))).count();
-    assert_eq!(parts, snapshot.len().div_ceil(SNAPSHOT_PART_BYTES));
-    assert!(frames.iter().all(|f| f.len() <= FRAME_BYTES_MAX));
-    let (mut got, mut lasts) = (Vec::new(), 0);
-    for f in &frames {
-        a.handle_frame(f).unwrap();
-        while let Some(ev) = a.poll_event() {
-            if let Event::SnapshotPart { offset, bytes, last, .. } = ev {
-                assert_eq!(offset, got.len() as u64, "parts in order");
-                got.extend_from_slice(&bytes);
-                lasts += last as usize;
-                assert_eq!(last, got.len() == snapshot.len(), "the last part is the one that completes it");
+    b.send_snapshot("a", snapshot.len() as u64, &VersionVector::new());
+    // b's own change, made while the snapshot goes out: its ops follow it.
+    let mut later = VersionVector::new();
+    later.observe(starling_model::Dot { replica: ReplicaId(2), counter: 1 });
+    b.local_changed("a", later);
+    let (mut got, mut lasts, mut reads, mut most_in_flight) = (Vec::new(), 0, 0, 0);
+    let mut ops_asked_at = None;
+    for round in 0..1000 {
+        let mut moved = false;
+        while let Some(ev) = b.poll_event() {
+            match ev {
+                Event::SnapshotRead { account, offset, len } => {
+                    assert!(len <= SNAPSHOT_SEND_PART);
+                    reads += 1;
+                    let part = snapshot[offset as usize..offset as usize + len].to_vec();
+                    b.send_snapshot_part(&account, offset, part);
+                }
+                Event::NeedOps { .. } => {
+                    ops_asked_at.get_or_insert(round);
+                    assert!(lasts == 1, "ops asked for before the snapshot was taken");
+                }
+                _ => {}
             }
+            most_in_flight = most_in_flight.max(b.queue_sizes().snapshot_in_flight);
+        }
+        while let Some(f) = b.poll_transmit() {
+            moved = true;
+            assert!(f.len() <= FRAME_BYTES_MAX);
+            a.handle_frame(&f).unwrap();
+            while let Some(ev) = a.poll_event() {
+                if let Event::SnapshotPart { offset, bytes, last, .. } = ev {
+                    assert_eq!(offset, got.len() as u64, "parts in order");
+                    got.extend_from_slice(&bytes);
+                    lasts += last as usize;
+                    assert_eq!(last, got.len() == snapshot.len(), "the last part is the one that completes it");
+                    a.snapshot_taken("a", got.len() as u64);
+                }
+            }
+        }
+        while let Some(f) = a.poll_transmit() {
+            moved = true;
+            b.handle_frame(&f).unwrap();
+        }
+        if !moved && !b.has_work() {
+            break;
         }
     }
     assert_eq!(lasts, 1, "one snapshot");
     assert!(got == snapshot, "the parts add up to the snapshot");
+    assert_eq!(reads, snapshot.len().div_ceil(SNAPSHOT_SEND_PART));
+    assert!(most_in_flight <= SNAPSHOT_WINDOW_BYTES, "{most_in_flight} bytes in flight");
+    assert!(most_in_flight > SNAPSHOT_WINDOW_BYTES / 2, "the window was used: {most_in_flight}");
+    assert_eq!(b.queue_sizes().snapshot_in_flight, 0, "every part acknowledged");
+    assert!(ops_asked_at.is_some(), "the ops after the snapshot were asked for once it was taken");
+}
+
+/// A peer acknowledging snapshot bytes it was not sent is refused.
+#[test]
+fn snapshot_acknowledgements_must_match_what_was_sent() {
+    let got = |got: u64| Frame::SnapshotGot { account: "a".into(), got }.encode();
+    // Nothing sent.
+    let (mut a, _) = open_pair();
+    let r = a.handle_frame(&got(1));
+    assert!(r.is_err() && refused_cleanly(&mut a, r), "an acknowledgement of no snapshot");
+    // More than was sent, then the same twice.
+    for acks in [vec![got(101)], vec![got(1), got(1)]] {
+        let (mut a, _) = open_pair();
+        a.send_snapshot("a", 100, &VersionVector::new());
+        let Some(Event::SnapshotRead { offset, len, .. }) = std::iter::from_fn(|| a.poll_event()).last() else {
+            panic!("no read asked")
+        };
+        assert_eq!((offset, len), (0, 100));
+        a.send_snapshot_part("a", 0, vec![0; 100]);
+        let (last, before) = acks.split_last().unwrap();
+        let mut ok = true;
+        for f in before {
+            ok &= a.handle_frame(f).is_ok();
+        }
+        let r = a.handle_frame(last);
+        assert!(ok && r.is_err() && refused_cleanly(&mut a, r), "acknowledged more than was sent, or twice");
+    }
 }
 
 /// Parts that do not add up are refused: a declared total over the bound,
@@ -475,6 +540,8 @@ fn snapshot_parts_that_do_not_add_up_are_refused() {
         vec![part(100, 10), part(200, 10)],
         vec![part(15, 10), part(15, 10)],
         vec![part(10, 0)],
+        // A sender that ignores the window: parts past it unacknowledged.
+        vec![part(40 << 20, 16 << 20), part(40 << 20, 1)],
     ];
     for frames in cases {
         let (mut a, _) = open_pair();
