@@ -14,7 +14,7 @@
 use crate::ids::BlobId;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A dot with its replica interned: index << 48 | counter.
 pub type Packed = u64;
@@ -154,16 +154,17 @@ pub trait Backend {
     fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a withdrawal.
     fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
-    /// Every withdrawn claim of a mailbox (for state snapshots).
-    fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
-    /// Every pinned claim of a mailbox (for state snapshots).
-    fn pinned_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
+    /// The withdrawn claims of a mailbox after `after` (from the first if
+    /// none), in key order, at most `limit` (for state snapshots).
+    fn retracted_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>>;
+    /// The pinned claims of a mailbox, as [`Backend::retracted_in`].
+    fn pinned_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>>;
     /// Whether a claim was pinned by another replica's announcement.
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a pin.
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
-    /// Every claim U1 forced in a mailbox (for state snapshots).
-    fn forced_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>>;
+    /// The claims U1 forced in a mailbox, as [`Backend::retracted_in`].
+    fn forced_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>>;
     /// Whether a claim was one U1 forced (`OpBody::Forced`).
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a forced claim.
@@ -203,9 +204,9 @@ struct MemMailbox {
     slots: Vec<Slot>,
     side: BTreeMap<u32, SmallVec<[Claim; 2]>>,
     side_by_msg: HashMap<Packed, SmallVec<[u32; 2]>>,
-    retracted: HashSet<ClaimKey>,
-    pinned: HashSet<ClaimKey>,
-    forced: HashSet<ClaimKey>,
+    retracted: BTreeSet<ClaimKey>,
+    pinned: BTreeSet<ClaimKey>,
+    forced: BTreeSet<ClaimKey>,
     /// Spent UIDs: start → end (exclusive).
     dead: BTreeMap<u32, u32>,
 }
@@ -242,6 +243,13 @@ impl MemBackend {
     fn get(&self, i: u32) -> Option<&MemMailbox> {
         self.boxes.get(i as usize)
     }
+}
+
+/// Up to `limit` keys of `set` after `after`, in order.
+fn page_of(set: &BTreeSet<ClaimKey>, after: Option<ClaimKey>, limit: usize) -> Vec<ClaimKey> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    set.range((from, Unbounded)).take(limit).copied().collect()
 }
 
 impl Backend for MemBackend {
@@ -364,18 +372,18 @@ impl Backend for MemBackend {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.get(mailbox).is_some_and(|b| b.pinned.contains(&key)))
     }
-    fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
-        Ok(self.get(mailbox).map(|b| b.retracted.iter().copied().collect()).unwrap_or_default())
+    fn retracted_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
+        Ok(self.get(mailbox).map(|b| page_of(&b.retracted, after, limit)).unwrap_or_default())
     }
-    fn pinned_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
-        Ok(self.get(mailbox).map(|b| b.pinned.iter().copied().collect()).unwrap_or_default())
+    fn pinned_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
+        Ok(self.get(mailbox).map(|b| page_of(&b.pinned, after, limit)).unwrap_or_default())
     }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).pinned.insert(key);
         Ok(())
     }
-    fn forced_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
-        Ok(self.get(mailbox).map(|b| b.forced.iter().copied().collect()).unwrap_or_default())
+    fn forced_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
+        Ok(self.get(mailbox).map(|b| page_of(&b.forced, after, limit)).unwrap_or_default())
     }
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.get(mailbox).is_some_and(|b| b.forced.contains(&key)))

@@ -211,3 +211,41 @@ fn parts_are_cut_by_size_as_well_as_by_count() {
     install(&mut fresh, head, parts, 0).unwrap();
     assert_eq!(fresh.dump(), a.dump());
 }
+
+/// The claim lists a snapshot exports are read a page at a time: paging
+/// through more keys than a page, from any key, gives each once, in order.
+#[test]
+fn claim_lists_page_in_key_order() {
+    use starling_model::backend::ClaimKey;
+    use starling_model::{Backend, MemBackend};
+    let mut b = MemBackend::new(false);
+    let keys: Vec<ClaimKey> = (0..10_000u32)
+        .map(|i| ClaimKey { uid: 1 + i / 3, message: u64::from(i * 7919 % 10_007), claimant: (i % 3) as u16 })
+        .collect();
+    for k in keys.iter().rev() {
+        b.add_retracted(0, *k).unwrap();
+        b.add_pinned(0, *k).unwrap();
+        b.add_forced(0, *k).unwrap();
+    }
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    type Page = fn(&MemBackend, u32, Option<ClaimKey>, usize) -> Result<Vec<ClaimKey>, starling_model::StorageError>;
+    let lists: [Page; 3] = [MemBackend::retracted_in, MemBackend::pinned_in, MemBackend::forced_in];
+    for list in lists {
+        for limit in [1, 4096, 9_999, 10_000, usize::MAX] {
+            let (mut all, mut after) = (Vec::new(), None);
+            loop {
+                let page = list(&b, 0, after, limit).unwrap();
+                assert!(page.len() <= limit);
+                after = page.last().copied();
+                all.extend(page);
+                if after.is_none() || limit == usize::MAX {
+                    break;
+                }
+            }
+            assert_eq!(all, sorted, "pages of {limit}");
+        }
+        assert!(list(&b, 1, None, 10).unwrap().is_empty(), "another mailbox holds none");
+    }
+}

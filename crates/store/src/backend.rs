@@ -347,9 +347,19 @@ impl<'txn> RedbBackend<'txn> {
     }
 }
 
-fn claim_rows(t: &Table<'_, ClaimRow, ()>, a: u32, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
+/// Up to `limit` claims of a mailbox after `after` (from the first if none).
+fn claim_rows(
+    t: &Table<'_, ClaimRow, ()>,
+    a: u32,
+    mailbox: u32,
+    after: Option<ClaimKey>,
+    limit: usize,
+) -> StorageResult<Vec<ClaimKey>> {
+    use std::ops::Bound::{Excluded, Included};
+    let from = after.map_or(Included((a, mailbox, 0, 0, 0)), |k| Excluded(row(a, mailbox, k)));
+    let to = Included((a, mailbox, u32::MAX, u64::MAX, u16::MAX));
     let mut out = Vec::new();
-    for item in t.range((a, mailbox, 0, 0, 0)..=(a, mailbox, u32::MAX, u64::MAX, u16::MAX)).map_err(storage)? {
+    for item in t.range::<ClaimRow>((from, to)).map_err(storage)?.take(limit) {
         let (_, _, uid, message, claimant) = item.map_err(storage)?.0.value();
         out.push(ClaimKey { uid, message, claimant });
     }
@@ -524,18 +534,18 @@ impl Backend for RedbBackend<'_> {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.pinned.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
     }
-    fn retracted_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
-        claim_rows(&self.retracted, self.account, mailbox)
+    fn retracted_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
+        claim_rows(&self.retracted, self.account, mailbox, after, limit)
     }
-    fn pinned_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
-        claim_rows(&self.pinned, self.account, mailbox)
+    fn pinned_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
+        claim_rows(&self.pinned, self.account, mailbox, after, limit)
     }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.pinned.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
     }
-    fn forced_in(&self, mailbox: u32) -> StorageResult<Vec<ClaimKey>> {
-        claim_rows(&self.forced, self.account, mailbox)
+    fn forced_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
+        claim_rows(&self.forced, self.account, mailbox, after, limit)
     }
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.forced.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
@@ -660,16 +670,16 @@ impl Backend for Detached {
     fn is_pinned(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
         detached()
     }
-    fn retracted_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {
+    fn retracted_in(&self, _: u32, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
         detached()
     }
-    fn pinned_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {
+    fn pinned_in(&self, _: u32, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
         detached()
     }
     fn add_pinned(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
         detached()
     }
-    fn forced_in(&self, _: u32) -> StorageResult<Vec<ClaimKey>> {
+    fn forced_in(&self, _: u32, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
         detached()
     }
     fn is_forced(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {

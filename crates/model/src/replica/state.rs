@@ -120,15 +120,24 @@ impl<B: Backend> Replica<B> {
                 sink(Part::Claims(ClaimKind::Side, part))?;
             }
             for kind in [ClaimKind::Retracted, ClaimKind::Pinned, ClaimKind::Forced] {
-                let keys = match kind {
-                    ClaimKind::Retracted => self.backend.retracted_in(i)?,
-                    ClaimKind::Pinned => self.backend.pinned_in(i)?,
-                    _ => self.backend.forced_in(i)?,
-                };
+                // A page of keys read at a time, whatever the mailbox holds.
                 let mut claims = Pager::new(page);
-                for k in keys {
-                    if let Some(part) = claims.push(self.snap_claim(k)) {
-                        sink(Part::Claims(kind, part))?;
+                let mut after = None;
+                loop {
+                    let keys = match kind {
+                        ClaimKind::Retracted => self.backend.retracted_in(i, after, PAGE)?,
+                        ClaimKind::Pinned => self.backend.pinned_in(i, after, PAGE)?,
+                        _ => self.backend.forced_in(i, after, PAGE)?,
+                    };
+                    let full = keys.len() == PAGE;
+                    after = keys.last().copied();
+                    for k in keys {
+                        if let Some(part) = claims.push(self.snap_claim(k)) {
+                            sink(Part::Claims(kind, part))?;
+                        }
+                    }
+                    if !full {
+                        break;
                     }
                 }
                 if let Some(part) = claims.take() {
