@@ -178,6 +178,16 @@ fn is_full(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
+/// An error of a file the store keeps beside redb's (a snapshot copy),
+/// told apart as redb's are: the disk full, or another I/O error.
+pub(crate) fn file_error(what: &str, e: std::io::Error) -> StoreError {
+    if is_full(&e) {
+        StoreError::DiskFull(format!("{what}: {e}"))
+    } else {
+        StoreError::Io(format!("{what}: {e}"))
+    }
+}
+
 /// The typed error for a redb storage error that is the disk's or the
 /// file's fault; `None` for others.
 fn classify_storage(e: &redb::StorageError) -> Option<StoreError> {

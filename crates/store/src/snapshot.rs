@@ -148,10 +148,7 @@ impl SnapshotCopy {
 }
 
 fn io_error(e: std::io::Error) -> StoreError {
-    match e.kind() {
-        std::io::ErrorKind::StorageFull => StoreError::DiskFull(format!("snapshot copy: {e}")),
-        _ => StoreError::Io(format!("snapshot copy: {e}")),
-    }
+    crate::error::file_error("snapshot copy", e)
 }
 
 impl Store {

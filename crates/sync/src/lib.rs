@@ -117,10 +117,9 @@ pub const BODY_BYTES_MAX: usize = 256 << 20;
 pub const BLOB_IDS_MAX: usize = 10_000;
 /// Most replicas in a version vector from a peer.
 pub const VV_ENTRIES_MAX: usize = 65_535;
-/// Bytes of a snapshot per `Snapshot` frame (a part); the last part may be
-/// shorter. A snapshot of a 30,000-message account was 9.5 MB (318 bytes
-/// per message): one frame of [`FRAME_BYTES_MAX`] would have capped an
-/// account at about 200,000 messages.
+/// Largest part of a snapshot a receiver accepts in one `Snapshot` frame
+/// (senders send [`SNAPSHOT_SEND_PART`]). A snapshot travels in parts: one
+/// frame of [`FRAME_BYTES_MAX`] would cap the account it can carry.
 pub const SNAPSHOT_PART_BYTES: usize = 16 << 20;
 /// Largest snapshot (compressed, all parts) a receiver accepts.
 pub const SNAPSHOT_WIRE_MAX: u64 = 2 << 30;
