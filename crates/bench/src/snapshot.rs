@@ -4,6 +4,9 @@
 //! each step in a process of its own so that each peak RSS (VmHWM) is that
 //! step's alone. The snapshot is written to a file and installed from it
 //! as streams (`Store::write_snapshot`, `Store::install_snapshot_from`).
+//! While the snapshot is built, another thread appends to a second account
+//! of the same store, one message per commit: the longest of those writes
+//! is how long the build held writers up.
 
 use starling_model::{BlobId, Replica, ReplicaId, INBOX};
 use starling_store::{Store, StoreOptions};
@@ -31,15 +34,18 @@ fn peak_kib() -> u64 {
     s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
-/// One step; prints "seconds peak_kib bytes".
+/// One step; prints "seconds peak_kib bytes", and for the snapshot step
+/// "writes longest_ms" of the writer beside it.
 fn step(step: &str, dir: &Path, n: u64) {
     let (src, dst, snap) = (dir.join("src.redb"), dir.join("dst.redb"), dir.join("snapshot.bin"));
     let t = Instant::now();
+    let mut beside = None;
     let bytes = match step {
         "build" => {
             let _ = std::fs::remove_file(&src);
             let store = Store::open(&src, SOURCE, StoreOptions::default()).expect("open");
             store.add_account("u").expect("account");
+            store.add_account("v").expect("account");
             let mut peer = Replica::new(ReplicaId(0x77));
             for i in 0..n {
                 peer.append(INBOX, BlobId::of(&i.to_le_bytes()), 1000, i as i64, vec![]).expect("append");
@@ -54,8 +60,27 @@ fn step(step: &str, dir: &Path, n: u64) {
         }
         "snapshot" => {
             let store = Store::open(&src, SOURCE, StoreOptions::default()).expect("open");
+            let store = std::sync::Arc::new(store);
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let writer = {
+                let (store, done) = (store.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let (mut writes, mut longest) = (0u64, 0f64);
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        let t = Instant::now();
+                        let body = format!("Subject: beside {writes}\r\n\r\nhello\r\n");
+                        store.write("v", |b| b.append(INBOX, body.as_bytes(), 0, vec![])).expect("append");
+                        longest = longest.max(t.elapsed().as_secs_f64());
+                        writes += 1;
+                    }
+                    (writes, longest)
+                })
+            };
             let file = std::io::BufWriter::new(std::fs::File::create(&snap).expect("create"));
             store.write_snapshot("u", file).expect("snapshot");
+            done.store(true, std::sync::atomic::Ordering::Release);
+            let (writes, longest) = writer.join().expect("writer");
+            beside = Some((writes, longest));
             std::fs::metadata(&snap).expect("snapshot file").len()
         }
         "install" => {
@@ -71,7 +96,11 @@ fn step(step: &str, dir: &Path, n: u64) {
         }
         other => panic!("unknown step {other}"),
     };
-    println!("{:.2} {} {bytes}", t.elapsed().as_secs_f64(), peak_kib());
+    print!("{:.2} {} {bytes}", t.elapsed().as_secs_f64(), peak_kib());
+    match beside {
+        Some((writes, longest)) => println!(" {writes} {:.1}", longest * 1e3),
+        None => println!(),
+    }
 }
 
 pub fn run(a: Args) {
@@ -86,10 +115,10 @@ pub fn run(a: Args) {
     if let Some(s) = &a.step {
         return step(s, &dir, a.messages[0]);
     }
-    println!("| live messages | store built (s) | snapshot | build it: time / peak RSS | install into an empty store: time / peak RSS |");
-    println!("|---|---|---|---|---|");
+    println!("| live messages | store built (s) | snapshot | build it: time / peak RSS | writes to another account meanwhile: count / longest | install into an empty store: time / peak RSS |");
+    println!("|---|---|---|---|---|---|");
     for &n in &a.messages {
-        let run = |s: &str| -> (f64, u64, u64) {
+        let run = |s: &str| -> (f64, u64, u64, String) {
             let out = std::process::Command::new(std::env::current_exe().expect("exe"))
                 .args(["snapshot", "--step", s, "--messages", &n.to_string(), "--dir"])
                 .arg(&dir)
@@ -101,14 +130,18 @@ pub fn run(a: Args) {
             let secs = f.next().and_then(|x| x.parse().ok()).expect("secs");
             let kib = f.next().and_then(|x| x.parse().ok()).expect("kib");
             let bytes = f.next().and_then(|x| x.parse().ok()).expect("bytes");
-            (secs, kib, bytes)
+            let beside = match (f.next(), f.next()) {
+                (Some(writes), Some(ms)) => format!("{writes} / {ms} ms"),
+                _ => String::new(),
+            };
+            (secs, kib, bytes, beside)
         };
-        let (built, _, _) = run("build");
-        let (snap_s, snap_kib, bytes) = run("snapshot");
-        let (inst_s, inst_kib, _) = run("install");
+        let (built, ..) = run("build");
+        let (snap_s, snap_kib, bytes, beside) = run("snapshot");
+        let (inst_s, inst_kib, ..) = run("install");
         let mb = |b: u64| b as f64 / 1e6;
         println!(
-            "| {n} | {built:.1} | {:.1} MB ({} B per message) | {snap_s:.2} s / {:.0} MB | {inst_s:.2} s / {:.0} MB |",
+            "| {n} | {built:.1} | {:.1} MB ({} B per message) | {snap_s:.2} s / {:.0} MB | {beside} | {inst_s:.2} s / {:.0} MB |",
             mb(bytes),
             bytes / n.max(1),
             mb(snap_kib * 1024),

@@ -12,6 +12,7 @@
 //! the low 48.
 
 use crate::ids::BlobId;
+use crate::snapshot::ClaimKind;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -106,9 +107,33 @@ pub struct ClaimKey {
     pub claimant: u16,
 }
 
+/// What a snapshot export reads of a replica's per-message state
+/// ([`crate::replica::ExportView`]): reads only, so that a read-only view of
+/// the storage (a store's read transaction) can serve an export while the
+/// replica goes on writing. `mailbox` arguments are indices in the
+/// replica's mailbox table.
+pub trait StateReads {
+    /// Immutable attributes of a message, if kept.
+    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>>;
+    /// Placed messages with UID ≥ `from`, by UID, at most `limit`.
+    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>>;
+    /// The claims of one kind in a mailbox after `after` (from the first
+    /// if none), in key order (UID, message, claimant), at most `limit`.
+    fn claims_in(
+        &self,
+        mailbox: u32,
+        kind: ClaimKind,
+        after: Option<ClaimKey>,
+        limit: usize,
+    ) -> StorageResult<Vec<ClaimKey>>;
+    /// A mailbox's spent UIDs as ranges `start..end`, ascending (for state
+    /// snapshots).
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>>;
+}
+
 /// Per-message state of one replica. `mailbox` arguments are indices in the
 /// replica's mailbox table.
-pub trait Backend {
+pub trait Backend: StateReads {
     /// Where a message is, if it is live here.
     fn loc(&self, m: Packed) -> StorageResult<Option<MsgLoc>>;
     /// Records where a message is.
@@ -118,9 +143,7 @@ pub trait Backend {
     /// Number of live messages.
     fn message_count(&self) -> StorageResult<u64>;
 
-    /// Immutable attributes of a message, if kept.
-    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>>;
-    /// Records them.
+    /// Records a message's envelope.
     fn set_envelope(&mut self, m: Packed, e: Envelope) -> StorageResult<()>;
     /// Drops them.
     fn remove_envelope(&mut self, m: Packed) -> StorageResult<()>;
@@ -134,8 +157,6 @@ pub trait Backend {
     fn update_slot(&mut self, mailbox: u32, slot: &Slot) -> StorageResult<()>;
     /// Removes the message placed at `uid`.
     fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>>;
-    /// Placed messages with UID ≥ `from`, by UID, at most `limit`.
-    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>>;
     /// Number of placed messages in a mailbox.
     fn slot_count(&self, mailbox: u32) -> StorageResult<u64>;
 
@@ -154,17 +175,10 @@ pub trait Backend {
     fn is_retracted(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a withdrawal.
     fn add_retracted(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
-    /// The withdrawn claims of a mailbox after `after` (from the first if
-    /// none), in key order, at most `limit` (for state snapshots).
-    fn retracted_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>>;
-    /// The pinned claims of a mailbox, as [`Backend::retracted_in`].
-    fn pinned_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>>;
     /// Whether a claim was pinned by another replica's announcement.
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a pin.
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()>;
-    /// The claims U1 forced in a mailbox, as [`Backend::retracted_in`].
-    fn forced_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>>;
     /// Whether a claim was one U1 forced (`OpBody::Forced`).
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool>;
     /// Records a forced claim.
@@ -179,9 +193,6 @@ pub trait Backend {
     fn is_dead(&self, mailbox: u32, uid: u32) -> StorageResult<bool>;
     /// Records the UIDs `start..end` as spent (idempotent; `start < end`).
     fn add_dead(&mut self, mailbox: u32, start: u32, end: u32) -> StorageResult<()>;
-    /// A mailbox's spent UIDs as ranges `start..end`, ascending (for state
-    /// snapshots).
-    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>>;
 }
 
 /// Adds `start..end` to a set of disjoint, non-adjacent ranges kept as
@@ -252,6 +263,44 @@ fn page_of(set: &BTreeSet<ClaimKey>, after: Option<ClaimKey>, limit: usize) -> V
     set.range((from, Unbounded)).take(limit).copied().collect()
 }
 
+impl StateReads for MemBackend {
+    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
+        Ok(self.envelopes.as_ref().and_then(|e| e.get(&m).copied()))
+    }
+    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
+        let Some(b) = self.get(mailbox) else {
+            return Ok(Vec::new());
+        };
+        let start = b.position(from).unwrap_or_else(|p| p);
+        Ok(b.slots[start..].iter().take(limit).cloned().collect())
+    }
+    fn claims_in(
+        &self,
+        mailbox: u32,
+        kind: ClaimKind,
+        after: Option<ClaimKey>,
+        limit: usize,
+    ) -> StorageResult<Vec<ClaimKey>> {
+        let Some(b) = self.get(mailbox) else { return Ok(Vec::new()) };
+        Ok(match kind {
+            ClaimKind::Side => {
+                use std::ops::Bound::{Included, Unbounded};
+                let from = after.map_or(Unbounded, |k| Included(k.uid));
+                let keys = b.side.range((from, Unbounded)).flat_map(|(uid, claims)| {
+                    claims.iter().map(|c| ClaimKey { uid: *uid, message: c.message, claimant: c.claimant })
+                });
+                keys.filter(|k| after.is_none_or(|a| *k > a)).take(limit).collect()
+            }
+            ClaimKind::Retracted => page_of(&b.retracted, after, limit),
+            ClaimKind::Pinned => page_of(&b.pinned, after, limit),
+            ClaimKind::Forced => page_of(&b.forced, after, limit),
+        })
+    }
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
+        Ok(self.get(mailbox).map(|b| b.dead.iter().map(|(s, e)| (*s, *e)).collect()).unwrap_or_default())
+    }
+}
+
 impl Backend for MemBackend {
     fn loc(&self, m: Packed) -> StorageResult<Option<MsgLoc>> {
         Ok(self.messages.get(&m).copied())
@@ -266,9 +315,6 @@ impl Backend for MemBackend {
     }
     fn message_count(&self) -> StorageResult<u64> {
         Ok(self.messages.len() as u64)
-    }
-    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
-        Ok(self.envelopes.as_ref().and_then(|e| e.get(&m).copied()))
     }
     fn set_envelope(&mut self, m: Packed, e: Envelope) -> StorageResult<()> {
         if let Some(map) = self.envelopes.as_mut() {
@@ -302,13 +348,6 @@ impl Backend for MemBackend {
     fn remove_slot(&mut self, mailbox: u32, uid: u32) -> StorageResult<Option<Slot>> {
         let b = self.mb(mailbox);
         Ok(b.position(uid).ok().map(|p| b.slots.remove(p)))
-    }
-    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
-        let Some(b) = self.get(mailbox) else {
-            return Ok(Vec::new());
-        };
-        let start = b.position(from).unwrap_or_else(|p| p);
-        Ok(b.slots[start..].iter().take(limit).cloned().collect())
     }
     fn slot_count(&self, mailbox: u32) -> StorageResult<u64> {
         Ok(self.get(mailbox).map_or(0, |b| b.slots.len() as u64))
@@ -372,18 +411,9 @@ impl Backend for MemBackend {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.get(mailbox).is_some_and(|b| b.pinned.contains(&key)))
     }
-    fn retracted_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
-        Ok(self.get(mailbox).map(|b| page_of(&b.retracted, after, limit)).unwrap_or_default())
-    }
-    fn pinned_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
-        Ok(self.get(mailbox).map(|b| page_of(&b.pinned, after, limit)).unwrap_or_default())
-    }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.mb(mailbox).pinned.insert(key);
         Ok(())
-    }
-    fn forced_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
-        Ok(self.get(mailbox).map(|b| page_of(&b.forced, after, limit)).unwrap_or_default())
     }
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.get(mailbox).is_some_and(|b| b.forced.contains(&key)))
@@ -412,8 +442,5 @@ impl Backend for MemBackend {
         }
         b.dead.insert(s, e);
         Ok(())
-    }
-    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
-        Ok(self.get(mailbox).map(|b| b.dead.iter().map(|(s, e)| (*s, *e)).collect()).unwrap_or_default())
     }
 }

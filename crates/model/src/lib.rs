@@ -29,4 +29,4 @@ pub use backend::{Backend, MemBackend, StorageError};
 pub use ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector};
 pub use keyword::Keyword;
 pub use op::{Append, Op, OpBody, Pin};
-pub use replica::{AppliedOp, ApplyError, LocalError, Names, OpenError, Replica, ReplicaOptions};
+pub use replica::{AppliedOp, ApplyError, ExportView, LocalError, Names, OpenError, Replica, ReplicaOptions};

@@ -15,7 +15,7 @@
 
 use crate::account::{AccountDoc, AccountError, MailboxTree, SpecialUse, INBOX};
 use crate::backend::{
-    Backend, Claim, ClaimKey, Envelope, FlagEntry, FlagSet, MemBackend, MsgLoc, Packed, Slot, StorageError,
+    Backend, Claim, ClaimKey, Envelope, FlagEntry, FlagSet, MemBackend, MsgLoc, Packed, Slot, StateReads, StorageError,
 };
 use crate::causal::{blocker, CausalBuffer};
 use crate::ids::{BlobId, Dot, MailboxId, MessageId, ReplicaId, VersionVector, COUNTER_MAX};
@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 mod state;
 pub use crate::snapshot::PART_BYTES;
-pub use state::Import;
+pub use state::{ExportView, Import};
 
 /// Most ops held back waiting for their causal past. Past it, [`Replica::apply`]
 /// refuses ops and the peer must catch up by state.
@@ -130,6 +130,11 @@ fn packed_idx(p: Packed) -> u16 {
     (p >> 48) as u16
 }
 
+/// A packed id as a dot, with the replica table that interned it.
+fn unpack_with(replica_ids: &[ReplicaId], p: Packed) -> Dot {
+    Dot::new(replica_ids[packed_idx(p) as usize], p & COUNTER_MAX)
+}
+
 /// Small per-mailbox state, kept in memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MailboxMeta {
@@ -180,7 +185,7 @@ pub struct Names {
 impl Names {
     /// A packed id as a message id.
     pub fn message(&self, p: Packed) -> MessageId {
-        MessageId(Dot::new(self.replica_ids[packed_idx(p) as usize], p & COUNTER_MAX))
+        MessageId(unpack_with(&self.replica_ids, p))
     }
     /// Index of a mailbox.
     pub fn mailbox_index(&self, id: MailboxId) -> Option<u32> {
@@ -512,16 +517,16 @@ impl<B: Backend> Replica<B> {
     }
 
     /// The replicated state as a portable snapshot (see [`crate::snapshot`]),
-    /// collected in one value ([`Replica::export_parts`] streams it).
+    /// collected in one value ([`Replica::export_view`] streams it).
     /// Ops waiting for their causal past are not part of it.
     pub fn export_state(&mut self) -> Result<StateSnapshot, StorageError> {
-        let head = self.export_head();
+        let view = self.export_view();
         let mut parts = Vec::new();
-        self.export_parts(usize::MAX, |p| {
+        view.parts(&self.backend, usize::MAX, |p| {
             parts.push(p);
             Ok::<(), StorageError>(())
         })?;
-        Ok(StateSnapshot::from_parts(head, parts).expect("parts made here begin with a mailbox"))
+        Ok(StateSnapshot::from_parts(view.head().clone(), parts).expect("parts made here begin with a mailbox"))
     }
 
     /// Installs a snapshot collected in one value: [`Replica::import_begin`]
@@ -624,7 +629,7 @@ impl<B: Backend> Replica<B> {
     }
 
     fn unpack(&self, p: Packed) -> Dot {
-        Dot::new(self.replica_ids[packed_idx(p) as usize], p & COUNTER_MAX)
+        unpack_with(&self.replica_ids, p)
     }
 
     /// Whether a message was expunged here: its append (the op it is named

@@ -7,7 +7,7 @@
 //! A snapshot travels and installs as a stream of [`Part`]s: a
 //! [`SnapHead`], then per mailbox its [`SnapMailboxHead`] followed by pages
 //! of its messages (by UID) and of its claims. A replica writes it a page at
-//! a time ([`crate::Replica::export_parts`]) and installs it a page at a
+//! a time ([`crate::ExportView::parts`]) and installs it a page at a
 //! time ([`crate::Replica::import_begin`]), so neither holds a whole
 //! account's messages in memory; [`StateSnapshot`] is the same content
 //! collected in one value, for tests.

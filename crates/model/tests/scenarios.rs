@@ -643,7 +643,8 @@ fn spent_uid_history() -> Result<(), String> {
 /// still there. Returns every replica's dump after each step, for the
 /// comparison with the same history keeping withdrawn claims.
 fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<String>, String> {
-    use starling_model::backend::Backend;
+    use starling_model::backend::{Backend, StateReads};
+    use starling_model::snapshot::ClaimKind;
     let drop = options.drop_withdrawn;
     let mut c = Cluster::with_options(3, options);
     let mut dumps = Vec::new();
@@ -671,9 +672,17 @@ fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<Strin
     let pe = a.packed_message(e).unwrap();
     let held = a.backend().side_at(idx, 1).unwrap().iter().any(|cl| cl.message == pe);
     assert_eq!(held, !drop, "A holds E's withdrawn claim at 1 only when it keeps withdrawn claims");
-    let marked = a.backend().retracted_in(idx, None, usize::MAX).unwrap().iter().any(|k| k.uid == 1 && k.message == pe);
+    let marked = a
+        .backend()
+        .claims_in(idx, ClaimKind::Retracted, None, usize::MAX)
+        .unwrap()
+        .iter()
+        .any(|k| k.uid == 1 && k.message == pe);
     assert_eq!(marked, !drop, "its withdrawal mark goes with it");
-    assert!(a.backend().pinned_in(idx, None, usize::MAX).unwrap().is_empty(), "nothing pinned at A yet");
+    assert!(
+        a.backend().claims_in(idx, ClaimKind::Pinned, None, usize::MAX).unwrap().is_empty(),
+        "nothing pinned at A yet"
+    );
     assert_eq!(a.uid_of(x), Some((INBOX, 1)), "X still at 1 at A before the pin");
     assert!(!a.backend().is_dead(idx, 1).unwrap());
     step(&mut c)?;
@@ -687,7 +696,10 @@ fn late_pin_history(options: starling_model::ReplicaOptions) -> Result<Vec<Strin
         return Err(format!("X did not move off UID 1 at A: {:?}", a.uid_of(x)));
     }
     assert!(a.backend().side_at(idx, 1).unwrap().iter().all(|cl| cl.message != pe), "no claim of E at 1 left");
-    assert!(a.backend().pinned_in(idx, None, usize::MAX).unwrap().iter().all(|k| k.message != pe), "no pin of E kept");
+    assert!(
+        a.backend().claims_in(idx, ClaimKind::Pinned, None, usize::MAX).unwrap().iter().all(|k| k.message != pe),
+        "no pin of E kept"
+    );
     step(&mut c)?;
     c.heal();
     c.deliver_all(&mut Rng::new(7));

@@ -7,14 +7,14 @@ use starling_model::snapshot::{InstallError, Part, SnapHead};
 use starling_model::{BlobId, Keyword, MailboxId, MessageId, Replica, ReplicaId, INBOX};
 
 fn stream(r: &mut Replica, page: usize) -> (SnapHead, Vec<Part>) {
-    let head = r.export_head();
+    let view = r.export_view();
     let mut parts = Vec::new();
-    r.export_parts(page, |p| {
+    view.parts(r.backend(), page, |p| {
         parts.push(p);
         Ok::<(), starling_model::StorageError>(())
     })
     .unwrap();
-    (head, parts)
+    (view.head().clone(), parts)
 }
 
 fn append(r: &mut Replica, mailbox: MailboxId, i: u64) -> MessageId {
@@ -213,10 +213,12 @@ fn parts_are_cut_by_size_as_well_as_by_count() {
 }
 
 /// The claim lists a snapshot exports are read a page at a time: paging
-/// through more keys than a page, from any key, gives each once, in order.
+/// through more keys than a page, from any key, gives each once, in order;
+/// side claims too, several of them at a UID.
 #[test]
 fn claim_lists_page_in_key_order() {
-    use starling_model::backend::ClaimKey;
+    use starling_model::backend::{Claim, ClaimKey, StateReads};
+    use starling_model::snapshot::ClaimKind;
     use starling_model::{Backend, MemBackend};
     let mut b = MemBackend::new(false);
     let keys: Vec<ClaimKey> = (0..10_000u32)
@@ -226,17 +228,16 @@ fn claim_lists_page_in_key_order() {
         b.add_retracted(0, *k).unwrap();
         b.add_pinned(0, *k).unwrap();
         b.add_forced(0, *k).unwrap();
+        b.add_side(0, k.uid, Claim { message: k.message, claimant: k.claimant }).unwrap();
     }
     let mut sorted = keys.clone();
     sorted.sort();
     sorted.dedup();
-    type Page = fn(&MemBackend, u32, Option<ClaimKey>, usize) -> Result<Vec<ClaimKey>, starling_model::StorageError>;
-    let lists: [Page; 3] = [MemBackend::retracted_in, MemBackend::pinned_in, MemBackend::forced_in];
-    for list in lists {
-        for limit in [1, 4096, 9_999, 10_000, usize::MAX] {
+    for kind in [ClaimKind::Side, ClaimKind::Retracted, ClaimKind::Pinned, ClaimKind::Forced] {
+        for limit in [1, 2, 4096, 9_999, 10_000, usize::MAX] {
             let (mut all, mut after) = (Vec::new(), None);
             loop {
-                let page = list(&b, 0, after, limit).unwrap();
+                let page = b.claims_in(0, kind, after, limit).unwrap();
                 assert!(page.len() <= limit);
                 after = page.last().copied();
                 all.extend(page);
@@ -244,8 +245,8 @@ fn claim_lists_page_in_key_order() {
                     break;
                 }
             }
-            assert_eq!(all, sorted, "pages of {limit}");
+            assert_eq!(all, sorted, "{kind:?}: pages of {limit}");
         }
-        assert!(list(&b, 1, None, 10).unwrap().is_empty(), "another mailbox holds none");
+        assert!(b.claims_in(1, kind, None, 10).unwrap().is_empty(), "another mailbox holds none");
     }
 }

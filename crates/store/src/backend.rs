@@ -6,12 +6,15 @@
 //! (MODSEQ → UID) for CHANGEDSINCE, a VANISHED index for QRESYNC, and per
 //! mailbox HIGHESTMODSEQ and message count.
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use smallvec::SmallVec;
-use starling_model::backend::{Backend, Claim, ClaimKey, Envelope, MsgLoc, Packed, Slot, StorageResult};
+use starling_model::backend::{Backend, Claim, ClaimKey, Envelope, MsgLoc, Packed, Slot, StateReads, StorageResult};
+use starling_model::snapshot::ClaimKind;
 use starling_model::{BlobId, ReplicaId, StorageError};
 
 pub(crate) type Key2 = (u32, u64);
+/// (account, mailbox, UID).
+pub(crate) type Key3 = (u32, u32, u32);
 pub(crate) type ClaimRow = (u32, u32, u32, u64, u16);
 
 pub(crate) const LOCS: TableDefinition<Key2, (u32, u32)> = TableDefinition::new("locs");
@@ -347,9 +350,34 @@ impl<'txn> RedbBackend<'txn> {
     }
 }
 
+// The reads a write transaction's tables ([`RedbBackend`]) and a read
+// view's ([`RedbView`]) share: one copy of each, over either kind of table.
+
+fn envelope_of(t: &impl ReadableTable<Key2, &'static [u8]>, a: u32, m: Packed) -> StorageResult<Option<Envelope>> {
+    match t.get((a, m)).map_err(storage)? {
+        Some(g) => Ok(Some(decode_envelope(g.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn slots_of(
+    t: &impl ReadableTable<Key3, &'static [u8]>,
+    a: u32,
+    mailbox: u32,
+    from: u32,
+    limit: usize,
+) -> StorageResult<Vec<Slot>> {
+    let mut out = Vec::new();
+    for item in t.range((a, mailbox, from)..=(a, mailbox, u32::MAX)).map_err(storage)?.take(limit) {
+        let (_, v) = item.map_err(storage)?;
+        out.push(decode_slot(v.value())?.1);
+    }
+    Ok(out)
+}
+
 /// Up to `limit` claims of a mailbox after `after` (from the first if none).
 fn claim_rows(
-    t: &Table<'_, ClaimRow, ()>,
+    t: &impl ReadableTable<ClaimRow, ()>,
     a: u32,
     mailbox: u32,
     after: Option<ClaimKey>,
@@ -366,8 +394,100 @@ fn claim_rows(
     Ok(out)
 }
 
+fn dead_of(t: &impl ReadableTable<Key3, u32>, a: u32, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
+    let mut out = Vec::new();
+    for item in t.range((a, mailbox, 0)..=(a, mailbox, u32::MAX)).map_err(storage)? {
+        let (k, v) = item.map_err(storage)?;
+        out.push((k.value().2, v.value()));
+    }
+    Ok(out)
+}
+
 fn row(account: u32, mailbox: u32, k: ClaimKey) -> ClaimRow {
     (account, mailbox, k.uid, k.message, k.claimant)
+}
+
+impl StateReads for RedbBackend<'_> {
+    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
+        envelope_of(&self.envelopes, self.account, m)
+    }
+    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
+        slots_of(&self.slots, self.account, mailbox, from, limit)
+    }
+    fn claims_in(
+        &self,
+        mailbox: u32,
+        kind: ClaimKind,
+        after: Option<ClaimKey>,
+        limit: usize,
+    ) -> StorageResult<Vec<ClaimKey>> {
+        let t = match kind {
+            ClaimKind::Side => &self.side,
+            ClaimKind::Retracted => &self.retracted,
+            ClaimKind::Pinned => &self.pinned,
+            ClaimKind::Forced => &self.forced,
+        };
+        claim_rows(t, self.account, mailbox, after, limit)
+    }
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
+        dead_of(&self.dead, self.account, mailbox)
+    }
+}
+
+/// An account's per-message tables in a read transaction: what a snapshot
+/// export reads ([`StateReads`]) while writers go on. A table never
+/// created reads as empty.
+pub(crate) struct RedbView {
+    account: u32,
+    envelopes: Option<ReadOnlyTable<Key2, &'static [u8]>>,
+    slots: Option<ReadOnlyTable<Key3, &'static [u8]>>,
+    side: Option<ReadOnlyTable<ClaimRow, ()>>,
+    retracted: Option<ReadOnlyTable<ClaimRow, ()>>,
+    pinned: Option<ReadOnlyTable<ClaimRow, ()>>,
+    forced: Option<ReadOnlyTable<ClaimRow, ()>>,
+    dead: Option<ReadOnlyTable<Key3, u32>>,
+}
+
+impl RedbView {
+    pub(crate) fn new(txn: &ReadTransaction, account: u32) -> Result<Self, crate::StoreError> {
+        Ok(RedbView {
+            account,
+            envelopes: crate::table(txn, ENVELOPES)?,
+            slots: crate::table(txn, SLOTS)?,
+            side: crate::table(txn, SIDE)?,
+            retracted: crate::table(txn, RETRACTED)?,
+            pinned: crate::table(txn, PINNED)?,
+            forced: crate::table(txn, FORCED)?,
+            dead: crate::table(txn, DEAD)?,
+        })
+    }
+}
+
+impl StateReads for RedbView {
+    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
+        self.envelopes.as_ref().map_or(Ok(None), |t| envelope_of(t, self.account, m))
+    }
+    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
+        self.slots.as_ref().map_or(Ok(Vec::new()), |t| slots_of(t, self.account, mailbox, from, limit))
+    }
+    fn claims_in(
+        &self,
+        mailbox: u32,
+        kind: ClaimKind,
+        after: Option<ClaimKey>,
+        limit: usize,
+    ) -> StorageResult<Vec<ClaimKey>> {
+        let t = match kind {
+            ClaimKind::Side => &self.side,
+            ClaimKind::Retracted => &self.retracted,
+            ClaimKind::Pinned => &self.pinned,
+            ClaimKind::Forced => &self.forced,
+        };
+        t.as_ref().map_or(Ok(Vec::new()), |t| claim_rows(t, self.account, mailbox, after, limit))
+    }
+    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
+        self.dead.as_ref().map_or(Ok(Vec::new()), |t| dead_of(t, self.account, mailbox))
+    }
 }
 
 impl Backend for RedbBackend<'_> {
@@ -398,12 +518,6 @@ impl Backend for RedbBackend<'_> {
             return Ok(c.1);
         }
         Ok(self.account_counts.get(self.account).map_err(storage)?.map(|g| g.value().1).unwrap_or(0))
-    }
-    fn envelope(&self, m: Packed) -> StorageResult<Option<Envelope>> {
-        match self.envelopes.get((self.account, m)).map_err(storage)? {
-            Some(g) => Ok(Some(decode_envelope(g.value())?)),
-            None => Ok(None),
-        }
     }
     fn set_envelope(&mut self, m: Packed, e: Envelope) -> StorageResult<()> {
         let old = self
@@ -460,15 +574,6 @@ impl Backend for RedbBackend<'_> {
         let (_, n) = self.mailbox_counts(mailbox)?;
         self.cached_mailboxes.insert(mailbox, (modseq, n.saturating_sub(1)));
         Ok(Some(slot))
-    }
-    fn slots_from(&self, mailbox: u32, from: u32, limit: usize) -> StorageResult<Vec<Slot>> {
-        let a = self.account;
-        let mut out = Vec::new();
-        for item in self.slots.range((a, mailbox, from)..=(a, mailbox, u32::MAX)).map_err(storage)?.take(limit) {
-            let (_, v) = item.map_err(storage)?;
-            out.push(decode_slot(v.value())?.1);
-        }
-        Ok(out)
     }
     fn slot_count(&self, mailbox: u32) -> StorageResult<u64> {
         Ok(self.mailbox_counts(mailbox)?.1)
@@ -534,18 +639,9 @@ impl Backend for RedbBackend<'_> {
     fn is_pinned(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.pinned.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
     }
-    fn retracted_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
-        claim_rows(&self.retracted, self.account, mailbox, after, limit)
-    }
-    fn pinned_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
-        claim_rows(&self.pinned, self.account, mailbox, after, limit)
-    }
     fn add_pinned(&mut self, mailbox: u32, key: ClaimKey) -> StorageResult<()> {
         self.pinned.insert(row(self.account, mailbox, key), ()).map_err(storage)?;
         Ok(())
-    }
-    fn forced_in(&self, mailbox: u32, after: Option<ClaimKey>, limit: usize) -> StorageResult<Vec<ClaimKey>> {
-        claim_rows(&self.forced, self.account, mailbox, after, limit)
     }
     fn is_forced(&self, mailbox: u32, key: ClaimKey) -> StorageResult<bool> {
         Ok(self.forced.get(row(self.account, mailbox, key)).map_err(storage)?.is_some())
@@ -586,15 +682,6 @@ impl Backend for RedbBackend<'_> {
         self.dead.insert((a, mailbox, s), e).map_err(storage)?;
         Ok(())
     }
-    fn dead_in(&self, mailbox: u32) -> StorageResult<Vec<(u32, u32)>> {
-        let a = self.account;
-        let mut out = Vec::new();
-        for item in self.dead.range((a, mailbox, 0)..=(a, mailbox, u32::MAX)).map_err(storage)? {
-            let (k, v) = item.map_err(storage)?;
-            out.push((k.value().2, v.value()));
-        }
-        Ok(out)
-    }
 }
 
 /// The backend of a replica between transactions: every call fails. The
@@ -604,6 +691,21 @@ pub struct Detached;
 
 fn detached<T>() -> StorageResult<T> {
     Err(storage(std::io::Error::other("replica used outside a transaction")))
+}
+
+impl StateReads for Detached {
+    fn envelope(&self, _: Packed) -> StorageResult<Option<Envelope>> {
+        detached()
+    }
+    fn slots_from(&self, _: u32, _: u32, _: usize) -> StorageResult<Vec<Slot>> {
+        detached()
+    }
+    fn claims_in(&self, _: u32, _: ClaimKind, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
+        detached()
+    }
+    fn dead_in(&self, _: u32) -> StorageResult<Vec<(u32, u32)>> {
+        detached()
+    }
 }
 
 impl Backend for Detached {
@@ -617,9 +719,6 @@ impl Backend for Detached {
         detached()
     }
     fn message_count(&self) -> StorageResult<u64> {
-        detached()
-    }
-    fn envelope(&self, _: Packed) -> StorageResult<Option<Envelope>> {
         detached()
     }
     fn set_envelope(&mut self, _: Packed, _: Envelope) -> StorageResult<()> {
@@ -638,9 +737,6 @@ impl Backend for Detached {
         detached()
     }
     fn remove_slot(&mut self, _: u32, _: u32) -> StorageResult<Option<Slot>> {
-        detached()
-    }
-    fn slots_from(&self, _: u32, _: u32, _: usize) -> StorageResult<Vec<Slot>> {
         detached()
     }
     fn slot_count(&self, _: u32) -> StorageResult<u64> {
@@ -670,16 +766,7 @@ impl Backend for Detached {
     fn is_pinned(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
         detached()
     }
-    fn retracted_in(&self, _: u32, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
-        detached()
-    }
-    fn pinned_in(&self, _: u32, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
-        detached()
-    }
     fn add_pinned(&mut self, _: u32, _: ClaimKey) -> StorageResult<()> {
-        detached()
-    }
-    fn forced_in(&self, _: u32, _: Option<ClaimKey>, _: usize) -> StorageResult<Vec<ClaimKey>> {
         detached()
     }
     fn is_forced(&self, _: u32, _: ClaimKey) -> StorageResult<bool> {
@@ -695,9 +782,6 @@ impl Backend for Detached {
         detached()
     }
     fn add_dead(&mut self, _: u32, _: u32, _: u32) -> StorageResult<()> {
-        detached()
-    }
-    fn dead_in(&self, _: u32) -> StorageResult<Vec<(u32, u32)>> {
         detached()
     }
 }

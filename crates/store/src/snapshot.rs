@@ -183,19 +183,29 @@ impl Store {
     pub fn write_snapshot(&self, account: &str, mut out: impl Write) -> Result<VersionVector, StoreError> {
         out.write_all(&[SNAPSHOT_FORMAT]).map_err(|e| bad(format_args!("writing: {e}")))?;
         let mut z = zstd::stream::write::Encoder::new(out, 1).map_err(bad)?;
-        let vv = self.inspect(account, |r| -> Result<VersionVector, StoreError> {
-            let head = r.export_head();
-            let vv = head.vv.clone();
-            put(&mut z, &Record::Head(head))?;
-            r.export_parts(PART_PAGE, |p| put(&mut z, &Record::Part(p)))?;
-            Ok(vv)
-        })??;
-        // The log tail from this node's floor up to the state, so that the
-        // receiver can serve every peer this node can (its floor is ours).
-        let number = self.account_number(account)?;
-        self.run(|db| {
-            let r = db.begin_read().map_err(st)?;
-            let floor = self.log_floor(&r, number)?;
+        let acct = self.account(account)?;
+        let vv = self.run(|db| {
+            // The state as of the account's last commit: its small part
+            // copied and a read transaction begun under the account's lock,
+            // which goes before a single part is written. The parts and the
+            // log tail come from that transaction while writers go on, of
+            // this account as of any other.
+            let (view, txn) = {
+                let mut state = self.lock(&acct, db)?;
+                (state.export_view(), db.begin_read().map_err(st)?)
+            };
+            // As for any read view: `gone` is set before the forgetting
+            // commit, so not set now means the transaction sees it whole.
+            if acct.gone.load(Ordering::SeqCst) {
+                return Err(StoreError::NoSuchAccount(acct.name.to_string()));
+            }
+            let vv = view.head().vv.clone();
+            put(&mut z, &Record::Head(view.head().clone()))?;
+            view.parts(&backend::RedbView::new(&txn, acct.number)?, PART_PAGE, |p| put(&mut z, &Record::Part(p)))?;
+            // The log tail from this node's floor up to the state, so that
+            // the receiver can serve every peer this node can (its floor is
+            // ours).
+            let floor = self.log_floor(&txn, acct.number)?;
             let ranges: Vec<(u64, u64, u64)> = vv
                 .iter()
                 .filter(|(replica, last)| floor.get(*replica) < *last)
@@ -204,7 +214,7 @@ impl Store {
             put(&mut z, &Record::Floor(floor))?;
             // A segment is cut where its ops pass PART_BYTES (an account
             // op may carry a change of up to 1 MiB).
-            oplog::for_each_logged(&r, number, &ranges, |chunk| {
+            oplog::for_each_logged(&txn, acct.number, &ranges, |chunk| {
                 let mut tail = Pager::new(usize::MAX);
                 for logged in chunk {
                     if let Some(part) = tail.push(logged) {
@@ -215,7 +225,8 @@ impl Store {
                     Some(part) => put(&mut z, &Record::Tail(part)),
                     None => Ok(()),
                 }
-            })
+            })?;
+            Ok(vv)
         })?;
         put(&mut z, &Record::End)?;
         z.finish().map_err(|e| bad(format_args!("writing: {e}")))?;

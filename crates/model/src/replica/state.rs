@@ -65,36 +65,75 @@ struct Current {
     announced_me: u32,
 }
 
+/// A replica's state as of one moment, to export as a streamed snapshot
+/// ([`Replica::export_view`]): its small in-memory part copied, its
+/// per-message part read through any [`StateReads`] that shows the same
+/// moment — the replica's own backend, or a store's read transaction begun
+/// with the view, so that the replica goes on while the parts are written.
+#[derive(Clone, Debug)]
+pub struct ExportView {
+    head: SnapHead,
+    replica_ids: Vec<ReplicaId>,
+    keywords: Vec<Keyword>,
+    /// Per mailbox (by index) its head, but for the spent UIDs, which
+    /// [`ExportView::parts`] reads.
+    mailboxes: Vec<SnapMailboxHead>,
+}
+
 impl<B: Backend> Replica<B> {
-    /// What a streamed snapshot of this replica begins with.
-    pub fn export_head(&mut self) -> SnapHead {
-        SnapHead { version: SNAPSHOT_VERSION, vv: self.vv.clone(), account: self.account.save() }
+    /// This replica's state now, to export ([`ExportView::parts`]).
+    pub fn export_view(&mut self) -> ExportView {
+        let ids = &self.replica_ids;
+        ExportView {
+            head: SnapHead { version: SNAPSHOT_VERSION, vv: self.vv.clone(), account: self.account.save() },
+            replica_ids: ids.clone(),
+            keywords: self.keywords.clone(),
+            mailboxes: self
+                .mailboxes
+                .iter()
+                .map(|m| SnapMailboxHead {
+                    id: m.id,
+                    uid_next: m.uid_next,
+                    announced: m.announced.iter().map(|(r, n)| (ids[*r as usize], *n)).collect(),
+                    dead: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ExportView {
+    /// What the streamed snapshot begins with.
+    pub fn head(&self) -> &SnapHead {
+        &self.head
     }
 
-    /// The replica's state after [`Replica::export_head`], as parts of at
-    /// most `page` messages or claims and about [`PART_BYTES`] encoded,
-    /// handed to `sink` one at a time. Ops waiting for their causal past
+    /// The state after [`ExportView::head`], read from `reads` (which must
+    /// show the moment the view was taken), as parts of at most `page`
+    /// messages or claims and about [`PART_BYTES`] encoded, handed to
+    /// `sink` one at a time. Reads a page of the backend at a time, however
+    /// large a mailbox or its claim sets. Ops waiting for their causal past
     /// are not part of it.
-    pub fn export_parts<E: From<StorageError>>(
-        &mut self,
+    pub fn parts<E: From<StorageError>>(
+        &self,
+        reads: &impl StateReads,
         page: usize,
         mut sink: impl FnMut(Part) -> Result<(), E>,
     ) -> Result<(), E> {
         let page = page.max(1);
-        for i in 0..self.mailboxes.len() as u32 {
-            let meta = &self.mailboxes[i as usize];
-            let announced = meta.announced.iter().map(|(r, n)| (self.replica_ids[*r as usize], *n)).collect();
-            let head =
-                SnapMailboxHead { id: meta.id, uid_next: meta.uid_next, announced, dead: self.backend.dead_in(i)? };
+        for (i, head) in self.mailboxes.iter().enumerate() {
+            let i = i as u32;
+            let head = SnapMailboxHead { dead: reads.dead_in(i)?, ..head.clone() };
             sink(Part::Mailbox(head))?;
             let mut messages = Pager::new(page);
             let mut from = 0;
             loop {
-                let slots = self.backend.slots_from(i, from, PAGE)?;
+                let slots = reads.slots_from(i, from, PAGE)?;
                 let Some(last) = slots.last() else { break };
                 let next = if slots.len() == PAGE { last.uid.checked_add(1) } else { None };
                 for s in slots {
-                    if let Some(part) = messages.push(self.snap_message(s)?) {
+                    let envelope = reads.envelope(s.id)?;
+                    if let Some(part) = messages.push(self.message(s, envelope)) {
                         sink(Part::Messages(part))?;
                     }
                 }
@@ -106,33 +145,15 @@ impl<B: Backend> Replica<B> {
             if let Some(part) = messages.take() {
                 sink(Part::Messages(part))?;
             }
-            let mut side = Pager::new(page);
-            for uid in self.backend.side_uids_in(i, 0, u32::MAX)? {
-                for c in self.backend.side_at(i, uid)? {
-                    if let Some(part) =
-                        side.push(self.snap_claim(ClaimKey { uid, message: c.message, claimant: c.claimant }))
-                    {
-                        sink(Part::Claims(ClaimKind::Side, part))?;
-                    }
-                }
-            }
-            if let Some(part) = side.take() {
-                sink(Part::Claims(ClaimKind::Side, part))?;
-            }
-            for kind in [ClaimKind::Retracted, ClaimKind::Pinned, ClaimKind::Forced] {
-                // A page of keys read at a time, whatever the mailbox holds.
+            for kind in [ClaimKind::Side, ClaimKind::Retracted, ClaimKind::Pinned, ClaimKind::Forced] {
                 let mut claims = Pager::new(page);
                 let mut after = None;
                 loop {
-                    let keys = match kind {
-                        ClaimKind::Retracted => self.backend.retracted_in(i, after, PAGE)?,
-                        ClaimKind::Pinned => self.backend.pinned_in(i, after, PAGE)?,
-                        _ => self.backend.forced_in(i, after, PAGE)?,
-                    };
+                    let keys = reads.claims_in(i, kind, after, PAGE)?;
                     let full = keys.len() == PAGE;
                     after = keys.last().copied();
                     for k in keys {
-                        if let Some(part) = claims.push(self.snap_claim(k)) {
+                        if let Some(part) = claims.push(self.claim(k)) {
                             sink(Part::Claims(kind, part))?;
                         }
                     }
@@ -148,25 +169,31 @@ impl<B: Backend> Replica<B> {
         Ok(())
     }
 
-    fn snap_message(&self, s: Slot) -> Result<SnapMessage, StorageError> {
-        Ok(SnapMessage {
+    fn unpack(&self, p: Packed) -> Dot {
+        unpack_with(&self.replica_ids, p)
+    }
+
+    fn message(&self, s: Slot, envelope: Option<Envelope>) -> SnapMessage {
+        SnapMessage {
             id: MessageId(self.unpack(s.id)),
             uid: s.uid,
             claimant: self.replica_ids[s.claimant as usize],
             loc: ((s.loc >> 16) as u32, self.replica_ids[(s.loc & 0xffff) as usize]),
             flags: s.flags.iter().map(|e| (self.keywords[e.kw as usize].clone(), self.unpack(e.dot()))).collect(),
-            envelope: self.backend.envelope(s.id)?,
-        })
+            envelope,
+        }
     }
 
-    fn snap_claim(&self, k: ClaimKey) -> SnapClaim {
+    fn claim(&self, k: ClaimKey) -> SnapClaim {
         SnapClaim {
             uid: k.uid,
             message: MessageId(self.unpack(k.message)),
             claimant: self.replica_ids[k.claimant as usize],
         }
     }
+}
 
+impl<B: Backend> Replica<B> {
     /// Begins installing a streamed snapshot. It must hold every op this
     /// replica applied (its version dominates ours; [`InstallError::Older`]
     /// otherwise, and nothing changes): an empty replica takes any, one with
@@ -247,7 +274,21 @@ impl<B: Backend> Replica<B> {
                     };
                     match kind {
                         ClaimKind::Side => {
-                            self.backend.add_side(i, key.uid, Claim { message: key.message, claimant: key.claimant })?
+                            self.backend.add_side(
+                                i,
+                                key.uid,
+                                Claim { message: key.message, claimant: key.claimant },
+                            )?;
+                            // An own claim the snapshot shows losing is
+                            // withdrawn, as applying the ops would have
+                            // (settling the UID decides it): left, it is a
+                            // withdrawal this replica makes later, at some
+                            // other change of the UID, that one with the ops
+                            // would not (the property test's burying check
+                            // found it).
+                            if key.claimant == 0 {
+                                import.dirty.entry(i).or_default().0.insert(key.uid);
+                            }
                         }
                         ClaimKind::Retracted => self.backend.add_retracted(i, key)?,
                         ClaimKind::Pinned => self.backend.add_pinned(i, key)?,
@@ -323,12 +364,16 @@ impl<B: Backend> Replica<B> {
         // Side claims come and go (one may become a placed message's own):
         // the snapshot's replace these. `take_side` takes one claim of the
         // message at the UID, not a given claimant's: take them all.
-        let side = self.backend.side_uids_in(i, 0, u32::MAX)?;
-        let empty =
-            side.is_empty() && self.mailboxes[i as usize].unplaced.is_empty() && self.backend.slot_count(i)? == 0;
-        for uid in side {
-            for c in self.backend.side_at(i, uid)? {
-                while self.backend.take_side(i, uid, c.message)?.is_some() {}
+        // A page at a time, from the first each time: the page before is gone.
+        let mut empty = self.mailboxes[i as usize].unplaced.is_empty() && self.backend.slot_count(i)? == 0;
+        loop {
+            let side = self.backend.claims_in(i, ClaimKind::Side, None, PAGE)?;
+            if side.is_empty() {
+                break;
+            }
+            empty = false;
+            for k in side {
+                while self.backend.take_side(i, k.uid, k.message)?.is_some() {}
             }
         }
         // Spent UIDs only grow. (Nothing to settle for them: a claim at a
