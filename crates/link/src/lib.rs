@@ -14,6 +14,7 @@
 use starling_model::{BlobId, OpBody, ReplicaId};
 use starling_store::{Store, StoreError};
 use starling_sync::{BodyPolicy, Event, Session, SessionError, Shipped};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 /// Why a link ended.
@@ -445,18 +446,40 @@ impl PeerLink {
         ops: Vec<starling_model::Op>,
     ) -> Result<(), LinkError> {
         store.write(&account, |b| b.apply(ops.iter().cloned()))?;
-        // Bodies follow the metadata, as far as the policy says.
-        // A message moved into a wanted mailbox, or a mailbox
-        // renamed into one, may bring bodies not fetched before.
-        let moved = ops.iter().any(|o| matches!(o.body, OpBody::Move { .. } | OpBody::Account { .. }));
-        if moved && self.policy != BodyPolicy::full() {
+        // Bodies follow the metadata, as far as the policy says. A mailbox
+        // renamed into a wanted one may bring any of its bodies: the
+        // account's missing bodies are judged again (a scan of its
+        // messages). A message moved into one brings its own: judged alone.
+        let renamed = ops.iter().any(|o| matches!(o.body, OpBody::Account { .. }));
+        if renamed && self.policy != BodyPolicy::full() {
             self.want_missing(store, &account, true)?;
         } else {
             let reader = store.read(&account)?;
+            let tree = &reader.names().tree;
             let mut missing = Vec::new();
-            for (id, size) in self.policy.eager_blobs(&ops, &reader.names().tree) {
+            for (id, size) in self.policy.eager_blobs(&ops, tree) {
                 if store.lacks(&account, id)? {
                     missing.push((id, size));
+                }
+            }
+            if self.policy != BodyPolicy::full() {
+                let policy = self.policy.resolved(tree);
+                let moved: BTreeSet<_> = ops
+                    .iter()
+                    .filter_map(|o| match o.body {
+                        OpBody::Move { message, .. } => Some(message),
+                        _ => None,
+                    })
+                    .collect();
+                for m in moved {
+                    let (Some(e), Some((mailbox, uid))) = (reader.envelope(m)?, reader.location(m)?) else {
+                        continue; // expunged since
+                    };
+                    if policy.wants_body(tree.name_of(mailbox), uid, e.size, e.internal_date)
+                        && store.lacks(&account, e.blob)?
+                    {
+                        missing.push((e.blob, e.size));
+                    }
                 }
             }
             let _ = self.session.want_blobs(missing);

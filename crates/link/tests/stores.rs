@@ -643,3 +643,39 @@ fn a_snapshot_of_several_parts_is_spooled_then_installed_once_whole() {
     assert_eq!(nodes[1].store().version(ACCOUNT).unwrap(), all);
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
 }
+
+/// A message moved into a mailbox whose bodies a partial replica fetches:
+/// its body is asked for at once, judged by the moved message alone —
+/// not by scanning every message whose body the replica left out, which
+/// at a million messages would be a scan per move.
+#[test]
+fn a_move_into_a_wanted_mailbox_fetches_that_body_without_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[1].policy = BodyPolicy { mailboxes: Some(vec!["Archive".into()]), ..BodyPolicy::full() };
+    let (archive, moved) = nodes[0]
+        .store()
+        .write(ACCOUNT, |b| {
+            let archive = b.replica().create_mailbox("Archive", None, None)?;
+            let mut first = None;
+            for i in 0..300 {
+                let m = b.append(INBOX, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(), i, vec![])?;
+                first.get_or_insert(m);
+            }
+            Ok((archive, first.unwrap()))
+        })
+        .unwrap();
+    connect(&mut nodes, 0, 1);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 300, "INBOX bodies left out");
+    let scans = nodes[1].store().missing_scans();
+
+    nodes[0].store().write(ACCOUNT, |b| Ok(b.replica().move_message(moved, archive)?)).unwrap();
+    nodes[0].changed();
+    settle(&mut nodes);
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+    let body = nodes[1].store().read(ACCOUNT).unwrap().envelope(moved).unwrap().unwrap().blob;
+    assert!(!nodes[1].store().lacks(ACCOUNT, body).unwrap(), "the moved message's body came");
+    assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 299);
+    assert_eq!(nodes[1].store().missing_scans(), scans, "judged by the moved message, no scan");
+}

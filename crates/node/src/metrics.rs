@@ -83,6 +83,12 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
         vec![(String::new(), store.corrupt_reads())],
     );
     metric(
+        "starling_missing_body_scans_total",
+        "counter",
+        "Scans of an account's messages for the bodies a partial replica's policy wants (each reads every message; a rename of a mailbox causes one).",
+        vec![(String::new(), store.missing_scans())],
+    );
+    metric(
         "starling_store_file_bytes",
         "gauge",
         "Length of the store file.",

@@ -164,6 +164,7 @@ impl Store {
         }
         let acct = self.account(account)?;
         let number = acct.number;
+        self.core.missing_scans.fetch_add(1, Ordering::Relaxed);
         self.run(|db| {
             let (r, published) = self.view(&acct, db)?;
             let names = &published.names;

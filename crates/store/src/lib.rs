@@ -202,6 +202,9 @@ struct Core {
     /// Body records read by readers (for metrics, and tests that show a
     /// command reads none).
     body_reads: AtomicU64,
+    /// Scans of an account's messages for bodies it lacks
+    /// ([`Store::missing_page_where`]).
+    missing_scans: AtomicU64,
     /// Bodies found damaged since open: a good copy from a peer replaces them.
     corrupt: Mutex<BTreeSet<BlobId>>,
     /// Peers' acknowledgements heard since the last housekeeping (`acks`).
@@ -313,6 +316,12 @@ impl Store {
     /// whole, range, prefix, header, length, shipped form) since open.
     pub fn body_reads(&self) -> u64 {
         self.core.body_reads.load(Ordering::Relaxed)
+    }
+
+    /// How many times a partial replica's page of missing bodies scanned an
+    /// account's messages since open (each scan is O(messages)).
+    pub fn missing_scans(&self) -> u64 {
+        self.core.missing_scans.load(Ordering::Relaxed)
     }
 
     /// How many body reads found damaged bytes since open (for metrics).

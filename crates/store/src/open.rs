@@ -176,6 +176,7 @@ impl Store {
             db: db::Db::new(db, reopen),
             corrupt_reads: AtomicU64::new(0),
             body_reads: AtomicU64::new(0),
+            missing_scans: AtomicU64::new(0),
             corrupt: Default::default(),
             acks: Default::default(),
             purged_by: Default::default(),

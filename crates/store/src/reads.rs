@@ -476,6 +476,19 @@ impl Reader {
         })
     }
 
+    /// Where a live message is: its mailbox and UID (0 while it waits
+    /// for one); `None` if it is not live here.
+    pub fn location(&self, message: MessageId) -> Result<Option<(MailboxId, u32)>, StoreError> {
+        self.guard(|| {
+            let Some(p) = self.names.packed(message) else { return Ok(None) };
+            let Some(t) = self.table(backend::LOCS)? else { return Ok(None) };
+            let Some((mailbox, uid)) = t.get((self.account, p)).map_err(st)?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            Ok(self.names.mailboxes.get(mailbox as usize).map(|m| (m.0, uid)))
+        })
+    }
+
     /// Blob id, size and internal date of a live message.
     pub fn envelope(&self, message: MessageId) -> Result<Option<Envelope>, StoreError> {
         self.guard(|| {
