@@ -108,8 +108,12 @@ pub struct PeerLink {
     /// Accounts authorized for the peer that this node deleted and purged.
     purged: Vec<String>,
     /// Snapshots being sent, per account: read a part at a time as the
-    /// peer takes them, dropped (with their files) once the last is read.
-    outgoing: std::collections::BTreeMap<String, starling_store::SnapshotCopy>,
+    /// peer takes them. The store keeps each until the peer took it whole,
+    /// for a later session to resume ([`Store::snapshot_to_send`]).
+    outgoing: std::collections::BTreeMap<String, std::sync::Arc<starling_store::SnapshotCopy>>,
+    /// What the peer said it holds of our snapshots, per account (id,
+    /// length, bytes held).
+    held: std::collections::BTreeMap<String, (u64, u64, u64)>,
 }
 
 /// Missing bodies read from the store per account at a time: a link holds
@@ -136,6 +140,15 @@ impl PeerLink {
             versions.push((a.clone(), store.version(a)?));
         }
         let mut session = Session::new(me, peer, versions);
+        // Part of a snapshot from this peer, kept from a session that broke
+        // off: offered, so that the peer sends the rest.
+        if let Some(p) = peer {
+            for a in &accounts {
+                if let Some((id, total, got)) = store.spool_held(a, p.0)? {
+                    session.offer_snapshot(a, id, total, got);
+                }
+            }
+        }
         // Accounts deleted and purged here: a peer still naming one is told.
         let mut purged = Vec::new();
         for a in gone {
@@ -156,6 +169,7 @@ impl PeerLink {
             cursors: Default::default(),
             want_page: WANT_PAGE,
             outgoing: Default::default(),
+            held: Default::default(),
         })
     }
 
@@ -512,9 +526,10 @@ impl PeerLink {
                     // Behind our floor, or a gap in our log (damage): the
                     // peer catches up from our state instead.
                     Err(StoreError::Compacted | StoreError::LogGap { .. }) => {
-                        let copy = store.snapshot_copy(&account)?;
-                        s.send_snapshot(&account, copy.len(), copy.covers());
-                        self.outgoing.insert(account, copy);
+                        let peer = s.peer().map_or(0, |p| p.0);
+                        let out = store.snapshot_to_send(&account, peer, self.held.remove(&account))?;
+                        s.send_snapshot(&account, out.id, out.copy.len(), out.copy.covers(), out.from);
+                        self.outgoing.insert(account, out.copy);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -528,10 +543,14 @@ impl PeerLink {
                 }
                 s.send_snapshot_part(&account, offset, part);
             }
-            Event::SnapshotPart { account, offset, bytes, last } => {
+            Event::SnapshotHeld { account, id, total, got } => {
+                self.held.insert(account, (id, total, got));
+            }
+            Event::SnapshotSent { account } => store.snapshot_sent(&account, s.peer().map_or(0, |p| p.0)),
+            Event::SnapshotPart { account, id, total, offset, bytes, last } => {
                 // Parts wait in the store's file, not here, until the last.
                 let spool = s.peer().map_or(0, |p| p.0);
-                store.spool_snapshot_part(&account, spool, offset, &bytes)?;
+                store.spool_snapshot_part(&account, spool, (id, total), offset, &bytes)?;
                 s.snapshot_taken(&account, offset + bytes.len() as u64);
                 if !last {
                     return Ok(());

@@ -679,3 +679,76 @@ fn a_move_into_a_wanted_mailbox_fetches_that_body_without_a_scan() {
     assert_eq!(nodes[1].store().missing_blobs(ACCOUNT).unwrap().len(), 299);
     assert_eq!(nodes[1].store().missing_scans(), scans, "judged by the moved message, no scan");
 }
+
+/// A snapshot transfer that breaks off resumes from what the receiver
+/// spooled: the next session's receiver offers it, the sender sends only
+/// the rest of the same copy, and the whole installs.
+#[test]
+fn a_broken_snapshot_transfer_resumes_from_the_spooled_parts() {
+    use starling_model::{BlobId, Replica};
+    use starling_sync::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
+    let mut peer = Replica::new(ReplicaId(0x77));
+    for i in 0..250_000u64 {
+        peer.append(INBOX, BlobId::of(&i.to_le_bytes()), 1000, i as i64, vec![]).unwrap();
+        if (i + 1) % 50_000 == 0 {
+            let ops = peer.take_outbox();
+            nodes[0].store().write(ACCOUNT, |b| b.apply(ops)).unwrap();
+        }
+    }
+    let all = nodes[0].store().version(ACCOUNT).unwrap();
+    nodes[0].store().compact(ACCOUNT, &all).unwrap();
+    let from = nodes[0].id.0;
+
+    // Moves frames both ways, 0 → 1 one at a time, until `stop` says so
+    // or nothing moves; returns the snapshot parts 0 sent (offset, length).
+    let pump = |nodes: &mut Vec<Node>, stop: &dyn Fn(&Node) -> bool| {
+        let mut parts = Vec::new();
+        for _ in 0..10_000 {
+            let mut busy = false;
+            loop {
+                let l = nodes[0].links.get_mut(&1).unwrap();
+                let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) else { break };
+                busy = true;
+                if let Ok(Frame::Snapshot { offset, bytes, .. }) = Frame::decode(&f) {
+                    parts.push((offset, bytes.len() as u64));
+                }
+                nodes[1].receive(0, &[f]);
+                if stop(&nodes[1]) {
+                    return parts;
+                }
+            }
+            let l = nodes[1].links.get_mut(&0).unwrap();
+            let back: Vec<Vec<u8>> =
+                std::iter::from_fn(|| l.poll_transmit().or_else(|| l.poll_transmit_blob())).collect();
+            if !back.is_empty() {
+                busy = true;
+                nodes[0].receive(1, &back);
+            }
+            if !busy {
+                break;
+            }
+        }
+        parts
+    };
+    connect(&mut nodes, 0, 1);
+    let part = starling_sync::SNAPSHOT_SEND_PART as u64;
+    let first = pump(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= part);
+    // The connection breaks with one part spooled.
+    nodes[0].links.clear();
+    nodes[1].links.clear();
+    let (_, total, got) = nodes[1].store().spool_held(ACCOUNT, from).unwrap().expect("a part held");
+    assert_eq!(got, part, "one part spooled");
+    assert!(total > 2 * part, "a snapshot of {total} bytes: several parts");
+    assert_eq!(first.first(), Some(&(0, part)));
+
+    connect(&mut nodes, 0, 1);
+    let second = pump(&mut nodes, &|_: &Node| false);
+    assert_eq!(second.first().map(|p| p.0), Some(got), "the next session began where the spool ends");
+    assert_eq!(second.iter().map(|p| p.1).sum::<u64>(), total - got, "only the rest was sent");
+    assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), None, "the spool went with the install");
+    assert_eq!(nodes[1].store().version(ACCOUNT).unwrap(), all);
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+}

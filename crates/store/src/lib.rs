@@ -75,7 +75,7 @@ pub use modseq::Since;
 pub use open::{StoreOptions, VANISHED_PER_MAILBOX_DEFAULT};
 pub use prepare::{prepare_all, Prepared, PREPARE_THREADS_MAX};
 pub use reads::{IndexRows, MailboxStatus, MessageInfo, Reader, Resync};
-pub use snapshot::{SnapshotCopy, RECORD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+pub use snapshot::{Outgoing, SnapshotCopy, RECORD_BYTES_MAX, SNAPSHOTS_KEPT, SNAPSHOT_BYTES_MAX};
 pub use sortkeys::{IdHash, SortKeys, SortKeysBuild, SORT_KEYS_PER_TXN};
 pub use write::Batch;
 
@@ -277,6 +277,11 @@ pub struct Store {
     /// written ([`Store::snapshot_copy`]); none for a store on another
     /// backend.
     dir: Option<std::path::PathBuf>,
+    /// Snapshots being sent, kept so that a transfer that broke off can
+    /// resume ([`Store::snapshot_to_send`]).
+    kept: Mutex<std::collections::VecDeque<snapshot::Kept>>,
+    /// Snapshots made to send, for their ids.
+    snapshots_made: AtomicU64,
 }
 
 /// What a commit tells: the account changed.

@@ -199,6 +199,8 @@ impl Store {
             free_watch: Default::default(),
             commit_hook: RwLock::new(None),
             dir: None,
+            kept: Default::default(),
+            snapshots_made: AtomicU64::new(0),
         })
     }
 }

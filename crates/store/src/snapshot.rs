@@ -147,6 +147,30 @@ impl SnapshotCopy {
     }
 }
 
+/// Snapshots kept for resuming ([`Store::snapshot_to_send`]), at most, over
+/// every peer and account: each is a file the size of its snapshot.
+pub const SNAPSHOTS_KEPT: usize = 4;
+
+/// A snapshot to send to a peer ([`Store::snapshot_to_send`]).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Its name on the wire: the same for the same copy in a later session.
+    pub id: u64,
+    /// The copy to read parts from.
+    pub copy: Arc<SnapshotCopy>,
+    /// Where to start: 0, or where the peer holds it up to.
+    pub from: u64,
+}
+
+/// A snapshot being sent to `peer`, kept for a later session.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    peer: u64,
+    account: String,
+    id: u64,
+    copy: Arc<SnapshotCopy>,
+}
+
 fn io_error(e: std::io::Error) -> StoreError {
     crate::error::file_error("snapshot copy", e)
 }
@@ -176,6 +200,51 @@ impl Store {
         drop(out);
         let len = file.metadata().map_err(io_error)?.len();
         Ok(SnapshotCopy { held: Held::File(file), len, covers })
+    }
+
+    /// The snapshot of `account` to send to `peer` (its replica id): the
+    /// one kept for it from a session that broke off, from where the peer
+    /// holds it, if `held` (the id, length and bytes held that the peer
+    /// said) names that one; else a new copy ([`Store::snapshot_copy`]),
+    /// from the start. It is kept until the peer took it whole
+    /// ([`Store::snapshot_sent`]) or [`SNAPSHOTS_KEPT`] newer ones pushed it
+    /// out.
+    pub fn snapshot_to_send(
+        &self,
+        account: &str,
+        peer: u64,
+        held: Option<(u64, u64, u64)>,
+    ) -> Result<Outgoing, StoreError> {
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(i) = kept.iter().position(|k| k.peer == peer && k.account == account) {
+                let k = &kept[i];
+                if let Some((id, _, got)) = held.filter(|h| h.0 == k.id && h.1 == k.copy.len() && h.2 < h.1) {
+                    return Ok(Outgoing { id, copy: k.copy.clone(), from: got });
+                }
+                kept.remove(i);
+            }
+        }
+        // Made without the lock: it takes seconds at a million messages.
+        let copy = Arc::new(self.snapshot_copy(account)?);
+        let made = self.snapshots_made.fetch_add(1, Ordering::Relaxed);
+        let mut h = blake3::Hasher::new();
+        h.update(&self.node.0.to_le_bytes()).update(&made.to_le_bytes()).update(account.as_bytes());
+        let id = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.retain(|k| !(k.peer == peer && k.account == account));
+        kept.push_back(Kept { peer, account: account.to_string(), id, copy: copy.clone() });
+        while kept.len() > SNAPSHOTS_KEPT {
+            kept.pop_front();
+        }
+        Ok(Outgoing { id, copy, from: 0 })
+    }
+
+    /// `peer` took the whole of the snapshot of `account` it was sent: its
+    /// copy goes.
+    pub fn snapshot_sent(&self, account: &str, peer: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.retain(|k| !(k.peer == peer && k.account == account));
     }
 
     /// [`Store::snapshot`], written to `out` as it is made; returns the

@@ -12,10 +12,16 @@ use std::io::Read;
 /// snapshot of one account (its id is the caller's: the peer's).
 pub(crate) const SPOOL: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("snapshot_spool");
 
+/// (account, spool) → (the snapshot's id, its length, bytes spooled): what
+/// the spool holds, so that a later session can resume it.
+pub(crate) const SPOOL_HEAD: TableDefinition<(&str, u64), (u64, u64, u64)> =
+    TableDefinition::new("snapshot_spool_head");
+
 /// Deletes a spool's rows.
 pub(crate) fn drop_rows(txn: &WriteTransaction, account: &str, spool: u64) -> Result<(), StoreError> {
     let mut t = txn.open_table(SPOOL).map_err(st)?;
     t.retain_in((account, spool, 0)..=(account, spool, u64::MAX), |_, _| false).map_err(st)?;
+    txn.open_table(SPOOL_HEAD).map_err(st)?.remove((account, spool)).map_err(st)?;
     Ok(())
 }
 
@@ -32,6 +38,7 @@ pub(crate) fn drop_all(db: &redb::Database) -> Result<(), redb::Error> {
     if left > 0 {
         let w = db.begin_write()?;
         w.delete_table(SPOOL)?;
+        w.delete_table(SPOOL_HEAD)?;
         w.commit()?;
     }
     Ok(())
@@ -76,13 +83,22 @@ impl Read for SpoolReader<'_> {
 }
 
 impl Store {
-    /// Keeps the part of a snapshot of `account` from `spool` (a peer's
-    /// id) that starts at `offset`. A part at offset 0 begins the spool
-    /// again, and drops the spools of peers with no link open here (a
-    /// session that broke off mid-snapshot), so what is spooled is bounded
-    /// by the open links. Parts are committed without waiting for the
-    /// disk: they are transient, and the install that uses them is durable.
-    pub fn spool_snapshot_part(&self, account: &str, spool: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Keeps the part of the snapshot `id` (of `total` bytes) of `account`
+    /// from `spool` (a peer's id) that starts at `offset`. A part at offset
+    /// 0 begins the spool again, and drops the spools of peers with no link
+    /// open here (a session that broke off mid-snapshot), so what is
+    /// spooled is bounded by the open links; any other part must go on
+    /// where the spool of that same snapshot ends. Parts are committed
+    /// without waiting for the disk: they are transient (an open drops
+    /// them), and the install that uses them is durable.
+    pub fn spool_snapshot_part(
+        &self,
+        account: &str,
+        spool: u64,
+        (id, total): (u64, u64),
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         self.account(account)?;
         self.run(|db| {
             let mut w = db.begin_write().map_err(st)?;
@@ -91,9 +107,32 @@ impl Store {
                 drop_rows(&w, account, spool)?;
                 let mut t = w.open_table(SPOOL).map_err(st)?;
                 t.retain(|k, _| k.1 == spool || self.is_up(ReplicaId(k.1))).map_err(st)?;
+                let mut h = w.open_table(SPOOL_HEAD).map_err(st)?;
+                h.retain(|k, _| k.1 == spool || self.is_up(ReplicaId(k.1))).map_err(st)?;
             }
+            let mut h = w.open_table(SPOOL_HEAD).map_err(st)?;
+            let held = h.get((account, spool)).map_err(st)?.map(|g| g.value()).unwrap_or((id, total, 0));
+            if held != (id, total, offset) {
+                return Err(StoreError::Snapshot(format!(
+                    "a part at {offset} of snapshot {id:x} ({total} bytes); the spool holds {} bytes of {:x}",
+                    held.2, held.0
+                )));
+            }
+            h.insert((account, spool), (id, total, offset + bytes.len() as u64)).map_err(st)?;
+            drop(h);
             w.open_table(SPOOL).map_err(st)?.insert((account, spool, offset), bytes).map_err(st)?;
             w.commit().map_err(st)
+        })
+    }
+
+    /// The snapshot `spool` holds part of for `account`: its id, length
+    /// and the bytes spooled (to offer the peer in a later session, so
+    /// that it sends the rest); none if it holds nothing.
+    pub fn spool_held(&self, account: &str, spool: u64) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        self.run(|db| {
+            let r = db.begin_read().map_err(st)?;
+            let Some(h) = table(&r, SPOOL_HEAD)? else { return Ok(None) };
+            Ok(h.get((account, spool)).map_err(st)?.map(|g| g.value()).filter(|held| held.2 > 0))
         })
     }
 

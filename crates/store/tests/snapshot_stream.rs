@@ -142,7 +142,7 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
 /// Spools `snap` into `b` from peer `spool` in parts of `part` bytes.
 fn spool(b: &Store, spool: u64, snap: &[u8], part: usize) {
     for (i, p) in snap.chunks(part).enumerate() {
-        b.spool_snapshot_part("u", spool, (i * part) as u64, p).unwrap();
+        b.spool_snapshot_part("u", spool, (1, snap.len() as u64), (i * part) as u64, p).unwrap();
     }
 }
 
@@ -218,7 +218,7 @@ fn a_power_cut_while_a_snapshot_is_spooled_or_installed_leaves_old_or_new() {
         let b = Store::open_on(d.backend(), "mem", node, StoreOptions::default())
             .map_err(|e| StoreError::Io(e.to_string()))?;
         for (i, p) in snap.chunks(8192).enumerate() {
-            b.spool_snapshot_part("u", 9, (i * 8192) as u64, p)?;
+            b.spool_snapshot_part("u", 9, (1, snap.len() as u64), (i * 8192) as u64, p)?;
         }
         b.install_spooled_snapshot("u", 9)
     };

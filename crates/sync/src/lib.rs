@@ -101,8 +101,10 @@ use std::time::{Duration, Instant};
 /// 12: snapshots (state version 4) no longer list expunged messages; 13:
 /// a snapshot is a stream of records, store snapshot format 2; 14: the
 /// receiver acknowledges snapshot parts, `SnapshotGot`, and the sender
-/// keeps at most [`SNAPSHOT_WINDOW_BYTES`] unacknowledged).
-pub const PROTOCOL_VERSION: u16 = 14;
+/// keeps at most [`SNAPSHOT_WINDOW_BYTES`] unacknowledged; 15: a snapshot
+/// part names its snapshot (`id`) and offset, and a receiver holding part
+/// of one says so, `SnapshotHeld`, so that a broken transfer resumes).
+pub const PROTOCOL_VERSION: u16 = 15;
 /// Encoding version byte at the front of every frame.
 pub const FRAME_VERSION: u8 = 1;
 /// Largest frame accepted.
@@ -224,8 +226,14 @@ pub enum Frame {
     Snapshot {
         /// The account.
         account: String,
+        /// The sender's name for this snapshot (the same in every part, and
+        /// in a later session resuming it).
+        id: u64,
         /// Bytes of the whole snapshot (at most [`SNAPSHOT_WIRE_MAX`]).
         total: u64,
+        /// Where this part starts: 0 for the first, or where the
+        /// receiver's `SnapshotHeld` said it holds up to.
+        offset: u64,
         /// This part of it, as the store exports it.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
@@ -290,6 +298,20 @@ pub enum Frame {
         /// Bytes of the snapshot taken so far (the whole at the last part).
         got: u64,
     },
+    /// The sender of this frame holds the first `got` bytes of the peer's
+    /// snapshot `id` of `total` bytes, from a session that broke off: the
+    /// peer may send the rest (parts from `got`) instead of a new one. Sent
+    /// right behind `Hello`, before the `Have`s. (Protocol 15; appended.)
+    SnapshotHeld {
+        /// The account.
+        account: String,
+        /// The snapshot, as its parts named it.
+        id: u64,
+        /// Its length.
+        total: u64,
+        /// Bytes held, from the start (fewer than `total`).
+        got: u64,
+    },
 }
 
 /// How a [`Frame::Blob`] holds its body. (Encoded as 0, 1, 2: the first
@@ -349,6 +371,7 @@ impl Frame {
             | Frame::Snapshot { account, .. }
             | Frame::Probe { account, .. }
             | Frame::SnapshotGot { account, .. }
+            | Frame::SnapshotHeld { account, .. }
             | Frame::Deleted { account } => name_ok(account),
             Frame::WantBlobs { ids } | Frame::Held { ids } | Frame::Arrived { ids } => ids.len() <= BLOB_IDS_MAX,
             Frame::Blob { .. } | Frame::NoBlob { .. } | Frame::Refused { .. } => true,
@@ -539,7 +562,13 @@ pub enum Event {
     SnapshotPart {
         /// The account.
         account: String,
-        /// Where the part starts in the snapshot.
+        /// The peer's name for the snapshot ([`Session::offer_snapshot`]
+        /// offers it back in a later session).
+        id: u64,
+        /// Its length.
+        total: u64,
+        /// Where the part starts in the snapshot: 0 for a new snapshot
+        /// (drop any part held of another), else where the parts held end.
         offset: u64,
         /// As the peer's store exported it.
         bytes: Vec<u8>,
@@ -601,6 +630,26 @@ pub enum Event {
         /// The account.
         account: String,
     },
+    /// The peer holds the first `got` bytes of our snapshot `id` of
+    /// `total` bytes: if the driver still has that copy, it may resume
+    /// it, [`Session::send_snapshot`] from `got`, when the peer next needs
+    /// a snapshot of the account.
+    SnapshotHeld {
+        /// The account.
+        account: String,
+        /// The snapshot.
+        id: u64,
+        /// Its length.
+        total: u64,
+        /// Bytes the peer holds.
+        got: u64,
+    },
+    /// The peer took the last part of our snapshot of `account`: the
+    /// driver may drop its copy.
+    SnapshotSent {
+        /// The account.
+        account: String,
+    },
     /// The session ended.
     Closed {
         /// Why.
@@ -641,7 +690,12 @@ struct AccountState {
 /// driver took ([`Session::snapshot_taken`]) and those acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct SnapshotIn {
+    id: u64,
     total: u64,
+    /// Offered to the peer from an earlier session
+    /// ([`Session::offer_snapshot`]), and no part of it came in this one:
+    /// the peer may go on from `got` or begin another.
+    offered: bool,
     got: u64,
     taken: u64,
     acked: u64,
@@ -651,6 +705,7 @@ struct SnapshotIn {
 /// peer acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct SnapshotOut {
+    id: u64,
     total: u64,
     sent: u64,
     taken: u64,
@@ -805,6 +860,8 @@ pub struct Session {
     /// Bytes sent and received, for status and benchmarks.
     bytes_out: u64,
     bytes_in: u64,
+    /// A frame went out ([`Session::poll_transmit`]).
+    transmitted: bool,
 }
 
 impl Session {
@@ -847,6 +904,7 @@ impl Session {
             now: None,
             bytes_out: 0,
             bytes_in: 0,
+            transmitted: false,
         };
         let hello =
             Frame::Hello { version: PROTOCOL_VERSION, node: me, accounts: s.accounts.keys().cloned().collect() };
@@ -1040,13 +1098,25 @@ impl Session {
                     Err(e) => self.close(SessionError::Malformed(e.to_string())),
                 }
             }
-            (Phase::Open, Frame::Snapshot { account, total, bytes }) => {
+            (Phase::Open, Frame::Snapshot { account, id, total, offset, bytes }) => {
                 if !self.shared.contains(&account) {
                     return self.close(SessionError::Unauthorized(account));
                 }
                 let st = self.accounts.get_mut(&account).expect("shared account");
-                let inbound = st.snapshot_in.get_or_insert(SnapshotIn { total, ..Default::default() });
-                let end = inbound.got + bytes.len() as u64;
+                // A new snapshot begins at 0, unless one is being received
+                // in this session; an offered one goes on where it was held.
+                let fresh = SnapshotIn { id, total, ..Default::default() };
+                let inbound = match st.snapshot_in {
+                    None if offset == 0 => st.snapshot_in.insert(fresh),
+                    Some(held) if held.offered && offset == 0 => st.snapshot_in.insert(fresh),
+                    Some(ref mut held) if held.id == id => held,
+                    _ => {
+                        let why = format!("snapshot part at {offset} of a snapshot not begun or not held");
+                        return self.close(SessionError::Malformed(why));
+                    }
+                };
+                inbound.offered = false;
+                let end = offset.saturating_add(bytes.len() as u64);
                 let bad = if total > SNAPSHOT_WIRE_MAX {
                     Some(format!("snapshot of {total} bytes (at most {SNAPSHOT_WIRE_MAX})"))
                 } else if total != inbound.total {
@@ -1055,6 +1125,8 @@ impl Session {
                     Some("empty snapshot part".to_string())
                 } else if inbound.got == total {
                     Some("a snapshot part before the last one was acknowledged".to_string())
+                } else if offset != inbound.got {
+                    Some(format!("snapshot part at {offset}, where {} bytes arrived", inbound.got))
                 } else if bytes.len() > SNAPSHOT_PART_BYTES || end > total {
                     Some("snapshot part too long".to_string())
                 } else {
@@ -1069,10 +1141,20 @@ impl Session {
                         format!("snapshot parts beyond the window ({SNAPSHOT_WINDOW_BYTES} bytes unacknowledged)");
                     return self.close(SessionError::Protocol(why));
                 }
-                let offset = inbound.got;
                 inbound.got = end;
                 let last = end == total;
-                self.events.push_back(Event::SnapshotPart { account, offset, bytes, last });
+                self.events.push_back(Event::SnapshotPart { account, id, total, offset, bytes, last });
+                Ok(())
+            }
+            (Phase::Open, Frame::SnapshotHeld { account, id, total, got }) => {
+                if !self.shared.contains(&account) {
+                    return self.close(SessionError::Unauthorized(account));
+                }
+                if total > SNAPSHOT_WIRE_MAX || got == 0 || got >= total {
+                    let why = format!("holding {got} bytes of a snapshot of {total}");
+                    return self.close(SessionError::Malformed(why));
+                }
+                self.events.push_back(Event::SnapshotHeld { account, id, total, got });
                 Ok(())
             }
             (Phase::Open, Frame::SnapshotGot { account, got }) => {
@@ -1088,6 +1170,7 @@ impl Session {
                 if got == out.total {
                     st.snapshot_out = None;
                     self.snapshots_out.remove(&account);
+                    self.events.push_back(Event::SnapshotSent { account: account.clone() });
                     // Ops above the snapshot follow it.
                     self.maybe_need(&account);
                 }
@@ -1384,13 +1467,17 @@ impl Session {
     }
 
     /// Answers [`Event::NeedOps`] for a peer behind the compacted log: a
-    /// snapshot of `total` bytes (at least one), covering `covers`, which
-    /// the driver keeps and hands over a part at a time as the session asks
-    /// ([`Event::SnapshotRead`]). Ops of the account wait until the peer
-    /// took the last part. A snapshot over [`SNAPSHOT_WIRE_MAX`] cannot be
-    /// sent: the session ends with the reason.
-    pub fn send_snapshot(&mut self, account: &str, total: u64, covers: &VersionVector) {
+    /// snapshot of `total` bytes (at least one), covering `covers`, named
+    /// `id` (the driver's, unique among its snapshots), which the driver
+    /// keeps and hands over a part at a time as the session asks
+    /// ([`Event::SnapshotRead`]), from `from`: 0, or the bytes the peer
+    /// said it holds of that same snapshot ([`Event::SnapshotHeld`]). Ops of
+    /// the account wait until the peer took the last part. A snapshot over
+    /// [`SNAPSHOT_WIRE_MAX`] cannot be sent: the session ends with the
+    /// reason.
+    pub fn send_snapshot(&mut self, account: &str, id: u64, total: u64, covers: &VersionVector, from: u64) {
         assert!(total > 0, "a snapshot holds at least its format byte");
+        assert!(from < total, "a snapshot resumes before its end");
         let Some(st) = self.accounts.get_mut(account) else { return };
         assert!(st.snapshot_out.is_none(), "one snapshot of an account at a time");
         st.asked = false;
@@ -1404,7 +1491,7 @@ impl Session {
             return;
         }
         st.sent.join(covers);
-        st.snapshot_out = Some(SnapshotOut { total, sent: 0, taken: 0 });
+        st.snapshot_out = Some(SnapshotOut { id, total, sent: from, taken: from });
         self.snapshots_out.insert(account.to_string());
     }
 
@@ -1436,9 +1523,28 @@ impl Session {
             out.sent
         );
         out.sent += len;
-        let total = out.total;
+        let (id, total) = (out.id, out.total);
         self.snapshot_in_flight += len;
-        self.queue(&Frame::Snapshot { account: account.to_string(), total, bytes });
+        self.queue(&Frame::Snapshot { account: account.to_string(), id, total, offset, bytes });
+    }
+
+    /// The driver holds the first `got` bytes of the peer's snapshot `id`
+    /// of `total` bytes of `account`, kept from a session that broke off:
+    /// the peer is told (right behind our `Hello`, before the `Have`s that
+    /// make it send), and may send the rest instead of a new snapshot.
+    /// Call right after [`Session::new`], before the first frame goes out.
+    pub fn offer_snapshot(&mut self, account: &str, id: u64, total: u64, got: u64) {
+        assert!(self.phase == Phase::AwaitHello && !self.transmitted, "offered before anything went out");
+        let Some(st) = self.accounts.get_mut(account) else { return };
+        if got == 0 || got >= total || total > SNAPSHOT_WIRE_MAX {
+            return;
+        }
+        st.snapshot_in = Some(SnapshotIn { id, total, offered: true, got, taken: got, acked: got });
+        let bytes = Frame::SnapshotHeld { account: account.to_string(), id, total, got }.encode();
+        self.bytes_out += bytes.len() as u64;
+        self.transmit_bytes += bytes.len();
+        // Behind the `Hello`, the first frame queued.
+        self.transmit.insert(1, bytes);
     }
 
     /// The driver took (spooled) the part of [`Event::SnapshotPart`] that
@@ -1580,6 +1686,7 @@ impl Session {
         }
         let f = self.transmit.pop_front()?;
         self.transmit_bytes -= f.len();
+        self.transmitted = true;
         Some(f)
     }
 

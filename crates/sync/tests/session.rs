@@ -445,7 +445,7 @@ fn a_snapshot_larger_than_a_frame_travels_in_parts_within_the_window() {
     while b.poll_event().is_some() {}
     while b.poll_transmit().is_some() {}
     let snapshot = starling_model::testkit::incompressible(FRAME_BYTES_MAX + 3 * 1024 * 1024, 7);
-    b.send_snapshot("a", snapshot.len() as u64, &VersionVector::new());
+    b.send_snapshot("a", 1, snapshot.len() as u64, &VersionVector::new(), 0);
     // b's own change, made while the snapshot goes out: its ops follow it.
     let mut later = VersionVector::new();
     later.observe(starling_model::Dot { replica: ReplicaId(2), counter: 1 });
@@ -512,7 +512,7 @@ fn snapshot_acknowledgements_must_match_what_was_sent() {
     // More than was sent, then the same twice.
     for acks in [vec![got(101)], vec![got(1), got(1)]] {
         let (mut a, _) = open_pair();
-        a.send_snapshot("a", 100, &VersionVector::new());
+        a.send_snapshot("a", 1, 100, &VersionVector::new(), 0);
         let Some(Event::SnapshotRead { offset, len, .. }) = std::iter::from_fn(|| a.poll_event()).last() else {
             panic!("no read asked")
         };
@@ -534,14 +534,22 @@ fn snapshot_acknowledgements_must_match_what_was_sent() {
 #[test]
 fn snapshot_parts_that_do_not_add_up_are_refused() {
     use starling_sync::SNAPSHOT_WIRE_MAX;
-    let part = |total: u64, n: usize| Frame::Snapshot { account: "a".into(), total, bytes: vec![1; n] }.encode();
+    let part_of = |id: u64, total: u64, offset: u64, n: usize| {
+        Frame::Snapshot { account: "a".into(), id, total, offset, bytes: vec![1; n] }.encode()
+    };
+    let part = |total: u64, offset: u64, n: usize| part_of(1, total, offset, n);
     let cases: Vec<Vec<Vec<u8>>> = vec![
-        vec![part(SNAPSHOT_WIRE_MAX + 1, 10)],
-        vec![part(100, 10), part(200, 10)],
-        vec![part(15, 10), part(15, 10)],
-        vec![part(10, 0)],
+        vec![part(SNAPSHOT_WIRE_MAX + 1, 0, 10)],
+        vec![part(100, 0, 10), part(200, 10, 10)],
+        vec![part(15, 0, 10), part(15, 10, 10)],
+        vec![part(10, 0, 0)],
         // A sender that ignores the window: parts past it unacknowledged.
-        vec![part(40 << 20, 16 << 20), part(40 << 20, 1)],
+        vec![part(40 << 20, 0, 16 << 20), part(40 << 20, 16 << 20, 1)],
+        // Parts out of place: a gap, a first part not at 0 (nothing held),
+        // another snapshot's part mid-way.
+        vec![part(100, 0, 10), part(100, 20, 10)],
+        vec![part(100, 10, 10)],
+        vec![part(100, 0, 10), part_of(2, 100, 10, 10)],
     ];
     for frames in cases {
         let (mut a, _) = open_pair();
@@ -697,4 +705,91 @@ fn a_peer_naming_a_purged_account_is_told_it_was_deleted() {
         a.handle_frame(&f).unwrap();
     }
     assert!(std::iter::from_fn(|| a.poll_transmit()).all(|f| !matches!(Frame::decode(&f), Ok(Frame::Deleted { .. }))));
+}
+
+/// A snapshot transfer that broke off resumes: the receiver offers what
+/// it kept (right behind its `Hello`, so the sender hears it before the
+/// `Have` that makes it send), the sender sends the rest from there under
+/// the same name, and the receiver takes parts from that offset on. A
+/// sender without that copy begins another one from 0, which the receiver
+/// takes too; an offer of nothing, or of all, is not sent.
+#[test]
+fn a_snapshot_transfer_resumes_where_the_receiver_holds_it() {
+    let snapshot = starling_model::testkit::incompressible(10 * 1024 * 1024, 9);
+    let total = snapshot.len() as u64;
+    let held = 3 * 1024 * 1024 + 17;
+    for resume in [true, false] {
+        let acct = || [("a".to_string(), VersionVector::new())];
+        let mut sender = Session::new(ReplicaId(1), Some(ReplicaId(2)), acct());
+        let mut receiver = Session::new(ReplicaId(2), Some(ReplicaId(1)), acct());
+        receiver.offer_snapshot("a", 0, 5, 5); // all of it: nothing to offer
+        receiver.offer_snapshot("a", 77, total, held);
+        let first: Vec<Vec<u8>> = std::iter::from_fn(|| receiver.poll_transmit()).collect();
+        let kinds: Vec<&str> = first
+            .iter()
+            .map(|f| match Frame::decode(f).unwrap() {
+                Frame::Hello { .. } => "hello",
+                Frame::SnapshotHeld { id: 77, got, .. } if got == held => "held",
+                Frame::Have { .. } => "have",
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["hello", "held", "have"], "one offer, behind the hello");
+        for f in &first {
+            sender.handle_frame(f).unwrap();
+        }
+        let offered: Vec<Event> = std::iter::from_fn(|| sender.poll_event()).collect();
+        assert!(offered
+            .iter()
+            .any(|e| matches!(e, Event::SnapshotHeld { id: 77, total: t, got, .. } if *t == total && *got == held)));
+        let from = if resume { held } else { 0 };
+        sender.send_snapshot("a", if resume { 77 } else { 78 }, total, &VersionVector::new(), from);
+        let (mut arrived, mut sent, mut done) = (Vec::new(), 0u64, false);
+        for _ in 0..1000 {
+            let mut moved = false;
+            while let Some(ev) = sender.poll_event() {
+                match ev {
+                    Event::SnapshotRead { account, offset, len } => {
+                        sent += len as u64;
+                        sender.send_snapshot_part(&account, offset, snapshot[offset as usize..][..len].to_vec());
+                    }
+                    Event::SnapshotSent { .. } => done = true,
+                    _ => {}
+                }
+            }
+            while let Some(f) = sender.poll_transmit() {
+                moved = true;
+                receiver.handle_frame(&f).unwrap();
+                while let Some(ev) = receiver.poll_event() {
+                    if let Event::SnapshotPart { offset, bytes, id, .. } = ev {
+                        assert_eq!(id, if resume { 77 } else { 78 });
+                        if arrived.is_empty() {
+                            assert_eq!(offset, from, "the first part begins where asked");
+                        }
+                        arrived.push((offset, bytes.len() as u64));
+                        receiver.snapshot_taken("a", offset + bytes.len() as u64);
+                    }
+                }
+            }
+            while let Some(f) = receiver.poll_transmit() {
+                moved = true;
+                sender.handle_frame(&f).unwrap();
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(done, "the sender heard the last part was taken");
+        assert_eq!(sent, total - from, "only the rest was sent");
+        let mut at = from;
+        for (offset, len) in arrived {
+            assert_eq!(offset, at, "parts in order, without a gap");
+            at += len;
+        }
+        assert_eq!(at, total);
+    }
+    // An offer the sender cannot take is refused as malformed.
+    let (mut a, _) = open_pair();
+    let r = a.handle_frame(&Frame::SnapshotHeld { account: "a".into(), id: 1, total: 10, got: 10 }.encode());
+    assert!(r.is_err() && refused_cleanly(&mut a, r), "holding all of it");
 }
