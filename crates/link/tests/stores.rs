@@ -574,26 +574,33 @@ fn the_next_bodies_are_asked_for_before_the_arrived_ones_are_stored() {
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
 }
 
+/// Gives `node` `n` live messages from another replica (metadata only), its
+/// log compacted to all of them; returns their version.
+fn compacted_source(node: &Node, n: u64) -> VersionVector {
+    use starling_model::{BlobId, Replica};
+    let mut peer = Replica::new(ReplicaId(0x77));
+    for i in 0..n {
+        peer.append(INBOX, BlobId::of(&i.to_le_bytes()), 1000, i as i64, vec![]).unwrap();
+        if (i + 1) % 50_000 == 0 || i + 1 == n {
+            let ops = peer.take_outbox();
+            node.store().write(ACCOUNT, |b| b.apply(ops)).unwrap();
+        }
+    }
+    let all = node.store().version(ACCOUNT).unwrap();
+    node.store().compact(ACCOUNT, &all).unwrap();
+    all
+}
+
 /// A snapshot of several wire parts (over 16 MiB: 450,000 live messages,
 /// metadata only): the receiving link spools each part into its store as it
 /// comes, installs once the last is in, and leaves no part behind.
 #[test]
 fn a_snapshot_of_several_parts_is_spooled_then_installed_once_whole() {
-    use starling_model::{BlobId, Replica};
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
     // Metadata only: the receiver fetches no body.
     nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
-    let mut peer = Replica::new(ReplicaId(0x77));
-    for i in 0..450_000u64 {
-        peer.append(INBOX, BlobId::of(&i.to_le_bytes()), 1000, i as i64, vec![]).unwrap();
-        if (i + 1) % 50_000 == 0 {
-            let ops = peer.take_outbox();
-            nodes[0].store().write(ACCOUNT, |b| b.apply(ops)).unwrap();
-        }
-    }
-    let all = nodes[0].store().version(ACCOUNT).unwrap();
-    nodes[0].store().compact(ACCOUNT, &all).unwrap();
+    let all = compacted_source(&nodes[0], 450_000);
     let size = nodes[0].store().snapshot(ACCOUNT).unwrap().len();
     assert!(size > starling_sync::SNAPSHOT_PART_BYTES, "a snapshot of {size} bytes is one part");
 
@@ -685,21 +692,11 @@ fn a_move_into_a_wanted_mailbox_fetches_that_body_without_a_scan() {
 /// the rest of the same copy, and the whole installs.
 #[test]
 fn a_broken_snapshot_transfer_resumes_from_the_spooled_parts() {
-    use starling_model::{BlobId, Replica};
     use starling_sync::Frame;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
     nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
-    let mut peer = Replica::new(ReplicaId(0x77));
-    for i in 0..250_000u64 {
-        peer.append(INBOX, BlobId::of(&i.to_le_bytes()), 1000, i as i64, vec![]).unwrap();
-        if (i + 1) % 50_000 == 0 {
-            let ops = peer.take_outbox();
-            nodes[0].store().write(ACCOUNT, |b| b.apply(ops)).unwrap();
-        }
-    }
-    let all = nodes[0].store().version(ACCOUNT).unwrap();
-    nodes[0].store().compact(ACCOUNT, &all).unwrap();
+    let all = compacted_source(&nodes[0], 250_000);
     let from = nodes[0].id.0;
 
     // Moves frames both ways, 0 → 1 one at a time, until `stop` says so
