@@ -280,12 +280,11 @@ impl<B: Backend> Replica<B> {
                                 Claim { message: key.message, claimant: key.claimant },
                             )?;
                             // An own claim the snapshot shows losing is
-                            // withdrawn, as applying the ops would have
-                            // (settling the UID decides it): left, it is a
-                            // withdrawal this replica makes later, at some
-                            // other change of the UID, that one with the ops
-                            // would not (the property test's burying check
-                            // found it).
+                            // withdrawn now, as applying the ops would have
+                            // done (settling the UID decides it). Left, the
+                            // replica withdrew it at the UID's next change,
+                            // or never: with burying on or off, different
+                            // ops (`install_withdraws_lost_claims`).
                             if key.claimant == 0 {
                                 import.dirty.entry(i).or_default().0.insert(key.uid);
                             }
