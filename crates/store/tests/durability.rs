@@ -236,10 +236,14 @@ fn sparse_template(template: &std::path::Path) {
 }
 
 /// Kills `store-torture FILE 0 MODE` (which prints `done` when it
-/// finished) 25 times at moments spread over its length, each on a fresh
-/// copy of `template`: the store reopens with every message and body it
-/// had and its indexes exact. Returns how many kills landed before the
-/// end.
+/// finished) at moments spread over its length, each on a fresh copy of
+/// `template`: the store reopens with every message and body it had and its
+/// indexes exact. At least 25 kills, and more (up to 60) until 10 landed
+/// before the end. Returns how many kills landed before the end.
+///
+/// The length is timed on a copy beforehand, and a kill that finds the
+/// process already finished shortens it to that kill's moment: a timing on
+/// a cold cache or a busy machine once put 16 of 25 kills after the end.
 fn kill_during(template: &std::path::Path, mode: &str, done: &str, seed: u64) -> u64 {
     let dir = template.parent().unwrap();
     let want = Store::open(template, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap();
@@ -256,9 +260,12 @@ fn kill_during(template: &std::path::Path, mode: &str, done: &str, seed: u64) ->
         assert!(after < before / 2, "compacted from {before} to {after} bytes");
         whole.max(10)
     };
+    let mut whole = whole;
     let mut seed = seed;
     let mut cut = 0;
-    for round in 0..25u64 {
+    let mut round = 0u64;
+    while round < 25 || (cut < 10 && round < 60) {
+        round += 1;
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let p = dir.join("t.redb");
         std::fs::copy(template, &p).unwrap();
@@ -270,21 +277,26 @@ fn kill_during(template: &std::path::Path, mode: &str, done: &str, seed: u64) ->
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis((seed >> 33) % whole));
+        let moment = (seed >> 33) % whole;
+        std::thread::sleep(Duration::from_millis(moment));
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        cut += u64::from(!status.success());
+        if status.success() {
+            whole = moment.max(10);
+        } else {
+            cut += 1;
+        }
         let store = Store::open(&p, ReplicaId(42), StoreOptions::default()).expect("store opens after SIGKILL");
         assert_eq!(store.dump("t").unwrap(), want, "kill {round}");
         assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "kill {round}");
         assert_eq!(store.check_change_index().unwrap(), Vec::<String>::new(), "kill {round}");
         live_batches(&store);
     }
-    eprintln!("{mode}: the whole run took {whole} ms; {cut} of 25 kills landed before it finished");
+    eprintln!("{mode}: a run took at most {whole} ms; {cut} of {round} kills landed before it finished");
     cut
 }
 
-/// SIGKILL while redb compacts the file at open (25 kills at moments
+/// SIGKILL while redb compacts the file at open (at least 25 kills at moments
 /// spread over a compaction's length): the store reopens with every
 /// message and body it had, and a later open finishes the compaction.
 #[test]
@@ -293,18 +305,18 @@ fn sigkill_during_file_compaction_loses_nothing() {
     let template = dir.path().join("template.redb");
     sparse_template(&template);
     let cut = kill_during(&template, "open", "opened", 0xc0);
-    assert!(cut >= 10, "most kills landed before the compaction finished ({cut} of 25)");
+    assert!(cut >= 10, "{cut} kills landed before the compaction finished, 10 wanted");
 }
 
 /// SIGKILL while the file is compacted online, with a thread reading every
-/// body meanwhile (25 kills): the same.
+/// body meanwhile (at least 25 kills): the same.
 #[test]
 fn sigkill_during_online_file_compaction_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let template = dir.path().join("template.redb");
     sparse_template(&template);
     let cut = kill_during(&template, "online", "compacted", 0x0c);
-    assert!(cut >= 10, "most kills landed before the compaction finished ({cut} of 25)");
+    assert!(cut >= 10, "{cut} kills landed before the compaction finished, 10 wanted");
 }
 
 /// SIGKILL while a replica with changes of its own installs a snapshot
