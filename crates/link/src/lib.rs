@@ -59,6 +59,9 @@ pub struct Progress {
     /// Snapshots installed: (into a replica that had applied nothing, into
     /// one that had: a state merge).
     pub snapshots: (usize, usize),
+    /// Snapshots this side sends that go on from where the peer holds them
+    /// (a transfer that broke off, resumed).
+    pub snapshots_resumed: usize,
 }
 
 impl Progress {
@@ -74,6 +77,7 @@ impl Progress {
         self.bodies_damaged |= later.bodies_damaged;
         self.peer_purged.extend(later.peer_purged);
         self.snapshots = (self.snapshots.0 + later.snapshots.0, self.snapshots.1 + later.snapshots.1);
+        self.snapshots_resumed += later.snapshots_resumed;
         self
     }
 
@@ -177,6 +181,11 @@ impl PeerLink {
     /// least one).
     pub fn set_want_page(&mut self, page: usize) {
         self.want_page = page.max(1);
+    }
+
+    /// Sends snapshots in parts of `bytes` ([`Session::set_snapshot_part`]).
+    pub fn set_snapshot_part(&mut self, bytes: usize) {
+        self.session.set_snapshot_part(bytes);
     }
 
     /// The protocol state (bytes counted, peer id, acknowledgements).
@@ -529,6 +538,7 @@ impl PeerLink {
                         let peer = s.peer().map_or(0, |p| p.0);
                         let out = store.snapshot_to_send(&account, peer, self.held.remove(&account))?;
                         s.send_snapshot(&account, out.id, out.copy.len(), out.copy.covers(), out.from);
+                        progress.snapshots_resumed += usize::from(out.from > 0);
                         self.outgoing.insert(account, out.copy);
                     }
                     Err(e) => return Err(e.into()),

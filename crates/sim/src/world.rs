@@ -89,8 +89,11 @@ pub struct RunReport {
     /// messages buried).
     pub spent_uids: u64,
     /// Snapshots installed by any node: into a replica that had applied
-    /// nothing, and into one that had (a state merge).
-    pub snapshots: (u64, u64),
+    /// nothing, and into one that had (a state merge); and transfers that
+    /// went on where a broken one left off.
+    pub snapshots: (u64, u64, u64),
+    /// Bytes per part of the snapshots nodes send in this run.
+    pub snapshot_part: usize,
 }
 
 impl RunReport {
@@ -125,7 +128,8 @@ impl RunReport {
             bodies_collected: 0,
             file_compactions: 0,
             spent_uids: 0,
-            snapshots: (0, 0),
+            snapshots: (0, 0, 0),
+            snapshot_part: starling_sync::SNAPSHOT_SEND_PART,
         }
     }
 }
@@ -310,6 +314,20 @@ fn open_store(disk: &MemDisk, i: usize, id: ReplicaId) -> Result<Store, String> 
     Ok(store)
 }
 
+/// The size of the parts nodes send snapshots in, drawn from the seed (on
+/// its own stream, so the other draws stay): half the runs the default,
+/// the others 256 B to 16 KiB, so that the simulator's snapshots (tens of
+/// KB) travel in several parts, and a transfer can break off between two
+/// and be resumed.
+fn snapshot_part(seed: u64) -> usize {
+    let mut rng = Rng::new(seed ^ 0x534e_4150_5041_5254);
+    if rng.chance(0.5) {
+        starling_sync::SNAPSHOT_SEND_PART
+    } else {
+        starling_sync::SNAPSHOT_SEND_PART_MIN << (2 * rng.below(4))
+    }
+}
+
 impl World {
     /// A fresh cluster for `sc` and `seed`.
     pub fn new(sc: &Scenario, seed: u64) -> Result<World, String> {
@@ -366,7 +384,7 @@ impl World {
             trace: blake3::Hasher::new(),
             healed: None,
             last_change: 0,
-            report: RunReport { swarm: draw, ..RunReport::new(&sc.name, seed) },
+            report: RunReport { swarm: draw, snapshot_part: snapshot_part(seed), ..RunReport::new(&sc.name, seed) },
             bodies: BTreeMap::new(),
             epoch: std::time::Instant::now(),
             violation: None,
@@ -812,7 +830,8 @@ impl World {
             let (mid, pid) = (self.nodes[me].id, self.nodes[peer].id);
             let n = &mut self.nodes[me];
             let store = n.store.as_ref().expect("up");
-            let link = PeerLink::new(store, mid, Some(pid), &accounts, n.policy.clone()).map_err(err)?;
+            let mut link = PeerLink::new(store, mid, Some(pid), &accounts, n.policy.clone()).map_err(err)?;
+            link.set_snapshot_part(self.report.snapshot_part);
             n.conns.insert(peer, Conn { id, link, next_meta: 0, next_blob: 0, timer_at: None });
         }
         self.flush(a, b);
@@ -951,6 +970,7 @@ impl World {
     fn progressed(&mut self, node: usize, peer: usize, progress: starling_link::Progress) -> Result<(), String> {
         self.report.snapshots.0 += progress.snapshots.0 as u64;
         self.report.snapshots.1 += progress.snapshots.1 as u64;
+        self.report.snapshots.2 += progress.snapshots_resumed as u64;
         if !progress.committed.is_empty() || progress.bodies > 0 {
             self.last_change = self.now;
         }

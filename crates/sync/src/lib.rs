@@ -126,14 +126,22 @@ pub const SNAPSHOT_PART_BYTES: usize = 16 << 20;
 /// Largest snapshot (compressed, all parts) a receiver accepts.
 pub const SNAPSHOT_WIRE_MAX: u64 = 2 << 30;
 /// Bytes of a snapshot this side puts in each part it sends (at most
-/// [`SNAPSHOT_PART_BYTES`], what a receiver accepts).
+/// [`SNAPSHOT_PART_BYTES`], what a receiver accepts), unless set smaller
+/// for a session ([`Session::set_snapshot_part`]).
 pub const SNAPSHOT_SEND_PART: usize = 4 << 20;
+/// The smallest part [`Session::set_snapshot_part`] sets.
+pub const SNAPSHOT_SEND_PART_MIN: usize = 256;
 /// Bytes of snapshot parts sent and not yet acknowledged (`SnapshotGot`),
 /// at most, over every account of a session: the sender reads parts from
 /// its copy only as the receiver takes them, so a snapshot of any size
 /// costs the sender this much memory. 16 MiB fill an 80 MB/s link at
 /// 200 ms round trip. The receiver refuses a part beyond it.
 pub const SNAPSHOT_WINDOW_BYTES: u64 = 16 << 20;
+/// Whole parts in the sender's window: its window is this many of its
+/// parts, at most [`SNAPSHOT_WINDOW_BYTES`].
+pub const SNAPSHOT_WINDOW_PARTS: usize = 4;
+const _: () = assert!(SNAPSHOT_WINDOW_PARTS * SNAPSHOT_SEND_PART == SNAPSHOT_WINDOW_BYTES as usize);
+const _: () = assert!(SNAPSHOT_SEND_PART <= SNAPSHOT_PART_BYTES && SNAPSHOT_SEND_PART_MIN <= SNAPSHOT_SEND_PART);
 /// Most ops in one `Ops` frame (a chunk); the receiver refuses more.
 pub const CHUNK_OPS_MAX: usize = 4096;
 /// Bytes of ops (encoded, before compression) a sender puts in one chunk.
@@ -744,9 +752,10 @@ pub struct QueueSizes {
 }
 
 /// Parts of snapshots this side sends that are in flight at once, at most:
-/// the window's worth of whole parts, and a shorter last part per account.
+/// the window's worth of whole parts, and a shorter last part per account
+/// (whatever the part size: the window is counted in parts).
 fn snapshot_parts_in_flight(accounts: usize) -> usize {
-    SNAPSHOT_WINDOW_BYTES as usize / SNAPSHOT_SEND_PART + accounts
+    SNAPSHOT_WINDOW_PARTS + accounts
 }
 
 /// Bytes a `Snapshot` frame adds to the part it carries, at most.
@@ -841,6 +850,8 @@ pub struct Session {
     snapshots_out: BTreeSet<String>,
     snapshot_in_flight: u64,
     snapshot_reading: bool,
+    /// Bytes per part of the snapshots we send ([`Session::set_snapshot_part`]).
+    snapshot_part: usize,
     /// Accounts with a snapshot part taken and not yet acknowledged: one
     /// `SnapshotGot` each goes out with the next frames.
     snapshot_acks: BTreeSet<String>,
@@ -896,6 +907,7 @@ impl Session {
             snapshots_out: BTreeSet::new(),
             snapshot_in_flight: 0,
             snapshot_reading: false,
+            snapshot_part: SNAPSHOT_SEND_PART,
             snapshot_acks: BTreeSet::new(),
             refilling: false,
             said_no: BTreeSet::new(),
@@ -1495,16 +1507,27 @@ impl Session {
         self.snapshots_out.insert(account.to_string());
     }
 
+    /// Sends the snapshots of this session in parts of `bytes` (clamped to
+    /// [`SNAPSHOT_SEND_PART_MIN`]..=[`SNAPSHOT_SEND_PART`]), with a window
+    /// of [`SNAPSHOT_WINDOW_PARTS`] of them. Smaller parts cost more frames
+    /// and round trips; the simulator draws them so that its small
+    /// snapshots travel in several parts and a transfer can break off
+    /// between two.
+    pub fn set_snapshot_part(&mut self, bytes: usize) {
+        self.snapshot_part = bytes.clamp(SNAPSHOT_SEND_PART_MIN, SNAPSHOT_SEND_PART);
+    }
+
     /// The next part of a snapshot being sent, if the window has room for
     /// it and no read is out: (account, offset, length).
     fn snapshot_to_read(&self) -> Option<(&String, u64, usize)> {
         if self.phase != Phase::Open || self.snapshot_reading {
             return None;
         }
+        let window = (self.snapshot_part * SNAPSHOT_WINDOW_PARTS) as u64;
         self.snapshots_out.iter().find_map(|a| {
             let out = self.accounts.get(a)?.snapshot_out?;
-            let len = (out.total - out.sent).min(SNAPSHOT_SEND_PART as u64);
-            (len > 0 && self.snapshot_in_flight + len <= SNAPSHOT_WINDOW_BYTES).then_some((a, out.sent, len as usize))
+            let len = (out.total - out.sent).min(self.snapshot_part as u64);
+            (len > 0 && self.snapshot_in_flight + len <= window).then_some((a, out.sent, len as usize))
         })
     }
 
@@ -1518,7 +1541,7 @@ impl Session {
         let Some(out) = self.accounts.get_mut(account).and_then(|st| st.snapshot_out.as_mut()) else { return };
         let len = bytes.len() as u64;
         assert!(
-            offset == out.sent && len > 0 && len == (out.total - out.sent).min(SNAPSHOT_SEND_PART as u64),
+            offset == out.sent && len > 0 && len == (out.total - out.sent).min(self.snapshot_part as u64),
             "the part asked for: at {}, not {offset} ({len} bytes)",
             out.sent
         );

@@ -793,3 +793,59 @@ fn a_snapshot_transfer_resumes_where_the_receiver_holds_it() {
     let r = a.handle_frame(&Frame::SnapshotHeld { account: "a".into(), id: 1, total: 10, got: 10 }.encode());
     assert!(r.is_err() && refused_cleanly(&mut a, r), "holding all of it");
 }
+
+/// A session set to smaller parts sends its snapshot in parts of that size
+/// with a window of four of them (the simulator draws such sizes so that its
+/// small snapshots travel in several parts); a size below the least is
+/// raised to it.
+#[test]
+fn a_snapshot_in_smaller_parts_keeps_a_window_of_four_parts() {
+    use starling_sync::{SNAPSHOT_SEND_PART_MIN, SNAPSHOT_WINDOW_PARTS};
+    for (asked, part) in [(1_000usize, 1_000usize), (1, SNAPSHOT_SEND_PART_MIN)] {
+        let (mut a, _) = open_pair();
+        let mut b = Session::new(ReplicaId(2), Some(ReplicaId(1)), [("a".to_string(), VersionVector::new())]);
+        b.set_snapshot_part(asked);
+        while b.poll_transmit().is_some() {}
+        while let Some(f) = a.poll_transmit() {
+            b.handle_frame(&f).unwrap();
+        }
+        while b.poll_event().is_some() {}
+        while b.poll_transmit().is_some() {}
+        let snapshot = starling_model::testkit::incompressible(50_000, 3);
+        b.send_snapshot("a", 1, snapshot.len() as u64, &VersionVector::new(), 0);
+        let (mut got, mut reads, mut most_in_flight) = (Vec::new(), 0, 0);
+        for _ in 0..10_000 {
+            let mut moved = false;
+            while let Some(ev) = b.poll_event() {
+                if let Event::SnapshotRead { account, offset, len } = ev {
+                    assert!(len == part || offset as usize + len == snapshot.len(), "a part of {len} bytes");
+                    reads += 1;
+                    b.send_snapshot_part(&account, offset, snapshot[offset as usize..offset as usize + len].to_vec());
+                }
+                most_in_flight = most_in_flight.max(b.queue_sizes().snapshot_in_flight);
+            }
+            while let Some(f) = b.poll_transmit() {
+                moved = true;
+                a.handle_frame(&f).unwrap();
+                while let Some(ev) = a.poll_event() {
+                    if let Event::SnapshotPart { offset, bytes, .. } = ev {
+                        assert_eq!(offset, got.len() as u64);
+                        got.extend_from_slice(&bytes);
+                        a.snapshot_taken("a", got.len() as u64);
+                    }
+                }
+            }
+            while let Some(f) = a.poll_transmit() {
+                moved = true;
+                b.handle_frame(&f).unwrap();
+            }
+            if !moved && !b.has_work() {
+                break;
+            }
+        }
+        assert!(got == snapshot, "the parts add up to the snapshot ({part}-byte parts)");
+        assert_eq!(reads, snapshot.len().div_ceil(part));
+        assert_eq!(most_in_flight, (SNAPSHOT_WINDOW_PARTS * part) as u64, "the window is four parts, and was filled");
+        assert_eq!(b.queue_sizes().snapshot_in_flight, 0);
+    }
+}
