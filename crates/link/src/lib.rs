@@ -118,6 +118,8 @@ pub struct PeerLink {
     /// What the peer said it holds of our snapshots, per account (id,
     /// length, bytes held).
     held: std::collections::BTreeMap<String, (u64, u64, u64)>,
+    /// See [`PeerLink::offered`].
+    offered: Vec<(String, u64, u64)>,
 }
 
 /// Missing bodies read from the store per account at a time: a link holds
@@ -146,10 +148,12 @@ impl PeerLink {
         let mut session = Session::new(me, peer, versions);
         // Part of a snapshot from this peer, kept from a session that broke
         // off: offered, so that the peer sends the rest.
+        let mut offered = Vec::new();
         if let Some(p) = peer {
             for a in &accounts {
                 if let Some((id, total, got)) = store.spool_held(a, p.0)? {
                     session.offer_snapshot(a, id, total, got);
+                    offered.push((a.clone(), got, total));
                 }
             }
         }
@@ -174,7 +178,14 @@ impl PeerLink {
             want_page: WANT_PAGE,
             outgoing: Default::default(),
             held: Default::default(),
+            offered,
         })
+    }
+
+    /// Parts of the peer's snapshots this node held when the link began and
+    /// offered it, so that it sends the rest: (account, bytes held, length).
+    pub fn offered(&self) -> &[(String, u64, u64)] {
+        &self.offered
     }
 
     /// Reads `page` missing bodies at a time instead of [`WANT_PAGE`] (at

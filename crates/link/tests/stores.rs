@@ -687,52 +687,53 @@ fn a_move_into_a_wanted_mailbox_fetches_that_body_without_a_scan() {
     assert_eq!(nodes[1].store().missing_scans(), scans, "judged by the moved message, no scan");
 }
 
+/// Moves frames both ways between nodes 0 and 1, 0 → 1 one at a time,
+/// until `stop` says so or nothing moves; returns the snapshot parts 0 sent
+/// (offset, length).
+fn pump_parts(nodes: &mut [Node], stop: &dyn Fn(&Node) -> bool) -> Vec<(u64, u64)> {
+    use starling_sync::Frame;
+    let mut parts = Vec::new();
+    for _ in 0..10_000 {
+        let mut busy = false;
+        loop {
+            let l = nodes[0].links.get_mut(&1).unwrap();
+            let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) else { break };
+            busy = true;
+            if let Ok(Frame::Snapshot { offset, bytes, .. }) = Frame::decode(&f) {
+                parts.push((offset, bytes.len() as u64));
+            }
+            nodes[1].receive(0, &[f]);
+            if stop(&nodes[1]) {
+                return parts;
+            }
+        }
+        let l = nodes[1].links.get_mut(&0).unwrap();
+        let back: Vec<Vec<u8>> = std::iter::from_fn(|| l.poll_transmit().or_else(|| l.poll_transmit_blob())).collect();
+        if !back.is_empty() {
+            busy = true;
+            nodes[0].receive(1, &back);
+        }
+        if !busy {
+            break;
+        }
+    }
+    parts
+}
+
 /// A snapshot transfer that breaks off resumes from what the receiver
 /// spooled: the next session's receiver offers it, the sender sends only
 /// the rest of the same copy, and the whole installs.
 #[test]
 fn a_broken_snapshot_transfer_resumes_from_the_spooled_parts() {
-    use starling_sync::Frame;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
     nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
     let all = compacted_source(&nodes[0], 250_000);
     let from = nodes[0].id.0;
 
-    // Moves frames both ways, 0 → 1 one at a time, until `stop` says so
-    // or nothing moves; returns the snapshot parts 0 sent (offset, length).
-    let pump = |nodes: &mut Vec<Node>, stop: &dyn Fn(&Node) -> bool| {
-        let mut parts = Vec::new();
-        for _ in 0..10_000 {
-            let mut busy = false;
-            loop {
-                let l = nodes[0].links.get_mut(&1).unwrap();
-                let Some(f) = l.poll_transmit().or_else(|| l.poll_transmit_blob()) else { break };
-                busy = true;
-                if let Ok(Frame::Snapshot { offset, bytes, .. }) = Frame::decode(&f) {
-                    parts.push((offset, bytes.len() as u64));
-                }
-                nodes[1].receive(0, &[f]);
-                if stop(&nodes[1]) {
-                    return parts;
-                }
-            }
-            let l = nodes[1].links.get_mut(&0).unwrap();
-            let back: Vec<Vec<u8>> =
-                std::iter::from_fn(|| l.poll_transmit().or_else(|| l.poll_transmit_blob())).collect();
-            if !back.is_empty() {
-                busy = true;
-                nodes[0].receive(1, &back);
-            }
-            if !busy {
-                break;
-            }
-        }
-        parts
-    };
     connect(&mut nodes, 0, 1);
     let part = starling_sync::SNAPSHOT_SEND_PART as u64;
-    let first = pump(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= part);
+    let first = pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= part);
     // The connection breaks with one part spooled.
     nodes[0].links.clear();
     nodes[1].links.clear();
@@ -742,7 +743,44 @@ fn a_broken_snapshot_transfer_resumes_from_the_spooled_parts() {
     assert_eq!(first.first(), Some(&(0, part)));
 
     connect(&mut nodes, 0, 1);
-    let second = pump(&mut nodes, &|_: &Node| false);
+    let second = pump_parts(&mut nodes, &|_: &Node| false);
+    assert_eq!(second.first().map(|p| p.0), Some(got), "the next session began where the spool ends");
+    assert_eq!(second.iter().map(|p| p.1).sum::<u64>(), total - got, "only the rest was sent");
+    assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), None, "the spool went with the install");
+    assert_eq!(nodes[1].store().version(ACCOUNT).unwrap(), all);
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+}
+
+/// The receiver of a snapshot is stopped mid-transfer (its store closed)
+/// and started again: the parts it spooled are still there, its next link
+/// offers them, and the sender, which kept its copy, sends only the rest.
+/// Parts of 64 KiB (`PeerLink::set_snapshot_part`) make a 20,000-message
+/// snapshot travel in several.
+#[test]
+fn a_receiver_restarted_mid_snapshot_gets_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
+    let all = compacted_source(&nodes[0], 20_000);
+    let from = nodes[0].id.0;
+    let part = 64u64 << 10;
+    let link = |nodes: &mut Vec<Node>| {
+        connect(nodes, 0, 1);
+        nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(part as usize);
+    };
+    link(&mut nodes);
+    let first = pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * part);
+    nodes[0].links.clear();
+    nodes[1].stop();
+    nodes[1].start();
+    let (_, total, got) = nodes[1].store().spool_held(ACCOUNT, from).unwrap().expect("parts held over the restart");
+    assert_eq!(got, 3 * part, "three parts spooled");
+    assert!(total > 6 * part, "a snapshot of {total} bytes");
+    assert_eq!(first.iter().map(|p| p.1).max(), Some(part));
+    assert!(nodes[1].store().version(ACCOUNT).unwrap().is_empty(), "nothing installed yet");
+
+    link(&mut nodes);
+    let second = pump_parts(&mut nodes, &|_: &Node| false);
     assert_eq!(second.first().map(|p| p.0), Some(got), "the next session began where the spool ends");
     assert_eq!(second.iter().map(|p| p.1).sum::<u64>(), total - got, "only the rest was sent");
     assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), None, "the spool went with the install");

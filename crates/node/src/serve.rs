@@ -884,6 +884,9 @@ pub(crate) async fn session(
     if !link.purged().is_empty() {
         tracing::debug!(peer = %peer.id, purged = ?link.purged(), "accounts deleted and purged here: told if the peer names them");
     }
+    for (account, got, total) in link.offered() {
+        tracing::info!(peer = %peer.id, account, got, total, "part of a snapshot from this peer is held: offered, for the peer to send the rest");
+    }
     // Reader tasks: frames arrive on a channel, so waiting is cancel-safe;
     // together they hold at most INBOUND_BYTES of frames. Bodies come on
     // unidirectional streams the peer opens (see the body writer below).
@@ -966,6 +969,12 @@ pub(crate) async fn session(
         }
         match std::mem::replace(&mut outcome, Ok(Progress::default())) {
             Ok(progress) => {
+                if progress.snapshots_resumed > 0 {
+                    tracing::info!(peer = %peer.id, "the peer holds part of a snapshot sent before: sending the rest");
+                }
+                if progress.snapshots != (0, 0) {
+                    tracing::info!(peer = %peer.id, into_empty = progress.snapshots.0, into_non_empty = progress.snapshots.1, "snapshot installed");
+                }
                 for account in &progress.peer_purged {
                     tracing::info!(peer = %peer.id, account, "the peer deleted and purged the account: deletion taken here");
                 }

@@ -218,6 +218,8 @@ fn mark(w: &WriteTransaction, name: &str, number: u32, deleted: Option<u64>) -> 
     // rows would be silent data loss.
     assert_eq!(removed, Some(number), "account {name:?}: the file and memory disagree on its number");
     w.open_table(CREDENTIALS).map_err(st)?.remove(name).map_err(st)?;
+    // Parts of a snapshot of it from a peer (a few rows, at most 2 GiB).
+    crate::spool::drop_account(w, name)?;
     let mut forgotten = w.open_table(FORGOTTEN).map_err(st)?;
     let generation = forgotten.get(name).map_err(st)?.map_or(0, |g| g.value());
     forgotten.insert(name, generation.checked_add(1).expect("forgotten copies of one name fit in u32")).map_err(st)?;

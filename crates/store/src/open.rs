@@ -281,9 +281,6 @@ fn check_and_load(
         w.open_table(META).map_err(|e| io(&e))?.insert("version", [4u8].as_slice()).map_err(|e| io(&e))?;
         w.commit().map_err(|e| io(&e))?;
     }
-    // Snapshot parts a crash or a broken session left: their session is
-    // gone, and its peer sends again from the start.
-    crate::spool::drop_all(db).map_err(|e| io(&e))?;
     let r = db.begin_read().map_err(|e| io(&e))?;
     let mut accounts = BTreeMap::new();
     if let Ok(table) = r.open_table(ACCOUNTS) {
@@ -310,6 +307,9 @@ fn check_and_load(
         }
     }
     drop(r);
+    // Snapshot parts a stopped node or a broken session left stay for their
+    // peer to send the rest; those of accounts no longer here go.
+    crate::spool::drop_strays(db, &accounts.keys().cloned().collect()).map_err(|e| io(&e))?;
     if version < 5 {
         // Before format 5: the garbage collector's rows (stamped with each
         // account's version now) and each account's bytes, likewise in one

@@ -1,8 +1,12 @@
 //! Snapshots arriving from a peer, kept in the file part by part until the
 //! last part came, then installed from there: a snapshot's size costs disk,
-//! not memory. The rows are transient: the install deletes them in its own
-//! transaction, a failed install and a new first part drop them, and an
-//! open drops any a crash or a broken session left.
+//! not memory. Each part is committed durably with the spool's head (the
+//! snapshot's id, length and bytes held), so a session that broke off, or
+//! a node that was stopped or killed, offers the peer what it holds and
+//! gets the rest ([`Store::spool_held`]). The install deletes a spool's
+//! rows in its own transaction; a failed install drops them; a new first
+//! part drops the spools of peers with no link open; forgetting an account
+//! drops its spools, and an open drops spools of accounts no longer here.
 
 use crate::*;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -25,20 +29,42 @@ pub(crate) fn drop_rows(txn: &WriteTransaction, account: &str, spool: u64) -> Re
     Ok(())
 }
 
-/// Drops every spool a crash or a broken session left (at open).
-pub(crate) fn drop_all(db: &redb::Database) -> Result<(), redb::Error> {
-    use redb::ReadableTableMetadata;
+/// Deletes every spool of `account` (the account is being forgotten).
+pub(crate) fn drop_account(txn: &WriteTransaction, account: &str) -> Result<(), StoreError> {
+    let mut t = txn.open_table(SPOOL).map_err(st)?;
+    t.retain_in((account, 0, 0)..=(account, u64::MAX, u64::MAX), |_, _| false).map_err(st)?;
+    let mut h = txn.open_table(SPOOL_HEAD).map_err(st)?;
+    h.retain_in((account, 0)..=(account, u64::MAX), |_, _| false).map_err(st)?;
+    Ok(())
+}
+
+/// Drops the spools of accounts that are not in `accounts` (at open: one
+/// left by an account forgotten before spools were dropped with it). The
+/// others stay, for their peers to resume.
+pub(crate) fn drop_strays(db: &redb::Database, accounts: &BTreeSet<String>) -> Result<(), redb::Error> {
     let r = db.begin_read()?;
-    let left = match r.open_table(SPOOL) {
-        Ok(t) => t.len()?,
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+    let heads = match r.open_table(SPOOL_HEAD) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    drop(r);
-    if left > 0 {
+    let mut strays = BTreeSet::new();
+    for item in heads.iter()? {
+        let (k, _) = item?;
+        let (account, _) = k.value();
+        if !accounts.contains(account) {
+            strays.insert(account.to_string());
+        }
+    }
+    drop((heads, r));
+    if !strays.is_empty() {
         let w = db.begin_write()?;
-        w.delete_table(SPOOL)?;
-        w.delete_table(SPOOL_HEAD)?;
+        {
+            let mut t = w.open_table(SPOOL)?;
+            t.retain(|k, _| !strays.contains(k.0))?;
+            let mut h = w.open_table(SPOOL_HEAD)?;
+            h.retain(|k, _| !strays.contains(k.0))?;
+        }
         w.commit()?;
     }
     Ok(())
@@ -88,9 +114,9 @@ impl Store {
     /// 0 begins the spool again, and drops the spools of peers with no link
     /// open here (a session that broke off mid-snapshot), so what is
     /// spooled is bounded by the open links; any other part must go on
-    /// where the spool of that same snapshot ends. Parts are committed
-    /// without waiting for the disk: they are transient (an open drops
-    /// them), and the install that uses them is durable.
+    /// where the spool of that same snapshot ends. Each part is committed
+    /// durably: once this returns, a restart still holds it (a sender's
+    /// part is 4 MiB, so one disk flush per 4 MiB received).
     pub fn spool_snapshot_part(
         &self,
         account: &str,
@@ -101,8 +127,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.account(account)?;
         self.run(|db| {
-            let mut w = db.begin_write().map_err(st)?;
-            w.set_durability(redb::Durability::None).map_err(st)?;
+            let w = db.begin_write().map_err(st)?;
             if offset == 0 {
                 drop_rows(&w, account, spool)?;
                 let mut t = w.open_table(SPOOL).map_err(st)?;

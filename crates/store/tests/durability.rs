@@ -436,3 +436,112 @@ fn sigkill_during_a_snapshot_install_into_a_replica_with_mail_of_its_own() {
 fn raw_text(i: u64) -> String {
     format!("Subject: message {i}\r\nFrom: a@example.org\r\n\r\nbody {i} {}\r\n", "y".repeat((i % 7) as usize * 40))
 }
+
+/// SIGKILL while a snapshot from a peer is spooled part by part (and while
+/// it is installed): each round kills `store-torture … spool` at a moment
+/// spread over its length, on a fresh copy of an empty replica, reopens
+/// the store and checks that its spool holds at least every part the
+/// process said it had spooled, its head agreeing with its rows; then runs
+/// it again, which must go on from exactly there (as the peer sends the
+/// rest) and install the source's state. At least 25 kills, more (up to 60)
+/// until 10 landed mid-spool.
+#[test]
+fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.redb");
+    Store::open(&template, ReplicaId(42), StoreOptions::default()).unwrap().add_account("t").unwrap();
+    let source = Store::open(&dir.path().join("source.redb"), ReplicaId(7), StoreOptions::default()).unwrap();
+    source.add_account("t").unwrap();
+    source
+        .write("t", |b| {
+            for i in 0..30_000u64 {
+                b.append(INBOX, format!("Subject: {i}\r\n\r\n{i}\r\n").as_bytes(), i as i64, vec![Keyword::Seen])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let all = source.version("t").unwrap();
+    source.compact("t", &all).unwrap();
+    let snapshot = dir.path().join("snapshot");
+    let bytes = source.snapshot("t").unwrap();
+    std::fs::write(&snapshot, &bytes).unwrap();
+    let want = source.dump("t").unwrap();
+    let spool = |p: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_store-torture"))
+            .arg(p)
+            .arg("0")
+            .arg("spool")
+            .arg(&snapshot)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let lines = |child: &mut std::process::Child| {
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect::<Vec<_>>())
+    };
+    let number = |lines: &[String], what: &str| {
+        lines.iter().filter_map(|l| l.strip_prefix(what)).filter_map(|n| n.parse::<u64>().ok()).next_back()
+    };
+    // The length of a whole run, timed on a copy, to spread the kills over.
+    let mut whole = {
+        let p = dir.path().join("timing.redb");
+        std::fs::copy(&template, &p).unwrap();
+        let started = std::time::Instant::now();
+        let mut child = spool(&p);
+        let out = lines(&mut child);
+        assert!(child.wait().unwrap().success());
+        assert_eq!(out.join().unwrap().last().map(String::as_str), Some("installed"));
+        (started.elapsed().as_millis() as u64).max(10)
+    };
+    let mut seed: u64 = 0x5b00;
+    let (mut round, mut mid_spool, mut went_on) = (0u64, 0u64, 0u64);
+    while round < 25 || (mid_spool < 10 && round < 60) {
+        round += 1;
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let p = dir.path().join("t.redb");
+        std::fs::copy(&template, &p).unwrap();
+        let mut child = spool(&p);
+        let out = lines(&mut child);
+        let moment = (seed >> 33) % whole;
+        std::thread::sleep(Duration::from_millis(moment));
+        child.kill().unwrap();
+        let finished = child.wait().unwrap().success();
+        let said = out.join().unwrap();
+        if finished {
+            whole = moment.max(10);
+        }
+        let acknowledged = number(&said, "spooled ").unwrap_or(0);
+        let store = Store::open(&p, ReplicaId(42), StoreOptions::default()).expect("store opens after SIGKILL");
+        let held = store.spool_held("t", 7).unwrap();
+        assert_eq!(held.map_or(0, |h| h.2), store.spooled_bytes("t", 7).unwrap(), "kill {round}: head and rows");
+        let installed = store.dump("t").unwrap() == want;
+        assert_eq!(store.check_blob_refs().unwrap(), Vec::<String>::new(), "kill {round}");
+        if installed {
+            assert_eq!(held, None, "kill {round}: installed, and parts left");
+            continue;
+        }
+        let got = held.map_or(0, |h| h.2);
+        assert!(got >= acknowledged, "kill {round}: {acknowledged} bytes said spooled, {got} held");
+        assert!(held.is_none_or(|h| h == (1, bytes.len() as u64, got)));
+        mid_spool += u64::from(got > 0 && got < bytes.len() as u64);
+        drop(store);
+        // Again: it goes on from what is held, and installs.
+        let mut child = spool(&p);
+        let out = lines(&mut child);
+        assert!(child.wait().unwrap().success(), "kill {round}: the second run failed");
+        let said = out.join().unwrap();
+        assert_eq!(number(&said, "from "), Some(got), "kill {round}: went on from what was held");
+        went_on += u64::from(got > 0);
+        assert_eq!(said.last().map(String::as_str), Some("installed"));
+        let store = Store::open(&p, ReplicaId(42), StoreOptions::default()).unwrap();
+        assert_eq!(store.dump("t").unwrap(), want, "kill {round}: the source's state");
+        assert_eq!(store.spool_held("t", 7).unwrap(), None);
+    }
+    eprintln!(
+        "a {} KB snapshot in 16 KiB parts; {round} kills, {mid_spool} mid-spool, {went_on} went on from parts held",
+        bytes.len() / 1000
+    );
+    assert!(mid_spool >= 10, "{mid_spool} kills landed mid-spool, 10 wanted");
+}

@@ -188,18 +188,34 @@ fn a_spooled_snapshot_installs_and_its_parts_go_with_the_install() {
     spool(&c, 7, &snap[..4096], 4096);
     assert_eq!(c.spooled_bytes("u", 5).unwrap(), 0, "no link to 5: dropped");
     assert_eq!(c.spooled_bytes("u", 6).unwrap(), (snap.len() / 2) as u64, "6 is connected: kept");
-    // Parts a broken session left go at the next open.
-    spool(&c, 3, &snap[..snap.len() / 3], 4096);
-    assert!(spool_rows(&c) > 0);
+    // Parts a broken session left stay over a restart, for the peer to
+    // send the rest; the rest installs.
+    let third = snap.len() / 3;
+    for (i, p) in snap[..third].chunks(4096).enumerate() {
+        c.spool_snapshot_part("u", 3, (1, snap.len() as u64), (i * 4096) as u64, p).unwrap();
+    }
+    assert_eq!(c.spool_held("u", 3).unwrap(), Some((1, snap.len() as u64, third as u64)));
     drop((up6, c));
     let c = Store::open(&dir.path().join("c.redb"), ReplicaId(0xc), StoreOptions::default()).unwrap();
-    assert_eq!(spool_rows(&c), 0);
+    assert_eq!(c.spool_held("u", 3).unwrap(), Some((1, snap.len() as u64, third as u64)), "kept over the restart");
     assert_eq!(c.dump("u").unwrap(), before);
+    for (i, p) in snap[third..].chunks(4096).enumerate() {
+        c.spool_snapshot_part("u", 3, (1, snap.len() as u64), (third + i * 4096) as u64, p).unwrap();
+    }
+    c.install_spooled_snapshot("u", 3).unwrap();
+    assert_eq!(c.dump("u").unwrap(), a.dump("u").unwrap());
+    assert_eq!(c.spool_held("u", 3).unwrap(), None);
+    // Forgetting the account drops its spools (6's and 7's, still here).
+    assert!(spool_rows(&c) > 0);
+    c.forget_account("u").unwrap();
+    assert_eq!(spool_rows(&c), 0, "the forgotten account's spools went with it");
 }
 
 /// Power cuts while parts are spooled and while they are installed: after
 /// each, the store reopens with either its old state or the whole
-/// snapshot's, and no spooled part left.
+/// snapshot's, and a spool whose head says what its parts hold; the
+/// transfer then goes on from there (as the peer would send the rest) and
+/// installs.
 #[test]
 fn a_power_cut_while_a_snapshot_is_spooled_or_installed_leaves_old_or_new() {
     use starling_store::memdisk::MemDisk;
@@ -214,23 +230,37 @@ fn a_power_cut_while_a_snapshot_is_spooled_or_installed_leaves_old_or_new() {
         b.dump("u").unwrap()
     };
     let image = disk.durable_copy();
-    let run = |d: &MemDisk| -> Result<(), StoreError> {
+    // Spools from where the spool ends (0 if nothing is held), then
+    // installs (if `install`).
+    let spool_and = |d: &MemDisk, install: bool| -> Result<(), StoreError> {
         let b = Store::open_on(d.backend(), "mem", node, StoreOptions::default())
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        for (i, p) in snap.chunks(8192).enumerate() {
-            b.spool_snapshot_part("u", 9, (1, snap.len() as u64), (i * 8192) as u64, p)?;
+        let from = b.spool_held("u", 9)?.map_or(0, |h| h.2) as usize;
+        for (i, p) in snap[from..].chunks(8192).enumerate() {
+            b.spool_snapshot_part("u", 9, (1, snap.len() as u64), (from + i * 8192) as u64, p)?;
         }
-        b.install_spooled_snapshot("u", 9)
+        if install {
+            b.install_spooled_snapshot("u", 9)?;
+        }
+        Ok(())
     };
-    let whole = {
+    let run = |d: &MemDisk| spool_and(d, true);
+    // Disk operations to spool every part, and to install too: half the
+    // cuts land in each.
+    let (spooled, whole) = {
+        let d = image.durable_copy();
+        spool_and(&d, false).unwrap();
+        let spooled = d.ops();
         let d = image.durable_copy();
         run(&d).unwrap();
-        d.ops()
+        (spooled, d.ops())
     };
+    assert!(spooled < whole);
     let after = a.dump("u").unwrap();
-    let (mut old, mut new) = (0, 0);
+    let (mut old, mut new, mut resumed) = (0, 0, 0);
     for k in 1..=24u64 {
-        let cut = whole * k / 25;
+        // The last one at the end: the install's commit is its last few.
+        let cut = if k <= 12 { spooled * k / 13 } else { spooled + (whole - spooled) * (k - 12) / 12 };
         let d = image.durable_copy();
         d.fail_after(Some(cut));
         let _ = run(&d);
@@ -238,13 +268,23 @@ fn a_power_cut_while_a_snapshot_is_spooled_or_installed_leaves_old_or_new() {
         d.fail_after(None);
         let b = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
         let dump = b.dump("u").unwrap();
+        let held = b.spool_held("u", 9).unwrap();
+        assert_eq!(held.map_or(0, |h| h.2), b.spooled_bytes("u", 9).unwrap(), "cut {cut}: the head says what is held");
         if dump == before {
             old += 1;
+            resumed += u64::from(held.is_some());
+            drop(b);
+            run(&d).unwrap();
+            let b = Store::open_on(d.backend(), "mem", node, StoreOptions::default()).unwrap();
+            assert_eq!(b.dump("u").unwrap(), after, "cut {cut}: the transfer went on and installed");
+            assert_eq!(spool_rows(&b), 0);
         } else {
             assert_eq!(dump, after, "cut {cut}: neither the old state nor the snapshot's");
+            assert_eq!(spool_rows(&b), 0, "cut {cut}: the install took its parts");
             new += 1;
         }
-        assert_eq!(spool_rows(&b), 0, "cut {cut}: spooled parts left");
     }
     assert!(old > 0 && new > 0, "cuts on both sides: {old} old, {new} new");
+    assert!(resumed > 0, "some cuts left parts to go on from");
+    eprintln!("{old} cuts before the install ({resumed} with parts held), {new} after");
 }

@@ -16,7 +16,11 @@
 //! opens the store without, then compacts the file while a thread reads
 //! every body over and over (`Store::compact_file`), and prints `compacted`. With `install FILE`,
 //! it installs the snapshot of account `t` in FILE (the crash test kills it
-//! during the install), then prints `installed`.
+//! during the install), then prints `installed`. With `spool FILE`, it
+//! spools the snapshot in FILE as if from peer 7 in parts of 16 KiB, from
+//! where the spool already ends (`from N`), printing `spooled N` after
+//! each part, then installs it and prints `installed` (the crash test
+//! kills it, then runs it again to go on).
 
 use starling_model::{Keyword, ReplicaId, INBOX};
 use starling_store::{Store, StoreOptions};
@@ -35,7 +39,7 @@ fn main() {
         [_, p, f] => (p, f.parse().expect("first batch number"), ""),
         [_, p, f, m] | [_, p, f, m, _] => (p, f.parse().expect("first batch number"), m),
         _ => {
-            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|online|install SNAPSHOT]");
+            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|online|install SNAPSHOT|spool SNAPSHOT]");
             std::process::exit(2);
         }
     };
@@ -53,6 +57,22 @@ fn main() {
             let snapshot = std::fs::read(&args[4]).expect("snapshot file");
             let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
             store.install_snapshot("t", &snapshot).expect("install");
+            println!("installed");
+        }
+        "spool" => {
+            let snapshot = std::fs::read(&args[4]).expect("snapshot file");
+            let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
+            let total = snapshot.len() as u64;
+            let from = store.spool_held("t", 7).expect("spool head").map_or(0, |h| h.2);
+            println!("from {from}");
+            let mut at = from;
+            for part in snapshot[from as usize..].chunks(16 << 10) {
+                store.spool_snapshot_part("t", 7, (1, total), at, part).expect("spool");
+                at += part.len() as u64;
+                println!("spooled {at}");
+                std::io::stdout().flush().unwrap();
+            }
+            store.install_spooled_snapshot("t", 7).expect("install");
             println!("installed");
         }
         m => panic!("unknown mode {m}"),
