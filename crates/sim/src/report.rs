@@ -82,7 +82,7 @@ pub struct Summary {
     pub spent_uids: u64,
     /// Snapshots installed (into an empty replica, into one with ops), and
     /// transfers resumed where a broken one left off, all runs.
-    pub snapshots: (u64, u64, u64),
+    pub snapshots: crate::world::Snapshots,
     /// The roaming QRESYNC client, all runs: (syncs, answered in full,
     /// cached UIDs found naming another message).
     pub roam: (u64, u64, u64),
@@ -142,9 +142,7 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
         bodies_collected: reports.iter().map(|r| r.bodies_collected).sum(),
         file_compactions: reports.iter().map(|r| r.file_compactions).sum(),
         spent_uids: reports.iter().map(|r| r.spent_uids).sum(),
-        snapshots: reports
-            .iter()
-            .fold((0, 0, 0), |a, r| (a.0 + r.snapshots.0, a.1 + r.snapshots.1, a.2 + r.snapshots.2)),
+        snapshots: reports.iter().fold(Default::default(), |a, r| a + r.snapshots),
         roam: reports.iter().fold((0, 0, 0), |a, r| (a.0 + r.roam.0, a.1 + r.roam.1, a.2 + r.roam.2)),
         roam_short: reports.iter().map(|r| r.roam_short).sum(),
         roam_forgotten: reports.iter().map(|r| r.roam_forgotten).sum(),
@@ -154,11 +152,11 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
 /// A markdown table of summaries.
 pub fn markdown(summaries: &[Summary]) -> String {
     let mut s = String::from(
-        "| scenario | seeds | failed | converge after heal (median / max, simulated) | frames after heal | bytes/run | UID churn per 1,000 appends (ours / dsync rule) | crashes | connections | transport resets | client actions/s (wall) | ops compacted / bodies collected / store files compacted / UIDs spent (node 0) | snapshots installed: into empty / into non-empty replicas / transfers resumed | roaming QRESYNC client: syncs / answered in full / over-reported below the expunges remembered / cached UID reused / degraded (k ≥ 1) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | seeds | failed | converge after heal (median / max, simulated) | frames after heal | bytes/run | UID churn per 1,000 appends (ours / dsync rule) | crashes | connections | transport resets | client actions/s (wall) | ops compacted / bodies collected / store files compacted / UIDs spent (node 0) | snapshots installed: into empty / into non-empty replicas / transfers resumed / spools offered after a crash | roaming QRESYNC client: syncs / answered in full / over-reported below the expunges remembered / cached UID reused / degraded (k ≥ 1) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} s / {:.1} s | {} | {:.1} KB | {:.1} / {:.1} | {} | {} | {} | {:.0} | {} / {} / {} / {} | {} / {} / {} | {} / {} / {} / {} / {} |\n",
+            "| {} | {} | {} | {:.1} s / {:.1} s | {} | {:.1} KB | {:.1} / {:.1} | {} | {} | {} | {:.0} | {} / {} / {} / {} | {} / {} / {} / {} | {} / {} / {} / {} / {} |\n",
             m.scenario,
             m.seeds,
             m.failures.len(),
@@ -176,9 +174,10 @@ pub fn markdown(summaries: &[Summary]) -> String {
             m.bodies_collected,
             m.file_compactions,
             m.spent_uids,
-            m.snapshots.0,
-            m.snapshots.1,
-            m.snapshots.2,
+            m.snapshots.into_empty,
+            m.snapshots.into_non_empty,
+            m.snapshots.resumed,
+            m.snapshots.offered_after_restart,
             m.roam.0,
             m.roam.1,
             m.roam_forgotten,

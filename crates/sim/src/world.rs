@@ -88,12 +88,39 @@ pub struct RunReport {
     /// UIDs node 0 spent for good by the end (claims of shown expunged
     /// messages buried).
     pub spent_uids: u64,
-    /// Snapshots installed by any node: into a replica that had applied
-    /// nothing, and into one that had (a state merge); and transfers that
-    /// went on where a broken one left off.
-    pub snapshots: (u64, u64, u64),
+    /// Snapshots installed and resumed, by every node.
+    pub snapshots: Snapshots,
     /// Bytes per part of the snapshots nodes send in this run.
     pub snapshot_part: usize,
+}
+
+/// Snapshots in a run (or a sweep), over every node.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshots {
+    /// Installed into a replica that had applied nothing.
+    pub into_empty: u64,
+    /// Installed into one that had (a state merge).
+    pub into_non_empty: u64,
+    /// Sent on from where the receiver held part of it (a transfer that
+    /// broke off, resumed).
+    pub resumed: u64,
+    /// Parts held offered by a node's first link to a peer after it
+    /// restarted from a crash (its spool survived the crash).
+    pub offered_after_restart: u64,
+}
+
+impl std::ops::Add for Snapshots {
+    type Output = Snapshots;
+
+    /// Both counts added.
+    fn add(self, o: Snapshots) -> Snapshots {
+        Snapshots {
+            into_empty: self.into_empty + o.into_empty,
+            into_non_empty: self.into_non_empty + o.into_non_empty,
+            resumed: self.resumed + o.resumed,
+            offered_after_restart: self.offered_after_restart + o.offered_after_restart,
+        }
+    }
 }
 
 impl RunReport {
@@ -128,7 +155,7 @@ impl RunReport {
             bodies_collected: 0,
             file_compactions: 0,
             spent_uids: 0,
-            snapshots: (0, 0, 0),
+            snapshots: Snapshots::default(),
             snapshot_part: starling_sync::SNAPSHOT_SEND_PART,
         }
     }
@@ -220,6 +247,8 @@ struct Node {
     sent_messages: u64,
     /// False until a `join` event for a node that starts absent.
     joined: bool,
+    /// Peers this node has not linked to since it restarted from a crash.
+    unlinked_since_restart: std::collections::BTreeSet<usize>,
 }
 
 /// The simulated cluster.
@@ -368,6 +397,7 @@ impl World {
                 before: VersionVector::new(),
                 sent_messages: 0,
                 joined,
+                unlinked_since_restart: Default::default(),
             });
         }
         let n = sc.nodes;
@@ -801,9 +831,11 @@ impl World {
         if self.up(node) {
             return Ok(());
         }
+        let count = self.nodes.len();
         let n = &mut self.nodes[node];
         n.store = Some(open_store(&n.disk, node, n.id)?);
         n.joined = true;
+        n.unlinked_since_restart = (0..count).filter(|j| *j != node).collect();
         for j in 0..self.nodes.len() {
             if j != node && self.reach[node][j] {
                 let backoff = 100 + self.rng.below(2000) as u64;
@@ -832,6 +864,9 @@ impl World {
             let store = n.store.as_ref().expect("up");
             let mut link = PeerLink::new(store, mid, Some(pid), &accounts, n.policy.clone()).map_err(err)?;
             link.set_snapshot_part(self.report.snapshot_part);
+            if n.unlinked_since_restart.remove(&peer) && !link.offered().is_empty() {
+                self.report.snapshots.offered_after_restart += 1;
+            }
             n.conns.insert(peer, Conn { id, link, next_meta: 0, next_blob: 0, timer_at: None });
         }
         self.flush(a, b);
@@ -968,9 +1003,9 @@ impl World {
     /// What a link's call changed: tells the other links, arms their body
     /// sweeps if the peer lacked a body.
     fn progressed(&mut self, node: usize, peer: usize, progress: starling_link::Progress) -> Result<(), String> {
-        self.report.snapshots.0 += progress.snapshots.0 as u64;
-        self.report.snapshots.1 += progress.snapshots.1 as u64;
-        self.report.snapshots.2 += progress.snapshots_resumed as u64;
+        self.report.snapshots.into_empty += progress.snapshots.0 as u64;
+        self.report.snapshots.into_non_empty += progress.snapshots.1 as u64;
+        self.report.snapshots.resumed += progress.snapshots_resumed as u64;
         if !progress.committed.is_empty() || progress.bodies > 0 {
             self.last_change = self.now;
         }
