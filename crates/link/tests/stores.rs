@@ -743,11 +743,19 @@ fn a_broken_snapshot_transfer_resumes_from_the_spooled_parts() {
     assert_eq!(first.first(), Some(&(0, part)));
 
     connect(&mut nodes, 0, 1);
-    let second = pump_parts(&mut nodes, &|_: &Node| false);
+    rest_sent_and_installed(&mut nodes, (got, total), &all);
+}
+
+/// Pumps a session in which node 1 holds `got` bytes of node 0's snapshot
+/// of `total`: the parts sent begin there and add up to the rest, and node
+/// 1 installs it (at `all`), its spool gone.
+fn rest_sent_and_installed(nodes: &mut [Node], (got, total): (u64, u64), all: &VersionVector) {
+    let second = pump_parts(nodes, &|_: &Node| false);
     assert_eq!(second.first().map(|p| p.0), Some(got), "the next session began where the spool ends");
     assert_eq!(second.iter().map(|p| p.1).sum::<u64>(), total - got, "only the rest was sent");
+    let from = nodes[0].id.0;
     assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), None, "the spool went with the install");
-    assert_eq!(nodes[1].store().version(ACCOUNT).unwrap(), all);
+    assert_eq!(&nodes[1].store().version(ACCOUNT).unwrap(), all);
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
 }
 
@@ -780,10 +788,5 @@ fn a_receiver_restarted_mid_snapshot_gets_only_the_rest() {
     assert!(nodes[1].store().version(ACCOUNT).unwrap().is_empty(), "nothing installed yet");
 
     link(&mut nodes);
-    let second = pump_parts(&mut nodes, &|_: &Node| false);
-    assert_eq!(second.first().map(|p| p.0), Some(got), "the next session began where the spool ends");
-    assert_eq!(second.iter().map(|p| p.1).sum::<u64>(), total - got, "only the rest was sent");
-    assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), None, "the spool went with the install");
-    assert_eq!(nodes[1].store().version(ACCOUNT).unwrap(), all);
-    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+    rest_sent_and_installed(&mut nodes, (got, total), &all);
 }
