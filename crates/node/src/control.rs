@@ -148,6 +148,20 @@ pub struct AccountStatus {
     /// Deleted: what holds its purge back (as the last purge pass found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<String>,
+    /// Snapshots of it coming in from peers, part by part (kept over a
+    /// restart, so a join shows how far it got).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots_arriving: Vec<SnapshotArriving>,
+}
+
+/// A snapshot being received from a peer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotArriving {
+    /// The peer's node id (its replica id in hex if it is not pinned).
+    pub from: String,
+    /// Bytes held of how many.
+    pub got: u64,
+    pub total: u64,
 }
 
 /// The peer holding an account's compaction back.

@@ -410,6 +410,9 @@ fn print_status(st: &control::NodeStatus) {
         if let Some(why) = &a.deleted {
             println!("  deleted, {why}");
         }
+        for s in &a.snapshots_arriving {
+            println!("  snapshot from {}: {} of {} B held", s.from, s.got, s.total);
+        }
         if let Some(p) = &a.placement {
             let short = |v: &Vec<String>| v.iter().map(|i| i.get(..12).unwrap_or(i)).collect::<Vec<_>>().join(" ");
             println!("  placement {}: held by {}; should be {}", p.placement, short(&p.holders), short(&p.target));

@@ -514,6 +514,19 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
                 })
             })
             .max_by_key(|o| o.lacks);
+        let snapshots_arriving = store
+            .spools(&a)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(from, _, total, got)| control::SnapshotArriving {
+                from: peers
+                    .iter()
+                    .find(|p| p.id.replica().0 == from)
+                    .map_or_else(|| format!("{from:016x}"), |p| p.id.to_string()),
+                got,
+                total,
+            })
+            .collect();
         out.accounts.push(control::AccountStatus {
             name: a.clone(),
             ops,
@@ -526,6 +539,7 @@ fn status(store: &Store, me: NodeId, peers: &[Peer], hub: &Hub) -> control::Node
             oldest_peer,
             placement: placements.remove(&a),
             deleted,
+            snapshots_arriving,
         });
         versions.insert(a, vv);
     }

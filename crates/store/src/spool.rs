@@ -161,6 +161,22 @@ impl Store {
         })
     }
 
+    /// Every spool of `account`, for status: (peer, snapshot id, its
+    /// length, bytes spooled).
+    pub fn spools(&self, account: &str) -> Result<Vec<(u64, u64, u64, u64)>, StoreError> {
+        self.run(|db| {
+            let r = db.begin_read().map_err(st)?;
+            let Some(h) = table(&r, SPOOL_HEAD)? else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for item in h.range((account, 0)..=(account, u64::MAX)).map_err(st)? {
+                let (k, v) = item.map_err(st)?;
+                let (id, total, got) = v.value();
+                out.push((k.value().1, id, total, got));
+            }
+            Ok(out)
+        })
+    }
+
     /// Installs the snapshot spooled from `spool` ([`Store::install_snapshot_from`])
     /// and deletes the spool in the same transaction. A failed install
     /// drops the spool too (the session that sent it starts over).
