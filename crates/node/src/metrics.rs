@@ -60,6 +60,12 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
     );
     metric("starling_log_ops", "gauge", "Ops the op log holds (above its floor).", per_account(|a| a.log_ops));
     metric("starling_log_floor_ops", "gauge", "Ops compacted away from the op log.", per_account(|a| a.log_floor_ops));
+    metric(
+        "starling_snapshot_arriving_bytes",
+        "gauge",
+        "Bytes held of snapshots coming in from peers (a join in progress).",
+        per_account(|a| a.snapshots_arriving.iter().map(|s| s.got).sum()),
+    );
     let peer = |p: &crate::control::PeerStatus| label(&p.node_id);
     let connected = st.peers.iter().map(|p| (format!("{{peer=\"{}\"}}", peer(p)), p.connected as u64));
     metric("starling_peer_connected", "gauge", "Whether a pinned peer is connected.", connected.collect());
@@ -192,4 +198,32 @@ pub fn render(store: &Store, me: ReplicaId, st: &NodeStatus, extra: &Extra) -> S
         vec![(String::new(), sc.threads_kept)],
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{AccountStatus, SnapshotArriving};
+
+    /// A join in progress shows as the bytes held of the snapshots coming in.
+    #[test]
+    fn snapshots_arriving_are_a_gauge_per_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), ReplicaId(1), Default::default()).unwrap();
+        let arriving = |got| SnapshotArriving { from: "p".into(), got, total: 1 << 20 };
+        let st = NodeStatus {
+            accounts: vec![
+                AccountStatus {
+                    name: "a".into(),
+                    snapshots_arriving: vec![arriving(4096), arriving(100)],
+                    ..Default::default()
+                },
+                AccountStatus { name: "b".into(), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let page = render(&store, ReplicaId(1), &st, &Extra { imap_sessions: 0, sort_cache: Default::default() });
+        assert!(page.contains("starling_snapshot_arriving_bytes{account=\"a\"} 4196\n"), "{page}");
+        assert!(page.contains("starling_snapshot_arriving_bytes{account=\"b\"} 0\n"), "{page}");
+    }
 }
