@@ -443,7 +443,8 @@ fn raw_text(i: u64) -> String {
 /// the store and checks that its spool holds at least every part the
 /// process said it had spooled, its head agreeing with its rows; then runs
 /// it again, which must go on from exactly there (as the peer sends the
-/// rest) and install the source's state. At least 25 kills, more (up to 60)
+/// rest) and install the source's state. At least 25 kills (three in four
+/// timed over the spooling, the rest over the whole run), more (up to 60)
 /// until 10 landed mid-spool.
 #[test]
 fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
@@ -477,23 +478,33 @@ fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
             .spawn()
             .unwrap()
     };
+    // The lines a process prints, each with when it was read.
     let lines = |child: &mut std::process::Child| {
         let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect::<Vec<_>>())
+        std::thread::spawn(move || {
+            BufReader::new(out).lines().map_while(Result::ok).map(|l| (std::time::Instant::now(), l)).collect::<Vec<_>>()
+        })
     };
+    let text = |said: Vec<(std::time::Instant, String)>| said.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
     let number = |lines: &[String], what: &str| {
         lines.iter().filter_map(|l| l.strip_prefix(what)).filter_map(|n| n.parse::<u64>().ok()).next_back()
     };
-    // The length of a whole run, timed on a copy, to spread the kills over.
-    let mut whole = {
+    // The length of a whole run and of its spooling (until the last part
+    // was spooled; the install takes the rest), timed on a copy, to spread
+    // the kills over: three rounds in four over the spooling, the fourth
+    // over the whole run.
+    let (mut whole, mut spooling) = {
         let p = dir.path().join("timing.redb");
         std::fs::copy(&template, &p).unwrap();
         let started = std::time::Instant::now();
         let mut child = spool(&p);
         let out = lines(&mut child);
         assert!(child.wait().unwrap().success());
-        assert_eq!(out.join().unwrap().last().map(String::as_str), Some("installed"));
-        (started.elapsed().as_millis() as u64).max(10)
+        let whole = started.elapsed().as_millis() as u64;
+        let said = out.join().unwrap();
+        assert_eq!(said.last().map(|l| l.1.as_str()), Some("installed"));
+        let spooled = said.iter().rev().find(|l| l.1.starts_with("spooled ")).expect("parts spooled").0;
+        (whole.max(10), (spooled.duration_since(started).as_millis() as u64).max(10))
     };
     let mut seed: u64 = 0x5b00;
     let (mut round, mut mid_spool, mut went_on) = (0u64, 0u64, 0u64);
@@ -504,11 +515,12 @@ fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
         std::fs::copy(&template, &p).unwrap();
         let mut child = spool(&p);
         let out = lines(&mut child);
-        let moment = (seed >> 33) % whole;
+        let over_spooling = round % 4 != 0;
+        let moment = (seed >> 33) % if over_spooling { spooling } else { whole };
         std::thread::sleep(Duration::from_millis(moment));
         child.kill().unwrap();
         let finished = child.wait().unwrap().success();
-        let said = out.join().unwrap();
+        let said = text(out.join().unwrap());
         if finished {
             whole = moment.max(10);
         }
@@ -526,12 +538,16 @@ fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
         assert!(got >= acknowledged, "kill {round}: {acknowledged} bytes said spooled, {got} held");
         assert!(held.is_none_or(|h| h == (1, bytes.len() as u64, got)));
         mid_spool += u64::from(got > 0 && got < bytes.len() as u64);
+        if over_spooling && got == bytes.len() as u64 {
+            // Every part was spooled by then: spooling is shorter than timed.
+            spooling = moment.max(10);
+        }
         drop(store);
         // Again: it goes on from what is held, and installs.
         let mut child = spool(&p);
         let out = lines(&mut child);
         assert!(child.wait().unwrap().success(), "kill {round}: the second run failed");
-        let said = out.join().unwrap();
+        let said = text(out.join().unwrap());
         assert_eq!(number(&said, "from "), Some(got), "kill {round}: went on from what was held");
         went_on += u64::from(got > 0);
         assert_eq!(said.last().map(String::as_str), Some("installed"));
