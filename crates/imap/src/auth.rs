@@ -20,7 +20,8 @@
 //!     kept; a changed password changes the stored credential, so the old
 //!     entries can never match again.
 //!   - a **pool of its own** for Argon2 ([`crate::pool::Pool`]; each run
-//!     takes ~19 MiB and a core for tens of milliseconds):
+//!     takes ~19 MiB and a core for tens of milliseconds; each thread keeps
+//!     its 19 MiB from one run to the next, [`crate::password`]):
 //!     `verify_parallel` threads take attempts
 //!     from one queue in the order they came (so a burst of logins is served
 //!     first come, first served, and the async workers that run every
@@ -35,27 +36,15 @@
 //! Time is a parameter (`now`), so the rules are tested without sleeping.
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 
+pub use crate::password::{hash_password, verify_password};
 pub use crate::pool::Busy;
 use crate::pool::Pool;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// Hashes a password for [`starling_store::Store::set_credential`].
-pub fn hash_password(password: &str) -> String {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 with default parameters").to_string()
-}
-
-/// Whether `password` matches `hash` (false for a malformed hash).
-pub fn verify_password(hash: &str, password: &[u8]) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok())
-}
 
 /// A SASL PLAIN message (RFC 4616): `authzid NUL authcid NUL password`.
 /// Returns (authcid, password); an authzid other than empty or the authcid
@@ -345,15 +334,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hash_verifies_its_password_only() {
-        let h = hash_password("hunter2");
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password(&h, b"hunter2"));
-        assert!(!verify_password(&h, b"hunter3"));
-        assert!(!verify_password("not a hash", b"hunter2"));
-    }
-
-    #[test]
     fn plain_messages() {
         assert_eq!(parse_plain(b"\0alice\0pw"), Some(("alice".into(), b"pw".to_vec())));
         assert_eq!(parse_plain(b"alice\0alice\0pw"), Some(("alice".into(), b"pw".to_vec())));
@@ -475,7 +455,7 @@ mod tests {
     #[test]
     fn the_dummy_hash_has_the_parameters_of_new_credentials() {
         fn params(h: &str) -> (String, Option<u32>, String) {
-            let h = PasswordHash::new(h).unwrap();
+            let h = argon2::password_hash::PasswordHash::new(h).unwrap();
             (h.algorithm.to_string(), h.version, h.params.to_string())
         }
         assert_eq!(params(DUMMY_HASH), params(&hash_password("x")));

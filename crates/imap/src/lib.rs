@@ -27,6 +27,7 @@ pub mod mime;
 pub mod mutf7;
 pub mod objectid;
 pub mod ondemand;
+pub mod password;
 pub mod pool;
 pub mod preview;
 mod returns;

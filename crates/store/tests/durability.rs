@@ -482,7 +482,11 @@ fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
     let lines = |child: &mut std::process::Child| {
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
-            BufReader::new(out).lines().map_while(Result::ok).map(|l| (std::time::Instant::now(), l)).collect::<Vec<_>>()
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .map(|l| (std::time::Instant::now(), l))
+                .collect::<Vec<_>>()
         })
     };
     let text = |said: Vec<(std::time::Instant, String)>| said.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
