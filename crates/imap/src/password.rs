@@ -7,8 +7,8 @@
 //! no login cache) about a third of the pool threads' time went to the
 //! kernel. So each pool thread keeps one memory of the default size; it is
 //! zeroed after every use (the blocks of a finished run let a password be
-//! guessed without paying Argon2's memory: the first block is one BLAKE2b
-//! of the password and salt).
+//! guessed without paying Argon2's memory: the first block is a few
+//! BLAKE2b runs over the password and salt).
 //!
 //! The parameters come from the stored hash, and a stored hash may come
 //! from a peer (credentials replicate with the account). So a hash asking
