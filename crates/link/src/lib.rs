@@ -120,6 +120,8 @@ pub struct PeerLink {
     held: std::collections::BTreeMap<String, (u64, u64, u64)>,
     /// See [`PeerLink::offered`].
     offered: Vec<(String, u64, u64)>,
+    /// See [`PeerLink::installed`].
+    installed: Vec<(String, bool)>,
 }
 
 /// Missing bodies read from the store per account at a time: a link holds
@@ -141,6 +143,26 @@ impl PeerLink {
     ) -> Result<PeerLink, LinkError> {
         let existing = store.accounts();
         let (accounts, gone): (Vec<String>, Vec<String>) = accounts.iter().cloned().partition(|a| existing.contains(a));
+        // A snapshot from this peer spooled whole, whose install did not
+        // finish (the node stopped or was killed during it): installed now,
+        // before this node says what it holds, so that the peer does not
+        // send it again. One that lacks changes held here is dropped (the
+        // peer's ops or its next snapshot bring them, as for a last part).
+        let mut installed = Vec::new();
+        if let Some(p) = peer {
+            for a in &accounts {
+                let Some((_, total, got)) = store.spool_held(a, p.0)? else { continue };
+                if got < total {
+                    continue;
+                }
+                let fresh = store.version(a)?.is_empty();
+                match store.install_spooled_snapshot(a, p.0) {
+                    Ok(()) => installed.push((a.clone(), fresh)),
+                    Err(StoreError::SnapshotOlder) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         let mut versions = Vec::with_capacity(accounts.len());
         for a in &accounts {
             versions.push((a.clone(), store.version(a)?));
@@ -179,6 +201,7 @@ impl PeerLink {
             outgoing: Default::default(),
             held: Default::default(),
             offered,
+            installed,
         })
     }
 
@@ -186,6 +209,14 @@ impl PeerLink {
     /// offered it, so that it sends the rest: (account, bytes held, length).
     pub fn offered(&self) -> &[(String, u64, u64)] {
         &self.offered
+    }
+
+    /// Snapshots from the peer that this node held whole when the link
+    /// began (spooled, their install cut off) and installed then:
+    /// (account, whether it was empty before). The store's commit told
+    /// the sessions; opening asks for the bodies they name.
+    pub fn installed(&self) -> &[(String, bool)] {
+        &self.installed
     }
 
     /// Reads `page` missing bodies at a time instead of [`WANT_PAGE`] (at

@@ -790,3 +790,39 @@ fn a_receiver_restarted_mid_snapshot_gets_only_the_rest() {
     link(&mut nodes);
     rest_sent_and_installed(&mut nodes, (got, total), &all);
 }
+
+/// The receiver of a snapshot held every part but was killed during the
+/// install (one transaction, rolled back: the spool is whole, nothing
+/// installed). Its next link installs the spool before it says what it
+/// holds, so the sender sends no snapshot again.
+#[test]
+fn a_receiver_killed_during_the_install_installs_at_the_next_link_without_a_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
+    let all = compacted_source(&nodes[0], 20_000);
+    let from = nodes[0].id.0;
+    // What a kill during the install leaves: every part spooled.
+    let snapshot = nodes[0].store().snapshot(ACCOUNT).unwrap();
+    let total = snapshot.len() as u64;
+    for (i, part) in snapshot.chunks(64 << 10).enumerate() {
+        nodes[1].store().spool_snapshot_part(ACCOUNT, from, (9, total), i as u64 * (64 << 10), part).unwrap();
+    }
+    nodes[1].stop();
+    nodes[1].start();
+    assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), Some((9, total, total)));
+    assert!(nodes[1].store().version(ACCOUNT).unwrap().is_empty(), "nothing installed yet");
+
+    connect(&mut nodes, 0, 1);
+    assert_eq!(nodes[1].links[&0].installed(), &[(ACCOUNT.to_string(), true)]);
+    assert_eq!(nodes[1].store().spool_held(ACCOUNT, from).unwrap(), None, "the spool went with the install");
+    assert_eq!(&nodes[1].store().version(ACCOUNT).unwrap(), &all);
+    let parts = pump_parts(&mut nodes, &|_: &Node| false);
+    assert_eq!(parts, Vec::new(), "snapshot parts sent again");
+    assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
+    // A link whose spool lacks nothing and holds no whole snapshot installs nothing.
+    nodes[0].links.clear();
+    nodes[1].links.clear();
+    connect(&mut nodes, 0, 1);
+    assert!(nodes[1].links[&0].installed().is_empty());
+}

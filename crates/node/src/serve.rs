@@ -898,6 +898,9 @@ pub(crate) async fn session(
     if !link.purged().is_empty() {
         tracing::debug!(peer = %peer.id, purged = ?link.purged(), "accounts deleted and purged here: told if the peer names them");
     }
+    for (account, into_empty) in link.installed() {
+        tracing::info!(peer = %peer.id, account, into_empty, "a snapshot from this peer was held whole, its install cut off by a stop: installed");
+    }
     for (account, got, total) in link.offered() {
         tracing::info!(peer = %peer.id, account, got, total, "part of a snapshot from this peer is held: offered, for the peer to send the rest");
     }

@@ -867,6 +867,13 @@ impl World {
             if n.unlinked_since_restart.remove(&peer) && !link.offered().is_empty() {
                 self.report.snapshots.offered_after_restart += 1;
             }
+            for (_, fresh) in link.installed() {
+                *if *fresh {
+                    &mut self.report.snapshots.into_empty
+                } else {
+                    &mut self.report.snapshots.into_non_empty
+                } += 1;
+            }
             n.conns.insert(peer, Conn { id, link, next_meta: 0, next_blob: 0, timer_at: None });
         }
         self.flush(a, b);
