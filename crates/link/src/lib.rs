@@ -124,6 +124,18 @@ pub struct PeerLink {
     installed: Vec<(String, bool)>,
 }
 
+/// Installs the snapshot spooled whole from `spool`: whether the account
+/// was empty before, or `None` if the snapshot lacks changes held here (it
+/// is dropped, [`Store::install_spooled_snapshot`]).
+fn install_spool(store: &Store, account: &str, spool: u64) -> Result<Option<bool>, StoreError> {
+    let fresh = store.version(account)?.is_empty();
+    match store.install_spooled_snapshot(account, spool) {
+        Ok(()) => Ok(Some(fresh)),
+        Err(StoreError::SnapshotOlder) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Missing bodies read from the store per account at a time: a link holds
 /// at most this many of an account's missing list, plus the window of
 /// bodies in flight, whatever the account's size (the session asks for the
@@ -155,11 +167,8 @@ impl PeerLink {
                 if got < total {
                     continue;
                 }
-                let fresh = store.version(a)?.is_empty();
-                match store.install_spooled_snapshot(a, p.0) {
-                    Ok(()) => installed.push((a.clone(), fresh)),
-                    Err(StoreError::SnapshotOlder) => {}
-                    Err(e) => return Err(e.into()),
+                if let Some(fresh) = install_spool(store, a, p.0)? {
+                    installed.push((a.clone(), fresh));
                 }
             }
         }
@@ -615,15 +624,11 @@ impl PeerLink {
                 // its floor, carries them. (Two peers may both find a new
                 // node behind their logs; the second snapshot then holds
                 // nothing new and installs as a no-op, or is refused.)
-                let fresh = store.version(&account)?.is_empty();
-                match store.install_spooled_snapshot(&account, spool) {
-                    Err(StoreError::SnapshotOlder) => {
-                        let why = "a snapshot that lacks changes held here; reconnect once the peer has them";
-                        s.abort(why);
-                        return Err(LinkError::Restart(why.into()));
-                    }
-                    other => other?,
-                }
+                let Some(fresh) = install_spool(store, &account, spool)? else {
+                    let why = "a snapshot that lacks changes held here; reconnect once the peer has them";
+                    s.abort(why);
+                    return Err(LinkError::Restart(why.into()));
+                };
                 if fresh {
                     progress.snapshots.0 += 1;
                 } else {

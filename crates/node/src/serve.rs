@@ -891,7 +891,11 @@ pub(crate) async fn session(
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    let mut link = match PeerLink::new(&store, me, Some(peer.id.replica()), &peer.accounts, peer.policy.clone()) {
+    // Off the reactor: a snapshot held whole from a stop is installed here.
+    let link = tokio::task::block_in_place(|| {
+        PeerLink::new(&store, me, Some(peer.id.replica()), &peer.accounts, peer.policy.clone())
+    });
+    let mut link = match link {
         Ok(l) => l,
         Err(e) => return e.to_string(),
     };
