@@ -63,7 +63,32 @@ pub struct ClusterSection {
     /// replaced on another node after this long.
     #[serde(default = "replace_after")]
     pub replace_after_secs: u64,
+    /// A snapshot sent to a peer (one joining, or back from past the log's
+    /// floor) goes in parts of this many KiB, 1 to 4,096: a broken
+    /// transfer resends at most the parts in flight, and the receiver
+    /// flushes its disk once per part.
+    pub snapshot_part_kib: Option<Spanned<u64>>,
 }
+
+impl ClusterSection {
+    /// Values out of range, with the line they are on.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        check_bounds(
+            "cluster",
+            &[("snapshot_part_kib", &self.snapshot_part_kib, 1, SNAPSHOT_PART_KIB, "KiB per part of a snapshot sent")],
+            text,
+        )
+    }
+
+    /// Bytes per part of a snapshot this node sends.
+    pub fn snapshot_part(&self) -> usize {
+        self.snapshot_part_kib.as_ref().map_or(SNAPSHOT_PART_KIB, |v| *v.get_ref()) as usize * 1024
+    }
+}
+
+/// Default (and most) of `[cluster] snapshot_part_kib`: the sync
+/// session's part.
+pub const SNAPSHOT_PART_KIB: u64 = (starling_sync::SNAPSHOT_SEND_PART / 1024) as u64;
 
 /// Default of `[cluster] replace_after_secs`: a restart or a short cut
 /// moves no account.
@@ -93,6 +118,7 @@ impl Default for ClusterSection {
             fanout: FANOUT,
             accept_placed: true,
             replace_after_secs: REPLACE_AFTER_SECS,
+            snapshot_part_kib: None,
         }
     }
 }
@@ -447,6 +473,7 @@ impl Config {
         config.lmtp.validate(text)?;
         config.store.validate(text)?;
         config.durability.validate(text)?;
+        config.cluster.validate(text)?;
         let mut seen = Vec::new();
         for p in &config.peer {
             let line = line_of(text, p.id.span().start);
@@ -663,6 +690,7 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 # fanout = 8                   # sync sessions per node and account at most (0: every pinned peer)
 # accept_placed = true         # take the accounts a pinned peer places here (`account place`)
 # replace_after_secs = 600     # a placed account's replica down this long is replaced elsewhere
+# snapshot_part_kib = 4096     # a snapshot sent to a peer goes in parts this large (1..=4096; less resent after a break)
 
 [log]
 # format = "human"             # or "json"
@@ -681,6 +709,16 @@ pub const TEMPLATE: &str = r#"# Starling node configuration (docs/configuration.
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_snapshot_part_is_set_in_kib_within_its_bounds() {
+        assert_eq!(Config::parse("").unwrap().cluster.snapshot_part(), starling_sync::SNAPSHOT_SEND_PART);
+        assert_eq!(Config::parse("[cluster]\nsnapshot_part_kib = 64\n").unwrap().cluster.snapshot_part(), 65_536);
+        for bad in [0, SNAPSHOT_PART_KIB + 1] {
+            let e = Config::parse(&format!("[cluster]\n\nsnapshot_part_kib = {bad}\n")).unwrap_err();
+            assert!(e.contains("line 3") && e.contains("cluster.snapshot_part_kib"), "{e}");
+        }
+    }
 
     #[test]
     fn the_template_parses_and_errors_name_line_and_key() {

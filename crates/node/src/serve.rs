@@ -132,6 +132,7 @@ pub fn run(
             links: Arc::default(),
             status_changed: Arc::new(watch::channel(0).0),
             purge_waits: Default::default(),
+            snapshot_part: listen.cluster.snapshot_part(),
         };
         let tasks = Tasks::default();
         let node = crate::membership::Node::new(
@@ -715,6 +716,9 @@ pub(crate) struct Hub {
     status_changed: Arc<watch::Sender<u64>>,
     /// Deleted accounts the last purge pass left, with what holds each back.
     purge_waits: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Bytes per part of a snapshot this node sends (`[cluster]
+    /// snapshot_part_kib`).
+    snapshot_part: usize,
 }
 
 /// A connection to a peer registered for gossip while it lives: its
@@ -899,6 +903,7 @@ pub(crate) async fn session(
         Ok(l) => l,
         Err(e) => return e.to_string(),
     };
+    link.set_snapshot_part(hub.snapshot_part);
     if !link.purged().is_empty() {
         tracing::debug!(peer = %peer.id, purged = ?link.purged(), "accounts deleted and purged here: told if the peer names them");
     }

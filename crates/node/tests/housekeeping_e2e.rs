@@ -264,3 +264,58 @@ fn a_sparse_file_is_compacted_after_start_not_read_through_at_start() {
     let out = run(&a.dir, &["verify"]);
     assert!(out.contains("clean"), "{out}");
 }
+
+/// Resume with real processes over QUIC (issue 13): `a` alone compacts its
+/// whole log, then a new node `b` is pinned and is sent a snapshot, in
+/// parts of 1 KiB (`[cluster] snapshot_part_kib`; 60,000 messages make
+/// about 2,400 parts, each flushed to disk by `b`). `b` is killed (SIGKILL)
+/// while it holds less than half of it; started again, it offers what it held and
+/// `a` sends only the rest: `b` ends with all of `a`'s mail.
+#[test]
+fn a_joiner_killed_mid_snapshot_is_sent_only_the_rest() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Node::new(root.path(), "a"), Node::new(root.path(), "b"));
+    a.import(root.path(), "x", 60_000);
+    let config = root.path().join("parts.toml");
+    std::fs::write(&config, "[store]\nhousekeeping_secs = 1\n[cluster]\nsnapshot_part_kib = 1\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    a.start_with(&["--config", cfg], None);
+    wait_for("a compacted its whole log", || {
+        let s = account_status(&a);
+        s["log_floor_ops"].as_u64().unwrap() >= s["ops"].as_u64().unwrap()
+    });
+    a.stop();
+    a.pin(&b);
+    b.pin(&a);
+    a.start_with(&["--config", cfg], None);
+    b.start_with(&["--config", cfg], None);
+    let arriving = |n: &Node| {
+        let s = account_status(n);
+        s["snapshots_arriving"]
+            .as_array()
+            .and_then(|v| v.first())
+            .map(|p| (p["got"].as_u64().unwrap(), p["total"].as_u64().unwrap()))
+    };
+    let mut held = (0, 0);
+    wait_for("b holds part of a's snapshot", || {
+        held = arriving(&b).unwrap_or((0, 0));
+        held.0 > 0 && held.0 < held.1 / 2
+    });
+    let mut child = b.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    b.start_with(&["--config", cfg], None);
+    wait_for("b has all of a's mail", || {
+        let (x, y) = (account_status(&a), account_status(&b));
+        x["ops"] == y["ops"] && y["messages"].as_u64() == Some(60_000)
+    });
+    a.stop();
+    b.stop();
+    assert_eq!(a.dump(), b.dump());
+    let log_b = std::fs::read_to_string(b.dir.with_extension("log")).unwrap();
+    let log_a = std::fs::read_to_string(a.dir.with_extension("log")).unwrap();
+    eprintln!("b was killed holding {} of {} bytes", held.0, held.1);
+    assert!(log_b.contains("part of a snapshot from this peer is held: offered"), "b did not offer:\n{log_b}");
+    assert!(log_a.contains("the peer holds part of a snapshot sent before: sending the rest"), "{log_a}");
+    assert_eq!(log_b.matches("snapshot installed").count(), 1, "{log_b}");
+}
