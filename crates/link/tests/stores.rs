@@ -826,3 +826,34 @@ fn a_receiver_killed_during_the_install_installs_at_the_next_link_without_a_rese
     connect(&mut nodes, 0, 1);
     assert!(nodes[1].links[&0].installed().is_empty());
 }
+
+/// The *sender* of a snapshot is stopped mid-transfer (its store closed,
+/// its process gone) and started again: the copy it was sending is still
+/// on disk, so when the receiver offers the parts it holds, the sender
+/// sends only the rest of that same copy.
+#[test]
+fn a_sender_restarted_mid_snapshot_sends_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
+    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
+    let all = compacted_source(&nodes[0], 20_000);
+    let from = nodes[0].id.0;
+    let part = 64u64 << 10;
+    let link = |nodes: &mut Vec<Node>| {
+        connect(nodes, 0, 1);
+        nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(part as usize);
+    };
+    link(&mut nodes);
+    pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * part);
+    nodes[1].links.clear();
+    let kept = nodes[0].store().snapshots_kept();
+    nodes[0].stop();
+    nodes[0].start();
+    assert_eq!(nodes[0].store().snapshots_kept(), kept, "the copy being sent, kept over the restart");
+    let (_, total, got) = nodes[1].store().spool_held(ACCOUNT, from).unwrap().expect("parts held");
+    assert_eq!(got, 3 * part);
+
+    link(&mut nodes);
+    rest_sent_and_installed(&mut nodes, (got, total), &all);
+    assert_eq!(nodes[0].store().snapshots_kept(), Vec::new(), "taken whole: the copy goes");
+}

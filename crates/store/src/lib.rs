@@ -46,6 +46,7 @@ pub mod header;
 mod log;
 pub mod modseq;
 mod open;
+mod outgoing;
 mod prepare;
 pub mod ranges;
 mod reads;
@@ -277,6 +278,9 @@ pub struct Store {
     /// written ([`Store::snapshot_copy`]); none for a store on another
     /// backend.
     dir: Option<std::path::PathBuf>,
+    /// Where the snapshots kept to resume transfers live
+    /// ([`crate::outgoing`]); none for a store on another backend.
+    kept_dir: Option<std::path::PathBuf>,
     /// Snapshots being sent, kept so that a transfer that broke off can
     /// resume ([`Store::snapshot_to_send`]).
     kept: Mutex<std::collections::VecDeque<snapshot::Kept>>,

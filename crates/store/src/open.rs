@@ -99,6 +99,7 @@ impl Store {
         let size = path.clone();
         let dir =
             path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).map(Path::to_path_buf);
+        let kept_dir = crate::outgoing::dir_of(&path);
         // Reopening opens the same file, never creates one: a file that is
         // gone stays an error rather than becoming an empty store.
         let reopen: db::Reopen = Box::new(move || {
@@ -110,6 +111,9 @@ impl Store {
         store.file_compaction = file_compaction;
         store.size_probe = Some(Box::new(move || std::fs::metadata(&size).ok().map(|m| m.len())));
         store.dir = dir;
+        // Snapshots kept to resume transfers, from before the restart.
+        store.kept = Mutex::new(crate::outgoing::load(&kept_dir, &store.accounts().into_iter().collect()));
+        store.kept_dir = Some(kept_dir);
         Ok(store)
     }
 
@@ -199,8 +203,12 @@ impl Store {
             free_watch: Default::default(),
             commit_hook: RwLock::new(None),
             dir: None,
+            kept_dir: None,
             kept: Default::default(),
-            snapshots_made: AtomicU64::new(0),
+            // Ids differ from those of copies made before a restart.
+            snapshots_made: AtomicU64::new(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+            ),
         })
     }
 }

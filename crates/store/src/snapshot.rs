@@ -100,9 +100,10 @@ impl<R: Read> Records<R> {
 }
 
 /// A snapshot made to be sent a part at a time ([`Store::snapshot_copy`]):
-/// in a file of its own beside the store's, unlinked from the start so that
-/// nothing is left of it after the copy is dropped or the process dies; in
-/// memory for a store on another backend (the simulator's).
+/// in a file of its own beside the store's (unlinked from the start; or,
+/// when [`Store::snapshot_to_send`] keeps it to resume a transfer, named,
+/// [`crate::outgoing`]); in memory for a store on another backend (the
+/// simulator's).
 #[derive(Debug)]
 pub struct SnapshotCopy {
     held: Held,
@@ -117,6 +118,11 @@ enum Held {
 }
 
 impl SnapshotCopy {
+    /// The copy in `file`, of `len` bytes, covering `covers`.
+    pub(crate) fn from_file(file: std::fs::File, len: u64, covers: VersionVector) -> SnapshotCopy {
+        SnapshotCopy { held: Held::File(file), len, covers }
+    }
+
     /// Its length in bytes (at least one).
     pub fn len(&self) -> u64 {
         self.len
@@ -148,7 +154,8 @@ impl SnapshotCopy {
 }
 
 /// Snapshots kept for resuming ([`Store::snapshot_to_send`]), at most, over
-/// every peer and account: each is a file the size of its snapshot.
+/// every peer and account: each is a file the size of its snapshot, kept
+/// over a restart ([`crate::outgoing`]).
 pub const SNAPSHOTS_KEPT: usize = 4;
 
 /// A snapshot to send to a peer ([`Store::snapshot_to_send`]).
@@ -165,10 +172,21 @@ pub struct Outgoing {
 /// A snapshot being sent to `peer`, kept for a later session.
 #[derive(Debug)]
 pub(crate) struct Kept {
-    peer: u64,
-    account: String,
-    id: u64,
-    copy: Arc<SnapshotCopy>,
+    pub(crate) peer: u64,
+    pub(crate) account: String,
+    pub(crate) id: u64,
+    pub(crate) copy: Arc<SnapshotCopy>,
+    /// Its file, for a store on a file ([`crate::outgoing`]).
+    pub(crate) path: Option<std::path::PathBuf>,
+}
+
+impl Kept {
+    /// Deletes its files (the copy stays readable while a session holds it).
+    fn forget(&self) {
+        if let Some(p) = &self.path {
+            crate::outgoing::forget(p);
+        }
+    }
 }
 
 fn io_error(e: std::io::Error) -> StoreError {
@@ -203,10 +221,10 @@ impl Store {
     }
 
     /// The snapshot of `account` to send to `peer` (its replica id): the
-    /// one kept for it from a session that broke off, from where the peer
-    /// holds it, if `held` (the id, length and bytes held that the peer
-    /// said) names that one; else a new copy ([`Store::snapshot_copy`]),
-    /// from the start. It is kept until the peer took it whole
+    /// one kept for it from a session that broke off (in this process or
+    /// before a restart), from where the peer holds it, if `held` (the id,
+    /// length and bytes held that the peer said) names that one; else a new
+    /// copy, from the start. It is kept until the peer took it whole
     /// ([`Store::snapshot_sent`]) or [`SNAPSHOTS_KEPT`] newer ones pushed it
     /// out.
     pub fn snapshot_to_send(
@@ -222,20 +240,39 @@ impl Store {
                 if let Some((id, _, got)) = held.filter(|h| h.0 == k.id && h.1 == k.copy.len() && h.2 < h.1) {
                     return Ok(Outgoing { id, copy: k.copy.clone(), from: got });
                 }
-                kept.remove(i);
+                kept.remove(i).expect("found").forget();
             }
         }
-        // Made without the lock: it takes seconds at a million messages.
-        let copy = Arc::new(self.snapshot_copy(account)?);
         let made = self.snapshots_made.fetch_add(1, Ordering::Relaxed);
         let mut h = blake3::Hasher::new();
         h.update(&self.node.0.to_le_bytes()).update(&made.to_le_bytes()).update(account.as_bytes());
         let id = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+        // Made without the lock: it takes seconds at a million messages.
+        let (copy, path) = match &self.kept_dir {
+            None => (self.snapshot_copy(account)?, None),
+            Some(dir) => {
+                let tmp = crate::outgoing::create(dir)?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+                let covers = self.write_snapshot(account, &mut out)?;
+                out.flush().map_err(io_error)?;
+                drop(out);
+                let len = tmp.as_file().metadata().map_err(io_error)?.len();
+                let (file, path) = crate::outgoing::persist(dir, tmp, peer, id, (account, &covers, len))?;
+                (SnapshotCopy::from_file(file, len, covers), Some(path))
+            }
+        };
+        let copy = Arc::new(copy);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.retain(|k| !(k.peer == peer && k.account == account));
-        kept.push_back(Kept { peer, account: account.to_string(), id, copy: copy.clone() });
+        kept.retain(|k| {
+            let same = k.peer == peer && k.account == account;
+            if same {
+                k.forget();
+            }
+            !same
+        });
+        kept.push_back(Kept { peer, account: account.to_string(), id, copy: copy.clone(), path });
         while kept.len() > SNAPSHOTS_KEPT {
-            kept.pop_front();
+            kept.pop_front().expect("over the bound").forget();
         }
         Ok(Outgoing { id, copy, from: 0 })
     }
@@ -244,7 +281,20 @@ impl Store {
     /// copy goes.
     pub fn snapshot_sent(&self, account: &str, peer: u64) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.retain(|k| !(k.peer == peer && k.account == account));
+        kept.retain(|k| {
+            let same = k.peer == peer && k.account == account;
+            if same {
+                k.forget();
+            }
+            !same
+        });
+    }
+
+    /// The snapshots kept to resume transfers: (peer, account, id, length),
+    /// oldest first.
+    pub fn snapshots_kept(&self) -> Vec<(u64, String, u64, u64)> {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter().map(|k| (k.peer, k.account.clone(), k.id, k.copy.len())).collect()
     }
 
     /// [`Store::snapshot`], written to `out` as it is made; returns the

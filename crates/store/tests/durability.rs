@@ -565,3 +565,77 @@ fn sigkill_while_a_snapshot_is_spooled_keeps_every_part_it_took() {
     );
     assert!(mid_spool >= 10, "{mid_spool} kills landed mid-spool, 10 wanted");
 }
+
+/// SIGKILL while a sender makes, names and deletes the snapshot copies it
+/// keeps to resume transfers (`store-torture … copies`, peers 0 to 5 in
+/// turn, at most `SNAPSHOTS_KEPT` kept): after each of at least 25 kills at
+/// moments spread over a second of it, the store reopens with at most that
+/// many copies, nothing else left in their directory (what a kill left half
+/// made or not yet evicted is deleted; at least 5 kills must leave some),
+/// and each copy whole: sent on from its middle, it installs as the state
+/// it was made from.
+#[test]
+fn sigkill_while_snapshot_copies_are_kept_leaves_only_whole_ones() {
+    use starling_store::SNAPSHOTS_KEPT;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.redb");
+    {
+        let s = Store::open(&p, ReplicaId(42), StoreOptions::default()).unwrap();
+        s.add_account("t").unwrap();
+        s.write("t", |b| {
+            for i in 0..3_000u64 {
+                b.append(INBOX, format!("Subject: {i}\r\n\r\n{i}\r\n").as_bytes(), i as i64, vec![Keyword::Seen])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let want = Store::open(&p, ReplicaId(42), StoreOptions::default()).unwrap().dump("t").unwrap();
+    let kdir = dir.path().join("t.redb.snapshots");
+    let mut seed: u64 = 0xc0b1;
+    let (mut loaded, mut made, mut cleaned) = (0, 0, 0);
+    for round in 1..=25 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_store-torture"))
+            .arg(&p)
+            .arg("0")
+            .arg("copies")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let said = std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).count());
+        std::thread::sleep(Duration::from_millis(50 + (seed >> 33) % 1000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        made += said.join().unwrap();
+        let before = std::fs::read_dir(&kdir).map_or(0, |d| d.count());
+        let store = Store::open(&p, ReplicaId(42), StoreOptions::default()).expect("store opens after SIGKILL");
+        let kept = store.snapshots_kept();
+        assert!(kept.len() <= SNAPSHOTS_KEPT, "kill {round}: {} kept", kept.len());
+        let mut names: Vec<String> =
+            std::fs::read_dir(&kdir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names.len(), 2 * kept.len(), "kill {round}: {names:?}");
+        cleaned += u64::from(before > names.len());
+        for (peer, account, id, len) in kept {
+            assert!(names.contains(&format!("{peer:016x}-{id:016x}.snap")), "kill {round}");
+            let out = store.snapshot_to_send(&account, peer, Some((id, len, len / 2))).unwrap();
+            assert_eq!((out.id, out.from), (id, len / 2), "kill {round}: resumed");
+            let b = Store::open(&dir.path().join("b.redb"), ReplicaId(43), StoreOptions::default()).unwrap();
+            let _ = b.add_account("t");
+            b.install_snapshot_from("t", &out.copy.read_at(0, len as usize).unwrap()[..]).unwrap();
+            assert_eq!(b.dump("t").unwrap(), want, "kill {round}: the copy installs whole");
+            drop(b);
+            std::fs::remove_file(dir.path().join("b.redb")).unwrap();
+            loaded += 1;
+        }
+    }
+    eprintln!(
+        "25 kills: {made} copies made in all, {loaded} whole ones loaded after the kills, \
+         {cleaned} kills left files the open deleted"
+    );
+    assert!(loaded >= 25, "{loaded} copies loaded: the kills landed before any was kept");
+    assert!(cleaned >= 5, "only {cleaned} kills landed while a copy was half made or not yet evicted");
+}

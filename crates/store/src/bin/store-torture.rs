@@ -20,7 +20,11 @@
 //! spools the snapshot in FILE as if from peer 7 in parts of 16 KiB, from
 //! where the spool already ends (`from N`), printing `spooled N` after
 //! each part, then installs it and prints `installed` (the crash test
-//! kills it, then runs it again to go on).
+//! kills it, then runs it again to go on). With `copies`, it makes
+//! snapshots of account `t` to send to peers 0 to 5 in turn, kept to
+//! resume ([`Store::snapshot_to_send`]), printing `kept PEER ID` after
+//! each, forever (the crash test kills it while copies are written,
+//! renamed and deleted).
 
 use starling_model::{Keyword, ReplicaId, INBOX};
 use starling_store::{Store, StoreOptions};
@@ -39,7 +43,7 @@ fn main() {
         [_, p, f] => (p, f.parse().expect("first batch number"), ""),
         [_, p, f, m] | [_, p, f, m, _] => (p, f.parse().expect("first batch number"), m),
         _ => {
-            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|online|install SNAPSHOT|spool SNAPSHOT]");
+            eprintln!("usage: store-torture STORE FIRST_BATCH [gc|open|online|copies|install SNAPSHOT|spool SNAPSHOT]");
             std::process::exit(2);
         }
     };
@@ -74,6 +78,14 @@ fn main() {
             }
             store.install_spooled_snapshot("t", 7).expect("install");
             println!("installed");
+        }
+        "copies" => {
+            let store = Store::open(path, ReplicaId(42), StoreOptions::default()).expect("open");
+            for i in 0u64.. {
+                let out = store.snapshot_to_send("t", i % 6, None).expect("a copy");
+                println!("kept {} {}", i % 6, out.id);
+                std::io::stdout().flush().unwrap();
+            }
         }
         m => panic!("unknown mode {m}"),
     }
