@@ -111,6 +111,11 @@ impl Store {
         store.file_compaction = file_compaction;
         store.size_probe = Some(Box::new(move || std::fs::metadata(&size).ok().map(|m| m.len())));
         store.dir = dir;
+        // Ids of new copies differ from those of copies made before a
+        // restart (a store on another backend keeps none: the simulator's
+        // ids stay a function of its seed).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        store.snapshots_made = AtomicU64::new(now as u64);
         // Snapshots kept to resume transfers, from before the restart.
         store.kept = Mutex::new(crate::outgoing::load(&kept_dir, &store.accounts().into_iter().collect()));
         store.kept_dir = Some(kept_dir);
@@ -205,10 +210,7 @@ impl Store {
             dir: None,
             kept_dir: None,
             kept: Default::default(),
-            // Ids differ from those of copies made before a restart.
-            snapshots_made: AtomicU64::new(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
-            ),
+            snapshots_made: AtomicU64::new(0),
         })
     }
 }
