@@ -759,6 +759,25 @@ fn rest_sent_and_installed(nodes: &mut [Node], (got, total): (u64, u64), all: &V
     assert_eq!(nodes[1].store().dump(ACCOUNT).unwrap(), nodes[0].store().dump(ACCOUNT).unwrap());
 }
 
+/// Part size of the restart tests: a 20,000-message snapshot in several.
+const PART: u64 = 64 << 10;
+
+/// Two nodes: node 0 holds 20,000 messages, its log compacted
+/// ([`compacted_source`], returned as its version); node 1, empty and
+/// fetching no body, catches up by snapshot.
+fn snapshot_pair(dir: &Path) -> (Vec<Node>, VersionVector) {
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir, i)).collect();
+    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
+    let all = compacted_source(&nodes[0], 20_000);
+    (nodes, all)
+}
+
+/// Links node 0 to node 1, node 0 sending snapshots in parts of `part` bytes.
+fn link_in_parts(nodes: &mut [Node], part: u64) {
+    connect(nodes, 0, 1);
+    nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(part as usize);
+}
+
 /// The receiver of a snapshot is stopped mid-transfer (its store closed)
 /// and started again: the parts it spooled are still there, its next link
 /// offers them, and the sender, which kept its copy, sends only the rest.
@@ -767,15 +786,10 @@ fn rest_sent_and_installed(nodes: &mut [Node], (got, total): (u64, u64), all: &V
 #[test]
 fn a_receiver_restarted_mid_snapshot_gets_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
-    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
-    let all = compacted_source(&nodes[0], 20_000);
+    let (mut nodes, all) = snapshot_pair(dir.path());
     let from = nodes[0].id.0;
-    let part = 64u64 << 10;
-    let link = |nodes: &mut Vec<Node>| {
-        connect(nodes, 0, 1);
-        nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(part as usize);
-    };
+    let part = PART;
+    let link = |nodes: &mut Vec<Node>| link_in_parts(nodes, PART);
     link(&mut nodes);
     let first = pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * part);
     nodes[0].links.clear();
@@ -798,15 +812,13 @@ fn a_receiver_restarted_mid_snapshot_gets_only_the_rest() {
 #[test]
 fn a_receiver_killed_during_the_install_installs_at_the_next_link_without_a_resend() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
-    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
-    let all = compacted_source(&nodes[0], 20_000);
+    let (mut nodes, all) = snapshot_pair(dir.path());
     let from = nodes[0].id.0;
     // What a kill during the install leaves: every part spooled.
     let snapshot = nodes[0].store().snapshot(ACCOUNT).unwrap();
     let total = snapshot.len() as u64;
-    for (i, part) in snapshot.chunks(64 << 10).enumerate() {
-        nodes[1].store().spool_snapshot_part(ACCOUNT, from, (9, total), i as u64 * (64 << 10), part).unwrap();
+    for (i, part) in snapshot.chunks(PART as usize).enumerate() {
+        nodes[1].store().spool_snapshot_part(ACCOUNT, from, (9, total), i as u64 * PART, part).unwrap();
     }
     nodes[1].stop();
     nodes[1].start();
@@ -834,15 +846,10 @@ fn a_receiver_killed_during_the_install_installs_at_the_next_link_without_a_rese
 #[test]
 fn a_sender_restarted_mid_snapshot_sends_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(dir.path(), i)).collect();
-    nodes[1].policy = BodyPolicy { size_max: Some(0), ..BodyPolicy::default() };
-    let all = compacted_source(&nodes[0], 20_000);
+    let (mut nodes, all) = snapshot_pair(dir.path());
     let from = nodes[0].id.0;
-    let part = 64u64 << 10;
-    let link = |nodes: &mut Vec<Node>| {
-        connect(nodes, 0, 1);
-        nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(part as usize);
-    };
+    let part = PART;
+    let link = |nodes: &mut Vec<Node>| link_in_parts(nodes, PART);
     link(&mut nodes);
     pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * part);
     nodes[1].links.clear();

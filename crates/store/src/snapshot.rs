@@ -189,6 +189,18 @@ impl Kept {
     }
 }
 
+/// Takes the copy kept for `peer` and `account` out of `kept`, its files
+/// with it.
+fn drop_kept(kept: &mut std::collections::VecDeque<Kept>, peer: u64, account: &str) {
+    kept.retain(|k| {
+        let same = k.peer == peer && k.account == account;
+        if same {
+            k.forget();
+        }
+        !same
+    });
+}
+
 fn io_error(e: std::io::Error) -> StoreError {
     crate::error::file_error("snapshot copy", e)
 }
@@ -263,13 +275,7 @@ impl Store {
         };
         let copy = Arc::new(copy);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.retain(|k| {
-            let same = k.peer == peer && k.account == account;
-            if same {
-                k.forget();
-            }
-            !same
-        });
+        drop_kept(&mut kept, peer, account);
         kept.push_back(Kept { peer, account: account.to_string(), id, copy: copy.clone(), path });
         while kept.len() > SNAPSHOTS_KEPT {
             kept.pop_front().expect("over the bound").forget();
@@ -281,13 +287,7 @@ impl Store {
     /// copy goes.
     pub fn snapshot_sent(&self, account: &str, peer: u64) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.retain(|k| {
-            let same = k.peer == peer && k.account == account;
-            if same {
-                k.forget();
-            }
-            !same
-        });
+        drop_kept(&mut kept, peer, account);
     }
 
     /// The snapshots kept to resume transfers: (peer, account, id, length),
