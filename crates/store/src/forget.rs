@@ -620,6 +620,7 @@ impl Store {
         self.core.acks.lock().unwrap_or_else(PoisonError::into_inner).retain(|(n, _), _| *n != number);
         self.core.purged_by.lock().unwrap_or_else(PoisonError::into_inner).retain(|(n, _)| *n != number);
         self.forget_live(number);
+        self.forget_kept(name);
         let mut out = Forgot { transactions: 1, ..Forgot::default() };
         out.add(
             self.finish_forgetting(number)

@@ -189,11 +189,11 @@ impl Kept {
     }
 }
 
-/// Takes the copy kept for `peer` and `account` out of `kept`, its files
-/// with it.
-fn drop_kept(kept: &mut std::collections::VecDeque<Kept>, peer: u64, account: &str) {
+/// Takes the copies kept for `account` (for `peer` only, if given) out of
+/// `kept`, their files with them.
+fn drop_kept(kept: &mut std::collections::VecDeque<Kept>, peer: Option<u64>, account: &str) {
     kept.retain(|k| {
-        let same = k.peer == peer && k.account == account;
+        let same = peer.is_none_or(|p| k.peer == p) && k.account == account;
         if same {
             k.forget();
         }
@@ -275,7 +275,7 @@ impl Store {
         };
         let copy = Arc::new(copy);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        drop_kept(&mut kept, peer, account);
+        drop_kept(&mut kept, Some(peer), account);
         kept.push_back(Kept { peer, account: account.to_string(), id, copy: copy.clone(), path });
         while kept.len() > SNAPSHOTS_KEPT {
             kept.pop_front().expect("over the bound").forget();
@@ -287,7 +287,14 @@ impl Store {
     /// copy goes.
     pub fn snapshot_sent(&self, account: &str, peer: u64) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        drop_kept(&mut kept, peer, account);
+        drop_kept(&mut kept, Some(peer), account);
+    }
+
+    /// `account` was forgotten: every copy kept of it goes, files too (a
+    /// session sending one reads on from the open file).
+    pub(crate) fn forget_kept(&self, account: &str) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        drop_kept(&mut kept, None, account);
     }
 
     /// The snapshots kept to resume transfers: (peer, account, id, length),

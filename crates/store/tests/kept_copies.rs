@@ -104,3 +104,26 @@ fn at_most_the_bound_is_kept_and_an_open_deletes_what_a_crash_left() {
         assert_eq!(b.dump("u").unwrap(), a.dump("u").unwrap());
     }
 }
+
+#[test]
+fn forgetting_an_account_deletes_its_kept_copies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = sender(dir.path(), 500);
+    a.add_account("v").unwrap();
+    let u = a.snapshot_to_send("u", 7, None).unwrap();
+    let v = a.snapshot_to_send("v", 7, None).unwrap();
+    assert_eq!(files(dir.path()).len(), 4);
+    a.forget_account("u").unwrap();
+    // Only the other account's copy stays, in the list and on disk.
+    assert_eq!(a.snapshots_kept(), vec![(7, "v".to_string(), v.id, v.copy.len())]);
+    let names = files(dir.path());
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.contains(&format!("{:016x}", v.id))), "{names:?}");
+    // A session still sending it reads on.
+    assert_eq!(u.copy.read_at(0, 16).unwrap().len(), 16);
+    // Made again under the same name, the account gets no copy of the old one.
+    a.add_account("u").unwrap();
+    let again = a.snapshot_to_send("u", 7, Some((u.id, u.copy.len(), 100))).unwrap();
+    assert_eq!(again.from, 0);
+    assert_ne!(again.id, u.id);
+}
