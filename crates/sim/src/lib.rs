@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod memory;
 pub mod report;
 pub mod scenario;
 pub mod world;

@@ -91,6 +91,10 @@ pub struct Summary {
     /// Its resyncs over-reported because the node no longer remembered
     /// every expunge since its MODSEQ, all runs.
     pub roam_forgotten: u64,
+    /// The most any one node held, over all runs: heap of its code and
+    /// heap of its simulated disk (`None`: not measured, see
+    /// [`crate::memory`]).
+    pub node_peak: Option<crate::memory::NodePeak>,
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -146,6 +150,10 @@ pub fn summarize(name: &str, reports: &[RunReport], wall_secs: f64) -> Summary {
         roam: reports.iter().fold((0, 0, 0), |a, r| (a.0 + r.roam.0, a.1 + r.roam.1, a.2 + r.roam.2)),
         roam_short: reports.iter().map(|r| r.roam_short).sum(),
         roam_forgotten: reports.iter().map(|r| r.roam_forgotten).sum(),
+        node_peak: reports.iter().flat_map(|r| &r.memory).fold(None, |m: Option<crate::memory::NodePeak>, p| {
+            let m = m.unwrap_or_default();
+            Some(crate::memory::NodePeak { heap: m.heap.max(p.heap), disk: m.disk.max(p.disk) })
+        }),
     }
 }
 
@@ -186,12 +194,12 @@ pub fn markdown(summaries: &[Summary]) -> String {
         ));
     }
     s.push_str(
-        "\nBounds: the largest each run reached (maxima over all seeds); every session queue is checked against its bound at every step.\n\n| scenario | ops in a run (max) | metadata frames queued | metadata bytes queued | body frames queued | body bytes queued | events | bodies waiting to be asked | bodies in flight | bodies the peer wants | ops chunks in flight | snapshot bytes in flight | causal buffer (ops) | largest node store |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\nBounds: the largest each run reached (maxima over all seeds); every session queue is checked against its bound at every step.\n\n| scenario | ops in a run (max) | metadata frames queued | metadata bytes queued | body frames queued | body bytes queued | events | bodies waiting to be asked | bodies in flight | bodies the peer wants | ops chunks in flight | snapshot bytes in flight | causal buffer (ops) | largest node store | node peak memory: heap / its disk image |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         let q = &m.queues;
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} KB | {} | {:.1} KB | {} | {} | {} | {} | {} | {:.1} KB | {} | {:.1} MB |\n",
+            "| {} | {} | {} | {:.1} KB | {} | {:.1} KB | {} | {} | {} | {} | {} | {:.1} KB | {} | {:.1} MB | {} |\n",
             m.scenario,
             m.ops_max,
             q.transmit,
@@ -206,6 +214,10 @@ pub fn markdown(summaries: &[Summary]) -> String {
             q.snapshot_in_flight as f64 / 1000.0,
             m.pending_max,
             m.disk_max as f64 / 1e6,
+            match m.node_peak {
+                Some(p) => format!("{:.1} MB / {:.1} MB", p.heap as f64 / 1e6, p.disk as f64 / 1e6),
+                None => "not measured".to_string(),
+            },
         ));
     }
     for m in summaries {

@@ -3,6 +3,7 @@
 //! with seeded delays and faults, clients, a timeline, and the checker.
 //! Everything random comes from one seed; time is simulated milliseconds.
 
+use crate::memory::{charge, Owner};
 use crate::scenario::{Action, Scenario};
 use starling_link::PeerLink;
 use starling_model::testkit::{Checker, Observation, Rng};
@@ -92,6 +93,9 @@ pub struct RunReport {
     pub snapshots: Snapshots,
     /// Bytes per part of the snapshots nodes send in this run.
     pub snapshot_part: usize,
+    /// The most each node held (heap of its code, heap of its disk), when
+    /// the binary measures ([`crate::memory`]); empty otherwise.
+    pub memory: Vec<crate::memory::NodePeak>,
 }
 
 /// Snapshots in a run (or a sweep), over every node.
@@ -157,6 +161,7 @@ impl RunReport {
             spent_uids: 0,
             snapshots: Snapshots::default(),
             snapshot_part: starling_sync::SNAPSHOT_SEND_PART,
+            memory: Vec::new(),
         }
     }
 }
@@ -331,7 +336,8 @@ fn open_store(disk: &MemDisk, i: usize, id: ReplicaId) -> Result<Store, String> 
         ..StoreOptions::default()
     };
     let probe = disk.clone();
-    let store = Store::open_on(disk.backend(), &format!("node{i}"), id, options)
+    let backend = crate::memory::MeteredDisk::new(disk.backend(), i);
+    let store = Store::open_on(backend, &format!("node{i}"), id, options)
         .map_err(|e| format!("node {i} does not start: {e}"))?
         .with_size_probe(move || probe.len() as u64);
     if !store.accounts().iter().any(|a| a == ACCOUNT) {
@@ -360,6 +366,7 @@ fn snapshot_part(seed: u64) -> usize {
 impl World {
     /// A fresh cluster for `sc` and `seed`.
     pub fn new(sc: &Scenario, seed: u64) -> Result<World, String> {
+        crate::memory::begin_run();
         let mut rng = Rng::new(seed ^ 0x5354_4152_4c49_4e47);
         let (sc, draw) = sc.swarm_draw(&mut Rng::new(seed ^ 0x5357_4152_4d00));
         let sc = &sc;
@@ -378,7 +385,12 @@ impl World {
             let id = ReplicaId(Rng::new(seed.wrapping_mul(31).wrapping_add(i as u64)).next_u64() | 1);
             let disk = MemDisk::new();
             let joined = !late.contains(&i);
-            let store = if joined { Some(open_store(&disk, i, id)?) } else { None };
+            let store = if joined {
+                let _node = charge(Owner::Node(i));
+                Some(open_store(&disk, i, id)?)
+            } else {
+                None
+            };
             let policy = sc
                 .partial
                 .iter()
@@ -438,6 +450,8 @@ impl World {
     }
 
     fn schedule(&mut self, delay: u64, ev: Ev) {
+        // The queue is the network's; a frame in it stays its sender's.
+        let _net = charge(Owner::World);
         self.seq += 1;
         self.queue.push(Reverse(Scheduled { at: self.now + delay, seq: self.seq, ev }));
     }
@@ -509,6 +523,7 @@ impl World {
     pub fn run(mut self) -> RunReport {
         let result = self.run_inner();
         self.report.result = result;
+        self.report.memory = crate::memory::peaks(self.nodes.len()).unwrap_or_default();
         self.report.trace = self.trace.finalize().to_hex().to_string();
         self.report
     }
@@ -572,6 +587,7 @@ impl World {
             }
             Ev::Timer { node, peer, conn } => {
                 self.trace.update(&[5, node as u8, peer as u8]);
+                let _node = charge(Owner::Node(node));
                 let now = self.instant();
                 let n = &mut self.nodes[node];
                 let Some(store) = n.store.as_ref() else { return Ok(()) };
@@ -701,6 +717,7 @@ impl World {
         node: usize,
         mut step: impl FnMut(&mut starling_store::Batch<'_>, usize, usize) -> Result<bool, starling_store::StoreError>,
     ) -> Result<(), String> {
+        let _node = charge(Owner::Node(node));
         let Some(store) = self.nodes[node].store.as_ref() else { return Ok(()) };
         let mut k = 0;
         let mut more = true;
@@ -754,6 +771,7 @@ impl World {
         if !self.up(node) {
             return Ok(());
         }
+        let _node = charge(Owner::Node(node));
         // With a fan-out, the neighbours only (as `serve` does): each op
         // and body stays with some neighbour of every node that lacks it.
         let n = self.nodes.len();
@@ -779,14 +797,20 @@ impl World {
         self.report.bodies_collected += done.collected.bodies;
         // The file compacted online, as `serve` does (single-threaded
         // here: nothing is in use, so it is never left for later).
-        let before = store.dump(ACCOUNT).map_err(err)?;
+        let before = {
+            let _check = charge(Owner::World);
+            store.dump(ACCOUNT).map_err(err)?
+        };
         if store.compact_file(25).map_err(|e| format!("node {node} compacting its file: {e}"))?.is_some() {
+            let _check = charge(Owner::World);
             self.report.file_compactions += 1;
             if store.dump(ACCOUNT).map_err(err)? != before {
                 return Err(format!("node {node}: its account changed when its file was compacted"));
             }
         }
         let floor = store.floor(ACCOUNT).map_err(err)?;
+        // The checks below are the simulator's, not the node's work.
+        let _check = charge(Owner::World);
         // Safety of compaction: no running node it waits for (every other
         // with a full mesh, its neighbours with a fan-out) lacks what it
         // dropped. With a fan-out the others get those ops from their own
@@ -823,6 +847,7 @@ impl World {
         for p in peers {
             self.disconnect(node, p);
         }
+        let _disk = charge(Owner::Disk(node));
         self.nodes[node].disk.crash();
         self.nodes[node].store = None;
     }
@@ -832,6 +857,7 @@ impl World {
             return Ok(());
         }
         let count = self.nodes.len();
+        let _node = charge(Owner::Node(node));
         let n = &mut self.nodes[node];
         n.store = Some(open_store(&n.disk, node, n.id)?);
         n.joined = true;
@@ -860,6 +886,7 @@ impl World {
         let accounts = [ACCOUNT.to_string()];
         for (me, peer) in [(a, b), (b, a)] {
             let (mid, pid) = (self.nodes[me].id, self.nodes[peer].id);
+            let _node = charge(Owner::Node(me));
             let n = &mut self.nodes[me];
             let store = n.store.as_ref().expect("up");
             let mut link = PeerLink::new(store, mid, Some(pid), &accounts, n.policy.clone()).map_err(err)?;
@@ -935,6 +962,7 @@ impl World {
     /// Sends what `node`'s link to `peer` has queued, through the faults,
     /// reading more bodies as body frames leave; then schedules its timer.
     fn flush(&mut self, node: usize, peer: usize) {
+        let _node = charge(Owner::Node(node));
         let net = self.sc.network.clone();
         if let Err(e) = self.check_queues(node, peer) {
             self.violation.get_or_insert(e);
@@ -1042,6 +1070,7 @@ impl World {
     }
 
     fn deliver(&mut self, from: usize, to: usize, conn: u64, bytes: &[u8]) -> Result<(), String> {
+        let _node = charge(Owner::Node(to));
         let n = &mut self.nodes[to];
         let Some(store) = n.store.as_ref() else { return Ok(()) };
         let Some(c) = n.conns.get_mut(&from).filter(|c| c.id == conn) else { return Ok(()) };
@@ -1070,6 +1099,7 @@ impl World {
     /// Node `i` committed changes: every other link pushes them; the checker
     /// learns the ops it authored.
     fn changed(&mut self, i: usize, except: Option<usize>) -> Result<(), String> {
+        let _node = charge(Owner::Node(i));
         self.last_change = self.now;
         let peers: Vec<usize> = self.nodes[i].conns.keys().copied().filter(|p| Some(*p) != except).collect();
         for p in peers {
@@ -1083,6 +1113,7 @@ impl World {
 
     /// Hands node `i`'s newly authored ops to the checker and checks U1/U2 there.
     fn observe(&mut self, i: usize) -> Result<(), String> {
+        let _check = charge(Owner::World);
         let n = &mut self.nodes[i];
         let store = n.store.as_ref().expect("up");
         let vv = store.version(ACCOUNT).map_err(err)?;
@@ -1110,6 +1141,7 @@ impl World {
     }
 
     fn client_action(&mut self, i: usize) -> Result<(), String> {
+        let _node = charge(Owner::Node(i));
         let mix = self.sc.workload.mix.clone();
         let weights = [
             mix.deliver,
@@ -1224,6 +1256,7 @@ impl World {
         self.trace.update(&[kind as u8, result.is_ok() as u8]);
         // A client error (name taken, message gone) is a refused command, not a bug.
         let Ok(looked) = result else { return Ok(()) };
+        let _check = charge(Owner::World);
         self.report.actions += 1;
         if kind <= 1 {
             // Remember who has this body (the author), for on-demand checks.
@@ -1249,6 +1282,7 @@ impl World {
     /// catch-up with k connected peers, then the answer once k peers hold
     /// the look (each within the wait, then it degrades).
     fn roam(&mut self, i: usize) -> Result<(), String> {
+        let _client = charge(Owner::World);
         let k = self.sc.durability_peers;
         if k == 0 {
             let answer = self.roam_answer(i)?;
@@ -1279,6 +1313,7 @@ impl World {
     /// Moves the roaming client's look on when k peers allow it, or its wait
     /// ran out; checks again a little later otherwise.
     fn roam_poll(&mut self) -> Result<(), String> {
+        let _client = charge(Owner::World);
         let k = self.sc.durability_peers;
         let Some(look) = self.roamer.pending.take() else { return Ok(()) };
         let node = match &look {

@@ -25,6 +25,8 @@ fn same_seed_same_trace_other_seed_other_trace() {
                     assert_eq!(a.trace, b.trace, "{}: one seed, two traces", sc.name);
                     assert_ne!(a.trace, c.trace, "{}: two seeds, one trace", sc.name);
                     assert!(a.actions > 0 && a.ops > 0 && a.appends > 0, "{}: the workload ran", sc.name);
+                    // Without the counting allocator nothing is measured.
+                    assert!(a.memory.is_empty(), "{}: {:?}", sc.name, a.memory);
                     eprintln!("{a:?}");
                 })
             })
