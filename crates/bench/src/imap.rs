@@ -155,17 +155,36 @@ pub fn run(args: Args) {
     }
 }
 
-fn bench(args: &Args) -> Res<()> {
+/// Refuses arguments the steps asked for cannot run with; a count only a
+/// step left out uses may be 0.
+fn check(args: &Args) -> Res<()> {
+    use clap::ValueEnum as _;
     let want = |s| args.steps.contains(&s);
     if want(Step::Idle) && args.server_pids.is_empty() && args.server_pattern.is_none() {
         return Err("the idle step needs --server-pids or --server-pattern (or leave it out of --steps)".into());
     }
-    if [args.append, args.messages, args.selects, args.idle_connections, args.sort_runs].contains(&0) {
-        return Err("--append, --messages, --selects, --idle-connections and --sort-runs must be at least 1".into());
+    let counts = [
+        (args.append, "--append", [Step::Append; 3]),
+        (args.messages, "--messages", [Step::Fetch, Step::FetchBodies, Step::Store]),
+        (args.selects, "--selects", [Step::Select; 3]),
+        (args.idle_connections, "--idle-connections", [Step::Idle; 3]),
+        (args.sort_runs, "--sort-runs", [Step::Sort; 3]),
+    ];
+    for (n, flag, steps) in counts {
+        if let Some(step) = steps.iter().find(|s| n == 0 && want(**s)) {
+            let name = step.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+            return Err(format!("{flag} must be at least 1 for the {name} step (or leave the step out of --steps)"));
+        }
     }
-    if args.mixed_clients.contains(&0) || args.mixed_secs.is_nan() || args.mixed_secs <= 0.0 {
+    if want(Step::Mixed) && (args.mixed_clients.contains(&0) || args.mixed_secs.is_nan() || args.mixed_secs <= 0.0) {
         return Err("--mixed-clients and --mixed-secs must be positive".into());
     }
+    Ok(())
+}
+
+fn bench(args: &Args) -> Res<()> {
+    let want = |s| args.steps.contains(&s);
+    check(args)?;
     let files = message_files(&args.maildir)?;
     if files.is_empty() {
         return Err(format!("{}: no messages (expected a Maildir tree with cur/ or new/)", args.maildir.display()));
@@ -937,6 +956,29 @@ mod tests {
         assert_eq!(maildir_flags("1.M1P2Q3.host,S=10:2,FRS"), "\\Answered \\Seen");
         assert_eq!(maildir_flags("1.M1P2Q3.host,S=10"), "");
         assert_eq!(crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn a_count_is_checked_only_for_the_steps_that_use_it() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |extra: &[&str]| {
+            let base = ["bench", "--addr", "a:1", "--user", "u", "--password", "p", "--maildir", "m"];
+            <Cli as clap::Parser>::try_parse_from(base.iter().chain(extra)).unwrap().args
+        };
+        // The mixed step alone holds no idle connections: 0 is fine.
+        assert_eq!(check(&parse(&["--steps", "mixed", "--idle-connections", "0"])), Ok(()));
+        assert_eq!(check(&parse(&["--steps", "logins", "--append", "0", "--sort-runs", "0"])), Ok(()));
+        let e = check(&parse(&["--steps", "idle", "--server-pattern", "x", "--idle-connections", "0"])).unwrap_err();
+        assert_eq!(e, "--idle-connections must be at least 1 for the idle step (or leave the step out of --steps)");
+        let e = check(&parse(&["--steps", "store", "--messages", "0"])).unwrap_err();
+        assert!(e.starts_with("--messages must be at least 1 for the store step"), "{e}");
+        let e = check(&parse(&["--steps", "mixed", "--mixed-clients", "10,0"])).unwrap_err();
+        assert_eq!(e, "--mixed-clients and --mixed-secs must be positive");
+        assert_eq!(check(&parse(&["--steps", "fetch", "--mixed-clients", "0"])), Ok(()));
     }
 
     #[test]
