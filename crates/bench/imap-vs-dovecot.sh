@@ -15,7 +15,8 @@
 # LOGIN_CACHE (on: Starling's default auth_cache_size and Dovecot's
 # auth_cache_size = 10M; off: both 0; default on), CLIENTS_MAX (connections
 # of the mixed step at most, default 200; the servers' limits are raised
-# for it and the idle connections).
+# for it and the idle connections), SETTLE_SECS (how long each server's
+# part waits at most for the load average to fall under 1, default 120).
 # Results: WORKDIR/dovecot.json, starling.json and imap-vs-dovecot.md.
 # Installs dovecot-imapd and argon2 if missing and makes an unprivileged user
 # `dovebench` (Dovecot's mail processes refuse root); run as root.
@@ -88,6 +89,16 @@ bench() { # LABEL JSON PID PORT
 }
 extra=("$@")
 rm -f "$work/dovecot.json" "$work/starling.json"
+# Each server's part starts on a quiet machine: wait (at most SETTLE_SECS,
+# default 120) until the 1-minute load average is under 1, so that the
+# first server's processes winding down do not weigh on the second's part.
+settle() { # LABEL
+  local waited=0
+  while [ "$waited" -lt "${SETTLE_SECS:-120}" ] && awk '{ exit !($1 >= 1.0) }' /proc/loadavg; do
+    sleep 5; waited=$((waited + 5))
+  done
+  echo "$1: load average $(cut -d' ' -f1-3 /proc/loadavg) after waiting ${waited} s" >&2
+}
 
 if [ "$only" != starling ]; then
   [ -x /usr/lib/dovecot/imap ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
@@ -143,6 +154,7 @@ service imap-login {
 CONF
   dovecot -F -c "$d/dovecot.conf" & dpid=$!
   wait_port "$port" $dpid "dovecot (log: $d/log)"
+  settle Dovecot
   bench "Dovecot $(dovecot --version | cut -d' ' -f1)" "$work/dovecot.json" $dpid "$port"
   kill -TERM $dpid; wait $dpid 2>/dev/null || true; dpid=
 fi
@@ -162,6 +174,7 @@ if [ "$only" != dovecot ]; then
     --imap-listen "127.0.0.1:$port" --imaps-listen 127.0.0.1:0 > "$s/log" 2>&1 & spid=$!
   wait_port "$port" $spid "starling serve (log: $s/log)"
   grep -q "imap: listening on" "$s/log" || { echo "starling serve: no 'imap: listening on' line (log: $s/log)" >&2; exit 1; }
+  settle Starling
   bench "Starling $(cd "$here" && git rev-parse --short HEAD)" "$work/starling.json" $spid "$port"
   kill -TERM $spid; wait $spid 2>/dev/null || true; spid=
 fi
