@@ -772,10 +772,18 @@ fn snapshot_pair(dir: &Path) -> (Vec<Node>, VersionVector) {
     (nodes, all)
 }
 
-/// Links node 0 to node 1, node 0 sending snapshots in parts of `part` bytes.
-fn link_in_parts(nodes: &mut [Node], part: u64) {
+/// Links node 0 to node 1, node 0 sending snapshots in parts of [`PART`].
+fn link_in_parts(nodes: &mut [Node]) {
     connect(nodes, 0, 1);
-    nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(part as usize);
+    nodes[0].links.get_mut(&1).unwrap().set_snapshot_part(PART as usize);
+}
+
+/// Node 0 begins sending node 1 its snapshot ([`link_in_parts`]), pumped
+/// until node 1 spooled three parts; the parts sent (offset, length).
+fn three_parts_spooled(nodes: &mut [Node]) -> Vec<(u64, u64)> {
+    let from = nodes[0].id.0;
+    link_in_parts(nodes);
+    pump_parts(nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * PART)
 }
 
 /// The receiver of a snapshot is stopped mid-transfer (its store closed)
@@ -788,20 +796,17 @@ fn a_receiver_restarted_mid_snapshot_gets_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, all) = snapshot_pair(dir.path());
     let from = nodes[0].id.0;
-    let part = PART;
-    let link = |nodes: &mut Vec<Node>| link_in_parts(nodes, PART);
-    link(&mut nodes);
-    let first = pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * part);
+    let first = three_parts_spooled(&mut nodes);
     nodes[0].links.clear();
     nodes[1].stop();
     nodes[1].start();
     let (_, total, got) = nodes[1].store().spool_held(ACCOUNT, from).unwrap().expect("parts held over the restart");
-    assert_eq!(got, 3 * part, "three parts spooled");
-    assert!(total > 6 * part, "a snapshot of {total} bytes");
-    assert_eq!(first.iter().map(|p| p.1).max(), Some(part));
+    assert_eq!(got, 3 * PART, "three parts spooled");
+    assert!(total > 6 * PART, "a snapshot of {total} bytes");
+    assert_eq!(first.iter().map(|p| p.1).max(), Some(PART));
     assert!(nodes[1].store().version(ACCOUNT).unwrap().is_empty(), "nothing installed yet");
 
-    link(&mut nodes);
+    link_in_parts(&mut nodes);
     rest_sent_and_installed(&mut nodes, (got, total), &all);
 }
 
@@ -848,19 +853,16 @@ fn a_sender_restarted_mid_snapshot_sends_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, all) = snapshot_pair(dir.path());
     let from = nodes[0].id.0;
-    let part = PART;
-    let link = |nodes: &mut Vec<Node>| link_in_parts(nodes, PART);
-    link(&mut nodes);
-    pump_parts(&mut nodes, &|n: &Node| n.store().spooled_bytes(ACCOUNT, from).unwrap() >= 3 * part);
+    three_parts_spooled(&mut nodes);
     nodes[1].links.clear();
     let kept = nodes[0].store().snapshots_kept();
     nodes[0].stop();
     nodes[0].start();
     assert_eq!(nodes[0].store().snapshots_kept(), kept, "the copy being sent, kept over the restart");
     let (_, total, got) = nodes[1].store().spool_held(ACCOUNT, from).unwrap().expect("parts held");
-    assert_eq!(got, 3 * part);
+    assert_eq!(got, 3 * PART);
 
-    link(&mut nodes);
+    link_in_parts(&mut nodes);
     rest_sent_and_installed(&mut nodes, (got, total), &all);
     assert_eq!(nodes[0].store().snapshots_kept(), Vec::new(), "taken whole: the copy goes");
 }

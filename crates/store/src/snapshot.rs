@@ -224,12 +224,18 @@ impl Store {
             return Ok(SnapshotCopy { len: bytes.len() as u64, held: Held::Memory(bytes), covers });
         };
         let file = tempfile::tempfile_in(dir).map_err(io_error)?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let (covers, len) = self.write_snapshot_into(account, &file)?;
+        Ok(SnapshotCopy::from_file(file, len, covers))
+    }
+
+    /// [`Store::write_snapshot`] into `file` through a 1 MiB buffer: the
+    /// version it covers and the file's length.
+    fn write_snapshot_into(&self, account: &str, file: &std::fs::File) -> Result<(VersionVector, u64), StoreError> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let covers = self.write_snapshot(account, &mut out)?;
         out.flush().map_err(io_error)?;
         drop(out);
-        let len = file.metadata().map_err(io_error)?.len();
-        Ok(SnapshotCopy { held: Held::File(file), len, covers })
+        Ok((covers, file.metadata().map_err(io_error)?.len()))
     }
 
     /// The snapshot of `account` to send to `peer` (its replica id): the
@@ -264,11 +270,7 @@ impl Store {
             None => (self.snapshot_copy(account)?, None),
             Some(dir) => {
                 let tmp = crate::outgoing::create(dir)?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-                let covers = self.write_snapshot(account, &mut out)?;
-                out.flush().map_err(io_error)?;
-                drop(out);
-                let len = tmp.as_file().metadata().map_err(io_error)?.len();
+                let (covers, len) = self.write_snapshot_into(account, tmp.as_file())?;
                 let (file, path) = crate::outgoing::persist(dir, tmp, peer, id, (account, &covers, len))?;
                 (SnapshotCopy::from_file(file, len, covers), Some(path))
             }
